@@ -1,0 +1,36 @@
+"""The PyTorch backend class."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch.nn as nn
+
+from ssa.interfaces import Backend
+
+from .loading import load_module
+from .network import TorchNetwork
+
+__all__ = ["TorchBackend"]
+
+
+class TorchBackend(Backend):
+    """nn.Module objects, ``.pt2`` torch.export files, ``file.py:attr`` and ``pkg.module:attr``."""
+
+    name = "torch"
+    description = "PyTorch nn.Module, torch.export .pt2 file, or 'file.py:attr' / 'package.module:attr'"
+    priority = 0
+
+    @classmethod
+    def can_load(cls, source: Any) -> bool:
+        if isinstance(source, nn.Module):
+            return True
+        if isinstance(source, (str, os.PathLike)):
+            s = os.fspath(source)
+            return not s.lower().endswith(".onnx")
+        return False
+
+    def load(self, source: Any, *, device: str = "cpu", name: str | None = None, **options: Any) -> TorchNetwork:
+        module, default_name = load_module(source)
+        return TorchNetwork(module, name=name or default_name, device=device, **options)

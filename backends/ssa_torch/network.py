@@ -1,0 +1,272 @@
+"""A PyTorch model prepared for SSA: cut-semantics execution and step relevance by autograd.
+
+Every tap's output is replaced by a detached leaf that requires grad, so that
+the derivative of a tap with respect to one of its parent taps follows only the
+paths that meet no other tap (method doc, section 4). The relevance of one step
+for a set of upper neurons is computed with one batched backward pass
+(``torch.autograd.grad(..., is_grads_batched=True)``), falling back to one
+backward pass per neuron where an op has no batching rule.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import fx
+
+from ssa.errors import InvalidInputError, UnsupportedModelError
+from ssa.interfaces import Network, Rule, Tap
+
+from .taps import TapPlan, discover_taps
+
+__all__ = ["TorchNetwork", "spatial_mean", "trace_module"]
+
+_INPLACE_FUNCS = {operator.iadd: operator.add, operator.imul: operator.mul, operator.isub: operator.sub}
+_WORK_BYTES = 256 * 2**20  # budget for one chunk of batched gradients
+
+
+def trace_module(module: nn.Module, example: torch.Tensor) -> fx.GraphModule:
+    """An fx graph of ``module``: symbolic tracing, else ``torch.export``."""
+    if isinstance(module, fx.GraphModule):
+        return module
+    try:
+        return fx.symbolic_trace(module)
+    except Exception as first:  # noqa: BLE001 - any tracing failure falls back to export
+        try:
+            return torch.export.export(module, (example,)).module()
+        except Exception as second:  # noqa: BLE001
+            raise UnsupportedModelError(
+                f"cannot trace the model ({type(first).__name__}: {str(first).splitlines()[0][:120]}); "
+                "export it with torch.export.save(torch.export.export(model, (x,)), 'model.pt2') and pass the .pt2 file, "
+                "or name taps by hand."
+            ) from second
+
+
+def spatial_mean(t: torch.Tensor, channel_axis: int, lead: int = 1) -> torch.Tensor:
+    """Mean over every axis except the ``lead`` leading ones and the channel axis; channel last."""
+    t = t.movedim(channel_axis, -1)
+    dims = tuple(range(lead, t.dim() - 1))
+    return t.mean(dim=dims) if dims else t
+
+
+class _CutInterpreter(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, cut: Mapping[str, str], input_node: str | None, grad: bool):
+        super().__init__(gm, garbage_collect_values=True)
+        self.cut = cut
+        self.input_node = input_node
+        self.grad = grad
+        self.raw: dict[str, torch.Tensor] = {}
+        self.leaf: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        tap = self.cut.get(n.name)
+        if tap is not None and isinstance(out, torch.Tensor):
+            self.raw[tap] = out
+            leaf = out.detach()
+            if self.grad:
+                leaf.requires_grad_(True)
+            self.leaf[tap] = leaf
+            return leaf
+        return out
+
+    def call_function(self, target, args, kwargs):
+        target = _INPLACE_FUNCS.get(target, target)
+        if kwargs.get("inplace"):
+            kwargs = {**kwargs, "inplace": False}
+        return super().call_function(target, args, kwargs)
+
+    def call_method(self, target, args, kwargs):
+        if isinstance(target, str) and target.endswith("_") and not target.startswith("_") and target != "requires_grad_":
+            if hasattr(args[0], target[:-1]):
+                target = target[:-1]
+        return super().call_method(target, args, kwargs)
+
+
+def _no_inplace(module: nn.Module) -> nn.Module:
+    for m in module.modules():
+        if getattr(m, "inplace", False) is True:
+            m.inplace = False
+    return module
+
+
+class TorchNetwork(Network):
+    """A PyTorch ``nn.Module`` (or fx graph) ready for step-wise analysis.
+
+    Parameters
+    ----------
+    module : the classifier; a deep copy is put in eval mode (the caller's module is not touched).
+    name : model name recorded in the results.
+    device : "cpu", "cuda", "cuda:1", ...
+    taps : tap names chosen by hand (module paths or fx node names), or None for the default taps.
+    include_input : add the input image's channels as the lowest tap.
+    channel_axes : override the channel axis of taps, by name.
+    output_index : which output is the logits when the model returns several.
+    """
+
+    def __init__(self, module: nn.Module, *, name: str = "model", device: str = "cpu",
+                 taps: Sequence[str] | None = None, include_input: bool = False,
+                 channel_axes: Mapping[str, int] | None = None, output_index: int | None = None) -> None:
+        self.module = module
+        self.name = name
+        self.device = device
+        self.tap_names = list(taps) if taps else None
+        self.include_input = include_input
+        self.channel_axes = dict(channel_axes or {})
+        self.output_index = output_index
+        self._plan: TapPlan | None = None
+        self._gm: fx.GraphModule | None = None
+        self._batched_ok = True
+        self.input_shape: tuple[int, ...] | None = None
+        self.input_dtype = torch.float32
+
+    # -- preparation ---------------------------------------------------------------
+    def prepare(self, example: np.ndarray) -> tuple[Tap, ...]:
+        device = torch.device(self.device)
+        x = self.to_tensor(example[:1]) if self.input_shape is None else self.to_tensor(example[:1])
+        module = _no_inplace(copy.deepcopy(self.module)).eval().to(device)
+        for p in module.parameters():
+            p.requires_grad_(False)
+        gm = trace_module(module, x)
+        gm = gm.to(device)
+        shapes: dict[str, tuple[int, ...]] = {}
+
+        class _Shapes(fx.Interpreter):
+            def run_node(self, n):
+                out = super().run_node(n)
+                if isinstance(out, torch.Tensor):
+                    shapes[n.name] = tuple(out.shape)
+                return out
+
+        with torch.no_grad():
+            try:
+                _Shapes(gm).run(x)
+            except Exception as exc:  # noqa: BLE001
+                raise InvalidInputError(
+                    f"the model failed on an input of shape {tuple(x.shape)}: {str(exc).splitlines()[0][:160]}; "
+                    "check the image shape and layout the model expects."
+                ) from None
+        self._plan = discover_taps(gm, shapes, tap_names=self.tap_names, include_input=self.include_input,
+                                   channel_axes=self.channel_axes, output_index=self.output_index)
+        self._gm = gm
+        self.input_shape = tuple(example.shape[1:])
+        return self._plan.taps
+
+    @property
+    def plan(self) -> TapPlan:
+        if self._plan is None:
+            raise RuntimeError("call prepare() first")
+        return self._plan
+
+    @property
+    def graph_module(self) -> fx.GraphModule:
+        if self._gm is None:
+            raise RuntimeError("call prepare() first")
+        return self._gm
+
+    @property
+    def taps(self) -> tuple[Tap, ...]:
+        return self.plan.taps
+
+    def tap(self, name: str) -> Tap:
+        for t in self.plan.taps:
+            if t.name == name:
+                return t
+        raise InvalidInputError(f"unknown tap {name!r}; taps are: {', '.join(t.name for t in self.plan.taps)}.")
+
+    def to_tensor(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, torch.float32)
+        return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+
+    # -- execution -------------------------------------------------------------------
+    def run(self, batch: np.ndarray | torch.Tensor, grad: bool) -> _CutInterpreter:
+        """Run the model with every tap cut; returns the interpreter holding raw and leaf values."""
+        plan = self.plan
+        cut = {node: tap for tap, node in plan.node_of.items() if tap != plan.input_tap}
+        x = self.to_tensor(batch)
+        interp = _CutInterpreter(self.graph_module, cut, None, grad)
+        if plan.input_tap is not None:
+            if grad:
+                x = x.detach().requires_grad_(True)
+            interp.raw[plan.input_tap] = x
+            interp.leaf[plan.input_tap] = x
+        with torch.set_grad_enabled(grad):
+            interp.run(x)
+        return interp
+
+    def scalars_of(self, interp: _CutInterpreter) -> dict[str, np.ndarray]:
+        out = {}
+        with torch.no_grad():
+            for tap in self.plan.taps:
+                value = interp.raw[tap.name].detach()
+                out[tap.name] = spatial_mean(value, tap.channel_axis).double().cpu().numpy()
+        return out
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        interp = self.run(batch, grad=False)
+        return interp.raw["logits"].detach().double().cpu().numpy()
+
+    def tap_scalars(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self.scalars_of(self.run(batch, grad=False))
+
+    def step_relevance(self, batch: np.ndarray, upper: str, neurons: Sequence[int], rule: Rule
+                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        tap = self.tap(upper)
+        interp = self.run(batch, grad=True)
+        scalars = self.scalars_of(interp)
+        parents = [self.tap(p) for p in tap.parents]
+        if not parents or len(neurons) == 0:
+            return {}, scalars
+        s = spatial_mean(interp.raw[upper], tap.channel_axis)[:, list(neurons)]  # (B, n)
+        rel = self._relevance(s, [interp.leaf[p.name] for p in parents], parents, rule)
+        return rel, scalars
+
+    def _relevance(self, s: torch.Tensor, leaves: list[torch.Tensor], parents: list[Tap], rule: Rule
+                   ) -> dict[str, np.ndarray]:
+        B, n = s.shape
+        per = max(int(leaf[0].numel()) for leaf in leaves) * B * 4 * 3
+        chunk = max(1, min(n, _WORK_BYTES // max(per, 1)))
+        chunks: dict[str, list[np.ndarray]] = {p.name: [] for p in parents}
+        for j0 in range(0, n, chunk):
+            j1 = min(n, j0 + chunk)
+            grads = self._grads(s, leaves, j0, j1)
+            for p, leaf, g in zip(parents, leaves, grads):
+                if g is None:
+                    g = torch.zeros((j1 - j0, *leaf.shape), device=leaf.device, dtype=leaf.dtype)
+                c = rule.combine(g, leaf.detach().unsqueeze(0))
+                chunks[p.name].append(spatial_mean(c, p.channel_axis + 1, lead=2).double().cpu().numpy())
+        return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
+
+    def _grads(self, s: torch.Tensor, leaves: list[torch.Tensor], j0: int, j1: int) -> list[torch.Tensor | None]:
+        m = j1 - j0
+        if self._batched_ok and m > 1:
+            go = torch.zeros((m, *s.shape), device=s.device, dtype=s.dtype)
+            go[torch.arange(m), :, torch.arange(j0, j1)] = 1.0
+            try:
+                out = torch.autograd.grad(s, leaves, go, retain_graph=True, allow_unused=True, is_grads_batched=True)
+                return list(out)
+            except RuntimeError:
+                self._batched_ok = False  # an op without a batching rule: one backward pass per neuron
+        per_neuron = []
+        for j in range(j0, j1):
+            g = torch.autograd.grad(s[:, j].sum(), leaves, retain_graph=True, allow_unused=True)
+            per_neuron.append(g)
+        out: list[torch.Tensor | None] = []
+        for idx, leaf in enumerate(leaves):
+            parts = [g[idx] for g in per_neuron]
+            out.append(None if all(p is None for p in parts) else
+                       torch.stack([p if p is not None else torch.zeros_like(leaf) for p in parts]))
+        return out
+
+    def describe_steps(self) -> dict[str, str]:
+        out = {}
+        for t in self.plan.taps:
+            for p in t.parents:
+                out[f"{t.name} -> {p}"] = "autograd (batched over upper neurons)"
+        return out

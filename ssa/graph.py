@@ -1,0 +1,141 @@
+"""The dependency graph (networkx.DiGraph) and its writers.
+
+Nodes are ``"tap:neuron"`` strings; edges go from an upper neuron to the lower
+neuron it depends on. Node attributes: ``tap``, ``tap_order``, ``neuron``,
+``frequency`` (the largest edge frequency into the node; the number of images
+for the class node), ``mean_relevance`` (mean of the relevance of the edges
+into the node), ``active_fraction`` (share of images in which the neuron's
+scalar is > 0), ``in_degree`` (number of upper neurons that keep it: the
+paper's interconnectedness), ``sign`` (+1, or -1 for a node reached only by
+inhibitory edges). Edge attributes: ``frequency``, ``relevance``, ``sign``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import networkx as nx
+import numpy as np
+
+from .errors import InvalidInputError
+from .interfaces import Tap
+from .traversal import StepRecord
+
+__all__ = ["node_id", "build_graph", "write_graph", "read_graph", "atomic_write_bytes"]
+
+
+def node_id(tap: str, neuron: int) -> str:
+    return f"{tap}:{int(neuron)}"
+
+
+def build_graph(*, taps: Sequence[Tap], steps: Sequence[StepRecord], target: int, n_images: int,
+                active: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> nx.DiGraph:
+    """Assemble the dependency graph from the traversal's step records."""
+    by_name = {t.name: t for t in taps}
+    g = nx.DiGraph()
+    g.graph.update({k: v for k, v in attrs.items()})
+    g.graph["target"] = int(target)
+    g.graph["n_images"] = int(n_images)
+
+    def add_node(tap: str, neuron: int) -> str:
+        nid = node_id(tap, neuron)
+        if nid not in g:
+            frac = active.get(tap)
+            g.add_node(nid, tap=tap, tap_order=int(by_name[tap].order), neuron=int(neuron), frequency=0,
+                       mean_relevance=0.0, active_fraction=float(frac[neuron]) if frac is not None else float("nan"),
+                       in_degree=0, sign=1)
+        return nid
+
+    top = add_node("logits", target)
+    g.nodes[top]["frequency"] = int(n_images)
+    for step in steps:
+        for kp in step.kept:
+            u = add_node(step.upper, kp.upper)
+            v = add_node(step.parent, kp.lower)
+            g.add_edge(u, v, frequency=int(kp.count), relevance=float(kp.relevance), sign=int(kp.sign))
+    for nid in g.nodes:
+        if nid == top:
+            continue
+        ins = list(g.in_edges(nid, data=True))
+        if ins:
+            g.nodes[nid]["frequency"] = int(max(d["frequency"] for _, _, d in ins))
+            g.nodes[nid]["mean_relevance"] = float(np.mean([d["relevance"] for _, _, d in ins]))
+            g.nodes[nid]["in_degree"] = len(ins)
+            g.nodes[nid]["sign"] = 1 if any(d["sign"] > 0 for _, _, d in ins) else -1
+    return g
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def graph_to_dict(g: nx.DiGraph) -> dict:
+    data = nx.node_link_data(g, edges="edges")
+    for section in ("nodes", "edges"):
+        for item in data[section]:
+            for k, v in list(item.items()):
+                item[k] = _jsonable(v)
+    data["graph"] = {k: _jsonable(v) for k, v in data["graph"].items()}
+    return data
+
+
+def write_graph(g: nx.DiGraph, path: str | os.PathLike) -> Path:
+    """Write the graph atomically: ``.json`` (node-link) or ``.graphml``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        data = json.dumps(graph_to_dict(g), indent=1).encode()
+    elif suffix in (".graphml", ".xml"):
+        h = g.copy()
+        for k, v in list(h.graph.items()):
+            if isinstance(v, (dict, list, tuple)) or v is None:
+                h.graph[k] = json.dumps(v)
+        data = "\n".join(nx.generate_graphml(h)).encode()
+    else:
+        raise InvalidInputError(f"output file must end in .json or .graphml, got {path.name!r}; rename it.")
+    atomic_write_bytes(path, data)
+    return path
+
+
+def read_graph(path: str | os.PathLike) -> nx.DiGraph:
+    """Read a graph written by :func:`write_graph`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"graph file {str(path)!r} does not exist; check the path.")
+    try:
+        if path.suffix.lower() == ".json":
+            return nx.node_link_graph(json.loads(path.read_text()), edges="edges", directed=True)
+        if path.suffix.lower() in (".graphml", ".xml"):
+            return nx.read_graphml(path)
+    except (ValueError, KeyError, nx.NetworkXError) as exc:
+        raise InvalidInputError(f"{str(path)!r} is not a graph written by ssa ({type(exc).__name__}); re-run `ssa analyse`.") from None
+    raise InvalidInputError(f"graph file must end in .json or .graphml, got {path.name!r}.")

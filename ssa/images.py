@@ -1,0 +1,150 @@
+"""Image inputs: arrays, ``.npy`` files, folders of PNG/JPEG files, the built-in digits set."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+__all__ = ["Preprocess", "validate_images", "load_images", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Simple preprocessing for folders of image files.
+
+    resize : (height, width) or None; bilinear.
+    scale : multiply the 0-255 pixel values by this (1/255 gives 0-1).
+    mean, std : per-channel, applied after scaling: (x - mean) / std.
+    layout : "nchw" or "nhwc".
+    channels : 1 (grayscale) or 3 (RGB).
+    bgr : reverse the channel order (RGB -> BGR), as Caffe/Keras VGG models expect.
+    """
+
+    resize: tuple[int, int] | None = None
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    layout: str = "nchw"
+    channels: int = 3
+    bgr: bool = False
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("nchw", "nhwc"):
+            raise InvalidInputError(f"layout must be 'nchw' or 'nhwc', got {self.layout!r}.")
+        if self.channels not in (1, 3):
+            raise InvalidInputError(f"channels must be 1 or 3, got {self.channels}.")
+        for label, vals in (("mean", self.mean), ("std", self.std)):
+            if vals and len(vals) not in (1, self.channels):
+                raise InvalidInputError(f"{label} must have 1 or {self.channels} values, got {len(vals)}.")
+        if self.std and any(v == 0 for v in self.std):
+            raise InvalidInputError("std values must be non-zero.")
+
+
+def validate_images(images: object, *, source: str = "images") -> np.ndarray:
+    """Check an image batch and return it as a contiguous float32 array."""
+    arr = np.asarray(images) if not hasattr(images, "detach") else images.detach().cpu().numpy()  # type: ignore[union-attr]
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+                                   or arr.dtype == bool):
+        raise InvalidInputError(f"{source} must hold numbers, got dtype {arr.dtype}; pass a float array shaped (N, ...).")
+    if arr.ndim < 2:
+        raise InvalidInputError(
+            f"{source} must be shaped (N, ...) with one image per row, got shape {arr.shape}; add the batch axis."
+        )
+    if arr.shape[0] == 0:
+        raise InvalidInputError(f"{source} is empty (0 images); pass at least one image of the class.")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).reshape(arr.shape[0], -1).any(axis=1).sum())
+        raise InvalidInputError(f"{source} contains NaN or infinite values in {bad} image(s); clean or drop them.")
+    return np.ascontiguousarray(arr)
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InvalidInputError(f"cannot read {str(path)!r} as a .npy array ({str(exc).splitlines()[0]}); save it with numpy.save.") from None
+
+
+def _read_folder(path: Path, pre: Preprocess) -> tuple[np.ndarray, list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InvalidInputError(f"folder {str(path)!r} holds no PNG/JPEG files; put the class's images there.")
+    out = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L" if pre.channels == 1 else "RGB")
+                if pre.resize is not None:
+                    im = im.resize((pre.resize[1], pre.resize[0]), Image.BILINEAR)
+                a = np.asarray(im, dtype=np.float32)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise InvalidInputError(f"cannot read image {str(f)!r} ({type(exc).__name__}); remove or fix it.") from None
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if out and a.shape != out[0].shape:
+            raise InvalidInputError(
+                f"image {f.name!r} has size {a.shape[:2]}, others {out[0].shape[:2]}; pass --resize H,W."
+            )
+        out.append(a)
+    x = np.stack(out) * pre.scale
+    if pre.bgr:
+        x = x[..., ::-1]
+    if pre.mean:
+        x = x - np.asarray(pre.mean, np.float32)
+    if pre.std:
+        x = x / np.asarray(pre.std, np.float32)
+    if pre.layout == "nchw":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x, dtype=np.float32), [f.name for f in files]
+
+
+def load_images(spec: object, *, target: int | None = None, preprocess: Preprocess | None = None,
+                labels: object = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Load images from an array, a ``.npy`` file, a folder, or ``"digits"``.
+
+    Returns ``(images, labels)``; labels are None when unknown. When labels are
+    known and ``target`` is given, only the images of that class are returned.
+    """
+    lab: np.ndarray | None = None
+    if isinstance(spec, (str, os.PathLike)):
+        s = os.fspath(spec)
+        if s == "digits":
+            from .models import digits_data
+
+            arr, lab = digits_data()
+        else:
+            path = Path(s)
+            if not path.exists():
+                raise InvalidInputError(f"images {s!r} do not exist; pass a .npy file or a folder of PNG/JPEG files.")
+            if path.is_dir():
+                arr, _ = _read_folder(path, preprocess or Preprocess())
+            elif path.suffix.lower() == ".npy":
+                arr = _read_npy(path)
+            else:
+                raise InvalidInputError(f"images must be a .npy file or a folder of PNG/JPEG files, got {path.name!r}.")
+    else:
+        arr = spec  # type: ignore[assignment]
+    if labels is not None:
+        lab = np.asarray(_read_npy(Path(labels)) if isinstance(labels, (str, os.PathLike)) else labels)
+    arr = validate_images(arr)
+    if lab is not None:
+        lab = np.asarray(lab).reshape(-1)
+        if lab.shape[0] != arr.shape[0]:
+            raise InvalidInputError(f"labels has {lab.shape[0]} entries for {arr.shape[0]} images; they must match.")
+        if target is not None:
+            keep = lab == target
+            if not keep.any():
+                raise InvalidInputError(f"no image is labelled {target}; choose a target that has images.")
+            arr, lab = arr[keep], lab[keep]
+    return arr, lab

@@ -1,0 +1,243 @@
+"""Abstract interfaces of the core: backends, relevance rules, outlier selectors.
+
+Plugins implement these and register the classes through the hooks in
+:mod:`ssa.hookspecs`. The algorithm itself (:mod:`ssa.traversal`) only talks to
+these interfaces, so a PyTorch module, an ONNX file or any other backend is
+analysed the same way (method doc, section 3).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+__all__ = ["Param", "Configurable", "Selector", "Rule", "Backend", "Network", "Tap"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A documented keyword parameter of a rule or selector.
+
+    Parameters
+    ----------
+    default : the value used when the parameter is not given.
+    doc : one line shown by ``ssa plugins``.
+    kind : the Python type values are converted to (``float``, ``int``, ``bool``, ``str``).
+    check : optional predicate; a value for which it returns False is refused.
+    expect : what ``check`` expects, in words, for the error message.
+    """
+
+    default: Any
+    doc: str
+    kind: type = float
+    check: Callable[[Any], bool] | None = None
+    expect: str = ""
+
+
+def _convert(kind: type, name: str, owner: str, value: Any) -> Any:
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(
+            f"{owner} parameter {name!r} must be {kind.__name__}, got {value!r}; "
+            f"pass e.g. {name}=<{kind.__name__}>."
+        ) from None
+
+
+class Configurable:
+    """Mixin: named plugin class with validated keyword parameters.
+
+    Construction does no work beyond storing and validating the parameters.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    parameters: ClassVar[Mapping[str, Param]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        owner = f"{self.kind_label} {self.name!r}"
+        unknown = sorted(set(params) - set(self.parameters))
+        if unknown:
+            known = ", ".join(sorted(self.parameters)) or "none"
+            raise InvalidInputError(
+                f"{owner} has no parameter {unknown[0]!r}; known parameters: {known}."
+            )
+        values: dict[str, Any] = {}
+        for key, spec in self.parameters.items():
+            value = params.get(key, spec.default)
+            value = _convert(spec.kind, key, owner, value)
+            if spec.check is not None and not spec.check(value):
+                raise InvalidInputError(
+                    f"{owner} parameter {key!r} must be {spec.expect or 'valid'}, got {value!r}."
+                )
+            values[key] = value
+        self.params: dict[str, Any] = values
+
+    kind_label: ClassVar[str] = "plugin"
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+
+class Selector(Configurable, ABC):
+    """Picks the relevant lower neurons of relevance rows (method doc, section 3, STEP 2).
+
+    Every selector accepts ``two_sided`` (default False): when True, negative
+    outliers are also returned, as -1, and become inhibitory edges.
+    """
+
+    kind_label: ClassVar[str] = "selector"
+
+    @abstractmethod
+    def select(self, rows: np.ndarray) -> np.ndarray:
+        """Classify every entry of every row.
+
+        Parameters
+        ----------
+        rows : float64 array of shape (R, K); row r holds omega[n, i, :].
+
+        Returns
+        -------
+        int8 array of shape (R, K): +1 for a positive outlier, -1 for a
+        negative outlier (only when ``two_sided``), 0 otherwise. Rows with NaN
+        must give 0 everywhere. The result must depend only on the row itself.
+        """
+
+    @property
+    def two_sided(self) -> bool:
+        return bool(self.params.get("two_sided", False))
+
+
+class Rule(Configurable, ABC):
+    """How the relevance omega of one step is computed (method doc, sections 3 and 5).
+
+    A rule combines, per image and per parent position, the gradient of the
+    upper neuron's scalar with the parent's activation; the step relevance is
+    the spatial mean of that combination over the parent's positions.
+    ``fast_form`` names the closed form of method doc section 6 the rule has
+    ("gradient" or "gradient_x_activation"), or None for autograd only.
+    """
+
+    kind_label: ClassVar[str] = "rule"
+    fast_form: ClassVar[str | None] = None
+
+    @abstractmethod
+    def combine(self, grad: Any, activation: Any) -> Any:
+        """Elementwise contribution of each parent position (torch tensors).
+
+        ``grad`` has shape (n, B, *parent_shape) for n upper neurons, and
+        ``activation`` has shape (B, *parent_shape); return a tensor shaped like ``grad``.
+        """
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A tensor whose neurons are nodes of the dependency graph.
+
+    Attributes
+    ----------
+    name : unique name (module path or graph node name; ``logits``; ``input``).
+    order : position in execution order (the logits have the highest).
+    kind : "activation", "logits", "input" or "manual".
+    shape : per-image shape (without the batch axis).
+    channel_axis : axis of the neurons in the full (batched) tensor.
+    parents : names of the parent taps (method doc, section 4: cut semantics).
+    op : short description of the operation that produces the tap.
+    """
+
+    name: str
+    order: int
+    kind: str
+    shape: tuple[int, ...]
+    channel_axis: int
+    parents: tuple[str, ...] = ()
+    op: str = ""
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.shape[self.channel_axis - 1])
+
+    @property
+    def n_positions(self) -> int:
+        total = 1
+        for d in self.shape:
+            total *= int(d)
+        return total // max(self.n_neurons, 1)
+
+
+class Network(ABC):
+    """A loaded model, ready to be analysed by the traversal.
+
+    Obtained from :meth:`Backend.load`; :meth:`prepare` discovers the taps
+    and the tap DAG from an example batch (construction does no work).
+    """
+
+    name: str = "model"
+
+    @abstractmethod
+    def prepare(self, example: np.ndarray) -> tuple[Tap, ...]:
+        """Discover the taps (execution order, logits last) for inputs like ``example``."""
+
+    @property
+    @abstractmethod
+    def taps(self) -> tuple[Tap, ...]:
+        """The taps found by :meth:`prepare`."""
+
+    @abstractmethod
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Class logits, shape (B, n_classes)."""
+
+    @abstractmethod
+    def tap_scalars(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every tap's neuron scalars (value, or spatial mean) on a batch: ``{tap: (B, N)}``."""
+
+    @abstractmethod
+    def step_relevance(
+        self, batch: np.ndarray, upper: str, neurons: Sequence[int], rule: Rule
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Relevance of every parent tap of ``upper`` for ``neurons`` on a batch.
+
+        Returns ``(relevance, scalars)``: ``relevance[parent]`` has shape
+        (len(neurons), B, K_parent); ``scalars[tap]`` has shape (B, N_tap) and
+        holds every tap's neuron scalars (value or spatial mean) on the batch.
+        """
+
+    def describe_steps(self) -> dict[str, str]:
+        """Which computation each step uses, keyed by "upper -> parent"."""
+        return {}
+
+
+class Backend(ABC):
+    """Loads models of one kind (PyTorch modules, ONNX files, ...)."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    priority: ClassVar[int] = 0
+
+    @classmethod
+    @abstractmethod
+    def can_load(cls, source: Any) -> bool:
+        """True when ``source`` (an object or a string) is this backend's kind of model."""
+
+    @abstractmethod
+    def load(self, source: Any, *, device: str = "cpu", **options: Any) -> Network:
+        """Load ``source``; raise :class:`ssa.errors.ModelLoadError` when it cannot be read."""
