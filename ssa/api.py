@@ -9,14 +9,14 @@ import numpy as np
 
 from .errors import InvalidInputError, PluginError
 from .graph import build_graph
-from .images import Preprocess, load_images, validate_images
+from .images import Preprocess, load_images, select_class
 from .interfaces import Network, Rule, Selector
 from .plugins import make_rule, make_selector, registry
 from .results import AnalysisResult
 from .sources import AutogradSource
 from .traversal import traverse
 
-__all__ = ["load_model", "analyse", "check_device", "check_int"]
+__all__ = ["load_model", "analyse", "check_device", "check_int", "check_target", "n_classes", "run_traversal"]
 
 
 def check_int(name: str, value: Any, minimum: int, fix: str = "") -> int:
@@ -113,22 +113,29 @@ def analyse(
     if name is not None:
         options["name"] = name
     network = load_model(model, backend=backend, device=device, **options)
-    arr, _ = load_images(images, target=target, preprocess=preprocess, labels=labels)
+    arr, lab = load_images(images, preprocess=preprocess, labels=labels)
     network.prepare(arr)
-    n_classes = _n_classes(network)
-    if target >= n_classes:
-        raise InvalidInputError(f"target must be in [0, {n_classes - 1}] (the model has {n_classes} logits), got {target}.")
+    check_target(network, target)
+    arr, _ = select_class(arr, lab, target)
     if stop_at is not None and stop_at not in {t.name for t in network.taps}:
         raise InvalidInputError(f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
     source = AutogradSource(network, arr, batch_size)
     return run_traversal(source, network, target, branching, rule_obj, selector_obj, stop_at=stop_at, progress=progress)
 
 
-def _n_classes(network: Network) -> int:
+def n_classes(network: Network) -> int:
+    """Number of logits of a prepared network."""
     for t in network.taps:
         if t.name == "logits":
             return int(t.shape[0])
     raise RuntimeError("the network has no logits tap")
+
+
+def check_target(network: Network, target: int) -> int:
+    n = n_classes(network)
+    if not 0 <= target < n:
+        raise InvalidInputError(f"target must be in [0, {n - 1}] (the model has {n} logits), got {target}.")
+    return target
 
 
 def run_traversal(source, network: Network, target: int, branching: int, rule: Rule, selector: Selector,

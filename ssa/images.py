@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import InvalidInputError
 
-__all__ = ["Preprocess", "validate_images", "load_images", "IMAGE_SUFFIXES"]
+__all__ = ["Preprocess", "validate_images", "load_images", "select_class", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -142,9 +142,16 @@ def load_images(spec: object, *, target: int | None = None, preprocess: Preproce
         lab = np.asarray(lab).reshape(-1)
         if lab.shape[0] != arr.shape[0]:
             raise InvalidInputError(f"labels has {lab.shape[0]} entries for {arr.shape[0]} images; they must match.")
-        if target is not None:
-            keep = lab == target
-            if not keep.any():
-                raise InvalidInputError(f"no image is labelled {target}; choose a target that has images.")
-            arr, lab = arr[keep], lab[keep]
+    if target is not None:
+        arr, lab = select_class(arr, lab, target)
     return arr, lab
+
+
+def select_class(images: np.ndarray, labels: np.ndarray | None, target: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The images labelled ``target`` (all images when there are no labels)."""
+    if labels is None:
+        return images, None
+    keep = labels == target
+    if not keep.any():
+        raise InvalidInputError(f"no image is labelled {target}; choose a target that has images.")
+    return images[keep], labels[keep]

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``ssa`` CLI (one module each)."""

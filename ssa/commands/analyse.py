@@ -1,0 +1,37 @@
+"""``ssa analyse``: the dependency graph of a class."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..api import analyse
+from ..errors import InvalidInputError
+from .common import add_image_args, add_method_args, add_model_args, method_options, model_options, preprocess_from
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyse", aliases=["analyze"], help="build the dependency graph of a class",
+                       description="Walk the network top-down from a class logit and write its dependency graph.")
+    add_model_args(p)
+    add_image_args(p)
+    p.add_argument("--target", "-t", type=int, required=True, help="class index (into the logits)")
+    add_method_args(p)
+    p.add_argument("--out", "-o", default=None, help="write the graph here (.json node-link or .graphml)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out is not None and not args.out.lower().endswith((".json", ".graphml")):
+        raise InvalidInputError(f"--out must end in .json or .graphml, got {args.out!r}.")
+    result = analyse(args.model, args.images, args.target, labels=args.labels, preprocess=preprocess_from(args),
+                     device=args.device, batch_size=args.batch_size, backend=args.backend,
+                     progress=not args.quiet, **model_options(args), **method_options(args))
+    if args.out:
+        path = result.write(args.out)
+    if not args.quiet:
+        print(result.summary())
+        if args.out:
+            print(f"wrote {path}")
+    return 0

@@ -1,0 +1,111 @@
+"""Argument helpers shared by the sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import InvalidInputError
+from ..images import Preprocess
+
+__all__ = ["add_model_args", "add_image_args", "add_method_args", "parse_kv", "parse_ints", "model_options",
+           "preprocess_from", "method_options"]
+
+
+def parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
+    """``["k=1.5", "two_sided=true"]`` -> ``{"k": "1.5", "two_sided": "true"}`` (plugins convert types)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        for part in item.split(","):
+            if not part.strip():
+                continue
+            if "=" not in part:
+                raise InvalidInputError(f"{what} must look like name=value, got {part!r}.")
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def parse_ints(text: str | None, what: str, count: int | None = None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        vals = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise InvalidInputError(f"{what} must be comma-separated integers, got {text!r}.") from None
+    if count is not None and len(vals) != count:
+        raise InvalidInputError(f"{what} must have {count} integers, got {text!r}.")
+    return vals
+
+
+def _floats(text: str | None, what: str) -> tuple[float, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InvalidInputError(f"{what} must be comma-separated numbers, got {text!r}.") from None
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model: file.onnx, file.pt2, path/file.py:attr, package.module:attr, or 'digits'")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    p.add_argument("--backend", default=None, help="force a backend (see `ssa plugins`)")
+    p.add_argument("--taps", default=None, help="comma-separated tap names to use instead of the default taps")
+    p.add_argument("--include-input", action="store_true", help="add the input image's channels as the last tap")
+    p.add_argument("--channel-axis", action="append", metavar="TAP=AXIS",
+                   help="override the channel axis of a tap (repeatable)")
+    p.add_argument("--output-index", type=int, default=None, help="which model output holds the logits")
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    axes = {k: int(v) for k, v in parse_kv(args.channel_axis, "--channel-axis").items()} if args.channel_axis else None
+    return {
+        "taps": [t for t in args.taps.split(",") if t] if args.taps else None,
+        "include_input": bool(args.include_input),
+        "channel_axes": axes,
+        "output_index": args.output_index,
+    }
+
+
+def add_image_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("images")
+    g.add_argument("--images", required=required,
+                   help=".npy array shaped and scaled for the model, a folder of PNG/JPEG files, or 'digits'")
+    g.add_argument("--labels", default=None, help=".npy of integer labels, one per image (keeps the target's images)")
+    g.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    g.add_argument("--resize", default=None, help="folders: resize to H,W")
+    g.add_argument("--scale", type=float, default=1 / 255, help="folders: multiply 0-255 pixels by this (default 1/255)")
+    g.add_argument("--mean", default=None, help="folders: per-channel mean, comma-separated")
+    g.add_argument("--std", default=None, help="folders: per-channel std, comma-separated")
+    g.add_argument("--layout", default="nchw", choices=("nchw", "nhwc"), help="folders: tensor layout")
+    g.add_argument("--channels", type=int, default=3, choices=(1, 3), help="folders: 1 (grayscale) or 3 (RGB)")
+    g.add_argument("--bgr", action="store_true", help="folders: BGR channel order")
+
+
+def preprocess_from(args: argparse.Namespace) -> Preprocess:
+    resize = parse_ints(args.resize, "--resize", 2)
+    return Preprocess(resize=resize, scale=args.scale, mean=_floats(args.mean, "--mean"),  # type: ignore[arg-type]
+                      std=_floats(args.std, "--std"), layout=args.layout, channels=args.channels, bgr=args.bgr)
+
+
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("method")
+    g.add_argument("--branching", "-b", type=int, default=3, help="neurons kept per upper neuron (default 3)")
+    g.add_argument("--rule", default="gradient", help="relevance rule (default gradient; see `ssa plugins`)")
+    g.add_argument("--rule-param", action="append", metavar="NAME=VALUE", help="rule parameter (repeatable)")
+    g.add_argument("--selector", default="tukey", help="outlier selector (default tukey; see `ssa plugins`)")
+    g.add_argument("--selector-param", action="append", metavar="NAME=VALUE",
+                   help="selector parameter, e.g. k=3 or two_sided=true (repeatable)")
+    g.add_argument("--stop-at", default=None, help="lowest tap to expand down to")
+
+
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "branching": args.branching,
+        "rule": args.rule,
+        "rule_params": parse_kv(args.rule_param, "--rule-param"),
+        "selector": args.selector,
+        "selector_params": parse_kv(args.selector_param, "--selector-param"),
+        "stop_at": args.stop_at,
+    }
