@@ -12,6 +12,7 @@ from .errors import InvalidInputError, ModelLoadError, PluginError, SSAError, St
 from .graph import read_graph, write_graph
 from .hookspecs import hookimpl
 from .images import Preprocess, load_images
+from .multi import analyse_many
 from .interfaces import Backend, Network, Param, Rule, Selector, Tap
 from .plugins import get_plugin_manager, make_rule, make_selector, registry
 from .results import AnalysisResult, LayerSummary
@@ -19,7 +20,7 @@ from .results import AnalysisResult, LayerSummary
 __version__ = "0.1.0"
 
 __all__ = [
-    "analyse", "load_model", "AnalysisResult", "LayerSummary", "read_graph", "write_graph", "Preprocess",
+    "analyse", "analyse_many", "load_model", "AnalysisResult", "LayerSummary", "read_graph", "write_graph", "Preprocess",
     "load_images", "Backend", "Network", "Rule", "Selector", "Param", "Tap", "hookimpl", "get_plugin_manager",
     "registry", "make_rule", "make_selector", "SSAError", "InvalidInputError", "ModelLoadError", "PluginError",
     "StoreError", "UnsupportedModelError", "__version__",

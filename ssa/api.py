@@ -158,6 +158,7 @@ def run_traversal(source, network: Network, target: int, branching: int, rule: R
         "branching": branching, "rule": rule.name, "rule_params": json.dumps(rule.params, sort_keys=True),
         "selector": selector.name, "selector_params": json.dumps(selector.params, sort_keys=True),
         "model": network.name,
+        "tap_neurons": json.dumps({t.name: t.n_neurons for t in network.taps}),  # layer sizes, for reports
     }
     graph = build_graph(taps=network.taps, steps=out.steps, target=target, n_images=source.n_images,
                         active=active, attrs=attrs)

@@ -14,18 +14,28 @@ from .errors import InvalidInputError
 __all__ = ["Preprocess", "validate_images", "load_images", "select_class", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+_INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 
 
 @dataclass(frozen=True)
 class Preprocess:
     """Simple preprocessing for folders of image files.
 
-    resize : (height, width) or None; bilinear.
+    resize : (height, width) or None; every image is resized to exactly this size (aspect not kept).
     scale : multiply the 0-255 pixel values by this (1/255 gives 0-1).
-    mean, std : per-channel, applied after scaling: (x - mean) / std.
+    mean, std : per-channel, applied after scaling (and after the BGR flip): (x - mean) / std.
     layout : "nchw" or "nhwc".
     channels : 1 (grayscale) or 3 (RGB).
     bgr : reverse the channel order (RGB -> BGR), as Caffe/Keras VGG models expect.
+    resize_shorter : resize so that the shorter side has this length, aspect kept (torchvision's
+        ``Resize(256)``); done first.
+    letterbox : (height, width): scale to fit inside, aspect kept, and pad the rest with ``pad_value``.
+    crop : (height, width): center crop, done last (torchvision's ``CenterCrop(224)``).
+    pad_value : pixel value (0-255 scale, before ``scale``) of the letterbox padding.
+    interpolation : "bilinear" (default), "nearest" (Keras ``load_img``'s default) or "bicubic".
+
+    The geometric steps run in the order resize_shorter, resize, letterbox, crop; see
+    :mod:`ssa.preprocess` for presets and config files.
     """
 
     resize: tuple[int, int] | None = None
@@ -35,10 +45,24 @@ class Preprocess:
     layout: str = "nchw"
     channels: int = 3
     bgr: bool = False
+    resize_shorter: int | None = None
+    letterbox: tuple[int, int] | None = None
+    crop: tuple[int, int] | None = None
+    pad_value: float = 0.0
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         if self.layout not in ("nchw", "nhwc"):
             raise InvalidInputError(f"layout must be 'nchw' or 'nhwc', got {self.layout!r}.")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise InvalidInputError(
+                f"interpolation must be one of {', '.join(_INTERPOLATIONS)}, got {self.interpolation!r}."
+            )
+        for label, size in (("resize", self.resize), ("letterbox", self.letterbox), ("crop", self.crop)):
+            if size is not None and (len(size) != 2 or any(int(v) < 1 for v in size)):
+                raise InvalidInputError(f"{label} must be (height, width) with positive sizes, got {size!r}.")
+        if self.resize_shorter is not None and int(self.resize_shorter) < 1:
+            raise InvalidInputError(f"resize_shorter must be a positive size, got {self.resize_shorter!r}.")
         if self.channels not in (1, 3):
             raise InvalidInputError(f"channels must be 1 or 3, got {self.channels}.")
         for label, vals in (("mean", self.mean), ("std", self.std)):
@@ -74,6 +98,43 @@ def _read_npy(path: Path) -> np.ndarray:
         raise InvalidInputError(f"cannot read {str(path)!r} as a .npy array ({str(exc).splitlines()[0]}); save it with numpy.save.") from None
 
 
+def _geometry(im, pre: Preprocess) -> np.ndarray:
+    """Resize / letterbox / center-crop a PIL image as ``pre`` says; returns float32 pixels (H, W[, C])."""
+    from PIL import Image
+
+    resample = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC}[pre.interpolation]
+    if pre.resize_shorter is not None:
+        w, h = im.size
+        short, long_ = (w, h) if w <= h else (h, w)
+        new_short = int(pre.resize_shorter)
+        new_long = int(new_short * long_ / short)  # torchvision's rounding
+        size = (new_short, new_long) if w <= h else (new_long, new_short)
+        if size != im.size:
+            im = im.resize(size, resample)
+    if pre.resize is not None:
+        im = im.resize((int(pre.resize[1]), int(pre.resize[0])), resample)
+    if pre.letterbox is not None:
+        th, tw = int(pre.letterbox[0]), int(pre.letterbox[1])
+        w, h = im.size
+        ratio = min(tw / w, th / h)
+        nw, nh = max(1, round(w * ratio)), max(1, round(h * ratio))
+        im = im.resize((nw, nh), resample)
+        fill = int(round(pre.pad_value))
+        canvas = Image.new(im.mode, (tw, th), fill if im.mode == "L" else (fill,) * len(im.getbands()))
+        canvas.paste(im, ((tw - nw) // 2, (th - nh) // 2))
+        im = canvas
+    if pre.crop is not None:
+        ch, cw = int(pre.crop[0]), int(pre.crop[1])
+        w, h = im.size
+        if ch > h or cw > w:
+            raise InvalidInputError(
+                f"cannot center-crop {ch}x{cw} from an image of {h}x{w}; resize first (resize_shorter) or crop less."
+            )
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))  # torchvision's center_crop
+        im = im.crop((left, top, left + cw, top + ch))
+    return np.asarray(im, dtype=np.float32)
+
+
 def _read_folder(path: Path, pre: Preprocess) -> tuple[np.ndarray, list[str]]:
     from PIL import Image, UnidentifiedImageError
 
@@ -85,9 +146,7 @@ def _read_folder(path: Path, pre: Preprocess) -> tuple[np.ndarray, list[str]]:
         try:
             with Image.open(f) as im:
                 im = im.convert("L" if pre.channels == 1 else "RGB")
-                if pre.resize is not None:
-                    im = im.resize((pre.resize[1], pre.resize[0]), Image.BILINEAR)
-                a = np.asarray(im, dtype=np.float32)
+                a = _geometry(im, pre)
         except (UnidentifiedImageError, OSError) as exc:
             raise InvalidInputError(f"cannot read image {str(f)!r} ({type(exc).__name__}); remove or fix it.") from None
         if a.ndim == 2:

@@ -22,6 +22,7 @@ from torch import fx
 from ssa.errors import InvalidInputError, UnsupportedModelError
 from ssa.interfaces import Network, Rule, Tap
 
+from .fast import FastPlan, plan_fast, term_stats
 from .taps import TapPlan, discover_taps
 
 __all__ = ["TorchNetwork", "spatial_mean", "trace_module"]
@@ -154,8 +155,39 @@ class TorchNetwork(Network):
         self._plan = discover_taps(gm, shapes, tap_names=self.tap_names, include_input=self.include_input,
                                    channel_axes=self.channel_axes, output_index=self.output_index)
         self._gm = gm
+        self._example = x
+        self._fast = None
         self.input_shape = tuple(example.shape[1:])
         return self._plan.taps
+
+    # -- the closed form (method doc, section 6) ----------------------------------------
+    @property
+    def fast_plan(self) -> FastPlan:
+        """Which steps have the exact closed form (computed on first use)."""
+        if self._fast is None:
+            env1: dict[str, Any] = {}
+
+            class _Values(fx.Interpreter):
+                def run_node(self, n):
+                    out = super().run_node(n)
+                    env1[n.name] = out
+                    return out
+
+            with torch.no_grad():
+                _Values(self.graph_module).run(self._example)
+            self._fast = plan_fast(self.graph_module, self.plan, env1)
+        return self._fast
+
+    def collect(self, batch: np.ndarray | torch.Tensor, forms: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per-image sufficient statistics of every fast step, and every tap's scalars, in one forward pass.
+
+        Keys: ``"scalars/<tap>"`` (B, N) and ``"<tap>/<term index>/<field>"`` (see :func:`term_stats`).
+        """
+        fast = self.fast_plan
+        interp = _StatsInterpreter(self, fast, tuple(forms))
+        with torch.no_grad():
+            interp.run(self.to_tensor(batch))
+        return interp.stats
 
     @property
     def plan(self) -> TapPlan:
@@ -266,7 +298,73 @@ class TorchNetwork(Network):
 
     def describe_steps(self) -> dict[str, str]:
         out = {}
+        fast = self.fast_plan
         for t in self.plan.taps:
             for p in t.parents:
-                out[f"{t.name} -> {p}"] = "autograd (batched over upper neurons)"
+                if fast.covers(t.name):
+                    kinds = sorted({term.kind for term in fast.taps[t.name].terms if term.parent == p})
+                    out[f"{t.name} -> {p}"] = f"fast ({', '.join(kinds)})"
+                else:
+                    out[f"{t.name} -> {p}"] = f"autograd ({fast.reasons.get(t.name, 'no closed form')})"
         return out
+
+
+class _StatsInterpreter(fx.Interpreter):
+    """One forward pass that records, at every tap, what the closed form needs."""
+
+    def __init__(self, net: TorchNetwork, fast: FastPlan, forms: tuple[str, ...]):
+        super().__init__(net.graph_module, garbage_collect_values=True)
+        self.net = net
+        self.forms = forms
+        self.fast = fast
+        plan = net.plan
+        self.tap_of_node = {node: tap for tap, node in plan.node_of.items()}
+        self.taps = {t.name: t for t in plan.taps}
+        self.act_of = {tf.act_node: tf for tf in fast.taps.values() if tf.act_node is not None}
+        self.logits_fast = fast.taps.get("logits")
+        gxa = "gradient_x_activation" in forms
+        self.keep: dict[str, int] = {}  # node -> number of taps still needing its value
+        for tf in fast.taps.values():
+            for term in tf.terms:
+                if gxa and term.kind in ("conv", "linear") and term.x_node:
+                    self.keep[term.x_node] = self.keep.get(term.x_node, 0) + 1
+                if gxa and term.kind == "identity":
+                    node = plan.node_of[term.parent]
+                    self.keep[node] = self.keep.get(node, 0) + 1
+        self.kept: dict[str, torch.Tensor] = {}
+        self.stats: dict[str, np.ndarray] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        tf = self.act_of.get(n.name)
+        if tf is not None:
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            with torch.enable_grad():
+                z = args[0].detach().requires_grad_(True)
+                out = getattr(self, n.op)(n.target, (z, *args[1:]), kwargs)
+                (m,) = torch.autograd.grad(out.sum(), z)
+            out = out.detach()
+            self._record(tf, m)
+        else:
+            out = super().run_node(n)
+            if self.logits_fast is not None and n.name == self.logits_fast.z_node:
+                self._record(self.logits_fast, torch.ones_like(out))
+        tap = self.tap_of_node.get(n.name)
+        if tap is not None and isinstance(out, torch.Tensor):
+            t = self.taps[tap]
+            self.stats[f"scalars/{tap}"] = spatial_mean(out, t.channel_axis).float().cpu().numpy()
+        if n.name in self.keep:
+            self.kept[n.name] = out
+        return out
+
+    def _record(self, tf, m: torch.Tensor) -> None:
+        plan = self.net.plan
+        for i, term in enumerate(tf.terms):
+            x = self.kept.get(term.x_node) if term.x_node else None
+            parent = self.kept.get(plan.node_of[term.parent]) if term.kind == "identity" else None
+            for key, val in term_stats(term, m, x, parent, self.forms).items():
+                self.stats[f"{tf.tap}/{i}/{key}"] = val.float().cpu().numpy()
+            for node in ([term.x_node] if term.x_node else []) + ([plan.node_of[term.parent]] if term.kind == "identity" else []):
+                if node in self.keep:
+                    self.keep[node] -= 1
+                    if self.keep[node] <= 0:
+                        self.kept.pop(node, None)

@@ -36,15 +36,24 @@ _MODULE_KINDS: dict[type, str] = {
     nn.Softmax: "softmax", nn.LogSoftmax: "log_softmax",
 }
 
-# onnx2torch converted modules, by class name
+# onnx2torch converted modules, by class name (checked against onnx2torch 1.5's node_converters).
+# Many ONNX ops convert to plain torch.nn modules and are covered by _MODULE_KINDS: Relu -> nn.ReLU,
+# Clip(0, 6) -> nn.ReLU6, HardSwish -> nn.Hardswish, Sigmoid, LeakyRelu, Elu, Celu, Selu, Softplus,
+# Softmax / LogSoftmax (opset >= 13) -> nn.Softmax / nn.LogSoftmax, Conv -> nn.Conv2d (inside an
+# nn.Sequential after a padding module when the padding is asymmetric), Gemm with constant weights ->
+# nn.Linear, BatchNormalization with constant statistics -> nn.BatchNorm2d, MaxPool / AveragePool,
+# Flatten(axis=1) -> nn.Flatten, Dropout -> nn.Dropout. Softmax / LogSoftmax of opset < 13 convert to
+# OnnxSoftmaxV1V11 (its ``is_log`` attribute tells which); see node_kind.
 _ONNX2TORCH_KINDS = {
-    "OnnxHardSigmoid": "hardsigmoid", "OnnxHardSwish": "hardswish", "OnnxErf": "other",
-    "OnnxTranspose": "permute", "OnnxPermute": "permute", "OnnxFlatten": "flatten", "OnnxReshape": "reshape",
-    "OnnxSoftmaxV1V11": "softmax", "OnnxSoftmax": "softmax", "OnnxLogSoftmaxV1V11": "log_softmax",
+    "OnnxHardSigmoid": "hardsigmoid", "OnnxPReLU": "prelu", "OnnxClip": "hardtanh", "OnnxErf": "other",
+    "OnnxTranspose": "permute", "OnnxFlatten": "flatten", "OnnxReshape": "reshape",
     "OnnxGlobalAveragePoolWithKnownInputShape": "adaptive_avgpool", "OnnxGlobalAveragePool": "adaptive_avgpool",
-    "OnnxMatMul": "matmul", "OnnxGemm": "gemm", "OnnxCast": "identity", "OnnxSqueezeStaticAxes": "reshape",
-    "OnnxSqueezeDynamicAxes": "reshape", "OnnxUnsqueezeStaticAxes": "reshape", "OnnxUnsqueezeDynamicAxes": "reshape",
-    "OnnxPadStatic": "other", "OnnxConstant": "constant",
+    "OnnxBatchNorm": "batchnorm", "OnnxMatMul": "matmul", "OnnxGemm": "gemm",
+    "OnnxCast": "identity", "OnnxCopyIdentity": "identity", "OnnxDropoutDynamic": "identity",
+    "OnnxSqueezeStaticAxes": "reshape", "OnnxSqueezeDynamicAxes": "reshape",
+    "OnnxUnsqueezeStaticAxes": "reshape", "OnnxUnsqueezeDynamicAxes": "reshape",
+    "OnnxConcat": "cat", "OnnxPadStatic": "other", "OnnxPadDynamic": "other", "OnnxConstant": "constant",
+    "OnnxShape": "meta",
 }
 
 _FUNCTION_KINDS: dict[Any, str] = {
@@ -99,22 +108,36 @@ def target_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     return node.op
 
 
+def _module_kind(mod: nn.Module) -> str:
+    for cls in type(mod).__mro__:
+        if cls in _MODULE_KINDS:
+            return _MODULE_KINDS[cls]
+    name = type(mod).__name__
+    if name == "OnnxSoftmaxV1V11":  # onnx2torch: Softmax / LogSoftmax of opset < 13
+        return "log_softmax" if getattr(mod, "is_log", False) else "softmax"
+    if name == "OnnxBinaryMathOperation":  # onnx2torch: Add, Sub, Mul, Div
+        op = getattr(mod, "math_op_function", None)
+        kind = {torch.add: "add", torch.sub: "sub", torch.mul: "mul", torch.div: "div"}.get(op)
+        if kind is None and getattr(op, "__name__", "") == "_onnx_div":
+            kind = "div"
+        return kind or "other"
+    if name in _ONNX2TORCH_KINDS:
+        return _ONNX2TORCH_KINDS[name]
+    if isinstance(mod, nn.Sequential) and len(mod) > 0:
+        # onnx2torch wraps a Conv / MaxPool / AvgPool with asymmetric padding as Sequential(pad, op)
+        inner = [_module_kind(m) for m in mod]
+        if all(k in ("other", "identity") for k in inner[:-1]) and inner[-1] in (
+                "conv", "maxpool", "avgpool"):
+            return inner[-1]
+    return "other"
+
+
 def node_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     """The op kind of a node ("relu", "conv", "add", "permute", ..., "other")."""
     if node.op in ("placeholder", "output", "get_attr"):
         return node.op
     if node.op == "call_module":
-        mod = modules[node.target]
-        for cls in type(mod).__mro__:
-            if cls in _MODULE_KINDS:
-                return _MODULE_KINDS[cls]
-        name = type(mod).__name__
-        if name in _ONNX2TORCH_KINDS:
-            return _ONNX2TORCH_KINDS[name]
-        if name == "OnnxBinaryMathOperation":
-            op = getattr(mod, "math_op_function", None)
-            return {torch.add: "add", torch.sub: "sub", torch.mul: "mul", torch.div: "div"}.get(op, "other")
-        return "other"
+        return _module_kind(modules[node.target])
     if node.op == "call_method":
         return _METHOD_KINDS.get(str(node.target), "other")
     target = node.target

@@ -26,6 +26,8 @@ from .ops import ACTIVATIONS, node_kind, target_name
 __all__ = ["TapPlan", "discover_taps"]
 
 _CHANNEL_FIRST = {"conv", "batchnorm", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool"}
+# ops that only reshape / index their first input; a gate may pass through them on its way to the multiply
+_SHAPE_ONLY = {"getitem", "reshape", "flatten", "permute", "transpose", "identity"}
 
 
 @dataclass
@@ -51,8 +53,11 @@ def _perm_of(node: fx.Node, kind: str, modules: Mapping[str, nn.Module], ndim: i
     """The permutation a permute/transpose node applies (out axis j = in axis perm[j])."""
     if kind == "permute":
         if node.op == "call_module":
-            perm = getattr(modules[node.target], "perm", None)
-            return list(perm) if perm is not None else None
+            mod = modules[node.target]
+            perm = getattr(mod, "perm", None)
+            if perm is None and type(mod).__name__ == "OnnxTranspose":
+                return list(range(ndim))[::-1]  # ONNX Transpose without perm reverses the axes
+            return [int(p) % ndim for p in perm] if perm is not None else None
         dims = node.args[1:] if node.op == "call_method" else node.args[1:]
         if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
             dims = dims[0]
@@ -176,17 +181,30 @@ def discover_taps(
 
     # --- activation taps ------------------------------------------------------
     def is_gate(node: fx.Node) -> bool:
-        users = list(node.users)
+        # every consumer, looking through shape-only ops (``s[:, :, None, None]``, ``s.view(b, c, 1, 1)``),
+        # must multiply the gate with another computed tensor
+        users = [(node, u) for u in node.users]
         if not users:
             return False
-        for u in users:
+        seen: set[str] = set()
+        while users:
+            src, u = users.pop()
+            if u.name in seen:
+                continue
+            seen.add(u.name)
+            if kinds[u.name] in _SHAPE_ONLY and u.all_input_nodes and u.all_input_nodes[0] is src:
+                if not u.users:
+                    return False
+                users.extend((u, w) for w in u.users)
+                continue
             if kinds[u.name] != "mul":
                 return False
-            others = [a for a in u.all_input_nodes if a is not node]
+            others = [a for a in u.all_input_nodes if a is not src]
             if not others or not any(o.name in computed for o in others):
                 return False
         return True
 
+    composite: set[str] = set()  # products x * sigmoid(x) / x * hardsigmoid(x) that are the activation
     module_calls: Counter[str] = Counter()
     names: dict[str, str] = {}
     for n in nodes:
@@ -220,14 +238,16 @@ def discover_taps(
             if kinds[n.name] in ACTIVATIONS and n.name in computed and len(shapes.get(n.name, ())) >= 2
             and not is_gate(n)
         ]
-        # swish written as x * sigmoid(x): the product is the activation
+        # swish written as x * sigmoid(x), hardswish as x * hardsigmoid(x) (ONNX opset < 14 exports it
+        # so): the product is the activation
         for n in nodes:
-            if kinds[n.name] == "sigmoid" and is_gate(n) and n.all_input_nodes:
+            if kinds[n.name] in ("sigmoid", "hardsigmoid") and is_gate(n) and n.all_input_nodes:
                 x = n.all_input_nodes[0]
                 for u in n.users:
                     if x in u.all_input_nodes and len(shapes.get(u.name, ())) >= 2:
                         tap_nodes.append(u)
-                        kinds[u.name] = "swish"
+                        kinds[u.name] = "swish" if kinds[n.name] == "sigmoid" else "hardswish"
+                        composite.add(u.name)
         tap_nodes = sorted(set(tap_nodes), key=lambda n: position[n.name])
         kind_of_tap = "activation"
     tap_nodes = [n for n in tap_nodes if n is not logits_node and position[n.name] < position[logits_node.name]]
@@ -288,7 +308,7 @@ def discover_taps(
                 ax = 1
         kind = "logits" if n is logits_node else kind_of_tap
         taps.append(Tap(tname, order_of[tname], kind, shape, _check_axis(tname, ax, ndim),
-                        parents_of(n), target_name(n, modules) if kinds[n.name] != "swish" else "swish"))
+                        parents_of(n), kinds[n.name] if n.name in composite else target_name(n, modules)))
     unknown_axes = set(channel_axes) - {t.name for t in taps}
     if unknown_axes:
         raise InvalidInputError(f"channel axis given for unknown tap {sorted(unknown_axes)[0]!r}; use a tap name from `ssa check`.")

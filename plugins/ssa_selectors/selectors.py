@@ -2,7 +2,10 @@
 
 All selectors work row by row on float64 arrays of shape (R, K) and return
 int8 arrays: +1 positive outlier, -1 negative outlier (``two_sided`` only), 0.
-Rows that contain NaN give all zeros.
+Rows that contain NaN (or an infinity) give all zeros. Every selector depends
+only on the values of a row, so equal entries always get the same label, and a
+constant row (all-zero rows included) has no outliers. ``ssa.conformance``
+checks these properties for any selector.
 """
 
 from __future__ import annotations
@@ -60,7 +63,12 @@ class TukeySelector(Selector):
 
 
 class ZScoreSelector(Selector):
-    """Standard score: outlier iff (omega - mean) / std > threshold."""
+    """Standard score: outlier iff (omega - mean) / std > threshold (population std).
+
+    Constant rows have no outliers (their std is only rounding error). Note that
+    no entry of a row of K values can exceed z = (K - 1) / sqrt(K), so with the
+    default threshold 3 rows of 10 or fewer neurons never have outliers.
+    """
 
     name = "zscore"
     description = "z-score: (omega - mean)/std > threshold (default 3)"
@@ -74,14 +82,22 @@ class ZScoreSelector(Selector):
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = rows.mean(axis=1, keepdims=True)
             std = rows.std(axis=1, keepdims=True)
-            z = np.where(std > 0, (rows - mean) / np.where(std > 0, std, 1.0), 0.0)
+            spread = rows.max(axis=1, keepdims=True, initial=-np.inf) > rows.min(axis=1, keepdims=True, initial=np.inf)
+            ok = spread & (std > 0)
+            z = np.where(ok, (rows - mean) / np.where(ok, std, 1.0), 0.0)
             t = self.params["threshold"]
             pos, neg = z > t, z < -t
         return _finish(rows, pos, neg, self.two_sided)
 
 
 class MADSelector(Selector):
-    """Modified z-score (Iglewicz-Hoaglin / Hampel): 0.6745 (omega - median) / MAD > threshold."""
+    """Modified z-score (Iglewicz-Hoaglin / Hampel): 0.6745 (omega - median) / MAD > threshold.
+
+    When more than half of a row equals its median (MAD = 0, common in sparse
+    relevance rows where most neurons are silent), the scale falls back to the
+    mean absolute deviation: (omega - median) / (1.253314 * MeanAD), as
+    Iglewicz and Hoaglin recommend; a constant row has no outliers.
+    """
 
     name = "mad"
     description = "modified z-score 0.6745*(omega - median)/MAD > threshold (default 3.5)"
@@ -94,8 +110,12 @@ class MADSelector(Selector):
         rows = _as_rows(rows)
         with np.errstate(invalid="ignore", divide="ignore"):
             med = np.median(rows, axis=1, keepdims=True)
-            mad = np.median(np.abs(rows - med), axis=1, keepdims=True)
-            z = np.where(mad > 0, 0.6745 * (rows - med) / np.where(mad > 0, mad, 1.0), 0.0)
+            dev = np.abs(rows - med)
+            mad = np.median(dev, axis=1, keepdims=True)
+            meanad = dev.mean(axis=1, keepdims=True)
+            # scale such that z = (omega - median) / scale; 1/0.6745 = 1.4826 (MAD), 1.253314 (MeanAD fallback)
+            scale = np.where(mad > 0, mad / 0.6745, 1.253314 * meanad)
+            z = np.where(scale > 0, (rows - med) / np.where(scale > 0, scale, 1.0), 0.0)
             t = self.params["threshold"]
             pos, neg = z > t, z < -t
         return _finish(rows, pos, neg, self.two_sided)
@@ -122,10 +142,17 @@ class PercentileSelector(Selector):
 
 
 class TopKSelector(Selector):
-    """The k largest strictly positive entries of each row (ties broken by lower index)."""
+    """The k largest strictly positive entries of each row.
+
+    An entry is kept iff it is > 0 and strictly greater than the (k+1)-th largest
+    value of its row (the row minimum when the row has k or fewer entries). Ties
+    are never broken by position: when entries tie across the k-th place, none
+    of the tied entries is kept (so fewer than k may be kept), and a constant
+    row keeps nothing. ``two_sided`` applies the same to the k most negative entries.
+    """
 
     name = "topk"
-    description = "the k largest positive entries of each row (default k = 5)"
+    description = "the k largest positive entries of each row, ties at the k-th place dropped (default k = 5)"
     parameters: ClassVar[Mapping[str, Param]] = {
         "k": Param(5, "entries kept per row", int, lambda v: v >= 1, ">= 1"),
         "two_sided": _TWO_SIDED,
@@ -133,17 +160,13 @@ class TopKSelector(Selector):
 
     def select(self, rows: np.ndarray) -> np.ndarray:
         rows = _as_rows(rows)
-        k = min(self.params["k"], rows.shape[1])
-        r = np.arange(rows.shape[0])[:, None]
-        # stable sort of -rows: equal values keep index order
-        safe = np.nan_to_num(rows, nan=0.0)
-        order = np.argsort(-safe, axis=1, kind="stable")[:, :k]
-        pos = np.zeros(rows.shape, dtype=bool)
-        pos[r, order] = True
-        pos &= safe > 0
-        neg = np.zeros(rows.shape, dtype=bool)
-        if self.two_sided:
-            order_n = np.argsort(safe, axis=1, kind="stable")[:, :k]
-            neg[r, order_n] = True
-            neg &= safe < 0
+        K = rows.shape[1]
+        if K == 0:
+            return np.zeros(rows.shape, dtype=np.int8)
+        at = min(self.params["k"], K - 1)  # index of the (k+1)-th largest value, or of the row minimum
+        safe = np.nan_to_num(rows, nan=0.0, posinf=0.0, neginf=0.0)  # such rows are zeroed by _finish
+        cut_hi = -np.sort(-safe, axis=1)[:, at:at + 1]
+        cut_lo = np.sort(safe, axis=1)[:, at:at + 1]
+        pos = (safe > cut_hi) & (safe > 0)
+        neg = (safe < cut_lo) & (safe < 0)
         return _finish(rows, pos, neg, self.two_sided)

@@ -7,6 +7,7 @@ import sys
 
 from ..api import analyse
 from ..errors import InvalidInputError
+from .analyse_many import add_many_args, run_many, wants_many
 from .common import add_image_args, add_method_args, add_model_args, method_options, model_options, preprocess_from
 
 
@@ -15,7 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Walk the network top-down from a class logit and write its dependency graph.")
     add_model_args(p)
     add_image_args(p)
-    p.add_argument("--target", "-t", type=int, required=True, help="class index (into the logits)")
+    p.add_argument("--target", "-t", type=int, default=None, help="class index (into the logits); or use --targets")
+    add_many_args(p)  # --targets, --by-prediction, --min-confidence, --max-per-class, --out-dir
     add_method_args(p)
     p.add_argument("--out", "-o", default=None, help="write the graph here (.json node-link or .graphml)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
@@ -23,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if wants_many(args):  # several classes, or images grouped by class folders / predictions
+        return run_many(args)
     if args.out is not None and not args.out.lower().endswith((".json", ".graphml")):
         raise InvalidInputError(f"--out must end in .json or .graphml, got {args.out!r}.")
     result = analyse(args.model, args.images, args.target, labels=args.labels, preprocess=preprocess_from(args),

@@ -1,0 +1,128 @@
+"""Ablating neurons of taps (used by ``ssa evaluate``'s faithfulness numbers).
+
+Ablating a neuron sets its channel of the tap tensor to 0 (``"zero"``) or to
+its mean over a set of images (``"mean"``: the per-position mean map of that
+channel). The values are replaced while an :class:`torch.fx.Interpreter` runs
+the network's own traced copy (:attr:`TorchNetwork.graph_module`, a deep copy
+made by ``prepare``), so the user's module is never modified and no hook is
+ever registered on it. Ablations in several taps act at once; an ablation
+propagates to every tap above it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import fx
+
+from ssa.errors import InvalidInputError
+
+from .network import TorchNetwork, _CutInterpreter
+
+__all__ = ["AblationInterpreter", "TorchAblator"]
+
+
+class AblationInterpreter(_CutInterpreter):
+    """Runs the traced graph, replacing tap values and recording the logits.
+
+    Parameters
+    ----------
+    gm : the network's traced graph module (not modified).
+    edits : fx node name -> ``(mask, fill)``; ``mask`` is a bool tensor broadcastable to the
+        node's value (True = ablate), ``fill`` a tensor broadcastable to it (0 or the mean map).
+    logits_node : the fx node whose value is the logits (recorded in :attr:`logits`).
+    """
+
+    def __init__(self, gm: fx.GraphModule, edits: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+                 logits_node: str) -> None:
+        super().__init__(gm, {}, None, False)
+        self.edits = dict(edits)
+        self.logits_node = logits_node
+        self.logits: torch.Tensor | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        edit = self.edits.get(n.name)
+        if edit is not None and isinstance(out, torch.Tensor):
+            mask, fill = edit
+            out = torch.where(mask, fill.to(out.dtype), out)
+        if n.name == self.logits_node and isinstance(out, torch.Tensor):
+            self.logits = out
+        return out
+
+
+class TorchAblator:
+    """Class logits of a prepared :class:`TorchNetwork` with neurons of taps ablated.
+
+    Construction does no work; :meth:`fit_means` computes the mean maps used by
+    ``mode="mean"``.
+    """
+
+    def __init__(self, network: TorchNetwork, batch_size: int = 256) -> None:
+        self.network = network
+        self.batch_size = int(batch_size)
+        self.means: dict[str, torch.Tensor] = {}
+
+    def _batches(self, images: np.ndarray):
+        for i in range(0, images.shape[0], self.batch_size):
+            yield images[i:i + self.batch_size]
+
+    def fit_means(self, images: np.ndarray, taps: list[str]) -> None:
+        """Per-position mean over ``images`` of every tap in ``taps`` (shape: the tap's per-image shape)."""
+        sums: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for batch in self._batches(images):
+                interp = self.network.run(batch, grad=False)
+                for t in taps:
+                    v = interp.raw[t].detach().double().sum(dim=0)
+                    sums[t] = v if t not in sums else sums[t] + v
+        self.means = {t: (s / max(images.shape[0], 1)).float() for t, s in sums.items()}
+
+    def _edit(self, tap: str, neurons: np.ndarray, mode: str, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        info = self.network.tap(tap)
+        device = torch.device(self.network.device)
+        mask = torch.zeros(info.n_neurons, dtype=torch.bool, device=device)
+        idx = torch.as_tensor(np.asarray(neurons, dtype=np.int64), device=device)
+        mask[idx] = True
+        shape = [1] * ndim
+        shape[info.channel_axis] = info.n_neurons
+        mask = mask.reshape(shape)
+        if mode == "zero":
+            fill = torch.zeros((), device=device)
+        elif mode == "mean":
+            if tap not in self.means:
+                raise InvalidInputError(f"no mean map for tap {tap!r}; call fit_means() with the taps first.")
+            fill = self.means[tap].to(device).unsqueeze(0)
+        else:
+            raise InvalidInputError(f"ablation must be 'zero' or 'mean', got {mode!r}.")
+        return mask, fill
+
+    def logits(self, images: np.ndarray, ablate: Mapping[str, np.ndarray], mode: str = "zero") -> np.ndarray:
+        """Logits (n_images, n_classes) with ``ablate[tap]`` (neuron indices) ablated in every tap at once."""
+        net = self.network
+        plan = net.plan
+        out = []
+        with torch.no_grad():
+            for batch in self._batches(images):
+                x = net.to_tensor(batch)
+                edits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+                for tap, neurons in ablate.items():
+                    if tap == "logits":
+                        raise InvalidInputError("the logits tap cannot be ablated; ablate the taps below it.")
+                    if len(neurons) == 0:
+                        continue
+                    if tap == plan.input_tap:
+                        mask, fill = self._edit(tap, neurons, mode, x.dim())
+                        x = torch.where(mask, fill.to(x.dtype), x)
+                        continue
+                    if tap not in plan.node_of:
+                        raise InvalidInputError(f"unknown tap {tap!r}; taps are: {', '.join(t.name for t in net.taps)}.")
+                    edits[plan.node_of[tap]] = self._edit(tap, neurons, mode, len(net.tap(tap).shape) + 1)
+                interp = AblationInterpreter(net.graph_module, edits, plan.node_of["logits"])
+                interp.run(x)
+                if interp.logits is None:  # pragma: no cover - the plan always names the logits node
+                    raise RuntimeError("the logits node was not reached")
+                out.append(interp.logits.detach().double().cpu().numpy())
+        return np.concatenate(out, axis=0) if out else np.zeros((0, 0))

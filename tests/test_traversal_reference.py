@@ -1,0 +1,157 @@
+"""ssa.analyse against the slow reference traversal (method doc, sections 3 and 4).
+
+For every tiny model and both rules, the dependency graph's edges, their
+frequencies and relevances must equal those of :func:`tests.reference.reference_ssa`,
+which gets the taps and parents by hand and computes every relevance with one
+autograd call per upper neuron and image. Tap discovery must find the same taps,
+parents (cut semantics) and channel axes on its own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import ssa
+
+from .models import ALL_CASES, ModelCase, channels_last_cnn, plain_cnn, residual_cnn, se_cnn
+from .reference import reference_relevance, reference_ssa
+
+N_IMAGES = 16
+RULES = ("gradient", "gradient_x_activation")
+CASE_IDS = [c.name for c in ALL_CASES]
+
+
+def graph_edges(graph) -> dict[tuple[str, int, str, int], tuple[int, float]]:
+    out = {}
+    for u, v, d in graph.edges(data=True):
+        nu, nv = graph.nodes[u], graph.nodes[v]
+        out[(nu["tap"], nu["neuron"], nv["tap"], nv["neuron"])] = (d["frequency"], d["relevance"])
+    return out
+
+
+def assert_same_edges(got: dict, want: dict) -> None:
+    assert set(got) == set(want), (
+        f"edges only in ssa: {sorted(set(got) - set(want))}; only in the reference: {sorted(set(want) - set(got))}"
+    )
+    for key in want:
+        assert got[key][0] == want[key][0], f"frequency of {key}: ssa {got[key][0]}, reference {want[key][0]}"
+        assert got[key][1] == pytest.approx(want[key][1], rel=1e-4, abs=1e-7), f"relevance of {key}"
+
+
+def prepared(case: ModelCase, n: int = N_IMAGES, **options):
+    model = case.build()
+    images = case.images(n)
+    net = ssa.load_model(model, **options)
+    net.prepare(images)
+    return model, images, net
+
+
+# --- tap discovery -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=CASE_IDS)
+def test_tap_discovery_matches_hand_written_taps(case: ModelCase) -> None:
+    _, _, net = prepared(case, 2)
+    found = [(t.name, t.channel_axis, set(t.parents)) for t in net.taps]
+    want = [(t.name, t.channel_axis, set(t.parents)) for t in case.taps]
+    assert found == want
+    assert [t.order for t in net.taps] == sorted(t.order for t in net.taps)
+    assert net.taps[-1].kind == "logits"
+
+
+def test_residual_block_output_has_two_parents() -> None:
+    _, _, net = prepared(residual_cnn, 2)
+    taps = {t.name: t for t in net.taps}
+    # relu after "out += identity": the branch's last ReLU and the block input (identity skip)
+    assert set(taps["layer1.0.relu@1"].parents) == {"layer1.0.relu", "relu"}
+    # conv skip (downsample): the block input is still a parent, through the 1x1 conv and batch-norm
+    assert set(taps["layer2.0.relu@1"].parents) == {"layer2.0.relu", "layer1.0.relu@1"}
+    assert taps["layer2.0.relu@1"].shape == (16, 5, 5)
+
+
+def test_squeeze_excitation_gate_is_not_a_tap() -> None:
+    _, _, net = prepared(se_cnn, 2)
+    names = [t.name for t in net.taps]
+    assert "se.gate" not in names
+    assert "se.relu" in names  # the ReLU inside the SE branch is an ordinary (2-D) tap
+    taps = {t.name: t for t in net.taps}
+    assert set(taps["relu3"].parents) == {"relu2", "se.relu"}  # the gate sits inside the step
+
+
+def test_channels_last_taps_have_channel_axis_3() -> None:
+    _, _, net = prepared(channels_last_cnn, 2, include_input=True)
+    taps = {t.name: t for t in net.taps}
+    assert taps["relu1"].channel_axis == 3 and taps["relu1"].n_neurons == 8
+    assert taps["relu2"].channel_axis == 3 and taps["relu2"].shape == (4, 4, 12) and taps["relu2"].n_neurons == 12
+    assert taps["relu3"].channel_axis == 1
+    assert taps["input"].channel_axis == 3 and taps["input"].n_neurons == 3  # followed through the permute
+
+
+def test_softmax_is_stripped_from_the_logits() -> None:
+    model, images, net = prepared(plain_cnn, 4)
+    logits = net.logits(images)
+    with torch.no_grad():
+        probs = model(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), probs, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(logits.sum(1), 1.0)
+
+
+# --- whole traversal ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("case", ALL_CASES, ids=CASE_IDS)
+def test_graph_equals_reference(case: ModelCase, rule: str) -> None:
+    model = case.build()
+    images = case.images(N_IMAGES)
+    result = ssa.analyse(model, images, case.target, case.branching, rule=rule, batch_size=5)
+    got = graph_edges(result.graph)
+    want = reference_ssa(model, images, case.taps, case.target, case.branching, rule)
+    assert_same_edges(got, want)
+    # not trivial: edges in several steps, down to the lowest tap
+    steps = {(u, lo) for u, _, lo, _ in got}
+    assert len(steps) >= 3, steps
+    assert case.taps[0].name in {lo for _, lo in steps}
+    assert all(1 <= f <= N_IMAGES for f, _ in got.values())
+    assert any(f < N_IMAGES for f, _ in got.values()) or rule == "gradient"
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=CASE_IDS)
+def test_every_step_relevance_equals_reference(case: ModelCase) -> None:
+    """omega of every step, for every upper neuron (not only the kept ones), including the input tap."""
+    model = case.build()
+    images = case.images(5)
+    taps = case.taps_with_input(3 if case is channels_last_cnn else 1)  # NHWC input: channels on axis 3
+    net = ssa.load_model(model, include_input=True)
+    net.prepare(images)
+    assert {t.name: set(t.parents) for t in net.taps} == {t.name: set(t.parents) for t in taps}
+    for rule_name in RULES:
+        rule = ssa.make_rule(rule_name)
+        for tap in net.taps:
+            if not tap.parents:
+                continue
+            neurons = list(range(tap.n_neurons))
+            got, _ = net.step_relevance(images, tap.name, neurons, rule)
+            want = reference_relevance(model, images, taps, tap.name, neurons, rule_name)
+            assert set(got) == set(want)
+            for parent in want:
+                assert got[parent].shape == want[parent].shape
+                scale = np.abs(want[parent]).max()
+                np.testing.assert_allclose(got[parent], want[parent], rtol=1e-4, atol=1e-6 * max(scale, 1e-3),
+                                           err_msg=f"{case.name} {rule_name} {tap.name} -> {parent}")
+
+
+def test_graph_equals_reference_with_branching_one_and_input_tap() -> None:
+    case = residual_cnn
+    model = case.build()
+    images = case.images(12)
+    result = ssa.analyse(model, images, 0, 1, rule="gradient_x_activation", include_input=True, batch_size=7)
+    want = reference_ssa(model, images, case.taps_with_input(), 0, 1, "gradient_x_activation")
+    got = graph_edges(result.graph)
+    assert_same_edges(got, want)
+    # b = 1: at most one edge per (upper neuron, parent tap)
+    pairs = [(u, n, lo) for u, n, lo, _ in got]
+    assert len(pairs) == len(set(pairs))
+    assert len(got) >= 4
