@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -13,7 +14,8 @@ from .images import Preprocess, load_images, select_class
 from .interfaces import Network, Rule, Selector
 from .plugins import make_rule, make_selector, registry
 from .results import AnalysisResult
-from .sources import AutogradSource
+from .sources import AutogradSource, FastSource, collect
+from .store import StatsStore, images_hash
 from .traversal import traverse
 
 __all__ = ["load_model", "analyse", "check_device", "check_int", "check_target", "n_classes", "run_traversal"]
@@ -84,6 +86,8 @@ def analyse(
     batch_size: int = 32,
     backend: str | None = None,
     name: str | None = None,
+    engine: str = "auto",
+    store: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> AnalysisResult:
     """Step-wise sensitivity analysis of class ``target`` (paper, Algorithm 1; method doc, section 3).
@@ -98,6 +102,10 @@ def analyse(
     rule, selector : registered names (see ``ssa plugins``) or configured instances.
     taps : tap names chosen by hand; ``stop_at`` : the lowest tap to expand down to.
     include_input : add the input image's channels as the lowest tap.
+    engine : "auto" (the exact closed form where a step has one, autograd elsewhere), "fast"
+        (the same, but refuse when no step has the closed form) or "autograd" (every step by autograd).
+    store : a statistics store folder (see ``ssa collect``): used when it holds this model and image
+        set; None computes the statistics in memory.
 
     Returns
     -------
@@ -116,11 +124,54 @@ def analyse(
     arr, lab = load_images(images, preprocess=preprocess, labels=labels)
     network.prepare(arr)
     check_target(network, target)
-    arr, _ = select_class(arr, lab, target)
     if stop_at is not None and stop_at not in {t.name for t in network.taps}:
         raise InvalidInputError(f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
-    source = AutogradSource(network, arr, batch_size)
-    return run_traversal(source, network, target, branching, rule_obj, selector_obj, stop_at=stop_at, progress=progress)
+    indices = None if lab is None else np.flatnonzero(lab == target)
+    if indices is not None and len(indices) == 0:
+        select_class(arr, lab, target)  # raises the "no image is labelled" error
+    source = make_source(network, arr, indices, rule_obj, engine=engine, store=store, batch_size=batch_size,
+                         progress=progress)
+    return run_traversal(source, network, target, branching, rule_obj, selector_obj, stop_at=stop_at,
+                         progress=progress)
+
+
+ENGINES = ("auto", "fast", "autograd")
+
+
+def make_source(network: Network, images: np.ndarray, indices: np.ndarray | None, rule: Rule, *, engine: str = "auto",
+                store: str | os.PathLike | None = None, batch_size: int = 32, progress: bool = False):
+    """The relevance source for ``rule``: statistics (store or memory) with autograd fallback, or autograd."""
+    if engine not in ENGINES:
+        raise InvalidInputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
+    fast = network.fast_taps() if engine != "autograd" and rule.fast_form else frozenset()
+    if engine == "fast" and not fast:
+        raise InvalidInputError(f"engine 'fast' was asked for, but no step of this model has the closed form for rule "
+                                f"{rule.name!r}; use --engine auto.")
+    if not fast:
+        sub = images if indices is None else images[indices]
+        return AutogradSource(network, sub, batch_size)
+    form = rule.fast_form
+    if store is not None:
+        st = open_store(network, images, store)
+        if st.is_complete(form):
+            meta = st.meta() or {}
+            return FastSource(network, st, form, images, int(meta.get("batch_size", batch_size)), indices)
+        st.init(store_meta(network, images, batch_size))
+        collect(network, images, [form], batch_size, store=st, progress=progress)
+        return FastSource(network, st, form, images, batch_size, indices)
+    sub = images if indices is None else images[indices]
+    stats = collect(network, sub, [form], batch_size, progress=progress)
+    return FastSource(network, stats, form, sub, batch_size)
+
+
+def open_store(network: Network, images: np.ndarray, root: str | os.PathLike) -> StatsStore:
+    return StatsStore(root, network.name, network.fingerprint(), images_hash(images))
+
+
+def store_meta(network: Network, images: np.ndarray, batch_size: int) -> dict:
+    return {"model": network.name, "n_images": int(images.shape[0]), "batch_size": int(batch_size),
+            "image_shape": list(images.shape[1:]),
+            "taps": [[t.name, list(t.shape), t.channel_axis, list(t.parents)] for t in network.taps]}
 
 
 def n_classes(network: Network) -> int:
@@ -139,8 +190,7 @@ def check_target(network: Network, target: int) -> int:
 
 
 def run_traversal(source, network: Network, target: int, branching: int, rule: Rule, selector: Selector,
-                  *, stop_at: str | None = None, progress: bool = False, engines: Mapping[str, str] | None = None
-                  ) -> AnalysisResult:
+                  *, stop_at: str | None = None, progress: bool = False) -> AnalysisResult:
     """Traverse with ``source`` and assemble the result (shared by every engine)."""
     bar = None
     if progress:
@@ -164,4 +214,4 @@ def run_traversal(source, network: Network, target: int, branching: int, rule: R
                         active=active, attrs=attrs)
     return AnalysisResult(graph=graph, target=target, branching=branching, rule=rule.name, selector=selector.name,
                           selector_params=dict(selector.params), n_images=source.n_images, model=network.name,
-                          taps=tuple(network.taps), steps=out.steps, engines=dict(engines or {}))
+                          taps=tuple(network.taps), steps=out.steps, engines=dict(getattr(source, "engines", {})))

@@ -225,6 +225,24 @@ class Network(ABC):
         """Which computation each step uses, keyed by "upper -> parent"."""
         return {}
 
+    # -- optional: the exact closed form of method doc section 6 -------------------------
+    def fast_taps(self) -> frozenset[str]:
+        """Upper taps whose steps have the closed form (none by default)."""
+        return frozenset()
+
+    def collect(self, batch: np.ndarray, forms: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per-image statistics of every fast step and every tap's scalars, in one forward pass."""
+        raise NotImplementedError
+
+    def fast_relevance(self, upper: str, stats: Mapping[str, np.ndarray], neurons: Sequence[int],
+                       form: str) -> dict[str, np.ndarray]:
+        """omega ``{parent: (len(neurons), B, K)}`` of a fast step from a batch's statistics."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """A content hash of the model (weights and graph), for the statistics store."""
+        raise NotImplementedError
+
 
 class Backend(ABC):
     """Loads models of one kind (PyTorch modules, ONNX files, ...)."""

@@ -22,7 +22,7 @@ from torch import fx
 from ssa.errors import InvalidInputError, UnsupportedModelError
 from ssa.interfaces import Network, Rule, Tap
 
-from .fast import FastPlan, plan_fast, term_stats
+from .fast import FastPlan, omega_from_stats, plan_fast, term_stats
 from .taps import TapPlan, discover_taps
 
 __all__ = ["TorchNetwork", "spatial_mean", "trace_module"]
@@ -177,6 +177,32 @@ class TorchNetwork(Network):
                 _Values(self.graph_module).run(self._example)
             self._fast = plan_fast(self.graph_module, self.plan, env1)
         return self._fast
+
+    def fast_taps(self) -> frozenset[str]:
+        return frozenset(self.fast_plan.taps)
+
+    def fast_relevance(self, upper: str, stats: Mapping[str, np.ndarray], neurons: Sequence[int],
+                       form: str) -> dict[str, np.ndarray]:
+        tf = self.fast_plan.taps[upper]
+        out: dict[str, np.ndarray] = {}
+        for i, term in enumerate(tf.terms):
+            prefix = f"{upper}/{i}/"
+            sub = {k[len(prefix):]: v for k, v in stats.items() if k.startswith(prefix)}
+            om = omega_from_stats(term, sub, neurons, form)
+            out[term.parent] = out[term.parent] + om if term.parent in out else om
+        return out
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=16)
+        h.update(self.graph_module.code.encode())
+        h.update(repr([(t.name, t.shape, t.channel_axis, t.parents) for t in self.plan.taps]).encode())
+        for key, value in self.graph_module.state_dict().items():
+            h.update(key.encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes() if value.dtype != torch.bfloat16
+                     else value.float().cpu().numpy().tobytes())
+        return h.hexdigest()
 
     def collect(self, batch: np.ndarray | torch.Tensor, forms: Sequence[str]) -> dict[str, np.ndarray]:
         """Per-image sufficient statistics of every fast step, and every tap's scalars, in one forward pass.

@@ -1,0 +1,297 @@
+"""Reading and validating ONNX files (onnx checker, shape inference, one input, one output).
+
+:func:`read_onnx` returns an :class:`OnnxModel`: the validated ``ModelProto`` prepared
+for analysis (only the chosen output kept, a fixed batch size made dynamic) and an
+:class:`OnnxInfo` describing its input and outputs. Every failure is an
+:mod:`ssa.errors` exception with a one-line message naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssa.errors import InvalidInputError, ModelLoadError, UnsupportedModelError
+
+__all__ = ["OnnxModel", "OnnxInfo", "TensorInfo", "read_onnx", "input_shape_of"]
+
+_TWO_GB = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """An input or output of the ONNX graph.
+
+    name : the graph's value name. shape : dimensions, None where dynamic. dtype : numpy dtype name.
+    """
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def shape_text(self) -> str:
+        return "(" + ", ".join("?" if d is None else str(d) for d in self.shape) + ")"
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    """What the file says about itself.
+
+    path : the file. opset : the default-domain opset. producer : e.g. "pytorch 2.14", "tf2onnx 1.16".
+    input : the image input. outputs : every graph output (before choosing one).
+    output_index : the chosen output. layout : "nchw", "nhwc" or None (unclear) read from the input shape.
+    fixed_batch : the batch size the file fixed (made dynamic for the analysis), or None.
+    op_types : how many nodes of each operator type the graph has.
+    """
+
+    path: str
+    opset: int
+    producer: str
+    input: TensorInfo
+    outputs: tuple[TensorInfo, ...]
+    output_index: int
+    layout: str | None
+    fixed_batch: int | None
+    op_types: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def output(self) -> TensorInfo:
+        return self.outputs[self.output_index]
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """A validated ONNX model prepared for conversion and onnxruntime (see :func:`read_onnx`)."""
+
+    proto: Any  # onnx.ModelProto
+    info: OnnxInfo
+
+    def session_source(self) -> bytes | str:
+        """What onnxruntime loads: the serialized proto, or the file itself for models over 2 GB."""
+        if self.proto.ByteSize() >= _TWO_GB:
+            return self.info.path
+        return self.proto.SerializeToString()
+
+
+def _dims(value_info) -> tuple[int | None, ...]:
+    t = value_info.type
+    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return ()
+    return tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
+                 for d in t.tensor_type.shape.dim)
+
+
+def _dtype(value_info) -> str:
+    from onnx import helper
+
+    t = value_info.type
+    if not t.HasField("tensor_type"):
+        return "non-tensor"
+    try:
+        return str(np.dtype(helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type)))
+    except (KeyError, TypeError, ValueError):
+        return f"onnx type {t.tensor_type.elem_type}"
+
+
+def _tensor_info(vi) -> TensorInfo:
+    return TensorInfo(vi.name, _dims(vi), _dtype(vi))
+
+
+def _layout(shape: tuple[int | None, ...]) -> str | None:
+    if len(shape) != 4:
+        return None
+    c1, c3 = shape[1] in (1, 3), shape[3] in (1, 3)
+    if c1 and not c3:
+        return "nchw"
+    if c3 and not c1:
+        return "nhwc"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _load_proto(path: Path):
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load(str(path), load_external_data=True)
+    except DecodeError:
+        raise ModelLoadError(
+            f"{path.name!r} is not a readable ONNX file (protobuf decoding failed: truncated or not ONNX); "
+            "re-export or re-download it."
+        ) from None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot read {path.name!r} as ONNX ({_first_line(exc)}); re-export or re-download it.") from None
+    if proto.ir_version < 3 or len(proto.graph.node) == 0 or not proto.opset_import:
+        raise ModelLoadError(
+            f"{path.name!r} is not an ONNX model (no graph, IR version {proto.ir_version}); "
+            "pass an .onnx file written by an ONNX exporter."
+        )
+    return proto
+
+
+def _check(proto, path: Path) -> None:
+    import onnx
+
+    try:
+        if proto.ByteSize() < _TWO_GB:
+            onnx.checker.check_model(proto)
+        else:
+            onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        raise ModelLoadError(
+            f"{path.name!r} fails the ONNX checker ({_first_line(exc)}); re-export the model or fix the graph."
+        ) from None
+
+
+def _opset(proto) -> int:
+    for imp in proto.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 0
+
+
+def check_converters(proto, path_name: str) -> None:
+    """Refuse, naming the node, when onnx2torch has no converter for an operator of the graph."""
+    from onnx2torch.node_converters import get_converter
+
+    versions = {imp.domain: int(imp.version) for imp in proto.opset_import}
+    missing: list[tuple[str, str, str]] = []
+    for i, node in enumerate(proto.graph.node):
+        domain = node.domain if node.domain != "ai.onnx" else ""
+        try:
+            get_converter(operation_type=node.op_type, version=versions.get(node.domain, versions.get("", 1)),
+                          domain=domain)
+        except NotImplementedError:
+            missing.append((node.op_type, node.name or f"#{i}", domain))
+    if missing:
+        op, name, domain = missing[0]
+        where = f"{domain}::{op}" if domain else op
+        others = sorted({f"{d}::{o}" if d else o for o, _, d in missing[1:]} - {where})
+        more = f" (and {len(missing) - 1} more node(s){': ' + ', '.join(others) if others else ''})" if len(missing) > 1 else ""
+        raise UnsupportedModelError(
+            f"operator {where} (node {name!r}) of {path_name!r} cannot be converted by onnx2torch{more}; "
+            "re-export without it (another opset or an equivalent op), or cut the graph before it "
+            "(onnx.utils.extract_model) and name taps by hand with --taps."
+        )
+
+
+def _infer_shapes(proto, path: Path):
+    import onnx
+
+    if proto.ByteSize() >= _TWO_GB:
+        return proto  # onnx2torch runs shape inference through a file for these
+    try:
+        return onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(
+            f"ONNX shape inference fails on {path.name!r} ({_first_line(exc)}); the graph is inconsistent: re-export it."
+        ) from None
+
+
+def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> OnnxModel:
+    """Load, validate and prepare an ONNX file for analysis.
+
+    Checks: the file decodes, passes ``onnx.checker`` and strict shape inference, every
+    operator has an onnx2torch converter, it has exactly one (non-initializer) input, and one
+    output or ``output_index`` choosing one. The returned proto keeps only the chosen output,
+    and a fixed batch dimension is made dynamic (``fixed_batch`` records it).
+    """
+    import onnx
+
+    p = Path(os.fspath(path))
+    if not p.is_file():
+        raise ModelLoadError(f"ONNX file {str(p)!r} does not exist; check the path.")
+    proto = _load_proto(p)
+    _check(proto, p)
+
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [vi for vi in proto.graph.input if vi.name not in initializers]
+    if len(inputs) != 1:
+        listed = ", ".join(f"{vi.name} {_tensor_info(vi).shape_text()}" for vi in inputs) or "none"
+        raise UnsupportedModelError(
+            f"{p.name!r} has {len(inputs)} inputs ({listed}), expected one image input; re-export it with a single "
+            "image input (fix the others as constants)."
+        )
+    outputs = tuple(_tensor_info(vi) for vi in proto.graph.output)
+    if output_index is not None:
+        if isinstance(output_index, bool) or not isinstance(output_index, (int, np.integer)):
+            raise InvalidInputError(f"output_index must be an integer, got {output_index!r}.")
+        if not 0 <= int(output_index) < len(outputs):
+            raise InvalidInputError(
+                f"output_index must be in [0, {len(outputs) - 1}] ({p.name!r} has {len(outputs)} output(s)), got {output_index}."
+            )
+        index = int(output_index)
+    elif len(outputs) == 1:
+        index = 0
+    else:
+        listed = ", ".join(f"{i}: {o.name} {o.shape_text()}" for i, o in enumerate(outputs))
+        raise UnsupportedModelError(
+            f"{p.name!r} has {len(outputs)} outputs ({listed}); choose the class scores with --output-index N "
+            "(Python: output_index=N)."
+        )
+
+    check_converters(proto, p.name)
+    opset = _opset(proto)
+    op_types: dict[str, int] = {}
+    for node in proto.graph.node:
+        op_types[node.op_type] = op_types.get(node.op_type, 0) + 1
+
+    # keep only the chosen output; make a fixed batch size dynamic (both onnxruntime and the
+    # converted module then take any batch; a Reshape that bakes the batch in is caught by the parity check)
+    chosen = proto.graph.output[index]
+    if len(proto.graph.output) > 1:
+        keep = onnx.ValueInfoProto()
+        keep.CopyFrom(chosen)
+        del proto.graph.output[:]
+        proto.graph.output.append(keep)
+    image_input = inputs[0]
+    fixed_batch = None
+    in_dims = image_input.type.tensor_type.shape.dim if image_input.type.HasField("tensor_type") else []
+    if len(in_dims) >= 2 and in_dims[0].HasField("dim_value") and in_dims[0].dim_value > 0:
+        fixed_batch = int(in_dims[0].dim_value)
+        in_dims[0].dim_param = "batch"
+        out_dims = proto.graph.output[0].type.tensor_type.shape.dim
+        if len(out_dims) >= 1 and out_dims[0].HasField("dim_value") and out_dims[0].dim_value == fixed_batch:
+            out_dims[0].dim_param = "batch"
+        del proto.graph.value_info[:]
+    proto = _infer_shapes(proto, p)
+
+    info = OnnxInfo(
+        path=str(p), opset=opset,
+        producer=" ".join(x for x in (proto.producer_name, proto.producer_version) if x) or "unknown",
+        input=_tensor_info(image_input), outputs=outputs, output_index=index,
+        layout=_layout(_dims(image_input)), fixed_batch=fixed_batch, op_types=op_types,
+    )
+    if fixed_batch is not None:  # report the input with its batch axis dynamic
+        info = OnnxInfo(**{**info.__dict__, "input": TensorInfo(info.input.name, (None, *info.input.shape[1:]),
+                                                                info.input.dtype)})
+    return OnnxModel(proto, info)
+
+
+def input_shape_of(path: str | os.PathLike) -> tuple[int | None, ...]:
+    """The image input's shape declared by an ONNX file (None for dynamic dimensions).
+
+    Cheap (no conversion); meant for :func:`ssa.preprocess.resolve_preprocess`'s ``input_shape``.
+    """
+    import onnx
+
+    p = Path(os.fspath(path))
+    if not p.is_file():
+        raise ModelLoadError(f"ONNX file {str(p)!r} does not exist; check the path.")
+    proto = _load_proto(p)
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [vi for vi in proto.graph.input if vi.name not in initializers]
+    if len(inputs) != 1:
+        raise UnsupportedModelError(f"{p.name!r} has {len(inputs)} inputs, expected one image input; re-export it "
+                                    "with a single image input.")
+    dims = _dims(inputs[0])
+    return (None, *dims[1:]) if dims else dims

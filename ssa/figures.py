@@ -1,0 +1,551 @@
+"""The paper's figures (method doc, section 7), drawn with matplotlib's Agg canvas.
+
+Every ``plot_*`` function writes one figure to ``path`` (``.png`` or ``.svg``, by the
+suffix) atomically and returns the path. No pyplot state is touched, so the functions
+are safe in notebooks and threads.
+
+==========================  ==============================================================
+paper figure                function
+==========================  ==============================================================
+Fig. 2a outlier frequency   :func:`plot_frequency` (+ :func:`power_law_fit`)
+Fig. 2b relevance rows      :func:`plot_relevance_heatmap` (rows from :func:`relevance_rows`)
+Fig. 3  dependency graph    :func:`plot_graph`
+Fig. 4a clustermap          :func:`plot_clustermap`, :func:`plot_dendrogram`
+Fig. 4b,c saliency          :func:`plot_saliency` (maps from :func:`saliency`)
+Fig. 5  activation maps     :func:`plot_activation_grid` (maps from :func:`activation_maps`)
+==========================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
+
+import networkx as nx
+import numpy as np
+
+from .errors import InvalidInputError, UnsupportedModelError
+from .graph import atomic_write_bytes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+    from .compare import Comparison
+    from .interfaces import Network
+    from .traversal import StepRecord
+
+__all__ = ["FORMATS", "figure_bytes", "save_figure", "power_law_fit", "step_counts", "relevance_rows",
+           "outlier_counts", "plot_frequency", "plot_relevance_heatmap", "plot_graph", "saliency", "plot_saliency",
+           "activation_maps", "plot_activation_grid", "plot_dendrogram", "plot_clustermap", "parse_node"]
+
+FORMATS = ("png", "svg")
+_DPI = 110
+_SHARED = "#e6862e"
+_NODE = "#4c78a8"
+_CLASS = "#333333"
+_INHIB = "#c43c39"
+
+
+# -- output ------------------------------------------------------------------------------------
+def _new_figure(width: float, height: float) -> "Figure":
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _format_of(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise InvalidInputError(f"figure file must end in .png or .svg, got {Path(path).name!r}; rename it.")
+    return suffix
+
+
+def figure_bytes(fig: "Figure", fmt: str = "png") -> bytes:
+    """Render ``fig`` as PNG or SVG bytes."""
+    if fmt not in FORMATS:
+        raise InvalidInputError(f"figure format must be 'png' or 'svg', got {fmt!r}.")
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=_DPI, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
+    return buf.getvalue()
+
+
+def save_figure(fig: "Figure", path: str | os.PathLike) -> Path:
+    """Write ``fig`` to ``path`` (format from the suffix), atomically."""
+    path = Path(path)
+    atomic_write_bytes(path, figure_bytes(fig, _format_of(path)))
+    return path
+
+
+def parse_node(text: str) -> tuple[str, int]:
+    """``"features.6:5"`` -> ``("features.6", 5)`` (the graph's node ids)."""
+    tap, sep, neuron = str(text).rpartition(":")
+    if not sep or not tap or not neuron.strip().isdigit():
+        raise InvalidInputError(f"a neuron must look like TAP:INDEX (a graph node id, e.g. features.6:5), got {text!r}.")
+    return tap, int(neuron)
+
+
+# -- Fig. 2a: outlier frequency ---------------------------------------------------------------
+def step_counts(step: "StepRecord", neuron: int) -> np.ndarray:
+    """Outlier counts over images of every lower neuron for upper ``neuron`` of a step record."""
+    if neuron not in step.neurons:
+        raise InvalidInputError(f"neuron {neuron} is not an upper neuron of step {step.upper} -> {step.parent}; "
+                                f"its upper neurons are {list(step.neurons)}.")
+    return np.asarray(step.counts[step.neurons.index(neuron)])
+
+
+def power_law_fit(counts: np.ndarray) -> tuple[float, float, float]:
+    """Fit ``count = c * rank ** -alpha`` to the non-zero counts sorted descending (least squares in log-log).
+
+    Returns ``(alpha, c, r2)``; NaNs when fewer than 2 neurons are outliers at all.
+    """
+    y = np.sort(np.asarray(counts, dtype=np.float64).ravel())[::-1]
+    y = y[y > 0]
+    if y.size < 2:
+        return float("nan"), float("nan"), float("nan")
+    x = np.log(np.arange(1, y.size + 1))
+    ly = np.log(y)
+    slope, intercept = np.polyfit(x, ly, 1)
+    pred = intercept + slope * x
+    ss = float(((ly - ly.mean()) ** 2).sum())
+    r2 = 1.0 - float(((ly - pred) ** 2).sum()) / ss if ss > 0 else 1.0
+    return float(-slope), float(np.exp(intercept)), r2
+
+
+def plot_frequency(counts: np.ndarray, path: str | os.PathLike, *, n_images: int | None = None,
+                   title: str | None = None, annotate: int = 8) -> Path:
+    """Bar plot of the outlier frequency of each lower neuron, most frequent first, with a power-law fit
+    (paper, Fig. 2a). Only neurons that are outliers in at least one image are drawn."""
+    counts = np.asarray(counts).ravel()
+    order = np.argsort(-counts, kind="stable")
+    order = order[counts[order] > 0]
+    fig = _new_figure(7.0, 3.4)
+    ax = fig.add_subplot(1, 1, 1)
+    ranks = np.arange(1, order.size + 1)
+    if order.size:
+        ax.bar(ranks, counts[order], width=0.85, color=_NODE, label="outlier frequency")
+        alpha, c, r2 = power_law_fit(counts)
+        if alpha == alpha:
+            xs = np.linspace(1, order.size, 200)
+            ax.plot(xs, c * xs ** -alpha, color=_SHARED, lw=2,
+                    label=f"power law: {c:.3g}·rank^-{alpha:.2f} (R²={r2:.2f})")
+        for r, k in zip(ranks[:annotate], order[:annotate]):
+            ax.annotate(str(int(k)), (r, counts[k]), ha="center", va="bottom", fontsize=7, xytext=(0, 1),
+                        textcoords="offset points")
+        ax.legend(loc="upper right", fontsize=8, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no outliers in any image", ha="center", va="center", transform=ax.transAxes)
+    if n_images:
+        ax.axhline(n_images, color="#999999", lw=0.8, ls=":")
+        ax.set_ylim(0, n_images * 1.08)
+    ax.set_xlabel(f"lower neurons ranked by frequency ({order.size} of {counts.size} are outliers at least once)")
+    ax.set_ylabel("images where it is an outlier")
+    ax.set_title(title or "outlier frequency", fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    return save_figure(fig, path)
+
+
+# -- Fig. 2b: relevance rows ------------------------------------------------------------------------
+def relevance_rows(network: "Network", images: np.ndarray, upper: str, neuron: int, *,
+                   rule: Any = "gradient", rule_params: Mapping[str, Any] | None = None,
+                   parent: str | None = None, batch_size: int = 32) -> tuple[str, np.ndarray]:
+    """omega[n, i, :] of one upper neuron over every image: ``(parent, array (n_images, K_parent))``.
+
+    ``network`` must be prepared; ``parent`` defaults to the upper tap's first parent.
+    """
+    from .plugins import make_rule
+
+    taps = {t.name: t for t in network.taps}
+    if upper not in taps:
+        raise InvalidInputError(f"unknown tap {upper!r}; taps are: {', '.join(taps)}.")
+    tap = taps[upper]
+    if not 0 <= int(neuron) < tap.n_neurons:
+        raise InvalidInputError(f"neuron must be in [0, {tap.n_neurons - 1}] for tap {upper!r}, got {neuron}.")
+    if not tap.parents:
+        raise InvalidInputError(f"tap {upper!r} is the lowest tap: it has no step below it; pick a higher neuron.")
+    parent = parent or tap.parents[0]
+    if parent not in tap.parents:
+        raise InvalidInputError(f"{parent!r} is not a parent of {upper!r}; its parents are {', '.join(tap.parents)}.")
+    rule_obj = make_rule(rule, **dict(rule_params or {})) if isinstance(rule, str) else rule
+    parts = []
+    for i in range(0, images.shape[0], batch_size):
+        rel, _ = network.step_relevance(images[i:i + batch_size], upper, [int(neuron)], rule_obj)
+        parts.append(np.asarray(rel[parent])[0])
+    return parent, np.concatenate(parts, axis=0)
+
+
+def outlier_counts(omega: np.ndarray, selector: Any = "tukey", selector_params: Mapping[str, Any] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the selector to every row of ``omega`` (n_images, K): ``(counts (K,), selected (n_images, K))``."""
+    from .plugins import make_selector
+
+    sel_obj = make_selector(selector, **dict(selector_params or {})) if isinstance(selector, str) else selector
+    selected = np.asarray(sel_obj.select(np.asarray(omega, dtype=np.float64)))
+    return (selected > 0).sum(axis=0), selected
+
+
+def plot_relevance_heatmap(omega: np.ndarray, path: str | os.PathLike, *, selected: np.ndarray | None = None,
+                           title: str | None = None, max_columns: int = 128, max_rows: int = 200) -> Path:
+    """Heat map of the relevance rows omega[n, i, :] across images (paper, Fig. 2b).
+
+    Rows are images, columns lower neurons (by index; with more than ``max_columns`` neurons the
+    most often selected, then most relevant, are shown). Positive outliers (``selected > 0``) are dotted.
+    """
+    omega = np.asarray(omega, dtype=np.float64)
+    if omega.ndim != 2 or omega.size == 0:
+        raise InvalidInputError(f"omega must be a non-empty (n_images, K) array, got shape {omega.shape}.")
+    cols = np.arange(omega.shape[1])
+    if cols.size > max_columns:
+        score = (selected > 0).sum(axis=0) if selected is not None else np.zeros(cols.size)
+        cols = np.sort(np.lexsort((-omega.mean(axis=0), -score))[:max_columns])
+    rows = np.arange(min(omega.shape[0], max_rows))
+    data = omega[np.ix_(rows, cols)]
+    vmax = float(np.nanmax(np.abs(data))) or 1.0
+    fig = _new_figure(min(12.0, 3.0 + 0.09 * cols.size), min(8.0, 2.0 + 0.035 * rows.size))
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(data, aspect="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+    if selected is not None:
+        s = np.asarray(selected)[np.ix_(rows, cols)]
+        yy, xx = np.nonzero(s > 0)
+        ax.scatter(xx, yy, s=4, c="black", marker=".", linewidths=0, label="outlier")
+    step = max(1, cols.size // 32)
+    ax.set_xticks(np.arange(0, cols.size, step))
+    ax.set_xticklabels([str(int(c)) for c in cols[::step]], fontsize=6, rotation=90)
+    ax.set_xlabel("lower neuron")
+    ax.set_ylabel("image")
+    ax.set_title(title or "relevance rows across images", fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="ω")
+    return save_figure(fig, path)
+
+
+# -- Fig. 3: the dependency graph ---------------------------------------------------------------------
+def _layers(graph: nx.DiGraph) -> list[tuple[str, list[str]]]:
+    by_tap: dict[str, list[str]] = {}
+    order: dict[str, int] = {}
+    for n, d in graph.nodes(data=True):
+        by_tap.setdefault(d.get("tap", "?"), []).append(n)
+        order[d.get("tap", "?")] = int(d.get("tap_order", 0))
+    return [(t, sorted(by_tap[t], key=lambda n: int(graph.nodes[n].get("neuron", 0))))
+            for t in sorted(by_tap, key=lambda t: -order[t])]
+
+
+def plot_graph(graph: nx.DiGraph, path: str | os.PathLike, *, shared: Collection[str] | None = None,
+               title: str | None = None, max_per_layer: int = 48) -> Path:
+    """Layered drawing of a dependency graph (paper, Fig. 3).
+
+    One row per tap (top tap first, by ``tap_order``); node area grows with frequency / n_images,
+    edge width with |relevance|; nodes in ``shared`` (kept by other classes too) are orange;
+    inhibitory edges (sign -1) are red and dashed. Layers with more than ``max_per_layer`` nodes show
+    the most frequent ones.
+    """
+    from matplotlib.lines import Line2D
+
+    shared = set(shared or ())
+    layers = _layers(graph)
+    n_img = float(graph.graph.get("n_images") or 0) or max(
+        (float(d.get("frequency", 1)) for _, d in graph.nodes(data=True)), default=1.0) or 1.0
+    pos: dict[str, tuple[float, float]] = {}
+    hidden: dict[str, int] = {}
+    widest = max((min(len(ns), max_per_layer) for _, ns in layers), default=1)
+    for row, (tap, nodes) in enumerate(layers):
+        if len(nodes) > max_per_layer:
+            keep = sorted(nodes, key=lambda n: -float(graph.nodes[n].get("frequency", 0)))[:max_per_layer]
+            hidden[tap] = len(nodes) - max_per_layer
+            nodes = sorted(keep, key=lambda n: int(graph.nodes[n].get("neuron", 0)))
+        m = len(nodes)
+        for j, n in enumerate(nodes):
+            pos[n] = ((j + 0.5) / m * widest if m else 0.0, -float(row))
+    fig = _new_figure(max(6.0, min(22.0, 1.8 + 0.42 * widest)), max(2.5, 1.15 * len(layers) + 0.8))
+    ax = fig.add_subplot(1, 1, 1)
+    rels = [abs(float(d.get("relevance", 0.0))) for u, v, d in graph.edges(data=True) if u in pos and v in pos]
+    rmax = max(rels, default=0.0) or 1.0
+    inhibitory = False
+    for u, v, d in graph.edges(data=True):
+        if u not in pos or v not in pos:
+            continue
+        neg = int(d.get("sign", 1)) < 0
+        inhibitory |= neg
+        (x0, y0), (x1, y1) = pos[u], pos[v]
+        ax.plot([x0, x1], [y0, y1], color=_INHIB if neg else "#8c8c8c", ls="--" if neg else "-",
+                lw=0.4 + 3.0 * abs(float(d.get("relevance", 0.0))) / rmax, alpha=0.75, zorder=1)
+    xs, ys, sizes, colors, edges = [], [], [], [], []
+    for n, (x, y) in pos.items():
+        d = graph.nodes[n]
+        xs.append(x)
+        ys.append(y)
+        sizes.append(40 + 460 * min(1.0, float(d.get("frequency", 0)) / n_img))
+        is_class = d.get("tap") == "logits"
+        colors.append(_CLASS if is_class else (_SHARED if n in shared else _NODE))
+        edges.append(_INHIB if int(d.get("sign", 1)) < 0 else "white")
+    ax.scatter(xs, ys, s=sizes, c=colors, edgecolors=edges, linewidths=1.2, zorder=2)
+    if len(pos) <= 160:
+        for n, (x, y) in pos.items():
+            ax.text(x, y, str(graph.nodes[n].get("neuron", "")), ha="center", va="center", fontsize=6,
+                    color="white", zorder=3)
+    for row, (tap, nodes) in enumerate(layers):
+        extra = f"  (+{hidden[tap]} more)" if tap in hidden else ""
+        ax.text(-0.02 * widest - 0.3, -row, f"{tap}\n{len(nodes)} kept{extra}", ha="right", va="center", fontsize=8)
+    ax.set_xlim(-0.3 - 0.02 * widest, widest + 0.3)
+    ax.set_ylim(-len(layers) + 0.5, 0.5)
+    ax.axis("off")
+    handles = [Line2D([], [], marker="o", ls="", color=_NODE, label="neuron (size: frequency)")]
+    if shared & set(pos):
+        handles.append(Line2D([], [], marker="o", ls="", color=_SHARED, label="shared with other classes"))
+    if inhibitory:
+        handles.append(Line2D([], [], color=_INHIB, ls="--", label="inhibitory edge"))
+    ax.legend(handles=handles, loc="lower right", fontsize=7, frameon=False, bbox_to_anchor=(1.0, -0.12), ncol=3)
+    target = graph.graph.get("target")
+    ax.set_title(title or (f"dependency graph of class {target}" if target is not None else "dependency graph"),
+                 fontsize=10)
+    return save_figure(fig, path)
+
+
+# -- Fig. 4b,c: saliency; Fig. 5: activation maps ------------------------------------------------------
+def _torch_parts(network: "Network", tap: str):
+    gm = getattr(network, "graph_module", None)
+    plan = getattr(network, "plan", None)
+    if gm is None or plan is None:
+        raise UnsupportedModelError(f"saliency and activation maps need a PyTorch-backed network, got "
+                                    f"{type(network).__name__}; load the model with the torch backend.")
+    taps = {t.name: t for t in network.taps}
+    if tap not in taps:
+        raise InvalidInputError(f"unknown tap {tap!r}; taps are: {', '.join(taps)}.")
+    return gm, plan.node_of[tap], taps[tap]
+
+
+def _run_recording(network: "Network", x, node_name: str):
+    from torch import fx
+
+    gm, _, _ = _torch_parts(network, network.taps[-1].name)
+    seen: dict[str, Any] = {}
+
+    class _Record(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.name == node_name:
+                seen["value"] = out
+            return out
+
+    _Record(gm).run(x)
+    return seen["value"]
+
+
+def _channel_scalar(value, channel_axis: int, neuron: int):
+    """(B,) scalar of one neuron: its value (2-D tap) or spatial mean (4-D tap)."""
+    v = value.movedim(channel_axis, 1)[:, int(neuron)]
+    return v.reshape(v.shape[0], -1).mean(dim=1)
+
+
+def _check_neuron(tap, neuron: int) -> int:
+    if not 0 <= int(neuron) < tap.n_neurons:
+        raise InvalidInputError(f"neuron must be in [0, {tap.n_neurons - 1}] for tap {tap.name!r}, got {neuron}.")
+    return int(neuron)
+
+
+def saliency(network: "Network", images: np.ndarray, tap: str, neuron: int) -> np.ndarray:
+    """Gradient of one neuron's scalar (its value, or spatial mean) w.r.t. the input image, through the
+    whole network (no cuts): the saliency of a feature map (paper, Fig. 4b,c). Same shape as ``images``."""
+    import torch
+
+    _, node, t = _torch_parts(network, tap)
+    neuron = _check_neuron(t, neuron)
+    x = network.to_tensor(images).detach().requires_grad_(True)  # type: ignore[attr-defined]
+    with torch.enable_grad():
+        value = _run_recording(network, x, node)
+        s = _channel_scalar(value, t.channel_axis, neuron).sum()
+        (g,) = torch.autograd.grad(s, x, allow_unused=True)
+    if g is None:
+        return np.zeros(images.shape, np.float32)
+    return g.detach().cpu().numpy().astype(np.float32)
+
+
+def activation_maps(network: "Network", images: np.ndarray, tap: str, neuron: int) -> np.ndarray:
+    """The activation map of one channel of a conv tap on each image: shape (n_images, H, W)."""
+    import torch
+
+    _, node, t = _torch_parts(network, tap)
+    neuron = _check_neuron(t, neuron)
+    if len(t.shape) < 2:
+        raise InvalidInputError(f"tap {tap!r} is a dense layer (one value per neuron, no map); pick a conv tap.")
+    with torch.no_grad():
+        value = _run_recording(network, network.to_tensor(images), node)  # type: ignore[attr-defined]
+    v = value.movedim(t.channel_axis, 1)[:, neuron].detach().cpu().numpy().astype(np.float32)
+    return v.reshape(v.shape[0], v.shape[1], -1) if v.ndim == 3 else v.reshape(v.shape[0], v.shape[1], -1)
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    """An image (CHW, HWC or HW) as HxW or HxWx3 in [0, 1] for imshow."""
+    a = np.asarray(image, dtype=np.float64)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = a.transpose(1, 2, 0)
+    elif a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] in (1, 3) and a.shape[0] < a.shape[-1]:
+        a = a.transpose(1, 2, 0)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3):
+        raise InvalidInputError(f"cannot show an image of shape {image.shape}; expected (C, H, W), (H, W, C) or (H, W).")
+    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def _saliency_map(grad: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """|gradient| reduced over the channel axis to (H, W)."""
+    g = np.abs(np.asarray(grad, dtype=np.float64))
+    shown = _display(like)
+    if g.ndim == 3:
+        axis = 0 if g.shape[1:] == shown.shape[:2] else -1
+        g = g.max(axis=axis)
+    return g
+
+
+def plot_saliency(images: np.ndarray, grads: np.ndarray, path: str | os.PathLike, *, title: str | None = None,
+                  columns: int = 8) -> Path:
+    """Each image next to its saliency map (|gradient|, max over channels) overlaid on it (paper, Fig. 4b,c)."""
+    images = np.asarray(images)
+    grads = np.asarray(grads)
+    if images.shape != grads.shape or images.shape[0] == 0:
+        raise InvalidInputError(f"images and gradients must have the same non-empty shape, got {images.shape} "
+                                f"and {grads.shape}.")
+    n = images.shape[0]
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    fig = _new_figure(1.5 * cols + 0.6, 3.0 * rows + 0.5)
+    for i in range(n):
+        shown = _display(images[i])
+        sal = _saliency_map(grads[i], images[i])
+        top = fig.add_subplot(2 * rows, cols, (2 * (i // cols)) * cols + i % cols + 1)
+        top.imshow(shown, cmap="gray" if shown.ndim == 2 else None, interpolation="nearest")
+        top.axis("off")
+        bottom = fig.add_subplot(2 * rows, cols, (2 * (i // cols) + 1) * cols + i % cols + 1)
+        bottom.imshow(shown, cmap="gray" if shown.ndim == 2 else None, interpolation="nearest")
+        smax = float(sal.max()) or 1.0
+        bottom.imshow(sal / smax, cmap="inferno", alpha=0.65, interpolation="bilinear", vmin=0, vmax=1)
+        bottom.axis("off")
+    fig.suptitle(title or "saliency of a neuron w.r.t. the input (top: image, bottom: |gradient|)", fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_activation_grid(maps: np.ndarray, path: str | os.PathLike, *, images: np.ndarray | None = None,
+                         title: str | None = None, columns: int = 8) -> Path:
+    """Grid of one neuron's activation maps over several images, on one colour scale (paper, Fig. 5).
+
+    With ``images``, each map is drawn under its image.
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim != 3 or maps.shape[0] == 0:
+        raise InvalidInputError(f"maps must be a non-empty (n_images, H, W) array, got shape {maps.shape}.")
+    if images is not None and len(images) != maps.shape[0]:
+        raise InvalidInputError(f"got {len(images)} images for {maps.shape[0]} maps; they must match.")
+    n = maps.shape[0]
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    per = 2 if images is not None else 1
+    fig = _new_figure(1.5 * cols + 1.0, 1.5 * per * rows + 0.6)
+    vmax = float(maps.max()) if maps.max() > 0 else 1.0
+    vmin = min(0.0, float(maps.min()))
+    im = None
+    axes = []
+    for i in range(n):
+        r, c = divmod(i, cols)
+        if images is not None:
+            ax = fig.add_subplot(per * rows, cols, (per * r) * cols + c + 1)
+            shown = _display(images[i])
+            ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, interpolation="nearest")
+            ax.axis("off")
+            axes.append(ax)
+        ax = fig.add_subplot(per * rows, cols, (per * r + per - 1) * cols + c + 1)
+        im = ax.imshow(maps[i], cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.axis("off")
+        axes.append(ax)
+    if im is not None:
+        fig.colorbar(im, ax=axes, fraction=0.03, pad=0.02, label="activation")
+    fig.suptitle(title or "activation maps", fontsize=10)
+    return save_figure(fig, path)
+
+
+# -- Fig. 4a: clustermap ----------------------------------------------------------------------------------
+def plot_dendrogram(comparison: "Comparison", path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Dendrogram of the Ward clustering of the class graphs (cosine distance on bag-of-nodes vectors)."""
+    from scipy.cluster.hierarchy import dendrogram
+
+    fig = _new_figure(max(5.0, 0.55 * len(comparison.labels) + 2), 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    dendrogram(comparison.linkage, labels=list(comparison.labels), ax=ax, leaf_rotation=90, color_threshold=0,
+               above_threshold_color=_NODE)
+    ax.set_ylabel("Ward distance (L2-normalised)")
+    ax.set_title(title or "Ward clustering of the class graphs", fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    return save_figure(fig, path)
+
+
+def plot_clustermap(comparison: "Comparison", path: str | os.PathLike, *, kind: str = "similarity",
+                    title: str | None = None) -> Path:
+    """Clustermap (paper, Fig. 4a): a heat map with the Ward dendrograms on its sides.
+
+    ``kind="similarity"``: the class x class cosine similarity of the bag-of-nodes vectors, both axes in
+    dendrogram order. ``kind="nodes"``: the class x neuron bag-of-nodes matrix, classes in dendrogram
+    order (left) and neurons clustered the same way (top).
+    """
+    from scipy.cluster.hierarchy import dendrogram, linkage
+
+    from .compare import normalise_rows
+
+    if kind not in ("similarity", "nodes"):
+        raise InvalidInputError(f"clustermap kind must be 'similarity' or 'nodes', got {kind!r}.")
+    labels = list(comparison.labels)
+    G = len(labels)
+    if kind == "similarity":
+        M, col_link, n_cols = comparison.similarity, comparison.linkage, G
+        col_labels = labels
+    else:
+        M = comparison.matrix
+        n_cols = M.shape[1]
+        col_link = linkage(normalise_rows(M.T), method="ward") if n_cols >= 2 else None
+        col_labels = list(comparison.nodes)
+    width = 7.5 if kind == "similarity" else min(18.0, 5.0 + 0.09 * n_cols)
+    fig = _new_figure(width, max(4.5, 0.42 * G + 2.2))
+    gs = fig.add_gridspec(2, 3, width_ratios=[1.2, 6, 0.25], height_ratios=[1.2, max(3.0, 0.42 * G)],
+                          wspace=0.03, hspace=0.03)
+    ax_left = fig.add_subplot(gs[1, 0])
+    left = dendrogram(comparison.linkage, orientation="left", ax=ax_left, no_labels=True, color_threshold=0,
+                      above_threshold_color=_NODE)
+    row_order = list(left["leaves"])
+    ax_left.axis("off")
+    ax_top = fig.add_subplot(gs[0, 1])
+    if col_link is not None:
+        top = dendrogram(col_link, ax=ax_top, no_labels=True, color_threshold=0, above_threshold_color=_NODE)
+        col_order = list(top["leaves"])
+    else:
+        col_order = list(range(n_cols))
+    ax_top.axis("off")
+    ax = fig.add_subplot(gs[1, 1])
+    data = M[np.ix_(row_order, col_order)]
+    vmin = 0.0 if kind == "nodes" else min(0.0, float(data.min()))
+    im = ax.imshow(data, origin="lower", aspect="auto", cmap="magma" if kind == "nodes" else "viridis",
+                   vmin=vmin, vmax=max(1e-12, float(data.max()) if kind == "nodes" else 1.0),
+                   extent=(0, n_cols, 0, G), interpolation="nearest")
+    ax.set_yticks(np.arange(G) + 0.5)
+    ax.set_yticklabels([labels[i] for i in row_order], fontsize=8)
+    ax.yaxis.tick_right()
+    if n_cols <= 80:
+        ax.set_xticks(np.arange(n_cols) + 0.5)
+        ax.set_xticklabels([col_labels[i] for i in col_order], fontsize=7 if kind == "similarity" else 5,
+                           rotation=90)
+    else:
+        ax.set_xticks([])
+        ax.set_xlabel(f"{n_cols} neurons (clustered)")
+    ax.tick_params(length=0)
+    cax = fig.add_subplot(gs[1, 2])
+    fig.colorbar(im, cax=cax, label="cosine similarity" if kind == "similarity" else f"weight ({comparison.weight})")
+    cax.yaxis.set_label_position("right")
+    # move the colour bar right of the row labels
+    box = cax.get_position()
+    cax.set_position([box.x0 + 0.09, box.y0, box.width, box.height])
+    fig.suptitle(title or ("cosine similarity of the class graphs, Ward clustering" if kind == "similarity"
+                           else "bag-of-nodes vectors, Ward clustering"), fontsize=10)
+    return save_figure(fig, path)

@@ -1,0 +1,196 @@
+"""Known-answer tests of the outlier selectors (method doc, section 3, STEP 2; section 5).
+
+Every expected answer is worked out by hand in the comments.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ssa
+
+NAN = float("nan")
+
+
+def select(name: str, rows, **params) -> np.ndarray:
+    out = ssa.make_selector(name, **params).select(np.asarray(rows, dtype=np.float64))
+    assert out.dtype == np.int8
+    assert out.shape == np.shape(rows)
+    return out
+
+
+# --- Tukey's fences (the paper's selector) -------------------------------------------------------
+
+
+def test_tukey_flags_values_above_the_upper_fence() -> None:
+    # Q1 = 2, Q3 = 4 (linear interpolation at positions 1 and 3), fence = 4 + 1.5 * 2 = 7
+    assert select("tukey", [[1, 2, 3, 4, 100]]).tolist() == [[0, 0, 0, 0, 1]]
+
+
+def test_tukey_is_strictly_greater_than_the_fence() -> None:
+    # the same quartiles, and 7 sits exactly on the fence: not an outlier; just above it is
+    assert select("tukey", [[1, 2, 3, 4, 7]]).tolist() == [[0, 0, 0, 0, 0]]
+    assert select("tukey", [[1, 2, 3, 4, 7.000001]]).tolist() == [[0, 0, 0, 0, 1]]
+
+
+def test_tukey_quartiles_are_linearly_interpolated() -> None:
+    # sorted row of 8: Q1 at position 1.75 -> 6, Q3 at position 5.25 -> 7 + 0.25 * 2 = 7.5,
+    # fence = 7.5 + 1.5 * 1.5 = 9.75, so 10 is an outlier. Every other numpy quantile method
+    # (lower, higher, midpoint, nearest, hazen, weibull, median_unbiased, ...) gives a fence >= 10.
+    row = [7, 4, 10, 6, 7, 9, 6, 7]  # unsorted on purpose
+    assert select("tukey", [row]).tolist() == [[0, 0, 1, 0, 0, 0, 0, 0]]
+
+
+def test_tukey_rows_are_independent() -> None:
+    rows = [[1, 2, 3, 4, 100], [100, 2, 3, 4, 1], [1, 2, 3, 4, 5]]
+    assert select("tukey", rows).tolist() == [[0, 0, 0, 0, 1], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]]
+
+
+def test_tukey_constant_and_all_zero_rows_have_no_outliers() -> None:
+    # IQR = 0 and the fence equals the value: nothing is strictly greater
+    assert select("tukey", [[3, 3, 3, 3], [0, 0, 0, 0]]).tolist() == [[0] * 4, [0] * 4]
+
+
+def test_tukey_ties() -> None:
+    # mostly zeros: Q1 = 0, Q3 = 0 -> any positive value is an outlier, tied values alike
+    assert select("tukey", [[0, 0, 0, 0, 0, 0, 0, 5, 5]]).tolist() == [[0] * 7 + [1, 1]]
+    # 8 values, Q3 at position 5.25 = 0 + 0.25 * 5 = 1.25, fence 1.25 + 1.5 * 1.25 = 3.125: both 5s
+    assert select("tukey", [[0, 0, 0, 0, 0, 0, 5, 5]]).tolist() == [[0] * 6 + [1, 1]]
+    # 3 tied large values among 8: Q3 at position 5.25 = 5, fence = 5 + 1.5 * 5 = 12.5: none
+    assert select("tukey", [[0, 0, 0, 0, 0, 5, 5, 5]]).tolist() == [[0] * 8]
+
+
+def test_tukey_nan_and_inf_rows_give_zeros_without_touching_other_rows() -> None:
+    rows = [[1, 2, NAN, 4, 100], [1, 2, 3, 4, 100], [1, 2, float("inf"), 4, 100], [NAN] * 5]
+    assert select("tukey", rows).tolist() == [[0] * 5, [0, 0, 0, 0, 1], [0] * 5, [0] * 5]
+
+
+def test_tukey_two_sided_marks_negative_outliers() -> None:
+    # Q1 = 1, Q3 = 3 (positions 1 and 3 of [-100, 1, 2, 3, 4]... sorted: -100, 1, 2, 3, 4) -> lower fence 1 - 3 = -2
+    row = [[2, -100, 1, 3, 4]]
+    assert select("tukey", row).tolist() == [[0, 0, 0, 0, 0]]
+    assert select("tukey", row, two_sided=True).tolist() == [[0, -1, 0, 0, 0]]
+    both = [[-100, 1, 2, 3, 4, 5, 100]]  # Q1 = 1.5, Q3 = 4.5, fences -3 and 9
+    assert select("tukey", both, two_sided=True).tolist() == [[-1, 0, 0, 0, 0, 0, 1]]
+    assert select("tukey", both).tolist() == [[0, 0, 0, 0, 0, 0, 1]]
+
+
+def test_tukey_k_parameter() -> None:
+    # k = 0: strictly above Q3 = 4
+    assert select("tukey", [[1, 2, 3, 4, 5]], k=0).tolist() == [[0, 0, 0, 0, 1]]
+    # k = 3: fence 4 + 6 = 10
+    assert select("tukey", [[1, 2, 3, 4, 10]], k=3).tolist() == [[0, 0, 0, 0, 0]]
+    assert select("tukey", [[1, 2, 3, 4, 10.5]], k=3).tolist() == [[0, 0, 0, 0, 1]]
+
+
+# --- z-score ------------------------------------------------------------------------------------
+
+
+def test_zscore_known_answer_and_strictness() -> None:
+    # nine 0s and one 10: mean 1, population std sqrt((9 * 1 + 81) / 10) = 3, z(10) = 3
+    row = [[0] * 9 + [10]]
+    assert select("zscore", row).tolist() == [[0] * 10]  # 3 is not > 3
+    assert select("zscore", row, threshold=2.9).tolist() == [[0] * 9 + [1]]
+    neg = [[0] * 9 + [-10]]
+    assert select("zscore", neg, threshold=2.9).tolist() == [[0] * 10]
+    assert select("zscore", neg, threshold=2.9, two_sided=True).tolist() == [[0] * 9 + [-1]]
+
+
+def test_zscore_constant_zero_and_nan_rows() -> None:
+    rows = [[2, 2, 2, 2], [0, 0, 0, 0], [1, NAN, 1, 50]]
+    assert select("zscore", rows, threshold=0.5).tolist() == [[0] * 4] * 3
+
+
+# --- MAD (modified z-score) ---------------------------------------------------------------------
+
+
+def test_mad_known_answer() -> None:
+    # median 3, |x - 3| = [2, 1, 0, 1, 97] -> MAD 1; modified z = 0.6745 * (x - 3):
+    # 100 -> 65.4 (outlier), 1 -> -1.35 (not)
+    assert select("mad", [[1, 2, 3, 4, 100]]).tolist() == [[0, 0, 0, 0, 1]]
+    # threshold between: 0.6745 * 1 = 0.6745 for x = 4, 0.6745 * 97 for 100
+    assert select("mad", [[1, 2, 3, 4, 100]], threshold=0.6).tolist() == [[0, 0, 0, 1, 1]]
+    assert select("mad", [[1, 2, 3, 4, 100]], threshold=0.6, two_sided=True).tolist() == [[-1, -1, 0, 1, 1]]
+
+
+def test_mad_zero_mad_constant_zero_and_nan_rows() -> None:
+    # MAD = 0 (more than half the values equal): the modified z-score is undefined, no outliers
+    rows = [[5, 5, 5, 5, 9], [0, 0, 0, 0, 0], [7, 7, 7, 7, 7], [1, 2, 3, NAN, 100]]
+    assert select("mad", rows).tolist() == [[0] * 5] * 4
+
+
+# --- percentile ---------------------------------------------------------------------------------
+
+
+def test_percentile_known_answer() -> None:
+    # q = 50 of [1..5] is 3: strictly above and positive
+    assert select("percentile", [[1, 2, 3, 4, 5]], q=50).tolist() == [[0, 0, 0, 1, 1]]
+    # q = 99 (default): 99th percentile of [0, 0, 0, 10] = 0 + 0.97 * 10 = 9.7 -> 10 only
+    assert select("percentile", [[0, 0, 0, 10]]).tolist() == [[0, 0, 0, 1]]
+
+
+def test_percentile_needs_positive_values_and_two_sided() -> None:
+    row = [[-5, -4, -3, -2, -1]]
+    assert select("percentile", row, q=50).tolist() == [[0] * 5]  # above the median but not positive
+    # lower percentile 50 = -3: strictly below and negative
+    assert select("percentile", row, q=50, two_sided=True).tolist() == [[-1, -1, 0, 0, 0]]
+
+
+def test_percentile_constant_zero_and_nan_rows() -> None:
+    rows = [[4, 4, 4, 4], [0, 0, 0, 0], [NAN, 1, 2, 30]]
+    assert select("percentile", rows, q=50).tolist() == [[0] * 4] * 3
+
+
+# --- top-k --------------------------------------------------------------------------------------
+
+
+def test_topk_known_answer_and_ties() -> None:
+    assert select("topk", [[1, 5, 3, 5, 0]], k=2).tolist() == [[0, 1, 0, 1, 0]]
+    # ties broken by the lower index
+    assert select("topk", [[2, 2, 2, 0]], k=2).tolist() == [[1, 1, 0, 0]]
+    # only strictly positive entries; k larger than the row
+    assert select("topk", [[1, -1, 2]], k=10).tolist() == [[1, 0, 1]]
+
+
+def test_topk_zero_nan_and_two_sided() -> None:
+    assert select("topk", [[0, 0, 0], [NAN, 3, 1]], k=1).tolist() == [[0, 0, 0], [0, 0, 0]]
+    assert select("topk", [[3, -1, -5, 2]], k=1, two_sided=True).tolist() == [[1, 0, -1, 0]]
+    assert select("topk", [[3, -1, -5, 2]], k=1).tolist() == [[1, 0, 0, 0]]
+
+
+# --- parameters ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, params, words",
+    [
+        ("tukey", {"k": -1}, "'k' must be >= 0"),
+        ("tukey", {"k": "wide"}, "'k' must be float"),
+        ("tukey", {"two_sided": "maybe"}, "'two_sided' must be bool"),
+        ("tukey", {"fence": 2}, "has no parameter 'fence'"),
+        ("zscore", {"threshold": 0}, "'threshold' must be > 0"),
+        ("mad", {"threshold": -1}, "'threshold' must be > 0"),
+        ("percentile", {"q": 0}, "'q' must be in (0, 100)"),
+        ("percentile", {"q": 100}, "'q' must be in (0, 100)"),
+        ("topk", {"k": 0}, "'k' must be >= 1"),
+        ("topk", {"k": 1.5}, "'k' must be int"),
+    ],
+)
+def test_invalid_parameters_raise_invalid_input_error(name: str, params: dict, words: str) -> None:
+    with pytest.raises(ssa.InvalidInputError) as info:
+        ssa.make_selector(name, **params)
+    assert words in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_parameters_are_converted_and_stored() -> None:
+    sel = ssa.make_selector("tukey", k="3", two_sided="yes")
+    assert sel.params == {"k": 3.0, "two_sided": True}
+    assert sel.two_sided
+    assert ssa.make_selector("topk", k=2.0).params["k"] == 2
+
+
+def test_unknown_selector_is_a_plugin_error() -> None:
+    with pytest.raises(ssa.PluginError, match="unknown selector 'grubbs'"):
+        ssa.make_selector("grubbs")
