@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from .api import analyse, load_model
+from .api import Session, analyse, load_model
 from .errors import InvalidInputError, ModelLoadError, PluginError, SSAError, StoreError, UnsupportedModelError
 from .graph import read_graph, write_graph
 from .hookspecs import hookimpl

@@ -18,7 +18,7 @@ from .sources import AutogradSource, FastSource, collect
 from .store import StatsStore, images_hash
 from .traversal import traverse
 
-__all__ = ["load_model", "analyse", "check_device", "check_int", "check_target", "n_classes", "run_traversal"]
+__all__ = ["Session", "load_model", "analyse", "check_device", "check_int", "check_target", "n_classes", "run_traversal"]
 
 
 def check_int(name: str, value: Any, minimum: int, fix: str = "") -> int:
@@ -111,57 +111,119 @@ def analyse(
     -------
     AnalysisResult with the dependency graph.
     """
-    branching = check_int("branching", branching, 1, "Pass --branching 1 or more.")
-    batch_size = check_int("batch_size", batch_size, 1)
+    check_int("branching", branching, 1, "Pass --branching 1 or more.")
     target = check_int("target", target, 0)
-    rule_obj = make_rule(rule, **dict(rule_params or {}))
-    selector_obj = make_selector(selector, **dict(selector_params or {}))
-    options: dict[str, Any] = {"taps": taps, "include_input": include_input, "channel_axes": channel_axes,
-                               "output_index": output_index}
-    if name is not None:
-        options["name"] = name
-    network = load_model(model, backend=backend, device=device, **options)
-    arr, lab = load_images(images, preprocess=preprocess, labels=labels)
-    network.prepare(arr)
-    check_target(network, target)
-    if stop_at is not None and stop_at not in {t.name for t in network.taps}:
-        raise InvalidInputError(f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
-    indices = None if lab is None else np.flatnonzero(lab == target)
-    if indices is not None and len(indices) == 0:
-        select_class(arr, lab, target)  # raises the "no image is labelled" error
-    source = make_source(network, arr, indices, rule_obj, engine=engine, store=store, batch_size=batch_size,
-                         progress=progress)
-    return run_traversal(source, network, target, branching, rule_obj, selector_obj, stop_at=stop_at,
-                         progress=progress)
+    session = Session(model, images, rule=rule, rule_params=rule_params, labels=labels, preprocess=preprocess,
+                      taps=taps, include_input=include_input, channel_axes=channel_axes, output_index=output_index,
+                      device=device, batch_size=batch_size, backend=backend, name=name, engine=engine, store=store,
+                      progress=progress, only_target=target)
+    return session.analyse(target, branching, selector=selector, selector_params=selector_params, stop_at=stop_at)
+
+
+class Session:
+    """A model and an image set, prepared once: analyse any class, branching factor or selector again
+    from the same per-image statistics without running the network (method doc, section 6).
+
+    Construction stores the options; the model is loaded and the statistics computed on first use.
+    The parameters are those of :func:`analyse`. With labels, each class is analysed on its own images.
+    ``only_target`` restricts the statistics to that class's images (what :func:`analyse` does).
+    """
+
+    def __init__(self, model: Any, images: Any, *, rule: str | Rule = "gradient",
+                 rule_params: Mapping[str, Any] | None = None, labels: Any = None,
+                 preprocess: Preprocess | None = None, taps: Sequence[str] | None = None,
+                 include_input: bool = False, channel_axes: Mapping[str, int] | None = None,
+                 output_index: int | None = None, device: str = "cpu", batch_size: int = 32,
+                 backend: str | None = None, name: str | None = None, engine: str = "auto",
+                 store: str | os.PathLike | None = None, progress: bool = False,
+                 only_target: int | None = None) -> None:
+        self.model = model
+        self.images_spec = images
+        self.rule = make_rule(rule, **dict(rule_params or {}))
+        self.labels_spec = labels
+        self.preprocess = preprocess
+        self.options: dict[str, Any] = {"taps": taps, "include_input": include_input,
+                                        "channel_axes": channel_axes, "output_index": output_index}
+        if name is not None:
+            self.options["name"] = name
+        self.device = device
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.backend = backend
+        if engine not in ENGINES:
+            raise InvalidInputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
+        self.engine = engine
+        self.store = store
+        self.progress = progress
+        self.only_target = only_target
+        self._network: Network | None = None
+        self.images: np.ndarray | None = None
+        self.labels: np.ndarray | None = None
+        self._stats: Any = None
+
+    def prepare(self) -> "Session":
+        """Load the model and the images (once)."""
+        if self._network is None:
+            network = load_model(self.model, backend=self.backend, device=self.device, **self.options)
+            arr, lab = load_images(self.images_spec, preprocess=self.preprocess, labels=self.labels_spec)
+            network.prepare(arr)
+            if self.only_target is not None:
+                check_target(network, self.only_target)
+                arr, lab = select_class(arr, lab, self.only_target)
+            self.images, self.labels, self._network = arr, lab, network
+        return self
+
+    @property
+    def network(self) -> Network:
+        return self.prepare()._network  # type: ignore[return-value]
+
+    def _source(self, indices: np.ndarray | None):
+        network, images = self.network, self.images
+        assert images is not None
+        rule = self.rule
+        fast = network.fast_taps() if self.engine != "autograd" and rule.fast_form else frozenset()
+        if self.engine == "fast" and not fast:
+            raise InvalidInputError(f"engine 'fast' was asked for, but no step of this model has the closed form "
+                                    f"for rule {rule.name!r}; use --engine auto.")
+        if not fast:
+            return AutogradSource(network, images if indices is None else images[indices], self.batch_size)
+        form = rule.fast_form
+        if self._stats is None:
+            if self.store is not None:
+                st = open_store(network, images, self.store)
+                if st.is_complete(form):
+                    self._stats = (st, int((st.meta() or {}).get("batch_size", self.batch_size)))
+                else:
+                    st.init(store_meta(network, images, self.batch_size))
+                    collect(network, images, [form], self.batch_size, store=st, progress=self.progress)
+                    self._stats = (st, self.batch_size)
+            else:
+                stats = collect(network, images, [form], self.batch_size, progress=self.progress)
+                self._stats = (stats, self.batch_size)
+        stats, bs = self._stats
+        return FastSource(network, stats, form, images, bs, indices)
+
+    def analyse(self, target: int, branching: int = 3, *, selector: str | Selector = "tukey",
+                selector_params: Mapping[str, Any] | None = None, stop_at: str | None = None) -> AnalysisResult:
+        """The dependency graph of class ``target`` (see :func:`analyse`)."""
+        branching = check_int("branching", branching, 1, "Pass --branching 1 or more.")
+        target = check_int("target", target, 0)
+        selector_obj = make_selector(selector, **dict(selector_params or {}))
+        network = self.network
+        check_target(network, target)
+        if stop_at is not None and stop_at not in {t.name for t in network.taps}:
+            raise InvalidInputError(
+                f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
+        indices = None
+        if self.labels is not None and self.only_target is None:
+            indices = np.flatnonzero(self.labels == target)
+            if len(indices) == 0:
+                raise InvalidInputError(f"no image is labelled {target}; choose a target that has images.")
+        source = self._source(indices)
+        return run_traversal(source, network, target, branching, self.rule, selector_obj, stop_at=stop_at,
+                             progress=self.progress)
 
 
 ENGINES = ("auto", "fast", "autograd")
-
-
-def make_source(network: Network, images: np.ndarray, indices: np.ndarray | None, rule: Rule, *, engine: str = "auto",
-                store: str | os.PathLike | None = None, batch_size: int = 32, progress: bool = False):
-    """The relevance source for ``rule``: statistics (store or memory) with autograd fallback, or autograd."""
-    if engine not in ENGINES:
-        raise InvalidInputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
-    fast = network.fast_taps() if engine != "autograd" and rule.fast_form else frozenset()
-    if engine == "fast" and not fast:
-        raise InvalidInputError(f"engine 'fast' was asked for, but no step of this model has the closed form for rule "
-                                f"{rule.name!r}; use --engine auto.")
-    if not fast:
-        sub = images if indices is None else images[indices]
-        return AutogradSource(network, sub, batch_size)
-    form = rule.fast_form
-    if store is not None:
-        st = open_store(network, images, store)
-        if st.is_complete(form):
-            meta = st.meta() or {}
-            return FastSource(network, st, form, images, int(meta.get("batch_size", batch_size)), indices)
-        st.init(store_meta(network, images, batch_size))
-        collect(network, images, [form], batch_size, store=st, progress=progress)
-        return FastSource(network, st, form, images, batch_size, indices)
-    sub = images if indices is None else images[indices]
-    stats = collect(network, sub, [form], batch_size, progress=progress)
-    return FastSource(network, stats, form, sub, batch_size)
 
 
 def open_store(network: Network, images: np.ndarray, root: str | os.PathLike) -> StatsStore:

@@ -39,7 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["FORMATS", "figure_bytes", "save_figure", "power_law_fit", "step_counts", "relevance_rows",
            "outlier_counts", "plot_frequency", "plot_relevance_heatmap", "plot_graph", "saliency", "plot_saliency",
-           "activation_maps", "plot_activation_grid", "plot_dendrogram", "plot_clustermap", "parse_node"]
+           "activation_maps", "plot_activation_grid", "plot_dendrogram", "plot_clustermap", "parse_node",
+           "class_figures", "default_map_neuron"]
 
 FORMATS = ("png", "svg")
 _DPI = 110
@@ -140,6 +141,10 @@ def plot_frequency(counts: np.ndarray, path: str | os.PathLike, *, n_images: int
         ax.legend(loc="upper right", fontsize=8, frameon=False)
     else:
         ax.text(0.5, 0.5, "no outliers in any image", ha="center", va="center", transform=ax.transAxes)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlim(0.4, max(order.size, 1) + 0.6)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if n_images:
         ax.axhline(n_images, color="#999999", lw=0.8, ls=":")
         ax.set_ylim(0, n_images * 1.08)
@@ -219,7 +224,7 @@ def plot_relevance_heatmap(omega: np.ndarray, path: str | os.PathLike, *, select
     ax.set_xlabel("lower neuron")
     ax.set_ylabel("image")
     ax.set_title(title or "relevance rows across images", fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="ω")
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="ω (relevance)")
     return save_figure(fig, path)
 
 
@@ -262,8 +267,10 @@ def plot_graph(graph: nx.DiGraph, path: str | os.PathLike, *, shared: Collection
             pos[n] = ((j + 0.5) / m * widest if m else 0.0, -float(row))
     fig = _new_figure(max(6.0, min(22.0, 1.8 + 0.42 * widest)), max(2.5, 1.15 * len(layers) + 0.8))
     ax = fig.add_subplot(1, 1, 1)
-    rels = [abs(float(d.get("relevance", 0.0))) for u, v, d in graph.edges(data=True) if u in pos and v in pos]
-    rmax = max(rels, default=0.0) or 1.0
+    rmax: dict[str, float] = {}  # relevance scales differ between steps: widths are relative per upper tap
+    for u, v, d in graph.edges(data=True):
+        t = graph.nodes[u].get("tap", "?")
+        rmax[t] = max(rmax.get(t, 0.0), abs(float(d.get("relevance", 0.0))))
     inhibitory = False
     for u, v, d in graph.edges(data=True):
         if u not in pos or v not in pos:
@@ -272,7 +279,8 @@ def plot_graph(graph: nx.DiGraph, path: str | os.PathLike, *, shared: Collection
         inhibitory |= neg
         (x0, y0), (x1, y1) = pos[u], pos[v]
         ax.plot([x0, x1], [y0, y1], color=_INHIB if neg else "#8c8c8c", ls="--" if neg else "-",
-                lw=0.4 + 3.0 * abs(float(d.get("relevance", 0.0))) / rmax, alpha=0.75, zorder=1)
+                lw=0.4 + 3.0 * abs(float(d.get("relevance", 0.0))) / (rmax[graph.nodes[u].get("tap", "?")] or 1.0),
+                alpha=0.75, zorder=1)
     xs, ys, sizes, colors, edges = [], [], [], [], []
     for n, (x, y) in pos.items():
         d = graph.nodes[n]
@@ -284,9 +292,10 @@ def plot_graph(graph: nx.DiGraph, path: str | os.PathLike, *, shared: Collection
         edges.append(_INHIB if int(d.get("sign", 1)) < 0 else "white")
     ax.scatter(xs, ys, s=sizes, c=colors, edgecolors=edges, linewidths=1.2, zorder=2)
     if len(pos) <= 160:
-        for n, (x, y) in pos.items():
-            ax.text(x, y, str(graph.nodes[n].get("neuron", "")), ha="center", va="center", fontsize=6,
-                    color="white", zorder=3)
+        for (n, (x, y)), size in zip(pos.items(), sizes):
+            big = size >= 160
+            ax.text(x, y if big else y + 0.13, str(graph.nodes[n].get("neuron", "")), ha="center",
+                    va="center" if big else "bottom", fontsize=6, color="white" if big else "black", zorder=3)
     for row, (tap, nodes) in enumerate(layers):
         extra = f"  (+{hidden[tap]} more)" if tap in hidden else ""
         ax.text(-0.02 * widest - 0.3, -row, f"{tap}\n{len(nodes)} kept{extra}", ha="right", va="center", fontsize=8)
@@ -321,7 +330,7 @@ def _torch_parts(network: "Network", tap: str):
 def _run_recording(network: "Network", x, node_name: str):
     from torch import fx
 
-    gm, _, _ = _torch_parts(network, network.taps[-1].name)
+    gm = network.graph_module  # type: ignore[attr-defined]
     seen: dict[str, Any] = {}
 
     class _Record(fx.Interpreter):
@@ -375,7 +384,9 @@ def activation_maps(network: "Network", images: np.ndarray, tap: str, neuron: in
     with torch.no_grad():
         value = _run_recording(network, network.to_tensor(images), node)  # type: ignore[attr-defined]
     v = value.movedim(t.channel_axis, 1)[:, neuron].detach().cpu().numpy().astype(np.float32)
-    return v.reshape(v.shape[0], v.shape[1], -1) if v.ndim == 3 else v.reshape(v.shape[0], v.shape[1], -1)
+    if v.ndim == 2:  # a 1-D sequence per channel: show it as one row
+        return v[:, None, :]
+    return v.reshape(v.shape[0], v.shape[1], -1)
 
 
 def _display(image: np.ndarray) -> np.ndarray:
@@ -509,7 +520,7 @@ def plot_clustermap(comparison: "Comparison", path: str | os.PathLike, *, kind: 
         col_labels = list(comparison.nodes)
     width = 7.5 if kind == "similarity" else min(18.0, 5.0 + 0.09 * n_cols)
     fig = _new_figure(width, max(4.5, 0.42 * G + 2.2))
-    gs = fig.add_gridspec(2, 3, width_ratios=[1.2, 6, 0.25], height_ratios=[1.2, max(3.0, 0.42 * G)],
+    gs = fig.add_gridspec(2, 4, width_ratios=[1.2, 6, 1.1 if kind == "similarity" else 0.6, 0.25], height_ratios=[1.2, max(3.0, 0.42 * G)],
                           wspace=0.03, hspace=0.03)
     ax_left = fig.add_subplot(gs[1, 0])
     left = dendrogram(comparison.linkage, orientation="left", ax=ax_left, no_labels=True, color_threshold=0,
@@ -540,12 +551,123 @@ def plot_clustermap(comparison: "Comparison", path: str | os.PathLike, *, kind: 
         ax.set_xticks([])
         ax.set_xlabel(f"{n_cols} neurons (clustered)")
     ax.tick_params(length=0)
-    cax = fig.add_subplot(gs[1, 2])
+    cax = fig.add_subplot(gs[1, 3])  # column 2 leaves room for the row labels
     fig.colorbar(im, cax=cax, label="cosine similarity" if kind == "similarity" else f"weight ({comparison.weight})")
-    cax.yaxis.set_label_position("right")
-    # move the colour bar right of the row labels
-    box = cax.get_position()
-    cax.set_position([box.x0 + 0.09, box.y0, box.width, box.height])
     fig.suptitle(title or ("cosine similarity of the class graphs, Ward clustering" if kind == "similarity"
                            else "bag-of-nodes vectors, Ward clustering"), fontsize=10)
     return save_figure(fig, path)
+
+
+# -- all figures of one class graph --------------------------------------------------------------------------
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+def _json_attr(graph: nx.DiGraph, key: str) -> dict[str, Any]:
+    value = graph.graph.get(key)
+    if not value:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    try:
+        out = json.loads(value)
+    except (TypeError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def _top_node(graph: nx.DiGraph, nodes: Sequence[str]) -> str:
+    return sorted(nodes, key=lambda n: (-float(graph.nodes[n].get("frequency", 0)),
+                                        -float(graph.nodes[n].get("mean_relevance", 0.0)),
+                                        int(graph.nodes[n].get("neuron", 0))))[0]
+
+
+def default_map_neuron(graph: nx.DiGraph, network: "Network") -> tuple[str, int] | None:
+    """The neuron whose saliency and activation maps are drawn by default: the most frequent neuron of the
+    highest tap in the graph that has spatial maps (a conv tap); None when the graph has none."""
+    taps = {t.name: t for t in network.taps}
+    by_tap: dict[str, list[str]] = {}
+    for n, d in graph.nodes(data=True):
+        t = taps.get(d.get("tap"))
+        if t is not None and len(t.shape) >= 2 and t.kind != "input":
+            by_tap.setdefault(t.name, []).append(n)
+    if not by_tap:
+        return None
+    tap = max(by_tap, key=lambda name: taps[name].order)
+    node = _top_node(graph, by_tap[tap])
+    return tap, int(graph.nodes[node]["neuron"])
+
+
+def class_figures(network: "Network", graph: nx.DiGraph, images: np.ndarray, out_dir: str | os.PathLike, *,
+                  fmt: str = "png", shared: Collection[str] | None = None, steps: str = "all",
+                  neuron: tuple[str, int] | None = None, n_images: int = 8, batch_size: int = 32
+                  ) -> list[tuple[str, str, Path]]:
+    """Draw every figure of one class graph into ``out_dir``; returns ``(kind, caption, path)`` triples.
+
+    * ``graph``: the layered dependency graph (Fig. 3), ``shared`` nodes highlighted;
+    * ``frequency`` and ``relevance``: outlier frequency with a power-law fit (Fig. 2a) and the relevance
+      rows across images (Fig. 2b) of one upper neuron: the class neuron (``steps="class"``) or the most
+      frequent neuron of every tap that has a step below it (``steps="all"``); with ``neuron``, that one;
+    * ``saliency`` and ``activations``: of ``neuron``, or of :func:`default_map_neuron`, on the first
+      ``n_images`` images (Fig. 4b,c and Fig. 5).
+
+    ``network`` must be prepared; ``images`` are the class's images. Rule and selector come from the
+    graph's attributes, so the figures show what the traversal saw.
+    """
+    if fmt not in FORMATS:
+        raise InvalidInputError(f"figure format must be 'png' or 'svg', got {fmt!r}.")
+    if steps not in ("class", "all"):
+        raise InvalidInputError(f"steps must be 'class' or 'all', got {steps!r}.")
+    out = Path(out_dir)
+    target = graph.graph.get("target")
+    rule = str(graph.graph.get("rule", "gradient"))
+    rule_params = _json_attr(graph, "rule_params")
+    selector = str(graph.graph.get("selector", "tukey"))
+    selector_params = _json_attr(graph, "selector_params")
+    taps = {t.name: t for t in network.taps}
+    missing = sorted({d.get("tap") for _, d in graph.nodes(data=True)} - set(taps))
+    if missing:
+        raise InvalidInputError(f"the graph has taps the model does not ({', '.join(map(str, missing))}); "
+                                "pass the model (and --taps) the graph was made with.")
+    made: list[tuple[str, str, Path]] = []
+    made.append(("graph", f"dependency graph of class {target}",
+                 plot_graph(graph, out / f"graph.{fmt}", shared=shared)))
+    uppers: list[tuple[str, int]] = []
+    if neuron is not None:
+        uppers = [neuron]
+    else:
+        by_tap: dict[str, list[str]] = {}
+        for n, d in graph.nodes(data=True):
+            if graph.out_degree(n) > 0 or d.get("tap") == "logits":
+                by_tap.setdefault(d["tap"], []).append(n)
+        for tap in sorted(by_tap, key=lambda t: -taps[t].order):
+            node = _top_node(graph, by_tap[tap])
+            uppers.append((tap, int(graph.nodes[node]["neuron"])))
+            if steps == "class":
+                break
+    for tap, k in uppers:
+        if not taps[tap].parents:
+            continue
+        parent, omega = relevance_rows(network, images, tap, k, rule=rule, rule_params=rule_params,
+                                       batch_size=batch_size)
+        counts, selected = outlier_counts(omega, selector, selector_params)
+        stem = f"{_safe(tap)}-{k}"
+        label = f"{tap}:{k} -> {parent}"
+        made.append(("frequency", f"outlier frequency of {parent} neurons for {tap}:{k} over {len(images)} images",
+                     plot_frequency(counts, out / f"frequency-{stem}.{fmt}", n_images=len(images),
+                                    title=f"outlier frequency, {label}")))
+        made.append(("relevance", f"relevance rows ω of {tap}:{k} over {parent}, one row per image (dots: outliers)",
+                     plot_relevance_heatmap(omega, out / f"relevance-{stem}.{fmt}", selected=selected,
+                                            title=f"relevance rows, {label}")))
+    map_neuron = neuron if neuron is not None and len(taps[neuron[0]].shape) >= 2 else default_map_neuron(graph, network)
+    if map_neuron is not None and hasattr(network, "graph_module"):
+        tap, k = map_neuron
+        few = images[:n_images]
+        stem = f"{_safe(tap)}-{k}"
+        made.append(("saliency", f"saliency of {tap}:{k} w.r.t. the input image",
+                     plot_saliency(few, saliency(network, few, tap, k), out / f"saliency-{stem}.{fmt}",
+                                   title=f"saliency of {tap}:{k} (top: image, bottom: |gradient|)")))
+        made.append(("activations", f"activation maps of {tap}:{k}",
+                     plot_activation_grid(activation_maps(network, few, tap, k), out / f"activations-{stem}.{fmt}",
+                                          images=few, title=f"activation maps of {tap}:{k}")))
+    return made

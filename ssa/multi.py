@@ -25,7 +25,7 @@ from .plugins import make_rule, make_selector
 from .results import AnalysisResult
 from .sources import AutogradSource
 
-__all__ = ["analyse_many", "ClassImages", "group_images", "load_grouped_images", "parse_targets",
+__all__ = ["analyse_many", "ClassImages", "group_images", "images_for_graph", "load_grouped_images", "parse_targets",
            "class_folders", "class_probabilities"]
 
 
@@ -239,3 +239,29 @@ def analyse_many(
             res.graph.graph["max_per_class"] = int(max_per_class)
         results[c] = res
     return results
+
+
+def images_for_graph(network: Network, graph: Any, images: Any, *, labels: Any = None,
+                     preprocess: Preprocess | None = None, by_prediction: bool | None = None,
+                     min_confidence: float | None = None, max_per_class: int | None = None) -> np.ndarray:
+    """The images of a graph's class, chosen the way :func:`analyse_many` chose them.
+
+    The graph's attributes (``target``, ``grouping``, ``min_confidence``, ``max_per_class``) give the
+    defaults; arguments that are not None override them. Without labels or predictions every image is
+    taken to belong to the class (as :func:`ssa.analyse` does). ``network`` must be prepared.
+    """
+    arr, lab = load_grouped_images(images, labels=labels, preprocess=preprocess)
+    attrs = graph.graph
+    target = attrs.get("target")
+    if target is None:
+        raise InvalidInputError("the graph has no 'target' attribute; pass a graph written by `ssa analyse`.")
+    if by_prediction is None:
+        by_prediction = attrs.get("grouping") == "prediction"
+    if min_confidence is None:
+        min_confidence = attrs.get("min_confidence")
+    if max_per_class is None:
+        max_per_class = attrs.get("max_per_class")
+    if lab is None and not by_prediction:
+        return arr[:max_per_class] if max_per_class else arr
+    return group_images(network, arr, lab, [int(target)], by_prediction=bool(by_prediction),
+                        min_confidence=min_confidence, max_per_class=max_per_class)[int(target)].images

@@ -107,6 +107,13 @@ class StatsStore:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path / "meta.json", json.dumps(meta, indent=1, sort_keys=True).encode())
 
+    @property
+    def n_images(self) -> int:
+        meta = self.meta()
+        if meta is None:
+            raise StoreError(f"store {str(self.path)!r} has no metadata; run `ssa collect` again.")
+        return int(meta["n_images"])
+
     # -- batches ----------------------------------------------------------------
     def _batch_dir(self, form: str, i: int) -> Path:
         return self.path / form / f"batch-{i:05d}"

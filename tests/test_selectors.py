@@ -67,7 +67,7 @@ def test_tukey_nan_and_inf_rows_give_zeros_without_touching_other_rows() -> None
 
 
 def test_tukey_two_sided_marks_negative_outliers() -> None:
-    # Q1 = 1, Q3 = 3 (positions 1 and 3 of [-100, 1, 2, 3, 4]... sorted: -100, 1, 2, 3, 4) -> lower fence 1 - 3 = -2
+    # sorted: -100, 1, 2, 3, 4 -> Q1 = 1, Q3 = 3, IQR 2: lower fence 1 - 3 = -2, upper fence 3 + 3 = 6
     row = [[2, -100, 1, 3, 4]]
     assert select("tukey", row).tolist() == [[0, 0, 0, 0, 0]]
     assert select("tukey", row, two_sided=True).tolist() == [[0, -1, 0, 0, 0]]
@@ -98,8 +98,9 @@ def test_zscore_known_answer_and_strictness() -> None:
 
 
 def test_zscore_constant_zero_and_nan_rows() -> None:
-    rows = [[2, 2, 2, 2], [0, 0, 0, 0], [1, NAN, 1, 50]]
-    assert select("zscore", rows, threshold=0.5).tolist() == [[0] * 4] * 3
+    # 0.1 repeated has a rounding-error std (~1e-17): still no outliers
+    rows = [[2, 2, 2, 2, 2, 2, 2], [0] * 7, [0.1] * 7, [1, NAN, 1, 50, 1, 1, 1]]
+    assert select("zscore", rows, threshold=0.5).tolist() == [[0] * 7] * 4
 
 
 # --- MAD (modified z-score) ---------------------------------------------------------------------
@@ -114,10 +115,18 @@ def test_mad_known_answer() -> None:
     assert select("mad", [[1, 2, 3, 4, 100]], threshold=0.6, two_sided=True).tolist() == [[-1, -1, 0, 1, 1]]
 
 
-def test_mad_zero_mad_constant_zero_and_nan_rows() -> None:
-    # MAD = 0 (more than half the values equal): the modified z-score is undefined, no outliers
-    rows = [[5, 5, 5, 5, 9], [0, 0, 0, 0, 0], [7, 7, 7, 7, 7], [1, 2, 3, NAN, 100]]
-    assert select("mad", rows).tolist() == [[0] * 5] * 4
+def test_mad_falls_back_to_the_mean_absolute_deviation_when_mad_is_zero() -> None:
+    # [5, 5, 5, 5, 9]: median 5, |x - 5| = [0, 0, 0, 0, 4] -> MAD 0; MeanAD = 0.8,
+    # z(9) = 4 / (1.253314 * 0.8) = 3.989 (Iglewicz-Hoaglin): above 3.5, below 4
+    assert select("mad", [[5, 5, 5, 5, 9]]).tolist() == [[0, 0, 0, 0, 1]]
+    assert select("mad", [[5, 5, 5, 5, 9]], threshold=4).tolist() == [[0] * 5]
+    assert select("mad", [[5, 5, 5, 5, 1]], two_sided=True).tolist() == [[0, 0, 0, 0, -1]]
+    assert select("mad", [[5, 5, 5, 5, 1]]).tolist() == [[0] * 5]
+
+
+def test_mad_constant_zero_and_nan_rows() -> None:
+    rows = [[0, 0, 0, 0, 0], [7, 7, 7, 7, 7], [1, 2, 3, NAN, 100]]
+    assert select("mad", rows, threshold=0.1).tolist() == [[0] * 5] * 3
 
 
 # --- percentile ---------------------------------------------------------------------------------
@@ -146,11 +155,15 @@ def test_percentile_constant_zero_and_nan_rows() -> None:
 
 
 def test_topk_known_answer_and_ties() -> None:
-    assert select("topk", [[1, 5, 3, 5, 0]], k=2).tolist() == [[0, 1, 0, 1, 0]]
-    # ties broken by the lower index
-    assert select("topk", [[2, 2, 2, 0]], k=2).tolist() == [[1, 1, 0, 0]]
-    # only strictly positive entries; k larger than the row
+    # kept iff > 0 and strictly above the (k+1)-th largest value of the row
+    assert select("topk", [[1, 5, 3, 5, 0]], k=2).tolist() == [[0, 1, 0, 1, 0]]  # 3rd largest: 3
+    assert select("topk", [[2, 2, 1, 0]], k=2).tolist() == [[1, 1, 0, 0]]
+    # a tie across the k-th place is never broken by position: none of the tied entries is kept
+    assert select("topk", [[2, 2, 2, 0]], k=2).tolist() == [[0, 0, 0, 0]]
+    assert select("topk", [[0, 2, 9, 2]], k=2).tolist() == [[0, 0, 1, 0]]
+    # only strictly positive entries; k at least the row length: compared with the row minimum
     assert select("topk", [[1, -1, 2]], k=10).tolist() == [[1, 0, 1]]
+    assert select("topk", [[4, 4, 4]], k=10).tolist() == [[0, 0, 0]]
 
 
 def test_topk_zero_nan_and_two_sided() -> None:

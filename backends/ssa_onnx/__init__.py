@@ -1,1 +1,21 @@
-"""ONNX backend of ssa: .onnx files converted with onnx2torch, checked against onnxruntime."""
+"""ONNX backend of ssa: .onnx files converted with onnx2torch, checked against onnxruntime.
+
+The converted ``fx.GraphModule`` is analysed by the PyTorch backend's tap discovery and
+traversal (:class:`OnnxNetwork` is a :class:`ssa_torch.TorchNetwork`); onnxruntime runs the
+original model for the parity check and for image selection. See ``docs/onnx.md``.
+"""
+
+from __future__ import annotations
+
+from .backend import OnnxBackend, load_onnx
+from .check import CheckReport, check_report, render_report
+from .confidence import class_probabilities, select_confident
+from .model import OnnxInfo, OnnxModel, TensorInfo, input_shape_of, read_onnx
+from .network import OnnxNetwork, ParityResult
+from .runtime import make_session
+
+__all__ = [
+    "OnnxBackend", "load_onnx", "OnnxNetwork", "ParityResult", "CheckReport", "check_report", "render_report",
+    "select_confident", "class_probabilities", "read_onnx", "input_shape_of", "OnnxModel", "OnnxInfo",
+    "TensorInfo", "make_session",
+]

@@ -1,16 +1,43 @@
-"""The ONNX backend (placeholder until the ONNX issue lands: refuses .onnx files clearly)."""
+"""The ONNX backend class: .onnx files, converted with onnx2torch and checked against onnxruntime."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
-from ssa.errors import UnsupportedModelError
-from ssa.interfaces import Backend, Network
+from ssa.errors import InvalidInputError
+from ssa.interfaces import Backend
+
+__all__ = ["OnnxBackend", "load_onnx"]
+
+_OPTIONS = ("name", "taps", "include_input", "channel_axes", "output_index", "provider", "parity_tolerance",
+            "parity_images", "check_parity")
+
+
+def load_onnx(source: str | os.PathLike, *, device: str = "cpu", name: str | None = None,
+              output_index: int | None = None, **options: Any):
+    """Read, validate and convert an ONNX file; returns an :class:`~ssa_onnx.network.OnnxNetwork`.
+
+    The parity check against onnxruntime runs in ``prepare`` (on the first batch).
+    Options: ``taps``, ``include_input``, ``channel_axes`` (as the PyTorch backend), ``output_index``
+    (which output holds the class scores when there are several), ``provider`` ("auto", "cpu",
+    "cuda"), ``parity_tolerance``, ``parity_images``, ``check_parity``.
+    """
+    from .convert import convert_model
+    from .model import read_onnx
+    from .network import OnnxNetwork
+
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise InvalidInputError(f"unknown ONNX backend option {unknown[0]!r}; known options: {', '.join(_OPTIONS)}.")
+    model = read_onnx(source, output_index=output_index)
+    gm = convert_model(model)
+    return OnnxNetwork(gm, model, name=name or Path(os.fspath(source)).stem, device=device, **options)
 
 
 class OnnxBackend(Backend):
-    """ONNX files (.onnx), converted with onnx2torch."""
+    """ONNX files (.onnx), converted with onnx2torch and checked against onnxruntime."""
 
     name = "onnx"
     description = "ONNX file (.onnx), converted with onnx2torch and checked against onnxruntime"
@@ -20,5 +47,5 @@ class OnnxBackend(Backend):
     def can_load(cls, source: Any) -> bool:
         return isinstance(source, (str, os.PathLike)) and os.fspath(source).lower().endswith(".onnx")
 
-    def load(self, source: Any, *, device: str = "cpu", **options: Any) -> Network:
-        raise UnsupportedModelError("ONNX models are not supported yet.")
+    def load(self, source: Any, *, device: str = "cpu", **options: Any):
+        return load_onnx(source, device=device, **options)

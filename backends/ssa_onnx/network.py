@@ -32,10 +32,11 @@ from ssa.interfaces import Tap
 from ssa_torch.network import TorchNetwork
 from ssa_torch.ops import node_kind, target_name
 
-from .model import OnnxModel
+from .model import OnnxInfo, OnnxModel
 from .runtime import make_session
 
-__all__ = ["OnnxNetwork", "ParityResult", "LogProbabilities", "looks_like_probabilities", "softmax"]
+__all__ = ["OnnxNetwork", "ParityResult", "LogProbabilities", "looks_like_probabilities", "softmax", "run_session",
+           "output_to_probabilities", "unknown_ops", "default_tolerance", "check_input_shape"]
 
 PROB_ATOL = 1e-3  # rows must sum to 1 within this, values lie in [-PROB_ATOL, 1 + PROB_ATOL]
 
@@ -151,40 +152,12 @@ class OnnxNetwork(TorchNetwork):
 
     def check_input(self, batch: np.ndarray) -> None:
         """Refuse a batch whose shape does not match the input the ONNX file declares."""
-        info = self.onnx.info.input
-        declared = info.shape
-        if not declared:
-            return
-        got = tuple(int(d) for d in batch.shape)
-        bad = len(got) != len(declared) or any(d is not None and d != g for d, g in zip(declared[1:], got[1:]))
-        if bad:
-            layout = f" ({self.onnx.info.layout.upper()})" if self.onnx.info.layout else ""
-            hint = "check --preprocess (size, layout NCHW/NHWC)"
-            if len(got) == len(declared) == 4 and sorted(got[1:]) == sorted(d or 0 for d in declared[1:]):
-                hint = "the axes are in another order: use layout nhwc / nchw in --preprocess"
-            raise InvalidInputError(
-                f"the model's input {info.name!r} is {info.shape_text()}{layout}, got images shaped {got}; {hint}."
-            )
+        check_input_shape(self.onnx.info, batch)
 
     def ort_outputs(self, batch: np.ndarray) -> np.ndarray:
         """The chosen output of the original model, by onnxruntime."""
         self.check_input(batch)
-        info = self.onnx.info
-        x = np.ascontiguousarray(batch)
-        if info.input.dtype not in ("non-tensor",) and not info.input.dtype.startswith("onnx"):
-            dtype = np.dtype(info.input.dtype)
-            if np.issubdtype(dtype, np.integer):
-                x = np.clip(np.rint(x), np.iinfo(dtype).min, np.iinfo(dtype).max)
-            x = x.astype(dtype, copy=False)
-        try:
-            out = self.session.run([info.output.name], {info.input.name: x})[0]
-        except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
-            msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise InvalidInputError(
-                f"onnxruntime cannot run the model on images shaped {tuple(batch.shape)} ({msg}); "
-                f"the model's input is {info.input.shape_text()}: check --preprocess."
-            ) from None
-        return np.asarray(out, dtype=np.float64)
+        return run_session(self.session, self.onnx.info, batch)
 
     # -- preparation -----------------------------------------------------------------------------
     def prepare(self, example: np.ndarray) -> tuple[Tap, ...]:
@@ -267,6 +240,42 @@ class OnnxNetwork(TorchNetwork):
         return output_to_probabilities(out, kind, _final_kind(self._converted))
 
 
+def check_input_shape(info: OnnxInfo, batch: np.ndarray) -> None:
+    """Refuse (InvalidInputError) a batch whose shape does not match the ONNX file's declared input."""
+    declared = info.input.shape
+    if not declared:
+        return
+    got = tuple(int(d) for d in np.shape(batch))
+    bad = len(got) != len(declared) or any(d is not None and d != g for d, g in zip(declared[1:], got[1:]))
+    if bad:
+        layout = f" ({info.layout.upper()})" if info.layout else ""
+        hint = "check --preprocess (image size and layout)"
+        if len(got) == len(declared) == 4 and sorted(got[1:]) == sorted(d or 0 for d in declared[1:]):
+            hint = "the axes are in another order: set the layout (nchw / nhwc) in --preprocess"
+        raise InvalidInputError(
+            f"the model's input {info.input.name!r} is {info.input.shape_text()}{layout}, got images shaped {got}; {hint}."
+        )
+
+
+def run_session(session: Any, info: OnnxInfo, batch: np.ndarray) -> np.ndarray:
+    """The chosen output of an onnxruntime session on ``batch`` (cast to the input's dtype), as float64."""
+    x = np.ascontiguousarray(batch)
+    if info.input.dtype.startswith(("float", "int", "uint")):
+        dtype = np.dtype(info.input.dtype)
+        if np.issubdtype(dtype, np.integer):
+            x = np.clip(np.rint(x), np.iinfo(dtype).min, np.iinfo(dtype).max)
+        x = x.astype(dtype, copy=False)
+    try:
+        out = session.run([info.output.name], {info.input.name: x})[0]
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InvalidInputError(
+            f"onnxruntime cannot run the model on images shaped {tuple(batch.shape)} ({msg}); "
+            f"the model's input is {info.input.shape_text()}: check --preprocess."
+        ) from None
+    return np.asarray(out, dtype=np.float64)
+
+
 def output_to_probabilities(out: np.ndarray, kind: str | None, final: str) -> np.ndarray:
     """Probabilities from a classifier output: as is for a softmax, exp for a log-softmax, else softmax."""
     if out.ndim != 2:
@@ -311,6 +320,7 @@ def unknown_ops(network: TorchNetwork) -> list[str]:
             if kinds.get(n.name) == "other":
                 label = target_name(n, modules)
                 if label == "OnnxFunction":
-                    label = f"OnnxFunction({getattr(modules[n.target], 'function_type', '?')})"
+                    fn = getattr(modules[n.target], "function", None)
+                    label = f"OnnxFunction({getattr(fn, '__name__', '?')})"
                 seen[label] = seen.get(label, 0) + 1
     return [f"{k} x{v}" if v > 1 else k for k, v in seen.items()]

@@ -19,14 +19,14 @@ __all__ = ["node_kind", "target_name", "ACTIVATIONS", "is_mul", "is_add"]
 
 ACTIVATIONS = {
     "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "hardswish", "mish",
-    "prelu", "softplus", "sigmoid", "hardsigmoid", "tanh", "hardtanh", "rrelu", "swish",
+    "prelu", "softplus", "sigmoid", "hardsigmoid", "tanh", "hardtanh", "rrelu", "swish", "softsign",
 }
 
 _MODULE_KINDS: dict[type, str] = {
     nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu", nn.ELU: "elu", nn.SELU: "selu",
     nn.CELU: "celu", nn.GELU: "gelu", nn.SiLU: "silu", nn.Hardswish: "hardswish", nn.Mish: "mish",
     nn.PReLU: "prelu", nn.Softplus: "softplus", nn.Sigmoid: "sigmoid", nn.Hardsigmoid: "hardsigmoid",
-    nn.Tanh: "tanh", nn.Hardtanh: "hardtanh", nn.RReLU: "rrelu",
+    nn.Tanh: "tanh", nn.Hardtanh: "hardtanh", nn.RReLU: "rrelu", nn.Softsign: "softsign",
     nn.Conv1d: "conv", nn.Conv2d: "conv", nn.Conv3d: "conv", nn.Linear: "linear",
     nn.BatchNorm1d: "batchnorm", nn.BatchNorm2d: "batchnorm", nn.BatchNorm3d: "batchnorm",
     nn.MaxPool1d: "maxpool", nn.MaxPool2d: "maxpool", nn.AvgPool1d: "avgpool", nn.AvgPool2d: "avgpool",
@@ -43,7 +43,8 @@ _MODULE_KINDS: dict[type, str] = {
 # nn.Sequential after a padding module when the padding is asymmetric), Gemm with constant weights ->
 # nn.Linear, BatchNormalization with constant statistics -> nn.BatchNorm2d, MaxPool / AveragePool,
 # Flatten(axis=1) -> nn.Flatten, Dropout -> nn.Dropout. Softmax / LogSoftmax of opset < 13 convert to
-# OnnxSoftmaxV1V11 (its ``is_log`` attribute tells which); see node_kind.
+# OnnxSoftmaxV1V11 (its ``is_log`` attribute tells which), Tanh to OnnxFunction (holding torch.tanh);
+# see _module_kind.
 _ONNX2TORCH_KINDS = {
     "OnnxHardSigmoid": "hardsigmoid", "OnnxPReLU": "prelu", "OnnxClip": "hardtanh", "OnnxErf": "other",
     "OnnxTranspose": "permute", "OnnxFlatten": "flatten", "OnnxReshape": "reshape",
@@ -121,6 +122,8 @@ def _module_kind(mod: nn.Module) -> str:
         if kind is None and getattr(op, "__name__", "") == "_onnx_div":
             kind = "div"
         return kind or "other"
+    if name == "OnnxFunction":  # onnx2torch: Tanh, Exp, Log, Abs, ... as one module holding the torch function
+        return "tanh" if getattr(mod, "function", None) is torch.tanh else "other"
     if name in _ONNX2TORCH_KINDS:
         return _ONNX2TORCH_KINDS[name]
     if isinstance(mod, nn.Sequential) and len(mod) > 0:

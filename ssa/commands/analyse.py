@@ -8,7 +8,7 @@ import sys
 from ..api import analyse
 from ..errors import InvalidInputError
 from .analyse_many import add_many_args, run_many, wants_many
-from .common import add_image_args, add_method_args, add_model_args, method_options, model_options, preprocess_from
+from .common import add_engine_args, engine_options, add_image_args, add_method_args, add_model_args, method_options, model_options, preprocess_from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", "-t", type=int, default=None, help="class index (into the logits); or use --targets")
     add_many_args(p)  # --targets, --by-prediction, --min-confidence, --max-per-class, --out-dir
     add_method_args(p)
+    add_engine_args(p)
     p.add_argument("--out", "-o", default=None, help="write the graph here (.json node-link or .graphml)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
     p.set_defaults(run=run)
@@ -31,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--out must end in .json or .graphml, got {args.out!r}.")
     result = analyse(args.model, args.images, args.target, labels=args.labels, preprocess=preprocess_from(args),
                      device=args.device, batch_size=args.batch_size, backend=args.backend,
-                     progress=not args.quiet, **model_options(args), **method_options(args))
+                     progress=not args.quiet, **model_options(args), **method_options(args),
+                     **engine_options(args))
     if args.out:
         path = result.write(args.out)
     if not args.quiet:

@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import InvalidInputError
 from ..images import Preprocess
 
-__all__ = ["add_model_args", "add_image_args", "add_method_args", "parse_kv", "parse_ints", "model_options",
+__all__ = ["add_engine_args", "engine_options", "add_model_args", "add_image_args", "add_method_args", "parse_kv", "parse_ints", "model_options",
            "preprocess_from", "method_options"]
 
 
@@ -109,3 +109,21 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
         "selector_params": parse_kv(args.selector_param, "--selector-param"),
         "stop_at": args.stop_at,
     }
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", default="auto", choices=("auto", "fast", "autograd"),
+                   help="auto (default): exact closed form where a step has one, autograd elsewhere")
+    g.add_argument("--store", default=None,
+                   help="statistics store folder (default: $SSA_STORE or .ssa-store when it holds this model and "
+                        "image set; see `ssa collect`)")
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    from ..store import default_store_root
+
+    store = args.store
+    if store is None and default_store_root().is_dir():
+        store = str(default_store_root())
+    return {"engine": args.engine, "store": store}

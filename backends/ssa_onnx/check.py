@@ -1,0 +1,183 @@
+"""``ssa check MODEL``: what the analysis will see, before running it.
+
+:func:`check_report` loads a model (ONNX file, or anything :func:`ssa.load_model` takes),
+prepares it on a few images and returns a :class:`CheckReport`: for ONNX files the input and
+outputs, the parity numbers against onnxruntime and how the logits were found; for every
+model the taps (shape, neurons, channel axis, producing op), the tap DAG (each tap's parent
+taps) and which computation each step uses. :meth:`CheckReport.render` is the text the CLI
+prints; :meth:`CheckReport.to_dict` is JSON-ready.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ssa.errors import InvalidInputError
+from ssa.interfaces import Network, Tap
+
+from .model import OnnxInfo
+from .network import OnnxNetwork, ParityResult, unknown_ops
+
+__all__ = ["CheckReport", "check_report", "render_report", "example_batch"]
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What ``ssa check`` reports about a model.
+
+    model : its name. backend : "onnx" or "torch". source : the path or description given.
+    info : the ONNX file's input / outputs / opset (None for other models).
+    parity : the onnxruntime comparison (None for other models, or when skipped).
+    output_kind : "logits", "softmax stripped", "log-softmax stripped" or "probabilities"
+        (ONNX; for PyTorch models: "logits" or the stripped op).
+    example : how the example images were obtained, and their shape.
+    taps : every tap, execution order. steps : "upper -> parent" -> computation.
+    unknown_ops : computed ops tap discovery does not classify (candidates for --taps).
+    notes : anything the user should know (log-probabilities, fixed batch size, ...).
+    """
+
+    model: str
+    backend: str
+    source: str
+    info: OnnxInfo | None
+    parity: ParityResult | None
+    output_kind: str
+    example: str
+    taps: tuple[Tap, ...]
+    steps: Mapping[str, str]
+    unknown_ops: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.parity is None or self.parity.ok
+
+    def dag(self) -> dict[str, tuple[str, ...]]:
+        """The tap DAG: each tap's parent taps (cut semantics, method doc section 4)."""
+        return {t.name: tuple(t.parents) for t in self.taps}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "backend": self.backend, "source": self.source,
+            "onnx": None if self.info is None else {
+                "opset": self.info.opset, "producer": self.info.producer,
+                "input": asdict(self.info.input), "outputs": [asdict(o) for o in self.info.outputs],
+                "output_index": self.info.output_index, "layout": self.info.layout,
+                "fixed_batch": self.info.fixed_batch, "op_types": dict(self.info.op_types),
+            },
+            "parity": None if self.parity is None else asdict(self.parity),
+            "output_kind": self.output_kind, "example": self.example,
+            "taps": [{"name": t.name, "order": t.order, "kind": t.kind, "op": t.op, "shape": list(t.shape),
+                      "channel_axis": t.channel_axis, "neurons": t.n_neurons, "parents": list(t.parents)}
+                     for t in self.taps],
+            "steps": dict(self.steps), "unknown_ops": list(self.unknown_ops), "notes": list(self.notes),
+        }
+
+    def render(self) -> str:
+        return render_report(self)
+
+
+def render_report(r: CheckReport) -> str:
+    """The text ``ssa check`` prints."""
+    lines = [f"model {r.model} ({r.backend} backend): {r.source}"]
+    if r.info is not None:
+        i = r.info
+        lines.append(f"  ONNX opset {i.opset}, producer {i.producer}, {sum(i.op_types.values())} nodes")
+        lay = f", layout {i.layout.upper()}" if i.layout else ""
+        lines.append(f"  input  {i.input.name} {i.input.shape_text()} {i.input.dtype}{lay}")
+        for k, o in enumerate(i.outputs):
+            mark = "  <- class scores" if k == i.output_index and len(i.outputs) > 1 else ""
+            lines.append(f"  output {k}: {o.name} {o.shape_text()} {o.dtype}{mark}")
+    lines.append(f"  example: {r.example}")
+    if r.parity is not None:
+        lines.append(f"  parity {r.parity.text()}")
+    lines.append(f"  logits: {r.output_kind}")
+    lines.append(f"  taps ({len(r.taps)}), top first:")
+    w = max((len(t.name) for t in r.taps), default=4)
+    for t in sorted(r.taps, key=lambda t: -t.order):
+        parents = ", ".join(t.parents) if t.parents else "-"
+        lines.append(f"    {t.name:<{w}}  {t.kind:<10} {t.op:<22} shape {str(tuple(t.shape)):<16} "
+                     f"axis {t.channel_axis}  {t.n_neurons:>5} neurons  <- {parents}")
+    if r.steps:
+        lines.append(f"  steps ({len(r.steps)}):")
+        for step, how in r.steps.items():
+            lines.append(f"    {step}: {how}")
+    if r.unknown_ops:
+        lines.append(f"  ops tap discovery does not classify: {', '.join(r.unknown_ops)}; if one of them is an "
+                     "activation, name the taps by hand with --taps")
+    for note in r.notes:
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)
+
+
+def example_batch(network: Network, n: int = 4, seed: int = 0) -> np.ndarray:
+    """Random images (standard normal, seeded) shaped like the ONNX file's declared input."""
+    if not isinstance(network, OnnxNetwork):
+        raise InvalidInputError("pass images (--images) to check a model that does not declare its input shape.")
+    shape = network.onnx.info.input.shape
+    if not shape or any(d is None for d in shape[1:]):
+        raise InvalidInputError(
+            f"the model's input {network.onnx.info.input.name!r} is {network.onnx.info.input.shape_text()} with dynamic "
+            "sizes; pass images (--images) to check it."
+        )
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, *[int(d) for d in shape[1:]])).astype(np.float32)
+
+
+def check_report(model: Any, images: Any = None, *, preprocess: Any = None, labels: Any = None,
+                 n_images: int = 8, device: str = "cpu", output_index: int | None = None,
+                 taps: Sequence[str] | None = None, include_input: bool = False,
+                 channel_axes: Mapping[str, int] | None = None, backend: str | None = None,
+                 **options: Any) -> CheckReport:
+    """Load and prepare ``model`` and report what the analysis will see (for ``ssa check``).
+
+    Parameters
+    ----------
+    model : an ``.onnx`` path, anything :func:`ssa.load_model` accepts, or a loaded network.
+    images : example images (what :func:`ssa.images.load_images` accepts); None uses seeded random
+        images shaped like the ONNX input (ONNX files with a fixed input size only).
+    preprocess : for image folders: a preset name, a config path or dict, or a Preprocess;
+        the layout and size are read from the ONNX input when possible.
+    n_images : how many images the parity check and tap discovery run on.
+    Other options go to the backend (``provider``, ``parity_tolerance``, ...).
+    """
+    from ssa.api import load_model
+    from ssa.images import load_images
+    from ssa.preprocess import resolve_preprocess
+
+    network = load_model(model, backend=backend, device=device, output_index=output_index, taps=taps,
+                         include_input=include_input, channel_axes=channel_axes, **options)
+    if isinstance(network, OnnxNetwork):
+        network.parity_images = n_images
+    if images is None:
+        batch = example_batch(network, n=n_images)
+        example = f"{batch.shape[0]} random images (seeded standard normal) shaped {tuple(batch.shape[1:])}"
+    else:
+        shape = network.onnx.info.input.shape if isinstance(network, OnnxNetwork) else None
+        pre = resolve_preprocess(preprocess, input_shape=shape) if preprocess is not None or shape else None
+        arr, _ = load_images(images, preprocess=pre, labels=labels)
+        batch = arr[:n_images]
+        src = os.fspath(images) if isinstance(images, (str, os.PathLike)) else "array"
+        example = f"{batch.shape[0]} of {arr.shape[0]} images from {src} shaped {tuple(batch.shape[1:])}"
+    network.prepare(batch)
+    notes: list[str] = []
+    if isinstance(network, OnnxNetwork):
+        info, parity, output_kind, kind = network.onnx.info, network.parity, network.output_kind, "onnx"
+        notes.extend(network.notes)
+    else:
+        info, parity, kind = None, None, getattr(type(network), "__module__", "").split(".")[0].replace("ssa_", "")
+        stripped = getattr(getattr(network, "plan", None), "stripped", None)
+        output_kind = f"{stripped} stripped" if stripped else "logits"
+    try:
+        unknown = tuple(unknown_ops(network))  # type: ignore[arg-type]
+    except (AttributeError, RuntimeError):
+        unknown = ()
+    return CheckReport(model=network.name, backend=kind or "unknown",
+                       source=os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
+                       info=info, parity=parity, output_kind=output_kind, example=example,
+                       taps=tuple(network.taps), steps=dict(network.describe_steps()), unknown_ops=unknown,
+                       notes=tuple(notes))

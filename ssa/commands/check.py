@@ -1,0 +1,45 @@
+"""``ssa check``: what the analysis will see in a model (taps, DAG, engines; ONNX parity)."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from ..api import load_model
+from ..errors import InvalidInputError
+from ..images import load_images
+from .common import add_image_args, add_model_args, model_options, parse_ints, preprocess_from
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="show the taps, the tap DAG and which computation each step uses")
+    add_model_args(p)
+    add_image_args(p, required=False)
+    p.add_argument("--input-shape", default=None, help="per-image input shape, e.g. 3,224,224 (without --images)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
+    if args.images:
+        images, _ = load_images(args.images, preprocess=preprocess_from(args), labels=args.labels)
+        images = images[: max(1, min(len(images), args.batch_size))]
+    else:
+        shape = parse_ints(args.input_shape, "--input-shape") or getattr(network, "default_input_shape", None)
+        if shape is None:
+            raise InvalidInputError("pass --images or --input-shape C,H,W so the model can be run once.")
+        images = np.random.default_rng(0).standard_normal((2, *shape)).astype(np.float32)
+    taps = network.prepare(images)
+    report = getattr(network, "check_report", None)
+    if callable(report):
+        print(report(images))
+    print(f"model {network.name}: {len(taps)} taps")
+    for t in sorted(taps, key=lambda t: -t.order):
+        parents = ", ".join(t.parents) or "-"
+        print(f"  [{t.order:>3}] {t.name:<28} {t.op:<12} shape {str(t.shape):<18} channel axis {t.channel_axis}"
+              f"  <- {parents}")
+    print("steps:")
+    for step, how in network.describe_steps().items():
+        print(f"  {step:<48} {how}")
+    return 0

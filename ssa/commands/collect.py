@@ -1,0 +1,52 @@
+"""``ssa collect``: fill the statistics store for a model and an image set."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..api import load_model, open_store, store_meta
+from ..errors import InvalidInputError
+from ..images import load_images
+from ..plugins import make_rule
+from ..sources import collect
+from ..store import default_store_root
+from .common import add_image_args, add_model_args, model_options, preprocess_from
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("collect", help="collect per-image statistics into a resumable store",
+                       description="One forward pass per batch; afterwards `ssa analyse --store` re-runs any class, "
+                                   "branching factor or selector from the store without the network.")
+    add_model_args(p)
+    add_image_args(p)
+    p.add_argument("--store", default=None, help="store folder (default: $SSA_STORE or .ssa-store)")
+    p.add_argument("--rule", action="append", default=None,
+                   help="rule(s) to collect for (default gradient; repeatable)")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    rules = [make_rule(r) for r in (args.rule or ["gradient"])]
+    forms = []
+    for r in rules:
+        if r.fast_form is None:
+            raise InvalidInputError(f"rule {r.name!r} has no closed form, so nothing can be collected for it; "
+                                    "analyse with it directly.")
+        forms.append(r.fast_form)
+    network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
+    images, _ = load_images(args.images, preprocess=preprocess_from(args), labels=args.labels)
+    if args.batch_size < 1:
+        raise InvalidInputError(f"--batch-size must be >= 1, got {args.batch_size}.")
+    network.prepare(images)
+    if not network.fast_taps():
+        raise InvalidInputError("no step of this model has the closed form; `ssa analyse` uses autograd directly.")
+    store = open_store(network, images, args.store or default_store_root())
+    store.init(store_meta(network, images, args.batch_size))
+    collect(network, images, forms, args.batch_size, store=store, progress=not args.quiet)
+    if not args.quiet:
+        steps = network.describe_steps()
+        n_fast = sum(v.startswith("fast") for v in steps.values())
+        print(f"store {store.path}: {images.shape[0]} images, {', '.join(forms)}, "
+              f"{store.size_bytes() / 2**20:.1f} MiB; {n_fast} of {len(steps)} steps use the closed form")
+    return 0

@@ -1,0 +1,67 @@
+"""``ssa figures``: the paper's figures for one class graph (needs the model and the images)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..api import load_model
+from ..compare import load_graphs
+from ..errors import InvalidInputError
+from ..graph import read_graph
+from ..multi import images_for_graph, load_grouped_images
+from .common import add_image_args, add_model_args, model_options, preprocess_from
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "figures", help="draw the paper's figures for a class graph",
+        description="Layered dependency graph (Fig. 3), outlier frequency with power-law fit (Fig. 2a), relevance "
+                    "rows across images (Fig. 2b), saliency of a neuron w.r.t. the input (Fig. 4b,c) and its "
+                    "activation maps (Fig. 5), for a graph written by `ssa analyse`.")
+    add_model_args(p)
+    add_image_args(p)
+    p.add_argument("--graph", "-g", required=True, help="the class graph (.json or .graphml) from `ssa analyse`")
+    p.add_argument("--out-dir", "-o", required=True, help="write the figures here")
+    p.add_argument("--format", default="png", choices=("png", "svg"), help="figure format (default png)")
+    p.add_argument("--neuron", default=None, metavar="TAP:N",
+                   help="draw frequency/relevance/saliency/activations for this neuron only (a graph node id); "
+                        "default: the most frequent neuron of every layer (maps: of the highest conv layer)")
+    p.add_argument("--n-images", type=int, default=8, help="images shown in the saliency and activation grids")
+    p.add_argument("--compare", nargs="*", default=(), metavar="GRAPH",
+                   help="graphs of other classes: neurons they share with this graph are highlighted")
+    p.add_argument("--by-prediction", action="store_true", default=None,
+                   help="choose the class's images by prediction (default: as the graph was made)")
+    p.add_argument("--min-confidence", type=float, default=None, help="override the graph's confidence threshold")
+    p.add_argument("--max-per-class", type=int, default=None, help="override the graph's image cap")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..figures import class_figures, parse_node
+
+    if args.n_images < 1:
+        raise InvalidInputError(f"--n-images must be >= 1, got {args.n_images}.")
+    graph = read_graph(args.graph)
+    others, _ = load_graphs(args.compare) if args.compare else ([], [])
+    shared = set()
+    for g in others:
+        shared |= {n for n in g.nodes if n in graph}
+    network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
+    arr, _ = load_grouped_images(args.images, labels=args.labels, preprocess=preprocess_from(args))
+    network.prepare(arr)
+    if graph.graph.get("model") not in (None, network.name):
+        raise InvalidInputError(f"the graph was made with model {graph.graph.get('model')!r}, not {network.name!r}; "
+                                "pass the model the graph was made with.")
+    images = images_for_graph(network, graph, args.images, labels=args.labels, preprocess=preprocess_from(args),
+                              by_prediction=args.by_prediction, min_confidence=args.min_confidence,
+                              max_per_class=args.max_per_class)
+    neuron = parse_node(args.neuron) if args.neuron else None
+    if neuron is not None and f"{neuron[0]}:{neuron[1]}" not in graph:
+        raise InvalidInputError(f"--neuron {args.neuron} is not a node of the graph; pick one of its nodes "
+                                "(see the graph file or `ssa analyse` output).")
+    made = class_figures(network, graph, images, Path(args.out_dir), fmt=args.format, shared=shared, steps="all",
+                         neuron=neuron, n_images=args.n_images, batch_size=args.batch_size)
+    for kind, caption, path in made:
+        print(f"{kind:<12} {path}  ({caption})")
+    return 0
