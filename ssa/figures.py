@@ -414,9 +414,27 @@ def _saliency_map(grad: np.ndarray, like: np.ndarray) -> np.ndarray:
     return g
 
 
+def _rgb(shown: np.ndarray) -> np.ndarray:
+    return np.repeat(shown[..., None], 3, axis=-1) if shown.ndim == 2 else shown[..., :3]
+
+
+def _mosaic(cells: Sequence[np.ndarray], columns: int, fill: float = 1.0) -> np.ndarray:
+    """Tile equally sized (H, W[, 3]) cells into one array, one pixel of ``fill`` between them."""
+    h, w = cells[0].shape[:2]
+    rows = -(-len(cells) // columns)
+    shape = (rows * (h + 1) - 1, columns * (w + 1) - 1) + cells[0].shape[2:]
+    out = np.full(shape, fill, dtype=np.float64)
+    for i, c in enumerate(cells):
+        r, k = divmod(i, columns)
+        out[r * (h + 1):r * (h + 1) + h, k * (w + 1):k * (w + 1) + w] = c
+    return out
+
+
 def plot_saliency(images: np.ndarray, grads: np.ndarray, path: str | os.PathLike, *, title: str | None = None,
                   columns: int = 8) -> Path:
-    """Each image next to its saliency map (|gradient|, max over channels) overlaid on it (paper, Fig. 4b,c)."""
+    """Each image above its saliency map (|gradient|, max over channels) overlaid on it (paper, Fig. 4b,c)."""
+    from matplotlib import colormaps
+
     images = np.asarray(images)
     grads = np.asarray(grads)
     if images.shape != grads.shape or images.shape[0] == 0:
@@ -424,20 +442,26 @@ def plot_saliency(images: np.ndarray, grads: np.ndarray, path: str | os.PathLike
                                 f"and {grads.shape}.")
     n = images.shape[0]
     cols = min(columns, n)
-    rows = -(-n // cols)
-    fig = _new_figure(1.5 * cols + 0.6, 3.0 * rows + 0.5)
+    cmap = colormaps["inferno"]
+    tops, bottoms = [], []
     for i in range(n):
-        shown = _display(images[i])
+        base = _rgb(_display(images[i]))
         sal = _saliency_map(grads[i], images[i])
-        top = fig.add_subplot(2 * rows, cols, (2 * (i // cols)) * cols + i % cols + 1)
-        top.imshow(shown, cmap="gray" if shown.ndim == 2 else None, interpolation="nearest")
-        top.axis("off")
-        bottom = fig.add_subplot(2 * rows, cols, (2 * (i // cols) + 1) * cols + i % cols + 1)
-        bottom.imshow(shown, cmap="gray" if shown.ndim == 2 else None, interpolation="nearest")
-        smax = float(sal.max()) or 1.0
-        bottom.imshow(sal / smax, cmap="inferno", alpha=0.65, interpolation="bilinear", vmin=0, vmax=1)
-        bottom.axis("off")
-    fig.suptitle(title or "saliency of a neuron w.r.t. the input (top: image, bottom: |gradient|)", fontsize=10)
+        sal = sal / (float(sal.max()) or 1.0)
+        tops.append(base)
+        bottoms.append(0.35 * base + 0.65 * cmap(sal)[..., :3])
+    cells = []
+    for r0 in range(0, n, cols):  # image row, then saliency row
+        chunk_t, chunk_b = tops[r0:r0 + cols], bottoms[r0:r0 + cols]
+        pad = [np.ones_like(tops[0])] * (cols - len(chunk_t))
+        cells += chunk_t + pad + chunk_b + pad
+    mosaic = _mosaic(cells, cols)
+    h, w = mosaic.shape[:2]
+    fig = _new_figure(min(14.0, 1.4 * cols + 0.4), min(14.0, 1.4 * cols * h / w + 0.6))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(title or "saliency of a neuron w.r.t. the input (top: image, bottom: |gradient|)", fontsize=10)
     return save_figure(fig, path)
 
 
@@ -445,7 +469,7 @@ def plot_activation_grid(maps: np.ndarray, path: str | os.PathLike, *, images: n
                          title: str | None = None, columns: int = 8) -> Path:
     """Grid of one neuron's activation maps over several images, on one colour scale (paper, Fig. 5).
 
-    With ``images``, each map is drawn under its image.
+    With ``images``, the images are drawn in a row above their maps.
     """
     maps = np.asarray(maps, dtype=np.float64)
     if maps.ndim != 3 or maps.shape[0] == 0:
@@ -454,27 +478,20 @@ def plot_activation_grid(maps: np.ndarray, path: str | os.PathLike, *, images: n
         raise InvalidInputError(f"got {len(images)} images for {maps.shape[0]} maps; they must match.")
     n = maps.shape[0]
     cols = min(columns, n)
-    rows = -(-n // cols)
-    per = 2 if images is not None else 1
-    fig = _new_figure(1.5 * cols + 1.0, 1.5 * per * rows + 0.6)
     vmax = float(maps.max()) if maps.max() > 0 else 1.0
     vmin = min(0.0, float(maps.min()))
-    im = None
-    axes = []
-    for i in range(n):
-        r, c = divmod(i, cols)
-        if images is not None:
-            ax = fig.add_subplot(per * rows, cols, (per * r) * cols + c + 1)
-            shown = _display(images[i])
-            ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, interpolation="nearest")
-            ax.axis("off")
-            axes.append(ax)
-        ax = fig.add_subplot(per * rows, cols, (per * r + per - 1) * cols + c + 1)
-        im = ax.imshow(maps[i], cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
-        ax.axis("off")
-        axes.append(ax)
-    if im is not None:
-        fig.colorbar(im, ax=axes, fraction=0.03, pad=0.02, label="activation")
+    grid = _mosaic(list(maps), cols, fill=np.nan)
+    panels = 2 if images is not None else 1
+    fig = _new_figure(min(14.0, 1.4 * cols + 1.2), 1.5 * panels * (-(-n // cols)) + 0.8)
+    if images is not None:
+        shown = [_rgb(_display(im)) for im in images]
+        ax0 = fig.add_subplot(panels, 1, 1)
+        ax0.imshow(_mosaic(shown, cols), interpolation="nearest")
+        ax0.axis("off")
+    ax = fig.add_subplot(panels, 1, panels)
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.axis("off")
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="activation")
     fig.suptitle(title or "activation maps", fontsize=10)
     return save_figure(fig, path)
 
@@ -649,7 +666,7 @@ def class_figures(network: "Network", graph: nx.DiGraph, images: np.ndarray, out
         if not taps[tap].parents:
             continue
         parent, omega = relevance_rows(network, images, tap, k, rule=rule, rule_params=rule_params,
-                                       batch_size=batch_size)
+                                       batch_size=max(batch_size, 128))  # one neuron: big batches are cheap
         counts, selected = outlier_counts(omega, selector, selector_params)
         stem = f"{_safe(tap)}-{k}"
         label = f"{tap}:{k} -> {parent}"

@@ -22,7 +22,7 @@ from ssa.interfaces import Network, Tap
 from .model import OnnxInfo
 from .network import OnnxNetwork, ParityResult, unknown_ops
 
-__all__ = ["CheckReport", "check_report", "render_report", "example_batch"]
+__all__ = ["CheckReport", "check_report", "render_report", "report_of", "example_batch"]
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,9 @@ class CheckReport:
         return render_report(self)
 
 
-def render_report(r: CheckReport) -> str:
-    """The text ``ssa check`` prints."""
-    lines = [f"model {r.model} ({r.backend} backend): {r.source}"]
+def onnx_section(r: CheckReport) -> list[str]:
+    """The ONNX-specific lines of the report: file, input / outputs, parity, logits."""
+    lines: list[str] = []
     if r.info is not None:
         i = r.info
         lines.append(f"  ONNX opset {i.opset}, producer {i.producer}, {sum(i.op_types.values())} nodes")
@@ -96,6 +96,24 @@ def render_report(r: CheckReport) -> str:
     if r.parity is not None:
         lines.append(f"  parity {r.parity.text()}")
     lines.append(f"  logits: {r.output_kind}")
+    return lines
+
+
+def advice_section(r: CheckReport) -> list[str]:
+    """Unknown ops and notes."""
+    lines: list[str] = []
+    if r.unknown_ops:
+        lines.append(f"  ops tap discovery does not classify: {', '.join(r.unknown_ops)}; if one of them is an "
+                     "activation, name the taps by hand with --taps")
+    for note in r.notes:
+        lines.append(f"  note: {note}")
+    return lines
+
+
+def render_report(r: CheckReport) -> str:
+    """The text ``ssa check`` prints."""
+    lines = [f"model {r.model} ({r.backend} backend): {r.source}"]
+    lines.extend(onnx_section(r))
     lines.append(f"  taps ({len(r.taps)}), top first:")
     w = max((len(t.name) for t in r.taps), default=4)
     for t in sorted(r.taps, key=lambda t: -t.order):
@@ -106,12 +124,29 @@ def render_report(r: CheckReport) -> str:
         lines.append(f"  steps ({len(r.steps)}):")
         for step, how in r.steps.items():
             lines.append(f"    {step}: {how}")
-    if r.unknown_ops:
-        lines.append(f"  ops tap discovery does not classify: {', '.join(r.unknown_ops)}; if one of them is an "
-                     "activation, name the taps by hand with --taps")
-    for note in r.notes:
-        lines.append(f"  note: {note}")
+    lines.extend(advice_section(r))
     return "\n".join(lines)
+
+
+def report_of(network: Network, example: str, source: str = "") -> CheckReport:
+    """The report of a prepared network."""
+    notes: list[str] = []
+    if isinstance(network, OnnxNetwork):
+        info, parity, output_kind, kind = network.onnx.info, network.parity, network.output_kind, "onnx"
+        notes.extend(network.notes)
+        source = source or info.path
+    else:
+        info, parity = None, None
+        kind = getattr(type(network), "__module__", "").split(".")[0].replace("ssa_", "") or "unknown"
+        stripped = getattr(getattr(network, "plan", None), "stripped", None)
+        output_kind = f"{stripped} stripped" if stripped else "logits"
+    try:
+        unknown = tuple(unknown_ops(network))  # type: ignore[arg-type]
+    except (AttributeError, RuntimeError):
+        unknown = ()
+    return CheckReport(model=network.name, backend=kind, source=source or network.name, info=info, parity=parity,
+                       output_kind=output_kind, example=example, taps=tuple(network.taps),
+                       steps=dict(network.describe_steps()), unknown_ops=unknown, notes=tuple(notes))
 
 
 def example_batch(network: Network, n: int = 4, seed: int = 0) -> np.ndarray:
@@ -164,20 +199,5 @@ def check_report(model: Any, images: Any = None, *, preprocess: Any = None, labe
         src = os.fspath(images) if isinstance(images, (str, os.PathLike)) else "array"
         example = f"{batch.shape[0]} of {arr.shape[0]} images from {src} shaped {tuple(batch.shape[1:])}"
     network.prepare(batch)
-    notes: list[str] = []
-    if isinstance(network, OnnxNetwork):
-        info, parity, output_kind, kind = network.onnx.info, network.parity, network.output_kind, "onnx"
-        notes.extend(network.notes)
-    else:
-        info, parity, kind = None, None, getattr(type(network), "__module__", "").split(".")[0].replace("ssa_", "")
-        stripped = getattr(getattr(network, "plan", None), "stripped", None)
-        output_kind = f"{stripped} stripped" if stripped else "logits"
-    try:
-        unknown = tuple(unknown_ops(network))  # type: ignore[arg-type]
-    except (AttributeError, RuntimeError):
-        unknown = ()
-    return CheckReport(model=network.name, backend=kind or "unknown",
-                       source=os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
-                       info=info, parity=parity, output_kind=output_kind, example=example,
-                       taps=tuple(network.taps), steps=dict(network.describe_steps()), unknown_ops=unknown,
-                       notes=tuple(notes))
+    source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
+    return report_of(network, example, source)

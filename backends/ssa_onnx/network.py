@@ -159,6 +159,29 @@ class OnnxNetwork(TorchNetwork):
         self.check_input(batch)
         return run_session(self.session, self.onnx.info, batch)
 
+    @property
+    def default_input_shape(self) -> tuple[int, ...] | None:
+        """The per-image input shape the file declares, when it is fully static (for ``ssa check``)."""
+        shape = self.onnx.info.input.shape
+        if not shape or any(d is None for d in shape[1:]):
+            return None
+        return tuple(int(d) for d in shape[1:])
+
+    def check_report(self, images: np.ndarray | None = None) -> str:
+        """The ONNX part of ``ssa check``: file, input / outputs, parity, logits, notes (prepares if needed)."""
+        from .check import advice_section, onnx_section, report_of
+
+        if self._plan is None:
+            if images is None:
+                from .check import example_batch
+
+                images = example_batch(self)
+            self.prepare(images)
+        n = self.parity.n_images if self.parity is not None else 0
+        report = report_of(self, f"{n} image(s) for the parity check")
+        return "\n".join([f"model {self.name} (onnx backend): {self.onnx.info.path}", *onnx_section(report),
+                          *advice_section(report)])
+
     # -- preparation -----------------------------------------------------------------------------
     def prepare(self, example: np.ndarray) -> tuple[Tap, ...]:
         example = np.asarray(example)

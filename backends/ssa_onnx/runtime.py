@@ -35,6 +35,9 @@ def session_options(severity: int = 3):
     ort = _ort()
     so = ort.SessionOptions()
     so.log_severity_level = severity
+    # idle onnxruntime threads must not spin: torch runs right after them in the same process
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return so
 
 

@@ -131,6 +131,12 @@ class _Planner:
             return
         if kind == "identity" and node.all_input_nodes:
             return self._walk(node.all_input_nodes[0], scale, perms, out)
+        if kind in ("maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool"):  # pooled skip connection
+            if perms:
+                raise _NotFast("permuted skip connection")
+            parent, path = self._path_to_parent(node)
+            out.append(self._identity_term(parent, node, scale, path))
+            return
         if kind in ("permute", "transpose"):
             ndim = len(self.env1[node.name].shape)
             perm = _perm_of(node, kind, self.modules, ndim)
@@ -339,11 +345,25 @@ class _Planner:
         w = weight * self._scale_vector(scale, n_out).to(weight).reshape(-1, 1)
         return Term(parent, "linear", w, x.name, perms, chan_of=lead[0].clone(), x_shape=tuple(chan.shape))
 
-    def _identity_term(self, parent: str, node: fx.Node, scale: torch.Tensor) -> Term:
-        tap = self.taps[parent]
-        n = tap.n_neurons
-        return Term(parent, "identity", self._scale_vector(scale, n).detach().clone(), None,
-                    chan_of=torch.arange(n), x_shape=tap.shape)
+    def _identity_term(self, parent: str, node: fx.Node, scale: torch.Tensor,
+                       path: list[fx.Node] | None = None) -> Term:
+        """A skip connection: the parent (possibly pooled) is added to the pre-activation as it is."""
+        if path is None:
+            tap = self.taps[parent]
+            if tap.channel_axis != 1:
+                raise _NotFast("skip connection of a channels-last tap")
+            chan = torch.arange(tap.n_neurons)
+            shape = tap.shape
+        else:
+            full = self._chan_of(parent, path, node)
+            if full.dim() < 2:
+                raise _NotFast("pooled skip connection is not channel-first")
+            per = full.reshape(full.shape[0], -1)
+            if not torch.all(per == per[:, :1]):
+                raise _NotFast("a skip connection mixes parent channels")
+            chan, shape = per[:, 0].clone(), tuple(full.shape)
+        return Term(parent, "identity", self._scale_vector(scale, len(chan)).detach().clone(), node.name,
+                    chan_of=chan, x_shape=shape)
 
 
 def plan_fast(gm: fx.GraphModule, plan: TapPlan, env1: Mapping[str, Any]) -> FastPlan:
@@ -443,8 +463,7 @@ def _valid(n_out: int, n_in: int, k: int, stride: int, pad: int, dil: int, devic
     return ((pos >= 0) & (pos < n_in)).to(dtype)
 
 
-def term_stats(t: Term, m: torch.Tensor, x: torch.Tensor | None, parent: torch.Tensor | None,
-               forms: Sequence[str]) -> dict[str, torch.Tensor]:
+def term_stats(t: Term, m: torch.Tensor, x: torch.Tensor | None, forms: Sequence[str]) -> dict[str, torch.Tensor]:
     """Per-image statistics of one term for a batch: keys "g" (gradient) and "a..." (gradient x activation)."""
     m = _mask_to_layer(m, t.out_perms)
     out: dict[str, torch.Tensor] = {}
@@ -475,7 +494,7 @@ def term_stats(t: Term, m: torch.Tensor, x: torch.Tensor | None, parent: torch.T
         if "gradient" in forms:
             out["g"] = mm.sum(dim=2)
         if "gradient_x_activation" in forms:
-            pp = parent.reshape(mm.shape)
+            pp = x.reshape(mm.shape)
             out["a_d"] = (mm * pp).sum(dim=2) * t.weight.to(mm.dtype).unsqueeze(0)
     return out
 

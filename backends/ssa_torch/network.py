@@ -352,11 +352,8 @@ class _StatsInterpreter(fx.Interpreter):
         self.keep: dict[str, int] = {}  # node -> number of taps still needing its value
         for tf in fast.taps.values():
             for term in tf.terms:
-                if gxa and term.kind in ("conv", "linear") and term.x_node:
+                if gxa and term.x_node:
                     self.keep[term.x_node] = self.keep.get(term.x_node, 0) + 1
-                if gxa and term.kind == "identity":
-                    node = plan.node_of[term.parent]
-                    self.keep[node] = self.keep.get(node, 0) + 1
         self.kept: dict[str, torch.Tensor] = {}
         self.stats: dict[str, np.ndarray] = {}
 
@@ -383,14 +380,12 @@ class _StatsInterpreter(fx.Interpreter):
         return out
 
     def _record(self, tf, m: torch.Tensor) -> None:
-        plan = self.net.plan
         for i, term in enumerate(tf.terms):
             x = self.kept.get(term.x_node) if term.x_node else None
-            parent = self.kept.get(plan.node_of[term.parent]) if term.kind == "identity" else None
-            for key, val in term_stats(term, m, x, parent, self.forms).items():
+            for key, val in term_stats(term, m, x, self.forms).items():
                 self.stats[f"{tf.tap}/{i}/{key}"] = val.float().cpu().numpy()
-            for node in ([term.x_node] if term.x_node else []) + ([plan.node_of[term.parent]] if term.kind == "identity" else []):
-                if node in self.keep:
-                    self.keep[node] -= 1
-                    if self.keep[node] <= 0:
-                        self.kept.pop(node, None)
+            node = term.x_node
+            if node in self.keep:
+                self.keep[node] -= 1
+                if self.keep[node] <= 0:
+                    self.kept.pop(node, None)

@@ -1,0 +1,59 @@
+"""Benchmark fixtures: VGG16 (torchvision's definition, random weights) and ResNet18, 224x224.
+
+Knobs: SSA_BENCH_IMAGES (default 8 on CPU, 32 on CUDA), SSA_BENCH_DEVICE (default cuda when available),
+SSA_BENCH_MODELS (comma-separated, default "vgg16,resnet18").
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+RESULTS: dict[str, dict[str, float]] = {}
+
+
+def bench_device() -> str:
+    return os.environ.get("SSA_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def bench_images() -> int:
+    return int(os.environ.get("SSA_BENCH_IMAGES", "32" if bench_device().startswith("cuda") else "8"))
+
+
+def bench_models() -> list[str]:
+    return [m for m in os.environ.get("SSA_BENCH_MODELS", "vgg16,resnet18").split(",") if m]
+
+
+def build(name: str) -> torch.nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    model = {"vgg16": torchvision.models.vgg16, "resnet18": torchvision.models.resnet18}[name](weights=None)
+    # Trained networks have heavy-tailed weights; PyTorch's uniform initialisation has none, so Tukey's
+    # fences would find no outliers and the graph would stop at the logits. Redraw every conv / dense
+    # weight from a Laplace distribution with the same standard deviation, and give batch-norms
+    # non-trivial running statistics.
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                std = m.weight.std()
+                u = torch.rand(m.weight.shape, generator=gen) - 0.5
+                lap = -torch.sign(u) * torch.log1p(-2 * u.abs())  # Laplace(0, 1), std sqrt(2)
+                m.weight.copy_(lap * std / 2 ** 0.5)
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1, generator=gen)
+                m.running_var.uniform_(0.5, 1.5, generator=gen)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=bench_models())
+def case(request):
+    name = request.param
+    model = build(name)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((bench_images(), 3, 224, 224)).astype(np.float32)
+    return name, model, images

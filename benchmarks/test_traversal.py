@@ -1,0 +1,207 @@
+"""Traversal speed: full traversal (collect + analyse) against a plain forward pass, batched autograd
+and the naive per-neuron reference, measured in one run on one machine (issue: exact traversal at the
+cost of one forward pass). Run with ``make bench``; results go to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ssa
+from ssa.api import Session, run_traversal
+from ssa.sources import AutogradSource, FastSource, collect
+
+from .conftest import RESULTS, bench_device, bench_images
+
+B = 3
+BATCH = 8
+SAMPLE_NEURONS = 2  # naive reference: neurons measured per step
+AUTOGRAD_NEURONS = 4  # batched autograd: neurons measured per step
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _timed(fn):
+    _sync()
+    t = time.perf_counter()
+    out = fn()
+    _sync()
+    return time.perf_counter() - t, out
+
+
+@pytest.fixture(scope="module")
+def prepared(case):
+    name, model, images = case
+    device = bench_device()
+    session = Session(model, images, batch_size=BATCH, device=device, name=name)
+    session.prepare()
+    net = session.network
+    logits = np.concatenate([net.logits(images[i:i + BATCH]) for i in range(0, len(images), BATCH)])
+    target = int(np.bincount(logits.argmax(1)).argmax())
+    RESULTS.setdefault(name, {})
+    return name, model, images, session, target
+
+
+@pytest.mark.benchmark(group="traversal")
+def test_forward(benchmark, prepared):
+    name, model, images, session, target = prepared
+    dev_model = model.to(bench_device())
+
+    def forward():
+        with torch.no_grad():
+            for i in range(0, len(images), BATCH):
+                dev_model(torch.from_numpy(images[i:i + BATCH]).to(bench_device()))
+        _sync()
+
+    benchmark.pedantic(forward, rounds=3, iterations=1, warmup_rounds=1)
+    RESULTS[name]["forward_s"] = benchmark.stats.stats.min
+
+
+@pytest.mark.benchmark(group="traversal")
+def test_full_traversal(benchmark, prepared):
+    name, model, images, session, target = prepared
+    net = session.network
+    rule = ssa.make_rule("gradient")
+    sel = ssa.make_selector("tukey")
+    holder = {}
+
+    def full():
+        stats = collect(net, images, ["gradient"], BATCH)
+        _sync()
+        src = FastSource(net, stats, "gradient", images, BATCH)
+        holder["result"] = run_traversal(src, net, target, B, rule, sel)
+
+    benchmark.pedantic(full, rounds=3, iterations=1, warmup_rounds=1)
+    res = holder["result"]
+    RESULTS[name]["traversal_s"] = benchmark.stats.stats.min
+    RESULTS[name]["graph_nodes"] = res.graph.number_of_nodes()
+    RESULTS[name]["graph_edges"] = res.graph.number_of_edges()
+    RESULTS[name]["fast_steps"] = sum(v == "fast" for v in res.engines.values())
+    RESULTS[name]["visited_steps"] = len(res.engines)
+    # correctness after timing: the top steps agree with autograd
+    auto = run_traversal(AutogradSource(net, images, BATCH), net, target, B, rule, sel, stop_at=None) \
+        if name == "resnet18" and len(images) <= 8 else None
+    if auto is not None:
+        assert sorted(auto.graph.edges) == sorted(res.graph.edges)
+    holder["sets"] = {t: sorted({d["neuron"] for _, d in res.graph.nodes(data=True) if d["tap"] == t})
+                      for t in {d["tap"] for _, d in res.graph.nodes(data=True)}}
+    RESULTS[name]["_sets"] = holder["sets"]  # type: ignore[assignment]
+
+
+@pytest.mark.benchmark(group="traversal")
+def test_reanalyse_from_store(benchmark, prepared):
+    name, model, images, session, target = prepared
+    net = session.network
+    with tempfile.TemporaryDirectory() as d:
+        s2 = Session(model, images, batch_size=BATCH, device=bench_device(), name=name, store=d)
+        s2._network, s2.images, s2.labels = net, images, None  # reuse the prepared network
+        s2.analyse(target, B)  # fills the store
+        other = (target + 1) % 1000
+
+        def again():
+            return s2.analyse(other, 2)
+
+        result = benchmark.pedantic(again, rounds=3, iterations=1, warmup_rounds=1)
+        assert result.graph.number_of_nodes() >= 1
+        RESULTS[name]["reanalyse_s"] = benchmark.stats.stats.min
+        RESULTS[name]["store_mib_per_image"] = s2._stats[0].size_bytes() / 2**20 / len(images)
+
+
+def _step_plan(net, sets):
+    taps = {t.name: t for t in net.taps}
+    return [(u, sorted(sets[u])) for u in sorted(sets, key=lambda t: -taps[t].order) if taps[u].parents and sets[u]]
+
+
+@pytest.mark.benchmark(group="traversal")
+def test_batched_autograd_extrapolated(benchmark, prepared):
+    """Batched autograd on every visited step with at most AUTOGRAD_NEURONS upper neurons, scaled to |S|."""
+    name, model, images, session, target = prepared
+    net = session.network
+    rule = ssa.make_rule("gradient")
+    plan = _step_plan(net, RESULTS[name]["_sets"])
+    per_step = {}
+
+    def run():
+        for upper, neurons in plan:
+            sample = neurons[:AUTOGRAD_NEURONS]
+            t, _ = _timed(lambda: [net.step_relevance(images[i:i + BATCH], upper, sample, rule)
+                                   for i in range(0, len(images), BATCH)])
+            per_step[upper] = t * len(neurons) / len(sample)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    RESULTS[name]["autograd_extrapolated_s"] = float(sum(per_step.values()))
+    RESULTS[name]["autograd_measured_s"] = benchmark.stats.stats.min
+
+
+@pytest.mark.benchmark(group="traversal")
+def test_naive_reference_extrapolated(benchmark, prepared):
+    """Naive reference: one forward per image per step and one backward per (upper neuron, image).
+
+    Measured on one image and SAMPLE_NEURONS neurons of every visited step, extrapolated to all
+    images and all neurons of the traversal.
+    """
+    name, model, images, session, target = prepared
+    net = session.network
+    plan = _step_plan(net, RESULTS[name]["_sets"])
+    taps = {t.name: t for t in net.taps}
+    x1 = images[:1]
+    estimate = {}
+
+    def run():
+        for upper, neurons in plan:
+            tap = taps[upper]
+            t_fwd, interp = _timed(lambda: net.run(x1, grad=True))
+            leaves = [interp.leaf[p] for p in tap.parents]
+            s = ssa_torch_spatial_mean(interp.raw[upper], tap.channel_axis)
+            sample = neurons[:SAMPLE_NEURONS]
+            t0 = time.perf_counter()
+            for n in sample:
+                torch.autograd.grad(s[0, n], leaves, retain_graph=True, allow_unused=True)
+            _sync()
+            t_bwd = (time.perf_counter() - t0) / len(sample)
+            estimate[upper] = len(images) * (t_fwd + len(neurons) * t_bwd)
+
+    from ssa_torch import spatial_mean as ssa_torch_spatial_mean  # noqa: F401
+
+    globals()["ssa_torch_spatial_mean"] = ssa_torch_spatial_mean
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    RESULTS[name]["naive_extrapolated_s"] = float(sum(estimate.values()))
+    RESULTS[name]["naive_measured_s"] = benchmark.stats.stats.min
+
+
+@pytest.mark.benchmark(group="report")
+def test_report_ratios(benchmark, prepared):
+    """Print the ratios of this run and save them (runs last in the module)."""
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    name = prepared[0]
+    r = RESULTS[name]
+    r.pop("_sets", None)
+    dev = bench_device()
+    card = torch.cuda.get_device_name(0) if dev.startswith("cuda") else platform.processor() or platform.machine()
+    r.update({"images": bench_images(), "device": dev, "card": card, "branching": B, "batch_size": BATCH,
+              "torch": torch.__version__, "threads": torch.get_num_threads()})
+    r["traversal_over_forward"] = r["traversal_s"] / r["forward_s"]
+    r["naive_over_traversal"] = r["naive_extrapolated_s"] / r["traversal_s"]
+    r["autograd_over_traversal"] = r["autograd_extrapolated_s"] / r["traversal_s"]
+    print(f"\n[{name} on {dev} ({card}), {bench_images()} images, b={B}]")
+    print(f"  plain forward            {r['forward_s']:.3f} s")
+    print(f"  full traversal           {r['traversal_s']:.3f} s  = {r['traversal_over_forward']:.2f}x forward "
+          f"({r['fast_steps']}/{r['visited_steps']} visited steps fast, {r['graph_nodes']} nodes)")
+    print(f"  re-analysis from store   {r['reanalyse_s']:.3f} s  ({r['store_mib_per_image']:.2f} MiB/image on disk)")
+    print(f"  batched autograd (extrapolated from <= {AUTOGRAD_NEURONS} neurons/step) "
+          f"{r['autograd_extrapolated_s']:.1f} s = {r['autograd_over_traversal']:.1f}x traversal")
+    print(f"  naive per-neuron (extrapolated from {SAMPLE_NEURONS} neurons x 1 image per step) "
+          f"{r['naive_extrapolated_s']:.1f} s = {r['naive_over_traversal']:.0f}x traversal")
+    out = Path(__file__).parent / "results" / f"{dev.split(':')[0]}-{name}-{bench_images()}.json"
+    out.write_text(json.dumps(r, indent=1, sort_keys=True))

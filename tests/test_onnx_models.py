@@ -1,0 +1,157 @@
+"""ONNX backend on exported models: parity with onnxruntime, and the same graph as the torch model.
+
+For every model kind the issue names (VGG-style, ResNet-style with BatchNorm, MobileNetV3-style with
+Hardswish and hard-sigmoid squeeze-excitation gates, channels-last with Transposes around its convs,
+and a Keras-style graph built with onnx.helper), ``ssa.analyse`` on the ``.onnx`` file must give the
+graph ``ssa.analyse`` gives on the torch model. Tap names differ (ONNX node names against module
+paths), so graphs are compared with every node relabelled by (tap order, neuron).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ssa
+from ssa_onnx import OnnxNetwork
+
+from . import onnx_models as om
+
+# name -> (builder, image shape, target class); each is exported with opset 17, those in OLD_OPSET also
+# with opset 11 (Softmax V1-V11; HardSwish written as x * HardSigmoid(x))
+CASES = {
+    "vgg": (om.vgg_style, (3, 8, 8), 5),
+    "resnet": (om.resnet_style, (3, 8, 8), 0),
+    "mobilenetv3": (om.mobilenet_style, (3, 8, 8), 4),
+    "channels_last": (om.channels_last, (8, 8, 3), 3),
+}
+OLD_OPSET = ("vgg", "mobilenetv3")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx_models")
+    out = {}
+    for name, (build, shape, target) in CASES.items():
+        model = build()
+        x = om.images(shape, 32)
+        for opset in ((17, 11) if name in OLD_OPSET else (17,)):
+            out[name, opset] = (model, x, target, om.export(model, x, root / f"{name}_{opset}.onnx", opset=opset))
+    keras = om.keras_style_torch()
+    x = om.images((8, 8, 3), 32)
+    out["keras", 13] = (keras, x, 3, om.keras_style_onnx(keras, root / "keras.onnx"))
+    return out
+
+
+def relabel(result) -> tuple[set, set]:
+    """Nodes and edges of a result's graph, named by (tap order, neuron) instead of tap names."""
+    g = result.graph
+    order = {t.name: t.order for t in result.taps}
+
+    def key(n):
+        return order[g.nodes[n]["tap"]], g.nodes[n]["neuron"]
+
+    return {key(n) for n in g.nodes}, {(key(u), key(v), d["frequency"]) for u, v, d in g.edges(data=True)}
+
+
+def tap_structure(taps) -> list[tuple]:
+    """Taps by order: kind, shape, channel axis and parents (as orders)."""
+    order = {t.name: t.order for t in taps}
+    return [(t.order, t.kind, tuple(t.shape), t.channel_axis, tuple(sorted(order[p] for p in t.parents)))
+            for t in sorted(taps, key=lambda t: t.order)]
+
+
+ALL = [(name, 17) for name in CASES] + [(name, 11) for name in OLD_OPSET] + [("keras", 13)]
+
+
+@pytest.mark.parametrize("name,opset", ALL, ids=[f"{n}-opset{o}" for n, o in ALL])
+def test_parity_and_taps_match_the_torch_model(exported, name, opset):
+    model, x, _, path = exported[name, opset]
+    net = ssa.load_model(str(path))
+    assert isinstance(net, OnnxNetwork)
+    net.prepare(x)
+    assert net.parity is not None and net.parity.ok
+    assert net.parity.relative < 1e-4 and net.parity.top1_agreement == 1.0
+    ref = ssa.load_model(model)
+    ref.prepare(x)
+    assert tap_structure(net.taps) == tap_structure(ref.taps)
+    np.testing.assert_allclose(net.logits(x), ref.logits(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rule", ["gradient", "gradient_x_activation"])
+@pytest.mark.parametrize("name", list(CASES) + ["keras"])
+def test_onnx_graph_equals_torch_graph(exported, name, rule):
+    opset = 13 if name == "keras" else 17
+    model, x, target, path = exported[name, opset]
+    a = ssa.analyse(str(path), x, target, rule=rule)
+    b = ssa.analyse(model, x, target, rule=rule)
+    nodes_a, edges_a = relabel(a)
+    nodes_b, edges_b = relabel(b)
+    assert len(nodes_b) >= 4, "the reference graph should not be trivial"
+    assert nodes_a == nodes_b
+    assert edges_a == edges_b
+
+
+def test_old_opset_graph_equals_torch_graph(exported):
+    """Opset 11: Softmax V1-V11 is stripped, HardSwish is written as x * HardSigmoid(x) (the product is the tap)."""
+    for name in OLD_OPSET:
+        model, x, target, path = exported[name, 11]
+        a = ssa.analyse(str(path), x, target, rule="gradient_x_activation")
+        b = ssa.analyse(model, x, target, rule="gradient_x_activation")
+        assert relabel(a) == relabel(b)
+
+
+def test_mobilenet_taps_hardswish_not_gates(exported):
+    model, x, _, path = exported["mobilenetv3", 17]
+    net = ssa.load_model(str(path))
+    net.prepare(x)
+    ops = [t.op for t in net.taps if t.kind == "activation"]
+    assert ops.count("Hardswish") == 5 and ops.count("ReLU") == 1  # the SE's ReLU; its hard-sigmoid gate is no tap
+    assert not any("HardSigmoid" in op for op in ops)
+    old = ssa.load_model(str(exported["mobilenetv3", 11][3]))
+    old.prepare(x)
+    assert [t.op for t in old.taps if t.kind == "activation"].count("hardswish") == 5
+
+
+def test_channel_axes_follow_the_transposes(exported):
+    _, x, _, path = exported["channels_last", 17]
+    net = ssa.load_model(str(path), include_input=True)
+    net.prepare(x)
+    axes = {t.order: t.channel_axis for t in net.taps}
+    assert axes == {0: 3, 1: 3, 2: 3, 3: 1, 4: 1}  # input NHWC, two NHWC ReLUs, dense ReLU, logits
+    _, xk, _, kpath = exported["keras", 13]
+    knet = ssa.load_model(str(kpath), include_input=True)
+    knet.prepare(xk)
+    assert knet.taps[0].name == "input" and knet.taps[0].channel_axis == 3
+
+
+def test_keras_dense_batchnorm_multiplication_is_not_a_gate(exported):
+    _, x, _, path = exported["keras", 13]
+    net = ssa.load_model(str(path))
+    net.prepare(x)
+    assert [t.name for t in net.taps] == ["conv1/Relu", "conv2/Relu", "dense1/Relu", "logits"]
+    assert net.output_kind == "softmax stripped"
+
+
+def test_resnet_keeps_a_batchnorm_node(exported):
+    import onnx
+
+    _, x, _, path = exported["resnet", 17]
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "BatchNormalization" in ops  # the BN after the Add cannot be folded into a conv
+    net = ssa.load_model(str(path))
+    net.prepare(x)
+    assert [len(t.parents) for t in net.taps] == [0, 1, 2, 1, 2, 1]  # skip connections: two parents
+
+
+def test_fixed_batch_export_is_made_dynamic(tmp_path):
+    model = om.vgg_style()
+    x = om.images((3, 8, 8), 12)
+    path = om.export(model, x[:1], tmp_path / "fixed.onnx", dynamic=False)
+    net = ssa.load_model(str(path))
+    net.prepare(x)
+    assert net.onnx.info.fixed_batch == 1 and net.parity.ok and net.parity.n_images == 8
+    assert any("batch size" in n for n in net.notes)
+    ref = ssa.load_model(model)
+    ref.prepare(x)
+    np.testing.assert_allclose(net.logits(x), ref.logits(x), rtol=1e-4, atol=1e-4)
