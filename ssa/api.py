@@ -159,6 +159,7 @@ class Session:
         self.images: np.ndarray | None = None
         self.labels: np.ndarray | None = None
         self._stats: Any = None
+        self._subset = False
 
     def prepare(self) -> "Session":
         """Load the model and the images (once)."""
@@ -168,7 +169,9 @@ class Session:
             network.prepare(arr)
             if self.only_target is not None:
                 check_target(network, self.only_target)
-                arr, lab = select_class(arr, lab, self.only_target)
+                if self.store is None:  # a store is keyed by the whole image set: select per class later
+                    arr, lab = select_class(arr, lab, self.only_target)
+                    self._subset = True
             self.images, self.labels, self._network = arr, lab, network
         return self
 
@@ -203,8 +206,12 @@ class Session:
         return FastSource(network, stats, form, images, bs, indices)
 
     def analyse(self, target: int, branching: int = 3, *, selector: str | Selector = "tukey",
-                selector_params: Mapping[str, Any] | None = None, stop_at: str | None = None) -> AnalysisResult:
-        """The dependency graph of class ``target`` (see :func:`analyse`)."""
+                selector_params: Mapping[str, Any] | None = None, stop_at: str | None = None,
+                indices: Sequence[int] | None = None) -> AnalysisResult:
+        """The dependency graph of class ``target`` (see :func:`analyse`).
+
+        ``indices`` : positions of the class's images in the session's image set (default: by labels, or all).
+        """
         branching = check_int("branching", branching, 1, "Pass --branching 1 or more.")
         target = check_int("target", target, 0)
         selector_obj = make_selector(selector, **dict(selector_params or {}))
@@ -213,8 +220,11 @@ class Session:
         if stop_at is not None and stop_at not in {t.name for t in network.taps}:
             raise InvalidInputError(
                 f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
-        indices = None
-        if self.labels is not None and self.only_target is None:
+        if indices is not None:  # chosen by the caller (ssa.multi: predictions, confidence thresholds)
+            indices = np.asarray(indices, dtype=np.int64)
+            if len(indices) == 0:
+                raise InvalidInputError(f"class {target} has no image; choose a target that has images.")
+        elif self.labels is not None and self.only_target is None:
             indices = np.flatnonzero(self.labels == target)
             if len(indices) == 0:
                 raise InvalidInputError(f"no image is labelled {target}; choose a target that has images.")

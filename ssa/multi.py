@@ -17,13 +17,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .api import check_int, load_model, n_classes, run_traversal
+from .api import check_int, n_classes
 from .errors import InvalidInputError
 from .images import IMAGE_SUFFIXES, Preprocess, load_images, validate_images
 from .interfaces import Network, Rule, Selector
-from .plugins import make_rule, make_selector
+from .plugins import make_selector
 from .results import AnalysisResult
-from .sources import AutogradSource
 
 __all__ = ["analyse_many", "ClassImages", "group_images", "images_for_graph", "load_grouped_images", "parse_targets",
            "class_folders", "class_probabilities"]
@@ -191,14 +190,16 @@ def analyse_many(
     batch_size: int = 32,
     backend: str | None = None,
     name: str | None = None,
+    engine: str = "auto",
+    store: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> dict[int, AnalysisResult]:
     """Dependency graphs of several classes (paper, section 4), the model loaded and prepared once.
 
     Parameters
     ----------
-    model, images, branching, rule, selector, ... : as for :func:`ssa.analyse`. ``images`` may also be
-        a folder with one sub-folder per class named by its index (``folder/3/*.png``).
+    model, images, branching, rule, selector, engine, store, ... : as for :func:`ssa.analyse`. ``images``
+        may also be a folder with one sub-folder per class named by its index (``folder/3/*.png``).
     targets : ``"all"`` (every logit), a list of class indices, or ``"0,3,5"``.
     labels : integer labels (array or ``.npy``), one per image; not needed for ``"digits"`` or class folders.
     by_prediction : group the images by the model's argmax prediction instead of by labels.
@@ -209,29 +210,29 @@ def analyse_many(
     -------
     ``{class: AnalysisResult}`` in class order. Each graph records how its images were chosen in
     its attributes ``grouping`` ("labels" or "prediction"), ``min_confidence`` and ``max_per_class``.
+    With the fast engine the per-image statistics are computed once for the whole image set
+    (or read from ``store``) and shared by every class.
     """
+    from .api import Session
+
     branching = check_int("branching", branching, 1, "Pass --branching 1 or more.")
-    batch_size = check_int("batch_size", batch_size, 1)
     wanted = parse_targets(targets) if isinstance(targets, str) else parse_targets(list(targets))
-    rule_obj = make_rule(rule, **dict(rule_params or {}))
-    selector_obj = make_selector(selector, **dict(selector_params or {}))
-    options: dict[str, Any] = {"taps": taps, "include_input": include_input, "channel_axes": channel_axes,
-                               "output_index": output_index}
-    if name is not None:
-        options["name"] = name
-    network = load_model(model, backend=backend, device=device, **options)
+    make_selector(selector, **dict(selector_params or {}))  # refuse a bad selector before any work
     arr, lab = load_grouped_images(images, labels=labels, preprocess=preprocess)
-    network.prepare(arr)
+    session = Session(model, arr, rule=rule, rule_params=rule_params, taps=taps, include_input=include_input,
+                      channel_axes=channel_axes, output_index=output_index, device=device, batch_size=batch_size,
+                      backend=backend, name=name, engine=engine, store=store, progress=progress)
+    network = session.network  # loads and prepares the model once
     n = n_classes(network)
     classes = list(range(n)) if wanted == "all" else parse_targets(list(wanted), n)
     if stop_at is not None and stop_at not in {t.name for t in network.taps}:
         raise InvalidInputError(f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
-    groups = group_images(network, arr, lab, classes, by_prediction=by_prediction, min_confidence=min_confidence,
-                          max_per_class=max_per_class)
+    groups = group_images(network, session.images, lab, classes, by_prediction=by_prediction,  # type: ignore[arg-type]
+                          min_confidence=min_confidence, max_per_class=max_per_class)
     results: dict[int, AnalysisResult] = {}
     for c in classes:
-        source = AutogradSource(network, groups[c].images, batch_size)
-        res = run_traversal(source, network, c, branching, rule_obj, selector_obj, stop_at=stop_at, progress=progress)
+        res = session.analyse(c, branching, selector=selector, selector_params=selector_params, stop_at=stop_at,
+                              indices=groups[c].indices)
         res.graph.graph["grouping"] = "prediction" if by_prediction else "labels"
         if min_confidence is not None:
             res.graph.graph["min_confidence"] = float(min_confidence)

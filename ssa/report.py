@@ -209,12 +209,13 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
         for g in graphs:
             for _, d in g.nodes(data=True):
                 taps_all.setdefault(d.get("tap", "?"), int(d.get("tap_order", 0)))
-        tap_cols = sorted(taps_all, key=lambda t: -taps_all[t])
+        tap_cols = [t for t in sorted(taps_all, key=lambda t: -taps_all[t]) if t != "logits"]
         rows = []
         for lab, g, a in zip(labels_, graphs, anchors):
             per = {t: 0 for t in tap_cols}
             for _, d in g.nodes(data=True):
-                per[d.get("tap", "?")] += 1
+                if d.get("tap", "?") in per:
+                    per[d.get("tap", "?")] += 1
             rows.append((lab, g.graph.get("n_images", "?"), g.number_of_nodes(), g.number_of_edges(),
                          *(per[t] for t in tap_cols)))
         add(_table(("class", "images", "nodes", "edges", *(f"kept in {t}" for t in tap_cols)), rows))
@@ -222,7 +223,7 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
         if cmp is not None:
             add('<h2 id="compare">Comparison</h2>')
             add(f"<p>Each class graph is a bag-of-nodes vector over the {len(cmp.nodes)} neurons any graph keeps "
-                f"(weight: {_esc(cmp.weight)}{' = frequency / images' if cmp.weight == 'frequency' else ''}; class "
+                f"(weight: {'frequency / number of images' if cmp.weight == 'frequency' else '1 if kept'}; class "
                 "nodes left out). The vectors are L2-normalised and clustered with Ward's method, so the Euclidean "
                 "distance used is sqrt(2 · cosine distance).</p>")
             add(_embed(plot_clustermap(cmp, tmpdir / f"clustermap.{fmt}"),

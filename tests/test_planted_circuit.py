@@ -79,10 +79,11 @@ def edges_of(graph, sign: int | None = None) -> dict[tuple[str, int, str, int], 
     return out
 
 
+@pytest.mark.parametrize("engine", ["auto", "autograd"])
 @pytest.mark.parametrize("rule", ["gradient", "gradient_x_activation"])
 @pytest.mark.parametrize("cls", [0, 1])
-def test_graph_is_exactly_the_planted_circuit(cls: int, rule: str) -> None:
-    result = ssa.analyse(planted_model(), images(), cls, 3, rule=rule)
+def test_graph_is_exactly_the_planted_circuit(cls: int, rule: str, engine: str) -> None:
+    result = ssa.analyse(planted_model(), images(), cls, 3, rule=rule, engine=engine)
     edges = edges_of(result.graph)
     assert set(edges) == planted_edges(cls)
     assert all(d["frequency"] == N_IMAGES and d["sign"] == 1 for d in edges.values())

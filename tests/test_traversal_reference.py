@@ -168,3 +168,98 @@ def test_graph_equals_reference_with_branching_one_and_input_tap() -> None:
     pairs = [(u, n, lo) for u, n, lo, _ in got]
     assert len(pairs) == len(set(pairs))
     assert len(got) >= 4
+
+
+# --- ranking and selection, known answers on hand-made relevance ----------------------------------
+
+
+class Above(ssa.Selector):
+    """+1 where omega > 0.5 (-1 where omega < -0.5 when two-sided): transparent outliers for the ranking test."""
+
+    name = "above-half"
+    parameters = {"two_sided": ssa.Param(False, "negative outliers too", bool)}
+
+    def select(self, rows):
+        out = (rows > 0.5).astype(np.int8)
+        if self.two_sided:
+            out -= (rows < -0.5).astype(np.int8)
+        out[~np.isfinite(rows).all(axis=1)] = 0
+        return out
+
+
+# omega of logits:0 -> "b" over 4 images (rows) and 6 neurons (columns):
+#   k0: outlier in 3 images, mean 0.75      k1: outlier in 3 images, mean 1.5
+#   k2: outlier in all 4, mean 0.6          k3: never an outlier (0.5 is not > 0.5), mean 0.5
+#   k4: same count and mean as k1           k5: zero
+# ranking: k2 (count 4), k1 and k4 (count 3, mean 1.5; index breaks the tie), k0 (count 3, mean 0.75)
+LOGITS_TO_B = np.array([
+    [1.0, 2.0, 0.6, 0.5, 2.0, 0.0],
+    [1.0, 2.0, 0.6, 0.5, 2.0, 0.0],
+    [1.0, 2.0, 0.6, 0.5, 2.0, 0.0],
+    [0.0, 0.0, 0.6, 0.5, 0.0, 0.0],
+])
+
+
+class HandMadeSource:
+    """Relevance given by hand: logits -> b as above; b:n -> a is 1 at a's neuron n % 4 in every image."""
+
+    def __init__(self, sign: float = 1.0) -> None:
+        self.sign = sign
+        self.n_images = 4
+        self.taps = (
+            ssa.Tap("a", 0, "activation", (4, 3, 3), 1, ()),
+            ssa.Tap("b", 1, "activation", (6,), 1, ("a",)),
+            ssa.Tap("logits", 2, "logits", (3,), 1, ("b",)),
+        )
+
+    def iter_relevance(self, upper, neurons, rule):
+        for lo, hi in ((0, 3), (3, 4)):  # two batches of images
+            if upper == "logits":
+                omega = np.stack([self.sign * LOGITS_TO_B[lo:hi] for _ in neurons])
+                yield {"b": omega}
+            else:
+                omega = np.zeros((len(neurons), hi - lo, 4))
+                for j, n in enumerate(neurons):
+                    omega[j, :, n % 4] = self.sign
+                yield {"a": omega}
+
+    def scalars(self, tap):
+        return np.ones((self.n_images, {"a": 4, "b": 6, "logits": 3}[tap]))
+
+
+def kept_edges(out) -> set[tuple[str, int, str, int, int, int]]:
+    return {(s.upper, kp.upper, s.parent, kp.lower, kp.count, kp.sign) for s in out.steps for kp in s.kept}
+
+
+@pytest.mark.parametrize(
+    "branching, expected",
+    [
+        (1, {("logits", 0, "b", 2, 4, 1), ("b", 2, "a", 2, 4, 1)}),
+        (2, {("logits", 0, "b", 2, 4, 1), ("logits", 0, "b", 1, 3, 1), ("b", 1, "a", 1, 4, 1), ("b", 2, "a", 2, 4, 1)}),
+        (3, {("logits", 0, "b", 2, 4, 1), ("logits", 0, "b", 1, 3, 1), ("logits", 0, "b", 4, 3, 1),
+             ("b", 1, "a", 1, 4, 1), ("b", 2, "a", 2, 4, 1), ("b", 4, "a", 0, 4, 1)}),
+        # only 4 neurons have count > 0: b = 6 keeps 4 (k3, whose mean 0.5 beats k5's, has no outlier)
+        (6, {("logits", 0, "b", 2, 4, 1), ("logits", 0, "b", 1, 3, 1), ("logits", 0, "b", 4, 3, 1),
+             ("logits", 0, "b", 0, 3, 1), ("b", 0, "a", 0, 4, 1), ("b", 1, "a", 1, 4, 1), ("b", 2, "a", 2, 4, 1),
+             ("b", 4, "a", 0, 4, 1)}),
+    ],
+)
+def test_ranking_and_selection_known_answer(branching: int, expected: set) -> None:
+    from ssa.traversal import traverse
+
+    out = traverse(HandMadeSource(), 0, branching, ssa.make_rule("gradient"), Above())
+    assert kept_edges(out) == expected
+    means = {(s.upper, kp.lower): kp.relevance for s in out.steps for kp in s.kept if s.upper == "logits"}
+    assert means[("logits", 2)] == pytest.approx(0.6)
+    if branching >= 6:
+        assert means[("logits", 0)] == pytest.approx(0.75)  # the mean is over all images, not only the outlier ones
+    # the union: a's set holds every kept lower neuron of every b neuron
+    assert set(out.selected["a"]) == {e[3] for e in expected if e[0] == "b"}
+
+
+def test_inhibitory_ranking_known_answer() -> None:
+    """Negated relevance, two-sided: the same neurons become inhibitory edges, most negative mean first."""
+    from ssa.traversal import traverse
+
+    out = traverse(HandMadeSource(sign=-1.0), 0, 3, ssa.make_rule("gradient"), Above(two_sided=True))
+    assert kept_edges(out) == {("logits", 0, "b", 2, 4, -1), ("logits", 0, "b", 1, 3, -1), ("logits", 0, "b", 4, 3, -1)}

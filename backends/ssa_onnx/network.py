@@ -330,20 +330,29 @@ def _append_log(gm: fx.GraphModule) -> fx.GraphModule:
     return new
 
 
-def unknown_ops(network: TorchNetwork) -> list[str]:
-    """Names of the computed ops tap discovery does not know (candidates for hand-named taps)."""
+def unknown_ops(network: TorchNetwork, max_names: int = 3) -> list[str]:
+    """The computed ops tap discovery does not classify, with their node names (candidates for ``--taps``).
+
+    Each entry reads ``"OnnxErf x2 (gelu/Erf, gelu_1/Erf)"``; the node names are what ``--taps`` takes.
+    """
     gm = network.graph_module
     modules = dict(gm.named_modules())
     kinds = network.plan.kinds
     computed: set[str] = set()
-    seen: dict[str, int] = {}
+    seen: dict[str, list[str]] = {}
     for n in gm.graph.nodes:
         if n.op == "placeholder" or any(a.name in computed for a in n.all_input_nodes):
             computed.add(n.name)
-            if kinds.get(n.name) == "other":
+            if kinds.get(n.name) == "other" and not (n.op == "call_module"
+                                                     and isinstance(modules[n.target], LogProbabilities)):
                 label = target_name(n, modules)
                 if label == "OnnxFunction":
                     fn = getattr(modules[n.target], "function", None)
                     label = f"OnnxFunction({getattr(fn, '__name__', '?')})"
-                seen[label] = seen.get(label, 0) + 1
-    return [f"{k} x{v}" if v > 1 else k for k, v in seen.items()]
+                seen.setdefault(label, []).append(str(n.target) if n.op == "call_module" else n.name)
+    out = []
+    for label, names in seen.items():
+        count = f" x{len(names)}" if len(names) > 1 else ""
+        shown = ", ".join(names[:max_names]) + (", ..." if len(names) > max_names else "")
+        out.append(f"{label}{count} ({shown})")
+    return out

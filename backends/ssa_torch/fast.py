@@ -473,7 +473,8 @@ def term_stats(t: Term, m: torch.Tensor, x: torch.Tensor | None, forms: Sequence
         if "gradient" in forms:
             vy = _valid(m.shape[2], t.x_shape[1], kh, t.stride[0], t.padding[0], t.dilation[0], m.device, m.dtype)
             vx = _valid(m.shape[3], t.x_shape[2], kw, t.stride[1], t.padding[1], t.dilation[1], m.device, m.dtype)
-            out["g"] = torch.einsum("bnyx,yi,xj->bnij", m, vy, vx).reshape(B, n, kh * kw)
+            # C[b, n, i, j] = sum_{y, x} m[b, n, y, x] * vy[y, i] * vx[x, j], as two small matmuls
+            out["g"] = torch.matmul(vy.t(), torch.matmul(m, vx)).reshape(B, n, kh * kw)
         if "gradient_x_activation" in forms:
             out["a_full"] = _conv_gxa(t, m, x)
     elif t.kind == "linear":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import InvalidInputError
 from ..multi import analyse_many, class_folders, parse_targets
-from .common import method_options, model_options, preprocess_from
+from .common import engine_options, method_options, model_options, preprocess_from
 
 __all__ = ["add_many_args", "wants_many", "run_many"]
 
@@ -49,7 +49,7 @@ def run_many(args: argparse.Namespace) -> int:
                            min_confidence=args.min_confidence, max_per_class=args.max_per_class,
                            preprocess=preprocess_from(args), device=args.device, batch_size=args.batch_size,
                            backend=args.backend, progress=not args.quiet, **model_options(args),
-                           **method_options(args))
+                           **method_options(args), **engine_options(args))
     written = []
     if args.out is not None and args.target is not None:
         written.append(results[args.target].write(args.out))

@@ -1,0 +1,137 @@
+"""The exact closed form (method doc, section 6) against batched autograd, step by step and graph by graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import ssa
+from ssa.api import load_model
+
+from .models import ALL_CASES, _heavy_tail_
+
+
+class GroupedNet(nn.Module):
+    """Strided, dilated, grouped and depthwise convolutions, 'same' padding, avg pooling, BN after conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.r1 = nn.ReLU()
+        self.c2 = nn.Conv2d(8, 8, 3, stride=2, padding=2, dilation=2, groups=4)
+        self.b2 = nn.BatchNorm2d(8)
+        self.r2 = nn.ReLU6()
+        self.c3 = nn.Conv2d(8, 8, 3, padding="same", groups=8, bias=False)
+        self.r3 = nn.Hardswish()
+        self.pool = nn.AvgPool2d(2)
+        self.c4 = nn.Conv2d(8, 12, 1)
+        self.r4 = nn.LeakyReLU(0.1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = self.r1(self.c1(x))
+        x = self.r2(self.b2(self.c2(x)))
+        x = self.r3(self.c3(x))
+        x = self.r4(self.c4(self.pool(x)))
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
+def _grouped():
+    torch.manual_seed(3)
+    m = _heavy_tail_(GroupedNet(), 11)
+    with torch.no_grad():
+        m.b2.weight.uniform_(-1.5, 1.5)  # negative batch-norm scales too
+    return m.eval()
+
+
+def _omega_close(net, images, form):
+    stats = net.collect(images, [form])
+    rule = ssa.make_rule(form)
+    checked = 0
+    for tap in sorted(net.fast_taps()):
+        n = net.tap(tap).n_neurons
+        neurons = list(range(min(n, 6)))
+        ref, _ = net.step_relevance(images, tap, neurons, rule)
+        fast = net.fast_relevance(tap, stats, neurons, form)
+        assert set(fast) == set(ref)
+        for parent in ref:
+            scale = np.abs(ref[parent]).max() + 1e-12
+            np.testing.assert_allclose(fast[parent], ref[parent], atol=2e-5 * scale, rtol=1e-4,
+                                       err_msg=f"{form} {tap} -> {parent}")
+            checked += 1
+    return checked
+
+
+CASES = [(c.name, c.build, c.images) for c in ALL_CASES]
+CASES.append(("grouped", _grouped, lambda n: np.random.default_rng(5).uniform(0, 1, (n, 3, 12, 12)).astype(np.float32)))
+
+
+@pytest.mark.parametrize("form", ["gradient", "gradient_x_activation"])
+@pytest.mark.parametrize("name,build,images", CASES, ids=[c[0] for c in CASES])
+def test_fast_equals_autograd_per_step(name, build, images, form):
+    x = images(6)
+    net = load_model(build())
+    net.prepare(x)
+    assert net.fast_taps(), f"{name}: no step has the closed form"
+    assert _omega_close(net, x, form) > 0
+
+
+@pytest.mark.parametrize("rule", ["gradient", "gradient_x_activation"])
+@pytest.mark.parametrize("name,build,images", CASES, ids=[c[0] for c in CASES])
+def test_fast_graph_equals_autograd_graph(name, build, images, rule):
+    x = images(12)
+    model = build()
+    target = int(np.bincount(load_logits(model, x).argmax(1)).argmax())
+    fast = ssa.analyse(model, x, target, 3, rule=rule, engine="auto", batch_size=5)
+    auto = ssa.analyse(model, x, target, 3, rule=rule, engine="autograd", batch_size=5)
+    assert any(v == "fast" for v in fast.engines.values())
+    assert all(v == "autograd" for v in auto.engines.values())
+    ef = sorted((u, v, d["frequency"]) for u, v, d in fast.graph.edges(data=True))
+    ea = sorted((u, v, d["frequency"]) for u, v, d in auto.graph.edges(data=True))
+    assert ef == ea
+    assert len(ef) > 0
+    for u, v, d in fast.graph.edges(data=True):
+        assert d["relevance"] == pytest.approx(auto.graph.edges[u, v]["relevance"], rel=1e-4, abs=1e-7)
+
+
+def load_logits(model, x):
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def test_grouped_net_is_fully_fast():
+    net = load_model(_grouped())
+    net.prepare(np.zeros((1, 3, 12, 12), np.float32))
+    steps = net.describe_steps()
+    assert steps and all(v.startswith("fast") for v in steps.values()), steps
+
+
+def test_fallback_reason_is_reported():
+    """A squeeze-excitation product is not a closed-form step; it falls back to autograd and says why."""
+    from .models import se_cnn
+
+    net = load_model(se_cnn.build())
+    net.prepare(se_cnn.images(2))
+    steps = net.describe_steps()
+    assert any(v.startswith("autograd (") for v in steps.values()), steps
+
+
+def test_session_reanalyses_without_the_network(monkeypatch):
+    from ssa.api import Session
+
+    s = Session("digits", "digits", labels=None)
+    s.labels_spec = None
+    first = s.analyse(3, 3)
+    net = s.network
+
+    def boom(*a, **k):
+        raise AssertionError("the network ran again")
+
+    monkeypatch.setattr(net, "collect", boom)
+    monkeypatch.setattr(net, "step_relevance", boom)
+    monkeypatch.setattr(net, "run", boom)
+    other = s.analyse(5, 2, selector="zscore")
+    assert other.target == 5 and first.target == 3

@@ -1,0 +1,144 @@
+"""Figures (ssa.figures, `ssa figures`): every figure is written and non-empty; the data behind them is right."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import ssa
+from ssa import figures as F
+from ssa.cli import main
+from ssa.compare import compare
+from ssa.errors import InvalidInputError
+from ssa.models import digits_cnn
+from tests.test_compare import make_graph
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _check(path, fmt="png"):
+    data = path.read_bytes()
+    assert len(data) > 1000, path
+    if fmt == "png":
+        assert data.startswith(PNG)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            assert im.size[0] > 50 and im.size[1] > 50
+    else:
+        assert b"<svg" in data[:2000]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    net = ssa.load_model("digits")
+    x, y = ssa.load_images("digits")
+    net.prepare(x)
+    return net, x[y == 3][:10]
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    res = ssa.analyse_many("digits", "digits", [3, 8], rule="gradient_x_activation", max_per_class=10)
+    return res
+
+
+@pytest.mark.parametrize("fmt", ["png", "svg"])
+def test_every_plot_writes_an_image(tmp_path, fmt, graphs):
+    rng = np.random.default_rng(0)
+    counts = np.array([9, 9, 8, 3, 1, 0, 0, 2])
+    _check(F.plot_frequency(counts, tmp_path / f"freq.{fmt}", n_images=9), fmt)
+    _check(F.plot_frequency(np.zeros(5, int), tmp_path / f"freq0.{fmt}"), fmt)  # no outliers at all
+    omega = rng.normal(size=(6, 12))
+    _check(F.plot_relevance_heatmap(omega, tmp_path / f"heat.{fmt}", selected=(omega > 1).astype(int)), fmt)
+    g = graphs[3].graph
+    _check(F.plot_graph(g, tmp_path / f"graph.{fmt}", shared={"features.1:2"}), fmt)
+    inhib = make_graph(1, [("logits:1", "fc:1"), ("fc:1", "conv2:3", -1), ("fc:1", "conv2:4")])
+    _check(F.plot_graph(inhib, tmp_path / f"inhib.{fmt}"), fmt)
+    images = rng.random((3, 1, 8, 8))
+    _check(F.plot_saliency(images, rng.normal(size=images.shape), tmp_path / f"sal.{fmt}"), fmt)
+    rgb = rng.random((2, 3, 16, 16))
+    _check(F.plot_saliency(rgb, rng.normal(size=rgb.shape), tmp_path / f"salrgb.{fmt}"), fmt)
+    _check(F.plot_activation_grid(rng.random((3, 4, 4)), tmp_path / f"act.{fmt}", images=images), fmt)
+    _check(F.plot_activation_grid(rng.random((2, 4, 4)), tmp_path / f"act2.{fmt}"), fmt)
+    cmp = compare([graphs[3].graph, graphs[8].graph])
+    _check(F.plot_clustermap(cmp, tmp_path / f"cm.{fmt}"), fmt)
+    _check(F.plot_clustermap(cmp, tmp_path / f"cmn.{fmt}", kind="nodes"), fmt)
+    _check(F.plot_dendrogram(cmp, tmp_path / f"dendro.{fmt}"), fmt)
+
+
+def test_bad_figure_requests(tmp_path, digits):
+    net, x = digits
+    with pytest.raises(InvalidInputError, match=".png or .svg"):
+        F.plot_frequency(np.ones(3), tmp_path / "f.jpg")
+    with pytest.raises(InvalidInputError, match="dense layer"):
+        F.activation_maps(net, x, "classifier.2", 0)
+    with pytest.raises(InvalidInputError, match="neuron must be in"):
+        F.saliency(net, x, "features.6", 99)
+    with pytest.raises(InvalidInputError, match="lowest tap"):
+        F.relevance_rows(net, x, "features.1", 0)
+    with pytest.raises(InvalidInputError, match="TAP:INDEX"):
+        F.parse_node("features.6")
+    assert F.parse_node("features.6:5") == ("features.6", 5)
+
+
+def test_power_law_fit_recovers_exponent():
+    ranks = np.arange(1, 40)
+    counts = np.round(500 * ranks ** -1.3).astype(int)
+    rng = np.random.default_rng(1)
+    alpha, c, r2 = F.power_law_fit(rng.permutation(np.concatenate([counts, np.zeros(20, int)])))
+    assert alpha == pytest.approx(1.3, abs=0.1)
+    assert c == pytest.approx(500, rel=0.2)
+    assert r2 > 0.95
+    assert np.isnan(F.power_law_fit(np.array([0, 0, 3]))[0])
+
+
+def test_relevance_rows_and_counts_match_the_traversal(digits):
+    net, x = digits
+    rule = ssa.make_rule("gradient_x_activation")
+    parent, omega = F.relevance_rows(net, x, "features.6", 5, rule=rule, batch_size=4)
+    assert parent == "features.3" and omega.shape == (10, 32)
+    direct, _ = net.step_relevance(x, "features.6", [5], rule)
+    np.testing.assert_allclose(omega, direct["features.3"][0], rtol=1e-5, atol=1e-8)
+    counts, selected = F.outlier_counts(omega)
+    expected = ssa.make_selector("tukey").select(omega)
+    np.testing.assert_array_equal(counts, (expected > 0).sum(axis=0))
+    res = ssa.analyse("digits", x, 3, rule="gradient_x_activation", engine="autograd")
+    step = next(s for s in res.steps if s.upper == "logits")
+    _, om = F.relevance_rows(net, x, "logits", 3, rule=rule)
+    np.testing.assert_array_equal(F.step_counts(step, 3), F.outlier_counts(om)[0])
+
+
+def test_saliency_and_maps_match_plain_torch(digits):
+    """Saliency is the gradient through the whole (uncut) network; maps are the tap's channel."""
+    net, x = digits
+    model = digits_cnn()
+    seen = {}
+    model.features[6].register_forward_hook(lambda m, i, o: seen.__setitem__("v", o))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    model(xt)
+    seen["v"][:, 5].mean(dim=(1, 2)).sum().backward()
+    np.testing.assert_allclose(F.saliency(net, x, "features.6", 5), xt.grad.numpy(), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(F.activation_maps(net, x, "features.6", 5), seen["v"][:, 5].detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert np.abs(F.saliency(net, x, "logits", 3)).sum() > 0
+
+
+def test_class_figures_and_cli(tmp_path, graphs, capsys):
+    path = tmp_path / "class-3.json"
+    graphs[3].write(path)
+    other = tmp_path / "class-8.json"
+    graphs[8].write(other)
+    out = tmp_path / "figs"
+    assert main(["figures", "digits", "--images", "digits", "--graph", str(path), "--out-dir", str(out),
+                 "--compare", str(other), "--n-images", "4"]) == 0
+    printed = capsys.readouterr().out
+    kinds = {line.split()[0] for line in printed.splitlines()}
+    assert kinds == {"graph", "frequency", "relevance", "saliency", "activations"}
+    files = sorted(out.iterdir())
+    assert len(files) >= 5 and all(f.stat().st_size > 1000 for f in files)
+    assert (out / "frequency-logits-3.png").exists()
+    assert main(["figures", "digits", "--images", "digits", "--graph", str(path), "--out-dir", str(out),
+                 "--neuron", "nope:1"]) == 2
+    assert "not a node of the graph" in capsys.readouterr().err

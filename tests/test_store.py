@@ -1,0 +1,95 @@
+"""The statistics store: resumable, atomic per batch, identical after an interruption."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ssa
+from ssa.api import load_model, open_store, store_meta
+from ssa.cli import main
+from ssa.images import load_images
+from ssa.sources import collect
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def digits_subset():
+    images, labels = load_images("digits")
+    return images[:150], labels[:150]
+
+
+def test_interrupted_collect_resumes_to_an_identical_store(tmp_path, digits_subset):
+    images, _ = digits_subset
+    net = load_model("digits")
+    net.prepare(images)
+    whole = open_store(net, images, tmp_path / "a")
+    whole.init(store_meta(net, images, 16))
+    collect(net, images, ["gradient", "gradient_x_activation"], 16, store=whole)
+
+    part = open_store(net, images, tmp_path / "b")
+    part.init(store_meta(net, images, 16))
+    collect(net, images, ["gradient", "gradient_x_activation"], 16, store=part, stop_after=4)
+    assert not part.is_complete("gradient")
+    # a crash in the middle of writing a batch leaves a temporary folder, never a half batch
+    (part.path / "gradient" / ".tmp-batch-00004-999").mkdir()
+    (part.path / "gradient" / ".tmp-batch-00004-999" / "junk.npy").write_bytes(b"half")
+    collect(net, images, ["gradient", "gradient_x_activation"], 16, store=part)
+    assert part.is_complete("gradient") and part.is_complete("gradient_x_activation")
+    assert _tree(whole.path) == _tree(part.path)
+
+
+def test_collect_cli_then_analyse_reads_only_the_store(tmp_path, digits_subset, monkeypatch, capsys):
+    images, labels = digits_subset
+    np.save(tmp_path / "x.npy", images)
+    np.save(tmp_path / "y.npy", labels)
+    store = tmp_path / "store"
+    assert main(["collect", "digits", "--images", str(tmp_path / "x.npy"), "--store", str(store), "-q",
+                 "--batch-size", "32"]) == 0
+    direct = ssa.analyse("digits", images, 3, labels=labels, engine="autograd")
+
+    from ssa_torch.network import TorchNetwork
+
+    def boom(*a, **k):
+        raise AssertionError("the network ran although the store is complete")
+
+    monkeypatch.setattr(TorchNetwork, "collect", boom)
+    monkeypatch.setattr(TorchNetwork, "step_relevance", boom)
+    from_store = ssa.analyse("digits", images, 3, labels=labels, store=store)
+    assert sorted(from_store.graph.edges) == sorted(direct.graph.edges)
+    out = tmp_path / "g.json"
+    assert main(["analyse", "digits", "--images", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+                 "-t", "3", "--store", str(store), "-q", "-o", str(out)]) == 0
+    assert ssa.read_graph(out).number_of_edges() == from_store.graph.number_of_edges()
+
+
+def test_store_with_other_batch_size_is_refused(tmp_path, digits_subset, capsys):
+    images, _ = digits_subset
+    np.save(tmp_path / "x.npy", images)
+    store = str(tmp_path / "s")
+    assert main(["collect", "digits", "--images", str(tmp_path / "x.npy"), "--store", store, "-q",
+                 "--batch-size", "32", "--rule", "gradient"]) == 0
+    assert main(["collect", "digits", "--images", str(tmp_path / "x.npy"), "--store", store, "-q",
+                 "--batch-size", "16", "--rule", "gradient"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "batch_size" in err[0]
+
+
+def test_corrupt_store_file_is_reported(tmp_path, digits_subset, capsys):
+    images, _ = digits_subset
+    np.save(tmp_path / "x.npy", images)
+    store = tmp_path / "s"
+    assert main(["collect", "digits", "--images", str(tmp_path / "x.npy"), "--store", str(store), "-q"]) == 0
+    victim = next(store.rglob("batch-00000")) / "scalars__logits.npy"
+    victim.write_bytes(b"not numpy")
+    assert main(["analyse", "digits", "--images", str(tmp_path / "x.npy"), "-t", "1", "--store", str(store),
+                 "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "corrupt" in err[0]
