@@ -229,10 +229,17 @@ def analyse_many(
         raise InvalidInputError(f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
     groups = group_images(network, session.images, lab, classes, by_prediction=by_prediction,  # type: ignore[arg-type]
                           min_confidence=min_confidence, max_per_class=max_per_class)
+    chosen = {c: groups[c].indices for c in classes}
+    union = np.unique(np.concatenate(list(chosen.values())))
+    if store is None and union.size < session.images.shape[0]:  # type: ignore[union-attr]
+        # statistics only for the images some class uses (nothing is computed before the first analyse);
+        # with a store, the whole set is kept so that it matches `ssa collect` on the same images
+        session.images = session.images[union]  # type: ignore[index]
+        chosen = {c: np.searchsorted(union, idx) for c, idx in chosen.items()}
     results: dict[int, AnalysisResult] = {}
     for c in classes:
         res = session.analyse(c, branching, selector=selector, selector_params=selector_params, stop_at=stop_at,
-                              indices=groups[c].indices)
+                              indices=chosen[c])
         res.graph.graph["grouping"] = "prediction" if by_prediction else "labels"
         if min_confidence is not None:
             res.graph.graph["min_confidence"] = float(min_confidence)
