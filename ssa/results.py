@@ -66,7 +66,7 @@ class AnalysisResult:
                 continue
             nodes.sort(key=lambda d: (-d["frequency"], d["neuron"]))
             kept = tuple((d["neuron"], d["frequency"], d["active_fraction"]) for d in nodes)
-            never = tuple(d["neuron"] for d in nodes if d["active_fraction"] == 0.0)
+            never = () if tap.kind == "logits" else tuple(d["neuron"] for d in nodes if d["active_fraction"] == 0.0)
             out.append(LayerSummary(tap.name, tap.order, tap.n_neurons, kept, never))
         return out
 

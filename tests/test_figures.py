@@ -40,7 +40,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def graphs():
-    res = ssa.analyse_many("digits", "digits", [3, 8], rule="gradient_x_activation", max_per_class=10)
+    res = ssa.analyse_many("digits", "digits", [6, 8], rule="gradient_x_activation", max_per_class=10)
     return res
 
 
@@ -52,7 +52,7 @@ def test_every_plot_writes_an_image(tmp_path, fmt, graphs):
     _check(F.plot_frequency(np.zeros(5, int), tmp_path / f"freq0.{fmt}"), fmt)  # no outliers at all
     omega = rng.normal(size=(6, 12))
     _check(F.plot_relevance_heatmap(omega, tmp_path / f"heat.{fmt}", selected=(omega > 1).astype(int)), fmt)
-    g = graphs[3].graph
+    g = graphs[6].graph
     _check(F.plot_graph(g, tmp_path / f"graph.{fmt}", shared={"features.1:2"}), fmt)
     inhib = make_graph(1, [("logits:1", "fc:1"), ("fc:1", "conv2:3", -1), ("fc:1", "conv2:4")])
     _check(F.plot_graph(inhib, tmp_path / f"inhib.{fmt}"), fmt)
@@ -62,7 +62,7 @@ def test_every_plot_writes_an_image(tmp_path, fmt, graphs):
     _check(F.plot_saliency(rgb, rng.normal(size=rgb.shape), tmp_path / f"salrgb.{fmt}"), fmt)
     _check(F.plot_activation_grid(rng.random((3, 4, 4)), tmp_path / f"act.{fmt}", images=images), fmt)
     _check(F.plot_activation_grid(rng.random((2, 4, 4)), tmp_path / f"act2.{fmt}"), fmt)
-    cmp = compare([graphs[3].graph, graphs[8].graph])
+    cmp = compare([graphs[6].graph, graphs[8].graph])
     _check(F.plot_clustermap(cmp, tmp_path / f"cm.{fmt}"), fmt)
     _check(F.plot_clustermap(cmp, tmp_path / f"cmn.{fmt}", kind="nodes"), fmt)
     _check(F.plot_dendrogram(cmp, tmp_path / f"dendro.{fmt}"), fmt)
@@ -126,8 +126,8 @@ def test_saliency_and_maps_match_plain_torch(digits):
 
 
 def test_class_figures_and_cli(tmp_path, graphs, capsys):
-    path = tmp_path / "class-3.json"
-    graphs[3].write(path)
+    path = tmp_path / "class-6.json"
+    graphs[6].write(path)
     other = tmp_path / "class-8.json"
     graphs[8].write(other)
     out = tmp_path / "figs"
@@ -138,7 +138,7 @@ def test_class_figures_and_cli(tmp_path, graphs, capsys):
     assert kinds == {"graph", "frequency", "relevance", "saliency", "activations"}
     files = sorted(out.iterdir())
     assert len(files) >= 5 and all(f.stat().st_size > 1000 for f in files)
-    assert (out / "frequency-logits-3.png").exists()
+    assert (out / "frequency-logits-6.png").exists()
     assert main(["figures", "digits", "--images", "digits", "--graph", str(path), "--out-dir", str(out),
                  "--neuron", "nope:1"]) == 2
     assert "not a node of the graph" in capsys.readouterr().err
