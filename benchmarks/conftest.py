@@ -32,18 +32,20 @@ def build(name: str) -> torch.nn.Module:
 
     torch.manual_seed(0)
     model = {"vgg16": torchvision.models.vgg16, "resnet18": torchvision.models.resnet18}[name](weights=None)
-    # Trained networks have heavy-tailed weights; PyTorch's uniform initialisation has none, so Tukey's
-    # fences would find no outliers and the graph would stop at the logits. Redraw every conv / dense
-    # weight from a Laplace distribution with the same standard deviation, and give batch-norms
-    # non-trivial running statistics.
+    # Trained networks have heavy-tailed connection strengths; PyTorch's uniform initialisation has
+    # none, so Tukey's fences would find no outliers and the graph would stop near the logits. Redraw
+    # every conv / dense weight as normal noise times a log-normal scale per (output, input) channel
+    # pair (variance-preserving), and give batch-norms non-trivial running statistics.
     gen = torch.Generator().manual_seed(0)
+    sigma = 1.0
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-                std = m.weight.std()
-                u = torch.rand(m.weight.shape, generator=gen) - 0.5
-                lap = -torch.sign(u) * torch.log1p(-2 * u.abs())  # Laplace(0, 1), std sqrt(2)
-                m.weight.copy_(lap * std / 2 ** 0.5)
+                w = m.weight
+                fan_in = w[0].numel()
+                scale = torch.exp(sigma * torch.randn(w.shape[0], w.shape[1], generator=gen) - sigma ** 2)
+                scale = scale.reshape(scale.shape + (1,) * (w.dim() - 2))
+                w.copy_(torch.randn(w.shape, generator=gen) * scale * (2.0 / fan_in) ** 0.5)
             elif isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.1, generator=gen)
                 m.running_var.uniform_(0.5, 1.5, generator=gen)

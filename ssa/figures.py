@@ -87,7 +87,8 @@ def parse_node(text: str) -> tuple[str, int]:
     """``"features.6:5"`` -> ``("features.6", 5)`` (the graph's node ids)."""
     tap, sep, neuron = str(text).rpartition(":")
     if not sep or not tap or not neuron.strip().isdigit():
-        raise InvalidInputError(f"a neuron must look like TAP:INDEX (a graph node id, e.g. features.6:5), got {text!r}.")
+        raise InvalidInputError(
+            f"a neuron must look like TAP:INDEX (a graph node id, e.g. features.6:5), got {text!r}.")
     return tap, int(neuron)
 
 
@@ -399,7 +400,8 @@ def _display(image: np.ndarray) -> np.ndarray:
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.ndim not in (2, 3):
-        raise InvalidInputError(f"cannot show an image of shape {image.shape}; expected (C, H, W), (H, W, C) or (H, W).")
+        raise InvalidInputError(
+            f"cannot show an image of shape {image.shape}; expected (C, H, W), (H, W, C) or (H, W).")
     lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
@@ -537,7 +539,8 @@ def plot_clustermap(comparison: "Comparison", path: str | os.PathLike, *, kind: 
         col_labels = list(comparison.nodes)
     width = 7.5 if kind == "similarity" else min(18.0, 5.0 + 0.09 * n_cols)
     fig = _new_figure(width, max(4.5, 0.42 * G + 2.2))
-    gs = fig.add_gridspec(2, 4, width_ratios=[1.2, 6, 1.1 if kind == "similarity" else 0.6, 0.25], height_ratios=[1.2, max(3.0, 0.42 * G)],
+    gs = fig.add_gridspec(2, 4, width_ratios=[1.2, 6, 1.1 if kind == "similarity" else 0.6, 0.25],
+                          height_ratios=[1.2, max(3.0, 0.42 * G)],
                           wspace=0.03, hspace=0.03)
     ax_left = fig.add_subplot(gs[1, 0])
     left = dendrogram(comparison.linkage, orientation="left", ax=ax_left, no_labels=True, color_threshold=0,
@@ -676,7 +679,8 @@ def class_figures(network: "Network", graph: nx.DiGraph, images: np.ndarray, out
         made.append(("relevance", f"relevance rows ω of {tap}:{k} over {parent}, one row per image (dots: outliers)",
                      plot_relevance_heatmap(omega, out / f"relevance-{stem}.{fmt}", selected=selected,
                                             title=f"relevance rows, {label}")))
-    map_neuron = neuron if neuron is not None and len(taps[neuron[0]].shape) >= 2 else default_map_neuron(graph, network)
+    map_neuron = (neuron if neuron is not None and len(taps[neuron[0]].shape) >= 2
+                  else default_map_neuron(graph, network))
     if map_neuron is not None and hasattr(network, "graph_module"):
         tap, k = map_neuron
         few = images[:n_images]

@@ -226,7 +226,8 @@ def analyse_many(
     n = n_classes(network)
     classes = list(range(n)) if wanted == "all" else parse_targets(list(wanted), n)
     if stop_at is not None and stop_at not in {t.name for t in network.taps}:
-        raise InvalidInputError(f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
+        raise InvalidInputError(
+            f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
     groups = group_images(network, session.images, lab, classes, by_prediction=by_prediction,  # type: ignore[arg-type]
                           min_confidence=min_confidence, max_per_class=max_per_class)
     chosen = {c: groups[c].indices for c in classes}

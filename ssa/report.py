@@ -60,7 +60,8 @@ def _fmt(v: Any) -> str:
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, cls: str = "") -> str:
-    out = [f'<table class="{cls}"><thead><tr>' + "".join(f"<th>{_esc(h)}</th>" for h in header) + "</tr></thead><tbody>"]
+    out = [f'<table class="{cls}"><thead><tr>' + "".join(f"<th>{_esc(h)}</th>" for h in header)
+           + "</tr></thead><tbody>"]
     for row in rows:
         cells = []
         for v in row:
@@ -175,7 +176,7 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
         from .multi import load_grouped_images
 
         network = load_model(model, backend=backend, device=device, **dict(model_options or {}))
-        arr, _ = load_grouped_images(images, labels=labels, preprocess=preprocess)
+        arr, lab = load_grouped_images(images, labels=labels, preprocess=preprocess)  # read once
         network.prepare(arr)
         other = {g.graph.get("model") for g in graphs} - {None, network.name}
         if other:
@@ -289,13 +290,13 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
             if network is not None:
                 from .multi import images_for_graph
 
-                imgs = images_for_graph(network, g, images, labels=labels, preprocess=preprocess,
-                                        by_prediction=by_prediction, min_confidence=min_confidence,
-                                        max_per_class=max_per_class)
+                imgs = images_for_graph(network, g, arr, labels=lab, by_prediction=by_prediction,
+                                        min_confidence=min_confidence, max_per_class=max_per_class)
                 made = class_figures(network, g, imgs, cdir, fmt=fmt, shared=shared_here, steps="class",
                                      n_images=n_images, batch_size=batch_size)
             else:
-                made = [("graph", f"dependency graph of {lab}", plot_graph(g, cdir / f"graph.{fmt}", shared=shared_here))]
+                made = [("graph", f"dependency graph of {lab}",
+                         plot_graph(g, cdir / f"graph.{fmt}", shared=shared_here))]
             captions = {
                 "graph": "Dependency graph (paper Fig. 3): one row per layer; node size = frequency, edge width = "
                          "relevance (relative within a layer); orange = kept by another class too; dashed red = "

@@ -85,6 +85,11 @@ class AnalysisResult:
                 never_total += len(layer.never_fire)
                 lines.append(f"  {'':<24} never fire on these images: {', '.join(map(str, layer.never_fire))}")
         lines.append(f"  graph: {self.graph.number_of_nodes()} nodes, {self.graph.number_of_edges()} edges")
+        if self.engines:
+            fast = sum(v == "fast" for v in self.engines.values())
+            slow = [k for k, v in self.engines.items() if v != "fast"]
+            lines.append(f"  steps: {fast} of {len(self.engines)} by the exact one-pass form"
+                         + (f"; autograd for {', '.join(slow[:4])}{' ...' if len(slow) > 4 else ''}" if slow else ""))
         if never_total:
             lines.append(
                 f"  note: {never_total} kept neuron(s) never fire on the class's images (the gradient rule can select "

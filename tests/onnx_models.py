@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["vgg_style", "resnet_style", "mobilenet_style", "channels_last", "KerasStyleTorch", "keras_style_torch",
-           "keras_style_onnx", "export", "images", "heavy_tail_"]
+           "keras_style_onnx", "shared_bias", "export", "images", "heavy_tail_"]
 
 
 def heavy_tail_(model: nn.Module, seed: int, sigma: float = 1.0, bias: float = 0.1) -> nn.Module:
@@ -269,3 +269,29 @@ def keras_style_onnx(model: KerasStyleTorch, path: Path, *, opset: int = 13) -> 
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     return path
+
+
+# --- recent opsets: identical initializers written once (Identity nodes), mean() as ReduceMean-18 ---
+
+
+class SharedBias(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu2(self.conv2(self.relu1(self.conv1(x)))).mean((2, 3)))
+
+
+def shared_bias() -> nn.Module:
+    """Two convs with identical (zero) biases: the exporter stores one and reads the other through Identity."""
+    torch.manual_seed(0)
+    m = heavy_tail_(SharedBias(), 7)
+    with torch.no_grad():
+        m.conv1.bias.zero_()
+        m.conv2.bias.zero_()
+    return m

@@ -22,6 +22,15 @@ TAP_MODULES = {"features.1": ("features", 1), "features.3": ("features", 3), "fe
                "classifier.2": ("classifier", 2)}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The digits CNN is tiny: one torch thread avoids oversubscription next to other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits():
     images, labels = ssa.load_images("digits")
@@ -270,6 +279,7 @@ def test_cli_evaluate(tmp_path, capsys) -> None:
     (["--selector-param", "zscore.k=1"], "names selector 'zscore', which is not evaluated"),
     (["--selector-param", "tukey.k=-1"], "must be >= 0"),
     (["--targets", "12"], "target must be in [0, 9]"),
+    (["--threads", "0"], "--threads must be >= 1"),
 ])
 def test_cli_evaluate_errors(argv, message, capsys) -> None:
     base = ["evaluate", "digits", "--images", "digits", "--targets", "3", "--rules", "gradient",

@@ -176,3 +176,18 @@ def test_cli_exit_code_2(vgg, tmp_path, capsys):
     code = main(["analyse", str(bad), "--images", str(tmp_path / "x.npy"), "--target", "0", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("ssa: error:") and err.count("\n") == 1
+
+
+def test_newer_operator_version_using_a_new_input_is_named(tmp_path):
+    """Pad-18 may take an 'axes' input that onnx2torch's Pad-13 converter knows nothing about."""
+    axes = numpy_helper.from_array(np.array([2, 3], np.int64), "pad_axes")
+    pads = numpy_helper.from_array(np.array([1, 1, 1, 1], np.int64), "pads")
+    nodes = [helper.make_node("Pad", ["c", "pads", "", "pad_axes"], ["a"], name="pad_hw")]
+    path = _conv_graph(nodes, tmp_path / "pad18.onnx", opset=18)
+    proto = onnx.load(str(path))
+    proto.graph.initializer.extend([axes, pads])
+    onnx.save(proto, str(path))
+    with pytest.raises(UnsupportedModelError) as exc:
+        ssa.load_model(str(path))
+    msg = one_line(exc)
+    assert "Pad" in msg and "'pad_hw'" in msg and "input 3" in msg

@@ -155,3 +155,48 @@ def test_fixed_batch_export_is_made_dynamic(tmp_path):
     ref = ssa.load_model(model)
     ref.prepare(x)
     np.testing.assert_allclose(net.logits(x), ref.logits(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("opset", [20, 21])
+def test_recent_opsets(tmp_path, opset):
+    """Identity-19/21 (on an initializer), ReduceMean-18 (axes as an input): versions onnx2torch lacks."""
+    import onnx
+
+    model = om.shared_bias()
+    x = om.images((3, 8, 8), 32)
+    path = om.export(model, x, tmp_path / f"shared_{opset}.onnx", opset=opset)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"Identity", "ReduceMean"} <= ops
+    net = ssa.load_model(str(path))
+    net.prepare(x)
+    assert net.parity.ok and net.parity.relative < 1e-4
+    a = ssa.analyse(str(path), x, 1, rule="gradient_x_activation")
+    b = ssa.analyse(model, x, 1, rule="gradient_x_activation")
+    assert relabel(a) == relabel(b) and len(relabel(b)[0]) >= 4
+
+
+def test_asymmetric_padding_conv_keeps_the_channel_axis(tmp_path):
+    """onnx2torch wraps a conv with asymmetric pads (Keras 'same', stride 2) as Sequential(pad, conv)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "k"),
+             numpy_helper.from_array(rng.standard_normal((64, 5)).astype(np.float32), "d"),
+             numpy_helper.from_array(np.array([-1, 64], np.int64), "shape")]
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2], name="to_nchw"),
+             helper.make_node("Conv", ["t", "k"], ["c"], strides=[2, 2], pads=[0, 0, 1, 1], name="conv"),
+             helper.make_node("Transpose", ["c"], ["n"], perm=[0, 2, 3, 1], name="to_nhwc"),
+             helper.make_node("Relu", ["n"], ["r"], name="relu"),
+             helper.make_node("Reshape", ["r", "shape"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "d"], ["y"], name="dense")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], initializer=inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    onnx.save(proto, str(tmp_path / "same.onnx"))
+    net = ssa.load_model(str(tmp_path / "same.onnx"))
+    net.prepare(om.images((8, 8, 3), 4))
+    assert type(dict(net.graph_module.named_modules())["conv"]).__name__ == "Sequential"
+    assert net.parity.ok and [(t.name, t.channel_axis, t.n_neurons) for t in net.taps] == [
+        ("relu", 3, 4), ("logits", 1, 5)]

@@ -11,7 +11,7 @@ prints; :meth:`CheckReport.to_dict` is JSON-ready.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np

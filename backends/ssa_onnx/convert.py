@@ -44,6 +44,9 @@ def convert_model(model: OnnxModel) -> fx.GraphModule:
     """The onnx2torch ``fx.GraphModule`` of ``model`` (dead nodes removed, eval mode, no grads)."""
     import onnx2torch
 
+    from .compat import install
+
+    install()
     name = model.info.path
     try:
         with warnings.catch_warnings():

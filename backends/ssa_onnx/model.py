@@ -17,7 +17,8 @@ import numpy as np
 
 from ssa.errors import InvalidInputError, ModelLoadError, UnsupportedModelError
 
-__all__ = ["OnnxModel", "OnnxInfo", "TensorInfo", "read_onnx", "input_shape_of"]
+__all__ = ["OnnxModel", "OnnxInfo", "TensorInfo", "read_onnx", "input_shape_of", "check_converters",
+           "fold_constant_identities"]
 
 _TWO_GB = 2 * 1024**3
 
@@ -163,6 +164,9 @@ def check_converters(proto, path_name: str) -> None:
     """Refuse, naming the node, when onnx2torch has no converter for an operator of the graph."""
     from onnx2torch.node_converters import get_converter
 
+    from .compat import install
+
+    install()
     versions = {imp.domain: int(imp.version) for imp in proto.opset_import}
     missing: list[tuple[str, str, str]] = []
     for i, node in enumerate(proto.graph.node):
@@ -195,6 +199,35 @@ def _infer_shapes(proto, path: Path):
         raise ModelLoadError(
             f"ONNX shape inference fails on {path.name!r} ({_first_line(exc)}); the graph is inconsistent: re-export it."
         ) from None
+
+
+def fold_constant_identities(proto) -> int:
+    """Remove Identity nodes that only rename an initializer; their consumers read the initializer.
+
+    torch's exporter writes shared weights (identical tensors) once and Identity nodes for the other
+    uses; onnx2torch needs conv and dense weights to be initializers. Returns how many were removed.
+    """
+    initializers = {t.name for t in proto.graph.initializer}
+    outputs = {o.name for o in proto.graph.output}
+    rename: dict[str, str] = {}
+    keep = []
+    for node in proto.graph.node:
+        src = node.input[0] if len(node.input) == 1 else ""
+        src = rename.get(src, src)
+        if node.op_type == "Identity" and node.domain in ("", "ai.onnx") and src in initializers \
+                and node.output[0] not in outputs:
+            rename[node.output[0]] = src
+            continue
+        keep.append(node)
+    if not rename:
+        return 0
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    return len(rename)
 
 
 def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> OnnxModel:
@@ -239,6 +272,7 @@ def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> On
             "(Python: output_index=N)."
         )
 
+    fold_constant_identities(proto)
     check_converters(proto, p.name)
     opset = _opset(proto)
     op_types: dict[str, int] = {}
@@ -265,15 +299,16 @@ def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> On
         del proto.graph.value_info[:]
     proto = _infer_shapes(proto, p)
 
+    # report the input and the chosen output as the analysis sees them (batch axis dynamic)
+    outputs = tuple(_tensor_info(proto.graph.output[0]) if i == index else o for i, o in enumerate(outputs))
+    image_info = _tensor_info(image_input)
     info = OnnxInfo(
         path=str(p), opset=opset,
         producer=" ".join(x for x in (proto.producer_name, proto.producer_version) if x) or "unknown",
-        input=_tensor_info(image_input), outputs=outputs, output_index=index,
-        layout=_layout(_dims(image_input)), fixed_batch=fixed_batch, op_types=op_types,
+        input=TensorInfo(image_info.name, (None, *image_info.shape[1:]) if image_info.shape else (), image_info.dtype),
+        outputs=outputs, output_index=index, layout=_layout(image_info.shape), fixed_batch=fixed_batch,
+        op_types=op_types,
     )
-    if fixed_batch is not None:  # report the input with its batch axis dynamic
-        info = OnnxInfo(**{**info.__dict__, "input": TensorInfo(info.input.name, (None, *info.input.shape[1:]),
-                                                                info.input.dtype)})
     return OnnxModel(proto, info)
 
 

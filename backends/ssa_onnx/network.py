@@ -196,8 +196,8 @@ class OnnxNetwork(TorchNetwork):
                 raise UnsupportedModelError(
                     f"the onnx2torch conversion of {self.name!r} disagrees with onnxruntime: max |diff| "
                     f"{p.max_abs_diff:.3g} = {p.relative:.3g} of the output scale (tolerance {p.tolerance:g}) on "
-                    f"{p.n_images} image(s); report the model to onnx2torch, or accept it with parity_tolerance="
-                    f"{max(p.relative * 2, p.tolerance):.1g} (--parity-tolerance)."
+                    f"{p.n_images} image(s); report the model to onnx2torch, or accept the difference with "
+                    f"parity_tolerance={max(p.relative * 2, p.tolerance):.1g}."
                 )
         self.notes = []
         if self.onnx.info.fixed_batch is not None:

@@ -359,7 +359,10 @@ class _StatsInterpreter(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         tf = self.act_of.get(n.name)
-        if tf is not None:
+        if tf is not None and self.net.plan.kinds.get(n.name) == "relu":
+            out = super().run_node(n)
+            self._record(tf, (out > 0).to(out.dtype))  # exactly autograd's ReLU derivative (result > 0)
+        elif tf is not None:
             args, kwargs = self.fetch_args_kwargs_from_env(n)
             with torch.enable_grad():
                 z = args[0].detach().requires_grad_(True)

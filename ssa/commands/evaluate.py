@@ -38,6 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random sets and resamples (default 0)")
     p.add_argument("--out", "-o", default=None, help="write the table here (.csv)")
     p.add_argument("--layers-out", default=None, help="write the per-layer ablation numbers here (.csv)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is fastest for small models on a busy machine)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     p.set_defaults(run=run)
 
@@ -87,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
         if path is not None and not path.lower().endswith(".csv"):
             raise InvalidInputError(f"{flag} must end in .csv, got {path!r}.")
     targets = parse_ints(args.targets, "--targets") or ()
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InvalidInputError(f"--threads must be >= 1, got {args.threads}.")
+        import torch
+
+        torch.set_num_threads(args.threads)
     reg = registry()
     rules = _names(args.rules) or reg.names("rule")
     selectors = _names(args.selectors) or reg.names("selector")

@@ -48,14 +48,13 @@ def run(args: argparse.Namespace) -> int:
     for g in others:
         shared |= {n for n in g.nodes if n in graph}
     network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
-    arr, _ = load_grouped_images(args.images, labels=args.labels, preprocess=preprocess_from(args))
+    arr, lab = load_grouped_images(args.images, labels=args.labels, preprocess=preprocess_from(args))
     network.prepare(arr)
     if graph.graph.get("model") not in (None, network.name):
         raise InvalidInputError(f"the graph was made with model {graph.graph.get('model')!r}, not {network.name!r}; "
                                 "pass the model the graph was made with.")
-    images = images_for_graph(network, graph, args.images, labels=args.labels, preprocess=preprocess_from(args),
-                              by_prediction=args.by_prediction, min_confidence=args.min_confidence,
-                              max_per_class=args.max_per_class)
+    images = images_for_graph(network, graph, arr, labels=lab, by_prediction=args.by_prediction,
+                              min_confidence=args.min_confidence, max_per_class=args.max_per_class)
     neuron = parse_node(args.neuron) if args.neuron else None
     if neuron is not None and f"{neuron[0]}:{neuron[1]}" not in graph:
         raise InvalidInputError(f"--neuron {args.neuron} is not a node of the graph; pick one of its nodes "

@@ -1,0 +1,144 @@
+"""Converters for operator versions onnx2torch 1.5 does not register.
+
+onnx2torch looks up a converter by the operator version in force at the model's opset.
+Many newer versions only add element types (Identity-19, Reshape-19, Transpose-21, Conv-22, ...),
+so a model exported with a recent opset (torch's TorchScript exporter writes opset 20 by default)
+fails although the converter of the previous version would do. :func:`install` registers, for
+every such missing version, a converter that delegates to the newest older one **when the node
+uses nothing the newer version added** (an attribute or input that the older schema lacks, or an
+attribute whose default changed): the comparison is made on the ONNX schemas, node by node, and a
+node that does use something new is refused with a message naming it. The Reduce operators of
+opset 18 (axes moved from an attribute to an input) get their own converter when the axes are
+constant. The parity check against onnxruntime verifies the result in any case.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+__all__ = ["install"]
+
+_installed = False
+_REDUCE = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
+           "ReduceProd", "ReduceSumSquare")
+
+
+def _schema(op: str, version: int, domain: str):
+    from onnx import defs
+
+    return defs.get_schema(op, max_inclusive_version=version, domain=domain)
+
+
+def _default(attr) -> Any:
+    from onnx import helper
+
+    dv = attr.default_value
+    if dv is None or not dv.name and dv.type == 0:
+        return None
+    try:
+        return helper.get_attribute_value(dv)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _differences(new, old) -> tuple[dict[str, Any], set[int]]:
+    """Attributes (name -> default) and input positions the new schema has that the old one lacks or changed."""
+    attrs: dict[str, Any] = {}
+    for name, a in new.attributes.items():
+        if name not in old.attributes or _default(old.attributes[name]) != _default(a):
+            attrs[name] = _default(a)
+    inputs = {i for i, p in enumerate(new.inputs) if i >= len(old.inputs) or old.inputs[i].name != p.name}
+    removed = [name for name in old.attributes if name not in new.attributes]
+    if removed or len(new.outputs) != len(old.outputs):
+        inputs.add(-1)  # the interface changed: never compatible
+    return attrs, inputs
+
+
+def _delegate(op: str, new_version: int, old_version: int, domain: str, old_converter: Callable) -> Callable:
+    new, old = _schema(op, new_version, domain), _schema(op, old_version, domain)
+    extra_attrs, extra_inputs = _differences(new, old)
+
+    def convert(node, graph):
+        if -1 in extra_inputs:
+            raise NotImplementedError(f"{op}-{new_version} changed its interface; onnx2torch converts up to {op}-{old_version}")
+        for name, default in extra_attrs.items():
+            value = node.attributes.get(name, default)
+            if name == "dilations" and isinstance(value, list) and all(int(v) == 1 for v in value):
+                continue  # AveragePool-19: dilations of 1 are what the older version computes
+            if value != default:
+                raise NotImplementedError(f"attribute {name!r} of {op}-{new_version} is not supported by onnx2torch")
+        for i in extra_inputs:
+            if i < len(node.input_values) and node.input_values[i]:
+                raise NotImplementedError(f"input {i} of {op}-{new_version} is not supported by onnx2torch")
+        return old_converter(node, graph)
+
+    return convert
+
+
+def _reduce18(node, graph):
+    """Reduce* of opset >= 18: axes as a (constant) input."""
+    import torch
+    from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes
+    from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, get_const_value
+
+    keepdims = int(node.attributes.get("keepdims", 1))
+    noop = int(node.attributes.get("noop_with_empty_axes", 0))
+    axes = None
+    if len(node.input_values) > 1 and node.input_values[1]:
+        try:
+            value = get_const_value(node.input_values[1], graph)
+        except KeyError:
+            raise NotImplementedError(f"{node.operation_type} with axes computed in the graph is not supported") from None
+        axes = [int(a) for a in (value.tolist() if hasattr(value, "tolist") else value)]
+        axes = axes if isinstance(axes, list) else [axes]
+    if not axes:
+        if noop:
+            module: Any = torch.nn.Identity()
+            return OperationConverterResult(torch_module=module,
+                                            onnx_mapping=OnnxMapping(inputs=(node.input_values[0],),
+                                                                     outputs=node.output_values))
+        axes = None
+    module = OnnxReduceStaticAxes(operation_type=node.operation_type, axes=axes, keepdims=keepdims)
+    return OperationConverterResult(torch_module=module,
+                                    onnx_mapping=OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values))
+
+
+def install() -> None:
+    """Register the delegating converters in onnx2torch's registry (once per process)."""
+    global _installed
+    if _installed:
+        return
+    from onnx import defs
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription
+
+    by_op: dict[tuple[str, str], dict[int, Callable]] = {}
+    for desc, conv in list(_CONVERTER_REGISTRY.items()):
+        by_op.setdefault((desc.domain, desc.operation_type), {})[desc.version] = conv
+    top = defs.onnx_opset_version()
+    for (domain, op), versions in by_op.items():
+        if domain not in ("", "ai.onnx"):
+            continue
+        since: set[int] = set()
+        for opset in range(1, top + 1):
+            try:
+                since.add(_schema(op, opset, domain).since_version)
+            except Exception:  # noqa: BLE001 - op not defined at this opset
+                continue
+        for v in sorted(since):
+            if v in versions:
+                continue
+            desc = OperationDescription(domain=domain, operation_type=op, version=v)
+            if desc in _CONVERTER_REGISTRY:
+                continue
+            if op in _REDUCE and v >= 18:
+                _CONVERTER_REGISTRY[desc] = _reduce18
+                continue
+            older = [u for u in versions if u < v]
+            if not older:
+                continue
+            u = max(older)
+            try:
+                _CONVERTER_REGISTRY[desc] = _delegate(op, v, u, domain, versions[u])
+            except Exception:  # noqa: BLE001 - schema lookup failed: leave the version unsupported
+                continue
+    _installed = True
