@@ -25,7 +25,8 @@ Conventions (written down here because the paper has none):
 * random sets are drawn uniformly without replacement from all of a layer's neurons (they may
   overlap the graph), with the graph's size in that layer; one draw gives one set per layer;
   ``draws`` draws from ``numpy.random.default_rng(seed)``; mean and (population) std over draws;
-* the node set compared by the Jaccard index leaves out the class node (it is in every graph).
+* the node set compared by the Jaccard index leaves out the class node (it is in every graph);
+* every graph here (full and bootstrap) is built with exact autograd (``ssa analyse --engine autograd``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from .interfaces import Network, Rule, Selector
 __all__ = [
     "AblationScore", "LayerFaithfulness", "Faithfulness", "Stability", "EvaluationRow",
     "faithfulness", "stability", "evaluate", "compare", "graph_neurons", "format_table", "write_csv",
-    "write_layers_csv", "summarise", "ABLATIONS", "TABLE_COLUMNS",
+    "write_layers_csv", "summarise", "rows_as_dicts", "ABLATIONS", "TABLE_COLUMNS", "LAYER_COLUMNS",
 ]
 
 ABLATIONS = ("zero", "mean")
@@ -240,6 +241,12 @@ def faithfulness(network: Network, images: np.ndarray, graph: nx.DiGraph, *, tar
     taps = {t.name: t for t in network.taps}
     kept = graph_neurons(graph, excitatory_only=True)
     every = graph_neurons(graph, excitatory_only=False)
+    unknown = sorted(set(every) - set(taps))
+    if unknown:
+        raise InvalidInputError(
+            f"the graph has nodes in {unknown[0]!r}, which is not a tap of this network; taps are: "
+            f"{', '.join(taps)}. Evaluate a graph with the model (and taps) it was built from."
+        )
     layers = sorted(set(kept) | set(every), key=lambda t: -taps[t].order)
     if ablation == "mean":
         ablator.fit_means(np.asarray(mean_images) if mean_images is not None else images, layers)

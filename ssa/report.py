@@ -176,7 +176,7 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
         from .multi import load_grouped_images
 
         network = load_model(model, backend=backend, device=device, **dict(model_options or {}))
-        arr, lab = load_grouped_images(images, labels=labels, preprocess=preprocess)  # read once
+        arr, arr_labels = load_grouped_images(images, labels=labels, preprocess=preprocess)  # read once
         network.prepare(arr)
         other = {g.graph.get("model") for g in graphs} - {None, network.name}
         if other:
@@ -290,7 +290,7 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
             if network is not None:
                 from .multi import images_for_graph
 
-                imgs = images_for_graph(network, g, arr, labels=lab, by_prediction=by_prediction,
+                imgs = images_for_graph(network, g, arr, labels=arr_labels, by_prediction=by_prediction,
                                         min_confidence=min_confidence, max_per_class=max_per_class)
                 made = class_figures(network, g, imgs, cdir, fmt=fmt, shared=shared_here, steps="class",
                                      n_images=n_images, batch_size=batch_size)

@@ -234,3 +234,12 @@ def test_plugin_guide_examples_conform_and_run() -> None:
         pm.unregister(plugin)
         registry(refresh=True)
     assert "above_mean" not in registry().names("selector")
+
+
+def test_readme_plugin_example_conforms() -> None:
+    text = (ROOT / "README.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "class Above" in b]
+    ns: dict = {"__name__": "readme_example"}
+    exec(compile(code, "README.md", "exec"), ns)
+    assert_selector_conforms(ns["Above"])
+    assert_selector_conforms(ns["Above"], t=0.0)

@@ -193,6 +193,8 @@ def test_faithfulness_refuses_bad_arguments(net, class3) -> None:
         faithfulness(net, class3, g, draws=0)
     with pytest.raises(InvalidInputError, match="at least one image"):
         faithfulness(net, class3[:0], g)
+    with pytest.raises(InvalidInputError, match="'conv9' , which is not a tap".replace(" ,", ",")):
+        faithfulness(net, class3, _graph(3, {"conv9": [0]}))
 
 
 # --- stability ---------------------------------------------------------------------------------------

@@ -127,6 +127,13 @@ class OnnxNetwork(TorchNetwork):
                  parity_tolerance: float | None = None, parity_images: int = 8, check_parity: bool = True) -> None:
         super().__init__(module, name=name, device=device, taps=taps, include_input=include_input,
                          channel_axes=channel_axes, output_index=None)
+        if parity_tolerance is not None and (isinstance(parity_tolerance, bool) or
+                                             not isinstance(parity_tolerance, (int, float)) or parity_tolerance < 0):
+            raise InvalidInputError(f"parity_tolerance must be a number >= 0, got {parity_tolerance!r}.")
+        if isinstance(parity_images, bool) or not isinstance(parity_images, int) or parity_images < 1:
+            raise InvalidInputError(f"parity_images must be an integer >= 1, got {parity_images!r}.")
+        if provider not in ("auto", "cpu", "cuda"):
+            raise InvalidInputError(f"provider must be 'auto', 'cpu' or 'cuda', got {provider!r}.")
         self.onnx = model
         self.provider = provider
         self.parity_tolerance = parity_tolerance
