@@ -132,6 +132,8 @@ def group_images(network: Network, images: np.ndarray, labels: np.ndarray | None
         raise InvalidInputError(f"min_confidence must be in [0, 1], got {min_confidence}.")
     if max_per_class is not None:
         max_per_class = check_int("max_per_class", max_per_class, 1, "Pass --max-per-class 1 or more.")
+    if not by_prediction and labels is None and len(targets) == 1:
+        labels = np.full(images.shape[0], targets[0])  # one class, no labels: all the images are that class's
     if not by_prediction and labels is None:
         raise InvalidInputError(
             "the images have no labels, so they cannot be grouped by class; pass --labels labels.npy, "

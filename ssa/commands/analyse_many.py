@@ -24,7 +24,8 @@ def add_many_args(p: argparse.ArgumentParser) -> None:
                    help="group the images by the model's predicted class instead of by labels")
     g.add_argument("--min-confidence", type=float, default=None,
                    help="keep only images whose predicted probability of the class is >= this (e.g. 0.99)")
-    g.add_argument("--max-per-class", type=int, default=None, help="use at most this many images per class")
+    g.add_argument("--max-per-class", "--max-images", type=int, default=None,
+                   help="use at most this many images per class (the paper: --min-confidence 0.99 --max-images 100)")
     g.add_argument("--out-dir", default=None, help="write one graph per class as DIR/class-<c>.json")
 
 

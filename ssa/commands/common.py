@@ -56,16 +56,28 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel-axis", action="append", metavar="TAP=AXIS",
                    help="override the channel axis of a tap (repeatable)")
     p.add_argument("--output-index", type=int, default=None, help="which model output holds the logits")
+    p.add_argument("--parity-tolerance", type=float, default=None,
+                   help="ONNX: largest relative difference allowed between onnxruntime and the converted model "
+                        "(default 1e-3 on CPU, 1e-2 on CUDA)")
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
     axes = {k: int(v) for k, v in parse_kv(args.channel_axis, "--channel-axis").items()} if args.channel_axis else None
-    return {
+    out = {
         "taps": [t for t in args.taps.split(",") if t] if args.taps else None,
         "include_input": bool(args.include_input),
         "channel_axes": axes,
         "output_index": args.output_index,
     }
+    if getattr(args, "parity_tolerance", None) is not None:
+        if not _is_onnx(args.model):
+            raise InvalidInputError("--parity-tolerance applies to ONNX models only; drop it for this model.")
+        out["parity_tolerance"] = args.parity_tolerance
+    return out
+
+
+def _is_onnx(model: str) -> bool:
+    return isinstance(model, str) and model.lower().endswith(".onnx")
 
 
 def add_image_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -74,6 +86,9 @@ def add_image_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help=".npy array shaped and scaled for the model, a folder of PNG/JPEG files, or 'digits'")
     g.add_argument("--labels", default=None, help=".npy of integer labels, one per image (keeps the target's images)")
     g.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    g.add_argument("--preprocess", default=None,
+                   help="folders: a preset (torchvision, keras-vgg16, 0-1, 0-255) or a .json/.toml config; "
+                        "the layout is read from an ONNX model's input (see docs/onnx.md)")
     g.add_argument("--resize", default=None, help="folders: resize to H,W")
     g.add_argument("--scale", type=float, default=1 / 255, help="folders: multiply 0-255 pixels by this (default 1/255)")
     g.add_argument("--mean", default=None, help="folders: per-channel mean, comma-separated")
@@ -84,6 +99,21 @@ def add_image_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def preprocess_from(args: argparse.Namespace) -> Preprocess:
+    if getattr(args, "preprocess", None):
+        from ..preprocess import resolve_preprocess
+
+        shape = None
+        if _is_onnx(args.model):
+            from pathlib import Path
+
+            if Path(args.model).is_file():
+                try:
+                    from ssa_onnx import input_shape_of
+
+                    shape = input_shape_of(args.model)
+                except Exception:  # noqa: BLE001 - loading reports a bad file with its own message
+                    shape = None
+        return resolve_preprocess(args.preprocess, input_shape=shape)
     resize = parse_ints(args.resize, "--resize", 2)
     return Preprocess(resize=resize, scale=args.scale, mean=_floats(args.mean, "--mean"),  # type: ignore[arg-type]
                       std=_floats(args.std, "--std"), layout=args.layout, channels=args.channels, bgr=args.bgr)
