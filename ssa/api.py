@@ -183,7 +183,7 @@ class Session:
         network, images = self.network, self.images
         assert images is not None
         rule = self.rule
-        fast = network.fast_taps() if self.engine != "autograd" and rule.fast_form else frozenset()
+        fast = network.fast_taps(rule.fast_form) if self.engine != "autograd" and rule.fast_form else frozenset()
         if self.engine == "fast" and not fast:
             raise InvalidInputError(f"engine 'fast' was asked for, but no step of this model has the closed form "
                                     f"for rule {rule.name!r}; use --engine auto.")

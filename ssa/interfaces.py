@@ -226,8 +226,8 @@ class Network(ABC):
         return {}
 
     # -- optional: the exact closed form of method doc section 6 -------------------------
-    def fast_taps(self) -> frozenset[str]:
-        """Upper taps whose steps have the closed form (none by default)."""
+    def fast_taps(self, form: str | None = None) -> frozenset[str]:
+        """Upper taps whose steps have the closed form (for ``form``, when given); none by default."""
         return frozenset()
 
     def collect(self, batch: np.ndarray, forms: Sequence[str]) -> dict[str, np.ndarray]:

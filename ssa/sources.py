@@ -73,7 +73,7 @@ class FastSource:
         self.form = form
         self.batch_size = int(batch_size)
         self.taps = network.taps
-        self.fast = network.fast_taps()
+        self.fast = network.fast_taps(form)
         total = stats.n_batches(form)
         self._rows: list[np.ndarray | None] = []
         for i in range(total):

@@ -51,7 +51,7 @@ def _omega_close(net, images, form):
     stats = net.collect(images, [form])
     rule = ssa.make_rule(form)
     checked = 0
-    for tap in sorted(net.fast_taps()):
+    for tap in sorted(net.fast_taps(form)):
         n = net.tap(tap).n_neurons
         neurons = list(range(min(n, 6)))
         ref, _ = net.step_relevance(images, tap, neurons, rule)
@@ -135,3 +135,42 @@ def test_session_reanalyses_without_the_network(monkeypatch):
     monkeypatch.setattr(net, "run", boom)
     other = s.analyse(5, 2, selector="zscore")
     assert other.target == 5 and first.target == 3
+
+
+ONNX_CASES = ["vgg", "resnet", "mobilenetv3", "channels_last", "keras"]
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tmp_path_factory):
+    from . import onnx_models as om
+
+    root = tmp_path_factory.mktemp("fast_onnx")
+    specs = {"vgg": (om.vgg_style, (3, 8, 8)), "resnet": (om.resnet_style, (3, 8, 8)),
+             "mobilenetv3": (om.mobilenet_style, (3, 8, 8)), "channels_last": (om.channels_last, (8, 8, 3))}
+    out = {}
+    for name, (build, shape) in specs.items():
+        x = om.images(shape, 6)
+        out[name] = (om.export(build(), x, root / f"{name}.onnx"), x)
+    out["keras"] = (om.keras_style_onnx(om.keras_style_torch(), root / "keras.onnx"), om.images((8, 8, 3), 6))
+    return out
+
+
+@pytest.mark.parametrize("form", ["gradient", "gradient_x_activation"])
+@pytest.mark.parametrize("name", ONNX_CASES)
+def test_fast_equals_autograd_on_onnx_conversions(onnx_files, name, form):
+    """onnx2torch graphs (Transposes, MatMul + Add, constant scales) take the closed form too, exactly."""
+    path, x = onnx_files[name]
+    net = load_model(str(path))
+    net.prepare(x)
+    assert net.fast_taps("gradient"), net.describe_steps()
+    _omega_close(net, x, form)
+
+
+def test_keras_dense_layers_are_fast_with_the_batchnorm_scale_folded(onnx_files):
+    path, x = onnx_files["keras"]
+    net = load_model(str(path))
+    net.prepare(x)
+    steps = net.describe_steps()
+    assert all(v.startswith("fast") for v in steps.values()), steps
+    # the exported batch-norm's shift sits between the dense ReLU and the next layer: gradient only
+    assert "logits" in net.fast_taps("gradient") and "logits" not in net.fast_taps("gradient_x_activation")

@@ -61,6 +61,7 @@ class Term:
     chan_of: torch.Tensor | None = None  # conv input channel / dense feature -> parent channel
     x_shape: tuple[int, ...] = ()  # per-image shape of the conv / dense input
     scale: float = 1.0  # 1 / (P_u * P_l)
+    gxa: bool = True  # the gradient x activation form holds (no shift between the parent and the layer)
     # static, for the gradient rule
     wk: torch.Tensor | None = None  # conv: (N, K, kh*kw); linear/identity: (N, K)
 
@@ -72,14 +73,18 @@ class TapFast:
     z_node: str  # the activation's input (the logits node itself for the logits)
     terms: list[Term]
 
+    @property
+    def forms(self) -> tuple[str, ...]:
+        return ("gradient", "gradient_x_activation") if all(t.gxa for t in self.terms) else ("gradient",)
+
 
 @dataclass
 class FastPlan:
     taps: dict[str, TapFast] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)  # tap -> why it falls back to autograd
 
-    def covers(self, tap: str) -> bool:
-        return tap in self.taps
+    def covers(self, tap: str, form: str | None = None) -> bool:
+        return tap in self.taps and (form is None or form in self.taps[tap].forms)
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -212,6 +217,24 @@ class _Planner:
         return scale.reshape(n)
 
     # -- input side: x -> parent tap ----------------------------------------------
+    def _affine_kind(self, node: fx.Node) -> str | None:
+        """"scale" / "shift" / "both" for a channel-wise affine op on the input side, else None."""
+        kind = self.kinds[node.name]
+        if kind == "batchnorm":
+            if node.op == "call_module" and (self.modules[node.target].training
+                                             or self.modules[node.target].running_var is None):
+                return None
+            return "both"
+        if kind in ("mul", "div", "add", "sub"):
+            comp = [a for a in node.all_input_nodes if a.name in self.computed]
+            others = [a for a in node.args if a not in comp]
+            if len(comp) != 1 or len(others) != 1 or _const(others[0], self.gm, self.computed) is None:
+                return None
+            if kind == "div" and node.args[0] is not comp[0]:
+                return None
+            return "scale" if kind in ("mul", "div") else "shift"
+        return None
+
     def _path_to_parent(self, x: fx.Node) -> tuple[str, list[fx.Node]]:
         path: list[fx.Node] = []
         node = x
@@ -219,7 +242,7 @@ class _Planner:
             if node.name in self.tap_of_node:
                 return self.tap_of_node[node.name], list(reversed(path))
             kind = self.kinds[node.name]
-            if kind not in _PATH_KINDS:
+            if kind not in _PATH_KINDS and self._affine_kind(node) is None:
                 raise _NotFast(f"{kind} op between a layer and its parent tap")
             if kind == "avgpool":
                 self._check_avgpool(node)
@@ -241,20 +264,35 @@ class _Planner:
         else:
             raise _NotFast("functional average pooling")
 
-    def _chan_of(self, parent: str, path: list[fx.Node], x: fx.Node) -> torch.Tensor:
-        """Parent channel of every element of the layer's input (batch 1), via an index tensor."""
+    def _chan_of(self, parent: str, path: list[fx.Node], x: fx.Node, mode: str = "idx") -> torch.Tensor:
+        """Parent channel of every element of the layer's input (batch 1), via an index tensor.
+
+        ``mode="scale"`` instead pushes ones through the path, applying only the multiplicative part
+        of the channel-wise affine ops: the factor by which each input element scales its parent.
+        """
         tap = self.taps[parent]
         pnode = self.nodes[self.plan.node_of[parent]]
         pval = self.env1[pnode.name]
         shape = [1] * pval.dim()
         shape[tap.channel_axis] = pval.shape[tap.channel_axis]
-        idx = torch.arange(pval.shape[tap.channel_axis], dtype=torch.float64,
-                           device=pval.device).reshape(shape).expand(pval.shape).contiguous()
-        values: dict[str, Any] = {pnode.name: idx}
+        if mode == "idx":
+            start = torch.arange(pval.shape[tap.channel_axis], dtype=torch.float64,
+                                 device=pval.device).reshape(shape).expand(pval.shape).contiguous()
+        else:
+            start = torch.ones(pval.shape, dtype=torch.float64, device=pval.device)
+        values: dict[str, Any] = {pnode.name: start}
         for node in path:
             def fetch(a: fx.Node) -> Any:
                 return values[a.name] if a.name in values else self.env1[a.name]
 
+            affine = self._affine_kind(node) if self.kinds[node.name] not in _PATH_KINDS else None
+            if affine is not None:
+                comp = next(a for a in node.all_input_nodes if a.name in self.computed)
+                v = values[comp.name]
+                if mode == "scale":
+                    v = v * self._affine_factor(node, comp, v.dim()).to(v)
+                values[node.name] = v
+                continue
             args = map_arg(node.args, fetch)
             kwargs = map_arg(node.kwargs, fetch)
             if node.op == "call_module":
@@ -268,9 +306,30 @@ class _Planner:
             else:
                 raise _NotFast(f"unsupported path node {node.op}")
         xi = values[x.name]
+        if mode != "idx":
+            return xi[0]
         if not isinstance(xi, torch.Tensor) or torch.any(xi != torch.round(xi)):
             raise _NotFast("the path mixes channels")
         return xi[0].round().long()
+
+    def _affine_factor(self, node: fx.Node, comp: fx.Node, ndim: int) -> torch.Tensor:
+        kind = self.kinds[node.name]
+        if kind == "batchnorm":
+            s, _ = self._bn_scale(node)
+            return s.double().reshape((1, -1) + (1,) * (ndim - 2))
+        if kind in ("add", "sub"):
+            return torch.tensor(-1.0 if kind == "sub" and node.args[0] is not comp else 1.0, dtype=torch.float64)
+        other = next(a for a in node.args if a is not comp)
+        c = _const(other, self.gm, self.computed)
+        c = torch.as_tensor(c, dtype=torch.float64)
+        return 1.0 / c if kind == "div" else c
+
+    def _input_scale(self, parent: str, path: list[fx.Node], x: fx.Node) -> tuple[torch.Tensor | None, bool]:
+        """Per-element input scale of the path's affine ops (None when there are none), and whether any shifts."""
+        kinds = [self._affine_kind(n) for n in path if self.kinds[n.name] not in _PATH_KINDS]
+        if not kinds:
+            return None, False
+        return self._chan_of(parent, path, x, "scale"), any(k in ("shift", "both") for k in kinds)
 
     # -- terms ------------------------------------------------------------------------
     def _conv_term(self, node: fx.Node, scale: torch.Tensor, perms: tuple) -> Term:
@@ -312,12 +371,26 @@ class _Planner:
             raise _NotFast("a conv input channel mixes parent channels")
         n_out = weight.shape[0]
         w = weight * self._scale_vector(scale, n_out).to(weight).reshape(-1, 1, 1, 1)
+        in_scale, shifted = self._input_scale(parent, path, x)
+        if in_scale is not None:
+            per = in_scale.reshape(in_scale.shape[0], -1)
+            if not torch.all(per == per[:, :1]):
+                raise _NotFast("input scale varies within a channel")
+            g, cg = int(groups), w.shape[1]
+            sc = per[:, 0].to(w).reshape(g, 1, cg).expand(g, n_out // g, cg).reshape(n_out, cg)
+            w = w * sc[:, :, None, None]
         return Term(parent, "conv", w, x.name, perms, _pair(stride), _pair(padding), _pair(dilation), int(groups),
-                    per_channel[:, 0].clone(), tuple(chan.shape))
+                    per_channel[:, 0].clone(), tuple(chan.shape), gxa=not shifted)
 
     def _linear_term(self, node: fx.Node, scale: torch.Tensor, perms: tuple) -> Term:
         kind = self.kinds[node.name]
-        if node.op == "call_module":
+        if node.op == "call_module" and kind == "matmul":  # onnx2torch's MatMul with a constant weight
+            a, b = (list(node.args) + [None, None])[:2]
+            w = _const(b, self.gm, self.computed)
+            if not isinstance(w, torch.Tensor) or w.dim() != 2 or not isinstance(a, fx.Node):
+                raise _NotFast("matmul with a computed right operand")
+            weight, x = w.detach().t(), a
+        elif node.op == "call_module":
             lin = self.modules[node.target]
             if not isinstance(lin, nn.Linear):
                 raise _NotFast("not an nn.Linear")
@@ -343,7 +416,14 @@ class _Planner:
             raise _NotFast("a dense input feature mixes parent channels")
         n_out = weight.shape[0]
         w = weight * self._scale_vector(scale, n_out).to(weight).reshape(-1, 1)
-        return Term(parent, "linear", w, x.name, perms, chan_of=lead[0].clone(), x_shape=tuple(chan.shape))
+        in_scale, shifted = self._input_scale(parent, path, x)
+        if in_scale is not None:
+            per = in_scale.reshape(-1, in_scale.shape[-1])
+            if not torch.all(per == per[:1]):
+                raise _NotFast("input scale varies over positions")
+            w = w * per[0].to(w).reshape(1, -1)
+        return Term(parent, "linear", w, x.name, perms, chan_of=lead[0].clone(), x_shape=tuple(chan.shape),
+                    gxa=not shifted)
 
     def _identity_term(self, parent: str, node: fx.Node, scale: torch.Tensor,
                        path: list[fx.Node] | None = None) -> Term:

@@ -178,8 +178,8 @@ class TorchNetwork(Network):
             self._fast = plan_fast(self.graph_module, self.plan, env1)
         return self._fast
 
-    def fast_taps(self) -> frozenset[str]:
-        return frozenset(self.fast_plan.taps)
+    def fast_taps(self, form: str | None = None) -> frozenset[str]:
+        return frozenset(t for t in self.fast_plan.taps if self.fast_plan.covers(t, form))
 
     def fast_relevance(self, upper: str, stats: Mapping[str, np.ndarray], neurons: Sequence[int],
                        form: str) -> dict[str, np.ndarray]:
@@ -329,7 +329,8 @@ class TorchNetwork(Network):
             for p in t.parents:
                 if fast.covers(t.name):
                     kinds = sorted({term.kind for term in fast.taps[t.name].terms if term.parent == p})
-                    out[f"{t.name} -> {p}"] = f"fast ({', '.join(kinds)})"
+                    only = "" if len(fast.taps[t.name].forms) == 2 else "; gradient rule only"
+                    out[f"{t.name} -> {p}"] = f"fast ({', '.join(kinds)}{only})"
                 else:
                     out[f"{t.name} -> {p}"] = f"autograd ({fast.reasons.get(t.name, 'no closed form')})"
         return out
@@ -383,9 +384,10 @@ class _StatsInterpreter(fx.Interpreter):
         return out
 
     def _record(self, tf, m: torch.Tensor) -> None:
+        forms = [f for f in self.forms if f in tf.forms]
         for i, term in enumerate(tf.terms):
             x = self.kept.get(term.x_node) if term.x_node else None
-            for key, val in term_stats(term, m, x, self.forms).items():
+            for key, val in term_stats(term, m, x, forms).items():
                 self.stats[f"{tf.tap}/{i}/{key}"] = val.float().cpu().numpy()
             node = term.x_node
             if node in self.keep:
