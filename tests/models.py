@@ -65,7 +65,8 @@ class ModelCase:
         return tuple(out)
 
 
-def _heavy_tail_(model: nn.Module, seed: int, sigma: float = 1.0, bias: float = 0.1) -> nn.Module:
+def _heavy_tail_(model: nn.Module, seed: int, sigma: float = 1.0, bias: float = 0.1,
+                 bn_mean_std: float = 0.5) -> nn.Module:
     """Re-draw conv/dense weights: normal times a log-normal scale per (out, in) connection."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -80,7 +81,7 @@ def _heavy_tail_(model: nn.Module, seed: int, sigma: float = 1.0, bias: float = 
                     m.bias.copy_(bias + 0.1 * torch.randn(m.bias.shape, generator=g))
             elif isinstance(m, nn.BatchNorm2d):
                 c = m.num_features
-                m.running_mean.copy_(0.5 * torch.randn(c, generator=g))
+                m.running_mean.copy_(bn_mean_std * torch.randn(c, generator=g))
                 m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
                 m.weight.copy_(0.5 + torch.rand(c, generator=g))
                 m.bias.copy_(0.1 + 0.2 * torch.randn(c, generator=g))

@@ -13,29 +13,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .models import _heavy_tail_
+
 __all__ = ["vgg_style", "resnet_style", "mobilenet_style", "channels_last", "KerasStyleTorch", "keras_style_torch",
            "keras_style_onnx", "shared_bias", "export", "images", "heavy_tail_"]
 
 
 def heavy_tail_(model: nn.Module, seed: int, sigma: float = 1.0, bias: float = 0.1) -> nn.Module:
-    """Re-draw conv/dense weights and batch-norm statistics from a seeded generator; eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                w = m.weight
-                fan_in = w[0].numel()
-                scale = torch.exp(sigma * torch.randn(w.shape[0], w.shape[1], generator=g))
-                scale = scale.reshape(scale.shape + (1,) * (w.dim() - 2))
-                w.copy_(torch.randn(w.shape, generator=g) * scale / fan_in ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(bias + 0.1 * torch.randn(m.bias.shape, generator=g))
-            elif isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(0.3 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(0.1 + 0.2 * torch.randn(c, generator=g))
+    """Re-draw conv/dense weights and batch-norm statistics from a seeded generator; eval mode, no grads."""
+    _heavy_tail_(model, seed, sigma, bias, bn_mean_std=0.3)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
