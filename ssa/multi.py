@@ -108,7 +108,16 @@ def load_grouped_images(spec: Any, *, labels: Any = None, preprocess: Preprocess
 
 
 def class_probabilities(network: Network, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Softmax of the logits for every image, shape (n_images, n_classes)."""
+    """Class probabilities of every image, shape (n_images, n_classes).
+
+    A network that can say them itself (an ONNX model: onnxruntime runs the original file) does;
+    otherwise they are the softmax of the logits.
+    """
+    own = getattr(network, "class_probabilities", None)
+    if callable(own):
+        parts = [np.asarray(own(images[i:i + batch_size]), dtype=np.float64)
+                 for i in range(0, images.shape[0], batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, n_classes(network)))
     out = []
     for i in range(0, images.shape[0], batch_size):
         z = np.asarray(network.logits(images[i:i + batch_size]), dtype=np.float64)

@@ -77,13 +77,15 @@ class AnalysisResult:
             f"rule={self.rule}, selector={self.selector} {dict(self.selector_params)}",
         ]
         never_total = 0
-        for layer in self.layers():
+        layers = self.layers()
+        w = max([24] + [len(layer.tap) for layer in layers])
+        for layer in layers:
             shown = ", ".join(f"{n} ({f}/{self.n_images})" for n, f, _ in layer.kept[:12])
             more = f", ... {len(layer.kept) - 12} more" if len(layer.kept) > 12 else ""
-            lines.append(f"  {layer.tap:<24} {len(layer.kept):>4} of {layer.n_neurons:<5} {shown}{more}")
+            lines.append(f"  {layer.tap:<{w}} {len(layer.kept):>4} of {layer.n_neurons:<5} {shown}{more}")
             if layer.never_fire:
                 never_total += len(layer.never_fire)
-                lines.append(f"  {'':<24} never fire on these images: {', '.join(map(str, layer.never_fire))}")
+                lines.append(f"  {'':<{w}} never fire on these images: {', '.join(map(str, layer.never_fire))}")
         lines.append(f"  graph: {self.graph.number_of_nodes()} nodes, {self.graph.number_of_edges()} edges")
         if self.engines:
             fast = sum(v == "fast" for v in self.engines.values())
