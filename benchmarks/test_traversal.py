@@ -27,6 +27,16 @@ SAMPLE_NEURONS = 2  # naive reference: neurons measured per step
 AUTOGRAD_NEURONS = 4  # batched autograd: neurons measured per step
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -191,7 +201,7 @@ def test_report_ratios(benchmark, prepared):
     r = RESULTS[name]
     r.pop("_sets", None)
     dev = bench_device()
-    card = torch.cuda.get_device_name(0) if dev.startswith("cuda") else platform.processor() or platform.machine()
+    card = torch.cuda.get_device_name(0) if dev.startswith("cuda") else _cpu_name()
     r.update({"images": bench_images(), "device": dev, "card": card, "branching": B, "batch_size": BATCH,
               "torch": torch.__version__, "threads": torch.get_num_threads()})
     r["traversal_over_forward"] = r["traversal_s"] / r["forward_s"]
