@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
 import sys
 from pathlib import Path
@@ -53,6 +54,9 @@ def load_module(source: Any) -> tuple[nn.Module, str]:
         path = Path(source)
         if not path.is_file():
             raise ModelLoadError(f"model file {source!r} does not exist; check the path.")
+        logger = logging.getLogger("torch.export")
+        level = logger.level
+        logger.setLevel(logging.CRITICAL)  # torch logs a traceback for unreadable files; we say it in one line
         try:
             program = torch.export.load(str(path))
         except Exception as exc:  # noqa: BLE001
@@ -60,6 +64,8 @@ def load_module(source: Any) -> tuple[nn.Module, str]:
                 f"cannot read {source!r} as a torch.export program ({type(exc).__name__}); "
                 "save it with torch.export.save(torch.export.export(model, (x,)), path)."
             ) from None
+        finally:
+            logger.setLevel(level)
         return program.module(), path.stem
     if ":" not in source:
         raise ModelLoadError(
