@@ -88,6 +88,7 @@ def analyse(
     name: str | None = None,
     engine: str = "auto",
     store: str | os.PathLike | None = None,
+    store_mode: str = "fill",
     progress: bool = False,
 ) -> AnalysisResult:
     """Step-wise sensitivity analysis of class ``target`` (paper, Algorithm 1; method doc, section 3).
@@ -106,6 +107,8 @@ def analyse(
         (the same, but refuse when no step has the closed form) or "autograd" (every step by autograd).
     store : a statistics store folder (see ``ssa collect``): used when it holds this model and image
         set; None computes the statistics in memory.
+    store_mode : "fill" (default) collects into the store what it lacks; "read" uses the store only
+        when it already holds this model and image set, and computes in memory otherwise.
 
     Returns
     -------
@@ -116,7 +119,7 @@ def analyse(
     session = Session(model, images, rule=rule, rule_params=rule_params, labels=labels, preprocess=preprocess,
                       taps=taps, include_input=include_input, channel_axes=channel_axes, output_index=output_index,
                       device=device, batch_size=batch_size, backend=backend, name=name, engine=engine, store=store,
-                      progress=progress, only_target=target)
+                      store_mode=store_mode, progress=progress, only_target=target)
     return session.analyse(target, branching, selector=selector, selector_params=selector_params, stop_at=stop_at)
 
 
@@ -135,7 +138,7 @@ class Session:
                  include_input: bool = False, channel_axes: Mapping[str, int] | None = None,
                  output_index: int | None = None, device: str = "cpu", batch_size: int = 32,
                  backend: str | None = None, name: str | None = None, engine: str = "auto",
-                 store: str | os.PathLike | None = None, progress: bool = False,
+                 store: str | os.PathLike | None = None, store_mode: str = "fill", progress: bool = False,
                  only_target: int | None = None) -> None:
         self.model = model
         self.images_spec = images
@@ -152,7 +155,10 @@ class Session:
         if engine not in ENGINES:
             raise InvalidInputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
         self.engine = engine
+        if store_mode not in ("fill", "read"):
+            raise InvalidInputError(f"store_mode must be 'fill' or 'read', got {store_mode!r}.")
         self.store = store
+        self.store_mode = store_mode
         self.progress = progress
         self.only_target = only_target
         self._network: Network | None = None
@@ -167,6 +173,10 @@ class Session:
             network = load_model(self.model, backend=self.backend, device=self.device, **self.options)
             arr, lab = load_images(self.images_spec, preprocess=self.preprocess, labels=self.labels_spec)
             network.prepare(arr)
+            if self.store is not None and self.store_mode == "read":
+                form = self.rule.fast_form
+                if not (form and open_store(network, arr, self.store).is_complete(form)):
+                    self.store = None  # the store does not hold this model and image set: work in memory
             if self.only_target is not None:
                 check_target(network, self.only_target)
                 if self.store is None:  # a store is keyed by the whole image set: select per class later
@@ -191,14 +201,13 @@ class Session:
             return AutogradSource(network, images if indices is None else images[indices], self.batch_size)
         form = rule.fast_form
         if self._stats is None:
-            if self.store is not None:
-                st = open_store(network, images, self.store)
-                if st.is_complete(form):
-                    self._stats = (st, int((st.meta() or {}).get("batch_size", self.batch_size)))
-                else:
-                    st.init(store_meta(network, images, self.batch_size))
-                    collect(network, images, [form], self.batch_size, store=st, progress=self.progress)
-                    self._stats = (st, self.batch_size)
+            st = open_store(network, images, self.store) if self.store is not None else None
+            if st is not None and st.is_complete(form):
+                self._stats = (st, int((st.meta() or {}).get("batch_size", self.batch_size)))
+            elif st is not None and self.store_mode == "fill":
+                st.init(store_meta(network, images, self.batch_size))
+                collect(network, images, [form], self.batch_size, store=st, progress=self.progress)
+                self._stats = (st, self.batch_size)
             else:
                 stats = collect(network, images, [form], self.batch_size, progress=self.progress)
                 self._stats = (stats, self.batch_size)

@@ -203,6 +203,7 @@ def analyse_many(
     name: str | None = None,
     engine: str = "auto",
     store: str | os.PathLike | None = None,
+    store_mode: str = "fill",
     progress: bool = False,
 ) -> dict[int, AnalysisResult]:
     """Dependency graphs of several classes (paper, section 4), the model loaded and prepared once.
@@ -232,7 +233,7 @@ def analyse_many(
     arr, lab = load_grouped_images(images, labels=labels, preprocess=preprocess)
     session = Session(model, arr, rule=rule, rule_params=rule_params, taps=taps, include_input=include_input,
                       channel_axes=channel_axes, output_index=output_index, device=device, batch_size=batch_size,
-                      backend=backend, name=name, engine=engine, store=store, progress=progress)
+                      backend=backend, name=name, engine=engine, store=store, store_mode=store_mode, progress=progress)
     network = session.network  # loads and prepares the model once
     n = n_classes(network)
     classes = list(range(n)) if wanted == "all" else parse_targets(list(wanted), n)

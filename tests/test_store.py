@@ -93,3 +93,40 @@ def test_corrupt_store_file_is_reported(tmp_path, digits_subset, capsys):
                  "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "corrupt" in err[0]
+
+
+def test_killed_collect_process_resumes_to_an_identical_store(tmp_path):
+    """SIGKILL a real `ssa collect` mid-run, start it again: the store equals an uninterrupted one."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    images, _ = load_images("digits")
+    np.save(tmp_path / "x.npy", images)
+    argv = [sys.executable, "-m", "ssa.cli", "collect", "digits", "--images", str(tmp_path / "x.npy"),
+            "--batch-size", "4", "-q"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(argv + ["--store", str(killed)])
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            done = list(killed.glob("*/*/gradient/batch-*"))
+            if len(done) >= 5:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    partial = list(killed.glob("*/*/gradient/batch-*"))
+    assert 5 <= len(partial) < 450, "the collection finished before it could be killed"
+    assert not list(killed.glob("*/*/gradient/complete.json"))
+    assert subprocess.run(argv + ["--store", str(killed)]).returncode == 0
+
+    whole = tmp_path / "whole"
+    assert subprocess.run(argv + ["--store", str(whole)]).returncode == 0
+    (a,) = [p for p in killed.glob("*/*") if p.is_dir()]
+    (b,) = [p for p in whole.glob("*/*") if p.is_dir()]
+    assert a.relative_to(killed) == b.relative_to(whole)
+    assert _tree(a) == _tree(b)

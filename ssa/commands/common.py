@@ -153,7 +153,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     from ..store import default_store_root
 
-    store = args.store
-    if store is None and default_store_root().is_dir():
-        store = str(default_store_root())
-    return {"engine": args.engine, "store": store}
+    if args.store is not None:  # asked for: fill what it lacks
+        return {"engine": args.engine, "store": args.store, "store_mode": "fill"}
+    if default_store_root().is_dir():  # used when `ssa collect` filled it for this model and images
+        return {"engine": args.engine, "store": str(default_store_root()), "store_mode": "read"}
+    return {"engine": args.engine, "store": None}
