@@ -20,7 +20,7 @@ from .results import AnalysisResult, LayerSummary
 __version__ = "0.1.0"
 
 __all__ = [
-    "analyse", "analyse_many", "load_model", "AnalysisResult", "LayerSummary", "read_graph", "write_graph", "Preprocess",
+    "analyse", "analyse_many", "Session", "load_model", "AnalysisResult", "LayerSummary", "read_graph", "write_graph", "Preprocess",
     "load_images", "Backend", "Network", "Rule", "Selector", "Param", "Tap", "hookimpl", "get_plugin_manager",
     "registry", "make_rule", "make_selector", "SSAError", "InvalidInputError", "ModelLoadError", "PluginError",
     "StoreError", "UnsupportedModelError", "__version__",

@@ -9,7 +9,6 @@ built-ins are then registered directly, third-party plugins are not.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata as md
 import os
 from dataclasses import dataclass
 from typing import Any

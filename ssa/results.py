@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import networkx as nx
-import numpy as np
 
 from .graph import graph_to_dict, write_graph
 from .interfaces import Tap

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import filecmp
-import os
 from pathlib import Path
 
 import numpy as np

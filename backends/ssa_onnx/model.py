@@ -317,7 +317,6 @@ def input_shape_of(path: str | os.PathLike) -> tuple[int | None, ...]:
 
     Cheap (no conversion); meant for :func:`ssa.preprocess.resolve_preprocess`'s ``input_shape``.
     """
-    import onnx
 
     p = Path(os.fspath(path))
     if not p.is_file():

@@ -21,7 +21,6 @@ turns statistics back into omega for any set of upper neurons.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -35,7 +34,7 @@ from torch.fx.node import map_arg
 from .ops import ACTIVATIONS
 from .taps import TapPlan, _perm_of
 
-__all__ = ["Term", "TapFast", "FastPlan", "plan_fast", "FastCollector", "omega_from_stats"]
+__all__ = ["Term", "TapFast", "FastPlan", "plan_fast", "term_stats", "omega_from_stats", "scatter_sum"]
 
 _PATH_KINDS = {"maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "flatten", "reshape", "permute",
                "transpose", "identity"}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..api import analyse
 from ..errors import InvalidInputError
