@@ -616,7 +616,7 @@ def omega_from_stats(t: Term, stats: Mapping[str, np.ndarray], neurons: Sequence
     if "a_d" in stats:
         d = np.asarray(stats["a_d"], dtype=np.float64)[:, idx]  # (B, n)
         om = np.zeros((len(idx), d.shape[0], _np_static(t).shape[1]))
-        chan = t.chan_of.numpy()
+        chan = t.chan_of.cpu().numpy()
         for j, n in enumerate(idx):
             om[j, :, chan[n]] = d[:, j]
         return om * t.scale
@@ -624,7 +624,7 @@ def omega_from_stats(t: Term, stats: Mapping[str, np.ndarray], neurons: Sequence
     x = np.asarray(stats["a_x"], dtype=np.float64)  # (B, D)
     w = t.weight.double().cpu().numpy()[idx]  # (n, D)
     contrib = w[:, None, :] * x[None, :, :] * m.T[:, :, None]  # (n, B, D)
-    return scatter_sum(contrib, t.chan_of.numpy(), _np_static(t).shape[1]) * t.scale
+    return scatter_sum(contrib, t.chan_of.cpu().numpy(), _np_static(t).shape[1]) * t.scale
 
 
 def scatter_sum(values: np.ndarray, chan: np.ndarray, k: int) -> np.ndarray:
