@@ -174,3 +174,18 @@ def test_keras_dense_layers_are_fast_with_the_batchnorm_scale_folded(onnx_files)
     assert all(v.startswith("fast") for v in steps.values()), steps
     # the exported batch-norm's shift sits between the dense ReLU and the next layer: gradient only
     assert "logits" in net.fast_taps("gradient") and "logits" not in net.fast_taps("gradient_x_activation")
+
+
+@pytest.mark.parametrize("form", ["gradient", "gradient_x_activation"])
+def test_fast_equals_autograd_through_concatenations(form):
+    """SqueezeNet's Fire modules concatenate two taps into the next conv's input: one term per parent."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = _heavy_tail_(torchvision.models.squeezenet1_1(weights=None, num_classes=10), 5)
+    x = np.random.default_rng(1).standard_normal((3, 3, 48, 48)).astype(np.float32)
+    net = load_model(model)
+    net.prepare(x)
+    multi = [t for t in net.fast_taps(form) if len(net.tap(t).parents) > 1]
+    assert multi, net.describe_steps()
+    assert _omega_close(net, x, form) > 0

@@ -177,10 +177,10 @@ class _Planner:
                 raise _NotFast("multiplication by a non-scalar")
             return self._walk(comp[0], scale * float(c), perms, out)
         if kind == "conv":
-            out.append(self._conv_term(node, scale, perms))
+            out.extend(self._conv_term(node, scale, perms))
             return
         if kind in ("linear", "matmul"):
-            out.append(self._linear_term(node, scale, perms))
+            out.extend(self._linear_term(node, scale, perms))
             return
         raise _NotFast(f"{kind} op between the tap and its parents")
 
@@ -234,25 +234,46 @@ class _Planner:
             return "scale" if kind in ("mul", "div") else "shift"
         return None
 
-    def _path_to_parent(self, x: fx.Node) -> tuple[str, list[fx.Node]]:
-        path: list[fx.Node] = []
-        node = x
-        for _ in range(256):
+    def _input_dag(self, x: fx.Node) -> tuple[list[str], list[fx.Node]]:
+        """The parent taps a layer input ``x`` is computed from, and the ops in between (graph order).
+
+        Allowed ops: pooling, flatten / reshape / permutations, channel-wise affine ops and
+        concatenations (Inception, SqueezeNet); anything else is not the closed form.
+        """
+        parents: list[str] = []
+        dag: list[fx.Node] = []
+        seen: set[str] = set()
+        stack = [x]
+        while stack:
+            node = stack.pop()
+            if node.name in seen:
+                continue
+            seen.add(node.name)
             if node.name in self.tap_of_node:
-                return self.tap_of_node[node.name], list(reversed(path))
+                parents.append(self.tap_of_node[node.name])
+                continue
             kind = self.kinds[node.name]
-            if kind not in _PATH_KINDS and self._affine_kind(node) is None:
+            if kind not in _PATH_KINDS and kind != "cat" and self._affine_kind(node) is None:
                 raise _NotFast(f"{kind} op between a layer and its parent tap")
             if kind == "avgpool":
                 self._check_avgpool(node)
             if kind == "maxpool" and node.op == "call_module" and getattr(self.modules[node.target], "return_indices", False):
                 raise _NotFast("max pooling with indices")
             comp = [a for a in node.all_input_nodes if a.name in self.computed]
-            if len(comp) != 1:
+            if kind != "cat" and len(comp) != 1:
                 raise _NotFast("op with several computed inputs")
-            path.append(node)
-            node = comp[0]
-        raise _NotFast("path too long")
+            dag.append(node)
+            stack.extend(comp)
+        order = {n.name: i for i, n in enumerate(self.gm.graph.nodes)}
+        dag.sort(key=lambda n: order[n.name])
+        parents.sort(key=lambda t: self.taps[t].order)
+        return parents, dag
+
+    def _path_to_parent(self, x: fx.Node) -> tuple[str, list[fx.Node]]:
+        parents, dag = self._input_dag(x)
+        if len(parents) != 1:
+            raise _NotFast("a skip connection from several taps")
+        return parents[0], dag
 
     def _check_avgpool(self, node: fx.Node) -> None:
         if node.op == "call_module":
@@ -269,22 +290,35 @@ class _Planner:
         ``mode="scale"`` instead pushes ones through the path, applying only the multiplicative part
         of the channel-wise affine ops: the factor by which each input element scales its parent.
         """
-        tap = self.taps[parent]
-        pnode = self.nodes[self.plan.node_of[parent]]
-        pval = self.env1[pnode.name]
-        shape = [1] * pval.dim()
-        shape[tap.channel_axis] = pval.shape[tap.channel_axis]
-        if mode == "idx":
-            start = torch.arange(pval.shape[tap.channel_axis], dtype=torch.float64,
-                                 device=pval.device).reshape(shape).expand(pval.shape).contiguous()
-        else:
-            start = torch.ones(pval.shape, dtype=torch.float64, device=pval.device)
-        values: dict[str, Any] = {pnode.name: start}
+        return self._codes([parent], path, x, mode)
+
+    def _offsets(self, parents: Sequence[str]) -> list[int]:
+        out, total = [], 0
+        for p in parents:
+            out.append(total)
+            total += self.taps[p].n_neurons
+        return out
+
+    def _codes(self, parents: Sequence[str], path: list[fx.Node], x: fx.Node, mode: str = "idx") -> torch.Tensor:
+        """Like :meth:`_chan_of` for several parents: parent i's channel k has code offset_i + k."""
+        values: dict[str, Any] = {}
+        for parent, offset in zip(parents, self._offsets(parents)):
+            tap = self.taps[parent]
+            pnode = self.nodes[self.plan.node_of[parent]]
+            pval = self.env1[pnode.name]
+            shape = [1] * pval.dim()
+            shape[tap.channel_axis] = pval.shape[tap.channel_axis]
+            if mode == "idx":
+                start = offset + torch.arange(pval.shape[tap.channel_axis], dtype=torch.float64,
+                                              device=pval.device).reshape(shape).expand(pval.shape).contiguous()
+            else:
+                start = torch.ones(pval.shape, dtype=torch.float64, device=pval.device)
+            values[pnode.name] = start
         for node in path:
             def fetch(a: fx.Node) -> Any:
                 return values[a.name] if a.name in values else self.env1[a.name]
 
-            affine = self._affine_kind(node) if self.kinds[node.name] not in _PATH_KINDS else None
+            affine = self._affine_kind(node) if self.kinds[node.name] not in _PATH_KINDS | {"cat"} else None
             if affine is not None:
                 comp = next(a for a in node.all_input_nodes if a.name in self.computed)
                 v = values[comp.name]
@@ -323,15 +357,16 @@ class _Planner:
         c = torch.as_tensor(c, dtype=torch.float64)
         return 1.0 / c if kind == "div" else c
 
-    def _input_scale(self, parent: str, path: list[fx.Node], x: fx.Node) -> tuple[torch.Tensor | None, bool]:
+    def _input_scale(self, parents: Sequence[str], path: list[fx.Node], x: fx.Node
+                     ) -> tuple[torch.Tensor | None, bool]:
         """Per-element input scale of the path's affine ops (None when there are none), and whether any shifts."""
-        kinds = [self._affine_kind(n) for n in path if self.kinds[n.name] not in _PATH_KINDS]
+        kinds = [self._affine_kind(n) for n in path if self.kinds[n.name] not in _PATH_KINDS | {"cat"}]
         if not kinds:
             return None, False
-        return self._chan_of(parent, path, x, "scale"), any(k in ("shift", "both") for k in kinds)
+        return self._codes(parents, path, x, "scale"), any(k in ("shift", "both") for k in kinds)
 
     # -- terms ------------------------------------------------------------------------
-    def _conv_term(self, node: fx.Node, scale: torch.Tensor, perms: tuple) -> Term:
+    def _conv_term(self, node: fx.Node, scale: torch.Tensor, perms: tuple) -> list[Term]:
         if node.op == "call_module":
             conv = self.modules[node.target]
             if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros":
@@ -361,16 +396,16 @@ class _Planner:
                 if (d[0] * (kh - 1)) % 2 or (d[1] * (kw - 1)) % 2:
                     raise _NotFast("asymmetric 'same' padding")
                 padding = (d[0] * (kh - 1) // 2, d[1] * (kw - 1) // 2)
-        parent, path = self._path_to_parent(x)
-        chan = self._chan_of(parent, path, x)  # (Cx, Hx, Wx)
-        if chan.dim() != 3:
+        parents, dag = self._input_dag(x)
+        codes = self._codes(parents, dag, x)  # (Cx, Hx, Wx)
+        if codes.dim() != 3:
             raise _NotFast("convolution input is not 4-D")
-        per_channel = chan.reshape(chan.shape[0], -1)
+        per_channel = codes.reshape(codes.shape[0], -1)
         if not torch.all(per_channel == per_channel[:, :1]):
             raise _NotFast("a conv input channel mixes parent channels")
         n_out = weight.shape[0]
         w = weight * self._scale_vector(scale, n_out).to(weight).reshape(-1, 1, 1, 1)
-        in_scale, shifted = self._input_scale(parent, path, x)
+        in_scale, shifted = self._input_scale(parents, dag, x)
         if in_scale is not None:
             per = in_scale.reshape(in_scale.shape[0], -1)
             if not torch.all(per == per[:, :1]):
@@ -378,10 +413,21 @@ class _Planner:
             g, cg = int(groups), w.shape[1]
             sc = per[:, 0].to(w).reshape(g, 1, cg).expand(g, n_out // g, cg).reshape(n_out, cg)
             w = w * sc[:, :, None, None]
-        return Term(parent, "conv", w, x.name, perms, _pair(stride), _pair(padding), _pair(dilation), int(groups),
-                    per_channel[:, 0].clone(), tuple(chan.shape), gxa=not shifted)
+        return [Term(parent, "conv", w, x.name, perms, _pair(stride), _pair(padding), _pair(dilation), int(groups),
+                     chan, tuple(codes.shape), gxa=not shifted)
+                for parent, chan in self._split(parents, per_channel[:, 0])]
 
-    def _linear_term(self, node: fx.Node, scale: torch.Tensor, perms: tuple) -> Term:
+    def _split(self, parents: Sequence[str], codes: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """Per parent: the parent channel of each layer input, -1 where it belongs to another parent."""
+        codes = codes.round().long()
+        out = []
+        for parent, offset in zip(parents, self._offsets(parents)):
+            n = self.taps[parent].n_neurons
+            mine = (codes >= offset) & (codes < offset + n)
+            out.append((parent, torch.where(mine, codes - offset, torch.full_like(codes, -1))))
+        return out
+
+    def _linear_term(self, node: fx.Node, scale: torch.Tensor, perms: tuple) -> list[Term]:
         kind = self.kinds[node.name]
         if node.op == "call_module" and kind == "matmul":  # onnx2torch's MatMul with a constant weight
             a, b = (list(node.args) + [None, None])[:2]
@@ -408,21 +454,21 @@ class _Planner:
             weight, x = w.detach().t(), a
         else:
             raise _NotFast("addmm")
-        parent, path = self._path_to_parent(x)
-        chan = self._chan_of(parent, path, x)  # (..., D)
-        lead = chan.reshape(-1, chan.shape[-1])
+        parents, dag = self._input_dag(x)
+        codes = self._codes(parents, dag, x)  # (..., D)
+        lead = codes.reshape(-1, codes.shape[-1])
         if not torch.all(lead == lead[:1]):
             raise _NotFast("a dense input feature mixes parent channels")
         n_out = weight.shape[0]
         w = weight * self._scale_vector(scale, n_out).to(weight).reshape(-1, 1)
-        in_scale, shifted = self._input_scale(parent, path, x)
+        in_scale, shifted = self._input_scale(parents, dag, x)
         if in_scale is not None:
             per = in_scale.reshape(-1, in_scale.shape[-1])
             if not torch.all(per == per[:1]):
                 raise _NotFast("input scale varies over positions")
             w = w * per[0].to(w).reshape(1, -1)
-        return Term(parent, "linear", w, x.name, perms, chan_of=lead[0].clone(), x_shape=tuple(chan.shape),
-                    gxa=not shifted)
+        return [Term(parent, "linear", w, x.name, perms, chan_of=chan, x_shape=tuple(codes.shape), gxa=not shifted)
+                for parent, chan in self._split(parents, lead[0])]
 
     def _identity_term(self, parent: str, node: fx.Node, scale: torch.Tensor,
                        path: list[fx.Node] | None = None) -> Term:
@@ -513,9 +559,13 @@ def _static_weight(t: Term, n_parent: int) -> torch.Tensor:
         ng = n // g
         for gi in range(g):
             full[gi * ng:(gi + 1) * ng, gi * cg:(gi + 1) * cg] = w[gi * ng:(gi + 1) * ng].reshape(ng, cg, kh * kw)
-        return torch.zeros((n, n_parent, kh * kw), dtype=w.dtype, device=w.device).index_add_(1, chan, full)
+        mine = chan >= 0
+        return torch.zeros((n, n_parent, kh * kw), dtype=w.dtype, device=w.device).index_add_(
+            1, chan[mine], full[:, mine])
     if t.kind == "linear":
-        return torch.zeros((w.shape[0], n_parent), dtype=w.dtype, device=w.device).index_add_(1, chan, w)
+        mine = chan >= 0
+        return torch.zeros((w.shape[0], n_parent), dtype=w.dtype, device=w.device).index_add_(
+            1, chan[mine], w[:, mine])
     n = w.shape[0]
     out = torch.zeros((n, n_parent), dtype=w.dtype, device=w.device)
     out[torch.arange(n), chan[:n]] = w
@@ -567,8 +617,10 @@ def term_stats(t: Term, m: torch.Tensor, x: torch.Tensor | None, forms: Sequence
                 out["a_x"] = xx[:, 0]
             else:
                 a = torch.einsum("bpn,bpj->bnj", mm, xx) * t.weight.unsqueeze(0)
+                chan = t.chan_of.to(a.device)
+                mine = chan >= 0
                 out["a_full"] = torch.zeros((B, a.shape[1], t.wk.shape[1]), dtype=a.dtype, device=a.device
-                                            ).index_add_(2, t.chan_of.to(a.device), a)
+                                            ).index_add_(2, chan[mine], a[:, :, mine])
     else:  # identity
         mm = m.reshape(B, m.shape[1], -1) if m.dim() > 2 else m.reshape(B, -1, 1)
         if "gradient" in forms:
@@ -585,6 +637,7 @@ def _conv_gxa(t: Term, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     B = m.shape[0]
     k_parent = t.wk.shape[1]
     chan = t.chan_of.to(m.device)
+    mine = chan >= 0
     w = t.weight.to(m.dtype).reshape(g, n // g, cg * kh * kw)
     out = torch.zeros((B, n, k_parent), dtype=m.dtype, device=m.device)
     for b in range(B):  # one image at a time keeps the unfolded input small
@@ -596,7 +649,7 @@ def _conv_gxa(t: Term, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         full = torch.zeros((n, cg * g), dtype=m.dtype, device=m.device)
         for gi in range(g):
             full[gi * (n // g):(gi + 1) * (n // g), gi * cg:(gi + 1) * cg] = per_in[gi]
-        out[b] = torch.zeros((n, k_parent), dtype=m.dtype, device=m.device).index_add_(1, chan, full)
+        out[b] = torch.zeros((n, k_parent), dtype=m.dtype, device=m.device).index_add_(1, chan[mine], full[:, mine])
     return out
 
 
@@ -623,8 +676,10 @@ def omega_from_stats(t: Term, stats: Mapping[str, np.ndarray], neurons: Sequence
     m = np.asarray(stats["a_m"], dtype=np.float64)[:, idx]  # (B, n)
     x = np.asarray(stats["a_x"], dtype=np.float64)  # (B, D)
     w = t.weight.double().cpu().numpy()[idx]  # (n, D)
-    contrib = w[:, None, :] * x[None, :, :] * m.T[:, :, None]  # (n, B, D)
-    return scatter_sum(contrib, t.chan_of.cpu().numpy(), _np_static(t).shape[1]) * t.scale
+    chan = t.chan_of.cpu().numpy()
+    mine = chan >= 0
+    contrib = w[:, None, mine] * x[None, :, mine] * m.T[:, :, None]  # (n, B, D of this parent)
+    return scatter_sum(contrib, chan[mine], _np_static(t).shape[1]) * t.scale
 
 
 def scatter_sum(values: np.ndarray, chan: np.ndarray, k: int) -> np.ndarray:
