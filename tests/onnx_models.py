@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .models import _heavy_tail_
+from .models import ChannelsLastCNN, _heavy_tail_
 
 __all__ = ["vgg_style", "resnet_style", "mobilenet_style", "channels_last", "KerasStyleTorch", "keras_style_torch",
            "keras_style_onnx", "shared_bias", "export", "images", "heavy_tail_"]
@@ -142,28 +142,9 @@ def mobilenet_style() -> nn.Module:
 # --- channels-last: NHWC input, Transposes around every conv, NHWC ReLU taps --------------------
 
 
-class ChannelsLast(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
-        self.pool = nn.MaxPool2d(2)
-        self.relu2 = nn.ReLU()
-        self.fc1 = nn.Linear(4 * 4 * 12, 16)
-        self.relu3 = nn.ReLU()
-        self.fc2 = nn.Linear(16, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 8, 8, 3)
-        x = self.relu1(self.conv1(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-        x = self.relu2(self.pool(self.conv2(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1))
-        x = self.relu3(self.fc1(torch.flatten(x, 1)))
-        return self.fc2(x)
-
-
 def channels_last() -> nn.Module:
     torch.manual_seed(0)
-    return heavy_tail_(ChannelsLast(), 4)
+    return heavy_tail_(ChannelsLastCNN(), 4)  # the same NHWC model as the PyTorch tests
 
 
 # --- Keras-style graph, as tf2onnx writes it, built with onnx.helper ------------------------------
