@@ -26,7 +26,9 @@ Conventions (written down here because the paper has none):
   overlap the graph), with the graph's size in that layer; one draw gives one set per layer;
   ``draws`` draws from ``numpy.random.default_rng(seed)``; mean and (population) std over draws;
 * the node set compared by the Jaccard index leaves out the class node (it is in every graph);
-* every graph here (full and bootstrap) is built with exact autograd (``ssa analyse --engine autograd``).
+* every graph here (full and bootstrap) is built as ``ssa analyse`` builds it: the exact one-pass
+  form where a step has it, autograd elsewhere; the images' statistics are collected once and
+  every bootstrap resample re-uses them (a resample is a multiset of the same images).
 """
 
 from __future__ import annotations
@@ -291,13 +293,31 @@ def _jaccard(a: set, b: set) -> float:
     return 1.0 if not union else len(a & b) / len(union)
 
 
-def _analyse(network: Network, images: np.ndarray, target: int, branching: int, rule: Rule, selector: Selector,
-             batch_size: int, stop_at: str | None = None):
-    from .api import run_traversal
-    from .sources import AutogradSource
+_STATS_CACHE: dict[tuple, Any] = {}
 
-    return run_traversal(AutogradSource(network, images, batch_size), network, target, branching, rule, selector,
-                         stop_at=stop_at)
+
+def _analyse(network: Network, images: np.ndarray, target: int, branching: int, rule: Rule, selector: Selector,
+             batch_size: int, stop_at: str | None = None, indices: np.ndarray | None = None):
+    """The graph of ``images[indices]`` (all images when None), with the engine ``ssa analyse`` uses.
+
+    The one-pass statistics of ``images`` are collected once per network, image set and rule form,
+    so every bootstrap resample (``indices`` drawn with replacement) re-uses them.
+    """
+    from .api import run_traversal
+    from .sources import AutogradSource, FastSource, collect
+    from .store import images_hash
+
+    form = rule.fast_form
+    if form and network.fast_taps(form):
+        key = (id(network), images_hash(images), form, int(batch_size))
+        if key not in _STATS_CACHE:
+            if len(_STATS_CACHE) >= 4:
+                _STATS_CACHE.pop(next(iter(_STATS_CACHE)))
+            _STATS_CACHE[key] = collect(network, images, [form], batch_size)
+        source = FastSource(network, _STATS_CACHE[key], form, images, batch_size, indices)
+    else:
+        source = AutogradSource(network, images if indices is None else images[indices], batch_size)
+    return run_traversal(source, network, target, branching, rule, selector, stop_at=stop_at)
 
 
 def stability(network: Network, images: np.ndarray, target: int, *, branching: int = 3,
@@ -340,7 +360,7 @@ def stability(network: Network, images: np.ndarray, target: int, *, branching: i
     jac, ejac = [], []
     for _ in range(resamples):
         idx = rng.integers(0, n, size=n)
-        g = _analyse(network, images[idx], target, branching, rule_obj, sel_obj, batch_size, stop_at).graph
+        g = _analyse(network, images, target, branching, rule_obj, sel_obj, batch_size, stop_at, indices=idx).graph
         nodes, edges = _node_set(g), set(g.edges())
         for v in nodes:
             if v in node_hits:

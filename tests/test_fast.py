@@ -189,3 +189,25 @@ def test_fast_equals_autograd_through_concatenations(form):
     multi = [t for t in net.fast_taps(form) if len(net.tap(t).parents) > 1]
     assert multi, net.describe_steps()
     assert _omega_close(net, x, form) > 0
+
+
+def test_statistics_serve_bootstrap_resamples():
+    """A resample with repeated images, read from statistics collected once, equals autograd on the resample."""
+    from ssa.api import run_traversal
+    from ssa.images import load_images
+    from ssa.sources import AutogradSource, FastSource, collect
+
+    x, y = load_images("digits")
+    x = x[y == 5][:90]
+    net = load_model("digits")
+    net.prepare(x)
+    rule, sel = ssa.make_rule("gradient_x_activation"), ssa.make_selector("tukey")
+    stats = collect(net, x, ["gradient_x_activation"], 32)
+    idx = np.random.default_rng(0).integers(0, len(x), len(x))
+    assert len(np.unique(idx)) < len(idx)
+    fast = run_traversal(FastSource(net, stats, "gradient_x_activation", x, 32, idx), net, 5, 3, rule, sel)
+    auto = run_traversal(AutogradSource(net, x[idx], 32), net, 5, 3, rule, sel)
+    assert fast.n_images == auto.n_images == len(idx)
+    ef = sorted((u, v, d["frequency"]) for u, v, d in fast.graph.edges(data=True))
+    ea = sorted((u, v, d["frequency"]) for u, v, d in auto.graph.edges(data=True))
+    assert ef == ea and ef
