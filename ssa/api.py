@@ -185,6 +185,16 @@ class Session:
             self.images, self.labels, self._network = arr, lab, network
         return self
 
+    def restrict(self, indices: np.ndarray) -> None:
+        """Keep only ``images[indices]`` (and their labels); only before any statistics exist."""
+        if self._stats is not None:
+            raise RuntimeError("restrict() must come before the first analyse()")
+        self.prepare()
+        assert self.images is not None
+        self.images = self.images[indices]
+        if self.labels is not None:
+            self.labels = self.labels[indices]
+
     @property
     def network(self) -> Network:
         return self.prepare()._network  # type: ignore[return-value]

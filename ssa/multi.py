@@ -244,10 +244,10 @@ def analyse_many(
                           min_confidence=min_confidence, max_per_class=max_per_class)
     chosen = {c: groups[c].indices for c in classes}
     union = np.unique(np.concatenate(list(chosen.values())))
-    if store is None and union.size < session.images.shape[0]:  # type: ignore[union-attr]
+    if session.store is None and union.size < session.images.shape[0]:  # type: ignore[union-attr]
         # statistics only for the images some class uses (nothing is computed before the first analyse);
         # with a store, the whole set is kept so that it matches `ssa collect` on the same images
-        session.images = session.images[union]  # type: ignore[index]
+        session.restrict(union)
         chosen = {c: np.searchsorted(union, idx) for c, idx in chosen.items()}
     results: dict[int, AnalysisResult] = {}
     for c in classes:
