@@ -13,6 +13,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from .interfaces import Network, Rule, Tap
+from .store import RowView
 
 __all__ = ["AutogradSource", "FastSource", "collect"]
 
@@ -96,10 +97,7 @@ class FastSource:
             if rows is not None and len(rows) == 0:
                 continue
             data = self.stats.batch(self.form, i)
-            if rows is None:
-                yield data
-            else:
-                yield {k: np.asarray(v)[rows] for k, v in data.items()}
+            yield data if rows is None else RowView(data, rows)
 
     def iter_relevance(self, upper: str, neurons: Sequence[int], rule: Rule) -> Iterator[dict[str, np.ndarray]]:
         if upper in self.fast and rule.fast_form == self.form:

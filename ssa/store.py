@@ -22,8 +22,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -54,6 +55,47 @@ def _file_to_key(name: str) -> str:
     return name[:-4].replace("__", "/")
 
 
+class LazyArrays(Mapping):
+    """``{key: array}`` over ``.npy`` files, each memory-mapped when first asked for."""
+
+    def __init__(self, files: Mapping[str, Path]) -> None:
+        self._files = dict(files)
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._cache:
+            f = self._files[key]
+            try:
+                self._cache[key] = np.load(f, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError):
+                raise StoreError(f"store file {str(f)!r} is corrupt; delete {str(f.parent)!r} and run "
+                                 "`ssa collect` again.") from None
+        return self._cache[key]
+
+    def __iter__(self):
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+
+class RowView(Mapping):
+    """The rows ``rows`` of every array of a batch, taken on access."""
+
+    def __init__(self, data: Mapping[str, np.ndarray], rows: np.ndarray) -> None:
+        self._data = data
+        self._rows = rows
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return np.asarray(self._data[key])[self._rows]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
 class MemoryStats:
     """Statistics kept in memory (one dict of arrays per batch)."""
 
@@ -81,6 +123,7 @@ class StatsStore:
         self.path = Path(root) / f"{safe}-{model_hash[:16]}" / image_hash[:16]
         self.model_hash = model_hash
         self.image_hash = image_hash
+        self._open: dict[tuple[str, int], LazyArrays] = {}
 
     # -- metadata ---------------------------------------------------------------
     def meta(self) -> dict[str, Any] | None:
@@ -159,16 +202,14 @@ class StatsStore:
             raise StoreError(f"store {str(self.path)!r} is incomplete for {form}; run `ssa collect` again.") from None
 
     def batch(self, form: str, i: int) -> Mapping[str, np.ndarray]:
-        d = self._batch_dir(form, i)
-        if not d.is_dir():
-            raise StoreError(f"store {str(self.path)!r} lacks batch {i} of {form}; run `ssa collect` again.")
-        out = {}
-        for f in sorted(d.iterdir()):
-            try:
-                out[_file_to_key(f.name)] = np.load(f, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError):
-                raise StoreError(f"store file {str(f)!r} is corrupt; delete {str(d)!r} and run `ssa collect` again.") from None
-        return out
+        """The arrays of one batch, memory-mapped on first access (an analysis reads only its steps')."""
+        key = (form, i)
+        if key not in self._open:
+            d = self._batch_dir(form, i)
+            if not d.is_dir():
+                raise StoreError(f"store {str(self.path)!r} lacks batch {i} of {form}; run `ssa collect` again.")
+            self._open[key] = LazyArrays({_file_to_key(f.name): f for f in sorted(d.iterdir())})
+        return self._open[key]
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*.npy"))

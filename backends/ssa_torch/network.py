@@ -187,7 +187,7 @@ class TorchNetwork(Network):
         out: dict[str, np.ndarray] = {}
         for i, term in enumerate(tf.terms):
             prefix = f"{upper}/{i}/"
-            sub = {k[len(prefix):]: v for k, v in stats.items() if k.startswith(prefix)}
+            sub = {k[len(prefix):]: stats[k] for k in stats if k.startswith(prefix)}  # only this step's arrays
             om = omega_from_stats(term, sub, neurons, form)
             out[term.parent] = out[term.parent] + om if term.parent in out else om
         return out
