@@ -657,23 +657,23 @@ def omega_from_stats(t: Term, stats: Mapping[str, np.ndarray], neurons: Sequence
     """omega (len(neurons), B, K_parent) of one term from its stored statistics."""
     idx = np.asarray(neurons, dtype=np.int64)
     if form == "gradient":
-        g = np.asarray(stats["g"], dtype=np.float64)[:, idx]  # (B, n, kk) or (B, n)
+        g = np.asarray(stats["g"])[:, idx].astype(np.float64)  # (B, n, kk) or (B, n)
         wk = _np_static(t)[idx]
-        if t.kind == "conv":
-            om = np.einsum("nkd,bnd->nbk", wk, g)
+        if t.kind == "conv":  # per upper neuron: (K, kk) @ (kk, B)
+            om = np.matmul(wk, g.transpose(1, 2, 0)).transpose(0, 2, 1)
         else:
             om = wk[:, None, :] * g.T[:, :, None]
         return om * t.scale
     if "a_full" in stats:
-        return np.asarray(stats["a_full"], dtype=np.float64)[:, idx].transpose(1, 0, 2) * t.scale
+        return np.asarray(stats["a_full"])[:, idx].astype(np.float64).transpose(1, 0, 2) * t.scale
     if "a_d" in stats:
-        d = np.asarray(stats["a_d"], dtype=np.float64)[:, idx]  # (B, n)
+        d = np.asarray(stats["a_d"])[:, idx].astype(np.float64)  # (B, n)
         om = np.zeros((len(idx), d.shape[0], _np_static(t).shape[1]))
         chan = t.chan_of.cpu().numpy()
         for j, n in enumerate(idx):
             om[j, :, chan[n]] = d[:, j]
         return om * t.scale
-    m = np.asarray(stats["a_m"], dtype=np.float64)[:, idx]  # (B, n)
+    m = np.asarray(stats["a_m"])[:, idx].astype(np.float64)  # (B, n)
     x = np.asarray(stats["a_x"], dtype=np.float64)  # (B, D)
     w = t.weight.double().cpu().numpy()[idx]  # (n, D)
     chan = t.chan_of.cpu().numpy()
