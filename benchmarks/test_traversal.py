@@ -110,6 +110,40 @@ def test_full_traversal(benchmark, prepared):
     RESULTS[name]["_sets"] = holder["sets"]  # type: ignore[assignment]
 
 
+PAIRS = 5
+
+
+@pytest.mark.benchmark(group="traversal")
+def test_paired_traversal_over_forward(benchmark, prepared):
+    """Forward pass and full traversal alternated PAIRS times: the median of the paired ratios is robust
+    to a shared machine whose speed drifts between the separate benchmarks."""
+    name, model, images, session, target = prepared
+    net = session.network
+    rule, sel = ssa.make_rule("gradient"), ssa.make_selector("tukey")
+    dev_model = model.to(bench_device())
+
+    def forward():
+        with torch.no_grad():
+            for i in range(0, len(images), BATCH):
+                dev_model(torch.from_numpy(images[i:i + BATCH]).to(bench_device()))
+
+    def full():
+        stats = collect(net, images, ["gradient"], BATCH)
+        run_traversal(FastSource(net, stats, "gradient", images, BATCH), net, target, B, rule, sel)
+
+    ratios = []
+
+    def run():
+        for _ in range(PAIRS):
+            t_f, _ = _timed(forward)
+            t_t, _ = _timed(full)
+            ratios.append(t_t / t_f)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    RESULTS[name]["paired_ratios"] = [float(r) for r in ratios]
+    RESULTS[name]["paired_median_traversal_over_forward"] = float(np.median(ratios))
+
+
 @pytest.mark.benchmark(group="traversal")
 def test_reanalyse_from_store(benchmark, prepared):
     name, model, images, session, target = prepared
@@ -216,6 +250,8 @@ def test_report_ratios(benchmark, prepared):
     print(f"  plain forward            {r['forward_s']:.3f} s")
     print(f"  full traversal           {r['traversal_s']:.3f} s  = {r['traversal_over_forward']:.2f}x forward "
           f"({r['fast_steps']}/{r['visited_steps']} visited steps fast, {r['graph_nodes']} nodes)")
+    print(f"  paired (forward, traversal) x {PAIRS}: median ratio {r['paired_median_traversal_over_forward']:.2f}x "
+          f"(each: {', '.join(f'{x:.2f}' for x in r['paired_ratios'])})")
     print(f"  re-analysis from store   {r['reanalyse_s']:.3f} s  ({r['store_mib_per_image']:.2f} MiB/image on disk)")
     print(f"  batched autograd (extrapolated from <= {AUTOGRAD_NEURONS} neurons/step) "
           f"{r['autograd_extrapolated_s']:.1f} s = {r['autograd_over_traversal']:.1f}x traversal")
