@@ -30,7 +30,7 @@ from torch import fx
 from ssa.errors import InvalidInputError, UnsupportedModelError
 from ssa.interfaces import Tap
 from ssa_torch.network import TorchNetwork
-from ssa_torch.ops import node_kind, target_name
+from ssa_torch.kinds import node_kind, target_name
 
 from .model import OnnxInfo, OnnxModel
 from .runtime import make_session

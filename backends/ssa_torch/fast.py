@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import fx
 from torch.fx.node import map_arg
 
-from .ops import ACTIVATIONS
-from .taps import TapPlan, _perm_of
+from .kinds import ACTIVATIONS, perm_of
+from .taps import TapPlan
 
 __all__ = ["Term", "TapFast", "FastPlan", "plan_fast", "term_stats", "omega_from_stats", "scatter_sum"]
 
@@ -143,7 +143,7 @@ class _Planner:
             return
         if kind in ("permute", "transpose"):
             ndim = len(self.env1[node.name].shape)
-            perm = _perm_of(node, kind, self.modules, ndim)
+            perm = perm_of(node, kind, self.modules, ndim)
             if perm is None or scale.dim() > 0:
                 raise _NotFast("permutation after a channel scale")
             return self._walk(node.all_input_nodes[0], scale, (tuple(perm),) + perms, out)

@@ -21,13 +21,10 @@ from torch import fx
 from ssa.errors import InvalidInputError, UnsupportedModelError
 from ssa.interfaces import Tap
 
-from .ops import ACTIVATIONS, node_kind, target_name
+from .kinds import (ACTIVATIONS, CHANNEL_FIRST, GATE_ACTIVATIONS, PERMUTATIONS, SHAPE_ONLY, SOFTMAX, display_name,
+                    mean_dims, node_kind, perm_of, target_name)
 
 __all__ = ["TapPlan", "discover_taps"]
-
-_CHANNEL_FIRST = {"conv", "batchnorm", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool"}
-# ops that only reshape / index their first input; a gate may pass through them on its way to the multiply
-_SHAPE_ONLY = {"getitem", "reshape", "flatten", "permute", "transpose", "identity"}
 
 
 @dataclass
@@ -49,34 +46,6 @@ def _computed_nodes(graph: fx.Graph) -> set[str]:
     return computed
 
 
-def _perm_of(node: fx.Node, kind: str, modules: Mapping[str, nn.Module], ndim: int) -> list[int] | None:
-    """The permutation a permute/transpose node applies (out axis j = in axis perm[j])."""
-    if kind == "permute":
-        if node.op == "call_module":
-            mod = modules[node.target]
-            perm = getattr(mod, "perm", None)
-            if perm is None and type(mod).__name__ == "OnnxTranspose":
-                return list(range(ndim))[::-1]  # ONNX Transpose without perm reverses the axes
-            return [int(p) % ndim for p in perm] if perm is not None else None
-        dims = node.args[1:] if node.op == "call_method" else node.args[1:]
-        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
-            dims = dims[0]
-        if "dims" in node.kwargs:
-            dims = node.kwargs["dims"]
-        return [int(d) % ndim for d in dims] if dims else None
-    if kind == "transpose":
-        if len(node.args) >= 3:
-            a, b = int(node.args[1]) % ndim, int(node.args[2]) % ndim
-        elif ndim == 2:
-            a, b = 0, 1
-        else:
-            return None
-        perm = list(range(ndim))
-        perm[a], perm[b] = perm[b], perm[a]
-        return perm
-    return None
-
-
 def _channel_axes(graph: fx.Graph, kinds: dict[str, str], shapes: dict[str, tuple[int, ...]],
                   modules: Mapping[str, nn.Module]) -> dict[str, int | None]:
     axis: dict[str, int | None] = {}
@@ -88,15 +57,21 @@ def _channel_axes(graph: fx.Graph, kinds: dict[str, str], shapes: dict[str, tupl
         first = next((a for a in ins if a is not None), None)
         if shape is None:
             val = None
-        elif kind in _CHANNEL_FIRST:
+        elif kind in CHANNEL_FIRST:
             val = 1
-        elif kind in ("linear", "gemm", "matmul"):
+        elif kind in ("linear", "matmul"):
             val = ndim - 1
-        elif kind in ("permute", "transpose"):
-            perm = _perm_of(node, kind, modules, ndim)
+        elif kind in PERMUTATIONS:
+            perm = perm_of(node, kind, modules, ndim)
             val = perm.index(first) if (perm is not None and first is not None and first in perm) else None
         elif kind in ("flatten", "reshape"):
             val = 1 if ndim == 2 else None
+        elif kind == "mean" and first is not None and node.all_input_nodes:
+            reduced = mean_dims(node, len(shapes.get(node.all_input_nodes[0].name, ())) or ndim)
+            if reduced is None or first in reduced[0]:
+                val = None
+            else:
+                val = first if reduced[1] else first - sum(d < first for d in reduced[0])
         else:
             val = first if (first is not None and first < ndim) else None
         axis[node.name] = val
@@ -114,16 +89,16 @@ def _input_channel_axis(graph: fx.Graph, placeholder: fx.Node, kinds: dict[str, 
             break
         user = users[0]
         kind = kinds[user.name]
-        if kind in ("permute", "transpose"):
-            perm = _perm_of(user, kind, modules, ndim)
+        if kind in PERMUTATIONS:
+            perm = perm_of(user, kind, modules, ndim)
             if perm is None:
                 break
             perm_total = [perm_total[p] for p in perm]
         elif kind in ("conv", "batchnorm", "maxpool", "avgpool"):
             return perm_total[1]
-        elif kind in ("linear", "gemm", "matmul"):
+        elif kind in ("linear", "matmul"):
             return perm_total[ndim - 1]
-        elif kind not in ("identity", "other", "add", "sub", "mul", "div"):
+        elif kind not in ("identity", "cast", "other", "add", "sub", "mul", "div"):
             break
         node = user
     return 1 if ndim >= 2 else 0
@@ -169,7 +144,7 @@ def discover_taps(
     if not isinstance(result, fx.Node):
         raise UnsupportedModelError("the model output is not computed from its input; cannot find the logits.")
     stripped = None
-    while kinds[result.name] in ("softmax", "log_softmax") and result.all_input_nodes:
+    while kinds[result.name] in SOFTMAX and result.all_input_nodes:
         stripped = target_name(result, modules)
         result = result.all_input_nodes[0]
     logits_node = result
@@ -192,7 +167,7 @@ def discover_taps(
             if u.name in seen:
                 continue
             seen.add(u.name)
-            if kinds[u.name] in _SHAPE_ONLY and u.all_input_nodes and u.all_input_nodes[0] is src:
+            if kinds[u.name] in SHAPE_ONLY and u.all_input_nodes and u.all_input_nodes[0] is src:
                 if not u.users:
                     return False
                 users.extend((u, w) for w in u.users)
@@ -208,12 +183,10 @@ def discover_taps(
     module_calls: Counter[str] = Counter()
     names: dict[str, str] = {}
     for n in nodes:
-        if n.op == "call_module":
-            k = module_calls[n.target]
-            names[n.name] = n.target if k == 0 else f"{n.target}@{k}"
-            module_calls[n.target] += 1
-        else:
-            names[n.name] = n.name
+        base = display_name(n)
+        k = module_calls[base]
+        names[n.name] = base if k == 0 else f"{base}@{k}"
+        module_calls[base] += 1
 
     if tap_names:
         by_name = {names[n.name]: n for n in nodes}
@@ -241,7 +214,7 @@ def discover_taps(
         # swish written as x * sigmoid(x), hardswish as x * hardsigmoid(x) (ONNX opset < 14 exports it
         # so): the product is the activation
         for n in nodes:
-            if kinds[n.name] in ("sigmoid", "hardsigmoid") and is_gate(n) and n.all_input_nodes:
+            if kinds[n.name] in GATE_ACTIVATIONS and is_gate(n) and n.all_input_nodes:
                 x = n.all_input_nodes[0]
                 for u in n.users:
                     if x in u.all_input_nodes and len(shapes.get(u.name, ())) >= 2:
