@@ -1,0 +1,62 @@
+"""Pass: ops that return their input unchanged are removed.
+
+Identity modules, dropout in eval mode, ``contiguous()`` / ``clone()`` / ``detach()``, and casts
+to the dtype (and device) the value already has: exporters write hundreds of such Casts
+(``Cast(to=FLOAT)`` on float tensors), and each one would otherwise sit between a tap and the
+layer that reads it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import fx
+
+from .base import CanonPass, PassContext, first_tensor_arg
+
+__all__ = ["DropIdentities"]
+
+
+def _dropout_active(node: fx.Node, modules) -> bool:
+    if node.op == "call_module":
+        mod = modules[node.target]
+        return isinstance(mod, nn.Module) and mod.training and isinstance(mod, nn.modules.dropout._DropoutNd)
+    if node.op == "call_function" and "dropout" in getattr(node.target, "__name__", str(node.target)):
+        training = node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True)
+        return training is not False
+    return False
+
+
+class DropIdentities(CanonPass):
+    """Identity ops and no-op casts are bypassed (their users read the input)."""
+
+    name = "drop-identities"
+    description = "remove identity ops, eval-mode dropout and casts to the dtype a tensor already has"
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> int:
+        modules = ctx.modules
+        count = 0
+        values = None
+        for node in list(gm.graph.nodes):
+            kind = ctx.kind(node)
+            if kind not in ("identity", "cast") or ctx.protected(node):
+                continue
+            src = first_tensor_arg(node)
+            if src is None:
+                continue
+            if kind == "identity":
+                if _dropout_active(node, modules):
+                    continue
+                if node.op == "call_method" and len(node.args) > 1:  # contiguous(memory_format) and the like
+                    continue
+            if kind == "cast" or node.op != "call_module":
+                values = values if values is not None else ctx.values(1)
+                out, inp = values.get(node.name), values.get(src.name)
+                if not (isinstance(out, torch.Tensor) and isinstance(inp, torch.Tensor)):
+                    continue
+                if out.dtype != inp.dtype or out.device != inp.device or out.shape != inp.shape:
+                    continue
+            node.replace_all_uses_with(src)
+            gm.graph.erase_node(node)
+            count += 1
+        return count
