@@ -11,7 +11,6 @@ backward pass per neuron where an op has no batching rule.
 from __future__ import annotations
 
 import copy
-import operator
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -22,12 +21,12 @@ from torch import fx
 from ssa.errors import InvalidInputError, UnsupportedModelError
 from ssa.interfaces import Network, Rule, Tap
 
+from .canon import DEFAULT_PASSES, CanonPass, CanonReport, canonicalize
 from .fast import FastPlan, omega_from_stats, plan_fast, term_stats
 from .taps import TapPlan, discover_taps
 
 __all__ = ["TorchNetwork", "spatial_mean", "trace_module"]
 
-_INPLACE_FUNCS = {operator.iadd: operator.add, operator.imul: operator.mul, operator.isub: operator.sub}
 _WORK_BYTES = 256 * 2**20  # budget for one chunk of batched gradients
 
 
@@ -76,25 +75,6 @@ class _CutInterpreter(fx.Interpreter):
             return leaf
         return out
 
-    def call_function(self, target, args, kwargs):
-        target = _INPLACE_FUNCS.get(target, target)
-        if kwargs.get("inplace"):
-            kwargs = {**kwargs, "inplace": False}
-        return super().call_function(target, args, kwargs)
-
-    def call_method(self, target, args, kwargs):
-        if isinstance(target, str) and target.endswith("_") and not target.startswith("_") and target != "requires_grad_":
-            if hasattr(args[0], target[:-1]):
-                target = target[:-1]
-        return super().call_method(target, args, kwargs)
-
-
-def _no_inplace(module: nn.Module) -> nn.Module:
-    for m in module.modules():
-        if getattr(m, "inplace", False) is True:
-            m.inplace = False
-    return module
-
 
 class TorchNetwork(Network):
     """A PyTorch ``nn.Module`` (or fx graph) ready for step-wise analysis.
@@ -125,16 +105,25 @@ class TorchNetwork(Network):
         self._batched_ok = True
         self.input_shape: tuple[int, ...] | None = None
         self.input_dtype = torch.float32
+        self.canon_report: CanonReport | None = None
+
+    def canon_passes(self) -> Sequence[CanonPass]:
+        """The canonicalisation passes :meth:`prepare` runs on the traced copy (front ends add theirs)."""
+        return DEFAULT_PASSES
+
+    def _canonicalize(self, gm: fx.GraphModule, x: torch.Tensor) -> fx.GraphModule:
+        """Bring the traced copy into canonical form (in place); see :mod:`ssa_torch.canon`."""
+        self.canon_report = canonicalize(gm, x, self.canon_passes(), protect=self.tap_names or ())
+        return gm
 
     # -- preparation ---------------------------------------------------------------
     def prepare(self, example: np.ndarray) -> tuple[Tap, ...]:
         device = torch.device(self.device)
         x = self.to_tensor(example[:1]) if self.input_shape is None else self.to_tensor(example[:1])
-        module = _no_inplace(copy.deepcopy(self.module)).eval().to(device)
+        module = copy.deepcopy(self.module).eval().to(device)
         for p in module.parameters():
             p.requires_grad_(False)
-        gm = trace_module(module, x)
-        gm = gm.to(device)
+        gm = trace_module(module, x).to(device)
         shapes: dict[str, tuple[int, ...]] = {}
 
         class _Shapes(fx.Interpreter):
@@ -152,6 +141,10 @@ class TorchNetwork(Network):
                     f"the model failed on an input of shape {tuple(x.shape)}: {str(exc).splitlines()[0][:160]}; "
                     "check the image shape and layout the model expects."
                 ) from None
+        gm = self._canonicalize(gm, x)
+        shapes.clear()
+        with torch.no_grad():
+            _Shapes(gm).run(x)
         self._plan = discover_taps(gm, shapes, tap_names=self.tap_names, include_input=self.include_input,
                                    channel_axes=self.channel_axes, output_index=self.output_index)
         self._gm = gm
