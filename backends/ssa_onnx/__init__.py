@@ -1,8 +1,10 @@
 """ONNX backend of ssa: .onnx files converted with onnx2torch, checked against onnxruntime.
 
-The converted ``fx.GraphModule`` is analysed by the PyTorch backend's tap discovery and
-traversal (:class:`OnnxNetwork` is a :class:`ssa_torch.TorchNetwork`); onnxruntime runs the
-original model for the parity check and for image selection. See ``docs/onnx.md``.
+The backend is a loader: onnx2torch converts the file, :mod:`ssa_onnx.canon` turns onnx2torch's
+modules into native torch ops, and the PyTorch backend analyses the canonical module
+(:class:`OnnxNetwork` is a :class:`ssa_torch.TorchNetwork`); onnxruntime runs the original model
+for the parity check (on the conversion and again on the canonical module) and for image
+selection. See ``docs/onnx.md``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from .backend import OnnxBackend, load_onnx
 from .check import CheckReport, check_report, render_report
 from .confidence import class_probabilities, select_confident
 from .model import OnnxInfo, OnnxModel, TensorInfo, input_shape_of, read_onnx
-from .network import OnnxNetwork, ParityResult
+from .network import OnnxNetwork
+from .parity import ParityResult
 from .runtime import make_session
 
 __all__ = [

@@ -18,11 +18,18 @@ import numpy as np
 
 from ssa.errors import InvalidInputError
 from ssa.interfaces import Network, Tap
+from ssa_torch.kinds import display_name, target_name
 
 from .model import OnnxInfo
-from .network import OnnxNetwork, ParityResult, unknown_ops
+from .outputs import LogProbabilities
+from .parity import ParityResult
 
-__all__ = ["CheckReport", "check_report", "render_report", "report_of", "example_batch"]
+__all__ = ["CheckReport", "check_report", "render_report", "report_of", "example_batch", "unknown_ops"]
+
+
+def _is_onnx(network: Any) -> bool:
+    """An ONNX network (duck-typed: this module does not import :mod:`ssa_onnx.network`)."""
+    return getattr(network, "onnx", None) is not None and hasattr(network, "parity")
 
 
 @dataclass(frozen=True)
@@ -131,7 +138,7 @@ def render_report(r: CheckReport) -> str:
 def report_of(network: Network, example: str, source: str = "") -> CheckReport:
     """The report of a prepared network."""
     notes: list[str] = []
-    if isinstance(network, OnnxNetwork):
+    if _is_onnx(network):
         info, parity, output_kind, kind = network.onnx.info, network.parity, network.output_kind, "onnx"
         notes.extend(network.notes)
         source = source or info.path
@@ -151,7 +158,7 @@ def report_of(network: Network, example: str, source: str = "") -> CheckReport:
 
 def example_batch(network: Network, n: int = 4, seed: int = 0) -> np.ndarray:
     """Random images (standard normal, seeded) shaped like the ONNX file's declared input."""
-    if not isinstance(network, OnnxNetwork):
+    if not _is_onnx(network):
         raise InvalidInputError("pass images (--images) to check a model that does not declare its input shape.")
     shape = network.onnx.info.input.shape
     if not shape or any(d is None for d in shape[1:]):
@@ -186,13 +193,13 @@ def check_report(model: Any, images: Any = None, *, preprocess: Any = None, labe
 
     network = load_model(model, backend=backend, device=device, output_index=output_index, taps=taps,
                          include_input=include_input, channel_axes=channel_axes, **options)
-    if isinstance(network, OnnxNetwork):
+    if _is_onnx(network):
         network.parity_images = n_images
     if images is None:
         batch = example_batch(network, n=n_images)
         example = f"{batch.shape[0]} random images (seeded standard normal) shaped {tuple(batch.shape[1:])}"
     else:
-        shape = network.onnx.info.input.shape if isinstance(network, OnnxNetwork) else None
+        shape = network.onnx.info.input.shape if _is_onnx(network) else None
         pre = resolve_preprocess(preprocess, input_shape=shape) if preprocess is not None or shape else None
         arr, _ = load_images(images, preprocess=pre, labels=labels)
         batch = arr[:n_images]
@@ -201,3 +208,28 @@ def check_report(model: Any, images: Any = None, *, preprocess: Any = None, labe
     network.prepare(batch)
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     return report_of(network, example, source)
+
+
+def unknown_ops(network: Any, max_names: int = 3) -> list[str]:
+    """The computed ops tap discovery does not classify, with their node names (candidates for ``--taps``).
+
+    Each entry reads ``"OnnxErf x2 (gelu/Erf, gelu_1/Erf)"``; the node names are what ``--taps`` takes.
+    """
+    gm = network.graph_module
+    modules = dict(gm.named_modules())
+    kinds = network.plan.kinds
+    computed: set[str] = set()
+    seen: dict[str, list[str]] = {}
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" or any(a.name in computed for a in n.all_input_nodes):
+            computed.add(n.name)
+            if kinds.get(n.name) == "other" and not (n.op == "call_module"
+                                                     and isinstance(modules[n.target], LogProbabilities)):
+                label = target_name(n, modules)
+                seen.setdefault(label, []).append(display_name(n))
+    out = []
+    for label, names in seen.items():
+        count = f" x{len(names)}" if len(names) > 1 else ""
+        shown = ", ".join(names[:max_names]) + (", ..." if len(names) > max_names else "")
+        out.append(f"{label}{count} ({shown})")
+    return out

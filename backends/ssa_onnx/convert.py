@@ -45,10 +45,8 @@ def convert_model(model: OnnxModel) -> fx.GraphModule:
     import onnx2torch
 
     from .compat import install
-    from .kinds import register_onnx2torch_kinds
 
     install()
-    register_onnx2torch_kinds()
     name = model.info.path
     try:
         with warnings.catch_warnings():

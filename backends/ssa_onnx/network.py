@@ -1,14 +1,18 @@
-"""An ONNX model prepared for SSA: the onnx2torch module under the PyTorch backend's machinery.
+"""An ONNX model prepared for SSA: a canonical torch module under the PyTorch backend's machinery.
 
-:class:`OnnxNetwork` is a :class:`ssa_torch.TorchNetwork`: tap discovery, cut-semantics
-execution and step relevance are the PyTorch backend's, run on the ``fx.GraphModule``
-onnx2torch builds. What it adds happens in :meth:`OnnxNetwork.prepare`, on the first batch:
+The ONNX backend is a loader: onnx2torch converts the file, :mod:`ssa_onnx.canon` turns
+onnx2torch's modules into native torch ops, and :class:`OnnxNetwork` (a
+:class:`ssa_torch.TorchNetwork`) hands the result to the PyTorch backend, whose passes bring it
+into canonical form and whose tap discovery, cut-semantics execution, closed form and autograd
+do the analysis. What it adds happens in :meth:`OnnxNetwork.prepare`, on the first batch:
 
 1. the batch's shape is checked against the input the file declares;
-2. **parity**: the original model runs in onnxruntime and the converted module in torch on
+2. **parity**: the original model runs in onnxruntime and onnx2torch's conversion in torch on
    the same images (up to ``parity_images``); when the outputs differ by more than
    ``parity_tolerance`` (max absolute difference divided by the largest absolute output of
-   onnxruntime) the model is refused, and the message says by how much;
+   onnxruntime) the model is refused, and the message says by how much. The check runs
+   **again on the canonical module** the analysis uses (:attr:`parity`; the conversion's is
+   :attr:`parity_converted`);
 3. **logits**: a final Softmax / LogSoftmax is stripped by tap discovery (method doc,
    section 3). When the output is probabilities without such a node (every value in [0, 1],
    every row summing to 1, e.g. a softmax written out as Exp / ReduceSum / Div), the top tap
@@ -19,92 +23,29 @@ onnx2torch builds. What it adds happens in :meth:`OnnxNetwork.prepare`, on the f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
 from torch import fx
 
 from ssa.errors import InvalidInputError, UnsupportedModelError
 from ssa.interfaces import Tap
+from ssa_torch.canon import DEFAULT_PASSES, CanonPass
 from ssa_torch.network import TorchNetwork
-from ssa_torch.kinds import node_kind, target_name
 
+from .canon import Onnx2TorchNative
+from .check import advice_section, example_batch, onnx_section, report_of, unknown_ops
 from .model import OnnxInfo, OnnxModel
+from .outputs import (PROB_ATOL, LogProbabilities, append_log, final_kind, looks_like_probabilities,
+                      output_to_probabilities, softmax)
+from .parity import ParityResult, compare, default_tolerance
 from .runtime import make_session
 
 __all__ = ["OnnxNetwork", "ParityResult", "LogProbabilities", "looks_like_probabilities", "softmax", "run_session",
-           "output_to_probabilities", "unknown_ops", "default_tolerance", "check_input_shape"]
+           "output_to_probabilities", "unknown_ops", "default_tolerance", "check_input_shape", "PROB_ATOL"]
 
-PROB_ATOL = 1e-3  # rows must sum to 1 within this, values lie in [-PROB_ATOL, 1 + PROB_ATOL]
-
-
-@dataclass(frozen=True)
-class ParityResult:
-    """How closely the converted module reproduces onnxruntime on the first images.
-
-    n_images : images compared. output : the ONNX output compared (its name).
-    max_abs_diff : largest absolute difference of any output value.
-    scale : largest absolute output value of onnxruntime.
-    relative : max_abs_diff / scale (what the tolerance applies to).
-    tolerance : the largest relative difference accepted.
-    top1_agreement : share of images whose arg-max class agrees.
-    provider : the onnxruntime execution provider used.
-    ok : relative <= tolerance.
-    """
-
-    n_images: int
-    output: str
-    max_abs_diff: float
-    scale: float
-    relative: float
-    tolerance: float
-    top1_agreement: float
-    provider: str
-    ok: bool
-
-    def text(self) -> str:
-        verdict = "ok" if self.ok else "FAILED"
-        return (f"{verdict}: max |onnxruntime - converted| = {self.max_abs_diff:.3g} on {self.n_images} image(s) "
-                f"= {self.relative:.3g} of the output scale {self.scale:.3g} (tolerance {self.tolerance:g}); "
-                f"top-1 agreement {self.top1_agreement:.0%}; onnxruntime provider {self.provider}")
-
-
-class LogProbabilities(nn.Module):
-    """log(p), the top tap of a model whose output is probabilities without a Softmax node."""
-
-    def forward(self, p: torch.Tensor) -> torch.Tensor:
-        return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def looks_like_probabilities(out: np.ndarray) -> bool:
-    """Every value in [0, 1] and every row summing to 1 (within 1e-3), for a 2-D output."""
-    if out.ndim != 2 or out.shape[1] < 2 or not np.isfinite(out).all():
-        return False
-    return bool((out >= -PROB_ATOL).all() and (out <= 1 + PROB_ATOL).all()
-                and np.allclose(out.sum(axis=1), 1.0, atol=PROB_ATOL))
-
-
-def _final_kind(gm: fx.GraphModule) -> str:
-    modules = dict(gm.named_modules())
-    out = next(n for n in gm.graph.nodes if n.op == "output")
-    res = out.args[0]
-    if isinstance(res, (tuple, list)) and len(res) == 1:
-        res = res[0]
-    return node_kind(res, modules) if isinstance(res, fx.Node) else "other"
-
-
-def default_tolerance(device: str) -> float:
-    """1e-3 on the CPU; 1e-2 on CUDA, where torch's convolutions may use TF32."""
-    return 1e-2 if str(device).startswith("cuda") else 1e-3
+ONNX_PASSES: tuple[CanonPass, ...] = (Onnx2TorchNative(),)
 
 
 class OnnxNetwork(TorchNetwork):
@@ -139,11 +80,13 @@ class OnnxNetwork(TorchNetwork):
         self.parity_tolerance = parity_tolerance
         self.parity_images = parity_images
         self.check_parity = check_parity
-        self.parity: ParityResult | None = None
+        self.parity: ParityResult | None = None  # of the canonical module the analysis runs
+        self.parity_converted: ParityResult | None = None  # of onnx2torch's conversion
         self.output_kind: str = "unknown"  # "logits", "softmax stripped", "log-softmax stripped", "probabilities"
         self.notes: list[str] = []
         self._session: Any = None
-        self._converted = module  # the module as onnx2torch built it (before a log is appended)
+        self._converted = module  # the module as onnx2torch built it
+        self._parity_batch: tuple[np.ndarray, np.ndarray] | None = None  # images and onnxruntime's outputs
 
     # -- onnxruntime ---------------------------------------------------------------------------
     @property
@@ -176,12 +119,8 @@ class OnnxNetwork(TorchNetwork):
 
     def check_report(self, images: np.ndarray | None = None) -> str:
         """The ONNX part of ``ssa check``: file, input / outputs, parity, logits, notes (prepares if needed)."""
-        from .check import advice_section, onnx_section, report_of
-
         if self._plan is None:
             if images is None:
-                from .check import example_batch
-
                 images = example_batch(self)
             self.prepare(images)
         n = self.parity.n_images if self.parity is not None else 0
@@ -190,16 +129,21 @@ class OnnxNetwork(TorchNetwork):
                           *advice_section(report)])
 
     # -- preparation -----------------------------------------------------------------------------
+    def canon_passes(self) -> Sequence[CanonPass]:
+        """onnx2torch's modules to native torch ops first, then the PyTorch backend's passes."""
+        return (*ONNX_PASSES, *DEFAULT_PASSES)
+
     def prepare(self, example: np.ndarray) -> tuple[Tap, ...]:
         example = np.asarray(example)
         self.check_input(example)
         x = example[: max(1, int(self.parity_images))]
         ref = self.ort_outputs(x)
-        conv = self._converted_outputs(x)
+        conv = self._module_outputs(self._converted, x)
+        self.parity = self.parity_converted = None
         if self.check_parity:
-            self.parity = self._parity(ref, conv)
-            if not self.parity.ok:
-                p = self.parity
+            self.parity_converted = self._parity(ref, conv)
+            if not self.parity_converted.ok:
+                p = self.parity_converted
                 raise UnsupportedModelError(
                     f"the onnx2torch conversion of {self.name!r} disagrees with onnxruntime: max |diff| "
                     f"{p.max_abs_diff:.3g} = {p.relative:.3g} of the output scale (tolerance {p.tolerance:g}) on "
@@ -210,29 +154,45 @@ class OnnxNetwork(TorchNetwork):
         if self.onnx.info.fixed_batch is not None:
             self.notes.append(f"the file fixes the batch size to {self.onnx.info.fixed_batch}; it was made dynamic "
                               "(the parity check covers models that bake it into a Reshape)")
-        final = _final_kind(self._converted)
+        final = final_kind(self._converted)
         if final == "softmax":
             self.output_kind = "softmax stripped"
-            self.module = self._converted
         elif final == "log_softmax":
             self.output_kind = "log-softmax stripped"
-            self.module = self._converted
         elif looks_like_probabilities(ref):
             self.output_kind = "probabilities"
-            self.module = _append_log(self._converted)
             self.notes.append("the output is probabilities (values in [0, 1], rows summing to 1) without a final "
                               "Softmax node; the top tap is their logarithm (log-probabilities)")
         else:
             self.output_kind = "logits"
-            self.module = self._converted
+        self.module = self._converted
+        self._parity_batch = (x, ref)
         return super().prepare(example)
 
-    def _converted_outputs(self, x: np.ndarray) -> np.ndarray:
+    def _canonicalize(self, gm: fx.GraphModule, x: torch.Tensor) -> fx.GraphModule:
+        """The PyTorch backend's canonical form, checked against onnxruntime again (then the log appended)."""
+        gm = super()._canonicalize(gm, x)
+        if self._parity_batch is not None and self.check_parity:
+            images, ref = self._parity_batch
+            self.parity = self._parity(ref, self._module_outputs(gm, images))
+            if not self.parity.ok:
+                p = self.parity
+                raise UnsupportedModelError(
+                    f"the canonical form of {self.name!r} (after the passes {self.canon_report.by_pass()}) disagrees "
+                    f"with onnxruntime: max |diff| {p.max_abs_diff:.3g} = {p.relative:.3g} of the output scale "
+                    f"(tolerance {p.tolerance:g}) on {p.n_images} image(s), although onnx2torch's conversion agrees; "
+                    "this is a bug in ssa: please report it with the model."
+                )
+        if self.output_kind == "probabilities":
+            gm = append_log(gm)
+        return gm
+
+    def _module_outputs(self, module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
         device = torch.device(self.device)
-        gm = self._converted.eval().to(device)
+        module = module.eval().to(device)
         with torch.no_grad():
             try:
-                out = gm(self.to_tensor(x))
+                out = module(self.to_tensor(x))
             except Exception as exc:  # noqa: BLE001
                 msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
                 raise InvalidInputError(
@@ -245,29 +205,19 @@ class OnnxNetwork(TorchNetwork):
 
     def _parity(self, ref: np.ndarray, conv: np.ndarray) -> ParityResult:
         tol = self.parity_tolerance if self.parity_tolerance is not None else default_tolerance(self.device)
-        provider = self.session_provider
         if ref.shape != conv.shape:
             raise UnsupportedModelError(
                 f"the onnx2torch conversion of {self.name!r} returns shape {conv.shape}, onnxruntime {ref.shape} "
                 f"on {ref.shape[0] if ref.ndim else 0} image(s); a Reshape may fix the batch size: re-export with a "
                 "dynamic batch axis (torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}))."
             )
-        diff = float(np.max(np.abs(ref - conv))) if ref.size else 0.0
-        scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-        rel = diff / max(scale, 1e-12)
-        if ref.ndim == 2 and ref.shape[1] > 1:
-            top1 = float(np.mean(ref.argmax(axis=1) == conv.argmax(axis=1)))
-        else:
-            top1 = 1.0
-        ok = bool(np.isfinite(conv).all() and rel <= tol)
-        return ParityResult(int(ref.shape[0]), self.onnx.info.output.name, diff, scale, rel, float(tol), top1,
-                            provider, ok)
+        return compare(ref, conv, tol, self.onnx.info.output.name, self.session_provider)
 
     def class_probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities by onnxruntime (the output itself when it is probabilities, else its softmax)."""
         out = self.ort_outputs(batch)
         kind = self.output_kind if self.output_kind != "unknown" else None
-        return output_to_probabilities(out, kind, _final_kind(self._converted))
+        return output_to_probabilities(out, kind, final_kind(self._converted))
 
 
 def check_input_shape(info: OnnxInfo, batch: np.ndarray) -> None:
@@ -306,60 +256,3 @@ def run_session(session: Any, info: OnnxInfo, batch: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
-def output_to_probabilities(out: np.ndarray, kind: str | None, final: str) -> np.ndarray:
-    """Probabilities from a classifier output: as is for a softmax, exp for a log-softmax, else softmax."""
-    if out.ndim != 2:
-        out = out.reshape(out.shape[0], -1)
-    if final == "softmax" or kind == "probabilities":
-        return out
-    if final == "log_softmax":
-        return np.exp(out)
-    if kind is None and looks_like_probabilities(out):
-        return out
-    return softmax(out)
-
-
-def _append_log(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy of ``gm`` whose output is followed by :class:`LogProbabilities`."""
-    import copy
-
-    new = copy.deepcopy(gm)
-    new.add_module("log_probabilities", LogProbabilities())
-    out = next(n for n in new.graph.nodes if n.op == "output")
-    res = out.args[0]
-    if isinstance(res, (tuple, list)):
-        res = res[0]
-    with new.graph.inserting_before(out):
-        log = new.graph.call_module("log_probabilities", (res,))
-    out.args = (log,)
-    new.graph.lint()
-    new.recompile()
-    return new
-
-
-def unknown_ops(network: TorchNetwork, max_names: int = 3) -> list[str]:
-    """The computed ops tap discovery does not classify, with their node names (candidates for ``--taps``).
-
-    Each entry reads ``"OnnxErf x2 (gelu/Erf, gelu_1/Erf)"``; the node names are what ``--taps`` takes.
-    """
-    gm = network.graph_module
-    modules = dict(gm.named_modules())
-    kinds = network.plan.kinds
-    computed: set[str] = set()
-    seen: dict[str, list[str]] = {}
-    for n in gm.graph.nodes:
-        if n.op == "placeholder" or any(a.name in computed for a in n.all_input_nodes):
-            computed.add(n.name)
-            if kinds.get(n.name) == "other" and not (n.op == "call_module"
-                                                     and isinstance(modules[n.target], LogProbabilities)):
-                label = target_name(n, modules)
-                if label == "OnnxFunction":
-                    fn = getattr(modules[n.target], "function", None)
-                    label = f"OnnxFunction({getattr(fn, '__name__', '?')})"
-                seen.setdefault(label, []).append(str(n.target) if n.op == "call_module" else n.name)
-    out = []
-    for label, names in seen.items():
-        count = f" x{len(names)}" if len(names) > 1 else ""
-        shown = ", ".join(names[:max_names]) + (", ..." if len(names) > max_names else "")
-        out.append(f"{label}{count} ({shown})")
-    return out
