@@ -43,7 +43,8 @@ def register_onnx2torch_kinds() -> None:
 
 
 def _is_onnx2torch(mod: nn.Module) -> bool:
-    return type(mod).__module__.startswith("onnx2torch.")
+    """A module of onnx2torch's, or of the converters :mod:`ssa_onnx.compat` adds to it."""
+    return type(mod).__module__.startswith(("onnx2torch.", "ssa_onnx.compat"))
 
 
 def _swap(gm: fx.GraphModule, node: fx.Node, new: nn.Module) -> None:
@@ -240,6 +241,9 @@ class Onnx2TorchNative(CanonPass):
         return self._global_pool(gm, ctx, node, mod, values, nn.AdaptiveAvgPool2d(1))
 
     _OnnxGlobalAveragePoolWithKnownInputShape = _OnnxGlobalAveragePool
+
+    def _GlobalMaxPool(self, gm, ctx, node, mod, values) -> bool:
+        return self._global_pool(gm, ctx, node, mod, values, nn.AdaptiveMaxPool2d(1))
 
     def _OnnxPReLU(self, gm, ctx, node, mod, values) -> bool:
         x, slope = node.args

@@ -1,4 +1,4 @@
-"""Converters for operator versions onnx2torch 1.5 does not register.
+"""Converters for operators and operator versions onnx2torch 1.5 does not register.
 
 onnx2torch looks up a converter by the operator version in force at the model's opset.
 Many newer versions only add element types (Identity-19, Reshape-19, Transpose-21, Conv-22, ...),
@@ -9,14 +9,20 @@ uses nothing the newer version added** (an attribute or input that the older sch
 attribute whose default changed): the comparison is made on the ONNX schemas, node by node, and a
 node that does use something new is refused with a message naming it. The Reduce operators of
 opset 18 (axes moved from an attribute to an input) get their own converter when the axes are
-constant. The parity check against onnxruntime verifies the result in any case.
+constant. ``GlobalMaxPool``, ``Mish`` (opset 18), ``Gelu`` (opset 20) and ``Swish`` (opset 24) get
+converters of their own. Everything is registered through onnx2torch's public
+``add_converter`` / ``get_converter``. The parity check against onnxruntime verifies the result
+in any case.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-__all__ = ["install"]
+import torch
+import torch.nn as nn
+
+__all__ = ["install", "GlobalMaxPool", "Swish"]
 
 _installed = False
 _REDUCE = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
@@ -103,42 +109,102 @@ def _reduce18(node, graph):
                                     onnx_mapping=OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values))
 
 
+class GlobalMaxPool(nn.Module):
+    """ONNX GlobalMaxPool: the maximum over every spatial axis, kept as size-1 axes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.amax(x, dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+class Swish(nn.Module):
+    """ONNX Swish-24 with ``alpha != 1``: x * sigmoid(alpha * x) (alpha = 1 converts to ``nn.SiLU``)."""
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.alpha * x)
+
+
+def _result(node, module: nn.Module):
+    from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+    return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node=node))
+
+
+def _global_max_pool(node, graph):
+    return _result(node, GlobalMaxPool())
+
+
+def _mish(node, graph):
+    return _result(node, nn.Mish())
+
+
+def _gelu(node, graph):
+    approximate = node.attributes.get("approximate", "none")
+    approximate = approximate.decode() if isinstance(approximate, bytes) else str(approximate)
+    if approximate not in ("none", "tanh"):
+        raise NotImplementedError(f"Gelu approximate={approximate!r} is not supported")
+    return _result(node, nn.GELU(approximate=approximate))
+
+
+def _swish(node, graph):
+    alpha = float(node.attributes.get("alpha", 1.0))
+    return _result(node, nn.SiLU() if alpha == 1.0 else Swish(alpha))
+
+
+# operator -> converter, registered at every version the operator has (when onnx2torch has none)
+_NEW_OPERATORS: dict[str, Callable] = {"GlobalMaxPool": _global_max_pool, "Mish": _mish, "Gelu": _gelu,
+                                       "Swish": _swish}
+
+
+def _has_converter(op: str, version: int, domain: str) -> bool:
+    from onnx2torch.node_converters import get_converter
+
+    try:
+        get_converter(operation_type=op, version=version, domain=domain)
+    except NotImplementedError:
+        return False
+    return True
+
+
 def install() -> None:
-    """Register the delegating converters in onnx2torch's registry (once per process)."""
+    """Register the missing converters with onnx2torch's ``add_converter`` (once per process)."""
     global _installed
     if _installed:
         return
     from onnx import defs
-    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription
+    from onnx2torch.node_converters import add_converter
 
-    by_op: dict[tuple[str, str], dict[int, Callable]] = {}
-    for desc, conv in list(_CONVERTER_REGISTRY.items()):
-        by_op.setdefault((desc.domain, desc.operation_type), {})[desc.version] = conv
-    top = defs.onnx_opset_version()
-    for (domain, op), versions in by_op.items():
-        if domain not in ("", "ai.onnx"):
-            continue
-        since: set[int] = set()
-        for opset in range(1, top + 1):
-            try:
-                since.add(_schema(op, opset, domain).since_version)
-            except Exception:  # noqa: BLE001 - op not defined at this opset
+    from ssa_torch.kinds import register_kind
+
+    register_kind(GlobalMaxPool, "adaptive_maxpool")
+    register_kind(Swish, "swish")
+    since: dict[str, set[int]] = {}
+    for schema in defs.get_all_schemas_with_history():
+        if schema.domain in ("", "ai.onnx") and not schema.deprecated:
+            since.setdefault(schema.name, set()).add(int(schema.since_version))
+    for op, versions in sorted(since.items()):
+        have = {v for v in versions if _has_converter(op, v, "")}
+        for v in sorted(versions - have):
+            if op in _NEW_OPERATORS:
+                add_converter(operation_type=op, version=v)(_NEW_OPERATORS[op])
                 continue
-        for v in sorted(since):
-            if v in versions:
-                continue
-            desc = OperationDescription(domain=domain, operation_type=op, version=v)
-            if desc in _CONVERTER_REGISTRY:
+            if not have:
                 continue
             if op in _REDUCE and v >= 18:
-                _CONVERTER_REGISTRY[desc] = _reduce18
+                add_converter(operation_type=op, version=v)(_reduce18)
                 continue
-            older = [u for u in versions if u < v]
+            older = [u for u in have if u < v]
             if not older:
                 continue
             u = max(older)
             try:
-                _CONVERTER_REGISTRY[desc] = _delegate(op, v, u, domain, versions[u])
+                from onnx2torch.node_converters import get_converter
+
+                delegate = _delegate(op, v, u, "", get_converter(operation_type=op, version=u, domain=""))
             except Exception:  # noqa: BLE001 - schema lookup failed: leave the version unsupported
                 continue
+            add_converter(operation_type=op, version=v)(delegate)
     _installed = True
