@@ -429,7 +429,7 @@ class _Planner:
 
     def _linear_term(self, node: fx.Node, scale: torch.Tensor, perms: tuple) -> list[Term]:
         kind = self.kinds[node.name]
-        if node.op == "call_module" and kind == "matmul":  # onnx2torch's MatMul with a constant weight
+        if node.op == "call_module" and kind == "matmul":  # a MatMul module with a constant weight
             a, b = (list(node.args) + [None, None])[:2]
             w = _const(b, self.gm, self.computed)
             if not isinstance(w, torch.Tensor) or w.dim() != 2 or not isinstance(a, fx.Node):

@@ -6,7 +6,7 @@ module names torch functions, methods or module classes (like zennit's ``types.p
 
 Graphs come from ``torch.fx.symbolic_trace`` (modules, functions, methods), from
 ``torch.export`` (aten ops) and from other front ends after their own canonicalisation (the
-ONNX backend turns onnx2torch's modules into native torch ones first). A front end or plugin
+ONNX backend turns its converter's modules into native torch ones first). A front end or plugin
 whose graphs hold other callables registers them with :func:`register_kind`.
 """
 

@@ -13,7 +13,7 @@ touched). The default sequence, :data:`DEFAULT_PASSES`:
 6. :class:`FoldAffine` - batch-norm and per-channel Sub/Mul/Add/Div constants folded into the
    neighbouring conv or dense layer.
 
-Front ends put their own passes first (the ONNX backend turns onnx2torch's modules into native
+Front ends put their own passes first (the ONNX backend turns its converter's modules into native
 torch ops). ``docs/store.md`` describes the passes and the closed form.
 """
 

@@ -36,6 +36,7 @@ class CanonPass:
         if count:
             gm.graph.eliminate_dead_code()
             gm.graph.lint()
+            gm.delete_all_unused_submodules()
             gm.recompile()
             ctx.invalidate()
         return count
