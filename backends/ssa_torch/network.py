@@ -22,10 +22,10 @@ from ssa.errors import InvalidInputError, UnsupportedModelError
 from ssa.interfaces import Network, Rule, Tap
 
 from .canon import DEFAULT_PASSES, CanonPass, CanonReport, canonicalize
-from .fast import FastPlan, omega_from_stats, plan_fast, term_stats
+from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
 from .taps import TapPlan, discover_taps
 
-__all__ = ["TorchNetwork", "spatial_mean", "trace_module"]
+__all__ = ["TorchNetwork", "spatial_mean", "trace_module", "steps_summary"]
 
 _WORK_BYTES = 256 * 2**20  # budget for one chunk of batched gradients
 
@@ -155,8 +155,8 @@ class TorchNetwork(Network):
 
     # -- the closed form (method doc, section 6) ----------------------------------------
     @property
-    def fast_plan(self) -> FastPlan:
-        """Which steps have the exact closed form (computed on first use)."""
+    def closed_form(self) -> ClosedFormPlan:
+        """Which steps have the exact closed form, their terms, and why the others do not (on first use)."""
         if self._fast is None:
             env1: dict[str, Any] = {}
 
@@ -168,22 +168,25 @@ class TorchNetwork(Network):
 
             with torch.no_grad():
                 _Values(self.graph_module).run(self._example)
-            self._fast = plan_fast(self.graph_module, self.plan, env1)
+            self._fast = plan_closed_form(self.graph_module, self.plan, env1)
         return self._fast
 
+    fast_plan = closed_form  # the name the engine used before
+
     def fast_taps(self, form: str | None = None) -> frozenset[str]:
-        return frozenset(t for t in self.fast_plan.taps if self.fast_plan.covers(t, form))
+        return frozenset(t for t in self.closed_form.taps if self.closed_form.covers(t, form))
 
     def fast_relevance(self, upper: str, stats: Mapping[str, np.ndarray], neurons: Sequence[int],
                        form: str) -> dict[str, np.ndarray]:
-        tf = self.fast_plan.taps[upper]
-        out: dict[str, np.ndarray] = {}
+        """omega of a closed-form step from a batch's statistics (torch, float64), as numpy at this boundary."""
+        tf = self.closed_form.taps[upper]
+        out: dict[str, torch.Tensor] = {}
         for i, term in enumerate(tf.terms):
             prefix = f"{upper}/{i}/"
             sub = {k[len(prefix):]: stats[k] for k in stats if k.startswith(prefix)}  # only this step's arrays
-            om = omega_from_stats(term, sub, neurons, form)
+            om = term.omega(sub, neurons, form)
             out[term.parent] = out[term.parent] + om if term.parent in out else om
-        return out
+        return {k: v.cpu().numpy() for k, v in out.items()}
 
     def fingerprint(self) -> str:
         import hashlib
@@ -198,15 +201,15 @@ class TorchNetwork(Network):
         return h.hexdigest()
 
     def collect(self, batch: np.ndarray | torch.Tensor, forms: Sequence[str]) -> dict[str, np.ndarray]:
-        """Per-image sufficient statistics of every fast step, and every tap's scalars, in one forward pass.
+        """Per-image sufficient statistics of every closed-form step, and every tap's scalars, in one forward pass.
 
-        Keys: ``"scalars/<tap>"`` (B, N) and ``"<tap>/<term index>/<field>"`` (see :func:`term_stats`).
+        Keys: ``"scalars/<tap>"`` (B, N) and ``"<tap>/<term index>/<field>"`` (see the terms in
+        :mod:`ssa_torch.closed_form`). Computed on the model's device; float32 numpy arrays here.
         """
-        fast = self.fast_plan
-        interp = _StatsInterpreter(self, fast, tuple(forms))
+        interp = StatsInterpreter(self.graph_module, self.plan, self.closed_form, tuple(forms))
         with torch.no_grad():
             interp.run(self.to_tensor(batch))
-        return interp.stats
+        return {k: v.float().cpu().numpy() for k, v in interp.stats.items()}
 
     @property
     def plan(self) -> TapPlan:
@@ -317,73 +320,32 @@ class TorchNetwork(Network):
 
     def describe_steps(self) -> dict[str, str]:
         out = {}
-        fast = self.fast_plan
+        cf = self.closed_form
         for t in self.plan.taps:
             for p in t.parents:
-                if fast.covers(t.name):
-                    kinds = sorted({term.kind for term in fast.taps[t.name].terms if term.parent == p})
-                    only = "" if len(fast.taps[t.name].forms) == 2 else "; gradient rule only"
-                    out[f"{t.name} -> {p}"] = f"fast ({', '.join(kinds)}{only})"
+                if cf.covers(t.name):
+                    labels = sorted({term.label for term in cf.taps[t.name].terms if term.parent == p})
+                    only = "" if len(cf.taps[t.name].forms) == 2 else "; gradient rule only"
+                    out[f"{t.name} -> {p}"] = f"fast ({', '.join(labels)}{only})"
                 else:
-                    out[f"{t.name} -> {p}"] = f"autograd ({fast.reasons.get(t.name, 'no closed form')})"
+                    out[f"{t.name} -> {p}"] = f"autograd ({cf.reasons.get(t.name, 'no closed form')})"
         return out
 
+    def closed_form_summary(self) -> str:
+        """One line for ``ssa check``: how many steps take the closed form, and why the others do not."""
+        return steps_summary(self.describe_steps())
 
-class _StatsInterpreter(fx.Interpreter):
-    """One forward pass that records, at every tap, what the closed form needs."""
 
-    def __init__(self, net: TorchNetwork, fast: FastPlan, forms: tuple[str, ...]):
-        super().__init__(net.graph_module, garbage_collect_values=True)
-        self.net = net
-        self.forms = forms
-        self.fast = fast
-        plan = net.plan
-        self.tap_of_node = {node: tap for tap, node in plan.node_of.items()}
-        self.taps = {t.name: t for t in plan.taps}
-        self.act_of = {tf.act_node: tf for tf in fast.taps.values() if tf.act_node is not None}
-        self.logits_fast = fast.taps.get("logits")
-        gxa = "gradient_x_activation" in forms
-        self.keep: dict[str, int] = {}  # node -> number of taps still needing its value
-        for tf in fast.taps.values():
-            for term in tf.terms:
-                if gxa and term.x_node:
-                    self.keep[term.x_node] = self.keep.get(term.x_node, 0) + 1
-        self.kept: dict[str, torch.Tensor] = {}
-        self.stats: dict[str, np.ndarray] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        tf = self.act_of.get(n.name)
-        if tf is not None and self.net.plan.kinds.get(n.name) == "relu":
-            out = super().run_node(n)
-            self._record(tf, (out > 0).to(out.dtype))  # exactly autograd's ReLU derivative (result > 0)
-        elif tf is not None:
-            args, kwargs = self.fetch_args_kwargs_from_env(n)
-            with torch.enable_grad():
-                z = args[0].detach().requires_grad_(True)
-                out = getattr(self, n.op)(n.target, (z, *args[1:]), kwargs)
-                (m,) = torch.autograd.grad(out.sum(), z)
-            out = out.detach()
-            self._record(tf, m)
-        else:
-            out = super().run_node(n)
-            if self.logits_fast is not None and n.name == self.logits_fast.z_node:
-                self._record(self.logits_fast, torch.ones_like(out))
-        tap = self.tap_of_node.get(n.name)
-        if tap is not None and isinstance(out, torch.Tensor):
-            t = self.taps[tap]
-            self.stats[f"scalars/{tap}"] = spatial_mean(out, t.channel_axis).float().cpu().numpy()
-        if n.name in self.keep:
-            self.kept[n.name] = out
-        return out
-
-    def _record(self, tf, m: torch.Tensor) -> None:
-        forms = [f for f in self.forms if f in tf.forms]
-        for i, term in enumerate(tf.terms):
-            x = self.kept.get(term.x_node) if term.x_node else None
-            for key, val in term_stats(term, m, x, forms).items():
-                self.stats[f"{tf.tap}/{i}/{key}"] = val.float().cpu().numpy()
-            node = term.x_node
-            if node in self.keep:
-                self.keep[node] -= 1
-                if self.keep[node] <= 0:
-                    self.kept.pop(node, None)
+def steps_summary(steps: Mapping[str, str]) -> str:
+    """"N of M steps by the closed form", and the count of each fallback reason."""
+    fast = sum(1 for how in steps.values() if how.startswith("fast"))
+    line = f"{fast} of {len(steps)} steps by the closed form"
+    reasons: dict[str, int] = {}
+    for how in steps.values():
+        if not how.startswith("fast"):
+            reason = how[how.find("(") + 1:-1] if how.endswith(")") and "(" in how else how
+            reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        parts = [f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))]
+        line += "; by autograd: " + "; ".join(parts)
+    return line

@@ -1,0 +1,224 @@
+"""Convolutions (and chains of them composed): the closed form of method doc section 6.
+
+With m the derivative of the upper tap's summed activation with respect to the conv output
+(autograd, per image: the activation derivative times everything between the conv and the
+activation), W' the weight times the path's per-channel input scale, and the path's positional
+input scale s_y s_x (1 except for average pooling that counts padding),
+
+    omega[n, k] = 1 / (P_u * P_l) * sum_delta W'[n, k, delta] * C[n, delta],
+    C[n, delta] = sum_p m[n, p] * s(p + delta) * [p + delta reads inside the input]      (gradient)
+
+where W'[n, k, .] sums the conv inputs that belong to parent channel k. C is computed as two
+small matrix products with 0/1 validity matrices. A squeeze-excitation gate multiplies W' by a
+per-image, per-channel factor. For ``gradient_x_activation`` the per-image relevance is the
+weight-gradient of m against the conv input, summed with W over the kernel offsets (unfold and
+one batched matrix product per chunk of images).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from .linear import LinearOp, NotClosedForm
+from .planner import Branch, Planner
+from .registry import ClosedForm, register_builtin
+from .terms import Term, as_tensor, chunks, scatter_channels
+
+__all__ = ["ConvTerm", "ConvForm", "conv_input_relevance", "factor_scale"]
+
+
+def factor_scale(scale: torch.Tensor | None, shape: tuple[int, ...]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split a per-element input scale (C, H, W) into s_c (C,), s_y (H,), s_x (W,) with scale = s_c s_y s_x."""
+    c, h, w = shape
+    if scale is None:
+        one = torch.ones
+        return one(c, dtype=torch.float64), one(h, dtype=torch.float64), one(w, dtype=torch.float64)
+    scale = scale.double().cpu()
+    flat = scale.reshape(c, h * w)
+    j = int(flat.abs().sum(0).argmax())
+    s_c = flat[:, j].clone()
+    ci = int(s_c.abs().argmax())
+    if s_c[ci] == 0:
+        return s_c, torch.ones(h, dtype=torch.float64), torch.ones(w, dtype=torch.float64)
+    pos = (flat[ci] / s_c[ci]).reshape(h, w)
+    yi, xi = divmod(j, w)
+    s_y, s_x = pos[:, xi].clone(), pos[yi, :].clone() / pos[yi, xi]
+    if not torch.allclose(scale, s_c[:, None, None] * s_y[None, :, None] * s_x[None, None, :], rtol=1e-9, atol=1e-12):
+        raise NotClosedForm("the path scales a conv input by factors that vary with both channel and position")
+    return s_c, s_y, s_x
+
+
+def _valid(n_out: int, n_in: int, k: int, stride: int, pad: int, dil: int, weight: torch.Tensor,
+           device, dtype) -> torch.Tensor:
+    """(n_out, k): the input scale at output p, offset d, where p * stride - pad + d * dil reads inside the input."""
+    p = torch.arange(n_out, device=device).reshape(-1, 1)
+    d = torch.arange(k, device=device).reshape(1, -1)
+    pos = p * stride - pad + d * dil
+    inside = (pos >= 0) & (pos < n_in)
+    w = weight.to(device=device, dtype=dtype)[pos.clamp(0, n_in - 1)]
+    return torch.where(inside, w, torch.zeros_like(w))
+
+
+def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A[b, n, c] = sum_p m[b, n, p] sum_delta W[n, c, delta] x[b, c, p + delta], shape (B, N, C / groups).
+
+    Chunks of images keep the unfolded input within :data:`~ssa_torch.closed_form.terms.WORK_BYTES`.
+    """
+    n, cg, kh, kw = op.weight.shape
+    g = op.groups
+    B = m.shape[0]
+    w = op.weight.to(m.dtype).reshape(g, n // g, cg * kh * kw)
+    top, bottom, left, right = op.pad
+    per_image = cg * g * kh * kw * m[0, 0].numel() * m.element_size()
+    out = []
+    for lo, hi in chunks(B, per_image):
+        xb = x[lo:hi].to(m.dtype)
+        if any(op.pad):
+            xb = F.pad(xb, (left, right, top, bottom))
+        xu = F.unfold(xb, (kh, kw), dilation=op.dilation, stride=op.stride)  # (b, C*kk, P)
+        xu = xu.reshape(hi - lo, g, cg * kh * kw, -1)
+        mb = m[lo:hi].reshape(hi - lo, g, n // g, -1)  # (b, G, Ng, P)
+        a = torch.matmul(mb, xu.transpose(-1, -2))  # (b, G, Ng, Cg*kk)
+        out.append((a * w).reshape(hi - lo, n, cg, kh * kw).sum(-1))
+    return torch.cat(out) if out else torch.zeros((0, n, cg), dtype=m.dtype, device=m.device)
+
+
+def global_input_channels(op: LinearOp, device=None) -> torch.Tensor:
+    """(N, C / groups): the global input channel of each weight column."""
+    n, cg = op.weight.shape[:2]
+    rows = torch.arange(n, device=device)
+    return (rows // (n // op.groups))[:, None] * cg + torch.arange(cg, device=device)[None, :]
+
+
+class ConvTerm(Term):
+    """A convolution (possibly a composed linear chain, possibly with a gated input) reaching one parent."""
+
+    label = "conv"
+
+    def __init__(self, parent: str, branch: Branch, chan: torch.Tensor) -> None:
+        self.parent = parent
+        self.op = branch.op
+        self.x = branch.x
+        self.x_shape = branch.x_shape
+        self.chan = chan.long()
+        self.gate = branch.gate.node if branch.gate is not None else None
+        self.shifted = branch.shifted
+        self.s_c, self.s_y, self.s_x = factor_scale(branch.scale, branch.x_shape)
+        if branch.op.layers > 1:
+            self.label = "conv chain"
+        if self.gate is not None:
+            self.label = "gated conv"
+        self._static: dict[str, torch.Tensor] = {}
+
+    @property
+    def forms(self) -> frozenset[str]:
+        return frozenset({"gradient"} if self.shifted else {"gradient", "gradient_x_activation"})
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return (self.x,) + ((self.gate,) if self.gate else ())
+
+    def _index(self, device) -> torch.Tensor:
+        """(N, C / groups): the parent channel of each weight column (-1: another parent)."""
+        return self.chan.to(device)[global_input_channels(self.op, device)]
+
+    def _weight(self, device) -> torch.Tensor:
+        """W' (N, C / groups, kk) in float64: the weight times the per-channel input scale."""
+        key = f"w{device}"
+        if key not in self._static:
+            w = self.op.weight.to(device=device, dtype=torch.float64)
+            n, cg, kh, kw = w.shape
+            s = self.s_c.to(device)[global_input_channels(self.op, device)]
+            self._static[key] = (w.reshape(n, cg, kh * kw) * s[:, :, None])
+        return self._static[key]
+
+    def _wk(self, device) -> torch.Tensor:
+        """(N, K, kk): W' summed over the conv inputs of each parent channel."""
+        key = f"wk{device}"
+        if key not in self._static:
+            w = self._weight(device)
+            idx = self._index(device)
+            self._static[key] = scatter_channels(w.transpose(1, 2), idx[:, None, :].expand(-1, w.shape[2], -1),
+                                                 self.n_parent).transpose(1, 2).contiguous()
+        return self._static[key]
+
+    def statistics(self, m: torch.Tensor, values: Mapping[str, torch.Tensor], forms: Sequence[str]):
+        out: dict[str, torch.Tensor] = {}
+        B = m.shape[0]
+        n, _, kh, kw = self.op.weight.shape
+        top, _, left, _ = self.op.pad
+        if "gradient" in forms:
+            vy = _valid(m.shape[2], self.x_shape[1], kh, self.op.stride[0], top, self.op.dilation[0], self.s_y,
+                        m.device, m.dtype)
+            vx = _valid(m.shape[3], self.x_shape[2], kw, self.op.stride[1], left, self.op.dilation[1], self.s_x,
+                        m.device, m.dtype)
+            # C[b, n, i, j] = sum_{y, x} m[b, n, y, x] vy[y, i] vx[x, j], as two small matmuls
+            out["g"] = torch.matmul(vy.t(), torch.matmul(m, vx)).reshape(B, n, kh * kw)
+            if self.gate is not None:
+                out["gate"] = values[self.gate].reshape(B, -1).to(m.dtype)
+        if "gradient_x_activation" in forms:
+            x = values[self.x]
+            if self.gate is not None:
+                x = x * values[self.gate].reshape(B, -1, 1, 1)
+            a = conv_input_relevance(self.op, m, x)  # (B, N, Cg)
+            out["a"] = scatter_channels(a, self._index(m.device).expand(B, -1, -1), self.n_parent)
+        return out
+
+    def omega(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str) -> torch.Tensor:
+        if form == "gradient":
+            c = as_tensor(stats["g"])  # (B, N, kk)
+            h, fed = self.head_channels(neurons, c.device)
+            cs = c[:, h]  # (B, n, kk)
+            if self.gate is None:
+                om = torch.einsum("jkd,bjd->jbk", self._wk(c.device)[h], cs)
+            else:
+                g = as_tensor(stats["gate"], c.device)  # (B, C)
+                cols = global_input_channels(self.op, c.device)[h]  # (n, Cg)
+                p = torch.einsum("jcd,bjd->jbc", self._weight(c.device)[h], cs) * g[:, cols].transpose(0, 1)
+                om = scatter_channels(p, self._index(c.device)[h][:, None, :].expand_as(p), self.n_parent)
+        else:
+            a = as_tensor(stats["a"])  # (B, N, K)
+            h, fed = self.head_channels(neurons, a.device)
+            om = a[:, h].transpose(0, 1)
+        return self._finish(om, fed)
+
+
+def check_conv_geometry(op: LinearOp, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
+    """The head's output shape must be what the (composed) conv computes from its input."""
+    n, cg, kh, kw = op.weight.shape
+    if len(x_shape) != 3 or x_shape[0] != cg * op.groups or len(out_shape) != 4 or out_shape[1] != n:
+        raise NotClosedForm("unexpected convolution shapes")
+    top, bottom, left, right = op.pad
+    h = (x_shape[1] + top + bottom - op.dilation[0] * (kh - 1) - 1) // op.stride[0] + 1
+    w = (x_shape[2] + left + right - op.dilation[1] * (kw - 1) - 1) // op.stride[1] + 1
+    if (h, w) != tuple(out_shape[2:]):
+        raise NotClosedForm("unexpected convolution geometry")
+
+
+@register_builtin
+class ConvForm(ClosedForm):
+    """``nn.Conv2d`` (zero padding, any stride / dilation / groups, a zero pad before it absorbed)."""
+
+    name = "conv"
+    kinds = ("conv",)
+
+    def terms(self, node: fx.Node, ctx: Planner) -> list[Term]:
+        from .gate import gate_terms
+
+        op, x = ctx.layer_op(node)
+        out_shape = tuple(ctx.value(node).shape)
+        terms: list[Term] = []
+        gates = {}
+        for br in ctx.resolve(x, op):
+            check_conv_geometry(br.op, br.x_shape, out_shape)
+            terms.extend(ConvTerm(p, br, br.channels_of(p)) for p in br.parents)
+            if br.gate is not None:
+                gates[br.gate.node] = br.gate
+        for gate in gates.values():
+            terms.extend(gate_terms(gate, ctx))
+        return terms

@@ -1,0 +1,72 @@
+"""Skip connections: the parent tap itself (possibly pooled, permuted, flattened) is a term.
+
+ResNet's identity skip, a pooled skip, and the logits of SqueezeNet (``flatten(pool(relu))``):
+the head is the parent tap, whose channel k feeds upper channel n = k (or the channel the
+output-side ops move it to). With m the derivative of the upper tap's summed activation with
+respect to the parent,
+
+    omega[n, k] = 1 / (P_u * P_l) * sum_p m[k, p]              (gradient)
+    omega[n, k] = 1 / (P_u * P_l) * sum_p m[k, p] * parent[k, p] (gradient x activation)
+
+and 0 for every other parent neuron.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from torch import fx
+
+from .registry import ClosedForm, register_builtin
+from .terms import Term, as_tensor
+
+__all__ = ["IdentityTerm", "IdentityForm"]
+
+
+class IdentityTerm(Term):
+    """A parent tap that reaches the upper tap's pre-activation without a layer."""
+
+    label = "identity"
+
+    def __init__(self, parent: str, head: str, channel_axis: int) -> None:
+        self.parent = parent
+        self.head = head
+        self.channel_axis = channel_axis
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return (self.head,)
+
+    def _per_channel(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.movedim(self.channel_axis, 1)
+        return t.reshape(t.shape[0], t.shape[1], -1).sum(-1)
+
+    def statistics(self, m, values, forms):
+        out = {}
+        if "gradient" in forms:
+            out["g"] = self._per_channel(m)
+        if "gradient_x_activation" in forms:
+            out["a"] = self._per_channel(m * values[self.head].to(m.dtype))
+        return out
+
+    def omega(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str) -> torch.Tensor:
+        d = as_tensor(stats["g" if form == "gradient" else "a"])  # (B, N)
+        h, fed = self.head_channels(neurons, d.device)
+        om = torch.zeros((len(h), d.shape[0], self.n_parent), dtype=d.dtype, device=d.device)
+        j = torch.arange(len(h), device=d.device)
+        om[j, :, h] = d[:, h].t()
+        return self._finish(om, fed)
+
+
+@register_builtin
+class IdentityForm(ClosedForm):
+    """A parent tap met on the output side (the planner's pseudo op kind "tap")."""
+
+    name = "identity"
+    kinds = ("tap",)
+
+    def terms(self, node: fx.Node, ctx) -> list[Term]:
+        tap = ctx.taps[ctx.tap_of_node[node.name]]
+        return [IdentityTerm(tap.name, node.name, tap.channel_axis)]
