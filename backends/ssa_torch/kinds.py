@@ -175,6 +175,9 @@ def node_kind(node: fx.Node, modules: Mapping[str, nn.Module]) -> str:
             return _FUNCTION_KINDS[target]
     except TypeError:
         pass
+    if getattr(target, "__name__", "") == "stochastic_depth" and \
+            str(getattr(target, "__module__", "")).startswith("torchvision."):
+        return "identity"  # torchvision.ops.stochastic_depth: the input itself when not training
     if isinstance(target, torch._ops.OpOverload):
         return _ATEN_KINDS.get(target.overloadpacket.__name__, "other")
     if isinstance(target, torch._ops.OpOverloadPacket):

@@ -8,6 +8,8 @@ layer that reads it.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn as nn
 from torch import fx
@@ -18,11 +20,19 @@ __all__ = ["DropIdentities"]
 
 
 def _dropout_active(node: fx.Node, modules) -> bool:
+    """Dropout / stochastic depth that is not in eval mode (its ``training`` argument is not False)."""
     if node.op == "call_module":
         mod = modules[node.target]
         return isinstance(mod, nn.Module) and mod.training and isinstance(mod, nn.modules.dropout._DropoutNd)
-    if node.op == "call_function" and "dropout" in getattr(node.target, "__name__", str(node.target)):
-        training = node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True)
+    if node.op == "call_function" and not isinstance(node.target, torch._ops.OpOverload):
+        try:
+            params = list(inspect.signature(node.target).parameters)
+        except (TypeError, ValueError):
+            return False
+        if "training" not in params:
+            return False
+        i = params.index("training")
+        training = node.kwargs.get("training", node.args[i] if len(node.args) > i else True)
         return training is not False
     return False
 
