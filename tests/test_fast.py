@@ -109,14 +109,36 @@ def test_grouped_net_is_fully_fast():
     assert steps and all(v.startswith("fast") for v in steps.values()), steps
 
 
-def test_fallback_reason_is_reported():
-    """A squeeze-excitation product is not a closed-form step; it falls back to autograd and says why."""
-    from .models import se_cnn
+class LayerNormNet(nn.Module):
+    """ConvNeXt-style: a LayerNorm over the channels of each position between two convs."""
 
-    net = load_model(se_cnn.build())
-    net.prepare(se_cnn.images(2))
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.r1 = nn.ReLU()
+        self.norm = nn.LayerNorm(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.r2 = nn.GELU()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.r1(self.c1(x))
+        y = self.norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.fc(self.r2(self.c2(y)).mean((2, 3)))
+
+
+def test_fallback_reason_is_reported():
+    """A LayerNorm mixes the channels of a position: no closed form; the step falls back to autograd and says why.
+    (A squeeze-excitation product, this test's example before, now has a closed form.)"""
+    torch.manual_seed(0)
+    net = load_model(LayerNormNet().eval())
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    net.prepare(x)
     steps = net.describe_steps()
-    assert any(v.startswith("autograd (") for v in steps.values()), steps
+    assert steps["r2 -> r1"].startswith("autograd (layer normalisation mixes the channels"), steps
+    assert steps["logits -> r2"] == "fast (linear)"
+    assert net.closed_form_summary() == ("1 of 2 steps by the closed form; by autograd: 1 x layer normalisation "
+                                         "mixes the channels of a position (no closed form)")
 
 
 def test_session_reanalyses_without_the_network(monkeypatch):
