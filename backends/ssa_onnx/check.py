@@ -19,6 +19,7 @@ import numpy as np
 from ssa.errors import InvalidInputError
 from ssa.interfaces import Network, Tap
 from ssa_torch.kinds import display_name, target_name
+from ssa_torch.network import steps_summary
 
 from .model import OnnxInfo
 from .outputs import LogProbabilities
@@ -131,6 +132,7 @@ def render_report(r: CheckReport) -> str:
         lines.append(f"  steps ({len(r.steps)}):")
         for step, how in r.steps.items():
             lines.append(f"    {step}: {how}")
+        lines.append(f"  {steps_summary(r.steps)}")
     lines.extend(advice_section(r))
     return "\n".join(lines)
 

@@ -42,4 +42,7 @@ def run(args: argparse.Namespace) -> int:
     print("steps:")
     for step, how in network.describe_steps().items():
         print(f"  {step:<48} {how}")
+    summary = getattr(network, "closed_form_summary", None)
+    if callable(summary):
+        print(summary())
     return 0
