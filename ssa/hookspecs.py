@@ -42,3 +42,16 @@ def ssa_register_selectors(register):
     :class:`ssa.interfaces.Selector` and has a unique ``name``, a
     ``description`` and documented keyword parameters.
     """
+
+
+@hookspec
+def ssa_register_closed_forms(register):
+    """Register closed forms of step relevance (PyTorch backend; method doc, section 6).
+
+    Call ``register(form)`` with a :class:`ssa_torch.closed_form.ClosedForm` subclass or
+    instance: its ``kinds`` are the op kinds whose layer nodes it turns into closed-form terms
+    (``ssa_torch.closed_form.Term``: which per-image statistics to collect, how omega is
+    reconstructed from them); its ``targets`` classify your own module classes or functions as
+    those kinds. ``register(form, replace=True)`` replaces the form of a kind that has one.
+    Steps through op kinds without a form use exact autograd.
+    """

@@ -185,7 +185,7 @@ class ConvTerm(Term):
             a = as_tensor(stats["a"])  # (B, N, K)
             h, fed = self.head_channels(neurons, a.device)
             om = a[:, h].transpose(0, 1)
-        return self._finish(om, fed)
+        return self.finish(om, fed)
 
 
 def check_conv_geometry(op: LinearOp, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:

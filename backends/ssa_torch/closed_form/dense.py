@@ -107,7 +107,7 @@ class DenseTerm(Term):
                 parts.append(scatter_channels(contrib, chan, self.n_parent) * mm[:, h[lo:hi]].t()[:, :, None])
             om = torch.cat(parts) if parts else torch.zeros((0, x.shape[0], self.n_parent), dtype=x.dtype,
                                                             device=x.device)
-        return self._finish(om, fed)
+        return self.finish(om, fed)
 
 
 @register_builtin
@@ -116,6 +116,9 @@ class DenseForm(ClosedForm):
 
     name = "dense"
     kinds = ("linear", "matmul")
+
+    def channel_axis(self, node: fx.Node, ctx: Planner) -> int:
+        return ctx.value(node).dim() - 1
 
     def terms(self, node: fx.Node, ctx: Planner) -> list[Term]:
         op, x = ctx.layer_op(node)

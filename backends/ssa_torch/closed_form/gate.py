@@ -87,7 +87,7 @@ class GateTerm(Term):
             w2 = self.w2.to(device=a.device, dtype=torch.float64)
             t = scatter_channels(w2[None] * x2[:, None, :], self.chan.to(a.device), self.n_parent)  # (B, C, K)
             om = torch.bmm(mg, t).transpose(0, 1)
-        return self._finish(om, fed)
+        return self.finish(om, fed)
 
 
 def gate_terms(gate: Gate, ctx: Planner) -> list[Term]:

@@ -57,7 +57,7 @@ class IdentityTerm(Term):
         om = torch.zeros((len(h), d.shape[0], self.n_parent), dtype=d.dtype, device=d.device)
         j = torch.arange(len(h), device=d.device)
         om[j, :, h] = d[:, h].t()
-        return self._finish(om, fed)
+        return self.finish(om, fed)
 
 
 @register_builtin
@@ -66,6 +66,9 @@ class IdentityForm(ClosedForm):
 
     name = "identity"
     kinds = ("tap",)
+
+    def channel_axis(self, node: fx.Node, ctx) -> int:
+        return ctx.taps[ctx.tap_of_node[node.name]].channel_axis
 
     def terms(self, node: fx.Node, ctx) -> list[Term]:
         tap = ctx.taps[ctx.tap_of_node[node.name]]

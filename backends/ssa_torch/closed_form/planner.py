@@ -504,10 +504,10 @@ class Planner:
         return heads, segment
 
     def head_channel_axis(self, head: fx.Node, own: str | None = None) -> int:
-        if self.is_tap(head) and head.name != own:
-            return self.taps[self.tap_of_node[head.name]].channel_axis
-        value = self.value(head)
-        return 1 if self.kind(head) == "conv" else value.dim() - 1
+        from .registry import form_for
+
+        kind = "tap" if self.is_tap(head) and head.name != own else self.kind(head)
+        return form_for(kind).channel_axis(head, self)
 
     def out_index(self, head: fx.Node, heads: Sequence[fx.Node], segment: Sequence[fx.Node], z: fx.Node,
                   upper_axis: int, n_upper: int, own: str | None = None) -> torch.Tensor:

@@ -46,6 +46,11 @@ class ClosedForm:
     def terms(self, node: fx.Node, ctx: Any) -> list[Term]:
         raise NotImplementedError
 
+    def channel_axis(self, node: fx.Node, ctx: Any) -> int:
+        """The channel axis of the node's (batched) output: 1 for maps, the last axis for vectors."""
+        value = ctx.value(node)
+        return 1 if value.dim() >= 3 else value.dim() - 1
+
 
 _BUILTIN: list[ClosedForm] = []  # registered by the built-in modules (conv, dense, identity)
 _DIRECT: list[tuple[ClosedForm, bool]] = []  # registered with register_closed_form

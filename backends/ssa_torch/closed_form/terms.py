@@ -104,7 +104,7 @@ class Term:
         idx = self.out_index.to(device)[torch.as_tensor(list(neurons), dtype=torch.long, device=device)]
         return idx.clamp_min(0), idx >= 0
 
-    def _finish(self, om: torch.Tensor, fed: torch.Tensor) -> torch.Tensor:
+    def finish(self, om: torch.Tensor, fed: torch.Tensor) -> torch.Tensor:
         """Scale, and zero the rows of upper neurons this term does not feed."""
         om = om * self.scale
         if not bool(fed.all()):
