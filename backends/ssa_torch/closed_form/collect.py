@@ -95,7 +95,8 @@ class StatsInterpreter(fx.Interpreter):
         if out.requires_grad:
             with torch.enable_grad():
                 total = out.sum()
-            grads = torch.autograd.grad(total, leaves, allow_unused=True)
+            # retain: ops between heads and z can be shared by several taps (DenseNet concatenations)
+            grads = torch.autograd.grad(total, leaves, allow_unused=True, retain_graph=True)
         else:
             grads = (None,) * len(leaves)
         masks = {h: (g if g is not None else torch.zeros_like(leaf)).detach()
