@@ -235,9 +235,12 @@ def test_naive_reference_extrapolated(benchmark, prepared):
 def test_report_ratios(benchmark, prepared):
     """Print the ratios of this run and save them (runs last in the module)."""
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    name = prepared[0]
+    name, session = prepared[0], prepared[3]
     r = RESULTS[name]
     r.pop("_sets", None)
+    steps = session.network.describe_steps()
+    r["closed_form_steps"] = sum(v.startswith("fast") for v in steps.values())
+    r["steps"] = len(steps)
     dev = bench_device()
     card = torch.cuda.get_device_name(0) if dev.startswith("cuda") else _cpu_name()
     r.update({"images": bench_images(), "device": dev, "card": card, "branching": B, "batch_size": BATCH,
@@ -247,6 +250,8 @@ def test_report_ratios(benchmark, prepared):
     r["naive_shared_forward_over_traversal"] = r["naive_shared_forward_extrapolated_s"] / r["traversal_s"]
     r["autograd_over_traversal"] = r["autograd_extrapolated_s"] / r["traversal_s"]
     print(f"\n[{name} on {dev} ({card}), {bench_images()} images, b={B}]")
+    print(f"  share of steps by the closed form: {r['closed_form_steps']} of {r['steps']} "
+          f"({r['closed_form_steps'] / max(r['steps'], 1):.0%})")
     print(f"  plain forward            {r['forward_s']:.3f} s")
     print(f"  full traversal           {r['traversal_s']:.3f} s  = {r['traversal_over_forward']:.2f}x forward "
           f"({r['fast_steps']}/{r['visited_steps']} visited steps fast, {r['graph_nodes']} nodes)")
