@@ -7,7 +7,7 @@ once with TF32 on) and the ONNX export patterns.
 
 Prints one JSON line per model: the ssa check summary, the worst relative omega error per form, graph equality.
 """
-import os, sys, time, json, warnings
+import os, time, json, warnings
 warnings.simplefilter("ignore")
 import numpy as np, torch, torchvision
 from pathlib import Path

@@ -8,7 +8,6 @@ computes) for both rules.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import ssa
@@ -50,6 +49,10 @@ def test_parity_taps_and_every_step_by_the_closed_form(patterns, name):
     steps = net.describe_steps()
     assert all(v.startswith("fast (") and "gradient rule only" not in v for v in steps.values()), steps
     assert net.closed_form_summary() == f"{len(steps)} of {len(steps)} steps by the closed form"
+    from ssa_onnx import check_report
+
+    text = check_report(str(p.path), p.images[:4]).render()
+    assert "parity ok" in text and f"{len(steps)} of {len(steps)} steps by the closed form" in text
 
 
 @pytest.mark.parametrize("form", RULES)

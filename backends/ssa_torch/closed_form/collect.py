@@ -10,7 +10,7 @@ without autograd. Statistics stay torch tensors on the model's device.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import fx
