@@ -141,11 +141,18 @@ class ConvTerm(Term):
         """(N, K, kk): W' summed over the conv inputs of each parent channel."""
         key = f"wk{device}"
         if key not in self._static:
-            w = self._weight(device)
-            idx = self._index(device)
-            self._static[key] = scatter_channels(w.transpose(1, 2), idx[:, None, :].expand(-1, w.shape[2], -1),
-                                                 self.n_parent).transpose(1, 2).contiguous()
+            w = self._weight(device).transpose(1, 2)  # (N, kk, Cg)
+            self._static[key] = self._to_parents(w, 0).transpose(1, 2).contiguous()
         return self._static[key]
+
+    def _to_parents(self, values: torch.Tensor, n_axis: int) -> torch.Tensor:
+        """Sum the last axis (the weight columns Cg of each output channel, on axis ``n_axis``) into parents."""
+        if self.op.groups == 1:  # every output channel reads the same input channels
+            return scatter_channels(values, self.chan.to(values.device), self.n_parent)
+        idx = self._index(values.device)  # (N, Cg): per output channel, the parent of each column
+        shape = [1] * values.dim()
+        shape[n_axis], shape[-1] = idx.shape
+        return scatter_channels(values, idx.reshape(shape), self.n_parent)
 
     def statistics(self, m: torch.Tensor, values: Mapping[str, torch.Tensor], forms: Sequence[str]):
         out: dict[str, torch.Tensor] = {}
@@ -166,7 +173,7 @@ class ConvTerm(Term):
             if self.gate is not None:
                 x = x * values[self.gate].reshape(B, -1, 1, 1)
             a = conv_input_relevance(self.op, m, x)  # (B, N, Cg)
-            out["a"] = scatter_channels(a, self._index(m.device).expand(B, -1, -1), self.n_parent)
+            out["a"] = self._to_parents(a, 1)
         return out
 
     def omega(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str) -> torch.Tensor:
@@ -180,7 +187,10 @@ class ConvTerm(Term):
                 g = as_tensor(stats["gate"], c.device)  # (B, C)
                 cols = global_input_channels(self.op, c.device)[h]  # (n, Cg)
                 p = torch.einsum("jcd,bjd->jbc", self._weight(c.device)[h], cs) * g[:, cols].transpose(0, 1)
-                om = scatter_channels(p, self._index(c.device)[h][:, None, :].expand_as(p), self.n_parent)
+                if self.op.groups == 1:
+                    om = scatter_channels(p, self.chan.to(c.device), self.n_parent)
+                else:  # (n, B, Cg) with the selected output channels first
+                    om = scatter_channels(p, self._index(c.device)[h][:, None, :], self.n_parent)
         else:
             a = as_tensor(stats["a"])  # (B, N, K)
             h, fed = self.head_channels(neurons, a.device)

@@ -66,8 +66,11 @@ class DenseTerm(Term):
         """(N, K): W' summed over the features of each parent channel."""
         key = f"wk{device}"
         if key not in self._static:
-            w = self._w(device) * self.s.to(device)[None, :]
-            self._static[key] = scatter_channels(w, self.chan.to(device), self.n_parent)
+            n, d = self.weight.shape
+            s, chan = self.s.to(device), self.chan.to(device)
+            parts = [scatter_channels(self.weight[lo:hi].to(device=device, dtype=torch.float64) * s[None, :], chan,
+                                      self.n_parent) for lo, hi in chunks(n, d * 8)]
+            self._static[key] = torch.cat(parts)
         return self._static[key]
 
     def statistics(self, m: torch.Tensor, values: Mapping[str, torch.Tensor], forms: Sequence[str]):

@@ -41,14 +41,16 @@ def as_tensor(value: Any, device: torch.device | str | None = None) -> torch.Ten
 def scatter_channels(values: torch.Tensor, chan: torch.Tensor, k: int) -> torch.Tensor:
     """Sum the last axis of ``values`` into ``k`` bins by ``chan`` (entries with ``chan == -1`` are dropped).
 
-    ``chan`` has the shape of ``values``' last axis, or of ``values`` itself (then per element).
+    ``chan`` has the length of ``values``' last axis (one bin per column: ``index_add``), or the shape
+    of ``values`` itself (a bin per element: ``scatter_add``).
     """
     chan = chan.to(values.device)
     idx = torch.where(chan >= 0, chan, torch.full_like(chan, k))
-    if idx.dim() == 1:
-        idx = idx.expand(values.shape)
     out = torch.zeros(values.shape[:-1] + (k + 1,), dtype=values.dtype, device=values.device)
-    out.scatter_add_(-1, idx.contiguous(), values)
+    if idx.dim() == 1:
+        out.index_add_(values.dim() - 1, idx, values)
+    else:
+        out.scatter_add_(-1, idx.expand(values.shape).contiguous(), values)
     return out[..., :k]
 
 
