@@ -102,3 +102,35 @@ def test_check_prints_the_summary_line(capsys, tmp_path):
     assert main(["check", "digits", "--images", "digits"]) == 0
     out = capsys.readouterr().out
     assert out.rstrip().splitlines()[-1] == "4 of 4 steps by the closed form"
+
+
+class _SiLUNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.a1 = torch.nn.SiLU()
+        self.c2 = torch.nn.Conv2d(8, 12, 3, padding=1)
+        self.a2 = torch.nn.Hardswish()
+        self.fc = torch.nn.Linear(12, 5)
+
+    def forward(self, x):
+        return self.fc(self.a2(self.c2(self.a1(self.c1(x)))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_composite_activations_of_onnx_exports(tmp_path, opset):
+    """SiLU exports as x * Sigmoid(x) and, before opset 14, HardSwish as x * HardSigmoid(x): the product is the
+    tap, and its step takes the closed form (the derivative through both factors comes from autograd)."""
+    from . import onnx_models as om
+
+    model = om.heavy_tail_(_SiLUNet(), 3)
+    x = om.images((3, 8, 8), 6)
+    path = om.export(model, x, tmp_path / f"silu_{opset}.onnx", opset=opset)
+    net = ssa.load_model(str(path))
+    net.prepare(x)
+    ops = [t.op for t in net.taps]
+    assert "swish" in ops and (opset >= 14 or "hardswish" in ops), ops
+    steps = net.describe_steps()
+    assert all(v.startswith("fast") for v in steps.values()), steps
+    for form in ("gradient", "gradient_x_activation"):
+        assert _omega_close(net, x, form) == 2

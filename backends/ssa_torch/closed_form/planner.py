@@ -31,7 +31,8 @@ import torch.nn as nn
 from torch import fx
 from torch.fx.node import map_arg
 
-from ..kinds import (ACTIVATIONS, LAYERS, NO_CLOSED_FORM, PERMUTATIONS, POOLING, RESHAPES, SUMS, node_kind)
+from ..kinds import (ACTIVATIONS, GATE_ACTIVATIONS, LAYERS, NO_CLOSED_FORM, PERMUTATIONS, POOLING, RESHAPES, SUMS,
+                     node_kind)
 from ..taps import TapPlan
 from .linear import LinearOp, NotClosedForm
 from .terms import Term
@@ -555,15 +556,29 @@ def plan_closed_form(gm: fx.GraphModule, plan: TapPlan, env1: Mapping[str, Any])
             continue
         node = planner.nodes[plan.node_of[tap.name]]
         try:
+            inner: list[fx.Node] = []  # the gate of a composite activation (x * sigmoid(x))
             if tap.kind == "logits":
                 act, z = None, node
             else:
-                if planner.kind(node) not in ACTIVATIONS or len(planner.computed_args(node)) != 1:
+                comp = planner.computed_args(node)
+                if planner.kind(node) not in ACTIVATIONS:
                     raise NotClosedForm("the tap is not a pointwise activation of one tensor")
-                act, z = node.name, planner.computed_args(node)[0]
+                if len(comp) == 2:  # swish / hard-swish written as x * sigmoid(x) (ONNX exports)
+                    pair = [(x, g) for x, g in (comp, comp[::-1]) if planner.kind(g) in GATE_ACTIVATIONS
+                            and planner.computed_args(g) == [x]]
+                    if not pair:
+                        raise NotClosedForm("the tap is not a pointwise activation of one tensor")
+                    z, gate = pair[0]
+                    inner.append(gate)
+                elif len(comp) == 1:
+                    z = comp[0]
+                else:
+                    raise NotClosedForm("the tap is not a pointwise activation of one tensor")
+                act = node.name
                 if tuple(env1[z.name].shape) != tuple(env1[node.name].shape):
                     raise NotClosedForm("the activation changes the shape")
             heads, segment = planner.heads(z, node.name)
+            segment = segment + inner
             terms: list[Term] = []
             for head in heads:
                 kind = "tap" if planner.is_tap(head) and head is not node else planner.kind(head)
