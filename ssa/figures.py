@@ -329,20 +329,27 @@ def _torch_parts(network: "Network", tap: str):
 
 
 def _run_recording(network: "Network", x, node_name: str):
+    """The value of one fx node when the network runs on ``x``."""
+    return _run_recording_many(network, x, [node_name])[node_name]
+
+
+def _run_recording_many(network: "Network", x, node_names: Collection[str]) -> dict[str, Any]:
+    """The values of several fx nodes from one run of the network on ``x`` (one forward pass)."""
     from torch import fx
 
     gm = network.graph_module  # type: ignore[attr-defined]
+    wanted = set(node_names)
     seen: dict[str, Any] = {}
 
     class _Record(fx.Interpreter):
         def run_node(self, n):
             out = super().run_node(n)
-            if n.name == node_name:
-                seen["value"] = out
+            if n.name in wanted:
+                seen[n.name] = out
             return out
 
     _Record(gm).run(x)
-    return seen["value"]
+    return seen
 
 
 def _channel_scalar(value, channel_axis: int, neuron: int):
