@@ -5,7 +5,7 @@
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const num = (v) => (Math.round(v * 100) / 100).toString();
 
-export function viewToSVG(sigma, { title = "", tapLabels = [] } = {}) {
+export function viewToSVG(sigma, { title = "", tapLabels = [], gutter = 124 } = {}) {
   const graph = sigma.getGraph();
   const { width, height } = sigma.getDimensions();
   const margin = 20;
@@ -32,10 +32,11 @@ export function viewToSVG(sigma, { title = "", tapLabels = [] } = {}) {
   edges.sort((x, y) => (x.d.zIndex || 0) - (y.d.zIndex || 0));
   nodes.sort((x, y) => (x.d.zIndex || 0) - (y.d.zIndex || 0));
   const out = [];
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="system-ui, sans-serif">`);
+  const W = width + gutter;
+  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${height}" viewBox="0 0 ${W} ${height}" font-family="system-ui, sans-serif">`);
   if (title) out.push(`<title>${esc(title)}</title>`);
   out.push(`<rect width="100%" height="100%" fill="#ffffff"/>`);
-  out.push(`<g class="edges" stroke-linecap="round">`);
+  out.push(`<g transform="translate(${gutter} 0)"><g class="edges" stroke-linecap="round">`);
   for (const { s, t, a, b, d, attrs } of edges) {
     const w = Math.max(0.5, sigma.scaleSize(d.size || 1));
     const dash = attrs.sign < 0 ? ` stroke-dasharray="${num(3 * w + 2)} ${num(2 * w + 2)}"` : "";
@@ -48,9 +49,9 @@ export function viewToSVG(sigma, { title = "", tapLabels = [] } = {}) {
       out.push(`<text x="${num(p.x)}" y="${num(p.y + r + 11)}" font-size="10" text-anchor="middle" fill="#222">${esc(d.label)}</text>`);
     }
   }
-  out.push(`</g><g class="taps" font-size="11" fill="#555">`);
+  out.push(`</g></g><g class="taps" font-size="11" fill="#555" text-anchor="end">`);
   for (const { name, y } of tapLabels) {
-    if (y >= 0 && y <= height) out.push(`<text x="6" y="${num(y)}" dominant-baseline="middle">${esc(name)}</text>`);
+    if (y >= 0 && y <= height) out.push(`<text x="${gutter - 8}" y="${num(y)}" dominant-baseline="middle">${esc(name)}</text>`);
   }
   out.push(`</g></svg>`);
   return out.join("\n");

@@ -184,7 +184,7 @@ function placeTapLabels() {
   for (const t of app.taps) {
     const p = app.sigma.graphToViewport({ x: app.data.x_min, y: t.y });
     labels.push({ name: `${t.tap} (${t.n})`, y: p.y });
-    box.append(el("div", { class: "tap", style: `top:${p.y}px`, text: `${t.tap} · ${t.n}` }));
+    box.append(el("div", { class: "tap", style: `top:${p.y}px`, text: `${t.tap} · ${t.n}`, title: t.tap }));
   }
   app.tapLabels = labels;
 }
