@@ -39,8 +39,10 @@ table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem;background:#fff}
 th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:1rem 0;background:#fff;border:1px solid #e4e4e4;padding:.6rem;display:inline-block;max-width:100%}
+/* the caption wraps to the figure's width instead of widening its frame beyond the image */
 figure img,figure svg{max-width:100%;height:auto;display:block}
-figcaption{font-size:.8rem;color:#555;margin-top:.3rem}
+figcaption{font-size:.8rem;color:#555;margin-top:.3rem;width:0;min-width:100%}
+figure{vertical-align:top}
 nav a{margin-right:.6rem}.note{color:#7a4b00;background:#fff6e0;padding:.4rem .6rem;border-left:3px solid #e6862e}
 details{margin:.6rem 0}summary{cursor:pointer;color:#345}
 .muted{color:#777}.shared{background:#fde9d6}
