@@ -164,7 +164,8 @@ def test_second_class_highlights_exactly_the_shared_nodes(browser, built):
     assert set(edges) == both
     assert nodes and len(nodes) < a.number_of_nodes()  # a real test: some shared, some not
     status = page.locator("#status").inner_text()
-    assert f"share {len(nodes)} neurons and {len(both)} edges" in status
+    plural = lambda n, w: f"{n} {w}{'' if n == 1 else 's'}"  # noqa: E731
+    assert f"share {plural(len(nodes), 'neuron')} and {plural(len(both), 'edge')}" in status
     # the sub-graph export is the shared part, readable by ssa.read_graph
     with page.expect_download() as dl:
         page.click("#export-json")

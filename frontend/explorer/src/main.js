@@ -64,6 +64,7 @@ function fmt(v) {
   if (a !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential(3);
   return String(Number(v.toPrecision(4)));
 }
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 function colorFor(node) {
   if (node.tap === "logits") return CLASS_COLOR;
   const n = app.index.classes.length;
@@ -255,7 +256,7 @@ function updateHighlight() {
     const edges = new Set();
     app.graph.forEachEdge((e, a, s, t) => { if (nodes.has(s) && nodes.has(t)) edges.add(e); });
     app.highlight = { kind: "path", nodes, edges, color: PATH };
-    status.textContent = `paths from the class logit to ${app.selected}: ${nodes.size} neurons, ${edges.size} edges (click the background to clear)`;
+    status.textContent = `paths from the class logit to ${app.selected}: ${plural(nodes.size, "neuron")}, ${plural(edges.size, "edge")} (click the background to clear)`;
   } else if (app.second !== null && app.secondData) {
     const other = new Map(app.secondData.edges.map((e) => [`${e.source}->${e.target}`, e.sign]));
     const otherNodes = new Set(app.secondData.nodes.map((n) => n.id));
@@ -264,10 +265,10 @@ function updateHighlight() {
     const edges = new Set();
     app.graph.forEachEdge((e, a) => { if (other.has(e) && other.get(e) === a.sign) edges.add(e); });
     app.highlight = { kind: "shared", nodes, edges, color: SHARED };
-    status.textContent = `${c.label} and ${app.index.classes[app.second].label} share ${nodes.size} neurons and ${edges.size} edges (orange)`;
+    status.textContent = `${c.label} and ${app.index.classes[app.second].label} share ${plural(nodes.size, "neuron")} and ${plural(edges.size, "edge")} (orange)`;
   } else {
     app.highlight = null;
-    status.textContent = `${c.label}: ${c.n_images} images · ${app.data.nodes.length} neurons · ${app.data.edges.length} edges · node size = frequency, edge width = relevance (relative per layer), dashed = inhibitory`;
+    status.textContent = `${c.label}: ${plural(c.n_images, "image")} · ${plural(app.data.nodes.length, "neuron")} · ${plural(app.data.edges.length, "edge")} · node size = frequency, edge width = relevance (relative per layer), dashed = inhibitory`;
   }
   status.dataset.mode = app.highlight ? app.highlight.kind : "none";
   if (app.sigma) app.sigma.refresh();
@@ -310,7 +311,7 @@ function renderPanel() {
       ` ${f} of ${app.index.classes[ci].n_images} images`))));
   const h = app.highlight;
   if (h && h.kind === "path") {
-    panel.append(el("p", { class: "muted", text: `${h.nodes.size} neurons and ${h.edges.size} edges lie on paths from the class logit to this neuron (purple).` }));
+    panel.append(el("p", { class: "muted", text: `${plural(h.nodes.size, "neuron")} and ${plural(h.edges.size, "edge")} lie on paths from the class logit to this neuron (purple).` }));
   }
   const refs = el("div", { id: "refs" });
   panel.append(el("h3", { text: "Reference images" }), refs);
