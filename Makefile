@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SSA := $(VENV)/bin/ssa
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean explorer-assets
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,14 +20,22 @@ demo: $(STAMP)
 	$(SSA) analyse digits --images digits --targets all --branching 3 --rule gradient_x_activation \
 		--out-dir demo-out/graphs --quiet && \
 	$(SSA) compare demo-out/graphs/class-*.json --out-dir demo-out/compare && \
-	$(SSA) report demo-out/graphs/class-*.json --model digits --images digits --out demo-out/report.html && \
-	echo "demo finished in $$(( $$(date +%s) - start )) s; open the report: $(CURDIR)/demo-out/report.html"
+	$(SSA) explore demo-out/graphs/class-*.json --model digits --images digits --out demo-out/explorer.html && \
+	$(SSA) report demo-out/graphs/class-*.json --model digits --images digits --out demo-out/report.html \
+		--explorer demo-out/explorer.html && \
+	echo "demo finished in $$(( $$(date +%s) - start )) s; open the report: $(CURDIR)/demo-out/report.html" && \
+	echo "and the interactive explorer: $(CURDIR)/demo-out/explorer.html"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-only -s
+
+# Rebuild the explorer's front-end bundle (ssa/viz/explorer/static/) from frontend/explorer/ with the
+# locked npm packages. Needs Node 20 and npm; CI does not (the bundle is committed).
+explorer-assets:
+	cd frontend/explorer && npm ci --no-audit --no-fund && node build.mjs
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -18,7 +18,7 @@ from .errors import SSAError
 
 __all__ = ["main", "build_parser", "CliError"]
 
-COMMANDS = ("analyse", "check", "collect", "compare", "report", "figures", "evaluate", "plugins")
+COMMANDS = ("analyse", "check", "collect", "compare", "report", "figures", "evaluate", "explore", "serve", "plugins")
 
 
 class CliError(SSAError, ValueError):

@@ -122,36 +122,48 @@ def power_law_fit(counts: np.ndarray) -> tuple[float, float, float]:
 def plot_frequency(counts: np.ndarray, path: str | os.PathLike, *, n_images: int | None = None,
                    title: str | None = None, annotate: int = 8) -> Path:
     """Bar plot of the outlier frequency of each lower neuron, most frequent first, with a power-law fit
-    (paper, Fig. 2a). Only neurons that are outliers in at least one image are drawn."""
+    (paper, Fig. 2a). Only neurons that are outliers in at least one image are drawn.
+
+    The fit is drawn only where it lies inside the axes; the legend sits above the axes (it never hides
+    bars); the dotted line marks the number of images; ranks are whole numbers.
+    """
+    from matplotlib.ticker import MaxNLocator
+
     counts = np.asarray(counts).ravel()
     order = np.argsort(-counts, kind="stable")
     order = order[counts[order] > 0]
-    fig = _new_figure(7.0, 3.4)
+    fig = _new_figure(7.0, 3.6)
     ax = fig.add_subplot(1, 1, 1)
     ranks = np.arange(1, order.size + 1)
+    top = max(float(n_images or 0), float(counts.max()) if counts.size else 0.0, 1.0) * 1.1
     if order.size:
         ax.bar(ranks, counts[order], width=0.85, color=_NODE, label="outlier frequency")
         alpha, c, r2 = power_law_fit(counts)
         if alpha == alpha:
             xs = np.linspace(1, order.size, 200)
-            ax.plot(xs, c * xs ** -alpha, color=_SHARED, lw=2,
-                    label=f"power law: {c:.3g}·rank^-{alpha:.2f} (R²={r2:.2f})")
+            ys = c * xs ** -alpha
+            ys = np.where((ys >= 0) & (ys <= top), ys, np.nan)  # only the part inside the axes
+            ax.plot(xs, ys, color=_SHARED, lw=2, label=f"power law {c:.3g}·rank^−{alpha:.2f} (R² = {r2:.2f})")
         for r, k in zip(ranks[:annotate], order[:annotate]):
             ax.annotate(str(int(k)), (r, counts[k]), ha="center", va="bottom", fontsize=7, xytext=(0, 1),
                         textcoords="offset points")
-        ax.legend(loc="upper right", fontsize=8, frameon=False)
     else:
         ax.text(0.5, 0.5, "no outliers in any image", ha="center", va="center", transform=ax.transAxes)
-    from matplotlib.ticker import MaxNLocator
-
-    ax.set_xlim(0.4, max(order.size, 1) + 0.6)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if n_images:
-        ax.axhline(n_images, color="#999999", lw=0.8, ls=":")
-        ax.set_ylim(0, n_images * 1.08)
-    ax.set_xlabel(f"lower neurons ranked by frequency ({order.size} of {counts.size} are outliers at least once)")
+        ax.axhline(n_images, color="#777777", lw=1.0, ls=":", label=f"number of images ({int(n_images)})")
+    ax.set_xlim(0.4, max(order.size, 1) + 0.6)
+    ax.set_ylim(0, top)
+    if order.size <= 20:
+        ax.set_xticks(np.arange(1, max(order.size, 1) + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(f"lower neurons ranked by frequency ({order.size} of {counts.size} are outliers at least once; "
+                  "labels: neuron index)", fontsize=9)
     ax.set_ylabel("images where it is an outlier")
-    ax.set_title(title or "outlier frequency", fontsize=10)
+    ax.set_title(title or "outlier frequency", fontsize=10, pad=24)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False,
+                  borderaxespad=0.2)
     ax.spines[["top", "right"]].set_visible(False)
     return save_figure(fig, path)
 
@@ -241,20 +253,32 @@ def _layers(graph: nx.DiGraph) -> list[tuple[str, list[str]]]:
 
 
 def plot_graph(graph: nx.DiGraph, path: str | os.PathLike, *, shared: Collection[str] | None = None,
+               kept_by: Mapping[str, int] | None = None, n_graphs: int | None = None,
                title: str | None = None, max_per_layer: int = 48) -> Path:
     """Layered drawing of a dependency graph (paper, Fig. 3).
 
     One row per tap (top tap first, by ``tap_order``); node area grows with frequency / n_images,
-    edge width with |relevance|; nodes in ``shared`` (kept by other classes too) are orange;
-    inhibitory edges (sign -1) are red and dashed. Layers with more than ``max_per_layer`` nodes show
-    the most frequent ones.
+    edge width with |relevance| (relative within an upper tap); inhibitory edges (sign -1) are red and
+    dashed. Node colour: with ``kept_by`` (``{node: how many class graphs keep it}``, out of ``n_graphs``)
+    the number of classes that keep the neuron, light (this class only) to dark (all classes); else the
+    share of images in which it is an outlier (frequency / n_images). ``shared`` (older form) is
+    ``kept_by`` with 2 for its nodes and 1 for the others. Layers with more than ``max_per_layer`` nodes
+    show the most frequent ones.
     """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import BoundaryNorm, ListedColormap, Normalize
     from matplotlib.lines import Line2D
 
-    shared = set(shared or ())
+    if kept_by is None and shared is not None:
+        shared = set(shared)
+        kept_by, n_graphs = {n: 2 if n in shared else 1 for n in graph.nodes}, 2
     layers = _layers(graph)
-    n_img = float(graph.graph.get("n_images") or 0) or max(
-        (float(d.get("frequency", 1)) for _, d in graph.nodes(data=True)), default=1.0) or 1.0
+    if graph.graph.get("kind") == "shared":  # a shared sub-graph's frequencies are already shares of images
+        n_img = 1.0
+    else:
+        n_img = float(graph.graph.get("n_images") or 0) or max(
+            (float(d.get("frequency", 1)) for _, d in graph.nodes(data=True)), default=1.0) or 1.0
     pos: dict[str, tuple[float, float]] = {}
     hidden: dict[str, int] = {}
     widest = max((min(len(ns), max_per_layer) for _, ns in layers), default=1)
@@ -266,8 +290,11 @@ def plot_graph(graph: nx.DiGraph, path: str | os.PathLike, *, shared: Collection
         m = len(nodes)
         for j, n in enumerate(nodes):
             pos[n] = ((j + 0.5) / m * widest if m else 0.0, -float(row))
-    fig = _new_figure(max(6.0, min(22.0, 1.8 + 0.42 * widest)), max(2.5, 1.15 * len(layers) + 0.8))
-    ax = fig.add_subplot(1, 1, 1)
+    label_w = 1.25  # inches for the tap names on the left
+    width = max(4.5, min(22.0, label_w + 1.0 + 0.5 * widest))
+    fig = _new_figure(width, max(2.3, 1.0 * len(layers) + 1.1))
+    # the axes fill the figure: tap names in the left margin, the colour bar on the right
+    ax = fig.add_axes((label_w / width, 0.10, 1 - (label_w + 0.75) / width, 0.80))
     rmax: dict[str, float] = {}  # relevance scales differ between steps: widths are relative per upper tap
     for u, v, d in graph.edges(data=True):
         t = graph.nodes[u].get("tap", "?")
@@ -282,35 +309,53 @@ def plot_graph(graph: nx.DiGraph, path: str | os.PathLike, *, shared: Collection
         ax.plot([x0, x1], [y0, y1], color=_INHIB if neg else "#8c8c8c", ls="--" if neg else "-",
                 lw=0.4 + 3.0 * abs(float(d.get("relevance", 0.0))) / (rmax[graph.nodes[u].get("tap", "?")] or 1.0),
                 alpha=0.75, zorder=1)
+    ramp = colormaps["Blues"]
+    if kept_by is not None:
+        total = max(int(n_graphs or 0), max(kept_by.values(), default=1), 1)
+        steps = [ramp(0.3 + 0.7 * (k - 1) / max(total - 1, 1)) for k in range(1, total + 1)]
+        cmap, norm = ListedColormap(steps), BoundaryNorm(np.arange(0.5, total + 1.5), total)
+        value = {n: float(kept_by.get(n, 1)) for n in graph.nodes}
+        bar_label, ticks = f"kept by how many of the {total} classes", list(range(1, total + 1))
+    else:
+        cmap = ListedColormap([ramp(t) for t in np.linspace(0.3, 1.0, 64)])
+        norm = Normalize(0.0, 1.0)
+        value = {n: min(1.0, float(d.get("frequency", 0)) / n_img) for n, d in graph.nodes(data=True)}
+        bar_label, ticks = "share of images (frequency / images)", None
     xs, ys, sizes, colors, edges = [], [], [], [], []
     for n, (x, y) in pos.items():
         d = graph.nodes[n]
         xs.append(x)
         ys.append(y)
         sizes.append(40 + 460 * min(1.0, float(d.get("frequency", 0)) / n_img))
-        is_class = d.get("tap") == "logits"
-        colors.append(_CLASS if is_class else (_SHARED if n in shared else _NODE))
+        colors.append(_CLASS if d.get("tap") == "logits" else cmap(norm(value[n])))
         edges.append(_INHIB if int(d.get("sign", 1)) < 0 else "white")
     ax.scatter(xs, ys, s=sizes, c=colors, edgecolors=edges, linewidths=1.2, zorder=2)
     if len(pos) <= 160:
-        for (n, (x, y)), size in zip(pos.items(), sizes):
+        for (n, (x, y)), size, c in zip(pos.items(), sizes, colors):
             big = size >= 160
+            dark = c == _CLASS or (not isinstance(c, str) and 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2] < 0.55)
             ax.text(x, y if big else y + 0.13, str(graph.nodes[n].get("neuron", "")), ha="center",
-                    va="center" if big else "bottom", fontsize=6, color="white" if big else "black", zorder=3)
+                    va="center" if big else "bottom", fontsize=6, color="white" if big and dark else "black", zorder=3)
     for row, (tap, nodes) in enumerate(layers):
-        extra = f"  (+{hidden[tap]} more)" if tap in hidden else ""
-        ax.text(-0.02 * widest - 0.3, -row, f"{tap}\n{len(nodes)} kept{extra}", ha="right", va="center", fontsize=8)
-    ax.set_xlim(-0.3 - 0.02 * widest, widest + 0.3)
-    ax.set_ylim(-len(layers) + 0.5, 0.5)
+        extra = f"\n(+{hidden[tap]} more)" if tap in hidden else ""
+        ax.annotate(f"{tap}\n{len(nodes)} kept{extra}", xy=(0, -row), xycoords=("axes fraction", "data"),
+                    xytext=(-8, 0), textcoords="offset points", ha="right", va="center", fontsize=8)
+    ax.set_xlim(-0.1, widest + 0.1)
+    ax.set_ylim(-len(layers) + 0.55, 0.45)
     ax.axis("off")
-    handles = [Line2D([], [], marker="o", ls="", color=_NODE, label="neuron (size: frequency)")]
-    if shared & set(pos):
-        handles.append(Line2D([], [], marker="o", ls="", color=_SHARED, label="shared with other classes"))
+    cax = fig.add_axes((1 - 0.55 / width, 0.18, 0.12 / width, 0.64))
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, ticks=ticks)
+    bar.set_label(bar_label, fontsize=7)
+    bar.ax.tick_params(labelsize=7)
+    handles = [Line2D([], [], marker="o", ls="", color="#8c8c8c", label="node size: frequency")]
+    if any(d.get("tap") == "logits" for _, d in graph.nodes(data=True)):
+        handles.append(Line2D([], [], marker="o", ls="", color=_CLASS, label="class neuron"))
     if inhibitory:
         handles.append(Line2D([], [], color=_INHIB, ls="--", label="inhibitory edge"))
-    ax.legend(handles=handles, loc="lower right", fontsize=7, frameon=False, bbox_to_anchor=(1.0, -0.12), ncol=3)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=7, frameon=False,
+              ncol=len(handles))
     target = graph.graph.get("target")
-    ax.set_title(title or (f"dependency graph of class {target}" if target is not None else "dependency graph"),
+    fig.suptitle(title or (f"dependency graph of class {target}" if target is not None else "dependency graph"),
                  fontsize=10)
     return save_figure(fig, path)
 
@@ -329,20 +374,27 @@ def _torch_parts(network: "Network", tap: str):
 
 
 def _run_recording(network: "Network", x, node_name: str):
+    """The value of one fx node when the network runs on ``x``."""
+    return _run_recording_many(network, x, [node_name])[node_name]
+
+
+def _run_recording_many(network: "Network", x, node_names: Collection[str]) -> dict[str, Any]:
+    """The values of several fx nodes from one run of the network on ``x`` (one forward pass)."""
     from torch import fx
 
     gm = network.graph_module  # type: ignore[attr-defined]
+    wanted = set(node_names)
     seen: dict[str, Any] = {}
 
     class _Record(fx.Interpreter):
         def run_node(self, n):
             out = super().run_node(n)
-            if n.name == node_name:
-                seen["value"] = out
+            if n.name in wanted:
+                seen[n.name] = out
             return out
 
     _Record(gm).run(x)
-    return seen["value"]
+    return seen
 
 
 def _channel_scalar(value, channel_axis: int, neuron: int):
@@ -434,8 +486,13 @@ def _mosaic(cells: Sequence[np.ndarray], columns: int, fill: float = 1.0) -> np.
 
 def plot_saliency(images: np.ndarray, grads: np.ndarray, path: str | os.PathLike, *, title: str | None = None,
                   columns: int = 8) -> Path:
-    """Each image above its saliency map (|gradient|, max over channels) overlaid on it (paper, Fig. 4b,c)."""
+    """Each image above its saliency map (|gradient|, max over channels) overlaid on it (paper, Fig. 4b,c).
+
+    One colour scale for all the maps (0 to the largest |gradient| shown), with its colour bar.
+    """
     from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     images = np.asarray(images)
     grads = np.asarray(grads)
@@ -445,13 +502,13 @@ def plot_saliency(images: np.ndarray, grads: np.ndarray, path: str | os.PathLike
     n = images.shape[0]
     cols = min(columns, n)
     cmap = colormaps["inferno"]
+    maps = [_saliency_map(grads[i], images[i]) for i in range(n)]
+    vmax = max(float(m.max()) for m in maps) or 1.0
     tops, bottoms = [], []
     for i in range(n):
         base = _rgb(_display(images[i]))
-        sal = _saliency_map(grads[i], images[i])
-        sal = sal / (float(sal.max()) or 1.0)
         tops.append(base)
-        bottoms.append(0.35 * base + 0.65 * cmap(sal)[..., :3])
+        bottoms.append(0.35 * base + 0.65 * cmap(maps[i] / vmax)[..., :3])
     cells = []
     for r0 in range(0, n, cols):  # image row, then saliency row
         chunk_t, chunk_b = tops[r0:r0 + cols], bottoms[r0:r0 + cols]
@@ -459,11 +516,17 @@ def plot_saliency(images: np.ndarray, grads: np.ndarray, path: str | os.PathLike
         cells += chunk_t + pad + chunk_b + pad
     mosaic = _mosaic(cells, cols)
     h, w = mosaic.shape[:2]
-    fig = _new_figure(min(14.0, 1.4 * cols + 0.4), min(14.0, 1.4 * cols * h / w + 0.6))
-    ax = fig.add_subplot(1, 1, 1)
+    fig_w = min(14.0, 1.4 * cols + 1.2)
+    img_w = fig_w - 1.2
+    fig = _new_figure(fig_w, img_w * h / w + 0.7)
+    ax = fig.add_axes((0.2 / fig_w, 0.1 / (img_w * h / w + 0.7), img_w / fig_w, img_w * h / w / (img_w * h / w + 0.7)))
     ax.imshow(mosaic, interpolation="nearest")
     ax.axis("off")
-    ax.set_title(title or "saliency of a neuron w.r.t. the input (top: image, bottom: |gradient|)", fontsize=10)
+    cax = fig.add_axes(((img_w + 0.35) / fig_w, 0.15, 0.12 / fig_w, 0.55))
+    bar = fig.colorbar(ScalarMappable(norm=Normalize(0.0, vmax), cmap=cmap), cax=cax)
+    bar.set_label("|∂ neuron / ∂ input|", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    fig.suptitle(title or "saliency of a neuron w.r.t. the input (top: image, bottom: |gradient|)", fontsize=10)
     return save_figure(fig, path)
 
 
@@ -471,8 +534,13 @@ def plot_activation_grid(maps: np.ndarray, path: str | os.PathLike, *, images: n
                          title: str | None = None, columns: int = 8) -> Path:
     """Grid of one neuron's activation maps over several images, on one colour scale (paper, Fig. 5).
 
-    With ``images``, the images are drawn in a row above their maps.
+    With ``images``, each image is drawn directly above its map (rows of images alternate with rows of
+    maps, the maps scaled to the images' size), so there is no gap between the two.
     """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     maps = np.asarray(maps, dtype=np.float64)
     if maps.ndim != 3 or maps.shape[0] == 0:
         raise InvalidInputError(f"maps must be a non-empty (n_images, H, W) array, got shape {maps.shape}.")
@@ -482,20 +550,42 @@ def plot_activation_grid(maps: np.ndarray, path: str | os.PathLike, *, images: n
     cols = min(columns, n)
     vmax = float(maps.max()) if maps.max() > 0 else 1.0
     vmin = min(0.0, float(maps.min()))
-    grid = _mosaic(list(maps), cols, fill=np.nan)
-    panels = 2 if images is not None else 1
-    fig = _new_figure(min(14.0, 1.4 * cols + 1.2), 1.5 * panels * (-(-n // cols)) + 0.8)
+    cmap = colormaps["viridis"]
+    norm = Normalize(vmin, vmax)
     if images is not None:
         shown = [_rgb(_display(im)) for im in images]
-        ax0 = fig.add_subplot(panels, 1, 1)
-        ax0.imshow(_mosaic(shown, cols), interpolation="nearest")
-        ax0.axis("off")
-    ax = fig.add_subplot(panels, 1, panels)
-    im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+        h, w = shown[0].shape[:2]
+        colored = [cmap(norm(_upsample(m, h, w)))[..., :3] for m in maps]
+        cells = []
+        for r0 in range(0, n, cols):  # image row, then map row
+            pad = [np.ones((h, w, 3))] * (cols - len(shown[r0:r0 + cols]))
+            cells += shown[r0:r0 + cols] + pad + colored[r0:r0 + cols] + pad
+        mosaic = _mosaic(cells, cols)
+    else:
+        colored = [cmap(norm(m))[..., :3] for m in maps]
+        mosaic = _mosaic(colored, cols)
+    mh, mw = mosaic.shape[:2]
+    fig_w = min(14.0, 1.4 * cols + 1.2)
+    img_w = fig_w - 1.2
+    img_h = img_w * mh / mw
+    fig = _new_figure(fig_w, img_h + 0.7)
+    ax = fig.add_axes((0.2 / fig_w, 0.1 / (img_h + 0.7), img_w / fig_w, img_h / (img_h + 0.7)))
+    ax.imshow(mosaic, interpolation="nearest")
     ax.axis("off")
-    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="activation")
+    cax = fig.add_axes(((img_w + 0.35) / fig_w, 0.15, 0.12 / fig_w, 0.55))
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)
+    bar.set_label("activation", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     fig.suptitle(title or "activation maps", fontsize=10)
     return save_figure(fig, path)
+
+
+def _upsample(m: np.ndarray, h: int, w: int) -> np.ndarray:
+    """A map resized to (h, w) by repeating its cells (nearest neighbour), so it lines up with its image."""
+    m = np.asarray(m, dtype=np.float64)
+    ys = np.minimum((np.arange(h) * m.shape[0]) // h, m.shape[0] - 1)
+    xs = np.minimum((np.arange(w) * m.shape[1]) // w, m.shape[1] - 1)
+    return m[np.ix_(ys, xs)]
 
 
 # -- Fig. 4a: clustermap ----------------------------------------------------------------------------------
@@ -537,15 +627,18 @@ def plot_clustermap(comparison: "Comparison", path: str | os.PathLike, *, kind: 
         n_cols = M.shape[1]
         col_link = linkage(normalise_rows(M.T), method="ward") if n_cols >= 2 else None
         col_labels = list(comparison.nodes)
-    width = 7.5 if kind == "similarity" else min(18.0, 5.0 + 0.09 * n_cols)
-    fig = _new_figure(width, max(4.5, 0.42 * G + 2.2))
+    labelled = n_cols <= 120
+    width = 7.5 if kind == "similarity" else min(30.0, 5.0 + (0.15 if labelled else 0.06) * n_cols)
+    # a little room under the heat map for the rotated column labels
+    fig = _new_figure(width, max(4.5, 0.42 * G + 2.2) + (1.2 if kind == "nodes" and labelled else 0.0))
     gs = fig.add_gridspec(2, 4, width_ratios=[1.2, 6, 1.1 if kind == "similarity" else 0.6, 0.25],
                           height_ratios=[1.2, max(3.0, 0.42 * G)],
                           wspace=0.03, hspace=0.03)
     ax_left = fig.add_subplot(gs[1, 0])
     left = dendrogram(comparison.linkage, orientation="left", ax=ax_left, no_labels=True, color_threshold=0,
                       above_threshold_color=_NODE)
-    row_order = list(left["leaves"])
+    row_order = list(left["leaves"])  # scipy draws the first leaf at the bottom: flip, rows read top-down
+    ax_left.invert_yaxis()
     ax_left.axis("off")
     ax_top = fig.add_subplot(gs[0, 1])
     if col_link is not None:
@@ -557,15 +650,15 @@ def plot_clustermap(comparison: "Comparison", path: str | os.PathLike, *, kind: 
     ax = fig.add_subplot(gs[1, 1])
     data = M[np.ix_(row_order, col_order)]
     vmin = 0.0 if kind == "nodes" else min(0.0, float(data.min()))
-    im = ax.imshow(data, origin="lower", aspect="auto", cmap="magma" if kind == "nodes" else "viridis",
+    im = ax.imshow(data, origin="upper", aspect="auto", cmap="magma" if kind == "nodes" else "viridis",
                    vmin=vmin, vmax=max(1e-12, float(data.max()) if kind == "nodes" else 1.0),
-                   extent=(0, n_cols, 0, G), interpolation="nearest")
+                   extent=(0, n_cols, G, 0), interpolation="nearest")
     ax.set_yticks(np.arange(G) + 0.5)
-    ax.set_yticklabels([labels[i] for i in row_order], fontsize=8)
+    ax.set_yticklabels([labels[i] for i in row_order], fontsize=9)
     ax.yaxis.tick_right()
-    if n_cols <= 80:
+    if labelled:
         ax.set_xticks(np.arange(n_cols) + 0.5)
-        ax.set_xticklabels([col_labels[i] for i in col_order], fontsize=7 if kind == "similarity" else 5,
+        ax.set_xticklabels([col_labels[i] for i in col_order], fontsize=8 if kind == "similarity" else 7.5,
                            rotation=90)
     else:
         ax.set_xticks([])
@@ -619,12 +712,14 @@ def default_map_neuron(graph: nx.DiGraph, network: "Network") -> tuple[str, int]
 
 
 def class_figures(network: "Network", graph: nx.DiGraph, images: np.ndarray, out_dir: str | os.PathLike, *,
-                  fmt: str = "png", shared: Collection[str] | None = None, steps: str = "all",
+                  fmt: str = "png", shared: Collection[str] | None = None,
+                  kept_by: Mapping[str, int] | None = None, n_graphs: int | None = None, steps: str = "all",
                   neuron: tuple[str, int] | None = None, n_images: int = 8, batch_size: int = 32
                   ) -> list[tuple[str, str, Path]]:
     """Draw every figure of one class graph into ``out_dir``; returns ``(kind, caption, path)`` triples.
 
-    * ``graph``: the layered dependency graph (Fig. 3), ``shared`` nodes highlighted;
+    * ``graph``: the layered dependency graph (Fig. 3), coloured by ``kept_by`` (how many of ``n_graphs``
+      class graphs keep each neuron; ``shared``: the older set form) or else by frequency;
     * ``frequency`` and ``relevance``: outlier frequency with a power-law fit (Fig. 2a) and the relevance
       rows across images (Fig. 2b) of one upper neuron: the class neuron (``steps="class"``) or the most
       frequent neuron of every tap that has a step below it (``steps="all"``); with ``neuron``, that one;
@@ -651,7 +746,7 @@ def class_figures(network: "Network", graph: nx.DiGraph, images: np.ndarray, out
                                 "pass the model (and --taps) the graph was made with.")
     made: list[tuple[str, str, Path]] = []
     made.append(("graph", f"dependency graph of class {target}",
-                 plot_graph(graph, out / f"graph.{fmt}", shared=shared)))
+                 plot_graph(graph, out / f"graph.{fmt}", shared=shared, kept_by=kept_by, n_graphs=n_graphs)))
     uppers: list[tuple[str, int]] = []
     if neuron is not None:
         uppers = [neuron]

@@ -39,8 +39,10 @@ table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem;background:#fff}
 th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:1rem 0;background:#fff;border:1px solid #e4e4e4;padding:.6rem;display:inline-block;max-width:100%}
+/* the caption wraps to the figure's width instead of widening its frame beyond the image */
 figure img,figure svg{max-width:100%;height:auto;display:block}
-figcaption{font-size:.8rem;color:#555;margin-top:.3rem}
+figcaption{font-size:.8rem;color:#555;margin-top:.3rem;width:0;min-width:100%}
+figure{vertical-align:top}
 nav a{margin-right:.6rem}.note{color:#7a4b00;background:#fff6e0;padding:.4rem .6rem;border-left:3px solid #e6862e}
 details{margin:.6rem 0}summary{cursor:pointer;color:#345}
 .muted{color:#777}.shared{background:#fde9d6}
@@ -138,7 +140,7 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
                  title: str | None = None, weight: str = "frequency", n_images: int = 8, batch_size: int = 32,
                  device: str = "cpu", backend: str | None = None, model_options: Mapping[str, Any] | None = None,
                  by_prediction: bool | None = None, min_confidence: float | None = None,
-                 max_per_class: int | None = None) -> str:
+                 max_per_class: int | None = None, explorer_href: str | None = None) -> str:
     """The report as one HTML string.
 
     Parameters
@@ -150,6 +152,8 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
         neuron in the highest conv layer (Fig. 4b,c, Fig. 5). ``labels``/``preprocess`` as for ``ssa analyse``;
         the class's images are chosen as the graph records (``grouping``, ``min_confidence``, ...).
     fmt : "png" (base64 ``<img>``) or "svg" (inline ``<svg>``).
+    explorer_href : a relative link to the interactive explorer of the same graphs (``ssa explore``),
+        shown at the top of the report.
     """
     from . import __version__
     from .compare import compare, graph_labels
@@ -197,7 +201,13 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
         if cmp is not None:
             nav += ['<a href="#compare">comparison</a>', '<a href="#tables">tables</a>']
         nav += [f'<a href="#{a}">{_esc(lab)}</a>' for a, lab in zip(anchors, labels_)]
+        if explorer_href:
+            nav.insert(0, f'<a class="explorer" href="{_esc(explorer_href)}">interactive explorer</a>')
         add("<nav>" + " ".join(nav) + "</nav>")
+        if explorer_href:
+            add(f'<p>Walk these graphs interactively (click a neuron for its reference images, compare two classes, '
+                f'follow the paths from the class logit): <a href="{_esc(explorer_href)}">{_esc(explorer_href)}</a> '
+                "(written by <code>ssa explore</code>).</p>")
 
         add('<h2 id="params">Run parameters</h2>')
         add(_params_table(graphs))
@@ -286,21 +296,23 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
             add(f"<p>{_esc(n_img)} images · {g.number_of_nodes()} nodes · {g.number_of_edges()} edges · "
                 f"file {_esc(names[i])}</p>")
             shared_here = {n for n in g.nodes if n in shared_any}
+            kept_by = {n: sum(n in h for h in graphs) for n in g.nodes} if len(graphs) > 1 else None
             cdir = tmpdir / f"class-{i}"
             if network is not None:
                 from .multi import images_for_graph
 
                 imgs = images_for_graph(network, g, arr, labels=arr_labels, by_prediction=by_prediction,
                                         min_confidence=min_confidence, max_per_class=max_per_class)
-                made = class_figures(network, g, imgs, cdir, fmt=fmt, shared=shared_here, steps="class",
+                made = class_figures(network, g, imgs, cdir, fmt=fmt, kept_by=kept_by, n_graphs=len(graphs),
+                                     steps="class",
                                      n_images=n_images, batch_size=batch_size)
             else:
                 made = [("graph", f"dependency graph of {lab}",
-                         plot_graph(g, cdir / f"graph.{fmt}", shared=shared_here))]
+                         plot_graph(g, cdir / f"graph.{fmt}", kept_by=kept_by, n_graphs=len(graphs)))]
             captions = {
                 "graph": "Dependency graph (paper Fig. 3): one row per layer; node size = frequency, edge width = "
-                         "relevance (relative within a layer); orange = kept by another class too; dashed red = "
-                         "inhibitory.",
+                         "relevance (relative within a layer); node colour = how many classes keep the neuron "
+                         "(light: this class only; with one graph: share of images); dashed red = inhibitory.",
                 "frequency": "Outlier frequency (Fig. 2a) with a power-law fit: ",
                 "relevance": "Relevance rows across images (Fig. 2b): ",
                 "saliency": "Saliency (Fig. 4b,c): ",
@@ -324,10 +336,18 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
 
 
 def write_report(path: str | os.PathLike, graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = None,
-                 **options: Any) -> Path:
-    """Build the report (see :func:`build_report`) and write it atomically to ``path`` (``.html``)."""
+                 *, explorer: str | os.PathLike | None = None, **options: Any) -> Path:
+    """Build the report (see :func:`build_report`) and write it atomically to ``path`` (``.html``).
+
+    ``explorer``: the explorer page (``ssa explore --out``) to link to, relative to the report.
+    """
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
         raise InvalidInputError(f"the report file must end in .html, got {path.name!r}; rename it.")
+    if explorer is not None:
+        target = Path(explorer)
+        if target.is_dir() or str(explorer).endswith(("/", os.sep)):
+            target = target / "index.html"
+        options["explorer_href"] = Path(os.path.relpath(target.resolve(), path.resolve().parent)).as_posix()
     atomic_write_bytes(path, build_report(graphs, names, **options).encode("utf-8"))
     return path

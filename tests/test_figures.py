@@ -142,3 +142,78 @@ def test_class_figures_and_cli(tmp_path, graphs, capsys):
     assert main(["figures", "digits", "--images", "digits", "--graph", str(path), "--out-dir", str(out),
                  "--neuron", "nope:1"]) == 2
     assert "not a node of the graph" in capsys.readouterr().err
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """The matplotlib figure each plot_* function saves (save_figure is looked up at call time)."""
+    figs = []
+    real = F.save_figure
+
+    def keep(fig, path):
+        figs.append(fig)
+        return real(fig, path)
+
+    monkeypatch.setattr(F, "save_figure", keep)
+    return figs
+
+
+def test_clustermap_rows_read_top_down_and_neuron_labels_are_readable(tmp_path, graphs, captured):
+    cmp = compare([graphs[6].graph, graphs[8].graph])
+    F.plot_clustermap(cmp, tmp_path / "cm.png")
+    ax = next(a for a in captured[-1].axes if a.images and a.get_xticklabels())  # the heat map
+    top, bottom = ax.get_ylim()[1], ax.get_ylim()[0]
+    assert top < bottom  # y grows downwards: the first row is at the top
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    cols = [t.get_text() for t in ax.get_xticklabels()]
+    assert rows == cols == [cmp.labels[i] for i in cmp.order]  # the diagonal runs from the top left
+    F.plot_clustermap(cmp, tmp_path / "cmn.png", kind="nodes")
+    ax = next(a for a in captured[-1].axes if a.images and a.get_xticklabels())
+    assert len(ax.get_xticklabels()) == len(cmp.nodes)
+    assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 7  # about 11 px at 110 dpi, was 5 pt
+
+
+def test_frequency_plot_fit_inside_legend_outside_integer_ranks(tmp_path, captured):
+    counts = np.zeros(64, int)
+    counts[:17] = [183, 183, 183, 183, 183, 183, 183, 182, 181, 181, 179, 176, 156, 42, 15, 5, 2]
+    F.plot_frequency(counts, tmp_path / "f.png", n_images=183)
+    fig = captured[-1]
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    lo, hi = ax.get_ylim()
+    fit = next(ln for ln in ax.get_lines() if ln.get_label().startswith("power law"))
+    y = np.asarray(fit.get_ydata(), dtype=float)
+    assert np.nanmax(y) <= hi and np.isnan(y).any()  # the part above the axes is not drawn
+    labels = [ln.get_label() for ln in ax.get_lines()]
+    assert "number of images (183)" in labels
+    legend = ax.get_legend().get_window_extent()
+    assert legend.y0 >= ax.get_window_extent().y1 - 1  # above the axes, not over the bars
+    F.plot_frequency(np.array([0, 9, 0]), tmp_path / "one.png", n_images=9)
+    ticks = captured[-1].axes[0].get_xticks()
+    assert list(ticks) == [1.0]
+
+
+def test_saliency_and_activation_figures_have_colour_bars_and_no_gap(tmp_path, captured):
+    rng = np.random.default_rng(0)
+    images = rng.random((8, 1, 8, 8))
+    F.plot_saliency(images, rng.normal(size=images.shape), tmp_path / "s.png")
+    assert any("input" in a.get_ylabel() for a in captured[-1].axes)  # the colour bar, labelled
+    F.plot_activation_grid(rng.random((8, 4, 4)), tmp_path / "a.png", images=images)
+    fig = captured[-1]
+    shown = [a for a in fig.axes if a.images]
+    assert len(shown) == 1 and any(a.get_ylabel() == "activation" for a in fig.axes)  # one mosaic + colour bar
+    mosaic = shown[0].images[0].get_array()
+    assert mosaic.shape[0] == 2 * 8 + 1  # image row, then its map row, one pixel apart: no gap
+
+
+def test_graph_colour_says_how_many_classes_keep_a_neuron(tmp_path, graphs, captured):
+    g = graphs[6].graph
+    kept = {n: (i % 3) + 1 for i, n in enumerate(g.nodes)}
+    F.plot_graph(g, tmp_path / "g.png", kept_by=kept, n_graphs=3)
+    ax = captured[-1].axes[0]
+    colors = {tuple(np.round(c, 3)) for c in ax.collections[0].get_facecolors()}
+    assert len(colors) == 4  # three class counts and the class neuron
+    bar = captured[-1].axes[1]
+    assert "3 classes" in bar.get_ylabel()
+    F.plot_graph(g, tmp_path / "g2.png")  # without other classes: colour by frequency
+    assert "share of images" in captured[-1].axes[1].get_ylabel()

@@ -147,3 +147,17 @@ def test_report_renders_in_headless_chromium(tmp_path, reports):
     svg_checked.write_text(stext.replace("</body>", CHECK_SCRIPT + "</body>"))
     body = re.search(r"<body[^>]*>", _chromium_dom(svg_checked)).group(0)
     assert f'data-svgs="{n_fig}"' in body, body
+
+
+def test_report_links_to_the_explorer(tmp_path):
+    from ssa.report import write_report
+
+    a = make_graph(0, [("logits:0", "fc:1"), ("fc:1", "conv2:5")])
+    b = make_graph(1, [("logits:1", "fc:1"), ("fc:1", "conv2:6")])
+    out = write_report(tmp_path / "out" / "report.html", [a, b], explorer=tmp_path / "out" / "explorer.html")
+    text = out.read_text()
+    _self_contained(text)
+    assert text.count('href="explorer.html"') == 2  # in the navigation and in the opening paragraph
+    site = write_report(tmp_path / "r2.html", [a, b], explorer=f"{tmp_path}/out/site/")
+    assert 'href="out/site/index.html"' in site.read_text()
+    assert "interactive explorer" not in write_report(tmp_path / "r3.html", [a, b]).read_text()

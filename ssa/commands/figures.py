@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "default: the most frequent neuron of every layer (maps: of the highest conv layer)")
     p.add_argument("--n-images", type=int, default=8, help="images shown in the saliency and activation grids")
     p.add_argument("--compare", nargs="*", default=(), metavar="GRAPH",
-                   help="graphs of other classes: neurons they share with this graph are highlighted")
+                   help="graphs of other classes: nodes are coloured by how many of the graphs keep them")
     p.add_argument("--by-prediction", action="store_true", default=None,
                    help="choose the class's images by prediction (default: as the graph was made)")
     p.add_argument("--min-confidence", type=float, default=None, help="override the graph's confidence threshold")
@@ -44,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--n-images must be >= 1, got {args.n_images}.")
     graph = read_graph(args.graph)
     others, _ = load_graphs(args.compare) if args.compare else ([], [])
-    shared = set()
-    for g in others:
-        shared |= {n for n in g.nodes if n in graph}
+    kept_by = None
+    if others:  # colour: how many of the graphs (this one and the others) keep each neuron
+        kept_by = {n: 1 + sum(n in g for g in others) for n in graph.nodes}
     network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
     arr, lab = load_grouped_images(args.images, labels=args.labels, preprocess=preprocess_from(args))
     network.prepare(arr)
@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if neuron is not None and f"{neuron[0]}:{neuron[1]}" not in graph:
         raise InvalidInputError(f"--neuron {args.neuron} is not a node of the graph; pick one of its nodes "
                                 "(see the graph file or `ssa analyse` output).")
-    made = class_figures(network, graph, images, Path(args.out_dir), fmt=args.format, shared=shared, steps="all",
+    made = class_figures(network, graph, images, Path(args.out_dir), fmt=args.format, kept_by=kept_by,
+                         n_graphs=1 + len(others), steps="all",
                          neuron=neuron, n_images=args.n_images, batch_size=args.batch_size)
     for kind, caption, path in made:
         print(f"{kind:<12} {path}  ({caption})")

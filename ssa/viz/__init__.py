@@ -1,0 +1,1 @@
+"""Interactive views of dependency graphs (``ssa explore``: :mod:`ssa.viz.explorer`)."""

@@ -1,0 +1,236 @@
+"""The explorer's data (ssa.viz.explorer), its reference images against slow references, the CLI's
+refusals and the committed front-end bundle. The browser tests are in test_explorer_browser.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ssa
+from ssa import figures as F
+from ssa.cli import main
+from ssa.compare import compare
+from ssa.errors import InvalidInputError
+from ssa.viz.explorer import explorer_files, layered_positions, node_file, write_explorer
+from ssa.viz.explorer.references import _pair_gradients, _per_image_relevance, class_indices, reference_images
+
+ROOT = Path(__file__).resolve().parents[1]
+STATIC = ROOT / "ssa" / "viz" / "explorer" / "static"
+FRONTEND = ROOT / "frontend" / "explorer"
+
+
+@pytest.fixture(scope="module")
+def small():
+    """Graphs of classes 3 and 5 on 20 images each, the prepared network and the images."""
+    res = ssa.analyse_many("digits", "digits", [3, 5], rule="gradient_x_activation", max_per_class=20)
+    net = ssa.load_model("digits")
+    x, y = ssa.load_images("digits")
+    net.prepare(x)
+    return [r.graph for r in res.values()], net, x, y
+
+
+def test_explorer_files_hold_the_graphs_and_the_clustering(small):
+    graphs, *_ = small
+    files = explorer_files(graphs, ["a.json", "b.json"])
+    index = files["index.json"]
+    cmp = compare(graphs)
+    assert index["order"] == list(cmp.order)
+    assert np.allclose(index["similarity"], cmp.similarity, atol=1e-4)
+    assert [c["label"] for c in index["classes"]] == ["class 3", "class 5"]
+    assert index["references"] is False and "--model" in index["references_note"]
+    for i, g in enumerate(graphs):
+        data = files[f"class-{i}.json"]
+        assert {n["id"] for n in data["nodes"]} == set(g.nodes)
+        assert {(e["source"], e["target"]) for e in data["edges"]} == set(g.edges)
+        for n in data["nodes"]:
+            for k in ("tap", "neuron", "frequency", "in_degree", "sign"):
+                assert n[k] == g.nodes[n["id"]][k]
+            kept = [j for j, h in enumerate(graphs) if n["id"] in h]
+            assert [c for c, _ in n["shared_by"]] == kept
+            assert [f for _, f in n["shared_by"]] == [int(graphs[j].nodes[n["id"]]["frequency"]) for j in kept]
+            assert n["ref"] is None
+    g = graphs[0].copy()
+    g.graph["images_hash"] = "abc"  # attributes added later (issue 9) are kept, not refused
+    g.nodes["logits:3"]["extra"] = np.float32(1.5)
+    data = explorer_files([g])["class-0.json"]
+    assert data["graph"]["images_hash"] == "abc"
+    assert next(n for n in data["nodes"] if n["id"] == "logits:3")["extra"] == 1.5
+
+
+def test_layered_positions_rows_follow_the_taps(small):
+    g = small[0][0]
+    pos = layered_positions(g)
+    order = sorted({d["tap_order"] for _, d in g.nodes(data=True)})
+    for n, d in g.nodes(data=True):
+        assert pos[n][1] == order.index(d["tap_order"])  # one row per tap, the logits on top
+    assert pos["logits:3"] == (0.0, len(order) - 1)
+    for tap in {d["tap"] for _, d in g.nodes(data=True)}:
+        xs = sorted(pos[n][0] for n, d in g.nodes(data=True) if d["tap"] == tap)
+        assert len(set(np.round(np.diff(xs), 9))) <= 1  # equally spaced within a row
+
+
+def test_per_image_relevance_equals_autograd_and_the_graph(small):
+    graphs, net, x, y = small
+    g = graphs[0]
+    rows = class_indices(net, g, x, y)
+    assert len(rows) == 20 and (y[rows] == 3).all()
+    per = _per_image_relevance(net, x, rows, g, 8, {})
+    rule = ssa.make_rule("gradient_x_activation")
+    for v in [n for n in g.nodes if g.in_degree(n)]:
+        ref = []  # slow reference: autograd rows of every upper neuron that keeps v
+        for u in g.predecessors(v):
+            tu, ku = F.parse_node(u)
+            parent, omega = F.relevance_rows(net, x[rows], tu, ku, rule=rule, parent=g.nodes[v]["tap"], batch_size=4)
+            ref.append(omega[:, g.nodes[v]["neuron"]])
+        assert np.allclose(per[v], np.mean(ref, axis=0), rtol=1e-4, atol=1e-6), v
+        assert per[v].mean() == pytest.approx(g.nodes[v]["mean_relevance"], rel=1e-4, abs=1e-7)
+
+
+def test_pair_gradients_equal_one_pass_per_neuron(small):
+    _, net, x, _ = small
+    tap = next(t for t in net.taps if t.name == "features.3")
+    node = net.plan.node_of["features.3"]
+    imgs = x[[0, 1, 2, 0]]
+    ks = np.array([4, 4, 9, 17])
+    grads, _ = _pair_gradients(net, imgs, tap, node, ks, positions=False)
+    for i, k in enumerate(ks):  # reference: figures.saliency, one neuron and one image at a time
+        assert np.allclose(grads[i], F.saliency(net, imgs[i:i + 1], "features.3", int(k))[0], atol=1e-6)
+    rf, maps = _pair_gradients(net, x[:3], next(t for t in net.taps if t.name == "features.1"),
+                               net.plan.node_of["features.1"], np.array([2, 2, 7]), positions=True)
+    for i in range(3):  # features.1 is a 3x3 convolution of the input: its receptive field is 3x3 at most
+        ys, xs = np.nonzero(np.abs(rf[i]).sum(axis=0) > 0)
+        assert ys.max() - ys.min() < 3 and xs.max() - xs.min() < 3
+        best = np.unravel_index(maps[i].argmax(), maps[i].shape)
+        assert ys.min() <= best[0] <= ys.max() and xs.min() <= best[1] <= xs.max()
+
+
+def test_reference_images_are_the_top_images_and_cached(small, tmp_path):
+    graphs, net, x, y = small
+    groups = [class_indices(net, g, x, y) for g in graphs]
+    refs = reference_images(net, x, groups, graphs, top_k=3, cache_dir=tmp_path)
+    assert not refs.cached and refs.path is not None and refs.path.is_file()
+    union = np.unique(np.concatenate(groups))
+    scal = net.tap_scalars(x[union])
+    for node, r in refs.data.items():
+        tap, k = F.parse_node(node)
+        vals = scal[tap][:, k]
+        want = union[np.argsort(-vals, kind="stable")[:3]]
+        assert [a["image"] for a in r["active"]] == list(want), node
+        assert [a["value"] for a in r["active"]] == pytest.approx(np.sort(vals)[::-1][:3], rel=1e-5)
+        for gi, lst in r["relevant"].items():
+            assert set(a["image"] for a in lst) <= set(groups[int(gi)])
+            assert [a["value"] for a in lst] == sorted((a["value"] for a in lst), reverse=True)
+        for a in r["active"]:
+            assert a["src"].startswith("data:image/png;base64,") and str(a["image"]) in r["saliency"]
+    assert "logits:3" in refs.data and refs.data["logits:3"]["relevant"] == {}
+    again = reference_images(net, x, groups, graphs, top_k=3, cache_dir=tmp_path)
+    assert again.cached and again.data == json.loads(json.dumps(refs.data))
+    files = explorer_files(graphs, references=refs.data)
+    assert files["index.json"]["references"] is True
+    for i, g in enumerate(graphs):
+        for n in files[f"class-{i}.json"]["nodes"]:
+            assert n["ref"] == node_file(n["id"]) and files[n["ref"]]["node"] == n["id"]
+
+
+def test_folder_and_single_file(small, tmp_path):
+    graphs, *_ = small
+    page = write_explorer(tmp_path / "e.html", graphs)
+    text = page.read_text()
+    assert 'id="ssa-data"' in text and "<script src" not in text and "<link" not in text
+    site = write_explorer(f"{tmp_path}/site/", graphs)
+    assert site == tmp_path / "site" / "index.html"
+    assert json.loads((tmp_path / "site" / "data" / "index.json").read_text())["classes"][1]["label"] == "class 5"
+    assert 'id="ssa-data"' not in site.read_text()
+    write_explorer(f"{tmp_path}/site/", graphs[:1])  # an explorer folder is replaced whole
+    assert not (tmp_path / "site" / "data" / "class-1.json").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidInputError, match="holds something else"):
+        write_explorer(f"{other}/", graphs)
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def _graph_files(small, d):
+    graphs, *_ = small
+    paths = []
+    for g in graphs:
+        p = d / f"class-{g.graph['target']}.json"
+        ssa.write_graph(g, p)
+        paths.append(str(p))
+    return paths
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("suffix", "must end in .html"),
+    ("model-only", "pass both --model and --images"),
+    ("other-images", "was made from 20 images"),
+    ("top-k", "--top-k must be >= 1"),
+])
+def test_cli_explore_bad_input(small, tmp_path, capsys, case, needle):
+    files = _graph_files(small, tmp_path)
+    out = str(tmp_path / "e.html")
+    extra: list[str] = []
+    if case == "suffix":
+        out = str(tmp_path / "e.txt")
+    elif case == "model-only":
+        extra = ["--model", "digits"]
+    elif case == "other-images":
+        x, y = ssa.load_images("digits")
+        np.save(tmp_path / "x.npy", x[:60])
+        np.save(tmp_path / "y.npy", y[:60])
+        extra = ["--model", "digits", "--images", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy")]
+    else:
+        extra = ["--model", "digits", "--images", "digits", "--top-k", "0"]
+    assert main(["explore", *files, "--out", out, *extra]) == 2
+    err = capsys.readouterr().err
+    assert needle in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not Path(out).exists()
+
+
+def test_cli_serve_bad_input(small, tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "nothing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path)]) == 2
+    assert "holds no explorer" in capsys.readouterr().err
+    write_explorer(f"{tmp_path}/site/", small[0])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["serve", str(tmp_path / "site"), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert "is in use" in err and err.count("\n") == 1
+
+
+def test_committed_bundle_matches_the_lock_file():
+    """The committed bundle says which package versions it holds; they are the lock file's, with licences."""
+    versions = json.loads((STATIC / "VERSIONS.json").read_text())["bundled"]
+    lock = json.loads((FRONTEND / "package-lock.json").read_text())["packages"]
+    assert {"sigma", "graphology"} <= set(versions)
+    licences = (STATIC / "THIRD-PARTY-LICENSES.txt").read_text()
+    banner = (STATIC / "explorer.min.js").read_text().splitlines()[0]
+    for name, v in versions.items():
+        assert lock[f"node_modules/{name}"]["version"] == v["version"]
+        assert lock[f"node_modules/{name}"]["integrity"] == v["integrity"]
+        assert f"{name} {v['version']}" in licences and f"{name}@{v['version']}" in banner
+    pkg = json.loads((FRONTEND / "package.json").read_text())
+    for name, spec in pkg["dependencies"].items():  # exact pins, no ranges
+        assert spec == versions[name]["version"]
+
+
+@pytest.mark.skipif(not (FRONTEND / "node_modules").is_dir() or shutil.which("node") is None,
+                    reason="frontend/explorer/node_modules is absent (run `make explorer-assets` to rebuild and check)")
+def test_committed_bundle_is_what_the_build_script_produces(tmp_path):
+    proc = subprocess.run(["node", str(FRONTEND / "build.mjs"), str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("explorer.min.js", "explorer.min.css", "VERSIONS.json", "THIRD-PARTY-LICENSES.txt"):
+        assert (tmp_path / name).read_bytes() == (STATIC / name).read_bytes(), name
