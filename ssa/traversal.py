@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Protocol, Seque
 
 import numpy as np
 
-from .core.arrays import asarray_like, device_of, namespace, to_numpy
+from .core.arrays import asarray_like, device_of, host_view, namespace, to_numpy
 from .errors import PluginError
 from .interfaces import Rule, Selector, Tap
 
@@ -228,7 +228,7 @@ def traverse(source: RelevanceSource, target: int, branching: int, rule: Rule, s
 
 
 def _accumulate(acc: dict[str, _Acc], block: RelevanceBlock, n: int, selector: Selector) -> None:
-    omega = block.omega
+    omega = host_view(block.omega)
     xp = namespace(omega)
     if omega.dtype != xp.float64:
         omega = xp.astype(omega, xp.float64)
@@ -240,10 +240,12 @@ def _accumulate(acc: dict[str, _Acc], block: RelevanceBlock, n: int, selector: S
     if a is None:
         a = acc[block.parent] = _Acc(xp, n, K, omega)
     lo, hi = block.start, block.start + nb
-    a.pos[lo:hi, ...] = a.pos[lo:hi, ...] + xp.sum(xp.astype(labels > 0, xp.int64), axis=1)
-    a.neg[lo:hi, ...] = a.neg[lo:hi, ...] + xp.sum(xp.astype(labels < 0, xp.int64), axis=1)
-    finite = xp.where(xp.isfinite(omega), omega, xp.zeros_like(omega))
-    a.tot[lo:hi, ...] = a.tot[lo:hi, ...] + xp.sum(finite, axis=1)
+    a.pos[lo:hi, ...] += xp.sum(labels > 0, axis=1, dtype=xp.int64)
+    a.neg[lo:hi, ...] += xp.sum(labels < 0, axis=1, dtype=xp.int64)
+    if bool(xp.all(xp.isfinite(omega))):
+        a.tot[lo:hi, ...] += xp.sum(omega, axis=1)
+    else:
+        a.tot[lo:hi, ...] += xp.sum(xp.where(xp.isfinite(omega), omega, xp.zeros_like(omega)), axis=1)
 
 
 def _finish_step(upper: str, parent: str, neurons: Sequence[int], a: _Acc, branching: int, two_sided: bool,

@@ -48,7 +48,9 @@ def _empty(xp: Any, rows: Any) -> Any:
 
 
 def _safe(xp: Any, rows: Any) -> Any:
-    """Non-finite entries as 0 (their rows get no labels anyway; keeps sorting and sums quiet)."""
+    """Non-finite entries as 0 (their rows get no labels anyway; keeps sums quiet), only when there are any."""
+    if bool(xp.all(xp.isfinite(rows))):
+        return rows
     return xp.where(xp.isfinite(rows), rows, xp.zeros_like(rows))
 
 
