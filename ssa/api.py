@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .core.arrays import namespace, to_numpy
 from .errors import InvalidInputError, PluginError
 from .graph import build_graph
 from .images import Preprocess, load_images, select_class
@@ -280,6 +281,12 @@ def check_target(network: Network, target: int) -> int:
     return target
 
 
+def active_fraction(scalars) -> np.ndarray:
+    """Share of images in which each neuron's scalar is > 0 (on the scalars' device; a numpy result)."""
+    xp = namespace(scalars)
+    return to_numpy(xp.mean(xp.astype(scalars > 0, xp.float64), axis=0))
+
+
 def run_traversal(source, network: Network, target: int, branching: int, rule: Rule, selector: Selector,
                   *, stop_at: str | None = None, progress: bool = False) -> AnalysisResult:
     """Traverse with ``source`` and assemble the result (shared by every engine)."""
@@ -293,8 +300,8 @@ def run_traversal(source, network: Network, target: int, branching: int, rule: R
     finally:
         if bar is not None:
             bar.close()
-    active = {t: (source.scalars(t) > 0).mean(axis=0) for t in out.selected}
-    active.setdefault("logits", (source.scalars("logits") > 0).mean(axis=0))
+    active = {t: active_fraction(source.scalars(t)) for t in out.selected}
+    active.setdefault("logits", active_fraction(source.scalars("logits")))
     attrs = {
         "branching": branching, "rule": rule.name, "rule_params": json.dumps(rule.params, sort_keys=True),
         "selector": selector.name, "selector_params": json.dumps(selector.params, sort_keys=True),

@@ -24,6 +24,10 @@ What is checked (method doc, section 3, STEP 2; ``Selector.select``'s docstring)
 * ``constant_rows``: rows whose entries are all equal have no outliers (any value, any length);
 * ``all_zero_rows``: all-zero rows have no outliers;
 * ``nan_rows``: a row that contains NaN gives 0 everywhere (and does not affect other rows).
+* ``array_libraries``: the labels are identical under numpy and under torch (on the CPU, and on
+  CUDA when a GPU is present), through the core's boundary (:func:`ssa.traversal.apply_selector`).
+  A selector that declares ``array_api = True`` must also return an int8 array of the rows' own
+  library on the rows' device; one that does not is given numpy rows by the core.
 
 Each check runs with the selector's own parameters and, when the selector has
 ``two_sided``, also with ``two_sided`` flipped.
@@ -236,6 +240,57 @@ def _check_nan_rows(sel: Selector) -> list[str]:
     return fails
 
 
+def _torch_devices() -> list[str]:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of the built-in backends
+        return []
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _check_array_libraries(sel: Selector) -> list[str]:
+    from .traversal import apply_selector
+
+    devices = _torch_devices()
+    if not devices:
+        return []
+    import torch
+
+    cases = {"noisy rows": _rows(seed=11), "clear outlier": _clear_row(), "short rows": _rows(seed=12, K=7),
+             "constant rows": np.full((3, 9), 2.5), "one column": np.random.default_rng(13).standard_normal((6, 1))}
+    nan = _rows(seed=14)
+    nan[2, 4] = np.nan
+    nan[5, :] = np.inf
+    cases["non-finite rows"] = nan
+    fails = []
+    with np.errstate(all="ignore"):
+        fails = _compare_libraries(sel, cases, devices)
+    return fails
+
+
+def _compare_libraries(sel: Selector, cases: dict, devices: list[str]) -> list[str]:
+    import torch
+
+    from .traversal import apply_selector
+
+    fails = []
+    for what, rows in cases.items():
+        ref = np.asarray(apply_selector(sel, np.array(rows, dtype=np.float64, copy=True)))
+        for dev in devices:
+            t = torch.tensor(rows, dtype=torch.float64, device=dev)
+            out = apply_selector(sel, t)
+            if not isinstance(out, torch.Tensor) or out.device.type != torch.device(dev).type:
+                fails.append(f"{what}: torch rows on {dev} gave {type(out).__name__} on "
+                             f"{getattr(out, 'device', 'the host')}, expected a torch tensor on {dev}")
+                continue
+            if out.dtype != torch.int8:
+                fails.append(f"{what}: torch rows on {dev} gave dtype {out.dtype}, expected torch.int8")
+            got = out.cpu().numpy()
+            if not np.array_equal(got, ref):
+                fails.append(f"{what}: labels under torch on {dev} differ from numpy's in {(got != ref).sum()} entries")
+    return fails
+
+
 CHECKS: dict[str, Callable[[Selector], list[str]]] = {
     "shape": _check_shape,
     "dtype": _check_dtype,
@@ -250,6 +305,7 @@ CHECKS: dict[str, Callable[[Selector], list[str]]] = {
     "constant_rows": _check_constant_rows,
     "all_zero_rows": _check_all_zero_rows,
     "nan_rows": _check_nan_rows,
+    "array_libraries": _check_array_libraries,
 }
 
 

@@ -106,6 +106,10 @@ class Selector(Configurable, ABC):
     """
 
     kind_label: ClassVar[str] = "selector"
+    #: True when :meth:`select` is written against the Python array API (``xp = namespace(rows)``,
+    #: ``xp.*`` inside) and so runs on the backend's arrays and device (a GPU). False (the default):
+    #: ``rows`` is a float64 numpy array; the core converts at the boundary.
+    array_api: ClassVar[bool] = False
 
     @abstractmethod
     def select(self, rows: np.ndarray) -> np.ndarray:
@@ -113,7 +117,8 @@ class Selector(Configurable, ABC):
 
         Parameters
         ----------
-        rows : float64 array of shape (R, K); row r holds omega[n, i, :].
+        rows : float64 array of shape (R, K); row r holds omega[n, i, :]. A numpy array, or, for a
+            selector with ``array_api = True``, an array of the backend's library on its device.
 
         Returns
         -------

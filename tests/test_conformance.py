@@ -58,14 +58,16 @@ def test_example_plugin_selector_conforms(params: dict) -> None:
 # --- each check catches its mistake ---------------------------------------------------------------
 
 
-def _selector(name: str, fn, two_sided_param: bool = True) -> type[ssa.Selector]:
+def _selector(name: str, fn, two_sided_param: bool = True, array_api: bool = False) -> type[ssa.Selector]:
     params: dict = {"two_sided": ssa.Param(False, "negative outliers", bool)} if two_sided_param else {}
 
     class Broken(ssa.Selector):
         parameters: ClassVar[Mapping[str, ssa.Param]] = params
 
         def select(self, rows):
-            return fn(self, np.asarray(rows, dtype=np.float64))
+            return fn(self, rows if array_api else np.asarray(rows, dtype=np.float64))
+
+    Broken.array_api = array_api
 
     Broken.name = name
     Broken.__name__ = name
@@ -131,16 +133,25 @@ BROKEN = {
 }
 
 
+def _host_only(self, rows):  # claims the array API but hands back a numpy array of float32 quartiles
+    host = rows.cpu().numpy() if hasattr(rows, "cpu") else np.asarray(rows)
+    return _tukey(host.astype(np.float32))
+
+
+BROKEN["array_libraries"] = _host_only
+ARRAY_API = {"array_libraries"}
+
+
 def test_every_check_has_a_broken_selector() -> None:
     assert set(BROKEN) == set(CHECKS)
 
 
 @pytest.mark.parametrize("check", sorted(BROKEN))
 def test_check_catches_its_mistake(check: str) -> None:
-    failures = check_selector(_selector(f"broken_{check}", BROKEN[check]))
+    failures = check_selector(_selector(f"broken_{check}", BROKEN[check], array_api=check in ARRAY_API))
     assert any(f.startswith(f"{check} [") for f in failures), failures
     with pytest.raises(AssertionError, match=rf"broken_{check} does not conform"):
-        assert_selector_conforms(_selector(f"broken_{check}", BROKEN[check]))
+        assert_selector_conforms(_selector(f"broken_{check}", BROKEN[check], array_api=check in ARRAY_API))
 
 
 def test_missing_two_sided_parameter_is_a_failure() -> None:

@@ -10,10 +10,9 @@ checks these properties for any selector.
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping
+from typing import Any, ClassVar, Mapping
 
-import numpy as np
-
+from ssa.core.arrays import device_of, median_sorted, namespace, quantile_sorted
 from ssa.interfaces import Param, Selector
 
 __all__ = ["TukeySelector", "ZScoreSelector", "MADSelector", "PercentileSelector", "TopKSelector"]
@@ -25,41 +24,61 @@ def _positive(x: float) -> bool:
     return x > 0
 
 
-def _finish(rows: np.ndarray, pos: np.ndarray, neg: np.ndarray, two_sided: bool) -> np.ndarray:
-    out = pos.astype(np.int8)
+def _finish(xp: Any, rows: Any, pos: Any, neg: Any, two_sided: bool) -> Any:
+    """int8 labels; rows holding a NaN or an infinity get none."""
+    ok = xp.all(xp.isfinite(rows), axis=1, keepdims=True)
+    out = xp.astype(pos & ok, xp.int8)
     if two_sided:
-        out -= neg.astype(np.int8)
-    bad = ~np.isfinite(rows).all(axis=1)
-    out[bad] = 0
+        out = out - xp.astype(neg & ok, xp.int8)
     return out
 
 
-def _as_rows(rows: np.ndarray) -> np.ndarray:
-    rows = np.asarray(rows, dtype=np.float64)
+def _as_rows(rows: Any) -> tuple[Any, Any]:
+    xp = namespace(rows)
+    rows = xp.asarray(rows)
     if rows.ndim != 2:
-        raise ValueError(f"selector rows must be 2-D (R, K), got shape {rows.shape}")
-    return rows
+        raise ValueError(f"selector rows must be 2-D (R, K), got shape {tuple(rows.shape)}")
+    if rows.dtype != xp.float64:
+        rows = xp.astype(rows, xp.float64)
+    return xp, rows
+
+
+def _empty(xp: Any, rows: Any) -> Any:
+    return xp.zeros(rows.shape, dtype=xp.int8, device=device_of(rows))
+
+
+def _safe(xp: Any, rows: Any) -> Any:
+    """Non-finite entries as 0 (their rows get no labels anyway; keeps sums quiet), only when there are any."""
+    if bool(xp.all(xp.isfinite(rows))):
+        return rows
+    return xp.where(xp.isfinite(rows), rows, xp.zeros_like(rows))
 
 
 class TukeySelector(Selector):
-    """Tukey's fences: k is an outlier iff omega > Q3 + k * (Q3 - Q1) (the paper's)."""
+    """Tukey's fences: k is an outlier iff omega > Q3 + k * (Q3 - Q1) (the paper's).
+
+    Quartiles by linear interpolation, bit-identical to ``numpy.percentile`` on every array library.
+    """
 
     name = "tukey"
     description = "Tukey's fences: omega > Q3 + k*IQR (the paper's; k = 1.5)"
+    array_api = True
     parameters: ClassVar[Mapping[str, Param]] = {
         "k": Param(1.5, "fence multiplier of the inter-quartile range", float, lambda v: v >= 0, ">= 0"),
         "two_sided": _TWO_SIDED,
     }
 
-    def select(self, rows: np.ndarray) -> np.ndarray:
-        rows = _as_rows(rows)
-        with np.errstate(invalid="ignore"):
-            q1, q3 = np.percentile(rows, [25.0, 75.0], axis=1, keepdims=True)
-            iqr = q3 - q1
-            k = self.params["k"]
-            pos = rows > q3 + k * iqr
-            neg = rows < q1 - k * iqr
-        return _finish(rows, pos, neg, self.two_sided)
+    def select(self, rows: Any) -> Any:
+        xp, rows = _as_rows(rows)
+        if rows.shape[1] == 0:
+            return _empty(xp, rows)
+        s = xp.sort(_safe(xp, rows), axis=1)
+        q1, q3 = quantile_sorted(s, 25.0), quantile_sorted(s, 75.0)
+        iqr = q3 - q1
+        k = self.params["k"]
+        pos = rows > q3 + k * iqr
+        neg = rows < q1 - k * iqr
+        return _finish(xp, rows, pos, neg, self.two_sided)
 
 
 class ZScoreSelector(Selector):
@@ -67,27 +86,31 @@ class ZScoreSelector(Selector):
 
     Constant rows have no outliers (their std is only rounding error). Note that
     no entry of a row of K values can exceed z = (K - 1) / sqrt(K), so with the
-    default threshold 3 rows of 10 or fewer neurons never have outliers.
+    default threshold 3 rows of 10 or fewer neurons never have outliers. The mean and the
+    standard deviation are sums, whose rounding depends on the library's summation order:
+    labels agree across libraries except for values within rounding of the threshold.
     """
 
     name = "zscore"
     description = "z-score: (omega - mean)/std > threshold (default 3)"
+    array_api = True
     parameters: ClassVar[Mapping[str, Param]] = {
         "threshold": Param(3.0, "number of standard deviations", float, _positive, "> 0"),
         "two_sided": _TWO_SIDED,
     }
 
-    def select(self, rows: np.ndarray) -> np.ndarray:
-        rows = _as_rows(rows)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = rows.mean(axis=1, keepdims=True)
-            std = rows.std(axis=1, keepdims=True)
-            spread = rows.max(axis=1, keepdims=True, initial=-np.inf) > rows.min(axis=1, keepdims=True, initial=np.inf)
-            ok = spread & (std > 0)
-            z = np.where(ok, (rows - mean) / np.where(ok, std, 1.0), 0.0)
-            t = self.params["threshold"]
-            pos, neg = z > t, z < -t
-        return _finish(rows, pos, neg, self.two_sided)
+    def select(self, rows: Any) -> Any:
+        xp, rows = _as_rows(rows)
+        if rows.shape[1] == 0:
+            return _empty(xp, rows)
+        safe = _safe(xp, rows)
+        mean = xp.mean(safe, axis=1, keepdims=True)
+        std = xp.std(safe, axis=1, keepdims=True)
+        spread = xp.max(safe, axis=1, keepdims=True) > xp.min(safe, axis=1, keepdims=True)
+        ok = spread & (std > 0)
+        z = xp.where(ok, (safe - mean) / xp.where(ok, std, xp.ones_like(std)), xp.zeros_like(safe))
+        t = self.params["threshold"]
+        return _finish(xp, rows, z > t, z < -t, self.two_sided)
 
 
 class MADSelector(Selector):
@@ -96,29 +119,33 @@ class MADSelector(Selector):
     When more than half of a row equals its median (MAD = 0, common in sparse
     relevance rows where most neurons are silent), the scale falls back to the
     mean absolute deviation: (omega - median) / (1.253314 * MeanAD), as
-    Iglewicz and Hoaglin recommend; a constant row has no outliers.
+    Iglewicz and Hoaglin recommend; a constant row has no outliers. Medians are bit-identical to
+    numpy's on every array library; the mean absolute deviation is a sum (see ``zscore``).
     """
 
     name = "mad"
     description = "modified z-score 0.6745*(omega - median)/MAD > threshold (default 3.5)"
+    array_api = True
     parameters: ClassVar[Mapping[str, Param]] = {
         "threshold": Param(3.5, "modified z-score threshold", float, _positive, "> 0"),
         "two_sided": _TWO_SIDED,
     }
 
-    def select(self, rows: np.ndarray) -> np.ndarray:
-        rows = _as_rows(rows)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            med = np.median(rows, axis=1, keepdims=True)
-            dev = np.abs(rows - med)
-            mad = np.median(dev, axis=1, keepdims=True)
-            meanad = dev.mean(axis=1, keepdims=True)
-            # scale such that z = (omega - median) / scale; 1/0.6745 = 1.4826 (MAD), 1.253314 (MeanAD fallback)
-            scale = np.where(mad > 0, mad / 0.6745, 1.253314 * meanad)
-            z = np.where(scale > 0, (rows - med) / np.where(scale > 0, scale, 1.0), 0.0)
-            t = self.params["threshold"]
-            pos, neg = z > t, z < -t
-        return _finish(rows, pos, neg, self.two_sided)
+    def select(self, rows: Any) -> Any:
+        xp, rows = _as_rows(rows)
+        if rows.shape[1] == 0:
+            return _empty(xp, rows)
+        safe = _safe(xp, rows)
+        med = median_sorted(xp.sort(safe, axis=1))
+        dev = xp.abs(safe - med)
+        mad = median_sorted(xp.sort(dev, axis=1))
+        meanad = xp.mean(dev, axis=1, keepdims=True)
+        # scale such that z = (omega - median) / scale; 1/0.6745 = 1.4826 (MAD), 1.253314 (MeanAD fallback)
+        scale = xp.where(mad > 0, mad / 0.6745, 1.253314 * meanad)
+        pos_scale = scale > 0
+        z = xp.where(pos_scale, (safe - med) / xp.where(pos_scale, scale, xp.ones_like(scale)), xp.zeros_like(safe))
+        t = self.params["threshold"]
+        return _finish(xp, rows, z > t, z < -t, self.two_sided)
 
 
 class PercentileSelector(Selector):
@@ -126,19 +153,22 @@ class PercentileSelector(Selector):
 
     name = "percentile"
     description = "omega > q-th percentile of the row and > 0 (default q = 99)"
+    array_api = True
     parameters: ClassVar[Mapping[str, Param]] = {
         "q": Param(99.0, "percentile in (0, 100)", float, lambda v: 0 < v < 100, "in (0, 100)"),
         "two_sided": _TWO_SIDED,
     }
 
-    def select(self, rows: np.ndarray) -> np.ndarray:
-        rows = _as_rows(rows)
+    def select(self, rows: Any) -> Any:
+        xp, rows = _as_rows(rows)
+        if rows.shape[1] == 0:
+            return _empty(xp, rows)
         q = self.params["q"]
-        with np.errstate(invalid="ignore"):
-            hi, lo = np.percentile(rows, [q, 100.0 - q], axis=1, keepdims=True)
-            pos = (rows > hi) & (rows > 0)
-            neg = (rows < lo) & (rows < 0)
-        return _finish(rows, pos, neg, self.two_sided)
+        s = xp.sort(_safe(xp, rows), axis=1)
+        hi, lo = quantile_sorted(s, q), quantile_sorted(s, 100.0 - q)
+        pos = (rows > hi) & (rows > 0)
+        neg = (rows < lo) & (rows < 0)
+        return _finish(xp, rows, pos, neg, self.two_sided)
 
 
 class TopKSelector(Selector):
@@ -153,20 +183,22 @@ class TopKSelector(Selector):
 
     name = "topk"
     description = "the k largest positive entries of each row, ties at the k-th place dropped (default k = 5)"
+    array_api = True
     parameters: ClassVar[Mapping[str, Param]] = {
         "k": Param(5, "entries kept per row", int, lambda v: v >= 1, ">= 1"),
         "two_sided": _TWO_SIDED,
     }
 
-    def select(self, rows: np.ndarray) -> np.ndarray:
-        rows = _as_rows(rows)
+    def select(self, rows: Any) -> Any:
+        xp, rows = _as_rows(rows)
         K = rows.shape[1]
         if K == 0:
-            return np.zeros(rows.shape, dtype=np.int8)
+            return _empty(xp, rows)
         at = min(self.params["k"], K - 1)  # index of the (k+1)-th largest value, or of the row minimum
-        safe = np.nan_to_num(rows, nan=0.0, posinf=0.0, neginf=0.0)  # such rows are zeroed by _finish
-        cut_hi = -np.sort(-safe, axis=1)[:, at:at + 1]
-        cut_lo = np.sort(safe, axis=1)[:, at:at + 1]
+        safe = _safe(xp, rows)
+        s = xp.sort(safe, axis=1)
+        cut_hi = s[:, K - 1 - at:K - at]
+        cut_lo = s[:, at:at + 1]
         pos = (safe > cut_hi) & (safe > 0)
         neg = (safe < cut_lo) & (safe < 0)
-        return _finish(rows, pos, neg, self.two_sided)
+        return _finish(xp, rows, pos, neg, self.two_sided)
