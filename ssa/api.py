@@ -243,7 +243,9 @@ class Session:
             indices = np.asarray(indices, dtype=np.int64)
             if len(indices) == 0:
                 raise InvalidInputError(f"class {target} has no image; choose a target that has images.")
-        elif self.labels is not None and self.only_target is None:
+        elif self.labels is not None and not self._subset:
+            # by label: also when ``only_target`` is set but a store keeps the whole image set (the store is
+            # keyed by all the images, so the class is selected here, not in prepare())
             indices = np.flatnonzero(self.labels == target)
             if len(indices) == 0:
                 raise InvalidInputError(f"no image is labelled {target}; choose a target that has images.")

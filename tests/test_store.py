@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,57 @@ def test_killed_collect_process_resumes_to_an_identical_store(tmp_path):
     (b,) = [p for p in whole.glob("*/*") if p.is_dir()]
     assert a.relative_to(killed) == b.relative_to(whole)
     assert _tree(a) == _tree(b)
+
+
+@pytest.fixture(scope="module")
+def digits_store(tmp_path_factory):
+    """A store of all 1797 digits (both forms), filled by `ssa collect`."""
+    root = tmp_path_factory.mktemp("digits-store")
+    store = root / "store"
+    for rule in ("gradient", "gradient_x_activation"):
+        assert main(["collect", "digits", "--images", "digits", "--store", str(store), "-q", "--rule", rule]) == 0
+    return store
+
+
+def _edges(g):
+    return sorted(g.edges(data="frequency"))
+
+
+def test_target_with_a_store_selects_the_class_images_by_label(digits_store, tmp_path, monkeypatch, capsys):
+    """Issue 9, item 1: with a store, --target used to analyse all 1797 images as class 3."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SSA_STORE", raising=False)
+    images, labels = load_images("digits")
+    plain = ssa.analyse("digits", images, 3, labels=labels, rule="gradient", selector="tukey")
+    assert plain.n_images == int((labels == 3).sum()) == 183
+    # the API with an explicit store
+    api = ssa.analyse("digits", images, 3, labels=labels, store=digits_store, rule="gradient", selector="tukey")
+    assert api.n_images == 183 and _edges(api.graph) == _edges(plain.graph)
+    assert api.engines and set(api.engines.values()) == {"fast"}
+    # a Session restricted to one class (what ssa.analyse builds), read-only store
+    sess = ssa.Session("digits", images, labels=labels, store=digits_store, store_mode="read", only_target=3,
+                       rule="gradient")
+    res = sess.analyse(3, selector="tukey")
+    assert res.n_images == 183 and _edges(res.graph) == _edges(plain.graph)
+
+    def cli(*extra, env_store=None):
+        if env_store is not None:
+            monkeypatch.setenv("SSA_STORE", str(env_store))
+        else:
+            monkeypatch.delenv("SSA_STORE", raising=False)
+        out = tmp_path / "g.json"
+        assert main(["analyse", "digits", "--images", "digits", "--target", "3", "--rule", "gradient",
+                     "--selector", "tukey", "-o", str(out), *extra]) == 0
+        text = capsys.readouterr().out
+        assert re.search(r"^class 3 of \S+: 183 images", text, re.M), text
+        return ssa.read_graph(out)
+
+    reference = cli()  # no store anywhere
+    assert _edges(reference) == _edges(plain.graph)
+    assert _edges(cli("--store", str(digits_store))) == _edges(reference)
+    assert _edges(cli(env_store=digits_store)) == _edges(reference)
+    # the default .ssa-store in the working folder
+    import shutil
+
+    shutil.copytree(digits_store, tmp_path / ".ssa-store")
+    assert _edges(cli()) == _edges(reference)
