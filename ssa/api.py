@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .checks import check_device, check_int
 from .errors import InvalidInputError, PluginError
 from .graph import build_graph
 from .images import Preprocess, load_images, select_class
@@ -19,28 +20,6 @@ from .store import StatsStore, images_hash
 from .traversal import traverse
 
 __all__ = ["Session", "load_model", "analyse", "check_device", "check_int", "check_target", "n_classes", "run_traversal"]
-
-
-def check_int(name: str, value: Any, minimum: int, fix: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}.{(' ' + fix) if fix else ''}")
-    if value < minimum:
-        raise InvalidInputError(f"{name} must be >= {minimum}, got {value}.{(' ' + fix) if fix else ''}")
-    return int(value)
-
-
-def check_device(device: str) -> str:
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InvalidInputError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError(f"device {device!r} was asked for but no CUDA GPU is available; use --device cpu.")
-    if dev.type not in ("cpu", "cuda"):
-        raise InvalidInputError(f"device must be 'cpu' or 'cuda', got {device!r}.")
-    return str(dev)
 
 
 def load_model(model: Any, *, backend: str | None = None, device: str = "cpu", **options: Any) -> Network:

@@ -21,7 +21,8 @@ from typing import Any, Mapping, Sequence
 import networkx as nx
 import numpy as np
 
-from .errors import InvalidInputError
+from .checks import describe_os_error
+from .errors import InvalidInputError, OutputError
 from .interfaces import Tap
 from .traversal import StepRecord
 
@@ -72,6 +73,15 @@ def build_graph(*, taps: Sequence[Tap], steps: Sequence[StepRecord], target: int
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
+    try:
+        _atomic_write(path, data)
+    except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(describe_os_error(exc, f"cannot write {str(path)!r}", show_file=False)) from exc
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..checks import check_output_dir, check_output_file
 from ..errors import InvalidInputError
 from ..multi import analyse_many, class_folders, parse_targets
 from .common import engine_options, method_options, model_options, preprocess_from
@@ -45,6 +46,10 @@ def wants_many(args: argparse.Namespace) -> bool:
 
 
 def run_many(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        check_output_file(args.out, flag="--out", suffixes=(".json", ".graphml"))
+    if args.out_dir is not None:
+        check_output_dir(args.out_dir, flag="--out-dir")
     targets = parse_targets(args.targets) if args.targets is not None else [args.target]
     results = analyse_many(args.model, args.images, targets, labels=args.labels, by_prediction=args.by_prediction,
                            min_confidence=args.min_confidence, max_per_class=args.max_per_class,

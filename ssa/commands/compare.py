@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..checks import check_output_dir
 from ..compare import compare, load_graphs
 from ..errors import InvalidInputError
 from ..graph import write_graph
@@ -47,6 +48,8 @@ def _shared_indices(text: str | None, cmp) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     from ..figures import plot_clustermap, plot_dendrogram, plot_graph
 
+    if args.out_dir:
+        check_output_dir(args.out_dir, flag="--out-dir")
     graphs, names = load_graphs(args.graphs)
     cmp = compare(graphs, weight=args.weight, names=[Path(p).name for p in args.graphs])
     which = _shared_indices(args.shared, cmp)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from ..checks import check_output_file
 from ..errors import InvalidInputError
 from ..evaluate import ABLATIONS, compare, format_table, write_csv, write_layers_csv
 from .common import add_image_args, add_model_args, model_options, parse_ints, parse_kv, preprocess_from
@@ -86,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from ..plugins import registry
 
     for flag, path in (("--out", args.out), ("--layers-out", args.layers_out)):
-        if path is not None and not path.lower().endswith(".csv"):
-            raise InvalidInputError(f"{flag} must end in .csv, got {path!r}.")
+        if path is not None:
+            check_output_file(path, flag=flag, suffixes=(".csv",))
     targets = parse_ints(args.targets, "--targets") or ()
     if args.threads is not None:
         if args.threads < 1:

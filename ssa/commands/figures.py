@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..api import load_model
+from ..checks import check_output_dir
 from ..compare import load_graphs
 from ..errors import InvalidInputError
 from ..graph import read_graph
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n_images < 1:
         raise InvalidInputError(f"--n-images must be >= 1, got {args.n_images}.")
+    check_output_dir(args.out_dir, flag="--out-dir")
     graph = read_graph(args.graph)
     others, _ = load_graphs(args.compare) if args.compare else ([], [])
     shared = set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..checks import check_output_file
 from ..compare import load_graphs
 from ..errors import InvalidInputError
 from .common import add_image_args, model_options, preprocess_from
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n_images < 1:
         raise InvalidInputError(f"--n-images must be >= 1, got {args.n_images}.")
+    check_output_file(args.out, flag="--out", suffixes=(".html", ".htm"))
     graphs, names = load_graphs(args.graphs)
     path = write_report(args.out, graphs, names, model=args.model, images=args.images, labels=args.labels,
                         preprocess=preprocess_from(args), fmt=args.format, title=args.title, weight=args.weight,
