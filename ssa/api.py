@@ -268,7 +268,7 @@ def run_traversal(source, network: Network, target: int, branching: int, rule: R
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(desc=f"class {target}", unit="batch", leave=False)
+        bar = tqdm(desc=f"class {target}", unit="batch", leave=False, disable=None)
     try:
         out = traverse(source, target, branching, rule, selector, stop_at=stop_at, progress=bar)
     finally:

@@ -139,7 +139,7 @@ def collect(network: Network, images: np.ndarray, forms: Sequence[str], batch_si
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n_batches * len(forms), desc="collect", unit="batch", leave=False)
+        bar = tqdm(total=n_batches * len(forms), desc="collect", unit="batch", leave=False, disable=None)
     done = 0
     try:
         for i in range(n_batches):
