@@ -15,10 +15,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .errors import InvalidInputError, OutputError
+from .errors import InvalidInputError, OutputError, PluginError
 
 __all__ = ["check_int", "check_device", "check_output_file", "check_output_dir", "check_writable_dir",
-           "check_distinct_outputs", "describe_os_error", "ENVIRONMENT_ERRNOS"]
+           "check_distinct_outputs", "describe_os_error", "ENVIRONMENT_ERRNOS", "call_selector", "call_rule"]
 
 #: errno values that mean "the environment refused" (disk full, read-only, permissions, limits), not a bug
 ENVIRONMENT_ERRNOS = frozenset(
@@ -150,3 +150,46 @@ def check_distinct_outputs(paths: Mapping[str, str | os.PathLike | None]) -> Non
             raise InvalidInputError(f"{seen[key]} and {flag} name the same file {str(path)!r}; the second would "
                                     "overwrite the first: give them different names.")
         seen[key] = flag
+
+
+def _plugin_bug(kind: str, obj: Any, what: str, flag: str) -> PluginError:
+    origin = type(obj).__module__.split(".")[0]
+    return PluginError(f"{kind} {getattr(obj, 'name', type(obj).__name__)!r} (from {origin}) {what}; this is a bug in "
+                       f"the {kind} plugin: report it to its author, or choose another {flag} (see `ssa plugins`).")
+
+
+def call_selector(selector: Any, rows: np.ndarray) -> np.ndarray:
+    """``selector.select(rows)``, checked: the same shape as ``rows`` and only -1, 0 or +1 (else a plugin bug)."""
+    try:
+        out = selector.select(rows)
+    except Exception as exc:  # noqa: BLE001 - the plugin's code
+        text = str(exc).strip().splitlines()
+        raise _plugin_bug("selector", selector, f"raised {type(exc).__name__}"
+                          f"{': ' + text[0][:160] if text else ''} on relevance rows of shape {rows.shape}",
+                          "--selector") from exc
+    out = np.asarray(out)
+    if out.shape != rows.shape:
+        raise _plugin_bug("selector", selector, f"returned an array of shape {out.shape} for rows of shape "
+                          f"{rows.shape} (expected one label per entry)", "--selector")
+    if out.dtype.kind not in "biuf":
+        raise _plugin_bug("selector", selector, f"returned dtype {out.dtype} (expected int8 labels -1, 0, +1)",
+                          "--selector")
+    bad = ~np.isin(out, (-1, 0, 1))
+    if bad.any():
+        raise _plugin_bug("selector", selector, f"returned {out[bad].reshape(-1)[0].item()!r} (expected only -1, 0 or +1; "
+                          f"{int(bad.sum())} entries are something else)", "--selector")
+    return out
+
+
+def call_rule(rule: Any, grad: Any, activation: Any) -> Any:
+    """``rule.combine(grad, activation)``, checked: a tensor shaped like ``grad`` (else a plugin bug)."""
+    try:
+        out = rule.combine(grad, activation)
+    except Exception as exc:  # noqa: BLE001 - the plugin's code
+        text = str(exc).strip().splitlines()
+        raise _plugin_bug("rule", rule, f"raised {type(exc).__name__}{': ' + text[0][:160] if text else ''} in "
+                          f"combine() on a gradient of shape {tuple(grad.shape)}", "--rule") from exc
+    if tuple(getattr(out, "shape", ())) != tuple(grad.shape):
+        raise _plugin_bug("rule", rule, f"combine() returned shape {tuple(getattr(out, 'shape', ()))} for a gradient "
+                          f"of shape {tuple(grad.shape)} (expected the gradient's shape)", "--rule")
+    return out

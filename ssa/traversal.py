@@ -13,6 +13,7 @@ from typing import Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from .checks import call_selector
 from .interfaces import Rule, Selector, Tap
 
 __all__ = ["RelevanceSource", "StepRecord", "Kept", "rank_neurons", "traverse", "TraversalOutput"]
@@ -93,7 +94,7 @@ def traverse(source: RelevanceSource, target: int, branching: int, rule: Rule, s
             for parent, omega in rel.items():
                 _, b, K = omega.shape
                 rows = np.asarray(omega, dtype=np.float64).reshape(n * b, K)
-                sel = np.asarray(selector.select(rows)).reshape(n, b, K)
+                sel = call_selector(selector, rows).reshape(n, b, K)  # checked: shape, only -1 / 0 / +1
                 finite = np.where(np.isfinite(omega), omega, 0.0)
                 if parent not in acc:
                     acc[parent] = [np.zeros((n, K), np.int64), np.zeros((n, K), np.int64), np.zeros((n, K))]
