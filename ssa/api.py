@@ -19,7 +19,8 @@ from .sources import AutogradSource, FastSource, collect
 from .store import StatsStore, images_hash
 from .traversal import traverse
 
-__all__ = ["Session", "load_model", "analyse", "check_device", "check_int", "check_target", "n_classes", "run_traversal"]
+__all__ = ["Session", "load_model", "analyse", "check_device", "check_int", "check_target", "n_classes", "run_traversal",
+           "prepare_network"]
 
 
 def load_model(model: Any, *, backend: str | None = None, device: str = "cpu", **options: Any) -> Network:
@@ -151,7 +152,7 @@ class Session:
         if self._network is None:
             network = load_model(self.model, backend=self.backend, device=self.device, **self.options)
             arr, lab = load_images(self.images_spec, preprocess=self.preprocess, labels=self.labels_spec)
-            network.prepare(arr)
+            prepare_network(network, arr, images_spec=self.images_spec, preprocess=self.preprocess)
             if self.store is not None and self.store_mode == "read":
                 form = self.rule.fast_form
                 if not (form and open_store(network, arr, self.store).is_complete(form)):
@@ -234,6 +235,36 @@ class Session:
 
 
 ENGINES = ("auto", "fast", "autograd")
+
+
+def prepare_network(network: Network, images: np.ndarray, *, images_spec: Any = None,
+                    preprocess: Preprocess | None = None):
+    """``network.prepare(images)``; when the model refuses images read from a folder, say how ``--channels`` fits.
+
+    Grayscale files for a 3-channel model (or RGB files for a 1-channel one) are the usual cause.
+    """
+    try:
+        return network.prepare(images)
+    except InvalidInputError as exc:
+        hint = _channels_hint(images, images_spec, preprocess)
+        if hint is None:
+            raise
+        raise InvalidInputError(f"{str(exc).rstrip('.')}; {hint}") from None
+
+
+def _channels_hint(images: np.ndarray, spec: Any, preprocess: Preprocess | None) -> str | None:
+    from pathlib import Path
+
+    if not isinstance(spec, (str, os.PathLike)) or spec == "digits" or not Path(spec).is_dir() or images.ndim != 4:
+        return None
+    pre = preprocess or Preprocess()
+    c = int(images.shape[1] if pre.layout == "nchw" else images.shape[-1])
+    if c not in (1, 3):
+        return None
+    other = 3 if c == 1 else 1
+    kind = {1: "grayscale", 3: "RGB"}
+    return (f"the image files were read as {kind[c]} ({c} channel{'s' if c > 1 else ''}, --channels {c}); if the "
+            f"model expects {kind[other]} input, pass --channels {other}")
 
 
 def open_store(network: Network, images: np.ndarray, root: str | os.PathLike) -> StatsStore:

@@ -18,7 +18,7 @@ import numpy as np
 from .errors import InvalidInputError, OutputError, PluginError
 
 __all__ = ["check_int", "check_device", "check_output_file", "check_output_dir", "check_writable_dir",
-           "check_distinct_outputs", "describe_os_error", "ENVIRONMENT_ERRNOS", "call_selector", "call_rule"]
+           "check_distinct_outputs", "describe_os_error", "ENVIRONMENT_ERRNOS", "call_selector", "call_rule", "check_labels"]
 
 #: errno values that mean "the environment refused" (disk full, read-only, permissions, limits), not a bug
 ENVIRONMENT_ERRNOS = frozenset(
@@ -193,3 +193,26 @@ def call_rule(rule: Any, grad: Any, activation: Any) -> Any:
         raise _plugin_bug("rule", rule, f"combine() returned shape {tuple(getattr(out, 'shape', ()))} for a gradient "
                           f"of shape {tuple(grad.shape)} (expected the gradient's shape)", "--rule")
     return out
+
+
+def check_labels(labels: Any, n_images: int, source: str = "labels") -> np.ndarray:
+    """Integer class labels, one per image (integral floats are accepted; one-hot rows are refused with a hint)."""
+    lab = np.asarray(labels)
+    if lab.ndim == 2 and lab.shape[0] == n_images and lab.shape[1] > 1:
+        raise InvalidInputError(
+            f"{source} has shape {lab.shape}, one row per image: they look one-hot or like scores; pass one "
+            "integer class per image, e.g. numpy.save('labels.npy', labels.argmax(axis=1)).")
+    lab = lab.reshape(-1)
+    if lab.shape[0] != n_images:
+        raise InvalidInputError(f"{source} has {lab.shape[0]} entries for {n_images} images; they must match.")
+    if lab.dtype == bool or np.issubdtype(lab.dtype, np.integer):
+        return lab.astype(np.int64)
+    if np.issubdtype(lab.dtype, np.floating):
+        if np.isfinite(lab).all() and np.array_equal(lab, np.round(lab)):
+            return lab.astype(np.int64)
+        bad = lab[~(np.isfinite(lab) & (lab == np.round(lab)))]
+        raise InvalidInputError(
+            f"{source} must be integer class indices, got {lab.dtype} values such as {float(bad[0])!r}; "
+            "save them as integers, e.g. numpy.save('labels.npy', labels.astype(int)).")
+    raise InvalidInputError(f"{source} must be integer class indices, got dtype {lab.dtype}; "
+                            "save them as integers with numpy.save.")

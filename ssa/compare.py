@@ -17,6 +17,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -367,6 +369,15 @@ class Comparison:
                 "order": [self.labels[i] for i in self.order],
                 "similarity": np.round(self.similarity, 6).tolist(),
                 "linkage": np.round(self.linkage, 6).tolist()}
+
+
+@contextmanager
+def identical_graphs_quietly():
+    """Silence matplotlib's "identical low and high xlims" warnings, which scipy's dendrogram raises when every
+    merge is at distance 0 (identical graphs): the figures are still right."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Attempting to set identical", category=UserWarning)
+        yield
 
 
 def compare(graphs: Sequence[nx.DiGraph], labels: Sequence[str] | None = None, *, weight: str = "frequency",

@@ -459,7 +459,7 @@ def compare(model: Any, images: Any, targets: Sequence[int], *, rules: Sequence[
     One row per (target, rule, selector), then one ``target="mean"`` row per (rule, selector)
     when there are several targets. The ``"mean"`` ablation uses the mean over all loaded images.
     """
-    from .api import check_int, check_target, load_model
+    from .api import check_int, check_target, load_model, prepare_network
     from .images import load_images, select_class
     from .plugins import registry
 
@@ -486,7 +486,10 @@ def compare(model: Any, images: Any, targets: Sequence[int], *, rules: Sequence[
             f"several targets ({', '.join(map(str, targets))}) need labels to pick each class's images; "
             "pass --labels labels.npy or evaluate one target."
         )
-    network.prepare(arr)
+    prepare_network(network, arr, images_spec=images, preprocess=preprocess)
+    if stop_at is not None and stop_at not in {t.name for t in network.taps}:
+        raise InvalidInputError(
+            f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
     rows: list[EvaluationRow] = []
     for target in targets:
         check_target(network, target)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import check_labels
 from .errors import InvalidInputError
 
 __all__ = ["Preprocess", "validate_images", "load_images", "select_class", "IMAGE_SUFFIXES"]
@@ -66,7 +67,11 @@ class Preprocess:
             raise InvalidInputError(f"channels must be 1 or 3, got {self.channels}.")
         for label, vals in (("mean", self.mean), ("std", self.std)):
             if vals and len(vals) not in (1, self.channels):
-                raise InvalidInputError(f"{label} must have 1 or {self.channels} values, got {len(vals)}.")
+                if self.channels == 1:
+                    raise InvalidInputError(
+                        f"{label} has {len(vals)} values but the images are read with 1 channel (grayscale, "
+                        f"channels=1); pass 1 value, or read them as RGB with channels=3 (--channels 3).")
+                raise InvalidInputError(f"{label} must have 1 value or 3 (one per RGB channel), got {len(vals)}.")
         if self.std and any(v == 0 for v in self.std):
             raise InvalidInputError("std values must be non-zero.")
 
@@ -197,9 +202,7 @@ def load_images(spec: object, *, target: int | None = None, preprocess: Preproce
         lab = np.asarray(_read_npy(Path(labels)) if isinstance(labels, (str, os.PathLike)) else labels)
     arr = validate_images(arr)
     if lab is not None:
-        lab = np.asarray(lab).reshape(-1)
-        if lab.shape[0] != arr.shape[0]:
-            raise InvalidInputError(f"labels has {lab.shape[0]} entries for {arr.shape[0]} images; they must match.")
+        lab = check_labels(lab, arr.shape[0])
     if target is not None:
         arr, lab = select_class(arr, lab, target)
     return arr, lab

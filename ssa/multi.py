@@ -63,8 +63,10 @@ def parse_targets(text: str | Sequence[int] | None, n: int | None = None) -> lis
     if len(set(vals)) != len(vals):
         raise InvalidInputError(f"--targets lists a class twice, got {text!r}; list each class once.")
     for v in vals:
-        if v < 0 or (n is not None and v >= n):
-            raise InvalidInputError(f"targets must be in [0, {(n or 1) - 1}], got {v}.")
+        if v < 0:
+            raise InvalidInputError(f"--targets must be class indices >= 0, got {v} in {text!r}.")
+        if n is not None and v >= n:
+            raise InvalidInputError(f"--targets must be in [0, {n - 1}] (the model has {n} logits), got {v}.")
     return vals
 
 
@@ -129,12 +131,14 @@ def class_probabilities(network: Network, images: np.ndarray, batch_size: int = 
 
 def group_images(network: Network, images: np.ndarray, labels: np.ndarray | None, targets: Iterable[int], *,
                  by_prediction: bool = False, min_confidence: float | None = None,
-                 max_per_class: int | None = None, batch_size: int = 256) -> dict[int, ClassImages]:
+                 max_per_class: int | None = None, batch_size: int = 256,
+                 for_graph: bool = False) -> dict[int, ClassImages]:
     """Choose each class's images (``network`` must be prepared).
 
     By labels (default) or by the model's argmax prediction (``by_prediction``); with
     ``min_confidence`` only images whose softmax probability of the class is >= it are kept;
-    ``max_per_class`` keeps the first that many. A class left without images is an error.
+    ``max_per_class`` keeps the first that many. A class left without images is an error
+    (``for_graph``: the message speaks of the graph's images instead of ``--targets``).
     """
     targets = list(targets)
     if min_confidence is not None and not 0.0 <= float(min_confidence) <= 1.0:
@@ -160,15 +164,19 @@ def group_images(network: Network, images: np.ndarray, labels: np.ndarray | None
         idx = np.flatnonzero(assigned == c)
         how = "predicted as" if by_prediction else "labelled"
         if idx.size == 0:
+            if for_graph:
+                raise InvalidInputError(f"no image is {how} class {c}, the graph's class; pass the images (and "
+                                        "--labels) the graph was made with.")
             raise InvalidInputError(f"no image is {how} class {c}; drop it from --targets or add images of it.")
         conf = probs[idx, c] if probs is not None else None
         if min_confidence is not None:
             assert conf is not None
             keep = conf >= float(min_confidence)
             if not keep.any():
+                drop = "pass the images the graph was made with" if for_graph else f"drop class {c} from --targets"
                 raise InvalidInputError(
                     f"class {c} has no image with probability >= {min_confidence:g} (best {conf.max():.3g} of "
-                    f"{idx.size} {how} it); lower --min-confidence or drop class {c} from --targets.")
+                    f"{idx.size} {how} it); lower --min-confidence or {drop}.")
             idx, conf = idx[keep], conf[keep]
         if max_per_class is not None:
             idx = idx[:max_per_class]
@@ -285,4 +293,5 @@ def images_for_graph(network: Network, graph: Any, images: Any, *, labels: Any =
     if lab is None and not by_prediction:
         return arr[:max_per_class] if max_per_class else arr
     return group_images(network, arr, lab, [int(target)], by_prediction=bool(by_prediction),
-                        min_confidence=min_confidence, max_per_class=max_per_class)[int(target)].images
+                        min_confidence=min_confidence, max_per_class=max_per_class,
+                        for_graph=True)[int(target)].images

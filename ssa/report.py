@@ -152,7 +152,7 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
     fmt : "png" (base64 ``<img>``) or "svg" (inline ``<svg>``).
     """
     from . import __version__
-    from .compare import compare, graph_labels
+    from .compare import compare, graph_labels, identical_graphs_quietly
     from .figures import FORMATS, class_figures, plot_clustermap, plot_dendrogram, plot_graph
 
     graphs = list(graphs)
@@ -172,12 +172,12 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
     shared_any = cmp.shared_nodes() if cmp is not None else set()
     network = None
     if model is not None:
-        from .api import load_model
+        from .api import load_model, prepare_network
         from .multi import load_grouped_images
 
         network = load_model(model, backend=backend, device=device, **dict(model_options or {}))
         arr, arr_labels = load_grouped_images(images, labels=labels, preprocess=preprocess)  # read once
-        network.prepare(arr)
+        prepare_network(network, arr, images_spec=images, preprocess=preprocess)
         other = {g.graph.get("model") for g in graphs} - {None, network.name}
         if other:
             raise InvalidInputError(f"the graphs were made with model {sorted(other)[0]!r}, not {network.name!r}; "
@@ -187,7 +187,7 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
     anchors = [f"c{i}" for i in range(len(graphs))]
     parts: list[str] = []
     add = parts.append
-    with tempfile.TemporaryDirectory(prefix="ssa-report-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ssa-report-") as tmp, identical_graphs_quietly():
         tmpdir = Path(tmp)
         add(f"<h1>{_esc(title)}</h1>")
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")

@@ -14,6 +14,7 @@ from typing import Iterator, Mapping, Protocol, Sequence
 import numpy as np
 
 from .checks import call_selector
+from .errors import InvalidInputError
 from .interfaces import Rule, Selector, Tap
 
 __all__ = ["RelevanceSource", "StepRecord", "Kept", "rank_neurons", "traverse", "TraversalOutput"]
@@ -81,6 +82,8 @@ def traverse(source: RelevanceSource, target: int, branching: int, rule: Rule, s
     """Run the traversal from class ``target`` of the logits down the tap DAG."""
     taps = sorted(source.taps, key=lambda t: t.order)
     by_name = {t.name: t for t in taps}
+    if stop_at is not None and stop_at not in by_name:
+        raise InvalidInputError(f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in taps)}.")
     floor = by_name[stop_at].order if stop_at else -1
     sets: dict[str, set[int]] = {"logits": {int(target)}}
     steps: list[StepRecord] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..api import load_model, open_store, store_meta
+from ..api import load_model, open_store, prepare_network, store_meta
 from ..errors import InvalidInputError
 from ..images import load_images
 from ..plugins import make_rule
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     images, _ = load_images(args.images, preprocess=preprocess_from(args), labels=args.labels)
     if args.batch_size < 1:
         raise InvalidInputError(f"--batch-size must be >= 1, got {args.batch_size}.")
-    network.prepare(images)
+    prepare_network(network, images, images_spec=args.images, preprocess=preprocess_from(args))
     if not network.fast_taps():
         raise InvalidInputError("no step of this model has the closed form; `ssa analyse` uses autograd directly.")
     store = open_store(network, images, args.store or default_store_root())

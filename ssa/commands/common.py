@@ -26,15 +26,22 @@ def parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
     return out
 
 
-def parse_ints(text: str | None, what: str, count: int | None = None) -> tuple[int, ...] | None:
+def parse_ints(text: str | None, what: str, count: int | None = None, minimum: int | None = None
+               ) -> tuple[int, ...] | None:
+    """``"3,224,224"`` -> ``(3, 224, 224)``; ``count`` values exactly, each >= ``minimum`` when given."""
     if text is None:
         return None
     try:
         vals = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
     except ValueError:
         raise InvalidInputError(f"{what} must be comma-separated integers, got {text!r}.") from None
+    if not vals:
+        raise InvalidInputError(f"{what} names no number, got {text!r}.")
     if count is not None and len(vals) != count:
         raise InvalidInputError(f"{what} must have {count} integers, got {text!r}.")
+    if minimum is not None and any(v < minimum for v in vals):
+        bad = next(v for v in vals if v < minimum)
+        raise InvalidInputError(f"{what} must hold integers >= {minimum}, got {bad} in {text!r}.")
     return vals
 
 
@@ -61,8 +68,21 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "(default 1e-3 on CPU, 1e-2 on CUDA)")
 
 
+def _channel_axes(items: list[str] | None) -> dict[str, int] | None:
+    if not items:
+        return None
+    out = {}
+    for tap, axis in parse_kv(items, "--channel-axis").items():
+        try:
+            out[tap] = int(axis)
+        except ValueError:
+            raise InvalidInputError(f"--channel-axis must look like TAP=AXIS with an integer axis (e.g. "
+                                    f"{tap or 'features.1'}=1), got {tap}={axis}.") from None
+    return out
+
+
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
-    axes = {k: int(v) for k, v in parse_kv(args.channel_axis, "--channel-axis").items()} if args.channel_axis else None
+    axes = _channel_axes(args.channel_axis)
     out = {
         "taps": [t for t in args.taps.split(",") if t] if args.taps else None,
         "include_input": bool(args.include_input),
@@ -114,7 +134,7 @@ def preprocess_from(args: argparse.Namespace) -> Preprocess:
                 except Exception:  # noqa: BLE001 - loading reports a bad file with its own message
                     shape = None
         return resolve_preprocess(args.preprocess, input_shape=shape)
-    resize = parse_ints(args.resize, "--resize", 2)
+    resize = parse_ints(args.resize, "--resize", 2, minimum=1)
     return Preprocess(resize=resize, scale=args.scale, mean=_floats(args.mean, "--mean"),  # type: ignore[arg-type]
                       std=_floats(args.std, "--std"), layout=args.layout, channels=args.channels, bgr=args.bgr)
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..checks import check_output_dir
-from ..compare import compare, load_graphs
+from ..compare import compare, identical_graphs_quietly, load_graphs
 from ..errors import InvalidInputError
 from ..graph import write_graph
 
@@ -65,9 +65,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out_dir:
         out = Path(args.out_dir)
         fmt = args.format
-        written = [plot_clustermap(cmp, out / f"clustermap.{fmt}"),
-                   plot_clustermap(cmp, out / f"clustermap-nodes.{fmt}", kind="nodes"),
-                   plot_dendrogram(cmp, out / f"dendrogram.{fmt}")]
+        with identical_graphs_quietly():
+            written = [plot_clustermap(cmp, out / f"clustermap.{fmt}"),
+                       plot_clustermap(cmp, out / f"clustermap-nodes.{fmt}", kind="nodes"),
+                       plot_dendrogram(cmp, out / f"dendrogram.{fmt}")]
         written += cmp.write_tables(out)
         written.append(write_graph(shared, out / "shared.json"))
         if shared.number_of_nodes():

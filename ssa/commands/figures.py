@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..api import load_model
+from ..api import load_model, prepare_network
 from ..checks import check_output_dir
 from ..compare import load_graphs
 from ..errors import InvalidInputError
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         shared |= {n for n in g.nodes if n in graph}
     network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
     arr, lab = load_grouped_images(args.images, labels=args.labels, preprocess=preprocess_from(args))
-    network.prepare(arr)
+    prepare_network(network, arr, images_spec=args.images, preprocess=preprocess_from(args))
     if graph.graph.get("model") not in (None, network.name):
         raise InvalidInputError(f"the graph was made with model {graph.graph.get('model')!r}, not {network.name!r}; "
                                 "pass the model the graph was made with.")
