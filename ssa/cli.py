@@ -113,6 +113,11 @@ def _main(argv: Sequence[str] | None) -> int:
     except MemoryError:
         print("ssa: error: out of memory; lower --batch-size or use fewer images.", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        if type(exc).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA), without importing torch
+            return _internal(exc)
+        print("ssa: error: the GPU ran out of memory; lower --batch-size or use --device cpu.", file=sys.stderr)
+        return 2
     except OSError as exc:
         if exc.errno not in ENVIRONMENT_ERRNOS:
             return _internal(exc)

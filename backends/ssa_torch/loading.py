@@ -36,6 +36,10 @@ def _finish(obj: Any, where: str) -> nn.Module:
             obj = obj()
         except TypeError as exc:
             raise ModelLoadError(f"{where} must be an nn.Module or a zero-argument callable returning one ({exc}).") from None
+        except Exception as exc:  # noqa: BLE001 - the user's code
+            text = str(exc).strip().splitlines()
+            raise ModelLoadError(f"calling {where}() to build the model raised {type(exc).__name__}"
+                                 f"{': ' + text[0][:160] if text else ''}; fix the model code.") from None
         if isinstance(obj, nn.Module):
             return obj
     raise ModelLoadError(f"{where} is {type(obj).__name__}, expected an nn.Module or a zero-argument callable returning one.")

@@ -20,7 +20,7 @@ import torch.nn as nn
 from torch import fx
 
 from ssa.checks import call_rule
-from ssa.errors import InvalidInputError, UnsupportedModelError
+from ssa.errors import InvalidInputError, SSAError, UnsupportedModelError
 from ssa.interfaces import Network, Rule, Tap
 
 from .fast import FastPlan, omega_from_stats, plan_fast, term_stats
@@ -56,7 +56,36 @@ def spatial_mean(t: torch.Tensor, channel_axis: int, lead: int = 1) -> torch.Ten
     return t.mean(dim=dims) if dims else t
 
 
-class _CutInterpreter(fx.Interpreter):
+def _model_raised(n: fx.Node, exc: Exception, batch: int) -> InvalidInputError:
+    text = str(exc).strip().splitlines()
+    return InvalidInputError(
+        f"the model raised {type(exc).__name__} at node {n.name!r} "
+        f"({n.target if isinstance(n.target, str) else getattr(n.target, '__name__', n.op)}) on a batch of {batch} "
+        f"image(s){': ' + text[0][:160] if text else ''}; fix the model code, or check the images it gets.")
+
+
+class _ModelCode(fx.Interpreter):
+    """An interpreter whose errors inside the model's own modules and functions name the node (one line).
+
+    Out-of-memory errors pass through unchanged (the command line says to lower --batch-size).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.extra_traceback = False  # fx would append the node and a stack trace to the message: keep it one line
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            return super().run_node(n)
+        except (SSAError, MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the model's code
+            if n.op not in ("call_module", "call_function", "call_method"):
+                raise
+            raise _model_raised(n, exc, int(getattr(self, "args_batch", 0))) from exc
+
+
+class _CutInterpreter(_ModelCode):
     def __init__(self, gm: fx.GraphModule, cut: Mapping[str, str], input_node: str | None, grad: bool):
         super().__init__(gm, garbage_collect_values=True)
         self.cut = cut
@@ -212,6 +241,7 @@ class TorchNetwork(Network):
         """
         fast = self.fast_plan
         interp = _StatsInterpreter(self, fast, tuple(forms))
+        interp.args_batch = len(batch)
         with torch.no_grad():
             interp.run(self.to_tensor(batch))
         return interp.stats
@@ -250,6 +280,7 @@ class TorchNetwork(Network):
         cut = {node: tap for tap, node in plan.node_of.items() if tap != plan.input_tap}
         x = self.to_tensor(batch)
         interp = _CutInterpreter(self.graph_module, cut, None, grad)
+        interp.args_batch = int(x.shape[0])
         if plan.input_tap is not None:
             if grad:
                 x = x.detach().requires_grad_(True)
@@ -337,7 +368,7 @@ class TorchNetwork(Network):
         return out
 
 
-class _StatsInterpreter(fx.Interpreter):
+class _StatsInterpreter(_ModelCode):
     """One forward pass that records, at every tap, what the closed form needs."""
 
     def __init__(self, net: TorchNetwork, fast: FastPlan, forms: tuple[str, ...]):
