@@ -175,3 +175,21 @@ def test_inline_plugin_registers_and_unregisters():
         pm.unregister(plugin)
         ssa.registry(refresh=True)
     assert "everything_positive" not in ssa.registry().names("selector")
+
+
+def test_pt2_with_a_static_batch_is_refused_by_check_and_analyse(tmp_path, capsys):
+    """A program exported with a static batch used to pass `ssa check` and fail in analyse with an AssertionError."""
+    x = torch.from_numpy(digits_data()[0][:4])
+    one = tmp_path / "static1.pt2"
+    torch.export.save(torch.export.export(digits_cnn(), (x[:1],)), str(one))
+    four = tmp_path / "static4.pt2"
+    torch.export.save(torch.export.export(digits_cnn(), (x,)), str(four))
+    for argv in (["check", str(one), "--input-shape", "1,8,8"], ["analyse", str(one), "--images", "digits", "-t", "3"],
+                 ["collect", str(one), "--images", "digits", "--store", str(tmp_path / "s")]):
+        assert main(argv) == 2, argv
+        line = _one_line_error(capsys, "runs on 1 image but fails on a batch of 2", "static batch size",
+                               "dynamic_shapes=({0: torch.export.Dim('batch', min=1)},)")
+        assert "internal error" not in line
+    assert main(["analyse", str(four), "--images", "digits", "-t", "3"]) == 2
+    _one_line_error(capsys, "exported for other input shapes", "dynamic_shapes")
+    assert not (tmp_path / "s").exists()

@@ -65,8 +65,9 @@ def load_module(source: Any) -> tuple[nn.Module, str]:
             program = torch.export.load(str(path))
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(
-                f"cannot read {source!r} as a torch.export program ({type(exc).__name__}); "
-                "save it with torch.export.save(torch.export.export(model, (x,)), path)."
+                f"cannot read {source!r} as a torch.export program ({type(exc).__name__}); save it with "
+                "torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch', "
+                "min=1)},)), path)."
             ) from None
         finally:
             logger.setLevel(level)

@@ -32,21 +32,44 @@ _INPLACE_FUNCS = {operator.iadd: operator.add, operator.imul: operator.mul, oper
 _WORK_BYTES = 256 * 2**20  # budget for one chunk of batched gradients
 
 
+#: how to export a program that runs on any number of images (ssa runs the images in batches)
+EXPORT_FIX = ("torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch', "
+              "min=1)},)), 'model.pt2') with x a batch of 2 or more images")
+
+
 def trace_module(module: nn.Module, example: torch.Tensor) -> fx.GraphModule:
-    """An fx graph of ``module``: symbolic tracing, else ``torch.export``."""
+    """An fx graph of ``module``: symbolic tracing, else ``torch.export`` with a dynamic batch axis."""
     if isinstance(module, fx.GraphModule):
         return module
     try:
         return fx.symbolic_trace(module)
     except Exception as first:  # noqa: BLE001 - any tracing failure falls back to export
+        two = torch.cat([example[:1], example[:1]])  # a batch of 1 would be specialised to a constant
         try:
-            return torch.export.export(module, (example,)).module()
+            return torch.export.export(module, (two,),
+                                       dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)).module()
         except Exception as second:  # noqa: BLE001
             raise UnsupportedModelError(
-                f"cannot trace the model ({type(first).__name__}: {str(first).splitlines()[0][:120]}); "
-                "export it with torch.export.save(torch.export.export(model, (x,)), 'model.pt2') and pass the .pt2 file, "
-                "or name taps by hand."
+                f"cannot trace the model ({type(first).__name__}: {str(first).splitlines()[0][:120]}), nor export it "
+                f"with a dynamic batch ({type(second).__name__}); make the model traceable for any batch size and "
+                f"pass a .pt2 file made with {EXPORT_FIX}, or name taps by hand."
             ) from second
+
+
+def _check_batches(gm: fx.GraphModule, x: torch.Tensor) -> None:
+    """Refuse a module that runs on 1 image but not on a batch of 2 (a program exported with a static batch)."""
+    with torch.no_grad():
+        try:
+            gm(torch.cat([x, x]))
+        except (MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the model's own code or an exported program's guard
+            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            static = "Guard failed" in text or "_guards_fn" in dict(gm.named_modules())
+            why = ("it was exported with a static batch size; re-export it with " + EXPORT_FIX) if static else \
+                "ssa runs the images in batches: make the model accept any batch size"
+            raise UnsupportedModelError(f"the model runs on 1 image but fails on a batch of 2 ({text}); {why}.") \
+                from None
 
 
 def spatial_mean(t: torch.Tensor, channel_axis: int, lead: int = 1) -> torch.Tensor:
@@ -178,10 +201,13 @@ class TorchNetwork(Network):
             try:
                 _Shapes(gm).run(x)
             except Exception as exc:  # noqa: BLE001
-                raise InvalidInputError(
-                    f"the model failed on an input of shape {tuple(x.shape)}: {str(exc).splitlines()[0][:160]}; "
-                    "check the image shape and layout the model expects."
-                ) from None
+                text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                fix = "check the image shape and layout the model expects"
+                if "Guard failed" in text:
+                    fix = f"the program was exported for other input shapes; re-export it with {EXPORT_FIX}"
+                raise InvalidInputError(f"the model failed on an input of shape {tuple(x.shape)}: {text}; {fix}.") \
+                    from None
+        _check_batches(gm, x)
         self._plan = discover_taps(gm, shapes, tap_names=self.tap_names, include_input=self.include_input,
                                    channel_axes=self.channel_axes, output_index=self.output_index)
         self._gm = gm
