@@ -9,7 +9,7 @@ import numpy as np
 from ..api import load_model, prepare_network
 from ..errors import InvalidInputError
 from ..images import load_images
-from .common import add_image_args, add_model_args, model_options, parse_ints, preprocess_from
+from .common import add_image_args, add_model_args, check_folder_options, model_options, parse_ints, preprocess_from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_folder_options(args)
     network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
     if args.images:
         images, _ = load_images(args.images, preprocess=preprocess_from(args), labels=args.labels)

@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import InvalidInputError
 from ..images import Preprocess
 
-__all__ = ["add_engine_args", "engine_options", "add_model_args", "add_image_args", "add_method_args", "parse_kv", "parse_ints", "model_options",
+__all__ = ["check_folder_options", "FOLDER_OPTIONS", "add_engine_args", "engine_options", "add_model_args", "add_image_args", "add_method_args", "parse_kv", "parse_ints", "model_options",
            "preprocess_from", "method_options"]
 
 
@@ -110,15 +110,48 @@ def add_image_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="folders: a preset (torchvision, keras-vgg16, 0-1, 0-255) or a .json/.toml config; "
                         "the layout is read from an ONNX model's input (see docs/onnx.md)")
     g.add_argument("--resize", default=None, help="folders: resize to H,W")
-    g.add_argument("--scale", type=float, default=1 / 255, help="folders: multiply 0-255 pixels by this (default 1/255)")
+    g.add_argument("--scale", type=float, default=None, help="folders: multiply 0-255 pixels by this (default 1/255)")
     g.add_argument("--mean", default=None, help="folders: per-channel mean, comma-separated")
     g.add_argument("--std", default=None, help="folders: per-channel std, comma-separated")
-    g.add_argument("--layout", default="nchw", choices=("nchw", "nhwc"), help="folders: tensor layout")
-    g.add_argument("--channels", type=int, default=3, choices=(1, 3), help="folders: 1 (grayscale) or 3 (RGB)")
-    g.add_argument("--bgr", action="store_true", help="folders: BGR channel order")
+    g.add_argument("--layout", default=None, choices=("nchw", "nhwc"), help="folders: tensor layout (default nchw)")
+    g.add_argument("--channels", type=int, default=None, choices=(1, 3),
+                   help="folders: 1 (grayscale) or 3 (RGB, the default)")
+    g.add_argument("--bgr", action="store_true", default=None, help="folders: BGR channel order")
+
+
+#: options that only apply to folders of image files (``--images DIR``), with their argparse names
+FOLDER_OPTIONS = {"--preprocess": "preprocess", "--resize": "resize", "--scale": "scale", "--mean": "mean",
+                  "--std": "std", "--layout": "layout", "--channels": "channels", "--bgr": "bgr"}
+
+
+def _given_folder_options(args: argparse.Namespace) -> list[str]:
+    return [flag for flag, dest in FOLDER_OPTIONS.items() if getattr(args, dest, None) is not None]
+
+
+def check_folder_options(args: argparse.Namespace) -> None:
+    """Refuse image options that would be ignored: folder options for a .npy array or the built-in digits,
+    and the simple folder options beside a --preprocess preset or config (which sets all of them)."""
+    given = _given_folder_options(args)
+    if not given:
+        return
+    images = getattr(args, "images", None)
+    from pathlib import Path
+
+    if images is None:
+        raise InvalidInputError(f"{given[0]} applies to --images folders of image files, and no --images was given; "
+                                f"drop {given[0]} or pass --images DIR.")
+    if images == "digits" or not Path(images).is_dir():
+        what = "the built-in digits" if images == "digits" else f"{images!r}, an array"
+        raise InvalidInputError(f"{given[0]} applies to folders of image files, but --images is {what} already "
+                                f"shaped and scaled for the model; drop {given[0]} (or pass a folder of PNG/JPEG files).")
+    if "--preprocess" in given and len(given) > 1:
+        other = next(f for f in given if f != "--preprocess")
+        raise InvalidInputError(f"{other} cannot be combined with --preprocess, which sets the whole preprocessing; "
+                                f"drop {other}, or write it into a .json/.toml preprocessing config (docs/onnx.md).")
 
 
 def preprocess_from(args: argparse.Namespace) -> Preprocess:
+    check_folder_options(args)
     if getattr(args, "preprocess", None):
         from ..preprocess import resolve_preprocess
 
@@ -135,8 +168,11 @@ def preprocess_from(args: argparse.Namespace) -> Preprocess:
                     shape = None
         return resolve_preprocess(args.preprocess, input_shape=shape)
     resize = parse_ints(args.resize, "--resize", 2, minimum=1)
-    return Preprocess(resize=resize, scale=args.scale, mean=_floats(args.mean, "--mean"),  # type: ignore[arg-type]
-                      std=_floats(args.std, "--std"), layout=args.layout, channels=args.channels, bgr=args.bgr)
+    default = Preprocess()
+    return Preprocess(resize=resize, scale=default.scale if args.scale is None else args.scale,  # type: ignore[arg-type]
+                      mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"),
+                      layout=args.layout or default.layout,
+                      channels=default.channels if args.channels is None else args.channels, bgr=bool(args.bgr))
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:
