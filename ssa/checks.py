@@ -18,7 +18,8 @@ import numpy as np
 from .errors import InvalidInputError, OutputError, PluginError
 
 __all__ = ["check_int", "check_device", "check_output_file", "check_output_dir", "check_writable_dir",
-           "check_distinct_outputs", "describe_os_error", "ENVIRONMENT_ERRNOS", "call_selector", "call_rule", "check_labels"]
+           "check_distinct_outputs", "describe_os_error", "ENVIRONMENT_ERRNOS", "call_selector", "call_rule", "check_labels",
+           "looks_unscaled"]
 
 #: errno values that mean "the environment refused" (disk full, read-only, permissions, limits), not a bug
 ENVIRONMENT_ERRNOS = frozenset(
@@ -216,3 +217,16 @@ def check_labels(labels: Any, n_images: int, source: str = "labels") -> np.ndarr
             "save them as integers, e.g. numpy.save('labels.npy', labels.astype(int)).")
     raise InvalidInputError(f"{source} must be integer class indices, got dtype {lab.dtype}; "
                             "save them as integers with numpy.save.")
+
+
+def looks_unscaled(images: np.ndarray) -> str | None:
+    """Why ``images`` look like raw 0-255 pixels (every value a whole number in [0, 255], some > 1), or None."""
+    if images.size == 0:
+        return None
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0 or hi <= 1.0 or hi > 255:
+        return None
+    sample = images.reshape(-1)[: 1 << 20]
+    if not np.array_equal(sample, np.round(sample)):
+        return None
+    return f"values are whole numbers from {lo:g} to {hi:g}"
