@@ -11,6 +11,7 @@ import numpy as np
 from .checks import check_device, check_int
 from .errors import InvalidInputError, PluginError
 from .graph import build_graph
+from .identity import builtin_name
 from .images import Preprocess, load_images, select_class
 from .interfaces import Network, Rule, Selector
 from .plugins import make_rule, make_selector, registry
@@ -29,6 +30,8 @@ def load_model(model: Any, *, backend: str | None = None, device: str = "cpu", *
     ``model`` is an ``nn.Module``, a ``.pt2`` / ``.onnx`` path, ``file.py:attr``,
     ``package.module:attr``, the built-in name ``"digits"``, or a loaded :class:`Network`.
     Options (``taps``, ``include_input``, ``channel_axes``, ``output_index``, ``name``) go to the backend.
+    Without ``name``, a model whose weights are a built-in model's gets the built-in name (``digits``)
+    whatever it was loaded from (see :mod:`ssa.identity` for the naming policy).
     """
     if isinstance(model, Network):
         return model
@@ -42,7 +45,12 @@ def load_model(model: Any, *, backend: str | None = None, device: str = "cpu", *
                 break
         else:
             raise PluginError(f"no installed backend can load {model!r}; installed backends: {', '.join(reg.names('backend'))}.")
-    return cls().load(model, device=device, **options)
+    network = cls().load(model, device=device, **options)
+    if not options.get("name"):
+        known = builtin_name(network.weight_arrays())
+        if known is not None:
+            network.name = known
+    return network
 
 
 def analyse(
@@ -146,12 +154,14 @@ class Session:
         self.labels: np.ndarray | None = None
         self._stats: Any = None
         self._subset = False
+        self.images_hash: str | None = None
 
     def prepare(self) -> "Session":
         """Load the model and the images (once)."""
         if self._network is None:
             network = load_model(self.model, backend=self.backend, device=self.device, **self.options)
             arr, lab = load_images(self.images_spec, preprocess=self.preprocess, labels=self.labels_spec)
+            self.images_hash = images_hash(arr)  # the whole set, before a class is chosen (recorded in graphs)
             prepare_network(network, arr, images_spec=self.images_spec, preprocess=self.preprocess)
             if self.store is not None and self.store_mode == "read":
                 form = self.rule.fast_form
@@ -231,6 +241,7 @@ class Session:
                 raise InvalidInputError(f"no image is labelled {target}; choose a target that has images.")
         source = self._source(indices)
         return run_traversal(source, network, target, branching, self.rule, selector_obj, stop_at=stop_at,
+                             images_hash=self.images_hash,
                              progress=self.progress)
 
 
@@ -293,8 +304,13 @@ def check_target(network: Network, target: int) -> int:
 
 
 def run_traversal(source, network: Network, target: int, branching: int, rule: Rule, selector: Selector,
-                  *, stop_at: str | None = None, progress: bool = False) -> AnalysisResult:
-    """Traverse with ``source`` and assemble the result (shared by every engine)."""
+                  *, stop_at: str | None = None, progress: bool = False,
+                  images_hash: str | None = None) -> AnalysisResult:
+    """Traverse with ``source`` and assemble the result (shared by every engine).
+
+    ``images_hash`` : the content hash of the whole image set the class's images were chosen from
+    (recorded in the graph, with the model's content hash; see :mod:`ssa.identity`).
+    """
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -310,7 +326,8 @@ def run_traversal(source, network: Network, target: int, branching: int, rule: R
     attrs = {
         "branching": branching, "rule": rule.name, "rule_params": json.dumps(rule.params, sort_keys=True),
         "selector": selector.name, "selector_params": json.dumps(selector.params, sort_keys=True),
-        "model": network.name,
+        "model": network.name, "model_hash": network.model_hash(), "images_hash": images_hash,
+        "stop_at": stop_at,
         "tap_neurons": json.dumps({t.name: t.n_neurons for t in network.taps}),  # layer sizes, for reports
     }
     graph = build_graph(taps=network.taps, steps=out.steps, target=target, n_images=source.n_images,

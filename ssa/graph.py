@@ -8,6 +8,8 @@ into the node), ``active_fraction`` (share of images in which the neuron's
 scalar is > 0), ``in_degree`` (number of upper neurons that keep it: the
 paper's interconnectedness), ``sign`` (+1, or -1 for a node reached only by
 inhibitory edges). Edge attributes: ``frequency``, ``relevance``, ``sign``.
+Graph attributes: the run's parameters, and ``model``, ``model_hash``, ``images_hash``
+(the model and the image set by content; see :mod:`ssa.identity`).
 """
 
 from __future__ import annotations

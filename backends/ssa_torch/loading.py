@@ -46,7 +46,11 @@ def _finish(obj: Any, where: str) -> nn.Module:
 
 
 def load_module(source: Any) -> tuple[nn.Module, str]:
-    """Return ``(module, name)`` for an nn.Module, a .pt2 file, ``file.py:attr`` or ``pkg.mod:attr``."""
+    """Return ``(module, name)`` for an nn.Module, a .pt2 file, ``file.py:attr`` or ``pkg.mod:attr``.
+
+    The name is the module's class name for Python models (an object, ``file.py:attr``, ``pkg.mod:attr``)
+    and the file stem for a ``.pt2`` file (see :mod:`ssa.identity`).
+    """
     if isinstance(source, nn.Module):
         return source, type(source).__name__
     if isinstance(source, os.PathLike):
@@ -103,4 +107,5 @@ def load_module(source: Any) -> tuple[nn.Module, str]:
             raise ModelLoadError(f"cannot import module {left!r} ({exc}); check the name before the colon.") from None
         where = f"module {left!r}"
     obj = _resolve_attr(module, attr, where)
-    return _finish(obj, f"{left}:{attr}"), attr
+    built = _finish(obj, f"{left}:{attr}")
+    return built, type(built).__name__  # the class name, as for a module passed from Python

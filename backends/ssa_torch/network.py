@@ -176,6 +176,7 @@ class TorchNetwork(Network):
         self._plan: TapPlan | None = None
         self._gm: fx.GraphModule | None = None
         self._batched_ok = True
+        self._model_hash = None
         self.input_shape: tuple[int, ...] | None = None
         self.input_dtype = torch.float32
 
@@ -213,6 +214,7 @@ class TorchNetwork(Network):
         self._gm = gm
         self._example = x
         self._fast = None
+        self._model_hash: str | None = None
         self.input_shape = tuple(example.shape[1:])
         return self._plan.taps
 
@@ -248,17 +250,32 @@ class TorchNetwork(Network):
             out[term.parent] = out[term.parent] + om if term.parent in out else om
         return out
 
+    def model_hash(self) -> str:
+        """blake2b of the traced graph's code and every weight and buffer (names and bytes); cached per prepare()."""
+        if self._model_hash is None:
+            import hashlib
+
+            h = hashlib.blake2b(digest_size=16)
+            h.update(self.graph_module.code.encode())
+            for key, value in self.graph_module.state_dict().items():
+                h.update(key.encode())
+                h.update(value.detach().cpu().contiguous().numpy().tobytes() if value.dtype != torch.bfloat16
+                         else value.float().cpu().numpy().tobytes())
+            self._model_hash = h.hexdigest()
+        return self._model_hash
+
     def fingerprint(self) -> str:
+        """The model hash and the taps (names, shapes, channel axes, parents): what the statistics depend on."""
         import hashlib
 
         h = hashlib.blake2b(digest_size=16)
-        h.update(self.graph_module.code.encode())
+        h.update(self.model_hash().encode())
         h.update(repr([(t.name, t.shape, t.channel_axis, t.parents) for t in self.plan.taps]).encode())
-        for key, value in self.graph_module.state_dict().items():
-            h.update(key.encode())
-            h.update(value.detach().cpu().contiguous().numpy().tobytes() if value.dtype != torch.bfloat16
-                     else value.float().cpu().numpy().tobytes())
         return h.hexdigest()
+
+    def weight_arrays(self) -> list[np.ndarray]:
+        return [v.detach().float().cpu().numpy() for v in self.module.state_dict().values()
+                if isinstance(v, torch.Tensor) and v.is_floating_point()]
 
     def collect(self, batch: np.ndarray | torch.Tensor, forms: Sequence[str]) -> dict[str, np.ndarray]:
         """Per-image sufficient statistics of every fast step, and every tap's scalars, in one forward pass.

@@ -58,6 +58,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model: file.onnx, file.pt2, path/file.py:attr, package.module:attr, or 'digits'")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     p.add_argument("--backend", default=None, help="force a backend (see `ssa plugins`)")
+    p.add_argument("--name", default=None,
+                   help="the model's display name in graphs and summaries (default: the built-in name for a built-in "
+                        "model's weights, else the class name or file stem; graphs identify models by content hash)")
     p.add_argument("--taps", default=None, help="comma-separated tap names to use instead of the default taps")
     p.add_argument("--include-input", action="store_true", help="add the input image's channels as the last tap")
     p.add_argument("--channel-axis", action="append", metavar="TAP=AXIS",
@@ -89,6 +92,8 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
         "channel_axes": axes,
         "output_index": args.output_index,
     }
+    if getattr(args, "name", None):
+        out["name"] = args.name
     if getattr(args, "parity_tolerance", None) is not None:
         if not _is_onnx(args.model):
             raise InvalidInputError("--parity-tolerance applies to ONNX models only; drop it for this model.")
