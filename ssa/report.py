@@ -27,8 +27,8 @@ from .graph import atomic_write_bytes
 
 __all__ = ["build_report", "write_report"]
 
-_PARAMS = ("model", "branching", "rule", "rule_params", "selector", "selector_params", "grouping", "min_confidence",
-           "max_per_class")
+_PARAMS = ("model", "model_hash", "images_hash", "branching", "rule", "rule_params", "selector", "selector_params",
+           "grouping", "min_confidence", "max_per_class", "stop_at")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -138,7 +138,7 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
                  title: str | None = None, weight: str = "frequency", n_images: int = 8, batch_size: int = 32,
                  device: str = "cpu", backend: str | None = None, model_options: Mapping[str, Any] | None = None,
                  by_prediction: bool | None = None, min_confidence: float | None = None,
-                 max_per_class: int | None = None) -> str:
+                 max_per_class: int | None = None, allow_mixed: bool = False) -> str:
     """The report as one HTML string.
 
     Parameters
@@ -150,6 +150,8 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
         neuron in the highest conv layer (Fig. 4b,c, Fig. 5). ``labels``/``preprocess`` as for ``ssa analyse``;
         the class's images are chosen as the graph records (``grouping``, ``min_confidence``, ...).
     fmt : "png" (base64 ``<img>``) or "svg" (inline ``<svg>``).
+    allow_mixed : accept graphs made with different rules, selectors, parameters, branching factors or image
+        sets, and images other than the graphs' (graphs of different models are always refused).
     """
     from . import __version__
     from .compare import compare, graph_labels, identical_graphs_quietly
@@ -165,7 +167,7 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
     names = list(names) if names is not None else [f"graph {i}" for i in range(len(graphs))]
     cmp = None
     if len(graphs) >= 2:
-        cmp = compare(graphs, weight=weight, names=names)
+        cmp = compare(graphs, weight=weight, names=names, allow_mixed=allow_mixed)
         labels_ = list(cmp.labels)
     else:  # one graph: nothing to compare
         labels_ = graph_labels(graphs, names)
@@ -178,10 +180,13 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
         network = load_model(model, backend=backend, device=device, **dict(model_options or {}))
         arr, arr_labels = load_grouped_images(images, labels=labels, preprocess=preprocess)  # read once
         prepare_network(network, arr, images_spec=images, preprocess=preprocess)
-        other = {g.graph.get("model") for g in graphs} - {None, network.name}
-        if other:
-            raise InvalidInputError(f"the graphs were made with model {sorted(other)[0]!r}, not {network.name!r}; "
-                                    "pass the model the graphs were made with.")
+        from .compare import check_graph_images, check_graph_network
+        from .store import images_hash
+
+        loaded = images_hash(arr)
+        for g, name in zip(graphs, names):
+            check_graph_network(g, network, name)
+            check_graph_images(g, loaded, name, allow_mixed=allow_mixed)
     model_name = str(graphs[0].graph.get("model", "?"))
     title = title or f"SSA report: {model_name}, {len(graphs)} class{'es' if len(graphs) != 1 else ''}"
     anchors = [f"c{i}" for i in range(len(graphs))]

@@ -39,7 +39,7 @@ def test_analyse_writes_graph_and_summary(threes, capsys):
     assert main(["analyse", "digits", "--images", str(threes / "x3.npy"), "-t", "3", "-b", "2",
                  "--rule", "gradient_x_activation", "-o", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "class 3 of digits_cnn" in text and "features.1" in text and f"wrote {out}" in text
+    assert "class 3 of digits:" in text and "features.1" in text and f"wrote {out}" in text
     data = json.loads(out.read_text())
     assert data["graph"]["branching"] == 2 and data["graph"]["rule"] == "gradient_x_activation"
     g = ssa.read_graph(out)

@@ -213,7 +213,7 @@ def test_compare_real_graphs_of_digits():
     cmp = compare([r.graph for r in res.values()])
     np.testing.assert_allclose(cmp.linkage, linkage(cmp.matrix / np.linalg.norm(cmp.matrix, axis=1)[:, None], "ward"))
     assert cmp.labels == ("class 1", "class 7", "class 4")
-    assert json.loads(json.dumps(cmp.to_dict()))["model"] == "digits_cnn"
+    assert json.loads(json.dumps(cmp.to_dict()))["model"] == "digits"
 
 
 @pytest.mark.parametrize("name, content, words", [

@@ -107,7 +107,7 @@ def test_figures_message_does_not_mention_targets(files, tmp_path, capsys):
     np.save(tmp_path / "no5.npy", np.where(no_fives == 5, 6, no_fives))
     capsys.readouterr()
     assert main(["figures", "digits", "--images", str(files / "x.npy"), "--labels", str(tmp_path / "no5.npy"),
-                 "--graph", str(tmp_path / "class-5.json"), "--out-dir", str(tmp_path / "fig")]) == 2
+                 "--graph", str(tmp_path / "class-5.json"), "--out-dir", str(tmp_path / "fig"), "--allow-mixed"]) == 2
     line = _error(capsys)
     assert "no image is labelled class 5, the graph's class; pass the images (and --labels) the graph was made " \
            "with." in line and "--targets" not in line

@@ -116,7 +116,7 @@ def test_cli_labels_file(tmp_path, digits, capsys):
     assert main(["analyse", "digits", "--images", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
                  "--targets", "1,2", "--out-dir", str(tmp_path / "g")]) == 0
     printed = capsys.readouterr().out
-    assert "class 1 of digits_cnn" in printed and "class 2 of digits_cnn" in printed
+    assert "class 1 of digits:" in printed and "class 2 of digits:" in printed
     assert ssa.read_graph(tmp_path / "g" / "class-2.json").graph["n_images"] == int((y[:300] == 2).sum())
 
 

@@ -24,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shared", default=None,
                    help="classes (targets, comma-separated) whose shared sub-graph to write (default: all graphs)")
     p.add_argument("--format", default="png", choices=("png", "svg"), help="figure format (default png)")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="also accept graphs made with different rules, selectors, parameters, branching factors or "
+                        "image sets (graphs of different models are always refused)")
     p.set_defaults(run=run)
 
 
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out_dir:
         check_output_dir(args.out_dir, flag="--out-dir")
     graphs, names = load_graphs(args.graphs)
-    cmp = compare(graphs, weight=args.weight, names=[Path(p).name for p in args.graphs])
+    cmp = compare(graphs, weight=args.weight, names=[Path(p).name for p in args.graphs], allow_mixed=args.allow_mixed)
     which = _shared_indices(args.shared, cmp)
     shared = cmp.shared(which)
     labels = list(cmp.labels)

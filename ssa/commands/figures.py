@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..api import load_model, prepare_network
 from ..checks import check_output_dir
-from ..compare import load_graphs
+from ..compare import check_graph_images, check_graph_network, load_graphs
+from ..store import images_hash
 from ..errors import InvalidInputError
 from ..graph import read_graph
 from ..multi import images_for_graph, load_grouped_images
@@ -35,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="choose the class's images by prediction (default: as the graph was made)")
     p.add_argument("--min-confidence", type=float, default=None, help="override the graph's confidence threshold")
     p.add_argument("--max-per-class", type=int, default=None, help="override the graph's image cap")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="also accept a graph (and --compare graphs) made with different rules, selectors, parameters, branching factors or "
+                        "image sets (another model is always refused)")
     p.set_defaults(run=run)
 
 
@@ -45,16 +49,22 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--n-images must be >= 1, got {args.n_images}.")
     check_output_dir(args.out_dir, flag="--out-dir")
     graph = read_graph(args.graph)
-    others, _ = load_graphs(args.compare) if args.compare else ([], [])
+    others, other_names = load_graphs(args.compare) if args.compare else ([], [])
+    if others:  # of the same model, and (unless --allow-mixed) of the same run
+        from ..compare import same_model, same_run
+
+        names = [Path(args.graph).name, *(Path(p).name for p in args.compare)]
+        same_model([graph, *others], names)
+        if not args.allow_mixed:
+            same_run([graph, *others], names)
     shared = set()
     for g in others:
         shared |= {n for n in g.nodes if n in graph}
     network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
     arr, lab = load_grouped_images(args.images, labels=args.labels, preprocess=preprocess_from(args))
     prepare_network(network, arr, images_spec=args.images, preprocess=preprocess_from(args))
-    if graph.graph.get("model") not in (None, network.name):
-        raise InvalidInputError(f"the graph was made with model {graph.graph.get('model')!r}, not {network.name!r}; "
-                                "pass the model the graph was made with.")
+    check_graph_network(graph, network, Path(args.graph).name)
+    check_graph_images(graph, images_hash(arr), Path(args.graph).name, allow_mixed=args.allow_mixed)
     images = images_for_graph(network, graph, arr, labels=lab, by_prediction=args.by_prediction,
                               min_confidence=args.min_confidence, max_per_class=args.max_per_class)
     neuron = parse_node(args.neuron) if args.neuron else None

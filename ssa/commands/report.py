@@ -24,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="figures as base64 PNG <img> (default) or inline SVG")
     p.add_argument("--weight", default="frequency", choices=("frequency", "binary"), help="bag-of-nodes weight")
     p.add_argument("--n-images", type=int, default=8, help="images shown in the saliency and activation grids")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="also accept graphs made with different rules, selectors, parameters, branching factors or "
+                        "image sets (graphs of different models are always refused)")
     m = p.add_argument_group("model (optional: adds the figures that need the network)")
     m.add_argument("--model", default=None, help="the model the graphs were made with (as for `ssa analyse`)")
     m.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     path = write_report(args.out, graphs, names, model=args.model, images=args.images, labels=args.labels,
                         preprocess=preprocess_from(args), fmt=args.format, title=args.title, weight=args.weight,
                         n_images=args.n_images, batch_size=args.batch_size, device=args.device,
-                        backend=args.backend, model_options=model_options(args) if args.model else None)
+                        backend=args.backend, model_options=model_options(args) if args.model else None,
+                        allow_mixed=args.allow_mixed)
     print(f"wrote report {path.resolve()}")
     return 0
