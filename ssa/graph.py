@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -72,6 +72,10 @@ def build_graph(*, taps: Sequence[Tap], steps: Sequence[StepRecord], target: int
     return g
 
 
+#: callables told the path of every file :func:`atomic_write_bytes` writes (``ssa.outdir`` records a run's files)
+write_listeners: list[Callable[[Path], None]] = []
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
@@ -81,6 +85,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if isinstance(exc, OutputError):
             raise
         raise OutputError(describe_os_error(exc, f"cannot write {str(path)!r}", show_file=False)) from exc
+    for listener in list(write_listeners):
+        listener(path)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -11,6 +11,7 @@ import ssa.api
 from ssa.cli import main
 from ssa.errors import InvalidInputError
 from ssa.multi import class_probabilities, group_images, parse_targets
+from ssa.outdir import MANIFEST
 
 GXA = "gradient_x_activation"
 
@@ -99,7 +100,7 @@ def test_cli_class_folders(tmp_path, digits, capsys):
     out = tmp_path / "graphs"
     assert main(["analyse", "digits", "--images", str(root), "--channels", "1", "--targets", "3,5",
                  "--rule", GXA, "--out-dir", str(out), "-q"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["class-3.json", "class-5.json"]
+    assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST) == ["class-3.json", "class-5.json"]
     g = ssa.read_graph(out / "class-5.json")
     assert g.graph["target"] == 5 and g.graph["n_images"] == 6
     # one class from class folders, with --target and --out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..checks import check_output_dir
+from ..outdir import COMPARE_OUTPUTS, OutputDir
 from ..compare import compare, identical_graphs_quietly, load_graphs
 from ..errors import InvalidInputError
 from ..graph import write_graph
@@ -49,10 +49,15 @@ def _shared_indices(text: str | None, cmp) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.out_dir:
+        return _run(args)
+    with OutputDir(args.out_dir, "compare", COMPARE_OUTPUTS):  # checked first; a run's old files are replaced
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..figures import plot_clustermap, plot_dendrogram, plot_graph
 
-    if args.out_dir:
-        check_output_dir(args.out_dir, flag="--out-dir")
     graphs, names = load_graphs(args.graphs)
     cmp = compare(graphs, weight=args.weight, names=[Path(p).name for p in args.graphs], allow_mixed=args.allow_mixed)
     which = _shared_indices(args.shared, cmp)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..api import load_model, prepare_network
-from ..checks import check_output_dir
+from ..outdir import FIGURES_OUTPUTS, OutputDir
 from ..compare import check_graph_images, check_graph_network, load_graphs
 from ..store import images_hash
 from ..errors import InvalidInputError
@@ -43,11 +43,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..figures import class_figures, parse_node
-
     if args.n_images < 1:
         raise InvalidInputError(f"--n-images must be >= 1, got {args.n_images}.")
-    check_output_dir(args.out_dir, flag="--out-dir")
+    with OutputDir(args.out_dir, "figures", FIGURES_OUTPUTS):  # checked first; a run's old figures are replaced
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..figures import class_figures, parse_node
+
     graph = read_graph(args.graph)
     others, other_names = load_graphs(args.compare) if args.compare else ([], [])
     if others:  # of the same model, and (unless --allow-mixed) of the same run
