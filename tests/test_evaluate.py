@@ -280,7 +280,9 @@ def test_cli_evaluate(tmp_path, capsys) -> None:
     (["--selector-param", "nonsense=1"], "no evaluated selector has that parameter"),
     (["--selector-param", "zscore.k=1"], "names selector 'zscore', which is not evaluated"),
     (["--selector-param", "tukey.k=-1"], "must be >= 0"),
-    (["--targets", "12"], "target must be in [0, 9]"),
+    (["--targets", "12"], "--targets must be in [0, 9] (the model has 10 logits), got 12."),
+    (["--targets", "3,3"], "--targets lists a class twice, got '3,3'; list each class once."),
+    (["--out", "same.csv", "--layers-out", "same.csv"], "--out and --layers-out name the same file 'same.csv'"),
     (["--threads", "0"], "--threads must be >= 1"),
 ])
 def test_cli_evaluate_errors(argv, message, capsys) -> None:
@@ -297,3 +299,27 @@ def test_cli_several_targets_need_labels(tmp_path, capsys, digits) -> None:
     np.save(tmp_path / "x.npy", images[:50])
     code = main(["evaluate", "digits", "--images", str(tmp_path / "x.npy"), "--targets", "0,3"])
     assert code == 2 and "need labels" in capsys.readouterr().err
+
+
+def test_cli_evaluate_all_targets_and_same_output_file(tmp_path, capsys) -> None:
+    """`--targets all` is accepted (as by `ssa analyse`); one file for --out and --layers-out is refused before
+    any computation, so an existing table is not overwritten."""
+    same = tmp_path / "same.csv"
+    same.write_text("earlier table")
+    assert main(["evaluate", "digits", "--images", "digits", "--targets", "3", "--out", str(same), "--layers-out",
+                 str(same)]) == 2
+    assert same.read_text() == "earlier table"
+    capsys.readouterr()
+    out = tmp_path / "all.csv"
+    assert main(["evaluate", "digits", "--images", "digits", "--targets", "all", "--rules", "gradient_x_activation",
+                 "--selectors", "mad", "--draws", "1", "--resamples", "0", "--out", str(out), "-q"]) == 0
+    with open(out, newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["target"] for r in table] == [*map(str, range(10)), "mean"]
+
+
+def test_evaluate_refuses_a_class_twice() -> None:
+    from ssa.evaluate import compare as evaluate_compare
+
+    with pytest.raises(InvalidInputError, match="lists a class twice"):
+        evaluate_compare("digits", "digits", [3, 3], rules=["gradient"], selectors=["tukey"], resamples=0, draws=1)
