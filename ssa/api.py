@@ -17,7 +17,7 @@ from .interfaces import Network, Rule, Selector
 from .plugins import make_rule, make_selector, registry
 from .results import AnalysisResult
 from .sources import AutogradSource, FastSource, collect
-from .store import StatsStore, images_hash
+from .store import StatsStore, check_store_root, images_hash
 from .traversal import traverse
 
 __all__ = ["Session", "load_model", "analyse", "check_device", "check_int", "check_target", "n_classes", "run_traversal",
@@ -159,14 +159,19 @@ class Session:
     def prepare(self) -> "Session":
         """Load the model and the images (once)."""
         if self._network is None:
+            if self.store is not None:
+                check_store_root(self.store, flag="store")  # a file is refused before any work
             network = load_model(self.model, backend=self.backend, device=self.device, **self.options)
             arr, lab = load_images(self.images_spec, preprocess=self.preprocess, labels=self.labels_spec)
             self.images_hash = images_hash(arr)  # the whole set, before a class is chosen (recorded in graphs)
             prepare_network(network, arr, images_spec=self.images_spec, preprocess=self.preprocess)
+            form = self.rule.fast_form
             if self.store is not None and self.store_mode == "read":
-                form = self.rule.fast_form
                 if not (form and open_store(network, arr, self.store).is_complete(form)):
                     self.store = None  # the store does not hold this model and image set: work in memory
+            elif self.store is not None and form and self.engine != "autograd" and network.fast_taps(form) \
+                    and not open_store(network, arr, self.store).is_complete(form):
+                check_store_root(self.store, flag="store", write=True)  # it will be filled: writable?
             if self.only_target is not None:
                 check_target(network, self.only_target)
                 if self.store is None:  # a store is keyed by the whole image set: select per class later
@@ -205,8 +210,9 @@ class Session:
             if st is not None and st.is_complete(form):
                 self._stats = (st, int((st.meta() or {}).get("batch_size", self.batch_size)))
             elif st is not None and self.store_mode == "fill":
-                st.init(store_meta(network, images, self.batch_size))
-                collect(network, images, [form], self.batch_size, store=st, progress=self.progress)
+                with st.lock():  # one writer at a time
+                    st.init(store_meta(network, images, self.batch_size))
+                    collect(network, images, [form], self.batch_size, store=st, progress=self.progress)
                 self._stats = (st, self.batch_size)
             else:
                 stats = collect(network, images, [form], self.batch_size, progress=self.progress)

@@ -212,10 +212,15 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    from ..store import default_store_root
+    import os
+
+    from ..store import check_store_root, default_store_root
 
     if args.store is not None:  # asked for: fill what it lacks
+        check_store_root(args.store, flag="--store")
         return {"engine": args.engine, "store": args.store, "store_mode": "fill"}
+    if os.environ.get("SSA_STORE"):
+        check_store_root(default_store_root(), flag="SSA_STORE")
     if default_store_root().is_dir():  # used when `ssa collect` filled it for this model and images
         return {"engine": args.engine, "store": str(default_store_root()), "store_mode": "read"}
     return {"engine": args.engine, "store": None}
