@@ -18,7 +18,7 @@ from .plugins import make_rule, make_selector, registry
 from .results import AnalysisResult
 from .sources import AutogradSource, FastSource, collect
 from .store import StatsStore, check_store_root, images_hash
-from .traversal import traverse
+from .traversal import explain_stop, traverse
 
 __all__ = ["Session", "load_model", "analyse", "check_device", "check_int", "check_target", "n_classes", "run_traversal",
            "prepare_network"]
@@ -317,6 +317,12 @@ def run_traversal(source, network: Network, target: int, branching: int, rule: R
     ``images_hash`` : the content hash of the whole image set the class's images were chosen from
     (recorded in the graph, with the model's content hash; see :mod:`ssa.identity`).
     """
+    logits = np.asarray(source.scalars("logits"))
+    bad = ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        raise InvalidInputError(
+            f"the model's logits are NaN or infinite on {int(bad.sum())} of the {logits.shape[0]} images (first: "
+            f"image {int(np.flatnonzero(bad)[0])} of the class's); check the model's weights and the images' scaling.")
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -336,8 +342,15 @@ def run_traversal(source, network: Network, target: int, branching: int, rule: R
         "stop_at": stop_at,
         "tap_neurons": json.dumps({t.name: t.n_neurons for t in network.taps}),  # layer sizes, for reports
     }
+    for s in out.steps:  # the upper neurons' active fractions, for saying why a graph stops
+        if s.upper not in active:
+            active[s.upper] = (source.scalars(s.upper) > 0).mean(axis=0)
+    notes = tuple(explain_stop(network.taps, out.steps, active, rule, selector, stop_at=stop_at))
+    if notes:
+        attrs["notes"] = json.dumps(list(notes))
     graph = build_graph(taps=network.taps, steps=out.steps, target=target, n_images=source.n_images,
-                        active=active, attrs=attrs)
+                        active={t: a for t, a in active.items() if t in out.selected or t == "logits"}, attrs=attrs)
     return AnalysisResult(graph=graph, target=target, branching=branching, rule=rule.name, selector=selector.name,
                           selector_params=dict(selector.params), n_images=source.n_images, model=network.name,
-                          taps=tuple(network.taps), steps=out.steps, engines=dict(getattr(source, "engines", {})))
+                          taps=tuple(network.taps), steps=out.steps, engines=dict(getattr(source, "engines", {})),
+                          notes=notes)

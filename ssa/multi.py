@@ -119,14 +119,22 @@ def class_probabilities(network: Network, images: np.ndarray, batch_size: int = 
     if callable(own):
         parts = [np.asarray(own(images[i:i + batch_size]), dtype=np.float64)
                  for i in range(0, images.shape[0], batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, n_classes(network)))
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        z = np.asarray(network.logits(images[i:i + batch_size]), dtype=np.float64)
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        out.append(e / e.sum(axis=1, keepdims=True))
-    return np.concatenate(out) if out else np.zeros((0, n_classes(network)))
+        probs = np.concatenate(parts) if parts else np.zeros((0, n_classes(network)))
+    else:
+        out = []
+        for i in range(0, images.shape[0], batch_size):
+            z = np.asarray(network.logits(images[i:i + batch_size]), dtype=np.float64)
+            z = z - z.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            out.append(e / e.sum(axis=1, keepdims=True))
+        probs = np.concatenate(out) if out else np.zeros((0, n_classes(network)))
+    bad = ~np.isfinite(probs).all(axis=1)
+    if bad.any():
+        raise InvalidInputError(
+            f"the model's outputs are NaN or infinite on {int(bad.sum())} of the {probs.shape[0]} images (first: image "
+            f"{int(np.flatnonzero(bad)[0])}), so they cannot be grouped by prediction; check the model's weights and "
+            "the images' scaling.")
+    return probs
 
 
 def group_images(network: Network, images: np.ndarray, labels: np.ndarray | None, targets: Iterable[int], *,

@@ -17,7 +17,7 @@ from .checks import call_selector
 from .errors import InvalidInputError
 from .interfaces import Rule, Selector, Tap
 
-__all__ = ["RelevanceSource", "StepRecord", "Kept", "rank_neurons", "traverse", "TraversalOutput"]
+__all__ = ["RelevanceSource", "StepRecord", "Kept", "rank_neurons", "traverse", "TraversalOutput", "explain_stop"]
 
 
 class RelevanceSource(Protocol):
@@ -121,3 +121,47 @@ def traverse(source: RelevanceSource, target: int, branching: int, rule: Rule, s
             sets.setdefault(parent, set()).update(kp.lower for kp in kept if kp.sign > 0)
             steps.append(StepRecord(tap.name, parent, tuple(neurons), pos, neg, mean, tuple(kept)))
     return TraversalOutput(tuple(steps), {k: tuple(sorted(v)) for k, v in sets.items()})
+
+
+def explain_stop(taps: Sequence[Tap], steps: Sequence[StepRecord], active: Mapping[str, np.ndarray],
+                 rule: Rule, selector: Selector, *, stop_at: str | None = None) -> list[str]:
+    """Why a graph stops above the lowest tap it could reach, and what to try (empty when it does not stop).
+
+    For each step out of the graph's lowest taps that kept nothing, one of: the upper neurons never fire
+    on the images (their relevance rows are all zero), the rows are constant, or the selector found no
+    outliers. A model without taps below the logits is said as such.
+    """
+    by_name = {t.name: t for t in taps}
+    logits = by_name.get("logits")
+    if logits is not None and not logits.parents:
+        return ["the model has no taps below the logits (no activation functions were found), so the graph is only "
+                "the class node; name taps with --taps, or add the input's channels with --include-input"]
+    floor = by_name[stop_at].order if stop_at else None
+    lowest_possible = min(t.order for t in taps if floor is None or t.order >= floor)  # stop_at itself is reached
+    nodes = {"logits"} | {s.parent for s in steps if any(kp.sign > 0 for kp in s.kept)}
+    if min(by_name[n].order for n in nodes) <= lowest_possible:
+        return []
+    notes = []
+    params = ", ".join(f"{k}={v}" for k, v in selector.params.items())
+    for s in steps:
+        if any(kp.sign > 0 for kp in s.kept) or s.upper not in nodes:
+            continue
+        frac = active.get(s.upper)
+        upper_active = None if frac is None or s.upper == "logits" else np.asarray(frac)[list(s.neurons)]
+        where = f"step {s.upper} -> {s.parent}"
+        if upper_active is not None and not (upper_active > 0).any():
+            tip = ("try --rule gradient_x_activation" if rule.name == "gradient" else
+                   "try other images of the class, or --stop-at above this tap")
+            notes.append(f"the graph stops at {s.upper}: its {len(s.neurons)} kept neuron(s) never fire on these images, "
+                         f"so every relevance row of {where} is zero; {tip}")
+        elif not np.any(s.mean):
+            notes.append(f"the graph stops at {s.upper}: the relevance of {where} is zero on every image; try "
+                         "--rule gradient_x_activation or other images")
+        else:
+            notes.append(f"the graph stops at {s.upper}: no outliers at {where} with selector {selector.name} "
+                         f"({params}); lower the threshold (e.g. --selector-param k=1 for tukey, threshold=2 for "
+                         "zscore or mad) or try --selector mad or topk")
+    if not notes:
+        notes.append(f"the graph stops at {by_name[min(nodes, key=lambda n: by_name[n].order)].name}, above the "
+                     "lowest tap; try a lower selector threshold or --rule gradient_x_activation")
+    return notes

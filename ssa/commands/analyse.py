@@ -39,4 +39,16 @@ def run(args: argparse.Namespace) -> int:
         print(result.summary())
         if args.out:
             print(f"wrote {path}")
+    else:
+        warn_notes(result)
     return 0
+
+
+def warn_notes(result) -> None:
+    """With --quiet the summary is not printed: say why a graph stops as one warning line each."""
+    import warnings
+
+    from ..errors import SSAWarning
+
+    for note in result.notes:
+        warnings.warn(f"class {result.target}: {note}", SSAWarning, stacklevel=2)

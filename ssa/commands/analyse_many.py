@@ -73,6 +73,11 @@ def _run_many(args: argparse.Namespace) -> int:
             print(res.summary())
         for path in written:
             print(f"wrote {path}")
-    elif written:
-        print(f"wrote {len(written)} graph(s) to {Path(written[0]).parent}")
+    else:
+        from .analyse import warn_notes
+
+        for res in results.values():
+            warn_notes(res)
+        if written:
+            print(f"wrote {len(written)} graph(s) to {Path(written[0]).parent}")
     return 0
