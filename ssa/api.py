@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .checks import check_device, check_int
+from .defaults import resolve_method
 from .errors import InvalidInputError, PluginError
 from .graph import build_graph
 from .identity import builtin_name
@@ -59,10 +60,11 @@ def analyse(
     target: int,
     branching: int = 3,
     *,
-    rule: str | Rule = "gradient",
+    rule: str | Rule | None = None,
     rule_params: Mapping[str, Any] | None = None,
-    selector: str | Selector = "tukey",
+    selector: str | Selector | None = None,
     selector_params: Mapping[str, Any] | None = None,
+    preset: str | None = None,
     taps: Sequence[str] | None = None,
     stop_at: str | None = None,
     include_input: bool = False,
@@ -88,7 +90,10 @@ def analyse(
         PNG/JPEG files (with ``preprocess``), or ``"digits"``. With labels, only the target's images are used.
     target : the class (index into the logits).
     branching : b, how many lower neurons are kept per upper neuron and parent tap.
-    rule, selector : registered names (see ``ssa plugins``) or configured instances.
+    rule, selector : registered names (see ``ssa plugins``) or configured instances; default
+        ``gradient_x_activation`` and ``mad`` (chosen by ``ssa evaluate``: see :mod:`ssa.defaults`).
+    preset : ``"paper"``: the paper's exact configuration (rule ``gradient``, Tukey k = 1.5, positive
+        outliers only); then ``rule``, ``selector`` and their parameters must not be given.
     taps : tap names chosen by hand; ``stop_at`` : the lowest tap to expand down to.
     include_input : add the input image's channels as the lowest tap.
     engine : "auto" (the exact closed form where a step has one, autograd elsewhere), "fast"
@@ -104,6 +109,7 @@ def analyse(
     """
     check_int("branching", branching, 1, "Pass --branching 1 or more.")
     target = check_int("target", target, 0)
+    rule, rule_params, selector, selector_params = resolve_method(preset, rule, rule_params, selector, selector_params)
     session = Session(model, images, rule=rule, rule_params=rule_params, labels=labels, preprocess=preprocess,
                       taps=taps, include_input=include_input, channel_axes=channel_axes, output_index=output_index,
                       device=device, batch_size=batch_size, backend=backend, name=name, engine=engine, store=store,
@@ -116,21 +122,24 @@ class Session:
     from the same per-image statistics without running the network (method doc, section 6).
 
     Construction stores the options; the model is loaded and the statistics computed on first use.
-    The parameters are those of :func:`analyse`. With labels, each class is analysed on its own images.
+    The parameters are those of :func:`analyse` (``preset`` fixes the rule here and the selector of every
+    :meth:`analyse`). With labels, each class is analysed on its own images.
     ``only_target`` restricts the statistics to that class's images (what :func:`analyse` does).
     """
 
-    def __init__(self, model: Any, images: Any, *, rule: str | Rule = "gradient",
+    def __init__(self, model: Any, images: Any, *, rule: str | Rule | None = None,
                  rule_params: Mapping[str, Any] | None = None, labels: Any = None,
                  preprocess: Preprocess | None = None, taps: Sequence[str] | None = None,
                  include_input: bool = False, channel_axes: Mapping[str, int] | None = None,
                  output_index: int | None = None, device: str = "cpu", batch_size: int = 32,
                  backend: str | None = None, name: str | None = None, engine: str = "auto",
                  store: str | os.PathLike | None = None, store_mode: str = "fill", progress: bool = False,
-                 only_target: int | None = None) -> None:
+                 only_target: int | None = None, preset: str | None = None) -> None:
         self.model = model
         self.images_spec = images
-        self.rule = make_rule(rule, **dict(rule_params or {}))
+        rule, rule_params, self._selector, self._selector_params = resolve_method(preset, rule, rule_params)
+        self.preset = preset
+        self.rule = make_rule(rule, **rule_params)
         self.labels_spec = labels
         self.preprocess = preprocess
         self.options: dict[str, Any] = {"taps": taps, "include_input": include_input,
@@ -220,16 +229,22 @@ class Session:
         stats, bs = self._stats
         return FastSource(network, stats, form, images, bs, indices)
 
-    def analyse(self, target: int, branching: int = 3, *, selector: str | Selector = "tukey",
+    def analyse(self, target: int, branching: int = 3, *, selector: str | Selector | None = None,
                 selector_params: Mapping[str, Any] | None = None, stop_at: str | None = None,
                 indices: Sequence[int] | None = None) -> AnalysisResult:
         """The dependency graph of class ``target`` (see :func:`analyse`).
 
+        ``selector`` : default the session's preset's, else ``mad`` (:mod:`ssa.defaults`).
         ``indices`` : positions of the class's images in the session's image set (default: by labels, or all).
         """
         branching = check_int("branching", branching, 1, "Pass --branching 1 or more.")
         target = check_int("target", target, 0)
-        selector_obj = make_selector(selector, **dict(selector_params or {}))
+        if self.preset is not None:
+            _, _, sel, sel_params = resolve_method(self.preset, None, None, selector, selector_params)
+        else:
+            sel = self._selector if selector is None else selector
+            sel_params = dict(selector_params or {})
+        selector_obj = make_selector(sel, **sel_params)
         network = self.network
         check_target(network, target)
         if stop_at is not None and stop_at not in {t.name for t in network.taps}:

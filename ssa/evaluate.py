@@ -45,6 +45,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import networkx as nx
 import numpy as np
 
+from .defaults import DEFAULT_RULE, DEFAULT_SELECTOR
 from .errors import InvalidInputError, UnsupportedModelError
 from .interfaces import Network, Rule, Selector
 
@@ -321,7 +322,7 @@ def _analyse(network: Network, images: np.ndarray, target: int, branching: int, 
 
 
 def stability(network: Network, images: np.ndarray, target: int, *, branching: int = 3,
-              rule: str | Rule = "gradient", selector: str | Selector = "tukey",
+              rule: str | Rule = DEFAULT_RULE, selector: str | Selector = DEFAULT_SELECTOR,
               rule_params: Mapping[str, Any] | None = None, selector_params: Mapping[str, Any] | None = None,
               resamples: int = 5, seed: int = 0, graph: nx.DiGraph | None = None, batch_size: int = 256,
               stop_at: str | None = None) -> Stability:
@@ -386,7 +387,7 @@ def stability(network: Network, images: np.ndarray, target: int, *, branching: i
 
 # ----------------------------------------------------------------------------------- comparison
 def evaluate(network: Network, images: np.ndarray, target: int, *, branching: int = 3,
-             rule: str | Rule = "gradient", selector: str | Selector = "tukey",
+             rule: str | Rule = DEFAULT_RULE, selector: str | Selector = DEFAULT_SELECTOR,
              rule_params: Mapping[str, Any] | None = None, selector_params: Mapping[str, Any] | None = None,
              ablation: str = "zero", draws: int = 5, resamples: int = 5, seed: int = 0,
              mean_images: np.ndarray | None = None, batch_size: int = 256, stop_at: str | None = None

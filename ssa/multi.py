@@ -203,10 +203,11 @@ def analyse_many(
     by_prediction: bool = False,
     min_confidence: float | None = None,
     max_per_class: int | None = None,
-    rule: str | Rule = "gradient",
+    rule: str | Rule | None = None,
     rule_params: Mapping[str, Any] | None = None,
-    selector: str | Selector = "tukey",
+    selector: str | Selector | None = None,
     selector_params: Mapping[str, Any] | None = None,
+    preset: str | None = None,
     taps: Sequence[str] | None = None,
     stop_at: str | None = None,
     include_input: bool = False,
@@ -226,7 +227,7 @@ def analyse_many(
 
     Parameters
     ----------
-    model, images, branching, rule, selector, engine, store, ... : as for :func:`ssa.analyse`. ``images``
+    model, images, branching, rule, selector, preset, engine, store, ... : as for :func:`ssa.analyse`. ``images``
         may also be a folder with one sub-folder per class named by its index (``folder/3/*.png``).
     targets : ``"all"`` (every logit), a list of class indices, or ``"0,3,5"``.
     labels : integer labels (array or ``.npy``), one per image; not needed for ``"digits"`` or class folders.
@@ -243,8 +244,11 @@ def analyse_many(
     """
     from .api import Session
 
+    from .defaults import resolve_method
+
     branching = check_int("branching", branching, 1, "Pass --branching 1 or more.")
     wanted = parse_targets(targets) if isinstance(targets, str) else parse_targets(list(targets))
+    rule, rule_params, selector, selector_params = resolve_method(preset, rule, rule_params, selector, selector_params)
     make_selector(selector, **dict(selector_params or {}))  # refuse a bad selector before any work
     arr, lab = load_grouped_images(images, labels=labels, preprocess=preprocess)
     session = Session(model, arr, rule=rule, rule_params=rule_params, taps=taps, include_input=include_input,

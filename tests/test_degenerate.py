@@ -78,9 +78,11 @@ def test_no_outliers_at_the_first_step_is_explained(capsys):
     assert f"note: {note}" in res.summary()
     assert json.loads(res.graph.graph["notes"]) == [note]
     # on the command line: in the summary, or one warning line with --quiet
-    assert main(["analyse", "digits", "--images", "digits", "-t", "3", "--selector-param", "k=inf"]) == 0
+    assert main(["analyse", "digits", "--images", "digits", "-t", "3", "--rule", "gradient", "--selector", "tukey",
+                 "--selector-param", "k=inf"]) == 0
     assert "note: the graph stops at logits" in capsys.readouterr().out
-    assert main(["analyse", "digits", "--images", "digits", "-t", "3", "--selector-param", "k=inf", "-q"]) == 0
+    assert main(["analyse", "digits", "--images", "digits", "-t", "3", "--rule", "gradient", "--selector", "tukey",
+                 "--selector-param", "k=inf", "-q"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ssa: warning: class 3: the graph stops at logits")
 

@@ -173,10 +173,10 @@ def test_the_users_module_is_never_modified(class3) -> None:
     before = copy.deepcopy(model.state_dict())
     network = ssa.load_model(model)
     network.prepare(class3)
-    result = ssa.analyse(network, class3, 3)
+    result = ssa.analyse(network, class3, 3, preset="paper")
     faithfulness(network, class3, result.graph, ablation="zero", draws=2)
     faithfulness(network, class3, result.graph, ablation="mean", draws=2)
-    stability(network, class3, 3, resamples=1, graph=result.graph)
+    stability(network, class3, 3, resamples=1, graph=result.graph, rule="gradient", selector="tukey")
     assert model.training
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
@@ -206,7 +206,7 @@ def test_stability_is_seeded_and_bounded(net, class3) -> None:
     b = stability(net, class3, 3, seed=0, **kw)
     assert a == b
     assert 0.0 <= a.jaccard_mean <= 1.0 and 0.0 <= a.edge_jaccard_mean <= 1.0
-    full = ssa.analyse(net, class3, 3, rule="gradient_x_activation").graph
+    full = ssa.analyse(net, class3, 3, rule="gradient_x_activation", selector="tukey").graph
     assert set(a.node_frequency) == {n for n, d in full.nodes(data=True) if d["tap"] != "logits"}
     assert set(a.edge_frequency) == set(full.edges())
     assert all(v in (0.0, 1 / 3, 2 / 3, 1.0) for v in a.node_frequency.values())
@@ -215,13 +215,13 @@ def test_stability_is_seeded_and_bounded(net, class3) -> None:
 
 def test_identical_images_give_perfect_stability(net, class3) -> None:
     same = np.repeat(class3[:1], 12, axis=0)
-    s = stability(net, same, 3, rule="gradient_x_activation", resamples=3, seed=5)
+    s = stability(net, same, 3, rule="gradient_x_activation", selector="tukey", resamples=3, seed=5)
     assert s.jaccard_mean == 1.0 and s.jaccard_std == 0.0 and s.edge_jaccard_mean == 1.0
     assert set(s.node_frequency.values()) == {1.0} and s.new_nodes == {}
 
 
 def test_zero_resamples_give_nan(net, class3) -> None:
-    s = stability(net, class3, 3, resamples=0)
+    s = stability(net, class3, 3, rule="gradient", selector="tukey", resamples=0)
     assert math.isnan(s.jaccard_mean) and s.node_frequency == {}
 
 

@@ -41,7 +41,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def graphs():
-    res = ssa.analyse_many("digits", "digits", [6, 8], rule="gradient_x_activation", max_per_class=10)
+    res = ssa.analyse_many("digits", "digits", [6, 8], rule="gradient_x_activation", selector="tukey", max_per_class=10)
     return res
 
 
@@ -105,7 +105,7 @@ def test_relevance_rows_and_counts_match_the_traversal(digits):
     counts, selected = F.outlier_counts(omega)
     expected = ssa.make_selector("tukey").select(omega)
     np.testing.assert_array_equal(counts, (expected > 0).sum(axis=0))
-    res = ssa.analyse("digits", x, 3, rule="gradient_x_activation", engine="autograd")
+    res = ssa.analyse("digits", x, 3, rule="gradient_x_activation", selector="tukey", engine="autograd")
     step = next(s for s in res.steps if s.upper == "logits")
     _, om = F.relevance_rows(net, x, "logits", 3, rule=rule)
     np.testing.assert_array_equal(F.step_counts(step, 3), F.outlier_counts(om)[0])

@@ -32,7 +32,7 @@ window.addEventListener('load', function () {
 @pytest.fixture(scope="module")
 def graph_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("graphs")
-    res = ssa.analyse_many("digits", "digits", [6, 8], rule="gradient_x_activation", max_per_class=10)
+    res = ssa.analyse_many("digits", "digits", [6, 8], rule="gradient_x_activation", selector="tukey", max_per_class=10)
     return [str(r.write(d / f"class-{c}.json")) for c, r in res.items()]
 
 

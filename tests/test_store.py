@@ -51,8 +51,8 @@ def test_collect_cli_then_analyse_reads_only_the_store(tmp_path, digits_subset, 
     np.save(tmp_path / "y.npy", labels)
     store = tmp_path / "store"
     assert main(["collect", "digits", "--images", str(tmp_path / "x.npy"), "--store", str(store), "-q",
-                 "--batch-size", "32"]) == 0
-    direct = ssa.analyse("digits", images, 3, labels=labels, engine="autograd")
+                 "--batch-size", "32", "--rule", "gradient"]) == 0
+    direct = ssa.analyse("digits", images, 3, labels=labels, engine="autograd", preset="paper")
 
     from ssa_torch.network import TorchNetwork
 
@@ -61,11 +61,11 @@ def test_collect_cli_then_analyse_reads_only_the_store(tmp_path, digits_subset, 
 
     monkeypatch.setattr(TorchNetwork, "collect", boom)
     monkeypatch.setattr(TorchNetwork, "step_relevance", boom)
-    from_store = ssa.analyse("digits", images, 3, labels=labels, store=store)
+    from_store = ssa.analyse("digits", images, 3, labels=labels, store=store, preset="paper")
     assert sorted(from_store.graph.edges) == sorted(direct.graph.edges)
     out = tmp_path / "g.json"
     assert main(["analyse", "digits", "--images", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
-                 "-t", "3", "--store", str(store), "-q", "-o", str(out)]) == 0
+                 "-t", "3", "--store", str(store), "-q", "--preset", "paper", "-o", str(out)]) == 0
     assert ssa.read_graph(out).number_of_edges() == from_store.graph.number_of_edges()
 
 
@@ -85,11 +85,12 @@ def test_corrupt_store_file_is_reported(tmp_path, digits_subset, capsys):
     images, _ = digits_subset
     np.save(tmp_path / "x.npy", images)
     store = tmp_path / "s"
-    assert main(["collect", "digits", "--images", str(tmp_path / "x.npy"), "--store", str(store), "-q"]) == 0
+    assert main(["collect", "digits", "--images", str(tmp_path / "x.npy"), "--store", str(store), "-q",
+                 "--rule", "gradient"]) == 0
     victim = next(store.rglob("batch-00000")) / "scalars__logits.npy"
     victim.write_bytes(b"not numpy")
     assert main(["analyse", "digits", "--images", str(tmp_path / "x.npy"), "-t", "1", "--store", str(store),
-                 "-q"]) == 2
+                 "-q", "--preset", "paper"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "corrupt" in err[0]
 
@@ -104,7 +105,7 @@ def test_killed_collect_process_resumes_to_an_identical_store(tmp_path):
     images, _ = load_images("digits")
     np.save(tmp_path / "x.npy", images)
     argv = [sys.executable, "-m", "ssa.cli", "collect", "digits", "--images", str(tmp_path / "x.npy"),
-            "--batch-size", "4", "-q"]
+            "--batch-size", "4", "-q", "--rule", "gradient"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen(argv + ["--store", str(killed)])
     try:

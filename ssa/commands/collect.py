@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..api import load_model, open_store, prepare_network, store_meta
+from ..defaults import DEFAULT_RULE
 from ..errors import InvalidInputError
 from ..images import load_images
 from ..plugins import make_rule
@@ -22,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_image_args(p)
     p.add_argument("--store", default=None, help="store folder (default: $SSA_STORE or .ssa-store)")
     p.add_argument("--rule", action="append", default=None,
-                   help="rule(s) to collect for (default gradient; repeatable)")
+                   help="rule(s) to collect for (default gradient_x_activation, the default rule; repeatable)")
     p.add_argument("--verify", action="store_true",
                    help="re-read every batch in full (shapes, truncation, NaN); collect broken ones again and name "
                         "them")
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--batch-size must be >= 1, got {args.batch_size}.")
     root = check_store_root(args.store or default_store_root(), write=True,
                             flag="--store" if args.store else "the store ($SSA_STORE or .ssa-store)")
-    rules = [make_rule(r) for r in (args.rule or ["gradient"])]
+    rules = [make_rule(r) for r in (args.rule or [DEFAULT_RULE])]
     forms = []
     for r in rules:
         if r.fast_form is None:

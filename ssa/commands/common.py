@@ -183,23 +183,26 @@ def preprocess_from(args: argparse.Namespace) -> Preprocess:
 def add_method_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method")
     g.add_argument("--branching", "-b", type=int, default=3, help="neurons kept per upper neuron (default 3)")
-    g.add_argument("--rule", default="gradient", help="relevance rule (default gradient; see `ssa plugins`)")
+    g.add_argument("--rule", default=None,
+                   help="relevance rule (default gradient_x_activation; see `ssa plugins` and README, 'Which strategy?')")
     g.add_argument("--rule-param", action="append", metavar="NAME=VALUE", help="rule parameter (repeatable)")
-    g.add_argument("--selector", default="tukey", help="outlier selector (default tukey; see `ssa plugins`)")
+    g.add_argument("--selector", default=None, help="outlier selector (default mad; see `ssa plugins`)")
+    g.add_argument("--preset", default=None, choices=("paper",),
+                   help="paper: the paper's exact configuration (rule gradient, Tukey k=1.5, positive outliers only); "
+                        "replaces --rule, --selector and their parameters")
     g.add_argument("--selector-param", action="append", metavar="NAME=VALUE",
                    help="selector parameter, e.g. k=3 or two_sided=true (repeatable)")
     g.add_argument("--stop-at", default=None, help="lowest tap to expand down to")
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "branching": args.branching,
-        "rule": args.rule,
-        "rule_params": parse_kv(args.rule_param, "--rule-param"),
-        "selector": args.selector,
-        "selector_params": parse_kv(args.selector_param, "--selector-param"),
-        "stop_at": args.stop_at,
-    }
+    from ..defaults import resolve_method
+
+    rule, rule_params, selector, selector_params = resolve_method(
+        args.preset, args.rule, parse_kv(args.rule_param, "--rule-param"), args.selector,
+        parse_kv(args.selector_param, "--selector-param"))
+    return {"branching": args.branching, "rule": rule, "rule_params": rule_params, "selector": selector,
+            "selector_params": selector_params, "stop_at": args.stop_at}
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
