@@ -147,7 +147,7 @@ class Session:
         if name is not None:
             self.options["name"] = name
         self.device = device
-        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1, "Pass --batch-size 1 or more.")
         self.backend = backend
         if engine not in ENGINES:
             raise InvalidInputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
@@ -219,8 +219,7 @@ class Session:
             if st is not None and st.is_complete(form):
                 self._stats = (st, int((st.meta() or {}).get("batch_size", self.batch_size)))
             elif st is not None and self.store_mode == "fill":
-                with st.lock():  # one writer at a time
-                    st.init(store_meta(network, images, self.batch_size))
+                with st.writing(store_meta(network, images, self.batch_size)):  # one writer at a time
                     collect(network, images, [form], self.batch_size, store=st, progress=self.progress)
                 self._stats = (st, self.batch_size)
             else:

@@ -322,6 +322,33 @@ class StatsStore:
         (self.path / form / "complete.json").unlink(missing_ok=True)
 
     @contextmanager
+    def writing(self, meta: dict[str, Any]):
+        """Lock the store and :meth:`init` it for writing batches.
+
+        When the run fails before a single batch is stored in a store it created, the store folders it
+        made are removed again, so a refused run (NaN logits, a model that raises) leaves nothing behind;
+        a store that holds batches is kept (``ssa collect`` resumes it).
+        """
+        missing = []
+        p = self.path
+        while not p.exists() and p.parent != p:
+            missing.append(p)
+            p = p.parent
+        try:
+            with self.lock():
+                self.init(meta)
+                yield self
+        except BaseException:
+            if missing and not any(self.path.glob("*/batch-*")):
+                shutil.rmtree(self.path, ignore_errors=True)
+                for d in missing[1:]:  # the model folder and the root, when this run made them and they are empty
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        break
+            raise
+
+    @contextmanager
     def lock(self):
         """Hold the store's write lock (``<store>/.lock``): a second writer is refused, not interleaved."""
         import fcntl

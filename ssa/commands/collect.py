@@ -50,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if not network.fast_taps():
         raise InvalidInputError("no step of this model has the closed form; `ssa analyse` uses autograd directly.")
     store = open_store(network, images, root)
-    with store.lock():  # a second `ssa collect` on this store is refused, not interleaved
-        store.init(store_meta(network, images, args.batch_size))
+    with store.writing(store_meta(network, images, args.batch_size)):  # one writer; a second one is refused
         broken = verify_store(network, images, store, forms, args.batch_size) if args.verify else []
         before = {f: store.is_complete(f) for f in forms}
         collect(network, images, forms, args.batch_size, store=store, progress=not args.quiet)
