@@ -10,7 +10,7 @@ from ..checks import check_distinct_outputs, check_output_file
 from ..multi import parse_targets
 from ..errors import InvalidInputError
 from ..evaluate import ABLATIONS, compare, format_table, write_csv, write_layers_csv
-from .common import add_image_args, add_model_args, model_options, parse_ints, parse_kv, preprocess_from
+from .common import add_image_args, add_model_args, model_options, parse_kv, preprocess_from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
