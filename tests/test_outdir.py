@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-
 import ssa
 from ssa.cli import main
 from ssa.outdir import MANIFEST
