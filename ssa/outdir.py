@@ -61,6 +61,7 @@ class OutputDir:
         self.written: set[str] = set()
         self._previous: set[str] = set()
         self._manifest: dict = {}
+        self._created = False
 
     # -- manifest ------------------------------------------------------------------------------------
     def _read_manifest(self) -> dict:
@@ -86,6 +87,7 @@ class OutputDir:
     def check(self) -> "OutputDir":
         """Refuse a folder that is a file, cannot be written, or holds output-like files ssa did not record."""
         check_output_dir(self.path, flag=self.flag)
+        self._created = not self.path.exists()
         self._manifest = self._read_manifest()
         listed = self._manifest.get("commands", {}).get(self.command, [])
         self._previous = {n for n in listed if isinstance(n, str) and self._ours(n) and "/" not in n}
@@ -115,6 +117,11 @@ class OutputDir:
         if exc_type is not None:
             if self.written:  # keep the record of everything that may be ours, so the next run cleans up
                 self._write_manifest(self._previous | self.written)
+            elif self._created:  # a failed first run leaves no empty folder behind
+                try:
+                    self.path.rmdir()
+                except OSError:
+                    pass
             return
         for name in sorted(self._previous - self.written):
             f = self.path / name

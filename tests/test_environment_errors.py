@@ -97,22 +97,31 @@ def test_disk_full_while_writing(tmp_path, capsys, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["g.json"]
 
 
-def test_file_size_limit_in_a_real_process(tmp_path):
-    """A real write error in a real process (RLIMIT_FSIZE: EFBIG): one line, exit 2, old output intact."""
+def test_file_size_limit_in_a_real_process(tmp_path, capsys):
+    """A real write error in a real process (RLIMIT_FSIZE: EFBIG): one line, exit 2, earlier outputs intact."""
     import resource
 
-    out = tmp_path / "g.json"
-    out.write_text("previous result")
+    import ssa
+
+    graphs = ssa.analyse_many("digits", "digits", [1, 2], max_per_class=20)
+    files = [str(graphs[c].write(tmp_path / f"class-{c}.json")) for c in graphs]
+    out = tmp_path / "cmp"
+    assert main(["compare", *files, "--out-dir", str(out)]) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
 
-    proc = subprocess.run(SSA + ["analyse", "digits", "--images", "digits", "-t", "3", "-q", "-o", str(out)],
-                          capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    proc = subprocess.run(SSA + ["compare", *files, "--out-dir", str(out), "--format", "svg"], capture_output=True,
+                          text=True, preexec_fn=limit, timeout=300)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "EFBIG" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
-    assert out.read_text() == "previous result" and [p.name for p in tmp_path.iterdir()] == ["g.json"]
+    assert len(lines) == 1 and "File too large (EFBIG)" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing replaced, nothing removed
+    proc = subprocess.run(SSA + ["compare", *files, "--out-dir", str(tmp_path / "new")], capture_output=True,
+                          text=True, preexec_fn=limit, timeout=300)
+    assert proc.returncode == 2 and not (tmp_path / "new").exists()  # a failed first run leaves no empty folder
 
 
 def test_closed_pipe_is_quiet(tmp_path):
