@@ -127,9 +127,9 @@ def explain_stop(taps: Sequence[Tap], steps: Sequence[StepRecord], active: Mappi
                  rule: Rule, selector: Selector, *, stop_at: str | None = None) -> list[str]:
     """Why a graph stops above the lowest tap it could reach, and what to try (empty when it does not stop).
 
-    For each step out of the graph's lowest taps that kept nothing, one of: the upper neurons never fire
-    on the images (their relevance rows are all zero), the rows are constant, or the selector found no
-    outliers. A model without taps below the logits is said as such.
+    For each step out of the graph's taps that kept nothing, one of: the upper neurons never fire on the
+    images (their relevance rows are all zero), the relevance is zero on every image, or the selector
+    found no outliers (with its parameters). A model without taps below the logits is said as such.
     """
     by_name = {t.name: t for t in taps}
     logits = by_name.get("logits")
@@ -158,9 +158,11 @@ def explain_stop(taps: Sequence[Tap], steps: Sequence[StepRecord], active: Mappi
             notes.append(f"the graph stops at {s.upper}: the relevance of {where} is zero on every image; try "
                          "--rule gradient_x_activation or other images")
         else:
+            lower = {"tukey": "--selector-param k=1", "mad": "--selector-param threshold=2.5",
+                     "zscore": "--selector-param threshold=2"}.get(selector.name, "a lower selector threshold")
+            others = " or ".join(f"--selector {n}" for n in ("mad", "topk") if n != selector.name)
             notes.append(f"the graph stops at {s.upper}: no outliers at {where} with selector {selector.name} "
-                         f"({params}); lower the threshold (e.g. --selector-param k=1 for tukey, threshold=2 for "
-                         "zscore or mad) or try --selector mad or topk")
+                         f"({params}); try {lower}, or {others}")
     if not notes:
         notes.append(f"the graph stops at {by_name[min(nodes, key=lambda n: by_name[n].order)].name}, above the "
                      "lowest tap; try a lower selector threshold or --rule gradient_x_activation")
