@@ -25,7 +25,7 @@ __all__ = ["check_int", "check_device", "check_output_file", "check_output_dir",
 ENVIRONMENT_ERRNOS = frozenset(
     getattr(errno, name) for name in (
         "ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EFBIG", "EIO", "EMFILE", "ENFILE", "ENAMETOOLONG",
-        "ENOTDIR", "EISDIR", "ENOENT", "EEXIST", "ENOTEMPTY", "EBUSY", "ETXTBSY", "ELOOP", "EXDEV")
+        "ENOTDIR", "EISDIR", "ENOENT", "ELOOP")
     if hasattr(errno, name)
 )
 
