@@ -26,6 +26,8 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
+
 
 def _tree(folder: str | None) -> dict[str, str]:
     if not folder:
@@ -84,6 +86,22 @@ def _warm_up() -> None:
     net = load_model("digits")
     net.prepare(x[:2])
     net.collect(x[:2], ["gradient", "gradient_x_activation"])
+    from ssa.errors import InvalidInputError
+
+    try:  # a model failing on its input imports much of torch (sympy, dynamo) on the way: once, here
+        load_model("digits").prepare(x[:1, :, :4])
+    except InvalidInputError:
+        pass
+    import PIL.Image  # noqa: F401
+    import torch.export  # noqa: F401
+
+    import ssa.compare  # noqa: F401
+    import ssa.evaluate  # noqa: F401
+    import ssa.figures  # noqa: F401
+    import ssa.report  # noqa: F401
+    from ssa.compare import compare, ward_linkage  # noqa: F401 - scipy
+
+    ward_linkage(np.eye(2))
 
 
 def run(script: str, cases: list[dict]) -> list[dict]:
