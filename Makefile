@@ -17,8 +17,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	@start=$$(date +%s); \
-	$(SSA) analyse digits --images digits --targets all --branching 3 --rule gradient_x_activation \
-		--out-dir demo-out/graphs --quiet && \
+	$(SSA) analyse digits --images digits --targets all --branching 3 --out-dir demo-out/graphs --quiet && \
 	$(SSA) compare demo-out/graphs/class-*.json --out-dir demo-out/compare && \
 	$(SSA) explore demo-out/graphs/class-*.json --model digits --images digits --out demo-out/explorer.html && \
 	$(SSA) report demo-out/graphs/class-*.json --model digits --images digits --out demo-out/report.html \

@@ -55,7 +55,7 @@ def _timed(fn):
 def prepared(case):
     name, model, images = case
     device = bench_device()
-    session = Session(model, images, batch_size=BATCH, device=device, name=name)
+    session = Session(model, images, batch_size=BATCH, device=device, name=name, preset="paper")
     session.prepare()
     net = session.network
     logits = np.concatenate([net.logits(images[i:i + BATCH]) for i in range(0, len(images), BATCH)])
@@ -149,7 +149,7 @@ def test_reanalyse_from_store(benchmark, prepared):
     name, model, images, session, target = prepared
     net = session.network
     with tempfile.TemporaryDirectory() as d:
-        s2 = Session(model, images, batch_size=BATCH, device=bench_device(), name=name, store=d)
+        s2 = Session(model, images, batch_size=BATCH, device=bench_device(), name=name, store=d, preset="paper")
         s2._network, s2.images, s2.labels = net, images, None  # reuse the prepared network
         s2.analyse(target, B)  # fills the store
         other = (target + 1) % 1000

@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 from .api import Session, analyse, load_model
-from .errors import InvalidInputError, ModelLoadError, PluginError, SSAError, StoreError, UnsupportedModelError
+from .errors import (InvalidInputError, ModelLoadError, OutputError, PluginError, SSAError, SSAWarning, StoreError,
+                     UnsupportedModelError)
 from .graph import read_graph, write_graph
 from .hookspecs import hookimpl
 from .images import Preprocess, load_images
@@ -23,5 +24,5 @@ __all__ = [
     "analyse", "analyse_many", "Session", "load_model", "AnalysisResult", "LayerSummary", "read_graph", "write_graph", "Preprocess",
     "load_images", "Backend", "Network", "Rule", "Selector", "Param", "Tap", "hookimpl", "get_plugin_manager",
     "registry", "make_rule", "make_selector", "SSAError", "InvalidInputError", "ModelLoadError", "PluginError",
-    "StoreError", "UnsupportedModelError", "__version__",
+    "StoreError", "UnsupportedModelError", "OutputError", "SSAWarning", "__version__",
 ]

@@ -17,6 +17,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -27,7 +29,8 @@ import numpy as np
 from .errors import InvalidInputError
 from .graph import atomic_write_bytes, read_graph
 
-__all__ = ["Comparison", "compare", "check_graphs", "load_graphs", "graph_labels", "bag_of_nodes",
+__all__ = ["Comparison", "compare", "check_graphs", "same_model", "same_run", "check_graph_network",
+           "check_graph_images", "RUN_PARAMETERS", "load_graphs", "graph_labels", "bag_of_nodes",
            "normalise_rows", "ward_linkage", "cosine_similarity", "jaccard", "jaccard_by_layer",
            "shared_subgraph", "interconnectedness", "frequency_ranks", "write_csv", "CLASS_TAP"]
 
@@ -59,23 +62,95 @@ def graph_labels(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
     return [f"graph {i}" for i in range(len(graphs))]
 
 
-def check_graphs(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = None) -> None:
-    """Refuse fewer than two graphs, graphs of different models and empty graphs (one line each)."""
+#: graph attributes that must agree for a comparison, unless ``allow_mixed``: (attribute, what it is in words)
+RUN_PARAMETERS = (
+    ("rule", "rule"), ("rule_params", "rule parameters"), ("selector", "selector"),
+    ("selector_params", "selector parameters"), ("branching", "branching factor"), ("images_hash", "image set"),
+    ("grouping", "image grouping"), ("min_confidence", "--min-confidence"), ("max_per_class", "--max-per-class"),
+    ("stop_at", "--stop-at"), ("tap_neurons", "taps"),
+)
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text[:12] if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else text
+
+
+def _model_of(g: nx.DiGraph) -> str:
+    h = g.graph.get("model_hash")
+    return f"{g.graph.get('model')!r}" + (f" (content hash {str(h)[:12]})" if h else "")
+
+
+def same_model(graphs: Sequence[nx.DiGraph], names: Sequence[str]) -> None:
+    """Refuse graphs of different models: by content hash (``model_hash``), or by name for graphs that have none."""
+    ref = graphs[0].graph
+    for name, g in zip(names[1:], graphs[1:]):
+        a, b = ref.get("model_hash"), g.graph.get("model_hash")
+        differ = (a != b) if (a and b) else (ref.get("model") != g.graph.get("model"))
+        if differ:
+            same_name = ref.get("model") == g.graph.get("model")
+            raise InvalidInputError(
+                f"the graphs come from different models: {names[0]} from {_model_of(graphs[0])}, {name} from "
+                f"{_model_of(g)}{' (same name, other weights or graph)' if same_name else ''}; compare graphs of one "
+                "model only.")
+
+
+def same_run(graphs: Sequence[nx.DiGraph], names: Sequence[str], flag: str = "--allow-mixed") -> None:
+    """Refuse graphs made with different rules, selectors, parameters, branching factors or image sets.
+
+    A parameter a graph does not record (written by an older ssa) is not compared.
+    """
+    for key, words in RUN_PARAMETERS:
+        values = [g.graph.get(key) for g in graphs]
+        if any(v is None for v in values) and key not in ("stop_at", "min_confidence", "max_per_class"):
+            continue
+        for name, v in zip(names[1:], values[1:]):
+            if v != values[0]:
+                raise InvalidInputError(
+                    f"the graphs were made with different {words}: {names[0]} {_short(values[0])}, {name} "
+                    f"{_short(v)}; compare graphs of one run (ssa analyse --targets ...), or pass {flag} to compare "
+                    "them anyway.")
+
+
+def check_graphs(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = None, *,
+                 allow_mixed: bool = False) -> None:
+    """Refuse fewer than two graphs, graphs of different models (by content hash), graphs of different runs
+    (rule, selector, their parameters, branching factor, image set, ...; unless ``allow_mixed``) and empty
+    graphs (one line each)."""
     names = list(names) if names is not None else [f"graph {i}" for i in range(len(graphs))]
     if len(graphs) < 2:
         raise InvalidInputError(f"comparing needs at least 2 graphs, got {len(graphs)}; pass two or more graph files.")
-    models = [g.graph.get("model") for g in graphs]
-    for name, m in zip(names, models):
-        if m != models[0]:
-            raise InvalidInputError(
-                f"the graphs come from different models: {names[0]} from {models[0]!r}, {name} from {m!r}; "
-                "compare graphs of one model only.")
+    same_model(graphs, names)
+    if not allow_mixed:
+        same_run(graphs, names)
     for name, g in zip(names, graphs):
         if not _neuron_nodes(g):
             who = ", ".join(str(n) for n in g.nodes) or "no node at all"
             raise InvalidInputError(
                 f"{name} is an empty graph (only the class node: {who}); nothing to compare. Re-run `ssa analyse` "
                 "with more images, --rule gradient_x_activation, or a lower selector threshold, or leave it out.")
+
+
+def check_graph_network(graph: nx.DiGraph, network: Any, name: str) -> None:
+    """Refuse a graph made with another model than ``network`` (a prepared network), by content hash."""
+    h = graph.graph.get("model_hash")
+    if h:
+        if h != network.model_hash():
+            raise InvalidInputError(
+                f"{name} was made with model {_model_of(graph)}, not with this {network.name!r} (content hash "
+                f"{network.model_hash()[:12]}); pass the model the graph was made with.")
+    elif graph.graph.get("model") not in (None, network.name):
+        raise InvalidInputError(f"{name} was made with model {graph.graph.get('model')!r}, not {network.name!r}; "
+                                "pass the model the graph was made with.")
+
+
+def check_graph_images(graph: nx.DiGraph, images_hash: str, name: str, *, allow_mixed: bool = False) -> None:
+    """Refuse (unless ``allow_mixed``) a graph made from another image set than the one loaded."""
+    h = graph.graph.get("images_hash")
+    if h and h != images_hash and not allow_mixed:
+        raise InvalidInputError(
+            f"{name} was made from another image set (content hash {str(h)[:12]}, these images {images_hash[:12]}); "
+            "pass the images (and --labels) the graph was made with, or --allow-mixed to use these images anyway.")
 
 
 def load_graphs(paths: Sequence[str | os.PathLike]) -> tuple[list[nx.DiGraph], list[str]]:
@@ -369,8 +444,17 @@ class Comparison:
                 "linkage": np.round(self.linkage, 6).tolist()}
 
 
+@contextmanager
+def identical_graphs_quietly():
+    """Silence matplotlib's "identical low and high xlims" warnings, which scipy's dendrogram raises when every
+    merge is at distance 0 (identical graphs): the figures are still right."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Attempting to set identical", category=UserWarning)
+        yield
+
+
 def compare(graphs: Sequence[nx.DiGraph], labels: Sequence[str] | None = None, *, weight: str = "frequency",
-            names: Sequence[str] | None = None) -> Comparison:
+            names: Sequence[str] | None = None, allow_mixed: bool = False) -> Comparison:
     """Compare class graphs: bag-of-nodes, Ward clustering, cosine similarity, Jaccard per layer.
 
     Parameters
@@ -379,11 +463,13 @@ def compare(graphs: Sequence[nx.DiGraph], labels: Sequence[str] | None = None, *
     labels : names shown in figures and tables (default ``"class <target>"``, else ``names``).
     weight : "frequency" (frequency / n_images) or "binary".
     names : what to call each graph in error messages (file names).
+    allow_mixed : compare graphs made with different rules, selectors, parameters, branching factors or
+        image sets (graphs of different models are always refused).
     """
     from scipy.cluster.hierarchy import leaves_list
 
     graphs = list(graphs)
-    check_graphs(graphs, names or labels)
+    check_graphs(graphs, names or labels, allow_mixed=allow_mixed)
     labels = list(labels) if labels is not None else graph_labels(graphs, names)
     if len(labels) != len(graphs):
         raise InvalidInputError(f"labels has {len(labels)} entries for {len(graphs)} graphs; they must match.")

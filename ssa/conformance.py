@@ -279,6 +279,12 @@ def _compare_libraries(sel: Selector, cases: dict, devices: list[str]) -> list[s
         for dev in devices:
             t = torch.tensor(rows, dtype=torch.float64, device=dev)
             out = apply_selector(sel, t)
+            if getattr(sel, "array_api", False):  # it says it runs where the rows live: it must not go to the host
+                raw = sel.select(t.clone())
+                if not isinstance(raw, torch.Tensor) or raw.device.type != torch.device(dev).type:
+                    fails.append(f"{what}: declares array_api but returned {type(raw).__name__} on "
+                                 f"{getattr(raw, 'device', 'the host')} for torch rows on {dev}")
+                    continue
             if not isinstance(out, torch.Tensor) or out.device.type != torch.device(dev).type:
                 fails.append(f"{what}: torch rows on {dev} gave {type(out).__name__} on "
                              f"{getattr(out, 'device', 'the host')}, expected a torch tensor on {dev}")

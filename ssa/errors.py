@@ -15,6 +15,8 @@ __all__ = [
     "UnsupportedModelError",
     "PluginError",
     "StoreError",
+    "OutputError",
+    "SSAWarning",
 ]
 
 
@@ -40,3 +42,11 @@ class PluginError(SSAError, LookupError):
 
 class StoreError(SSAError, OSError):
     """A statistics store is missing, corrupt or does not match the model and images."""
+
+
+class OutputError(SSAError, OSError):
+    """An output file or folder cannot be written (it is a folder / a file, read-only, disk full, ...)."""
+
+
+class SSAWarning(UserWarning):
+    """Something the user should know, which does not stop the run (the CLI prints one line on stderr)."""

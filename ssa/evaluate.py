@@ -45,6 +45,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import networkx as nx
 import numpy as np
 
+from .defaults import DEFAULT_RULE, DEFAULT_SELECTOR
 from .errors import InvalidInputError, UnsupportedModelError
 from .interfaces import Network, Rule, Selector
 
@@ -321,7 +322,7 @@ def _analyse(network: Network, images: np.ndarray, target: int, branching: int, 
 
 
 def stability(network: Network, images: np.ndarray, target: int, *, branching: int = 3,
-              rule: str | Rule = "gradient", selector: str | Selector = "tukey",
+              rule: str | Rule = DEFAULT_RULE, selector: str | Selector = DEFAULT_SELECTOR,
               rule_params: Mapping[str, Any] | None = None, selector_params: Mapping[str, Any] | None = None,
               resamples: int = 5, seed: int = 0, graph: nx.DiGraph | None = None, batch_size: int = 256,
               stop_at: str | None = None) -> Stability:
@@ -386,7 +387,7 @@ def stability(network: Network, images: np.ndarray, target: int, *, branching: i
 
 # ----------------------------------------------------------------------------------- comparison
 def evaluate(network: Network, images: np.ndarray, target: int, *, branching: int = 3,
-             rule: str | Rule = "gradient", selector: str | Selector = "tukey",
+             rule: str | Rule = DEFAULT_RULE, selector: str | Selector = DEFAULT_SELECTOR,
              rule_params: Mapping[str, Any] | None = None, selector_params: Mapping[str, Any] | None = None,
              ablation: str = "zero", draws: int = 5, resamples: int = 5, seed: int = 0,
              mean_images: np.ndarray | None = None, batch_size: int = 256, stop_at: str | None = None
@@ -435,7 +436,7 @@ def summarise(rows: Sequence[EvaluationRow]) -> list[EvaluationRow]:
     return out
 
 
-def compare(model: Any, images: Any, targets: Sequence[int], *, rules: Sequence[str] | None = None,
+def compare(model: Any, images: Any, targets: Sequence[int] | str, *, rules: Sequence[str] | None = None,
             selectors: Sequence[str] | None = None, rule_params: Mapping[str, Mapping[str, Any]] | None = None,
             selector_params: Mapping[str, Mapping[str, Any]] | None = None, branching: int = 3,
             ablation: str = "zero", draws: int = 5, resamples: int = 5, seed: int = 0, labels: Any = None,
@@ -448,7 +449,7 @@ def compare(model: Any, images: Any, targets: Sequence[int], *, rules: Sequence[
     ----------
     model, images, labels, preprocess, device, backend : as for :func:`ssa.analyse`. With several
         targets the images need labels (``"digits"`` has them).
-    targets : the classes.
+    targets : the classes (each once), or ``"all"`` (every logit).
     rules, selectors : registered names; default: every installed rule and selector.
     rule_params, selector_params : per name, e.g. ``{"tukey": {"k": 3}}``.
     branching, ablation, draws, resamples, seed, stop_at : see :func:`evaluate`.
@@ -459,7 +460,7 @@ def compare(model: Any, images: Any, targets: Sequence[int], *, rules: Sequence[
     One row per (target, rule, selector), then one ``target="mean"`` row per (rule, selector)
     when there are several targets. The ``"mean"`` ablation uses the mean over all loaded images.
     """
-    from .api import check_int, check_target, load_model
+    from .api import check_int, check_target, load_model, n_classes, prepare_network
     from .images import load_images, select_class
     from .plugins import registry
 
@@ -469,9 +470,9 @@ def compare(model: Any, images: Any, targets: Sequence[int], *, rules: Sequence[
     _check_count("draws", draws, 1)
     _check_count("resamples", resamples, 0)
     _check_count("seed", seed, 0)
-    targets = [check_int("target", t, 0) for t in targets]
-    if not targets:
-        raise InvalidInputError("targets must name at least one class, got none.")
+    from .multi import parse_targets
+
+    wanted = parse_targets(targets) if isinstance(targets, str) else parse_targets(list(targets))
     reg = registry()
     rules = list(rules) if rules else reg.names("rule")
     selectors = list(selectors) if selectors else reg.names("selector")
@@ -481,12 +482,18 @@ def compare(model: Any, images: Any, targets: Sequence[int], *, rules: Sequence[
         reg.get("selector", s)
     network = load_model(model, backend=backend, device=device, **dict(model_options or {}))
     arr, lab = load_images(images, preprocess=preprocess, labels=labels)
-    if lab is None and len(targets) > 1:
+    if lab is None and (wanted == "all" or len(wanted) > 1):
         raise InvalidInputError(
-            f"several targets ({', '.join(map(str, targets))}) need labels to pick each class's images; "
+            f"several targets ({wanted if isinstance(wanted, str) else ', '.join(map(str, wanted))}) need labels to "
+            "pick each class's images; "
             "pass --labels labels.npy or evaluate one target."
         )
-    network.prepare(arr)
+    prepare_network(network, arr, images_spec=images, preprocess=preprocess)
+    n = n_classes(network)
+    targets = list(range(n)) if wanted == "all" else parse_targets(list(wanted), n)
+    if stop_at is not None and stop_at not in {t.name for t in network.taps}:
+        raise InvalidInputError(
+            f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
     rows: list[EvaluationRow] = []
     for target in targets:
         check_target(network, target)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 import networkx as nx
 import numpy as np
 
+from .checks import call_selector
 from .errors import InvalidInputError, UnsupportedModelError
 from .graph import atomic_write_bytes
 
@@ -203,7 +204,7 @@ def outlier_counts(omega: np.ndarray, selector: Any = "tukey", selector_params: 
     from .plugins import make_selector
 
     sel_obj = make_selector(selector, **dict(selector_params or {})) if isinstance(selector, str) else selector
-    selected = np.asarray(sel_obj.select(np.asarray(omega, dtype=np.float64)))
+    selected = call_selector(sel_obj, np.asarray(omega, dtype=np.float64))
     return (selected > 0).sum(axis=0), selected
 
 

@@ -8,6 +8,8 @@ into the node), ``active_fraction`` (share of images in which the neuron's
 scalar is > 0), ``in_degree`` (number of upper neurons that keep it: the
 paper's interconnectedness), ``sign`` (+1, or -1 for a node reached only by
 inhibitory edges). Edge attributes: ``frequency``, ``relevance``, ``sign``.
+Graph attributes: the run's parameters, and ``model``, ``model_hash``, ``images_hash``
+(the model and the image set by content; see :mod:`ssa.identity`).
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
 
-from .errors import InvalidInputError
+from .checks import describe_os_error
+from .errors import InvalidInputError, OutputError
 from .interfaces import Tap
 from .traversal import StepRecord
 
@@ -125,9 +128,24 @@ def build_graph(*, taps: Sequence[Tap], steps: Sequence[StepRecord], target: int
     return g
 
 
+#: callables told the path of every file :func:`atomic_write_bytes` writes (``ssa.outdir`` records a run's files)
+write_listeners: list[Callable[[Path], None]] = []
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
+    try:
+        _atomic_write(path, data)
+    except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(describe_os_error(exc, f"cannot write {str(path)!r}", show_file=False)) from exc
+    for listener in list(write_listeners):
+        listener(path)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -186,15 +204,42 @@ def write_graph(g: nx.DiGraph, path: str | os.PathLike) -> Path:
 
 
 def read_graph(path: str | os.PathLike) -> nx.DiGraph:
-    """Read a graph written by :func:`write_graph`."""
+    """Read a graph written by :func:`write_graph`; anything else is refused with one line."""
     path = Path(path)
-    if not path.is_file():
+    fix = "pass a graph file (.json or .graphml) written by `ssa analyse`"
+    if path.is_dir():
+        raise InvalidInputError(f"graph file {str(path)!r} is a folder; {fix}, e.g. {str(path / 'class-3.json')!r}.")
+    if not path.exists():
         raise InvalidInputError(f"graph file {str(path)!r} does not exist; check the path.")
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".graphml", ".xml"):
+        raise InvalidInputError(f"graph file must end in .json or .graphml, got {path.name!r}; {fix}.")
     try:
-        if path.suffix.lower() == ".json":
-            return nx.node_link_graph(json.loads(path.read_text()), edges="edges", directed=True)
-        if path.suffix.lower() in (".graphml", ".xml"):
-            return nx.read_graphml(path)
-    except (ValueError, KeyError, nx.NetworkXError) as exc:
-        raise InvalidInputError(f"{str(path)!r} is not a graph written by ssa ({type(exc).__name__}); re-run `ssa analyse`.") from None
-    raise InvalidInputError(f"graph file must end in .json or .graphml, got {path.name!r}.")
+        if suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+                kind = type(data).__name__ if not isinstance(data, dict) else "object without a 'nodes' list"
+                raise InvalidInputError(f"{str(path)!r} holds a JSON {kind}, not a node-link graph; {fix}.")
+            g = nx.node_link_graph(data, edges="edges" if "edges" in data else "links", directed=True)
+        else:
+            g = nx.read_graphml(path)
+    except InvalidInputError:
+        raise
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read graph file {str(path)!r} ({exc.strerror or exc}); {fix}.") from None
+    except Exception as exc:  # noqa: BLE001 - json, XML and networkx parse errors of a file that is not ours
+        raise InvalidInputError(
+            f"{str(path)!r} is not a graph written by ssa ({type(exc).__name__}: "
+            f"{(str(exc).splitlines() or [''])[0][:100]}); {fix}.") from None
+    _check_graph(g, path, fix)
+    return g
+
+
+def _check_graph(g: nx.DiGraph, path: Path, fix: str) -> None:
+    """The attributes every reader relies on: a directed graph, and per node ``tap`` and ``neuron``."""
+    if not g.is_directed():
+        raise InvalidInputError(f"{str(path)!r} holds an undirected graph, not a dependency graph; {fix}.")
+    for n, d in g.nodes(data=True):
+        if not isinstance(d.get("tap"), str) or not isinstance(d.get("neuron"), (int, np.integer)):
+            raise InvalidInputError(f"node {n!r} of {str(path)!r} has no 'tap' and 'neuron' attributes, so the file "
+                                    f"was not written by ssa; {fix}.")

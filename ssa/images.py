@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidInputError
+from .checks import check_labels, looks_unscaled
+from .errors import InvalidInputError, SSAWarning
 
 __all__ = ["Preprocess", "validate_images", "load_images", "select_class", "IMAGE_SUFFIXES"]
 
@@ -66,7 +68,11 @@ class Preprocess:
             raise InvalidInputError(f"channels must be 1 or 3, got {self.channels}.")
         for label, vals in (("mean", self.mean), ("std", self.std)):
             if vals and len(vals) not in (1, self.channels):
-                raise InvalidInputError(f"{label} must have 1 or {self.channels} values, got {len(vals)}.")
+                if self.channels == 1:
+                    raise InvalidInputError(
+                        f"{label} has {len(vals)} values but the images are read with 1 channel (grayscale, "
+                        f"channels=1); pass 1 value, or read them as RGB with channels=3 (--channels 3).")
+                raise InvalidInputError(f"{label} must have 1 value or 3 (one per RGB channel), got {len(vals)}.")
         if self.std and any(v == 0 for v in self.std):
             raise InvalidInputError("std values must be non-zero.")
 
@@ -175,18 +181,21 @@ def load_images(spec: object, *, target: int | None = None, preprocess: Preproce
     known and ``target`` is given, only the images of that class are returned.
     """
     lab: np.ndarray | None = None
+    raw = True  # an array or .npy file, used as it is (not a folder read with a Preprocess, not the digits)
     if isinstance(spec, (str, os.PathLike)):
         s = os.fspath(spec)
         if s == "digits":
             from .models import digits_data
 
             arr, lab = digits_data()
+            raw = False
         else:
             path = Path(s)
             if not path.exists():
                 raise InvalidInputError(f"images {s!r} do not exist; pass a .npy file or a folder of PNG/JPEG files.")
             if path.is_dir():
                 arr, _ = _read_folder(path, preprocess or Preprocess())
+                raw = False
             elif path.suffix.lower() == ".npy":
                 arr = _read_npy(path)
             else:
@@ -196,10 +205,13 @@ def load_images(spec: object, *, target: int | None = None, preprocess: Preproce
     if labels is not None:
         lab = np.asarray(_read_npy(Path(labels)) if isinstance(labels, (str, os.PathLike)) else labels)
     arr = validate_images(arr)
+    why = looks_unscaled(arr) if raw else None
+    if why is not None:
+        warnings.warn(f"the images look like raw 0-255 pixels ({why}); most models expect them scaled (e.g. to 0-1, or "
+                      "normalised): divide them by 255 first, or pass a folder of image files with --preprocess; ignore "
+                      "this if the model takes 0-255 input.", SSAWarning, stacklevel=2)
     if lab is not None:
-        lab = np.asarray(lab).reshape(-1)
-        if lab.shape[0] != arr.shape[0]:
-            raise InvalidInputError(f"labels has {lab.shape[0]} entries for {arr.shape[0]} images; they must match.")
+        lab = check_labels(lab, arr.shape[0])
     if target is not None:
         arr, lab = select_class(arr, lab, target)
     return arr, lab

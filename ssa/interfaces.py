@@ -245,8 +245,22 @@ class Network(ABC):
         raise NotImplementedError
 
     def fingerprint(self) -> str:
-        """A content hash of the model (weights and graph), for the statistics store."""
+        """A content hash of the model and its taps, for the statistics store (keyed by what the statistics
+        depend on)."""
         raise NotImplementedError
+
+    def model_hash(self) -> str:
+        """A content hash of the model itself (weights and graph, not the tap choice): its identity in graphs.
+
+        Two networks with the same hash compute the same function with the same weights, whatever they were
+        loaded from or called. The default is :meth:`fingerprint`.
+        """
+        return self.fingerprint()
+
+    def weight_arrays(self) -> list[np.ndarray]:
+        """The model's floating-point weights (any order), for recognising a built-in model by content; none by
+        default."""
+        return []
 
 
 class Backend(ABC):

@@ -63,8 +63,10 @@ def parse_targets(text: str | Sequence[int] | None, n: int | None = None) -> lis
     if len(set(vals)) != len(vals):
         raise InvalidInputError(f"--targets lists a class twice, got {text!r}; list each class once.")
     for v in vals:
-        if v < 0 or (n is not None and v >= n):
-            raise InvalidInputError(f"targets must be in [0, {(n or 1) - 1}], got {v}.")
+        if v < 0:
+            raise InvalidInputError(f"--targets must be class indices >= 0, got {v} in {text!r}.")
+        if n is not None and v >= n:
+            raise InvalidInputError(f"--targets must be in [0, {n - 1}] (the model has {n} logits), got {v}.")
     return vals
 
 
@@ -117,24 +119,34 @@ def class_probabilities(network: Network, images: np.ndarray, batch_size: int = 
     if callable(own):
         parts = [np.asarray(own(images[i:i + batch_size]), dtype=np.float64)
                  for i in range(0, images.shape[0], batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, n_classes(network)))
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        z = np.asarray(network.logits(images[i:i + batch_size]), dtype=np.float64)
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        out.append(e / e.sum(axis=1, keepdims=True))
-    return np.concatenate(out) if out else np.zeros((0, n_classes(network)))
+        probs = np.concatenate(parts) if parts else np.zeros((0, n_classes(network)))
+    else:
+        out = []
+        for i in range(0, images.shape[0], batch_size):
+            z = np.asarray(network.logits(images[i:i + batch_size]), dtype=np.float64)
+            z = z - z.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            out.append(e / e.sum(axis=1, keepdims=True))
+        probs = np.concatenate(out) if out else np.zeros((0, n_classes(network)))
+    bad = ~np.isfinite(probs).all(axis=1)
+    if bad.any():
+        raise InvalidInputError(
+            f"the model's outputs are NaN or infinite on {int(bad.sum())} of the {probs.shape[0]} images (first: image "
+            f"{int(np.flatnonzero(bad)[0])}), so they cannot be grouped by prediction; check the model's weights and "
+            "the images' scaling.")
+    return probs
 
 
 def group_images(network: Network, images: np.ndarray, labels: np.ndarray | None, targets: Iterable[int], *,
                  by_prediction: bool = False, min_confidence: float | None = None,
-                 max_per_class: int | None = None, batch_size: int = 256) -> dict[int, ClassImages]:
+                 max_per_class: int | None = None, batch_size: int = 256,
+                 for_graph: bool = False) -> dict[int, ClassImages]:
     """Choose each class's images (``network`` must be prepared).
 
     By labels (default) or by the model's argmax prediction (``by_prediction``); with
     ``min_confidence`` only images whose softmax probability of the class is >= it are kept;
-    ``max_per_class`` keeps the first that many. A class left without images is an error.
+    ``max_per_class`` keeps the first that many. A class left without images is an error
+    (``for_graph``: the message speaks of the graph's images instead of ``--targets``).
     """
     targets = list(targets)
     if min_confidence is not None and not 0.0 <= float(min_confidence) <= 1.0:
@@ -160,15 +172,19 @@ def group_images(network: Network, images: np.ndarray, labels: np.ndarray | None
         idx = np.flatnonzero(assigned == c)
         how = "predicted as" if by_prediction else "labelled"
         if idx.size == 0:
+            if for_graph:
+                raise InvalidInputError(f"no image is {how} class {c}, the graph's class; pass the images (and "
+                                        "--labels) the graph was made with.")
             raise InvalidInputError(f"no image is {how} class {c}; drop it from --targets or add images of it.")
         conf = probs[idx, c] if probs is not None else None
         if min_confidence is not None:
             assert conf is not None
             keep = conf >= float(min_confidence)
             if not keep.any():
+                drop = "pass the images the graph was made with" if for_graph else f"drop class {c} from --targets"
                 raise InvalidInputError(
                     f"class {c} has no image with probability >= {min_confidence:g} (best {conf.max():.3g} of "
-                    f"{idx.size} {how} it); lower --min-confidence or drop class {c} from --targets.")
+                    f"{idx.size} {how} it); lower --min-confidence or {drop}.")
             idx, conf = idx[keep], conf[keep]
         if max_per_class is not None:
             idx = idx[:max_per_class]
@@ -187,10 +203,11 @@ def analyse_many(
     by_prediction: bool = False,
     min_confidence: float | None = None,
     max_per_class: int | None = None,
-    rule: str | Rule = "gradient",
+    rule: str | Rule | None = None,
     rule_params: Mapping[str, Any] | None = None,
-    selector: str | Selector = "tukey",
+    selector: str | Selector | None = None,
     selector_params: Mapping[str, Any] | None = None,
+    preset: str | None = None,
     taps: Sequence[str] | None = None,
     stop_at: str | None = None,
     include_input: bool = False,
@@ -210,7 +227,7 @@ def analyse_many(
 
     Parameters
     ----------
-    model, images, branching, rule, selector, engine, store, ... : as for :func:`ssa.analyse`. ``images``
+    model, images, branching, rule, selector, preset, engine, store, ... : as for :func:`ssa.analyse`. ``images``
         may also be a folder with one sub-folder per class named by its index (``folder/3/*.png``).
     targets : ``"all"`` (every logit), a list of class indices, or ``"0,3,5"``.
     labels : integer labels (array or ``.npy``), one per image; not needed for ``"digits"`` or class folders.
@@ -227,8 +244,11 @@ def analyse_many(
     """
     from .api import Session
 
+    from .defaults import resolve_method
+
     branching = check_int("branching", branching, 1, "Pass --branching 1 or more.")
     wanted = parse_targets(targets) if isinstance(targets, str) else parse_targets(list(targets))
+    rule, rule_params, selector, selector_params = resolve_method(preset, rule, rule_params, selector, selector_params)
     make_selector(selector, **dict(selector_params or {}))  # refuse a bad selector before any work
     arr, lab = load_grouped_images(images, labels=labels, preprocess=preprocess)
     session = Session(model, arr, rule=rule, rule_params=rule_params, taps=taps, include_input=include_input,
@@ -285,4 +305,5 @@ def images_for_graph(network: Network, graph: Any, images: Any, *, labels: Any =
     if lab is None and not by_prediction:
         return arr[:max_per_class] if max_per_class else arr
     return group_images(network, arr, lab, [int(target)], by_prediction=bool(by_prediction),
-                        min_confidence=min_confidence, max_per_class=max_per_class)[int(target)].images
+                        min_confidence=min_confidence, max_per_class=max_per_class,
+                        for_graph=True)[int(target)].images

@@ -27,8 +27,8 @@ from .graph import atomic_write_bytes
 
 __all__ = ["build_report", "write_report"]
 
-_PARAMS = ("model", "branching", "rule", "rule_params", "selector", "selector_params", "grouping", "min_confidence",
-           "max_per_class")
+_PARAMS = ("model", "model_hash", "images_hash", "branching", "rule", "rule_params", "selector", "selector_params",
+           "grouping", "min_confidence", "max_per_class", "stop_at")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -140,7 +140,8 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
                  title: str | None = None, weight: str = "frequency", n_images: int = 8, batch_size: int = 32,
                  device: str = "cpu", backend: str | None = None, model_options: Mapping[str, Any] | None = None,
                  by_prediction: bool | None = None, min_confidence: float | None = None,
-                 max_per_class: int | None = None, explorer_href: str | None = None) -> str:
+                 max_per_class: int | None = None, explorer_href: str | None = None,
+                 allow_mixed: bool = False) -> str:
     """The report as one HTML string.
 
     Parameters
@@ -154,9 +155,11 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
     fmt : "png" (base64 ``<img>``) or "svg" (inline ``<svg>``).
     explorer_href : a relative link to the interactive explorer of the same graphs (``ssa explore``),
         shown at the top of the report.
+    allow_mixed : accept graphs made with different rules, selectors, parameters, branching factors or image
+        sets, and images other than the graphs' (graphs of different models are always refused).
     """
     from . import __version__
-    from .compare import compare, graph_labels
+    from .compare import compare, graph_labels, identical_graphs_quietly
     from .figures import FORMATS, class_figures, plot_clustermap, plot_dendrogram, plot_graph
 
     graphs = list(graphs)
@@ -169,29 +172,32 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
     names = list(names) if names is not None else [f"graph {i}" for i in range(len(graphs))]
     cmp = None
     if len(graphs) >= 2:
-        cmp = compare(graphs, weight=weight, names=names)
+        cmp = compare(graphs, weight=weight, names=names, allow_mixed=allow_mixed)
         labels_ = list(cmp.labels)
     else:  # one graph: nothing to compare
         labels_ = graph_labels(graphs, names)
     shared_any = cmp.shared_nodes() if cmp is not None else set()
     network = None
     if model is not None:
-        from .api import load_model
+        from .api import load_model, prepare_network
         from .multi import load_grouped_images
 
         network = load_model(model, backend=backend, device=device, **dict(model_options or {}))
         arr, arr_labels = load_grouped_images(images, labels=labels, preprocess=preprocess)  # read once
-        network.prepare(arr)
-        other = {g.graph.get("model") for g in graphs} - {None, network.name}
-        if other:
-            raise InvalidInputError(f"the graphs were made with model {sorted(other)[0]!r}, not {network.name!r}; "
-                                    "pass the model the graphs were made with.")
+        prepare_network(network, arr, images_spec=images, preprocess=preprocess)
+        from .compare import check_graph_images, check_graph_network
+        from .store import images_hash
+
+        loaded = images_hash(arr)
+        for g, name in zip(graphs, names):
+            check_graph_network(g, network, name)
+            check_graph_images(g, loaded, name, allow_mixed=allow_mixed)
     model_name = str(graphs[0].graph.get("model", "?"))
     title = title or f"SSA report: {model_name}, {len(graphs)} class{'es' if len(graphs) != 1 else ''}"
     anchors = [f"c{i}" for i in range(len(graphs))]
     parts: list[str] = []
     add = parts.append
-    with tempfile.TemporaryDirectory(prefix="ssa-report-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ssa-report-") as tmp, identical_graphs_quietly():
         tmpdir = Path(tmp)
         add(f"<h1>{_esc(title)}</h1>")
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")

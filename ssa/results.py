@@ -42,6 +42,7 @@ class AnalysisResult:
     taps : every tap of the model (execution order).
     steps : per-step statistics (outlier counts and mean relevance of every lower neuron).
     engines : which computation each visited step used ("fast", "autograd", "store").
+    notes : why the graph stops above the lowest tap it could reach, and what to try (empty when it does not).
     """
 
     graph: nx.DiGraph
@@ -55,6 +56,7 @@ class AnalysisResult:
     taps: tuple[Tap, ...]
     steps: tuple[StepRecord, ...] = ()
     engines: Mapping[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     def layers(self) -> list[LayerSummary]:
         """Per-tap summary, top (logits) first."""
@@ -91,6 +93,8 @@ class AnalysisResult:
             slow = [k for k, v in self.engines.items() if v != "fast"]
             lines.append(f"  steps: {fast} of {len(self.engines)} by the exact one-pass form"
                          + (f"; autograd for {', '.join(slow[:4])}{' ...' if len(slow) > 4 else ''}" if slow else ""))
+        for note in self.notes:
+            lines.append(f"  note: {note}")
         if never_total:
             lines.append(
                 f"  note: {never_total} kept neuron(s) never fire on the class's images (the gradient rule can select "

@@ -12,6 +12,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .errors import InvalidInputError, StoreError
 from .interfaces import Network, Rule, Tap
 from .store import RowView
 
@@ -92,19 +93,40 @@ class FastSource:
         self.engines: dict[str, str] = {}
         self._scalars: dict[str, np.ndarray] = {}
 
-    def _batches(self) -> Iterator[Mapping[str, np.ndarray]]:
+    @property
+    def _on_disk(self) -> bool:
+        return hasattr(self.stats, "path")
+
+    def _not_finite(self, i: int, what: str) -> None:
+        if self._on_disk:
+            raise StoreError(f"batch {i} of the store {str(self.stats.path)!r} holds NaN or infinite statistics "
+                             f"({what}); run `ssa collect --verify` to repair it.")
+        raise InvalidInputError(f"{what} is NaN or infinite on some images of batch {i}; the model produces "
+                                "non-finite values there: check its weights and the images' scaling.")
+
+    def _batches(self) -> Iterator[tuple[int, Mapping[str, np.ndarray]]]:
         for i, rows in enumerate(self._rows):
             if rows is not None and len(rows) == 0:
                 continue
             data = self.stats.batch(self.form, i)
-            yield data if rows is None else RowView(data, rows)
+            yield i, (data if rows is None else RowView(data, rows))
 
     def iter_relevance(self, upper: str, neurons: Sequence[int], rule: Rule) -> Iterator[dict[str, np.ndarray]]:
         if upper in self.fast and rule.fast_form == self.form:
             for p in next(t for t in self.taps if t.name == upper).parents:
                 self.engines[f"{upper} -> {p}"] = "fast"
-            for data in self._batches():
-                yield self.network.fast_relevance(upper, data, neurons, self.form)
+            for i, data in self._batches():
+                try:
+                    rel = self.network.fast_relevance(upper, data, neurons, self.form)
+                except (ValueError, IndexError, KeyError) as exc:  # arrays that do not fit together: a damaged store
+                    if not self._on_disk:
+                        raise
+                    raise StoreError(f"batch {i} of the store {str(self.stats.path)!r} does not fit this model "
+                                     f"({type(exc).__name__}); run `ssa collect --verify` to repair it.") from None
+                for omega in rel.values():
+                    if not np.isfinite(omega).all():
+                        self._not_finite(i, f"the relevance of step {upper}")
+                yield rel
             return
         if self._autograd is None:
             raise RuntimeError(f"step {upper} needs autograd but no images were given")
@@ -113,8 +135,38 @@ class FastSource:
 
     def scalars(self, tap: str) -> np.ndarray:
         if tap not in self._scalars:
-            self._scalars[tap] = np.concatenate([np.asarray(d[f"scalars/{tap}"]) for d in self._batches()])
+            parts = []
+            for i, d in self._batches():
+                part = np.asarray(d[f"scalars/{tap}"])
+                if not np.isfinite(part).all():
+                    self._not_finite(i, f"the scalars of tap {tap}")
+                parts.append(part)
+            self._scalars[tap] = np.concatenate(parts)
         return self._scalars[tap]
+
+
+def check_finite_stats(arrays: Mapping[str, np.ndarray], first: int) -> None:
+    """Refuse non-finite statistics of a batch (they would silently count as "no outlier")."""
+    for key in sorted(arrays, key=lambda k: (k != "scalars/logits", k)):  # the logits first: the likely cause
+        a = np.asarray(arrays[key])
+        if a.size and not np.isfinite(a).all():
+            rows = np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)) + first
+            where = "the model's logits are" if key == "scalars/logits" else f"the statistics {key!r} are"
+            raise InvalidInputError(
+                f"{where} NaN or infinite on {len(rows)} image(s) (first: image {int(rows[0])}); the model produces "
+                "non-finite values there: check its weights and the images' scaling.")
+
+
+def _shapes_of(store, form: str) -> dict[str, tuple[int, ...]]:
+    """Each key's shape after the image axis, from batch 0's file headers (nothing was collected this time)."""
+    known = store.shapes(form)
+    if known:
+        return known
+    try:
+        data = store.batch(form, 0)
+        return {k: tuple(np.asarray(data[k]).shape[1:]) for k in data}
+    except Exception:  # noqa: BLE001 - a broken batch 0: `ssa collect --verify` names it
+        return {}
 
 
 def collect(network: Network, images: np.ndarray, forms: Sequence[str], batch_size: int, store=None,
@@ -139,8 +191,9 @@ def collect(network: Network, images: np.ndarray, forms: Sequence[str], batch_si
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n_batches * len(forms), desc="collect", unit="batch", leave=False)
+        bar = tqdm(total=n_batches * len(forms), desc="collect", unit="batch", leave=False, disable=None)
     done = 0
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
     try:
         for i in range(n_batches):
             todo = [f for f in forms if store is None or not store.has_batch(f, i)]
@@ -153,6 +206,8 @@ def collect(network: Network, images: np.ndarray, forms: Sequence[str], batch_si
             batch = images[i * batch_size:(i + 1) * batch_size]
             for form in todo:  # one pass per form keeps memory at one form's statistics
                 arrays = network.collect(batch, [form])
+                check_finite_stats(arrays, i * batch_size)
+                shapes.setdefault(form, {k: tuple(v.shape[1:]) for k, v in arrays.items()})
                 if store is None:
                     stats.add(form, arrays)
                 else:
@@ -162,8 +217,31 @@ def collect(network: Network, images: np.ndarray, forms: Sequence[str], batch_si
             done += 1
         if store is not None:
             for form in forms:
-                store.mark_complete(form, n_batches)
+                known = shapes.get(form) or _shapes_of(store, form)
+                store.mark_complete(form, n_batches, known)
     finally:
         if bar is not None:
             bar.close()
     return stats
+
+
+def verify_store(network: Network, images: np.ndarray, store, forms: Sequence[str], batch_size: int
+                 ) -> list[tuple[str, int, str]]:
+    """Re-read every batch of ``forms`` in full and remove the broken ones (truncated or unreadable files,
+    missing keys, wrong shapes, NaN or infinite values), so that :func:`collect` computes them again.
+
+    The expected keys and shapes come from the network itself (one image). Returns
+    ``[(form, batch index, why)]`` of the batches removed.
+    """
+    n_batches = -(-int(images.shape[0]) // batch_size)
+    broken: list[tuple[str, int, str]] = []
+    for form in forms:
+        expected = {k: tuple(v.shape[1:]) for k, v in network.collect(images[:1], [form]).items()}
+        for i in range(n_batches):
+            if not store.has_batch(form, i):
+                continue  # missing batches are simply collected
+            why = store.verify_batch(form, i, expected)
+            if why is not None:
+                broken.append((form, i, why))
+                store.remove_batch(form, i)
+    return broken

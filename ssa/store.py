@@ -23,21 +23,43 @@ import json
 import os
 import shutil
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import StoreError
+from .checks import check_writable_dir, describe_os_error
+from .errors import OutputError, StoreError
 from .graph import atomic_write_bytes
 
-__all__ = ["images_hash", "StatsStore", "MemoryStats", "FORMAT_VERSION", "default_store_root"]
+__all__ = ["images_hash", "StatsStore", "MemoryStats", "FORMAT_VERSION", "default_store_root", "check_store_root"]
 
 FORMAT_VERSION = 1
 
 
 def default_store_root() -> Path:
     return Path(os.environ.get("SSA_STORE", ".ssa-store"))
+
+
+def check_store_root(root: str | os.PathLike, *, flag: str = "--store", write: bool = False) -> Path:
+    """Refuse a store path that is a file, or (``write``) one that cannot be created or written."""
+    p = Path(root)
+    if p.exists() and not p.is_dir():
+        raise StoreError(f"{flag} {str(p)!r} is a file; a statistics store is a folder: remove the file or pass "
+                         "another folder.")
+    if write:
+        anc = p
+        while not anc.exists() and anc.parent != anc:
+            anc = anc.parent
+        if not anc.is_dir():
+            raise StoreError(f"{flag}: {str(anc)!r} is a file, so the store {str(p)!r} cannot be created below it; "
+                             "pass another folder.")
+        try:
+            check_writable_dir(anc, flag)
+        except OutputError as exc:
+            raise StoreError(f"{exc} (the statistics store)") from None
+    return p
 
 
 def images_hash(images: np.ndarray) -> str:
@@ -56,20 +78,39 @@ def _file_to_key(name: str) -> str:
 
 
 class LazyArrays(Mapping):
-    """``{key: array}`` over ``.npy`` files, each memory-mapped when first asked for."""
+    """``{key: array}`` over ``.npy`` files, each memory-mapped when first asked for.
 
-    def __init__(self, files: Mapping[str, Path]) -> None:
+    ``rows`` and ``shapes`` (the images in the batch, and each key's shape after the image axis, as
+    ``complete.json`` records them) are checked on first access, so a file of the wrong shape is named.
+    """
+
+    def __init__(self, files: Mapping[str, Path], rows: int | None = None,
+                 shapes: Mapping[str, Sequence[int]] | None = None) -> None:
         self._files = dict(files)
         self._cache: dict[str, np.ndarray] = {}
+        self._rows = rows
+        self._shapes = dict(shapes or {})
 
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self._cache:
+            if key not in self._files:
+                folder = next(iter(self._files.values())).parent if self._files else "?"
+                raise StoreError(f"store batch {str(folder)!r} lacks {_key_to_file(key)!r}; run "
+                                 "`ssa collect --verify` to repair the store.")
             f = self._files[key]
             try:
-                self._cache[key] = np.load(f, mmap_mode="r", allow_pickle=False)
+                arr = np.load(f, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError):
-                raise StoreError(f"store file {str(f)!r} is corrupt; delete {str(f.parent)!r} and run "
-                                 "`ssa collect` again.") from None
+                raise StoreError(f"store file {str(f)!r} is corrupt (truncated or not a .npy array); run "
+                                 "`ssa collect --verify` to repair the store.") from None
+            want = None
+            if self._rows is not None:
+                want = (self._rows, *self._shapes[key]) if key in self._shapes else None
+                if arr.ndim == 0 or arr.shape[0] != self._rows or (want is not None and arr.shape != want):
+                    expected = want if want is not None else f"({self._rows}, ...)"
+                    raise StoreError(f"store file {str(f)!r} has shape {arr.shape}, expected {expected}; run "
+                                     "`ssa collect --verify` to repair the store.")
+            self._cache[key] = arr
         return self._cache[key]
 
     def __iter__(self):
@@ -124,6 +165,7 @@ class StatsStore:
         self.model_hash = model_hash
         self.image_hash = image_hash
         self._open: dict[tuple[str, int], LazyArrays] = {}
+        self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
 
     # -- metadata ---------------------------------------------------------------
     def meta(self) -> dict[str, Any] | None:
@@ -147,8 +189,12 @@ class StatsStore:
                         f"{meta.get(key)!r}); pass the same --batch-size or delete the store folder."
                     )
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.path / "meta.json", json.dumps(meta, indent=1, sort_keys=True).encode())
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.path / "meta.json", json.dumps(meta, indent=1, sort_keys=True).encode())
+        except OSError as exc:
+            raise StoreError(describe_os_error(exc, f"cannot create the store {str(self.path)!r}", show_file=False)
+                             ) from exc
 
     @property
     def n_images(self) -> int:
@@ -165,6 +211,13 @@ class StatsStore:
         return self._batch_dir(form, i).is_dir()
 
     def write_batch(self, form: str, i: int, arrays: Mapping[str, np.ndarray]) -> None:
+        try:
+            self._write_batch(form, i, arrays)
+        except OSError as exc:
+            raise StoreError(describe_os_error(exc, f"cannot write batch {i} of the store {str(self.path)!r}",
+                                               show_file=False)) from exc
+
+    def _write_batch(self, form: str, i: int, arrays: Mapping[str, np.ndarray]) -> None:
         final = self._batch_dir(form, i)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".tmp-batch-{i:05d}-{os.getpid()}"
@@ -188,8 +241,16 @@ class StatsStore:
             for p in d.glob(".tmp-batch-*"):
                 shutil.rmtree(p, ignore_errors=True)
 
-    def mark_complete(self, form: str, n_batches: int) -> None:
-        atomic_write_bytes(self.path / form / "complete.json", json.dumps({"n_batches": n_batches}).encode())
+    def mark_complete(self, form: str, n_batches: int, shapes: Mapping[str, Sequence[int]] | None = None) -> None:
+        """Record that every batch of ``form`` is there (and each key's shape after the image axis)."""
+        data: dict[str, Any] = {"n_batches": n_batches}
+        if shapes:
+            data["shapes"] = {k: [int(d) for d in v] for k, v in sorted(shapes.items())}
+        try:
+            atomic_write_bytes(self.path / form / "complete.json", json.dumps(data, sort_keys=True).encode())
+        except OSError as exc:
+            raise StoreError(f"cannot complete the store {str(self.path)!r}: {exc}") from exc
+        self._shapes.pop(form, None)
 
     def is_complete(self, form: str) -> bool:
         return (self.path / form / "complete.json").is_file()
@@ -201,15 +262,122 @@ class StatsStore:
         except (OSError, ValueError, KeyError):
             raise StoreError(f"store {str(self.path)!r} is incomplete for {form}; run `ssa collect` again.") from None
 
+    def batch_rows(self, i: int) -> int:
+        """The number of images in batch ``i``."""
+        meta = self.meta() or {}
+        n, bs = int(meta.get("n_images", 0)), int(meta.get("batch_size", 1))
+        return max(0, min(bs, n - i * bs))
+
+    def shapes(self, form: str) -> dict[str, tuple[int, ...]]:
+        """Each key's shape after the image axis, as recorded when the form was completed (empty if unknown)."""
+        try:
+            data = json.loads((self.path / form / "complete.json").read_text())
+            return {str(k): tuple(int(d) for d in v) for k, v in dict(data.get("shapes", {})).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return {}
+
     def batch(self, form: str, i: int) -> Mapping[str, np.ndarray]:
-        """The arrays of one batch, memory-mapped on first access (an analysis reads only its steps')."""
+        """The arrays of one batch, memory-mapped on first access (an analysis reads only its steps').
+
+        Each array's shape is checked against the batch's image count and the recorded shapes.
+        """
         key = (form, i)
         if key not in self._open:
             d = self._batch_dir(form, i)
             if not d.is_dir():
-                raise StoreError(f"store {str(self.path)!r} lacks batch {i} of {form}; run `ssa collect` again.")
-            self._open[key] = LazyArrays({_file_to_key(f.name): f for f in sorted(d.iterdir())})
+                raise StoreError(f"store {str(self.path)!r} lacks batch {i} of {form}; run `ssa collect --verify` "
+                                 "to repair it.")
+            if form not in self._shapes:
+                self._shapes[form] = self.shapes(form)
+            self._open[key] = LazyArrays({_file_to_key(f.name): f for f in sorted(d.iterdir())
+                                          if f.name.endswith(".npy")}, self.batch_rows(i), self._shapes[form])
         return self._open[key]
+
+    def verify_batch(self, form: str, i: int, expected: Mapping[str, Sequence[int]]) -> str | None:
+        """Read every array of batch ``i`` in full; why it is broken (missing, truncated, wrong shape, NaN), or None."""
+        d = self._batch_dir(form, i)
+        if not d.is_dir():
+            return "missing"
+        files = {_file_to_key(f.name): f for f in d.iterdir() if f.name.endswith(".npy")}
+        missing = sorted(set(expected) - set(files))
+        if missing:
+            return f"{_key_to_file(missing[0])} is missing"
+        rows = self.batch_rows(i)
+        for key, f in sorted(files.items()):
+            try:
+                arr = np.load(f, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                return f"{f.name} is unreadable ({(str(exc).splitlines() or [type(exc).__name__])[0][:80]})"
+            want = (rows, *expected[key]) if key in expected else None
+            if arr.ndim == 0 or arr.shape[0] != rows or (want is not None and arr.shape != want):
+                return f"{f.name} has shape {arr.shape}, expected {want or (rows, '...')}"
+            if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+                return f"{f.name} holds NaN or infinite values"
+        return None
+
+    def remove_batch(self, form: str, i: int) -> None:
+        """Delete batch ``i`` (``ssa collect`` then collects it again)."""
+        self._open.pop((form, i), None)
+        shutil.rmtree(self._batch_dir(form, i), ignore_errors=True)
+        (self.path / form / "complete.json").unlink(missing_ok=True)
+
+    @contextmanager
+    def writing(self, meta: dict[str, Any]):
+        """Lock the store and :meth:`init` it for writing batches.
+
+        When the run fails before a single batch is stored in a store it created, the store folders it
+        made are removed again, so a refused run (NaN logits, a model that raises) leaves nothing behind;
+        a store that holds batches is kept (``ssa collect`` resumes it).
+        """
+        missing = []
+        p = self.path
+        while not p.exists() and p.parent != p:
+            missing.append(p)
+            p = p.parent
+        try:
+            with self.lock():
+                self.init(meta)
+                yield self
+        except BaseException:
+            if missing and not any(self.path.glob("*/batch-*")):
+                shutil.rmtree(self.path, ignore_errors=True)
+                for d in missing[1:]:  # the model folder and the root, when this run made them and they are empty
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        break
+            raise
+
+    @contextmanager
+    def lock(self):
+        """Hold the store's write lock (``<store>/.lock``): a second writer is refused, not interleaved."""
+        import fcntl
+
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path / ".lock", "a+")
+        except OSError as exc:
+            raise StoreError(describe_os_error(exc, f"cannot write the store {str(self.path)!r}", show_file=False)
+                             ) from exc
+        try:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                who = fh.read().strip() or "?"
+                raise StoreError(f"another ssa process (pid {who}) is writing the store {str(self.path)!r}; wait for "
+                                 "it to finish, or use another --store.") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))  # named in the message a second writer gets
+            fh.flush()
+            try:
+                yield self
+            finally:
+                fh.seek(0)
+                fh.truncate()  # an idle store's lock file is empty, so stores stay byte-identical
+        finally:
+            fh.close()  # closing releases the lock
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*.npy"))

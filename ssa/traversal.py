@@ -20,12 +20,12 @@ from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Protocol, Seque
 
 import numpy as np
 
-from .core.arrays import asarray_like, device_of, host_view, namespace, to_numpy
-from .errors import PluginError
+from .checks import call_selector
+from .core.arrays import device_of, host_view, namespace, to_numpy
 from .interfaces import Rule, Selector, Tap
 
 __all__ = ["RelevanceSource", "RelevanceBlock", "StepRecord", "Kept", "rank_neurons", "top_b", "traverse",
-           "TraversalOutput", "apply_selector"]
+           "TraversalOutput", "apply_selector", "explain_stop"]
 
 
 class RelevanceBlock(NamedTuple):
@@ -145,33 +145,11 @@ def apply_selector(selector: Selector, rows: Any) -> Any:
     """Labels of ``rows`` (R, K) in {-1, 0, 1}, int8, on the rows' own array library and device.
 
     A selector that does not declare ``array_api = True`` gets float64 numpy rows (the
-    conversion happens here, at the boundary) and its result is moved back. The result is
-    validated: a selector that returns the wrong shape or values outside {-1, 0, 1} is named.
+    conversion happens at the boundary) and its result is moved back. The result is validated
+    (:func:`ssa.checks.call_selector`): a selector that raises, returns the wrong shape or values
+    outside {-1, 0, 1} is named as a plugin bug.
     """
-    xp = namespace(rows)
-    if getattr(selector, "array_api", False):
-        labels = selector.select(rows)
-        host = None
-    else:
-        host_rows = np.asarray(to_numpy(rows), dtype=np.float64)
-        host = np.asarray(selector.select(host_rows))
-        labels = host
-    shape = tuple(labels.shape)
-    if shape != tuple(rows.shape):
-        raise PluginError(f"selector {selector.name!r} returned an array of shape {shape} for rows of shape "
-                          f"{tuple(rows.shape)}; a selector must return one label per entry (a bug in the selector "
-                          "plugin: report it to its author).")
-    if host is not None:
-        bad = ~np.isin(host, (-1, 0, 1))
-        if bad.any():
-            raise PluginError(f"selector {selector.name!r} returned the label {host[bad].flat[0]!r}; labels must be "
-                              "-1, 0 or 1 (a bug in the selector plugin: report it to its author).")
-        return asarray_like(host.astype(np.int8), rows)
-    lab_xp = namespace(labels)
-    if bool(xp.any((labels != 0) & (labels != 1) & (labels != -1))) if lab_xp is xp else False:
-        raise PluginError(f"selector {selector.name!r} returned labels other than -1, 0 and 1 (a bug in the "
-                          "selector plugin: report it to its author).")
-    return labels if labels.dtype == xp.int8 else xp.astype(labels, xp.int8)
+    return call_selector(selector, rows)
 
 
 class _Acc:
@@ -278,3 +256,49 @@ def _finish_step(upper: str, parent: str, neurons: Sequence[int], a: _Acc, branc
     del xp
     return StepRecord(upper, parent, tuple(int(v) for v in neurons), counts, neg, mean_h,
                       nrn[j], k, cnt, mean_h[j, k].astype(np.float64), s)
+
+
+def explain_stop(taps: Sequence[Tap], steps: Sequence[StepRecord], active: Mapping[str, np.ndarray],
+                 rule: Rule, selector: Selector, *, stop_at: str | None = None) -> list[str]:
+    """Why a graph stops above the lowest tap it could reach, and what to try (empty when it does not stop).
+
+    For each step out of the graph's taps that kept nothing, one of: the upper neurons never fire on the
+    images (their relevance rows are all zero), the relevance is zero on every image, or the selector
+    found no outliers (with its parameters). A model without taps below the logits is said as such.
+    """
+    by_name = {t.name: t for t in taps}
+    logits = by_name.get("logits")
+    if logits is not None and not logits.parents:
+        return ["the model has no taps below the logits (no activation functions were found), so the graph is only "
+                "the class node; name taps with --taps, or add the input's channels with --include-input"]
+    floor = by_name[stop_at].order if stop_at else None
+    lowest_possible = min(t.order for t in taps if floor is None or t.order >= floor)  # stop_at itself is reached
+    nodes = {"logits"} | {s.parent for s in steps if any(kp.sign > 0 for kp in s.kept)}
+    if min(by_name[n].order for n in nodes) <= lowest_possible:
+        return []
+    notes = []
+    params = ", ".join(f"{k}={v}" for k, v in selector.params.items())
+    for s in steps:
+        if any(kp.sign > 0 for kp in s.kept) or s.upper not in nodes:
+            continue
+        frac = active.get(s.upper)
+        upper_active = None if frac is None or s.upper == "logits" else np.asarray(frac)[list(s.neurons)]
+        where = f"step {s.upper} -> {s.parent}"
+        if upper_active is not None and not (upper_active > 0).any():
+            tip = ("try --rule gradient_x_activation" if rule.name == "gradient" else
+                   "try other images of the class, or --stop-at above this tap")
+            notes.append(f"the graph stops at {s.upper}: its {len(s.neurons)} kept neuron(s) never fire on these images, "
+                         f"so every relevance row of {where} is zero; {tip}")
+        elif not np.any(s.mean):
+            notes.append(f"the graph stops at {s.upper}: the relevance of {where} is zero on every image; try "
+                         "--rule gradient_x_activation or other images")
+        else:
+            lower = {"tukey": "--selector-param k=1", "mad": "--selector-param threshold=2.5",
+                     "zscore": "--selector-param threshold=2"}.get(selector.name, "a lower selector threshold")
+            others = " or ".join(f"--selector {n}" for n in ("mad", "topk") if n != selector.name)
+            notes.append(f"the graph stops at {s.upper}: no outliers at {where} with selector {selector.name} "
+                         f"({params}); try {lower}, or {others}")
+    if not notes:
+        notes.append(f"the graph stops at {by_name[min(nodes, key=lambda n: by_name[n].order)].name}, above the "
+                     "lowest tap; try a lower selector threshold or --rule gradient_x_activation")
+    return notes

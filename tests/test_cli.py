@@ -37,16 +37,16 @@ def _one_line_error(capsys, *needles: str) -> str:
 def test_analyse_writes_graph_and_summary(threes, capsys):
     out = threes / "g.json"
     assert main(["analyse", "digits", "--images", str(threes / "x3.npy"), "-t", "3", "-b", "2",
-                 "--rule", "gradient_x_activation", "-o", str(out)]) == 0
+                 "--rule", "gradient_x_activation", "--selector", "tukey", "-o", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "class 3 of digits_cnn" in text and "features.1" in text and f"wrote {out}" in text
+    assert "class 3 of digits:" in text and "features.1" in text and f"wrote {out}" in text
     data = json.loads(out.read_text())
     assert data["graph"]["branching"] == 2 and data["graph"]["rule"] == "gradient_x_activation"
     g = ssa.read_graph(out)
     assert g.number_of_edges() > 3
     # graphml too
-    assert main(["analyse", "digits", "--images", str(threes / "x3.npy"), "-t", "3", "-q",
-                 "-o", str(threes / "g.graphml")]) == 0
+    assert main(["analyse", "digits", "--images", str(threes / "x3.npy"), "-t", "3", "-q", "--rule", "gradient",
+                 "--selector", "tukey", "-o", str(threes / "g.graphml")]) == 0
     assert ssa.read_graph(threes / "g.graphml").number_of_nodes() >= 1
 
 
@@ -74,7 +74,8 @@ def _bad_cases(d):
         "rule": (["analyse", "digits", "--images", imgs, "-t", "3", "--rule", "magic"], "unknown rule 'magic'"),
         "selector": (["analyse", "digits", "--images", imgs, "-t", "3", "--selector", "nope"],
                      "unknown selector 'nope'"),
-        "selector param": (["analyse", "digits", "--images", imgs, "-t", "3", "--selector-param", "k=-1"], "k"),
+        "selector param": (["analyse", "digits", "--images", imgs, "-t", "3", "--selector", "tukey",
+                            "--selector-param", "k=-1"], "k"),
         "out suffix": (["analyse", "digits", "--images", imgs, "-t", "3", "-o", str(d / "g.txt")], ".json"),
         "missing flag": (["analyse", "digits", "--images", imgs], "--target"),
     }
@@ -102,7 +103,7 @@ def test_no_traceback_in_a_real_process(threes):
 
 def test_model_sources_give_the_same_graph(threes, tmp_path):
     x = np.load(threes / "x3.npy")[:20]
-    ref = ssa.analyse(digits_cnn(), x, 3, rule="gradient_x_activation")
+    ref = ssa.analyse(digits_cnn(), x, 3, rule="gradient_x_activation", selector="tukey")
     edges = sorted(ref.graph.edges)
     assert edges
 
@@ -114,14 +115,14 @@ def test_model_sources_give_the_same_graph(threes, tmp_path):
     """))
     for source in (f"{tmp_path / 'mymodel.py'}:MODEL", f"{tmp_path / 'mymodel.py'}:build",
                    "ssa.models:digits_cnn", "digits"):
-        got = ssa.analyse(source, x, 3, rule="gradient_x_activation")
+        got = ssa.analyse(source, x, 3, rule="gradient_x_activation", selector="tukey")
         assert sorted(got.graph.edges) == edges, source
 
     pt2 = tmp_path / "digits.pt2"
     program = torch.export.export(digits_cnn(), (torch.from_numpy(x[:2]),),
                                   dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
     torch.export.save(program, str(pt2))
-    got = ssa.analyse(str(pt2), x, 3, rule="gradient_x_activation")
+    got = ssa.analyse(str(pt2), x, 3, rule="gradient_x_activation", selector="tukey")
     assert sorted(d["tap_order"] for _, d in got.graph.nodes(data=True)) == \
         sorted(d["tap_order"] for _, d in ref.graph.nodes(data=True))
     same = {(u.split(":")[1], v.split(":")[1], ref.graph.nodes[u]["tap_order"]) for u, v in ref.graph.edges}
@@ -169,9 +170,27 @@ def test_inline_plugin_registers_and_unregisters():
     try:
         reg = ssa.registry(refresh=True)
         assert "everything_positive" in reg.names("selector")
-        res = ssa.analyse("digits", "digits", 3, 1, selector="everything_positive")
+        res = ssa.analyse("digits", "digits", 3, 1, rule="gradient", selector="everything_positive")
         assert res.selector == "everything_positive"
     finally:
         pm.unregister(plugin)
         ssa.registry(refresh=True)
     assert "everything_positive" not in ssa.registry().names("selector")
+
+
+def test_pt2_with_a_static_batch_is_refused_by_check_and_analyse(tmp_path, capsys):
+    """A program exported with a static batch used to pass `ssa check` and fail in analyse with an AssertionError."""
+    x = torch.from_numpy(digits_data()[0][:4])
+    one = tmp_path / "static1.pt2"
+    torch.export.save(torch.export.export(digits_cnn(), (x[:1],)), str(one))
+    four = tmp_path / "static4.pt2"
+    torch.export.save(torch.export.export(digits_cnn(), (x,)), str(four))
+    for argv in (["check", str(one), "--input-shape", "1,8,8"], ["analyse", str(one), "--images", "digits", "-t", "3"],
+                 ["collect", str(one), "--images", "digits", "--store", str(tmp_path / "s")]):
+        assert main(argv) == 2, argv
+        line = _one_line_error(capsys, "runs on 1 image but fails on a batch of 2", "static batch size",
+                               "dynamic_shapes=({0: torch.export.Dim('batch', min=1)},)")
+        assert "internal error" not in line
+    assert main(["analyse", str(four), "--images", "digits", "-t", "3"]) == 2
+    _one_line_error(capsys, "exported for other input shapes", "dynamic_shapes")
+    assert not (tmp_path / "s").exists()

@@ -209,8 +209,30 @@ def test_compare_real_graphs_of_digits():
     """End to end on the embedded model: three classes, clustering is scipy's on the normalised vectors."""
     import ssa
 
-    res = ssa.analyse_many("digits", "digits", [1, 7, 4], rule="gradient_x_activation", max_per_class=12)
+    res = ssa.analyse_many("digits", "digits", [1, 7, 4], rule="gradient_x_activation", selector="tukey", max_per_class=12)
     cmp = compare([r.graph for r in res.values()])
     np.testing.assert_allclose(cmp.linkage, linkage(cmp.matrix / np.linalg.norm(cmp.matrix, axis=1)[:, None], "ward"))
     assert cmp.labels == ("class 1", "class 7", "class 4")
-    assert json.loads(json.dumps(cmp.to_dict()))["model"] == "digits_cnn"
+    assert json.loads(json.dumps(cmp.to_dict()))["model"] == "digits"
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("list.json", b"[1, 2]", "holds a JSON list, not a node-link graph"),
+    ("number.json", b"3", "holds a JSON int"),
+    ("broken.graphml", b"<graphml><broken", "is not a graph written by ssa (ParseError"),
+    ("nonssa.json", b'{"nodes": [{"id": "a"}], "edges": []}', "node 'a' of"),
+    ("notap.json", b'{"graph": {"target": 1}, "nodes": [{"id": "a", "neuron": 1}], "edges": []}',
+     "has no 'tap' and 'neuron' attributes"),
+    ("binary.json", bytes(range(256)), "UnicodeDecodeError"),
+    ("folder.json", None, "is a folder"),
+    ("graph.txt", b"{}", "must end in .json or .graphml"),
+])
+def test_files_that_are_not_ssa_graphs_are_refused_in_one_line(tmp_path, name, content, words):
+    p = tmp_path / name
+    if content is None:
+        p.mkdir()
+    else:
+        p.write_bytes(content)
+    with pytest.raises(InvalidInputError) as info:
+        read_graph(p)
+    assert words in str(info.value) and len(str(info.value).splitlines()) == 1

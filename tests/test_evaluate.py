@@ -173,10 +173,10 @@ def test_the_users_module_is_never_modified(class3) -> None:
     before = copy.deepcopy(model.state_dict())
     network = ssa.load_model(model)
     network.prepare(class3)
-    result = ssa.analyse(network, class3, 3)
+    result = ssa.analyse(network, class3, 3, preset="paper")
     faithfulness(network, class3, result.graph, ablation="zero", draws=2)
     faithfulness(network, class3, result.graph, ablation="mean", draws=2)
-    stability(network, class3, 3, resamples=1, graph=result.graph)
+    stability(network, class3, 3, resamples=1, graph=result.graph, rule="gradient", selector="tukey")
     assert model.training
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
@@ -206,7 +206,7 @@ def test_stability_is_seeded_and_bounded(net, class3) -> None:
     b = stability(net, class3, 3, seed=0, **kw)
     assert a == b
     assert 0.0 <= a.jaccard_mean <= 1.0 and 0.0 <= a.edge_jaccard_mean <= 1.0
-    full = ssa.analyse(net, class3, 3, rule="gradient_x_activation").graph
+    full = ssa.analyse(net, class3, 3, rule="gradient_x_activation", selector="tukey").graph
     assert set(a.node_frequency) == {n for n, d in full.nodes(data=True) if d["tap"] != "logits"}
     assert set(a.edge_frequency) == set(full.edges())
     assert all(v in (0.0, 1 / 3, 2 / 3, 1.0) for v in a.node_frequency.values())
@@ -215,13 +215,13 @@ def test_stability_is_seeded_and_bounded(net, class3) -> None:
 
 def test_identical_images_give_perfect_stability(net, class3) -> None:
     same = np.repeat(class3[:1], 12, axis=0)
-    s = stability(net, same, 3, rule="gradient_x_activation", resamples=3, seed=5)
+    s = stability(net, same, 3, rule="gradient_x_activation", selector="tukey", resamples=3, seed=5)
     assert s.jaccard_mean == 1.0 and s.jaccard_std == 0.0 and s.edge_jaccard_mean == 1.0
     assert set(s.node_frequency.values()) == {1.0} and s.new_nodes == {}
 
 
 def test_zero_resamples_give_nan(net, class3) -> None:
-    s = stability(net, class3, 3, resamples=0)
+    s = stability(net, class3, 3, rule="gradient", selector="tukey", resamples=0)
     assert math.isnan(s.jaccard_mean) and s.node_frequency == {}
 
 
@@ -280,7 +280,9 @@ def test_cli_evaluate(tmp_path, capsys) -> None:
     (["--selector-param", "nonsense=1"], "no evaluated selector has that parameter"),
     (["--selector-param", "zscore.k=1"], "names selector 'zscore', which is not evaluated"),
     (["--selector-param", "tukey.k=-1"], "must be >= 0"),
-    (["--targets", "12"], "target must be in [0, 9]"),
+    (["--targets", "12"], "--targets must be in [0, 9] (the model has 10 logits), got 12."),
+    (["--targets", "3,3"], "--targets lists a class twice, got '3,3'; list each class once."),
+    (["--out", "same.csv", "--layers-out", "same.csv"], "--out and --layers-out name the same file 'same.csv'"),
     (["--threads", "0"], "--threads must be >= 1"),
 ])
 def test_cli_evaluate_errors(argv, message, capsys) -> None:
@@ -297,3 +299,27 @@ def test_cli_several_targets_need_labels(tmp_path, capsys, digits) -> None:
     np.save(tmp_path / "x.npy", images[:50])
     code = main(["evaluate", "digits", "--images", str(tmp_path / "x.npy"), "--targets", "0,3"])
     assert code == 2 and "need labels" in capsys.readouterr().err
+
+
+def test_cli_evaluate_all_targets_and_same_output_file(tmp_path, capsys) -> None:
+    """`--targets all` is accepted (as by `ssa analyse`); one file for --out and --layers-out is refused before
+    any computation, so an existing table is not overwritten."""
+    same = tmp_path / "same.csv"
+    same.write_text("earlier table")
+    assert main(["evaluate", "digits", "--images", "digits", "--targets", "3", "--out", str(same), "--layers-out",
+                 str(same)]) == 2
+    assert same.read_text() == "earlier table"
+    capsys.readouterr()
+    out = tmp_path / "all.csv"
+    assert main(["evaluate", "digits", "--images", "digits", "--targets", "all", "--rules", "gradient_x_activation",
+                 "--selectors", "mad", "--draws", "1", "--resamples", "0", "--out", str(out), "-q"]) == 0
+    with open(out, newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["target"] for r in table] == [*map(str, range(10)), "mean"]
+
+
+def test_evaluate_refuses_a_class_twice() -> None:
+    from ssa.evaluate import compare as evaluate_compare
+
+    with pytest.raises(InvalidInputError, match="lists a class twice"):
+        evaluate_compare("digits", "digits", [3, 3], rules=["gradient"], selectors=["tukey"], resamples=0, draws=1)

@@ -85,8 +85,8 @@ def test_fast_graph_equals_autograd_graph(name, build, images, rule):
     x = images(12)
     model = build()
     target = int(np.bincount(load_logits(model, x).argmax(1)).argmax())
-    fast = ssa.analyse(model, x, target, 3, rule=rule, engine="auto", batch_size=5)
-    auto = ssa.analyse(model, x, target, 3, rule=rule, engine="autograd", batch_size=5)
+    fast = ssa.analyse(model, x, target, 3, rule=rule, selector="tukey", engine="auto", batch_size=5)
+    auto = ssa.analyse(model, x, target, 3, rule=rule, selector="tukey", engine="autograd", batch_size=5)
     assert any(v == "fast" for v in fast.engines.values())
     assert all(v == "autograd" for v in auto.engines.values())
     ef = sorted((u, v, d["frequency"]) for u, v, d in fast.graph.edges(data=True))
@@ -144,9 +144,9 @@ def test_fallback_reason_is_reported():
 def test_session_reanalyses_without_the_network(monkeypatch):
     from ssa.api import Session
 
-    s = Session("digits", "digits", labels=None)
+    s = Session("digits", "digits", labels=None, rule="gradient")
     s.labels_spec = None
-    first = s.analyse(3, 3)
+    first = s.analyse(3, 3, selector="tukey")
     net = s.network
 
     def boom(*a, **k):

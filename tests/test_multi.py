@@ -11,6 +11,7 @@ import ssa.api
 from ssa.cli import main
 from ssa.errors import InvalidInputError
 from ssa.multi import class_probabilities, group_images, parse_targets
+from ssa.outdir import MANIFEST
 
 GXA = "gradient_x_activation"
 
@@ -29,12 +30,12 @@ def _same_graph(a, b):
 
 def test_each_class_equals_a_single_analysis(digits):
     x, y = digits
-    res = ssa.analyse_many("digits", "digits", [0, 5], rule=GXA, max_per_class=15)
+    res = ssa.analyse_many("digits", "digits", [0, 5], rule=GXA, selector="tukey", max_per_class=15)
     assert list(res) == [0, 5]
     for c, r in res.items():
         assert r.target == c and r.n_images == 15
         assert r.graph.graph["grouping"] == "labels" and r.graph.graph["max_per_class"] == 15
-        single = ssa.analyse("digits", x[y == c][:15], c, rule=GXA)
+        single = ssa.analyse("digits", x[y == c][:15], c, rule=GXA, selector="tukey")
         _same_graph(r.graph, single.graph)
 
 
@@ -54,7 +55,7 @@ def test_model_loaded_and_prepared_once(monkeypatch):
 
     monkeypatch.setattr(ssa.api, "load_model", load)
     monkeypatch.setattr(TorchNetwork, "prepare", prepare)
-    res = ssa.analyse_many("digits", "digits", "all", max_per_class=4, by_prediction=True)
+    res = ssa.analyse_many("digits", "digits", "all", max_per_class=4, by_prediction=True, preset="paper")
     assert sorted(res) == list(range(10))
     assert calls == {"load": 1, "prepare": 1}
 
@@ -74,7 +75,7 @@ def test_grouping_by_prediction_and_confidence(digits):
     # with labels, the threshold applies to the labelled class's probability (the paper's selection)
     lab = group_images(net, x, y, [4], min_confidence=0.99)[4]
     assert np.all(y[lab.indices] == 4) and np.all(probs[lab.indices, 4] >= 0.99)
-    res = ssa.analyse_many("digits", x, [7], by_prediction=True, min_confidence=0.9, max_per_class=9)
+    res = ssa.analyse_many("digits", x, [7], by_prediction=True, min_confidence=0.9, max_per_class=9, preset="paper")
     assert res[7].n_images == 9 and res[7].graph.graph["grouping"] == "prediction"
     assert res[7].graph.graph["min_confidence"] == 0.9
 
@@ -98,12 +99,12 @@ def test_cli_class_folders(tmp_path, digits, capsys):
             Image.fromarray(np.uint8(np.round(im[0] * 255))).save(root / str(c) / f"{i}.png")
     out = tmp_path / "graphs"
     assert main(["analyse", "digits", "--images", str(root), "--channels", "1", "--targets", "3,5",
-                 "--rule", GXA, "--out-dir", str(out), "-q"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["class-3.json", "class-5.json"]
+                 "--rule", GXA, "--selector", "tukey", "--out-dir", str(out), "-q"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST) == ["class-3.json", "class-5.json"]
     g = ssa.read_graph(out / "class-5.json")
     assert g.graph["target"] == 5 and g.graph["n_images"] == 6
     # one class from class folders, with --target and --out
-    assert main(["analyse", "digits", "--images", str(root), "--channels", "1", "--target", "3",
+    assert main(["analyse", "digits", "--images", str(root), "--channels", "1", "--target", "3", "--preset", "paper",
                  "--out", str(tmp_path / "three.json"), "-q"]) == 0
     assert ssa.read_graph(tmp_path / "three.json").graph["n_images"] == 6
     capsys.readouterr()
@@ -114,9 +115,9 @@ def test_cli_labels_file(tmp_path, digits, capsys):
     np.save(tmp_path / "x.npy", x[:300])
     np.save(tmp_path / "y.npy", y[:300])
     assert main(["analyse", "digits", "--images", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
-                 "--targets", "1,2", "--out-dir", str(tmp_path / "g")]) == 0
+                 "--targets", "1,2", "--preset", "paper", "--out-dir", str(tmp_path / "g")]) == 0
     printed = capsys.readouterr().out
-    assert "class 1 of digits_cnn" in printed and "class 2 of digits_cnn" in printed
+    assert "class 1 of digits:" in printed and "class 2 of digits:" in printed
     assert ssa.read_graph(tmp_path / "g" / "class-2.json").graph["n_images"] == int((y[:300] == 2).sum())
 
 

@@ -120,7 +120,7 @@ def test_probabilities_without_softmax_node_use_log_probabilities(tmp_path):
     assert "logits: probabilities" in report.render() and "log-probabilities" in report.render()
     kept, p = select_confident(str(path), x, int(probs[0].argmax()), min_confidence=0.0)
     np.testing.assert_allclose(p, probs[:, int(probs[0].argmax())], rtol=1e-5)
-    assert ssa.analyse(str(path), x, 0).graph.number_of_nodes() >= 1
+    assert ssa.analyse(str(path), x, 0, preset="paper").graph.number_of_nodes() >= 1
 
 
 def test_log_softmax_output_is_stripped(tmp_path):
@@ -190,8 +190,8 @@ def test_unrecognised_activation_is_reported_and_taps_can_be_named(tmp_path):
     net = ssa.load_model(str(path), taps=[tap])
     net.prepare(x)
     assert [t.name for t in net.taps] == [tap, "logits"] and net.taps[0].shape == (6, 8, 8)
-    ref = ssa.analyse(model, x, 1, taps=["act"])
-    got = ssa.analyse(str(path), x, 1, taps=[tap])
+    ref = ssa.analyse(model, x, 1, taps=["act"], preset="paper")
+    got = ssa.analyse(str(path), x, 1, taps=[tap], preset="paper")
     assert {(d["tap"] == "logits", d["neuron"]) for _, d in got.graph.nodes(data=True)} == \
         {(d["tap"] == "logits", d["neuron"]) for _, d in ref.graph.nodes(data=True)}
 

@@ -83,7 +83,7 @@ def edges_of(graph, sign: int | None = None) -> dict[tuple[str, int, str, int], 
 @pytest.mark.parametrize("rule", ["gradient", "gradient_x_activation"])
 @pytest.mark.parametrize("cls", [0, 1])
 def test_graph_is_exactly_the_planted_circuit(cls: int, rule: str, engine: str) -> None:
-    result = ssa.analyse(planted_model(), images(), cls, 3, rule=rule, engine=engine)
+    result = ssa.analyse(planted_model(), images(), cls, 3, rule=rule, selector="tukey", engine=engine)
     edges = edges_of(result.graph)
     assert set(edges) == planted_edges(cls)
     assert all(d["frequency"] == N_IMAGES and d["sign"] == 1 for d in edges.values())
@@ -93,7 +93,7 @@ def test_graph_is_exactly_the_planted_circuit(cls: int, rule: str, engine: str) 
 
 
 def test_shared_neuron_is_the_union_of_its_upper_neurons() -> None:
-    g = ssa.analyse(planted_model(), images(), 0, 3).graph
+    g = ssa.analyse(planted_model(), images(), 0, 3, preset="paper").graph
     assert g.nodes["relu1:11"]["in_degree"] == 2  # kept by both relu2:5 and relu2:9
     assert set(g.predecessors("relu1:11")) == {"relu2:5", "relu2:9"}
     assert {d["neuron"] for _, d in g.nodes(data=True) if d["tap"] == "relu1"} == {3, 11, 14}
@@ -102,15 +102,16 @@ def test_shared_neuron_is_the_union_of_its_upper_neurons() -> None:
 
 
 def test_branching_one_keeps_the_strongest_planted_edge() -> None:
-    g = ssa.analyse(planted_model(), images(), 0, 1).graph
+    g = ssa.analyse(planted_model(), images(), 0, 1, preset="paper").graph
     assert set(edges_of(g)) == {("logits", 0, "relu2", 5), ("relu2", 5, "relu1", 3)}
 
 
 def test_inhibitory_circuit_needs_two_sided_selector() -> None:
     model = planted_model()
-    one_sided = ssa.analyse(model, images(), 2, 3).graph
+    one_sided = ssa.analyse(model, images(), 2, 3, preset="paper").graph
     assert one_sided.number_of_edges() == 0  # the only planted dependency of logit 2 is negative
-    two = ssa.analyse(model, images(), 2, 3, selector_params={"two_sided": True}).graph
+    two = ssa.analyse(model, images(), 2, 3, rule="gradient", selector="tukey",
+                      selector_params={"two_sided": True}).graph
     neg = edges_of(two, -1)
     assert set(neg) == {("logits", 2, "relu2", 12)}
     assert neg[("logits", 2, "relu2", 12)]["frequency"] == N_IMAGES

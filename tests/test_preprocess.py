@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import ssa
+
 from ssa.errors import InvalidInputError
 from ssa.images import Preprocess, load_images
 from ssa.preprocess import PRESETS, describe_preprocess, infer_layout, resolve_preprocess
@@ -122,3 +124,52 @@ def test_center_crop_larger_than_the_image(folder):
 def test_existing_preprocess_behaviour_is_kept(folder):
     got, _ = load_images(str(folder), preprocess=Preprocess(resize=(16, 16)))
     assert got.shape == (3, 3, 16, 16) and got.max() <= 1.0
+
+
+# -- options that do not apply to the input are refused, not ignored (issue 9) ----------------------------
+@pytest.mark.parametrize("extra, flag", [
+    (["--resize", "8,8"], "--resize"), (["--preprocess", "0-1"], "--preprocess"), (["--scale", "1"], "--scale"),
+    (["--mean", "0.5"], "--mean"), (["--std", "0.5"], "--std"), (["--layout", "nhwc"], "--layout"),
+    (["--channels", "1"], "--channels"), (["--bgr"], "--bgr"),
+])
+@pytest.mark.parametrize("images", ["npy", "digits"])
+def test_folder_options_for_arrays_are_refused(tmp_path, capsys, extra, flag, images):
+    from ssa.cli import main
+    from ssa.models import digits_data
+
+    spec = "digits"
+    if images == "npy":
+        spec = str(tmp_path / "x.npy")
+        np.save(spec, digits_data()[0][:10])
+    assert main(["analyse", "digits", "--images", spec, "-t", "3", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{flag} applies to folders of image files" in err[0] and f"drop {flag}" in err[0]
+
+
+def test_folder_options_beside_a_preset_are_refused(tmp_path, capsys):
+    from ssa.cli import main
+
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "imgs" / "a.png")
+    assert main(["analyse", "digits", "--images", str(tmp_path / "imgs"), "-t", "3", "--preprocess", "0-1",
+                 "--resize", "8,8"]) == 2
+    err = capsys.readouterr().err
+    assert "--resize cannot be combined with --preprocess" in err and err.count("\n") == 1
+    assert main(["check", "digits", "--input-shape", "1,8,8", "--scale", "1"]) == 2
+    assert "no --images was given" in capsys.readouterr().err
+
+
+def test_raw_0_255_arrays_get_a_one_line_warning(tmp_path, capsys):
+    from ssa.cli import main
+    from ssa.models import digits_data
+
+    x = digits_data()[0][:40]
+    np.save(tmp_path / "u8.npy", (x * 255).astype(np.uint8))
+    np.save(tmp_path / "f.npy", x)
+    assert main(["analyse", "digits", "--images", str(tmp_path / "u8.npy"), "-t", "3", "-q"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ssa: warning: the images look like raw 0-255 pixels")
+    assert main(["analyse", "digits", "--images", str(tmp_path / "f.npy"), "-t", "3", "-q"]) == 0
+    assert capsys.readouterr().err == ""
+    with pytest.warns(ssa.SSAWarning, match="raw 0-255 pixels"):
+        ssa.load_images(np.round(x * 255))

@@ -207,3 +207,86 @@ def test_parameters_are_converted_and_stored() -> None:
 def test_unknown_selector_is_a_plugin_error() -> None:
     with pytest.raises(ssa.PluginError, match="unknown selector 'grubbs'"):
         ssa.make_selector("grubbs")
+
+
+# -- plugin bugs are named when the traversal calls the selector (issue 9) ---------------------------------
+class _Bad(ssa.Selector):
+    parameters = {"two_sided": ssa.Param(False, "unused", bool)}
+
+
+class ReturnsTwo(_Bad):
+    name = "returns_two"
+
+    def select(self, rows):
+        return np.full(rows.shape, 2, np.int8)
+
+
+class WrongShape(_Bad):
+    name = "wrong_shape"
+
+    def select(self, rows):
+        return np.zeros((rows.shape[0], rows.shape[1] + 1), np.int8)
+
+
+class Raises(_Bad):
+    name = "raises"
+
+    def select(self, rows):
+        raise ZeroDivisionError("oops")
+
+
+class Halves(_Bad):
+    name = "halves"
+
+    def select(self, rows):
+        return np.full(rows.shape, 0.5)
+
+
+class RaisingRule(ssa.Rule):
+    name = "raising_rule"
+    fast_form = None
+
+    def combine(self, grad, activation):
+        raise RuntimeError("rule bug")
+
+
+@pytest.mark.parametrize("selector, words", [
+    (ReturnsTwo(), "selector 'returns_two' (from tests) returned 2 (expected only -1, 0 or +1"),
+    (WrongShape(), "returned an array of shape"),
+    (Raises(), "selector 'raises' (from tests) raised ZeroDivisionError: oops on relevance rows of shape"),
+    (Halves(), "returned 0.5"),
+])
+def test_a_selector_bug_is_named_not_counted(selector, words):
+    with pytest.raises(ssa.PluginError) as info:
+        ssa.analyse("digits", "digits", 3, 1, rule="gradient", selector=selector)
+    msg = str(info.value)
+    assert words in msg and "bug in the selector plugin" in msg and "--selector" in msg
+    assert len(msg.splitlines()) == 1
+
+
+def test_a_rule_bug_is_named():
+    x, _ = ssa.load_images("digits")
+    with pytest.raises(ssa.PluginError, match="rule 'raising_rule' .* raised RuntimeError: rule bug in combine"):
+        ssa.analyse("digits", x[:8], 3, 1, rule=RaisingRule(), selector="tukey")
+
+
+def test_a_selector_bug_in_the_cli_is_one_line_exit_2(capsys):
+    from ssa.cli import main
+    from ssa.plugins import get_plugin_manager, registry
+
+    class Plugin:
+        @ssa.hookimpl
+        def ssa_register_selectors(self, register):
+            register(ReturnsTwo)
+
+    pm = get_plugin_manager()
+    plugin = Plugin()
+    pm.register(plugin, name="returns-two")
+    try:
+        registry(refresh=True)
+        assert main(["analyse", "digits", "--images", "digits", "-t", "3", "--selector", "returns_two", "-q"]) == 2
+    finally:
+        pm.unregister(plugin)
+        registry(refresh=True)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ssa: error: selector 'returns_two'") and "internal" not in err[0]

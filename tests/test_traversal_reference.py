@@ -117,7 +117,8 @@ def cached_reference(case_name: str, rule: str) -> dict:
 def test_graph_equals_reference(case: ModelCase, rule: str, engine: str) -> None:
     model = case.build()
     images = case.images(N_IMAGES)
-    result = ssa.analyse(model, images, case.target, case.branching, rule=rule, engine=engine, batch_size=5)
+    result = ssa.analyse(model, images, case.target, case.branching, rule=rule, selector="tukey", engine=engine,
+                         batch_size=5)
     if engine == "autograd":
         assert set(result.engines.values()) == {"autograd"}
     got = graph_edges(result.graph)
@@ -160,7 +161,8 @@ def test_graph_equals_reference_with_branching_one_and_input_tap() -> None:
     case = residual_cnn
     model = case.build()
     images = case.images(12)
-    result = ssa.analyse(model, images, 0, 1, rule="gradient_x_activation", include_input=True, batch_size=7)
+    result = ssa.analyse(model, images, 0, 1, rule="gradient_x_activation", selector="tukey", include_input=True,
+                         batch_size=7)
     want = reference_ssa(model, images, case.taps_with_input(), 0, 1, "gradient_x_activation")
     got = graph_edges(result.graph)
     assert_same_edges(got, want)

@@ -36,8 +36,8 @@ def test_zoo_fast_equals_autograd(name):
     assert len(taps) > 5
     steps = net.describe_steps()
     assert any(v.startswith("fast") for v in steps.values()), steps
-    fast = ssa.analyse(model, x, target, 2, engine="auto")
-    auto = ssa.analyse(model, x, target, 2, engine="autograd")
+    fast = ssa.analyse(model, x, target, 2, engine="auto", preset="paper")
+    auto = ssa.analyse(model, x, target, 2, engine="autograd", preset="paper")
     assert sorted(fast.graph.edges) == sorted(auto.graph.edges)
     depth = {d["tap"] for _, d in fast.graph.nodes(data=True)}
     assert len(depth) >= 3, depth

@@ -36,13 +36,21 @@ def _finish(obj: Any, where: str) -> nn.Module:
             obj = obj()
         except TypeError as exc:
             raise ModelLoadError(f"{where} must be an nn.Module or a zero-argument callable returning one ({exc}).") from None
+        except Exception as exc:  # noqa: BLE001 - the user's code
+            text = str(exc).strip().splitlines()
+            raise ModelLoadError(f"calling {where}() to build the model raised {type(exc).__name__}"
+                                 f"{': ' + text[0][:160] if text else ''}; fix the model code.") from None
         if isinstance(obj, nn.Module):
             return obj
     raise ModelLoadError(f"{where} is {type(obj).__name__}, expected an nn.Module or a zero-argument callable returning one.")
 
 
 def load_module(source: Any) -> tuple[nn.Module, str]:
-    """Return ``(module, name)`` for an nn.Module, a .pt2 file, ``file.py:attr`` or ``pkg.mod:attr``."""
+    """Return ``(module, name)`` for an nn.Module, a .pt2 file, ``file.py:attr`` or ``pkg.mod:attr``.
+
+    The name is the module's class name for Python models (an object, ``file.py:attr``, ``pkg.mod:attr``)
+    and the file stem for a ``.pt2`` file (see :mod:`ssa.identity`).
+    """
     if isinstance(source, nn.Module):
         return source, type(source).__name__
     if isinstance(source, os.PathLike):
@@ -61,8 +69,9 @@ def load_module(source: Any) -> tuple[nn.Module, str]:
             program = torch.export.load(str(path))
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(
-                f"cannot read {source!r} as a torch.export program ({type(exc).__name__}); "
-                "save it with torch.export.save(torch.export.export(model, (x,)), path)."
+                f"cannot read {source!r} as a torch.export program ({type(exc).__name__}); save it with "
+                "torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch', "
+                "min=1)},)), path)."
             ) from None
         finally:
             logger.setLevel(level)
@@ -98,4 +107,5 @@ def load_module(source: Any) -> tuple[nn.Module, str]:
             raise ModelLoadError(f"cannot import module {left!r} ({exc}); check the name before the colon.") from None
         where = f"module {left!r}"
     obj = _resolve_attr(module, attr, where)
-    return _finish(obj, f"{left}:{attr}"), attr
+    built = _finish(obj, f"{left}:{attr}")
+    return built, type(built).__name__  # the class name, as for a module passed from Python

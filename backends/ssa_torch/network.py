@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 from torch import fx
 
-from ssa.errors import InvalidInputError, UnsupportedModelError
+from ssa.checks import call_rule
+from ssa.errors import InvalidInputError, SSAError, UnsupportedModelError
 from ssa.interfaces import Network, Rule, Tap
 
 from .canon import DEFAULT_PASSES, CanonPass, CanonReport, canonicalize
@@ -30,21 +31,44 @@ __all__ = ["TorchNetwork", "spatial_mean", "trace_module", "steps_summary"]
 _WORK_BYTES = 256 * 2**20  # budget for one chunk of batched gradients
 
 
+#: how to export a program that runs on any number of images (ssa runs the images in batches)
+EXPORT_FIX = ("torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch', "
+              "min=1)},)), 'model.pt2') with x a batch of 2 or more images")
+
+
 def trace_module(module: nn.Module, example: torch.Tensor) -> fx.GraphModule:
-    """An fx graph of ``module``: symbolic tracing, else ``torch.export``."""
+    """An fx graph of ``module``: symbolic tracing, else ``torch.export`` with a dynamic batch axis."""
     if isinstance(module, fx.GraphModule):
         return module
     try:
         return fx.symbolic_trace(module)
     except Exception as first:  # noqa: BLE001 - any tracing failure falls back to export
+        two = torch.cat([example[:1], example[:1]])  # a batch of 1 would be specialised to a constant
         try:
-            return torch.export.export(module, (example,)).module()
+            return torch.export.export(module, (two,),
+                                       dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)).module()
         except Exception as second:  # noqa: BLE001
             raise UnsupportedModelError(
-                f"cannot trace the model ({type(first).__name__}: {str(first).splitlines()[0][:120]}); "
-                "export it with torch.export.save(torch.export.export(model, (x,)), 'model.pt2') and pass the .pt2 file, "
-                "or name taps by hand."
+                f"cannot trace the model ({type(first).__name__}: {str(first).splitlines()[0][:120]}), nor export it "
+                f"with a dynamic batch ({type(second).__name__}); make the model traceable for any batch size and "
+                f"pass a .pt2 file made with {EXPORT_FIX}, or name taps by hand."
             ) from second
+
+
+def _check_batches(gm: fx.GraphModule, x: torch.Tensor) -> None:
+    """Refuse a module that runs on 1 image but not on a batch of 2 (a program exported with a static batch)."""
+    with torch.no_grad():
+        try:
+            gm(torch.cat([x, x]))
+        except (MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the model's own code or an exported program's guard
+            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            static = "Guard failed" in text or "_guards_fn" in dict(gm.named_modules())
+            why = ("it was exported with a static batch size; re-export it with " + EXPORT_FIX) if static else \
+                "ssa runs the images in batches: make the model accept any batch size"
+            raise UnsupportedModelError(f"the model runs on 1 image but fails on a batch of 2 ({text}); {why}.") \
+                from None
 
 
 def spatial_mean(t: torch.Tensor, channel_axis: int, lead: int = 1) -> torch.Tensor:
@@ -54,7 +78,36 @@ def spatial_mean(t: torch.Tensor, channel_axis: int, lead: int = 1) -> torch.Ten
     return t.mean(dim=dims) if dims else t
 
 
-class _CutInterpreter(fx.Interpreter):
+def _model_raised(n: fx.Node, exc: Exception, batch: int) -> InvalidInputError:
+    text = str(exc).strip().splitlines()
+    return InvalidInputError(
+        f"the model raised {type(exc).__name__} at node {n.name!r} "
+        f"({n.target if isinstance(n.target, str) else getattr(n.target, '__name__', n.op)}) on a batch of {batch} "
+        f"image(s){': ' + text[0][:160] if text else ''}; fix the model code, or check the images it gets.")
+
+
+class _ModelCode(fx.Interpreter):
+    """An interpreter whose errors inside the model's own modules and functions name the node (one line).
+
+    Out-of-memory errors pass through unchanged (the command line says to lower --batch-size).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.extra_traceback = False  # fx would append the node and a stack trace to the message: keep it one line
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            return super().run_node(n)
+        except (SSAError, MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the model's code
+            if n.op not in ("call_module", "call_function", "call_method"):
+                raise
+            raise _model_raised(n, exc, int(getattr(self, "args_batch", 0))) from exc
+
+
+class _CutInterpreter(_ModelCode):
     def __init__(self, gm: fx.GraphModule, cut: Mapping[str, str], input_node: str | None, grad: bool):
         super().__init__(gm, garbage_collect_values=True)
         self.cut = cut
@@ -103,6 +156,7 @@ class TorchNetwork(Network):
         self._plan: TapPlan | None = None
         self._gm: fx.GraphModule | None = None
         self._batched_ok = True
+        self._model_hash = None
         self.input_shape: tuple[int, ...] | None = None
         self.input_dtype = torch.float32
         self.canon_report: CanonReport | None = None
@@ -137,10 +191,13 @@ class TorchNetwork(Network):
             try:
                 _Shapes(gm).run(x)
             except Exception as exc:  # noqa: BLE001
-                raise InvalidInputError(
-                    f"the model failed on an input of shape {tuple(x.shape)}: {str(exc).splitlines()[0][:160]}; "
-                    "check the image shape and layout the model expects."
-                ) from None
+                text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                fix = "check the image shape and layout the model expects"
+                if "Guard failed" in text:
+                    fix = f"the program was exported for other input shapes; re-export it with {EXPORT_FIX}"
+                raise InvalidInputError(f"the model failed on an input of shape {tuple(x.shape)}: {text}; {fix}.") \
+                    from None
+        _check_batches(gm, x)
         gm = self._canonicalize(gm, x)
         shapes.clear()
         with torch.no_grad():
@@ -150,6 +207,7 @@ class TorchNetwork(Network):
         self._gm = gm
         self._example = x
         self._fast = None
+        self._model_hash: str | None = None
         self.input_shape = tuple(example.shape[1:])
         return self._plan.taps
 
@@ -188,17 +246,32 @@ class TorchNetwork(Network):
             out[term.parent] = out[term.parent] + om if term.parent in out else om
         return {k: v.cpu().numpy() for k, v in out.items()}
 
+    def model_hash(self) -> str:
+        """blake2b of the traced graph's code and every weight and buffer (names and bytes); cached per prepare()."""
+        if self._model_hash is None:
+            import hashlib
+
+            h = hashlib.blake2b(digest_size=16)
+            h.update(self.graph_module.code.encode())
+            for key, value in self.graph_module.state_dict().items():
+                h.update(key.encode())
+                h.update(value.detach().cpu().contiguous().numpy().tobytes() if value.dtype != torch.bfloat16
+                         else value.float().cpu().numpy().tobytes())
+            self._model_hash = h.hexdigest()
+        return self._model_hash
+
     def fingerprint(self) -> str:
+        """The model hash and the taps (names, shapes, channel axes, parents): what the statistics depend on."""
         import hashlib
 
         h = hashlib.blake2b(digest_size=16)
-        h.update(self.graph_module.code.encode())
+        h.update(self.model_hash().encode())
         h.update(repr([(t.name, t.shape, t.channel_axis, t.parents) for t in self.plan.taps]).encode())
-        for key, value in self.graph_module.state_dict().items():
-            h.update(key.encode())
-            h.update(value.detach().cpu().contiguous().numpy().tobytes() if value.dtype != torch.bfloat16
-                     else value.float().cpu().numpy().tobytes())
         return h.hexdigest()
+
+    def weight_arrays(self) -> list[np.ndarray]:
+        return [v.detach().float().cpu().numpy() for v in self.module.state_dict().values()
+                if isinstance(v, torch.Tensor) and v.is_floating_point()]
 
     def collect(self, batch: np.ndarray | torch.Tensor, forms: Sequence[str]) -> dict[str, np.ndarray]:
         """Per-image sufficient statistics of every closed-form step, and every tap's scalars, in one forward pass.
@@ -206,7 +279,8 @@ class TorchNetwork(Network):
         Keys: ``"scalars/<tap>"`` (B, N) and ``"<tap>/<term index>/<field>"`` (see the terms in
         :mod:`ssa_torch.closed_form`). Computed on the model's device; float32 numpy arrays here.
         """
-        interp = StatsInterpreter(self.graph_module, self.plan, self.closed_form, tuple(forms))
+        interp = _StatsRun(self.graph_module, self.plan, self.closed_form, tuple(forms))
+        interp.args_batch = len(batch)
         with torch.no_grad():
             interp.run(self.to_tensor(batch))
         return {k: v.float().cpu().numpy() for k, v in interp.stats.items()}
@@ -245,6 +319,7 @@ class TorchNetwork(Network):
         cut = {node: tap for tap, node in plan.node_of.items() if tap != plan.input_tap}
         x = self.to_tensor(batch)
         interp = _CutInterpreter(self.graph_module, cut, None, grad)
+        interp.args_batch = int(x.shape[0])
         if plan.input_tap is not None:
             if grad:
                 x = x.detach().requires_grad_(True)
@@ -293,7 +368,7 @@ class TorchNetwork(Network):
             for p, leaf, g in zip(parents, leaves, grads):
                 if g is None:
                     g = torch.zeros((j1 - j0, *leaf.shape), device=leaf.device, dtype=leaf.dtype)
-                c = rule.combine(g, leaf.detach().unsqueeze(0))
+                c = call_rule(rule, g, leaf.detach().unsqueeze(0))  # checked: a plugin bug is named
                 chunks[p.name].append(spatial_mean(c, p.channel_axis + 1, lead=2).double().cpu().numpy())
         return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
 
@@ -334,6 +409,9 @@ class TorchNetwork(Network):
     def closed_form_summary(self) -> str:
         """One line for ``ssa check``: how many steps take the closed form, and why the others do not."""
         return steps_summary(self.describe_steps())
+
+class _StatsRun(StatsInterpreter, _ModelCode):
+    """The statistics pass, with errors inside the model's own code named in one line (see :class:`_ModelCode`)."""
 
 
 def steps_summary(steps: Mapping[str, str]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..api import analyse
-from ..errors import InvalidInputError
+from ..checks import check_output_file
 from .analyse_many import add_many_args, run_many, wants_many
 from .common import add_engine_args, engine_options, add_image_args, add_method_args, add_model_args, method_options, model_options, preprocess_from
 
@@ -27,8 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if wants_many(args):  # several classes, or images grouped by class folders / predictions
         return run_many(args)
-    if args.out is not None and not args.out.lower().endswith((".json", ".graphml")):
-        raise InvalidInputError(f"--out must end in .json or .graphml, got {args.out!r}.")
+    if args.out is not None:
+        check_output_file(args.out, flag="--out", suffixes=(".json", ".graphml"))
     result = analyse(args.model, args.images, args.target, labels=args.labels, preprocess=preprocess_from(args),
                      device=args.device, batch_size=args.batch_size, backend=args.backend,
                      progress=not args.quiet, **model_options(args), **method_options(args),
@@ -39,4 +39,16 @@ def run(args: argparse.Namespace) -> int:
         print(result.summary())
         if args.out:
             print(f"wrote {path}")
+    else:
+        warn_notes(result)
     return 0
+
+
+def warn_notes(result) -> None:
+    """With --quiet the summary is not printed: say why a graph stops as one warning line each."""
+    import warnings
+
+    from ..errors import SSAWarning
+
+    for note in result.notes:
+        warnings.warn(f"class {result.target}: {note}", SSAWarning, stacklevel=2)

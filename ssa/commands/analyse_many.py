@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..checks import check_output_file
 from ..errors import InvalidInputError
 from ..multi import analyse_many, class_folders, parse_targets
+from ..outdir import ANALYSE_OUTPUTS, OutputDir
 from .common import engine_options, method_options, model_options, preprocess_from
 
 __all__ = ["add_many_args", "wants_many", "run_many"]
@@ -45,6 +47,15 @@ def wants_many(args: argparse.Namespace) -> bool:
 
 
 def run_many(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        check_output_file(args.out, flag="--out", suffixes=(".json", ".graphml"))
+    if args.out_dir is None:
+        return _run_many(args)
+    with OutputDir(args.out_dir, "analyse", ANALYSE_OUTPUTS):  # checked before computing; stale graphs removed
+        return _run_many(args)
+
+
+def _run_many(args: argparse.Namespace) -> int:
     targets = parse_targets(args.targets) if args.targets is not None else [args.target]
     results = analyse_many(args.model, args.images, targets, labels=args.labels, by_prediction=args.by_prediction,
                            min_confidence=args.min_confidence, max_per_class=args.max_per_class,
@@ -62,6 +73,11 @@ def run_many(args: argparse.Namespace) -> int:
             print(res.summary())
         for path in written:
             print(f"wrote {path}")
-    elif written:
-        print(f"wrote {len(written)} graph(s) to {Path(written[0]).parent}")
+    else:
+        from .analyse import warn_notes
+
+        for res in results.values():
+            warn_notes(res)
+        if written:
+            print(f"wrote {len(written)} graph(s) to {Path(written[0]).parent}")
     return 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..compare import compare, load_graphs
+from ..outdir import COMPARE_OUTPUTS, OutputDir
+from ..compare import compare, identical_graphs_quietly, load_graphs
 from ..errors import InvalidInputError
 from ..graph import write_graph
 
@@ -23,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shared", default=None,
                    help="classes (targets, comma-separated) whose shared sub-graph to write (default: all graphs)")
     p.add_argument("--format", default="png", choices=("png", "svg"), help="figure format (default png)")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="also accept graphs made with different rules, selectors, parameters, branching factors or "
+                        "image sets (graphs of different models are always refused)")
     p.set_defaults(run=run)
 
 
@@ -45,10 +49,17 @@ def _shared_indices(text: str | None, cmp) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.out_dir:
+        return _run(args)
+    with OutputDir(args.out_dir, "compare", COMPARE_OUTPUTS):  # checked first; a run's old files are replaced
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..figures import plot_clustermap, plot_dendrogram, plot_graph
 
     graphs, names = load_graphs(args.graphs)
-    cmp = compare(graphs, weight=args.weight, names=[Path(p).name for p in args.graphs])
+    cmp = compare(graphs, weight=args.weight, names=[Path(p).name for p in args.graphs], allow_mixed=args.allow_mixed)
     which = _shared_indices(args.shared, cmp)
     shared = cmp.shared(which)
     labels = list(cmp.labels)
@@ -62,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out_dir:
         out = Path(args.out_dir)
         fmt = args.format
-        written = [plot_clustermap(cmp, out / f"clustermap.{fmt}"),
-                   plot_clustermap(cmp, out / f"clustermap-nodes.{fmt}", kind="nodes"),
-                   plot_dendrogram(cmp, out / f"dendrogram.{fmt}")]
+        with identical_graphs_quietly():
+            written = [plot_clustermap(cmp, out / f"clustermap.{fmt}"),
+                       plot_clustermap(cmp, out / f"clustermap-nodes.{fmt}", kind="nodes"),
+                       plot_dendrogram(cmp, out / f"dendrogram.{fmt}")]
         written += cmp.write_tables(out)
         written.append(write_graph(shared, out / "shared.json"))
         if shared.number_of_nodes():

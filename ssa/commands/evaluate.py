@@ -6,9 +6,11 @@ import argparse
 import sys
 from typing import Any
 
+from ..checks import check_distinct_outputs, check_output_file
+from ..multi import parse_targets
 from ..errors import InvalidInputError
 from ..evaluate import ABLATIONS, compare, format_table, write_csv, write_layers_csv
-from .common import add_image_args, add_model_args, model_options, parse_ints, parse_kv, preprocess_from
+from .common import add_image_args, add_model_args, model_options, parse_kv, preprocess_from
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     add_image_args(p)
-    p.add_argument("--targets", "-t", required=True, help="comma-separated classes, e.g. 0,3")
+    p.add_argument("--targets", "-t", required=True, help="comma-separated classes, e.g. 0,3, or 'all'")
     p.add_argument("--rules", default=None, help="comma-separated rules (default: every installed rule)")
     p.add_argument("--selectors", default=None, help="comma-separated selectors (default: every installed selector)")
     p.add_argument("--rule-param", action="append", metavar="[RULE.]NAME=VALUE",
@@ -86,9 +88,10 @@ def run(args: argparse.Namespace) -> int:
     from ..plugins import registry
 
     for flag, path in (("--out", args.out), ("--layers-out", args.layers_out)):
-        if path is not None and not path.lower().endswith(".csv"):
-            raise InvalidInputError(f"{flag} must end in .csv, got {path!r}.")
-    targets = parse_ints(args.targets, "--targets") or ()
+        if path is not None:
+            check_output_file(path, flag=flag, suffixes=(".csv",))
+    check_distinct_outputs({"--out": args.out, "--layers-out": args.layers_out})
+    targets = parse_targets(args.targets)  # "all", or distinct class indices
     if args.threads is not None:
         if args.threads < 1:
             raise InvalidInputError(f"--threads must be >= 1, got {args.threads}.")
@@ -111,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  class {row.target}  {row.rule:<22} {row.selector:<12} {row.nodes:>4} nodes  "
                   f"{row.seconds:6.2f} s", file=sys.stderr, flush=True)
 
-    rows = compare(args.model, args.images, list(targets), rules=rules, selectors=selectors, rule_params=rule_params,
+    rows = compare(args.model, args.images, targets, rules=rules, selectors=selectors, rule_params=rule_params,
                    selector_params=selector_params, branching=args.branching, ablation=args.ablation,
                    draws=args.draws, resamples=args.resamples, seed=args.seed, labels=args.labels,
                    preprocess=preprocess_from(args), device=args.device, batch_size=args.batch_size,

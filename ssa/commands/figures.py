@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..api import load_model
-from ..compare import load_graphs
+from ..api import load_model, prepare_network
+from ..outdir import FIGURES_OUTPUTS, OutputDir
+from ..compare import check_graph_images, check_graph_network, load_graphs
+from ..store import images_hash
 from ..errors import InvalidInputError
 from ..graph import read_graph
 from ..multi import images_for_graph, load_grouped_images
@@ -34,25 +36,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="choose the class's images by prediction (default: as the graph was made)")
     p.add_argument("--min-confidence", type=float, default=None, help="override the graph's confidence threshold")
     p.add_argument("--max-per-class", type=int, default=None, help="override the graph's image cap")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="also accept a graph (and --compare graphs) made with different rules, selectors, parameters, branching factors or "
+                        "image sets (another model is always refused)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..figures import class_figures, parse_node
-
     if args.n_images < 1:
         raise InvalidInputError(f"--n-images must be >= 1, got {args.n_images}.")
+    with OutputDir(args.out_dir, "figures", FIGURES_OUTPUTS):  # checked first; a run's old figures are replaced
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..figures import class_figures, parse_node
+
     graph = read_graph(args.graph)
-    others, _ = load_graphs(args.compare) if args.compare else ([], [])
+    others, other_names = load_graphs(args.compare) if args.compare else ([], [])
     kept_by = None
-    if others:  # colour: how many of the graphs (this one and the others) keep each neuron
+    if others:  # of the same model, and (unless --allow-mixed) of the same run
+        from ..compare import same_model, same_run
+
+        names = [Path(args.graph).name, *(Path(p).name for p in args.compare)]
+        same_model([graph, *others], names)
+        if not args.allow_mixed:
+            same_run([graph, *others], names)
+        # colour: how many of the graphs (this one and the others) keep each neuron
         kept_by = {n: 1 + sum(n in g for g in others) for n in graph.nodes}
     network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
     arr, lab = load_grouped_images(args.images, labels=args.labels, preprocess=preprocess_from(args))
-    network.prepare(arr)
-    if graph.graph.get("model") not in (None, network.name):
-        raise InvalidInputError(f"the graph was made with model {graph.graph.get('model')!r}, not {network.name!r}; "
-                                "pass the model the graph was made with.")
+    prepare_network(network, arr, images_spec=args.images, preprocess=preprocess_from(args))
+    check_graph_network(graph, network, Path(args.graph).name)
+    check_graph_images(graph, images_hash(arr), Path(args.graph).name, allow_mixed=args.allow_mixed)
     images = images_for_graph(network, graph, arr, labels=lab, by_prediction=args.by_prediction,
                               min_confidence=args.min_confidence, max_per_class=args.max_per_class)
     neuron = parse_node(args.neuron) if args.neuron else None

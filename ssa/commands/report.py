@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..checks import check_output_file
 from ..compare import load_graphs
 from ..errors import InvalidInputError
 from .common import add_image_args, model_options, preprocess_from
@@ -25,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-images", type=int, default=8, help="images shown in the saliency and activation grids")
     p.add_argument("--explorer", default=None, metavar="PAGE",
                    help="link the report to this explorer (written by `ssa explore --out PAGE`)")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="also accept graphs made with different rules, selectors, parameters, branching factors or "
+                        "image sets (graphs of different models are always refused)")
     m = p.add_argument_group("model (optional: adds the figures that need the network)")
     m.add_argument("--model", default=None, help="the model the graphs were made with (as for `ssa analyse`)")
     m.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
@@ -42,11 +46,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n_images < 1:
         raise InvalidInputError(f"--n-images must be >= 1, got {args.n_images}.")
+    check_output_file(args.out, flag="--out", suffixes=(".html", ".htm"))
     graphs, names = load_graphs(args.graphs)
     path = write_report(args.out, graphs, names, model=args.model, images=args.images, labels=args.labels,
                         preprocess=preprocess_from(args), fmt=args.format, title=args.title, weight=args.weight,
                         n_images=args.n_images, batch_size=args.batch_size, device=args.device,
                         backend=args.backend, model_options=model_options(args) if args.model else None,
-                        explorer=args.explorer)
+                        explorer=args.explorer, allow_mixed=args.allow_mixed)
     print(f"wrote report {path.resolve()}")
     return 0
