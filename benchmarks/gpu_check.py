@@ -7,14 +7,22 @@ once with TF32 on) and the ONNX export patterns.
 
 Prints one JSON line per model: the ssa check summary, the worst relative omega error per form, graph equality.
 """
-import os, time, json, warnings
+import json
+import os
+import time
+import warnings
+
 warnings.simplefilter("ignore")
-import numpy as np, torch, torchvision
 from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from ssa_torch.closed_form import StatsInterpreter
+
 import ssa
 from ssa.api import load_model
-from ssa_torch.closed_form import StatsInterpreter
-from tests.models import ALL_CASES, _heavy_tail_
+from ssa.testing.models import ALL_CASES, _heavy_tail_
 from tests.test_fast import _grouped
 
 OUT = Path(os.environ.get("OUT", "/tmp"))

@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ssa_torch import spatial_mean
 
 import ssa
-from ssa.api import Session, run_traversal
-from ssa.sources import AutogradSource, FastSource, collect
-from ssa_torch import spatial_mean
+from ssa.engines.autograd import AutogradSource
+from ssa.engines.closed_form import FastSource
+from ssa.engines.statistics import collect
+from ssa.session import Session, run_traversal
 
 from .conftest import RESULTS, bench_device, bench_images
 

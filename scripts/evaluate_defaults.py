@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import ssa  # noqa: E402
 from ssa.cli import main  # noqa: E402
-from tests.models import ALL_CASES  # noqa: E402
+from ssa.testing.models import ALL_CASES  # noqa: E402
 
 N_IMAGES = 300
 COMMON = ["--draws", "5", "--resamples", "5", "--seed", "0", "--threads", "1", "--quiet"]

@@ -7,16 +7,25 @@
 
 from __future__ import annotations
 
-from .api import Session, analyse, load_model
-from .errors import (InvalidInputError, ModelLoadError, OutputError, PluginError, SSAError, SSAWarning, StoreError,
-                     UnsupportedModelError)
-from .graph import read_graph, write_graph
-from .hookspecs import hookimpl
-from .images import Preprocess, load_images
-from .multi import analyse_many
-from .interfaces import Backend, Network, Param, Rule, Selector, Tap
-from .plugins import get_plugin_manager, make_rule, make_selector, registry
-from .results import AnalysisResult, LayerSummary
+from ssa.api import analyse, analyse_many, load_model
+from ssa.core.interfaces import Backend, Network, Rule, Selector, Tap
+from ssa.core.params import Param
+from ssa.core.results import AnalysisResult, LayerSummary
+from ssa.errors import (
+                     InvalidInputError,
+                     ModelLoadError,
+                     OutputError,
+                     PluginError,
+                     SSAError,
+                     SSAWarning,
+                     StoreError,
+                     UnsupportedModelError,
+)
+from ssa.hookspecs import hookimpl
+from ssa.io.graphs import read_graph, write_graph
+from ssa.io.images import Preprocess, load_images
+from ssa.plugins import get_plugin_manager, make_rule, make_selector, registry
+from ssa.session import Session
 
 __version__ = "0.1.0"
 

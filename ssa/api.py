@@ -1,59 +1,25 @@
-"""The Python API: :func:`load_model` and :func:`analyse`."""
+"""The Python API: :func:`load_model` and :func:`analyse`.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .checks import check_device, check_int
-from .core.arrays import namespace, to_numpy
-from .defaults import resolve_method
-from .errors import InvalidInputError, PluginError
-from .graph import build_graph
-from .identity import builtin_name
-from .images import Preprocess, load_images, select_class
-from .interfaces import Network, Rule, Selector
-from .plugins import make_rule, make_selector, registry
-from .results import AnalysisResult
-from .sources import AutogradSource, FastSource, collect
-from .store import StatsStore, check_store_root, images_hash
-from .traversal import explain_stop, traverse
+from ssa.analysis.grouping import group_images, parse_targets
+from ssa.core.checks import check_int
+from ssa.core.defaults import resolve_method
+from ssa.core.interfaces import Rule, Selector
+from ssa.core.results import AnalysisResult
+from ssa.errors import InvalidInputError
+from ssa.io.folders import load_grouped_images
+from ssa.io.images import Preprocess
+from ssa.plugins import make_selector
+from ssa.session import Session, load_model
 
-__all__ = ["Session", "load_model", "analyse", "check_device", "check_int", "check_target", "n_classes", "run_traversal",
-           "prepare_network"]
-
-
-def load_model(model: Any, *, backend: str | None = None, device: str = "cpu", **options: Any) -> Network:
-    """Load ``model`` with the backend that can read it (or the one named).
-
-    ``model`` is an ``nn.Module``, a ``.pt2`` / ``.onnx`` path, ``file.py:attr``,
-    ``package.module:attr``, the built-in name ``"digits"``, or a loaded :class:`Network`.
-    Options (``taps``, ``include_input``, ``channel_axes``, ``output_index``, ``name``) go to the backend.
-    Without ``name``, a model whose weights are a built-in model's gets the built-in name (``digits``)
-    whatever it was loaded from (see :mod:`ssa.identity` for the naming policy).
-    """
-    if isinstance(model, Network):
-        return model
-    device = check_device(device)
-    reg = registry()
-    if backend is not None:
-        cls = reg.get("backend", backend)
-    else:
-        for cls in reg.backends():
-            if cls.can_load(model):
-                break
-        else:
-            raise PluginError(f"no installed backend can load {model!r}; installed backends: {', '.join(reg.names('backend'))}.")
-    network = cls().load(model, device=device, **options)
-    if not options.get("name"):
-        known = builtin_name(network.weight_arrays())
-        if known is not None:
-            network.name = known
-    return network
-
+__all__ = ["analyse", "analyse_many", "load_model"]
 
 def analyse(
     model: Any,
@@ -92,7 +58,7 @@ def analyse(
     target : the class (index into the logits).
     branching : b, how many lower neurons are kept per upper neuron and parent tap.
     rule, selector : registered names (see ``ssa plugins``) or configured instances; default
-        ``gradient_x_activation`` and ``mad`` (chosen by ``ssa evaluate``: see :mod:`ssa.defaults`).
+        ``gradient_x_activation`` and ``mad`` (chosen by ``ssa evaluate``: see :mod:`ssa.core.defaults`).
     preset : ``"paper"``: the paper's exact configuration (rule ``gradient``, Tukey k = 1.5, positive
         outliers only); then ``rule``, ``selector`` and their parameters must not be given.
     taps : tap names chosen by hand; ``stop_at`` : the lowest tap to expand down to.
@@ -117,261 +83,91 @@ def analyse(
                       store_mode=store_mode, progress=progress, only_target=target)
     return session.analyse(target, branching, selector=selector, selector_params=selector_params, stop_at=stop_at)
 
+from ssa.session import n_classes
 
-class Session:
-    """A model and an image set, prepared once: analyse any class, branching factor or selector again
-    from the same per-image statistics without running the network (method doc, section 6).
 
-    Construction stores the options; the model is loaded and the statistics computed on first use.
-    The parameters are those of :func:`analyse` (``preset`` fixes the rule here and the selector of every
-    :meth:`analyse`). With labels, each class is analysed on its own images.
-    ``only_target`` restricts the statistics to that class's images (what :func:`analyse` does).
+def analyse_many(
+    model: Any,
+    images: Any,
+    targets: str | Sequence[int] = "all",
+    branching: int = 3,
+    *,
+    labels: Any = None,
+    by_prediction: bool = False,
+    min_confidence: float | None = None,
+    max_per_class: int | None = None,
+    rule: str | Rule | None = None,
+    rule_params: Mapping[str, Any] | None = None,
+    selector: str | Selector | None = None,
+    selector_params: Mapping[str, Any] | None = None,
+    preset: str | None = None,
+    taps: Sequence[str] | None = None,
+    stop_at: str | None = None,
+    include_input: bool = False,
+    channel_axes: Mapping[str, int] | None = None,
+    output_index: int | None = None,
+    preprocess: Preprocess | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    backend: str | None = None,
+    name: str | None = None,
+    engine: str = "auto",
+    store: str | os.PathLike | None = None,
+    store_mode: str = "fill",
+    progress: bool = False,
+) -> dict[int, AnalysisResult]:
+    """Dependency graphs of several classes (paper, section 4), the model loaded and prepared once.
+
+    Parameters
+    ----------
+    model, images, branching, rule, selector, preset, engine, store, ... : as for :func:`ssa.analyse`. ``images``
+        may also be a folder with one sub-folder per class named by its index (``folder/3/*.png``).
+    targets : ``"all"`` (every logit), a list of class indices, or ``"0,3,5"``.
+    labels : integer labels (array or ``.npy``), one per image; not needed for ``"digits"`` or class folders.
+    by_prediction : group the images by the model's argmax prediction instead of by labels.
+    min_confidence : keep only images whose softmax probability of the class is >= this.
+    max_per_class : keep at most this many images per class (the first ones).
+
+    Returns
+    -------
+    ``{class: AnalysisResult}`` in class order. Each graph records how its images were chosen in
+    its attributes ``grouping`` ("labels" or "prediction"), ``min_confidence`` and ``max_per_class``.
+    With the fast engine the per-image statistics are computed once for the whole image set
+    (or read from ``store``) and shared by every class.
     """
-
-    def __init__(self, model: Any, images: Any, *, rule: str | Rule | None = None,
-                 rule_params: Mapping[str, Any] | None = None, labels: Any = None,
-                 preprocess: Preprocess | None = None, taps: Sequence[str] | None = None,
-                 include_input: bool = False, channel_axes: Mapping[str, int] | None = None,
-                 output_index: int | None = None, device: str = "cpu", batch_size: int = 32,
-                 backend: str | None = None, name: str | None = None, engine: str = "auto",
-                 store: str | os.PathLike | None = None, store_mode: str = "fill", progress: bool = False,
-                 only_target: int | None = None, preset: str | None = None) -> None:
-        self.model = model
-        self.images_spec = images
-        rule, rule_params, self._selector, self._selector_params = resolve_method(preset, rule, rule_params)
-        self.preset = preset
-        self.rule = make_rule(rule, **rule_params)
-        self.labels_spec = labels
-        self.preprocess = preprocess
-        self.options: dict[str, Any] = {"taps": taps, "include_input": include_input,
-                                        "channel_axes": channel_axes, "output_index": output_index}
-        if name is not None:
-            self.options["name"] = name
-        self.device = device
-        self.batch_size = check_int("batch_size", batch_size, 1, "Pass --batch-size 1 or more.")
-        self.backend = backend
-        if engine not in ENGINES:
-            raise InvalidInputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
-        self.engine = engine
-        if store_mode not in ("fill", "read"):
-            raise InvalidInputError(f"store_mode must be 'fill' or 'read', got {store_mode!r}.")
-        self.store = store
-        self.store_mode = store_mode
-        self.progress = progress
-        self.only_target = only_target
-        self._network: Network | None = None
-        self.images: np.ndarray | None = None
-        self.labels: np.ndarray | None = None
-        self._stats: Any = None
-        self._subset = False
-        self.images_hash: str | None = None
-
-    def prepare(self) -> "Session":
-        """Load the model and the images (once)."""
-        if self._network is None:
-            if self.store is not None:
-                check_store_root(self.store, flag="store")  # a file is refused before any work
-            network = load_model(self.model, backend=self.backend, device=self.device, **self.options)
-            arr, lab = load_images(self.images_spec, preprocess=self.preprocess, labels=self.labels_spec)
-            self.images_hash = images_hash(arr)  # the whole set, before a class is chosen (recorded in graphs)
-            prepare_network(network, arr, images_spec=self.images_spec, preprocess=self.preprocess)
-            form = self.rule.fast_form
-            if self.store is not None and self.store_mode == "read":
-                if not (form and open_store(network, arr, self.store).is_complete(form)):
-                    self.store = None  # the store does not hold this model and image set: work in memory
-            elif self.store is not None and form and self.engine != "autograd" and network.fast_taps(form) \
-                    and not open_store(network, arr, self.store).is_complete(form):
-                check_store_root(self.store, flag="store", write=True)  # it will be filled: writable?
-            if self.only_target is not None:
-                check_target(network, self.only_target)
-                if self.store is None:  # a store is keyed by the whole image set: select per class later
-                    arr, lab = select_class(arr, lab, self.only_target)
-                    self._subset = True
-            self.images, self.labels, self._network = arr, lab, network
-        return self
-
-    def restrict(self, indices: np.ndarray) -> None:
-        """Keep only ``images[indices]`` (and their labels); only before any statistics exist."""
-        if self._stats is not None:
-            raise RuntimeError("restrict() must come before the first analyse()")
-        self.prepare()
-        assert self.images is not None
-        self.images = self.images[indices]
-        if self.labels is not None:
-            self.labels = self.labels[indices]
-
-    @property
-    def network(self) -> Network:
-        return self.prepare()._network  # type: ignore[return-value]
-
-    def _source(self, indices: np.ndarray | None):
-        network, images = self.network, self.images
-        assert images is not None
-        rule = self.rule
-        fast = network.fast_taps(rule.fast_form) if self.engine != "autograd" and rule.fast_form else frozenset()
-        if self.engine == "fast" and not fast:
-            raise InvalidInputError(f"engine 'fast' was asked for, but no step of this model has the closed form "
-                                    f"for rule {rule.name!r}; use --engine auto.")
-        if not fast:
-            return AutogradSource(network, images if indices is None else images[indices], self.batch_size)
-        form = rule.fast_form
-        if self._stats is None:
-            st = open_store(network, images, self.store) if self.store is not None else None
-            if st is not None and st.is_complete(form):
-                self._stats = (st, int((st.meta() or {}).get("batch_size", self.batch_size)))
-            elif st is not None and self.store_mode == "fill":
-                with st.writing(store_meta(network, images, self.batch_size)):  # one writer at a time
-                    collect(network, images, [form], self.batch_size, store=st, progress=self.progress)
-                self._stats = (st, self.batch_size)
-            else:
-                stats = collect(network, images, [form], self.batch_size, progress=self.progress)
-                self._stats = (stats, self.batch_size)
-        stats, bs = self._stats
-        return FastSource(network, stats, form, images, bs, indices)
-
-    def analyse(self, target: int, branching: int = 3, *, selector: str | Selector | None = None,
-                selector_params: Mapping[str, Any] | None = None, stop_at: str | None = None,
-                indices: Sequence[int] | None = None) -> AnalysisResult:
-        """The dependency graph of class ``target`` (see :func:`analyse`).
-
-        ``selector`` : default the session's preset's, else ``mad`` (:mod:`ssa.defaults`).
-        ``indices`` : positions of the class's images in the session's image set (default: by labels, or all).
-        """
-        branching = check_int("branching", branching, 1, "Pass --branching 1 or more.")
-        target = check_int("target", target, 0)
-        if self.preset is not None:
-            _, _, sel, sel_params = resolve_method(self.preset, None, None, selector, selector_params)
-        else:
-            sel = self._selector if selector is None else selector
-            sel_params = dict(selector_params or {})
-        selector_obj = make_selector(sel, **sel_params)
-        network = self.network
-        check_target(network, target)
-        if stop_at is not None and stop_at not in {t.name for t in network.taps}:
-            raise InvalidInputError(
-                f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
-        if indices is not None:  # chosen by the caller (ssa.multi: predictions, confidence thresholds)
-            indices = np.asarray(indices, dtype=np.int64)
-            if len(indices) == 0:
-                raise InvalidInputError(f"class {target} has no image; choose a target that has images.")
-        elif self.labels is not None and not self._subset:
-            # by label: also when ``only_target`` is set but a store keeps the whole image set (the store is
-            # keyed by all the images, so the class is selected here, not in prepare())
-            indices = np.flatnonzero(self.labels == target)
-            if len(indices) == 0:
-                raise InvalidInputError(f"no image is labelled {target}; choose a target that has images.")
-        source = self._source(indices)
-        return run_traversal(source, network, target, branching, self.rule, selector_obj, stop_at=stop_at,
-                             images_hash=self.images_hash,
-                             progress=self.progress)
-
-
-ENGINES = ("auto", "fast", "autograd")
-
-
-def prepare_network(network: Network, images: np.ndarray, *, images_spec: Any = None,
-                    preprocess: Preprocess | None = None):
-    """``network.prepare(images)``; when the model refuses images read from a folder, say how ``--channels`` fits.
-
-    Grayscale files for a 3-channel model (or RGB files for a 1-channel one) are the usual cause.
-    """
-    try:
-        return network.prepare(images)
-    except InvalidInputError as exc:
-        hint = _channels_hint(images, images_spec, preprocess)
-        if hint is None:
-            raise
-        raise InvalidInputError(f"{str(exc).rstrip('.')}; {hint}") from None
-
-
-def _channels_hint(images: np.ndarray, spec: Any, preprocess: Preprocess | None) -> str | None:
-    from pathlib import Path
-
-    if not isinstance(spec, (str, os.PathLike)) or spec == "digits" or not Path(spec).is_dir() or images.ndim != 4:
-        return None
-    pre = preprocess or Preprocess()
-    c = int(images.shape[1] if pre.layout == "nchw" else images.shape[-1])
-    if c not in (1, 3):
-        return None
-    other = 3 if c == 1 else 1
-    kind = {1: "grayscale", 3: "RGB"}
-    return (f"the image files were read as {kind[c]} ({c} channel{'s' if c > 1 else ''}, --channels {c}); if the "
-            f"model expects {kind[other]} input, pass --channels {other}")
-
-
-def open_store(network: Network, images: np.ndarray, root: str | os.PathLike) -> StatsStore:
-    return StatsStore(root, network.name, network.fingerprint(), images_hash(images))
-
-
-def store_meta(network: Network, images: np.ndarray, batch_size: int) -> dict:
-    return {"model": network.name, "n_images": int(images.shape[0]), "batch_size": int(batch_size),
-            "image_shape": list(images.shape[1:]),
-            "taps": [[t.name, list(t.shape), t.channel_axis, list(t.parents)] for t in network.taps]}
-
-
-def n_classes(network: Network) -> int:
-    """Number of logits of a prepared network."""
-    for t in network.taps:
-        if t.name == "logits":
-            return int(t.shape[0])
-    raise RuntimeError("the network has no logits tap")
-
-
-def check_target(network: Network, target: int) -> int:
+    from ssa.core.defaults import resolve_method
+    
+    branching = check_int("branching", branching, 1, "Pass --branching 1 or more.")
+    wanted = parse_targets(targets) if isinstance(targets, str) else parse_targets(list(targets))
+    rule, rule_params, selector, selector_params = resolve_method(preset, rule, rule_params, selector, selector_params)
+    make_selector(selector, **dict(selector_params or {}))  # refuse a bad selector before any work
+    arr, lab = load_grouped_images(images, labels=labels, preprocess=preprocess)
+    session = Session(model, arr, rule=rule, rule_params=rule_params, taps=taps, include_input=include_input,
+                      channel_axes=channel_axes, output_index=output_index, device=device, batch_size=batch_size,
+                      backend=backend, name=name, engine=engine, store=store, store_mode=store_mode, progress=progress)
+    network = session.network  # loads and prepares the model once
     n = n_classes(network)
-    if not 0 <= target < n:
-        raise InvalidInputError(f"target must be in [0, {n - 1}] (the model has {n} logits), got {target}.")
-    return target
-
-
-def active_fraction(scalars) -> np.ndarray:
-    """Share of images in which each neuron's scalar is > 0 (on the scalars' device; a numpy result)."""
-    xp = namespace(scalars)
-    return to_numpy(xp.mean(xp.astype(scalars > 0, xp.float64), axis=0))
-
-
-def run_traversal(source, network: Network, target: int, branching: int, rule: Rule, selector: Selector,
-                  *, stop_at: str | None = None, progress: bool = False,
-                  images_hash: str | None = None) -> AnalysisResult:
-    """Traverse with ``source`` and assemble the result (shared by every engine).
-
-    ``images_hash`` : the content hash of the whole image set the class's images were chosen from
-    (recorded in the graph, with the model's content hash; see :mod:`ssa.identity`).
-    """
-    logits = to_numpy(source.scalars("logits"))
-    bad = ~np.isfinite(logits).all(axis=1)
-    if bad.any():
+    classes = list(range(n)) if wanted == "all" else parse_targets(list(wanted), n)
+    if stop_at is not None and stop_at not in {t.name for t in network.taps}:
         raise InvalidInputError(
-            f"the model's logits are NaN or infinite on {int(bad.sum())} of the {logits.shape[0]} images (first: "
-            f"image {int(np.flatnonzero(bad)[0])} of the class's); check the model's weights and the images' scaling.")
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc=f"class {target}", unit="batch", leave=False, disable=None)
-    try:
-        out = traverse(source, target, branching, rule, selector, stop_at=stop_at, progress=bar)
-    finally:
-        if bar is not None:
-            bar.close()
-    active = {t: active_fraction(source.scalars(t)) for t in out.selected}
-    active.setdefault("logits", active_fraction(source.scalars("logits")))
-    attrs = {
-        "branching": branching, "rule": rule.name, "rule_params": json.dumps(rule.params, sort_keys=True),
-        "selector": selector.name, "selector_params": json.dumps(selector.params, sort_keys=True),
-        "model": network.name, "model_hash": network.model_hash(), "images_hash": images_hash,
-        "stop_at": stop_at,
-        "tap_neurons": json.dumps({t.name: t.n_neurons for t in network.taps}),  # layer sizes, for reports
-    }
-    for s in out.steps:  # the upper neurons' active fractions, for saying why a graph stops
-        if s.upper not in active:
-            active[s.upper] = (source.scalars(s.upper) > 0).mean(axis=0)
-    notes = tuple(explain_stop(network.taps, out.steps, active, rule, selector, stop_at=stop_at))
-    if notes:
-        attrs["notes"] = json.dumps(list(notes))
-    graph = build_graph(taps=network.taps, steps=out.steps, target=target, n_images=source.n_images,
-                        active={t: a for t, a in active.items() if t in out.selected or t == "logits"}, attrs=attrs)
-    return AnalysisResult(graph=graph, target=target, branching=branching, rule=rule.name, selector=selector.name,
-                          selector_params=dict(selector.params), n_images=source.n_images, model=network.name,
-                          taps=tuple(network.taps), steps=out.steps, engines=dict(getattr(source, "engines", {})),
-                          notes=notes)
+            f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
+    groups = group_images(network, session.images, lab, classes, by_prediction=by_prediction,  # type: ignore[arg-type]
+                          min_confidence=min_confidence, max_per_class=max_per_class)
+    chosen = {c: groups[c].indices for c in classes}
+    union = np.unique(np.concatenate(list(chosen.values())))
+    if session.store is None and union.size < session.images.shape[0]:  # type: ignore[union-attr]
+        # statistics only for the images some class uses (nothing is computed before the first analyse);
+        # with a store, the whole set is kept so that it matches `ssa collect` on the same images
+        session.restrict(union)
+        chosen = {c: np.searchsorted(union, idx) for c, idx in chosen.items()}
+    results: dict[int, AnalysisResult] = {}
+    for c in classes:
+        res = session.analyse(c, branching, selector=selector, selector_params=selector_params, stop_at=stop_at,
+                              indices=chosen[c])
+        res.graph.graph["grouping"] = "prediction" if by_prediction else "labels"
+        if min_confidence is not None:
+            res.graph.graph["min_confidence"] = float(min_confidence)
+        if max_per_class is not None:
+            res.graph.graph["max_per_class"] = int(max_per_class)
+        results[c] = res
+    return results

@@ -19,7 +19,7 @@ def ssa_register_backends(register):
     """Register model backends.
 
     Call ``register(backend_class)`` once per class; the class derives from
-    :class:`ssa.interfaces.Backend` and has a unique ``name`` and a one-line
+    :class:`ssa.core.interfaces.Backend` and has a unique ``name`` and a one-line
     ``description``. Backends are asked in order of ``priority`` (highest first)
     whether they ``can_load`` a model source.
     """
@@ -30,7 +30,7 @@ def ssa_register_rules(register):
     """Register relevance rules.
 
     Call ``register(rule_class)`` once per class; the class derives from
-    :class:`ssa.interfaces.Rule` and has a unique ``name`` and ``description``.
+    :class:`ssa.core.interfaces.Rule` and has a unique ``name`` and ``description``.
     """
 
 
@@ -39,7 +39,7 @@ def ssa_register_selectors(register):
     """Register outlier selectors.
 
     Call ``register(selector_class)`` once per class; the class derives from
-    :class:`ssa.interfaces.Selector` and has a unique ``name``, a
+    :class:`ssa.core.interfaces.Selector` and has a unique ``name``, a
     ``description`` and documented keyword parameters.
     """
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import PluginError, SSAWarning
-from .interfaces import Backend, Rule, Selector
+from ssa import hookspecs
+from ssa.core.interfaces import Backend, Rule, Selector
+from ssa.errors import PluginError, SSAWarning
 
 __all__ = ["get_plugin_manager", "registry", "Registry", "PluginInfo", "SkippedPlugin", "skipped_plugins",
            "AUTOLOAD_ENV"]

@@ -78,7 +78,7 @@ def _warm_up() -> None:
     torch.set_num_threads(1)
     import ssa.cli  # noqa: F401
     from ssa.api import load_model
-    from ssa.images import load_images
+    from ssa.io.images import load_images
     from ssa.plugins import registry
 
     registry()
@@ -95,11 +95,11 @@ def _warm_up() -> None:
     import PIL.Image  # noqa: F401
     import torch.export  # noqa: F401
 
-    import ssa.compare  # noqa: F401
-    import ssa.evaluate  # noqa: F401
-    import ssa.figures  # noqa: F401
-    import ssa.report  # noqa: F401
-    from ssa.compare import compare, ward_linkage  # noqa: F401 - scipy
+    import ssa.analysis.compare  # noqa: F401
+    import ssa.analysis.evaluate  # noqa: F401
+    import ssa.viz.figures  # noqa: F401
+    import ssa.viz.report  # noqa: F401
+    from ssa.analysis.compare import ward_linkage
 
     ward_linkage(np.eye(2))
 

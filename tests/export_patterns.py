@@ -1,7 +1,7 @@
 """Real-world export patterns, built by the tests themselves (onnx.helper and torch.onnx.export).
 
 Each :class:`Pattern` is a torch model with its taps written out by hand (for the slow reference,
-:mod:`tests.reference`) and an ONNX file computing the same function the way an exporter writes it:
+:mod:`ssa.testing.reference`) and an ONNX file computing the same function the way an exporter writes it:
 
 * ``keras_flatten``: Keras / tf2onnx: NHWC input, the flatten before the dense layers reshapes with a
   shape computed by Shape -> Gather -> Unsqueeze -> Concat, dense layers as MatMul + Add;
@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
 
-from .models import RefTap
+from ssa.testing.models import RefTap
+
 from .onnx_models import export, heavy_tail_, images
 
 __all__ = ["Pattern", "PATTERNS", "build_pattern"]
@@ -38,7 +39,7 @@ __all__ = ["Pattern", "PATTERNS", "build_pattern"]
 class Pattern:
     name: str
     model: nn.Module
-    taps: tuple[RefTap, ...]  # for tests.reference (execution order, logits last)
+    taps: tuple[RefTap, ...]  # for ssa.testing.reference (execution order, logits last)
     path: Path
     images: np.ndarray
     target: int

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .models import ChannelsLastCNN, _heavy_tail_
+from ssa.testing.models import ChannelsLastCNN, _heavy_tail_
 
 __all__ = ["vgg_style", "resnet_style", "mobilenet_style", "channels_last", "KerasStyleTorch", "keras_style_torch",
            "keras_style_onnx", "shared_bias", "export", "images", "heavy_tail_"]

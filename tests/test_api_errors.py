@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import ssa
-
-from .models import plain_cnn
+from ssa.testing.models import plain_cnn
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,17 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch import fx
-
-from ssa_torch.canon import (CollapsePermutes, DropIdentities, FoldAffine, LayersAsModules, OutOfPlace,
-                             ResolveShapes, canonicalize)
+from ssa_torch.canon import (
+    CollapsePermutes,
+    DropIdentities,
+    FoldAffine,
+    LayersAsModules,
+    OutOfPlace,
+    ResolveShapes,
+    canonicalize,
+)
 from ssa_torch.kinds import node_kind
+from torch import fx
 
 
 def _run_pass(module: nn.Module, shape: tuple[int, ...], passes, *, export: bool = False, protect=()):

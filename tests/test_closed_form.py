@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-
-import ssa
-from ssa.cli import main
 from ssa_torch.closed_form import LinearOp, NotClosedForm, scatter_channels
 from ssa_torch.closed_form.conv import factor_scale
 
-from .models import _heavy_tail_
+import ssa
+from ssa.cli import main
+from ssa.testing.models import _heavy_tail_
+
 from .test_fast import _omega_close
 
 

@@ -8,14 +8,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from ssa_torch.closed_form import (
+    ClosedForm,
+    NotClosedForm,
+    Term,
+    as_tensor,
+    closed_forms,
+    register_closed_form,
+    unregister_closed_form,
+)
 
 import ssa
 from ssa.errors import PluginError
 from ssa.plugins import get_plugin_manager
-from ssa_torch.closed_form import (ClosedForm, NotClosedForm, Term, as_tensor, closed_forms, register_closed_form,
-                                   unregister_closed_form)
-
-from .models import _heavy_tail_
+from ssa.testing.models import _heavy_tail_
 
 
 def channel_scale(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Comparing class graphs (ssa.compare, `ssa compare`): clustering against scipy, shared sub-graph, tables."""
+"""Comparing class graphs (ssa.analysis.compare, `ssa compare`): clustering against scipy, shared sub-graph, tables."""
 
 from __future__ import annotations
 
@@ -11,11 +11,20 @@ import pytest
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist, squareform
 
+from ssa.analysis.compare import (
+    bag_of_nodes,
+    compare,
+    cosine_similarity,
+    frequency_ranks,
+    interconnectedness,
+    jaccard,
+    jaccard_by_layer,
+    shared_subgraph,
+    ward_linkage,
+)
 from ssa.cli import main
-from ssa.compare import (bag_of_nodes, compare, cosine_similarity, frequency_ranks, interconnectedness, jaccard,
-                         jaccard_by_layer, shared_subgraph, ward_linkage)
 from ssa.errors import InvalidInputError
-from ssa.graph import read_graph, write_graph
+from ssa.io.graphs import read_graph, write_graph
 
 TAPS = {"logits": 3, "fc": 2, "conv2": 1, "conv1": 0}
 

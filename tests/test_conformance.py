@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import ssa
-from ssa.conformance import CHECKS, assert_selector_conforms, check_selector
 from ssa.plugins import registry
+from ssa.testing.conformance import CHECKS, assert_selector_conforms, check_selector
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_SRC = ROOT / "plugins" / "ssa_example_selector" / "src" / "ssa_example_selector" / "__init__.py"

@@ -7,7 +7,7 @@ import pytest
 
 import ssa
 from ssa.cli import main
-from ssa.defaults import DEFAULT_RULE, DEFAULT_SELECTOR, PRESETS
+from ssa.core.defaults import DEFAULT_RULE, DEFAULT_SELECTOR, PRESETS
 
 
 def _edges(result):

@@ -9,8 +9,8 @@ import torch
 
 import ssa
 from ssa.core.arrays import median_sorted, percentile_rows
-from ssa.graph import build_graph
-from ssa.traversal import StepRecord, rank_neurons, top_b
+from ssa.core.graph import build_graph
+from ssa.core.traversal import StepRecord, rank_neurons, top_b
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

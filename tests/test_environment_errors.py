@@ -54,7 +54,7 @@ def test_output_checks_come_before_the_computation(tmp_path, capsys, monkeypatch
     def boom(*a, **k):
         raise AssertionError("the analysis ran although the output cannot be written")
 
-    monkeypatch.setattr(ssa.api.Session, "prepare", boom)
+    monkeypatch.setattr(ssa.session.Session, "prepare", boom)
     (tmp_path / "afile").write_text("user data")
     (tmp_path / "adir.json").mkdir()
     cases = [
@@ -82,7 +82,7 @@ def test_read_only_output_folder(unwritable_dir, capsys):
 
 def test_disk_full_while_writing(tmp_path, capsys, monkeypatch):
     """ENOSPC at the end of an atomic write: one line, no temporary file left, the old file intact."""
-    import ssa.graph
+    import ssa.io.atomic
 
     out = tmp_path / "g.json"
     out.write_text("previous result")
@@ -90,7 +90,7 @@ def test_disk_full_while_writing(tmp_path, capsys, monkeypatch):
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(ssa.graph.os, "fsync", full)
+    monkeypatch.setattr(ssa.io.atomic.os, "fsync", full)
     assert main(["analyse", "digits", "--images", "digits", "-t", "3", "-q", "-o", str(out)]) == 2
     _one_line(capsys, "No space left on device", "ENOSPC", str(out))
     assert out.read_text() == "previous result"
@@ -139,7 +139,7 @@ def test_closed_pipe_is_quiet(tmp_path):
 
 
 def test_bugs_stay_internal_errors_and_debug_shows_the_traceback(capsys, monkeypatch):
-    import ssa.commands.plugins as cmd
+    import ssa.cli.commands.plugins as cmd
 
     def bug(args):
         raise KeyError("a bug in ssa")

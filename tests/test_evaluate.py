@@ -1,4 +1,4 @@
-"""ssa.evaluate and ``ssa evaluate``: ablation faithfulness, bootstrap stability, the comparison table."""
+"""ssa.analysis.evaluate and ``ssa evaluate``: ablation faithfulness, bootstrap stability, the comparison table."""
 
 from __future__ import annotations
 
@@ -12,10 +12,19 @@ import pytest
 import torch
 
 import ssa
+from ssa.analysis.evaluate import (
+    TABLE_COLUMNS,
+    compare,
+    evaluate,
+    faithfulness,
+    format_table,
+    graph_neurons,
+    stability,
+    write_csv,
+    write_layers_csv,
+)
 from ssa.cli import main
 from ssa.errors import InvalidInputError
-from ssa.evaluate import (TABLE_COLUMNS, compare, evaluate, faithfulness, format_table, graph_neurons, stability,
-                          write_csv, write_layers_csv)
 from ssa.models import digits_cnn
 
 TAP_MODULES = {"features.1": ("features", 1), "features.3": ("features", 3), "features.6": ("features", 6),
@@ -319,7 +328,7 @@ def test_cli_evaluate_all_targets_and_same_output_file(tmp_path, capsys) -> None
 
 
 def test_evaluate_refuses_a_class_twice() -> None:
-    from ssa.evaluate import compare as evaluate_compare
+    from ssa.analysis.evaluate import compare as evaluate_compare
 
     with pytest.raises(InvalidInputError, match="lists a class twice"):
         evaluate_compare("digits", "digits", [3, 3], rules=["gradient"], selectors=["tukey"], resamples=0, draws=1)

@@ -13,12 +13,22 @@ import numpy as np
 import pytest
 
 import ssa
-from ssa import figures as F
+from ssa.analysis.compare import compare
 from ssa.cli import main
-from ssa.compare import compare
 from ssa.errors import InvalidInputError
-from ssa.viz.explorer import explorer_files, layered_positions, node_file, write_explorer
-from ssa.viz.explorer.references import _pair_gradients, _per_image_relevance, class_indices, reference_images
+from ssa.viz import figures as F
+from ssa.viz.explorer import (
+    explorer_files,
+    layered_positions,
+    node_file,
+    write_explorer,
+)
+from ssa.viz.explorer.references import (
+    _pair_gradients,
+    _per_image_relevance,
+    class_indices,
+    reference_images,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "ssa" / "viz" / "explorer" / "static"

@@ -18,8 +18,8 @@ import networkx as nx
 import pytest
 
 import ssa
+from ssa.analysis.compare import compare
 from ssa.cli import main
-from ssa.compare import compare
 from tests.browser import launch, needs_chromium, watched_page
 
 pytestmark = needs_chromium
@@ -103,7 +103,7 @@ def test_load_and_search_a_class(browser, built):
     status = page.locator("#status").inner_text()
     assert f"{g7.number_of_nodes()} neurons" in status and f"{g7.number_of_edges()} edges" in status
     assert page.evaluate("window.ssaExplorer.sigma.getGraph().order") == g7.number_of_nodes()
-    page.fill("#search", "")  # similarities to class 7, in dendrogram order, from ssa.compare
+    page.fill("#search", "")  # similarities to class 7, in dendrogram order, from ssa.analysis.compare
     cmp = compare([built["graphs"][c] for c in range(10)])
     order = [int(t) for t in page.locator("#class-list li").evaluate_all("els => els.map(e => e.dataset.class)")]
     assert order == list(cmp.order)

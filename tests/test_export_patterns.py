@@ -9,12 +9,12 @@ computes) for both rules.
 from __future__ import annotations
 
 import pytest
-
-import ssa
 from ssa_onnx import OnnxNetwork
 
+import ssa
+from ssa.testing.reference import reference_ssa
+
 from .export_patterns import PATTERNS, build_pattern
-from .reference import reference_ssa
 from .test_fast import _omega_close
 
 NAMES = list(PATTERNS)

@@ -9,8 +9,7 @@ import torch.nn as nn
 
 import ssa
 from ssa.api import load_model
-
-from .models import ALL_CASES, _heavy_tail_
+from ssa.testing.models import ALL_CASES, _heavy_tail_
 
 
 class GroupedNet(nn.Module):
@@ -142,7 +141,7 @@ def test_fallback_reason_is_reported():
 
 
 def test_session_reanalyses_without_the_network(monkeypatch):
-    from ssa.api import Session
+    from ssa.session import Session
 
     s = Session("digits", "digits", labels=None, rule="gradient")
     s.labels_spec = None
@@ -217,9 +216,11 @@ def test_fast_equals_autograd_through_concatenations(form):
 
 def test_statistics_serve_bootstrap_resamples():
     """A resample with repeated images, read from statistics collected once, equals autograd on the resample."""
-    from ssa.api import run_traversal
-    from ssa.images import load_images
-    from ssa.sources import AutogradSource, FastSource, collect
+    from ssa.engines.autograd import AutogradSource
+    from ssa.engines.closed_form import FastSource
+    from ssa.engines.statistics import collect
+    from ssa.io.images import load_images
+    from ssa.session import run_traversal
 
     x, y = load_images("digits")
     x = x[y == 5][:90]

@@ -1,4 +1,4 @@
-"""Figures (ssa.figures, `ssa figures`): every figure is written and non-empty; the data behind them is right."""
+"""Figures (ssa.viz.figures, `ssa figures`): every figure is written and non-empty; the data behind them is right."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import ssa
-from ssa import figures as F
+from ssa.analysis.compare import compare
 from ssa.cli import main
-from ssa.compare import compare
 from ssa.errors import InvalidInputError
+from ssa.io.outdir import MANIFEST
 from ssa.models import digits_cnn
-from ssa.outdir import MANIFEST
+from ssa.viz import figures as F
 from tests.test_compare import make_graph
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -18,9 +18,8 @@ import torch
 import torch.nn as nn
 
 import ssa
-
-from .models import ALL_CASES, ModelCase, RefTap, plain_cnn
-from .reference import reference_relevance
+from ssa.testing.models import ALL_CASES, ModelCase, RefTap, plain_cnn
+from ssa.testing.reference import reference_relevance
 
 
 class GuidedReLUFunction(torch.autograd.Function):

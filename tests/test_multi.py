@@ -7,11 +7,11 @@ import pytest
 from PIL import Image
 
 import ssa
-import ssa.api
+import ssa.session
+from ssa.analysis.grouping import class_probabilities, group_images, parse_targets
 from ssa.cli import main
 from ssa.errors import InvalidInputError
-from ssa.multi import class_probabilities, group_images, parse_targets
-from ssa.outdir import MANIFEST
+from ssa.io.outdir import MANIFEST
 
 GXA = "gradient_x_activation"
 
@@ -43,7 +43,7 @@ def test_model_loaded_and_prepared_once(monkeypatch):
     from ssa_torch.network import TorchNetwork
 
     calls = {"load": 0, "prepare": 0}
-    real_load, real_prepare = ssa.api.load_model, TorchNetwork.prepare
+    real_load, real_prepare = ssa.session.load_model, TorchNetwork.prepare
 
     def load(*a, **k):
         calls["load"] += 1
@@ -53,7 +53,7 @@ def test_model_loaded_and_prepared_once(monkeypatch):
         calls["prepare"] += 1
         return real_prepare(self, example)
 
-    monkeypatch.setattr(ssa.api, "load_model", load)
+    monkeypatch.setattr(ssa.session, "load_model", load)
     monkeypatch.setattr(TorchNetwork, "prepare", prepare)
     res = ssa.analyse_many("digits", "digits", "all", max_per_class=4, by_prediction=True, preset="paper")
     assert sorted(res) == list(range(10))

@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import ssa_onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
-
-import ssa
-import ssa_onnx
 from ssa_onnx.canon import Onnx2TorchNative
 from ssa_onnx.convert import convert_model
 from ssa_onnx.model import read_onnx
 from ssa_torch.canon import canonicalize
+
+import ssa
 
 from . import onnx_models as om
 

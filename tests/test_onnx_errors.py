@@ -11,7 +11,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 import ssa
 from ssa.cli import main
-from ssa.errors import InvalidInputError, ModelLoadError, SSAError, UnsupportedModelError
+from ssa.errors import (
+    InvalidInputError,
+    ModelLoadError,
+    SSAError,
+    UnsupportedModelError,
+)
 
 from . import onnx_models as om
 

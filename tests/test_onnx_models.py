@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ssa_onnx import OnnxNetwork
 
 import ssa
-from ssa_onnx import OnnxNetwork
 
 from . import onnx_models as om
 

@@ -7,14 +7,14 @@ import json
 import numpy as np
 import onnx
 import pytest
+import ssa_onnx
 import torch
 import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
+from ssa_onnx import OnnxNetwork, check_report, make_session, select_confident
 
 import ssa
-import ssa_onnx
 from ssa.errors import InvalidInputError
-from ssa_onnx import OnnxNetwork, check_report, make_session, select_confident
 
 from . import onnx_models as om
 

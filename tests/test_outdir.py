@@ -7,7 +7,7 @@ import json
 
 import ssa
 from ssa.cli import main
-from ssa.outdir import MANIFEST
+from ssa.io.outdir import MANIFEST
 
 
 def _names(d):
@@ -43,7 +43,7 @@ def test_unrecorded_lookalikes_are_refused_before_computing(tmp_path, capsys, mo
     def boom(*a, **k):
         raise AssertionError("computed although the folder is refused")
 
-    monkeypatch.setattr(ssa.api.Session, "prepare", boom)
+    monkeypatch.setattr(ssa.session.Session, "prepare", boom)
     assert _analyse(out, "1,2") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already holds class-7.json, which no earlier `ssa analyse` run there recorded" in err[0]
@@ -70,12 +70,12 @@ def test_a_failed_run_records_what_it_wrote(tmp_path, capsys, monkeypatch):
     assert _analyse(graphs, "1,2") == 0
     files = sorted(str(p) for p in graphs.glob("class-*.json"))
     out = tmp_path / "cmp"
-    import ssa.figures
+    import ssa.viz.figures
 
     def broken(*a, **k):
         raise ssa.InvalidInputError("drawing failed")
 
-    monkeypatch.setattr(ssa.figures, "plot_dendrogram", broken)
+    monkeypatch.setattr(ssa.viz.figures, "plot_dendrogram", broken)
     assert main(["compare", *files, "--out-dir", str(out)]) == 2
     written = _names(out)
     assert "clustermap.png" in written  # written before the failure

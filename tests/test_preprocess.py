@@ -1,4 +1,4 @@
-"""Preprocessing presets and config files (ssa.preprocess) for folders of images."""
+"""Preprocessing presets and config files (ssa.io.preprocess) for folders of images."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ import pytest
 from PIL import Image
 
 import ssa
-
 from ssa.errors import InvalidInputError
-from ssa.images import Preprocess, load_images
-from ssa.preprocess import PRESETS, describe_preprocess, infer_layout, resolve_preprocess
+from ssa.io.images import Preprocess, load_images
+from ssa.io.preprocess import (
+    PRESETS,
+    describe_preprocess,
+    infer_layout,
+    resolve_preprocess,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The HTML report (ssa.report, `ssa report`): self-contained, renders in headless Chromium with every image."""
+"""The HTML report (ssa.viz.report, `ssa report`): self-contained, renders in headless Chromium with every image."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 import ssa
 from ssa.cli import main
-from ssa.report import build_report
+from ssa.viz.report import build_report
 from tests.test_compare import make_graph
 
 CHROMIUM = "/usr/bin/chromium"
@@ -151,7 +151,7 @@ def test_report_renders_in_headless_chromium(tmp_path, reports):
 
 
 def test_report_links_to_the_explorer(tmp_path):
-    from ssa.report import write_report
+    from ssa.viz.report import write_report
 
     a = make_graph(0, [("logits:0", "fc:1"), ("fc:1", "conv2:5")])
     b = make_graph(1, [("logits:1", "fc:1"), ("fc:1", "conv2:6")])

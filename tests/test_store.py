@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 import ssa
-from ssa.api import load_model, open_store, store_meta
+from ssa.api import load_model
 from ssa.cli import main
-from ssa.images import load_images
-from ssa.sources import collect
+from ssa.engines.statistics import collect
+from ssa.io.images import load_images
+from ssa.session import open_store, store_meta
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -222,7 +223,7 @@ def test_a_second_writer_is_refused(tmp_path, capsys):
     path = open_store(net, images, root).path
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
-         "from ssa.api import load_model, open_store\nfrom ssa.images import load_images\n"
+         "from ssa.session import load_model, open_store\nfrom ssa.io.images import load_images\n"
          "x, _ = load_images('digits'); n = load_model('digits'); n.prepare(x)\n"
          f"with open_store(n, x, {str(root)!r}).lock():\n"
          "    print('locked', flush=True); time.sleep(60)\n"], stdout=subprocess.PIPE, text=True)

@@ -1,7 +1,7 @@
 """ssa.analyse against the slow reference traversal (method doc, sections 3 and 4).
 
 For every tiny model and both rules, the dependency graph's edges, their
-frequencies and relevances must equal those of :func:`tests.reference.reference_ssa`,
+frequencies and relevances must equal those of :func:`ssa.testing.reference.reference_ssa`,
 which gets the taps and parents by hand and computes every relevance with one
 autograd call per upper neuron and image. Tap discovery must find the same taps,
 parents (cut semantics) and channel axes on its own.
@@ -16,9 +16,15 @@ import pytest
 import torch
 
 import ssa
-
-from .models import ALL_CASES, ModelCase, channels_last_cnn, plain_cnn, residual_cnn, se_cnn
-from .reference import reference_relevance, reference_ssa
+from ssa.testing.models import (
+    ALL_CASES,
+    ModelCase,
+    channels_last_cnn,
+    plain_cnn,
+    residual_cnn,
+    se_cnn,
+)
+from ssa.testing.reference import reference_relevance, reference_ssa
 
 N_IMAGES = 16
 RULES = ("gradient", "gradient_x_activation")
@@ -247,7 +253,7 @@ def kept_edges(out) -> set[tuple[str, int, str, int, int, int]]:
     ],
 )
 def test_ranking_and_selection_known_answer(branching: int, expected: set) -> None:
-    from ssa.traversal import traverse
+    from ssa.core.traversal import traverse
 
     out = traverse(HandMadeSource(), 0, branching, ssa.make_rule("gradient"), Above())
     assert kept_edges(out) == expected
@@ -261,7 +267,7 @@ def test_ranking_and_selection_known_answer(branching: int, expected: set) -> No
 
 def test_inhibitory_ranking_known_answer() -> None:
     """Negated relevance, two-sided: the same neurons become inhibitory edges, most negative mean first."""
-    from ssa.traversal import traverse
+    from ssa.core.traversal import traverse
 
     out = traverse(HandMadeSource(sign=-1.0), 0, 3, ssa.make_rule("gradient"), Above(two_sided=True))
     assert kept_edges(out) == {("logits", 0, "b", 2, 4, -1), ("logits", 0, "b", 1, 3, -1), ("logits", 0, "b", 4, 3, -1)}

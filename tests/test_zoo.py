@@ -10,8 +10,7 @@ import torchvision
 
 import ssa
 from ssa.api import load_model
-
-from .models import _heavy_tail_
+from ssa.testing.models import _heavy_tail_
 
 ZOO = {
     "resnet18": (torchvision.models.resnet18, {}),

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ssa.core.interfaces import Backend
 from ssa.errors import InvalidInputError
-from ssa.interfaces import Backend
 
 __all__ = ["OnnxBackend", "load_onnx"]
 

@@ -21,10 +21,15 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch import fx
-
-from ssa_torch.canon import CanonPass, PassContext, batch_free_reshape, fresh_module_path, replace_node
+from ssa_torch.canon import (
+    CanonPass,
+    PassContext,
+    batch_free_reshape,
+    fresh_module_path,
+    replace_node,
+)
 from ssa_torch.kinds import NAME_KEY, display_name, register_kind
+from torch import fx
 
 __all__ = ["Onnx2TorchNative", "register_onnx2torch_kinds"]
 

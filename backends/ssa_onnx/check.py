@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-
-from ssa.errors import InvalidInputError
-from ssa.interfaces import Network, Tap
 from ssa_torch.kinds import display_name, target_name
 from ssa_torch.network import steps_summary
+
+from ssa.core.interfaces import Network, Tap
+from ssa.errors import InvalidInputError
 
 from .model import OnnxInfo
 from .outputs import LogProbabilities
@@ -182,7 +182,7 @@ def check_report(model: Any, images: Any = None, *, preprocess: Any = None, labe
     Parameters
     ----------
     model : an ``.onnx`` path, anything :func:`ssa.load_model` accepts, or a loaded network.
-    images : example images (what :func:`ssa.images.load_images` accepts); None uses seeded random
+    images : example images (what :func:`ssa.io.images.load_images` accepts); None uses seeded random
         images shaped like the ONNX input (ONNX files with a fixed input size only).
     preprocess : for image folders: a preset name, a config path or dict, or a Preprocess;
         the layout and size are read from the ONNX input when possible.
@@ -190,8 +190,8 @@ def check_report(model: Any, images: Any = None, *, preprocess: Any = None, labe
     Other options go to the backend (``provider``, ``parity_tolerance``, ...).
     """
     from ssa.api import load_model
-    from ssa.images import load_images
-    from ssa.preprocess import resolve_preprocess
+    from ssa.io.images import load_images
+    from ssa.io.preprocess import resolve_preprocess
 
     network = load_model(model, backend=backend, device=device, output_index=output_index, taps=taps,
                          include_input=include_input, channel_axes=channel_axes, **options)

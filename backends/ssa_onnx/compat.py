@@ -85,7 +85,11 @@ def _reduce18(node, graph):
     """Reduce* of opset >= 18: axes as a (constant) input."""
     import torch
     from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes
-    from onnx2torch.utils.common import OnnxMapping, OperationConverterResult, get_const_value
+    from onnx2torch.utils.common import (
+        OnnxMapping,
+        OperationConverterResult,
+        get_const_value,
+    )
 
     keepdims = int(node.attributes.get("keepdims", 1))
     noop = int(node.attributes.get("noop_with_empty_axes", 0))
@@ -176,7 +180,6 @@ def install() -> None:
         return
     from onnx import defs
     from onnx2torch.node_converters import add_converter
-
     from ssa_torch.kinds import register_kind
 
     register_kind(GlobalMaxPool, "adaptive_maxpool")

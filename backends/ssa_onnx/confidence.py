@@ -13,10 +13,16 @@ from typing import Any
 
 import numpy as np
 
+from ssa.core.interfaces import Network
 from ssa.errors import InvalidInputError
-from ssa.interfaces import Network
 
-from .network import OnnxNetwork, check_input_shape, output_to_probabilities, run_session, softmax
+from .network import (
+    OnnxNetwork,
+    check_input_shape,
+    output_to_probabilities,
+    run_session,
+    softmax,
+)
 
 __all__ = ["select_confident", "class_probabilities"]
 
@@ -77,7 +83,7 @@ def select_confident(network_or_path: Any, images: Any, target: int, min_confide
     ----------
     network_or_path : an ``.onnx`` path or :class:`OnnxNetwork` (run by onnxruntime), or anything
         :func:`ssa.load_model` accepts (probabilities = softmax of its logits).
-    images : what :func:`ssa.images.load_images` accepts (array, ``.npy``, folder with ``preprocess``).
+    images : what :func:`ssa.io.images.load_images` accepts (array, ``.npy``, folder with ``preprocess``).
         With ``labels``, only images labelled ``target`` are considered.
     target : the class. min_confidence : keep images whose probability of ``target`` is >= this.
     max_images : keep at most this many (the first ones in the given order); None keeps all.
@@ -89,9 +95,9 @@ def select_confident(network_or_path: Any, images: Any, target: int, min_confide
     ``target``; with ``return_indices`` also their indices into the (label-filtered) input.
     Raises :class:`ssa.errors.InvalidInputError` when no image qualifies.
     """
-    from ssa.api import check_int
-    from ssa.images import load_images
-    from ssa.preprocess import resolve_preprocess
+    from ssa.core.checks import check_int
+    from ssa.io.images import load_images
+    from ssa.io.preprocess import resolve_preprocess
 
     target = check_int("target", target, 0)
     batch_size = check_int("batch_size", batch_size, 1)

@@ -315,7 +315,7 @@ def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> On
 def input_shape_of(path: str | os.PathLike) -> tuple[int | None, ...]:
     """The image input's shape declared by an ONNX file (None for dynamic dimensions).
 
-    Cheap (no conversion); meant for :func:`ssa.preprocess.resolve_preprocess`'s ``input_shape``.
+    Cheap (no conversion); meant for :func:`ssa.io.preprocess.resolve_preprocess`'s ``input_shape``.
     """
 
     p = Path(os.fspath(path))

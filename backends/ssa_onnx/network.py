@@ -27,18 +27,25 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import fx
-
-from ssa.errors import InvalidInputError, UnsupportedModelError
-from ssa.interfaces import Tap
 from ssa_torch.canon import DEFAULT_PASSES, CanonPass
 from ssa_torch.network import TorchNetwork
+from torch import fx
+
+from ssa.core.interfaces import Tap
+from ssa.errors import InvalidInputError, UnsupportedModelError
 
 from .canon import Onnx2TorchNative
 from .check import advice_section, example_batch, onnx_section, report_of, unknown_ops
 from .model import OnnxInfo, OnnxModel
-from .outputs import (PROB_ATOL, LogProbabilities, append_log, final_kind, looks_like_probabilities,
-                      output_to_probabilities, softmax)
+from .outputs import (
+    PROB_ATOL,
+    LogProbabilities,
+    append_log,
+    final_kind,
+    looks_like_probabilities,
+    output_to_probabilities,
+    softmax,
+)
 from .parity import ParityResult, compare, default_tolerance
 from .runtime import make_session
 

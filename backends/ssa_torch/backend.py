@@ -7,7 +7,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from ssa.interfaces import Backend
+from ssa.core.interfaces import Backend
 
 from .loading import load_module
 from .network import TorchNetwork

@@ -49,7 +49,7 @@ def load_module(source: Any) -> tuple[nn.Module, str]:
     """Return ``(module, name)`` for an nn.Module, a .pt2 file, ``file.py:attr`` or ``pkg.mod:attr``.
 
     The name is the module's class name for Python models (an object, ``file.py:attr``, ``pkg.mod:attr``)
-    and the file stem for a ``.pt2`` file (see :mod:`ssa.identity`).
+    and the file stem for a ``.pt2`` file (see :mod:`ssa.core.identity`).
     """
     if isinstance(source, nn.Module):
         return source, type(source).__name__

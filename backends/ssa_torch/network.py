@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 from torch import fx
 
-from ssa.checks import call_rule
+from ssa.core.checks import call_rule
+from ssa.core.interfaces import Network, Rule, Tap
 from ssa.errors import InvalidInputError, SSAError, UnsupportedModelError
-from ssa.interfaces import Network, Rule, Tap
 
 from .canon import DEFAULT_PASSES, CanonPass, CanonReport, canonicalize
 from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form

@@ -18,11 +18,22 @@ from typing import Mapping, Sequence
 import torch.nn as nn
 from torch import fx
 
+from ssa.core.interfaces import Tap
 from ssa.errors import InvalidInputError, UnsupportedModelError
-from ssa.interfaces import Tap
 
-from .kinds import (ACTIVATIONS, CHANNEL_FIRST, GATE_ACTIVATIONS, PERMUTATIONS, SHAPE_ONLY, SOFTMAX, display_name,
-                    mean_dims, node_kind, perm_of, target_name)
+from .kinds import (
+    ACTIVATIONS,
+    CHANNEL_FIRST,
+    GATE_ACTIVATIONS,
+    PERMUTATIONS,
+    SHAPE_ONLY,
+    SOFTMAX,
+    display_name,
+    mean_dims,
+    node_kind,
+    perm_of,
+    target_name,
+)
 
 __all__ = ["TapPlan", "discover_taps"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ssa.interfaces import Rule
+from ssa.core.interfaces import Rule
 
 __all__ = ["GradientRule", "GradientXActivationRule"]
 

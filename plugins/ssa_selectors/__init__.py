@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
-from .selectors import MADSelector, PercentileSelector, TopKSelector, TukeySelector, ZScoreSelector
+from .selectors import (
+    MADSelector,
+    PercentileSelector,
+    TopKSelector,
+    TukeySelector,
+    ZScoreSelector,
+)
 
 __all__ = ["TukeySelector", "ZScoreSelector", "MADSelector", "PercentileSelector", "TopKSelector"]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from ssa.hookspecs import hookimpl
 
-from .selectors import MADSelector, PercentileSelector, TopKSelector, TukeySelector, ZScoreSelector
+from .selectors import (
+    MADSelector,
+    PercentileSelector,
+    TopKSelector,
+    TukeySelector,
+    ZScoreSelector,
+)
 
 
 @hookimpl

@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any, ClassVar, Mapping
 
 from ssa.core.arrays import device_of, median_sorted, namespace, quantile_sorted
-from ssa.interfaces import Param, Selector
+from ssa.core.interfaces import Selector
+from ssa.core.params import Param
 
 __all__ = ["TukeySelector", "ZScoreSelector", "MADSelector", "PercentileSelector", "TopKSelector"]
 

@@ -17,7 +17,8 @@ import math
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace, device as _device, is_numpy_namespace, is_torch_namespace
+from array_api_compat import array_namespace, is_numpy_namespace, is_torch_namespace
+from array_api_compat import device as _device
 
 __all__ = ["namespace", "host_view", "to_numpy", "device_of", "asarray_like", "is_numpy", "quantile_sorted", "median_sorted",
            "percentile_rows", "zeros", "take_rows"]

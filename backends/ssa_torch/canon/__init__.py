@@ -20,7 +20,14 @@ torch ops). ``docs/store.md`` describes the passes and the closed form.
 from __future__ import annotations
 
 from .affine import FoldAffine
-from .base import CanonPass, CanonReport, PassContext, canonicalize, fresh_module_path, replace_node
+from .base import (
+           CanonPass,
+           CanonReport,
+           PassContext,
+           canonicalize,
+           fresh_module_path,
+           replace_node,
+)
 from .identity import DropIdentities
 from .inplace import OutOfPlace
 from .layers import LayersAsModules, set_module

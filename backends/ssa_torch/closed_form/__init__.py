@@ -23,8 +23,22 @@ from .dense import DenseTerm
 from .gate import GateTerm
 from .identity import IdentityTerm
 from .linear import LinearOp, NotClosedForm
-from .planner import FORMS, Branch, ClosedFormPlan, Gate, Planner, TapForm, plan_closed_form
-from .registry import ClosedForm, closed_forms, form_for, register_closed_form, unregister_closed_form
+from .planner import (
+    FORMS,
+    Branch,
+    ClosedFormPlan,
+    Gate,
+    Planner,
+    TapForm,
+    plan_closed_form,
+)
+from .registry import (
+    ClosedForm,
+    closed_forms,
+    form_for,
+    register_closed_form,
+    unregister_closed_form,
+)
 from .terms import Term, as_tensor, chunks, scatter_channels
 
 __all__ = [

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import torch
-
 from torch import fx
 
 from .registry import ClosedForm, register_builtin

@@ -31,8 +31,17 @@ import torch.nn as nn
 from torch import fx
 from torch.fx.node import map_arg
 
-from ..kinds import (ACTIVATIONS, GATE_ACTIVATIONS, LAYERS, NO_CLOSED_FORM, PERMUTATIONS, POOLING, RESHAPES, SUMS,
-                     node_kind)
+from ..kinds import (
+    ACTIVATIONS,
+    GATE_ACTIVATIONS,
+    LAYERS,
+    NO_CLOSED_FORM,
+    PERMUTATIONS,
+    POOLING,
+    RESHAPES,
+    SUMS,
+    node_kind,
+)
 from ..taps import TapPlan
 from .linear import LinearOp, NotClosedForm
 from .terms import Term

@@ -10,7 +10,7 @@ Data files (JSON; the same in both forms: embedded as ``{"index": ..., "files": 
 written under ``data/``):
 
 * ``index.json``: title, model, the classes (label, target, images, nodes, edges, file), their
-  dendrogram order and cosine similarity (Ward / cosine clustering of :mod:`ssa.compare`),
+  dendrogram order and cosine similarity (Ward / cosine clustering of :mod:`ssa.analysis.compare`),
   whether reference images exist;
 * ``class-<i>.json``: one class graph: its attributes, its taps (layers) and nodes with their
   attributes, layered positions, display size and the classes that keep them, and its edges;
@@ -32,8 +32,8 @@ from typing import Any, Mapping, Sequence
 import networkx as nx
 import numpy as np
 
-from ...errors import InvalidInputError
-from ...graph import atomic_write_bytes
+from ssa.errors import InvalidInputError
+from ssa.io.atomic import atomic_write_bytes
 
 __all__ = ["FORMAT", "SINGLE_FILE_CLASSES", "explorer_files", "layered_positions", "page_html", "write_explorer",
            "static_text", "node_file"]
@@ -170,9 +170,9 @@ def explorer_files(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = N
     names : their file names (labels when targets repeat, and error messages).
     references : ``{node id: reference data}`` from :func:`ssa.viz.explorer.references.reference_images`,
         or None (the page then says how to add them).
-    weight : bag-of-nodes weight of the clustering (:func:`ssa.compare.compare`).
+    weight : bag-of-nodes weight of the clustering (:func:`ssa.analysis.compare.compare`).
     """
-    from ...compare import check_graphs, compare, graph_labels
+    from ssa.analysis.compare import check_graphs, compare, graph_labels
 
     graphs = list(graphs)
     if not graphs:

@@ -16,7 +16,7 @@ made from). For every neuron of the graphs it gives:
   field on that image) with the activation map as heat; a dense neuron sees the whole image, and its
   heat is its saliency;
 * its **saliency** (|gradient of the neuron's scalar w.r.t. the input|, max over channels; as
-  :func:`ssa.figures.saliency`) on each of its reference images.
+  :func:`ssa.viz.figures.saliency`) on each of its reference images.
 
 Crops and saliency are batched over (neuron, image) pairs: one forward and one backward pass per
 tap and batch of pairs, each row of the batch carrying its own neuron, never one pass per neuron.
@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import networkx as nx
 import numpy as np
 
-from ...errors import InvalidInputError, UnsupportedModelError
-from ...graph import atomic_write_bytes
+from ssa.errors import InvalidInputError, UnsupportedModelError
+from ssa.io.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ...interfaces import Network
+    from ssa.core.interfaces import Network
 
 __all__ = ["References", "reference_images", "class_indices", "default_cache_dir", "CACHE_VERSION"]
 
@@ -79,7 +79,7 @@ def class_indices(network: "Network", graph: nx.DiGraph, images: np.ndarray, lab
 
     Refuses images that do not give the graph's number of images (other images than the graph's).
     """
-    from ...multi import group_images
+    from ssa.analysis.grouping import group_images
 
     attrs = graph.graph
     target = attrs.get("target")
@@ -123,9 +123,11 @@ def _scalars(network: "Network", images: np.ndarray, taps: Sequence[str], batch_
 def _per_image_relevance(network: "Network", images: np.ndarray, rows: np.ndarray, graph: nx.DiGraph,
                          batch_size: int, stats_cache: dict[str, Any]) -> dict[str, np.ndarray]:
     """``{node: r (len(rows),)}``: per image, the mean over the graph's edges u -> node of omega[u, i, node]."""
-    from ...figures import _json_attr
-    from ...plugins import make_rule
-    from ...sources import AutogradSource, FastSource, collect
+    from ssa.engines.autograd import AutogradSource
+    from ssa.engines.closed_form import FastSource
+    from ssa.engines.statistics import collect
+    from ssa.plugins import make_rule
+    from ssa.viz.figures import _json_attr
 
     rule = make_rule(str(graph.graph.get("rule", "gradient")), **_json_attr(graph, "rule_params"))
     form = rule.fast_form
@@ -176,7 +178,7 @@ def _pair_gradients(network: "Network", images: np.ndarray, tap: Any, node_name:
     """
     import torch
 
-    from ...figures import _run_recording
+    from ssa.viz.figures import _run_recording
 
     x = network.to_tensor(images).detach().requires_grad_(True)  # type: ignore[attr-defined]
     idx = torch.as_tensor(neurons, dtype=torch.long, device=x.device)
@@ -242,7 +244,7 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
 # -- the whole computation ---------------------------------------------------------------------------------
 def _cache_key(network: "Network", images: np.ndarray, groups: Sequence[np.ndarray], graphs: Sequence[nx.DiGraph],
                settings: Mapping[str, Any]) -> tuple[str, str, str] | None:
-    from ...store import images_hash
+    from ssa.engines.store import images_hash
 
     try:
         fp = network.fingerprint()
@@ -279,7 +281,7 @@ def reference_images(network: "Network", images: np.ndarray, groups: Sequence[np
     """
     from matplotlib import colormaps
 
-    from ...figures import _display, _rgb, _saliency_map, _torch_parts
+    from ssa.viz.figures import _display, _rgb, _saliency_map, _torch_parts
 
     graphs = list(graphs)
     if len(groups) != len(graphs):

@@ -8,7 +8,7 @@ import os
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ...errors import InvalidInputError
+from ssa.errors import InvalidInputError
 
 __all__ = ["HOST", "check_explorer_dir", "make_server"]
 

@@ -1,0 +1,481 @@
+"""Comparing the dependency graphs of several classes (paper, section 4; method doc, section 7).
+
+* **Bag-of-nodes vectors**: one row per graph, one column per neuron (``"tap:neuron"``) that
+  any graph keeps; the entry is the neuron's frequency divided by the graph's number of
+  images (``weight="frequency"``) or 1 (``weight="binary"``). The class nodes (tap ``logits``)
+  are left out: every class has its own, so they carry no similarity.
+* **Ward clustering with cosine distance**: Ward's criterion needs Euclidean distances, and on
+  L2-normalised rows the Euclidean distance is ``sqrt(2 * cosine distance)``; so the rows are
+  normalised and clustered with ``scipy.cluster.hierarchy.linkage(..., "ward")``.
+* **Jaccard similarity per layer**: ``|A ∩ B| / |A ∪ B|`` of two graphs' kept neurons of one tap.
+* **Shared sub-graph**: the neurons every graph keeps, with the edges every graph keeps.
+* **Tables**: per-neuron interconnectedness (in-degree, per class and summed) and frequency rank.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import networkx as nx
+import numpy as np
+
+from ssa.errors import InvalidInputError
+from ssa.io.atomic import atomic_write_bytes
+from ssa.io.graphs import read_graph
+
+__all__ = ["Comparison", "compare", "check_graphs", "same_model", "same_run", "check_graph_network",
+           "check_graph_images", "RUN_PARAMETERS", "load_graphs", "graph_labels", "bag_of_nodes",
+           "normalise_rows", "ward_linkage", "cosine_similarity", "jaccard", "jaccard_by_layer",
+           "shared_subgraph", "interconnectedness", "frequency_ranks", "write_csv", "CLASS_TAP"]
+
+CLASS_TAP = "logits"
+WEIGHTS = ("frequency", "binary")
+
+
+def _neuron_nodes(g: nx.DiGraph) -> list[str]:
+    """The graph's nodes other than class nodes."""
+    return [n for n, d in g.nodes(data=True) if d.get("tap") != CLASS_TAP]
+
+
+def _sort_key(g_nodes: Mapping[str, Mapping[str, Any]]):
+    def key(n: str):
+        d = g_nodes[n]
+        return (-int(d.get("tap_order", 0)), str(d.get("tap", "")), int(d.get("neuron", 0)))
+    return key
+
+
+def graph_labels(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = None) -> list[str]:
+    """``"class 3"`` per graph when the targets are distinct, else the given names (file stems)."""
+    targets = [g.graph.get("target") for g in graphs]
+    if None not in targets and len(set(targets)) == len(targets):
+        return [f"class {t}" for t in targets]
+    if names is not None:
+        if len(set(names)) == len(names):
+            return list(names)
+        return [f"{n} ({i})" for i, n in enumerate(names)]
+    return [f"graph {i}" for i in range(len(graphs))]
+
+
+#: graph attributes that must agree for a comparison, unless ``allow_mixed``: (attribute, what it is in words)
+RUN_PARAMETERS = (
+    ("rule", "rule"), ("rule_params", "rule parameters"), ("selector", "selector"),
+    ("selector_params", "selector parameters"), ("branching", "branching factor"), ("images_hash", "image set"),
+    ("grouping", "image grouping"), ("min_confidence", "--min-confidence"), ("max_per_class", "--max-per-class"),
+    ("stop_at", "--stop-at"), ("tap_neurons", "taps"),
+)
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text[:12] if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else text
+
+
+def _model_of(g: nx.DiGraph) -> str:
+    h = g.graph.get("model_hash")
+    return f"{g.graph.get('model')!r}" + (f" (content hash {str(h)[:12]})" if h else "")
+
+
+def same_model(graphs: Sequence[nx.DiGraph], names: Sequence[str]) -> None:
+    """Refuse graphs of different models: by content hash (``model_hash``), or by name for graphs that have none."""
+    ref = graphs[0].graph
+    for name, g in zip(names[1:], graphs[1:]):
+        a, b = ref.get("model_hash"), g.graph.get("model_hash")
+        differ = (a != b) if (a and b) else (ref.get("model") != g.graph.get("model"))
+        if differ:
+            same_name = ref.get("model") == g.graph.get("model")
+            raise InvalidInputError(
+                f"the graphs come from different models: {names[0]} from {_model_of(graphs[0])}, {name} from "
+                f"{_model_of(g)}{' (same name, other weights or graph)' if same_name else ''}; compare graphs of one "
+                "model only.")
+
+
+def same_run(graphs: Sequence[nx.DiGraph], names: Sequence[str], flag: str = "--allow-mixed") -> None:
+    """Refuse graphs made with different rules, selectors, parameters, branching factors or image sets.
+
+    A parameter a graph does not record (written by an older ssa) is not compared.
+    """
+    for key, words in RUN_PARAMETERS:
+        values = [g.graph.get(key) for g in graphs]
+        if any(v is None for v in values) and key not in ("stop_at", "min_confidence", "max_per_class"):
+            continue
+        for name, v in zip(names[1:], values[1:]):
+            if v != values[0]:
+                raise InvalidInputError(
+                    f"the graphs were made with different {words}: {names[0]} {_short(values[0])}, {name} "
+                    f"{_short(v)}; compare graphs of one run (ssa analyse --targets ...), or pass {flag} to compare "
+                    "them anyway.")
+
+
+def check_graphs(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = None, *,
+                 allow_mixed: bool = False) -> None:
+    """Refuse fewer than two graphs, graphs of different models (by content hash), graphs of different runs
+    (rule, selector, their parameters, branching factor, image set, ...; unless ``allow_mixed``) and empty
+    graphs (one line each)."""
+    names = list(names) if names is not None else [f"graph {i}" for i in range(len(graphs))]
+    if len(graphs) < 2:
+        raise InvalidInputError(f"comparing needs at least 2 graphs, got {len(graphs)}; pass two or more graph files.")
+    same_model(graphs, names)
+    if not allow_mixed:
+        same_run(graphs, names)
+    for name, g in zip(names, graphs):
+        if not _neuron_nodes(g):
+            who = ", ".join(str(n) for n in g.nodes) or "no node at all"
+            raise InvalidInputError(
+                f"{name} is an empty graph (only the class node: {who}); nothing to compare. Re-run `ssa analyse` "
+                "with more images, --rule gradient_x_activation, or a lower selector threshold, or leave it out.")
+
+
+def check_graph_network(graph: nx.DiGraph, network: Any, name: str) -> None:
+    """Refuse a graph made with another model than ``network`` (a prepared network), by content hash."""
+    h = graph.graph.get("model_hash")
+    if h:
+        if h != network.model_hash():
+            raise InvalidInputError(
+                f"{name} was made with model {_model_of(graph)}, not with this {network.name!r} (content hash "
+                f"{network.model_hash()[:12]}); pass the model the graph was made with.")
+    elif graph.graph.get("model") not in (None, network.name):
+        raise InvalidInputError(f"{name} was made with model {graph.graph.get('model')!r}, not {network.name!r}; "
+                                "pass the model the graph was made with.")
+
+
+def check_graph_images(graph: nx.DiGraph, images_hash: str, name: str, *, allow_mixed: bool = False) -> None:
+    """Refuse (unless ``allow_mixed``) a graph made from another image set than the one loaded."""
+    h = graph.graph.get("images_hash")
+    if h and h != images_hash and not allow_mixed:
+        raise InvalidInputError(
+            f"{name} was made from another image set (content hash {str(h)[:12]}, these images {images_hash[:12]}); "
+            "pass the images (and --labels) the graph was made with, or --allow-mixed to use these images anyway.")
+
+
+def load_graphs(paths: Sequence[str | os.PathLike]) -> tuple[list[nx.DiGraph], list[str]]:
+    """Read graph files; returns the graphs and their file names (for messages and labels)."""
+    graphs = [read_graph(p) for p in paths]
+    return graphs, [Path(p).stem for p in paths]
+
+
+def bag_of_nodes(graphs: Sequence[nx.DiGraph], weight: str = "frequency") -> tuple[list[str], np.ndarray]:
+    """Bag-of-nodes vectors: ``(nodes, matrix)`` with ``matrix[g, j]`` the weight of ``nodes[j]`` in graph g.
+
+    ``weight="frequency"``: the node's frequency / the graph's n_images (0..1); ``"binary"``: 1.
+    Columns are ordered top layer first, then by neuron; class nodes are left out.
+    """
+    if weight not in WEIGHTS:
+        raise InvalidInputError(f"weight must be 'frequency' or 'binary', got {weight!r}.")
+    attrs: dict[str, Mapping[str, Any]] = {}
+    for g in graphs:
+        for n in _neuron_nodes(g):
+            attrs.setdefault(n, g.nodes[n])
+    nodes = sorted(attrs, key=_sort_key(attrs))
+    col = {n: j for j, n in enumerate(nodes)}
+    X = np.zeros((len(graphs), len(nodes)))
+    for i, g in enumerate(graphs):
+        n_img = float(g.graph.get("n_images") or 0) or max((d.get("frequency", 1) for _, d in g.nodes(data=True)),
+                                                           default=1)
+        for n in _neuron_nodes(g):
+            X[i, col[n]] = 1.0 if weight == "binary" else float(g.nodes[n].get("frequency", 0)) / n_img
+    return nodes, X
+
+
+def normalise_rows(X: np.ndarray) -> np.ndarray:
+    """Each row divided by its L2 norm (zero rows stay zero)."""
+    X = np.asarray(X, dtype=np.float64)
+    norm = np.linalg.norm(X, axis=1, keepdims=True)
+    return np.divide(X, norm, out=np.zeros_like(X), where=norm > 0)
+
+
+def ward_linkage(X: np.ndarray) -> np.ndarray:
+    """Ward linkage of the L2-normalised rows (Euclidean there = sqrt(2 * cosine distance))."""
+    from scipy.cluster.hierarchy import linkage
+
+    return linkage(normalise_rows(X), method="ward", metric="euclidean")
+
+
+def cosine_similarity(X: np.ndarray) -> np.ndarray:
+    """Cosine similarity between rows."""
+    Y = normalise_rows(X)
+    return np.clip(Y @ Y.T, -1.0, 1.0)
+
+
+def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
+    """``|a ∩ b| / |a ∪ b|``; NaN when both are empty."""
+    a, b = set(a), set(b)
+    union = a | b
+    return len(a & b) / len(union) if union else float("nan")
+
+
+def _tap_sets(g: nx.DiGraph) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for n in _neuron_nodes(g):
+        out.setdefault(g.nodes[n]["tap"], set()).add(n)
+    return out
+
+
+def _tap_orders(graphs: Sequence[nx.DiGraph]) -> dict[str, int]:
+    orders: dict[str, int] = {}
+    for g in graphs:
+        for n in _neuron_nodes(g):
+            orders.setdefault(g.nodes[n]["tap"], int(g.nodes[n].get("tap_order", 0)))
+    return orders
+
+
+def jaccard_by_layer(graphs: Sequence[nx.DiGraph]) -> dict[str, np.ndarray]:
+    """``{tap: (G, G) matrix}`` of pairwise Jaccard similarities per tap (top tap first), plus ``"all"``."""
+    orders = _tap_orders(graphs)
+    taps = sorted(orders, key=lambda t: -orders[t])
+    sets = [_tap_sets(g) for g in graphs]
+    out: dict[str, np.ndarray] = {}
+    for tap in taps + ["all"]:
+        M = np.zeros((len(graphs), len(graphs)))
+        for i in range(len(graphs)):
+            for j in range(len(graphs)):
+                a = set().union(*sets[i].values()) if tap == "all" else sets[i].get(tap, set())
+                b = set().union(*sets[j].values()) if tap == "all" else sets[j].get(tap, set())
+                M[i, j] = jaccard(a, b)
+        out[tap] = M
+    return out
+
+
+def shared_subgraph(graphs: Sequence[nx.DiGraph], labels: Sequence[str] | None = None) -> nx.DiGraph:
+    """The sub-graph every graph shares: nodes kept by all, with the edges (of the same sign) all keep.
+
+    Node attributes: ``tap``, ``tap_order``, ``neuron``, ``frequency`` (the smallest frequency / n_images
+    over the graphs), ``mean_frequency``, ``in_degree`` (in the shared graph), ``sign``. Edge attributes:
+    ``frequency`` (smallest share of images), ``relevance`` (mean over graphs), ``sign``.
+    Graph attributes: ``model``, ``kind="shared"``, ``classes`` (the labels, comma-joined).
+    """
+    if len(graphs) < 1:
+        raise InvalidInputError("shared_subgraph needs at least 1 graph, got 0.")
+    labels = list(labels) if labels is not None else graph_labels(graphs)
+    shares = [float(g.graph.get("n_images") or 1) for g in graphs]
+    common = set(graphs[0].nodes)
+    for g in graphs[1:]:
+        common &= set(g.nodes)
+    h = nx.DiGraph()
+    h.graph.update({"model": graphs[0].graph.get("model"), "kind": "shared", "classes": ", ".join(labels),
+                    "n_graphs": len(graphs)})
+    targets = {g.graph.get("target") for g in graphs}
+    if len(targets) == 1 and None not in targets:
+        h.graph["target"] = graphs[0].graph["target"]
+    for n in sorted(common, key=_sort_key(graphs[0].nodes)):
+        d0 = graphs[0].nodes[n]
+        fr = [float(g.nodes[n].get("frequency", 0)) / s for g, s in zip(graphs, shares)]
+        signs = {int(g.nodes[n].get("sign", 1)) for g in graphs}
+        h.add_node(n, tap=d0["tap"], tap_order=int(d0.get("tap_order", 0)), neuron=int(d0.get("neuron", 0)),
+                   frequency=float(min(fr)), mean_frequency=float(np.mean(fr)), in_degree=0,
+                   sign=1 if 1 in signs else -1)
+    for u, v, d in graphs[0].edges(data=True):
+        if u not in h or v not in h:
+            continue
+        ds = [g.edges[u, v] for g in graphs if g.has_edge(u, v)]
+        if len(ds) != len(graphs) or len({int(e.get("sign", 1)) for e in ds}) != 1:
+            continue
+        h.add_edge(u, v, frequency=float(min(float(e.get("frequency", 0)) / s for e, s in zip(ds, shares))),
+                   relevance=float(np.mean([float(e.get("relevance", 0.0)) for e in ds])), sign=int(d.get("sign", 1)))
+    for n in h.nodes:
+        h.nodes[n]["in_degree"] = int(h.in_degree(n))
+    return h
+
+
+def interconnectedness(graphs: Sequence[nx.DiGraph], labels: Sequence[str]) -> list[dict[str, Any]]:
+    """Per neuron: in how many graphs it is kept and its in-degree (interconnectedness) in each and in total.
+
+    Sorted by number of graphs, then total in-degree (both descending), then top layer first.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    for g, label in zip(graphs, labels):
+        for n in _neuron_nodes(g):
+            d = g.nodes[n]
+            r = rows.setdefault(n, {"node": n, "tap": d["tap"], "tap_order": int(d.get("tap_order", 0)),
+                                    "neuron": int(d["neuron"]), "n_graphs": 0, "total_in_degree": 0,
+                                    **{f"in_degree[{lab}]": 0 for lab in labels}})
+            deg = int(d.get("in_degree", g.in_degree(n)))
+            r["n_graphs"] += 1
+            r["total_in_degree"] += deg
+            r[f"in_degree[{label}]"] = deg
+    return sorted(rows.values(), key=lambda r: (-r["n_graphs"], -r["total_in_degree"], -r["tap_order"], r["neuron"]))
+
+
+def frequency_ranks(graphs: Sequence[nx.DiGraph], labels: Sequence[str]) -> list[dict[str, Any]]:
+    """Per graph and neuron: its frequency, share of images, rank within its tap (1 = most frequent),
+    in-degree and mean relevance. Ties in frequency are broken by mean relevance, then neuron index."""
+    out = []
+    for g, label in zip(graphs, labels):
+        n_img = float(g.graph.get("n_images") or 1)
+        by_tap: dict[str, list[str]] = {}
+        for n in _neuron_nodes(g):
+            by_tap.setdefault(g.nodes[n]["tap"], []).append(n)
+        for tap, nodes in sorted(by_tap.items(), key=lambda kv: -int(g.nodes[kv[1][0]].get("tap_order", 0))):
+            nodes.sort(key=lambda n: (-g.nodes[n].get("frequency", 0), -g.nodes[n].get("mean_relevance", 0.0),
+                                      g.nodes[n]["neuron"]))
+            for rank, n in enumerate(nodes, 1):
+                d = g.nodes[n]
+                out.append({"graph": label, "target": g.graph.get("target"), "tap": tap, "neuron": int(d["neuron"]),
+                            "node": n, "rank": rank, "frequency": int(d.get("frequency", 0)),
+                            "frequency_share": round(float(d.get("frequency", 0)) / n_img, 6),
+                            "in_degree": int(d.get("in_degree", 0)),
+                            "mean_relevance": float(d.get("mean_relevance", 0.0))})
+    return out
+
+
+def _csv_bytes(rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]], header: Sequence[str] | None = None
+               ) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if rows and isinstance(rows[0], Mapping):
+        header = list(header or rows[0].keys())
+        w.writerow(header)
+        for r in rows:
+            w.writerow(["" if _isnan(r.get(k)) else r.get(k) for k in header])  # type: ignore[union-attr]
+    else:
+        if header is not None:
+            w.writerow(header)
+        for r in rows:
+            w.writerow(["" if _isnan(v) else v for v in r])  # type: ignore[union-attr]
+    return buf.getvalue().encode()
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and v != v
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]], path: str | os.PathLike,
+              header: Sequence[str] | None = None) -> Path:
+    """Write rows (dicts, or lists with ``header``) as CSV, atomically."""
+    path = Path(path)
+    atomic_write_bytes(path, _csv_bytes(rows, header))
+    return path
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The comparison of several class graphs.
+
+    labels : one per graph ("class 3", or file names).
+    model : the model all graphs come from.
+    weight : "frequency" or "binary" (bag-of-nodes weights).
+    nodes : the bag-of-nodes columns (``"tap:neuron"``), top layer first.
+    matrix : (G, len(nodes)) bag-of-nodes vectors.
+    linkage : scipy linkage matrix of Ward clustering on the L2-normalised rows.
+    order : the dendrogram's leaf order (indices into labels).
+    similarity : (G, G) cosine similarity of the vectors.
+    jaccard : ``{tap: (G, G)}`` pairwise Jaccard similarity per tap, and ``"all"``.
+    graphs : the graphs compared.
+    """
+
+    labels: tuple[str, ...]
+    model: str
+    weight: str
+    nodes: tuple[str, ...]
+    matrix: np.ndarray
+    linkage: np.ndarray
+    order: tuple[int, ...]
+    similarity: np.ndarray
+    jaccard: Mapping[str, np.ndarray]
+    graphs: tuple[nx.DiGraph, ...] = field(repr=False, default=())
+
+    def shared(self, which: Sequence[int] | None = None) -> nx.DiGraph:
+        """Shared sub-graph of the graphs at positions ``which`` (all by default)."""
+        idx = list(range(len(self.graphs))) if which is None else list(which)
+        return shared_subgraph([self.graphs[i] for i in idx], [self.labels[i] for i in idx])
+
+    def shared_nodes(self) -> set[str]:
+        """Neurons kept by at least two of the graphs (highlighted in the graph drawings)."""
+        counts: dict[str, int] = {}
+        for g in self.graphs:
+            for n in _neuron_nodes(g):
+                counts[n] = counts.get(n, 0) + 1
+        return {n for n, c in counts.items() if c >= 2}
+
+    def interconnectedness(self) -> list[dict[str, Any]]:
+        return interconnectedness(self.graphs, self.labels)
+
+    def frequency_ranks(self) -> list[dict[str, Any]]:
+        return frequency_ranks(self.graphs, self.labels)
+
+    def jaccard_rows(self) -> list[dict[str, Any]]:
+        """Long table: one row per pair of graphs and tap."""
+        rows = []
+        sets = [_tap_sets(g) for g in self.graphs]
+        for tap, M in self.jaccard.items():
+            for i in range(len(self.labels)):
+                for j in range(i + 1, len(self.labels)):
+                    a = set().union(*sets[i].values()) if tap == "all" else sets[i].get(tap, set())
+                    b = set().union(*sets[j].values()) if tap == "all" else sets[j].get(tap, set())
+                    rows.append({"graph_a": self.labels[i], "graph_b": self.labels[j], "tap": tap,
+                                 "jaccard": round(float(M[i, j]), 6) if M[i, j] == M[i, j] else float("nan"),
+                                 "n_a": len(a), "n_b": len(b), "n_shared": len(a & b)})
+        return rows
+
+    def closest_pairs(self, k: int = 5) -> list[tuple[str, str, float]]:
+        """The ``k`` most similar pairs by cosine similarity."""
+        pairs = [(self.labels[i], self.labels[j], float(self.similarity[i, j]))
+                 for i in range(len(self.labels)) for j in range(i + 1, len(self.labels))]
+        return sorted(pairs, key=lambda p: -p[2])[:k]
+
+    def write_tables(self, out_dir: str | os.PathLike) -> list[Path]:
+        """Write the CSV tables into ``out_dir``; returns the paths."""
+        d = Path(out_dir)
+        labels = list(self.labels)
+        written = [
+            write_csv([[lab, *(round(float(v), 6) for v in row)] for lab, row in zip(labels, self.matrix)],
+                      d / "bag-of-nodes.csv", ["graph", *self.nodes]),
+            write_csv([[lab, *(round(float(v), 6) for v in row)] for lab, row in zip(labels, self.similarity)],
+                      d / "cosine-similarity.csv", ["graph", *labels]),
+            write_csv(self.jaccard_rows(), d / "jaccard.csv",
+                      ["graph_a", "graph_b", "tap", "jaccard", "n_a", "n_b", "n_shared"]),
+            write_csv([[int(a), int(b), round(float(dist), 6), int(n)] for a, b, dist, n in self.linkage],
+                      d / "linkage.csv", ["cluster_a", "cluster_b", "distance", "size"]),
+            write_csv([{k: v for k, v in r.items() if k != "tap_order"} for r in self.interconnectedness()],
+                      d / "interconnectedness.csv"),
+            write_csv(self.frequency_ranks(), d / "frequency-rank.csv"),
+        ]
+        return written
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labels": list(self.labels), "model": self.model, "weight": self.weight,
+                "order": [self.labels[i] for i in self.order],
+                "similarity": np.round(self.similarity, 6).tolist(),
+                "linkage": np.round(self.linkage, 6).tolist()}
+
+
+@contextmanager
+def identical_graphs_quietly():
+    """Silence matplotlib's "identical low and high xlims" warnings, which scipy's dendrogram raises when every
+    merge is at distance 0 (identical graphs): the figures are still right."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Attempting to set identical", category=UserWarning)
+        yield
+
+
+def compare(graphs: Sequence[nx.DiGraph], labels: Sequence[str] | None = None, *, weight: str = "frequency",
+            names: Sequence[str] | None = None, allow_mixed: bool = False) -> Comparison:
+    """Compare class graphs: bag-of-nodes, Ward clustering, cosine similarity, Jaccard per layer.
+
+    Parameters
+    ----------
+    graphs : two or more dependency graphs of the same model.
+    labels : names shown in figures and tables (default ``"class <target>"``, else ``names``).
+    weight : "frequency" (frequency / n_images) or "binary".
+    names : what to call each graph in error messages (file names).
+    allow_mixed : compare graphs made with different rules, selectors, parameters, branching factors or
+        image sets (graphs of different models are always refused).
+    """
+    from scipy.cluster.hierarchy import leaves_list
+
+    graphs = list(graphs)
+    check_graphs(graphs, names or labels, allow_mixed=allow_mixed)
+    labels = list(labels) if labels is not None else graph_labels(graphs, names)
+    if len(labels) != len(graphs):
+        raise InvalidInputError(f"labels has {len(labels)} entries for {len(graphs)} graphs; they must match.")
+    nodes, X = bag_of_nodes(graphs, weight)
+    Z = ward_linkage(X)
+    return Comparison(labels=tuple(labels), model=str(graphs[0].graph.get("model")), weight=weight,
+                      nodes=tuple(nodes), matrix=X, linkage=Z, order=tuple(int(i) for i in leaves_list(Z)),
+                      similarity=cosine_similarity(X), jaccard=jaccard_by_layer(graphs), graphs=tuple(graphs))

@@ -1,0 +1,147 @@
+"""The ``ssa`` command line.
+
+Each sub-command lives in ``ssa/commands/<name>.py`` with ``add_parser(subparsers)``
+and ``run(args) -> int``. Errors from ssa (bad input) and from the environment
+(disk full, read-only file system, permissions) become one line on stderr and exit
+code 2, never a traceback; ``SSA_DEBUG=1`` adds the traceback. Anything else is a bug
+in ssa: one line starting ``ssa: internal error`` and exit code 1. See ``docs/errors.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+import warnings
+from typing import Sequence
+
+from ssa.errors import SSAError, SSAWarning
+from ssa.io.paths import ENVIRONMENT_ERRNOS, describe_os_error
+
+__all__ = ["main", "build_parser", "CliError"]
+
+COMMANDS = ("analyse", "check", "collect", "compare", "report", "figures", "evaluate", "explore", "serve", "plugins")
+
+
+#: exit code after stdout was closed by its reader (what a shell reports for a process killed by SIGPIPE)
+BROKEN_PIPE_EXIT = 141
+
+
+class CliError(SSAError, ValueError):
+    """Bad command-line usage."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise CliError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ssa", description="Step-wise sensitivity analysis of CNN classifiers.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    for name in COMMANDS:
+        modname = f"ssa.cli.commands.{name}"
+        if importlib.util.find_spec(modname) is None:
+            continue
+        importlib.import_module(modname).add_parser(sub)
+    return parser
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """ssa's own warnings as one line on stderr; others as Python prints them."""
+    if issubclass(category, SSAWarning):
+        print(f"ssa: warning: {message}", file=sys.stderr if file is None else file)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe: point stdout at /dev/null so the interpreter's final flush does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (tests capture it)
+        pass
+
+
+def _debug() -> bool:
+    return os.environ.get("SSA_DEBUG", "").strip() not in ("", "0")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 bad input or environment, 1 a bug in ssa)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SSAWarning)
+        warnings.showwarning = _warning_line
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.version:
+            from ssa import __version__
+
+            print(f"ssa {__version__}")
+            return 0
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return 2
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+        return code
+    except SSAError as exc:
+        if _debug():
+            traceback.print_exc()
+        print(f"ssa: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ssa: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (`ssa plugins | head -3`): stop quietly, as tools killed by SIGPIPE do
+        _silence_stdout()
+        return BROKEN_PIPE_EXIT
+    except MemoryError:
+        print("ssa: error: out of memory; lower --batch-size or use fewer images.", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if type(exc).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA), without importing torch
+            return _internal(exc)
+        print("ssa: error: the GPU ran out of memory; lower --batch-size or use --device cpu.", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            return _internal(exc)
+        if _debug():
+            traceback.print_exc()
+        print(f"ssa: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a bug: one line unless debugging
+        return _internal(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split("\n")).strip()
+    return text or type(exc).__name__
+
+
+def _internal(exc: BaseException) -> int:
+    if _debug():
+        raise exc
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    print(f"ssa: internal error: {type(exc).__name__}: {msg} (set SSA_DEBUG=1 for a traceback and report it)",
+          file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

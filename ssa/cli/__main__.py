@@ -1,0 +1,7 @@
+"""``python -m ssa.cli``: the command line."""
+
+import sys
+
+from ssa.cli import main
+
+sys.exit(main())

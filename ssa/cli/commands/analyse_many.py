@@ -1,0 +1,90 @@
+"""The several-classes part of ``ssa analyse`` (``--targets``, grouping flags, ``--out-dir``).
+
+Not a sub-command of its own: :mod:`ssa.cli.commands.analyse` adds these flags and hands
+the run over to :func:`run_many` when they ask for more than the plain one-class path.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ssa.analysis.grouping import parse_targets
+from ssa.api import analyse_many
+from ssa.cli.commands.common import (
+    engine_options,
+    method_options,
+    model_options,
+    preprocess_from,
+)
+from ssa.errors import InvalidInputError
+from ssa.io.folders import class_folders
+from ssa.io.outdir import ANALYSE_OUTPUTS, OutputDir
+from ssa.io.paths import check_output_file
+
+__all__ = ["add_many_args", "wants_many", "run_many"]
+
+
+def add_many_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("several classes")
+    g.add_argument("--targets", default=None,
+                   help="comma-separated classes (0,3,5) or 'all': one graph per class (use instead of --target)")
+    g.add_argument("--by-prediction", action="store_true",
+                   help="group the images by the model's predicted class instead of by labels")
+    g.add_argument("--min-confidence", type=float, default=None,
+                   help="keep only images whose predicted probability of the class is >= this (e.g. 0.99)")
+    g.add_argument("--max-per-class", "--max-images", type=int, default=None,
+                   help="use at most this many images per class (the paper: --min-confidence 0.99 --max-images 100)")
+    g.add_argument("--out-dir", default=None, help="write one graph per class as DIR/class-<c>.json")
+
+
+def wants_many(args: argparse.Namespace) -> bool:
+    """Check --target / --targets (exactly one) and say whether the several-classes path is needed."""
+    if (args.target is None) == (args.targets is None):
+        raise InvalidInputError(
+            "pass exactly one of --target C (one class) and --targets 0,3,5|all (several classes), "
+            f"got {'both' if args.target is not None else 'neither'}.")
+    if args.targets is not None and args.out is not None:
+        raise InvalidInputError("--out writes one graph; with --targets use --out-dir DIR (writes DIR/class-<c>.json).")
+    if args.target is not None and args.out_dir is not None and args.out is not None:
+        raise InvalidInputError("pass --out FILE or --out-dir DIR, not both.")
+    return (args.targets is not None or args.by_prediction or args.min_confidence is not None
+            or args.max_per_class is not None or args.out_dir is not None
+            or (args.images != "digits" and class_folders(args.images) is not None))
+
+
+def run_many(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        check_output_file(args.out, flag="--out", suffixes=(".json", ".graphml"))
+    if args.out_dir is None:
+        return _run_many(args)
+    with OutputDir(args.out_dir, "analyse", ANALYSE_OUTPUTS):  # checked before computing; stale graphs removed
+        return _run_many(args)
+
+
+def _run_many(args: argparse.Namespace) -> int:
+    targets = parse_targets(args.targets) if args.targets is not None else [args.target]
+    results = analyse_many(args.model, args.images, targets, labels=args.labels, by_prediction=args.by_prediction,
+                           min_confidence=args.min_confidence, max_per_class=args.max_per_class,
+                           preprocess=preprocess_from(args), device=args.device, batch_size=args.batch_size,
+                           backend=args.backend, progress=not args.quiet, **model_options(args),
+                           **method_options(args), **engine_options(args))
+    written = []
+    if args.out is not None and args.target is not None:
+        written.append(results[args.target].write(args.out))
+    if args.out_dir is not None:
+        for c, res in results.items():
+            written.append(res.write(Path(args.out_dir) / f"class-{c}.json"))
+    if not args.quiet:
+        for res in results.values():
+            print(res.summary())
+        for path in written:
+            print(f"wrote {path}")
+    else:
+        from ssa.cli.commands.analyse import warn_notes
+
+        for res in results.values():
+            warn_notes(res)
+        if written:
+            print(f"wrote {len(written)} graph(s) to {Path(written[0]).parent}")
+    return 0

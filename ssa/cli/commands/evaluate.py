@@ -1,0 +1,141 @@
+"""``ssa evaluate``: faithfulness and stability of the graphs of every rule x selector."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ssa.analysis.evaluate import (
+    ABLATIONS,
+    compare,
+    format_table,
+    write_csv,
+    write_layers_csv,
+)
+from ssa.analysis.grouping import parse_targets
+from ssa.cli.commands.common import (
+    add_image_args,
+    add_model_args,
+    model_options,
+    parse_kv,
+    preprocess_from,
+)
+from ssa.errors import InvalidInputError
+from ssa.io.paths import check_distinct_outputs, check_output_file
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="compare rules x selectors: ablation faithfulness and bootstrap stability",
+        description=(
+            "For every class, rule and selector: build the graph, ablate its neurons (against random sets of the "
+            "same size per layer, and against keeping only the graph) and bootstrap the images to measure how "
+            "stable the graph is. Prints a table and writes it as CSV."
+        ),
+    )
+    add_model_args(p)
+    add_image_args(p)
+    p.add_argument("--targets", "-t", required=True, help="comma-separated classes, e.g. 0,3, or 'all'")
+    p.add_argument("--rules", default=None, help="comma-separated rules (default: every installed rule)")
+    p.add_argument("--selectors", default=None, help="comma-separated selectors (default: every installed selector)")
+    p.add_argument("--rule-param", action="append", metavar="[RULE.]NAME=VALUE",
+                   help="rule parameter; without RULE. it goes to every rule that has it (repeatable)")
+    p.add_argument("--selector-param", action="append", metavar="[SELECTOR.]NAME=VALUE",
+                   help="selector parameter, e.g. tukey.k=3 or two_sided=true (repeatable)")
+    p.add_argument("--branching", "-b", type=int, default=3, help="neurons kept per upper neuron (default 3)")
+    p.add_argument("--stop-at", default=None, help="lowest tap to expand down to")
+    p.add_argument("--ablation", default="zero", choices=ABLATIONS,
+                   help="set ablated channels to 0 (default) or to their mean map over all loaded images")
+    p.add_argument("--draws", type=int, default=5, help="random neuron sets per layer (default 5)")
+    p.add_argument("--resamples", type=int, default=5, help="bootstrap resamples of the images (default 5; 0: skip)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random sets and resamples (default 0)")
+    p.add_argument("--out", "-o", default=None, help="write the table here (.csv)")
+    p.add_argument("--layers-out", default=None, help="write the per-layer ablation numbers here (.csv)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is fastest for small models on a busy machine)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    p.set_defaults(run=run)
+
+
+def _per_name(items: list[str] | None, names: list[str] | None, kind: str, flag: str) -> dict[str, dict[str, Any]]:
+    """``["tukey.k=3", "two_sided=true"]`` -> ``{"tukey": {"k": "3"}, "*": {"two_sided": "true"}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in parse_kv(items, flag).items():
+        owner, _, pname = key.rpartition(".")
+        if not pname:
+            raise InvalidInputError(f"{flag} must look like [{kind}.]name=value, got {key!r}.")
+        out.setdefault(owner or "*", {})[pname] = value
+    return out
+
+
+def _resolve(spec: dict[str, dict[str, Any]], names: list[str], kind: str, flag: str) -> dict[str, dict[str, Any]]:
+    from ssa.plugins import registry
+
+    reg = registry()
+    out: dict[str, dict[str, Any]] = {}
+    for owner in spec:
+        if owner != "*" and owner not in names:
+            raise InvalidInputError(f"{flag} names {kind} {owner!r}, which is not evaluated; evaluated: {', '.join(names)}.")
+    for name in names:
+        known = getattr(reg.get(kind, name), "parameters", {})
+        params = {k: v for k, v in spec.get("*", {}).items() if k in known}
+        params.update(spec.get(name, {}))
+        if params:
+            out[name] = params
+    for pname in spec.get("*", {}):
+        if not any(pname in getattr(reg.get(kind, n), "parameters", {}) for n in names):
+            raise InvalidInputError(f"{flag} {pname!r}: no evaluated {kind} has that parameter (see `ssa plugins`).")
+    return out
+
+
+def _names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    return names or None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ssa.plugins import registry
+
+    for flag, path in (("--out", args.out), ("--layers-out", args.layers_out)):
+        if path is not None:
+            check_output_file(path, flag=flag, suffixes=(".csv",))
+    check_distinct_outputs({"--out": args.out, "--layers-out": args.layers_out})
+    targets = parse_targets(args.targets)  # "all", or distinct class indices
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InvalidInputError(f"--threads must be >= 1, got {args.threads}.")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    reg = registry()
+    rules = _names(args.rules) or reg.names("rule")
+    selectors = _names(args.selectors) or reg.names("selector")
+    for r in rules:
+        reg.get("rule", r)
+    for s in selectors:
+        reg.get("selector", s)
+    rule_params = _resolve(_per_name(args.rule_param, rules, "rule", "--rule-param"), rules, "rule", "--rule-param")
+    selector_params = _resolve(_per_name(args.selector_param, selectors, "selector", "--selector-param"), selectors,
+                               "selector", "--selector-param")
+
+    def progress(row) -> None:
+        if not args.quiet:
+            print(f"  class {row.target}  {row.rule:<22} {row.selector:<12} {row.nodes:>4} nodes  "
+                  f"{row.seconds:6.2f} s", file=sys.stderr, flush=True)
+
+    rows = compare(args.model, args.images, targets, rules=rules, selectors=selectors, rule_params=rule_params,
+                   selector_params=selector_params, branching=args.branching, ablation=args.ablation,
+                   draws=args.draws, resamples=args.resamples, seed=args.seed, labels=args.labels,
+                   preprocess=preprocess_from(args), device=args.device, batch_size=args.batch_size,
+                   backend=args.backend, stop_at=args.stop_at, model_options=model_options(args), progress=progress)
+    print(f"ablation={args.ablation}, b={args.branching}, {args.draws} random draws, {args.resamples} bootstrap "
+          f"resamples, seed {args.seed}; drops are base - ablated (class logit; share classified as the class)")
+    print(format_table(rows))
+    if args.out:
+        print(f"wrote {write_csv(rows, args.out)}")
+    if args.layers_out:
+        print(f"wrote {write_layers_csv(rows, args.layers_out)}")
+    return 0

@@ -1,0 +1,88 @@
+"""``ssa explore``: the interactive explorer (one offline HTML file, or a folder for ``ssa serve``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ssa.cli.commands.common import add_image_args, model_options, preprocess_from
+from ssa.errors import InvalidInputError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explore", help="write an interactive explorer of class graphs (HTML)",
+        description="A page to walk the class graphs in a browser: the classes in dendrogram order with their "
+                    "similarity, each graph layered by tap (pan, zoom, compare with a second class), a neuron panel "
+                    "with its numbers, the classes that keep it and (with --model and --images) its reference "
+                    "images, the paths from the class logit, and SVG / PNG / JSON export. --out FILE.html writes "
+                    "one self-contained file (everything embedded; opens offline); --out DIR/ writes a folder "
+                    "whose data load lazily, for `ssa serve DIR`.")
+    p.add_argument("graphs", nargs="+", help="graph files written by `ssa analyse` (.json or .graphml)")
+    p.add_argument("--out", "-o", default="explorer.html",
+                   help="explorer.html (one file, default) or DIR/ (a folder for `ssa serve`)")
+    p.add_argument("--title", default=None, help="page title")
+    p.add_argument("--weight", default="frequency", choices=("frequency", "binary"),
+                   help="bag-of-nodes weight of the clustering (as for `ssa compare`)")
+    m = p.add_argument_group("reference images (optional: need the model and the images the graphs were made with)")
+    m.add_argument("--model", default=None, help="the model the graphs were made with (as for `ssa analyse`)")
+    m.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    m.add_argument("--backend", default=None, help="force a backend (see `ssa plugins`)")
+    m.add_argument("--taps", default=None, help="comma-separated tap names, if the graphs were made with --taps")
+    m.add_argument("--include-input", action="store_true", help="if the graphs were made with --include-input")
+    m.add_argument("--channel-axis", action="append", metavar="TAP=AXIS", help="as for `ssa analyse`")
+    m.add_argument("--output-index", type=int, default=None, help="as for `ssa analyse`")
+    m.add_argument("--top-k", type=int, default=4, help="reference images per neuron and list (default 4)")
+    m.add_argument("--cache", default=None,
+                   help="cache folder for reference images (default $SSA_CACHE/explorer or ~/.cache/ssa/explorer)")
+    m.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    add_image_args(p, required=False)
+    p.set_defaults(run=run)
+
+
+def _is_folder(out: str) -> bool:
+    return out.endswith(("/", "\\")) or Path(out).is_dir() or Path(out).suffix == ""
+
+
+def run(args: argparse.Namespace) -> int:
+    from ssa.analysis.compare import load_graphs
+    from ssa.viz.explorer import SINGLE_FILE_CLASSES, write_explorer
+
+    folder = _is_folder(args.out)
+    if not folder and Path(args.out).suffix.lower() not in (".html", ".htm"):
+        raise InvalidInputError(f"--out must end in .html (one file) or / (a folder), got {args.out!r}.")
+    if (args.model is None) != (args.images is None):
+        raise InvalidInputError("pass both --model and --images (for reference images) or neither.")
+    if args.top_k < 1:
+        raise InvalidInputError(f"--top-k must be >= 1, got {args.top_k}.")
+    graphs, _ = load_graphs(args.graphs)
+    names = [Path(p).name for p in args.graphs]
+    references = None
+    if args.model is not None:
+        from ssa.api import load_model
+        from ssa.io.folders import load_grouped_images
+        from ssa.viz.explorer.references import class_indices, reference_images
+
+        network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
+        arr, lab = load_grouped_images(args.images, labels=args.labels, preprocess=preprocess_from(args))
+        network.prepare(arr)
+        other = {g.graph.get("model") for g in graphs} - {None, network.name}
+        if other:
+            raise InvalidInputError(f"the graphs were made with model {sorted(other)[0]!r}, not {network.name!r}; "
+                                    "pass the model the graphs were made with.")
+        groups = [class_indices(network, g, arr, lab) for g in graphs]  # checks the images before the long part
+        refs = reference_images(network, arr, groups, graphs, top_k=args.top_k, batch_size=args.batch_size,
+                                cache_dir=args.cache, use_cache=not args.no_cache)
+        references = refs.data
+        how = f"read from the cache {refs.path}" if refs.cached else (
+            f"computed, cached in {refs.path}" if refs.path else "computed")
+        print(f"reference images for {len(refs.data)} neurons: {how}")
+    page = write_explorer(args.out, graphs, names, folder=folder, references=references, title=args.title,
+                          weight=args.weight)
+    print(f"wrote explorer {page.resolve()} ({len(graphs)} class{'es' if len(graphs) != 1 else ''})")
+    if folder:
+        print(f"open it with: ssa serve {page.parent}")
+    elif len(graphs) > SINGLE_FILE_CLASSES:
+        print(f"note: {len(graphs)} classes in one file; for a whole study --out DIR/ loads each class lazily "
+              "(open it with `ssa serve DIR`).")
+    return 0

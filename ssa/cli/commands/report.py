@@ -1,0 +1,57 @@
+"""``ssa report``: one self-contained HTML file with the graphs, their comparison and figures."""
+
+from __future__ import annotations
+
+import argparse
+
+from ssa.analysis.compare import load_graphs
+from ssa.cli.commands.common import add_image_args, model_options, preprocess_from
+from ssa.errors import InvalidInputError
+from ssa.io.paths import check_output_file
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="write a self-contained HTML report of class graphs",
+        description="Run parameters, per-class dependency graphs with their layer tables, the comparison "
+                    "(clustermap, Jaccard similarity per layer, shared sub-graphs) and per-neuron tables, in one "
+                    "HTML file with the figures embedded. With --model and --images, each class also gets the "
+                    "outlier-frequency plot, relevance heat map, saliency and activation maps.")
+    p.add_argument("graphs", nargs="+", help="graph files written by `ssa analyse` (.json or .graphml)")
+    p.add_argument("--out", "-o", default="ssa-report.html", help="the HTML file to write (default ssa-report.html)")
+    p.add_argument("--title", default=None, help="report title")
+    p.add_argument("--format", default="png", choices=("png", "svg"),
+                   help="figures as base64 PNG <img> (default) or inline SVG")
+    p.add_argument("--weight", default="frequency", choices=("frequency", "binary"), help="bag-of-nodes weight")
+    p.add_argument("--n-images", type=int, default=8, help="images shown in the saliency and activation grids")
+    p.add_argument("--explorer", default=None, metavar="PAGE",
+                   help="link the report to this explorer (written by `ssa explore --out PAGE`)")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="also accept graphs made with different rules, selectors, parameters, branching factors or "
+                        "image sets (graphs of different models are always refused)")
+    m = p.add_argument_group("model (optional: adds the figures that need the network)")
+    m.add_argument("--model", default=None, help="the model the graphs were made with (as for `ssa analyse`)")
+    m.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    m.add_argument("--backend", default=None, help="force a backend (see `ssa plugins`)")
+    m.add_argument("--taps", default=None, help="comma-separated tap names, if the graphs were made with --taps")
+    m.add_argument("--include-input", action="store_true", help="if the graphs were made with --include-input")
+    m.add_argument("--channel-axis", action="append", metavar="TAP=AXIS", help="as for `ssa analyse`")
+    m.add_argument("--output-index", type=int, default=None, help="as for `ssa analyse`")
+    add_image_args(p, required=False)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ssa.viz.report import write_report
+
+    if args.n_images < 1:
+        raise InvalidInputError(f"--n-images must be >= 1, got {args.n_images}.")
+    check_output_file(args.out, flag="--out", suffixes=(".html", ".htm"))
+    graphs, names = load_graphs(args.graphs)
+    path = write_report(args.out, graphs, names, model=args.model, images=args.images, labels=args.labels,
+                        preprocess=preprocess_from(args), fmt=args.format, title=args.title, weight=args.weight,
+                        n_images=args.n_images, batch_size=args.batch_size, device=args.device,
+                        backend=args.backend, model_options=model_options(args) if args.model else None,
+                        explorer=args.explorer, allow_mixed=args.allow_mixed)
+    print(f"wrote report {path.resolve()}")
+    return 0

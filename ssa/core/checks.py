@@ -1,0 +1,138 @@
+"""Checks of user values and of plugin output, in one place (one-line errors).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ssa.errors import InvalidInputError, PluginError
+
+__all__ = ['check_int', 'check_device', 'call_selector', 'call_rule', 'check_labels', 'looks_unscaled']
+
+
+def check_int(name: str, value: Any, minimum: int, fix: str = "") -> int:
+    """``value`` as an int >= ``minimum`` (bools and floats refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}.{(' ' + fix) if fix else ''}")
+    if value < minimum:
+        raise InvalidInputError(f"{name} must be >= {minimum}, got {value}.{(' ' + fix) if fix else ''}")
+    return int(value)
+
+
+def check_device(device: str) -> str:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"``, and a GPU when one is asked for."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidInputError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device {device!r} was asked for but no CUDA GPU is available; use --device cpu.")
+    if dev.type not in ("cpu", "cuda"):
+        raise InvalidInputError(f"device must be 'cpu' or 'cuda', got {device!r}.")
+    return str(dev)
+
+
+def _plugin_bug(kind: str, obj: Any, what: str, flag: str) -> PluginError:
+    origin = type(obj).__module__.split(".")[0]
+    return PluginError(f"{kind} {getattr(obj, 'name', type(obj).__name__)!r} (from {origin}) {what}; this is a bug in "
+                       f"the {kind} plugin: report it to its author, or choose another {flag} (see `ssa plugins`).")
+
+
+def call_selector(selector: Any, rows: Any) -> Any:
+    """``selector.select(rows)``, checked: the same shape as ``rows`` and only -1, 0 or +1 (else a plugin bug).
+
+    ``rows`` may be any array-API array (numpy, torch on any device): a selector that declares
+    ``array_api = True`` gets them as they are, any other gets float64 numpy rows (converted here, at
+    the boundary). The labels come back as int8 in the rows' own library and device.
+    """
+    from ssa.core.arrays import asarray_like, namespace, to_numpy
+
+    native = bool(getattr(selector, "array_api", False))
+    given = rows if native else np.asarray(to_numpy(rows), dtype=np.float64)
+    shape = tuple(rows.shape)
+    try:
+        out = selector.select(given)
+    except Exception as exc:  # noqa: BLE001 - the plugin's code
+        text = str(exc).strip().splitlines()
+        raise _plugin_bug("selector", selector, f"raised {type(exc).__name__}"
+                          f"{': ' + text[0][:160] if text else ''} on relevance rows of shape {shape}",
+                          "--selector") from exc
+    if tuple(getattr(out, "shape", ())) != shape:
+        raise _plugin_bug("selector", selector, f"returned an array of shape {tuple(getattr(out, 'shape', ()))} for "
+                          f"rows of shape {shape} (expected one label per entry)", "--selector")
+    xp = namespace(rows)
+    if native and namespace(out) is xp:
+        if str(out.dtype).split(".")[-1] in ("bool",) or "complex" in str(out.dtype):
+            raise _plugin_bug("selector", selector, f"returned dtype {out.dtype} (expected int8 labels -1, 0, +1)",
+                              "--selector")
+        bad = (out != 0) & (out != 1) & (out != -1)
+        if bool(xp.any(bad)):
+            host = to_numpy(out)
+            wrong = host[~np.isin(host, (-1, 0, 1))]
+            raise _plugin_bug("selector", selector, f"returned {wrong.reshape(-1)[0].item()!r} (expected only -1, 0 or "
+                              f"+1; {wrong.size} entries are something else)", "--selector")
+        return out if out.dtype == xp.int8 else xp.astype(out, xp.int8)
+    out = np.asarray(to_numpy(out))
+    if out.dtype.kind not in "biuf":
+        raise _plugin_bug("selector", selector, f"returned dtype {out.dtype} (expected int8 labels -1, 0, +1)",
+                          "--selector")
+    bad = ~np.isin(out, (-1, 0, 1))
+    if bad.any():
+        raise _plugin_bug("selector", selector, f"returned {out[bad].reshape(-1)[0].item()!r} (expected only -1, 0 or +1; "
+                          f"{int(bad.sum())} entries are something else)", "--selector")
+    out = out.astype(np.int8, copy=False)
+    return out if isinstance(rows, np.ndarray) else asarray_like(out, rows)
+
+
+def call_rule(rule: Any, grad: Any, activation: Any) -> Any:
+    """``rule.combine(grad, activation)``, checked: a tensor shaped like ``grad`` (else a plugin bug)."""
+    try:
+        out = rule.combine(grad, activation)
+    except Exception as exc:  # noqa: BLE001 - the plugin's code
+        text = str(exc).strip().splitlines()
+        raise _plugin_bug("rule", rule, f"raised {type(exc).__name__}{': ' + text[0][:160] if text else ''} in "
+                          f"combine() on a gradient of shape {tuple(grad.shape)}", "--rule") from exc
+    if tuple(getattr(out, "shape", ())) != tuple(grad.shape):
+        raise _plugin_bug("rule", rule, f"combine() returned shape {tuple(getattr(out, 'shape', ()))} for a gradient "
+                          f"of shape {tuple(grad.shape)} (expected the gradient's shape)", "--rule")
+    return out
+
+
+def check_labels(labels: Any, n_images: int, source: str = "labels") -> np.ndarray:
+    """Integer class labels, one per image (integral floats are accepted; one-hot rows are refused with a hint)."""
+    lab = np.asarray(labels)
+    if lab.ndim == 2 and lab.shape[0] == n_images and lab.shape[1] > 1:
+        raise InvalidInputError(
+            f"{source} has shape {lab.shape}, one row per image: they look one-hot or like scores; pass one "
+            "integer class per image, e.g. numpy.save('labels.npy', labels.argmax(axis=1)).")
+    lab = lab.reshape(-1)
+    if lab.shape[0] != n_images:
+        raise InvalidInputError(f"{source} has {lab.shape[0]} entries for {n_images} images; they must match.")
+    if lab.dtype == bool or np.issubdtype(lab.dtype, np.integer):
+        return lab.astype(np.int64)
+    if np.issubdtype(lab.dtype, np.floating):
+        if np.isfinite(lab).all() and np.array_equal(lab, np.round(lab)):
+            return lab.astype(np.int64)
+        bad = lab[~(np.isfinite(lab) & (lab == np.round(lab)))]
+        raise InvalidInputError(
+            f"{source} must be integer class indices, got {lab.dtype} values such as {float(bad[0])!r}; "
+            "save them as integers, e.g. numpy.save('labels.npy', labels.astype(int)).")
+    raise InvalidInputError(f"{source} must be integer class indices, got dtype {lab.dtype}; "
+                            "save them as integers with numpy.save.")
+
+
+def looks_unscaled(images: np.ndarray) -> str | None:
+    """Why ``images`` look like raw 0-255 pixels (every value a whole number in [0, 255], some > 1), or None."""
+    if images.size == 0:
+        return None
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0 or hi <= 1.0 or hi > 255:
+        return None
+    sample = images.reshape(-1)[: 1 << 20]
+    if not np.array_equal(sample, np.round(sample)):
+        return None
+    return f"values are whole numbers from {lo:g} to {hi:g}"

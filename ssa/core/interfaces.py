@@ -1,0 +1,201 @@
+"""Abstract interfaces of the core: backends, relevance rules, outlier selectors.
+
+Plugins implement these and register the classes through the hooks in
+:mod:`ssa.hookspecs`. The algorithm itself (:mod:`ssa.core.traversal`) only talks to
+these interfaces, so a PyTorch module, an ONNX file or any other backend is
+analysed the same way (method doc, section 3).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from ssa.core.params import Configurable
+
+__all__ = ['Selector', 'Rule', 'Tap', 'Network', 'Backend']
+
+
+class Selector(Configurable, ABC):
+    """Picks the relevant lower neurons of relevance rows (method doc, section 3, STEP 2).
+
+    Every selector accepts ``two_sided`` (default False): when True, negative
+    outliers are also returned, as -1, and become inhibitory edges.
+    """
+
+    kind_label: ClassVar[str] = "selector"
+    #: True when :meth:`select` is written against the Python array API (``xp = namespace(rows)``,
+    #: ``xp.*`` inside) and so runs on the backend's arrays and device (a GPU). False (the default):
+    #: ``rows`` is a float64 numpy array; the core converts at the boundary.
+    array_api: ClassVar[bool] = False
+
+    @abstractmethod
+    def select(self, rows: np.ndarray) -> np.ndarray:
+        """Classify every entry of every row.
+
+        Parameters
+        ----------
+        rows : float64 array of shape (R, K); row r holds omega[n, i, :]. A numpy array, or, for a
+            selector with ``array_api = True``, an array of the backend's library on its device.
+
+        Returns
+        -------
+        int8 array of shape (R, K): +1 for a positive outlier, -1 for a
+        negative outlier (only when ``two_sided``), 0 otherwise. Rows with NaN
+        must give 0 everywhere. The result must depend only on the row itself.
+        """
+
+    @property
+    def two_sided(self) -> bool:
+        return bool(self.params.get("two_sided", False))
+
+
+class Rule(Configurable, ABC):
+    """How the relevance omega of one step is computed (method doc, sections 3 and 5).
+
+    A rule combines, per image and per parent position, the gradient of the
+    upper neuron's scalar with the parent's activation; the step relevance is
+    the spatial mean of that combination over the parent's positions.
+    ``fast_form`` names the closed form of method doc section 6 the rule has
+    ("gradient" or "gradient_x_activation"), or None for autograd only.
+    """
+
+    kind_label: ClassVar[str] = "rule"
+    fast_form: ClassVar[str | None] = None
+
+    @abstractmethod
+    def combine(self, grad: Any, activation: Any) -> Any:
+        """Elementwise contribution of each parent position (torch tensors).
+
+        ``grad`` has shape (n, B, *parent_shape) for n upper neurons, and
+        ``activation`` has shape (B, *parent_shape); return a tensor shaped like ``grad``.
+        """
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A tensor whose neurons are nodes of the dependency graph.
+
+    Attributes
+    ----------
+    name : unique name (module path or graph node name; ``logits``; ``input``).
+    order : position in execution order (the logits have the highest).
+    kind : "activation", "logits", "input" or "manual".
+    shape : per-image shape (without the batch axis).
+    channel_axis : axis of the neurons in the full (batched) tensor.
+    parents : names of the parent taps (method doc, section 4: cut semantics).
+    op : short description of the operation that produces the tap.
+    """
+
+    name: str
+    order: int
+    kind: str
+    shape: tuple[int, ...]
+    channel_axis: int
+    parents: tuple[str, ...] = ()
+    op: str = ""
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.shape[self.channel_axis - 1])
+
+    @property
+    def n_positions(self) -> int:
+        total = 1
+        for d in self.shape:
+            total *= int(d)
+        return total // max(self.n_neurons, 1)
+
+
+class Network(ABC):
+    """A loaded model, ready to be analysed by the traversal.
+
+    Obtained from :meth:`Backend.load`; :meth:`prepare` discovers the taps
+    and the tap DAG from an example batch (construction does no work).
+    """
+
+    name: str = "model"
+
+    @abstractmethod
+    def prepare(self, example: np.ndarray) -> tuple[Tap, ...]:
+        """Discover the taps (execution order, logits last) for inputs like ``example``."""
+
+    @property
+    @abstractmethod
+    def taps(self) -> tuple[Tap, ...]:
+        """The taps found by :meth:`prepare`."""
+
+    @abstractmethod
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Class logits, shape (B, n_classes)."""
+
+    @abstractmethod
+    def tap_scalars(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every tap's neuron scalars (value, or spatial mean) on a batch: ``{tap: (B, N)}``."""
+
+    @abstractmethod
+    def step_relevance(
+        self, batch: np.ndarray, upper: str, neurons: Sequence[int], rule: Rule
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Relevance of every parent tap of ``upper`` for ``neurons`` on a batch.
+
+        Returns ``(relevance, scalars)``: ``relevance[parent]`` has shape
+        (len(neurons), B, K_parent); ``scalars[tap]`` has shape (B, N_tap) and
+        holds every tap's neuron scalars (value or spatial mean) on the batch.
+        """
+
+    def describe_steps(self) -> dict[str, str]:
+        """Which computation each step uses, keyed by "upper -> parent"."""
+        return {}
+
+    # -- optional: the exact closed form of method doc section 6 -------------------------
+    def fast_taps(self, form: str | None = None) -> frozenset[str]:
+        """Upper taps whose steps have the closed form (for ``form``, when given); none by default."""
+        return frozenset()
+
+    def collect(self, batch: np.ndarray, forms: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per-image statistics of every fast step and every tap's scalars, in one forward pass."""
+        raise NotImplementedError
+
+    def fast_relevance(self, upper: str, stats: Mapping[str, np.ndarray], neurons: Sequence[int],
+                       form: str) -> dict[str, np.ndarray]:
+        """omega ``{parent: (len(neurons), B, K)}`` of a fast step from a batch's statistics."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """A content hash of the model and its taps, for the statistics store (keyed by what the statistics
+        depend on)."""
+        raise NotImplementedError
+
+    def model_hash(self) -> str:
+        """A content hash of the model itself (weights and graph, not the tap choice): its identity in graphs.
+
+        Two networks with the same hash compute the same function with the same weights, whatever they were
+        loaded from or called. The default is :meth:`fingerprint`.
+        """
+        return self.fingerprint()
+
+    def weight_arrays(self) -> list[np.ndarray]:
+        """The model's floating-point weights (any order), for recognising a built-in model by content; none by
+        default."""
+        return []
+
+
+class Backend(ABC):
+    """Loads models of one kind (PyTorch modules, ONNX files, ...)."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    priority: ClassVar[int] = 0
+
+    @classmethod
+    @abstractmethod
+    def can_load(cls, source: Any) -> bool:
+        """True when ``source`` (an object or a string) is this backend's kind of model."""
+
+    @abstractmethod
+    def load(self, source: Any, *, device: str = "cpu", **options: Any) -> Network:
+        """Load ``source``; raise :class:`ssa.errors.ModelLoadError` when it cannot be read."""

@@ -1,0 +1,313 @@
+"""The step-wise traversal (method doc, section 3; paper, Algorithm 1).
+
+The traversal is independent of how relevance is computed: a
+:class:`RelevanceSource` streams the relevance tensors omega of one step in
+blocks (of images and of upper neurons), and the traversal applies the selector to
+every row, counts outliers, ranks, keeps the top-b and recurses top-down over the
+tap DAG.
+
+Everything runs on the source's arrays and device (the Python array API): the
+selector, the outlier counts and relevance sums, and the ranking. Only the small
+per-step results (counts and means, upper x lower neurons, and the kept edges) come
+back to the host as numpy arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import (
+    Any,
+    Iterable,
+    Iterator,
+    Mapping,
+    NamedTuple,
+    Protocol,
+    Sequence,
+    Union,
+)
+
+import numpy as np
+
+from ssa.core.arrays import device_of, host_view, namespace, to_numpy
+from ssa.core.checks import call_selector
+from ssa.core.interfaces import Rule, Selector, Tap
+
+__all__ = ["RelevanceSource", "RelevanceBlock", "StepRecord", "Kept", "rank_neurons", "top_b", "traverse",
+           "TraversalOutput", "apply_selector", "explain_stop"]
+
+
+class RelevanceBlock(NamedTuple):
+    """A block of one step's relevance: ``omega[j, i, k]`` for upper neurons ``neurons[start + j]``.
+
+    ``omega`` has shape (n_block, n_images_in_block, K_parent) and may be any array-API array.
+    Blocks of the same upper neurons and different images are summed; blocks of different upper
+    neurons fill different rows.
+    """
+
+    parent: str
+    start: int
+    omega: Any
+
+
+class RelevanceSource(Protocol):
+    """Where the traversal gets relevance from (autograd on the network, or per-image statistics)."""
+
+    taps: tuple[Tap, ...]
+    n_images: int
+
+    def iter_relevance(self, upper: str, neurons: Sequence[int], rule: Rule
+                       ) -> Iterator[Union[RelevanceBlock, Mapping[str, Any]]]:
+        """Yield the step's relevance in blocks.
+
+        A :class:`RelevanceBlock`, or a mapping ``{parent: omega}`` with omega of shape
+        (len(neurons), b, K_parent) for a batch of b images (all upper neurons at once).
+        """
+
+    def scalars(self, tap: str) -> Any:
+        """Every image's neuron scalars of ``tap``, shape (n_images, N)."""
+
+
+@dataclass(frozen=True)
+class Kept:
+    upper: int
+    lower: int
+    count: int
+    relevance: float
+    sign: int
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """Statistics of one step (upper tap -> parent tap) over all images.
+
+    ``counts[j, k]`` is the number of images in which lower neuron k was a
+    positive outlier for upper neuron ``neurons[j]``; ``neg_counts`` the same
+    for negative outliers; ``mean[j, k]`` the mean relevance over images.
+    The kept edges are the arrays ``kept_upper`` (upper neuron), ``kept_lower``,
+    ``kept_count``, ``kept_relevance`` and ``kept_sign``, in order: per upper neuron,
+    the positive edges by rank, then the negative ones; ``kept`` has them as :class:`Kept`.
+    """
+
+    upper: str
+    parent: str
+    neurons: tuple[int, ...]
+    counts: np.ndarray
+    neg_counts: np.ndarray
+    mean: np.ndarray
+    kept_upper: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    kept_lower: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    kept_count: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    kept_relevance: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    kept_sign: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @cached_property
+    def kept(self) -> tuple[Kept, ...]:
+        return tuple(Kept(int(u), int(v), int(c), float(r), int(s)) for u, v, c, r, s in
+                     zip(self.kept_upper, self.kept_lower, self.kept_count, self.kept_relevance, self.kept_sign))
+
+
+def rank_neurons(counts: np.ndarray, mean: np.ndarray, b: int, sign: int = 1) -> list[int]:
+    """The first ``b`` neurons by count (desc), then mean relevance (desc; asc for sign -1), then index.
+
+    Only neurons with count > 0 qualify (method doc, section 3, STEPs 3-4). This is the
+    plainly written definition for one row; :func:`top_b` does every row at once.
+    """
+    k = np.arange(counts.shape[0])
+    key_mean = -mean if sign > 0 else mean
+    order = np.lexsort((k, key_mean, -counts))
+    return [int(i) for i in order[:b] if counts[i] > 0]
+
+
+def top_b(counts: Any, mean: Any, b: int, sign: int = 1) -> tuple[Any, Any]:
+    """:func:`rank_neurons` for every row of (n, K) arrays at once, on their device.
+
+    Returns ``(lower, valid)``, both (n, b'): the r-th ranked lower neuron of each row, and
+    whether it qualifies (count > 0). b' = min(b, K).
+    """
+    xp = namespace(counts, mean)
+    n, K = counts.shape
+    b = min(int(b), int(K))
+    key = mean if sign > 0 else -mean
+    cols = xp.reshape(xp.arange(K, device=device_of(counts)), (1, K))
+    cnt = xp.where(counts > 0, counts, xp.full_like(counts, -1))
+    neg_inf = xp.full_like(key, -float("inf"))
+    lows, valids = [], []
+    for _ in range(b):
+        cmax = xp.max(cnt, axis=1, keepdims=True)
+        m1 = (cnt == cmax) & (cnt > 0)
+        kmax = xp.max(xp.where(m1, key, neg_inf), axis=1, keepdims=True)
+        m2 = m1 & (key == kmax)
+        # the smallest index among the remaining ties: the first True
+        first = xp.min(xp.where(m2, cols, xp.full_like(cols, K)), axis=1, keepdims=True)
+        valid = first < K
+        lows.append(xp.where(valid, first, xp.zeros_like(first)))
+        valids.append(valid)
+        cnt = xp.where(cols == first, xp.full_like(cnt, -1), cnt)
+    if not lows:
+        z = xp.zeros((n, 0), dtype=xp.int64, device=device_of(counts))
+        return z, xp.astype(z, xp.bool)
+    return xp.concat(lows, axis=1), xp.concat(valids, axis=1)
+
+
+def apply_selector(selector: Selector, rows: Any) -> Any:
+    """Labels of ``rows`` (R, K) in {-1, 0, 1}, int8, on the rows' own array library and device.
+
+    A selector that does not declare ``array_api = True`` gets float64 numpy rows (the
+    conversion happens at the boundary) and its result is moved back. The result is validated
+    (:func:`ssa.core.checks.call_selector`): a selector that raises, returns the wrong shape or values
+    outside {-1, 0, 1} is named as a plugin bug.
+    """
+    return call_selector(selector, rows)
+
+
+class _Acc:
+    """Per-parent sums of one step: positive / negative outlier counts and relevance sums."""
+
+    __slots__ = ("pos", "neg", "tot")
+
+    def __init__(self, xp: Any, n: int, K: int, like: Any) -> None:
+        dev = device_of(like)
+        self.pos = xp.zeros((n, K), dtype=xp.int64, device=dev)
+        self.neg = xp.zeros((n, K), dtype=xp.int64, device=dev)
+        self.tot = xp.zeros((n, K), dtype=xp.float64, device=dev)
+
+
+@dataclass(frozen=True)
+class TraversalOutput:
+    steps: tuple[StepRecord, ...]
+    selected: Mapping[str, tuple[int, ...]]
+
+
+def _blocks(item: Union[RelevanceBlock, Mapping[str, Any]]) -> Iterable[RelevanceBlock]:
+    if isinstance(item, RelevanceBlock):
+        return (item,)
+    return (RelevanceBlock(parent, 0, omega) for parent, omega in item.items())
+
+
+def traverse(source: RelevanceSource, target: int, branching: int, rule: Rule, selector: Selector,
+             *, stop_at: str | None = None, progress: Any = None) -> TraversalOutput:
+    """Run the traversal from class ``target`` of the logits down the tap DAG."""
+    taps = sorted(source.taps, key=lambda t: t.order)
+    by_name = {t.name: t for t in taps}
+    floor = by_name[stop_at].order if stop_at else -1
+    sets: dict[str, set[int]] = {"logits": {int(target)}}
+    steps: list[StepRecord] = []
+    for tap in reversed(taps):
+        if tap.order <= floor or not sets.get(tap.name) or not tap.parents:
+            continue
+        neurons = sorted(sets[tap.name])
+        n = len(neurons)
+        acc: dict[str, _Acc] = {}
+        for item in source.iter_relevance(tap.name, neurons, rule):
+            for block in _blocks(item):
+                _accumulate(acc, block, n, selector)
+            if progress is not None:
+                progress.update(1)
+        for parent in tap.parents:
+            if parent not in acc or by_name[parent].order < floor:
+                continue
+            step = _finish_step(tap.name, parent, neurons, acc[parent], branching, selector.two_sided,
+                                max(source.n_images, 1))
+            sets.setdefault(parent, set()).update(int(k) for k in step.kept_lower[step.kept_sign > 0])
+            steps.append(step)
+    return TraversalOutput(tuple(steps), {k: tuple(sorted(v)) for k, v in sets.items()})
+
+
+def _accumulate(acc: dict[str, _Acc], block: RelevanceBlock, n: int, selector: Selector) -> None:
+    omega = host_view(block.omega)
+    xp = namespace(omega)
+    if omega.dtype != xp.float64:
+        omega = xp.astype(omega, xp.float64)
+    nb, b, K = omega.shape
+    if nb == 0 or b == 0:
+        return
+    labels = xp.reshape(apply_selector(selector, xp.reshape(omega, (nb * b, K))), (nb, b, K))
+    a = acc.get(block.parent)
+    if a is None:
+        a = acc[block.parent] = _Acc(xp, n, K, omega)
+    lo, hi = block.start, block.start + nb
+    a.pos[lo:hi, ...] += xp.sum(labels > 0, axis=1, dtype=xp.int64)
+    a.neg[lo:hi, ...] += xp.sum(labels < 0, axis=1, dtype=xp.int64)
+    if bool(xp.all(xp.isfinite(omega))):
+        a.tot[lo:hi, ...] += xp.sum(omega, axis=1)
+    else:
+        a.tot[lo:hi, ...] += xp.sum(xp.where(xp.isfinite(omega), omega, xp.zeros_like(omega)), axis=1)
+
+
+def _finish_step(upper: str, parent: str, neurons: Sequence[int], a: _Acc, branching: int, two_sided: bool,
+                 n_images: int) -> StepRecord:
+    """Rank on the device; bring the counts, means and kept edges to the host."""
+    xp = namespace(a.tot)
+    mean = a.tot / float(n_images)
+    parts = [(1, *top_b(a.pos, mean, branching, 1))]
+    if two_sided:
+        parts.append((-1, *top_b(a.neg, mean, branching, -1)))
+    counts, neg, mean_h = to_numpy(a.pos), to_numpy(a.neg), to_numpy(mean)
+    rows: list[np.ndarray] = []
+    lows: list[np.ndarray] = []
+    signs: list[np.ndarray] = []
+    ranks: list[np.ndarray] = []
+    for sign, low, valid in parts:
+        low_h, valid_h = to_numpy(low), to_numpy(valid)
+        j, r = np.nonzero(valid_h)
+        rows.append(j)
+        lows.append(low_h[j, r])
+        ranks.append(r)
+        signs.append(np.full(len(j), sign, np.int64))
+    j = np.concatenate(rows)
+    k = np.concatenate(lows).astype(np.int64)
+    s = np.concatenate(signs)
+    order = np.lexsort((np.concatenate(ranks), -s, j))  # per upper neuron: positive by rank, then negative
+    j, k, s = j[order], k[order], s[order]
+    nrn = np.asarray(neurons, dtype=np.int64)
+    cnt = np.where(s > 0, counts[j, k], neg[j, k]).astype(np.int64)
+    del xp
+    return StepRecord(upper, parent, tuple(int(v) for v in neurons), counts, neg, mean_h,
+                      nrn[j], k, cnt, mean_h[j, k].astype(np.float64), s)
+
+
+def explain_stop(taps: Sequence[Tap], steps: Sequence[StepRecord], active: Mapping[str, np.ndarray],
+                 rule: Rule, selector: Selector, *, stop_at: str | None = None) -> list[str]:
+    """Why a graph stops above the lowest tap it could reach, and what to try (empty when it does not stop).
+
+    For each step out of the graph's taps that kept nothing, one of: the upper neurons never fire on the
+    images (their relevance rows are all zero), the relevance is zero on every image, or the selector
+    found no outliers (with its parameters). A model without taps below the logits is said as such.
+    """
+    by_name = {t.name: t for t in taps}
+    logits = by_name.get("logits")
+    if logits is not None and not logits.parents:
+        return ["the model has no taps below the logits (no activation functions were found), so the graph is only "
+                "the class node; name taps with --taps, or add the input's channels with --include-input"]
+    floor = by_name[stop_at].order if stop_at else None
+    lowest_possible = min(t.order for t in taps if floor is None or t.order >= floor)  # stop_at itself is reached
+    nodes = {"logits"} | {s.parent for s in steps if any(kp.sign > 0 for kp in s.kept)}
+    if min(by_name[n].order for n in nodes) <= lowest_possible:
+        return []
+    notes = []
+    params = ", ".join(f"{k}={v}" for k, v in selector.params.items())
+    for s in steps:
+        if any(kp.sign > 0 for kp in s.kept) or s.upper not in nodes:
+            continue
+        frac = active.get(s.upper)
+        upper_active = None if frac is None or s.upper == "logits" else np.asarray(frac)[list(s.neurons)]
+        where = f"step {s.upper} -> {s.parent}"
+        if upper_active is not None and not (upper_active > 0).any():
+            tip = ("try --rule gradient_x_activation" if rule.name == "gradient" else
+                   "try other images of the class, or --stop-at above this tap")
+            notes.append(f"the graph stops at {s.upper}: its {len(s.neurons)} kept neuron(s) never fire on these images, "
+                         f"so every relevance row of {where} is zero; {tip}")
+        elif not np.any(s.mean):
+            notes.append(f"the graph stops at {s.upper}: the relevance of {where} is zero on every image; try "
+                         "--rule gradient_x_activation or other images")
+        else:
+            lower = {"tukey": "--selector-param k=1", "mad": "--selector-param threshold=2.5",
+                     "zscore": "--selector-param threshold=2"}.get(selector.name, "a lower selector threshold")
+            others = " or ".join(f"--selector {n}" for n in ("mad", "topk") if n != selector.name)
+            notes.append(f"the graph stops at {s.upper}: no outliers at {where} with selector {selector.name} "
+                         f"({params}); try {lower}, or {others}")
+    if not notes:
+        notes.append(f"the graph stops at {by_name[min(nodes, key=lambda n: by_name[n].order)].name}, above the "
+                     "lowest tap; try a lower selector threshold or --rule gradient_x_activation")
+    return notes

@@ -1,0 +1,53 @@
+"""Relevance by exact autograd, batched over upper neurons (method doc, section 4).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ssa.core.interfaces import Network, Rule, Tap
+
+__all__ = ['AutogradSource']
+
+
+class AutogradSource:
+    def __init__(self, network: Network, images: np.ndarray, batch_size: int = 32) -> None:
+        self.network = network
+        self.images = images
+        self.batch_size = int(batch_size)
+        self.taps: tuple[Tap, ...] = network.taps
+        self.n_images = int(images.shape[0])
+        self._scalars: dict[str, np.ndarray] | None = None
+        self.engines: dict[str, str] = {}
+
+    def batches(self) -> Iterator[np.ndarray]:
+        for i in range(0, self.n_images, self.batch_size):
+            yield self.images[i:i + self.batch_size]
+
+    @property
+    def n_batches(self) -> int:
+        return -(-self.n_images // self.batch_size)
+
+    def iter_relevance(self, upper: str, neurons: Sequence[int], rule: Rule) -> Iterator[dict[str, np.ndarray]]:
+        parts: dict[str, list[np.ndarray]] = {}
+        for p in next(t for t in self.taps if t.name == upper).parents:
+            self.engines[f"{upper} -> {p}"] = "autograd"
+        for batch in self.batches():
+            rel, scalars = self.network.step_relevance(batch, upper, neurons, rule)
+            if self._scalars is None:
+                for k, v in scalars.items():
+                    parts.setdefault(k, []).append(v)
+            yield rel
+        if self._scalars is None and parts:
+            self._scalars = {k: np.concatenate(v) for k, v in parts.items()}
+
+    def scalars(self, tap: str) -> np.ndarray:
+        if self._scalars is None:
+            parts: dict[str, list[np.ndarray]] = {}
+            for batch in self.batches():
+                for k, v in self.network.tap_scalars(batch).items():  # type: ignore[attr-defined]
+                    parts.setdefault(k, []).append(v)
+            self._scalars = {k: np.concatenate(v) for k, v in parts.items()}
+        return self._scalars[tap]

@@ -1,0 +1,97 @@
+"""Reading and writing dependency graphs (node-link JSON and GraphML).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from ssa.errors import InvalidInputError
+from ssa.io.atomic import atomic_write_bytes
+
+__all__ = ['graph_to_dict', 'write_graph', 'read_graph']
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def graph_to_dict(g: nx.DiGraph) -> dict:
+    data = nx.node_link_data(g, edges="edges")
+    for section in ("nodes", "edges"):
+        for item in data[section]:
+            for k, v in list(item.items()):
+                item[k] = _jsonable(v)
+    data["graph"] = {k: _jsonable(v) for k, v in data["graph"].items()}
+    return data
+
+
+def write_graph(g: nx.DiGraph, path: str | os.PathLike) -> Path:
+    """Write the graph atomically: ``.json`` (node-link) or ``.graphml``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        data = json.dumps(graph_to_dict(g), indent=1).encode()
+    elif suffix in (".graphml", ".xml"):
+        h = g.copy()
+        for k, v in list(h.graph.items()):
+            if isinstance(v, (dict, list, tuple)) or v is None:
+                h.graph[k] = json.dumps(v)
+        data = "\n".join(nx.generate_graphml(h)).encode()
+    else:
+        raise InvalidInputError(f"output file must end in .json or .graphml, got {path.name!r}; rename it.")
+    atomic_write_bytes(path, data)
+    return path
+
+
+def read_graph(path: str | os.PathLike) -> nx.DiGraph:
+    """Read a graph written by :func:`write_graph`; anything else is refused with one line."""
+    path = Path(path)
+    fix = "pass a graph file (.json or .graphml) written by `ssa analyse`"
+    if path.is_dir():
+        raise InvalidInputError(f"graph file {str(path)!r} is a folder; {fix}, e.g. {str(path / 'class-3.json')!r}.")
+    if not path.exists():
+        raise InvalidInputError(f"graph file {str(path)!r} does not exist; check the path.")
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".graphml", ".xml"):
+        raise InvalidInputError(f"graph file must end in .json or .graphml, got {path.name!r}; {fix}.")
+    try:
+        if suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+                kind = type(data).__name__ if not isinstance(data, dict) else "object without a 'nodes' list"
+                raise InvalidInputError(f"{str(path)!r} holds a JSON {kind}, not a node-link graph; {fix}.")
+            g = nx.node_link_graph(data, edges="edges" if "edges" in data else "links", directed=True)
+        else:
+            g = nx.read_graphml(path)
+    except InvalidInputError:
+        raise
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read graph file {str(path)!r} ({exc.strerror or exc}); {fix}.") from None
+    except Exception as exc:  # noqa: BLE001 - json, XML and networkx parse errors of a file that is not ours
+        raise InvalidInputError(
+            f"{str(path)!r} is not a graph written by ssa ({type(exc).__name__}: "
+            f"{(str(exc).splitlines() or [''])[0][:100]}); {fix}.") from None
+    _check_graph(g, path, fix)
+    return g
+
+
+def _check_graph(g: nx.DiGraph, path: Path, fix: str) -> None:
+    """The attributes every reader relies on: a directed graph, and per node ``tap`` and ``neuron``."""
+    if not g.is_directed():
+        raise InvalidInputError(f"{str(path)!r} holds an undirected graph, not a dependency graph; {fix}.")
+    for n, d in g.nodes(data=True):
+        if not isinstance(d.get("tap"), str) or not isinstance(d.get("neuron"), (int, np.integer)):
+            raise InvalidInputError(f"node {n!r} of {str(path)!r} has no 'tap' and 'neuron' attributes, so the file "
+                                    f"was not written by ssa; {fix}.")

@@ -1,0 +1,227 @@
+"""Image inputs: arrays, ``.npy`` files, folders of PNG/JPEG files, the built-in digits set."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ssa.core.checks import check_labels, looks_unscaled
+from ssa.errors import InvalidInputError, SSAWarning
+
+__all__ = ["Preprocess", "validate_images", "load_images", "select_class", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+_INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Simple preprocessing for folders of image files.
+
+    resize : (height, width) or None; every image is resized to exactly this size (aspect not kept).
+    scale : multiply the 0-255 pixel values by this (1/255 gives 0-1).
+    mean, std : per-channel, applied after scaling (and after the BGR flip): (x - mean) / std.
+    layout : "nchw" or "nhwc".
+    channels : 1 (grayscale) or 3 (RGB).
+    bgr : reverse the channel order (RGB -> BGR), as Caffe/Keras VGG models expect.
+    resize_shorter : resize so that the shorter side has this length, aspect kept (torchvision's
+        ``Resize(256)``); done first.
+    letterbox : (height, width): scale to fit inside, aspect kept, and pad the rest with ``pad_value``.
+    crop : (height, width): center crop, done last (torchvision's ``CenterCrop(224)``).
+    pad_value : pixel value (0-255 scale, before ``scale``) of the letterbox padding.
+    interpolation : "bilinear" (default), "nearest" (Keras ``load_img``'s default) or "bicubic".
+
+    The geometric steps run in the order resize_shorter, resize, letterbox, crop; see
+    :mod:`ssa.io.preprocess` for presets and config files.
+    """
+
+    resize: tuple[int, int] | None = None
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    layout: str = "nchw"
+    channels: int = 3
+    bgr: bool = False
+    resize_shorter: int | None = None
+    letterbox: tuple[int, int] | None = None
+    crop: tuple[int, int] | None = None
+    pad_value: float = 0.0
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("nchw", "nhwc"):
+            raise InvalidInputError(f"layout must be 'nchw' or 'nhwc', got {self.layout!r}.")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise InvalidInputError(
+                f"interpolation must be one of {', '.join(_INTERPOLATIONS)}, got {self.interpolation!r}."
+            )
+        for label, size in (("resize", self.resize), ("letterbox", self.letterbox), ("crop", self.crop)):
+            if size is not None and (len(size) != 2 or any(int(v) < 1 for v in size)):
+                raise InvalidInputError(f"{label} must be (height, width) with positive sizes, got {size!r}.")
+        if self.resize_shorter is not None and int(self.resize_shorter) < 1:
+            raise InvalidInputError(f"resize_shorter must be a positive size, got {self.resize_shorter!r}.")
+        if self.channels not in (1, 3):
+            raise InvalidInputError(f"channels must be 1 or 3, got {self.channels}.")
+        for label, vals in (("mean", self.mean), ("std", self.std)):
+            if vals and len(vals) not in (1, self.channels):
+                if self.channels == 1:
+                    raise InvalidInputError(
+                        f"{label} has {len(vals)} values but the images are read with 1 channel (grayscale, "
+                        f"channels=1); pass 1 value, or read them as RGB with channels=3 (--channels 3).")
+                raise InvalidInputError(f"{label} must have 1 value or 3 (one per RGB channel), got {len(vals)}.")
+        if self.std and any(v == 0 for v in self.std):
+            raise InvalidInputError("std values must be non-zero.")
+
+
+def validate_images(images: object, *, source: str = "images") -> np.ndarray:
+    """Check an image batch and return it as a contiguous float32 array."""
+    arr = np.asarray(images) if not hasattr(images, "detach") else images.detach().cpu().numpy()  # type: ignore[union-attr]
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+                                   or arr.dtype == bool):
+        raise InvalidInputError(f"{source} must hold numbers, got dtype {arr.dtype}; pass a float array shaped (N, ...).")
+    if arr.ndim < 2:
+        raise InvalidInputError(
+            f"{source} must be shaped (N, ...) with one image per row, got shape {arr.shape}; add the batch axis."
+        )
+    if arr.shape[0] == 0:
+        raise InvalidInputError(f"{source} is empty (0 images); pass at least one image of the class.")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).reshape(arr.shape[0], -1).any(axis=1).sum())
+        raise InvalidInputError(f"{source} contains NaN or infinite values in {bad} image(s); clean or drop them.")
+    return np.ascontiguousarray(arr)
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InvalidInputError(f"cannot read {str(path)!r} as a .npy array ({str(exc).splitlines()[0]}); save it with numpy.save.") from None
+
+
+def _geometry(im, pre: Preprocess) -> np.ndarray:
+    """Resize / letterbox / center-crop a PIL image as ``pre`` says; returns float32 pixels (H, W[, C])."""
+    from PIL import Image
+
+    resample = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC}[pre.interpolation]
+    if pre.resize_shorter is not None:
+        w, h = im.size
+        short, long_ = (w, h) if w <= h else (h, w)
+        new_short = int(pre.resize_shorter)
+        new_long = int(new_short * long_ / short)  # torchvision's rounding
+        size = (new_short, new_long) if w <= h else (new_long, new_short)
+        if size != im.size:
+            im = im.resize(size, resample)
+    if pre.resize is not None:
+        im = im.resize((int(pre.resize[1]), int(pre.resize[0])), resample)
+    if pre.letterbox is not None:
+        th, tw = int(pre.letterbox[0]), int(pre.letterbox[1])
+        w, h = im.size
+        ratio = min(tw / w, th / h)
+        nw, nh = max(1, round(w * ratio)), max(1, round(h * ratio))
+        im = im.resize((nw, nh), resample)
+        fill = int(round(pre.pad_value))
+        canvas = Image.new(im.mode, (tw, th), fill if im.mode == "L" else (fill,) * len(im.getbands()))
+        canvas.paste(im, ((tw - nw) // 2, (th - nh) // 2))
+        im = canvas
+    if pre.crop is not None:
+        ch, cw = int(pre.crop[0]), int(pre.crop[1])
+        w, h = im.size
+        if ch > h or cw > w:
+            raise InvalidInputError(
+                f"cannot center-crop {ch}x{cw} from an image of {h}x{w}; resize first (resize_shorter) or crop less."
+            )
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))  # torchvision's center_crop
+        im = im.crop((left, top, left + cw, top + ch))
+    return np.asarray(im, dtype=np.float32)
+
+
+def _read_folder(path: Path, pre: Preprocess) -> tuple[np.ndarray, list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InvalidInputError(f"folder {str(path)!r} holds no PNG/JPEG files; put the class's images there.")
+    out = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L" if pre.channels == 1 else "RGB")
+                a = _geometry(im, pre)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise InvalidInputError(f"cannot read image {str(f)!r} ({type(exc).__name__}); remove or fix it.") from None
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if out and a.shape != out[0].shape:
+            raise InvalidInputError(
+                f"image {f.name!r} has size {a.shape[:2]}, others {out[0].shape[:2]}; pass --resize H,W."
+            )
+        out.append(a)
+    x = np.stack(out) * pre.scale
+    if pre.bgr:
+        x = x[..., ::-1]
+    if pre.mean:
+        x = x - np.asarray(pre.mean, np.float32)
+    if pre.std:
+        x = x / np.asarray(pre.std, np.float32)
+    if pre.layout == "nchw":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x, dtype=np.float32), [f.name for f in files]
+
+
+def load_images(spec: object, *, target: int | None = None, preprocess: Preprocess | None = None,
+                labels: object = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Load images from an array, a ``.npy`` file, a folder, or ``"digits"``.
+
+    Returns ``(images, labels)``; labels are None when unknown. When labels are
+    known and ``target`` is given, only the images of that class are returned.
+    """
+    lab: np.ndarray | None = None
+    raw = True  # an array or .npy file, used as it is (not a folder read with a Preprocess, not the digits)
+    if isinstance(spec, (str, os.PathLike)):
+        s = os.fspath(spec)
+        if s == "digits":
+            from ssa.models import digits_data
+
+            arr, lab = digits_data()
+            raw = False
+        else:
+            path = Path(s)
+            if not path.exists():
+                raise InvalidInputError(f"images {s!r} do not exist; pass a .npy file or a folder of PNG/JPEG files.")
+            if path.is_dir():
+                arr, _ = _read_folder(path, preprocess or Preprocess())
+                raw = False
+            elif path.suffix.lower() == ".npy":
+                arr = _read_npy(path)
+            else:
+                raise InvalidInputError(f"images must be a .npy file or a folder of PNG/JPEG files, got {path.name!r}.")
+    else:
+        arr = spec  # type: ignore[assignment]
+    if labels is not None:
+        lab = np.asarray(_read_npy(Path(labels)) if isinstance(labels, (str, os.PathLike)) else labels)
+    arr = validate_images(arr)
+    why = looks_unscaled(arr) if raw else None
+    if why is not None:
+        warnings.warn(f"the images look like raw 0-255 pixels ({why}); most models expect them scaled (e.g. to 0-1, or "
+                      "normalised): divide them by 255 first, or pass a folder of image files with --preprocess; ignore "
+                      "this if the model takes 0-255 input.", SSAWarning, stacklevel=2)
+    if lab is not None:
+        lab = check_labels(lab, arr.shape[0])
+    if target is not None:
+        arr, lab = select_class(arr, lab, target)
+    return arr, lab
+
+
+def select_class(images: np.ndarray, labels: np.ndarray | None, target: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The images labelled ``target`` (all images when there are no labels)."""
+    if labels is None:
+        return images, None
+    keep = labels == target
+    if not keep.any():
+        raise InvalidInputError(f"no image is labelled {target}; choose a target that has images.")
+    return images[keep], labels[keep]
