@@ -304,7 +304,7 @@ def run_traversal(source, network: Network, target: int, branching: int, rule: R
     }
     for s in out.steps:  # the upper neurons' active fractions, for saying why a graph stops
         if s.upper not in active:
-            active[s.upper] = (source.scalars(s.upper) > 0).mean(axis=0)
+            active[s.upper] = active_fraction(source.scalars(s.upper))
     notes = tuple(explain_stop(network.taps, out.steps, active, rule, selector, stop_at=stop_at))
     if notes:
         attrs["notes"] = json.dumps(list(notes))

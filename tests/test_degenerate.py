@@ -76,7 +76,7 @@ def test_no_outliers_at_the_first_step_is_explained(capsys):
     assert "the graph stops at logits: no outliers at step logits -> classifier.2 with selector tukey (k=inf" in note
     assert "try --selector-param k=1, or --selector mad or --selector topk" in note
     assert f"note: {note}" in res.summary()
-    assert json.loads(res.graph.graph["notes"]) == [note]
+    assert res.graph.graph["notes"] == [note] and res.graph.run.notes == (note,)
     # on the command line: in the summary, or one warning line with --quiet
     assert main(["analyse", "digits", "--images", "digits", "-t", "3", "--rule", "gradient", "--selector", "tukey",
                  "--selector-param", "k=inf"]) == 0

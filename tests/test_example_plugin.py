@@ -76,7 +76,7 @@ def test_ssa_analyse_with_the_example_selector(installed: Path, tmp_path: Path) 
     assert "selector=gap {'max_k': 4, 'factor': 1.0, 'two_sided': False}" in proc.stdout
     data = json.loads(out.read_text())
     graph = data.get("graph", data)
-    assert graph["selector"] == "gap" and json.loads(graph["selector_params"])["max_k"] == 4
+    assert graph["selector"] == "gap" and graph["selector_params"]["max_k"] == 4
     nodes = data["nodes"]
     assert len(nodes) > 2
     # without autoloading the selector is unknown: one line, exit code 2

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import warnings
 from contextlib import contextmanager
@@ -73,7 +74,7 @@ RUN_PARAMETERS = (
 
 
 def _short(value: Any) -> str:
-    text = str(value)
+    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
     return text[:12] if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else text
 
 

@@ -1,9 +1,30 @@
-"""Building the dependency graph from the traversal's step records.
+"""The dependency graph: its schema (:class:`DependencyGraph`) and how it is built from the traversal.
+
+A dependency graph is a :class:`networkx.DiGraph` subclass whose nodes are ``"tap:neuron"`` strings
+and whose edges go from an upper neuron to a lower neuron it depends on (method doc, section 3).
+Its attributes are typed and versioned (``schema``); :class:`RunInfo` holds the run's parameters.
+
+Node attributes (:class:`NodeInfo`): ``tap``, ``tap_order``, ``neuron``, ``frequency`` (the largest
+edge frequency into the node; the number of images for the class node), ``mean_relevance`` (mean
+relevance of the edges into the node), ``active_fraction`` (share of images in which the neuron's
+scalar is > 0; NaN where unknown), ``in_degree`` (how many upper neurons keep it: the paper's
+interconnectedness), ``sign`` (+1, or -1 for a node reached only by inhibitory edges).
+Edge attributes (:class:`EdgeInfo`): ``frequency``, ``relevance``, ``sign``.
+
+Graph attributes (:class:`RunInfo`): ``schema``, ``target``, ``n_images``, ``branching``, ``rule``,
+``rule_params``, ``selector``, ``selector_params``, ``model`` (display name), ``model_hash``,
+``images_hash``, ``stop_at``, ``tap_neurons`` (neurons per tap), ``notes`` (why a graph stops early),
+``grouping``, ``min_confidence``, ``max_per_class`` (how the class's images were chosen). In memory
+they are plain Python values (dicts, lists); :mod:`ssa.io.graphs` writes and reads them exactly.
+
+Similarity of two node sets is :func:`jaccard`, with one convention for empty sets everywhere.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -11,23 +32,205 @@ import numpy as np
 from ssa.core.interfaces import Tap
 from ssa.core.traversal import StepRecord
 
-__all__ = ['node_id', 'build_graph']
+__all__ = ["SCHEMA_VERSION", "NodeInfo", "EdgeInfo", "RunInfo", "DependencyGraph", "jaccard", "node_id", "parse_node",
+           "build_graph", "RUN_PARAMETERS"]
+
+#: Version of the graph schema written into every graph (``graph["schema"]``). Version 0 is a graph
+#: written before the schema existed (parameters as JSON strings); it is read and upgraded.
+SCHEMA_VERSION = 1
+
+#: The graph attributes that say how a graph was made; graphs to be compared should agree on them
+#: (``ssa compare`` refuses a difference unless ``--allow-mixed``).
+RUN_PARAMETERS = ("rule", "rule_params", "selector", "selector_params", "branching", "images_hash", "grouping",
+                  "min_confidence", "max_per_class", "stop_at")
+
+_JSON_ATTRS = ("rule_params", "selector_params", "tap_neurons", "notes")
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """The attributes of one node (see the module docstring)."""
+
+    id: str
+    tap: str
+    tap_order: int
+    neuron: int
+    frequency: int
+    mean_relevance: float
+    active_fraction: float
+    in_degree: int
+    sign: int
+
+
+@dataclass(frozen=True)
+class EdgeInfo:
+    """The attributes of one edge ``upper -> lower``."""
+
+    upper: str
+    lower: str
+    frequency: int
+    relevance: float
+    sign: int
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The graph attributes: the class, the run's parameters and where the graph came from."""
+
+    target: int
+    n_images: int
+    branching: int | None = None
+    rule: str | None = None
+    rule_params: Mapping[str, Any] = field(default_factory=dict)
+    selector: str | None = None
+    selector_params: Mapping[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    model_hash: str | None = None
+    images_hash: str | None = None
+    stop_at: str | None = None
+    tap_neurons: Mapping[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    grouping: str | None = None
+    min_confidence: float | None = None
+    max_per_class: int | None = None
+    schema: int = SCHEMA_VERSION
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def parameters(self) -> dict[str, Any]:
+        """The run parameters (:data:`RUN_PARAMETERS`) as a dict."""
+        return {k: getattr(self, k) for k in RUN_PARAMETERS}
+
+
+def _parsed(value: Any) -> Any:
+    """A graph attribute that an older writer stored as a JSON string, as its value."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def normalise_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Graph attributes in their in-memory form: JSON strings of older writers parsed, the schema set."""
+    out = dict(attrs)
+    for key in _JSON_ATTRS:
+        if key in out:
+            out[key] = _parsed(out[key])
+    if "notes" in out and out["notes"] is not None:
+        out["notes"] = list(out["notes"])
+    for key in ("stop_at", "images_hash", "model_hash", "grouping", "min_confidence", "max_per_class"):
+        if out.get(key) == "null" or out.get(key) == "":
+            out[key] = None
+    out["schema"] = SCHEMA_VERSION
+    return out
+
+
+class DependencyGraph(nx.DiGraph):
+    """The dependency graph of one class (a :class:`networkx.DiGraph`), with typed accessors.
+
+    Everything networkx offers works as usual; these methods are the one place that knows the
+    attribute names (``layers``, ``neurons``, ``node_set``, ``run``).
+    """
+
+    @classmethod
+    def from_networkx(cls, g: nx.DiGraph) -> "DependencyGraph":
+        """A copy of ``g`` as a :class:`DependencyGraph`, attributes normalised (older files upgraded)."""
+        out = cls()
+        out.graph.update(normalise_attrs(g.graph))
+        out.add_nodes_from(g.nodes(data=True))
+        out.add_edges_from(g.edges(data=True))
+        return out
+
+    # -- the run ------------------------------------------------------------------------------
+    @property
+    def run(self) -> RunInfo:
+        attrs = normalise_attrs(self.graph)
+        known = {f for f in RunInfo.__dataclass_fields__ if f != "extra"}
+        kwargs = {k: attrs[k] for k in known if k in attrs}
+        kwargs["notes"] = tuple(kwargs.get("notes") or ())
+        kwargs["rule_params"] = dict(kwargs.get("rule_params") or {})
+        kwargs["selector_params"] = dict(kwargs.get("selector_params") or {})
+        kwargs["tap_neurons"] = {str(k): int(v) for k, v in dict(kwargs.get("tap_neurons") or {}).items()}
+        kwargs.setdefault("target", int(attrs.get("target", -1)))
+        kwargs.setdefault("n_images", int(attrs.get("n_images", 0)))
+        return RunInfo(**kwargs, extra={k: v for k, v in attrs.items() if k not in known})
+
+    @property
+    def target(self) -> int:
+        return int(self.graph.get("target", -1))
+
+    @property
+    def class_node(self) -> str:
+        """The class node, ``"logits:<target>"``."""
+        return node_id("logits", self.target)
+
+    # -- nodes and layers ---------------------------------------------------------------------
+    def info(self, node: str) -> NodeInfo:
+        d = self.nodes[node]
+        return NodeInfo(node, str(d["tap"]), int(d.get("tap_order", 0)), int(d["neuron"]), int(d.get("frequency", 0)),
+                        float(d.get("mean_relevance", 0.0)), float(d.get("active_fraction", float("nan"))),
+                        int(d.get("in_degree", 0)), int(d.get("sign", 1)))
+
+    def edge_info(self, upper: str, lower: str) -> EdgeInfo:
+        d = self.edges[upper, lower]
+        return EdgeInfo(upper, lower, int(d.get("frequency", 0)), float(d.get("relevance", 0.0)), int(d.get("sign", 1)))
+
+    def taps(self) -> list[str]:
+        """The taps that have nodes, top (logits) first: by ``tap_order`` descending."""
+        order: dict[str, int] = {}
+        for _, d in self.nodes(data=True):
+            order[d["tap"]] = max(order.get(d["tap"], -1), int(d.get("tap_order", 0)))
+        return sorted(order, key=lambda t: -order[t])
+
+    def layers(self) -> list[tuple[str, list[str]]]:
+        """``[(tap, [node, ...]), ...]`` top first; nodes by frequency (desc), then neuron."""
+        by_tap: dict[str, list[str]] = {t: [] for t in self.taps()}
+        for n, d in self.nodes(data=True):
+            by_tap[d["tap"]].append(n)
+        return [(t, sorted(ns, key=lambda n: (-int(self.nodes[n].get("frequency", 0)), int(self.nodes[n]["neuron"]))))
+                for t, ns in by_tap.items()]
+
+    def neurons(self, tap: str) -> list[int]:
+        """The neurons of ``tap`` in the graph, ascending."""
+        return sorted(int(d["neuron"]) for _, d in self.nodes(data=True) if d["tap"] == tap)
+
+    def node_set(self, *, include_class: bool = False, sign: int | None = None) -> frozenset[str]:
+        """The graph's nodes (without the class node unless ``include_class``; only one ``sign`` if given)."""
+        top = self.class_node
+        return frozenset(n for n, d in self.nodes(data=True)
+                         if (include_class or n != top) and (sign is None or int(d.get("sign", 1)) == sign))
+
+
+def jaccard(a: Iterable[Any], b: Iterable[Any]) -> float:
+    """|A ∩ B| / |A ∪ B|; two empty sets are identical: 1.0 (the one convention, everywhere in ssa)."""
+    sa, sb = set(a), set(b)
+    union = sa | sb
+    return 1.0 if not union else len(sa & sb) / len(union)
 
 
 def node_id(tap: str, neuron: int) -> str:
     return f"{tap}:{int(neuron)}"
 
 
+def parse_node(node: str) -> tuple[str, int]:
+    """``"features.3:12"`` -> ``("features.3", 12)`` (tap names may contain colons)."""
+    tap, _, neuron = str(node).rpartition(":")
+    if not tap:
+        raise ValueError(f"node {node!r} is not 'tap:neuron'")
+    return tap, int(neuron)
+
+
 def build_graph(*, taps: Sequence[Tap], steps: Sequence[StepRecord], target: int, n_images: int,
-                active: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> nx.DiGraph:
+                active: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> DependencyGraph:
     """Assemble the dependency graph from the traversal's step records.
 
     Vectorised over the kept edges of all steps: node attributes are group-wise reductions of
     the edges into each node (maximum frequency, mean relevance, in-degree, sign).
     """
     by_name = {t.name: t for t in taps}
-    g = nx.DiGraph()
-    g.graph.update({k: v for k, v in attrs.items()})
+    g = DependencyGraph()
+    g.graph.update(normalise_attrs(attrs))
     g.graph["target"] = int(target)
     g.graph["n_images"] = int(n_images)
     names = list(by_name)

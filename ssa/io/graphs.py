@@ -6,56 +6,98 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import networkx as nx
 import numpy as np
 
+from ssa.core.graph import DependencyGraph, normalise_attrs
 from ssa.errors import InvalidInputError
 from ssa.io.atomic import atomic_write_bytes
 
-__all__ = ['graph_to_dict', 'write_graph', 'read_graph']
+__all__ = ["graph_to_dict", "graph_from_dict", "write_graph", "read_graph"]
 
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating,)):
-        return float(value)
+        value = float(value)
     if isinstance(value, float) and value != value:
         return None
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
     return value
 
 
+#: node attributes that are floats and may be NaN (written as null in JSON, read back as NaN)
+_FLOAT_NODE_ATTRS = ("mean_relevance", "active_fraction")
+_GRAPHML_JSON_KEYS = "json_attributes"  # GraphML: the graph attributes stored as JSON text
+
+
 def graph_to_dict(g: nx.DiGraph) -> dict:
+    """Node-link data of a graph, JSON-ready (NaN as null, numpy scalars as Python numbers)."""
     data = nx.node_link_data(g, edges="edges")
     for section in ("nodes", "edges"):
         for item in data[section]:
             for k, v in list(item.items()):
                 item[k] = _jsonable(v)
-    data["graph"] = {k: _jsonable(v) for k, v in data["graph"].items()}
+    data["graph"] = {k: _jsonable(v) for k, v in normalise_attrs(g.graph).items()}
     return data
 
 
+def graph_from_dict(data: Mapping[str, Any]) -> DependencyGraph:
+    """The inverse of :func:`graph_to_dict` (nulls of float node attributes back to NaN)."""
+    g = nx.node_link_graph(dict(data), edges="edges" if "edges" in data else "links", directed=True)
+    for _, d in g.nodes(data=True):
+        for key in _FLOAT_NODE_ATTRS:
+            if key in d and d[key] is None:
+                d[key] = float("nan")
+    return DependencyGraph.from_networkx(g)
+
+
+def _graphml_bytes(g: nx.DiGraph) -> bytes:
+    h = nx.DiGraph()
+    attrs = normalise_attrs(g.graph)
+    encoded = sorted(k for k, v in attrs.items() if isinstance(v, (dict, list, tuple)) or v is None)
+    h.graph.update({k: (json.dumps(_jsonable(v)) if k in encoded else _jsonable(v)) for k, v in attrs.items()})
+    h.graph[_GRAPHML_JSON_KEYS] = json.dumps(encoded)
+    h.add_nodes_from((n, {k: _jsonable(v) if not isinstance(v, float) else v for k, v in d.items()})
+                     for n, d in g.nodes(data=True))
+    h.add_edges_from((u, v, {k: _jsonable(x) if not isinstance(x, float) else x for k, x in d.items()})
+                     for u, v, d in g.edges(data=True))
+    return "\n".join(nx.generate_graphml(h)).encode()
+
+
+def _from_graphml(g: nx.DiGraph) -> DependencyGraph:
+    for key in ("node_default", "edge_default"):  # added by networkx's reader, not ours
+        g.graph.pop(key, None)
+    keys = g.graph.pop(_GRAPHML_JSON_KEYS, None)
+    for key in (json.loads(keys) if isinstance(keys, str) else []):
+        if isinstance(g.graph.get(key), str):
+            g.graph[key] = json.loads(g.graph[key])
+    return DependencyGraph.from_networkx(g)
+
+
 def write_graph(g: nx.DiGraph, path: str | os.PathLike) -> Path:
-    """Write the graph atomically: ``.json`` (node-link) or ``.graphml``."""
+    """Write the graph atomically: ``.json`` (node-link) or ``.graphml``; :func:`read_graph` reads it back exactly."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
         data = json.dumps(graph_to_dict(g), indent=1).encode()
     elif suffix in (".graphml", ".xml"):
-        h = g.copy()
-        for k, v in list(h.graph.items()):
-            if isinstance(v, (dict, list, tuple)) or v is None:
-                h.graph[k] = json.dumps(v)
-        data = "\n".join(nx.generate_graphml(h)).encode()
+        data = _graphml_bytes(g)
     else:
         raise InvalidInputError(f"output file must end in .json or .graphml, got {path.name!r}; rename it.")
     atomic_write_bytes(path, data)
     return path
 
 
-def read_graph(path: str | os.PathLike) -> nx.DiGraph:
+def read_graph(path: str | os.PathLike) -> DependencyGraph:
     """Read a graph written by :func:`write_graph`; anything else is refused with one line."""
     path = Path(path)
     fix = "pass a graph file (.json or .graphml) written by `ssa analyse`"
@@ -72,9 +114,9 @@ def read_graph(path: str | os.PathLike) -> nx.DiGraph:
             if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
                 kind = type(data).__name__ if not isinstance(data, dict) else "object without a 'nodes' list"
                 raise InvalidInputError(f"{str(path)!r} holds a JSON {kind}, not a node-link graph; {fix}.")
-            g = nx.node_link_graph(data, edges="edges" if "edges" in data else "links", directed=True)
+            g = graph_from_dict(data)
         else:
-            g = nx.read_graphml(path)
+            g = _from_graphml(nx.read_graphml(path))
     except InvalidInputError:
         raise
     except OSError as exc:

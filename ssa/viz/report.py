@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import json
 import os
 import re
 import tempfile
@@ -22,6 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import networkx as nx
 import numpy as np
 
+from ssa.core.graph import normalise_attrs
 from ssa.errors import InvalidInputError
 from ssa.io.atomic import atomic_write_bytes
 
@@ -88,10 +88,7 @@ def _embed(path: Path, caption: str) -> str:
 
 
 def _tap_sizes(g: nx.DiGraph) -> dict[str, int]:
-    try:
-        sizes = json.loads(g.graph.get("tap_neurons") or "{}")
-    except (TypeError, ValueError):
-        return {}
+    sizes = normalise_attrs(g.graph).get("tap_neurons") or {}
     return {str(k): int(v) for k, v in sizes.items()} if isinstance(sizes, dict) else {}
 
 
