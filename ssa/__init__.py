@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from ssa.api import analyse, analyse_many, load_model
-from ssa.core.interfaces import Backend, Network, Rule, Selector, Tap
+from ssa.core.interfaces import Backend, ClosedForm, Network, Rule, Selector, Tap
 from ssa.core.params import Param
 from ssa.core.results import AnalysisResult, LayerSummary
 from ssa.errors import (
@@ -31,7 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "analyse", "analyse_many", "Session", "load_model", "AnalysisResult", "LayerSummary", "read_graph", "write_graph", "Preprocess",
-    "load_images", "Backend", "Network", "Rule", "Selector", "Param", "Tap", "hookimpl", "get_plugin_manager",
+    "load_images", "Backend", "Network", "Rule", "Selector", "ClosedForm", "Param", "Tap", "hookimpl", "get_plugin_manager",
     "registry", "make_rule", "make_selector", "SSAError", "InvalidInputError", "ModelLoadError", "PluginError",
     "StoreError", "UnsupportedModelError", "OutputError", "SSAWarning", "__version__",
 ]

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ssa.core.arrays import namespace, to_numpy
-from ssa.core.checks import check_device, check_int
+from ssa.core.checks import check_closed_form, check_device, check_int
 from ssa.core.defaults import resolve_method
 from ssa.core.graph import build_graph
 from ssa.core.identity import builtin_name
@@ -114,7 +114,7 @@ class Session:
             arr, lab = load_images(self.images_spec, preprocess=self.preprocess, labels=self.labels_spec)
             self.images_hash = images_hash(arr)  # the whole set, before a class is chosen (recorded in graphs)
             prepare_network(network, arr, images_spec=self.images_spec, preprocess=self.preprocess)
-            form = self.rule.fast_form
+            form = self.rule.form
             if self.store is not None and self.store_mode == "read":
                 if not (form and open_store(network, arr, self.store).is_complete(form)):
                     self.store = None  # the store does not hold this model and image set: work in memory
@@ -147,13 +147,15 @@ class Session:
         network, images = self.network, self.images
         assert images is not None
         rule = self.rule
-        fast = network.fast_taps(rule.fast_form) if self.engine != "autograd" and rule.fast_form else frozenset()
+        if self.engine != "autograd":
+            check_closed_form(rule)  # a rule must combine as the closed form it declares
+        fast = network.fast_taps(rule.form) if self.engine != "autograd" and rule.form else frozenset()
         if self.engine == "fast" and not fast:
             raise InvalidInputError(f"engine 'fast' was asked for, but no step of this model has the closed form "
                                     f"for rule {rule.name!r}; use --engine auto.")
         if not fast:
             return AutogradSource(network, images if indices is None else images[indices], self.batch_size)
-        form = rule.fast_form
+        form = rule.form
         if self._stats is None:
             st = open_store(network, images, self.store) if self.store is not None else None
             if st is not None and st.is_complete(form):

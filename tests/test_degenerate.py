@@ -3,8 +3,6 @@ above the lowest tap says why (no outliers at a step, neurons that never fire, n
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch

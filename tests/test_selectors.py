@@ -244,7 +244,7 @@ class Halves(_Bad):
 
 class RaisingRule(ssa.Rule):
     name = "raising_rule"
-    fast_form = None
+    closed_form = None
 
     def combine(self, grad, activation):
         raise RuntimeError("rule bug")

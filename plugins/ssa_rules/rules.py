@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ssa.core.interfaces import Rule
+from ssa.core.interfaces import ClosedForm, Rule
 
 __all__ = ["GradientRule", "GradientXActivationRule"]
 
@@ -12,7 +12,7 @@ class GradientRule(Rule):
 
     name = "gradient"
     description = "d(upper scalar)/d(parent), spatially averaged (the paper's rule)"
-    fast_form = "gradient"
+    closed_form = ClosedForm.GRADIENT
 
     def combine(self, grad, activation):
         return grad
@@ -23,7 +23,7 @@ class GradientXActivationRule(Rule):
 
     name = "gradient_x_activation"
     description = "gradient x parent activation, spatially averaged (neurons that never fire get 0)"
-    fast_form = "gradient_x_activation"
+    closed_form = ClosedForm.GRADIENT_X_ACTIVATION
 
     def combine(self, grad, activation):
         return grad * activation

@@ -310,7 +310,7 @@ def _analyse(network: Network, images: np.ndarray, target: int, branching: int, 
     from ssa.engines.store import images_hash
     from ssa.session import run_traversal
 
-    form = rule.fast_form
+    form = rule.form
     if form and network.fast_taps(form):
         key = (id(network), images_hash(images), form, int(batch_size))
         if key not in _STATS_CACHE:

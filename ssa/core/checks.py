@@ -9,7 +9,7 @@ import numpy as np
 
 from ssa.errors import InvalidInputError, PluginError
 
-__all__ = ['check_int', 'check_device', 'call_selector', 'call_rule', 'check_labels', 'looks_unscaled']
+__all__ = ['check_closed_form', 'check_int', 'check_device', 'call_selector', 'call_rule', 'check_labels', 'looks_unscaled']
 
 
 def check_int(name: str, value: Any, minimum: int, fix: str = "") -> int:
@@ -136,3 +136,32 @@ def looks_unscaled(images: np.ndarray) -> str | None:
     if not np.array_equal(sample, np.round(sample)):
         return None
     return f"values are whole numbers from {lo:g} to {hi:g}"
+
+
+def check_closed_form(rule: Any) -> None:
+    """Refuse a rule whose ``combine`` differs from the closed form it declares (a plugin bug).
+
+    ``combine`` is tried on small seeded arrays (numpy; torch tensors when the rule needs them) and
+    compared with :meth:`ssa.core.interfaces.ClosedForm.combine`. Without this check, ``--engine auto``
+    (the closed form) and ``--engine autograd`` (the rule's own ``combine``) would give different graphs.
+    """
+    form = getattr(rule, "closed_form", None)
+    if form is None:
+        return
+    rng = np.random.default_rng(0)
+    grad = rng.standard_normal((2, 3, 4, 5))
+    act = np.abs(rng.standard_normal((3, 4, 5))) + 0.5
+    want = form.combine(grad, act[None])
+    try:
+        got = np.asarray(rule.combine(grad, act[None]), dtype=np.float64)
+    except Exception:  # noqa: BLE001 - a rule written for torch tensors only
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch comes with the built-in backends
+            return
+        t = call_rule(rule, torch.from_numpy(grad), torch.from_numpy(act[None]))
+        got = t.detach().cpu().double().numpy()
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-6, atol=1e-12):
+        raise _plugin_bug("rule", rule, f"declares closed_form {form.name} but its combine() computes something "
+                          "else, so the closed form and autograd would give different graphs; set closed_form to the "
+                          "form combine() equals, or to None", "--rule")

@@ -8,6 +8,7 @@ analysed the same way (method doc, section 3).
 
 from __future__ import annotations
 
+import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence
@@ -16,7 +17,7 @@ import numpy as np
 
 from ssa.core.params import Configurable
 
-__all__ = ['Selector', 'Rule', 'Tap', 'Network', 'Backend']
+__all__ = ["ClosedForm", 'Selector', 'Rule', 'Tap', 'Network', 'Backend']
 
 
 class Selector(Configurable, ABC):
@@ -53,18 +54,50 @@ class Selector(Configurable, ABC):
         return bool(self.params.get("two_sided", False))
 
 
+class ClosedForm(enum.Enum):
+    """The closed forms of method doc section 6: what a rule's ``combine`` must equal to use them.
+
+    ``GRADIENT``: ``combine(grad, activation) == grad``; ``GRADIENT_X_ACTIVATION``:
+    ``combine(grad, activation) == grad * activation``. The value is the name backends use.
+    """
+
+    GRADIENT = "gradient"
+    GRADIENT_X_ACTIVATION = "gradient_x_activation"
+
+    def combine(self, grad: Any, activation: Any) -> Any:
+        """What a rule with this closed form combines (the definition the engines implement)."""
+        return grad if self is ClosedForm.GRADIENT else grad * activation
+
+
 class Rule(Configurable, ABC):
     """How the relevance omega of one step is computed (method doc, sections 3 and 5).
 
     A rule combines, per image and per parent position, the gradient of the
     upper neuron's scalar with the parent's activation; the step relevance is
     the spatial mean of that combination over the parent's positions.
-    ``fast_form`` names the closed form of method doc section 6 the rule has
-    ("gradient" or "gradient_x_activation"), or None for autograd only.
+    ``closed_form`` (a :class:`ClosedForm`) declares the closed form of method doc section 6
+    the rule equals, or None for exact autograd only. The declaration is checked: a rule whose
+    ``combine`` differs from its closed form is refused (:func:`ssa.core.checks.check_closed_form`),
+    and :func:`ssa.testing.assert_rule_engines_agree` compares both engines' graphs on small models.
     """
 
     kind_label: ClassVar[str] = "rule"
-    fast_form: ClassVar[str | None] = None
+    closed_form: ClassVar[ClosedForm | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        legacy = cls.__dict__.get("fast_form")  # ssa 0.1 rules named the form with a string
+        if legacy is not None and "closed_form" not in cls.__dict__:
+            try:
+                cls.closed_form = ClosedForm(legacy)
+            except ValueError:
+                raise TypeError(f"rule {cls.__name__}: fast_form {legacy!r} is not a closed form; use closed_form = "
+                                f"ssa.ClosedForm.GRADIENT or GRADIENT_X_ACTIVATION, or None.") from None
+
+    @property
+    def form(self) -> str | None:
+        """The closed form's name for the backends ("gradient", ...), or None."""
+        return self.closed_form.value if self.closed_form is not None else None
 
     @abstractmethod
     def combine(self, grad: Any, activation: Any) -> Any:

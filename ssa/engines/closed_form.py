@@ -67,7 +67,7 @@ class FastSource:
             yield i, (data if rows is None else RowView(data, rows))
 
     def iter_relevance(self, upper: str, neurons: Sequence[int], rule: Rule) -> Iterator[dict[str, np.ndarray]]:
-        if upper in self.fast and rule.fast_form == self.form:
+        if upper in self.fast and rule.form == self.form:
             for p in next(t for t in self.taps if t.name == upper).parents:
                 self.engines[f"{upper} -> {p}"] = "fast"
             for i, data in self._batches():

@@ -7,5 +7,6 @@
 from __future__ import annotations
 
 from ssa.testing.conformance import CHECKS, assert_selector_conforms, check_selector
+from ssa.testing.rules import assert_rule_engines_agree, check_rule_engines
 
-__all__ = ["check_selector", "assert_selector_conforms", "CHECKS"]
+__all__ = ["check_selector", "assert_selector_conforms", "CHECKS", "check_rule_engines", "assert_rule_engines_agree"]

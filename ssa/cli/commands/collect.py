@@ -45,10 +45,10 @@ def run(args: argparse.Namespace) -> int:
     rules = [make_rule(r) for r in (args.rule or [DEFAULT_RULE])]
     forms = []
     for r in rules:
-        if r.fast_form is None:
+        if r.form is None:
             raise InvalidInputError(f"rule {r.name!r} has no closed form, so nothing can be collected for it; "
                                     "analyse with it directly.")
-        forms.append(r.fast_form)
+        forms.append(r.form)
     forms = list(dict.fromkeys(forms))
     network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
     images, _ = load_images(args.images, preprocess=preprocess_from(args), labels=args.labels)

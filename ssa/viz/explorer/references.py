@@ -130,7 +130,7 @@ def _per_image_relevance(network: "Network", images: np.ndarray, rows: np.ndarra
     from ssa.viz.figures import _json_attr
 
     rule = make_rule(str(graph.graph.get("rule", "gradient")), **_json_attr(graph, "rule_params"))
-    form = rule.fast_form
+    form = rule.form
     fast = network.fast_taps(form) if form else frozenset()
     if fast:
         if form not in stats_cache:  # statistics of all the images, once, shared by every class
