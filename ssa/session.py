@@ -18,7 +18,7 @@ from ssa.core.interfaces import Network, Rule, Selector
 from ssa.core.results import AnalysisResult
 from ssa.core.traversal import explain_stop, traverse
 from ssa.engines.autograd import AutogradSource
-from ssa.engines.closed_form import FastSource
+from ssa.engines.closed_form import ClosedFormSource
 from ssa.engines.statistics import collect
 from ssa.engines.store import StatsStore, check_store_root, images_hash
 from ssa.errors import InvalidInputError, PluginError
@@ -168,7 +168,7 @@ class Session:
                 stats = collect(network, images, [form], self.batch_size, progress=self.progress)
                 self._stats = (stats, self.batch_size)
         stats, bs = self._stats
-        return FastSource(network, stats, form, images, bs, indices)
+        return ClosedFormSource(network, stats, form, images, bs, indices)
 
     def analyse(self, target: int, branching: int = 3, *, selector: str | Selector | None = None,
                 selector_params: Mapping[str, Any] | None = None, stop_at: str | None = None,

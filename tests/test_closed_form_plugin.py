@@ -19,6 +19,7 @@ from ssa_torch.closed_form import (
 )
 
 import ssa
+from ssa.core.arrays import to_numpy
 from ssa.errors import PluginError
 from ssa.plugins import get_plugin_manager
 from ssa.testing.models import _heavy_tail_
@@ -152,6 +153,7 @@ def test_a_plugin_closed_form_equals_autograd(plugin, form):
     neurons = list(range(8))
     ref, _ = net.step_relevance(x, "r2", neurons, ssa.make_rule(form))
     fast = net.fast_relevance("r2", stats, neurons, form)
+    ref, fast = ({k: to_numpy(v) for k, v in d.items()} for d in (ref, fast))  # device arrays -> host
     scale = np.abs(ref["r1"]).max()
     np.testing.assert_allclose(fast["r1"], ref["r1"], atol=2e-5 * scale, rtol=1e-4)
     target = int(np.bincount(net.logits(x).argmax(1)).argmax())

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 import ssa
 from ssa.api import load_model
+from ssa.core.arrays import to_numpy
 from ssa.testing.models import ALL_CASES, _heavy_tail_
 
 
@@ -55,6 +56,7 @@ def _omega_close(net, images, form):
         neurons = list(range(min(n, 6)))
         ref, _ = net.step_relevance(images, tap, neurons, rule)
         fast = net.fast_relevance(tap, stats, neurons, form)
+        ref, fast = ({k: to_numpy(v) for k, v in d.items()} for d in (ref, fast))  # device arrays -> host
         assert set(fast) == set(ref)
         for parent in ref:
             scale = np.abs(ref[parent]).max() + 1e-12

@@ -9,6 +9,7 @@ import torch
 import ssa
 from ssa.analysis.compare import compare
 from ssa.cli import main
+from ssa.core.arrays import to_numpy
 from ssa.errors import InvalidInputError
 from ssa.io.outdir import MANIFEST
 from ssa.models import digits_cnn
@@ -101,6 +102,7 @@ def test_relevance_rows_and_counts_match_the_traversal(digits):
     parent, omega = F.relevance_rows(net, x, "features.6", 5, rule=rule, batch_size=4)
     assert parent == "features.3" and omega.shape == (10, 32)
     direct, _ = net.step_relevance(x, "features.6", [5], rule)
+    direct = {k: to_numpy(v) for k, v in direct.items()}  # device arrays -> host
     np.testing.assert_allclose(omega, direct["features.3"][0], rtol=1e-5, atol=1e-8)
     counts, selected = F.outlier_counts(omega)
     expected = ssa.make_selector("tukey").select(omega)

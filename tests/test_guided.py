@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 import ssa
+from ssa.core.arrays import to_numpy
 from ssa.testing.models import ALL_CASES, ModelCase, RefTap, plain_cnn
 from ssa.testing.reference import reference_relevance
 
@@ -69,6 +70,7 @@ def test_guided_equals_gradient_within_one_step(case: ModelCase) -> None:
             continue
         neurons = list(range(tap.n_neurons))
         got, _ = net.step_relevance(images, tap.name, neurons, rule)
+        got = {k: to_numpy(v) for k, v in got.items()}  # device arrays -> host
         want = guided_relevance(model, images, case.taps, tap.name, neurons)
         for parent in want:
             scale = max(np.abs(want[parent]).max(), 1e-3)
@@ -104,6 +106,7 @@ def test_guided_differs_from_gradient_across_a_hidden_relu() -> None:
     assert {t.name: t.parents for t in net.taps} == {"relu1": (), "relu3": ("relu1",), "logits": ("relu3",)}
     neurons = list(range(24))
     plain, _ = net.step_relevance(images, "relu3", neurons, ssa.make_rule("gradient"))
+    plain = {k: to_numpy(v) for k, v in plain.items()}  # device arrays -> host
     want_plain = reference_relevance(model, images, taps, "relu3", neurons, "gradient")
     np.testing.assert_allclose(plain["relu1"], want_plain["relu1"], rtol=1e-4, atol=1e-7)
     guided_rel = guided_relevance(model, images, taps, "relu3", neurons)["relu1"]

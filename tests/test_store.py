@@ -273,7 +273,7 @@ def _damage(store_root: Path, how: str) -> Path:
     ("shape", "has shape (32, 5), expected (32, 10)", "scalars__logits.npy has shape (32, 5), expected (32, 10)"),
     ("rows", "has shape (7, 10), expected (32, 10)", "scalars__logits.npy has shape (7, 10)"),
     ("nan", "holds NaN or infinite statistics", "classifier.2__0__g.npy holds NaN or infinite values"),
-    ("missing", "does not fit this model (KeyError)", "classifier.2__0__g.npy is missing"),
+    ("missing", "lacks 'classifier.2__0__g.npy'; run `ssa collect --verify`", "classifier.2__0__g.npy is missing"),
 ])
 def test_a_damaged_store_is_refused_at_use_and_repaired_by_verify(tmp_path, capsys, gradient_store, how, words, why):
     import shutil

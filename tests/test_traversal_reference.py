@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import ssa
+from ssa.core.arrays import to_numpy
 from ssa.testing.models import (
     ALL_CASES,
     ModelCase,
@@ -154,6 +155,7 @@ def test_every_step_relevance_equals_reference(case: ModelCase) -> None:
                 continue
             neurons = list(range(tap.n_neurons))
             got, _ = net.step_relevance(images, tap.name, neurons, rule)
+            got = {k: to_numpy(v) for k, v in got.items()}  # device arrays -> host
             want = reference_relevance(model, images, taps, tap.name, neurons, rule_name)
             assert set(got) == set(want)
             for parent in want:

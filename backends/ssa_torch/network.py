@@ -10,6 +10,7 @@ backward pass per neuron where an op has no batching rule.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any, Mapping, Sequence
 
@@ -26,7 +27,7 @@ from .canon import DEFAULT_PASSES, CanonPass, CanonReport, canonicalize
 from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
 from .taps import TapPlan, discover_taps
 
-__all__ = ["TorchNetwork", "spatial_mean", "trace_module", "steps_summary"]
+__all__ = ["TorchNetwork", "HostCopy", "exact_arithmetic", "spatial_mean", "trace_module", "steps_summary"]
 
 _WORK_BYTES = 256 * 2**20  # budget for one chunk of batched gradients
 
@@ -234,17 +235,18 @@ class TorchNetwork(Network):
     def fast_taps(self, form: str | None = None) -> frozenset[str]:
         return frozenset(t for t in self.closed_form.taps if self.closed_form.covers(t, form))
 
-    def fast_relevance(self, upper: str, stats: Mapping[str, np.ndarray], neurons: Sequence[int],
-                       form: str) -> dict[str, np.ndarray]:
-        """omega of a closed-form step from a batch's statistics (torch, float64), as numpy at this boundary."""
+    def fast_relevance(self, upper: str, stats: Mapping[str, Any], neurons: Sequence[int],
+                       form: str) -> dict[str, torch.Tensor]:
+        """omega of a closed-form step from statistics (float64 torch tensors on the statistics' device)."""
         tf = self.closed_form.taps[upper]
         out: dict[str, torch.Tensor] = {}
         for i, term in enumerate(tf.terms):
             prefix = f"{upper}/{i}/"
             sub = {k[len(prefix):]: stats[k] for k in stats if k.startswith(prefix)}  # only this step's arrays
-            om = term.omega(sub, neurons, form)
+            with exact_arithmetic(self.device):
+                om = term.omega(sub, neurons, form)
             out[term.parent] = out[term.parent] + om if term.parent in out else om
-        return {k: v.cpu().numpy() for k, v in out.items()}
+        return out
 
     def model_hash(self) -> str:
         """blake2b of the traced graph's code and every weight and buffer (names and bytes); cached per prepare()."""
@@ -277,13 +279,13 @@ class TorchNetwork(Network):
         """Per-image sufficient statistics of every closed-form step, and every tap's scalars, in one forward pass.
 
         Keys: ``"scalars/<tap>"`` (B, N) and ``"<tap>/<term index>/<field>"`` (see the terms in
-        :mod:`ssa_torch.closed_form`). Computed on the model's device; float32 numpy arrays here.
+        :mod:`ssa_torch.closed_form`). Computed and kept on the model's device (float32 torch tensors).
         """
         interp = _StatsRun(self.graph_module, self.plan, self.closed_form, tuple(forms))
         interp.args_batch = len(batch)
-        with torch.no_grad():
+        with torch.no_grad(), exact_arithmetic(self.device):
             interp.run(self.to_tensor(batch))
-        return {k: v.float().cpu().numpy() for k, v in interp.stats.items()}
+        return {k: v.float() for k, v in interp.stats.items()}
 
     @property
     def plan(self) -> TapPlan:
@@ -312,6 +314,25 @@ class TorchNetwork(Network):
             return batch.to(self.device, torch.float32)
         return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
 
+    def as_array(self, values: Any) -> torch.Tensor:
+        """``values`` (numpy, e.g. memory-mapped statistics) as a tensor on the model's device, same dtype.
+
+        On a GPU the host copy goes through pinned memory and the transfer does not block the host.
+        """
+        if isinstance(values, torch.Tensor):
+            return values.to(self.device)
+        t = torch.from_numpy(np.ascontiguousarray(values))
+        if torch.device(self.device).type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def to_host_async(self, arrays: Mapping[str, Any]) -> "HostCopy":
+        """Start copying ``arrays`` (device tensors) to pinned host memory without stalling the GPU.
+
+        ``.result()`` waits for the copies and returns numpy arrays (used by the store's writer thread).
+        """
+        return HostCopy(arrays, self.device)
+
     # -- execution -------------------------------------------------------------------
     def run(self, batch: np.ndarray | torch.Tensor, grad: bool) -> _CutInterpreter:
         """Run the model with every tap cut; returns the interpreter holding raw and leaf values."""
@@ -329,23 +350,32 @@ class TorchNetwork(Network):
             interp.run(x)
         return interp
 
-    def scalars_of(self, interp: _CutInterpreter) -> dict[str, np.ndarray]:
+    def scalars_of(self, interp: _CutInterpreter) -> dict[str, torch.Tensor]:
         out = {}
         with torch.no_grad():
             for tap in self.plan.taps:
                 value = interp.raw[tap.name].detach()
-                out[tap.name] = spatial_mean(value, tap.channel_axis).double().cpu().numpy()
+                out[tap.name] = spatial_mean(value, tap.channel_axis).double()
         return out
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        interp = self.run(batch, grad=False)
+        with exact_arithmetic(self.device):
+            interp = self.run(batch, grad=False)
         return interp.raw["logits"].detach().double().cpu().numpy()
 
-    def tap_scalars(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return self.scalars_of(self.run(batch, grad=False))
+    def tap_scalars(self, batch: np.ndarray) -> dict[str, torch.Tensor]:
+        """Every tap's neuron scalars (value, or spatial mean) on a batch, float64 torch on the device."""
+        with exact_arithmetic(self.device):
+            return self.scalars_of(self.run(batch, grad=False))
 
     def step_relevance(self, batch: np.ndarray, upper: str, neurons: Sequence[int], rule: Rule
-                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """omega ``{parent: (n, B, K)}`` of one step by autograd, and every tap's scalars (torch, on the device)."""
+        with exact_arithmetic(self.device):
+            return self._step_relevance(batch, upper, neurons, rule)
+
+    def _step_relevance(self, batch: np.ndarray, upper: str, neurons: Sequence[int], rule: Rule
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         tap = self.tap(upper)
         interp = self.run(batch, grad=True)
         scalars = self.scalars_of(interp)
@@ -357,11 +387,11 @@ class TorchNetwork(Network):
         return rel, scalars
 
     def _relevance(self, s: torch.Tensor, leaves: list[torch.Tensor], parents: list[Tap], rule: Rule
-                   ) -> dict[str, np.ndarray]:
+                   ) -> dict[str, torch.Tensor]:
         B, n = s.shape
         per = max(int(leaf[0].numel()) for leaf in leaves) * B * 4 * 3
         chunk = max(1, min(n, _WORK_BYTES // max(per, 1)))
-        chunks: dict[str, list[np.ndarray]] = {p.name: [] for p in parents}
+        chunks: dict[str, list[torch.Tensor]] = {p.name: [] for p in parents}
         for j0 in range(0, n, chunk):
             j1 = min(n, j0 + chunk)
             grads = self._grads(s, leaves, j0, j1)
@@ -369,8 +399,8 @@ class TorchNetwork(Network):
                 if g is None:
                     g = torch.zeros((j1 - j0, *leaf.shape), device=leaf.device, dtype=leaf.dtype)
                 c = call_rule(rule, g, leaf.detach().unsqueeze(0))  # checked: a plugin bug is named
-                chunks[p.name].append(spatial_mean(c, p.channel_axis + 1, lead=2).double().cpu().numpy())
-        return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
+                chunks[p.name].append(spatial_mean(c, p.channel_axis + 1, lead=2).double())
+        return {k: torch.cat(v, dim=0) for k, v in chunks.items()}
 
     def _grads(self, s: torch.Tensor, leaves: list[torch.Tensor], j0: int, j1: int) -> list[torch.Tensor | None]:
         m = j1 - j0
@@ -427,3 +457,49 @@ def steps_summary(steps: Mapping[str, str]) -> str:
         parts = [f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))]
         line += "; by autograd: " + "; ".join(parts)
     return line
+
+
+class HostCopy:
+    """Device tensors being copied to pinned host memory (see :meth:`TorchNetwork.to_host_async`)."""
+
+    def __init__(self, arrays: Mapping[str, Any], device: str) -> None:
+        self._event = None
+        if torch.device(device).type == "cuda":
+            self._host = {}
+            for k, v in arrays.items():
+                buf = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+                buf.copy_(v, non_blocking=True)
+                self._host[k] = buf
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = {k: (v.detach() if isinstance(v, torch.Tensor) else torch.as_tensor(v))
+                          for k, v in arrays.items()}
+
+    def result(self) -> dict[str, np.ndarray]:
+        if self._event is not None:
+            self._event.synchronize()
+        return {k: v.numpy() for k, v in self._host.items()}
+
+
+@contextlib.contextmanager
+def exact_arithmetic(device: str):
+    """While analysing on CUDA: no TF32 in matrix products and convolutions, deterministic algorithms.
+
+    TF32 rounds inputs to 10 mantissa bits and would make CUDA graphs differ from CPU graphs; the
+    previous settings are restored afterwards. On the CPU this does nothing.
+    """
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved[:3]
+        torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])

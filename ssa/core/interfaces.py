@@ -180,6 +180,20 @@ class Network(ABC):
         holds every tap's neuron scalars (value or spatial mean) on the batch.
         """
 
+    #: the device the network computes on ("cpu", "cuda:0", ...); arrays it returns live there
+    device: str = "cpu"
+
+    def as_array(self, values: Any) -> Any:
+        """``values`` (a host numpy array, e.g. memory-mapped statistics) as an array on the network's device."""
+        return values
+
+    def to_host_async(self, arrays: Mapping[str, Any]) -> Any:
+        """Start copying device ``arrays`` to the host; ``.result()`` returns ``{key: numpy array}``.
+
+        The default copies at once; a GPU backend copies into pinned buffers without stalling the device.
+        """
+        return _HostArrays({k: np.asarray(v) for k, v in arrays.items()})
+
     def describe_steps(self) -> dict[str, str]:
         """Which computation each step uses, keyed by "upper -> parent"."""
         return {}
@@ -232,3 +246,11 @@ class Backend(ABC):
     @abstractmethod
     def load(self, source: Any, *, device: str = "cpu", **options: Any) -> Network:
         """Load ``source``; raise :class:`ssa.errors.ModelLoadError` when it cannot be read."""
+
+
+class _HostArrays:
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self._arrays = arrays
+
+    def result(self) -> dict[str, np.ndarray]:
+        return self._arrays

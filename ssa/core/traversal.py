@@ -34,7 +34,7 @@ from ssa.core.checks import call_selector
 from ssa.core.interfaces import Rule, Selector, Tap
 
 __all__ = ["RelevanceSource", "RelevanceBlock", "StepRecord", "Kept", "rank_neurons", "top_b", "traverse",
-           "TraversalOutput", "apply_selector", "explain_stop"]
+           "TraversalOutput", "apply_selector", "explain_stop", "step_omega"]
 
 
 class RelevanceBlock(NamedTuple):
@@ -183,6 +183,29 @@ def _blocks(item: Union[RelevanceBlock, Mapping[str, Any]]) -> Iterable[Relevanc
     if isinstance(item, RelevanceBlock):
         return (item,)
     return (RelevanceBlock(parent, 0, omega) for parent, omega in item.items())
+
+
+def step_omega(source: RelevanceSource, upper: str, neurons: Sequence[int], rule: Rule) -> dict[str, np.ndarray]:
+    """The whole omega of one step, ``{parent: (len(neurons), n_images, K)}`` float64 on the host.
+
+    For figures and reference images (small steps); the traversal itself never materialises this.
+    """
+    rows: dict[str, list[tuple[int, list[np.ndarray]]]] = {}
+    for item in source.iter_relevance(upper, list(neurons), rule):
+        for block in _blocks(item):
+            om = np.asarray(to_numpy(block.omega), dtype=np.float64)
+            chunks = rows.setdefault(block.parent, [])
+            for entry in chunks:
+                if entry[0] == block.start and entry[1][0].shape[0] == om.shape[0]:
+                    entry[1].append(om)  # more images of the same neurons
+                    break
+            else:
+                chunks.append((block.start, [om]))
+    out = {}
+    for parent, chunks in rows.items():
+        chunks.sort(key=lambda c: c[0])
+        out[parent] = np.concatenate([np.concatenate(parts, axis=1) for _, parts in chunks], axis=0)
+    return out
 
 
 def traverse(source: RelevanceSource, target: int, branching: int, rule: Rule, selector: Selector,

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ssa.core.arrays import namespace
 from ssa.core.interfaces import Network, Rule, Tap
 
 __all__ = ['AutogradSource']
@@ -19,7 +20,7 @@ class AutogradSource:
         self.batch_size = int(batch_size)
         self.taps: tuple[Tap, ...] = network.taps
         self.n_images = int(images.shape[0])
-        self._scalars: dict[str, np.ndarray] | None = None
+        self._scalars: dict[str, Any] | None = None
         self.engines: dict[str, str] = {}
 
     def batches(self) -> Iterator[np.ndarray]:
@@ -41,13 +42,18 @@ class AutogradSource:
                     parts.setdefault(k, []).append(v)
             yield rel
         if self._scalars is None and parts:
-            self._scalars = {k: np.concatenate(v) for k, v in parts.items()}
+            self._scalars = {k: _concat(v) for k, v in parts.items()}
 
     def scalars(self, tap: str) -> np.ndarray:
         if self._scalars is None:
             parts: dict[str, list[np.ndarray]] = {}
             for batch in self.batches():
-                for k, v in self.network.tap_scalars(batch).items():  # type: ignore[attr-defined]
+                for k, v in self.network.tap_scalars(batch).items():
                     parts.setdefault(k, []).append(v)
-            self._scalars = {k: np.concatenate(v) for k, v in parts.items()}
+            self._scalars = {k: _concat(v) for k, v in parts.items()}
         return self._scalars[tap]
+
+
+def _concat(parts: list[Any]) -> Any:
+    """Join per-batch arrays along the image axis, in their own library and on their device."""
+    return parts[0] if len(parts) == 1 else namespace(parts[0]).concat(parts, axis=0)

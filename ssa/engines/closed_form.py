@@ -1,29 +1,53 @@
 """Relevance from per-image statistics by the closed form (method doc, section 6).
+
+:class:`ClosedFormSource` serves the traversal one class at a time: for each step it takes the
+class's rows of that step's statistics once (on the network's device: from memory there, or read
+from a store on disk and moved over once), computes omega for the upper neurons in blocks that fit
+a memory budget, and yields them as :class:`~ssa.core.traversal.RelevanceBlock` (arrays on the
+device). Steps without a closed form are computed by exact autograd on the class's images.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Sequence
+import os
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ssa.core.arrays import namespace
 from ssa.core.interfaces import Network, Rule
+from ssa.core.traversal import RelevanceBlock
 from ssa.engines.autograd import AutogradSource
-from ssa.engines.store import RowView
 from ssa.errors import InvalidInputError, StoreError
 
-__all__ = ['FastSource']
+__all__ = ["ClosedFormSource", "FastSource", "work_bytes"]
 
 
-class FastSource:
+def work_bytes(device: str) -> int:
+    """Memory budget of one block of omega: ``SSA_WORK_BYTES``, else 256 MiB on the CPU and 1 GiB on a GPU."""
+    env = os.environ.get("SSA_WORK_BYTES")
+    if env:
+        try:
+            return max(1 << 20, int(float(env)))
+        except ValueError:
+            raise InvalidInputError(f"SSA_WORK_BYTES must be a number of bytes, got {env!r}.") from None
+    return (1 << 30) if str(device).startswith("cuda") else (256 << 20)
+
+
+class ClosedFormSource:
     """Relevance from per-image statistics (method doc, section 6); autograd for the other steps.
 
-    ``stats`` is a :class:`ssa.engines.store.MemoryStats` or :class:`ssa.engines.store.StatsStore`
-    holding the batches of ``images`` (all of them); ``indices`` selects the
-    images analysed (e.g. one class), in the order of ``images``.
+    Parameters
+    ----------
+    network : the prepared network.
+    stats : a :class:`~ssa.engines.statistics.DeviceStatistics` or :class:`~ssa.engines.store.StatsStore`
+        holding every image of ``images`` (in their order).
+    form : the closed form's name (``rule.form``).
+    images : the image set (for the steps that need autograd), or None.
+    indices : the positions of the analysed images (one class) in ``images``; None: all of them.
     """
 
-    def __init__(self, network: Network, stats, form: str, images: np.ndarray | None, batch_size: int,
+    def __init__(self, network: Network, stats: Any, form: str, images: np.ndarray | None, batch_size: int,
                  indices: np.ndarray | None = None) -> None:
         self.network = network
         self.stats = stats
@@ -31,70 +55,75 @@ class FastSource:
         self.batch_size = int(batch_size)
         self.taps = network.taps
         self.fast = network.fast_taps(form)
-        total = stats.n_batches(form)
-        self._rows: list[np.ndarray | None] = []
-        for i in range(total):
-            lo = i * self.batch_size
-            hi = lo + self.batch_size
-            if indices is None:
-                self._rows.append(None)
-            else:
-                sel = indices[(indices >= lo) & (indices < hi)] - lo
-                self._rows.append(sel)
-        self.indices = indices
-        self.n_images = int(len(indices)) if indices is not None else int(stats.n_images)
-        sub = images if indices is None or images is None else images[indices]
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+        self.n_images = int(len(self.indices)) if self.indices is not None else int(stats.n_images)
+        sub = images if self.indices is None or images is None else images[self.indices]
         self._autograd = AutogradSource(network, sub, batch_size) if sub is not None else None
         self.engines: dict[str, str] = {}
-        self._scalars: dict[str, np.ndarray] = {}
+        self._scalars: dict[str, Any] = {}
+        self._sizes = {t.name: t.n_neurons for t in self.taps}
 
     @property
     def _on_disk(self) -> bool:
         return hasattr(self.stats, "path")
 
-    def _not_finite(self, i: int, what: str) -> None:
+    def _rows(self, key: str) -> Any:
+        """The analysed images' rows of one statistics key, on the network's device."""
+        try:
+            return self.network.as_array(self.stats.rows(self.form, key, self.indices))
+        except KeyError:
+            if self._on_disk:
+                raise StoreError(f"the store {str(self.stats.path)!r} lacks the statistics {key!r}; run "
+                                 "`ssa collect --verify` to repair it.") from None
+            raise
+
+    def _not_finite(self, what: str) -> None:
         if self._on_disk:
-            raise StoreError(f"batch {i} of the store {str(self.stats.path)!r} holds NaN or infinite statistics "
-                             f"({what}); run `ssa collect --verify` to repair it.")
-        raise InvalidInputError(f"{what} is NaN or infinite on some images of batch {i}; the model produces "
-                                "non-finite values there: check its weights and the images' scaling.")
+            raise StoreError(f"the store {str(self.stats.path)!r} holds NaN or infinite statistics ({what}); run "
+                             "`ssa collect --verify` to repair it.")
+        raise InvalidInputError(f"{what} is NaN or infinite on some images; the model produces non-finite values "
+                                "there: check its weights and the images' scaling.")
 
-    def _batches(self) -> Iterator[tuple[int, Mapping[str, np.ndarray]]]:
-        for i, rows in enumerate(self._rows):
-            if rows is not None and len(rows) == 0:
-                continue
-            data = self.stats.batch(self.form, i)
-            yield i, (data if rows is None else RowView(data, rows))
+    def _step_data(self, upper: str) -> Mapping[str, Any]:
+        prefix = f"{upper}/"
+        return {k: self._rows(k) for k in self.stats.keys(self.form) if k.startswith(prefix)}
 
-    def iter_relevance(self, upper: str, neurons: Sequence[int], rule: Rule) -> Iterator[dict[str, np.ndarray]]:
+    def iter_relevance(self, upper: str, neurons: Sequence[int], rule: Rule) -> Iterator[RelevanceBlock]:
+        tap = next(t for t in self.taps if t.name == upper)
         if upper in self.fast and rule.form == self.form:
-            for p in next(t for t in self.taps if t.name == upper).parents:
+            for p in tap.parents:
                 self.engines[f"{upper} -> {p}"] = "fast"
-            for i, data in self._batches():
+            data = self._step_data(upper)  # the class's rows of this step, moved to the device once
+            per_neuron = 8 * max(self.n_images, 1) * max(sum(self._sizes[p] for p in tap.parents), 1) * 3
+            chunk = max(1, work_bytes(getattr(self.network, "device", "cpu")) // per_neuron)
+            for j0 in range(0, len(neurons), chunk):
+                part = list(neurons[j0:j0 + chunk])
                 try:
-                    rel = self.network.fast_relevance(upper, data, neurons, self.form)
-                except (ValueError, IndexError, KeyError) as exc:  # arrays that do not fit together: a damaged store
+                    rel = self.network.fast_relevance(upper, data, part, self.form)
+                except (ValueError, IndexError, KeyError, RuntimeError) as exc:  # arrays that do not fit together
                     if not self._on_disk:
                         raise
-                    raise StoreError(f"batch {i} of the store {str(self.stats.path)!r} does not fit this model "
+                    raise StoreError(f"the store {str(self.stats.path)!r} does not fit this model at step {upper} "
                                      f"({type(exc).__name__}); run `ssa collect --verify` to repair it.") from None
-                for omega in rel.values():
-                    if not np.isfinite(omega).all():
-                        self._not_finite(i, f"the relevance of step {upper}")
-                yield rel
+                for parent, omega in rel.items():
+                    xp = namespace(omega)
+                    if not bool(xp.all(xp.isfinite(omega))):
+                        self._not_finite(f"the relevance of step {upper}")
+                    yield RelevanceBlock(parent, j0, omega)
             return
         if self._autograd is None:
             raise RuntimeError(f"step {upper} needs autograd but no images were given")
         yield from self._autograd.iter_relevance(upper, neurons, rule)
         self.engines.update(self._autograd.engines)
 
-    def scalars(self, tap: str) -> np.ndarray:
+    def scalars(self, tap: str) -> Any:
         if tap not in self._scalars:
-            parts = []
-            for i, d in self._batches():
-                part = np.asarray(d[f"scalars/{tap}"])
-                if not np.isfinite(part).all():
-                    self._not_finite(i, f"the scalars of tap {tap}")
-                parts.append(part)
-            self._scalars[tap] = np.concatenate(parts)
+            part = self._rows(f"scalars/{tap}")
+            xp = namespace(part)
+            if not bool(xp.all(xp.isfinite(part))):
+                self._not_finite(f"the scalars of tap {tap}")
+            self._scalars[tap] = part
         return self._scalars[tap]
+
+
+FastSource = ClosedFormSource  # the name of ssa 0.1

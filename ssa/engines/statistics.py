@@ -3,21 +3,29 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import queue
+import threading
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ssa.core.arrays import namespace, take_rows, to_numpy
 from ssa.core.interfaces import Network
 from ssa.errors import InvalidInputError
 
-__all__ = ['check_finite_stats', 'collect', 'verify_store']
+__all__ = ["DeviceStatistics", "check_finite_stats", "collect", "verify_store"]
 
 
-def check_finite_stats(arrays: Mapping[str, np.ndarray], first: int) -> None:
-    """Refuse non-finite statistics of a batch (they would silently count as "no outlier")."""
+def check_finite_stats(arrays: Mapping[str, Any], first: int) -> None:
+    """Refuse non-finite statistics of a batch (they would silently count as "no outlier").
+
+    Checked on the arrays' device; only a failing key's rows come to the host, to name them.
+    """
     for key in sorted(arrays, key=lambda k: (k != "scalars/logits", k)):  # the logits first: the likely cause
-        a = np.asarray(arrays[key])
-        if a.size and not np.isfinite(a).all():
+        arr = arrays[key]
+        xp = namespace(arr)
+        if arr.shape[0] and not bool(xp.all(xp.isfinite(arr))):
+            a = to_numpy(arr)
             rows = np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)) + first
             where = "the model's logits are" if key == "scalars/logits" else f"the statistics {key!r} are"
             raise InvalidInputError(
@@ -37,31 +45,112 @@ def _shapes_of(store, form: str) -> dict[str, tuple[int, ...]]:
         return {}
 
 
+class DeviceStatistics:
+    """Per-image statistics kept in memory, where the network computed them (its device).
+
+    Batches are appended as they are collected; a key's batches are joined into one array on its
+    first use, and a class's rows are taken from it on the device (no host round trip).
+    """
+
+    def __init__(self, n_images: int, forms: Sequence[str]) -> None:
+        self.n_images = int(n_images)
+        self.forms = tuple(forms)
+        self._parts: dict[str, dict[str, list[Any]]] = {f: {} for f in self.forms}
+        self._joined: dict[str, dict[str, Any]] = {f: {} for f in self.forms}
+        self.nbytes = 0
+
+    def add(self, form: str, arrays: Mapping[str, Any]) -> None:
+        for k, v in arrays.items():
+            self._parts[form].setdefault(k, []).append(v)
+            self.nbytes += int(getattr(v, "nbytes", 0) or np.asarray(v).nbytes)
+
+    def keys(self, form: str) -> list[str]:
+        return [*self._joined[form], *(k for k in self._parts[form] if k not in self._joined[form])]
+
+    def rows(self, form: str, key: str, indices: np.ndarray | None = None) -> Any:
+        """Rows ``indices`` (None: all) of one key, as an array on the statistics' device."""
+        joined = self._joined[form].get(key)
+        if joined is None:
+            parts = self._parts[form].pop(key)
+            xp = namespace(parts[0])
+            joined = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+            self._joined[form][key] = joined
+        if indices is None:
+            return joined
+        return take_rows(joined, indices)
+
+
+class _Writer:
+    """Writes collected batches into a store from a background thread, so the device keeps computing.
+
+    The network starts each batch's copy to (pinned) host memory (``to_host_async``); the thread
+    waits for it and writes the batch atomically. Errors surface in the caller at the next batch or
+    at :meth:`close`.
+    """
+
+    def __init__(self, store: Any, network: Network) -> None:
+        self.store = store
+        self.network = network
+        self._queue: queue.Queue = queue.Queue(maxsize=2)  # at most two batches waiting: bounded host memory
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ssa-store-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            form, i, copy = item
+            if self._error is not None:
+                continue
+            try:
+                self.store.write_batch(form, i, copy.result())
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                self._error = exc
+
+    def _check(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def put(self, form: str, i: int, arrays: Mapping[str, Any]) -> None:
+        self._check()
+        self._queue.put((form, i, self.network.to_host_async(arrays)))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
+
+
 def collect(network: Network, images: np.ndarray, forms: Sequence[str], batch_size: int, store=None,
             progress: bool = False, stop_after: int | None = None):
     """Fill ``store`` (or memory) with the per-image statistics of ``images``, batch by batch.
 
-    Batches already in the store are skipped (resume). ``stop_after`` stops
-    after that many new batches (used by tests to simulate an interruption).
-    Returns the statistics provider.
+    Without a store the statistics stay on the network's device (:class:`DeviceStatistics`). With a
+    store, batches already in it are skipped (resume) and new ones are written by a background
+    thread from pinned host buffers. ``stop_after`` stops after that many new batches (used by
+    tests to simulate an interruption). Returns the statistics provider.
     """
-    from ssa.engines.store import MemoryStats
-
     n = int(images.shape[0])
     n_batches = -(-n // batch_size)
     if store is None:
-        stats = MemoryStats(batch_size, n, forms)
+        stats: Any = DeviceStatistics(n, forms)
+        writer = None
     else:
         stats = store
         for form in forms:
             store.clean_partial(form)
+        writer = _Writer(store, network)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # only when asked: keeps tqdm out of quiet runs
 
         bar = tqdm(total=n_batches * len(forms), desc="collect", unit="batch", leave=False, disable=None)
     done = 0
     shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    completed = False
     try:
         for i in range(n_batches):
             todo = [f for f in forms if store is None or not store.has_batch(f, i)]
@@ -70,26 +159,30 @@ def collect(network: Network, images: np.ndarray, forms: Sequence[str], batch_si
                     bar.update(len(forms))
                 continue
             if stop_after is not None and done >= stop_after:
-                return stats
+                break
             batch = images[i * batch_size:(i + 1) * batch_size]
             for form in todo:  # one pass per form keeps memory at one form's statistics
                 arrays = network.collect(batch, [form])
                 check_finite_stats(arrays, i * batch_size)
                 shapes.setdefault(form, {k: tuple(v.shape[1:]) for k, v in arrays.items()})
-                if store is None:
+                if writer is None:
                     stats.add(form, arrays)
                 else:
-                    store.write_batch(form, i, arrays)
+                    writer.put(form, i, arrays)
                 if bar is not None:
                     bar.update(1)
             done += 1
-        if store is not None:
-            for form in forms:
-                known = shapes.get(form) or _shapes_of(store, form)
-                store.mark_complete(form, n_batches, known)
+        else:
+            completed = True
     finally:
+        if writer is not None:
+            writer.close()
         if bar is not None:
             bar.close()
+    if store is not None and completed:
+        for form in forms:
+            known = shapes.get(form) or _shapes_of(store, form)
+            store.mark_complete(form, n_batches, known)
     return stats
 
 

@@ -33,7 +33,7 @@ from ssa.errors import OutputError, StoreError
 from ssa.io.atomic import atomic_write_bytes
 from ssa.io.paths import check_writable_dir, describe_os_error
 
-__all__ = ["images_hash", "StatsStore", "MemoryStats", "FORMAT_VERSION", "default_store_root", "check_store_root"]
+__all__ = ["images_hash", "StatsStore", "FORMAT_VERSION", "default_store_root", "check_store_root"]
 
 FORMAT_VERSION = 1
 
@@ -135,25 +135,6 @@ class RowView(Mapping):
 
     def __len__(self) -> int:
         return len(self._data)
-
-
-class MemoryStats:
-    """Statistics kept in memory (one dict of arrays per batch)."""
-
-    def __init__(self, batch_size: int, n_images: int, forms: Sequence[str]) -> None:
-        self.batch_size = batch_size
-        self.n_images = n_images
-        self.forms = tuple(forms)
-        self._batches: dict[str, list[dict[str, np.ndarray]]] = {f: [] for f in self.forms}
-
-    def add(self, form: str, arrays: dict[str, np.ndarray]) -> None:
-        self._batches[form].append(arrays)
-
-    def n_batches(self, form: str) -> int:
-        return len(self._batches[form])
-
-    def batch(self, form: str, i: int) -> Mapping[str, np.ndarray]:
-        return self._batches[form][i]
 
 
 class StatsStore:
@@ -292,6 +273,34 @@ class StatsStore:
             self._open[key] = LazyArrays({_file_to_key(f.name): f for f in sorted(d.iterdir())
                                           if f.name.endswith(".npy")}, self.batch_rows(i), self._shapes[form])
         return self._open[key]
+
+    def keys(self, form: str) -> list[str]:
+        """The statistics keys of ``form`` (from batch 0)."""
+        return list(self.batch(form, 0))
+
+    def rows(self, form: str, key: str, indices: np.ndarray | None = None) -> np.ndarray:
+        """The rows ``indices`` (positions in the whole image set; None: all) of one key, from every batch.
+
+        Only the batches holding those rows are read (memory-mapped); the result is one host array,
+        which the closed-form source moves to the network's device once per step.
+        """
+        n_batches = self.n_batches(form)
+        bs = int((self.meta() or {}).get("batch_size", 1))
+        if indices is None:
+            parts = [np.asarray(self.batch(form, i)[key]) for i in range(n_batches)]
+            return np.concatenate(parts) if len(parts) > 1 else np.ascontiguousarray(parts[0])
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) == 0:
+            return np.zeros((0, *self.shapes(form).get(key, ())), np.float32)
+        order = np.argsort(indices, kind="stable")
+        batch_of = indices[order] // bs
+        parts = []
+        for i in np.unique(batch_of):  # only the batches that hold the rows
+            parts.append(np.asarray(self.batch(form, int(i))[key])[indices[order][batch_of == i] - int(i) * bs])
+        gathered = np.concatenate(parts) if len(parts) > 1 else np.ascontiguousarray(parts[0])
+        out = np.empty_like(gathered)
+        out[order] = gathered  # back in the order of ``indices``
+        return out
 
     def verify_batch(self, form: str, i: int, expected: Mapping[str, Sequence[int]]) -> str | None:
         """Read every array of batch ``i`` in full; why it is broken (missing, truncated, wrong shape, NaN), or None."""

@@ -125,6 +125,7 @@ def _per_image_relevance(network: "Network", images: np.ndarray, rows: np.ndarra
     """``{node: r (len(rows),)}``: per image, the mean over the graph's edges u -> node of omega[u, i, node]."""
     from ssa.engines.autograd import AutogradSource
     from ssa.engines.closed_form import FastSource
+    from ssa.core.traversal import step_omega
     from ssa.engines.statistics import collect
     from ssa.plugins import make_rule
     from ssa.viz.figures import _json_attr
@@ -146,11 +147,7 @@ def _per_image_relevance(network: "Network", images: np.ndarray, rows: np.ndarra
     for tap, edges in by_upper.items():
         neurons = sorted({int(graph.nodes[u]["neuron"]) for u, _ in edges})
         col = {k: j for j, k in enumerate(neurons)}
-        parts: dict[str, list[np.ndarray]] = {}
-        for rel in source.iter_relevance(tap, neurons, rule):
-            for parent, omega in rel.items():
-                parts.setdefault(parent, []).append(np.asarray(omega, dtype=np.float64))
-        omega_by_parent = {p: np.concatenate(v, axis=1) for p, v in parts.items()}  # (n, images, K)
+        omega_by_parent = step_omega(source, tap, neurons, rule)  # (n, images, K)
         for u, v in edges:
             parent = graph.nodes[v]["tap"]
             if parent not in omega_by_parent:
