@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from ssa.errors import InvalidInputError, SSAError, UnsupportedModelError
 
 from .canon import DEFAULT_PASSES, CanonPass, CanonReport, canonicalize
 from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
+from .closed_form.terms import rank1_omega
 from .taps import TapPlan, discover_taps
 
 __all__ = ["TorchNetwork", "HostCopy", "exact_arithmetic", "spatial_mean", "trace_module", "steps_summary"]
@@ -239,13 +240,44 @@ class TorchNetwork(Network):
                        form: str) -> dict[str, torch.Tensor]:
         """omega of a closed-form step from statistics (float64 torch tensors on the statistics' device)."""
         tf = self.closed_form.taps[upper]
+        return self._omega_sum(upper, range(len(tf.terms)), stats, neurons, form)
+
+    def _omega_sum(self, upper: str, which: Iterable[int], stats: Mapping[str, Any], neurons: Sequence[int],
+                   form: str) -> dict[str, torch.Tensor]:
+        tf = self.closed_form.taps[upper]
         out: dict[str, torch.Tensor] = {}
+        with exact_arithmetic(self.device):
+            for i in which:
+                term = tf.terms[i]
+                om = term.omega(_term_stats(stats, upper, i), neurons, form)
+                out[term.parent] = out[term.parent] + om if term.parent in out else om
+        return out
+
+    def fast_relevance_sorted(self, upper: str, stats: Mapping[str, Any], neurons: Sequence[int],
+                              form: str) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """:meth:`fast_relevance` with each row's sorted order where a term knows it (rank-1 terms).
+
+        A parent reached by exactly one term whose omega is rank-1 per upper neuron (1x1 conv, dense
+        layer, skip connection under the gradient rule; skips under both rules) gets its rows sorted
+        without a sort (:func:`~ssa_torch.closed_form.terms.rank1_omega`); the others get None.
+        """
+        tf = self.closed_form.taps[upper]
+        by_parent: dict[str, list[int]] = {}
         for i, term in enumerate(tf.terms):
-            prefix = f"{upper}/{i}/"
-            sub = {k[len(prefix):]: stats[k] for k in stats if k.startswith(prefix)}  # only this step's arrays
-            with exact_arithmetic(self.device):
-                om = term.omega(sub, neurons, form)
-            out[term.parent] = out[term.parent] + om if term.parent in out else om
+            by_parent.setdefault(term.parent, []).append(i)
+        out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        rest: list[int] = []
+        with exact_arithmetic(self.device):
+            for parent, idx in by_parent.items():
+                if len(idx) == 1:
+                    term = tf.terms[idx[0]]
+                    r = term.rank1(_term_stats(stats, upper, idx[0]), neurons, form)
+                    if r is not None:
+                        out[parent] = rank1_omega(term, *r)
+                        continue
+                rest.extend(idx)
+        for parent, om in self._omega_sum(upper, rest, stats, neurons, form).items():
+            out[parent] = (om, None)
         return out
 
     def model_hash(self) -> str:
@@ -503,3 +535,9 @@ def exact_arithmetic(device: str):
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved[:3]
         torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])
+
+
+def _term_stats(stats: Mapping[str, Any], upper: str, i: int) -> dict[str, Any]:
+    """The statistics of term ``i`` of step ``upper`` (keys ``"<upper>/<i>/<field>"``), by field."""
+    prefix = f"{upper}/{i}/"
+    return {k[len(prefix):]: stats[k] for k in stats if k.startswith(prefix)}

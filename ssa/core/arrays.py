@@ -20,7 +20,7 @@ import numpy as np
 from array_api_compat import array_namespace, is_numpy_namespace, is_torch_namespace
 from array_api_compat import device as _device
 
-__all__ = ["namespace", "host_view", "to_numpy", "device_of", "asarray_like", "is_numpy", "quantile_sorted", "median_sorted",
+__all__ = ["namespace", "host_view", "all_finite", "to_numpy", "device_of", "asarray_like", "is_numpy", "quantile_sorted", "median_sorted",
            "percentile_rows", "zeros", "take_rows"]
 
 Array = Any
@@ -65,6 +65,13 @@ def host_view(x: Array) -> Array:
     if is_torch_namespace(xp) and x.device.type == "cpu" and not x.requires_grad:
         return x.numpy()
     return x
+
+
+def all_finite(x: Array) -> bool:
+    """Whether every value of ``x`` is finite (numpy's kernel for host tensors: much faster than torch's)."""
+    v = host_view(x)
+    xp = array_namespace(v)
+    return bool(xp.all(xp.isfinite(v)))
 
 
 def asarray_like(values: Any, like: Array, dtype: Any = None) -> Array:

@@ -42,7 +42,7 @@ def _plugin_bug(kind: str, obj: Any, what: str, flag: str) -> PluginError:
                        f"the {kind} plugin: report it to its author, or choose another {flag} (see `ssa plugins`).")
 
 
-def call_selector(selector: Any, rows: Any) -> Any:
+def call_selector(selector: Any, rows: Any, sorted_rows: Any = None) -> Any:
     """``selector.select(rows)``, checked: the same shape as ``rows`` and only -1, 0 or +1 (else a plugin bug).
 
     ``rows`` may be any array-API array (numpy, torch on any device): a selector that declares
@@ -55,7 +55,10 @@ def call_selector(selector: Any, rows: Any) -> Any:
     given = rows if native else np.asarray(to_numpy(rows), dtype=np.float64)
     shape = tuple(rows.shape)
     try:
-        out = selector.select(given)
+        if sorted_rows is not None and native:
+            out = selector.select_sorted(given, sorted_rows)
+        else:
+            out = selector.select(given)
     except Exception as exc:  # noqa: BLE001 - the plugin's code
         text = str(exc).strip().splitlines()
         raise _plugin_bug("selector", selector, f"raised {type(exc).__name__}"

@@ -49,6 +49,15 @@ class Selector(Configurable, ABC):
         must give 0 everywhere. The result must depend only on the row itself.
         """
 
+    def select_sorted(self, rows: np.ndarray, sorted_rows: Any) -> np.ndarray:
+        """:meth:`select`, when each row's values sorted ascending are known (``sorted_rows``, same shape).
+
+        The relevance source knows the order for some steps without sorting; a selector based on
+        order statistics can skip its sort. The default ignores the hint. The result must equal
+        :meth:`select`'s exactly.
+        """
+        return self.select(rows)
+
     @property
     def two_sided(self) -> bool:
         return bool(self.params.get("two_sided", False))
@@ -211,6 +220,15 @@ class Network(ABC):
                        form: str) -> dict[str, np.ndarray]:
         """omega ``{parent: (len(neurons), B, K)}`` of a fast step from a batch's statistics."""
         raise NotImplementedError
+
+    def fast_relevance_sorted(self, upper: str, stats: Mapping[str, Any], neurons: Sequence[int],
+                              form: str) -> dict[str, tuple[Any, Any]]:
+        """:meth:`fast_relevance` as ``{parent: (omega, sorted rows or None)}``.
+
+        A backend that knows each row's sorted order without sorting (omega rows that are a per-image
+        multiple of one vector per upper neuron) returns it; the traversal's selector then skips its sort.
+        """
+        return {p: (om, None) for p, om in self.fast_relevance(upper, stats, neurons, form).items()}
 
     def fingerprint(self) -> str:
         """A content hash of the model and its taps, for the statistics store (keyed by what the statistics

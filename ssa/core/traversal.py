@@ -48,6 +48,9 @@ class RelevanceBlock(NamedTuple):
     parent: str
     start: int
     omega: Any
+    #: optional: every row of ``omega`` sorted ascending (same shape), when the source knows the order
+    #: without sorting; order-statistic selectors then skip their sort (``Selector.select_sorted``)
+    sorted: Any = None
 
 
 class RelevanceSource(Protocol):
@@ -150,7 +153,7 @@ def top_b(counts: Any, mean: Any, b: int, sign: int = 1) -> tuple[Any, Any]:
     return xp.concat(lows, axis=1), xp.concat(valids, axis=1)
 
 
-def apply_selector(selector: Selector, rows: Any) -> Any:
+def apply_selector(selector: Selector, rows: Any, sorted_rows: Any = None) -> Any:
     """Labels of ``rows`` (R, K) in {-1, 0, 1}, int8, on the rows' own array library and device.
 
     A selector that does not declare ``array_api = True`` gets float64 numpy rows (the
@@ -158,7 +161,7 @@ def apply_selector(selector: Selector, rows: Any) -> Any:
     (:func:`ssa.core.checks.call_selector`): a selector that raises, returns the wrong shape or values
     outside {-1, 0, 1} is named as a plugin bug.
     """
-    return call_selector(selector, rows)
+    return call_selector(selector, rows, sorted_rows)
 
 
 class _Acc:
@@ -245,7 +248,11 @@ def _accumulate(acc: dict[str, _Acc], block: RelevanceBlock, n: int, selector: S
     nb, b, K = omega.shape
     if nb == 0 or b == 0:
         return
-    labels = xp.reshape(apply_selector(selector, xp.reshape(omega, (nb * b, K))), (nb, b, K))
+    srt = None
+    if block.sorted is not None:
+        srt = host_view(block.sorted)
+        srt = xp.reshape(srt if srt.dtype == xp.float64 else xp.astype(srt, xp.float64), (nb * b, K))
+    labels = xp.reshape(apply_selector(selector, xp.reshape(omega, (nb * b, K)), srt), (nb, b, K))
     a = acc.get(block.parent)
     if a is None:
         a = acc[block.parent] = _Acc(xp, n, K, omega)

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ssa.core.arrays import namespace
+from ssa.core.arrays import all_finite
 from ssa.core.interfaces import Network, Rule
 from ssa.core.traversal import RelevanceBlock
 from ssa.engines.autograd import AutogradSource
@@ -99,17 +99,16 @@ class ClosedFormSource:
             for j0 in range(0, len(neurons), chunk):
                 part = list(neurons[j0:j0 + chunk])
                 try:
-                    rel = self.network.fast_relevance(upper, data, part, self.form)
+                    rel = self.network.fast_relevance_sorted(upper, data, part, self.form)
                 except (ValueError, IndexError, KeyError, RuntimeError) as exc:  # arrays that do not fit together
                     if not self._on_disk:
                         raise
                     raise StoreError(f"the store {str(self.stats.path)!r} does not fit this model at step {upper} "
                                      f"({type(exc).__name__}); run `ssa collect --verify` to repair it.") from None
-                for parent, omega in rel.items():
-                    xp = namespace(omega)
-                    if not bool(xp.all(xp.isfinite(omega))):
+                for parent, (omega, srt) in rel.items():
+                    if not all_finite(omega):
                         self._not_finite(f"the relevance of step {upper}")
-                    yield RelevanceBlock(parent, j0, omega)
+                    yield RelevanceBlock(parent, j0, omega, srt)
             return
         if self._autograd is None:
             raise RuntimeError(f"step {upper} needs autograd but no images were given")
@@ -119,8 +118,7 @@ class ClosedFormSource:
     def scalars(self, tap: str) -> Any:
         if tap not in self._scalars:
             part = self._rows(f"scalars/{tap}")
-            xp = namespace(part)
-            if not bool(xp.all(xp.isfinite(part))):
+            if not all_finite(part):
                 self._not_finite(f"the scalars of tap {tap}")
             self._scalars[tap] = part
         return self._scalars[tap]

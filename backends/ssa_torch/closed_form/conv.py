@@ -176,6 +176,16 @@ class ConvTerm(Term):
             out["a"] = self._to_parents(a, 1)
         return out
 
+    def rank1(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str):
+        """A 1x1 convolution without a gate under the gradient rule: omega = W'[n, k] * C[i, n]."""
+        if form != "gradient" or self.gate is not None:
+            return None
+        c = as_tensor(stats["g"])  # (B, N, kk)
+        if c.shape[2] != 1:
+            return None
+        h, fed = self.head_channels(neurons, c.device)
+        return c[:, h, 0].t(), self._wk(c.device)[h][:, :, 0], fed
+
     def omega(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str) -> torch.Tensor:
         if form == "gradient":
             c = as_tensor(stats["g"])  # (B, N, kk)

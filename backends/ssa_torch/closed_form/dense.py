@@ -89,6 +89,13 @@ class DenseTerm(Term):
                 out["a"] = scatter_channels(a, self.chan.to(m.device), self.n_parent)
         return out
 
+    def rank1(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str):
+        if form != "gradient":
+            return None
+        g = as_tensor(stats["g"])  # (B, N)
+        h, fed = self.head_channels(neurons, g.device)
+        return g[:, h].t(), self._wk(g.device)[h], fed
+
     def omega(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str) -> torch.Tensor:
         if form == "gradient":
             g = as_tensor(stats["g"])  # (B, N)

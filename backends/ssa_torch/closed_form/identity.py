@@ -50,6 +50,13 @@ class IdentityTerm(Term):
             out["a"] = self._per_channel(m * values[self.head].to(m.dtype))
         return out
 
+    def rank1(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str):
+        d = as_tensor(stats["g" if form == "gradient" else "a"])  # (B, N)
+        h, fed = self.head_channels(neurons, d.device)
+        vec = torch.zeros((len(h), self.n_parent), dtype=d.dtype, device=d.device)
+        vec[torch.arange(len(h), device=d.device), h] = 1.0
+        return d[:, h].t(), vec, fed
+
     def omega(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str) -> torch.Tensor:
         d = as_tensor(stats["g" if form == "gradient" else "a"])  # (B, N)
         h, fed = self.head_channels(neurons, d.device)

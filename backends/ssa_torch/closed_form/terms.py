@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 import torch
 
-__all__ = ["Term", "as_tensor", "scatter_channels", "chunks", "WORK_BYTES"]
+__all__ = ["Term", "as_tensor", "scatter_channels", "chunks", "rank1_omega", "WORK_BYTES"]
 
 WORK_BYTES = 256 * 2**20  # memory budget of one chunk of an intermediate array
 
@@ -100,6 +100,15 @@ class Term:
         """omega (len(neurons), B, K) in float64 from this term's statistics."""
         raise NotImplementedError
 
+    def rank1(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(coeff (n, B), vec (n, K), fed (n,))`` when omega is ``finish(vec[:, None] * coeff[..., None], fed)``.
+
+        Such a step's rows are per-image multiples of one vector per upper neuron, so their sorted
+        order follows from sorting ``vec`` once (:func:`rank1_omega`). None (the default): no such form.
+        """
+        return None
+
     # -- helpers -------------------------------------------------------------------------------------
     def head_channels(self, neurons: Sequence[int], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """(head channel of each upper neuron, clamped to 0 where none; mask of the neurons this term feeds)."""
@@ -112,3 +121,17 @@ class Term:
         if not bool(fed.all()):
             om = om * fed.to(om.dtype).reshape(-1, *([1] * (om.dim() - 1)))
         return om
+
+
+def rank1_omega(term: Term, coeff: torch.Tensor, vec: torch.Tensor, fed: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """omega ``(n, B, K)`` of a rank-1 term, and its rows sorted ascending, without sorting them.
+
+    omega[j, i, k] = finish(coeff[j, i] * vec[j, k]); for a fixed non-negative factor the rounded
+    product is non-decreasing in ``vec`` (and non-increasing for a negative one), so each row sorted
+    is the same products of ``vec`` sorted once per neuron (reversed where coeff < 0), bit for bit.
+    """
+    om = term.finish(vec[:, None, :] * coeff[:, :, None], fed)
+    s = torch.sort(vec, dim=1).values  # (n, K), once per upper neuron
+    ordered = torch.where((coeff >= 0)[:, :, None], s[:, None, :], s.flip(1)[:, None, :])
+    return om, term.finish(ordered * coeff[:, :, None], fed)

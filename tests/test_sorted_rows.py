@@ -1,0 +1,63 @@
+"""Rows whose sorted order the closed form knows (rank-1 steps) are sorted exactly, and selectors that skip
+their sort given them label exactly as they do without (the fast path against the plain one)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import ssa
+from ssa.testing.models import ALL_CASES
+from ssa_selectors.selectors import MADSelector, PercentileSelector, TopKSelector, TukeySelector, ZScoreSelector
+
+FORMS = ("gradient", "gradient_x_activation")
+
+
+def _models():
+    for case in ALL_CASES:
+        yield case.name, case.build(), case.images(6)
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None, num_classes=7).eval()  # 1x1 downsample convs, skips, dense
+    yield "resnet18", net, np.random.default_rng(0).standard_normal((4, 3, 40, 40)).astype(np.float32)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_known_sorted_rows_are_the_rows_sorted_and_omega_is_unchanged(form):
+    seen = 0
+    for name, model, images in _models():
+        net = ssa.load_model(model)
+        net.prepare(images)
+        stats = net.collect(images, [form])
+        for tap in sorted(net.fast_taps(form)):
+            n = next(t.n_neurons for t in net.taps if t.name == tap)
+            neurons = list(range(0, n, max(1, n // 9)))
+            plain = net.fast_relevance(tap, stats, neurons, form)
+            both = net.fast_relevance_sorted(tap, stats, neurons, form)
+            assert set(both) == set(plain), (name, tap)
+            for parent, (om, srt) in both.items():
+                torch.testing.assert_close(om, plain[parent], rtol=1e-12, atol=1e-300, msg=f"{name} {tap}->{parent}")
+                if srt is not None:
+                    seen += 1
+                    assert torch.equal(srt, torch.sort(om, dim=2).values), f"{name} {tap}->{parent}"
+    assert seen >= (10 if form == "gradient" else 3)  # gradient: skips, dense, 1x1 convs; gxa: skips
+
+
+@pytest.mark.parametrize("cls", [TukeySelector, MADSelector, PercentileSelector, TopKSelector, ZScoreSelector])
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_select_sorted_labels_exactly_like_select(cls, two_sided):
+    rng = np.random.default_rng(5)
+    vec = rng.standard_t(3, (1, 200))
+    vec[0, :60] = 0.0
+    coeff = np.concatenate([rng.standard_normal(30), [0.0, -0.0, 1e-300, -2.5]])
+    rows = coeff[:, None] * vec  # rank-1 rows, as a 1x1 conv step gives them
+    rows[3, 7] = np.nan
+    sorted_rows = np.where(coeff[:, None] >= 0, np.sort(vec, axis=1), np.sort(vec, axis=1)[:, ::-1]) * coeff[:, None]
+    assert np.array_equal(np.sort(np.nan_to_num(rows), axis=1)[4:], np.sort(rows, axis=1)[4:])
+    sel = cls(two_sided=two_sided)
+    want = sel.select(rows)
+    for lib in (np, torch):
+        r, s = (rows, sorted_rows) if lib is np else (torch.tensor(rows), torch.tensor(sorted_rows))
+        got = sel.select_sorted(r, s)
+        assert np.array_equal(np.asarray(got), want), lib.__name__
