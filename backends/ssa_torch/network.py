@@ -174,8 +174,15 @@ class TorchNetwork(Network):
 
     # -- preparation ---------------------------------------------------------------
     def prepare(self, example: np.ndarray) -> tuple[Tap, ...]:
+        """Trace, canonicalise and discover the taps for inputs like ``example`` (once per input shape).
+
+        A network already prepared for images of the same shape keeps its preparation (a worker
+        analysing class after class reuses it).
+        """
+        if self._plan is not None and self.input_shape == tuple(example.shape[1:]):
+            return self._plan.taps
         device = torch.device(self.device)
-        x = self.to_tensor(example[:1]) if self.input_shape is None else self.to_tensor(example[:1])
+        x = self.to_tensor(example[:1])
         module = copy.deepcopy(self.module).eval().to(device)
         for p in module.parameters():
             p.requires_grad_(False)
@@ -208,6 +215,7 @@ class TorchNetwork(Network):
                                    channel_axes=self.channel_axes, output_index=self.output_index)
         self._gm = gm
         self._example = x
+        self._stat_bytes: dict[str, int] = {}
         self._fast = None
         self._model_hash: str | None = None
         self.input_shape = tuple(example.shape[1:])
@@ -279,6 +287,14 @@ class TorchNetwork(Network):
         for parent, om in self._omega_sum(upper, rest, stats, neurons, form).items():
             out[parent] = (om, None)
         return out
+
+    def statistics_bytes(self, form: str) -> int:
+        """Bytes per image of :meth:`collect`'s arrays for ``form`` (measured once on one image, cached)."""
+        cache = self._stat_bytes
+        if form not in cache:
+            arrays = self.collect(self._example, [form])
+            cache[form] = int(sum(v[0].numel() * v.element_size() for v in arrays.values()))
+        return cache[form]
 
     def model_hash(self) -> str:
         """blake2b of the traced graph's code and every weight and buffer (names and bytes); cached per prepare()."""

@@ -230,6 +230,10 @@ class Network(ABC):
         """
         return {p: (om, None) for p, om in self.fast_relevance(upper, stats, neurons, form).items()}
 
+    def statistics_bytes(self, form: str) -> int:
+        """Bytes of closed-form statistics :meth:`collect` keeps per image for ``form`` (0 if unknown)."""
+        return 0
+
     def fingerprint(self) -> str:
         """A content hash of the model and its taps, for the statistics store (keyed by what the statistics
         depend on)."""
