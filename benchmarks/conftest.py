@@ -31,13 +31,17 @@ def build(name: str) -> torch.nn.Module:
     import torchvision
 
     torch.manual_seed(0)
-    model = {"vgg16": torchvision.models.vgg16, "resnet18": torchvision.models.resnet18}[name](weights=None)
-    # Trained networks have heavy-tailed connection strengths; PyTorch's uniform initialisation has
-    # none, so Tukey's fences would find no outliers and the graph would stop near the logits. Redraw
-    # every conv / dense weight as normal noise times a log-normal scale per (output, input) channel
-    # pair (variance-preserving), and give batch-norms non-trivial running statistics.
+    model = {"vgg16": torchvision.models.vgg16, "resnet18": torchvision.models.resnet18,
+             "resnet50": torchvision.models.resnet50}[name](weights=None)
+    return heavy_tail(model).eval()
+
+
+def heavy_tail(model: torch.nn.Module, sigma: float = 1.0) -> torch.nn.Module:
+    """Trained networks have heavy-tailed connection strengths; PyTorch's uniform initialisation has
+    none, so Tukey's fences would find no outliers and the graph would stop near the logits. Redraw
+    every conv / dense weight as normal noise times a log-normal scale per (output, input) channel
+    pair (variance-preserving), and give batch-norms non-trivial running statistics."""
     gen = torch.Generator().manual_seed(0)
-    sigma = 1.0
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
@@ -49,7 +53,7 @@ def build(name: str) -> torch.nn.Module:
             elif isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.1, generator=gen)
                 m.running_var.uniform_(0.5, 1.5, generator=gen)
-    return model.eval()
+    return model
 
 
 @pytest.fixture(scope="module", params=bench_models())

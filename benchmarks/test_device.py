@@ -1,0 +1,215 @@
+"""Device-resident analysis at ImageNet scale (issue: the traversal on the GPU).
+
+Measured in one run on one machine, per model (VGG16 and ResNet-50 at 224x224, heavy-tailed random
+weights, seeded noise images):
+
+* **32 images**: the plain forward pass; the statistics (one forward pass with the closed form's
+  bookkeeping); the first class (statistics + traversal, b = 3, full depth); the next class (from the
+  statistics); the full traversal against the forward pass (the target ratio);
+* **10 classes x 100 images** (on a GPU, or with ``SSA_BENCH_LARGE=1``): statistics of all 1,000
+  images, then each class from them; for ``gradient_x_activation`` (about 9 MB of statistics per image
+  on VGG16) the statistics are collected per class, as the Session does when they do not fit;
+* peak host memory (RSS) and peak GPU memory;
+* the ImageNet-scale projection: statistics x 100,000 images + per-class cost x 1,000 classes;
+* the share of steps by the closed form.
+
+Every graph is checked after timing: the fast path's graph equals the autograd engine's on a subset.
+Run: ``make bench`` (or ``pytest benchmarks/test_device.py --benchmark-only -s``). Knobs:
+``SSA_BENCH_DEVICE`` (cuda when available), ``SSA_BENCH_DEVICE_MODELS`` (default ``vgg16,resnet50``),
+``SSA_BENCH_IMAGES`` (32), ``SSA_BENCH_LARGE`` (1 forces the 10 x 100 part on the CPU).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ssa
+from ssa.engines.statistics import collect
+
+from .conftest import bench_device, build
+
+RULES = ("gradient", "gradient_x_activation")
+SELECTOR = {"gradient": "tukey", "gradient_x_activation": "mad"}  # the paper's; and the default pair
+B = 3
+IMAGENET_IMAGES, IMAGENET_CLASSES = 100_000, 1_000
+
+
+def _models() -> list[str]:
+    return [m for m in os.environ.get("SSA_BENCH_DEVICE_MODELS", "vgg16,resnet50").split(",") if m]
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _timed(fn):
+    _sync()
+    t = time.perf_counter()
+    out = fn()
+    _sync()
+    return time.perf_counter() - t, out
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))} (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+class Report:
+    """Results of this module's run, printed and written to benchmarks/results/ at the end."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.rows: dict[str, dict[str, float | str]] = {}
+
+    def put(self, model: str, key: str, value: float | str) -> None:
+        self.rows.setdefault(model, {})[key] = value
+
+    def write(self) -> None:
+        lines = [f"\n== device-resident analysis on {_machine(self.device)} =="]
+        for model, r in self.rows.items():
+            lines.append(f"-- {model}")
+            for k, v in r.items():
+                lines.append(f"   {k:<58} {v:.4g}" if isinstance(v, float) else f"   {k:<58} {v}")
+        print("\n".join(lines))
+        out = Path(__file__).parent / "results" / f"{'cuda' if self.device.startswith('cuda') else 'cpu'}-device.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps({"machine": _machine(self.device), "results": self.rows}, indent=1))
+
+
+@pytest.fixture(scope="module")
+def report():
+    rep = Report(bench_device())
+    yield rep
+    rep.write()
+
+
+def _build(name: str) -> torch.nn.Module:
+    return build(name)
+
+
+def _forward(model: torch.nn.Module, images: np.ndarray, device: str, batch: int) -> float:
+    m = model.to(device)
+    with torch.no_grad():
+        x = [torch.from_numpy(images[i:i + batch]) for i in range(0, len(images), batch)]
+        m(x[0].to(device))  # warm-up
+
+        def run():
+            for xb in x:
+                m(xb.to(device))
+
+        best = min(_timed(run)[0] for _ in range(3))
+    model.to("cpu")
+    return best
+
+
+@pytest.mark.benchmark(group="device")
+@pytest.mark.parametrize("name", _models())
+def test_device_resident_analysis(benchmark, report, name):
+    device = bench_device()
+    cuda = device.startswith("cuda")
+    n = int(os.environ.get("SSA_BENCH_IMAGES", "32"))
+    batch = 32 if cuda else 8
+    rng = np.random.default_rng(0)
+    model = _build(name)
+    images = rng.standard_normal((n, 3, 224, 224)).astype(np.float32)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    fwd = _forward(model, images, device, batch)
+    report.put(name, f"forward, {n} images (s)", fwd)
+    session = ssa.Session(model, images, batch_size=batch, device=device, name=name, preset="paper")
+    net = session.network
+    logits = net.logits(images)
+    target = int(np.bincount(logits.argmax(1)).argmax())
+    other = int(np.argsort(-logits.mean(0))[1])
+    steps = net.describe_steps()
+    share = sum(v.startswith("fast") for v in steps.values())
+    report.put(name, "steps by the closed form", f"{share} of {len(steps)}")
+
+    for rule in RULES:
+        sel = SELECTOR[rule]
+        s = ssa.Session(net, images, batch_size=batch, device=device, rule=rule)
+        t_stats, _ = _timed(lambda: collect(net, images, [ssa.make_rule(rule).form], batch))
+        t_first, first = _timed(lambda: s.analyse(target, B, selector=sel))  # statistics + traversal
+        t_next, nxt = _timed(lambda: s.analyse(other, B, selector=sel))
+        report.put(name, f"[{rule}] statistics, {n} images (s)", t_stats)
+        report.put(name, f"[{rule}] full traversal = statistics + first class (s)", t_first)
+        report.put(name, f"[{rule}]   / forward (target <= 5 on GPU, <= 2 on CPU)", t_first / fwd)
+        report.put(name, f"[{rule}] next class from the statistics (s)", t_next)
+        report.put(name, f"[{rule}]   / forward (CPU target <= 0.3)", t_next / fwd)
+        report.put(name, f"[{rule}] graph nodes (first, next)", f"{first.graph.number_of_nodes()}, "
+                                                                  f"{nxt.graph.number_of_nodes()}")
+        del s
+        gc.collect()
+    report.put(name, "peak host RSS so far (MiB)", _rss_mib())
+    if cuda:
+        report.put(name, "peak GPU memory so far (MiB)", torch.cuda.max_memory_allocated() / 2**20)
+
+    if cuda or os.environ.get("SSA_BENCH_LARGE") == "1":
+        _ten_classes(report, name, net, device, batch, rng)
+
+    # the result is right: the closed form's graph equals exact autograd's, on a few images
+    few = images[:4]
+    fast = ssa.analyse(net, few, target, 2, preset="paper", device=device)
+    slow = ssa.analyse(model, few, target, 2, preset="paper", device=device, engine="autograd")
+    assert {(u, v, d["frequency"]) for u, v, d in fast.graph.edges(data=True)} == \
+        {(u, v, d["frequency"]) for u, v, d in slow.graph.edges(data=True)}
+    benchmark.extra_info.update(report.rows.get(name, {}))
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+
+
+def _ten_classes(report: Report, name: str, net, device: str, batch: int, rng) -> None:
+    n_classes, per_class = 10, 100
+    images = rng.standard_normal((n_classes * per_class, 3, 224, 224)).astype(np.float32)
+    labels = np.repeat(np.arange(n_classes), per_class)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    for rule in RULES:
+        form = ssa.make_rule(rule).form
+        s = ssa.Session(net, images, labels=labels, batch_size=batch, device=device, rule=rule)
+        sel = SELECTOR[rule]
+        per_image = net.statistics_bytes(form)
+        shared = per_image * len(images) <= ssa.session.statistics_budget(device)
+        t0, _ = _timed(lambda: s.analyse(0, B, selector=sel))
+        times = [_timed(lambda c=c: s.analyse(c, B, selector=sel))[0] for c in range(1, n_classes)]
+        per = float(np.median(times))
+        key = f"[{rule}] 10 classes x 100 images"
+        report.put(name, f"{key}: statistics per image (MiB)", per_image / 2**20)
+        report.put(name, f"{key}: statistics kept for", "all images" if shared else "one class at a time")
+        report.put(name, f"{key}: first class incl. statistics (s)", t0)
+        report.put(name, f"{key}: each next class, median (s)", per)
+        if shared:
+            stats_per_image = max(t0 - per, 0.0) / len(images)
+            total = stats_per_image * IMAGENET_IMAGES + per * IMAGENET_CLASSES
+        else:
+            total = per * IMAGENET_CLASSES  # each class collects its own 100 images' statistics
+        report.put(name, f"{key}: ImageNet scale, 1000 classes x 100 images (min)", total / 60)
+        del s
+        gc.collect()
+    report.put(name, "peak host RSS after 10 x 100 (MiB)", _rss_mib())
+    if device.startswith("cuda"):
+        report.put(name, "peak GPU memory, 10 x 100 (MiB)", torch.cuda.max_memory_allocated() / 2**20)
