@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One prepared GPU session (see benchmarks/README.md): install the carried wheels, then the CUDA tests,
+# the device benchmark and a profile of one class. Usage on the GPU machine, from the repository root:
+#   bash benchmarks/gpu_run.sh [parts...]   parts: tests bench profile (default: all three)
+set -uo pipefail
+OUT=${OUT:-/tmp/ssa-gpu-out}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 SSA_DISABLE_PLUGIN_AUTOLOAD=0
+nvidia-smi -L | tee "$OUT/gpu.txt"
+python3 -c "import torch, ssa; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), ssa.__file__)" | tee -a "$OUT/gpu.txt"
+parts=${*:-tests bench profile}
+for part in $parts; do
+  case $part in
+    tests) timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu.py tests/test_device_core.py \
+             tests/test_conformance.py -k "not example" 2>&1 | tee "$OUT/gpu-tests.log" | tail -15 ;;
+    bench) SSA_BENCH_DEVICE=cuda timeout 420 python3 -m pytest -q -p no:cacheprovider benchmarks/test_device.py \
+             --benchmark-only -s 2>&1 | tee "$OUT/bench.log" | grep -v "^\s*$" | tail -60
+           cp benchmarks/results/cuda-device.json "$OUT/" 2>/dev/null ;;
+    profile) timeout 200 python3 -m benchmarks.gpu_profile resnet50 2>&1 | tee "$OUT/profile.log" | head -80 ;;
+  esac
+done
