@@ -1,6 +1,6 @@
-"""Where one class's time goes on the GPU (cProfile of Session.analyse from statistics), ResNet-50 and VGG16.
-
-Run on a GPU machine: ``python3 -m benchmarks.gpu_profile``; prints the top functions by cumulative time.
+"""Where the time goes on the GPU: the statistics pass (torch.profiler, CUDA kernels) and one class's
+analysis from statistics (cProfile), for ResNet-50 and VGG16. Run on a GPU machine:
+``python3 -m benchmarks.gpu_profile [models...]``.
 """
 
 from __future__ import annotations
@@ -14,28 +14,72 @@ import numpy as np
 import torch
 
 import ssa
+from ssa_torch.network import exact_arithmetic
 
 from .conftest import build
 
 
+def _sync() -> None:
+    torch.cuda.synchronize()
+
+
+def profile_collect(name: str, net, x: np.ndarray, model) -> None:
+    dev = "cuda"
+    xb = torch.from_numpy(x[:32]).to(dev)
+    m = model.to(dev)
+    with torch.no_grad():
+        for label, ctx in (("forward (defaults: TF32 on)", None), ("forward, TF32 off + deterministic", dev)):
+            m(xb)
+            _sync()
+            t = time.perf_counter()
+            if ctx is None:
+                m(xb)
+            else:
+                with exact_arithmetic(ctx):
+                    m(xb)
+            _sync()
+            print(f"{name}: {label}: {time.perf_counter() - t:.4f} s for 32 images")
+    model.to("cpu")
+    for form in ("gradient", "gradient_x_activation"):
+        net.collect(x[:32], [form])
+        _sync()
+        t = time.perf_counter()
+        net.collect(x[:32], [form])
+        _sync()
+        print(f"{name}: collect {form}: {time.perf_counter() - t:.4f} s for 32 images")
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+            net.collect(x[:32], [form])
+            _sync()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=50))
+        pr = cProfile.Profile()
+        pr.enable()
+        net.collect(x[:32], [form])
+        _sync()
+        pr.disable()
+        pstats.Stats(pr).sort_stats("tottime").print_stats(10)
+
+
 def main(names: list[str]) -> None:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     for name in names:
         model = build(name)
         x = np.random.default_rng(0).standard_normal((100, 3, 224, 224)).astype(np.float32)
-        for rule, sel in (("gradient", "tukey"), ("gradient_x_activation", "mad")):
-            s = ssa.Session(model, x, device=device, batch_size=50, rule=rule)
-            s.analyse(1, 3, selector=sel)  # statistics + first class
-            torch.cuda.synchronize() if device == "cuda" else None
+        net = ssa.load_model(model, device="cuda")
+        net.prepare(x[:2])
+        profile_collect(name, net, x, model)
+        for rule, sel in (("gradient", "tukey"),):
+            s = ssa.Session(net, x, device="cuda", batch_size=50, rule=rule)
+            s.analyse(1, 3, selector=sel)
+            _sync()
             t = time.perf_counter()
             pr = cProfile.Profile()
             pr.enable()
             res = s.analyse(2, 3, selector=sel)
-            torch.cuda.synchronize() if device == "cuda" else None
+            _sync()
             pr.disable()
             print(f"== {name} {rule}: next class {time.perf_counter() - t:.3f} s, {res.graph.number_of_nodes()} nodes")
             pstats.Stats(pr).sort_stats("tottime").print_stats(14)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["resnet50", "vgg16"])
+    main(sys.argv[1:] or ["vgg16", "resnet50"])

@@ -292,23 +292,47 @@ def build_graph(*, taps: Sequence[Tap], steps: Sequence[StepRecord], target: int
         rsum[ln[starts]] = np.add.reduceat(e_rel[by_node], starts) / np.diff(np.r_[starts, m])
     anypos = np.zeros(nn_, bool)
     np.logical_or.at(anypos, l_node, e_sign > 0)
-    ids = [f"{names[t]}:{int(k)}" for t, k in zip(node_tap, node_n)]
-    nodes = []
-    for i, (t, k) in enumerate(zip(node_tap, node_n)):
-        tap = names[t]
-        frac = active.get(tap)
-        d = {"tap": tap, "tap_order": int(by_name[tap].order), "neuron": int(k), "frequency": 0,
-             "mean_relevance": 0.0, "active_fraction": float(frac[k]) if frac is not None else float("nan"),
-             "in_degree": 0, "sign": 1}
+    # Python values once, in bulk (tolist), then the graph's own dicts filled directly: networkx's
+    # add_edges_from checks every edge and costs about 10 us each (0.6 s for a 57,000-edge ResNet-50 graph)
+    tap_names = [names[t] for t in node_tap.tolist()]
+    neuron = node_n.tolist()
+    ids = [f"{t}:{k}" for t, k in zip(tap_names, neuron)]
+    orders = {t: int(by_name[t].order) for t in set(tap_names)}
+    frac = {t: (np.asarray(active[t], dtype=np.float64).tolist() if active.get(t) is not None else None)
+            for t in set(tap_names)}
+    fmax_l, rsum_l, indeg_l, pos_l = fmax.tolist(), rsum.tolist(), indeg.tolist(), anypos.tolist()
+    node_dicts = []
+    for i, (tap, k) in enumerate(zip(tap_names, neuron)):
+        f = frac[tap]
+        d = {"tap": tap, "tap_order": orders[tap], "neuron": k, "frequency": 0, "mean_relevance": 0.0,
+             "active_fraction": f[k] if f is not None else float("nan"), "in_degree": 0, "sign": 1}
         if i == 0:
             d["frequency"] = int(n_images)
-        elif indeg[i]:
-            d["frequency"] = int(fmax[i])
-            d["mean_relevance"] = float(rsum[i])
-            d["in_degree"] = int(indeg[i])
-            d["sign"] = 1 if anypos[i] else -1
-        nodes.append((ids[i], d))
-    g.add_nodes_from(nodes)
-    g.add_edges_from((ids[a], ids[b], {"frequency": int(f), "relevance": float(r), "sign": int(s)})
-                     for a, b, f, r, s in zip(u_node, l_node, e_freq, e_rel, e_sign))
+        elif indeg_l[i]:
+            d["frequency"] = fmax_l[i]
+            d["mean_relevance"] = rsum_l[i]
+            d["in_degree"] = indeg_l[i]
+            d["sign"] = 1 if pos_l[i] else -1
+        node_dicts.append(d)
+    _fill(g, ids, node_dicts, u_node.tolist(), l_node.tolist(), e_freq.tolist(), e_rel.tolist(), e_sign.tolist())
     return g
+
+
+def _fill(g: nx.DiGraph, ids: list[str], nodes: list[dict[str, Any]], us: list[int], vs: list[int],
+          freq: list[int], rel: list[float], sign: list[int]) -> None:
+    """Nodes and edges straight into an empty DiGraph's adjacency dicts (what add_*_from would build).
+
+    The edge attribute dict is shared by ``_succ[u][v]`` and ``_pred[v][u]``, as networkx does; the
+    insertion order is networkx's too (a test compares with the plain construction).
+    """
+    node_attr, succ, pred = g._node, g._succ, g._pred
+    for nid, d in zip(ids, nodes):
+        node_attr[nid] = d
+        succ[nid] = {}
+        pred[nid] = {}
+    for a, b, f, r, s in zip(us, vs, freq, rel, sign):
+        u, v = ids[a], ids[b]
+        d = {"frequency": f, "relevance": r, "sign": s}
+        succ[u][v] = d
+        pred[v][u] = d
+    g.__dict__.get("__networkx_cache__", {}).clear()

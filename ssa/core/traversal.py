@@ -312,13 +312,13 @@ def explain_stop(taps: Sequence[Tap], steps: Sequence[StepRecord], active: Mappi
                 "the class node; name taps with --taps, or add the input's channels with --include-input"]
     floor = by_name[stop_at].order if stop_at else None
     lowest_possible = min(t.order for t in taps if floor is None or t.order >= floor)  # stop_at itself is reached
-    nodes = {"logits"} | {s.parent for s in steps if any(kp.sign > 0 for kp in s.kept)}
+    nodes = {"logits"} | {s.parent for s in steps if bool((s.kept_sign > 0).any())}
     if min(by_name[n].order for n in nodes) <= lowest_possible:
         return []
     notes = []
     params = ", ".join(f"{k}={v}" for k, v in selector.params.items())
     for s in steps:
-        if any(kp.sign > 0 for kp in s.kept) or s.upper not in nodes:
+        if bool((s.kept_sign > 0).any()) or s.upper not in nodes:
             continue
         frac = active.get(s.upper)
         upper_active = None if frac is None or s.upper == "logits" else np.asarray(frac)[list(s.neurons)]
