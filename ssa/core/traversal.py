@@ -29,7 +29,7 @@ from typing import (
 
 import numpy as np
 
-from ssa.core.arrays import device_of, host_view, namespace, to_numpy
+from ssa.core.arrays import device_of, host_view, is_numpy, namespace, to_numpy
 from ssa.core.checks import call_selector
 from ssa.core.interfaces import Rule, Selector, Tap
 
@@ -95,14 +95,27 @@ class StepRecord:
     upper: str
     parent: str
     neurons: tuple[int, ...]
-    counts: np.ndarray
-    neg_counts: np.ndarray
-    mean: np.ndarray
+    counts_array: Any  # (n, K) on the device the step was computed on; ``counts`` is the host copy
+    neg_counts_array: Any
+    mean_array: Any
     kept_upper: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     kept_lower: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     kept_count: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     kept_relevance: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
     kept_sign: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @cached_property
+    def counts(self) -> np.ndarray:
+        """(n, K) positive outlier counts, on the host (copied from the device on first use)."""
+        return np.asarray(to_numpy(self.counts_array))
+
+    @cached_property
+    def neg_counts(self) -> np.ndarray:
+        return np.asarray(to_numpy(self.neg_counts_array))
+
+    @cached_property
+    def mean(self) -> np.ndarray:
+        return np.asarray(to_numpy(self.mean_array))
 
     @cached_property
     def kept(self) -> tuple[Kept, ...]:
@@ -167,13 +180,14 @@ def apply_selector(selector: Selector, rows: Any, sorted_rows: Any = None) -> An
 class _Acc:
     """Per-parent sums of one step: positive / negative outlier counts and relevance sums."""
 
-    __slots__ = ("pos", "neg", "tot")
+    __slots__ = ("pos", "neg", "tot", "bad")
 
     def __init__(self, xp: Any, n: int, K: int, like: Any) -> None:
         dev = device_of(like)
         self.pos = xp.zeros((n, K), dtype=xp.int64, device=dev)
         self.neg = xp.zeros((n, K), dtype=xp.int64, device=dev)
         self.tot = xp.zeros((n, K), dtype=xp.float64, device=dev)
+        self.bad: Any = None  # labels outside {-1, 0, 1} from an array-API selector, counted on the device
 
 
 @dataclass(frozen=True)
@@ -234,7 +248,7 @@ def traverse(source: RelevanceSource, target: int, branching: int, rule: Rule, s
             if parent not in acc or by_name[parent].order < floor:
                 continue
             step = _finish_step(tap.name, parent, neurons, acc[parent], branching, selector.two_sided,
-                                max(source.n_images, 1))
+                                max(source.n_images, 1), selector)
             sets.setdefault(parent, set()).update(int(k) for k in step.kept_lower[step.kept_sign > 0])
             steps.append(step)
     return TraversalOutput(tuple(steps), {k: tuple(sorted(v)) for k, v in sets.items()})
@@ -252,49 +266,72 @@ def _accumulate(acc: dict[str, _Acc], block: RelevanceBlock, n: int, selector: S
     if block.sorted is not None:
         srt = host_view(block.sorted)
         srt = xp.reshape(srt if srt.dtype == xp.float64 else xp.astype(srt, xp.float64), (nb * b, K))
-    labels = xp.reshape(apply_selector(selector, xp.reshape(omega, (nb * b, K)), srt), (nb, b, K))
+    host = is_numpy(xp)
+    # on a device, the selector's labels are checked without a synchronisation: counted here, refused
+    # at the end of the step (a numpy selector's labels are checked at once, on the host)
+    labels = xp.reshape(call_selector(selector, xp.reshape(omega, (nb * b, K)), srt, check_values=host),
+                        (nb, b, K))
     a = acc.get(block.parent)
     if a is None:
         a = acc[block.parent] = _Acc(xp, n, K, omega)
+    if not host and getattr(selector, "array_api", False):
+        bad = xp.sum((labels > 1) | (labels < -1))
+        a.bad = bad if a.bad is None else a.bad + bad
     lo, hi = block.start, block.start + nb
     a.pos[lo:hi, ...] += xp.sum(labels > 0, axis=1, dtype=xp.int64)
     a.neg[lo:hi, ...] += xp.sum(labels < 0, axis=1, dtype=xp.int64)
-    if bool(xp.all(xp.isfinite(omega))):
+    if not host:  # no synchronisation on a device: mask unconditionally
+        a.tot[lo:hi, ...] += xp.sum(xp.where(xp.isfinite(omega), omega, xp.zeros_like(omega)), axis=1)
+    elif bool(xp.all(xp.isfinite(omega))):
         a.tot[lo:hi, ...] += xp.sum(omega, axis=1)
     else:
         a.tot[lo:hi, ...] += xp.sum(xp.where(xp.isfinite(omega), omega, xp.zeros_like(omega)), axis=1)
 
 
 def _finish_step(upper: str, parent: str, neurons: Sequence[int], a: _Acc, branching: int, two_sided: bool,
-                 n_images: int) -> StepRecord:
-    """Rank on the device; bring the counts, means and kept edges to the host."""
+                 n_images: int, selector: Selector) -> StepRecord:
+    """Rank on the device; bring only the kept edges to the host (the counts and means stay there until asked)."""
     xp = namespace(a.tot)
+    if a.bad is not None and int(a.bad) > 0:  # labels outside {-1, 0, 1}, counted on the device
+        raise _bad_labels(selector)
     mean = a.tot / float(n_images)
-    parts = [(1, *top_b(a.pos, mean, branching, 1))]
+    parts = [(1, a.pos, *top_b(a.pos, mean, branching, 1))]
     if two_sided:
-        parts.append((-1, *top_b(a.neg, mean, branching, -1)))
-    counts, neg, mean_h = to_numpy(a.pos), to_numpy(a.neg), to_numpy(mean)
+        parts.append((-1, a.neg, *top_b(a.neg, mean, branching, -1)))
     rows: list[np.ndarray] = []
     lows: list[np.ndarray] = []
     signs: list[np.ndarray] = []
     ranks: list[np.ndarray] = []
-    for sign, low, valid in parts:
-        low_h, valid_h = to_numpy(low), to_numpy(valid)
+    cnts: list[np.ndarray] = []
+    rels: list[np.ndarray] = []
+    for sign, counts, low, valid in parts:
+        # the (n, b) winners and their counts and means gathered on the device: small transfers
+        c = xp.take_along_axis(counts, low, axis=1)
+        mval = xp.take_along_axis(mean, low, axis=1)
+        low_h, valid_h, c_h, m_h = to_numpy(low), to_numpy(valid), to_numpy(c), to_numpy(mval)
         j, r = np.nonzero(valid_h)
         rows.append(j)
         lows.append(low_h[j, r])
         ranks.append(r)
+        cnts.append(c_h[j, r])
+        rels.append(m_h[j, r])
         signs.append(np.full(len(j), sign, np.int64))
     j = np.concatenate(rows)
     k = np.concatenate(lows).astype(np.int64)
     s = np.concatenate(signs)
+    cnt = np.concatenate(cnts).astype(np.int64)
+    rel = np.concatenate(rels).astype(np.float64)
     order = np.lexsort((np.concatenate(ranks), -s, j))  # per upper neuron: positive by rank, then negative
-    j, k, s = j[order], k[order], s[order]
     nrn = np.asarray(neurons, dtype=np.int64)
-    cnt = np.where(s > 0, counts[j, k], neg[j, k]).astype(np.int64)
-    del xp
-    return StepRecord(upper, parent, tuple(int(v) for v in neurons), counts, neg, mean_h,
-                      nrn[j], k, cnt, mean_h[j, k].astype(np.float64), s)
+    return StepRecord(upper, parent, tuple(int(v) for v in neurons), a.pos, a.neg, mean,
+                      nrn[j[order]], k[order], cnt[order], rel[order], s[order])
+
+
+def _bad_labels(selector: Selector) -> Exception:
+    from .checks import _plugin_bug
+
+    return _plugin_bug("selector", selector, "returned labels other than -1, 0 and +1 (expected only -1, 0 or +1)",
+                       "--selector")
 
 
 def explain_stop(taps: Sequence[Tap], steps: Sequence[StepRecord], active: Mapping[str, np.ndarray],

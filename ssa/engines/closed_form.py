@@ -68,9 +68,16 @@ class ClosedFormSource:
         return hasattr(self.stats, "path")
 
     def _rows(self, key: str) -> Any:
-        """The analysed images' rows of one statistics key, on the network's device."""
+        """The analysed images' rows of one statistics key, on the network's device.
+
+        Statistics collected in this session were checked for NaN when collected; rows read from a
+        store are checked here, on the host, before they move to the device.
+        """
         try:
-            return self.network.as_array(self.stats.rows(self.form, key, self.indices))
+            rows = self.stats.rows(self.form, key, self.indices)
+            if self._on_disk and not all_finite(rows):
+                self._not_finite(f"statistics {key!r}")
+            return self.network.as_array(rows)
         except KeyError:
             if self._on_disk:
                 raise StoreError(f"the store {str(self.stats.path)!r} lacks the statistics {key!r}; run "
@@ -105,9 +112,7 @@ class ClosedFormSource:
                         raise
                     raise StoreError(f"the store {str(self.stats.path)!r} does not fit this model at step {upper} "
                                      f"({type(exc).__name__}); run `ssa collect --verify` to repair it.") from None
-                for parent, (omega, srt) in rel.items():
-                    if not all_finite(omega):
-                        self._not_finite(f"the relevance of step {upper}")
+                for parent, (omega, srt) in rel.items():  # finite statistics give finite omega
                     yield RelevanceBlock(parent, j0, omega, srt)
             return
         if self._autograd is None:
@@ -117,10 +122,7 @@ class ClosedFormSource:
 
     def scalars(self, tap: str) -> Any:
         if tap not in self._scalars:
-            part = self._rows(f"scalars/{tap}")
-            if not all_finite(part):
-                self._not_finite(f"the scalars of tap {tap}")
-            self._scalars[tap] = part
+            self._scalars[tap] = self._rows(f"scalars/{tap}")
         return self._scalars[tap]
 
 
