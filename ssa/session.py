@@ -71,7 +71,7 @@ class Session:
                  rule_params: Mapping[str, Any] | None = None, labels: Any = None,
                  preprocess: Preprocess | None = None, taps: Sequence[str] | None = None,
                  include_input: bool = False, channel_axes: Mapping[str, int] | None = None,
-                 output_index: int | None = None, device: str = "cpu", batch_size: int = 32,
+                 output_index: int | None = None, device: str = "cpu", batch_size: int | None = None,
                  backend: str | None = None, name: str | None = None, engine: str = "auto",
                  store: str | os.PathLike | None = None, store_mode: str = "fill", progress: bool = False,
                  only_target: int | None = None, preset: str | None = None) -> None:
@@ -87,7 +87,8 @@ class Session:
         if name is not None:
             self.options["name"] = name
         self.device = device
-        self.batch_size = check_int("batch_size", batch_size, 1, "Pass --batch-size 1 or more.")
+        self.batch_size = default_batch_size(device) if batch_size is None else \
+            check_int("batch_size", batch_size, 1, "Pass --batch-size 1 or more.")
         self.backend = backend
         if engine not in ENGINES:
             raise InvalidInputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
@@ -226,6 +227,11 @@ class Session:
 
 
 ENGINES = ("auto", "fast", "autograd")
+
+
+def default_batch_size(device: str) -> int:
+    """Images per forward pass when none is given: 32 on the CPU, 128 on a GPU (fewer, larger launches)."""
+    return 128 if str(device).startswith("cuda") else 32
 
 
 def statistics_budget(device: str) -> int:

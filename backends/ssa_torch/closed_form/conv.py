@@ -160,10 +160,14 @@ class ConvTerm(Term):
         n, _, kh, kw = self.op.weight.shape
         top, _, left, _ = self.op.pad
         if "gradient" in forms:
-            vy = _valid(m.shape[2], self.x_shape[1], kh, self.op.stride[0], top, self.op.dilation[0], self.s_y,
-                        m.device, m.dtype)
-            vx = _valid(m.shape[3], self.x_shape[2], kw, self.op.stride[1], left, self.op.dilation[1], self.s_x,
-                        m.device, m.dtype)
+            key = ("valid", tuple(m.shape[2:]), str(m.device), m.dtype)
+            if key not in self._static:  # made once per device: no small host-to-device copies per batch
+                self._static[key] = (  # type: ignore[assignment]
+                    _valid(m.shape[2], self.x_shape[1], kh, self.op.stride[0], top, self.op.dilation[0], self.s_y,
+                           m.device, m.dtype),
+                    _valid(m.shape[3], self.x_shape[2], kw, self.op.stride[1], left, self.op.dilation[1], self.s_x,
+                           m.device, m.dtype))
+            vy, vx = self._static[key]  # type: ignore[misc]
             # C[b, n, i, j] = sum_{y, x} m[b, n, y, x] vy[y, i] vx[x, j], as two small matmuls
             out["g"] = torch.matmul(vy.t(), torch.matmul(m, vx)).reshape(B, n, kh * kw)
             if self.gate is not None:

@@ -41,10 +41,28 @@ def as_tensor(value: Any, device: torch.device | str | None = None) -> torch.Ten
 def scatter_channels(values: torch.Tensor, chan: torch.Tensor, k: int) -> torch.Tensor:
     """Sum the last axis of ``values`` into ``k`` bins by ``chan`` (entries with ``chan == -1`` are dropped).
 
-    ``chan`` has the length of ``values``' last axis (one bin per column: ``index_add``), or the shape
-    of ``values`` itself (a bin per element: ``scatter_add``).
+    ``chan`` has the length of ``values``' last axis (one bin per column), or the shape of ``values``
+    itself (a bin per element: ``scatter_add``). One bin per column takes the cheapest exact route:
+    nothing to do for the identity map, a gather for a permutation, a reshape and sum for contiguous
+    equal blocks (a flatten before a dense layer), and else a sum (``index_add``; on a GPU a product
+    with a 0/1 matrix, which is deterministic and fast where index_add is neither).
     """
     chan = chan.to(values.device)
+    if chan.dim() == 1:
+        plan = _column_plan(chan, k)
+        kind = plan[0]
+        if kind == "identity":
+            return values
+        if kind == "permutation":
+            return values.index_select(values.dim() - 1, plan[1])
+        if kind == "blocks":
+            width = plan[1]
+            return values.reshape(*values.shape[:-1], k, width).sum(-1)
+        if values.is_cuda and values.shape[-1] * k <= (1 << 26):
+            onehot = torch.zeros((values.shape[-1], k), dtype=values.dtype, device=values.device)
+            mine = chan >= 0
+            onehot[torch.nonzero(mine).squeeze(1), chan[mine]] = 1.0
+            return values @ onehot
     idx = torch.where(chan >= 0, chan, torch.full_like(chan, k))
     out = torch.zeros(values.shape[:-1] + (k + 1,), dtype=values.dtype, device=values.device)
     if idx.dim() == 1:
@@ -52,6 +70,31 @@ def scatter_channels(values: torch.Tensor, chan: torch.Tensor, k: int) -> torch.
     else:
         out.scatter_add_(-1, idx.expand(values.shape).contiguous(), values)
     return out[..., :k]
+
+
+_PLANS: dict[tuple[int, str, int, int], tuple[Any, ...]] = {}
+
+
+def _column_plan(chan: torch.Tensor, k: int) -> tuple[Any, ...]:
+    """How a column-to-bin map can be applied: ("identity",), ("permutation", inverse), ("blocks", width), ("sum",)."""
+    key = (chan.data_ptr(), str(chan.device), int(chan.numel()), k)
+    plan = _PLANS.get(key)
+    if plan is not None and plan[-1] is chan:
+        return plan
+    c = chan.detach().cpu()
+    n = int(c.numel())
+    out: tuple[Any, ...] = ("sum",)
+    if n == k and bool((c >= 0).all()) and torch.equal(torch.sort(c).values, torch.arange(k)):
+        if torch.equal(c, torch.arange(k)):
+            out = ("identity",)
+        else:  # bin j gets column inv[j]
+            out = ("permutation", torch.argsort(c).to(chan.device))
+    elif k > 0 and n % k == 0 and bool((c >= 0).all()) and torch.equal(c, torch.arange(n) // (n // k)):
+        out = ("blocks", n // k)
+    if len(_PLANS) > 4096:
+        _PLANS.clear()
+    _PLANS[key] = (*out, chan)
+    return _PLANS[key]
 
 
 def chunks(n: int, bytes_per_item: int, budget: int = WORK_BYTES) -> list[tuple[int, int]]:
