@@ -9,7 +9,6 @@ from PIL import Image
 import ssa
 import ssa.session
 from ssa.cli import main
-from ssa.errors import InvalidInputError
 from ssa.io.outdir import MANIFEST
 
 GXA = "gradient_x_activation"
