@@ -144,7 +144,7 @@ class Session:
     def network(self) -> Network:
         return self.prepare()._network  # type: ignore[return-value]
 
-    def class_indices(self, target: int, indices: Sequence[int] | None = None) -> np.ndarray | None:
+    def class_indices(self, target: int, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray | None:
         """Positions in :attr:`images` of the images :meth:`analyse` uses for class ``target``; None: all of them.
 
         ``indices`` : chosen by the caller (:mod:`ssa.analysis.grouping`: predictions, confidence thresholds;
@@ -207,7 +207,7 @@ class Session:
 
     def analyse(self, target: int, branching: int = 3, *, selector: str | Selector | None = None,
                 selector_params: Mapping[str, Any] | None = None, stop_at: str | None = None,
-                indices: Sequence[int] | None = None) -> AnalysisResult:
+                indices: Sequence[int] | np.ndarray | None = None) -> AnalysisResult:
         """The dependency graph of class ``target`` (see :func:`analyse`).
 
         ``selector`` : default the session's preset's, else ``mad`` (:mod:`ssa.core.defaults`).

@@ -33,6 +33,8 @@ class ModelCodeInterpreter(fx.Interpreter):
     Set ``args_batch`` to the batch size before :meth:`run` so that the message can say it.
     """
 
+    args_batch: int = 0
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.extra_traceback = False  # fx would append the node and a stack trace to the message: keep it one line
@@ -45,4 +47,4 @@ class ModelCodeInterpreter(fx.Interpreter):
         except Exception as exc:  # noqa: BLE001 - the model's code
             if n.op not in ("call_module", "call_function", "call_method"):
                 raise
-            raise model_raised(n, exc, int(getattr(self, "args_batch", 0))) from exc
+            raise model_raised(n, exc, int(self.args_batch)) from exc

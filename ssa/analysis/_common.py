@@ -26,7 +26,7 @@ def as_graph(graph: nx.DiGraph) -> DependencyGraph:
     return graph if isinstance(graph, DependencyGraph) else DependencyGraph.from_networkx(graph)
 
 
-def class_images(session: Session, target: int, indices: Sequence[int] | None = None
+def class_images(session: Session, target: int, indices: Sequence[int] | np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """The images :meth:`Session.analyse` uses for class ``target``, and their positions in ``session.images``."""
     chosen = session.class_indices(target, indices)

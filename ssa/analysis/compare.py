@@ -289,7 +289,7 @@ def shared_subgraph(graphs: Sequence[nx.DiGraph], labels: Sequence[str] | None =
     common = set(graphs[0].nodes)
     for g in graphs[1:]:
         common &= set(g.nodes)
-    h = nx.DiGraph()
+    h: nx.DiGraph = nx.DiGraph()
     h.graph.update({"model": graphs[0].run.model, "kind": "shared", "classes": ", ".join(labels),
                     "n_graphs": len(graphs)})
     targets = {_target(g) for g in graphs}

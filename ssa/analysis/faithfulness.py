@@ -121,7 +121,7 @@ def _score(ablator: Ablator, images: np.ndarray, target: int, ablate: Mapping[st
 
 
 def faithfulness(session: Session, graph: nx.DiGraph, *, target: int | None = None,
-                 indices: Sequence[int] | None = None, ablation: str = "zero", draws: int = 5, seed: int = 0,
+                 indices: Sequence[int] | np.ndarray | None = None, ablation: str = "zero", draws: int = 5, seed: int = 0,
                  mean_images: np.ndarray | None = None) -> Faithfulness:
     """Ablate the graph's neurons layer by layer and all at once, against random sets and keep-only.
 
@@ -152,7 +152,8 @@ def faithfulness(session: Session, graph: nx.DiGraph, *, target: int | None = No
         raise InvalidInputError("faithfulness needs at least one image of the class.")
     images, _ = class_images(session, target, indices)
     network = session.network
-    ablator = require(network, SupportsAblation, "ssa evaluate").ablator(session.batch_size)
+    capable = require(network, SupportsAblation, "ssa evaluate")  # type: ignore[type-abstract]  # mypy #4717
+    ablator = capable.ablator(session.batch_size)
     taps = {t.name: t for t in network.taps}
     kept = graph_neurons(g, excitatory_only=True)
     every = graph_neurons(g, excitatory_only=False)
@@ -164,7 +165,9 @@ def faithfulness(session: Session, graph: nx.DiGraph, *, target: int | None = No
         )
     layers = sorted(set(kept) | set(every), key=lambda t: -taps[t].order)
     if ablation == "mean":
-        ablator.fit_means(np.asarray(mean_images) if mean_images is not None else session.images, layers)
+        mean = session.images if mean_images is None else np.asarray(mean_images)
+        assert mean is not None  # class_images() prepared the session
+        ablator.fit_means(mean, layers)
     base = ablator.logits(images, {}, ablation)
     base_logit, base_hit = base[:, target], base.argmax(axis=1) == target
     rng = np.random.default_rng(seed)

@@ -58,7 +58,7 @@ class Stability:
 
 def stability(session: Session, target: int, *, branching: int = 3, selector: str | Selector | None = None,
               selector_params: Mapping[str, Any] | None = None, stop_at: str | None = None,
-              indices: Sequence[int] | None = None, resamples: int = 5, seed: int = 0,
+              indices: Sequence[int] | np.ndarray | None = None, resamples: int = 5, seed: int = 0,
               graph: nx.DiGraph | None = None) -> Stability:
     """Bootstrap the class's images ``resamples`` times and compare each resample's graph with the full graph.
 
@@ -85,7 +85,7 @@ def stability(session: Session, target: int, *, branching: int = 3, selector: st
     _, chosen = class_images(session, target, indices)
     n = len(chosen)
 
-    def analyse(which: Sequence[int] | None) -> DependencyGraph:
+    def analyse(which: Sequence[int] | np.ndarray | None) -> DependencyGraph:
         return as_graph(session.analyse(target, branching, selector=selector, selector_params=selector_params,
                                         stop_at=stop_at, indices=which).graph)
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ssa.analysis._common import check_count
+from ssa.analysis._common import as_graph, check_count
 from ssa.analysis.faithfulness import Faithfulness, check_ablation, faithfulness
 from ssa.analysis.grouping import parse_targets
 from ssa.analysis.stability import Stability, stability
@@ -84,7 +84,7 @@ LAYER_COLUMNS = ("target", "rule", "selector", "tap", "n_neurons", "n_graph", "g
 
 def evaluate(session: Session, target: int, *, selector: str | Selector | None = None,
              selector_params: Mapping[str, Any] | None = None, branching: int = 3, stop_at: str | None = None,
-             indices: Sequence[int] | None = None, ablation: str = "zero", draws: int = 5, resamples: int = 5,
+             indices: Sequence[int] | np.ndarray | None = None, ablation: str = "zero", draws: int = 5, resamples: int = 5,
              seed: int = 0, mean_images: np.ndarray | None = None) -> EvaluationRow:
     """Analyse class ``target`` with the session's rule and ``selector``, then measure faithfulness and stability.
 
@@ -99,7 +99,7 @@ def evaluate(session: Session, target: int, *, selector: str | Selector | None =
     t0 = time.perf_counter()
     result = session.analyse(target, branching, selector=selector, selector_params=selector_params, stop_at=stop_at,
                              indices=indices)
-    graph = result.graph
+    graph = as_graph(result.graph)
     faith = faithfulness(session, graph, target=target, indices=indices, ablation=ablation, draws=draws, seed=seed,
                          mean_images=mean_images)
     stab = stability(session, target, branching=branching, selector=selector, selector_params=selector_params,
@@ -180,7 +180,9 @@ def compare_strategies(sessions: Session | Sequence[Session], targets: Sequence[
             f"several targets ({wanted if isinstance(wanted, str) else ', '.join(map(str, wanted))}) need labels to "
             "pick each class's images; pass --labels labels.npy or evaluate one target.")
     n = n_classes(network)
-    classes = list(range(n)) if wanted == "all" else parse_targets(list(wanted), n)
+    checked = list(range(n)) if isinstance(wanted, str) else parse_targets(wanted, n)  # str: "all"
+    assert not isinstance(checked, str)
+    classes: list[int] = checked
     if stop_at is not None and stop_at not in {t.name for t in network.taps}:
         raise InvalidInputError(
             f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
