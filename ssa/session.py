@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import Any, Mapping, Sequence
@@ -144,6 +145,40 @@ class Session:
     def network(self) -> Network:
         return self.prepare()._network  # type: ignore[return-value]
 
+    def class_indices(self, target: int, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray | None:
+        """Positions in :attr:`images` of the images :meth:`analyse` uses for class ``target``; None: all of them.
+
+        ``indices`` : chosen by the caller (:mod:`ssa.analysis.grouping`: predictions, confidence thresholds;
+        a bootstrap resample); else the images labelled ``target`` when the session has labels; else all.
+        """
+        self.prepare()
+        if indices is not None:
+            chosen = np.asarray(indices, dtype=np.int64)
+            if len(chosen) == 0:
+                raise InvalidInputError(f"class {target} has no image; choose a target that has images.")
+            return chosen
+        if self.labels is not None and not self._subset:
+            # by label: also when ``only_target`` is set but a store keeps the whole image set (the store is
+            # keyed by all the images, so the class is selected here, not in prepare())
+            chosen = np.flatnonzero(self.labels == target)
+            if len(chosen) == 0:
+                raise InvalidInputError(f"no image is labelled {target}; choose a target that has images.")
+            return chosen
+        return None
+
+    def with_rule(self, rule: str | Rule, rule_params: Mapping[str, Any] | None = None) -> "Session":
+        """A session of the same loaded model and images with another rule, and statistics of its own.
+
+        The model and images are not loaded or prepared again; the new session computes its statistics
+        (for its rule's closed form) on first use. Used to compare rules (:mod:`ssa.analysis.strategies`).
+        """
+        self.prepare()
+        other = copy.copy(self)
+        other.rule = make_rule(rule, **dict(rule_params or {}))
+        other.preset = None
+        other._stats = None
+        return other
+
     def _source(self, indices: np.ndarray | None):
         network, images = self.network, self.images
         assert images is not None
@@ -191,7 +226,7 @@ class Session:
 
     def analyse(self, target: int, branching: int = 3, *, selector: str | Selector | None = None,
                 selector_params: Mapping[str, Any] | None = None, stop_at: str | None = None,
-                indices: Sequence[int] | None = None) -> AnalysisResult:
+                indices: Sequence[int] | np.ndarray | None = None) -> AnalysisResult:
         """The dependency graph of class ``target`` (see :func:`analyse`).
 
         ``selector`` : default the session's preset's, else ``mad`` (:mod:`ssa.core.defaults`).
@@ -210,17 +245,7 @@ class Session:
         if stop_at is not None and stop_at not in {t.name for t in network.taps}:
             raise InvalidInputError(
                 f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
-        if indices is not None:  # chosen by the caller (ssa.analysis.grouping: predictions, confidence thresholds)
-            indices = np.asarray(indices, dtype=np.int64)
-            if len(indices) == 0:
-                raise InvalidInputError(f"class {target} has no image; choose a target that has images.")
-        elif self.labels is not None and not self._subset:
-            # by label: also when ``only_target`` is set but a store keeps the whole image set (the store is
-            # keyed by all the images, so the class is selected here, not in prepare())
-            indices = np.flatnonzero(self.labels == target)
-            if len(indices) == 0:
-                raise InvalidInputError(f"no image is labelled {target}; choose a target that has images.")
-        source = self._source(indices)
+        source = self._source(self.class_indices(target, indices))
         return run_traversal(source, network, target, branching, self.rule, selector_obj, stop_at=stop_at,
                              images_hash=self.images_hash,
                              progress=self.progress)

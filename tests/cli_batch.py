@@ -96,7 +96,7 @@ def _warm_up() -> None:
     import torch.export  # noqa: F401
 
     import ssa.analysis.compare  # noqa: F401
-    import ssa.analysis.evaluate  # noqa: F401
+    import ssa.analysis.strategies  # noqa: F401
     import ssa.viz.figures  # noqa: F401
     import ssa.viz.report  # noqa: F401
     from ssa.analysis.compare import ward_linkage

@@ -14,7 +14,7 @@ from ssa.errors import InvalidInputError
 from ssa.io.outdir import MANIFEST
 from ssa.models import digits_cnn
 from ssa.viz import figures as F
-from tests.test_compare import make_graph
+from tests.analysis.test_compare import make_graph
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -8,9 +8,7 @@ from PIL import Image
 
 import ssa
 import ssa.session
-from ssa.analysis.grouping import class_probabilities, group_images, parse_targets
 from ssa.cli import main
-from ssa.errors import InvalidInputError
 from ssa.io.outdir import MANIFEST
 
 GXA = "gradient_x_activation"
@@ -58,36 +56,6 @@ def test_model_loaded_and_prepared_once(monkeypatch):
     res = ssa.analyse_many("digits", "digits", "all", max_per_class=4, by_prediction=True, preset="paper")
     assert sorted(res) == list(range(10))
     assert calls == {"load": 1, "prepare": 1}
-
-
-def test_grouping_by_prediction_and_confidence(digits):
-    x, y = digits
-    net = ssa.load_model("digits")
-    net.prepare(x)
-    probs = class_probabilities(net, x)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
-    groups = group_images(net, x, None, [2, 7], by_prediction=True, min_confidence=0.9)
-    for c, g in groups.items():
-        assert np.all(probs[g.indices].argmax(axis=1) == c)
-        assert np.all(g.confidence >= 0.9)
-        expected = np.flatnonzero((probs.argmax(axis=1) == c) & (probs[:, c] >= 0.9))
-        np.testing.assert_array_equal(g.indices, expected)
-    # with labels, the threshold applies to the labelled class's probability (the paper's selection)
-    lab = group_images(net, x, y, [4], min_confidence=0.99)[4]
-    assert np.all(y[lab.indices] == 4) and np.all(probs[lab.indices, 4] >= 0.99)
-    res = ssa.analyse_many("digits", x, [7], by_prediction=True, min_confidence=0.9, max_per_class=9, preset="paper")
-    assert res[7].n_images == 9 and res[7].graph.graph["grouping"] == "prediction"
-    assert res[7].graph.graph["min_confidence"] == 0.9
-
-
-def test_parse_targets():
-    assert parse_targets("0,3, 5") == [0, 3, 5]
-    assert parse_targets("ALL") == "all"
-    for bad in ("a,b", "", "1,1", "-1"):
-        with pytest.raises(InvalidInputError):
-            parse_targets(bad)
-    with pytest.raises(InvalidInputError, match=r"\[0, 9\]"):
-        ssa.analyse_many("digits", "digits", [10])
 
 
 def test_cli_class_folders(tmp_path, digits, capsys):

@@ -11,9 +11,11 @@ import ssa_onnx
 import torch
 import torch.nn as nn
 from onnx import TensorProto, helper, numpy_helper
-from ssa_onnx import OnnxNetwork, check_report, make_session, select_confident
+from ssa_onnx import OnnxNetwork, check_report, make_session
 
 import ssa
+from ssa.analysis.grouping import group_images
+from ssa.core.capabilities import SupportsClassProbabilities
 from ssa.errors import InvalidInputError
 
 from . import onnx_models as om
@@ -43,39 +45,46 @@ def test_provider_cuda_refused_without_gpu(vgg):
         make_session(vgg[2].read_bytes(), "cuda")
 
 
-def test_select_confident_onnx_and_torch_agree(vgg):
+def test_confident_images_onnx_and_torch_agree(vgg):
+    """The paper's selection (images of the class the model is sure about) by ssa.analysis.grouping: the ONNX
+    network's probabilities come from onnxruntime (SupportsClassProbabilities), the torch model's from a softmax."""
     model, x, path = vgg
     with torch.no_grad():
         probs = torch.softmax(model[:-1](torch.from_numpy(x)), 1).numpy()  # the model without its Softmax
     target = int(np.bincount(probs.argmax(1)).argmax())
     threshold = float(np.median(probs[:, target]))
     expect = np.flatnonzero(probs[:, target] >= threshold)
-    for source in (str(path), ssa.load_model(str(path)), model):
-        imgs, p, idx = select_confident(source, x, target, threshold, max_images=None, batch_size=7,
-                                        return_indices=True)
-        np.testing.assert_array_equal(idx, expect)
-        np.testing.assert_allclose(p, probs[expect, target], rtol=1e-4, atol=1e-6)
-        np.testing.assert_array_equal(imgs, x[expect])
-    imgs, p = select_confident(str(path), x, target, threshold, max_images=3)  # the first three, in order
-    np.testing.assert_array_equal(imgs, x[expect[:3]])
+    onnx_net, torch_net = ssa.load_model(str(path)), ssa.load_model(model)
+    for net in (onnx_net, torch_net):
+        net.prepare(x)
+    assert isinstance(onnx_net, SupportsClassProbabilities) and not isinstance(torch_net, SupportsClassProbabilities)
+    for net in (onnx_net, torch_net):
+        chosen = group_images(net, x, None, [target], min_confidence=threshold, batch_size=7)[target]
+        np.testing.assert_array_equal(chosen.indices, expect)
+        np.testing.assert_allclose(chosen.confidence, probs[expect, target], rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(chosen.images, x[expect])
+    first = group_images(onnx_net, x, None, [target], min_confidence=threshold, max_per_class=3)[target]
+    np.testing.assert_array_equal(first.images, x[expect[:3]])  # the first three, in order
     labels = np.where(np.arange(len(x)) % 2 == 0, target, target + 1)
-    _, _, idx = select_confident(str(path), x, target, threshold, labels=labels, return_indices=True)
-    np.testing.assert_array_equal(idx, np.flatnonzero(probs[::2, target] >= threshold))
+    chosen = group_images(onnx_net, x, labels, [target], min_confidence=threshold)[target]
+    np.testing.assert_array_equal(chosen.indices, 2 * np.flatnonzero(probs[::2, target] >= threshold))
 
 
-def test_select_confident_paper_defaults_and_errors(vgg):
+def test_confident_images_errors(vgg):
     model, x, path = vgg
     with torch.no_grad():
         best = torch.softmax(model[:-1](torch.from_numpy(x)), 1).numpy().max(0)
     unsure = int(best.argmin())
     assert best[unsure] < 0.99
-    with pytest.raises(InvalidInputError, match="no image reaches probability 0.99") as exc:
-        select_confident(str(path), x, unsure)  # the paper's 0.99 and 100 images
+    net = ssa.load_model(str(path))
+    net.prepare(x)
+    with pytest.raises(InvalidInputError, match="has no image with probability >= 0.99") as exc:
+        group_images(net, x, None, [unsure], min_confidence=0.99, max_per_class=100)  # the paper's 0.99 and 100
     assert "--min-confidence" in str(exc.value)
     with pytest.raises(InvalidInputError, match="min_confidence"):
-        select_confident(str(path), x, 0, min_confidence=1.5)
+        group_images(net, x, None, [0], min_confidence=1.5)
     with pytest.raises(InvalidInputError, match="target must be in"):
-        select_confident(str(path), x, 9, min_confidence=0.0)
+        group_images(net, x, None, [9], min_confidence=0.0)
 
 
 def _prob_graph(path, *, log_softmax=False):
@@ -118,8 +127,9 @@ def test_probabilities_without_softmax_node_use_log_probabilities(tmp_path):
     np.testing.assert_allclose(np.exp(net.logits(x)), probs, rtol=1e-4, atol=1e-6)
     report = check_report(str(path))
     assert "logits: probabilities" in report.render() and "log-probabilities" in report.render()
-    kept, p = select_confident(str(path), x, int(probs[0].argmax()), min_confidence=0.0)
-    np.testing.assert_allclose(p, probs[:, int(probs[0].argmax())], rtol=1e-5)
+    t = int(probs[0].argmax())
+    p = group_images(net, x, None, [t], min_confidence=0.0)[t].confidence  # onnxruntime's output itself
+    np.testing.assert_allclose(p, probs[:, t], rtol=1e-5)
     assert ssa.analyse(str(path), x, 0, preset="paper").graph.number_of_nodes() >= 1
 
 
@@ -197,5 +207,5 @@ def test_unrecognised_activation_is_reported_and_taps_can_be_named(tmp_path):
 
 
 def test_public_surface():
-    for name in ("check_report", "select_confident", "OnnxBackend", "OnnxNetwork", "input_shape_of", "read_onnx"):
+    for name in ("check_report", "OnnxBackend", "OnnxNetwork", "input_shape_of", "read_onnx"):
         assert hasattr(ssa_onnx, name)

@@ -13,7 +13,7 @@ import pytest
 import ssa
 from ssa.cli import main
 from ssa.viz.report import build_report
-from tests.test_compare import make_graph
+from tests.analysis.test_compare import make_graph
 
 CHROMIUM = "/usr/bin/chromium"
 CHECK_SCRIPT = """<script>

@@ -1,4 +1,4 @@
-"""Ablating neurons of taps (used by ``ssa evaluate``'s faithfulness numbers).
+"""Ablating neurons of taps: the torch backend's :class:`~ssa.core.capabilities.Ablator` (``ssa evaluate``).
 
 Ablating a neuron sets its channel of the tap tensor to 0 (``"zero"``) or to
 its mean over a set of images (``"mean"``: the per-position mean map of that
@@ -7,11 +7,13 @@ the network's own traced copy (:attr:`TorchNetwork.graph_module`, a deep copy
 made by ``prepare``), so the user's module is never modified and no hook is
 ever registered on it. Ablations in several taps act at once; an ablation
 propagates to every tap above it.
+
+Get one with :meth:`TorchNetwork.ablator` (the capability the analysis layer asks for).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -19,12 +21,15 @@ from torch import fx
 
 from ssa.errors import InvalidInputError
 
-from .network import TorchNetwork, _CutInterpreter
+from .interpreters import ModelCodeInterpreter
+
+if TYPE_CHECKING:  # the network imports this module to offer ablator()
+    from .network import TorchNetwork
 
 __all__ = ["AblationInterpreter", "TorchAblator"]
 
 
-class AblationInterpreter(_CutInterpreter):
+class AblationInterpreter(ModelCodeInterpreter):
     """Runs the traced graph, replacing tap values and recording the logits.
 
     Parameters
@@ -37,7 +42,7 @@ class AblationInterpreter(_CutInterpreter):
 
     def __init__(self, gm: fx.GraphModule, edits: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
                  logits_node: str) -> None:
-        super().__init__(gm, {}, None, False)
+        super().__init__(gm, garbage_collect_values=True)
         self.edits = dict(edits)
         self.logits_node = logits_node
         self.logits: torch.Tensor | None = None
@@ -65,11 +70,11 @@ class TorchAblator:
         self.batch_size = int(batch_size)
         self.means: dict[str, torch.Tensor] = {}
 
-    def _batches(self, images: np.ndarray):
+    def _batches(self, images: np.ndarray) -> Iterator[np.ndarray]:
         for i in range(0, images.shape[0], self.batch_size):
             yield images[i:i + self.batch_size]
 
-    def fit_means(self, images: np.ndarray, taps: list[str]) -> None:
+    def fit_means(self, images: np.ndarray, taps: Sequence[str]) -> None:
         """Per-position mean over ``images`` of every tap in ``taps`` (shape: the tap's per-image shape)."""
         sums: dict[str, torch.Tensor] = {}
         with torch.no_grad():
@@ -121,6 +126,7 @@ class TorchAblator:
                         raise InvalidInputError(f"unknown tap {tap!r}; taps are: {', '.join(t.name for t in net.taps)}.")
                     edits[plan.node_of[tap]] = self._edit(tap, neurons, mode, len(net.tap(tap).shape) + 1)
                 interp = AblationInterpreter(net.graph_module, edits, plan.node_of["logits"])
+                interp.args_batch = int(x.shape[0])
                 interp.run(x)
                 if interp.logits is None:  # pragma: no cover - the plan always names the logits node
                     raise RuntimeError("the logits node was not reached")

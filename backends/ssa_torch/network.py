@@ -21,11 +21,13 @@ from torch import fx
 
 from ssa.core.checks import call_rule
 from ssa.core.interfaces import Network, Rule, Tap
-from ssa.errors import InvalidInputError, SSAError, UnsupportedModelError
+from ssa.errors import InvalidInputError, UnsupportedModelError
 
+from .ablation import TorchAblator
 from .canon import DEFAULT_PASSES, CanonPass, CanonReport, canonicalize
 from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
 from .closed_form.terms import rank1_omega
+from .interpreters import ModelCodeInterpreter
 from .taps import TapPlan, discover_taps
 
 __all__ = ["TorchNetwork", "HostCopy", "exact_arithmetic", "spatial_mean", "trace_module", "steps_summary"]
@@ -80,36 +82,7 @@ def spatial_mean(t: torch.Tensor, channel_axis: int, lead: int = 1) -> torch.Ten
     return t.mean(dim=dims) if dims else t
 
 
-def _model_raised(n: fx.Node, exc: Exception, batch: int) -> InvalidInputError:
-    text = str(exc).strip().splitlines()
-    return InvalidInputError(
-        f"the model raised {type(exc).__name__} at node {n.name!r} "
-        f"({n.target if isinstance(n.target, str) else getattr(n.target, '__name__', n.op)}) on a batch of {batch} "
-        f"image(s){': ' + text[0][:160] if text else ''}; fix the model code, or check the images it gets.")
-
-
-class _ModelCode(fx.Interpreter):
-    """An interpreter whose errors inside the model's own modules and functions name the node (one line).
-
-    Out-of-memory errors pass through unchanged (the command line says to lower --batch-size).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.extra_traceback = False  # fx would append the node and a stack trace to the message: keep it one line
-
-    def run_node(self, n: fx.Node) -> Any:
-        try:
-            return super().run_node(n)
-        except (SSAError, MemoryError, torch.OutOfMemoryError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - the model's code
-            if n.op not in ("call_module", "call_function", "call_method"):
-                raise
-            raise _model_raised(n, exc, int(getattr(self, "args_batch", 0))) from exc
-
-
-class _CutInterpreter(_ModelCode):
+class _CutInterpreter(ModelCodeInterpreter):
     def __init__(self, gm: fx.GraphModule, cut: Mapping[str, str], input_node: str | None, grad: bool):
         super().__init__(gm, garbage_collect_values=True)
         self.cut = cut
@@ -381,6 +354,12 @@ class TorchNetwork(Network):
         """
         return HostCopy(arrays, self.device)
 
+    # -- capabilities (ssa.core.capabilities) ---------------------------------------------
+    def ablator(self, batch_size: int = 256) -> TorchAblator:
+        """An ablator of this prepared network (:class:`~ssa.core.capabilities.SupportsAblation`): class logits
+        with chosen neurons of chosen taps set to 0 or to their mean map; the caller's module is never modified."""
+        return TorchAblator(self, batch_size=batch_size)
+
     # -- execution -------------------------------------------------------------------
     def run(self, batch: np.ndarray | torch.Tensor, grad: bool) -> _CutInterpreter:
         """Run the model with every tap cut; returns the interpreter holding raw and leaf values."""
@@ -488,8 +467,8 @@ class TorchNetwork(Network):
         """One line for ``ssa check``: how many steps take the closed form, and why the others do not."""
         return steps_summary(self.describe_steps())
 
-class _StatsRun(StatsInterpreter, _ModelCode):
-    """The statistics pass, with errors inside the model's own code named in one line (see :class:`_ModelCode`)."""
+class _StatsRun(StatsInterpreter, ModelCodeInterpreter):
+    """The statistics pass, with errors inside the model's own code named in one line (see :class:`~ssa_torch.interpreters.ModelCodeInterpreter`)."""
 
 
 def steps_summary(steps: Mapping[str, str]) -> str:

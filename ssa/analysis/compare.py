@@ -2,14 +2,19 @@
 
 * **Bag-of-nodes vectors**: one row per graph, one column per neuron (``"tap:neuron"``) that
   any graph keeps; the entry is the neuron's frequency divided by the graph's number of
-  images (``weight="frequency"``) or 1 (``weight="binary"``). The class nodes (tap ``logits``)
-  are left out: every class has its own, so they carry no similarity.
+  images (``weight="frequency"``) or 1 (``weight="binary"``). The class nodes are left out:
+  every class has its own, so they carry no similarity.
 * **Ward clustering with cosine distance**: Ward's criterion needs Euclidean distances, and on
   L2-normalised rows the Euclidean distance is ``sqrt(2 * cosine distance)``; so the rows are
   normalised and clustered with ``scipy.cluster.hierarchy.linkage(..., "ward")``.
-* **Jaccard similarity per layer**: ``|A ∩ B| / |A ∪ B|`` of two graphs' kept neurons of one tap.
+* **Jaccard similarity per layer**: :func:`ssa.core.graph.jaccard` (``|A ∩ B| / |A ∪ B|``; two empty
+  sets: 1.0) of two graphs' kept neurons of one tap. Tables leave a pair blank where neither graph
+  keeps a neuron of the tap, and the printed means leave such pairs out.
 * **Shared sub-graph**: the neurons every graph keeps, with the edges every graph keeps.
 * **Tables**: per-neuron interconnectedness (in-degree, per class and summed) and frequency rank.
+
+Graphs are read through :class:`ssa.core.graph.DependencyGraph` (any ``networkx.DiGraph`` with the
+schema's attributes is accepted and converted).
 """
 
 from __future__ import annotations
@@ -22,39 +27,52 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
+from scipy.cluster.hierarchy import leaves_list, linkage
 
+from ssa.analysis._common import as_graph
+from ssa.core.graph import RUN_PARAMETERS, DependencyGraph, RunInfo, jaccard
+from ssa.core.interfaces import Network
 from ssa.errors import InvalidInputError
 from ssa.io.atomic import atomic_write_bytes
 from ssa.io.graphs import read_graph
 
 __all__ = ["Comparison", "compare", "check_graphs", "same_model", "same_run", "check_graph_network",
-           "check_graph_images", "RUN_PARAMETERS", "load_graphs", "graph_labels", "bag_of_nodes",
-           "normalise_rows", "ward_linkage", "cosine_similarity", "jaccard", "jaccard_by_layer",
-           "shared_subgraph", "interconnectedness", "frequency_ranks", "write_csv", "CLASS_TAP"]
+           "check_graph_images", "load_graphs", "graph_labels", "bag_of_nodes", "normalise_rows", "ward_linkage",
+           "cosine_similarity", "jaccard", "jaccard_by_layer", "shared_subgraph", "interconnectedness",
+           "frequency_ranks", "write_csv", "identical_graphs_quietly"]
 
-CLASS_TAP = "logits"
 WEIGHTS = ("frequency", "binary")
 
 
-def _neuron_nodes(g: nx.DiGraph) -> list[str]:
-    """The graph's nodes other than class nodes."""
-    return [n for n, d in g.nodes(data=True) if d.get("tap") != CLASS_TAP]
+def _graphs(graphs: Sequence[nx.DiGraph]) -> list[DependencyGraph]:
+    return [as_graph(g) for g in graphs]
 
 
-def _sort_key(g_nodes: Mapping[str, Mapping[str, Any]]):
-    def key(n: str):
-        d = g_nodes[n]
-        return (-int(d.get("tap_order", 0)), str(d.get("tap", "")), int(d.get("neuron", 0)))
+def _neuron_nodes(g: DependencyGraph) -> list[str]:
+    """The graph's nodes other than the class node, top layer first (:meth:`DependencyGraph.layers`)."""
+    top = g.class_node
+    return [n for _, nodes in g.layers() for n in nodes if n != top]
+
+
+def _sort_key(g: DependencyGraph) -> Callable[[str], tuple[int, str, int]]:
+    def key(n: str) -> tuple[int, str, int]:
+        info = g.info(n)
+        return (-info.tap_order, info.tap, info.neuron)
     return key
+
+
+def _target(g: DependencyGraph) -> int | None:
+    t = g.run.target
+    return t if t >= 0 else None
 
 
 def graph_labels(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = None) -> list[str]:
     """``"class 3"`` per graph when the targets are distinct, else the given names (file stems)."""
-    targets = [g.graph.get("target") for g in graphs]
+    targets = [_target(g) for g in _graphs(graphs)]
     if None not in targets and len(set(targets)) == len(targets):
         return [f"class {t}" for t in targets]
     if names is not None:
@@ -64,54 +82,65 @@ def graph_labels(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
     return [f"graph {i}" for i in range(len(graphs))]
 
 
-#: graph attributes that must agree for a comparison, unless ``allow_mixed``: (attribute, what it is in words)
-RUN_PARAMETERS = (
-    ("rule", "rule"), ("rule_params", "rule parameters"), ("selector", "selector"),
-    ("selector_params", "selector parameters"), ("branching", "branching factor"), ("images_hash", "image set"),
-    ("grouping", "image grouping"), ("min_confidence", "--min-confidence"), ("max_per_class", "--max-per-class"),
-    ("stop_at", "--stop-at"), ("tap_neurons", "taps"),
-)
+#: what each run parameter (:data:`ssa.core.graph.RUN_PARAMETERS`, and the taps) is called in messages
+_WORDS = {"rule": "rule", "rule_params": "rule parameters", "selector": "selector",
+          "selector_params": "selector parameters", "branching": "branching factor", "images_hash": "image set",
+          "grouping": "image grouping", "min_confidence": "--min-confidence", "max_per_class": "--max-per-class",
+          "stop_at": "--stop-at", "tap_neurons": "taps"}
+#: run parameters whose None is a value ("not set"), compared like any other
+_NONE_IS_A_VALUE = ("stop_at", "min_confidence", "max_per_class")
+
+
+def _recorded(key: str, value: Any) -> bool:
+    """False for a parameter a graph does not record (written by an older ssa): None, or an empty mapping (a
+    rule's, selector's or network's parameters always list every entry, so empty means not written)."""
+    if key in _NONE_IS_A_VALUE:
+        return True
+    return value is not None and not (isinstance(value, Mapping) and not value)
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, Mapping):
+        value = dict(value)
     text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
     return text[:12] if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else text
 
 
-def _model_of(g: nx.DiGraph) -> str:
-    h = g.graph.get("model_hash")
-    return f"{g.graph.get('model')!r}" + (f" (content hash {str(h)[:12]})" if h else "")
+def _model_of(run: RunInfo) -> str:
+    return f"{run.model!r}" + (f" (content hash {str(run.model_hash)[:12]})" if run.model_hash else "")
 
 
 def same_model(graphs: Sequence[nx.DiGraph], names: Sequence[str]) -> None:
     """Refuse graphs of different models: by content hash (``model_hash``), or by name for graphs that have none."""
-    ref = graphs[0].graph
-    for name, g in zip(names[1:], graphs[1:]):
-        a, b = ref.get("model_hash"), g.graph.get("model_hash")
-        differ = (a != b) if (a and b) else (ref.get("model") != g.graph.get("model"))
+    runs = [g.run for g in _graphs(graphs)]
+    ref = runs[0]
+    for name, run in zip(names[1:], runs[1:]):
+        differ = (ref.model_hash != run.model_hash) if (ref.model_hash and run.model_hash) else (ref.model != run.model)
         if differ:
-            same_name = ref.get("model") == g.graph.get("model")
+            same_name = ref.model == run.model
             raise InvalidInputError(
-                f"the graphs come from different models: {names[0]} from {_model_of(graphs[0])}, {name} from "
-                f"{_model_of(g)}{' (same name, other weights or graph)' if same_name else ''}; compare graphs of one "
+                f"the graphs come from different models: {names[0]} from {_model_of(ref)}, {name} from "
+                f"{_model_of(run)}{' (same name, other weights or graph)' if same_name else ''}; compare graphs of one "
                 "model only.")
 
 
 def same_run(graphs: Sequence[nx.DiGraph], names: Sequence[str], flag: str = "--allow-mixed") -> None:
-    """Refuse graphs made with different rules, selectors, parameters, branching factors or image sets.
+    """Refuse graphs made with different run parameters (:data:`ssa.core.graph.RUN_PARAMETERS`: rules, selectors,
+    their parameters, branching factors, image sets, ...) or taps.
 
     A parameter a graph does not record (written by an older ssa) is not compared.
     """
-    for key, words in RUN_PARAMETERS:
-        values = [g.graph.get(key) for g in graphs]
-        if any(v is None for v in values) and key not in ("stop_at", "min_confidence", "max_per_class"):
+    runs = [g.run for g in _graphs(graphs)]
+    for key in (*RUN_PARAMETERS, "tap_neurons"):
+        values = [getattr(run, key) for run in runs]
+        if not all(_recorded(key, v) for v in values):
             continue
         for name, v in zip(names[1:], values[1:]):
             if v != values[0]:
                 raise InvalidInputError(
-                    f"the graphs were made with different {words}: {names[0]} {_short(values[0])}, {name} "
-                    f"{_short(v)}; compare graphs of one run (ssa analyse --targets ...), or pass {flag} to compare "
-                    "them anyway.")
+                    f"the graphs were made with different {_WORDS.get(key, key)}: {names[0]} {_short(values[0])}, "
+                    f"{name} {_short(v)}; compare graphs of one run (ssa analyse --targets ...), or pass {flag} to "
+                    "compare them anyway.")
 
 
 def check_graphs(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = None, *,
@@ -122,40 +151,41 @@ def check_graphs(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
     names = list(names) if names is not None else [f"graph {i}" for i in range(len(graphs))]
     if len(graphs) < 2:
         raise InvalidInputError(f"comparing needs at least 2 graphs, got {len(graphs)}; pass two or more graph files.")
+    graphs = _graphs(graphs)
     same_model(graphs, names)
     if not allow_mixed:
         same_run(graphs, names)
     for name, g in zip(names, graphs):
-        if not _neuron_nodes(g):
+        if not g.node_set():
             who = ", ".join(str(n) for n in g.nodes) or "no node at all"
             raise InvalidInputError(
                 f"{name} is an empty graph (only the class node: {who}); nothing to compare. Re-run `ssa analyse` "
                 "with more images, --rule gradient_x_activation, or a lower selector threshold, or leave it out.")
 
 
-def check_graph_network(graph: nx.DiGraph, network: Any, name: str) -> None:
+def check_graph_network(graph: nx.DiGraph, network: Network, name: str) -> None:
     """Refuse a graph made with another model than ``network`` (a prepared network), by content hash."""
-    h = graph.graph.get("model_hash")
-    if h:
-        if h != network.model_hash():
+    run = as_graph(graph).run
+    if run.model_hash:
+        if run.model_hash != network.model_hash():
             raise InvalidInputError(
-                f"{name} was made with model {_model_of(graph)}, not with this {network.name!r} (content hash "
+                f"{name} was made with model {_model_of(run)}, not with this {network.name!r} (content hash "
                 f"{network.model_hash()[:12]}); pass the model the graph was made with.")
-    elif graph.graph.get("model") not in (None, network.name):
-        raise InvalidInputError(f"{name} was made with model {graph.graph.get('model')!r}, not {network.name!r}; "
+    elif run.model not in (None, network.name):
+        raise InvalidInputError(f"{name} was made with model {run.model!r}, not {network.name!r}; "
                                 "pass the model the graph was made with.")
 
 
 def check_graph_images(graph: nx.DiGraph, images_hash: str, name: str, *, allow_mixed: bool = False) -> None:
     """Refuse (unless ``allow_mixed``) a graph made from another image set than the one loaded."""
-    h = graph.graph.get("images_hash")
+    h = as_graph(graph).run.images_hash
     if h and h != images_hash and not allow_mixed:
         raise InvalidInputError(
             f"{name} was made from another image set (content hash {str(h)[:12]}, these images {images_hash[:12]}); "
             "pass the images (and --labels) the graph was made with, or --allow-mixed to use these images anyway.")
 
 
-def load_graphs(paths: Sequence[str | os.PathLike]) -> tuple[list[nx.DiGraph], list[str]]:
+def load_graphs(paths: Sequence[str | os.PathLike]) -> tuple[list[DependencyGraph], list[str]]:
     """Read graph files; returns the graphs and their file names (for messages and labels)."""
     graphs = [read_graph(p) for p in paths]
     return graphs, [Path(p).stem for p in paths]
@@ -169,18 +199,19 @@ def bag_of_nodes(graphs: Sequence[nx.DiGraph], weight: str = "frequency") -> tup
     """
     if weight not in WEIGHTS:
         raise InvalidInputError(f"weight must be 'frequency' or 'binary', got {weight!r}.")
-    attrs: dict[str, Mapping[str, Any]] = {}
+    graphs = _graphs(graphs)
+    key: dict[str, tuple[int, str, int]] = {}
     for g in graphs:
+        sort_key = _sort_key(g)
         for n in _neuron_nodes(g):
-            attrs.setdefault(n, g.nodes[n])
-    nodes = sorted(attrs, key=_sort_key(attrs))
+            key.setdefault(n, sort_key(n))
+    nodes = sorted(key, key=key.__getitem__)
     col = {n: j for j, n in enumerate(nodes)}
     X = np.zeros((len(graphs), len(nodes)))
     for i, g in enumerate(graphs):
-        n_img = float(g.graph.get("n_images") or 0) or max((d.get("frequency", 1) for _, d in g.nodes(data=True)),
-                                                           default=1)
+        n_img = float(g.run.n_images or 0) or max((g.info(n).frequency for n in g.nodes), default=1) or 1.0
         for n in _neuron_nodes(g):
-            X[i, col[n]] = 1.0 if weight == "binary" else float(g.nodes[n].get("frequency", 0)) / n_img
+            X[i, col[n]] = 1.0 if weight == "binary" else g.info(n).frequency / n_img
     return nodes, X
 
 
@@ -193,8 +224,6 @@ def normalise_rows(X: np.ndarray) -> np.ndarray:
 
 def ward_linkage(X: np.ndarray) -> np.ndarray:
     """Ward linkage of the L2-normalised rows (Euclidean there = sqrt(2 * cosine distance))."""
-    from scipy.cluster.hierarchy import linkage
-
     return linkage(normalise_rows(X), method="ward", metric="euclidean")
 
 
@@ -204,30 +233,33 @@ def cosine_similarity(X: np.ndarray) -> np.ndarray:
     return np.clip(Y @ Y.T, -1.0, 1.0)
 
 
-def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
-    """``|a ∩ b| / |a ∪ b|``; NaN when both are empty."""
-    a, b = set(a), set(b)
-    union = a | b
-    return len(a & b) / len(union) if union else float("nan")
+def _tap_sets(g: DependencyGraph) -> dict[str, set[str]]:
+    """The graph's neurons per tap (class node left out; taps without neurons left out)."""
+    top = g.class_node
+    sets = {tap: set(nodes) - {top} for tap, nodes in g.layers()}
+    return {tap: s for tap, s in sets.items() if s}
 
 
-def _tap_sets(g: nx.DiGraph) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
-    for n in _neuron_nodes(g):
-        out.setdefault(g.nodes[n]["tap"], set()).add(n)
-    return out
-
-
-def _tap_orders(graphs: Sequence[nx.DiGraph]) -> dict[str, int]:
+def _tap_orders(graphs: Sequence[DependencyGraph]) -> dict[str, int]:
     orders: dict[str, int] = {}
     for g in graphs:
         for n in _neuron_nodes(g):
-            orders.setdefault(g.nodes[n]["tap"], int(g.nodes[n].get("tap_order", 0)))
+            info = g.info(n)
+            orders.setdefault(info.tap, info.tap_order)
     return orders
 
 
+def _pair_sets(sets: Sequence[Mapping[str, set[str]]], tap: str, i: int) -> set[str]:
+    return set().union(*sets[i].values()) if tap == "all" else sets[i].get(tap, set())
+
+
 def jaccard_by_layer(graphs: Sequence[nx.DiGraph]) -> dict[str, np.ndarray]:
-    """``{tap: (G, G) matrix}`` of pairwise Jaccard similarities per tap (top tap first), plus ``"all"``."""
+    """``{tap: (G, G) matrix}`` of pairwise :func:`jaccard` similarities per tap (top tap first), plus ``"all"``.
+
+    A pair of graphs that both keep no neuron of a tap has similarity 1.0 there (the convention of
+    :func:`ssa.core.graph.jaccard`); :meth:`Comparison.mean_jaccard` and the tables leave such pairs out.
+    """
+    graphs = _graphs(graphs)
     orders = _tap_orders(graphs)
     taps = sorted(orders, key=lambda t: -orders[t])
     sets = [_tap_sets(g) for g in graphs]
@@ -236,9 +268,7 @@ def jaccard_by_layer(graphs: Sequence[nx.DiGraph]) -> dict[str, np.ndarray]:
         M = np.zeros((len(graphs), len(graphs)))
         for i in range(len(graphs)):
             for j in range(len(graphs)):
-                a = set().union(*sets[i].values()) if tap == "all" else sets[i].get(tap, set())
-                b = set().union(*sets[j].values()) if tap == "all" else sets[j].get(tap, set())
-                M[i, j] = jaccard(a, b)
+                M[i, j] = jaccard(_pair_sets(sets, tap, i), _pair_sets(sets, tap, j))
         out[tap] = M
     return out
 
@@ -253,32 +283,32 @@ def shared_subgraph(graphs: Sequence[nx.DiGraph], labels: Sequence[str] | None =
     """
     if len(graphs) < 1:
         raise InvalidInputError("shared_subgraph needs at least 1 graph, got 0.")
+    graphs = _graphs(graphs)
     labels = list(labels) if labels is not None else graph_labels(graphs)
-    shares = [float(g.graph.get("n_images") or 1) for g in graphs]
+    shares = [float(g.run.n_images or 1) for g in graphs]
     common = set(graphs[0].nodes)
     for g in graphs[1:]:
         common &= set(g.nodes)
-    h = nx.DiGraph()
-    h.graph.update({"model": graphs[0].graph.get("model"), "kind": "shared", "classes": ", ".join(labels),
+    h: nx.DiGraph = nx.DiGraph()
+    h.graph.update({"model": graphs[0].run.model, "kind": "shared", "classes": ", ".join(labels),
                     "n_graphs": len(graphs)})
-    targets = {g.graph.get("target") for g in graphs}
+    targets = {_target(g) for g in graphs}
     if len(targets) == 1 and None not in targets:
-        h.graph["target"] = graphs[0].graph["target"]
-    for n in sorted(common, key=_sort_key(graphs[0].nodes)):
-        d0 = graphs[0].nodes[n]
-        fr = [float(g.nodes[n].get("frequency", 0)) / s for g, s in zip(graphs, shares)]
-        signs = {int(g.nodes[n].get("sign", 1)) for g in graphs}
-        h.add_node(n, tap=d0["tap"], tap_order=int(d0.get("tap_order", 0)), neuron=int(d0.get("neuron", 0)),
-                   frequency=float(min(fr)), mean_frequency=float(np.mean(fr)), in_degree=0,
-                   sign=1 if 1 in signs else -1)
-    for u, v, d in graphs[0].edges(data=True):
+        h.graph["target"] = targets.pop()
+    for n in sorted(common, key=_sort_key(graphs[0])):
+        d0 = graphs[0].info(n)
+        fr = [g.info(n).frequency / s for g, s in zip(graphs, shares)]
+        signs = {g.info(n).sign for g in graphs}
+        h.add_node(n, tap=d0.tap, tap_order=d0.tap_order, neuron=d0.neuron, frequency=float(min(fr)),
+                   mean_frequency=float(np.mean(fr)), in_degree=0, sign=1 if 1 in signs else -1)
+    for u, v in graphs[0].edges:
         if u not in h or v not in h:
             continue
-        ds = [g.edges[u, v] for g in graphs if g.has_edge(u, v)]
-        if len(ds) != len(graphs) or len({int(e.get("sign", 1)) for e in ds}) != 1:
+        es = [g.edge_info(u, v) for g in graphs if g.has_edge(u, v)]
+        if len(es) != len(graphs) or len({e.sign for e in es}) != 1:
             continue
-        h.add_edge(u, v, frequency=float(min(float(e.get("frequency", 0)) / s for e, s in zip(ds, shares))),
-                   relevance=float(np.mean([float(e.get("relevance", 0.0)) for e in ds])), sign=int(d.get("sign", 1)))
+        h.add_edge(u, v, frequency=float(min(e.frequency / s for e, s in zip(es, shares))),
+                   relevance=float(np.mean([e.relevance for e in es])), sign=es[0].sign)
     for n in h.nodes:
         h.nodes[n]["in_degree"] = int(h.in_degree(n))
     return h
@@ -290,16 +320,14 @@ def interconnectedness(graphs: Sequence[nx.DiGraph], labels: Sequence[str]) -> l
     Sorted by number of graphs, then total in-degree (both descending), then top layer first.
     """
     rows: dict[str, dict[str, Any]] = {}
-    for g, label in zip(graphs, labels):
+    for g, label in zip(_graphs(graphs), labels):
         for n in _neuron_nodes(g):
-            d = g.nodes[n]
-            r = rows.setdefault(n, {"node": n, "tap": d["tap"], "tap_order": int(d.get("tap_order", 0)),
-                                    "neuron": int(d["neuron"]), "n_graphs": 0, "total_in_degree": 0,
-                                    **{f"in_degree[{lab}]": 0 for lab in labels}})
-            deg = int(d.get("in_degree", g.in_degree(n)))
+            info = g.info(n)
+            r = rows.setdefault(n, {"node": n, "tap": info.tap, "tap_order": info.tap_order, "neuron": info.neuron,
+                                    "n_graphs": 0, "total_in_degree": 0, **{f"in_degree[{lab}]": 0 for lab in labels}})
             r["n_graphs"] += 1
-            r["total_in_degree"] += deg
-            r[f"in_degree[{label}]"] = deg
+            r["total_in_degree"] += info.in_degree
+            r[f"in_degree[{label}]"] = info.in_degree
     return sorted(rows.values(), key=lambda r: (-r["n_graphs"], -r["total_in_degree"], -r["tap_order"], r["neuron"]))
 
 
@@ -307,21 +335,18 @@ def frequency_ranks(graphs: Sequence[nx.DiGraph], labels: Sequence[str]) -> list
     """Per graph and neuron: its frequency, share of images, rank within its tap (1 = most frequent),
     in-degree and mean relevance. Ties in frequency are broken by mean relevance, then neuron index."""
     out = []
-    for g, label in zip(graphs, labels):
-        n_img = float(g.graph.get("n_images") or 1)
-        by_tap: dict[str, list[str]] = {}
-        for n in _neuron_nodes(g):
-            by_tap.setdefault(g.nodes[n]["tap"], []).append(n)
-        for tap, nodes in sorted(by_tap.items(), key=lambda kv: -int(g.nodes[kv[1][0]].get("tap_order", 0))):
-            nodes.sort(key=lambda n: (-g.nodes[n].get("frequency", 0), -g.nodes[n].get("mean_relevance", 0.0),
-                                      g.nodes[n]["neuron"]))
-            for rank, n in enumerate(nodes, 1):
-                d = g.nodes[n]
-                out.append({"graph": label, "target": g.graph.get("target"), "tap": tap, "neuron": int(d["neuron"]),
-                            "node": n, "rank": rank, "frequency": int(d.get("frequency", 0)),
-                            "frequency_share": round(float(d.get("frequency", 0)) / n_img, 6),
-                            "in_degree": int(d.get("in_degree", 0)),
-                            "mean_relevance": float(d.get("mean_relevance", 0.0))})
+    for g, label in zip(_graphs(graphs), labels):
+        n_img = float(g.run.n_images or 1)
+        target = _target(g)
+        top = g.class_node
+        for tap, nodes in g.layers():  # top layer first
+            infos = sorted((g.info(n) for n in nodes if n != top),
+                           key=lambda i: (-i.frequency, -i.mean_relevance, i.neuron))
+            for rank, info in enumerate(infos, 1):
+                out.append({"graph": label, "target": target, "tap": tap, "neuron": info.neuron, "node": info.id,
+                            "rank": rank, "frequency": info.frequency,
+                            "frequency_share": round(info.frequency / n_img, 6), "in_degree": info.in_degree,
+                            "mean_relevance": info.mean_relevance})
     return out
 
 
@@ -366,7 +391,7 @@ class Comparison:
     linkage : scipy linkage matrix of Ward clustering on the L2-normalised rows.
     order : the dendrogram's leaf order (indices into labels).
     similarity : (G, G) cosine similarity of the vectors.
-    jaccard : ``{tap: (G, G)}`` pairwise Jaccard similarity per tap, and ``"all"``.
+    jaccard : ``{tap: (G, G)}`` pairwise Jaccard similarity per tap, and ``"all"`` (:func:`jaccard_by_layer`).
     graphs : the graphs compared.
     """
 
@@ -379,7 +404,7 @@ class Comparison:
     order: tuple[int, ...]
     similarity: np.ndarray
     jaccard: Mapping[str, np.ndarray]
-    graphs: tuple[nx.DiGraph, ...] = field(repr=False, default=())
+    graphs: tuple[DependencyGraph, ...] = field(repr=False, default=())
 
     def shared(self, which: Sequence[int] | None = None) -> nx.DiGraph:
         """Shared sub-graph of the graphs at positions ``which`` (all by default)."""
@@ -390,7 +415,7 @@ class Comparison:
         """Neurons kept by at least two of the graphs (highlighted in the graph drawings)."""
         counts: dict[str, int] = {}
         for g in self.graphs:
-            for n in _neuron_nodes(g):
+            for n in g.node_set():
                 counts[n] = counts.get(n, 0) + 1
         return {n for n, c in counts.items() if c >= 2}
 
@@ -400,18 +425,37 @@ class Comparison:
     def frequency_ranks(self) -> list[dict[str, Any]]:
         return frequency_ranks(self.graphs, self.labels)
 
+    def layer_sizes(self, tap: str) -> np.ndarray:
+        """How many neurons of ``tap`` (``"all"``: of every tap) each graph keeps, shape (G,)."""
+        sets = [_tap_sets(g) for g in self.graphs]
+        return np.array([len(_pair_sets(sets, tap, i)) for i in range(len(self.graphs))], dtype=np.int64)
+
+    def _pairs(self) -> Iterator[tuple[int, int]]:
+        for i in range(len(self.labels)):
+            for j in range(i + 1, len(self.labels)):
+                yield i, j
+
+    def mean_jaccard(self) -> dict[str, float]:
+        """Per tap (and ``"all"``): the mean Jaccard similarity over pairs of graphs of which at least one keeps a
+        neuron of the tap (pairs where neither does say nothing about similarity); NaN when there is none."""
+        out = {}
+        for tap, M in self.jaccard.items():
+            sizes = self.layer_sizes(tap)
+            vals = [M[i, j] for i, j in self._pairs() if sizes[i] or sizes[j]]
+            out[tap] = float(np.mean(vals)) if vals else float("nan")
+        return out
+
     def jaccard_rows(self) -> list[dict[str, Any]]:
-        """Long table: one row per pair of graphs and tap."""
+        """Long table: one row per pair of graphs and tap; ``jaccard`` is blank (NaN) where neither graph keeps a
+        neuron of the tap."""
         rows = []
         sets = [_tap_sets(g) for g in self.graphs]
         for tap, M in self.jaccard.items():
-            for i in range(len(self.labels)):
-                for j in range(i + 1, len(self.labels)):
-                    a = set().union(*sets[i].values()) if tap == "all" else sets[i].get(tap, set())
-                    b = set().union(*sets[j].values()) if tap == "all" else sets[j].get(tap, set())
-                    rows.append({"graph_a": self.labels[i], "graph_b": self.labels[j], "tap": tap,
-                                 "jaccard": round(float(M[i, j]), 6) if M[i, j] == M[i, j] else float("nan"),
-                                 "n_a": len(a), "n_b": len(b), "n_shared": len(a & b)})
+            for i, j in self._pairs():
+                a, b = _pair_sets(sets, tap, i), _pair_sets(sets, tap, j)
+                rows.append({"graph_a": self.labels[i], "graph_b": self.labels[j], "tap": tap,
+                             "jaccard": round(float(M[i, j]), 6) if a or b else float("nan"),
+                             "n_a": len(a), "n_b": len(b), "n_shared": len(a & b)})
         return rows
 
     def closest_pairs(self, k: int = 5) -> list[tuple[str, str, float]]:
@@ -468,15 +512,13 @@ def compare(graphs: Sequence[nx.DiGraph], labels: Sequence[str] | None = None, *
     allow_mixed : compare graphs made with different rules, selectors, parameters, branching factors or
         image sets (graphs of different models are always refused).
     """
-    from scipy.cluster.hierarchy import leaves_list
-
-    graphs = list(graphs)
+    graphs = _graphs(graphs)
     check_graphs(graphs, names or labels, allow_mixed=allow_mixed)
     labels = list(labels) if labels is not None else graph_labels(graphs, names)
     if len(labels) != len(graphs):
         raise InvalidInputError(f"labels has {len(labels)} entries for {len(graphs)} graphs; they must match.")
     nodes, X = bag_of_nodes(graphs, weight)
     Z = ward_linkage(X)
-    return Comparison(labels=tuple(labels), model=str(graphs[0].graph.get("model")), weight=weight,
+    return Comparison(labels=tuple(labels), model=str(graphs[0].run.model), weight=weight,
                       nodes=tuple(nodes), matrix=X, linkage=Z, order=tuple(int(i) for i in leaves_list(Z)),
                       similarity=cosine_similarity(X), jaccard=jaccard_by_layer(graphs), graphs=tuple(graphs))

@@ -6,14 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+import networkx as nx
 import numpy as np
 
+from ssa.analysis._common import as_graph
+from ssa.core.capabilities import SupportsClassProbabilities
 from ssa.core.checks import check_int
 from ssa.core.interfaces import Network
 from ssa.errors import InvalidInputError
 from ssa.io.folders import load_grouped_images
 from ssa.io.images import Preprocess
-from ssa.session import n_classes
+from ssa.session import check_target, n_classes
 
 __all__ = ['ClassImages', 'parse_targets', 'class_probabilities', 'group_images', 'images_for_graph']
 
@@ -63,22 +66,20 @@ def parse_targets(text: str | Sequence[int] | None, n: int | None = None) -> lis
 def class_probabilities(network: Network, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Class probabilities of every image, shape (n_images, n_classes).
 
-    A network that can say them itself (an ONNX model: onnxruntime runs the original file) does;
-    otherwise they are the softmax of the logits.
+    A network that computes them itself (:class:`~ssa.core.capabilities.SupportsClassProbabilities`: an ONNX
+    model, whose original file onnxruntime runs) does; for any other they are the softmax of the logits.
     """
-    own = getattr(network, "class_probabilities", None)
-    if callable(own):
-        parts = [np.asarray(own(images[i:i + batch_size]), dtype=np.float64)
+    if isinstance(network, SupportsClassProbabilities):
+        parts = [np.asarray(network.class_probabilities(images[i:i + batch_size]), dtype=np.float64)
                  for i in range(0, images.shape[0], batch_size)]
-        probs = np.concatenate(parts) if parts else np.zeros((0, n_classes(network)))
     else:
-        out = []
+        parts = []
         for i in range(0, images.shape[0], batch_size):
             z = np.asarray(network.logits(images[i:i + batch_size]), dtype=np.float64)
             z = z - z.max(axis=1, keepdims=True)
             e = np.exp(z)
-            out.append(e / e.sum(axis=1, keepdims=True))
-        probs = np.concatenate(out) if out else np.zeros((0, n_classes(network)))
+            parts.append(e / e.sum(axis=1, keepdims=True))
+    probs = np.concatenate(parts) if parts else np.zeros((0, n_classes(network)))
     bad = ~np.isfinite(probs).all(axis=1)
     if bad.any():
         raise InvalidInputError(
@@ -99,7 +100,7 @@ def group_images(network: Network, images: np.ndarray, labels: np.ndarray | None
     ``max_per_class`` keeps the first that many. A class left without images is an error
     (``for_graph``: the message speaks of the graph's images instead of ``--targets``).
     """
-    targets = list(targets)
+    targets = [check_target(network, int(c)) for c in targets]
     if min_confidence is not None and not 0.0 <= float(min_confidence) <= 1.0:
         raise InvalidInputError(f"min_confidence must be in [0, 1], got {min_confidence}.")
     if max_per_class is not None:
@@ -144,7 +145,7 @@ def group_images(network: Network, images: np.ndarray, labels: np.ndarray | None
     return out
 
 
-def images_for_graph(network: Network, graph: Any, images: Any, *, labels: Any = None,
+def images_for_graph(network: Network, graph: nx.DiGraph, images: Any, *, labels: Any = None,
                      preprocess: Preprocess | None = None, by_prediction: bool | None = None,
                      min_confidence: float | None = None, max_per_class: int | None = None) -> np.ndarray:
     """The images of a graph's class, chosen the way :func:`analyse_many` chose them.
@@ -154,16 +155,16 @@ def images_for_graph(network: Network, graph: Any, images: Any, *, labels: Any =
     taken to belong to the class (as :func:`ssa.analyse` does). ``network`` must be prepared.
     """
     arr, lab = load_grouped_images(images, labels=labels, preprocess=preprocess)
-    attrs = graph.graph
-    target = attrs.get("target")
-    if target is None:
+    run = as_graph(graph).run
+    target = run.target
+    if target < 0:
         raise InvalidInputError("the graph has no 'target' attribute; pass a graph written by `ssa analyse`.")
     if by_prediction is None:
-        by_prediction = attrs.get("grouping") == "prediction"
+        by_prediction = run.grouping == "prediction"
     if min_confidence is None:
-        min_confidence = attrs.get("min_confidence")
+        min_confidence = run.min_confidence
     if max_per_class is None:
-        max_per_class = attrs.get("max_per_class")
+        max_per_class = run.max_per_class
     if lab is None and not by_prediction:
         return arr[:max_per_class] if max_per_class else arr
     return group_images(network, arr, lab, [int(target)], by_prediction=bool(by_prediction),

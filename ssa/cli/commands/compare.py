@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _shared_indices(text: str | None, cmp) -> list[int] | None:
     if text is None:
         return None
-    targets = [g.graph.get("target") for g in cmp.graphs]
+    targets = [g.run.target for g in cmp.graphs]
     out = []
     for part in text.split(","):
         part = part.strip()
@@ -66,8 +66,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{len(labels)} graphs of {cmp.model}, {len(cmp.nodes)} distinct neurons (weight: {cmp.weight})")
     print("cluster order: " + ", ".join(labels[i] for i in cmp.order))
     print("most similar (cosine): " + "; ".join(f"{a} ~ {b} {s:.2f}" for a, b, s in cmp.closest_pairs(3)))
-    print("mean Jaccard per layer: " + ", ".join(
-        f"{tap} {_offdiag_mean(M):.2f}" for tap, M in cmp.jaccard.items()))
+    print("mean Jaccard per layer: " + ", ".join(f"{tap} {m:.2f}" for tap, m in cmp.mean_jaccard().items()))
     who = "all graphs" if which is None else ", ".join(labels[i] for i in which)
     print(f"shared sub-graph of {who}: {shared.number_of_nodes()} neurons, {shared.number_of_edges()} edges")
     if args.out_dir:
@@ -84,11 +83,3 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {len(written)} files to {out}: " + ", ".join(p.name for p in written))
     return 0
 
-
-def _offdiag_mean(M) -> float:
-    import numpy as np
-
-    n = M.shape[0]
-    vals = M[~np.eye(n, dtype=bool)]
-    vals = vals[np.isfinite(vals)]
-    return float(vals.mean()) if vals.size else float("nan")

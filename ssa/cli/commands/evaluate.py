@@ -1,4 +1,8 @@
-"""``ssa evaluate``: faithfulness and stability of the graphs of every rule x selector."""
+"""``ssa evaluate``: faithfulness and stability of the graphs of every rule x selector.
+
+The command builds the :class:`ssa.Session` objects (one per rule, sharing the loaded model and images)
+and hands them to :func:`ssa.analysis.strategies.compare_strategies`.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,11 @@ import argparse
 import sys
 from typing import Any
 
-from ssa.analysis.evaluate import (
-    ABLATIONS,
-    compare,
-    format_table,
-    write_csv,
-    write_layers_csv,
-)
+import numpy as np
+
+from ssa.analysis.faithfulness import ABLATIONS
 from ssa.analysis.grouping import parse_targets
+from ssa.analysis.strategies import compare_strategies, format_table, write_csv, write_layers_csv
 from ssa.cli.commands.common import (
     add_image_args,
     add_model_args,
@@ -23,6 +24,8 @@ from ssa.cli.commands.common import (
 )
 from ssa.errors import InvalidInputError
 from ssa.io.paths import check_distinct_outputs, check_output_file
+from ssa.plugins import registry
+from ssa.session import Session, load_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -70,8 +73,6 @@ def _per_name(items: list[str] | None, names: list[str] | None, kind: str, flag:
 
 
 def _resolve(spec: dict[str, dict[str, Any]], names: list[str], kind: str, flag: str) -> dict[str, dict[str, Any]]:
-    from ssa.plugins import registry
-
     reg = registry()
     out: dict[str, dict[str, Any]] = {}
     for owner in spec:
@@ -97,8 +98,6 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssa.plugins import registry
-
     for flag, path in (("--out", args.out), ("--layers-out", args.layers_out)):
         if path is not None:
             check_output_file(path, flag=flag, suffixes=(".csv",))
@@ -107,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise InvalidInputError(f"--threads must be >= 1, got {args.threads}.")
-        import torch
+        import torch  # only here: the command line starts without torch
 
         torch.set_num_threads(args.threads)
     reg = registry()
@@ -120,17 +119,24 @@ def run(args: argparse.Namespace) -> int:
     rule_params = _resolve(_per_name(args.rule_param, rules, "rule", "--rule-param"), rules, "rule", "--rule-param")
     selector_params = _resolve(_per_name(args.selector_param, selectors, "selector", "--selector-param"), selectors,
                                "selector", "--selector-param")
+    network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
+    first = Session(network, args.images, rule=rules[0], rule_params=rule_params.get(rules[0]), labels=args.labels,
+                    preprocess=preprocess_from(args), device=args.device, batch_size=args.batch_size)
+    first.prepare()
+    loaded = first.images  # the "mean" ablation averages over every loaded image
+    if targets != "all" and first.labels is not None:  # statistics only of the evaluated classes' images
+        first.restrict(np.flatnonzero(np.isin(first.labels, targets)))
+    sessions = [first, *(first.with_rule(r, rule_params.get(r)) for r in rules[1:])]  # one model and image set
 
     def progress(row) -> None:
         if not args.quiet:
             print(f"  class {row.target}  {row.rule:<22} {row.selector:<12} {row.nodes:>4} nodes  "
                   f"{row.seconds:6.2f} s", file=sys.stderr, flush=True)
 
-    rows = compare(args.model, args.images, targets, rules=rules, selectors=selectors, rule_params=rule_params,
-                   selector_params=selector_params, branching=args.branching, ablation=args.ablation,
-                   draws=args.draws, resamples=args.resamples, seed=args.seed, labels=args.labels,
-                   preprocess=preprocess_from(args), device=args.device, batch_size=args.batch_size,
-                   backend=args.backend, stop_at=args.stop_at, model_options=model_options(args), progress=progress)
+    rows = compare_strategies(sessions, targets, selectors=selectors, selector_params=selector_params,
+                              branching=args.branching, stop_at=args.stop_at, ablation=args.ablation,
+                              draws=args.draws, resamples=args.resamples, seed=args.seed, mean_images=loaded,
+                              progress=progress)
     print(f"ablation={args.ablation}, b={args.branching}, {args.draws} random draws, {args.resamples} bootstrap "
           f"resamples, seed {args.seed}; drops are base - ablated (class logit; share classified as the class)")
     print(format_table(rows))

@@ -111,7 +111,7 @@ def test_jaccard_per_layer(four):
     assert J["conv1"][0, 1] == 0.5 and J["conv1"][0, 2] == 0.5 and J["conv1"][1, 3] == 0.0
     np.testing.assert_allclose(J["all"], J["all"].T)
     assert np.all(np.diag(J["all"]) == 1.0)
-    assert np.isnan(jaccard([], []))
+    assert jaccard([], []) == 1.0  # the one convention (ssa.core.graph.jaccard): two empty sets are identical
 
 
 def test_shared_subgraph_by_hand():
@@ -245,3 +245,45 @@ def test_files_that_are_not_ssa_graphs_are_refused_in_one_line(tmp_path, name, c
     with pytest.raises(InvalidInputError) as info:
         read_graph(p)
     assert words in str(info.value) and len(str(info.value).splitlines()) == 1
+
+
+def test_one_jaccard_and_pairs_without_neurons_left_out_of_tables_and_means():
+    import ssa.core.graph
+    from ssa.analysis import compare as compare_module
+
+    assert compare_module.jaccard is ssa.core.graph.jaccard
+    a = make_graph(0, [("logits:0", "fc:1"), ("fc:1", "conv2:5"), ("conv2:5", "conv1:0")])
+    b = make_graph(1, [("logits:1", "fc:1"), ("fc:1", "conv2:6")])  # stops above conv1
+    c = make_graph(2, [("logits:2", "fc:2"), ("fc:2", "conv2:6")])  # stops above conv1
+    cmp = compare([a, b, c])
+    M = cmp.jaccard["conv1"]
+    assert M[1, 2] == 1.0 and M[0, 1] == 0.0  # the function's value: two empty sets are identical
+    assert cmp.layer_sizes("conv1").tolist() == [1, 0, 0] and cmp.layer_sizes("all").tolist() == [3, 2, 2]
+    rows = {(r["graph_a"], r["graph_b"], r["tap"]): r for r in cmp.jaccard_rows()}
+    empty = rows[("class 1", "class 2", "conv1")]
+    assert np.isnan(empty["jaccard"]) and (empty["n_a"], empty["n_b"], empty["n_shared"]) == (0, 0, 0)
+    assert rows[("class 0", "class 1", "conv1")]["jaccard"] == 0.0
+    means = cmp.mean_jaccard()
+    assert means["conv1"] == 0.0  # (a, b) and (a, c); (b, c) keep no conv1 neuron and say nothing
+    assert means["conv2"] == pytest.approx((0 + 0 + 1) / 3) and means["fc"] == pytest.approx((1 + 0 + 0) / 3)
+
+
+def test_same_run_reads_the_run_parameters():
+    a = make_graph(0, [("logits:0", "fc:1")])
+    b = make_graph(1, [("logits:1", "fc:2")])
+    a.graph.update(selector_params={"k": 1.5, "two_sided": False}, stop_at=None)
+    b.graph.update(selector_params={"k": 3.0, "two_sided": False}, stop_at="null")  # "null": an older writer's None
+    with pytest.raises(InvalidInputError, match="different selector parameters: graph 0 .*1.5.*graph 1 .*3.0"):
+        compare([a, b])
+    assert compare([a, b], allow_mixed=True).labels == ("class 0", "class 1")
+    b.graph["selector_params"] = {"k": 1.5, "two_sided": False}
+    assert compare([a, b]).labels == ("class 0", "class 1")  # stop_at None == "null"
+    a.graph["tap_neurons"] = {"fc": 4, "logits": 4}  # b, from an older ssa, does not record its taps: not compared
+    assert compare([a, b]).labels == ("class 0", "class 1")
+    b.graph["tap_neurons"] = {"fc": 8, "logits": 4}
+    with pytest.raises(InvalidInputError, match="different taps"):
+        compare([a, b])
+    b.graph["tap_neurons"] = dict(a.graph["tap_neurons"])
+    b.graph["stop_at"] = "fc"
+    with pytest.raises(InvalidInputError, match="different --stop-at"):
+        compare([a, b])
