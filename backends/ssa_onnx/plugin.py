@@ -1,12 +1,17 @@
-"""Registers the ONNX backend through the ``ssa`` entry-point group."""
+"""The ONNX backend's plugin module, named in ssa's ``ssa`` entry-point group like any plugin's.
+
+Every ``ssa`` command imports it, so it imports neither torch nor onnx.
+"""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from ssa.hookspecs import hookimpl
+
+from .backend import OnnxBackend  # light: the converter and onnxruntime are imported when a model is loaded
 
 
 @hookimpl
-def ssa_register_backends(register):
-    from .backend import OnnxBackend
-
+def ssa_register_backends(register: Callable[[type], None]) -> None:
     register(OnnxBackend)
