@@ -1,21 +1,31 @@
-"""Hook specifications of the ``ssa`` plugin system (pluggy).
+"""Hook specifications of the ``ssa`` plugin system (pluggy): the reference of every hook.
 
-A plugin is a module or object with functions marked ``@ssa.hookimpl`` and is
-registered through the ``ssa`` entry-point group, exactly like the built-ins in
-``backends/`` and ``plugins/``. Each hook receives a ``register`` callback; the
-host validates what is registered and reports duplicate names in one place.
+A plugin is a module (or object) with functions marked ``@ssa.hookimpl``, named in the ``ssa``
+entry-point group of its distribution. ssa's own backends, rules and selectors are plugins of exactly
+this kind: ssa's distribution names them in the same group (``[project.entry-points.ssa]``), and one
+code path loads every plugin (:func:`ssa.plugins.get_plugin_manager`). Each hook receives a
+``register`` callback (or the object it extends); the host validates what is registered and reports
+duplicate names in one place. A hook may gain arguments later; an implementation may omit any.
+
+Plugin modules are imported by every ``ssa`` command, ``ssa --help`` included: import heavy libraries
+(torch, onnx, ...) inside the hooks that need them, not at the top of the plugin module.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import pluggy
+
+if TYPE_CHECKING:
+    from ssa.core.interfaces import Backend, Rule, Selector
 
 hookspec = pluggy.HookspecMarker("ssa")
 hookimpl = pluggy.HookimplMarker("ssa")
 
 
 @hookspec
-def ssa_register_backends(register):
+def ssa_register_backends(register: Callable[[type[Backend]], None]) -> None:
     """Register model backends.
 
     Call ``register(backend_class)`` once per class; the class derives from
@@ -26,7 +36,7 @@ def ssa_register_backends(register):
 
 
 @hookspec
-def ssa_register_rules(register):
+def ssa_register_rules(register: Callable[[type[Rule]], None]) -> None:
     """Register relevance rules.
 
     Call ``register(rule_class)`` once per class; the class derives from
@@ -35,7 +45,7 @@ def ssa_register_rules(register):
 
 
 @hookspec
-def ssa_register_selectors(register):
+def ssa_register_selectors(register: Callable[[type[Selector]], None]) -> None:
     """Register outlier selectors.
 
     Call ``register(selector_class)`` once per class; the class derives from
@@ -44,14 +54,11 @@ def ssa_register_selectors(register):
     """
 
 
-@hookspec
-def ssa_register_closed_forms(register):
-    """Register closed forms of step relevance (PyTorch backend; method doc, section 6).
+@hookspec(historic=True)
+def ssa_add_hookspecs(pluginmanager: pluggy.PluginManager) -> None:
+    """Add hook specifications of a plugin's own: extension points of a backend for other plugins.
 
-    Call ``register(form)`` with a :class:`ssa_torch.closed_form.ClosedForm` subclass or
-    instance: its ``kinds`` are the op kinds whose layer nodes it turns into closed-form terms
-    (``ssa_torch.closed_form.Term``: which per-image statistics to collect, how omega is
-    reconstructed from them); its ``targets`` classify your own module classes or functions as
-    those kinds. ``register(form, replace=True)`` replaces the form of a kind that has one.
-    Steps through op kinds without a form use exact autograd.
+    Call ``pluginmanager.add_hookspecs(module_or_class)``. Called once for every plugin, whenever it is
+    registered; the plugins are checked against the hooks so added after all of them are loaded. The
+    PyTorch backend adds ``ssa_register_closed_forms`` this way (``docs/plugins.md``).
     """

@@ -72,6 +72,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
     if _pm is None:
         pm = pluggy.PluginManager("ssa")
         pm.add_hookspecs(hookspecs)
+        pm.hook.ssa_add_hookspecs.call_historic(kwargs={"pluginmanager": pm})  # every plugin, as it registers
         autoload = os.environ.get(AUTOLOAD_ENV, "").strip() in ("", "0")
         _load_entry_points(pm, entry_points(group="ssa"), third_party=autoload)
         _drop_unknown_hooks(pm)

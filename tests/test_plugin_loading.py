@@ -62,3 +62,10 @@ def test_import_ssa_imports_no_torch():
     proc = subprocess.run([sys.executable, "-c", "import ssa, sys; assert 'torch' not in sys.modules, 'torch'"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+# -- ssa_add_hookspecs: a backend's own hooks ---------------------------------------------------------------------
+def test_a_backend_adds_its_own_hookspecs():
+    pm = plugins.get_plugin_manager()
+    assert not hasattr(ssa.hookspecs, "ssa_register_closed_forms")  # not the core's
+    assert pm.hook.ssa_register_closed_forms.has_spec()  # added by the PyTorch backend's plugin

@@ -7,7 +7,16 @@ from __future__ import annotations
 
 from typing import Callable
 
+import pluggy
+
 from ssa.hookspecs import hookimpl
+
+from . import hookspecs
+
+
+@hookimpl
+def ssa_add_hookspecs(pluginmanager: pluggy.PluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)  # ssa_register_closed_forms
 
 
 @hookimpl
