@@ -13,12 +13,15 @@ Plugin modules are imported by every ``ssa`` command, ``ssa --help`` included: i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
 
 if TYPE_CHECKING:
+    import argparse
+
     from ssa.core.interfaces import Backend, Rule, Selector
+    from ssa.core.options import ModelOption
 
 hookspec = pluggy.HookspecMarker("ssa")
 hookimpl = pluggy.HookimplMarker("ssa")
@@ -51,6 +54,32 @@ def ssa_register_selectors(register: Callable[[type[Selector]], None]) -> None:
     Call ``register(selector_class)`` once per class; the class derives from
     :class:`ssa.core.interfaces.Selector` and has a unique ``name``, a
     ``description`` and documented keyword parameters.
+    """
+
+
+@hookspec
+def ssa_register_model_options(register: Callable[[ModelOption], None]) -> None:
+    """Register command-line model options of a backend (``ssa analyse model.x --my-option 3``).
+
+    Call ``register(ssa.core.options.ModelOption(flag, option, backend=..., help=..., type=...))`` once per
+    option. Every sub-command that loads a model then takes ``flag``; its value reaches the backend's
+    ``load(source, **options)`` as ``options[option]`` (through :attr:`ssa.core.options.ModelSpec.options`).
+    The option is refused, in one line, when the model is loaded by another backend. A flag that a built-in
+    option or another plugin already uses is refused (the plugin is skipped with a warning).
+    """
+
+
+@hookspec
+def ssa_register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add sub-commands to the ``ssa`` command line (``ssa my-command ...``).
+
+    ``subparsers`` is the ``argparse`` sub-parsers action of ``ssa``: call
+    ``subparsers.add_parser(name, help=..., description=...)``, add its arguments (the helpers of
+    :mod:`ssa.cli.commands.common` give the standard model, image and method options) and
+    ``set_defaults(run=function)``, where ``run(args)`` returns the exit code. Raise an
+    :class:`ssa.errors.SSAError` for bad input: the command line prints it as one line and exits with
+    code 2. A name that a built-in command or another plugin already uses is refused (the plugin is
+    skipped with a warning).
     """
 
 

@@ -18,7 +18,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -27,10 +27,11 @@ import pluggy
 
 from ssa import hookspecs
 from ssa.core.interfaces import Backend, Rule, Selector
+from ssa.core.options import ModelOption
 from ssa.errors import PluginError, SSAWarning
 
 __all__ = ["get_plugin_manager", "registry", "Registry", "PluginInfo", "SkippedPlugin", "skipped_plugins",
-           "AUTOLOAD_ENV", "OWN_DISTRIBUTION"]
+           "model_options", "add_plugin_commands", "AUTOLOAD_ENV", "OWN_DISTRIBUTION"]
 
 AUTOLOAD_ENV = "SSA_DISABLE_PLUGIN_AUTOLOAD"
 #: the distribution whose ``ssa`` entry points are ssa's own plugins (loaded even with autoloading off)
@@ -39,6 +40,7 @@ OWN_DISTRIBUTION = "ssa"
 _pm: pluggy.PluginManager | None = None
 _skipped: list[SkippedPlugin] = []
 _registry: Registry | None = None
+_model_options: tuple[ModelOption, ...] | None = None
 _distributions: dict[str, str] = {}  # plugin name (its entry point's) -> "name version" of its distribution
 _own: set[str] = set()  # names of the plugins of ssa's own distribution
 
@@ -168,6 +170,49 @@ def _is_own(pm: pluggy.PluginManager, plugin: Any) -> bool:
     return (pm.get_name(plugin) or "") in _own
 
 
+def _each_impl(pm: pluggy.PluginManager, hook: Any, call: Callable[[Any], None]) -> None:
+    """``call(impl)`` for every implementation of ``hook``, ssa's own first; one that raises is skipped with a
+    warning that names its plugin, and the others go on."""
+    for impl in sorted(hook.get_hookimpls(), key=lambda i: not _is_own(pm, i.plugin)):
+        try:
+            call(impl)
+        except Exception as exc:  # noqa: BLE001 - a plugin's code: name it and go on
+            what = exc if isinstance(exc, PluginError) else f"{hook.name} raised {_first_line(exc)}"
+            _skip(impl.plugin_name, _distribution_of(pm, impl.plugin), str(what).rstrip("."))
+
+
+def model_options(refresh: bool = False) -> tuple[ModelOption, ...]:
+    """The command-line model options the backends registered (``ssa_register_model_options``), checked."""
+    global _model_options
+    if _model_options is None or refresh:
+        pm = get_plugin_manager()
+        out: dict[str, ModelOption] = {}
+
+        def call(impl: Any) -> None:
+            got: list[Any] = []
+            impl.function(register=got.append)
+            for opt in got:
+                if not isinstance(opt, ModelOption):
+                    raise PluginError(f"it registered {opt!r} as a model option, expected an "
+                                      "ssa.core.options.ModelOption")
+                other = out.get(opt.flag)
+                if other is not None:
+                    raise PluginError(f"it registers the model option {opt.flag}, which the {other.backend} backend "
+                                      "already registers")
+            out.update((opt.flag, opt) for opt in got)
+
+        _each_impl(pm, pm.hook.ssa_register_model_options, call)
+        _model_options = tuple(out.values())
+    return _model_options
+
+
+def add_plugin_commands(subparsers: Any) -> None:
+    """Let every plugin add its sub-commands (``ssa_register_commands``); a plugin whose hook fails (a name
+    already taken included) is skipped with a warning."""
+    pm = get_plugin_manager()
+    _each_impl(pm, pm.hook.ssa_register_commands, lambda impl: impl.function(subparsers=subparsers))
+
+
 class Registry:
     """Everything the plugins registered, by kind and name."""
 
@@ -234,6 +279,17 @@ class Registry:
 
     def backends(self) -> list[type[Backend]]:
         return sorted((i.cls for i in self._items["backend"].values()), key=lambda c: -c.priority)
+
+    def backend_for(self, source: Any, name: str | None = None) -> type[Backend]:
+        """The backend class named ``name``, else the first (highest ``priority``) that ``can_load(source)``."""
+        if name is not None:
+            return self.get("backend", name)  # type: ignore[return-value]
+        for cls in self.backends():
+            if cls.can_load(source):
+                return cls
+        raise PluginError(f"no installed backend can load {source!r}; installed backends: "
+                          f"{', '.join(self.names('backend'))}.")
+
 
 def registry(refresh: bool = False) -> Registry:
     """The registry of installed plugins (built once; ``refresh`` rebuilds it)."""

@@ -1,14 +1,18 @@
-"""``ModelSpec`` and ``RunOptions`` (ssa.core.options): checked once, frozen, ``replace()`` checks again."""
+"""``ModelSpec`` and ``RunOptions`` (ssa.core.options): checked once, frozen, ``replace()`` checks again; and the
+command line's two builders (``model_spec``, ``run_options``) agree with what the flags say."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import pickle
 import re
 
 import pytest
 
 import ssa
+from ssa.cli import build_parser
+from ssa.cli.commands.common import api_options, model_spec, run_options
 from ssa.core.defaults import DEFAULT_RULE, DEFAULT_SELECTOR, PRESETS
 from ssa.core.options import ENGINES, Method, ModelSpec, RunOptions
 from ssa.errors import InvalidInputError
@@ -110,3 +114,56 @@ def test_run_options_refuse_bad_values_in_one_line(kwargs, message):
     with pytest.raises(InvalidInputError, match=re.escape(message)) as info:
         RunOptions(**kwargs)
     assert "\n" not in str(info.value)
+
+
+# -- the command line's builders ---------------------------------------------------------------------------------
+def _args(*argv: str):
+    return build_parser().parse_args(list(argv))
+
+
+def test_model_spec_from_the_command_line():
+    spec = model_spec(_args("analyse", "digits", "--images", "digits", "-t", "3", "--taps", "conv1,,fc1",
+                            "--include-input", "--channel-axis", "conv1=1", "--channel-axis", "fc1=0",
+                            "--output-index", "0", "--name", "mine", "--backend", "torch"))
+    assert spec == ModelSpec("digits", backend="torch", taps=("conv1", "fc1"), include_input=True,
+                             channel_axes={"conv1": 1, "fc1": 0}, output_index=0, name="mine")
+    assert model_spec(_args("check", "digits")) == ModelSpec("digits")
+    with pytest.raises(InvalidInputError, match="--channel-axis must look like TAP=AXIS with an integer axis"):
+        model_spec(_args("check", "digits", "--channel-axis", "conv1=x"))
+
+
+def test_run_options_from_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no .ssa-store here
+    monkeypatch.delenv("SSA_STORE", raising=False)
+    base = ["analyse", "digits", "--images", "digits", "-t", "3"]
+    opts = run_options(_args(*base, "-b", "2", "--rule", "gradient", "--rule-param", "a=1", "--selector", "tukey",
+                             "--selector-param", "k=3,two_sided=true", "--stop-at", "conv1", "--engine", "autograd",
+                             "--batch-size", "8", "-q"))
+    assert opts == RunOptions(rule="gradient", rule_params={"a": "1"}, selector="tukey",
+                              selector_params={"k": "3", "two_sided": "true"}, branching=2, stop_at="conv1",
+                              engine="autograd", batch_size=8, progress=False)
+    assert run_options(_args(*base)) == RunOptions(progress=True)
+    assert run_options(_args(*base, "--preset", "paper")).method == RunOptions(preset="paper").method
+    with pytest.raises(InvalidInputError, match="preset 'paper' sets the rule"):
+        run_options(_args(*base, "--preset", "paper", "--selector", "mad"))
+    with pytest.raises(InvalidInputError, match="branching must be >= 1, got 0"):
+        run_options(_args(*base, "-b", "0"))
+    store = tmp_path / "st"
+    assert run_options(_args(*base, "--store", str(store))).store_mode == "fill"
+    (tmp_path / ".ssa-store").mkdir()  # filled by `ssa collect`: read when it holds this model and images
+    got = run_options(_args(*base))
+    assert (got.store, got.store_mode) == (".ssa-store", "read")
+
+
+def test_api_options_are_the_keywords_of_analyse():
+    spec = ModelSpec("digits", taps=("conv1",), name="d", options={"warm_up": 1})
+    opts = RunOptions(preset="paper", branching=2)
+    kw = api_options(spec, opts)
+    params = inspect.signature(ssa.analyse).parameters
+    assert set(kw) <= set(params) and set(kw) <= set(inspect.signature(ssa.analyse_many).parameters)
+    assert kw["rule"] == "gradient" and kw["selector"] == "tukey" and kw["selector_params"] == {"k": 1.5,
+                                                                                              "two_sided": False}
+    assert kw["taps"] == ["conv1"] and kw["name"] == "d" and kw["branching"] == 2 and "warm_up" not in kw
+    a = ssa.analyse("digits", "digits", 3, **api_options(ModelSpec("digits"), RunOptions(preset="paper")))
+    b = ssa.analyse("digits", "digits", 3, preset="paper")
+    assert a.graph.node_set() == b.graph.node_set() and a.selector == b.selector == "tukey"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ssa.core.options import ModelOption
 from ssa.hookspecs import hookimpl
 
 from .backend import OnnxBackend  # light: the converter and onnxruntime are imported when a model is loaded
@@ -15,3 +16,11 @@ from .backend import OnnxBackend  # light: the converter and onnxruntime are imp
 @hookimpl
 def ssa_register_backends(register: Callable[[type], None]) -> None:
     register(OnnxBackend)
+
+
+@hookimpl
+def ssa_register_model_options(register: Callable[[ModelOption], None]) -> None:
+    register(ModelOption(
+        "--parity-tolerance", "parity_tolerance", backend="onnx", type=float, metavar="TOL", models="ONNX models",
+        help="largest relative difference allowed between onnxruntime and the converted model "
+             "(default 1e-3 on CPU, 1e-2 on CUDA)"))

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from ssa.analysis.compare import check_graph_images, check_graph_network, load_graphs
 from ssa.analysis.grouping import images_for_graph
-from ssa.api import load_model
 from ssa.cli.commands.common import (
     add_image_args,
     add_model_args,
-    model_options,
+    load_network,
+    model_spec,
     preprocess_from,
 )
 from ssa.engines.store import images_hash
@@ -71,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
             same_run([graph, *others], names)
         # colour: how many of the graphs (this one and the others) keep each neuron
         kept_by = {n: 1 + sum(n in g for g in others) for n in graph.nodes}
-    network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
+    network = load_network(model_spec(args))
     arr, lab = load_grouped_images(args.images, labels=args.labels, preprocess=preprocess_from(args))
     prepare_network(network, arr, images_spec=args.images, preprocess=preprocess_from(args))
     check_graph_network(graph, network, Path(args.graph).name)
