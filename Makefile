@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SSA := $(VENV)/bin/ssa
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean explorer-assets
+.PHONY: install demo test test-quick bench clean explorer-assets
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# everything but the `slow` tests (end-to-end runs of 10 s or more), for a quick check while working
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-only -s

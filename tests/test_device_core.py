@@ -12,7 +12,7 @@ from ssa.core.arrays import median_sorted, percentile_rows
 from ssa.core.graph import build_graph, normalise_attrs
 from ssa.core.traversal import StepRecord, rank_neurons, top_b
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def _rows(seed: int, R: int, K: int) -> np.ndarray:
