@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SSA := $(VENV)/bin/ssa
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-quick bench clean explorer-assets
+.PHONY: install demo lint test test-quick bench clean explorer-assets
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ demo: $(STAMP)
 		--explorer demo-out/explorer.html && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s; open the report: $(CURDIR)/demo-out/report.html" && \
 	echo "and the interactive explorer: $(CURDIR)/demo-out/explorer.html"
+
+# ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade) and mypy (strict on ssa/core and the plugin seams);
+# both configured in pyproject.toml
+LINTED := ssa backends plugins tests benchmarks scripts
+
+lint: $(STAMP)
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m mypy
 
 test: $(STAMP)
 	$(PY) -m pytest -q

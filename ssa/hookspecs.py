@@ -13,7 +13,8 @@ Plugin modules are imported by every ``ssa`` command, ``ssa --help`` included: i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 

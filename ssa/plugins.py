@@ -283,7 +283,7 @@ class Registry:
     def backend_for(self, source: Any, name: str | None = None) -> type[Backend]:
         """The backend class named ``name``, else the first (highest ``priority``) that ``can_load(source)``."""
         if name is not None:
-            return self.get("backend", name)  # type: ignore[return-value]
+            return self.get("backend", name)
         for cls in self.backends():
             if cls.can_load(source):
                 return cls
@@ -303,11 +303,13 @@ def make_rule(name: str | Rule, **params: Any) -> Rule:
     """A configured rule from its registered name (or the instance itself)."""
     if isinstance(name, Rule):
         return name
-    return registry().get("rule", name)(**params)
+    rule: Rule = registry().get("rule", name)(**params)
+    return rule
 
 
 def make_selector(name: str | Selector, **params: Any) -> Selector:
     """A configured selector from its registered name (or the instance itself)."""
     if isinstance(name, Selector):
         return name
-    return registry().get("selector", name)(**params)
+    selector: Selector = registry().get("selector", name)(**params)
+    return selector

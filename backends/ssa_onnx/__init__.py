@@ -13,13 +13,21 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .backend import OnnxBackend, load_onnx
-    from .check import CheckReport, check_report, render_report
-    from .confidence import class_probabilities, select_confident
-    from .model import OnnxInfo, OnnxModel, TensorInfo, input_shape_of, read_onnx
-    from .network import OnnxNetwork
-    from .parity import ParityResult
-    from .runtime import make_session
+    from .backend import OnnxBackend as OnnxBackend
+    from .backend import load_onnx as load_onnx
+    from .check import CheckReport as CheckReport
+    from .check import check_report as check_report
+    from .check import render_report as render_report
+    from .confidence import class_probabilities as class_probabilities
+    from .confidence import select_confident as select_confident
+    from .model import OnnxInfo as OnnxInfo
+    from .model import OnnxModel as OnnxModel
+    from .model import TensorInfo as TensorInfo
+    from .model import input_shape_of as input_shape_of
+    from .model import read_onnx as read_onnx
+    from .network import OnnxNetwork as OnnxNetwork
+    from .parity import ParityResult as ParityResult
+    from .runtime import make_session as make_session
 
 #: public name -> the module that defines it; imported on first use (PEP 562), so that importing the
 #: plugin module (``ssa_onnx.plugin``, which every ``ssa`` command does) imports neither torch nor onnx

@@ -128,7 +128,8 @@ def select_confident(network_or_path: Any, images: Any, target: int, min_confide
     for start in range(0, arr.shape[0], batch_size):
         p = fn(arr[start:start + batch_size])
         if target >= p.shape[1]:
-            raise InvalidInputError(f"target must be in [0, {p.shape[1] - 1}] (the model has {p.shape[1]} classes), got {target}.")
+            raise InvalidInputError(f"target must be in [0, {p.shape[1] - 1}] (the model has {p.shape[1]} classes), "
+                                    f"got {target}.")
         pt = p[:, target]
         best = max(best, float(pt.max()))
         for j in np.flatnonzero(pt >= min_confidence):

@@ -5,7 +5,7 @@ Every ``ssa`` command imports it, so it imports neither torch nor onnx.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ssa.core.options import ModelOption
 from ssa.hookspecs import hookimpl

@@ -6,8 +6,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .backend import TorchBackend
-    from .network import TorchNetwork, spatial_mean, trace_module
+    from .backend import TorchBackend as TorchBackend
+    from .network import TorchNetwork as TorchNetwork
+    from .network import spatial_mean as spatial_mean
+    from .network import trace_module as trace_module
 
 #: public name -> the module that defines it; imported on first use (PEP 562), so that importing the
 #: plugin module (``ssa_torch.plugin``, which every ``ssa`` command does) does not import torch

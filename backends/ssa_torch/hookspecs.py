@@ -6,7 +6,7 @@ exist only while it is installed. A plugin implements them like any ssa hook, wi
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pluggy
 

@@ -5,7 +5,7 @@ Every ``ssa`` command imports it: torch is imported inside the hook that needs t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pluggy
 

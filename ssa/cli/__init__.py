@@ -1,9 +1,9 @@
 """The ``ssa`` command line.
 
 Each built-in sub-command lives in ``ssa/cli/commands/<name>.py`` with ``add_parser(subparsers)``
-and ``run(args) -> int``; plugins add theirs through the ``ssa_register_commands`` hook. Errors from ssa (bad input) and from the environment
-(disk full, read-only file system, permissions) become one line on stderr and exit
-code 2, never a traceback; ``SSA_DEBUG=1`` adds the traceback. Anything else is a bug
+and ``run(args) -> int``; plugins add theirs through the ``ssa_register_commands`` hook. Errors
+from ssa (bad input) and from the environment (disk full, read-only file system, permissions)
+become one line on stderr and exit code 2, never a traceback; ``SSA_DEBUG=1`` adds the traceback. Anything else is a bug
 in ssa: one line starting ``ssa: internal error`` and exit code 1. See ``docs/errors.md``.
 """
 
@@ -16,7 +16,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 import ssa
 from ssa.errors import SSAError, SSAWarning
@@ -37,7 +37,7 @@ class CliError(SSAError, ValueError):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
         raise CliError(f"{self.prog}: {message} (see `{self.prog} --help`)")
 
 

@@ -133,7 +133,7 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     """The :class:`ModelSpec` of the arguments :func:`add_model_args` added (checked)."""
     return ModelSpec(
         source=args.model, backend=args.backend, device=args.device,
-        taps=[t for t in args.taps.split(",") if t] if args.taps else None,
+        taps=tuple(t for t in args.taps.split(",") if t) if args.taps else None,
         include_input=bool(args.include_input), channel_axes=_channel_axes(args.channel_axis),
         output_index=args.output_index, name=getattr(args, "name", None) or None,
         options=_backend_options(args))
@@ -192,7 +192,8 @@ def check_folder_options(args: argparse.Namespace) -> None:
     if images == "digits" or not Path(images).is_dir():
         what = "the built-in digits" if images == "digits" else f"{images!r}, an array"
         raise InvalidInputError(f"{given[0]} applies to folders of image files, but --images is {what} already "
-                                f"shaped and scaled for the model; drop {given[0]} (or pass a folder of PNG/JPEG files).")
+                                f"shaped and scaled for the model; drop {given[0]} (or pass a folder of PNG/JPEG "
+                                "files).")
     if "--preprocess" in given and len(given) > 1:
         other = next(f for f in given if f != "--preprocess")
         raise InvalidInputError(f"{other} cannot be combined with --preprocess, which sets the whole preprocessing; "
@@ -225,7 +226,8 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method")
     g.add_argument("--branching", "-b", type=int, default=3, help="neurons kept per upper neuron (default 3)")
     g.add_argument("--rule", default=None,
-                   help="relevance rule (default gradient_x_activation; see `ssa plugins` and README, 'Which strategy?')")
+                   help="relevance rule (default gradient_x_activation; see `ssa plugins` and README, 'Which "
+                        "strategy?')")
     g.add_argument("--rule-param", action="append", metavar="NAME=VALUE", help="rule parameter (repeatable)")
     g.add_argument("--selector", default=None, help="outlier selector (default mad; see `ssa plugins`)")
     g.add_argument("--preset", default=None, choices=("paper",),

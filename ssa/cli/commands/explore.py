@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         network = load_network(model_spec(args))
         arr, lab = load_grouped_images(args.images, labels=args.labels, preprocess=preprocess_from(args))
         network.prepare(arr)
-        other = {g.graph.get("model") for g in graphs} - {None, network.name}
+        other = {str(g.graph["model"]) for g in graphs if g.graph.get("model") is not None} - {network.name}
         if other:
             raise InvalidInputError(f"the graphs were made with model {sorted(other)[0]!r}, not {network.name!r}; "
                                     "pass the model the graphs were made with.")

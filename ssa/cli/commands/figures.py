@@ -44,8 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-confidence", type=float, default=None, help="override the graph's confidence threshold")
     p.add_argument("--max-per-class", type=int, default=None, help="override the graph's image cap")
     p.add_argument("--allow-mixed", action="store_true",
-                   help="also accept a graph (and --compare graphs) made with different rules, selectors, parameters, branching factors or "
-                        "image sets (another model is always refused)")
+                   help="also accept a graph (and --compare graphs) made with different rules, selectors, parameters, "
+                        "branching factors or image sets (another model is always refused)")
     p.set_defaults(run=run)
 
 
