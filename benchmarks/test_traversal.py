@@ -18,7 +18,7 @@ from ssa_torch import spatial_mean
 
 import ssa
 from ssa.engines.autograd import AutogradSource
-from ssa.engines.closed_form import FastSource
+from ssa.engines.closed_form import ClosedFormSource
 from ssa.engines.statistics import collect
 from ssa.session import Session, open_store, run_traversal
 
@@ -91,7 +91,7 @@ def test_full_traversal(benchmark, prepared, results):
     def full():
         stats = collect(net, images, ["gradient"], BATCH)
         _sync()
-        src = FastSource(net, stats, "gradient", images, BATCH)
+        src = ClosedFormSource(net, stats, "gradient", images, BATCH)
         holder["result"] = run_traversal(src, net, target, B, rule, sel)
 
     benchmark.pedantic(full, rounds=3, iterations=1, warmup_rounds=1)
@@ -128,7 +128,7 @@ def test_paired_traversal_over_forward(benchmark, prepared, results):
 
     def full():
         stats = collect(net, images, ["gradient"], BATCH)
-        run_traversal(FastSource(net, stats, "gradient", images, BATCH), net, target, B, rule, sel)
+        run_traversal(ClosedFormSource(net, stats, "gradient", images, BATCH), net, target, B, rule, sel)
 
     ratios = []
 
