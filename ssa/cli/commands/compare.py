@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from ssa.analysis.compare import compare, identical_graphs_quietly, load_graphs
 from ssa.errors import InvalidInputError
 from ssa.io.graphs import write_graph
 from ssa.io.outdir import COMPARE_OUTPUTS, OutputDir
+from ssa.viz.figures import plot_clustermap, plot_dendrogram, plot_graph
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,8 +59,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ssa.viz.figures import plot_clustermap, plot_dendrogram, plot_graph
-
     graphs, names = load_graphs(args.graphs)
     cmp = compare(graphs, weight=args.weight, names=[Path(p).name for p in args.graphs], allow_mixed=args.allow_mixed)
     which = _shared_indices(args.shared, cmp)
@@ -86,8 +87,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _offdiag_mean(M) -> float:
-    import numpy as np
-
     n = M.shape[0]
     vals = M[~np.eye(n, dtype=bool)]
     vals = vals[np.isfinite(vals)]

@@ -23,6 +23,7 @@ from ssa.cli.commands.common import (
 )
 from ssa.errors import InvalidInputError
 from ssa.io.paths import check_distinct_outputs, check_output_file
+from ssa.plugins import registry
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -71,8 +72,6 @@ def _per_name(items: list[str] | None, names: list[str] | None, kind: str, flag:
 
 
 def _resolve(spec: dict[str, dict[str, Any]], names: list[str], kind: str, flag: str) -> dict[str, dict[str, Any]]:
-    from ssa.plugins import registry
-
     reg = registry()
     out: dict[str, dict[str, Any]] = {}
     for owner in spec:
@@ -99,8 +98,6 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssa.plugins import registry
-
     for flag, path in (("--out", args.out), ("--layers-out", args.layers_out)):
         if path is not None:
             check_output_file(path, flag=flag, suffixes=(".csv",))
@@ -109,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise InvalidInputError(f"--threads must be >= 1, got {args.threads}.")
-        import torch
+        import torch  # not at the top: every `ssa` command imports this module, and torch takes seconds
 
         torch.set_num_threads(args.threads)
     reg = registry()

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ssa.analysis.compare import load_graphs
 from ssa.cli.commands.common import add_image_args, add_model_args, load_network, model_spec, preprocess_from
 from ssa.errors import InvalidInputError
+from ssa.io.folders import load_grouped_images
+from ssa.viz.explorer import SINGLE_FILE_CLASSES, write_explorer
+from ssa.viz.explorer.references import class_indices, reference_images
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,9 +44,6 @@ def _is_folder(out: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssa.analysis.compare import load_graphs
-    from ssa.viz.explorer import SINGLE_FILE_CLASSES, write_explorer
-
     folder = _is_folder(args.out)
     if not folder and Path(args.out).suffix.lower() not in (".html", ".htm"):
         raise InvalidInputError(f"--out must end in .html (one file) or / (a folder), got {args.out!r}.")
@@ -54,9 +55,6 @@ def run(args: argparse.Namespace) -> int:
     names = [Path(p).name for p in args.graphs]
     references = None
     if args.model is not None:
-        from ssa.io.folders import load_grouped_images
-        from ssa.viz.explorer.references import class_indices, reference_images
-
         network = load_network(model_spec(args))
         arr, lab = load_grouped_images(args.images, labels=args.labels, preprocess=preprocess_from(args))
         network.prepare(arr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ssa.analysis.compare import check_graph_images, check_graph_network, load_graphs
+from ssa.analysis.compare import check_graph_images, check_graph_network, load_graphs, same_model, same_run
 from ssa.analysis.grouping import images_for_graph
 from ssa.cli.commands.common import (
     add_image_args,
@@ -20,6 +20,7 @@ from ssa.io.folders import load_grouped_images
 from ssa.io.graphs import read_graph
 from ssa.io.outdir import FIGURES_OUTPUTS, OutputDir
 from ssa.session import prepare_network
+from ssa.viz.figures import class_figures, parse_node
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,14 +58,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ssa.viz.figures import class_figures, parse_node
-
     graph = read_graph(args.graph)
     others, other_names = load_graphs(args.compare) if args.compare else ([], [])
     kept_by = None
     if others:  # of the same model, and (unless --allow-mixed) of the same run
-        from ssa.analysis.compare import same_model, same_run
-
         names = [Path(args.graph).name, *(Path(p).name for p in args.compare)]
         same_model([graph, *others], names)
         if not args.allow_mixed:
