@@ -19,8 +19,11 @@ import numpy as np
 from ssa_torch.kinds import display_name, target_name
 from ssa_torch.network import steps_summary
 
+from ssa.api import load_model
 from ssa.core.interfaces import Network, Tap
 from ssa.errors import InvalidInputError
+from ssa.io.images import load_images
+from ssa.io.preprocess import resolve_preprocess
 
 from .model import OnnxInfo
 from .outputs import LogProbabilities
@@ -201,10 +204,6 @@ def check_report(model: Any, images: Any = None, *, preprocess: Any = None, labe
     n_images : how many images the parity check and tap discovery run on.
     Other options go to the backend (``provider``, ``parity_tolerance``, ...).
     """
-    from ssa.api import load_model
-    from ssa.io.images import load_images
-    from ssa.io.preprocess import resolve_preprocess
-
     network = load_model(model, backend=backend, device=device, output_index=output_index, taps=taps,
                          include_input=include_input, channel_axes=channel_axes, **options)
     if _is_onnx(network):

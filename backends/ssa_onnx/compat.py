@@ -83,9 +83,8 @@ def _delegate(op: str, new_version: int, old_version: int, domain: str, old_conv
     return convert
 
 
-def _reduce18(node, graph):
+def _reduce18(node: Any, graph: Any) -> Any:
     """Reduce* of opset >= 18: axes as a (constant) input."""
-    import torch
     from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes
     from onnx2torch.utils.common import (
         OnnxMapping,

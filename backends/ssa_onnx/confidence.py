@@ -13,9 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from ssa.api import load_model
+from ssa.core.checks import check_int
 from ssa.core.interfaces import Network
 from ssa.errors import InvalidInputError
+from ssa.io.images import load_images
+from ssa.io.preprocess import resolve_preprocess
 
+from .model import input_shape_of, read_onnx
 from .network import (
     OnnxNetwork,
     check_input_shape,
@@ -23,6 +28,7 @@ from .network import (
     run_session,
     softmax,
 )
+from .runtime import make_session
 
 __all__ = ["select_confident", "class_probabilities"]
 
@@ -32,9 +38,6 @@ def _probability_fn(model: Any, device: str, output_index: int | None, provider:
     if isinstance(model, OnnxNetwork):
         return model.class_probabilities
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).lower().endswith(".onnx"):
-        from .model import read_onnx
-        from .runtime import make_session
-
         onnx_model = read_onnx(model, output_index=output_index)
         info = onnx_model.info
         session = make_session(onnx_model.session_source(), provider, device)
@@ -48,8 +51,6 @@ def _probability_fn(model: Any, device: str, output_index: int | None, provider:
             return output_to_probabilities(run_session(session, info, batch), None, final)
 
         return run
-    from ssa.api import load_model
-
     network = model if isinstance(model, Network) else load_model(model, device=device, output_index=output_index)
     state = {"prepared": False}
 
@@ -95,10 +96,6 @@ def select_confident(network_or_path: Any, images: Any, target: int, min_confide
     ``target``; with ``return_indices`` also their indices into the (label-filtered) input.
     Raises :class:`ssa.errors.InvalidInputError` when no image qualifies.
     """
-    from ssa.core.checks import check_int
-    from ssa.io.images import load_images
-    from ssa.io.preprocess import resolve_preprocess
-
     target = check_int("target", target, 0)
     batch_size = check_int("batch_size", batch_size, 1)
     if max_images is not None:
@@ -111,8 +108,6 @@ def select_confident(network_or_path: Any, images: Any, target: int, min_confide
         if isinstance(network_or_path, OnnxNetwork):
             shape = network_or_path.onnx.info.input.shape
         elif isinstance(network_or_path, (str, os.PathLike)) and os.fspath(network_or_path).lower().endswith(".onnx"):
-            from .model import input_shape_of
-
             shape = input_shape_of(network_or_path)
         pre = resolve_preprocess(pre, input_shape=shape)
     arr, lab = load_images(images, preprocess=pre, labels=labels)
