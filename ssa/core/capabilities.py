@@ -11,7 +11,8 @@ Each protocol has its own section below; keep them small and documented.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -23,7 +24,8 @@ C = TypeVar("C")
 
 
 def require(network: Any, capability: type[C], what: str) -> C:
-    """``network`` itself when it has ``capability``; else an :class:`UnsupportedModelError` saying ``what`` needs it."""
+    """``network`` itself when it has ``capability``; else an :class:`UnsupportedModelError` saying ``what`` needs
+    it."""
     if not isinstance(network, capability):
         raise UnsupportedModelError(
             f"{what} needs a network that supports {capability.__name__.removeprefix('Supports')} (the torch backend "

@@ -23,8 +23,9 @@ Similarity of two node sets is :func:`jaccard`, with one convention for empty se
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -126,7 +127,7 @@ def normalise_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class DependencyGraph(nx.DiGraph):
+class DependencyGraph(nx.DiGraph):  # type: ignore[type-arg]  # networkx.DiGraph is generic only in its stubs
     """The dependency graph of one class (a :class:`networkx.DiGraph`), with typed accessors.
 
     Everything networkx offers works as usual; these methods are the one place that knows the
@@ -134,7 +135,7 @@ class DependencyGraph(nx.DiGraph):
     """
 
     @classmethod
-    def from_networkx(cls, g: nx.DiGraph) -> "DependencyGraph":
+    def from_networkx(cls, g: nx.Graph[Any]) -> DependencyGraph:
         """A copy of ``g`` as a :class:`DependencyGraph`, attributes normalised (older files upgraded)."""
         out = cls()
         out.graph.update(normalise_attrs(g.graph))
@@ -276,7 +277,7 @@ def build_graph(*, taps: Sequence[Tap], steps: Sequence[StepRecord], target: int
             _, last_rev = np.unique(pair[::-1], return_index=True)
             last_e = m - 1 - last_rev
             keep = np.sort(first_e)
-            src = dict(zip(pair[first_e].tolist(), last_e.tolist()))
+            src = dict(zip(pair[first_e].tolist(), last_e.tolist(), strict=True))
             take = np.array([src[p] for p in pair[keep].tolist()], np.int64)
             u_node, l_node = u_node[keep], l_node[keep]
             e_freq, e_rel, e_sign = e_freq[take], e_rel[take], e_sign[take]
@@ -292,9 +293,9 @@ def build_graph(*, taps: Sequence[Tap], steps: Sequence[StepRecord], target: int
         rsum[ln[starts]] = np.add.reduceat(e_rel[by_node], starts) / np.diff(np.r_[starts, m])
     anypos = np.zeros(nn_, bool)
     np.logical_or.at(anypos, l_node, e_sign > 0)
-    ids = [f"{names[t]}:{int(k)}" for t, k in zip(node_tap, node_n)]
+    ids = [f"{names[t]}:{int(k)}" for t, k in zip(node_tap, node_n, strict=True)]
     nodes = []
-    for i, (t, k) in enumerate(zip(node_tap, node_n)):
+    for i, (t, k) in enumerate(zip(node_tap, node_n, strict=True)):
         tap = names[t]
         frac = active.get(tap)
         d = {"tap": tap, "tap_order": int(by_name[tap].order), "neuron": int(k), "frequency": 0,
@@ -310,5 +311,5 @@ def build_graph(*, taps: Sequence[Tap], steps: Sequence[StepRecord], target: int
         nodes.append((ids[i], d))
     g.add_nodes_from(nodes)
     g.add_edges_from((ids[a], ids[b], {"frequency": int(f), "relevance": float(r), "sign": int(s)})
-                     for a, b, f, r, s in zip(u_node, l_node, e_freq, e_rel, e_sign))
+                     for a, b, f, r, s in zip(u_node, l_node, e_freq, e_rel, e_sign, strict=True))
     return g
