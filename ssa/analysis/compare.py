@@ -19,10 +19,11 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -86,7 +87,7 @@ def _model_of(g: nx.DiGraph) -> str:
 def same_model(graphs: Sequence[nx.DiGraph], names: Sequence[str]) -> None:
     """Refuse graphs of different models: by content hash (``model_hash``), or by name for graphs that have none."""
     ref = graphs[0].graph
-    for name, g in zip(names[1:], graphs[1:]):
+    for name, g in zip(names[1:], graphs[1:], strict=True):
         a, b = ref.get("model_hash"), g.graph.get("model_hash")
         differ = (a != b) if (a and b) else (ref.get("model") != g.graph.get("model"))
         if differ:
@@ -106,7 +107,7 @@ def same_run(graphs: Sequence[nx.DiGraph], names: Sequence[str], flag: str = "--
         values = [g.graph.get(key) for g in graphs]
         if any(v is None for v in values) and key not in ("stop_at", "min_confidence", "max_per_class"):
             continue
-        for name, v in zip(names[1:], values[1:]):
+        for name, v in zip(names[1:], values[1:], strict=True):
             if v != values[0]:
                 raise InvalidInputError(
                     f"the graphs were made with different {words}: {names[0]} {_short(values[0])}, {name} "
@@ -125,7 +126,7 @@ def check_graphs(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
     same_model(graphs, names)
     if not allow_mixed:
         same_run(graphs, names)
-    for name, g in zip(names, graphs):
+    for name, g in zip(names, graphs, strict=True):
         if not _neuron_nodes(g):
             who = ", ".join(str(n) for n in g.nodes) or "no node at all"
             raise InvalidInputError(
@@ -266,7 +267,7 @@ def shared_subgraph(graphs: Sequence[nx.DiGraph], labels: Sequence[str] | None =
         h.graph["target"] = graphs[0].graph["target"]
     for n in sorted(common, key=_sort_key(graphs[0].nodes)):
         d0 = graphs[0].nodes[n]
-        fr = [float(g.nodes[n].get("frequency", 0)) / s for g, s in zip(graphs, shares)]
+        fr = [float(g.nodes[n].get("frequency", 0)) / s for g, s in zip(graphs, shares, strict=True)]
         signs = {int(g.nodes[n].get("sign", 1)) for g in graphs}
         h.add_node(n, tap=d0["tap"], tap_order=int(d0.get("tap_order", 0)), neuron=int(d0.get("neuron", 0)),
                    frequency=float(min(fr)), mean_frequency=float(np.mean(fr)), in_degree=0,
@@ -277,7 +278,8 @@ def shared_subgraph(graphs: Sequence[nx.DiGraph], labels: Sequence[str] | None =
         ds = [g.edges[u, v] for g in graphs if g.has_edge(u, v)]
         if len(ds) != len(graphs) or len({int(e.get("sign", 1)) for e in ds}) != 1:
             continue
-        h.add_edge(u, v, frequency=float(min(float(e.get("frequency", 0)) / s for e, s in zip(ds, shares))),
+        h.add_edge(u, v, frequency=float(min(float(e.get("frequency", 0)) / s for e, s in zip(ds, shares,
+                                                                                              strict=True))),
                    relevance=float(np.mean([float(e.get("relevance", 0.0)) for e in ds])), sign=int(d.get("sign", 1)))
     for n in h.nodes:
         h.nodes[n]["in_degree"] = int(h.in_degree(n))
@@ -290,7 +292,7 @@ def interconnectedness(graphs: Sequence[nx.DiGraph], labels: Sequence[str]) -> l
     Sorted by number of graphs, then total in-degree (both descending), then top layer first.
     """
     rows: dict[str, dict[str, Any]] = {}
-    for g, label in zip(graphs, labels):
+    for g, label in zip(graphs, labels, strict=True):
         for n in _neuron_nodes(g):
             d = g.nodes[n]
             r = rows.setdefault(n, {"node": n, "tap": d["tap"], "tap_order": int(d.get("tap_order", 0)),
@@ -307,7 +309,7 @@ def frequency_ranks(graphs: Sequence[nx.DiGraph], labels: Sequence[str]) -> list
     """Per graph and neuron: its frequency, share of images, rank within its tap (1 = most frequent),
     in-degree and mean relevance. Ties in frequency are broken by mean relevance, then neuron index."""
     out = []
-    for g, label in zip(graphs, labels):
+    for g, label in zip(graphs, labels, strict=True):
         n_img = float(g.graph.get("n_images") or 1)
         by_tap: dict[str, list[str]] = {}
         for n in _neuron_nodes(g):
@@ -425,9 +427,10 @@ class Comparison:
         d = Path(out_dir)
         labels = list(self.labels)
         written = [
-            write_csv([[lab, *(round(float(v), 6) for v in row)] for lab, row in zip(labels, self.matrix)],
+            write_csv([[lab, *(round(float(v), 6) for v in row)] for lab, row in zip(labels, self.matrix, strict=True)],
                       d / "bag-of-nodes.csv", ["graph", *self.nodes]),
-            write_csv([[lab, *(round(float(v), 6) for v in row)] for lab, row in zip(labels, self.similarity)],
+            write_csv([[lab, *(round(float(v), 6) for v in row)] for lab, row in zip(labels, self.similarity,
+                                                                                     strict=True)],
                       d / "cosine-similarity.csv", ["graph", *labels]),
             write_csv(self.jaccard_rows(), d / "jaccard.csv",
                       ["graph_a", "graph_b", "tap", "jaccard", "n_a", "n_b", "n_shared"]),
