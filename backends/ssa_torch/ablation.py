@@ -11,7 +11,8 @@ propagates to every tap above it.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,7 +119,8 @@ class TorchAblator:
                         x = torch.where(mask, fill.to(x.dtype), x)
                         continue
                     if tap not in plan.node_of:
-                        raise InvalidInputError(f"unknown tap {tap!r}; taps are: {', '.join(t.name for t in net.taps)}.")
+                        raise InvalidInputError(f"unknown tap {tap!r}; taps are: "
+                                                f"{', '.join(t.name for t in net.taps)}.")
                     edits[plan.node_of[tap]] = self._edit(tap, neurons, mode, len(net.tap(tap).shape) + 1)
                 interp = AblationInterpreter(net.graph_module, edits, plan.node_of["logits"])
                 interp.run(x)

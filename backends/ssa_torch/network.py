@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -326,7 +327,7 @@ class TorchNetwork(Network):
             return t.pin_memory().to(self.device, non_blocking=True)
         return t
 
-    def to_host_async(self, arrays: Mapping[str, Any]) -> "HostCopy":
+    def to_host_async(self, arrays: Mapping[str, Any]) -> HostCopy:
         """Start copying ``arrays`` (device tensors) to pinned host memory without stalling the GPU.
 
         ``.result()`` waits for the copies and returns numpy arrays (used by the store's writer thread).
@@ -395,7 +396,7 @@ class TorchNetwork(Network):
         for j0 in range(0, n, chunk):
             j1 = min(n, j0 + chunk)
             grads = self._grads(s, leaves, j0, j1)
-            for p, leaf, g in zip(parents, leaves, grads):
+            for p, leaf, g in zip(parents, leaves, grads, strict=True):
                 if g is None:
                     g = torch.zeros((j1 - j0, *leaf.shape), device=leaf.device, dtype=leaf.dtype)
                 c = call_rule(rule, g, leaf.detach().unsqueeze(0))  # checked: a plugin bug is named
@@ -501,5 +502,6 @@ def exact_arithmetic(device: str):
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved[:3]
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved[:3]
         torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])
