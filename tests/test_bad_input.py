@@ -468,7 +468,7 @@ def test_docs_errors_table_matches_the_tests():
     assert set(suite) <= set(table), f"cases missing from docs/errors.md: {sorted(set(suite) - set(table))}"
     unknown = set(table) - set(suite) - set(OTHER_TESTS)
     assert not unknown, f"rows of docs/errors.md without a test: {sorted(unknown)}"
-    for case_id, (_, case_argv, words) in suite.items():
+    for case_id, (_, _case_argv, words) in suite.items():
         row = table[case_id]
         assert row[2] == "2", f"{case_id}: exit code column {row[2]!r}"
         shown = row[3].strip("`").strip().replace("\\|", "|")

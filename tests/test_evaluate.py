@@ -83,7 +83,7 @@ def _reference_logits(images: np.ndarray, ablate: dict[str, list[int]], fill: di
     for tap, neurons in ablate.items():
         seq, idx = TAP_MODULES[tap]
 
-        def hook(module, inputs, output, _n=list(neurons), _tap=tap):
+        def hook(module, inputs, output, _n=list(neurons), _tap=tap):  # noqa: B006 - binds this pass's neurons
             out = output.clone()
             out[:, _n] = 0.0 if fill is None else fill[_tap][_n].unsqueeze(0).expand_as(out[:, _n])
             return out
@@ -111,7 +111,8 @@ def test_graph_ablation_matches_a_hook_based_reference(net, class3) -> None:
     for tap, neurons in nodes.items():
         ref = _reference_logits(class3, {tap: neurons})
         assert by_tap[tap].graph.logit_drop == pytest.approx(np.mean(base[:, 3] - ref[:, 3]), abs=1e-4)
-        assert by_tap[tap].graph.accuracy_drop == pytest.approx(np.mean(base.argmax(1) == 3) - np.mean(ref.argmax(1) == 3))
+        assert by_tap[tap].graph.accuracy_drop == pytest.approx(
+            np.mean(base.argmax(1) == 3) - np.mean(ref.argmax(1) == 3))
         keep = [n for n in range(net.tap(tap).n_neurons) if n not in neurons]
         ref_keep = _reference_logits(class3, {tap: keep})
         assert by_tap[tap].keep_only.logit_drop == pytest.approx(np.mean(base[:, 3] - ref_keep[:, 3]), abs=1e-4)
