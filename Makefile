@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check $(LINTED)
 	$(PY) -m mypy
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q
 
 # everything but the `slow` tests (end-to-end runs of 10 s or more), for a quick check while working
