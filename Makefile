@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SSA := $(VENV)/bin/ssa
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean explorer-assets
+.PHONY: install demo lint test test-quick bench clean explorer-assets
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,20 @@ demo: $(STAMP)
 	echo "demo finished in $$(( $$(date +%s) - start )) s; open the report: $(CURDIR)/demo-out/report.html" && \
 	echo "and the interactive explorer: $(CURDIR)/demo-out/explorer.html"
 
-test: $(STAMP)
+# ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade) and mypy (strict on ssa/core and the plugin seams);
+# both configured in pyproject.toml
+LINTED := ssa backends plugins tests benchmarks scripts
+
+lint: $(STAMP)
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m mypy
+
+test: lint
 	$(PY) -m pytest -q
+
+# everything but the `slow` tests (end-to-end runs of 10 s or more), for a quick check while working
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-only -s

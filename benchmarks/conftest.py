@@ -7,12 +7,11 @@ SSA_BENCH_MODELS (comma-separated, default "vgg16,resnet18").
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-
-RESULTS: dict[str, dict[str, float]] = {}
 
 
 def bench_device() -> str:
@@ -57,9 +56,15 @@ def heavy_tail(model: torch.nn.Module, sigma: float = 1.0) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module", params=bench_models())
-def case(request):
+def case(request: pytest.FixtureRequest) -> tuple[str, torch.nn.Module, np.ndarray]:
     name = request.param
     model = build(name)
     rng = np.random.default_rng(0)
     images = rng.standard_normal((bench_images(), 3, 224, 224)).astype(np.float32)
     return name, model, images
+
+
+@pytest.fixture(scope="module")
+def results(case: tuple[str, torch.nn.Module, np.ndarray]) -> dict[str, Any]:
+    """The numbers of one model (one per ``case``), filled by a module's benchmarks and written by its last one."""
+    return {}

@@ -3,17 +3,19 @@ them on the GPU (and from their numpy copies) equals autograd's step by step, an
 closed form and of autograd are equal, for the test models, four torchvision architectures (TF32 off;
 once with TF32 on) and the ONNX export patterns.
 
-    python benchmarks/gpu_check.py        # from the repository root, the package installed; writes $OUT/gpu_check.json
+    python -m benchmarks.gpu_check        # from the repository root, the package installed; writes $OUT/gpu_check.json
 
 Prints one JSON line per model: the ssa check summary, the worst relative omega error per form, graph equality.
 """
+
+from __future__ import annotations
+
 import json
 import os
 import time
 import warnings
-
-warnings.simplefilter("ignore")
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,14 +25,13 @@ from ssa_torch.closed_form import StatsInterpreter
 import ssa
 from ssa.api import load_model
 from ssa.testing.models import ALL_CASES, _heavy_tail_
+from tests.export_patterns import PATTERNS, build_pattern
 from tests.test_fast import _grouped
 
-OUT = Path(os.environ.get("OUT", "/tmp"))
-dev = "cuda"
-print("torch", torch.__version__, torch.cuda.get_device_name(0), flush=True)
-results = {}
 
-def check(name, model, x, exact=True):
+def check(results: dict[str, Any], name: str, model: Any, x: np.ndarray, dev: str = "cuda",
+          exact: bool = True) -> None:
+    """Check one model on ``dev`` and put its row into ``results``."""
     torch.backends.cudnn.allow_tf32 = not exact
     torch.backends.cuda.matmul.allow_tf32 = not exact
     t0 = time.time()
@@ -73,26 +74,37 @@ def check(name, model, x, exact=True):
     results[name] = row
     print(name, json.dumps(row), flush=True)
 
-rng = np.random.default_rng(0)
-for c in ALL_CASES:
-    check(c.name, c.build(), c.images(8))
-check("grouped", _grouped(), rng.uniform(0, 1, (8, 3, 12, 12)).astype(np.float32))
-for zoo in ("mobilenet_v3_small", "efficientnet_b0", "densenet121", "resnet18"):
+def main() -> None:
+    warnings.simplefilter("ignore")
+    out = Path(os.environ.get("OUT", "/tmp"))
+    print("torch", torch.__version__, torch.cuda.get_device_name(0), flush=True)
+    results: dict[str, Any] = {}
+    rng = np.random.default_rng(0)
+    for c in ALL_CASES:
+        check(results, c.name, c.build(), c.images(8))
+    check(results, "grouped", _grouped(), rng.uniform(0, 1, (8, 3, 12, 12)).astype(np.float32))
+    for zoo in ("mobilenet_v3_small", "efficientnet_b0", "densenet121", "resnet18"):
+        torch.manual_seed(0)
+        m = _heavy_tail_(getattr(torchvision.models, zoo)(weights=None, num_classes=10), 3)
+        check(results, zoo, m, rng.standard_normal((6, 3, 64, 64)).astype(np.float32))
     torch.manual_seed(0)
-    m = _heavy_tail_(getattr(torchvision.models, zoo)(weights=None, num_classes=10), 3)
-    check(zoo, m, rng.standard_normal((6, 3, 64, 64)).astype(np.float32))
-torch.manual_seed(0)
-m = _heavy_tail_(torchvision.models.mobilenet_v3_small(weights=None, num_classes=10), 3)
-check("mobilenet_v3_small_tf32", m, rng.standard_normal((6, 3, 64, 64)).astype(np.float32), exact=False)
-try:
-    from tests.export_patterns import PATTERNS, build_pattern
-    root = Path("/tmp/patterns"); root.mkdir(exist_ok=True)
-    for name in PATTERNS:
-        p = build_pattern(name, root)
-        check("onnx_" + name, str(p.path), p.images[:8])
-        net = load_model(str(p.path), device=dev); net.prepare(p.images[:8])
-        results["onnx_" + name]["parity"] = [net.parity_converted.relative, net.parity.relative, net.parity.provider]
-        print("  parity", results["onnx_" + name]["parity"], flush=True)
-except Exception as exc:  # report and go on
-    print("ONNX patterns failed:", type(exc).__name__, str(exc)[:300], flush=True)
-(OUT / "gpu_check.json").write_text(json.dumps(results, indent=1))
+    m = _heavy_tail_(torchvision.models.mobilenet_v3_small(weights=None, num_classes=10), 3)
+    check(results, "mobilenet_v3_small_tf32", m, rng.standard_normal((6, 3, 64, 64)).astype(np.float32), exact=False)
+    try:
+        root = Path("/tmp/patterns")
+        root.mkdir(exist_ok=True)
+        for name in PATTERNS:
+            p = build_pattern(name, root)
+            check(results, "onnx_" + name, str(p.path), p.images[:8])
+            net = load_model(str(p.path), device="cuda")
+            net.prepare(p.images[:8])
+            results["onnx_" + name]["parity"] = [net.parity_converted.relative, net.parity.relative,
+                                                 net.parity.provider]
+            print("  parity", results["onnx_" + name]["parity"], flush=True)
+    except Exception as exc:  # noqa: BLE001 - report and go on
+        print("ONNX patterns failed:", type(exc).__name__, str(exc)[:300], flush=True)
+    (out / "gpu_check.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

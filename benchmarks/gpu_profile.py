@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 import torch
+from ssa_torch.network import exact_arithmetic
 
 import ssa
-from ssa_torch.network import exact_arithmetic
 
 from .conftest import build
 

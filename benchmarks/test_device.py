@@ -162,9 +162,10 @@ def test_device_resident_analysis(benchmark, report, name):
     for rule in RULES:
         sel = SELECTOR[rule]
         s = ssa.Session(net, images, batch_size=batch, device=device, rule=rule)
-        t_stats, _ = _timed(lambda: collect(net, images, [ssa.make_rule(rule).form], batch))
-        t_first, first = _timed(lambda: s.analyse(target, B, selector=sel))  # statistics + traversal
-        t_next, nxt = _timed(lambda: s.analyse(other, B, selector=sel))
+        form = ssa.make_rule(rule).form
+        t_stats, _ = _timed(lambda form=form: collect(net, images, [form], batch))
+        t_first, first = _timed(lambda s=s, sel=sel: s.analyse(target, B, selector=sel))  # statistics + traversal
+        t_next, nxt = _timed(lambda s=s, sel=sel: s.analyse(other, B, selector=sel))
         report.put(name, f"[{rule}] statistics, {n} images (s)", t_stats)
         report.put(name, f"[{rule}] full traversal = statistics + first class (s)", t_first)
         report.put(name, f"[{rule}]   / forward (target <= 5 on GPU, <= 2 on CPU)", t_first / fwd)
@@ -204,8 +205,8 @@ def _ten_classes(report: Report, name: str, net, device: str, batch: int, rng) -
         sel = SELECTOR[rule]
         per_image = net.statistics_bytes(form)
         shared = per_image * len(images) <= ssa.session.statistics_budget(device)
-        t0, _ = _timed(lambda: s.analyse(0, B, selector=sel))
-        times = [_timed(lambda c=c: s.analyse(c, B, selector=sel))[0] for c in range(1, n_classes)]
+        t0, _ = _timed(lambda s=s, sel=sel: s.analyse(0, B, selector=sel))
+        times = [_timed(lambda c=c, s=s, sel=sel: s.analyse(c, B, selector=sel))[0] for c in range(1, n_classes)]
         per = float(np.median(times))
         key = f"[{rule}] 10 classes x 100 images"
         report.put(name, f"{key}: statistics per image (MiB)", per_image / 2**20)

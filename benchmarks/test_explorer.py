@@ -33,7 +33,6 @@ pytestmark = needs_chromium
 N_NODES = 15_000
 ROWS = (1, 300, 1200, 2500, 4500, 6499)  # logits first; 15,000 nodes in all
 TARGET_S = 2.0
-RESULTS: dict[str, object] = {}
 FRAMES = """() => { window.__frames = []; let last = performance.now();
   const tick = () => { const now = performance.now(); window.__frames.push(now - last); last = now;
     if (window.__recording) requestAnimationFrame(tick); };
@@ -49,14 +48,14 @@ def synthetic_graph(seed: int = 0) -> nx.DiGraph:
                    model="synthetic", tap_neurons=json.dumps({f"t{i}": n for i, n in enumerate(ROWS)}))
     names = ["logits"] + [f"layer{i}" for i in range(1, len(ROWS))]
     rows: list[list[str]] = []
-    for r, (name, n) in enumerate(zip(names, ROWS)):
+    for r, (name, n) in enumerate(zip(names, ROWS, strict=True)):
         order = len(ROWS) - r
         ids = [f"{name}:{k}" for k in range(n)]
         for k, nid in enumerate(ids):
             g.add_node(nid, tap=name, tap_order=order, neuron=k, frequency=int(rng.integers(1, 101)),
                        mean_relevance=float(rng.random()), active_fraction=float(rng.random()), in_degree=0, sign=1)
         rows.append(ids)
-    for upper, lower in zip(rows, rows[1:]):
+    for upper, lower in zip(rows, rows[1:], strict=False):  # consecutive layers
         for v in lower:
             for u in rng.choice(len(upper), size=min(2, len(upper)), replace=False):
                 sign = -1 if rng.random() < 0.1 else 1
@@ -67,15 +66,21 @@ def synthetic_graph(seed: int = 0) -> nx.DiGraph:
 
 
 @pytest.fixture(scope="module")
-def page_file(tmp_path_factory):
+def results() -> dict[str, object]:
+    """This module's numbers, filled by its benchmarks and written by the last one."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def page_file(tmp_path_factory, results):
     from ssa.viz.explorer import write_explorer
 
     g = synthetic_graph()
     t = time.perf_counter()
     path = write_explorer(tmp_path_factory.mktemp("bench") / "explorer-15k.html", [g], ["synthetic.json"])
-    RESULTS["python_write_s"] = time.perf_counter() - t
-    RESULTS["html_mib"] = path.stat().st_size / 2**20
-    RESULTS["nodes"], RESULTS["edges"] = g.number_of_nodes(), g.number_of_edges()
+    results["python_write_s"] = time.perf_counter() - t
+    results["html_mib"] = path.stat().st_size / 2**20
+    results["nodes"], results["edges"] = g.number_of_nodes(), g.number_of_edges()
     return path
 
 
@@ -97,7 +102,7 @@ def _open(browser, path: Path):
 
 
 @pytest.mark.benchmark(group="explorer")
-def test_first_render_15k(benchmark, browser, page_file):
+def test_first_render_15k(benchmark, browser, page_file, results):
     times: list[float] = []
 
     def once():
@@ -110,9 +115,9 @@ def test_first_render_15k(benchmark, browser, page_file):
 
     order = benchmark.pedantic(once, rounds=3, iterations=1, warmup_rounds=1)
     assert order == N_NODES  # the whole graph is drawn, not a part of it
-    RESULTS["first_render_s"] = times[1:]  # the warm-up round is left out
-    RESULTS["first_render_median_s"] = statistics.median(times[1:])
-    print(f"\nfirst render of {N_NODES} nodes: median {RESULTS['first_render_median_s']:.2f} s "
+    results["first_render_s"] = times[1:]  # the warm-up round is left out
+    results["first_render_median_s"] = statistics.median(times[1:])
+    print(f"\nfirst render of {N_NODES} nodes: median {results['first_render_median_s']:.2f} s "
           f"(runs {', '.join(f'{t:.2f}' for t in times[1:])}; target < {TARGET_S} s)")
 
 
@@ -132,7 +137,7 @@ def _frames(page, action) -> dict[str, float]:
 
 
 @pytest.mark.benchmark(group="explorer")
-def test_pan_and_zoom_frames_15k(benchmark, browser, page_file):
+def test_pan_and_zoom_frames_15k(benchmark, browser, page_file, results):
     w = _open(browser, page_file)
     page = w.page
     box = page.locator("#graph").bounding_box()
@@ -162,7 +167,7 @@ def test_pan_and_zoom_frames_15k(benchmark, browser, page_file):
     refresh_ms = page.evaluate("""() => { const s = window.ssaExplorer.sigma, t = performance.now();
         for (let i = 0; i < 3; i++) s.refresh(); return (performance.now() - t) / 3; }""")
     w.assert_clean()
-    RESULTS.update({"pan": pan, "zoom": zoomed, "full_redraw_ms": refresh_ms})
+    results.update({"pan": pan, "zoom": zoomed, "full_redraw_ms": refresh_ms})
     print(f"\npan (drag): {pan['drawn']} frames drawn, {pan['ms_per_drawn_frame']:.0f} ms each, animation frames "
           f"median {pan['median_ms']:.0f} ms, p90 {pan['p90_ms']:.0f} ms; zoom: {zoomed['drawn']} drawn, "
           f"{zoomed['ms_per_drawn_frame']:.0f} ms each, p90 {zoomed['p90_ms']:.0f} ms; "
@@ -173,6 +178,6 @@ def test_pan_and_zoom_frames_15k(benchmark, browser, page_file):
                    if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    RESULTS["machine"] = f"{cpu}, {os.cpu_count()} cores; {browser.version}; --disable-gpu (SwiftShader WebGL)"
+    results["machine"] = f"{cpu}, {os.cpu_count()} cores; {browser.version}; --disable-gpu (SwiftShader WebGL)"
     out = Path(__file__).parent / "results" / "explorer-chromium.json"
-    out.write_text(json.dumps(RESULTS, indent=1) + "\n")
+    out.write_text(json.dumps(results, indent=1) + "\n")

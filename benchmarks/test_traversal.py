@@ -18,11 +18,11 @@ from ssa_torch import spatial_mean
 
 import ssa
 from ssa.engines.autograd import AutogradSource
-from ssa.engines.closed_form import FastSource
+from ssa.engines.closed_form import ClosedFormSource
 from ssa.engines.statistics import collect
-from ssa.session import Session, run_traversal
+from ssa.session import Session, open_store, run_traversal
 
-from .conftest import RESULTS, bench_device, bench_images
+from .conftest import bench_device, bench_images
 
 B = 3
 BATCH = 8
@@ -62,12 +62,11 @@ def prepared(case):
     net = session.network
     logits = np.concatenate([net.logits(images[i:i + BATCH]) for i in range(0, len(images), BATCH)])
     target = int(np.bincount(logits.argmax(1)).argmax())
-    RESULTS.setdefault(name, {})
     return name, model, images, session, target
 
 
 @pytest.mark.benchmark(group="traversal")
-def test_forward(benchmark, prepared):
+def test_forward(benchmark, prepared, results):
     name, model, images, session, target = prepared
     dev_model = model.to(bench_device())
 
@@ -78,11 +77,11 @@ def test_forward(benchmark, prepared):
         _sync()
 
     benchmark.pedantic(forward, rounds=3, iterations=1, warmup_rounds=1)
-    RESULTS[name]["forward_s"] = benchmark.stats.stats.min
+    results["forward_s"] = benchmark.stats.stats.min
 
 
 @pytest.mark.benchmark(group="traversal")
-def test_full_traversal(benchmark, prepared):
+def test_full_traversal(benchmark, prepared, results):
     name, model, images, session, target = prepared
     net = session.network
     rule = ssa.make_rule("gradient")
@@ -92,31 +91,29 @@ def test_full_traversal(benchmark, prepared):
     def full():
         stats = collect(net, images, ["gradient"], BATCH)
         _sync()
-        src = FastSource(net, stats, "gradient", images, BATCH)
+        src = ClosedFormSource(net, stats, "gradient", images, BATCH)
         holder["result"] = run_traversal(src, net, target, B, rule, sel)
 
     benchmark.pedantic(full, rounds=3, iterations=1, warmup_rounds=1)
     res = holder["result"]
-    RESULTS[name]["traversal_s"] = benchmark.stats.stats.min
-    RESULTS[name]["graph_nodes"] = res.graph.number_of_nodes()
-    RESULTS[name]["graph_edges"] = res.graph.number_of_edges()
-    RESULTS[name]["fast_steps"] = sum(v == "fast" for v in res.engines.values())
-    RESULTS[name]["visited_steps"] = len(res.engines)
+    results["traversal_s"] = benchmark.stats.stats.min
+    results["graph_nodes"] = res.graph.number_of_nodes()
+    results["graph_edges"] = res.graph.number_of_edges()
+    results["fast_steps"] = sum(v == "fast" for v in res.engines.values())
+    results["visited_steps"] = len(res.engines)
     # correctness after timing: the top steps agree with autograd
     auto = run_traversal(AutogradSource(net, images, BATCH), net, target, B, rule, sel, stop_at=None) \
         if name == "resnet18" and len(images) <= 8 else None
     if auto is not None:
         assert sorted(auto.graph.edges) == sorted(res.graph.edges)
-    holder["sets"] = {t: sorted({d["neuron"] for _, d in res.graph.nodes(data=True) if d["tap"] == t})
-                      for t in {d["tap"] for _, d in res.graph.nodes(data=True)}}
-    RESULTS[name]["_sets"] = holder["sets"]  # type: ignore[assignment]
+    results["sets"] = {t: sorted(res.graph.neurons(t)) for t in res.graph.taps()}  # for the extrapolations
 
 
 PAIRS = 5
 
 
 @pytest.mark.benchmark(group="traversal")
-def test_paired_traversal_over_forward(benchmark, prepared):
+def test_paired_traversal_over_forward(benchmark, prepared, results):
     """Forward pass and full traversal alternated PAIRS times: the median of the paired ratios is robust
     to a shared machine whose speed drifts between the separate benchmarks."""
     name, model, images, session, target = prepared
@@ -131,7 +128,7 @@ def test_paired_traversal_over_forward(benchmark, prepared):
 
     def full():
         stats = collect(net, images, ["gradient"], BATCH)
-        run_traversal(FastSource(net, stats, "gradient", images, BATCH), net, target, B, rule, sel)
+        run_traversal(ClosedFormSource(net, stats, "gradient", images, BATCH), net, target, B, rule, sel)
 
     ratios = []
 
@@ -142,17 +139,16 @@ def test_paired_traversal_over_forward(benchmark, prepared):
             ratios.append(t_t / t_f)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
-    RESULTS[name]["paired_ratios"] = [float(r) for r in ratios]
-    RESULTS[name]["paired_median_traversal_over_forward"] = float(np.median(ratios))
+    results["paired_ratios"] = [float(r) for r in ratios]
+    results["paired_median_traversal_over_forward"] = float(np.median(ratios))
 
 
 @pytest.mark.benchmark(group="traversal")
-def test_reanalyse_from_store(benchmark, prepared):
+def test_reanalyse_from_store(benchmark, prepared, results):
     name, model, images, session, target = prepared
     net = session.network
     with tempfile.TemporaryDirectory() as d:
-        s2 = Session(model, images, batch_size=BATCH, device=bench_device(), name=name, store=d, preset="paper")
-        s2._network, s2.images, s2.labels = net, images, None  # reuse the prepared network
+        s2 = Session(net, images, batch_size=BATCH, device=bench_device(), store=d, preset="paper")  # prepared net
         s2.analyse(target, B)  # fills the store
         other = (target + 1) % 1000
 
@@ -161,8 +157,8 @@ def test_reanalyse_from_store(benchmark, prepared):
 
         result = benchmark.pedantic(again, rounds=3, iterations=1, warmup_rounds=1)
         assert result.graph.number_of_nodes() >= 1
-        RESULTS[name]["reanalyse_s"] = benchmark.stats.stats.min
-        RESULTS[name]["store_mib_per_image"] = s2._stats[0].size_bytes() / 2**20 / len(images)
+        results["reanalyse_s"] = benchmark.stats.stats.min
+        results["store_mib_per_image"] = open_store(net, images, d).size_bytes() / 2**20 / len(images)
 
 
 def _step_plan(net, sets):
@@ -171,12 +167,12 @@ def _step_plan(net, sets):
 
 
 @pytest.mark.benchmark(group="traversal")
-def test_batched_autograd_extrapolated(benchmark, prepared):
+def test_batched_autograd_extrapolated(benchmark, prepared, results):
     """Batched autograd on every visited step with at most AUTOGRAD_NEURONS upper neurons, scaled to |S|."""
     name, model, images, session, target = prepared
     net = session.network
     rule = ssa.make_rule("gradient")
-    plan = _step_plan(net, RESULTS[name]["_sets"])
+    plan = _step_plan(net, results["sets"])
     per_step = {}
 
     def run():
@@ -190,12 +186,12 @@ def test_batched_autograd_extrapolated(benchmark, prepared):
             per_step[upper] = t_fwd + max(t - t_fwd, 0.0) * len(neurons) / len(sample)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
-    RESULTS[name]["autograd_extrapolated_s"] = float(sum(per_step.values()))
-    RESULTS[name]["autograd_measured_s"] = benchmark.stats.stats.min
+    results["autograd_extrapolated_s"] = float(sum(per_step.values()))
+    results["autograd_measured_s"] = benchmark.stats.stats.min
 
 
 @pytest.mark.benchmark(group="traversal")
-def test_naive_reference_extrapolated(benchmark, prepared):
+def test_naive_reference_extrapolated(benchmark, prepared, results):
     """The naive per-neuron reference, as ``tests/reference.py`` computes relevance: for every upper
     neuron and every image, one forward pass (taps cut) and one backward pass.
 
@@ -205,7 +201,7 @@ def test_naive_reference_extrapolated(benchmark, prepared):
     """
     name, model, images, session, target = prepared
     net = session.network
-    plan = _step_plan(net, RESULTS[name]["_sets"])
+    plan = _step_plan(net, results["sets"])
     taps = {t.name: t for t in net.taps}
     x1 = images[:1]
     per_pair = {}
@@ -221,25 +217,25 @@ def test_naive_reference_extrapolated(benchmark, prepared):
                 t_fwd += dt
                 leaves = [interp.leaf[p] for p in tap.parents]
                 s = spatial_mean(interp.raw[upper], tap.channel_axis)
-                dt, _ = _timed(lambda n=n: torch.autograd.grad(s[0, n], leaves, allow_unused=True))
+                dt, _ = _timed(lambda n=n, s=s, leaves=leaves: torch.autograd.grad(s[0, n], leaves,
+                                                                                   allow_unused=True))
                 t_bwd += dt
             t_fwd, t_bwd = t_fwd / len(sample), t_bwd / len(sample)
             per_pair[upper] = len(images) * len(neurons) * (t_fwd + t_bwd)
             shared[upper] = len(images) * (t_fwd + len(neurons) * t_bwd)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
-    RESULTS[name]["naive_extrapolated_s"] = float(sum(per_pair.values()))
-    RESULTS[name]["naive_shared_forward_extrapolated_s"] = float(sum(shared.values()))
-    RESULTS[name]["naive_measured_s"] = benchmark.stats.stats.min
+    results["naive_extrapolated_s"] = float(sum(per_pair.values()))
+    results["naive_shared_forward_extrapolated_s"] = float(sum(shared.values()))
+    results["naive_measured_s"] = benchmark.stats.stats.min
 
 
 @pytest.mark.benchmark(group="report")
-def test_report_ratios(benchmark, prepared):
+def test_report_ratios(benchmark, prepared, results):
     """Print the ratios of this run and save them (runs last in the module)."""
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     name, session = prepared[0], prepared[3]
-    r = RESULTS[name]
-    r.pop("_sets", None)
+    r = {k: v for k, v in results.items() if k != "sets"}
     steps = session.network.describe_steps()
     r["closed_form_steps"] = sum(v.startswith("fast") for v in steps.values())
     r["steps"] = len(steps)
@@ -266,6 +262,7 @@ def test_report_ratios(benchmark, prepared):
           f"{SAMPLE_NEURONS} neurons x 1 image per step) {r['naive_extrapolated_s']:.1f} s = "
           f"{r['naive_over_traversal']:.0f}x traversal")
     print(f"  the same sharing one forward per image and step (extrapolated) "
-          f"{r['naive_shared_forward_extrapolated_s']:.1f} s = {r['naive_shared_forward_over_traversal']:.0f}x traversal")
+          f"{r['naive_shared_forward_extrapolated_s']:.1f} s = {r['naive_shared_forward_over_traversal']:.0f}x "
+          "traversal")
     out = Path(__file__).parent / "results" / f"{dev.split(':')[0]}-{name}-{bench_images()}.json"
     out.write_text(json.dumps(r, indent=1, sort_keys=True))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.browser import launch, watched_page  # noqa: E402
+from tests.browser import launch, watched_page  # noqa: E402 - after the checkout root is put on sys.path
 
 
 def main() -> int:
@@ -39,8 +39,9 @@ def main() -> int:
         if args.second is not None:
             page.select_option("#second", args.second)
         if args.node:
-            x, y = page.evaluate("""(n) => { const s = window.ssaExplorer.sigma; const v = s.framedGraphToViewport(s.getNodeDisplayData(n));
-                const r = document.getElementById('graph').getBoundingClientRect(); return [v.x + r.left, v.y + r.top]; }""",
+            x, y = page.evaluate("""(n) => { const s = window.ssaExplorer.sigma;
+                const v = s.framedGraphToViewport(s.getNodeDisplayData(n)); const r =
+                document.getElementById('graph').getBoundingClientRect(); return [v.x + r.left, v.y + r.top]; }""",
                                  args.node)
             page.mouse.click(x, y)
             page.wait_for_selector("#refs .saliency img")

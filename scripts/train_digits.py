@@ -32,7 +32,7 @@ def main() -> None:
     y = torch.from_numpy(labels.astype(np.int64))
     model = DigitsCNN()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    for epoch in range(40):
+    for _epoch in range(40):
         model.train()
         perm = torch.from_numpy(rng.permutation(train))
         for i in range(0, len(perm), 64):

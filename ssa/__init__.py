@@ -30,8 +30,8 @@ from ssa.session import Session
 __version__ = "0.1.0"
 
 __all__ = [
-    "analyse", "analyse_many", "Session", "load_model", "AnalysisResult", "LayerSummary", "read_graph", "write_graph", "Preprocess",
-    "load_images", "Backend", "Network", "Rule", "Selector", "ClosedForm", "Param", "Tap", "hookimpl", "get_plugin_manager",
-    "registry", "make_rule", "make_selector", "SSAError", "InvalidInputError", "ModelLoadError", "PluginError",
-    "StoreError", "UnsupportedModelError", "OutputError", "SSAWarning", "__version__",
+    "analyse", "analyse_many", "Session", "load_model", "AnalysisResult", "LayerSummary", "read_graph", "write_graph",
+    "Preprocess", "load_images", "Backend", "Network", "Rule", "Selector", "ClosedForm", "Param", "Tap", "hookimpl",
+    "get_plugin_manager", "registry", "make_rule", "make_selector", "SSAError", "InvalidInputError", "ModelLoadError",
+    "PluginError", "StoreError", "UnsupportedModelError", "OutputError", "SSAWarning", "__version__",
 ]

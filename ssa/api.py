@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from ssa.errors import InvalidInputError
 from ssa.io.folders import load_grouped_images
 from ssa.io.images import Preprocess
 from ssa.plugins import make_selector
-from ssa.session import Session, load_model
+from ssa.session import Session, load_model, n_classes
 
 __all__ = ["analyse", "analyse_many", "load_model"]
 
@@ -83,8 +84,6 @@ def analyse(
                       store_mode=store_mode, progress=progress, only_target=target)
     return session.analyse(target, branching, selector=selector, selector_params=selector_params, stop_at=stop_at)
 
-from ssa.session import n_classes
-
 
 def analyse_many(
     model: Any,
@@ -136,7 +135,7 @@ def analyse_many(
     (or read from ``store``) and shared by every class.
     """
     from ssa.core.defaults import resolve_method
-    
+
     branching = check_int("branching", branching, 1, "Pass --branching 1 or more.")
     wanted = parse_targets(targets) if isinstance(targets, str) else parse_targets(list(targets))
     rule, rule_params, selector, selector_params = resolve_method(preset, rule, rule_params, selector, selector_params)

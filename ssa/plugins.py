@@ -1,39 +1,48 @@
 """Plugin manager and registries (pluggy).
 
-Built-in backends, rules and selectors are registered through the ``ssa``
-entry-point group exactly like third-party plugins. Set the environment
-variable ``SSA_DISABLE_PLUGIN_AUTOLOAD=1`` to skip entry points; the
-built-ins are then registered directly, third-party plugins are not.
+Every plugin, ssa's own backends, rules and selectors included, is a module named in the ``ssa``
+entry-point group of an installed distribution (ssa's own are in its ``pyproject.toml``), and one
+code path loads them all: there is no list of built-in module names and no second path for a
+checkout. ssa's own plugins are those of the ``ssa`` distribution; they are loaded first, so that a
+third-party plugin cannot take their names. Set the environment variable
+``SSA_DISABLE_PLUGIN_AUTOLOAD=1`` to load only ssa's own (pytest's ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``).
 
-A broken third-party plugin (it cannot be imported, implements a misspelt hook,
-raises in its hook, registers something that is not a plugin class, or takes a
-name another plugin has) is skipped with a one-line warning that names it; the
-others keep working, ``ssa plugins`` included.
+A broken third-party plugin (it cannot be imported, implements a misspelt hook, raises in its hook,
+registers something that is not a plugin class, or takes a name another plugin has) is skipped with a
+one-line warning that names it; the others keep working, ``ssa plugins`` included.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
+import re
+import sys
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import pluggy
 
 from ssa import hookspecs
 from ssa.core.interfaces import Backend, Rule, Selector
+from ssa.core.options import ModelOption
 from ssa.errors import PluginError, SSAWarning
 
 __all__ = ["get_plugin_manager", "registry", "Registry", "PluginInfo", "SkippedPlugin", "skipped_plugins",
-           "AUTOLOAD_ENV"]
+           "model_options", "add_plugin_commands", "AUTOLOAD_ENV", "OWN_DISTRIBUTION"]
 
 AUTOLOAD_ENV = "SSA_DISABLE_PLUGIN_AUTOLOAD"
-BUILTIN_MODULES = ("ssa_torch.plugin", "ssa_onnx.plugin", "ssa_rules.plugin", "ssa_selectors.plugin")
+#: the distribution whose ``ssa`` entry points are ssa's own plugins (loaded even with autoloading off)
+OWN_DISTRIBUTION = "ssa"
 
 _pm: pluggy.PluginManager | None = None
-_skipped: list["SkippedPlugin"] = []
-_registry: "Registry | None" = None
+_skipped: list[SkippedPlugin] = []
+_registry: Registry | None = None
+_model_options: tuple[ModelOption, ...] | None = None
+_distributions: dict[str, str] = {}  # plugin name (its entry point's) -> "name version" of its distribution
+_own: set[str] = set()  # names of the plugins of ssa's own distribution
 
 
 @dataclass(frozen=True)
@@ -65,50 +74,61 @@ def get_plugin_manager() -> pluggy.PluginManager:
     if _pm is None:
         pm = pluggy.PluginManager("ssa")
         pm.add_hookspecs(hookspecs)
-        if os.environ.get(AUTOLOAD_ENV, "").strip() in ("", "0"):
-            _load_entry_points(pm)
-        for modname in BUILTIN_MODULES:  # autoloading off, or a checkout run without installing
-            if pm.get_plugin(modname) is None and not _registered_module(pm, modname):
-                try:
-                    pm.register(importlib.import_module(modname), name=modname)
-                except ImportError:
-                    pass
+        pm.hook.ssa_add_hookspecs.call_historic(kwargs={"pluginmanager": pm})  # every plugin, as it registers
+        autoload = os.environ.get(AUTOLOAD_ENV, "").strip() in ("", "0")
+        _load_entry_points(pm, entry_points(group="ssa"), third_party=autoload)
         _drop_unknown_hooks(pm)
         _pm = pm
     return _pm
 
 
-def _entry_point_dist(ep: Any) -> str:
-    dist = getattr(ep, "dist", None)
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _entry_point_dist(ep: EntryPoint) -> tuple[str, bool]:
+    """``("name version", is ssa's own)`` of the distribution that declares ``ep``."""
+    dist = ep.dist
     if dist is None:
-        return "unknown distribution"
-    return f"{dist.metadata['name']} {dist.version}"
+        return "unknown distribution", False
+    name = dist.metadata["Name"] or "unknown distribution"
+    return f"{name} {dist.version}", _normalise(name) == OWN_DISTRIBUTION
 
 
-def _load_entry_points(pm: pluggy.PluginManager) -> None:
-    """Load the ``ssa`` entry points one by one, so that one broken plugin does not stop the others."""
-    from importlib.metadata import entry_points
-
-    seen: set[str] = set()
-    for ep in entry_points(group="ssa"):
-        if ep.name in seen:
+def _load_entry_points(pm: pluggy.PluginManager, eps: Iterable[EntryPoint], third_party: bool) -> None:
+    """Register the plugin of each ``ssa`` entry point (ssa's own first), one by one, so that one broken
+    plugin does not stop the others; ``third_party=False`` registers ssa's own only."""
+    found = [(ep, *_entry_point_dist(ep)) for ep in eps]
+    if not any(own for _, _, own in found):
+        raise PluginError(
+            f"ssa's own backends, rules and selectors are plugins named in its entry points, and this Python "
+            f"({sys.executable}) has none: ssa is not installed in it; install it (`pip install -e .` in a checkout, "
+            "as `make install` does) instead of running it from the source folder.")
+    found.sort(key=lambda item: not item[2])  # stable: ssa's own first, the others in discovery order
+    for ep, dist, own in found:
+        if not (own or third_party):
             continue
-        seen.add(ep.name)
+        if ep.name in _distributions or pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            if _distributions.get(ep.name, dist) != dist:
+                _skip(ep.name, dist, f"its entry-point name {ep.name!r} is taken by {_distributions[ep.name]}; "
+                      "rename the entry point")
+            continue
         try:
-            pm.load_setuptools_entrypoints("ssa", name=ep.name)
-        except Exception as exc:  # noqa: BLE001 - any failure of third-party code
-            _skip(ep.name, _entry_point_dist(ep), f"importing {ep.value!r} failed ({_first_line(exc)})")
+            pm.register(ep.load(), name=ep.name)
+        except Exception as exc:  # noqa: BLE001 - any failure of a plugin's code
+            _skip(ep.name, dist, f"importing {ep.value!r} failed ({_first_line(exc)})")
+            continue
+        _distributions[ep.name] = dist
+        if own:
+            _own.add(ep.name)
 
 
 def _drop_unknown_hooks(pm: pluggy.PluginManager) -> None:
     """Unregister plugins that implement hooks ssa does not define (pluggy's ``check_pending``, per plugin)."""
-    known = sorted(n for n in dir(hookspecs) if n.startswith("ssa_"))
+    known = sorted(n for n, h in vars(pm.hook).items() if not n.startswith("_") and h.has_spec())
     bad: dict[int, tuple[Any, str]] = {}
-    for name in list(vars(pm.hook)):
-        if name.startswith("_"):
-            continue
-        hook = getattr(pm.hook, name)
-        if hook.has_spec():
+    for name, hook in list(vars(pm.hook).items()):
+        if name.startswith("_") or hook.has_spec():
             continue
         for impl in hook.get_hookimpls():
             if not impl.optionalhook:
@@ -126,27 +146,71 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _skip(name: str, dist: str, why: str) -> None:
-    _skipped.append(SkippedPlugin(name, dist, why))
+    skipped = SkippedPlugin(name, dist, why)
+    if skipped not in _skipped:  # the command hooks run again for every parser a process builds
+        _skipped.append(skipped)
     warnings.warn(
         f"plugin {name!r} ({dist}) was skipped: {why}; fix or uninstall it, or set {AUTOLOAD_ENV}=1 to load no "
         "third-party plugin.", SSAWarning, stacklevel=3)
 
 
-def skipped_plugins() -> list["SkippedPlugin"]:
+def skipped_plugins() -> list[SkippedPlugin]:
     """The plugins skipped so far in this process (import failures, unknown hooks, hooks that raised)."""
     get_plugin_manager()
     return list(_skipped)
 
 
-def _registered_module(pm: pluggy.PluginManager, modname: str) -> bool:
-    return any(getattr(p, "__name__", None) == modname for p in pm.get_plugins())
-
-
 def _distribution_of(pm: pluggy.PluginManager, plugin: Any) -> str:
-    for p, dist in pm.list_plugin_distinfo():
-        if p is plugin:
-            return f"{dist.metadata['name']} {dist.version}"
-    return "ssa (built-in)" if getattr(plugin, "__name__", "") in BUILTIN_MODULES else "(not installed)"
+    """``"name version"`` of the distribution that installed ``plugin``; ``(not installed)`` for objects
+    registered by code (tests, notebooks)."""
+    return _distributions.get(pm.get_name(plugin) or "", "(not installed)")
+
+
+def _is_own(pm: pluggy.PluginManager, plugin: Any) -> bool:
+    return (pm.get_name(plugin) or "") in _own
+
+
+def _each_impl(pm: pluggy.PluginManager, hook: Any, call: Callable[[Any], None]) -> None:
+    """``call(impl)`` for every implementation of ``hook``, ssa's own first; one that raises is skipped with a
+    warning that names its plugin, and the others go on."""
+    for impl in sorted(hook.get_hookimpls(), key=lambda i: not _is_own(pm, i.plugin)):
+        try:
+            call(impl)
+        except Exception as exc:  # noqa: BLE001 - a plugin's code: name it and go on
+            what = exc if isinstance(exc, PluginError) else f"{hook.name} raised {_first_line(exc)}"
+            _skip(impl.plugin_name, _distribution_of(pm, impl.plugin), str(what).rstrip("."))
+
+
+def model_options(refresh: bool = False) -> tuple[ModelOption, ...]:
+    """The command-line model options the backends registered (``ssa_register_model_options``), checked."""
+    global _model_options
+    if _model_options is None or refresh:
+        pm = get_plugin_manager()
+        out: dict[str, ModelOption] = {}
+
+        def call(impl: Any) -> None:
+            got: list[Any] = []
+            impl.function(register=got.append)
+            for opt in got:
+                if not isinstance(opt, ModelOption):
+                    raise PluginError(f"it registered {opt!r} as a model option, expected an "
+                                      "ssa.core.options.ModelOption")
+                other = out.get(opt.flag)
+                if other is not None:
+                    raise PluginError(f"it registers the model option {opt.flag}, which the {other.backend} backend "
+                                      "already registers")
+            out.update((opt.flag, opt) for opt in got)
+
+        _each_impl(pm, pm.hook.ssa_register_model_options, call)
+        _model_options = tuple(out.values())
+    return _model_options
+
+
+def add_plugin_commands(subparsers: Any) -> None:
+    """Let every plugin add its sub-commands (``ssa_register_commands``); a plugin whose hook fails (a name
+    already taken included) is skipped with a warning."""
+    pm = get_plugin_manager()
+    _each_impl(pm, pm.hook.ssa_register_commands, lambda impl: impl.function(subparsers=subparsers))
 
 
 class Registry:
@@ -162,9 +226,9 @@ class Registry:
             "selector": pm.hook.ssa_register_selectors,
         }
         self.skipped: list[SkippedPlugin] = []
-        # built-ins first, so that a third-party plugin cannot take a built-in name
+        # ssa's own first, so that a third-party plugin cannot take one of their names
         for kind, hook in hooks.items():
-            impls = sorted(hook.get_hookimpls(), key=lambda i: getattr(i.plugin, "__name__", "") not in BUILTIN_MODULES)
+            impls = sorted(hook.get_hookimpls(), key=lambda i: not _is_own(pm, i.plugin))
             for impl in impls:
                 dist = _distribution_of(pm, impl.plugin)
                 got: list[type] = []
@@ -216,6 +280,16 @@ class Registry:
     def backends(self) -> list[type[Backend]]:
         return sorted((i.cls for i in self._items["backend"].values()), key=lambda c: -c.priority)
 
+    def backend_for(self, source: Any, name: str | None = None) -> type[Backend]:
+        """The backend class named ``name``, else the first (highest ``priority``) that ``can_load(source)``."""
+        if name is not None:
+            return self.get("backend", name)
+        for cls in self.backends():
+            if cls.can_load(source):
+                return cls
+        raise PluginError(f"no installed backend can load {source!r}; installed backends: "
+                          f"{', '.join(self.names('backend'))}.")
+
 
 def registry(refresh: bool = False) -> Registry:
     """The registry of installed plugins (built once; ``refresh`` rebuilds it)."""
@@ -229,11 +303,13 @@ def make_rule(name: str | Rule, **params: Any) -> Rule:
     """A configured rule from its registered name (or the instance itself)."""
     if isinstance(name, Rule):
         return name
-    return registry().get("rule", name)(**params)
+    rule: Rule = registry().get("rule", name)(**params)
+    return rule
 
 
 def make_selector(name: str | Selector, **params: Any) -> Selector:
     """A configured selector from its registered name (or the instance itself)."""
     if isinstance(name, Selector):
         return name
-    return registry().get("selector", name)(**params)
+    selector: Selector = registry().get("selector", name)(**params)
+    return selector

@@ -6,7 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,8 @@ from ssa.errors import InvalidInputError, PluginError
 from ssa.io.images import Preprocess, load_images, select_class
 from ssa.plugins import make_rule, make_selector, registry
 
-__all__ = ['load_model', 'Session', 'ENGINES', 'prepare_network', 'open_store', 'store_meta', 'n_classes', 'check_target', 'active_fraction', 'run_traversal']
+__all__ = ['load_model', 'Session', 'ENGINES', 'prepare_network', 'open_store', 'store_meta', 'n_classes',
+           'check_target', 'active_fraction', 'run_traversal']
 
 
 def load_model(model: Any, *, backend: str | None = None, device: str = "cpu", **options: Any) -> Network:
@@ -49,7 +51,8 @@ def load_model(model: Any, *, backend: str | None = None, device: str = "cpu", *
             if cls.can_load(model):
                 break
         else:
-            raise PluginError(f"no installed backend can load {model!r}; installed backends: {', '.join(reg.names('backend'))}.")
+            raise PluginError(f"no installed backend can load {model!r}; installed backends: "
+                              f"{', '.join(reg.names('backend'))}.")
     network = cls().load(model, device=device, **options)
     if not options.get("name"):
         known = builtin_name(network.weight_arrays())
@@ -107,7 +110,7 @@ class Session:
         self._subset = False
         self.images_hash: str | None = None
 
-    def prepare(self) -> "Session":
+    def prepare(self) -> Session:
         """Load the model and the images (once)."""
         if self._network is None:
             if self.store is not None:
@@ -166,7 +169,7 @@ class Session:
             return chosen
         return None
 
-    def with_rule(self, rule: str | Rule, rule_params: Mapping[str, Any] | None = None) -> "Session":
+    def with_rule(self, rule: str | Rule, rule_params: Mapping[str, Any] | None = None) -> Session:
         """A session of the same loaded model and images with another rule, and statistics of its own.
 
         The model and images are not loaded or prepared again; the new session computes its statistics

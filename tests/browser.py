@@ -40,7 +40,8 @@ class Watched:
 
 
 def watched_page(browser: Any, **options: Any) -> Watched:
-    context = browser.new_context(accept_downloads=True, viewport=options.pop("viewport", {"width": 1400, "height": 850}),
+    context = browser.new_context(accept_downloads=True, viewport=options.pop("viewport", {"width": 1400,
+                                                                                           "height": 850}),
                                   **options)
     page = context.new_page()
     w = Watched(page)

@@ -18,9 +18,9 @@ Each :class:`Pattern` is a torch model with its taps written out by hand (for th
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx

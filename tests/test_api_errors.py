@@ -115,7 +115,8 @@ def test_bad_rule_and_selector_parameters(model, images) -> None:
 def test_bad_taps_stop_at_channel_axes_and_batch_size(model, images) -> None:
     with pytest.raises(ssa.InvalidInputError, match="tap 'features.9' is not a node of the model.*relu1"):
         run(model, images, taps=["features.9"])
-    with pytest.raises(ssa.InvalidInputError, match="stop_at 'conv1' is not a tap; taps are: relu1, relu2, relu3, logits"):
+    with pytest.raises(ssa.InvalidInputError, match="stop_at 'conv1' is not a tap; taps are: relu1, relu2, relu3, "
+                                                    "logits"):
         run(model, images, stop_at="conv1")
     with pytest.raises(ssa.InvalidInputError, match=re.escape("channel axis of tap 'relu1' must be in [1, 3]")):
         run(model, images, channel_axes={"relu1": 4})

@@ -408,12 +408,14 @@ def batch(work, tmp_path_factory) -> dict[str, dict]:
     return {r["id"]: r for r in json.loads((tmp / "results.json").read_text())}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id, case_argv, words", CASES, ids=[c[0] for c in CASES])
 def test_in_a_real_process(work, batch, case_id, case_argv, words):
     r = batch[case_id]
     _check(case_id, words, work, r["code"], r["stdout"], r["stderr"], r["changed"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", ["compare-graph-json-list", "analyse-model-code-raises"])
 def test_a_cold_start_of_the_script_agrees_with_the_batch(work, batch, case_id):
     """The batch runner forks from a process that imported ssa; a cold start of the script gives the same."""
@@ -466,7 +468,7 @@ def test_docs_errors_table_matches_the_tests():
     assert set(suite) <= set(table), f"cases missing from docs/errors.md: {sorted(set(suite) - set(table))}"
     unknown = set(table) - set(suite) - set(OTHER_TESTS)
     assert not unknown, f"rows of docs/errors.md without a test: {sorted(unknown)}"
-    for case_id, (_, case_argv, words) in suite.items():
+    for case_id, (_, _case_argv, words) in suite.items():
         row = table[case_id]
         assert row[2] == "2", f"{case_id}: exit code column {row[2]!r}"
         shown = row[3].strip("`").strip().replace("\\|", "|")

@@ -93,6 +93,7 @@ def _run(args, site, autoload=True):
     return subprocess.run(SSA + args, env=env, capture_output=True, text=True, timeout=300, cwd=site)
 
 
+@pytest.mark.slow
 def test_ssa_plugins_names_every_broken_plugin_and_lists_the_rest(site):
     proc = _run(["plugins"], site)
     assert proc.returncode == 0, proc.stderr
@@ -118,6 +119,7 @@ def test_ssa_plugins_names_every_broken_plugin_and_lists_the_rest(site):
     assert all(ep in skipped for ep in ("bad_import", "misspelt", "raising", "notaclass", "dupname"))
 
 
+@pytest.mark.slow
 def test_analyse_still_works_with_broken_plugins_installed(site):
     proc = _run(["analyse", "digits", "--images", "digits", "--target", "3", "--selector", "everything",
                  "--rule", "gradient", "-b", "1"], site)

@@ -66,7 +66,8 @@ def test_composition_limits():
 
 
 def test_factor_scale_and_scatter():
-    s_c, s_y, s_x = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.5, 1.0, 1.0, 0.5]), torch.tensor([2 / 3, 1.0, 2 / 3])
+    s_c, s_y, s_x = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.5, 1.0, 1.0, 0.5]), torch.tensor([2 / 3, 1.0,
+                                                                                                      2 / 3])
     scale = (s_c[:, None, None] * s_y[None, :, None] * s_x[None, None, :]).double()
     a, b, c = factor_scale(scale, (3, 4, 3))
     torch.testing.assert_close(a[:, None, None] * b[None, :, None] * c[None, None, :], scale)

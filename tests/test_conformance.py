@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
 import numpy as np
 import pytest

@@ -12,7 +12,7 @@ from ssa.core.arrays import median_sorted, percentile_rows
 from ssa.core.graph import build_graph, normalise_attrs
 from ssa.core.traversal import StepRecord, rank_neurons, top_b
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def _rows(seed: int, R: int, K: int) -> np.ndarray:
@@ -31,7 +31,7 @@ def test_percentiles_and_medians_are_numpys_bit_for_bit(device: str, K: int) -> 
     want = [np.percentile(x, q, axis=1, keepdims=True) for q in qs]
     got_np = percentile_rows(x, qs)
     got_t = percentile_rows(torch.tensor(x, device=device), qs)
-    for q, w, a, b in zip(qs, want, got_np, got_t):
+    for q, w, a, b in zip(qs, want, got_np, got_t, strict=True):
         assert np.array_equal(w, a), f"numpy path, q={q}"
         assert np.array_equal(w, b.cpu().numpy()), f"torch on {device}, q={q}"
     s = torch.sort(torch.tensor(x, device=device), dim=1).values
@@ -57,7 +57,7 @@ def test_top_b_ranks_every_row_like_the_plain_definition(device: str, sign: int,
             low, valid = low.cpu().numpy(), valid.cpu().numpy()
         for j in range(n):
             want = rank_neurons(counts[j], mean[j], b, sign)
-            got = [int(k) for k, ok in zip(low[j], valid[j]) if ok]
+            got = [int(k) for k, ok in zip(low[j], valid[j], strict=True) if ok]
             assert got == want, f"{lib} row {j}"
             assert valid[j].tolist() == sorted(valid[j].tolist(), reverse=True)  # qualifying ones first
 
@@ -127,6 +127,7 @@ def test_vectorised_graph_equals_the_plain_construction() -> None:
         w, h = want.nodes[nid], got.nodes[nid]
         assert set(w) == set(h)
         for key in w:
-            assert h[key] == (w[key] if isinstance(w[key], str) else pytest.approx(w[key], rel=1e-12, abs=1e-15)), (nid, key)
+            assert h[key] == (w[key] if isinstance(w[key], str) else pytest.approx(w[key], rel=1e-12,
+                                                                                   abs=1e-15)), (nid, key)
     for u, v, w in want.edges(data=True):
         assert got.edges[u, v] == w

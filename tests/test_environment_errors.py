@@ -97,6 +97,7 @@ def test_disk_full_while_writing(tmp_path, capsys, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["g.json"]
 
 
+@pytest.mark.slow
 def test_file_size_limit_in_a_real_process(tmp_path, capsys):
     """A real write error in a real process (RLIMIT_FSIZE: EFBIG): one line, exit 2, earlier outputs intact."""
     import resource
@@ -124,6 +125,7 @@ def test_file_size_limit_in_a_real_process(tmp_path, capsys):
     assert proc.returncode == 2 and not (tmp_path / "new").exists()  # a failed first run leaves no empty folder
 
 
+@pytest.mark.slow
 def test_closed_pipe_is_quiet(tmp_path):
     """`ssa plugins | head -1` and a reader that is gone before ssa writes: no "internal error", no traceback."""
     cmd = " ".join(SSA)

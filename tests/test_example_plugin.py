@@ -34,6 +34,9 @@ def _env(target: Path | None, autoload: bool = True) -> dict[str, str]:
     return env
 
 
+pytestmark = pytest.mark.slow  # installs the example distribution with pip and runs the installed `ssa`
+
+
 def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
 

@@ -143,7 +143,7 @@ def test_reference_images_are_the_top_images_and_cached(small, tmp_path):
     assert again.cached and again.data == json.loads(json.dumps(refs.data))
     files = explorer_files(graphs, references=refs.data)
     assert files["index.json"]["references"] is True
-    for i, g in enumerate(graphs):
+    for i, _g in enumerate(graphs):
         for n in files[f"class-{i}.json"]["nodes"]:
             assert n["ref"] == node_file(n["id"]) and files[n["ref"]]["node"] == n["id"]
 

@@ -76,10 +76,13 @@ def _index_of(built, target):
 
 def _click_node(page, node):
     """Click where sigma draws ``node`` (its position comes from sigma; the click is a real mouse click)."""
-    x, y = page.evaluate("""(n) => { const s = window.ssaExplorer.sigma; const v = s.framedGraphToViewport(s.getNodeDisplayData(n));
-        const r = document.getElementById('graph').getBoundingClientRect(); return [v.x + r.left, v.y + r.top]; }""", node)
+    x, y = page.evaluate("""(n) => { const s = window.ssaExplorer.sigma;
+        const v = s.framedGraphToViewport(s.getNodeDisplayData(n));
+        const r = document.getElementById('graph').getBoundingClientRect(); return [v.x + r.left, v.y + r.top]; }""",
+        node)
     page.mouse.click(x, y)
-    page.wait_for_function("(n) => document.querySelector('#panel h2') && document.querySelector('#panel h2').textContent === n",
+    page.wait_for_function("(n) => document.querySelector('#panel h2') && document.querySelector('#panel "
+                           "h2').textContent === n",
                            arg=node, timeout=5000)
 
 
@@ -139,7 +142,8 @@ def test_click_a_node_shows_its_numbers_reference_images_and_paths(browser, buil
     sizes = page.locator("#refs img").evaluate_all("els => els.map(e => [e.complete, e.naturalWidth])")
     assert len(sizes) == 3 + 3 + 1
     assert all(ok and width > 0 for ok, width in sizes), sizes
-    shown_rel = page.locator('#refs .thumbs[data-kind="relevant"] img').evaluate_all("els => els.map(e => +e.dataset.image)")
+    shown_rel = page.locator('#refs .thumbs[data-kind="relevant"] img').evaluate_all("els => els.map(e => "
+                                                                                     "+e.dataset.image)")
     x, y = ssa.load_images("digits")
     assert all(y[i] == 3 for i in shown_rel)  # the most relevant images are class 3's
     # the path view: every path from the class logit to the node, and nothing else

@@ -43,7 +43,7 @@ def _cases():
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("engine", ["auto", "autograd"])
 def test_cuda_gives_the_cpu_graphs(rule, engine):
-    for name, build, images in _cases():
+    for _name, build, images in _cases():
         model = build()
         cpu = ssa.analyse(model, images, 0, 3, rule=rule, selector="tukey", engine=engine, device="cpu")
         gpu = ssa.analyse(model, images, 0, 3, rule=rule, selector="tukey", engine=engine, device="cuda")

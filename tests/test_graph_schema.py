@@ -46,7 +46,8 @@ def test_typed_accessors(result):
     g = result.graph
     assert isinstance(g, DependencyGraph) and g.graph["schema"] == SCHEMA_VERSION
     run = g.run
-    assert (run.target, run.n_images, run.branching, run.rule, run.selector) == (3, 183, 3, result.rule, result.selector)
+    assert (run.target, run.n_images, run.branching, run.rule, run.selector) == (3, 183, 3, result.rule,
+                                                                                 result.selector)
     assert run.selector_params == dict(result.selector_params) and isinstance(run.rule_params, dict)
     assert run.tap_neurons["logits"] == 10 and run.model == "digits" and len(run.model_hash) == 32
     layers = g.layers()

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _save(nodes, inits, path, *, in_shape=("N", 3, 8, 8), out_shape=("N", 5), opset=13) -> Path:
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))],
-                              initializer=[numpy_helper.from_array(np.ascontiguousarray(v), k) for k, v in inits.items()])
+                              initializer=[numpy_helper.from_array(np.ascontiguousarray(v), k) for k,
+                                           v in inits.items()])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     proto.ir_version = 8
     onnx.checker.check_model(proto)

@@ -46,7 +46,8 @@ def _conv_graph(act_nodes, path, *, opset=17, extra_inputs=()):
              helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
              helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], transB=1, name="fc")]
     inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8]), *extra_inputs]
-    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N",
+                                                                                                               3])],
                               initializer=inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     proto.ir_version = 8

@@ -105,7 +105,8 @@ def _prob_graph(path, *, log_softmax=False):
         nodes += [helper.make_node("Exp", ["z2"], ["e"], name="exp"),
                   helper.make_node("ReduceSum", ["e", "axes"], ["s"], keepdims=1, name="sum"),
                   helper.make_node("Div", ["e", "s"], ["out"], name="normalise")]
-    graph = helper.make_graph(nodes, "probs", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 4, 4])],
+    graph = helper.make_graph(nodes, "probs", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 4,
+                                                                                                          4])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 5])], initializer=inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     proto.ir_version = 8

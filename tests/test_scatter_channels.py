@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from ssa_torch.closed_form.terms import _column_plan, scatter_channels
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from ssa_selectors.selectors import MADSelector, PercentileSelector, TopKSelector, TukeySelector, ZScoreSelector
 
 import ssa
 from ssa.testing.models import ALL_CASES
-from ssa_selectors.selectors import MADSelector, PercentileSelector, TopKSelector, TukeySelector, ZScoreSelector
 
 FORMS = ("gradient", "gradient_x_activation")
 

@@ -96,6 +96,7 @@ def test_corrupt_store_file_is_reported(tmp_path, digits_subset, capsys):
     assert len(err) == 1 and "corrupt" in err[0]
 
 
+@pytest.mark.slow
 def test_killed_collect_process_resumes_to_an_identical_store(tmp_path):
     """SIGKILL a real `ssa collect` mid-run, start it again: the store equals an uninterrupted one."""
     import signal

@@ -112,7 +112,7 @@ def test_softmax_is_stripped_from_the_logits() -> None:
 # --- whole traversal ---------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cached_reference(case_name: str, rule: str) -> dict:
     case = CASES[case_name]
     return reference_ssa(case.build(), case.images(N_IMAGES), case.taps, case.target, case.branching, rule)

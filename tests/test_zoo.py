@@ -12,6 +12,8 @@ import ssa
 from ssa.api import load_model
 from ssa.testing.models import _heavy_tail_
 
+pytestmark = pytest.mark.slow  # six torchvision architectures, each traversed by both engines
+
 ZOO = {
     "resnet18": (torchvision.models.resnet18, {}),
     "mobilenet_v3_small": (torchvision.models.mobilenet_v3_small, {}),

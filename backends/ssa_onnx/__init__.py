@@ -10,15 +10,44 @@ probabilities that choose a class's images (:meth:`OnnxNetwork.class_probabiliti
 
 from __future__ import annotations
 
-from .backend import OnnxBackend, load_onnx
-from .check import CheckReport, check_report, render_report
-from .model import OnnxInfo, OnnxModel, TensorInfo, input_shape_of, read_onnx
-from .network import OnnxNetwork
-from .parity import ParityResult
-from .runtime import make_session
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "OnnxBackend", "load_onnx", "OnnxNetwork", "ParityResult", "CheckReport", "check_report", "render_report",
-    "read_onnx", "input_shape_of", "OnnxModel", "OnnxInfo",
-    "TensorInfo", "make_session",
-]
+if TYPE_CHECKING:
+    from .backend import OnnxBackend as OnnxBackend
+    from .backend import load_onnx as load_onnx
+    from .check import CheckReport as CheckReport
+    from .check import check_report as check_report
+    from .check import render_report as render_report
+    from .model import OnnxInfo as OnnxInfo
+    from .model import OnnxModel as OnnxModel
+    from .model import TensorInfo as TensorInfo
+    from .model import input_shape_of as input_shape_of
+    from .model import read_onnx as read_onnx
+    from .network import OnnxNetwork as OnnxNetwork
+    from .parity import ParityResult as ParityResult
+    from .runtime import make_session as make_session
+
+#: public name -> the module that defines it; imported on first use (PEP 562), so that importing the
+#: plugin module (``ssa_onnx.plugin``, which every ``ssa`` command does) imports neither torch nor onnx
+_EXPORTS = {
+    "OnnxBackend": "backend", "load_onnx": "backend", "OnnxNetwork": "network", "ParityResult": "parity",
+    "CheckReport": "check", "check_report": "check", "render_report": "check",
+    "read_onnx": "model", "input_shape_of": "model", "OnnxModel": "model",
+    "OnnxInfo": "model", "TensorInfo": "model", "make_session": "runtime",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -9,6 +9,8 @@ from typing import Any
 from ssa.core.interfaces import Backend
 from ssa.errors import InvalidInputError
 
+from .model import input_shape_of, read_onnx  # light: onnx is imported when a file is read
+
 __all__ = ["OnnxBackend", "load_onnx"]
 
 _OPTIONS = ("name", "taps", "include_input", "channel_axes", "output_index", "provider", "parity_tolerance",
@@ -24,8 +26,7 @@ def load_onnx(source: str | os.PathLike, *, device: str = "cpu", name: str | Non
     (which output holds the class scores when there are several), ``provider`` ("auto", "cpu",
     "cuda"), ``parity_tolerance``, ``parity_images``, ``check_parity``.
     """
-    from .convert import convert_model
-    from .model import read_onnx
+    from .convert import convert_model  # torch and onnx2torch: imported when a model is loaded
     from .network import OnnxNetwork
 
     unknown = sorted(set(options) - set(_OPTIONS))
@@ -49,3 +50,12 @@ class OnnxBackend(Backend):
 
     def load(self, source: Any, *, device: str = "cpu", **options: Any):
         return load_onnx(source, device=device, **options)
+
+    def declared_input_shape(self, source: Any) -> tuple[int | None, ...] | None:
+        """The input shape the file declares (``ssa.core.capabilities.SupportsDeclaredInputShape``); None when
+        the file cannot be read (loading it reports why)."""
+        try:
+            shape = input_shape_of(source)
+        except Exception:  # noqa: BLE001 - loading reports a bad file with its own message
+            return None
+        return None if shape is None else tuple(shape)

@@ -16,7 +16,8 @@ hard-sigmoid with :func:`ssa_torch.kinds.register_kind`.
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -80,7 +81,8 @@ class Onnx2TorchNative(CanonPass):
     """onnx2torch's modules to the native torch modules and functions they compute."""
 
     name = "onnx2torch-native"
-    description = "onnx2torch modules (Transpose, Reshape, MatMul, Add/Sub/Mul/Div, Concat, Cast, Clip, ...) to native torch"
+    description = ("onnx2torch modules (Transpose, Reshape, MatMul, Add/Sub/Mul/Div, Concat, Cast, Clip, ...) to "
+                   "native torch")
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> int:
         register_onnx2torch_kinds()
@@ -105,7 +107,7 @@ class Onnx2TorchNative(CanonPass):
         """onnx2torch writes a Conv / MaxPool / AvgPool with asymmetric pads as Sequential(pad, op)."""
         if len(seq) != 2 or type(seq[0]).__name__ != "OnnxPadStatic" or len(node.args) != 1:
             return 0
-        pad = seq[0]
+        pad: Any = seq[0]  # onnx2torch's OnnxPadStatic: pads, mode, constant_value
         with gm.graph.inserting_before(node):
             padded = gm.graph.call_function(F.pad, (node.args[0], tuple(int(p) for p in pad.pads)),
                                             {"mode": pad.mode, "value": float(pad.constant_value)})

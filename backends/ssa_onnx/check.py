@@ -11,15 +11,19 @@ prints; :meth:`CheckReport.to_dict` is JSON-ready.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Protocol, TypeGuard
 
 import numpy as np
 from ssa_torch.kinds import display_name, target_name
 from ssa_torch.network import steps_summary
 
+from ssa.api import load_model
 from ssa.core.interfaces import Network, Tap
 from ssa.errors import InvalidInputError
+from ssa.io.images import load_images
+from ssa.io.preprocess import resolve_preprocess
 
 from .model import OnnxInfo
 from .outputs import LogProbabilities
@@ -28,7 +32,18 @@ from .parity import ParityResult
 __all__ = ["CheckReport", "check_report", "render_report", "report_of", "example_batch", "unknown_ops"]
 
 
-def _is_onnx(network: Any) -> bool:
+class _OnnxNetworkLike(Protocol):
+    """What the report reads of an :class:`~ssa_onnx.network.OnnxNetwork` (which imports this module)."""
+
+    name: str
+    onnx: Any
+    parity: ParityResult | None
+    parity_images: int
+    output_kind: str
+    notes: list[str]
+
+
+def _is_onnx(network: Any) -> TypeGuard[_OnnxNetworkLike]:
     """An ONNX network (duck-typed: this module does not import :mod:`ssa_onnx.network`)."""
     return getattr(network, "onnx", None) is not None and hasattr(network, "parity")
 
@@ -150,7 +165,7 @@ def report_of(network: Network, example: str, source: str = "") -> CheckReport:
         stripped = getattr(getattr(network, "plan", None), "stripped", None)
         output_kind = f"{stripped} stripped" if stripped else "logits"
     try:
-        unknown = tuple(unknown_ops(network))  # type: ignore[arg-type]
+        unknown = tuple(unknown_ops(network))
     except (AttributeError, RuntimeError):
         unknown = ()
     return CheckReport(model=network.name, backend=kind, source=source or network.name, info=info, parity=parity,
@@ -165,8 +180,8 @@ def example_batch(network: Network, n: int = 4, seed: int = 0) -> np.ndarray:
     shape = network.onnx.info.input.shape
     if not shape or any(d is None for d in shape[1:]):
         raise InvalidInputError(
-            f"the model's input {network.onnx.info.input.name!r} is {network.onnx.info.input.shape_text()} with dynamic "
-            "sizes; pass images (--images) to check it."
+            f"the model's input {network.onnx.info.input.name!r} is {network.onnx.info.input.shape_text()} with "
+            "dynamic sizes; pass images (--images) to check it."
         )
     rng = np.random.default_rng(seed)
     return rng.standard_normal((n, *[int(d) for d in shape[1:]])).astype(np.float32)
@@ -189,10 +204,6 @@ def check_report(model: Any, images: Any = None, *, preprocess: Any = None, labe
     n_images : how many images the parity check and tap discovery run on.
     Other options go to the backend (``provider``, ``parity_tolerance``, ...).
     """
-    from ssa.api import load_model
-    from ssa.io.images import load_images
-    from ssa.io.preprocess import resolve_preprocess
-
     network = load_model(model, backend=backend, device=device, output_index=output_index, taps=taps,
                          include_input=include_input, channel_axes=channel_axes, **options)
     if _is_onnx(network):

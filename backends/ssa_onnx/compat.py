@@ -17,7 +17,8 @@ in any case.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -66,7 +67,8 @@ def _delegate(op: str, new_version: int, old_version: int, domain: str, old_conv
 
     def convert(node, graph):
         if -1 in extra_inputs:
-            raise NotImplementedError(f"{op}-{new_version} changed its interface; onnx2torch converts up to {op}-{old_version}")
+            raise NotImplementedError(f"{op}-{new_version} changed its interface; onnx2torch converts up to "
+                                      f"{op}-{old_version}")
         for name, default in extra_attrs.items():
             value = node.attributes.get(name, default)
             if name == "dilations" and isinstance(value, list) and all(int(v) == 1 for v in value):
@@ -81,9 +83,8 @@ def _delegate(op: str, new_version: int, old_version: int, domain: str, old_conv
     return convert
 
 
-def _reduce18(node, graph):
+def _reduce18(node: Any, graph: Any) -> Any:
     """Reduce* of opset >= 18: axes as a (constant) input."""
-    import torch
     from onnx2torch.node_converters.reduce import OnnxReduceStaticAxes
     from onnx2torch.utils.common import (
         OnnxMapping,
@@ -98,7 +99,8 @@ def _reduce18(node, graph):
         try:
             value = get_const_value(node.input_values[1], graph)
         except KeyError:
-            raise NotImplementedError(f"{node.operation_type} with axes computed in the graph is not supported") from None
+            raise NotImplementedError(
+                f"{node.operation_type} with axes computed in the graph is not supported") from None
         axes = [int(a) for a in (value.tolist() if hasattr(value, "tolist") else value)]
         axes = axes if isinstance(axes, list) else [axes]
     if not axes:
@@ -109,8 +111,8 @@ def _reduce18(node, graph):
                                                                      outputs=node.output_values))
         axes = None
     module = OnnxReduceStaticAxes(operation_type=node.operation_type, axes=axes, keepdims=keepdims)
-    return OperationConverterResult(torch_module=module,
-                                    onnx_mapping=OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values))
+    return OperationConverterResult(
+        torch_module=module, onnx_mapping=OnnxMapping(inputs=(node.input_values[0],), outputs=node.output_values))
 
 
 class GlobalMaxPool(nn.Module):

@@ -130,7 +130,8 @@ def _load_proto(path: Path):
             "re-export or re-download it."
         ) from None
     except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelLoadError(f"cannot read {path.name!r} as ONNX ({_first_line(exc)}); re-export or re-download it.") from None
+        raise ModelLoadError(
+            f"cannot read {path.name!r} as ONNX ({_first_line(exc)}); re-export or re-download it.") from None
     if proto.ir_version < 3 or len(proto.graph.node) == 0 or not proto.opset_import:
         raise ModelLoadError(
             f"{path.name!r} is not an ONNX model (no graph, IR version {proto.ir_version}); "
@@ -180,7 +181,8 @@ def check_converters(proto, path_name: str) -> None:
         op, name, domain = missing[0]
         where = f"{domain}::{op}" if domain else op
         others = sorted({f"{d}::{o}" if d else o for o, _, d in missing[1:]} - {where})
-        more = f" (and {len(missing) - 1} more node(s){': ' + ', '.join(others) if others else ''})" if len(missing) > 1 else ""
+        listed = ": " + ", ".join(others) if others else ""
+        more = f" (and {len(missing) - 1} more node(s){listed})" if len(missing) > 1 else ""
         raise UnsupportedModelError(
             f"operator {where} (node {name!r}) of {path_name!r} cannot be converted by onnx2torch{more}; "
             "re-export without it (another opset or an equivalent op), or cut the graph before it "
@@ -197,7 +199,8 @@ def _infer_shapes(proto, path: Path):
         return onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as exc:
         raise ModelLoadError(
-            f"ONNX shape inference fails on {path.name!r} ({_first_line(exc)}); the graph is inconsistent: re-export it."
+            f"ONNX shape inference fails on {path.name!r} ({_first_line(exc)}); the graph is "
+            "inconsistent: re-export it."
         ) from None
 
 
@@ -260,7 +263,8 @@ def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> On
             raise InvalidInputError(f"output_index must be an integer, got {output_index!r}.")
         if not 0 <= int(output_index) < len(outputs):
             raise InvalidInputError(
-                f"output_index must be in [0, {len(outputs) - 1}] ({p.name!r} has {len(outputs)} output(s)), got {output_index}."
+                f"output_index must be in [0, {len(outputs) - 1}] ({p.name!r} has {len(outputs)} output(s)), got "
+                f"{output_index}."
             )
         index = int(output_index)
     elif len(outputs) == 1:

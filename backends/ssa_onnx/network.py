@@ -23,7 +23,8 @@ do the analysis. What it adds happens in :meth:`OnnxNetwork.prepare`, on the fir
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,9 +121,8 @@ class OnnxNetwork(TorchNetwork):
     def default_input_shape(self) -> tuple[int, ...] | None:
         """The per-image input shape the file declares, when it is fully static (for ``ssa check``)."""
         shape = self.onnx.info.input.shape
-        if not shape or any(d is None for d in shape[1:]):
-            return None
-        return tuple(int(d) for d in shape[1:])
+        dims = tuple(int(d) for d in shape[1:] if d is not None)
+        return dims if shape and len(dims) == len(shape) - 1 else None
 
     def check_report(self, images: np.ndarray | None = None) -> str:
         """The ONNX part of ``ssa check``: file, input / outputs, parity, logits, notes (prepares if needed)."""
@@ -184,8 +184,9 @@ class OnnxNetwork(TorchNetwork):
             self.parity = self._parity(ref, self._module_outputs(gm, images))
             if not self.parity.ok:
                 p = self.parity
+                passes = self.canon_report.by_pass() if self.canon_report is not None else "(none)"
                 raise UnsupportedModelError(
-                    f"the canonical form of {self.name!r} (after the passes {self.canon_report.by_pass()}) disagrees "
+                    f"the canonical form of {self.name!r} (after the passes {passes}) disagrees "
                     f"with onnxruntime: max |diff| {p.max_abs_diff:.3g} = {p.relative:.3g} of the output scale "
                     f"(tolerance {p.tolerance:g}) on {p.n_images} image(s), although onnx2torch's conversion agrees; "
                     "this is a bug in ssa: please report it with the model."
@@ -233,14 +234,15 @@ def check_input_shape(info: OnnxInfo, batch: np.ndarray) -> None:
     if not declared:
         return
     got = tuple(int(d) for d in np.shape(batch))
-    bad = len(got) != len(declared) or any(d is not None and d != g for d, g in zip(declared[1:], got[1:]))
+    bad = len(got) != len(declared) or any(d is not None and d != g for d, g in zip(declared[1:], got[1:], strict=True))
     if bad:
         layout = f" ({info.layout.upper()})" if info.layout else ""
         hint = "check --preprocess (image size and layout)"
         if len(got) == len(declared) == 4 and sorted(got[1:]) == sorted(d or 0 for d in declared[1:]):
             hint = "the axes are in another order: set the layout (nchw / nhwc) in --preprocess"
         raise InvalidInputError(
-            f"the model's input {info.input.name!r} is {info.input.shape_text()}{layout}, got images shaped {got}; {hint}."
+            f"the model's input {info.input.name!r} is {info.input.shape_text()}{layout}, got images shaped {got}; "
+            f"{hint}."
         )
 
 

@@ -94,8 +94,7 @@ def make_session(model: bytes | str | os.PathLike, provider: str = "auto", devic
     if provider not in PROVIDERS:
         raise InvalidInputError(f"provider must be one of {', '.join(PROVIDERS)}, got {provider!r}.")
     ort = _ort()
-    if isinstance(model, os.PathLike):
-        model = os.fspath(model)
+    source: bytes | str = model if isinstance(model, bytes) else os.fspath(model)
     device_id = 0
     if isinstance(device, str) and device.startswith("cuda:"):
         try:
@@ -104,14 +103,14 @@ def make_session(model: bytes | str | os.PathLike, provider: str = "auto", devic
             device_id = 0
     if provider in ("auto", "cuda") and not _CUDA_BROKEN and "CUDAExecutionProvider" in ort.get_available_providers() \
             and _gpu_visible():
-        sess = _cuda_session(ort, model, device_id)
+        sess = _cuda_session(ort, source, device_id)
         if sess is not None:
             return sess
     if provider == "cuda":
         raise InvalidInputError("onnxruntime cannot use CUDA here (no GPU, or its CUDA libraries do not load); "
                                 "use provider='cpu' (--provider cpu).")
     try:
-        return ort.InferenceSession(model, sess_options=session_options(3), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, sess_options=session_options(3), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"onnxruntime cannot load the model ({msg[:200]}); check that the file is a valid "

@@ -13,7 +13,8 @@ Get one with :meth:`TorchNetwork.ablator` (the capability the analysis layer ask
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -123,7 +124,8 @@ class TorchAblator:
                         x = torch.where(mask, fill.to(x.dtype), x)
                         continue
                     if tap not in plan.node_of:
-                        raise InvalidInputError(f"unknown tap {tap!r}; taps are: {', '.join(t.name for t in net.taps)}.")
+                        raise InvalidInputError(f"unknown tap {tap!r}; taps are: "
+                                                f"{', '.join(t.name for t in net.taps)}.")
                     edits[plan.node_of[tap]] = self._edit(tap, neurons, mode, len(net.tap(tap).shape) + 1)
                 interp = AblationInterpreter(net.graph_module, edits, plan.node_of["logits"])
                 interp.args_batch = int(x.shape[0])

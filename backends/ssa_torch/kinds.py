@@ -13,7 +13,8 @@ whose graphs hold other callables registers them with :func:`register_kind`.
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn

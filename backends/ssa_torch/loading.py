@@ -35,14 +35,16 @@ def _finish(obj: Any, where: str) -> nn.Module:
         try:
             obj = obj()
         except TypeError as exc:
-            raise ModelLoadError(f"{where} must be an nn.Module or a zero-argument callable returning one ({exc}).") from None
+            raise ModelLoadError(
+                f"{where} must be an nn.Module or a zero-argument callable returning one ({exc}).") from None
         except Exception as exc:  # noqa: BLE001 - the user's code
             text = str(exc).strip().splitlines()
             raise ModelLoadError(f"calling {where}() to build the model raised {type(exc).__name__}"
                                  f"{': ' + text[0][:160] if text else ''}; fix the model code.") from None
         if isinstance(obj, nn.Module):
             return obj
-    raise ModelLoadError(f"{where} is {type(obj).__name__}, expected an nn.Module or a zero-argument callable returning one.")
+    raise ModelLoadError(f"{where} is {type(obj).__name__}, expected an nn.Module or a zero-argument callable "
+                         "returning one.")
 
 
 def load_module(source: Any) -> tuple[nn.Module, str]:
@@ -96,7 +98,8 @@ def load_module(source: Any) -> tuple[nn.Module, str]:
         try:
             spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(f"importing {left!r} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+            raise ModelLoadError(f"importing {left!r} failed: {type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
         finally:
             sys.path.pop(0)
         where = f"{left}"

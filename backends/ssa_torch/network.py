@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -347,7 +348,7 @@ class TorchNetwork(Network):
             return t.pin_memory().to(self.device, non_blocking=True)
         return t
 
-    def to_host_async(self, arrays: Mapping[str, Any]) -> "HostCopy":
+    def to_host_async(self, arrays: Mapping[str, Any]) -> HostCopy:
         """Start copying ``arrays`` (device tensors) to pinned host memory without stalling the GPU.
 
         ``.result()`` waits for the copies and returns numpy arrays (used by the store's writer thread).
@@ -422,7 +423,7 @@ class TorchNetwork(Network):
         for j0 in range(0, n, chunk):
             j1 = min(n, j0 + chunk)
             grads = self._grads(s, leaves, j0, j1)
-            for p, leaf, g in zip(parents, leaves, grads):
+            for p, leaf, g in zip(parents, leaves, grads, strict=True):
                 if g is None:
                     g = torch.zeros((j1 - j0, *leaf.shape), device=leaf.device, dtype=leaf.dtype)
                 c = call_rule(rule, g, leaf.detach().unsqueeze(0))  # checked: a plugin bug is named
@@ -468,7 +469,10 @@ class TorchNetwork(Network):
         return steps_summary(self.describe_steps())
 
 class _StatsRun(StatsInterpreter, ModelCodeInterpreter):
-    """The statistics pass, with errors inside the model's own code named in one line (see :class:`~ssa_torch.interpreters.ModelCodeInterpreter`)."""
+    """The statistics pass, with errors inside the model's own code named in one line.
+
+    See :class:`~ssa_torch.interpreters.ModelCodeInterpreter`.
+    """
 
 
 def steps_summary(steps: Mapping[str, str]) -> str:
@@ -528,7 +532,8 @@ def exact_arithmetic(device: str):
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved[:3]
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved[:3]
         torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])
 
 

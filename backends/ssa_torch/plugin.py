@@ -1,12 +1,26 @@
-"""Registers the PyTorch backend through the ``ssa`` entry-point group."""
+"""The PyTorch backend's plugin module, named in ssa's ``ssa`` entry-point group like any plugin's.
+
+Every ``ssa`` command imports it: torch is imported inside the hook that needs the backend class.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pluggy
+
 from ssa.hookspecs import hookimpl
 
-from .backend import TorchBackend
+from . import hookspecs
 
 
 @hookimpl
-def ssa_register_backends(register):
+def ssa_add_hookspecs(pluginmanager: pluggy.PluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)  # ssa_register_closed_forms
+
+
+@hookimpl
+def ssa_register_backends(register: Callable[[type], None]) -> None:
+    from .backend import TorchBackend  # imports torch: not at the top (see the module docstring)
+
     register(TorchBackend)

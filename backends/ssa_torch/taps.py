@@ -12,8 +12,8 @@ through permutations, so channels-last models get the right neurons.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import torch.nn as nn
 from torch import fx
@@ -212,7 +212,8 @@ def discover_taps(
                     f"tap {t!r} is not a node of the model; expected a module path or node name such as: {candidates}."
                 )
             if by_name[t].name not in computed or len(shapes.get(by_name[t].name, ())) < 2:
-                raise InvalidInputError(f"tap {t!r} is not a batched tensor computed from the input; name another node.")
+                raise InvalidInputError(f"tap {t!r} is not a batched tensor computed from the input; name another "
+                                        "node.")
             chosen.append(by_name[t])
         tap_nodes = sorted(set(chosen), key=lambda n: position[n.name])
         kind_of_tap = "manual"
@@ -246,7 +247,8 @@ def discover_taps(
         raise UnsupportedModelError("the model has no input.")
     if len(placeholders) > 1:
         raise UnsupportedModelError(
-            f"the model takes {len(placeholders)} inputs, expected one image tensor; wrap it in a module with one input."
+            f"the model takes {len(placeholders)} inputs, expected one image tensor; wrap it in a module with one "
+            "input."
         )
     ph = placeholders[0]
 
@@ -295,7 +297,8 @@ def discover_taps(
                         parents_of(n), kinds[n.name] if n.name in composite else target_name(n, modules)))
     unknown_axes = set(channel_axes) - {t.name for t in taps}
     if unknown_axes:
-        raise InvalidInputError(f"channel axis given for unknown tap {sorted(unknown_axes)[0]!r}; use a tap name from `ssa check`.")
+        raise InvalidInputError(f"channel axis given for unknown tap {sorted(unknown_axes)[0]!r}; use a tap name from "
+                                "`ssa check`.")
     node_of = {tap_of_node[n.name]: n.name for n in ordered}
     if include_input:
         node_of["input"] = ph.name

@@ -16,7 +16,8 @@ checks these properties for any selector.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from ssa.core.arrays import device_of, median_sorted, namespace, quantile_sorted
 from ssa.core.interfaces import Selector

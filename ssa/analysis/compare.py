@@ -24,10 +24,11 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -114,7 +115,7 @@ def same_model(graphs: Sequence[nx.DiGraph], names: Sequence[str]) -> None:
     """Refuse graphs of different models: by content hash (``model_hash``), or by name for graphs that have none."""
     runs = [g.run for g in _graphs(graphs)]
     ref = runs[0]
-    for name, run in zip(names[1:], runs[1:]):
+    for name, run in zip(names[1:], runs[1:], strict=False):
         differ = (ref.model_hash != run.model_hash) if (ref.model_hash and run.model_hash) else (ref.model != run.model)
         if differ:
             same_name = ref.model == run.model
@@ -135,7 +136,7 @@ def same_run(graphs: Sequence[nx.DiGraph], names: Sequence[str], flag: str = "--
         values = [getattr(run, key) for run in runs]
         if not all(_recorded(key, v) for v in values):
             continue
-        for name, v in zip(names[1:], values[1:]):
+        for name, v in zip(names[1:], values[1:], strict=True):
             if v != values[0]:
                 raise InvalidInputError(
                     f"the graphs were made with different {_WORDS.get(key, key)}: {names[0]} {_short(values[0])}, "
@@ -155,7 +156,7 @@ def check_graphs(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
     same_model(graphs, names)
     if not allow_mixed:
         same_run(graphs, names)
-    for name, g in zip(names, graphs):
+    for name, g in zip(names, graphs, strict=False):
         if not g.node_set():
             who = ", ".join(str(n) for n in g.nodes) or "no node at all"
             raise InvalidInputError(
@@ -297,7 +298,7 @@ def shared_subgraph(graphs: Sequence[nx.DiGraph], labels: Sequence[str] | None =
         h.graph["target"] = targets.pop()
     for n in sorted(common, key=_sort_key(graphs[0])):
         d0 = graphs[0].info(n)
-        fr = [g.info(n).frequency / s for g, s in zip(graphs, shares)]
+        fr = [g.info(n).frequency / s for g, s in zip(graphs, shares, strict=False)]
         signs = {g.info(n).sign for g in graphs}
         h.add_node(n, tap=d0.tap, tap_order=d0.tap_order, neuron=d0.neuron, frequency=float(min(fr)),
                    mean_frequency=float(np.mean(fr)), in_degree=0, sign=1 if 1 in signs else -1)
@@ -307,7 +308,7 @@ def shared_subgraph(graphs: Sequence[nx.DiGraph], labels: Sequence[str] | None =
         es = [g.edge_info(u, v) for g in graphs if g.has_edge(u, v)]
         if len(es) != len(graphs) or len({e.sign for e in es}) != 1:
             continue
-        h.add_edge(u, v, frequency=float(min(e.frequency / s for e, s in zip(es, shares))),
+        h.add_edge(u, v, frequency=float(min(e.frequency / s for e, s in zip(es, shares, strict=False))),
                    relevance=float(np.mean([e.relevance for e in es])), sign=es[0].sign)
     for n in h.nodes:
         h.nodes[n]["in_degree"] = int(h.in_degree(n))
@@ -320,7 +321,7 @@ def interconnectedness(graphs: Sequence[nx.DiGraph], labels: Sequence[str]) -> l
     Sorted by number of graphs, then total in-degree (both descending), then top layer first.
     """
     rows: dict[str, dict[str, Any]] = {}
-    for g, label in zip(_graphs(graphs), labels):
+    for g, label in zip(_graphs(graphs), labels, strict=False):
         for n in _neuron_nodes(g):
             info = g.info(n)
             r = rows.setdefault(n, {"node": n, "tap": info.tap, "tap_order": info.tap_order, "neuron": info.neuron,
@@ -335,7 +336,7 @@ def frequency_ranks(graphs: Sequence[nx.DiGraph], labels: Sequence[str]) -> list
     """Per graph and neuron: its frequency, share of images, rank within its tap (1 = most frequent),
     in-degree and mean relevance. Ties in frequency are broken by mean relevance, then neuron index."""
     out = []
-    for g, label in zip(_graphs(graphs), labels):
+    for g, label in zip(_graphs(graphs), labels, strict=False):
         n_img = float(g.run.n_images or 1)
         target = _target(g)
         top = g.class_node
@@ -469,9 +470,10 @@ class Comparison:
         d = Path(out_dir)
         labels = list(self.labels)
         written = [
-            write_csv([[lab, *(round(float(v), 6) for v in row)] for lab, row in zip(labels, self.matrix)],
+            write_csv([[lab, *(round(float(v), 6) for v in row)] for lab, row in zip(labels, self.matrix, strict=True)],
                       d / "bag-of-nodes.csv", ["graph", *self.nodes]),
-            write_csv([[lab, *(round(float(v), 6) for v in row)] for lab, row in zip(labels, self.similarity)],
+            write_csv([[lab, *(round(float(v), 6) for v in row)] for lab, row in zip(labels, self.similarity,
+                                                                                     strict=True)],
                       d / "cosine-similarity.csv", ["graph", *labels]),
             write_csv(self.jaccard_rows(), d / "jaccard.csv",
                       ["graph_a", "graph_b", "tap", "jaccard", "n_a", "n_b", "n_shared"]),

@@ -27,8 +27,8 @@ Conventions (written down here because the paper has none):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -121,8 +121,8 @@ def _score(ablator: Ablator, images: np.ndarray, target: int, ablate: Mapping[st
 
 
 def faithfulness(session: Session, graph: nx.DiGraph, *, target: int | None = None,
-                 indices: Sequence[int] | np.ndarray | None = None, ablation: str = "zero", draws: int = 5, seed: int = 0,
-                 mean_images: np.ndarray | None = None) -> Faithfulness:
+                 indices: Sequence[int] | np.ndarray | None = None, ablation: str = "zero", draws: int = 5,
+                 seed: int = 0, mean_images: np.ndarray | None = None) -> Faithfulness:
     """Ablate the graph's neurons layer by layer and all at once, against random sets and keep-only.
 
     Parameters

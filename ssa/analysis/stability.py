@@ -19,8 +19,9 @@ Conventions:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import networkx as nx
 import numpy as np

@@ -15,9 +15,10 @@ import io
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -84,8 +85,8 @@ LAYER_COLUMNS = ("target", "rule", "selector", "tap", "n_neurons", "n_graph", "g
 
 def evaluate(session: Session, target: int, *, selector: str | Selector | None = None,
              selector_params: Mapping[str, Any] | None = None, branching: int = 3, stop_at: str | None = None,
-             indices: Sequence[int] | np.ndarray | None = None, ablation: str = "zero", draws: int = 5, resamples: int = 5,
-             seed: int = 0, mean_images: np.ndarray | None = None) -> EvaluationRow:
+             indices: Sequence[int] | np.ndarray | None = None, ablation: str = "zero", draws: int = 5,
+             resamples: int = 5, seed: int = 0, mean_images: np.ndarray | None = None) -> EvaluationRow:
     """Analyse class ``target`` with the session's rule and ``selector``, then measure faithfulness and stability.
 
     The parameters are those of :meth:`ssa.Session.analyse`, :func:`~ssa.analysis.faithfulness.faithfulness`
@@ -268,7 +269,8 @@ def format_table(rows: Sequence[EvaluationRow]) -> str:
             f"{_fmt(r.node_jaccard, 2)}",
         ])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) if i < 3 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))]
+    lines = ["  ".join(h.ljust(w) if i < 3 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=False)))]
     for b in body:
-        lines.append("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(b, widths))))
+        cells = enumerate(zip(b, widths, strict=False))
+        lines.append("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in cells))
     return "\n".join(lines)

@@ -1,9 +1,9 @@
 """The ``ssa`` command line.
 
-Each sub-command lives in ``ssa/commands/<name>.py`` with ``add_parser(subparsers)``
-and ``run(args) -> int``. Errors from ssa (bad input) and from the environment
-(disk full, read-only file system, permissions) become one line on stderr and exit
-code 2, never a traceback; ``SSA_DEBUG=1`` adds the traceback. Anything else is a bug
+Each built-in sub-command lives in ``ssa/cli/commands/<name>.py`` with ``add_parser(subparsers)``
+and ``run(args) -> int``; plugins add theirs through the ``ssa_register_commands`` hook. Errors
+from ssa (bad input) and from the environment (disk full, read-only file system, permissions)
+become one line on stderr and exit code 2, never a traceback; ``SSA_DEBUG=1`` adds the traceback. Anything else is a bug
 in ssa: one line starting ``ssa: internal error`` and exit code 1. See ``docs/errors.md``.
 """
 
@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 import traceback
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
+from typing import NoReturn, TextIO
 
+import ssa
 from ssa.errors import SSAError, SSAWarning
 from ssa.io.paths import ENVIRONMENT_ERRNOS, describe_os_error
+from ssa.plugins import add_plugin_commands
 
 __all__ = ["main", "build_parser", "CliError"]
 
@@ -35,7 +37,7 @@ class CliError(SSAError, ValueError):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
         raise CliError(f"{self.prog}: {message} (see `{self.prog} --help`)")
 
 
@@ -44,14 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     for name in COMMANDS:
-        modname = f"ssa.cli.commands.{name}"
-        if importlib.util.find_spec(modname) is None:
-            continue
-        importlib.import_module(modname).add_parser(sub)
+        importlib.import_module(f"ssa.cli.commands.{name}").add_parser(sub)
+    add_plugin_commands(sub)  # the plugins' own (ssa_register_commands)
     return parser
 
 
-def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
     """ssa's own warnings as one line on stderr; others as Python prints them."""
     if issubclass(category, SSAWarning):
         print(f"ssa: warning: {message}", file=sys.stderr if file is None else file)
@@ -88,9 +89,7 @@ def _main(argv: Sequence[str] | None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.version:
-            from ssa import __version__
-
-            print(f"ssa {__version__}")
+            print(f"ssa {ssa.__version__}")
             return 0
         if not getattr(args, "command", None):
             parser.print_help()

@@ -20,8 +20,8 @@ import numpy as np
 from array_api_compat import array_namespace, is_numpy_namespace, is_torch_namespace
 from array_api_compat import device as _device
 
-__all__ = ["namespace", "host_view", "all_finite", "to_numpy", "device_of", "asarray_like", "is_numpy", "quantile_sorted", "median_sorted",
-           "percentile_rows", "zeros", "take_rows"]
+__all__ = ["namespace", "host_view", "all_finite", "to_numpy", "device_of", "asarray_like", "is_numpy",
+           "quantile_sorted", "median_sorted", "percentile_rows", "zeros", "take_rows"]
 
 Array = Any
 
@@ -48,7 +48,8 @@ def to_numpy(x: Array) -> np.ndarray:
         return x
     xp = array_namespace(x)
     if is_torch_namespace(xp):
-        return x.detach().cpu().numpy()
+        host: np.ndarray = x.detach().cpu().numpy()
+        return host
     return np.asarray(x)
 
 

@@ -11,7 +11,8 @@ Each protocol has its own section below; keep them small and documented.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -23,7 +24,8 @@ C = TypeVar("C")
 
 
 def require(network: Any, capability: type[C], what: str) -> C:
-    """``network`` itself when it has ``capability``; else an :class:`UnsupportedModelError` saying ``what`` needs it."""
+    """``network`` itself when it has ``capability``; else an :class:`UnsupportedModelError` saying ``what`` needs
+    it."""
     if not isinstance(network, capability):
         raise UnsupportedModelError(
             f"{what} needs a network that supports {capability.__name__.removeprefix('Supports')} (the torch backend "
@@ -56,3 +58,39 @@ class SupportsClassProbabilities(Protocol):
 
         Networks without this capability get the softmax of their logits.
         """
+
+
+# -- what `ssa check` shows, and the input a model declares (ssa check, --preprocess) -----------------------
+__all__ += ["SupportsCheckReport", "SupportsDefaultInputShape", "SupportsClosedFormSummary",
+            "SupportsDeclaredInputShape"]
+
+
+@runtime_checkable
+class SupportsCheckReport(Protocol):
+    def check_report(self, images: np.ndarray | None = None) -> str:
+        """Lines of its own for ``ssa check`` (e.g. an ONNX file's inputs, outputs and parity with its runtime),
+        printed before the taps; prepares the network on ``images`` if it is not prepared yet."""
+
+
+@runtime_checkable
+class SupportsDefaultInputShape(Protocol):
+    @property
+    def default_input_shape(self) -> tuple[int, ...] | None:
+        """The per-image input shape the model declares, when it is fully static (``ssa check`` without images
+        runs the model on random inputs of this shape); None when it does not declare one."""
+
+
+@runtime_checkable
+class SupportsClosedFormSummary(Protocol):
+    def closed_form_summary(self) -> str:
+        """One line: how many steps take the closed form, and which ops make the others use autograd."""
+
+
+@runtime_checkable
+class SupportsDeclaredInputShape(Protocol):
+    """A :class:`~ssa.core.interfaces.Backend` capability: read a model file's declared input without loading it."""
+
+    def declared_input_shape(self, source: Any) -> Sequence[int | None] | None:
+        """The input shape ``source`` declares, batch axis first, None for a dynamic size (e.g.
+        ``(None, 3, 224, 224)``); None when it declares none or cannot be read (loading says why). A
+        ``--preprocess`` preset takes the layout and the image size from it."""

@@ -9,7 +9,8 @@ import numpy as np
 
 from ssa.errors import InvalidInputError, PluginError
 
-__all__ = ['check_closed_form', 'check_int', 'check_device', 'call_selector', 'call_rule', 'check_labels', 'looks_unscaled']
+__all__ = ['check_closed_form', 'check_int', 'check_device', 'call_selector', 'call_rule', 'check_labels',
+           'looks_unscaled']
 
 
 def check_int(name: str, value: Any, minimum: int, fix: str = "") -> int:
@@ -87,7 +88,8 @@ def call_selector(selector: Any, rows: Any, sorted_rows: Any = None, *, check_va
                           "--selector")
     bad = ~np.isin(out, (-1, 0, 1))
     if bad.any():
-        raise _plugin_bug("selector", selector, f"returned {out[bad].reshape(-1)[0].item()!r} (expected only -1, 0 or +1; "
+        raise _plugin_bug("selector", selector, f"returned {out[bad].reshape(-1)[0].item()!r} (expected only -1, 0 or "
+                                                "+1; "
                           f"{int(bad.sum())} entries are something else)", "--selector")
     out = out.astype(np.int8, copy=False)
     return out if isinstance(rows, np.ndarray) else asarray_like(out, rows)

@@ -19,7 +19,8 @@ k = 1.5, positive outliers only (method doc, section 3).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ssa.errors import InvalidInputError
 

@@ -23,8 +23,9 @@ Similarity of two node sets is :func:`jaccard`, with one convention for empty se
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -126,7 +127,7 @@ def normalise_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class DependencyGraph(nx.DiGraph):
+class DependencyGraph(nx.DiGraph):  # type: ignore[type-arg]  # networkx.DiGraph is generic only in its stubs
     """The dependency graph of one class (a :class:`networkx.DiGraph`), with typed accessors.
 
     Everything networkx offers works as usual; these methods are the one place that knows the
@@ -134,7 +135,7 @@ class DependencyGraph(nx.DiGraph):
     """
 
     @classmethod
-    def from_networkx(cls, g: nx.DiGraph) -> "DependencyGraph":
+    def from_networkx(cls, g: nx.Graph[Any]) -> DependencyGraph:
         """A copy of ``g`` as a :class:`DependencyGraph`, attributes normalised (older files upgraded)."""
         out = cls()
         out.graph.update(normalise_attrs(g.graph))
@@ -276,7 +277,7 @@ def build_graph(*, taps: Sequence[Tap], steps: Sequence[StepRecord], target: int
             _, last_rev = np.unique(pair[::-1], return_index=True)
             last_e = m - 1 - last_rev
             keep = np.sort(first_e)
-            src = dict(zip(pair[first_e].tolist(), last_e.tolist()))
+            src = dict(zip(pair[first_e].tolist(), last_e.tolist(), strict=True))
             take = np.array([src[p] for p in pair[keep].tolist()], np.int64)
             u_node, l_node = u_node[keep], l_node[keep]
             e_freq, e_rel, e_sign = e_freq[take], e_rel[take], e_sign[take]
@@ -296,13 +297,13 @@ def build_graph(*, taps: Sequence[Tap], steps: Sequence[StepRecord], target: int
     # add_edges_from checks every edge and costs about 10 us each (0.6 s for a 57,000-edge ResNet-50 graph)
     tap_names = [names[t] for t in node_tap.tolist()]
     neuron = node_n.tolist()
-    ids = [f"{t}:{k}" for t, k in zip(tap_names, neuron)]
+    ids = [f"{t}:{k}" for t, k in zip(tap_names, neuron, strict=False)]
     orders = {t: int(by_name[t].order) for t in set(tap_names)}
     frac = {t: (np.asarray(active[t], dtype=np.float64).tolist() if active.get(t) is not None else None)
             for t in set(tap_names)}
     fmax_l, rsum_l, indeg_l, pos_l = fmax.tolist(), rsum.tolist(), indeg.tolist(), anypos.tolist()
     node_dicts = []
-    for i, (tap, k) in enumerate(zip(tap_names, neuron)):
+    for i, (tap, k) in enumerate(zip(tap_names, neuron, strict=False)):
         f = frac[tap]
         d = {"tap": tap, "tap_order": orders[tap], "neuron": k, "frequency": 0, "mean_relevance": 0.0,
              "active_fraction": f[k] if f is not None else float("nan"), "in_degree": 0, "sign": 1}
@@ -318,19 +319,20 @@ def build_graph(*, taps: Sequence[Tap], steps: Sequence[StepRecord], target: int
     return g
 
 
-def _fill(g: nx.DiGraph, ids: list[str], nodes: list[dict[str, Any]], us: list[int], vs: list[int],
+def _fill(g: nx.DiGraph[str], ids: list[str], nodes: list[dict[str, Any]], us: list[int], vs: list[int],
           freq: list[int], rel: list[float], sign: list[int]) -> None:
     """Nodes and edges straight into an empty DiGraph's adjacency dicts (what add_*_from would build).
 
     The edge attribute dict is shared by ``_succ[u][v]`` and ``_pred[v][u]``, as networkx does; the
     insertion order is networkx's too (a test compares with the plain construction).
     """
-    node_attr, succ, pred = g._node, g._succ, g._pred
-    for nid, d in zip(ids, nodes):
+    # networkx's own adjacency dicts (stable across networkx 3.x; untyped in its stubs)
+    node_attr, succ, pred = g._node, g._succ, g._pred  # type: ignore[attr-defined]
+    for nid, d in zip(ids, nodes, strict=False):
         node_attr[nid] = d
         succ[nid] = {}
         pred[nid] = {}
-    for a, b, f, r, s in zip(us, vs, freq, rel, sign):
+    for a, b, f, r, s in zip(us, vs, freq, rel, sign, strict=False):
         u, v = ids[a], ids[b]
         d = {"frequency": f, "relevance": r, "sign": s}
         succ[u][v] = d

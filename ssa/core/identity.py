@@ -19,8 +19,8 @@ A graph records three things about where it came from (``docs/method.md``, "Mode
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
-from typing import Iterable
+from collections.abc import Iterable
+from functools import cache
 
 import numpy as np
 
@@ -44,7 +44,7 @@ def weights_signature(arrays: Iterable[np.ndarray]) -> str:
     return hashlib.blake2b("".join(digests).encode(), digest_size=16).hexdigest()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _builtin_reference(name: str) -> tuple[tuple[int, ...], str]:
     import importlib
 

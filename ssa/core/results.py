@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import networkx as nx
 
@@ -45,7 +46,7 @@ class AnalysisResult:
     notes : why the graph stops above the lowest tap it could reach, and what to try (empty when it does not).
     """
 
-    graph: nx.DiGraph
+    graph: nx.DiGraph[Any]
     target: int
     branching: int
     rule: str
@@ -102,10 +103,10 @@ class AnalysisResult:
             )
         return "\n".join(lines)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The graph as node-link data (JSON-ready)."""
         return graph_to_dict(self.graph)
 
-    def write(self, path: str | os.PathLike) -> Path:
+    def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the graph atomically (``.json`` or ``.graphml``)."""
         return write_graph(self.graph, path)

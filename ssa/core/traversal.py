@@ -14,17 +14,13 @@ back to the host as numpy arrays.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import (
     Any,
-    Iterable,
-    Iterator,
-    Mapping,
     NamedTuple,
     Protocol,
-    Sequence,
-    Union,
 )
 
 import numpy as np
@@ -60,7 +56,7 @@ class RelevanceSource(Protocol):
     n_images: int
 
     def iter_relevance(self, upper: str, neurons: Sequence[int], rule: Rule
-                       ) -> Iterator[Union[RelevanceBlock, Mapping[str, Any]]]:
+                       ) -> Iterator[RelevanceBlock | Mapping[str, Any]]:
         """Yield the step's relevance in blocks.
 
         A :class:`RelevanceBlock`, or a mapping ``{parent: omega}`` with omega of shape
@@ -120,7 +116,8 @@ class StepRecord:
     @cached_property
     def kept(self) -> tuple[Kept, ...]:
         return tuple(Kept(int(u), int(v), int(c), float(r), int(s)) for u, v, c, r, s in
-                     zip(self.kept_upper, self.kept_lower, self.kept_count, self.kept_relevance, self.kept_sign))
+                     zip(self.kept_upper, self.kept_lower, self.kept_count, self.kept_relevance, self.kept_sign,
+                         strict=True))
 
 
 def rank_neurons(counts: np.ndarray, mean: np.ndarray, b: int, sign: int = 1) -> list[int]:
@@ -196,7 +193,7 @@ class TraversalOutput:
     selected: Mapping[str, tuple[int, ...]]
 
 
-def _blocks(item: Union[RelevanceBlock, Mapping[str, Any]]) -> Iterable[RelevanceBlock]:
+def _blocks(item: RelevanceBlock | Mapping[str, Any]) -> Iterable[RelevanceBlock]:
     if isinstance(item, RelevanceBlock):
         return (item,)
     return (RelevanceBlock(parent, 0, omega) for parent, omega in item.items())
@@ -363,8 +360,8 @@ def explain_stop(taps: Sequence[Tap], steps: Sequence[StepRecord], active: Mappi
         if upper_active is not None and not (upper_active > 0).any():
             tip = ("try --rule gradient_x_activation" if rule.name == "gradient" else
                    "try other images of the class, or --stop-at above this tap")
-            notes.append(f"the graph stops at {s.upper}: its {len(s.neurons)} kept neuron(s) never fire on these images, "
-                         f"so every relevance row of {where} is zero; {tip}")
+            notes.append(f"the graph stops at {s.upper}: its {len(s.neurons)} kept neuron(s) never fire on these "
+                         f"images, so every relevance row of {where} is zero; {tip}")
         elif not np.any(s.mean):
             notes.append(f"the graph stops at {s.upper}: the relevance of {where} is zero on every image; try "
                          "--rule gradient_x_activation or other images")

@@ -10,7 +10,8 @@ device). Steps without a closed form are computed by exact autograd on the class
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -22,10 +22,10 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -156,7 +156,8 @@ class StatsStore:
         try:
             return json.loads(f.read_text())
         except (OSError, ValueError):
-            raise StoreError(f"store metadata {str(f)!r} is unreadable; delete {str(self.path)!r} and collect again.") from None
+            raise StoreError(
+                f"store metadata {str(f)!r} is unreadable; delete {str(self.path)!r} and collect again.") from None
 
     def init(self, meta: dict[str, Any]) -> None:
         """Create the store, or check that an existing one matches ``meta``."""

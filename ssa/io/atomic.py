@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ssa.errors import OutputError
 from ssa.io.paths import describe_os_error

@@ -37,7 +37,8 @@ def load_grouped_images(spec: Any, *, labels: Any = None, preprocess: Preprocess
         if folders is not None:
             from ssa.io.images import _read_folder
 
-            parts, labs = [], []
+            parts: list[np.ndarray] = []
+            labs: list[np.ndarray] = []
             for c, folder in folders.items():
                 arr, _ = _read_folder(folder, preprocess or Preprocess())
                 if parts and arr.shape[1:] != parts[0].shape[1:]:

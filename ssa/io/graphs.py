@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -61,7 +62,7 @@ def graph_from_dict(data: Mapping[str, Any]) -> DependencyGraph:
 
 
 def _graphml_bytes(g: nx.DiGraph) -> bytes:
-    h = nx.DiGraph()
+    h: nx.DiGraph[Any] = nx.DiGraph()
     attrs = normalise_attrs(g.graph)
     encoded = sorted(k for k, v in attrs.items() if isinstance(v, (dict, list, tuple)) or v is None)
     h.graph.update({k: (json.dumps(_jsonable(v)) if k in encoded else _jsonable(v)) for k, v in attrs.items()})
@@ -73,7 +74,7 @@ def _graphml_bytes(g: nx.DiGraph) -> bytes:
     return "\n".join(nx.generate_graphml(h)).encode()
 
 
-def _from_graphml(g: nx.DiGraph) -> DependencyGraph:
+def _from_graphml(g: nx.Graph[Any]) -> DependencyGraph:
     for key in ("node_default", "edge_default"):  # added by networkx's reader, not ours
         g.graph.pop(key, None)
     keys = g.graph.pop(_GRAPHML_JSON_KEYS, None)

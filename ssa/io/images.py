@@ -79,10 +79,11 @@ class Preprocess:
 
 def validate_images(images: object, *, source: str = "images") -> np.ndarray:
     """Check an image batch and return it as a contiguous float32 array."""
-    arr = np.asarray(images) if not hasattr(images, "detach") else images.detach().cpu().numpy()  # type: ignore[union-attr]
+    arr = np.asarray(images) if not hasattr(images, "detach") else images.detach().cpu().numpy()
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
                                    or arr.dtype == bool):
-        raise InvalidInputError(f"{source} must hold numbers, got dtype {arr.dtype}; pass a float array shaped (N, ...).")
+        raise InvalidInputError(f"{source} must hold numbers, got dtype {arr.dtype}; pass a float array shaped (N, "
+                                "...).")
     if arr.ndim < 2:
         raise InvalidInputError(
             f"{source} must be shaped (N, ...) with one image per row, got shape {arr.shape}; add the batch axis."
@@ -100,14 +101,16 @@ def _read_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
-        raise InvalidInputError(f"cannot read {str(path)!r} as a .npy array ({str(exc).splitlines()[0]}); save it with numpy.save.") from None
+        raise InvalidInputError(f"cannot read {str(path)!r} as a .npy array ({str(exc).splitlines()[0]}); save it with "
+                                "numpy.save.") from None
 
 
 def _geometry(im, pre: Preprocess) -> np.ndarray:
     """Resize / letterbox / center-crop a PIL image as ``pre`` says; returns float32 pixels (H, W[, C])."""
     from PIL import Image
 
-    resample = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC}[pre.interpolation]
+    resample = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST,
+                "bicubic": Image.Resampling.BICUBIC}[pre.interpolation]
     if pre.resize_shorter is not None:
         w, h = im.size
         short, long_ = (w, h) if w <= h else (h, w)
@@ -146,7 +149,7 @@ def _read_folder(path: Path, pre: Preprocess) -> tuple[np.ndarray, list[str]]:
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InvalidInputError(f"folder {str(path)!r} holds no PNG/JPEG files; put the class's images there.")
-    out = []
+    out: list[np.ndarray] = []
     for f in files:
         try:
             with Image.open(f) as im:
@@ -208,7 +211,8 @@ def load_images(spec: object, *, target: int | None = None, preprocess: Preproce
     why = looks_unscaled(arr) if raw else None
     if why is not None:
         warnings.warn(f"the images look like raw 0-255 pixels ({why}); most models expect them scaled (e.g. to 0-1, or "
-                      "normalised): divide them by 255 first, or pass a folder of image files with --preprocess; ignore "
+                      "normalised): divide them by 255 first, or pass a folder of image files with --preprocess; "
+                      "ignore "
                       "this if the model takes 0-255 input.", SSAWarning, stacklevel=2)
     if lab is not None:
         lab = check_labels(lab, arr.shape[0])

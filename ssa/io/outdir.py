@@ -22,8 +22,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from ssa.errors import OutputError
 from ssa.io.atomic import atomic_write_bytes, write_listeners
@@ -84,7 +84,7 @@ class OutputDir:
         return any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
 
     # -- the run ---------------------------------------------------------------------------------------
-    def check(self) -> "OutputDir":
+    def check(self) -> OutputDir:
         """Refuse a folder that is a file, cannot be written, or holds output-like files ssa did not record."""
         check_output_dir(self.path, flag=self.flag)
         self._created = not self.path.exists()
@@ -107,7 +107,7 @@ class OutputDir:
         if path.parent.resolve() == self.path.resolve() and path.name != MANIFEST:
             self.written.add(path.name)
 
-    def __enter__(self) -> "OutputDir":
+    def __enter__(self) -> OutputDir:
         self.check()
         write_listeners.append(self._saw)
         return self

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from ssa.errors import InvalidInputError, OutputError
 
-__all__ = ['ENVIRONMENT_ERRNOS', 'describe_os_error', 'check_writable_dir', 'check_output_file', 'check_output_dir', 'check_distinct_outputs']
+__all__ = ['ENVIRONMENT_ERRNOS', 'describe_os_error', 'check_writable_dir', 'check_output_file', 'check_output_dir',
+           'check_distinct_outputs']
 
 
 #: errno values that mean "the environment refused" (disk full, read-only, permissions, limits), not a bug

@@ -38,8 +38,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ssa.errors import InvalidInputError
 from ssa.io.images import Preprocess
@@ -105,8 +107,9 @@ def infer_layout(input_shape: Sequence[int | None] | None) -> tuple[str | None, 
         layout, channels, hw = "nhwc", d3, (input_shape[1], input_shape[2])
     else:
         return None, None, None
-    size = (int(hw[0]), int(hw[1])) if all(isinstance(v, int) and v > 0 for v in hw) else None
-    return layout, int(channels), size  # type: ignore[arg-type]
+    h, w = hw
+    size = (h, w) if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 else None
+    return layout, channels, size
 
 
 def read_preprocess_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -119,11 +122,11 @@ def read_preprocess_config(path: str | os.PathLike) -> dict[str, Any]:
         if p.suffix.lower() == ".json":
             data = json.loads(p.read_text())
         elif p.suffix.lower() == ".toml":
-            try:
-                import tomllib  # Python >= 3.11
-            except ImportError:  # pragma: no cover - Python 3.10
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # pragma: no cover - Python 3.10
                 try:
-                    import tomli as tomllib  # type: ignore[no-redef]
+                    import tomli as tomllib
                 except ImportError:
                     raise InvalidInputError("reading .toml configs on Python 3.10 needs `pip install tomli`; "
                                             "or write the config as .json.") from None
@@ -185,7 +188,8 @@ def resolve_preprocess(spec: Any = None, *, input_shape: Sequence[int | None] | 
             raise InvalidInputError(f"--preprocess must be a preset ({', '.join(PRESETS)}) or a .json/.toml "
                                     f"config file, got {s!r}.")
     else:
-        raise InvalidInputError(f"preprocess must be a preset name, a config path or a dict, got {type(spec).__name__}.")
+        raise InvalidInputError("preprocess must be a preset name, a config path or a dict, got "
+                                f"{type(spec).__name__}.")
     cfg = _merge(raw)
     if "layout" not in raw:  # the model's input decides; the preset's layout is the fallback
         cfg["_layout_default"] = cfg.get("layout")

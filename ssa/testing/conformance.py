@@ -35,7 +35,8 @@ Each check runs with the selector's own parameters and, when the selector has
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -278,7 +279,7 @@ def _compare_libraries(sel: Selector, cases: dict, devices: list[str]) -> list[s
             t = torch.tensor(rows, dtype=torch.float64, device=dev)
             out = apply_selector(sel, t)
             if getattr(sel, "array_api", False):  # it says it runs where the rows live: it must not go to the host
-                raw = sel.select(t.clone())
+                raw = sel.select(t.clone())  # type: ignore[arg-type]  # array_api selectors take any array-API array
                 if not isinstance(raw, torch.Tensor) or raw.device.type != torch.device(dev).type:
                     fails.append(f"{what}: declares array_api but returned {type(raw).__name__} on "
                                  f"{getattr(raw, 'device', 'the host')} for torch rows on {dev}")
@@ -328,12 +329,13 @@ def check_selector(selector: type[Selector] | Selector, **params: Any) -> list[s
     configuration it failed for. An exception raised by ``select`` is reported as a failure.
     """
     if isinstance(selector, type):
-        if not issubclass(selector, Selector):
-            return [f"setup: {selector.__name__} is not a subclass of ssa.Selector"]
+        cls = selector
+        if not issubclass(cls, Selector):
+            return [f"setup: {cls.__name__} is not a subclass of ssa.Selector"]
         try:
-            selector = selector(**params)
+            selector = cls(**params)
         except Exception as exc:  # noqa: BLE001 - a broken constructor is a failure too
-            return [f"setup: {selector.__name__}(**{params!r}) raised {type(exc).__name__}: {exc}"]
+            return [f"setup: {cls.__name__}(**{params!r}) raised {type(exc).__name__}: {exc}"]
     elif not isinstance(selector, Selector):
         return [f"setup: {selector!r} is not a Selector class or instance"]
     failures: list[str] = []

@@ -14,8 +14,8 @@ outliers in every step: the graphs are not trivial.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -81,6 +81,7 @@ def _heavy_tail_(model: nn.Module, seed: int, sigma: float = 1.0, bias: float = 
                     m.bias.copy_(bias + 0.1 * torch.randn(m.bias.shape, generator=g))
             elif isinstance(m, nn.BatchNorm2d):
                 c = m.num_features
+                assert m.running_mean is not None and m.running_var is not None  # track_running_stats=True
                 m.running_mean.copy_(bn_mean_std * torch.randn(c, generator=g))
                 m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
                 m.weight.copy_(0.5 + torch.rand(c, generator=g))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections import defaultdict
-from typing import Callable, ContextManager, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ def _fresh(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval()
     for m in model.modules():
         if getattr(m, "inplace", False) is True:
-            m.inplace = False
+            m.inplace = False  # type: ignore[assignment]  # nn.Module types attributes as Tensor | Module
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -97,7 +97,8 @@ def _per_channel_mean(t: torch.Tensor, channel_axis: int) -> np.ndarray:
 
 def reference_relevance(model: nn.Module, images: np.ndarray, taps: Sequence[RefTap], upper: str,
                         neurons: Sequence[int], rule: str,
-                        context: Callable[[nn.Module], ContextManager] | None = None) -> dict[str, np.ndarray]:
+                        context: Callable[[nn.Module], contextlib.AbstractContextManager] | None = None,
+                        ) -> dict[str, np.ndarray]:
     """omega[parent][j, i, k] for upper neurons ``neurons[j]``, image i, parent neuron k.
 
     ``context``, if given, is entered with the model copy the reference runs (to add hooks to it).
@@ -112,16 +113,16 @@ def _relevance(model: nn.Module, images: np.ndarray, taps: Sequence[RefTap], upp
     by_name = {t.name: t for t in taps}
     up = by_name[upper]
     parents = [by_name[p] for p in up.parents]
-    out = {p.name: [] for p in parents}
+    out: dict[str, list[np.ndarray]] = {p.name: [] for p in parents}
     for n in neurons:
-        rows = {p.name: [] for p in parents}
+        rows: dict[str, list[np.ndarray]] = {p.name: [] for p in parents}
         for i in range(images.shape[0]):
             x = torch.from_numpy(images[i:i + 1]).float()
             raw, leaf = run_cut(model, x, taps)
             s = tap_scalar(raw[upper], up.channel_axis, n)
             inputs = [leaf[p.name] for p in parents]
             grads = torch.autograd.grad(s, inputs, allow_unused=True)
-            for p, a, g in zip(parents, inputs, grads):
+            for p, a, g in zip(parents, inputs, grads, strict=True):
                 if g is None:
                     g = torch.zeros_like(a)
                 if rule == "gradient":

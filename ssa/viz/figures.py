@@ -21,8 +21,9 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
@@ -52,7 +53,7 @@ _INHIB = "#c43c39"
 
 
 # -- output ------------------------------------------------------------------------------------
-def _new_figure(width: float, height: float) -> "Figure":
+def _new_figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -68,7 +69,7 @@ def _format_of(path: str | os.PathLike) -> str:
     return suffix
 
 
-def figure_bytes(fig: "Figure", fmt: str = "png") -> bytes:
+def figure_bytes(fig: Figure, fmt: str = "png") -> bytes:
     """Render ``fig`` as PNG or SVG bytes."""
     if fmt not in FORMATS:
         raise InvalidInputError(f"figure format must be 'png' or 'svg', got {fmt!r}.")
@@ -77,7 +78,7 @@ def figure_bytes(fig: "Figure", fmt: str = "png") -> bytes:
     return buf.getvalue()
 
 
-def save_figure(fig: "Figure", path: str | os.PathLike) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` to ``path`` (format from the suffix), atomically."""
     path = Path(path)
     atomic_write_bytes(path, figure_bytes(fig, _format_of(path)))
@@ -94,7 +95,7 @@ def parse_node(text: str) -> tuple[str, int]:
 
 
 # -- Fig. 2a: outlier frequency ---------------------------------------------------------------
-def step_counts(step: "StepRecord", neuron: int) -> np.ndarray:
+def step_counts(step: StepRecord, neuron: int) -> np.ndarray:
     """Outlier counts over images of every lower neuron for upper ``neuron`` of a step record."""
     if neuron not in step.neurons:
         raise InvalidInputError(f"neuron {neuron} is not an upper neuron of step {step.upper} -> {step.parent}; "
@@ -145,7 +146,7 @@ def plot_frequency(counts: np.ndarray, path: str | os.PathLike, *, n_images: int
             ys = c * xs ** -alpha
             ys = np.where((ys >= 0) & (ys <= top), ys, np.nan)  # only the part inside the axes
             ax.plot(xs, ys, color=_SHARED, lw=2, label=f"power law {c:.3g}·rank^−{alpha:.2f} (R² = {r2:.2f})")
-        for r, k in zip(ranks[:annotate], order[:annotate]):
+        for r, k in zip(ranks[:annotate], order[:annotate], strict=True):
             ax.annotate(str(int(k)), (r, counts[k]), ha="center", va="bottom", fontsize=7, xytext=(0, 1),
                         textcoords="offset points")
     else:
@@ -170,7 +171,7 @@ def plot_frequency(counts: np.ndarray, path: str | os.PathLike, *, n_images: int
 
 
 # -- Fig. 2b: relevance rows ------------------------------------------------------------------------
-def relevance_rows(network: "Network", images: np.ndarray, upper: str, neuron: int, *,
+def relevance_rows(network: Network, images: np.ndarray, upper: str, neuron: int, *,
                    rule: Any = "gradient", rule_params: Mapping[str, Any] | None = None,
                    parent: str | None = None, batch_size: int = 32) -> tuple[str, np.ndarray]:
     """omega[n, i, :] of one upper neuron over every image: ``(parent, array (n_images, K_parent))``.
@@ -297,7 +298,7 @@ def plot_graph(graph: nx.DiGraph, path: str | os.PathLike, *, shared: Collection
     # the axes fill the figure: tap names in the left margin, the colour bar on the right
     ax = fig.add_axes((label_w / width, 0.10, 1 - (label_w + 0.75) / width, 0.80))
     rmax: dict[str, float] = {}  # relevance scales differ between steps: widths are relative per upper tap
-    for u, v, d in graph.edges(data=True):
+    for u, _v, d in graph.edges(data=True):
         t = graph.nodes[u].get("tap", "?")
         rmax[t] = max(rmax.get(t, 0.0), abs(float(d.get("relevance", 0.0))))
     inhibitory = False
@@ -332,7 +333,7 @@ def plot_graph(graph: nx.DiGraph, path: str | os.PathLike, *, shared: Collection
         edges.append(_INHIB if int(d.get("sign", 1)) < 0 else "white")
     ax.scatter(xs, ys, s=sizes, c=colors, edgecolors=edges, linewidths=1.2, zorder=2)
     if len(pos) <= 160:
-        for (n, (x, y)), size, c in zip(pos.items(), sizes, colors):
+        for (n, (x, y)), size, c in zip(pos.items(), sizes, colors, strict=True):
             big = size >= 160
             dark = c == _CLASS or (not isinstance(c, str) and 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2] < 0.55)
             ax.text(x, y if big else y + 0.13, str(graph.nodes[n].get("neuron", "")), ha="center",
@@ -362,7 +363,7 @@ def plot_graph(graph: nx.DiGraph, path: str | os.PathLike, *, shared: Collection
 
 
 # -- Fig. 4b,c: saliency; Fig. 5: activation maps ------------------------------------------------------
-def _torch_parts(network: "Network", tap: str):
+def _torch_parts(network: Network, tap: str):
     gm = getattr(network, "graph_module", None)
     plan = getattr(network, "plan", None)
     if gm is None or plan is None:
@@ -374,12 +375,12 @@ def _torch_parts(network: "Network", tap: str):
     return gm, plan.node_of[tap], taps[tap]
 
 
-def _run_recording(network: "Network", x, node_name: str):
+def _run_recording(network: Network, x, node_name: str):
     """The value of one fx node when the network runs on ``x``."""
     return _run_recording_many(network, x, [node_name])[node_name]
 
 
-def _run_recording_many(network: "Network", x, node_names: Collection[str]) -> dict[str, Any]:
+def _run_recording_many(network: Network, x, node_names: Collection[str]) -> dict[str, Any]:
     """The values of several fx nodes from one run of the network on ``x`` (one forward pass)."""
     from torch import fx
 
@@ -410,7 +411,7 @@ def _check_neuron(tap, neuron: int) -> int:
     return int(neuron)
 
 
-def saliency(network: "Network", images: np.ndarray, tap: str, neuron: int) -> np.ndarray:
+def saliency(network: Network, images: np.ndarray, tap: str, neuron: int) -> np.ndarray:
     """Gradient of one neuron's scalar (its value, or spatial mean) w.r.t. the input image, through the
     whole network (no cuts): the saliency of a feature map (paper, Fig. 4b,c). Same shape as ``images``."""
     import torch
@@ -427,7 +428,7 @@ def saliency(network: "Network", images: np.ndarray, tap: str, neuron: int) -> n
     return g.detach().cpu().numpy().astype(np.float32)
 
 
-def activation_maps(network: "Network", images: np.ndarray, tap: str, neuron: int) -> np.ndarray:
+def activation_maps(network: Network, images: np.ndarray, tap: str, neuron: int) -> np.ndarray:
     """The activation map of one channel of a conv tap on each image: shape (n_images, H, W)."""
     import torch
 
@@ -590,7 +591,7 @@ def _upsample(m: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 # -- Fig. 4a: clustermap ----------------------------------------------------------------------------------
-def plot_dendrogram(comparison: "Comparison", path: str | os.PathLike, *, title: str | None = None) -> Path:
+def plot_dendrogram(comparison: Comparison, path: str | os.PathLike, *, title: str | None = None) -> Path:
     """Dendrogram of the Ward clustering of the class graphs (cosine distance on bag-of-nodes vectors)."""
     from scipy.cluster.hierarchy import dendrogram
 
@@ -604,7 +605,7 @@ def plot_dendrogram(comparison: "Comparison", path: str | os.PathLike, *, title:
     return save_figure(fig, path)
 
 
-def plot_clustermap(comparison: "Comparison", path: str | os.PathLike, *, kind: str = "similarity",
+def plot_clustermap(comparison: Comparison, path: str | os.PathLike, *, kind: str = "similarity",
                     title: str | None = None) -> Path:
     """Clustermap (paper, Fig. 4a): a heat map with the Ward dendrograms on its sides.
 
@@ -696,7 +697,7 @@ def _top_node(graph: nx.DiGraph, nodes: Sequence[str]) -> str:
                                         int(graph.nodes[n].get("neuron", 0))))[0]
 
 
-def default_map_neuron(graph: nx.DiGraph, network: "Network") -> tuple[str, int] | None:
+def default_map_neuron(graph: nx.DiGraph, network: Network) -> tuple[str, int] | None:
     """The neuron whose saliency and activation maps are drawn by default: the most frequent neuron of the
     highest tap in the graph that has spatial maps (a conv tap); None when the graph has none."""
     taps = {t.name: t for t in network.taps}
@@ -712,7 +713,7 @@ def default_map_neuron(graph: nx.DiGraph, network: "Network") -> tuple[str, int]
     return tap, int(graph.nodes[node]["neuron"])
 
 
-def class_figures(network: "Network", graph: nx.DiGraph, images: np.ndarray, out_dir: str | os.PathLike, *,
+def class_figures(network: Network, graph: nx.DiGraph, images: np.ndarray, out_dir: str | os.PathLike, *,
                   fmt: str = "png", shared: Collection[str] | None = None,
                   kept_by: Mapping[str, int] | None = None, n_graphs: int | None = None, steps: str = "all",
                   neuron: tuple[str, int] | None = None, n_images: int = 8, batch_size: int = 32

@@ -15,8 +15,9 @@ import html
 import os
 import re
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -129,7 +130,7 @@ def _params_table(graphs: Sequence[nx.DiGraph]) -> str:
 
 
 def _matrix_table(labels: Sequence[str], M: np.ndarray) -> str:
-    return _table(("", *labels), ([lab, *(float(v) for v in row)] for lab, row in zip(labels, M)))
+    return _table(("", *labels), ([lab, *(float(v) for v in row)] for lab, row in zip(labels, M, strict=True)))
 
 
 def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = None, *, model: Any = None,
@@ -193,7 +194,7 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
         from ssa.engines.store import images_hash
 
         loaded = images_hash(arr)
-        for g, name in zip(graphs, names):
+        for g, name in zip(graphs, names, strict=True):
             check_graph_network(g, network, name)
             check_graph_images(g, loaded, name, allow_mixed=allow_mixed)
     model_name = str(graphs[0].graph.get("model", "?"))
@@ -210,7 +211,7 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
         nav = ['<a href="#params">parameters</a>', '<a href="#overview">classes</a>']
         if cmp is not None:
             nav += ['<a href="#compare">comparison</a>', '<a href="#tables">tables</a>']
-        nav += [f'<a href="#{a}">{_esc(lab)}</a>' for a, lab in zip(anchors, labels_)]
+        nav += [f'<a href="#{a}">{_esc(lab)}</a>' for a, lab in zip(anchors, labels_, strict=True)]
         if explorer_href:
             nav.insert(0, f'<a class="explorer" href="{_esc(explorer_href)}">interactive explorer</a>')
         add("<nav>" + " ".join(nav) + "</nav>")
@@ -232,7 +233,7 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
                 taps_all.setdefault(d.get("tap", "?"), int(d.get("tap_order", 0)))
         tap_cols = [t for t in sorted(taps_all, key=lambda t: -taps_all[t]) if t != "logits"]
         rows = []
-        for lab, g, a in zip(labels_, graphs, anchors):
+        for lab, g, _a in zip(labels_, graphs, anchors, strict=True):
             per = {t: 0 for t in tap_cols}
             for _, d in g.nodes(data=True):
                 if d.get("tap", "?") in per:
@@ -300,7 +301,7 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
             if len(body) > 30:
                 add(f"<details><summary>all {len(body)} neurons</summary>" + _table(head, body) + "</details>")
 
-        for i, (lab, g, a) in enumerate(zip(labels_, graphs, anchors)):
+        for i, (lab, g, a) in enumerate(zip(labels_, graphs, anchors, strict=True)):
             add(f'<h2 id="{a}">{_esc(lab)}</h2>')
             n_img = g.graph.get("n_images", "?")
             add(f"<p>{_esc(n_img)} images · {g.number_of_nodes()} nodes · {g.number_of_edges()} edges · "

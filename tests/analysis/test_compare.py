@@ -218,7 +218,8 @@ def test_compare_real_graphs_of_digits():
     """End to end on the embedded model: three classes, clustering is scipy's on the normalised vectors."""
     import ssa
 
-    res = ssa.analyse_many("digits", "digits", [1, 7, 4], rule="gradient_x_activation", selector="tukey", max_per_class=12)
+    res = ssa.analyse_many("digits", "digits", [1, 7, 4], rule="gradient_x_activation", selector="tukey",
+                           max_per_class=12)
     cmp = compare([r.graph for r in res.values()])
     np.testing.assert_allclose(cmp.linkage, linkage(cmp.matrix / np.linalg.norm(cmp.matrix, axis=1)[:, None], "ward"))
     assert cmp.labels == ("class 1", "class 7", "class 4")

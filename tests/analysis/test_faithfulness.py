@@ -48,7 +48,8 @@ def _reference_logits(images: np.ndarray, ablate: dict[str, list[int]], fill: di
     for tap, neurons in ablate.items():
         seq, idx = TAP_MODULES[tap]
 
-        def hook(module, inputs, output, _n=list(neurons), _tap=tap):
+        def hook(module, inputs, output, _n=tuple(neurons), _tap=tap):
+            _n = list(_n)
             out = output.clone()
             out[:, _n] = 0.0 if fill is None else fill[_tap][_n].unsqueeze(0).expand_as(out[:, _n])
             return out
@@ -74,7 +75,8 @@ def test_graph_ablation_matches_a_hook_based_reference(session3, class3) -> None
     for tap, neurons in nodes.items():
         ref = _reference_logits(class3, {tap: neurons})
         assert by_tap[tap].graph.logit_drop == pytest.approx(np.mean(base[:, 3] - ref[:, 3]), abs=1e-4)
-        assert by_tap[tap].graph.accuracy_drop == pytest.approx(np.mean(base.argmax(1) == 3) - np.mean(ref.argmax(1) == 3))
+        want = np.mean(base.argmax(1) == 3) - np.mean(ref.argmax(1) == 3)
+        assert by_tap[tap].graph.accuracy_drop == pytest.approx(want)
         keep = [n for n in range(net.tap(tap).n_neurons) if n not in neurons]
         ref_keep = _reference_logits(class3, {tap: keep})
         assert by_tap[tap].keep_only.logit_drop == pytest.approx(np.mean(base[:, 3] - ref_keep[:, 3]), abs=1e-4)
@@ -220,12 +222,12 @@ def test_an_onnx_network_ablates_like_the_torch_model_it_was_exported_from(tmp_p
     onnx_taps = [t.name for t in onnx_session.network.taps]
     assert len(onnx_taps) == len(torch_taps)  # the same layers, named by the export
     nodes = {"classifier.2": [51, 53, 63], "features.3": [8, 11, 14], "features.1": [2, 15]}
-    rename = dict(zip(torch_taps, onnx_taps))
+    rename = dict(zip(torch_taps, onnx_taps, strict=False))
     ref = faithfulness(session3, _graph(3, nodes), draws=2, seed=0)
     got = faithfulness(onnx_session, _graph(3, {rename[t]: ns for t, ns in nodes.items()}), draws=2, seed=0)
     assert got.base_logit == pytest.approx(ref.base_logit, abs=1e-4)
     assert [lf.n_graph for lf in got.layers] == [lf.n_graph for lf in ref.layers]
-    for a, b in zip((*got.layers, got.total), (*ref.layers, ref.total)):
+    for a, b in zip((*got.layers, got.total), (*ref.layers, ref.total), strict=False):
         for which in ("graph", "random", "keep_only"):
             assert getattr(a, which).logit_drop == pytest.approx(getattr(b, which).logit_drop, abs=1e-4)
             assert getattr(a, which).accuracy_drop == pytest.approx(getattr(b, which).accuracy_drop)

@@ -40,7 +40,7 @@ class Affine:
     scale: torch.Tensor | None
     shift: torch.Tensor | None
 
-    def then(self, other: "Affine") -> "Affine":
+    def then(self, other: Affine) -> Affine:
         """This map followed by ``other`` (applied to this one's output)."""
         s1, t1, s2, t2 = self.scale, self.shift, other.scale, other.shift
         scale = s1 if s2 is None else (s2 if s1 is None else s1 * s2)
@@ -77,7 +77,7 @@ def _bn(ctx: PassContext, node: fx.Node, n: int) -> tuple[fx.Node, torch.Tensor,
         args = list(node.args)
         if node.target is F.batch_norm:
             get = dict(zip(("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
-                           args))
+                           args, strict=False))  # positional arguments: often fewer than the names
             get.update(node.kwargs)
             if get.get("training", False):
                 return None

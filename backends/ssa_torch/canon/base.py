@@ -8,8 +8,9 @@ or changes the value of a node the user named as a tap (``PassContext.protected`
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -27,11 +28,11 @@ class CanonPass:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
 
-    def run(self, gm: fx.GraphModule, ctx: "PassContext") -> int:
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> int:
         """Rewrite ``gm`` in place; return how many rewrites were made (0 when nothing changed)."""
         raise NotImplementedError
 
-    def __call__(self, gm: fx.GraphModule, ctx: "PassContext") -> int:
+    def __call__(self, gm: fx.GraphModule, ctx: PassContext) -> int:
         count = self.run(gm, ctx)
         if count:
             gm.graph.eliminate_dead_code()

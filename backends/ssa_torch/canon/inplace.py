@@ -58,7 +58,8 @@ class OutOfPlace(CanonPass):
                     changed = True
             elif node.op == "call_method":
                 t = str(node.target)
-                if t.endswith("_") and not t.startswith("_") and t != "requires_grad_" and hasattr(torch.Tensor, t[:-1]):
+                if t.endswith("_") and not t.startswith("_") and t != "requires_grad_" and hasattr(torch.Tensor,
+                                                                                                   t[:-1]):
                     node.target = t[:-1]
                     changed = True
             elif node.op == "call_module" and str(node.target) in inplace_modules:

@@ -33,7 +33,7 @@ def set_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, stem: str, 
 
 def _args(node: fx.Node, names: tuple[str, ...], defaults: tuple) -> list[Any]:
     out = []
-    for i, (name, default) in enumerate(zip(names, defaults)):
+    for i, (name, default) in enumerate(zip(names, defaults, strict=True)):
         if i < len(node.args):
             out.append(node.args[i])
         else:
@@ -101,7 +101,8 @@ class LayersAsModules(CanonPass):
                 if b is not None and not isinstance(bias, torch.Tensor):
                     continue
                 conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=stride, padding=padding,
-                                 dilation=dilation, groups=groups, bias=bias is not None, device=w.device, dtype=w.dtype)
+                                 dilation=dilation, groups=groups, bias=bias is not None, device=w.device,
+                                 dtype=w.dtype)
                 with torch.no_grad():
                     conv.weight.copy_(w)
                     if bias is not None:

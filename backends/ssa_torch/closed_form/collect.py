@@ -10,7 +10,8 @@ without autograd. Statistics stay torch tensors on the model's device.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import fx
@@ -100,7 +101,7 @@ class StatsInterpreter(fx.Interpreter):
         else:
             grads = (None,) * len(leaves)
         masks = {h: (g if g is not None else torch.zeros_like(leaf)).detach()
-                 for h, leaf, g in zip(heads, leaves, grads)}
+                 for h, leaf, g in zip(heads, leaves, grads, strict=True)}
         for i, term in enumerate(tf.terms):
             for key, val in term.statistics(masks[term.head], self.values, forms).items():
                 self.stats[f"{tf.tap}/{i}/{key}"] = val.detach()

@@ -12,7 +12,8 @@ ungated data (sum_p m[n, p] sum_delta W[n, c, delta] data[c, p + delta]) and d[c
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 

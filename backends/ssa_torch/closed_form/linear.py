@@ -64,10 +64,10 @@ class LinearOp:
         return (self.kind == "conv" and tuple(self.weight.shape[2:]) == (1, 1) and self.stride == (1, 1)
                 and self.pad == (0, 0, 0, 0))
 
-    def negated(self) -> "LinearOp":
+    def negated(self) -> LinearOp:
         return replace(self, weight=-self.weight)
 
-    def compose(self, inner: "LinearOp") -> "LinearOp":
+    def compose(self, inner: LinearOp) -> LinearOp:
         """``self`` applied after ``inner`` (raises :class:`NotClosedForm` when not a conv / dense)."""
         if self.kind == "dense" and inner.kind == "dense" and not self.flat and not inner.flat:
             return replace(self, weight=self.weight @ inner.weight, layers=self.layers + inner.layers)

@@ -23,8 +23,9 @@ autograd, and the reason is recorded for ``ssa check``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -70,7 +71,7 @@ class Gate:
     x: str
     data: str
     outer: LinearOp | None = None  # the layer the gated product enters
-    branches: list["Branch"] = field(default_factory=list)
+    branches: list[Branch] = field(default_factory=list)
 
 
 @dataclass
@@ -99,7 +100,8 @@ class Branch:
         i = self.parents.index(parent)
         lo = self.offsets[i]
         hi = self.offsets[i + 1] if i + 1 < len(self.offsets) else None
-        mine = (self.chan >= lo) & ((self.chan < hi) if hi is not None else torch.ones_like(self.chan, dtype=torch.bool))
+        mine = (self.chan >= lo) & ((self.chan < hi) if hi is not None else torch.ones_like(self.chan,
+                                                                                            dtype=torch.bool))
         return torch.where(mine, self.chan - lo, torch.full_like(self.chan, -1))
 
 
@@ -252,7 +254,7 @@ class Planner:
         if self.kind(x) == "pad" and len(x.users) == 1 and not self.is_tap(x):
             extra = self._zero_pad(x)
             if extra is not None:
-                pad = tuple(a + b for a, b in zip(pad, extra))  # type: ignore[assignment]
+                pad = tuple(a + b for a, b in zip(pad, extra, strict=True))  # type: ignore[assignment]
                 x = x.args[0]
         op = LinearOp("conv", mod.weight.detach(), int(mod.groups), _pair(mod.stride), _pair(mod.dilation), pad)
         return op, x
@@ -420,7 +422,7 @@ class Planner:
 
     def _sources(self, parents: Sequence[str], offsets: Sequence[int], code: str) -> dict[str, torch.Tensor]:
         out = {}
-        for parent, offset in zip(parents, offsets):
+        for parent, offset in zip(parents, offsets, strict=True):
             tap = self.taps[parent]
             pv = self.value(self.plan.node_of[parent])
             shape = [1] * pv.dim()
@@ -435,7 +437,8 @@ class Planner:
             out[self.plan.node_of[parent]] = v.to(pv.device).reshape(shape).expand(pv.shape).contiguous()
         return out
 
-    def _decode(self, parents, offsets, dag, x: fx.Node, op: LinearOp) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+    def _decode(self, parents, offsets, dag, x: fx.Node, op: LinearOp) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                                bool]:
         ones, shifted = self.push(self._sources(parents, offsets, "ones"), dag, x)
         index, _ = self.push(self._sources(parents, offsets, "index"), dag, x)
         rand_sources = self._sources(parents, offsets, "random")

@@ -16,7 +16,8 @@ batched autograd, and ``ssa check`` says which op).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from torch import fx
 
@@ -25,7 +26,8 @@ from ssa.errors import PluginError
 from ..kinds import register_kind
 from .terms import Term
 
-__all__ = ["ClosedForm", "register_closed_form", "unregister_closed_form", "closed_forms", "form_for", "register_builtin"]
+__all__ = ["ClosedForm", "register_closed_form", "unregister_closed_form", "closed_forms", "form_for",
+           "register_builtin"]
 
 
 class ClosedForm:

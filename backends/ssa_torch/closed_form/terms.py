@@ -17,7 +17,8 @@ torch arrays, computes in float64 on the arrays' device and returns a torch tens
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch

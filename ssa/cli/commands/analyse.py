@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 
 from ssa.api import analyse
-from ssa.cli.commands.analyse_many import add_many_args, run_many, wants_many
+from ssa.cli.commands.analyse_many import add_many_args, run_many, wants_many, warn_notes
 from ssa.cli.commands.common import (
     add_engine_args,
     add_image_args,
     add_method_args,
     add_model_args,
-    engine_options,
-    method_options,
-    model_options,
+    api_options,
+    model_argument,
+    model_spec,
     preprocess_from,
+    run_options,
 )
 from ssa.io.paths import check_output_file
 
@@ -38,10 +39,9 @@ def run(args: argparse.Namespace) -> int:
         return run_many(args)
     if args.out is not None:
         check_output_file(args.out, flag="--out", suffixes=(".json", ".graphml"))
-    result = analyse(args.model, args.images, args.target, labels=args.labels, preprocess=preprocess_from(args),
-                     device=args.device, batch_size=args.batch_size, backend=args.backend,
-                     progress=not args.quiet, **model_options(args), **method_options(args),
-                     **engine_options(args))
+    spec, options = model_spec(args), run_options(args)
+    result = analyse(model_argument(spec), args.images, args.target, labels=args.labels,
+                     preprocess=preprocess_from(args), **api_options(spec, options))
     if args.out:
         path = result.write(args.out)
     if not args.quiet:
@@ -52,12 +52,3 @@ def run(args: argparse.Namespace) -> int:
         warn_notes(result)
     return 0
 
-
-def warn_notes(result) -> None:
-    """With --quiet the summary is not printed: say why a graph stops as one warning line each."""
-    import warnings
-
-    from ssa.errors import SSAWarning
-
-    for note in result.notes:
-        warnings.warn(f"class {result.target}: {note}", SSAWarning, stacklevel=2)

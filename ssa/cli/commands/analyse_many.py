@@ -7,22 +7,19 @@ the run over to :func:`run_many` when they ask for more than the plain one-class
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 from ssa.analysis.grouping import parse_targets
 from ssa.api import analyse_many
-from ssa.cli.commands.common import (
-    engine_options,
-    method_options,
-    model_options,
-    preprocess_from,
-)
-from ssa.errors import InvalidInputError
+from ssa.cli.commands.common import api_options, model_argument, model_spec, preprocess_from, run_options
+from ssa.core.results import AnalysisResult
+from ssa.errors import InvalidInputError, SSAWarning
 from ssa.io.folders import class_folders
 from ssa.io.outdir import ANALYSE_OUTPUTS, OutputDir
 from ssa.io.paths import check_output_file
 
-__all__ = ["add_many_args", "wants_many", "run_many"]
+__all__ = ["add_many_args", "wants_many", "run_many", "warn_notes"]
 
 
 def add_many_args(p: argparse.ArgumentParser) -> None:
@@ -64,11 +61,11 @@ def run_many(args: argparse.Namespace) -> int:
 
 def _run_many(args: argparse.Namespace) -> int:
     targets = parse_targets(args.targets) if args.targets is not None else [args.target]
-    results = analyse_many(args.model, args.images, targets, labels=args.labels, by_prediction=args.by_prediction,
-                           min_confidence=args.min_confidence, max_per_class=args.max_per_class,
-                           preprocess=preprocess_from(args), device=args.device, batch_size=args.batch_size,
-                           backend=args.backend, progress=not args.quiet, **model_options(args),
-                           **method_options(args), **engine_options(args))
+    spec, options = model_spec(args), run_options(args)
+    results = analyse_many(model_argument(spec), args.images, targets, labels=args.labels,
+                           by_prediction=args.by_prediction, min_confidence=args.min_confidence,
+                           max_per_class=args.max_per_class, preprocess=preprocess_from(args),
+                           **api_options(spec, options))
     written = []
     if args.out is not None and args.target is not None:
         written.append(results[args.target].write(args.out))
@@ -81,10 +78,14 @@ def _run_many(args: argparse.Namespace) -> int:
         for path in written:
             print(f"wrote {path}")
     else:
-        from ssa.cli.commands.analyse import warn_notes
-
         for res in results.values():
             warn_notes(res)
         if written:
             print(f"wrote {len(written)} graph(s) to {Path(written[0]).parent}")
     return 0
+
+
+def warn_notes(result: AnalysisResult) -> None:
+    """With --quiet the summary is not printed: say why a graph stops as one warning line each."""
+    for note in result.notes:
+        warnings.warn(f"class {result.target}: {note}", SSAWarning, stacklevel=2)

@@ -1,4 +1,4 @@
-"""``ssa check``: what the analysis will see in a model (taps, DAG, engines; ONNX parity)."""
+"""``ssa check``: what the analysis will see in a model (taps, DAG, engines, and what its backend adds)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ import argparse
 
 import numpy as np
 
-from ssa.api import load_model
 from ssa.cli.commands.common import (
     add_image_args,
     add_model_args,
     check_folder_options,
-    model_options,
+    load_network,
+    model_spec,
     parse_ints,
     preprocess_from,
 )
+from ssa.core.capabilities import SupportsCheckReport, SupportsClosedFormSummary, SupportsDefaultInputShape
 from ssa.errors import InvalidInputError
 from ssa.io.images import load_images
 from ssa.session import prepare_network
@@ -25,30 +26,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Load a model and run it once (on --images, or on random inputs of --input-shape), "
                                    "then show what an analysis will see: the taps in execution order with their "
                                    "shapes and channel axes, the tap DAG (each tap's parent taps), and for every step "
-                                   "whether the exact one-pass form or autograd computes it. For ONNX models also the "
-                                   "parity with onnxruntime and how the logits are read.")
+                                   "whether the exact one-pass form or autograd computes it. A backend may add its "
+                                   "own lines (ONNX files: the parity with onnxruntime and how the logits are read).")
     add_model_args(p)
     add_image_args(p, required=False)
-    p.add_argument("--input-shape", default=None, help="per-image input shape, e.g. 3,224,224 (without --images)")
+    p.add_argument("--input-shape", default=None,
+                   help="per-image input shape, e.g. 3,224,224 (without --images; default: the shape the model "
+                        "declares, where it declares one)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     check_folder_options(args)
-    network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
+    network = load_network(model_spec(args))
     if args.images:
         images, _ = load_images(args.images, preprocess=preprocess_from(args), labels=args.labels)
         images = images[: max(1, min(len(images), args.batch_size))]
     else:
-        shape = parse_ints(args.input_shape, "--input-shape", minimum=1) or getattr(network, "default_input_shape", None)
+        shape = parse_ints(args.input_shape, "--input-shape", minimum=1)
+        if shape is None and isinstance(network, SupportsDefaultInputShape):
+            shape = network.default_input_shape
         if shape is None:
             raise InvalidInputError("pass --images or --input-shape C,H,W so the model can be run once.")
         images = np.random.default_rng(0).standard_normal((2, *shape)).astype(np.float32)
     taps = prepare_network(network, images, images_spec=args.images, preprocess=preprocess_from(args) if args.images
                            else None)
-    report = getattr(network, "check_report", None)
-    if callable(report):
-        print(report(images))
+    if isinstance(network, SupportsCheckReport):
+        print(network.check_report(images))
     print(f"model {network.name}: {len(taps)} taps")
     for t in sorted(taps, key=lambda t: -t.order):
         parents = ", ".join(t.parents) or "-"
@@ -57,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     print("steps:")
     for step, how in network.describe_steps().items():
         print(f"  {step:<48} {how}")
-    summary = getattr(network, "closed_form_summary", None)
-    if callable(summary):
-        print(summary())
+    if isinstance(network, SupportsClosedFormSummary):
+        print(network.closed_form_summary())
     return 0

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ssa.api import load_model
 from ssa.cli.commands.common import (
     add_image_args,
     add_model_args,
-    model_options,
+    load_network,
+    model_spec,
     preprocess_from,
 )
 from ssa.core.defaults import DEFAULT_RULE
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
                                     "analyse with it directly.")
         forms.append(r.form)
     forms = list(dict.fromkeys(forms))
-    network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
+    network = load_network(model_spec(args))
     images, _ = load_images(args.images, preprocess=preprocess_from(args), labels=args.labels)
     prepare_network(network, images, images_spec=args.images, preprocess=preprocess_from(args))
     if not network.fast_taps():

@@ -1,15 +1,32 @@
-"""Argument helpers shared by the sub-commands."""
+"""Argument helpers shared by the sub-commands, and the two builders of a run's options.
+
+:func:`model_spec` turns the model arguments (:func:`add_model_args`, with the options the backends
+register through ``ssa_register_model_options``) into a :class:`~ssa.core.options.ModelSpec`;
+:func:`run_options` turns the method and engine arguments into a :class:`~ssa.core.options.RunOptions`.
+Nothing here knows any one backend.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import Any
 
+from ssa.core.capabilities import SupportsDeclaredInputShape
+from ssa.core.interfaces import Network
+from ssa.core.options import ModelSpec, RunOptions
+from ssa.engines.store import check_store_root, default_store_root
 from ssa.errors import InvalidInputError
 from ssa.io.images import Preprocess
+from ssa.io.preprocess import resolve_preprocess
+from ssa.plugins import model_options as registered_model_options
+from ssa.plugins import registry
+from ssa.session import load_model
 
-__all__ = ["check_folder_options", "FOLDER_OPTIONS", "add_engine_args", "engine_options", "add_model_args", "add_image_args", "add_method_args", "parse_kv", "parse_ints", "model_options",
-           "preprocess_from", "method_options"]
+__all__ = ["check_folder_options", "FOLDER_OPTIONS", "add_engine_args", "add_model_args", "add_image_args",
+           "add_method_args", "parse_kv", "parse_ints", "model_spec", "run_options", "load_network",
+           "model_options", "api_options", "model_argument", "preprocess_from"]
 
 
 def parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
@@ -54,8 +71,19 @@ def _floats(text: str | None, what: str) -> tuple[float, ...]:
         raise InvalidInputError(f"{what} must be comma-separated numbers, got {text!r}.") from None
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model: file.onnx, file.pt2, path/file.py:attr, package.module:attr, or 'digits'")
+def add_model_args(parser: argparse.ArgumentParser, optional: str | None = None) -> None:
+    """The model and how to load it (read back by :func:`model_spec`), with every backend's own options.
+
+    ``optional``: the title of a group of options with ``--model`` (default None), for commands that load a
+    model only for some of their outputs; else the model is the first positional argument.
+    """
+    p: Any = parser
+    if optional is None:
+        p.add_argument("model", help="the model: a file (see `ssa plugins` for the backends and what they load), "
+                                     "path/file.py:attr, package.module:attr, or 'digits'")
+    else:
+        p = parser.add_argument_group(optional)
+        p.add_argument("--model", default=None, help="the model the graphs were made with (as for `ssa analyse`)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     p.add_argument("--backend", default=None, help="force a backend (see `ssa plugins`)")
     p.add_argument("--name", default=None,
@@ -66,9 +94,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel-axis", action="append", metavar="TAP=AXIS",
                    help="override the channel axis of a tap (repeatable)")
     p.add_argument("--output-index", type=int, default=None, help="which model output holds the logits")
-    p.add_argument("--parity-tolerance", type=float, default=None,
-                   help="ONNX: largest relative difference allowed between onnxruntime and the converted model "
-                        "(default 1e-3 on CPU, 1e-2 on CUDA)")
+    for opt in registered_model_options():  # the backends' own (ssa_register_model_options)
+        if opt.type is None:
+            p.add_argument(opt.flag, dest=opt.dest, action="store_const", const=True, default=None,
+                           help=f"{opt.models}: {opt.help}")
+        else:
+            p.add_argument(opt.flag, dest=opt.dest, type=opt.type, default=None, metavar=opt.metavar,
+                           help=f"{opt.models}: {opt.help}")
 
 
 def _channel_axes(items: list[str] | None) -> dict[str, int] | None:
@@ -84,25 +116,38 @@ def _channel_axes(items: list[str] | None) -> dict[str, int] | None:
     return out
 
 
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The backends' own options given on the command line; refused for a model another backend loads."""
+    given = [opt for opt in registered_model_options() if getattr(args, opt.dest, None) is not None]
+    if not given:
+        return {}
+    backend = registry().backend_for(args.model, args.backend).name
+    for opt in given:
+        if opt.backend != backend:
+            raise InvalidInputError(f"{opt.flag} applies to {opt.models} only (the {opt.backend} backend), and the "
+                                    f"{backend} backend loads {args.model!r}; drop it for this model.")
+    return {opt.option: getattr(args, opt.dest) for opt in given}
+
+
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    """The :class:`ModelSpec` of the arguments :func:`add_model_args` added (checked)."""
+    return ModelSpec(
+        source=args.model, backend=args.backend, device=args.device,
+        taps=tuple(t for t in args.taps.split(",") if t) if args.taps else None,
+        include_input=bool(args.include_input), channel_axes=_channel_axes(args.channel_axis),
+        output_index=args.output_index, name=getattr(args, "name", None) or None,
+        options=_backend_options(args))
+
+
+def load_network(spec: ModelSpec) -> Network:
+    """The network ``spec`` describes, loaded by its backend (not prepared)."""
+    return load_model(spec.source, backend=spec.backend, device=spec.device, **spec.load_options())
+
+
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
-    axes = _channel_axes(args.channel_axis)
-    out = {
-        "taps": [t for t in args.taps.split(",") if t] if args.taps else None,
-        "include_input": bool(args.include_input),
-        "channel_axes": axes,
-        "output_index": args.output_index,
-    }
-    if getattr(args, "name", None):
-        out["name"] = args.name
-    if getattr(args, "parity_tolerance", None) is not None:
-        if not _is_onnx(args.model):
-            raise InvalidInputError("--parity-tolerance applies to ONNX models only; drop it for this model.")
-        out["parity_tolerance"] = args.parity_tolerance
-    return out
-
-
-def _is_onnx(model: str) -> bool:
-    return isinstance(model, str) and model.lower().endswith(".onnx")
+    """The keyword options of :func:`ssa.load_model` (and of the functions that load a model with them) that
+    the model arguments give: :meth:`ModelSpec.load_options` of :func:`model_spec`."""
+    return model_spec(args).load_options()
 
 
 def add_image_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -113,7 +158,8 @@ def add_image_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     g.add_argument("--preprocess", default=None,
                    help="folders: a preset (torchvision, keras-vgg16, 0-1, 0-255) or a .json/.toml config; "
-                        "the layout is read from an ONNX model's input (see docs/onnx.md)")
+                        "the layout and size are read from the input the model file declares, where its backend "
+                        "can read it (see docs/onnx.md)")
     g.add_argument("--resize", default=None, help="folders: resize to H,W")
     g.add_argument("--scale", type=float, default=None, help="folders: multiply 0-255 pixels by this (default 1/255)")
     g.add_argument("--mean", default=None, help="folders: per-channel mean, comma-separated")
@@ -140,15 +186,14 @@ def check_folder_options(args: argparse.Namespace) -> None:
     if not given:
         return
     images = getattr(args, "images", None)
-    from pathlib import Path
-
     if images is None:
         raise InvalidInputError(f"{given[0]} applies to --images folders of image files, and no --images was given; "
                                 f"drop {given[0]} or pass --images DIR.")
     if images == "digits" or not Path(images).is_dir():
         what = "the built-in digits" if images == "digits" else f"{images!r}, an array"
         raise InvalidInputError(f"{given[0]} applies to folders of image files, but --images is {what} already "
-                                f"shaped and scaled for the model; drop {given[0]} (or pass a folder of PNG/JPEG files).")
+                                f"shaped and scaled for the model; drop {given[0]} (or pass a folder of PNG/JPEG "
+                                "files).")
     if "--preprocess" in given and len(given) > 1:
         other = next(f for f in given if f != "--preprocess")
         raise InvalidInputError(f"{other} cannot be combined with --preprocess, which sets the whole preprocessing; "
@@ -158,20 +203,7 @@ def check_folder_options(args: argparse.Namespace) -> None:
 def preprocess_from(args: argparse.Namespace) -> Preprocess:
     check_folder_options(args)
     if getattr(args, "preprocess", None):
-        from ssa.io.preprocess import resolve_preprocess
-
-        shape = None
-        if _is_onnx(args.model):
-            from pathlib import Path
-
-            if Path(args.model).is_file():
-                try:
-                    from ssa_onnx import input_shape_of
-
-                    shape = input_shape_of(args.model)
-                except Exception:  # noqa: BLE001 - loading reports a bad file with its own message
-                    shape = None
-        return resolve_preprocess(args.preprocess, input_shape=shape)
+        return resolve_preprocess(args.preprocess, input_shape=_declared_input_shape(args))
     resize = parse_ints(args.resize, "--resize", 2, minimum=1)
     default = Preprocess()
     return Preprocess(resize=resize, scale=default.scale if args.scale is None else args.scale,  # type: ignore[arg-type]
@@ -180,11 +212,22 @@ def preprocess_from(args: argparse.Namespace) -> Preprocess:
                       channels=default.channels if args.channels is None else args.channels, bgr=bool(args.bgr))
 
 
+def _declared_input_shape(args: argparse.Namespace) -> Any:
+    """The input shape the model file declares, when its backend can read it without loading the model
+    (``SupportsDeclaredInputShape``): a ``--preprocess`` preset takes the layout and size from it."""
+    model = getattr(args, "model", None)
+    if not isinstance(model, str) or not Path(model).is_file():
+        return None
+    backend = registry().backend_for(model, getattr(args, "backend", None))()
+    return backend.declared_input_shape(model) if isinstance(backend, SupportsDeclaredInputShape) else None
+
+
 def add_method_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method")
     g.add_argument("--branching", "-b", type=int, default=3, help="neurons kept per upper neuron (default 3)")
     g.add_argument("--rule", default=None,
-                   help="relevance rule (default gradient_x_activation; see `ssa plugins` and README, 'Which strategy?')")
+                   help="relevance rule (default gradient_x_activation; see `ssa plugins` and README, 'Which "
+                        "strategy?')")
     g.add_argument("--rule-param", action="append", metavar="NAME=VALUE", help="rule parameter (repeatable)")
     g.add_argument("--selector", default=None, help="outlier selector (default mad; see `ssa plugins`)")
     g.add_argument("--preset", default=None, choices=("paper",),
@@ -193,16 +236,6 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--selector-param", action="append", metavar="NAME=VALUE",
                    help="selector parameter, e.g. k=3 or two_sided=true (repeatable)")
     g.add_argument("--stop-at", default=None, help="lowest tap to expand down to")
-
-
-def method_options(args: argparse.Namespace) -> dict[str, Any]:
-    from ssa.core.defaults import resolve_method
-
-    rule, rule_params, selector, selector_params = resolve_method(
-        args.preset, args.rule, parse_kv(args.rule_param, "--rule-param"), args.selector,
-        parse_kv(args.selector_param, "--selector-param"))
-    return {"branching": args.branching, "rule": rule, "rule_params": rule_params, "selector": selector,
-            "selector_params": selector_params, "stop_at": args.stop_at}
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -214,16 +247,43 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                         "image set; see `ssa collect`)")
 
 
-def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    import os
-
-    from ssa.engines.store import check_store_root, default_store_root
-
-    if args.store is not None:  # asked for: fill what it lacks
+def _store(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The statistics store and its mode: ``--store`` (filled with what it lacks), else ``$SSA_STORE`` or
+    ``.ssa-store`` when that folder exists (read when it holds this model and image set), else none."""
+    if getattr(args, "store", None) is not None:  # asked for: fill what it lacks
         check_store_root(args.store, flag="--store")
-        return {"engine": args.engine, "store": args.store, "store_mode": "fill"}
+        return args.store, "fill"
     if os.environ.get("SSA_STORE"):
         check_store_root(default_store_root(), flag="SSA_STORE")
     if default_store_root().is_dir():  # used when `ssa collect` filled it for this model and images
-        return {"engine": args.engine, "store": str(default_store_root()), "store_mode": "read"}
-    return {"engine": args.engine, "store": None}
+        return str(default_store_root()), "read"
+    return None, "fill"
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """The :class:`RunOptions` of the method (:func:`add_method_args`), engine (:func:`add_engine_args`) and
+    image arguments a sub-command has (checked; the preset resolved in :attr:`RunOptions.method`)."""
+    store, store_mode = _store(args) if hasattr(args, "engine") else (None, "fill")
+    return RunOptions(
+        rule=args.rule, rule_params=parse_kv(args.rule_param, "--rule-param"),
+        selector=args.selector, selector_params=parse_kv(args.selector_param, "--selector-param"),
+        preset=args.preset, branching=args.branching, stop_at=args.stop_at,
+        engine=getattr(args, "engine", "auto"), batch_size=args.batch_size, store=store, store_mode=store_mode,
+        progress=not getattr(args, "quiet", False))
+
+
+def api_options(spec: ModelSpec, options: RunOptions) -> dict[str, Any]:
+    """``spec`` and ``options`` as the keywords of :func:`ssa.analyse` and :func:`ssa.analyse_many` (besides the
+    model, the images and the targets), the preset resolved."""
+    m = options.method
+    return {"branching": options.branching, "rule": m.rule, "rule_params": dict(m.rule_params),
+            "selector": m.selector, "selector_params": dict(m.selector_params), "stop_at": options.stop_at,
+            "engine": options.engine, "batch_size": options.batch_size, "store": options.store,
+            "store_mode": options.store_mode, "progress": options.progress, "backend": spec.backend,
+            "device": spec.device, **{k: v for k, v in spec.load_options().items() if k not in spec.options}}
+
+
+def model_argument(spec: ModelSpec) -> Any:
+    """What :func:`ssa.analyse` takes as the model: the source, or (with a backend's own options, which its
+    keywords do not carry) the network loaded here."""
+    return load_network(spec) if spec.options else spec.source

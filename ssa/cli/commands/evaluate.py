@@ -56,7 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", default=None, help="write the table here (.csv)")
     p.add_argument("--layers-out", default=None, help="write the per-layer ablation numbers here (.csv)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice; 1 is fastest for small models on a busy machine)")
+                   help="CPU threads for torch (default: torch's choice; 1 is fastest for small models on a busy "
+                        "machine)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     p.set_defaults(run=run)
 
@@ -77,7 +78,8 @@ def _resolve(spec: dict[str, dict[str, Any]], names: list[str], kind: str, flag:
     out: dict[str, dict[str, Any]] = {}
     for owner in spec:
         if owner != "*" and owner not in names:
-            raise InvalidInputError(f"{flag} names {kind} {owner!r}, which is not evaluated; evaluated: {', '.join(names)}.")
+            raise InvalidInputError(f"{flag} names {kind} {owner!r}, which is not evaluated; evaluated: "
+                                    f"{', '.join(names)}.")
     for name in names:
         known = getattr(reg.get(kind, name), "parameters", {})
         params = {k: v for k, v in spec.get("*", {}).items() if k in known}

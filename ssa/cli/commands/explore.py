@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ssa.cli.commands.common import add_image_args, model_options, preprocess_from
+from ssa.analysis.compare import load_graphs
+from ssa.cli.commands.common import add_image_args, add_model_args, load_network, model_spec, preprocess_from
 from ssa.errors import InvalidInputError
+from ssa.io.folders import load_grouped_images
+from ssa.viz.explorer import SINGLE_FILE_CLASSES, write_explorer
+from ssa.viz.explorer.references import class_indices, reference_images
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,14 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--title", default=None, help="page title")
     p.add_argument("--weight", default="frequency", choices=("frequency", "binary"),
                    help="bag-of-nodes weight of the clustering (as for `ssa compare`)")
-    m = p.add_argument_group("reference images (optional: need the model and the images the graphs were made with)")
-    m.add_argument("--model", default=None, help="the model the graphs were made with (as for `ssa analyse`)")
-    m.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
-    m.add_argument("--backend", default=None, help="force a backend (see `ssa plugins`)")
-    m.add_argument("--taps", default=None, help="comma-separated tap names, if the graphs were made with --taps")
-    m.add_argument("--include-input", action="store_true", help="if the graphs were made with --include-input")
-    m.add_argument("--channel-axis", action="append", metavar="TAP=AXIS", help="as for `ssa analyse`")
-    m.add_argument("--output-index", type=int, default=None, help="as for `ssa analyse`")
+    add_model_args(p, optional="reference images (optional: need the model and the images the graphs were made "
+                               "with, and its --taps, --include-input, ... if they were given)")
+    m = p.add_argument_group("reference images")
     m.add_argument("--top-k", type=int, default=4, help="reference images per neuron and list (default 4)")
     m.add_argument("--cache", default=None,
                    help="cache folder for reference images (default $SSA_CACHE/explorer or ~/.cache/ssa/explorer)")
@@ -45,9 +44,6 @@ def _is_folder(out: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssa.analysis.compare import load_graphs
-    from ssa.viz.explorer import SINGLE_FILE_CLASSES, write_explorer
-
     folder = _is_folder(args.out)
     if not folder and Path(args.out).suffix.lower() not in (".html", ".htm"):
         raise InvalidInputError(f"--out must end in .html (one file) or / (a folder), got {args.out!r}.")
@@ -59,14 +55,10 @@ def run(args: argparse.Namespace) -> int:
     names = [Path(p).name for p in args.graphs]
     references = None
     if args.model is not None:
-        from ssa.api import load_model
-        from ssa.io.folders import load_grouped_images
-        from ssa.viz.explorer.references import class_indices, reference_images
-
-        network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
+        network = load_network(model_spec(args))
         arr, lab = load_grouped_images(args.images, labels=args.labels, preprocess=preprocess_from(args))
         network.prepare(arr)
-        other = {g.graph.get("model") for g in graphs} - {None, network.name}
+        other = {str(g.graph["model"]) for g in graphs if g.graph.get("model") is not None} - {network.name}
         if other:
             raise InvalidInputError(f"the graphs were made with model {sorted(other)[0]!r}, not {network.name!r}; "
                                     "pass the model the graphs were made with.")

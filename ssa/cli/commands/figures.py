@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ssa.analysis.compare import check_graph_images, check_graph_network, load_graphs
+from ssa.analysis.compare import check_graph_images, check_graph_network, load_graphs, same_model, same_run
 from ssa.analysis.grouping import images_for_graph
-from ssa.api import load_model
 from ssa.cli.commands.common import (
     add_image_args,
     add_model_args,
-    model_options,
+    load_network,
+    model_spec,
     preprocess_from,
 )
 from ssa.engines.store import images_hash
@@ -20,6 +20,7 @@ from ssa.io.folders import load_grouped_images
 from ssa.io.graphs import read_graph
 from ssa.io.outdir import FIGURES_OUTPUTS, OutputDir
 from ssa.session import prepare_network
+from ssa.viz.figures import class_figures, parse_node
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,8 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-confidence", type=float, default=None, help="override the graph's confidence threshold")
     p.add_argument("--max-per-class", type=int, default=None, help="override the graph's image cap")
     p.add_argument("--allow-mixed", action="store_true",
-                   help="also accept a graph (and --compare graphs) made with different rules, selectors, parameters, branching factors or "
-                        "image sets (another model is always refused)")
+                   help="also accept a graph (and --compare graphs) made with different rules, selectors, parameters, "
+                        "branching factors or image sets (another model is always refused)")
     p.set_defaults(run=run)
 
 
@@ -57,21 +58,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ssa.viz.figures import class_figures, parse_node
-
     graph = read_graph(args.graph)
     others, other_names = load_graphs(args.compare) if args.compare else ([], [])
     kept_by = None
     if others:  # of the same model, and (unless --allow-mixed) of the same run
-        from ssa.analysis.compare import same_model, same_run
-
         names = [Path(args.graph).name, *(Path(p).name for p in args.compare)]
         same_model([graph, *others], names)
         if not args.allow_mixed:
             same_run([graph, *others], names)
         # colour: how many of the graphs (this one and the others) keep each neuron
         kept_by = {n: 1 + sum(n in g for g in others) for n in graph.nodes}
-    network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
+    network = load_network(model_spec(args))
     arr, lab = load_grouped_images(args.images, labels=args.labels, preprocess=preprocess_from(args))
     prepare_network(network, arr, images_spec=args.images, preprocess=preprocess_from(args))
     check_graph_network(graph, network, Path(args.graph).name)

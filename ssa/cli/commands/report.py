@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 from ssa.analysis.compare import load_graphs
-from ssa.cli.commands.common import add_image_args, model_options, preprocess_from
+from ssa.cli.commands.common import add_image_args, add_model_args, model_options, preprocess_from
 from ssa.errors import InvalidInputError
 from ssa.io.paths import check_output_file
+from ssa.viz.report import write_report
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,21 +30,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-mixed", action="store_true",
                    help="also accept graphs made with different rules, selectors, parameters, branching factors or "
                         "image sets (graphs of different models are always refused)")
-    m = p.add_argument_group("model (optional: adds the figures that need the network)")
-    m.add_argument("--model", default=None, help="the model the graphs were made with (as for `ssa analyse`)")
-    m.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
-    m.add_argument("--backend", default=None, help="force a backend (see `ssa plugins`)")
-    m.add_argument("--taps", default=None, help="comma-separated tap names, if the graphs were made with --taps")
-    m.add_argument("--include-input", action="store_true", help="if the graphs were made with --include-input")
-    m.add_argument("--channel-axis", action="append", metavar="TAP=AXIS", help="as for `ssa analyse`")
-    m.add_argument("--output-index", type=int, default=None, help="as for `ssa analyse`")
+    add_model_args(p, optional="model (optional: adds the figures that need the network; with its --taps, "
+                               "--include-input, ... if the graphs were made with them)")
     add_image_args(p, required=False)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssa.viz.report import write_report
-
     if args.n_images < 1:
         raise InvalidInputError(f"--n-images must be >= 1, got {args.n_images}.")
     check_output_file(args.out, flag="--out", suffixes=(".html", ".htm"))

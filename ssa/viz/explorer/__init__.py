@@ -25,9 +25,10 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -96,7 +97,7 @@ def layered_positions(graph: nx.DiGraph) -> dict[str, tuple[float, float]]:
     for n in graph.nodes:
         rows[rank[order[n]]].append(n)
     slot: dict[str, float] = {}
-    for r, nodes in enumerate(rows):
+    for _r, nodes in enumerate(rows):
         def key(n: str) -> tuple[float, int, str]:
             ups = [slot[u] for u in graph.predecessors(n) if u in slot]
             return (float(np.mean(ups)) if ups else 0.5, int(graph.nodes[n].get("neuron", 0)), n)
@@ -190,7 +191,7 @@ def explorer_files(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = N
             kept_by.setdefault(n, []).append([i, int(_num(d.get("frequency")))])
     files: dict[str, Any] = {}
     classes = []
-    for i, (g, label, name) in enumerate(zip(graphs, labels, names)):
+    for i, (g, label, name) in enumerate(zip(graphs, labels, names, strict=True)):
         target = g.graph.get("target")
         classes.append({"label": label, "target": _jsonable(target), "file": f"class-{i}.json", "name": name,
                         "n_images": int(_num(g.graph.get("n_images"))), "n_nodes": g.number_of_nodes(),
@@ -199,7 +200,8 @@ def explorer_files(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = N
     model = str(g0.get("model", "?"))
     params = ", ".join(f"{k}={g0.get(k)}" for k in ("branching", "rule", "selector") if g0.get(k) is not None)
     index = {
-        "format": FORMAT, "title": title or f"SSA explorer: {model}, {len(graphs)} class{'es' if len(graphs) != 1 else ''}",
+        "format": FORMAT, "title": title or f"SSA explorer: {model}, {len(graphs)} "
+                                            f"class{'es' if len(graphs) != 1 else ''}",
         "model": model, "params": params, "classes": classes, "order": order,
         "similarity": np.round(similarity, 4).tolist(), "weight": weight, "initial": order[0],
         "references": references is not None,

@@ -31,9 +31,10 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
@@ -73,7 +74,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "ssa" / "explorer"
 
 
-def class_indices(network: "Network", graph: nx.DiGraph, images: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+def class_indices(network: Network, graph: nx.DiGraph, images: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
     """Positions in ``images`` of the images ``graph`` was made from, chosen as :func:`ssa.analyse_many` chose
     them (the graph's ``target``, ``grouping``, ``min_confidence``, ``max_per_class``). ``network`` is prepared.
 
@@ -103,14 +104,14 @@ def class_indices(network: "Network", graph: nx.DiGraph, images: np.ndarray, lab
 
 
 # -- the network ---------------------------------------------------------------------------------------
-def _torch_network(network: "Network") -> None:
+def _torch_network(network: Network) -> None:
     if getattr(network, "graph_module", None) is None or getattr(network, "plan", None) is None:
         raise UnsupportedModelError(
             f"reference images need a PyTorch-backed network (the torch or ONNX backend), got "
             f"{type(network).__name__}; leave out --model/--images to explore the graphs alone.")
 
 
-def _scalars(network: "Network", images: np.ndarray, taps: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
+def _scalars(network: Network, images: np.ndarray, taps: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
     """Every image's neuron scalars of ``taps``: one forward pass per batch."""
     parts: dict[str, list[np.ndarray]] = {t: [] for t in taps}
     for i in range(0, images.shape[0], batch_size):
@@ -120,12 +121,12 @@ def _scalars(network: "Network", images: np.ndarray, taps: Sequence[str], batch_
     return {t: np.concatenate(v) for t, v in parts.items()}
 
 
-def _per_image_relevance(network: "Network", images: np.ndarray, rows: np.ndarray, graph: nx.DiGraph,
+def _per_image_relevance(network: Network, images: np.ndarray, rows: np.ndarray, graph: nx.DiGraph,
                          batch_size: int, stats_cache: dict[str, Any]) -> dict[str, np.ndarray]:
     """``{node: r (len(rows),)}``: per image, the mean over the graph's edges u -> node of omega[u, i, node]."""
+    from ssa.core.traversal import step_omega
     from ssa.engines.autograd import AutogradSource
     from ssa.engines.closed_form import FastSource
-    from ssa.core.traversal import step_omega
     from ssa.engines.statistics import collect
     from ssa.plugins import make_rule
     from ssa.viz.figures import _json_attr
@@ -165,7 +166,7 @@ def _top(values: np.ndarray, k: int) -> np.ndarray:
     return order[:k]
 
 
-def _pair_gradients(network: "Network", images: np.ndarray, tap: Any, node_name: str, neurons: np.ndarray,
+def _pair_gradients(network: Network, images: np.ndarray, tap: Any, node_name: str, neurons: np.ndarray,
                     positions: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """One forward and one backward pass over rows that each carry their own neuron.
 
@@ -239,7 +240,7 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 
 # -- the whole computation ---------------------------------------------------------------------------------
-def _cache_key(network: "Network", images: np.ndarray, groups: Sequence[np.ndarray], graphs: Sequence[nx.DiGraph],
+def _cache_key(network: Network, images: np.ndarray, groups: Sequence[np.ndarray], graphs: Sequence[nx.DiGraph],
                settings: Mapping[str, Any]) -> tuple[str, str, str] | None:
     from ssa.engines.store import images_hash
 
@@ -249,7 +250,7 @@ def _cache_key(network: "Network", images: np.ndarray, groups: Sequence[np.ndarr
         return None
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps({"version": CACHE_VERSION, "settings": dict(settings)}, sort_keys=True).encode())
-    for rows, g in zip(groups, graphs):
+    for rows, g in zip(groups, graphs, strict=True):
         h.update(np.asarray(rows, dtype=np.int64).tobytes())
         h.update(json.dumps([g.graph.get("rule"), g.graph.get("rule_params"),
                              sorted((u, v, int(d.get("sign", 1))) for u, v, d in g.edges(data=True)),
@@ -258,7 +259,7 @@ def _cache_key(network: "Network", images: np.ndarray, groups: Sequence[np.ndarr
     return f"{safe}-{fp[:16]}", images_hash(images), h.hexdigest()
 
 
-def reference_images(network: "Network", images: np.ndarray, groups: Sequence[np.ndarray],
+def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.ndarray],
                      graphs: Sequence[nx.DiGraph], *, top_k: int = 4, batch_size: int = 32, thumb: int = 72,
                      saliency_size: int = 200, cache_dir: str | os.PathLike | None = None,
                      use_cache: bool = True) -> References:
@@ -312,7 +313,7 @@ def reference_images(network: "Network", images: np.ndarray, groups: Sequence[np
     # 2. per-image relevance of every node of every class graph, from the relevance sources -> most relevant
     stats_cache: dict[str, Any] = {}
     relevant: dict[str, dict[int, list[tuple[int, float]]]] = {}
-    for gi, (g, rows) in enumerate(zip(graphs, rows_of)):
+    for gi, (g, rows) in enumerate(zip(graphs, rows_of, strict=True)):
         per = _per_image_relevance(network, imgs, rows, g, batch_size, stats_cache)
         for node, r in per.items():
             relevant.setdefault(node, {})[gi] = [(int(rows[j]), float(r[j])) for j in _top(r, top_k)]
@@ -338,12 +339,12 @@ def reference_images(network: "Network", images: np.ndarray, groups: Sequence[np
             ks = np.array([k for k, _ in chunk])
             us = np.array([u for _, u in chunk])
             grads, _ = _pair_gradients(network, imgs[us], tap, node_name, ks, positions=False)
-            for (k, u), gr in zip(chunk, grads):
+            for (k, u), gr in zip(chunk, grads, strict=True):
                 sal[(t, k, u)] = _saliency_map(gr, imgs[u])
             if spatial:
                 rf, maps = _pair_gradients(network, imgs[us], tap, node_name, ks, positions=True)
                 assert maps is not None
-                for (k, u), gr, m in zip(chunk, rf, maps):
+                for (k, u), gr, m in zip(chunk, rf, maps, strict=True):
                     h, w = shown[u].shape[:2]
                     y0, y1, x0, x1 = _bbox(_saliency_map(gr, imgs[u]) > 0)
                     heat = _resize_map(m, (h, w))
@@ -359,7 +360,7 @@ def reference_images(network: "Network", images: np.ndarray, groups: Sequence[np
         us = sorted({u for u, _ in active[n]} | {u for lst in relevant.get(n, {}).values() for u, _ in lst})
         top = max([float(np.max(crop[(t, k, u)][1])) for u in us] + [0.0]) or 1.0  # one heat scale per neuron
 
-        def item(u: int, value: float) -> dict[str, Any]:
+        def item(u: int, value: float, t: str = t, k: int = k, top: float = top) -> dict[str, Any]:
             base, heat = crop[(t, k, u)]
             return {"image": int(union[u]), "value": value, "src": _png(_overlay(base, heat / top, heat_cmap), thumb)}
 

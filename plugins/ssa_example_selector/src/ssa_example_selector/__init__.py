@@ -7,7 +7,8 @@ The distribution registers this module in the ``ssa`` entry-point group
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping
+from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 

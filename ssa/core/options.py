@@ -1,0 +1,255 @@
+"""The options of a run as two frozen dataclasses, checked once: what to load and how to analyse it.
+
+* :class:`ModelSpec`: the model and how to load it (source, backend, device, taps, channel axes, output,
+  display name, and a backend's own options such as the ONNX backend's ``parity_tolerance``);
+* :class:`RunOptions`: the method and the engine (rule, selector and their parameters or a preset,
+  branching, lowest tap, engine, batch size, statistics store, progress bar).
+
+Both check their values in ``__post_init__`` (one-line :class:`~ssa.errors.InvalidInputError` that
+names the parameter) and work with :func:`dataclasses.replace`, which checks again. What needs an
+installed plugin or the model itself (is the rule registered? is ``stop_at`` a tap? is there a GPU?)
+is checked where the plugin or the model is at hand. :class:`ModelOption` describes a command-line
+model option that a backend registers (``ssa_register_model_options``); its value lands in
+:attr:`ModelSpec.options`.
+
+The command line builds these from its arguments (:func:`ssa.cli.commands.common.model_spec` and
+:func:`~ssa.cli.commands.common.run_options`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ssa.core.checks import check_int
+from ssa.core.defaults import resolve_method
+from ssa.core.interfaces import Rule, Selector
+from ssa.errors import InvalidInputError
+
+__all__ = ["ModelSpec", "RunOptions", "Method", "ModelOption", "ENGINES", "STORE_MODES"]
+
+#: "auto": the exact closed form where a step has one, autograd elsewhere; "fast": the same, refused when no
+#: step has it; "autograd": every step by autograd
+ENGINES = ("auto", "fast", "autograd")
+#: "fill": collect into the store what it lacks; "read": use the store only when it holds this model and images
+STORE_MODES = ("fill", "read")
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FLAG = re.compile(r"--[a-z0-9][a-z0-9-]*")
+
+
+def _optional_str(name: str, value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise InvalidInputError(f"{name} must be a non-empty string or None, got {value!r}.")
+    return value
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"{name} must be True or False, got {value!r}.")
+    return value
+
+
+def _str_mapping(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(f"{name} must be a mapping of names to values, got {value!r}.")
+    for key in value:
+        if not isinstance(key, str) or not key:
+            raise InvalidInputError(f"{name} must have non-empty string keys, got {key!r}.")
+    return dict(value)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load and how (method doc, section 3: taps and channel axes).
+
+    Parameters
+    ----------
+    source : what :func:`ssa.load_model` accepts: an ``nn.Module``, a model file, ``file.py:attr``,
+        ``package.module:attr``, ``"digits"``, or a loaded :class:`~ssa.core.interfaces.Network`.
+    backend : a registered backend's name (``ssa plugins``); None picks the first that can load ``source``.
+    device : ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (whether the GPU exists is checked on loading).
+    taps : tap names chosen by hand (a tuple; any sequence of names is accepted); None: the backend's default.
+    include_input : add the input image's channels as the lowest tap.
+    channel_axes : tap name -> its channel axis, overriding the backend's guess.
+    output_index : which model output holds the logits (several outputs).
+    name : the model's display name in graphs and summaries (None: the backend's choice).
+    options : a backend's own options (e.g. ``{"parity_tolerance": 0.01}`` for ONNX files), passed to its
+        ``load`` as keywords; they must not repeat the fields above.
+    """
+
+    source: Any
+    backend: str | None = None
+    device: str = "cpu"
+    taps: tuple[str, ...] | None = None
+    include_input: bool = False
+    channel_axes: Mapping[str, int] | None = None
+    output_index: int | None = None
+    name: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            raise InvalidInputError("source must name a model (a file, 'file.py:attr', 'package.module:attr', "
+                                    "'digits' or a model object), got None.")
+        _optional_str("backend", self.backend)
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
+            raise InvalidInputError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}.")
+        if self.taps is not None:
+            if isinstance(self.taps, str) or not isinstance(self.taps, Sequence):
+                raise InvalidInputError(f"taps must be a sequence of tap names (e.g. ('conv1', 'fc1')), got "
+                                        f"{self.taps!r}.")
+            taps = tuple(self.taps)
+            if not taps or not all(isinstance(t, str) and t for t in taps):
+                raise InvalidInputError(f"taps must name at least one tap, each a non-empty string, got {self.taps!r}.")
+            object.__setattr__(self, "taps", taps)
+        _bool("include_input", self.include_input)
+        if self.channel_axes is not None:
+            axes = _str_mapping("channel_axes", self.channel_axes)
+            for tap, axis in axes.items():
+                if isinstance(axis, bool) or not isinstance(axis, int):
+                    raise InvalidInputError(f"channel_axes[{tap!r}] must be an integer axis, got {axis!r}.")
+            object.__setattr__(self, "channel_axes", axes)
+        if self.output_index is not None:
+            check_int("output_index", self.output_index, 0)
+        _optional_str("name", self.name)
+        options = _str_mapping("options", self.options)
+        clash = sorted(set(options) & _MODEL_FIELDS)
+        if clash:
+            raise InvalidInputError(f"options must hold only a backend's own options; {clash[0]!r} is a field of "
+                                    f"ModelSpec: pass {clash[0]}= instead.")
+        object.__setattr__(self, "options", options)
+
+    def load_options(self) -> dict[str, Any]:
+        """The keyword options a backend's ``load(source, device=..., **options)`` takes (``name`` only when set)."""
+        out: dict[str, Any] = {"taps": list(self.taps) if self.taps is not None else None,
+                               "include_input": self.include_input,
+                               "channel_axes": dict(self.channel_axes) if self.channel_axes is not None else None,
+                               "output_index": self.output_index}
+        if self.name is not None:
+            out["name"] = self.name
+        out.update(self.options)
+        return out
+
+
+_MODEL_FIELDS = frozenset({"source", "backend", "device", "taps", "include_input", "channel_axes", "output_index",
+                           "name", "options"})
+
+
+@dataclass(frozen=True)
+class Method:
+    """The rule and the selector a run uses, with their parameters, after the preset and the defaults."""
+
+    rule: str | Rule
+    rule_params: Mapping[str, Any]
+    selector: str | Selector
+    selector_params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to analyse: the method (paper, Algorithm 1) and the engine (method doc, section 6).
+
+    Parameters
+    ----------
+    rule, selector : registered names (``ssa plugins``) or configured instances; None: the defaults
+        (:mod:`ssa.core.defaults`), or the preset's.
+    rule_params, selector_params : their keyword parameters.
+    preset : ``"paper"`` fixes the rule, the selector and their parameters; giving any of them beside it
+        is refused.
+    branching : b, the lower neurons kept per upper neuron and parent tap (>= 1).
+    stop_at : the lowest tap to expand down to (None: down to the lowest tap).
+    engine : one of :data:`ENGINES`.
+    batch_size : images per forward pass (>= 1).
+    store : a statistics store folder (``ssa collect``), or None to work in memory.
+    store_mode : one of :data:`STORE_MODES`.
+    progress : show progress bars.
+
+    :attr:`method` is the resolved rule and selector (preset, values given, defaults).
+    """
+
+    rule: str | Rule | None = None
+    rule_params: Mapping[str, Any] = field(default_factory=dict)
+    selector: str | Selector | None = None
+    selector_params: Mapping[str, Any] = field(default_factory=dict)
+    preset: str | None = None
+    branching: int = 3
+    stop_at: str | None = None
+    engine: str = "auto"
+    batch_size: int = 32
+    store: str | os.PathLike[str] | None = None
+    store_mode: str = "fill"
+    progress: bool = False
+    method: Method = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.rule is not None and not isinstance(self.rule, (str, Rule)):
+            raise InvalidInputError(f"rule must be a registered rule's name or an ssa.Rule, got {self.rule!r}.")
+        if self.selector is not None and not isinstance(self.selector, (str, Selector)):
+            raise InvalidInputError(f"selector must be a registered selector's name or an ssa.Selector, got "
+                                    f"{self.selector!r}.")
+        object.__setattr__(self, "rule_params", _str_mapping("rule_params", self.rule_params))
+        object.__setattr__(self, "selector_params", _str_mapping("selector_params", self.selector_params))
+        _optional_str("preset", self.preset)
+        rule, rule_params, selector, selector_params = resolve_method(
+            self.preset, self.rule, self.rule_params, self.selector, self.selector_params)
+        object.__setattr__(self, "method", Method(rule, rule_params, selector, selector_params))
+        check_int("branching", self.branching, 1, "Pass --branching 1 or more.")
+        _optional_str("stop_at", self.stop_at)
+        if self.engine not in ENGINES:
+            raise InvalidInputError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}.")
+        check_int("batch_size", self.batch_size, 1, "Pass --batch-size 1 or more.")
+        if self.store is not None and not isinstance(self.store, (str, os.PathLike)):
+            raise InvalidInputError(f"store must be a folder path or None, got {self.store!r}.")
+        if self.store_mode not in STORE_MODES:
+            raise InvalidInputError(f"store_mode must be 'fill' or 'read', got {self.store_mode!r}.")
+        _bool("progress", self.progress)
+
+
+@dataclass(frozen=True)
+class ModelOption:
+    """A command-line model option a backend registers (hook ``ssa_register_model_options``).
+
+    Parameters
+    ----------
+    flag : the option, ``--lower-case-words``.
+    option : the keyword the backend's ``load`` takes (lands in :attr:`ModelSpec.options`).
+    backend : the registered name of the backend that takes it; the option is refused for other models.
+    help : one line for ``--help``.
+    type : converts the text given (``float``, ``int``, ``str`` or your own; raise ``ValueError`` on bad text).
+        None makes a switch (no value; True when given).
+    metavar : the value's name in ``--help``.
+    models : what it applies to, for messages (default "<backend> models").
+    """
+
+    flag: str
+    option: str
+    backend: str
+    help: str
+    type: Callable[[str], Any] | None = str
+    metavar: str | None = None
+    models: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.flag, str) or not _FLAG.fullmatch(self.flag):
+            raise InvalidInputError(f"flag must look like --lower-case-words, got {self.flag!r}.")
+        if not isinstance(self.option, str) or not _IDENTIFIER.fullmatch(self.option) or self.option in _MODEL_FIELDS:
+            raise InvalidInputError(f"option must be a Python identifier that is not a ModelSpec field, got "
+                                    f"{self.option!r}.")
+        if not isinstance(self.backend, str) or not self.backend:
+            raise InvalidInputError(f"backend must be a backend's registered name, got {self.backend!r}.")
+        if not isinstance(self.help, str) or not self.help.strip():
+            raise InvalidInputError(f"help must be a non-empty string, got {self.help!r}.")
+        if self.type is not None and not callable(self.type):
+            raise InvalidInputError(f"type must be callable (e.g. float) or None, got {self.type!r}.")
+        if not self.models:
+            object.__setattr__(self, "models", f"{self.backend} models")
+
+    @property
+    def dest(self) -> str:
+        """The attribute of the parsed arguments that holds the value (None when not given)."""
+        return "model_option_" + self.option
