@@ -30,7 +30,7 @@ from ssa.viz.explorer.references import (
     reference_images,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STATIC = ROOT / "ssa" / "viz" / "explorer" / "static"
 FRONTEND = ROOT / "frontend" / "explorer"
 
