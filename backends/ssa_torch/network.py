@@ -24,6 +24,7 @@ from ssa.errors import InvalidInputError, SSAError, UnsupportedModelError
 
 from .canon import DEFAULT_PASSES, CanonPass, CanonReport, canonicalize
 from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
+from .maps import InputMaps
 from .taps import TapPlan, discover_taps
 
 __all__ = ["TorchNetwork", "spatial_mean", "trace_module", "steps_summary"]
@@ -129,7 +130,7 @@ class _CutInterpreter(_ModelCode):
         return out
 
 
-class TorchNetwork(Network):
+class TorchNetwork(InputMaps, Network):
     """A PyTorch ``nn.Module`` (or fx graph) ready for step-wise analysis.
 
     Parameters
@@ -141,6 +142,9 @@ class TorchNetwork(Network):
     include_input : add the input image's channels as the lowest tap.
     channel_axes : override the channel axis of taps, by name.
     output_index : which output is the logits when the model returns several.
+
+    Saliency, activation maps and receptive fields (:class:`ssa.core.capabilities.SupportsInputMaps`) come from
+    the mixin :class:`ssa_torch.maps.InputMaps`.
     """
 
     def __init__(self, module: nn.Module, *, name: str = "model", device: str = "cpu",
