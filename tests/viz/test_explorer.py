@@ -24,7 +24,6 @@ from ssa.viz.explorer import (
     write_explorer,
 )
 from ssa.viz.explorer.references import (
-    _pair_gradients,
     _per_image_relevance,
     class_indices,
     reference_images,
@@ -104,15 +103,13 @@ def test_per_image_relevance_equals_autograd_and_the_graph(small):
 
 def test_pair_gradients_equal_one_pass_per_neuron(small):
     _, net, x, _ = small
-    tap = next(t for t in net.taps if t.name == "features.3")
-    node = net.plan.node_of["features.3"]
     imgs = x[[0, 1, 2, 0]]
     ks = np.array([4, 4, 9, 17])
-    grads, _ = _pair_gradients(net, imgs, tap, node, ks, positions=False)
+    grads = net.pair_maps(imgs, "features.3", ks).saliency  # the capability the explorer's references use
     for i, k in enumerate(ks):  # reference: figures.saliency, one neuron and one image at a time
         assert np.allclose(grads[i], F.saliency(net, imgs[i:i + 1], "features.3", int(k))[0], atol=1e-6)
-    rf, maps = _pair_gradients(net, x[:3], next(t for t in net.taps if t.name == "features.1"),
-                               net.plan.node_of["features.1"], np.array([2, 2, 7]), positions=True)
+    pm = net.pair_maps(x[:3], "features.1", np.array([2, 2, 7]))
+    rf, maps = pm.peak_gradient, pm.activations
     for i in range(3):  # features.1 is a 3x3 convolution of the input: its receptive field is 3x3 at most
         ys, xs = np.nonzero(np.abs(rf[i]).sum(axis=0) > 0)
         assert ys.max() - ys.min() < 3 and xs.max() - xs.min() < 3

@@ -18,10 +18,12 @@ made from). For every neuron of the graphs it gives:
 * its **saliency** (|gradient of the neuron's scalar w.r.t. the input|, max over channels; as
   :func:`ssa.viz.figures.saliency`) on each of its reference images.
 
-Crops and saliency are batched over (neuron, image) pairs: one forward and one backward pass per
-tap and batch of pairs, each row of the batch carrying its own neuron, never one pass per neuron.
-The result is cached on disk, keyed by the model's content hash, the images' content hash, the
-graphs and the settings. The network must be PyTorch-backed (the torch and ONNX backends).
+Crops and saliency are batched over (neuron, image) pairs through the network's
+:class:`~ssa.core.capabilities.SupportsInputMaps` capability (``pair_maps``: one forward and one
+backward pass per tap and batch of pairs, each row of the batch carrying its own neuron, never one
+pass per neuron). The result is cached on disk, keyed by the model's content hash, the images'
+content hash, the graphs and the settings. The network must have input maps (the torch and ONNX
+backends do).
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import networkx as nx
 import numpy as np
 
-from ssa.errors import InvalidInputError, UnsupportedModelError
+from ssa.core.capabilities import SupportsInputMaps, require
+from ssa.core.graph import DependencyGraph
+from ssa.errors import InvalidInputError
 from ssa.io.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,13 +107,6 @@ def class_indices(network: "Network", graph: nx.DiGraph, images: np.ndarray, lab
 
 
 # -- the network ---------------------------------------------------------------------------------------
-def _torch_network(network: "Network") -> None:
-    if getattr(network, "graph_module", None) is None or getattr(network, "plan", None) is None:
-        raise UnsupportedModelError(
-            f"reference images need a PyTorch-backed network (the torch or ONNX backend), got "
-            f"{type(network).__name__}; leave out --model/--images to explore the graphs alone.")
-
-
 def _scalars(network: "Network", images: np.ndarray, taps: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
     """Every image's neuron scalars of ``taps``: one forward pass per batch."""
     parts: dict[str, list[np.ndarray]] = {t: [] for t in taps}
@@ -127,9 +124,9 @@ def _per_image_relevance(network: "Network", images: np.ndarray, rows: np.ndarra
     from ssa.engines.closed_form import FastSource
     from ssa.engines.statistics import collect
     from ssa.plugins import make_rule
-    from ssa.viz.figures import _json_attr
 
-    rule = make_rule(str(graph.graph.get("rule", "gradient")), **_json_attr(graph, "rule_params"))
+    run = DependencyGraph.from_networkx(graph).run
+    rule = make_rule(run.rule or "gradient", **run.rule_params)
     form = rule.form
     fast = network.fast_taps(form) if form else frozenset()
     if fast:
@@ -166,37 +163,6 @@ def _top(values: np.ndarray, k: int) -> np.ndarray:
     """Positions of the ``k`` largest values, largest first (ties: lower position first)."""
     order = np.lexsort((np.arange(values.size), -values))
     return order[:k]
-
-
-def _pair_gradients(network: "Network", images: np.ndarray, tap: Any, node_name: str, neurons: np.ndarray,
-                    positions: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """One forward and one backward pass over rows that each carry their own neuron.
-
-    ``positions=False``: the gradient of each row's neuron scalar (its value, or spatial mean) w.r.t. the
-    row's input (saliency). ``positions=True``: the gradient of the neuron's strongest position, and the
-    rows' activation maps ``(P, *spatial)``. Rows do not interact (the network is in eval mode).
-    """
-    import torch
-
-    from ssa.viz.figures import _run_recording
-
-    x = network.to_tensor(images).detach().requires_grad_(True)  # type: ignore[attr-defined]
-    idx = torch.as_tensor(neurons, dtype=torch.long, device=x.device)
-    rows = torch.arange(len(neurons), device=x.device)
-    maps = None
-    with torch.enable_grad():
-        value = _run_recording(network, x, node_name)
-        v = value.movedim(tap.channel_axis, 1)[rows, idx]  # (P, *spatial) or (P,)
-        flat = v.reshape(v.shape[0], -1)
-        if positions:
-            best = flat.detach().argmax(dim=1)
-            score = flat[rows, best].sum()
-            maps = v.detach().cpu().numpy().astype(np.float32)
-        else:
-            score = flat.mean(dim=1).sum()
-        (g,) = torch.autograd.grad(score, x, allow_unused=True)
-    grads = np.zeros(images.shape, np.float32) if g is None else g.detach().cpu().numpy().astype(np.float32)
-    return grads, maps
 
 
 # -- pictures -----------------------------------------------------------------------------------------
@@ -281,14 +247,14 @@ def reference_images(network: "Network", images: np.ndarray, groups: Sequence[np
     """
     from matplotlib import colormaps
 
-    from ssa.viz.figures import _display, _rgb, _saliency_map, _torch_parts
+    from ssa.viz.figures import _display, _rgb, _saliency_map
 
     graphs = list(graphs)
     if len(groups) != len(graphs):
         raise InvalidInputError(f"got {len(groups)} image groups for {len(graphs)} graphs; they must match.")
     if top_k < 1:
         raise InvalidInputError(f"top_k must be >= 1, got {top_k}.")
-    _torch_network(network)
+    maps = require(network, SupportsInputMaps, "reference images")
     taps = {t.name: t for t in network.taps}
     needed = sorted({str(d.get("tap")) for g in graphs for _, d in g.nodes(data=True)})
     missing = [t for t in needed if t not in taps]
@@ -333,26 +299,22 @@ def reference_images(network: "Network", images: np.ndarray, groups: Sequence[np
     crop: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}  # (tap, k, u) -> (image crop, heat crop)
     sal: dict[tuple[str, int, int], np.ndarray] = {}
     for t, todo in pairs.items():
-        _, node_name, tap = _torch_parts(network, t)
-        spatial = len(tap.shape) >= 2
+        spatial = len(taps[t].shape) >= 2
         todo_l = sorted(todo, key=lambda p: (p[1], p[0]))
-        for i in range(0, len(todo_l), batch_size):
+        for i in range(0, len(todo_l), batch_size):  # one forward and one backward pass per chunk of pairs
             chunk = todo_l[i:i + batch_size]
             ks = np.array([k for k, _ in chunk])
             us = np.array([u for _, u in chunk])
-            grads, _ = _pair_gradients(network, imgs[us], tap, node_name, ks, positions=False)
-            for (k, u), gr in zip(chunk, grads):
-                sal[(t, k, u)] = _saliency_map(gr, imgs[u])
-            if spatial:
-                rf, maps = _pair_gradients(network, imgs[us], tap, node_name, ks, positions=True)
-                assert maps is not None
-                for (k, u), gr, m in zip(chunk, rf, maps):
+            pm = maps.pair_maps(imgs[us], t, ks, batch_size=batch_size)
+            for j, (k, u) in enumerate(chunk):
+                sal[(t, k, u)] = _saliency_map(pm.saliency[j], imgs[u])
+                if spatial:
+                    assert pm.peak_gradient is not None and pm.activations is not None
                     h, w = shown[u].shape[:2]
-                    y0, y1, x0, x1 = _bbox(_saliency_map(gr, imgs[u]) > 0)
-                    heat = _resize_map(m, (h, w))
+                    y0, y1, x0, x1 = _bbox(_saliency_map(pm.peak_gradient[j], imgs[u]) > 0)
+                    heat = _resize_map(pm.activations[j], (h, w))
                     crop[(t, k, u)] = (shown[u][y0:y1, x0:x1], heat[y0:y1, x0:x1])
-            else:
-                for k, u in chunk:
+                else:
                     crop[(t, k, u)] = (shown[u], sal[(t, k, u)])
     # 4. pictures
     heat_cmap, sal_cmap = colormaps["magma"], colormaps["inferno"]
