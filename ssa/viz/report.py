@@ -14,7 +14,6 @@ import datetime as _dt
 import html
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -74,9 +73,12 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, cls: str = "
     return "".join(out)
 
 
-def _embed(path: Path, caption: str) -> str:
-    data = path.read_bytes()
-    if path.suffix.lower() == ".svg":
+def _embed(fig: Any, caption: str, fmt: str) -> str:
+    """A figure rendered in memory: inline ``<svg>`` or a base64 PNG ``<img>``."""
+    from ssa.viz.figures import figure_bytes
+
+    data = figure_bytes(fig, fmt)
+    if fmt == "svg":
         text = data.decode("utf-8")
         text = re.sub(r"^\s*<\?xml[^>]*\?>\s*", "", text)
         text = re.sub(r"<!DOCTYPE[^>]*>\s*", "", text, flags=re.S)
@@ -201,8 +203,7 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
     anchors = [f"c{i}" for i in range(len(graphs))]
     parts: list[str] = []
     add = parts.append
-    with tempfile.TemporaryDirectory(prefix="ssa-report-") as tmp, identical_graphs_quietly():
-        tmpdir = Path(tmp)
+    with identical_graphs_quietly():
         add(f"<h1>{_esc(title)}</h1>")
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         add(f'<p class="muted">ssa {_esc(__version__)} · generated {_esc(stamp)} · step-wise sensitivity analysis '
@@ -247,11 +248,11 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
                 f"(weight: {'frequency / number of images' if cmp.weight == 'frequency' else '1 if kept'}; class "
                 "nodes left out). The vectors are L2-normalised and clustered with Ward's method, so the Euclidean "
                 "distance used is sqrt(2 · cosine distance).</p>")
-            add(_embed(plot_clustermap(cmp, tmpdir / f"clustermap.{fmt}"),
-                       "Clustermap (paper Fig. 4a): cosine similarity of the class graphs, in dendrogram order."))
-            add(_embed(plot_clustermap(cmp, tmpdir / f"clustermap-nodes.{fmt}", kind="nodes"),
-                       "Bag-of-nodes matrix: classes (rows, dendrogram order) by neurons (columns, clustered)."))
-            add(_embed(plot_dendrogram(cmp, tmpdir / f"dendrogram.{fmt}"), "Ward dendrogram of the class graphs."))
+            add(_embed(plot_clustermap(cmp),
+                       "Clustermap (paper Fig. 4a): cosine similarity of the class graphs, in dendrogram order.", fmt))
+            add(_embed(plot_clustermap(cmp, kind="nodes"),
+                       "Bag-of-nodes matrix: classes (rows, dendrogram order) by neurons (columns, clustered).", fmt))
+            add(_embed(plot_dendrogram(cmp), "Ward dendrogram of the class graphs.", fmt))
             add("<h3>Most similar classes</h3>")
             add(_table(("class", "class", "cosine similarity", "Jaccard (all neurons)"),
                        ((a, b, s, float(cmp.jaccard["all"][labels_.index(a), labels_.index(b)]))
@@ -275,16 +276,15 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
             add(f"<p>Neurons kept by <b>all</b> {len(graphs)} classes: {shared_all.number_of_nodes()}, with "
                 f"{shared_all.number_of_edges()} edges all of them keep.</p>")
             if shared_all.number_of_nodes():
-                add(_embed(plot_graph(shared_all, tmpdir / f"shared-all.{fmt}", title="shared by all classes"),
-                           "Sub-graph shared by all classes (node size: smallest frequency among them)."))
+                add(_embed(plot_graph(shared_all, title="shared by all classes"),
+                           "Sub-graph shared by all classes (node size: smallest frequency among them).", fmt))
             a, b, s = cmp.closest_pairs(1)[0]
             ia, ib = labels_.index(a), labels_.index(b)
             pair = cmp.shared([ia, ib])
             add(f"<p>The most similar pair, {_esc(a)} and {_esc(b)} (cosine {s:.2f}), shares "
                 f"{pair.number_of_nodes()} neurons and {pair.number_of_edges()} edges:</p>")
             if pair.number_of_nodes():
-                add(_embed(plot_graph(pair, tmpdir / f"shared-pair.{fmt}", title=f"shared by {a} and {b}"),
-                           f"Sub-graph shared by {a} and {b}."))
+                add(_embed(plot_graph(pair, title=f"shared by {a} and {b}"), f"Sub-graph shared by {a} and {b}.", fmt))
                 add(_table(("node", "tap", "neuron", "smallest frequency share", "mean frequency share"),
                            ((n, d["tap"], d["neuron"], d["frequency"], d["mean_frequency"])
                             for n, d in pair.nodes(data=True))))
@@ -307,18 +307,16 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
                 f"file {_esc(names[i])}</p>")
             shared_here = {n for n in g.nodes if n in shared_any}
             kept_by = {n: sum(n in h for h in graphs) for n in g.nodes} if len(graphs) > 1 else None
-            cdir = tmpdir / f"class-{i}"
             if network is not None:
                 from ssa.analysis.grouping import images_for_graph
 
                 imgs = images_for_graph(network, g, arr, labels=arr_labels, by_prediction=by_prediction,
                                         min_confidence=min_confidence, max_per_class=max_per_class)
-                made = class_figures(network, g, imgs, cdir, fmt=fmt, kept_by=kept_by, n_graphs=len(graphs),
-                                     steps="class",
-                                     n_images=n_images, batch_size=batch_size)
+                made = [(f.kind, f.caption, f.figure) for f in
+                        class_figures(network, g, imgs, kept_by=kept_by, n_graphs=len(graphs), steps="class",
+                                      n_images=n_images, batch_size=batch_size)]
             else:
-                made = [("graph", f"dependency graph of {lab}",
-                         plot_graph(g, cdir / f"graph.{fmt}", kept_by=kept_by, n_graphs=len(graphs)))]
+                made = [("graph", f"dependency graph of {lab}", plot_graph(g, kept_by=kept_by, n_graphs=len(graphs)))]
             captions = {
                 "graph": "Dependency graph (paper Fig. 3): one row per layer; node size = frequency, edge width = "
                          "relevance (relative within a layer); node colour = how many classes keep the neuron "
@@ -328,9 +326,9 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
                 "saliency": "Saliency (Fig. 4b,c): ",
                 "activations": "Activation maps (Fig. 5): ",
             }
-            for kind, caption, path in made:
+            for kind, caption, fig in made:
                 text = captions["graph"] if kind == "graph" else captions.get(kind, "") + caption + "."
-                add(_embed(path, text))
+                add(_embed(fig, text, fmt))
                 if kind == "graph":
                     add(_layer_table(g, shared_here))
             ranks = [r for r in (cmp.frequency_ranks() if cmp is not None else []) if r["graph"] == lab]

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ssa.viz.figures import plot_clustermap, plot_dendrogram, plot_graph
+    from ssa.viz.figures import plot_clustermap, plot_dendrogram, plot_graph, save_figure
 
     graphs, names = load_graphs(args.graphs)
     cmp = compare(graphs, weight=args.weight, names=[Path(p).name for p in args.graphs], allow_mixed=args.allow_mixed)
@@ -74,13 +74,13 @@ def _run(args: argparse.Namespace) -> int:
         out = Path(args.out_dir)
         fmt = args.format
         with identical_graphs_quietly():
-            written = [plot_clustermap(cmp, out / f"clustermap.{fmt}"),
-                       plot_clustermap(cmp, out / f"clustermap-nodes.{fmt}", kind="nodes"),
-                       plot_dendrogram(cmp, out / f"dendrogram.{fmt}")]
+            written = [save_figure(plot_clustermap(cmp), out / f"clustermap.{fmt}"),
+                       save_figure(plot_clustermap(cmp, kind="nodes"), out / f"clustermap-nodes.{fmt}"),
+                       save_figure(plot_dendrogram(cmp), out / f"dendrogram.{fmt}")]
         written += cmp.write_tables(out)
         written.append(write_graph(shared, out / "shared.json"))
         if shared.number_of_nodes():
-            written.append(plot_graph(shared, out / f"shared.{fmt}", title=f"shared sub-graph of {who}"))
+            written.append(save_figure(plot_graph(shared, title=f"shared sub-graph of {who}"), out / f"shared.{fmt}"))
         print(f"wrote {len(written)} files to {out}: " + ", ".join(p.name for p in written))
     return 0
 

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ssa.viz.figures import class_figures, parse_node
+    from ssa.viz.figures import parse_node, write_class_figures
 
     graph = read_graph(args.graph)
     others, other_names = load_graphs(args.compare) if args.compare else ([], [])
@@ -82,9 +82,9 @@ def _run(args: argparse.Namespace) -> int:
     if neuron is not None and f"{neuron[0]}:{neuron[1]}" not in graph:
         raise InvalidInputError(f"--neuron {args.neuron} is not a node of the graph; pick one of its nodes "
                                 "(see the graph file or `ssa analyse` output).")
-    made = class_figures(network, graph, images, Path(args.out_dir), fmt=args.format, kept_by=kept_by,
-                         n_graphs=1 + len(others), steps="all",
-                         neuron=neuron, n_images=args.n_images, batch_size=args.batch_size)
+    made = write_class_figures(network, graph, images, Path(args.out_dir), fmt=args.format, kept_by=kept_by,
+                               n_graphs=1 + len(others), steps="all", neuron=neuron, n_images=args.n_images,
+                               batch_size=args.batch_size)
     for kind, caption, path in made:
         print(f"{kind:<12} {path}  ({caption})")
     return 0

@@ -44,6 +44,7 @@ from ssa.core.capabilities import SupportsInputMaps, require
 from ssa.core.graph import DependencyGraph
 from ssa.errors import InvalidInputError
 from ssa.io.atomic import atomic_write_bytes
+from ssa.viz.figures.common import display_image, rgb, saliency_map
 
 if TYPE_CHECKING:  # pragma: no cover
     from ssa.core.interfaces import Network
@@ -247,8 +248,6 @@ def reference_images(network: "Network", images: np.ndarray, groups: Sequence[np
     """
     from matplotlib import colormaps
 
-    from ssa.viz.figures import _display, _rgb, _saliency_map
-
     graphs = list(graphs)
     if len(groups) != len(graphs):
         raise InvalidInputError(f"got {len(groups)} image groups for {len(graphs)} graphs; they must match.")
@@ -295,7 +294,7 @@ def reference_images(network: "Network", images: np.ndarray, groups: Sequence[np
     for n, (t, k) in nodes.items():
         us = {u for u, _ in active[n]} | {u for lst in relevant.get(n, {}).values() for u, _ in lst}
         pairs.setdefault(t, set()).update((k, u) for u in us)
-    shown = [_rgb(_display(im)) for im in imgs]
+    shown = [rgb(display_image(im)) for im in imgs]
     crop: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}  # (tap, k, u) -> (image crop, heat crop)
     sal: dict[tuple[str, int, int], np.ndarray] = {}
     for t, todo in pairs.items():
@@ -307,11 +306,11 @@ def reference_images(network: "Network", images: np.ndarray, groups: Sequence[np
             us = np.array([u for _, u in chunk])
             pm = maps.pair_maps(imgs[us], t, ks, batch_size=batch_size)
             for j, (k, u) in enumerate(chunk):
-                sal[(t, k, u)] = _saliency_map(pm.saliency[j], imgs[u])
+                sal[(t, k, u)] = saliency_map(pm.saliency[j], imgs[u])
                 if spatial:
                     assert pm.peak_gradient is not None and pm.activations is not None
                     h, w = shown[u].shape[:2]
-                    y0, y1, x0, x1 = _bbox(_saliency_map(pm.peak_gradient[j], imgs[u]) > 0)
+                    y0, y1, x0, x1 = _bbox(saliency_map(pm.peak_gradient[j], imgs[u]) > 0)
                     heat = _resize_map(pm.activations[j], (h, w))
                     crop[(t, k, u)] = (shown[u][y0:y1, x0:x1], heat[y0:y1, x0:x1])
                 else:
