@@ -32,8 +32,11 @@ from typing import Any, Mapping, Sequence
 import networkx as nx
 import numpy as np
 
+from ssa.analysis.compare import check_graphs, compare, graph_labels
+from ssa.core.graph import DependencyGraph
 from ssa.errors import InvalidInputError
 from ssa.io.atomic import atomic_write_bytes
+from ssa.viz.figures.common import dependency_graph
 
 __all__ = ["FORMAT", "SINGLE_FILE_CLASSES", "explorer_files", "layered_positions", "page_html", "write_explorer",
            "static_text", "node_file"]
@@ -87,25 +90,26 @@ def layered_positions(graph: nx.DiGraph) -> dict[str, tuple[float, float]]:
     are equally spaced and every row is centred; the widest row spans ``w`` (growing with its size,
     between 1.6 and 8 times the height); rows are 1 apart (y = 0 for the lowest tap).
     """
-    if graph.number_of_nodes() == 0:
+    g = dependency_graph(graph)
+    if g.number_of_nodes() == 0:
         return {}
-    order = {n: int(d.get("tap_order", 0)) for n, d in graph.nodes(data=True)}
-    taps = sorted({order[n] for n in graph.nodes}, reverse=True)
+    info = {n: g.info(n) for n in g.nodes}
+    taps = sorted({i.tap_order for i in info.values()}, reverse=True)
     rank = {t: i for i, t in enumerate(taps)}  # 0 = top row
     rows: list[list[str]] = [[] for _ in taps]
-    for n in graph.nodes:
-        rows[rank[order[n]]].append(n)
+    for n in g.nodes:
+        rows[rank[info[n].tap_order]].append(n)
     slot: dict[str, float] = {}
     for r, nodes in enumerate(rows):
         def key(n: str) -> tuple[float, int, str]:
-            ups = [slot[u] for u in graph.predecessors(n) if u in slot]
-            return (float(np.mean(ups)) if ups else 0.5, int(graph.nodes[n].get("neuron", 0)), n)
+            ups = [slot[u] for u in g.predecessors(n) if u in slot]
+            return (float(np.mean(ups)) if ups else 0.5, info[n].neuron, n)
         nodes.sort(key=key)
         m = len(nodes)
         for j, n in enumerate(nodes):
             slot[n] = (j + 0.5) / m
     layers = {r: nodes for r, nodes in enumerate(rows)}
-    pos = nx.multipartite_layout(graph, subset_key=layers, align="horizontal")  # rows evenly spaced, centred
+    pos = nx.multipartite_layout(g, subset_key=layers, align="horizontal")  # rows evenly spaced, centred
     widest = max(len(r) for r in rows)
     n_rows = len(rows)
     width = min(max(1.6 * max(n_rows - 1, 1), 0.12 * widest), 8.0 * max(n_rows - 1, 1))
@@ -114,23 +118,24 @@ def layered_positions(graph: nx.DiGraph) -> dict[str, tuple[float, float]]:
     return {n: (float(pos[n][0]) / span * width, float(n_rows - 1 - r)) for r, nodes in enumerate(rows) for n in nodes}
 
 
-def _edge_widths(graph: nx.DiGraph, big: bool) -> dict[tuple[str, str], float]:
+def _edge_widths(graph: DependencyGraph, big: bool) -> dict[tuple[str, str], float]:
     """Edge width from |relevance|, relative within the upper tap (relevance scales differ between steps)."""
-    rmax: dict[Any, float] = {}
-    for u, _, d in graph.edges(data=True):
-        t = graph.nodes[u].get("tap")
-        rmax[t] = max(rmax.get(t, 0.0), abs(_num(d.get("relevance"))))
+    tap = {n: t for t, nodes in graph.layers() for n in nodes}
+    rel = {(u, v): abs(_num(graph.edge_info(u, v).relevance)) for u, v in graph.edges}
+    rmax: dict[str, float] = {}
+    for (u, _), r in rel.items():
+        rmax[tap[u]] = max(rmax.get(tap[u], 0.0), r)
     lo, hi = (0.3, 1.5) if big else (0.8, 4.0)
-    return {(u, v): lo + (hi - lo) * abs(_num(d.get("relevance"))) / (rmax[graph.nodes[u].get("tap")] or 1.0)
-            for u, v, d in graph.edges(data=True)}
+    return {(u, v): lo + (hi - lo) * r / (rmax[tap[u]] or 1.0) for (u, v), r in rel.items()}
 
 
-def _class_file(i: int, graph: nx.DiGraph, kept_by: Mapping[str, list[list[int]]],
+def _class_file(i: int, graph: DependencyGraph, kept_by: Mapping[str, list[list[int]]],
                 refs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One class's data file. Every node, edge and graph attribute is carried through as it is (known or not)."""
     pos = layered_positions(graph)
     big = graph.number_of_nodes() > 2000
-    n_img = _num(graph.graph.get("n_images")) or max((_num(d.get("frequency"), 1) for _, d in graph.nodes(data=True)),
-                                                     default=1.0) or 1.0
+    n_img = float(graph.run.n_images) or max((_num(graph.info(n).frequency, 1) for n in graph.nodes),
+                                              default=1.0) or 1.0
     lo, hi = (1.5, 5.0) if big else (4.0, 14.0)
     nodes = []
     for n, d in graph.nodes(data=True):
@@ -149,13 +154,10 @@ def _class_file(i: int, graph: nx.DiGraph, kept_by: Mapping[str, list[list[int]]
         item["sign"] = int(_num(d.get("sign"), 1)) or 1
         item["width"] = round(widths[(u, v)], 3)
         edges.append(item)
-    taps: dict[str, dict[str, Any]] = {}
-    for n, d in graph.nodes(data=True):
-        t = taps.setdefault(str(d.get("tap", "?")), {"tap": str(d.get("tap", "?")), "order": int(d.get("tap_order", 0)),
-                                                    "y": pos[n][1], "n": 0})
-        t["n"] += 1
+    taps = [{"tap": tap, "order": graph.info(ns[0]).tap_order, "y": pos[ns[0]][1], "n": len(ns)}
+            for tap, ns in graph.layers()]  # top tap first
     return {"index": i, "graph": {str(k): _jsonable(v) for k, v in graph.graph.items()},
-            "taps": sorted(taps.values(), key=lambda t: -t["order"]),
+            "taps": taps,
             "x_min": min((p[0] for p in pos.values()), default=0.0), "nodes": nodes, "edges": edges}
 
 
@@ -172,9 +174,7 @@ def explorer_files(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = N
         or None (the page then says how to add them).
     weight : bag-of-nodes weight of the clustering (:func:`ssa.analysis.compare.compare`).
     """
-    from ssa.analysis.compare import check_graphs, compare, graph_labels
-
-    graphs = list(graphs)
+    graphs = [dependency_graph(g) for g in graphs]
     if not graphs:
         raise InvalidInputError("the explorer needs at least 1 graph, got 0; pass graph files from `ssa analyse`.")
     names = list(names) if names is not None else [f"graph {i}" for i in range(len(graphs))]
@@ -191,13 +191,14 @@ def explorer_files(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = N
     files: dict[str, Any] = {}
     classes = []
     for i, (g, label, name) in enumerate(zip(graphs, labels, names)):
-        target = g.graph.get("target")
-        classes.append({"label": label, "target": _jsonable(target), "file": f"class-{i}.json", "name": name,
-                        "n_images": int(_num(g.graph.get("n_images"))), "n_nodes": g.number_of_nodes(),
+        run = g.run
+        classes.append({"label": label, "target": run.target, "file": f"class-{i}.json", "name": name,
+                        "n_images": run.n_images, "n_nodes": g.number_of_nodes(),
                         "n_edges": g.number_of_edges()})
-    g0 = graphs[0].graph
-    model = str(g0.get("model", "?"))
-    params = ", ".join(f"{k}={g0.get(k)}" for k in ("branching", "rule", "selector") if g0.get(k) is not None)
+    run0 = graphs[0].run
+    model = str(run0.model or "?")
+    given = run0.parameters()
+    params = ", ".join(f"{k}={given[k]}" for k in ("branching", "rule", "selector") if given[k] is not None)
     index = {
         "format": FORMAT, "title": title or f"SSA explorer: {model}, {len(graphs)} class{'es' if len(graphs) != 1 else ''}",
         "model": model, "params": params, "classes": classes, "order": order,

@@ -35,19 +35,25 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
+from matplotlib import colormaps
+from PIL import Image
 
+from ssa.analysis.grouping import group_images
 from ssa.core.capabilities import SupportsInputMaps, require
 from ssa.core.graph import DependencyGraph
+from ssa.core.interfaces import Network
+from ssa.engines.autograd import AutogradSource
+from ssa.engines.closed_form import FastSource
+from ssa.engines.statistics import collect
+from ssa.engines.store import images_hash
 from ssa.errors import InvalidInputError
 from ssa.io.atomic import atomic_write_bytes
-from ssa.viz.figures.common import display_image, rgb, saliency_map
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ssa.core.interfaces import Network
+from ssa.plugins import make_rule
+from ssa.viz.figures.common import dependency_graph, display_image, rgb, saliency_map
 
 __all__ = ["References", "reference_images", "class_indices", "default_cache_dir", "CACHE_VERSION"]
 
@@ -78,37 +84,35 @@ def default_cache_dir() -> Path:
     return Path(base) / "ssa" / "explorer"
 
 
-def class_indices(network: "Network", graph: nx.DiGraph, images: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+def class_indices(network: Network, graph: nx.DiGraph, images: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
     """Positions in ``images`` of the images ``graph`` was made from, chosen as :func:`ssa.analyse_many` chose
     them (the graph's ``target``, ``grouping``, ``min_confidence``, ``max_per_class``). ``network`` is prepared.
 
     Refuses images that do not give the graph's number of images (other images than the graph's).
     """
-    from ssa.analysis.grouping import group_images
-
-    attrs = graph.graph
-    target = attrs.get("target")
-    if target is None:
+    run = dependency_graph(graph).run
+    target = run.target
+    if target < 0:
         raise InvalidInputError("a graph has no 'target' attribute; pass graphs written by `ssa analyse`.")
-    by_prediction = attrs.get("grouping") == "prediction"
-    max_per_class = attrs.get("max_per_class")
+    by_prediction = run.grouping == "prediction"
+    max_per_class = run.max_per_class
     if labels is None and not by_prediction:
         idx = np.arange(images.shape[0])
         idx = idx[:int(max_per_class)] if max_per_class else idx
     else:
-        idx = group_images(network, images, labels, [int(target)], by_prediction=by_prediction,
-                           min_confidence=attrs.get("min_confidence"),
-                           max_per_class=int(max_per_class) if max_per_class else None)[int(target)].indices
-    expected = attrs.get("n_images")
-    if expected is not None and int(expected) != len(idx):
+        idx = group_images(network, images, labels, [target], by_prediction=by_prediction,
+                           min_confidence=run.min_confidence,
+                           max_per_class=int(max_per_class) if max_per_class else None)[target].indices
+    expected = run.n_images
+    if expected and expected != len(idx):
         raise InvalidInputError(
-            f"the graph of class {target} was made from {int(expected)} images, but --images gives {len(idx)} for it; "
+            f"the graph of class {target} was made from {expected} images, but --images gives {len(idx)} for it; "
             "pass the images (and --labels) the graphs were made with.")
     return np.asarray(idx, dtype=np.int64)
 
 
 # -- the network ---------------------------------------------------------------------------------------
-def _scalars(network: "Network", images: np.ndarray, taps: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
+def _scalars(network: Network, images: np.ndarray, taps: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
     """Every image's neuron scalars of ``taps``: one forward pass per batch."""
     parts: dict[str, list[np.ndarray]] = {t: [] for t in taps}
     for i in range(0, images.shape[0], batch_size):
@@ -118,15 +122,11 @@ def _scalars(network: "Network", images: np.ndarray, taps: Sequence[str], batch_
     return {t: np.concatenate(v) for t, v in parts.items()}
 
 
-def _per_image_relevance(network: "Network", images: np.ndarray, rows: np.ndarray, graph: nx.DiGraph,
+def _per_image_relevance(network: Network, images: np.ndarray, rows: np.ndarray, graph: nx.DiGraph,
                          batch_size: int, stats_cache: dict[str, Any]) -> dict[str, np.ndarray]:
     """``{node: r (len(rows),)}``: per image, the mean over the graph's edges u -> node of omega[u, i, node]."""
-    from ssa.engines.autograd import AutogradSource
-    from ssa.engines.closed_form import FastSource
-    from ssa.engines.statistics import collect
-    from ssa.plugins import make_rule
-
-    run = DependencyGraph.from_networkx(graph).run
+    g = dependency_graph(graph)
+    run = g.run
     rule = make_rule(run.rule or "gradient", **run.rule_params)
     form = rule.form
     fast = network.fast_taps(form) if form else frozenset()
@@ -136,13 +136,14 @@ def _per_image_relevance(network: "Network", images: np.ndarray, rows: np.ndarra
         source: Any = FastSource(network, stats_cache[form], form, images, batch_size, rows)
     else:
         source = AutogradSource(network, images[rows], batch_size)
+    info = {n: g.info(n) for n in g.nodes}
     by_upper: dict[str, list[tuple[str, str]]] = {}
-    for u, v in graph.edges:
-        by_upper.setdefault(graph.nodes[u]["tap"], []).append((u, v))
+    for u, v in g.edges:
+        by_upper.setdefault(info[u].tap, []).append((u, v))
     total: dict[str, np.ndarray] = {}
     count: dict[str, int] = {}
     for tap, edges in by_upper.items():
-        neurons = sorted({int(graph.nodes[u]["neuron"]) for u, _ in edges})
+        neurons = sorted({info[u].neuron for u, _ in edges})
         col = {k: j for j, k in enumerate(neurons)}
         parts: dict[str, list[np.ndarray]] = {}
         for rel in source.iter_relevance(tap, neurons, rule):
@@ -150,10 +151,10 @@ def _per_image_relevance(network: "Network", images: np.ndarray, rows: np.ndarra
                 parts.setdefault(parent, []).append(np.asarray(omega, dtype=np.float64))
         omega_by_parent = {p: np.concatenate(v, axis=1) for p, v in parts.items()}  # (n, images, K)
         for u, v in edges:
-            parent = graph.nodes[v]["tap"]
+            parent = info[v].tap
             if parent not in omega_by_parent:
                 continue
-            w = omega_by_parent[parent][col[int(graph.nodes[u]["neuron"])], :, int(graph.nodes[v]["neuron"])]
+            w = omega_by_parent[parent][col[info[u].neuron], :, info[v].neuron]
             w = np.where(np.isfinite(w), w, 0.0)
             total[v] = total.get(v, 0.0) + w
             count[v] = count.get(v, 0) + 1
@@ -169,8 +170,6 @@ def _top(values: np.ndarray, k: int) -> np.ndarray:
 # -- pictures -----------------------------------------------------------------------------------------
 def _png(rgb: np.ndarray, size: int) -> str:
     """An (H, W, 3) array in [0, 1] as a PNG data URI, its longest side scaled to about ``size`` pixels."""
-    from PIL import Image
-
     arr = (np.clip(rgb, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
     im = Image.fromarray(arr, mode="RGB")
     h, w = arr.shape[:2]
@@ -186,8 +185,6 @@ def _png(rgb: np.ndarray, size: int) -> str:
 
 
 def _resize_map(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
     m = np.asarray(m, dtype=np.float32)
     if m.ndim == 1:
         m = m[None, :]
@@ -209,10 +206,8 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 
 # -- the whole computation ---------------------------------------------------------------------------------
-def _cache_key(network: "Network", images: np.ndarray, groups: Sequence[np.ndarray], graphs: Sequence[nx.DiGraph],
+def _cache_key(network: Network, images: np.ndarray, groups: Sequence[np.ndarray], graphs: Sequence[DependencyGraph],
                settings: Mapping[str, Any]) -> tuple[str, str, str] | None:
-    from ssa.engines.store import images_hash
-
     try:
         fp = network.fingerprint()
     except NotImplementedError:
@@ -221,14 +216,15 @@ def _cache_key(network: "Network", images: np.ndarray, groups: Sequence[np.ndarr
     h.update(json.dumps({"version": CACHE_VERSION, "settings": dict(settings)}, sort_keys=True).encode())
     for rows, g in zip(groups, graphs):
         h.update(np.asarray(rows, dtype=np.int64).tobytes())
-        h.update(json.dumps([g.graph.get("rule"), g.graph.get("rule_params"),
-                             sorted((u, v, int(d.get("sign", 1))) for u, v, d in g.edges(data=True)),
+        run = g.run
+        h.update(json.dumps([run.rule, dict(run.rule_params),
+                             sorted((u, v, g.edge_info(u, v).sign) for u, v in g.edges),
                              sorted(g.nodes)]).encode())
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in network.name)
     return f"{safe}-{fp[:16]}", images_hash(images), h.hexdigest()
 
 
-def reference_images(network: "Network", images: np.ndarray, groups: Sequence[np.ndarray],
+def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.ndarray],
                      graphs: Sequence[nx.DiGraph], *, top_k: int = 4, batch_size: int = 32, thumb: int = 72,
                      saliency_size: int = 200, cache_dir: str | os.PathLike | None = None,
                      use_cache: bool = True) -> References:
@@ -246,16 +242,14 @@ def reference_images(network: "Network", images: np.ndarray, groups: Sequence[np
     -------
     :class:`References`; image numbers in it are positions in ``images``.
     """
-    from matplotlib import colormaps
-
-    graphs = list(graphs)
+    graphs = [dependency_graph(g) for g in graphs]
     if len(groups) != len(graphs):
         raise InvalidInputError(f"got {len(groups)} image groups for {len(graphs)} graphs; they must match.")
     if top_k < 1:
         raise InvalidInputError(f"top_k must be >= 1, got {top_k}.")
     maps = require(network, SupportsInputMaps, "reference images")
     taps = {t.name: t for t in network.taps}
-    needed = sorted({str(d.get("tap")) for g in graphs for _, d in g.nodes(data=True)})
+    needed = sorted({tap for g in graphs for tap in g.taps()})
     missing = [t for t in needed if t not in taps]
     if missing:
         raise InvalidInputError(f"the graphs have taps the model does not ({', '.join(missing)}); pass the model "
@@ -286,8 +280,9 @@ def reference_images(network: "Network", images: np.ndarray, groups: Sequence[np
             relevant.setdefault(node, {})[gi] = [(int(rows[j]), float(r[j])) for j in _top(r, top_k)]
     nodes: dict[str, tuple[str, int]] = {}
     for g in graphs:
-        for n, d in g.nodes(data=True):
-            nodes.setdefault(n, (str(d["tap"]), int(d["neuron"])))
+        for n in g.nodes:
+            info = g.info(n)
+            nodes.setdefault(n, (info.tap, info.neuron))
     active = {n: [(int(u), float(scal[t][u, k])) for u in _top(scal[t][:, k], top_k)] for n, (t, k) in nodes.items()}
     # 3. crops and saliency for every (neuron, image) pair, batched per tap
     pairs: dict[str, set[tuple[int, int]]] = {}
