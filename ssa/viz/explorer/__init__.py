@@ -14,7 +14,9 @@ written under ``data/``):
   whether reference images exist;
 * ``class-<i>.json``: one class graph: its attributes, its taps (layers) and nodes with their
   attributes, layered positions, display size and the classes that keep them, and its edges;
-* ``neurons/<node>.json``: a neuron's reference images (see :mod:`ssa.viz.explorer.references`).
+* ``neurons/<node>.json``: a neuron's reference images and its saliency on its classes' images (see
+  :mod:`ssa.viz.explorer.references`);
+* ``images.json``: the analysed images at the grid of those saliency maps (and the colour map).
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ def _class_file(i: int, graph: DependencyGraph, kept_by: Mapping[str, list[list[
 
 def explorer_files(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = None, *,
                    references: Mapping[str, Any] | None = None, references_note: str | None = None,
+                   saliency_images: Mapping[str, Any] | None = None, saliency_note: str | None = None,
                    title: str | None = None, weight: str = "frequency") -> dict[str, Any]:
     """Every data file of the explorer, ``{relative path: JSON-ready object}`` (``index.json`` first).
 
@@ -172,6 +175,8 @@ def explorer_files(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = N
     names : their file names (labels when targets repeat, and error messages).
     references : ``{node id: reference data}`` from :func:`ssa.viz.explorer.references.reference_images`,
         or None (the page then says how to add them).
+    saliency_images, saliency_note : the images behind "saliency on a chosen image" and what it offers
+        (:attr:`References.images` and :attr:`References.note`); written as ``images.json``.
     weight : bag-of-nodes weight of the clustering (:func:`ssa.analysis.compare.compare`).
     """
     graphs = [dependency_graph(g) for g in graphs]
@@ -206,6 +211,8 @@ def explorer_files(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = N
         "references": references is not None,
         "references_note": references_note or ("Reference images need the model and the images: run `ssa explore "
                                                "GRAPHS... --model M --images X`."),
+        "saliency_images": "images.json" if saliency_images is not None else None,
+        "saliency_note": saliency_note or "",
     }
     files["index.json"] = index
     for i, g in enumerate(graphs):
@@ -214,6 +221,8 @@ def explorer_files(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = N
         for node, data in references.items():
             if node in kept_by:
                 files[node_file(node)] = data
+    if saliency_images is not None:
+        files["images.json"] = saliency_images
     return files
 
 

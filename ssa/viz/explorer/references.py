@@ -55,9 +55,13 @@ from ssa.io.atomic import atomic_write_bytes
 from ssa.plugins import make_rule
 from ssa.viz.figures.common import dependency_graph, display_image, rgb, saliency_map
 
-__all__ = ["References", "reference_images", "class_indices", "default_cache_dir", "CACHE_VERSION"]
+__all__ = ["References", "reference_images", "class_indices", "default_cache_dir", "decode_maps", "CACHE_VERSION",
+           "DEFAULT_SALIENCY_BUDGET", "SALIENCY_GRID"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+DEFAULT_SALIENCY_BUDGET = 8 * 2**20  # bytes of quantised saliency maps for "any image of the class"
+SALIENCY_GRID = 32  # longest side of those maps; larger images are pooled
+_WORK_BYTES = 256 * 2**20  # budget for one chunk of input gradients
 _CLASS_TAP = "logits"
 
 
@@ -68,11 +72,16 @@ class References:
     data : ``{node id: JSON-ready dict}`` (see ``docs/explorer.md``, "neurons/<node>.json").
     cached : True when read from the cache rather than computed.
     path : the cache file (None without a cache).
+    images : the analysed images at the saliency grid, for the saliency on any of a class's images
+        (``images.json``: ``shape``, ``factor``, ``index``, ``pixels``, ``lut``); None when none is offered.
+    note : what the saliency on a chosen image offers (every image of the class, or how many, and why).
     """
 
     data: Mapping[str, Any]
     cached: bool
     path: Path | None
+    images: Mapping[str, Any] | None = None
+    note: str = ""
 
 
 def default_cache_dir() -> Path:
@@ -205,6 +214,120 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
 
 
+# -- saliency on any image of a class -------------------------------------------------------------------
+def _grid(h: int, w: int, grid: int) -> tuple[int, int, int]:
+    """``(factor, rows, columns)``: images larger than ``grid`` are pooled by ``factor`` x ``factor`` blocks."""
+    f = max(1, -(-max(h, w) // grid))
+    return f, -(-h // f), -(-w // f)
+
+
+def _pool(a: np.ndarray, f: int, how: str) -> np.ndarray:
+    """Pool the last two axes of ``a`` by ``f`` x ``f`` blocks (``max`` or ``mean``; edges padded)."""
+    if f == 1:
+        return a
+    h, w = a.shape[-2:]
+    pad = [(0, 0)] * (a.ndim - 2) + [(0, -(-h // f) * f - h), (0, -(-w // f) * f - w)]
+    b = np.pad(a, pad, mode="constant" if how == "max" else "edge")
+    b = b.reshape(*a.shape[:-2], b.shape[-2] // f, f, b.shape[-1] // f, f)
+    return b.max(axis=(-3, -1)) if how == "max" else b.mean(axis=(-3, -1))
+
+
+def _abs_max_channels(grads: np.ndarray, image_shape: tuple[int, ...], hw: tuple[int, int]) -> np.ndarray:
+    """``(..., H, W)``: |gradient| with the channel axis reduced by the maximum, for gradients ``(..., *image)``
+    (as :func:`ssa.viz.figures.common.saliency_map`, vectorised)."""
+    g = np.abs(grads)
+    if len(image_shape) == 3:
+        return g.max(axis=-3 if tuple(image_shape[1:]) == hw else -1)
+    return g
+
+
+def _b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, dtype=np.uint8).tobytes()).decode("ascii")
+
+
+def decode_maps(entry: Mapping[str, Any], shape: Sequence[int]) -> np.ndarray:
+    """The saliency maps of one ``class_saliency`` entry as floats ``(n, rows, columns)`` (``shape``: the grid)."""
+    q = np.frombuffer(base64.b64decode(entry["maps"]), dtype=np.uint8).reshape(-1, int(shape[0]), int(shape[1]))
+    return q.astype(np.float64) / 255.0 * np.asarray(entry["max"], dtype=np.float64)[:, None, None]
+
+
+def _round(v: float) -> float:
+    return float(f"{v:.4g}")
+
+
+def _class_saliency(maps: SupportsInputMaps, imgs: np.ndarray, union: np.ndarray, rows_of: Sequence[np.ndarray],
+                    graphs: Sequence[DependencyGraph], relevance: Sequence[Mapping[str, np.ndarray]],
+                    scal: Mapping[str, np.ndarray], *, budget: int, grid: int, batch_size: int
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None, str]:
+    """The saliency of every neuron of every class graph on the class's images, quantised for the page.
+
+    Returns ``({node: {class index: entry}}, images, note)``. An entry lists the class's images (numbers in
+    ``--images``) ordered by the neuron's per-image relevance there (for the class neuron: by its value),
+    with that number (``value``, ``by``), each map's largest |gradient| (``max``) and the maps as uint8
+    (``maps``: base64 of ``(n, rows, columns)``, the map divided by its ``max``, times 255, rounded). When
+    every (neuron, image) pair does not fit in ``budget`` bytes, each list keeps the ``cap`` images where
+    the neuron is most relevant. The saliency comes from :meth:`SupportsInputMaps.saliency`: one forward pass
+    per batch of a class's images and tap, and one backward pass batched over the tap's neurons.
+    """
+    h, w = display_image(imgs[0]).shape[:2]
+    f, gh, gw = _grid(h, w, grid)
+    pairs = sum(g.number_of_nodes() * len(rows) for g, rows in zip(graphs, rows_of))
+    per_image = gh * gw
+    cap: int | None = None
+    if pairs * per_image > budget:
+        cap = int(budget // (per_image * max(1, sum(g.number_of_nodes() for g in graphs))))
+    size = f"{gh}×{gw}" + (f" (|gradient| pooled by its maximum over {f}×{f} pixels)" if f > 1 else "")
+    if cap == 0:
+        return {}, None, (f"Saliency only on the reference images: maps of the classes' images would need "
+                          f"{pairs * per_image / 2**20:.1f} MiB (raise --saliency-budget).")
+    note = (f"Every image of the class has its saliency map ({size})." if cap is None else
+            f"Only the {cap} images of each class where the neuron is most relevant have saliency maps ({size}): "
+            f"all of them would need {pairs * per_image / 2**20:.1f} MiB, over the budget of "
+            f"{budget / 2**20:.1f} MiB (raise --saliency-budget).")
+    image_bytes = int(imgs[0].size) * 4
+    out: dict[str, dict[str, Any]] = {}
+    used: set[int] = set()
+    for gi, (g, rows) in enumerate(zip(graphs, rows_of)):
+        for tap, nodes in g.layers():
+            ks = [g.info(n).neuron for n in nodes]
+            orders, values, by = {}, {}, {}
+            for n, k in zip(nodes, ks):
+                r = relevance[gi].get(n)
+                v, by[n] = (r, "relevance") if r is not None else (scal[tap][rows, k], "activation")
+                orders[n] = _top(np.asarray(v, dtype=np.float64), cap or len(rows))
+                values[n] = v
+            need = np.array(sorted(set().union(*(set(o.tolist()) for o in orders.values()))), dtype=np.int64)
+            slot = {int(p): i for i, p in enumerate(need)}
+            q = np.zeros((len(nodes), len(need), gh, gw), np.uint8)
+            top = np.zeros((len(nodes), len(need)))
+            # as many images per pass as the memory budget allows (small models: all of the class's at once)
+            step = max(batch_size, _WORK_BYTES // max(1, 3 * image_bytes * len(ks)))
+            for i0 in range(0, len(need), step):
+                sel = need[i0:i0 + step]
+                sal = maps.saliency(imgs[rows[sel]], tap, ks, batch_size=step)  # (b, K, *image)
+                m = _pool(_abs_max_channels(sal, imgs.shape[1:], (h, w)), f, "max").transpose(1, 0, 2, 3)
+                mx = m.reshape(len(ks), len(sel), -1).max(axis=2)
+                top[:, i0:i0 + len(sel)] = mx
+                q[:, i0:i0 + len(sel)] = np.rint(m / np.where(mx > 0, mx, 1.0)[..., None, None] * 255.0)
+            for j, n in enumerate(nodes):
+                pos = [slot[int(p)] for p in orders[n]]
+                used.update(int(rows[p]) for p in orders[n])
+                out.setdefault(n, {})[str(gi)] = {
+                    "images": [int(union[rows[p]]) for p in orders[n]], "by": by[n],
+                    "value": [_round(float(values[n][p])) for p in orders[n]],
+                    "max": [_round(top[j, i]) for i in pos], "maps": _b64(q[j, pos]),
+                }
+    order = sorted(used)
+    shown = [display_image(imgs[u]) for u in order]
+    channels = 1 if shown[0].ndim == 2 else 3
+    pixels = np.stack([_pool(a[None] if a.ndim == 2 else a[..., :3].transpose(2, 0, 1), f, "mean").transpose(1, 2, 0)
+                       for a in shown])
+    lut = colormaps["inferno"](np.arange(256) / 255.0)[:, :3]
+    images = {"shape": [gh, gw, channels], "factor": f, "index": [int(union[u]) for u in order],
+              "pixels": _b64(np.rint(pixels * 255.0)), "lut": _b64(np.rint(lut * 255.0))}
+    return out, images, note
+
+
 # -- the whole computation ---------------------------------------------------------------------------------
 def _cache_key(network: Network, images: np.ndarray, groups: Sequence[np.ndarray], graphs: Sequence[DependencyGraph],
                settings: Mapping[str, Any]) -> tuple[str, str, str] | None:
@@ -226,7 +349,8 @@ def _cache_key(network: Network, images: np.ndarray, groups: Sequence[np.ndarray
 
 def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.ndarray],
                      graphs: Sequence[nx.DiGraph], *, top_k: int = 4, batch_size: int = 32, thumb: int = 72,
-                     saliency_size: int = 200, cache_dir: str | os.PathLike | None = None,
+                     saliency_size: int = 200, saliency_budget: int = DEFAULT_SALIENCY_BUDGET,
+                     saliency_grid: int = SALIENCY_GRID, cache_dir: str | os.PathLike | None = None,
                      use_cache: bool = True) -> References:
     """Reference images of every neuron of ``graphs`` (see the module docstring).
 
@@ -236,6 +360,11 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
     images : every image (``(n, ...)`` shaped for the model).
     groups : for each graph, the positions in ``images`` of its class's images (:func:`class_indices`).
     top_k : reference images per neuron and list (most relevant per class, most active).
+    saliency_budget : bytes of quantised saliency maps for "saliency on a chosen image" (one byte per map cell):
+        within it, every neuron of every class graph gets its saliency on every image of the class; beyond it,
+        on the images where it is most relevant, as many per (neuron, class) as fit (0: none, only the
+        reference images' saliency).
+    saliency_grid : those maps' longest side; larger images are pooled (the maximum of |gradient| per block).
     cache_dir : where to cache (default :func:`default_cache_dir`); ``use_cache=False`` neither reads nor writes.
 
     Returns
@@ -247,6 +376,10 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
         raise InvalidInputError(f"got {len(groups)} image groups for {len(graphs)} graphs; they must match.")
     if top_k < 1:
         raise InvalidInputError(f"top_k must be >= 1, got {top_k}.")
+    if saliency_budget < 0:
+        raise InvalidInputError(f"the saliency budget must be >= 0, got {saliency_budget}.")
+    if saliency_grid < 1:
+        raise InvalidInputError(f"saliency_grid must be >= 1, got {saliency_grid}.")
     maps = require(network, SupportsInputMaps, "reference images")
     taps = {t.name: t for t in network.taps}
     needed = sorted({tap for g in graphs for tap in g.taps()})
@@ -257,7 +390,8 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
     union = np.unique(np.concatenate([np.asarray(g, dtype=np.int64) for g in groups]))
     imgs = np.ascontiguousarray(images[union])
     rows_of = [np.searchsorted(union, np.asarray(g, dtype=np.int64)) for g in groups]
-    settings = {"top_k": top_k, "thumb": thumb, "saliency_size": saliency_size}
+    settings = {"top_k": top_k, "thumb": thumb, "saliency_size": saliency_size, "saliency_budget": saliency_budget,
+                "saliency_grid": saliency_grid}
 
     key = _cache_key(network, imgs, rows_of, graphs, settings) if use_cache else None
     cache_file = None
@@ -265,8 +399,9 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
         cache_file = Path(cache_dir or default_cache_dir()) / key[0] / key[1] / f"references-{key[2]}.json"
         if cache_file.is_file():
             try:
-                return References(json.loads(cache_file.read_text(encoding="utf-8")), True, cache_file)
-            except (OSError, ValueError):
+                cached = json.loads(cache_file.read_text(encoding="utf-8"))
+                return References(cached["neurons"], True, cache_file, cached["images"], cached["note"])
+            except (OSError, ValueError, KeyError, TypeError):
                 pass  # unreadable: compute again and overwrite
 
     # 1. scalars of every analysed image (one forward pass per batch) -> most active
@@ -274,8 +409,10 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
     # 2. per-image relevance of every node of every class graph, from the relevance sources -> most relevant
     stats_cache: dict[str, Any] = {}
     relevant: dict[str, dict[int, list[tuple[int, float]]]] = {}
+    per_class = []
     for gi, (g, rows) in enumerate(zip(graphs, rows_of)):
         per = _per_image_relevance(network, imgs, rows, g, batch_size, stats_cache)
+        per_class.append(per)
         for node, r in per.items():
             relevant.setdefault(node, {})[gi] = [(int(rows[j]), float(r[j])) for j in _top(r, top_k)]
     nodes: dict[str, tuple[str, int]] = {}
@@ -310,7 +447,10 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
                     crop[(t, k, u)] = (shown[u][y0:y1, x0:x1], heat[y0:y1, x0:x1])
                 else:
                     crop[(t, k, u)] = (shown[u], sal[(t, k, u)])
-    # 4. pictures
+    # 4. saliency of every neuron on (as many as the budget allows of) its classes' images
+    on_class, pixels, note = _class_saliency(maps, imgs, union, rows_of, graphs, per_class, scal,
+                                             budget=saliency_budget, grid=saliency_grid, batch_size=batch_size)
+    # 5. pictures
     heat_cmap, sal_cmap = colormaps["magma"], colormaps["inferno"]
     data: dict[str, Any] = {}
     for n, (t, k) in nodes.items():
@@ -336,7 +476,9 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
             "active": [item(u, v) for u, v in active[n]],
             "relevant": {str(gi): [item(u, v) for u, v in lst] for gi, lst in sorted(relevant.get(n, {}).items())},
             "saliency": saliency,
+            "class_saliency": on_class.get(n, {}),
         }
     if cache_file is not None:
-        atomic_write_bytes(cache_file, json.dumps(data, separators=(",", ":"), allow_nan=False).encode("utf-8"))
-    return References(data, False, cache_file)
+        record = {"version": CACHE_VERSION, "neurons": data, "images": pixels, "note": note}
+        atomic_write_bytes(cache_file, json.dumps(record, separators=(",", ":"), allow_nan=False).encode("utf-8"))
+    return References(data, False, cache_file, pixels, note)
