@@ -95,17 +95,13 @@ def layered_positions(graph: nx.DiGraph) -> dict[str, tuple[float, float]]:
     g = dependency_graph(graph)
     if g.number_of_nodes() == 0:
         return {}
-    info = {n: g.info(n) for n in g.nodes}
-    taps = sorted({i.tap_order for i in info.values()}, reverse=True)
-    rank = {t: i for i, t in enumerate(taps)}  # 0 = top row
-    rows: list[list[str]] = [[] for _ in taps]
-    for n in g.nodes:
-        rows[rank[info[n].tap_order]].append(n)
+    rows = [list(nodes) for _, nodes in g.layers()]  # one row per tap, top (logits) first
+    neuron = {n: int(k) for n, k in g.nodes(data="neuron")}
     slot: dict[str, float] = {}
     for r, nodes in enumerate(rows):
         def key(n: str) -> tuple[float, int, str]:
             ups = [slot[u] for u in g.predecessors(n) if u in slot]
-            return (float(np.mean(ups)) if ups else 0.5, info[n].neuron, n)
+            return (float(np.mean(ups)) if ups else 0.5, neuron[n], n)
         nodes.sort(key=key)
         m = len(nodes)
         for j, n in enumerate(nodes):
