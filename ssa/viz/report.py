@@ -135,10 +135,10 @@ def render_report(context: Mapping[str, Any]) -> str:
 
 # -- sections --------------------------------------------------------------------------------------------
 def _params_table(graphs: Sequence[DependencyGraph]) -> Table:
-    runs = [g.run for g in graphs]
+    runs = [{**r.parameters(), "model": r.model, "model_hash": r.model_hash} for r in (g.run for g in graphs)]
     rows = []
     for key in _PARAMS:
-        vals = [getattr(r, key) for r in runs]
+        vals = [r[key] for r in runs]
         if all(v is None for v in vals):
             continue
         uniq = list(dict.fromkeys("–" if v is None else str(v) for v in vals))

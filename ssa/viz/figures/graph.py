@@ -94,7 +94,7 @@ def plot_graph(graph: nx.DiGraph, *, shared: Collection[str] | None = None,
         ys.append(y)
         sizes.append(40 + 460 * min(1.0, freq[n] / n_img))
         colors.append(CLASS if tap_of[n] == _CLASS_TAP else cmap(norm(value[n])))
-        edges.append(INHIB if int(g.nodes[n].get("sign", 1)) < 0 else "white")
+        edges.append(INHIB if g.info(n).sign < 0 else "white")
     ax.scatter(xs, ys, s=sizes, c=colors, edgecolors=edges, linewidths=1.2, zorder=2)
     if len(pos) <= 160:
         for (n, (x, y)), size, c in zip(pos.items(), sizes, colors):
