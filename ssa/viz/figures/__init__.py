@@ -7,17 +7,17 @@ embeds those bytes). The maps over the input image (saliency, activation maps) n
 the :class:`~ssa.core.capabilities.SupportsInputMaps` capability; nothing here runs a backend's
 internals.
 
-==========================  ============================  ==============================================
-paper figure                module                        function
-==========================  ============================  ==============================================
-Fig. 2a outlier frequency   :mod:`.frequency`             :func:`plot_frequency` (+ :func:`power_law_fit`)
-Fig. 2b relevance rows      :mod:`.heatmap`               :func:`plot_relevance_heatmap` (rows: :func:`relevance_rows`)
-Fig. 3  dependency graph    :mod:`.graph`                 :func:`plot_graph`
-Fig. 4a clustermap          :mod:`.clustermap`            :func:`plot_clustermap`, :func:`plot_dendrogram`
-Fig. 4b,c saliency          :mod:`.saliency`              :func:`plot_saliency` (maps: :func:`saliency`)
-Fig. 5  activation maps     :mod:`.activations`           :func:`plot_activation_grid` (maps: :func:`activation_maps`)
-all figures of a class      :mod:`.classes`               :func:`class_figures`, :func:`write_class_figures` (``ssa figures``)
-==========================  ============================  ==============================================
+==========================  ====================  =============================================================
+paper figure                module                function
+==========================  ====================  =============================================================
+Fig. 2a outlier frequency   :mod:`.frequency`     :func:`plot_frequency` (+ :func:`power_law_fit`)
+Fig. 2b relevance rows      :mod:`.heatmap`       :func:`plot_relevance_heatmap` (rows: :func:`relevance_rows`)
+Fig. 3  dependency graph    :mod:`.graph`         :func:`plot_graph`
+Fig. 4a clustermap          :mod:`.clustermap`    :func:`plot_clustermap`, :func:`plot_dendrogram`
+Fig. 4b,c saliency          :mod:`.saliency`      :func:`plot_saliency` (maps: :func:`saliency`)
+Fig. 5  activation maps     :mod:`.activations`   :func:`plot_activation_grid` (maps: :func:`activation_maps`)
+all figures of a class      :mod:`.classes`       :func:`class_figures`, :func:`write_class_figures` (ssa figures)
+==========================  ====================  =============================================================
 
 :mod:`.common` holds the canvas, the colours, :func:`save_figure` and the image helpers.
 """

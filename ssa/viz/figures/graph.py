@@ -63,19 +63,19 @@ def plot_graph(graph: nx.DiGraph, *, shared: Collection[str] | None = None,
     fig = new_figure(width, max(2.3, 1.0 * len(layers) + 1.1))
     # the axes fill the figure: tap names in the left margin, the colour bar on the right
     ax = fig.add_axes((label_w / width, 0.10, 1 - (label_w + 0.75) / width, 0.80))
+    edge = {(u, v): g.edge_info(u, v) for u, v in g.edges}
     rmax: dict[str, float] = {}  # relevance scales differ between steps: widths are relative per upper tap
-    for u, v, d in g.edges(data=True):
-        rmax[tap_of[u]] = max(rmax.get(tap_of[u], 0.0), abs(float(d.get("relevance", 0.0))))
+    for (u, _), e in edge.items():
+        rmax[tap_of[u]] = max(rmax.get(tap_of[u], 0.0), abs(e.relevance))
     inhibitory = False
-    for u, v, d in g.edges(data=True):
+    for (u, v), e in edge.items():
         if u not in pos or v not in pos:
             continue
-        neg = int(d.get("sign", 1)) < 0
+        neg = e.sign < 0
         inhibitory |= neg
         (x0, y0), (x1, y1) = pos[u], pos[v]
         ax.plot([x0, x1], [y0, y1], color=INHIB if neg else "#8c8c8c", ls="--" if neg else "-",
-                lw=0.4 + 3.0 * abs(float(d.get("relevance", 0.0))) / (rmax[tap_of[u]] or 1.0),
-                alpha=0.75, zorder=1)
+                lw=0.4 + 3.0 * abs(e.relevance) / (rmax[tap_of[u]] or 1.0), alpha=0.75, zorder=1)
     ramp = colormaps["Blues"]
     if kept_by is not None:
         total = max(int(n_graphs or 0), max(kept_by.values(), default=1), 1)
