@@ -5,7 +5,8 @@ class graph written by ``ssa explore``'s own writer, opened from one HTML file.
   (``performance.now()`` at its first ``afterRender``), which includes parsing the page and its
   embedded data, building the graphology graph and sigma's first WebGL frame;
 * frame time while panning: a real mouse drag (Playwright's mouse, 40 moves), the intervals between
-  animation frames during the drag; and the same for zooming with the wheel.
+  animation frames during the drag; and the same for zooming with the wheel. Graphs of more than 5,000
+  nodes are drawn with sigma's point program (``node_program`` in the results), see benchmarks/README.md.
 
 Chromium runs with ``--disable-gpu`` (as in the tests), so WebGL is SwiftShader, Chrome's software
 rasteriser, on the CPU: a machine with a GPU draws each frame much faster. Results go to
@@ -115,6 +116,9 @@ def test_first_render_15k(benchmark, browser, page_file, results):
 
     order = benchmark.pedantic(once, rounds=3, iterations=1, warmup_rounds=1)
     assert order == N_NODES  # the whole graph is drawn, not a part of it
+    w = _open(browser, page_file)
+    results["node_program"] = w.page.evaluate("window.ssaExplorer.sigma.getNodeDisplayData('layer5:0').type")
+    w.page.context.close()
     results["first_render_s"] = times[1:]  # the warm-up round is left out
     results["first_render_median_s"] = statistics.median(times[1:])
     print(f"\nfirst render of {N_NODES} nodes: median {results['first_render_median_s']:.2f} s "

@@ -29,6 +29,7 @@ from .canon import DEFAULT_PASSES, CanonPass, CanonReport, canonicalize
 from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
 from .closed_form.terms import rank1_omega
 from .interpreters import ModelCodeInterpreter
+from .maps import InputMaps
 from .taps import TapPlan, discover_taps
 
 __all__ = ["TorchNetwork", "HostCopy", "exact_arithmetic", "spatial_mean", "trace_module", "steps_summary"]
@@ -105,7 +106,7 @@ class _CutInterpreter(ModelCodeInterpreter):
         return out
 
 
-class TorchNetwork(Network):
+class TorchNetwork(InputMaps, Network):
     """A PyTorch ``nn.Module`` (or fx graph) ready for step-wise analysis.
 
     Parameters
@@ -117,6 +118,9 @@ class TorchNetwork(Network):
     include_input : add the input image's channels as the lowest tap.
     channel_axes : override the channel axis of taps, by name.
     output_index : which output is the logits when the model returns several.
+
+    Saliency, activation maps and receptive fields (:class:`ssa.core.capabilities.SupportsInputMaps`) come from
+    the mixin :class:`ssa_torch.maps.InputMaps`.
     """
 
     def __init__(self, module: nn.Module, *, name: str = "model", device: str = "cpu",

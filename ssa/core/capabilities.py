@@ -12,13 +12,14 @@ Each protocol has its own section below; keep them small and documented.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 from ssa.errors import UnsupportedModelError
 
-__all__ = ["Ablator", "SupportsAblation", "SupportsClassProbabilities", "require"]
+__all__ = ["Ablator", "SupportsAblation", "SupportsClassProbabilities", "PairMaps", "SupportsInputMaps", "require"]
 
 C = TypeVar("C")
 
@@ -94,3 +95,45 @@ class SupportsDeclaredInputShape(Protocol):
         """The input shape ``source`` declares, batch axis first, None for a dynamic size (e.g.
         ``(None, 3, 224, 224)``); None when it declares none or cannot be read (loading says why). A
         ``--preprocess`` preset takes the layout and the image size from it."""
+
+
+# -- input maps (ssa figures, ssa report, ssa explore: saliency, activation maps, receptive fields) ---------------
+@dataclass(frozen=True)
+class PairMaps:
+    """Maps of rows that each pair one image with one neuron (:meth:`SupportsInputMaps.pair_maps`).
+
+    saliency : ``(P, *image)``, the gradient of row ``i``'s neuron scalar (its value, or the spatial mean of its
+        map: the quantity SSA works with) with respect to row ``i``'s image, through the whole network (no cuts).
+    peak_gradient : ``(P, *image)``, the gradient of the neuron's strongest position on the row's image (its
+        largest map value); where it is non-zero is that position's receptive field on that image. None for a
+        dense tap (one value per neuron: the saliency is already its gradient).
+    activations : ``(P, *spatial)``, the row's neuron's activation map; None for a dense tap.
+    """
+
+    saliency: np.ndarray
+    peak_gradient: np.ndarray | None
+    activations: np.ndarray | None
+
+
+@runtime_checkable
+class SupportsInputMaps(Protocol):
+    """Maps over the input image of a tap's neurons (paper, Fig. 4b,c and Fig. 5; the explorer's reference images).
+
+    Batched so that one pass serves many neurons: :meth:`activation_maps` and :meth:`saliency` take a set of
+    neurons and return every (image, neuron) combination from one forward pass per batch of images (and, for the
+    saliency, one batched backward pass); :meth:`pair_maps` takes one neuron per image, so rows that each carry
+    their own neuron share one forward and one backward pass. Rows never interact (the network is in eval mode),
+    so every result equals the one-neuron, one-image computation. Unknown taps, neurons out of range and maps of
+    a dense tap are refused with :class:`~ssa.errors.InvalidInputError`. Arrays are float32 numpy.
+    """
+
+    def activation_maps(self, images: np.ndarray, tap: str, neurons: Sequence[int], *,
+                        batch_size: int = 64) -> np.ndarray:
+        """``(B, K, *spatial)``: the activation map of each of the ``K`` ``neurons`` of the conv tap ``tap`` on
+        every image."""
+
+    def saliency(self, images: np.ndarray, tap: str, neurons: Sequence[int], *, batch_size: int = 32) -> np.ndarray:
+        """``(B, K, *image)``: the gradient of each neuron's scalar w.r.t. every image (see :class:`PairMaps`)."""
+
+    def pair_maps(self, images: np.ndarray, tap: str, neurons: Sequence[int], *, batch_size: int = 32) -> PairMaps:
+        """The maps of ``neurons[i]`` on ``images[i]`` for every row ``i`` (``len(neurons) == len(images)``)."""

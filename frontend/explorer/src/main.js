@@ -5,7 +5,7 @@
 // reference images, paths from the class logit, exports. See docs/explorer.md.
 import Graph from "graphology";
 import Sigma from "sigma";
-import { EdgeRectangleProgram } from "sigma/rendering";
+import { EdgeRectangleProgram, NodeCircleProgram, NodePointProgram } from "sigma/rendering";
 import { EdgeDashedProgram } from "./dashed.js";
 import { viewToSVG, svgToPNG, download } from "./exporter.js";
 
@@ -17,6 +17,11 @@ const SHARED = "#e6862e";
 const PATH = "#7b3294";
 const FADED = "#e3e3e3";
 const FADED_EDGE = "#efefef";
+// Above this many nodes, nodes are drawn by sigma's point program (round points, one draw call) instead of its
+// circle program (one instanced triangle per node): the same discs, but a software WebGL (SwiftShader, a browser
+// without a GPU) draws 15,000 instances in about 0.5 s a frame and 15,000 points in a few ms. Edges and labels
+// are hidden while the camera moves on graphs with more than 5,000 edges (hideEdgesOnMove, hideLabelsOnMove).
+const MANY_NODES = 5000;
 
 const app = {
   index: null, files: null, cls: null, data: null, second: null, secondData: null,
@@ -144,9 +149,10 @@ function renderClassList() {
 function makeGraph(data) {
   const g = new Graph({ type: "directed" });
   app.nodes = new Map();
+  const type = data.nodes.length > MANY_NODES ? "point" : "circle";
   for (const n of data.nodes) {
     app.nodes.set(n.id, n);
-    g.addNode(n.id, { x: n.x, y: n.y, size: n.size, color: colorFor(n), label: String(n.neuron), zIndex: 1 });
+    g.addNode(n.id, { x: n.x, y: n.y, size: n.size, color: colorFor(n), label: String(n.neuron), zIndex: 1, type });
   }
   for (const e of data.edges) {
     const key = `${e.source}->${e.target}`;
@@ -206,6 +212,7 @@ async function selectClass(i) {
       labelRenderedSizeThreshold: 9, labelSize: 11, labelFont: "system-ui, sans-serif",
       hideEdgesOnMove: big, hideLabelsOnMove: big, minCameraRatio: 0.002, maxCameraRatio: 4,
       defaultEdgeType: "line", edgeProgramClasses: { line: EdgeRectangleProgram, dashed: EdgeDashedProgram },
+      nodeProgramClasses: { circle: NodeCircleProgram, point: NodePointProgram },
     });
     app.sigma.on("clickNode", ({ node }) => selectNode(node));
     app.sigma.on("clickStage", () => selectNode(null));
@@ -331,26 +338,97 @@ function thumbs(items, onPick, kind) {
     el("figcaption", { text: `#${it.image} · ${fmt(it.value)}` }))));
 }
 
+// -- saliency on any image of the class: maps sent as bytes (neurons/<node>.json, class_saliency) over the
+// images at the same grid (images.json), coloured here with matplotlib's inferno table, as ssa draws the
+// reference images' saliency: 0.35 * image + 0.65 * inferno(|gradient| / max).
+function bytes(b64) {
+  const s = atob(b64);
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out;
+}
+
+let pixelsPromise = null;
+function loadPixels() {
+  if (!app.index.saliency_images) return Promise.reject(new Error("no saliency images in this explorer"));
+  if (!pixelsPromise) {
+    pixelsPromise = load(app.index.saliency_images).then((d) => ({
+      shape: d.shape, pixels: bytes(d.pixels), lut: bytes(d.lut), pos: new Map(d.index.map((u, i) => [u, i])),
+    }));
+  }
+  return pixelsPromise;
+}
+
+function classMapPNG(px, entry, j, size = 200) {
+  const [h, w, c] = px.shape;
+  const k = px.pos.get(entry.images[j]);
+  if (k === undefined) throw new Error(`image ${entry.images[j]} is not in ${app.index.saliency_images}`);
+  if (!entry.q) entry.q = bytes(entry.maps);
+  const q = entry.q.subarray(j * h * w, (j + 1) * h * w);
+  const base = px.pixels.subarray(k * h * w * c, (k + 1) * h * w * c);
+  const small = document.createElement("canvas");
+  small.width = w; small.height = h;
+  const ctx = small.getContext("2d");
+  const im = ctx.createImageData(w, h);
+  for (let p = 0; p < h * w; p++) {
+    for (let ch = 0; ch < 3; ch++) {
+      const b = base[p * c + (c === 1 ? 0 : ch)] / 255;
+      const v = 0.35 * b + 0.65 * (px.lut[q[p] * 3 + ch] / 255);
+      im.data[p * 4 + ch] = Math.round(Math.min(1, Math.max(0, v)) * 255);
+    }
+    im.data[p * 4 + 3] = 255;
+  }
+  ctx.putImageData(im, 0, 0);
+  const f = Math.max(1, Math.floor(size / Math.max(h, w))); // whole-pixel blocks, as the reference images
+  const big = document.createElement("canvas");
+  big.width = w * f; big.height = h * f;
+  const bctx = big.getContext("2d");
+  bctx.imageSmoothingEnabled = false;
+  bctx.drawImage(small, 0, 0, w * f, h * f);
+  return big.toDataURL("image/png");
+}
+
 function renderRefs(box, r) {
   box.replaceChildren();
   const cls = app.cls;
   const rel = (r.relevant || {})[String(cls)] || [];
+  const entry = (r.class_saliency || {})[String(cls)] || null;
   const sal = el("div", { class: "saliency" });
-  const pick = (image) => {
-    const s = (r.saliency || {})[String(image)];
-    sal.replaceChildren();
-    if (!s) { sal.append(el("p", { class: "muted", text: `no saliency map stored for image ${image}` })); return; }
-    sal.append(el("figure", {},
-      el("img", { src: s.src, alt: `saliency on image ${image}`, "data-image": image }),
-      el("div", { class: "cbar" }, el("span", { text: "0" }), el("span", { class: "ramp inferno" }), el("span", { text: fmt(s.max) })),
+  const which = el("span", { class: "sal-which", id: "sal-which" });
+  const range = entry ? el("input", { type: "range", id: "sal-pick", min: 0, max: entry.images.length - 1, value: 0, step: 1,
+    "aria-label": `image of ${app.index.classes[cls].label}, by the neuron's ${entry.by}` }) : null;
+  const show = (image, src, max) => {
+    sal.replaceChildren(el("figure", {},
+      el("img", { src, alt: `saliency on image ${image}`, "data-image": image }),
+      el("div", { class: "cbar" }, el("span", { text: "0" }), el("span", { class: "ramp inferno" }), el("span", { text: fmt(max) })),
       el("figcaption", { text: `saliency of ${r.node} on image ${image}: |∂ neuron / ∂ input|, max over channels` })));
+  };
+  const pick = (image) => {
+    const j = entry ? entry.images.indexOf(image) : -1;
+    if (range) {
+      if (j >= 0) range.value = String(j);
+      which.textContent = j >= 0 ? `#${image} · ${entry.by} ${fmt(entry.value[j])} · ${j + 1} of ${entry.images.length}` : `#${image}`;
+    }
+    const s = (r.saliency || {})[String(image)];
+    if (s) { show(image, s.src, s.max); return; } // a reference image: its map at full resolution
+    if (j < 0) { sal.replaceChildren(el("p", { class: "muted", text: `no saliency map stored for image ${image}` })); return; }
+    loadPixels().then((px) => { if (range && range.value === String(j)) show(image, classMapPNG(px, entry, j), entry.max[j]); })
+      .catch((err) => sal.replaceChildren(el("p", { class: "note", text: `saliency could not be drawn: ${err.message}` })));
   };
   box.append(el("p", { class: "muted", text: r.crop_note || "" }));
   box.append(el("h4", { text: `most relevant in ${app.index.classes[cls].label}` }));
   if (rel.length) box.append(thumbs(rel, pick, "relevant"));
   else box.append(el("p", { class: "muted", text: r.tap === "logits" ? "the class neuron has no relevance (nothing above it); see the most active images" : "no image of this class" }));
   box.append(el("h4", { text: `most active over the ${r.n_analysed} analysed images` }), thumbs(r.active || [], pick, "active"));
-  box.append(el("h4", { text: "saliency on a chosen image (click an image above)" }), sal);
+  if (entry) {
+    range.addEventListener("input", () => pick(entry.images[Number(range.value)]));
+    box.append(el("h4", { text: "saliency on a chosen image" }),
+      el("p", { class: "muted sal-note", text: `Click an image above, or slide through the ${entry.images.length} images of ${app.index.classes[cls].label} (most ${entry.by === "relevance" ? "relevant" : "active"} first). ${app.index.saliency_note || ""}` }),
+      el("div", { class: "sal-controls" }, range, which), sal);
+  } else {
+    box.append(el("h4", { text: "saliency on a chosen image (click an image above)" }), sal);
+    if (app.index.saliency_note) box.append(el("p", { class: "muted sal-note", text: app.index.saliency_note }));
+  }
   const first = (rel[0] || (r.active || [])[0]);
   if (first) pick(first.image);
 }

@@ -9,7 +9,6 @@ from ssa.analysis.compare import compare, identical_graphs_quietly, load_graphs
 from ssa.errors import InvalidInputError
 from ssa.io.graphs import write_graph
 from ssa.io.outdir import COMPARE_OUTPUTS, OutputDir
-from ssa.viz import figures
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # the view modules load matplotlib: imported when the command runs, so the CLI starts without it
+    from ssa.viz import figures
+
     graphs, names = load_graphs(args.graphs)
     cmp = compare(graphs, weight=args.weight, names=[Path(p).name for p in args.graphs], allow_mixed=args.allow_mixed)
     which = _shared_indices(args.shared, cmp)
@@ -72,13 +74,14 @@ def _run(args: argparse.Namespace) -> int:
         out = Path(args.out_dir)
         fmt = args.format
         with identical_graphs_quietly():
-            written = [figures.plot_clustermap(cmp, out / f"clustermap.{fmt}"),
-                       figures.plot_clustermap(cmp, out / f"clustermap-nodes.{fmt}", kind="nodes"),
-                       figures.plot_dendrogram(cmp, out / f"dendrogram.{fmt}")]
+            written = [figures.save_figure(figures.plot_clustermap(cmp), out / f"clustermap.{fmt}"),
+                       figures.save_figure(figures.plot_clustermap(cmp, kind="nodes"), out / f"clustermap-nodes.{fmt}"),
+                       figures.save_figure(figures.plot_dendrogram(cmp), out / f"dendrogram.{fmt}")]
         written += cmp.write_tables(out)
         written.append(write_graph(shared, out / "shared.json"))
         if shared.number_of_nodes():
-            written.append(figures.plot_graph(shared, out / f"shared.{fmt}", title=f"shared sub-graph of {who}"))
+            fig = figures.plot_graph(shared, title=f"shared sub-graph of {who}")
+            written.append(figures.save_figure(fig, out / f"shared.{fmt}"))
         print(f"wrote {len(written)} files to {out}: " + ", ".join(p.name for p in written))
     return 0
 

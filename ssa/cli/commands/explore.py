@@ -9,8 +9,6 @@ from ssa.analysis.compare import load_graphs
 from ssa.cli.commands.common import add_image_args, add_model_args, load_network, model_spec, preprocess_from
 from ssa.errors import InvalidInputError
 from ssa.io.folders import load_grouped_images
-from ssa.viz.explorer import SINGLE_FILE_CLASSES, write_explorer
-from ssa.viz.explorer.references import class_indices, reference_images
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                "with, and its --taps, --include-input, ... if they were given)")
     m = p.add_argument_group("reference images")
     m.add_argument("--top-k", type=int, default=4, help="reference images per neuron and list (default 4)")
+    m.add_argument("--saliency-budget", type=float, default=None, metavar="MIB",
+                   help="MiB of saliency maps for 'saliency on a chosen image' (default 8): within it, every image "
+                        "of the class; beyond it, the images where the neuron is most relevant; 0: none")
     m.add_argument("--cache", default=None,
                    help="cache folder for reference images (default $SSA_CACHE/explorer or ~/.cache/ssa/explorer)")
     m.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
@@ -44,6 +45,10 @@ def _is_folder(out: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    # the view modules load matplotlib: imported when the command runs, so the CLI starts without it
+    from ssa.viz.explorer import SINGLE_FILE_CLASSES, write_explorer
+    from ssa.viz.explorer.references import class_indices, reference_images
+
     folder = _is_folder(args.out)
     if not folder and Path(args.out).suffix.lower() not in (".html", ".htm"):
         raise InvalidInputError(f"--out must end in .html (one file) or / (a folder), got {args.out!r}.")
@@ -51,26 +56,31 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("pass both --model and --images (for reference images) or neither.")
     if args.top_k < 1:
         raise InvalidInputError(f"--top-k must be >= 1, got {args.top_k}.")
+    if args.saliency_budget is not None and not args.saliency_budget >= 0:
+        raise InvalidInputError(f"--saliency-budget must be >= 0 (MiB), got {args.saliency_budget:g}.")
     graphs, _ = load_graphs(args.graphs)
     names = [Path(p).name for p in args.graphs]
-    references = None
+    refs = None
     if args.model is not None:
         network = load_network(model_spec(args))
         arr, lab = load_grouped_images(args.images, labels=args.labels, preprocess=preprocess_from(args))
         network.prepare(arr)
-        other = {str(g.graph["model"]) for g in graphs if g.graph.get("model") is not None} - {network.name}
+        other = {str(g.run.model) for g in graphs if g.run.model is not None} - {network.name}
         if other:
             raise InvalidInputError(f"the graphs were made with model {sorted(other)[0]!r}, not {network.name!r}; "
                                     "pass the model the graphs were made with.")
         groups = [class_indices(network, g, arr, lab) for g in graphs]  # checks the images before the long part
+        budget = {} if args.saliency_budget is None else {"saliency_budget": int(args.saliency_budget * 2**20)}
         refs = reference_images(network, arr, groups, graphs, top_k=args.top_k, batch_size=args.batch_size,
-                                cache_dir=args.cache, use_cache=not args.no_cache)
-        references = refs.data
+                                cache_dir=args.cache, use_cache=not args.no_cache, **budget)
         how = f"read from the cache {refs.path}" if refs.cached else (
             f"computed, cached in {refs.path}" if refs.path else "computed")
         print(f"reference images for {len(refs.data)} neurons: {how}")
-    page = write_explorer(args.out, graphs, names, folder=folder, references=references, title=args.title,
-                          weight=args.weight)
+        print(refs.note)
+    page = write_explorer(args.out, graphs, names, folder=folder, title=args.title, weight=args.weight,
+                          references=refs.data if refs is not None else None,
+                          saliency_images=refs.images if refs is not None else None,
+                          saliency_note=refs.note if refs is not None else None)
     print(f"wrote explorer {page.resolve()} ({len(graphs)} class{'es' if len(graphs) != 1 else ''})")
     if folder:
         print(f"open it with: ssa serve {page.parent}")

@@ -20,7 +20,6 @@ from ssa.io.folders import load_grouped_images
 from ssa.io.graphs import read_graph
 from ssa.io.outdir import FIGURES_OUTPUTS, OutputDir
 from ssa.session import prepare_network
-from ssa.viz.figures import class_figures, parse_node
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -58,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # the view modules load matplotlib: imported when the command runs, so the CLI starts without it
+    from ssa.viz.figures import parse_node, write_class_figures
+
     graph = read_graph(args.graph)
     others, other_names = load_graphs(args.compare) if args.compare else ([], [])
     kept_by = None
@@ -79,9 +81,9 @@ def _run(args: argparse.Namespace) -> int:
     if neuron is not None and f"{neuron[0]}:{neuron[1]}" not in graph:
         raise InvalidInputError(f"--neuron {args.neuron} is not a node of the graph; pick one of its nodes "
                                 "(see the graph file or `ssa analyse` output).")
-    made = class_figures(network, graph, images, Path(args.out_dir), fmt=args.format, kept_by=kept_by,
-                         n_graphs=1 + len(others), steps="all",
-                         neuron=neuron, n_images=args.n_images, batch_size=args.batch_size)
+    made = write_class_figures(network, graph, images, Path(args.out_dir), fmt=args.format, kept_by=kept_by,
+                               n_graphs=1 + len(others), steps="all", neuron=neuron, n_images=args.n_images,
+                               batch_size=args.batch_size)
     for kind, caption, path in made:
         print(f"{kind:<12} {path}  ({caption})")
     return 0

@@ -8,7 +8,6 @@ from ssa.analysis.compare import load_graphs
 from ssa.cli.commands.common import add_image_args, add_model_args, model_options, preprocess_from
 from ssa.errors import InvalidInputError
 from ssa.io.paths import check_output_file
-from ssa.viz.report import write_report
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # the view modules load matplotlib: imported when the command runs, so the CLI starts without it
+    from ssa.viz.report import write_report
+
     if args.n_images < 1:
         raise InvalidInputError(f"--n-images must be >= 1, got {args.n_images}.")
     check_output_file(args.out, flag="--out", suffixes=(".html", ".htm"))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ssa.viz.explorer.server import HOST, make_server
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -19,6 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # the explorer package loads matplotlib (for its reference images): imported when the command runs
+    from ssa.viz.explorer.server import HOST, make_server
+
     server = make_server(args.directory, args.port)
     port = server.server_address[1]
     print(f"serving {args.directory} at http://{HOST}:{port}/ (Ctrl-C stops)", flush=True)

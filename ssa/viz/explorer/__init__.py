@@ -14,7 +14,9 @@ written under ``data/``):
   whether reference images exist;
 * ``class-<i>.json``: one class graph: its attributes, its taps (layers) and nodes with their
   attributes, layered positions, display size and the classes that keep them, and its edges;
-* ``neurons/<node>.json``: a neuron's reference images (see :mod:`ssa.viz.explorer.references`).
+* ``neurons/<node>.json``: a neuron's reference images and its saliency on its classes' images (see
+  :mod:`ssa.viz.explorer.references`);
+* ``images.json``: the analysed images at the grid of those saliency maps (and the colour map).
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from ssa.analysis.compare import check_graphs, compare, graph_labels
+from ssa.core.graph import DependencyGraph
 from ssa.errors import InvalidInputError
 from ssa.io.atomic import atomic_write_bytes
+from ssa.viz.figures.common import dependency_graph
 
 __all__ = ["FORMAT", "SINGLE_FILE_CLASSES", "explorer_files", "layered_positions", "page_html", "write_explorer",
            "static_text", "node_file"]
@@ -88,25 +93,22 @@ def layered_positions(graph: nx.DiGraph) -> dict[str, tuple[float, float]]:
     are equally spaced and every row is centred; the widest row spans ``w`` (growing with its size,
     between 1.6 and 8 times the height); rows are 1 apart (y = 0 for the lowest tap).
     """
-    if graph.number_of_nodes() == 0:
+    g = dependency_graph(graph)
+    if g.number_of_nodes() == 0:
         return {}
-    order = {n: int(d.get("tap_order", 0)) for n, d in graph.nodes(data=True)}
-    taps = sorted({order[n] for n in graph.nodes}, reverse=True)
-    rank = {t: i for i, t in enumerate(taps)}  # 0 = top row
-    rows: list[list[str]] = [[] for _ in taps]
-    for n in graph.nodes:
-        rows[rank[order[n]]].append(n)
+    rows = [list(nodes) for _, nodes in g.layers()]  # one row per tap, top (logits) first
+    neuron = {n: int(k) for n, k in g.nodes(data="neuron")}
     slot: dict[str, float] = {}
     for _r, nodes in enumerate(rows):
         def key(n: str) -> tuple[float, int, str]:
-            ups = [slot[u] for u in graph.predecessors(n) if u in slot]
-            return (float(np.mean(ups)) if ups else 0.5, int(graph.nodes[n].get("neuron", 0)), n)
+            ups = [slot[u] for u in g.predecessors(n) if u in slot]
+            return (float(np.mean(ups)) if ups else 0.5, neuron[n], n)
         nodes.sort(key=key)
         m = len(nodes)
         for j, n in enumerate(nodes):
             slot[n] = (j + 0.5) / m
     layers = {r: nodes for r, nodes in enumerate(rows)}
-    pos = nx.multipartite_layout(graph, subset_key=layers, align="horizontal")  # rows evenly spaced, centred
+    pos = nx.multipartite_layout(g, subset_key=layers, align="horizontal")  # rows evenly spaced, centred
     widest = max(len(r) for r in rows)
     n_rows = len(rows)
     width = min(max(1.6 * max(n_rows - 1, 1), 0.12 * widest), 8.0 * max(n_rows - 1, 1))
@@ -115,23 +117,24 @@ def layered_positions(graph: nx.DiGraph) -> dict[str, tuple[float, float]]:
     return {n: (float(pos[n][0]) / span * width, float(n_rows - 1 - r)) for r, nodes in enumerate(rows) for n in nodes}
 
 
-def _edge_widths(graph: nx.DiGraph, big: bool) -> dict[tuple[str, str], float]:
+def _edge_widths(graph: DependencyGraph, big: bool) -> dict[tuple[str, str], float]:
     """Edge width from |relevance|, relative within the upper tap (relevance scales differ between steps)."""
-    rmax: dict[Any, float] = {}
-    for u, _, d in graph.edges(data=True):
-        t = graph.nodes[u].get("tap")
-        rmax[t] = max(rmax.get(t, 0.0), abs(_num(d.get("relevance"))))
+    tap = {n: t for t, nodes in graph.layers() for n in nodes}
+    rel = {(u, v): abs(_num(graph.edge_info(u, v).relevance)) for u, v in graph.edges}
+    rmax: dict[str, float] = {}
+    for (u, _), r in rel.items():
+        rmax[tap[u]] = max(rmax.get(tap[u], 0.0), r)
     lo, hi = (0.3, 1.5) if big else (0.8, 4.0)
-    return {(u, v): lo + (hi - lo) * abs(_num(d.get("relevance"))) / (rmax[graph.nodes[u].get("tap")] or 1.0)
-            for u, v, d in graph.edges(data=True)}
+    return {(u, v): lo + (hi - lo) * r / (rmax[tap[u]] or 1.0) for (u, v), r in rel.items()}
 
 
-def _class_file(i: int, graph: nx.DiGraph, kept_by: Mapping[str, list[list[int]]],
+def _class_file(i: int, graph: DependencyGraph, kept_by: Mapping[str, list[list[int]]],
                 refs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One class's data file. Every node, edge and graph attribute is carried through as it is (known or not)."""
     pos = layered_positions(graph)
     big = graph.number_of_nodes() > 2000
-    n_img = _num(graph.graph.get("n_images")) or max((_num(d.get("frequency"), 1) for _, d in graph.nodes(data=True)),
-                                                     default=1.0) or 1.0
+    n_img = float(graph.run.n_images) or max((_num(graph.info(n).frequency, 1) for n in graph.nodes),
+                                              default=1.0) or 1.0
     lo, hi = (1.5, 5.0) if big else (4.0, 14.0)
     nodes = []
     for n, d in graph.nodes(data=True):
@@ -150,18 +153,16 @@ def _class_file(i: int, graph: nx.DiGraph, kept_by: Mapping[str, list[list[int]]
         item["sign"] = int(_num(d.get("sign"), 1)) or 1
         item["width"] = round(widths[(u, v)], 3)
         edges.append(item)
-    taps: dict[str, dict[str, Any]] = {}
-    for n, d in graph.nodes(data=True):
-        t = taps.setdefault(str(d.get("tap", "?")), {"tap": str(d.get("tap", "?")), "order": int(d.get("tap_order", 0)),
-                                                    "y": pos[n][1], "n": 0})
-        t["n"] += 1
+    taps = [{"tap": tap, "order": graph.info(ns[0]).tap_order, "y": pos[ns[0]][1], "n": len(ns)}
+            for tap, ns in graph.layers()]  # top tap first
     return {"index": i, "graph": {str(k): _jsonable(v) for k, v in graph.graph.items()},
-            "taps": sorted(taps.values(), key=lambda t: -t["order"]),
+            "taps": taps,
             "x_min": min((p[0] for p in pos.values()), default=0.0), "nodes": nodes, "edges": edges}
 
 
 def explorer_files(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = None, *,
                    references: Mapping[str, Any] | None = None, references_note: str | None = None,
+                   saliency_images: Mapping[str, Any] | None = None, saliency_note: str | None = None,
                    title: str | None = None, weight: str = "frequency") -> dict[str, Any]:
     """Every data file of the explorer, ``{relative path: JSON-ready object}`` (``index.json`` first).
 
@@ -171,11 +172,11 @@ def explorer_files(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = N
     names : their file names (labels when targets repeat, and error messages).
     references : ``{node id: reference data}`` from :func:`ssa.viz.explorer.references.reference_images`,
         or None (the page then says how to add them).
+    saliency_images, saliency_note : the images behind "saliency on a chosen image" and what it offers
+        (:attr:`References.images` and :attr:`References.note`); written as ``images.json``.
     weight : bag-of-nodes weight of the clustering (:func:`ssa.analysis.compare.compare`).
     """
-    from ssa.analysis.compare import check_graphs, compare, graph_labels
-
-    graphs = list(graphs)
+    graphs = [dependency_graph(g) for g in graphs]
     if not graphs:
         raise InvalidInputError("the explorer needs at least 1 graph, got 0; pass graph files from `ssa analyse`.")
     names = list(names) if names is not None else [f"graph {i}" for i in range(len(graphs))]
@@ -191,14 +192,15 @@ def explorer_files(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = N
             kept_by.setdefault(n, []).append([i, int(_num(d.get("frequency")))])
     files: dict[str, Any] = {}
     classes = []
-    for i, (g, label, name) in enumerate(zip(graphs, labels, names, strict=True)):
-        target = g.graph.get("target")
-        classes.append({"label": label, "target": _jsonable(target), "file": f"class-{i}.json", "name": name,
-                        "n_images": int(_num(g.graph.get("n_images"))), "n_nodes": g.number_of_nodes(),
+    for i, (g, label, name) in enumerate(zip(graphs, labels, names, strict=False)):
+        run = g.run
+        classes.append({"label": label, "target": run.target, "file": f"class-{i}.json", "name": name,
+                        "n_images": run.n_images, "n_nodes": g.number_of_nodes(),
                         "n_edges": g.number_of_edges()})
-    g0 = graphs[0].graph
-    model = str(g0.get("model", "?"))
-    params = ", ".join(f"{k}={g0.get(k)}" for k in ("branching", "rule", "selector") if g0.get(k) is not None)
+    run0 = graphs[0].run
+    model = str(run0.model or "?")
+    given = run0.parameters()
+    params = ", ".join(f"{k}={given[k]}" for k in ("branching", "rule", "selector") if given[k] is not None)
     index = {
         "format": FORMAT, "title": title or f"SSA explorer: {model}, {len(graphs)} "
                                             f"class{'es' if len(graphs) != 1 else ''}",
@@ -207,6 +209,8 @@ def explorer_files(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = N
         "references": references is not None,
         "references_note": references_note or ("Reference images need the model and the images: run `ssa explore "
                                                "GRAPHS... --model M --images X`."),
+        "saliency_images": "images.json" if saliency_images is not None else None,
+        "saliency_note": saliency_note or "",
     }
     files["index.json"] = index
     for i, g in enumerate(graphs):
@@ -215,6 +219,8 @@ def explorer_files(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = N
         for node, data in references.items():
             if node in kept_by:
                 files[node_file(node)] = data
+    if saliency_images is not None:
+        files["images.json"] = saliency_images
     return files
 
 

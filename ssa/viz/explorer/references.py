@@ -18,10 +18,12 @@ made from). For every neuron of the graphs it gives:
 * its **saliency** (|gradient of the neuron's scalar w.r.t. the input|, max over channels; as
   :func:`ssa.viz.figures.saliency`) on each of its reference images.
 
-Crops and saliency are batched over (neuron, image) pairs: one forward and one backward pass per
-tap and batch of pairs, each row of the batch carrying its own neuron, never one pass per neuron.
-The result is cached on disk, keyed by the model's content hash, the images' content hash, the
-graphs and the settings. The network must be PyTorch-backed (the torch and ONNX backends).
+Crops and saliency are batched over (neuron, image) pairs through the network's
+:class:`~ssa.core.capabilities.SupportsInputMaps` capability (``pair_maps``: one forward and one
+backward pass per tap and batch of pairs, each row of the batch carrying its own neuron, never one
+pass per neuron). The result is cached on disk, keyed by the model's content hash, the images'
+content hash, the graphs and the settings. The network must have input maps (the torch and ONNX
+backends do).
 """
 
 from __future__ import annotations
@@ -34,20 +36,35 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import networkx as nx
 import numpy as np
+from matplotlib import colormaps
+from PIL import Image
 
-from ssa.errors import InvalidInputError, UnsupportedModelError
+from ssa.analysis.grouping import group_images
+from ssa.core.arrays import to_numpy
+from ssa.core.capabilities import SupportsInputMaps, require
+from ssa.core.graph import DependencyGraph
+from ssa.core.interfaces import Network
+from ssa.core.traversal import step_omega
+from ssa.engines.autograd import AutogradSource
+from ssa.engines.closed_form import FastSource
+from ssa.engines.statistics import collect
+from ssa.engines.store import images_hash
+from ssa.errors import InvalidInputError
 from ssa.io.atomic import atomic_write_bytes
+from ssa.plugins import make_rule
+from ssa.viz.figures.common import dependency_graph, display_image, rgb, saliency_map
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ssa.core.interfaces import Network
+__all__ = ["References", "reference_images", "class_indices", "default_cache_dir", "decode_maps", "CACHE_VERSION",
+           "DEFAULT_SALIENCY_BUDGET", "SALIENCY_GRID"]
 
-__all__ = ["References", "reference_images", "class_indices", "default_cache_dir", "CACHE_VERSION"]
-
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+DEFAULT_SALIENCY_BUDGET = 8 * 2**20  # bytes of quantised saliency maps for "any image of the class"
+SALIENCY_GRID = 32  # longest side of those maps; larger images are pooled
+_WORK_BYTES = 256 * 2**20  # budget for one chunk of input gradients
 _CLASS_TAP = "logits"
 
 
@@ -58,11 +75,16 @@ class References:
     data : ``{node id: JSON-ready dict}`` (see ``docs/explorer.md``, "neurons/<node>.json").
     cached : True when read from the cache rather than computed.
     path : the cache file (None without a cache).
+    images : the analysed images at the saliency grid, for the saliency on any of a class's images
+        (``images.json``: ``shape``, ``factor``, ``index``, ``pixels``, ``lut``); None when none is offered.
+    note : what the saliency on a chosen image offers (every image of the class, or how many, and why).
     """
 
     data: Mapping[str, Any]
     cached: bool
     path: Path | None
+    images: Mapping[str, Any] | None = None
+    note: str = ""
 
 
 def default_cache_dir() -> Path:
@@ -80,58 +102,44 @@ def class_indices(network: Network, graph: nx.DiGraph, images: np.ndarray, label
 
     Refuses images that do not give the graph's number of images (other images than the graph's).
     """
-    from ssa.analysis.grouping import group_images
-
-    attrs = graph.graph
-    target = attrs.get("target")
-    if target is None:
+    run = dependency_graph(graph).run
+    target = run.target
+    if target < 0:
         raise InvalidInputError("a graph has no 'target' attribute; pass graphs written by `ssa analyse`.")
-    by_prediction = attrs.get("grouping") == "prediction"
-    max_per_class = attrs.get("max_per_class")
+    by_prediction = run.grouping == "prediction"
+    max_per_class = run.max_per_class
     if labels is None and not by_prediction:
         idx = np.arange(images.shape[0])
         idx = idx[:int(max_per_class)] if max_per_class else idx
     else:
-        idx = group_images(network, images, labels, [int(target)], by_prediction=by_prediction,
-                           min_confidence=attrs.get("min_confidence"),
-                           max_per_class=int(max_per_class) if max_per_class else None)[int(target)].indices
-    expected = attrs.get("n_images")
-    if expected is not None and int(expected) != len(idx):
+        idx = group_images(network, images, labels, [target], by_prediction=by_prediction,
+                           min_confidence=run.min_confidence,
+                           max_per_class=int(max_per_class) if max_per_class else None)[target].indices
+    expected = run.n_images
+    if expected and expected != len(idx):
         raise InvalidInputError(
-            f"the graph of class {target} was made from {int(expected)} images, but --images gives {len(idx)} for it; "
+            f"the graph of class {target} was made from {expected} images, but --images gives {len(idx)} for it; "
             "pass the images (and --labels) the graphs were made with.")
     return np.asarray(idx, dtype=np.int64)
 
 
 # -- the network ---------------------------------------------------------------------------------------
-def _torch_network(network: Network) -> None:
-    if getattr(network, "graph_module", None) is None or getattr(network, "plan", None) is None:
-        raise UnsupportedModelError(
-            f"reference images need a PyTorch-backed network (the torch or ONNX backend), got "
-            f"{type(network).__name__}; leave out --model/--images to explore the graphs alone.")
-
-
 def _scalars(network: Network, images: np.ndarray, taps: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
     """Every image's neuron scalars of ``taps``: one forward pass per batch."""
     parts: dict[str, list[np.ndarray]] = {t: [] for t in taps}
     for i in range(0, images.shape[0], batch_size):
         s = network.tap_scalars(images[i:i + batch_size])
         for t in taps:
-            parts[t].append(np.asarray(s[t], dtype=np.float64))
+            parts[t].append(to_numpy(s[t]).astype(np.float64))
     return {t: np.concatenate(v) for t, v in parts.items()}
 
 
 def _per_image_relevance(network: Network, images: np.ndarray, rows: np.ndarray, graph: nx.DiGraph,
                          batch_size: int, stats_cache: dict[str, Any]) -> dict[str, np.ndarray]:
     """``{node: r (len(rows),)}``: per image, the mean over the graph's edges u -> node of omega[u, i, node]."""
-    from ssa.core.traversal import step_omega
-    from ssa.engines.autograd import AutogradSource
-    from ssa.engines.closed_form import FastSource
-    from ssa.engines.statistics import collect
-    from ssa.plugins import make_rule
-    from ssa.viz.figures import _json_attr
-
-    rule = make_rule(str(graph.graph.get("rule", "gradient")), **_json_attr(graph, "rule_params"))
+    g = dependency_graph(graph)
+    run = g.run
+    rule = make_rule(run.rule or "gradient", **run.rule_params)
     form = rule.form
     fast = network.fast_taps(form) if form else frozenset()
     if fast:
@@ -140,20 +148,21 @@ def _per_image_relevance(network: Network, images: np.ndarray, rows: np.ndarray,
         source: Any = FastSource(network, stats_cache[form], form, images, batch_size, rows)
     else:
         source = AutogradSource(network, images[rows], batch_size)
+    info = {n: g.info(n) for n in g.nodes}
     by_upper: dict[str, list[tuple[str, str]]] = {}
-    for u, v in graph.edges:
-        by_upper.setdefault(graph.nodes[u]["tap"], []).append((u, v))
+    for u, v in g.edges:
+        by_upper.setdefault(info[u].tap, []).append((u, v))
     total: dict[str, np.ndarray] = {}
     count: dict[str, int] = {}
     for tap, edges in by_upper.items():
-        neurons = sorted({int(graph.nodes[u]["neuron"]) for u, _ in edges})
+        neurons = sorted({info[u].neuron for u, _ in edges})
         col = {k: j for j, k in enumerate(neurons)}
         omega_by_parent = step_omega(source, tap, neurons, rule)  # (n, images, K)
         for u, v in edges:
-            parent = graph.nodes[v]["tap"]
+            parent = info[v].tap
             if parent not in omega_by_parent:
                 continue
-            w = omega_by_parent[parent][col[int(graph.nodes[u]["neuron"])], :, int(graph.nodes[v]["neuron"])]
+            w = omega_by_parent[parent][col[info[u].neuron], :, info[v].neuron]
             w = np.where(np.isfinite(w), w, 0.0)
             total[v] = total.get(v, 0.0) + w
             count[v] = count.get(v, 0) + 1
@@ -166,42 +175,9 @@ def _top(values: np.ndarray, k: int) -> np.ndarray:
     return order[:k]
 
 
-def _pair_gradients(network: Network, images: np.ndarray, tap: Any, node_name: str, neurons: np.ndarray,
-                    positions: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """One forward and one backward pass over rows that each carry their own neuron.
-
-    ``positions=False``: the gradient of each row's neuron scalar (its value, or spatial mean) w.r.t. the
-    row's input (saliency). ``positions=True``: the gradient of the neuron's strongest position, and the
-    rows' activation maps ``(P, *spatial)``. Rows do not interact (the network is in eval mode).
-    """
-    import torch
-
-    from ssa.viz.figures import _run_recording
-
-    x = network.to_tensor(images).detach().requires_grad_(True)  # type: ignore[attr-defined]
-    idx = torch.as_tensor(neurons, dtype=torch.long, device=x.device)
-    rows = torch.arange(len(neurons), device=x.device)
-    maps = None
-    with torch.enable_grad():
-        value = _run_recording(network, x, node_name)
-        v = value.movedim(tap.channel_axis, 1)[rows, idx]  # (P, *spatial) or (P,)
-        flat = v.reshape(v.shape[0], -1)
-        if positions:
-            best = flat.detach().argmax(dim=1)
-            score = flat[rows, best].sum()
-            maps = v.detach().cpu().numpy().astype(np.float32)
-        else:
-            score = flat.mean(dim=1).sum()
-        (g,) = torch.autograd.grad(score, x, allow_unused=True)
-    grads = np.zeros(images.shape, np.float32) if g is None else g.detach().cpu().numpy().astype(np.float32)
-    return grads, maps
-
-
 # -- pictures -----------------------------------------------------------------------------------------
 def _png(rgb: np.ndarray, size: int) -> str:
     """An (H, W, 3) array in [0, 1] as a PNG data URI, its longest side scaled to about ``size`` pixels."""
-    from PIL import Image
-
     arr = (np.clip(rgb, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
     im = Image.fromarray(arr, mode="RGB")
     h, w = arr.shape[:2]
@@ -217,8 +193,6 @@ def _png(rgb: np.ndarray, size: int) -> str:
 
 
 def _resize_map(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
     m = np.asarray(m, dtype=np.float32)
     if m.ndim == 1:
         m = m[None, :]
@@ -239,11 +213,123 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
 
 
-# -- the whole computation ---------------------------------------------------------------------------------
-def _cache_key(network: Network, images: np.ndarray, groups: Sequence[np.ndarray], graphs: Sequence[nx.DiGraph],
-               settings: Mapping[str, Any]) -> tuple[str, str, str] | None:
-    from ssa.engines.store import images_hash
+# -- saliency on any image of a class -------------------------------------------------------------------
+def _grid(h: int, w: int, grid: int) -> tuple[int, int, int]:
+    """``(factor, rows, columns)``: images larger than ``grid`` are pooled by ``factor`` x ``factor`` blocks."""
+    f = max(1, -(-max(h, w) // grid))
+    return f, -(-h // f), -(-w // f)
 
+
+def _pool(a: np.ndarray, f: int, how: str) -> np.ndarray:
+    """Pool the last two axes of ``a`` by ``f`` x ``f`` blocks (``max`` or ``mean``; edges padded)."""
+    if f == 1:
+        return a
+    h, w = a.shape[-2:]
+    pad = [(0, 0)] * (a.ndim - 2) + [(0, -(-h // f) * f - h), (0, -(-w // f) * f - w)]
+    b = np.pad(a, pad, mode="constant" if how == "max" else "edge")
+    b = b.reshape(*a.shape[:-2], b.shape[-2] // f, f, b.shape[-1] // f, f)
+    return b.max(axis=(-3, -1)) if how == "max" else b.mean(axis=(-3, -1))
+
+
+def _abs_max_channels(grads: np.ndarray, image_shape: tuple[int, ...], hw: tuple[int, int]) -> np.ndarray:
+    """``(..., H, W)``: |gradient| with the channel axis reduced by the maximum, for gradients ``(..., *image)``
+    (as :func:`ssa.viz.figures.common.saliency_map`, vectorised)."""
+    g = np.abs(grads)
+    if len(image_shape) == 3:
+        return g.max(axis=-3 if tuple(image_shape[1:]) == hw else -1)
+    return g
+
+
+def _b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, dtype=np.uint8).tobytes()).decode("ascii")
+
+
+def decode_maps(entry: Mapping[str, Any], shape: Sequence[int]) -> np.ndarray:
+    """The saliency maps of one ``class_saliency`` entry as floats ``(n, rows, columns)`` (``shape``: the grid)."""
+    q = np.frombuffer(base64.b64decode(entry["maps"]), dtype=np.uint8).reshape(-1, int(shape[0]), int(shape[1]))
+    return q.astype(np.float64) / 255.0 * np.asarray(entry["max"], dtype=np.float64)[:, None, None]
+
+
+def _round(v: float) -> float:
+    return float(f"{v:.4g}")
+
+
+def _class_saliency(maps: SupportsInputMaps, imgs: np.ndarray, union: np.ndarray, rows_of: Sequence[np.ndarray],
+                    graphs: Sequence[DependencyGraph], relevance: Sequence[Mapping[str, np.ndarray]],
+                    scal: Mapping[str, np.ndarray], *, budget: int, grid: int, batch_size: int
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None, str]:
+    """The saliency of every neuron of every class graph on the class's images, quantised for the page.
+
+    Returns ``({node: {class index: entry}}, images, note)``. An entry lists the class's images (numbers in
+    ``--images``) ordered by the neuron's per-image relevance there (for the class neuron: by its value),
+    with that number (``value``, ``by``), each map's largest |gradient| (``max``) and the maps as uint8
+    (``maps``: base64 of ``(n, rows, columns)``, the map divided by its ``max``, times 255, rounded). When
+    every (neuron, image) pair does not fit in ``budget`` bytes, each list keeps the ``cap`` images where
+    the neuron is most relevant. The saliency comes from :meth:`SupportsInputMaps.saliency`: one forward pass
+    per batch of a class's images and tap, and one backward pass batched over the tap's neurons.
+    """
+    h, w = display_image(imgs[0]).shape[:2]
+    f, gh, gw = _grid(h, w, grid)
+    pairs = sum(g.number_of_nodes() * len(rows) for g, rows in zip(graphs, rows_of, strict=False))
+    per_image = gh * gw
+    cap: int | None = None
+    if pairs * per_image > budget:
+        cap = int(budget // (per_image * max(1, sum(g.number_of_nodes() for g in graphs))))
+    size = f"{gh}×{gw}" + (f" (|gradient| pooled by its maximum over {f}×{f} pixels)" if f > 1 else "")
+    if cap == 0:
+        return {}, None, (f"Saliency only on the reference images: maps of the classes' images would need "
+                          f"{pairs * per_image / 2**20:.1f} MiB (raise --saliency-budget).")
+    note = (f"Every image of the class has its saliency map ({size})." if cap is None else
+            f"Only the {cap} images of each class where the neuron is most relevant have saliency maps ({size}): "
+            f"all of them would need {pairs * per_image / 2**20:.1f} MiB, over the budget of "
+            f"{budget / 2**20:.1f} MiB (raise --saliency-budget).")
+    image_bytes = int(imgs[0].size) * 4
+    out: dict[str, dict[str, Any]] = {}
+    used: set[int] = set()
+    for gi, (g, rows) in enumerate(zip(graphs, rows_of, strict=False)):
+        for tap, nodes in g.layers():
+            ks = [g.info(n).neuron for n in nodes]
+            orders, values, by = {}, {}, {}
+            for n, k in zip(nodes, ks, strict=False):
+                r = relevance[gi].get(n)
+                v, by[n] = (r, "relevance") if r is not None else (scal[tap][rows, k], "activation")
+                orders[n] = _top(np.asarray(v, dtype=np.float64), cap or len(rows))
+                values[n] = v
+            need = np.array(sorted(set().union(*(set(o.tolist()) for o in orders.values()))), dtype=np.int64)
+            slot = {int(p): i for i, p in enumerate(need)}
+            q = np.zeros((len(nodes), len(need), gh, gw), np.uint8)
+            top = np.zeros((len(nodes), len(need)))
+            # as many images per pass as the memory budget allows (small models: all of the class's at once)
+            step = max(batch_size, _WORK_BYTES // max(1, 3 * image_bytes * len(ks)))
+            for i0 in range(0, len(need), step):
+                sel = need[i0:i0 + step]
+                sal = maps.saliency(imgs[rows[sel]], tap, ks, batch_size=step)  # (b, K, *image)
+                m = _pool(_abs_max_channels(sal, imgs.shape[1:], (h, w)), f, "max").transpose(1, 0, 2, 3)
+                mx = m.reshape(len(ks), len(sel), -1).max(axis=2)
+                top[:, i0:i0 + len(sel)] = mx
+                q[:, i0:i0 + len(sel)] = np.rint(m / np.where(mx > 0, mx, 1.0)[..., None, None] * 255.0)
+            for j, n in enumerate(nodes):
+                pos = [slot[int(p)] for p in orders[n]]
+                used.update(int(rows[p]) for p in orders[n])
+                out.setdefault(n, {})[str(gi)] = {
+                    "images": [int(union[rows[p]]) for p in orders[n]], "by": by[n],
+                    "value": [_round(float(values[n][p])) for p in orders[n]],
+                    "max": [_round(top[j, i]) for i in pos], "maps": _b64(q[j, pos]),
+                }
+    order = sorted(used)
+    shown = [display_image(imgs[u]) for u in order]
+    channels = 1 if shown[0].ndim == 2 else 3
+    pixels = np.stack([_pool(a[None] if a.ndim == 2 else a[..., :3].transpose(2, 0, 1), f, "mean").transpose(1, 2, 0)
+                       for a in shown])
+    lut = colormaps["inferno"](np.arange(256) / 255.0)[:, :3]
+    images = {"shape": [gh, gw, channels], "factor": f, "index": [int(union[u]) for u in order],
+              "pixels": _b64(np.rint(pixels * 255.0)), "lut": _b64(np.rint(lut * 255.0))}
+    return out, images, note
+
+
+# -- the whole computation ---------------------------------------------------------------------------------
+def _cache_key(network: Network, images: np.ndarray, groups: Sequence[np.ndarray], graphs: Sequence[DependencyGraph],
+               settings: Mapping[str, Any]) -> tuple[str, str, str] | None:
     try:
         fp = network.fingerprint()
     except NotImplementedError:
@@ -252,8 +338,9 @@ def _cache_key(network: Network, images: np.ndarray, groups: Sequence[np.ndarray
     h.update(json.dumps({"version": CACHE_VERSION, "settings": dict(settings)}, sort_keys=True).encode())
     for rows, g in zip(groups, graphs, strict=True):
         h.update(np.asarray(rows, dtype=np.int64).tobytes())
-        h.update(json.dumps([g.graph.get("rule"), g.graph.get("rule_params"),
-                             sorted((u, v, int(d.get("sign", 1))) for u, v, d in g.edges(data=True)),
+        run = g.run
+        h.update(json.dumps([run.rule, dict(run.rule_params),
+                             sorted((u, v, g.edge_info(u, v).sign) for u, v in g.edges),
                              sorted(g.nodes)]).encode())
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in network.name)
     return f"{safe}-{fp[:16]}", images_hash(images), h.hexdigest()
@@ -261,7 +348,8 @@ def _cache_key(network: Network, images: np.ndarray, groups: Sequence[np.ndarray
 
 def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.ndarray],
                      graphs: Sequence[nx.DiGraph], *, top_k: int = 4, batch_size: int = 32, thumb: int = 72,
-                     saliency_size: int = 200, cache_dir: str | os.PathLike | None = None,
+                     saliency_size: int = 200, saliency_budget: int = DEFAULT_SALIENCY_BUDGET,
+                     saliency_grid: int = SALIENCY_GRID, cache_dir: str | os.PathLike | None = None,
                      use_cache: bool = True) -> References:
     """Reference images of every neuron of ``graphs`` (see the module docstring).
 
@@ -271,24 +359,29 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
     images : every image (``(n, ...)`` shaped for the model).
     groups : for each graph, the positions in ``images`` of its class's images (:func:`class_indices`).
     top_k : reference images per neuron and list (most relevant per class, most active).
+    saliency_budget : bytes of quantised saliency maps for "saliency on a chosen image" (one byte per map cell):
+        within it, every neuron of every class graph gets its saliency on every image of the class; beyond it,
+        on the images where it is most relevant, as many per (neuron, class) as fit (0: none, only the
+        reference images' saliency).
+    saliency_grid : those maps' longest side; larger images are pooled (the maximum of |gradient| per block).
     cache_dir : where to cache (default :func:`default_cache_dir`); ``use_cache=False`` neither reads nor writes.
 
     Returns
     -------
     :class:`References`; image numbers in it are positions in ``images``.
     """
-    from matplotlib import colormaps
-
-    from ssa.viz.figures import _display, _rgb, _saliency_map, _torch_parts
-
-    graphs = list(graphs)
+    graphs = [dependency_graph(g) for g in graphs]
     if len(groups) != len(graphs):
         raise InvalidInputError(f"got {len(groups)} image groups for {len(graphs)} graphs; they must match.")
     if top_k < 1:
         raise InvalidInputError(f"top_k must be >= 1, got {top_k}.")
-    _torch_network(network)
+    if saliency_budget < 0:
+        raise InvalidInputError(f"the saliency budget must be >= 0, got {saliency_budget}.")
+    if saliency_grid < 1:
+        raise InvalidInputError(f"saliency_grid must be >= 1, got {saliency_grid}.")
+    maps = require(network, SupportsInputMaps, "reference images")
     taps = {t.name: t for t in network.taps}
-    needed = sorted({str(d.get("tap")) for g in graphs for _, d in g.nodes(data=True)})
+    needed = sorted({tap for g in graphs for tap in g.taps()})
     missing = [t for t in needed if t not in taps]
     if missing:
         raise InvalidInputError(f"the graphs have taps the model does not ({', '.join(missing)}); pass the model "
@@ -296,7 +389,8 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
     union = np.unique(np.concatenate([np.asarray(g, dtype=np.int64) for g in groups]))
     imgs = np.ascontiguousarray(images[union])
     rows_of = [np.searchsorted(union, np.asarray(g, dtype=np.int64)) for g in groups]
-    settings = {"top_k": top_k, "thumb": thumb, "saliency_size": saliency_size}
+    settings = {"top_k": top_k, "thumb": thumb, "saliency_size": saliency_size, "saliency_budget": saliency_budget,
+                "saliency_grid": saliency_grid}
 
     key = _cache_key(network, imgs, rows_of, graphs, settings) if use_cache else None
     cache_file = None
@@ -304,8 +398,9 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
         cache_file = Path(cache_dir or default_cache_dir()) / key[0] / key[1] / f"references-{key[2]}.json"
         if cache_file.is_file():
             try:
-                return References(json.loads(cache_file.read_text(encoding="utf-8")), True, cache_file)
-            except (OSError, ValueError):
+                cached = json.loads(cache_file.read_text(encoding="utf-8"))
+                return References(cached["neurons"], True, cache_file, cached["images"], cached["note"])
+            except (OSError, ValueError, KeyError, TypeError):
                 pass  # unreadable: compute again and overwrite
 
     # 1. scalars of every analysed image (one forward pass per batch) -> most active
@@ -313,46 +408,48 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
     # 2. per-image relevance of every node of every class graph, from the relevance sources -> most relevant
     stats_cache: dict[str, Any] = {}
     relevant: dict[str, dict[int, list[tuple[int, float]]]] = {}
-    for gi, (g, rows) in enumerate(zip(graphs, rows_of, strict=True)):
+    per_class = []
+    for gi, (g, rows) in enumerate(zip(graphs, rows_of, strict=False)):
         per = _per_image_relevance(network, imgs, rows, g, batch_size, stats_cache)
+        per_class.append(per)
         for node, r in per.items():
             relevant.setdefault(node, {})[gi] = [(int(rows[j]), float(r[j])) for j in _top(r, top_k)]
     nodes: dict[str, tuple[str, int]] = {}
     for g in graphs:
-        for n, d in g.nodes(data=True):
-            nodes.setdefault(n, (str(d["tap"]), int(d["neuron"])))
+        for n in g.nodes:
+            info = g.info(n)
+            nodes.setdefault(n, (info.tap, info.neuron))
     active = {n: [(int(u), float(scal[t][u, k])) for u in _top(scal[t][:, k], top_k)] for n, (t, k) in nodes.items()}
     # 3. crops and saliency for every (neuron, image) pair, batched per tap
     pairs: dict[str, set[tuple[int, int]]] = {}
     for n, (t, k) in nodes.items():
         us = {u for u, _ in active[n]} | {u for lst in relevant.get(n, {}).values() for u, _ in lst}
         pairs.setdefault(t, set()).update((k, u) for u in us)
-    shown = [_rgb(_display(im)) for im in imgs]
+    shown = [rgb(display_image(im)) for im in imgs]
     crop: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}  # (tap, k, u) -> (image crop, heat crop)
     sal: dict[tuple[str, int, int], np.ndarray] = {}
     for t, todo in pairs.items():
-        _, node_name, tap = _torch_parts(network, t)
-        spatial = len(tap.shape) >= 2
+        spatial = len(taps[t].shape) >= 2
         todo_l = sorted(todo, key=lambda p: (p[1], p[0]))
-        for i in range(0, len(todo_l), batch_size):
+        for i in range(0, len(todo_l), batch_size):  # one forward and one backward pass per chunk of pairs
             chunk = todo_l[i:i + batch_size]
             ks = np.array([k for k, _ in chunk])
             us = np.array([u for _, u in chunk])
-            grads, _ = _pair_gradients(network, imgs[us], tap, node_name, ks, positions=False)
-            for (k, u), gr in zip(chunk, grads, strict=True):
-                sal[(t, k, u)] = _saliency_map(gr, imgs[u])
-            if spatial:
-                rf, maps = _pair_gradients(network, imgs[us], tap, node_name, ks, positions=True)
-                assert maps is not None
-                for (k, u), gr, m in zip(chunk, rf, maps, strict=True):
+            pm = maps.pair_maps(imgs[us], t, ks, batch_size=batch_size)
+            for j, (k, u) in enumerate(chunk):
+                sal[(t, k, u)] = saliency_map(pm.saliency[j], imgs[u])
+                if spatial:
+                    assert pm.peak_gradient is not None and pm.activations is not None
                     h, w = shown[u].shape[:2]
-                    y0, y1, x0, x1 = _bbox(_saliency_map(gr, imgs[u]) > 0)
-                    heat = _resize_map(m, (h, w))
+                    y0, y1, x0, x1 = _bbox(saliency_map(pm.peak_gradient[j], imgs[u]) > 0)
+                    heat = _resize_map(pm.activations[j], (h, w))
                     crop[(t, k, u)] = (shown[u][y0:y1, x0:x1], heat[y0:y1, x0:x1])
-            else:
-                for k, u in chunk:
+                else:
                     crop[(t, k, u)] = (shown[u], sal[(t, k, u)])
-    # 4. pictures
+    # 4. saliency of every neuron on (as many as the budget allows of) its classes' images
+    on_class, pixels, note = _class_saliency(maps, imgs, union, rows_of, graphs, per_class, scal,
+                                             budget=saliency_budget, grid=saliency_grid, batch_size=batch_size)
+    # 5. pictures
     heat_cmap, sal_cmap = colormaps["magma"], colormaps["inferno"]
     data: dict[str, Any] = {}
     for n, (t, k) in nodes.items():
@@ -378,7 +475,9 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
             "active": [item(u, v) for u, v in active[n]],
             "relevant": {str(gi): [item(u, v) for u, v in lst] for gi, lst in sorted(relevant.get(n, {}).items())},
             "saliency": saliency,
+            "class_saliency": on_class.get(n, {}),
         }
     if cache_file is not None:
-        atomic_write_bytes(cache_file, json.dumps(data, separators=(",", ":"), allow_nan=False).encode("utf-8"))
-    return References(data, False, cache_file)
+        record = {"version": CACHE_VERSION, "neurons": data, "images": pixels, "note": note}
+        atomic_write_bytes(cache_file, json.dumps(record, separators=(",", ":"), allow_nan=False).encode("utf-8"))
+    return References(data, False, cache_file, pixels, note)

@@ -6,6 +6,7 @@ shows with the graph files. No request may leave file:// or 127.0.0.1, and the c
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import signal
@@ -15,11 +16,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import networkx as nx
+import numpy as np
 import pytest
 
 import ssa
 from ssa.analysis.compare import compare
 from ssa.cli import main
+from ssa.viz.explorer import node_file
 from tests.browser import launch, needs_chromium, watched_page
 
 pytestmark = needs_chromium
@@ -152,6 +155,50 @@ def test_click_a_node_shows_its_numbers_reference_images_and_paths(browser, buil
     assert set(nodes) == want
     assert set(edges) == {f"{u}->{v}" for u, v in g.subgraph(want).edges}
     assert "logits:3" in nodes
+    w.assert_clean()
+
+
+def test_saliency_on_any_image_of_the_class(browser, built):
+    """The slider offers every image of the class; an image without a stored picture is drawn in the page from
+    the neuron's saliency maps, with the colours ssa uses (checked pixel by pixel)."""
+    w = _open(browser, built["page"].as_uri())
+    page = w.page
+    _search(page, "3")
+    g = built["graphs"][3]
+    node = max((n for n, d in g.nodes(data=True) if d["tap"] == "features.3"),
+               key=lambda n: (g.nodes[n]["in_degree"], g.nodes[n]["frequency"]))
+    _click_node(page, node)
+    page.wait_for_selector("#refs .saliency img")
+    data = json.loads((built["folder"] / "data" / node_file(node)).read_text())  # the folder holds the same data
+    pixels = json.loads((built["folder"] / "data" / "images.json").read_text())
+    entry = data["class_saliency"][str(_index_of(built, 3))]
+    x, y = ssa.load_images("digits")
+    assert sorted(entry["images"]) == sorted(np.flatnonzero(y == 3).tolist())  # every image of class 3
+    assert int(page.locator("#sal-pick").get_attribute("max")) == g.graph["n_images"] - 1 == len(entry["images"]) - 1
+    page.focus("#sal-pick")
+    page.keyboard.press("End")  # the image where the neuron is least relevant
+    last = entry["images"][-1]
+    assert str(last) not in data["saliency"]  # no stored picture: drawn from the maps
+    page.wait_for_function(f"document.querySelector('#refs .saliency img').dataset.image === '{last}'")
+    assert page.locator("#sal-which").inner_text().endswith(f"{len(entry['images'])} of {len(entry['images'])}")
+    width, rgba = page.evaluate("""() => { const im = document.querySelector('#refs .saliency img');
+        const c = document.createElement('canvas'); c.width = im.naturalWidth; c.height = im.naturalHeight;
+        const ctx = c.getContext('2d'); ctx.drawImage(im, 0, 0);
+        return [c.width, Array.from(ctx.getImageData(0, 0, c.width, c.height).data)]; }""")
+    h, wd, ch = pixels["shape"]
+    f = 200 // max(h, wd)
+    assert width == wd * f
+    shown = np.asarray(rgba, dtype=np.float64).reshape(h * f, wd * f, 4)[::f, ::f, :3]
+    k = pixels["index"].index(last)
+    base = np.frombuffer(base64.b64decode(pixels["pixels"]), np.uint8).reshape(-1, h, wd, ch)[k] / 255.0
+    lut = np.frombuffer(base64.b64decode(pixels["lut"]), np.uint8).reshape(256, 3) / 255.0
+    q = np.frombuffer(base64.b64decode(entry["maps"]), np.uint8).reshape(-1, h, wd)[-1]
+    want = np.rint(np.clip(0.35 * base + 0.65 * lut[q], 0, 1) * 255)
+    assert np.abs(shown - want).max() <= 1  # the colours ssa would draw
+    assert q.max() == 255 and q.min() < 128  # a real map, not a flat one
+    page.keyboard.press("Home")  # back to the most relevant image
+    page.wait_for_function(f"document.querySelector('#refs .saliency img').dataset.image === '{entry['images'][0]}'")
+    assert page.locator("#refs .saliency img").evaluate("e => e.naturalWidth") > 0
     w.assert_clean()
 
 

@@ -50,30 +50,31 @@ def graphs():
 def test_every_plot_writes_an_image(tmp_path, fmt, graphs):
     rng = np.random.default_rng(0)
     counts = np.array([9, 9, 8, 3, 1, 0, 0, 2])
-    _check(F.plot_frequency(counts, tmp_path / f"freq.{fmt}", n_images=9), fmt)
-    _check(F.plot_frequency(np.zeros(5, int), tmp_path / f"freq0.{fmt}"), fmt)  # no outliers at all
+    _check(F.save_figure(F.plot_frequency(counts, n_images=9), tmp_path / f"freq.{fmt}"), fmt)
+    _check(F.save_figure(F.plot_frequency(np.zeros(5, int)), tmp_path / f"freq0.{fmt}"), fmt)  # no outliers at all
     omega = rng.normal(size=(6, 12))
-    _check(F.plot_relevance_heatmap(omega, tmp_path / f"heat.{fmt}", selected=(omega > 1).astype(int)), fmt)
+    heat = F.plot_relevance_heatmap(omega, selected=(omega > 1).astype(int))
+    _check(F.save_figure(heat, tmp_path / f"heat.{fmt}"), fmt)
     g = graphs[6].graph
-    _check(F.plot_graph(g, tmp_path / f"graph.{fmt}", shared={"features.1:2"}), fmt)
+    _check(F.save_figure(F.plot_graph(g, shared={"features.1:2"}), tmp_path / f"graph.{fmt}"), fmt)
     inhib = make_graph(1, [("logits:1", "fc:1"), ("fc:1", "conv2:3", -1), ("fc:1", "conv2:4")])
-    _check(F.plot_graph(inhib, tmp_path / f"inhib.{fmt}"), fmt)
+    _check(F.save_figure(F.plot_graph(inhib), tmp_path / f"inhib.{fmt}"), fmt)
     images = rng.random((3, 1, 8, 8))
-    _check(F.plot_saliency(images, rng.normal(size=images.shape), tmp_path / f"sal.{fmt}"), fmt)
+    _check(F.save_figure(F.plot_saliency(images, rng.normal(size=images.shape)), tmp_path / f"sal.{fmt}"), fmt)
     rgb = rng.random((2, 3, 16, 16))
-    _check(F.plot_saliency(rgb, rng.normal(size=rgb.shape), tmp_path / f"salrgb.{fmt}"), fmt)
-    _check(F.plot_activation_grid(rng.random((3, 4, 4)), tmp_path / f"act.{fmt}", images=images), fmt)
-    _check(F.plot_activation_grid(rng.random((2, 4, 4)), tmp_path / f"act2.{fmt}"), fmt)
+    _check(F.save_figure(F.plot_saliency(rgb, rng.normal(size=rgb.shape)), tmp_path / f"salrgb.{fmt}"), fmt)
+    _check(F.save_figure(F.plot_activation_grid(rng.random((3, 4, 4)), images=images), tmp_path / f"act.{fmt}"), fmt)
+    _check(F.save_figure(F.plot_activation_grid(rng.random((2, 4, 4))), tmp_path / f"act2.{fmt}"), fmt)
     cmp = compare([graphs[6].graph, graphs[8].graph])
-    _check(F.plot_clustermap(cmp, tmp_path / f"cm.{fmt}"), fmt)
-    _check(F.plot_clustermap(cmp, tmp_path / f"cmn.{fmt}", kind="nodes"), fmt)
-    _check(F.plot_dendrogram(cmp, tmp_path / f"dendro.{fmt}"), fmt)
+    _check(F.save_figure(F.plot_clustermap(cmp), tmp_path / f"cm.{fmt}"), fmt)
+    _check(F.save_figure(F.plot_clustermap(cmp, kind="nodes"), tmp_path / f"cmn.{fmt}"), fmt)
+    _check(F.save_figure(F.plot_dendrogram(cmp), tmp_path / f"dendro.{fmt}"), fmt)
 
 
 def test_bad_figure_requests(tmp_path, digits):
     net, x = digits
     with pytest.raises(InvalidInputError, match=".png or .svg"):
-        F.plot_frequency(np.ones(3), tmp_path / "f.jpg")
+        F.save_figure(F.plot_frequency(np.ones(3)), tmp_path / "f.jpg")
     with pytest.raises(InvalidInputError, match="dense layer"):
         F.activation_maps(net, x, "classifier.2", 0)
     with pytest.raises(InvalidInputError, match="neuron must be in"):
@@ -147,30 +148,30 @@ def test_class_figures_and_cli(tmp_path, graphs, capsys):
     assert "not a node of the graph" in capsys.readouterr().err
 
 
+class _Kept(list):
+    """Figures kept in order: ``captured(fig)`` appends and returns ``fig``."""
+
+    def __call__(self, fig):
+        self.append(fig)
+        return fig
+
+
 @pytest.fixture
-def captured(monkeypatch):
-    """The matplotlib figure each plot_* function saves (save_figure is looked up at call time)."""
-    figs = []
-    real = F.save_figure
-
-    def keep(fig, path):
-        figs.append(fig)
-        return real(fig, path)
-
-    monkeypatch.setattr(F, "save_figure", keep)
-    return figs
+def captured():
+    """The matplotlib figures the plot_* functions return (``captured[-1]``: the last one)."""
+    return _Kept()
 
 
 def test_clustermap_rows_read_top_down_and_neuron_labels_are_readable(tmp_path, graphs, captured):
     cmp = compare([graphs[6].graph, graphs[8].graph])
-    F.plot_clustermap(cmp, tmp_path / "cm.png")
+    captured(F.plot_clustermap(cmp))
     ax = next(a for a in captured[-1].axes if a.images and a.get_xticklabels())  # the heat map
     top, bottom = ax.get_ylim()[1], ax.get_ylim()[0]
     assert top < bottom  # y grows downwards: the first row is at the top
     rows = [t.get_text() for t in ax.get_yticklabels()]
     cols = [t.get_text() for t in ax.get_xticklabels()]
     assert rows == cols == [cmp.labels[i] for i in cmp.order]  # the diagonal runs from the top left
-    F.plot_clustermap(cmp, tmp_path / "cmn.png", kind="nodes")
+    captured(F.plot_clustermap(cmp, kind="nodes"))
     ax = next(a for a in captured[-1].axes if a.images and a.get_xticklabels())
     assert len(ax.get_xticklabels()) == len(cmp.nodes)
     assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 7  # about 11 px at 110 dpi, was 5 pt
@@ -179,7 +180,7 @@ def test_clustermap_rows_read_top_down_and_neuron_labels_are_readable(tmp_path, 
 def test_frequency_plot_fit_inside_legend_outside_integer_ranks(tmp_path, captured):
     counts = np.zeros(64, int)
     counts[:17] = [183, 183, 183, 183, 183, 183, 183, 182, 181, 181, 179, 176, 156, 42, 15, 5, 2]
-    F.plot_frequency(counts, tmp_path / "f.png", n_images=183)
+    captured(F.plot_frequency(counts, n_images=183))
     fig = captured[-1]
     ax = fig.axes[0]
     fig.canvas.draw()
@@ -191,7 +192,7 @@ def test_frequency_plot_fit_inside_legend_outside_integer_ranks(tmp_path, captur
     assert "number of images (183)" in labels
     legend = ax.get_legend().get_window_extent()
     assert legend.y0 >= ax.get_window_extent().y1 - 1  # above the axes, not over the bars
-    F.plot_frequency(np.array([0, 9, 0]), tmp_path / "one.png", n_images=9)
+    captured(F.plot_frequency(np.array([0, 9, 0]), n_images=9))
     ticks = captured[-1].axes[0].get_xticks()
     assert list(ticks) == [1.0]
 
@@ -199,9 +200,9 @@ def test_frequency_plot_fit_inside_legend_outside_integer_ranks(tmp_path, captur
 def test_saliency_and_activation_figures_have_colour_bars_and_no_gap(tmp_path, captured):
     rng = np.random.default_rng(0)
     images = rng.random((8, 1, 8, 8))
-    F.plot_saliency(images, rng.normal(size=images.shape), tmp_path / "s.png")
+    captured(F.plot_saliency(images, rng.normal(size=images.shape)))
     assert any("input" in a.get_ylabel() for a in captured[-1].axes)  # the colour bar, labelled
-    F.plot_activation_grid(rng.random((8, 4, 4)), tmp_path / "a.png", images=images)
+    captured(F.plot_activation_grid(rng.random((8, 4, 4)), images=images))
     fig = captured[-1]
     shown = [a for a in fig.axes if a.images]
     assert len(shown) == 1 and any(a.get_ylabel() == "activation" for a in fig.axes)  # one mosaic + colour bar
@@ -212,11 +213,11 @@ def test_saliency_and_activation_figures_have_colour_bars_and_no_gap(tmp_path, c
 def test_graph_colour_says_how_many_classes_keep_a_neuron(tmp_path, graphs, captured):
     g = graphs[6].graph
     kept = {n: (i % 3) + 1 for i, n in enumerate(g.nodes)}
-    F.plot_graph(g, tmp_path / "g.png", kept_by=kept, n_graphs=3)
+    captured(F.plot_graph(g, kept_by=kept, n_graphs=3))
     ax = captured[-1].axes[0]
     colors = {tuple(np.round(c, 3)) for c in ax.collections[0].get_facecolors()}
     assert len(colors) == 4  # three class counts and the class neuron
     bar = captured[-1].axes[1]
     assert "3 classes" in bar.get_ylabel()
-    F.plot_graph(g, tmp_path / "g2.png")  # without other classes: colour by frequency
+    captured(F.plot_graph(g))  # without other classes: colour by frequency
     assert "share of images" in captured[-1].axes[1].get_ylabel()

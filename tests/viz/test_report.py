@@ -162,3 +162,24 @@ def test_report_links_to_the_explorer(tmp_path):
     site = write_report(tmp_path / "r2.html", [a, b], explorer=f"{tmp_path}/out/site/")
     assert 'href="out/site/index.html"' in site.read_text()
     assert "interactive explorer" not in write_report(tmp_path / "r3.html", [a, b]).read_text()
+
+
+def test_report_renders_from_the_template_in_memory(monkeypatch):
+    """Figures are rendered in memory (no temporary folder) and laid out by templates/report.html."""
+    import tempfile
+    from importlib import resources
+
+    def refuse(*a, **k):
+        raise AssertionError("building a report must not write temporary files")
+
+    for name in ("mkdtemp", "mkstemp", "TemporaryDirectory", "NamedTemporaryFile"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    a = make_graph(0, [("logits:0", "fc:1"), ("fc:1", "conv2:5")])
+    b = make_graph(1, [("logits:1", "fc:1"), ("fc:1", "conv2:6")])
+    text = build_report([a, b], ["a.json", "b.json"], fmt="svg", title="<b>bold</b>")
+    assert "<title>&lt;b&gt;bold&lt;/b&gt;</title>" in text  # autoescaped
+    assert text.count("<figure><svg") == text.count("<figure>") >= 5  # every figure inline, none from a file
+    template = resources.files("ssa.viz").joinpath("templates", "report.html").read_text(encoding="utf-8")
+    assert 'id="params"' in template and 'id="params"' in text
+    css = resources.files("ssa.viz").joinpath("templates", "report.css").read_text(encoding="utf-8").strip()
+    assert css in text

@@ -3,6 +3,7 @@ refusals and the committed front-end bundle. The browser tests are in test_explo
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import socket
@@ -24,13 +25,14 @@ from ssa.viz.explorer import (
     write_explorer,
 )
 from ssa.viz.explorer.references import (
-    _pair_gradients,
     _per_image_relevance,
     class_indices,
+    decode_maps,
     reference_images,
 )
+from ssa.viz.figures.common import display_image, saliency_map
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STATIC = ROOT / "ssa" / "viz" / "explorer" / "static"
 FRONTEND = ROOT / "frontend" / "explorer"
 
@@ -104,15 +106,13 @@ def test_per_image_relevance_equals_autograd_and_the_graph(small):
 
 def test_pair_gradients_equal_one_pass_per_neuron(small):
     _, net, x, _ = small
-    tap = next(t for t in net.taps if t.name == "features.3")
-    node = net.plan.node_of["features.3"]
     imgs = x[[0, 1, 2, 0]]
     ks = np.array([4, 4, 9, 17])
-    grads, _ = _pair_gradients(net, imgs, tap, node, ks, positions=False)
+    grads = net.pair_maps(imgs, "features.3", ks).saliency  # the capability the explorer's references use
     for i, k in enumerate(ks):  # reference: figures.saliency, one neuron and one image at a time
         assert np.allclose(grads[i], F.saliency(net, imgs[i:i + 1], "features.3", int(k))[0], atol=1e-6)
-    rf, maps = _pair_gradients(net, x[:3], next(t for t in net.taps if t.name == "features.1"),
-                               net.plan.node_of["features.1"], np.array([2, 2, 7]), positions=True)
+    pm = net.pair_maps(x[:3], "features.1", np.array([2, 2, 7]))
+    rf, maps = pm.peak_gradient, pm.activations
     for i in range(3):  # features.1 is a 3x3 convolution of the input: its receptive field is 3x3 at most
         ys, xs = np.nonzero(np.abs(rf[i]).sum(axis=0) > 0)
         assert ys.max() - ys.min() < 3 and xs.max() - xs.min() < 3
@@ -146,6 +146,66 @@ def test_reference_images_are_the_top_images_and_cached(small, tmp_path):
     for i, _g in enumerate(graphs):
         for n in files[f"class-{i}.json"]["nodes"]:
             assert n["ref"] == node_file(n["id"]) and files[n["ref"]]["node"] == n["id"]
+
+
+def test_saliency_on_any_image_of_the_class_equals_one_neuron_and_image_at_a_time(small):
+    graphs, net, x, y = small
+    groups = [class_indices(net, g, x, y) for g in graphs]
+    refs = reference_images(net, x, groups, graphs, top_k=2, use_cache=False)
+    assert refs.note == "Every image of the class has its saliency map (8×8)."
+    shape = refs.images["shape"]
+    assert shape == [8, 8, 1] and refs.images["factor"] == 1
+    index = refs.images["index"]
+    assert sorted(index) == sorted(set(np.concatenate(groups).tolist()))  # every analysed image, once
+    pixels = np.frombuffer(base64.b64decode(refs.images["pixels"]), np.uint8).reshape(len(index), 8, 8)
+    for j in (0, len(index) - 1):
+        np.testing.assert_array_equal(pixels[j], np.rint(display_image(x[index[j]]) * 255))
+    checked = 0
+    for gi, g in enumerate(graphs):
+        per = _per_image_relevance(net, x, groups[gi], g, 8, {})
+        for v in g.nodes:
+            entry = refs.data[v]["class_saliency"][str(gi)]
+            assert sorted(entry["images"]) == sorted(groups[gi].tolist())  # every image of the class
+            tap, k = F.parse_node(v)
+            if v in per:  # ordered by the neuron's relevance in each image, the largest first
+                assert entry["by"] == "relevance"
+                pos = {int(u): j for j, u in enumerate(groups[gi])}
+                want = [per[v][pos[u]] for u in entry["images"]]
+                assert entry["value"] == pytest.approx(want, rel=1e-3, abs=1e-6)
+                assert want == sorted(want, reverse=True)
+            else:  # the class neuron: by its value
+                assert entry["by"] == "activation" and tap == "logits"
+            maps = decode_maps(entry, shape[:2])
+            for j in (0, len(entry["images"]) // 2, len(entry["images"]) - 1):
+                u = entry["images"][j]
+                ref = saliency_map(F.saliency(net, x[u:u + 1], tap, k)[0], x[u])  # one neuron, one image
+                assert entry["max"][j] == pytest.approx(ref.max(), rel=1e-3)
+                np.testing.assert_allclose(maps[j], ref, atol=ref.max() * (0.5 / 255 + 1e-3))
+                checked += 1
+    assert checked > 20
+    files = explorer_files(graphs, references=refs.data, saliency_images=refs.images, saliency_note=refs.note)
+    assert files["images.json"] == refs.images and files["index.json"]["saliency_images"] == "images.json"
+    assert files["index.json"]["saliency_note"] == refs.note
+
+
+def test_saliency_on_class_images_keeps_the_most_relevant_within_the_budget(small):
+    graphs, net, x, y = small
+    groups = [class_indices(net, g, x, y) for g in graphs]
+    nodes = sum(g.number_of_nodes() for g in graphs)
+    refs = reference_images(net, x, groups, graphs, top_k=2, use_cache=False, saliency_budget=3 * 64 * nodes)
+    assert refs.note.startswith("Only the 3 images of each class where the neuron is most relevant have saliency maps")
+    full = reference_images(net, x, groups, graphs, top_k=2, use_cache=False)
+    for v, r in refs.data.items():
+        for gi, entry in r["class_saliency"].items():
+            whole = full.data[v]["class_saliency"][gi]
+            assert entry["images"] == whole["images"][:3] and entry["value"] == whole["value"][:3]
+            np.testing.assert_array_equal(decode_maps(entry, (8, 8)), decode_maps(whole, (8, 8))[:3])
+    assert sorted(refs.images["index"]) == sorted({u for r in refs.data.values() for e in r["class_saliency"].values()
+                                                   for u in e["images"]})
+    none = reference_images(net, x, groups, graphs, top_k=2, use_cache=False, saliency_budget=0)
+    assert none.images is None and all(r["class_saliency"] == {} for r in none.data.values())
+    assert none.note.startswith("Saliency only on the reference images")
+    assert all(r["saliency"] for r in none.data.values())  # the reference images keep theirs
 
 
 def test_folder_and_single_file(small, tmp_path):
@@ -182,6 +242,7 @@ def _graph_files(small, d):
     ("model-only", "pass both --model and --images"),
     ("other-images", "was made from 20 images"),
     ("top-k", "--top-k must be >= 1"),
+    ("saliency-budget", "--saliency-budget must be >= 0"),
 ])
 def test_cli_explore_bad_input(small, tmp_path, capsys, case, needle):
     files = _graph_files(small, tmp_path)
@@ -196,6 +257,8 @@ def test_cli_explore_bad_input(small, tmp_path, capsys, case, needle):
         np.save(tmp_path / "x.npy", x[:60])
         np.save(tmp_path / "y.npy", y[:60])
         extra = ["--model", "digits", "--images", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy")]
+    elif case == "saliency-budget":
+        extra = ["--model", "digits", "--images", "digits", "--saliency-budget", "-1"]
     else:
         extra = ["--model", "digits", "--images", "digits", "--top-k", "0"]
     assert main(["explore", *files, "--out", out, *extra]) == 2

@@ -1,0 +1,125 @@
+"""Input maps of the PyTorch backend (ssa_torch.maps, the SupportsInputMaps capability) against plain torch.
+
+The reference runs the user's own module with a forward hook on the tap's module and takes one
+backward pass per neuron and image: the slow, obvious computation. The batched maps (every
+(image, neuron) combination from one forward pass; rows that each carry their own neuron) must
+equal it, on every small model of ssa.testing and on an ONNX export.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import ssa
+from ssa.core.capabilities import PairMaps, SupportsInputMaps
+from ssa.errors import InvalidInputError
+from ssa.testing.models import ALL_CASES, plain_cnn
+from tests import onnx_models as om
+
+RTOL, ATOL = 1e-4, 1e-6
+
+
+def _tap_value(model: torch.nn.Module, ref, x: torch.Tensor) -> torch.Tensor:
+    """The value of a hand-written tap (``ref``: its module and which call of it) when ``model`` runs on ``x``."""
+    seen: list[torch.Tensor] = []
+    handle = model.get_submodule(ref.module).register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return seen[ref.call].movedim(ref.channel_axis, 1)  # channels on axis 1
+
+
+def _reference(model, ref, image: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """One image, one neuron: (saliency, gradient of the strongest position, map), by plain torch."""
+    x = torch.from_numpy(image[None]).requires_grad_(True)
+    v = _tap_value(model, ref, x)[0, k]
+    (sal,) = torch.autograd.grad(v.mean(), x, retain_graph=True)
+    if v.dim() == 0:
+        return sal[0].numpy(), None, None
+    (peak,) = torch.autograd.grad(v.reshape(-1).max(), x)
+    return sal[0].numpy(), peak[0].numpy(), v.detach().numpy()
+
+
+def _prepared(case, n: int = 6):
+    model = case.build().eval()
+    x = case.images(n)
+    net = ssa.load_model(model)
+    net.prepare(x)
+    return model, net, x
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=[c.name for c in ALL_CASES])
+def test_pair_maps_equal_one_image_and_neuron_at_a_time(case):
+    model, net, x = _prepared(case)
+    assert isinstance(net, SupportsInputMaps)
+    rng = np.random.default_rng(0)
+    by_name = {t.name: t for t in net.taps}
+    for ref in case.taps:
+        tap = by_name[ref.name]
+        rows = rng.integers(0, len(x), size=7)
+        ks = rng.integers(0, tap.n_neurons, size=7)
+        ks[1] = ks[0]  # the same neuron on two images, and one image with two neurons
+        rows[2] = rows[0]
+        got = net.pair_maps(x[rows], ref.name, ks, batch_size=3)  # batches split the rows
+        assert isinstance(got, PairMaps) and got.saliency.shape == x[rows].shape
+        for i, (r, k) in enumerate(zip(rows, ks, strict=False)):
+            sal, peak, amap = _reference(model, ref, x[r], int(k))
+            np.testing.assert_allclose(got.saliency[i], sal, rtol=RTOL, atol=ATOL, err_msg=f"{ref.name}:{k}")
+            if peak is None:
+                assert got.peak_gradient is None and got.activations is None
+            else:
+                np.testing.assert_allclose(got.peak_gradient[i], peak, rtol=RTOL, atol=ATOL)
+                np.testing.assert_allclose(got.activations[i], amap, rtol=RTOL, atol=ATOL)
+        assert np.abs(got.saliency).sum() > 0  # a real test: the gradients are not all zero
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched-backward", "one-backward-per-neuron"])
+def test_saliency_and_activation_maps_of_many_neurons_equal_one_at_a_time(batched):
+    model, net, x = _prepared(plain_cnn, 5)
+    net._maps_batched_ok = batched  # False: the fallback for ops without a batching rule
+    for ref in plain_cnn.taps:
+        tap = next(t for t in net.taps if t.name == ref.name)
+        ks = [0, tap.n_neurons - 1, 1]
+        sal = net.saliency(x, ref.name, ks, batch_size=2)
+        assert sal.shape == (len(x), len(ks), *x.shape[1:])
+        spatial = len(tap.shape) >= 2
+        maps = net.activation_maps(x, ref.name, ks, batch_size=2) if spatial else None
+        for b in range(len(x)):
+            for j, k in enumerate(ks):
+                s, _, m = _reference(model, ref, x[b], k)
+                np.testing.assert_allclose(sal[b, j], s, rtol=RTOL, atol=ATOL, err_msg=f"{ref.name}:{k} image {b}")
+                if spatial:
+                    np.testing.assert_allclose(maps[b, j], m, rtol=RTOL, atol=ATOL)
+    assert net._maps_batched_ok is batched  # plain ops batch: the fallback was not needed
+
+
+def test_input_maps_refuse_bad_requests():
+    _, net, x = _prepared(plain_cnn, 3)
+    dense = next(t for t in net.taps if len(t.shape) == 1)
+    conv = next(t for t in net.taps if len(t.shape) >= 2)
+    with pytest.raises(InvalidInputError, match="unknown tap"):
+        net.saliency(x, "nope", [0])
+    with pytest.raises(InvalidInputError, match=r"neuron must be in \[0, "):
+        net.saliency(x, conv.name, [conv.n_neurons])
+    with pytest.raises(InvalidInputError, match="dense layer"):
+        net.activation_maps(x, dense.name, [0])
+    with pytest.raises(InvalidInputError, match="one neuron per image"):
+        net.pair_maps(x, conv.name, [0])
+
+
+def test_the_onnx_backend_has_input_maps_through_the_torch_network(tmp_path):
+    model = om.vgg_style()
+    x = om.images((3, 8, 8), 6)
+    onnx_net = ssa.load_model(str(om.export(model, x, tmp_path / "vgg.onnx")))
+    onnx_net.prepare(x)
+    torch_net = ssa.load_model(model)
+    torch_net.prepare(x)
+    assert isinstance(onnx_net, SupportsInputMaps)
+    ks = [0, 3, 5]  # of the logits: the same tap name in both backends
+    a = onnx_net.saliency(x, "logits", ks)
+    b = torch_net.saliency(x, "logits", ks)
+    assert np.abs(b).sum() > 0
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
