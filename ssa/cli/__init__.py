@@ -23,7 +23,8 @@ from ssa.io.paths import ENVIRONMENT_ERRNOS, describe_os_error
 
 __all__ = ["main", "build_parser", "CliError"]
 
-COMMANDS = ("analyse", "check", "collect", "compare", "report", "figures", "evaluate", "explore", "serve", "plugins")
+COMMANDS = ("analyse", "check", "collect", "compare", "report", "figures", "evaluate", "explore", "serve", "plugins",
+            "study")
 
 
 #: exit code after stdout was closed by its reader (what a shell reports for a process killed by SIGPIPE)

@@ -51,7 +51,7 @@ def add_scale_args(p: argparse.ArgumentParser) -> None:
                         "output folder must be on storage every node sees")
     g.add_argument("--workers", type=int, default=None,
                    help="Ray workers (default: one per CPU, or per GPU with --device cuda); each loads the model once")
-    g.add_argument("--decode-workers", type=int, default=0,
+    g.add_argument("--decode-workers", type=int, default=None,
                    help="processes decoding image files in parallel (default 0: in the worker itself)")
 
 
@@ -84,15 +84,16 @@ def run_many(args: argparse.Namespace) -> int:
 
 def _run_folder(args: argparse.Namespace) -> int:
     """Per-class jobs into --out-dir (ssa.scale): each graph written when done, finished classes skipped."""
-    if args.decode_workers < 0:
-        raise InvalidInputError(f"--decode-workers must be 0 or more, got {args.decode_workers}.")
+    decode_workers = args.decode_workers or 0
+    if decode_workers < 0:
+        raise InvalidInputError(f"--decode-workers must be 0 or more, got {decode_workers}.")
     targets = parse_targets(args.targets) if args.targets is not None else [args.target]
     runner = make_runner(args.ray, args.ray_address, workers=args.workers, device=args.device)
     report = analyse_to_folder(args.model, args.images, targets, args.out_dir, labels=args.labels,
                                by_prediction=args.by_prediction, min_confidence=args.min_confidence,
                                max_per_class=args.max_per_class, preprocess=preprocess_from(args), device=args.device,
                                batch_size=args.batch_size, backend=args.backend, runner=runner,
-                               decode_workers=args.decode_workers, progress=not args.quiet, **model_options(args),
+                               decode_workers=decode_workers, progress=not args.quiet, **model_options(args),
                                **method_options(args), **engine_options(args))
     results = sorted(report.results, key=lambda r: r.target)
     written = report.written
