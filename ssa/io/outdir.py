@@ -166,8 +166,20 @@ class OutputDir:
             self.written.add(path.name)
             self._keys.pop(path.name, None)  # a new file: its key is what record() says next, if anything
 
+    def _remove_leftovers(self) -> None:
+        """Temporary files of atomic writes that a killed run left behind (``.class-3.json.x1y2.tmp``)."""
+        if not self.path.is_dir():
+            return
+        for p in self.path.iterdir():
+            name = p.name
+            if name.startswith(".") and name.endswith(".tmp") and p.is_file():
+                target = name[1:-4].rsplit(".", 1)[0]
+                if self._ours(target) or target == MANIFEST:
+                    p.unlink(missing_ok=True)
+
     def __enter__(self) -> "OutputDir":
         self.check()
+        self._remove_leftovers()
         write_listeners.append(self._saw)
         return self
 

@@ -53,3 +53,14 @@ def test_a_plain_write_drops_an_earlier_key(tmp_path):
     with OutputDir(out, "analyse", ANALYSE_OUTPUTS) as od:
         assert od.recorded("class-1.json") is None
         od.keep("class-1.json")
+
+
+def test_leftover_temporary_files_of_a_killed_run_are_removed(tmp_path):
+    out = tmp_path / "g"
+    out.mkdir()
+    (out / ".class-3.json.ab12cd.tmp").write_text("half")
+    (out / f".{MANIFEST}.zz99.tmp").write_text("half")
+    (out / ".notes.txt.ab12.tmp").write_text("the user's")
+    with OutputDir(out, "analyse", ANALYSE_OUTPUTS):
+        pass
+    assert sorted(p.name for p in out.iterdir()) == [".notes.txt.ab12.tmp"]
