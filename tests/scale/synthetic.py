@@ -73,3 +73,46 @@ def write_folder(root: Path, n_classes: int = N_CLASSES, per_class: int = 20) ->
                 im = np.clip(im * (0.5 + 0.5 * ((c // 24) % 2)), 0, 1)
             Image.fromarray(np.uint8(np.round(im * 255))).save(d / f"{i:03d}.png")
     return root
+
+
+RGB_MODEL_PY = '''
+import torch
+import torch.nn as nn
+
+
+class Small(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 5, stride=2), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2),
+                                      nn.ReLU(), nn.AdaptiveAvgPool2d(4))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(256, 32), nn.ReLU(), nn.Linear(32, n))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+torch.manual_seed(0)
+model = Small({n}).eval()
+'''
+
+
+def write_rgb_model(folder: Path, n_classes: int) -> str:
+    """A small seeded RGB CNN with ``n_classes`` logits (any input size); returns its spec."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"rgb{n_classes}.py"
+    path.write_text(RGB_MODEL_PY.replace("{n}", str(n_classes)))
+    return f"{path}:model"
+
+
+def write_jpeg_folder(root: Path, n_classes: int, per_class: int, size: int = 112, seed: int = 0) -> Path:
+    """``root/<c>/<i>.jpg``: seeded RGB images (a class-specific colour gradient plus noise), JPEG quality 90."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for c in range(n_classes):
+        d = root / str(c)
+        d.mkdir(parents=True, exist_ok=True)
+        base = np.stack([np.sin(3 * xx + c), np.cos(2 * yy + 0.5 * c), xx * yy], axis=-1)
+        for i in range(per_class):
+            im = 127 + 80 * base + rng.normal(0, 25, base.shape)
+            Image.fromarray(np.uint8(np.clip(im, 0, 255))).save(d / f"{i:04d}.jpg", quality=90)
+    return root
