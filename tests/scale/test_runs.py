@@ -20,7 +20,6 @@ from ssa.io.outdir import MANIFEST
 from ssa.scale.jobs import read_write_log
 from tests.scale.synthetic import N_CLASSES, write_folder, write_model
 
-pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
