@@ -63,7 +63,7 @@ def normalise(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
 
 
 def decode_image(path: str | os.PathLike, pre: Preprocess) -> np.ndarray:
-    """One image file as the model's input (``(C, H, W)`` or ``(H, W, C)``, float32), as :func:`load_images` reads it."""
+    """One image file as the model's input (``(C, H, W)`` or ``(H, W, C)``, float32), as ``load_images`` reads it."""
     from PIL import Image, UnidentifiedImageError  # Pillow: only when files are read
 
     try:

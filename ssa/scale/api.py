@@ -18,6 +18,7 @@ from ssa.scale.plan import (
     class_candidates,
     images_hash_of,
     load_driver_model,
+    release_device_memory,
     resolve_classes,
 )
 from ssa.scale.runners import LocalRunner, RayRunner
@@ -63,11 +64,13 @@ def analyse_to_folder(model: Any, images: Any, targets: str | Sequence[int], out
         if images_hash is None:
             images_hash = images_hash_of(source, memo, workers=decode_workers, progress=progress)
         jobs = build_jobs(spec, candidates, [(method, Path(out_dir))], selection, images_hash, batch_size=batch_size,
-                          engine=engine, store=store, store_mode=store_mode, decode_workers=decode_workers)
+                          engine=engine, store=str(Path(store).resolve()) if store else None, store_mode=store_mode,
+                          decode_workers=decode_workers)
         if isinstance(runner, LocalRunner):
             runner.worker.adopt(spec, network)  # the driver's network: loaded once in this process
         else:
             del network  # workers load their own
+            release_device_memory(device)
         try:
             return execute(jobs, runner, folders, progress=progress)
         finally:

@@ -182,6 +182,10 @@ class Worker:
         self._prepared: tuple | None = None
         self.loads = 0
 
+    def has(self, model_hash: str) -> bool:
+        """Whether the model with this content hash is the one loaded."""
+        return self._model is not None and self._model[0] == model_hash
+
     def adopt(self, model: ModelSpec, network: Network) -> None:
         """Use ``network``, already loaded (by the driver, for a local run), for ``model``'s jobs."""
         self._model = (model.model_hash, network)

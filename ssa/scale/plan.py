@@ -33,8 +33,8 @@ from ssa.io.outdir import OutputDir
 from ssa.scale.jobs import WRITE_LOG_ENV, ClassJob, Method, ModelSpec, Output, Selection, job_key
 from ssa.session import check_target, load_model, n_classes, prepare_network
 
-__all__ = ["absolute_spec", "load_driver_model", "resolve_classes", "check_selection", "images_hash_of",
-           "class_candidates", "build_jobs", "Candidates"]
+__all__ = ["absolute_spec", "load_driver_model", "release_device_memory", "resolve_classes", "check_selection",
+           "images_hash_of", "class_candidates", "build_jobs", "Candidates"]
 
 
 def absolute_spec(spec: Any) -> Any:
@@ -57,6 +57,17 @@ def load_driver_model(spec: Any, source: ImageSource, *, backend: str | None, de
     network = load_model(spec, backend=backend, device=device, **dict(options))
     prepare_network(network, source.read_many([0]), images_spec=images_spec, preprocess=preprocess)
     return ModelSpec(absolute_spec(spec), network.model_hash(), backend, device, dict(options)), network
+
+
+def release_device_memory(device: str) -> None:
+    """After the driver dropped its network: give its cached CUDA memory back (the workers need the GPU)."""
+    if str(device).startswith("cuda"):
+        import gc
+
+        import torch  # only for a CUDA run
+
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def resolve_classes(network: Network, targets: str | Sequence[int], stop_at: str | None = None) -> list[int]:

@@ -15,6 +15,7 @@ exactly once on the shared folder.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 from typing import Any, Iterable, Iterator
@@ -50,6 +51,10 @@ def _import_ray() -> Any:
     return ray
 
 
+def _is_ref(value: Any) -> bool:
+    return type(value).__name__ == "ObjectRef"
+
+
 class _ActorBody:
     """The state of one Ray actor: a :class:`Worker` (the loaded model) and its thread count."""
 
@@ -60,6 +65,12 @@ class _ActorBody:
         self.worker = Worker()
 
     def run(self, job: ClassJob) -> JobResult:
+        spec = job.model.spec
+        if _is_ref(spec):  # a model object sent once through the object store: fetched when first needed
+            import ray
+
+            spec = ray.get(spec) if not self.worker.has(job.model.model_hash) else None
+            job = dataclasses.replace(job, model=dataclasses.replace(job.model, spec=spec))
         return run_class_job(job, self.worker)
 
     def pid(self) -> int:
@@ -133,7 +144,18 @@ class RayRunner:
         if self._ray is None:
             self.start()
         ray = self._ray
-        queue = collections.deque(jobs)
+        refs: dict[str, Any] = {}
+
+        def shipped(job: ClassJob) -> ClassJob:
+            # a model given as an object (an nn.Module) goes to the object store once, not with every job
+            spec = job.model.spec
+            if isinstance(spec, (str, os.PathLike)) or _is_ref(spec):
+                return job
+            if job.model.model_hash not in refs:
+                refs[job.model.model_hash] = ray.put(spec)
+            return dataclasses.replace(job, model=dataclasses.replace(job.model, spec=refs[job.model.model_hash]))
+
+        queue = collections.deque(shipped(j) for j in jobs)
         pending: dict[Any, tuple[int, ClassJob]] = {}
         load = [0] * len(self.actors)
         alive = list(range(len(self.actors)))

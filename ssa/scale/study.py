@@ -59,8 +59,15 @@ from ssa.io.outdir import COMPARE_OUTPUTS, OutputDir
 from ssa.io.preprocess import describe_preprocess, resolve_preprocess
 from ssa.scale.jobs import Method, Selection
 from ssa.scale.manifest import GraphFolders, RunReport, execute
-from ssa.scale.plan import build_jobs, check_selection, class_candidates, images_hash_of, load_driver_model, \
-    resolve_classes
+from ssa.scale.plan import (
+    build_jobs,
+    check_selection,
+    class_candidates,
+    images_hash_of,
+    load_driver_model,
+    release_device_memory,
+    resolve_classes,
+)
 from ssa.scale.runners import LocalRunner, RayRunner
 
 __all__ = ["StudyModel", "Study", "read_study", "run_study", "StudyResult", "STUDY_OUTPUTS"]
@@ -325,6 +332,7 @@ def run_study(study: Study, runner: LocalRunner | RayRunner | None = None, *, pr
                                                          model_hash=spec.model_hash, batch_size=study.batch_size,
                                                          workers=study.decode_workers, progress=progress)
                 del network  # the driver keeps no model; workers load their own, once each
+                release_device_memory(study.device)
                 if pred_hash is not None:
                     images_hash = pred_hash
                 elif images_hash is None:

@@ -21,7 +21,6 @@ from ssa.scale.jobs import read_write_log
 from tests.scale.synthetic import N_CLASSES, write_folder, write_model
 
 
-
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     d = tmp_path_factory.mktemp("synthetic")
@@ -178,3 +177,19 @@ def test_ray_flags_need_an_out_dir_and_ray(tmp_path, capsys):
     assert main(["analyse", "digits", "--images", "digits", "--targets", "1,2", "--workers", "2", "--out-dir",
                  str(tmp_path / "g"), "-q"]) == 2
     assert "--workers applies to --ray" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_model_object_goes_to_ray_once_and_gives_the_local_graphs(tmp_path):
+    from ssa.models import digits_cnn
+    from ssa.scale import LocalRunner, RayRunner, analyse_to_folder
+
+    model = digits_cnn()
+    local = analyse_to_folder(model, "digits", [1, 2, 3], tmp_path / "local", max_per_class=20, runner=LocalRunner())
+    ray_ = analyse_to_folder(model, "digits", [1, 2, 3], tmp_path / "ray", max_per_class=20,
+                             runner=RayRunner(workers=2, num_cpus=2))
+    assert len(local.results) == len(ray_.results) == 3
+    assert max(r.loads for r in ray_.results) == 1
+    for c in (1, 2, 3):
+        on_ray, here = tmp_path / "ray" / f"class-{c}.json", tmp_path / "local" / f"class-{c}.json"
+        assert on_ray.read_bytes() == here.read_bytes()
