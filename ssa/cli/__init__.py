@@ -25,7 +25,8 @@ from ssa.plugins import add_plugin_commands
 
 __all__ = ["main", "build_parser", "CliError"]
 
-COMMANDS = ("analyse", "check", "collect", "compare", "report", "figures", "evaluate", "explore", "serve", "plugins")
+COMMANDS = ("analyse", "check", "collect", "compare", "report", "figures", "evaluate", "explore", "serve", "plugins",
+            "study")
 
 
 #: exit code after stdout was closed by its reader (what a shell reports for a process killed by SIGPIPE)

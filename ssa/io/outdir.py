@@ -15,6 +15,13 @@ manifest, ``DIR/.ssa-outputs.json`` (per command). On the next run into the same
 Only files that match the command's patterns **and** are in its manifest are ever removed, so
 other files in the folder (the user's) are never touched. A run that fails half-way keeps its
 earlier files and adds what it wrote to the manifest, so the next run cleans up after it.
+
+Resumable runs (``ssa analyse --targets ... --out-dir``, ``ssa study``: :mod:`ssa.scale`) also record a
+key per output, the hash of everything the file depends on (:meth:`OutputDir.record`, written at once,
+so a run killed half-way leaves an exact record), announce the names they may write before they start
+(:meth:`OutputDir.plan`: after a crash the files are known as ours, not refused as foreign), and keep an
+earlier output whose recorded key is the one they would write (:meth:`OutputDir.keep`) instead of
+computing it again.
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ class OutputDir:
         self._previous: set[str] = set()
         self._manifest: dict = {}
         self._created = False
+        self._keys: dict[str, str] = {}
+        self._memo: dict[str, object] = {}
 
     # -- manifest ------------------------------------------------------------------------------------
     def _read_manifest(self) -> dict:
@@ -75,10 +84,54 @@ class OutputDir:
         return data if isinstance(data, dict) and isinstance(data.get("commands"), dict) else {}
 
     def _write_manifest(self, names: Iterable[str]) -> None:
+        names = sorted(names)
         commands = dict(self._manifest.get("commands", {}))
-        commands[self.command] = sorted(names)
-        data = {"version": 1, "note": "files written by ssa; see ssa/outdir.py", "commands": commands}
+        commands[self.command] = names
+        data = {"version": 1, "note": "files written by ssa; see ssa/io/outdir.py", "commands": commands}
+        keys = {c: k for c, k in self._manifest.get("keys", {}).items() if isinstance(k, dict) and c != self.command}
+        mine = {n: self._keys[n] for n in names if n in self._keys}
+        if mine:
+            keys[self.command] = mine
+        if keys:
+            data["keys"] = keys
+        memo = {c: m for c, m in self._manifest.get("memo", {}).items() if isinstance(m, dict) and c != self.command}
+        if self._memo:
+            memo[self.command] = dict(self._memo)
+        if memo:
+            data["memo"] = memo
+        self._manifest = data
         atomic_write_bytes(self.path / MANIFEST, json.dumps(data, indent=1, sort_keys=True).encode())
+
+    # -- resumable runs ------------------------------------------------------------------------------
+    def recorded(self, name: str) -> str | None:
+        """The key an earlier run recorded for output ``name`` (None when none, or when the file is gone)."""
+        key = self._keys.get(name)
+        return key if key is not None and name in self._previous and (self.path / name).is_file() else None
+
+    def memo(self, key: str) -> object:
+        """A value an earlier run of the command remembered here (:meth:`remember`), or None."""
+        return self._memo.get(key)
+
+    def remember(self, key: str, value: object) -> None:
+        """Remember a JSON-able ``value`` under ``key`` in the manifest (e.g. the image set's content hash)."""
+        self._memo[key] = value
+        self._write_manifest(self._previous | self.written)
+
+    def plan(self, names: Iterable[str]) -> None:
+        """Record now that this run may write ``names`` (a run killed half-way leaves them known as ours)."""
+        names = {n for n in names if self._ours(n)}
+        self._previous |= names
+        self._write_manifest(self._previous | self.written)
+
+    def keep(self, name: str) -> None:
+        """Keep the earlier output ``name`` as this run's (it is not computed again, nor removed at the end)."""
+        self.written.add(name)
+
+    def record(self, name: str, key: str) -> None:
+        """Output ``name`` is complete with ``key``: recorded in the manifest at once (atomically)."""
+        self.written.add(name)
+        self._keys[name] = key
+        self._write_manifest(self._previous | self.written)
 
     def _ours(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
@@ -91,6 +144,11 @@ class OutputDir:
         self._manifest = self._read_manifest()
         listed = self._manifest.get("commands", {}).get(self.command, [])
         self._previous = {n for n in listed if isinstance(n, str) and self._ours(n) and "/" not in n}
+        keys = self._manifest.get("keys", {}).get(self.command, {})
+        self._keys = {n: k for n, k in keys.items() if n in self._previous and isinstance(k, str)} \
+            if isinstance(keys, dict) else {}
+        memo = self._manifest.get("memo", {}).get(self.command, {})
+        self._memo = dict(memo) if isinstance(memo, dict) else {}
         if self.path.is_dir():
             foreign = sorted(p.name for p in self.path.iterdir()
                              if self._ours(p.name) and p.name not in self._previous)
@@ -106,9 +164,22 @@ class OutputDir:
     def _saw(self, path: Path) -> None:
         if path.parent.resolve() == self.path.resolve() and path.name != MANIFEST:
             self.written.add(path.name)
+            self._keys.pop(path.name, None)  # a new file: its key is what record() says next, if anything
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files of atomic writes that a killed run left behind (``.class-3.json.x1y2.tmp``)."""
+        if not self.path.is_dir():
+            return
+        for p in self.path.iterdir():
+            name = p.name
+            if name.startswith(".") and name.endswith(".tmp") and p.is_file():
+                target = name[1:-4].rsplit(".", 1)[0]
+                if self._ours(target) or target == MANIFEST:
+                    p.unlink(missing_ok=True)
 
     def __enter__(self) -> OutputDir:
         self.check()
+        self._remove_leftovers()
         write_listeners.append(self._saw)
         return self
 
@@ -119,6 +190,7 @@ class OutputDir:
                 self._write_manifest(self._previous | self.written)
             elif self._created:  # a failed first run leaves no empty folder behind
                 try:
+                    (self.path / MANIFEST).unlink(missing_ok=True)  # planned or remembered, nothing written
                     self.path.rmdir()
                 except OSError:
                     pass

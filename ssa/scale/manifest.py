@@ -1,0 +1,158 @@
+"""Running jobs into output folders: what is done, what to skip, one progress bar, rates per phase.
+
+Every graphs folder is an ``--out-dir`` folder of ``ssa analyse`` (:class:`ssa.io.outdir.OutputDir`, command
+``analyse``): its manifest ``.ssa-outputs.json`` lists the class graphs with their keys. :func:`execute`
+
+1. keeps each output whose manifest key is the job's (not computed again) and sends only the rest;
+2. announces the names it may write (a run killed half-way leaves them known as its own);
+3. records each graph in its folder's manifest as soon as its job returns, and advances one progress bar
+   over classes (rate and time left; only on a terminal);
+4. at the end, removes the folder's graphs of earlier runs that this run did not produce (as ``--out-dir``
+   always did), and says how many images per second each phase handled.
+
+A re-run therefore skips finished classes, and a run stopped by a crash, SIGKILL or Ctrl-C goes on where it
+stopped, with the same files as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ssa.errors import InvalidInputError
+from ssa.io.outdir import ANALYSE_OUTPUTS, OutputDir
+from ssa.scale.jobs import ClassJob, JobResult
+
+__all__ = ["GraphFolders", "RunReport", "execute"]
+
+
+class GraphFolders(contextlib.ExitStack):
+    """The graphs folders of a run, each entered as an ``analyse`` :class:`OutputDir` (checked before any work)."""
+
+    def __init__(self, folders: Iterable[str | Path], flag: str = "--out-dir") -> None:
+        super().__init__()
+        self.paths = [Path(f) for f in dict.fromkeys(str(f) for f in folders)]
+        self.flag = flag
+        self.dirs: dict[Path, OutputDir] = {}
+
+    def __enter__(self) -> GraphFolders:
+        super().__enter__()
+        for p in self.paths:
+            self.dirs[p.resolve()] = self.enter_context(OutputDir(p, "analyse", ANALYSE_OUTPUTS, flag=self.flag))
+        return self
+
+    def of(self, path: str | Path) -> OutputDir:
+        return self.dirs[Path(path).parent.resolve()]
+
+
+@dataclass
+class RunReport:
+    """A run's results and rates (images per second per worker, for each phase)."""
+
+    results: list[JobResult] = field(default_factory=list)
+    kept: int = 0  # outputs already there (recorded by an earlier run)
+    jobs: int = 0
+    seconds: float = 0.0
+    runner: str = "local"
+    workers: int = 1
+
+    @property
+    def written(self) -> list[str]:
+        return [p for r in self.results for p in r.written]
+
+    def totals(self) -> dict[str, float]:
+        t = {"decoded": 0, "decode_s": 0.0, "scored": 0, "select_s": 0.0, "analysed": 0, "analyse_s": 0.0}
+        for r in self.results:
+            t["decoded"] += r.n_decoded
+            t["decode_s"] += r.decode_s
+            t["scored"] += r.n_scored
+            t["select_s"] += r.select_s
+            t["analysed"] += r.n_images
+            t["analyse_s"] += r.analyse_s
+        return t
+
+    def rates(self) -> dict[str, float | None]:
+        """Images per second of decoding, selection (scoring for --min-confidence) and analysis, per worker;
+        classes per second of the whole run (wall clock)."""
+        t = self.totals()
+
+        def rate(n: float, s: float) -> float | None:
+            return n / s if s > 0 and n else None
+
+        computed = sum(1 for r in self.results if r.written)
+        return {"decode_images_per_s": rate(t["decoded"], t["decode_s"]),
+                "select_images_per_s": rate(t["scored"], t["select_s"]),
+                "analyse_images_per_s": rate(t["analysed"], t["analyse_s"]),
+                "classes_per_s": rate(computed, self.seconds)}
+
+    def rates_line(self) -> str:
+        r = self.rates()
+        computed = sum(1 for x in self.results if x.written)
+
+        def fmt(v: float | None) -> str:
+            return "-" if v is None else f"{v:.3g}"
+
+        who = f"{self.workers} Ray worker{'s' if self.workers != 1 else ''}" if self.runner == "ray" else "this process"
+        return (f"{computed} class job(s) in {self.seconds:.1f} s on {who} ({fmt(r['classes_per_s'])} classes/s); "
+                f"images/s per worker: decoding {fmt(r['decode_images_per_s'])}, selection "
+                f"{fmt(r['select_images_per_s'])}, analysis {fmt(r['analyse_images_per_s'])}")
+
+    def as_dict(self) -> dict:
+        return {"jobs": self.jobs, "computed": sum(1 for r in self.results if r.written), "kept_outputs": self.kept,
+                "seconds": round(self.seconds, 3), "runner": self.runner, "workers": self.workers,
+                **{k: (None if v is None else round(v, 3)) for k, v in self.rates().items()}, **self.totals()}
+
+
+def _progress(total: int, done: int, show: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, unit="class", desc=desc, disable=None if show else True, leave=False,
+                dynamic_ncols=True)
+
+
+def execute(jobs: Sequence[ClassJob], runner, folders: GraphFolders, *, progress: bool = True,
+            desc: str = "classes") -> RunReport:
+    """Run the jobs that are not done yet (see the module docstring); raise one line if some failed."""
+    report = RunReport(jobs=len(jobs), runner=getattr(runner, "name", "local"))
+    todo: list[ClassJob] = []
+    for job in jobs:
+        done = True
+        for o in job.outputs:
+            od = folders.of(o.path)
+            if od.recorded(o.path.name) == o.key:
+                od.keep(o.path.name)
+                report.kept += 1
+            else:
+                done = False
+        if not done:
+            todo.append(job)
+    planned: dict[Path, list[str]] = {}
+    for job in todo:
+        for o in job.outputs:
+            planned.setdefault(o.path.parent.resolve(), []).append(o.path.name)
+    for folder, names in planned.items():  # one manifest write per folder
+        folders.dirs[folder].plan(names)
+    failures: list[str] = []
+    start = time.perf_counter()
+    bar = _progress(len(jobs), len(jobs) - len(todo), progress, desc)
+    try:
+        for result in runner.run(todo):
+            for path in (*result.written, *result.skipped):
+                folders.of(path).record(Path(path).name, result.keys[path])
+            if result.error is not None:
+                failures.append(f"class {result.target}: {result.error}")
+            report.results.append(result)
+            bar.update(1)
+    finally:
+        bar.close()
+        report.seconds = time.perf_counter() - start
+        report.workers = len(getattr(runner, "actors", ())) or 1
+    if failures:
+        raise InvalidInputError(
+            f"{len(failures)} of {len(jobs)} class job(s) failed (the others are written and kept; fix the cause and "
+            f"run again to finish): {failures[0].rstrip('.')}" + (f"; and {len(failures) - 1} more" if len(failures) > 1
+                                                                  else "") + ".")
+    return report
