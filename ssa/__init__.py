@@ -10,7 +10,6 @@ from __future__ import annotations
 from ssa.api import analyse, analyse_many, load_model
 from ssa.core.interfaces import Backend, ClosedForm, Network, Rule, Selector, Tap
 from ssa.core.params import Param
-from ssa.core.results import AnalysisResult, LayerSummary
 from ssa.errors import (
                      InvalidInputError,
                      ModelLoadError,
@@ -25,6 +24,7 @@ from ssa.hookspecs import hookimpl
 from ssa.io.graphs import read_graph, write_graph
 from ssa.io.images import Preprocess, load_images
 from ssa.plugins import get_plugin_manager, make_rule, make_selector, registry
+from ssa.results import AnalysisResult, LayerSummary
 from ssa.session import Session
 
 __version__ = "0.1.0"

@@ -13,11 +13,11 @@ from ssa.analysis.grouping import group_images, parse_targets
 from ssa.core.checks import check_int
 from ssa.core.defaults import resolve_method
 from ssa.core.interfaces import Rule, Selector
-from ssa.core.results import AnalysisResult
 from ssa.errors import InvalidInputError
 from ssa.io.folders import load_grouped_images
 from ssa.io.images import Preprocess
 from ssa.plugins import make_selector
+from ssa.results import AnalysisResult
 from ssa.session import Session, load_model, n_classes
 
 __all__ = ["analyse", "analyse_many", "load_model"]

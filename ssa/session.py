@@ -17,7 +17,6 @@ from ssa.core.defaults import resolve_method
 from ssa.core.graph import build_graph
 from ssa.core.identity import builtin_name
 from ssa.core.interfaces import Network, Rule, Selector
-from ssa.core.results import AnalysisResult
 from ssa.core.traversal import explain_stop, traverse
 from ssa.engines.autograd import AutogradSource
 from ssa.engines.closed_form import ClosedFormSource
@@ -26,6 +25,7 @@ from ssa.engines.store import StatsStore, check_store_root, images_hash
 from ssa.errors import InvalidInputError, PluginError
 from ssa.io.images import Preprocess, load_images, select_class
 from ssa.plugins import make_rule, make_selector, registry
+from ssa.results import AnalysisResult
 
 __all__ = ['load_model', 'Session', 'ENGINES', 'prepare_network', 'open_store', 'store_meta', 'n_classes',
            'check_target', 'active_fraction', 'run_traversal']

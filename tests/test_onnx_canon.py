@@ -188,3 +188,21 @@ def test_layering():
     cycles = [m for m in graph if reaches(m, m, {m})]
     assert cycles == [], cycles
     assert ssa_onnx.OnnxNetwork.__module__ == "ssa_onnx.network"
+
+
+def test_the_core_imports_no_layer_above_it():
+    """ssa.core (interfaces, traversal, graph schema, arrays) reaches down only: to ssa.errors and the array
+    libraries, never to the engines, io, analysis, views, session, API or CLI (docs/architecture.md); torch only
+    inside a function that already holds torch tensors (`import ssa` stays torch-free)."""
+    above = ("ssa.engines", "ssa.io", "ssa.analysis", "ssa.viz", "ssa.cli", "ssa.session", "ssa.api",
+             "ssa.scale", "ssa.results", "ssa.testing", "ssa_torch", "ssa_onnx")
+    heavy = ("torch", "onnx")
+    bad = {}
+    for path in (ROOT / "ssa" / "core").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        top = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+        top |= {n.module or "" for n in tree.body if isinstance(n, ast.ImportFrom)}
+        reached = sorted({m for m in _imports(path) if m.startswith(above)} | {m for m in top if m.startswith(heavy)})
+        if reached:
+            bad[path.name] = reached
+    assert bad == {}, bad

@@ -1,4 +1,4 @@
-"""The core of ssa: interfaces, parameters, the traversal, the graph schema and results.
+"""The core of ssa: interfaces, parameters, the traversal and the graph schema.
 
 Framework-agnostic: numpy and the Python array API only (torch is never imported here).
 """

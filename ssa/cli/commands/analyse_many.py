@@ -13,10 +13,10 @@ from pathlib import Path
 from ssa.analysis.grouping import parse_targets
 from ssa.api import analyse_many
 from ssa.cli.commands.common import api_options, model_argument, model_spec, preprocess_from, run_options
-from ssa.core.results import AnalysisResult
 from ssa.errors import InvalidInputError, SSAWarning
 from ssa.io.folders import class_folders
 from ssa.io.paths import check_output_file
+from ssa.results import AnalysisResult
 from ssa.scale import analyse_to_folder, make_runner
 
 __all__ = ["add_many_args", "wants_many", "run_many", "warn_notes"]

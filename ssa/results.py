@@ -1,4 +1,7 @@
-"""Result types of an analysis (frozen dataclasses)."""
+"""Result types of an analysis (frozen dataclasses): a graph and how it was obtained, with its writers.
+
+Above the core (it writes through :mod:`ssa.io.graphs`); :mod:`ssa.core` never imports it.
+"""
 
 from __future__ import annotations
 
