@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ssa.api import analyse, analyse_many, load_model
 from ssa.core.interfaces import Backend, ClosedForm, Network, Rule, Selector, Tap
+from ssa.core.options import ModelSpec, RunOptions
 from ssa.core.params import Param
 from ssa.errors import (
                      InvalidInputError,
@@ -30,7 +31,8 @@ from ssa.session import Session
 __version__ = "0.1.0"
 
 __all__ = [
-    "analyse", "analyse_many", "Session", "load_model", "AnalysisResult", "LayerSummary", "read_graph", "write_graph",
+    "analyse", "analyse_many", "Session", "ModelSpec", "RunOptions", "load_model",
+    "AnalysisResult", "LayerSummary", "read_graph", "write_graph",
     "Preprocess", "load_images", "Backend", "Network", "Rule", "Selector", "ClosedForm", "Param", "Tap", "hookimpl",
     "get_plugin_manager", "registry", "make_rule", "make_selector", "SSAError", "InvalidInputError", "ModelLoadError",
     "PluginError", "StoreError", "UnsupportedModelError", "OutputError", "SSAWarning", "__version__",

@@ -17,6 +17,7 @@ from ssa.core.defaults import resolve_method
 from ssa.core.graph import build_graph
 from ssa.core.identity import builtin_name
 from ssa.core.interfaces import Network, Rule, Selector
+from ssa.core.options import ModelSpec, RunOptions
 from ssa.core.traversal import explain_stop, traverse
 from ssa.engines.autograd import AutogradSource
 from ssa.engines.closed_form import ClosedFormSource
@@ -109,6 +110,39 @@ class Session:
         self._stats: Any = None
         self._subset = False
         self.images_hash: str | None = None
+        self._defaults: dict[str, Any] = {"branching": 3, "stop_at": None}
+
+    @classmethod
+    def from_options(cls, model: ModelSpec, images: Any, options: RunOptions | None = None, *, labels: Any = None,
+                     preprocess: Preprocess | None = None, only_target: int | None = None) -> Session:
+        """A session from what to load (:class:`~ssa.core.options.ModelSpec`) and how to analyse
+        (:class:`~ssa.core.options.RunOptions`): the objects the CLI builds from its flags.
+
+        The options' method (after its preset) is the session's rule and the default selector of
+        :meth:`analyse`; their ``branching`` and ``stop_at`` are its defaults too.
+        """
+        if not isinstance(model, ModelSpec):
+            raise InvalidInputError(f"model must be an ssa.ModelSpec, got {type(model).__name__}; pass "
+                                    "ModelSpec(source=...) or use Session(model, images, ...).")
+        options = RunOptions() if options is None else options
+        if not isinstance(options, RunOptions):
+            raise InvalidInputError(f"options must be an ssa.RunOptions, got {type(options).__name__}.")
+        source: Any = model.source
+        if model.options:  # a backend's own load options: Session's keywords do not carry them, so load here
+            from ssa.api import load_model
+
+            source = load_model(model.source, backend=model.backend, device=model.device, **model.load_options())
+        m = options.method
+        session = cls(source, images, rule=m.rule, rule_params=m.rule_params, labels=labels, preprocess=preprocess,
+                      taps=model.taps, include_input=model.include_input, channel_axes=model.channel_axes,
+                      output_index=model.output_index, device=model.device, batch_size=options.batch_size,
+                      backend=model.backend, name=model.name, engine=options.engine, store=options.store,
+                      store_mode=options.store_mode, progress=options.progress, only_target=only_target)
+        session.preset = options.preset
+        session._selector, session._selector_params = m.selector, dict(m.selector_params)
+        session._defaults = {"branching": options.branching, "stop_at": options.stop_at,
+                             "selector_params": dict(m.selector_params)}
+        return session
 
     def prepare(self) -> Session:
         """Load the model and the images (once)."""
@@ -227,21 +261,30 @@ class Session:
         per_image = self.network.statistics_bytes(form)
         return per_image * n <= statistics_budget(getattr(self.network, "device", "cpu"))
 
-    def analyse(self, target: int, branching: int = 3, *, selector: str | Selector | None = None,
+    def analyse(self, target: int, branching: int | None = None, *, selector: str | Selector | None = None,
                 selector_params: Mapping[str, Any] | None = None, stop_at: str | None = None,
                 indices: Sequence[int] | np.ndarray | None = None) -> AnalysisResult:
         """The dependency graph of class ``target`` (see :func:`analyse`).
 
-        ``selector`` : default the session's preset's, else ``mad`` (:mod:`ssa.core.defaults`).
+        ``branching`` : default 3, or the session's :class:`RunOptions` ones (:meth:`from_options`).
+        ``selector`` : default the session's preset's or options', else ``mad`` (:mod:`ssa.core.defaults`).
+        ``stop_at`` : default None (down to the lowest tap), or the session's options'.
         ``indices`` : positions of the class's images in the session's image set (default: by labels, or all).
         """
+        if branching is None:
+            branching = self._defaults["branching"]
+        if stop_at is None:
+            stop_at = self._defaults["stop_at"]
         branching = check_int("branching", branching, 1, "Pass --branching 1 or more.")
         target = check_int("target", target, 0)
         if self.preset is not None:
             _, _, sel, sel_params = resolve_method(self.preset, None, None, selector, selector_params)
         else:
             sel = self._selector if selector is None else selector
-            sel_params = dict(selector_params or {})
+            if selector is None and selector_params is None:  # the options' parameters (from_options), else none
+                sel_params = dict(self._defaults.get("selector_params") or {})
+            else:
+                sel_params = dict(selector_params or {})
         selector_obj = make_selector(sel, **sel_params)
         network = self.network
         check_target(network, target)
