@@ -146,15 +146,17 @@ def analyse_many(
                       backend=backend, name=name, engine=engine, store=store, store_mode=store_mode, progress=progress)
     network = session.network  # loads and prepares the model once
     n = n_classes(network)
-    classes = list(range(n)) if wanted == "all" else parse_targets(list(wanted), n)
+    classes = list(range(n)) if isinstance(wanted, str) else parse_targets(wanted, n)  # str: "all"
     if stop_at is not None and stop_at not in {t.name for t in network.taps}:
         raise InvalidInputError(
             f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
-    groups = group_images(network, session.images, lab, classes, by_prediction=by_prediction,  # type: ignore[arg-type]
+    all_images = session.images
+    assert all_images is not None  # loaded with the network
+    groups = group_images(network, all_images, lab, classes, by_prediction=by_prediction,
                           min_confidence=min_confidence, max_per_class=max_per_class)
     chosen = {c: groups[c].indices for c in classes}
     union = np.unique(np.concatenate(list(chosen.values())))
-    if session.store is None and union.size < session.images.shape[0]:  # type: ignore[union-attr]
+    if session.store is None and union.size < all_images.shape[0]:
         # statistics only for the images some class uses (nothing is computed before the first analyse);
         # with a store, the whole set is kept so that it matches `ssa collect` on the same images
         session.restrict(union)

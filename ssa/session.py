@@ -180,7 +180,9 @@ class Session:
 
     @property
     def network(self) -> Network:
-        return self.prepare()._network  # type: ignore[return-value]
+        network = self.prepare()._network
+        assert network is not None  # prepare() loaded it
+        return network
 
     def class_indices(self, target: int, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray | None:
         """Positions in :attr:`images` of the images :meth:`analyse` uses for class ``target``; None: all of them.
@@ -229,6 +231,7 @@ class Session:
         if not fast:
             return AutogradSource(network, images if indices is None else images[indices], self.batch_size)
         form = rule.form
+        assert form is not None  # steps with the closed form were found for it, so the rule has one
         if self._stats is None and self.store is not None:
             st = open_store(network, images, self.store)
             if st.is_complete(form):

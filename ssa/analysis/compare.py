@@ -359,12 +359,13 @@ def _csv_bytes(rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]], head
         header = list(header or rows[0].keys())
         w.writerow(header)
         for r in rows:
-            w.writerow(["" if _isnan(r.get(k)) else r.get(k) for k in header])  # type: ignore[union-attr]
+            assert isinstance(r, Mapping)  # all mappings (the first is one) or all sequences
+            w.writerow(["" if _isnan(r.get(k)) else r.get(k) for k in header])
     else:
         if header is not None:
             w.writerow(header)
         for r in rows:
-            w.writerow(["" if _isnan(v) else v for v in r])  # type: ignore[union-attr]
+            w.writerow(["" if _isnan(v) else v for v in r])
     return buf.getvalue().encode()
 
 

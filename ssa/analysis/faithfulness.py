@@ -34,7 +34,7 @@ import networkx as nx
 import numpy as np
 
 from ssa.analysis._common import as_graph, check_count, class_images
-from ssa.core.capabilities import Ablator, SupportsAblation, require
+from ssa.core.capabilities import Ablator, SupportsAblation, unsupported
 from ssa.errors import InvalidInputError
 from ssa.session import Session
 
@@ -152,8 +152,9 @@ def faithfulness(session: Session, graph: nx.DiGraph, *, target: int | None = No
         raise InvalidInputError("faithfulness needs at least one image of the class.")
     images, _ = class_images(session, target, indices)
     network = session.network
-    capable = require(network, SupportsAblation, "ssa evaluate")  # type: ignore[type-abstract]  # mypy #4717
-    ablator = capable.ablator(session.batch_size)
+    if not isinstance(network, SupportsAblation):
+        raise unsupported(network, SupportsAblation, "ssa evaluate")
+    ablator = network.ablator(session.batch_size)
     taps = {t.name: t for t in network.taps}
     kept = graph_neurons(g, excitatory_only=True)
     every = graph_neurons(g, excitatory_only=False)

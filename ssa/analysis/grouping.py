@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import networkx as nx
 import numpy as np
@@ -36,6 +36,14 @@ class ClassImages:
     images: np.ndarray
     indices: np.ndarray
     confidence: np.ndarray | None = None
+
+
+@overload
+def parse_targets(text: Sequence[int], n: int | None = None) -> list[int]: ...
+
+
+@overload
+def parse_targets(text: str | Sequence[int] | None, n: int | None = None) -> list[int] | str: ...
 
 
 def parse_targets(text: str | Sequence[int] | None, n: int | None = None) -> list[int] | str:

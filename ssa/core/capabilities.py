@@ -4,7 +4,7 @@ The core and the analysis, view and command-line layers ask a network what it ca
 ``isinstance(network, Capability)``, never by probing attributes with ``getattr`` and never by
 reaching into a backend's internals (fx graphs, onnx2torch modules). A backend implements the
 protocols it supports; a missing capability gives one clear error where it is needed
-(:func:`require`).
+(:func:`unsupported`, :func:`require`).
 
 Each protocol has its own section below; keep them small and documented.
 """
@@ -19,18 +19,31 @@ import numpy as np
 
 from ssa.errors import UnsupportedModelError
 
-__all__ = ["Ablator", "SupportsAblation", "SupportsClassProbabilities", "PairMaps", "SupportsInputMaps", "require"]
+__all__ = ["Ablator", "SupportsAblation", "SupportsClassProbabilities", "PairMaps", "SupportsInputMaps", "require",
+           "unsupported"]
 
 C = TypeVar("C")
 
 
+def unsupported(network: object, capability: type, what: str) -> UnsupportedModelError:
+    """The error for ``network`` lacking ``capability``, which ``what`` needs.
+
+    Typed callers narrow with ``isinstance`` and raise this (a protocol class cannot be passed where ``type[C]``
+    is expected: typing spec, "Type and class objects vs protocols"; mypy #4717)::
+
+        if not isinstance(network, SupportsInputMaps):
+            raise unsupported(network, SupportsInputMaps, "the saliency figure")
+    """
+    return UnsupportedModelError(
+        f"{what} needs a network that supports {capability.__name__.removeprefix('Supports')} (the torch backend "
+        f"does); got {type(network).__name__}.")
+
+
 def require(network: Any, capability: type[C], what: str) -> C:
     """``network`` itself when it has ``capability``; else an :class:`UnsupportedModelError` saying ``what`` needs
-    it."""
+    it (:func:`unsupported`, which type-checked code calls after its own ``isinstance``)."""
     if not isinstance(network, capability):
-        raise UnsupportedModelError(
-            f"{what} needs a network that supports {capability.__name__.removeprefix('Supports')} (the torch backend "
-            f"does); got {type(network).__name__}.")
+        raise unsupported(network, capability, what)
     return network
 
 

@@ -96,7 +96,8 @@ class ClosedFormSource:
         prefix = f"{upper}/"
         return {k: self._rows(k) for k in self.stats.keys(self.form) if k.startswith(prefix)}
 
-    def iter_relevance(self, upper: str, neurons: Sequence[int], rule: Rule) -> Iterator[RelevanceBlock]:
+    def iter_relevance(self, upper: str, neurons: Sequence[int], rule: Rule
+                       ) -> Iterator[RelevanceBlock | Mapping[str, Any]]:
         tap = next(t for t in self.taps if t.name == upper)
         if upper in self.fast and rule.form == self.form:
             for p in tap.parents:

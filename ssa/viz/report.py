@@ -309,34 +309,34 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
     allow_mixed : accept graphs made with different rules, selectors, parameters, branching factors or image
         sets, and images other than the graphs' (graphs of different models are always refused).
     """
-    graphs = [dependency_graph(g) for g in graphs]
+    dgraphs = [dependency_graph(g) for g in graphs]
     if fmt not in FORMATS:
         raise InvalidInputError(f"figure format must be 'png' or 'svg', got {fmt!r}.")
-    if not graphs:
+    if not dgraphs:
         raise InvalidInputError("a report needs at least 1 graph, got 0; pass graph files from `ssa analyse`.")
     if (model is None) != (images is None):
         raise InvalidInputError("pass both --model and --images (for the per-class figures) or neither.")
-    names = list(names) if names is not None else [f"graph {i}" for i in range(len(graphs))]
-    cmp = compare(graphs, weight=weight, names=names, allow_mixed=allow_mixed) if len(graphs) >= 2 else None
-    labels_ = list(cmp.labels) if cmp is not None else graph_labels(graphs, names)  # one graph: nothing to compare
+    names = list(names) if names is not None else [f"graph {i}" for i in range(len(dgraphs))]
+    cmp = compare(dgraphs, weight=weight, names=names, allow_mixed=allow_mixed) if len(dgraphs) >= 2 else None
+    labels_ = list(cmp.labels) if cmp is not None else graph_labels(dgraphs, names)  # one graph: nothing to compare
     loaded = None
     if model is not None:
-        loaded = _load_model(graphs, names, model=model, images=images, labels=labels, preprocess=preprocess,
+        loaded = _load_model(dgraphs, names, model=model, images=images, labels=labels, preprocess=preprocess,
                              device=device, backend=backend, model_options=model_options, allow_mixed=allow_mixed)
-    n = len(graphs)
+    n = len(dgraphs)
     shared_any = cmp.shared_nodes() if cmp is not None else set()
     with identical_graphs_quietly():
         ranks_all = cmp.frequency_ranks() if cmp is not None else []
         context = {
-            "title": title or f"SSA report: {graphs[0].run.model or '?'}, {n} class{'es' if n != 1 else ''}",
+            "title": title or f"SSA report: {dgraphs[0].run.model or '?'}, {n} class{'es' if n != 1 else ''}",
             "version": __version__, "stamp": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
             "explorer_href": explorer_href, "with_model": loaded is not None,
-            "params": _params_table(graphs), "overview": _overview_table(graphs, labels_),
+            "params": _params_table(dgraphs), "overview": _overview_table(dgraphs, labels_),
             "comparison": _comparison(cmp, fmt) if cmp is not None else None,
-            "classes": [_class_section(i, lab, name, g, graphs, shared_any, ranks_all, loaded, fmt, n_images=n_images,
+            "classes": [_class_section(i, lab, name, g, dgraphs, shared_any, ranks_all, loaded, fmt, n_images=n_images,
                                        batch_size=batch_size, by_prediction=by_prediction,
                                        min_confidence=min_confidence, max_per_class=max_per_class)
-                        for i, (lab, name, g) in enumerate(zip(labels_, names, graphs, strict=False))],
+                        for i, (lab, name, g) in enumerate(zip(labels_, names, dgraphs, strict=False))],
         }
     return render_report(context)
 

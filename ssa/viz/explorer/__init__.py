@@ -51,7 +51,7 @@ _CLASS_TAP = "logits"
 
 def static_text(name: str) -> str:
     """A file of the committed front-end bundle (``explorer.min.js``, ``explorer.min.css``, ...)."""
-    return resources.files("ssa.viz.explorer").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("ssa.viz.explorer").joinpath("static").joinpath(name).read_text(encoding="utf-8")
 
 
 def _jsonable(value: Any) -> Any:
@@ -97,7 +97,7 @@ def layered_positions(graph: nx.DiGraph) -> dict[str, tuple[float, float]]:
     if g.number_of_nodes() == 0:
         return {}
     rows = [list(nodes) for _, nodes in g.layers()]  # one row per tap, top (logits) first
-    neuron = {n: int(k) for n, k in g.nodes(data="neuron")}
+    neuron = {n: int(g.nodes[n]["neuron"]) for n in g.nodes}
     slot: dict[str, float] = {}
     for _r, nodes in enumerate(rows):
         def key(n: str) -> tuple[float, int, str]:
@@ -176,34 +176,34 @@ def explorer_files(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = N
         (:attr:`References.images` and :attr:`References.note`); written as ``images.json``.
     weight : bag-of-nodes weight of the clustering (:func:`ssa.analysis.compare.compare`).
     """
-    graphs = [dependency_graph(g) for g in graphs]
-    if not graphs:
+    dgraphs = [dependency_graph(g) for g in graphs]
+    if not dgraphs:
         raise InvalidInputError("the explorer needs at least 1 graph, got 0; pass graph files from `ssa analyse`.")
-    names = list(names) if names is not None else [f"graph {i}" for i in range(len(graphs))]
-    if len(graphs) >= 2:
-        check_graphs(graphs, names)
-        cmp = compare(graphs, weight=weight, names=names)
+    names = list(names) if names is not None else [f"graph {i}" for i in range(len(dgraphs))]
+    if len(dgraphs) >= 2:
+        check_graphs(dgraphs, names)
+        cmp = compare(dgraphs, weight=weight, names=names)
         labels, order, similarity = list(cmp.labels), list(cmp.order), np.asarray(cmp.similarity)
     else:
-        labels, order, similarity = graph_labels(graphs, names), [0], np.ones((1, 1))
+        labels, order, similarity = graph_labels(dgraphs, names), [0], np.ones((1, 1))
     kept_by: dict[str, list[list[int]]] = {}
-    for i, g in enumerate(graphs):
+    for i, g in enumerate(dgraphs):
         for n, d in g.nodes(data=True):
             kept_by.setdefault(n, []).append([i, int(_num(d.get("frequency")))])
     files: dict[str, Any] = {}
     classes = []
-    for i, (g, label, name) in enumerate(zip(graphs, labels, names, strict=False)):
+    for i, (g, label, name) in enumerate(zip(dgraphs, labels, names, strict=False)):
         run = g.run
         classes.append({"label": label, "target": run.target, "file": f"class-{i}.json", "name": name,
                         "n_images": run.n_images, "n_nodes": g.number_of_nodes(),
                         "n_edges": g.number_of_edges()})
-    run0 = graphs[0].run
+    run0 = dgraphs[0].run
     model = str(run0.model or "?")
     given = run0.parameters()
     params = ", ".join(f"{k}={given[k]}" for k in ("branching", "rule", "selector") if given[k] is not None)
     index = {
-        "format": FORMAT, "title": title or f"SSA explorer: {model}, {len(graphs)} "
-                                            f"class{'es' if len(graphs) != 1 else ''}",
+        "format": FORMAT, "title": title or f"SSA explorer: {model}, {len(dgraphs)} "
+                                            f"class{'es' if len(dgraphs) != 1 else ''}",
         "model": model, "params": params, "classes": classes, "order": order,
         "similarity": np.round(similarity, 4).tolist(), "weight": weight, "initial": order[0],
         "references": references is not None,
@@ -213,7 +213,7 @@ def explorer_files(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = N
         "saliency_note": saliency_note or "",
     }
     files["index.json"] = index
-    for i, g in enumerate(graphs):
+    for i, g in enumerate(dgraphs):
         files[f"class-{i}.json"] = _class_file(i, g, kept_by, references)
     if references is not None:
         for node, data in references.items():

@@ -45,7 +45,7 @@ from PIL import Image
 
 from ssa.analysis.grouping import group_images
 from ssa.core.arrays import to_numpy
-from ssa.core.capabilities import SupportsInputMaps, require
+from ssa.core.capabilities import SupportsInputMaps, unsupported
 from ssa.core.graph import DependencyGraph
 from ssa.core.interfaces import Network
 from ssa.core.traversal import step_omega
@@ -142,7 +142,7 @@ def _per_image_relevance(network: Network, images: np.ndarray, rows: np.ndarray,
     rule = make_rule(run.rule or "gradient", **run.rule_params)
     form = rule.form
     fast = network.fast_taps(form) if form else frozenset()
-    if fast:
+    if form and fast:
         if form not in stats_cache:  # statistics of all the images, once, shared by every class
             stats_cache[form] = collect(network, images, [form], batch_size)
         source: Any = FastSource(network, stats_cache[form], form, images, batch_size, rows)
@@ -184,9 +184,9 @@ def _png(rgb: np.ndarray, size: int) -> str:
     f = size / max(h, w)
     if f > 1:
         f = max(1, int(f))  # whole-pixel blocks for small images
-        im = im.resize((w * f, h * f), Image.NEAREST)
+        im = im.resize((w * f, h * f), Image.Resampling.NEAREST)
     elif f < 1:
-        im = im.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR)
+        im = im.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -198,7 +198,8 @@ def _resize_map(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         m = m[None, :]
     elif m.ndim > 2:
         m = m.reshape(m.shape[0], -1)
-    return np.asarray(Image.fromarray(m, mode="F").resize((shape[1], shape[0]), Image.BILINEAR), dtype=np.float64)
+    resized = Image.fromarray(m, mode="F").resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float64)
 
 
 def _overlay(base: np.ndarray, heat: np.ndarray, cmap: Any, strength: float = 0.7) -> np.ndarray:
@@ -370,18 +371,19 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
     -------
     :class:`References`; image numbers in it are positions in ``images``.
     """
-    graphs = [dependency_graph(g) for g in graphs]
-    if len(groups) != len(graphs):
-        raise InvalidInputError(f"got {len(groups)} image groups for {len(graphs)} graphs; they must match.")
+    dgraphs = [dependency_graph(g) for g in graphs]
+    if len(groups) != len(dgraphs):
+        raise InvalidInputError(f"got {len(groups)} image groups for {len(dgraphs)} graphs; they must match.")
     if top_k < 1:
         raise InvalidInputError(f"top_k must be >= 1, got {top_k}.")
     if saliency_budget < 0:
         raise InvalidInputError(f"the saliency budget must be >= 0, got {saliency_budget}.")
     if saliency_grid < 1:
         raise InvalidInputError(f"saliency_grid must be >= 1, got {saliency_grid}.")
-    maps = require(network, SupportsInputMaps, "reference images")
+    if not isinstance(network, SupportsInputMaps):
+        raise unsupported(network, SupportsInputMaps, "reference images")
     taps = {t.name: t for t in network.taps}
-    needed = sorted({tap for g in graphs for tap in g.taps()})
+    needed = sorted({tap for g in dgraphs for tap in g.taps()})
     missing = [t for t in needed if t not in taps]
     if missing:
         raise InvalidInputError(f"the graphs have taps the model does not ({', '.join(missing)}); pass the model "
@@ -392,7 +394,7 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
     settings = {"top_k": top_k, "thumb": thumb, "saliency_size": saliency_size, "saliency_budget": saliency_budget,
                 "saliency_grid": saliency_grid}
 
-    key = _cache_key(network, imgs, rows_of, graphs, settings) if use_cache else None
+    key = _cache_key(network, imgs, rows_of, dgraphs, settings) if use_cache else None
     cache_file = None
     if key is not None:
         cache_file = Path(cache_dir or default_cache_dir()) / key[0] / key[1] / f"references-{key[2]}.json"
@@ -409,13 +411,13 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
     stats_cache: dict[str, Any] = {}
     relevant: dict[str, dict[int, list[tuple[int, float]]]] = {}
     per_class = []
-    for gi, (g, rows) in enumerate(zip(graphs, rows_of, strict=False)):
+    for gi, (g, rows) in enumerate(zip(dgraphs, rows_of, strict=False)):
         per = _per_image_relevance(network, imgs, rows, g, batch_size, stats_cache)
         per_class.append(per)
         for node, r in per.items():
             relevant.setdefault(node, {})[gi] = [(int(rows[j]), float(r[j])) for j in _top(r, top_k)]
     nodes: dict[str, tuple[str, int]] = {}
-    for g in graphs:
+    for g in dgraphs:
         for n in g.nodes:
             info = g.info(n)
             nodes.setdefault(n, (info.tap, info.neuron))
@@ -433,9 +435,9 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
         todo_l = sorted(todo, key=lambda p: (p[1], p[0]))
         for i in range(0, len(todo_l), batch_size):  # one forward and one backward pass per chunk of pairs
             chunk = todo_l[i:i + batch_size]
-            ks = np.array([k for k, _ in chunk])
-            us = np.array([u for _, u in chunk])
-            pm = maps.pair_maps(imgs[us], t, ks, batch_size=batch_size)
+            ks = [k for k, _ in chunk]
+            chunk_rows = np.array([u for _, u in chunk])
+            pm = network.pair_maps(imgs[chunk_rows], t, ks, batch_size=batch_size)
             for j, (k, u) in enumerate(chunk):
                 sal[(t, k, u)] = saliency_map(pm.saliency[j], imgs[u])
                 if spatial:
@@ -447,22 +449,22 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
                 else:
                     crop[(t, k, u)] = (shown[u], sal[(t, k, u)])
     # 4. saliency of every neuron on (as many as the budget allows of) its classes' images
-    on_class, pixels, note = _class_saliency(maps, imgs, union, rows_of, graphs, per_class, scal,
+    on_class, pixels, note = _class_saliency(network, imgs, union, rows_of, dgraphs, per_class, scal,
                                              budget=saliency_budget, grid=saliency_grid, batch_size=batch_size)
     # 5. pictures
     heat_cmap, sal_cmap = colormaps["magma"], colormaps["inferno"]
     data: dict[str, Any] = {}
     for n, (t, k) in nodes.items():
         spatial = len(taps[t].shape) >= 2
-        us = sorted({u for u, _ in active[n]} | {u for lst in relevant.get(n, {}).values() for u, _ in lst})
-        top = max([float(np.max(crop[(t, k, u)][1])) for u in us] + [0.0]) or 1.0  # one heat scale per neuron
+        ref_rows = sorted({u for u, _ in active[n]} | {u for lst in relevant.get(n, {}).values() for u, _ in lst})
+        top = max([float(np.max(crop[(t, k, u)][1])) for u in ref_rows] + [0.0]) or 1.0  # one heat scale per neuron
 
         def item(u: int, value: float, t: str = t, k: int = k, top: float = top) -> dict[str, Any]:
             base, heat = crop[(t, k, u)]
             return {"image": int(union[u]), "value": value, "src": _png(_overlay(base, heat / top, heat_cmap), thumb)}
 
         saliency = {}
-        for u in us:
+        for u in ref_rows:
             s = sal[(t, k, u)]
             smax = float(s.max())
             saliency[str(int(union[u]))] = {

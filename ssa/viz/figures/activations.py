@@ -8,7 +8,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from ssa.core.capabilities import SupportsInputMaps, require
+from ssa.core.capabilities import SupportsInputMaps, unsupported
 from ssa.core.interfaces import Network
 from ssa.errors import InvalidInputError
 
@@ -23,8 +23,9 @@ def activation_maps(network: Network, images: np.ndarray, tap: str, neuron: int)
 
     ``network`` must be prepared and support :class:`~ssa.core.capabilities.SupportsInputMaps`.
     """
-    maps = require(network, SupportsInputMaps, "the activation-map figure")
-    v = maps.activation_maps(images, tap, [int(neuron)])[:, 0]
+    if not isinstance(network, SupportsInputMaps):
+        raise unsupported(network, SupportsInputMaps, "the activation-map figure")
+    v = network.activation_maps(images, tap, [int(neuron)])[:, 0]
     if v.ndim == 2:  # a 1-D sequence per channel: show it as one row
         return v[:, None, :]
     return v.reshape(v.shape[0], v.shape[1], -1)

@@ -37,6 +37,7 @@ def plot_clustermap(comparison: Comparison, *, kind: str = "similarity", title: 
         raise InvalidInputError(f"clustermap kind must be 'similarity' or 'nodes', got {kind!r}.")
     labels = list(comparison.labels)
     G = len(labels)
+    col_link: np.ndarray | None  # no column dendrogram for fewer than two neurons
     if kind == "similarity":
         M, col_link, n_cols = comparison.similarity, comparison.linkage, G
         col_labels = labels

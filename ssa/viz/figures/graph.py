@@ -77,6 +77,7 @@ def plot_graph(graph: nx.DiGraph, *, shared: Collection[str] | None = None,
         ax.plot([x0, x1], [y0, y1], color=INHIB if neg else "#8c8c8c", ls="--" if neg else "-",
                 lw=0.4 + 3.0 * abs(e.relevance) / (rmax[tap_of[u]] or 1.0), alpha=0.75, zorder=1)
     ramp = colormaps["Blues"]
+    norm: Normalize  # classes kept by: one colour per count (a BoundaryNorm); else a continuous share
     if kept_by is not None:
         total = max(int(n_graphs or 0), max(kept_by.values(), default=1), 1)
         steps = [ramp(0.3 + 0.7 * (k - 1) / max(total - 1, 1)) for k in range(1, total + 1)]

@@ -8,7 +8,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from ssa.core.capabilities import SupportsInputMaps, require
+from ssa.core.capabilities import SupportsInputMaps, unsupported
 from ssa.core.interfaces import Network
 from ssa.errors import InvalidInputError
 
@@ -23,8 +23,9 @@ def saliency(network: Network, images: np.ndarray, tap: str, neuron: int) -> np.
 
     ``network`` must be prepared and support :class:`~ssa.core.capabilities.SupportsInputMaps`.
     """
-    maps = require(network, SupportsInputMaps, "the saliency figure")
-    return maps.saliency(images, tap, [int(neuron)])[:, 0]
+    if not isinstance(network, SupportsInputMaps):
+        raise unsupported(network, SupportsInputMaps, "the saliency figure")
+    return network.saliency(images, tap, [int(neuron)])[:, 0]
 
 
 def plot_saliency(images: np.ndarray, grads: np.ndarray, *, title: str | None = None, columns: int = 8) -> Figure:
