@@ -262,7 +262,7 @@ class Session:
         if n_class >= n:
             return True
         per_image = self.network.statistics_bytes(form)
-        return per_image * n <= statistics_budget(getattr(self.network, "device", "cpu"))
+        return per_image * n <= statistics_budget(self.network.device)
 
     def analyse(self, target: int, branching: int | None = None, *, selector: str | Selector | None = None,
                 selector_params: Mapping[str, Any] | None = None, stop_at: str | None = None,
@@ -387,7 +387,8 @@ def active_fraction(scalars) -> np.ndarray:
     return to_numpy(xp.mean(xp.astype(scalars > 0, xp.float64), axis=0))
 
 
-def run_traversal(source, network: Network, target: int, branching: int, rule: Rule, selector: Selector,
+def run_traversal(source: AutogradSource | ClosedFormSource, network: Network, target: int, branching: int,
+                  rule: Rule, selector: Selector,
                   *, stop_at: str | None = None, progress: bool = False,
                   images_hash: str | None = None) -> AnalysisResult:
     """Traverse with ``source`` and assemble the result (shared by every engine).
@@ -430,5 +431,5 @@ def run_traversal(source, network: Network, target: int, branching: int, rule: R
                         active={t: a for t, a in active.items() if t in out.selected or t == "logits"}, attrs=attrs)
     return AnalysisResult(graph=graph, target=target, branching=branching, rule=rule.name, selector=selector.name,
                           selector_params=dict(selector.params), n_images=source.n_images, model=network.name,
-                          taps=tuple(network.taps), steps=out.steps, engines=dict(getattr(source, "engines", {})),
+                          taps=tuple(network.taps), steps=out.steps, engines=dict(source.engines),
                           notes=notes)

@@ -104,7 +104,7 @@ class ClosedFormSource:
                 self.engines[f"{upper} -> {p}"] = "fast"
             data = self._step_data(upper)  # the class's rows of this step, moved to the device once
             per_neuron = 8 * max(self.n_images, 1) * max(sum(self._sizes[p] for p in tap.parents), 1) * 3
-            chunk = max(1, work_bytes(getattr(self.network, "device", "cpu")) // per_neuron)
+            chunk = max(1, work_bytes(self.network.device) // per_neuron)
             for j0 in range(0, len(neurons), chunk):
                 part = list(neurons[j0:j0 + chunk])
                 try:
