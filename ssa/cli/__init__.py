@@ -95,6 +95,10 @@ def _main(argv: Sequence[str] | None) -> int:
         if not getattr(args, "command", None):
             parser.print_help()
             return 2
+        if getattr(args, "batch_size", 0) is None:  # --batch-size not given: by the device (32 CPU, 128 GPU)
+            from ssa.session import default_batch_size
+
+            args.batch_size = default_batch_size(str(getattr(args, "device", None) or "cpu"))
         code = int(args.run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
         return code

@@ -155,7 +155,8 @@ def add_image_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--images", required=required,
                    help=".npy array shaped and scaled for the model, a folder of PNG/JPEG files, or 'digits'")
     g.add_argument("--labels", default=None, help=".npy of integer labels, one per image (keeps the target's images)")
-    g.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (default 32 on the CPU, 128 with --device cuda)")
     g.add_argument("--preprocess", default=None,
                    help="folders: a preset (torchvision, keras-vgg16, 0-1, 0-255) or a .json/.toml config; "
                         "the layout and size are read from the input the model file declares, where its backend "
