@@ -159,11 +159,13 @@ class Term:
         idx = self.out_index.to(device)[torch.as_tensor(list(neurons), dtype=torch.long, device=device)]
         return idx.clamp_min(0), idx >= 0
 
-    def finish(self, om: torch.Tensor, fed: torch.Tensor) -> torch.Tensor:
-        """Scale, and zero the rows of upper neurons this term does not feed."""
-        om = om * self.scale
+    def finish(self, om: torch.Tensor, fed: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+        """Scale, and zero the rows of upper neurons this term does not feed (``inplace``: in ``om`` itself,
+        for a temporary nothing else holds; the same products either way)."""
+        om = om.mul_(self.scale) if inplace else om * self.scale
         if not bool(fed.all()):
-            om = om * fed.to(om.dtype).reshape(-1, *([1] * (om.dim() - 1)))
+            mask = fed.to(om.dtype).reshape(-1, *([1] * (om.dim() - 1)))
+            om = om.mul_(mask) if inplace else om * mask
         return om
 
 
@@ -175,7 +177,14 @@ def rank1_omega(term: Term, coeff: torch.Tensor, vec: torch.Tensor, fed: torch.T
     product is non-decreasing in ``vec`` (and non-increasing for a negative one), so each row sorted
     is the same products of ``vec`` sorted once per neuron (reversed where coeff < 0), bit for bit.
     """
-    om = term.finish(vec[:, None, :] * coeff[:, :, None], fed)
+    # written into row-major (n, B, K) buffers: coeff is often a transposed view, and a product laid out after
+    # it would make every later (n * B, K) view of the rows a copy; the products are the same either way
+    shape = (coeff.shape[0], coeff.shape[1], vec.shape[1])
+    dtype = torch.promote_types(vec.dtype, coeff.dtype)
+    om = torch.mul(vec[:, None, :], coeff[:, :, None], out=torch.empty(shape, dtype=dtype, device=vec.device))
+    om = term.finish(om, fed, inplace=True)
     s = torch.sort(vec, dim=1).values  # (n, K), once per upper neuron
-    ordered = torch.where((coeff >= 0)[:, :, None], s[:, None, :], s.flip(1)[:, None, :])
-    return om, term.finish(ordered * coeff[:, :, None], fed)
+    ordered = torch.where((coeff >= 0)[:, :, None], s[:, None, :], s.flip(1)[:, None, :],
+                          out=torch.empty(shape, dtype=s.dtype, device=vec.device))
+    ordered = ordered.mul_(coeff[:, :, None]) if ordered.dtype == dtype else ordered * coeff[:, :, None]
+    return om, term.finish(ordered, fed, inplace=True)
