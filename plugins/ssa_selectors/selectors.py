@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ssa.core.arrays import device_of, median_sorted, namespace, quantile_sorted
+from ssa.core.arrays import device_of, is_numpy, median_sorted, namespace, quantile_sorted
 from ssa.core.interfaces import Selector
 from ssa.core.params import Param
 
@@ -168,14 +168,27 @@ class MADSelector(Selector):
         # |s - med| over a sorted row falls, then rises: a stable (run-detecting) sort merges the two runs
         dev_sorted = xp.sort(xp.abs(s - med), axis=1, stable=True)
         mad = median_sorted(dev_sorted)
-        dev = xp.abs(safe - med)
-        meanad = xp.mean(dev, axis=1, keepdims=True)
+        d = safe - med
+        meanad = _mean_abs_where(xp, d, mad == 0)  # the fallback scale, needed only where MAD is 0
         # scale such that z = (omega - median) / scale; 1/0.6745 = 1.4826 (MAD), 1.253314 (MeanAD fallback)
         scale = xp.where(mad > 0, mad / 0.6745, 1.253314 * meanad)
-        pos_scale = scale > 0
-        z = xp.where(pos_scale, (safe - med) / xp.where(pos_scale, scale, xp.ones_like(scale)), xp.zeros_like(safe))
+        pos_scale = scale > 0  # (R, 1); a row without spread has no outliers (the threshold is > 0)
+        z = d / xp.where(pos_scale, scale, xp.ones_like(scale))
         t = self.params["threshold"]
-        return _finish(xp, rows, z > t, z < -t, self.two_sided)
+        return _finish(xp, rows, (z > t) & pos_scale, (z < -t) & pos_scale, self.two_sided)
+
+
+def _mean_abs_where(xp: Any, d: Any, rows: Any) -> Any:
+    """``mean(|d|, axis=1)`` (R, 1), computed for the rows where ``rows`` (R, 1) holds (0 elsewhere) on numpy,
+    for every row on a device (no synchronisation). A row's mean is the same either way: numpy reduces
+    each contiguous row on its own."""
+    if is_numpy(xp):
+        out = xp.zeros((d.shape[0], 1), dtype=d.dtype)
+        which = xp.nonzero(rows[:, 0])[0]
+        if which.shape[0]:
+            out[which] = xp.mean(xp.abs(d[which]), axis=1, keepdims=True)
+        return out
+    return xp.mean(xp.abs(d), axis=1, keepdims=True)
 
 
 class PercentileSelector(Selector):
