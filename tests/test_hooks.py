@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
-import sys
-from importlib.metadata import distributions, entry_points
 from pathlib import Path
 
 import numpy as np
-import pluggy
 import pytest
 from PIL import Image
 
@@ -20,7 +16,7 @@ import ssa.plugins as plugins
 from ssa.cli import build_parser, main
 from ssa.cli.commands.common import model_spec, preprocess_from
 from ssa.core.options import ModelOption
-from ssa.errors import PluginError, SSAWarning
+from ssa.errors import SSAWarning
 
 from . import onnx_models as om
 
@@ -42,56 +38,6 @@ class _Registered:
     def __exit__(self, *exc: object) -> None:
         plugins.get_plugin_manager().unregister(self.plugin)
         plugins.model_options(refresh=True)
-
-
-# -- loading: one code path for ssa's own plugins and everybody else's ------------------------------------------
-def test_own_plugins_come_from_the_entry_points_of_the_ssa_distribution():
-    own = {ep.name: ep.value for ep in entry_points(group="ssa") if ep.dist and ep.dist.metadata["Name"] == "ssa"}
-    assert own == {"torch": "ssa_torch.plugin", "onnx": "ssa_onnx.plugin", "rules": "ssa_rules.plugin",
-                   "selectors": "ssa_selectors.plugin"}
-    pm = plugins.get_plugin_manager()
-    for name, module in own.items():
-        assert pm.get_plugin(name) is sys.modules[module]  # registered under the entry point's name
-    assert not hasattr(plugins, "BUILTIN_MODULES")
-    infos = {i.name: i.distribution for kind in ("backend", "rule", "selector") for i in ssa.registry().infos(kind)}
-    assert infos["torch"] == infos["onnx"] == infos["tukey"] == infos["gradient"] == f"ssa {ssa.__version__}"
-
-
-def test_not_installed_is_one_clear_error(monkeypatch):
-    third_party_only = [ep for ep in entry_points(group="ssa") if ep.dist and ep.dist.metadata["Name"] != "ssa"]
-    with pytest.raises(PluginError, match=r"ssa is not installed in it; install it \(`pip install -e \.`"):
-        plugins._load_entry_points(pluggy.PluginManager("ssa"), third_party_only, third_party=True)
-
-
-def test_an_entry_point_name_taken_by_another_distribution_is_named(tmp_path):
-    info = tmp_path / "impostor-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: impostor\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[ssa]\ntorch = impostor_plugin\n")
-    fake = [ep for d in distributions(path=[str(tmp_path)]) for ep in d.entry_points if ep.group == "ssa"]
-    own = [ep for ep in entry_points(group="ssa") if ep.dist and ep.dist.metadata["Name"] == "ssa"]
-    pm = pluggy.PluginManager("ssa")
-    with pytest.warns(SSAWarning, match=r"plugin 'torch' \(impostor 0.1\) was skipped: its entry-point name 'torch' "
-                                        r"is taken by ssa 0\.1\.0"):
-        plugins._load_entry_points(pm, [*fake, *own], third_party=True)
-    assert pm.get_plugin("torch") is None  # impostor_plugin was never imported
-    plugins._skipped[:] = [s for s in plugins._skipped if s.distribution != "impostor 0.1"]
-
-
-def test_the_cli_and_every_plugin_module_import_no_torch():
-    code = ("import sys, ssa, ssa.cli, ssa.plugins as p; ssa.cli.build_parser(); "
-            "assert len(p.get_plugin_manager().get_plugins()) >= 4; "
-            "heavy = sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'onnx2torch', 'matplotlib') "
-            "if m in sys.modules); print(heavy)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]"
-
-
-def test_import_ssa_imports_no_torch():
-    proc = subprocess.run([sys.executable, "-c", "import ssa, sys; assert 'torch' not in sys.modules, 'torch'"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize("part", ["cli", "core", "plugins.py", "hookspecs.py", "__init__.py"])
