@@ -36,7 +36,7 @@ import numpy as np
 from ssa.core.checks import check_labels
 from ssa.errors import InvalidInputError
 from ssa.io.folders import class_folders
-from ssa.io.images import IMAGE_SUFFIXES, Preprocess, _geometry
+from ssa.io.images import IMAGE_SUFFIXES, Preprocess, normalise, read_pixels
 
 __all__ = ["ImageSource", "FolderSource", "ArraySource", "open_source", "iter_batches", "StreamHash", "DecodeStats",
            "decode_image", "normalise", "read_labels_file", "DECODERS"]
@@ -45,37 +45,9 @@ __all__ = ["ImageSource", "FolderSource", "ArraySource", "open_source", "iter_ba
 DECODERS = ("pil", "gpu")
 
 
-def normalise(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """Scale, channel order, mean / std and layout of decoded pixels ``(..., H, W, C)`` (float32).
-
-    The same arithmetic, in the same order, as :func:`ssa.io.images.load_images` applies to a folder, so
-    every pixel is bit-identical (a test compares them).
-    """
-    x = pixels * pre.scale
-    if pre.bgr:
-        x = x[..., ::-1]
-    if pre.mean:
-        x = x - np.asarray(pre.mean, np.float32)
-    if pre.std:
-        x = x / np.asarray(pre.std, np.float32)
-    if pre.layout == "nchw":
-        x = np.moveaxis(x, -1, -3)
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
 def decode_image(path: str | os.PathLike, pre: Preprocess) -> np.ndarray:
     """One image file as the model's input (``(C, H, W)`` or ``(H, W, C)``, float32), as ``load_images`` reads it."""
-    from PIL import Image, UnidentifiedImageError  # Pillow: only when files are read
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if pre.channels == 1 else "RGB")
-            a = _geometry(im, pre)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InvalidInputError(f"cannot read image {str(path)!r} ({type(exc).__name__}); remove or fix it.") from None
-    if a.ndim == 2:
-        a = a[:, :, None]
-    return normalise(a, pre)
+    return normalise(read_pixels(path, pre), pre)
 
 
 def read_labels_file(path: str | os.PathLike, names: Sequence[str]) -> np.ndarray:

@@ -143,28 +143,27 @@ def _geometry(im, pre: Preprocess) -> np.ndarray:
     return np.asarray(im, dtype=np.float32)
 
 
-def _read_folder(path: Path, pre: Preprocess) -> tuple[np.ndarray, list[str]]:
-    from PIL import Image, UnidentifiedImageError
+def read_pixels(path: str | os.PathLike, pre: Preprocess) -> np.ndarray:
+    """One image file's pixels ``(H, W, C)`` after the preset's geometry (grey or RGB, resize, crop), float32
+    in the file's range; :func:`normalise` turns them into the model's input."""
+    from PIL import Image, UnidentifiedImageError  # Pillow: only when files are read
 
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise InvalidInputError(f"folder {str(path)!r} holds no PNG/JPEG files; put the class's images there.")
-    out: list[np.ndarray] = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im = im.convert("L" if pre.channels == 1 else "RGB")
-                a = _geometry(im, pre)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise InvalidInputError(f"cannot read image {str(f)!r} ({type(exc).__name__}); remove or fix it.") from None
-        if a.ndim == 2:
-            a = a[:, :, None]
-        if out and a.shape != out[0].shape:
-            raise InvalidInputError(
-                f"image {f.name!r} has size {a.shape[:2]}, others {out[0].shape[:2]}; pass --resize H,W."
-            )
-        out.append(a)
-    x = np.stack(out) * pre.scale
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if pre.channels == 1 else "RGB")
+            a = _geometry(im, pre)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InvalidInputError(f"cannot read image {str(path)!r} ({type(exc).__name__}); remove or fix it.") from None
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+def normalise(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """Scale, channel order, mean / std and layout of decoded pixels ``(..., H, W, C)`` (float32).
+
+    One arithmetic, in one order, for a folder read at once and for images streamed one by one
+    (:mod:`ssa.io.datasets`), so every pixel is bit-identical either way.
+    """
+    x = pixels * pre.scale
     if pre.bgr:
         x = x[..., ::-1]
     if pre.mean:
@@ -172,8 +171,23 @@ def _read_folder(path: Path, pre: Preprocess) -> tuple[np.ndarray, list[str]]:
     if pre.std:
         x = x / np.asarray(pre.std, np.float32)
     if pre.layout == "nchw":
-        x = x.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x, dtype=np.float32), [f.name for f in files]
+        x = np.moveaxis(x, -1, -3)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _read_folder(path: Path, pre: Preprocess) -> tuple[np.ndarray, list[str]]:
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InvalidInputError(f"folder {str(path)!r} holds no PNG/JPEG files; put the class's images there.")
+    out: list[np.ndarray] = []
+    for f in files:
+        a = read_pixels(f, pre)
+        if out and a.shape != out[0].shape:
+            raise InvalidInputError(
+                f"image {f.name!r} has size {a.shape[:2]}, others {out[0].shape[:2]}; pass --resize H,W."
+            )
+        out.append(a)
+    return normalise(np.stack(out), pre), [f.name for f in files]
 
 
 def load_images(spec: object, *, target: int | None = None, preprocess: Preprocess | None = None,
