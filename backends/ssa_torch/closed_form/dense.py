@@ -50,10 +50,6 @@ class DenseTerm(Term):
         self._static: dict[str, torch.Tensor] = {}
 
     @property
-    def forms(self) -> frozenset[str]:
-        return frozenset({"gradient"} if self.shifted else {"gradient", "gradient_x_activation"})
-
-    @property
     def needs(self) -> tuple[str, ...]:
         return (self.x,)
 

@@ -124,11 +124,13 @@ class Term:
     out_index: torch.Tensor
     scale: float = 1.0
     n_parent: int = 0
+    #: a constant shift lies between the parents and the op's input: only the gradient rule has a closed form
+    shifted: bool = False
 
     @property
     def forms(self) -> frozenset[str]:
-        """The closed forms this term has ("gradient", "gradient_x_activation")."""
-        return frozenset({"gradient", "gradient_x_activation"})
+        """The closed forms this term has ("gradient", "gradient_x_activation"; only "gradient" when shifted)."""
+        return frozenset({"gradient"} if self.shifted else {"gradient", "gradient_x_activation"})
 
     @property
     def needs(self) -> tuple[str, ...]:
