@@ -16,6 +16,7 @@ import pytest
 import ssa
 from ssa.analysis.compare import compare
 from ssa.cli import main
+from ssa.core.arrays import to_numpy
 from ssa.errors import InvalidInputError
 from ssa.viz import figures as F
 from ssa.viz.explorer import (
@@ -126,7 +127,7 @@ def test_reference_images_are_the_top_images_and_cached(small, tmp_path):
     refs = reference_images(net, x, groups, graphs, top_k=3, cache_dir=tmp_path)
     assert not refs.cached and refs.path is not None and refs.path.is_file()
     union = np.unique(np.concatenate(groups))
-    scal = net.tap_scalars(x[union])
+    scal = {t: to_numpy(v) for t, v in net.tap_scalars(x[union]).items()}  # the backend's tensors, on the host
     for node, r in refs.data.items():
         tap, k = F.parse_node(node)
         vals = scal[tap][:, k]
