@@ -21,13 +21,13 @@ import torch.nn as nn
 from torch import fx
 
 from ssa.core.checks import call_rule
-from ssa.core.interfaces import Network, Rule, Tap
+from ssa.core.interfaces import Network, Rank1Factors, Rule, Tap
 from ssa.errors import InvalidInputError, UnsupportedModelError
 
 from .ablation import TorchAblator
 from .canon import DEFAULT_PASSES, CanonPass, CanonReport, canonicalize
 from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
-from .closed_form.terms import rank1_omega
+from .closed_form.terms import rank1_rows
 from .interpreters import ModelCodeInterpreter
 from .maps import InputMaps
 from .taps import TapPlan, discover_taps
@@ -247,11 +247,22 @@ class TorchNetwork(InputMaps, Network):
         layer, skip connection under the gradient rule; skips under both rules) gets its rows sorted
         without a sort (:func:`~ssa_torch.closed_form.terms.rank1_omega`); the others get None.
         """
+        out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        for parent, r in self.fast_relevance_factors(upper, stats, neurons, form).items():
+            if isinstance(r, Rank1Factors):
+                out[parent] = rank1_rows(r)
+            else:
+                out[parent] = r
+        return out
+
+    def fast_relevance_factors(self, upper: str, stats: Mapping[str, Any], neurons: Sequence[int],
+                               form: str) -> dict[str, tuple[Any, Any] | Rank1Factors]:
+        """:meth:`fast_relevance_sorted` with each rank-1 parent as its factors (coeff, vec, scale, fed)."""
         tf = self.closed_form.taps[upper]
         by_parent: dict[str, list[int]] = {}
         for i, term in enumerate(tf.terms):
             by_parent.setdefault(term.parent, []).append(i)
-        out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        out: dict[str, tuple[Any, Any] | Rank1Factors] = {}
         rest: list[int] = []
         with exact_arithmetic(self.device):
             for parent, idx in by_parent.items():
@@ -259,7 +270,8 @@ class TorchNetwork(InputMaps, Network):
                     term = tf.terms[idx[0]]
                     r = term.rank1(_term_stats(stats, upper, idx[0]), neurons, form)
                     if r is not None:
-                        out[parent] = rank1_omega(term, *r)
+                        coeff, vec, fed = r
+                        out[parent] = Rank1Factors(coeff, vec, float(term.scale), fed)
                         continue
                 rest.extend(idx)
         for parent, om in self._omega_sum(upper, rest, stats, neurons, form).items():

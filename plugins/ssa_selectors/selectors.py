@@ -16,10 +16,10 @@ checks these properties for any selector.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from ssa.core.arrays import device_of, is_numpy, median_sorted, namespace, quantile_sorted
+from ssa.core.arrays import device_of, is_numpy, median_sorted, namespace, quantile_columns
 from ssa.core.interfaces import Selector
 from ssa.core.params import Param
 
@@ -96,12 +96,19 @@ class TukeySelector(Selector):
         if rows.shape[1] == 0:
             return _empty(xp, rows)
         s = _sorted(xp, rows, sorted_rows)
-        q1, q3 = quantile_sorted(s, 25.0), quantile_sorted(s, 75.0)
+        hi, lo = self._fences(rows.shape[1], lambda p: s[:, p:p + 1])
+        return _finish(xp, rows, rows > hi, rows < lo, self.two_sided)
+
+    def _fences(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any]:
+        q1, q3 = quantile_columns(n, column, 25.0), quantile_columns(n, column, 75.0)
         iqr = q3 - q1
         k = self.params["k"]
-        pos = rows > q3 + k * iqr
-        neg = rows < q1 - k * iqr
-        return _finish(xp, rows, pos, neg, self.two_sided)
+        return q3 + k * iqr, q1 - k * iqr
+
+    def sorted_cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any | None]:
+        """(upper fence, lower fence or None): see :class:`~ssa.core.capabilities.SupportsSortedCuts`."""
+        hi, lo = self._fences(n, column)
+        return hi, (lo if self.two_sided else None)
 
 
 class ZScoreSelector(Selector):
@@ -210,12 +217,21 @@ class PercentileSelector(Selector):
         xp, rows = _as_rows(rows)
         if rows.shape[1] == 0:
             return _empty(xp, rows)
-        q = self.params["q"]
         s = _sorted(xp, rows, sorted_rows)
-        hi, lo = quantile_sorted(s, q), quantile_sorted(s, 100.0 - q)
-        pos = (rows > hi) & (rows > 0)
-        neg = (rows < lo) & (rows < 0)
-        return _finish(xp, rows, pos, neg, self.two_sided)
+        hi, lo = self._cuts(rows.shape[1], lambda p: s[:, p:p + 1])
+        return _finish(xp, rows, rows > hi, rows < lo, self.two_sided)
+
+    def _cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any]:
+        """omega > the q-th percentile and > 0 is omega > max(percentile, 0); below: < min(percentile, 0)."""
+        q = self.params["q"]
+        hi, lo = quantile_columns(n, column, q), quantile_columns(n, column, 100.0 - q)
+        xp = namespace(hi)
+        return xp.maximum(hi, xp.zeros_like(hi)), xp.minimum(lo, xp.zeros_like(lo))
+
+    def sorted_cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any | None]:
+        """See :class:`~ssa.core.capabilities.SupportsSortedCuts`."""
+        hi, lo = self._cuts(n, column)
+        return hi, (lo if self.two_sided else None)
 
 
 class TopKSelector(Selector):
@@ -245,11 +261,20 @@ class TopKSelector(Selector):
         K = rows.shape[1]
         if K == 0:
             return _empty(xp, rows)
-        at = min(self.params["k"], K - 1)  # index of the (k+1)-th largest value, or of the row minimum
         safe = _safe(xp, rows)
         s = _sorted(xp, safe, sorted_rows)
-        cut_hi = s[:, K - 1 - at:K - at]
-        cut_lo = s[:, at:at + 1]
-        pos = (safe > cut_hi) & (safe > 0)
-        neg = (safe < cut_lo) & (safe < 0)
-        return _finish(xp, rows, pos, neg, self.two_sided)
+        hi, lo = self._cuts(K, lambda p: s[:, p:p + 1])
+        return _finish(xp, rows, safe > hi, safe < lo, self.two_sided)
+
+    def _cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any]:
+        """Above the (k+1)-th largest value (the row minimum when the row has k or fewer entries) and > 0;
+        below the (k+1)-th smallest and < 0."""
+        at = min(self.params["k"], n - 1)
+        hi, lo = column(n - 1 - at), column(at)
+        xp = namespace(hi)
+        return xp.maximum(hi, xp.zeros_like(hi)), xp.minimum(lo, xp.zeros_like(lo))
+
+    def sorted_cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any | None]:
+        """See :class:`~ssa.core.capabilities.SupportsSortedCuts`."""
+        hi, lo = self._cuts(n, column)
+        return hi, (lo if self.two_sided else None)

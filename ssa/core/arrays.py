@@ -14,6 +14,7 @@ quantile on a GPU is bit-identical to numpy's, and so are the outlier labels com
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -112,18 +113,65 @@ def quantile_sorted(sorted_rows: Array, q: float) -> Array:
     the virtual index ``(K - 1) * (q / 100)`` is computed on the host in float64 as numpy does,
     and the interpolation uses numpy's formula with one rounding per operation.
     """
-    xp = array_namespace(sorted_rows)
     K = int(sorted_rows.shape[1])
+    return quantile_columns(K, lambda p: sorted_rows[:, p:p + 1], q)
+
+
+def quantile_columns(n_columns: int, column: Callable[[int], Array], q: float) -> Array:
+    """:func:`quantile_sorted` of rows known only through ``column(p)``, the (R, 1) values at sorted position
+    ``p``: it reads at most two positions, so rows that are never built (a rank-1 step's) have quantiles."""
+    K = int(n_columns)
     if K == 0:
         raise ValueError("quantile of an empty row")
     frac = float(np.true_divide(np.float64(q), 100))
     vi = float(np.float64(K - 1) * np.float64(frac))
     if vi >= K - 1 or vi < 0:  # numpy takes the last (first) value as it is
-        i = K - 1 if vi >= K - 1 else 0
-        return sorted_rows[:, i:i + 1]
+        return column(K - 1 if vi >= K - 1 else 0)
     lo = int(math.floor(vi))
     gamma = float(np.float64(vi) - np.float64(lo))
-    return _lerp(xp, sorted_rows[:, lo:lo + 1], sorted_rows[:, lo + 1:lo + 2], gamma)
+    a = column(lo)
+    return _lerp(array_namespace(a), a, column(lo + 1), gamma)
+
+
+def inverse_permutation(order: Array) -> Array:
+    """Per row, the inverse of the permutation ``order`` (n, K): ``out[j, order[j, q]] = q``. A scatter on numpy
+    and torch (the array API has none: an argsort elsewhere)."""
+    xp = array_namespace(order)
+    n, K = int(order.shape[0]), int(order.shape[1])
+    if is_numpy_namespace(xp):
+        out = np.empty((n, K), dtype=np.int64)
+        np.put_along_axis(out, np.asarray(order), np.broadcast_to(np.arange(K, dtype=np.int64), (n, K)), axis=1)
+        return out
+    if is_torch_namespace(xp):
+        import torch  # the arrays are torch tensors already
+
+        src = torch.arange(K, dtype=torch.int64, device=order.device).expand(n, K)
+        return torch.empty((n, K), dtype=torch.int64, device=order.device).scatter_(1, order.to(torch.int64), src)
+    return xp.argsort(order, axis=1)
+
+
+def count_at_most(positions: Array, include: Array, n_bins: int) -> Array:
+    """``out[j, q] = #{i : include[j, i] and positions[j, i] <= q}`` for q < ``n_bins``, (n, n_bins) int64.
+
+    ``positions`` (n, m) holds integers in [0, n_bins] (``n_bins``: beyond every bin). A histogram per row
+    and a cumulative sum: numpy's bincount, torch's scatter_add (the array API has no scatter).
+    """
+    xp = array_namespace(positions)
+    n = int(positions.shape[0])
+    width = int(n_bins) + 1
+    hist: Any
+    if is_torch_namespace(xp):
+        import torch  # the arrays are torch tensors already
+
+        hist = torch.zeros((n, width), dtype=torch.int64, device=positions.device)
+        hist.scatter_add_(1, positions.to(torch.int64), include.to(torch.int64))
+    elif is_numpy_namespace(xp):
+        flat = (np.arange(n, dtype=np.int64)[:, None] * width + np.asarray(positions, dtype=np.int64)).ravel()
+        counts = np.bincount(flat, weights=np.asarray(include).ravel(), minlength=n * width)
+        hist = counts.astype(np.int64).reshape(n, width)
+    else:
+        raise NotImplementedError(f"count_at_most: no scatter for {xp.__name__}")
+    return xp.cumulative_sum(hist, axis=1)[:, :n_bins]
 
 
 def percentile_rows(rows: Array, qs: tuple[float, ...]) -> list[Array]:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
 from ssa.core.params import Configurable
 
-__all__ = ["ClosedForm", 'Selector', 'Rule', 'Tap', 'Network', 'Backend']
+__all__ = ["ClosedForm", 'Selector', 'SupportsSortedCuts', 'Rank1Factors', 'Rule', 'Tap', 'Network', 'Backend']
 
 
 class Selector(Configurable, ABC):
@@ -62,6 +62,32 @@ class Selector(Configurable, ABC):
     @property
     def two_sided(self) -> bool:
         return bool(self.params.get("two_sided", False))
+
+
+@runtime_checkable
+class SupportsSortedCuts(Protocol):
+    """A selector whose labels cut each row at two values found from the row sorted (an optional capability).
+
+    ``sorted_cuts(n, column)`` gets rows of ``n`` values only through ``column(p)``, the (R, 1) values at
+    position ``p`` of the rows sorted ascending, and returns ``(hi, lo)``, each (R, 1): a value of a finite row
+    is labelled +1 iff it is > ``hi`` and -1 iff it is < ``lo`` (``lo`` None: never), exactly as
+    :meth:`Selector.select` labels it. Order statistics need a few positions of a row, so the traversal labels
+    and counts a rank-1 step (each row a per-image multiple of one vector) without building its rows.
+    ``ssa.conformance`` checks the cuts against :meth:`Selector.select`. The built-in ``tukey``,
+    ``percentile`` and ``topk`` have it; ``mad`` and ``zscore`` (which need every value) do not.
+    """
+
+    def sorted_cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any | None]: ...
+
+
+class Rank1Factors(NamedTuple):
+    """A rank-1 step's relevance without its rows: ``omega[j, i, k] = ((vec[j, k] * coeff[j, i]) * scale) * fed[j]``,
+    one rounding per product, in that order (:meth:`Network.fast_relevance_factors`)."""
+
+    coeff: Any  # (n, B)
+    vec: Any  # (n, K)
+    scale: float
+    fed: Any  # (n,) bool: the upper neurons this term feeds (0 elsewhere)
 
 
 class ClosedForm(enum.Enum):
@@ -230,6 +256,12 @@ class Network(ABC):
         multiple of one vector per upper neuron) returns it; the traversal's selector then skips its sort.
         """
         return {p: (om, None) for p, om in self.fast_relevance(upper, stats, neurons, form).items()}
+
+    def fast_relevance_factors(self, upper: str, stats: Mapping[str, Any], neurons: Sequence[int],
+                               form: str) -> dict[str, tuple[Any, Any] | Rank1Factors]:
+        """:meth:`fast_relevance_sorted`, with each rank-1 parent as its :class:`Rank1Factors` instead of
+        its rows (the traversal labels those without building them). The default has no rank-1 parents."""
+        return dict(self.fast_relevance_sorted(upper, stats, neurons, form))
 
     def statistics_bytes(self, form: str) -> int:
         """Bytes of closed-form statistics :meth:`collect` keeps per image for ``form`` (0 if unknown)."""

@@ -21,15 +21,17 @@ from typing import (
     Any,
     NamedTuple,
     Protocol,
+    runtime_checkable,
 )
 
 import numpy as np
 
-from ssa.core.arrays import device_of, host_view, is_numpy, namespace, to_numpy
+from ssa.core.arrays import count_at_most, device_of, host_view, inverse_permutation, is_numpy, namespace, to_numpy
 from ssa.core.checks import call_selector
-from ssa.core.interfaces import Rule, Selector, Tap
+from ssa.core.interfaces import Rank1Factors, Rule, Selector, SupportsSortedCuts, Tap
 
-__all__ = ["RelevanceSource", "RelevanceBlock", "StepRecord", "Kept", "rank_neurons", "top_b", "traverse",
+__all__ = ["RelevanceSource", "RelevanceBlock", "SupportsRank1Blocks", "rank1_block_rows",
+           "StepRecord", "Kept", "rank_neurons", "top_b", "traverse",
            "TraversalOutput", "apply_selector", "explain_stop", "step_omega"]
 
 
@@ -47,6 +49,9 @@ class RelevanceBlock(NamedTuple):
     #: optional: every row of ``omega`` sorted ascending (same shape), when the source knows the order
     #: without sorting; order-statistic selectors then skip their sort (``Selector.select_sorted``)
     sorted: Any = None
+    #: instead of ``omega`` (None then): a rank-1 step's factors (:meth:`RelevanceSource.iter_relevance` never
+    #: gives these; :class:`SupportsRank1Blocks` sources do, for selectors with sorted cuts)
+    factors: Rank1Factors | None = None
 
 
 class RelevanceSource(Protocol):
@@ -65,6 +70,15 @@ class RelevanceSource(Protocol):
 
     def scalars(self, tap: str) -> Any:
         """Every image's neuron scalars of ``tap``, shape (n_images, N)."""
+
+
+@runtime_checkable
+class SupportsRank1Blocks(Protocol):
+    """A relevance source that can give a rank-1 step as its factors (:class:`Rank1Factors`) rather than rows."""
+
+    def iter_relevance_factors(self, upper: str, neurons: Sequence[int], rule: Rule
+                               ) -> Iterator[RelevanceBlock | Mapping[str, Any]]:
+        """:meth:`RelevanceSource.iter_relevance`, with rank-1 parents as blocks whose ``factors`` are set."""
 
 
 @dataclass(frozen=True)
@@ -230,13 +244,17 @@ def traverse(source: RelevanceSource, target: int, branching: int, rule: Rule, s
     floor = by_name[stop_at].order if stop_at else -1
     sets: dict[str, set[int]] = {"logits": {int(target)}}
     steps: list[StepRecord] = []
+    # rank-1 steps labelled and counted from their factors: a few sorted positions per row, no rows built
+    compact = isinstance(selector, SupportsSortedCuts)
     for tap in reversed(taps):
         if tap.order <= floor or not sets.get(tap.name) or not tap.parents:
             continue
         neurons = sorted(sets[tap.name])
         n = len(neurons)
         acc: dict[str, _Acc] = {}
-        for item in source.iter_relevance(tap.name, neurons, rule):
+        items = source.iter_relevance_factors(tap.name, neurons, rule) \
+            if compact and isinstance(source, SupportsRank1Blocks) else source.iter_relevance(tap.name, neurons, rule)
+        for item in items:
             for block in _blocks(item):
                 _accumulate(acc, block, n, selector)
             if progress is not None:
@@ -252,6 +270,9 @@ def traverse(source: RelevanceSource, target: int, branching: int, rule: Rule, s
 
 
 def _accumulate(acc: dict[str, _Acc], block: RelevanceBlock, n: int, selector: Selector) -> None:
+    if block.factors is not None:
+        _accumulate_rank1(acc, block.parent, block.start, block.factors, n, selector)
+        return
     omega = host_view(block.omega)
     xp = namespace(omega)
     if omega.dtype != xp.float64:
@@ -283,6 +304,91 @@ def _accumulate(acc: dict[str, _Acc], block: RelevanceBlock, n: int, selector: S
         a.tot[lo:hi, ...] += xp.sum(omega, axis=1)
     else:
         a.tot[lo:hi, ...] += xp.sum(xp.where(xp.isfinite(omega), omega, xp.zeros_like(omega)), axis=1)
+
+
+def rank1_block_rows(f: Rank1Factors) -> Any:
+    """The rows ``omega (n, B, K)`` of rank-1 factors, rounded as the factors define (the plain reference
+    of :func:`_accumulate_rank1`, and its fallback for non-finite rows)."""
+    coeff, vec = host_view(f.coeff), host_view(f.vec)
+    xp = namespace(coeff, vec)
+    om = (vec[:, None, :] * coeff[:, :, None]) * f.scale
+    return om * xp.reshape(xp.astype(host_view(f.fed), om.dtype), (-1, 1, 1))
+
+
+def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Factors, n: int,
+                      selector: Selector) -> None:
+    """:func:`_accumulate` of a rank-1 block without its rows (selectors with sorted cuts).
+
+    Row (j, i) is ``omega[j, i, k] = g(vec[j, k])`` with g = ((. * coeff[j, i]) * scale) * fed[j], monotone
+    (non-decreasing for coeff >= 0, non-increasing below). In the order of ``vec[j]`` sorted, the row's
+    outliers (> hi) are therefore a suffix (coeff >= 0) or a prefix (coeff < 0); the cuts come from a few
+    sorted positions (:class:`~ssa.core.interfaces.SupportsSortedCuts`), the boundary from a binary search
+    that evaluates g exactly as the rows would hold it, and the counts per lower neuron from a histogram of
+    the boundaries. Labels and counts equal the built rows' bit for bit; the summed relevance is
+    ``((vec * sum_i coeff) * scale) * fed`` (the rows' sum up to rounding).
+    """
+    coeff, vec, fed = host_view(f.coeff), host_view(f.vec), host_view(f.fed)
+    xp = namespace(coeff, vec)
+    if coeff.dtype != xp.float64:
+        coeff = xp.astype(coeff, xp.float64)
+    if vec.dtype != xp.float64:
+        vec = xp.astype(vec, xp.float64)
+    nb, b = coeff.shape
+    K = int(vec.shape[1])
+    if nb == 0 or b == 0:
+        return
+    cuts: Any = selector
+    mask = xp.reshape(xp.astype(fed, xp.float64), (nb, 1))
+    order = xp.argsort(vec, axis=1, stable=True)
+    sv = xp.take_along_axis(vec, order, axis=1)
+    down = coeff < 0  # rows whose sorted order is vec's reversed
+
+    def g(q: Any) -> Any:  # (nb, b) positions in vec's sorted order -> the rows' values there
+        return ((xp.take_along_axis(sv, q, axis=1) * coeff) * f.scale) * mask
+
+    def position(p: int) -> Any:  # sorted position p of each row -> position in vec's sorted order
+        return xp.where(down, xp.full_like(q0, K - 1 - p), xp.full_like(q0, p))
+
+    q0 = xp.zeros((nb, b), dtype=xp.int64, device=device_of(vec))
+    ends = (g(q0), g(xp.full_like(q0, K - 1)))
+    hi, lo = cuts.sorted_cuts(K, lambda p: xp.reshape(g(position(p)), (nb * b, 1)))
+    hi = xp.reshape(hi, (nb, b))
+    lo = None if lo is None else xp.reshape(lo, (nb, b))
+    finite = xp.all(xp.isfinite(ends[0])) & xp.all(xp.isfinite(ends[1])) & xp.all(xp.isfinite(hi))
+    if lo is not None:
+        finite = finite & xp.all(xp.isfinite(lo))
+    if not bool(finite):  # rows with NaN or infinities get no labels: the selector decides on the built rows
+        _accumulate(acc, RelevanceBlock(parent, start, rank1_block_rows(f)), n, selector)
+        return
+
+    def first(flips: Any) -> Any:
+        """Per row, the first position t in [0, K] where ``flips(q)`` holds (it is False before t, True after)."""
+        low, high = q0, xp.full_like(q0, K)
+        for _ in range(K.bit_length() + 1):
+            active = low < high
+            mid = (low + high) // 2
+            c = flips(xp.where(active, mid, q0)) & active
+            high = xp.where(c, mid, high)
+            low = xp.where(active & ~c, mid + 1, low)
+        return low
+
+    a = acc.get(parent)
+    if a is None:
+        a = acc[parent] = _Acc(xp, n, K, vec)
+    inverse = inverse_permutation(order)  # lower neuron k -> its position in vec's sorted order
+    up = ~down
+    n_down = xp.sum(xp.astype(down, xp.int64), axis=1, keepdims=True)
+    # +1: value > hi; a suffix in vec's order where coeff >= 0, a prefix where coeff < 0
+    t = first(lambda q: (g(q) > hi) != down)
+    pos = count_at_most(t, up, K) + (n_down - count_at_most(t, down, K))
+    a.pos[start:start + nb, ...] += xp.take_along_axis(pos, inverse, axis=1)
+    if lo is not None:  # -1: value < lo; a prefix where coeff >= 0, a suffix where coeff < 0
+        t = first(lambda q: (g(q) < lo) == down)
+        n_up = b - n_down
+        neg = (n_up - count_at_most(t, up, K)) + count_at_most(t, down, K)
+        a.neg[start:start + nb, ...] += xp.take_along_axis(neg, inverse, axis=1)
+    total = xp.sum(coeff, axis=1, keepdims=True)
+    a.tot[start:start + nb, ...] += ((vec * total) * f.scale) * mask
 
 
 def _finish_step(upper: str, parent: str, neurons: Sequence[int], a: _Acc, branching: int, two_sided: bool,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ssa.core.arrays import all_finite
-from ssa.core.interfaces import Network, Rule
+from ssa.core.interfaces import Network, Rank1Factors, Rule
 from ssa.core.traversal import RelevanceBlock
 from ssa.engines.autograd import AutogradSource
 from ssa.errors import InvalidInputError, StoreError
@@ -98,6 +98,17 @@ class ClosedFormSource:
 
     def iter_relevance(self, upper: str, neurons: Sequence[int], rule: Rule
                        ) -> Iterator[RelevanceBlock | Mapping[str, Any]]:
+        yield from self._iter(upper, neurons, rule, factors=False)
+
+    def iter_relevance_factors(self, upper: str, neurons: Sequence[int], rule: Rule
+                               ) -> Iterator[RelevanceBlock | Mapping[str, Any]]:
+        """:meth:`iter_relevance`, with the rank-1 parents of closed-form steps as their factors
+        (:class:`~ssa.core.traversal.SupportsRank1Blocks`; the traversal asks for them when its selector has
+        sorted cuts)."""
+        yield from self._iter(upper, neurons, rule, factors=True)
+
+    def _iter(self, upper: str, neurons: Sequence[int], rule: Rule, *, factors: bool
+              ) -> Iterator[RelevanceBlock | Mapping[str, Any]]:
         tap = next(t for t in self.taps if t.name == upper)
         if upper in self.fast and rule.form == self.form:
             for p in tap.parents:
@@ -108,14 +119,18 @@ class ClosedFormSource:
             for j0 in range(0, len(neurons), chunk):
                 part = list(neurons[j0:j0 + chunk])
                 try:
-                    rel = self.network.fast_relevance_sorted(upper, data, part, self.form)
+                    rel = (self.network.fast_relevance_factors(upper, data, part, self.form) if factors
+                           else self.network.fast_relevance_sorted(upper, data, part, self.form))
                 except (ValueError, IndexError, KeyError, RuntimeError) as exc:  # arrays that do not fit together
                     if not self._on_disk:
                         raise
                     raise StoreError(f"the store {str(self.stats.path)!r} does not fit this model at step {upper} "
                                      f"({type(exc).__name__}); run `ssa collect --verify` to repair it.") from None
-                for parent, (omega, srt) in rel.items():  # finite statistics give finite omega
-                    yield RelevanceBlock(parent, j0, omega, srt)
+                for parent, r in rel.items():  # finite statistics give finite omega
+                    if isinstance(r, Rank1Factors):
+                        yield RelevanceBlock(parent, j0, None, None, r)
+                    else:
+                        yield RelevanceBlock(parent, j0, r[0], r[1])
             return
         if self._autograd is None:
             raise RuntimeError(f"step {upper} needs autograd but no images were given")

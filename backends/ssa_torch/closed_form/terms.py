@@ -23,7 +23,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-__all__ = ["Term", "as_tensor", "scatter_channels", "chunks", "rank1_omega", "WORK_BYTES"]
+from ssa.core.interfaces import Rank1Factors
+
+__all__ = ["Term", "as_tensor", "scatter_channels", "chunks", "rank1_omega", "rank1_rows", "WORK_BYTES"]
 
 WORK_BYTES = 256 * 2**20  # memory budget of one chunk of an intermediate array
 
@@ -173,20 +175,36 @@ class Term:
 
 def rank1_omega(term: Term, coeff: torch.Tensor, vec: torch.Tensor, fed: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """omega ``(n, B, K)`` of a rank-1 term, and its rows sorted ascending, without sorting them.
+    """omega ``(n, B, K)`` of a rank-1 term, and its rows sorted ascending, without sorting them
+    (:func:`rank1_rows` of the term's factors)."""
+    return rank1_rows(Rank1Factors(coeff, vec, float(term.scale), fed))
 
-    omega[j, i, k] = finish(coeff[j, i] * vec[j, k]); for a fixed non-negative factor the rounded
-    product is non-decreasing in ``vec`` (and non-increasing for a negative one), so each row sorted
-    is the same products of ``vec`` sorted once per neuron (reversed where coeff < 0), bit for bit.
+
+def rank1_rows(f: Rank1Factors) -> tuple[torch.Tensor, torch.Tensor]:
+    """omega ``(n, B, K)`` of rank-1 factors, and its rows sorted ascending, without sorting them.
+
+    omega[j, i, k] = ((vec[j, k] * coeff[j, i]) * scale) * fed[j], as :meth:`Term.finish` rounds it; for a
+    fixed non-negative factor the rounded product is non-decreasing in ``vec`` (and non-increasing for a
+    negative one), so each row sorted is the same products of ``vec`` sorted once per neuron (reversed where
+    coeff < 0), bit for bit.
     """
+    coeff, vec, fed = f.coeff, f.vec, f.fed
     # written into row-major (n, B, K) buffers: coeff is often a transposed view, and a product laid out after
     # it would make every later (n * B, K) view of the rows a copy; the products are the same either way
     shape = (coeff.shape[0], coeff.shape[1], vec.shape[1])
     dtype = torch.promote_types(vec.dtype, coeff.dtype)
     om = torch.mul(vec[:, None, :], coeff[:, :, None], out=torch.empty(shape, dtype=dtype, device=vec.device))
-    om = term.finish(om, fed, inplace=True)
+    om = _scale_rows(om, f.scale, fed)
     s = torch.sort(vec, dim=1).values  # (n, K), once per upper neuron
     ordered = torch.where((coeff >= 0)[:, :, None], s[:, None, :], s.flip(1)[:, None, :],
                           out=torch.empty(shape, dtype=s.dtype, device=vec.device))
     ordered = ordered.mul_(coeff[:, :, None]) if ordered.dtype == dtype else ordered * coeff[:, :, None]
-    return om, term.finish(ordered, fed, inplace=True)
+    return om, _scale_rows(ordered, f.scale, fed)
+
+
+def _scale_rows(om: torch.Tensor, scale: float, fed: torch.Tensor) -> torch.Tensor:
+    """:meth:`Term.finish` in place: times ``scale``, then the rows of unfed upper neurons times 0."""
+    om = om.mul_(scale)
+    if not bool(fed.all()):
+        om = om.mul_(fed.to(om.dtype).reshape(-1, *([1] * (om.dim() - 1))))
+    return om

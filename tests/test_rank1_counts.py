@@ -1,0 +1,133 @@
+"""Rank-1 steps labelled and counted from their factors (no rows built) against the rows built and labelled
+by the selector itself (the plain path): the same counts bit for bit, the same graphs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import ssa
+from ssa.core.interfaces import Rank1Factors, Selector, SupportsSortedCuts
+from ssa.core.traversal import RelevanceBlock, _Acc, _accumulate, rank1_block_rows
+from ssa.session import Session
+from ssa.testing.models import ALL_CASES
+
+CUT_SELECTORS = [("tukey", {}), ("tukey", {"k": 0.0}), ("percentile", {"q": 90.0}), ("topk", {"k": 3}),
+                 ("topk", {"k": 40})]
+
+
+def _factors(rng: np.random.Generator, n: int, b: int, K: int, lib: Any) -> Rank1Factors:
+    vec = rng.standard_t(3, (n, K))
+    vec[:, : K // 4] = 0.0  # ties: silent lower neurons
+    vec[0, : K // 2] = 1.25  # more ties
+    coeff = rng.standard_normal((n, b)) * np.exp(rng.standard_normal((n, 1)))
+    if b >= 3:  # images where the coefficient is zero (both signs)
+        coeff[:, 0] = 0.0
+        coeff[:, 1] = -0.0
+    coeff[-1, :] = -np.abs(coeff[-1, :])  # a neuron negative on every image
+    fed = np.ones(n, bool)
+    fed[1] = False  # an upper neuron this term does not feed
+    to = (lambda a: torch.from_numpy(np.ascontiguousarray(a))) if lib is torch else np.ascontiguousarray
+    return Rank1Factors(to(coeff.T.copy().T), to(vec), 0.037, to(fed))
+
+
+def _counts(block: RelevanceBlock, n: int, K: int, selector: Selector) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    acc: dict[str, _Acc] = {}
+    _accumulate(acc, block, n, selector)
+    a = acc[block.parent]
+    return (np.asarray(ssa.core.arrays.to_numpy(a.pos)), np.asarray(ssa.core.arrays.to_numpy(a.neg)),
+            np.asarray(ssa.core.arrays.to_numpy(a.tot)))
+
+
+@pytest.mark.parametrize(("name", "params"), CUT_SELECTORS)
+@pytest.mark.parametrize("two_sided", [False, True])
+@pytest.mark.parametrize("lib", [np, torch], ids=["numpy", "torch"])
+def test_counts_from_factors_equal_counts_from_the_rows(name, params, two_sided, lib):
+    selector = ssa.make_selector(name, two_sided=two_sided, **params)
+    assert isinstance(selector, SupportsSortedCuts)
+    rng = np.random.default_rng(7)
+    for n, b, K in [(5, 9, 31), (3, 1, 2), (4, 17, 200), (2, 6, 1)]:
+        f = _factors(rng, n, b, K, lib)
+        rows = rank1_block_rows(f)
+        fast = _counts(RelevanceBlock("p", 0, None, None, f), n, K, selector)
+        plain = _counts(RelevanceBlock("p", 0, rows), n, K, selector)
+        assert np.array_equal(fast[0], plain[0]), (n, b, K)
+        assert np.array_equal(fast[1], plain[1]), (n, b, K)
+        np.testing.assert_allclose(fast[2], plain[2], rtol=1e-12, atol=1e-300)
+        if K > 2:
+            assert fast[0].sum() > 0  # outliers were found, so the comparison says something
+
+
+def test_non_finite_factors_fall_back_to_the_rows():
+    selector = ssa.make_selector("tukey")
+    f = _factors(np.random.default_rng(1), 4, 5, 20, np)
+    f.coeff[2, 3] = np.inf
+    with np.errstate(invalid="ignore"):  # inf * 0 in the rows the fallback builds
+        fast = _counts(RelevanceBlock("p", 0, None, None, f), 4, 20, selector)
+        plain = _counts(RelevanceBlock("p", 0, rank1_block_rows(f)), 4, 20, selector)
+    assert np.array_equal(fast[0], plain[0])
+
+
+class _NoCuts(Selector):
+    """The same selector without sorted cuts: the traversal then builds and labels every row."""
+
+    name = "nocuts"
+    parameters: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, inner: Selector) -> None:
+        self.inner = inner
+        self.params = inner.params
+        self.name = inner.name
+        self.array_api = True
+
+    def select(self, rows: Any) -> Any:
+        return self.inner.select(rows)
+
+    def select_sorted(self, rows: Any, sorted_rows: Any) -> Any:
+        return self.inner.select_sorted(rows, sorted_rows)
+
+
+def _models():
+    for case in ALL_CASES:
+        yield case.name, case.build(), case.images(12)
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None, num_classes=7).eval()  # 1x1 downsample convs, skips, dense
+    yield "resnet18", net, np.random.default_rng(0).standard_normal((6, 3, 40, 40)).astype(np.float32)
+
+
+@pytest.mark.parametrize("rule", ["gradient", "gradient_x_activation"])
+@pytest.mark.parametrize(("name", "params"), [("tukey", {"two_sided": True}), ("percentile", {"q": 95.0})])
+def test_graphs_with_and_without_rows_are_the_same(rule, name, params, monkeypatch):
+    import ssa.core.traversal as traversal
+
+    compact_blocks = []
+    real = traversal._accumulate_rank1
+
+    def spy(*args: Any, **kwargs: Any) -> None:
+        compact_blocks.append(args[1])
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(traversal, "_accumulate_rank1", spy)
+    compared = 0
+    for label, model, images in _models():
+        session = Session(model, images, rule=rule)
+        selector = ssa.make_selector(name, **params)
+        for target in (0, 1):
+            fast = session.analyse(target, 3, selector=selector)
+            plain = session.analyse(target, 3, selector=_NoCuts(selector))
+            assert set(fast.graph.nodes) == set(plain.graph.nodes), (label, target)
+            assert set(fast.graph.edges) == set(plain.graph.edges), (label, target)
+            for a, b in zip(fast.steps, plain.steps, strict=True):
+                assert (a.upper, a.parent) == (b.upper, b.parent)
+                assert np.array_equal(a.counts, b.counts) and np.array_equal(a.neg_counts, b.neg_counts), label
+                np.testing.assert_allclose(a.mean, b.mean, rtol=1e-9, atol=1e-300)
+            for u, v, d in fast.graph.edges(data=True):
+                assert d["relevance"] == pytest.approx(plain.graph.edges[u, v]["relevance"], rel=1e-9, abs=1e-300)
+            compared += fast.graph.number_of_nodes()
+    assert compared > 50
+    assert len(compact_blocks) >= (10 if rule == "gradient" else 2)  # skips, dense layers, 1x1 convs
