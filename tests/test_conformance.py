@@ -59,7 +59,8 @@ def test_example_plugin_selector_conforms(params: dict) -> None:
 # --- each check catches its mistake ---------------------------------------------------------------
 
 
-def _selector(name: str, fn, two_sided_param: bool = True, array_api: bool = False) -> type[ssa.Selector]:
+def _selector(name: str, fn, two_sided_param: bool = True, array_api: bool = False,
+              methods: Mapping | None = None) -> type[ssa.Selector]:
     params: dict = {"two_sided": ssa.Param(False, "negative outliers", bool)} if two_sided_param else {}
 
     class Broken(ssa.Selector):
@@ -69,6 +70,8 @@ def _selector(name: str, fn, two_sided_param: bool = True, array_api: bool = Fal
             return fn(self, rows if array_api else np.asarray(rows, dtype=np.float64))
 
     Broken.array_api = array_api
+    for attr, method in (methods or {}).items():
+        setattr(Broken, attr, method)
 
     Broken.name = name
     Broken.__name__ = name
@@ -141,6 +144,9 @@ def _host_only(self, rows):  # claims the array API but hands back a numpy array
 
 BROKEN["array_libraries"] = _host_only
 ARRAY_API = {"array_libraries"}
+# labels by Tukey's fences, but cuts at the median: the traversal would count other outliers in rank-1 steps
+BROKEN["sorted_cuts"] = lambda self, rows: _tukey(rows)
+METHODS = {"sorted_cuts": {"sorted_cuts": lambda self, n, column: (column(n // 2), None)}}
 
 
 def test_every_check_has_a_broken_selector() -> None:
@@ -149,10 +155,13 @@ def test_every_check_has_a_broken_selector() -> None:
 
 @pytest.mark.parametrize("check", sorted(BROKEN))
 def test_check_catches_its_mistake(check: str) -> None:
-    failures = check_selector(_selector(f"broken_{check}", BROKEN[check], array_api=check in ARRAY_API))
+    def broken() -> type[ssa.Selector]:
+        return _selector(f"broken_{check}", BROKEN[check], array_api=check in ARRAY_API, methods=METHODS.get(check))
+
+    failures = check_selector(broken())
     assert any(f.startswith(f"{check} [") for f in failures), failures
     with pytest.raises(AssertionError, match=rf"broken_{check} does not conform"):
-        assert_selector_conforms(_selector(f"broken_{check}", BROKEN[check], array_api=check in ARRAY_API))
+        assert_selector_conforms(broken())
 
 
 def test_missing_two_sided_parameter_is_a_failure() -> None:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ssa.core.interfaces import Selector
+from ssa.core.interfaces import Selector, SupportsSortedCuts
 
 __all__ = ["check_selector", "assert_selector_conforms", "CHECKS"]
 
@@ -296,6 +296,27 @@ def _compare_libraries(sel: Selector, cases: dict, devices: list[str]) -> list[s
     return fails
 
 
+def _check_sorted_cuts(sel: Selector) -> list[str]:
+    """A selector with sorted cuts (:class:`~ssa.core.interfaces.SupportsSortedCuts`) labels every finite row
+    exactly as its cuts say: +1 above ``hi``, -1 below ``lo``; the traversal relies on it for rank-1 steps."""
+    if not isinstance(sel, SupportsSortedCuts):
+        return []
+    fails = []
+    rng = np.random.default_rng(11)
+    tied = np.round(_rows(seed=12), 1)  # many ties
+    sparse = _rows(seed=13) * (rng.random((24, 40)) < 0.2)  # mostly zeros
+    for label, rows in (("heavy-tailed rows", _rows(seed=10)), ("rows with ties", tied), ("sparse rows", sparse),
+                        ("one column", rng.standard_normal((24, 1))), ("two columns", rng.standard_normal((24, 2)))):
+        s = np.sort(rows, axis=1)
+        hi, lo = sel.sorted_cuts(rows.shape[1], lambda p, s=s: s[:, p:p + 1])
+        want = (rows > np.asarray(hi)).astype(np.int8)
+        if lo is not None:
+            want = want - (rows < np.asarray(lo)).astype(np.int8)
+        if not np.array_equal(_call(sel, rows), want):
+            fails.append(f"on {label}, select() labels differ from the labels of sorted_cuts()")
+    return fails
+
+
 CHECKS: dict[str, Callable[[Selector], list[str]]] = {
     "shape": _check_shape,
     "dtype": _check_dtype,
@@ -311,6 +332,7 @@ CHECKS: dict[str, Callable[[Selector], list[str]]] = {
     "all_zero_rows": _check_all_zero_rows,
     "nan_rows": _check_nan_rows,
     "array_libraries": _check_array_libraries,
+    "sorted_cuts": _check_sorted_cuts,
 }
 
 
