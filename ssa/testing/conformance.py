@@ -308,7 +308,11 @@ def _check_sorted_cuts(sel: Selector) -> list[str]:
     for label, rows in (("heavy-tailed rows", _rows(seed=10)), ("rows with ties", tied), ("sparse rows", sparse),
                         ("one column", rng.standard_normal((24, 1))), ("two columns", rng.standard_normal((24, 2)))):
         s = np.sort(rows, axis=1)
-        hi, lo = sel.sorted_cuts(rows.shape[1], lambda p, s=s: s[:, p:p + 1])
+
+        def column(p: int, s: np.ndarray = s) -> np.ndarray:
+            return s[:, p:p + 1]
+
+        hi, lo = sel.sorted_cuts(rows.shape[1], column)
         want = (rows > np.asarray(hi)).astype(np.int8)
         if lo is not None:
             want = want - (rows < np.asarray(lo)).astype(np.int8)
