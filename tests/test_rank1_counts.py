@@ -46,8 +46,13 @@ def _counts(block: RelevanceBlock, n: int, K: int, selector: Selector) -> tuple[
 
 @pytest.mark.parametrize(("name", "params"), CUT_SELECTORS)
 @pytest.mark.parametrize("two_sided", [False, True])
-@pytest.mark.parametrize("lib", [np, torch], ids=["numpy", "torch"])
-def test_counts_from_factors_equal_counts_from_the_rows(name, params, two_sided, lib):
+@pytest.mark.parametrize("lib", [np, torch, "torch-device"], ids=["numpy", "torch", "torch-device"])
+def test_counts_from_factors_equal_counts_from_the_rows(name, params, two_sided, lib, monkeypatch):
+    if lib == "torch-device":  # the arrays stay torch tensors, as on a GPU (on the CPU they are viewed as numpy)
+        import ssa.core.traversal as traversal
+
+        monkeypatch.setattr(traversal, "host_view", lambda x: x)
+        lib = torch
     selector = ssa.make_selector(name, two_sided=two_sided, **params)
     assert isinstance(selector, SupportsSortedCuts)
     rng = np.random.default_rng(7)
