@@ -11,8 +11,8 @@ python3 -c "import torch, ssa; print('torch', torch.__version__, 'cuda', torch.c
 parts=${*:-tests bench profile}
 for part in $parts; do
   case $part in
-    tests) timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu.py tests/test_device_core.py \
-             tests/test_conformance.py -k "not example" 2>&1 | tee "$OUT/gpu-tests.log" | tail -15 ;;
+    tests) timeout 180 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu.py tests/test_device_core.py \
+             tests/test_conformance.py tests/test_rank1_counts.py tests/test_scatter_channels.py -k "not example" 2>&1 | tee "$OUT/gpu-tests.log" | tail -15 ;;
     bench) SSA_BENCH_DEVICE=cuda timeout 300 python3 -m pytest -q -p no:cacheprovider benchmarks/test_device.py \
              --benchmark-only -s 2>&1 | tee "$OUT/bench.log" | grep -v "^\s*$" | tail -60
            cp benchmarks/results/cuda-device.json "$OUT/" 2>/dev/null ;;
