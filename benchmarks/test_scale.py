@@ -137,10 +137,11 @@ def test_decode_rate(benchmark, imagenet_like, workers):
 
 
 PEAK = '''
-import json, resource, sys
+import json, sys
 from ssa.cli import main
+from ssa.testing.memory import peak_rss_kib
 code = main(sys.argv[1:])
-print(json.dumps({"code": code, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"code": code, "maxrss_kib": peak_rss_kib()}))
 '''
 
 

@@ -106,10 +106,11 @@ def test_a_killed_study_resumes_to_the_outputs_of_an_uninterrupted_one(synthetic
 
 
 PEAK = '''
-import json, resource, sys
+import json, sys
 from ssa.cli import main
+from ssa.testing.memory import peak_rss_kib
 code = main(["study", sys.argv[1], "--out-dir", sys.argv[2], "-q"])
-print(json.dumps({"code": code, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"code": code, "maxrss_kib": peak_rss_kib()}))
 '''
 
 
