@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -359,7 +360,13 @@ class TorchNetwork(InputMaps, Network):
         """
         if isinstance(values, torch.Tensor):
             return values.to(self.device)
-        t = torch.from_numpy(np.ascontiguousarray(values))
+        arr = np.ascontiguousarray(values)
+        if not arr.flags.writeable:  # a read-only memory map of the store: nothing writes to these tensors
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                t = torch.from_numpy(arr)
+        else:
+            t = torch.from_numpy(arr)
         if torch.device(self.device).type == "cuda":
             return t.pin_memory().to(self.device, non_blocking=True)
         return t
