@@ -263,3 +263,15 @@ def test_readme_plugin_example_conforms() -> None:
     exec(compile(code, "README.md", "exec"), ns)
     assert_selector_conforms(ns["Above"])
     assert_selector_conforms(ns["Above"], t=0.0)
+
+
+def test_sorted_cuts_that_read_positions_by_value_are_a_failure() -> None:
+    """The traversal finds the positions a selector's cuts read once per row length; reading by value breaks it."""
+
+    def cuts(self, n, column):
+        first = column(0)
+        p = n - 1 if float(np.asarray(first).ravel()[0]) > 0 else 0  # a position chosen by a value
+        return column(p), None
+
+    cls = _selector("by_value", lambda self, rows: _tukey(rows), methods={"sorted_cuts": cuts})
+    assert any("reads other sorted positions for other values" in f for f in check_selector(cls))

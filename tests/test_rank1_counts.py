@@ -136,3 +136,43 @@ def test_graphs_with_and_without_rows_are_the_same(rule, name, params, monkeypat
             compared += fast.graph.number_of_nodes()
     assert compared > 50
     assert len(compact_blocks) >= (10 if rule == "gradient" else 2)  # skips, dense layers, 1x1 convs
+
+
+@pytest.mark.parametrize("form", ["gradient", "gradient_x_activation"])
+def test_the_orders_the_backend_keeps_sort_each_vec(form):
+    """A term's kept order (weights sorted once, one-hot skips) sorts the vector it hands over, row by row."""
+    checked = 0
+    for label, model, images in _models():
+        net = ssa.load_model(model)
+        net.prepare(images)
+        stats = net.collect(images, [form])
+        for tap in sorted(net.fast_taps(form)):
+            n = next(t.n_neurons for t in net.taps if t.name == tap)
+            neurons = list(range(0, n, max(1, n // 7)))
+            for parent, f in net.fast_relevance_factors(tap, stats, neurons, form).items():
+                if not isinstance(f, Rank1Factors) or f.order is None:
+                    continue
+                ordered = torch.take_along_dim(f.vec, f.order, dim=1)
+                assert bool((ordered[:, 1:] >= ordered[:, :-1]).all()), (label, tap, parent)
+                assert torch.equal(torch.sort(f.order, dim=1).values,
+                                   torch.arange(f.vec.shape[1]).expand_as(f.order)), (label, tap, parent)
+                checked += 1
+    assert checked >= (10 if form == "gradient" else 2)
+
+
+@pytest.mark.parametrize(("name", "params"), CUT_SELECTORS)
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_labels_by_partition_equal_select(name, params, two_sided):
+    """Blocks that are not rank-1 (numpy rows): a partition at the cut positions labels as select() does."""
+    from ssa.core.traversal import labels_by_partition
+
+    selector = ssa.make_selector(name, two_sided=two_sided, **params)
+    rng = np.random.default_rng(3)
+    for R, K in [(40, 64), (7, 1), (9, 2), (30, 513)]:
+        rows = rng.standard_t(2, (R, K))
+        rows[rng.random((R, K)) < 0.3] = 0.0
+        rows[: R // 3] = np.round(rows[: R // 3], 1)  # ties
+        if R > 5:
+            rows[4, 0] = np.nan
+            rows[5, -1] = np.inf
+        assert np.array_equal(labels_by_partition(selector, rows), selector.select(rows)), (R, K)

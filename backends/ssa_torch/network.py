@@ -272,7 +272,8 @@ class TorchNetwork(InputMaps, Network):
                     r = term.rank1(_term_stats(stats, upper, idx[0]), neurons, form)
                     if r is not None:
                         coeff, vec, fed = r
-                        out[parent] = Rank1Factors(coeff, vec, float(term.scale), fed)
+                        out[parent] = Rank1Factors(coeff, vec, float(term.scale), fed,
+                                                   term.rank1_order(neurons, vec.device))
                         continue
                 rest.extend(idx)
         for parent, om in self._omega_sum(upper, rest, stats, neurons, form).items():

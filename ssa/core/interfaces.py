@@ -88,6 +88,9 @@ class Rank1Factors(NamedTuple):
     vec: Any  # (n, K)
     scale: float
     fed: Any  # (n,) bool: the upper neurons this term feeds (0 elsewhere)
+    #: optional (n, K): a permutation sorting each row of ``vec`` ascending, when the backend keeps one (the
+    #: rows are often weights, the same for every class); None: the traversal sorts
+    order: Any = None
 
 
 class ClosedForm(enum.Enum):

@@ -30,7 +30,7 @@ from ssa.core.arrays import count_at_most, device_of, host_view, inverse_permuta
 from ssa.core.checks import call_selector
 from ssa.core.interfaces import Rank1Factors, Rule, Selector, SupportsSortedCuts, Tap
 
-__all__ = ["RelevanceSource", "RelevanceBlock", "SupportsRank1Blocks", "rank1_block_rows",
+__all__ = ["RelevanceSource", "RelevanceBlock", "SupportsRank1Blocks", "rank1_block_rows", "labels_by_partition",
            "StepRecord", "Kept", "rank_neurons", "top_b", "traverse",
            "TraversalOutput", "apply_selector", "explain_stop", "step_omega"]
 
@@ -287,8 +287,11 @@ def _accumulate(acc: dict[str, _Acc], block: RelevanceBlock, n: int, selector: S
     host = is_numpy(xp)
     # on a device, the selector's labels are checked without a synchronisation: counted here, refused
     # at the end of the step (a numpy selector's labels are checked at once, on the host)
-    labels = xp.reshape(call_selector(selector, xp.reshape(omega, (nb * b, K)), srt, check_values=host),
-                        (nb, b, K))
+    rows = xp.reshape(omega, (nb * b, K))
+    if host and srt is None and isinstance(selector, SupportsSortedCuts):
+        labels = xp.reshape(labels_by_partition(selector, rows), (nb, b, K))  # a few positions, not a sort
+    else:
+        labels = xp.reshape(call_selector(selector, rows, srt, check_values=host), (nb, b, K))
     a = acc.get(block.parent)
     if a is None:
         a = acc[block.parent] = _Acc(xp, n, K, omega)
@@ -304,6 +307,39 @@ def _accumulate(acc: dict[str, _Acc], block: RelevanceBlock, n: int, selector: S
         a.tot[lo:hi, ...] += xp.sum(omega, axis=1)
     else:
         a.tot[lo:hi, ...] += xp.sum(xp.where(xp.isfinite(omega), omega, xp.zeros_like(omega)), axis=1)
+
+
+def cut_positions(selector: SupportsSortedCuts, n: int) -> list[int]:
+    """The sorted positions ``selector.sorted_cuts`` reads in rows of ``n`` values (they depend on ``n`` and the
+    selector's parameters only; ``ssa.conformance`` checks it)."""
+    seen: list[int] = []
+
+    def probe(p: int) -> np.ndarray:
+        seen.append(int(p))
+        return np.zeros((1, 1))
+
+    selector.sorted_cuts(n, probe)
+    return sorted(set(seen))
+
+
+def labels_by_partition(selector: SupportsSortedCuts, rows: np.ndarray) -> np.ndarray:
+    """A sorted-cuts selector's labels of numpy rows (R, K) from a partition at the positions its cuts read
+    instead of a full sort: each of those positions holds exactly the value a sort would put there. Rows with
+    NaN or an infinity get no labels, as :meth:`~ssa.core.interfaces.Selector.select` gives them."""
+    K = rows.shape[1]
+    if K == 0 or rows.shape[0] == 0:
+        return np.zeros(rows.shape, np.int8)
+    finite = np.isfinite(rows).all(axis=1)
+    safe = rows if finite.all() else np.where(np.isfinite(rows), rows, 0.0)
+    kth = cut_positions(selector, K)
+    part = np.partition(safe, kth, axis=1) if kth else safe
+    hi, lo = selector.sorted_cuts(K, lambda p: part[:, p:p + 1])
+    out = (safe > np.asarray(hi)).astype(np.int8)
+    if lo is not None:
+        out -= (safe < np.asarray(lo)).astype(np.int8)
+    if not finite.all():
+        out[~finite] = 0
+    return out
 
 
 def rank1_block_rows(f: Rank1Factors) -> Any:
@@ -339,7 +375,7 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
         return
     cuts: Any = selector
     mask = xp.reshape(xp.astype(fed, xp.float64), (nb, 1))
-    order = xp.argsort(vec, axis=1, stable=True)
+    order = xp.argsort(vec, axis=1, stable=True) if f.order is None else host_view(f.order)
     sv = xp.take_along_axis(vec, order, axis=1)
     down = coeff < 0  # rows whose sorted order is vec's reversed
 

@@ -303,6 +303,21 @@ def _check_sorted_cuts(sel: Selector) -> list[str]:
         return []
     fails = []
     rng = np.random.default_rng(11)
+    for n in (1, 2, 7, 40, 513):  # the positions read may depend on n and the parameters, never on the values
+        read = []
+        for seed in (20, 21):
+            shift = 100.0 if seed == 20 else -100.0  # all positive, then all negative values
+            s0 = np.sort(np.random.default_rng(seed).standard_t(2, (6, n)) + shift, axis=1)
+            positions: list[int] = []
+
+            def reading(p: int, s0: np.ndarray = s0, positions: list[int] = positions) -> np.ndarray:
+                positions.append(int(p))
+                return s0[:, p:p + 1]
+
+            sel.sorted_cuts(n, reading)
+            read.append(sorted(set(positions)))
+        if read[0] != read[1]:
+            fails.append(f"sorted_cuts() reads other sorted positions for other values (rows of {n})")
     tied = np.round(_rows(seed=12), 1)  # many ties
     sparse = _rows(seed=13) * (rng.random((24, 40)) < 0.2)  # mostly zeros
     for label, rows in (("heavy-tailed rows", _rows(seed=10)), ("rows with ties", tied), ("sparse rows", sparse),

@@ -187,6 +187,19 @@ class ConvTerm(Term):
         h, fed = self.head_channels(neurons, c.device)
         return c[:, h, 0].t(), self._wk(c.device)[h][:, :, 0], fed
 
+    def rank1_order(self, neurons: Sequence[int], device: Any) -> torch.Tensor | None:
+        """The weights' rows sorted once per device (stable), picked for ``neurons``."""
+        if self.gate is not None:
+            return None
+        key = f"wk-order{device}"
+        if key not in self._static:
+            wk = self._wk(device)
+            if wk.shape[2] != 1:  # rank-1 only for 1x1 kernels
+                return None
+            self._static[key] = torch.argsort(wk[:, :, 0], dim=1, stable=True)
+        h, _ = self.head_channels(neurons, device)
+        return self._static[key][h]
+
     def omega(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str) -> torch.Tensor:
         if form == "gradient":
             c = as_tensor(stats["g"])  # (B, N, kk)

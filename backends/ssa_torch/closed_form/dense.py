@@ -93,6 +93,14 @@ class DenseTerm(Term):
         h, fed = self.head_channels(neurons, g.device)
         return g[:, h].t(), self._wk(g.device)[h], fed
 
+    def rank1_order(self, neurons: Sequence[int], device: Any) -> torch.Tensor | None:
+        """The weights' rows sorted once per device (stable), picked for ``neurons``."""
+        key = f"wk-order{device}"
+        if key not in self._static:
+            self._static[key] = torch.argsort(self._wk(device), dim=1, stable=True)
+        h, _ = self.head_channels(neurons, device)
+        return self._static[key][h]
+
     def omega(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str) -> torch.Tensor:
         if form == "gradient":
             g = as_tensor(stats["g"])  # (B, N)

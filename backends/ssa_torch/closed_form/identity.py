@@ -58,6 +58,14 @@ class IdentityTerm(Term):
         vec[torch.arange(len(h), device=d.device), h] = 1.0
         return d[:, h].t(), vec, fed
 
+    def rank1_order(self, neurons: Sequence[int], device: Any) -> torch.Tensor | None:
+        """``vec`` is one-hot at the head channel h: ascending, every other channel (zeros, in index order), then h."""
+        h, _ = self.head_channels(neurons, device)
+        K = self.n_parent
+        base = torch.arange(K - 1, device=h.device)[None, :].expand(len(h), K - 1)
+        rest = base + (base >= h[:, None]).to(base.dtype)
+        return torch.cat([rest, h[:, None]], dim=1)
+
     def omega(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str) -> torch.Tensor:
         d = as_tensor(stats["g" if form == "gradient" else "a"])  # (B, N)
         h, fed = self.head_channels(neurons, d.device)

@@ -157,6 +157,12 @@ class Term:
         """
         return None
 
+    def rank1_order(self, neurons: Sequence[int], device: torch.device | str) -> torch.Tensor | None:
+        """Optional: (n, K), a permutation sorting each row of :meth:`rank1`'s ``vec`` ascending, when the term
+        can give it without sorting (its ``vec`` rows are constant, e.g. weights sorted once and kept). None:
+        the traversal sorts ``vec`` itself."""
+        return None
+
     # -- helpers -------------------------------------------------------------------------------------
     def head_channels(self, neurons: Sequence[int], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """(head channel of each upper neuron, clamped to 0 where none; mask of the neurons this term feeds)."""
