@@ -27,7 +27,7 @@ from torch import fx
 from .linear import LinearOp, NotClosedForm
 from .planner import Branch, Planner
 from .registry import ClosedForm, register_builtin
-from .terms import Term, as_tensor, chunks, scatter_channels
+from .terms import Term, as_tensor, channels_of, chunks, scatter_channels, stat_device
 
 __all__ = ["ConvTerm", "ConvForm", "conv_input_relevance", "factor_scale"]
 
@@ -181,11 +181,12 @@ class ConvTerm(Term):
         """A 1x1 convolution without a gate under the gradient rule: omega = W'[n, k] * C[i, n]."""
         if form != "gradient" or self.gate is not None:
             return None
-        c = as_tensor(stats["g"])  # (B, N, kk)
-        if c.shape[2] != 1:
+        raw = stats["g"]  # (B, N, kk)
+        if raw.shape[2] != 1:
             return None
-        h, fed = self.head_channels(neurons, c.device)
-        return c[:, h, 0].t(), self._wk(c.device)[h][:, :, 0], fed
+        dev = stat_device(raw)
+        h, fed = self.head_channels(neurons, dev)
+        return channels_of(raw, h)[:, :, 0].t(), self._wk(dev)[h][:, :, 0], fed
 
     def rank1_order(self, neurons: Sequence[int], device: Any) -> torch.Tensor | None:
         """The weights' rows sorted once per device (stable), picked for ``neurons``."""
@@ -202,9 +203,10 @@ class ConvTerm(Term):
 
     def omega(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str) -> torch.Tensor:
         if form == "gradient":
-            c = as_tensor(stats["g"])  # (B, N, kk)
-            h, fed = self.head_channels(neurons, c.device)
-            cs = c[:, h]  # (B, n, kk)
+            raw = stats["g"]  # (B, N, kk)
+            h, fed = self.head_channels(neurons, stat_device(raw))
+            cs = channels_of(raw, h)  # (B, n, kk)
+            c = cs
             if self.gate is None:
                 om = torch.einsum("jkd,bjd->jbk", self._wk(c.device)[h], cs)
             else:
@@ -216,9 +218,9 @@ class ConvTerm(Term):
                 else:  # (n, B, Cg) with the selected output channels first
                     om = scatter_channels(p, self._index(c.device)[h][:, None, :], self.n_parent)
         else:
-            a = as_tensor(stats["a"])  # (B, N, K)
-            h, fed = self.head_channels(neurons, a.device)
-            om = a[:, h].transpose(0, 1)
+            raw = stats["a"]  # (B, N, K)
+            h, fed = self.head_channels(neurons, stat_device(raw))
+            om = channels_of(raw, h).transpose(0, 1).contiguous()  # (n, B, K), rows contiguous
         return self.finish(om, fed)
 
 

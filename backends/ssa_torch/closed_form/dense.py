@@ -20,7 +20,7 @@ from torch import fx
 from .linear import NotClosedForm
 from .planner import Branch, Planner
 from .registry import ClosedForm, register_builtin
-from .terms import Term, as_tensor, chunks, scatter_channels
+from .terms import Term, as_tensor, channels_of, chunks, scatter_channels, stat_device
 
 __all__ = ["DenseTerm", "DenseForm"]
 
@@ -107,9 +107,9 @@ class DenseTerm(Term):
             h, fed = self.head_channels(neurons, g.device)
             om = self._wk(g.device)[h][:, None, :] * g[:, h].t()[:, :, None]
         elif "a" in stats:
-            a = as_tensor(stats["a"])
-            h, fed = self.head_channels(neurons, a.device)
-            om = a[:, h].transpose(0, 1)
+            raw = stats["a"]  # (B, N, K)
+            h, fed = self.head_channels(neurons, stat_device(raw))
+            om = channels_of(raw, h).transpose(0, 1).contiguous()  # (n, B, K), rows contiguous
         else:
             mm = as_tensor(stats["a_m"])  # (B, N)
             x = as_tensor(stats["a_x"], mm.device)  # (B, D)

@@ -25,7 +25,8 @@ import torch
 
 from ssa.core.interfaces import Rank1Factors
 
-__all__ = ["Term", "as_tensor", "scatter_channels", "chunks", "rank1_omega", "rank1_rows", "WORK_BYTES"]
+__all__ = ["Term", "as_tensor", "channels_of", "stat_device", "scatter_channels", "chunks", "rank1_omega",
+           "rank1_rows", "WORK_BYTES"]
 
 WORK_BYTES = 256 * 2**20  # memory budget of one chunk of an intermediate array
 
@@ -39,6 +40,19 @@ def as_tensor(value: Any, device: torch.device | str | None = None) -> torch.Ten
     if device is not None:
         t = t.to(device)
     return t.to(torch.float64)
+
+
+def stat_device(value: Any) -> torch.device:
+    """Where a statistics array lives (a tensor's device; numpy: the CPU)."""
+    return value.device if isinstance(value, torch.Tensor) else torch.device("cpu")
+
+
+def channels_of(value: Any, h: torch.Tensor) -> torch.Tensor:
+    """``as_tensor(value)[:, h]``: the channels ``h`` of the second axis, converted to float64 after they are
+    picked (a class's statistics hold every channel; a block of upper neurons needs a few)."""
+    if isinstance(value, torch.Tensor):
+        return value.index_select(1, h.to(value.device)).to(torch.float64)
+    return torch.from_numpy(np.asarray(np.asarray(value)[:, h.cpu().numpy()], dtype=np.float64))
 
 
 def scatter_channels(values: torch.Tensor, chan: torch.Tensor, k: int) -> torch.Tensor:
