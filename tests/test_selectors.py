@@ -324,3 +324,24 @@ def test_a_selector_bug_in_the_cli_is_one_line_exit_2(capsys):
         registry(refresh=True)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ssa: error: selector 'returns_two'") and "internal" not in err[0]
+
+
+def test_median_of_falling_then_rising_rows_equals_the_sorted_median() -> None:
+    """MAD's second median (of |s - median| over sorted rows s) from the two runs, against sorting them."""
+    torch = pytest.importorskip("torch")
+    from ssa.core.arrays import median_of_v_rows, median_sorted
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        R, K = int(rng.integers(1, 30)), int(rng.integers(1, 120))
+        x = rng.standard_t(2, (R, K))
+        x[rng.random((R, K)) < rng.random()] = 0.0
+        if trial % 5 == 0:
+            x = np.round(x, 1)  # ties
+        s = np.sort(x, axis=1)
+        med = median_sorted(s)
+        d = np.abs(s - med)
+        want = median_sorted(np.sort(d, axis=1))
+        below = np.sum(s < med, axis=1, keepdims=True)
+        assert np.array_equal(median_of_v_rows(d, below), want), trial
+        assert np.array_equal(median_of_v_rows(torch.from_numpy(d), torch.from_numpy(below)).numpy(), want), trial

@@ -19,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from ssa.core.arrays import device_of, is_numpy, median_sorted, namespace, quantile_columns
+import numpy as np
+
+from ssa.core.arrays import device_of, is_numpy, median_of_v_rows, median_sorted, namespace, quantile_columns
 from ssa.core.interfaces import Selector
 from ssa.core.params import Param
 
@@ -170,12 +172,20 @@ class MADSelector(Selector):
         if rows.shape[1] == 0:
             return _empty(xp, rows)
         safe = _safe(xp, rows)
-        s = _sorted(xp, safe, sorted_rows)
-        med = median_sorted(s)
-        # |s - med| over a sorted row falls, then rises: a stable (run-detecting) sort merges the two runs
-        dev_sorted = xp.sort(xp.abs(s - med), axis=1, stable=True)
-        mad = median_sorted(dev_sorted)
-        d = safe - med
+        if sorted_rows is None and is_numpy(xp):
+            # numpy: both medians from partitions at the middle (the values a sort puts there), no sort
+            K = safe.shape[1]
+            mid = [K // 2] if K % 2 else [K // 2 - 1, K // 2]
+            med = median_sorted(np.partition(safe, mid, axis=1))
+            d = safe - med
+            mad = median_sorted(np.partition(xp.abs(d), mid, axis=1))
+        else:
+            s = _sorted(xp, safe, sorted_rows)
+            med = median_sorted(s)
+            # |s - med| over a sorted row falls, then rises: its median from the two runs, without a sort
+            below = xp.sum(xp.astype(s < med, xp.int64), axis=1, keepdims=True)
+            mad = median_of_v_rows(xp.abs(s - med), below)
+            d = safe - med
         meanad = _mean_abs_where(xp, d, mad == 0)  # the fallback scale, needed only where MAD is 0
         # scale such that z = (omega - median) / scale; 1/0.6745 = 1.4826 (MAD), 1.253314 (MeanAD fallback)
         scale = xp.where(mad > 0, mad / 0.6745, 1.253314 * meanad)

@@ -117,6 +117,51 @@ def quantile_sorted(sorted_rows: Array, q: float) -> Array:
     return quantile_columns(K, lambda p: sorted_rows[:, p:p + 1], q)
 
 
+def median_of_v_rows(d: Array, m: Array) -> Array:
+    """``median_sorted(sort(d))`` (R, 1) for rows that fall, then rise: ``d[:, :m]`` non-increasing and
+    ``d[:, m:]`` non-decreasing (per-row ``m`` (R, 1) int), e.g. ``|s - median|`` of sorted rows ``s``.
+
+    The two runs are two sorted lists, and the one or two middle values of their union are found by a
+    binary search per row (the k-th smallest of two sorted lists), without sorting: the same values, bit
+    for bit, as sorting then taking the median.
+    """
+    xp = array_namespace(d)
+    R, K = int(d.shape[0]), int(d.shape[1])
+    dev = _device(d)
+    m = xp.reshape(xp.astype(m, xp.int64), (R,))
+    n_right = K - m
+    inf = xp.full((R,), float("inf"), dtype=d.dtype, device=dev)
+
+    def left(i: Array) -> Array:  # the i-th smallest of the falling run: d[m - 1 - i]; +inf past its end
+        ok = (i >= 0) & (i < m)
+        idx = xp.where(ok, m - 1 - i, xp.zeros_like(i))
+        return xp.where(ok, xp.reshape(xp.take_along_axis(d, xp.reshape(idx, (R, 1)), axis=1), (R,)), inf)
+
+    def right(t: Array) -> Array:  # the t-th smallest of the rising run: d[m + t]; +inf past its end
+        ok = (t >= 0) & (t < n_right)
+        idx = xp.where(ok, m + t, xp.zeros_like(t))
+        return xp.where(ok, xp.reshape(xp.take_along_axis(d, xp.reshape(idx, (R, 1)), axis=1), (R,)), inf)
+
+    def kth(k: int) -> Array:  # the k-th smallest (0-based) of the union of the two runs
+        lo = xp.maximum(xp.zeros_like(m), (k + 1) - n_right)
+        hi = xp.minimum(xp.full_like(m, k + 1), m)
+        for _ in range(K.bit_length() + 1):
+            active = lo < hi
+            i = (lo + hi) // 2
+            take_more = left(i) < right(k - i)  # L[i] < R[j - 1] with j = k + 1 - i
+            lo = xp.where(active & take_more, i + 1, lo)
+            hi = xp.where(active & ~take_more, i, hi)
+        i = lo
+        neg = -inf
+        a = xp.where(i > 0, left(i - 1), neg)
+        b = xp.where(k + 1 - i > 0, right(k - i), neg)
+        return xp.reshape(xp.maximum(a, b), (R, 1))
+
+    if K % 2:
+        return kth(K // 2)
+    return (kth(K // 2 - 1) + kth(K // 2)) / 2.0
+
+
 def quantile_columns(n_columns: int, column: Callable[[int], Array], q: float) -> Array:
     """:func:`quantile_sorted` of rows known only through ``column(p)``, the (R, 1) values at sorted position
     ``p``: it reads at most two positions, so rows that are never built (a rank-1 step's) have quantiles."""
