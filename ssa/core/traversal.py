@@ -318,7 +318,8 @@ def cut_positions(selector: SupportsSortedCuts, n: int) -> list[int]:
         seen.append(int(p))
         return np.zeros((1, 1))
 
-    selector.sorted_cuts(n, probe)
+    with np.errstate(all="ignore"):  # the probe's zeros are not data
+        selector.sorted_cuts(n, probe)
     return sorted(set(seen))
 
 
@@ -333,7 +334,8 @@ def labels_by_partition(selector: SupportsSortedCuts, rows: np.ndarray) -> np.nd
     safe = rows if finite.all() else np.where(np.isfinite(rows), rows, 0.0)
     kth = cut_positions(selector, K)
     part = np.partition(safe, kth, axis=1) if kth else safe
-    hi, lo = selector.sorted_cuts(K, lambda p: part[:, p:p + 1])
+    with np.errstate(invalid="ignore", over="ignore"):  # e.g. k = inf times a zero spread: NaN cuts, no labels
+        hi, lo = selector.sorted_cuts(K, lambda p: part[:, p:p + 1])
     out = (safe > np.asarray(hi)).astype(np.int8)
     if lo is not None:
         out -= (safe < np.asarray(lo)).astype(np.int8)
@@ -387,7 +389,8 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
 
     q0 = xp.zeros((nb, b), dtype=xp.int64, device=device_of(vec))
     ends = (g(q0), g(xp.full_like(q0, K - 1)))
-    hi, lo = cuts.sorted_cuts(K, lambda p: xp.reshape(g(position(p)), (nb * b, 1)))
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite cuts fall back to the rows below
+        hi, lo = cuts.sorted_cuts(K, lambda p: xp.reshape(g(position(p)), (nb * b, 1)))
     hi = xp.reshape(hi, (nb, b))
     lo = None if lo is None else xp.reshape(lo, (nb, b))
     finite = xp.all(xp.isfinite(ends[0])) & xp.all(xp.isfinite(ends[1])) & xp.all(xp.isfinite(hi))
