@@ -9,13 +9,12 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
-import torchvision
 
 import ssa
 from ssa.core.interfaces import Rank1Factors, Selector, SupportsSortedCuts
 from ssa.core.traversal import RelevanceBlock, _Acc, _accumulate, rank1_block_rows
 from ssa.session import Session
-from ssa.testing.models import ALL_CASES
+from tests.test_sorted_rows import fast_steps, models
 
 CUT_SELECTORS = [("tukey", {}), ("tukey", {"k": 0.0}), ("percentile", {"q": 90.0}), ("topk", {"k": 3}),
                  ("topk", {"k": 40})]
@@ -97,14 +96,6 @@ class _NoCuts(Selector):
         return self.inner.select_sorted(rows, sorted_rows)
 
 
-def _models():
-    for case in ALL_CASES:
-        yield case.name, case.build(), case.images(12)
-    torch.manual_seed(0)
-    net = torchvision.models.resnet18(weights=None, num_classes=7).eval()  # 1x1 downsample convs, skips, dense
-    yield "resnet18", net, np.random.default_rng(0).standard_normal((6, 3, 40, 40)).astype(np.float32)
-
-
 @pytest.mark.parametrize("rule", ["gradient", "gradient_x_activation"])
 @pytest.mark.parametrize(("name", "params"), [("tukey", {"two_sided": True}), ("percentile", {"q": 95.0})])
 def test_graphs_with_and_without_rows_are_the_same(rule, name, params, monkeypatch):
@@ -119,7 +110,7 @@ def test_graphs_with_and_without_rows_are_the_same(rule, name, params, monkeypat
 
     monkeypatch.setattr(traversal, "_accumulate_rank1", spy)
     compared = 0
-    for label, model, images in _models():
+    for label, model, images in models(12):
         session = Session(model, images, rule=rule)
         selector = ssa.make_selector(name, **params)
         for target in (0, 1):
@@ -142,21 +133,15 @@ def test_graphs_with_and_without_rows_are_the_same(rule, name, params, monkeypat
 def test_the_orders_the_backend_keeps_sort_each_vec(form):
     """A term's kept order (weights sorted once, one-hot skips) sorts the vector it hands over, row by row."""
     checked = 0
-    for label, model, images in _models():
-        net = ssa.load_model(model)
-        net.prepare(images)
-        stats = net.collect(images, [form])
-        for tap in sorted(net.fast_taps(form)):
-            n = next(t.n_neurons for t in net.taps if t.name == tap)
-            neurons = list(range(0, n, max(1, n // 7)))
-            for parent, f in net.fast_relevance_factors(tap, stats, neurons, form).items():
-                if not isinstance(f, Rank1Factors) or f.order is None:
-                    continue
-                ordered = torch.take_along_dim(f.vec, f.order, dim=1)
-                assert bool((ordered[:, 1:] >= ordered[:, :-1]).all()), (label, tap, parent)
-                assert torch.equal(torch.sort(f.order, dim=1).values,
-                                   torch.arange(f.vec.shape[1]).expand_as(f.order)), (label, tap, parent)
-                checked += 1
+    for label, net, stats, tap, neurons in fast_steps(form, picks=7):
+        for parent, f in net.fast_relevance_factors(tap, stats, neurons, form).items():
+            if not isinstance(f, Rank1Factors) or f.order is None:
+                continue
+            ordered = torch.take_along_dim(f.vec, f.order, dim=1)
+            assert bool((ordered[:, 1:] >= ordered[:, :-1]).all()), (label, tap, parent)
+            assert torch.equal(torch.sort(f.order, dim=1).values,
+                               torch.arange(f.vec.shape[1]).expand_as(f.order)), (label, tap, parent)
+            checked += 1
     assert checked >= (10 if form == "gradient" else 2)
 
 

@@ -15,32 +15,39 @@ from ssa.testing.models import ALL_CASES
 FORMS = ("gradient", "gradient_x_activation")
 
 
-def _models():
+def models(n_images: int = 6):
+    """Every small test model, and a ResNet-18 (1x1 downsample convs, skips, a dense layer): rank-1 steps."""
     for case in ALL_CASES:
-        yield case.name, case.build(), case.images(6)
+        yield case.name, case.build(), case.images(n_images)
     torch.manual_seed(0)
-    net = torchvision.models.resnet18(weights=None, num_classes=7).eval()  # 1x1 downsample convs, skips, dense
-    yield "resnet18", net, np.random.default_rng(0).standard_normal((4, 3, 40, 40)).astype(np.float32)
+    net = torchvision.models.resnet18(weights=None, num_classes=7).eval()
+    n = max(4, n_images // 2)
+    yield "resnet18", net, np.random.default_rng(0).standard_normal((n, 3, 40, 40)).astype(np.float32)
 
 
-@pytest.mark.parametrize("form", FORMS)
-def test_known_sorted_rows_are_the_rows_sorted_and_omega_is_unchanged(form):
-    seen = 0
-    for name, model, images in _models():
+def fast_steps(form: str, picks: int = 9):
+    """``(model name, network, statistics, fast tap, some of its neurons)`` over :func:`models`."""
+    for name, model, images in models():
         net = ssa.load_model(model)
         net.prepare(images)
         stats = net.collect(images, [form])
         for tap in sorted(net.fast_taps(form)):
             n = next(t.n_neurons for t in net.taps if t.name == tap)
-            neurons = list(range(0, n, max(1, n // 9)))
-            plain = net.fast_relevance(tap, stats, neurons, form)
-            both = net.fast_relevance_sorted(tap, stats, neurons, form)
-            assert set(both) == set(plain), (name, tap)
-            for parent, (om, srt) in both.items():
-                torch.testing.assert_close(om, plain[parent], rtol=1e-12, atol=1e-300, msg=f"{name} {tap}->{parent}")
-                if srt is not None:
-                    seen += 1
-                    assert torch.equal(srt, torch.sort(om, dim=2).values), f"{name} {tap}->{parent}"
+            yield name, net, stats, tap, list(range(0, n, max(1, n // picks)))
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_known_sorted_rows_are_the_rows_sorted_and_omega_is_unchanged(form):
+    seen = 0
+    for name, net, stats, tap, neurons in fast_steps(form):
+        plain = net.fast_relevance(tap, stats, neurons, form)
+        both = net.fast_relevance_sorted(tap, stats, neurons, form)
+        assert set(both) == set(plain), (name, tap)
+        for parent, (om, srt) in both.items():
+            torch.testing.assert_close(om, plain[parent], rtol=1e-12, atol=1e-300, msg=f"{name} {tap}->{parent}")
+            if srt is not None:
+                seen += 1
+                assert torch.equal(srt, torch.sort(om, dim=2).values), f"{name} {tap}->{parent}"
     assert seen >= (10 if form == "gradient" else 3)  # gradient: skips, dense, 1x1 convs; gxa: skips
 
 
