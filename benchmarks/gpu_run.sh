@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One prepared GPU session (see benchmarks/README.md): install the carried wheels, then the CUDA tests,
-# the device benchmark and a profile of one class. Usage on the GPU machine, from the repository root:
+# the device benchmark and a profile of one class. Build the wheels here first (.whl/ is git-ignored):
+#   python -m pip wheel -q --no-deps --no-build-isolation -w .whl .
+#   python -m pip download -q --no-deps -d .whl onnx2torch==1.5.15 array-api-compat==1.16.0
+# then run it there with the device tool, carrying .whl. Usage on the GPU machine, from the repository root:
 #   bash benchmarks/gpu_run.sh [parts...]   parts: tests bench profile (default: all three)
 set -uo pipefail
 OUT=${OUT:-/tmp/ssa-gpu-out}; mkdir -p "$OUT"
