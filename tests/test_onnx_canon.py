@@ -209,11 +209,11 @@ def test_the_core_imports_no_layer_above_it():
 
 
 def test_no_capability_probing_in_ssa():
-    """What a network, backend or relevance source can do is asked through its interface or a capability
-    protocol (ssa/core/capabilities.py), never by getattr on the object."""
+    """What a network, backend, relevance source, selector or rule can do is asked through its interface
+    (declared attributes) or a capability protocol (ssa/core/capabilities.py), never by getattr on the object."""
     import re
 
-    probe = re.compile(r"getattr\(\s*(self\.)?(network|net|backend|source|model)\b")
+    probe = re.compile(r"getattr\(\s*(self\.)?(network|net|backend|source|model|selector|sel|rule)\b")
     found = [f"{p.relative_to(ROOT)}:{i}" for p in (ROOT / "ssa").rglob("*.py")
              for i, line in enumerate(p.read_text().splitlines(), 1) if probe.search(line)]
     assert found == [], found

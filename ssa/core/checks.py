@@ -52,7 +52,7 @@ def call_selector(selector: Any, rows: Any, sorted_rows: Any = None, *, check_va
     """
     from ssa.core.arrays import asarray_like, namespace, to_numpy
 
-    native = bool(getattr(selector, "array_api", False))
+    native = bool(selector.array_api)
     given = rows if native else np.asarray(to_numpy(rows), dtype=np.float64)
     shape = tuple(rows.shape)
     try:
@@ -152,7 +152,7 @@ def check_closed_form(rule: Any) -> None:
     compared with :meth:`ssa.core.interfaces.ClosedForm.combine`. Without this check, ``--engine auto``
     (the closed form) and ``--engine autograd`` (the rule's own ``combine``) would give different graphs.
     """
-    form = getattr(rule, "closed_form", None)
+    form = rule.closed_form
     if form is None:
         return
     rng = np.random.default_rng(0)

@@ -295,7 +295,7 @@ def _accumulate(acc: dict[str, _Acc], block: RelevanceBlock, n: int, selector: S
     a = acc.get(block.parent)
     if a is None:
         a = acc[block.parent] = _Acc(xp, n, K, omega)
-    if not host and getattr(selector, "array_api", False):
+    if not host and selector.array_api:
         bad = xp.sum((labels > 1) | (labels < -1))
         a.bad = bad if a.bad is None else a.bad + bad
     lo, hi = block.start, block.start + nb

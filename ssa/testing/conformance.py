@@ -278,7 +278,7 @@ def _compare_libraries(sel: Selector, cases: dict, devices: list[str]) -> list[s
         for dev in devices:
             t = torch.tensor(rows, dtype=torch.float64, device=dev)
             out = apply_selector(sel, t)
-            if getattr(sel, "array_api", False):  # it says it runs where the rows live: it must not go to the host
+            if sel.array_api:  # it says it runs where the rows live: it must not go to the host
                 raw = sel.select(t.clone())  # type: ignore[arg-type]  # array_api selectors take any array-API array
                 if not isinstance(raw, torch.Tensor) or raw.device.type != torch.device(dev).type:
                     fails.append(f"{what}: declares array_api but returned {type(raw).__name__} on "

@@ -36,7 +36,7 @@ def check_rule_engines(rule: Any, *, cases: Sequence[Any] | None = None, n_image
     from ssa.testing.models import ALL_CASES
 
     inst = rule(**params) if isinstance(rule, type) else rule
-    if getattr(inst, "closed_form", None) is None:
+    if inst.closed_form is None:
         return []
     from ssa.core.checks import check_closed_form
 
