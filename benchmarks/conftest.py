@@ -7,11 +7,40 @@ SSA_BENCH_MODELS (comma-separated, default "vgg16,resnet18").
 from __future__ import annotations
 
 import os
+import platform
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says: for the benchmarks' records."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def sync() -> None:
+    """Wait for the GPU, where there is one (timings then cover the work, not its launch)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn):
+    """``(seconds, fn())``, the GPU synchronised before and after."""
+    sync()
+    t = time.perf_counter()
+    out = fn()
+    sync()
+    return time.perf_counter() - t, out
 
 
 def bench_device() -> str:

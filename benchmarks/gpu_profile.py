@@ -16,11 +16,7 @@ from ssa_torch.network import exact_arithmetic
 
 import ssa
 
-from .conftest import build
-
-
-def _sync() -> None:
-    torch.cuda.synchronize()
+from .conftest import build, sync
 
 
 def profile_collect(name: str, net, x: np.ndarray, model) -> None:
@@ -30,32 +26,32 @@ def profile_collect(name: str, net, x: np.ndarray, model) -> None:
     with torch.no_grad():
         for label, ctx in (("forward (defaults: TF32 on)", None), ("forward, TF32 off + deterministic", dev)):
             m(xb)
-            _sync()
+            sync()
             t = time.perf_counter()
             if ctx is None:
                 m(xb)
             else:
                 with exact_arithmetic(ctx):
                     m(xb)
-            _sync()
+            sync()
             print(f"{name}: {label}: {time.perf_counter() - t:.4f} s for 32 images")
     model.to("cpu")
     for form in ("gradient", "gradient_x_activation"):
         net.collect(x[:32], [form])
-        _sync()
+        sync()
         t = time.perf_counter()
         net.collect(x[:32], [form])
-        _sync()
+        sync()
         print(f"{name}: collect {form}: {time.perf_counter() - t:.4f} s for 32 images")
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                 torch.profiler.ProfilerActivity.CUDA]) as prof:
             net.collect(x[:32], [form])
-            _sync()
+            sync()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=50))
         pr = cProfile.Profile()
         pr.enable()
         net.collect(x[:32], [form])
-        _sync()
+        sync()
         pr.disable()
         pstats.Stats(pr).sort_stats("tottime").print_stats(10)
 
@@ -70,12 +66,12 @@ def main(names: list[str]) -> None:
         for rule, sel in (("gradient", "tukey"),):
             s = ssa.Session(net, x, device="cuda", batch_size=50, rule=rule)
             s.analyse(1, 3, selector=sel)
-            _sync()
+            sync()
             t = time.perf_counter()
             pr = cProfile.Profile()
             pr.enable()
             res = s.analyse(2, 3, selector=sel)
-            _sync()
+            sync()
             pr.disable()
             print(f"== {name} {rule}: next class {time.perf_counter() - t:.3f} s, {res.graph.number_of_nodes()} nodes")
             pstats.Stats(pr).sort_stats("tottime").print_stats(14)

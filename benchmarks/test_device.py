@@ -24,9 +24,7 @@ from __future__ import annotations
 import gc
 import json
 import os
-import platform
 import resource
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +34,7 @@ import torch
 import ssa
 from ssa.engines.statistics import collect
 
-from .conftest import bench_device, build
+from .conftest import bench_device, build, cpu_model, timed
 
 RULES = ("gradient", "gradient_x_activation")
 SELECTOR = {"gradient": "tukey", "gradient_x_activation": "mad"}  # the paper's; and the default pair
@@ -48,19 +46,6 @@ def _models() -> list[str]:
     return [m for m in os.environ.get("SSA_BENCH_DEVICE_MODELS", "vgg16,resnet50").split(",") if m]
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _timed(fn):
-    _sync()
-    t = time.perf_counter()
-    out = fn()
-    _sync()
-    return time.perf_counter() - t, out
-
-
 def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -68,15 +53,7 @@ def _rss_mib() -> float:
 def _machine(device: str) -> str:
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(torch.device(device))} (torch {torch.__version__})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads (torch {torch.__version__})"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
 class Report:
@@ -122,7 +99,7 @@ def _forward(model: torch.nn.Module, images: np.ndarray, device: str, batch: int
             for xb in x:
                 m(xb.to(device))
 
-        best = min(_timed(run)[0] for _ in range(3))
+        best = min(timed(run)[0] for _ in range(3))
     model.to("cpu")
     return best
 
@@ -150,7 +127,7 @@ def test_device_resident_analysis(benchmark, report, name):
             ssa.Session(session.network, images[:2], device=device, rule=rule).analyse(0, 1, selector="tukey")
         return session
 
-    t_prep, session = _timed(prepare)
+    t_prep, session = timed(prepare)
     report.put(name, "preparation, once per model (s)", t_prep)
     net = session.network
     logits = net.logits(images)
@@ -163,9 +140,9 @@ def test_device_resident_analysis(benchmark, report, name):
         sel = SELECTOR[rule]
         s = ssa.Session(net, images, batch_size=batch, device=device, rule=rule)
         form = ssa.make_rule(rule).form
-        t_stats, _ = _timed(lambda form=form: collect(net, images, [form], batch))
-        t_first, first = _timed(lambda s=s, sel=sel: s.analyse(target, B, selector=sel))  # statistics + traversal
-        t_next, nxt = _timed(lambda s=s, sel=sel: s.analyse(other, B, selector=sel))
+        t_stats, _ = timed(lambda form=form: collect(net, images, [form], batch))
+        t_first, first = timed(lambda s=s, sel=sel: s.analyse(target, B, selector=sel))  # statistics + traversal
+        t_next, nxt = timed(lambda s=s, sel=sel: s.analyse(other, B, selector=sel))
         report.put(name, f"[{rule}] statistics, {n} images (s)", t_stats)
         report.put(name, f"[{rule}] full traversal = statistics + first class (s)", t_first)
         report.put(name, f"[{rule}]   / forward (target <= 5 on GPU, <= 2 on CPU)", t_first / fwd)
@@ -205,8 +182,8 @@ def _ten_classes(report: Report, name: str, net, device: str, batch: int, rng) -
         sel = SELECTOR[rule]
         per_image = net.statistics_bytes(form)
         shared = per_image * len(images) <= ssa.session.statistics_budget(device)
-        t0, _ = _timed(lambda s=s, sel=sel: s.analyse(0, B, selector=sel))
-        times = [_timed(lambda c=c, s=s, sel=sel: s.analyse(c, B, selector=sel))[0] for c in range(1, n_classes)]
+        t0, _ = timed(lambda s=s, sel=sel: s.analyse(0, B, selector=sel))
+        times = [timed(lambda c=c, s=s, sel=sel: s.analyse(c, B, selector=sel))[0] for c in range(1, n_classes)]
         per = float(np.median(times))
         key = f"[{rule}] 10 classes x 100 images"
         report.put(name, f"{key}: statistics per image (MiB)", per_image / 2**20)

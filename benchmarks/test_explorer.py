@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ import numpy as np
 import pytest
 
 from tests.browser import launch, needs_chromium, watched_page
+
+from .conftest import cpu_model
 
 pytestmark = needs_chromium
 
@@ -176,12 +177,6 @@ def test_pan_and_zoom_frames_15k(benchmark, browser, page_file, results):
           f"median {pan['median_ms']:.0f} ms, p90 {pan['p90_ms']:.0f} ms; zoom: {zoomed['drawn']} drawn, "
           f"{zoomed['ms_per_drawn_frame']:.0f} ms each, p90 {zoomed['p90_ms']:.0f} ms; "
           f"full redraw {refresh_ms:.0f} ms ({time.perf_counter() - t:.1f} s)")
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    results["machine"] = f"{cpu}, {os.cpu_count()} cores; {browser.version}; --disable-gpu (SwiftShader WebGL)"
+    results["machine"] = f"{cpu_model()}, {os.cpu_count()} cores; {browser.version}; --disable-gpu (SwiftShader WebGL)"
     out = Path(__file__).parent / "results" / "explorer-chromium.json"
     out.write_text(json.dumps(results, indent=1) + "\n")

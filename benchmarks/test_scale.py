@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -26,21 +25,15 @@ from ssa.io.preprocess import resolve_preprocess
 from ssa.scale import LocalRunner, RayRunner, analyse_to_folder
 from tests.scale.synthetic import write_jpeg_folder, write_rgb_model
 
+from .conftest import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "scale-cpu.json"
 N_CLASSES, PER_CLASS = 24, 40
 
 
 def _machine() -> str:
-    name = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def _record(section: str, values: dict) -> None:

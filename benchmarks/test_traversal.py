@@ -6,9 +6,7 @@ cost of one forward pass). Run with ``make bench``; results go to benchmarks/res
 from __future__ import annotations
 
 import json
-import platform
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,35 +20,12 @@ from ssa.engines.closed_form import ClosedFormSource
 from ssa.engines.statistics import collect
 from ssa.session import Session, open_store, run_traversal
 
-from .conftest import bench_device, bench_images
+from .conftest import bench_device, bench_images, cpu_model, sync, timed
 
 B = 3
 BATCH = 8
 SAMPLE_NEURONS = 2  # naive reference: neurons measured per step
 AUTOGRAD_NEURONS = 4  # batched autograd: neurons measured per step
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _timed(fn):
-    _sync()
-    t = time.perf_counter()
-    out = fn()
-    _sync()
-    return time.perf_counter() - t, out
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +49,7 @@ def test_forward(benchmark, prepared, results):
         with torch.no_grad():
             for i in range(0, len(images), BATCH):
                 dev_model(torch.from_numpy(images[i:i + BATCH]).to(bench_device()))
-        _sync()
+        sync()
 
     benchmark.pedantic(forward, rounds=3, iterations=1, warmup_rounds=1)
     results["forward_s"] = benchmark.stats.stats.min
@@ -90,7 +65,7 @@ def test_full_traversal(benchmark, prepared, results):
 
     def full():
         stats = collect(net, images, ["gradient"], BATCH)
-        _sync()
+        sync()
         src = ClosedFormSource(net, stats, "gradient", images, BATCH)
         holder["result"] = run_traversal(src, net, target, B, rule, sel)
 
@@ -134,8 +109,8 @@ def test_paired_traversal_over_forward(benchmark, prepared, results):
 
     def run():
         for _ in range(PAIRS):
-            t_f, _ = _timed(forward)
-            t_t, _ = _timed(full)
+            t_f, _ = timed(forward)
+            t_t, _ = timed(full)
             ratios.append(t_t / t_f)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
@@ -178,9 +153,9 @@ def test_batched_autograd_extrapolated(benchmark, prepared, results):
     def run():
         for upper, neurons in plan:
             sample = neurons[:AUTOGRAD_NEURONS]
-            t_fwd, _ = _timed(lambda: [net.run(images[i:i + BATCH], grad=True)
+            t_fwd, _ = timed(lambda: [net.run(images[i:i + BATCH], grad=True)
                                        for i in range(0, len(images), BATCH)])
-            t, _ = _timed(lambda u=upper, s=sample: [net.step_relevance(images[i:i + BATCH], u, s, rule)
+            t, _ = timed(lambda u=upper, s=sample: [net.step_relevance(images[i:i + BATCH], u, s, rule)
                                                      for i in range(0, len(images), BATCH)])
             # the forward pass is paid once per step; the backward part grows with the neurons
             per_step[upper] = t_fwd + max(t - t_fwd, 0.0) * len(neurons) / len(sample)
@@ -213,11 +188,11 @@ def test_naive_reference_extrapolated(benchmark, prepared, results):
             sample = neurons[:SAMPLE_NEURONS]
             t_fwd = t_bwd = 0.0
             for n in sample:  # exactly the reference: forward, then one backward, per (neuron, image)
-                dt, interp = _timed(lambda: net.run(x1, grad=True))
+                dt, interp = timed(lambda: net.run(x1, grad=True))
                 t_fwd += dt
                 leaves = [interp.leaf[p] for p in tap.parents]
                 s = spatial_mean(interp.raw[upper], tap.channel_axis)
-                dt, _ = _timed(lambda n=n, s=s, leaves=leaves: torch.autograd.grad(s[0, n], leaves,
+                dt, _ = timed(lambda n=n, s=s, leaves=leaves: torch.autograd.grad(s[0, n], leaves,
                                                                                    allow_unused=True))
                 t_bwd += dt
             t_fwd, t_bwd = t_fwd / len(sample), t_bwd / len(sample)
@@ -240,7 +215,8 @@ def test_report_ratios(benchmark, prepared, results):
     r["closed_form_steps"] = sum(v.startswith("fast") for v in steps.values())
     r["steps"] = len(steps)
     dev = bench_device()
-    card = torch.cuda.get_device_name(0) if dev.startswith("cuda") else _cpu_name()
+    cpu = f"{cpu_model()} ({torch.get_num_threads()} threads)"
+    card = torch.cuda.get_device_name(0) if dev.startswith("cuda") else cpu
     r.update({"images": bench_images(), "device": dev, "card": card, "branching": B, "batch_size": BATCH,
               "torch": torch.__version__, "threads": torch.get_num_threads()})
     r["traversal_over_forward"] = r["traversal_s"] / r["forward_s"]
