@@ -140,8 +140,7 @@ class Session:
                       store_mode=options.store_mode, progress=options.progress, only_target=only_target)
         session.preset = options.preset
         session._selector, session._selector_params = m.selector, dict(m.selector_params)
-        session._defaults = {"branching": options.branching, "stop_at": options.stop_at,
-                             "selector_params": dict(m.selector_params)}
+        session._defaults = {"branching": options.branching, "stop_at": options.stop_at}
         return session
 
     def prepare(self) -> Session:
@@ -284,8 +283,8 @@ class Session:
             _, _, sel, sel_params = resolve_method(self.preset, None, None, selector, selector_params)
         else:
             sel = self._selector if selector is None else selector
-            if selector is None and selector_params is None:  # the options' parameters (from_options), else none
-                sel_params = dict(self._defaults.get("selector_params") or {})
+            if selector is None and selector_params is None:  # the session's (from_options: the options')
+                sel_params = dict(self._selector_params)
             else:
                 sel_params = dict(selector_params or {})
         selector_obj = make_selector(sel, **sel_params)
