@@ -96,9 +96,9 @@ def _main(argv: Sequence[str] | None) -> int:
             parser.print_help()
             return 2
         if getattr(args, "batch_size", 0) is None:  # --batch-size not given: by the device (32 CPU, 128 GPU)
-            from ssa.session import default_batch_size
+            from ssa.cli.commands.common import batch_size
 
-            args.batch_size = default_batch_size(str(getattr(args, "device", None) or "cpu"))
+            args.batch_size = batch_size(args)
         code = int(args.run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
         return code

@@ -261,8 +261,9 @@ def _store(args: argparse.Namespace) -> tuple[str | None, str]:
     return None, "fill"
 
 
-def _batch_size(args: argparse.Namespace) -> int:
-    """--batch-size, or by the device when it is not given (32 on the CPU, 128 on a GPU)."""
+def batch_size(args: argparse.Namespace) -> int:
+    """--batch-size, or by the device when it is not given (32 on the CPU, 128 on a GPU); ssa's main fills
+    ``args.batch_size`` with it, and :func:`run_options` uses it for namespaces built without main."""
     if args.batch_size is not None:
         return int(args.batch_size)
     from ssa.session import default_batch_size
@@ -278,7 +279,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         rule=args.rule, rule_params=parse_kv(args.rule_param, "--rule-param"),
         selector=args.selector, selector_params=parse_kv(args.selector_param, "--selector-param"),
         preset=args.preset, branching=args.branching, stop_at=args.stop_at,
-        engine=getattr(args, "engine", "auto"), batch_size=_batch_size(args), store=store, store_mode=store_mode,
+        engine=getattr(args, "engine", "auto"), batch_size=batch_size(args), store=store, store_mode=store_mode,
         progress=not getattr(args, "quiet", False))
 
 
