@@ -206,17 +206,17 @@ class ConvTerm(Term):
             raw = stats["g"]  # (B, N, kk)
             h, fed = self.head_channels(neurons, stat_device(raw))
             cs = channels_of(raw, h)  # (B, n, kk)
-            c = cs
+            dev = cs.device
             if self.gate is None:
-                om = torch.einsum("jkd,bjd->jbk", self._wk(c.device)[h], cs)
+                om = torch.einsum("jkd,bjd->jbk", self._wk(dev)[h], cs)
             else:
-                g = as_tensor(stats["gate"], c.device)  # (B, C)
-                cols = global_input_channels(self.op, c.device)[h]  # (n, Cg)
-                p = torch.einsum("jcd,bjd->jbc", self._weight(c.device)[h], cs) * g[:, cols].transpose(0, 1)
+                g = as_tensor(stats["gate"], dev)  # (B, C)
+                cols = global_input_channels(self.op, dev)[h]  # (n, Cg)
+                p = torch.einsum("jcd,bjd->jbc", self._weight(dev)[h], cs) * g[:, cols].transpose(0, 1)
                 if self.op.groups == 1:
-                    om = scatter_channels(p, self.chan.to(c.device), self.n_parent)
+                    om = scatter_channels(p, self.chan.to(dev), self.n_parent)
                 else:  # (n, B, Cg) with the selected output channels first
-                    om = scatter_channels(p, self._index(c.device)[h][:, None, :], self.n_parent)
+                    om = scatter_channels(p, self._index(dev)[h][:, None, :], self.n_parent)
         else:
             raw = stats["a"]  # (B, N, K)
             h, fed = self.head_channels(neurons, stat_device(raw))
