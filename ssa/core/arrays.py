@@ -157,9 +157,7 @@ def median_of_v_rows(d: Array, m: Array) -> Array:
         b = xp.where(k + 1 - i > 0, right(k - i), neg)
         return xp.reshape(xp.maximum(a, b), (R, 1))
 
-    if K % 2:
-        return kth(K // 2)
-    return (kth(K // 2 - 1) + kth(K // 2)) / 2.0
+    return median_columns(K, kth)
 
 
 def quantile_columns(n_columns: int, column: Callable[[int], Array], q: float) -> Array:
@@ -228,7 +226,13 @@ def percentile_rows(rows: Array, qs: tuple[float, ...]) -> list[Array]:
 
 def median_sorted(sorted_rows: Array) -> Array:
     """``numpy.median(rows, axis=1, keepdims=True)`` of ascending-sorted rows, bit for bit."""
-    K = int(sorted_rows.shape[1])
+    return median_columns(int(sorted_rows.shape[1]), lambda p: sorted_rows[:, p:p + 1])
+
+
+def median_columns(n_columns: int, column: Callable[[int], Array]) -> Array:
+    """:func:`median_sorted` of rows known only through ``column(p)``, the (R, 1) values at sorted position ``p``
+    (the middle one, or the mean of the middle two as numpy takes it)."""
+    K = int(n_columns)
     if K % 2:
-        return sorted_rows[:, K // 2:K // 2 + 1]
-    return (sorted_rows[:, K // 2 - 1:K // 2] + sorted_rows[:, K // 2:K // 2 + 1]) / 2.0
+        return column(K // 2)
+    return (column(K // 2 - 1) + column(K // 2)) / 2.0
