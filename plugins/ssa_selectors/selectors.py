@@ -75,7 +75,40 @@ def _sorted(xp: Any, rows: Any, sorted_rows: Any) -> Any:
     return sorted_rows if sorted_rows.dtype == xp.float64 else xp.astype(sorted_rows, xp.float64)
 
 
-class TukeySelector(Selector):
+class _CutSelector(Selector):
+    """A selector that labels a row against two values found from the row sorted: +1 above ``hi``, -1 below
+    ``lo`` (``two_sided``). Subclasses give :meth:`_cuts`; labels, sorted rows and the traversal's sorted cuts
+    (:class:`~ssa.core.interfaces.SupportsSortedCuts`) all come from it."""
+
+    def _cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any]:
+        """``(hi, lo)``, each (R, 1), of rows of ``n`` values whose sorted position ``p`` is ``column(p)``."""
+        raise NotImplementedError
+
+    def select(self, rows: Any) -> Any:
+        return self.select_sorted(rows, None)
+
+    def select_sorted(self, rows: Any, sorted_rows: Any) -> Any:
+        """:meth:`select`, given each row's values sorted ascending (or None: sorted here)."""
+        xp, rows = _as_rows(rows)
+        if rows.shape[1] == 0:
+            return _empty(xp, rows)
+        s = _sorted(xp, rows, sorted_rows)
+        hi, lo = self._cuts(rows.shape[1], lambda p: s[:, p:p + 1])
+        return _finish(xp, rows, rows > hi, rows < lo, self.two_sided)
+
+    def sorted_cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any | None]:
+        """See :class:`~ssa.core.interfaces.SupportsSortedCuts`."""
+        hi, lo = self._cuts(n, column)
+        return hi, (lo if self.two_sided else None)
+
+
+def _beyond_zero(hi: Any, lo: Any) -> tuple[Any, Any]:
+    """Cuts for "above ``hi`` and > 0" / "below ``lo`` and < 0": above max(hi, 0), below min(lo, 0)."""
+    xp = namespace(hi)
+    return xp.maximum(hi, xp.zeros_like(hi)), xp.minimum(lo, xp.zeros_like(lo))
+
+
+class TukeySelector(_CutSelector):
     """Tukey's fences: k is an outlier iff omega > Q3 + k * (Q3 - Q1) (the paper's).
 
     Quartiles by linear interpolation, bit-identical to ``numpy.percentile`` on every array library.
@@ -89,28 +122,12 @@ class TukeySelector(Selector):
         "two_sided": _TWO_SIDED,
     }
 
-    def select(self, rows: Any) -> Any:
-        return self.select_sorted(rows, None)
-
-    def select_sorted(self, rows: Any, sorted_rows: Any) -> Any:
-        """:meth:`select`, given each row's values sorted ascending (or None: sorted here)."""
-        xp, rows = _as_rows(rows)
-        if rows.shape[1] == 0:
-            return _empty(xp, rows)
-        s = _sorted(xp, rows, sorted_rows)
-        hi, lo = self._fences(rows.shape[1], lambda p: s[:, p:p + 1])
-        return _finish(xp, rows, rows > hi, rows < lo, self.two_sided)
-
-    def _fences(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any]:
+    def _cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any]:
+        """The fences Q3 + k * IQR and Q1 - k * IQR."""
         q1, q3 = quantile_columns(n, column, 25.0), quantile_columns(n, column, 75.0)
         iqr = q3 - q1
         k = self.params["k"]
         return q3 + k * iqr, q1 - k * iqr
-
-    def sorted_cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any | None]:
-        """(upper fence, lower fence or None): see :class:`~ssa.core.capabilities.SupportsSortedCuts`."""
-        hi, lo = self._fences(n, column)
-        return hi, (lo if self.two_sided else None)
 
 
 class ZScoreSelector(Selector):
@@ -208,7 +225,7 @@ def _mean_abs_where(xp: Any, d: Any, rows: Any) -> Any:
     return xp.mean(xp.abs(d), axis=1, keepdims=True)
 
 
-class PercentileSelector(Selector):
+class PercentileSelector(_CutSelector):
     """Outlier iff omega is strictly above the q-th percentile of its row (and positive)."""
 
     name = "percentile"
@@ -219,32 +236,13 @@ class PercentileSelector(Selector):
         "two_sided": _TWO_SIDED,
     }
 
-    def select(self, rows: Any) -> Any:
-        return self.select_sorted(rows, None)
-
-    def select_sorted(self, rows: Any, sorted_rows: Any) -> Any:
-        """:meth:`select`, given each row's values sorted ascending (or None: sorted here)."""
-        xp, rows = _as_rows(rows)
-        if rows.shape[1] == 0:
-            return _empty(xp, rows)
-        s = _sorted(xp, rows, sorted_rows)
-        hi, lo = self._cuts(rows.shape[1], lambda p: s[:, p:p + 1])
-        return _finish(xp, rows, rows > hi, rows < lo, self.two_sided)
-
     def _cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any]:
-        """omega > the q-th percentile and > 0 is omega > max(percentile, 0); below: < min(percentile, 0)."""
+        """Above the q-th percentile and > 0; below the (100 - q)-th and < 0."""
         q = self.params["q"]
-        hi, lo = quantile_columns(n, column, q), quantile_columns(n, column, 100.0 - q)
-        xp = namespace(hi)
-        return xp.maximum(hi, xp.zeros_like(hi)), xp.minimum(lo, xp.zeros_like(lo))
-
-    def sorted_cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any | None]:
-        """See :class:`~ssa.core.capabilities.SupportsSortedCuts`."""
-        hi, lo = self._cuts(n, column)
-        return hi, (lo if self.two_sided else None)
+        return _beyond_zero(quantile_columns(n, column, q), quantile_columns(n, column, 100.0 - q))
 
 
-class TopKSelector(Selector):
+class TopKSelector(_CutSelector):
     """The k largest strictly positive entries of each row.
 
     An entry is kept iff it is > 0 and strictly greater than the (k+1)-th largest
@@ -262,29 +260,8 @@ class TopKSelector(Selector):
         "two_sided": _TWO_SIDED,
     }
 
-    def select(self, rows: Any) -> Any:
-        return self.select_sorted(rows, None)
-
-    def select_sorted(self, rows: Any, sorted_rows: Any) -> Any:
-        """:meth:`select`, given each row's values sorted ascending (or None: sorted here)."""
-        xp, rows = _as_rows(rows)
-        K = rows.shape[1]
-        if K == 0:
-            return _empty(xp, rows)
-        safe = _safe(xp, rows)
-        s = _sorted(xp, safe, sorted_rows)
-        hi, lo = self._cuts(K, lambda p: s[:, p:p + 1])
-        return _finish(xp, rows, safe > hi, safe < lo, self.two_sided)
-
     def _cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any]:
         """Above the (k+1)-th largest value (the row minimum when the row has k or fewer entries) and > 0;
         below the (k+1)-th smallest and < 0."""
         at = min(self.params["k"], n - 1)
-        hi, lo = column(n - 1 - at), column(at)
-        xp = namespace(hi)
-        return xp.maximum(hi, xp.zeros_like(hi)), xp.minimum(lo, xp.zeros_like(lo))
-
-    def sorted_cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any | None]:
-        """See :class:`~ssa.core.capabilities.SupportsSortedCuts`."""
-        hi, lo = self._cuts(n, column)
-        return hi, (lo if self.two_sided else None)
+        return _beyond_zero(column(n - 1 - at), column(at))
