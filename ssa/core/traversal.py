@@ -375,7 +375,7 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
     K = int(vec.shape[1])
     if nb == 0 or b == 0:
         return
-    cuts: Any = selector
+    assert isinstance(selector, SupportsSortedCuts)  # the traversal asks for factors only with such selectors
     mask = xp.reshape(xp.astype(fed, xp.float64), (nb, 1))
     order = xp.argsort(vec, axis=1, stable=True) if f.order is None else host_view(f.order)
     sv = xp.take_along_axis(vec, order, axis=1)
@@ -390,7 +390,7 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
     q0 = xp.zeros((nb, b), dtype=xp.int64, device=device_of(vec))
     ends = (g(q0), g(xp.full_like(q0, K - 1)))
     with np.errstate(invalid="ignore", over="ignore"):  # non-finite cuts fall back to the rows below
-        hi, lo = cuts.sorted_cuts(K, lambda p: xp.reshape(g(position(p)), (nb * b, 1)))
+        hi, lo = selector.sorted_cuts(K, lambda p: xp.reshape(g(position(p)), (nb * b, 1)))
     hi = xp.reshape(hi, (nb, b))
     lo = None if lo is None else xp.reshape(lo, (nb, b))
     finite = xp.all(xp.isfinite(ends[0])) & xp.all(xp.isfinite(ends[1])) & xp.all(xp.isfinite(hi))
