@@ -14,11 +14,12 @@ one-line warning that names it; the others keep working, ``ssa plugins`` include
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -30,7 +31,8 @@ from ssa.core.interfaces import Backend, Rule, Selector
 from ssa.core.options import ModelOption
 from ssa.errors import PluginError, SSAWarning
 
-__all__ = ["get_plugin_manager", "registry", "Registry", "PluginInfo", "SkippedPlugin", "skipped_plugins",
+__all__ = ["lazy_exports",
+           "get_plugin_manager", "registry", "Registry", "PluginInfo", "SkippedPlugin", "skipped_plugins",
            "model_options", "add_plugin_commands", "AUTOLOAD_ENV", "OWN_DISTRIBUTION"]
 
 AUTOLOAD_ENV = "SSA_DISABLE_PLUGIN_AUTOLOAD"
@@ -313,3 +315,24 @@ def make_selector(name: str | Selector, **params: Any) -> Selector:
         return name
     selector: Selector = registry().get("selector", name)(**params)
     return selector
+
+
+def lazy_exports(package: str, exports: Mapping[str, str], namespace: dict[str, Any]
+                 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A plugin package's PEP 562 ``__getattr__`` and ``__dir__``: each public name in ``exports`` (name ->
+    submodule) is imported from its submodule on first use and kept in ``namespace`` (the package's
+    ``globals()``), so that importing the package's plugin module (every ``ssa`` command does) imports no
+    heavy library. Use: ``__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())``."""
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{module}", package), name)
+        namespace[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*namespace, *exports})
+
+    return __getattr__, __dir__
