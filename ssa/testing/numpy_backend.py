@@ -145,7 +145,7 @@ class NumpyNetwork(Network):
     # -- forward pass -----------------------------------------------------------------------------------------
     def _forward(self, x: np.ndarray, ablate: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(x, z, h, logits)``; ``ablate[tap] = (mask, fill)`` replaces the masked channels of ``input`` or ``relu``."""
+        """``(x, z, h, logits)``; ``ablate[tap] = (mask, fill)`` replaces masked channels of ``input`` or ``relu``."""
         m = self.model
         if ablate and "input" in ablate:
             mask, fill = ablate["input"]
