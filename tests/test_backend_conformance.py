@@ -20,7 +20,7 @@ from ssa_torch.backend import TorchBackend
 import ssa
 import ssa.testing.numpy_backend as numpy_backend
 from ssa.plugins import get_plugin_manager, registry
-from ssa.testing.backends import BackendCase, TorchReference, check_backend
+from ssa.testing import BackendCase, TorchReference, check_backend
 from ssa.testing.models import ModelCase, RefTap, plain_cnn, residual_cnn
 from ssa.testing.numpy_backend import NumpyBackend, NumpyNetwork, TwoLayerModel
 
@@ -206,7 +206,7 @@ _NO_TORCH = textwrap.dedent("""
     import ssa
     import ssa.testing.numpy_backend as nb
     from ssa.plugins import get_plugin_manager, registry
-    from ssa.testing.backends import BackendCase, check_backend
+    from ssa.testing import BackendCase, check_backend
 
     get_plugin_manager().register(nb, name="numpy_example")
     registry(refresh=True)
