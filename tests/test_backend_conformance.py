@@ -4,6 +4,7 @@ with torch blocked."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -231,3 +232,12 @@ def test_the_core_traverses_the_numpy_backend_without_torch(tmp_path: Path) -> N
     for line in lines[:2]:
         rule, edges, engines = line.split(" ", 2)
         assert int(edges) > 0 and engines == "['autograd']", line
+
+
+def test_the_plugin_guide_registers_and_runs_the_numpy_backend() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "pm.register(numpy_backend" in b]
+    ns: dict = {"__name__": "plugin_guide_backend"}
+    exec(compile(code, "docs/plugins.md", "exec"), ns)
+    assert ns["result"].graph.number_of_edges() > 0
+    assert "numpy_example" not in registry().names("backend")  # unregistered again
