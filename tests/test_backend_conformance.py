@@ -22,7 +22,7 @@ import ssa
 import ssa.testing.numpy_backend as numpy_backend
 from ssa.plugins import get_plugin_manager, registry
 from ssa.testing import BackendCase, TorchReference, check_backend
-from ssa.testing.models import ModelCase, RefTap, plain_cnn, residual_cnn
+from ssa.testing.models import ModelCase, RefTap, channels_last_cnn, plain_cnn, residual_cnn
 from ssa.testing.numpy_backend import NumpyBackend, NumpyNetwork, TwoLayerModel
 
 NUMPY_TAPS = (RefTap("input", None), RefTap("relu", "relu", parents=("input",)),
@@ -62,7 +62,7 @@ def _torch_case(mc: ModelCase, tmp_path: Path) -> BackendCase:
                        bad_sources=(str(tmp_path / "missing.pt2"), str(corrupt), "no_such_package.module:model"))
 
 
-@pytest.mark.parametrize("mc", [plain_cnn, residual_cnn], ids=lambda mc: mc.name)
+@pytest.mark.parametrize("mc", [plain_cnn, residual_cnn, channels_last_cnn], ids=lambda mc: mc.name)
 def test_torch_backend_conforms(mc: ModelCase, tmp_path: Path) -> None:
     assert check_backend(_torch_case(mc, tmp_path)) == []
 
@@ -114,6 +114,13 @@ class _Traceback(NumpyNetwork):
         return super().prepare(example)
 
 
+class _IgnoresAblation(NumpyNetwork):
+    def ablator(self, batch_size=256):
+        ablator = super().ablator(batch_size)
+        ablator.logits = lambda images, ablate, mode="zero": self.logits(images)  # ablates nothing, refuses nothing
+        return ablator
+
+
 def _backend_of(network_cls: type) -> type:
     class Broken(NumpyBackend):
         name = "broken_numpy"
@@ -130,6 +137,8 @@ def _backend_of(network_cls: type) -> type:
     (_ScaledRelevance, "closed_form", None),  # no closed form claimed: nothing to compare
     (_NoCuts, "cut_semantics", "tap 'logits' (expected 'logits') has parents ['input', 'relu'], expected ['relu']"),
     (_Traceback, "errors", "prepare() on images with an extra axis: raised ValueError"),
+    (_IgnoresAblation, "ablation", "zeroing every neuron of the logits' parents: logits of every image"),
+    (_IgnoresAblation, "ablation", "ablating an unknown tap: was accepted"),
 ])
 def test_the_kit_fails_a_broken_backend(network_cls, check, expected, tmp_path: Path) -> None:
     case = _numpy_case(TwoLayerModel.random(0), tmp_path, backend=_backend_of(network_cls))
