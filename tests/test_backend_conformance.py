@@ -121,6 +121,18 @@ class _IgnoresAblation(NumpyNetwork):
         return ablator
 
 
+class _ShiftedAblation(NumpyNetwork):
+    def ablator(self, batch_size=256):
+        ablator = super().ablator(batch_size)
+        plain = ablator.logits
+
+        def shifted(images, ablate, mode="zero"):  # ablates the neuron next to each one asked for
+            return plain(images, {t: (np.asarray(v) + 1) % self.tap(t).n_neurons for t, v in ablate.items()}, mode)
+
+        ablator.logits = shifted
+        return ablator
+
+
 def _backend_of(network_cls: type) -> type:
     class Broken(NumpyBackend):
         name = "broken_numpy"
@@ -139,6 +151,7 @@ def _backend_of(network_cls: type) -> type:
     (_Traceback, "errors", "prepare() on images with an extra axis: raised ValueError"),
     (_IgnoresAblation, "ablation", "zeroing every neuron of the logits' parents: logits of every image"),
     (_IgnoresAblation, "ablation", "ablating an unknown tap: was accepted"),
+    (_ShiftedAblation, "ablation", "against the reference: differs"),
 ])
 def test_the_kit_fails_a_broken_backend(network_cls, check, expected, tmp_path: Path) -> None:
     case = _numpy_case(TwoLayerModel.random(0), tmp_path, backend=_backend_of(network_cls))

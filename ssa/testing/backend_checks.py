@@ -5,8 +5,8 @@ Each check takes a :class:`_Subject` (a case's network, prepared once) and retur
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -18,7 +18,34 @@ from ssa.errors import SSAError
 if TYPE_CHECKING:
     from ssa.testing.backends import BackendCase
 
-__all__ = ["BACKEND_CHECKS"]
+__all__ = ["BACKEND_CHECKS", "ExpectedTap", "Reference", "AblationReference"]
+
+
+class ExpectedTap(Protocol):
+    """A tap written out by hand (:class:`ssa.testing.models.RefTap` is one): its name in the reference, its
+    channel axis and its parents under cut semantics (method doc, section 4)."""
+
+    name: str
+    channel_axis: int
+    parents: tuple[str, ...]
+
+
+class Reference(Protocol):
+    """The exact values a backend must reproduce, computed independently of it (tap names: ``case.taps``')."""
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """(B, n_classes) class logits."""
+
+    def relevance(self, images: np.ndarray, upper: str, neurons: Sequence[int], rule: str) -> Mapping[str, Any]:
+        """``{parent: omega (len(neurons), B, K)}`` of the step below ``upper`` under cut semantics."""
+
+
+@runtime_checkable
+class AblationReference(Protocol):
+    """A reference that also knows the logits with neurons ablated (optional; the ``ablation`` check uses it)."""
+
+    def ablated_logits(self, images: np.ndarray, ablate: Mapping[str, Sequence[int]]) -> np.ndarray:
+        """(B, n_classes) logits with the channels ``ablate[tap]`` of every tap set to 0 at once."""
 
 
 class _Subject:
@@ -235,6 +262,17 @@ def _check_ablation(s: _Subject) -> list[str]:
         every = {t: np.arange(s.by_name[t].n_neurons) for t in lower}
         fails += _close(f"image {i} with every tap set to its own mean map against its logits",
                         ablator.logits(one, every, "mean"), logits[i:i + 1], s.case.rtol)
+    ref = s.case.reference
+    if isinstance(ref, AblationReference) and s.ref_name is not None:
+        names = s.ref_name
+        rng = np.random.default_rng(s.case.seed)
+        chosen = {t: np.sort(rng.choice(s.by_name[t].n_neurons, max(1, s.by_name[t].n_neurons // 3), replace=False))
+                  for t in lower}
+        for ablate in [{t: v} for t, v in chosen.items()] + [chosen]:
+            what = ", ".join(f"{t}{v.tolist()}" for t, v in ablate.items())
+            fails += _close(f"zeroing {what} against the reference", ablator.logits(s.images, ablate, "zero"),
+                            ref.ablated_logits(s.images, {names[t]: v.tolist() for t, v in ablate.items()}),
+                            s.case.rtol)
     fails += _refused("ablating the logits tap", lambda: ablator.logits(s.images, {"logits": np.array([0])}))
     fails += _refused("ablating an unknown tap", lambda: ablator.logits(s.images, {"no such tap": np.array([0])}))
     one_neuron = {lower[-1]: np.array([0])}

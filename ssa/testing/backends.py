@@ -28,7 +28,8 @@ What is checked, on random inputs drawn from ``input_shape`` (method doc, sectio
   (``collect``, the engine's ``ClosedFormSource``), the reference's relevance;
 * ``ablation`` (when the network has :class:`~ssa.core.capabilities.SupportsAblation`): ablating nothing gives
   the logits; zeroing every neuron of the logits' parents makes the logits equal on every image (cut semantics:
-  the logits depend on their parents only); mean maps fitted on one image, ablated on it, change nothing; the
+  the logits depend on their parents only); mean maps fitted on one image, ablated on it, change nothing;
+  zeroing neurons equals the reference's ``ablated_logits`` (:class:`AblationReference`, optional); the
   logits tap, an unknown tap and an unknown mode are refused with an :class:`~ssa.errors.SSAError`;
 * ``devices``: ``network.device`` is the device asked for, the arrays the network returns live there,
   ``as_array`` and ``to_host_async`` round-trip exactly; on every other available device of ``case.devices``
@@ -45,34 +46,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from ssa.core.interfaces import Backend, Network
-from ssa.testing.backend_checks import BACKEND_CHECKS, _Subject
+from ssa.testing.backend_checks import BACKEND_CHECKS, AblationReference, ExpectedTap, Reference, _Subject
 
-__all__ = ["BackendCase", "ExpectedTap", "Reference", "TorchReference", "check_backend", "assert_backend_conforms",
-           "BACKEND_CHECKS"]
-
-
-class ExpectedTap(Protocol):
-    """A tap written out by hand (:class:`ssa.testing.models.RefTap` is one): its name in the reference, its
-    channel axis and its parents under cut semantics (method doc, section 4)."""
-
-    name: str
-    channel_axis: int
-    parents: tuple[str, ...]
-
-
-class Reference(Protocol):
-    """The exact values a backend must reproduce, computed independently of it (tap names: ``case.taps``')."""
-
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        """(B, n_classes) class logits."""
-
-    def relevance(self, images: np.ndarray, upper: str, neurons: Sequence[int], rule: str) -> Mapping[str, Any]:
-        """``{parent: omega (len(neurons), B, K)}`` of the step below ``upper`` under cut semantics."""
+__all__ = ["BackendCase", "ExpectedTap", "Reference", "AblationReference", "TorchReference", "check_backend",
+           "assert_backend_conforms", "BACKEND_CHECKS"]
 
 
 @dataclass(frozen=True)
@@ -134,6 +116,52 @@ class TorchReference:
         from ssa.testing.reference import reference_relevance
 
         return reference_relevance(self.module, images, self.taps, upper, neurons, rule)
+
+    def ablated_logits(self, images: np.ndarray, ablate: Mapping[str, Sequence[int]]) -> np.ndarray:
+        """Logits with channels of taps set to 0: forward hooks on a copy of the module replace the output of
+        each tap's module call (the input itself for the input tap), and one more records the logits."""
+        import torch
+
+        from ssa.testing.reference import _fresh
+
+        model = _fresh(self.module)
+        modules = dict(model.named_modules())
+        by_name = {t.name: t for t in self.taps}
+        calls: dict[str, int] = {}
+        got: dict[str, Any] = {}
+
+        def zero(value: Any, tap: Any) -> Any:
+            index = torch.as_tensor(np.asarray(ablate[tap.name], dtype=np.int64))
+            return value.index_fill(tap.channel_axis, index, 0.0)
+
+        def hook(path: str) -> Any:
+            def run(module: Any, inputs: Any, output: Any) -> Any:
+                k = calls[path] = calls.get(path, -1) + 1
+                for t in self.taps:
+                    if t.module == path and t.call == k:
+                        if t.name == "logits":
+                            got["logits"] = output
+                        elif t.name in ablate:
+                            return zero(output, t)
+                return None
+
+            return run
+
+        handles = [modules[p].register_forward_hook(hook(p)) for p in {t.module for t in self.taps if t.module}]
+        x = torch.from_numpy(np.asarray(images, np.float32))
+        input_tap = next((t for t in self.taps if t.module is None), None)
+        if input_tap is not None and input_tap.name in ablate:
+            x = zero(x, input_tap)
+        unknown = sorted(set(ablate) - set(by_name))
+        try:
+            if unknown:
+                raise KeyError(f"unknown reference taps {unknown}")
+            with torch.no_grad():
+                model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return got["logits"].double().numpy()
 
 
 def check_backend(case: BackendCase, checks: Sequence[str] | None = None) -> list[str]:
