@@ -133,6 +133,10 @@ class _ShiftedAblation(NumpyNetwork):
         return ablator
 
 
+class _WrongDevice(NumpyNetwork):
+    device = "cuda:0"  # says so, but computes on the host
+
+
 def _backend_of(network_cls: type) -> type:
     class Broken(NumpyBackend):
         name = "broken_numpy"
@@ -152,6 +156,7 @@ def _backend_of(network_cls: type) -> type:
     (_IgnoresAblation, "ablation", "zeroing every neuron of the logits' parents: logits of every image"),
     (_IgnoresAblation, "ablation", "ablating an unknown tap: was accepted"),
     (_ShiftedAblation, "ablation", "against the reference: differs"),
+    (_WrongDevice, "devices", "lives on cpu, expected the network's device cuda:0"),
 ])
 def test_the_kit_fails_a_broken_backend(network_cls, check, expected, tmp_path: Path) -> None:
     case = _numpy_case(TwoLayerModel.random(0), tmp_path, backend=_backend_of(network_cls))
@@ -212,6 +217,22 @@ def test_numpy_backend_is_chosen_by_the_registry_and_refuses_in_one_line(numpy_p
         NumpyBackend().load(model, device="cuda")
     with pytest.raises(ssa.SSAError, match="takes no taps"):
         ssa.load_model(model, taps=["relu"])
+
+
+def test_the_cli_analyses_the_numpy_backend(numpy_plugin, tmp_path: Path, monkeypatch, capsys) -> None:
+    from ssa.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    np.savez("two.npz", **TwoLayerModel.random(0).arrays())
+    np.save("x.npy", np.random.default_rng(1).uniform(0, 1, (24, 8, 6, 6)).astype(np.float32))
+    assert main(["analyse", "two.npz", "--images", "x.npy", "-t", "1", "--include-input", "-o", "g.json"]) == 0
+    out = capsys.readouterr().out
+    assert "autograd for logits -> relu, relu -> input" in out and (tmp_path / "g.json").exists()
+    for argv, message in ((["two.npz", "--taps", "relu"], "has fixed taps and takes no taps; leave them out."),
+                          (["missing.npz"], "model file 'missing.npz' does not exist; check the path.")):
+        assert main(["analyse", *argv, "--images", "x.npy", "-t", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ssa: error: ") and err.count("\n") == 1 and message in err, err
 
 
 # -- the core without torch ------------------------------------------------------------------------------------
