@@ -168,7 +168,8 @@ class NumpyNetwork(Network):
         return self._forward(self._check_batch(batch))[3]
 
     def tap_scalars(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return self._scalars(*(v for i, v in enumerate(self._forward(self._check_batch(batch))) if i != 1))
+        x, _, h, logits = self._forward(self._check_batch(batch))
+        return self._scalars(x, h, logits)
 
     # -- relevance (method doc, sections 3 and 4): gradients written out, the rule combines ---------------------
     def step_relevance(self, batch: np.ndarray, upper: str, neurons: Sequence[int], rule: Rule
