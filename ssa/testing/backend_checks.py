@@ -25,9 +25,14 @@ class ExpectedTap(Protocol):
     """A tap written out by hand (:class:`ssa.testing.models.RefTap` is one): its name in the reference, its
     channel axis and its parents under cut semantics (method doc, section 4)."""
 
-    name: str
-    channel_axis: int
-    parents: tuple[str, ...]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def channel_axis(self) -> int: ...
+
+    @property
+    def parents(self) -> tuple[str, ...]: ...
 
 
 class Reference(Protocol):
@@ -71,7 +76,8 @@ class _Subject:
         return sorted({0, tap.n_neurons // 2, tap.n_neurons - 1})
 
     def reference(self, images: np.ndarray, upper: str, neurons: Sequence[int], rule: str) -> dict[str, np.ndarray]:
-        """The reference's relevance keyed by the network's tap names (None when there is no reference)."""
+        """The reference's relevance keyed by the network's tap names (only called when the case has a reference
+        and the taps matched it)."""
         ref, names = self.case.reference, self.ref_name
         assert ref is not None and names is not None
         back = {v: k for k, v in names.items()}
@@ -316,6 +322,9 @@ def _check_devices(s: _Subject) -> list[str]:
         other.prepare(s.images)
         if not str(other.device).startswith(dev):
             fails.append(f"network.device is {other.device!r} for a network loaded on {dev!r}")
+        for name, v in other.tap_scalars(s.images).items():
+            if str(device_of(v)).split(":")[0] != dev.split(":")[0]:
+                fails.append(f"tap_scalars()[{name!r}] of a network on {dev} lives on {device_of(v)}")
         fails += _close(f"logits on {dev} against the CPU's", other.logits(s.images), net.logits(s.images), s.case.rtol)
         for rule_name, rule in s.rules.items():
             for step in s.steps:
@@ -329,6 +338,7 @@ def _check_devices(s: _Subject) -> list[str]:
 
 def _check_errors(s: _Subject) -> list[str]:
     fails: list[str] = []
+
     def load(bad: Any) -> Callable[[], Any]:
         return lambda: s.case.backend().load(bad, **s.case.load_options)
 
