@@ -57,9 +57,14 @@ def _builtin_reference(name: str) -> tuple[tuple[int, ...], str]:
 def builtin_name(arrays: Iterable[np.ndarray]) -> str | None:
     """The built-in name of a model with these weights, or None (cheap unless the tensor sizes match)."""
     arrays = _arrays(arrays)
+    if not arrays:
+        return None
     sizes = tuple(sorted(a.size for a in arrays))
     for name in BUILTIN_NAMES:
-        ref_sizes, ref_sig = _builtin_reference(name)
+        try:
+            ref_sizes, ref_sig = _builtin_reference(name)
+        except ImportError:  # the built-in models need torch; without it (a numpy backend) none was loaded
+            continue
         if sizes == ref_sizes and weights_signature(arrays) == ref_sig:
             return name
     return None
