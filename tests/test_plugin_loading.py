@@ -16,7 +16,8 @@ from ssa.errors import PluginError, SSAWarning
 
 
 def test_own_plugins_come_from_the_entry_points_of_the_ssa_distribution():
-    own = {ep.name: ep.value for ep in entry_points(group="ssa") if ep.dist and ep.dist.metadata["Name"] == plugins.OWN_DISTRIBUTION}
+    own = {ep.name: ep.value for ep in entry_points(group="ssa")
+           if ep.dist and ep.dist.metadata["Name"] == plugins.OWN_DISTRIBUTION}
     assert own == {"torch": "ssa_torch.plugin", "onnx": "ssa_onnx.plugin", "rules": "ssa_rules.plugin",
                    "selectors": "ssa_selectors.plugin"}
     pm = plugins.get_plugin_manager()
@@ -28,7 +29,8 @@ def test_own_plugins_come_from_the_entry_points_of_the_ssa_distribution():
 
 
 def test_not_installed_is_one_clear_error(monkeypatch):
-    third_party_only = [ep for ep in entry_points(group="ssa") if ep.dist and ep.dist.metadata["Name"] != plugins.OWN_DISTRIBUTION]
+    third_party_only = [ep for ep in entry_points(group="ssa")
+                        if ep.dist and ep.dist.metadata["Name"] != plugins.OWN_DISTRIBUTION]
     with pytest.raises(PluginError, match=r"ssa is not installed in it; install it \(`pip install -e \.`"):
         plugins._load_entry_points(pluggy.PluginManager("ssa"), third_party_only, third_party=True)
 
