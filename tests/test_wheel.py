@@ -11,7 +11,8 @@ has, without lending it ssa:
   environment the tests run in is impossible (venv takes the base interpreter's site-packages, not this
   one's), and of a base that had ssa it would prove nothing;
 * a ``.pth`` file in its site-packages names a folder of links to every entry of this interpreter's
-  site-packages *except* ssa's own distribution (its ``.dist-info``, the files of its record, such as an
+  site-packages (and of the folders a ``.pth`` file or PYTHONPATH adds, the checkout's source roots left out)
+  *except* ssa's own distribution (its ``.dist-info``, the files of its record, such as an
   editable install's import hook, and the packages ``ssa``, ``ssa_torch``, ...), so torch, numpy, ...
   import from there while ``ssa`` can only come from the wheel;
 * ``pip install`` of the wheel (no ``--no-deps``, no index) then checks that every dependency the wheel
@@ -67,6 +68,32 @@ def _ssas_own_entries(site: Path) -> set[str]:
     return own
 
 
+def _dependency_dirs() -> list[Path]:
+    """The folders this interpreter imports installed packages from: every folder on ``sys.path`` but the standard
+    library and the checkout's source roots (site-packages, and folders a ``.pth`` file or PYTHONPATH adds)."""
+    stdlib = {Path(sysconfig.get_paths()[k]).resolve() for k in ("stdlib", "platstdlib")}
+    sources = {ROOT.resolve(), (ROOT / "backends").resolve(), (ROOT / "plugins").resolve()}
+    out: list[Path] = []
+    for entry in sys.path:
+        p = Path(entry or ".").resolve()
+        if (p.is_dir() and p not in sources and p not in out and not any(p == s or s in p.parents for s in stdlib)):
+            out.append(p)
+    return out
+
+
+def _lend_dependencies(deps: Path) -> None:
+    """Links in ``deps`` to every top-level entry of the dependency folders (the first of a name wins, as on
+    ``sys.path``) except ssa's own and ``.pth`` files."""
+    deps.mkdir()
+    for folder in _dependency_dirs():
+        own = _ssas_own_entries(folder)
+        for entry in folder.iterdir():
+            name = entry.name
+            if name in own or name.endswith(".pth") or name == "__pycache__" or (deps / name).exists():
+                continue
+            (deps / name).symlink_to(entry)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """``python -m build`` (sdist, then the wheel from the unpacked sdist), without build isolation: the build
@@ -86,13 +113,8 @@ def venv(built: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> 
     venv = base / "venv"
     proc = _run([sys._base_executable, "-m", "venv", "--without-pip", str(venv)], base)  # type: ignore[attr-defined]
     assert proc.returncode == 0, proc.stderr
-    site = Path(sysconfig.get_paths()["purelib"])
     deps = base / "deps"
-    deps.mkdir()
-    own = _ssas_own_entries(site)
-    for entry in site.iterdir():
-        if entry.name not in own and not entry.name.endswith(".pth") and entry.name != "__pycache__":
-            (deps / entry.name).symlink_to(entry)
+    _lend_dependencies(deps)
     (new_site,) = (venv / "lib").glob("python3*/site-packages")
     (new_site / "_lent_dependencies.pth").write_text(f"{deps}\n")
     env = _clean_env(venv)
