@@ -71,7 +71,7 @@ def _ssas_own_entries(site: Path) -> set[str]:
 def _dependency_dirs() -> list[Path]:
     """The folders this interpreter imports installed packages from: every folder on ``sys.path`` but the standard
     library and the checkout's source roots (site-packages, and folders a ``.pth`` file or PYTHONPATH adds)."""
-    stdlib = {Path(sysconfig.get_paths()[k]).resolve() for k in ("stdlib", "platstdlib")}
+    stdlib = {Path(sysconfig.get_path("stdlib")).resolve()}  # the base interpreter's (platstdlib is the venv's lib/)
     sources = {ROOT.resolve(), (ROOT / "backends").resolve(), (ROOT / "plugins").resolve()}
     out: list[Path] = []
     for entry in sys.path:
