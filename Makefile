@@ -10,6 +10,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	@# the distribution was named `ssa` before it became `stepwise-sa` (`ssa` on PyPI is another project, with the
+	@# same import name): an install under the old name would declare ssa's plugins twice
+	$(PY) -m pip uninstall --quiet --yes ssa 2>/dev/null || true
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 

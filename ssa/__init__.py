@@ -27,6 +27,7 @@ from ssa.io.images import Preprocess, load_images
 from ssa.plugins import get_plugin_manager, make_rule, make_selector, registry
 from ssa.results import AnalysisResult, LayerSummary
 from ssa.session import Session
+from ssa.viz import notebook as _notebook  # noqa: F401  # registers the notebook views (_repr_html_)
 
 __version__ = "0.1.0"
 

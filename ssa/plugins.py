@@ -3,7 +3,8 @@
 Every plugin, ssa's own backends, rules and selectors included, is a module named in the ``ssa``
 entry-point group of an installed distribution (ssa's own are in its ``pyproject.toml``), and one
 code path loads them all: there is no list of built-in module names and no second path for a
-checkout. ssa's own plugins are those of the ``ssa`` distribution; they are loaded first, so that a
+checkout. ssa's own plugins are those of its distribution, ``stepwise-sa`` (:data:`OWN_DISTRIBUTION`; the
+import name is ``ssa``, but ``ssa`` on PyPI is another project); they are loaded first, so that a
 third-party plugin cannot take their names. Set the environment variable
 ``SSA_DISABLE_PLUGIN_AUTOLOAD=1`` to load only ssa's own (pytest's ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``).
 
@@ -36,8 +37,9 @@ __all__ = ["lazy_exports",
            "model_options", "add_plugin_commands", "AUTOLOAD_ENV", "OWN_DISTRIBUTION"]
 
 AUTOLOAD_ENV = "SSA_DISABLE_PLUGIN_AUTOLOAD"
-#: the distribution whose ``ssa`` entry points are ssa's own plugins (loaded even with autoloading off)
-OWN_DISTRIBUTION = "ssa"
+#: the distribution whose ``ssa`` entry points are ssa's own plugins (loaded even with autoloading off), as
+#: ``pyproject.toml`` names it (normalised: lower case, runs of ``-_.`` as one ``-``)
+OWN_DISTRIBUTION = "stepwise-sa"
 
 _pm: pluggy.PluginManager | None = None
 _skipped: list[SkippedPlugin] = []
@@ -105,7 +107,8 @@ def _load_entry_points(pm: pluggy.PluginManager, eps: Iterable[EntryPoint], thir
         raise PluginError(
             f"ssa's own backends, rules and selectors are plugins named in its entry points, and this Python "
             f"({sys.executable}) has none: ssa is not installed in it; install it (`pip install -e .` in a checkout, "
-            "as `make install` does) instead of running it from the source folder.")
+            f"as `make install` does, or `pip install {OWN_DISTRIBUTION}`) instead of running it from the source "
+            "folder.")
     found.sort(key=lambda item: not item[2])  # stable: ssa's own first, the others in discovery order
     for ep, dist, own in found:
         if not (own or third_party):

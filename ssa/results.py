@@ -13,6 +13,7 @@ from typing import Any
 
 import networkx as nx
 
+from ssa.core import display
 from ssa.core.interfaces import Tap
 from ssa.core.traversal import StepRecord
 from ssa.io.graphs import graph_to_dict, write_graph
@@ -105,6 +106,10 @@ class AnalysisResult:
                 "them through a dense layer); try --rule gradient_x_activation"
             )
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str | None:
+        """Jupyter's view: the summary and the explorer of the graph (:mod:`ssa.viz.notebook`)."""
+        return display.html(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The graph as node-link data (JSON-ready)."""

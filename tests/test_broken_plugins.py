@@ -109,7 +109,7 @@ def test_ssa_plugins_names_every_broken_plugin_and_lists_the_rest(site):
     assert "'ssa_register_selector', which is not an ssa hook" in text
     assert "ssa_register_rules raised RuntimeError: boom in the hook" in text
     assert "expected a subclass of ssa.Selector" in text
-    assert "selector named 'tukey', which ssa 0.1.0 already registers" in text
+    assert "selector named 'tukey', which stepwise-sa 0.1.0 already registers" in text
     # the built-ins and the good plugin are listed; the skipped ones in their own section
     out = proc.stdout
     for name in ("torch", "onnx", "gradient", "gradient_x_activation", "tukey", "mad", "everything"):

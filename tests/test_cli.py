@@ -136,7 +136,7 @@ def test_plugins_lists_everything_with_distribution(capsys):
     for name in ("torch", "onnx", "gradient", "gradient_x_activation", "tukey", "zscore", "mad", "percentile",
                  "topk"):
         assert f"  {name} " in out
-    assert "[ssa 0.1.0]" in out
+    assert "[stepwise-sa 0.1.0]" in out  # ssa's own distribution
 
 
 def test_autoload_switch_keeps_builtins():

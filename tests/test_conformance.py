@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import ssa
-from ssa.plugins import registry
+from ssa.plugins import OWN_DISTRIBUTION, registry
 from ssa.testing.conformance import CHECKS, assert_selector_conforms, check_selector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def _load_example():
 
 
 def test_every_builtin_selector_is_covered() -> None:
-    builtin = {i.name for i in registry().infos("selector") if i.distribution.split()[0] == "ssa"}
+    builtin = {i.name for i in registry().infos("selector") if i.distribution.split()[0] == OWN_DISTRIBUTION}
     assert builtin == set(BUILTINS)
 
 

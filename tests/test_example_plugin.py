@@ -107,8 +107,8 @@ def test_ssas_own_wheel_does_not_ship_the_example(tmp_path: Path) -> None:
     proc = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                  "--disable-pip-version-check", "-q", "-w", str(tmp_path), str(ROOT)], _env(None), tmp_path)
     assert proc.returncode == 0, proc.stderr
-    (wheel,) = tmp_path.glob("ssa-*.whl")
+    (wheel,) = tmp_path.glob("stepwise_sa-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
-    assert tops == {"ssa", "ssa_torch", "ssa_onnx", "ssa_rules", "ssa_selectors", "ssa-0.1.0.dist-info"}
+    assert tops == {"ssa", "ssa_torch", "ssa_onnx", "ssa_rules", "ssa_selectors", "stepwise_sa-0.1.0.dist-info"}
     assert not any("example" in n for n in names)

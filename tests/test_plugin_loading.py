@@ -1,5 +1,5 @@
 """How plugins are loaded: ssa's own backends, rules and selectors are plugins named in the ``ssa``
-entry-point group of the ``ssa`` distribution and load by the one code path every plugin takes."""
+entry-point group of ssa's own distribution (``stepwise-sa``) and load by the one code path every plugin takes."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from ssa.errors import PluginError, SSAWarning
 
 
 def test_own_plugins_come_from_the_entry_points_of_the_ssa_distribution():
-    own = {ep.name: ep.value for ep in entry_points(group="ssa") if ep.dist and ep.dist.metadata["Name"] == "ssa"}
+    own = {ep.name: ep.value for ep in entry_points(group="ssa")
+           if ep.dist and ep.dist.metadata["Name"] == plugins.OWN_DISTRIBUTION}
     assert own == {"torch": "ssa_torch.plugin", "onnx": "ssa_onnx.plugin", "rules": "ssa_rules.plugin",
                    "selectors": "ssa_selectors.plugin"}
     pm = plugins.get_plugin_manager()
@@ -24,11 +25,12 @@ def test_own_plugins_come_from_the_entry_points_of_the_ssa_distribution():
         assert pm.get_plugin(name) is sys.modules[module]  # registered under the entry point's name
     assert not hasattr(plugins, "BUILTIN_MODULES")
     infos = {i.name: i.distribution for kind in ("backend", "rule", "selector") for i in ssa.registry().infos(kind)}
-    assert infos["torch"] == infos["onnx"] == infos["tukey"] == infos["gradient"] == f"ssa {ssa.__version__}"
+    assert infos["torch"] == infos["onnx"] == infos["tukey"] == infos["gradient"] == f"stepwise-sa {ssa.__version__}"
 
 
 def test_not_installed_is_one_clear_error(monkeypatch):
-    third_party_only = [ep for ep in entry_points(group="ssa") if ep.dist and ep.dist.metadata["Name"] != "ssa"]
+    third_party_only = [ep for ep in entry_points(group="ssa")
+                        if ep.dist and ep.dist.metadata["Name"] != plugins.OWN_DISTRIBUTION]
     with pytest.raises(PluginError, match=r"ssa is not installed in it; install it \(`pip install -e \.`"):
         plugins._load_entry_points(pluggy.PluginManager("ssa"), third_party_only, third_party=True)
 
@@ -39,10 +41,10 @@ def test_an_entry_point_name_taken_by_another_distribution_is_named(tmp_path):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: impostor\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[ssa]\ntorch = impostor_plugin\n")
     fake = [ep for d in distributions(path=[str(tmp_path)]) for ep in d.entry_points if ep.group == "ssa"]
-    own = [ep for ep in entry_points(group="ssa") if ep.dist and ep.dist.metadata["Name"] == "ssa"]
+    own = [ep for ep in entry_points(group="ssa") if ep.dist and ep.dist.metadata["Name"] == plugins.OWN_DISTRIBUTION]
     pm = pluggy.PluginManager("ssa")
     with pytest.warns(SSAWarning, match=r"plugin 'torch' \(impostor 0.1\) was skipped: its entry-point name 'torch' "
-                                        r"is taken by ssa 0\.1\.0"):
+                                        r"is taken by stepwise-sa 0\.1\.0"):
         plugins._load_entry_points(pm, [*fake, *own], third_party=True)
     assert pm.get_plugin("torch") is None  # impostor_plugin was never imported
     plugins._skipped[:] = [s for s in plugins._skipped if s.distribution != "impostor 0.1"]

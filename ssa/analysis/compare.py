@@ -35,6 +35,7 @@ import numpy as np
 from scipy.cluster.hierarchy import leaves_list, linkage
 
 from ssa.analysis._common import as_graph
+from ssa.core import display
 from ssa.core.graph import RUN_PARAMETERS, DependencyGraph, RunInfo, jaccard
 from ssa.core.interfaces import Network
 from ssa.errors import InvalidInputError
@@ -407,6 +408,10 @@ class Comparison:
     similarity: np.ndarray
     jaccard: Mapping[str, np.ndarray]
     graphs: tuple[DependencyGraph, ...] = field(repr=False, default=())
+
+    def _repr_html_(self) -> str | None:
+        """Jupyter's view: the similarity table and the explorer of every graph (:mod:`ssa.viz.notebook`)."""
+        return display.html(self)
 
     def shared(self, which: Sequence[int] | None = None) -> nx.DiGraph:
         """Shared sub-graph of the graphs at positions ``which`` (all by default)."""

@@ -30,6 +30,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from ssa.core import display
 from ssa.core.interfaces import Tap
 from ssa.core.traversal import StepRecord
 
@@ -133,6 +134,10 @@ class DependencyGraph(nx.DiGraph):  # type: ignore[type-arg]  # networkx.DiGraph
     Everything networkx offers works as usual; these methods are the one place that knows the
     attribute names (``layers``, ``neurons``, ``node_set``, ``run``).
     """
+
+    def _repr_html_(self) -> str | None:
+        """Jupyter's view: a table of the layers and the explorer (:mod:`ssa.viz.notebook`)."""
+        return display.html(self)
 
     @classmethod
     def from_networkx(cls, g: nx.Graph[Any]) -> DependencyGraph:

@@ -4,7 +4,7 @@
   job into graphs;
 * :mod:`ssa.scale.plan`: the driver's checks and plan (model identity, image-set hash, candidates per class);
 * :mod:`ssa.scale.manifest`: running jobs into ``--out-dir`` folders (skip what is done, one progress bar, rates);
-* :mod:`ssa.scale.runners`: in this process, or on Ray (``pip install 'ssa[ray]'``);
+* :mod:`ssa.scale.runners`: in this process, or on Ray (``pip install 'stepwise-sa[ray]'``);
 * :mod:`ssa.scale.study`: ``ssa study study.toml``.
 
 :func:`analyse_to_folder` is ``ssa analyse --targets ... --out-dir DIR`` as a function.

@@ -45,10 +45,10 @@ class LocalRunner:
 
 def _import_ray() -> Any:
     try:
-        import ray  # optional extra: pip install 'ssa[ray]'
+        import ray  # optional extra: pip install 'stepwise-sa[ray]'
     except ImportError:
-        raise InvalidInputError("--ray / --ray-address need Ray, which is not installed; pip install 'ssa[ray]' (or "
-                                "run without --ray).") from None
+        raise InvalidInputError("--ray / --ray-address need Ray, which is not installed; pip install "
+                                "'stepwise-sa[ray]' (or run without --ray).") from None
     return ray
 
 

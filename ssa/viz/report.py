@@ -57,7 +57,7 @@ _CAPTIONS = {
     "graph": "Dependency graph (paper Fig. 3): one row per layer; node size = frequency, edge width = relevance "
              "(relative within a layer); node colour = how many classes keep the neuron (light: this class only; "
              "with one graph: share of images); dashed red = inhibitory.",
-    "frequency": "Outlier frequency (Fig. 2a) with a power-law fit: ",
+    "frequency": "Outlier frequency (Fig. 2a) with a power-law fit, counts on a log axis: ",
     "relevance": "Relevance rows across images (Fig. 2b): ",
     "saliency": "Saliency (Fig. 4b,c): ",
     "activations": "Activation maps (Fig. 5): ",

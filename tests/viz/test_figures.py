@@ -186,8 +186,16 @@ def test_frequency_plot_fit_inside_legend_outside_integer_ranks(tmp_path, captur
     fig.canvas.draw()
     lo, hi = ax.get_ylim()
     fit = next(ln for ln in ax.get_lines() if ln.get_label().startswith("power law"))
-    y = np.asarray(fit.get_ydata(), dtype=float)
-    assert np.nanmax(y) <= hi and np.isnan(y).any()  # the part above the axes is not drawn
+    x, y = np.asarray(fit.get_xdata(), dtype=float), np.asarray(fit.get_ydata(), dtype=float)
+    alpha, c, _ = F.power_law_fit(counts)
+    assert c > 183  # the tied top ranks put the fit's start above every bar: it must still be inside the axes
+    assert not np.isnan(y).any() and x[0] == 1 and x[-1] == 17  # the whole fit is drawn, rank 1 to 17 ...
+    assert np.allclose(y, c * x ** -alpha)
+    assert lo <= y.min() and y.max() <= hi  # ... inside the axes, as are the bars
+    assert lo <= 2 and 183 <= hi and ax.get_yscale() == "log"
+    frame = ax.get_window_extent()
+    drawn = fit.get_transform().transform(np.column_stack([x, y]))
+    assert (drawn[:, 1] >= frame.y0 - 0.5).all() and (drawn[:, 1] <= frame.y1 + 0.5).all()
     labels = [ln.get_label() for ln in ax.get_lines()]
     assert "number of images (183)" in labels
     legend = ax.get_legend().get_window_extent()

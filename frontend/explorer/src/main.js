@@ -5,7 +5,7 @@
 // reference images, paths from the class logit, exports. See docs/explorer.md.
 import Graph from "graphology";
 import Sigma from "sigma";
-import { EdgeRectangleProgram, NodeCircleProgram, NodePointProgram } from "sigma/rendering";
+import { EdgeRectangleProgram, NodeCircleProgram, NodePointProgram, drawDiscNodeHover } from "sigma/rendering";
 import { EdgeDashedProgram } from "./dashed.js";
 import { viewToSVG, svgToPNG, download } from "./exporter.js";
 
@@ -183,6 +183,22 @@ function edgeReducer(edge, attrs) {
   return r;
 }
 
+// The node under the mouse is drawn with its index even where the view fades it (a selection or a comparison
+// blanks the labels of the nodes outside it, so that only the highlighted ones are labelled), and even where it is
+// too small to carry a label (sigma labels nodes above labelRenderedSizeThreshold only).
+function drawNodeHover(context, data, settings) {
+  const own = app.graph && app.graph.hasNode(data.key) ? app.graph.getNodeAttribute(data.key, "label") : data.label;
+  drawDiscNodeHover(context, { ...data, label: own }, settings);
+}
+
+// sigma 3.0.2 keeps the node last under the mouse as hovered after the mouse leaves the canvas (its leave handler
+// emits leaveNode but does not reset it) and draws it, ringed, on every render; setGraph keeps it when the next
+// graph has a node of that id. So the ring of a clicked node outlived a switch of class (the panel was cleared).
+// Forget it when the mouse leaves the graph and when the class changes.
+function forgetHover() {
+  if (app.sigma) app.sigma.hoveredNode = null;
+}
+
 function placeTapLabels() {
   const box = $("#tap-labels");
   if (!app.sigma) return;
@@ -212,12 +228,13 @@ async function selectClass(i) {
       labelRenderedSizeThreshold: 9, labelSize: 11, labelFont: "system-ui, sans-serif",
       hideEdgesOnMove: big, hideLabelsOnMove: big, minCameraRatio: 0.002, maxCameraRatio: 4,
       defaultEdgeType: "line", edgeProgramClasses: { line: EdgeRectangleProgram, dashed: EdgeDashedProgram },
-      nodeProgramClasses: { circle: NodeCircleProgram, point: NodePointProgram },
+      nodeProgramClasses: { circle: NodeCircleProgram, point: NodePointProgram }, defaultDrawNodeHover: drawNodeHover,
     });
     app.sigma.on("clickNode", ({ node }) => selectNode(node));
     app.sigma.on("clickStage", () => selectNode(null));
     app.sigma.on("enterNode", () => ($("#graph").style.cursor = "pointer"));
     app.sigma.on("leaveNode", () => ($("#graph").style.cursor = ""));
+    app.sigma.on("leaveStage", forgetHover);
     app.sigma.on("afterRender", () => {
       placeTapLabels();
       if (app.firstRender === null) app.firstRender = performance.now();
@@ -225,6 +242,7 @@ async function selectClass(i) {
   } else {
     app.sigma.setSetting("hideEdgesOnMove", big);
     app.sigma.setSetting("hideLabelsOnMove", big);
+    forgetHover();
     app.sigma.setGraph(app.graph);
     app.sigma.getCamera().setState({ x: 0.5, y: 0.5, ratio: 1, angle: 0 });
   }

@@ -42,7 +42,7 @@ def add_scale_args(p: argparse.ArgumentParser) -> None:
     """--ray, --ray-address, --workers, --decode-workers (``ssa analyse --out-dir`` and ``ssa study``)."""
     g = p.add_argument_group("scale-out (docs/scale.md)")
     g.add_argument("--ray", action="store_true",
-                   help="run the class jobs on a local Ray cluster started here (pip install 'ssa[ray]')")
+                   help="run the class jobs on a local Ray cluster started here (pip install 'stepwise-sa[ray]')")
     g.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="run the class jobs on an existing Ray cluster (auto, host:6379, ray://host:10001); the "
                         "output folder must be on storage every node sees")

@@ -45,8 +45,10 @@ def plot_frequency(counts: np.ndarray, *, n_images: int | None = None, title: st
     """Bar plot of the outlier frequency of each lower neuron, most frequent first, with a power-law fit
     (paper, Fig. 2a). Only neurons that are outliers in at least one image are drawn.
 
-    The fit is drawn only where it lies inside the axes; the legend sits above the axes (it never hides
-    bars); the dotted line marks the number of images; ranks are whole numbers.
+    The count axis is logarithmic and spans the bars, the number of images and the whole fit: a power law
+    fitted in log-log space starts far above the largest count when the top ranks are tied (every image),
+    so on a linear axis it would leave the axes or squash the bars. The legend sits above the axes (it never
+    hides bars); the dotted line marks the number of images; ranks are whole numbers.
     """
     counts = np.asarray(counts).ravel()
     order = np.argsort(-counts, kind="stable")
@@ -54,14 +56,20 @@ def plot_frequency(counts: np.ndarray, *, n_images: int | None = None, title: st
     fig = new_figure(7.0, 3.6)
     ax = fig.add_subplot(1, 1, 1)
     ranks = np.arange(1, order.size + 1)
-    top = max(float(n_images or 0), float(counts.max()) if counts.size else 0.0, 1.0) * 1.1
+    xs = ys = np.empty(0)
+    alpha = c = r2 = float("nan")
     if order.size:
-        ax.bar(ranks, counts[order], width=0.85, color=NODE, label="outlier frequency")
         alpha, c, r2 = power_law_fit(counts)
         if alpha == alpha:
             xs = np.linspace(1, order.size, 200)
             ys = c * xs ** -alpha
-            ys = np.where((ys >= 0) & (ys <= top), ys, np.nan)  # only the part inside the axes
+    top = max(float(n_images or 0), float(counts.max()) if counts.size else 0.0, float(ys.max(initial=0.0)), 1.0)
+    bottom = min(0.7, float(ys.min(initial=1.0)) * 0.8)
+    ax.set_yscale("log")
+    ax.set_ylim(bottom, top * 1.5)  # room above the tallest bar for its label
+    if order.size:
+        ax.bar(ranks, counts[order], width=0.85, color=NODE, label="outlier frequency")
+        if ys.size:
             ax.plot(xs, ys, color=SHARED, lw=2, label=f"power law {c:.3g}·rank^−{alpha:.2f} (R² = {r2:.2f})")
         for r, k in zip(ranks[:annotate], order[:annotate], strict=False):
             ax.annotate(str(int(k)), (r, counts[k]), ha="center", va="bottom", fontsize=7, xytext=(0, 1),
@@ -71,14 +79,13 @@ def plot_frequency(counts: np.ndarray, *, n_images: int | None = None, title: st
     if n_images:
         ax.axhline(n_images, color="#777777", lw=1.0, ls=":", label=f"number of images ({int(n_images)})")
     ax.set_xlim(0.4, max(order.size, 1) + 0.6)
-    ax.set_ylim(0, top)
     if order.size <= 20:
         ax.set_xticks(np.arange(1, max(order.size, 1) + 1))
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(f"lower neurons ranked by frequency ({order.size} of {counts.size} are outliers at least once; "
                   "labels: neuron index)", fontsize=9)
-    ax.set_ylabel("images where it is an outlier")
+    ax.set_ylabel("images where it is an outlier (log)")
     ax.set_title(title or "outlier frequency", fontsize=10, pad=24)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False,
