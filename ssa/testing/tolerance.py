@@ -111,7 +111,8 @@ def _graph(g: Any) -> nx.DiGraph:
 
 def fixture_margin(network: Any, images: np.ndarray, graph: Any, rule: Any, selector: Any,
                    eps: float = CUT_EPS, batch_size: int = 32) -> Margin:
-    """Recompute (by autograd, float32) every step ``graph`` was built from and find the values on a cut
+    """Recompute (by autograd, float32, on the prepared ``network``) every step ``graph`` was built from and find
+    the values on a cut
     (:func:`near_cut`): their pairs' count slack, and whether flipping them could change a kept set (the
     ranking's boundary: a kept neuron's count less its slack must stay above every other's count plus its
     slack, and above 0). Call ``.check()`` on the result (:func:`assert_graphs_close` does)."""
