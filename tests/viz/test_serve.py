@@ -203,3 +203,27 @@ def _local_addresses() -> list[str]:
     except OSError:
         return []
 
+
+
+def test_ipv6_loopback(site):
+    """``--host ::1`` listens on the IPv6 loopback address, prints it in brackets and checks Host the same way."""
+    import socket
+
+    from ssa.viz.explorer.server import url_of
+
+    try:
+        srv = make_server(site, 0, "::1")
+    except ValueError:
+        pytest.skip("this machine has no IPv6 loopback address")
+    assert srv.address_family == socket.AF_INET6
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        port = srv.server_address[1]
+        assert url_of(srv) == f"http://[::1]:{port}/"
+        assert get(port, "/", "[::1]:{port}", address="::1")[0] == 200
+        assert get(port, "/", "evil.example:{port}", address="::1")[0] == 421
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(TIMEOUT)
