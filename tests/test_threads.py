@@ -1,7 +1,7 @@
 """Default CPU threads (issue 18, item 13): min(cores the process may use, torch's default, idle cores) per
 process, ``--threads`` and ``OMP_NUM_THREADS`` win, one thread per decoding worker.
 
-The timing that motivated it (``ssa evaluate`` on a loaded 2-core machine) is in docs/scale.md; here the
+The timing that motivated it (``ssa evaluate`` on a loaded 2-core machine) is in the README; here the
 rule itself is checked, with the machine's numbers replaced, and in real processes.
 """
 
