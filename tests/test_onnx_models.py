@@ -14,6 +14,7 @@ import pytest
 from ssa_onnx import OnnxNetwork
 
 import ssa
+from ssa.testing.tolerance import assert_graphs_close, fixture_margin
 
 from . import onnx_models as om
 
@@ -54,6 +55,23 @@ def relabel(result) -> tuple[set, set]:
     return {key(n) for n in g.nodes}, {(key(u), key(v), d["frequency"]) for u, v, d in g.edges(data=True)}
 
 
+def in_names_of(result, like):
+    """``result``'s graph with its taps named as ``like``'s (matched by tap order)."""
+    import networkx as nx
+
+    by_order = {t.order: t.name for t in like.taps}
+    name = {t.name: by_order[t.order] for t in result.taps}
+    g = result.graph
+
+    def node(n):
+        return f"{name[g.nodes[n]['tap']]}:{g.nodes[n]['neuron']}"
+
+    h = nx.DiGraph()
+    h.add_nodes_from((node(n), {**d, "tap": name[d["tap"]]}) for n, d in g.nodes(data=True))
+    h.add_edges_from((node(u), node(v), d) for u, v, d in g.edges(data=True))
+    return h
+
+
 def tap_structure(taps) -> list[tuple]:
     """Taps by order: kind, shape, channel axis and parents (as orders)."""
     order = {t.name: t.order for t in taps}
@@ -85,11 +103,12 @@ def test_onnx_graph_equals_torch_graph(exported, name, rule):
     model, x, target, path = exported[name, opset]
     a = ssa.analyse(str(path), x, target, rule=rule, selector="tukey")
     b = ssa.analyse(model, x, target, rule=rule, selector="tukey")
-    nodes_a, edges_a = relabel(a)
-    nodes_b, edges_b = relabel(b)
-    assert len(nodes_b) >= 4, "the reference graph should not be trivial"
-    assert nodes_a == nodes_b
-    assert edges_a == edges_b
+    assert b.graph.number_of_nodes() >= 4, "the reference graph should not be trivial"
+    # the converted ONNX graph and the torch module compute in float32 in other orders: counts apart only by
+    # values on the selector's cut (the fixture's margin asserted), relevances to 1e-4
+    net = ssa.load_model(model)
+    net.prepare(x)
+    assert_graphs_close(in_names_of(a, b), b, margin=fixture_margin(net, x, b, rule, "tukey"))
 
 
 def test_old_opset_graph_equals_torch_graph(exported):

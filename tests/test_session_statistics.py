@@ -8,19 +8,7 @@ import pytest
 
 import ssa
 from ssa.models import digits_data
-
-
-def _same_graph(a, b) -> None:
-    """Nodes and edges with their counts exactly; relevances to float32 precision (the convolutions of a
-    batch of one class's images and of a batch of mixed images round differently in the last bits)."""
-    ga, gb = a.graph, b.graph
-    key = ("frequency", "in_degree", "sign", "tap", "neuron")
-    assert sorted((n, *(d[k] for k in key)) for n, d in ga.nodes(data=True)) == \
-        sorted((n, *(d[k] for k in key)) for n, d in gb.nodes(data=True))
-    assert sorted((u, v, d["frequency"], d["sign"]) for u, v, d in ga.edges(data=True)) == \
-        sorted((u, v, d["frequency"], d["sign"]) for u, v, d in gb.edges(data=True))
-    for u, v, d in ga.edges(data=True):
-        assert d["relevance"] == pytest.approx(gb.edges[u, v]["relevance"], rel=1e-5, abs=1e-9)
+from ssa.testing.tolerance import assert_graphs_close, fixture_margin
 
 
 @pytest.mark.parametrize("rule", ["gradient", "gradient_x_activation"])
@@ -36,7 +24,10 @@ def test_per_class_statistics_give_the_graphs_shared_ones_give(monkeypatch, rule
     for c in range(4):
         got = per_class.analyse(c, 3, selector="tukey")
         assert got.n_images == want[c].n_images == int((y == c).sum())
-        _same_graph(got, want[c])
+        # one class's images in a batch and mixed batches round differently in float32 (2.8e-5 seen on an
+        # AMD EPYC): relevances to 1e-4, counts apart only by values on the selector's cut, margin asserted
+        margin = fixture_margin(shared.network, x[y == c], want[c], rule, "tukey")
+        assert_graphs_close(got, want[c], margin=margin)
     assert per_class._stats is None  # nothing was kept between classes
 
 
@@ -48,4 +39,4 @@ def test_a_prepared_network_is_reused_for_images_of_the_same_shape():
     a = ssa.Session(net, x[y == 3], rule="gradient_x_activation").analyse(3, 3)
     assert net.plan is plan  # not traced again
     b = ssa.analyse("digits", x[y == 3], 3, 3, rule="gradient_x_activation")
-    _same_graph(a, b)
+    assert_graphs_close(a, b, rel=1e-5)  # the same batches on the same network: as close as before

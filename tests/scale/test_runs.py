@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 import ssa
+from ssa.analysis.grouping import images_for_graph
 from ssa.cli import main
 from ssa.io.outdir import MANIFEST
 from ssa.scale.jobs import read_write_log
+from ssa.testing.tolerance import assert_graphs_close, fixture_margin
 from tests.scale.synthetic import N_CLASSES, write_folder, write_model
 
 
@@ -132,10 +134,15 @@ def test_graphs_equal_analyse_many(tmp_path):
     assert sorted(r.target for r in report.results) == [0, 4, 7]
     assert all(r.n_images == 25 and r.n_decoded >= 25 for r in report.results)
     old = ssa.analyse_many("digits", "digits", [0, 4, 7], max_per_class=25, min_confidence=0.9, selector="tukey")
+    net = ssa.load_model("digits")
+    net.prepare(ssa.load_images("digits")[0][:2])
     for c, res in old.items():
         g = ssa.read_graph(tmp_path / "g" / f"class-{c}.json")
-        assert set(g.nodes) == set(res.graph.nodes) and set(g.edges) == set(res.graph.edges)
-        assert all(g.nodes[n]["frequency"] == res.graph.nodes[n]["frequency"] for n in g.nodes)
+        # one job per class against statistics shared by the three classes: float32 batches differ, so counts
+        # may differ only by values on the selector's cut (the fixture's margin asserted), relevances to 1e-4
+        x = images_for_graph(net, res.graph, "digits")
+        assert len(x) == 25
+        assert_graphs_close(g, res.graph, margin=fixture_margin(net, x, res, res.rule, "tukey"))
         ref = dict(ssa.read_graph(res.write(tmp_path / f"old-{c}.json")).graph)
         mine = dict(g.graph)
         assert mine.pop("job_key")

@@ -18,6 +18,7 @@ from ssa.analysis.compare import compare
 from ssa.cli import main
 from ssa.core.arrays import to_numpy
 from ssa.errors import InvalidInputError
+from ssa.testing.tolerance import REL
 from ssa.viz import figures as F
 from ssa.viz.explorer import (
     explorer_files,
@@ -133,7 +134,8 @@ def test_reference_images_are_the_top_images_and_cached(small, tmp_path):
         vals = scal[tap][:, k]
         want = union[np.argsort(-vals, kind="stable")[:3]]
         assert [a["image"] for a in r["active"]] == list(want), node
-        assert [a["value"] for a in r["active"]] == pytest.approx(np.sort(vals)[::-1][:3], rel=1e-5)
+        # the reference pass batches the images by class, tap_scalars all at once: float32 rounds differently
+        assert [a["value"] for a in r["active"]] == pytest.approx(np.sort(vals)[::-1][:3], rel=REL)
         for gi, lst in r["relevant"].items():
             assert set(a["image"] for a in lst) <= set(groups[int(gi)])
             assert [a["value"] for a in lst] == sorted((a["value"] for a in lst), reverse=True)

@@ -56,8 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", default=None, help="write the table here (.csv)")
     p.add_argument("--layers-out", default=None, help="write the per-layer ablation numbers here (.csv)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice; 1 is fastest for small models on a busy "
-                        "machine)")
+                   help="CPU threads for torch (default: OMP_NUM_THREADS if set, else min(cores this process may "
+                        "use, torch's default, cores other processes leave idle); see ssa.core.threads)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     p.set_defaults(run=run)
 
@@ -105,12 +105,6 @@ def run(args: argparse.Namespace) -> int:
             check_output_file(path, flag=flag, suffixes=(".csv",))
     check_distinct_outputs({"--out": args.out, "--layers-out": args.layers_out})
     targets = parse_targets(args.targets)  # "all", or distinct class indices
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InvalidInputError(f"--threads must be >= 1, got {args.threads}.")
-        import torch  # only here: the command line starts without torch
-
-        torch.set_num_threads(args.threads)
     reg = registry()
     rules = _names(args.rules) or reg.names("rule")
     selectors = _names(args.selectors) or reg.names("selector")

@@ -40,6 +40,7 @@ from ssa.core.graph import DependencyGraph
 from ssa.errors import InvalidInputError
 from ssa.io.atomic import atomic_write_bytes
 from ssa.viz.figures.common import dependency_graph
+from ssa.viz.html import json_script
 
 __all__ = ["FORMAT", "SINGLE_FILE_CLASSES", "explorer_files", "layered_positions", "page_html", "write_explorer",
            "static_text", "node_file"]
@@ -224,12 +225,6 @@ def explorer_files(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = N
     return files
 
 
-def _script_json(obj: Any) -> str:
-    """JSON safe inside ``<script>``: no ``</`` (closes the element) and no U+2028/2029."""
-    text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
-    return text.replace("</", "<\\/").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-
-
 def page_html(title: str, files: Mapping[str, Any] | None = None) -> str:
     """The explorer's page: the bundle and style sheet inline; with ``files``, the data too (one file).
 
@@ -241,8 +236,7 @@ def page_html(title: str, files: Mapping[str, Any] | None = None) -> str:
     css = static_text("explorer.min.css")
     data = ""
     if files is not None:
-        data = ('<script type="application/json" id="ssa-data">'
-                + _script_json({"index": files["index.json"], "files": dict(files)}) + "</script>\n")
+        data = json_script({"index": files["index.json"], "files": dict(files)}, "ssa-data") + "\n"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{html.escape(title)}</title><style>{css}</style></head>\n"
