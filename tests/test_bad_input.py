@@ -252,6 +252,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("evaluate-selector-param-owner", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--selectors",
                                        "tukey", "--selector-param", "mad.threshold=2"],
      "names selector 'mad', which is not evaluated"),
+    ("evaluate-ablation-unknown", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--ablation",
+                                   "zero,noise"], "--ablation must list some of zero, mean, resample (or 'all'), got"),
+    ("evaluate-split-range", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--split", "1"],
+     "split must be 'auto' or a number in [0, 1)"),
     # --- plugins and the command itself
     ("plugins-unknown-option", ["plugins", "--all"], "unrecognized arguments: --all"),
     ("plugins-extra-argument", ["plugins", "extra"], "unrecognized arguments: extra"),
@@ -448,6 +452,7 @@ OTHER_TESTS = {
     "images-unscaled": "tests/test_preprocess.py::test_raw_0_255_arrays_get_a_one_line_warning",
     "outdir-stale": "tests/test_outdir.py::test_rerun_with_fewer_targets_leaves_no_stale_graph",
     "identity-mixed-runs": "tests/test_identity.py::test_mixed_runs_are_refused_unless_allow_mixed",
+    "evaluate-resample-one-class": "tests/analysis/test_strategies.py::test_cli_resample_needs_another_class",
 }
 
 
