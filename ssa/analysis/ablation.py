@@ -30,7 +30,7 @@ Conventions (the field's, written down because the paper has none):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -85,6 +85,7 @@ class Effect:
     accuracy: Interval
     kl: Interval
     recovered: Interval
+    recovered_replicates: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
 
 
 def kl_divergence(base: np.ndarray, ablated: np.ndarray) -> np.ndarray:
@@ -152,6 +153,7 @@ class Scorer:
         rng = np.random.default_rng([seed, 1])
         self.weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64) / n
         self._empty: dict[tuple[str, ...], np.ndarray] = {}
+        self._effects: dict[tuple, Effect] = {}
 
     @property
     def base_logit(self) -> np.ndarray:
@@ -181,8 +183,16 @@ class Scorer:
     def effect(self, sets: Sequence[Mapping[str, np.ndarray]], scope: Sequence[str]) -> Effect:
         """The :class:`Effect` of ablating each of ``sets`` (one: a fixed set; several: random draws, averaged).
 
-        ``scope`` : the taps whose "everything ablated" is the 0 of ``recovered``.
+        ``scope`` : the taps whose "everything ablated" is the 0 of ``recovered``. Effects are cached by their
+        sets and scope (graphs of several sizes or selectors often share a set, random sets their sizes).
         """
+        key = (tuple(sorted(scope)),
+               tuple(tuple((t, np.asarray(v, np.int64).tobytes()) for t, v in sorted(s.items())) for s in sets))
+        if key not in self._effects:
+            self._effects[key] = self._effect(sets, scope)
+        return self._effects[key]
+
+    def _effect(self, sets: Sequence[Mapping[str, np.ndarray]], scope: Sequence[str]) -> Effect:
         ablated = np.stack([self.logits(s) for s in sets])  # (draws, images, classes)
         t = self.target
         logit = ablated[:, :, t]
@@ -201,5 +211,5 @@ class Scorer:
             logit_drop=interval(float((base[None, :] - logit).mean()), reps["drop"]),
             accuracy=interval(float(hits.mean()), reps["acc"]),
             kl=interval(float(kls.mean()), reps["kl"]),
-            recovered=interval(rec, rec_r),
+            recovered=interval(rec, rec_r), recovered_replicates=rec_r,
         )

@@ -22,7 +22,8 @@ Conventions (written down here because the paper has none):
   node of the graph;
 * random sets are drawn uniformly without replacement from all of a tap's neurons (they may overlap the
   graph), with the graph's size in that tap (its +1 nodes for necessity, all its nodes for sufficiency);
-  one draw gives one set per tap; ``draws`` draws from ``numpy.random.default_rng(seed)``.
+  one draw gives one set per tap; ``draws`` draws from ``numpy.random.default_rng(seed)`` (necessity) and
+  ``default_rng([seed, 6])`` (sufficiency): the same sizes give the same sets.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import networkx as nx
 import numpy as np
 
 from ssa.analysis._common import as_graph, check_count, class_images
-from ssa.analysis.ablation import ABLATIONS, Effect, Scorer, check_ablation
+from ssa.analysis.ablation import ABLATIONS, Effect, Interval, Scorer, check_ablation
 from ssa.core.capabilities import SupportsAblation, unsupported
 from ssa.core.interfaces import Network
 from ssa.errors import InvalidInputError
@@ -71,7 +72,8 @@ class Faithfulness:
     target, ablation, n_images, draws, seed : how it was measured (n_images: the scored images).
     base_logit : mean class logit without ablation; base_accuracy : share classified as the class;
     empty_logit : mean class logit with every neuron of every tap in scope ablated.
-    layers : one entry per tap in scope, top first; total : all of them at once.
+    layers : one entry per tap in scope, top first (empty when measured without ``per_tap``); total : all of
+    them at once.
     """
 
     target: int
@@ -84,6 +86,11 @@ class Faithfulness:
     empty_logit: float
     layers: tuple[LayerFaithfulness, ...]
     total: LayerFaithfulness
+
+
+_NAN = Interval(float("nan"), float("nan"), float("nan"))
+NOT_MEASURED = Effect(_NAN, _NAN, _NAN, _NAN)
+"""The effect of an ablation that was not run (NaN everywhere)."""
 
 
 def graph_neurons(graph: nx.DiGraph, excitatory_only: bool = True) -> dict[str, np.ndarray]:
@@ -112,9 +119,10 @@ def random_sets(sizes: dict[str, int], n_neurons: dict[str, int], draws: int, rn
             for _ in range(draws)]
 
 
-def measure(scorer: Scorer, graph: nx.DiGraph, scope: Sequence[str], *, draws: int, seed: int, per_tap: bool = True
-            ) -> tuple[tuple[LayerFaithfulness, ...], LayerFaithfulness]:
-    """The four ablations of ``graph`` per tap of ``scope`` (when ``per_tap``) and over all of ``scope``."""
+def measure(scorer: Scorer, graph: nx.DiGraph, scope: Sequence[str], *, draws: int, seed: int, per_tap: bool = True,
+            necessity: bool = True) -> tuple[tuple[LayerFaithfulness, ...], LayerFaithfulness]:
+    """The four ablations of ``graph`` per tap of ``scope`` (when ``per_tap``) and over all of ``scope``; without
+    ``necessity`` only the sufficiency (``graph`` and ``random`` are :data:`NOT_MEASURED`)."""
     g = as_graph(graph)
     n_neurons = scorer.n_neurons
     kept = graph_neurons(g, excitatory_only=True)
@@ -130,9 +138,10 @@ def measure(scorer: Scorer, graph: nx.DiGraph, scope: Sequence[str], *, draws: i
         raise InvalidInputError(f"the graph has nodes in {outside[0]!r}, below stop_at; evaluate it with the "
                                 "stop_at it was built with.")
     none = np.zeros(0, np.int64)
-    rng = np.random.default_rng(seed)
-    ablate_random = random_sets({t: len(kept.get(t, none)) for t in scope}, n_neurons, draws, rng)
-    keep_random = random_sets({t: len(every.get(t, none)) for t in scope}, n_neurons, draws, rng)
+    ablate_random = random_sets({t: len(kept.get(t, none)) for t in scope}, n_neurons, draws,
+                                np.random.default_rng(seed))
+    keep_random = random_sets({t: len(every.get(t, none)) for t in scope}, n_neurons, draws,
+                              np.random.default_rng([seed, 6]))
 
     def complement(t: str, keep: np.ndarray) -> np.ndarray:
         return np.setdiff1d(np.arange(n_neurons[t]), keep)
@@ -141,8 +150,9 @@ def measure(scorer: Scorer, graph: nx.DiGraph, scope: Sequence[str], *, draws: i
         return LayerFaithfulness(
             tap=name, n_neurons=sum(n_neurons[t] for t in which), n_graph=sum(len(kept.get(t, none)) for t in which),
             n_kept=sum(len(every.get(t, none)) for t in which),
-            graph=scorer.effect([{t: kept.get(t, none) for t in which}], which),
-            random=scorer.effect([{t: s[t] for t in which} for s in ablate_random], which),
+            graph=scorer.effect([{t: kept.get(t, none) for t in which}], which) if necessity else NOT_MEASURED,
+            random=scorer.effect([{t: s[t] for t in which} for s in ablate_random], which) if necessity
+            else NOT_MEASURED,
             keep_only=scorer.effect([{t: complement(t, every.get(t, none)) for t in which}], which),
             keep_random=scorer.effect([{t: complement(t, s[t]) for t in which} for s in keep_random], which),
         )
@@ -155,7 +165,7 @@ def faithfulness(session: Session, graph: nx.DiGraph, *, target: int | None = No
                  indices: Sequence[int] | np.ndarray | None = None, ablation: str = "zero", draws: int = 5,
                  seed: int = 0, mean_images: np.ndarray | None = None, pool_images: np.ndarray | None = None,
                  pool_classes: np.ndarray | None = None, stop_at: str | None = None, n_boot: int = 1000,
-                 scorer: Scorer | None = None) -> Faithfulness:
+                 per_tap: bool = True, scorer: Scorer | None = None) -> Faithfulness:
     """Necessity and sufficiency of the graph per tap and over all taps, beside random sets of the same size.
 
     Parameters
@@ -171,6 +181,7 @@ def faithfulness(session: Session, graph: nx.DiGraph, *, target: int | None = No
     draws : random neuron sets per tap; seed : seeds the random sets, the donors and the bootstrap.
     stop_at : the lowest tap in scope (default: every tap below the logits).
     n_boot : bootstrap replicates of the intervals.
+    per_tap : also each tap alone (``layers``; else only the total, and ``layers`` is empty).
     scorer : a :class:`~ssa.analysis.ablation.Scorer` of these images to re-use (curves over sizes).
 
     Returns
@@ -193,7 +204,7 @@ def faithfulness(session: Session, graph: nx.DiGraph, *, target: int | None = No
     if scorer is None:
         scorer = make_scorer(session, images, target, ablation, scope, mean_images=mean_images,
                              pool_images=pool_images, pool_classes=pool_classes, seed=seed, n_boot=n_boot)
-    layers, total = measure(scorer, g, scope, draws=draws, seed=seed)
+    layers, total = measure(scorer, g, scope, draws=draws, seed=seed, per_tap=per_tap)
     return Faithfulness(target=int(target), ablation=ablation, n_images=int(images.shape[0]), draws=draws,
                         seed=seed, base_logit=float(scorer.base_logit.mean()),
                         base_accuracy=float(np.mean(scorer.base.argmax(axis=1) == target)),

@@ -24,6 +24,7 @@ import numpy as np
 
 from ssa.analysis._common import as_graph, check_count, class_images
 from ssa.analysis.ablation import Interval, Scorer, check_ablation, draw_donors, interval
+from ssa.analysis.curves import CURVE_COLUMNS, Areas, CurvePoint, areas, curve_records, sweep
 from ssa.analysis.faithfulness import Faithfulness, faithfulness, make_scorer, scope_taps
 from ssa.analysis.grouping import parse_targets
 from ssa.analysis.split import check_split, split_images
@@ -37,19 +38,22 @@ from ssa.plugins import make_selector, registry
 from ssa.session import Session, check_target, n_classes
 
 __all__ = ["EvaluationRow", "METRICS", "TABLE_COLUMNS", "LAYER_COLUMNS", "evaluate", "compare_strategies",
-           "check_strategies", "class_split", "summarise", "format_table", "write_csv", "write_layers_csv"]
+           "check_strategies", "class_split", "summarise", "format_table", "format_areas", "write_csv",
+           "write_layers_csv", "write_curves_csv"]
 
 
 METRICS = (
     "necessity", "necessity_random", "necessity_accuracy", "necessity_random_accuracy", "necessity_kl",
     "necessity_random_kl", "sufficiency", "sufficiency_random", "sufficiency_accuracy",
     "sufficiency_random_accuracy", "sufficiency_kl", "sufficiency_random_kl", "node_jaccard", "edge_jaccard",
+    "cpr", "cpr_random", "cmd", "cmd_random",
 )
 """The scores of a row, each an :class:`~ssa.analysis.ablation.Interval` (all taps in scope at once):
 ``necessity`` is the class-logit drop with the graph's neurons ablated, ``sufficiency`` the recovered share
 of the class logit with only the graph's neurons kept (see :mod:`ssa.analysis.ablation`); ``_random`` the same
 for random sets of the same size per tap; ``_accuracy`` the share of images still classified as the class;
-``_kl`` the KL divergence of the class distribution; the Jaccard indices are the stability's."""
+``_kl`` the KL divergence of the class distribution; the Jaccard indices are the stability's; ``cpr`` and
+``cmd`` the areas of the curve over circuit size (:mod:`ssa.analysis.curves`; NaN without curves)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class EvaluationRow:
     faithfulness: Faithfulness | None = field(default=None, repr=False, compare=False)
     stability: Stability | None = field(default=None, repr=False, compare=False)
     graph: DependencyGraph | None = field(default=None, repr=False, compare=False)
+    curve: tuple[CurvePoint, ...] = field(default=(), repr=False, compare=False)
 
     def __getattr__(self, name: str) -> Interval:  # row.sufficiency, row.node_jaccard, ...
         metrics = self.__dict__.get("metrics", {})
@@ -96,10 +101,12 @@ LAYER_COLUMNS = ("target", "rule", "selector", "ablation", "tap", "n_neurons", "
                    for s in ("", "_low", "_high")))
 
 
-def _metrics(faith: Faithfulness, stab: Stability | None) -> dict[str, Interval]:
+def _metrics(faith: Faithfulness, stab: Stability | None, area: Areas | None) -> dict[str, Interval]:
     t = faith.total
     nan = Interval(float("nan"), float("nan"), float("nan"))
     return {
+        "cpr": area.cpr if area else nan, "cpr_random": area.cpr_random if area else nan,
+        "cmd": area.cmd if area else nan, "cmd_random": area.cmd_random if area else nan,
         "necessity": t.graph.logit_drop, "necessity_random": t.random.logit_drop,
         "necessity_accuracy": t.graph.accuracy, "necessity_random_accuracy": t.random.accuracy,
         "necessity_kl": t.graph.kl, "necessity_random_kl": t.random.kl,
@@ -116,19 +123,22 @@ def evaluate(session: Session, target: int, *, selector: str | Selector | None =
              indices: Sequence[int] | np.ndarray | None = None, ablation: str = "zero", draws: int = 5,
              resamples: int = 5, seed: int = 0, split: float | str = "auto", mean_images: np.ndarray | None = None,
              pool_images: np.ndarray | None = None, pool_classes: np.ndarray | None = None, n_boot: int = 1000,
+             per_tap: bool = True, curves: bool = False,
              scorers: dict[tuple[int, str], Scorer] | None = None) -> EvaluationRow:
     """Analyse class ``target`` with the session's rule and ``selector`` on the build part of its images, then
     measure faithfulness on the scored part (:mod:`ssa.analysis.split`) and stability on the build part.
 
     The parameters are those of :meth:`ssa.Session.analyse`, :func:`~ssa.analysis.faithfulness.faithfulness`,
-    :func:`~ssa.analysis.stability.stability` and :func:`~ssa.analysis.split.split_images`; ``scorers`` caches
+    :func:`~ssa.analysis.stability.stability` and :func:`~ssa.analysis.split.split_images`; ``per_tap``: also
+    each tap alone (``faithfulness.layers``); ``curves``: also the curve over circuit size
+    (:func:`ssa.analysis.curves.sweep`: ``row.curve`` and the ``cpr``/``cmd`` areas); ``scorers`` caches
     one :class:`~ssa.analysis.ablation.Scorer` per (class, ablation) across rows (the same images, donors and
     bootstrap replicates for every rule and selector). Returns one row, with the detailed results attached.
     """
     return _evaluate(session, target, selector=selector, selector_params=selector_params, branching=branching,
                      stop_at=stop_at, indices=indices, ablations=[check_ablation(ablation)], draws=draws,
                      resamples=resamples, seed=seed, split=split, mean_images=mean_images, pool_images=pool_images,
-                     pool_classes=pool_classes, n_boot=n_boot, scorers=scorers)[0]
+                     pool_classes=pool_classes, n_boot=n_boot, per_tap=per_tap, curves=curves, scorers=scorers)[0]
 
 
 def class_split(session: Session, target: int, indices: Sequence[int] | np.ndarray | None, split: float | str,
@@ -142,8 +152,8 @@ def _evaluate(session: Session, target: int, *, selector: str | Selector | None,
               selector_params: Mapping[str, Any] | None, branching: int, stop_at: str | None,
               indices: Sequence[int] | np.ndarray | None, ablations: Sequence[str], draws: int, resamples: int,
               seed: int, split: float | str, mean_images: np.ndarray | None, pool_images: np.ndarray | None,
-              pool_classes: np.ndarray | None, n_boot: int, scorers: dict[tuple[int, str], Scorer] | None
-              ) -> list[EvaluationRow]:
+              pool_classes: np.ndarray | None, n_boot: int, per_tap: bool, curves: bool,
+              scorers: dict[tuple[int, str], Scorer] | None) -> list[EvaluationRow]:
     check_count("draws", draws, 1)
     check_count("resamples", resamples, 0)
     check_count("seed", seed, 0)
@@ -156,24 +166,33 @@ def _evaluate(session: Session, target: int, *, selector: str | Selector | None,
     graph = as_graph(result.graph)
     stab = stability(session, target, branching=branching, selector=selector, selector_params=selector_params,
                      stop_at=stop_at, indices=build, resamples=resamples, seed=seed, graph=graph)
+    scope = scope_taps(session.network, stop_at)
+    for ablation in ablations:
+        if (target, ablation) not in scorers:
+            images, _ = class_images(session, target, score)
+            scorers[(target, ablation)] = make_scorer(
+                session, images, target, ablation, scope, mean_images=mean_images, pool_images=pool_images,
+                pool_classes=pool_classes, seed=seed, n_boot=n_boot)
+    points: list[CurvePoint] = []
+    if curves:
+        points = sweep(session, target, {a: scorers[(target, a)] for a in ablations}, scope, selector=selector,
+                       selector_params=selector_params, branching=branching, stop_at=stop_at, build=build,
+                       draws=draws, seed=seed)
     t_graph = time.perf_counter() - t0
     rows = []
     for ablation in ablations:
         t1 = time.perf_counter()
-        if (target, ablation) not in scorers:
-            images, _ = class_images(session, target, score)
-            scorers[(target, ablation)] = make_scorer(
-                session, images, target, ablation, scope_taps(session.network, stop_at), mean_images=mean_images,
-                pool_images=pool_images, pool_classes=pool_classes, seed=seed, n_boot=n_boot)
         faith = faithfulness(session, graph, target=target, indices=score, ablation=ablation, draws=draws, seed=seed,
-                             stop_at=stop_at, scorer=scorers[(target, ablation)])
+                             stop_at=stop_at, per_tap=per_tap, scorer=scorers[(target, ablation)])
+        curve = tuple(p for p in points if p.ablation == ablation)
         rows.append(EvaluationRow(
             target=str(target), rule=session.rule.name, selector=result.selector, ablation=ablation,
             n_build=len(build), n_scored=len(score), nodes=graph.number_of_nodes(), edges=graph.number_of_edges(),
             ablated=faith.total.n_graph, kept=faith.total.n_kept, base_logit=faith.base_logit,
-            base_accuracy=faith.base_accuracy, metrics=_metrics(faith, stab if resamples else None),
+            base_accuracy=faith.base_accuracy,
+            metrics=_metrics(faith, stab if resamples else None, areas(curve) if curve else None),
             seconds=t_graph / len(ablations) + time.perf_counter() - t1, faithfulness=faith, stability=stab,
-            graph=graph,
+            graph=graph, curve=curve,
         ))
     return rows
 
@@ -207,7 +226,8 @@ def compare_strategies(sessions: Session | Sequence[Session], targets: Sequence[
                        stop_at: str | None = None, ablation: str | Sequence[str] = "zero", draws: int = 5,
                        resamples: int = 5, seed: int = 0, split: float | str = "auto",
                        mean_images: np.ndarray | None = None, pool_images: np.ndarray | None = None,
-                       pool_classes: np.ndarray | None = None, n_boot: int = 1000,
+                       pool_classes: np.ndarray | None = None, n_boot: int = 1000, per_tap: bool = True,
+                       curves: bool = False,
                        progress: Callable[[EvaluationRow], Any] | None = None) -> list[EvaluationRow]:
     """Evaluate every rule x selector x ablation on every class: the rows of the comparison table.
 
@@ -219,7 +239,8 @@ def compare_strategies(sessions: Session | Sequence[Session], targets: Sequence[
     selectors : registered names; default: every installed selector.
     selector_params : per selector name, e.g. ``{"tukey": {"k": 3}}``.
     ablation : one ablation or several (each class's graphs are scored under each).
-    branching, stop_at, draws, resamples, seed, split, mean_images, pool_images, pool_classes, n_boot : see
+    branching, stop_at, draws, resamples, seed, split, mean_images, pool_images, pool_classes, n_boot, per_tap,
+        curves : see
         :func:`evaluate`; the ``"mean"`` ablation averages ``mean_images`` (default every image of the first
         session) and ``"resample"`` draws donors from ``pool_images`` (default the first session's images, by
         their labels).
@@ -253,7 +274,7 @@ def compare_strategies(sessions: Session | Sequence[Session], targets: Sequence[
                                      branching=branching, stop_at=stop_at, indices=None, ablations=ablations,
                                      draws=draws, resamples=resamples, seed=seed, split=split, mean_images=mean,
                                      pool_images=pool_images, pool_classes=pool_classes, n_boot=n_boot,
-                                     scorers=scorers):
+                                     per_tap=per_tap, curves=curves, scorers=scorers):
                     rows.append(row)
                     if progress is not None:
                         progress(row)
@@ -377,3 +398,20 @@ def format_table(rows: Sequence[EvaluationRow]) -> str:
         cells = enumerate(zip(b, widths, strict=False))
         lines.append("  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in cells))
     return "\n".join(lines)
+
+
+def format_areas(rows: Sequence[EvaluationRow]) -> str:
+    """The areas of the curves over circuit size (rows evaluated with curves), as aligned text."""
+    head = ["target", "rule", "selector", "ablation", "CPR graph", "CPR random", "CMD graph", "CMD random"]
+    body = [[r.target, r.rule, r.selector, r.ablation, *(r.metrics[m].text() for m in ("cpr", "cpr_random", "cmd",
+                                                                                         "cmd_random"))]
+            for r in rows if not math.isnan(r.metrics["cpr"].value)]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    return "\n".join("  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths,
+                                                                                                 strict=True)))
+                     for line in [head, *body])
+
+
+def write_curves_csv(rows: Sequence[EvaluationRow], path: str | os.PathLike) -> Path:
+    """Write every curve point of ``rows`` (:data:`~ssa.analysis.curves.CURVE_COLUMNS`) as CSV, atomically."""
+    return _write(path, _csv_text(curve_records([p for r in rows for p in r.curve]), CURVE_COLUMNS))

@@ -10,6 +10,8 @@ import pytest
 import torch
 from ssa_torch.network import TorchNetwork
 
+from ssa.analysis.ablation import Interval
+from ssa.analysis.curves import BRANCHINGS, CURVE_COLUMNS, MAIN_PARAMETERS, CurvePoint, areas
 from ssa.analysis.faithfulness import faithfulness
 from ssa.analysis.split import split_images
 from ssa.analysis.strategies import (
@@ -40,9 +42,10 @@ def test_evaluate_row_and_graph_ablation_beats_random_on_digits(net, digits) -> 
     assert row.necessity_accuracy.value < row.necessity_random_accuracy.value
     assert row.sufficiency.low > row.sufficiency_random.high
     assert row.base_accuracy > 0.95
-    for m in METRICS:
+    for m in METRICS[:-4]:  # the curves' areas are NaN without curves
         iv = row.metrics[m]
         assert iv.low <= iv.value <= iv.high, m
+    assert all(np.isnan(row.metrics[m].value) for m in ("cpr", "cpr_random", "cmd", "cmd_random"))
     assert row.stability is not None and len(row.stability.jaccards) == 2
     assert (row.node_jaccard.low, row.node_jaccard.high) == pytest.approx(
         tuple(np.percentile(row.stability.jaccards, [2.5, 97.5])))  # the resamples' indices
@@ -260,3 +263,69 @@ def test_one_session_per_rule_shares_the_model_and_keeps_its_own_statistics(net,
         assert (row.faithfulness, row.stability) == (alone.faithfulness, alone.stability)
     with pytest.raises(InvalidInputError, match="two sessions have rule 'gradient'"):
         compare_strategies([first, first.with_rule("gradient")], [3], selectors=["tukey"])
+
+
+# --- curves over circuit size ---------------------------------------------------------------------------------
+
+
+def _point(size: float, value: float, reps: list[float], random: float = 0.0) -> CurvePoint:
+    iv = Interval(value, min(reps), max(reps))
+    return CurvePoint(target=0, rule="r", selector="s", ablation="zero", parameter="b", value=1.0,
+                      n_kept=int(round(size * 100)), n_neurons=100, sufficiency=iv,
+                      sufficiency_random=Interval(random, random, random), accuracy=iv, replicates=np.array(reps),
+                      random_replicates=np.full(len(reps), random))
+
+
+def test_curve_areas_match_a_written_out_trapezoid() -> None:
+    points = [_point(0.5, 0.9, [0.8, 1.0]), _point(0.1, 0.3, [0.2, 0.4]), _point(0.3, 0.3, [0.3, 0.3])]
+
+    def area(xy):
+        return sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(xy, xy[1:], strict=False))
+
+    def trapezoid(xy):  # closed by the empty circuit (0, 0) and the full model (1, 1)
+        return area([(0.0, 0.0), *sorted(xy), (1.0, 1.0)])
+
+    a = areas(points)
+    assert a.cpr.value == pytest.approx(trapezoid([(0.1, 0.3), (0.3, 0.3), (0.5, 0.9)]))
+    # |1 - y|, from the empty circuit (0, 1) to the full model (1, 0)
+    assert a.cmd.value == pytest.approx(area([(0.0, 1.0), (0.1, 0.7), (0.3, 0.7), (0.5, 0.1), (1.0, 0.0)]))
+    replicate_areas = [trapezoid([(0.1, 0.2), (0.3, 0.3), (0.5, 0.8)]), trapezoid([(0.1, 0.4), (0.3, 0.3), (0.5, 1.0)])]
+    assert (a.cpr.low, a.cpr.high) == pytest.approx(tuple(np.percentile(replicate_areas, [2.5, 97.5])))
+    assert a.cpr_random.value == pytest.approx(trapezoid([(0.1, 0.0), (0.3, 0.0), (0.5, 0.0)]))
+
+
+def test_every_curve_point_is_the_faithfulness_of_a_graph_built_on_the_build_half(net, digits) -> None:
+    images, labels = digits
+    session = Session(net, images[:600], labels=labels[:600], rule=GXA)
+    row = evaluate(session, 3, selector="tukey", draws=2, resamples=0, curves=True, per_tap=False)
+    build, score = class_split(session, 3, None, "auto", 0)
+    assert row.faithfulness.layers == ()
+    assert [(p.parameter, p.value) for p in row.curve] == [("b", b) for b in BRANCHINGS] + [
+        ("k", k) for k in MAIN_PARAMETERS["tukey"][1]]
+    for p in (row.curve[0], row.curve[-1]):
+        params = {} if p.parameter == "b" else {"k": p.value}
+        b = int(p.value) if p.parameter == "b" else 3
+        graph = session.analyse(3, b, selector="tukey", selector_params=params, indices=build).graph
+        ref = faithfulness(session, graph, target=3, indices=score, draws=2, seed=0)
+        assert p.sufficiency == ref.total.keep_only.recovered
+        assert p.sufficiency_random == ref.total.keep_random.recovered
+        assert p.n_kept == ref.total.n_kept and p.n_neurons == 144
+    at3 = next(p for p in row.curve if (p.parameter, p.value) == ("b", 3.0))
+    assert at3.sufficiency == row.sufficiency  # the table's b
+    assert row.cpr.value == areas(row.curve).cpr.value and row.cpr.low <= row.cpr.value <= row.cpr.high
+
+
+def test_cli_curves_write_the_csv_and_the_figure(tmp_path, capsys) -> None:
+    out, fig = tmp_path / "curves.csv", tmp_path / "curves.png"
+    code = main(["evaluate", "digits", "--images", "digits", "--targets", "3", "--rules", GXA, "--selectors", "topk",
+                 "--draws", "2", "--resamples", "0", "--ablation", "zero,resample", "--bootstrap", "50",
+                 "--curves-out", str(out), "--figure", str(fig), "-q"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "CPR graph" in printed and f"wrote {fig}" in printed
+    with open(out, newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert tuple(table[0]) == CURVE_COLUMNS
+    assert len(table) == 2 * (len(BRANCHINGS) + len(MAIN_PARAMETERS["topk"][1]))
+    assert {r["ablation"] for r in table} == {"zero", "resample"}
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,9 +14,17 @@ import numpy as np
 
 from ssa.analysis._common import check_count
 from ssa.analysis.ablation import ABLATIONS
+from ssa.analysis.curves import BRANCHINGS
 from ssa.analysis.grouping import parse_targets
 from ssa.analysis.split import check_split
-from ssa.analysis.strategies import compare_strategies, format_table, write_csv, write_layers_csv
+from ssa.analysis.strategies import (
+    compare_strategies,
+    format_areas,
+    format_table,
+    write_csv,
+    write_curves_csv,
+    write_layers_csv,
+)
 from ssa.cli.commands.common import (
     add_image_args,
     add_model_args,
@@ -63,7 +71,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resamples", type=int, default=5, help="bootstrap resamples of the images (default 5; 0: skip)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random sets and resamples (default 0)")
     p.add_argument("--out", "-o", default=None, help="write the table here (.csv)")
-    p.add_argument("--layers-out", default=None, help="write the per-layer ablation numbers here (.csv)")
+    p.add_argument("--layers-out", default=None,
+                   help="write the necessity and sufficiency of each tap alone here (.csv; measured only then)")
+    p.add_argument("--curves", action="store_true",
+                   help="also sweep the circuit size (b = 1..8 and each selector's main parameter): the sufficiency "
+                        "curve beside random sets, and its CPR-like and CMD-like areas")
+    p.add_argument("--curves-out", default=None, help="write the curves' points here (.csv; implies --curves)")
+    p.add_argument("--figure", default=None, help="draw the curves here (.png or .svg; implies --curves)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is fastest for small models on a busy "
                         "machine)")
@@ -120,10 +134,15 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for flag, path in (("--out", args.out), ("--layers-out", args.layers_out)):
+    for flag, path in (("--out", args.out), ("--layers-out", args.layers_out), ("--curves-out", args.curves_out)):
         if path is not None:
             check_output_file(path, flag=flag, suffixes=(".csv",))
-    check_distinct_outputs({"--out": args.out, "--layers-out": args.layers_out})
+    if args.figure is not None:
+        check_output_file(args.figure, flag="--figure", suffixes=(".png", ".svg"))
+    outputs = {"--out": args.out, "--layers-out": args.layers_out, "--curves-out": args.curves_out,
+               "--figure": args.figure}
+    check_distinct_outputs(outputs)
+    curves = bool(args.curves or args.curves_out or args.figure)
     targets = parse_targets(args.targets)  # "all", or distinct class indices
     ablations = parse_ablations(args.ablation)
     split = check_split(args.split)
@@ -162,15 +181,30 @@ def run(args: argparse.Namespace) -> int:
                               branching=args.branching, stop_at=args.stop_at, ablation=ablations,
                               draws=args.draws, resamples=args.resamples, seed=args.seed, split=split,
                               mean_images=loaded, pool_images=loaded, pool_classes=loaded_labels,
-                              n_boot=args.bootstrap, progress=progress)
+                              n_boot=args.bootstrap, per_tap=args.layers_out is not None, curves=curves,
+                              progress=progress)
     print(f"b={args.branching}, {args.draws} random draws, {args.resamples} bootstrap resamples of the graph, "
           f"{args.bootstrap} bootstrap replicates of the 95% intervals [low, high], seed {args.seed}; split "
           f"build/scored images. necessity: class-logit drop with the graph's neurons ablated; sufficiency: share "
           f"of the class logit recovered with only the graph's neurons kept; random: random sets of the same size "
           f"per tap; still class: share of images still classified as the class")
     print(format_table(rows))
+    if curves:
+        print(f"\ncurves over circuit size (b = {', '.join(map(str, BRANCHINGS))} and each selector's main parameter "
+              "at the b above): CPR-like area under the sufficiency curve (higher is better), CMD-like area "
+              "under |1 - sufficiency| (lower is better), graph and random sets of the same sizes")
+        print(format_areas(rows))
     if args.out:
         print(f"wrote {write_csv(rows, args.out)}")
     if args.layers_out:
         print(f"wrote {write_layers_csv(rows, args.layers_out)}")
+    if args.curves_out:
+        print(f"wrote {write_curves_csv(rows, args.curves_out)}")
+    if args.figure:
+        from ssa.viz.figures.common import save_figure  # matplotlib only when a figure is drawn
+        from ssa.viz.figures.curves import plot_curves
+
+        points = [p for r in rows for p in r.curve]
+        fig = plot_curves(points, title="sufficiency over circuit size, mean over classes")
+        print(f"wrote {save_figure(fig, args.figure)}")
     return 0
