@@ -23,19 +23,22 @@ that no single threshold decides. Here:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ssa.analysis._common import as_graph
+from ssa.analysis._common import as_graph, read_records
 from ssa.analysis.ablation import Interval, Scorer, interval
 from ssa.analysis.faithfulness import measure
 from ssa.core.interfaces import Selector
+from ssa.errors import InvalidInputError
 from ssa.session import Session
 
-__all__ = ["BRANCHINGS", "MAIN_PARAMETERS", "CurvePoint", "Areas", "sweep", "areas", "CURVE_COLUMNS"]
+__all__ = ["BRANCHINGS", "MAIN_PARAMETERS", "CurvePoint", "Areas", "sweep", "areas", "CURVE_COLUMNS",
+           "curve_records", "read_curves"]
 
 BRANCHINGS = (1, 2, 3, 4, 6, 8)
 MAIN_PARAMETERS: dict[str, tuple[str, tuple[float, ...]]] = {
@@ -162,3 +165,24 @@ def curve_records(points: Sequence[CurvePoint]) -> list[dict[str, Any]]:
             rec.update({name: iv.value, f"{name}_low": iv.low, f"{name}_high": iv.high})
         records.append(rec)
     return records
+
+
+def read_curves(path: str | os.PathLike, flag: str = "--curves") -> list[CurvePoint]:
+    """The points of a CSV written by ``ssa evaluate --curves-out`` (no bootstrap replicates: areas from them
+    have NaN intervals)."""
+    points = []
+    def iv(rec: Mapping[str, str], name: str) -> Interval:
+        return Interval(float(rec[name]), float(rec[f"{name}_low"]), float(rec[f"{name}_high"]))
+
+    for rec in read_records(path, CURVE_COLUMNS, flag, "ssa evaluate --curves-out"):
+        try:
+            points.append(CurvePoint(
+                target=int(rec["target"]), rule=rec["rule"], selector=rec["selector"], ablation=rec["ablation"],
+                parameter=rec["parameter"], value=float(rec["value"]), n_kept=int(rec["n_kept"]),
+                n_neurons=int(rec["n_neurons"]), sufficiency=iv(rec, "sufficiency"),
+                sufficiency_random=iv(rec, "sufficiency_random"), accuracy=iv(rec, "accuracy"), replicates=np.zeros(0),
+                random_replicates=np.zeros(0)))
+        except ValueError as exc:
+            raise InvalidInputError(f"{flag} {str(path)!r} has a value that is not a number ({exc}); pass a CSV "
+                                    "written by `ssa evaluate --curves-out`.") from None
+    return points

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ssa.analysis._common import as_graph, check_count, class_images
+from ssa.analysis._common import as_graph, check_count, class_images, read_records
 from ssa.analysis.ablation import Interval, Scorer, check_ablation, draw_donors, interval
 from ssa.analysis.curves import CURVE_COLUMNS, Areas, CurvePoint, areas, curve_records, sweep
 from ssa.analysis.faithfulness import Faithfulness, faithfulness, make_scorer, scope_taps
@@ -39,7 +39,7 @@ from ssa.session import Session, check_target, n_classes
 
 __all__ = ["EvaluationRow", "METRICS", "TABLE_COLUMNS", "LAYER_COLUMNS", "evaluate", "compare_strategies",
            "check_strategies", "class_split", "summarise", "format_table", "format_areas", "write_csv",
-           "write_layers_csv", "write_curves_csv"]
+           "write_layers_csv", "write_curves_csv", "read_table"]
 
 
 METRICS = (
@@ -415,3 +415,25 @@ def format_areas(rows: Sequence[EvaluationRow]) -> str:
 def write_curves_csv(rows: Sequence[EvaluationRow], path: str | os.PathLike) -> Path:
     """Write every curve point of ``rows`` (:data:`~ssa.analysis.curves.CURVE_COLUMNS`) as CSV, atomically."""
     return _write(path, _csv_text(curve_records([p for r in rows for p in r.curve]), CURVE_COLUMNS))
+
+
+def read_table(path: str | os.PathLike, flag: str = "--evaluation") -> list[EvaluationRow]:
+    """The rows of a table written by :func:`write_csv` (``ssa evaluate --out``), without the detailed results."""
+    records = read_records(path, TABLE_COLUMNS, flag, "ssa evaluate --out")
+    rows = []
+    def num(rec: Mapping[str, str], c: str) -> float:
+        try:
+            return float(rec[c]) if rec[c] not in ("", "nan") else float("nan")
+        except ValueError:
+            raise InvalidInputError(f"{flag} {str(path)!r}: column {c!r} holds {rec[c]!r}, not a number; pass a CSV "
+                                    "written by `ssa evaluate --out`.") from None
+
+    for rec in records:
+        rows.append(EvaluationRow(
+            target=rec["target"], rule=rec["rule"], selector=rec["selector"], ablation=rec["ablation"],
+            n_build=num(rec, "n_build"), n_scored=num(rec, "n_scored"), nodes=num(rec, "nodes"),
+            edges=num(rec, "edges"), ablated=num(rec, "ablated"), kept=num(rec, "kept"),
+            base_logit=num(rec, "base_logit"), base_accuracy=num(rec, "base_accuracy"),
+            metrics={m: Interval(num(rec, m), num(rec, f"{m}_low"), num(rec, f"{m}_high")) for m in METRICS},
+            seconds=num(rec, "seconds")))
+    return rows
