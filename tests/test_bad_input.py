@@ -198,6 +198,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("compare-format-unknown", ["compare", "{d}/graphs/class-1.json", "{d}/graphs/class-2.json", "--format", "gif"],
      "argument --format: invalid choice: 'gif'"),
     # --- report
+    ("report-evaluation-missing", ["report", "{d}/graphs/class-1.json", "--evaluation", "{d}/nothere.csv", "--out",
+                                   "{d}/prev/report.html"], "--evaluation '{d}/nothere.csv' does not exist"),
+    ("report-curves-not-curves", ["report", "{d}/graphs/class-1.json", "--curves", "{d}/prev/eval.csv", "--out",
+                                  "{d}/prev/report.html"], "has no column 'parameter'; pass a CSV written by"),
     ("report-out-suffix", ["report", "{d}/graphs/class-1.json", "--out", "{d}/prev/report.txt"],
      "--out must end in .html or .htm"),
     ("report-out-is-folder", ["report", "{d}/graphs/class-1.json", "--out", "{d}/adir.html"],
