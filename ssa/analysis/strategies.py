@@ -61,6 +61,7 @@ class EvaluationRow:
     """One line of the comparison table (one class, rule, selector and ablation; or their mean over classes).
 
     n_build, n_scored : images that built the graph and images scored (the same images when not split).
+    split : the share of the class's images that built the graph when the others were scored; 0: not split.
     nodes, edges : of the graph; ablated, kept : graph neurons ablated (necessity), kept (sufficiency).
     metrics : :data:`METRICS` -> Interval. ``faithfulness``, ``stability`` and ``graph`` are the detailed
     results of a class's row (None in ``"mean"`` rows).
@@ -70,6 +71,7 @@ class EvaluationRow:
     rule: str
     selector: str
     ablation: str
+    split: float
     n_build: int | float
     n_scored: int | float
     nodes: int | float
@@ -92,8 +94,8 @@ class EvaluationRow:
         raise AttributeError(name)
 
 
-SCALARS = ("target", "rule", "selector", "ablation", "n_build", "n_scored", "nodes", "edges", "ablated", "kept",
-           "base_logit", "base_accuracy")
+SCALARS = ("target", "rule", "selector", "ablation", "split", "n_build", "n_scored", "nodes", "edges", "ablated",
+           "kept", "base_logit", "base_accuracy")
 TABLE_COLUMNS = (*SCALARS, *(f"{m}{s}" for m in METRICS for s in ("", "_low", "_high")), "seconds")
 
 LAYER_COLUMNS = ("target", "rule", "selector", "ablation", "tap", "n_neurons", "n_graph", "n_kept",
@@ -187,6 +189,7 @@ def _evaluate(session: Session, target: int, *, selector: str | Selector | None,
         curve = tuple(p for p in points if p.ablation == ablation)
         rows.append(EvaluationRow(
             target=str(target), rule=session.rule.name, selector=result.selector, ablation=ablation,
+            split=0.0 if np.intersect1d(build, score).size else len(build) / (len(build) + len(score)),
             n_build=len(build), n_scored=len(score), nodes=graph.number_of_nodes(), edges=graph.number_of_edges(),
             ablated=faith.total.n_graph, kept=faith.total.n_kept, base_logit=faith.base_logit,
             base_accuracy=faith.base_accuracy,
@@ -385,8 +388,7 @@ def format_table(rows: Sequence[EvaluationRow]) -> str:
         m = r.metrics
         body.append([
             r.target, r.rule, r.selector, r.ablation,
-            f"{_fmt(r.n_build, 0)}/{_fmt(r.n_scored, 0)}" if r.n_build != r.n_scored or r.target == "mean"
-            else f"all {r.n_scored}",
+            f"{_fmt(r.n_build, 0)}/{_fmt(r.n_scored, 0)}" if r.split > 0 else f"all {_fmt(r.n_scored, 0)}",
             _fmt(r.nodes, 1) if isinstance(r.nodes, float) else str(r.nodes),
             m["necessity"].text(), m["necessity_random"].text(), m["sufficiency"].text(),
             m["sufficiency_random"].text(), m["sufficiency_accuracy"].text(), m["sufficiency_kl"].text(),
@@ -431,8 +433,8 @@ def read_table(path: str | os.PathLike, flag: str = "--evaluation") -> list[Eval
     for rec in records:
         rows.append(EvaluationRow(
             target=rec["target"], rule=rec["rule"], selector=rec["selector"], ablation=rec["ablation"],
-            n_build=num(rec, "n_build"), n_scored=num(rec, "n_scored"), nodes=num(rec, "nodes"),
-            edges=num(rec, "edges"), ablated=num(rec, "ablated"), kept=num(rec, "kept"),
+            split=num(rec, "split"), n_build=num(rec, "n_build"), n_scored=num(rec, "n_scored"),
+            nodes=num(rec, "nodes"), edges=num(rec, "edges"), ablated=num(rec, "ablated"), kept=num(rec, "kept"),
             base_logit=num(rec, "base_logit"), base_accuracy=num(rec, "base_accuracy"),
             metrics={m: Interval(num(rec, m), num(rec, f"{m}_low"), num(rec, f"{m}_high")) for m in METRICS},
             seconds=num(rec, "seconds")))

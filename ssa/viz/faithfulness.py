@@ -24,7 +24,7 @@ _SUMMARY = ("target", "rule", "selector", "ablation", "split", "necessity graph"
 
 def _summary_row(r: EvaluationRow) -> list[str]:
     m = r.metrics
-    split = f"{r.n_build:.0f}/{r.n_scored:.0f}" if isinstance(r.n_build, float) else f"{r.n_build}/{r.n_scored}"
+    split = f"{r.n_build:.0f}/{r.n_scored:.0f}" if r.split > 0 else f"all {r.n_scored:.0f}"
     return [r.target, r.rule, r.selector, r.ablation, split,
             *(m[k].text() for k in ("necessity", "necessity_random", "sufficiency", "sufficiency_random", "cpr",
                                     "cpr_random", "cmd", "cmd_random"))]

@@ -78,6 +78,11 @@ def test_a_row_builds_on_one_half_and_scores_on_the_other(net, digits) -> None:
     assert _same_graph(row.graph, same)
     ref = faithfulness(session, same, target=3, indices=score, draws=2, seed=0)
     assert row.faithfulness == ref
+    assert row.split == pytest.approx(len(build) / (len(build) + len(score)))
+    assert f"{len(build)}/{len(score)}" in format_table([row])
+    whole = evaluate(session, 3, selector="tukey", draws=1, resamples=0, split=0)
+    assert whole.split == 0.0 and whole.n_build == whole.n_scored == len(build) + len(score)
+    assert f"all {whole.n_scored}" in format_table([whole])
 
 
 def test_compare_writes_the_table(tmp_path) -> None:
