@@ -258,6 +258,12 @@ CASES: list[tuple[str, list[str], str]] = [
      "names selector 'mad', which is not evaluated"),
     ("evaluate-ablation-unknown", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--ablation",
                                    "zero,noise"], "--ablation must list some of zero, mean, resample (or 'all'), got"),
+    ("evaluate-curves-out-suffix", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--curves-out",
+                                    "{d}/prev/curves.txt"], "--curves-out must end in .csv"),
+    ("evaluate-figure-suffix", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--figure",
+                                "{d}/prev/curves.jpg"], "--figure must end in .png or .svg"),
+    ("evaluate-bootstrap-negative", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--bootstrap",
+                                     "-1"], "bootstrap must be an integer >= 0, got -1."),
     ("evaluate-split-range", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--split", "1"],
      "split must be 'auto' or a number in [0, 1)"),
     # --- plugins and the command itself
