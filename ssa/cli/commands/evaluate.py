@@ -67,9 +67,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "0.5 when a class has at least 20 images, else no split; 0: no split)")
     p.add_argument("--bootstrap", type=int, default=1000,
                    help="bootstrap replicates of the 95%% intervals (default 1000)")
-    p.add_argument("--draws", type=int, default=5, help="random neuron sets per layer (default 5)")
+    p.add_argument("--draws", type=int, default=5, help="random neuron sets per tap (default 5)")
     p.add_argument("--resamples", type=int, default=5, help="bootstrap resamples of the images (default 5; 0: skip)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random sets and resamples (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random sets, resamples, split, donors and bootstrap (default 0)")
     p.add_argument("--out", "-o", default=None, help="write the table here (.csv)")
     p.add_argument("--layers-out", default=None,
                    help="write the necessity and sufficiency of each tap alone here (.csv; measured only then)")
