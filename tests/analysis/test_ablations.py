@@ -155,3 +155,20 @@ def test_a_planted_circuit_is_sufficient_and_its_complement_is_not() -> None:
     assert abs(fc.total.keep_only.recovered.value) < 0.05
     assert fc.total.graph.logit_drop.value < 0.05 * f.base_logit  # ablating the complement barely matters
     assert f.total.graph.logit_drop.value > 0.95 * (f.base_logit - f.empty_logit)  # ablating the circuit does
+
+
+def test_without_labels_the_donors_are_images_the_model_assigns_to_another_class(digits) -> None:
+    """No labels: the resample pool's classes are the model's predictions (arg-max of the logits)."""
+    from ssa.analysis.faithfulness import make_scorer, scope_taps
+
+    images, _ = digits
+    session = Session("digits", images[:200])
+    session.prepare()
+    net = session.network
+    own = images[:200][:20]
+    scorer = make_scorer(session, own, 3, "resample", scope_taps(net), seed=1, n_boot=10)
+    predicted = net.ablator().logits(images[:200], {}).argmax(axis=1)
+    assert scorer.donors is not None
+    for t, d in scorer.donors.items():
+        assert d.shape == (20, net.tap(t).n_neurons)
+        assert not np.any(predicted[d] == 3)
