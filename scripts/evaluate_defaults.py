@@ -9,11 +9,13 @@ suite's four small models (tests/models.py), then one summary table.
   (labels = image index modulo the number of logits). Faithfulness there asks whether ablating a
   logit's graph lowers that logit more than ablating as many random neurons.
 
-Every run: 5 random draws, 5 bootstrap resamples, seed 0, b = 3, zero ablation. Writes
+Every run: 5 random draws, 5 bootstrap resamples, seed 0, b = 3, zero ablation, held-out images (the
+default split: half of a class's images build the graph, the other half are scored). Writes
 OUT_DIR/<model>.csv (the table of `ssa evaluate`) and prints, per rule x selector and model:
-margin = mean over classes of (graph logit drop - random logit drop); beats = share of classes whose
-graph drop exceeds the random mean + 1 std; jaccard = mean bootstrap Jaccard; stops = share of classes
-whose graph stops above the lowest tap (ssa says why in the result's notes).
+margin = mean over classes of (graph logit drop - random logit drop, the necessity columns); beats = share
+of classes whose graph drop's 95 % interval lies above the random sets'; jaccard = mean bootstrap Jaccard;
+stops = share of classes whose graph stops above the lowest tap (ssa says why in the result's notes).
+The curves over circuit size and all three ablations: scripts/evaluate_curves.py.
 """
 
 from __future__ import annotations
@@ -72,9 +74,8 @@ def summary(out: Path, models: dict[str, tuple]) -> str:
         for r in rules:
             for s in selectors:
                 rr = [q for q in rows if q["rule"] == r and q["selector"] == s]
-                margin = np.mean([float(q["graph_logit_drop"]) - float(q["random_logit_drop"]) for q in rr])
-                beats = np.mean([float(q["graph_logit_drop"]) > float(q["random_logit_drop"])
-                                 + float(q["random_logit_drop_std"]) for q in rr])
+                margin = np.mean([float(q["necessity"]) - float(q["necessity_random"]) for q in rr])
+                beats = np.mean([float(q["necessity_low"]) > float(q["necessity_random_high"]) for q in rr])
                 jac = np.mean([float(q["node_jaccard"]) for q in rr])
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")

@@ -198,6 +198,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("compare-format-unknown", ["compare", "{d}/graphs/class-1.json", "{d}/graphs/class-2.json", "--format", "gif"],
      "argument --format: invalid choice: 'gif'"),
     # --- report
+    ("report-evaluation-missing", ["report", "{d}/graphs/class-1.json", "--evaluation", "{d}/nothere.csv", "--out",
+                                   "{d}/prev/report.html"], "--evaluation '{d}/nothere.csv' does not exist"),
+    ("report-curves-not-curves", ["report", "{d}/graphs/class-1.json", "--curves", "{d}/prev/eval.csv", "--out",
+                                  "{d}/prev/report.html"], "has no column 'parameter'; pass a CSV written by"),
     ("report-out-suffix", ["report", "{d}/graphs/class-1.json", "--out", "{d}/prev/report.txt"],
      "--out must end in .html or .htm"),
     ("report-out-is-folder", ["report", "{d}/graphs/class-1.json", "--out", "{d}/adir.html"],
@@ -252,6 +256,16 @@ CASES: list[tuple[str, list[str], str]] = [
     ("evaluate-selector-param-owner", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--selectors",
                                        "tukey", "--selector-param", "mad.threshold=2"],
      "names selector 'mad', which is not evaluated"),
+    ("evaluate-ablation-unknown", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--ablation",
+                                   "zero,noise"], "--ablation must list some of zero, mean, resample (or 'all'), got"),
+    ("evaluate-curves-out-suffix", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--curves-out",
+                                    "{d}/prev/curves.txt"], "--curves-out must end in .csv"),
+    ("evaluate-figure-suffix", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--figure",
+                                "{d}/prev/curves.jpg"], "--figure must end in .png or .svg"),
+    ("evaluate-bootstrap-negative", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--bootstrap",
+                                     "-1"], "bootstrap must be an integer >= 0, got -1."),
+    ("evaluate-split-range", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--split", "1"],
+     "split must be 'auto' or a number in [0, 1)"),
     # --- plugins and the command itself
     ("plugins-unknown-option", ["plugins", "--all"], "unrecognized arguments: --all"),
     ("plugins-extra-argument", ["plugins", "extra"], "unrecognized arguments: extra"),
@@ -454,6 +468,7 @@ OTHER_TESTS = {
     "images-unscaled": "tests/test_preprocess.py::test_raw_0_255_arrays_get_a_one_line_warning",
     "outdir-stale": "tests/test_outdir.py::test_rerun_with_fewer_targets_leaves_no_stale_graph",
     "identity-mixed-runs": "tests/test_identity.py::test_mixed_runs_are_refused_unless_allow_mixed",
+    "evaluate-resample-one-class": "tests/analysis/test_strategies.py::test_cli_resample_needs_another_class",
 }
 
 

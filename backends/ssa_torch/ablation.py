@@ -1,10 +1,13 @@
 """Ablating neurons of taps: the torch backend's :class:`~ssa.core.capabilities.Ablator` (``ssa evaluate``).
 
-Ablating a neuron sets its channel of the tap tensor to 0 (``"zero"``) or to
+Ablating a neuron sets its channel of the tap tensor to 0 (``"zero"``), to
 its mean over a set of images (``"mean"``: the per-position mean map of that
-channel). The values are replaced while an :class:`torch.fx.Interpreter` runs
-the network's own traced copy (:attr:`TorchNetwork.graph_module`, a deep copy
-made by ``prepare``), so the user's module is never modified and no hook is
+channel, :meth:`TorchAblator.fit_means`), or to its map on a donor image
+(``"resample"``: the caller names, per image and neuron, a donor of the pool
+given to :meth:`TorchAblator.fit_pool`, whose clean tap values are kept).
+The values are replaced while an :class:`torch.fx.Interpreter` runs the network's own
+traced copy (:attr:`TorchNetwork.graph_module`, a deep copy made by ``prepare``), so the user's module
+is never modified and no hook is
 ever registered on it. Ablations in several taps act at once; an ablation
 propagates to every tap above it.
 
@@ -70,6 +73,7 @@ class TorchAblator:
         self.network = network
         self.batch_size = int(batch_size)
         self.means: dict[str, torch.Tensor] = {}
+        self.pool: dict[str, torch.Tensor] = {}
 
     def _batches(self, images: np.ndarray) -> Iterator[np.ndarray]:
         for i in range(0, images.shape[0], self.batch_size):
@@ -86,7 +90,19 @@ class TorchAblator:
                     sums[t] = v if t not in sums else sums[t] + v
         self.means = {t: (s / max(images.shape[0], 1)).float() for t, s in sums.items()}
 
-    def _edit(self, tap: str, neurons: np.ndarray, mode: str, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def fit_pool(self, images: np.ndarray, taps: Sequence[str]) -> None:
+        """Keep the clean values of every tap in ``taps`` on each of ``images`` (the donors of ``mode="resample"``;
+        ``(n_images, *tap shape)`` per tap, in memory on the network's device)."""
+        parts: dict[str, list[torch.Tensor]] = {t: [] for t in taps}
+        with torch.no_grad():
+            for batch in self._batches(images):
+                interp = self.network.run(batch, grad=False)
+                for t in taps:
+                    parts[t].append(interp.raw[t].detach().float())
+        self.pool = {t: torch.cat(v, dim=0) for t, v in parts.items() if v}
+
+    def _edit(self, tap: str, neurons: np.ndarray, mode: str, ndim: int,
+              donors: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         info = self.network.tap(tap)
         device = torch.device(self.network.device)
         mask = torch.zeros(info.n_neurons, dtype=torch.bool, device=device)
@@ -101,17 +117,34 @@ class TorchAblator:
             if tap not in self.means:
                 raise InvalidInputError(f"no mean map for tap {tap!r}; call fit_means() with the taps first.")
             fill = self.means[tap].to(device).unsqueeze(0)
+        elif mode == "resample":
+            if tap not in self.pool:
+                raise InvalidInputError(f"no donor values for tap {tap!r}; call fit_pool() with the taps first.")
+            if donors is None:
+                raise InvalidInputError(f"resample ablation needs donors for tap {tap!r} (pool index per image and "
+                                        "neuron).")
+            pool = self.pool[tap]  # (P, C, ...) with the channel axis first after the batch
+            rows = torch.as_tensor(np.asarray(donors, dtype=np.int64), device=pool.device)  # (B, C)
+            cols = torch.arange(info.n_neurons, device=pool.device).unsqueeze(0)
+            fill = pool.movedim(info.channel_axis, 1)[rows, cols].movedim(1, info.channel_axis).to(device)
         else:
-            raise InvalidInputError(f"ablation must be 'zero' or 'mean', got {mode!r}.")
+            raise InvalidInputError(f"ablation must be 'zero', 'mean' or 'resample', got {mode!r}.")
         return mask, fill
 
-    def logits(self, images: np.ndarray, ablate: Mapping[str, np.ndarray], mode: str = "zero") -> np.ndarray:
-        """Logits (n_images, n_classes) with ``ablate[tap]`` (neuron indices) ablated in every tap at once."""
+    def logits(self, images: np.ndarray, ablate: Mapping[str, np.ndarray], mode: str = "zero",
+               donors: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """Logits (n_images, n_classes) with ``ablate[tap]`` (neuron indices) ablated in every tap at once.
+
+        ``donors[tap]`` (``mode="resample"`` only): ``(n_images, n_neurons)`` positions in the pool of
+        :meth:`fit_pool`; neuron ``c`` of image ``i`` takes its value on pool image ``donors[tap][i, c]``.
+        """
         net = self.network
         plan = net.plan
         out = []
         with torch.no_grad():
-            for batch in self._batches(images):
+            for start, batch in zip(range(0, images.shape[0], self.batch_size), self._batches(images), strict=True):
+                part = {t: np.asarray(d)[start:start + batch.shape[0]] for t, d in (donors or {}).items()}
+
                 x = net.to_tensor(batch)
                 edits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
                 for tap, neurons in ablate.items():
@@ -120,13 +153,14 @@ class TorchAblator:
                     if len(neurons) == 0:
                         continue
                     if tap == plan.input_tap:
-                        mask, fill = self._edit(tap, neurons, mode, x.dim())
+                        mask, fill = self._edit(tap, neurons, mode, x.dim(), part.get(tap))
                         x = torch.where(mask, fill.to(x.dtype), x)
                         continue
                     if tap not in plan.node_of:
                         raise InvalidInputError(f"unknown tap {tap!r}; taps are: "
                                                 f"{', '.join(t.name for t in net.taps)}.")
-                    edits[plan.node_of[tap]] = self._edit(tap, neurons, mode, len(net.tap(tap).shape) + 1)
+                    edits[plan.node_of[tap]] = self._edit(tap, neurons, mode, len(net.tap(tap).shape) + 1,
+                                                          part.get(tap))
                 interp = AblationInterpreter(net.graph_module, edits, plan.node_of["logits"])
                 interp.args_batch = int(x.shape[0])
                 interp.run(x)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import networkx as nx
@@ -12,7 +15,7 @@ from ssa.core.graph import DependencyGraph
 from ssa.errors import InvalidInputError
 from ssa.session import Session
 
-__all__ = ["check_count", "as_graph", "class_images"]
+__all__ = ["check_count", "as_graph", "class_images", "read_records"]
 
 
 def check_count(name: str, value: Any, minimum: int) -> int:
@@ -36,3 +39,23 @@ def class_images(session: Session, target: int, indices: Sequence[int] | np.ndar
     if chosen is None:
         chosen = np.arange(images.shape[0], dtype=np.int64)
     return images[chosen], chosen
+
+
+def read_records(path: str | os.PathLike, columns: Sequence[str], flag: str, writer: str) -> list[dict[str, str]]:
+    """The records of a CSV file that must have ``columns`` (written by ``writer``); refused in one line else."""
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInputError(f"{flag} {str(path)!r} does not exist or is not a file; pass a CSV written by "
+                                f"`{writer}`.")
+    try:
+        with open(p, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            records = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInputError(f"{flag} {str(path)!r} cannot be read as CSV ({exc}); pass a CSV written by "
+                                f"`{writer}`.") from None
+    if missing:
+        raise InvalidInputError(f"{flag} {str(path)!r} has no column {missing[0]!r}; pass a CSV written by "
+                                f"`{writer}` (of this version of ssa).")
+    return records

@@ -14,7 +14,10 @@ Conventions:
   resample is a multiset of the same images), by autograd where a step has no closed form;
 * the node set compared leaves out the class node (it is in every graph); two empty node sets
   are identical (Jaccard 1.0, the convention of :func:`ssa.core.graph.jaccard`);
-* with ``resamples == 0`` nothing is compared: the frequencies are empty and the Jaccard numbers NaN.
+* with ``resamples == 0`` nothing is compared: the frequencies are empty and the Jaccard numbers NaN;
+* the interval of a Jaccard index (:attr:`Stability.node_jaccard`, :attr:`Stability.edge_jaccard`) is the
+  95 % percentile interval of the resamples' indices (the bootstrap distribution of the graph's overlap
+  with itself; a handful of resamples gives a coarse interval).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import networkx as nx
 import numpy as np
 
 from ssa.analysis._common import as_graph, check_count, class_images
+from ssa.analysis.ablation import Interval, interval
 from ssa.core.graph import DependencyGraph, jaccard
 from ssa.core.interfaces import Selector
 from ssa.errors import InvalidInputError
@@ -44,6 +48,7 @@ class Stability:
     new_nodes : nodes of resampled graphs that are not in the full graph -> share of resamples.
     jaccard_mean, jaccard_std : Jaccard index of the node sets (class node left out), over resamples.
     edge_jaccard_mean : the same for edge sets.
+    jaccards, edge_jaccards : each resample's node and edge Jaccard index.
     """
 
     target: int
@@ -55,6 +60,18 @@ class Stability:
     jaccard_mean: float
     jaccard_std: float
     edge_jaccard_mean: float
+    jaccards: tuple[float, ...] = ()
+    edge_jaccards: tuple[float, ...] = ()
+
+    @property
+    def node_jaccard(self) -> Interval:
+        """The mean node Jaccard index with the percentile interval (95 %) of the resamples' indices."""
+        return interval(self.jaccard_mean, np.asarray(self.jaccards))
+
+    @property
+    def edge_jaccard(self) -> Interval:
+        """The mean edge Jaccard index with the percentile interval (95 %) of the resamples' indices."""
+        return interval(self.edge_jaccard_mean, np.asarray(self.edge_jaccards))
 
 
 def stability(session: Session, target: int, *, branching: int = 3, selector: str | Selector | None = None,
@@ -120,4 +137,5 @@ def stability(session: Session, target: int, *, branching: int = 3, selector: st
         jaccard_mean=float(np.mean(jac)) if jac else nan,
         jaccard_std=float(np.std(jac)) if jac else nan,
         edge_jaccard_mean=float(np.mean(ejac)) if ejac else nan,
+        jaccards=tuple(float(j) for j in jac), edge_jaccards=tuple(float(j) for j in ejac),
     )

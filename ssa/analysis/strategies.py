@@ -22,9 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from ssa.analysis._common import as_graph, check_count
-from ssa.analysis.faithfulness import Faithfulness, check_ablation, faithfulness
+from ssa.analysis._common import as_graph, check_count, class_images, read_records
+from ssa.analysis.ablation import Interval, Scorer, check_ablation, draw_donors, interval
+from ssa.analysis.curves import CURVE_COLUMNS, Areas, CurvePoint, areas, curve_records, sweep
+from ssa.analysis.faithfulness import Faithfulness, faithfulness, make_scorer, scope_taps
 from ssa.analysis.grouping import parse_targets
+from ssa.analysis.split import check_split, split_images
 from ssa.analysis.stability import Stability, stability
 from ssa.core.checks import check_int
 from ssa.core.graph import DependencyGraph
@@ -34,113 +37,202 @@ from ssa.io.atomic import atomic_write_bytes
 from ssa.plugins import make_selector, registry
 from ssa.session import Session, check_target, n_classes
 
-__all__ = ["EvaluationRow", "TABLE_COLUMNS", "LAYER_COLUMNS", "evaluate", "compare_strategies", "summarise",
-           "format_table", "write_csv", "write_layers_csv"]
+__all__ = ["EvaluationRow", "METRICS", "TABLE_COLUMNS", "LAYER_COLUMNS", "evaluate", "compare_strategies",
+           "check_strategies", "class_split", "summarise", "format_table", "format_areas", "write_csv",
+           "write_layers_csv", "write_curves_csv", "read_table"]
+
+
+METRICS = (
+    "necessity", "necessity_random", "necessity_accuracy", "necessity_random_accuracy", "necessity_kl",
+    "necessity_random_kl", "sufficiency", "sufficiency_random", "sufficiency_accuracy",
+    "sufficiency_random_accuracy", "sufficiency_kl", "sufficiency_random_kl", "node_jaccard", "edge_jaccard",
+    "cpr", "cpr_random", "cmd", "cmd_random",
+)
+"""The scores of a row, each an :class:`~ssa.analysis.ablation.Interval` (all taps in scope at once):
+``necessity`` is the class-logit drop with the graph's neurons ablated, ``sufficiency`` the recovered share
+of the class logit with only the graph's neurons kept (see :mod:`ssa.analysis.ablation`); ``_random`` the same
+for random sets of the same size per tap; ``_accuracy`` the share of images still classified as the class;
+``_kl`` the KL divergence of the class distribution; the Jaccard indices are the stability's; ``cpr`` and
+``cmd`` the areas of the curve over circuit size (:mod:`ssa.analysis.curves`; NaN without curves)."""
 
 
 @dataclass(frozen=True)
 class EvaluationRow:
-    """One line of the comparison table (one class, rule and selector; or their mean over classes).
+    """One line of the comparison table (one class, rule, selector and ablation; or their mean over classes).
 
-    The numbers are those of :data:`TABLE_COLUMNS`; ``faithfulness``, ``stability`` and ``graph`` are the
-    detailed results of a class's row (None in ``"mean"`` rows).
+    n_build, n_scored : images that built the graph and images scored (the same images when not split).
+    split : the share of the class's images that built the graph when the others were scored; 0: not split.
+    nodes, edges : of the graph; ablated, kept : graph neurons ablated (necessity), kept (sufficiency).
+    metrics : :data:`METRICS` -> Interval. ``faithfulness``, ``stability`` and ``graph`` are the detailed
+    results of a class's row (None in ``"mean"`` rows).
     """
 
     target: str
     rule: str
     selector: str
+    ablation: str
+    split: float
+    n_build: int | float
+    n_scored: int | float
     nodes: int | float
     edges: int | float
     ablated: int | float
+    kept: int | float
     base_logit: float
     base_accuracy: float
-    graph_logit_drop: float
-    random_logit_drop: float
-    random_logit_drop_std: float
-    keep_only_logit_drop: float
-    graph_accuracy_drop: float
-    random_accuracy_drop: float
-    random_accuracy_drop_std: float
-    keep_only_accuracy_drop: float
-    node_jaccard: float
-    node_jaccard_std: float
-    edge_jaccard: float
+    metrics: Mapping[str, Interval]
     seconds: float
     faithfulness: Faithfulness | None = field(default=None, repr=False, compare=False)
     stability: Stability | None = field(default=None, repr=False, compare=False)
     graph: DependencyGraph | None = field(default=None, repr=False, compare=False)
+    curve: tuple[CurvePoint, ...] = field(default=(), repr=False, compare=False)
+
+    def __getattr__(self, name: str) -> Interval:  # row.sufficiency, row.node_jaccard, ...
+        metrics = self.__dict__.get("metrics", {})
+        if name in metrics:
+            return metrics[name]
+        raise AttributeError(name)
 
 
-TABLE_COLUMNS = (
-    "target", "rule", "selector", "nodes", "edges", "ablated", "base_logit", "base_accuracy",
-    "graph_logit_drop", "random_logit_drop", "random_logit_drop_std", "keep_only_logit_drop",
-    "graph_accuracy_drop", "random_accuracy_drop", "random_accuracy_drop_std", "keep_only_accuracy_drop",
-    "node_jaccard", "node_jaccard_std", "edge_jaccard", "seconds",
-)
+SCALARS = ("target", "rule", "selector", "ablation", "split", "n_build", "n_scored", "nodes", "edges", "ablated",
+           "kept", "base_logit", "base_accuracy")
+TABLE_COLUMNS = (*SCALARS, *(f"{m}{s}" for m in METRICS for s in ("", "_low", "_high")), "seconds")
 
-LAYER_COLUMNS = ("target", "rule", "selector", "tap", "n_neurons", "n_graph", "graph_logit_drop",
-                 "random_logit_drop", "random_logit_drop_std", "keep_only_logit_drop", "graph_accuracy_drop",
-                 "random_accuracy_drop", "random_accuracy_drop_std", "keep_only_accuracy_drop")
+LAYER_COLUMNS = ("target", "rule", "selector", "ablation", "tap", "n_neurons", "n_graph", "n_kept",
+                 *(f"{m}{s}" for m in ("necessity", "necessity_random", "sufficiency", "sufficiency_random")
+                   for s in ("", "_low", "_high")))
+
+
+def _metrics(faith: Faithfulness, stab: Stability | None, area: Areas | None) -> dict[str, Interval]:
+    t = faith.total
+    nan = Interval(float("nan"), float("nan"), float("nan"))
+    return {
+        "cpr": area.cpr if area else nan, "cpr_random": area.cpr_random if area else nan,
+        "cmd": area.cmd if area else nan, "cmd_random": area.cmd_random if area else nan,
+        "necessity": t.graph.logit_drop, "necessity_random": t.random.logit_drop,
+        "necessity_accuracy": t.graph.accuracy, "necessity_random_accuracy": t.random.accuracy,
+        "necessity_kl": t.graph.kl, "necessity_random_kl": t.random.kl,
+        "sufficiency": t.keep_only.recovered, "sufficiency_random": t.keep_random.recovered,
+        "sufficiency_accuracy": t.keep_only.accuracy, "sufficiency_random_accuracy": t.keep_random.accuracy,
+        "sufficiency_kl": t.keep_only.kl, "sufficiency_random_kl": t.keep_random.kl,
+        "node_jaccard": stab.node_jaccard if stab is not None else nan,
+        "edge_jaccard": stab.edge_jaccard if stab is not None else nan,
+    }
 
 
 def evaluate(session: Session, target: int, *, selector: str | Selector | None = None,
              selector_params: Mapping[str, Any] | None = None, branching: int = 3, stop_at: str | None = None,
              indices: Sequence[int] | np.ndarray | None = None, ablation: str = "zero", draws: int = 5,
-             resamples: int = 5, seed: int = 0, mean_images: np.ndarray | None = None) -> EvaluationRow:
-    """Analyse class ``target`` with the session's rule and ``selector``, then measure faithfulness and stability.
+             resamples: int = 5, seed: int = 0, split: float | str = "auto", mean_images: np.ndarray | None = None,
+             pool_images: np.ndarray | None = None, pool_classes: np.ndarray | None = None, n_boot: int = 1000,
+             per_tap: bool = True, curves: bool = False,
+             scorers: dict[tuple[int, str], Scorer] | None = None) -> EvaluationRow:
+    """Analyse class ``target`` with the session's rule and ``selector`` on the build part of its images, then
+    measure faithfulness on the scored part (:mod:`ssa.analysis.split`) and stability on the build part.
 
-    The parameters are those of :meth:`ssa.Session.analyse`, :func:`~ssa.analysis.faithfulness.faithfulness`
-    and :func:`~ssa.analysis.stability.stability`. Returns one row of the comparison table, with both
-    detailed results and the graph attached.
+    The parameters are those of :meth:`ssa.Session.analyse`, :func:`~ssa.analysis.faithfulness.faithfulness`,
+    :func:`~ssa.analysis.stability.stability` and :func:`~ssa.analysis.split.split_images`; ``per_tap``: also
+    each tap alone (``faithfulness.layers``); ``curves``: also the curve over circuit size
+    (:func:`ssa.analysis.curves.sweep`: ``row.curve`` and the ``cpr``/``cmd`` areas); ``scorers`` caches
+    one :class:`~ssa.analysis.ablation.Scorer` per (class, ablation) across rows (the same images, donors and
+    bootstrap replicates for every rule and selector). Returns one row, with the detailed results attached.
     """
-    ablation = check_ablation(ablation)
+    return _evaluate(session, target, selector=selector, selector_params=selector_params, branching=branching,
+                     stop_at=stop_at, indices=indices, ablations=[check_ablation(ablation)], draws=draws,
+                     resamples=resamples, seed=seed, split=split, mean_images=mean_images, pool_images=pool_images,
+                     pool_classes=pool_classes, n_boot=n_boot, per_tap=per_tap, curves=curves, scorers=scorers)[0]
+
+
+def class_split(session: Session, target: int, indices: Sequence[int] | np.ndarray | None, split: float | str,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The positions (in the session's images) that build class ``target``'s graph, and those scored."""
+    _, chosen = class_images(session, target, indices)
+    return split_images(chosen, split, seed=seed, target=target)
+
+
+def _evaluate(session: Session, target: int, *, selector: str | Selector | None,
+              selector_params: Mapping[str, Any] | None, branching: int, stop_at: str | None,
+              indices: Sequence[int] | np.ndarray | None, ablations: Sequence[str], draws: int, resamples: int,
+              seed: int, split: float | str, mean_images: np.ndarray | None, pool_images: np.ndarray | None,
+              pool_classes: np.ndarray | None, n_boot: int, per_tap: bool, curves: bool,
+              scorers: dict[tuple[int, str], Scorer] | None) -> list[EvaluationRow]:
     check_count("draws", draws, 1)
     check_count("resamples", resamples, 0)
     check_count("seed", seed, 0)
+    check_count("n_boot", n_boot, 0)
+    scorers = {} if scorers is None else scorers
     t0 = time.perf_counter()
+    build, score = class_split(session, target, indices, split, seed)
     result = session.analyse(target, branching, selector=selector, selector_params=selector_params, stop_at=stop_at,
-                             indices=indices)
+                             indices=build)
     graph = as_graph(result.graph)
-    faith = faithfulness(session, graph, target=target, indices=indices, ablation=ablation, draws=draws, seed=seed,
-                         mean_images=mean_images)
     stab = stability(session, target, branching=branching, selector=selector, selector_params=selector_params,
-                     stop_at=stop_at, indices=indices, resamples=resamples, seed=seed, graph=graph)
-    tot = faith.total
-    return EvaluationRow(
-        target=str(target), rule=session.rule.name, selector=result.selector,
-        nodes=graph.number_of_nodes(), edges=graph.number_of_edges(), ablated=tot.n_graph,
-        base_logit=faith.base_logit, base_accuracy=faith.base_accuracy,
-        graph_logit_drop=tot.graph.logit_drop, random_logit_drop=tot.random.logit_drop,
-        random_logit_drop_std=tot.random.logit_drop_std, keep_only_logit_drop=tot.keep_only.logit_drop,
-        graph_accuracy_drop=tot.graph.accuracy_drop, random_accuracy_drop=tot.random.accuracy_drop,
-        random_accuracy_drop_std=tot.random.accuracy_drop_std, keep_only_accuracy_drop=tot.keep_only.accuracy_drop,
-        node_jaccard=stab.jaccard_mean, node_jaccard_std=stab.jaccard_std, edge_jaccard=stab.edge_jaccard_mean,
-        seconds=time.perf_counter() - t0, faithfulness=faith, stability=stab, graph=graph,
-    )
+                     stop_at=stop_at, indices=build, resamples=resamples, seed=seed, graph=graph)
+    scope = scope_taps(session.network, stop_at)
+    for ablation in ablations:
+        if (target, ablation) not in scorers:
+            images, _ = class_images(session, target, score)
+            scorers[(target, ablation)] = make_scorer(
+                session, images, target, ablation, scope, mean_images=mean_images, pool_images=pool_images,
+                pool_classes=pool_classes, seed=seed, n_boot=n_boot)
+    points: list[CurvePoint] = []
+    if curves:
+        points = sweep(session, target, {a: scorers[(target, a)] for a in ablations}, scope, selector=selector,
+                       selector_params=selector_params, branching=branching, stop_at=stop_at, build=build,
+                       draws=draws, seed=seed)
+    t_graph = time.perf_counter() - t0
+    rows = []
+    for ablation in ablations:
+        t1 = time.perf_counter()
+        faith = faithfulness(session, graph, target=target, indices=score, ablation=ablation, draws=draws, seed=seed,
+                             stop_at=stop_at, per_tap=per_tap, scorer=scorers[(target, ablation)])
+        curve = tuple(p for p in points if p.ablation == ablation)
+        rows.append(EvaluationRow(
+            target=str(target), rule=session.rule.name, selector=result.selector, ablation=ablation,
+            split=0.0 if np.intersect1d(build, score).size else len(build) / (len(build) + len(score)),
+            n_build=len(build), n_scored=len(score), nodes=graph.number_of_nodes(), edges=graph.number_of_edges(),
+            ablated=faith.total.n_graph, kept=faith.total.n_kept, base_logit=faith.base_logit,
+            base_accuracy=faith.base_accuracy,
+            metrics=_metrics(faith, stab if resamples else None, areas(curve) if curve else None),
+            seconds=t_graph / len(ablations) + time.perf_counter() - t1, faithfulness=faith, stability=stab,
+            graph=graph, curve=curve,
+        ))
+    return rows
 
 
-def summarise(rows: Sequence[EvaluationRow]) -> list[EvaluationRow]:
-    """Mean over classes of every number, per (rule, selector): rows with ``target == "mean"``."""
-    groups: dict[tuple[str, str], list[EvaluationRow]] = {}
+def summarise(rows: Sequence[EvaluationRow], n_boot: int = 1000, seed: int = 0) -> list[EvaluationRow]:
+    """Mean over classes per (rule, selector, ablation): rows with ``target == "mean"``; each metric's interval is
+    the percentile bootstrap (95 %) of the mean over classes drawn with replacement (``default_rng([seed, 5])``)."""
+    groups: dict[tuple[str, str, str], list[EvaluationRow]] = {}
     for r in rows:
         if r.target != "mean":
-            groups.setdefault((r.rule, r.selector), []).append(r)
+            groups.setdefault((r.rule, r.selector, r.ablation), []).append(r)
     out = []
-    numeric = [c for c in TABLE_COLUMNS if c not in ("target", "rule", "selector")]
-    for (rule, sel), rs in groups.items():
-        vals = {c: float(np.mean([getattr(r, c) for r in rs])) for c in numeric}
-        vals["seconds"] = float(np.sum([r.seconds for r in rs]))
-        out.append(EvaluationRow(target="mean", rule=rule, selector=sel, **vals))  # type: ignore[arg-type]
+    numeric = [c for c in SCALARS if c not in ("target", "rule", "selector", "ablation")]
+    for (rule, sel, abl), rs in groups.items():
+        vals: dict[str, Any] = {c: float(np.mean([getattr(r, c) for r in rs])) for c in numeric}
+        k = len(rs)
+        picks = np.random.default_rng([seed, 5]).integers(0, k, size=(n_boot, k))
+        metrics = {}
+        for m in METRICS:
+            per_class = np.array([r.metrics[m].value for r in rs])
+            with np.errstate(invalid="ignore"):
+                metrics[m] = interval(float(np.mean(per_class)), per_class[picks].mean(axis=1))
+        out.append(EvaluationRow(target="mean", rule=rule, selector=sel, ablation=abl, metrics=metrics,
+                                 seconds=float(np.sum([r.seconds for r in rs])), **vals))
     return out
 
 
 def compare_strategies(sessions: Session | Sequence[Session], targets: Sequence[int] | str, *,
                        selectors: Sequence[str] | None = None,
                        selector_params: Mapping[str, Mapping[str, Any]] | None = None, branching: int = 3,
-                       stop_at: str | None = None, ablation: str = "zero", draws: int = 5, resamples: int = 5,
-                       seed: int = 0, mean_images: np.ndarray | None = None,
+                       stop_at: str | None = None, ablation: str | Sequence[str] = "zero", draws: int = 5,
+                       resamples: int = 5, seed: int = 0, split: float | str = "auto",
+                       mean_images: np.ndarray | None = None, pool_images: np.ndarray | None = None,
+                       pool_classes: np.ndarray | None = None, n_boot: int = 1000, per_tap: bool = True,
+                       curves: bool = False,
                        progress: Callable[[EvaluationRow], Any] | None = None) -> list[EvaluationRow]:
-    """Evaluate every rule x selector on every class: the rows of the comparison table.
+    """Evaluate every rule x selector x ablation on every class: the rows of the comparison table.
 
     Parameters
     ----------
@@ -149,15 +241,56 @@ def compare_strategies(sessions: Session | Sequence[Session], targets: Sequence[
     targets : the classes (each once), ``"0,3"``, or ``"all"`` (every logit).
     selectors : registered names; default: every installed selector.
     selector_params : per selector name, e.g. ``{"tukey": {"k": 3}}``.
-    branching, stop_at, ablation, draws, resamples, seed, mean_images : see :func:`evaluate`; the
-        ``"mean"`` ablation uses ``mean_images``, default every image of the first session.
+    ablation : one ablation or several (each class's graphs are scored under each).
+    branching, stop_at, draws, resamples, seed, split, mean_images, pool_images, pool_classes, n_boot, per_tap,
+        curves : see
+        :func:`evaluate`; the ``"mean"`` ablation averages ``mean_images`` (default every image of the first
+        session) and ``"resample"`` draws donors from ``pool_images`` (default the first session's images, by
+        their labels).
     progress : optional callable receiving each finished row (the CLI prints a line).
 
     Returns
     -------
-    One row per (target, rule, selector) in that order, then one ``target="mean"`` row per
-    (rule, selector) when there are several targets.
+    One row per (target, rule, selector, ablation) in that order, then one ``target="mean"`` row per
+    (rule, selector, ablation) when there are several targets.
     """
+    ablations = [check_ablation(a) for a in ([ablation] if isinstance(ablation, str) else ablation)]
+    if not ablations or len(set(ablations)) != len(ablations):
+        raise InvalidInputError(f"ablations must be listed once each, got {', '.join(ablations) or 'none'}.")
+    sessions, classes = check_strategies(sessions, targets, selectors=selectors, selector_params=selector_params,
+                                         branching=branching, stop_at=stop_at, draws=draws, resamples=resamples,
+                                         seed=seed)
+    split = check_split(split)
+    first = sessions[0]
+    mean = first.images if mean_images is None else np.asarray(mean_images)
+    if "resample" in ablations:  # refused before any work when the donors' classes are known
+        known = first.labels if pool_images is None else pool_classes
+        for target in classes if known is not None else ():
+            draw_donors(target, np.asarray(known), 0, {}, np.random.default_rng(0))
+    names = list(selectors) if selectors else registry().names("selector")
+    rows: list[EvaluationRow] = []
+    for target in classes:
+        scorers: dict[tuple[int, str], Scorer] = {}  # one per ablation, shared by every rule and selector
+        for session in sessions:
+            for s in names:
+                for row in _evaluate(session, target, selector=s, selector_params=(selector_params or {}).get(s),
+                                     branching=branching, stop_at=stop_at, indices=None, ablations=ablations,
+                                     draws=draws, resamples=resamples, seed=seed, split=split, mean_images=mean,
+                                     pool_images=pool_images, pool_classes=pool_classes, n_boot=n_boot,
+                                     per_tap=per_tap, curves=curves, scorers=scorers):
+                    rows.append(row)
+                    if progress is not None:
+                        progress(row)
+    if len(classes) > 1:
+        rows.extend(summarise(rows, n_boot=n_boot, seed=seed))
+    return rows
+
+
+def check_strategies(sessions: Session | Sequence[Session], targets: Sequence[int] | str, *,
+                     selectors: Sequence[str] | None, selector_params: Mapping[str, Mapping[str, Any]] | None,
+                     branching: int, stop_at: str | None, draws: int, resamples: int, seed: int
+                     ) -> tuple[list[Session], list[int]]:
+    """Refuse bad arguments before any work; the sessions as a list and the classes to evaluate."""
     sessions = [sessions] if isinstance(sessions, Session) else list(sessions)
     if not sessions:
         raise InvalidInputError("compare_strategies needs at least one session (one per rule), got none.")
@@ -165,14 +298,12 @@ def compare_strategies(sessions: Session | Sequence[Session], targets: Sequence[
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise InvalidInputError(f"two sessions have rule {twice[0]!r}; pass one session per rule.")
-    branching = check_int("branching", branching, 1, "Pass --branching 1 or more.")
-    check_ablation(ablation)
+    check_int("branching", branching, 1, "Pass --branching 1 or more.")
     check_count("draws", draws, 1)
     check_count("resamples", resamples, 0)
     check_count("seed", seed, 0)
     wanted = parse_targets(targets) if isinstance(targets, str) else parse_targets(list(targets))
-    selectors = list(selectors) if selectors else registry().names("selector")
-    for s in selectors:  # unknown names and bad parameters are refused before any work
+    for s in list(selectors) if selectors else registry().names("selector"):  # unknown names, bad parameters
         make_selector(s, **dict((selector_params or {}).get(s) or {}))
     first = sessions[0]
     network = first.network  # loads and prepares the model (once: the other sessions share it)
@@ -183,25 +314,10 @@ def compare_strategies(sessions: Session | Sequence[Session], targets: Sequence[
     n = n_classes(network)
     checked = list(range(n)) if isinstance(wanted, str) else parse_targets(wanted, n)  # str: "all"
     assert not isinstance(checked, str)
-    classes: list[int] = checked
-    if stop_at is not None and stop_at not in {t.name for t in network.taps}:
-        raise InvalidInputError(
-            f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
-    mean = first.images if mean_images is None else np.asarray(mean_images)
-    rows: list[EvaluationRow] = []
-    for target in classes:
+    scope_taps(network, stop_at)  # an unknown stop_at is refused here
+    for target in checked:
         check_target(network, target)
-        for session in sessions:
-            for s in selectors:
-                row = evaluate(session, target, selector=s, selector_params=(selector_params or {}).get(s),
-                               branching=branching, stop_at=stop_at, ablation=ablation, draws=draws,
-                               resamples=resamples, seed=seed, mean_images=mean)
-                rows.append(row)
-                if progress is not None:
-                    progress(row)
-    if len(classes) > 1:
-        rows.extend(summarise(rows))
-    return rows
+    return sessions, checked
 
 
 # ----------------------------------------------------------------------------------- output
@@ -228,49 +344,98 @@ def _write(path: str | os.PathLike, text: str) -> Path:
     return p
 
 
+def _flat(name: str, iv: Interval) -> dict[str, float]:
+    return {name: iv.value, f"{name}_low": iv.low, f"{name}_high": iv.high}
+
+
 def write_csv(rows: Sequence[EvaluationRow], path: str | os.PathLike) -> Path:
     """Write the comparison table (every column of :data:`TABLE_COLUMNS`) as CSV, atomically."""
-    records = [{c: getattr(r, c) for c in TABLE_COLUMNS} for r in rows]
+    records = []
+    for r in rows:
+        rec: dict[str, Any] = {c: getattr(r, c) for c in SCALARS}
+        for m in METRICS:
+            rec.update(_flat(m, r.metrics[m]))
+        rec["seconds"] = r.seconds
+        records.append(rec)
     return _write(path, _csv_text(records, TABLE_COLUMNS))
 
 
 def write_layers_csv(rows: Sequence[EvaluationRow], path: str | os.PathLike) -> Path:
-    """Write the per-layer ablation numbers (one line per class, rule, selector and tap) as CSV, atomically."""
+    """Write the per-tap necessity and sufficiency (one line per class, rule, selector, ablation and tap) as CSV,
+    atomically."""
     records = []
     for r in rows:
         if r.faithfulness is None:
             continue
         for lf in (*r.faithfulness.layers, r.faithfulness.total):
-            records.append({
-                "target": r.target, "rule": r.rule, "selector": r.selector, "tap": lf.tap,
-                "n_neurons": lf.n_neurons, "n_graph": lf.n_graph,
-                "graph_logit_drop": lf.graph.logit_drop, "random_logit_drop": lf.random.logit_drop,
-                "random_logit_drop_std": lf.random.logit_drop_std, "keep_only_logit_drop": lf.keep_only.logit_drop,
-                "graph_accuracy_drop": lf.graph.accuracy_drop, "random_accuracy_drop": lf.random.accuracy_drop,
-                "random_accuracy_drop_std": lf.random.accuracy_drop_std,
-                "keep_only_accuracy_drop": lf.keep_only.accuracy_drop,
-            })
+            rec: dict[str, Any] = {"target": r.target, "rule": r.rule, "selector": r.selector,
+                                   "ablation": r.ablation, "tap": lf.tap, "n_neurons": lf.n_neurons,
+                                   "n_graph": lf.n_graph, "n_kept": lf.n_kept}
+            rec.update(_flat("necessity", lf.graph.logit_drop))
+            rec.update(_flat("necessity_random", lf.random.logit_drop))
+            rec.update(_flat("sufficiency", lf.keep_only.recovered))
+            rec.update(_flat("sufficiency_random", lf.keep_random.recovered))
+            records.append(rec)
     return _write(path, _csv_text(records, LAYER_COLUMNS))
 
 
 def format_table(rows: Sequence[EvaluationRow]) -> str:
-    """The comparison table as aligned text (logit drops in logit units, accuracy drops as shares)."""
-    head = ["target", "rule", "selector", "nodes", "ablated", "logit drop graph", "random (mean±std)", "keep-only",
-            "acc drop graph", "random (mean±std)", "keep-only", "jaccard"]
+    """The comparison table as aligned text: each score with its 95 % interval in brackets."""
+    head = ["target", "rule", "selector", "ablation", "split", "nodes", "necessity graph", "random",
+            "sufficiency graph", "random", "still class (keep)", "KL (keep)", "jaccard"]
     body = []
     for r in rows:
+        m = r.metrics
         body.append([
-            r.target, r.rule, r.selector, _fmt(r.nodes, 1) if isinstance(r.nodes, float) else str(r.nodes),
-            _fmt(r.ablated, 1) if isinstance(r.ablated, float) else str(r.ablated),
-            _fmt(r.graph_logit_drop, 2), f"{_fmt(r.random_logit_drop, 2)}±{_fmt(r.random_logit_drop_std, 2)}",
-            _fmt(r.keep_only_logit_drop, 2),
-            _fmt(r.graph_accuracy_drop, 2), f"{_fmt(r.random_accuracy_drop, 2)}±{_fmt(r.random_accuracy_drop_std, 2)}",
-            _fmt(r.keep_only_accuracy_drop, 2),
-            f"{_fmt(r.node_jaccard, 2)}",
+            r.target, r.rule, r.selector, r.ablation,
+            f"{_fmt(r.n_build, 0)}/{_fmt(r.n_scored, 0)}" if r.split > 0 else f"all {_fmt(r.n_scored, 0)}",
+            _fmt(r.nodes, 1) if isinstance(r.nodes, float) else str(r.nodes),
+            m["necessity"].text(), m["necessity_random"].text(), m["sufficiency"].text(),
+            m["sufficiency_random"].text(), m["sufficiency_accuracy"].text(), m["sufficiency_kl"].text(),
+            m["node_jaccard"].text(),
         ])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) if i < 3 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=False)))]
+    lines = ["  ".join(h.ljust(w) if i < 4 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=False)))]
     for b in body:
         cells = enumerate(zip(b, widths, strict=False))
-        lines.append("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in cells))
+        lines.append("  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in cells))
     return "\n".join(lines)
+
+
+def format_areas(rows: Sequence[EvaluationRow]) -> str:
+    """The areas of the curves over circuit size (rows evaluated with curves), as aligned text."""
+    head = ["target", "rule", "selector", "ablation", "CPR graph", "CPR random", "CMD graph", "CMD random"]
+    body = [[r.target, r.rule, r.selector, r.ablation, *(r.metrics[m].text() for m in ("cpr", "cpr_random", "cmd",
+                                                                                         "cmd_random"))]
+            for r in rows if not math.isnan(r.metrics["cpr"].value)]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    return "\n".join("  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths,
+                                                                                                 strict=True)))
+                     for line in [head, *body])
+
+
+def write_curves_csv(rows: Sequence[EvaluationRow], path: str | os.PathLike) -> Path:
+    """Write every curve point of ``rows`` (:data:`~ssa.analysis.curves.CURVE_COLUMNS`) as CSV, atomically."""
+    return _write(path, _csv_text(curve_records([p for r in rows for p in r.curve]), CURVE_COLUMNS))
+
+
+def read_table(path: str | os.PathLike, flag: str = "--evaluation") -> list[EvaluationRow]:
+    """The rows of a table written by :func:`write_csv` (``ssa evaluate --out``), without the detailed results."""
+    records = read_records(path, TABLE_COLUMNS, flag, "ssa evaluate --out")
+    rows = []
+    def num(rec: Mapping[str, str], c: str) -> float:
+        try:
+            return float(rec[c]) if rec[c] not in ("", "nan") else float("nan")
+        except ValueError:
+            raise InvalidInputError(f"{flag} {str(path)!r}: column {c!r} holds {rec[c]!r}, not a number; pass a CSV "
+                                    "written by `ssa evaluate --out`.") from None
+
+    for rec in records:
+        rows.append(EvaluationRow(
+            target=rec["target"], rule=rec["rule"], selector=rec["selector"], ablation=rec["ablation"],
+            split=num(rec, "split"), n_build=num(rec, "n_build"), n_scored=num(rec, "n_scored"),
+            nodes=num(rec, "nodes"), edges=num(rec, "edges"), ablated=num(rec, "ablated"), kept=num(rec, "kept"),
+            base_logit=num(rec, "base_logit"), base_accuracy=num(rec, "base_accuracy"),
+            metrics={m: Interval(num(rec, m), num(rec, f"{m}_low"), num(rec, f"{m}_high")) for m in METRICS},
+            seconds=num(rec, "seconds")))
+    return rows

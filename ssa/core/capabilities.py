@@ -49,13 +49,19 @@ def require(network: Any, capability: type[C], what: str) -> C:
 
 # -- ablation (ssa evaluate: faithfulness) ----------------------------------------------------------------------
 class Ablator(Protocol):
-    """Runs the network with chosen neurons of chosen taps ablated (set to 0, or to their mean map)."""
+    """Runs the network with chosen neurons of chosen taps ablated: set to 0 (``"zero"``), to their mean map
+    (``"mean"``), or to their value on a donor image (``"resample"``)."""
 
     def fit_means(self, images: np.ndarray, taps: Sequence[str]) -> None:
         """Learn each tap's mean map over ``images`` (for ``mode="mean"``)."""
 
-    def logits(self, images: np.ndarray, ablate: Mapping[str, np.ndarray], mode: str = "zero") -> np.ndarray:
-        """Class logits (B, n_classes) with ``ablate[tap]`` (neuron indices) ablated in every tap at once."""
+    def fit_pool(self, images: np.ndarray, taps: Sequence[str]) -> None:
+        """Keep each tap's clean values on every one of ``images``: the donor pool of ``mode="resample"``."""
+
+    def logits(self, images: np.ndarray, ablate: Mapping[str, np.ndarray], mode: str = "zero",
+               donors: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """Class logits (B, n_classes) with ``ablate[tap]`` (neuron indices) ablated in every tap at once;
+        ``donors[tap]`` is ``(B, n_neurons)`` positions in the pool (``mode="resample"``)."""
 
 
 @runtime_checkable

@@ -36,7 +36,9 @@ from ssa.analysis.compare import (
     graph_labels,
     identical_graphs_quietly,
 )
+from ssa.analysis.curves import read_curves
 from ssa.analysis.grouping import images_for_graph
+from ssa.analysis.strategies import read_table
 from ssa.api import load_model
 from ssa.core.graph import DependencyGraph
 from ssa.core.interfaces import Network
@@ -45,6 +47,7 @@ from ssa.errors import InvalidInputError
 from ssa.io.atomic import atomic_write_bytes
 from ssa.io.folders import load_grouped_images
 from ssa.session import prepare_network
+from ssa.viz.faithfulness import faithfulness_section
 from ssa.viz.figures import FORMATS, class_figures, figure_bytes, plot_clustermap, plot_dendrogram, plot_graph
 from ssa.viz.figures.common import dependency_graph
 
@@ -292,7 +295,8 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
                  device: str = "cpu", backend: str | None = None, model_options: Mapping[str, Any] | None = None,
                  by_prediction: bool | None = None, min_confidence: float | None = None,
                  max_per_class: int | None = None, explorer_href: str | None = None,
-                 allow_mixed: bool = False) -> str:
+                 allow_mixed: bool = False, evaluation: str | os.PathLike | None = None,
+                 curves: str | os.PathLike | None = None) -> str:
     """The report as one HTML string.
 
     Parameters
@@ -308,6 +312,8 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
         shown at the top of the report.
     allow_mixed : accept graphs made with different rules, selectors, parameters, branching factors or image
         sets, and images other than the graphs' (graphs of different models are always refused).
+    evaluation, curves : the table (``ssa evaluate --out``) and the curves' points (``--curves-out``); with
+        either, the report gains a faithfulness section (:mod:`ssa.viz.faithfulness`).
     """
     dgraphs = [dependency_graph(g) for g in graphs]
     if fmt not in FORMATS:
@@ -317,6 +323,8 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
     if (model is None) != (images is None):
         raise InvalidInputError("pass both --model and --images (for the per-class figures) or neither.")
     names = list(names) if names is not None else [f"graph {i}" for i in range(len(dgraphs))]
+    eval_rows = read_table(evaluation, "--evaluation") if evaluation is not None else []
+    curve_points = read_curves(curves, "--curves") if curves is not None else []
     cmp = compare(dgraphs, weight=weight, names=names, allow_mixed=allow_mixed) if len(dgraphs) >= 2 else None
     labels_ = list(cmp.labels) if cmp is not None else graph_labels(dgraphs, names)  # one graph: nothing to compare
     loaded = None
@@ -333,6 +341,8 @@ def build_report(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
             "explorer_href": explorer_href, "with_model": loaded is not None,
             "params": _params_table(dgraphs), "overview": _overview_table(dgraphs, labels_),
             "comparison": _comparison(cmp, fmt) if cmp is not None else None,
+            "faithfulness": faithfulness_section(eval_rows, curve_points, fmt, embed, table)
+            if evaluation is not None or curves is not None else None,
             "classes": [_class_section(i, lab, name, g, dgraphs, shared_any, ranks_all, loaded, fmt, n_images=n_images,
                                        batch_size=batch_size, by_prediction=by_prediction,
                                        min_confidence=min_confidence, max_per_class=max_per_class)

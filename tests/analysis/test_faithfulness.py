@@ -71,19 +71,26 @@ def test_graph_ablation_matches_a_hook_based_reference(session3, class3) -> None
     assert f.base_logit == pytest.approx(base[:, 3].mean(), rel=1e-6)
     assert f.base_accuracy == pytest.approx(np.mean(base.argmax(1) == 3))
     by_tap = {lf.tap: lf for lf in f.layers}
-    assert [lf.tap for lf in f.layers] == ["classifier.2", "features.3", "features.1"]  # top first
+    # every tap below the logits is in scope, top first (features.6 has no graph neuron)
+    assert [lf.tap for lf in f.layers] == ["classifier.2", "features.6", "features.3", "features.1"]
     for tap, neurons in nodes.items():
         ref = _reference_logits(class3, {tap: neurons})
-        assert by_tap[tap].graph.logit_drop == pytest.approx(np.mean(base[:, 3] - ref[:, 3]), abs=1e-4)
-        want = np.mean(base.argmax(1) == 3) - np.mean(ref.argmax(1) == 3)
-        assert by_tap[tap].graph.accuracy_drop == pytest.approx(want)
+        assert by_tap[tap].graph.logit_drop.value == pytest.approx(np.mean(base[:, 3] - ref[:, 3]), abs=1e-4)
+        assert by_tap[tap].graph.accuracy.value == pytest.approx(np.mean(ref.argmax(1) == 3))
         keep = [n for n in range(net.tap(tap).n_neurons) if n not in neurons]
         ref_keep = _reference_logits(class3, {tap: keep})
-        assert by_tap[tap].keep_only.logit_drop == pytest.approx(np.mean(base[:, 3] - ref_keep[:, 3]), abs=1e-4)
+        assert by_tap[tap].keep_only.logit_drop.value == pytest.approx(np.mean(base[:, 3] - ref_keep[:, 3]),
+                                                                       abs=1e-4)
+        empty = _reference_logits(class3, {tap: list(range(net.tap(tap).n_neurons))})
+        want = (ref_keep[:, 3].mean() - empty[:, 3].mean()) / (base[:, 3].mean() - empty[:, 3].mean())
+        assert by_tap[tap].keep_only.recovered.value == pytest.approx(want, abs=1e-4)
         assert by_tap[tap].n_graph == len(neurons) and by_tap[tap].n_neurons == net.tap(tap).n_neurons
     ref_all = _reference_logits(class3, nodes)
     assert f.total.tap == "all" and f.total.n_graph == 8
-    assert f.total.graph.logit_drop == pytest.approx(np.mean(base[:, 3] - ref_all[:, 3]), abs=1e-4)
+    assert f.total.graph.logit_drop.value == pytest.approx(np.mean(base[:, 3] - ref_all[:, 3]), abs=1e-4)
+    keep_all = {t: [n for n in range(net.tap(t).n_neurons) if n not in nodes.get(t, [])] for t in TAP_MODULES}
+    ref_keep_all = _reference_logits(class3, keep_all)
+    assert f.total.keep_only.logit_drop.value == pytest.approx(np.mean(base[:, 3] - ref_keep_all[:, 3]), abs=1e-4)
 
 
 def test_mean_ablation_matches_the_reference_and_is_a_no_op_on_one_image(session3, class3, digits) -> None:
@@ -101,13 +108,13 @@ def test_mean_ablation_matches_the_reference_and_is_a_no_op_on_one_image(session
         h.remove()
     base = _reference_logits(class3, {})
     ref = _reference_logits(class3, nodes, fill=acts)
-    assert f.total.graph.logit_drop == pytest.approx(np.mean(base[:, 3] - ref[:, 3]), abs=1e-4)
+    assert f.total.graph.logit_drop.value == pytest.approx(np.mean(base[:, 3] - ref[:, 3]), abs=1e-4)
     # one image: its mean map is itself, so mean-ablating even every neuron changes nothing
     one = class3[:1]
     everything = {t: list(range(net.tap(t).n_neurons)) for t in TAP_MODULES}
     f1 = faithfulness(Session("digits", one), _graph(3, everything), ablation="mean", draws=2)
-    assert f1.total.graph.logit_drop == pytest.approx(0.0, abs=1e-5)
-    assert f1.total.keep_only.logit_drop == pytest.approx(0.0, abs=1e-5)
+    assert f1.total.graph.logit_drop.value == pytest.approx(0.0, abs=1e-5)
+    assert f1.total.keep_only.logit_drop.value == pytest.approx(0.0, abs=1e-5)
 
 
 def test_random_sets_have_the_graph_size_and_are_seeded(session3) -> None:
@@ -117,14 +124,16 @@ def test_random_sets_have_the_graph_size_and_are_seeded(session3) -> None:
     c = faithfulness(session3, g, draws=4, seed=2)
     assert a == b
     assert a.total.random != c.total.random
-    assert a.total.random.logit_drop_std > 0
-    # a whole layer in the graph: every random set is that layer too, and keep-only ablates nothing
+    # a whole layer in the graph: every random set is that layer too, and keep-only ablates nothing there
     whole = _graph(3, {"classifier.2": list(range(64))})
     w = faithfulness(session3, whole, draws=3)
-    assert w.total.random.logit_drop == pytest.approx(w.total.graph.logit_drop)
-    assert w.total.random.logit_drop_std == pytest.approx(0.0, abs=1e-9)
-    assert w.total.keep_only.logit_drop == pytest.approx(0.0, abs=1e-9)
-    assert w.total.graph.accuracy_drop > 0.9  # nothing of the dense layer is left
+    dense = w.layers[0]
+    assert dense.tap == "classifier.2"
+    assert dense.random.logit_drop.value == pytest.approx(dense.graph.logit_drop.value)
+    assert dense.random.logit_drop.low == pytest.approx(dense.graph.logit_drop.low)  # draws that cannot differ
+    assert dense.keep_only.logit_drop.value == pytest.approx(0.0, abs=1e-9)
+    assert dense.keep_only.recovered.value == pytest.approx(1.0)
+    assert dense.graph.accuracy.value < 0.1  # nothing of the dense layer is left
 
 
 def test_inhibitory_nodes_are_kept_but_not_ablated(session3, class3) -> None:
@@ -134,13 +143,15 @@ def test_inhibitory_nodes_are_kept_but_not_ablated(session3, class3) -> None:
     f = faithfulness(session3, g, draws=1)
     base = _reference_logits(class3, {})
     ref_keep = _reference_logits(class3, {"classifier.2": [n for n in range(64) if n not in (7, 51)]})
-    assert f.total.n_graph == 1
-    assert f.total.keep_only.logit_drop == pytest.approx(np.mean(base[:, 3] - ref_keep[:, 3]), abs=1e-4)
+    assert f.total.n_graph == 1 and f.total.n_kept == 2
+    assert f.layers[0].keep_only.logit_drop.value == pytest.approx(np.mean(base[:, 3] - ref_keep[:, 3]), abs=1e-4)
 
 
-def test_a_graph_without_layers_ablates_nothing(session3) -> None:
+def test_a_graph_without_layers_ablates_nothing_and_keeps_nothing(session3) -> None:
     f = faithfulness(session3, _graph(3, {}), draws=2)
-    assert f.layers == () and f.total.n_graph == 0 and f.total.graph.logit_drop == 0.0
+    assert f.total.n_graph == 0 and f.total.graph.logit_drop.value == 0.0
+    assert f.total.keep_only.recovered.value == 0.0  # keeping only the graph ablates every neuron
+    assert f.total.keep_only.logit_drop.value == pytest.approx(f.base_logit - f.empty_logit)
 
 
 def test_the_users_module_is_never_modified(class3) -> None:
@@ -152,6 +163,8 @@ def test_the_users_module_is_never_modified(class3) -> None:
     session = Session(network, class3, rule="gradient")
     faithfulness(session, result.graph, ablation="zero", draws=2)
     faithfulness(session, result.graph, ablation="mean", draws=2)
+    faithfulness(session, result.graph, ablation="resample", draws=2, pool_images=class3,
+                 pool_classes=np.arange(len(class3)) % 10)
     stability(session, 3, resamples=1, graph=result.graph, selector="tukey")
     assert model.training
     after = model.state_dict()
@@ -163,7 +176,7 @@ def test_the_users_module_is_never_modified(class3) -> None:
 
 def test_faithfulness_refuses_bad_arguments(session3) -> None:
     g = _graph(3, {"classifier.2": [1]})
-    with pytest.raises(InvalidInputError, match="ablation must be one of zero, mean, got 'noise'"):
+    with pytest.raises(InvalidInputError, match="ablation must be one of zero, mean, resample, got 'noise'"):
         faithfulness(session3, g, ablation="noise")
     with pytest.raises(InvalidInputError, match="draws must be an integer >= 1, got 0"):
         faithfulness(session3, g, draws=0)
@@ -228,6 +241,6 @@ def test_an_onnx_network_ablates_like_the_torch_model_it_was_exported_from(tmp_p
     assert got.base_logit == pytest.approx(ref.base_logit, abs=1e-4)
     assert [lf.n_graph for lf in got.layers] == [lf.n_graph for lf in ref.layers]
     for a, b in zip((*got.layers, got.total), (*ref.layers, ref.total), strict=False):
-        for which in ("graph", "random", "keep_only"):
-            assert getattr(a, which).logit_drop == pytest.approx(getattr(b, which).logit_drop, abs=1e-4)
-            assert getattr(a, which).accuracy_drop == pytest.approx(getattr(b, which).accuracy_drop)
+        for which in ("graph", "random", "keep_only", "keep_random"):
+            assert getattr(a, which).logit_drop.value == pytest.approx(getattr(b, which).logit_drop.value, abs=1e-4)
+            assert getattr(a, which).accuracy.value == pytest.approx(getattr(b, which).accuracy.value)

@@ -12,9 +12,19 @@ from typing import Any
 
 import numpy as np
 
-from ssa.analysis.faithfulness import ABLATIONS
+from ssa.analysis._common import check_count
+from ssa.analysis.ablation import ABLATIONS
+from ssa.analysis.curves import BRANCHINGS
 from ssa.analysis.grouping import parse_targets
-from ssa.analysis.strategies import compare_strategies, format_table, write_csv, write_layers_csv
+from ssa.analysis.split import check_split
+from ssa.analysis.strategies import (
+    compare_strategies,
+    format_areas,
+    format_table,
+    write_csv,
+    write_curves_csv,
+    write_layers_csv,
+)
 from ssa.cli.commands.common import (
     add_image_args,
     add_model_args,
@@ -32,9 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="compare rules x selectors: ablation faithfulness and bootstrap stability",
         description=(
-            "For every class, rule and selector: build the graph, ablate its neurons (against random sets of the "
-            "same size per layer, and against keeping only the graph) and bootstrap the images to measure how "
-            "stable the graph is. Prints a table and writes it as CSV."
+            "For every class, rule, selector and ablation: build the graph on one half of the class's images, then on "
+            "the other half measure its necessity (ablate its neurons) and sufficiency (keep only its neurons), each "
+            "beside random neuron sets of the same size per tap, and bootstrap the images to measure how stable the "
+            "graph is. Every score comes with a 95%% bootstrap interval. Prints a table and writes it as CSV."
         ),
     )
     add_model_args(p)
@@ -48,13 +59,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="selector parameter, e.g. tukey.k=3 or two_sided=true (repeatable)")
     p.add_argument("--branching", "-b", type=int, default=3, help="neurons kept per upper neuron (default 3)")
     p.add_argument("--stop-at", default=None, help="lowest tap to expand down to")
-    p.add_argument("--ablation", default="zero", choices=ABLATIONS,
-                   help="set ablated channels to 0 (default) or to their mean map over all loaded images")
-    p.add_argument("--draws", type=int, default=5, help="random neuron sets per layer (default 5)")
+    p.add_argument("--ablation", default="zero", metavar="ABLATION[,ABLATION...]",
+                   help="comma-separated ablations, or 'all': zero (default: channels set to 0), mean (their mean map "
+                        "over every loaded image), resample (each neuron's value on an image of another class)")
+    p.add_argument("--split", default="auto",
+                   help="share of each class's images that builds the graph; the others are scored (default auto: "
+                        "0.5 when a class has at least 20 images, else no split; 0: no split)")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap replicates of the 95%% intervals (default 1000)")
+    p.add_argument("--draws", type=int, default=5, help="random neuron sets per tap (default 5)")
     p.add_argument("--resamples", type=int, default=5, help="bootstrap resamples of the images (default 5; 0: skip)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random sets and resamples (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random sets, resamples, split, donors and bootstrap (default 0)")
     p.add_argument("--out", "-o", default=None, help="write the table here (.csv)")
-    p.add_argument("--layers-out", default=None, help="write the per-layer ablation numbers here (.csv)")
+    p.add_argument("--layers-out", default=None,
+                   help="write the necessity and sufficiency of each tap alone here (.csv; measured only then)")
+    p.add_argument("--curves", action="store_true",
+                   help="also sweep the circuit size (b = 1..8 and each selector's main parameter): the sufficiency "
+                        "curve beside random sets, and its CPR-like and CMD-like areas")
+    p.add_argument("--curves-out", default=None, help="write the curves' points here (.csv; implies --curves)")
+    p.add_argument("--figure", default=None, help="draw the curves here (.png or .svg; implies --curves)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: OMP_NUM_THREADS if set, else min(cores this process may "
                         "use, torch's default, cores other processes leave idle); see ssa.core.threads)")
@@ -92,6 +116,17 @@ def _resolve(spec: dict[str, dict[str, Any]], names: list[str], kind: str, flag:
     return out
 
 
+def parse_ablations(text: str) -> list[str]:
+    """``"zero,resample"`` or ``"all"`` -> the ablations, each once (refused: unknown names, repeats)."""
+    names = list(ABLATIONS) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    for name in names:
+        if name not in ABLATIONS:
+            raise InvalidInputError(f"--ablation must list some of {', '.join(ABLATIONS)} (or 'all'), got {name!r}.")
+    if not names or len(set(names)) != len(names):
+        raise InvalidInputError(f"--ablation must list each ablation once, got {text!r}.")
+    return names
+
+
 def _names(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -100,11 +135,19 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for flag, path in (("--out", args.out), ("--layers-out", args.layers_out)):
+    for flag, path in (("--out", args.out), ("--layers-out", args.layers_out), ("--curves-out", args.curves_out)):
         if path is not None:
             check_output_file(path, flag=flag, suffixes=(".csv",))
-    check_distinct_outputs({"--out": args.out, "--layers-out": args.layers_out})
+    if args.figure is not None:
+        check_output_file(args.figure, flag="--figure", suffixes=(".png", ".svg"))
+    outputs = {"--out": args.out, "--layers-out": args.layers_out, "--curves-out": args.curves_out,
+               "--figure": args.figure}
+    check_distinct_outputs(outputs)
+    curves = bool(args.curves or args.curves_out or args.figure)
     targets = parse_targets(args.targets)  # "all", or distinct class indices
+    ablations = parse_ablations(args.ablation)
+    split = check_split(args.split)
+    check_count("bootstrap", args.bootstrap, 0)
     reg = registry()
     rules = _names(args.rules) or reg.names("rule")
     selectors = _names(args.selectors) or reg.names("selector")
@@ -119,25 +162,44 @@ def run(args: argparse.Namespace) -> int:
     first = Session(network, args.images, rule=rules[0], rule_params=rule_params.get(rules[0]), labels=args.labels,
                     preprocess=preprocess_from(args), device=args.device, batch_size=args.batch_size)
     first.prepare()
-    loaded = first.images  # the "mean" ablation averages over every loaded image
+    loaded, loaded_labels = first.images, first.labels  # the mean and the donors: every loaded image
     if targets != "all" and first.labels is not None:  # statistics only of the evaluated classes' images
         first.restrict(np.flatnonzero(np.isin(first.labels, targets)))
     sessions = [first, *(first.with_rule(r, rule_params.get(r)) for r in rules[1:])]  # one model and image set
 
     def progress(row) -> None:
         if not args.quiet:
-            print(f"  class {row.target}  {row.rule:<22} {row.selector:<12} {row.nodes:>4} nodes  "
+            print(f"  class {row.target}  {row.rule:<22} {row.selector:<12} {row.ablation:<9} {row.nodes:>4} nodes  "
                   f"{row.seconds:6.2f} s", file=sys.stderr, flush=True)
 
     rows = compare_strategies(sessions, targets, selectors=selectors, selector_params=selector_params,
-                              branching=args.branching, stop_at=args.stop_at, ablation=args.ablation,
-                              draws=args.draws, resamples=args.resamples, seed=args.seed, mean_images=loaded,
+                              branching=args.branching, stop_at=args.stop_at, ablation=ablations,
+                              draws=args.draws, resamples=args.resamples, seed=args.seed, split=split,
+                              mean_images=loaded, pool_images=loaded, pool_classes=loaded_labels,
+                              n_boot=args.bootstrap, per_tap=args.layers_out is not None, curves=curves,
                               progress=progress)
-    print(f"ablation={args.ablation}, b={args.branching}, {args.draws} random draws, {args.resamples} bootstrap "
-          f"resamples, seed {args.seed}; drops are base - ablated (class logit; share classified as the class)")
+    print(f"b={args.branching}, {args.draws} random draws, {args.resamples} bootstrap resamples of the graph, "
+          f"{args.bootstrap} bootstrap replicates of the 95% intervals [low, high], seed {args.seed}; split "
+          f"build/scored images. necessity: class-logit drop with the graph's neurons ablated; sufficiency: share "
+          f"of the class logit recovered with only the graph's neurons kept; random: random sets of the same size "
+          f"per tap; still class: share of images still classified as the class")
     print(format_table(rows))
+    if curves:
+        print(f"\ncurves over circuit size (b = {', '.join(map(str, BRANCHINGS))} and each selector's main parameter "
+              "at the b above): CPR-like area under the sufficiency curve (higher is better), CMD-like area "
+              "under |1 - sufficiency| (lower is better), graph and random sets of the same sizes")
+        print(format_areas(rows))
     if args.out:
         print(f"wrote {write_csv(rows, args.out)}")
     if args.layers_out:
         print(f"wrote {write_layers_csv(rows, args.layers_out)}")
+    if args.curves_out:
+        print(f"wrote {write_curves_csv(rows, args.curves_out)}")
+    if args.figure:
+        from ssa.viz.figures.common import save_figure  # matplotlib only when a figure is drawn
+        from ssa.viz.figures.curves import plot_curves
+
+        points = [p for r in rows for p in r.curve]
+        fig = plot_curves(points, title="sufficiency over circuit size, mean over classes")
+        print(f"wrote {save_figure(fig, args.figure)}")
     return 0

@@ -26,6 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-images", type=int, default=8, help="images shown in the saliency and activation grids")
     p.add_argument("--explorer", default=None, metavar="PAGE",
                    help="link the report to this explorer (written by `ssa explore --out PAGE`)")
+    p.add_argument("--evaluation", default=None, metavar="TABLE.csv",
+                   help="add a faithfulness section from this `ssa evaluate --out` table (necessity and sufficiency "
+                        "bars per class)")
+    p.add_argument("--curves", default=None, metavar="CURVES.csv",
+                   help="add the curves over circuit size from this `ssa evaluate --curves-out` file")
     p.add_argument("--allow-mixed", action="store_true",
                    help="also accept graphs made with different rules, selectors, parameters, branching factors or "
                         "image sets (graphs of different models are always refused)")
@@ -47,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
                         preprocess=preprocess_from(args), fmt=args.format, title=args.title, weight=args.weight,
                         n_images=args.n_images, batch_size=args.batch_size, device=args.device,
                         backend=args.backend, model_options=model_options(args) if args.model else None,
-                        explorer=args.explorer, allow_mixed=args.allow_mixed)
+                        explorer=args.explorer, allow_mixed=args.allow_mixed, evaluation=args.evaluation,
+                        curves=args.curves)
     print(f"wrote report {path.resolve()}")
     return 0
