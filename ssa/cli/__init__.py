@@ -21,7 +21,7 @@ from typing import NoReturn, TextIO
 import ssa
 from ssa.errors import SSAError, SSAWarning
 from ssa.io.paths import ENVIRONMENT_ERRNOS, describe_os_error
-from ssa.plugins import add_plugin_commands
+from ssa.plugins import CommandRegistry, add_plugin_commands
 
 __all__ = ["main", "build_parser", "CliError"]
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"ssa.cli.commands.{name}").add_parser(sub)
-    add_plugin_commands(sub)  # the plugins' own (ssa_register_commands)
+    add_plugin_commands(CommandRegistry(sub))  # the plugins' own (ssa_register_commands)
     return parser
 
 
