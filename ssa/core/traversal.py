@@ -27,8 +27,7 @@ from typing import (
 import numpy as np
 
 from ssa.core.arrays import count_at_most, device_of, host_view, inverse_permutation, is_numpy, namespace, to_numpy
-from ssa.core.checks import call_hint, call_selector
-from ssa.core.defaults import DEFAULT_SELECTOR, other_rule_advice
+from ssa.core.checks import call_selector
 from ssa.core.interfaces import Rank1Factors, Rule, Selector, SupportsSortedCuts, Tap
 
 __all__ = ["RelevanceSource", "RelevanceBlock", "SupportsRank1Blocks", "rank1_block_rows", "labels_by_partition",
@@ -497,6 +496,9 @@ def explain_stop(taps: Sequence[Tap], steps: Sequence[StepRecord], active: Mappi
     nodes = {"logits"} | {s.parent for s in steps if bool((s.kept_sign > 0).any())}
     if min(by_name[n].order for n in nodes) <= lowest_possible:
         return []
+    from ssa.core.checks import call_hint
+    from ssa.core.defaults import DEFAULT_SELECTOR, other_rule_advice
+
     rule_hint, loosen = call_hint(rule, "stop_hint"), call_hint(selector, "loosen_hint")
     other_rule = f"{rule_hint}, or " if rule_hint else other_rule_advice(rule.name)
     if loosen is None:
