@@ -14,15 +14,14 @@ Plugin modules are imported by every ``ssa`` command, ``ssa --help`` included: i
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
-    import argparse
-
     from ssa.core.interfaces import Backend, Rule, Selector
     from ssa.core.options import ModelOption
+    from ssa.plugins import CommandRegistry
 
 hookspec = pluggy.HookspecMarker("ssa")
 hookimpl = pluggy.HookimplMarker("ssa")
@@ -71,16 +70,16 @@ def ssa_register_model_options(register: Callable[[ModelOption], None]) -> None:
 
 
 @hookspec
-def ssa_register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+def ssa_register_commands(commands: CommandRegistry) -> None:
     """Add sub-commands to the ``ssa`` command line (``ssa my-command ...``).
 
-    ``subparsers`` is the ``argparse`` sub-parsers action of ``ssa``: call
-    ``subparsers.add_parser(name, help=..., description=...)``, add its arguments (the helpers of
-    :mod:`ssa.cli.commands.common` give the standard model, image and method options) and
-    ``set_defaults(run=function)``, where ``run(args)`` returns the exit code. Raise an
+    ``commands`` is a :class:`ssa.plugins.CommandRegistry`: call ``commands.add(name, run=function,
+    help=..., description=...)`` once per command; it returns the command's ``argparse.ArgumentParser``, to
+    which you add your arguments (the helpers of :mod:`ssa.cli.commands.common` give the standard model,
+    image and method options). ``run(args)`` gets the parsed arguments and returns the exit code. Raise an
     :class:`ssa.errors.SSAError` for bad input: the command line prints it as one line and exits with
     code 2. A name that a built-in command or another plugin already uses is refused (the plugin is
-    skipped with a warning).
+    skipped with a warning, without the commands it added).
     """
 
 

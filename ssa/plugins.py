@@ -15,6 +15,7 @@ one-line warning that names it; the others keep working, ``ssa plugins`` include
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import re
@@ -34,7 +35,7 @@ from ssa.errors import PluginError, SSAWarning
 
 __all__ = ["lazy_exports",
            "get_plugin_manager", "registry", "Registry", "PluginInfo", "SkippedPlugin", "skipped_plugins",
-           "model_options", "add_plugin_commands", "AUTOLOAD_ENV", "OWN_DISTRIBUTION"]
+           "model_options", "add_plugin_commands", "CommandRegistry", "AUTOLOAD_ENV", "OWN_DISTRIBUTION"]
 
 AUTOLOAD_ENV = "SSA_DISABLE_PLUGIN_AUTOLOAD"
 #: the distribution whose ``ssa`` entry points are ssa's own plugins (loaded even with autoloading off), as
@@ -119,9 +120,14 @@ def _load_entry_points(pm: pluggy.PluginManager, eps: Iterable[EntryPoint], thir
                       "rename the entry point")
             continue
         try:
-            pm.register(ep.load(), name=ep.name)
+            plugin = ep.load()
         except Exception as exc:  # noqa: BLE001 - any failure of a plugin's code
             _skip(ep.name, dist, f"importing {ep.value!r} failed ({_first_line(exc)})")
+            continue
+        try:
+            pm.register(plugin, name=ep.name)
+        except pluggy.PluginValidationError as exc:  # a hook whose arguments are not the hook's
+            _skip(ep.name, dist, _mismatch(exc))
             continue
         _distributions[ep.name] = dist
         if own:
@@ -143,6 +149,15 @@ def _drop_unknown_hooks(pm: pluggy.PluginManager) -> None:
         dist = _distribution_of(pm, plugin)
         pm.unregister(plugin)
         _skip(name, dist, f"it implements {hook_name!r}, which is not an ssa hook (known hooks: {', '.join(known)})")
+
+
+def _mismatch(exc: pluggy.PluginValidationError) -> str:
+    """Why a plugin's hook does not fit its specification, in one line (pluggy's message has three)."""
+    why = "; ".join(line.strip() for line in str(exc).splitlines()[1:]) or _first_line(exc)
+    old_commands = "ssa_register_commands(" in why and "subparsers" in why
+    return (f"its hook does not match ssa's ({why}); "
+            + ("ssa_register_commands now receives `commands`, an ssa.plugins.CommandRegistry (docs/plugins.md), "
+               "not argparse's sub-parsers" if old_commands else "ssa/hookspecs.py gives each hook's arguments"))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -211,11 +226,82 @@ def model_options(refresh: bool = False) -> tuple[ModelOption, ...]:
     return _model_options
 
 
-def add_plugin_commands(subparsers: Any) -> None:
+class CommandRegistry:
+    """The sub-commands of ``ssa``, as plugins add theirs: what the ``ssa_register_commands`` hook receives.
+
+    ::
+
+        @ssa.hookimpl
+        def ssa_register_commands(commands):
+            p = commands.add("hello", run=hello, help="say hello to a model's logits")
+            p.add_argument("--times", type=int, default=1)
+
+    :meth:`add` returns the command's :class:`argparse.ArgumentParser` (its errors are one line, exit code 2);
+    ``run(args)`` is called with the parsed :class:`argparse.Namespace` and returns the exit code. A name or
+    alias that a built-in command or another plugin already has is refused (:class:`ssa.errors.PluginError`:
+    the plugin is skipped with a warning), and so are the commands of a plugin whose hook fails.
+    """
+
+    _NAME = re.compile(r"[a-z][a-z0-9-]*\Z")
+
+    def __init__(self, subparsers: Any) -> None:
+        """``subparsers``: the command line's ``argparse`` sub-parsers (built by :func:`ssa.cli.build_parser`)."""
+        self._sub = subparsers
+        self._owners: dict[str, str] = dict.fromkeys(subparsers.choices, "ssa")  # command name -> who added it
+        self._adding = "ssa"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The commands and aliases taken so far: ssa's own, then those of the plugins called before."""
+        return tuple(self._owners)
+
+    def add(self, name: str, run: Callable[[argparse.Namespace], int], *, help: str,
+            description: str | None = None, aliases: Iterable[str] = ()) -> argparse.ArgumentParser:
+        """Add ``ssa <name>`` (also reached by ``aliases``), shown with the one-line ``help`` in ``ssa --help`` and
+        ``description`` (default: ``help``) in ``ssa <name> --help``; returns its parser for the arguments
+        (:mod:`ssa.cli.commands.common` has the standard model, image and method ones)."""
+        names = [name, *aliases]
+        for n in names:
+            if not isinstance(n, str) or not self._NAME.match(n):
+                raise PluginError(f"it registers a command named {n!r}; a command name is lower-case letters, digits "
+                                  "and '-', starting with a letter")
+            owner = self._owners.get(n)
+            if owner is not None:
+                raise PluginError(f"it registers the command {n!r}, which "
+                                  + ("is one of ssa's own" if owner == "ssa" else f"plugin {owner!r} already has"))
+        if len(set(names)) != len(names):
+            raise PluginError(f"it registers the command {name!r} with a repeated alias ({', '.join(names)})")
+        if not callable(run):
+            raise PluginError(f"it registers the command {name!r} with run={run!r}, which is not callable")
+        if not isinstance(help, str) or len(help.strip().splitlines()) != 1:
+            raise PluginError(f"it registers the command {name!r} with help={help!r}; give one line of text")
+        parser: argparse.ArgumentParser = self._sub.add_parser(
+            name, help=help.strip(), description=description or help.strip(), aliases=list(aliases))
+        parser.set_defaults(run=run)
+        self._owners.update(dict.fromkeys(names, self._adding))
+        return parser
+
+    def _add_from(self, plugin: str, hook: Callable[..., Any]) -> None:
+        """Call ``hook(commands=self)`` for ``plugin``; when it fails, take its commands away again and re-raise."""
+        before, self._adding = set(self._owners), plugin
+        try:
+            hook(commands=self)
+        except Exception:
+            added = set(self._owners) - before
+            for n in added:  # the parsers, and their lines in ``ssa --help``
+                del self._owners[n]
+                self._sub.choices.pop(n, None)
+            self._sub._choices_actions[:] = [a for a in self._sub._choices_actions if a.dest not in added]
+            raise
+        finally:
+            self._adding = "ssa"
+
+
+def add_plugin_commands(commands: CommandRegistry) -> None:
     """Let every plugin add its sub-commands (``ssa_register_commands``); a plugin whose hook fails (a name
-    already taken included) is skipped with a warning."""
+    already taken included) is skipped with a warning, without the commands it added before failing."""
     pm = get_plugin_manager()
-    _each_impl(pm, pm.hook.ssa_register_commands, lambda impl: impl.function(subparsers=subparsers))
+    _each_impl(pm, pm.hook.ssa_register_commands, lambda impl: commands._add_from(impl.plugin_name, impl.function))
 
 
 class Registry:

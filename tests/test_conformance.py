@@ -146,7 +146,10 @@ BROKEN["array_libraries"] = _host_only
 ARRAY_API = {"array_libraries"}
 # labels by Tukey's fences, but cuts at the median: the traversal would count other outliers in rank-1 steps
 BROKEN["sorted_cuts"] = lambda self, rows: _tukey(rows)
-METHODS = {"sorted_cuts": {"sorted_cuts": lambda self, n, column: (column(n // 2), None)}}
+# a loosening hint of two lines: a stop note is one line
+BROKEN["loosen_hint"] = lambda self, rows: _tukey(rows)
+METHODS = {"sorted_cuts": {"sorted_cuts": lambda self, n, column: (column(n // 2), None)},
+           "loosen_hint": {"loosen_hint": lambda self: "--selector-param k=1\nor another selector"}}
 
 
 def test_every_check_has_a_broken_selector() -> None:

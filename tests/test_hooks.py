@@ -57,10 +57,9 @@ def test_the_core_names_no_backend(part):
 # -- ssa_register_commands ----------------------------------------------------------------------------------------
 class HelloCommand:
     @ssa.hookimpl
-    def ssa_register_commands(self, subparsers):
-        p = subparsers.add_parser("hello", help="say hello to a model's logits")
+    def ssa_register_commands(self, commands):
+        p = commands.add("hello", run=self.run, help="say hello to a model's logits")
         p.add_argument("--times", type=int, default=1)
-        p.set_defaults(run=self.run)
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
@@ -77,25 +76,113 @@ def test_a_plugin_adds_a_sub_command(capsys):
         assert main(["hello", "--times", "0"]) == 2  # its bad input: one line, exit 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err == ["ssa: error: --times must be >= 1, got 0."]
+        assert main(["hello", "--times", "x"]) == 2  # the parser it got from the registry: one line, exit 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["ssa: error: ssa hello: argument --times: invalid int value: 'x' (see `ssa hello --help`)"]
         assert "hello" in build_parser().format_help()
+        with pytest.raises(SystemExit):
+            main(["hello", "--help"])
+        assert "say hello to a model's logits" in capsys.readouterr().out  # the description defaults to the help
     assert main(["hello"]) == 2  # gone with its plugin
     assert "invalid choice: 'hello'" in capsys.readouterr().err
 
 
 class TakesAnalyse:
     @ssa.hookimpl
-    def ssa_register_commands(self, subparsers):
-        subparsers.add_parser("analyse", help="mine")
+    def ssa_register_commands(self, commands):
+        commands.add("analyse", run=lambda args: 0, help="mine")
 
 
 def test_a_plugin_command_cannot_take_a_builtin_name(capsys):
     with _Registered(TakesAnalyse(), "takes-analyse"):
         with pytest.warns(SSAWarning, match=r"plugin 'takes-analyse' \(\(not installed\)\) was skipped: "
-                                            r"ssa_register_commands raised ArgumentError: .*conflicting subparser"):
+                                            r"it registers the command 'analyse', which is one of ssa's own; fix"):
             parser = build_parser()
         args = parser.parse_args(["analyse", "digits", "--images", "digits", "-t", "3"])
         assert args.run.__module__ == "ssa.cli.commands.analyse"
     plugins._skipped[:] = [s for s in plugins._skipped if s.name != "takes-analyse"]
+
+
+class TwoCommandsThenFails:
+    """Adds "wave" and "nod", then fails on a name another plugin has."""
+
+    @ssa.hookimpl
+    def ssa_register_commands(self, commands):
+        assert "analyse" in commands.names and "hello" in commands.names
+        commands.add("wave", run=lambda args: 0, help="wave", aliases=["wink"])
+        commands.add("nod", run=lambda args: 0, help="nod")
+        commands.add("hello", run=lambda args: 0, help="mine")
+
+
+class BadCommands:
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    @ssa.hookimpl
+    def ssa_register_commands(self, commands):
+        commands.add(**{"name": "fine-name", "run": lambda args: 0, "help": "fine", **self.kwargs})
+
+
+def test_a_plugin_that_fails_leaves_no_command_behind(capsys):
+    """A plugin whose hook fails is skipped with everything it added: the parsers and their lines in ssa --help."""
+    with _Registered(HelloCommand(), "hello-plugin"), _Registered(TwoCommandsThenFails(), "two-then-fails"):
+        with pytest.warns(SSAWarning, match=r"plugin 'two-then-fails' .* was skipped: it registers the command "
+                                            r"'hello', which plugin 'hello-plugin' already has; fix"):
+            parser = build_parser()
+        text = parser.format_help()
+        assert "hello" in text and not re.search(r"\b(wave|wink|nod)\b", text), text
+        for name in ("wave", "wink", "nod"):
+            with pytest.raises(ssa.SSAError, match=f"invalid choice: '{name}'"):
+                parser.parse_args([name])
+    plugins._skipped[:] = [s for s in plugins._skipped if s.name != "two-then-fails"]
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"name": "Hello"}, "a command named 'Hello'; a command name is lower-case letters, digits and '-'"),
+    ({"aliases": ["plugins"]}, "the command 'plugins', which is one of ssa's own"),
+    ({"aliases": ["fine-name"]}, "with a repeated alias (fine-name, fine-name)"),
+    ({"run": "main"}, "with run='main', which is not callable"),
+    ({"help": "two\nlines"}, "with help='two\\nlines'; give one line of text"),
+])
+def test_a_bad_command_is_refused_in_one_line(kwargs, words):
+    with _Registered(BadCommands(**kwargs), "bad-commands"):
+        with pytest.warns(SSAWarning) as record:
+            parser = build_parser()
+        (line,) = [str(w.message) for w in record if "bad-commands" in str(w.message)]
+        assert words in line and len(line.splitlines()) == 1, line
+        assert "fine-name" not in parser.format_help()
+    plugins._skipped[:] = [s for s in plugins._skipped if s.name != "bad-commands"]
+
+
+class OldCommands:
+    """ssa_register_commands as ssa 0.1 specified it: argparse's sub-parsers."""
+
+    @ssa.hookimpl
+    def ssa_register_commands(self, subparsers):
+        subparsers.add_parser("old", help="old")
+
+
+OLD_COMMANDS = OldCommands()
+
+
+def test_a_plugin_with_the_old_hook_arguments_is_told_what_changed():
+    from importlib.metadata import EntryPoint
+
+    import pluggy
+
+    from ssa import hookspecs
+
+    pm = pluggy.PluginManager("ssa")
+    pm.add_hookspecs(hookspecs)
+    own = [ep for ep in plugins.entry_points(group="ssa") if plugins._entry_point_dist(ep)[1]]
+    old = EntryPoint("old-commands", f"{__name__}:OLD_COMMANDS", "ssa")
+    with pytest.warns(SSAWarning, match=r"plugin 'old-commands' \(unknown distribution\) was skipped: its hook does "
+                                        r"not match ssa's \(hookimpl definition: ssa_register_commands\(subparsers\); "
+                                        r".*\); ssa_register_commands now receives `commands`, an "
+                                        r"ssa.plugins.CommandRegistry \(docs/plugins.md\), not argparse's sub-parsers"):
+        plugins._load_entry_points(pm, [*own, old], third_party=True)
+    assert pm.get_plugin("old-commands") is None
+    plugins._skipped[:] = [s for s in plugins._skipped if s.name != "old-commands"]
 
 
 # -- ssa_register_model_options -----------------------------------------------------------------------------------

@@ -276,6 +276,18 @@ class Halves(_Bad):
         return np.full(rows.shape, 0.5)
 
 
+class BadHint(_Bad):
+    """Keeps nothing (so the graph stops at once), and its advice for that is two lines."""
+
+    name = "bad_hint"
+
+    def select(self, rows):
+        return np.zeros(rows.shape, np.int8)
+
+    def loosen_hint(self):
+        return "--selector-param width=2\nor another selector"
+
+
 class RaisingRule(ssa.Rule):
     name = "raising_rule"
     closed_form = None
@@ -289,6 +301,8 @@ class RaisingRule(ssa.Rule):
     (WrongShape(), "returned an array of shape"),
     (Raises(), "selector 'raises' (from tests) raised ZeroDivisionError: oops on relevance rows of shape"),
     (Halves(), "returned 0.5"),
+    (BadHint(), "selector 'bad_hint' (from tests) loosen_hint() returned '--selector-param width=2\\nor another "
+                "selector' (expected one line of text, or None)"),
 ])
 def test_a_selector_bug_is_named_not_counted(selector, words):
     with pytest.raises(ssa.PluginError) as info:
@@ -298,10 +312,26 @@ def test_a_selector_bug_is_named_not_counted(selector, words):
     assert len(msg.splitlines()) == 1
 
 
+class ZeroRuleRaisingHint(ssa.Rule):
+    """Relevance zero everywhere (so the graph stops at once), and its advice for that raises."""
+
+    name = "zero_rule"
+    closed_form = None
+
+    def combine(self, grad, activation):
+        return grad * 0
+
+    def stop_hint(self):
+        raise KeyError("no advice")
+
+
 def test_a_rule_bug_is_named():
     x, _ = ssa.load_images("digits")
     with pytest.raises(ssa.PluginError, match="rule 'raising_rule' .* raised RuntimeError: rule bug in combine"):
         ssa.analyse("digits", x[:8], 3, 1, rule=RaisingRule(), selector="tukey")
+    with pytest.raises(ssa.PluginError, match=r"rule 'zero_rule' \(from tests\) raised KeyError: 'no advice' in "
+                                              r"stop_hint\(\); this is a bug in the rule plugin"):
+        ssa.analyse("digits", x[:8], 3, 1, rule=ZeroRuleRaisingHint(), selector="tukey")
 
 
 def test_a_selector_bug_in_the_cli_is_one_line_exit_2(capsys):

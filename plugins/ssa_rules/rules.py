@@ -17,6 +17,10 @@ class GradientRule(Rule):
     def combine(self, grad, activation):
         return grad
 
+    def stop_hint(self) -> str:
+        """Gradient x activation: its dense steps do not keep neurons that never fire (this rule's can)."""
+        return f"--rule {GradientXActivationRule.name}"
+
 
 class GradientXActivationRule(Rule):
     """First-order Taylor contribution: gradient times the parent activation (method doc, section 5)."""

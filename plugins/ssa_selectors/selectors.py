@@ -34,6 +34,23 @@ def _positive(x: float) -> bool:
     return x > 0
 
 
+#: what a stop note suggests besides loosening: a robust threshold and a fixed count per row
+_ALTERNATIVES = ("mad", "topk")
+
+
+def _lower(value: float, usual: float) -> float:
+    """A looser threshold than ``value``: ``usual`` when ``value`` is above it, else half of ``value``."""
+    return usual if value > usual else value / 2
+
+
+def _hint(selector: Selector, param: str, value: float) -> str:
+    """``"--selector-param <param>=<value>, or --selector ..."``: the loosened parameter (left out when it would
+    not change: a threshold of 0 already), then the other selectors to try."""
+    parts = [f"--selector-param {param}={value:g}"] if value != selector.params[param] else []
+    others = " or ".join(f"--selector {n}" for n in _ALTERNATIVES if n != selector.name)
+    return ", or ".join(parts + ([others] if others else []))
+
+
 def _finish(xp: Any, rows: Any, pos: Any, neg: Any, two_sided: bool) -> Any:
     """int8 labels; rows holding a NaN or an infinity get none."""
     ok = xp.all(xp.isfinite(rows), axis=1, keepdims=True)
@@ -122,6 +139,10 @@ class TukeySelector(_CutSelector):
         "two_sided": _TWO_SIDED,
     }
 
+    def loosen_hint(self) -> str:
+        """Narrower fences: k = 1 (k / 2 from k <= 1)."""
+        return _hint(self, "k", _lower(self.params["k"], 1.0))
+
     def _cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any]:
         """The fences Q3 + k * IQR and Q1 - k * IQR."""
         q1, q3 = quantile_columns(n, column, 25.0), quantile_columns(n, column, 75.0)
@@ -147,6 +168,10 @@ class ZScoreSelector(Selector):
         "threshold": Param(3.0, "number of standard deviations", float, _positive, "> 0"),
         "two_sided": _TWO_SIDED,
     }
+
+    def loosen_hint(self) -> str:
+        """A lower threshold: 2 (half of it from 2 down)."""
+        return _hint(self, "threshold", _lower(self.params["threshold"], 2.0))
 
     def select(self, rows: Any) -> Any:
         xp, rows = _as_rows(rows)
@@ -179,6 +204,10 @@ class MADSelector(Selector):
         "threshold": Param(3.5, "modified z-score threshold", float, _positive, "> 0"),
         "two_sided": _TWO_SIDED,
     }
+
+    def loosen_hint(self) -> str:
+        """A lower threshold: 2.5 (half of it from 2.5 down)."""
+        return _hint(self, "threshold", _lower(self.params["threshold"], 2.5))
 
     def select(self, rows: Any) -> Any:
         return self.select_sorted(rows, None)
@@ -236,6 +265,12 @@ class PercentileSelector(_CutSelector):
         "two_sided": _TWO_SIDED,
     }
 
+    def loosen_hint(self) -> str:
+        """A lower percentile: 95, then twice as far from 100, down to the median (below it, values > 0 are
+        kept whatever q is, so only other selectors are advised)."""
+        q = self.params["q"]
+        return _hint(self, "q", 95.0 if q > 95 else max(100 - 2 * (100 - q), min(q, 50.0)))
+
     def _cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any]:
         """Above the q-th percentile and > 0; below the (100 - q)-th and < 0."""
         q = self.params["q"]
@@ -259,6 +294,10 @@ class TopKSelector(_CutSelector):
         "k": Param(5, "entries kept per row", int, lambda v: v >= 1, ">= 1"),
         "two_sided": _TWO_SIDED,
     }
+
+    def loosen_hint(self) -> str:
+        """Twice as many entries per row."""
+        return _hint(self, "k", 2 * self.params["k"])
 
     def _cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any]:
         """Above the (k+1)-th largest value (the row minimum when the row has k or fewer entries) and > 0;

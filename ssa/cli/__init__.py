@@ -22,7 +22,7 @@ import ssa
 from ssa.core.threads import use_threads
 from ssa.errors import SSAError, SSAWarning
 from ssa.io.paths import ENVIRONMENT_ERRNOS, describe_os_error
-from ssa.plugins import add_plugin_commands
+from ssa.plugins import CommandRegistry, add_plugin_commands
 
 __all__ = ["main", "build_parser", "CliError"]
 
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"ssa.cli.commands.{name}").add_parser(sub)
-    add_plugin_commands(sub)  # the plugins' own (ssa_register_commands)
+    add_plugin_commands(CommandRegistry(sub))  # the plugins' own (ssa_register_commands)
     return parser
 
 

@@ -9,8 +9,8 @@ import numpy as np
 
 from ssa.errors import InvalidInputError, PluginError
 
-__all__ = ['check_closed_form', 'check_int', 'check_device', 'call_selector', 'call_rule', 'check_labels',
-           'looks_unscaled']
+__all__ = ['check_closed_form', 'check_int', 'check_device', 'call_selector', 'call_rule', 'call_hint',
+           'check_labels', 'looks_unscaled']
 
 
 def check_int(name: str, value: Any, minimum: int, fix: str = "") -> int:
@@ -109,6 +109,24 @@ def call_rule(rule: Any, grad: Any, activation: Any) -> Any:
         raise _plugin_bug("rule", rule, f"combine() returned shape {tuple(getattr(out, 'shape', ()))} for a gradient "
                           f"of shape {tuple(grad.shape)} (expected the gradient's shape)", "--rule")
     return out
+
+
+def call_hint(plugin: Any, method: str) -> str | None:
+    """``plugin.<method>()`` (a selector's ``loosen_hint``, a rule's ``stop_hint``), checked: one line of text,
+    stripped, or None (else a plugin bug)."""
+    kind = getattr(plugin, "kind_label", "plugin")
+    try:
+        hint = getattr(plugin, method)()
+    except Exception as exc:  # noqa: BLE001 - the plugin's code
+        text = str(exc).strip().splitlines()
+        raise _plugin_bug(kind, plugin, f"raised {type(exc).__name__}{': ' + text[0][:160] if text else ''} in "
+                          f"{method}()", f"--{kind}") from exc
+    if hint is None:
+        return None
+    if not isinstance(hint, str) or not hint.strip() or len(hint.strip().splitlines()) != 1:
+        raise _plugin_bug(kind, plugin, f"{method}() returned {repr(hint)[:80]} (expected one line of text, or None)",
+                          f"--{kind}")
+    return hint.strip()
 
 
 def check_labels(labels: Any, n_images: int, source: str = "labels") -> np.ndarray:

@@ -59,6 +59,14 @@ class Selector(Configurable, ABC):
         """
         return self.select(rows)
 
+    def loosen_hint(self) -> str | None:
+        """What to try when this selector keeps nothing at a step whose relevance is not zero: one line of
+        command-line options, which a stop note prints after "try" (e.g. ``"--selector-param k=1, or --selector
+        other"``), worked out from the selector's own parameters; None (the default): the note suggests a lower
+        selector threshold or the default selector. ``ssa.testing.conformance`` checks it is one line or None.
+        """
+        return None
+
     @property
     def two_sided(self) -> bool:
         return bool(self.params.get("two_sided", False))
@@ -73,8 +81,8 @@ class SupportsSortedCuts(Protocol):
     is labelled +1 iff it is > ``hi`` and -1 iff it is < ``lo`` (``lo`` None: never), exactly as
     :meth:`Selector.select` labels it. Order statistics need a few positions of a row, so the traversal labels
     and counts a rank-1 step (each row a per-image multiple of one vector) without building its rows.
-    ``ssa.conformance`` checks the cuts against :meth:`Selector.select`. The built-in ``tukey``,
-    ``percentile`` and ``topk`` have it; ``mad`` and ``zscore`` (which need every value) do not.
+    ``ssa.conformance`` checks the cuts against :meth:`Selector.select`. Selectors based on order statistics
+    can have it (see ``docs/plugins.md`` for the built-in ones); those that need every value (a mean) cannot.
     """
 
     def sorted_cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any | None]: ...
@@ -137,6 +145,14 @@ class Rule(Configurable, ABC):
     def form(self) -> str | None:
         """The closed form's name for the backends ("gradient", ...), or None."""
         return self.closed_form.value if self.closed_form is not None else None
+
+    def stop_hint(self) -> str | None:
+        """What to try instead of this rule when a graph stops because this rule's relevance is zero (kept neurons
+        that never fire, or a step whose relevance is zero on every image): one line of command-line options,
+        which a stop note prints after "try" (e.g. ``"--rule other"``); None (the default): the note suggests
+        the default rule (when it is not this one) or other images. Checked to be one line or None.
+        """
+        return None
 
     @abstractmethod
     def combine(self, grad: Any, activation: Any) -> Any:

@@ -483,6 +483,8 @@ def explain_stop(taps: Sequence[Tap], steps: Sequence[StepRecord], active: Mappi
     For each step out of the graph's taps that kept nothing, one of: the upper neurons never fire on the
     images (their relevance rows are all zero), the relevance is zero on every image, or the selector
     found no outliers (with its parameters). A model without taps below the logits is said as such.
+    What to try comes from the plugins themselves (:meth:`Rule.stop_hint`, :meth:`Selector.loosen_hint`);
+    without a hint, from the defaults (:mod:`ssa.core.defaults`). The core names no plugin.
     """
     by_name = {t.name: t for t in taps}
     logits = by_name.get("logits")
@@ -494,6 +496,14 @@ def explain_stop(taps: Sequence[Tap], steps: Sequence[StepRecord], active: Mappi
     nodes = {"logits"} | {s.parent for s in steps if bool((s.kept_sign > 0).any())}
     if min(by_name[n].order for n in nodes) <= lowest_possible:
         return []
+    from ssa.core.checks import call_hint
+    from ssa.core.defaults import DEFAULT_SELECTOR, other_rule_advice
+
+    rule_hint, loosen = call_hint(rule, "stop_hint"), call_hint(selector, "loosen_hint")
+    other_rule = f"{rule_hint}, or " if rule_hint else other_rule_advice(rule.name)
+    if loosen is None:
+        loosen = "a lower selector threshold" + ("" if selector.name == DEFAULT_SELECTOR else
+                                                 f", or --selector {DEFAULT_SELECTOR}")
     notes = []
     params = ", ".join(f"{k}={v}" for k, v in selector.params.items())
     for s in steps:
@@ -503,20 +513,16 @@ def explain_stop(taps: Sequence[Tap], steps: Sequence[StepRecord], active: Mappi
         upper_active = None if frac is None or s.upper == "logits" else np.asarray(frac)[list(s.neurons)]
         where = f"step {s.upper} -> {s.parent}"
         if upper_active is not None and not (upper_active > 0).any():
-            tip = ("try --rule gradient_x_activation" if rule.name == "gradient" else
-                   "try other images of the class, or --stop-at above this tap")
+            tip = f"try {rule_hint}" if rule_hint else "try other images of the class, or --stop-at above this tap"
             notes.append(f"the graph stops at {s.upper}: its {len(s.neurons)} kept neuron(s) never fire on these "
                          f"images, so every relevance row of {where} is zero; {tip}")
         elif not np.any(s.mean):
             notes.append(f"the graph stops at {s.upper}: the relevance of {where} is zero on every image; try "
-                         "--rule gradient_x_activation or other images")
+                         f"{other_rule}other images")
         else:
-            lower = {"tukey": "--selector-param k=1", "mad": "--selector-param threshold=2.5",
-                     "zscore": "--selector-param threshold=2"}.get(selector.name, "a lower selector threshold")
-            others = " or ".join(f"--selector {n}" for n in ("mad", "topk") if n != selector.name)
             notes.append(f"the graph stops at {s.upper}: no outliers at {where} with selector {selector.name} "
-                         f"({params}); try {lower}, or {others}")
+                         f"({params}); try {loosen}")
     if not notes:
         notes.append(f"the graph stops at {by_name[min(nodes, key=lambda n: by_name[n].order)].name}, above the "
-                     "lowest tap; try a lower selector threshold or --rule gradient_x_activation")
+                     f"lowest tap; try {other_rule}{loosen}")
     return notes

@@ -28,6 +28,9 @@ What is checked (method doc, section 3, STEP 2; ``Selector.select``'s docstring)
   CUDA when a GPU is present), through the core's boundary (:func:`ssa.core.traversal.apply_selector`).
   A selector that declares ``array_api = True`` must also return an int8 array of the rows' own
   library on the rows' device; one that does not is given numpy rows by the core.
+* ``sorted_cuts``: a selector with sorted cuts labels every row exactly as its cuts say;
+* ``loosen_hint``: :meth:`~ssa.core.interfaces.Selector.loosen_hint` returns None or one line of text (what a
+  stop note suggests when the selector keeps nothing at a step).
 
 Each check runs with the selector's own parameters and, when the selector has
 ``two_sided``, also with ``two_sided`` flipped.
@@ -336,6 +339,18 @@ def _check_sorted_cuts(sel: Selector) -> list[str]:
     return fails
 
 
+def _check_loosen_hint(sel: Selector) -> list[str]:
+    """``loosen_hint()`` is None or one line of text: a stop note prints it after "try"."""
+    from ssa.core.checks import call_hint
+    from ssa.errors import PluginError
+
+    try:
+        call_hint(sel, "loosen_hint")
+    except PluginError as exc:
+        return [str(exc).split("; this is a bug")[0]]
+    return []
+
+
 CHECKS: dict[str, Callable[[Selector], list[str]]] = {
     "shape": _check_shape,
     "dtype": _check_dtype,
@@ -352,6 +367,7 @@ CHECKS: dict[str, Callable[[Selector], list[str]]] = {
     "nan_rows": _check_nan_rows,
     "array_libraries": _check_array_libraries,
     "sorted_cuts": _check_sorted_cuts,
+    "loosen_hint": _check_loosen_hint,
 }
 
 

@@ -52,6 +52,11 @@ class GapSelector(ssa.Selector):
         ok = (gap > 0) & (gap > self.params["factor"] * (q3 - q1))
         return (rows > below[:, None]) & ok[:, None] & (rows > 0)
 
+    def loosen_hint(self) -> str | None:
+        """What a stop note suggests when this selector keeps nothing at a step: a gap half as large (none at 0)."""
+        factor = self.params["factor"]
+        return f"--selector-param factor={factor / 2:g}" if factor > 0 else None
+
     def select(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.float64)
         if rows.ndim != 2:
