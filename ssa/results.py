@@ -13,6 +13,7 @@ from typing import Any
 
 import networkx as nx
 
+from ssa.core.defaults import DEFAULT_RULE
 from ssa.core.interfaces import Tap
 from ssa.core.traversal import StepRecord
 from ssa.io.graphs import graph_to_dict, write_graph
@@ -100,10 +101,9 @@ class AnalysisResult:
         for note in self.notes:
             lines.append(f"  note: {note}")
         if never_total:
-            lines.append(
-                f"  note: {never_total} kept neuron(s) never fire on the class's images (the gradient rule can select "
-                "them through a dense layer); try --rule gradient_x_activation"
-            )
+            tip = ("try other images of the class" if self.rule == DEFAULT_RULE else
+                   f"the gradient rule can select them through a dense layer; try --rule {DEFAULT_RULE}")
+            lines.append(f"  note: {never_total} kept neuron(s) never fire on the class's images ({tip})")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ssa.errors import InvalidInputError
 
-__all__ = ["DEFAULT_RULE", "DEFAULT_SELECTOR", "PRESETS", "resolve_method"]
+__all__ = ["DEFAULT_RULE", "DEFAULT_SELECTOR", "PRESETS", "resolve_method", "other_rule_advice"]
 
 DEFAULT_RULE = "gradient_x_activation"
 DEFAULT_SELECTOR = "mad"
@@ -56,3 +56,9 @@ def resolve_method(preset: str | None, rule: Any = None, rule_params: Mapping[st
                                 f"{given[0]} ({flag}), or drop the preset.")
     p = PRESETS[preset]
     return p["rule"], dict(p["rule_params"]), p["selector"], dict(p["selector_params"])
+
+
+def other_rule_advice(in_use: str | None) -> str:
+    """``"--rule gradient_x_activation, or "`` to start a list of things to try, or nothing when that rule is the
+    one in use (a note never advises the rule that made the graph)."""
+    return "" if in_use == DEFAULT_RULE else f"--rule {DEFAULT_RULE}, or "

@@ -28,6 +28,7 @@ import numpy as np
 
 from ssa.core.arrays import count_at_most, device_of, host_view, inverse_permutation, is_numpy, namespace, to_numpy
 from ssa.core.checks import call_selector
+from ssa.core.defaults import other_rule_advice
 from ssa.core.interfaces import Rank1Factors, Rule, Selector, SupportsSortedCuts, Tap
 
 __all__ = ["RelevanceSource", "RelevanceBlock", "SupportsRank1Blocks", "rank1_block_rows", "labels_by_partition",
@@ -509,7 +510,7 @@ def explain_stop(taps: Sequence[Tap], steps: Sequence[StepRecord], active: Mappi
                          f"images, so every relevance row of {where} is zero; {tip}")
         elif not np.any(s.mean):
             notes.append(f"the graph stops at {s.upper}: the relevance of {where} is zero on every image; try "
-                         "--rule gradient_x_activation or other images")
+                         f"{other_rule_advice(rule.name)}other images")
         else:
             lower = {"tukey": "--selector-param k=1", "mad": "--selector-param threshold=2.5",
                      "zscore": "--selector-param threshold=2"}.get(selector.name, "a lower selector threshold")
@@ -518,5 +519,5 @@ def explain_stop(taps: Sequence[Tap], steps: Sequence[StepRecord], active: Mappi
                          f"({params}); try {lower}, or {others}")
     if not notes:
         notes.append(f"the graph stops at {by_name[min(nodes, key=lambda n: by_name[n].order)].name}, above the "
-                     "lowest tap; try a lower selector threshold or --rule gradient_x_activation")
+                     f"lowest tap; try {other_rule_advice(rule.name)}a lower selector threshold")
     return notes
