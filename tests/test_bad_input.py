@@ -84,6 +84,30 @@ CASES: list[tuple[str, list[str], str]] = [
                                  "3", "--max-per-class", "0"], "max_per_class must be >= 1"),
     ("analyse-batch-size-0", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--batch-size", "0"],
      "batch_size must be >= 1, got 0. Pass --batch-size 1 or more."),
+    # --- analyse: class folders and --class-map (issue 18, item 1)
+    ("analyse-class-folders-synsets", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
+                                       "--targets", "all"], "pass --class-map imagenet (the standard ILSVRC-2012"),
+    ("analyse-class-folders-mixed", ["analyse", "digits", "--images", "{d}/mixedclasses", "--channels", "1",
+                                     "--targets", "all"], "mix numbers (3) and names (cat)"),
+    ("analyse-class-map-missing", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1", "--class-map",
+                                   "{d}/nothere.json", "--targets", "all"],
+     "class map '{d}/nothere.json' does not exist"),
+    ("analyse-class-map-kind", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1", "--class-map",
+                                "wordnet", "--targets", "all"], "class map must be 'imagenet' or a .json or .csv file"),
+    ("analyse-class-map-bad-index", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
+                                     "--class-map", "{d}/badmap.json", "--targets", "all"],
+     "has class 'x'; every folder needs a class index"),
+    ("analyse-class-map-unnamed-folder", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
+                                          "--class-map", "{d}/shortmap.csv", "--targets", "all"],
+     "n15075141' is not in the class map"),
+    ("analyse-class-map-too-many-classes", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
+                                            "--class-map", "imagenet", "--targets", "all", "--out-dir", "{d}/cm"],
+     "class folder 'n15075141' is class 999, but the model has 10 logits"),
+    ("analyse-class-map-for-npy", ["analyse", "digits", "--images", "{d}/x.npy", "--class-map", "imagenet", "-t",
+                                   "3"], "--class-map applies to a folder with one sub-folder per class"),
+    ("analyse-class-map-and-labels", ["analyse", "digits", "--images", "{d}/synsets", "--class-map", "imagenet",
+                                      "--labels", "{d}/y.npy", "-t", "3"],
+     "--labels and --class-map cannot be combined"),
     # --- analyse: classes and method
     ("analyse-target-too-big", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "10"],
      "target must be in [0, 9] (the model has 10 logits), got 10."),
@@ -310,6 +334,12 @@ def work(tmp_path_factory) -> Path:
     for i in range(6):
         Image.fromarray((x[i, 0] * 255).astype(np.uint8)).save(d / "gray" / f"{i}.png")
     (d / "emptyfolder").mkdir()
+    for folder in ("synsets/n01440764", "synsets/n15075141", "mixedclasses/3", "mixedclasses/cat"):
+        (d / folder).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray((x[i, 0] * 255).astype(np.uint8)).save(d / folder / f"{i}.png")
+    (d / "badmap.json").write_text('{"n01440764": "x", "n15075141": 1}')
+    (d / "shortmap.csv").write_text("folder,index\nn01440764,0\n")
     (d / "afile").write_text("a file, not a folder")
     (d / "adir.json").mkdir()
     (d / "adir.html").mkdir()

@@ -24,7 +24,7 @@ import numpy as np
 
 from ssa.analysis._common import as_graph, check_count
 from ssa.analysis.faithfulness import Faithfulness, check_ablation, faithfulness
-from ssa.analysis.grouping import parse_targets
+from ssa.analysis.grouping import all_classes, parse_targets
 from ssa.analysis.stability import Stability, stability
 from ssa.core.checks import check_int
 from ssa.core.graph import DependencyGraph
@@ -146,7 +146,7 @@ def compare_strategies(sessions: Session | Sequence[Session], targets: Sequence[
     ----------
     sessions : one :class:`ssa.Session` per rule, of one model and image set (``session.with_rule(...)``
         makes the others from the first). With several targets the sessions need labels.
-    targets : the classes (each once), ``"0,3"``, or ``"all"`` (every logit).
+    targets : the classes (each once), ``"0,3"``, or ``"all"`` (every class the labels name).
     selectors : registered names; default: every installed selector.
     selector_params : per selector name, e.g. ``{"tukey": {"k": 3}}``.
     branching, stop_at, ablation, draws, resamples, seed, mean_images : see :func:`evaluate`; the
@@ -181,7 +181,7 @@ def compare_strategies(sessions: Session | Sequence[Session], targets: Sequence[
             f"several targets ({wanted if isinstance(wanted, str) else ', '.join(map(str, wanted))}) need labels to "
             "pick each class's images; pass --labels labels.npy or evaluate one target.")
     n = n_classes(network)
-    checked = list(range(n)) if isinstance(wanted, str) else parse_targets(wanted, n)  # str: "all"
+    checked = all_classes(n, first.labels) if isinstance(wanted, str) else parse_targets(wanted, n)  # str: "all"
     assert not isinstance(checked, str)
     classes: list[int] = checked
     if stop_at is not None and stop_at not in {t.name for t in network.taps}:

@@ -35,7 +35,8 @@ import numpy as np
 
 from ssa.core.checks import check_labels
 from ssa.errors import InvalidInputError
-from ssa.io.folders import class_folders
+from ssa.io.classmap import ClassMap
+from ssa.io.folders import class_folders, folder_class_map
 from ssa.io.images import IMAGE_SUFFIXES, Preprocess, normalise, read_pixels
 
 __all__ = ["ImageSource", "FolderSource", "ArraySource", "open_source", "iter_batches", "StreamHash", "DecodeStats",
@@ -97,10 +98,12 @@ class ImageSource:
     ----------
     labels : int64 array, one per image, or None.
     class_names : ``{class index: name}`` where the classes have names (class folders), else empty.
+    class_map : ``{folder: class index}`` of class folders (the labels a run used, recorded in graphs), else empty.
     """
 
     labels: np.ndarray | None = None
     class_names: dict[int, str] = {}
+    class_map: dict[str, int] = {}
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -135,6 +138,7 @@ class FolderSource(ImageSource):
     labels: np.ndarray | None = None
     class_names: dict[int, str] = field(default_factory=dict)
     decoder: str = "pil"
+    class_map: dict[str, int] = field(default_factory=dict)  # class folders: {folder: class}, recorded in graphs
     device: str = "cpu"
 
     def __len__(self) -> int:
@@ -242,27 +246,21 @@ def _open_array(path: str | None, builtin: str | None) -> np.ndarray:
                                 "numpy.save.") from None
 
 
-def _index_class_folders(root: Path) -> tuple[list[str], np.ndarray, dict[int, str]] | None:
-    """Files, labels and class names of a folder with one sub-folder per class; None for other folders."""
-    numbered = class_folders(root)
-    if numbered is not None:
-        folders = {c: d.name for c, d in numbered.items()}
-    else:
-        subs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if not subs or any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in root.iterdir()):
-            return None
-        folders = dict(enumerate(subs))  # torchvision's ImageFolder: classes numbered in sorted name order
+def _index_class_folders(root: Path, labels: Any) -> tuple[list[str], np.ndarray, dict[str, int]] | None:
+    """Files, labels and ``{folder: class}`` of a folder with one sub-folder per class; None for other folders."""
+    folders = class_folders(root, labels)
+    if folders is None:
+        return None
     files: list[str] = []
-    labels: list[int] = []
-    for c, name in folders.items():
+    out: list[int] = []
+    for name, c in folders.items():
         names = sorted(p.name for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not names:
             raise InvalidInputError(f"folder {str(root / name)!r} holds no PNG/JPEG files; put the class's images "
                                     "there or remove the folder.")
         files.extend(f"{name}/{n}" for n in names)
-        labels.extend([c] * len(names))
-    class_names = {} if numbered is not None else dict(folders)
-    return files, np.asarray(labels, dtype=np.int64), class_names
+        out.extend([c] * len(names))
+    return files, np.asarray(out, dtype=np.int64), folders
 
 
 def open_source(spec: Any, *, labels: Any = None, preprocess: Preprocess | None = None) -> ImageSource:
@@ -271,6 +269,8 @@ def open_source(spec: Any, *, labels: Any = None, preprocess: Preprocess | None 
     pre = preprocess or Preprocess()
     if isinstance(spec, ImageSource):
         return spec
+    if isinstance(labels, ClassMap):
+        folder_class_map(spec, labels)  # refuses a class map for images that are not class folders
     if isinstance(spec, (str, os.PathLike)):
         s = os.fspath(spec)
         if s == "digits":
@@ -283,13 +283,15 @@ def open_source(spec: Any, *, labels: Any = None, preprocess: Preprocess | None 
         if not path.exists():
             raise InvalidInputError(f"images {s!r} do not exist; pass a .npy file or a folder of PNG/JPEG files.")
         if path.is_dir():
-            grouped = _index_class_folders(path)
+            grouped = _index_class_folders(path, labels)
             if grouped is not None:
-                if labels is not None:
+                if labels is not None and not isinstance(labels, ClassMap):
                     raise InvalidInputError("--labels cannot be combined with class sub-folders; the folder names "
-                                            "are the labels. Drop --labels.")
-                files, folder_labels, names = grouped
-                return FolderSource(path, tuple(files), pre, folder_labels, names)
+                                            "are the labels (--class-map says which folder is which class). Drop "
+                                            "--labels.")
+                files, folder_labels, folders = grouped
+                return FolderSource(path, tuple(files), pre, folder_labels, {c: n for n, c in folders.items()},
+                                    class_map=folders)
             names_ = sorted(p.name for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not names_:
                 raise InvalidInputError(f"folder {s!r} holds no PNG/JPEG files and no class sub-folders; put the "
