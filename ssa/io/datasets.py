@@ -37,7 +37,7 @@ from ssa.core.checks import check_labels
 from ssa.errors import InvalidInputError
 from ssa.io.classmap import ClassMap
 from ssa.io.folders import class_folders, folder_class_map
-from ssa.io.images import IMAGE_SUFFIXES, Preprocess, normalise, read_pixels
+from ssa.io.images import IMAGE_SUFFIXES, Preprocess, normalise, read_npy, read_pixels
 
 __all__ = ["ImageSource", "FolderSource", "ArraySource", "open_source", "iter_batches", "StreamHash", "DecodeStats",
            "decode_image", "normalise", "read_labels_file", "DECODERS"]
@@ -61,11 +61,7 @@ def read_labels_file(path: str | os.PathLike, names: Sequence[str]) -> np.ndarra
     if not p.is_file():
         raise InvalidInputError(f"labels file {str(p)!r} does not exist; pass a .npy or text file of labels.")
     if p.suffix.lower() == ".npy":
-        try:
-            lab = np.load(p, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise InvalidInputError(f"cannot read {str(p)!r} as a .npy array ({str(exc).splitlines()[0]}).") from None
-        return check_labels(lab, len(names))
+        return check_labels(read_npy(p, what="labels"), len(names))
     lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
     pairs = [ln.replace(",", " ").split() for ln in lines]
     if pairs and all(len(x) == 1 for x in pairs):
@@ -239,11 +235,7 @@ def _open_array(path: str | None, builtin: str | None) -> np.ndarray:
         return digits_data()[0]
     if path is None:
         raise InvalidInputError("an array image source needs a .npy path or a built-in image set; pass one.")
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InvalidInputError(f"cannot read {path!r} as a .npy array ({str(exc).splitlines()[0]}); save it with "
-                                "numpy.save.") from None
+    return read_npy(path, mmap=True)
 
 
 def _index_class_folders(root: Path, labels: Any) -> tuple[list[str], np.ndarray, dict[str, int]] | None:
@@ -318,11 +310,7 @@ def _array_labels(labels: Any, n: int) -> np.ndarray | None:
     if labels is None:
         return None
     if isinstance(labels, (str, os.PathLike)):
-        try:
-            labels = np.load(labels, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise InvalidInputError(f"cannot read labels {os.fspath(labels)!r} ({str(exc).splitlines()[0]}); save "
-                                    "them with numpy.save.") from None
+        labels = read_npy(labels, what="labels")
     return check_labels(np.asarray(labels), n)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from ssa.core.checks import check_labels, looks_unscaled
 from ssa.errors import InvalidInputError, SSAWarning
 
-__all__ = ["Preprocess", "validate_images", "load_images", "select_class", "IMAGE_SUFFIXES"]
+__all__ = ["Preprocess", "validate_images", "load_images", "select_class", "read_npy", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
@@ -97,12 +97,23 @@ def validate_images(images: object, *, source: str = "images") -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _read_npy(path: Path) -> np.ndarray:
+def read_npy(path: str | os.PathLike, *, mmap: bool = False, what: str = "images") -> np.ndarray:
+    """The array of a ``.npy`` file (memory-mapped with ``mmap``); one line naming the file and the fix when it
+    is not one (a ``.npz`` archive renamed, a pickle, text)."""
     try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InvalidInputError(f"cannot read {str(path)!r} as a .npy array ({str(exc).splitlines()[0]}); save it with "
-                                "numpy.save.") from None
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InvalidInputError(f"cannot read {os.fspath(path)!r} as a .npy array ({str(exc).splitlines()[0]}); save "
+                                "it with numpy.save.") from None
+    if isinstance(arr, np.lib.npyio.NpzFile):  # numpy reads by content: a .npz archive whatever its name
+        names = list(arr.files)
+        arr.close()
+        first = names[0] if names else "images"
+        raise InvalidInputError(
+            f"{os.fspath(path)!r} is a .npz archive of {len(names)} array(s) ({', '.join(names[:5]) or 'none'}), not "
+            f"a .npy array; save the {what} as one .npy file, e.g. numpy.save('{what}.npy', "
+            f"numpy.load('{Path(path).name}')['{first}']).")
+    return arr
 
 
 def _geometry(im, pre: Preprocess) -> np.ndarray:
@@ -149,9 +160,15 @@ def read_pixels(path: str | os.PathLike, pre: Preprocess) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError  # Pillow: only when files are read
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if pre.channels == 1 else "RGB")
-            a = _geometry(im, pre)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, not decoded with a warning
+            with Image.open(path) as im:
+                im = im.convert("L" if pre.channels == 1 else "RGB")
+                a = _geometry(im, pre)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidInputError(
+            f"image {str(path)!r} declares more than {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's limit against "
+            "decompression bombs; shrink it (or crop it) to a sensible size, or remove it.") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise InvalidInputError(f"cannot read image {str(path)!r} ({type(exc).__name__}); remove or fix it.") from None
     return a[:, :, None] if a.ndim == 2 else a
@@ -214,13 +231,13 @@ def load_images(spec: object, *, target: int | None = None, preprocess: Preproce
                 arr, _ = _read_folder(path, preprocess or Preprocess())
                 raw = False
             elif path.suffix.lower() == ".npy":
-                arr = _read_npy(path)
+                arr = read_npy(path)
             else:
                 raise InvalidInputError(f"images must be a .npy file or a folder of PNG/JPEG files, got {path.name!r}.")
     else:
         arr = spec  # type: ignore[assignment]
     if labels is not None:
-        lab = np.asarray(_read_npy(Path(labels)) if isinstance(labels, (str, os.PathLike)) else labels)
+        lab = np.asarray(read_npy(labels, what="labels") if isinstance(labels, (str, os.PathLike)) else labels)
     arr = validate_images(arr)
     why = looks_unscaled(arr) if raw else None
     if why is not None:
