@@ -91,6 +91,8 @@ CASES: list[tuple[str, list[str], str]] = [
      "pixels, Pillow's limit against decompression bombs; shrink it"),
     ("analyse-images-bomb-warning", ["analyse", "digits", "--images", "{d}/bigpng", "--channels", "1", "-t", "3"],
      "declares more than 89,478,485 pixels"),
+    ("analyse-images-float-out-of-range", ["analyse", "digits", "--images", "{d}/floattif", "--channels", "1", "-t",
+                                           "3"], "ssa reads float images in [0, 1]"),
     ("analyse-images-npz-as-npy", ["analyse", "digits", "--images", "{d}/archive.npy", "-t", "3"],
      "is a .npz archive of 2 array(s) (images, labels), not a .npy array; save the images as one .npy file"),
     ("analyse-labels-npz-as-npy", ["analyse", "digits", "--images", "{d}/x.npy", "--labels", "{d}/archive.npy", "-t",
@@ -375,6 +377,8 @@ def work(tmp_path_factory) -> Path:
     (d / "emptyfolder").mkdir()
     _png_header(d / "bomb" / "0.png", 20000, 20000)  # over twice Pillow's limit: DecompressionBombError
     _png_header(d / "bigpng" / "0.png", 10000, 10000)  # over the limit: DecompressionBombWarning
+    (d / "floattif").mkdir()
+    Image.fromarray(np.linspace(0, 2, 64, dtype=np.float32).reshape(8, 8)).save(d / "floattif" / "0.tif")
     with open(d / "archive.npy", "wb") as fh:  # a .npz archive under a .npy name
         np.savez(fh, images=x[:4], labels=y[:4])
     _onnx_without_its_data(d / "ext.onnx", x)

@@ -14,7 +14,9 @@ from ssa.errors import InvalidInputError, SSAWarning
 
 __all__ = ["Preprocess", "validate_images", "load_images", "select_class", "read_npy", "IMAGE_SUFFIXES"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Pillow modes of 8 bits per sample, read through ``convert("L" / "RGB")``; others by :func:`_wide_as_float`
+_EIGHT_BIT_MODES = ("1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 _INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 
 
@@ -138,8 +140,8 @@ def _geometry(im, pre: Preprocess) -> np.ndarray:
         ratio = min(tw / w, th / h)
         nw, nh = max(1, round(w * ratio)), max(1, round(h * ratio))
         im = im.resize((nw, nh), resample)
-        fill = int(round(pre.pad_value))
-        canvas = Image.new(im.mode, (tw, th), fill if im.mode == "L" else (fill,) * len(im.getbands()))
+        fill: float = pre.pad_value if im.mode == "F" else int(round(pre.pad_value))
+        canvas = Image.new(im.mode, (tw, th), fill if len(im.getbands()) == 1 else (fill,) * len(im.getbands()))
         canvas.paste(im, ((tw - nw) // 2, (th - nh) // 2))
         im = canvas
     if pre.crop is not None:
@@ -163,8 +165,12 @@ def read_pixels(path: str | os.PathLike, pre: Preprocess) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, not decoded with a warning
             with Image.open(path) as im:
-                im = im.convert("L" if pre.channels == 1 else "RGB")
-                a = _geometry(im, pre)
+                if im.mode in _EIGHT_BIT_MODES:
+                    a = _geometry(im.convert("L" if pre.channels == 1 else "RGB"), pre)
+                else:  # 16-bit or float: the full range, on the 0-255 scale of an 8-bit copy
+                    a = _geometry(_wide_as_float(im, path), pre)
+                    if pre.channels == 3:
+                        a = np.repeat(a[:, :, None], 3, axis=2)  # grey to RGB, as convert("RGB") does
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidInputError(
             f"image {str(path)!r} declares more than {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's limit against "
@@ -172,6 +178,35 @@ def read_pixels(path: str | os.PathLike, pre: Preprocess) -> np.ndarray:
     except (UnidentifiedImageError, OSError) as exc:
         raise InvalidInputError(f"cannot read image {str(path)!r} ({type(exc).__name__}); remove or fix it.") from None
     return a[:, :, None] if a.ndim == 2 else a
+
+
+def _wide_as_float(im, path: str | os.PathLike):
+    """A grey image of more than 8 bits per sample (16-bit PNG/TIFF: modes ``I;16*`` and ``I``; float TIFF:
+    ``F``) as a float image (mode ``F``) on the 0-255 scale an 8-bit copy has: 16-bit values times 255/65535,
+    float values in [0, 1] times 255. Anything else is refused (one line), never clipped."""
+    from PIL import Image
+
+    name = str(path)
+    arr = np.asarray(im)
+    if im.mode.startswith("I"):  # I;16, I;16B, I;16L, I (Pillow's 32-bit integers, e.g. an older 16-bit PNG)
+        ilo, ihi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if ilo < 0 or ihi > 65535:
+            raise InvalidInputError(f"image {name!r} holds {im.mode} integers from {ilo} to {ihi}, outside the 16-bit "
+                                    "range ssa reads (0-65535); save it as 8-bit or 16-bit PNG/TIFF, or as float "
+                                    "in [0, 1].")
+        scaled = arr.astype(np.float64) * (255.0 / 65535.0)
+    elif im.mode == "F":
+        finite = np.isfinite(arr).all()
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size and finite else (0.0, 0.0)
+        if not finite or lo < 0.0 or hi > 1.0:
+            what = "NaN or infinite values" if not finite else f"values from {lo:g} to {hi:g}"
+            raise InvalidInputError(f"float image {name!r} holds {what}; ssa reads float images in [0, 1] (as an "
+                                    "8-bit copy's 0-255); rescale it to [0, 1], or save it as 8-bit or 16-bit.")
+        scaled = arr.astype(np.float64) * 255.0
+    else:
+        raise InvalidInputError(f"image {name!r} has Pillow mode {im.mode!r}, which ssa cannot read faithfully; "
+                                "save it as 8-bit or 16-bit PNG/TIFF (grey or RGB), or as a float TIFF in [0, 1].")
+    return Image.fromarray(scaled.astype(np.float32), mode="F")
 
 
 def normalise(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
