@@ -191,3 +191,19 @@ def test_mixed_and_misused_maps_are_refused(imagenet, tmp_path, capsys):
     assert main(["analyse", "digits", "--images", str(imagenet / "val"), "--class-map", "wordnet", "-t", "3"]) == 2
     assert "class map must be 'imagenet' or a .json or .csv file" in _err(capsys)
     torch.manual_seed(0)  # nothing above ran a model
+
+
+def test_a_study_takes_the_class_map(imagenet, tmp_path, capsys):
+    f = tmp_path / "s.toml"
+    body = (f"out = 'out'\ntargets = 'all'\n[[model]]\nname = 'm'\nspec = '{imagenet / 'model.py'}:net'\n"
+            f"[images]\npath = '{imagenet / 'val'}'\n{{}}[outputs]\nreport = false\ncompare = false\n")
+    f.write_text(body.format(""))
+    assert main(["study", str(f), "-q"]) == 2
+    assert "pass --class-map imagenet" in _err(capsys)  # (in a study: [images] class_map)
+    f.write_text(body.format("class_map = 'imagenet'\n"))
+    assert main(["study", str(f), "-q"]) == 0
+    (folder,) = (tmp_path / "out" / "m").iterdir()
+    assert sorted(p.name for p in folder.glob("class-*.json")) == sorted(f"class-{i}.json" for i in TRUE.values())
+    assert ssa.read_graph(folder / "class-281.json").run.class_map == TRUE
+    summary = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert summary["study"]["images"]["class_map"] == "imagenet"

@@ -152,7 +152,8 @@ def class_folder_labels(path: str | os.PathLike, labels: Any = None) -> dict[str
         raise InvalidInputError(
             f"the class folders of {str(root)!r} are ImageNet synset ids ({subs[0]}, ...), and numbered in sorted "
             "order they would not be the model's classes; pass --class-map imagenet (the standard ILSVRC-2012 "
-            "order) or --class-map FILE (.json or .csv of folder -> class index).")
+            "order) or --class-map FILE (.json or .csv of folder -> class index); in a study file, class_map under "
+            "[images].")
     elif any(s.isdigit() for s in subs):
         word = next(s for s in subs if not s.isdigit())
         raise InvalidInputError(
