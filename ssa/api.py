@@ -15,7 +15,7 @@ from ssa.core.defaults import resolve_method
 from ssa.core.interfaces import Rule, Selector
 from ssa.errors import InvalidInputError
 from ssa.io.classmap import check_class_count
-from ssa.io.folders import folder_class_map, load_grouped_images
+from ssa.io.folders import files_preprocessing, folder_class_map, load_grouped_images
 from ssa.io.images import Preprocess
 from ssa.plugins import make_selector
 from ssa.results import AnalysisResult
@@ -56,7 +56,10 @@ def analyse(
     ----------
     model : what :func:`load_model` accepts.
     images : images of the class: an array shaped for the model, a ``.npy`` file, a folder of
-        PNG/JPEG files (with ``preprocess``), or ``"digits"``. With labels, only the target's images are used.
+        PNG/JPEG files (with ``preprocess``; with one sub-folder per class: the class's folder is used), or
+        ``"digits"``. With labels, only the target's images are used.
+    labels : integer labels (array or ``.npy``), one per image, or for class folders a
+        :class:`~ssa.io.classmap.ClassMap` (``ssa.class_map("imagenet")``: which folder is which class).
     target : the class (index into the logits).
     branching : b, how many lower neurons are kept per upper neuron and parent tap.
     rule, selector : registered names (see ``ssa plugins``) or configured instances; default
@@ -178,5 +181,7 @@ def analyse_many(
             res.graph.graph["max_per_class"] = int(max_per_class)
         if folders:
             res.graph.graph["class_map"] = dict(folders)
+        if files_preprocessing(images, preprocess) is not None:
+            res.graph.graph["preprocess"] = files_preprocessing(images, preprocess)
         results[c] = res
     return results

@@ -25,7 +25,7 @@ from ssa.engines.statistics import collect
 from ssa.engines.store import StatsStore, check_store_root, images_hash
 from ssa.errors import InvalidInputError, PluginError
 from ssa.io.classmap import check_class_count
-from ssa.io.folders import folder_class_map, load_grouped_images
+from ssa.io.folders import files_preprocessing, folder_class_map, load_grouped_images
 from ssa.io.images import Preprocess, select_class
 from ssa.plugins import make_rule, make_selector, registry
 from ssa.results import AnalysisResult
@@ -303,6 +303,9 @@ class Session:
                                images_hash=self.images_hash, progress=self.progress)
         if self.class_map:
             result.graph.graph["class_map"] = dict(self.class_map)  # the labels the run used
+        decoded = files_preprocessing(self.images_spec, self.preprocess)
+        if decoded is not None:
+            result.graph.graph["preprocess"] = decoded
         return result
 
 

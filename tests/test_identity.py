@@ -172,6 +172,32 @@ def test_classes_from_their_own_image_files_compare(work, runs, capsys, tmp_path
     assert main(["compare", str(tmp_path / "g3.json"), str(tmp_path / "g5.json")]) == 0, _error(capsys)
 
 
+def test_classes_from_files_decoded_differently_are_refused(tmp_path, capsys):
+    """Issue 18, item 11: the guard is about the preprocessing too (graphs record how image files were decoded)."""
+    from PIL import Image
+
+    from ssa.io.preprocess import describe_preprocess
+
+    x, y = digits_data()
+    for c in (3, 5):
+        (tmp_path / "imgs" / str(c)).mkdir(parents=True)
+        for i, im in enumerate(x[y == c][:12]):
+            Image.fromarray(np.uint8(np.round(im[0] * 255))).save(tmp_path / "imgs" / str(c) / f"{i}.png")
+    base = ["analyse", "digits", "--images", str(tmp_path / "imgs"), "--channels", "1", "-q", "--selector", "tukey"]
+    assert main(base + ["-t", "3", "-o", str(tmp_path / "g3.json")]) == 0
+    assert main(base + ["-t", "5", "-o", str(tmp_path / "g5.json")]) == 0
+    assert main(base + ["-t", "5", "--mean", "0.1", "-o", str(tmp_path / "g5-mean.json")]) == 0
+    g3 = ssa.read_graph(tmp_path / "g3.json")
+    assert g3.run.preprocess == describe_preprocess(ssa.Preprocess(channels=1)), g3.run.preprocess
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "g3.json"), str(tmp_path / "g5.json")]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "g3.json"), str(tmp_path / "g5-mean.json")]) == 2
+    line = _error(capsys)
+    assert "different preprocessing" in line and "--allow-mixed" in line, line
+    assert main(["compare", str(tmp_path / "g3.json"), str(tmp_path / "g5-mean.json"), "--allow-mixed"]) == 0
+
+
 def test_figures_refuse_other_images_and_mixed_compare_graphs(work, runs, capsys, tmp_path):
     graph = str(runs["base"] / "class-3.json")
     argv = ["figures", "digits", "--graph", graph, "--out-dir", str(tmp_path / "f")]

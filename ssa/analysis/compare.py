@@ -88,7 +88,7 @@ def graph_labels(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
 _WORDS = {"rule": "rule", "rule_params": "rule parameters", "selector": "selector",
           "selector_params": "selector parameters", "branching": "branching factor", "images_hash": "image set",
           "grouping": "image grouping", "min_confidence": "--min-confidence", "max_per_class": "--max-per-class",
-          "stop_at": "--stop-at", "tap_neurons": "taps"}
+          "stop_at": "--stop-at", "tap_neurons": "taps", "preprocess": "preprocessing"}
 #: run parameters whose None is a value ("not set"), compared like any other
 _NONE_IS_A_VALUE = ("stop_at", "min_confidence", "max_per_class")
 

@@ -38,6 +38,7 @@ from ssa.errors import InvalidInputError
 from ssa.io.classmap import ClassMap
 from ssa.io.folders import class_folders, folder_class_map
 from ssa.io.images import IMAGE_SUFFIXES, Preprocess, normalise, read_npy, read_pixels
+from ssa.io.preprocess import describe_preprocess
 
 __all__ = ["ImageSource", "FolderSource", "ArraySource", "open_source", "iter_batches", "StreamHash", "DecodeStats",
            "decode_image", "normalise", "read_labels_file", "DECODERS"]
@@ -123,6 +124,10 @@ class ImageSource:
     def name_of(self, i: int) -> str:
         return f"#{i}"
 
+    def preprocessing(self) -> str | None:
+        """How image files are decoded (recorded in graphs), or None for arrays (used as they are)."""
+        return None
+
 
 @dataclass(frozen=True, eq=False)
 class FolderSource(ImageSource):
@@ -145,6 +150,9 @@ class FolderSource(ImageSource):
 
     def name_of(self, i: int) -> str:
         return str(self.root / self.files[i])
+
+    def preprocessing(self) -> str | None:
+        return describe_preprocess(self.preprocess)
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> FolderSource:
         idx = np.asarray(indices, dtype=np.int64)

@@ -15,8 +15,9 @@ import numpy as np
 from ssa.errors import InvalidInputError
 from ssa.io.classmap import ClassMap, class_folder_labels
 from ssa.io.images import Preprocess, load_images, validate_images
+from ssa.io.preprocess import describe_preprocess
 
-__all__ = ['class_folders', 'load_grouped_images', 'folder_class_map']
+__all__ = ['class_folders', 'load_grouped_images', 'folder_class_map', 'files_preprocessing']
 
 
 def class_folders(path: str | os.PathLike, labels: Any = None) -> dict[str, int] | None:
@@ -37,6 +38,14 @@ def folder_class_map(images: Any, labels: Any = None) -> dict[str, int] | None:
         raise InvalidInputError(f"--class-map applies to a folder with one sub-folder per class, and --images is "
                                 f"{what}; drop --class-map, or pass --images ROOT with ROOT/<class>/*.png.")
     return found
+
+
+def files_preprocessing(images: Any, preprocess: Preprocess | None) -> str | None:
+    """How ``images`` are decoded, recorded in graphs (``preprocess``): for a folder of image files, else None
+    (arrays and the digits are used as they are)."""
+    if isinstance(images, (str, os.PathLike)) and os.fspath(images) != "digits" and Path(images).is_dir():
+        return describe_preprocess(preprocess or Preprocess())
+    return None
 
 
 def load_grouped_images(spec: Any, *, labels: Any = None, preprocess: Preprocess | None = None
