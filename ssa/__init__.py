@@ -22,6 +22,7 @@ from ssa.errors import (
                      UnsupportedModelError,
 )
 from ssa.hookspecs import hookimpl
+from ssa.io.classmap import ClassMap, class_map
 from ssa.io.graphs import read_graph, write_graph
 from ssa.io.images import Preprocess, load_images
 from ssa.plugins import get_plugin_manager, make_rule, make_selector, registry
@@ -34,7 +35,8 @@ __version__ = "0.1.0"
 __all__ = [
     "analyse", "analyse_many", "Session", "ModelSpec", "RunOptions", "load_model",
     "AnalysisResult", "LayerSummary", "read_graph", "write_graph",
-    "Preprocess", "load_images", "Backend", "Network", "Rule", "Selector", "ClosedForm", "Param", "Tap", "hookimpl",
+    "Preprocess", "load_images", "ClassMap", "class_map", "Backend", "Network", "Rule", "Selector", "ClosedForm",
+    "Param", "Tap", "hookimpl",
     "get_plugin_manager", "registry", "make_rule", "make_selector", "SSAError", "InvalidInputError", "ModelLoadError",
     "PluginError", "StoreError", "UnsupportedModelError", "OutputError", "SSAWarning", "__version__",
 ]

@@ -9,12 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from ssa.analysis.grouping import group_images, parse_targets
+from ssa.analysis.grouping import all_classes, group_images, parse_targets
 from ssa.core.checks import check_int
 from ssa.core.defaults import resolve_method
 from ssa.core.interfaces import Rule, Selector
 from ssa.errors import InvalidInputError
-from ssa.io.folders import load_grouped_images
+from ssa.io.classmap import check_class_count
+from ssa.io.folders import files_preprocessing, folder_class_map, load_grouped_images
 from ssa.io.images import Preprocess
 from ssa.plugins import make_selector
 from ssa.results import AnalysisResult
@@ -55,7 +56,10 @@ def analyse(
     ----------
     model : what :func:`load_model` accepts.
     images : images of the class: an array shaped for the model, a ``.npy`` file, a folder of
-        PNG/JPEG files (with ``preprocess``), or ``"digits"``. With labels, only the target's images are used.
+        PNG/JPEG files (with ``preprocess``; with one sub-folder per class: the class's folder is used), or
+        ``"digits"``. With labels, only the target's images are used.
+    labels : integer labels (array or ``.npy``), one per image, or for class folders a
+        :class:`~ssa.io.classmap.ClassMap` (``ssa.class_map("imagenet")``: which folder is which class).
     target : the class (index into the logits).
     branching : b, how many lower neurons are kept per upper neuron and parent tap.
     rule, selector : registered names (see ``ssa plugins``) or configured instances; default
@@ -121,8 +125,11 @@ def analyse_many(
     ----------
     model, images, branching, rule, selector, preset, engine, store, ... : as for :func:`ssa.analyse`. ``images``
         may also be a folder with one sub-folder per class named by its index (``folder/3/*.png``).
-    targets : ``"all"`` (every logit), a list of class indices, or ``"0,3,5"``.
-    labels : integer labels (array or ``.npy``), one per image; not needed for ``"digits"`` or class folders.
+    targets : ``"all"`` (the classes present in the images: every labelled class; every logit when grouping by
+        prediction or without labels), a list of class indices, or ``"0,3,5"``.
+    labels : integer labels (array or ``.npy``), one per image; not needed for ``"digits"`` or class folders,
+        whose folder names say the class (numbers), or a :class:`~ssa.io.classmap.ClassMap` does
+        (``ssa.class_map("imagenet")``, a ``.json``/``.csv`` file: ``--class-map``).
     by_prediction : group the images by the model's argmax prediction instead of by labels.
     min_confidence : keep only images whose softmax probability of the class is >= this.
     max_per_class : keep at most this many images per class (the first ones).
@@ -140,13 +147,15 @@ def analyse_many(
     wanted = parse_targets(targets) if isinstance(targets, str) else parse_targets(list(targets))
     rule, rule_params, selector, selector_params = resolve_method(preset, rule, rule_params, selector, selector_params)
     make_selector(selector, **dict(selector_params or {}))  # refuse a bad selector before any work
+    folders = folder_class_map(images, labels)  # class folders: {folder: class}, recorded in every graph
     arr, lab = load_grouped_images(images, labels=labels, preprocess=preprocess)
     session = Session(model, arr, rule=rule, rule_params=rule_params, taps=taps, include_input=include_input,
                       channel_axes=channel_axes, output_index=output_index, device=device, batch_size=batch_size,
                       backend=backend, name=name, engine=engine, store=store, store_mode=store_mode, progress=progress)
     network = session.network  # loads and prepares the model once
     n = n_classes(network)
-    classes = list(range(n)) if isinstance(wanted, str) else parse_targets(wanted, n)  # str: "all"
+    check_class_count(folders, n)
+    classes = all_classes(n, lab, by_prediction) if isinstance(wanted, str) else parse_targets(wanted, n)  # "all"
     if stop_at is not None and stop_at not in {t.name for t in network.taps}:
         raise InvalidInputError(
             f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
@@ -170,5 +179,9 @@ def analyse_many(
             res.graph.graph["min_confidence"] = float(min_confidence)
         if max_per_class is not None:
             res.graph.graph["max_per_class"] = int(max_per_class)
+        if folders:
+            res.graph.graph["class_map"] = dict(folders)
+        if files_preprocessing(images, preprocess) is not None:
+            res.graph.graph["preprocess"] = files_preprocessing(images, preprocess)
         results[c] = res
     return results

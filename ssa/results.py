@@ -14,6 +14,7 @@ from typing import Any
 import networkx as nx
 
 from ssa.core import display
+from ssa.core.defaults import DEFAULT_RULE
 from ssa.core.interfaces import Tap
 from ssa.core.traversal import StepRecord
 from ssa.io.graphs import graph_to_dict, write_graph
@@ -101,10 +102,9 @@ class AnalysisResult:
         for note in self.notes:
             lines.append(f"  note: {note}")
         if never_total:
-            lines.append(
-                f"  note: {never_total} kept neuron(s) never fire on the class's images (the gradient rule can select "
-                "them through a dense layer); try --rule gradient_x_activation"
-            )
+            tip = ("try other images of the class" if self.rule == DEFAULT_RULE else
+                   f"the gradient rule can select them through a dense layer; try --rule {DEFAULT_RULE}")
+            lines.append(f"  note: {never_total} kept neuron(s) never fire on the class's images ({tip})")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str | None:

@@ -24,7 +24,9 @@ from ssa.engines.closed_form import ClosedFormSource
 from ssa.engines.statistics import collect
 from ssa.engines.store import StatsStore, check_store_root, images_hash
 from ssa.errors import InvalidInputError, PluginError
-from ssa.io.images import Preprocess, load_images, select_class
+from ssa.io.classmap import check_class_count
+from ssa.io.folders import files_preprocessing, folder_class_map, load_grouped_images
+from ssa.io.images import Preprocess, select_class
 from ssa.plugins import make_rule, make_selector, registry
 from ssa.results import AnalysisResult
 
@@ -110,6 +112,7 @@ class Session:
         self._stats: Any = None
         self._subset = False
         self.images_hash: str | None = None
+        self.class_map: dict[str, int] | None = None
         self._defaults: dict[str, Any] = {"branching": 3, "stop_at": None}
 
     @classmethod
@@ -148,10 +151,12 @@ class Session:
         if self._network is None:
             if self.store is not None:
                 check_store_root(self.store, flag="store")  # a file is refused before any work
+            self.class_map = folder_class_map(self.images_spec, self.labels_spec)  # class folders: {folder: class}
             network = load_model(self.model, backend=self.backend, device=self.device, **self.options)
-            arr, lab = load_images(self.images_spec, preprocess=self.preprocess, labels=self.labels_spec)
+            arr, lab = load_grouped_images(self.images_spec, preprocess=self.preprocess, labels=self.labels_spec)
             self.images_hash = images_hash(arr)  # the whole set, before a class is chosen (recorded in graphs)
             prepare_network(network, arr, images_spec=self.images_spec, preprocess=self.preprocess)
+            check_class_count(self.class_map, n_classes(network))
             form = self.rule.form
             if self.store is not None and self.store_mode == "read":
                 if not (form and open_store(network, arr, self.store).is_complete(form)):
@@ -294,9 +299,14 @@ class Session:
             raise InvalidInputError(
                 f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
         source = self._source(self.class_indices(target, indices))
-        return run_traversal(source, network, target, branching, self.rule, selector_obj, stop_at=stop_at,
-                             images_hash=self.images_hash,
-                             progress=self.progress)
+        result = run_traversal(source, network, target, branching, self.rule, selector_obj, stop_at=stop_at,
+                               images_hash=self.images_hash, progress=self.progress)
+        if self.class_map:
+            result.graph.graph["class_map"] = dict(self.class_map)  # the labels the run used
+        decoded = files_preprocessing(self.images_spec, self.preprocess)
+        if decoded is not None:
+            result.graph.graph["preprocess"] = decoded
+        return result
 
 
 ENGINES = ("auto", "fast", "autograd")

@@ -27,6 +27,8 @@ import ssa
 from ssa.cli import main
 from ssa.models import DigitsCNN, digits_cnn, digits_data
 
+from .onnx_models import export
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("ssa")
 
@@ -84,6 +86,43 @@ CASES: list[tuple[str, list[str], str]] = [
                                  "3", "--max-per-class", "0"], "max_per_class must be >= 1"),
     ("analyse-batch-size-0", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--batch-size", "0"],
      "batch_size must be >= 1, got 0. Pass --batch-size 1 or more."),
+    # --- analyse: files that are not what they seem (issue 18)
+    ("analyse-images-decompression-bomb", ["analyse", "digits", "--images", "{d}/bomb", "--channels", "1", "-t", "3"],
+     "pixels, Pillow's limit against decompression bombs; shrink it"),
+    ("analyse-images-bomb-warning", ["analyse", "digits", "--images", "{d}/bigpng", "--channels", "1", "-t", "3"],
+     "declares more than 89,478,485 pixels"),
+    ("analyse-images-float-out-of-range", ["analyse", "digits", "--images", "{d}/floattif", "--channels", "1", "-t",
+                                           "3"], "ssa reads float images in [0, 1]"),
+    ("analyse-images-npz-as-npy", ["analyse", "digits", "--images", "{d}/archive.npy", "-t", "3"],
+     "is a .npz archive of 2 array(s) (images, labels), not a .npy array; save the images as one .npy file"),
+    ("analyse-labels-npz-as-npy", ["analyse", "digits", "--images", "{d}/x.npy", "--labels", "{d}/archive.npy", "-t",
+                                   "3"], "not a .npy array; save the labels as one .npy file"),
+    ("analyse-onnx-external-data-missing", ["analyse", "{d}/ext.onnx", "--images", "{d}/x.npy", "-t", "3"],
+     "'ext.onnx' keeps its weights in the external data file 'ext.onnx.data', which is missing"),
+    # --- analyse: class folders and --class-map (issue 18, item 1)
+    ("analyse-class-folders-synsets", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
+                                       "--targets", "all"], "pass --class-map imagenet (the standard ILSVRC-2012"),
+    ("analyse-class-folders-mixed", ["analyse", "digits", "--images", "{d}/mixedclasses", "--channels", "1",
+                                     "--targets", "all"], "mix numbers (3) and names (cat)"),
+    ("analyse-class-map-missing", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1", "--class-map",
+                                   "{d}/nothere.json", "--targets", "all"],
+     "class map '{d}/nothere.json' does not exist"),
+    ("analyse-class-map-kind", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1", "--class-map",
+                                "wordnet", "--targets", "all"], "class map must be 'imagenet' or a .json or .csv file"),
+    ("analyse-class-map-bad-index", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
+                                     "--class-map", "{d}/badmap.json", "--targets", "all"],
+     "has class 'x'; every folder needs a class index"),
+    ("analyse-class-map-unnamed-folder", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
+                                          "--class-map", "{d}/shortmap.csv", "--targets", "all"],
+     "n15075141' is not in the class map"),
+    ("analyse-class-map-too-many-classes", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
+                                            "--class-map", "imagenet", "--targets", "all", "--out-dir", "{d}/cm"],
+     "class folder 'n15075141' is class 999, but the model has 10 logits"),
+    ("analyse-class-map-for-npy", ["analyse", "digits", "--images", "{d}/x.npy", "--class-map", "imagenet", "-t",
+                                   "3"], "--class-map applies to a folder with one sub-folder per class"),
+    ("analyse-class-map-and-labels", ["analyse", "digits", "--images", "{d}/synsets", "--class-map", "imagenet",
+                                      "--labels", "{d}/y.npy", "-t", "3"],
+     "--labels and --class-map cannot be combined"),
     # --- analyse: classes and method
     ("analyse-target-too-big", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "10"],
      "target must be in [0, 9] (the model has 10 logits), got 10."),
@@ -294,6 +333,32 @@ def random_digits():
 """
 
 
+def _png_header(path: Path, width: int, height: int) -> None:
+    """A small PNG file whose header declares ``width`` x ``height`` pixels (Pillow checks the size on open)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * (width + 1)))
+                     + chunk(b"IEND", b""))
+
+
+def _onnx_without_its_data(path: Path, x: np.ndarray) -> None:
+    """An ONNX model saved with its weights in an external data file, which is then removed."""
+    import onnx
+
+    export(digits_cnn().eval(), x, path.with_suffix(".tmp.onnx"))
+    proto = onnx.load(str(path.with_suffix(".tmp.onnx")))
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=0)
+    path.with_suffix(".tmp.onnx").unlink()
+    (path.parent / (path.name + ".data")).unlink()
+
+
 def _tree(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.blake2b(p.read_bytes(), digest_size=16).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
@@ -324,6 +389,19 @@ def work(tmp_path_factory) -> Path:
     for i in range(6):
         Image.fromarray((x[i, 0] * 255).astype(np.uint8)).save(d / "gray" / f"{i}.png")
     (d / "emptyfolder").mkdir()
+    _png_header(d / "bomb" / "0.png", 20000, 20000)  # over twice Pillow's limit: DecompressionBombError
+    _png_header(d / "bigpng" / "0.png", 10000, 10000)  # over the limit: DecompressionBombWarning
+    (d / "floattif").mkdir()
+    Image.fromarray(np.linspace(0, 2, 64, dtype=np.float32).reshape(8, 8)).save(d / "floattif" / "0.tif")
+    with open(d / "archive.npy", "wb") as fh:  # a .npz archive under a .npy name
+        np.savez(fh, images=x[:4], labels=y[:4])
+    _onnx_without_its_data(d / "ext.onnx", x)
+    for folder in ("synsets/n01440764", "synsets/n15075141", "mixedclasses/3", "mixedclasses/cat"):
+        (d / folder).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray((x[i, 0] * 255).astype(np.uint8)).save(d / folder / f"{i}.png")
+    (d / "badmap.json").write_text('{"n01440764": "x", "n15075141": 1}')
+    (d / "shortmap.csv").write_text("folder,index\nn01440764,0\n")
     (d / "afile").write_text("a file, not a folder")
     (d / "adir.json").mkdir()
     (d / "adir.html").mkdir()

@@ -65,3 +65,16 @@ def test_collect_fills_the_default_rules_form(tmp_path, capsys):
     store = tmp_path / "s"
     assert main(["collect", "digits", "--images", "digits", "--store", str(store), "-q"]) == 0
     assert [p.name for p in store.glob("*/*/*") if p.is_dir()] == ["gradient_x_activation"]
+
+
+def test_the_plugin_guide_marks_the_same_defaults():
+    """Issue 18, item 15: docs/plugins.md's tables of built-in rules and selectors mark as "(default)" the rule
+    and selector of ssa.core.defaults, and the paper's as the paper's."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text(encoding="utf-8")
+    marked = re.findall(r"^\| `(\w+)` \(default\) \|", text, flags=re.M)
+    assert marked == [DEFAULT_RULE, DEFAULT_SELECTOR], marked
+    papers = re.findall(r"^\| `(\w+)` \(the paper's", text, flags=re.M)
+    assert papers == [PRESETS["paper"]["rule"], PRESETS["paper"]["selector"]], papers

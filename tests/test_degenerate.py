@@ -105,3 +105,25 @@ def test_a_full_graph_has_no_notes():
     res = ssa.analyse("digits", "digits", 3, rule="gradient_x_activation", selector="mad")
     assert {d["tap"] for _, d in res.graph.nodes(data=True)} >= {"features.1"} and res.notes == ()
     assert "note:" not in res.summary()
+
+
+def test_notes_never_advise_the_rule_in_use():
+    """Issue 18, item 15: the rule that made the graph is never the advice (tried with a step whose relevance is
+    zero on every image, and the summary's never-fire note)."""
+    from dataclasses import replace
+
+    from ssa.core.defaults import DEFAULT_RULE
+    from ssa.core.traversal import explain_stop
+    from ssa.plugins import make_rule, make_selector
+
+    res = ssa.analyse(never_firing(), _x(200), 3, rule="gradient", selector="tukey")
+    net = ssa.load_model(never_firing())
+    net.prepare(_x(8))
+    first = res.steps[0]
+    zero = replace(first, mean_array=np.zeros_like(np.asarray(first.mean_array)), kept_sign=np.zeros(0, np.int64))
+    active = {first.upper: np.ones(10)}
+    for rule, advised in (("gradient", True), (DEFAULT_RULE, False)):
+        (note,) = explain_stop(net.taps, [zero], active, make_rule(rule), make_selector("tukey"))
+        assert "is zero on every image" in note and (f"--rule {DEFAULT_RULE}" in note) == advised, note
+        (line,) = [ln for ln in replace(res, rule=rule, notes=()).summary().splitlines() if "never fire on the c" in ln]
+        assert (f"--rule {DEFAULT_RULE}" in line) == advised, line

@@ -136,10 +136,12 @@ def runs(work):
     ("selector", r"different selector: class-3(\.json)? tukey, class-5(\.json)? mad;"),
     ("params", r"different selector parameters: class-3(\.json)? \{\"k\": 1.5, .*\{\"k\": 1.0,"),
     ("branching", r"different branching factor: class-3(\.json)? 3, class-5(\.json)? 2;"),
-    ("images", r"different image set: class-3(\.json)? [0-9a-f]{12}, class-5(\.json)? [0-9a-f]{12};"),
+    # one class from two image sets (graphs of different classes may come from one image file per class)
+    ("images", r"different image set: class-3(\.json)? [0-9a-f]{12}, class-3(\.json)? [0-9a-f]{12};"),
 ])
 def test_mixed_runs_are_refused_unless_allow_mixed(runs, capsys, tmp_path, variant, words):
-    argv = ["compare", str(runs["base"] / "class-3.json"), str(runs[variant] / "class-5.json")]
+    other = "class-3.json" if variant == "images" else "class-5.json"
+    argv = ["compare", str(runs["base"] / "class-3.json"), str(runs[variant] / other)]
     assert main(argv) == 2
     line = _error(capsys)
     assert re.search(words, line) and "--allow-mixed" in line, line
@@ -148,6 +150,52 @@ def test_mixed_runs_are_refused_unless_allow_mixed(runs, capsys, tmp_path, varia
     assert main(["report", *argv[1:], "--out", str(tmp_path / "r.html")]) == 2
     assert re.search(words, _error(capsys)) and not (tmp_path / "r.html").exists()
     assert main(["report", *argv[1:], "--out", str(tmp_path / "r.html"), "--allow-mixed"]) == 0
+
+
+def test_classes_from_their_own_image_files_compare(work, runs, capsys, tmp_path):
+    """Issue 18, item 11: graphs of different classes, each built from its own image set (one file per class, the
+    paper's set-up), compare without --allow-mixed; the run parameters are still checked."""
+    graphs = [str(runs["base"] / "class-3.json"), str(runs["images"] / "class-5.json")]
+    assert main(["compare", *graphs]) == 0
+    assert "2 graphs of" in capsys.readouterr().out
+    assert main(["report", *graphs, "--out", str(tmp_path / "r.html")]) == 0 and (tmp_path / "r.html").is_file()
+    capsys.readouterr()
+    assert main(["compare", *graphs, str(runs["rule"] / "class-5.json")]) == 2
+    assert "different rule" in _error(capsys)
+    # and one .npy file per class, analysed class by class
+    x, y = np.load(work / "x.npy"), np.load(work / "y.npy")
+    for c in (3, 5):
+        np.save(tmp_path / f"x{c}.npy", x[y == c])
+        assert main(["analyse", "digits", "--images", str(tmp_path / f"x{c}.npy"), "-t", str(c), "-q", "--out",
+                     str(tmp_path / f"g{c}.json")]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "g3.json"), str(tmp_path / "g5.json")]) == 0, _error(capsys)
+
+
+def test_classes_from_files_decoded_differently_are_refused(tmp_path, capsys):
+    """Issue 18, item 11: the guard is about the preprocessing too (graphs record how image files were decoded)."""
+    from PIL import Image
+
+    from ssa.io.preprocess import describe_preprocess
+
+    x, y = digits_data()
+    for c in (3, 5):
+        (tmp_path / "imgs" / str(c)).mkdir(parents=True)
+        for i, im in enumerate(x[y == c][:12]):
+            Image.fromarray(np.uint8(np.round(im[0] * 255))).save(tmp_path / "imgs" / str(c) / f"{i}.png")
+    base = ["analyse", "digits", "--images", str(tmp_path / "imgs"), "--channels", "1", "-q", "--selector", "tukey"]
+    assert main(base + ["-t", "3", "-o", str(tmp_path / "g3.json")]) == 0
+    assert main(base + ["-t", "5", "-o", str(tmp_path / "g5.json")]) == 0
+    assert main(base + ["-t", "5", "--mean", "0.1", "-o", str(tmp_path / "g5-mean.json")]) == 0
+    g3 = ssa.read_graph(tmp_path / "g3.json")
+    assert g3.run.preprocess == describe_preprocess(ssa.Preprocess(channels=1)), g3.run.preprocess
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "g3.json"), str(tmp_path / "g5.json")]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "g3.json"), str(tmp_path / "g5-mean.json")]) == 2
+    line = _error(capsys)
+    assert "different preprocessing" in line and "--allow-mixed" in line, line
+    assert main(["compare", str(tmp_path / "g3.json"), str(tmp_path / "g5-mean.json"), "--allow-mixed"]) == 0
 
 
 def test_figures_refuse_other_images_and_mixed_compare_graphs(work, runs, capsys, tmp_path):

@@ -129,7 +129,13 @@ def _load_proto(path: Path):
             f"{path.name!r} is not a readable ONNX file (protobuf decoding failed: truncated or not ONNX); "
             "re-export or re-download it."
         ) from None
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, onnx.checker.ValidationError) as exc:
+        missing = _missing_external_data(path)
+        if missing is not None:
+            raise ModelLoadError(
+                f"{path.name!r} keeps its weights in the external data file {missing.name!r}, which is missing (looked "
+                f"for {str(missing)!r}); put that file next to the model, or re-export the model with the weights "
+                "inside.") from None
         raise ModelLoadError(
             f"cannot read {path.name!r} as ONNX ({_first_line(exc)}); re-export or re-download it.") from None
     if proto.ir_version < 3 or len(proto.graph.node) == 0 or not proto.opset_import:
@@ -138,6 +144,23 @@ def _load_proto(path: Path):
             "pass an .onnx file written by an ONNX exporter."
         )
     return proto
+
+
+def _missing_external_data(path: Path) -> Path | None:
+    """The first external data file the model at ``path`` names that does not exist (None: none is missing)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not readable even without its data: the caller says so
+        return None
+    for tensor in proto.graph.initializer:  # where exporters put the weights they write outside
+        if uses_external_data(tensor):
+            where = path.resolve().parent / ExternalDataInfo(tensor).location
+            if not where.is_file():
+                return where
+    return None
 
 
 def _check(proto, path: Path) -> None:

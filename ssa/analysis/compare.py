@@ -36,6 +36,7 @@ from scipy.cluster.hierarchy import leaves_list, linkage
 
 from ssa.analysis._common import as_graph
 from ssa.core import display
+from ssa.core.defaults import other_rule_advice
 from ssa.core.graph import RUN_PARAMETERS, DependencyGraph, RunInfo, jaccard
 from ssa.core.interfaces import Network
 from ssa.errors import InvalidInputError
@@ -88,7 +89,7 @@ def graph_labels(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
 _WORDS = {"rule": "rule", "rule_params": "rule parameters", "selector": "selector",
           "selector_params": "selector parameters", "branching": "branching factor", "images_hash": "image set",
           "grouping": "image grouping", "min_confidence": "--min-confidence", "max_per_class": "--max-per-class",
-          "stop_at": "--stop-at", "tap_neurons": "taps"}
+          "stop_at": "--stop-at", "tap_neurons": "taps", "preprocess": "preprocessing"}
 #: run parameters whose None is a value ("not set"), compared like any other
 _NONE_IS_A_VALUE = ("stop_at", "min_confidence", "max_per_class")
 
@@ -130,17 +131,21 @@ def same_run(graphs: Sequence[nx.DiGraph], names: Sequence[str], flag: str = "--
     """Refuse graphs made with different run parameters (:data:`ssa.core.graph.RUN_PARAMETERS`: rules, selectors,
     their parameters, branching factors, image sets, ...) or taps.
 
-    A parameter a graph does not record (written by an older ssa) is not compared.
+    A parameter a graph does not record (written by an older ssa) is not compared. The image set is compared
+    only between graphs of one class: graphs of different classes may come from one image file per class (the
+    paper's set-up), so their image sets are expected to differ.
     """
     runs = [g.run for g in _graphs(graphs)]
     for key in (*RUN_PARAMETERS, "tap_neurons"):
         values = [getattr(run, key) for run in runs]
         if not all(_recorded(key, v) for v in values):
             continue
-        for name, v in zip(names[1:], values[1:], strict=True):
-            if v != values[0]:
+        for i, (name, v) in enumerate(zip(names, values, strict=True)):
+            # the first graph before it that must agree: the first graph, or (image set) the first of its class
+            j = next(j for j in range(i + 1) if key != "images_hash" or runs[j].target == runs[i].target)
+            if v != values[j]:
                 raise InvalidInputError(
-                    f"the graphs were made with different {_WORDS.get(key, key)}: {names[0]} {_short(values[0])}, "
+                    f"the graphs were made with different {_WORDS.get(key, key)}: {names[j]} {_short(values[j])}, "
                     f"{name} {_short(v)}; compare graphs of one run (ssa analyse --targets ...), or pass {flag} to "
                     "compare them anyway.")
 
@@ -162,7 +167,7 @@ def check_graphs(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
             who = ", ".join(str(n) for n in g.nodes) or "no node at all"
             raise InvalidInputError(
                 f"{name} is an empty graph (only the class node: {who}); nothing to compare. Re-run `ssa analyse` "
-                "with more images, --rule gradient_x_activation, or a lower selector threshold, or leave it out.")
+                f"with more images, {other_rule_advice(g.run.rule)}a lower selector threshold, or leave it out.")
 
 
 def check_graph_network(graph: nx.DiGraph, network: Network, name: str) -> None:

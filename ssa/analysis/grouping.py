@@ -19,7 +19,7 @@ from ssa.io.folders import load_grouped_images
 from ssa.io.images import Preprocess
 from ssa.session import check_target, n_classes
 
-__all__ = ['ClassImages', 'parse_targets', 'class_probabilities', 'group_images', 'images_for_graph']
+__all__ = ['ClassImages', 'parse_targets', 'all_classes', 'class_probabilities', 'group_images', 'images_for_graph']
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,14 @@ def parse_targets(text: str | Sequence[int] | None, n: int | None = None) -> lis
         if n is not None and v >= n:
             raise InvalidInputError(f"--targets must be in [0, {n - 1}] (the model has {n} logits), got {v}.")
     return vals
+
+
+def all_classes(n: int, labels: np.ndarray | None, by_prediction: bool = False) -> list[int]:
+    """What ``--targets all`` means: the classes present in the images (every class with a labelled image), or
+    every logit when the images are grouped by prediction or have no labels."""
+    if labels is None or by_prediction:
+        return list(range(n))
+    return [int(c) for c in np.unique(labels) if 0 <= c < n]
 
 
 def class_probabilities(network: Network, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -26,7 +26,7 @@ from ssa.analysis._common import as_graph, check_count, class_images, read_recor
 from ssa.analysis.ablation import Interval, Scorer, check_ablation, draw_donors, interval
 from ssa.analysis.curves import CURVE_COLUMNS, Areas, CurvePoint, areas, curve_records, sweep
 from ssa.analysis.faithfulness import Faithfulness, faithfulness, make_scorer, scope_taps
-from ssa.analysis.grouping import parse_targets
+from ssa.analysis.grouping import all_classes, parse_targets
 from ssa.analysis.split import check_split, split_images
 from ssa.analysis.stability import Stability, stability
 from ssa.core.checks import check_int
@@ -238,7 +238,7 @@ def compare_strategies(sessions: Session | Sequence[Session], targets: Sequence[
     ----------
     sessions : one :class:`ssa.Session` per rule, of one model and image set (``session.with_rule(...)``
         makes the others from the first). With several targets the sessions need labels.
-    targets : the classes (each once), ``"0,3"``, or ``"all"`` (every logit).
+    targets : the classes (each once), ``"0,3"``, or ``"all"`` (every class the labels name).
     selectors : registered names; default: every installed selector.
     selector_params : per selector name, e.g. ``{"tukey": {"k": 3}}``.
     ablation : one ablation or several (each class's graphs are scored under each).
@@ -312,7 +312,7 @@ def check_strategies(sessions: Session | Sequence[Session], targets: Sequence[in
             f"several targets ({wanted if isinstance(wanted, str) else ', '.join(map(str, wanted))}) need labels to "
             "pick each class's images; pass --labels labels.npy or evaluate one target.")
     n = n_classes(network)
-    checked = list(range(n)) if isinstance(wanted, str) else parse_targets(wanted, n)  # str: "all"
+    checked = all_classes(n, first.labels) if isinstance(wanted, str) else parse_targets(wanted, n)  # str: "all"
     assert not isinstance(checked, str)
     scope_taps(network, stop_at)  # an unknown stop_at is refused here
     for target in checked:

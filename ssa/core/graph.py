@@ -14,7 +14,9 @@ Edge attributes (:class:`EdgeInfo`): ``frequency``, ``relevance``, ``sign``.
 Graph attributes (:class:`RunInfo`): ``schema``, ``target``, ``n_images``, ``branching``, ``rule``,
 ``rule_params``, ``selector``, ``selector_params``, ``model`` (display name), ``model_hash``,
 ``images_hash``, ``stop_at``, ``tap_neurons`` (neurons per tap), ``notes`` (why a graph stops early),
-``grouping``, ``min_confidence``, ``max_per_class`` (how the class's images were chosen). In memory
+``grouping``, ``min_confidence``, ``max_per_class`` (how the class's images were chosen), ``class_map``
+(for class folders: ``{folder: class index}``, the labels the run used; see :mod:`ssa.io.classmap`),
+``preprocess`` (for image files: how they were decoded, :func:`ssa.io.preprocess.describe_preprocess`). In memory
 they are plain Python values (dicts, lists); :mod:`ssa.io.graphs` writes and reads them exactly.
 
 Similarity of two node sets is :func:`jaccard`, with one convention for empty sets everywhere.
@@ -44,7 +46,7 @@ SCHEMA_VERSION = 1
 #: The graph attributes that say how a graph was made; graphs to be compared should agree on them
 #: (``ssa compare`` refuses a difference unless ``--allow-mixed``).
 RUN_PARAMETERS = ("rule", "rule_params", "selector", "selector_params", "branching", "images_hash", "grouping",
-                  "min_confidence", "max_per_class", "stop_at")
+                  "min_confidence", "max_per_class", "stop_at", "preprocess")
 
 _JSON_ATTRS = ("rule_params", "selector_params", "tap_neurons", "notes")
 
@@ -95,6 +97,8 @@ class RunInfo:
     grouping: str | None = None
     min_confidence: float | None = None
     max_per_class: int | None = None
+    class_map: Mapping[str, int] = field(default_factory=dict)
+    preprocess: str | None = None
     schema: int = SCHEMA_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -121,7 +125,7 @@ def normalise_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = _parsed(out[key])
     if "notes" in out and out["notes"] is not None:
         out["notes"] = list(out["notes"])
-    for key in ("stop_at", "images_hash", "model_hash", "grouping", "min_confidence", "max_per_class"):
+    for key in ("stop_at", "images_hash", "model_hash", "grouping", "min_confidence", "max_per_class", "preprocess"):
         if out.get(key) == "null" or out.get(key) == "":
             out[key] = None
     out["schema"] = SCHEMA_VERSION
@@ -158,6 +162,7 @@ class DependencyGraph(nx.DiGraph):  # type: ignore[type-arg]  # networkx.DiGraph
         kwargs["rule_params"] = dict(kwargs.get("rule_params") or {})
         kwargs["selector_params"] = dict(kwargs.get("selector_params") or {})
         kwargs["tap_neurons"] = {str(k): int(v) for k, v in dict(kwargs.get("tap_neurons") or {}).items()}
+        kwargs["class_map"] = {str(k): int(v) for k, v in dict(kwargs.get("class_map") or {}).items()}
         kwargs.setdefault("target", int(attrs.get("target", -1)))
         kwargs.setdefault("n_images", int(attrs.get("n_images", 0)))
         return RunInfo(**kwargs, extra={k: v for k, v in attrs.items() if k not in known})

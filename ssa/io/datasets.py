@@ -35,8 +35,10 @@ import numpy as np
 
 from ssa.core.checks import check_labels
 from ssa.errors import InvalidInputError
-from ssa.io.folders import class_folders
-from ssa.io.images import IMAGE_SUFFIXES, Preprocess, normalise, read_pixels
+from ssa.io.classmap import ClassMap
+from ssa.io.folders import class_folders, folder_class_map
+from ssa.io.images import IMAGE_SUFFIXES, Preprocess, normalise, read_npy, read_pixels
+from ssa.io.preprocess import describe_preprocess
 
 __all__ = ["ImageSource", "FolderSource", "ArraySource", "open_source", "iter_batches", "StreamHash", "DecodeStats",
            "decode_image", "normalise", "read_labels_file", "DECODERS"]
@@ -60,11 +62,7 @@ def read_labels_file(path: str | os.PathLike, names: Sequence[str]) -> np.ndarra
     if not p.is_file():
         raise InvalidInputError(f"labels file {str(p)!r} does not exist; pass a .npy or text file of labels.")
     if p.suffix.lower() == ".npy":
-        try:
-            lab = np.load(p, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise InvalidInputError(f"cannot read {str(p)!r} as a .npy array ({str(exc).splitlines()[0]}).") from None
-        return check_labels(lab, len(names))
+        return check_labels(read_npy(p, what="labels"), len(names))
     lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
     pairs = [ln.replace(",", " ").split() for ln in lines]
     if pairs and all(len(x) == 1 for x in pairs):
@@ -97,10 +95,12 @@ class ImageSource:
     ----------
     labels : int64 array, one per image, or None.
     class_names : ``{class index: name}`` where the classes have names (class folders), else empty.
+    class_map : ``{folder: class index}`` of class folders (the labels a run used, recorded in graphs), else empty.
     """
 
     labels: np.ndarray | None = None
     class_names: dict[int, str] = {}
+    class_map: dict[str, int] = {}
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -124,6 +124,10 @@ class ImageSource:
     def name_of(self, i: int) -> str:
         return f"#{i}"
 
+    def preprocessing(self) -> str | None:
+        """How image files are decoded (recorded in graphs), or None for arrays (used as they are)."""
+        return None
+
 
 @dataclass(frozen=True, eq=False)
 class FolderSource(ImageSource):
@@ -135,6 +139,7 @@ class FolderSource(ImageSource):
     labels: np.ndarray | None = None
     class_names: dict[int, str] = field(default_factory=dict)
     decoder: str = "pil"
+    class_map: dict[str, int] = field(default_factory=dict)  # class folders: {folder: class}, recorded in graphs
     device: str = "cpu"
 
     def __len__(self) -> int:
@@ -145,6 +150,9 @@ class FolderSource(ImageSource):
 
     def name_of(self, i: int) -> str:
         return str(self.root / self.files[i])
+
+    def preprocessing(self) -> str | None:
+        return describe_preprocess(self.preprocess)
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> FolderSource:
         idx = np.asarray(indices, dtype=np.int64)
@@ -235,34 +243,24 @@ def _open_array(path: str | None, builtin: str | None) -> np.ndarray:
         return digits_data()[0]
     if path is None:
         raise InvalidInputError("an array image source needs a .npy path or a built-in image set; pass one.")
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InvalidInputError(f"cannot read {path!r} as a .npy array ({str(exc).splitlines()[0]}); save it with "
-                                "numpy.save.") from None
+    return read_npy(path, mmap=True)
 
 
-def _index_class_folders(root: Path) -> tuple[list[str], np.ndarray, dict[int, str]] | None:
-    """Files, labels and class names of a folder with one sub-folder per class; None for other folders."""
-    numbered = class_folders(root)
-    if numbered is not None:
-        folders = {c: d.name for c, d in numbered.items()}
-    else:
-        subs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if not subs or any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in root.iterdir()):
-            return None
-        folders = dict(enumerate(subs))  # torchvision's ImageFolder: classes numbered in sorted name order
+def _index_class_folders(root: Path, labels: Any) -> tuple[list[str], np.ndarray, dict[str, int]] | None:
+    """Files, labels and ``{folder: class}`` of a folder with one sub-folder per class; None for other folders."""
+    folders = class_folders(root, labels)
+    if folders is None:
+        return None
     files: list[str] = []
-    labels: list[int] = []
-    for c, name in folders.items():
+    out: list[int] = []
+    for name, c in folders.items():
         names = sorted(p.name for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not names:
             raise InvalidInputError(f"folder {str(root / name)!r} holds no PNG/JPEG files; put the class's images "
                                     "there or remove the folder.")
         files.extend(f"{name}/{n}" for n in names)
-        labels.extend([c] * len(names))
-    class_names = {} if numbered is not None else dict(folders)
-    return files, np.asarray(labels, dtype=np.int64), class_names
+        out.extend([c] * len(names))
+    return files, np.asarray(out, dtype=np.int64), folders
 
 
 def open_source(spec: Any, *, labels: Any = None, preprocess: Preprocess | None = None) -> ImageSource:
@@ -271,6 +269,8 @@ def open_source(spec: Any, *, labels: Any = None, preprocess: Preprocess | None 
     pre = preprocess or Preprocess()
     if isinstance(spec, ImageSource):
         return spec
+    if isinstance(labels, ClassMap):
+        folder_class_map(spec, labels)  # refuses a class map for images that are not class folders
     if isinstance(spec, (str, os.PathLike)):
         s = os.fspath(spec)
         if s == "digits":
@@ -283,13 +283,15 @@ def open_source(spec: Any, *, labels: Any = None, preprocess: Preprocess | None 
         if not path.exists():
             raise InvalidInputError(f"images {s!r} do not exist; pass a .npy file or a folder of PNG/JPEG files.")
         if path.is_dir():
-            grouped = _index_class_folders(path)
+            grouped = _index_class_folders(path, labels)
             if grouped is not None:
-                if labels is not None:
+                if labels is not None and not isinstance(labels, ClassMap):
                     raise InvalidInputError("--labels cannot be combined with class sub-folders; the folder names "
-                                            "are the labels. Drop --labels.")
-                files, folder_labels, names = grouped
-                return FolderSource(path, tuple(files), pre, folder_labels, names)
+                                            "are the labels (--class-map says which folder is which class). Drop "
+                                            "--labels.")
+                files, folder_labels, folders = grouped
+                return FolderSource(path, tuple(files), pre, folder_labels, {c: n for n, c in folders.items()},
+                                    class_map=folders)
             names_ = sorted(p.name for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not names_:
                 raise InvalidInputError(f"folder {s!r} holds no PNG/JPEG files and no class sub-folders; put the "
@@ -316,11 +318,7 @@ def _array_labels(labels: Any, n: int) -> np.ndarray | None:
     if labels is None:
         return None
     if isinstance(labels, (str, os.PathLike)):
-        try:
-            labels = np.load(labels, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise InvalidInputError(f"cannot read labels {os.fspath(labels)!r} ({str(exc).splitlines()[0]}); save "
-                                    "them with numpy.save.") from None
+        labels = read_npy(labels, what="labels")
     return check_labels(np.asarray(labels), n)
 
 

@@ -12,9 +12,11 @@ import numpy as np
 from ssa.core.checks import check_labels, looks_unscaled
 from ssa.errors import InvalidInputError, SSAWarning
 
-__all__ = ["Preprocess", "validate_images", "load_images", "select_class", "IMAGE_SUFFIXES"]
+__all__ = ["Preprocess", "validate_images", "load_images", "select_class", "read_npy", "IMAGE_SUFFIXES"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Pillow modes of 8 bits per sample, read through ``convert("L" / "RGB")``; others by :func:`_wide_as_float`
+_EIGHT_BIT_MODES = ("1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 _INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
 
 
@@ -97,12 +99,23 @@ def validate_images(images: object, *, source: str = "images") -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _read_npy(path: Path) -> np.ndarray:
+def read_npy(path: str | os.PathLike, *, mmap: bool = False, what: str = "images") -> np.ndarray:
+    """The array of a ``.npy`` file (memory-mapped with ``mmap``); one line naming the file and the fix when it
+    is not one (a ``.npz`` archive renamed, a pickle, text)."""
     try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InvalidInputError(f"cannot read {str(path)!r} as a .npy array ({str(exc).splitlines()[0]}); save it with "
-                                "numpy.save.") from None
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InvalidInputError(f"cannot read {os.fspath(path)!r} as a .npy array ({str(exc).splitlines()[0]}); save "
+                                "it with numpy.save.") from None
+    if isinstance(arr, np.lib.npyio.NpzFile):  # numpy reads by content: a .npz archive whatever its name
+        names = list(arr.files)
+        arr.close()
+        first = names[0] if names else "images"
+        raise InvalidInputError(
+            f"{os.fspath(path)!r} is a .npz archive of {len(names)} array(s) ({', '.join(names[:5]) or 'none'}), not "
+            f"a .npy array; save the {what} as one .npy file, e.g. numpy.save('{what}.npy', "
+            f"numpy.load('{Path(path).name}')['{first}']).")
+    return arr
 
 
 def _geometry(im, pre: Preprocess) -> np.ndarray:
@@ -127,8 +140,8 @@ def _geometry(im, pre: Preprocess) -> np.ndarray:
         ratio = min(tw / w, th / h)
         nw, nh = max(1, round(w * ratio)), max(1, round(h * ratio))
         im = im.resize((nw, nh), resample)
-        fill = int(round(pre.pad_value))
-        canvas = Image.new(im.mode, (tw, th), fill if im.mode == "L" else (fill,) * len(im.getbands()))
+        fill: float = pre.pad_value if im.mode == "F" else int(round(pre.pad_value))
+        canvas = Image.new(im.mode, (tw, th), fill if len(im.getbands()) == 1 else (fill,) * len(im.getbands()))
         canvas.paste(im, ((tw - nw) // 2, (th - nh) // 2))
         im = canvas
     if pre.crop is not None:
@@ -149,12 +162,51 @@ def read_pixels(path: str | os.PathLike, pre: Preprocess) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError  # Pillow: only when files are read
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if pre.channels == 1 else "RGB")
-            a = _geometry(im, pre)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, not decoded with a warning
+            with Image.open(path) as im:
+                if im.mode in _EIGHT_BIT_MODES:
+                    a = _geometry(im.convert("L" if pre.channels == 1 else "RGB"), pre)
+                else:  # 16-bit or float: the full range, on the 0-255 scale of an 8-bit copy
+                    a = _geometry(_wide_as_float(im, path), pre)
+                    if pre.channels == 3:
+                        a = np.repeat(a[:, :, None], 3, axis=2)  # grey to RGB, as convert("RGB") does
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidInputError(
+            f"image {str(path)!r} declares more than {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's limit against "
+            "decompression bombs; shrink it (or crop it) to a sensible size, or remove it.") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise InvalidInputError(f"cannot read image {str(path)!r} ({type(exc).__name__}); remove or fix it.") from None
     return a[:, :, None] if a.ndim == 2 else a
+
+
+def _wide_as_float(im, path: str | os.PathLike):
+    """A grey image of more than 8 bits per sample (16-bit PNG/TIFF: modes ``I;16*`` and ``I``; float TIFF:
+    ``F``) as a float image (mode ``F``) on the 0-255 scale an 8-bit copy has: 16-bit values times 255/65535,
+    float values in [0, 1] times 255. Anything else is refused (one line), never clipped."""
+    from PIL import Image
+
+    name = str(path)
+    arr = np.asarray(im)
+    if im.mode.startswith("I"):  # I;16, I;16B, I;16L, I (Pillow's 32-bit integers, e.g. an older 16-bit PNG)
+        ilo, ihi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if ilo < 0 or ihi > 65535:
+            raise InvalidInputError(f"image {name!r} holds {im.mode} integers from {ilo} to {ihi}, outside the 16-bit "
+                                    "range ssa reads (0-65535); save it as 8-bit or 16-bit PNG/TIFF, or as float "
+                                    "in [0, 1].")
+        scaled = arr.astype(np.float64) * (255.0 / 65535.0)
+    elif im.mode == "F":
+        finite = np.isfinite(arr).all()
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size and finite else (0.0, 0.0)
+        if not finite or lo < 0.0 or hi > 1.0:
+            what = "NaN or infinite values" if not finite else f"values from {lo:g} to {hi:g}"
+            raise InvalidInputError(f"float image {name!r} holds {what}; ssa reads float images in [0, 1] (as an "
+                                    "8-bit copy's 0-255); rescale it to [0, 1], or save it as 8-bit or 16-bit.")
+        scaled = arr.astype(np.float64) * 255.0
+    else:
+        raise InvalidInputError(f"image {name!r} has Pillow mode {im.mode!r}, which ssa cannot read faithfully; "
+                                "save it as 8-bit or 16-bit PNG/TIFF (grey or RGB), or as a float TIFF in [0, 1].")
+    return Image.fromarray(scaled.astype(np.float32), mode="F")
 
 
 def normalise(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
@@ -214,13 +266,13 @@ def load_images(spec: object, *, target: int | None = None, preprocess: Preproce
                 arr, _ = _read_folder(path, preprocess or Preprocess())
                 raw = False
             elif path.suffix.lower() == ".npy":
-                arr = _read_npy(path)
+                arr = read_npy(path)
             else:
                 raise InvalidInputError(f"images must be a .npy file or a folder of PNG/JPEG files, got {path.name!r}.")
     else:
         arr = spec  # type: ignore[assignment]
     if labels is not None:
-        lab = np.asarray(_read_npy(Path(labels)) if isinstance(labels, (str, os.PathLike)) else labels)
+        lab = np.asarray(read_npy(labels, what="labels") if isinstance(labels, (str, os.PathLike)) else labels)
     arr = validate_images(arr)
     why = looks_unscaled(arr) if raw else None
     if why is not None:

@@ -58,7 +58,9 @@ def analyse_to_folder(model: Any, images: Any, targets: str | Sequence[int], out
         source = open_source(images, labels=labels, preprocess=preprocess)
         spec, network = load_driver_model(model, source, backend=backend, device=device, options=options,
                                           images_spec=images, preprocess=preprocess)
-        classes = resolve_classes(network, targets, stop_at)
+        classes = resolve_classes(network, targets, stop_at, source, selection)
+        if source.class_map:
+            memo.remember("class_map", dict(source.class_map))  # the labels the run used, in the folder's manifest
         candidates, images_hash = class_candidates(network, source, classes, selection, memo=memo,
                                                    model_hash=spec.model_hash, batch_size=batch_size,
                                                    workers=decode_workers, progress=progress)

@@ -315,6 +315,10 @@ def run_class_job(job: ClassJob, worker: Worker) -> JobResult:
                 attrs = res.graph.graph
                 attrs["images_hash"] = job.images_hash  # the whole set's, as `ssa analyse --targets` records it
                 attrs["grouping"] = job.selection.grouping
+                if job.images.class_map:
+                    attrs["class_map"] = dict(job.images.class_map)  # the labels the run used (class folders)
+                if job.images.preprocessing() is not None:
+                    attrs["preprocess"] = job.images.preprocessing()
                 if job.selection.min_confidence is not None:
                     attrs["min_confidence"] = float(job.selection.min_confidence)
                 if job.selection.max_images is not None:

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from ssa.analysis.grouping import class_probabilities, parse_targets
+from ssa.analysis.grouping import all_classes, class_probabilities, parse_targets
 from ssa.core.checks import check_int
 from ssa.core.interfaces import Network
 from ssa.errors import InvalidInputError
+from ssa.io.classmap import check_class_count
 from ssa.io.datasets import ImageSource, StreamHash, content_hash, iter_batches
 from ssa.io.outdir import OutputDir
 from ssa.scale.jobs import WRITE_LOG_ENV, ClassJob, Method, ModelSpec, Output, Selection, job_key
@@ -71,11 +72,18 @@ def release_device_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def resolve_classes(network: Network, targets: str | Sequence[int], stop_at: str | None = None) -> list[int]:
-    """The classes ``targets`` names (``"all"``: every logit), checked against the model's logits and taps."""
+def resolve_classes(network: Network, targets: str | Sequence[int], stop_at: str | None = None,
+                    source: ImageSource | None = None, selection: Selection | None = None) -> list[int]:
+    """The classes ``targets`` names (``"all"``: the classes present in ``source``'s labels, or every logit when
+    grouping by prediction or without labels), checked against the model's logits and taps; class folders whose
+    class is not a logit are refused."""
     n = n_classes(network)
+    if source is not None:
+        check_class_count(source.class_map, n)
     wanted = parse_targets(targets) if isinstance(targets, str) else parse_targets(list(targets))
-    chosen = list(range(n)) if isinstance(wanted, str) else parse_targets(wanted, n)
+    by_prediction = selection is not None and selection.grouping == "prediction"
+    labels = None if source is None else source.labels
+    chosen = all_classes(n, labels, by_prediction) if isinstance(wanted, str) else parse_targets(wanted, n)
     assert not isinstance(chosen, str)  # only the text "all" stays a string
     classes = list(chosen)
     for c in classes:

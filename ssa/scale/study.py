@@ -16,6 +16,7 @@ A study file (TOML; relative paths are relative to the file) says::
     [images]
     path = "imagenet/train"           # class sub-folders, a flat folder (+ labels), a .npy file, or "digits"
     labels = "labels.txt"             # flat folders and .npy files
+    class_map = "imagenet"            # class sub-folders: which is which class (or a .json/.csv file)
     preprocess = "torchvision"        # a preset, a .json/.toml file, or an inline table (ssa/io/preprocess.py)
     decode_workers = 4                # image-decoding processes per worker
     decoder = "pil"                   # or "gpu" (torchvision's nvJPEG decoder on the job's CUDA device)
@@ -56,6 +57,7 @@ from typing import Any
 
 from ssa.errors import InvalidInputError, SSAError, SSAWarning
 from ssa.io.atomic import atomic_write_bytes
+from ssa.io.classmap import ClassMap, class_map
 from ssa.io.datasets import DECODERS, FolderSource, open_source
 from ssa.io.outdir import COMPARE_OUTPUTS, OutputDir
 from ssa.io.preprocess import describe_preprocess, resolve_preprocess
@@ -116,7 +118,7 @@ class Study:
                 "batch_size": self.batch_size, "engine": self.engine,
                 "models": [{"name": m.name, "spec": str(m.spec), "backend": m.backend, "options": dict(m.options)}
                            for m in self.models],
-                "images": {"path": str(self.images), "labels": None if self.labels is None else str(self.labels),
+                "images": {"path": str(self.images), **_describe_labels(self.labels),
                            "preprocess": describe_preprocess(self.preprocess), "decoder": self.decoder,
                            "decode_workers": self.decode_workers},
                 "selection": self.selection.as_dict(), "methods": [m.as_dict() | {"label": m.label()}
@@ -212,11 +214,17 @@ def read_study(path: str | os.PathLike, *, out_dir: str | os.PathLike | None = N
     if len(set(names)) != len(names):
         raise _err(p, f"two models are named {next(n for n in names if names.count(n) > 1)!r}; give each a name.")
 
-    im = _table(data, "images", p, ("path", "labels", "preprocess", "decode_workers", "decoder"))
+    im = _table(data, "images", p, ("path", "labels", "class_map", "preprocess", "decode_workers", "decoder"))
     if "path" not in im:
         raise _err(p, "[images] needs path = \"...\" (class sub-folders, a flat folder with labels, .npy or digits).")
     images = _relative(base, im["path"])
     labels = _relative(base, im.get("labels"))
+    if "class_map" in im:
+        if labels is not None:
+            raise _err(p, "[images] labels and class_map cannot be combined: labels are for flat folders and .npy "
+                          "files, class_map for class sub-folders; drop one.")
+        cm = im["class_map"]
+        labels = class_map(cm if not isinstance(cm, str) or cm == "imagenet" else _relative(base, cm))
     pre_spec = im.get("preprocess")
     pre = resolve_preprocess(_relative(base, pre_spec) if isinstance(pre_spec, str) else pre_spec)
     decode_workers = int(im.get("decode_workers", 0))
@@ -307,6 +315,12 @@ def _report(graph_files: list[Path], path: Path, title: str) -> Path:
     return write_report(path, graphs, names, title=title)
 
 
+def _describe_labels(labels: Any) -> dict[str, Any]:
+    if isinstance(labels, ClassMap):
+        return {"labels": None, "class_map": labels.source}
+    return {"labels": None if labels is None else str(labels)}
+
+
 def run_study(study: Study, runner: LocalRunner | RayRunner | None = None, *, progress: bool = False,
               out=None) -> StudyResult:
     """Run a study (see the module docstring): plan every model's class jobs, run those not done, then the
@@ -316,6 +330,8 @@ def run_study(study: Study, runner: LocalRunner | RayRunner | None = None, *, pr
     say = (lambda text: print(text, file=out)) if out is not None else (lambda text: None)
     with OutputDir(study.out, "study", STUDY_OUTPUTS) as top:
         source = open_source(study.images, labels=study.labels, preprocess=study.preprocess)
+        if source.class_map:
+            top.remember("class_map", dict(source.class_map))  # the labels the run used, in the manifest
         if study.decoder != "pil":
             if not isinstance(source, FolderSource):
                 raise InvalidInputError(f"study file {study.path.name!r}: decoder {study.decoder!r} applies to "
@@ -333,7 +349,7 @@ def run_study(study: Study, runner: LocalRunner | RayRunner | None = None, *, pr
                                                   options=m.options, images_spec=study.images,
                                                   preprocess=study.preprocess)
                 hashes[m.name] = spec.model_hash
-                classes = resolve_classes(network, study.targets, study.methods[0].stop_at)
+                classes = resolve_classes(network, study.targets, study.methods[0].stop_at, source, study.selection)
                 candidates, pred_hash = class_candidates(network, source, classes, study.selection, memo=top,
                                                          model_hash=spec.model_hash, batch_size=study.batch_size,
                                                          workers=study.decode_workers, progress=progress)

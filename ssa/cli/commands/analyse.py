@@ -12,6 +12,7 @@ from ssa.cli.commands.common import (
     add_method_args,
     add_model_args,
     api_options,
+    labels_from,
     model_argument,
     model_spec,
     preprocess_from,
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_output_file(args.out, flag="--out", suffixes=(".json", ".graphml"))
     spec, options = model_spec(args), run_options(args)
-    result = analyse(model_argument(spec), args.images, args.target, labels=args.labels,
+    result = analyse(model_argument(spec), args.images, args.target, labels=labels_from(args),
                      preprocess=preprocess_from(args), **api_options(spec, options))
     if args.out:
         path = result.write(args.out)

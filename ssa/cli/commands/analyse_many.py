@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ssa.analysis.grouping import parse_targets
 from ssa.api import analyse_many
-from ssa.cli.commands.common import api_options, model_argument, model_spec, preprocess_from, run_options
+from ssa.cli.commands.common import api_options, labels_from, model_argument, model_spec, preprocess_from, run_options
 from ssa.errors import InvalidInputError, SSAWarning
 from ssa.io.folders import class_folders
 from ssa.io.paths import check_output_file
@@ -65,7 +65,7 @@ def wants_many(args: argparse.Namespace) -> bool:
     return (args.targets is not None or args.by_prediction or args.min_confidence is not None
             or args.max_per_class is not None or args.out_dir is not None
             or args.ray or args.ray_address is not None or args.workers is not None
-            or (args.images != "digits" and class_folders(args.images) is not None))
+            or class_folders(args.images, labels_from(args)) is not None)
 
 
 def run_many(args: argparse.Namespace) -> int:
@@ -87,7 +87,7 @@ def _run_folder(args: argparse.Namespace) -> int:
     targets = parse_targets(args.targets) if args.targets is not None else [args.target]
     runner = make_runner(args.ray, args.ray_address, workers=args.workers, device=args.device)
     spec, options = model_spec(args), run_options(args)
-    report = analyse_to_folder(spec.source, args.images, targets, args.out_dir, labels=args.labels,
+    report = analyse_to_folder(spec.source, args.images, targets, args.out_dir, labels=labels_from(args),
                                by_prediction=args.by_prediction, min_confidence=args.min_confidence,
                                max_per_class=args.max_per_class, preprocess=preprocess_from(args), runner=runner,
                                decode_workers=decode_workers, **api_options(spec, options), **spec.options)
@@ -115,7 +115,7 @@ def _run_folder(args: argparse.Namespace) -> int:
 def _run_many(args: argparse.Namespace) -> int:
     targets = parse_targets(args.targets) if args.targets is not None else [args.target]
     spec, options = model_spec(args), run_options(args)
-    results = analyse_many(model_argument(spec), args.images, targets, labels=args.labels,
+    results = analyse_many(model_argument(spec), args.images, targets, labels=labels_from(args),
                            by_prediction=args.by_prediction, min_confidence=args.min_confidence,
                            max_per_class=args.max_per_class, preprocess=preprocess_from(args),
                            **api_options(spec, options))

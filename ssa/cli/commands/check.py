@@ -10,6 +10,7 @@ from ssa.cli.commands.common import (
     add_image_args,
     add_model_args,
     check_folder_options,
+    labels_from,
     load_network,
     model_spec,
     parse_ints,
@@ -17,7 +18,7 @@ from ssa.cli.commands.common import (
 )
 from ssa.core.capabilities import SupportsCheckReport, SupportsClosedFormSummary, SupportsDefaultInputShape
 from ssa.errors import InvalidInputError
-from ssa.io.images import load_images
+from ssa.io.folders import load_grouped_images
 from ssa.session import prepare_network
 
 
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     check_folder_options(args)
     network = load_network(model_spec(args))
     if args.images:
-        images, _ = load_images(args.images, preprocess=preprocess_from(args), labels=args.labels)
+        images, _ = load_grouped_images(args.images, preprocess=preprocess_from(args), labels=labels_from(args))
         images = images[: max(1, min(len(images), args.batch_size))]
     else:
         shape = parse_ints(args.input_shape, "--input-shape", minimum=1)

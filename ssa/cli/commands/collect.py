@@ -7,6 +7,7 @@ import argparse
 from ssa.cli.commands.common import (
     add_image_args,
     add_model_args,
+    labels_from,
     load_network,
     model_spec,
     preprocess_from,
@@ -15,7 +16,7 @@ from ssa.core.defaults import DEFAULT_RULE
 from ssa.engines.statistics import collect, verify_store
 from ssa.engines.store import check_store_root, default_store_root
 from ssa.errors import InvalidInputError
-from ssa.io.images import load_images
+from ssa.io.folders import load_grouped_images
 from ssa.plugins import make_rule
 from ssa.session import open_store, prepare_network, store_meta
 
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         forms.append(r.form)
     forms = list(dict.fromkeys(forms))
     network = load_network(model_spec(args))
-    images, _ = load_images(args.images, preprocess=preprocess_from(args), labels=args.labels)
+    images, _ = load_grouped_images(args.images, preprocess=preprocess_from(args), labels=labels_from(args))
     prepare_network(network, images, images_spec=args.images, preprocess=preprocess_from(args))
     if not network.fast_taps():
         raise InvalidInputError("no step of this model has the closed form; `ssa analyse` uses autograd directly.")

@@ -18,6 +18,8 @@ from ssa.core.interfaces import Network
 from ssa.core.options import ModelSpec, RunOptions
 from ssa.engines.store import check_store_root, default_store_root
 from ssa.errors import InvalidInputError
+from ssa.io.classmap import class_map
+from ssa.io.folders import folder_class_map
 from ssa.io.images import Preprocess
 from ssa.io.preprocess import resolve_preprocess
 from ssa.plugins import model_options as registered_model_options
@@ -26,7 +28,7 @@ from ssa.session import load_model
 
 __all__ = ["check_folder_options", "FOLDER_OPTIONS", "add_engine_args", "add_model_args", "add_image_args",
            "add_method_args", "parse_kv", "parse_ints", "model_spec", "run_options", "load_network",
-           "model_options", "api_options", "model_argument", "preprocess_from"]
+           "model_options", "api_options", "model_argument", "preprocess_from", "labels_from"]
 
 
 def parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
@@ -155,6 +157,10 @@ def add_image_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--images", required=required,
                    help=".npy array shaped and scaled for the model, a folder of PNG/JPEG files, or 'digits'")
     g.add_argument("--labels", default=None, help=".npy of integer labels, one per image (keeps the target's images)")
+    g.add_argument("--class-map", default=None, metavar="MAP",
+                   help="class sub-folders: which folder is which class: 'imagenet' (synset folders n01440764/... in "
+                        "the standard ILSVRC-2012 order) or a .json/.csv file of folder -> class index (default: "
+                        "numbered folders are those classes, other names in sorted order)")
     g.add_argument("--batch-size", type=int, default=None,
                    help="images per forward pass (default 32 on the CPU, 128 with --device cuda)")
     g.add_argument("--preprocess", default=None,
@@ -199,6 +205,20 @@ def check_folder_options(args: argparse.Namespace) -> None:
         other = next(f for f in given if f != "--preprocess")
         raise InvalidInputError(f"{other} cannot be combined with --preprocess, which sets the whole preprocessing; "
                                 f"drop {other}, or write it into a .json/.toml preprocessing config (docs/onnx.md).")
+
+
+def labels_from(args: argparse.Namespace) -> Any:
+    """What the image loaders take as ``labels``: ``--labels``, or the :class:`~ssa.io.classmap.ClassMap` of
+    ``--class-map`` (class folders; refused with --labels, and for images that are not class folders)."""
+    spec = getattr(args, "class_map", None)
+    if spec is None:
+        return getattr(args, "labels", None)
+    if getattr(args, "labels", None) is not None:
+        raise InvalidInputError("--labels and --class-map cannot be combined: --labels labels a flat folder or a .npy "
+                                "file, --class-map a folder of class sub-folders; drop one.")
+    cmap = class_map(spec)
+    folder_class_map(getattr(args, "images", None), cmap)  # refuses images that are not class folders
+    return cmap
 
 
 def preprocess_from(args: argparse.Namespace) -> Preprocess:

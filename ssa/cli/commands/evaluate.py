@@ -28,6 +28,7 @@ from ssa.analysis.strategies import (
 from ssa.cli.commands.common import (
     add_image_args,
     add_model_args,
+    labels_from,
     model_options,
     parse_kv,
     preprocess_from,
@@ -159,8 +160,9 @@ def run(args: argparse.Namespace) -> int:
     selector_params = _resolve(_per_name(args.selector_param, selectors, "selector", "--selector-param"), selectors,
                                "selector", "--selector-param")
     network = load_model(args.model, backend=args.backend, device=args.device, **model_options(args))
-    first = Session(network, args.images, rule=rules[0], rule_params=rule_params.get(rules[0]), labels=args.labels,
-                    preprocess=preprocess_from(args), device=args.device, batch_size=args.batch_size)
+    first = Session(network, args.images, rule=rules[0], rule_params=rule_params.get(rules[0]),
+                    labels=labels_from(args), preprocess=preprocess_from(args), device=args.device,
+                    batch_size=args.batch_size)
     first.prepare()
     loaded, loaded_labels = first.images, first.labels  # the mean and the donors: every loaded image
     if targets != "all" and first.labels is not None:  # statistics only of the evaluated classes' images

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 
 from ssa.analysis.compare import load_graphs
-from ssa.cli.commands.common import add_image_args, add_model_args, load_network, model_spec, preprocess_from
+from ssa.cli.commands.common import (
+    add_image_args,
+    add_model_args,
+    labels_from,
+    load_network,
+    model_spec,
+    preprocess_from,
+)
 from ssa.errors import InvalidInputError
 from ssa.io.folders import load_grouped_images
 
@@ -63,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     refs = None
     if args.model is not None:
         network = load_network(model_spec(args))
-        arr, lab = load_grouped_images(args.images, labels=args.labels, preprocess=preprocess_from(args))
+        arr, lab = load_grouped_images(args.images, labels=labels_from(args), preprocess=preprocess_from(args))
         network.prepare(arr)
         other = {str(g.run.model) for g in graphs if g.run.model is not None} - {network.name}
         if other:

@@ -10,6 +10,7 @@ from ssa.analysis.grouping import images_for_graph
 from ssa.cli.commands.common import (
     add_image_args,
     add_model_args,
+    labels_from,
     load_network,
     model_spec,
     preprocess_from,
@@ -71,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         # colour: how many of the graphs (this one and the others) keep each neuron
         kept_by = {n: 1 + sum(n in g for g in others) for n in graph.nodes}
     network = load_network(model_spec(args))
-    arr, lab = load_grouped_images(args.images, labels=args.labels, preprocess=preprocess_from(args))
+    arr, lab = load_grouped_images(args.images, labels=labels_from(args), preprocess=preprocess_from(args))
     prepare_network(network, arr, images_spec=args.images, preprocess=preprocess_from(args))
     check_graph_network(graph, network, Path(args.graph).name)
     check_graph_images(graph, images_hash(arr), Path(args.graph).name, allow_mixed=args.allow_mixed)

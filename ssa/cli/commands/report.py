@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ssa.analysis.compare import load_graphs
-from ssa.cli.commands.common import add_image_args, add_model_args, model_options, preprocess_from
+from ssa.cli.commands.common import add_image_args, add_model_args, labels_from, model_options, preprocess_from
 from ssa.errors import InvalidInputError
 from ssa.io.paths import check_output_file
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--n-images must be >= 1, got {args.n_images}.")
     check_output_file(args.out, flag="--out", suffixes=(".html", ".htm"))
     graphs, names = load_graphs(args.graphs)
-    path = write_report(args.out, graphs, names, model=args.model, images=args.images, labels=args.labels,
+    path = write_report(args.out, graphs, names, model=args.model, images=args.images, labels=labels_from(args),
                         preprocess=preprocess_from(args), fmt=args.format, title=args.title, weight=args.weight,
                         n_images=args.n_images, batch_size=args.batch_size, device=args.device,
                         backend=args.backend, model_options=model_options(args) if args.model else None,
