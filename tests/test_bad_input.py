@@ -42,6 +42,15 @@ CASES: list[tuple[str, list[str], str]] = [
      "cannot tell what model 'foo' is"),
     ("analyse-model-code-raises", ["analyse", "{d}/models.py:raising", "--images", "{d}/x.npy", "-t", "3"],
      "to build the model raised ValueError: no weights here"),
+    ("analyse-model-exits-at-import", ["analyse", "{d}/exits_at_import.py:model", "--images", "{d}/x.npy", "-t", "3",
+                                       "-o", "{d}/prev/g.json"],
+     "importing '{d}/exits_at_import.py' raised SystemExit(0)"),
+    ("analyse-model-exits-when-built", ["analyse", "{d}/models.py:exiting", "--images", "{d}/x.npy", "-t", "3"],
+     "to build the model raised SystemExit(3); model code must not end the process"),
+    ("analyse-model-exits-in-forward", ["analyse", "{d}/models.py:ExitsInForward", "--images", "{d}/x.npy", "-t", "3",
+                                        "-o", "{d}/prev/g.json"], "raised SystemExit(0), which ends the run"),
+    ("analyse-model-generator-exit", ["analyse", "{d}/models.py:GeneratorExitInForward", "--images", "{d}/x.npy",
+                                      "-t", "3"], "raised GeneratorExit, which ends the run"),
     ("analyse-model-static-batch", ["analyse", "{d}/static1.pt2", "--images", "{d}/x.npy", "-t", "3"],
      "exported with a static batch size"),
     ("analyse-model-nan-logits", ["analyse", "{d}/models.py:nan_logits", "--images", "{d}/x.npy", "-t", "3", "-o",
@@ -163,6 +172,8 @@ CASES: list[tuple[str, list[str], str]] = [
      "--bgr applies to --images folders of image files, and no --images was given"),
     ("check-model-missing", ["check", "{d}/nothere.onnx", "--input-shape", "1,8,8"], "nothere.onnx"),
     # --- collect
+    ("collect-model-exits-in-forward", ["collect", "{d}/models.py:ExitsInForward", "--images", "{d}/x.npy", "--store",
+                                        "{d}/store"], "raised SystemExit(0), which ends the run"),
     ("collect-store-is-file", ["collect", "digits", "--images", "{d}/x.npy", "--store", "{d}/afile"],
      "--store '{d}/afile' is a file"),
     ("collect-store-below-file", ["collect", "digits", "--images", "{d}/x.npy", "--store", "{d}/afile/store"],
@@ -277,6 +288,21 @@ def nan_logits():
 def random_digits():
     torch.manual_seed(7)
     return DigitsCNN()
+
+
+def exiting():
+    raise SystemExit(3)
+
+
+class ExitsInForward(DigitsCNN):
+    def forward(self, x):
+        import sys
+        sys.exit(0)
+
+
+class GeneratorExitInForward(DigitsCNN):
+    def forward(self, x):
+        raise GeneratorExit
 """
 
 
@@ -306,6 +332,7 @@ def work(tmp_path_factory) -> Path:
     (d / "broken.pt2").write_bytes(b"PK\x03\x04 truncated")
     torch.export.save(torch.export.export(digits_cnn(), (torch.from_numpy(x[:1]),)), str(d / "static1.pt2"))
     (d / "models.py").write_text(MODELS_PY)
+    (d / "exits_at_import.py").write_text("import sys\n\nsys.exit(0)\nmodel = None\n")
     (d / "gray").mkdir()
     for i in range(6):
         Image.fromarray((x[i, 0] * 255).astype(np.uint8)).save(d / "gray" / f"{i}.png")
