@@ -23,13 +23,14 @@ import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ssa.errors import OutputError, StoreError
+from ssa.io import locks
 from ssa.io.atomic import atomic_write_bytes
 from ssa.io.paths import check_writable_dir, describe_os_error
 
@@ -361,33 +362,18 @@ class StatsStore:
     @contextmanager
     def lock(self):
         """Hold the store's write lock (``<store>/.lock``): a second writer is refused, not interleaved."""
-        import fcntl
-
+        held = ExitStack()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            fh = open(self.path / ".lock", "a+")
+            held.enter_context(locks.hold(self.path / ".lock"))  # emptied when released: stores stay identical
+        except locks.Locked as exc:
+            raise StoreError(f"another ssa process (pid {exc.pid}) is writing the store {str(self.path)!r}; wait "
+                             "for it to finish, or use another --store.") from None
         except OSError as exc:
             raise StoreError(describe_os_error(exc, f"cannot write the store {str(self.path)!r}", show_file=False)
                              ) from exc
-        try:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                who = fh.read().strip() or "?"
-                raise StoreError(f"another ssa process (pid {who}) is writing the store {str(self.path)!r}; wait for "
-                                 "it to finish, or use another --store.") from None
-            fh.seek(0)
-            fh.truncate()
-            fh.write(str(os.getpid()))  # named in the message a second writer gets
-            fh.flush()
-            try:
-                yield self
-            finally:
-                fh.seek(0)
-                fh.truncate()  # an idle store's lock file is empty, so stores stay byte-identical
-        finally:
-            fh.close()  # closing releases the lock
+        with held:
+            yield self
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*.npy"))
