@@ -3,7 +3,9 @@
 Every graphs folder is an ``--out-dir`` folder of ``ssa analyse`` (:class:`ssa.io.outdir.OutputDir`, command
 ``analyse``): its manifest ``.ssa-outputs.json`` lists the class graphs with their keys. :func:`execute`
 
-1. keeps each output whose manifest key is the job's (not computed again) and sends only the rest;
+1. keeps each output whose manifest key is the job's and whose file is intact (it parses and has the content hash
+   recorded when it was written; a damaged one is removed and computed again, with a one-line notice) and
+   sends only the rest;
 2. announces the names it may write (a run killed half-way leaves them known as its own);
 3. records each graph in its folder's manifest as soon as its job returns, and advances one progress bar
    over classes (rate and time left; only on a terminal);
@@ -126,6 +128,7 @@ def execute(jobs: Sequence[ClassJob], runner, folders: GraphFolders, *, progress
                 od.keep(o.path.name)
                 report.kept += 1
             else:
+                od.drop_damaged(o.path.name)
                 done = False
         if not done:
             todo.append(job)
