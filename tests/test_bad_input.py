@@ -464,6 +464,7 @@ OTHER_TESTS = {
     "env-output-checked-first": "tests/test_environment_errors.py::test_output_checks_come_before_the_computation",
     "store-second-writer": "tests/test_store.py::test_a_second_writer_is_refused",
     "store-damaged": "tests/test_store.py::test_a_damaged_store_is_refused_at_use_and_repaired_by_verify",
+    "store-changed-byte": "tests/test_store.py::test_verify_finds_a_flipped_byte_by_the_hashes_recorded_at_write_time",
     "store-read-only": "tests/test_store.py::test_a_read_only_store_folder_is_refused_before_collecting",
     "store-other-batch-size": "tests/test_store.py::test_store_with_other_batch_size_is_refused",
     "plugin-broken": "tests/test_broken_plugins.py::test_ssa_plugins_names_every_broken_plugin_and_lists_the_rest",
