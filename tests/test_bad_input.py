@@ -241,6 +241,9 @@ CASES: list[tuple[str, list[str], str]] = [
                                  "--out-dir", "{d}/afile"], "--out-dir '{d}/afile' is a file"),
     ("figures-graph-missing", ["figures", "digits", "--images", "digits", "--out-dir", "{d}/prev/fig"],
      "the following arguments are required: --graph"),
+    # --- explore
+    ("explore-out-foreign", ["explore", "{d}/graphs/class-1.json", "--out", "{d}/notexplorer/"],
+     "holds something else than an explorer (notes.txt, which no earlier `ssa explore` wrote there)"),
     # --- evaluate
     ("evaluate-same-output", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--out",
                               "{d}/prev/eval.csv", "--layers-out", "{d}/prev/eval.csv"],
@@ -343,6 +346,8 @@ def work(tmp_path_factory) -> Path:
     (d / "list.json").write_text("[1, 2]")
     (d / "broken.graphml").write_text("<graphml><broken")
     (d / "nonssa.json").write_text('{"nodes": [{"id": "a"}], "edges": []}')
+    (d / "notexplorer").mkdir()
+    (d / "notexplorer" / "notes.txt").write_text("the user's")
     (d / "foreign").mkdir()
     (d / "foreign" / "class-7.json").write_text("written by hand")
     quiet = ["-q"]
