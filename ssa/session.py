@@ -403,9 +403,9 @@ def run_traversal(source: AutogradSource | ClosedFormSource, network: Network, t
             f"image {int(np.flatnonzero(bad)[0])} of the class's); check the model's weights and the images' scaling.")
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ssa.io.progress import progress as stage
 
-        bar = tqdm(desc=f"class {target}", unit="batch", leave=False, disable=None)
+        bar = stage(None, f"traversal of class {target}", "block")
     try:
         out = traverse(source, target, branching, rule, selector, stop_at=stop_at, progress=bar)
     finally:

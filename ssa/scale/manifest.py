@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ssa.errors import InvalidInputError
 from ssa.io.outdir import ANALYSE_OUTPUTS, OutputDir
+from ssa.io.progress import progress as stage
 from ssa.scale.jobs import ClassJob, JobResult
 
 __all__ = ["GraphFolders", "RunReport", "execute"]
@@ -108,13 +109,6 @@ class RunReport:
                 **{k: (None if v is None else round(v, 3)) for k, v in self.rates().items()}, **self.totals()}
 
 
-def _progress(total: int, done: int, show: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=done, unit="class", desc=desc, disable=None if show else True, leave=False,
-                dynamic_ncols=True)
-
-
 def execute(jobs: Sequence[ClassJob], runner, folders: GraphFolders, *, progress: bool = True,
             desc: str = "classes") -> RunReport:
     """Run the jobs that are not done yet (see the module docstring); raise one line if some failed."""
@@ -140,7 +134,7 @@ def execute(jobs: Sequence[ClassJob], runner, folders: GraphFolders, *, progress
         folders.dirs[folder].plan(names)
     failures: list[str] = []
     start = time.perf_counter()
-    bar = _progress(len(jobs), len(jobs) - len(todo), progress, desc)
+    bar = stage(len(jobs), desc, "class", initial=len(jobs) - len(todo), show=progress)
     try:
         for result in runner.run(todo):
             for path in (*result.written, *result.skipped):
