@@ -174,3 +174,24 @@ def test_two_processes_at_once_on_the_same_classes(tmp_path, capsys):
     capsys.readouterr()
     assert _analyse(out, "1,2") == 0
     assert capsys.readouterr().err == ""
+
+
+def test_a_file_system_without_locks_goes_on_with_a_warning(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    import pytest
+
+    from ssa.io.atomic import atomic_write_bytes
+    from ssa.io.outdir import ANALYSE_OUTPUTS, OutputDir
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "g"
+    with pytest.warns(ssa.SSAWarning, match="on a file system without file locks"):
+        with OutputDir(out, "analyse", ANALYSE_OUTPUTS) as od:
+            atomic_write_bytes(out / "class-1.json", b"{}")
+            od.record("class-1.json", "k1")
+    assert _names(out) == [MANIFEST, "class-1.json"]

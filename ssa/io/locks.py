@@ -10,6 +10,7 @@ that enters the same lock again (nested) holds it already and does not wait for 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from collections.abc import Callable, Iterator
@@ -17,6 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["Locked", "hold"]
+
+#: errno values of a file system that cannot lock (some network and FUSE file systems)
+_NO_LOCKS = frozenset(getattr(errno, n) for n in ("ENOLCK", "ENOSYS", "EOPNOTSUPP", "ENOTSUP") if hasattr(errno, n))
 
 #: the lock files this process holds now, with how many times each was entered
 _held: dict[str, int] = {}
@@ -44,12 +48,15 @@ def _same_file(fh, path: Path) -> bool:
 
 @contextmanager
 def hold(path: str | os.PathLike, *, wait: bool = False, keep: bool = True,
-         on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+         on_wait: Callable[[str], None] | None = None,
+         on_unsupported: Callable[[OSError], None] | None = None) -> Iterator[None]:
     """Hold the exclusive lock on the file ``path`` (created when missing).
 
     ``wait``: block until the holder releases it (``on_wait(pid)`` is called first, once), else raise
     :class:`Locked` at once. ``keep``: empty the file on release (it stays, so folders stay byte-identical)
-    instead of removing it. ``OSError`` when the file cannot be created.
+    instead of removing it. ``OSError`` when the file cannot be created, or when the file system has no locks
+    (``ENOLCK``, ``EOPNOTSUPP``, ...) unless ``on_unsupported(error)`` is given: then it is called and the
+    caller goes on without the lock.
     """
     path = Path(path)
     key = str(path.resolve())
@@ -65,7 +72,7 @@ def hold(path: str | os.PathLike, *, wait: bool = False, keep: bool = True,
         fh = open(path, "a+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except BlockingIOError:  # held by another process
             pid = _holder(fh)
             if not wait:
                 fh.close()
@@ -78,6 +85,15 @@ def hold(path: str | os.PathLike, *, wait: bool = False, keep: bool = True,
             except BaseException:
                 fh.close()
                 raise
+        except OSError as exc:
+            fh.close()
+            if exc.errno not in _NO_LOCKS or on_unsupported is None:
+                raise
+            if not keep:  # a file system without locks: no lock file left behind
+                path.unlink(missing_ok=True)
+            on_unsupported(exc)
+            yield
+            return
         if _same_file(fh, path):
             break
         fh.close()  # the holder removed the file it locked: lock the one at the path now

@@ -241,7 +241,8 @@ class OutputDir:
         created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            self._lock.enter_context(locks.hold(self.path / LOCK, wait=True, keep=False, on_wait=self._waiting))
+            self._lock.enter_context(locks.hold(self.path / LOCK, wait=True, keep=False, on_wait=self._waiting,
+                                                 on_unsupported=self._unlocked))
         except OSError as exc:
             raise OutputError(describe_os_error(exc, f"cannot write {self.flag} {str(self.path)!r}", show_file=False)
                               ) from exc
@@ -250,6 +251,11 @@ class OutputDir:
     def _waiting(self, pid: str) -> None:
         print(f"ssa: another ssa process (pid {pid}) is writing {self.flag} {str(self.path)!r}; waiting for it to "
               "finish.", file=sys.stderr, flush=True)
+
+    def _unlocked(self, exc: OSError) -> None:
+        warnings.warn(f"{self.flag} {str(self.path)!r} is on a file system without file locks ({exc.strerror}); "
+                      "going on without one: do not run a second ssa process into this folder at the same time.",
+                      SSAWarning, stacklevel=2)
 
     def _release(self, remove_folder: bool) -> None:
         self._lock.close()
