@@ -25,6 +25,7 @@ from ssa.engines.statistics import collect
 from ssa.engines.store import StatsStore, check_store_root, images_hash
 from ssa.errors import InvalidInputError, PluginError
 from ssa.io.images import Preprocess, load_images, select_class
+from ssa.io.progress import busy
 from ssa.plugins import make_rule, make_selector, registry
 from ssa.results import AnalysisResult
 
@@ -54,7 +55,8 @@ def load_model(model: Any, *, backend: str | None = None, device: str = "cpu", *
         else:
             raise PluginError(f"no installed backend can load {model!r}; installed backends: "
                               f"{', '.join(reg.names('backend'))}.")
-    network = cls().load(model, device=device, **options)
+    with busy("loading the model"):
+        network = cls().load(model, device=device, **options)
     if not options.get("name"):
         known = builtin_name(network.weight_arrays())
         if known is not None:
@@ -332,7 +334,8 @@ def prepare_network(network: Network, images: np.ndarray, *, images_spec: Any = 
     Grayscale files for a 3-channel model (or RGB files for a 1-channel one) are the usual cause.
     """
     try:
-        return network.prepare(images)
+        with busy("preparing the model (tracing, canonical form, parity)"):
+            return network.prepare(images)
     except InvalidInputError as exc:
         hint = _channels_hint(images, images_spec, preprocess)
         if hint is None:

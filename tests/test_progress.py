@@ -136,3 +136,31 @@ def test_the_image_set_hash_is_remembered_in_the_folder_keyed_by_the_listing(tmp
     with OutputDir(tmp_path / "g", "analyse", ANALYSE_OUTPUTS) as od:
         changed = plan.images_hash_of(open_source(root, preprocess=pre), od)
     assert calls == [1] and changed != first
+
+
+def test_a_stage_that_cannot_count_says_it_is_still_running(monkeypatch):
+    import time
+
+    from ssa.io.progress import busy
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)
+    with busy("quick", interval=30):
+        pass
+    assert out.getvalue() == ""
+    with busy("preparing the model", interval=0.1):
+        time.sleep(0.35)
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 3 and lines[0] == "ssa: preparing the model: still running after 0 s"
+    assert lines[-1] == "ssa: preparing the model: done in 0 s"
+
+
+def test_model_loading_and_preparation_are_stages(tmp_path):
+    """Without a terminal, a model that is slow to build (or to check against onnxruntime) is not silent."""
+    (tmp_path / "slow.py").write_text("import time\nfrom ssa.models import digits_cnn\n\n\ndef model():\n"
+                                      "    time.sleep(1.0)\n    return digits_cnn()\n")
+    proc = subprocess.run([str(SCRIPT), "check", f"{tmp_path}/slow.py:model", "--input-shape", "1,8,8"],
+                          env=_env(**{INTERVAL_ENV: "0.3"}), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "ssa: loading the model: still running after" in proc.stderr
+    assert "ssa: loading the model: done in" in proc.stderr

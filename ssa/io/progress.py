@@ -9,16 +9,22 @@ rate and the time left, and one closing line for a stage that printed any::
     ssa: reading images: done, 50000/50000 img in 20.8 min (40.1 img/s)
 
 A stage shorter than the interval prints nothing, so quick runs and their messages stay as they were.
+A stage that cannot count its work (loading and preparing a model: tracing, canonical form, the ONNX
+conversion and its parity check against onnxruntime) is :func:`busy`: without a terminal, one line every
+interval while it runs (``ssa: preparing the model: still running after 1.0 min``).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
-__all__ = ["progress", "LogProgress", "INTERVAL_ENV"]
+__all__ = ["progress", "busy", "LogProgress", "INTERVAL_ENV"]
 
 INTERVAL_ENV = "SSA_PROGRESS_INTERVAL"
 _DEFAULT_INTERVAL = 30.0
@@ -119,3 +125,37 @@ def progress(total: int | None, desc: str, unit: str, *, initial: int = 0, show:
 
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
     return LogProgress(total, desc, unit, initial=initial, stream=stream)
+
+
+@contextmanager
+def busy(desc: str, *, interval: float | None = None) -> Iterator[None]:
+    """A stage that cannot count its work: when stderr is not a terminal, one line every ``interval`` seconds
+    (30, or ``SSA_PROGRESS_INTERVAL``) while it runs, and a closing line if any was printed; nothing on a
+    terminal or for a stage shorter than the interval."""
+    stream = sys.stderr
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    every = _interval() if interval is None else float(interval)
+    if tty:
+        yield
+        return
+    start = time.monotonic()
+    stop = threading.Event()
+    said = [0]
+
+    def beat() -> None:
+        while not stop.wait(max(every, 0.05)):
+            print(f"ssa: {desc}: still running after {_duration(time.monotonic() - start)}", file=stream, flush=True)
+            said[0] += 1
+
+    thread = threading.Thread(target=beat, name="ssa-busy", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        if said[0]:
+            print(f"ssa: {desc}: done in {_duration(time.monotonic() - start)}", file=stream, flush=True)
