@@ -27,6 +27,7 @@ from ssa.errors import InvalidInputError, PluginError
 from ssa.io.classmap import check_class_count
 from ssa.io.folders import files_preprocessing, folder_class_map, load_grouped_images
 from ssa.io.images import Preprocess, select_class
+from ssa.io.progress import busy
 from ssa.plugins import make_rule, make_selector, registry
 from ssa.results import AnalysisResult
 
@@ -56,7 +57,8 @@ def load_model(model: Any, *, backend: str | None = None, device: str = "cpu", *
         else:
             raise PluginError(f"no installed backend can load {model!r}; installed backends: "
                               f"{', '.join(reg.names('backend'))}.")
-    network = cls().load(model, device=device, **options)
+    with busy("loading the model"):
+        network = cls().load(model, device=device, **options)
     if not options.get("name"):
         known = builtin_name(network.weight_arrays())
         if known is not None:
@@ -342,7 +344,8 @@ def prepare_network(network: Network, images: np.ndarray, *, images_spec: Any = 
     Grayscale files for a 3-channel model (or RGB files for a 1-channel one) are the usual cause.
     """
     try:
-        return network.prepare(images)
+        with busy("preparing the model (tracing, canonical form, parity)"):
+            return network.prepare(images)
     except InvalidInputError as exc:
         hint = _channels_hint(images, images_spec, preprocess)
         if hint is None:
@@ -413,9 +416,9 @@ def run_traversal(source: AutogradSource | ClosedFormSource, network: Network, t
             f"image {int(np.flatnonzero(bad)[0])} of the class's); check the model's weights and the images' scaling.")
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ssa.io.progress import progress as stage
 
-        bar = tqdm(desc=f"class {target}", unit="batch", leave=False, disable=None)
+        bar = stage(None, f"traversal of class {target}", "block")
     try:
         out = traverse(source, target, branching, rule, selector, stop_at=stop_at, progress=bar)
     finally:

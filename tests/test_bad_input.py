@@ -44,6 +44,15 @@ CASES: list[tuple[str, list[str], str]] = [
      "cannot tell what model 'foo' is"),
     ("analyse-model-code-raises", ["analyse", "{d}/models.py:raising", "--images", "{d}/x.npy", "-t", "3"],
      "to build the model raised ValueError: no weights here"),
+    ("analyse-model-exits-at-import", ["analyse", "{d}/exits_at_import.py:model", "--images", "{d}/x.npy", "-t", "3",
+                                       "-o", "{d}/prev/g.json"],
+     "importing '{d}/exits_at_import.py' raised SystemExit(0)"),
+    ("analyse-model-exits-when-built", ["analyse", "{d}/models.py:exiting", "--images", "{d}/x.npy", "-t", "3"],
+     "to build the model raised SystemExit(3); model code must not end the process"),
+    ("analyse-model-exits-in-forward", ["analyse", "{d}/models.py:ExitsInForward", "--images", "{d}/x.npy", "-t", "3",
+                                        "-o", "{d}/prev/g.json"], "raised SystemExit(0), which ends the run"),
+    ("analyse-model-generator-exit", ["analyse", "{d}/models.py:GeneratorExitInForward", "--images", "{d}/x.npy",
+                                      "-t", "3"], "raised GeneratorExit, which ends the run"),
     ("analyse-model-static-batch", ["analyse", "{d}/static1.pt2", "--images", "{d}/x.npy", "-t", "3"],
      "exported with a static batch size"),
     ("analyse-model-nan-logits", ["analyse", "{d}/models.py:nan_logits", "--images", "{d}/x.npy", "-t", "3", "-o",
@@ -202,6 +211,8 @@ CASES: list[tuple[str, list[str], str]] = [
      "--bgr applies to --images folders of image files, and no --images was given"),
     ("check-model-missing", ["check", "{d}/nothere.onnx", "--input-shape", "1,8,8"], "nothere.onnx"),
     # --- collect
+    ("collect-model-exits-in-forward", ["collect", "{d}/models.py:ExitsInForward", "--images", "{d}/x.npy", "--store",
+                                        "{d}/store"], "raised SystemExit(0), which ends the run"),
     ("collect-store-is-file", ["collect", "digits", "--images", "{d}/x.npy", "--store", "{d}/afile"],
      "--store '{d}/afile' is a file"),
     ("collect-store-below-file", ["collect", "digits", "--images", "{d}/x.npy", "--store", "{d}/afile/store"],
@@ -273,6 +284,9 @@ CASES: list[tuple[str, list[str], str]] = [
                                  "--out-dir", "{d}/afile"], "--out-dir '{d}/afile' is a file"),
     ("figures-graph-missing", ["figures", "digits", "--images", "digits", "--out-dir", "{d}/prev/fig"],
      "the following arguments are required: --graph"),
+    # --- explore
+    ("explore-out-foreign", ["explore", "{d}/graphs/class-1.json", "--out", "{d}/notexplorer/"],
+     "holds something else than an explorer (notes.txt, which no earlier `ssa explore` wrote there)"),
     # --- evaluate
     ("evaluate-same-output", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--out",
                               "{d}/prev/eval.csv", "--layers-out", "{d}/prev/eval.csv"],
@@ -330,6 +344,21 @@ def nan_logits():
 def random_digits():
     torch.manual_seed(7)
     return DigitsCNN()
+
+
+def exiting():
+    raise SystemExit(3)
+
+
+class ExitsInForward(DigitsCNN):
+    def forward(self, x):
+        import sys
+        sys.exit(0)
+
+
+class GeneratorExitInForward(DigitsCNN):
+    def forward(self, x):
+        raise GeneratorExit
 """
 
 
@@ -385,6 +414,7 @@ def work(tmp_path_factory) -> Path:
     (d / "broken.pt2").write_bytes(b"PK\x03\x04 truncated")
     torch.export.save(torch.export.export(digits_cnn(), (torch.from_numpy(x[:1]),)), str(d / "static1.pt2"))
     (d / "models.py").write_text(MODELS_PY)
+    (d / "exits_at_import.py").write_text("import sys\n\nsys.exit(0)\nmodel = None\n")
     (d / "gray").mkdir()
     for i in range(6):
         Image.fromarray((x[i, 0] * 255).astype(np.uint8)).save(d / "gray" / f"{i}.png")
@@ -408,6 +438,8 @@ def work(tmp_path_factory) -> Path:
     (d / "list.json").write_text("[1, 2]")
     (d / "broken.graphml").write_text("<graphml><broken")
     (d / "nonssa.json").write_text('{"nodes": [{"id": "a"}], "edges": []}')
+    (d / "notexplorer").mkdir()
+    (d / "notexplorer" / "notes.txt").write_text("the user's")
     (d / "foreign").mkdir()
     (d / "foreign" / "class-7.json").write_text("written by hand")
     quiet = ["-q"]
@@ -535,6 +567,7 @@ OTHER_TESTS = {
     "serve-off-loopback": "tests/viz/test_serve.py::test_a_host_off_the_loopback_is_warned_about",
     "store-second-writer": "tests/test_store.py::test_a_second_writer_is_refused",
     "store-damaged": "tests/test_store.py::test_a_damaged_store_is_refused_at_use_and_repaired_by_verify",
+    "store-changed-byte": "tests/test_store.py::test_verify_finds_a_flipped_byte_by_the_hashes_recorded_at_write_time",
     "store-read-only": "tests/test_store.py::test_a_read_only_store_folder_is_refused_before_collecting",
     "store-other-batch-size": "tests/test_store.py::test_store_with_other_batch_size_is_refused",
     "plugin-broken": "tests/test_broken_plugins.py::test_ssa_plugins_names_every_broken_plugin_and_lists_the_rest",
@@ -545,6 +578,8 @@ OTHER_TESTS = {
     "graph-stops-early": "tests/test_degenerate.py::test_no_outliers_at_the_first_step_is_explained",
     "images-unscaled": "tests/test_preprocess.py::test_raw_0_255_arrays_get_a_one_line_warning",
     "outdir-stale": "tests/test_outdir.py::test_rerun_with_fewer_targets_leaves_no_stale_graph",
+    "outdir-damaged": "tests/test_outdir.py::test_a_class_graph_cut_short_is_computed_again_with_a_notice",
+    "outdir-second-writer": "tests/test_outdir.py::test_two_processes_on_one_out_dir_both_succeed",
     "identity-mixed-runs": "tests/test_identity.py::test_mixed_runs_are_refused_unless_allow_mixed",
     "evaluate-resample-one-class": "tests/analysis/test_strategies.py::test_cli_resample_needs_another_class",
 }

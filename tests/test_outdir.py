@@ -98,3 +98,100 @@ def test_figures_rerun_replaces_its_figures(tmp_path, capsys):
     assert main(base + ["--neuron", node, "--format", "svg"]) == 0
     second = set(_names(out))
     assert not any(n.endswith(".png") for n in second) and first != second
+
+
+# --- issue 18: a damaged output is computed again; two processes on one folder ------------------------------
+def test_a_class_graph_cut_short_is_computed_again_with_a_notice(tmp_path, capsys):
+    out = tmp_path / "graphs"
+    assert _analyse(out, "1,2") == 0
+    whole = (out / "class-2.json").read_bytes()
+    kept = (out / "class-1.json").read_bytes()
+    (out / "class-2.json").write_bytes(whole[:100])
+    capsys.readouterr()
+    assert _analyse(out, "1,2") == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("ssa: warning: --out-dir ") and "class-2.json is damaged" in err[0]
+    assert (out / "class-2.json").read_bytes() == whole and (out / "class-1.json").read_bytes() == kept
+    # a flipped byte that still parses (a digit of a relevance) is found by the recorded content hash
+    i = whole.index(b'"frequency": ') + len(b'"frequency": ')
+    flipped = whole[:i] + (b"1" if whole[i:i + 1] != b"1" else b"2") + whole[i + 1:]
+    (out / "class-2.json").write_bytes(flipped)
+    json.loads(flipped)
+    assert _analyse(out, "1,2") == 0
+    assert "class-2.json is damaged" in capsys.readouterr().err
+    assert (out / "class-2.json").read_bytes() == whole
+    assert _analyse(out, "1,2") == 0  # intact now: kept, no notice
+    assert capsys.readouterr().err == ""
+
+
+def _subprocess(out, targets):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in ("SSA_DEBUG", "SSA_STORE")}
+    return subprocess.Popen([str(Path(sys.executable).with_name("ssa")), "analyse", "digits", "--images", "digits",
+                             "--targets", targets, "-q", "--out-dir", str(out), "--max-per-class", "30"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_processes_on_one_out_dir_both_succeed(tmp_path, capsys):
+    from ssa.io import locks
+
+    out = tmp_path / "graphs"
+    out.mkdir()
+    # the first process holds the folder (as a running `ssa analyse` does): the others wait, then run in turn
+    with locks.hold(out / ".ssa-outputs.lock", keep=False):
+        a, b = _subprocess(out, "1,2"), _subprocess(out, "3")
+        import time
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and a.poll() is None and b.poll() is None:
+            time.sleep(0.5)
+            if (out / ".ssa-outputs.json").exists():
+                break
+        assert a.poll() is None and b.poll() is None  # both wait: nothing written while the lock is held
+        assert sorted(p.name for p in out.iterdir()) == [".ssa-outputs.lock"]
+    results = [p.communicate(timeout=300) for p in (a, b)]
+    assert (a.returncode, b.returncode) == (0, 0), results
+    for _, err in results:
+        assert "is writing --out-dir" in err and "waiting for it to finish" in err
+    # the folder is valid: the one that ran last owns it, and a later run into it works
+    names = sorted(p.name for p in out.iterdir())
+    assert names in ([MANIFEST, "class-1.json", "class-2.json"], [MANIFEST, "class-3.json"]), names
+    assert json.loads((out / MANIFEST).read_text())["commands"]["analyse"] == names[1:]
+    assert _analyse(out, "1,3") == 0
+    assert _names(out) == [MANIFEST, "class-1.json", "class-3.json"]
+
+
+def test_two_processes_at_once_on_the_same_classes(tmp_path, capsys):
+    out = tmp_path / "graphs"
+    procs = [_subprocess(out, "1,2"), _subprocess(out, "1,2")]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert _names(out) == [MANIFEST, "class-1.json", "class-2.json"]
+    capsys.readouterr()
+    assert _analyse(out, "1,2") == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_file_system_without_locks_goes_on_with_a_warning(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    import pytest
+
+    from ssa.io.atomic import atomic_write_bytes
+    from ssa.io.outdir import ANALYSE_OUTPUTS, OutputDir
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "g"
+    with pytest.warns(ssa.SSAWarning, match="on a file system without file locks"):
+        with OutputDir(out, "analyse", ANALYSE_OUTPUTS) as od:
+            atomic_write_bytes(out / "class-1.json", b"{}")
+            od.record("class-1.json", "k1")
+    assert _names(out) == [MANIFEST, "class-1.json"]

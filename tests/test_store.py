@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -331,3 +332,27 @@ def test_a_read_only_store_folder_is_refused_before_collecting(tmp_path, capsys,
             subprocess.run(["umount", str(d)])
         else:
             d.chmod(0o755)
+
+
+def test_verify_finds_a_flipped_byte_by_the_hashes_recorded_at_write_time(tmp_path, capsys, gradient_store):
+    """Issue 18, item 5: a changed byte that leaves a finite number of the right shape is found by --verify."""
+    import shutil
+
+    root = tmp_path / "store"
+    shutil.copytree(gradient_store, root)
+    (batch,) = [p for p in root.glob("*/*/gradient/batch-00002")]
+    recorded = json.loads((batch / "hashes.json").read_text())
+    assert sorted(recorded) == sorted(p.name for p in batch.glob("*.npy"))
+    f = batch / "classifier.2__0__g.npy"
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0x01  # a low mantissa bit of the last float32: still finite, same shape
+    f.write_bytes(bytes(data))
+    assert np.isfinite(np.load(f)).all()
+    assert main(["collect", "digits", "--images", "digits", "--store", str(root), "--rule", "gradient", "--verify",
+                 "-q"]) == 0
+    out = capsys.readouterr().out
+    assert ("1 broken, collected again: gradient batch 2: classifier.2__0__g.npy is not what was written (its "
+            "content hash differs") in out, out
+    (a,) = [p for p in root.glob("*/*") if p.is_dir()]
+    (b,) = [p for p in gradient_store.glob("*/*") if p.is_dir()]
+    assert _tree(a) == _tree(b)  # repaired: byte-identical to the clean store, hashes included

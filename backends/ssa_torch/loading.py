@@ -37,14 +37,30 @@ def _finish(obj: Any, where: str) -> nn.Module:
         except TypeError as exc:
             raise ModelLoadError(
                 f"{where} must be an nn.Module or a zero-argument callable returning one ({exc}).") from None
-        except Exception as exc:  # noqa: BLE001 - the user's code
-            text = str(exc).strip().splitlines()
-            raise ModelLoadError(f"calling {where}() to build the model raised {type(exc).__name__}"
-                                 f"{': ' + text[0][:160] if text else ''}; fix the model code.") from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the user's code (SystemExit, GeneratorExit too)
+            raise ModelLoadError(f"calling {where}() to build the model raised {_describe(exc)}; "
+                                 f"{_fix(exc, 'fix the model code.')}") from None
         if isinstance(obj, nn.Module):
             return obj
     raise ModelLoadError(f"{where} is {type(obj).__name__}, expected an nn.Module or a zero-argument callable "
                          "returning one.")
+
+
+def _describe(exc: BaseException) -> str:
+    """``SystemExit(0)``, ``ValueError: text``: the exception in a few words."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r})"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}{': ' + text[0][:160] if text else ''}"
+
+
+def _fix(exc: BaseException, otherwise: str) -> str:
+    if isinstance(exc, Exception):
+        return otherwise
+    return ("model code must not end the process (sys.exit, exit, SystemExit, GeneratorExit): remove that call, "
+            "or put a script's own code under `if __name__ == \"__main__\":`.")
 
 
 def load_module(source: Any) -> tuple[nn.Module, str]:
@@ -97,9 +113,13 @@ def load_module(source: Any) -> tuple[nn.Module, str]:
         sys.path.insert(0, str(path.parent.resolve()))
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(f"importing {left!r} failed: {type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the user's code (SystemExit, GeneratorExit too)
+            if isinstance(exc, Exception):
+                raise ModelLoadError(f"importing {left!r} failed: {type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+            raise ModelLoadError(f"importing {left!r} raised {_describe(exc)}; {_fix(exc, '')}") from None
         finally:
             sys.path.pop(0)
         where = f"{left}"
@@ -108,6 +128,11 @@ def load_module(source: Any) -> tuple[nn.Module, str]:
             module = importlib.import_module(left)
         except ImportError as exc:
             raise ModelLoadError(f"cannot import module {left!r} ({exc}); check the name before the colon.") from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the module's own code ran and failed
+            raise ModelLoadError(f"importing module {left!r} raised {_describe(exc)}; "
+                                 f"{_fix(exc, 'fix that module.')}") from None
         where = f"module {left!r}"
     obj = _resolve_attr(module, attr, where)
     built = _finish(obj, f"{left}:{attr}")

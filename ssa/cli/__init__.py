@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    args: argparse.Namespace | None = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -133,11 +134,28 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     except Exception as exc:  # noqa: BLE001 - a bug: one line unless debugging
         return _internal(exc)
+    except SystemExit as exc:
+        if args is None:  # argparse's own exit (--help)
+            raise
+        return _stopped(exc)
+    except BaseException as exc:  # noqa: BLE001 - GeneratorExit & co. from the model's or a plugin's code
+        return _stopped(exc)
 
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split("\n")).strip()
     return text or type(exc).__name__
+
+
+def _stopped(exc: BaseException) -> int:
+    """SystemExit (sys.exit in a model's forward) or another BaseException but Ctrl-C, raised by code ssa ran."""
+    if _debug():
+        traceback.print_exc()
+    what = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else type(exc).__name__
+    print(f"ssa: error: the model's code (or a plugin's) raised {what}, which ends the run without a result; model "
+          "code must not call sys.exit() or exit() or raise SystemExit/GeneratorExit: remove that call "
+          "(SSA_DEBUG=1 shows where).", file=sys.stderr)
+    return 2
 
 
 def _internal(exc: BaseException) -> int:

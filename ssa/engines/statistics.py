@@ -146,9 +146,9 @@ def collect(network: Network, images: np.ndarray, forms: Sequence[str], batch_si
         writer = _Writer(store, network)
     bar = None
     if progress:
-        from tqdm.auto import tqdm  # only when asked: keeps tqdm out of quiet runs
+        from ssa.io.progress import progress as stage
 
-        bar = tqdm(total=n_batches * len(forms), desc="collect", unit="batch", leave=False, disable=None)
+        bar = stage(n_batches * len(forms), "statistics", "batch")
     done = 0
     shapes: dict[str, dict[str, tuple[int, ...]]] = {}
     completed = False

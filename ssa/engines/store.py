@@ -9,6 +9,7 @@ On disk, one directory per model and image set, keyed by content hashes::
     STORE/<model-name>-<model hash>/<images hash>/
         meta.json                      model, taps, image count, batch size
         <form>/batch-00000/<key>.npy   one folder per batch, renamed into place when complete
+        <form>/batch-00000/hashes.json the content hash of each file, taken when it was written
         <form>/complete.json           written last: number of batches
 
 A batch folder is written under a temporary name and renamed, so an
@@ -19,23 +20,27 @@ resumes at the first missing batch and gives an identical store.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ssa.errors import OutputError, StoreError
+from ssa.io import locks
 from ssa.io.atomic import atomic_write_bytes
 from ssa.io.paths import check_writable_dir, describe_os_error
 
 __all__ = ["images_hash", "StatsStore", "FORMAT_VERSION", "default_store_root", "check_store_root"]
 
 FORMAT_VERSION = 1
+#: each batch folder's record of its files' content hashes, taken when they were written (``ssa collect --verify``)
+HASHES = "hashes.json"
 
 
 def default_store_root() -> Path:
@@ -67,6 +72,17 @@ def images_hash(images: np.ndarray) -> str:
     h.update(str((images.shape, str(images.dtype))).encode())
     h.update(np.ascontiguousarray(images).tobytes())
     return h.hexdigest()
+
+
+def _content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _key_to_file(key: str) -> str:
@@ -207,11 +223,14 @@ class StatsStore:
             shutil.rmtree(tmp)
         tmp.mkdir()
         try:
+            hashes = {}
             for key in sorted(arrays):
-                with open(tmp / _key_to_file(key), "wb") as fh:
-                    np.lib.format.write_array(fh, np.ascontiguousarray(arrays[key]), allow_pickle=False)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+                data = buf.getvalue()
+                hashes[_key_to_file(key)] = _content_hash(data)
+                _write_synced(tmp / _key_to_file(key), data)
+            _write_synced(tmp / HASHES, json.dumps(hashes, indent=1, sort_keys=True).encode())
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -313,9 +332,16 @@ class StatsStore:
         if missing:
             return f"{_key_to_file(missing[0])} is missing"
         rows = self.batch_rows(i)
+        try:
+            recorded = json.loads((d / HASHES).read_text())
+        except FileNotFoundError:
+            recorded = {}  # a batch written before hashes were recorded: checked as it reads
+        except (OSError, ValueError):
+            return f"{HASHES} is unreadable"
         for key, f in sorted(files.items()):
             try:
-                arr = np.load(f, allow_pickle=False)
+                data = f.read_bytes()
+                arr = np.load(io.BytesIO(data), allow_pickle=False)
             except (OSError, ValueError) as exc:
                 return f"{f.name} is unreadable ({(str(exc).splitlines() or [type(exc).__name__])[0][:80]})"
             want = (rows, *expected[key]) if key in expected else None
@@ -323,6 +349,8 @@ class StatsStore:
                 return f"{f.name} has shape {arr.shape}, expected {want or (rows, '...')}"
             if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
                 return f"{f.name} holds NaN or infinite values"
+            if isinstance(recorded, dict) and f.name in recorded and recorded[f.name] != _content_hash(data):
+                return f"{f.name} is not what was written (its content hash differs: a changed byte)"
         return None
 
     def remove_batch(self, form: str, i: int) -> None:
@@ -361,33 +389,18 @@ class StatsStore:
     @contextmanager
     def lock(self):
         """Hold the store's write lock (``<store>/.lock``): a second writer is refused, not interleaved."""
-        import fcntl
-
+        held = ExitStack()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            fh = open(self.path / ".lock", "a+")
+            held.enter_context(locks.hold(self.path / ".lock"))  # emptied when released: stores stay identical
+        except locks.Locked as exc:
+            raise StoreError(f"another ssa process (pid {exc.pid}) is writing the store {str(self.path)!r}; wait "
+                             "for it to finish, or use another --store.") from None
         except OSError as exc:
             raise StoreError(describe_os_error(exc, f"cannot write the store {str(self.path)!r}", show_file=False)
                              ) from exc
-        try:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                who = fh.read().strip() or "?"
-                raise StoreError(f"another ssa process (pid {who}) is writing the store {str(self.path)!r}; wait for "
-                                 "it to finish, or use another --store.") from None
-            fh.seek(0)
-            fh.truncate()
-            fh.write(str(os.getpid()))  # named in the message a second writer gets
-            fh.flush()
-            try:
-                yield self
-            finally:
-                fh.seek(0)
-                fh.truncate()  # an idle store's lock file is empty, so stores stay byte-identical
-        finally:
-            fh.close()  # closing releases the lock
+        with held:
+            yield self
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*.npy"))

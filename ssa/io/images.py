@@ -11,6 +11,7 @@ import numpy as np
 
 from ssa.core.checks import check_labels, looks_unscaled
 from ssa.errors import InvalidInputError, SSAWarning
+from ssa.io.progress import progress
 
 __all__ = ["Preprocess", "validate_images", "load_images", "select_class", "read_npy", "IMAGE_SUFFIXES"]
 
@@ -232,13 +233,15 @@ def _read_folder(path: Path, pre: Preprocess) -> tuple[np.ndarray, list[str]]:
     if not files:
         raise InvalidInputError(f"folder {str(path)!r} holds no PNG/JPEG files; put the class's images there.")
     out: list[np.ndarray] = []
-    for f in files:
-        a = read_pixels(f, pre)
-        if out and a.shape != out[0].shape:
-            raise InvalidInputError(
-                f"image {f.name!r} has size {a.shape[:2]}, others {out[0].shape[:2]}; pass --resize H,W."
-            )
-        out.append(a)
+    with progress(len(files), f"loading {path.name}", "img") as bar:
+        for f in files:
+            a = read_pixels(f, pre)
+            if out and a.shape != out[0].shape:
+                raise InvalidInputError(
+                    f"image {f.name!r} has size {a.shape[:2]}, others {out[0].shape[:2]}; pass --resize H,W."
+                )
+            out.append(a)
+            bar.update(1)
     return normalise(np.stack(out), pre), [f.name for f in files]
 
 

@@ -22,23 +22,37 @@ so a run killed half-way leaves an exact record), announce the names they may wr
 (:meth:`OutputDir.plan`: after a crash the files are known as ours, not refused as foreign), and keep an
 earlier output whose recorded key is the one they would write (:meth:`OutputDir.keep`) instead of
 computing it again.
+
+Each recorded output also has its content hash, taken when it is recorded (``hashes`` in the manifest): an
+output whose file no longer parses or no longer has that hash (cut short, changed by hand, a disk error) is
+not kept but computed again, with a one-line notice.
+
+One process at a time writes a folder: entering takes the folder's lock (``DIR/.ssa-outputs.lock``, removed
+when released), and a second process on the same folder waits for the first to finish (one line says so),
+then runs as a re-run of that folder would. The manifest therefore always describes the folder.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import os
+import sys
+import warnings
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
-from ssa.errors import OutputError
+from ssa.errors import OutputError, SSAWarning
+from ssa.io import locks
 from ssa.io.atomic import atomic_write_bytes, write_listeners
 from ssa.io.paths import check_output_dir, describe_os_error
 
 __all__ = ["OutputDir", "MANIFEST", "ANALYSE_OUTPUTS", "COMPARE_OUTPUTS", "FIGURES_OUTPUTS"]
 
 MANIFEST = ".ssa-outputs.json"
+LOCK = ".ssa-outputs.lock"
 _FORMATS = ("png", "svg")
 
 #: the names each command writes into its --out-dir (fnmatch patterns)
@@ -70,7 +84,10 @@ class OutputDir:
         self._manifest: dict = {}
         self._created = False
         self._keys: dict[str, str] = {}
+        self._hashes: dict[str, str] = {}
         self._memo: dict[str, object] = {}
+        self._lock = ExitStack()
+        self._damaged: set[str] = set()
 
     # -- manifest ------------------------------------------------------------------------------------
     def _read_manifest(self) -> dict:
@@ -85,28 +102,61 @@ class OutputDir:
 
     def _write_manifest(self, names: Iterable[str]) -> None:
         names = sorted(names)
-        commands = dict(self._manifest.get("commands", {}))
-        commands[self.command] = names
-        data = {"version": 1, "note": "files written by ssa; see ssa/io/outdir.py", "commands": commands}
-        keys = {c: k for c, k in self._manifest.get("keys", {}).items() if isinstance(k, dict) and c != self.command}
-        mine = {n: self._keys[n] for n in names if n in self._keys}
-        if mine:
-            keys[self.command] = mine
-        if keys:
-            data["keys"] = keys
-        memo = {c: m for c, m in self._manifest.get("memo", {}).items() if isinstance(m, dict) and c != self.command}
-        if self._memo:
-            memo[self.command] = dict(self._memo)
-        if memo:
-            data["memo"] = memo
+        data: dict = {"version": 1, "note": "files written by ssa; see ssa/io/outdir.py",
+                      "commands": self._others("commands") | {self.command: names}}
+        for section, mine in (("keys", {n: self._keys[n] for n in names if n in self._keys}),
+                              ("hashes", {n: self._hashes[n] for n in names if n in self._hashes}),
+                              ("memo", dict(self._memo))):
+            merged = self._others(section) | ({self.command: mine} if mine else {})
+            if merged:
+                data[section] = merged
         self._manifest = data
         atomic_write_bytes(self.path / MANIFEST, json.dumps(data, indent=1, sort_keys=True).encode())
 
+    def _others(self, section: str) -> dict:
+        """The other commands' entries of a manifest section (kept as they are)."""
+        entries = self._manifest.get(section, {})
+        return {c: v for c, v in entries.items() if c != self.command and isinstance(v, (dict, list))} \
+            if isinstance(entries, dict) else {}
+
     # -- resumable runs ------------------------------------------------------------------------------
     def recorded(self, name: str) -> str | None:
-        """The key an earlier run recorded for output ``name`` (None when none, or when the file is gone)."""
+        """The key an earlier run recorded for output ``name`` (None when none, when the file is gone, or when it is
+        damaged: see :meth:`damaged`, said in one line)."""
         key = self._keys.get(name)
-        return key if key is not None and name in self._previous and (self.path / name).is_file() else None
+        if key is None or name not in self._previous or not (self.path / name).is_file():
+            return None
+        why = self.damaged(name)
+        if why is not None:
+            if name not in self._damaged:
+                self._damaged.add(name)
+                warnings.warn(f"{self.flag} {str(self.path)!r}: {name} is damaged ({why}); it is computed again.",
+                              SSAWarning, stacklevel=2)
+            return None
+        return key
+
+    def drop_damaged(self, name: str) -> None:
+        """Remove output ``name`` if :meth:`recorded` found it damaged (a job then writes it again rather than
+        trusting what the file says about itself)."""
+        if name in self._damaged:
+            (self.path / name).unlink(missing_ok=True)
+
+    def damaged(self, name: str) -> str | None:
+        """Why the recorded output ``name`` cannot be kept (its content hash differs from the one recorded when it
+        was written, or it does not parse), or None when it is intact."""
+        try:
+            data = (self.path / name).read_bytes()
+        except OSError as exc:
+            return f"unreadable: {exc.strerror or type(exc).__name__}"
+        want = self._hashes.get(name)
+        if want is not None and _content_hash(data) != want:
+            return f"its content is not what was written: {len(data)} bytes, another hash"
+        if name.endswith(".json"):
+            try:
+                json.loads(data)
+            except ValueError:
+                return "not valid JSON"
+        return None
 
     def memo(self, key: str) -> object:
         """A value an earlier run of the command remembered here (:meth:`remember`), or None."""
@@ -131,6 +181,10 @@ class OutputDir:
         """Output ``name`` is complete with ``key``: recorded in the manifest at once (atomically)."""
         self.written.add(name)
         self._keys[name] = key
+        try:
+            self._hashes[name] = _content_hash((self.path / name).read_bytes())
+        except OSError:
+            self._hashes.pop(name, None)
         self._write_manifest(self._previous | self.written)
 
     def _ours(self, name: str) -> bool:
@@ -147,6 +201,9 @@ class OutputDir:
         keys = self._manifest.get("keys", {}).get(self.command, {})
         self._keys = {n: k for n, k in keys.items() if n in self._previous and isinstance(k, str)} \
             if isinstance(keys, dict) else {}
+        hashes = self._manifest.get("hashes", {}).get(self.command, {})
+        self._hashes = {n: h for n, h in hashes.items() if n in self._keys and isinstance(h, str)} \
+            if isinstance(hashes, dict) else {}
         memo = self._manifest.get("memo", {}).get(self.command, {})
         self._memo = dict(memo) if isinstance(memo, dict) else {}
         if self.path.is_dir():
@@ -165,6 +222,7 @@ class OutputDir:
         if path.parent.resolve() == self.path.resolve() and path.name != MANIFEST:
             self.written.add(path.name)
             self._keys.pop(path.name, None)  # a new file: its key is what record() says next, if anything
+            self._hashes.pop(path.name, None)
 
     def _remove_leftovers(self) -> None:
         """Temporary files of atomic writes that a killed run left behind (``.class-3.json.x1y2.tmp``)."""
@@ -177,23 +235,60 @@ class OutputDir:
                 if self._ours(target) or target == MANIFEST:
                     p.unlink(missing_ok=True)
 
+    def _take_lock(self) -> bool:
+        """Create the folder if needed and hold its lock (waiting for another process); True if it was created."""
+        check_output_dir(self.path, flag=self.flag)
+        created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock.enter_context(locks.hold(self.path / LOCK, wait=True, keep=False, on_wait=self._waiting,
+                                                 on_unsupported=self._unlocked))
+        except OSError as exc:
+            raise OutputError(describe_os_error(exc, f"cannot write {self.flag} {str(self.path)!r}", show_file=False)
+                              ) from exc
+        return created
+
+    def _waiting(self, pid: str) -> None:
+        print(f"ssa: another ssa process (pid {pid}) is writing {self.flag} {str(self.path)!r}; waiting for it to "
+              "finish.", file=sys.stderr, flush=True)
+
+    def _unlocked(self, exc: OSError) -> None:
+        warnings.warn(f"{self.flag} {str(self.path)!r} is on a file system without file locks ({exc.strerror}); "
+                      "going on without one: do not run a second ssa process into this folder at the same time.",
+                      SSAWarning, stacklevel=2)
+
+    def _release(self, remove_folder: bool) -> None:
+        self._lock.close()
+        if remove_folder:  # a failed first run leaves no empty folder behind
+            try:
+                (self.path / MANIFEST).unlink(missing_ok=True)  # planned or remembered, nothing written
+                self.path.rmdir()
+            except OSError:
+                pass
+
     def __enter__(self) -> OutputDir:
-        self.check()
-        self._remove_leftovers()
+        created = self._take_lock()
+        try:
+            self.check()
+            self._created = created
+            self._remove_leftovers()
+        except BaseException:
+            self._release(created)
+            raise
         write_listeners.append(self._saw)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         write_listeners.remove(self._saw)
-        if exc_type is not None:
+        try:
+            self._finish(exc_type is not None)
+        finally:
+            self._release(exc_type is not None and not self.written and self._created)
+
+    def _finish(self, failed: bool) -> None:
+        if failed:
             if self.written:  # keep the record of everything that may be ours, so the next run cleans up
                 self._write_manifest(self._previous | self.written)
-            elif self._created:  # a failed first run leaves no empty folder behind
-                try:
-                    (self.path / MANIFEST).unlink(missing_ok=True)  # planned or remembered, nothing written
-                    self.path.rmdir()
-                except OSError:
-                    pass
             return
         for name in sorted(self._previous - self.written):
             f = self.path / name
@@ -205,3 +300,7 @@ class OutputDir:
                                                     show_file=False)) from err
         if self.written or self._previous:
             self._write_manifest(self.written)
+
+
+def _content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()

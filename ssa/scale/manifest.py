@@ -3,7 +3,9 @@
 Every graphs folder is an ``--out-dir`` folder of ``ssa analyse`` (:class:`ssa.io.outdir.OutputDir`, command
 ``analyse``): its manifest ``.ssa-outputs.json`` lists the class graphs with their keys. :func:`execute`
 
-1. keeps each output whose manifest key is the job's (not computed again) and sends only the rest;
+1. keeps each output whose manifest key is the job's and whose file is intact (it parses and has the content hash
+   recorded when it was written; a damaged one is removed and computed again, with a one-line notice) and
+   sends only the rest;
 2. announces the names it may write (a run killed half-way leaves them known as its own);
 3. records each graph in its folder's manifest as soon as its job returns, and advances one progress bar
    over classes (rate and time left; only on a terminal);
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from ssa.errors import InvalidInputError
 from ssa.io.outdir import ANALYSE_OUTPUTS, OutputDir
+from ssa.io.progress import progress as stage
 from ssa.scale.jobs import ClassJob, JobResult
 
 __all__ = ["GraphFolders", "RunReport", "execute"]
@@ -106,13 +109,6 @@ class RunReport:
                 **{k: (None if v is None else round(v, 3)) for k, v in self.rates().items()}, **self.totals()}
 
 
-def _progress(total: int, done: int, show: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=done, unit="class", desc=desc, disable=None if show else True, leave=False,
-                dynamic_ncols=True)
-
-
 def execute(jobs: Sequence[ClassJob], runner, folders: GraphFolders, *, progress: bool = True,
             desc: str = "classes") -> RunReport:
     """Run the jobs that are not done yet (see the module docstring); raise one line if some failed."""
@@ -126,6 +122,7 @@ def execute(jobs: Sequence[ClassJob], runner, folders: GraphFolders, *, progress
                 od.keep(o.path.name)
                 report.kept += 1
             else:
+                od.drop_damaged(o.path.name)
                 done = False
         if not done:
             todo.append(job)
@@ -137,7 +134,7 @@ def execute(jobs: Sequence[ClassJob], runner, folders: GraphFolders, *, progress
         folders.dirs[folder].plan(names)
     failures: list[str] = []
     start = time.perf_counter()
-    bar = _progress(len(jobs), len(jobs) - len(todo), progress, desc)
+    bar = stage(len(jobs), desc, "class", initial=len(jobs) - len(todo), show=progress)
     try:
         for result in runner.run(todo):
             for path in (*result.written, *result.skipped):

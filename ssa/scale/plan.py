@@ -32,6 +32,7 @@ from ssa.errors import InvalidInputError
 from ssa.io.classmap import check_class_count
 from ssa.io.datasets import ImageSource, StreamHash, content_hash, iter_batches
 from ssa.io.outdir import OutputDir
+from ssa.io.progress import progress
 from ssa.scale.jobs import WRITE_LOG_ENV, ClassJob, Method, ModelSpec, Output, Selection, job_key
 from ssa.session import check_target, load_model, n_classes, prepare_network
 
@@ -110,9 +111,7 @@ def _memo_key(kind: str, payload: Any) -> str:
 
 
 def _bar(total: int, show: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", desc=desc, disable=None if show else True, leave=False, dynamic_ncols=True)
+    return progress(total, desc, "img", show=show)
 
 
 def images_hash_of(source: ImageSource, memo: OutputDir | None = None, *, batch_size: int = 64, workers: int = 0,
@@ -121,7 +120,7 @@ def images_hash_of(source: ImageSource, memo: OutputDir | None = None, *, batch_
     key = _memo_key("images_hash", source.identity())
     if memo is not None and isinstance(memo.memo(key), str):
         return memo.memo(key)  # type: ignore[return-value]
-    bar = _bar(len(source), progress, "reading images")
+    bar = _bar(len(source), progress, "hashing images")
     try:
         h = content_hash(source, batch_size=batch_size, workers=workers, on_batch=bar.update)
     finally:

@@ -59,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
     folder = _is_folder(args.out)
     if not folder and Path(args.out).suffix.lower() not in (".html", ".htm"):
         raise InvalidInputError(f"--out must end in .html (one file) or / (a folder), got {args.out!r}.")
+    if folder:
+        from ssa.viz.explorer.folder import check_explorer_folder
+
+        check_explorer_folder(args.out)  # before any computation: nothing in a refused folder is touched
     if (args.model is None) != (args.images is None):
         raise InvalidInputError("pass both --model and --images (for reference images) or neither.")
     if args.top_k < 1:

@@ -25,8 +25,6 @@ import html
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -39,6 +37,7 @@ from ssa.analysis.compare import check_graphs, compare, graph_labels
 from ssa.core.graph import DependencyGraph
 from ssa.errors import InvalidInputError
 from ssa.io.atomic import atomic_write_bytes
+from ssa.viz.explorer.folder import check_explorer_folder, write_folder
 from ssa.viz.figures.common import dependency_graph
 from ssa.viz.html import json_script
 
@@ -249,7 +248,9 @@ def write_explorer(out: str | os.PathLike, graphs: Sequence[nx.DiGraph], names: 
     names a folder, or ``folder=True``) with ``index.html`` and ``data/``. Returns the page's path.
 
     The folder is written to a temporary sibling and renamed into place, so an interrupted run
-    leaves the previous explorer (or nothing); the single file is written atomically.
+    leaves the previous explorer (or nothing); it lists its files in a manifest, replaces only an explorer
+    folder's own files and refuses a folder holding anything else (:mod:`ssa.viz.explorer.folder`); the
+    single file is written atomically.
     ``options`` go to :func:`explorer_files`.
     """
     text = str(out)
@@ -258,31 +259,19 @@ def write_explorer(out: str | os.PathLike, graphs: Sequence[nx.DiGraph], names: 
         folder = text.endswith(("/", os.sep)) or path.is_dir() or path.suffix == ""
     if not folder and path.suffix.lower() not in (".html", ".htm"):
         raise InvalidInputError(f"--out must end in .html (one file) or / (a folder), got {path.name!r}.")
+    if folder:
+        check_explorer_folder(path)  # before computing
     files = explorer_files(graphs, names, **options)
     title = files["index.json"]["title"]
     if not folder:
         atomic_write_bytes(path, page_html(title, files).encode("utf-8"))
         return path
-    if path.exists() and not (path / "index.html").is_file() and any(path.iterdir()):
-        raise InvalidInputError(f"{str(path)!r} is a folder that holds something else than an explorer; "
-                                "pass an empty or new folder.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         (tmp / "data" / "neurons").mkdir(parents=True)
         for rel, obj in files.items():
             (tmp / "data" / rel).write_text(json.dumps(obj, separators=(",", ":"), allow_nan=False), encoding="utf-8")
         (tmp / "index.html").write_text(page_html(title), encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_folder(path, fill)  # only into a folder that holds nothing but an explorer's files
     return path / "index.html"
