@@ -129,8 +129,6 @@ class Session:
             raise InvalidInputError(f"options must be an ssa.RunOptions, got {type(options).__name__}.")
         source: Any = model.source
         if model.options:  # a backend's own load options: Session's keywords do not carry them, so load here
-            from ssa.api import load_model
-
             source = load_model(model.source, backend=model.backend, device=model.device, **model.load_options())
         m = options.method
         session = cls(source, images, rule=m.rule, rule_params=m.rule_params, labels=labels, preprocess=preprocess,
