@@ -247,6 +247,29 @@ class Session:
         stats, bs = self._stats
         return ClosedFormSource(network, stats, form, images, bs, indices)
 
+    @classmethod
+    def of_network(cls, network: Network, images: np.ndarray, *, rule: str | Rule | None = None,
+                   rule_params: Mapping[str, Any] | None = None, batch_size: int | None = None,
+                   engine: str = "auto") -> Session:
+        """A session over a network already prepared on ``images`` (an array): nothing is loaded or prepared again.
+
+        For callers that hold the network themselves and need the Session's relevance sources
+        (:meth:`relevance_source`), such as the explorer's reference images.
+        """
+        session = cls(network, images, rule=rule, rule_params=rule_params, batch_size=batch_size, engine=engine,
+                      device=network.device)
+        session.images, session._network = np.asarray(images), network
+        return session
+
+    def relevance_source(self, indices: Sequence[int] | np.ndarray | None = None):
+        """The relevance source :meth:`analyse` uses for ``images[indices]`` (None: every image).
+
+        The session's engine and rule decide: the closed form from the per-image statistics (collected
+        once and shared by later calls while they fit the budget, or read from the store) where steps
+        have it, autograd elsewhere; a rule whose ``combine`` contradicts its closed form is refused.
+        """
+        return self._source(None if indices is None else np.asarray(indices, dtype=np.int64))
+
     def _share_statistics(self, form: str, n_class: int) -> bool:
         """Whether to collect the statistics of every image once and share them among classes.
 
