@@ -28,12 +28,13 @@ demo: $(STAMP)
 	echo "demo finished in $$(( $$(date +%s) - start )) s; open the report: $(CURDIR)/demo-out/report.html" && \
 	echo "and the interactive explorer: $(CURDIR)/demo-out/explorer.html"
 
-# ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade) and mypy (strict on ssa/core and the plugin seams);
-# both configured in pyproject.toml
+# ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade), lint-imports (the layer contracts of
+# docs/architecture.md) and mypy (strict on ssa/core and the plugin seams); all configured in pyproject.toml
 LINTED := ssa backends plugins tests benchmarks scripts
 
 lint: $(STAMP)
 	$(PY) -m ruff check $(LINTED)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m mypy
 
 test: lint

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from ssa.analysis.grouping import all_classes, group_images, parse_targets
 from ssa.core.checks import check_int
 from ssa.core.defaults import resolve_method
 from ssa.core.interfaces import Rule, Selector
@@ -20,6 +19,7 @@ from ssa.io.images import Preprocess
 from ssa.plugins import make_selector
 from ssa.results import AnalysisResult
 from ssa.session import Session, load_model, n_classes
+from ssa.targets import all_classes, group_images, parse_targets
 
 __all__ = ["analyse", "analyse_many", "load_model"]
 

@@ -134,8 +134,6 @@ class Session:
             raise InvalidInputError(f"options must be an ssa.RunOptions, got {type(options).__name__}.")
         source: Any = model.source
         if model.options:  # a backend's own load options: Session's keywords do not carry them, so load here
-            from ssa.api import load_model
-
             source = load_model(model.source, backend=model.backend, device=model.device, **model.load_options())
         m = options.method
         session = cls(source, images, rule=m.rule, rule_params=m.rule_params, labels=labels, preprocess=preprocess,
@@ -255,6 +253,29 @@ class Session:
             self._stats = (stats, self.batch_size)
         stats, bs = self._stats
         return ClosedFormSource(network, stats, form, images, bs, indices)
+
+    @classmethod
+    def of_network(cls, network: Network, images: np.ndarray, *, rule: str | Rule | None = None,
+                   rule_params: Mapping[str, Any] | None = None, batch_size: int | None = None,
+                   engine: str = "auto") -> Session:
+        """A session over a network already prepared on ``images`` (an array): nothing is loaded or prepared again.
+
+        For callers that hold the network themselves and need the Session's relevance sources
+        (:meth:`relevance_source`), such as the explorer's reference images.
+        """
+        session = cls(network, images, rule=rule, rule_params=rule_params, batch_size=batch_size, engine=engine,
+                      device=network.device)
+        session.images, session._network = np.asarray(images), network
+        return session
+
+    def relevance_source(self, indices: Sequence[int] | np.ndarray | None = None):
+        """The relevance source :meth:`analyse` uses for ``images[indices]`` (None: every image).
+
+        The session's engine and rule decide: the closed form from the per-image statistics (collected
+        once and shared by later calls while they fit the budget, or read from the store) where steps
+        have it, autograd elsewhere; a rule whose ``combine`` contradicts its closed form is refused.
+        """
+        return self._source(None if indices is None else np.asarray(indices, dtype=np.int64))
 
     def _share_statistics(self, form: str, n_class: int) -> bool:
         """Whether to collect the statistics of every image once and share them among classes.

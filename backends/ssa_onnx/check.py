@@ -19,11 +19,11 @@ import numpy as np
 from ssa_torch.kinds import display_name, target_name
 from ssa_torch.network import steps_summary
 
-from ssa.api import load_model
 from ssa.core.interfaces import Network, Tap
 from ssa.errors import InvalidInputError
 from ssa.io.images import load_images
 from ssa.io.preprocess import resolve_preprocess
+from ssa.session import load_model
 
 from .model import OnnxInfo
 from .outputs import LogProbabilities

@@ -6,14 +6,16 @@ import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
 
 from ssa.core.graph import DependencyGraph
 from ssa.errors import InvalidInputError
-from ssa.session import Session
+
+if TYPE_CHECKING:  # for the annotation only: the helpers work on any session they are given
+    from ssa.session import Session
 
 __all__ = ["check_count", "as_graph", "class_images", "read_records"]
 

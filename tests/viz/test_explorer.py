@@ -106,6 +106,46 @@ def test_per_image_relevance_equals_autograd_and_the_graph(small):
         assert per[v].mean() == pytest.approx(g.nodes[v]["mean_relevance"], rel=1e-4, abs=1e-7)
 
 
+
+def test_per_image_relevance_comes_from_a_session_and_its_checks(small):
+    """The explorer asks a Session for its relevance source, so a rule whose combine() contradicts its declared
+    closed form is refused (check_closed_form), as ssa.analyse refuses it."""
+    graphs, net, x, y = small
+    g = graphs[0]
+    rows = class_indices(net, g, x, y)
+
+    class Lying(ssa.Rule):  # declares the gradient's closed form, combines gradient x activation
+        name = "lying_explorer"
+        closed_form = ssa.ClosedForm.GRADIENT
+
+        def combine(self, grad, activation):
+            return grad * activation
+
+    class Plugin:
+        @ssa.hookimpl
+        def ssa_register_rules(self, register):
+            register(Lying)
+
+    pm = ssa.get_plugin_manager()
+    plugin = Plugin()
+    pm.register(plugin, name="lying-explorer-test")
+    try:
+        ssa.registry(refresh=True)
+        lying = g.copy()
+        lying.graph["rule"], lying.graph["rule_params"] = "lying_explorer", {}
+        with pytest.raises(ssa.PluginError, match="lying_explorer"):
+            _per_image_relevance(net, x, rows, lying, 8, {})
+    finally:
+        pm.unregister(plugin)
+        ssa.registry(refresh=True)
+    sessions: dict = {}
+    per = _per_image_relevance(net, x, rows, g, 8, sessions)
+    (session,) = sessions.values()  # one session per rule, shared by the classes
+    assert session.rule.name == "gradient_x_activation" and session.network is net
+    _per_image_relevance(net, x, class_indices(net, graphs[1], x, y), graphs[1], 8, sessions)
+    assert len(sessions) == 1
+    assert per and all(np.isfinite(r).all() for r in per.values())
+
 def test_pair_gradients_equal_one_pass_per_neuron(small):
     _, net, x, _ = small
     imgs = x[[0, 1, 2, 0]]

@@ -7,8 +7,9 @@ made from). For every neuron of the graphs it gives:
 * **most relevant** (per class): the class's images with the largest per-image relevance of the
   neuron, ``r_i(v)`` = the mean over the graph's edges ``u -> v`` of omega[u, i, v] (so the mean of
   ``r_i(v)`` over the class's images is the node's ``mean_relevance``). omega comes from the same
-  relevance sources as the traversal: the one-pass statistics (collected once for all the images,
-  shared by every class) where a step has the closed form, batched autograd per tap elsewhere;
+  relevance sources as the traversal, asked of a :class:`~ssa.session.Session` (its engine choice and
+  checks): the one-pass statistics (collected once for all the images, shared by every class) where a
+  step has the closed form, batched autograd per tap elsewhere;
 * **most active**: the analysed images (all classes together) with the largest neuron scalar
   (value, or spatial mean), from one forward pass per image batch;
 * each reference **cropped to the neuron's receptive field** with a heat overlay: for a conv neuron,
@@ -49,13 +50,10 @@ from ssa.core.capabilities import SupportsInputMaps, unsupported
 from ssa.core.graph import DependencyGraph
 from ssa.core.interfaces import Network
 from ssa.core.traversal import step_omega
-from ssa.engines.autograd import AutogradSource
-from ssa.engines.closed_form import FastSource
-from ssa.engines.statistics import collect
 from ssa.engines.store import images_hash
 from ssa.errors import InvalidInputError
 from ssa.io.atomic import atomic_write_bytes
-from ssa.plugins import make_rule
+from ssa.session import Session
 from ssa.viz.figures.common import dependency_graph, display_image, rgb, saliency_map
 
 __all__ = ["References", "reference_images", "class_indices", "default_cache_dir", "decode_maps", "CACHE_VERSION",
@@ -135,19 +133,22 @@ def _scalars(network: Network, images: np.ndarray, taps: Sequence[str], batch_si
 
 
 def _per_image_relevance(network: Network, images: np.ndarray, rows: np.ndarray, graph: nx.DiGraph,
-                         batch_size: int, stats_cache: dict[str, Any]) -> dict[str, np.ndarray]:
-    """``{node: r (len(rows),)}``: per image, the mean over the graph's edges u -> node of omega[u, i, node]."""
+                         batch_size: int, sessions: dict[str, Session]) -> dict[str, np.ndarray]:
+    """``{node: r (len(rows),)}``: per image, the mean over the graph's edges u -> node of omega[u, i, node].
+
+    omega comes from the relevance source a :class:`~ssa.session.Session` of the graph's rule gives for the
+    class's images (its engine choice and checks); ``sessions`` keeps one session per rule, so the statistics
+    of all the images are collected once and shared by every class of that rule.
+    """
     g = dependency_graph(graph)
     run = g.run
-    rule = make_rule(run.rule or "gradient", **run.rule_params)
-    form = rule.form
-    fast = network.fast_taps(form) if form else frozenset()
-    if form and fast:
-        if form not in stats_cache:  # statistics of all the images, once, shared by every class
-            stats_cache[form] = collect(network, images, [form], batch_size)
-        source: Any = FastSource(network, stats_cache[form], form, images, batch_size, rows)
-    else:
-        source = AutogradSource(network, images[rows], batch_size)
+    key = json.dumps([run.rule or "gradient", dict(run.rule_params)], sort_keys=True, default=str)
+    if key not in sessions:
+        sessions[key] = Session.of_network(network, images, rule=run.rule or "gradient",
+                                           rule_params=run.rule_params, batch_size=batch_size)
+    session = sessions[key]
+    rule = session.rule
+    source = session.relevance_source(rows)
     info = {n: g.info(n) for n in g.nodes}
     by_upper: dict[str, list[tuple[str, str]]] = {}
     for u, v in g.edges:
@@ -408,11 +409,11 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
     # 1. scalars of every analysed image (one forward pass per batch) -> most active
     scal = _scalars(network, imgs, needed, batch_size)
     # 2. per-image relevance of every node of every class graph, from the relevance sources -> most relevant
-    stats_cache: dict[str, Any] = {}
+    sessions: dict[str, Session] = {}
     relevant: dict[str, dict[int, list[tuple[int, float]]]] = {}
     per_class = []
     for gi, (g, rows) in enumerate(zip(dgraphs, rows_of, strict=False)):
-        per = _per_image_relevance(network, imgs, rows, g, batch_size, stats_cache)
+        per = _per_image_relevance(network, imgs, rows, g, batch_size, sessions)
         per_class.append(per)
         for node, r in per.items():
             relevant.setdefault(node, {})[gi] = [(int(rows[j]), float(r[j])) for j in _top(r, top_k)]
