@@ -94,7 +94,7 @@ def _settings(selector: str | Selector | None, params: Mapping[str, Any] | None,
     """(parameter, value, b, selector parameters) of every point."""
     base = dict(params or {})
     out = [("b", float(b), b, base) for b in BRANCHINGS]
-    name = selector if isinstance(selector, str) else getattr(selector, "name", None)
+    name = selector if selector is None or isinstance(selector, str) else selector.name
     if name in MAIN_PARAMETERS:
         pname, values = MAIN_PARAMETERS[name]
         if pname not in base:  # a parameter the caller fixed is not swept
