@@ -237,6 +237,10 @@ class Onnx2TorchNative(CanonPass):
             _to_function(node, mod.function, tuple(node.args))
         return True
 
+    def _OnnxErf(self, gm, ctx, node, mod, values) -> bool:
+        _to_function(node, torch.erf, tuple(node.args))  # GELU's erf form is then fused (FuseActivations)
+        return True
+
     def _global_pool(self, gm, ctx, node, mod, values, new: nn.Module) -> bool:
         value = values.get(node.name)
         if not isinstance(value, torch.Tensor) or value.dim() != 4:

@@ -7,6 +7,7 @@ touched). The default sequence, :data:`DEFAULT_PASSES`:
 
 1. :class:`OutOfPlace` - in-place ops to out-of-place ops;
 2. :class:`DropIdentities` - identity ops, eval-mode dropout and no-op casts removed;
+   :class:`FuseActivations` - GELU written with erf or tanh, Mish with tanh(softplus), to one module;
 3. :class:`CollapsePermutes` - consecutive Transpose / permute ops composed;
 4. :class:`ResolveShapes` - reshape targets computed from the input's shape to constants;
 5. :class:`LayersAsModules` - ``x @ W``, ``F.linear``, ``F.conv2d`` with constant weights to modules;
@@ -19,6 +20,7 @@ torch ops). ``docs/store.md`` describes the passes and the closed form.
 
 from __future__ import annotations
 
+from .activations import FuseActivations
 from .affine import FoldAffine
 from .base import (
            CanonPass,
@@ -35,8 +37,8 @@ from .permute import CollapsePermutes
 from .shapes import ResolveShapes, batch_free_reshape
 
 __all__ = ["CanonPass", "CanonReport", "PassContext", "canonicalize", "DEFAULT_PASSES", "OutOfPlace",
-           "DropIdentities", "CollapsePermutes", "ResolveShapes", "LayersAsModules", "FoldAffine",
+           "DropIdentities", "FuseActivations", "CollapsePermutes", "ResolveShapes", "LayersAsModules", "FoldAffine",
            "replace_node", "fresh_module_path", "set_module", "batch_free_reshape"]
 
-DEFAULT_PASSES: tuple[CanonPass, ...] = (OutOfPlace(), DropIdentities(), CollapsePermutes(), ResolveShapes(),
-                                         LayersAsModules(), FoldAffine())
+DEFAULT_PASSES: tuple[CanonPass, ...] = (OutOfPlace(), DropIdentities(), FuseActivations(), CollapsePermutes(),
+                                         ResolveShapes(), LayersAsModules(), FoldAffine())
