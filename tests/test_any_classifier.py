@@ -1,0 +1,153 @@
+"""Any classifier (issue 19, method doc section 4b): ConvNeXt, DeiT and Swin through the module API and ONNX.
+
+Tap discovery must find, on its own, every GELU's output and the residual stream after every block, with
+tokens aggregated as positions; the graphs must equal the slow reference (taps by hand, one autograd call
+per upper neuron and image, additions cut by a torch function mode) under both rules, and the ONNX exports
+(opset 17: GELU as the erf pattern; opset 20: a Gelu op) must analyse to the same taps and graph.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import ssa
+from ssa.errors import UnsupportedModelError
+from ssa.testing.reference import reference_ssa
+
+from . import any_models as am
+from . import onnx_models as om
+
+pytest.importorskip("timm")
+
+N_IMAGES = 8
+BRANCHING = 2
+RULES = ("gradient", "gradient_x_activation")
+
+
+def _target(model: nn.Module, x: np.ndarray) -> int:
+    with torch.no_grad():
+        return int(model(torch.from_numpy(x)).argmax(1)[0])
+
+
+def _by_order(result) -> dict[tuple[int, int, int, int], tuple[int, float]]:
+    g = result.graph
+    order = {t.name: t.order for t in result.taps}
+    out = {}
+    for u, v, d in g.edges(data=True):
+        nu, nv = g.nodes[u], g.nodes[v]
+        out[(order[nu["tap"]], nu["neuron"], order[nv["tap"]], nv["neuron"])] = (d["frequency"], d["relevance"])
+    return out
+
+
+def _structure(taps) -> list[tuple]:
+    order = {t.name: t.order for t in taps}
+    return [(t.order, t.channel_axis, tuple(sorted(order[p] for p in t.parents))) for t in taps]
+
+
+def _assert_same(got: dict, want: dict) -> None:
+    assert set(got) == set(want), f"only in ssa: {sorted(set(got) - set(want))}; only in the other: " \
+                                  f"{sorted(set(want) - set(got))}"
+    for key, (freq, rel) in want.items():
+        assert got[key][0] == freq, key
+        assert got[key][1] == pytest.approx(rel, rel=1e-4, abs=1e-7), key
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("any_classifier")
+    out = {}
+    for family in am.FAMILIES:
+        model = am.build(family)
+        x = am.images(2)
+        for opset in (17, 20):
+            out[family, opset] = om.export(model, x, root / f"{family}_{opset}.onnx", opset=opset)
+    return out
+
+
+@pytest.mark.parametrize("family", sorted(am.FAMILIES))
+def test_taps_are_the_gelus_and_the_streams(family):
+    net = ssa.load_model(am.build(family))
+    taps = net.prepare(am.images(2))
+    ref = am.reference_taps(family)
+    want = [(i, t.channel_axis, tuple(sorted(j for j, p in enumerate(ref) if p.name in t.parents)))
+            for i, t in enumerate(ref)]
+    assert _structure(taps) == want
+    kinds = [t.kind for t in taps]
+    assert kinds == ["stream" if r.op == "add" else ("logits" if r.name == "logits" else "activation") for r in ref]
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("family", sorted(am.FAMILIES))
+def test_graph_equals_the_reference(family, rule):
+    model = am.build(family)
+    x = am.images(N_IMAGES)
+    target = _target(model, x)
+    res = ssa.analyse(model, x, target, BRANCHING, rule=rule, selector="tukey")
+    ref_taps = am.reference_taps(family)
+    want_named = reference_ssa(model, x, ref_taps, target, BRANCHING, rule)
+    order = {t.name: i for i, t in enumerate(ref_taps)}
+    want = {(order[u], n, order[v], k): val for (u, n, v, k), val in want_named.items()}
+    _assert_same(_by_order(res), want)
+    assert res.graph.number_of_nodes() >= 6, res.graph.number_of_nodes()
+
+
+@pytest.mark.parametrize("opset", (17, 20))
+@pytest.mark.parametrize("family", sorted(am.FAMILIES))
+def test_onnx_export_gives_the_module_graph(family, opset, exported):
+    model = am.build(family)
+    x = am.images(N_IMAGES)
+    target = _target(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = ssa.analyse(str(exported[family, opset]), x, target, BRANCHING, rule="gradient", selector="tukey")
+    want = ssa.analyse(model, x, target, BRANCHING, rule="gradient", selector="tukey")
+    assert _structure(got.taps) == _structure(want.taps)
+    assert [t.op for t in got.taps if t.kind == "activation"] == ["GELU"] * sum(t.kind == "activation"
+                                                                                for t in got.taps)
+    _assert_same(_by_order(got), _by_order(want))
+
+
+# --- GELU and Mish written out: one activation each -----------------------------------------------------------
+
+
+class _Written(nn.Module):
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.form = form
+        self.fc1, self.fc2, self.fc3 = nn.Linear(12, 16), nn.Linear(16, 16), nn.Linear(16, 5)
+
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        if self.form == "erf":
+            return x * 0.5 * (1.0 + torch.erf(x / 1.4142135623730951))
+        if self.form == "tanh":
+            return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * (x + 0.044715 * torch.pow(x, 3))))
+        return x * torch.tanh(F.softplus(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(self.act(self.fc2(self.act(self.fc1(x.flatten(1))))))
+
+
+@pytest.mark.parametrize("form, op", [("erf", "GELU"), ("tanh", "GELU"), ("mish", "Mish")])
+def test_activations_written_out_are_one_tap_each(form, op):
+    model = _Written(form).eval()
+    x = np.random.default_rng(0).standard_normal((6, 12)).astype(np.float32)
+    net = ssa.load_model(model)
+    taps = net.prepare(x)
+    assert [t.op for t in taps] == [op, op, "Linear"]
+    assert [t.parents for t in taps][1:] == [(taps[0].name,), (taps[1].name,)]
+    interp = net.run(x, grad=False)  # the fused graph computes what the module computes
+    np.testing.assert_allclose(interp.raw["logits"].numpy(), model(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_without_taps_is_refused():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.LayerNorm(4), nn.Linear(4, 3))
+    with pytest.raises(UnsupportedModelError, match="no taps below the logits"):
+        ssa.load_model(model).prepare(np.zeros((2, 12), np.float32))
