@@ -45,7 +45,7 @@ FAMILIES: dict[str, Callable[[], nn.Module]] = {"convnext": _convnext, "deit": _
 
 def build(family: str) -> nn.Module:
     torch.manual_seed(0)
-    model = _heavy_tail_(FAMILIES[family](), 1)
+    model = _heavy_tail_(FAMILIES[family](), 1, sigma=2.0)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
