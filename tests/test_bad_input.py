@@ -46,6 +46,8 @@ CASES: list[tuple[str, list[str], str]] = [
      "exported with a static batch size"),
     ("analyse-model-nan-logits", ["analyse", "{d}/models.py:nan_logits", "--images", "{d}/x.npy", "-t", "3", "-o",
                                   "{d}/prev/g.json"], "logits are NaN or infinite"),
+    ("analyse-model-no-taps", ["analyse", "{d}/models.py:no_taps", "--images", "{d}/x.npy", "-t", "3"],
+     "no taps below the logits"),
     ("analyse-backend-unknown", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--backend", "nope"],
      "unknown backend 'nope'"),
     ("analyse-device-unknown", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--device", "tpu"],
@@ -272,6 +274,11 @@ def nan_logits():
     with torch.no_grad():
         m.classifier[3].bias[2] = float("nan")
     return m
+
+
+def no_taps():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
 
 
 def random_digits():
