@@ -151,3 +151,25 @@ def test_a_model_without_taps_is_refused():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.LayerNorm(4), nn.Linear(4, 3))
     with pytest.raises(UnsupportedModelError, match="no taps below the logits"):
         ssa.load_model(model).prepare(np.zeros((2, 12), np.float32))
+
+
+# --- timm:NAME and torchvision:NAME ----------------------------------------------------------------------------
+
+
+def test_zoo_sources_build_random_or_local_weights(tmp_path):
+    import timm
+
+    torch.manual_seed(3)
+    trained = timm.create_model("convnext_atto", pretrained=False, num_classes=1000).eval()
+    torch.save(trained.state_dict(), tmp_path / "w.pth")
+    x = am.images(2, size=32)
+    loaded = ssa.load_model("timm:convnext_atto", weights=str(tmp_path / "w.pth"))
+    loaded.prepare(x)
+    with torch.no_grad():
+        want = trained(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(loaded.logits(x), want, rtol=1e-5, atol=1e-5)
+    random = ssa.load_model("timm:convnext_atto")
+    random.prepare(x)
+    assert not np.allclose(random.logits(x), want)  # random weights, nothing downloaded
+    net = ssa.load_model("torchvision:resnet18")
+    assert len(net.prepare(x)) == 18  # 17 ReLU calls and the logits, as for the module itself
