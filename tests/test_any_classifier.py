@@ -173,3 +173,30 @@ def test_zoo_sources_build_random_or_local_weights(tmp_path):
     assert not np.allclose(random.logits(x), want)  # random weights, nothing downloaded
     net = ssa.load_model("torchvision:resnet18")
     assert len(net.prepare(x)) == 18  # 17 ReLU calls and the logits, as for the module itself
+
+
+# --- ShuffleNetV2: the channel split by the closed form, through ONNX and as a module ---------------------------
+
+
+@pytest.mark.slow
+def test_shufflenet_channel_split_takes_the_closed_form(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    model = om.heavy_tail_(torchvision.models.shufflenet_v2_x0_5(num_classes=10), 2)
+    x = am.images(6, size=48)
+    path = om.export(model, x, tmp_path / "shufflenet.onnx")
+    target = _target(model, x)
+    results = {}
+    for source in (model, str(path)):
+        net = ssa.load_model(source)
+        net.prepare(x)
+        steps = net.describe_steps()
+        fast = sum(v.startswith("fast") for v in steps.values())
+        assert fast >= 0.9 * len(steps), net.closed_form_summary()
+        results[type(source).__name__] = ssa.analyse(source, x, target, 2, engine="auto", rule="gradient",
+                                                     selector="tukey")
+    auto = ssa.analyse(model, x, target, 2, engine="autograd", rule="gradient", selector="tukey")
+    _assert_same(_by_order(results["ShuffleNetV2"]), _by_order(auto))
+    _assert_same(_by_order(results["str"]), _by_order(auto))
+    assert results["str"].graph.number_of_nodes() >= 10
