@@ -200,3 +200,37 @@ def test_shufflenet_channel_split_takes_the_closed_form(tmp_path):
     _assert_same(_by_order(results["ShuffleNetV2"]), _by_order(auto))
     _assert_same(_by_order(results["str"]), _by_order(auto))
     assert results["str"].graph.number_of_nodes() >= 10
+
+
+# --- 1-D networks: Conv1d and its poolings by the closed form (as 2-D ops on a height-1 image) -----------------
+
+
+def _conv1d_net() -> nn.Module:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv1d(3, 8, 5, padding=2), nn.BatchNorm1d(8), nn.ReLU(), nn.MaxPool1d(2),
+                      nn.Conv1d(8, 16, 3, padding=1, dilation=1, stride=2), nn.ReLU(), nn.AvgPool1d(2),
+                      nn.Conv1d(16, 16, 3, padding=2, dilation=2, groups=2), nn.ReLU(),
+                      nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 5))
+    return om.heavy_tail_(m, 4, sigma=2.0)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_conv1d_net_by_the_closed_form_equals_the_reference(rule, tmp_path):
+    from ssa.testing.models import RefTap
+
+    model = _conv1d_net()
+    x = np.random.default_rng(1).standard_normal((16, 3, 32)).astype(np.float32)
+    target = _target(model, x)
+    ref_taps = (RefTap("2", "2"), RefTap("5", "5", 0, 1, ("2",)), RefTap("8", "8", 0, 1, ("5",)),
+                RefTap("12", "12", 0, 1, ("8",)), RefTap("logits", "13", 0, 1, ("12",)))
+    want = reference_ssa(model, x, ref_taps, target, BRANCHING, rule)
+    order = {t.name: i for i, t in enumerate(ref_taps)}
+    want_by_order = {(order[u], n, order[v], k): val for (u, n, v, k), val in want.items()}
+    path = om.export(model, x, tmp_path / "conv1d.onnx")
+    for source in (model, str(path)):
+        net = ssa.load_model(source)
+        net.prepare(x)
+        assert all(v.startswith("fast") for v in net.describe_steps().values()), net.describe_steps()
+        res = ssa.analyse(source, x, target, BRANCHING, rule=rule, selector="tukey", engine="auto")
+        _assert_same(_by_order(res), want_by_order)
+    assert len(want) >= 6

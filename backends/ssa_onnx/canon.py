@@ -274,20 +274,20 @@ class Onnx2TorchNative(CanonPass):
         _to_function(node, torch.erf, tuple(node.args))  # GELU's erf form is then fused (FuseActivations)
         return True
 
-    def _global_pool(self, gm, ctx, node, mod, values, new: nn.Module) -> bool:
+    def _global_pool(self, gm, ctx, node, mod, values, new: dict[int, nn.Module]) -> bool:
         value = values.get(node.name)
-        if not isinstance(value, torch.Tensor) or value.dim() != 4:
+        if not isinstance(value, torch.Tensor) or value.dim() not in new:
             return False
-        _swap(gm, node, new)
+        _swap(gm, node, new[value.dim()])
         return True
 
     def _OnnxGlobalAveragePool(self, gm, ctx, node, mod, values) -> bool:
-        return self._global_pool(gm, ctx, node, mod, values, nn.AdaptiveAvgPool2d(1))
+        return self._global_pool(gm, ctx, node, mod, values, {4: nn.AdaptiveAvgPool2d(1), 3: nn.AdaptiveAvgPool1d(1)})
 
     _OnnxGlobalAveragePoolWithKnownInputShape = _OnnxGlobalAveragePool
 
     def _GlobalMaxPool(self, gm, ctx, node, mod, values) -> bool:
-        return self._global_pool(gm, ctx, node, mod, values, nn.AdaptiveMaxPool2d(1))
+        return self._global_pool(gm, ctx, node, mod, values, {4: nn.AdaptiveMaxPool2d(1), 3: nn.AdaptiveMaxPool1d(1)})
 
     def _OnnxPReLU(self, gm, ctx, node, mod, values) -> bool:
         x, slope = node.args

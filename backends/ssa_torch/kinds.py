@@ -77,7 +77,7 @@ _MODULE_KINDS: dict[type, str] = {
     nn.InstanceNorm1d: "instancenorm", nn.InstanceNorm2d: "instancenorm",
     nn.MaxPool1d: "maxpool", nn.MaxPool2d: "maxpool", nn.AvgPool1d: "avgpool", nn.AvgPool2d: "avgpool",
     nn.AdaptiveAvgPool1d: "adaptive_avgpool", nn.AdaptiveAvgPool2d: "adaptive_avgpool",
-    nn.AdaptiveMaxPool2d: "adaptive_maxpool",
+    nn.AdaptiveMaxPool1d: "adaptive_maxpool", nn.AdaptiveMaxPool2d: "adaptive_maxpool",
     nn.Flatten: "flatten", nn.Dropout: "identity", nn.Dropout2d: "identity", nn.Identity: "identity",
     nn.Softmax: "softmax", nn.LogSoftmax: "log_softmax",
 }

@@ -31,6 +31,7 @@ from .base import (
            fresh_module_path,
            replace_node,
 )
+from .conv1d import Conv1dAs2d
 from .identity import DropIdentities
 from .inplace import OutOfPlace
 from .layers import LayersAsModules, set_module
@@ -40,8 +41,9 @@ from .split import SplitToSlices
 
 __all__ = ["CanonPass", "CanonReport", "PassContext", "canonicalize", "DEFAULT_PASSES", "OutOfPlace",
            "DropIdentities", "FuseActivations", "SplitToSlices", "CollapsePermutes", "ResolveShapes",
-           "LayersAsModules", "FoldAffine",
+           "LayersAsModules", "FoldAffine", "Conv1dAs2d",
            "replace_node", "fresh_module_path", "set_module", "batch_free_reshape"]
 
 DEFAULT_PASSES: tuple[CanonPass, ...] = (OutOfPlace(), DropIdentities(), FuseActivations(), SplitToSlices(),
-                                         CollapsePermutes(), ResolveShapes(), LayersAsModules(), FoldAffine())
+                                         CollapsePermutes(), ResolveShapes(), LayersAsModules(), FoldAffine(),
+                                         Conv1dAs2d())
