@@ -234,3 +234,15 @@ def test_conv1d_net_by_the_closed_form_equals_the_reference(rule, tmp_path):
         res = ssa.analyse(source, x, target, BRANCHING, rule=rule, selector="tukey", engine="auto")
         _assert_same(_by_order(res), want_by_order)
     assert len(want) >= 6
+
+
+def test_a_conversion_that_fails_at_run_time_names_the_onnx_node(exported, monkeypatch):
+    import ssa_onnx.convert
+
+    # without the LayerNormalization repair, onnx2torch's module fails on Swin's computed shapes
+    monkeypatch.setattr(ssa_onnx.convert, "repair_layer_norms", lambda gm: 0)
+    with pytest.raises(UnsupportedModelError, match=r"fails at ONNX node '[^']*LayerNormalization' \(LayerNorm\): "
+                                                    r"Expected weight to be of same shape as normalized_shape"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ssa.load_model(str(exported["swin", 17])).prepare(am.images(2))
