@@ -47,6 +47,10 @@ def convert_model(model: OnnxModel) -> fx.GraphModule:
     from .compat import install
 
     install()
+    # onnx2torch's Slice indexes with a list (a torch deprecation warning on every run of the module): harmless,
+    # and the analysis would print it at every forward pass
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                            category=UserWarning)
     name = model.info.path
     try:
         with warnings.catch_warnings():
