@@ -246,3 +246,27 @@ def test_a_conversion_that_fails_at_run_time_names_the_onnx_node(exported, monke
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ssa.load_model(str(exported["swin", 17])).prepare(am.images(2))
+
+
+# --- every pointwise nonlinearity is a tap, however the exporter writes it ---------------------------------------
+
+_ACTIVATIONS = (nn.ReLU(), nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.Hardswish(), nn.Mish(), nn.ELU(),
+                nn.SELU(), nn.LeakyReLU(0.1), nn.ReLU6(), nn.Softplus(), nn.CELU())
+
+
+@pytest.mark.parametrize("opset", (12, 17, 20))
+def test_every_activation_is_a_tap_through_onnx(opset, tmp_path):
+    layers: list[nn.Module] = []
+    for i, act in enumerate(_ACTIVATIONS):
+        layers += [nn.Conv2d(3 if i == 0 else 6, 6, 3, padding=1), act]
+    torch.manual_seed(0)
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)).eval()
+    x = np.random.default_rng(0).uniform(0, 1, (4, 3, 8, 8)).astype(np.float32)
+    module_taps = ssa.load_model(model).prepare(x)
+    onnx_taps = ssa.load_model(str(om.export(model, x, tmp_path / "acts.onnx", opset=opset))).prepare(x)
+    # opsets before 14 write HardSwish as x * HardSigmoid(x); SiLU is x * Sigmoid(x) at every opset
+    written = {"SiLU": "swish", **({"Hardswish": "hardswish"} if opset < 14 else {})}
+    assert [t.op for t in onnx_taps] == [written.get(t.op, t.op) for t in module_taps]
+    assert [t.op for t in module_taps] == ["ReLU", "GELU", "GELU", "SiLU", "Hardswish", "Mish", "ELU", "SELU",
+                                           "LeakyReLU", "ReLU6", "Softplus", "CELU", "Linear"]
+    assert _structure(onnx_taps) == _structure(module_taps)
