@@ -57,6 +57,12 @@ CASES: list[tuple[str, list[str], str]] = [
      "exported with a static batch size"),
     ("analyse-model-nan-logits", ["analyse", "{d}/models.py:nan_logits", "--images", "{d}/x.npy", "-t", "3", "-o",
                                   "{d}/prev/g.json"], "logits are NaN or infinite"),
+    ("analyse-model-no-taps", ["analyse", "{d}/models.py:no_taps", "--images", "{d}/x.npy", "-t", "3"],
+     "no taps below the logits"),
+    ("analyse-model-zoo-unknown", ["analyse", "torchvision:nosuch", "--images", "{d}/x.npy", "-t", "3"],
+     "torchvision has no model 'nosuch'"),
+    ("analyse-weights-not-zoo", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--weights", "{d}/f.txt"],
+     "--weights applies to timm:NAME and torchvision:NAME models"),
     ("analyse-backend-unknown", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--backend", "nope"],
      "unknown backend 'nope'"),
     ("analyse-device-unknown", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--device", "tpu"],
@@ -339,6 +345,11 @@ def nan_logits():
     with torch.no_grad():
         m.classifier[3].bias[2] = float("nan")
     return m
+
+
+def no_taps():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
 
 
 def random_digits():

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 import ssa
 from ssa.cli import main
+from ssa.errors import UnsupportedModelError
 from ssa.models import digits_cnn, digits_data
 
 
@@ -93,12 +94,13 @@ def test_neurons_that_never_fire_are_explained():
                and "try --rule gradient_x_activation" in n for n in res.notes), res.notes
 
 
-def test_a_model_without_taps_is_explained():
-    res = ssa.analyse(NoTaps(), _x(), 3)
-    assert res.graph.number_of_nodes() == 1
-    assert res.notes == ("the model has no taps below the logits (no activation functions were found), so the graph "
-                         "is only the class node; name taps with --taps, or add the input's channels with "
-                         "--include-input",)
+def test_a_model_without_taps_is_refused():
+    """Method doc, section 4b: a graph that stops at the logits because no tap was found is an error, not a result."""
+    with pytest.raises(UnsupportedModelError, match="no taps below the logits: .* name taps by hand with --taps, or "
+                                                    "add the input's channels with --include-input"):
+        ssa.analyse(NoTaps(), _x(), 3)
+    res = ssa.analyse(NoTaps(), _x(), 3, include_input=True)  # the input's channels are a tap below the logits
+    assert [t.name for t in res.taps] == ["input", "logits"]
 
 
 def test_a_full_graph_has_no_notes():

@@ -237,20 +237,57 @@ class Onnx2TorchNative(CanonPass):
             _to_function(node, mod.function, tuple(node.args))
         return True
 
-    def _global_pool(self, gm, ctx, node, mod, values, new: nn.Module) -> bool:
-        value = values.get(node.name)
-        if not isinstance(value, torch.Tensor) or value.dim() != 4:
+    def _OnnxSlice(self, gm, ctx, node, mod, values) -> bool:
+        """Slice with bounds computed from shapes (ShuffleNetV2's channel split): folded to ``x[..., a:b]`` where
+        the bounds are the same at two batch sizes and leave the batch axis alone."""
+        x, *bounds = node.args
+        xv = values.get(x.name) if isinstance(x, fx.Node) else None
+        other = ctx.try_values(2)
+        if not isinstance(xv, torch.Tensor) or other is None or len(bounds) < 2:
             return False
-        _swap(gm, node, new)
+        folded: list[list[int] | None] = []
+        for b in bounds:
+            if b is None:
+                folded.append(None)
+                continue
+            v1 = values.get(b.name) if isinstance(b, fx.Node) and b.op != "get_attr" else ctx.const(b)
+            v2 = other.get(b.name) if isinstance(b, fx.Node) and b.op != "get_attr" else v1
+            if not isinstance(v1, torch.Tensor) or not isinstance(v2, torch.Tensor) or not torch.equal(v1, v2) \
+                    or v1.is_floating_point():
+                return False
+            folded.append([int(i) for i in v1.reshape(-1).tolist()])
+        starts, ends = folded[0], folded[1]
+        axes = folded[2] if len(folded) > 2 and folded[2] is not None else list(range(len(starts or [])))
+        steps = folded[3] if len(folded) > 3 and folded[3] is not None else [1] * len(axes)
+        if starts is None or ends is None or not (len(starts) == len(ends) == len(axes) == len(steps)):
+            return False
+        index: list[Any] = [slice(None)] * xv.dim()
+        for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+            axis %= xv.dim()
+            if axis == 0 or step <= 0:
+                return False  # the batch axis, or a reversed slice: left to onnx2torch
+            index[axis] = slice(start, end, step)
+        _to_function(node, operator.getitem, (x, tuple(index)))
+        return True
+
+    def _OnnxErf(self, gm, ctx, node, mod, values) -> bool:
+        _to_function(node, torch.erf, tuple(node.args))  # GELU's erf form is then fused (FuseActivations)
+        return True
+
+    def _global_pool(self, gm, ctx, node, mod, values, new: dict[int, nn.Module]) -> bool:
+        value = values.get(node.name)
+        if not isinstance(value, torch.Tensor) or value.dim() not in new:
+            return False
+        _swap(gm, node, new[value.dim()])
         return True
 
     def _OnnxGlobalAveragePool(self, gm, ctx, node, mod, values) -> bool:
-        return self._global_pool(gm, ctx, node, mod, values, nn.AdaptiveAvgPool2d(1))
+        return self._global_pool(gm, ctx, node, mod, values, {4: nn.AdaptiveAvgPool2d(1), 3: nn.AdaptiveAvgPool1d(1)})
 
     _OnnxGlobalAveragePoolWithKnownInputShape = _OnnxGlobalAveragePool
 
     def _GlobalMaxPool(self, gm, ctx, node, mod, values) -> bool:
-        return self._global_pool(gm, ctx, node, mod, values, nn.AdaptiveMaxPool2d(1))
+        return self._global_pool(gm, ctx, node, mod, values, {4: nn.AdaptiveMaxPool2d(1), 3: nn.AdaptiveMaxPool1d(1)})
 
     def _OnnxPReLU(self, gm, ctx, node, mod, values) -> bool:
         x, slope = node.args

@@ -10,7 +10,7 @@ from ssa.errors import ModelLoadError, UnsupportedModelError
 
 from .model import OnnxModel
 
-__all__ = ["convert_model"]
+__all__ = ["convert_model", "repair_layer_norms", "failing_node"]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -47,6 +47,10 @@ def convert_model(model: OnnxModel) -> fx.GraphModule:
     from .compat import install
 
     install()
+    # onnx2torch's Slice indexes with a list (a torch deprecation warning on every run of the module): harmless,
+    # and the analysis would print it at every forward pass
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                            category=UserWarning)
     name = model.info.path
     try:
         with warnings.catch_warnings():
@@ -62,9 +66,53 @@ def convert_model(model: OnnxModel) -> fx.GraphModule:
             ) from None
         raise ModelLoadError(f"onnx2torch failed to convert {name!r} ({type(exc).__name__}: {_first_line(exc)}); "
                              "re-export the model (e.g. another opset).") from None
+    repair_layer_norms(gm)
     gm.graph.eliminate_dead_code()
     gm.recompile()
     gm.eval()
     for p in gm.parameters():
         p.requires_grad_(False)
     return gm
+
+
+def repair_layer_norms(gm: fx.GraphModule) -> int:
+    """Give every ``nn.LayerNorm`` whose normalised shape is unknown (0) its scale's shape; returns how many.
+
+    onnx2torch reads LayerNormalization's normalised shape from the input's inferred shape, which is 0
+    where a computed Reshape left it symbolic (Swin, MaxViT, MobileViT exports). ONNX's scale has
+    the normalised shape itself (``input.shape[axis:]``), so it is the shape to use; the parity check
+    against onnxruntime verifies the result.
+    """
+    import torch.nn as nn
+
+    fixed = 0
+    for mod in gm.modules():
+        if isinstance(mod, nn.LayerNorm) and 0 in tuple(mod.normalized_shape) and mod.weight is not None \
+                and mod.weight.dim() == len(mod.normalized_shape):
+            mod.normalized_shape = tuple(int(d) for d in mod.weight.shape)
+            fixed += 1
+    return fixed
+
+
+def failing_node(gm: fx.GraphModule, x) -> tuple[str, str, str] | None:
+    """Run ``gm`` node by node on ``x``: (node name, what it computes, error) of the first node that fails."""
+    import torch
+    from ssa_torch.kinds import display_name, target_name
+
+    class _Run(fx.Interpreter):
+        node: fx.Node | None = None
+
+        def run_node(self, n):
+            self.node = n
+            return super().run_node(n)
+
+    run = _Run(gm)
+    try:
+        with torch.no_grad():
+            run.run(x)
+    except Exception as exc:  # noqa: BLE001 - any failure inside the converted graph is named
+        n = run.node
+        if n is None:
+            return None
+        return display_name(n), target_name(n, dict(gm.named_modules())), _first_line(exc)
+    return None

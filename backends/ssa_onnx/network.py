@@ -37,6 +37,7 @@ from ssa.errors import InvalidInputError, UnsupportedModelError
 
 from .canon import Onnx2TorchNative
 from .check import advice_section, example_batch, onnx_section, report_of, unknown_ops
+from .convert import failing_node
 from .model import OnnxInfo, OnnxModel
 from .outputs import (
     PROB_ATOL,
@@ -203,6 +204,14 @@ class OnnxNetwork(TorchNetwork):
                 out = module(self.to_tensor(x))
             except Exception as exc:  # noqa: BLE001
                 msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+                failing = failing_node(module, self.to_tensor(x)) if isinstance(module, fx.GraphModule) else None
+                if failing is not None:  # onnxruntime ran these images (prepare runs it first)
+                    node, op, err = failing
+                    raise UnsupportedModelError(
+                        f"the onnx2torch conversion of {self.name!r} fails at ONNX node {node!r} ({op}): {err[:160]}; "
+                        "onnxruntime runs the same images, so the conversion is at fault: re-export without this "
+                        "op (another opset or an equivalent op), or report the model."
+                    ) from None
                 raise InvalidInputError(
                     f"the converted model failed on images shaped {tuple(x.shape)} ({msg}); "
                     f"the model's input is {self.onnx.info.input.shape_text()}: check --preprocess."

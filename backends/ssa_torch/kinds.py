@@ -24,7 +24,7 @@ from torch import fx
 __all__ = [
     "node_kind", "target_name", "display_name", "register_kind", "perm_of", "mean_dims",
     "ACTIVATIONS", "GATE_ACTIVATIONS", "LAYERS", "POOLING", "PERMUTATIONS", "RESHAPES", "SHAPE_ONLY",
-    "SUMS", "ARITHMETIC", "CHANNEL_FIRST", "SOFTMAX", "NO_CLOSED_FORM", "NAME_KEY",
+    "SUMS", "ARITHMETIC", "CHANNEL_FIRST", "SOFTMAX", "NO_CLOSED_FORM", "NAME_KEY", "STREAM_NORMS",
 ]
 
 # -- families ------------------------------------------------------------------------------------
@@ -49,10 +49,14 @@ ARITHMETIC = frozenset({"add", "sub", "mul", "div"})
 #: ops whose output has its channels on axis 1
 CHANNEL_FIRST = frozenset({"conv", "batchnorm", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool"})
 SOFTMAX = frozenset({"softmax", "log_softmax"})
+#: normalisations that mix the channels of a position: a residual addition feeding one is a stream tap
+#: (method doc, section 4b)
+STREAM_NORMS = frozenset({"layernorm", "groupnorm", "rmsnorm"})
 #: ops for which the closed form of method doc section 6 cannot exist, and why (``ssa check`` says so)
 NO_CLOSED_FORM: Mapping[str, str] = {
     "layernorm": "layer normalisation mixes the channels of a position (no closed form)",
     "groupnorm": "group normalisation mixes channels (no closed form)",
+    "rmsnorm": "RMS normalisation mixes the channels of a position (no closed form)",
     "instancenorm": "instance normalisation depends on the whole feature map (no closed form)",
     "lrn": "local response normalisation mixes channels (no closed form)",
 }
@@ -69,11 +73,11 @@ _MODULE_KINDS: dict[type, str] = {
     nn.Tanh: "tanh", nn.Hardtanh: "hardtanh", nn.RReLU: "rrelu", nn.Softsign: "softsign",
     nn.Conv1d: "conv", nn.Conv2d: "conv", nn.Conv3d: "conv", nn.Linear: "linear",
     nn.BatchNorm1d: "batchnorm", nn.BatchNorm2d: "batchnorm", nn.BatchNorm3d: "batchnorm",
-    nn.LayerNorm: "layernorm", nn.GroupNorm: "groupnorm", nn.LocalResponseNorm: "lrn",
+    nn.LayerNorm: "layernorm", nn.RMSNorm: "rmsnorm", nn.GroupNorm: "groupnorm", nn.LocalResponseNorm: "lrn",
     nn.InstanceNorm1d: "instancenorm", nn.InstanceNorm2d: "instancenorm",
     nn.MaxPool1d: "maxpool", nn.MaxPool2d: "maxpool", nn.AvgPool1d: "avgpool", nn.AvgPool2d: "avgpool",
     nn.AdaptiveAvgPool1d: "adaptive_avgpool", nn.AdaptiveAvgPool2d: "adaptive_avgpool",
-    nn.AdaptiveMaxPool2d: "adaptive_maxpool",
+    nn.AdaptiveMaxPool1d: "adaptive_maxpool", nn.AdaptiveMaxPool2d: "adaptive_maxpool",
     nn.Flatten: "flatten", nn.Dropout: "identity", nn.Dropout2d: "identity", nn.Identity: "identity",
     nn.Softmax: "softmax", nn.LogSoftmax: "log_softmax",
 }
@@ -86,9 +90,10 @@ _FUNCTION_KINDS: dict[Any, str] = {
     F.conv1d: "conv", F.conv2d: "conv", F.conv3d: "conv", F.linear: "linear",
     F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool", F.adaptive_avg_pool2d: "adaptive_avgpool",
     F.adaptive_max_pool2d: "adaptive_maxpool", F.batch_norm: "batchnorm", F.layer_norm: "layernorm",
-    F.group_norm: "groupnorm", F.local_response_norm: "lrn", F.instance_norm: "instancenorm",
+    F.rms_norm: "rmsnorm", F.group_norm: "groupnorm", F.local_response_norm: "lrn", F.instance_norm: "instancenorm",
     torch.flatten: "flatten", torch.reshape: "reshape", torch.permute: "permute", torch.transpose: "transpose",
     F.softmax: "softmax", torch.softmax: "softmax", F.log_softmax: "log_softmax", torch.log_softmax: "log_softmax",
+    torch.erf: "erf", torch.special.erf: "erf",
     F.dropout: "identity", torch.add: "add", operator.add: "add", operator.iadd: "add", torch.sub: "sub",
     operator.sub: "sub", operator.isub: "sub", torch.mul: "mul", operator.mul: "mul", operator.imul: "mul",
     torch.div: "div", operator.truediv: "div", operator.itruediv: "div", torch.matmul: "matmul",
@@ -97,7 +102,7 @@ _FUNCTION_KINDS: dict[Any, str] = {
 }
 
 _METHOD_KINDS = {
-    "relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh",
+    "relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh", "erf": "erf",
     "view": "reshape", "reshape": "reshape", "flatten": "flatten", "permute": "permute",
     "transpose": "transpose", "add": "add", "add_": "add", "mul": "mul", "mul_": "mul", "sub": "sub",
     "sub_": "sub", "div": "div", "div_": "div", "softmax": "softmax", "log_softmax": "log_softmax",
@@ -109,12 +114,13 @@ _ATEN_KINDS = {
     "relu": "relu", "relu_": "relu", "relu6": "relu6", "hardtanh": "hardtanh", "hardtanh_": "hardtanh",
     "leaky_relu": "leaky_relu", "elu": "elu", "selu": "selu", "celu": "celu", "gelu": "gelu", "silu": "silu",
     "silu_": "silu", "hardswish": "hardswish", "hardswish_": "hardswish", "mish": "mish", "softplus": "softplus",
-    "sigmoid": "sigmoid", "hardsigmoid": "hardsigmoid", "tanh": "tanh", "prelu": "prelu", "_prelu_kernel": "prelu",
+    "sigmoid": "sigmoid", "hardsigmoid": "hardsigmoid", "tanh": "tanh", "erf": "erf", "prelu": "prelu",
+    "_prelu_kernel": "prelu",
     "conv1d": "conv", "conv2d": "conv", "conv3d": "conv", "convolution": "conv", "linear": "linear",
     "addmm": "linear", "max_pool2d": "maxpool", "max_pool2d_with_indices": "maxpool", "avg_pool2d": "avgpool",
     "adaptive_avg_pool2d": "adaptive_avgpool", "_adaptive_avg_pool2d": "adaptive_avgpool",
     "_native_batch_norm_legit_no_training": "batchnorm", "batch_norm": "batchnorm",
-    "layer_norm": "layernorm", "native_layer_norm": "layernorm", "group_norm": "groupnorm",
+    "layer_norm": "layernorm", "native_layer_norm": "layernorm", "rms_norm": "rmsnorm", "group_norm": "groupnorm",
     "native_group_norm": "groupnorm", "instance_norm": "instancenorm",
     "flatten": "flatten", "view": "reshape", "reshape": "reshape", "_unsafe_view": "reshape",
     "squeeze": "reshape", "unsqueeze": "reshape",

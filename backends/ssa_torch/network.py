@@ -31,35 +31,14 @@ from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
 from .closed_form.terms import rank1_rows
 from .interpreters import ModelCodeInterpreter
 from .maps import InputMaps
+from .segments import Segment, TapValues, batch_key, run_segment, segment_of
 from .taps import TapPlan, discover_taps
+from .tracing import EXPORT_FIX, trace_module
 
 __all__ = ["TorchNetwork", "HostCopy", "exact_arithmetic", "spatial_mean", "trace_module", "steps_summary"]
 
 _WORK_BYTES = 256 * 2**20  # budget for one chunk of batched gradients
-
-
-#: how to export a program that runs on any number of images (ssa runs the images in batches)
-EXPORT_FIX = ("torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch', "
-              "min=1)},)), 'model.pt2') with x a batch of 2 or more images")
-
-
-def trace_module(module: nn.Module, example: torch.Tensor) -> fx.GraphModule:
-    """An fx graph of ``module``: symbolic tracing, else ``torch.export`` with a dynamic batch axis."""
-    if isinstance(module, fx.GraphModule):
-        return module
-    try:
-        return fx.symbolic_trace(module)
-    except Exception as first:  # noqa: BLE001 - any tracing failure falls back to export
-        two = torch.cat([example[:1], example[:1]])  # a batch of 1 would be specialised to a constant
-        try:
-            return torch.export.export(module, (two,),
-                                       dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)).module()
-        except Exception as second:  # noqa: BLE001
-            raise UnsupportedModelError(
-                f"cannot trace the model ({type(first).__name__}: {str(first).splitlines()[0][:120]}), nor export it "
-                f"with a dynamic batch ({type(second).__name__}); make the model traceable for any batch size and "
-                f"pass a .pt2 file made with {EXPORT_FIX}, or name taps by hand."
-            ) from second
+_VALUES_BYTES = 512 * 2**20  # budget for the tap values kept per batch between the steps of a traversal
 
 
 def _check_batches(gm: fx.GraphModule, x: torch.Tensor) -> None:
@@ -194,6 +173,9 @@ class TorchNetwork(InputMaps, Network):
                                    channel_axes=self.channel_axes, output_index=self.output_index)
         self._gm = gm
         self._example = x
+        self._values = TapValues(_VALUES_BYTES)
+        self._segments: dict[str, Segment] = {}
+        self._input_node = next(n.name for n in gm.graph.nodes if n.op == "placeholder")
         self._stat_bytes: dict[str, int] = {}
         self._fast = None
         self._model_hash: str | None = None
@@ -428,6 +410,43 @@ class TorchNetwork(InputMaps, Network):
 
     def _step_relevance(self, batch: np.ndarray, upper: str, neurons: Sequence[int], rule: Rule
                         ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The step through its own segment only, from the batch's tap values (see :mod:`ssa_torch.segments`)."""
+        tap = self.tap(upper)
+        values = self._tap_values(batch)
+        plan = self.plan
+        scalars = {t.name: spatial_mean(values[plan.node_of[t.name]], t.channel_axis).double() for t in plan.taps}
+        parents = [self.tap(p) for p in tap.parents]
+        if not parents or len(neurons) == 0:
+            return {}, scalars
+        if upper not in self._segments:
+            self._segments[upper] = segment_of(self.graph_module, plan, upper)
+        segment = self._segments[upper]
+        feed = dict(values)
+        leaves = []
+        for p in parents:
+            leaf = values[plan.node_of[p.name]].detach().requires_grad_(True)
+            feed[plan.node_of[p.name]] = leaf
+            leaves.append(leaf)
+        with torch.enable_grad():
+            out = run_segment(self.graph_module, segment, feed, len(batch))
+        s = spatial_mean(out, tap.channel_axis)[:, list(neurons)]  # (B, n)
+        return self._relevance(s, leaves, parents, rule), scalars
+
+    def _tap_values(self, batch: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every tap's value and the input on ``batch`` (node name -> tensor): one cut forward pass, remembered."""
+        key = batch_key(batch)
+        found = self._values.get(key)
+        if found is None:
+            interp = self.run(batch, grad=False)
+            plan = self.plan
+            found = {plan.node_of[t]: v.detach() for t, v in interp.raw.items()}
+            found[self._input_node] = self.to_tensor(batch)
+            self._values.put(key, found)
+        return found
+
+    def _step_relevance_full(self, batch: np.ndarray, upper: str, neurons: Sequence[int], rule: Rule
+                             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The reference of :meth:`_step_relevance`: the whole network run with every tap cut, then the gradients."""
         tap = self.tap(upper)
         interp = self.run(batch, grad=True)
         scalars = self.scalars_of(interp)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pluggy
 
+from ssa.core.options import ModelOption
 from ssa.hookspecs import hookimpl
 
 from . import hookspecs
@@ -24,3 +25,11 @@ def ssa_register_backends(register: Callable[[type], None]) -> None:
     from .backend import TorchBackend  # imports torch: not at the top (see the module docstring)
 
     register(TorchBackend)
+
+
+@hookimpl
+def ssa_register_model_options(register: Callable[[ModelOption], None]) -> None:
+    register(ModelOption(
+        "--weights", "weights", backend="torch", type=str, metavar="FILE", models="timm:NAME and torchvision:NAME",
+        help="trained weights for a timm:NAME or torchvision:NAME model: a state dict file (torch.save) or "
+             ".safetensors (default: random weights; nothing is downloaded)"))

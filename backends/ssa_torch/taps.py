@@ -1,9 +1,14 @@
-"""Tap discovery on a torch.fx graph (method doc, sections 3 and 4).
+"""Tap discovery on a torch.fx graph (method doc, sections 3, 4 and 4b).
 
 Taps are the outputs of activation functions in execution order, plus the
 logits (the model output, with a final Softmax / LogSoftmax stripped). Gates
 (activations whose every consumer multiplies them with another computed
-tensor) are not taps. The parents of a tap are the taps reachable backwards
+tensor) are not taps. Where a residual addition (two computed operands) feeds
+a normalisation that mixes channels (LayerNorm, GroupNorm, RMSNorm) before any
+activation, as in transformers and ConvNeXt, its output is a tap too: the
+stream after the block (section 4b). Only tensors whose leading axis is the
+batch are taps (a transformer run on unfolded patches, ``(B * P, N, C)``, has
+none inside). A model with no tap below the logits is refused. The parents of a tap are the taps reachable backwards
 without passing through another tap (cut semantics). The channel axis of a tap
 is found by following the graph back to the producing conv / dense layer
 through permutations, so channels-last models get the right neurons.
@@ -28,6 +33,7 @@ from .kinds import (
     PERMUTATIONS,
     SHAPE_ONLY,
     SOFTMAX,
+    STREAM_NORMS,
     display_name,
     mean_dims,
     node_kind,
@@ -87,6 +93,42 @@ def _channel_axes(graph: fx.Graph, kinds: dict[str, str], shapes: dict[str, tupl
             val = first if (first is not None and first < ndim) else None
         axis[node.name] = val
     return axis
+
+
+def _feeds_norm(node: fx.Node, kinds: dict[str, str], stops: set[str]) -> bool:
+    """Whether ``node`` reaches a channel-mixing normalisation without passing through a tap in ``stops``."""
+    seen = {node.name}
+    queue = list(node.users)
+    while queue:
+        u = queue.pop(0)
+        if u.name in seen or u.name in stops:
+            continue
+        seen.add(u.name)
+        if kinds[u.name] in STREAM_NORMS:
+            return True
+        queue.extend(u.users)
+    return False
+
+
+def _stream_taps(nodes: list[fx.Node], kinds: dict[str, str], computed: set[str], batched: set[str],
+                 activations: list[fx.Node]) -> list[fx.Node]:
+    """Residual additions (two computed operands) that feed a normalisation before an activation (section 4b)."""
+    stops = {n.name for n in activations}
+    return [n for n in nodes
+            if kinds[n.name] == "add" and n.name in batched
+            and sum(a.name in computed for a in n.all_input_nodes) >= 2 and _feeds_norm(n, kinds, stops)]
+
+
+def _no_taps(nodes: list[fx.Node], kinds: dict[str, str], computed: set[str], modules: Mapping[str, nn.Module]
+             ) -> UnsupportedModelError:
+    others = Counter(target_name(n, modules) for n in nodes if n.name in computed and kinds[n.name] == "other")
+    listed = ", ".join(f"{name} x{k}" if k > 1 else name for name, k in others.most_common(4))
+    unknown = f" (ops it does not classify: {listed})" if listed else ""
+    return UnsupportedModelError(
+        "no taps below the logits: the model has no pointwise activation function and no residual stream feeding "
+        f"a normalisation{unknown}, so its graph would be only the class node; name taps by hand with --taps, "
+        "or add the input's channels with --include-input"
+    )
 
 
 def _input_channel_axis(graph: fx.Graph, placeholder: fx.Node, kinds: dict[str, str],
@@ -190,6 +232,7 @@ def discover_taps(
                 return False
         return True
 
+    stream_names: set[str] = set()  # residual additions taken as stream taps
     composite: set[str] = set()  # products x * sigmoid(x) / x * hardsigmoid(x) that are the activation
     module_calls: Counter[str] = Counter()
     names: dict[str, str] = {}
@@ -218,24 +261,28 @@ def discover_taps(
         tap_nodes = sorted(set(chosen), key=lambda n: position[n.name])
         kind_of_tap = "manual"
     else:
-        tap_nodes = [
-            n for n in nodes
-            if kinds[n.name] in ACTIVATIONS and n.name in computed and len(shapes.get(n.name, ())) >= 2
-            and not is_gate(n)
-        ]
+        # per-image tensors: the leading axis is the batch (the shapes are of the example batch)
+        batch = shapes.get(next((n.name for n in nodes if n.op == "placeholder"), ""), (1,))[:1]
+        batched = {n.name for n in nodes if n.name in computed and len(shapes.get(n.name, ())) >= 2
+                   and shapes[n.name][:1] == batch}
+        tap_nodes = [n for n in nodes if kinds[n.name] in ACTIVATIONS and n.name in batched and not is_gate(n)]
         # swish written as x * sigmoid(x), hardswish as x * hardsigmoid(x) (ONNX opset < 14 exports it
         # so): the product is the activation
         for n in nodes:
             if kinds[n.name] in GATE_ACTIVATIONS and is_gate(n) and n.all_input_nodes:
                 x = n.all_input_nodes[0]
                 for u in n.users:
-                    if x in u.all_input_nodes and len(shapes.get(u.name, ())) >= 2:
+                    if x in u.all_input_nodes and u.name in batched:
                         tap_nodes.append(u)
                         kinds[u.name] = "swish" if kinds[n.name] == "sigmoid" else "hardswish"
                         composite.add(u.name)
-        tap_nodes = sorted(set(tap_nodes), key=lambda n: position[n.name])
+        streams = _stream_taps(nodes, kinds, computed, batched, tap_nodes)
+        stream_names = {n.name for n in streams}
+        tap_nodes = sorted(set(tap_nodes) | set(streams), key=lambda n: position[n.name])
         kind_of_tap = "activation"
     tap_nodes = [n for n in tap_nodes if n is not logits_node and position[n.name] < position[logits_node.name]]
+    if not tap_nodes and not tap_names and not include_input:
+        raise _no_taps(nodes, kinds, computed, modules)
 
     axes = _channel_axes(graph, kinds, shapes, modules)
     channel_axes = dict(channel_axes or {})
@@ -292,7 +339,7 @@ def discover_taps(
             ax = axes.get(n.name)
             if ax is None or ax == 0:
                 ax = 1
-        kind = "logits" if n is logits_node else kind_of_tap
+        kind = "logits" if n is logits_node else ("stream" if n.name in stream_names else kind_of_tap)
         taps.append(Tap(tname, order_of[tname], kind, shape, _check_axis(tname, ax, ndim),
                         parents_of(n), kinds[n.name] if n.name in composite else target_name(n, modules)))
     unknown_axes = set(channel_axes) - {t.name for t in taps}

@@ -171,7 +171,7 @@ class Tap:
     ----------
     name : unique name (module path or graph node name; ``logits``; ``input``).
     order : position in execution order (the logits have the highest).
-    kind : "activation", "logits", "input" or "manual".
+    kind : "activation", "stream" (a residual stream, method doc section 4b), "logits", "input" or "manual".
     shape : per-image shape (without the batch axis).
     channel_axis : axis of the neurons in the full (batched) tensor.
     parents : names of the parent taps (method doc, section 4: cut semantics).

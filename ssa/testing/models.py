@@ -31,10 +31,12 @@ class RefTap:
 
     name : the name ssa gives the tap (module path, ``path@k`` for the k-th call of a reused module,
         ``logits``, ``input``).
-    module : module path whose output is the tap; None for the model input.
-    call : which call of ``module`` in one forward pass (0 = first).
+    module : module path whose output is the tap; None for the model input (or for an ``op`` tap).
+    call : which call of ``module`` (or of ``op``) in one forward pass (0 = first).
     channel_axis : axis of the neurons in the batched tensor.
     parents : the parent taps (cut semantics).
+    op : ``"add"`` for a tap that is the output of a tensor addition (a residual stream, method doc
+        section 4b): the ``call``-th addition of two tensors in one forward pass.
     """
 
     name: str
@@ -42,6 +44,7 @@ class RefTap:
     call: int = 0
     channel_axis: int = 1
     parents: tuple[str, ...] = ()
+    op: str | None = None
 
 
 @dataclass(frozen=True)

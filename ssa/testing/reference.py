@@ -2,7 +2,9 @@
 
 Independent of ssa's code: the taps and their parents are given by hand
 (:class:`ssa.testing.models.RefTap`), cut semantics are done with forward hooks that
-replace each tap module's output by a detached leaf that requires grad, and the
+replace each tap module's output by a detached leaf that requires grad (and, for the
+residual streams of section 4b, a torch function mode that does the same to the k-th
+tensor addition of the forward pass), and the
 relevance is computed with one ``torch.autograd.grad`` call per upper neuron
 and image. Outliers, ranking and selection are written out row by row, as the
 method doc states them.
@@ -18,6 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from ssa.testing.models import RefTap
 
@@ -67,19 +70,43 @@ def run_cut(model: nn.Module, x: torch.Tensor, taps: Sequence[RefTap]
 
     for path in by_module:
         handles.append(modules[path].register_forward_hook(make_hook(path)))
+    additions = {t.call: t.name for t in taps if t.op == "add"}
     try:
         inp = x.detach().clone()
         for t in taps:
-            if t.module is None:
+            if t.module is None and t.op is None:
                 inp.requires_grad_(True)
                 raw[t.name] = inp
                 leaf[t.name] = inp
-        with torch.enable_grad():
+        with torch.enable_grad(), _CutAdditions(additions, raw, leaf):
             model(inp)
     finally:
         for h in handles:
             h.remove()
     return raw, leaf
+
+
+_ADDITIONS = (torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__iadd__,
+              torch.Tensor.add_)
+
+
+class _CutAdditions(TorchFunctionMode):
+    """Cut the outputs of chosen tensor additions: the k-th addition of two tensors in the forward pass."""
+
+    def __init__(self, taps: dict[int, str], raw: dict[str, torch.Tensor], leaf: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.taps, self.raw, self.leaf, self.count = taps, raw, leaf, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in _ADDITIONS and len(args) >= 2 and all(isinstance(a, torch.Tensor) for a in args[:2]):
+            name = self.taps.get(self.count)
+            self.count += 1
+            if name is not None:
+                self.raw[name] = out
+                out = out.detach().clone().requires_grad_(True)
+                self.leaf[name] = out
+        return out
 
 
 def tap_scalar(value: torch.Tensor, channel_axis: int, neuron: int) -> torch.Tensor:

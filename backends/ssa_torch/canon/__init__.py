@@ -7,6 +7,8 @@ touched). The default sequence, :data:`DEFAULT_PASSES`:
 
 1. :class:`OutOfPlace` - in-place ops to out-of-place ops;
 2. :class:`DropIdentities` - identity ops, eval-mode dropout and no-op casts removed;
+   :class:`FuseActivations` - GELU written with erf or tanh, Mish with tanh(softplus), to one module;
+   :class:`SplitToSlices` - channel splits (``chunk`` / ``split``) read piece by piece to slices;
 3. :class:`CollapsePermutes` - consecutive Transpose / permute ops composed;
 4. :class:`ResolveShapes` - reshape targets computed from the input's shape to constants;
 5. :class:`LayersAsModules` - ``x @ W``, ``F.linear``, ``F.conv2d`` with constant weights to modules;
@@ -19,6 +21,7 @@ torch ops). ``docs/store.md`` describes the passes and the closed form.
 
 from __future__ import annotations
 
+from .activations import FuseActivations
 from .affine import FoldAffine
 from .base import (
            CanonPass,
@@ -28,15 +31,19 @@ from .base import (
            fresh_module_path,
            replace_node,
 )
+from .conv1d import Conv1dAs2d
 from .identity import DropIdentities
 from .inplace import OutOfPlace
 from .layers import LayersAsModules, set_module
 from .permute import CollapsePermutes
 from .shapes import ResolveShapes, batch_free_reshape
+from .split import SplitToSlices
 
 __all__ = ["CanonPass", "CanonReport", "PassContext", "canonicalize", "DEFAULT_PASSES", "OutOfPlace",
-           "DropIdentities", "CollapsePermutes", "ResolveShapes", "LayersAsModules", "FoldAffine",
+           "DropIdentities", "FuseActivations", "SplitToSlices", "CollapsePermutes", "ResolveShapes",
+           "LayersAsModules", "FoldAffine", "Conv1dAs2d",
            "replace_node", "fresh_module_path", "set_module", "batch_free_reshape"]
 
-DEFAULT_PASSES: tuple[CanonPass, ...] = (OutOfPlace(), DropIdentities(), CollapsePermutes(), ResolveShapes(),
-                                         LayersAsModules(), FoldAffine())
+DEFAULT_PASSES: tuple[CanonPass, ...] = (OutOfPlace(), DropIdentities(), FuseActivations(), SplitToSlices(),
+                                         CollapsePermutes(), ResolveShapes(), LayersAsModules(), FoldAffine(),
+                                         Conv1dAs2d())

@@ -1,6 +1,7 @@
 """Pass: ops that return their input unchanged are removed.
 
-Identity modules, dropout in eval mode, ``contiguous()`` / ``clone()`` / ``detach()``, and casts
+Identity modules, dropout in eval mode, ``contiguous()`` / ``clone()`` / ``detach()`` (a ``view`` reading
+one becomes a ``reshape``: ShuffleNet's and Swin's ``transpose().contiguous().view()``), and casts
 to the dtype (and device) the value already has: exporters write hundreds of such Casts
 (``Cast(to=FLOAT)`` on float tensors), and each one would otherwise sit between a tap and the
 layer that reads it.
@@ -66,7 +67,17 @@ class DropIdentities(CanonPass):
                     continue
                 if out.dtype != inp.dtype or out.device != inp.device or out.shape != inp.shape:
                     continue
+            for user in node.users:
+                _view_to_reshape(user)  # a view after contiguous() may read a permuted, non-contiguous tensor
             node.replace_all_uses_with(src)
             gm.graph.erase_node(node)
             count += 1
         return count
+
+
+def _view_to_reshape(node: fx.Node) -> None:
+    """``x.view(shape)`` / ``aten.view`` -> reshape: the same values, without requiring contiguous memory."""
+    if node.op == "call_method" and node.target == "view" and not any(isinstance(a, torch.dtype) for a in node.args):
+        node.target = "reshape"
+    elif node.op == "call_function" and node.target is torch.ops.aten.view.default:
+        node.target = torch.ops.aten.reshape.default

@@ -1,0 +1,110 @@
+"""A step by autograd runs only its own segment of the graph (method doc, sections 4 and 4b).
+
+The step ``upper <- parents`` differentiates along the paths from the parent taps to the upper tap
+that meet no other tap (cut semantics), so only the nodes on those paths need to run with gradients:
+the **segment** of ``upper`` is every node reachable backwards from its node without passing through
+a tap or the input. Its boundary is exactly its parent taps (and the input). The boundary values come
+from one forward pass of the batch with every tap cut, kept (:class:`TapValues`) for the batch's next
+steps within a memory budget, so that a transformer step costs the forward pass of its own block and
+one batched backward pass, not a pass through the whole network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx
+
+from .interpreters import ModelCodeInterpreter
+from .taps import TapPlan
+
+__all__ = ["Segment", "segment_of", "run_segment", "TapValues", "batch_key"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The nodes of one step, in graph order (``nodes``), and the boundary nodes they read (``boundary``)."""
+
+    upper: str  # the upper tap's node name
+    nodes: tuple[str, ...]
+    boundary: tuple[str, ...]
+
+
+def segment_of(gm: fx.GraphModule, plan: TapPlan, upper: str) -> Segment:
+    """The segment of tap ``upper``: its node and every node above it up to the taps and the input."""
+    tap_nodes = {node for tap, node in plan.node_of.items()}
+    by_name = {n.name: n for n in gm.graph.nodes}
+    start = by_name[plan.node_of[upper]]
+    inside: set[str] = {start.name}
+    boundary: set[str] = set()
+    stack = [start]
+    while stack:
+        node = stack.pop()
+        for a in node.all_input_nodes:
+            if a.name in inside or a.name in boundary:
+                continue
+            if a.name in tap_nodes or a.op == "placeholder":
+                boundary.add(a.name)
+            else:
+                inside.add(a.name)
+                stack.append(a)
+    order = [n.name for n in gm.graph.nodes]
+    return Segment(start.name, tuple(n for n in order if n in inside), tuple(n for n in order if n in boundary))
+
+
+def run_segment(gm: fx.GraphModule, segment: Segment, values: Mapping[str, torch.Tensor], batch: int) -> Any:
+    """The upper tap's value computed from ``values`` (boundary node name -> tensor) through the segment."""
+    interp = ModelCodeInterpreter(gm, garbage_collect_values=False)
+    interp.args_batch = batch
+    by_name = {n.name: n for n in gm.graph.nodes}
+    for name in segment.boundary:
+        interp.env[by_name[name]] = values[name]
+    for name in segment.nodes:
+        node = by_name[name]
+        interp.env[node] = interp.run_node(node)
+    return interp.env[by_name[segment.upper]]
+
+
+def batch_key(batch: np.ndarray | torch.Tensor) -> bytes:
+    """A fingerprint of a batch's content (shape, dtype, bytes)."""
+    arr = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
+    arr = np.ascontiguousarray(arr)
+    h = hashlib.blake2b(repr((arr.shape, str(arr.dtype))).encode(), digest_size=16)
+    h.update(arr.view(np.uint8).reshape(-1).data)
+    return h.digest()
+
+
+class TapValues:
+    """Every tap's value (and the input) per batch, most recently used first, within ``budget`` bytes."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = int(budget)
+        self._items: OrderedDict[bytes, tuple[dict[str, torch.Tensor], int]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: bytes) -> dict[str, torch.Tensor] | None:
+        hit = self._items.get(key)
+        if hit is None:
+            return None
+        self._items.move_to_end(key)
+        return hit[0]
+
+    def put(self, key: bytes, values: dict[str, torch.Tensor]) -> None:
+        size = sum(int(v.numel()) * v.element_size() for v in values.values())
+        if size > self.budget:
+            return
+        while self._items and self._bytes + size > self.budget:
+            _, (_, freed) = self._items.popitem(last=False)
+            self._bytes -= freed
+        self._items[key] = (values, size)
+        self._bytes += size
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0

@@ -1,0 +1,65 @@
+"""A transformer step by batched autograd against the forward pass of the images through that block (issue 19).
+
+A small ViT (timm's definition, random weights, 64 px, 6 blocks of width 192); the step is the stream after the
+attention of block 3 (LayerNorm, attention, softmax) down to the stream before it. Printed: the step's cost
+through its own segment (``ssa_torch.segments``) and through the whole network with every tap cut (the previous
+path), each as a multiple of the block's forward pass on the same images, for 1, 3 and 9 upper neurons. The
+target is at most 4x for a handful of neurons; the result is checked against the whole-network path after timing.
+Run with ``make bench`` (or ``pytest benchmarks/test_transformer_step.py --benchmark-only -s``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import ssa
+
+timm = pytest.importorskip("timm")
+
+
+def _best(fn, repeat: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+@pytest.mark.benchmark(group="transformer-step")
+@pytest.mark.parametrize("n_neurons", (1, 3, 9))
+def test_transformer_step_against_the_block_forward(benchmark, n_neurons):
+    from ssa_rules.rules import GradientRule
+    from ssa_torch.segments import run_segment, segment_of
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=64, patch_size=8, embed_dim=192, depth=6, num_heads=3, num_classes=10).eval()
+    x = np.random.default_rng(0).uniform(0.0, 1.0, (16, 3, 64, 64)).astype(np.float32)
+    net = ssa.load_model(model)
+    taps = net.prepare(x)
+    upper = [t for t in taps if t.kind == "stream"][6]  # after block 3's attention; its parent: the stream before
+    segment = segment_of(net.graph_module, net.plan, upper.name)
+    values = net._tap_values(x)
+    neurons = list(range(n_neurons))
+    rule = GradientRule()
+
+    def block() -> None:
+        with torch.no_grad():
+            run_segment(net.graph_module, segment, values, len(x))
+
+    block_s = _best(block)
+    rel, _ = benchmark(net.step_relevance, x, upper.name, neurons, rule)
+    step_s = _best(lambda: net.step_relevance(x, upper.name, neurons, rule))
+    whole_s = _best(lambda: net._step_relevance_full(x, upper.name, neurons, rule), 3)
+    print(f"\ntransformer step {upper.name} <- {', '.join(upper.parents)}, {n_neurons} upper neuron(s), {len(x)} "
+          f"images: segment {step_s * 1e3:.1f} ms = {step_s / block_s:.1f}x the block's forward pass "
+          f"({block_s * 1e3:.1f} ms); whole network {whole_s * 1e3:.1f} ms = {whole_s / block_s:.1f}x")
+    want, _ = net._step_relevance_full(x, upper.name, neurons, rule)
+    for p in want:
+        torch.testing.assert_close(rel[p], want[p], rtol=1e-6, atol=1e-9)
