@@ -107,3 +107,14 @@ def test_chunks_of_one_image_give_the_same_values(name, monkeypatch):
     whole = conv_input_relevance(op, m, x)
     monkeypatch.setattr(conv_mod, "KERNEL_BYTES", 1)
     torch.testing.assert_close(conv_input_relevance(op, m, x), whole, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["3x3", "3x3 stride 2", "7x7 stride 2 pad 3", "dilated", "groups",
+                                  "depthwise stride 2", "asymmetric pad (absorbed)", "1x1 stride 2"])
+def test_an_images_values_do_not_depend_on_the_batch(name):
+    """Per-class statistics must round as the shared ones do (tests/test_session_statistics.py): an image's
+    values are the same bits alone, in a batch of two and in a batch of nine, in float32."""
+    op, m, x = _case(name, torch.float32, batch=9)
+    whole = conv_input_relevance(op, m, x)
+    for lo, hi in [(3, 4), (0, 2), (4, 9)]:
+        torch.testing.assert_close(conv_input_relevance(op, m[lo:hi], x[lo:hi]), whole[lo:hi], rtol=0, atol=0)
