@@ -13,8 +13,9 @@ quantile on a GPU is bit-identical to numpy's, and so are the outlier labels com
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,8 @@ from array_api_compat import array_namespace, is_numpy_namespace, is_torch_names
 from array_api_compat import device as _device
 
 __all__ = ["namespace", "host_view", "all_finite", "to_numpy", "device_of", "asarray_like", "is_numpy",
-           "quantile_sorted", "median_sorted", "percentile_rows", "zeros", "take_rows"]
+           "quantile_sorted", "median_sorted", "percentile_rows", "zeros", "take_rows", "device_path",
+           "median_rows"]
 
 Array = Any
 
@@ -54,14 +56,29 @@ def to_numpy(x: Array) -> np.ndarray:
     return np.asarray(x)
 
 
+_DEVICE_PATH = [False]
+
+
+@contextlib.contextmanager
+def device_path() -> Iterator[None]:
+    """Within: host tensors stay tensors (:func:`host_view` gives no numpy views), so the CPU runs the code
+    path a GPU takes. For tests that count what that path does (aten calls, synchronisations)."""
+    saved = _DEVICE_PATH[0]
+    _DEVICE_PATH[0] = True
+    try:
+        yield
+    finally:
+        _DEVICE_PATH[0] = saved
+
+
 def host_view(x: Array) -> Array:
     """``x`` itself, or a zero-copy numpy view when ``x`` is a torch tensor in host memory.
 
     On the CPU numpy's kernels (SIMD sorting, reductions) are several times faster than
     torch's for the traversal's work, and a CPU tensor and its numpy view share memory: the
-    work stays where the data lives.
+    work stays where the data lives (except within :func:`device_path`).
     """
-    if isinstance(x, np.ndarray):
+    if isinstance(x, np.ndarray) or _DEVICE_PATH[0]:
         return x
     xp = array_namespace(x)
     if is_torch_namespace(xp) and x.device.type == "cpu" and not x.requires_grad:
@@ -227,6 +244,22 @@ def percentile_rows(rows: Array, qs: tuple[float, ...]) -> list[Array]:
 def median_sorted(sorted_rows: Array) -> Array:
     """``numpy.median(rows, axis=1, keepdims=True)`` of ascending-sorted rows, bit for bit."""
     return median_columns(int(sorted_rows.shape[1]), lambda p: sorted_rows[:, p:p + 1])
+
+
+def median_rows(rows: Array) -> Array:
+    """``numpy.median(rows, axis=1, keepdims=True)`` (R, 1) of unsorted rows, bit for bit, without sorting them:
+    numpy partitions at the middle, torch selects the middle values (``kthvalue``: one kernel each, no
+    synchronisation), other libraries sort. Each gives exactly the values a sort puts in the middle."""
+    xp = array_namespace(rows)
+    K = int(rows.shape[1])
+    mid = [K // 2] if K % 2 else [K // 2 - 1, K // 2]
+    if is_numpy_namespace(xp):
+        part = np.partition(rows, mid, axis=1)
+        return median_columns(K, lambda p: part[:, p:p + 1])
+    if is_torch_namespace(xp):
+        picked = {p: rows.kthvalue(p + 1, dim=1, keepdim=True).values for p in mid}
+        return median_columns(K, picked.__getitem__)
+    return median_sorted(xp.sort(rows, axis=1))
 
 
 def median_columns(n_columns: int, column: Callable[[int], Array]) -> Array:
