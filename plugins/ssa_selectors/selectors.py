@@ -23,6 +23,7 @@ from array_api_compat import is_torch_namespace
 
 from ssa.core.arrays import (
     device_of,
+    finite_or_zero,
     is_numpy,
     median_of_v_rows,
     median_rows,
@@ -70,7 +71,7 @@ def _safe(xp: Any, rows: Any) -> Any:
     any; on a device always (deciding would synchronise)."""
     if is_numpy(xp) and bool(xp.all(xp.isfinite(rows))):
         return rows
-    return xp.where(xp.isfinite(rows), rows, xp.zeros_like(rows))
+    return finite_or_zero(rows)
 
 
 def _sorted(xp: Any, rows: Any, sorted_rows: Any) -> Any:

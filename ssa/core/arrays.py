@@ -24,7 +24,7 @@ from array_api_compat import device as _device
 
 __all__ = ["namespace", "host_view", "all_finite", "to_numpy", "device_of", "asarray_like", "is_numpy",
            "quantile_sorted", "median_sorted", "percentile_rows", "zeros", "take_rows", "device_path",
-           "median_rows"]
+           "median_rows", "take_along", "finite_or_zero"]
 
 Array = Any
 
@@ -109,10 +109,29 @@ def zeros(xp: Any, shape: tuple[int, ...], dtype: Any, like: Array) -> Array:
 
 
 def take_rows(x: Array, index: Any) -> Array:
-    """``x[index]`` along the first axis for an integer index (a list, numpy or backend array)."""
+    """``x[index]`` along the first axis for an integer index: a list or numpy array (copied to ``x``'s device), or
+    an array of ``x``'s library already on its device (used as it is: no copy per call)."""
     xp = array_namespace(x)
-    idx = asarray_like(np.asarray(index, dtype=np.int64), x, dtype=None)
-    return xp.take(x, idx, axis=0)
+    if isinstance(index, (list, tuple, np.ndarray)) or is_numpy_namespace(array_namespace(index)):
+        index = asarray_like(np.asarray(index, dtype=np.int64), x, dtype=None)
+    return xp.take(x, index, axis=0)
+
+
+def take_along(x: Array, index: Array, axis: int) -> Array:
+    """``take_along_axis``: one gather on torch (``array-api-compat``'s version normalises the indices in several
+    kernels), the library's own elsewhere."""
+    xp = array_namespace(x)
+    if is_torch_namespace(xp):
+        return x.gather(axis, index)
+    return xp.take_along_axis(x, index, axis=axis)
+
+
+def finite_or_zero(x: Array) -> Array:
+    """``x`` with NaN and infinities replaced by 0 (finite values unchanged): one kernel on torch."""
+    xp = array_namespace(x)
+    if is_torch_namespace(xp):
+        return x.nan_to_num(0.0, 0.0, 0.0)
+    return xp.where(xp.isfinite(x), x, xp.zeros_like(x))
 
 
 def _lerp(xp: Any, a: Array, b: Array, t: float) -> Array:

@@ -149,8 +149,11 @@ class ConvTerm(Term):
         return (self.x,) + ((self.gate,) if self.gate else ())
 
     def _index(self, device) -> torch.Tensor:
-        """(N, C / groups): the parent channel of each weight column (-1: another parent)."""
-        return self.chan.to(device)[global_input_channels(self.op, device)]
+        """(N, C / groups): the parent channel of each weight column (-1: another parent); made once per device."""
+        key = f"index{device}"
+        if key not in self._static:
+            self._static[key] = self.chan[global_input_channels(self.op)].to(device)
+        return self._static[key]
 
     def _weight(self, device) -> torch.Tensor:
         """W' (N, C / groups, kk) in float64: the weight times the per-channel input scale."""
@@ -173,7 +176,7 @@ class ConvTerm(Term):
     def _to_parents(self, values: torch.Tensor, n_axis: int) -> torch.Tensor:
         """Sum the last axis (the weight columns Cg of each output channel, on axis ``n_axis``) into parents."""
         if self.op.groups == 1:  # every output channel reads the same input channels
-            return scatter_channels(values, self.chan.to(values.device), self.n_parent)
+            return scatter_channels(values, self.chan, self.n_parent)
         idx = self._index(values.device)  # (N, Cg): per output channel, the parent of each column
         shape = [1] * values.dim()
         shape[n_axis], shape[-1] = idx.shape
@@ -242,7 +245,7 @@ class ConvTerm(Term):
                 cols = global_input_channels(self.op, dev)[h]  # (n, Cg)
                 p = torch.einsum("jcd,bjd->jbc", self._weight(dev)[h], cs) * g[:, cols].transpose(0, 1)
                 if self.op.groups == 1:
-                    om = scatter_channels(p, self.chan.to(dev), self.n_parent)
+                    om = scatter_channels(p, self.chan, self.n_parent)
                 else:  # (n, B, Cg) with the selected output channels first
                     om = scatter_channels(p, self._index(dev)[h][:, None, :], self.n_parent)
         else:
