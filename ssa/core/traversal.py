@@ -211,16 +211,50 @@ def apply_selector(selector: Selector, rows: Any, sorted_rows: Any = None) -> An
 
 
 class _Acc:
-    """Per-parent sums of one step: positive / negative outlier counts and relevance sums."""
+    """Per-parent sums of one step: positive / negative outlier counts and relevance sums.
 
-    __slots__ = ("pos", "neg", "tot", "bad")
+    A step's first block that covers every upper neuron is kept as it is (no zeros to add it to: fewer
+    kernels on a device); :meth:`field` gives zeros for a sum nothing was added to.
+    """
+
+    __slots__ = ("pos_", "neg_", "tot_", "bad", "n", "K", "xp", "dev")
 
     def __init__(self, xp: Any, n: int, K: int, like: Any) -> None:
-        dev = device_of(like)
-        self.pos = xp.zeros((n, K), dtype=xp.int64, device=dev)
-        self.neg = xp.zeros((n, K), dtype=xp.int64, device=dev)
-        self.tot = xp.zeros((n, K), dtype=xp.float64, device=dev)
+        self.xp, self.n, self.K, self.dev = xp, n, K, device_of(like)
+        self.pos_: Any = None
+        self.neg_: Any = None
+        self.tot_: Any = None
         self.bad: Any = None  # labels outside {-1, 0, 1} from an array-API selector, counted on the device
+
+    def add(self, name: str, lo: int, hi: int, value: Any) -> None:
+        """Add ``value`` (a fresh array of rows ``lo:hi``) to the sum ``name`` ("pos", "neg" or "tot")."""
+        cur = getattr(self, name + "_")
+        if cur is None:
+            if lo == 0 and hi == self.n:  # + 0.0: a sum of -0.0 reads 0.0, as one added to zeros does
+                setattr(self, name + "_", value + 0.0 if name == "tot" else value)
+                return
+            cur = self.field(name)
+            setattr(self, name + "_", cur)
+        cur[lo:hi, ...] += value
+
+    def field(self, name: str) -> Any:
+        cur = getattr(self, name + "_")
+        if cur is None:
+            dtype = self.xp.float64 if name == "tot" else self.xp.int64
+            return self.xp.zeros((self.n, self.K), dtype=dtype, device=self.dev)
+        return cur
+
+    @property
+    def pos(self) -> Any:
+        return self.field("pos")
+
+    @property
+    def neg(self) -> Any:
+        return self.field("neg")
+
+    @property
+    def tot(self) -> Any:
+        return self.field("tot")
 
 
 @dataclass(frozen=True)
@@ -321,14 +355,12 @@ def _accumulate(acc: dict[str, _Acc], block: RelevanceBlock, n: int, selector: S
         bad = xp.sum((labels > 1) | (labels < -1))
         a.bad = bad if a.bad is None else a.bad + bad
     lo, hi = block.start, block.start + nb
-    a.pos[lo:hi, ...] += xp.sum(labels > 0, axis=1, dtype=xp.int64)
-    a.neg[lo:hi, ...] += xp.sum(labels < 0, axis=1, dtype=xp.int64)
-    if not host:  # no synchronisation on a device: mask unconditionally
-        a.tot[lo:hi, ...] += xp.sum(finite_or_zero(omega), axis=1)
-    elif bool(xp.all(xp.isfinite(omega))):
-        a.tot[lo:hi, ...] += xp.sum(omega, axis=1)
+    a.add("pos", lo, hi, xp.sum(labels > 0, axis=1, dtype=xp.int64))
+    a.add("neg", lo, hi, xp.sum(labels < 0, axis=1, dtype=xp.int64))
+    if not host or not bool(xp.all(xp.isfinite(omega))):  # no synchronisation on a device: mask unconditionally
+        a.add("tot", lo, hi, xp.sum(finite_or_zero(omega), axis=1))
     else:
-        a.tot[lo:hi, ...] += xp.sum(xp.where(xp.isfinite(omega), omega, xp.zeros_like(omega)), axis=1)
+        a.add("tot", lo, hi, xp.sum(omega, axis=1))
 
 
 def cut_positions(selector: SupportsSortedCuts, n: int) -> list[int]:
@@ -442,14 +474,14 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
     # +1: value > hi; a suffix in vec's order where coeff >= 0, a prefix where coeff < 0
     t = first(lambda q: (g(q) > hi) != down)
     pos = count_at_most(t, up, K) + (n_down - count_at_most(t, down, K))
-    a.pos[start:start + nb, ...] += take_along(pos, inverse, 1)
+    a.add("pos", start, start + nb, take_along(pos, inverse, 1))
     if lo is not None:  # -1: value < lo; a prefix where coeff >= 0, a suffix where coeff < 0
         t = first(lambda q: (g(q) < lo) == down)
         n_up = b - n_down
         neg = (n_up - count_at_most(t, up, K)) + count_at_most(t, down, K)
-        a.neg[start:start + nb, ...] += take_along(neg, inverse, 1)
+        a.add("neg", start, start + nb, take_along(neg, inverse, 1))
     total = xp.sum(coeff, axis=1, keepdims=True)
-    a.tot[start:start + nb, ...] += ((vec * total) * f.scale) * mask
+    a.add("tot", start, start + nb, ((vec * total) * f.scale) * mask)
 
 
 def _finish_step(upper: str, parent: str, neurons: Sequence[int], a: _Acc, branching: int, two_sided: bool,
