@@ -542,7 +542,9 @@ def exact_arithmetic(device: str):
     """While analysing on CUDA: no TF32 in matrix products and convolutions, deterministic algorithms.
 
     TF32 rounds inputs to 10 mantissa bits and would make CUDA graphs differ from CPU graphs; the
-    previous settings are restored afterwards. On the CPU this does nothing.
+    previous settings are restored afterwards. cuDNN benchmarks its algorithms (among the deterministic
+    ones): with benchmarking off it picked slow FFT kernels for the float32 statistics pass (issue 20).
+    On the CPU this does nothing.
     """
     if torch.device(device).type != "cuda":
         yield
@@ -551,7 +553,7 @@ def exact_arithmetic(device: str):
              torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.benchmark = True
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
