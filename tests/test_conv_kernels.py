@@ -118,3 +118,26 @@ def test_an_images_values_do_not_depend_on_the_batch(name):
     whole = conv_input_relevance(op, m, x)
     for lo, hi in [(3, 4), (0, 2), (4, 9)]:
         torch.testing.assert_close(conv_input_relevance(op, m[lo:hi], x[lo:hi]), whole[lo:hi], rtol=0, atol=0)
+
+
+PER_OFFSET = {  # few output positions, many weights: the per-offset form (conv.py: _per_offset)
+    "wide, 3x3 on 2x2": (40, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, (2, 2)),
+    "wide, stride 2, asymmetric pad": (30, 4, (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 1, (4, 5)),
+    "wide, dilated, groups": (36, 6, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 2, (3, 3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PER_OFFSET))
+def test_the_per_offset_form_equals_the_unfold_form(name, monkeypatch):
+    monkeypatch.setitem(CASES, name, PER_OFFSET[name])
+    op, m, x = _case(name, torch.float64)
+    assert 2 * m.shape[2] * m.shape[3] < op.weight.shape[1] * op.weight.shape[2] * op.weight.shape[3]
+    got = conv_input_relevance(op, m, x)
+    ref = unfold_reference(op, m, x)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
+    torch.testing.assert_close(got, plain_loop(op, m, x), rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
+    op, m, x = _case(name, torch.float32, batch=9)
+    whole = conv_input_relevance(op, m, x)
+    torch.testing.assert_close(whole, unfold_reference(op, m, x), rtol=1e-5, atol=1e-5 * float(whole.abs().max()))
+    for lo, hi in [(3, 4), (0, 2), (4, 9)]:  # an image's values do not depend on the batch
+        torch.testing.assert_close(conv_input_relevance(op, m[lo:hi], x[lo:hi]), whole[lo:hi], rtol=0, atol=0)

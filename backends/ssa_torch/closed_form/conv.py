@@ -99,6 +99,8 @@ def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor) -> torc
             a = torch.matmul(mb, xs.transpose(-1, -2)).reshape(hi - lo, n, cg)
             torch.mul(a, w[:, :, 0], out=out[lo:hi])
         return out
+    if 2 * m.shape[2] * m.shape[3] < cg * kk:  # few positions, many weights: per kernel offset, a batched
+        return _per_offset(op, m, x, w, out, budget)  # product into (B, N, Cg), no (B, N, Cg, kk) temporary
     sym = top == bottom and left == right
     if not sym:  # an absorbed, asymmetric zero pad: padded here, none in the kernel
         x = F.pad(x, (left, right, top, bottom))
@@ -114,6 +116,29 @@ def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor) -> torc
                                          dilation=op.dilation, groups=b * g)  # (b * n, Cg, kh, kw)
         gw = gw.reshape(b, n, cg, kk)[:hi - lo].mul_(w)
         torch.sum(gw, dim=-1, out=out[lo:hi])
+    return out
+
+
+def _per_offset(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, budget: int
+                ) -> torch.Tensor:
+    """:func:`conv_input_relevance` as a sum over kernel offsets of ``m`` times the shifted (strided) input, for
+    late layers (7x7 or 14x14 outputs of wide convolutions), where the weight gradient would be kk times ``out``."""
+    n, cg, kh, kw = op.weight.shape
+    g = op.groups
+    B, (ho, wo) = m.shape[0], m.shape[2:]
+    top, bottom, left, right = op.pad
+    xp = F.pad(x, (left, right, top, bottom)) if any(op.pad) else x
+    (sy, sx), (dy, dx) = op.stride, op.dilation
+    wg = w.reshape(g, n // g, cg, kh * kw)
+    for lo, hi in chunks(B, 2 * n * cg * m.element_size(), budget):
+        acc = out[lo:hi].view(hi - lo, g, n // g, cg).zero_()
+        mb = m[lo:hi].reshape(hi - lo, g, n // g, ho * wo)
+        for i in range(kh):
+            for j in range(kw):
+                y0, x0 = i * dy, j * dx
+                xs = xp[lo:hi, :, y0:y0 + sy * (ho - 1) + 1:sy, x0:x0 + sx * (wo - 1) + 1:sx].to(m.dtype)
+                prod = torch.matmul(mb, xs.reshape(hi - lo, g, cg, ho * wo).transpose(-1, -2))
+                acc.addcmul_(prod, wg[:, :, :, i * kw + j])
     return out
 
 
