@@ -246,7 +246,7 @@ class TorchNetwork(InputMaps, Network):
 
         A parent reached by exactly one term whose omega is rank-1 per upper neuron (1x1 conv, dense
         layer, skip connection under the gradient rule; skips under both rules) gets its rows sorted
-        without a sort (:func:`~ssa_torch.closed_form.terms.rank1_omega`); the others get None.
+        without a sort (:func:`~ssa_torch.closed_form.terms.rank1_rows`); the others get None.
         """
         out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         for parent, r in self.fast_relevance_factors(upper, stats, neurons, form).items():

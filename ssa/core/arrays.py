@@ -23,7 +23,7 @@ from array_api_compat import array_namespace, is_numpy_namespace, is_torch_names
 from array_api_compat import device as _device
 
 __all__ = ["namespace", "host_view", "all_finite", "to_numpy", "device_of", "asarray_like", "is_numpy",
-           "quantile_sorted", "median_sorted", "percentile_rows", "zeros", "take_rows", "device_path",
+           "quantile_sorted", "median_sorted", "percentile_rows", "take_rows", "device_path",
            "median_rows", "take_along", "finite_or_zero"]
 
 Array = Any
@@ -102,10 +102,6 @@ def asarray_like(values: Any, like: Array, dtype: Any = None) -> Array:
         t = torch.as_tensor(np.asarray(values) if isinstance(values, np.ndarray) else values)
         return t.to(device=like.device, dtype=dtype if dtype is not None else t.dtype)
     return xp.asarray(values, dtype=dtype, device=_device(like))
-
-
-def zeros(xp: Any, shape: tuple[int, ...], dtype: Any, like: Array) -> Array:
-    return xp.zeros(shape, dtype=dtype, device=_device(like))
 
 
 def take_rows(x: Array, index: Any) -> Array:

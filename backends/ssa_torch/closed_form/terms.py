@@ -25,7 +25,7 @@ import torch
 
 from ssa.core.interfaces import Rank1Factors
 
-__all__ = ["Term", "as_tensor", "channels_of", "stat_device", "scatter_channels", "chunks", "rank1_omega",
+__all__ = ["Term", "as_tensor", "channels_of", "stat_device", "scatter_channels", "chunks",
            "rank1_rows", "WORK_BYTES"]
 
 WORK_BYTES = 256 * 2**20  # memory budget of one chunk of an intermediate array
@@ -188,7 +188,7 @@ class Term:
         """``(coeff (n, B), vec (n, K), fed (n,))`` when omega is ``finish(vec[:, None] * coeff[..., None], fed)``.
 
         Such a step's rows are per-image multiples of one vector per upper neuron, so their sorted
-        order follows from sorting ``vec`` once (:func:`rank1_omega`). None (the default): no such form.
+        order follows from sorting ``vec`` once (:func:`rank1_rows`). None (the default): no such form.
         """
         return None
 
@@ -228,13 +228,6 @@ class Term:
             mask = fed.to(om.dtype).reshape(-1, *([1] * (om.dim() - 1)))
             om = om.mul_(mask) if inplace else om * mask
         return om
-
-
-def rank1_omega(term: Term, coeff: torch.Tensor, vec: torch.Tensor, fed: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """omega ``(n, B, K)`` of a rank-1 term, and its rows sorted ascending, without sorting them
-    (:func:`rank1_rows` of the term's factors)."""
-    return rank1_rows(Rank1Factors(coeff, vec, float(term.scale), fed))
 
 
 def rank1_rows(f: Rank1Factors) -> tuple[torch.Tensor, torch.Tensor]:
