@@ -56,6 +56,14 @@ def _machine(device: str) -> str:
     return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
+def _card(device: str) -> str:
+    """``cpu``, or ``cuda-`` and the card's name in lower case with dashes (``cuda-nvidia-h100-80gb-hbm3``)."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    name = torch.cuda.get_device_name(torch.device(device)).lower()
+    return "cuda-" + "-".join("".join(c if c.isalnum() else " " for c in name).split())
+
+
 class Report:
     """Results of this module's run, printed and written to benchmarks/results/ at the end."""
 
@@ -73,7 +81,7 @@ class Report:
             for k, v in r.items():
                 lines.append(f"   {k:<58} {v:.4g}" if isinstance(v, float) else f"   {k:<58} {v}")
         print("\n".join(lines))
-        out = Path(__file__).parent / "results" / f"{'cuda' if self.device.startswith('cuda') else 'cpu'}-device.json"
+        out = Path(__file__).parent / "results" / f"{_card(self.device)}-device.json"
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps({"machine": _machine(self.device), "results": self.rows}, indent=1))
 

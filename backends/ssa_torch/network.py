@@ -228,7 +228,7 @@ class TorchNetwork(InputMaps, Network):
 
         A parent reached by exactly one term whose omega is rank-1 per upper neuron (1x1 conv, dense
         layer, skip connection under the gradient rule; skips under both rules) gets its rows sorted
-        without a sort (:func:`~ssa_torch.closed_form.terms.rank1_omega`); the others get None.
+        without a sort (:func:`~ssa_torch.closed_form.terms.rank1_rows`); the others get None.
         """
         out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         for parent, r in self.fast_relevance_factors(upper, stats, neurons, form).items():
@@ -561,7 +561,9 @@ def exact_arithmetic(device: str):
     """While analysing on CUDA: no TF32 in matrix products and convolutions, deterministic algorithms.
 
     TF32 rounds inputs to 10 mantissa bits and would make CUDA graphs differ from CPU graphs; the
-    previous settings are restored afterwards. On the CPU this does nothing.
+    previous settings are restored afterwards. cuDNN benchmarks its algorithms (among the deterministic
+    ones): with benchmarking off it picked slow FFT kernels for the float32 statistics pass (issue 20).
+    On the CPU this does nothing.
     """
     if torch.device(device).type != "cuda":
         yield
@@ -570,7 +572,7 @@ def exact_arithmetic(device: str):
              torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.benchmark = True
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield

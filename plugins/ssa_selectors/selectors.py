@@ -19,9 +19,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-import numpy as np
+from array_api_compat import is_torch_namespace
 
-from ssa.core.arrays import device_of, is_numpy, median_of_v_rows, median_sorted, namespace, quantile_columns
+from ssa.core.arrays import (
+    device_of,
+    finite_or_zero,
+    is_numpy,
+    median_of_v_rows,
+    median_rows,
+    median_sorted,
+    namespace,
+    quantile_columns,
+)
 from ssa.core.interfaces import Selector
 from ssa.core.params import Param
 
@@ -75,10 +84,11 @@ def _empty(xp: Any, rows: Any) -> Any:
 
 
 def _safe(xp: Any, rows: Any) -> Any:
-    """Non-finite entries as 0 (their rows get no labels anyway; keeps sums quiet), only when there are any."""
-    if bool(xp.all(xp.isfinite(rows))):
+    """Non-finite entries as 0 (their rows get no labels anyway; keeps sums quiet): on numpy only when there are
+    any; on a device always (deciding would synchronise)."""
+    if is_numpy(xp) and bool(xp.all(xp.isfinite(rows))):
         return rows
-    return xp.where(xp.isfinite(rows), rows, xp.zeros_like(rows))
+    return finite_or_zero(rows)
 
 
 def _sorted(xp: Any, rows: Any, sorted_rows: Any) -> Any:
@@ -218,13 +228,15 @@ class MADSelector(Selector):
         if rows.shape[1] == 0:
             return _empty(xp, rows)
         safe = _safe(xp, rows)
-        if sorted_rows is None and is_numpy(xp):
-            # numpy: both medians from partitions at the middle (the values a sort puts there), no sort
-            K = safe.shape[1]
-            mid = [K // 2] if K % 2 else [K // 2 - 1, K // 2]
-            med = median_sorted(np.partition(safe, mid, axis=1))
+        if sorted_rows is None and (is_numpy(xp) or _selects(xp)):
+            # both medians by selecting the middle values (numpy: partitions; torch: kthvalue), no sort
+            med = median_rows(safe)
             d = safe - med
-            mad = median_sorted(np.partition(xp.abs(d), mid, axis=1))
+            mad = median_rows(xp.abs(d))
+        elif _selects(xp):  # the sorted rows give the first median; the second by selection
+            med = median_sorted(_sorted(xp, safe, sorted_rows))
+            d = safe - med
+            mad = median_rows(xp.abs(d))
         else:
             s = _sorted(xp, safe, sorted_rows)
             med = median_sorted(s)
@@ -239,6 +251,11 @@ class MADSelector(Selector):
         z = d / xp.where(pos_scale, scale, xp.ones_like(scale))
         t = self.params["threshold"]
         return _finish(xp, rows, (z > t) & pos_scale, (z < -t) & pos_scale, self.two_sided)
+
+
+def _selects(xp: Any) -> bool:
+    """Whether the library selects the k-th value of rows without sorting them (torch: ``kthvalue``)."""
+    return bool(is_torch_namespace(xp))
 
 
 def _mean_abs_where(xp: Any, d: Any, rows: Any) -> Any:

@@ -13,8 +13,9 @@ quantile on a GPU is bit-identical to numpy's, and so are the outlier labels com
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,8 @@ from array_api_compat import array_namespace, is_numpy_namespace, is_torch_names
 from array_api_compat import device as _device
 
 __all__ = ["namespace", "host_view", "all_finite", "to_numpy", "device_of", "asarray_like", "is_numpy",
-           "quantile_sorted", "median_sorted", "percentile_rows", "zeros", "take_rows"]
+           "quantile_sorted", "median_sorted", "percentile_rows", "take_rows", "device_path",
+           "median_rows", "take_along", "finite_or_zero"]
 
 Array = Any
 
@@ -54,14 +56,29 @@ def to_numpy(x: Array) -> np.ndarray:
     return np.asarray(x)
 
 
+_DEVICE_PATH = [False]
+
+
+@contextlib.contextmanager
+def device_path() -> Iterator[None]:
+    """Within: host tensors stay tensors (:func:`host_view` gives no numpy views), so the CPU runs the code
+    path a GPU takes. For tests that count what that path does (aten calls, synchronisations)."""
+    saved = _DEVICE_PATH[0]
+    _DEVICE_PATH[0] = True
+    try:
+        yield
+    finally:
+        _DEVICE_PATH[0] = saved
+
+
 def host_view(x: Array) -> Array:
     """``x`` itself, or a zero-copy numpy view when ``x`` is a torch tensor in host memory.
 
     On the CPU numpy's kernels (SIMD sorting, reductions) are several times faster than
     torch's for the traversal's work, and a CPU tensor and its numpy view share memory: the
-    work stays where the data lives.
+    work stays where the data lives (except within :func:`device_path`).
     """
-    if isinstance(x, np.ndarray):
+    if isinstance(x, np.ndarray) or _DEVICE_PATH[0]:
         return x
     xp = array_namespace(x)
     if is_torch_namespace(xp) and x.device.type == "cpu" and not x.requires_grad:
@@ -87,15 +104,30 @@ def asarray_like(values: Any, like: Array, dtype: Any = None) -> Array:
     return xp.asarray(values, dtype=dtype, device=_device(like))
 
 
-def zeros(xp: Any, shape: tuple[int, ...], dtype: Any, like: Array) -> Array:
-    return xp.zeros(shape, dtype=dtype, device=_device(like))
-
-
 def take_rows(x: Array, index: Any) -> Array:
-    """``x[index]`` along the first axis for an integer index (a list, numpy or backend array)."""
+    """``x[index]`` along the first axis for an integer index: a list or numpy array (copied to ``x``'s device), or
+    an array of ``x``'s library already on its device (used as it is: no copy per call)."""
     xp = array_namespace(x)
-    idx = asarray_like(np.asarray(index, dtype=np.int64), x, dtype=None)
-    return xp.take(x, idx, axis=0)
+    if isinstance(index, (list, tuple, np.ndarray)) or is_numpy_namespace(array_namespace(index)):
+        index = asarray_like(np.asarray(index, dtype=np.int64), x, dtype=None)
+    return xp.take(x, index, axis=0)
+
+
+def take_along(x: Array, index: Array, axis: int) -> Array:
+    """``take_along_axis``: one gather on torch (``array-api-compat``'s version normalises the indices in several
+    kernels), the library's own elsewhere."""
+    xp = array_namespace(x)
+    if is_torch_namespace(xp):
+        return x.gather(axis, index)
+    return xp.take_along_axis(x, index, axis=axis)
+
+
+def finite_or_zero(x: Array) -> Array:
+    """``x`` with NaN and infinities replaced by 0 (finite values unchanged): one kernel on torch."""
+    xp = array_namespace(x)
+    if is_torch_namespace(xp):
+        return x.nan_to_num(0.0, 0.0, 0.0)
+    return xp.where(xp.isfinite(x), x, xp.zeros_like(x))
 
 
 def _lerp(xp: Any, a: Array, b: Array, t: float) -> Array:
@@ -227,6 +259,22 @@ def percentile_rows(rows: Array, qs: tuple[float, ...]) -> list[Array]:
 def median_sorted(sorted_rows: Array) -> Array:
     """``numpy.median(rows, axis=1, keepdims=True)`` of ascending-sorted rows, bit for bit."""
     return median_columns(int(sorted_rows.shape[1]), lambda p: sorted_rows[:, p:p + 1])
+
+
+def median_rows(rows: Array) -> Array:
+    """``numpy.median(rows, axis=1, keepdims=True)`` (R, 1) of unsorted rows, bit for bit, without sorting them:
+    numpy partitions at the middle, torch selects the middle values (``kthvalue``: one kernel each, no
+    synchronisation), other libraries sort. Each gives exactly the values a sort puts in the middle."""
+    xp = array_namespace(rows)
+    K = int(rows.shape[1])
+    mid = [K // 2] if K % 2 else [K // 2 - 1, K // 2]
+    if is_numpy_namespace(xp):
+        part = np.partition(rows, mid, axis=1)
+        return median_columns(K, lambda p: part[:, p:p + 1])
+    if is_torch_namespace(xp):
+        picked = {p: rows.kthvalue(p + 1, dim=1, keepdim=True).values for p in mid}
+        return median_columns(K, picked.__getitem__)
+    return median_sorted(xp.sort(rows, axis=1))
 
 
 def median_columns(n_columns: int, column: Callable[[int], Array]) -> Array:

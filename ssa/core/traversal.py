@@ -26,7 +26,17 @@ from typing import (
 
 import numpy as np
 
-from ssa.core.arrays import count_at_most, device_of, host_view, inverse_permutation, is_numpy, namespace, to_numpy
+from ssa.core.arrays import (
+    count_at_most,
+    device_of,
+    finite_or_zero,
+    host_view,
+    inverse_permutation,
+    is_numpy,
+    namespace,
+    take_along,
+    to_numpy,
+)
 from ssa.core.checks import call_selector
 from ssa.core.interfaces import Rank1Factors, Rule, Selector, SupportsSortedCuts, Tap
 
@@ -156,6 +166,8 @@ def top_b(counts: Any, mean: Any, b: int, sign: int = 1) -> tuple[Any, Any]:
     n, K = counts.shape
     b = min(int(b), int(K))
     key = mean if sign > 0 else -mean
+    if not is_numpy(xp):  # on a device: two stable sorts, a fixed number of kernels whatever b
+        return _top_b_sorted(xp, counts, key, b)
     cols = xp.reshape(xp.arange(K, device=device_of(counts)), (1, K))
     cnt = xp.where(counts > 0, counts, xp.full_like(counts, -1))
     neg_inf = xp.full_like(key, -float("inf"))
@@ -177,6 +189,16 @@ def top_b(counts: Any, mean: Any, b: int, sign: int = 1) -> tuple[Any, Any]:
     return xp.concat(lows, axis=1), xp.concat(valids, axis=1)
 
 
+def _top_b_sorted(xp: Any, counts: Any, key: Any, b: int) -> tuple[Any, Any]:
+    """:func:`top_b` by two stable sorts: by key descending (ties keep the index order), then by count
+    descending (ties keep the key order); neurons with count 0 go last and do not qualify. ``+ 0.0`` makes
+    -0.0 and 0.0 one key, as the comparisons of :func:`rank_neurons` see them (a radix sort would not)."""
+    by_key = xp.argsort((-key) + 0.0, axis=1, stable=True)
+    c = take_along(counts, by_key, 1)
+    by_count = xp.argsort(xp.where(c > 0, -c, xp.zeros_like(c)), axis=1, stable=True)[:, :b]
+    return take_along(by_key, by_count, 1), take_along(c, by_count, 1) > 0
+
+
 def apply_selector(selector: Selector, rows: Any, sorted_rows: Any = None) -> Any:
     """Labels of ``rows`` (R, K) in {-1, 0, 1}, int8, on the rows' own array library and device.
 
@@ -189,16 +211,50 @@ def apply_selector(selector: Selector, rows: Any, sorted_rows: Any = None) -> An
 
 
 class _Acc:
-    """Per-parent sums of one step: positive / negative outlier counts and relevance sums."""
+    """Per-parent sums of one step: positive / negative outlier counts and relevance sums.
 
-    __slots__ = ("pos", "neg", "tot", "bad")
+    A step's first block that covers every upper neuron is kept as it is (no zeros to add it to: fewer
+    kernels on a device); :meth:`field` gives zeros for a sum nothing was added to.
+    """
+
+    __slots__ = ("pos_", "neg_", "tot_", "bad", "n", "K", "xp", "dev")
 
     def __init__(self, xp: Any, n: int, K: int, like: Any) -> None:
-        dev = device_of(like)
-        self.pos = xp.zeros((n, K), dtype=xp.int64, device=dev)
-        self.neg = xp.zeros((n, K), dtype=xp.int64, device=dev)
-        self.tot = xp.zeros((n, K), dtype=xp.float64, device=dev)
+        self.xp, self.n, self.K, self.dev = xp, n, K, device_of(like)
+        self.pos_: Any = None
+        self.neg_: Any = None
+        self.tot_: Any = None
         self.bad: Any = None  # labels outside {-1, 0, 1} from an array-API selector, counted on the device
+
+    def add(self, name: str, lo: int, hi: int, value: Any) -> None:
+        """Add ``value`` (a fresh array of rows ``lo:hi``) to the sum ``name`` ("pos", "neg" or "tot")."""
+        cur = getattr(self, name + "_")
+        if cur is None:
+            if lo == 0 and hi == self.n:  # + 0.0: a sum of -0.0 reads 0.0, as one added to zeros does
+                setattr(self, name + "_", value + 0.0 if name == "tot" else value)
+                return
+            cur = self.field(name)
+            setattr(self, name + "_", cur)
+        cur[lo:hi, ...] += value
+
+    def field(self, name: str) -> Any:
+        cur = getattr(self, name + "_")
+        if cur is None:
+            dtype = self.xp.float64 if name == "tot" else self.xp.int64
+            return self.xp.zeros((self.n, self.K), dtype=dtype, device=self.dev)
+        return cur
+
+    @property
+    def pos(self) -> Any:
+        return self.field("pos")
+
+    @property
+    def neg(self) -> Any:
+        return self.field("neg")
+
+    @property
+    def tot(self) -> Any:
+        return self.field("tot")
 
 
 @dataclass(frozen=True)
@@ -299,14 +355,12 @@ def _accumulate(acc: dict[str, _Acc], block: RelevanceBlock, n: int, selector: S
         bad = xp.sum((labels > 1) | (labels < -1))
         a.bad = bad if a.bad is None else a.bad + bad
     lo, hi = block.start, block.start + nb
-    a.pos[lo:hi, ...] += xp.sum(labels > 0, axis=1, dtype=xp.int64)
-    a.neg[lo:hi, ...] += xp.sum(labels < 0, axis=1, dtype=xp.int64)
-    if not host:  # no synchronisation on a device: mask unconditionally
-        a.tot[lo:hi, ...] += xp.sum(xp.where(xp.isfinite(omega), omega, xp.zeros_like(omega)), axis=1)
-    elif bool(xp.all(xp.isfinite(omega))):
-        a.tot[lo:hi, ...] += xp.sum(omega, axis=1)
+    a.add("pos", lo, hi, xp.sum(labels > 0, axis=1, dtype=xp.int64))
+    a.add("neg", lo, hi, xp.sum(labels < 0, axis=1, dtype=xp.int64))
+    if not host or not bool(xp.all(xp.isfinite(omega))):  # no synchronisation on a device: mask unconditionally
+        a.add("tot", lo, hi, xp.sum(finite_or_zero(omega), axis=1))
     else:
-        a.tot[lo:hi, ...] += xp.sum(xp.where(xp.isfinite(omega), omega, xp.zeros_like(omega)), axis=1)
+        a.add("tot", lo, hi, xp.sum(omega, axis=1))
 
 
 def cut_positions(selector: SupportsSortedCuts, n: int) -> list[int]:
@@ -378,11 +432,11 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
     assert isinstance(selector, SupportsSortedCuts)  # the traversal asks for factors only with such selectors
     mask = xp.reshape(xp.astype(fed, xp.float64), (nb, 1))
     order = xp.argsort(vec, axis=1, stable=True) if f.order is None else host_view(f.order)
-    sv = xp.take_along_axis(vec, order, axis=1)
+    sv = take_along(vec, order, 1)
     down = coeff < 0  # rows whose sorted order is vec's reversed
 
     def g(q: Any) -> Any:  # (nb, b) positions in vec's sorted order -> the rows' values there
-        return ((xp.take_along_axis(sv, q, axis=1) * coeff) * f.scale) * mask
+        return ((take_along(sv, q, 1) * coeff) * f.scale) * mask
 
     def position(p: int) -> Any:  # sorted position p of each row -> position in vec's sorted order
         return xp.where(down, xp.full_like(q0, K - 1 - p), xp.full_like(q0, p))
@@ -420,38 +474,48 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
     # +1: value > hi; a suffix in vec's order where coeff >= 0, a prefix where coeff < 0
     t = first(lambda q: (g(q) > hi) != down)
     pos = count_at_most(t, up, K) + (n_down - count_at_most(t, down, K))
-    a.pos[start:start + nb, ...] += xp.take_along_axis(pos, inverse, axis=1)
+    a.add("pos", start, start + nb, take_along(pos, inverse, 1))
     if lo is not None:  # -1: value < lo; a prefix where coeff >= 0, a suffix where coeff < 0
         t = first(lambda q: (g(q) < lo) == down)
         n_up = b - n_down
         neg = (n_up - count_at_most(t, up, K)) + count_at_most(t, down, K)
-        a.neg[start:start + nb, ...] += xp.take_along_axis(neg, inverse, axis=1)
+        a.add("neg", start, start + nb, take_along(neg, inverse, 1))
     total = xp.sum(coeff, axis=1, keepdims=True)
-    a.tot[start:start + nb, ...] += ((vec * total) * f.scale) * mask
+    a.add("tot", start, start + nb, ((vec * total) * f.scale) * mask)
 
 
 def _finish_step(upper: str, parent: str, neurons: Sequence[int], a: _Acc, branching: int, two_sided: bool,
                  n_images: int, selector: Selector) -> StepRecord:
-    """Rank on the device; bring only the kept edges to the host (the counts and means stay there until asked)."""
+    """Rank on the device; bring only the kept edges to the host (the counts and means stay there until asked),
+    together in one copy: on a device, the step's one synchronisation."""
     xp = namespace(a.tot)
-    if a.bad is not None and int(a.bad) > 0:  # labels outside {-1, 0, 1}, counted on the device
-        raise _bad_labels(selector)
     mean = a.tot / float(n_images)
     parts = [(1, a.pos, *top_b(a.pos, mean, branching, 1))]
     if two_sided:
         parts.append((-1, a.neg, *top_b(a.neg, mean, branching, -1)))
+    # per sign, the (n, b) winners, whether they qualify, their counts and their means, side by side in
+    # float64 (indices and counts are exact there), and the count of bad labels: one array, one transfer
+    pieces = []
+    for _, counts, low, valid in parts:
+        pieces += [xp.astype(low, xp.float64), xp.astype(valid, xp.float64),
+                   xp.astype(take_along(counts, low, 1), xp.float64),
+                   take_along(mean, low, 1)]
+    width = int(low.shape[1])
+    if a.bad is not None:  # labels outside {-1, 0, 1} from an array-API selector, counted on the device
+        pieces.append(xp.zeros((int(a.tot.shape[0]), 1), dtype=xp.float64, device=device_of(a.tot))
+                      + xp.astype(a.bad, xp.float64))
+    host = np.asarray(to_numpy(xp.concat(pieces, axis=1)))
+    if a.bad is not None and host.shape[0] and host[0, -1] > 0:
+        raise _bad_labels(selector)
     rows: list[np.ndarray] = []
     lows: list[np.ndarray] = []
     signs: list[np.ndarray] = []
     ranks: list[np.ndarray] = []
     cnts: list[np.ndarray] = []
     rels: list[np.ndarray] = []
-    for sign, counts, low, valid in parts:
-        # the (n, b) winners and their counts and means gathered on the device: small transfers
-        c = xp.take_along_axis(counts, low, axis=1)
-        mval = xp.take_along_axis(mean, low, axis=1)
-        low_h, valid_h, c_h, m_h = to_numpy(low), to_numpy(valid), to_numpy(c), to_numpy(mval)
-        j, r = np.nonzero(valid_h)
+    for i, (sign, *_) in enumerate(parts):
+        low_h, valid_h, c_h, m_h = (host[:, (4 * i + f) * width:(4 * i + f + 1) * width] for f in range(4))
+        j, r = np.nonzero(valid_h > 0)
         rows.append(j)
         lows.append(low_h[j, r])
         ranks.append(r)

@@ -63,6 +63,7 @@ class ClosedFormSource:
         self.engines: dict[str, str] = {}
         self._scalars: dict[str, Any] = {}
         self._sizes = {t.name: t.n_neurons for t in self.taps}
+        self._device_index: Any = None
 
     @property
     def _on_disk(self) -> bool:
@@ -75,7 +76,7 @@ class ClosedFormSource:
         store are checked here, on the host, before they move to the device.
         """
         try:
-            rows = self.stats.rows(self.form, key, self.indices)
+            rows = self.stats.rows(self.form, key, self._class_index())
             if self._on_disk and not all_finite(rows):
                 self._not_finite(f"statistics {key!r}")
             return self.network.as_array(rows)
@@ -84,6 +85,15 @@ class ClosedFormSource:
                 raise StoreError(f"the store {str(self.stats.path)!r} lacks the statistics {key!r}; run "
                                  "`ssa collect --verify` to repair it.") from None
             raise
+
+    def _class_index(self) -> Any:
+        """The analysed images' positions: numpy for a store on disk; for statistics in memory, an array on the
+        network's device, made once per class (not copied there per statistics key)."""
+        if self.indices is None or self._on_disk:
+            return self.indices
+        if self._device_index is None:
+            self._device_index = self.network.as_array(self.indices)
+        return self._device_index
 
     def _not_finite(self, what: str) -> None:
         if self._on_disk:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ssa.core.arrays import namespace, take_rows, to_numpy
+from ssa.core.arrays import all_finite, host_view, is_numpy, namespace, take_rows, to_numpy
 from ssa.core.interfaces import Network
 from ssa.errors import InvalidInputError
 
@@ -20,18 +20,35 @@ __all__ = ["DeviceStatistics", "check_finite_stats", "collect", "verify_store"]
 def check_finite_stats(arrays: Mapping[str, Any], first: int) -> None:
     """Refuse non-finite statistics of a batch (they would silently count as "no outlier").
 
-    Checked on the arrays' device; only a failing key's rows come to the host, to name them.
+    One pass per key and one decision per batch: a NaN or an infinity anywhere makes an array's sum NaN or
+    infinite, so finite sums prove every value finite (one synchronisation on a device). Only where a sum is
+    not finite (a non-finite value, or finite values whose sum overflows) are the values themselves checked,
+    and only a failing key's rows come to the host, to name them.
     """
-    for key in sorted(arrays, key=lambda k: (k != "scalars/logits", k)):  # the logits first: the likely cause
-        arr = arrays[key]
-        xp = namespace(arr)
-        if arr.shape[0] and not bool(xp.all(xp.isfinite(arr))):
-            a = to_numpy(arr)
-            rows = np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)) + first
-            where = "the model's logits are" if key == "scalars/logits" else f"the statistics {key!r} are"
-            raise InvalidInputError(
-                f"{where} NaN or infinite on {len(rows)} image(s) (first: image {int(rows[0])}); the model produces "
-                "non-finite values there: check its weights and the images' scaling.")
+    keys = [k for k in arrays if arrays[k].shape[0]]
+    if not keys:
+        return
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum is checked value by value below
+        sums = [host_view(arrays[k]).sum() for k in keys]
+    if is_numpy(namespace(sums[0])):
+        ok = [bool(np.isfinite(v)) for v in sums]
+    else:
+        xp = namespace(sums[0])
+        if bool(xp.all(xp.isfinite(xp.stack(sums)))):
+            return
+        ok = [False] * len(keys)
+    if all(ok):
+        return
+    suspects = [k for k, good in zip(keys, ok, strict=True) if not good]
+    for key in sorted(suspects, key=lambda k: (k != "scalars/logits", k)):  # the logits first: the likely cause
+        if all_finite(arrays[key]):
+            continue  # finite values whose sum overflows
+        a = to_numpy(arrays[key])
+        rows = np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)) + first
+        where = "the model's logits are" if key == "scalars/logits" else f"the statistics {key!r} are"
+        raise InvalidInputError(
+            f"{where} NaN or infinite on {len(rows)} image(s) (first: image {int(rows[0])}); the model produces "
+            "non-finite values there: check its weights and the images' scaling.")
 
 
 def _shapes_of(store, form: str) -> dict[str, tuple[int, ...]]:

@@ -11,8 +11,8 @@ input scale s_y s_x (1 except for average pooling that counts padding),
 where W'[n, k, .] sums the conv inputs that belong to parent channel k. C is computed as two
 small matrix products with 0/1 validity matrices. A squeeze-excitation gate multiplies W' by a
 per-image, per-channel factor. For ``gradient_x_activation`` the per-image relevance is the
-weight-gradient of m against the conv input, summed with W over the kernel offsets (unfold and
-one batched matrix product per chunk of images).
+weight-gradient of m against the conv input, summed with W over the kernel offsets (the framework's
+backward-weight convolution with the images folded into its groups, per chunk of images).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch import fx
 from .linear import LinearOp, NotClosedForm
 from .planner import Branch, Planner
 from .registry import ClosedForm, register_builtin
-from .terms import Term, as_tensor, channels_of, chunks, scatter_channels, stat_device
+from .terms import WORK_BYTES, Term, as_tensor, channels_of, chunks, scatter_channels, stat_device
 
 __all__ = ["ConvTerm", "ConvForm", "conv_input_relevance", "factor_scale"]
 
@@ -65,28 +65,81 @@ def _valid(n_out: int, n_in: int, k: int, stride: int, pad: int, dil: int, weigh
     return torch.where(inside, w, torch.zeros_like(w))
 
 
+#: the per-image weight gradients of one chunk of images stay below this many bytes (on the CPU, buffers that
+#: stay in the allocator's and the caches' reach are faster than one large temporary; on a GPU, the work budget)
+KERNEL_BYTES = 16 * 2**20
+
+
 def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """A[b, n, c] = sum_p m[b, n, p] sum_delta W[n, c, delta] x[b, c, p + delta], shape (B, N, C / groups).
 
-    Chunks of images keep the unfolded input within :data:`~ssa_torch.closed_form.terms.WORK_BYTES`.
+    The inner sum over positions is the weight gradient of the convolution for one image: computed by the
+    framework's own backward-weight kernel (:func:`torch.nn.grad.conv2d_weight`) with the images of a chunk
+    folded into the groups (input ``(1, b * C, H, W)``, ``groups = b * groups``), then multiplied by W and
+    summed over the kernel offsets. A 1x1 convolution is a batched matrix product of ``m`` with the (strided)
+    input. Chunks of images keep the per-image weight gradients within :data:`KERNEL_BYTES` on the CPU and
+    :data:`~ssa_torch.closed_form.terms.WORK_BYTES` on a GPU.
     """
     n, cg, kh, kw = op.weight.shape
     g = op.groups
     B = m.shape[0]
-    w = op.weight.to(m.dtype).reshape(g, n // g, cg * kh * kw)
+    kk = kh * kw
+    w = op.weight.to(device=m.device, dtype=m.dtype).reshape(n, cg, kk)
     top, bottom, left, right = op.pad
-    per_image = cg * g * kh * kw * m[0, 0].numel() * m.element_size()
-    out = []
-    for lo, hi in chunks(B, per_image):
-        xb = x[lo:hi].to(m.dtype)
-        if any(op.pad):
-            xb = F.pad(xb, (left, right, top, bottom))
-        xu = F.unfold(xb, (kh, kw), dilation=op.dilation, stride=op.stride)  # (b, C*kk, P)
-        xu = xu.reshape(hi - lo, g, cg * kh * kw, -1)
-        mb = m[lo:hi].reshape(hi - lo, g, n // g, -1)  # (b, G, Ng, P)
-        a = torch.matmul(mb, xu.transpose(-1, -2))  # (b, G, Ng, Cg*kk)
-        out.append((a * w).reshape(hi - lo, n, cg, kh * kw).sum(-1))
-    return torch.cat(out) if out else torch.zeros((0, n, cg), dtype=m.dtype, device=m.device)
+    out = torch.empty((B, n, cg), dtype=m.dtype, device=m.device)
+    budget = WORK_BYTES if m.device.type != "cpu" else KERNEL_BYTES
+    per_image = n * cg * kk * m.element_size()
+    if kk == 1 and not any(op.pad):  # 1x1: a batched matrix product with the strided input
+        sy, sx = op.stride
+        ho, wo = m.shape[2:]
+        for lo, hi in chunks(B, per_image, budget):
+            xs = x[lo:hi, :, :sy * (ho - 1) + 1:sy, :sx * (wo - 1) + 1:sx].to(m.dtype)
+            xs = xs.reshape(hi - lo, g, cg, ho * wo)
+            mb = m[lo:hi].reshape(hi - lo, g, n // g, ho * wo)
+            a = torch.matmul(mb, xs.transpose(-1, -2)).reshape(hi - lo, n, cg)
+            torch.mul(a, w[:, :, 0], out=out[lo:hi])
+        return out
+    if 2 * m.shape[2] * m.shape[3] < cg * kk:  # few positions, many weights: per kernel offset, a batched
+        return _per_offset(op, m, x, w, out, budget)  # product into (B, N, Cg), no (B, N, Cg, kk) temporary
+    sym = top == bottom and left == right
+    if not sym:  # an absorbed, asymmetric zero pad: padded here, none in the kernel
+        x = F.pad(x, (left, right, top, bottom))
+    pad = (top, left) if sym else (0, 0)
+    c_in = cg * g
+    for lo, hi in chunks(B, per_image, budget):
+        xb, mb = x[lo:hi].to(m.dtype), m[lo:hi]
+        if (hi - lo) * g == 1:  # one group takes another kernel: the image twice, so that every image's sums
+            xb, mb = xb.expand(2, *xb.shape[1:]), mb.expand(2, *mb.shape[1:])  # round alike in any batch
+        b = xb.shape[0]
+        gw = torch.nn.grad.conv2d_weight(xb.reshape(1, b * c_in, *x.shape[2:]), (b * n, cg, kh, kw),
+                                         mb.reshape(1, b * n, *m.shape[2:]), stride=op.stride, padding=pad,
+                                         dilation=op.dilation, groups=b * g)  # (b * n, Cg, kh, kw)
+        gw = gw.reshape(b, n, cg, kk)[:hi - lo].mul_(w)
+        torch.sum(gw, dim=-1, out=out[lo:hi])
+    return out
+
+
+def _per_offset(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, budget: int
+                ) -> torch.Tensor:
+    """:func:`conv_input_relevance` as a sum over kernel offsets of ``m`` times the shifted (strided) input, for
+    late layers (7x7 or 14x14 outputs of wide convolutions), where the weight gradient would be kk times ``out``."""
+    n, cg, kh, kw = op.weight.shape
+    g = op.groups
+    B, (ho, wo) = m.shape[0], m.shape[2:]
+    top, bottom, left, right = op.pad
+    xp = F.pad(x, (left, right, top, bottom)) if any(op.pad) else x
+    (sy, sx), (dy, dx) = op.stride, op.dilation
+    wg = w.reshape(g, n // g, cg, kh * kw)
+    for lo, hi in chunks(B, 2 * n * cg * m.element_size(), budget):
+        acc = out[lo:hi].view(hi - lo, g, n // g, cg).zero_()
+        mb = m[lo:hi].reshape(hi - lo, g, n // g, ho * wo)
+        for i in range(kh):
+            for j in range(kw):
+                y0, x0 = i * dy, j * dx
+                xs = xp[lo:hi, :, y0:y0 + sy * (ho - 1) + 1:sy, x0:x0 + sx * (wo - 1) + 1:sx].to(m.dtype)
+                prod = torch.matmul(mb, xs.reshape(hi - lo, g, cg, ho * wo).transpose(-1, -2))
+                acc.addcmul_(prod, wg[:, :, :, i * kw + j])
+    return out
 
 
 def global_input_channels(op: LinearOp, device=None) -> torch.Tensor:
@@ -121,8 +174,11 @@ class ConvTerm(Term):
         return (self.x,) + ((self.gate,) if self.gate else ())
 
     def _index(self, device) -> torch.Tensor:
-        """(N, C / groups): the parent channel of each weight column (-1: another parent)."""
-        return self.chan.to(device)[global_input_channels(self.op, device)]
+        """(N, C / groups): the parent channel of each weight column (-1: another parent); made once per device."""
+        key = f"index{device}"
+        if key not in self._static:
+            self._static[key] = self.chan[global_input_channels(self.op)].to(device)
+        return self._static[key]
 
     def _weight(self, device) -> torch.Tensor:
         """W' (N, C / groups, kk) in float64: the weight times the per-channel input scale."""
@@ -145,7 +201,7 @@ class ConvTerm(Term):
     def _to_parents(self, values: torch.Tensor, n_axis: int) -> torch.Tensor:
         """Sum the last axis (the weight columns Cg of each output channel, on axis ``n_axis``) into parents."""
         if self.op.groups == 1:  # every output channel reads the same input channels
-            return scatter_channels(values, self.chan.to(values.device), self.n_parent)
+            return scatter_channels(values, self.chan, self.n_parent)
         idx = self._index(values.device)  # (N, Cg): per output channel, the parent of each column
         shape = [1] * values.dim()
         shape[n_axis], shape[-1] = idx.shape
@@ -214,7 +270,7 @@ class ConvTerm(Term):
                 cols = global_input_channels(self.op, dev)[h]  # (n, Cg)
                 p = torch.einsum("jcd,bjd->jbc", self._weight(dev)[h], cs) * g[:, cols].transpose(0, 1)
                 if self.op.groups == 1:
-                    om = scatter_channels(p, self.chan.to(dev), self.n_parent)
+                    om = scatter_channels(p, self.chan, self.n_parent)
                 else:  # (n, B, Cg) with the selected output channels first
                     om = scatter_channels(p, self._index(dev)[h][:, None, :], self.n_parent)
         else:

@@ -64,8 +64,8 @@ class DenseTerm(Term):
         key = f"wk{device}"
         if key not in self._static:
             n, d = self.weight.shape
-            s, chan = self.s.to(device), self.chan.to(device)
-            parts = [scatter_channels(self.weight[lo:hi].to(device=device, dtype=torch.float64) * s[None, :], chan,
+            s = self.s.to(device)
+            parts = [scatter_channels(self.weight[lo:hi].to(device=device, dtype=torch.float64) * s[None, :], self.chan,
                                       self.n_parent) for lo, hi in chunks(n, d * 8)]
             self._static[key] = torch.cat(parts)
         return self._static[key]
@@ -83,7 +83,7 @@ class DenseTerm(Term):
             else:
                 w = self.weight.to(device=m.device, dtype=m.dtype)
                 a = torch.einsum("bpn,bpd->bnd", mm, xx) * w.unsqueeze(0)
-                out["a"] = scatter_channels(a, self.chan.to(m.device), self.n_parent)
+                out["a"] = scatter_channels(a, self.chan, self.n_parent)
         return out
 
     def rank1(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str):
@@ -115,11 +115,10 @@ class DenseTerm(Term):
             x = as_tensor(stats["a_x"], mm.device)  # (B, D)
             h, fed = self.head_channels(neurons, mm.device)
             w = self._w(mm.device)
-            chan = self.chan.to(mm.device)
             parts = []
             for lo, hi in chunks(len(h), x.numel() * 8):  # (chunk, B, D) at a time
                 contrib = w[h[lo:hi]][:, None, :] * x[None]
-                parts.append(scatter_channels(contrib, chan, self.n_parent) * mm[:, h[lo:hi]].t()[:, :, None])
+                parts.append(scatter_channels(contrib, self.chan, self.n_parent) * mm[:, h[lo:hi]].t()[:, :, None])
             om = torch.cat(parts) if parts else torch.zeros((0, x.shape[0], self.n_parent), dtype=x.dtype,
                                                             device=x.device)
         return self.finish(om, fed)

@@ -58,7 +58,7 @@ class GateTerm(Term):
         key = f"w2k{device}"
         if key not in self._static:
             w = self.w2.to(device=device, dtype=torch.float64) * self.s2.to(device)[None, :]
-            self._static[key] = scatter_channels(w, self.chan.to(device), self.n_parent)  # (C, K)
+            self._static[key] = scatter_channels(w, self.chan, self.n_parent)  # (C, K)
         return self._static[key]
 
     def statistics(self, m: torch.Tensor, values: Mapping[str, torch.Tensor], forms: Sequence[str]):
@@ -82,7 +82,7 @@ class GateTerm(Term):
         else:
             x2 = as_tensor(stats["gx"], a.device)  # (B, F)
             w2 = self.w2.to(device=a.device, dtype=torch.float64)
-            t = scatter_channels(w2[None] * x2[:, None, :], self.chan.to(a.device), self.n_parent)  # (B, C, K)
+            t = scatter_channels(w2[None] * x2[:, None, :], self.chan, self.n_parent)  # (B, C, K)
             om = torch.bmm(mg, t).transpose(0, 1)
         return self.finish(om, fed)
 

@@ -25,7 +25,7 @@ import torch
 
 from ssa.core.interfaces import Rank1Factors
 
-__all__ = ["Term", "as_tensor", "channels_of", "stat_device", "scatter_channels", "chunks", "rank1_omega",
+__all__ = ["Term", "as_tensor", "channels_of", "stat_device", "scatter_channels", "chunks",
            "rank1_rows", "WORK_BYTES"]
 
 WORK_BYTES = 256 * 2**20  # memory budget of one chunk of an intermediate array
@@ -62,24 +62,23 @@ def scatter_channels(values: torch.Tensor, chan: torch.Tensor, k: int) -> torch.
     itself (a bin per element: ``scatter_add``). One bin per column takes the cheapest exact route:
     nothing to do for the identity map, a gather for a permutation, a reshape and sum for contiguous
     equal blocks (a flatten before a dense layer), and else a sum (``index_add``; on a GPU a product
-    with a 0/1 matrix, which is deterministic and fast where index_add is neither).
+    with a 0/1 matrix, which is deterministic and fast where index_add is neither). A column map's route
+    is found once per map (on the host) and its arrays are kept per device: pass the same ``chan``
+    tensor (wherever it lives) every time, and the device path copies nothing and never waits.
     """
-    chan = chan.to(values.device)
     if chan.dim() == 1:
         plan = _column_plan(chan, k)
         kind = plan[0]
         if kind == "identity":
             return values
         if kind == "permutation":
-            return values.index_select(values.dim() - 1, plan[1])
+            return values.index_select(values.dim() - 1, _on(plan, "inverse", values.device))
         if kind == "blocks":
             width = plan[1]
             return values.reshape(*values.shape[:-1], k, width).sum(-1)
         if values.is_cuda and values.shape[-1] * k <= (1 << 26):
-            onehot = torch.zeros((values.shape[-1], k), dtype=values.dtype, device=values.device)
-            mine = chan >= 0
-            onehot[torch.nonzero(mine).squeeze(1), chan[mine]] = 1.0
-            return values @ onehot
+            return values @ _on(plan, "onehot", values.device, values.dtype, k)
+    chan = chan.to(values.device)
     idx = torch.where(chan >= 0, chan, torch.full_like(chan, k))
     out = torch.zeros(values.shape[:-1] + (k + 1,), dtype=values.dtype, device=values.device)
     if idx.dim() == 1:
@@ -89,14 +88,18 @@ def scatter_channels(values: torch.Tensor, chan: torch.Tensor, k: int) -> torch.
     return out[..., :k]
 
 
-_PLANS: dict[tuple[int, str, int, int], tuple[Any, ...]] = {}
+_PLANS: dict[tuple[int, int], tuple[Any, ...]] = {}
 
 
 def _column_plan(chan: torch.Tensor, k: int) -> tuple[Any, ...]:
-    """How a column-to-bin map can be applied: ("identity",), ("permutation", inverse), ("blocks", width), ("sum",)."""
-    key = (chan.data_ptr(), str(chan.device), int(chan.numel()), k)
+    """How a column-to-bin map can be applied: ("identity",), ("permutation", inverse), ("blocks", width), ("sum",).
+
+    Cached by the map's identity (the cache holds the tensor, so the identity cannot be reused), decided once
+    on the host; the last element is a dict of the plan's arrays per device (:func:`_on`).
+    """
+    key = (id(chan), k)
     plan = _PLANS.get(key)
-    if plan is not None and plan[-1] is chan:
+    if plan is not None and plan[-2] is chan:
         return plan
     c = chan.detach().cpu()
     n = int(c.numel())
@@ -105,13 +108,31 @@ def _column_plan(chan: torch.Tensor, k: int) -> tuple[Any, ...]:
         if torch.equal(c, torch.arange(k)):
             out = ("identity",)
         else:  # bin j gets column inv[j]
-            out = ("permutation", torch.argsort(c).to(chan.device))
+            out = ("permutation", torch.argsort(c))
     elif k > 0 and n % k == 0 and bool((c >= 0).all()) and torch.equal(c, torch.arange(n) // (n // k)):
         out = ("blocks", n // k)
     if len(_PLANS) > 4096:
         _PLANS.clear()
-    _PLANS[key] = (*out, chan)
+    _PLANS[key] = (*out, chan, {"chan": c})
     return _PLANS[key]
+
+
+def _on(plan: tuple[Any, ...], what: str, device: torch.device, dtype: torch.dtype | None = None, k: int = 0
+        ) -> torch.Tensor:
+    """A column plan's array on ``device`` (made there once): the inverse permutation, or the (columns, k) 0/1
+    matrix with a 1 where a column's bin is."""
+    arrays = plan[-1]
+    key = (what, str(device), dtype, k)
+    if key not in arrays:
+        if what == "inverse":
+            arrays[key] = plan[1].to(device)
+        else:
+            c = arrays["chan"]
+            onehot = torch.zeros((c.numel(), k), dtype=dtype)
+            mine = torch.nonzero(c >= 0).squeeze(1)
+            onehot[mine, c[mine]] = 1.0
+            arrays[key] = onehot.to(device)
+    return arrays[key]
 
 
 def chunks(n: int, bytes_per_item: int, budget: int = WORK_BYTES) -> list[tuple[int, int]]:
@@ -167,7 +188,7 @@ class Term:
         """``(coeff (n, B), vec (n, K), fed (n,))`` when omega is ``finish(vec[:, None] * coeff[..., None], fed)``.
 
         Such a step's rows are per-image multiples of one vector per upper neuron, so their sorted
-        order follows from sorting ``vec`` once (:func:`rank1_omega`). None (the default): no such form.
+        order follows from sorting ``vec`` once (:func:`rank1_rows`). None (the default): no such form.
         """
         return None
 
@@ -180,24 +201,33 @@ class Term:
     # -- helpers -------------------------------------------------------------------------------------
     def head_channels(self, neurons: Sequence[int], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """(head channel of each upper neuron, clamped to 0 where none; mask of the neurons this term feeds)."""
-        idx = self.out_index.to(device)[torch.as_tensor(list(neurons), dtype=torch.long, device=device)]
+        idx = self._out_index(device)[torch.as_tensor(list(neurons), dtype=torch.long, device=device)]
         return idx.clamp_min(0), idx >= 0
+
+    def _out_index(self, device: torch.device | str) -> torch.Tensor:
+        """:attr:`out_index` on ``device``, copied there once."""
+        cache = self.__dict__.setdefault("_out_index_on", {})
+        key = str(device)
+        if key not in cache:
+            cache[key] = self.out_index.to(device)
+        return cache[key]
+
+    @property
+    def feeds_all(self) -> bool:
+        """Whether every upper neuron has a head channel, so that no row is ever zeroed (decided once, on the host:
+        the hot path masks unconditionally or not at all, and never asks the device)."""
+        if "_feeds_all" not in self.__dict__:
+            self.__dict__["_feeds_all"] = bool((self.out_index.cpu() >= 0).all())
+        return bool(self.__dict__["_feeds_all"])
 
     def finish(self, om: torch.Tensor, fed: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
         """Scale, and zero the rows of upper neurons this term does not feed (``inplace``: in ``om`` itself,
-        for a temporary nothing else holds; the same products either way)."""
+        for a temporary nothing else holds; the same products either way: rows it feeds are multiplied by 1)."""
         om = om.mul_(self.scale) if inplace else om * self.scale
-        if not bool(fed.all()):
+        if not self.feeds_all:
             mask = fed.to(om.dtype).reshape(-1, *([1] * (om.dim() - 1)))
             om = om.mul_(mask) if inplace else om * mask
         return om
-
-
-def rank1_omega(term: Term, coeff: torch.Tensor, vec: torch.Tensor, fed: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """omega ``(n, B, K)`` of a rank-1 term, and its rows sorted ascending, without sorting them
-    (:func:`rank1_rows` of the term's factors)."""
-    return rank1_rows(Rank1Factors(coeff, vec, float(term.scale), fed))
 
 
 def rank1_rows(f: Rank1Factors) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,8 +253,6 @@ def rank1_rows(f: Rank1Factors) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _scale_rows(om: torch.Tensor, scale: float, fed: torch.Tensor) -> torch.Tensor:
-    """:meth:`Term.finish` in place: times ``scale``, then the rows of unfed upper neurons times 0."""
-    om = om.mul_(scale)
-    if not bool(fed.all()):
-        om = om.mul_(fed.to(om.dtype).reshape(-1, *([1] * (om.dim() - 1))))
-    return om
+    """:meth:`Term.finish` in place: times ``scale``, then every row times its fed flag (1 or 0; a fed row's
+    products are unchanged), without asking the device whether all are fed."""
+    return om.mul_(scale).mul_(fed.to(om.dtype).reshape(-1, *([1] * (om.dim() - 1))))

@@ -1,0 +1,143 @@
+"""The default rule's per-image kernels (issue 20, item 1) against the unfold form they replace.
+
+``conv_input_relevance`` computes A[b, n, c] = sum_p m[b, n, p] sum_delta W[n, c, delta] x[b, c, p + delta]
+with the framework's backward-weight convolution (images folded into groups) or, for 1x1 convolutions, a
+batched matrix product. The reference below is the unfold + batched matmul form the engine used before,
+written out as it was. In float64 the two agree to rounding (1e-12 relative to the largest value); in
+float32 (the statistics' dtype) to float32 rounding of sums over a few thousand products (1e-5).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ssa_torch.closed_form import conv as conv_mod
+from ssa_torch.closed_form.conv import conv_input_relevance
+from ssa_torch.closed_form.linear import LinearOp
+
+
+def unfold_reference(op: LinearOp, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The unfold form: im2col of the (padded) input, one batched matrix product, times W summed over offsets."""
+    n, cg, kh, kw = op.weight.shape
+    g = op.groups
+    B = m.shape[0]
+    w = op.weight.to(m.dtype).reshape(g, n // g, cg * kh * kw)
+    top, bottom, left, right = op.pad
+    xb = x.to(m.dtype)
+    if any(op.pad):
+        xb = F.pad(xb, (left, right, top, bottom))
+    xu = F.unfold(xb, (kh, kw), dilation=op.dilation, stride=op.stride).reshape(B, g, cg * kh * kw, -1)
+    a = torch.matmul(m.reshape(B, g, n // g, -1), xu.transpose(-1, -2))
+    return (a * w).reshape(B, n, cg, kh * kw).sum(-1)
+
+
+def plain_loop(op: LinearOp, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The definition, one image, output channel and offset at a time (float64)."""
+    n, cg, kh, kw = op.weight.shape
+    top, bottom, left, right = op.pad
+    xp = F.pad(x.double(), (left, right, top, bottom))
+    out = torch.zeros((m.shape[0], n, cg), dtype=torch.float64)
+    ho, wo = m.shape[2:]
+    for j in range(n):
+        c0 = (j // (n // op.groups)) * cg
+        for dy in range(kh):
+            for dx in range(kw):
+                y0, x0 = dy * op.dilation[0], dx * op.dilation[1]
+                win = xp[:, c0:c0 + cg, y0:y0 + op.stride[0] * (ho - 1) + 1:op.stride[0],
+                         x0:x0 + op.stride[1] * (wo - 1) + 1:op.stride[1]]  # (B, cg, ho, wo)
+                out[:, j] += (win * m[:, j:j + 1].double()).sum((2, 3)) * op.weight[j, :, dy, dx].double()
+    return out
+
+
+# (in channels, out channels, kernel, stride, padding (top, bottom, left, right), dilation, groups, size)
+CASES = {
+    "3x3": (4, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, (9, 9)),
+    "3x3 stride 2": (4, 6, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, (10, 11)),
+    "7x7 stride 2 pad 3": (3, 5, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1, (16, 16)),
+    "dilated": (4, 4, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1, (9, 9)),
+    "groups": (6, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 3, (8, 8)),
+    "depthwise stride 2": (5, 5, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 5, (9, 9)),
+    "depthwise x2": (4, 8, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 4, (7, 7)),
+    "asymmetric pad (absorbed)": (3, 4, (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 1, (8, 9)),
+    "rectangular": (3, 4, (1, 3), (1, 2), (0, 0, 1, 1), (1, 1), 1, (6, 9)),
+    "1x1": (8, 6, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, (7, 7)),
+    "1x1 stride 2": (8, 6, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, (7, 8)),
+    "1x1 groups": (8, 6, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 2, (5, 5)),
+    "1x1 padded": (3, 4, (1, 1), (1, 1), (1, 1, 1, 1), (1, 1), 1, (5, 5)),
+}
+
+
+def _case(name: str, dtype: torch.dtype, batch: int = 5):
+    c, n, k, stride, pad, dil, groups, size = CASES[name]
+    gen = torch.Generator().manual_seed(len(name))
+    op = LinearOp("conv", torch.randn((n, c // groups, *k), generator=gen, dtype=torch.float64).to(dtype),
+                  groups=groups, stride=stride, dilation=dil, pad=pad)
+    x = torch.randn((batch, c, *size), generator=gen, dtype=torch.float64).to(dtype)
+    top, bottom, left, right = pad
+    xp = F.pad(x, (left, right, top, bottom))
+    out = F.conv2d(xp, op.weight, stride=stride, dilation=dil, groups=groups)
+    m = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(dtype)
+    return op, m, x
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_kernel_equals_the_unfold_form_in_float64(name):
+    op, m, x = _case(name, torch.float64)
+    got = conv_input_relevance(op, m, x)
+    ref = unfold_reference(op, m, x)
+    assert got.shape == ref.shape and got.dtype == torch.float64
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
+    torch.testing.assert_close(got, plain_loop(op, m, x), rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_kernel_equals_the_unfold_form_in_float32(name):
+    op, m, x = _case(name, torch.float32)
+    got = conv_input_relevance(op, m, x)
+    ref = unfold_reference(op, m, x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["3x3 stride 2", "depthwise stride 2", "1x1 stride 2", "asymmetric pad (absorbed)"])
+def test_chunks_of_one_image_give_the_same_values(name, monkeypatch):
+    """A budget below one image's weight gradients: one image per chunk, bit for bit the same values."""
+    op, m, x = _case(name, torch.float64, batch=4)
+    whole = conv_input_relevance(op, m, x)
+    monkeypatch.setattr(conv_mod, "KERNEL_BYTES", 1)
+    torch.testing.assert_close(conv_input_relevance(op, m, x), whole, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["3x3", "3x3 stride 2", "7x7 stride 2 pad 3", "dilated", "groups",
+                                  "depthwise stride 2", "asymmetric pad (absorbed)", "1x1 stride 2"])
+def test_an_images_values_do_not_depend_on_the_batch(name):
+    """Per-class statistics must round as the shared ones do (tests/test_session_statistics.py): an image's
+    values are the same bits alone, in a batch of two and in a batch of nine, in float32."""
+    op, m, x = _case(name, torch.float32, batch=9)
+    whole = conv_input_relevance(op, m, x)
+    for lo, hi in [(3, 4), (0, 2), (4, 9)]:
+        torch.testing.assert_close(conv_input_relevance(op, m[lo:hi], x[lo:hi]), whole[lo:hi], rtol=0, atol=0)
+
+
+PER_OFFSET = {  # few output positions, many weights: the per-offset form (conv.py: _per_offset)
+    "wide, 3x3 on 2x2": (40, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, (2, 2)),
+    "wide, stride 2, asymmetric pad": (30, 4, (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 1, (4, 5)),
+    "wide, dilated, groups": (36, 6, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 2, (3, 3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PER_OFFSET))
+def test_the_per_offset_form_equals_the_unfold_form(name, monkeypatch):
+    monkeypatch.setitem(CASES, name, PER_OFFSET[name])
+    op, m, x = _case(name, torch.float64)
+    assert 2 * m.shape[2] * m.shape[3] < op.weight.shape[1] * op.weight.shape[2] * op.weight.shape[3]
+    got = conv_input_relevance(op, m, x)
+    ref = unfold_reference(op, m, x)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
+    torch.testing.assert_close(got, plain_loop(op, m, x), rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
+    op, m, x = _case(name, torch.float32, batch=9)
+    whole = conv_input_relevance(op, m, x)
+    torch.testing.assert_close(whole, unfold_reference(op, m, x), rtol=1e-5, atol=1e-5 * float(whole.abs().max()))
+    for lo, hi in [(3, 4), (0, 2), (4, 9)]:  # an image's values do not depend on the batch
+        torch.testing.assert_close(conv_input_relevance(op, m[lo:hi], x[lo:hi]), whole[lo:hi], rtol=0, atol=0)
