@@ -10,10 +10,9 @@ from typing import Any
 import numpy as np
 
 from ssa.analysis.grouping import all_classes, group_images, parse_targets
-from ssa.core.checks import check_int
+from ssa.core.checks import check_int, check_stop_at
 from ssa.core.defaults import resolve_method
 from ssa.core.interfaces import Rule, Selector
-from ssa.errors import InvalidInputError
 from ssa.io.classmap import check_class_count
 from ssa.io.folders import files_preprocessing, folder_class_map, load_grouped_images
 from ssa.io.images import Preprocess
@@ -156,9 +155,7 @@ def analyse_many(
     n = n_classes(network)
     check_class_count(folders, n)
     classes = all_classes(n, lab, by_prediction) if isinstance(wanted, str) else parse_targets(wanted, n)  # "all"
-    if stop_at is not None and stop_at not in {t.name for t in network.taps}:
-        raise InvalidInputError(
-            f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
+    check_stop_at(stop_at, (t.name for t in network.taps))
     all_images = session.images
     assert all_images is not None  # loaded with the network
     groups = group_images(network, all_images, lab, classes, by_prediction=by_prediction,

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 
 from ssa.core.arrays import namespace, to_numpy
-from ssa.core.checks import check_closed_form, check_device, check_int
+from ssa.core.checks import check_closed_form, check_device, check_int, check_stop_at
 from ssa.core.defaults import resolve_method
 from ssa.core.graph import build_graph
 from ssa.core.identity import builtin_name
 from ssa.core.interfaces import Network, Rule, Selector
-from ssa.core.options import ModelSpec, RunOptions
+from ssa.core.options import ENGINES, ModelSpec, RunOptions
 from ssa.core.traversal import explain_stop, traverse
 from ssa.engines.autograd import AutogradSource
 from ssa.engines.closed_form import ClosedFormSource
@@ -297,9 +297,7 @@ class Session:
         selector_obj = make_selector(sel, **sel_params)
         network = self.network
         check_target(network, target)
-        if stop_at is not None and stop_at not in {t.name for t in network.taps}:
-            raise InvalidInputError(
-                f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
+        check_stop_at(stop_at, (t.name for t in network.taps))
         source = self._source(self.class_indices(target, indices))
         result = run_traversal(source, network, target, branching, self.rule, selector_obj, stop_at=stop_at,
                                images_hash=self.images_hash, progress=self.progress)
@@ -309,9 +307,6 @@ class Session:
         if decoded is not None:
             result.graph.graph["preprocess"] = decoded
         return result
-
-
-ENGINES = ("auto", "fast", "autograd")
 
 
 def default_batch_size(device: str) -> int:

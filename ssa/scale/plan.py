@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ssa.analysis.grouping import all_classes, class_probabilities, parse_targets
-from ssa.core.checks import check_int
+from ssa.core.checks import check_int, check_stop_at
 from ssa.core.interfaces import Network
 from ssa.errors import InvalidInputError
 from ssa.io.classmap import check_class_count
@@ -89,9 +89,7 @@ def resolve_classes(network: Network, targets: str | Sequence[int], stop_at: str
     classes = list(chosen)
     for c in classes:
         check_target(network, c)
-    if stop_at is not None and stop_at not in {t.name for t in network.taps}:
-        raise InvalidInputError(
-            f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
+    check_stop_at(stop_at, (t.name for t in network.taps))
     return classes
 
 

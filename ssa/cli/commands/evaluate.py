@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from ssa.analysis._common import check_count
 from ssa.analysis.ablation import ABLATIONS
 from ssa.analysis.curves import BRANCHINGS
 from ssa.analysis.grouping import parse_targets
@@ -33,6 +32,7 @@ from ssa.cli.commands.common import (
     parse_kv,
     preprocess_from,
 )
+from ssa.core.checks import check_int
 from ssa.errors import InvalidInputError
 from ssa.io.paths import check_distinct_outputs, check_output_file
 from ssa.plugins import registry
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     targets = parse_targets(args.targets)  # "all", or distinct class indices
     ablations = parse_ablations(args.ablation)
     split = check_split(args.split)
-    check_count("bootstrap", args.bootstrap, 0)
+    check_int("bootstrap", args.bootstrap, 0)
     reg = registry()
     rules = _names(args.rules) or reg.names("rule")
     selectors = _names(args.selectors) or reg.names("selector")
