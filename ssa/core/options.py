@@ -220,8 +220,9 @@ class RunOptions:
     rule_params: Mapping[str, Any] | None = _option(None, "rule parameter (repeatable)", flag="--rule-param",
                                              action="append", metavar="NAME=VALUE")
     selector: str | Selector | None = _option(None, "outlier selector (default mad; see `ssa plugins`)")
-    selector_params: Mapping[str, Any] | None = _option(None, "selector parameter, e.g. k=3 or two_sided=true (repeatable)",
-                                                 flag="--selector-param", action="append", metavar="NAME=VALUE")
+    selector_params: Mapping[str, Any] | None = _option(
+        None, "selector parameter, e.g. k=3 or two_sided=true (repeatable)", flag="--selector-param",
+        action="append", metavar="NAME=VALUE")
     preset: str | None = _option(None, "paper: the paper's exact configuration (rule gradient, Tukey k=1.5, positive "
                                        "outliers only); replaces --rule, --selector and their parameters",
                                  choices=tuple(sorted(PRESETS)))
