@@ -168,6 +168,13 @@ class ModelSpec:
                                     f"ModelSpec: pass {clash[0]}= instead.")
         object.__setattr__(self, "options", options)
 
+    @classmethod
+    def from_keywords(cls, source: Any, **keywords: Any) -> ModelSpec:
+        """The spec of :func:`ssa.load_model`'s keywords: the fields by name, the rest a backend's own
+        :attr:`options`."""
+        own = {k: v for k, v in keywords.items() if k not in _MODEL_FIELDS}
+        return cls(source, **{k: v for k, v in keywords.items() if k in _MODEL_FIELDS}, options=own)
+
     def load_options(self) -> dict[str, Any]:
         """The keyword options a backend's ``load(source, device=..., **options)`` takes (``name`` only when set)."""
         out: dict[str, Any] = {"taps": list(self.taps) if self.taps is not None else None,

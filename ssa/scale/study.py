@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssa.core.options import ModelSpec, RunOptions
 from ssa.errors import InvalidInputError, SSAError, SSAWarning
 from ssa.io.atomic import atomic_write_bytes
 from ssa.io.classmap import ClassMap, class_map
@@ -261,14 +262,13 @@ def read_study(path: str | os.PathLike, *, out_dir: str | os.PathLike | None = N
     targets = data.get("targets", "all")
     if not (targets == "all" or (isinstance(targets, list) and all(isinstance(t, int) for t in targets))):
         raise _err(p, f"targets must be \"all\" or a list of class indices, got {targets!r}.")
-    batch_size = data.get("batch_size", 32)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise _err(p, f"batch_size must be an integer >= 1, got {batch_size!r}.")
-    engine = str(data.get("engine", "auto"))
-    if engine not in ("auto", "fast", "autograd"):
-        raise _err(p, f"engine must be auto, fast or autograd, got {engine!r}.")
+    try:  # checked as RunOptions checks them
+        run = RunOptions(batch_size=data.get("batch_size", 32), engine=str(data.get("engine", "auto")))
+    except InvalidInputError as exc:
+        raise _err(p, str(exc).replace(" Pass --batch-size 1 or more.", "")) from None
+    assert run.batch_size is not None  # given, or 32
     return Study(p, out, tuple(models), images, labels, pre, selection, targets, tuple(methods),
-                 str(data.get("device", "cpu")), batch_size, engine, decode_workers, decoder,
+                 str(data.get("device", "cpu")), run.batch_size, run.engine, decode_workers, decoder,
                  bool(outputs.get("compare", True)), bool(outputs.get("report", True)))
 
 
@@ -345,8 +345,8 @@ def run_study(study: Study, runner: LocalRunner | RayRunner | None = None, *, pr
             jobs, hashes = [], {}
             images_hash = None
             for m in study.models:
-                spec, network = load_driver_model(m.spec, source, backend=m.backend, device=study.device,
-                                                  options=m.options, images_spec=study.images,
+                model = ModelSpec.from_keywords(m.spec, backend=m.backend, device=study.device, **m.options)
+                spec, network = load_driver_model(model, source, images_spec=study.images,
                                                   preprocess=study.preprocess)
                 hashes[m.name] = spec.model_hash
                 classes = resolve_classes(network, study.targets, study.methods[0].stop_at, source, study.selection)
