@@ -30,8 +30,8 @@ NOT_OPTIONS = {"self", "model", "images", "target", "targets", "labels", "prepro
 #: ``ssa analyse`` flags that are not options of a run (images, classes, outputs, scale-out)
 CLI_NOT_OPTIONS = {"--help", "--images", "--labels", "--class-map", "--preprocess", "--resize", "--scale", "--mean",
                    "--std", "--layout", "--channels", "--bgr", "--target", "--targets", "--by-prediction",
-                   "--min-confidence", "--max-per-class", "--max-images", "--out-dir", "--ray", "--ray-address", "--workers",
-                   "--decode-workers", "--out", "--quiet"}
+                   "--min-confidence", "--max-per-class", "--max-images", "--out-dir", "--ray", "--ray-address",
+                   "--workers", "--decode-workers", "--out", "--quiet"}
 #: fields the keywords do not spell out: the model (``model``) and a backend's own options (loaded first)
 NOT_KEYWORDS = {"source", "options"}
 
