@@ -148,3 +148,16 @@ def test_defined_once(what, pattern, home):
     rx = re.compile(pattern, re.M)
     found = sorted(path for path, text in _source().items() for _ in rx.finditer(text))
     assert found == ([home] if home else []), f"{what} is written in {found}"
+
+
+def test_every_field_has_a_help_text():
+    for name, f in FIELDS.items():
+        assert isinstance(f.metadata.get("help"), str) and f.metadata["help"].strip(), name
+
+
+def test_the_batch_size_default_is_the_devices_everywhere():
+    # None in the fields and keywords: 32 on the CPU (128 on a GPU), the same for every way in
+    assert RunOptions().batch_size is None
+    assert ssa.Session("digits", "digits").batch_size == 32
+    assert ssa.Session.from_options(ModelSpec("digits"), "digits").batch_size == 32
+    assert ssa.Session.from_options(ModelSpec("digits"), "digits", RunOptions(batch_size=7)).batch_size == 7
