@@ -5,7 +5,7 @@ A study file (TOML; relative paths are relative to the file) says::
     out = "study-out"                 # the output folder (--out-dir overrides)
     targets = "all"                   # or [0, 3, 5]
     device = "cpu"                    # cuda: Ray workers declare a GPU each
-    batch_size = 32
+    batch_size = 32                   # default: 32 on the CPU, 128 with cuda (as for `ssa analyse`)
     engine = "auto"
 
     [[model]]                         # one table per model
@@ -74,6 +74,7 @@ from ssa.scale.plan import (
     resolve_classes,
 )
 from ssa.scale.runners import LocalRunner, RayRunner
+from ssa.session import default_batch_size
 
 __all__ = ["StudyModel", "Study", "read_study", "run_study", "StudyResult", "STUDY_OUTPUTS"]
 
@@ -263,12 +264,13 @@ def read_study(path: str | os.PathLike, *, out_dir: str | os.PathLike | None = N
     if not (targets == "all" or (isinstance(targets, list) and all(isinstance(t, int) for t in targets))):
         raise _err(p, f"targets must be \"all\" or a list of class indices, got {targets!r}.")
     try:  # checked as RunOptions checks them
-        run = RunOptions(batch_size=data.get("batch_size", 32), engine=str(data.get("engine", "auto")))
+        run = RunOptions(batch_size=data.get("batch_size"), engine=str(data.get("engine", "auto")))
     except InvalidInputError as exc:
         raise _err(p, str(exc).replace(" Pass --batch-size 1 or more.", "")) from None
-    assert run.batch_size is not None  # given, or 32
+    device = str(data.get("device", "cpu"))
+    batch_size = default_batch_size(device) if run.batch_size is None else run.batch_size  # as for ssa analyse
     return Study(p, out, tuple(models), images, labels, pre, selection, targets, tuple(methods),
-                 str(data.get("device", "cpu")), run.batch_size, run.engine, decode_workers, decoder,
+                 device, batch_size, run.engine, decode_workers, decoder,
                  bool(outputs.get("compare", True)), bool(outputs.get("report", True)))
 
 
