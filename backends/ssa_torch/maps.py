@@ -35,7 +35,6 @@ from ssa.errors import InvalidInputError
 __all__ = ["InputMaps"]
 
 
-
 def _spatial(tap: Tap) -> tuple[int, ...]:
     """A tap's per-image shape without its channel axis."""
     return tuple(d for i, d in enumerate(tap.shape) if i != tap.channel_axis - 1)

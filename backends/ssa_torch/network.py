@@ -38,7 +38,6 @@ from .taps import TapPlan, discover_taps
 __all__ = ["TorchNetwork", "HostCopy", "exact_arithmetic", "spatial_mean", "trace_module", "steps_summary"]
 
 
-
 #: how to export a program that runs on any number of images (ssa runs the images in batches)
 EXPORT_FIX = ("torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch', "
               "min=1)},)), 'model.pt2') with x a batch of 2 or more images")

@@ -30,7 +30,6 @@ __all__ = ["Term", "as_tensor", "channels_of", "stat_device", "scatter_channels"
            "rank1_rows", "WORK_BYTES"]
 
 
-
 def as_tensor(value: Any, device: torch.device | str | None = None) -> torch.Tensor:
     """``value`` (numpy array, memmap or tensor) as a float64 tensor, on ``device`` when given."""
     if isinstance(value, torch.Tensor):
