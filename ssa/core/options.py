@@ -29,7 +29,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 from ssa.core.checks import check_int
-from ssa.core.defaults import PRESETS, resolve_method
+from ssa.core.defaults import DEFAULT_RULE, DEFAULT_SELECTOR, PRESETS, resolve_method
 from ssa.core.interfaces import Rule, Selector
 from ssa.errors import InvalidInputError
 
@@ -222,11 +222,11 @@ class RunOptions:
     :attr:`method` is the resolved rule and selector (preset, values given, defaults).
     """
 
-    rule: str | Rule | None = _option(None, "relevance rule (default gradient_x_activation; see `ssa plugins` and "
+    rule: str | Rule | None = _option(None, f"relevance rule (default {DEFAULT_RULE}; see `ssa plugins` and "
                                             "README, 'Which strategy?')")
     rule_params: Mapping[str, Any] | None = _option(None, "rule parameter (repeatable)", flag="--rule-param",
                                              action="append", metavar="NAME=VALUE")
-    selector: str | Selector | None = _option(None, "outlier selector (default mad; see `ssa plugins`)")
+    selector: str | Selector | None = _option(None, f"outlier selector (default {DEFAULT_SELECTOR}; see `ssa plugins`)")
     selector_params: Mapping[str, Any] | None = _option(
         None, "selector parameter, e.g. k=3 or two_sided=true (repeatable)", flag="--selector-param",
         action="append", metavar="NAME=VALUE")
