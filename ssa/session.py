@@ -114,7 +114,6 @@ class Session:
                preprocess: Preprocess | None, only_target: int | None) -> None:
         """The session of ``spec`` and ``options`` (both checked already); nothing is loaded yet, except a model
         with a backend's own load options, which :attr:`options` does not carry."""
-        self.spec, self.run_options = spec, options
         self.model = spec.source
         if spec.options:
             self.model = load_model(spec.source, backend=spec.backend, device=spec.device, **spec.load_options())
