@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from ssa.core.checks import check_int
-from ssa.core.defaults import resolve_method
+from ssa.core.checks import check_int, check_stop_at
 from ssa.core.interfaces import Rule, Selector
-from ssa.errors import InvalidInputError
+from ssa.core.options import ModelSpec, RunOptions, option_fields
 from ssa.io.classmap import check_class_count
 from ssa.io.folders import files_preprocessing, folder_class_map, load_grouped_images
 from ssa.io.images import Preprocess
@@ -22,6 +21,14 @@ from ssa.session import Session, load_model, n_classes
 from ssa.targets import all_classes, group_images, parse_targets
 
 __all__ = ["analyse", "analyse_many", "load_model"]
+
+def _options(given: Mapping[str, Any]) -> tuple[ModelSpec, RunOptions]:
+    """The :class:`ModelSpec` and :class:`RunOptions` of an API function's keywords (its ``locals()``), checked
+    there: the keywords are their fields, with the same names and defaults."""
+    model = {k: given[k] for k in option_fields(ModelSpec) if k in given and k not in ("source", "options")}
+    run = {k: given[k] for k in option_fields(RunOptions) if k in given}
+    return ModelSpec(given["model"], **model), RunOptions(**run)
+
 
 def analyse(
     model: Any,
@@ -79,14 +86,10 @@ def analyse(
     -------
     AnalysisResult with the dependency graph.
     """
-    check_int("branching", branching, 1, "Pass --branching 1 or more.")
+    spec, options = _options(locals())
     target = check_int("target", target, 0)
-    rule, rule_params, selector, selector_params = resolve_method(preset, rule, rule_params, selector, selector_params)
-    session = Session(model, images, rule=rule, rule_params=rule_params, labels=labels, preprocess=preprocess,
-                      taps=taps, include_input=include_input, channel_axes=channel_axes, output_index=output_index,
-                      device=device, batch_size=batch_size, backend=backend, name=name, engine=engine, store=store,
-                      store_mode=store_mode, progress=progress, only_target=target)
-    return session.analyse(target, branching, selector=selector, selector_params=selector_params, stop_at=stop_at)
+    session = Session.from_options(spec, images, options, labels=labels, preprocess=preprocess, only_target=target)
+    return session.analyse(target)
 
 
 def analyse_many(
@@ -141,24 +144,18 @@ def analyse_many(
     With the fast engine the per-image statistics are computed once for the whole image set
     (or read from ``store``) and shared by every class.
     """
-    from ssa.core.defaults import resolve_method
-
-    branching = check_int("branching", branching, 1, "Pass --branching 1 or more.")
+    spec, options = _options(locals())
     wanted = parse_targets(targets) if isinstance(targets, str) else parse_targets(list(targets))
-    rule, rule_params, selector, selector_params = resolve_method(preset, rule, rule_params, selector, selector_params)
-    make_selector(selector, **dict(selector_params or {}))  # refuse a bad selector before any work
+    method = options.method
+    make_selector(method.selector, **method.selector_params)  # refuse a bad selector before any work
     folders = folder_class_map(images, labels)  # class folders: {folder: class}, recorded in every graph
     arr, lab = load_grouped_images(images, labels=labels, preprocess=preprocess)
-    session = Session(model, arr, rule=rule, rule_params=rule_params, taps=taps, include_input=include_input,
-                      channel_axes=channel_axes, output_index=output_index, device=device, batch_size=batch_size,
-                      backend=backend, name=name, engine=engine, store=store, store_mode=store_mode, progress=progress)
+    session = Session.from_options(spec, arr, options)
     network = session.network  # loads and prepares the model once
     n = n_classes(network)
     check_class_count(folders, n)
     classes = all_classes(n, lab, by_prediction) if isinstance(wanted, str) else parse_targets(wanted, n)  # "all"
-    if stop_at is not None and stop_at not in {t.name for t in network.taps}:
-        raise InvalidInputError(
-            f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
+    check_stop_at(stop_at, (t.name for t in network.taps))
     all_images = session.images
     assert all_images is not None  # loaded with the network
     groups = group_images(network, all_images, lab, classes, by_prediction=by_prediction,
@@ -172,8 +169,7 @@ def analyse_many(
         chosen = {c: np.searchsorted(union, idx) for c, idx in chosen.items()}
     results: dict[int, AnalysisResult] = {}
     for c in classes:
-        res = session.analyse(c, branching, selector=selector, selector_params=selector_params, stop_at=stop_at,
-                              indices=chosen[c])
+        res = session.analyse(c, indices=chosen[c])  # the options' branching, selector and stop_at
         res.graph.graph["grouping"] = "prediction" if by_prediction else "labels"
         if min_confidence is not None:
             res.graph.graph["min_confidence"] = float(min_confidence)

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 
 from ssa.core.arrays import namespace, to_numpy
-from ssa.core.checks import check_closed_form, check_device, check_int
+from ssa.core.checks import check_closed_form, check_device, check_int, check_stop_at
 from ssa.core.defaults import resolve_method
 from ssa.core.graph import build_graph
 from ssa.core.identity import builtin_name
 from ssa.core.interfaces import Network, Rule, Selector
-from ssa.core.options import ModelSpec, RunOptions
+from ssa.core.options import ENGINES, ModelSpec, RunOptions  # noqa: F401 (ENGINES: re-exported)
 from ssa.core.traversal import explain_stop, traverse
 from ssa.engines.autograd import AutogradSource
 from ssa.engines.closed_form import ClosedFormSource
@@ -84,38 +84,12 @@ class Session:
                  backend: str | None = None, name: str | None = None, engine: str = "auto",
                  store: str | os.PathLike | None = None, store_mode: str = "fill", progress: bool = False,
                  only_target: int | None = None, preset: str | None = None) -> None:
-        self.model = model
-        self.images_spec = images
-        rule, rule_params, self._selector, self._selector_params = resolve_method(preset, rule, rule_params)
-        self.preset = preset
-        self.rule = make_rule(rule, **rule_params)
-        self.labels_spec = labels
-        self.preprocess = preprocess
-        self.options: dict[str, Any] = {"taps": taps, "include_input": include_input,
-                                        "channel_axes": channel_axes, "output_index": output_index}
-        if name is not None:
-            self.options["name"] = name
-        self.device = device
-        self.batch_size = default_batch_size(device) if batch_size is None else \
-            check_int("batch_size", batch_size, 1, "Pass --batch-size 1 or more.")
-        self.backend = backend
-        if engine not in ENGINES:
-            raise InvalidInputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
-        self.engine = engine
-        if store_mode not in ("fill", "read"):
-            raise InvalidInputError(f"store_mode must be 'fill' or 'read', got {store_mode!r}.")
-        self.store = store
-        self.store_mode = store_mode
-        self.progress = progress
-        self.only_target = only_target
-        self._network: Network | None = None
-        self.images: np.ndarray | None = None
-        self.labels: np.ndarray | None = None
-        self._stats: Any = None
-        self._subset = False
-        self.images_hash: str | None = None
-        self.class_map: dict[str, int] | None = None
-        self._defaults: dict[str, Any] = {"branching": 3, "stop_at": None}
+        # the keywords are fields of ModelSpec and RunOptions (one definition: names, defaults, checks)
+        spec = ModelSpec(model, backend=backend, device=device, taps=taps, include_input=include_input,
+                         channel_axes=channel_axes, output_index=output_index, name=name)
+        options = RunOptions(rule=rule, rule_params=rule_params, preset=preset, engine=engine,
+                             batch_size=batch_size, store=store, store_mode=store_mode, progress=progress)
+        self._setup(spec, images, options, labels=labels, preprocess=preprocess, only_target=only_target)
 
     @classmethod
     def from_options(cls, model: ModelSpec, images: Any, options: RunOptions | None = None, *, labels: Any = None,
@@ -132,19 +106,41 @@ class Session:
         options = RunOptions() if options is None else options
         if not isinstance(options, RunOptions):
             raise InvalidInputError(f"options must be an ssa.RunOptions, got {type(options).__name__}.")
-        source: Any = model.source
-        if model.options:  # a backend's own load options: Session's keywords do not carry them, so load here
-            source = load_model(model.source, backend=model.backend, device=model.device, **model.load_options())
-        m = options.method
-        session = cls(source, images, rule=m.rule, rule_params=m.rule_params, labels=labels, preprocess=preprocess,
-                      taps=model.taps, include_input=model.include_input, channel_axes=model.channel_axes,
-                      output_index=model.output_index, device=model.device, batch_size=options.batch_size,
-                      backend=model.backend, name=model.name, engine=options.engine, store=options.store,
-                      store_mode=options.store_mode, progress=options.progress, only_target=only_target)
-        session.preset = options.preset
-        session._selector, session._selector_params = m.selector, dict(m.selector_params)
-        session._defaults = {"branching": options.branching, "stop_at": options.stop_at}
+        session = cls.__new__(cls)
+        session._setup(model, images, options, labels=labels, preprocess=preprocess, only_target=only_target)
         return session
+
+    def _setup(self, spec: ModelSpec, images: Any, options: RunOptions, *, labels: Any,
+               preprocess: Preprocess | None, only_target: int | None) -> None:
+        """The session of ``spec`` and ``options`` (both checked already); nothing is loaded yet, except a model
+        with a backend's own load options, which :attr:`options` does not carry."""
+        self.model = spec.source
+        if spec.options:
+            self.model = load_model(spec.source, backend=spec.backend, device=spec.device, **spec.load_options())
+        self.images_spec = images
+        m = options.method
+        self.preset = options.preset
+        self.rule = make_rule(m.rule, **m.rule_params)
+        self._selector, self._selector_params = m.selector, dict(m.selector_params)
+        self.labels_spec = labels
+        self.preprocess = preprocess
+        self.options: dict[str, Any] = {k: v for k, v in spec.load_options().items() if k not in spec.options}
+        self.device = spec.device
+        self.batch_size = default_batch_size(spec.device) if options.batch_size is None else options.batch_size
+        self.backend = spec.backend
+        self.engine = options.engine
+        self.store = options.store
+        self.store_mode = options.store_mode
+        self.progress = options.progress
+        self.only_target = only_target
+        self._network: Network | None = None
+        self.images: np.ndarray | None = None
+        self.labels: np.ndarray | None = None
+        self._stats: Any = None
+        self._subset = False
+        self.images_hash: str | None = None
+        self.class_map: dict[str, int] | None = None
+        self._defaults: dict[str, Any] = {"branching": options.branching, "stop_at": options.stop_at}
 
     def prepare(self) -> Session:
         """Load the model and the images (once)."""
@@ -318,9 +314,7 @@ class Session:
         selector_obj = make_selector(sel, **sel_params)
         network = self.network
         check_target(network, target)
-        if stop_at is not None and stop_at not in {t.name for t in network.taps}:
-            raise InvalidInputError(
-                f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
+        check_stop_at(stop_at, (t.name for t in network.taps))
         source = self._source(self.class_indices(target, indices))
         result = run_traversal(source, network, target, branching, self.rule, selector_obj, stop_at=stop_at,
                                images_hash=self.images_hash, progress=self.progress)
@@ -330,9 +324,6 @@ class Session:
         if decoded is not None:
             result.graph.graph["preprocess"] = decoded
         return result
-
-
-ENGINES = ("auto", "fast", "autograd")
 
 
 def default_batch_size(device: str) -> int:

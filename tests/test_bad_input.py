@@ -305,7 +305,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("evaluate-out-suffix", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--out",
                              "{d}/prev/eval.txt"], "--out must end in .csv"),
     ("evaluate-draws-0", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--draws", "0"],
-     "draws must be an integer >= 1, got 0."),
+     "draws must be >= 1, got 0."),
     ("evaluate-selector-unknown", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--selectors",
                                    "nope"], "unknown selector 'nope'"),
     ("evaluate-threads-0", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--threads", "0"],
@@ -322,7 +322,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("evaluate-figure-suffix", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--figure",
                                 "{d}/prev/curves.jpg"], "--figure must end in .png or .svg"),
     ("evaluate-bootstrap-negative", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--bootstrap",
-                                     "-1"], "bootstrap must be an integer >= 0, got -1."),
+                                     "-1"], "bootstrap must be >= 0, got -1."),
     ("evaluate-split-range", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--split", "1"],
      "split must be 'auto' or a number in [0, 1)"),
     # --- plugins and the command itself

@@ -68,7 +68,7 @@ def test_run_options_defaults_resolve_the_method():
     opts = RunOptions()
     assert opts.method == Method(DEFAULT_RULE, {}, DEFAULT_SELECTOR, {})
     assert (opts.branching, opts.stop_at, opts.engine, opts.batch_size, opts.store, opts.store_mode,
-            opts.progress) == (3, None, "auto", 32, None, "fill", False)
+            opts.progress) == (3, None, "auto", None, None, "fill", False)  # batch size: by the device
     paper = RunOptions(preset="paper")
     p = PRESETS["paper"]
     assert paper.method == Method(p["rule"], p["rule_params"], p["selector"], p["selector_params"])
@@ -142,7 +142,7 @@ def test_run_options_from_the_command_line(tmp_path, monkeypatch):
     assert opts == RunOptions(rule="gradient", rule_params={"a": "1"}, selector="tukey",
                               selector_params={"k": "3", "two_sided": "true"}, branching=2, stop_at="conv1",
                               engine="autograd", batch_size=8, progress=False)
-    assert run_options(_args(*base)) == RunOptions(progress=True)
+    assert run_options(_args(*base)) == RunOptions(progress=True, batch_size=32)  # the CPU default, resolved
     assert run_options(_args(*base, "--preset", "paper")).method == RunOptions(preset="paper").method
     with pytest.raises(InvalidInputError, match="preset 'paper' sets the rule"):
         run_options(_args(*base, "--preset", "paper", "--selector", "mad"))

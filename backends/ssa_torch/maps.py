@@ -27,13 +27,12 @@ import numpy as np
 import torch
 from torch import fx
 
+from ssa.core.budget import WORK_BYTES
 from ssa.core.capabilities import PairMaps
 from ssa.core.interfaces import Tap
 from ssa.errors import InvalidInputError
 
 __all__ = ["InputMaps"]
-
-_WORK_BYTES = 256 * 2**20  # budget for one chunk of batched input gradients
 
 
 def _spatial(tap: Tap) -> tuple[int, ...]:
@@ -132,7 +131,7 @@ class InputMaps:
                 v = self._channels(self._record(x, node), t, sel)
                 s = v.reshape(v.shape[0], K, -1).mean(dim=2)  # (B, K): each neuron's scalar
                 per = int(x.numel()) * 4 * 3
-                chunk = max(1, min(K, _WORK_BYTES // max(per, 1)))
+                chunk = max(1, min(K, WORK_BYTES // max(per, 1)))
                 for k0 in range(0, K, chunk):
                     g = self._batched_grads(s, x, k0, min(K, k0 + chunk))  # (k, B, *image)
                     out[i:i + len(x), k0:k0 + g.shape[0]] = g.transpose(0, 1).float().cpu().numpy()

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 from torch import fx
 
+from ssa.core.budget import WORK_BYTES
 from ssa.core.checks import call_rule
 from ssa.core.interfaces import Network, Rank1Factors, Rule, Tap
 from ssa.errors import InvalidInputError, UnsupportedModelError
@@ -28,6 +29,7 @@ from ssa.errors import InvalidInputError, UnsupportedModelError
 from .ablation import TorchAblator
 from .canon import DEFAULT_PASSES, CanonPass, CanonReport, canonicalize
 from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
+from .closed_form.collect import spatial_mean
 from .closed_form.terms import rank1_rows
 from .interpreters import ModelCodeInterpreter
 from .maps import InputMaps
@@ -37,7 +39,6 @@ from .tracing import EXPORT_FIX, trace_module
 
 __all__ = ["TorchNetwork", "HostCopy", "exact_arithmetic", "spatial_mean", "trace_module", "steps_summary"]
 
-_WORK_BYTES = 256 * 2**20  # budget for one chunk of batched gradients
 _VALUES_BYTES = 512 * 2**20  # budget for the tap values kept per batch between the steps of a traversal
 
 
@@ -55,13 +56,6 @@ def _check_batches(gm: fx.GraphModule, x: torch.Tensor) -> None:
                 "ssa runs the images in batches: make the model accept any batch size"
             raise UnsupportedModelError(f"the model runs on 1 image but fails on a batch of 2 ({text}); {why}.") \
                 from None
-
-
-def spatial_mean(t: torch.Tensor, channel_axis: int, lead: int = 1) -> torch.Tensor:
-    """Mean over every axis except the ``lead`` leading ones and the channel axis; channel last."""
-    t = t.movedim(channel_axis, -1)
-    dims = tuple(range(lead, t.dim() - 1))
-    return t.mean(dim=dims) if dims else t
 
 
 class _CutInterpreter(ModelCodeInterpreter):
@@ -461,7 +455,7 @@ class TorchNetwork(InputMaps, Network):
                    ) -> dict[str, torch.Tensor]:
         B, n = s.shape
         per = max(int(leaf[0].numel()) for leaf in leaves) * B * 4 * 3
-        chunk = max(1, min(n, _WORK_BYTES // max(per, 1)))
+        chunk = max(1, min(n, WORK_BYTES // max(per, 1)))
         chunks: dict[str, list[torch.Tensor]] = {p.name: [] for p in parents}
         for j0 in range(0, n, chunk):
             j1 = min(n, j0 + chunk)

@@ -6,7 +6,7 @@ import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
@@ -17,14 +17,7 @@ from ssa.errors import InvalidInputError
 if TYPE_CHECKING:  # for the annotation only: the helpers work on any session they are given
     from ssa.session import Session
 
-__all__ = ["check_count", "as_graph", "class_images", "read_records"]
-
-
-def check_count(name: str, value: Any, minimum: int) -> int:
-    """``value`` as an int >= ``minimum`` (bools and floats refused), else one line naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
+__all__ = ["as_graph", "class_images", "read_records"]
 
 
 def as_graph(graph: nx.DiGraph) -> DependencyGraph:

@@ -34,9 +34,10 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from ssa.analysis._common import as_graph, check_count, class_images
+from ssa.analysis._common import as_graph, class_images
 from ssa.analysis.ablation import ABLATIONS, Effect, Interval, Scorer, check_ablation
 from ssa.core.capabilities import SupportsAblation, unsupported
+from ssa.core.checks import check_int, check_stop_at
 from ssa.core.interfaces import Network
 from ssa.errors import InvalidInputError
 from ssa.session import Session
@@ -106,8 +107,7 @@ def graph_neurons(graph: nx.DiGraph, excitatory_only: bool = True) -> dict[str, 
 def scope_taps(network: Network, stop_at: str | None = None) -> list[str]:
     """Every tap below the logits, down to ``stop_at`` (inclusive) when given, top first."""
     taps = {t.name: t for t in network.taps}
-    if stop_at is not None and stop_at not in taps:
-        raise InvalidInputError(f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(taps)}.")
+    check_stop_at(stop_at, taps)
     low = taps[stop_at].order if stop_at is not None else -1
     return [t.name for t in sorted(network.taps, key=lambda t: -t.order) if t.name != "logits" and t.order >= low]
 
@@ -189,9 +189,9 @@ def faithfulness(session: Session, graph: nx.DiGraph, *, target: int | None = No
     Faithfulness, with one :class:`LayerFaithfulness` per tap in scope (top first) and the total.
     """
     ablation = check_ablation(ablation)
-    draws = check_count("draws", draws, 1)
-    seed = check_count("seed", seed, 0)
-    n_boot = check_count("n_boot", n_boot, 0)
+    draws = check_int("draws", draws, 1)
+    seed = check_int("seed", seed, 0)
+    n_boot = check_int("n_boot", n_boot, 0)
     g = as_graph(graph)
     if target is None:
         target = g.run.target

@@ -29,8 +29,9 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from ssa.analysis._common import as_graph, check_count, class_images
+from ssa.analysis._common import as_graph, class_images
 from ssa.analysis.ablation import Interval, interval
+from ssa.core.checks import check_int
 from ssa.core.graph import DependencyGraph, jaccard
 from ssa.core.interfaces import Selector
 from ssa.errors import InvalidInputError
@@ -96,8 +97,8 @@ def stability(session: Session, target: int, *, branching: int = 3, selector: st
     -------
     Stability; with ``resamples == 0`` the frequencies are empty and the Jaccard numbers NaN.
     """
-    resamples = check_count("resamples", resamples, 0)
-    seed = check_count("seed", seed, 0)
+    resamples = check_int("resamples", resamples, 0)
+    seed = check_int("seed", seed, 0)
     if indices is not None and len(indices) == 0:
         raise InvalidInputError("stability needs at least one image of the class.")
     _, chosen = class_images(session, target, indices)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ssa.analysis._common import as_graph, check_count, class_images, read_records
+from ssa.analysis._common import as_graph, class_images, read_records
 from ssa.analysis.ablation import Interval, Scorer, check_ablation, draw_donors, interval
 from ssa.analysis.curves import CURVE_COLUMNS, Areas, CurvePoint, areas, curve_records, sweep
 from ssa.analysis.faithfulness import Faithfulness, faithfulness, make_scorer, scope_taps
@@ -156,10 +156,10 @@ def _evaluate(session: Session, target: int, *, selector: str | Selector | None,
               seed: int, split: float | str, mean_images: np.ndarray | None, pool_images: np.ndarray | None,
               pool_classes: np.ndarray | None, n_boot: int, per_tap: bool, curves: bool,
               scorers: dict[tuple[int, str], Scorer] | None) -> list[EvaluationRow]:
-    check_count("draws", draws, 1)
-    check_count("resamples", resamples, 0)
-    check_count("seed", seed, 0)
-    check_count("n_boot", n_boot, 0)
+    check_int("draws", draws, 1)
+    check_int("resamples", resamples, 0)
+    check_int("seed", seed, 0)
+    check_int("n_boot", n_boot, 0)
     scorers = {} if scorers is None else scorers
     t0 = time.perf_counter()
     build, score = class_split(session, target, indices, split, seed)
@@ -299,9 +299,9 @@ def check_strategies(sessions: Session | Sequence[Session], targets: Sequence[in
     if twice:
         raise InvalidInputError(f"two sessions have rule {twice[0]!r}; pass one session per rule.")
     check_int("branching", branching, 1, "Pass --branching 1 or more.")
-    check_count("draws", draws, 1)
-    check_count("resamples", resamples, 0)
-    check_count("seed", seed, 0)
+    check_int("draws", draws, 1)
+    check_int("resamples", resamples, 0)
+    check_int("seed", seed, 0)
     wanted = parse_targets(targets) if isinstance(targets, str) else parse_targets(list(targets))
     for s in list(selectors) if selectors else registry().names("selector"):  # unknown names, bad parameters
         make_selector(s, **dict((selector_params or {}).get(s) or {}))

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from ssa.errors import InvalidInputError, PluginError
 
-__all__ = ['check_closed_form', 'check_int', 'check_device', 'call_selector', 'call_rule', 'call_hint',
+__all__ = ['check_closed_form', 'check_int', 'check_stop_at', 'check_device', 'call_selector', 'call_rule', 'call_hint',
            'check_labels', 'looks_unscaled']
 
 
@@ -20,6 +21,14 @@ def check_int(name: str, value: Any, minimum: int, fix: str = "") -> int:
     if value < minimum:
         raise InvalidInputError(f"{name} must be >= {minimum}, got {value}.{(' ' + fix) if fix else ''}")
     return int(value)
+
+
+def check_stop_at(stop_at: str | None, taps: Iterable[str]) -> str | None:
+    """``stop_at`` when it is None or one of ``taps`` (tap names), else one line listing them."""
+    names = list(taps)
+    if stop_at is not None and stop_at not in names:
+        raise InvalidInputError(f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(names)}.")
+    return stop_at
 
 
 def check_device(device: str) -> str:

@@ -12,7 +12,11 @@ is checked where the plugin or the model is at hand. :class:`ModelOption` descri
 model option that a backend registers (``ssa_register_model_options``); its value lands in
 :attr:`ModelSpec.options`.
 
-The command line builds these from its arguments (:func:`ssa.cli.commands.common.model_spec` and
+They are the one definition of the options: their fields hold the names, the defaults (the keywords of
+:func:`ssa.analyse`, :func:`ssa.analyse_many` and :class:`ssa.Session` are these, with the same defaults;
+``tests/test_one_definition.py`` keeps them so), the checks (here, once) and the ``--help`` texts (field
+metadata). The command line adds its options from the fields (:func:`ssa.cli.commands.common.add_option_args`)
+and builds these from its arguments (:func:`~ssa.cli.commands.common.model_spec` and
 :func:`~ssa.cli.commands.common.run_options`).
 """
 
@@ -21,15 +25,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 from ssa.core.checks import check_int
-from ssa.core.defaults import resolve_method
+from ssa.core.defaults import DEFAULT_RULE, DEFAULT_SELECTOR, PRESETS, resolve_method
 from ssa.core.interfaces import Rule, Selector
 from ssa.errors import InvalidInputError
 
-__all__ = ["ModelSpec", "RunOptions", "Method", "ModelOption", "ENGINES", "STORE_MODES"]
+__all__ = ["ModelSpec", "RunOptions", "Method", "ModelOption", "ENGINES", "STORE_MODES", "option_fields", "option_flag",
+           "option_defaults", "option_values"]
 
 #: "auto": the exact closed form where a step has one, autograd elsewhere; "fast": the same, refused when no
 #: step has it; "autograd": every step by autograd
@@ -40,6 +45,38 @@ STORE_MODES = ("fill", "read")
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FLAG = re.compile(r"--[a-z0-9][a-z0-9-]*")
+
+
+def _option(default: Any = None, help: str = "", **cli: Any) -> Any:
+    """A field of an options dataclass: its default, its ``--help`` text, and how the command line spells it.
+
+    ``cli`` (read by :func:`ssa.cli.commands.common.add_option_args`): ``flag`` (default ``--name-with-dashes``),
+    ``short`` (e.g. ``-b``), ``None`` for ``flag`` when the command line has no such option, and any
+    other ``argparse.add_argument`` keyword (``type``, ``choices``, ``action``, ``metavar``).
+    """
+    return field(default=default, metadata={"help": help, "cli": cli})
+
+
+def option_fields(cls: type) -> dict[str, Field[Any]]:
+    """The option fields of :class:`ModelSpec` or :class:`RunOptions` (those ``__init__`` takes), by name."""
+    return {f.name: f for f in fields(cls) if f.init}
+
+
+def option_flag(f: Field[Any]) -> str | None:
+    """The command-line spelling of an option field (``--stop-at``; ``model`` for the positional source), or
+    None when the command line has no such option."""
+    cli = f.metadata.get("cli", {})
+    return cli["flag"] if "flag" in cli else "--" + f.name.replace("_", "-")
+
+
+def option_defaults(cls: type) -> dict[str, Any]:
+    """``{name: default}`` of the option fields that have a default."""
+    return {n: f.default for n, f in option_fields(cls).items() if f.default is not MISSING}
+
+
+def option_values(obj: Any) -> dict[str, Any]:
+    """``{name: value}`` of an options object's option fields."""
+    return {n: getattr(obj, n) for n in option_fields(type(obj))}
 
 
 def _optional_str(name: str, value: Any) -> str | None:
@@ -55,6 +92,8 @@ def _bool(name: str, value: Any) -> bool:
 
 
 def _str_mapping(name: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
     if not isinstance(value, Mapping):
         raise InvalidInputError(f"{name} must be a mapping of names to values, got {value!r}.")
     for key in value:
@@ -82,15 +121,20 @@ class ModelSpec:
         ``load`` as keywords; they must not repeat the fields above.
     """
 
-    source: Any
-    backend: str | None = None
-    device: str = "cpu"
-    taps: tuple[str, ...] | None = None
-    include_input: bool = False
-    channel_axes: Mapping[str, int] | None = None
-    output_index: int | None = None
-    name: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
+    source: Any = _option(MISSING, "the model: a file (see `ssa plugins` for the backends and what they load), "
+                                   "path/file.py:attr, package.module:attr, or 'digits'", flag="model")
+    backend: str | None = _option(None, "force a backend (see `ssa plugins`)")
+    device: str = _option("cpu", "cpu (default), cuda, cuda:N")
+    taps: Sequence[str] | None = _option(None, "comma-separated tap names to use instead of the default taps")
+    include_input: bool = _option(False, "add the input image's channels as the last tap", action="store_true")
+    channel_axes: Mapping[str, int] | None = _option(None, "override the channel axis of a tap (repeatable)",
+                                                     flag="--channel-axis", action="append", metavar="TAP=AXIS")
+    output_index: int | None = _option(None, "which model output holds the logits", type=int)
+    name: str | None = _option(None, "the model's display name in graphs and summaries (default: the built-in name "
+                                     "for a built-in model's weights, else the class name or file stem; graphs "
+                                     "identify models by content hash)")
+    options: Mapping[str, Any] = field(default_factory=dict, metadata={
+        "help": "a backend's own options (each backend's flags, ssa_register_model_options)", "cli": {"flag": None}})
 
     def __post_init__(self) -> None:
         if self.source is None:
@@ -124,6 +168,13 @@ class ModelSpec:
                                     f"ModelSpec: pass {clash[0]}= instead.")
         object.__setattr__(self, "options", options)
 
+    @classmethod
+    def from_keywords(cls, source: Any, **keywords: Any) -> ModelSpec:
+        """The spec of :func:`ssa.load_model`'s keywords: the fields by name, the rest a backend's own
+        :attr:`options`."""
+        own = {k: v for k, v in keywords.items() if k not in _MODEL_FIELDS}
+        return cls(source, **{k: v for k, v in keywords.items() if k in _MODEL_FIELDS}, options=own)
+
     def load_options(self) -> dict[str, Any]:
         """The keyword options a backend's ``load(source, device=..., **options)`` takes (``name`` only when set)."""
         out: dict[str, Any] = {"taps": list(self.taps) if self.taps is not None else None,
@@ -136,8 +187,7 @@ class ModelSpec:
         return out
 
 
-_MODEL_FIELDS = frozenset({"source", "backend", "device", "taps", "include_input", "channel_axes", "output_index",
-                           "name", "options"})
+_MODEL_FIELDS = frozenset(f.name for f in fields(ModelSpec))
 
 
 @dataclass(frozen=True)
@@ -164,7 +214,7 @@ class RunOptions:
     branching : b, the lower neurons kept per upper neuron and parent tap (>= 1).
     stop_at : the lowest tap to expand down to (None: down to the lowest tap).
     engine : one of :data:`ENGINES`.
-    batch_size : images per forward pass (>= 1).
+    batch_size : images per forward pass (>= 1); None: by the device (32 on the CPU, 128 on a GPU).
     store : a statistics store folder (``ssa collect``), or None to work in memory.
     store_mode : one of :data:`STORE_MODES`.
     progress : show progress bars.
@@ -172,18 +222,30 @@ class RunOptions:
     :attr:`method` is the resolved rule and selector (preset, values given, defaults).
     """
 
-    rule: str | Rule | None = None
-    rule_params: Mapping[str, Any] = field(default_factory=dict)
-    selector: str | Selector | None = None
-    selector_params: Mapping[str, Any] = field(default_factory=dict)
-    preset: str | None = None
-    branching: int = 3
-    stop_at: str | None = None
-    engine: str = "auto"
-    batch_size: int = 32
-    store: str | os.PathLike[str] | None = None
-    store_mode: str = "fill"
-    progress: bool = False
+    rule: str | Rule | None = _option(None, f"relevance rule (default {DEFAULT_RULE}; see `ssa plugins` and "
+                                            "README, 'Which strategy?')")
+    rule_params: Mapping[str, Any] | None = _option(None, "rule parameter (repeatable)", flag="--rule-param",
+                                             action="append", metavar="NAME=VALUE")
+    selector: str | Selector | None = _option(None, f"outlier selector (default {DEFAULT_SELECTOR}; see `ssa plugins`)")
+    selector_params: Mapping[str, Any] | None = _option(
+        None, "selector parameter, e.g. k=3 or two_sided=true (repeatable)", flag="--selector-param",
+        action="append", metavar="NAME=VALUE")
+    preset: str | None = _option(None, "paper: the paper's exact configuration (rule gradient, Tukey k=1.5, positive "
+                                       "outliers only); replaces --rule, --selector and their parameters",
+                                 choices=tuple(sorted(PRESETS)))
+    branching: int = _option(3, "neurons kept per upper neuron (default 3)", short="-b", type=int)
+    stop_at: str | None = _option(None, "lowest tap to expand down to")
+    engine: str = _option("auto", "auto (default): exact closed form where a step has one, autograd elsewhere; "
+                                  "fast: the same, refused when no step has it; autograd: every step by autograd",
+                          choices=ENGINES)
+    batch_size: int | None = _option(None, "images per forward pass (default 32 on the CPU, 128 with --device cuda)",
+                                     type=int)
+    store: str | os.PathLike[str] | None = _option(
+        None, "statistics store folder (default: $SSA_STORE or .ssa-store when it holds this model and image set; "
+              "see `ssa collect`)")
+    store_mode: str = _option("fill", "fill: collect into the store what it lacks; read: use the store only when "
+                                      "it holds this model and images", flag=None)
+    progress: bool = _option(False, "show progress bars", flag=None)
     method: Method = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -202,7 +264,8 @@ class RunOptions:
         _optional_str("stop_at", self.stop_at)
         if self.engine not in ENGINES:
             raise InvalidInputError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}.")
-        check_int("batch_size", self.batch_size, 1, "Pass --batch-size 1 or more.")
+        if self.batch_size is not None:
+            check_int("batch_size", self.batch_size, 1, "Pass --batch-size 1 or more.")
         if self.store is not None and not isinstance(self.store, (str, os.PathLike)):
             raise InvalidInputError(f"store must be a folder path or None, got {self.store!r}.")
         if self.store_mode not in STORE_MODES:

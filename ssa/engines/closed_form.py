@@ -9,30 +9,19 @@ device). Steps without a closed form are computed by exact autograd on the class
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ssa.core.arrays import all_finite
+from ssa.core.budget import work_bytes
 from ssa.core.interfaces import Network, Rank1Factors, Rule
 from ssa.core.traversal import RelevanceBlock
 from ssa.engines.autograd import AutogradSource
 from ssa.errors import InvalidInputError, StoreError
 
 __all__ = ["ClosedFormSource", "FastSource", "work_bytes"]
-
-
-def work_bytes(device: str) -> int:
-    """Memory budget of one block of omega: ``SSA_WORK_BYTES``, else 256 MiB on the CPU and 1 GiB on a GPU."""
-    env = os.environ.get("SSA_WORK_BYTES")
-    if env:
-        try:
-            return max(1 << 20, int(float(env)))
-        except ValueError:
-            raise InvalidInputError(f"SSA_WORK_BYTES must be a number of bytes, got {env!r}.") from None
-    return (1 << 30) if str(device).startswith("cuda") else (256 << 20)
 
 
 class ClosedFormSource:

@@ -21,7 +21,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,14 @@ import numpy as np
 
 from ssa.analysis.grouping import class_probabilities
 from ssa.core.interfaces import Network
+from ssa.core.options import ModelSpec, RunOptions
 from ssa.errors import InvalidInputError, SSAError
 from ssa.io.datasets import DecodeStats, ImageSource, iter_batches
 from ssa.io.graphs import read_graph
 from ssa.plugins import make_rule, make_selector
 from ssa.session import Session, load_model, prepare_network
 
-__all__ = ["Method", "Selection", "ModelSpec", "Output", "ClassJob", "JobResult", "Worker", "run_class_job",
+__all__ = ["Method", "Selection", "JobModel", "Output", "ClassJob", "JobResult", "Worker", "run_class_job",
            "select_images", "job_key", "WRITE_LOG_ENV", "read_write_log", "KEY_ATTR"]
 
 #: environment variable naming the write log (read by the driver when it plans the jobs)
@@ -46,7 +47,11 @@ KEY_ATTR = "job_key"
 
 @dataclass(frozen=True)
 class Method:
-    """One configuration: rule and selector with their parameters (resolved, defaults filled), branching, stop."""
+    """One configuration: rule and selector with their parameters (resolved, defaults filled), branching, stop.
+
+    The names and checks are those of :class:`~ssa.core.options.RunOptions` (:meth:`of`); this is its
+    resolved, hashable form (plugin names and parsed parameters), which keys and labels outputs.
+    """
 
     rule: str
     rule_params: Mapping[str, Any]
@@ -60,9 +65,16 @@ class Method:
                  selector_params: Mapping[str, Any] | None, branching: int = 3,
                  stop_at: str | None = None) -> Method:
         """The method with parameters as the plugins parse them (``{"k": "1.5"}`` and ``{"k": 1.5}`` agree)."""
-        r = make_rule(rule, **dict(rule_params or {}))
-        s = make_selector(selector, **dict(selector_params or {}))
-        return cls(r.name, dict(r.params), s.name, dict(s.params), int(branching), stop_at)
+        return cls.of(RunOptions(rule=rule, rule_params=rule_params, selector=selector,
+                                 selector_params=selector_params, branching=branching, stop_at=stop_at))
+
+    @classmethod
+    def of(cls, options: RunOptions) -> Method:
+        """The configuration of ``options`` (checked there; the preset resolved)."""
+        m = options.method
+        r = make_rule(m.rule, **m.rule_params)
+        s = make_selector(m.selector, **m.selector_params)
+        return cls(r.name, dict(r.params), s.name, dict(s.params), options.branching, options.stop_at)
 
     def as_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "rule_params": dict(self.rule_params), "selector": self.selector,
@@ -93,17 +105,20 @@ class Selection:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """What :func:`ssa.load_model` is given, and the model's content hash (the worker's cache key)."""
+class JobModel:
+    """What a worker loads (a :class:`~ssa.core.options.ModelSpec`), and the model's content hash (its cache key)."""
 
-    spec: Any
+    spec: ModelSpec
     model_hash: str
-    backend: str | None = None
-    device: str = "cpu"
-    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key_options(self) -> dict[str, Any]:
+        """The load options a graph depends on (those given), for its key."""
+        return {k: v for k, v in self.spec.load_options().items() if v is not None}
 
     def load(self) -> Network:
-        return load_model(self.spec, backend=self.backend, device=self.device, **dict(self.options))
+        spec = self.spec
+        return load_model(spec.source, backend=spec.backend, device=spec.device, **spec.load_options())
 
 
 @dataclass(frozen=True)
@@ -124,7 +139,7 @@ class ClassJob:
     images_hash : the content hash of the whole image set the class's images come from (recorded in graphs).
     """
 
-    model: ModelSpec
+    model: JobModel
     target: int
     images: ImageSource
     selection: Selection
@@ -187,12 +202,12 @@ class Worker:
         """Whether the model with this content hash is the one loaded."""
         return self._model is not None and self._model[0] == model_hash
 
-    def adopt(self, model: ModelSpec, network: Network) -> None:
+    def adopt(self, model: JobModel, network: Network) -> None:
         """Use ``network``, already loaded (by the driver, for a local run), for ``model``'s jobs."""
         self._model = (model.model_hash, network)
         self._prepared = None
 
-    def network(self, model: ModelSpec, example: np.ndarray) -> Network:
+    def network(self, model: JobModel, example: np.ndarray) -> Network:
         """The loaded, prepared network of ``model`` (loaded on first use; prepared for ``example``'s shape)."""
         if self._model is None or self._model[0] != model.model_hash:
             self._model = None  # free the previous model first
@@ -305,7 +320,7 @@ def run_class_job(job: ClassJob, worker: Worker) -> JobResult:
     try:
         for outs in by_rule.values():
             m0 = outs[0].method
-            session = Session(network, images, rule=m0.rule, rule_params=m0.rule_params, device=job.model.device,
+            session = Session(network, images, rule=m0.rule, rule_params=m0.rule_params, device=job.model.spec.device,
                               batch_size=job.batch_size, engine=job.engine, store=job.store,
                               store_mode=job.store_mode)
             for o in outs:

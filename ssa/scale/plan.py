@@ -16,24 +16,26 @@ different sizes), so a long run does not fail half-way for a reason that was vis
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ssa.analysis.grouping import all_classes, class_probabilities, parse_targets
-from ssa.core.checks import check_int
+from ssa.core.checks import check_int, check_stop_at
 from ssa.core.interfaces import Network
+from ssa.core.options import ModelSpec
 from ssa.errors import InvalidInputError
 from ssa.io.classmap import check_class_count
 from ssa.io.datasets import ImageSource, StreamHash, content_hash, iter_batches
 from ssa.io.outdir import OutputDir
 from ssa.io.progress import progress
-from ssa.scale.jobs import WRITE_LOG_ENV, ClassJob, Method, ModelSpec, Output, Selection, job_key
+from ssa.scale.jobs import WRITE_LOG_ENV, ClassJob, JobModel, Method, Output, Selection, job_key
 from ssa.session import check_target, load_model, n_classes, prepare_network
 
 __all__ = ["absolute_spec", "load_driver_model", "release_device_memory", "resolve_classes", "check_selection",
@@ -52,14 +54,13 @@ def absolute_spec(spec: Any) -> Any:
     return s
 
 
-def load_driver_model(spec: Any, source: ImageSource, *, backend: str | None, device: str,
-                      options: Mapping[str, Any], images_spec: Any = None, preprocess: Any = None
-                      ) -> tuple[ModelSpec, Network]:
-    """Load and prepare the model here (refusing a bad model or image shape before any job); returns the spec
+def load_driver_model(spec: ModelSpec, source: ImageSource, *, images_spec: Any = None, preprocess: Any = None
+                      ) -> tuple[JobModel, Network]:
+    """Load and prepare the model here (refusing a bad model or image shape before any job); returns what
     workers load and the network."""
-    network = load_model(spec, backend=backend, device=device, **dict(options))
+    network = load_model(spec.source, backend=spec.backend, device=spec.device, **spec.load_options())
     prepare_network(network, source.read_many([0]), images_spec=images_spec, preprocess=preprocess)
-    return ModelSpec(absolute_spec(spec), network.model_hash(), backend, device, dict(options)), network
+    return JobModel(dataclasses.replace(spec, source=absolute_spec(spec.source)), network.model_hash()), network
 
 
 def release_device_memory(device: str) -> None:
@@ -89,9 +90,7 @@ def resolve_classes(network: Network, targets: str | Sequence[int], stop_at: str
     classes = list(chosen)
     for c in classes:
         check_target(network, c)
-    if stop_at is not None and stop_at not in {t.name for t in network.taps}:
-        raise InvalidInputError(
-            f"stop_at {stop_at!r} is not a tap; taps are: {', '.join(t.name for t in network.taps)}.")
+    check_stop_at(stop_at, (t.name for t in network.taps))
     return classes
 
 
@@ -213,7 +212,7 @@ def _predict_pass(network: Network, source: ImageSource, classes: Sequence[int],
     return {c: np.asarray(kept[c], dtype=np.int64) for c in classes}, h.hexdigest()
 
 
-def build_jobs(model: ModelSpec, candidates: Candidates, methods: Sequence[tuple[Method, Path]], selection: Selection,
+def build_jobs(model: JobModel, candidates: Candidates, methods: Sequence[tuple[Method, Path]], selection: Selection,
                images_hash: str, *, batch_size: int = 32, engine: str = "auto", store: str | None = None,
                store_mode: str = "fill", decode_workers: int = 0) -> list[ClassJob]:
     """One job per class, with one output per (method, folder): ``folder/class-<c>.json``.
@@ -225,7 +224,7 @@ def build_jobs(model: ModelSpec, candidates: Candidates, methods: Sequence[tuple
     for c, (images, preselected, ids) in candidates.items():
         outputs = tuple(
             Output(m, (folder / f"class-{c}.json").resolve(),
-                   job_key(model_hash=model.model_hash, model_options=model.options, images_hash=images_hash,
+                   job_key(model_hash=model.model_hash, model_options=model.key_options, images_hash=images_hash,
                            target=c, selection=selection, method=m, candidates=ids, engine=engine))
             for m, folder in methods)
         jobs.append(ClassJob(model, c, images, selection, outputs, images_hash, preselected, batch_size, engine, store,

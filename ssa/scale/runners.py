@@ -52,6 +52,12 @@ def _import_ray() -> Any:
     return ray
 
 
+def _with_source(job: ClassJob, source: Any) -> ClassJob:
+    """``job`` with its model's source replaced (an object-store reference, or what it refers to)."""
+    spec = dataclasses.replace(job.model.spec, source=source)
+    return dataclasses.replace(job, model=dataclasses.replace(job.model, spec=spec))
+
+
 def _is_ref(value: Any) -> bool:
     return type(value).__name__ == "ObjectRef"
 
@@ -66,12 +72,12 @@ class _ActorBody:
         self.worker = Worker()
 
     def run(self, job: ClassJob) -> JobResult:
-        spec = job.model.spec
-        if _is_ref(spec):  # a model object sent once through the object store: fetched when first needed
+        source = job.model.spec.source
+        if _is_ref(source) and not self.worker.has(job.model.model_hash):
+            # a model object sent once through the object store: fetched when first needed
             import ray
 
-            spec = ray.get(spec) if not self.worker.has(job.model.model_hash) else None
-            job = dataclasses.replace(job, model=dataclasses.replace(job.model, spec=spec))
+            job = _with_source(job, ray.get(source))
         return run_class_job(job, self.worker)
 
     def pid(self) -> int:
@@ -149,12 +155,12 @@ class RayRunner:
 
         def shipped(job: ClassJob) -> ClassJob:
             # a model given as an object (an nn.Module) goes to the object store once, not with every job
-            spec = job.model.spec
-            if isinstance(spec, (str, os.PathLike)) or _is_ref(spec):
+            source = job.model.spec.source
+            if isinstance(source, (str, os.PathLike)) or _is_ref(source):
                 return job
             if job.model.model_hash not in refs:
-                refs[job.model.model_hash] = ray.put(spec)
-            return dataclasses.replace(job, model=dataclasses.replace(job.model, spec=refs[job.model.model_hash]))
+                refs[job.model.model_hash] = ray.put(source)
+            return _with_source(job, refs[job.model.model_hash])
 
         queue = collections.deque(shipped(j) for j in jobs)
         pending: dict[Any, tuple[int, ClassJob]] = {}

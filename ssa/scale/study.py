@@ -5,7 +5,7 @@ A study file (TOML; relative paths are relative to the file) says::
     out = "study-out"                 # the output folder (--out-dir overrides)
     targets = "all"                   # or [0, 3, 5]
     device = "cpu"                    # cuda: Ray workers declare a GPU each
-    batch_size = 32
+    batch_size = 32                   # default: 32 on the CPU, 128 with cuda (as for `ssa analyse`)
     engine = "auto"
 
     [[model]]                         # one table per model
@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssa.core.options import ModelSpec, RunOptions
 from ssa.errors import InvalidInputError, SSAError, SSAWarning
 from ssa.io.atomic import atomic_write_bytes
 from ssa.io.classmap import ClassMap, class_map
@@ -73,6 +74,7 @@ from ssa.scale.plan import (
     resolve_classes,
 )
 from ssa.scale.runners import LocalRunner, RayRunner
+from ssa.session import default_batch_size
 
 __all__ = ["StudyModel", "Study", "read_study", "run_study", "StudyResult", "STUDY_OUTPUTS"]
 
@@ -261,14 +263,14 @@ def read_study(path: str | os.PathLike, *, out_dir: str | os.PathLike | None = N
     targets = data.get("targets", "all")
     if not (targets == "all" or (isinstance(targets, list) and all(isinstance(t, int) for t in targets))):
         raise _err(p, f"targets must be \"all\" or a list of class indices, got {targets!r}.")
-    batch_size = data.get("batch_size", 32)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise _err(p, f"batch_size must be an integer >= 1, got {batch_size!r}.")
-    engine = str(data.get("engine", "auto"))
-    if engine not in ("auto", "fast", "autograd"):
-        raise _err(p, f"engine must be auto, fast or autograd, got {engine!r}.")
+    try:  # checked as RunOptions checks them
+        run = RunOptions(batch_size=data.get("batch_size"), engine=str(data.get("engine", "auto")))
+    except InvalidInputError as exc:
+        raise _err(p, str(exc).replace(" Pass --batch-size 1 or more.", "")) from None
+    device = str(data.get("device", "cpu"))
+    batch_size = default_batch_size(device) if run.batch_size is None else run.batch_size  # as for ssa analyse
     return Study(p, out, tuple(models), images, labels, pre, selection, targets, tuple(methods),
-                 str(data.get("device", "cpu")), batch_size, engine, decode_workers, decoder,
+                 device, batch_size, run.engine, decode_workers, decoder,
                  bool(outputs.get("compare", True)), bool(outputs.get("report", True)))
 
 
@@ -345,8 +347,8 @@ def run_study(study: Study, runner: LocalRunner | RayRunner | None = None, *, pr
             jobs, hashes = [], {}
             images_hash = None
             for m in study.models:
-                spec, network = load_driver_model(m.spec, source, backend=m.backend, device=study.device,
-                                                  options=m.options, images_spec=study.images,
+                model = ModelSpec.from_keywords(m.spec, backend=m.backend, device=study.device, **m.options)
+                spec, network = load_driver_model(model, source, images_spec=study.images,
                                                   preprocess=study.preprocess)
                 hashes[m.name] = spec.model_hash
                 classes = resolve_classes(network, study.targets, study.methods[0].stop_at, source, study.selection)

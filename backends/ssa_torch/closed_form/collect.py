@@ -22,9 +22,10 @@ from .planner import ClosedFormPlan, TapForm
 __all__ = ["StatsInterpreter"]
 
 
-def spatial_mean(t: torch.Tensor, channel_axis: int) -> torch.Tensor:
+def spatial_mean(t: torch.Tensor, channel_axis: int, lead: int = 1) -> torch.Tensor:
+    """Mean over every axis except the ``lead`` leading ones and the channel axis; channel last."""
     t = t.movedim(channel_axis, -1)
-    dims = tuple(range(1, t.dim() - 1))
+    dims = tuple(range(lead, t.dim() - 1))
     return t.mean(dim=dims) if dims else t
 
 

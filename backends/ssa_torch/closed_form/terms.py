@@ -23,12 +23,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ssa.core.budget import WORK_BYTES
 from ssa.core.interfaces import Rank1Factors
 
 __all__ = ["Term", "as_tensor", "channels_of", "stat_device", "scatter_channels", "chunks",
            "rank1_rows", "WORK_BYTES"]
-
-WORK_BYTES = 256 * 2**20  # memory budget of one chunk of an intermediate array
 
 
 def as_tensor(value: Any, device: torch.device | str | None = None) -> torch.Tensor:

@@ -7,12 +7,14 @@ import argparse
 from ssa.cli.commands.common import (
     add_image_args,
     add_model_args,
+    add_option_args,
     labels_from,
     load_network,
     model_spec,
     preprocess_from,
 )
 from ssa.core.defaults import DEFAULT_RULE
+from ssa.core.options import RunOptions
 from ssa.engines.statistics import collect, verify_store
 from ssa.engines.store import check_store_root, default_store_root
 from ssa.errors import InvalidInputError
@@ -28,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "written by one process at a time (a second one is refused).")
     add_model_args(p)
     add_image_args(p)
-    p.add_argument("--store", default=None, help="store folder (default: $SSA_STORE or .ssa-store)")
+    add_option_args(p, RunOptions, ["store"], store="store folder (default: $SSA_STORE or .ssa-store)")
     p.add_argument("--rule", action="append", default=None,
                    help="rule(s) to collect for (default gradient_x_activation, the default rule; repeatable)")
     p.add_argument("--verify", action="store_true",

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ssa.core.capabilities import SupportsDeclaredInputShape
 from ssa.core.interfaces import Network
-from ssa.core.options import ModelSpec, RunOptions
+from ssa.core.options import ModelSpec, RunOptions, option_fields, option_flag, option_values
 from ssa.engines.store import check_store_root, default_store_root
 from ssa.errors import InvalidInputError
 from ssa.io.classmap import class_map
@@ -26,8 +27,8 @@ from ssa.plugins import model_options as registered_model_options
 from ssa.plugins import registry
 from ssa.session import load_model
 
-__all__ = ["check_folder_options", "FOLDER_OPTIONS", "add_engine_args", "add_model_args", "add_image_args",
-           "add_method_args", "parse_kv", "parse_ints", "model_spec", "run_options", "load_network",
+__all__ = ["check_folder_options", "FOLDER_OPTIONS", "add_option_args", "add_engine_args", "add_model_args",
+           "add_image_args", "add_method_args", "parse_kv", "parse_ints", "model_spec", "run_options", "load_network",
            "model_options", "api_options", "model_argument", "preprocess_from", "labels_from"]
 
 
@@ -73,6 +74,23 @@ def _floats(text: str | None, what: str) -> tuple[float, ...]:
         raise InvalidInputError(f"{what} must be comma-separated numbers, got {text!r}.") from None
 
 
+def add_option_args(group: Any, cls: type, names: Sequence[str], **help: str) -> None:
+    """Add the options of ``cls``'s fields ``names`` (:class:`ModelSpec` or :class:`RunOptions`) to ``group``:
+    the flag, the default, the type and the help text all come from the field (``help`` overrides a text
+    where a command means something narrower)."""
+    every = option_fields(cls)
+    for name in names:
+        f = every[name]
+        flag = option_flag(f)
+        if flag is None:
+            raise ValueError(f"{cls.__name__}.{name} has no command-line option")
+        cli = {k: v for k, v in f.metadata["cli"].items() if k not in ("flag", "short")}
+        flags = [flag] + ([f.metadata["cli"]["short"]] if "short" in f.metadata["cli"] else [])
+        if flag.startswith("-"):
+            cli["default"] = f.default
+        group.add_argument(*flags, help=help.get(name, f.metadata["help"]), **cli)
+
+
 def add_model_args(parser: argparse.ArgumentParser, optional: str | None = None) -> None:
     """The model and how to load it (read back by :func:`model_spec`), with every backend's own options.
 
@@ -81,21 +99,12 @@ def add_model_args(parser: argparse.ArgumentParser, optional: str | None = None)
     """
     p: Any = parser
     if optional is None:
-        p.add_argument("model", help="the model: a file (see `ssa plugins` for the backends and what they load), "
-                                     "path/file.py:attr, package.module:attr, or 'digits'")
+        add_option_args(p, ModelSpec, ["source"])
     else:
         p = parser.add_argument_group(optional)
         p.add_argument("--model", default=None, help="the model the graphs were made with (as for `ssa analyse`)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
-    p.add_argument("--backend", default=None, help="force a backend (see `ssa plugins`)")
-    p.add_argument("--name", default=None,
-                   help="the model's display name in graphs and summaries (default: the built-in name for a built-in "
-                        "model's weights, else the class name or file stem; graphs identify models by content hash)")
-    p.add_argument("--taps", default=None, help="comma-separated tap names to use instead of the default taps")
-    p.add_argument("--include-input", action="store_true", help="add the input image's channels as the last tap")
-    p.add_argument("--channel-axis", action="append", metavar="TAP=AXIS",
-                   help="override the channel axis of a tap (repeatable)")
-    p.add_argument("--output-index", type=int, default=None, help="which model output holds the logits")
+    add_option_args(p, ModelSpec, ["device", "backend", "name", "taps", "include_input", "channel_axes",
+                                   "output_index"])
     for opt in registered_model_options():  # the backends' own (ssa_register_model_options)
         if opt.type is None:
             p.add_argument(opt.flag, dest=opt.dest, action="store_const", const=True, default=None,
@@ -161,8 +170,7 @@ def add_image_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="class sub-folders: which folder is which class: 'imagenet' (synset folders n01440764/... in "
                         "the standard ILSVRC-2012 order) or a .json/.csv file of folder -> class index (default: "
                         "numbered folders are those classes, other names in sorted order)")
-    g.add_argument("--batch-size", type=int, default=None,
-                   help="images per forward pass (default 32 on the CPU, 128 with --device cuda)")
+    add_option_args(g, RunOptions, ["batch_size"])
     g.add_argument("--preprocess", default=None,
                    help="folders: a preset (torchvision, keras-vgg16, 0-1, 0-255) or a .json/.toml config; "
                         "the layout and size are read from the input the model file declares, where its backend "
@@ -245,27 +253,13 @@ def _declared_input_shape(args: argparse.Namespace) -> Any:
 
 def add_method_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("method")
-    g.add_argument("--branching", "-b", type=int, default=3, help="neurons kept per upper neuron (default 3)")
-    g.add_argument("--rule", default=None,
-                   help="relevance rule (default gradient_x_activation; see `ssa plugins` and README, 'Which "
-                        "strategy?')")
-    g.add_argument("--rule-param", action="append", metavar="NAME=VALUE", help="rule parameter (repeatable)")
-    g.add_argument("--selector", default=None, help="outlier selector (default mad; see `ssa plugins`)")
-    g.add_argument("--preset", default=None, choices=("paper",),
-                   help="paper: the paper's exact configuration (rule gradient, Tukey k=1.5, positive outliers only); "
-                        "replaces --rule, --selector and their parameters")
-    g.add_argument("--selector-param", action="append", metavar="NAME=VALUE",
-                   help="selector parameter, e.g. k=3 or two_sided=true (repeatable)")
-    g.add_argument("--stop-at", default=None, help="lowest tap to expand down to")
+    add_option_args(g, RunOptions, ["branching", "rule", "rule_params", "selector", "preset", "selector_params",
+                                    "stop_at"])
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
-    g.add_argument("--engine", default="auto", choices=("auto", "fast", "autograd"),
-                   help="auto (default): exact closed form where a step has one, autograd elsewhere")
-    g.add_argument("--store", default=None,
-                   help="statistics store folder (default: $SSA_STORE or .ssa-store when it holds this model and "
-                        "image set; see `ssa collect`)")
+    add_option_args(g, RunOptions, ["engine", "store"])
 
 
 def _store(args: argparse.Namespace) -> tuple[str | None, str]:
@@ -306,12 +300,13 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 def api_options(spec: ModelSpec, options: RunOptions) -> dict[str, Any]:
     """``spec`` and ``options`` as the keywords of :func:`ssa.analyse` and :func:`ssa.analyse_many` (besides the
     model, the images and the targets), the preset resolved."""
-    m = options.method
-    return {"branching": options.branching, "rule": m.rule, "rule_params": dict(m.rule_params),
-            "selector": m.selector, "selector_params": dict(m.selector_params), "stop_at": options.stop_at,
-            "engine": options.engine, "batch_size": options.batch_size, "store": options.store,
-            "store_mode": options.store_mode, "progress": options.progress, "backend": spec.backend,
-            "device": spec.device, **{k: v for k, v in spec.load_options().items() if k not in spec.options}}
+    model = {"backend": spec.backend, "device": spec.device,
+             **{k: v for k, v in spec.load_options().items() if k not in spec.options}}
+    run = {k: v for k, v in option_values(options).items() if k != "preset"}
+    m = options.method  # the preset resolved
+    run.update(rule=m.rule, rule_params=dict(m.rule_params), selector=m.selector,
+               selector_params=dict(m.selector_params))
+    return {**run, **model}
 
 
 def model_argument(spec: ModelSpec) -> Any:

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from ssa.analysis._common import check_count
 from ssa.analysis.ablation import ABLATIONS
 from ssa.analysis.curves import BRANCHINGS
 from ssa.analysis.grouping import parse_targets
@@ -28,11 +27,14 @@ from ssa.analysis.strategies import (
 from ssa.cli.commands.common import (
     add_image_args,
     add_model_args,
+    add_option_args,
     labels_from,
     model_options,
     parse_kv,
     preprocess_from,
 )
+from ssa.core.checks import check_int
+from ssa.core.options import RunOptions
 from ssa.errors import InvalidInputError
 from ssa.io.paths import check_distinct_outputs, check_output_file
 from ssa.plugins import registry
@@ -58,8 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="rule parameter; without RULE. it goes to every rule that has it (repeatable)")
     p.add_argument("--selector-param", action="append", metavar="[SELECTOR.]NAME=VALUE",
                    help="selector parameter, e.g. tukey.k=3 or two_sided=true (repeatable)")
-    p.add_argument("--branching", "-b", type=int, default=3, help="neurons kept per upper neuron (default 3)")
-    p.add_argument("--stop-at", default=None, help="lowest tap to expand down to")
+    add_option_args(p, RunOptions, ["branching", "stop_at"])
     p.add_argument("--ablation", default="zero", metavar="ABLATION[,ABLATION...]",
                    help="comma-separated ablations, or 'all': zero (default: channels set to 0), mean (their mean map "
                         "over every loaded image), resample (each neuron's value on an image of another class)")
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     targets = parse_targets(args.targets)  # "all", or distinct class indices
     ablations = parse_ablations(args.ablation)
     split = check_split(args.split)
-    check_count("bootstrap", args.bootstrap, 0)
+    check_int("bootstrap", args.bootstrap, 0)
     reg = registry()
     rules = _names(args.rules) or reg.names("rule")
     selectors = _names(args.selectors) or reg.names("selector")

@@ -46,6 +46,7 @@ from PIL import Image
 
 from ssa.analysis.grouping import group_images
 from ssa.core.arrays import to_numpy
+from ssa.core.budget import WORK_BYTES
 from ssa.core.capabilities import SupportsInputMaps, unsupported
 from ssa.core.graph import DependencyGraph
 from ssa.core.interfaces import Network
@@ -62,7 +63,6 @@ __all__ = ["References", "reference_images", "class_indices", "default_cache_dir
 CACHE_VERSION = 2
 DEFAULT_SALIENCY_BUDGET = 8 * 2**20  # bytes of quantised saliency maps for "any image of the class"
 SALIENCY_GRID = 32  # longest side of those maps; larger images are pooled
-_WORK_BYTES = 256 * 2**20  # budget for one chunk of input gradients
 _CLASS_TAP = "logits"
 
 
@@ -302,7 +302,7 @@ def _class_saliency(maps: SupportsInputMaps, imgs: np.ndarray, union: np.ndarray
             q = np.zeros((len(nodes), len(need), gh, gw), np.uint8)
             top = np.zeros((len(nodes), len(need)))
             # as many images per pass as the memory budget allows (small models: all of the class's at once)
-            step = max(batch_size, _WORK_BYTES // max(1, 3 * image_bytes * len(ks)))
+            step = max(batch_size, WORK_BYTES // max(1, 3 * image_bytes * len(ks)))
             for i0 in range(0, len(need), step):
                 sel = need[i0:i0 + step]
                 sal = maps.saliency(imgs[rows[sel]], tap, ks, batch_size=step)  # (b, K, *image)
