@@ -96,4 +96,3 @@ class ClosedFormPlan:
 
     def covers(self, tap: str, form: str | None = None) -> bool:
         return tap in self.taps and (form is None or form in self.taps[tap].forms)
-
