@@ -4,8 +4,10 @@ An open table (:mod:`~ssa_torch.closed_form.registry`) maps op kinds to closed f
 builds the :class:`~ssa_torch.closed_form.terms.Term` objects of a step, which say which
 per-image statistics to collect and how omega is reconstructed from them. Modules:
 
-* :mod:`.planner` - which steps have a closed form and why the others do not (output side,
-  input side: paths, sums, linear chains, gates);
+* :mod:`.planner` - which steps have a closed form and why the others do not (the output side and
+  :func:`plan_closed_form`), built on :mod:`.facts` (op kinds, constants, affine ops, layer operators),
+  :mod:`.codes` (channel codes pushed through a path) and :mod:`.inputs` (the input side: paths, sums,
+  linear chains, gates); :mod:`.plan` holds what a plan is made of (:class:`TapForm`, :class:`Branch`, ...);
 * :mod:`.linear` - conv / dense operators and their composition (linear chains);
 * :mod:`.conv`, :mod:`.dense`, :mod:`.identity`, :mod:`.gate` - the built-in terms and forms;
 * :mod:`.collect` - the one forward pass that records the statistics;

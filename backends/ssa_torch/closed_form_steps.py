@@ -1,0 +1,187 @@
+"""Closed-form steps of a prepared network (method doc, section 6): the plan, statistics, omega from them.
+
+:class:`ClosedFormSteps` is a mixin of :class:`~ssa_torch.network.TorchNetwork`: the plan
+(:attr:`~ClosedFormSteps.closed_form`, planned on first use), the one forward pass that collects
+per-image statistics (:meth:`~ClosedFormSteps.collect`) and the relevance of a step from them, as omega
+(:meth:`~ClosedFormSteps.fast_relevance`), with sorted rows or as rank-1 factors; :func:`steps_summary`
+is the line ``ssa check`` prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import fx
+
+from ssa.core.interfaces import Rank1Factors
+
+from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
+from .closed_form.terms import rank1_rows
+from .host import exact_arithmetic
+from .interpreters import ModelCodeInterpreter
+
+if TYPE_CHECKING:
+    from .taps import TapPlan
+
+__all__ = ["ClosedFormSteps", "steps_summary"]
+
+
+class ClosedFormSteps:
+    """The closed form of a prepared network's steps (a mixin; see the module doc)."""
+
+    if TYPE_CHECKING:  # provided by TorchNetwork
+        device: str
+        graph_module: fx.GraphModule
+        plan: TapPlan
+        _example: torch.Tensor
+        _fast: ClosedFormPlan | None
+        _stat_bytes: dict[str, int]
+
+        def to_tensor(self, batch: Any) -> torch.Tensor: ...
+
+    @property
+    def closed_form(self) -> ClosedFormPlan:
+        """Which steps have the exact closed form, their terms, and why the others do not (on first use)."""
+        if self._fast is None:
+            env1: dict[str, Any] = {}
+
+            class _Values(fx.Interpreter):
+                def run_node(self, n):
+                    out = super().run_node(n)
+                    env1[n.name] = out
+                    return out
+
+            with torch.no_grad():
+                _Values(self.graph_module).run(self._example)
+            self._fast = plan_closed_form(self.graph_module, self.plan, env1)
+        return self._fast
+
+    fast_plan = closed_form  # the name the engine used before
+
+    def fast_taps(self, form: str | None = None) -> frozenset[str]:
+        return frozenset(t for t in self.closed_form.taps if self.closed_form.covers(t, form))
+
+    def fast_relevance(self, upper: str, stats: Mapping[str, Any], neurons: Sequence[int],
+                       form: str) -> dict[str, torch.Tensor]:
+        """omega of a closed-form step from statistics (float64 torch tensors on the statistics' device)."""
+        tf = self.closed_form.taps[upper]
+        return self._omega_sum(upper, range(len(tf.terms)), stats, neurons, form)
+
+    def _omega_sum(self, upper: str, which: Iterable[int], stats: Mapping[str, Any], neurons: Sequence[int],
+                   form: str) -> dict[str, torch.Tensor]:
+        tf = self.closed_form.taps[upper]
+        out: dict[str, torch.Tensor] = {}
+        with exact_arithmetic(self.device):
+            for i in which:
+                term = tf.terms[i]
+                om = term.omega(_term_stats(stats, upper, i), neurons, form)
+                out[term.parent] = out[term.parent] + om if term.parent in out else om
+        return out
+
+    def fast_relevance_sorted(self, upper: str, stats: Mapping[str, Any], neurons: Sequence[int],
+                              form: str) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """:meth:`fast_relevance` with each row's sorted order where a term knows it (rank-1 terms).
+
+        A parent reached by exactly one term whose omega is rank-1 per upper neuron (1x1 conv, dense
+        layer, skip connection under the gradient rule; skips under both rules) gets its rows sorted
+        without a sort (:func:`~ssa_torch.closed_form.terms.rank1_rows`); the others get None.
+        """
+        out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        for parent, r in self.fast_relevance_factors(upper, stats, neurons, form).items():
+            if isinstance(r, Rank1Factors):
+                out[parent] = rank1_rows(r)
+            else:
+                out[parent] = r
+        return out
+
+    def fast_relevance_factors(self, upper: str, stats: Mapping[str, Any], neurons: Sequence[int],
+                               form: str) -> dict[str, tuple[Any, Any] | Rank1Factors]:
+        """:meth:`fast_relevance_sorted` with each rank-1 parent as its factors (coeff, vec, scale, fed)."""
+        tf = self.closed_form.taps[upper]
+        by_parent: dict[str, list[int]] = {}
+        for i, term in enumerate(tf.terms):
+            by_parent.setdefault(term.parent, []).append(i)
+        out: dict[str, tuple[Any, Any] | Rank1Factors] = {}
+        rest: list[int] = []
+        with exact_arithmetic(self.device):
+            for parent, idx in by_parent.items():
+                if len(idx) == 1:
+                    term = tf.terms[idx[0]]
+                    r = term.rank1(_term_stats(stats, upper, idx[0]), neurons, form)
+                    if r is not None:
+                        coeff, vec, fed = r
+                        out[parent] = Rank1Factors(coeff, vec, float(term.scale), fed,
+                                                   term.rank1_order(neurons, vec.device))
+                        continue
+                rest.extend(idx)
+        for parent, om in self._omega_sum(upper, rest, stats, neurons, form).items():
+            out[parent] = (om, None)
+        return out
+
+    def statistics_bytes(self, form: str) -> int:
+        """Bytes per image of :meth:`collect`'s arrays for ``form`` (measured once on one image, cached)."""
+        cache = self._stat_bytes
+        if form not in cache:
+            arrays = self.collect(self._example, [form])
+            cache[form] = int(sum(v[0].numel() * v.element_size() for v in arrays.values()))
+        return cache[form]
+
+    def collect(self, batch: np.ndarray | torch.Tensor, forms: Sequence[str]) -> dict[str, np.ndarray]:
+        """Per-image sufficient statistics of every closed-form step, and every tap's scalars, in one forward pass.
+
+        Keys: ``"scalars/<tap>"`` (B, N) and ``"<tap>/<term index>/<field>"`` (see the terms in
+        :mod:`ssa_torch.closed_form`). Computed and kept on the model's device (float32 torch tensors).
+        """
+        interp = _StatsRun(self.graph_module, self.plan, self.closed_form, tuple(forms))
+        interp.args_batch = len(batch)
+        with torch.no_grad(), exact_arithmetic(self.device):
+            interp.run(self.to_tensor(batch))
+        return {k: v.float() for k, v in interp.stats.items()}
+
+    def describe_steps(self) -> dict[str, str]:
+        out = {}
+        cf = self.closed_form
+        for t in self.plan.taps:
+            for p in t.parents:
+                if cf.covers(t.name):
+                    labels = sorted({term.label for term in cf.taps[t.name].terms if term.parent == p})
+                    only = "" if len(cf.taps[t.name].forms) == 2 else "; gradient rule only"
+                    out[f"{t.name} -> {p}"] = f"fast ({', '.join(labels)}{only})"
+                else:
+                    out[f"{t.name} -> {p}"] = f"autograd ({cf.reasons.get(t.name, 'no closed form')})"
+        return out
+
+    def closed_form_summary(self) -> str:
+        """One line for ``ssa check``: how many steps take the closed form, and why the others do not."""
+        return steps_summary(self.describe_steps())
+
+
+class _StatsRun(StatsInterpreter, ModelCodeInterpreter):
+    """The statistics pass, with errors inside the model's own code named in one line.
+
+    See :class:`~ssa_torch.interpreters.ModelCodeInterpreter`.
+    """
+
+
+def steps_summary(steps: Mapping[str, str]) -> str:
+    """"N of M steps by the closed form", and the count of each fallback reason."""
+    fast = sum(1 for how in steps.values() if how.startswith("fast"))
+    line = f"{fast} of {len(steps)} steps by the closed form"
+    reasons: dict[str, int] = {}
+    for how in steps.values():
+        if not how.startswith("fast"):
+            reason = how[how.find("(") + 1:-1] if how.endswith(")") and "(" in how else how
+            reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        parts = [f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))]
+        line += "; by autograd: " + "; ".join(parts)
+    return line
+
+
+def _term_stats(stats: Mapping[str, Any], upper: str, i: int) -> dict[str, Any]:
+    """The statistics of term ``i`` of step ``upper`` (keys ``"<upper>/<i>/<field>"``), by field."""
+    prefix = f"{upper}/{i}/"
+    return {k[len(prefix):]: stats[k] for k in stats if k.startswith(prefix)}
