@@ -186,11 +186,13 @@ def _opset(proto) -> int:
 
 def check_converters(proto, path_name: str) -> None:
     """Refuse, naming the node, when onnx2torch has no converter for an operator of the graph."""
+    from .compat import install
+    from .converters import require_converters
+
+    require_converters({node.op_type for node in proto.graph.node})  # onnx2torch, with the converters of these ops
+    install()
     from onnx2torch.node_converters import get_converter
 
-    from .compat import install
-
-    install()
     versions = {imp.domain: int(imp.version) for imp in proto.opset_import}
     missing: list[tuple[str, str, str]] = []
     for i, node in enumerate(proto.graph.node):
