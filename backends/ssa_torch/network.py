@@ -23,12 +23,14 @@ from torch import fx
 
 from ssa.core.checks import call_rule
 from ssa.core.interfaces import Network, Rank1Factors, Rule, Tap
+from ssa.core.stages import StageTimes
 from ssa.errors import InvalidInputError, UnsupportedModelError
 
 from .ablation import TorchAblator
 from .canon import DEFAULT_PASSES, CanonPass, CanonReport, canonicalize
 from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
 from .closed_form.terms import rank1_rows
+from .families import check_lines
 from .interpreters import ModelCodeInterpreter
 from .maps import InputMaps
 from .segments import Segment, TapValues, batch_key, run_segment, segment_of
@@ -120,6 +122,7 @@ class TorchNetwork(InputMaps, Network):
         self.input_shape: tuple[int, ...] | None = None
         self.input_dtype = torch.float32
         self.canon_report: CanonReport | None = None
+        self.stages = StageTimes()  # seconds per preparation stage (``ssa check`` prints them)
 
     def canon_passes(self) -> Sequence[CanonPass]:
         """The canonicalisation passes :meth:`prepare` runs on the traced copy (front ends add theirs)."""
@@ -139,6 +142,10 @@ class TorchNetwork(InputMaps, Network):
         """
         if self._plan is not None and self.input_shape == tuple(example.shape[1:]):
             return self._plan.taps
+        with self.stages.stage("tracing/canon"):
+            return self._prepare(example)
+
+    def _prepare(self, example: np.ndarray) -> tuple[Tap, ...]:
         device = torch.device(self.device)
         x = self.to_tensor(example[:1])
         module = copy.deepcopy(self.module).eval().to(device)
@@ -195,9 +202,9 @@ class TorchNetwork(InputMaps, Network):
                     env1[n.name] = out
                     return out
 
-            with torch.no_grad():
+            with self.stages.stage("planning"), torch.no_grad():
                 _Values(self.graph_module).run(self._example)
-            self._fast = plan_closed_form(self.graph_module, self.plan, env1)
+                self._fast = plan_closed_form(self.graph_module, self.plan, env1)
         return self._fast
 
     fast_plan = closed_form  # the name the engine used before
@@ -510,6 +517,10 @@ class TorchNetwork(InputMaps, Network):
     def closed_form_summary(self) -> str:
         """One line for ``ssa check``: how many steps take the closed form, and why the others do not."""
         return steps_summary(self.describe_steps())
+
+    def check_details(self, images: np.ndarray) -> list[str]:
+        """``ssa check``: ops by engine and seconds per stage (:func:`ssa_torch.families.check_lines`)."""
+        return check_lines(self, images)
 
 class _StatsRun(StatsInterpreter, ModelCodeInterpreter):
     """The statistics pass, with errors inside the model's own code named in one line.
