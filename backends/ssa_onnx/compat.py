@@ -211,28 +211,23 @@ def _install_operator(op: str, versions: set[int]) -> None:
         add_converter(operation_type=op, version=v)(delegate)
 
 
-def install() -> None:
-    """Register the missing converters with onnx2torch's ``add_converter`` (once per process)."""
+def install(op_types: Iterable[str] = ()) -> None:
+    """Import onnx2torch with the converters of ``op_types`` (:func:`ssa_onnx.converters.require_converters`)
+    and register the missing converters with its ``add_converter``: every operator once per process, and the
+    operators of a converter module imported later when a model needs it."""
     global _installed
-    if _installed:
-        return
     from ssa_torch.kinds import register_kind
 
-    from .converters import import_onnx2torch
+    from .converters import require_converters
 
-    import_onnx2torch()
+    late = require_converters(op_types)
+    if _installed:
+        since = _versions() if late else {}
+        for op in sorted(late & set(since)):
+            _install_operator(op, since[op])
+        return
     register_kind(GlobalMaxPool, "adaptive_maxpool")
     register_kind(Swish, "swish")
     for op, versions in sorted(_versions().items()):
         _install_operator(op, versions)
     _installed = True
-
-
-def install_operators(ops: Iterable[str]) -> None:
-    """The missing versions of ``ops`` only: for converters registered after :func:`install` (a deferred
-    onnx2torch module, :mod:`ssa_onnx.converters`); nothing before :func:`install` has run."""
-    if not _installed:
-        return
-    since = _versions()
-    for op in sorted(set(ops) & set(since)):
-        _install_operator(op, since[op])

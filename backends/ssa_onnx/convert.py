@@ -43,10 +43,8 @@ def _failing_node(proto) -> tuple[str, str, str] | None:
 def convert_model(model: OnnxModel) -> fx.GraphModule:
     """The onnx2torch ``fx.GraphModule`` of ``model`` (dead nodes removed, eval mode, no grads)."""
     from .compat import install
-    from .converters import require_converters
 
-    require_converters(model.info.op_types)  # imports onnx2torch with only the converter modules the model needs
-    install()
+    install(model.info.op_types)  # imports onnx2torch with only the converter modules the model needs
     import onnx2torch
 
     # onnx2torch's Slice indexes with a list (a torch deprecation warning on every run of the module): harmless,

@@ -71,15 +71,16 @@ def import_onnx2torch() -> types.ModuleType:
     return onnx2torch
 
 
-def require_converters(op_types: Iterable[str]) -> list[str]:
-    """Import the deferred converter modules that register one of ``op_types``; returns their names.
+def require_converters(op_types: Iterable[str]) -> frozenset[str]:
+    """Import the deferred converter modules that register one of ``op_types``; returns the operators they
+    registered (empty when none was needed or all were imported before).
 
-    Their converters are registered with onnx2torch's ``add_converter`` as the module is imported,
-    and :func:`ssa_onnx.compat.install_operators` then adds the versions onnx2torch lacks.
+    Their converters are registered with onnx2torch's ``add_converter`` as the module is imported;
+    :func:`ssa_onnx.compat.install` then adds the versions onnx2torch lacks.
     """
     import_onnx2torch()
     wanted = set(op_types)
-    loaded = []
+    registered: set[str] = set()
     for name, ops in deferred_operators().items():
         full = f"{_PACKAGE}.{name}"
         if ops & wanted and _is_stand_in(sys.modules.get(full)):
@@ -88,8 +89,5 @@ def require_converters(op_types: Iterable[str]) -> list[str]:
             if _is_stand_in(getattr(package, name, None)):
                 delattr(package, name)
             importlib.import_module(full)
-            loaded.append(name)
-            from .compat import install_operators
-
-            install_operators(ops)
-    return loaded
+            registered |= ops
+    return frozenset(registered)

@@ -187,10 +187,8 @@ def _opset(proto) -> int:
 def check_converters(proto, path_name: str) -> None:
     """Refuse, naming the node, when onnx2torch has no converter for an operator of the graph."""
     from .compat import install
-    from .converters import require_converters
 
-    require_converters({node.op_type for node in proto.graph.node})  # onnx2torch, with the converters of these ops
-    install()
+    install({node.op_type for node in proto.graph.node})  # onnx2torch, with the converters of these ops
     from onnx2torch.node_converters import get_converter
 
     versions = {imp.domain: int(imp.version) for imp in proto.opset_import}
