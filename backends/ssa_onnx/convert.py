@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 from torch import fx
 
@@ -53,7 +55,7 @@ def convert_model(model: OnnxModel) -> fx.GraphModule:
                             category=UserWarning)
     name = model.info.path
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _shapes_already_inferred(model):
             warnings.simplefilter("ignore")
             gm = onnx2torch.convert(model.proto)
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises NotImplementedError, ValueError, KeyError, ...
@@ -73,6 +75,25 @@ def convert_model(model: OnnxModel) -> fx.GraphModule:
     for p in gm.parameters():
         p.requires_grad_(False)
     return gm
+
+
+@contextlib.contextmanager
+def _shapes_already_inferred(model: OnnxModel) -> Iterator[None]:
+    """onnx2torch's ``convert`` runs shape inference first (a serialisation, inference and parse: seconds for a
+    large model); :func:`~ssa_onnx.model.read_onnx` ran strict inference on this proto already, so the
+    converter is handed the proto as it is (IR 4 and later, where initializers need not be graph inputs: the
+    converter removes them from the inputs of the proto it is given)."""
+    import onnx2torch.converter as converter
+
+    if not model.shapes_inferred or model.proto.ir_version < 4:
+        yield
+        return
+    infer = converter.safe_shape_inference
+    converter.safe_shape_inference = lambda proto, **kwargs: proto
+    try:
+        yield
+    finally:
+        converter.safe_shape_inference = infer
 
 
 def repair_layer_norms(gm: fx.GraphModule) -> int:
