@@ -221,3 +221,14 @@ def test_ssa_check_prints_the_new_lines(vgg, tmp_path):
     time_line = next(line for line in lines if line.startswith("time: "))
     for stage in ("loading", "conversion", "parity", "tracing/canon", "planning", "statistics"):
         assert f"{stage} " in time_line, stage
+
+
+def test_an_unwritable_cache_folder_does_not_stop_the_run(vgg, tmp_path, monkeypatch):
+    _, x, path = vgg
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("SSA_PARITY_CACHE", "1")
+    monkeypatch.setenv("SSA_CACHE", str(blocker))
+    net = _prepared(path, x)
+    assert net.parity.ok and not net.parity.remembered and blocker.read_text().startswith("a file")
+    assert not _prepared(path, x).parity.remembered  # nothing could be remembered: checked again
