@@ -13,6 +13,9 @@ import pytest
 import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# every test checks ONNX parity afresh (a test planting a conversion bug must not find an earlier run's result);
+# tests/test_parity_cache.py turns the cache on in a folder of its own
+os.environ["SSA_PARITY_CACHE"] = "0"
 torch.set_num_threads(1)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,14 @@ def load_onnx(source: str | os.PathLike, *, device: str = "cpu", name: str | Non
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
         raise InvalidInputError(f"unknown ONNX backend option {unknown[0]!r}; known options: {', '.join(_OPTIONS)}.")
+    start = time.perf_counter()
     model = read_onnx(source, output_index=output_index)
+    read = time.perf_counter()
     gm = convert_model(model)
-    return OnnxNetwork(gm, model, name=name or Path(os.fspath(source)).stem, device=device, **options)
+    network = OnnxNetwork(gm, model, name=name or Path(os.fspath(source)).stem, device=device, **options)
+    network.stages.add("loading", read - start)
+    network.stages.add("conversion", time.perf_counter() - read)
+    return network
 
 
 class OnnxBackend(Backend):

@@ -11,11 +11,13 @@ prints; :meth:`CheckReport.to_dict` is JSON-ready.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol, TypeGuard
 
 import numpy as np
+from ssa_torch.families import engine_families, families_text, seconds_text, time_statistics
 from ssa_torch.kinds import display_name, target_name
 from ssa_torch.network import steps_summary
 
@@ -61,6 +63,9 @@ class CheckReport:
     taps : every tap, execution order. steps : "upper -> parent" -> computation.
     unknown_ops : computed ops tap discovery does not classify (candidates for --taps).
     notes : anything the user should know (log-probabilities, fixed batch size, ...).
+    engines : engine ("closed form", "autograd") -> op family -> how many ops of the family its steps go
+        through (:func:`ssa_torch.families.engine_families`): why a step is slow.
+    timings : seconds per stage (loading, conversion, parity, tracing/canon, planning, statistics), in order.
     """
 
     model: str
@@ -74,6 +79,8 @@ class CheckReport:
     steps: Mapping[str, str]
     unknown_ops: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    engines: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -98,6 +105,7 @@ class CheckReport:
                       "channel_axis": t.channel_axis, "neurons": t.n_neurons, "parents": list(t.parents)}
                      for t in self.taps],
             "steps": dict(self.steps), "unknown_ops": list(self.unknown_ops), "notes": list(self.notes),
+            "engines": {engine: dict(fams) for engine, fams in self.engines.items()}, "timings": dict(self.timings),
         }
 
     def render(self) -> str:
@@ -148,6 +156,10 @@ def render_report(r: CheckReport) -> str:
         for step, how in r.steps.items():
             lines.append(f"    {step}: {how}")
         lines.append(f"  {steps_summary(r.steps)}")
+    if r.engines:
+        lines.append(f"  ops by engine: {families_text(r.engines)}")
+    if r.timings:
+        lines.append(f"  time: {seconds_text(r.timings)}")
     lines.extend(advice_section(r))
     return "\n".join(lines)
 
@@ -168,9 +180,16 @@ def report_of(network: Network, example: str, source: str = "") -> CheckReport:
         unknown = tuple(unknown_ops(network))
     except (AttributeError, RuntimeError):
         unknown = ()
+    steps = dict(network.describe_steps())  # plans the closed form (timed as "planning")
+    try:
+        engines = engine_families(network.graph_module, network.plan, network.closed_form)  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):
+        engines = {}
+    stages = getattr(network, "stages", None)
+    timings = dict(stages.seconds) if stages is not None else {}
     return CheckReport(model=network.name, backend=kind, source=source or network.name, info=info, parity=parity,
-                       output_kind=output_kind, example=example, taps=tuple(network.taps),
-                       steps=dict(network.describe_steps()), unknown_ops=unknown, notes=tuple(notes))
+                       output_kind=output_kind, example=example, taps=tuple(network.taps), steps=steps,
+                       unknown_ops=unknown, notes=tuple(notes), engines=engines, timings=timings)
 
 
 def example_batch(network: Network, n: int = 4, seed: int = 0) -> np.ndarray:
@@ -204,8 +223,12 @@ def check_report(model: Any, images: Any = None, *, preprocess: Any = None, labe
     n_images : how many images the parity check and tap discovery run on.
     Other options go to the backend (``provider``, ``parity_tolerance``, ...).
     """
+    start = time.perf_counter()
     network = load_model(model, backend=backend, device=device, output_index=output_index, taps=taps,
                          include_input=include_input, channel_axes=channel_axes, **options)
+    stages = getattr(network, "stages", None)
+    if stages is not None and not stages.seconds:  # the backend did not time its loading itself
+        stages.add("loading", time.perf_counter() - start)
     if _is_onnx(network):
         network.parity_images = n_images
     if images is None:
@@ -220,7 +243,11 @@ def check_report(model: Any, images: Any = None, *, preprocess: Any = None, labe
         example = f"{batch.shape[0]} of {arr.shape[0]} images from {src} shaped {tuple(batch.shape[1:])}"
     network.prepare(batch)
     source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
-    return report_of(network, example, source)
+    report = report_of(network, example, source)
+    if stages is not None and hasattr(network, "closed_form"):
+        time_statistics(network, batch)
+        report = replace(report, timings=dict(stages.seconds))
+    return report
 
 
 def unknown_ops(network: Any, max_names: int = 3) -> list[str]:

@@ -17,7 +17,7 @@ in any case.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -175,41 +175,59 @@ def _has_converter(op: str, version: int, domain: str) -> bool:
     return True
 
 
-def install() -> None:
-    """Register the missing converters with onnx2torch's ``add_converter`` (once per process)."""
-    global _installed
-    if _installed:
-        return
+def _versions() -> dict[str, set[int]]:
+    """Every default-domain operator -> the opset versions its schema changed at."""
     from onnx import defs
-    from onnx2torch.node_converters import add_converter
-    from ssa_torch.kinds import register_kind
 
-    register_kind(GlobalMaxPool, "adaptive_maxpool")
-    register_kind(Swish, "swish")
     since: dict[str, set[int]] = {}
     for schema in defs.get_all_schemas_with_history():
         if schema.domain in ("", "ai.onnx") and not schema.deprecated:
             since.setdefault(schema.name, set()).add(int(schema.since_version))
-    for op, versions in sorted(since.items()):
-        have = {v for v in versions if _has_converter(op, v, "")}
-        for v in sorted(versions - have):
-            if op in _NEW_OPERATORS:
-                add_converter(operation_type=op, version=v)(_NEW_OPERATORS[op])
-                continue
-            if not have:
-                continue
-            if op in _REDUCE and v >= 18:
-                add_converter(operation_type=op, version=v)(_reduce18)
-                continue
-            older = [u for u in have if u < v]
-            if not older:
-                continue
-            u = max(older)
-            try:
-                from onnx2torch.node_converters import get_converter
+    return since
 
-                delegate = _delegate(op, v, u, "", get_converter(operation_type=op, version=u, domain=""))
-            except Exception:  # noqa: BLE001 - schema lookup failed: leave the version unsupported
-                continue
-            add_converter(operation_type=op, version=v)(delegate)
+
+def _install_operator(op: str, versions: set[int]) -> None:
+    """Register converters for the versions of ``op`` onnx2torch lacks (see the module docstring)."""
+    from onnx2torch.node_converters import add_converter, get_converter
+
+    have = {v for v in versions if _has_converter(op, v, "")}
+    for v in sorted(versions - have):
+        if op in _NEW_OPERATORS:
+            add_converter(operation_type=op, version=v)(_NEW_OPERATORS[op])
+            continue
+        if not have:
+            continue
+        if op in _REDUCE and v >= 18:
+            add_converter(operation_type=op, version=v)(_reduce18)
+            continue
+        older = [u for u in have if u < v]
+        if not older:
+            continue
+        u = max(older)
+        try:
+            delegate = _delegate(op, v, u, "", get_converter(operation_type=op, version=u, domain=""))
+        except Exception:  # noqa: BLE001 - schema lookup failed: leave the version unsupported
+            continue
+        add_converter(operation_type=op, version=v)(delegate)
+
+
+def install(op_types: Iterable[str] = ()) -> None:
+    """Import onnx2torch with the converters of ``op_types`` (:func:`ssa_onnx.converters.require_converters`)
+    and register the missing converters with its ``add_converter``: every operator once per process, and the
+    operators of a converter module imported later when a model needs it."""
+    global _installed
+    from ssa_torch.kinds import register_kind
+
+    from .converters import require_converters
+
+    late = require_converters(op_types)
+    if _installed:
+        since = _versions() if late else {}
+        for op in sorted(late & set(since)):
+            _install_operator(op, since[op])
+        return
+    register_kind(GlobalMaxPool, "adaptive_maxpool")
+    register_kind(Swish, "swish")
+    for op, versions in sorted(_versions().items()):
+        _install_operator(op, versions)
     _installed = True

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 from torch import fx
 
@@ -42,18 +44,18 @@ def _failing_node(proto) -> tuple[str, str, str] | None:
 
 def convert_model(model: OnnxModel) -> fx.GraphModule:
     """The onnx2torch ``fx.GraphModule`` of ``model`` (dead nodes removed, eval mode, no grads)."""
-    import onnx2torch
-
     from .compat import install
 
-    install()
+    install(model.info.op_types)  # imports onnx2torch with only the converter modules the model needs
+    import onnx2torch
+
     # onnx2torch's Slice indexes with a list (a torch deprecation warning on every run of the module): harmless,
     # and the analysis would print it at every forward pass
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
                             category=UserWarning)
     name = model.info.path
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _shapes_already_inferred(model):
             warnings.simplefilter("ignore")
             gm = onnx2torch.convert(model.proto)
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises NotImplementedError, ValueError, KeyError, ...
@@ -73,6 +75,25 @@ def convert_model(model: OnnxModel) -> fx.GraphModule:
     for p in gm.parameters():
         p.requires_grad_(False)
     return gm
+
+
+@contextlib.contextmanager
+def _shapes_already_inferred(model: OnnxModel) -> Iterator[None]:
+    """onnx2torch's ``convert`` runs shape inference first (a serialisation, inference and parse: seconds for a
+    large model); :func:`~ssa_onnx.model.read_onnx` ran strict inference on this proto already, so the
+    converter is handed the proto as it is (IR 4 and later, where initializers need not be graph inputs: the
+    converter removes them from the inputs of the proto it is given)."""
+    import onnx2torch.converter as converter
+
+    if not model.shapes_inferred or model.proto.ir_version < 4:
+        yield
+        return
+    infer = converter.safe_shape_inference
+    converter.safe_shape_inference = lambda proto, **kwargs: proto
+    try:
+        yield
+    finally:
+        converter.safe_shape_inference = infer
 
 
 def repair_layer_norms(gm: fx.GraphModule) -> int:

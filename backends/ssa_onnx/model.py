@@ -70,10 +70,12 @@ class OnnxModel:
 
     proto: Any  # onnx.ModelProto
     info: OnnxInfo
+    big: bool = False  # 2 GB or more (protobuf's limit): onnxruntime and shape inference go through the file
+    shapes_inferred: bool = False  # ``proto`` has been through strict shape inference (onnx2torch need not redo it)
 
     def session_source(self) -> bytes | str:
         """What onnxruntime loads: the serialized proto, or the file itself for models over 2 GB."""
-        if self.proto.ByteSize() >= _TWO_GB:
+        if self.big:
             return self.info.path
         return self.proto.SerializeToString()
 
@@ -163,11 +165,11 @@ def _missing_external_data(path: Path) -> Path | None:
     return None
 
 
-def _check(proto, path: Path) -> None:
+def _check(proto, path: Path, big: bool) -> None:
     import onnx
 
     try:
-        if proto.ByteSize() < _TWO_GB:
+        if not big:
             onnx.checker.check_model(proto)
         else:
             onnx.checker.check_model(str(path))
@@ -186,11 +188,11 @@ def _opset(proto) -> int:
 
 def check_converters(proto, path_name: str) -> None:
     """Refuse, naming the node, when onnx2torch has no converter for an operator of the graph."""
-    from onnx2torch.node_converters import get_converter
-
     from .compat import install
 
-    install()
+    install({node.op_type for node in proto.graph.node})  # onnx2torch, with the converters of these ops
+    from onnx2torch.node_converters import get_converter
+
     versions = {imp.domain: int(imp.version) for imp in proto.opset_import}
     missing: list[tuple[str, str, str]] = []
     for i, node in enumerate(proto.graph.node):
@@ -213,10 +215,10 @@ def check_converters(proto, path_name: str) -> None:
         )
 
 
-def _infer_shapes(proto, path: Path):
+def _infer_shapes(proto, path: Path, big: bool):
     import onnx
 
-    if proto.ByteSize() >= _TWO_GB:
+    if big:
         return proto  # onnx2torch runs shape inference through a file for these
     try:
         return onnx.shape_inference.infer_shapes(proto, strict_mode=True)
@@ -270,7 +272,8 @@ def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> On
     if not p.is_file():
         raise ModelLoadError(f"ONNX file {str(p)!r} does not exist; check the path.")
     proto = _load_proto(p)
-    _check(proto, p)
+    big = proto.ByteSize() >= _TWO_GB  # once: protobuf computes it anew at each call (0.3 s for ResNet-50)
+    _check(proto, p, big)
 
     initializers = {t.name for t in proto.graph.initializer}
     inputs = [vi for vi in proto.graph.input if vi.name not in initializers]
@@ -324,7 +327,7 @@ def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> On
         if len(out_dims) >= 1 and out_dims[0].HasField("dim_value") and out_dims[0].dim_value == fixed_batch:
             out_dims[0].dim_param = "batch"
         del proto.graph.value_info[:]
-    proto = _infer_shapes(proto, p)
+    proto = _infer_shapes(proto, p, big)
 
     # report the input and the chosen output as the analysis sees them (batch axis dynamic)
     outputs = tuple(_tensor_info(proto.graph.output[0]) if i == index else o for i, o in enumerate(outputs))
@@ -336,7 +339,7 @@ def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> On
         outputs=outputs, output_index=index, layout=_layout(image_info.shape), fixed_batch=fixed_batch,
         op_types=op_types,
     )
-    return OnnxModel(proto, info)
+    return OnnxModel(proto, info, big=big, shapes_inferred=not big)
 
 
 def input_shape_of(path: str | os.PathLike) -> tuple[int | None, ...]:

@@ -35,6 +35,7 @@ from torch import fx
 from ssa.core.interfaces import Tap
 from ssa.errors import InvalidInputError, UnsupportedModelError
 
+from . import parity_cache
 from .canon import Onnx2TorchNative
 from .check import advice_section, example_batch, onnx_section, report_of, unknown_ops
 from .convert import failing_node
@@ -145,19 +146,20 @@ class OnnxNetwork(TorchNetwork):
         example = np.asarray(example)
         self.check_input(example)
         x = example[: max(1, int(self.parity_images))]
-        ref = self.ort_outputs(x)
-        conv = self._module_outputs(self._converted, x)
         self.parity = self.parity_converted = None
-        if self.check_parity:
-            self.parity_converted = self._parity(ref, conv)
-            if not self.parity_converted.ok:
-                p = self.parity_converted
-                raise UnsupportedModelError(
-                    f"the onnx2torch conversion of {self.name!r} disagrees with onnxruntime: max |diff| "
-                    f"{p.max_abs_diff:.3g} = {p.relative:.3g} of the output scale (tolerance {p.tolerance:g}) on "
-                    f"{p.n_images} image(s); report the model to onnx2torch, or accept the difference with "
-                    f"parity_tolerance={max(p.relative * 2, p.tolerance):.1g}."
-                )
+        self._parity_batch = None
+        with self.stages.stage("parity"):
+            key = self._parity_key(x)
+            recalled = parity_cache.recall(key) if key is not None else None
+            ref = None
+            if recalled is None:
+                ref = self.ort_outputs(x)
+                conv = self._module_outputs(self._converted, x)
+                if self.check_parity:
+                    self.parity_converted = self._parity(ref, conv)
+                    self._refuse_conversion(self.parity_converted)
+            else:
+                self.parity_converted = recalled[0]
         self.notes = []
         if self.onnx.info.fixed_batch is not None:
             self.notes.append(f"the file fixes the batch size to {self.onnx.info.fixed_batch}; it was made dynamic "
@@ -167,22 +169,48 @@ class OnnxNetwork(TorchNetwork):
             self.output_kind = "softmax stripped"
         elif final == "log_softmax":
             self.output_kind = "log-softmax stripped"
-        elif looks_like_probabilities(ref):
+        elif recalled[2] == "probabilities" if recalled is not None else \
+                ref is not None and looks_like_probabilities(ref):
             self.output_kind = "probabilities"
             self.notes.append("the output is probabilities (values in [0, 1], rows summing to 1) without a final "
                               "Softmax node; the top tap is their logarithm (log-probabilities)")
         else:
             self.output_kind = "logits"
         self.module = self._converted
-        self._parity_batch = (x, ref)
-        return super().prepare(example)
+        if ref is not None:
+            self._parity_batch = (x, ref)
+        taps = super().prepare(example)
+        if recalled is not None:
+            self.parity = recalled[1]
+        elif key is not None and self.parity_converted is not None and self.parity is not None:
+            parity_cache.remember(key, self.parity_converted, self.parity, self.output_kind)
+        return taps
+
+    def _parity_key(self, x: np.ndarray) -> str | None:
+        """The parity cache's key for this file and these settings (None: no check, or the cache is off)."""
+        if not (self.check_parity and parity_cache.enabled()):
+            return None
+        tol = self.parity_tolerance if self.parity_tolerance is not None else default_tolerance(self.device)
+        return parity_cache.parity_key(parity_cache.file_sha256(self.onnx.info.path), tolerance=tol,
+                                       device=self.device, provider=self.provider,
+                                       input_shape=tuple(x.shape[1:]), n_images=len(x))
+
+    def _refuse_conversion(self, p: ParityResult) -> None:
+        if not p.ok:
+            raise UnsupportedModelError(
+                f"the onnx2torch conversion of {self.name!r} disagrees with onnxruntime: max |diff| "
+                f"{p.max_abs_diff:.3g} = {p.relative:.3g} of the output scale (tolerance {p.tolerance:g}) on "
+                f"{p.n_images} image(s); report the model to onnx2torch, or accept the difference with "
+                f"parity_tolerance={max(p.relative * 2, p.tolerance):.1g}."
+            )
 
     def _canonicalize(self, gm: fx.GraphModule, x: torch.Tensor) -> fx.GraphModule:
         """The PyTorch backend's canonical form, checked against onnxruntime again (then the log appended)."""
         gm = super()._canonicalize(gm, x)
         if self._parity_batch is not None and self.check_parity:
             images, ref = self._parity_batch
-            self.parity = self._parity(ref, self._module_outputs(gm, images))
+            with self.stages.stage("parity"):
+                self.parity = self._parity(ref, self._module_outputs(gm, images))
             if not self.parity.ok:
                 p = self.parity
                 passes = self.canon_report.by_pass() if self.canon_report is not None else "(none)"

@@ -27,6 +27,8 @@ class ParityResult:
     top1_agreement : share of images whose arg-max class agrees.
     provider : the onnxruntime execution provider used.
     ok : relative <= tolerance.
+    remembered : True when the result was recalled from an earlier check of the same file
+        (:mod:`ssa_onnx.parity_cache`), not measured in this run.
     """
 
     n_images: int
@@ -38,12 +40,14 @@ class ParityResult:
     top1_agreement: float
     provider: str
     ok: bool
+    remembered: bool = False
 
     def text(self) -> str:
         verdict = "ok" if self.ok else "FAILED"
         return (f"{verdict}: max |onnxruntime - converted| = {self.max_abs_diff:.3g} on {self.n_images} image(s) "
                 f"= {self.relative:.3g} of the output scale {self.scale:.3g} (tolerance {self.tolerance:g}); "
-                f"top-1 agreement {self.top1_agreement:.0%}; onnxruntime provider {self.provider}")
+                f"top-1 agreement {self.top1_agreement:.0%}; onnxruntime provider {self.provider}"
+                + ("; remembered from an earlier check of the same file" if self.remembered else ""))
 
 
 def default_tolerance(device: str) -> float:

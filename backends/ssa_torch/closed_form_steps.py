@@ -17,9 +17,11 @@ import torch
 from torch import fx
 
 from ssa.core.interfaces import Rank1Factors
+from ssa.core.stages import StageTimes
 
 from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
 from .closed_form.terms import rank1_rows
+from .families import check_lines
 from .host import exact_arithmetic
 from .interpreters import ModelCodeInterpreter
 
@@ -39,6 +41,7 @@ class ClosedFormSteps:
         _example: torch.Tensor
         _fast: ClosedFormPlan | None
         _stat_bytes: dict[str, int]
+        stages: StageTimes
 
         def to_tensor(self, batch: Any) -> torch.Tensor: ...
 
@@ -54,9 +57,9 @@ class ClosedFormSteps:
                     env1[n.name] = out
                     return out
 
-            with torch.no_grad():
+            with self.stages.stage("planning"), torch.no_grad():
                 _Values(self.graph_module).run(self._example)
-            self._fast = plan_closed_form(self.graph_module, self.plan, env1)
+                self._fast = plan_closed_form(self.graph_module, self.plan, env1)
         return self._fast
 
     fast_plan = closed_form  # the name the engine used before
@@ -157,6 +160,10 @@ class ClosedFormSteps:
     def closed_form_summary(self) -> str:
         """One line for ``ssa check``: how many steps take the closed form, and why the others do not."""
         return steps_summary(self.describe_steps())
+
+    def check_details(self, images: np.ndarray) -> list[str]:
+        """``ssa check``: ops by engine and seconds per stage (:func:`ssa_torch.families.check_lines`)."""
+        return check_lines(self, images)
 
 
 class _StatsRun(StatsInterpreter, ModelCodeInterpreter):

@@ -27,6 +27,7 @@ import torch.nn as nn
 from torch import fx
 
 from ssa.core.interfaces import Network, Tap
+from ssa.core.stages import StageTimes
 from ssa.errors import InvalidInputError, UnsupportedModelError
 
 from .ablation import TorchAblator
@@ -95,6 +96,7 @@ class TorchNetwork(ClosedFormSteps, AutogradSteps, ModelIdentity, InputMaps, Net
         self.input_shape: tuple[int, ...] | None = None
         self.input_dtype = torch.float32
         self.canon_report: CanonReport | None = None
+        self.stages = StageTimes()  # seconds per preparation stage (``ssa check`` prints them)
 
     def canon_passes(self) -> Sequence[CanonPass]:
         """The canonicalisation passes :meth:`prepare` runs on the traced copy (front ends add theirs)."""
@@ -114,6 +116,10 @@ class TorchNetwork(ClosedFormSteps, AutogradSteps, ModelIdentity, InputMaps, Net
         """
         if self._plan is not None and self.input_shape == tuple(example.shape[1:]):
             return self._plan.taps
+        with self.stages.stage("tracing/canon"):
+            return self._prepare(example)
+
+    def _prepare(self, example: np.ndarray) -> tuple[Tap, ...]:
         device = torch.device(self.device)
         x = self.to_tensor(example[:1])
         module = copy.deepcopy(self.module).eval().to(device)

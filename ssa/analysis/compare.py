@@ -32,7 +32,6 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
-from scipy.cluster.hierarchy import leaves_list, linkage
 
 from ssa.analysis._common import as_graph
 from ssa.core import display
@@ -231,6 +230,8 @@ def normalise_rows(X: np.ndarray) -> np.ndarray:
 
 def ward_linkage(X: np.ndarray) -> np.ndarray:
     """Ward linkage of the L2-normalised rows (Euclidean there = sqrt(2 * cosine distance))."""
+    from scipy.cluster.hierarchy import linkage  # scipy: imported by the comparison, not by every `ssa` command
+
     return linkage(normalise_rows(X), method="ward", metric="euclidean")
 
 
@@ -531,6 +532,8 @@ def compare(graphs: Sequence[nx.DiGraph], labels: Sequence[str] | None = None, *
     if len(labels) != len(graphs):
         raise InvalidInputError(f"labels has {len(labels)} entries for {len(graphs)} graphs; they must match.")
     nodes, X = bag_of_nodes(graphs, weight)
+    from scipy.cluster.hierarchy import leaves_list
+
     Z = ward_linkage(X)
     return Comparison(labels=tuple(labels), model=str(graphs[0].run.model), weight=weight,
                       nodes=tuple(nodes), matrix=X, linkage=Z, order=tuple(int(i) for i in leaves_list(Z)),

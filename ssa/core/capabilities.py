@@ -82,7 +82,7 @@ class SupportsClassProbabilities(Protocol):
 
 # -- what `ssa check` shows, and the input a model declares (ssa check, --preprocess) -----------------------
 __all__ += ["SupportsCheckReport", "SupportsDefaultInputShape", "SupportsClosedFormSummary",
-            "SupportsDeclaredInputShape"]
+            "SupportsDeclaredInputShape", "SupportsCheckDetails"]
 
 
 @runtime_checkable
@@ -104,6 +104,18 @@ class SupportsDefaultInputShape(Protocol):
 class SupportsClosedFormSummary(Protocol):
     def closed_form_summary(self) -> str:
         """One line: how many steps take the closed form, and which ops make the others use autograd."""
+
+
+@runtime_checkable
+class SupportsCheckDetails(Protocol):
+    """Why a model is slow, for ``ssa check``: the time each preparation stage took, the ops each engine takes."""
+
+    stages: Any  # ssa.core.stages.StageTimes: seconds per stage (the caller may add "loading")
+
+    def check_details(self, images: np.ndarray) -> list[str]:
+        """Lines for ``ssa check`` of a prepared network: the families of ops each engine (closed form,
+        autograd) goes through, and the seconds of each stage (loading, conversion, parity, tracing/canon,
+        planning, statistics: the closed form's statistics are collected once on ``images`` to time them)."""
 
 
 @runtime_checkable

@@ -11,7 +11,7 @@ from pathlib import Path
 from ssa.errors import InvalidInputError, OutputError
 
 __all__ = ['ENVIRONMENT_ERRNOS', 'describe_os_error', 'check_writable_dir', 'check_output_file', 'check_output_dir',
-           'check_distinct_outputs']
+           'check_distinct_outputs', 'user_cache_dir']
 
 
 #: errno values that mean "the environment refused" (disk full, read-only, permissions, limits), not a bug
@@ -121,3 +121,11 @@ def check_distinct_outputs(paths: Mapping[str, str | os.PathLike | None]) -> Non
             raise InvalidInputError(f"{seen[key]} and {flag} name the same file {str(path)!r}; the second would "
                                     "overwrite the first: give them different names.")
         seen[key] = flag
+
+
+def user_cache_dir() -> Path:
+    """ssa's cache folder: ``$SSA_CACHE``, else ``$XDG_CACHE_HOME/ssa``, else ``~/.cache/ssa`` (not created here)."""
+    root = os.environ.get("SSA_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "ssa"

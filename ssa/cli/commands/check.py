@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 import numpy as np
 
@@ -16,7 +17,12 @@ from ssa.cli.commands.common import (
     parse_ints,
     preprocess_from,
 )
-from ssa.core.capabilities import SupportsCheckReport, SupportsClosedFormSummary, SupportsDefaultInputShape
+from ssa.core.capabilities import (
+    SupportsCheckDetails,
+    SupportsCheckReport,
+    SupportsClosedFormSummary,
+    SupportsDefaultInputShape,
+)
 from ssa.errors import InvalidInputError
 from ssa.io.folders import load_grouped_images
 from ssa.session import prepare_network
@@ -39,7 +45,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_folder_options(args)
+    start = time.perf_counter()
     network = load_network(model_spec(args))
+    if isinstance(network, SupportsCheckDetails) and not network.stages.seconds:  # the backend did not time it
+        network.stages.add("loading", time.perf_counter() - start)
     if args.images:
         images, _ = load_grouped_images(args.images, preprocess=preprocess_from(args), labels=labels_from(args))
         images = images[: max(1, min(len(images), args.batch_size))]
@@ -64,4 +73,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {step:<48} {how}")
     if isinstance(network, SupportsClosedFormSummary):
         print(network.closed_form_summary())
+    if isinstance(network, SupportsCheckDetails):
+        for line in network.check_details(images):
+            print(line)
     return 0

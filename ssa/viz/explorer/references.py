@@ -54,6 +54,7 @@ from ssa.core.traversal import step_omega
 from ssa.engines.store import images_hash
 from ssa.errors import InvalidInputError
 from ssa.io.atomic import atomic_write_bytes
+from ssa.io.paths import user_cache_dir
 from ssa.session import Session
 from ssa.viz.figures.common import dependency_graph, display_image, rgb, saliency_map
 
@@ -87,11 +88,7 @@ class References:
 
 def default_cache_dir() -> Path:
     """``$SSA_CACHE``, else ``$XDG_CACHE_HOME/ssa``, else ``~/.cache/ssa``; explorer data go to ``explorer/``."""
-    root = os.environ.get("SSA_CACHE")
-    if root:
-        return Path(root) / "explorer"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ssa" / "explorer"
+    return user_cache_dir() / "explorer"
 
 
 def class_indices(network: Network, graph: nx.DiGraph, images: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
