@@ -75,9 +75,11 @@ def test_the_notebook_runs_and_each_result_shows_its_summary_and_explorer(execut
     assert "shared by all three: ['" in _text(nb, "print(\"shared by all three")
 
     table = _text(nb, "from ssa.analysis.strategies import").splitlines()
-    assert table[0].split()[:4] == ["target", "rule", "selector", "nodes"]
-    assert [row.split()[2] for row in table[1:3]] == ["mad", "tukey"]
-    assert int(table[1].split()[3]) == n_nodes  # the session's class-3 graph is the one ssa.analyse gave
+    assert table[0].split()[:6] == ["target", "rule", "selector", "ablation", "split", "nodes"]
+    rows = [row.split() for row in table[1:3]]
+    assert [row[2] for row in rows] == ["mad", "tukey"] and [row[3] for row in rows] == ["zero", "zero"]
+    # held-out images by default: class 3's 183 images in a build half and a scored half
+    assert [row[4] for row in rows] == ["92/91", "92/91"] and all(int(row[5]) > 1 for row in rows)
 
     last = _html(nb, "from ssa.viz.explorer import write_explorer")  # a graph shows itself too
     assert "<b>class 8 of digits</b>" in last and len(_embedded(last)) == 1
