@@ -1,0 +1,242 @@
+"""Every classification family of torchvision, built small (issue 19, item 7; the models: tests/zoo_models.py).
+
+Per family, through ONNX (opset 17, the TorchScript exporter, dynamic batch) and as a module:
+- parity: the converted and the canonical module reproduce onnxruntime (``ssa check``'s parity);
+- the same taps (order, channel axis, parents) and the same graph through ONNX and the module;
+- a graph with at least 10 nodes below the logits;
+- classic CNNs: every step by the closed form (ShuffleNetV2: at least 90 %), through ONNX and as a module;
+- the taps' parents are the cut semantics' (method doc, section 4): for every tap, the taps whose cut leaf
+  its value depends on, found by autograd on the slow reference's cut run;
+- the graph equals the slow reference's (:func:`ssa.testing.reference.reference_ssa`), both rules, where
+  every tap is a module output or a residual addition (what the reference can cut).
+
+The families in ``QUICK`` run in ``make test-quick``; the others are ``slow``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+import ssa
+from ssa.testing.models import RefTap
+from ssa.testing.reference import reference_ssa, run_cut
+
+from . import onnx_models as om
+from . import zoo_models as zm
+
+N_IMAGES = 4
+BRANCHING = 2
+RULES = ("gradient", "gradient_x_activation")
+QUICK = ("resnet", "squeezenet", "mobilenet_v3")
+# families the closed form does not cover in full (the share of steps it takes at least)
+FAST_SHARE = {"shufflenet_v2": 0.9}
+XFAIL: dict[str, str] = {}
+
+
+def _param(family: str):
+    marks = [] if family in QUICK else [pytest.mark.slow]
+    if family in XFAIL:
+        marks.append(pytest.mark.xfail(strict=True, reason=XFAIL[family]))
+    return pytest.param(family, marks=marks, id=family)
+
+
+FAMILIES = [_param(f) for f in zm.FAMILIES]
+
+
+def _target(model: nn.Module, x: np.ndarray) -> int:
+    with torch.no_grad():
+        return int(model(torch.from_numpy(x)).argmax(1)[0])
+
+
+def _structure(taps) -> list[tuple]:
+    order = {t.name: t.order for t in taps}
+    return [(t.order, t.channel_axis, tuple(sorted(order[p] for p in t.parents))) for t in taps]
+
+
+def _by_order(result) -> dict[tuple[int, int, int, int], tuple[int, float]]:
+    g = result.graph
+    order = {t.name: t.order for t in result.taps}
+    out = {}
+    for u, v, d in g.edges(data=True):
+        nu, nv = g.nodes[u], g.nodes[v]
+        out[(order[nu["tap"]], nu["neuron"], order[nv["tap"]], nv["neuron"])] = (d["frequency"], d["relevance"])
+    return out
+
+
+def _assert_same(got: dict, want: dict) -> None:
+    assert set(got) == set(want), f"only in ssa: {sorted(set(got) - set(want))[:5]}; only in the other: " \
+                                  f"{sorted(set(want) - set(got))[:5]}"
+    for key, (freq, rel) in want.items():
+        assert got[key][0] == freq, key
+        assert got[key][1] == pytest.approx(rel, rel=1e-4, abs=1e-7), key
+
+
+def _fast_share(net) -> float:
+    steps = net.describe_steps()
+    return sum(v.startswith("fast") for v in steps.values()) / max(len(steps), 1)
+
+
+def _export(family: str, model: nn.Module, x: np.ndarray, root: Path) -> Path:
+    """Opset 17, the TorchScript exporter. nn.MultiheadAttention's fast path (eval mode, no gradients:
+    ``aten::_native_multi_head_attention``) has no ONNX export: it is switched off while exporting (ViT)."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        return om.export(model, x, root / f"{family}.onnx")
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_through_onnx_and_as_a_module(family, tmp_path):
+    model = zm.build(family)
+    x = zm.images(family, N_IMAGES)
+    target = _target(model, x)
+    path = _export(family, model, x, tmp_path)
+    module_net = ssa.load_model(model)
+    module_taps = module_net.prepare(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_net = ssa.load_model(str(path))
+        onnx_taps = onnx_net.prepare(x)
+    assert onnx_net.parity_converted.ok and onnx_net.parity.ok, onnx_net.parity.text()
+    assert _structure(onnx_taps) == _structure(module_taps)
+    if family in zm.CLASSIC:
+        for net in (module_net, onnx_net):
+            assert _fast_share(net) >= FAST_SHARE.get(family, 1.0), net.closed_form_summary()
+    results = []
+    for source in (model, str(path)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results.append(ssa.analyse(source, x, target, BRANCHING, rule="gradient", selector="tukey"))
+    _assert_same(_by_order(results[1]), _by_order(results[0]))
+    below = [n for n, d in results[0].graph.nodes(data=True) if d["tap"] != "logits"]
+    assert len(below) >= 10, len(below)
+
+
+# --- the slow reference: taps as module outputs and additions, parents by autograd -----------------------------
+
+
+class _Additions(TorchFunctionMode):
+    """The outputs of the tensor additions of a forward pass, counted as the reference counts them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outputs: list[torch.Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        from ssa.testing.reference import _ADDITIONS
+
+        out = func(*args, **(kwargs or {}))
+        if func in _ADDITIONS and len(args) >= 2 and all(isinstance(a, torch.Tensor) for a in args[:2]):
+            self.outputs.append(out.detach().clone())
+        return out
+
+
+def _logits_module(model: nn.Module, x: np.ndarray) -> str:
+    """The last module (called once) whose output holds the logits' values (a flatten may follow it)."""
+    seen: list[tuple[str, torch.Tensor]] = []
+    handles = [m.register_forward_hook(lambda m, i, o, p=p: seen.append((p, o.detach().clone())))
+               for p, m in model.named_modules() if p]
+    try:
+        with torch.no_grad():
+            logits = model(torch.from_numpy(x))
+    finally:
+        for h in handles:
+            h.remove()
+    paths = [p for p, _ in seen]
+    return [p for p, o in seen if paths.count(p) == 1 and o.numel() == logits.numel()
+            and torch.equal(o.reshape(logits.shape), logits)][-1]
+
+
+def _reference_taps(model: nn.Module, x: np.ndarray, taps) -> tuple[RefTap, ...] | str:
+    """ssa's taps as the reference's: a module path (``path@k``: its k-th call), or the addition whose output
+    equals the stream tap's value; a string says why a tap cannot be written so."""
+    modules = dict(model.named_modules())
+    net = ssa.load_model(model)
+    net.prepare(x)
+    raw = net.run(x, grad=False).raw
+    mode = _Additions()
+    with torch.no_grad(), mode:
+        model(torch.from_numpy(x))
+    out = []
+    for t in taps:
+        path, _, k = t.name.partition("@")
+        if t.kind == "logits":
+            out.append(RefTap("logits", _logits_module(model, x), 0, 1, t.parents))
+        elif path in modules:
+            out.append(RefTap(t.name, path, int(k or 0), t.channel_axis, t.parents))
+        elif t.kind == "stream":
+            value = raw[t.name]
+            calls = [i for i, a in enumerate(mode.outputs) if a.shape == value.shape and torch.equal(a, value)]
+            if len(calls) != 1:
+                return f"stream tap {t.name} matches {len(calls)} additions"
+            out.append(RefTap(t.name, None, calls[0], t.channel_axis, t.parents, op="add"))
+        else:
+            return f"tap {t.name} ({t.op}) is neither a module's output nor an addition"
+    return tuple(out)
+
+
+def _cut_parents(model: nn.Module, x: np.ndarray, taps: tuple[RefTap, ...]) -> dict[str, tuple[str, ...]]:
+    """Every tap's parents by cut semantics: the earlier taps whose cut leaf its value depends on."""
+    from ssa.testing.reference import _fresh
+
+    raw, leaf = run_cut(_fresh(model), torch.from_numpy(x[:1]), taps)
+    out = {}
+    for i, t in enumerate(taps):
+        below = [p.name for p in taps[:i]]
+        grads = torch.autograd.grad(raw[t.name].sum(), [leaf[p] for p in below], allow_unused=True,
+                                    retain_graph=True) if below else ()
+        out[t.name] = tuple(sorted(p for p, g in zip(below, grads, strict=True) if g is not None))
+    return out
+
+
+REFERENCE_FAMILIES = [_param(f) for f in zm.FAMILIES]
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("family", REFERENCE_FAMILIES)
+def test_family_graph_equals_the_reference(family, rule):
+    model = zm.build(family)
+    x = zm.images(family, 3)
+    target = _target(model, x)
+    res = ssa.analyse(model, x, target, BRANCHING, rule=rule, selector="tukey")
+    ref_taps = _reference_taps(model, x, res.taps)
+    assert not isinstance(ref_taps, str), ref_taps
+    want_parents = _cut_parents(model, x, ref_taps)
+    assert {t.name: tuple(sorted(t.parents)) for t in ref_taps} == want_parents
+    want_named = reference_ssa(model, x, ref_taps, target, BRANCHING, rule)
+    order = {t.name: t.order for t in res.taps}
+    want = {(order[u], n, order[v], k): val for (u, n, v, k), val in want_named.items()}
+    _assert_same(_by_order(res), want)
+
+
+# --- the dynamo exporter --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["resnet", "mobilenet_v3", "convnext", "vit"])
+def test_dynamo_export_gives_the_module_graph(family, tmp_path):
+    if importlib.util.find_spec("onnxscript") is None:
+        pytest.skip("the dynamo exporter needs onnxscript, which is not installed")
+    model = zm.build(family)
+    x = zm.images(family, N_IMAGES)
+    target = _target(model, x)
+    path = tmp_path / f"{family}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.from_numpy(x[:2]),), str(path), dynamo=True, opset_version=17,
+                          input_names=["image"], output_names=["logits"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},))
+        got = ssa.analyse(str(path), x, target, BRANCHING, rule="gradient", selector="tukey")
+    want = ssa.analyse(model, x, target, BRANCHING, rule="gradient", selector="tukey")
+    assert _structure(got.taps) == _structure(want.taps)
+    _assert_same(_by_order(got), _by_order(want))
