@@ -125,64 +125,93 @@ def test_family_through_onnx_and_as_a_module(family, tmp_path):
 # --- the slow reference: taps as module outputs and additions, parents by autograd -----------------------------
 
 
-class _Additions(TorchFunctionMode):
-    """The outputs of the tensor additions of a forward pass, counted as the reference counts them."""
+class _Record(TorchFunctionMode):
+    """The outputs of a forward pass's tensor additions (counted as the reference counts them) and of its
+    module calls (``(path, call, value)``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.outputs: list[torch.Tensor] = []
+        self.additions: list[torch.Tensor] = []
+        self.calls: list[tuple[str, int, torch.Tensor]] = []
+        self.model = model
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         from ssa.testing.reference import _ADDITIONS
 
         out = func(*args, **(kwargs or {}))
         if func in _ADDITIONS and len(args) >= 2 and all(isinstance(a, torch.Tensor) for a in args[:2]):
-            self.outputs.append(out.detach().clone())
+            self.additions.append(out.detach().clone())
         return out
 
+    def run(self, x: np.ndarray) -> None:
+        count: dict[str, int] = {}
 
-def _logits_module(model: nn.Module, x: np.ndarray) -> str:
-    """The last module (called once) whose output holds the logits' values (a flatten may follow it)."""
-    seen: list[tuple[str, torch.Tensor]] = []
-    handles = [m.register_forward_hook(lambda m, i, o, p=p: seen.append((p, o.detach().clone())))
-               for p, m in model.named_modules() if p]
-    try:
-        with torch.no_grad():
-            logits = model(torch.from_numpy(x))
-    finally:
-        for h in handles:
-            h.remove()
-    paths = [p for p, _ in seen]
-    return [p for p, o in seen if paths.count(p) == 1 and o.numel() == logits.numel()
-            and torch.equal(o.reshape(logits.shape), logits)][-1]
+        def hook(path):
+            def record(module, inputs, output):
+                if isinstance(output, torch.Tensor):
+                    self.calls.append((path, count.get(path, 0), output.detach().clone()))
+                count[path] = count.get(path, 0) + 1
+            return record
+
+        handles = [m.register_forward_hook(hook(p)) for p, m in self.model.named_modules() if p]
+        try:
+            with torch.no_grad(), self:
+                self.model(torch.from_numpy(x))
+        finally:
+            for h in handles:
+                h.remove()
 
 
-def _reference_taps(model: nn.Module, x: np.ndarray, taps) -> tuple[RefTap, ...] | str:
-    """ssa's taps as the reference's: a module path (``path@k``: its k-th call), or the addition whose output
-    equals the stream tap's value; a string says why a tap cannot be written so."""
+def _gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest difference relative to the largest value (inf for another shape); the canonical form folds
+    batch-norms into convolutions, so a tap's value differs from its module's output by rounding."""
+    if a.shape != b.shape:
+        return float("inf")
+    return float((a.double() - b.double()).abs().max()) / (float(b.abs().max()) or 1.0)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return _gap(a, b) < 1e-4
+
+
+def _reference_taps(model: nn.Module, x: np.ndarray, taps) -> tuple[RefTap, ...]:
+    """ssa's taps as the reference's: a module path (``path@k``: its k-th call); else the module call or
+    the addition whose output equals the tap's value (a functional ReLU is its module's output: GoogLeNet)."""
     modules = dict(model.named_modules())
     net = ssa.load_model(model)
     net.prepare(x)
     raw = net.run(x, grad=False).raw
-    mode = _Additions()
-    with torch.no_grad(), mode:
-        model(torch.from_numpy(x))
+    record = _Record(model)
+    record.run(x)
     out = []
     for t in taps:
         path, _, k = t.name.partition("@")
         if t.kind == "logits":
-            out.append(RefTap("logits", _logits_module(model, x), 0, 1, t.parents))
-        elif path in modules:
+            out.append(RefTap("logits", _logits_module(record, model, x), 0, 1, t.parents))
+            continue
+        if path in modules:
             out.append(RefTap(t.name, path, int(k or 0), t.channel_axis, t.parents))
-        elif t.kind == "stream":
-            value = raw[t.name]
-            calls = [i for i, a in enumerate(mode.outputs) if a.shape == value.shape and torch.equal(a, value)]
-            if len(calls) != 1:
-                return f"stream tap {t.name} matches {len(calls)} additions"
-            out.append(RefTap(t.name, None, calls[0], t.channel_axis, t.parents, op="add"))
+            continue
+        value = raw[t.name]
+        adds = [i for i, a in enumerate(record.additions) if _same(a, value)]
+        calls = [(p, c) for gap, p, c in sorted((_gap(v, value), p, c) for p, c, v in record.calls) if gap < 1e-4]
+        if t.kind == "stream" and len(adds) == 1:
+            out.append(RefTap(t.name, None, adds[0], t.channel_axis, t.parents, op="add"))
+        elif t.kind != "stream" and calls:
+            out.append(RefTap(t.name, calls[0][0], calls[0][1], t.channel_axis, t.parents))
         else:
-            return f"tap {t.name} ({t.op}) is neither a module's output nor an addition"
+            raise AssertionError(f"tap {t.name} ({t.kind}, {t.op}) matches {len(adds)} additions and {len(calls)} "
+                                 "module calls")
     return tuple(out)
+
+
+def _logits_module(record: _Record, model: nn.Module, x: np.ndarray) -> str:
+    """The last module (called once) whose output holds the logits' values (a flatten may follow it)."""
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x))
+    reused = {p for p, c, _ in record.calls if c == 1}
+    return [p for p, c, o in record.calls if c == 0 and p not in reused and o.numel() == logits.numel()
+            and _same(o.reshape(logits.shape), logits)][-1]
 
 
 def _cut_parents(model: nn.Module, x: np.ndarray, taps: tuple[RefTap, ...]) -> dict[str, tuple[str, ...]]:
@@ -199,24 +228,33 @@ def _cut_parents(model: nn.Module, x: np.ndarray, taps: tuple[RefTap, ...]) -> d
     return out
 
 
-REFERENCE_FAMILIES = [_param(f) for f in zm.FAMILIES]
+# the reference costs a forward and a backward pass per upper neuron and image: on the widest families it
+# checks the steps of the top taps only (their parents below are cut, without parents of their own)
+REFERENCE_TOP = {"inception_v3": 4, "googlenet": 4, "wide_resnet": 6, "resnext": 8, "squeezenet": 10,
+                 "mnasnet": 8, "maxvit": 8}
 
 
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("family", REFERENCE_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_family_graph_equals_the_reference(family, rule):
     model = zm.build(family)
     x = zm.images(family, 3)
     target = _target(model, x)
     res = ssa.analyse(model, x, target, BRANCHING, rule=rule, selector="tukey")
-    ref_taps = _reference_taps(model, x, res.taps)
-    assert not isinstance(ref_taps, str), ref_taps
-    want_parents = _cut_parents(model, x, ref_taps)
-    assert {t.name: tuple(sorted(t.parents)) for t in ref_taps} == want_parents
+    taps = res.taps
+    top = {t.name for t in taps[len(taps) - REFERENCE_TOP.get(family, len(taps)):]}
+    kept = top | {p for t in taps if t.name in top for p in t.parents}
+    ref_taps = tuple(r if r.name in top else RefTap(r.name, r.module, r.call, r.channel_axis, (), r.op)
+                     for r in _reference_taps(model, x, [t for t in taps if t.name in kept]))
+    cut_parents = _cut_parents(model, x, ref_taps)
+    assert {t.name: tuple(sorted(t.parents)) for t in ref_taps if t.name in top} == \
+           {name: ps for name, ps in cut_parents.items() if name in top}
     want_named = reference_ssa(model, x, ref_taps, target, BRANCHING, rule)
-    order = {t.name: t.order for t in res.taps}
+    order = {t.name: t.order for t in taps}
     want = {(order[u], n, order[v], k): val for (u, n, v, k), val in want_named.items()}
-    _assert_same(_by_order(res), want)
+    got = {key: val for key, val in _by_order(res).items() if key[0] in {order[n] for n in top}}
+    _assert_same(got, want)
+    assert len(want) >= 6, len(want)
 
 
 # --- the dynamo exporter --------------------------------------------------------------------------------------
