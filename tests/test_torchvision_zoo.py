@@ -35,16 +35,25 @@ from . import zoo_models as zm
 N_IMAGES = 4
 BRANCHING = 2
 RULES = ("gradient", "gradient_x_activation")
-QUICK = ("resnet", "squeezenet", "mobilenet_v3")
+QUICK = ("mobilenet_v2", "convnext", "vit")  # a classic CNN, ConvNeXt (GELU, LayerNorm), a ViT: about 30 s
 # families the closed form does not cover in full (the share of steps it takes at least)
 FAST_SHARE = {"shufflenet_v2": 0.9}
-XFAIL: dict[str, str] = {}
+# where the slow reference cannot cut a tap as ssa does (a limit of the reference, not of ssa)
+REFERENCE_XFAIL = {
+    "densenet": "the last tap is DenseNet's functional F.relu after `features`: no module's output and no "
+                "addition, the only cuts the reference makes",
+    "efficientnet_v2": "FusedMBConv adds its skip in place (`result += input`) to the output of its block's SiLU "
+                       "(a tap): the reference's cut makes that output a leaf, which autograd refuses to modify "
+                       "in place",
+    "maxvit": "two tensor additions of MaxViT's forward pass give the stream tap's value (add_12): the reference "
+              "counts additions and cannot tell which one ssa cut",
+}
 
 
-def _param(family: str):
+def _param(family: str, xfail: dict[str, str] | None = None):
     marks = [] if family in QUICK else [pytest.mark.slow]
-    if family in XFAIL:
-        marks.append(pytest.mark.xfail(strict=True, reason=XFAIL[family]))
+    if xfail and family in xfail:
+        marks.append(pytest.mark.xfail(strict=True, reason=xfail[family]))
     return pytest.param(family, marks=marks, id=family)
 
 
@@ -222,6 +231,9 @@ def _cut_parents(model: nn.Module, x: np.ndarray, taps: tuple[RefTap, ...]) -> d
     out = {}
     for i, t in enumerate(taps):
         below = [p.name for p in taps[:i]]
+        if not raw[t.name].requires_grad:  # no cut tap below it (the lowest taps the reference checks)
+            out[t.name] = ()
+            continue
         grads = torch.autograd.grad(raw[t.name].sum(), [leaf[p] for p in below], allow_unused=True,
                                     retain_graph=True) if below else ()
         out[t.name] = tuple(sorted(p for p, g in zip(below, grads, strict=True) if g is not None))
@@ -235,7 +247,7 @@ REFERENCE_TOP = {"inception_v3": 4, "googlenet": 4, "wide_resnet": 6, "resnext":
 
 
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [_param(f, REFERENCE_XFAIL) for f in zm.FAMILIES])
 def test_family_graph_equals_the_reference(family, rule):
     model = zm.build(family)
     x = zm.images(family, 3)
