@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 import ssa
@@ -290,3 +291,33 @@ def test_dynamo_export_gives_the_module_graph(family, tmp_path):
     want = ssa.analyse(model, x, target, BRANCHING, rule="gradient", selector="tukey")
     assert _structure(got.taps) == _structure(want.taps)
     _assert_same(_by_order(got), _by_order(want))
+
+
+# --- clamps with one bound (Swin v2): Clip with an omitted input ------------------------------------------------
+
+
+class _Clamps(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 4)
+        self.scale = nn.Parameter(torch.tensor(3.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        h = F.normalize(h, dim=1) * torch.clamp(self.scale, max=2.0)  # Clip(x, min, "") and Clip(x, "", max)
+        return self.fc(torch.clamp(h, max=0.3).mean((2, 3)))
+
+
+def test_clamps_with_one_bound_convert(tmp_path):
+    import onnx
+
+    model = _Clamps().eval()
+    x = zm.images("convnext", 4)[:, :, :8, :8]
+    path = om.export(model, x, tmp_path / "clamps.onnx")
+    clips = [list(n.input) for n in onnx.load(str(path)).graph.node if n.op_type == "Clip"]
+    assert any(i[1] == "" for i in clips) and any(i[-1] == "" for i in clips), clips  # what onnx2torch refused
+    net = ssa.load_model(str(path))
+    taps = net.prepare(x)
+    assert net.parity.ok, net.parity.text()
+    assert _structure(taps) == _structure(ssa.load_model(model).prepare(x))
