@@ -43,9 +43,6 @@ FAST_SHARE = {"shufflenet_v2": 0.9}
 REFERENCE_XFAIL = {
     "densenet": "the last tap is DenseNet's functional F.relu after `features`: no module's output and no "
                 "addition, the only cuts the reference makes",
-    "efficientnet_v2": "FusedMBConv adds its skip in place (`result += input`) to the output of its block's SiLU "
-                       "(a tap): the reference's cut makes that output a leaf, which autograd refuses to modify "
-                       "in place",
     "maxvit": "two tensor additions of MaxViT's forward pass give the stream tap's value (add_12): the reference "
               "counts additions and cannot tell which one ssa cut",
 }
