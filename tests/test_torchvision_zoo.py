@@ -10,7 +10,8 @@ Per family, through ONNX (opset 17, the TorchScript exporter, dynamic batch) and
 - the graph equals the slow reference's (:func:`ssa.testing.reference.reference_ssa`), both rules, where
   every tap is a module output or a residual addition (what the reference can cut).
 
-The families in ``QUICK`` run in ``make test-quick``; the others are ``slow``.
+The families in ``QUICK`` run in ``make test-quick``; the others are ``slow``. The dynamo exporter's test runs
+where onnxscript is installed. What each family gives: docs/zoo.md (scripts/zoo_table.py).
 """
 
 from __future__ import annotations
