@@ -18,7 +18,7 @@ import numpy as np
 from ssa.errors import InvalidInputError, ModelLoadError, UnsupportedModelError
 
 __all__ = ["OnnxModel", "OnnxInfo", "TensorInfo", "read_onnx", "input_shape_of", "check_converters",
-           "fold_constant_identities"]
+           "fold_constant_identities", "drop_omitted_inputs"]
 
 _TWO_GB = 2 * 1024**3
 
@@ -258,6 +258,28 @@ def fold_constant_identities(proto) -> int:
     return len(rename)
 
 
+def drop_omitted_inputs(proto) -> int:
+    """Drop the trailing omitted optional inputs (empty names) of every node, as ONNX allows.
+
+    torch's exporter writes ``Clip(x, min, "")`` for a clamp with a minimum only (``F.normalize`` in Swin v2)
+    and ``Clip(x, "", max)`` for a maximum only; onnx2torch takes the empty name for a tensor computed at run
+    time and refuses the node. The first loses its empty input, the second becomes ``Min(x, max)`` (the same
+    values). Returns how many inputs were dropped.
+    """
+    dropped = 0
+    for node in proto.graph.node:
+        while len(node.input) and node.input[-1] == "":
+            node.input.pop()
+            dropped += 1
+        if node.op_type == "Clip" and node.domain in ("", "ai.onnx") and len(node.input) == 3 \
+                and node.input[1] == "":
+            # a maximum only (Swin v2's torch.clamp(logit_scale, max=...)): Clip(x, "", hi) is Min(x, hi)
+            node.op_type = "Min"
+            del node.input[1]
+            dropped += 1
+    return dropped
+
+
 def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> OnnxModel:
     """Load, validate and prepare an ONNX file for analysis.
 
@@ -303,6 +325,7 @@ def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> On
         )
 
     fold_constant_identities(proto)
+    drop_omitted_inputs(proto)
     check_converters(proto, p.name)
     opset = _opset(proto)
     op_types: dict[str, int] = {}

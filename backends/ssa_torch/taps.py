@@ -82,7 +82,9 @@ def _channel_axes(graph: fx.Graph, kinds: dict[str, str], shapes: dict[str, tupl
             perm = perm_of(node, kind, modules, ndim)
             val = perm.index(first) if (perm is not None and first is not None and first in perm) else None
         elif kind in ("flatten", "reshape"):
-            val = 1 if ndim == 2 else None
+            src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+            val = 1 if ndim == 2 else (_kept_axis(shapes.get(src.name), shape, axis.get(src.name))
+                                       if src is not None else None)
         elif kind == "mean" and first is not None and node.all_input_nodes:
             reduced = mean_dims(node, len(shapes.get(node.all_input_nodes[0].name, ())) or ndim)
             if reduced is None or first in reduced[0]:
@@ -90,9 +92,24 @@ def _channel_axes(graph: fx.Graph, kinds: dict[str, str], shapes: dict[str, tupl
             else:
                 val = first if reduced[1] else first - sum(d < first for d in reduced[0])
         else:
-            val = first if (first is not None and first < ndim) else None
+            src = next((a for a in node.all_input_nodes if axis.get(a.name) is not None), None)
+            val = _kept_axis(shapes.get(src.name), shape, first) if src is not None else None
         axis[node.name] = val
     return axis
+
+
+def _kept_axis(src: tuple[int, ...] | None, shape: tuple[int, ...], a: int | None) -> int | None:
+    """Where channel axis ``a`` of a tensor shaped ``src`` is in a result shaped ``shape`` computed from it (an
+    op that keeps the shape, broadcasts, reshapes or resizes), when the axes up to it, or from it on, keep their
+    sizes; None when neither does."""
+    if src is None or a is None:
+        return None
+    if a < len(shape) and tuple(src[:a + 1]) == tuple(shape[:a + 1]):
+        return a  # the shape kept, or only the axes after the channels changed: (N, C, H, W) -> (N, C, H * W)
+    shift = len(shape) - len(src)
+    if a + shift >= 1 and tuple(src[a:]) == tuple(shape[a + shift:]):
+        return a + shift  # only the axes before them: (T * N, C) -> (T, N, C) in attention
+    return None
 
 
 def _feeds_norm(node: fx.Node, kinds: dict[str, str], stops: set[str]) -> bool:

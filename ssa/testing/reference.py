@@ -64,7 +64,7 @@ def run_cut(model: nn.Module, x: torch.Tensor, taps: Sequence[RefTap]
             raw[name] = output
             cut = output.detach().clone().requires_grad_(True)
             leaf[name] = cut
-            return cut
+            return cut.clone()  # the network reads a copy, which it may modify in place (x += skip)
 
         return hook
 
@@ -106,6 +106,7 @@ class _CutAdditions(TorchFunctionMode):
                 self.raw[name] = out
                 out = out.detach().clone().requires_grad_(True)
                 self.leaf[name] = out
+                out = out.clone()  # the network reads a copy, which it may modify in place
         return out
 
 
