@@ -22,40 +22,13 @@ from ssa.testing.reference import reference_ssa
 
 from . import any_models as am
 from . import onnx_models as om
+from .graph_keys import assert_same_edges, edges_by_order, parents_by_order, predicted_class
 
 pytest.importorskip("timm")
 
 N_IMAGES = 8
 BRANCHING = 2
 RULES = ("gradient", "gradient_x_activation")
-
-
-def _target(model: nn.Module, x: np.ndarray) -> int:
-    with torch.no_grad():
-        return int(model(torch.from_numpy(x)).argmax(1)[0])
-
-
-def _by_order(result) -> dict[tuple[int, int, int, int], tuple[int, float]]:
-    g = result.graph
-    order = {t.name: t.order for t in result.taps}
-    out = {}
-    for u, v, d in g.edges(data=True):
-        nu, nv = g.nodes[u], g.nodes[v]
-        out[(order[nu["tap"]], nu["neuron"], order[nv["tap"]], nv["neuron"])] = (d["frequency"], d["relevance"])
-    return out
-
-
-def _structure(taps) -> list[tuple]:
-    order = {t.name: t.order for t in taps}
-    return [(t.order, t.channel_axis, tuple(sorted(order[p] for p in t.parents))) for t in taps]
-
-
-def _assert_same(got: dict, want: dict) -> None:
-    assert set(got) == set(want), f"only in ssa: {sorted(set(got) - set(want))}; only in the other: " \
-                                  f"{sorted(set(want) - set(got))}"
-    for key, (freq, rel) in want.items():
-        assert got[key][0] == freq, key
-        assert got[key][1] == pytest.approx(rel, rel=1e-4, abs=1e-7), key
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +50,7 @@ def test_taps_are_the_gelus_and_the_streams(family):
     ref = am.reference_taps(family)
     want = [(i, t.channel_axis, tuple(sorted(j for j, p in enumerate(ref) if p.name in t.parents)))
             for i, t in enumerate(ref)]
-    assert _structure(taps) == want
+    assert parents_by_order(taps) == want
     kinds = [t.kind for t in taps]
     assert kinds == ["stream" if r.op == "add" else ("logits" if r.name == "logits" else "activation") for r in ref]
 
@@ -87,13 +60,13 @@ def test_taps_are_the_gelus_and_the_streams(family):
 def test_graph_equals_the_reference(family, rule):
     model = am.build(family)
     x = am.images(N_IMAGES)
-    target = _target(model, x)
+    target = predicted_class(model, x)
     res = ssa.analyse(model, x, target, BRANCHING, rule=rule, selector="tukey")
     ref_taps = am.reference_taps(family)
     want_named = reference_ssa(model, x, ref_taps, target, BRANCHING, rule)
     order = {t.name: i for i, t in enumerate(ref_taps)}
     want = {(order[u], n, order[v], k): val for (u, n, v, k), val in want_named.items()}
-    _assert_same(_by_order(res), want)
+    assert_same_edges(edges_by_order(res), want)
     assert res.graph.number_of_nodes() >= 6, res.graph.number_of_nodes()
 
 
@@ -102,15 +75,15 @@ def test_graph_equals_the_reference(family, rule):
 def test_onnx_export_gives_the_module_graph(family, opset, exported):
     model = am.build(family)
     x = am.images(N_IMAGES)
-    target = _target(model, x)
+    target = predicted_class(model, x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         got = ssa.analyse(str(exported[family, opset]), x, target, BRANCHING, rule="gradient", selector="tukey")
     want = ssa.analyse(model, x, target, BRANCHING, rule="gradient", selector="tukey")
-    assert _structure(got.taps) == _structure(want.taps)
+    assert parents_by_order(got.taps) == parents_by_order(want.taps)
     assert [t.op for t in got.taps if t.kind == "activation"] == ["GELU"] * sum(t.kind == "activation"
                                                                                 for t in got.taps)
-    _assert_same(_by_order(got), _by_order(want))
+    assert_same_edges(edges_by_order(got), edges_by_order(want))
 
 
 # --- GELU and Mish written out: one activation each -----------------------------------------------------------
@@ -186,7 +159,7 @@ def test_shufflenet_channel_split_takes_the_closed_form(tmp_path):
     model = om.heavy_tail_(torchvision.models.shufflenet_v2_x0_5(num_classes=10), 2)
     x = am.images(6, size=48)
     path = om.export(model, x, tmp_path / "shufflenet.onnx")
-    target = _target(model, x)
+    target = predicted_class(model, x)
     results = {}
     for source in (model, str(path)):
         net = ssa.load_model(source)
@@ -197,8 +170,8 @@ def test_shufflenet_channel_split_takes_the_closed_form(tmp_path):
         results[type(source).__name__] = ssa.analyse(source, x, target, 2, engine="auto", rule="gradient",
                                                      selector="tukey")
     auto = ssa.analyse(model, x, target, 2, engine="autograd", rule="gradient", selector="tukey")
-    _assert_same(_by_order(results["ShuffleNetV2"]), _by_order(auto))
-    _assert_same(_by_order(results["str"]), _by_order(auto))
+    assert_same_edges(edges_by_order(results["ShuffleNetV2"]), edges_by_order(auto))
+    assert_same_edges(edges_by_order(results["str"]), edges_by_order(auto))
     assert results["str"].graph.number_of_nodes() >= 10
 
 
@@ -220,7 +193,7 @@ def test_conv1d_net_by_the_closed_form_equals_the_reference(rule, tmp_path):
 
     model = _conv1d_net()
     x = np.random.default_rng(1).standard_normal((16, 3, 32)).astype(np.float32)
-    target = _target(model, x)
+    target = predicted_class(model, x)
     ref_taps = (RefTap("2", "2"), RefTap("5", "5", 0, 1, ("2",)), RefTap("8", "8", 0, 1, ("5",)),
                 RefTap("12", "12", 0, 1, ("8",)), RefTap("logits", "13", 0, 1, ("12",)))
     want = reference_ssa(model, x, ref_taps, target, BRANCHING, rule)
@@ -232,7 +205,7 @@ def test_conv1d_net_by_the_closed_form_equals_the_reference(rule, tmp_path):
         net.prepare(x)
         assert all(v.startswith("fast") for v in net.describe_steps().values()), net.describe_steps()
         res = ssa.analyse(source, x, target, BRANCHING, rule=rule, selector="tukey", engine="auto")
-        _assert_same(_by_order(res), want_by_order)
+        assert_same_edges(edges_by_order(res), want_by_order)
     assert len(want) >= 6
 
 
@@ -269,4 +242,4 @@ def test_every_activation_is_a_tap_through_onnx(opset, tmp_path):
     assert [t.op for t in onnx_taps] == [written.get(t.op, t.op) for t in module_taps]
     assert [t.op for t in module_taps] == ["ReLU", "GELU", "GELU", "SiLU", "Hardswish", "Mish", "ELU", "SELU",
                                            "LeakyReLU", "ReLU6", "Softplus", "CELU", "Linear"]
-    assert _structure(onnx_taps) == _structure(module_taps)
+    assert parents_by_order(onnx_taps) == parents_by_order(module_taps)

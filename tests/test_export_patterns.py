@@ -15,6 +15,7 @@ import ssa
 from ssa.testing.reference import reference_ssa
 
 from .export_patterns import PATTERNS, build_pattern
+from .graph_keys import edges_by_order
 from .test_fast import _omega_close
 
 NAMES = list(PATTERNS)
@@ -64,16 +65,6 @@ def test_omega_equals_autograd_step_by_step(patterns, name, form):
     assert _omega_close(net, x, form) >= sum(len(t.parents) for t in net.taps) // 2
 
 
-def _relabel_ssa(result):
-    g = result.graph
-    order = {t.name: t.order for t in result.taps}
-    out = {}
-    for u, v, d in g.edges(data=True):
-        nu, nv = g.nodes[u], g.nodes[v]
-        out[(order[nu["tap"]], nu["neuron"], order[nv["tap"]], nv["neuron"])] = (d["frequency"], d["relevance"])
-    return out
-
-
 def _relabel_reference(edges, taps):
     order = {t.name: i for i, t in enumerate(taps)}
     return {(order[u], n, order[lo], k): v for (u, n, lo, k), v in edges.items()}
@@ -87,7 +78,7 @@ def test_graph_equals_the_slow_reference(patterns, name, rule):
     got = ssa.analyse(str(p.path), x, p.target, 2, rule=rule, selector="tukey")
     assert got.engines and all(v == "fast" for v in got.engines.values()), got.engines
     want = _relabel_reference(reference_ssa(p.model, x, p.taps, p.target, 2, rule), p.taps)
-    have = _relabel_ssa(got)
+    have = edges_by_order(got)
     assert len(want) >= 3 and len({key[0] for key in want}) >= 2, "the reference graph should not be trivial"
     assert set(have) == set(want), (sorted(set(have) - set(want)), sorted(set(want) - set(have)))
     for key, (freq, rel) in want.items():

@@ -33,6 +33,7 @@ from ssa.testing.reference import reference_ssa, run_cut
 
 from . import onnx_models as om
 from . import zoo_models as zm
+from .graph_keys import assert_same_edges, edges_by_order, parents_by_order, predicted_class
 
 N_IMAGES = 4
 BRANCHING = 2
@@ -60,34 +61,6 @@ def _param(family: str):
 FAMILIES = [_param(f) for f in zm.FAMILIES]
 
 
-def _target(model: nn.Module, x: np.ndarray) -> int:
-    with torch.no_grad():
-        return int(model(torch.from_numpy(x)).argmax(1)[0])
-
-
-def _structure(taps) -> list[tuple]:
-    order = {t.name: t.order for t in taps}
-    return [(t.order, t.channel_axis, tuple(sorted(order[p] for p in t.parents))) for t in taps]
-
-
-def _by_order(result) -> dict[tuple[int, int, int, int], tuple[int, float]]:
-    g = result.graph
-    order = {t.name: t.order for t in result.taps}
-    out = {}
-    for u, v, d in g.edges(data=True):
-        nu, nv = g.nodes[u], g.nodes[v]
-        out[(order[nu["tap"]], nu["neuron"], order[nv["tap"]], nv["neuron"])] = (d["frequency"], d["relevance"])
-    return out
-
-
-def _assert_same(got: dict, want: dict) -> None:
-    assert set(got) == set(want), f"only in ssa: {sorted(set(got) - set(want))[:5]}; only in the other: " \
-                                  f"{sorted(set(want) - set(got))[:5]}"
-    for key, (freq, rel) in want.items():
-        assert got[key][0] == freq, key
-        assert got[key][1] == pytest.approx(rel, rel=1e-4, abs=1e-7), key
-
-
 def _fast_share(net) -> float:
     steps = net.describe_steps()
     return sum(v.startswith("fast") for v in steps.values()) / max(len(steps), 1)
@@ -108,7 +81,7 @@ def _export(family: str, model: nn.Module, x: np.ndarray, root: Path) -> Path:
 def test_family_through_onnx_and_as_a_module(family, tmp_path):
     model = zm.build(family)
     x = zm.images(family, N_IMAGES)
-    target = _target(model, x)
+    target = predicted_class(model, x)
     path = _export(family, model, x, tmp_path)
     module_net = ssa.load_model(model)
     module_taps = module_net.prepare(x)
@@ -117,7 +90,7 @@ def test_family_through_onnx_and_as_a_module(family, tmp_path):
         onnx_net = ssa.load_model(str(path))
         onnx_taps = onnx_net.prepare(x)
     assert onnx_net.parity_converted.ok and onnx_net.parity.ok, onnx_net.parity.text()
-    assert _structure(onnx_taps) == _structure(module_taps)
+    assert parents_by_order(onnx_taps) == parents_by_order(module_taps)
     if family in zm.CLASSIC:
         for net in (module_net, onnx_net):
             assert _fast_share(net) >= FAST_SHARE.get(family, 1.0), net.closed_form_summary()
@@ -126,7 +99,7 @@ def test_family_through_onnx_and_as_a_module(family, tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             results.append(ssa.analyse(source, x, target, BRANCHING, rule="gradient", selector="tukey"))
-    _assert_same(_by_order(results[1]), _by_order(results[0]))
+    assert_same_edges(edges_by_order(results[1]), edges_by_order(results[0]))
     below = [n for n, d in results[0].graph.nodes(data=True) if d["tap"] != "logits"]
     assert len(below) >= 10, len(below)
 
@@ -261,7 +234,7 @@ def _reference_param(family: str, rule: str):
 def test_family_graph_equals_the_reference(family, rule):
     model = zm.build(family)
     x = zm.images(family, 3)
-    target = _target(model, x)
+    target = predicted_class(model, x)
     res = ssa.analyse(model, x, target, BRANCHING, rule=rule, selector="tukey")
     taps = res.taps
     top = {t.name for t in taps[len(taps) - REFERENCE_TOP.get(family, len(taps)):]}
@@ -274,8 +247,8 @@ def test_family_graph_equals_the_reference(family, rule):
     want_named = reference_ssa(model, x, ref_taps, target, BRANCHING, rule)
     order = {t.name: t.order for t in taps}
     want = {(order[u], n, order[v], k): val for (u, n, v, k), val in want_named.items()}
-    got = {key: val for key, val in _by_order(res).items() if key[0] in {order[n] for n in top}}
-    _assert_same(got, want)
+    got = {key: val for key, val in edges_by_order(res).items() if key[0] in {order[n] for n in top}}
+    assert_same_edges(got, want)
     assert len(want) >= 6, len(want)
 
 
@@ -289,7 +262,7 @@ def test_dynamo_export_gives_the_module_graph(family, tmp_path):
         pytest.skip("the dynamo exporter needs onnxscript, which is not installed")
     model = zm.build(family)
     x = zm.images(family, N_IMAGES)
-    target = _target(model, x)
+    target = predicted_class(model, x)
     path = tmp_path / f"{family}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -298,8 +271,8 @@ def test_dynamo_export_gives_the_module_graph(family, tmp_path):
                           dynamic_shapes=({0: torch.export.Dim("batch")},))
         got = ssa.analyse(str(path), x, target, BRANCHING, rule="gradient", selector="tukey")
     want = ssa.analyse(model, x, target, BRANCHING, rule="gradient", selector="tukey")
-    assert _structure(got.taps) == _structure(want.taps)
-    _assert_same(_by_order(got), _by_order(want))
+    assert parents_by_order(got.taps) == parents_by_order(want.taps)
+    assert_same_edges(edges_by_order(got), edges_by_order(want))
 
 
 # --- clamps with one bound (Swin v2): Clip with an omitted input ------------------------------------------------
@@ -329,4 +302,4 @@ def test_clamps_with_one_bound_convert(tmp_path):
     net = ssa.load_model(str(path))
     taps = net.prepare(x)
     assert net.parity.ok, net.parity.text()
-    assert _structure(taps) == _structure(ssa.load_model(model).prepare(x))
+    assert parents_by_order(taps) == parents_by_order(ssa.load_model(model).prepare(x))
