@@ -16,7 +16,7 @@ whose values are not all in the flat part of the activation). The fused node is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -38,16 +38,18 @@ _FORMS: dict[str, tuple[tuple[str, Callable[[], nn.Module], Callable[[torch.Tens
 }
 
 
-def _above(node: fx.Node, computed: set[str]) -> list[fx.Node]:
-    """Computed nodes up to ``_DEPTH`` steps above ``node``, nearest first."""
+def _nearby(node: fx.Node, step: Callable[[fx.Node], Iterable[fx.Node]], keep: Callable[[fx.Node], bool]
+            ) -> list[fx.Node]:
+    """Nodes up to ``_DEPTH`` ``step``s from ``node`` that ``keep`` accepts (the walk goes on through them
+    only), nearest first."""
     out: list[fx.Node] = []
     frontier = [node]
     seen = {node.name}
     for _ in range(_DEPTH):
         nxt = []
         for n in frontier:
-            for a in n.all_input_nodes:
-                if a.name in computed and a.name not in seen:
+            for a in step(n):
+                if a.name not in seen and keep(a):
                     seen.add(a.name)
                     out.append(a)
                     nxt.append(a)
@@ -55,21 +57,14 @@ def _above(node: fx.Node, computed: set[str]) -> list[fx.Node]:
     return out
 
 
+def _above(node: fx.Node, computed: set[str]) -> list[fx.Node]:
+    """Computed nodes up to ``_DEPTH`` steps above ``node``, nearest first."""
+    return _nearby(node, lambda n: n.all_input_nodes, lambda a: a.name in computed)
+
+
 def _below(node: fx.Node, kind_of: Callable[[fx.Node], str]) -> list[fx.Node]:
     """Arithmetic nodes up to ``_DEPTH`` steps below ``node``, nearest first."""
-    out: list[fx.Node] = []
-    frontier = [node]
-    seen = {node.name}
-    for _ in range(_DEPTH):
-        nxt = []
-        for n in frontier:
-            for u in n.users:
-                if u.name not in seen and kind_of(u) in ARITHMETIC:
-                    seen.add(u.name)
-                    out.append(u)
-                    nxt.append(u)
-        frontier = nxt
-    return out
+    return _nearby(node, lambda n: n.users, lambda u: kind_of(u) in ARITHMETIC)
 
 
 def _equal(y: torch.Tensor, expected: torch.Tensor) -> bool:
