@@ -148,8 +148,11 @@ ARRAY_API = {"array_libraries"}
 BROKEN["sorted_cuts"] = lambda self, rows: _tukey(rows)
 # a loosening hint of two lines: a stop note is one line
 BROKEN["loosen_hint"] = lambda self, rows: _tukey(rows)
+# a curve sweep of a parameter the selector does not have
+BROKEN["sweep"] = lambda self, rows: _tukey(rows)
 METHODS = {"sorted_cuts": {"sorted_cuts": lambda self, n, column: (column(n // 2), None)},
-           "loosen_hint": {"loosen_hint": lambda self: "--selector-param k=1\nor another selector"}}
+           "loosen_hint": {"loosen_hint": lambda self: "--selector-param k=1\nor another selector"},
+           "sweep": {"sweep": ("threshold", (1.0, 2.0))}}
 
 
 def test_every_check_has_a_broken_selector() -> None:

@@ -142,6 +142,7 @@ class TukeySelector(_CutSelector):
     """
 
     name = "tukey"
+    sweep = ("k", (0.5, 1.0, 3.0, 6.0))  # the values ssa evaluate --curves tries besides the default
     description = "Tukey's fences: omega > Q3 + k*IQR (the paper's; k = 1.5)"
     array_api = True
     parameters: ClassVar[Mapping[str, Param]] = {
@@ -172,6 +173,7 @@ class ZScoreSelector(Selector):
     """
 
     name = "zscore"
+    sweep = ("threshold", (1.0, 2.0, 4.0, 6.0))  # the values ssa evaluate --curves tries besides the default
     description = "z-score: (omega - mean)/std > threshold (default 3)"
     array_api = True
     parameters: ClassVar[Mapping[str, Param]] = {
@@ -208,6 +210,7 @@ class MADSelector(Selector):
     """
 
     name = "mad"
+    sweep = ("threshold", (1.5, 2.5, 5.0, 8.0))  # the values ssa evaluate --curves tries besides the default
     description = "modified z-score 0.6745*(omega - median)/MAD > threshold (default 3.5)"
     array_api = True
     parameters: ClassVar[Mapping[str, Param]] = {
@@ -275,6 +278,7 @@ class PercentileSelector(_CutSelector):
     """Outlier iff omega is strictly above the q-th percentile of its row (and positive)."""
 
     name = "percentile"
+    sweep = ("q", (90.0, 95.0, 99.5, 99.9))  # the values ssa evaluate --curves tries besides the default
     description = "omega > q-th percentile of the row and > 0 (default q = 99)"
     array_api = True
     parameters: ClassVar[Mapping[str, Param]] = {
@@ -305,6 +309,7 @@ class TopKSelector(_CutSelector):
     """
 
     name = "topk"
+    sweep = ("k", (1, 2, 10, 20))  # the values ssa evaluate --curves tries besides the default
     description = "the k largest positive entries of each row, ties at the k-th place dropped (default k = 5)"
     array_api = True
     parameters: ClassVar[Mapping[str, Param]] = {

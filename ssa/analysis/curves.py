@@ -6,7 +6,8 @@ that no single threshold decides. Here:
 
 * a curve belongs to one class, rule, selector and ablation; its points are the graphs built (on the build
   images) with every branching factor of :data:`BRANCHINGS` (the selector's parameters as given), and with
-  every value of the selector's main parameter in :data:`MAIN_PARAMETERS` at the table's branching factor;
+  every value of the main parameter the selector declares (:attr:`ssa.core.interfaces.Selector.sweep`) at
+  the table's branching factor;
 * a point's **size** is the share of the neurons in scope that the graph keeps (all its nodes, every tap
   below the logits down to ``stop_at``); its **sufficiency** is the ``recovered`` share of the class logit
   with only the graph's neurons kept (:mod:`ssa.analysis.ablation`: 1 = the full model, 0 = every neuron in
@@ -35,22 +36,13 @@ from ssa.analysis.ablation import Interval, Scorer, interval
 from ssa.analysis.faithfulness import measure
 from ssa.core.interfaces import Selector
 from ssa.errors import InvalidInputError
+from ssa.plugins import make_selector
 from ssa.session import Session
 
-__all__ = ["BRANCHINGS", "MAIN_PARAMETERS", "CurvePoint", "Areas", "sweep", "areas", "CURVE_COLUMNS",
+__all__ = ["BRANCHINGS", "CurvePoint", "Areas", "sweep", "areas", "CURVE_COLUMNS",
            "curve_records", "read_curves"]
 
 BRANCHINGS = (1, 2, 3, 4, 6, 8)
-MAIN_PARAMETERS: dict[str, tuple[str, tuple[float, ...]]] = {
-    "tukey": ("k", (0.5, 1.0, 3.0, 6.0)),
-    "mad": ("threshold", (1.5, 2.5, 5.0, 8.0)),
-    "zscore": ("threshold", (1.0, 2.0, 4.0, 6.0)),
-    "percentile": ("q", (90.0, 95.0, 99.5, 99.9)),
-    "topk": ("k", (1, 2, 10, 20)),
-}
-"""The selector's main parameter and the values swept (besides its default) at the table's branching factor."""
-
-
 @dataclass(frozen=True)
 class CurvePoint:
     """One graph of a curve: how it was built, its size and its sufficiency (with the random sets')."""
@@ -94,9 +86,9 @@ def _settings(selector: str | Selector | None, params: Mapping[str, Any] | None,
     """(parameter, value, b, selector parameters) of every point."""
     base = dict(params or {})
     out = [("b", float(b), b, base) for b in BRANCHINGS]
-    name = selector if selector is None or isinstance(selector, str) else selector.name
-    if name in MAIN_PARAMETERS:
-        pname, values = MAIN_PARAMETERS[name]
+    declared = None if selector is None else make_selector(selector, **base).sweep  # the selector's own
+    if declared is not None:
+        pname, values = declared
         if pname not in base:  # a parameter the caller fixed is not swept
             out += [(pname, float(v), branching, {**base, pname: v}) for v in values]
     return out

@@ -33,6 +33,10 @@ class Selector(Configurable, ABC):
     #: ``xp.*`` inside) and so runs on the backend's arrays and device (a GPU). False (the default):
     #: ``rows`` is a float64 numpy array; the core converts at the boundary.
     array_api: ClassVar[bool] = False
+    #: the selector's main parameter and the values ``ssa evaluate --curves`` sweeps it over (besides its
+    #: default) to vary the circuit's size, e.g. ``("k", (0.5, 1.0, 3.0, 6.0))``; None (the default): only the
+    #: branching factor is swept
+    sweep: ClassVar[tuple[str, tuple[float, ...]] | None] = None
 
     @abstractmethod
     def select(self, rows: np.ndarray) -> np.ndarray:

@@ -31,6 +31,8 @@ What is checked (method doc, section 3, STEP 2; ``Selector.select``'s docstring)
 * ``sorted_cuts``: a selector with sorted cuts labels every row exactly as its cuts say;
 * ``loosen_hint``: :meth:`~ssa.core.interfaces.Selector.loosen_hint` returns None or one line of text (what a
   stop note suggests when the selector keeps nothing at a step).
+* ``sweep``: :attr:`~ssa.core.interfaces.Selector.sweep` is None, or names one of the selector's parameters
+  with a non-empty tuple of values it accepts (what ``ssa evaluate --curves`` tries).
 
 Each check runs with the selector's own parameters and, when the selector has
 ``two_sided``, also with ``two_sided`` flipped.
@@ -351,6 +353,25 @@ def _check_loosen_hint(sel: Selector) -> list[str]:
     return []
 
 
+def _check_sweep(sel: Selector) -> list[str]:
+    """``sweep`` is None or (one of the selector's parameters, a non-empty tuple of values it accepts)."""
+    sweep = type(sel).sweep
+    if sweep is None:
+        return []
+    if not (isinstance(sweep, tuple) and len(sweep) == 2 and isinstance(sweep[1], tuple) and sweep[1]):
+        return [f"sweep must be None or (parameter, (value, ...)), got {sweep!r}"]
+    name, values = sweep
+    if name not in type(sel).parameters:
+        return [f"sweep names {name!r}, which is not one of the parameters {sorted(type(sel).parameters)}"]
+    fails = []
+    for value in values:
+        try:
+            type(sel)(**{**sel.params, name: value})
+        except Exception as exc:  # noqa: BLE001 - a value the selector refuses is the failure
+            fails.append(f"sweep value {name}={value!r} is refused: {exc}")
+    return fails
+
+
 CHECKS: dict[str, Callable[[Selector], list[str]]] = {
     "shape": _check_shape,
     "dtype": _check_dtype,
@@ -368,6 +389,7 @@ CHECKS: dict[str, Callable[[Selector], list[str]]] = {
     "array_libraries": _check_array_libraries,
     "sorted_cuts": _check_sorted_cuts,
     "loosen_hint": _check_loosen_hint,
+    "sweep": _check_sweep,
 }
 
 

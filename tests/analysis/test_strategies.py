@@ -8,10 +8,11 @@ import gc
 import numpy as np
 import pytest
 import torch
+from ssa_selectors.selectors import TopKSelector, TukeySelector
 from ssa_torch.network import TorchNetwork
 
 from ssa.analysis.ablation import Interval
-from ssa.analysis.curves import BRANCHINGS, CURVE_COLUMNS, MAIN_PARAMETERS, CurvePoint, areas
+from ssa.analysis.curves import BRANCHINGS, CURVE_COLUMNS, CurvePoint, areas
 from ssa.analysis.faithfulness import faithfulness
 from ssa.analysis.split import split_images
 from ssa.analysis.strategies import (
@@ -306,7 +307,7 @@ def test_every_curve_point_is_the_faithfulness_of_a_graph_built_on_the_build_hal
     build, score = class_split(session, 3, None, "auto", 0)
     assert row.faithfulness.layers == ()
     assert [(p.parameter, p.value) for p in row.curve] == [("b", b) for b in BRANCHINGS] + [
-        ("k", k) for k in MAIN_PARAMETERS["tukey"][1]]
+        ("k", k) for k in TukeySelector.sweep[1]]
     for p in (row.curve[0], row.curve[-1]):
         params = {} if p.parameter == "b" else {"k": p.value}
         b = int(p.value) if p.parameter == "b" else 3
@@ -331,6 +332,6 @@ def test_cli_curves_write_the_csv_and_the_figure(tmp_path, capsys) -> None:
     with open(out, newline="") as fh:
         table = list(csv.DictReader(fh))
     assert tuple(table[0]) == CURVE_COLUMNS
-    assert len(table) == 2 * (len(BRANCHINGS) + len(MAIN_PARAMETERS["topk"][1]))
+    assert len(table) == 2 * (len(BRANCHINGS) + len(TopKSelector.sweep[1]))
     assert {r["ablation"] for r in table} == {"zero", "resample"}
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
