@@ -102,7 +102,11 @@ def test_gates_and_linear_chains_equal_autograd_per_step(name, form):
 def test_check_prints_the_summary_line(capsys, tmp_path):
     assert main(["check", "digits", "--images", "digits"]) == 0
     out = capsys.readouterr().out
-    assert out.rstrip().splitlines()[-1] == "4 of 4 steps by the closed form"
+    lines = out.rstrip().splitlines()
+    # the summary, then the op families each engine took and the seconds per stage (issue 19, item 8)
+    assert lines[-3] == "4 of 4 steps by the closed form"
+    assert lines[-2].startswith("ops by engine: closed form: ") and "autograd" not in lines[-2]
+    assert lines[-1].startswith("time: loading ")
 
 
 class _SiLUNet(torch.nn.Module):
