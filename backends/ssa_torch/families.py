@@ -20,10 +20,10 @@ from .kinds import SHAPE_ONLY, target_name
 from .segments import segment_of
 from .taps import TapPlan
 
-__all__ = ["ENGINES", "engine_families", "families_text", "check_lines", "time_statistics", "seconds_text"]
+__all__ = ["ENGINE_KINDS", "engine_families", "families_text", "check_lines", "time_statistics", "seconds_text"]
 
-#: the engines, in the order they are reported
-ENGINES = ("closed form", "autograd")
+#: how a step is computed, in the order `ssa check` reports them (not the `--engine` choices, ssa.core.options)
+ENGINE_KINDS = ("closed form", "autograd")
 #: kinds that compute nothing a user would look for (moves, casts, shapes)
 _SILENT = SHAPE_ONLY | {"meta", "cast", "constant", "identity"}
 
@@ -36,11 +36,11 @@ def engine_families(gm: fx.GraphModule, plan: TapPlan, closed_form: Any) -> dict
     """
     modules = dict(gm.named_modules())
     by_name = {n.name: n for n in gm.graph.nodes}
-    out: dict[str, dict[str, int]] = {engine: {} for engine in ENGINES}
+    out: dict[str, dict[str, int]] = {engine: {} for engine in ENGINE_KINDS}
     for tap in plan.taps:
         if not tap.parents:
             continue
-        counts = out[ENGINES[0] if closed_form.covers(tap.name) else ENGINES[1]]
+        counts = out[ENGINE_KINDS[0] if closed_form.covers(tap.name) else ENGINE_KINDS[1]]
         for name in segment_of(gm, plan, tap.name).nodes:
             node = by_name[name]
             if node.op in ("get_attr", "placeholder", "output"):
@@ -57,7 +57,7 @@ def families_text(families: Mapping[str, Mapping[str, int]], max_families: int =
     """``"closed form: conv x53, relu x49; autograd: layernorm x12, softmax x6 (attention)"``; a softmax in the
     same engine as a matrix product is marked as attention."""
     parts = []
-    for engine in ENGINES:
+    for engine in ENGINE_KINDS:
         fams = families.get(engine)
         if not fams:
             continue
