@@ -212,6 +212,20 @@ function placeTapLabels() {
   app.tapLabels = labels;
 }
 
+// resolves once `node` has a width: sigma refuses a container without one
+function laidOut(node) {
+  if (node.offsetWidth > 0) return Promise.resolve();
+  return new Promise((resolve) => {
+    const seen = new ResizeObserver(() => {
+      if (node.offsetWidth > 0) {
+        seen.disconnect();
+        resolve();
+      }
+    });
+    seen.observe(node);
+  });
+}
+
 async function selectClass(i) {
   const idx = app.index;
   app.cls = i;
@@ -223,6 +237,7 @@ async function selectClass(i) {
   app.graph = makeGraph(data);
   const big = data.edges.length > 5000;
   if (!app.sigma) {
+    await laidOut($("#graph")); // a page in an iframe (a notebook's output) may start before it has a size
     app.sigma = new Sigma(app.graph, $("#graph"), {
       nodeReducer, edgeReducer, zIndex: true, renderEdgeLabels: false, enableEdgeEvents: false,
       labelRenderedSizeThreshold: 9, labelSize: 11, labelFont: "system-ui, sans-serif",
