@@ -130,3 +130,25 @@ def test_fast_math_does_nothing_on_the_cpu():
     fast = ssa.analyse(case.build(), images, 0, 3, fast_math=True)
     assert "fast_math" not in fast.graph.graph
     assert sorted(fast.graph.edges(data=True)) == sorted(exact.graph.edges(data=True))
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=lambda c: c.name)
+def test_channels_last_statistics_equal_the_contiguous_ones(monkeypatch, case):
+    """The channels-last statistics forward (CUDA with SSA_CHANNELS_LAST=1) runs on the CPU here: same keys, shapes
+    and values (float32 sums in another order: close, not bit-equal), and the layout is really channels-last."""
+    net = ssa.load_model(case.build())
+    images = case.images(6)
+    net.prepare(images)
+    forms = ("gradient", "gradient_x_activation")
+    plain = {f: net.collect(images, [f]) for f in forms}
+    monkeypatch.setattr(host, "_on_cuda", lambda device: True)
+    monkeypatch.setenv("SSA_CHANNELS_LAST", "1")
+    x = host.statistics_input(torch.zeros(2, 3, 8, 8), "cpu")
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored by both
+    for f in forms:
+        nhwc = net.collect(images, [f])
+        assert nhwc.keys() == plain[f].keys()
+        for k, v in plain[f].items():
+            assert nhwc[k].shape == v.shape, k
+            torch.testing.assert_close(nhwc[k], v, rtol=1e-4, atol=1e-5, msg=k)

@@ -22,7 +22,7 @@ from ssa.core.stages import StageTimes
 from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
 from .closed_form.terms import rank1_rows
 from .families import check_lines
-from .host import exact_arithmetic
+from .host import exact_arithmetic, statistics_input
 from .interpreters import ModelCodeInterpreter
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ class ClosedFormSteps:
         interp = _StatsRun(self.graph_module, self.plan, self.closed_form, tuple(forms))
         interp.args_batch = len(batch)
         with torch.no_grad(), exact_arithmetic(self.device):
-            interp.run(self.to_tensor(batch))
+            interp.run(statistics_input(self.to_tensor(batch), self.device))  # channels-last where chosen
         return {k: v.float() for k, v in interp.stats.items()}
 
     def describe_steps(self) -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["HostCopy", "exact_arithmetic", "exact_entries", "tf32_allowed"]
+__all__ = ["HostCopy", "channels_last", "exact_arithmetic", "exact_entries", "statistics_input", "tf32_allowed"]
 
 
 class HostCopy:
@@ -128,3 +128,19 @@ def exact_arithmetic(device: str, *, fast_math: bool = False):
                 _set_precision(*saved[0])
                 torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1], saved[2]
                 torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])
+
+
+def channels_last(device: str) -> bool:
+    """Whether the statistics forward runs channels-last (NHWC) on ``device``: on CUDA with ``SSA_CHANNELS_LAST=1``.
+
+    Off by default until a GPU run shows it helps (``bash benchmarks/gpu_run.sh bench`` times both layouts); the
+    CPU layout is never changed. Only the input is converted: cuDNN then runs every convolution channels-last.
+    """
+    return _on_cuda(device) and os.environ.get("SSA_CHANNELS_LAST", "0") == "1"
+
+
+def statistics_input(x: torch.Tensor, device: str) -> torch.Tensor:
+    """The statistics forward's input in the layout :func:`channels_last` chooses (values unchanged)."""
+    if x.dim() == 4 and channels_last(device):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
