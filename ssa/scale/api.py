@@ -70,7 +70,8 @@ def analyse_to_folder(model: Any, images: Any, targets: str | Sequence[int], out
             images_hash = images_hash_of(source, memo, workers=decode_workers, progress=progress)
         jobs = build_jobs(job_model, candidates, [(method, Path(out_dir))], selection, images_hash,
                           batch_size=batch_size, engine=engine, store=str(Path(store).resolve()) if store else None,
-                          store_mode=store_mode, decode_workers=decode_workers, fast_math=run.fast_math)
+                          store_mode=store_mode, decode_workers=decode_workers,
+                          fast_math=run.fast_math and device.startswith("cuda"))  # no effect on the CPU
         if isinstance(runner, LocalRunner):
             runner.worker.adopt(job_model, network)  # the driver's network: loaded once in this process
         else:
