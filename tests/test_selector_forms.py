@@ -5,7 +5,8 @@ the threshold.
 
 The fast forms: numpy sorts each row once and reads both medians off the sorted row (the second from its two
 monotone runs, ``median_of_v_rows``); torch selects the middle values (``kthvalue``); either may be given the
-sorted rows (``select_sorted``).
+sorted rows (``select_sorted``). Both MAD and z-score label large numpy blocks by exact cuts on the values
+(``ssa_selectors.cuts``) instead of computing every score: forced here on small rows ("cuts"), and off ("plain").
 """
 
 from __future__ import annotations
@@ -13,9 +14,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from ssa_selectors import cuts
 
 from ssa.core.arrays import device_path
 from ssa.plugins import make_selector
+
+
+@pytest.fixture(params=["plain", "cuts"])
+def label_form(request, monkeypatch):
+    """The numpy labels by scores ("plain") or by cuts ("cuts", whatever the block's size)."""
+    if request.param == "cuts":
+        monkeypatch.setattr(cuts, "CUT_FORM_MIN_COLUMNS", 0)
+        monkeypatch.setattr(cuts, "CUT_FORM_MIN_VALUES", 0)
+    else:
+        monkeypatch.setattr(cuts, "CUT_FORM_MIN_COLUMNS", 1 << 62)
+    return request.param
 
 
 def plain_mad(rows: np.ndarray, threshold: float, two_sided: bool) -> np.ndarray:
@@ -89,7 +102,7 @@ def _labels(sel, rows: np.ndarray, form: str) -> np.ndarray:
 @pytest.mark.parametrize("kind", ["random", "integers", "sparse"])
 @pytest.mark.parametrize("K", [1, 2, 3, 8, 33, 64, 257])
 @pytest.mark.parametrize("two_sided", [False, True])
-def test_mad_fast_forms_equal_the_plain_formula(kind, K, two_sided):
+def test_mad_fast_forms_equal_the_plain_formula(kind, K, two_sided, label_form):
     rows = _rows(kind, K, seed=K)
     for threshold in (3.5, 1.0, 0.6745):  # 0.6745: integer rows land exactly on the threshold
         sel = make_selector("mad", threshold=threshold, two_sided=two_sided)
@@ -104,10 +117,10 @@ def test_mad_fast_forms_equal_the_plain_formula(kind, K, two_sided):
 @pytest.mark.parametrize("kind", ["random", "integers", "sparse"])
 @pytest.mark.parametrize("K", [1, 2, 3, 8, 33, 64, 257])
 @pytest.mark.parametrize("two_sided", [False, True])
-def test_zscore_equals_the_plain_formula(kind, K, two_sided):
-    """z-score uses no order statistic (a mean and a standard deviation): nothing to sort or select, so its one
-    form is checked against the formula; numpy and torch sum in other orders, so torch is compared where no
-    value lies within rounding of the threshold."""
+def test_zscore_equals_the_plain_formula(kind, K, two_sided, label_form):
+    """z-score uses no order statistic (a mean and a standard deviation): nothing to sort or select; its cut form
+    and its scores are checked against the formula. numpy and torch sum in other orders, so torch's labels are
+    compared where no value lies within rounding of the threshold (not on integer rows)."""
     rows = _rows(kind, K, seed=100 + K)
     for threshold in (3.0, 1.5):
         sel = make_selector("zscore", threshold=threshold, two_sided=two_sided)
@@ -116,3 +129,25 @@ def test_zscore_equals_the_plain_formula(kind, K, two_sided):
         with device_path():
             got = sel.select(torch.from_numpy(rows)).numpy()
         assert np.array_equal(got, want) or kind == "integers"
+
+
+def test_cuts_on_values_at_the_threshold_and_far_from_the_centre(monkeypatch):
+    """Values within a few ulps of ``center +- t * scale``, centres far from 0 (the subtraction rounds many values
+    to one), tiny and huge scales: the cuts give the scores' labels."""
+    monkeypatch.setattr(cuts, "CUT_FORM_MIN_COLUMNS", 0)
+    monkeypatch.setattr(cuts, "CUT_FORM_MIN_VALUES", 0)
+    rng = np.random.default_rng(7)
+    R, t = 64, 3.5
+    center = rng.choice([0.0, 1.0, -1e6, 1e12, -3e-9], (R, 1))
+    scale = rng.choice([1.0, 1e-300, 2.5e-7, 1e200, 0.6745], (R, 1))
+    edge = center + t * scale
+    steps = np.arange(-20, 21)
+    rows = np.nextafter(edge, np.inf) + steps * np.spacing(np.abs(edge) + np.abs(center))
+    rows[:, ::7] = center - t * scale  # and the lower edge
+    ok = rng.random((R, 1)) < 0.9
+    xp = np
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = cuts.plain_beyond(xp, rows, center, scale, ok, t)
+    got = cuts.beyond(xp, rows, center, scale, ok, t)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert want[0].any() and (~want[0] & ok).any()  # both sides of the edge are there
