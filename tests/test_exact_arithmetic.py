@@ -18,7 +18,7 @@ from ssa.testing.models import ALL_CASES
 
 def _flags() -> tuple:
     return (host.tf32_allowed(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-            torch.are_deterministic_algorithms_enabled())
+            torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
 
 
 @pytest.fixture
@@ -31,15 +31,18 @@ def as_if_cuda(monkeypatch):
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = False
     torch.use_deterministic_algorithms(False)
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.utils.deterministic.fill_uninitialized_memory = True
     yield
+    torch.utils.deterministic.fill_uninitialized_memory = fill
     host._set_precision(*before[0])
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[1], before[2]
     torch.use_deterministic_algorithms(before[3], warn_only=before[4])
 
 
-CALLER = ((True, True), False, False, False)
-EXACT = ((False, False), True, True, True)
-FAST = ((True, True), True, True, True)
+CALLER = ((True, True), False, False, False, True)
+EXACT = ((False, False), True, True, True, False)
+FAST = ((True, True), True, True, True, False)
 
 
 def test_the_flags_inside_and_the_callers_flags_after(as_if_cuda):

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.utils.deterministic as _deterministic
 
 __all__ = ["HostCopy", "channels_last", "exact_arithmetic", "exact_entries", "statistics_input", "tf32_allowed"]
 
@@ -114,11 +115,14 @@ def exact_arithmetic(device: str, *, fast_math: bool = False):
             _Entries.count += 1
             saved = (_precision(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
                      torch.are_deterministic_algorithms_enabled(),
-                     torch.is_deterministic_algorithms_warn_only_enabled())
+                     torch.is_deterministic_algorithms_warn_only_enabled(), _deterministic.fill_uninitialized_memory)
             _set_precision(_tf32(fast_math), _tf32(fast_math))
             torch.backends.cudnn.benchmark = True
             torch.backends.cudnn.deterministic = True
             torch.use_deterministic_algorithms(True, warn_only=True)
+            # deterministic mode would also fill every torch.empty with NaN (the pinned host buffers of the
+            # statistics included): ssa writes every buffer it allocates, so that pass over memory is skipped
+            _deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
@@ -128,6 +132,7 @@ def exact_arithmetic(device: str, *, fast_math: bool = False):
                 _set_precision(*saved[0])
                 torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1], saved[2]
                 torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])
+                _deterministic.fill_uninitialized_memory = saved[5]
 
 
 def channels_last(device: str) -> bool:
