@@ -26,7 +26,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from tests.browser import launch, needs_chromium, watched_page
+from tests.browser import needs_chromium, watched_page
 
 from .conftest import cpu_model
 
@@ -84,16 +84,6 @@ def page_file(tmp_path_factory, results):
     results["html_mib"] = path.stat().st_size / 2**20
     results["nodes"], results["edges"] = g.number_of_nodes(), g.number_of_edges()
     return path
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 def _open(browser, path: Path):

@@ -53,6 +53,7 @@ def analyse(
     backend: str | None = None,
     name: str | None = None,
     engine: str = "auto",
+    fast_math: bool = False,
     store: str | os.PathLike | None = None,
     store_mode: str = "fill",
     progress: bool = False,
@@ -77,6 +78,8 @@ def analyse(
     include_input : add the input image's channels as the lowest tap.
     engine : "auto" (the exact closed form where a step has one, autograd elsewhere), "fast"
         (the same, but refuse when no step has the closed form) or "autograd" (every step by autograd).
+    fast_math : on CUDA, allow TF32 in matrix products and convolutions (faster; graphs may differ from the
+        exact run's; no statistics store is used); no effect on the CPU.
     store : a statistics store folder (see ``ssa collect``): used when it holds this model and image
         set; None computes the statistics in memory.
     store_mode : "fill" (default) collects into the store what it lacks; "read" uses the store only
@@ -118,6 +121,7 @@ def analyse_many(
     backend: str | None = None,
     name: str | None = None,
     engine: str = "auto",
+    fast_math: bool = False,
     store: str | os.PathLike | None = None,
     store_mode: str = "fill",
     progress: bool = False,

@@ -81,13 +81,13 @@ class Session:
                  preprocess: Preprocess | None = None, taps: Sequence[str] | None = None,
                  include_input: bool = False, channel_axes: Mapping[str, int] | None = None,
                  output_index: int | None = None, device: str = "cpu", batch_size: int | None = None,
-                 backend: str | None = None, name: str | None = None, engine: str = "auto",
+                 backend: str | None = None, name: str | None = None, engine: str = "auto", fast_math: bool = False,
                  store: str | os.PathLike | None = None, store_mode: str = "fill", progress: bool = False,
                  only_target: int | None = None, preset: str | None = None) -> None:
         # the keywords are fields of ModelSpec and RunOptions (one definition: names, defaults, checks)
         spec = ModelSpec(model, backend=backend, device=device, taps=taps, include_input=include_input,
                          channel_axes=channel_axes, output_index=output_index, name=name)
-        options = RunOptions(rule=rule, rule_params=rule_params, preset=preset, engine=engine,
+        options = RunOptions(rule=rule, rule_params=rule_params, preset=preset, engine=engine, fast_math=fast_math,
                              batch_size=batch_size, store=store, store_mode=store_mode, progress=progress)
         self._setup(spec, images, options, labels=labels, preprocess=preprocess, only_target=only_target)
 
@@ -129,7 +129,9 @@ class Session:
         self.batch_size = default_batch_size(spec.device) if options.batch_size is None else options.batch_size
         self.backend = spec.backend
         self.engine = options.engine
-        self.store = options.store
+        #: TF32 on CUDA (no effect on the CPU); its statistics differ from the exact ones, so no store is used
+        self.fast_math = options.fast_math and spec.device.startswith("cuda")
+        self.store = None if self.fast_math else options.store
         self.store_mode = options.store_mode
         self.progress = options.progress
         self.only_target = only_target
@@ -315,9 +317,13 @@ class Session:
         network = self.network
         check_target(network, target)
         check_stop_at(stop_at, (t.name for t in network.taps))
-        source = self._source(self.class_indices(target, indices))
-        result = run_traversal(source, network, target, branching, self.rule, selector_obj, stop_at=stop_at,
-                               images_hash=self.images_hash, progress=self.progress)
+        chosen = self.class_indices(target, indices)
+        with network.arithmetic(self.fast_math):  # once per analysis: the statistics and the traversal
+            source = self._source(chosen)
+            result = run_traversal(source, network, target, branching, self.rule, selector_obj, stop_at=stop_at,
+                                   images_hash=self.images_hash, progress=self.progress)
+        if self.fast_math:
+            result.graph.graph["fast_math"] = True  # TF32 products: the graph may differ from the exact one
         if self.class_map:
             result.graph.graph["class_map"] = dict(self.class_map)  # the labels the run used
         decoded = files_preprocessing(self.images_spec, self.preprocess)

@@ -1,6 +1,10 @@
 """Headless Chromium for the explorer's tests and benchmark: Playwright for Python driving Debian's
 ``chromium`` (no browser download). Every request that would leave file:// or 127.0.0.1 is aborted
-and recorded, console errors and page errors are recorded, so tests can assert there were none."""
+and recorded, console errors and page errors are recorded, so tests can assert there were none.
+
+Also a pytest plugin, registered by the repository's root ``conftest.py`` (``pytest_plugins``): its ``browser``
+fixture (one Chromium per test module) reaches every test and benchmark by name, with no import (importing a
+fixture into a test module trips ruff's F811 in every test that takes it)."""
 
 from __future__ import annotations
 
@@ -22,6 +26,17 @@ needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM),
 
 def launch(playwright: Any):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the test module (tests that take it are marked :data:`needs_chromium`)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
 
 
 @dataclass

@@ -52,15 +52,25 @@ def test_cuda_gives_the_cpu_graphs(rule, engine, selector):
 
 
 def test_tf32_is_off_while_analysing_and_restored_after():
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    seen = {}
-    from ssa_torch.network import exact_arithmetic
+    from ssa_torch.host import _set_precision, _tf32, exact_arithmetic, tf32_allowed
 
+    _set_precision(_tf32(True), _tf32(True))  # the API exact_arithmetic uses (PyTorch >= 2.9 refuses a mix)
     with exact_arithmetic("cuda"):
-        seen["inside"] = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    assert seen["inside"] == (False, False)
-    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+        inside = tf32_allowed()
+    assert inside == (False, False)
+    assert tf32_allowed() == (True, True)
+    with exact_arithmetic("cuda", fast_math=True):
+        assert tf32_allowed() == (True, True)
+        assert torch.backends.cudnn.benchmark and torch.are_deterministic_algorithms_enabled()
+
+
+def test_fast_math_analyses_and_says_so():
+    case = ALL_CASES[1]
+    images = case.images(16)
+    exact = ssa.analyse(case.build(), images, 0, 3, device="cuda")
+    fast = ssa.analyse(case.build(), images, 0, 3, device="cuda", fast_math=True)
+    assert fast.graph.graph.get("fast_math") is True and "fast_math" not in exact.graph.graph
+    assert fast.graph.number_of_nodes() > 1
 
 
 def test_statistics_and_relevance_stay_on_the_gpu():

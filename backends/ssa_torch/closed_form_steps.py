@@ -22,7 +22,7 @@ from ssa.core.stages import StageTimes
 from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
 from .closed_form.terms import rank1_rows
 from .families import check_lines
-from .host import exact_arithmetic
+from .host import exact_arithmetic, statistics_input
 from .interpreters import ModelCodeInterpreter
 
 if TYPE_CHECKING:
@@ -77,11 +77,10 @@ class ClosedFormSteps:
                    form: str) -> dict[str, torch.Tensor]:
         tf = self.closed_form.taps[upper]
         out: dict[str, torch.Tensor] = {}
-        with exact_arithmetic(self.device):
-            for i in which:
-                term = tf.terms[i]
-                om = term.omega(_term_stats(stats, upper, i), neurons, form)
-                out[term.parent] = out[term.parent] + om if term.parent in out else om
+        for i in which:  # exact arithmetic: entered once per analysis (Network.arithmetic), not per block
+            term = tf.terms[i]
+            om = term.omega(_term_stats(stats, upper, i), neurons, form)
+            out[term.parent] = out[term.parent] + om if term.parent in out else om
         return out
 
     def fast_relevance_sorted(self, upper: str, stats: Mapping[str, Any], neurons: Sequence[int],
@@ -109,17 +108,16 @@ class ClosedFormSteps:
             by_parent.setdefault(term.parent, []).append(i)
         out: dict[str, tuple[Any, Any] | Rank1Factors] = {}
         rest: list[int] = []
-        with exact_arithmetic(self.device):
-            for parent, idx in by_parent.items():
-                if len(idx) == 1:
-                    term = tf.terms[idx[0]]
-                    r = term.rank1(_term_stats(stats, upper, idx[0]), neurons, form)
-                    if r is not None:
-                        coeff, vec, fed = r
-                        out[parent] = Rank1Factors(coeff, vec, float(term.scale), fed,
-                                                   term.rank1_order(neurons, vec.device))
-                        continue
-                rest.extend(idx)
+        for parent, idx in by_parent.items():
+            if len(idx) == 1:
+                term = tf.terms[idx[0]]
+                r = term.rank1(_term_stats(stats, upper, idx[0]), neurons, form)
+                if r is not None:
+                    coeff, vec, fed = r
+                    out[parent] = Rank1Factors(coeff, vec, float(term.scale), fed,
+                                               term.rank1_order(neurons, vec.device))
+                    continue
+            rest.extend(idx)
         for parent, om in self._omega_sum(upper, rest, stats, neurons, form).items():
             out[parent] = (om, None)
         return out
@@ -141,7 +139,7 @@ class ClosedFormSteps:
         interp = _StatsRun(self.graph_module, self.plan, self.closed_form, tuple(forms))
         interp.args_batch = len(batch)
         with torch.no_grad(), exact_arithmetic(self.device):
-            interp.run(self.to_tensor(batch))
+            interp.run(statistics_input(self.to_tensor(batch), self.device))  # channels-last where chosen
         return {k: v.float() for k, v in interp.stats.items()}
 
     def describe_steps(self) -> dict[str, str]:

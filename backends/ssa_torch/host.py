@@ -6,13 +6,16 @@ Both are re-exported by :mod:`ssa_torch.network` (``from ssa_torch.network impor
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
+import torch.utils.deterministic as _deterministic
 
-__all__ = ["HostCopy", "exact_arithmetic"]
+__all__ = ["HostCopy", "channels_last", "exact_arithmetic", "exact_entries", "statistics_input", "tf32_allowed"]
 
 
 class HostCopy:
@@ -38,27 +41,111 @@ class HostCopy:
         return {k: v.numpy() for k, v in self._host.items()}
 
 
+#: cuBLAS gives the same sums on every run only with a fixed workspace; PyTorch asks for this setting when
+#: deterministic algorithms are on (it is read when cuBLAS first runs, so it is set on import, unless set already)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+class _Entries:
+    """How deep :func:`exact_arithmetic` is entered, and how often its outermost entry set the flags."""
+
+    lock = threading.Lock()
+    depth = 0
+    count = 0  # outermost entries: the times the process-wide flags were set (tests count them)
+
+
+def exact_entries() -> int:
+    """How many times :func:`exact_arithmetic` set the process-wide flags (its outermost entries on CUDA)."""
+    return _Entries.count
+
+
+def _on_cuda(device: str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+_NEW_API = hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(torch.backends.cudnn, "conv")
+
+
+def tf32_allowed() -> tuple[bool, bool]:
+    """Whether CUDA matrix products and cuDNN convolutions may round float32 inputs to TF32 now."""
+    if _NEW_API:
+        return (torch.backends.cuda.matmul.fp32_precision == "tf32",
+                torch.backends.cudnn.conv.fp32_precision == "tf32")
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32  # torch < 2.9
+
+
+def _precision() -> tuple[Any, Any]:
+    if _NEW_API:
+        return torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def _set_precision(matmul: Any, conv: Any) -> None:
+    if _NEW_API:  # the legacy allow_tf32 flags beside these raise (PyTorch >= 2.9 refuses a mix of the two)
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = matmul, conv
+    else:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv
+
+
+def _tf32(on: bool) -> Any:
+    return ("tf32" if on else "ieee") if _NEW_API else on
+
+
 @contextlib.contextmanager
-def exact_arithmetic(device: str):
+def exact_arithmetic(device: str, *, fast_math: bool = False):
     """While analysing on CUDA: no TF32 in matrix products and convolutions, deterministic algorithms.
 
-    TF32 rounds inputs to 10 mantissa bits and would make CUDA graphs differ from CPU graphs; the
-    previous settings are restored afterwards. cuDNN benchmarks its algorithms (among the deterministic
-    ones): with benchmarking off it picked slow FFT kernels for the float32 statistics pass (issue 20).
-    On the CPU this does nothing.
+    TF32 rounds inputs to 10 mantissa bits and would make CUDA graphs differ from CPU graphs; ``fast_math``
+    allows it (``--fast-math``). cuDNN benchmarks its algorithms among the deterministic ones
+    (``cudnn.benchmark`` on, ``cudnn.deterministic`` and ``torch.use_deterministic_algorithms`` on, warning
+    only where an operation has no deterministic form): with benchmarking off cuDNN's heuristics picked slow
+    FFT kernels for the float32 statistics pass (issue 20), with it on it times the candidates once per shape.
+
+    Re-entrant: the outermost entry sets the process-wide flags and restores the caller's afterwards; an entry
+    inside it (a network method called during a session's analysis) changes nothing. The session enters it once
+    per analysis (:meth:`ssa.core.interfaces.Network.arithmetic`). On the CPU this does nothing.
     """
-    if torch.device(device).type != "cuda":
+    if not _on_cuda(device):
         yield
         return
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
-             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.benchmark = True
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    with _Entries.lock:
+        outer = _Entries.depth == 0
+        _Entries.depth += 1
+        if outer:
+            _Entries.count += 1
+            saved = (_precision(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+                     torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled(), _deterministic.fill_uninitialized_memory)
+            _set_precision(_tf32(fast_math), _tf32(fast_math))
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.deterministic = True
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            # deterministic mode would also fill every torch.empty with NaN (the pinned host buffers of the
+            # statistics included): ssa writes every buffer it allocates, so that pass over memory is skipped
+            _deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-         torch.backends.cudnn.benchmark) = saved[:3]
-        torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])
+        with _Entries.lock:
+            _Entries.depth -= 1
+            if outer:
+                _set_precision(*saved[0])
+                torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1], saved[2]
+                torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])
+                _deterministic.fill_uninitialized_memory = saved[5]
+
+
+def channels_last(device: str) -> bool:
+    """Whether the statistics forward runs channels-last (NHWC) on ``device``: on CUDA with ``SSA_CHANNELS_LAST=1``.
+
+    Off by default until a GPU run shows it helps (``bash benchmarks/gpu_run.sh bench`` times both layouts); the
+    CPU layout is never changed. Only the input is converted: cuDNN then runs every convolution channels-last.
+    """
+    return _on_cuda(device) and os.environ.get("SSA_CHANNELS_LAST", "0") == "1"
+
+
+def statistics_input(x: torch.Tensor, device: str) -> torch.Tensor:
+    """The statistics forward's input in the layout :func:`channels_last` chooses (values unchanged)."""
+    if x.dim() == 4 and channels_last(device):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x

@@ -16,6 +16,7 @@ The public names of those modules that were defined here are re-exported (``__al
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from collections.abc import Mapping, Sequence
@@ -207,6 +208,10 @@ class TorchNetwork(ClosedFormSteps, AutogradSteps, ModelIdentity, InputMaps, Net
         if torch.device(self.device).type == "cuda":
             return t.pin_memory().to(self.device, non_blocking=True)
         return t
+
+    def arithmetic(self, fast_math: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """:func:`exact_arithmetic` on this network's device (TF32 too with ``fast_math``); nothing on the CPU."""
+        return exact_arithmetic(self.device, fast_math=fast_math)
 
     def to_host_async(self, arrays: Mapping[str, Any]) -> HostCopy:
         """Start copying ``arrays`` (device tensors) to pinned host memory without stalling the GPU.

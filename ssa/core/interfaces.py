@@ -8,6 +8,7 @@ analysed the same way (method doc, section 3).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -245,6 +246,15 @@ class Network(ABC):
     def as_array(self, values: Any) -> Any:
         """``values`` (a host numpy array, e.g. memory-mapped statistics) as an array on the network's device."""
         return values
+
+    def arithmetic(self, fast_math: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """The arithmetic of one analysis, entered once around it by the session (statistics and traversal).
+
+        A GPU backend makes the device compute as the CPU does (no reduced-precision products, deterministic
+        algorithms) and restores the caller's settings afterwards; ``fast_math`` allows the device's faster,
+        less exact products (TF32 on CUDA). The default does nothing.
+        """
+        return contextlib.nullcontext()
 
     def to_host_async(self, arrays: Mapping[str, Any]) -> Any:
         """Start copying device ``arrays`` to the host; ``.result()`` returns ``{key: numpy array}``.

@@ -214,6 +214,8 @@ class RunOptions:
     branching : b, the lower neurons kept per upper neuron and parent tap (>= 1).
     stop_at : the lowest tap to expand down to (None: down to the lowest tap).
     engine : one of :data:`ENGINES`.
+    fast_math : on CUDA, allow TF32 in matrix products and convolutions (faster; graphs may differ from the
+        exact run's, and a statistics store is neither read nor filled); no effect on the CPU.
     batch_size : images per forward pass (>= 1); None: by the device (32 on the CPU, 128 on a GPU).
     store : a statistics store folder (``ssa collect``), or None to work in memory.
     store_mode : one of :data:`STORE_MODES`.
@@ -238,6 +240,10 @@ class RunOptions:
     engine: str = _option("auto", "auto (default): exact closed form where a step has one, autograd elsewhere; "
                                   "fast: the same, refused when no step has it; autograd: every step by autograd",
                           choices=ENGINES)
+    fast_math: bool = _option(False, "on CUDA, allow TF32 (10-bit mantissa) in matrix products and convolutions: a "
+                                     "faster statistics pass, graphs that may differ from the exact ones (the GPU "
+                                     "benchmark reports by how much; a statistics store is then neither read nor "
+                                     "filled); no effect on the CPU; default: exact float32", action="store_true")
     batch_size: int | None = _option(None, "images per forward pass (default 32 on the CPU, 128 with --device cuda)",
                                      type=int)
     store: str | os.PathLike[str] | None = _option(
@@ -264,6 +270,7 @@ class RunOptions:
         _optional_str("stop_at", self.stop_at)
         if self.engine not in ENGINES:
             raise InvalidInputError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}.")
+        _bool("fast_math", self.fast_math)
         if self.batch_size is not None:
             check_int("batch_size", self.batch_size, 1, "Pass --batch-size 1 or more.")
         if self.store is not None and not isinstance(self.store, (str, os.PathLike)):

@@ -34,7 +34,8 @@ def analyse_to_folder(model: Any, images: Any, targets: str | Sequence[int], out
                       selector_params: Mapping[str, Any] | None = None, preset: str | None = None,
                       stop_at: str | None = None, preprocess: Preprocess | None = None, device: str = "cpu",
                       batch_size: int | None = None, backend: str | None = None, engine: str = "auto",
-                      store: str | None = None, store_mode: str = "fill", runner: LocalRunner | RayRunner | None = None,
+                      fast_math: bool = False, store: str | None = None, store_mode: str = "fill",
+                      runner: LocalRunner | RayRunner | None = None,
                       decode_workers: int = 0, progress: bool = False, **model_options: Any) -> RunReport:
     """The graph of each class in ``targets`` as ``out_dir/class-<c>.json``, each written as soon as it is done.
 
@@ -47,8 +48,8 @@ def analyse_to_folder(model: Any, images: Any, targets: str | Sequence[int], out
     Returns the :class:`RunReport` (the results of the jobs that ran, and the rates per phase).
     """
     run = RunOptions(rule=rule, rule_params=rule_params, selector=selector, selector_params=selector_params,
-                     preset=preset, branching=branching, stop_at=stop_at, engine=engine, batch_size=batch_size,
-                     store=store, store_mode=store_mode, progress=progress)
+                     preset=preset, branching=branching, stop_at=stop_at, engine=engine, fast_math=fast_math,
+                     batch_size=batch_size, store=store, store_mode=store_mode, progress=progress)
     method = Method.of(run)  # refuses bad ones now
     batch_size = default_batch_size(device) if run.batch_size is None else run.batch_size
     selection = check_selection(Selection("prediction" if by_prediction else "labels", min_confidence, max_per_class))
@@ -69,7 +70,8 @@ def analyse_to_folder(model: Any, images: Any, targets: str | Sequence[int], out
             images_hash = images_hash_of(source, memo, workers=decode_workers, progress=progress)
         jobs = build_jobs(job_model, candidates, [(method, Path(out_dir))], selection, images_hash,
                           batch_size=batch_size, engine=engine, store=str(Path(store).resolve()) if store else None,
-                          store_mode=store_mode, decode_workers=decode_workers)
+                          store_mode=store_mode, decode_workers=decode_workers,
+                          fast_math=run.fast_math and device.startswith("cuda"))  # no effect on the CPU
         if isinstance(runner, LocalRunner):
             runner.worker.adopt(job_model, network)  # the driver's network: loaded once in this process
         else:

@@ -152,6 +152,7 @@ class ClassJob:
     store_mode: str = "fill"
     decode_workers: int = 0
     write_log: str | None = None
+    fast_math: bool = False
 
     @property
     def name(self) -> str:
@@ -321,7 +322,7 @@ def run_class_job(job: ClassJob, worker: Worker) -> JobResult:
         for outs in by_rule.values():
             m0 = outs[0].method
             session = Session(network, images, rule=m0.rule, rule_params=m0.rule_params, device=job.model.spec.device,
-                              batch_size=job.batch_size, engine=job.engine, store=job.store,
+                              batch_size=job.batch_size, engine=job.engine, fast_math=job.fast_math, store=job.store,
                               store_mode=job.store_mode)
             for o in outs:
                 m = o.method

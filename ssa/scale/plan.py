@@ -214,7 +214,7 @@ def _predict_pass(network: Network, source: ImageSource, classes: Sequence[int],
 
 def build_jobs(model: JobModel, candidates: Candidates, methods: Sequence[tuple[Method, Path]], selection: Selection,
                images_hash: str, *, batch_size: int = 32, engine: str = "auto", store: str | None = None,
-               store_mode: str = "fill", decode_workers: int = 0) -> list[ClassJob]:
+               store_mode: str = "fill", decode_workers: int = 0, fast_math: bool = False) -> list[ClassJob]:
     """One job per class, with one output per (method, folder): ``folder/class-<c>.json``.
 
     ``SSA_WRITE_LOG`` (environment), when set, names the write log the jobs append to (see :mod:`ssa.scale.jobs`).
@@ -225,8 +225,9 @@ def build_jobs(model: JobModel, candidates: Candidates, methods: Sequence[tuple[
         outputs = tuple(
             Output(m, (folder / f"class-{c}.json").resolve(),
                    job_key(model_hash=model.model_hash, model_options=model.key_options, images_hash=images_hash,
-                           target=c, selection=selection, method=m, candidates=ids, engine=engine))
+                           target=c, selection=selection, method=m, candidates=ids,
+                           engine=engine + ("+fast-math" if fast_math else "")))
             for m, folder in methods)
         jobs.append(ClassJob(model, c, images, selection, outputs, images_hash, preselected, batch_size, engine, store,
-                             store_mode, decode_workers, str(Path(log).resolve()) if log else None))
+                             store_mode, decode_workers, str(Path(log).resolve()) if log else None, fast_math))
     return jobs

@@ -23,7 +23,7 @@ import ssa
 from ssa.analysis.compare import compare
 from ssa.cli import main
 from ssa.viz.explorer import node_file
-from tests.browser import launch, needs_chromium, watched_page
+from tests.browser import needs_chromium, watched_page
 
 pytestmark = needs_chromium
 
@@ -47,16 +47,6 @@ def built(tmp_path_factory):
     assert main(["explore", *map(str, files), *common, "--out", f"{folder}/"]) == 0
     graphs = {int(p.stem.split("-")[1]): ssa.read_graph(p) for p in files}
     return {"page": page, "folder": folder, "graphs": graphs, "files": files}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 def _open(browser, url):

@@ -13,7 +13,7 @@ import pytest
 
 from ssa.viz.explorer import write_explorer
 from tests.analysis.test_compare import make_graph
-from tests.browser import launch, needs_chromium, watched_page
+from tests.browser import needs_chromium, watched_page
 
 pytestmark = needs_chromium
 
@@ -30,16 +30,6 @@ def page_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("views") / "explorer.html"
     write_explorer(path, [a, b, c], names=["a.json", "b.json", "c.json"])
     return path
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -259,7 +259,7 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
-    add_option_args(g, RunOptions, ["engine", "store"])
+    add_option_args(g, RunOptions, ["engine", "store", "fast_math"])
 
 
 def _store(args: argparse.Namespace) -> tuple[str | None, str]:
@@ -293,7 +293,8 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         rule=args.rule, rule_params=parse_kv(args.rule_param, "--rule-param"),
         selector=args.selector, selector_params=parse_kv(args.selector_param, "--selector-param"),
         preset=args.preset, branching=args.branching, stop_at=args.stop_at,
-        engine=getattr(args, "engine", "auto"), batch_size=batch_size(args), store=store, store_mode=store_mode,
+        engine=getattr(args, "engine", "auto"), fast_math=getattr(args, "fast_math", False),
+        batch_size=batch_size(args), store=store, store_mode=store_mode,
         progress=not getattr(args, "quiet", False))
 
 

@@ -155,7 +155,8 @@ def _per_image_relevance(network: Network, images: np.ndarray, rows: np.ndarray,
     for tap, edges in by_upper.items():
         neurons = sorted({info[u].neuron for u, _ in edges})
         col = {k: j for j, k in enumerate(neurons)}
-        omega_by_parent = step_omega(source, tap, neurons, rule)  # (n, images, K)
+        with network.arithmetic():  # the analysis's exact arithmetic (Session.analyse enters it the same way)
+            omega_by_parent = step_omega(source, tap, neurons, rule)  # (n, images, K)
         for u, v in edges:
             parent = info[v].tap
             if parent not in omega_by_parent:
