@@ -29,7 +29,7 @@ from torch.overrides import TorchFunctionMode
 
 import ssa
 from ssa.testing.models import RefTap
-from ssa.testing.reference import reference_ssa, run_cut
+from ssa.testing.reference import op_kind, reference_ssa, run_cut
 
 from . import onnx_models as om
 from . import zoo_models as zm
@@ -43,8 +43,6 @@ QUICK = ("mobilenet_v2", "convnext", "vit")  # a classic CNN, ConvNeXt (GELU, La
 FAST_SHARE = {"shufflenet_v2": 0.9}
 # where the slow reference cannot cut a tap as ssa does (a limit of the reference, not of ssa)
 REFERENCE_XFAIL = {
-    "densenet": "the last tap is DenseNet's functional F.relu after `features`: no module's output and no "
-                "addition, the only cuts the reference makes",
     # (family-rule: that rule only)
     "maxvit-gradient_x_activation": "one edge's relevance, (tap 15, neuron 16) -> (tap 14, neuron 25), differs from "
                                     "the reference's by 3.6e-4 of its value (1.37242 against 1.37291; tolerance "
@@ -108,21 +106,21 @@ def test_family_through_onnx_and_as_a_module(family, tmp_path):
 
 
 class _Record(TorchFunctionMode):
-    """The outputs of a forward pass's tensor additions (counted as the reference counts them) and of its
-    module calls (``(path, call, value)``)."""
+    """The outputs of a forward pass's tensor additions and functional ReLUs (counted as the reference counts
+    them) and of its module calls (``(path, call, value)``)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.additions: list[torch.Tensor] = []
+        self.relus: list[torch.Tensor] = []
         self.calls: list[tuple[str, int, torch.Tensor]] = []
         self.model = model
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        from ssa.testing.reference import _ADDITIONS
-
         out = func(*args, **(kwargs or {}))
-        if func in _ADDITIONS and len(args) >= 2 and all(isinstance(a, torch.Tensor) for a in args[:2]):
-            self.additions.append(out.detach().clone())
+        kind = op_kind(func, args)
+        if kind is not None:
+            (self.additions if kind == "add" else self.relus).append(out.detach().clone())
         return out
 
     def run(self, x: np.ndarray) -> None:
@@ -158,7 +156,8 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _reference_taps(model: nn.Module, x: np.ndarray, taps) -> tuple[RefTap, ...]:
     """ssa's taps as the reference's: a module path (``path@k``: its k-th call); else the module call or
-    the addition whose output equals the tap's value (a functional ReLU is its module's output: GoogLeNet)."""
+    the addition whose output equals the tap's value (a functional ReLU is its module's output: GoogLeNet),
+    else the first functional ReLU whose output does (DenseNet's ``F.relu`` after ``features``)."""
     modules = dict(model.named_modules())
     net = ssa.load_model(model)
     net.prepare(x)
@@ -184,6 +183,8 @@ def _reference_taps(model: nn.Module, x: np.ndarray, taps) -> tuple[RefTap, ...]
             out.append(RefTap(t.name, None, adds[0], t.channel_axis, t.parents, op="add"))
         elif t.kind != "stream" and calls:
             out.append(RefTap(t.name, calls[0][0], calls[0][1], t.channel_axis, t.parents))
+        elif t.kind != "stream" and (relus := [i for i, v in enumerate(record.relus) if _same(v, value)]):
+            out.append(RefTap(t.name, None, relus[0], t.channel_axis, t.parents, op="relu"))
         else:
             raise AssertionError(f"tap {t.name} ({t.kind}, {t.op}) matches {len(adds)} additions and {len(calls)} "
                                  "module calls")

@@ -36,7 +36,8 @@ class RefTap:
     channel_axis : axis of the neurons in the batched tensor.
     parents : the parent taps (cut semantics).
     op : ``"add"`` for a tap that is the output of a tensor addition (a residual stream, method doc
-        section 4b): the ``call``-th addition of two tensors in one forward pass.
+        section 4b): the ``call``-th addition of two tensors in one forward pass; ``"relu"`` for the
+        ``call``-th ReLU called as a function (``F.relu``; ``nn.ReLU`` modules call it too, and count).
     """
 
     name: str
