@@ -2,7 +2,8 @@
 
 Per family, through ONNX (opset 17, the TorchScript exporter, dynamic batch) and as a module:
 - parity: the converted and the canonical module reproduce onnxruntime (``ssa check``'s parity);
-- the same taps (order, channel axis, parents) and the same graph through ONNX and the module;
+- the same taps (order, channel axis, parents), the same steps by the closed form and the same graph through
+  ONNX and the module;
 - a graph with at least 10 nodes below the logits;
 - classic CNNs: every step by the closed form (ShuffleNetV2: at least 90 %), through ONNX and as a module;
 - the taps' parents are the cut semantics' (method doc, section 4): for every tap, the taps whose cut leaf
@@ -41,13 +42,16 @@ RULES = ("gradient", "gradient_x_activation")
 QUICK = ("mobilenet_v2", "convnext", "vit")  # a classic CNN, ConvNeXt (GELU, LayerNorm), a ViT: about 30 s
 # families the closed form does not cover in full (the share of steps it takes at least)
 FAST_SHARE = {"shufflenet_v2": 0.9}
-# where the slow reference cannot cut a tap as ssa does (a limit of the reference, not of ssa)
+# where ssa and the slow reference differ, and why
 REFERENCE_XFAIL = {
     # (family-rule: that rule only)
-    "maxvit-gradient_x_activation": "one edge's relevance, (tap 15, neuron 16) -> (tap 14, neuron 25), differs from "
-                                    "the reference's by 3.6e-4 of its value (1.37242 against 1.37291; tolerance "
-                                    "1e-4, float32 through heavy-tailed attention?); the edge sets agree, and the "
-                                    "gradient rule agrees in full",
+    "maxvit-gradient_x_activation": "float32 rounding, not a discrepancy: one edge, (tap 15, neuron 16) -> (tap 14, "
+                                    "neuron 25), is 1.37242 in ssa and 1.37291 in the float32 reference (3.6e-4 "
+                                    "apart; tolerance 1e-4), and 1.37314 in the reference run in float64: the two "
+                                    "float32 values are 5.2e-4 and 1.7e-4 off it. Heavy-tailed weights drive the "
+                                    "stream tap 14 to 1.2e8 (float32 spacing 8) and its gradient x activation "
+                                    "products cancel (mean |g a| 3.7-7.2 per image against means 0.92-2.01); the "
+                                    "edge sets agree, and the gradient rule agrees in full",
 }
 
 
@@ -62,6 +66,13 @@ FAMILIES = [_param(f) for f in zm.FAMILIES]
 def _fast_share(net) -> float:
     steps = net.describe_steps()
     return sum(v.startswith("fast") for v in steps.values()) / max(len(steps), 1)
+
+
+def _fast_steps(net, taps) -> dict[tuple[int, ...], bool]:
+    """(upper tap's order, parent's order) -> whether the step takes the closed form."""
+    order = {t.name: t.order for t in taps}
+    return {tuple(order[n] for n in step.split(" -> ")): how.startswith("fast")
+            for step, how in net.describe_steps().items()}
 
 
 def _export(family: str, model: nn.Module, x: np.ndarray, root: Path) -> Path:
@@ -99,6 +110,7 @@ def _onnx_gives_the_module_graph(family: str, model: nn.Module, x: np.ndarray, p
         onnx_taps = onnx_net.prepare(x)
     assert onnx_net.parity_converted.ok and onnx_net.parity.ok, onnx_net.parity.text()
     assert parents_by_order(onnx_taps) == parents_by_order(module_taps)
+    assert _fast_steps(onnx_net, onnx_taps) == _fast_steps(module_net, module_taps)  # MaxViT: torch.swapaxes
     if family in zm.CLASSIC:
         for net in (module_net, onnx_net):
             assert _fast_share(net) >= FAST_SHARE.get(family, 1.0), net.closed_form_summary()
