@@ -334,3 +334,34 @@ def test_clamps_with_one_bound_convert(tmp_path):
     taps = net.prepare(x)
     assert net.parity.ok, net.parity.text()
     assert parents_by_order(taps) == parents_by_order(ssa.load_model(model).prepare(x))
+
+
+# --- what the dynamo exporter writes: Reshape with allowzero=1, Split-18 with num_outputs -----------------------
+
+
+def test_split18_and_reshape_allowzero_convert(tmp_path):
+    """A hand-written graph with both (uneven pieces: 5 channels into 3 + 2): parity, and every step by the
+    closed form (the split is folded to channel slices)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(5, 3, 3, 3)).astype(np.float32), "w")
+    fc = numpy_helper.from_array(rng.normal(size=(80, 4)).astype(np.float32), "fc")
+    shape = numpy_helper.from_array(np.array([-1, 80], dtype=np.int64), "shape")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Split", ["r"], ["a", "b"], axis=1, num_outputs=2, name="split"),
+             helper.make_node("Concat", ["b", "a"], ["s"], axis=1, name="shuffle"),
+             helper.make_node("Reshape", ["s", "shape"], ["f"], allowzero=1, name="flatten"),
+             helper.make_node("MatMul", ["f", "fc"], ["logits"], name="fc")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], [w, fc, shape])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    proto.ir_version = 8
+    onnx.save(proto, str(tmp_path / "split.onnx"))
+    x = rng.uniform(size=(4, 3, 4, 4)).astype(np.float32)
+    net = ssa.load_model(str(tmp_path / "split.onnx"))
+    taps = net.prepare(x)
+    assert net.parity_converted.ok and net.parity.ok, net.parity.text()
+    assert [t.kind for t in taps] == ["activation", "logits"] and _fast_share(net) == 1.0, net.closed_form_summary()
