@@ -126,14 +126,19 @@ class _CutOps(TorchFunctionMode):
         return out
 
 
-def tap_scalar(value: torch.Tensor, channel_axis: int, neuron: int) -> torch.Tensor:
-    """The neuron's scalar on a batch of one image: its value (2-D tap) or its spatial mean."""
+def tap_scalar(value: torch.Tensor, channel_axis: int, neuron: int, cls: bool = False) -> torch.Tensor:
+    """The neuron's scalar on a batch of one image: its value (2-D tap) or its spatial mean (``cls``: its value
+    at the class token, position 0 of axis 1)."""
+    if cls:
+        value = value[:, :1]
     channel = value.select(channel_axis, neuron)[0]
     return channel.mean() if channel.dim() > 0 else channel
 
 
-def _per_channel_mean(t: torch.Tensor, channel_axis: int) -> np.ndarray:
-    """Spatial mean of every channel of a batch-of-one tensor, shape (K,)."""
+def _per_channel_mean(t: torch.Tensor, channel_axis: int, cls: bool = False) -> np.ndarray:
+    """Spatial mean of every channel of a batch-of-one tensor, shape (K,) (``cls``: at position 0 of axis 1)."""
+    if cls:
+        t = t[:, :1]
     t = t[0]  # drop the batch axis
     t = t.movedim(channel_axis - 1, 0)
     return t.reshape(t.shape[0], -1).mean(dim=1).double().numpy()
@@ -163,7 +168,7 @@ def _relevance(model: nn.Module, images: np.ndarray, taps: Sequence[RefTap], upp
         for i in range(images.shape[0]):
             x = torch.from_numpy(images[i:i + 1]).float()
             raw, leaf = run_cut(model, x, taps)
-            s = tap_scalar(raw[upper], up.channel_axis, n)
+            s = tap_scalar(raw[upper], up.channel_axis, n, up.cls)
             inputs = [leaf[p.name] for p in parents]
             grads = torch.autograd.grad(s, inputs, allow_unused=True)
             for p, a, g in zip(parents, inputs, grads, strict=True):
@@ -175,7 +180,7 @@ def _relevance(model: nn.Module, images: np.ndarray, taps: Sequence[RefTap], upp
                     c = g * a.detach()
                 else:
                     raise ValueError(rule)
-                rows[p.name].append(_per_channel_mean(c, p.channel_axis))
+                rows[p.name].append(_per_channel_mean(c, p.channel_axis, p.cls))
         for p in parents:
             out[p.name].append(np.stack(rows[p.name]))
     return {k: np.stack(v) for k, v in out.items()}
