@@ -45,6 +45,7 @@ def analyse(
     stop_at: str | None = None,
     include_input: bool = False,
     channel_axes: Mapping[str, int] | None = None,
+    tokens: str = "all",
     output_index: int | None = None,
     labels: Any = None,
     preprocess: Preprocess | None = None,
@@ -76,6 +77,8 @@ def analyse(
         outliers only); then ``rule``, ``selector`` and their parameters must not be given.
     taps : tap names chosen by hand; ``stop_at`` : the lowest tap to expand down to.
     include_input : add the input image's channels as the lowest tap.
+    tokens : ``"all"`` (a token tap's tokens aggregated as positions) or ``"cls"`` (the class token alone, ViT
+        and DeiT; refused for a model without one).
     engine : "auto" (the exact closed form where a step has one, autograd elsewhere), "fast"
         (the same, but refuse when no step has the closed form) or "autograd" (every step by autograd).
     fast_math : on CUDA, allow TF32 in matrix products and convolutions (faster; graphs may differ from the
@@ -114,6 +117,7 @@ def analyse_many(
     stop_at: str | None = None,
     include_input: bool = False,
     channel_axes: Mapping[str, int] | None = None,
+    tokens: str = "all",
     output_index: int | None = None,
     preprocess: Preprocess | None = None,
     device: str = "cpu",

@@ -40,7 +40,8 @@ def load_model(model: Any, *, backend: str | None = None, device: str = "cpu", *
 
     ``model`` is an ``nn.Module``, a ``.pt2`` / ``.onnx`` path, ``file.py:attr``,
     ``package.module:attr``, the built-in name ``"digits"``, or a loaded :class:`Network`.
-    Options (``taps``, ``include_input``, ``channel_axes``, ``output_index``, ``name``) go to the backend.
+    Options (``taps``, ``include_input``, ``channel_axes``, ``tokens``, ``output_index``, ``name``) go to the
+    backend.
     Without ``name``, a model whose weights are a built-in model's gets the built-in name (``digits``)
     whatever it was loaded from (see :mod:`ssa.core.identity` for the naming policy).
     """
@@ -80,13 +81,14 @@ class Session:
                  rule_params: Mapping[str, Any] | None = None, labels: Any = None,
                  preprocess: Preprocess | None = None, taps: Sequence[str] | None = None,
                  include_input: bool = False, channel_axes: Mapping[str, int] | None = None,
-                 output_index: int | None = None, device: str = "cpu", batch_size: int | None = None,
+                 tokens: str = "all", output_index: int | None = None, device: str = "cpu",
+                 batch_size: int | None = None,
                  backend: str | None = None, name: str | None = None, engine: str = "auto", fast_math: bool = False,
                  store: str | os.PathLike | None = None, store_mode: str = "fill", progress: bool = False,
                  only_target: int | None = None, preset: str | None = None) -> None:
         # the keywords are fields of ModelSpec and RunOptions (one definition: names, defaults, checks)
         spec = ModelSpec(model, backend=backend, device=device, taps=taps, include_input=include_input,
-                         channel_axes=channel_axes, output_index=output_index, name=name)
+                         channel_axes=channel_axes, tokens=tokens, output_index=output_index, name=name)
         options = RunOptions(rule=rule, rule_params=rule_params, preset=preset, engine=engine, fast_math=fast_math,
                              batch_size=batch_size, store=store, store_mode=store_mode, progress=progress)
         self._setup(spec, images, options, labels=labels, preprocess=preprocess, only_target=only_target)

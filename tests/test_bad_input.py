@@ -184,6 +184,8 @@ CASES: list[tuple[str, list[str], str]] = [
                                    "T=abc"], "--channel-axis must look like TAP=AXIS with an integer axis"),
     ("analyse-channel-axis-tap", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--channel-axis",
                                   "nosuch=1"], "channel axis given for unknown tap 'nosuch'"),
+    ("analyse-tokens-no-class-token", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--tokens", "cls"],
+     "the model has no class token"),
     ("analyse-engine-unknown", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--engine", "gpu"],
      "argument --engine: invalid choice: 'gpu'"),
     ("analyse-option-unknown", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--nope"],

@@ -28,6 +28,8 @@ def test_model_spec_defaults_and_load_options():
     assert full.taps == ("a", "b")  # any sequence, kept as a tuple
     assert full.load_options() == {"taps": ["a", "b"], "include_input": True, "channel_axes": {"a": 1},
                                    "output_index": 0, "name": "vgg", "parity_tolerance": 0.01}
+    # tokens: handed to the backend only when not the default (a backend without token taps need not know it)
+    assert spec.tokens == "all" and ModelSpec("vit.onnx", tokens="cls").load_options()["tokens"] == "cls"
 
 
 def test_model_spec_is_frozen_and_replace_checks_again():
@@ -51,6 +53,7 @@ def test_model_spec_is_frozen_and_replace_checks_again():
     (dict(channel_axes={"a": "1"}), "channel_axes['a'] must be an integer axis, got '1'"),
     (dict(channel_axes={"a": True}), "channel_axes['a'] must be an integer axis, got True"),
     (dict(channel_axes=[("a", 1)]), "channel_axes must be a mapping"),
+    (dict(tokens="first"), "tokens must be one of all, cls, got 'first'"),
     (dict(output_index=-1), "output_index must be >= 0, got -1"),
     (dict(output_index=1.0), "output_index must be an integer >= 0, got 1.0"),
     (dict(name=""), "name must be a non-empty string or None"),

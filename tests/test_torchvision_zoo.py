@@ -2,21 +2,22 @@
 
 Per family, through ONNX (opset 17, the TorchScript exporter, dynamic batch) and as a module:
 - parity: the converted and the canonical module reproduce onnxruntime (``ssa check``'s parity);
-- the same taps (order, channel axis, parents) and the same graph through ONNX and the module;
+- the same taps (order, channel axis, parents), the same steps by the closed form and the same graph through
+  ONNX and the module;
 - a graph with at least 10 nodes below the logits;
 - classic CNNs: every step by the closed form (ShuffleNetV2: at least 90 %), through ONNX and as a module;
 - the taps' parents are the cut semantics' (method doc, section 4): for every tap, the taps whose cut leaf
   its value depends on, found by autograd on the slow reference's cut run;
 - the graph equals the slow reference's (:func:`ssa.testing.reference.reference_ssa`), both rules, where
-  every tap is a module output or a residual addition (what the reference can cut).
+  every tap is a module output, a residual addition or a functional ReLU (what the reference can cut).
 
-The families in ``QUICK`` run in ``make test-quick``; the others are ``slow``. The dynamo exporter's test runs
-where onnxscript is installed. What each family gives: docs/zoo.md (scripts/zoo_table.py).
+The families in ``QUICK`` run in ``make test-quick``; the others are ``slow``. The same checks run on every
+family exported by torch's dynamo exporter (opset 18; onnxscript, in the dev extra). What each family gives:
+docs/zoo.md (scripts/zoo_table.py).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from torch.overrides import TorchFunctionMode
 
 import ssa
 from ssa.testing.models import RefTap
-from ssa.testing.reference import reference_ssa, run_cut
+from ssa.testing.reference import op_kind, reference_ssa, run_cut
 
 from . import onnx_models as om
 from . import zoo_models as zm
@@ -41,15 +42,16 @@ RULES = ("gradient", "gradient_x_activation")
 QUICK = ("mobilenet_v2", "convnext", "vit")  # a classic CNN, ConvNeXt (GELU, LayerNorm), a ViT: about 30 s
 # families the closed form does not cover in full (the share of steps it takes at least)
 FAST_SHARE = {"shufflenet_v2": 0.9}
-# where the slow reference cannot cut a tap as ssa does (a limit of the reference, not of ssa)
+# where ssa and the slow reference differ, and why
 REFERENCE_XFAIL = {
-    "densenet": "the last tap is DenseNet's functional F.relu after `features`: no module's output and no "
-                "addition, the only cuts the reference makes",
     # (family-rule: that rule only)
-    "maxvit-gradient_x_activation": "one edge's relevance, (tap 15, neuron 16) -> (tap 14, neuron 25), differs from "
-                                    "the reference's by 3.6e-4 of its value (1.37242 against 1.37291; tolerance "
-                                    "1e-4, float32 through heavy-tailed attention?); the edge sets agree, and the "
-                                    "gradient rule agrees in full",
+    "maxvit-gradient_x_activation": "float32 rounding, not a discrepancy: one edge, (tap 15, neuron 16) -> (tap 14, "
+                                    "neuron 25), is 1.37242 in ssa and 1.37291 in the float32 reference (3.6e-4 "
+                                    "apart; tolerance 1e-4), and 1.37314 in the reference run in float64: the two "
+                                    "float32 values are 5.2e-4 and 1.7e-4 off it. Heavy-tailed weights drive the "
+                                    "stream tap 14 to 1.2e8 (float32 spacing 8) and its gradient x activation "
+                                    "products cancel (mean |g a| 3.7-7.2 per image against means 0.92-2.01); the "
+                                    "edge sets agree, and the gradient rule agrees in full",
 }
 
 
@@ -66,6 +68,13 @@ def _fast_share(net) -> float:
     return sum(v.startswith("fast") for v in steps.values()) / max(len(steps), 1)
 
 
+def _fast_steps(net, taps) -> dict[tuple[int, ...], bool]:
+    """(upper tap's order, parent's order) -> whether the step takes the closed form."""
+    order = {t.name: t.order for t in taps}
+    return {tuple(order[n] for n in step.split(" -> ")): how.startswith("fast")
+            for step, how in net.describe_steps().items()}
+
+
 def _export(family: str, model: nn.Module, x: np.ndarray, root: Path) -> Path:
     """Opset 17, the TorchScript exporter. nn.MultiheadAttention's fast path (eval mode, no gradients:
     ``aten::_native_multi_head_attention``) has no ONNX export: it is switched off while exporting (ViT)."""
@@ -77,12 +86,22 @@ def _export(family: str, model: nn.Module, x: np.ndarray, root: Path) -> Path:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_family_through_onnx_and_as_a_module(family, tmp_path):
-    model = zm.build(family)
-    x = zm.images(family, N_IMAGES)
+def _dynamo_export(family: str, model: nn.Module, x: np.ndarray, root: Path) -> Path:
+    """torch's dynamo exporter at opset 18 (its lowest: asked for 17 it writes 18 and tries to convert down,
+    which fails on most families), dynamic batch; it writes the weights to ``<name>.onnx.data`` beside the file."""
+    path = root / f"{family}.dynamo.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.from_numpy(x[:2]),), str(path), dynamo=True, opset_version=18,
+                          input_names=["image"], output_names=["logits"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    return path
+
+
+def _onnx_gives_the_module_graph(family: str, model: nn.Module, x: np.ndarray, path: Path):
+    """Parity, the module's taps and graph through the ``.onnx`` file, the closed form's share of the steps
+    (classic CNNs) both ways; returns the module's analysis."""
     target = predicted_class(model, x)
-    path = _export(family, model, x, tmp_path)
     module_net = ssa.load_model(model)
     module_taps = module_net.prepare(x)
     with warnings.catch_warnings():
@@ -91,6 +110,7 @@ def test_family_through_onnx_and_as_a_module(family, tmp_path):
         onnx_taps = onnx_net.prepare(x)
     assert onnx_net.parity_converted.ok and onnx_net.parity.ok, onnx_net.parity.text()
     assert parents_by_order(onnx_taps) == parents_by_order(module_taps)
+    assert _fast_steps(onnx_net, onnx_taps) == _fast_steps(module_net, module_taps)  # MaxViT: torch.swapaxes
     if family in zm.CLASSIC:
         for net in (module_net, onnx_net):
             assert _fast_share(net) >= FAST_SHARE.get(family, 1.0), net.closed_form_summary()
@@ -100,7 +120,15 @@ def test_family_through_onnx_and_as_a_module(family, tmp_path):
             warnings.simplefilter("ignore")
             results.append(ssa.analyse(source, x, target, BRANCHING, rule="gradient", selector="tukey"))
     assert_same_edges(edges_by_order(results[1]), edges_by_order(results[0]))
-    below = [n for n, d in results[0].graph.nodes(data=True) if d["tap"] != "logits"]
+    return results[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_through_onnx_and_as_a_module(family, tmp_path):
+    model = zm.build(family)
+    x = zm.images(family, N_IMAGES)
+    res = _onnx_gives_the_module_graph(family, model, x, _export(family, model, x, tmp_path))
+    below = [n for n, d in res.graph.nodes(data=True) if d["tap"] != "logits"]
     assert len(below) >= 10, len(below)
 
 
@@ -108,21 +136,21 @@ def test_family_through_onnx_and_as_a_module(family, tmp_path):
 
 
 class _Record(TorchFunctionMode):
-    """The outputs of a forward pass's tensor additions (counted as the reference counts them) and of its
-    module calls (``(path, call, value)``)."""
+    """The outputs of a forward pass's tensor additions and functional ReLUs (counted as the reference counts
+    them) and of its module calls (``(path, call, value)``)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.additions: list[torch.Tensor] = []
+        self.relus: list[torch.Tensor] = []
         self.calls: list[tuple[str, int, torch.Tensor]] = []
         self.model = model
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        from ssa.testing.reference import _ADDITIONS
-
         out = func(*args, **(kwargs or {}))
-        if func in _ADDITIONS and len(args) >= 2 and all(isinstance(a, torch.Tensor) for a in args[:2]):
-            self.additions.append(out.detach().clone())
+        kind = op_kind(func, args)
+        if kind is not None:
+            (self.additions if kind == "add" else self.relus).append(out.detach().clone())
         return out
 
     def run(self, x: np.ndarray) -> None:
@@ -158,7 +186,8 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _reference_taps(model: nn.Module, x: np.ndarray, taps) -> tuple[RefTap, ...]:
     """ssa's taps as the reference's: a module path (``path@k``: its k-th call); else the module call or
-    the addition whose output equals the tap's value (a functional ReLU is its module's output: GoogLeNet)."""
+    the addition whose output equals the tap's value (a functional ReLU is its module's output: GoogLeNet),
+    else the first functional ReLU whose output does (DenseNet's ``F.relu`` after ``features``)."""
     modules = dict(model.named_modules())
     net = ssa.load_model(model)
     net.prepare(x)
@@ -184,6 +213,8 @@ def _reference_taps(model: nn.Module, x: np.ndarray, taps) -> tuple[RefTap, ...]
             out.append(RefTap(t.name, None, adds[0], t.channel_axis, t.parents, op="add"))
         elif t.kind != "stream" and calls:
             out.append(RefTap(t.name, calls[0][0], calls[0][1], t.channel_axis, t.parents))
+        elif t.kind != "stream" and (relus := [i for i, v in enumerate(record.relus) if _same(v, value)]):
+            out.append(RefTap(t.name, None, relus[0], t.channel_axis, t.parents, op="relu"))
         else:
             raise AssertionError(f"tap {t.name} ({t.kind}, {t.op}) matches {len(adds)} additions and {len(calls)} "
                                  "module calls")
@@ -254,25 +285,25 @@ def test_family_graph_equals_the_reference(family, rule):
 
 # --- the dynamo exporter --------------------------------------------------------------------------------------
 
+# families whose dynamo export fails in torch itself (the exporter's error; none with torch 2.14)
+DYNAMO_XFAIL: dict[str, str] = {}
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", ["resnet", "mobilenet_v3", "convnext", "vit"])
+
+def _dynamo_param(family: str):
+    marks = [pytest.mark.slow]
+    if family in DYNAMO_XFAIL:
+        marks.append(pytest.mark.xfail(strict=True, reason=DYNAMO_XFAIL[family]))
+    return pytest.param(family, marks=marks, id=family)
+
+
+@pytest.mark.parametrize("family", [_dynamo_param(f) for f in zm.FAMILIES])
 def test_dynamo_export_gives_the_module_graph(family, tmp_path):
-    if importlib.util.find_spec("onnxscript") is None:
-        pytest.skip("the dynamo exporter needs onnxscript, which is not installed")
+    """torch.onnx.export(..., dynamo=True): Reshape with allowzero=1 everywhere, Split-18 with num_outputs
+    (ShuffleNetV2, MaxViT), opset 18's Reduce ops; the same checks as the TorchScript export's."""
+    pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript (the dev extra)")
     model = zm.build(family)
     x = zm.images(family, N_IMAGES)
-    target = predicted_class(model, x)
-    path = tmp_path / f"{family}.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.from_numpy(x[:2]),), str(path), dynamo=True, opset_version=17,
-                          input_names=["image"], output_names=["logits"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},))
-        got = ssa.analyse(str(path), x, target, BRANCHING, rule="gradient", selector="tukey")
-    want = ssa.analyse(model, x, target, BRANCHING, rule="gradient", selector="tukey")
-    assert parents_by_order(got.taps) == parents_by_order(want.taps)
-    assert_same_edges(edges_by_order(got), edges_by_order(want))
+    _onnx_gives_the_module_graph(family, model, x, _dynamo_export(family, model, x, tmp_path))
 
 
 # --- clamps with one bound (Swin v2): Clip with an omitted input ------------------------------------------------
@@ -303,3 +334,34 @@ def test_clamps_with_one_bound_convert(tmp_path):
     taps = net.prepare(x)
     assert net.parity.ok, net.parity.text()
     assert parents_by_order(taps) == parents_by_order(ssa.load_model(model).prepare(x))
+
+
+# --- what the dynamo exporter writes: Reshape with allowzero=1, Split-18 with num_outputs -----------------------
+
+
+def test_split18_and_reshape_allowzero_convert(tmp_path):
+    """A hand-written graph with both (uneven pieces: 5 channels into 3 + 2): parity, and every step by the
+    closed form (the split is folded to channel slices)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(5, 3, 3, 3)).astype(np.float32), "w")
+    fc = numpy_helper.from_array(rng.normal(size=(80, 4)).astype(np.float32), "fc")
+    shape = numpy_helper.from_array(np.array([-1, 80], dtype=np.int64), "shape")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Split", ["r"], ["a", "b"], axis=1, num_outputs=2, name="split"),
+             helper.make_node("Concat", ["b", "a"], ["s"], axis=1, name="shuffle"),
+             helper.make_node("Reshape", ["s", "shape"], ["f"], allowzero=1, name="flatten"),
+             helper.make_node("MatMul", ["f", "fc"], ["logits"], name="fc")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], [w, fc, shape])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    proto.ir_version = 8
+    onnx.save(proto, str(tmp_path / "split.onnx"))
+    x = rng.uniform(size=(4, 3, 4, 4)).astype(np.float32)
+    net = ssa.load_model(str(tmp_path / "split.onnx"))
+    taps = net.prepare(x)
+    assert net.parity_converted.ok and net.parity.ok, net.parity.text()
+    assert [t.kind for t in taps] == ["activation", "logits"] and _fast_share(net) == 1.0, net.closed_form_summary()

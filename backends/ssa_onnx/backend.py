@@ -14,8 +14,8 @@ from .model import input_shape_of, read_onnx  # light: onnx is imported when a f
 
 __all__ = ["OnnxBackend", "load_onnx"]
 
-_OPTIONS = ("name", "taps", "include_input", "channel_axes", "output_index", "provider", "parity_tolerance",
-            "parity_images", "check_parity")
+_OPTIONS = ("name", "taps", "include_input", "channel_axes", "tokens", "output_index", "provider",
+            "parity_tolerance", "parity_images", "check_parity")
 
 
 def load_onnx(source: str | os.PathLike, *, device: str = "cpu", name: str | None = None,
@@ -23,7 +23,7 @@ def load_onnx(source: str | os.PathLike, *, device: str = "cpu", name: str | Non
     """Read, validate and convert an ONNX file; returns an :class:`~ssa_onnx.network.OnnxNetwork`.
 
     The parity check against onnxruntime runs in ``prepare`` (on the first batch).
-    Options: ``taps``, ``include_input``, ``channel_axes`` (as the PyTorch backend), ``output_index``
+    Options: ``taps``, ``include_input``, ``channel_axes``, ``tokens`` (as the PyTorch backend), ``output_index``
     (which output holds the class scores when there are several), ``provider`` ("auto", "cpu",
     "cuda"), ``parity_tolerance``, ``parity_images``, ``check_parity``.
     """

@@ -270,6 +270,17 @@ class Onnx2TorchNative(CanonPass):
         _to_function(node, operator.getitem, (x, tuple(index)))
         return True
 
+    def _OnnxSplit18(self, gm, ctx, node, mod, values) -> bool:
+        """Split-18 to ``torch.split`` with its sizes (constants), which :class:`ssa_torch.canon.SplitToSlices`
+        then reads piece by piece (ShuffleNetV2's channel split, exported by the dynamo exporter)."""
+        x, *rest = node.args
+        xv = values.get(x.name) if isinstance(x, fx.Node) else None
+        split = ctx.const(rest[0]) if rest and rest[0] is not None else None
+        if not isinstance(xv, torch.Tensor) or (rest and rest[0] is not None and not isinstance(split, torch.Tensor)):
+            return False
+        _to_function(node, torch.split, (x, mod.sizes(xv, split)), {"dim": mod.axis})
+        return True
+
     def _OnnxErf(self, gm, ctx, node, mod, values) -> bool:
         _to_function(node, torch.erf, tuple(node.args))  # GELU's erf form is then fused (FuseActivations)
         return True

@@ -10,7 +10,8 @@ attribute whose default changed): the comparison is made on the ONNX schemas, no
 node that does use something new is refused with a message naming it. The Reduce operators of
 opset 18 (axes moved from an attribute to an input) get their own converter when the axes are
 constant. ``GlobalMaxPool``, ``Mish`` (opset 18), ``Gelu`` (opset 20) and ``Swish`` (opset 24) get
-converters of their own. Everything is registered through onnx2torch's public
+converters of their own, and so does ``Split-18`` (its ``num_outputs``: torch's dynamo exporter writes it for
+ShuffleNetV2's channel split). Everything is registered through onnx2torch's public
 ``add_converter`` / ``get_converter``. The parity check against onnxruntime verifies the result
 in any case.
 """
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["install", "GlobalMaxPool", "Swish"]
+__all__ = ["install", "GlobalMaxPool", "OnnxSplit18", "Swish"]
 
 _installed = False
 _REDUCE = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
@@ -133,6 +134,27 @@ class Swish(nn.Module):
         return x * torch.sigmoid(self.alpha * x)
 
 
+class OnnxSplit18(nn.Module):
+    """ONNX Split-18: pieces of the sizes given as an input, else ``num_outputs`` pieces of ceil(n / num_outputs)
+    (the last one smaller), which is ``torch.split`` with that size."""
+
+    def __init__(self, axis: int, num_outputs: int) -> None:
+        super().__init__()
+        self.axis, self.num_outputs = int(axis), int(num_outputs)
+
+    def sizes(self, x: torch.Tensor, split: torch.Tensor | None = None) -> int | list[int]:
+        if split is not None:
+            return [int(s) for s in split.tolist()]
+        return -(-int(x.shape[self.axis]) // self.num_outputs)
+
+    def forward(self, x: torch.Tensor, split: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        return torch.split(x, self.sizes(x, split), dim=self.axis)
+
+
+def _split18(node, graph):
+    return _result(node, OnnxSplit18(node.attributes.get("axis", 0), len(node.output_values)))
+
+
 def _result(node, module: nn.Module):
     from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
 
@@ -163,6 +185,8 @@ def _swish(node, graph):
 # operator -> converter, registered at every version the operator has (when onnx2torch has none)
 _NEW_OPERATORS: dict[str, Callable] = {"GlobalMaxPool": _global_max_pool, "Mish": _mish, "Gelu": _gelu,
                                        "Swish": _swish}
+# (operator, version) -> converter, for versions onnx2torch lacks that a delegate to the older one cannot serve
+_NEW_VERSIONS: dict[tuple[str, int], Callable] = {("Split", 18): _split18}
 
 
 def _has_converter(op: str, version: int, domain: str) -> bool:
@@ -192,8 +216,8 @@ def _install_operator(op: str, versions: set[int]) -> None:
 
     have = {v for v in versions if _has_converter(op, v, "")}
     for v in sorted(versions - have):
-        if op in _NEW_OPERATORS:
-            add_converter(operation_type=op, version=v)(_NEW_OPERATORS[op])
+        if op in _NEW_OPERATORS or (op, v) in _NEW_VERSIONS:
+            add_converter(operation_type=op, version=v)(_NEW_VERSIONS.get((op, v)) or _NEW_OPERATORS[op])
             continue
         if not have:
             continue

@@ -18,7 +18,7 @@ import numpy as np
 from ssa.errors import InvalidInputError, ModelLoadError, UnsupportedModelError
 
 __all__ = ["OnnxModel", "OnnxInfo", "TensorInfo", "read_onnx", "input_shape_of", "check_converters",
-           "fold_constant_identities", "drop_omitted_inputs"]
+           "fold_constant_identities", "drop_omitted_inputs", "drop_reshape_allowzero"]
 
 _TWO_GB = 2 * 1024**3
 
@@ -280,6 +280,34 @@ def drop_omitted_inputs(proto) -> int:
     return dropped
 
 
+def drop_reshape_allowzero(proto) -> int:
+    """Drop ``allowzero=1`` from every Reshape whose target shape has no literal zero; returns how many.
+
+    torch's dynamo exporter writes every Reshape with ``allowzero=1`` (a 0 in the target shape is a size,
+    not "copy this axis"), which onnx2torch refuses. A reshape of a tensor that has elements cannot have a
+    0 in its target shape, so for such a tensor both readings agree: the attribute is dropped unless the
+    shape is a constant holding a zero (that node is still refused, by name). The parity check against
+    onnxruntime verifies the result.
+    """
+    from onnx import numpy_helper
+
+    constants = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = node.attribute[0].t
+    dropped = 0
+    for node in proto.graph.node:
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        flags = [a for a in node.attribute if a.name == "allowzero" and a.i == 1]
+        shape = constants.get(node.input[1])
+        if not flags or (shape is not None and (numpy_helper.to_array(shape) == 0).any()):
+            continue
+        node.attribute.remove(flags[0])
+        dropped += 1
+    return dropped
+
+
 def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> OnnxModel:
     """Load, validate and prepare an ONNX file for analysis.
 
@@ -326,6 +354,7 @@ def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> On
 
     fold_constant_identities(proto)
     drop_omitted_inputs(proto)
+    drop_reshape_allowzero(proto)
     check_converters(proto, p.name)
     opset = _opset(proto)
     op_types: dict[str, int] = {}

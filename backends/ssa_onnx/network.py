@@ -74,10 +74,10 @@ class OnnxNetwork(TorchNetwork):
 
     def __init__(self, module: fx.GraphModule, model: OnnxModel, *, name: str = "model", device: str = "cpu",
                  taps: Sequence[str] | None = None, include_input: bool = False,
-                 channel_axes: Mapping[str, int] | None = None, provider: str = "auto",
+                 channel_axes: Mapping[str, int] | None = None, tokens: str = "all", provider: str = "auto",
                  parity_tolerance: float | None = None, parity_images: int = 8, check_parity: bool = True) -> None:
         super().__init__(module, name=name, device=device, taps=taps, include_input=include_input,
-                         channel_axes=channel_axes, output_index=None)
+                         channel_axes=channel_axes, output_index=None, tokens=tokens)
         if parity_tolerance is not None and (isinstance(parity_tolerance, bool) or
                                              not isinstance(parity_tolerance, (int, float)) or parity_tolerance < 0):
             raise InvalidInputError(f"parity_tolerance must be a number >= 0, got {parity_tolerance!r}.")

@@ -28,6 +28,7 @@ from .closed_form.collect import spatial_mean
 from .host import exact_arithmetic
 from .interpreters import ModelCodeInterpreter
 from .segments import Segment, TapValues, batch_key, run_segment, segment_of
+from .tokens import aggregate
 
 if TYPE_CHECKING:
     from .taps import TapPlan
@@ -67,6 +68,7 @@ class AutogradSteps:
         _values: TapValues
         _segments: dict[str, Segment]
         _input_node: str
+        _token_axes: dict[str, int]
 
         def tap(self, name: str) -> Tap: ...
 
@@ -88,12 +90,16 @@ class AutogradSteps:
             interp.run(x)
         return interp
 
+    def _aggregate(self, value: torch.Tensor, tap: Tap, lead: int = 1) -> torch.Tensor:
+        """The neurons' scalars of a tap's value: the mean over positions, or its class token alone."""
+        return aggregate(value, tap.channel_axis, self._token_axes.get(tap.name), lead)
+
     def scalars_of(self, interp: _CutInterpreter) -> dict[str, torch.Tensor]:
         out = {}
         with torch.no_grad():
             for tap in self.plan.taps:
                 value = interp.raw[tap.name].detach()
-                out[tap.name] = spatial_mean(value, tap.channel_axis).double()
+                out[tap.name] = self._aggregate(value, tap).double()
         return out
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -118,7 +124,7 @@ class AutogradSteps:
         tap = self.tap(upper)
         values = self._tap_values(batch)
         plan = self.plan
-        scalars = {t.name: spatial_mean(values[plan.node_of[t.name]], t.channel_axis).double() for t in plan.taps}
+        scalars = {t.name: self._aggregate(values[plan.node_of[t.name]], t).double() for t in plan.taps}
         parents = [self.tap(p) for p in tap.parents]
         if not parents or len(neurons) == 0:
             return {}, scalars
@@ -133,7 +139,7 @@ class AutogradSteps:
             leaves.append(leaf)
         with torch.enable_grad():
             out = run_segment(self.graph_module, segment, feed, len(batch))
-        s = spatial_mean(out, tap.channel_axis)[:, list(neurons)]  # (B, n)
+        s = self._aggregate(out, tap)[:, list(neurons)]  # (B, n)
         return self._relevance(s, leaves, parents, rule), scalars
 
     def _tap_values(self, batch: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
@@ -157,7 +163,7 @@ class AutogradSteps:
         parents = [self.tap(p) for p in tap.parents]
         if not parents or len(neurons) == 0:
             return {}, scalars
-        s = spatial_mean(interp.raw[upper], tap.channel_axis)[:, list(neurons)]  # (B, n)
+        s = self._aggregate(interp.raw[upper], tap)[:, list(neurons)]  # (B, n)
         rel = self._relevance(s, [interp.leaf[p.name] for p in parents], parents, rule)
         return rel, scalars
 
@@ -174,7 +180,7 @@ class AutogradSteps:
                 if g is None:
                     g = torch.zeros((j1 - j0, *leaf.shape), device=leaf.device, dtype=leaf.dtype)
                 c = call_rule(rule, g, leaf.detach().unsqueeze(0))  # checked: a plugin bug is named
-                chunks[p.name].append(spatial_mean(c, p.channel_axis + 1, lead=2).double())
+                chunks[p.name].append(self._aggregate(c, p, lead=2).double())
         return {k: torch.cat(v, dim=0) for k, v in chunks.items()}
 
     def _grads(self, s: torch.Tensor, leaves: list[torch.Tensor], j0: int, j1: int) -> list[torch.Tensor | None]:

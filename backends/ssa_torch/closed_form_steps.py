@@ -60,7 +60,17 @@ class ClosedFormSteps:
             with self.stages.stage("planning"), torch.no_grad():
                 _Values(self.graph_module).run(self._example)
                 self._fast = plan_closed_form(self.graph_module, self.plan, env1)
+            self._drop_class_token_forms(self._fast)
         return self._fast
+
+    def _drop_class_token_forms(self, cf: ClosedFormPlan) -> None:
+        """The closed form averages over positions: a step with a tap that takes its class token alone
+        (``tokens="cls"``, :mod:`ssa_torch.tokens`) keeps autograd."""
+        alone = set(getattr(self, "_token_axes", {}))
+        for name, form in list(cf.taps.items()):
+            if name in alone or any(t.parent in alone for t in form.terms):
+                del cf.taps[name]
+                cf.reasons[name] = "the class token alone (tokens='cls') has no closed form"
 
     fast_plan = closed_form  # the name the engine used before
 

@@ -42,12 +42,16 @@ class ModelIdentity:
         return self._model_hash
 
     def fingerprint(self) -> str:
-        """The model hash and the taps (names, shapes, channel axes, parents): what the statistics depend on."""
+        """The model hash and the taps (names, shapes, channel axes, parents, the taps that take their class token
+        alone): what the statistics depend on."""
         import hashlib
 
         h = hashlib.blake2b(digest_size=16)
         h.update(self.model_hash().encode())
         h.update(repr([(t.name, t.shape, t.channel_axis, t.parents) for t in self.plan.taps]).encode())
+        alone = sorted(getattr(self, "_token_axes", {}).items())
+        if alone:  # as before for every network that aggregates all tokens
+            h.update(repr(alone).encode())
         return h.hexdigest()
 
     def weight_arrays(self) -> list[np.ndarray]:

@@ -92,6 +92,7 @@ _FUNCTION_KINDS: dict[Any, str] = {
     F.adaptive_max_pool2d: "adaptive_maxpool", F.batch_norm: "batchnorm", F.layer_norm: "layernorm",
     F.rms_norm: "rmsnorm", F.group_norm: "groupnorm", F.local_response_norm: "lrn", F.instance_norm: "instancenorm",
     torch.flatten: "flatten", torch.reshape: "reshape", torch.permute: "permute", torch.transpose: "transpose",
+    torch.swapaxes: "transpose", torch.swapdims: "transpose",
     F.softmax: "softmax", torch.softmax: "softmax", F.log_softmax: "log_softmax", torch.log_softmax: "log_softmax",
     torch.erf: "erf", torch.special.erf: "erf",
     F.dropout: "identity", torch.add: "add", operator.add: "add", operator.iadd: "add", torch.sub: "sub",
@@ -104,7 +105,8 @@ _FUNCTION_KINDS: dict[Any, str] = {
 _METHOD_KINDS = {
     "relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh", "erf": "erf",
     "view": "reshape", "reshape": "reshape", "flatten": "flatten", "permute": "permute",
-    "transpose": "transpose", "add": "add", "add_": "add", "mul": "mul", "mul_": "mul", "sub": "sub",
+    "transpose": "transpose", "swapaxes": "transpose", "swapdims": "transpose", "add": "add", "add_": "add",
+    "mul": "mul", "mul_": "mul", "sub": "sub",
     "sub_": "sub", "div": "div", "div_": "div", "softmax": "softmax", "log_softmax": "log_softmax",
     "contiguous": "identity", "clone": "identity", "size": "meta", "dim": "meta", "squeeze": "reshape",
     "unsqueeze": "reshape", "mean": "mean", "matmul": "matmul", "to": "cast", "float": "cast", "type": "cast",

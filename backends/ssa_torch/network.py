@@ -40,6 +40,7 @@ from .host import HostCopy, exact_arithmetic
 from .maps import InputMaps
 from .segments import Segment, TapValues
 from .taps import TapPlan, discover_taps
+from .tokens import TOKEN_MODES, class_token_axes
 from .tracing import EXPORT_FIX, trace_module
 
 __all__ = ["TorchNetwork", "HostCopy", "exact_arithmetic", "spatial_mean", "trace_module", "steps_summary"]
@@ -75,6 +76,8 @@ class TorchNetwork(ClosedFormSteps, AutogradSteps, ModelIdentity, InputMaps, Net
     include_input : add the input image's channels as the lowest tap.
     channel_axes : override the channel axis of taps, by name.
     output_index : which output is the logits when the model returns several.
+    tokens : ``"all"`` (a token tap's tokens are aggregated as positions) or ``"cls"`` (the taps that carry a
+        class token take it alone; :mod:`ssa_torch.tokens`).
 
     Saliency, activation maps and receptive fields (:class:`ssa.core.capabilities.SupportsInputMaps`) come from
     the mixin :class:`ssa_torch.maps.InputMaps`.
@@ -82,7 +85,12 @@ class TorchNetwork(ClosedFormSteps, AutogradSteps, ModelIdentity, InputMaps, Net
 
     def __init__(self, module: nn.Module, *, name: str = "model", device: str = "cpu",
                  taps: Sequence[str] | None = None, include_input: bool = False,
-                 channel_axes: Mapping[str, int] | None = None, output_index: int | None = None) -> None:
+                 channel_axes: Mapping[str, int] | None = None, output_index: int | None = None,
+                 tokens: str = "all") -> None:
+        if tokens not in TOKEN_MODES:
+            raise InvalidInputError(f"tokens must be one of {', '.join(TOKEN_MODES)}, got {tokens!r}.")
+        self.tokens = tokens
+        self._token_axes: dict[str, int] = {}
         self.module = module
         self.name = name
         self.device = device
@@ -153,6 +161,7 @@ class TorchNetwork(ClosedFormSteps, AutogradSteps, ModelIdentity, InputMaps, Net
             _Shapes(gm).run(x)
         self._plan = discover_taps(gm, shapes, tap_names=self.tap_names, include_input=self.include_input,
                                    channel_axes=self.channel_axes, output_index=self.output_index)
+        self._token_axes = class_token_axes(gm, self._plan, x) if self.tokens == "cls" else {}
         self._gm = gm
         self._example = x
         self._values = TapValues(_VALUES_BYTES)

@@ -33,12 +33,16 @@ from ssa.core.defaults import DEFAULT_RULE, DEFAULT_SELECTOR, PRESETS, resolve_m
 from ssa.core.interfaces import Rule, Selector
 from ssa.errors import InvalidInputError
 
-__all__ = ["ModelSpec", "RunOptions", "Method", "ModelOption", "ENGINES", "STORE_MODES", "option_fields", "option_flag",
+__all__ = ["ModelSpec", "RunOptions", "Method", "ModelOption", "ENGINES", "STORE_MODES", "TOKEN_MODES", "option_fields",
+           "option_flag",
            "option_defaults", "option_values"]
 
 #: "auto": the exact closed form where a step has one, autograd elsewhere; "fast": the same, refused when no
 #: step has it; "autograd": every step by autograd
 ENGINES = ("auto", "fast", "autograd")
+#: the neurons of a token tap (vision transformers; method doc, section 4b): "all" aggregates every token as
+#: positions are aggregated; "cls": the taps that carry a class token take it alone
+TOKEN_MODES = ("all", "cls")
 #: "fill": collect into the store what it lacks; "read": use the store only when it holds this model and images
 STORE_MODES = ("fill", "read")
 
@@ -115,6 +119,8 @@ class ModelSpec:
     taps : tap names chosen by hand (a tuple; any sequence of names is accepted); None: the backend's default.
     include_input : add the input image's channels as the lowest tap.
     channel_axes : tap name -> its channel axis, overriding the backend's guess.
+    tokens : ``"all"`` (default): a token tap's tokens are aggregated as positions are; ``"cls"``: the taps that
+        carry a class token (ViT, DeiT) take it alone (refused for a model without one).
     output_index : which model output holds the logits (several outputs).
     name : the model's display name in graphs and summaries (None: the backend's choice).
     options : a backend's own options (e.g. ``{"parity_tolerance": 0.01}`` for ONNX files), passed to its
@@ -129,6 +135,8 @@ class ModelSpec:
     include_input: bool = _option(False, "add the input image's channels as the last tap", action="store_true")
     channel_axes: Mapping[str, int] | None = _option(None, "override the channel axis of a tap (repeatable)",
                                                      flag="--channel-axis", action="append", metavar="TAP=AXIS")
+    tokens: str = _option("all", "the neurons of a token tap (vision transformers): 'all' (default) averages every "
+                                 "token, as positions are; 'cls' takes the class token alone", choices=TOKEN_MODES)
     output_index: int | None = _option(None, "which model output holds the logits", type=int)
     name: str | None = _option(None, "the model's display name in graphs and summaries (default: the built-in name "
                                      "for a built-in model's weights, else the class name or file stem; graphs "
@@ -158,6 +166,8 @@ class ModelSpec:
                 if isinstance(axis, bool) or not isinstance(axis, int):
                     raise InvalidInputError(f"channel_axes[{tap!r}] must be an integer axis, got {axis!r}.")
             object.__setattr__(self, "channel_axes", axes)
+        if self.tokens not in TOKEN_MODES:
+            raise InvalidInputError(f"tokens must be one of {', '.join(TOKEN_MODES)}, got {self.tokens!r}.")
         if self.output_index is not None:
             check_int("output_index", self.output_index, 0)
         _optional_str("name", self.name)
@@ -176,13 +186,16 @@ class ModelSpec:
         return cls(source, **{k: v for k, v in keywords.items() if k in _MODEL_FIELDS}, options=own)
 
     def load_options(self) -> dict[str, Any]:
-        """The keyword options a backend's ``load(source, device=..., **options)`` takes (``name`` only when set)."""
+        """The keyword options a backend's ``load(source, device=..., **options)`` takes (``name`` only when set,
+        ``tokens`` only when not ``"all"``)."""
         out: dict[str, Any] = {"taps": list(self.taps) if self.taps is not None else None,
                                "include_input": self.include_input,
                                "channel_axes": dict(self.channel_axes) if self.channel_axes is not None else None,
                                "output_index": self.output_index}
         if self.name is not None:
             out["name"] = self.name
+        if self.tokens != "all":  # only then: a backend without token taps need not know the option
+            out["tokens"] = self.tokens
         out.update(self.options)
         return out
 

@@ -11,7 +11,7 @@ A study file (TOML; relative paths are relative to the file) says::
     [[model]]                         # one table per model
     name = "vgg16"                    # folder name (default: the file stem)
     spec = "vgg16.onnx"               # what `ssa analyse` accepts
-    # backend, taps = [...], include_input, channel_axes = {tap = axis}, output_index, parity_tolerance
+    # backend, taps = [...], include_input, channel_axes = {tap = axis}, tokens, output_index, parity_tolerance
 
     [images]
     path = "imagenet/train"           # class sub-folders, a flat folder (+ labels), a .npy file, or "digits"
@@ -197,7 +197,7 @@ def read_study(path: str | os.PathLike, *, out_dir: str | os.PathLike | None = N
     if not models_raw or not isinstance(models_raw, list):
         raise _err(p, "no model; add a [[model]] table with spec = \"model.onnx\" (or any `ssa analyse` MODEL).")
     models = []
-    model_keys = ("name", "spec", "backend", "taps", "include_input", "channel_axes", "output_index",
+    model_keys = ("name", "spec", "backend", "taps", "include_input", "channel_axes", "tokens", "output_index",
                   "parity_tolerance")
     for m in models_raw:
         if not isinstance(m, dict) or "spec" not in m:
@@ -209,8 +209,7 @@ def read_study(path: str | os.PathLike, *, out_dir: str | os.PathLike | None = N
         name = str(m.get("name") or Path(str(m["spec"]).split(":")[0]).stem)
         if not name or any(ch in name for ch in "/\\") or name.startswith("."):
             raise _err(p, f"model name {name!r} must be a plain folder name; set name = \"...\".")
-        options = {k: m[k] for k in ("taps", "include_input", "channel_axes", "output_index", "parity_tolerance")
-                   if k in m}
+        options = {k: m[k] for k in model_keys[3:] if k in m}
         models.append(StudyModel(name, spec, m.get("backend"), options))
     names = [m.name for m in models]
     if len(set(names)) != len(names):

@@ -36,7 +36,10 @@ class RefTap:
     channel_axis : axis of the neurons in the batched tensor.
     parents : the parent taps (cut semantics).
     op : ``"add"`` for a tap that is the output of a tensor addition (a residual stream, method doc
-        section 4b): the ``call``-th addition of two tensors in one forward pass.
+        section 4b): the ``call``-th addition of two tensors in one forward pass; ``"relu"`` for the
+        ``call``-th ReLU called as a function (``F.relu``; ``nn.ReLU`` modules call it too, and count).
+    cls : the class token alone: a neuron's value is its channel at position 0 of axis 1 (a token tap
+        (N, T, C)), not its mean over the positions (``tokens="cls"``).
     """
 
     name: str
@@ -45,6 +48,7 @@ class RefTap:
     channel_axis: int = 1
     parents: tuple[str, ...] = ()
     op: str | None = None
+    cls: bool = False
 
 
 @dataclass(frozen=True)

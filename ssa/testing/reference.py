@@ -4,7 +4,7 @@ Independent of ssa's code: the taps and their parents are given by hand
 (:class:`ssa.testing.models.RefTap`), cut semantics are done with forward hooks that
 replace each tap module's output by a detached leaf that requires grad (and, for the
 residual streams of section 4b, a torch function mode that does the same to the k-th
-tensor addition of the forward pass), and the
+tensor addition of the forward pass, and to the k-th ReLU called as a function), and the
 relevance is computed with one ``torch.autograd.grad`` call per upper neuron
 and image. Outliers, ranking and selection are written out row by row, as the
 method doc states them.
@@ -20,11 +20,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ssa.testing.models import RefTap
 
-__all__ = ["run_cut", "tap_scalar", "reference_relevance", "tukey_row", "reference_ssa"]
+__all__ = ["op_kind", "run_cut", "tap_scalar", "reference_relevance", "tukey_row", "reference_ssa"]
 
 
 def _fresh(model: nn.Module) -> nn.Module:
@@ -70,7 +71,7 @@ def run_cut(model: nn.Module, x: torch.Tensor, taps: Sequence[RefTap]
 
     for path in by_module:
         handles.append(modules[path].register_forward_hook(make_hook(path)))
-    additions = {t.call: t.name for t in taps if t.op == "add"}
+    ops = {(t.op, t.call): t.name for t in taps if t.op is not None}
     try:
         inp = x.detach().clone()
         for t in taps:
@@ -78,7 +79,7 @@ def run_cut(model: nn.Module, x: torch.Tensor, taps: Sequence[RefTap]
                 inp.requires_grad_(True)
                 raw[t.name] = inp
                 leaf[t.name] = inp
-        with torch.enable_grad(), _CutAdditions(additions, raw, leaf):
+        with torch.enable_grad(), _CutOps(ops, raw, leaf):
             model(inp)
     finally:
         for h in handles:
@@ -88,20 +89,35 @@ def run_cut(model: nn.Module, x: torch.Tensor, taps: Sequence[RefTap]
 
 _ADDITIONS = (torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__iadd__,
               torch.Tensor.add_)
+_RELUS = (F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_)
 
 
-class _CutAdditions(TorchFunctionMode):
-    """Cut the outputs of chosen tensor additions: the k-th addition of two tensors in the forward pass."""
+def op_kind(func, args) -> str | None:
+    """``"add"`` for an addition of two tensors, ``"relu"`` for a ReLU called as a function (``F.relu``,
+    ``torch.relu``, ``Tensor.relu``; an ``nn.ReLU`` module calls ``F.relu`` too), else None."""
+    if func in _ADDITIONS and len(args) >= 2 and all(isinstance(a, torch.Tensor) for a in args[:2]):
+        return "add"
+    if func in _RELUS and args and isinstance(args[0], torch.Tensor):
+        return "relu"
+    return None
 
-    def __init__(self, taps: dict[int, str], raw: dict[str, torch.Tensor], leaf: dict[str, torch.Tensor]) -> None:
+
+class _CutOps(TorchFunctionMode):
+    """Cut the outputs of chosen calls of an op: the k-th addition of two tensors (``("add", k)``) or the
+    k-th ReLU called as a function (``("relu", k)``) in the forward pass."""
+
+    def __init__(self, taps: dict[tuple[str, int], str], raw: dict[str, torch.Tensor],
+                 leaf: dict[str, torch.Tensor]) -> None:
         super().__init__()
-        self.taps, self.raw, self.leaf, self.count = taps, raw, leaf, 0
+        self.taps, self.raw, self.leaf = taps, raw, leaf
+        self.count: dict[str, int] = defaultdict(int)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func in _ADDITIONS and len(args) >= 2 and all(isinstance(a, torch.Tensor) for a in args[:2]):
-            name = self.taps.get(self.count)
-            self.count += 1
+        kind = op_kind(func, args)
+        if kind is not None:
+            name = self.taps.get((kind, self.count[kind]))
+            self.count[kind] += 1
             if name is not None:
                 self.raw[name] = out
                 out = out.detach().clone().requires_grad_(True)
@@ -110,14 +126,19 @@ class _CutAdditions(TorchFunctionMode):
         return out
 
 
-def tap_scalar(value: torch.Tensor, channel_axis: int, neuron: int) -> torch.Tensor:
-    """The neuron's scalar on a batch of one image: its value (2-D tap) or its spatial mean."""
+def tap_scalar(value: torch.Tensor, channel_axis: int, neuron: int, cls: bool = False) -> torch.Tensor:
+    """The neuron's scalar on a batch of one image: its value (2-D tap) or its spatial mean (``cls``: its value
+    at the class token, position 0 of axis 1)."""
+    if cls:
+        value = value[:, :1]
     channel = value.select(channel_axis, neuron)[0]
     return channel.mean() if channel.dim() > 0 else channel
 
 
-def _per_channel_mean(t: torch.Tensor, channel_axis: int) -> np.ndarray:
-    """Spatial mean of every channel of a batch-of-one tensor, shape (K,)."""
+def _per_channel_mean(t: torch.Tensor, channel_axis: int, cls: bool = False) -> np.ndarray:
+    """Spatial mean of every channel of a batch-of-one tensor, shape (K,) (``cls``: at position 0 of axis 1)."""
+    if cls:
+        t = t[:, :1]
     t = t[0]  # drop the batch axis
     t = t.movedim(channel_axis - 1, 0)
     return t.reshape(t.shape[0], -1).mean(dim=1).double().numpy()
@@ -147,7 +168,7 @@ def _relevance(model: nn.Module, images: np.ndarray, taps: Sequence[RefTap], upp
         for i in range(images.shape[0]):
             x = torch.from_numpy(images[i:i + 1]).float()
             raw, leaf = run_cut(model, x, taps)
-            s = tap_scalar(raw[upper], up.channel_axis, n)
+            s = tap_scalar(raw[upper], up.channel_axis, n, up.cls)
             inputs = [leaf[p.name] for p in parents]
             grads = torch.autograd.grad(s, inputs, allow_unused=True)
             for p, a, g in zip(parents, inputs, grads, strict=True):
@@ -159,7 +180,7 @@ def _relevance(model: nn.Module, images: np.ndarray, taps: Sequence[RefTap], upp
                     c = g * a.detach()
                 else:
                     raise ValueError(rule)
-                rows[p.name].append(_per_channel_mean(c, p.channel_axis))
+                rows[p.name].append(_per_channel_mean(c, p.channel_axis, p.cls))
         for p in parents:
             out[p.name].append(np.stack(rows[p.name]))
     return {k: np.stack(v) for k, v in out.items()}

@@ -103,7 +103,7 @@ def add_model_args(parser: argparse.ArgumentParser, optional: str | None = None)
     else:
         p = parser.add_argument_group(optional)
         p.add_argument("--model", default=None, help="the model the graphs were made with (as for `ssa analyse`)")
-    add_option_args(p, ModelSpec, ["device", "backend", "name", "taps", "include_input", "channel_axes",
+    add_option_args(p, ModelSpec, ["device", "backend", "name", "taps", "include_input", "channel_axes", "tokens",
                                    "output_index"])
     for opt in registered_model_options():  # the backends' own (ssa_register_model_options)
         if opt.type is None:
@@ -146,7 +146,7 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
         source=args.model, backend=args.backend, device=args.device,
         taps=tuple(t for t in args.taps.split(",") if t) if args.taps else None,
         include_input=bool(args.include_input), channel_axes=_channel_axes(args.channel_axis),
-        output_index=args.output_index, name=getattr(args, "name", None) or None,
+        tokens=args.tokens, output_index=args.output_index, name=getattr(args, "name", None) or None,
         options=_backend_options(args))
 
 
