@@ -60,8 +60,12 @@ def _hint(selector: Selector, param: str, value: float) -> str:
     return ", or ".join(parts + ([others] if others else []))
 
 
-def _finish(xp: Any, rows: Any, pos: Any, neg: Any, two_sided: bool) -> Any:
-    """int8 labels; rows holding a NaN or an infinity get none."""
+def _finish(xp: Any, rows: Any, pos: Any, neg: Any, two_sided: bool, finite: bool = False) -> Any:
+    """int8 labels; rows holding a NaN or an infinity get none (``finite``: the caller knows there are none).
+    ``neg`` is only read when ``two_sided`` (it may be None otherwise)."""
+    if finite:
+        out = xp.astype(pos, xp.int8)
+        return out - xp.astype(neg, xp.int8) if two_sided else out
     ok = xp.all(xp.isfinite(rows), axis=1, keepdims=True)
     out = xp.astype(pos & ok, xp.int8)
     if two_sided:
@@ -97,7 +101,7 @@ def _sorted(xp: Any, rows: Any, sorted_rows: Any) -> Any:
     Rows with a non-finite value get no labels whatever their order, so they need no care.
     """
     if sorted_rows is None:
-        return xp.sort(_safe(xp, rows), axis=1)
+        return xp.sort(_safe(xp, rows), axis=1, stable=False)  # values only: any order of ties
     sorted_rows = xp.asarray(sorted_rows)
     return sorted_rows if sorted_rows.dtype == xp.float64 else xp.astype(sorted_rows, xp.float64)
 
@@ -121,7 +125,7 @@ class _CutSelector(Selector):
             return _empty(xp, rows)
         s = _sorted(xp, rows, sorted_rows)
         hi, lo = self._cuts(rows.shape[1], lambda p: s[:, p:p + 1])
-        return _finish(xp, rows, rows > hi, rows < lo, self.two_sided)
+        return _finish(xp, rows, rows > hi, rows < lo if self.two_sided else None, self.two_sided)
 
     def sorted_cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any | None]:
         """See :class:`~ssa.core.interfaces.SupportsSortedCuts`."""
@@ -196,7 +200,7 @@ class ZScoreSelector(Selector):
         ok = spread & (std > 0)
         z = xp.where(ok, (safe - mean) / xp.where(ok, std, xp.ones_like(std)), xp.zeros_like(safe))
         t = self.params["threshold"]
-        return _finish(xp, rows, z > t, z < -t, self.two_sided)
+        return _finish(xp, rows, z > t, z < -t if self.two_sided else None, self.two_sided)
 
 
 class MADSelector(Selector):
@@ -231,8 +235,10 @@ class MADSelector(Selector):
         if rows.shape[1] == 0:
             return _empty(xp, rows)
         safe = _safe(xp, rows)
-        if sorted_rows is None and (is_numpy(xp) or _selects(xp)):
-            # both medians by selecting the middle values (numpy: partitions; torch: kthvalue), no sort
+        finite = safe is rows and is_numpy(xp)  # numpy checked every value (a device never asks)
+        if sorted_rows is None and _selects(xp):
+            # both medians by selecting the middle values (torch: kthvalue), no sort; numpy sorts below: its
+            # vectorised sort is faster than a partition at the two middle positions, done twice
             med = median_rows(safe)
             d = safe - med
             mad = median_rows(xp.abs(d))
@@ -241,10 +247,10 @@ class MADSelector(Selector):
             d = safe - med
             mad = median_rows(xp.abs(d))
         else:
-            s = _sorted(xp, safe, sorted_rows)
+            s = xp.sort(safe, axis=1, stable=False) if sorted_rows is None else _sorted(xp, safe, sorted_rows)
             med = median_sorted(s)
             # |s - med| over a sorted row falls, then rises: its median from the two runs, without a sort
-            below = xp.sum(xp.astype(s < med, xp.int64), axis=1, keepdims=True)
+            below = xp.sum(s < med, axis=1, keepdims=True, dtype=xp.int64)
             mad = median_of_v_rows(xp.abs(s - med), below)
             d = safe - med
         meanad = _mean_abs_where(xp, d, mad == 0)  # the fallback scale, needed only where MAD is 0
@@ -253,7 +259,8 @@ class MADSelector(Selector):
         pos_scale = scale > 0  # (R, 1); a row without spread has no outliers (the threshold is > 0)
         z = d / xp.where(pos_scale, scale, xp.ones_like(scale))
         t = self.params["threshold"]
-        return _finish(xp, rows, (z > t) & pos_scale, (z < -t) & pos_scale, self.two_sided)
+        neg = (z < -t) & pos_scale if self.two_sided else None
+        return _finish(xp, rows, (z > t) & pos_scale, neg, self.two_sided, finite)
 
 
 def _selects(xp: Any) -> bool:

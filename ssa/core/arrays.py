@@ -252,7 +252,7 @@ def count_at_most(positions: Array, include: Array, n_bins: int) -> Array:
 def percentile_rows(rows: Array, qs: tuple[float, ...]) -> list[Array]:
     """Several percentiles of every row (one sort), each (R, 1); see :func:`quantile_sorted`."""
     xp = array_namespace(rows)
-    s = xp.sort(rows, axis=1)
+    s = xp.sort(rows, axis=1, stable=False)  # values only
     return [quantile_sorted(s, q) for q in qs]
 
 
@@ -274,7 +274,7 @@ def median_rows(rows: Array) -> Array:
     if is_torch_namespace(xp):
         picked = {p: rows.kthvalue(p + 1, dim=1, keepdim=True).values for p in mid}
         return median_columns(K, picked.__getitem__)
-    return median_sorted(xp.sort(rows, axis=1))
+    return median_sorted(xp.sort(rows, axis=1, stable=False))
 
 
 def median_columns(n_columns: int, column: Callable[[int], Array]) -> Array:
