@@ -20,7 +20,7 @@ from ssa.core.interfaces import DenseBlock, Rank1Block, Rank1Factors
 from ssa.core.stages import StageTimes
 
 from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
-from .closed_form.terms import rank1_rows
+from .closed_form.terms import rank1_rows, stat_device
 from .families import check_lines
 from .host import exact_arithmetic
 from .interpreters import ModelCodeInterpreter
@@ -59,7 +59,11 @@ class ClosedFormSteps:
 
             with self.stages.stage("planning"), torch.no_grad():
                 _Values(self.graph_module).run(self._example)
-                self._fast = plan_closed_form(self.graph_module, self.plan, env1)
+                fast = plan_closed_form(self.graph_module, self.plan, env1)
+                for tf in fast.taps.values():  # constants on the device once (Term.to), never per class
+                    for term in tf.terms:
+                        term.to(self.device)
+                self._fast = fast
         return self._fast
 
     def fast_taps(self, form: str | None = None) -> frozenset[str]:
@@ -80,17 +84,21 @@ class ClosedFormSteps:
         for i, term in enumerate(tf.terms):
             by_parent.setdefault(term.parent, []).append(i)
         out: list[DenseBlock | Rank1Block] = []
+        first = next((v for k, v in stats.items() if k.startswith(f"{upper}/")), None)
+        # the neurons on the statistics' device once, for every term of the block
+        rows: Any = neurons if first is None else torch.as_tensor(list(neurons), dtype=torch.long,
+                                                                  device=stat_device(first))
         with exact_arithmetic(self.device):
             for parent, idx in by_parent.items():
-                r = tf.terms[idx[0]].rank1(_term_stats(stats, upper, idx[0]), neurons, form) if len(idx) == 1 else None
+                r = tf.terms[idx[0]].rank1(_term_stats(stats, upper, idx[0]), rows, form) if len(idx) == 1 else None
                 if r is not None:
                     term = tf.terms[idx[0]]
-                    f = Rank1Factors(r[0], r[1], float(term.scale), r[2], term.rank1_order(neurons, r[1].device))
+                    f = Rank1Factors(r[0], r[1], float(term.scale), r[2], term.rank1_order(rows, r[1].device))
                     out.append(Rank1Block(parent, 0, f) if factors else DenseBlock(parent, 0, *rank1_rows(f)))
                     continue
                 om = None
                 for i in idx:
-                    part = tf.terms[i].omega(_term_stats(stats, upper, i), neurons, form)
+                    part = tf.terms[i].omega(_term_stats(stats, upper, i), rows, form)
                     om = part if om is None else om + part
                 out.append(DenseBlock(parent, 0, om))
         return out

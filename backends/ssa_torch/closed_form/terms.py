@@ -26,7 +26,7 @@ import torch
 from ssa.core.budget import WORK_BYTES
 from ssa.core.interfaces import Rank1Factors
 
-__all__ = ["Term", "as_tensor", "channels_of", "stat_device", "scatter_channels", "chunks",
+__all__ = ["Term", "as_tensor", "channels_of", "stat_device", "scatter_channels", "place_channels", "chunks",
            "rank1_rows", "WORK_BYTES"]
 
 
@@ -85,6 +85,17 @@ def scatter_channels(values: torch.Tensor, chan: torch.Tensor, k: int) -> torch.
     else:
         out.scatter_add_(-1, idx.expand(values.shape).contiguous(), values)
     return out[..., :k]
+
+
+def place_channels(chan: torch.Tensor, k: int, device: torch.device | str) -> torch.Tensor:
+    """A column-to-bin map (1-D) or an element map on ``device``, with its column plan decided and its plan's arrays
+    made there (:meth:`Term.to`): :func:`scatter_channels` given the returned tensor then copies nothing."""
+    chan = chan.to(device)
+    if chan.dim() == 1:
+        plan = _column_plan(chan, k)
+        if plan[0] == "permutation":
+            _on(plan, "inverse", chan.device)
+    return chan
 
 
 _PLANS: dict[tuple[int, int], tuple[Any, ...]] = {}
@@ -197,10 +208,35 @@ class Term:
         the traversal sorts ``vec`` itself."""
         return None
 
+    def to(self, device: torch.device | str) -> Term:
+        """Place the term's constant arrays on ``device``, once, when the network's closed form is planned
+        (docs/architecture.md, "Placement and exactness"): :attr:`out_index` and its flags, decided here on the
+        host ("every upper neuron fed": :attr:`feeds_all`; "each upper neuron is its own head channel"), then what
+        :meth:`place` adds (a subclass's channel maps and column plans). The per-class path then copies no
+        constant; what it needs on another device (statistics handed over as numpy) is made there once."""
+        dev = torch.device(device)
+        host = self.out_index.detach().cpu()
+        self.__dict__["_feeds_all"] = bool((host >= 0).all())
+        self.__dict__["_own_channel"] = torch.equal(host, torch.arange(host.numel(), dtype=host.dtype))
+        self.out_index = self.out_index.to(dev)
+        self.__dict__["_out_index_on"] = {str(dev): self.out_index}
+        self.place(dev)
+        return self
+
+    def place(self, device: torch.device) -> None:
+        """Put a subclass's own constant arrays on ``device`` (called by :meth:`to`; nothing by default)."""
+
     # -- helpers -------------------------------------------------------------------------------------
-    def head_channels(self, neurons: Sequence[int], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(head channel of each upper neuron, clamped to 0 where none; mask of the neurons this term feeds)."""
-        idx = self._out_index(device)[torch.as_tensor(list(neurons), dtype=torch.long, device=device)]
+    def head_channels(self, neurons: Sequence[int] | torch.Tensor, device: torch.device | str
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(head channel of each upper neuron, clamped to 0 where none; mask of the neurons this term feeds).
+
+        ``neurons`` may already be a long tensor on ``device`` (the network makes it once per block for all its
+        terms); a term whose upper neurons are their own head channels indexes nothing."""
+        idx = torch.as_tensor(neurons, dtype=torch.long, device=device)
+        if self.__dict__.get("_own_channel"):
+            return idx, idx >= 0
+        idx = self._out_index(device)[idx]
         return idx.clamp_min(0), idx >= 0
 
     def _out_index(self, device: torch.device | str) -> torch.Tensor:
