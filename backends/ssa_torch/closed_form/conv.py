@@ -27,7 +27,17 @@ from torch import fx
 from .linear import LinearOp, NotClosedForm
 from .planner import Branch, Planner
 from .registry import ClosedForm, register_builtin
-from .terms import WORK_BYTES, Term, as_tensor, channels_of, chunks, place_channels, scatter_channels, stat_device
+from .terms import (
+    WORK_BYTES,
+    Term,
+    as_tensor,
+    channels_of,
+    chunks,
+    neuron_rows,
+    place_channels,
+    scatter_channels,
+    stat_device,
+)
 
 __all__ = ["ConvTerm", "ConvForm", "conv_input_relevance", "factor_scale"]
 
@@ -282,7 +292,7 @@ class ConvTerm(Term):
         else:
             raw = stats["a"]  # (B, N, K)
             h, fed = self.head_channels(neurons, stat_device(raw))
-            om = channels_of(raw, h).transpose(0, 1).contiguous()  # (n, B, K), rows contiguous
+            return self.finish(neuron_rows(raw, h), fed, inplace=True)
         return self.finish(om, fed)
 
 

@@ -26,8 +26,8 @@ import torch
 from ssa.core.budget import WORK_BYTES
 from ssa.core.interfaces import Rank1Factors
 
-__all__ = ["Term", "as_tensor", "channels_of", "stat_device", "scatter_channels", "place_channels", "chunks",
-           "rank1_rows", "WORK_BYTES"]
+__all__ = ["Term", "as_tensor", "channels_of", "neuron_rows", "stat_device", "scatter_channels", "place_channels",
+           "chunks", "rank1_rows", "WORK_BYTES"]
 
 
 def as_tensor(value: Any, device: torch.device | str | None = None) -> torch.Tensor:
@@ -52,6 +52,16 @@ def channels_of(value: Any, h: torch.Tensor) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.index_select(1, h.to(value.device)).to(torch.float64)
     return torch.from_numpy(np.asarray(np.asarray(value)[:, h.cpu().numpy()], dtype=np.float64))
+
+
+def neuron_rows(raw: Any, h: torch.Tensor) -> torch.Tensor:
+    """``raw[:, h]`` (B, n, K) as float64 rows (n, B, K), contiguous: a tensor's channels picked, then converted and
+    transposed in one copy (numpy: :func:`channels_of`). Always a fresh array: the caller may scale it in place."""
+    if not isinstance(raw, torch.Tensor):
+        return channels_of(raw, h).transpose(0, 1).contiguous()
+    picked = raw.index_select(1, h)  # (B, n, K) in the statistics' dtype
+    out = torch.empty((picked.shape[1], picked.shape[0], picked.shape[2]), dtype=torch.float64, device=raw.device)
+    return out.copy_(picked.transpose(0, 1))
 
 
 def scatter_channels(values: torch.Tensor, chan: torch.Tensor, k: int) -> torch.Tensor:
