@@ -251,7 +251,7 @@ class MADSelector(Selector):
             med = median_sorted(s)
             # |s - med| over a sorted row falls, then rises: its median from the two runs, without a sort
             below = xp.sum(s < med, axis=1, keepdims=True, dtype=xp.int64)
-            mad = median_of_v_rows(xp.abs(s - med), below)
+            mad = median_of_v_rows(s, below, center=med)
             d = safe - med
         meanad = _mean_abs_where(xp, d, mad == 0)  # the fallback scale, needed only where MAD is 0
         # scale such that z = (omega - median) / scale; 1/0.6745 = 1.4826 (MAD), 1.253314 (MeanAD fallback)
