@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+import numpy as np
 from array_api_compat import is_torch_namespace
 
 from ssa.core.arrays import (
@@ -276,7 +277,8 @@ def _mean_abs_where(xp: Any, d: Any, rows: Any) -> Any:
         out = xp.zeros((d.shape[0], 1), dtype=d.dtype)
         which = xp.nonzero(rows[:, 0])[0]
         if which.shape[0]:
-            out[which] = xp.mean(xp.abs(d[which]), axis=1, keepdims=True)
+            picked = d[which]  # a copy: its absolute values in place
+            out[which] = xp.mean(np.abs(picked, out=picked), axis=1, keepdims=True)
         return out
     return xp.mean(xp.abs(d), axis=1, keepdims=True)
 
