@@ -51,7 +51,7 @@ def check(results: dict[str, Any], name: str, model: Any, x: np.ndarray, dev: st
         for tap in sorted(net.fast_taps(form)):
             neurons = list(range(min(net.tap(tap).n_neurons, 4)))
             ref, _ = net.step_relevance(x, tap, neurons, rule)
-            fast = net.fast_relevance(tap, stats_np, neurons, form)  # numpy statistics (store path)
+            fast = {b.parent: b.omega for b in net.relevance_blocks(tap, stats_np, neurons, form)}  # numpy statistics
             tf = net.closed_form.taps[tap]
             for i, term in enumerate(tf.terms):  # omega straight from the CUDA tensors
                 sub = {k[len(f"{tap}/{i}/"):]: v for k, v in interp.stats.items() if k.startswith(f"{tap}/{i}/")}

@@ -9,8 +9,10 @@ weights, as the benchmarks draw them), 8 noise images at 224 x 224, the default 
 column plans), then a second class is counted.
 
 Budgets: at most one synchronisation per step (the step's kept edges, copied to the host together): ResNet-50
-65 steps, VGG16 15. Aten calls: the issue asks for at most 3,000 (ResNet-50) and 800 (VGG16); this commit
-reaches about 6,000 and 1,300 (from 77,904 and 18,070), and the budgets below guard those.
+65 steps, VGG16 15. Aten calls: the issue asks for at most 3,000 (ResNet-50) and 800 (VGG16); measured 5,365 and
+1,169 (from 77,904 and 18,070; 5,942 and 1,302 before the terms were placed at planning and MAD skipped what a
+one-sided selector never reads), and the budgets below guard those with about 10 % headroom. Most of what
+remains is the traversal and the selector (about 70 calls per step), not the closed form (about 9 to 16).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .device_counts import counting
 torchvision = pytest.importorskip("torchvision")
 
 # model: (steps, synchronising calls + host copies, aten calls)
-BUDGETS = {"vgg16": (15, 15, 1_450), "resnet50": (65, 65, 6_600)}
+BUDGETS = {"vgg16": (15, 15, 1_290), "resnet50": (65, 65, 5_900)}
 
 
 @pytest.mark.parametrize("name", sorted(BUDGETS))

@@ -56,7 +56,7 @@ def _omega_close(net, images, form):
         n = net.tap(tap).n_neurons
         neurons = list(range(min(n, 6)))
         ref, _ = net.step_relevance(images, tap, neurons, rule)
-        fast = net.fast_relevance(tap, stats, neurons, form)
+        fast = {b.parent: b.omega for b in net.relevance_blocks(tap, stats, neurons, form)}
         ref, fast = ({k: to_numpy(v) for k, v in d.items()} for d in (ref, fast))  # device arrays -> host
         assert set(fast) == set(ref)
         for parent in ref:
@@ -221,7 +221,7 @@ def test_fast_equals_autograd_through_concatenations(form):
 def test_statistics_serve_bootstrap_resamples():
     """A resample with repeated images, read from statistics collected once, equals autograd on the resample."""
     from ssa.engines.autograd import AutogradSource
-    from ssa.engines.closed_form import FastSource
+    from ssa.engines.closed_form import ClosedFormSource
     from ssa.engines.statistics import collect
     from ssa.io.images import load_images
     from ssa.session import run_traversal
@@ -234,7 +234,7 @@ def test_statistics_serve_bootstrap_resamples():
     stats = collect(net, x, ["gradient_x_activation"], 32)
     idx = np.random.default_rng(0).integers(0, len(x), len(x))
     assert len(np.unique(idx)) < len(idx)
-    fast = run_traversal(FastSource(net, stats, "gradient_x_activation", x, 32, idx), net, 5, 3, rule, sel)
+    fast = run_traversal(ClosedFormSource(net, stats, "gradient_x_activation", x, 32, idx), net, 5, 3, rule, sel)
     auto = run_traversal(AutogradSource(net, x[idx], 32), net, 5, 3, rule, sel)
     assert fast.n_images == auto.n_images == len(idx)
     ef = sorted((u, v, d["frequency"]) for u, v, d in fast.graph.edges(data=True))

@@ -82,5 +82,5 @@ def test_statistics_and_relevance_stay_on_the_gpu():
         stats = net.collect(images, [form])
         assert all(v.device.type == "cuda" for v in stats.values())
         tap = sorted(net.fast_taps(form))[-1]
-        rel = net.fast_relevance(tap, stats, [0, 1], form)
+        rel = {b.parent: b.omega for b in net.relevance_blocks(tap, stats, [0, 1], form)}
         assert all(v.device.type == "cuda" for v in rel.values())

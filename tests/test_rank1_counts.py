@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import ssa
-from ssa.core.interfaces import Rank1Factors, Selector, SupportsSortedCuts
-from ssa.core.traversal import RelevanceBlock, _Acc, _accumulate, rank1_block_rows
+from ssa.core.interfaces import DenseBlock, Rank1Block, Rank1Factors, Selector, SupportsSortedCuts
+from ssa.core.traversal import _Acc, _accumulate, rank1_block_rows
 from ssa.session import Session
 from tests.test_sorted_rows import fast_steps, models
 
@@ -35,7 +35,8 @@ def _factors(rng: np.random.Generator, n: int, b: int, K: int, lib: Any) -> Rank
     return Rank1Factors(to(coeff.T.copy().T), to(vec), 0.037, to(fed))
 
 
-def _counts(block: RelevanceBlock, n: int, K: int, selector: Selector) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _counts(block: DenseBlock | Rank1Block, n: int, K: int, selector: Selector
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     acc: dict[str, _Acc] = {}
     _accumulate(acc, block, n, selector)
     a = acc[block.parent]
@@ -58,8 +59,8 @@ def test_counts_from_factors_equal_counts_from_the_rows(name, params, two_sided,
     for n, b, K in [(5, 9, 31), (3, 1, 2), (4, 17, 200), (2, 6, 1)]:
         f = _factors(rng, n, b, K, lib)
         rows = rank1_block_rows(f)
-        fast = _counts(RelevanceBlock("p", 0, None, None, f), n, K, selector)
-        plain = _counts(RelevanceBlock("p", 0, rows), n, K, selector)
+        fast = _counts(Rank1Block("p", 0, f), n, K, selector)
+        plain = _counts(DenseBlock("p", 0, rows), n, K, selector)
         assert np.array_equal(fast[0], plain[0]), (n, b, K)
         assert np.array_equal(fast[1], plain[1]), (n, b, K)
         np.testing.assert_allclose(fast[2], plain[2], rtol=1e-12, atol=1e-300)
@@ -72,8 +73,8 @@ def test_non_finite_factors_fall_back_to_the_rows():
     f = _factors(np.random.default_rng(1), 4, 5, 20, np)
     f.coeff[2, 3] = np.inf
     with np.errstate(invalid="ignore"):  # inf * 0 in the rows the fallback builds
-        fast = _counts(RelevanceBlock("p", 0, None, None, f), 4, 20, selector)
-        plain = _counts(RelevanceBlock("p", 0, rank1_block_rows(f)), 4, 20, selector)
+        fast = _counts(Rank1Block("p", 0, f), 4, 20, selector)
+        plain = _counts(DenseBlock("p", 0, rank1_block_rows(f)), 4, 20, selector)
     assert np.array_equal(fast[0], plain[0])
 
 
@@ -134,8 +135,9 @@ def test_the_orders_the_backend_keeps_sort_each_vec(form):
     """A term's kept order (weights sorted once, one-hot skips) sorts the vector it hands over, row by row."""
     checked = 0
     for label, net, stats, tap, neurons in fast_steps(form, picks=7):
-        for parent, f in net.fast_relevance_factors(tap, stats, neurons, form).items():
-            if not isinstance(f, Rank1Factors) or f.order is None:
+        for block in net.relevance_blocks(tap, stats, neurons, form, factors=True):
+            parent, f = block.parent, block.factors if isinstance(block, Rank1Block) else None
+            if f is None or f.order is None:
                 continue
             ordered = torch.take_along_dim(f.vec, f.order, dim=1)
             assert bool((ordered[:, 1:] >= ordered[:, :-1]).all()), (label, tap, parent)

@@ -47,20 +47,5 @@ def test_the_engine_check_names_the_models_where_the_graphs_differ():
         assert_rule_engines_agree(Lying, cases=[plain_cnn])
 
 
-def test_legacy_string_forms_become_the_enum_and_bad_ones_are_refused():
-    class Old(ssa.Rule):
-        name = "old"
-        fast_form = "gradient_x_activation"
-
-        def combine(self, grad, activation):
-            return grad * activation
-
-    assert Old.closed_form is ssa.ClosedForm.GRADIENT_X_ACTIVATION and Old().form == "gradient_x_activation"
-    with pytest.raises(TypeError, match="not a closed form"):
-        class Bad(ssa.Rule):  # noqa: F841
-            name = "bad"
-            fast_form = "taylor"
-
-            def combine(self, grad, activation):
-                return grad
+def test_the_gradient_closed_form_combines_to_the_gradient():
     assert np.array_equal(ssa.ClosedForm.GRADIENT.combine(np.ones(2), np.zeros(2)), np.ones(2))

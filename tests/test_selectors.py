@@ -375,3 +375,4 @@ def test_median_of_falling_then_rising_rows_equals_the_sorted_median() -> None:
         below = np.sum(s < med, axis=1, keepdims=True)
         assert np.array_equal(median_of_v_rows(d, below), want), trial
         assert np.array_equal(median_of_v_rows(torch.from_numpy(d), torch.from_numpy(below)).numpy(), want), trial
+        assert np.array_equal(median_of_v_rows(s, below, center=med), want), trial  # |s - med| read lazily

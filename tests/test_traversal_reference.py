@@ -17,6 +17,7 @@ import torch
 
 import ssa
 from ssa.core.arrays import to_numpy
+from ssa.core.interfaces import DenseBlock
 from ssa.testing.models import (
     ALL_CASES,
     ModelCase,
@@ -222,16 +223,16 @@ class HandMadeSource:
             ssa.Tap("logits", 2, "logits", (3,), 1, ("b",)),
         )
 
-    def iter_relevance(self, upper, neurons, rule):
+    def iter_blocks(self, upper, neurons, rule, factors=False):
         for lo, hi in ((0, 3), (3, 4)):  # two batches of images
             if upper == "logits":
                 omega = np.stack([self.sign * LOGITS_TO_B[lo:hi] for _ in neurons])
-                yield {"b": omega}
+                yield DenseBlock("b", 0, omega)
             else:
                 omega = np.zeros((len(neurons), hi - lo, 4))
                 for j, n in enumerate(neurons):
                     omega[j, :, n % 4] = self.sign
-                yield {"a": omega}
+                yield DenseBlock("a", 0, omega)
 
     def scalars(self, tap):
         return np.ones((self.n_images, {"a": 4, "b": 6, "logits": 3}[tap]))

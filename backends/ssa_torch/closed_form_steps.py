@@ -2,25 +2,25 @@
 
 :class:`ClosedFormSteps` is a mixin of :class:`~ssa_torch.network.TorchNetwork`: the plan
 (:attr:`~ClosedFormSteps.closed_form`, planned on first use), the one forward pass that collects
-per-image statistics (:meth:`~ClosedFormSteps.collect`) and the relevance of a step from them, as omega
-(:meth:`~ClosedFormSteps.fast_relevance`), with sorted rows or as rank-1 factors; :func:`steps_summary`
+per-image statistics (:meth:`~ClosedFormSteps.collect`) and the relevance of a step from them as typed blocks
+(:meth:`~ClosedFormSteps.relevance_blocks`: rows, sorted where known, or rank-1 factors); :func:`steps_summary`
 is the line ``ssa check`` prints.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import fx
 
-from ssa.core.interfaces import Rank1Factors
+from ssa.core.interfaces import DenseBlock, Rank1Block, Rank1Factors
 from ssa.core.stages import StageTimes
 
 from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
-from .closed_form.terms import rank1_rows
+from .closed_form.terms import rank1_rows, stat_device
 from .families import check_lines
 from .host import exact_arithmetic, statistics_input
 from .interpreters import ModelCodeInterpreter
@@ -59,7 +59,11 @@ class ClosedFormSteps:
 
             with self.stages.stage("planning"), torch.no_grad():
                 _Values(self.graph_module).run(self._example)
-                self._fast = plan_closed_form(self.graph_module, self.plan, env1)
+                fast = plan_closed_form(self.graph_module, self.plan, env1)
+                for tf in fast.taps.values():  # constants on the device once (Term.to), never per class
+                    for term in tf.terms:
+                        term.to(self.device)
+                self._fast = fast
             self._drop_class_token_forms(self._fast)
         return self._fast
 
@@ -72,64 +76,41 @@ class ClosedFormSteps:
                 del cf.taps[name]
                 cf.reasons[name] = "the class token alone (tokens='cls') has no closed form"
 
-    fast_plan = closed_form  # the name the engine used before
-
     def fast_taps(self, form: str | None = None) -> frozenset[str]:
         return frozenset(t for t in self.closed_form.taps if self.closed_form.covers(t, form))
 
-    def fast_relevance(self, upper: str, stats: Mapping[str, Any], neurons: Sequence[int],
-                       form: str) -> dict[str, torch.Tensor]:
-        """omega of a closed-form step from statistics (float64 torch tensors on the statistics' device)."""
-        tf = self.closed_form.taps[upper]
-        return self._omega_sum(upper, range(len(tf.terms)), stats, neurons, form)
+    def relevance_blocks(self, upper: str, stats: Mapping[str, Any], neurons: Sequence[int], form: str,
+                         factors: bool = False) -> list[DenseBlock | Rank1Block]:
+        """The blocks of a closed-form step from statistics (:meth:`ssa.core.interfaces.Network.relevance_blocks`).
 
-    def _omega_sum(self, upper: str, which: Iterable[int], stats: Mapping[str, Any], neurons: Sequence[int],
-                   form: str) -> dict[str, torch.Tensor]:
-        tf = self.closed_form.taps[upper]
-        out: dict[str, torch.Tensor] = {}
-        for i in which:  # exact arithmetic: entered once per analysis (Network.arithmetic), not per block
-            term = tf.terms[i]
-            om = term.omega(_term_stats(stats, upper, i), neurons, form)
-            out[term.parent] = out[term.parent] + om if term.parent in out else om
-        return out
-
-    def fast_relevance_sorted(self, upper: str, stats: Mapping[str, Any], neurons: Sequence[int],
-                              form: str) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-        """:meth:`fast_relevance` with each row's sorted order where a term knows it (rank-1 terms).
-
-        A parent reached by exactly one term whose omega is rank-1 per upper neuron (1x1 conv, dense
-        layer, skip connection under the gradient rule; skips under both rules) gets its rows sorted
-        without a sort (:func:`~ssa_torch.closed_form.terms.rank1_rows`); the others get None.
+        A parent reached by exactly one term whose omega is rank-1 per upper neuron (1x1 conv, dense layer, skip
+        connection under the gradient rule; skips under both rules) is a :class:`Rank1Block` with ``factors``,
+        else a :class:`DenseBlock` with its rows sorted without a sort
+        (:func:`~ssa_torch.closed_form.terms.rank1_rows`); every other parent is a :class:`DenseBlock` of its
+        terms' omega summed (float64 tensors on the statistics' device). Exact arithmetic is entered once per
+        analysis (``Network.arithmetic``), not here.
         """
-        out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        for parent, r in self.fast_relevance_factors(upper, stats, neurons, form).items():
-            if isinstance(r, Rank1Factors):
-                out[parent] = rank1_rows(r)
-            else:
-                out[parent] = r
-        return out
-
-    def fast_relevance_factors(self, upper: str, stats: Mapping[str, Any], neurons: Sequence[int],
-                               form: str) -> dict[str, tuple[Any, Any] | Rank1Factors]:
-        """:meth:`fast_relevance_sorted` with each rank-1 parent as its factors (coeff, vec, scale, fed)."""
         tf = self.closed_form.taps[upper]
         by_parent: dict[str, list[int]] = {}
         for i, term in enumerate(tf.terms):
             by_parent.setdefault(term.parent, []).append(i)
-        out: dict[str, tuple[Any, Any] | Rank1Factors] = {}
-        rest: list[int] = []
+        out: list[DenseBlock | Rank1Block] = []
+        first = next((v for k, v in stats.items() if k.startswith(f"{upper}/")), None)
+        # the neurons on the statistics' device once, for every term of the block
+        rows: Any = neurons if first is None else torch.as_tensor(list(neurons), dtype=torch.long,
+                                                                  device=stat_device(first))
         for parent, idx in by_parent.items():
-            if len(idx) == 1:
+            r = tf.terms[idx[0]].rank1(_term_stats(stats, upper, idx[0]), rows, form) if len(idx) == 1 else None
+            if r is not None:
                 term = tf.terms[idx[0]]
-                r = term.rank1(_term_stats(stats, upper, idx[0]), neurons, form)
-                if r is not None:
-                    coeff, vec, fed = r
-                    out[parent] = Rank1Factors(coeff, vec, float(term.scale), fed,
-                                               term.rank1_order(neurons, vec.device))
-                    continue
-            rest.extend(idx)
-        for parent, om in self._omega_sum(upper, rest, stats, neurons, form).items():
-            out[parent] = (om, None)
+                f = Rank1Factors(r[0], r[1], float(term.scale), r[2], term.rank1_order(rows, r[1].device))
+                out.append(Rank1Block(parent, 0, f) if factors else DenseBlock(parent, 0, *rank1_rows(f)))
+                continue
+            om = None
+            for i in idx:
+                part = tf.terms[i].omega(_term_stats(stats, upper, i), rows, form)
+                om = part if om is None else om + part
+            out.append(DenseBlock(parent, 0, om))
         return out
 
     def statistics_bytes(self, form: str) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+import numpy as np
 from array_api_compat import is_torch_namespace
 
 from ssa.core.arrays import (
@@ -62,8 +63,12 @@ def _hint(selector: Selector, param: str, value: float) -> str:
     return ", or ".join(parts + ([others] if others else []))
 
 
-def _finish(xp: Any, rows: Any, pos: Any, neg: Any, two_sided: bool) -> Any:
-    """int8 labels; rows holding a NaN or an infinity get none."""
+def _finish(xp: Any, rows: Any, pos: Any, neg: Any, two_sided: bool, finite: bool = False) -> Any:
+    """int8 labels; rows holding a NaN or an infinity get none (``finite``: the caller knows there are none).
+    ``neg`` is only read when ``two_sided`` (it may be None otherwise)."""
+    if finite:
+        out = xp.astype(pos, xp.int8)
+        return out - xp.astype(neg, xp.int8) if two_sided else out
     ok = xp.all(xp.isfinite(rows), axis=1, keepdims=True)
     out = xp.astype(pos & ok, xp.int8)
     if two_sided:
@@ -123,7 +128,7 @@ class _CutSelector(Selector):
             return _empty(xp, rows)
         s = _sorted(xp, rows, sorted_rows)
         hi, lo = self._cuts(rows.shape[1], lambda p: s[:, p:p + 1])
-        return _finish(xp, rows, rows > hi, rows < lo, self.two_sided)
+        return _finish(xp, rows, rows > hi, rows < lo if self.two_sided else None, self.two_sided)
 
     def sorted_cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any | None]:
         """See :class:`~ssa.core.interfaces.SupportsSortedCuts`."""
@@ -232,6 +237,7 @@ class MADSelector(Selector):
         if rows.shape[1] == 0:
             return _empty(xp, rows)
         safe = _safe(xp, rows)
+        finite = safe is rows and is_numpy(xp)  # numpy checked every value (a device never asks)
         if sorted_rows is None and _selects(xp):
             # both medians by selecting the middle values (torch: kthvalue, one kernel each), no sort. numpy
             # sorts once instead (below): its SIMD sort beats two partitions with their copies (about 2x, issue 20)
@@ -243,15 +249,16 @@ class MADSelector(Selector):
         else:  # sorted rows (given, or sorted here): the first median read off, the second from the two runs
             s = _sorted(xp, safe, sorted_rows)
             med = median_sorted(s)
-            # |s - med| over a sorted row falls, then rises: its median from the two runs, without a sort
-            below = xp.sum(xp.astype(s < med, xp.int64), axis=1, keepdims=True)
-            mad = median_of_v_rows(xp.abs(s - med), below)
+            # |s - med| over a sorted row falls, then rises: its median from the two runs, read only at the
+            # positions the search visits (no full |s - med| array)
+            below = xp.sum(s < med, axis=1, keepdims=True, dtype=xp.int64)
+            mad = median_of_v_rows(s, below, center=med)
         meanad = _mean_abs_where(xp, safe, med, mad == 0)  # the fallback scale, needed only where MAD is 0
         # scale such that z = (omega - median) / scale; 1/0.6745 = 1.4826 (MAD), 1.253314 (MeanAD fallback)
         scale = xp.where(mad > 0, mad / 0.6745, 1.253314 * meanad)
         pos_scale = scale > 0  # (R, 1); a row without spread has no outliers (the threshold is > 0)
         pos, neg = beyond(xp, safe, med, scale, pos_scale, self.params["threshold"])  # cuts on numpy
-        return _finish(xp, rows, pos, neg, self.two_sided)
+        return _finish(xp, rows, pos, neg, self.two_sided, finite)
 
 
 def _selects(xp: Any) -> bool:
@@ -267,7 +274,8 @@ def _mean_abs_where(xp: Any, safe: Any, med: Any, rows: Any) -> Any:
         out = xp.zeros((safe.shape[0], 1), dtype=safe.dtype)
         which = xp.nonzero(rows[:, 0])[0]
         if which.shape[0]:
-            out[which] = xp.mean(xp.abs(safe[which] - med[which]), axis=1, keepdims=True)
+            picked = safe[which] - med[which]  # a new array: its absolute values in place
+            out[which] = xp.mean(np.abs(picked, out=picked), axis=1, keepdims=True)
         return out
     return xp.mean(xp.abs(safe - med), axis=1, keepdims=True)
 

@@ -149,9 +149,11 @@ def quantile_sorted(sorted_rows: Array, q: float) -> Array:
     return quantile_columns(K, lambda p: sorted_rows[:, p:p + 1], q)
 
 
-def median_of_v_rows(d: Array, m: Array) -> Array:
+def median_of_v_rows(d: Array, m: Array, center: Array | None = None) -> Array:
     """``median_sorted(sort(d))`` (R, 1) for rows that fall, then rise: ``d[:, :m]`` non-increasing and
-    ``d[:, m:]`` non-decreasing (per-row ``m`` (R, 1) int), e.g. ``|s - median|`` of sorted rows ``s``.
+    ``d[:, m:]`` non-decreasing (per-row ``m`` (R, 1) int), e.g. ``|s - median|`` of sorted rows ``s``. With
+    ``center`` (R, 1), ``d`` is the sorted rows ``s`` themselves and the rows are ``|s - center|``, computed only
+    at the few positions the search reads (the same values: one subtraction and one absolute value each).
 
     The two runs are two sorted lists, and the one or two middle values of their union are found by a
     binary search per row (the k-th smallest of two sorted lists), without sorting: the same values, bit
@@ -164,15 +166,17 @@ def median_of_v_rows(d: Array, m: Array) -> Array:
     n_right = K - m
     inf = xp.full((R,), float("inf"), dtype=d.dtype, device=dev)
 
+    def at(idx: Array) -> Array:  # (R,) values of the rows at one position per row
+        v = xp.take_along_axis(d, xp.reshape(idx, (R, 1)), axis=1)
+        return xp.reshape(v if center is None else xp.abs(v - center), (R,))
+
     def left(i: Array) -> Array:  # the i-th smallest of the falling run: d[m - 1 - i]; +inf past its end
         ok = (i >= 0) & (i < m)
-        idx = xp.where(ok, m - 1 - i, xp.zeros_like(i))
-        return xp.where(ok, xp.reshape(xp.take_along_axis(d, xp.reshape(idx, (R, 1)), axis=1), (R,)), inf)
+        return xp.where(ok, at(xp.where(ok, m - 1 - i, xp.zeros_like(i))), inf)
 
     def right(t: Array) -> Array:  # the t-th smallest of the rising run: d[m + t]; +inf past its end
         ok = (t >= 0) & (t < n_right)
-        idx = xp.where(ok, m + t, xp.zeros_like(t))
-        return xp.where(ok, xp.reshape(xp.take_along_axis(d, xp.reshape(idx, (R, 1)), axis=1), (R,)), inf)
+        return xp.where(ok, at(xp.where(ok, m + t, xp.zeros_like(t))), inf)
 
     def kth(k: int) -> Array:  # the k-th smallest (0-based) of the union of the two runs
         lo = xp.maximum(xp.zeros_like(m), (k + 1) - n_right)
@@ -252,7 +256,7 @@ def count_at_most(positions: Array, include: Array, n_bins: int) -> Array:
 def percentile_rows(rows: Array, qs: tuple[float, ...]) -> list[Array]:
     """Several percentiles of every row (one sort), each (R, 1); see :func:`quantile_sorted`."""
     xp = array_namespace(rows)
-    s = xp.sort(rows, axis=1)
+    s = xp.sort(rows, axis=1, stable=False)  # values only
     return [quantile_sorted(s, q) for q in qs]
 
 
@@ -274,7 +278,7 @@ def median_rows(rows: Array) -> Array:
     if is_torch_namespace(xp):
         picked = {p: rows.kthvalue(p + 1, dim=1, keepdim=True).values for p in mid}
         return median_columns(K, picked.__getitem__)
-    return median_sorted(xp.sort(rows, axis=1))
+    return median_sorted(xp.sort(rows, axis=1, stable=False))
 
 
 def median_columns(n_columns: int, column: Callable[[int], Array]) -> Array:

@@ -19,7 +19,8 @@ import numpy as np
 
 from ssa.core.params import Configurable
 
-__all__ = ["ClosedForm", 'Selector', 'SupportsSortedCuts', 'Rank1Factors', 'Rule', 'Tap', 'Network', 'Backend']
+__all__ = ["ClosedForm", 'Selector', 'SupportsSortedCuts', 'Rank1Factors', 'DenseBlock', 'Rank1Block', 'Rule', 'Tap',
+           'Network', 'Backend']
 
 
 class Selector(Configurable, ABC):
@@ -95,7 +96,7 @@ class SupportsSortedCuts(Protocol):
 
 class Rank1Factors(NamedTuple):
     """A rank-1 step's relevance without its rows: ``omega[j, i, k] = ((vec[j, k] * coeff[j, i]) * scale) * fed[j]``,
-    one rounding per product, in that order (:meth:`Network.fast_relevance_factors`)."""
+    one rounding per product, in that order (a :class:`Rank1Block` of :meth:`Network.relevance_blocks`)."""
 
     coeff: Any  # (n, B)
     vec: Any  # (n, K)
@@ -104,6 +105,32 @@ class Rank1Factors(NamedTuple):
     #: optional (n, K): a permutation sorting each row of ``vec`` ascending, when the backend keeps one (the
     #: rows are often weights, the same for every class); None: the traversal sorts
     order: Any = None
+
+
+class DenseBlock(NamedTuple):
+    """A block of one step's relevance (docs/architecture.md, "The relevance seam"): ``omega[j, i, k]`` of upper
+    neuron ``neurons[start + j]``, an image i of the block and parent neuron k.
+
+    ``omega`` has shape (n_block, n_images_in_block, K_parent), any array-API array on the source's device.
+    Blocks of the same upper neurons and different images add up; blocks of different upper neurons fill
+    different rows.
+    """
+
+    parent: str
+    start: int
+    omega: Any
+    #: optional: every row of ``omega`` sorted ascending (same shape), when the source knows the order without a
+    #: sort; order-statistic selectors then skip theirs (``Selector.select_sorted``)
+    sorted: Any = None
+
+
+class Rank1Block(NamedTuple):
+    """A rank-1 step's block given as its factors (rows ``neurons[start:start + n]``, n = ``factors.coeff``'s
+    first axis); a source gives one only when the traversal asks for factors (its selector has sorted cuts)."""
+
+    parent: str
+    start: int
+    factors: Rank1Factors
 
 
 class ClosedForm(enum.Enum):
@@ -135,16 +162,6 @@ class Rule(Configurable, ABC):
 
     kind_label: ClassVar[str] = "rule"
     closed_form: ClassVar[ClosedForm | None] = None
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        legacy = cls.__dict__.get("fast_form")  # ssa 0.1 rules named the form with a string
-        if legacy is not None and "closed_form" not in cls.__dict__:
-            try:
-                cls.closed_form = ClosedForm(legacy)
-            except ValueError:
-                raise TypeError(f"rule {cls.__name__}: fast_form {legacy!r} is not a closed form; use closed_form = "
-                                f"ssa.ClosedForm.GRADIENT or GRADIENT_X_ACTIVATION, or None.") from None
 
     @property
     def form(self) -> str | None:
@@ -276,25 +293,14 @@ class Network(ABC):
         """Per-image statistics of every fast step and every tap's scalars, in one forward pass."""
         raise NotImplementedError
 
-    def fast_relevance(self, upper: str, stats: Mapping[str, np.ndarray], neurons: Sequence[int],
-                       form: str) -> dict[str, np.ndarray]:
-        """omega ``{parent: (len(neurons), B, K)}`` of a fast step from a batch's statistics."""
+    def relevance_blocks(self, upper: str, stats: Mapping[str, Any], neurons: Sequence[int], form: str,
+                         factors: bool = False) -> list[DenseBlock | Rank1Block]:
+        """The relevance of a closed-form step for ``neurons`` from a class's statistics, as blocks (``start`` 0:
+        ``neurons[0]`` is row 0): per parent the backend's terms summed, one :class:`DenseBlock` of shape
+        (len(neurons), B, K) with its rows sorted where the backend knows the order without a sort; with
+        ``factors``, a parent reached by exactly one rank-1 term is a :class:`Rank1Block` instead (the traversal
+        labels those without building the rows)."""
         raise NotImplementedError
-
-    def fast_relevance_sorted(self, upper: str, stats: Mapping[str, Any], neurons: Sequence[int],
-                              form: str) -> dict[str, tuple[Any, Any]]:
-        """:meth:`fast_relevance` as ``{parent: (omega, sorted rows or None)}``.
-
-        A backend that knows each row's sorted order without sorting (omega rows that are a per-image
-        multiple of one vector per upper neuron) returns it; the traversal's selector then skips its sort.
-        """
-        return {p: (om, None) for p, om in self.fast_relevance(upper, stats, neurons, form).items()}
-
-    def fast_relevance_factors(self, upper: str, stats: Mapping[str, Any], neurons: Sequence[int],
-                               form: str) -> dict[str, tuple[Any, Any] | Rank1Factors]:
-        """:meth:`fast_relevance_sorted`, with each rank-1 parent as its :class:`Rank1Factors` instead of
-        its rows (the traversal labels those without building them). The default has no rank-1 parents."""
-        return dict(self.fast_relevance_sorted(upper, stats, neurons, form))
 
     def statistics_bytes(self, form: str) -> int:
         """Bytes of closed-form statistics :meth:`collect` keeps per image for ``form`` (0 if unknown)."""

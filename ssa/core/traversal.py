@@ -1,8 +1,9 @@
 """The step-wise traversal (method doc, section 3; paper, Algorithm 1).
 
 The traversal is independent of how relevance is computed: a
-:class:`RelevanceSource` streams the relevance tensors omega of one step in
-blocks (of images and of upper neurons), and the traversal applies the selector to
+:class:`RelevanceSource` streams the relevance of one step as typed blocks
+(:class:`~ssa.core.interfaces.DenseBlock`: rows omega; :class:`~ssa.core.interfaces.Rank1Block`: a rank-1
+step's factors; each for a run of upper neurons and of images), and the traversal applies the selector to
 every row, counts outliers, ranks, keeps the top-b and recurses top-down over the
 tap DAG.
 
@@ -14,15 +15,10 @@ back to the host as numpy arrays.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import (
-    Any,
-    NamedTuple,
-    Protocol,
-    runtime_checkable,
-)
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -38,30 +34,11 @@ from ssa.core.arrays import (
     to_numpy,
 )
 from ssa.core.checks import call_selector
-from ssa.core.interfaces import Rank1Factors, Rule, Selector, SupportsSortedCuts, Tap
+from ssa.core.interfaces import DenseBlock, Rank1Block, Rank1Factors, Rule, Selector, SupportsSortedCuts, Tap
 
-__all__ = ["RelevanceSource", "RelevanceBlock", "SupportsRank1Blocks", "rank1_block_rows", "labels_by_partition",
+__all__ = ["RelevanceSource", "DenseBlock", "Rank1Block", "rank1_block_rows", "labels_by_partition",
            "StepRecord", "Kept", "rank_neurons", "top_b", "traverse",
            "TraversalOutput", "apply_selector", "explain_stop", "step_omega"]
-
-
-class RelevanceBlock(NamedTuple):
-    """A block of one step's relevance: ``omega[j, i, k]`` for upper neurons ``neurons[start + j]``.
-
-    ``omega`` has shape (n_block, n_images_in_block, K_parent) and may be any array-API array.
-    Blocks of the same upper neurons and different images are summed; blocks of different upper
-    neurons fill different rows.
-    """
-
-    parent: str
-    start: int
-    omega: Any
-    #: optional: every row of ``omega`` sorted ascending (same shape), when the source knows the order
-    #: without sorting; order-statistic selectors then skip their sort (``Selector.select_sorted``)
-    sorted: Any = None
-    #: instead of ``omega`` (None then): a rank-1 step's factors (:meth:`RelevanceSource.iter_relevance` never
-    #: gives these; :class:`SupportsRank1Blocks` sources do, for selectors with sorted cuts)
-    factors: Rank1Factors | None = None
 
 
 class RelevanceSource(Protocol):
@@ -70,25 +47,17 @@ class RelevanceSource(Protocol):
     taps: tuple[Tap, ...]
     n_images: int
 
-    def iter_relevance(self, upper: str, neurons: Sequence[int], rule: Rule
-                       ) -> Iterator[RelevanceBlock | Mapping[str, Any]]:
-        """Yield the step's relevance in blocks.
+    def iter_blocks(self, upper: str, neurons: Sequence[int], rule: Rule, factors: bool = False
+                    ) -> Iterator[DenseBlock | Rank1Block]:
+        """Yield the step's relevance as typed blocks (docs/architecture.md, "The relevance seam").
 
-        A :class:`RelevanceBlock`, or a mapping ``{parent: omega}`` with omega of shape
-        (len(neurons), b, K_parent) for a batch of b images (all upper neurons at once).
+        :class:`~ssa.core.interfaces.DenseBlock`: rows omega (n_block, b, K_parent) of upper neurons
+        ``neurons[start:start + n_block]`` on b images; :class:`~ssa.core.interfaces.Rank1Block` (only when
+        ``factors`` is True: the selector has sorted cuts): a rank-1 step's factors instead of its rows.
         """
 
     def scalars(self, tap: str) -> Any:
         """Every image's neuron scalars of ``tap``, shape (n_images, N)."""
-
-
-@runtime_checkable
-class SupportsRank1Blocks(Protocol):
-    """A relevance source that can give a rank-1 step as its factors (:class:`Rank1Factors`) rather than rows."""
-
-    def iter_relevance_factors(self, upper: str, neurons: Sequence[int], rule: Rule
-                               ) -> Iterator[RelevanceBlock | Mapping[str, Any]]:
-        """:meth:`RelevanceSource.iter_relevance`, with rank-1 parents as blocks whose ``factors`` are set."""
 
 
 @dataclass(frozen=True)
@@ -263,33 +232,30 @@ class TraversalOutput:
     selected: Mapping[str, tuple[int, ...]]
 
 
-def _blocks(item: RelevanceBlock | Mapping[str, Any]) -> Iterable[RelevanceBlock]:
-    if isinstance(item, RelevanceBlock):
-        return (item,)
-    return (RelevanceBlock(parent, 0, omega) for parent, omega in item.items())
-
-
 def step_omega(source: RelevanceSource, upper: str, neurons: Sequence[int], rule: Rule) -> dict[str, np.ndarray]:
     """The whole omega of one step, ``{parent: (len(neurons), n_images, K)}`` float64 on the host.
 
     For figures and reference images (small steps); the traversal itself never materialises this.
     """
     rows: dict[str, list[tuple[int, list[np.ndarray]]]] = {}
-    for item in source.iter_relevance(upper, list(neurons), rule):
-        for block in _blocks(item):
-            om = np.asarray(to_numpy(block.omega), dtype=np.float64)
-            chunks = rows.setdefault(block.parent, [])
-            for entry in chunks:
-                if entry[0] == block.start and entry[1][0].shape[0] == om.shape[0]:
-                    entry[1].append(om)  # more images of the same neurons
-                    break
-            else:
-                chunks.append((block.start, [om]))
+    for block in source.iter_blocks(upper, list(neurons), rule):
+        om = np.asarray(to_numpy(_rows_of(block)), dtype=np.float64)
+        chunks = rows.setdefault(block.parent, [])
+        for entry in chunks:
+            if entry[0] == block.start and entry[1][0].shape[0] == om.shape[0]:
+                entry[1].append(om)  # more images of the same neurons
+                break
+        else:
+            chunks.append((block.start, [om]))
     out = {}
     for parent, chunks in rows.items():
         chunks.sort(key=lambda c: c[0])
         out[parent] = np.concatenate([np.concatenate(parts, axis=1) for _, parts in chunks], axis=0)
     return out
+
+
+def _rows_of(block: DenseBlock | Rank1Block) -> Any:
+    return rank1_block_rows(block.factors) if isinstance(block, Rank1Block) else block.omega
 
 
 def traverse(source: RelevanceSource, target: int, branching: int, rule: Rule, selector: Selector,
@@ -308,11 +274,8 @@ def traverse(source: RelevanceSource, target: int, branching: int, rule: Rule, s
         neurons = sorted(sets[tap.name])
         n = len(neurons)
         acc: dict[str, _Acc] = {}
-        items = source.iter_relevance_factors(tap.name, neurons, rule) \
-            if compact and isinstance(source, SupportsRank1Blocks) else source.iter_relevance(tap.name, neurons, rule)
-        for item in items:
-            for block in _blocks(item):
-                _accumulate(acc, block, n, selector)
+        for block in source.iter_blocks(tap.name, neurons, rule, compact):
+            _accumulate(acc, block, n, selector)
             if progress is not None:
                 progress.update(1)
         for parent in tap.parents:
@@ -325,8 +288,8 @@ def traverse(source: RelevanceSource, target: int, branching: int, rule: Rule, s
     return TraversalOutput(tuple(steps), {k: tuple(sorted(v)) for k, v in sets.items()})
 
 
-def _accumulate(acc: dict[str, _Acc], block: RelevanceBlock, n: int, selector: Selector) -> None:
-    if block.factors is not None:
+def _accumulate(acc: dict[str, _Acc], block: DenseBlock | Rank1Block, n: int, selector: Selector) -> None:
+    if isinstance(block, Rank1Block):
         _accumulate_rank1(acc, block.parent, block.start, block.factors, n, selector)
         return
     omega = host_view(block.omega)
@@ -451,7 +414,7 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
     if lo is not None:
         finite = finite & xp.all(xp.isfinite(lo))
     if not bool(finite):  # rows with NaN or infinities get no labels: the selector decides on the built rows
-        _accumulate(acc, RelevanceBlock(parent, start, rank1_block_rows(f)), n, selector)
+        _accumulate(acc, DenseBlock(parent, start, rank1_block_rows(f)), n, selector)
         return
 
     def first(flips: Any) -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ssa.core.arrays import namespace
-from ssa.core.interfaces import Network, Rule, Tap
+from ssa.core.interfaces import DenseBlock, Network, Rule, Tap
 
 __all__ = ['AutogradSource']
 
@@ -32,7 +32,10 @@ class AutogradSource:
     def n_batches(self) -> int:
         return -(-self.n_images // self.batch_size)
 
-    def iter_relevance(self, upper: str, neurons: Sequence[int], rule: Rule) -> Iterator[dict[str, np.ndarray]]:
+    def iter_blocks(self, upper: str, neurons: Sequence[int], rule: Rule, factors: bool = False
+                    ) -> Iterator[DenseBlock]:
+        """The step's relevance per batch of images, every neuron at once (``start`` 0); ``factors`` is not used
+        (exact autograd gives rows)."""
         parts: dict[str, list[np.ndarray]] = {}
         for p in next(t for t in self.taps if t.name == upper).parents:
             self.engines[f"{upper} -> {p}"] = "autograd"
@@ -41,7 +44,8 @@ class AutogradSource:
             if self._scalars is None:
                 for k, v in scalars.items():
                     parts.setdefault(k, []).append(v)
-            yield rel
+            for parent, omega in rel.items():
+                yield DenseBlock(parent, 0, omega)
         if self._scalars is None and parts:
             self._scalars = {k: _concat(v) for k, v in parts.items()}
 

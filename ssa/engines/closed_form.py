@@ -3,8 +3,10 @@
 :class:`ClosedFormSource` serves the traversal one class at a time: for each step it takes the
 class's rows of that step's statistics once (on the network's device: from memory there, or read
 from a store on disk and moved over once), computes omega for the upper neurons in blocks that fit
-a memory budget, and yields them as :class:`~ssa.core.traversal.RelevanceBlock` (arrays on the
-device). Steps without a closed form are computed by exact autograd on the class's images.
+a memory budget, and yields them as typed blocks (:class:`~ssa.core.interfaces.DenseBlock`,
+:class:`~ssa.core.interfaces.Rank1Block`; arrays on the device). Steps without a closed form are computed by
+exact autograd on the class's images (:class:`~ssa.engines.autograd.AutogradSource`), which yields
+``DenseBlock``s too: the traversal cannot tell the two apart.
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ import numpy as np
 
 from ssa.core.arrays import all_finite
 from ssa.core.budget import work_bytes
-from ssa.core.interfaces import Network, Rank1Factors, Rule
-from ssa.core.traversal import RelevanceBlock
+from ssa.core.interfaces import DenseBlock, Network, Rank1Block, Rule
 from ssa.engines.autograd import AutogradSource
 from ssa.errors import InvalidInputError, StoreError
 
-__all__ = ["ClosedFormSource", "FastSource", "work_bytes"]
+__all__ = ["ClosedFormSource", "work_bytes"]
 
 
 class ClosedFormSource:
@@ -95,19 +96,10 @@ class ClosedFormSource:
         prefix = f"{upper}/"
         return {k: self._rows(k) for k in self.stats.keys(self.form) if k.startswith(prefix)}
 
-    def iter_relevance(self, upper: str, neurons: Sequence[int], rule: Rule
-                       ) -> Iterator[RelevanceBlock | Mapping[str, Any]]:
-        yield from self._iter(upper, neurons, rule, factors=False)
-
-    def iter_relevance_factors(self, upper: str, neurons: Sequence[int], rule: Rule
-                               ) -> Iterator[RelevanceBlock | Mapping[str, Any]]:
-        """:meth:`iter_relevance`, with the rank-1 parents of closed-form steps as their factors
-        (:class:`~ssa.core.traversal.SupportsRank1Blocks`; the traversal asks for them when its selector has
-        sorted cuts)."""
-        yield from self._iter(upper, neurons, rule, factors=True)
-
-    def _iter(self, upper: str, neurons: Sequence[int], rule: Rule, *, factors: bool
-              ) -> Iterator[RelevanceBlock | Mapping[str, Any]]:
+    def iter_blocks(self, upper: str, neurons: Sequence[int], rule: Rule, factors: bool = False
+                    ) -> Iterator[DenseBlock | Rank1Block]:
+        """The step's relevance in blocks of upper neurons that fit the memory budget; with ``factors`` (the
+        traversal's selector has sorted cuts), rank-1 parents of closed-form steps as :class:`Rank1Block`."""
         tap = next(t for t in self.taps if t.name == upper)
         if upper in self.fast and rule.form == self.form:
             for p in tap.parents:
@@ -118,22 +110,18 @@ class ClosedFormSource:
             for j0 in range(0, len(neurons), chunk):
                 part = list(neurons[j0:j0 + chunk])
                 try:
-                    rel = (self.network.fast_relevance_factors(upper, data, part, self.form) if factors
-                           else self.network.fast_relevance_sorted(upper, data, part, self.form))
+                    blocks = self.network.relevance_blocks(upper, data, part, self.form, factors)
                 except (ValueError, IndexError, KeyError, RuntimeError) as exc:  # arrays that do not fit together
                     if not self._on_disk:
                         raise
                     raise StoreError(f"the store {str(self.stats.path)!r} does not fit this model at step {upper} "
                                      f"({type(exc).__name__}); run `ssa collect --verify` to repair it.") from None
-                for parent, r in rel.items():  # finite statistics give finite omega
-                    if isinstance(r, Rank1Factors):
-                        yield RelevanceBlock(parent, j0, None, None, r)
-                    else:
-                        yield RelevanceBlock(parent, j0, r[0], r[1])
+                for block in blocks:  # finite statistics give finite omega
+                    yield block._replace(start=block.start + j0)
             return
         if self._autograd is None:
             raise RuntimeError(f"step {upper} needs autograd but no images were given")
-        yield from self._autograd.iter_relevance(upper, neurons, rule)
+        yield from self._autograd.iter_blocks(upper, neurons, rule)
         self.engines.update(self._autograd.engines)
 
     def scalars(self, tap: str) -> Any:
@@ -141,5 +129,3 @@ class ClosedFormSource:
             self._scalars[tap] = self._rows(f"scalars/{tap}")
         return self._scalars[tap]
 
-
-FastSource = ClosedFormSource  # the name of ssa 0.1

@@ -27,7 +27,17 @@ from torch import fx
 from .linear import LinearOp, NotClosedForm
 from .planner import Branch, Planner
 from .registry import ClosedForm, register_builtin
-from .terms import WORK_BYTES, Term, as_tensor, channels_of, chunks, scatter_channels, stat_device
+from .terms import (
+    WORK_BYTES,
+    Term,
+    as_tensor,
+    channels_of,
+    chunks,
+    neuron_rows,
+    place_channels,
+    scatter_channels,
+    stat_device,
+)
 
 __all__ = ["ConvTerm", "ConvForm", "conv_input_relevance", "factor_scale"]
 
@@ -173,11 +183,17 @@ class ConvTerm(Term):
     def needs(self) -> tuple[str, ...]:
         return (self.x,) + ((self.gate,) if self.gate else ())
 
+    def place(self, device: torch.device) -> None:
+        """The channel map and its column plan (and, for grouped convs, the per-column parent map) on ``device``."""
+        self.chan = place_channels(self.chan, self.n_parent, device)
+        if self.op.groups > 1:
+            self._index(device)
+
     def _index(self, device) -> torch.Tensor:
         """(N, C / groups): the parent channel of each weight column (-1: another parent); made once per device."""
         key = f"index{device}"
         if key not in self._static:
-            self._static[key] = self.chan[global_input_channels(self.op)].to(device)
+            self._static[key] = self.chan[global_input_channels(self.op, self.chan.device)].to(device)
         return self._static[key]
 
     def _weight(self, device) -> torch.Tensor:
@@ -276,7 +292,7 @@ class ConvTerm(Term):
         else:
             raw = stats["a"]  # (B, N, K)
             h, fed = self.head_channels(neurons, stat_device(raw))
-            om = channels_of(raw, h).transpose(0, 1).contiguous()  # (n, B, K), rows contiguous
+            return self.finish(neuron_rows(raw, h), fed, inplace=True)
         return self.finish(om, fed)
 
 

@@ -20,7 +20,7 @@ from torch import fx
 from .linear import NotClosedForm
 from .planner import Branch, Planner
 from .registry import ClosedForm, register_builtin
-from .terms import Term, as_tensor, channels_of, chunks, scatter_channels, stat_device
+from .terms import Term, as_tensor, chunks, neuron_rows, place_channels, scatter_channels, stat_device
 
 __all__ = ["DenseTerm", "DenseForm"]
 
@@ -52,6 +52,10 @@ class DenseTerm(Term):
     @property
     def needs(self) -> tuple[str, ...]:
         return (self.x,)
+
+    def place(self, device: torch.device) -> None:
+        """The channel map and its column plan on ``device``."""
+        self.chan = place_channels(self.chan, self.n_parent, device)
 
     def _w(self, device) -> torch.Tensor:
         key = f"w{device}"
@@ -109,7 +113,7 @@ class DenseTerm(Term):
         elif "a" in stats:
             raw = stats["a"]  # (B, N, K)
             h, fed = self.head_channels(neurons, stat_device(raw))
-            om = channels_of(raw, h).transpose(0, 1).contiguous()  # (n, B, K), rows contiguous
+            return self.finish(neuron_rows(raw, h), fed, inplace=True)  # (n, B, K), rows contiguous
         else:
             mm = as_tensor(stats["a_m"])  # (B, N)
             x = as_tensor(stats["a_x"], mm.device)  # (B, D)

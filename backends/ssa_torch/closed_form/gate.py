@@ -20,7 +20,7 @@ import torch
 from .conv import conv_input_relevance, global_input_channels
 from .linear import NotClosedForm
 from .planner import Branch, Gate, Planner
-from .terms import Term, as_tensor, scatter_channels
+from .terms import Term, as_tensor, place_channels, scatter_channels
 
 __all__ = ["GateTerm", "gate_terms"]
 
@@ -53,6 +53,10 @@ class GateTerm(Term):
     @property
     def needs(self) -> tuple[str, ...]:
         return (self.data, self.act + ":d", self.x2)
+
+    def place(self, device: torch.device) -> None:
+        """The channel map and its column plan on ``device``."""
+        self.chan = place_channels(self.chan, self.n_parent, device)
 
     def _w2k(self, device) -> torch.Tensor:
         key = f"w2k{device}"

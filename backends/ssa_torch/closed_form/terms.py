@@ -26,8 +26,8 @@ import torch
 from ssa.core.budget import WORK_BYTES
 from ssa.core.interfaces import Rank1Factors
 
-__all__ = ["Term", "as_tensor", "channels_of", "stat_device", "scatter_channels", "chunks",
-           "rank1_rows", "WORK_BYTES"]
+__all__ = ["Term", "as_tensor", "channels_of", "neuron_rows", "stat_device", "scatter_channels", "place_channels",
+           "chunks", "rank1_rows", "WORK_BYTES"]
 
 
 def as_tensor(value: Any, device: torch.device | str | None = None) -> torch.Tensor:
@@ -52,6 +52,16 @@ def channels_of(value: Any, h: torch.Tensor) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.index_select(1, h.to(value.device)).to(torch.float64)
     return torch.from_numpy(np.asarray(np.asarray(value)[:, h.cpu().numpy()], dtype=np.float64))
+
+
+def neuron_rows(raw: Any, h: torch.Tensor) -> torch.Tensor:
+    """``raw[:, h]`` (B, n, K) as float64 rows (n, B, K), contiguous: a tensor's channels picked, then converted and
+    transposed in one copy (numpy: :func:`channels_of`). Always a fresh array: the caller may scale it in place."""
+    if not isinstance(raw, torch.Tensor):
+        return channels_of(raw, h).transpose(0, 1).contiguous()
+    picked = raw.index_select(1, h)  # (B, n, K) in the statistics' dtype
+    out = torch.empty((picked.shape[1], picked.shape[0], picked.shape[2]), dtype=torch.float64, device=raw.device)
+    return out.copy_(picked.transpose(0, 1))
 
 
 def scatter_channels(values: torch.Tensor, chan: torch.Tensor, k: int) -> torch.Tensor:
@@ -85,6 +95,17 @@ def scatter_channels(values: torch.Tensor, chan: torch.Tensor, k: int) -> torch.
     else:
         out.scatter_add_(-1, idx.expand(values.shape).contiguous(), values)
     return out[..., :k]
+
+
+def place_channels(chan: torch.Tensor, k: int, device: torch.device | str) -> torch.Tensor:
+    """A column-to-bin map (1-D) or an element map on ``device``, with its column plan decided and its plan's arrays
+    made there (:meth:`Term.to`): :func:`scatter_channels` given the returned tensor then copies nothing."""
+    chan = chan.to(device)
+    if chan.dim() == 1:
+        plan = _column_plan(chan, k)
+        if plan[0] == "permutation":
+            _on(plan, "inverse", chan.device)
+    return chan
 
 
 _PLANS: dict[tuple[int, int], tuple[Any, ...]] = {}
@@ -197,10 +218,35 @@ class Term:
         the traversal sorts ``vec`` itself."""
         return None
 
+    def to(self, device: torch.device | str) -> Term:
+        """Place the term's constant arrays on ``device``, once, when the network's closed form is planned
+        (docs/architecture.md, "Placement and exactness"): :attr:`out_index` and its flags, decided here on the
+        host ("every upper neuron fed": :attr:`feeds_all`; "each upper neuron is its own head channel"), then what
+        :meth:`place` adds (a subclass's channel maps and column plans). The per-class path then copies no
+        constant; what it needs on another device (statistics handed over as numpy) is made there once."""
+        dev = torch.device(device)
+        host = self.out_index.detach().cpu()
+        self.__dict__["_feeds_all"] = bool((host >= 0).all())
+        self.__dict__["_own_channel"] = torch.equal(host, torch.arange(host.numel(), dtype=host.dtype))
+        self.out_index = self.out_index.to(dev)
+        self.__dict__["_out_index_on"] = {str(dev): self.out_index}
+        self.place(dev)
+        return self
+
+    def place(self, device: torch.device) -> None:
+        """Put a subclass's own constant arrays on ``device`` (called by :meth:`to`; nothing by default)."""
+
     # -- helpers -------------------------------------------------------------------------------------
-    def head_channels(self, neurons: Sequence[int], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(head channel of each upper neuron, clamped to 0 where none; mask of the neurons this term feeds)."""
-        idx = self._out_index(device)[torch.as_tensor(list(neurons), dtype=torch.long, device=device)]
+    def head_channels(self, neurons: Sequence[int] | torch.Tensor, device: torch.device | str
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(head channel of each upper neuron, clamped to 0 where none; mask of the neurons this term feeds).
+
+        ``neurons`` may already be a long tensor on ``device`` (the network makes it once per block for all its
+        terms); a term whose upper neurons are their own head channels indexes nothing."""
+        idx = torch.as_tensor(neurons, dtype=torch.long, device=device)
+        if self.__dict__.get("_own_channel"):
+            return idx, idx >= 0
+        idx = self._out_index(device)[idx]
         return idx.clamp_min(0), idx >= 0
 
     def _out_index(self, device: torch.device | str) -> torch.Tensor:
