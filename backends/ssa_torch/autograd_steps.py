@@ -27,7 +27,8 @@ from ssa.core.interfaces import Rule, Tap
 from .closed_form.collect import spatial_mean
 from .host import exact_arithmetic
 from .interpreters import ModelCodeInterpreter
-from .segments import Segment, TapValues, batch_key, run_segment, segment_of
+from .head import head_cotangents
+from .segments import Segment, TapValues, batch_key, run_nodes, segment_of
 
 if TYPE_CHECKING:
     from .taps import TapPlan
@@ -125,6 +126,7 @@ class AutogradSteps:
         if upper not in self._segments:
             self._segments[upper] = segment_of(self.graph_module, plan, upper)
         segment = self._segments[upper]
+        head = segment.head
         feed = dict(values)
         leaves = []
         for p in parents:
@@ -132,9 +134,16 @@ class AutogradSteps:
             feed[plan.node_of[p.name]] = leaf
             leaves.append(leaf)
         with torch.enable_grad():
-            out = run_segment(self.graph_module, segment, feed, len(batch))
-        s = spatial_mean(out, tap.channel_axis)[:, list(neurons)]  # (B, n)
-        return self._relevance(s, leaves, parents, rule), scalars
+            env = run_nodes(self.graph_module, segment, feed, len(batch), head.compute)
+        top = values[plan.node_of[upper]]
+        roots = head_cotangents(self.graph_module, head, env, segment.upper, tap.channel_axis, neurons,
+                                top.dtype, top.device)
+        stops = [name for name in head.stops if name in roots and isinstance(env[name], torch.Tensor)
+                 and env[name].requires_grad]
+        closed = [roots.get(plan.node_of[p.name]) for p in parents]
+        rel = self._head_relevance([env[name] for name in stops], [roots[name] for name in stops], leaves, closed,
+                                   parents, rule, len(neurons))
+        return rel, scalars
 
     def _tap_values(self, batch: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """Every tap's value and the input on ``batch`` (node name -> tensor): one cut forward pass, remembered."""
@@ -164,18 +173,45 @@ class AutogradSteps:
     def _relevance(self, s: torch.Tensor, leaves: list[torch.Tensor], parents: list[Tap], rule: Rule
                    ) -> dict[str, torch.Tensor]:
         B, n = s.shape
-        per = max(int(leaf[0].numel()) for leaf in leaves) * B * 4 * 3
-        chunk = max(1, min(n, WORK_BYTES // max(per, 1)))
         chunks: dict[str, list[torch.Tensor]] = {p.name: [] for p in parents}
-        for j0 in range(0, n, chunk):
-            j1 = min(n, j0 + chunk)
+        for j0, j1 in _chunks(leaves, n):
             grads = self._grads(s, leaves, j0, j1)
-            for p, leaf, g in zip(parents, leaves, grads, strict=True):
-                if g is None:
-                    g = torch.zeros((j1 - j0, *leaf.shape), device=leaf.device, dtype=leaf.dtype)
-                c = call_rule(rule, g, leaf.detach().unsqueeze(0))  # checked: a plugin bug is named
-                chunks[p.name].append(spatial_mean(c, p.channel_axis + 1, lead=2).double())
+            _apply_rule(rule, j1 - j0, grads, leaves, parents, chunks)
         return {k: torch.cat(v, dim=0) for k, v in chunks.items()}
+
+    def _head_relevance(self, outputs: list[torch.Tensor], cots: list[torch.Tensor], leaves: list[torch.Tensor],
+                        closed: list[torch.Tensor | None], parents: list[Tap], rule: Rule, n: int
+                        ) -> dict[str, torch.Tensor]:
+        """omega from autograd below a segment's head (cotangents ``cots`` (n, ...) at ``outputs``) plus the
+        head's closed-form terms of the parents (``closed``, (n, ...) broadcast to each parent's shape)."""
+        chunks: dict[str, list[torch.Tensor]] = {p.name: [] for p in parents}
+        for j0, j1 in _chunks(leaves, n):
+            m = j1 - j0
+            grads: list[torch.Tensor | None] = [None] * len(leaves)
+            if outputs:
+                gos = [c[j0:j1].expand(m, *o.shape) for o, c in zip(outputs, cots, strict=True)]
+                grads = self._grads_at(outputs, gos, leaves)
+            for i, term in enumerate(closed):
+                if term is not None:
+                    t = term[j0:j1]
+                    g = grads[i]
+                    grads[i] = t.expand(m, *leaves[i].shape).clone() if g is None else g + t
+            _apply_rule(rule, m, grads, leaves, parents, chunks)
+        return {k: torch.cat(v, dim=0) for k, v in chunks.items()}
+
+    def _grads_at(self, outputs: list[torch.Tensor], gos: list[torch.Tensor], leaves: list[torch.Tensor]
+                  ) -> list[torch.Tensor | None]:
+        """The gradients of the leaves for each of the m cotangents ``gos`` (m, ...) at ``outputs``."""
+        m = int(gos[0].shape[0])
+        if self._batched_ok and m > 1:
+            try:
+                return list(torch.autograd.grad(outputs, leaves, gos, retain_graph=True, allow_unused=True,
+                                                is_grads_batched=True))
+            except RuntimeError:
+                self._batched_ok = False  # an op without a batching rule: one backward pass per neuron
+        per_neuron = [torch.autograd.grad(outputs, leaves, [g[j] for g in gos], retain_graph=True, allow_unused=True)
+                      for j in range(m)]
+        return _stacked(per_neuron, leaves)
 
     def _grads(self, s: torch.Tensor, leaves: list[torch.Tensor], j0: int, j1: int) -> list[torch.Tensor | None]:
         m = j1 - j0
@@ -187,13 +223,33 @@ class AutogradSteps:
                 return list(out)
             except RuntimeError:
                 self._batched_ok = False  # an op without a batching rule: one backward pass per neuron
-        per_neuron = []
-        for j in range(j0, j1):
-            g = torch.autograd.grad(s[:, j].sum(), leaves, retain_graph=True, allow_unused=True)
-            per_neuron.append(g)
-        out: list[torch.Tensor | None] = []
-        for idx, leaf in enumerate(leaves):
-            parts = [g[idx] for g in per_neuron]
-            out.append(None if all(p is None for p in parts) else
-                       torch.stack([p if p is not None else torch.zeros_like(leaf) for p in parts]))
-        return out
+        per_neuron = [torch.autograd.grad(s[:, j].sum(), leaves, retain_graph=True, allow_unused=True)
+                      for j in range(j0, j1)]
+        return _stacked(per_neuron, leaves)
+
+
+def _stacked(per_neuron: Sequence[Sequence[torch.Tensor | None]], leaves: list[torch.Tensor]
+             ) -> list[torch.Tensor | None]:
+    out: list[torch.Tensor | None] = []
+    for idx, leaf in enumerate(leaves):
+        parts = [g[idx] for g in per_neuron]
+        out.append(None if all(p is None for p in parts) else
+                   torch.stack([p if p is not None else torch.zeros_like(leaf) for p in parts]))
+    return out
+
+
+def _chunks(leaves: list[torch.Tensor], n: int) -> list[tuple[int, int]]:
+    """Neurons in chunks whose gradients (and the rule's temporaries) fit the memory budget."""
+    per = max(int(leaf.numel()) for leaf in leaves) * 4 * 3
+    chunk = max(1, min(n, WORK_BYTES // max(per, 1)))
+    return [(j0, min(n, j0 + chunk)) for j0 in range(0, n, chunk)]
+
+
+def _apply_rule(rule: Rule, m: int, grads: list[torch.Tensor | None], leaves: list[torch.Tensor],
+                parents: list[Tap], chunks: dict[str, list[torch.Tensor]]) -> None:
+    """The rule's spatial means of one chunk of m neurons' gradients (m, B, ...) appended to ``chunks``."""
+    for p, leaf, g in zip(parents, leaves, grads, strict=True):
+        if g is None:
+            g = torch.zeros((m, *leaf.shape), device=leaf.device, dtype=leaf.dtype)
+        c = call_rule(rule, g, leaf.detach().unsqueeze(0))  # checked: a plugin bug is named
+        chunks[p.name].append(spatial_mean(c, p.channel_axis + 1, lead=2).double())

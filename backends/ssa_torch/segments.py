@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch import fx
 
+from .head import Head, split_head
 from .interpreters import ModelCodeInterpreter
 from .taps import TapPlan
 
-__all__ = ["Segment", "segment_of", "run_segment", "TapValues", "batch_key"]
+__all__ = ["Segment", "segment_of", "run_nodes", "run_segment", "TapValues", "batch_key"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Segment:
     upper: str  # the upper tap's node name
     nodes: tuple[str, ...]
     boundary: tuple[str, ...]
+    head: Head  # its linear top, in closed form (:mod:`ssa_torch.head`)
 
 
 def segment_of(gm: fx.GraphModule, plan: TapPlan, upper: str) -> Segment:
@@ -55,20 +57,30 @@ def segment_of(gm: fx.GraphModule, plan: TapPlan, upper: str) -> Segment:
                 inside.add(a.name)
                 stack.append(a)
     order = [n.name for n in gm.graph.nodes]
-    return Segment(start.name, tuple(n for n in order if n in inside), tuple(n for n in order if n in boundary))
+    nodes = tuple(n for n in order if n in inside)
+    parents = tuple(n for n in order if n in boundary and n in tap_nodes)
+    return Segment(start.name, nodes, tuple(n for n in order if n in boundary),
+                   split_head(gm, nodes, start.name, parents))
 
 
-def run_segment(gm: fx.GraphModule, segment: Segment, values: Mapping[str, torch.Tensor], batch: int) -> Any:
-    """The upper tap's value computed from ``values`` (boundary node name -> tensor) through the segment."""
+def run_nodes(gm: fx.GraphModule, segment: Segment, values: Mapping[str, torch.Tensor], batch: int,
+              nodes: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Every node of ``nodes`` (default: the whole segment) computed from ``values`` (boundary node name ->
+    tensor), and the boundary values: node name -> value."""
     interp = ModelCodeInterpreter(gm, garbage_collect_values=False)
     interp.args_batch = batch
     by_name = {n.name: n for n in gm.graph.nodes}
     for name in segment.boundary:
         interp.env[by_name[name]] = values[name]
-    for name in segment.nodes:
+    for name in segment.nodes if nodes is None else nodes:
         node = by_name[name]
         interp.env[node] = interp.run_node(node)
-    return interp.env[by_name[segment.upper]]
+    return {n.name: v for n, v in interp.env.items()}
+
+
+def run_segment(gm: fx.GraphModule, segment: Segment, values: Mapping[str, torch.Tensor], batch: int) -> Any:
+    """The upper tap's value computed from ``values`` (boundary node name -> tensor) through the segment."""
+    return run_nodes(gm, segment, values, batch)[segment.upper]
 
 
 def batch_key(batch: np.ndarray | torch.Tensor) -> bytes:
