@@ -2,18 +2,22 @@
 
 Every tap's output is replaced by a detached leaf that requires grad, so that
 the derivative of a tap with respect to one of its parent taps follows only the
-paths that meet no other tap (method doc, section 4). The relevance of one step
-for a set of upper neurons is computed with one batched backward pass
-(``torch.autograd.grad(..., is_grads_batched=True)``), falling back to one
-backward pass per neuron where an op has no batching rule (and from then on: the fallback is sticky).
-A step runs through its own segment only, from the batch's remembered tap values (:mod:`ssa_torch.segments`).
+paths that meet no other tap (method doc, section 4). A step runs through its own
+segment only, from the batch's remembered tap values and scalars (:mod:`ssa_torch.segments`):
+the linear head of the segment (residual additions, linear layers, ...) in closed form
+(:mod:`ssa_torch.head`), the rest forward once and backward for all upper neurons at once
+(``torch.autograd.grad(..., is_grads_batched=True)``), or one backward pass per neuron in a
+segment with an op that has no batching rule (attention kernels: vmap's own per-slice loop
+costs more than ours). ``_step_relevance_full`` keeps the whole-network path as the reference.
 
 :class:`AutogradSteps` is a mixin of :class:`~ssa_torch.network.TorchNetwork`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,15 +29,17 @@ from ssa.core.checks import call_rule
 from ssa.core.interfaces import Rule, Tap
 
 from .closed_form.collect import spatial_mean
+from .head import head_cotangents
 from .host import exact_arithmetic
 from .interpreters import ModelCodeInterpreter
-from .head import head_cotangents
 from .segments import Segment, TapValues, batch_key, run_nodes, segment_of
 
 if TYPE_CHECKING:
     from .taps import TapPlan
 
 __all__ = ["AutogradSteps", "spatial_mean"]
+
+_SCALARS = "scalars/"  # the key prefix of the taps' scalars kept with a batch's tap values (never a node name)
 
 class _CutInterpreter(ModelCodeInterpreter):
     def __init__(self, gm: fx.GraphModule, cut: Mapping[str, str], input_node: str | None, grad: bool):
@@ -119,7 +125,7 @@ class AutogradSteps:
         tap = self.tap(upper)
         values = self._tap_values(batch)
         plan = self.plan
-        scalars = {t.name: spatial_mean(values[plan.node_of[t.name]], t.channel_axis).double() for t in plan.taps}
+        scalars = self._scalars_of(values)
         parents = [self.tap(p) for p in tap.parents]
         if not parents or len(neurons) == 0:
             return {}, scalars
@@ -127,23 +133,52 @@ class AutogradSteps:
             self._segments[upper] = segment_of(self.graph_module, plan, upper)
         segment = self._segments[upper]
         head = segment.head
+        gm, nodes = self.graph_module, [plan.node_of[p.name] for p in parents]
+        leaves = [values[name].detach().requires_grad_(True) for name in nodes]
         feed = dict(values)
-        leaves = []
-        for p in parents:
-            leaf = values[plan.node_of[p.name]].detach().requires_grad_(True)
-            feed[plan.node_of[p.name]] = leaf
-            leaves.append(leaf)
-        with torch.enable_grad():
-            env = run_nodes(self.graph_module, segment, feed, len(batch), head.compute)
+        feed.update(zip(nodes, leaves, strict=True))
+        with torch.enable_grad():  # the forward pass below the head, once for every neuron
+            env = run_nodes(gm, segment, feed, len(batch), head.compute)
         top = values[plan.node_of[upper]]
-        roots = head_cotangents(self.graph_module, head, env, segment.upper, tap.channel_axis, neurons,
-                                top.dtype, top.device)
-        stops = [name for name in head.stops if name in roots and isinstance(env[name], torch.Tensor)
-                 and env[name].requires_grad]
-        closed = [roots.get(plan.node_of[p.name]) for p in parents]
-        rel = self._head_relevance([env[name] for name in stops], [roots[name] for name in stops], leaves, closed,
-                                   parents, rule, len(neurons))
-        return rel, scalars
+        roots = head_cotangents(gm, head, env, segment.upper, tap.channel_axis, neurons, top.dtype, top.device)
+        outputs = [env[name] for name in head.stops]
+        chunks: dict[str, list[torch.Tensor]] = {p.name: [] for p in parents}
+        for j0, j1 in _chunks(leaves, len(neurons)):
+            m = j1 - j0
+            grads: list[torch.Tensor | None] = [None] * len(leaves)
+            if outputs:
+                gos = [roots[name][j0:j1].expand(m, *env[name].shape) for name in head.stops]
+                grads = self._pull(segment, outputs, gos, leaves)
+            for i, name in enumerate(nodes):
+                term = roots.get(name)
+                if term is not None:  # the head's own term (a residual's skip: the one-hot itself)
+                    t, g = term[j0:j1], grads[i]
+                    grads[i] = t.expand(m, *leaves[i].shape).clone() if g is None else g + t
+            _apply_rule(rule, m, grads, leaves, parents, chunks)
+        return {k: torch.cat(v, dim=0) for k, v in chunks.items()}, scalars
+
+    def _pull(self, segment: Segment, outputs: list[torch.Tensor], gos: list[torch.Tensor],
+              leaves: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """The leaves' gradients (m, ...) for the m cotangents ``gos`` (m, ...) at ``outputs``: one batched backward
+        pass, or one pass per neuron in a segment with an op that has no batching rule (vmap would loop over the
+        slices itself, with copies that cost more than the loop: the attention kernels' backward). A segment's
+        first batched pass says which; the choice is kept, so that every call of a step computes alike."""
+        m = int(gos[0].shape[0])
+        if segment.batched and m > 1:
+            try:
+                with _vmap_fallbacks() as fell_back:
+                    out = torch.autograd.grad(outputs, leaves, gos, retain_graph=True, allow_unused=True,
+                                              is_grads_batched=True)
+                if not fell_back:
+                    return list(out)
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError:
+                pass  # an op that cannot be batched at all
+            segment.batched = False
+        per = [torch.autograd.grad(outputs, leaves, [g[j] for g in gos], retain_graph=True, allow_unused=True)
+               for j in range(m)]
+        return _stacked(per, leaves)
 
     def _tap_values(self, batch: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """Every tap's value and the input on ``batch`` (node name -> tensor): one cut forward pass, remembered."""
@@ -156,6 +191,15 @@ class AutogradSteps:
             found[self._input_node] = self.to_tensor(batch)
             self._values.put(key, found)
         return found
+
+    def _scalars_of(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every tap's scalars from a batch's tap values, computed once and kept with them (read-only)."""
+        plan = self.plan
+        if _SCALARS not in values:
+            for t in plan.taps:
+                values[_SCALARS + t.name] = spatial_mean(values[plan.node_of[t.name]], t.channel_axis).double()
+            values[_SCALARS] = torch.empty(0)
+        return {t.name: values[_SCALARS + t.name] for t in plan.taps}
 
     def _step_relevance_full(self, batch: np.ndarray, upper: str, neurons: Sequence[int], rule: Rule
                              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -179,40 +223,6 @@ class AutogradSteps:
             _apply_rule(rule, j1 - j0, grads, leaves, parents, chunks)
         return {k: torch.cat(v, dim=0) for k, v in chunks.items()}
 
-    def _head_relevance(self, outputs: list[torch.Tensor], cots: list[torch.Tensor], leaves: list[torch.Tensor],
-                        closed: list[torch.Tensor | None], parents: list[Tap], rule: Rule, n: int
-                        ) -> dict[str, torch.Tensor]:
-        """omega from autograd below a segment's head (cotangents ``cots`` (n, ...) at ``outputs``) plus the
-        head's closed-form terms of the parents (``closed``, (n, ...) broadcast to each parent's shape)."""
-        chunks: dict[str, list[torch.Tensor]] = {p.name: [] for p in parents}
-        for j0, j1 in _chunks(leaves, n):
-            m = j1 - j0
-            grads: list[torch.Tensor | None] = [None] * len(leaves)
-            if outputs:
-                gos = [c[j0:j1].expand(m, *o.shape) for o, c in zip(outputs, cots, strict=True)]
-                grads = self._grads_at(outputs, gos, leaves)
-            for i, term in enumerate(closed):
-                if term is not None:
-                    t = term[j0:j1]
-                    g = grads[i]
-                    grads[i] = t.expand(m, *leaves[i].shape).clone() if g is None else g + t
-            _apply_rule(rule, m, grads, leaves, parents, chunks)
-        return {k: torch.cat(v, dim=0) for k, v in chunks.items()}
-
-    def _grads_at(self, outputs: list[torch.Tensor], gos: list[torch.Tensor], leaves: list[torch.Tensor]
-                  ) -> list[torch.Tensor | None]:
-        """The gradients of the leaves for each of the m cotangents ``gos`` (m, ...) at ``outputs``."""
-        m = int(gos[0].shape[0])
-        if self._batched_ok and m > 1:
-            try:
-                return list(torch.autograd.grad(outputs, leaves, gos, retain_graph=True, allow_unused=True,
-                                                is_grads_batched=True))
-            except RuntimeError:
-                self._batched_ok = False  # an op without a batching rule: one backward pass per neuron
-        per_neuron = [torch.autograd.grad(outputs, leaves, [g[j] for g in gos], retain_graph=True, allow_unused=True)
-                      for j in range(m)]
-        return _stacked(per_neuron, leaves)
-
     def _grads(self, s: torch.Tensor, leaves: list[torch.Tensor], j0: int, j1: int) -> list[torch.Tensor | None]:
         m = j1 - j0
         if self._batched_ok and m > 1:
@@ -226,6 +236,25 @@ class AutogradSteps:
         per_neuron = [torch.autograd.grad(s[:, j].sum(), leaves, retain_graph=True, allow_unused=True)
                       for j in range(j0, j1)]
         return _stacked(per_neuron, leaves)
+
+
+@contextlib.contextmanager
+def _vmap_fallbacks() -> Iterator[list[str]]:
+    """The ops for which a batched backward pass fell back to vmap's per-slice loop (a list filled on exit)."""
+    found: list[str] = []
+    show = getattr(torch._C, "_debug_only_display_vmap_fallback_warnings", None)
+    if show is None:
+        yield found
+        return
+    before = torch._C._debug_only_are_vmap_fallback_warnings_enabled()
+    show(True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield found
+    finally:
+        show(before)
+    found.extend(str(w.message) for w in caught if "batching rule" in str(w.message))
 
 
 def _stacked(per_neuron: Sequence[Sequence[torch.Tensor | None]], leaves: list[torch.Tensor]

@@ -104,7 +104,8 @@ def split_head(gm: fx.GraphModule, nodes: Sequence[str], upper: str, parents: Se
             continue  # alpha=... or an unusual call
         head.add(name)
     roots = {a.name for name in head for a in by_name[name].all_input_nodes if a.name in inside and a.name not in head}
-    stops = {name for name in roots if name in live}
+    stops = {a.name for name in head for a in _receivers(by_name[name], gm, operand)
+             if a.name in inside and a.name in live and a.name not in head}
     need: set[str] = set()
     stack = list(roots)
     while stack:
@@ -117,6 +118,18 @@ def split_head(gm: fx.GraphModule, nodes: Sequence[str], upper: str, parents: Se
         return Head((), (upper,), tuple(nodes), {})
     return Head(tuple(n for n in nodes if n in head), tuple(n for n in nodes if n in stops),
                 tuple(n for n in nodes if n in need), {k: v for k, v in operand.items() if k in head})
+
+
+def _receivers(node: fx.Node, gm: fx.GraphModule, operand: Mapping[str, int]) -> list[fx.Node]:
+    """The arguments of a head node that its cotangent flows to."""
+    kind = _kind(node, gm)
+    if kind in ("add", "sub"):
+        picked = list(node.args[:2])
+    elif kind in ("mul", "div"):
+        picked = [node.args[operand[node.name]]] if node.name in operand else []
+    else:
+        picked = [node.args[0]]
+    return [a for a in picked if isinstance(a, fx.Node)]
 
 
 def _live_operands(node: fx.Node, live: set[str]) -> list[int]:

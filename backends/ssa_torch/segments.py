@@ -28,7 +28,7 @@ from .taps import TapPlan
 __all__ = ["Segment", "segment_of", "run_nodes", "run_segment", "TapValues", "batch_key"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Segment:
     """The nodes of one step, in graph order (``nodes``), and the boundary nodes they read (``boundary``)."""
 
@@ -36,6 +36,7 @@ class Segment:
     nodes: tuple[str, ...]
     boundary: tuple[str, ...]
     head: Head  # its linear top, in closed form (:mod:`ssa_torch.head`)
+    batched: bool = True  # False once a backward pass below the head met an op without a batching rule
 
 
 def segment_of(gm: fx.GraphModule, plan: TapPlan, upper: str) -> Segment:
