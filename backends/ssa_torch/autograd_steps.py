@@ -7,8 +7,9 @@ segment only, from the batch's remembered tap values and scalars (:mod:`ssa_torc
 the linear head of the segment (residual additions, linear layers, ...) in closed form
 (:mod:`ssa_torch.head`), the rest forward once and backward for all upper neurons at once
 (``torch.autograd.grad(..., is_grads_batched=True)``), or one backward pass per neuron in a
-segment with an op that has no batching rule (attention kernels: vmap's own per-slice loop
-costs more than ours). ``_step_relevance_full`` keeps the whole-network path as the reference.
+segment with an op that has no batching rule there (LayerNorm, GELU, convolution, softmax, attention:
+vmap's own per-slice loop costs more than ours). ``_step_relevance_full`` keeps the whole-network
+path as the reference.
 
 :class:`AutogradSteps` is a mixin of :class:`~ssa_torch.network.TorchNetwork`.
 """
@@ -160,22 +161,22 @@ class AutogradSteps:
     def _pull(self, segment: Segment, outputs: list[torch.Tensor], gos: list[torch.Tensor],
               leaves: list[torch.Tensor]) -> list[torch.Tensor | None]:
         """The leaves' gradients (m, ...) for the m cotangents ``gos`` (m, ...) at ``outputs``: one batched backward
-        pass, or one pass per neuron in a segment with an op that has no batching rule (vmap would loop over the
-        slices itself, with copies that cost more than the loop: the attention kernels' backward). A segment's
-        first batched pass says which; the choice is kept, so that every call of a step computes alike."""
+        pass, or one pass per neuron in a segment with an op that has no batching rule there (LayerNorm, GELU,
+        convolution, softmax and attention backward: vmap loops over the slices itself, with copies that cost
+        more than our loop, and runs the same kernels slice by slice). A segment's first batched pass says which,
+        and the choice is kept."""
         m = int(gos[0].shape[0])
         if segment.batched and m > 1:
             try:
                 with _vmap_fallbacks() as fell_back:
                     out = torch.autograd.grad(outputs, leaves, gos, retain_graph=True, allow_unused=True,
                                               is_grads_batched=True)
-                if not fell_back:
-                    return list(out)
+                segment.batched = not fell_back
+                return list(out)
             except torch.OutOfMemoryError:
                 raise
-            except RuntimeError:
-                pass  # an op that cannot be batched at all
-            segment.batched = False
+            except RuntimeError:  # an op that cannot be batched at all
+                segment.batched = False
         per = [torch.autograd.grad(outputs, leaves, [g[j] for g in gos], retain_graph=True, allow_unused=True)
                for j in range(m)]
         return _stacked(per, leaves)
