@@ -27,9 +27,10 @@ from torch import fx, nn
 
 __all__ = ["Head", "split_head", "head_cotangents"]
 
-_ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
-_SUB = {operator.sub, operator.isub, torch.sub, "sub"}
-_MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+# out-of-place ops only: a head node is not computed, so an in-place op there would leave its input unchanged
+_ADD = {operator.add, torch.add, "add"}
+_SUB = {operator.sub, torch.sub, "sub"}
+_MUL = {operator.mul, torch.mul, "mul"}
 _DIV = {operator.truediv, torch.div, "div", "truediv"}
 _RESHAPE = {torch.reshape, "reshape", "view"}
 _PERMUTE = {torch.permute, "permute"}
