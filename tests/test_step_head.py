@@ -144,3 +144,18 @@ def test_a_step_in_closed_form_runs_no_backward_pass(monkeypatch):
     one_hot = np.zeros((2, len(x), net.tap(skip).n_neurons))
     one_hot[0, :, 0] = one_hot[1, :, 2] = 1.0 / tokens
     np.testing.assert_allclose(got[skip].numpy(), one_hot, rtol=1e-7, atol=0)
+
+
+def test_neurons_in_chunks_within_the_memory_budget(monkeypatch):
+    monkeypatch.setenv("SSA_WORK_BYTES", str(1 << 20))  # 1 MiB: 9 neurons of 40 images' tokens take 2 chunks
+    net = ssa.load_model(am.build("deit"))
+    x = am.images(40)
+    taps = net.prepare(x)
+    leaf = net._tap_values(x)[net.plan.node_of["blocks.0.mlp.act"]]
+    assert 9 * leaf.numel() * 12 > 1 << 20 > leaf.numel() * 12
+    for tap in taps:
+        if tap.parents:
+            got, _ = net.step_relevance(x, tap.name, list(range(9)), GradientXActivationRule())
+            want, _ = net._step_relevance_full(x, tap.name, list(range(9)), GradientXActivationRule())
+            for p in want:
+                torch.testing.assert_close(got[p], want[p], rtol=1e-6, atol=1e-9)

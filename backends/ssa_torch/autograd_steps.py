@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from ssa.core.budget import WORK_BYTES
+from ssa.core.budget import work_bytes
 from ssa.core.checks import call_rule
 from ssa.core.interfaces import Rule, Tap
 
@@ -144,7 +144,7 @@ class AutogradSteps:
         roots = head_cotangents(gm, head, env, segment.upper, tap.channel_axis, neurons, top.dtype, top.device)
         outputs = [env[name] for name in head.stops]
         chunks: dict[str, list[torch.Tensor]] = {p.name: [] for p in parents}
-        for j0, j1 in _chunks(leaves, len(neurons)):
+        for j0, j1 in _chunks(leaves, len(neurons), work_bytes(self.device)):
             m = j1 - j0
             grads: list[torch.Tensor | None] = [None] * len(leaves)
             if outputs:
@@ -219,7 +219,7 @@ class AutogradSteps:
                    ) -> dict[str, torch.Tensor]:
         B, n = s.shape
         chunks: dict[str, list[torch.Tensor]] = {p.name: [] for p in parents}
-        for j0, j1 in _chunks(leaves, n):
+        for j0, j1 in _chunks(leaves, n, work_bytes(self.device)):
             grads = self._grads(s, leaves, j0, j1)
             _apply_rule(rule, j1 - j0, grads, leaves, parents, chunks)
         return {k: torch.cat(v, dim=0) for k, v in chunks.items()}
@@ -268,10 +268,10 @@ def _stacked(per_neuron: Sequence[Sequence[torch.Tensor | None]], leaves: list[t
     return out
 
 
-def _chunks(leaves: list[torch.Tensor], n: int) -> list[tuple[int, int]]:
+def _chunks(leaves: list[torch.Tensor], n: int, budget: int) -> list[tuple[int, int]]:
     """Neurons in chunks whose gradients (and the rule's temporaries) fit the memory budget."""
     per = max(int(leaf.numel()) for leaf in leaves) * 4 * 3
-    chunk = max(1, min(n, WORK_BYTES // max(per, 1)))
+    chunk = max(1, min(n, budget // max(per, 1)))
     return [(j0, min(n, j0 + chunk)) for j0 in range(0, n, chunk)]
 
 
