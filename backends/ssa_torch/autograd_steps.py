@@ -190,17 +190,14 @@ class AutogradSteps:
             plan = self.plan
             found = {plan.node_of[t]: v.detach() for t, v in interp.raw.items()}
             found[self._input_node] = self.to_tensor(batch)
+            for t in plan.taps:  # every tap's scalars, kept with the values (and counted in their budget)
+                found[_SCALARS + t.name] = spatial_mean(found[plan.node_of[t.name]], t.channel_axis).double()
             self._values.put(key, found)
         return found
 
     def _scalars_of(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Every tap's scalars from a batch's tap values, computed once and kept with them (read-only)."""
-        plan = self.plan
-        if _SCALARS not in values:
-            for t in plan.taps:
-                values[_SCALARS + t.name] = spatial_mean(values[plan.node_of[t.name]], t.channel_axis).double()
-            values[_SCALARS] = torch.empty(0)
-        return {t.name: values[_SCALARS + t.name] for t in plan.taps}
+        """Every tap's scalars, kept with a batch's tap values (read-only)."""
+        return {t.name: values[_SCALARS + t.name] for t in self.plan.taps}
 
     def _step_relevance_full(self, batch: np.ndarray, upper: str, neurons: Sequence[int], rule: Rule
                              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
