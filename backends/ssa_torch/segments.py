@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,8 @@ class Segment:
     boundary: tuple[str, ...]
     head: Head  # its linear top, in closed form (:mod:`ssa_torch.head`)
     batched: bool = True  # False once a backward pass below the head met an op without a batching rule
+    # the interpreter that runs it and the graph's nodes by name, made once (making one walks all the modules)
+    runner: tuple[ModelCodeInterpreter, dict[str, fx.Node]] | None = field(default=None, repr=False, compare=False)
 
 
 def segment_of(gm: fx.GraphModule, plan: TapPlan, upper: str) -> Segment:
@@ -67,16 +69,19 @@ def segment_of(gm: fx.GraphModule, plan: TapPlan, upper: str) -> Segment:
 def run_nodes(gm: fx.GraphModule, segment: Segment, values: Mapping[str, torch.Tensor], batch: int,
               nodes: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Every node of ``nodes`` (default: the whole segment) computed from ``values`` (boundary node name ->
-    tensor), and the boundary values: node name -> value."""
-    interp = ModelCodeInterpreter(gm, garbage_collect_values=False)
+    tensor), and the boundary values: node name -> value. Not for two threads at once on one segment."""
+    if segment.runner is None or segment.runner[0].module is not gm:
+        segment.runner = (ModelCodeInterpreter(gm, garbage_collect_values=False), {n.name: n for n in gm.graph.nodes})
+    interp, by_name = segment.runner
     interp.args_batch = batch
-    by_name = {n.name: n for n in gm.graph.nodes}
-    for name in segment.boundary:
-        interp.env[by_name[name]] = values[name]
-    for name in segment.nodes if nodes is None else nodes:
-        node = by_name[name]
-        interp.env[node] = interp.run_node(node)
-    return {n.name: v for n, v in interp.env.items()}
+    interp.env = {by_name[name]: values[name] for name in segment.boundary}
+    try:
+        for name in segment.nodes if nodes is None else nodes:
+            node = by_name[name]
+            interp.env[node] = interp.run_node(node)
+        return {n.name: v for n, v in interp.env.items()}
+    finally:
+        interp.env = {}
 
 
 def run_segment(gm: fx.GraphModule, segment: Segment, values: Mapping[str, torch.Tensor], batch: int) -> Any:
