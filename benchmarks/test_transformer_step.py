@@ -3,13 +3,16 @@
 A small ViT (timm's definition, random weights, 64 px, 6 blocks of width 192); the step is the stream after the
 attention of block 3 (LayerNorm, attention, softmax) down to the stream before it. Printed: the step's cost
 through its own segment (``ssa_torch.segments``) and through the whole network with every tap cut (the previous
-path), each as a multiple of the block's forward pass on the same images, for 1, 3 and 9 upper neurons. The
-target is at most 4x for a handful of neurons; the result is checked against the whole-network path after timing.
+path), each as a multiple of the block's forward pass on the same images (timed in turn with the step, best of 15),
+for 1, 3 and 9 upper neurons, with the host's load average; and the same ratio in CPU time of the thread (with one
+torch thread, ``OMP_NUM_THREADS=1``, what other jobs on a shared host change least). The target is at most 4x for
+a handful of neurons; the result is checked against the whole-network path after timing.
 Run with ``make bench`` (or ``pytest benchmarks/test_transformer_step.py --benchmark-only -s``).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -21,14 +24,18 @@ import ssa
 timm = pytest.importorskip("timm")
 
 
-def _best(fn, repeat: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
+def _best(*fns, rounds: int = 5, clock=time.perf_counter) -> list[float]:
+    """The best time of each function on ``clock``, called in turn ``rounds`` times (after one warm-up call each),
+    so that a shared host whose speed drifts slows them alike."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    best = [float("inf")] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            t = clock()
+            fn()
+            best[i] = min(best[i], clock() - t)
+    return best
 
 
 @pytest.mark.benchmark(group="transformer-step")
@@ -53,13 +60,20 @@ def test_transformer_step_against_the_block_forward(benchmark, n_neurons):
         with torch.no_grad():
             run_segment(net.graph_module, segment, values, len(x))
 
-    block_s = _best(block)
     rel, _ = benchmark(net.step_relevance, x, upper.name, neurons, rule)
-    step_s = _best(lambda: net.step_relevance(x, upper.name, neurons, rule))
-    whole_s = _best(lambda: net._step_relevance_full(x, upper.name, neurons, rule), 3)
+    load = os.getloadavg()[0]
+    def step() -> None:
+        net.step_relevance(x, upper.name, neurons, rule)
+
+    block_s, step_s = _best(block, step, rounds=15)
+    (whole_s,) = _best(lambda: net._step_relevance_full(x, upper.name, neurons, rule), rounds=3)
+    # CPU time of this thread (the work runs on it: one thread): what other jobs on a shared host change least
+    block_cpu, step_cpu = _best(block, step, rounds=15, clock=time.thread_time)
     print(f"\ntransformer step {upper.name} <- {', '.join(upper.parents)}, {n_neurons} upper neuron(s), {len(x)} "
           f"images: segment {step_s * 1e3:.1f} ms = {step_s / block_s:.1f}x the block's forward pass "
-          f"({block_s * 1e3:.1f} ms); whole network {whole_s * 1e3:.1f} ms = {whole_s / block_s:.1f}x")
+          f"({block_s * 1e3:.1f} ms); whole network {whole_s * 1e3:.1f} ms = {whole_s / block_s:.1f}x; "
+          f"CPU time {step_cpu * 1e3:.1f} ms = {step_cpu / block_cpu:.1f}x ({block_cpu * 1e3:.1f} ms) "
+          f"(torch threads {torch.get_num_threads()}, load {load:.1f} before, {os.getloadavg()[0]:.1f} after)")
     want, _ = net._step_relevance_full(x, upper.name, neurons, rule)
     for p in want:
         torch.testing.assert_close(rel[p], want[p], rtol=1e-6, atol=1e-9)

@@ -2,38 +2,46 @@
 
 Every tap's output is replaced by a detached leaf that requires grad, so that
 the derivative of a tap with respect to one of its parent taps follows only the
-paths that meet no other tap (method doc, section 4). The relevance of one step
-for a set of upper neurons is computed with one batched backward pass
-(``torch.autograd.grad(..., is_grads_batched=True)``), falling back to one
-backward pass per neuron where an op has no batching rule (and from then on: the fallback is sticky).
-A step runs through its own segment only, from the batch's remembered tap values (:mod:`ssa_torch.segments`).
+paths that meet no other tap (method doc, section 4). A step runs through its own
+segment only, from the batch's remembered tap values and scalars (:mod:`ssa_torch.segments`):
+the linear head of the segment (residual additions, linear layers, ...) in closed form
+(:mod:`ssa_torch.head`), the rest forward once and backward for all upper neurons at once
+(``torch.autograd.grad(..., is_grads_batched=True)``), or one backward pass per neuron in a
+segment with an op that has no batching rule there (LayerNorm, GELU, convolution, softmax, attention:
+vmap's own per-slice loop costs more than ours). ``_step_relevance_full`` keeps the whole-network
+path as the reference.
 
 :class:`AutogradSteps` is a mixin of :class:`~ssa_torch.network.TorchNetwork`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import fx
 
-from ssa.core.budget import WORK_BYTES
+from ssa.core.budget import work_bytes
 from ssa.core.checks import call_rule
 from ssa.core.interfaces import Rule, Tap
 
 from .closed_form.collect import spatial_mean
+from .head import head_cotangents
 from .host import exact_arithmetic
 from .interpreters import ModelCodeInterpreter
-from .segments import Segment, TapValues, batch_key, run_segment, segment_of
+from .segments import Segment, TapValues, batch_key, run_nodes, run_segment, segment_of
 from .tokens import aggregate
 
 if TYPE_CHECKING:
     from .taps import TapPlan
 
 __all__ = ["AutogradSteps", "spatial_mean"]
+
+_SCALARS = "scalars/"  # the key prefix of the taps' scalars kept with a batch's tap values (never a node name)
 
 class _CutInterpreter(ModelCodeInterpreter):
     def __init__(self, gm: fx.GraphModule, cut: Mapping[str, str], input_node: str | None, grad: bool):
@@ -124,23 +132,66 @@ class AutogradSteps:
         tap = self.tap(upper)
         values = self._tap_values(batch)
         plan = self.plan
-        scalars = {t.name: self._aggregate(values[plan.node_of[t.name]], t).double() for t in plan.taps}
+        scalars = self._scalars_of(values)
         parents = [self.tap(p) for p in tap.parents]
         if not parents or len(neurons) == 0:
             return {}, scalars
         if upper not in self._segments:
             self._segments[upper] = segment_of(self.graph_module, plan, upper)
         segment = self._segments[upper]
+        head = segment.head
+        gm, nodes = self.graph_module, [plan.node_of[p.name] for p in parents]
+        leaves = [values[name].detach().requires_grad_(True) for name in nodes]
         feed = dict(values)
-        leaves = []
-        for p in parents:
-            leaf = values[plan.node_of[p.name]].detach().requires_grad_(True)
-            feed[plan.node_of[p.name]] = leaf
-            leaves.append(leaf)
-        with torch.enable_grad():
-            out = run_segment(self.graph_module, segment, feed, len(batch))
-        s = self._aggregate(out, tap)[:, list(neurons)]  # (B, n)
-        return self._relevance(s, leaves, parents, rule), scalars
+        if upper in self._token_axes:  # the class token alone: the head's cotangents assume the mean over tokens
+            feed.update(zip(nodes, leaves, strict=True))
+            with torch.enable_grad():
+                out = run_segment(gm, segment, feed, len(batch))
+            s = self._aggregate(out, tap)[:, list(neurons)]  # (B, n)
+            return self._relevance(s, leaves, parents, rule), scalars
+        feed.update(zip(nodes, leaves, strict=True))
+        with torch.enable_grad():  # the forward pass below the head, once for every neuron
+            env = run_nodes(gm, segment, feed, len(batch), head.compute)
+        top = values[plan.node_of[upper]]
+        roots = head_cotangents(gm, head, env, segment.upper, tap.channel_axis, neurons, top.dtype, top.device)
+        outputs = [env[name] for name in head.stops]
+        chunks: dict[str, list[torch.Tensor]] = {p.name: [] for p in parents}
+        for j0, j1 in _chunks(leaves, len(neurons), work_bytes(self.device)):
+            m = j1 - j0
+            grads: list[torch.Tensor | None] = [None] * len(leaves)
+            if outputs:
+                gos = [roots[name][j0:j1].expand(m, *env[name].shape) for name in head.stops]
+                grads = self._pull(segment, outputs, gos, leaves)
+            for i, name in enumerate(nodes):
+                term = roots.get(name)
+                if term is not None:  # the head's own term (a residual's skip: the one-hot itself)
+                    t, g = term[j0:j1], grads[i]
+                    grads[i] = t.expand(m, *leaves[i].shape).clone() if g is None else g + t
+            _apply_rule(rule, m, grads, leaves, parents, chunks, self._aggregate)
+        return {k: torch.cat(v, dim=0) for k, v in chunks.items()}, scalars
+
+    def _pull(self, segment: Segment, outputs: list[torch.Tensor], gos: list[torch.Tensor],
+              leaves: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """The leaves' gradients (m, ...) for the m cotangents ``gos`` (m, ...) at ``outputs``: one batched backward
+        pass, or one pass per neuron in a segment with an op that has no batching rule there (LayerNorm, GELU,
+        convolution, softmax and attention backward: vmap loops over the slices itself, with copies that cost
+        more than our loop, and runs the same kernels slice by slice). A segment's first batched pass says which,
+        and the choice is kept."""
+        m = int(gos[0].shape[0])
+        if segment.batched and m > 1:
+            try:
+                with _vmap_fallbacks() as fell_back:
+                    out = torch.autograd.grad(outputs, leaves, gos, retain_graph=True, allow_unused=True,
+                                              is_grads_batched=True)
+                segment.batched = not fell_back
+                return list(out)
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError:  # an op that cannot be batched at all
+                segment.batched = False
+        per = [torch.autograd.grad(outputs, leaves, [g[j] for g in gos], retain_graph=True, allow_unused=True)
+               for j in range(m)]
+        return _stacked(per, leaves)
 
     def _tap_values(self, batch: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """Every tap's value and the input on ``batch`` (node name -> tensor): one cut forward pass, remembered."""
@@ -151,8 +202,14 @@ class AutogradSteps:
             plan = self.plan
             found = {plan.node_of[t]: v.detach() for t, v in interp.raw.items()}
             found[self._input_node] = self.to_tensor(batch)
+            for t in plan.taps:  # every tap's scalars, kept with the values (and counted in their budget)
+                found[_SCALARS + t.name] = self._aggregate(found[plan.node_of[t.name]], t).double()
             self._values.put(key, found)
         return found
+
+    def _scalars_of(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every tap's scalars, kept with a batch's tap values (read-only)."""
+        return {t.name: values[_SCALARS + t.name] for t in self.plan.taps}
 
     def _step_relevance_full(self, batch: np.ndarray, upper: str, neurons: Sequence[int], rule: Rule
                              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -170,17 +227,10 @@ class AutogradSteps:
     def _relevance(self, s: torch.Tensor, leaves: list[torch.Tensor], parents: list[Tap], rule: Rule
                    ) -> dict[str, torch.Tensor]:
         B, n = s.shape
-        per = max(int(leaf[0].numel()) for leaf in leaves) * B * 4 * 3
-        chunk = max(1, min(n, WORK_BYTES // max(per, 1)))
         chunks: dict[str, list[torch.Tensor]] = {p.name: [] for p in parents}
-        for j0 in range(0, n, chunk):
-            j1 = min(n, j0 + chunk)
+        for j0, j1 in _chunks(leaves, n, work_bytes(self.device)):
             grads = self._grads(s, leaves, j0, j1)
-            for p, leaf, g in zip(parents, leaves, grads, strict=True):
-                if g is None:
-                    g = torch.zeros((j1 - j0, *leaf.shape), device=leaf.device, dtype=leaf.dtype)
-                c = call_rule(rule, g, leaf.detach().unsqueeze(0))  # checked: a plugin bug is named
-                chunks[p.name].append(self._aggregate(c, p, lead=2).double())
+            _apply_rule(rule, j1 - j0, grads, leaves, parents, chunks, self._aggregate)
         return {k: torch.cat(v, dim=0) for k, v in chunks.items()}
 
     def _grads(self, s: torch.Tensor, leaves: list[torch.Tensor], j0: int, j1: int) -> list[torch.Tensor | None]:
@@ -193,13 +243,53 @@ class AutogradSteps:
                 return list(out)
             except RuntimeError:
                 self._batched_ok = False  # an op without a batching rule: one backward pass per neuron
-        per_neuron = []
-        for j in range(j0, j1):
-            g = torch.autograd.grad(s[:, j].sum(), leaves, retain_graph=True, allow_unused=True)
-            per_neuron.append(g)
-        out: list[torch.Tensor | None] = []
-        for idx, leaf in enumerate(leaves):
-            parts = [g[idx] for g in per_neuron]
-            out.append(None if all(p is None for p in parts) else
-                       torch.stack([p if p is not None else torch.zeros_like(leaf) for p in parts]))
-        return out
+        per_neuron = [torch.autograd.grad(s[:, j].sum(), leaves, retain_graph=True, allow_unused=True)
+                      for j in range(j0, j1)]
+        return _stacked(per_neuron, leaves)
+
+
+@contextlib.contextmanager
+def _vmap_fallbacks() -> Iterator[list[str]]:
+    """The ops for which a batched backward pass fell back to vmap's per-slice loop (a list filled on exit)."""
+    found: list[str] = []
+    show = getattr(torch._C, "_debug_only_display_vmap_fallback_warnings", None)
+    if show is None:
+        yield found
+        return
+    before = torch._C._debug_only_are_vmap_fallback_warnings_enabled()
+    show(True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield found
+    finally:
+        show(before)
+    found.extend(str(w.message) for w in caught if "batching rule" in str(w.message))
+
+
+def _stacked(per_neuron: Sequence[Sequence[torch.Tensor | None]], leaves: list[torch.Tensor]
+             ) -> list[torch.Tensor | None]:
+    out: list[torch.Tensor | None] = []
+    for idx, leaf in enumerate(leaves):
+        parts = [g[idx] for g in per_neuron]
+        out.append(None if all(p is None for p in parts) else
+                   torch.stack([p if p is not None else torch.zeros_like(leaf) for p in parts]))
+    return out
+
+
+def _chunks(leaves: list[torch.Tensor], n: int, budget: int) -> list[tuple[int, int]]:
+    """Neurons in chunks whose gradients (and the rule's temporaries) fit the memory budget."""
+    per = max(int(leaf.numel()) for leaf in leaves) * 4 * 3
+    chunk = max(1, min(n, budget // max(per, 1)))
+    return [(j0, min(n, j0 + chunk)) for j0 in range(0, n, chunk)]
+
+
+def _apply_rule(rule: Rule, m: int, grads: list[torch.Tensor | None], leaves: list[torch.Tensor],
+                parents: list[Tap], chunks: dict[str, list[torch.Tensor]],
+                agg: Callable[..., torch.Tensor]) -> None:
+    """The rule's spatial means of one chunk of m neurons' gradients (m, B, ...) appended to ``chunks``."""
+    for p, leaf, g in zip(parents, leaves, grads, strict=True):
+        if g is None:
+            g = torch.zeros((m, *leaf.shape), device=leaf.device, dtype=leaf.dtype)
+        c = call_rule(rule, g, leaf.detach().unsqueeze(0))  # checked: a plugin bug is named
+        chunks[p.name].append(agg(c, p, lead=2).double())

@@ -14,26 +14,31 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import fx
 
+from .head import Head, split_head
 from .interpreters import ModelCodeInterpreter
 from .taps import TapPlan
 
-__all__ = ["Segment", "segment_of", "run_segment", "TapValues", "batch_key"]
+__all__ = ["Segment", "segment_of", "run_nodes", "run_segment", "TapValues", "batch_key"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Segment:
     """The nodes of one step, in graph order (``nodes``), and the boundary nodes they read (``boundary``)."""
 
     upper: str  # the upper tap's node name
     nodes: tuple[str, ...]
     boundary: tuple[str, ...]
+    head: Head  # its linear top, in closed form (:mod:`ssa_torch.head`)
+    batched: bool = True  # False once a backward pass below the head met an op without a batching rule
+    # the interpreter that runs it and the graph's nodes by name, made once (making one walks all the modules)
+    runner: tuple[ModelCodeInterpreter, dict[str, fx.Node]] | None = field(default=None, repr=False, compare=False)
 
 
 def segment_of(gm: fx.GraphModule, plan: TapPlan, upper: str) -> Segment:
@@ -55,20 +60,33 @@ def segment_of(gm: fx.GraphModule, plan: TapPlan, upper: str) -> Segment:
                 inside.add(a.name)
                 stack.append(a)
     order = [n.name for n in gm.graph.nodes]
-    return Segment(start.name, tuple(n for n in order if n in inside), tuple(n for n in order if n in boundary))
+    nodes = tuple(n for n in order if n in inside)
+    parents = tuple(n for n in order if n in boundary and n in tap_nodes)
+    return Segment(start.name, nodes, tuple(n for n in order if n in boundary),
+                   split_head(gm, nodes, start.name, parents))
+
+
+def run_nodes(gm: fx.GraphModule, segment: Segment, values: Mapping[str, torch.Tensor], batch: int,
+              nodes: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Every node of ``nodes`` (default: the whole segment) computed from ``values`` (boundary node name ->
+    tensor), and the boundary values: node name -> value. Not for two threads at once on one segment."""
+    if segment.runner is None or segment.runner[0].module is not gm:
+        segment.runner = (ModelCodeInterpreter(gm, garbage_collect_values=False), {n.name: n for n in gm.graph.nodes})
+    interp, by_name = segment.runner
+    interp.args_batch = batch
+    interp.env = {by_name[name]: values[name] for name in segment.boundary}
+    try:
+        for name in segment.nodes if nodes is None else nodes:
+            node = by_name[name]
+            interp.env[node] = interp.run_node(node)
+        return {n.name: v for n, v in interp.env.items()}
+    finally:
+        interp.env = {}
 
 
 def run_segment(gm: fx.GraphModule, segment: Segment, values: Mapping[str, torch.Tensor], batch: int) -> Any:
     """The upper tap's value computed from ``values`` (boundary node name -> tensor) through the segment."""
-    interp = ModelCodeInterpreter(gm, garbage_collect_values=False)
-    interp.args_batch = batch
-    by_name = {n.name: n for n in gm.graph.nodes}
-    for name in segment.boundary:
-        interp.env[by_name[name]] = values[name]
-    for name in segment.nodes:
-        node = by_name[name]
-        interp.env[node] = interp.run_node(node)
-    return interp.env[by_name[segment.upper]]
+    return run_nodes(gm, segment, values, batch)[segment.upper]
 
 
 def batch_key(batch: np.ndarray | torch.Tensor) -> bytes:

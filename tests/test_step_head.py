@@ -1,0 +1,161 @@
+"""A step whose linear head runs in closed form (ssa_torch.head) equals the step through the whole network with every
+tap cut (``_step_relevance_full``): a tiny ViT, a tiny ConvNeXt and a ConvNeXt-like net written here with every op
+the head takes (additions, subtractions, linear layers as modules and functions, products and quotients by
+constants, permutes, transposes, reshapes, flattens, dropout), for 1, 3 and 9 upper neurons under both rules.
+The heads are checked too, so that a test cannot pass by running everything through autograd."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from ssa_rules.rules import GradientRule, GradientXActivationRule
+from ssa_torch.head import _kind
+from ssa_torch.segments import segment_of
+
+import ssa
+from ssa.testing.models import _heavy_tail_
+
+from . import any_models as am
+
+
+class _Block(nn.Module):
+    """A ConvNeXt block (depthwise conv, LayerNorm on channels last, MLP, scale) that adds or subtracts its branch."""
+
+    def __init__(self, c: int, subtract: bool) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.fc1 = nn.Linear(c, 2 * c)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(2 * c, c)
+        self.gamma = nn.Parameter(torch.linspace(0.5, 1.5, c))
+        self.drop = nn.Dropout(0.1)
+        self.subtract = subtract
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc2(self.act(self.fc1(self.norm(self.dw(x).permute(0, 2, 3, 1)))))
+        y = self.drop(y).permute(0, 3, 1, 2).contiguous()
+        if self.subtract:
+            return x - y / self.gamma.view(1, -1, 1, 1)
+        return x + y * self.gamma.view(1, -1, 1, 1)
+
+
+class _ConvNeXtLike(nn.Module):
+    def __init__(self, c: int = 12, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 4, stride=4)
+        self.stem_norm = nn.BatchNorm2d(c)
+        self.blocks = nn.Sequential(_Block(c, False), _Block(c, True), _Block(c, False))
+        self.mix = nn.Parameter(torch.linspace(-1.0, 1.0, c * c).reshape(c, c))
+        self.head = nn.Linear(c, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem_norm(self.stem(x)))
+        n, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)  # tokens (N, HW, C)
+        t = t + F.linear(F.gelu(t), self.mix).reshape(n, h * w, c)  # one more stream, by a functional linear
+        return self.head(t.mean(1))
+
+
+def _convnext_like() -> nn.Module:
+    torch.manual_seed(0)
+    model = _heavy_tail_(_ConvNeXtLike(), 1, sigma=2.0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+MODELS = {"vit": lambda: am.build("deit"), "convnext": lambda: am.build("convnext"), "convnext_like": _convnext_like}
+# the ConvNeXt-like net's taps by hand: its subtraction and its token stream are no residual streams by the rules
+TAPS = {"convnext_like": ["blocks.0.act", "add", "blocks.1.act", "sub", "blocks.2.act", "add_1", "gelu", "add_2"]}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def prepared(request):
+    x = am.images(5)
+    net = ssa.load_model(MODELS[request.param](), taps=TAPS.get(request.param))
+    return request.param, net, net.prepare(x), x
+
+
+@pytest.mark.parametrize("n", (1, 3, 9))
+@pytest.mark.parametrize("rule", (GradientRule(), GradientXActivationRule()), ids=lambda r: r.name)
+def test_a_step_with_its_head_in_closed_form_equals_the_whole_network_step(prepared, rule, n):
+    _, net, taps, x = prepared
+    for tap in taps:
+        if not tap.parents:
+            continue
+        neurons = list(range(min(n, tap.n_neurons)))[::-1]  # not in order: the one-hot rows follow the neurons
+        got, got_scalars = net.step_relevance(x, tap.name, neurons, rule)
+        want, want_scalars = net._step_relevance_full(x, tap.name, neurons, rule)
+        assert set(got) == set(want) == set(tap.parents)
+        for p in want:
+            assert got[p].shape == (len(neurons), len(x), net.tap(p).n_neurons)
+            torch.testing.assert_close(got[p], want[p], rtol=1e-6, atol=1e-9)
+        for t in want_scalars:
+            torch.testing.assert_close(got_scalars[t], want_scalars[t], rtol=0, atol=0)
+
+
+def _heads(net) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    return {t.name: (segment_of(net.graph_module, net.plan, t.name).head.nodes,
+                     segment_of(net.graph_module, net.plan, t.name).head.stops) for t in net.plan.taps if t.parents}
+
+
+def test_the_heads_take_the_linear_top_of_each_step(prepared):
+    name, net, taps, _ = prepared
+    heads = _heads(net)
+    by_name = {node.name: node for node in net.graph_module.graph.nodes}
+    kinds = {_kind(by_name[node], net.graph_module) for nodes, _ in heads.values() for node in nodes}
+    if name == "convnext_like":
+        assert kinds >= {"add", "sub", "mul", "div", "linear", "permute", "transpose", "reshape", "flatten"}
+        return
+    streams = [t.name for t in taps if t.kind == "stream" and t.parents]
+    assert streams, "the model has stream taps"
+    for tap in streams:  # every stream's addition and its branch's last linear layer are in the head
+        nodes, stops = heads[tap]
+        assert net.plan.node_of[tap] in nodes
+        assert any(_kind(by_name[node], net.graph_module) == "linear" for node in nodes), tap
+    if name == "vit":  # the MLP's stream entirely in closed form; the attention's from the attention's output
+        mlp = [t for t in streams if any(net.tap(p).kind != "stream" for p in net.tap(t).parents)]
+        attn = [t for t in streams if t not in mlp]
+        assert mlp and attn
+        assert all(heads[t][1] == () for t in mlp)
+        assert all(by_name[s].target is F.scaled_dot_product_attention for t in attn for s in heads[t][1])
+
+
+def test_a_step_in_closed_form_runs_no_backward_pass(monkeypatch):
+    net = ssa.load_model(am.build("deit"))
+    x = am.images(3)
+    taps = net.prepare(x)
+    tap = next(t for t in taps if t.kind == "stream" and any(net.tap(p).kind != "stream" for p in t.parents))
+    want, _ = net._step_relevance_full(x, tap.name, [0, 2], GradientRule())
+
+    def no_backward(*args, **kwargs):
+        raise AssertionError("a backward pass")
+
+    monkeypatch.setattr(torch.autograd, "grad", no_backward)
+    got, _ = net.step_relevance(x, tap.name, [0, 2], GradientRule())
+    for p in want:
+        torch.testing.assert_close(got[p], want[p], rtol=1e-6, atol=1e-9)
+    skip = next(p for p in tap.parents if net.tap(p).kind == "stream")  # its skip term: the one-hot itself
+    tokens = net._tap_values(x)[net.plan.node_of[skip]].shape[1]
+    one_hot = np.zeros((2, len(x), net.tap(skip).n_neurons))
+    one_hot[0, :, 0] = one_hot[1, :, 2] = 1.0 / tokens
+    np.testing.assert_allclose(got[skip].numpy(), one_hot, rtol=1e-7, atol=0)
+
+
+def test_neurons_in_chunks_within_the_memory_budget(monkeypatch):
+    monkeypatch.setenv("SSA_WORK_BYTES", str(1 << 20))  # 1 MiB: 9 neurons of 40 images' tokens take 2 chunks
+    net = ssa.load_model(am.build("deit"))
+    x = am.images(40)
+    taps = net.prepare(x)
+    leaf = net._tap_values(x)[net.plan.node_of["blocks.0.mlp.act"]]
+    assert 9 * leaf.numel() * 12 > 1 << 20 > leaf.numel() * 12
+    for tap in taps:
+        if tap.parents:
+            got, _ = net.step_relevance(x, tap.name, list(range(9)), GradientXActivationRule())
+            want, _ = net._step_relevance_full(x, tap.name, list(range(9)), GradientXActivationRule())
+            for p in want:
+                torch.testing.assert_close(got[p], want[p], rtol=1e-6, atol=1e-9)
