@@ -26,6 +26,7 @@ import ssa
 
 from . import onnx_models as om
 from . import zoo_models as zm
+from .test_torchvision_zoo import _export
 
 QUICK = ("resnet", "mobilenet_v3", "shufflenet_v2", "densenet")
 
@@ -104,7 +105,7 @@ def _module(family: str):
 
 def _onnx(family: str, tmp_path):
     x = zm.images(family, 2)
-    path = om.export(zm.build(family), x, tmp_path / f"{family}.onnx")
+    path = _export(family, zm.build(family), x, tmp_path)
     net = ssa.load_model(str(path))
     net.prepare(x)
     return net

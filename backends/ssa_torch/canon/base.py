@@ -85,7 +85,9 @@ class PassContext:
         return dict(self.gm.named_modules())
 
     def kind(self, node: fx.Node) -> str:
-        return node_kind(node, self.modules)
+        if node.op == "call_module":  # the module at the node's path now (a pass may have swapped it)
+            return node_kind(node, {node.target: self.gm.get_submodule(str(node.target))})
+        return node_kind(node, {})
 
     def protected(self, node: fx.Node) -> bool:
         return bool(self.protect) and (node.name in self.protect or display_name(node) in self.protect
