@@ -169,9 +169,16 @@ def replace_node(old: fx.Node, new: fx.Node) -> None:
 
 
 def canonicalize(gm: fx.GraphModule, example: torch.Tensor, passes: Sequence[CanonPass],
-                 protect: Iterable[str] = (), *, rounds: int = 4) -> CanonReport:
-    """Run ``passes`` in order on ``gm`` (in place) until none rewrites anything (at most ``rounds`` times)."""
+                 protect: Iterable[str] = (), *, rounds: int = 4, values: dict[str, Any] | None = None,
+                 ) -> CanonReport:
+    """Run ``passes`` in order on ``gm`` (in place) until none rewrites anything (at most ``rounds`` times).
+
+    ``values``: every node's value of ``gm`` as it is on the example's first image, when the caller has them
+    (what :meth:`PassContext.values` would compute first).
+    """
     ctx = PassContext(gm, example, frozenset(protect))
+    if values is not None:
+        ctx._values[1] = values
     done: list[tuple[str, int]] = []
     for _ in range(rounds):
         changed = 0
