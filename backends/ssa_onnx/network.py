@@ -226,6 +226,7 @@ class OnnxNetwork(TorchNetwork):
                 )
         if self.output_kind == "probabilities":
             gm = append_log(gm)
+            self._canon_values = None  # of the graph before the log
         return gm
 
     def _module_outputs(self, module: torch.nn.Module, x: np.ndarray) -> np.ndarray:

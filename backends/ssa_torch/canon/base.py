@@ -18,8 +18,8 @@ from torch import fx
 
 from ..kinds import NAME_KEY, display_name, node_kind
 
-__all__ = ["CanonPass", "PassContext", "CanonReport", "canonicalize", "replace_node", "fresh_module_path",
-           "first_tensor_arg"]
+__all__ = ["CanonPass", "PassContext", "CanonReport", "canonicalize", "canonicalize_values", "replace_node",
+           "fresh_module_path", "first_tensor_arg"]
 
 
 class CanonPass:
@@ -176,6 +176,14 @@ def canonicalize(gm: fx.GraphModule, example: torch.Tensor, passes: Sequence[Can
     ``values``: every node's value of ``gm`` as it is on the example's first image, when the caller has them
     (what :meth:`PassContext.values` would compute first).
     """
+    return canonicalize_values(gm, example, passes, protect, rounds=rounds, values=values)[0]
+
+
+def canonicalize_values(gm: fx.GraphModule, example: torch.Tensor, passes: Sequence[CanonPass],
+                        protect: Iterable[str] = (), *, rounds: int = 4, values: dict[str, Any] | None = None,
+                        ) -> tuple[CanonReport, dict[str, Any] | None]:
+    """:func:`canonicalize`, and every node's value of the canonical graph on the example's first image where a
+    pass computed them after the last rewrite (None where none did)."""
     ctx = PassContext(gm, example, frozenset(protect))
     if values is not None:
         ctx._values[1] = values
@@ -189,7 +197,7 @@ def canonicalize(gm: fx.GraphModule, example: torch.Tensor, passes: Sequence[Can
                 changed += n
         if not changed:
             break
-    return CanonReport(tuple(done))
+    return CanonReport(tuple(done)), ctx._values.get(1)
 
 
 def first_tensor_arg(node: fx.Node) -> fx.Node | None:
