@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from ssa_torch.canon import PassContext
 from ssa_torch.closed_form import codes, plan_closed_form
-from torch import fx
 
 import ssa
 
@@ -33,20 +33,6 @@ QUICK = ("resnet", "mobilenet_v3", "shufflenet_v2", "densenet")
 
 def _param(family: str):
     return pytest.param(family, marks=[] if family in QUICK else [pytest.mark.slow], id=family)
-
-
-def _values(gm: fx.GraphModule, x: torch.Tensor) -> dict[str, Any]:
-    env: dict[str, Any] = {}
-
-    class _Values(fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            env[n.name] = out
-            return out
-
-    with torch.no_grad():
-        _Values(gm).run(x)
-    return env
 
 
 def _same(a: Any, b: Any, where: str) -> None:
@@ -85,7 +71,7 @@ def assert_plans_agree(net, monkeypatch) -> tuple[int, int]:
         return out
 
     gm, plan = net.graph_module, net.plan
-    env1 = _values(gm, net._example)
+    env1 = PassContext(gm, net._example).values(1)  # every node's value at batch 1, as the planner gets them
     with monkeypatch.context() as m:
         m.setattr(codes.ChannelCodes, "_pushes", counting)
         fast = plan_closed_form(gm, plan, env1)
