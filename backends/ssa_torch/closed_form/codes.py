@@ -128,20 +128,28 @@ class ChannelCodes(GraphFacts):
             return None
         if self.reduced_shape(target, axis) is None or self.value(target).dim() not in ranks:
             return None
+        rank = next(iter(ranks))
         for node in nodes:
             kind = self.kind(node)
             if self.affine(node) is not None or kind in _POINTWISE or kind in SUMS:
                 continue
-            if kind in _MAX_POOLS and len(self.computed_args(node)) == 1 and node.args \
-                    and node.args[0] is self.computed_args(node)[0]:
-                continue
+            if kind in _MAX_POOLS and axis == 1 and self._pools_after_channels(node, rank):
+                continue  # the axes it pools have the same codes
             if kind == "cat":
                 dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-                rank = next(iter(ranks))
                 if isinstance(dim, int) and dim % rank == axis:
                     continue
             return None
         return axis
+
+    def _pools_after_channels(self, node: fx.Node, rank: int) -> bool:
+        """A max pooling of its first input alone, over the axes after 1 of a batched input (1-D or 2-D)."""
+        comp = self.computed_args(node)
+        if len(comp) != 1 or not node.args or node.args[0] is not comp[0]:
+            return False
+        what = type(self.modules[node.target]).__name__ if node.op == "call_module" else \
+            getattr(node.target, "__name__", "")
+        return any(what.lower().endswith(f"{d}d") and rank == d + 2 for d in (1, 2))
 
     def push_codes(self, vectors: Sequence[Mapping[str, torch.Tensor]], axes: Mapping[str, int],
                    nodes: Sequence[fx.Node], target: fx.Node, target_axis: int | None = None,
