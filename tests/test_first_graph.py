@@ -144,6 +144,40 @@ def test_the_cache_can_be_turned_off_and_a_damaged_cache_is_ignored(vgg, cache, 
     assert _prepared(path, x).parity.remembered
 
 
+def test_a_recalled_parity_skips_the_batch_trial(vgg, cache, monkeypatch):
+    """The run that remembered the parity ran the traced copy on a batch of 2; a run that recalls it does not try
+    again, and prepares the same canonical module."""
+    import ssa_torch.network as torch_network
+
+    _, x, path = vgg
+    calls: list[int] = []
+    real = torch_network._check_batches
+    monkeypatch.setattr(torch_network, "_check_batches", lambda gm, x: calls.append(len(x)) or real(gm, x))
+    first = _prepared(path, x)
+    assert not first.parity.remembered and calls == [1]
+    second = _prepared(path, x)
+    assert second.parity.remembered and calls == [1]
+    assert second.graph_module.code == first.graph_module.code
+    monkeypatch.setenv("SSA_PARITY_CACHE", "0")
+    assert not _prepared(path, x).parity.remembered and calls == [1, 1]
+
+
+def test_canonical_form_from_the_traced_values_is_the_same(vgg, monkeypatch):
+    """Canonicalisation starts from the values the preparation computed on the traced copy, and the shapes of the
+    canonical graph come from the values its passes computed last: the same graph and taps as when canonicalisation
+    computes its values itself and the shapes are found by running the canonical graph again."""
+    import ssa_torch.network as torch_network
+
+    _, x, path = vgg
+    seeded = _prepared(path, x)
+    real = torch_network.canonicalize_values
+    monkeypatch.setattr(torch_network, "canonicalize_values", lambda *a, values=None, **k: (real(*a, **k)[0], None))
+    own = _prepared(path, x)
+    assert own.graph_module.code == seeded.graph_module.code and own.canon_report == seeded.canon_report
+    assert [(t.name, t.parents, t.channel_axis) for t in own.taps] == \
+        [(t.name, t.parents, t.channel_axis) for t in seeded.taps]
+
+
 def test_a_failed_check_is_never_remembered(cache):
     ok = ParityResult(2, "logits", 0.0, 1.0, 0.0, 1e-3, 1.0, "CPUExecutionProvider", True)
     failed = replace(ok, max_abs_diff=0.5, relative=0.5, ok=False)

@@ -10,7 +10,7 @@ import pytest
 
 import ssa
 from ssa.core.graph import SCHEMA_VERSION, DependencyGraph, jaccard, parse_node
-from ssa.io.graphs import read_graph, write_graph
+from ssa.io.graphs import dumps_indented, graph_to_dict, read_graph, write_graph
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +80,19 @@ def test_one_jaccard_convention():
     assert jaccard({"a"}, set()) == 0.0
     assert jaccard({"a", "b"}, {"b", "c"}) == pytest.approx(1 / 3)
     assert parse_node("a:b:7") == ("a:b", 7)
+
+
+@pytest.mark.parametrize("obj", [
+    {}, [], (), {"a": {}}, {"a": []}, {"x": ()}, [1, [2, []], {}], 1.0, "s", None, True,
+    {2: 2, 1.5: "x", True: None, None: [1.0, math.nan, math.inf, -math.inf]},
+    {"\u00e9": "\u00fc\u2028\x00", "k": {"z": (1, 2), "y": {"q": True}}},
+    [{"a": 1}], [{"a": 1}, {}], [{"a": 1}, {"b": {"c": 1e-300}}],
+    [{"a": "},\n  {"}, {"b": "x}, {", "c": 2**70}], {"n": [{"t": "a", "v": math.nan}, {"t": "b\n}", "w": None}]},
+])
+def test_indented_json_is_json_dumps_indent_1(obj):
+    assert dumps_indented(obj) == json.dumps(obj, indent=1)
+
+
+def test_a_written_graph_is_json_dumps_indent_1(result, tmp_path):
+    path = write_graph(result.graph, tmp_path / "g.json")
+    assert path.read_text(encoding="utf-8") == json.dumps(graph_to_dict(result.graph), indent=1)

@@ -179,6 +179,9 @@ class OnnxNetwork(TorchNetwork):
         self.module = self._converted
         if ref is not None:
             self._parity_batch = (x, ref)
+        # a recalled parity was remembered after a whole preparation of this file by this code, which ran the traced
+        # copy on a batch of 2: no need to try again
+        self._batches_checked = recalled is not None
         taps = super().prepare(example)
         if recalled is not None:
             self.parity = recalled[1]
@@ -204,9 +207,10 @@ class OnnxNetwork(TorchNetwork):
                 f"parity_tolerance={max(p.relative * 2, p.tolerance):.1g}."
             )
 
-    def _canonicalize(self, gm: fx.GraphModule, x: torch.Tensor) -> fx.GraphModule:
+    def _canonicalize(self, gm: fx.GraphModule, x: torch.Tensor, values: dict[str, Any] | None = None,
+                      ) -> fx.GraphModule:
         """The PyTorch backend's canonical form, checked against onnxruntime again (then the log appended)."""
-        gm = super()._canonicalize(gm, x)
+        gm = super()._canonicalize(gm, x, values)
         if self._parity_batch is not None and self.check_parity:
             images, ref = self._parity_batch
             with self.stages.stage("parity"):
@@ -222,6 +226,7 @@ class OnnxNetwork(TorchNetwork):
                 )
         if self.output_kind == "probabilities":
             gm = append_log(gm)
+            self._canon_values = None  # of the graph before the log
         return gm
 
     def _module_outputs(self, module: torch.nn.Module, x: np.ndarray) -> np.ndarray:

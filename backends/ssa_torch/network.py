@@ -33,7 +33,7 @@ from ssa.errors import InvalidInputError, UnsupportedModelError
 
 from .ablation import TorchAblator
 from .autograd_steps import AutogradSteps, spatial_mean
-from .canon import DEFAULT_PASSES, CanonPass, CanonReport, canonicalize
+from .canon import DEFAULT_PASSES, CanonPass, CanonReport, canonicalize_values
 from .closed_form_steps import ClosedFormSteps, steps_summary
 from .hashing import ModelIdentity
 from .host import HostCopy, exact_arithmetic
@@ -106,14 +106,21 @@ class TorchNetwork(ClosedFormSteps, AutogradSteps, ModelIdentity, InputMaps, Net
         self.input_dtype = torch.float32
         self.canon_report: CanonReport | None = None
         self.stages = StageTimes()  # seconds per preparation stage (``ssa check`` prints them)
+        self._batches_checked = False  # True: the traced copy is known to run on a batch of 2 (no need to try)
+        self._canon_values: dict[str, Any] | None = None  # see _canonicalize
 
     def canon_passes(self) -> Sequence[CanonPass]:
         """The canonicalisation passes :meth:`prepare` runs on the traced copy (front ends add theirs)."""
         return DEFAULT_PASSES
 
-    def _canonicalize(self, gm: fx.GraphModule, x: torch.Tensor) -> fx.GraphModule:
-        """Bring the traced copy into canonical form (in place); see :mod:`ssa_torch.canon`."""
-        self.canon_report = canonicalize(gm, x, self.canon_passes(), protect=self.tap_names or ())
+    def _canonicalize(self, gm: fx.GraphModule, x: torch.Tensor, values: dict[str, Any] | None = None,
+                      ) -> fx.GraphModule:
+        """Bring the traced copy into canonical form (in place); see :mod:`ssa_torch.canon`. ``values``: its nodes'
+        values on ``x`` (batch 1), when already computed; the canonical graph's, where the passes computed them
+        after their last rewrite, are kept in ``_canon_values`` (an override that changes the graph after this
+        sets it to None)."""
+        self.canon_report, self._canon_values = canonicalize_values(gm, x, self.canon_passes(),
+                                                                    protect=self.tap_names or (), values=values)
         return gm
 
     # -- preparation ---------------------------------------------------------------
@@ -136,10 +143,12 @@ class TorchNetwork(ClosedFormSteps, AutogradSteps, ModelIdentity, InputMaps, Net
             p.requires_grad_(False)
         gm = trace_module(module, x).to(device)
         shapes: dict[str, tuple[int, ...]] = {}
+        values: dict[str, Any] = {}  # of the traced copy at batch 1: canonicalisation's first values
 
         class _Shapes(fx.Interpreter):
             def run_node(self, n):
                 out = super().run_node(n)
+                values[n.name] = out
                 if isinstance(out, torch.Tensor):
                     shapes[n.name] = tuple(out.shape)
                 return out
@@ -154,11 +163,17 @@ class TorchNetwork(ClosedFormSteps, AutogradSteps, ModelIdentity, InputMaps, Net
                     fix = f"the program was exported for other input shapes; re-export it with {EXPORT_FIX}"
                 raise InvalidInputError(f"the model failed on an input of shape {tuple(x.shape)}: {text}; {fix}.") \
                     from None
-        _check_batches(gm, x)
-        gm = self._canonicalize(gm, x)
+        if not self._batches_checked:
+            _check_batches(gm, x)
+        gm = self._canonicalize(gm, x, dict(values))
         shapes.clear()
-        with torch.no_grad():
-            _Shapes(gm).run(x)
+        values.clear()
+        if self._canon_values is not None:  # the last values the passes computed are the canonical graph's
+            shapes.update((k, tuple(v.shape)) for k, v in self._canon_values.items() if isinstance(v, torch.Tensor))
+        else:
+            with torch.no_grad():
+                _Shapes(gm).run(x)
+        self._canon_values = None
         self._plan = discover_taps(gm, shapes, tap_names=self.tap_names, include_input=self.include_input,
                                    channel_axes=self.channel_axes, output_index=self.output_index)
         self._token_axes = class_token_axes(gm, self._plan, x) if self.tokens == "cls" else {}

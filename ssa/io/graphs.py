@@ -35,6 +35,57 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def dumps_indented(obj: Any) -> str:
+    """``json.dumps(obj, indent=1)``, character for character, in a fraction of the time for a large graph.
+
+    json writes an indented document with its pure-Python encoder. Here a list of dicts whose values are all
+    scalars (a graph's nodes and edges) is written by one call of the C encoder, with the line break and indent
+    of the dicts' items as the item separator, and the breaks between the dicts put in after (JSON strings hold
+    no raw line break, so ``},`` + line break + indent + ``{`` is only ever a boundary between two dicts); the
+    rest as json writes it.
+    """
+    out: list[str] = []
+
+    def write(o: Any, level: int) -> None:
+        pad, inner = " " * level, " " * (level + 1)
+        if isinstance(o, (list, tuple)) and o and all(_flat(d) for d in o):
+            deeper = " " * (level + 2)
+            text = json.dumps(o, separators=(",\n" + deeper, ": "))
+            text = text.replace("},\n" + deeper + "{", "\n" + inner + "},\n" + inner + "{\n" + deeper)
+            out.append("[\n" + inner + "{\n" + deeper + text[2:-2] + "\n" + inner + "}\n" + pad + "]")
+        elif isinstance(o, dict) and o:
+            out.append("{")
+            for i, (k, v) in enumerate(o.items()):
+                out.append(("," if i else "") + "\n" + inner + json.dumps(_key(k)) + ": ")
+                write(v, level + 1)
+            out.append("\n" + pad + "}")
+        elif isinstance(o, (list, tuple)) and o:
+            out.append("[")
+            for i, v in enumerate(o):
+                out.append(("," if i else "") + "\n" + inner)
+                write(v, level + 1)
+            out.append("\n" + pad + "]")
+        else:
+            out.append(json.dumps(o))
+
+    write(obj, 0)
+    return "".join(out)
+
+
+def _flat(d: Any) -> bool:
+    """A non-empty dict of string keys and scalar values."""
+    return isinstance(d, dict) and bool(d) and all(isinstance(k, str) and isinstance(v, _SCALARS)
+                                                   for k, v in d.items())
+
+
+def _key(k: Any) -> str:
+    """A dict key as json writes it (a number, true, false or null as its JSON text)."""
+    return k if isinstance(k, str) else next(iter(json.loads(json.dumps({k: 0}))))
+
+
 #: node attributes that are floats and may be NaN (written as null in JSON, read back as NaN)
 _FLOAT_NODE_ATTRS = ("mean_relevance", "active_fraction")
 _GRAPHML_JSON_KEYS = "json_attributes"  # GraphML: the graph attributes stored as JSON text
@@ -89,7 +140,7 @@ def write_graph(g: nx.DiGraph, path: str | os.PathLike) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        data = json.dumps(graph_to_dict(g), indent=1).encode()
+        data = dumps_indented(graph_to_dict(g)).encode()
     elif suffix in (".graphml", ".xml"):
         data = _graphml_bytes(g)
     else:

@@ -28,6 +28,7 @@ from .base import (
            CanonReport,
            PassContext,
            canonicalize,
+           canonicalize_values,
            fresh_module_path,
            replace_node,
 )
@@ -39,8 +40,8 @@ from .permute import CollapsePermutes
 from .shapes import ResolveShapes, batch_free_reshape
 from .split import SplitToSlices
 
-__all__ = ["CanonPass", "CanonReport", "PassContext", "canonicalize", "DEFAULT_PASSES", "OutOfPlace",
-           "DropIdentities", "FuseActivations", "SplitToSlices", "CollapsePermutes", "ResolveShapes",
+__all__ = ["CanonPass", "CanonReport", "PassContext", "canonicalize", "canonicalize_values", "DEFAULT_PASSES",
+           "OutOfPlace", "DropIdentities", "FuseActivations", "SplitToSlices", "CollapsePermutes", "ResolveShapes",
            "LayersAsModules", "FoldAffine", "Conv1dAs2d",
            "replace_node", "fresh_module_path", "set_module", "batch_free_reshape"]
 

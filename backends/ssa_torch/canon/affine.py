@@ -67,7 +67,7 @@ def _per_channel(c: torch.Tensor | float, axis: int, ndim: int, n: int) -> torch
 def _bn(ctx: PassContext, node: fx.Node, n: int) -> tuple[fx.Node, torch.Tensor, torch.Tensor] | None:
     """(input, scale, shift) of an inference-mode batch-norm node."""
     if node.op == "call_module":
-        bn = ctx.modules[node.target]
+        bn = ctx.gm.get_submodule(str(node.target))
         if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.training or bn.running_var is None:
             return None
         var, mean, w, b, eps = bn.running_var, bn.running_mean, bn.weight, bn.bias, bn.eps
@@ -169,7 +169,7 @@ def _buffer(gm: fx.GraphModule, value: torch.Tensor) -> fx.Node:
 def _layer(ctx: PassContext, node: fx.Node) -> nn.Module | None:
     if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
         return None
-    mod = ctx.modules[node.target]
+    mod = ctx.gm.get_submodule(str(node.target))
     if isinstance(mod, nn.Conv2d) and mod.padding_mode == "zeros":
         return mod
     if isinstance(mod, nn.Linear):

@@ -18,8 +18,8 @@ from torch import fx
 
 from ..kinds import NAME_KEY, display_name, node_kind
 
-__all__ = ["CanonPass", "PassContext", "CanonReport", "canonicalize", "replace_node", "fresh_module_path",
-           "first_tensor_arg"]
+__all__ = ["CanonPass", "PassContext", "CanonReport", "canonicalize", "canonicalize_values", "replace_node",
+           "fresh_module_path", "first_tensor_arg"]
 
 
 class CanonPass:
@@ -85,7 +85,9 @@ class PassContext:
         return dict(self.gm.named_modules())
 
     def kind(self, node: fx.Node) -> str:
-        return node_kind(node, self.modules)
+        if node.op == "call_module":  # the module at the node's path now (a pass may have swapped it)
+            return node_kind(node, {node.target: self.gm.get_submodule(str(node.target))})
+        return node_kind(node, {})
 
     def protected(self, node: fx.Node) -> bool:
         return bool(self.protect) and (node.name in self.protect or display_name(node) in self.protect
@@ -167,9 +169,24 @@ def replace_node(old: fx.Node, new: fx.Node) -> None:
 
 
 def canonicalize(gm: fx.GraphModule, example: torch.Tensor, passes: Sequence[CanonPass],
-                 protect: Iterable[str] = (), *, rounds: int = 4) -> CanonReport:
-    """Run ``passes`` in order on ``gm`` (in place) until none rewrites anything (at most ``rounds`` times)."""
+                 protect: Iterable[str] = (), *, rounds: int = 4, values: dict[str, Any] | None = None,
+                 ) -> CanonReport:
+    """Run ``passes`` in order on ``gm`` (in place) until none rewrites anything (at most ``rounds`` times).
+
+    ``values``: every node's value of ``gm`` as it is on the example's first image, when the caller has them
+    (what :meth:`PassContext.values` would compute first).
+    """
+    return canonicalize_values(gm, example, passes, protect, rounds=rounds, values=values)[0]
+
+
+def canonicalize_values(gm: fx.GraphModule, example: torch.Tensor, passes: Sequence[CanonPass],
+                        protect: Iterable[str] = (), *, rounds: int = 4, values: dict[str, Any] | None = None,
+                        ) -> tuple[CanonReport, dict[str, Any] | None]:
+    """:func:`canonicalize`, and every node's value of the canonical graph on the example's first image where a
+    pass computed them after the last rewrite (None where none did)."""
     ctx = PassContext(gm, example, frozenset(protect))
+    if values is not None:
+        ctx._values[1] = values
     done: list[tuple[str, int]] = []
     for _ in range(rounds):
         changed = 0
@@ -180,7 +197,7 @@ def canonicalize(gm: fx.GraphModule, example: torch.Tensor, passes: Sequence[Can
                 changed += n
         if not changed:
             break
-    return CanonReport(tuple(done))
+    return CanonReport(tuple(done)), ctx._values.get(1)
 
 
 def first_tensor_arg(node: fx.Node) -> fx.Node | None:

@@ -31,6 +31,7 @@ from torch import fx
 
 from ..kinds import ACTIVATIONS, GATE_ACTIVATIONS, SUMS
 from ..taps import TapPlan
+from .codes import decode_channels
 from .facts import reason_for
 from .inputs import _PATH, InputSide
 from .linear import NotClosedForm
@@ -97,44 +98,44 @@ class Planner(InputSide):
 
     def out_index(self, head: fx.Node, heads: Sequence[fx.Node], segment: Sequence[fx.Node], z: fx.Node,
                   upper_axis: int, n_upper: int, own: str | None = None) -> torch.Tensor:
-        """Per upper channel, the head channel feeding it (-1: none); refused when channels mix."""
-        hv = self.value(head)
-        axis = self.head_channel_axis(head, own)
-        n_head = hv.shape[axis]
-        shape = [1] * hv.dim()
-        shape[axis] = n_head
+        """Per upper channel, the head channel feeding it (-1: none); refused when channels mix.
 
-        def sources(v: torch.Tensor) -> dict[str, torch.Tensor]:
-            out = {h.name: torch.zeros(self.value(h).shape, dtype=torch.float64, device=hv.device) for h in heads}
-            out[head.name] = v.to(hv.device).reshape(shape).expand(hv.shape).contiguous()
-            return out
-
+        Codes are pushed from ``head`` alone (the other heads give zeros) through the segment to ``z``
+        (:meth:`~ssa_torch.closed_form.codes.ChannelCodes.push_codes`: one value per channel where the segment
+        keeps channels apart pointwise).
+        """
+        axes = {h.name: self.head_channel_axis(h, own) for h in heads}
+        n_head = self.value(head).shape[axes[head.name]]
         rand = 1 + torch.rand(n_head, generator=self._gen, dtype=torch.float64)
-        pushes = []
-        for v in (torch.ones(n_head, dtype=torch.float64), 1 + torch.arange(n_head, dtype=torch.float64), rand):
-            out, _ = self.push(sources(v), segment, z)
-            pushes.append(out[0].movedim(upper_axis - 1, 0).reshape(n_upper, -1).cpu())
-        ones, index, rv = pushes
-        fed = ones != 0
-        code = torch.where(fed, index / torch.where(fed, ones, torch.ones_like(ones)), torch.zeros_like(ones))
-        chan = torch.round(code).long() - 1
-        if not torch.allclose(code, chan.double() + 1, atol=1e-6):
-            raise NotClosedForm("a layer output channel is mixed into the tap")
-        ok = ~fed | torch.isclose(rv, rand[chan.clamp_min(0)] * ones, rtol=1e-9, atol=1e-12)
+        probes = [{h.name: torch.zeros(self.value(h).shape[axes[h.name]], dtype=torch.float64) for h in heads}
+                  for _ in range(3)]
+        for probe, v in zip(probes, (torch.ones(n_head, dtype=torch.float64),
+                                     1 + torch.arange(n_head, dtype=torch.float64), rand), strict=True):
+            probe[head.name] = v
+        outs, _, _ = self.push_codes(probes, axes, segment, z, target_axis=upper_axis)
+        ones, index, rv = (out[0].movedim(upper_axis - 1, 0).reshape(n_upper, -1).cpu() for out in outs)
+        why = "a layer output channel is mixed into the tap"
+        fed, chan = decode_channels(ones, index, rv, rand, why)
         first = torch.where(fed.any(1), chan.max(1).values, torch.full((n_upper,), -1, dtype=torch.long))
-        if not bool(ok.all()) or not bool(torch.all((chan == first[:, None]) | ~fed)):
-            raise NotClosedForm("a layer output channel is mixed into the tap")
+        if not bool(torch.all((chan == first[:, None]) | ~fed)):
+            raise NotClosedForm(why)
         used = first[first >= 0]
         if used.numel() != torch.unique(used).numel():
             raise NotClosedForm("a layer output channel feeds several channels of the tap")
         return first
 
 
-def plan_closed_form(gm: fx.GraphModule, plan: TapPlan, env1: Mapping[str, Any]) -> ClosedFormPlan:
-    """Find the taps whose steps have a closed form; record why the others do not."""
+def plan_closed_form(gm: fx.GraphModule, plan: TapPlan, env1: Mapping[str, Any], *,
+                     full_push: bool = False) -> ClosedFormPlan:
+    """Find the taps whose steps have a closed form; record why the others do not.
+
+    ``full_push`` pushes every channel code at full size (the slow reference the tests compare the default
+    with; see :mod:`~ssa_torch.closed_form.codes`).
+    """
     from .registry import form_for
 
     planner = Planner(gm, plan, env1)
+    planner.full_push = full_push
     out = ClosedFormPlan()
     for tap in plan.taps:
         if not tap.parents or tap.kind == "input":
