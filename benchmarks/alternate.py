@@ -1,9 +1,10 @@
 """Analysis time against the forward pass on a shared host: forward passes alternated with the analyses.
 
 Each analysis (statistics + first class, then the next class from the statistics) is divided by the mean of the
-forward passes timed just before and after it, so a host whose speed drifts (other jobs) moves both alike. For
-each rule pair (the defaults, ``gradient_x_activation`` + ``mad``; the paper's, ``gradient`` + ``tukey``) it prints
-every repetition and the median ratios. Usage, from the repository root::
+forward passes timed just before and after it, so a host whose speed drifts (other jobs) moves both alike; the
+statistics pass alone (``Session.relevance_source``, before the first class) is printed as well. For each rule
+pair (the defaults, ``gradient_x_activation`` + ``mad``; the paper's, ``gradient`` + ``tukey``) it prints every
+repetition and the median ratios. Usage, from the repository root::
 
     OMP_NUM_THREADS=1 python -m benchmarks.alternate resnet50 2     # model (vgg16, resnet18, resnet50), repetitions
 
@@ -50,6 +51,8 @@ def main(name: str, reps: int) -> None:
             f0 = forward()
             session = ssa.Session(net, images, batch_size=8, rule=rule)
             t = time.perf_counter()
+            session.relevance_source()  # the statistics pass (kept by the session for its classes)
+            stats = time.perf_counter() - t
             session.analyse(0, 3, selector=sel)
             first = time.perf_counter() - t
             f1 = forward()
@@ -57,14 +60,16 @@ def main(name: str, reps: int) -> None:
             session.analyse(1, 3, selector=sel)
             nxt = time.perf_counter() - t
             f2 = forward()
-            r = (first / ((f0 + f1) / 2), nxt / ((f1 + f2) / 2))
+            r = (first / ((f0 + f1) / 2), nxt / ((f1 + f2) / 2), stats / ((f0 + f1) / 2))
             ratios.setdefault(rule, []).append(r)
             load = " ".join(open("/proc/loadavg").read().split()[:3]) if os.path.exists("/proc/loadavg") else "?"
-            print(f"{rule}: first/forward {r[0]:.2f}, next/forward {r[1]:.2f} (forward {f0:.1f} {f1:.1f} {f2:.1f} s, "
-                  f"first {first:.1f} s, next {nxt:.1f} s; load {load})", flush=True)
+            print(f"{rule}: first/forward {r[0]:.2f}, next/forward {r[1]:.2f}, statistics/forward {r[2]:.2f} (forward "
+                  f"{f0:.1f} {f1:.1f} {f2:.1f} s, first {first:.1f} s of which statistics {stats:.1f} s, "
+                  f"next {nxt:.1f} s; load {load})", flush=True)
     for rule, rs in ratios.items():
         a = np.asarray(rs)
-        print(f"MEDIAN {rule}: first/forward {np.median(a[:, 0]):.2f}, next/forward {np.median(a[:, 1]):.2f}")
+        print(f"MEDIAN {rule}: first/forward {np.median(a[:, 0]):.2f}, next/forward {np.median(a[:, 1]):.2f}, "
+              f"statistics/forward {np.median(a[:, 2]):.2f}")
 
 
 if __name__ == "__main__":
