@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ssa_torch.closed_form import conv as conv_mod
-from ssa_torch.closed_form.conv import conv_input_relevance
+from ssa_torch.closed_form.conv import KERNELS, choose_kernel, conv_input_relevance
 from ssa_torch.closed_form.linear import LinearOp
 
 
@@ -141,3 +141,57 @@ def test_the_per_offset_form_equals_the_unfold_form(name, monkeypatch):
     torch.testing.assert_close(whole, unfold_reference(op, m, x), rtol=1e-5, atol=1e-5 * float(whole.abs().max()))
     for lo, hi in [(3, 4), (0, 2), (4, 9)]:  # an image's values do not depend on the batch
         torch.testing.assert_close(conv_input_relevance(op, m[lo:hi], x[lo:hi]), whole[lo:hi], rtol=0, atol=0)
+
+
+def _kernels_for(op: LinearOp) -> list[str]:
+    """Every kernel that takes this geometry: ``matmul_1x1`` only 1x1 convolutions without padding, which never
+    take the backward-weight convolution (it rounds them differently in different batches)."""
+    one = tuple(op.weight.shape[2:]) == (1, 1) and not any(op.pad)
+    return [k for k in KERNELS if (k == "matmul_1x1") == one or k in ("per_image", "per_offset")]
+
+
+ALL = {**CASES, **PER_OFFSET}
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_every_kernel_equals_the_unfold_form_and_the_plain_loop(name, monkeypatch):
+    """Each kernel forced on each geometry (the choice by shape hides most pairs): float64 to rounding, float32
+    to float32 rounding, and an image's float32 values the same bits in any batch."""
+    monkeypatch.setitem(CASES, name, ALL[name])
+    op, m, x = _case(name, torch.float64)
+    ref = unfold_reference(op, m, x)
+    loop = plain_loop(op, m, x)
+    tol = 1e-12 * float(ref.abs().max())
+    op32, m32, x32 = _case(name, torch.float32, batch=9)
+    ref32 = unfold_reference(op32, m32, x32)
+    for kernel in _kernels_for(op):
+        got = conv_input_relevance(op, m, x, kernel=kernel)
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=tol, msg=lambda s, k=kernel: f"{k}: {s}")
+        torch.testing.assert_close(got, loop, rtol=1e-12, atol=tol, msg=lambda s, k=kernel: f"{k}: {s}")
+        whole = conv_input_relevance(op32, m32, x32, kernel=kernel)
+        torch.testing.assert_close(whole, ref32, rtol=1e-5, atol=1e-5 * float(ref32.abs().max()))
+        for lo, hi in [(3, 4), (0, 2), (4, 9)]:
+            torch.testing.assert_close(conv_input_relevance(op32, m32[lo:hi], x32[lo:hi], kernel=kernel),
+                                       whole[lo:hi], rtol=0, atol=0, msg=lambda s, k=kernel: f"{k}: {s}")
+
+
+def test_the_kernel_is_chosen_by_shape_alone():
+    """Wide one-group convolutions take the per-image form on the CPU; few channels, groups, or input windows
+    above the budget take the others (the same choice for any batch size)."""
+    def op_of(c, n, k, groups=1):
+        return LinearOp("conv", torch.zeros((n, c // groups, k, k)), groups=groups, stride=(1, 1), dilation=(1, 1),
+                        pad=(k // 2,) * 4)
+    assert choose_kernel(op_of(512, 512, 3), torch.zeros(1, 512, 7, 7)) == "per_image"
+    assert choose_kernel(op_of(512, 512, 3), torch.zeros(32, 512, 7, 7)) == "per_image"
+    assert choose_kernel(op_of(2048, 512, 1), torch.zeros(8, 512, 7, 7)) == "per_image"
+    assert choose_kernel(op_of(3, 64, 3), torch.zeros(8, 64, 224, 224)) == "grouped_weight_grad"
+    assert choose_kernel(op_of(64, 64, 3), torch.zeros(8, 64, 224, 224)) == "grouped_weight_grad"  # windows: 115 MB
+    assert choose_kernel(op_of(64, 64, 3, groups=64), torch.zeros(8, 64, 14, 14)) == "grouped_weight_grad"
+    assert choose_kernel(op_of(512, 512, 3, groups=2), torch.zeros(8, 512, 7, 7)) == "per_offset"
+    assert choose_kernel(op_of(8, 8, 1, groups=2), torch.zeros(8, 8, 7, 7)) == "matmul_1x1"
+
+
+def test_an_unknown_kernel_is_refused():
+    op, m, x = _case("3x3", torch.float64)
+    with pytest.raises(ValueError, match="unknown kernel"):
+        conv_input_relevance(op, m, x, kernel="fft")

@@ -39,7 +39,7 @@ from .terms import (
     stat_device,
 )
 
-__all__ = ["ConvTerm", "ConvForm", "conv_input_relevance", "factor_scale"]
+__all__ = ["ConvTerm", "ConvForm", "KERNELS", "choose_kernel", "conv_input_relevance", "factor_scale"]
 
 
 def factor_scale(scale: torch.Tensor | None, shape: tuple[int, ...]
@@ -78,28 +78,68 @@ def _valid(n_out: int, n_in: int, k: int, stride: int, pad: int, dil: int, weigh
 #: the per-image weight gradients of one chunk of images stay below this many bytes (on the CPU, buffers that
 #: stay in the allocator's and the caches' reach are faster than one large temporary; on a GPU, the work budget)
 KERNEL_BYTES = 16 * 2**20
+#: on the CPU, the per-image form (:func:`_per_image`) keeps one product tile within this many bytes (a core's L2)
+TILE_BYTES = 512 * 2**10
+#: kernels of :func:`conv_input_relevance`, by name (tests run each on every geometry)
+KERNELS = ("per_image", "per_offset", "matmul_1x1", "grouped_weight_grad")
 
 
-def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def choose_kernel(op: LinearOp, m: torch.Tensor) -> str:
+    """Which kernel computes :func:`conv_input_relevance` for this geometry (a cost model from shapes only, so the
+    choice and the rounding never depend on the batch or on timings).
+
+    On the CPU, a convolution with one group whose shifted input windows of one image fit :data:`KERNEL_BYTES`
+    and that reads at least 32 input channels takes :func:`_per_image` (matrix products of one image, a tile of
+    output channels and one kernel offset, accumulated in the core's cache); measured on ResNet-50 and VGG16 it
+    is the fastest there, most of all for wide late layers (7x7 and 14x14 outputs). Elsewhere (a GPU, groups, few
+    channels, large images): a 1x1 convolution is a batched matrix product, few output positions take the
+    batched per-offset form, and the rest the framework's backward-weight convolution with images in its groups.
+    """
+    n, cg, kh, kw = op.weight.shape
+    kk = kh * kw
+    p = m.shape[2] * m.shape[3]
+    if m.device.type == "cpu" and op.groups == 1 and cg >= 32 and kk * cg * p * m.element_size() <= KERNEL_BYTES:
+        return "per_image"
+    if kk == 1 and not any(op.pad):
+        return "matmul_1x1"
+    if 2 * p < cg * kk:  # few positions, many weights: no (B, N, Cg, kk) temporary
+        return "per_offset"
+    return "grouped_weight_grad"
+
+
+def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor, kernel: str | None = None
+                         ) -> torch.Tensor:
     """A[b, n, c] = sum_p m[b, n, p] sum_delta W[n, c, delta] x[b, c, p + delta], shape (B, N, C / groups).
 
-    The inner sum over positions is the weight gradient of the convolution for one image: computed by the
+    The inner sum over positions is the weight gradient of the convolution for one image. ``kernel`` (one of
+    :data:`KERNELS`; default :func:`choose_kernel`) computes it: per image, tile of output channels and kernel
+    offset as matrix products accumulated in cache (:func:`_per_image`); per kernel offset as batched products
+    (:func:`_per_offset`); for a 1x1 convolution, one batched product with the (strided) input; or with the
     framework's own backward-weight kernel (:func:`torch.nn.grad.conv2d_weight`) with the images of a chunk
-    folded into the groups (input ``(1, b * C, H, W)``, ``groups = b * groups``), then multiplied by W and
-    summed over the kernel offsets. A 1x1 convolution is a batched matrix product of ``m`` with the (strided)
-    input. Chunks of images keep the per-image weight gradients within :data:`KERNEL_BYTES` on the CPU and
+    folded into the groups (input ``(1, b * C, H, W)``, ``groups = b * groups``), then multiplied by W and summed
+    over the kernel offsets. Every kernel computes each image on its own, so an image's values do not depend on
+    the batch. Chunks of images keep the per-image weight gradients within :data:`KERNEL_BYTES` on the CPU and
     :data:`~ssa_torch.closed_form.terms.WORK_BYTES` on a GPU.
     """
     n, cg, kh, kw = op.weight.shape
     g = op.groups
     B = m.shape[0]
     kk = kh * kw
+    kernel = kernel or choose_kernel(op, m)
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}: expected one of {KERNELS}")
     w = op.weight.to(device=m.device, dtype=m.dtype).reshape(n, cg, kk)
     top, bottom, left, right = op.pad
     out = torch.empty((B, n, cg), dtype=m.dtype, device=m.device)
     budget = WORK_BYTES if m.device.type != "cpu" else KERNEL_BYTES
     per_image = n * cg * kk * m.element_size()
-    if kk == 1 and not any(op.pad):  # 1x1: a batched matrix product with the strided input
+    if kernel == "per_image":
+        return _per_image(op, m, x, w, out)
+    if kernel == "per_offset":
+        return _per_offset(op, m, x, w, out, budget)
+    if kernel == "matmul_1x1":  # a batched matrix product with the strided input
+        if kk != 1 or any(op.pad):
+            raise ValueError("the matmul_1x1 kernel takes 1x1 convolutions without padding")
         sy, sx = op.stride
         ho, wo = m.shape[2:]
         for lo, hi in chunks(B, per_image, budget):
@@ -109,8 +149,6 @@ def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor) -> torc
             a = torch.matmul(mb, xs.transpose(-1, -2)).reshape(hi - lo, n, cg)
             torch.mul(a, w[:, :, 0], out=out[lo:hi])
         return out
-    if 2 * m.shape[2] * m.shape[3] < cg * kk:  # few positions, many weights: per kernel offset, a batched
-        return _per_offset(op, m, x, w, out, budget)  # product into (B, N, Cg), no (B, N, Cg, kk) temporary
     sym = top == bottom and left == right
     if not sym:  # an absorbed, asymmetric zero pad: padded here, none in the kernel
         x = F.pad(x, (left, right, top, bottom))
@@ -129,6 +167,56 @@ def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor) -> torc
     return out
 
 
+def _windows(x: torch.Tensor, op: LinearOp, out_hw: tuple[int, int]) -> list[torch.Tensor]:
+    """Per kernel offset (row-major), the view of the zero-padded input ``x`` (B, C, H, W) that it reads at
+    every output position (B, C, Ho, Wo)."""
+    _, _, kh, kw = op.weight.shape
+    ho, wo = out_hw
+    top, bottom, left, right = op.pad
+    xp = F.pad(x, (left, right, top, bottom)) if any(op.pad) else x
+    (sy, sx), (dy, dx) = op.stride, op.dilation
+    return [xp[:, :, i * dy:i * dy + sy * (ho - 1) + 1:sy, j * dx:j * dx + sx * (wo - 1) + 1:sx]
+            for i in range(kh) for j in range(kw)]
+
+
+def _per_image(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor
+               ) -> torch.Tensor:
+    """:func:`conv_input_relevance` one image at a time: the image's shifted input windows are copied once into a
+    (kk, C, P) buffer; then for each group, tile of output channels (a (rows, C / groups) product within
+    :data:`TILE_BYTES`, so it stays in the core's cache) and kernel offset, one matrix product of ``m`` with that
+    window, multiplied by W and accumulated into the output rows. No (B, N, C / groups, kk) temporary and no pass
+    over memory per offset: what goes to memory is the output, once."""
+    n, cg, kh, kw = op.weight.shape
+    g, ng, kk = op.groups, n // op.groups, kh * kw
+    B, (ho, wo) = m.shape[0], m.shape[2:]
+    p = ho * wo
+    wk = w.permute(2, 0, 1).contiguous()  # (kk, N, Cg): each offset's weights contiguous
+    rows = max(1, min(ng, TILE_BYTES // (cg * m.element_size())))
+    prod = torch.empty((rows, cg), dtype=m.dtype, device=m.device)
+    direct = kk == 1 and op.stride == (1, 1) and not any(op.pad) and x.dtype == m.dtype
+    wins = _windows(x, op, (ho, wo))
+    buf = None if direct else torch.empty((kk, g * cg, ho, wo), dtype=m.dtype, device=m.device)
+    for b in range(B):
+        if buf is None:  # 1x1, stride 1: the image itself
+            xw = x[b].reshape(1, g * cg, p)
+        else:
+            for d in range(kk):
+                buf[d].copy_(wins[d][b])
+            xw = buf.view(kk, g * cg, p)
+        mb = m[b].reshape(n, p)
+        for r0 in range(0, n, ng):  # one group's output channels read its cg input channels
+            c0 = (r0 // ng) * cg
+            for r in range(r0, r0 + ng, rows):
+                t = min(rows, r0 + ng - r)
+                acc = out[b, r:r + t]
+                torch.mm(mb[r:r + t], xw[0, c0:c0 + cg].t(), out=acc)
+                acc.mul_(wk[0, r:r + t])
+                for d in range(1, kk):
+                    torch.mm(mb[r:r + t], xw[d, c0:c0 + cg].t(), out=prod[:t])
+                    acc.addcmul_(prod[:t], wk[d, r:r + t])
+    return out
+
+
 def _per_offset(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, budget: int
                 ) -> torch.Tensor:
     """:func:`conv_input_relevance` as a sum over kernel offsets of ``m`` times the shifted (strided) input, for
@@ -136,19 +224,15 @@ def _per_offset(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
     n, cg, kh, kw = op.weight.shape
     g = op.groups
     B, (ho, wo) = m.shape[0], m.shape[2:]
-    top, bottom, left, right = op.pad
-    xp = F.pad(x, (left, right, top, bottom)) if any(op.pad) else x
-    (sy, sx), (dy, dx) = op.stride, op.dilation
     wg = w.reshape(g, n // g, cg, kh * kw)
+    wins = _windows(x, op, (ho, wo))
     for lo, hi in chunks(B, 2 * n * cg * m.element_size(), budget):
         acc = out[lo:hi].view(hi - lo, g, n // g, cg).zero_()
         mb = m[lo:hi].reshape(hi - lo, g, n // g, ho * wo)
-        for i in range(kh):
-            for j in range(kw):
-                y0, x0 = i * dy, j * dx
-                xs = xp[lo:hi, :, y0:y0 + sy * (ho - 1) + 1:sy, x0:x0 + sx * (wo - 1) + 1:sx].to(m.dtype)
-                prod = torch.matmul(mb, xs.reshape(hi - lo, g, cg, ho * wo).transpose(-1, -2))
-                acc.addcmul_(prod, wg[:, :, :, i * kw + j])
+        for d, win in enumerate(wins):
+            xs = win[lo:hi].to(m.dtype).reshape(hi - lo, g, cg, ho * wo)
+            prod = torch.matmul(mb, xs.transpose(-1, -2))
+            acc.addcmul_(prod, wg[:, :, :, d])
     return out
 
 
