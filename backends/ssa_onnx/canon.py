@@ -314,14 +314,14 @@ class Onnx2TorchNative(CanonPass):
         return True
 
     def _OnnxGlobalAveragePool(self, gm, ctx, node, mod, values) -> bool:
-        pools = {5: nn.AdaptiveAvgPool3d(1), 4: nn.AdaptiveAvgPool2d(1), 3: nn.AdaptiveAvgPool1d(1)}
-        return self._global_pool(gm, ctx, node, mod, values, pools)
+        return self._global_pool(gm, ctx, node, mod, values,
+                                 {5: nn.AdaptiveAvgPool3d(1), 4: nn.AdaptiveAvgPool2d(1), 3: nn.AdaptiveAvgPool1d(1)})
 
     _OnnxGlobalAveragePoolWithKnownInputShape = _OnnxGlobalAveragePool
 
     def _GlobalMaxPool(self, gm, ctx, node, mod, values) -> bool:
-        pools = {5: nn.AdaptiveMaxPool3d(1), 4: nn.AdaptiveMaxPool2d(1), 3: nn.AdaptiveMaxPool1d(1)}
-        return self._global_pool(gm, ctx, node, mod, values, pools)
+        return self._global_pool(gm, ctx, node, mod, values,
+                                 {5: nn.AdaptiveMaxPool3d(1), 4: nn.AdaptiveMaxPool2d(1), 3: nn.AdaptiveMaxPool1d(1)})
 
     def _OnnxPReLU(self, gm, ctx, node, mod, values) -> bool:
         x, slope = node.args
