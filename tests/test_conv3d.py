@@ -151,3 +151,62 @@ def test_video_net_by_the_closed_form_equals_the_reference(rule, tmp_path):
             res = ssa.analyse(source, x, target, branching, rule=rule, selector="tukey", engine="auto")
             assert_same_edges(edges_by_order(res), want_by_order)
         assert len(want) >= 4
+
+
+# --- transposed convolutions with stride 1: the convolutions they equal (pass conv-transpose-as-conv) ------------
+
+
+@pytest.mark.parametrize("layer", [
+    nn.ConvTranspose1d(4, 6, 3, padding=1, groups=2),
+    nn.ConvTranspose2d(4, 6, (3, 2), padding=(2, 0), dilation=(2, 1)),
+    nn.ConvTranspose2d(6, 6, 3, groups=3, bias=False),
+    nn.ConvTranspose3d(4, 2, (1, 3, 3), padding=(0, 1, 1), groups=2),
+], ids=["1d groups", "2d dilated", "2d grows the map", "3d groups"])
+def test_a_stride_1_transposed_conv_is_its_conv(layer):
+    from ssa_torch.canon.conv_transpose import as_conv
+
+    torch.manual_seed(0)
+    layer = layer.eval()
+    conv = as_conv(layer)
+    assert conv is not None and not isinstance(conv, nn.modules.conv._ConvTransposeNd)
+    x = torch.randn((3, layer.in_channels) + (7,) * (layer.weight.dim() - 2), dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(conv.double()(x), layer.double()(x), rtol=1e-12, atol=1e-12)
+
+
+def test_a_strided_transposed_conv_stays():
+    from ssa_torch.canon.conv_transpose import as_conv
+
+    assert as_conv(nn.ConvTranspose2d(4, 4, 3, stride=2)) is None
+    assert as_conv(nn.ConvTranspose2d(4, 4, 3, padding=3)) is None  # would need a negative padding
+    assert as_conv(nn.ConvTranspose2d(4, 4, 3, padding_mode="zeros", output_padding=1, dilation=2)) is None
+
+
+def _transposed_net() -> nn.Module:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                      nn.ConvTranspose2d(6, 8, 3, padding=0, groups=2), nn.BatchNorm2d(8), nn.ReLU(),
+                      nn.ConvTranspose2d(8, 16, 3, padding=1, dilation=2), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 5))
+    return om.heavy_tail_(m, 4, sigma=2.0).eval()
+
+
+@pytest.mark.parametrize("rule", ["gradient", "gradient_x_activation"])
+def test_transposed_conv_net_by_the_closed_form_equals_the_reference(rule, tmp_path):
+    model = _transposed_net()
+    x = np.random.default_rng(2).standard_normal((12, 3, 12, 12)).astype(np.float32)
+    target = predicted_class(model, x)
+    ref_taps = (RefTap("1", "1"), RefTap("5", "5", 0, 1, ("1",)), RefTap("7", "7", 0, 1, ("5",)),
+                RefTap("11", "11", 0, 1, ("7",)), RefTap("logits", "12", 0, 1, ("11",)))
+    order = {t.name: i for i, t in enumerate(ref_taps)}
+    want = reference_ssa(model, x, ref_taps, target, 3, rule)
+    want_by_order = {(order[u], n, order[v], k): val for (u, n, v, k), val in want.items()}
+    for source in (model, str(om.export(model, x, tmp_path / "transposed.onnx", opset=17))):
+        net = ssa.load_model(source)
+        net.prepare(x)
+        steps = net.describe_steps()
+        assert len(steps) == 4 and all(v.startswith("fast") for v in steps.values()), steps
+        assert _omega_close(net, x, rule) == 4
+        res = ssa.analyse(source, x, target, 3, rule=rule, selector="tukey", engine="auto")
+        assert_same_edges(edges_by_order(res), want_by_order)
+    assert len(want) >= (1 if rule == "gradient" else 6)  # the per-step omega check above covers every step
