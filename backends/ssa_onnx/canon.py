@@ -196,6 +196,27 @@ class Onnx2TorchNative(CanonPass):
                      {"mode": mod.mode, "value": float(mod.constant_value)})
         return True
 
+    def _OnnxPadDynamic(self, gm, ctx, node, mod, values) -> bool:
+        """A Pad (opset >= 11) whose pads are computed from constants alone (``F.pad`` in a TorchScript export)."""
+        computed = ctx.computed()
+        args = list(node.args)
+        if mod.mode != "constant" or len(args) not in (2, 3) or node.kwargs:
+            return False
+        if any(isinstance(a, fx.Node) and a.name in computed for a in args[1:]):
+            return False
+        pads = values.get(args[1].name) if isinstance(args[1], fx.Node) else None
+        value = _number(values.get(args[2].name) if isinstance(args[2], fx.Node) else args[2]) if len(args) == 3 \
+            else 0.0
+        if not isinstance(pads, torch.Tensor) or pads.dim() != 1 or pads.numel() % 2 or value is None:
+            return False
+        half = [int(v) for v in pads.tolist()]
+        begin, end = half[:len(half) // 2][::-1], half[len(half) // 2:][::-1]
+        torch_pads = [v for pair in zip(begin, end, strict=True) for v in pair]  # last axis first, as F.pad
+        while len(torch_pads) > 2 and torch_pads[-2:] == [0, 0]:  # leading axes (batch, channels) not padded
+            torch_pads = torch_pads[:-2]
+        _to_function(node, F.pad, (args[0], tuple(torch_pads)), {"mode": "constant", "value": value})
+        return True
+
     def _OnnxReduceStaticAxes(self, gm, ctx, node, mod, values) -> bool:
         if mod.operation_type != "ReduceMean" or not mod.axes:
             return False
@@ -293,12 +314,14 @@ class Onnx2TorchNative(CanonPass):
         return True
 
     def _OnnxGlobalAveragePool(self, gm, ctx, node, mod, values) -> bool:
-        return self._global_pool(gm, ctx, node, mod, values, {4: nn.AdaptiveAvgPool2d(1), 3: nn.AdaptiveAvgPool1d(1)})
+        return self._global_pool(gm, ctx, node, mod, values,
+                                 {5: nn.AdaptiveAvgPool3d(1), 4: nn.AdaptiveAvgPool2d(1), 3: nn.AdaptiveAvgPool1d(1)})
 
     _OnnxGlobalAveragePoolWithKnownInputShape = _OnnxGlobalAveragePool
 
     def _GlobalMaxPool(self, gm, ctx, node, mod, values) -> bool:
-        return self._global_pool(gm, ctx, node, mod, values, {4: nn.AdaptiveMaxPool2d(1), 3: nn.AdaptiveMaxPool1d(1)})
+        return self._global_pool(gm, ctx, node, mod, values,
+                                 {5: nn.AdaptiveMaxPool3d(1), 4: nn.AdaptiveMaxPool2d(1), 3: nn.AdaptiveMaxPool1d(1)})
 
     def _OnnxPReLU(self, gm, ctx, node, mod, values) -> bool:
         x, slope = node.args

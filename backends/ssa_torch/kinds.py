@@ -78,6 +78,8 @@ _MODULE_KINDS: dict[type, str] = {
     nn.MaxPool1d: "maxpool", nn.MaxPool2d: "maxpool", nn.AvgPool1d: "avgpool", nn.AvgPool2d: "avgpool",
     nn.AdaptiveAvgPool1d: "adaptive_avgpool", nn.AdaptiveAvgPool2d: "adaptive_avgpool",
     nn.AdaptiveMaxPool1d: "adaptive_maxpool", nn.AdaptiveMaxPool2d: "adaptive_maxpool",
+    nn.MaxPool3d: "maxpool", nn.AvgPool3d: "avgpool", nn.AdaptiveAvgPool3d: "adaptive_avgpool",
+    nn.AdaptiveMaxPool3d: "adaptive_maxpool",
     nn.Flatten: "flatten", nn.Dropout: "identity", nn.Dropout2d: "identity", nn.Identity: "identity",
     nn.Softmax: "softmax", nn.LogSoftmax: "log_softmax",
 }

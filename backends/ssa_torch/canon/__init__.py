@@ -12,8 +12,10 @@ touched). The default sequence, :data:`DEFAULT_PASSES`:
 3. :class:`CollapsePermutes` - consecutive Transpose / permute ops composed;
 4. :class:`ResolveShapes` - reshape targets computed from the input's shape to constants;
 5. :class:`LayersAsModules` - ``x @ W``, ``F.linear``, ``F.conv2d`` with constant weights to modules;
+   :class:`ConvTransposeAsConv` - transposed convolutions with stride 1 to the convolutions they equal;
 6. :class:`FoldAffine` - batch-norm and per-channel Sub/Mul/Add/Div constants folded into the
-   neighbouring conv or dense layer.
+   neighbouring conv or dense layer;
+7. :class:`Conv1dAs2d` - 1-D convolutions and poolings as 2-D ones on a height-1 image.
 
 Front ends put their own passes first (the ONNX backend turns its converter's modules into native
 torch ops). ``docs/store.md`` describes the passes and the closed form.
@@ -33,6 +35,7 @@ from .base import (
            replace_node,
 )
 from .conv1d import Conv1dAs2d
+from .conv_transpose import ConvTransposeAsConv
 from .identity import DropIdentities
 from .inplace import OutOfPlace
 from .layers import LayersAsModules, set_module
@@ -42,9 +45,10 @@ from .split import SplitToSlices
 
 __all__ = ["CanonPass", "CanonReport", "PassContext", "canonicalize", "canonicalize_values", "DEFAULT_PASSES",
            "OutOfPlace", "DropIdentities", "FuseActivations", "SplitToSlices", "CollapsePermutes", "ResolveShapes",
-           "LayersAsModules", "FoldAffine", "Conv1dAs2d",
+           "LayersAsModules", "ConvTransposeAsConv", "FoldAffine", "Conv1dAs2d",
            "replace_node", "fresh_module_path", "set_module", "batch_free_reshape"]
 
 DEFAULT_PASSES: tuple[CanonPass, ...] = (OutOfPlace(), DropIdentities(), FuseActivations(), SplitToSlices(),
-                                         CollapsePermutes(), ResolveShapes(), LayersAsModules(), FoldAffine(),
+                                         CollapsePermutes(), ResolveShapes(), LayersAsModules(),
+                                         ConvTransposeAsConv(), FoldAffine(),
                                          Conv1dAs2d())

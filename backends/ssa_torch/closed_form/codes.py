@@ -143,13 +143,13 @@ class ChannelCodes(GraphFacts):
         return axis
 
     def _pools_after_channels(self, node: fx.Node, rank: int) -> bool:
-        """A max pooling of its first input alone, over the axes after 1 of a batched input (1-D or 2-D)."""
+        """A max pooling of its first input alone, over the axes after 1 of a batched input (1-D, 2-D or 3-D)."""
         comp = self.computed_args(node)
         if len(comp) != 1 or not node.args or node.args[0] is not comp[0]:
             return False
         what = type(self.modules[node.target]).__name__ if node.op == "call_module" else \
             getattr(node.target, "__name__", "")
-        return any(what.lower().endswith(f"{d}d") and rank == d + 2 for d in (1, 2))
+        return any(what.lower().endswith(f"{d}d") and rank == d + 2 for d in (1, 2, 3))
 
     def push_codes(self, vectors: Sequence[Mapping[str, torch.Tensor]], axes: Mapping[str, int],
                    nodes: Sequence[fx.Node], target: fx.Node, target_axis: int | None = None,
@@ -213,8 +213,8 @@ class ChannelCodes(GraphFacts):
             full = tuple(self.value(x).shape[1:])
             ones, fed, chan = ones.expand(full), fed.expand(full), chan.expand(full)
         if op.kind == "conv":
-            if chan.dim() != 3:
-                raise NotClosedForm("a convolution input that is not 4-D")
+            if chan.dim() != op.weight.dim() - 1:
+                raise NotClosedForm(f"a convolution input that is not {op.weight.dim()}-D")
             per = chan.reshape(chan.shape[0], -1)
             fed_c = fed.reshape(chan.shape[0], -1)
             first = torch.where(fed_c.any(1), per.max(1).values, torch.full_like(per[:, 0], -1))

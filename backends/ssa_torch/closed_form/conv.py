@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from .conv3d import check_conv3d_geometry, conv3d_input_relevance, factor_scale_3d, offset_sums_3d
 from .linear import LinearOp, NotClosedForm
 from .planner import Branch, Planner
 from .registry import ClosedForm, register_builtin
@@ -121,6 +122,10 @@ def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor, kernel:
     the batch. Chunks of images keep the per-image weight gradients within :data:`KERNEL_BYTES` on the CPU and
     :data:`~ssa_torch.closed_form.terms.WORK_BYTES` on a GPU.
     """
+    if op.weight.dim() == 5:  # a 3-D conv: one kernel (see .conv3d)
+        if kernel not in (None, "grouped_weight_grad"):
+            raise ValueError("3-D convolutions take the grouped_weight_grad kernel")
+        return conv3d_input_relevance(op, m, x)
     n, cg, kh, kw = op.weight.shape
     g = op.groups
     B = m.shape[0]
@@ -256,7 +261,11 @@ class ConvTerm(Term):
         self.chan = chan.long()
         self.gate = branch.gate.node if branch.gate is not None else None
         self.shifted = branch.shifted
-        self.s_c, self.s_y, self.s_x = factor_scale(branch.scale, branch.x_shape)
+        if branch.op.weight.dim() == 5:  # a 3-D conv: one scale per spatial axis
+            self.s_c, self.s_axes = factor_scale_3d(branch.scale, branch.x_shape)
+        else:
+            self.s_c, self.s_y, self.s_x = factor_scale(branch.scale, branch.x_shape)
+            self.s_axes = (self.s_y, self.s_x)
         if branch.op.layers > 1:
             self.label = "conv chain"
         if self.gate is not None:
@@ -285,9 +294,9 @@ class ConvTerm(Term):
         key = f"w{device}"
         if key not in self._static:
             w = self.op.weight.to(device=device, dtype=torch.float64)
-            n, cg, kh, kw = w.shape
+            n, cg = w.shape[:2]
             s = self.s_c.to(device)[global_input_channels(self.op, device)]
-            self._static[key] = (w.reshape(n, cg, kh * kw) * s[:, :, None])
+            self._static[key] = (w.reshape(n, cg, -1) * s[:, :, None])
         return self._static[key]
 
     def _wk(self, device) -> torch.Tensor:
@@ -310,24 +319,26 @@ class ConvTerm(Term):
     def statistics(self, m: torch.Tensor, values: Mapping[str, torch.Tensor], forms: Sequence[str]):
         out: dict[str, torch.Tensor] = {}
         B = m.shape[0]
-        n, _, kh, kw = self.op.weight.shape
-        top, _, left, _ = self.op.pad
+        n, _, *k = self.op.weight.shape
         if "gradient" in forms:
             key = ("valid", tuple(m.shape[2:]), str(m.device), m.dtype)
             if key not in self._static:  # made once per device: no small host-to-device copies per batch
-                self._static[key] = (  # type: ignore[assignment]
-                    _valid(m.shape[2], self.x_shape[1], kh, self.op.stride[0], top, self.op.dilation[0], self.s_y,
-                           m.device, m.dtype),
-                    _valid(m.shape[3], self.x_shape[2], kw, self.op.stride[1], left, self.op.dilation[1], self.s_x,
-                           m.device, m.dtype))
-            vy, vx = self._static[key]  # type: ignore[misc]
-            # C[b, n, i, j] = sum_{y, x} m[b, n, y, x] vy[y, i] vx[x, j], as two small matmuls
-            out["g"] = torch.matmul(vy.t(), torch.matmul(m, vx)).reshape(B, n, kh * kw)
+                op = self.op
+                self._static[key] = tuple(  # type: ignore[assignment]
+                    _valid(m.shape[2 + a], self.x_shape[1 + a], k[a], op.stride[a], op.pad[2 * a], op.dilation[a],
+                           self.s_axes[a], m.device, m.dtype) for a in range(len(k)))
+            valid = self._static[key]
+            if len(k) == 3:
+                out["g"] = offset_sums_3d(m, valid)  # type: ignore[arg-type]
+            else:
+                vy, vx = valid  # type: ignore[misc]
+                # C[b, n, i, j] = sum_{y, x} m[b, n, y, x] vy[y, i] vx[x, j], as two small matmuls
+                out["g"] = torch.matmul(vy.t(), torch.matmul(m, vx)).reshape(B, n, k[0] * k[1])
             if self.gate is not None:
                 out["gate"] = values[self.gate].reshape(B, -1).to(m.dtype)
         if "gradient_x_activation" in forms:
             x = values[self.x]
-            if self.gate is not None:
+            if self.gate is not None:  # a 2-D conv: the planner finds gates on 4-D inputs only
                 x = x * values[self.gate].reshape(B, -1, 1, 1)
             a = conv_input_relevance(self.op, m, x)  # (B, N, Cg)
             out["a"] = self._to_parents(a, 1)
@@ -382,6 +393,8 @@ class ConvTerm(Term):
 
 def check_conv_geometry(op: LinearOp, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
     """The head's output shape must be what the (composed) conv computes from its input."""
+    if op.weight.dim() == 5:
+        return check_conv3d_geometry(op, x_shape, out_shape)
     n, cg, kh, kw = op.weight.shape
     if len(x_shape) != 3 or x_shape[0] != cg * op.groups or len(out_shape) != 4 or out_shape[1] != n:
         raise NotClosedForm("unexpected convolution shapes")
@@ -394,7 +407,8 @@ def check_conv_geometry(op: LinearOp, x_shape: tuple[int, ...], out_shape: tuple
 
 @register_builtin
 class ConvForm(ClosedForm):
-    """``nn.Conv2d`` (zero padding, any stride / dilation / groups, a zero pad before it absorbed)."""
+    """``nn.Conv2d`` (zero padding, any stride / dilation / groups, a zero pad before it absorbed) and ``nn.Conv3d``
+    (zero padding, any stride / dilation / groups; :mod:`.conv3d`)."""
 
     name = "conv"
     kinds = ("conv",)

@@ -122,8 +122,10 @@ class GraphFacts:
             raise NotClosedForm("a layer with several computed inputs")
         if isinstance(mod, nn.Linear):
             return LinearOp("dense", mod.weight.detach()), x
+        if isinstance(mod, nn.Conv3d) and mod.padding_mode == "zeros":
+            return self._conv3d_op(mod, x)
         if not isinstance(mod, nn.Conv2d) or mod.padding_mode != "zeros":
-            raise NotClosedForm("not a zero-padded 2-D convolution")
+            raise NotClosedForm("not a zero-padded 2-D or 3-D convolution")
         if isinstance(mod.padding, str):
             rp = mod._reversed_padding_repeated_twice  # (left, right, top, bottom)
             pad = (int(rp[2]), int(rp[3]), int(rp[0]), int(rp[1]))
@@ -137,6 +139,36 @@ class GraphFacts:
                 x = x.args[0]
         op = LinearOp("conv", mod.weight.detach(), int(mod.groups), _pair(mod.stride), _pair(mod.dilation), pad)
         return op, x
+
+    def _conv3d_op(self, mod: nn.Conv3d, x: fx.Node) -> tuple[LinearOp, fx.Node]:
+        """A zero-padded ``nn.Conv3d`` (pad: front, back, top, bottom, left, right), a zero pad before it absorbed."""
+        if isinstance(mod.padding, str):
+            rp = mod._reversed_padding_repeated_twice  # (left, right, top, bottom, front, back)
+            pad = tuple(int(rp[i]) for i in (4, 5, 2, 3, 0, 1))
+        else:
+            pad = tuple(int(p) for p in mod.padding for _ in range(2))
+        if self.kind(x) == "pad" and len(x.users) == 1 and not self.is_tap(x):
+            extra = self._zero_pad_3d(x)
+            if extra is not None:
+                pad = tuple(a + b for a, b in zip(pad, extra, strict=True))
+                x = x.args[0]
+        op = LinearOp("conv", mod.weight.detach(), int(mod.groups), tuple(int(v) for v in mod.stride),
+                      tuple(int(v) for v in mod.dilation), pad)
+        return op, x
+
+    def _zero_pad_3d(self, node: fx.Node) -> tuple[int, ...] | None:
+        """A zero pad of the three spatial axes of a 5-D tensor: (front, back, top, bottom, left, right)."""
+        pads = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+        value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0.0)
+        xv = self.value(node)
+        if (mode != "constant" or (value or 0.0) != 0.0 or not isinstance(pads, (list, tuple))
+                or len(pads) not in (2, 4, 6) or not isinstance(xv, torch.Tensor) or xv.dim() != 5):
+            return None
+        p = [int(v) for v in pads] + [0] * (6 - len(pads))  # F.pad order: left, right, top, bottom, front, back
+        if min(p) < 0:
+            return None
+        return (p[4], p[5], p[2], p[3], p[0], p[1])
 
     def _zero_pad(self, node: fx.Node) -> tuple[int, int, int, int] | None:
         pads = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")

@@ -25,9 +25,9 @@ class LinearOp:
     """The linear map from a layer input to a layer output.
 
     kind : "conv" or "dense".
-    weight : conv (N, C / groups, kh, kw); dense (N, D).
-    groups, stride, dilation : conv geometry.
-    pad : zero padding (top, bottom, left, right).
+    weight : conv (N, C / groups, kh, kw), or (N, C / groups, kd, kh, kw) for a 3-D conv; dense (N, D).
+    groups, stride, dilation : conv geometry (one value per spatial axis).
+    pad : zero padding (top, bottom, left, right); 3-D: (front, back, top, bottom, left, right).
     flat : dense only: the input's features are all its per-image elements (a 1x1 conv on a 1x1 map);
         otherwise its last axis.
     layers : how many layers were composed into this operator.
@@ -36,9 +36,9 @@ class LinearOp:
     kind: str
     weight: torch.Tensor
     groups: int = 1
-    stride: tuple[int, int] = (1, 1)
-    dilation: tuple[int, int] = (1, 1)
-    pad: tuple[int, int, int, int] = (0, 0, 0, 0)
+    stride: tuple[int, ...] = (1, 1)
+    dilation: tuple[int, ...] = (1, 1)
+    pad: tuple[int, ...] = (0, 0, 0, 0)
     flat: bool = False
     layers: int = 1
 
@@ -71,6 +71,8 @@ class LinearOp:
         """``self`` applied after ``inner`` (raises :class:`NotClosedForm` when not a conv / dense)."""
         if self.kind == "dense" and inner.kind == "dense" and not self.flat and not inner.flat:
             return replace(self, weight=self.weight @ inner.weight, layers=self.layers + inner.layers)
+        if self.kind == "conv" and inner.kind == "conv" and 5 in (self.weight.dim(), inner.weight.dim()):
+            raise NotClosedForm("a linear chain of 3-D convolutions")
         if self.kind == "conv" and inner.kind == "conv":
             outer_w, inner_w = self.full_weight(), inner.full_weight()
             if inner.pointwise():
