@@ -45,6 +45,8 @@ def beyond(xp: Any, safe: Any, center: Any, scale: Any, ok: Any, t: float) -> tu
     with np.errstate(over="ignore", invalid="ignore"):
         above = _first(lambda x: (x - center) / one > t, safe.shape[0])
         not_below = _first(lambda x: (x - center) / one >= -t, safe.shape[0])
+    if bool(ok.all()):  # every row has a spread: no mask to apply (a pass less over each label array)
+        return safe >= above, safe < not_below
     return (safe >= above) & ok, (safe < not_below) & ok
 
 

@@ -24,7 +24,7 @@ from array_api_compat import device as _device
 
 __all__ = ["namespace", "host_view", "all_finite", "to_numpy", "device_of", "asarray_like", "is_numpy",
            "quantile_sorted", "median_sorted", "percentile_rows", "take_rows", "device_path",
-           "median_rows", "take_along", "finite_or_zero"]
+           "median_rows", "take_along", "finite_or_zero", "count_below_sorted"]
 
 Array = Any
 
@@ -194,6 +194,27 @@ def median_of_v_rows(d: Array, m: Array, center: Array | None = None) -> Array:
         return xp.reshape(xp.maximum(a, b), (R, 1))
 
     return median_columns(K, kth)
+
+
+def count_below_sorted(sorted_rows: Array, value: Array) -> Array:
+    """``sum(sorted_rows < value, axis=1, keepdims=True)`` (R, 1) int64 of ascending-sorted rows (R, K) and values
+    (R, 1). numpy: a binary search per row, vectorised over the rows (about log2 K gathers of R values, no pass
+    over the rows); elsewhere the sum (one kernel, no synchronisation)."""
+    xp = array_namespace(sorted_rows)
+    if not is_numpy_namespace(xp):
+        return xp.sum(sorted_rows < value, axis=1, keepdims=True, dtype=xp.int64)
+    R, K = int(sorted_rows.shape[0]), int(sorted_rows.shape[1])
+    lo = np.zeros((R, 1), dtype=np.int64)
+    if K == 0:
+        return lo
+    hi = np.full((R, 1), K, dtype=np.int64)
+    for _ in range(K.bit_length() + 1):  # K + 1 possible answers: halved each round
+        mid = (lo + hi) >> 1
+        less = np.take_along_axis(sorted_rows, np.minimum(mid, K - 1), axis=1) < value
+        active = lo < hi
+        lo = np.where(active & less, mid + 1, lo)
+        hi = np.where(active & ~less, mid, hi)
+    return lo
 
 
 def quantile_columns(n_columns: int, column: Callable[[int], Array], q: float) -> Array:
