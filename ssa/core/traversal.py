@@ -318,12 +318,18 @@ def _accumulate(acc: dict[str, _Acc], block: DenseBlock | Rank1Block, n: int, se
         bad = xp.sum((labels > 1) | (labels < -1))
         a.bad = bad if a.bad is None else a.bad + bad
     lo, hi = block.start, block.start + nb
-    a.add("pos", lo, hi, xp.sum(labels > 0, axis=1, dtype=xp.int64))
-    a.add("neg", lo, hi, xp.sum(labels < 0, axis=1, dtype=xp.int64))
-    if not host or not bool(xp.all(xp.isfinite(omega))):  # no synchronisation on a device: mask unconditionally
-        a.add("tot", lo, hi, xp.sum(finite_or_zero(omega), axis=1))
+    # checked labels all in {0, 1} (the one-sided selectors'): their sum is the count, and no negatives to count
+    if host and (labels.size == 0 or int(np.min(labels)) >= 0):
+        a.add("pos", lo, hi, np.sum(labels, axis=1, dtype=np.int64))
     else:
-        a.add("tot", lo, hi, xp.sum(omega, axis=1))
+        a.add("pos", lo, hi, xp.sum(labels > 0, axis=1, dtype=xp.int64))
+        a.add("neg", lo, hi, xp.sum(labels < 0, axis=1, dtype=xp.int64))
+    if not host:  # no synchronisation on a device: mask unconditionally
+        a.add("tot", lo, hi, xp.sum(finite_or_zero(omega), axis=1))
+        return
+    # a finite sum has only finite terms (NaN and infinities stay non-finite in a sum): no pass to check them
+    tot = np.sum(omega, axis=1)
+    a.add("tot", lo, hi, tot if bool(np.isfinite(tot).all()) else np.sum(finite_or_zero(omega), axis=1))
 
 
 def cut_positions(selector: SupportsSortedCuts, n: int) -> list[int]:
