@@ -162,7 +162,11 @@ def test_mad_fallback_in_chunks_equals_the_plain_formula(chunk_rows, monkeypatch
     K = 257
     rows = np.concatenate([_rows("sparse", K, seed=5), _rows("random", K, seed=6)])[np.random.default_rng(1).
                                                                                      permutation(96)]
+    from ssa.core import arrays
+
     monkeypatch.setattr(selectors, "_CHUNK_BYTES", chunk_rows * K * 8)
+    monkeypatch.setattr(arrays, "SEARCH_MIN_COLUMNS", 0)  # the sorted rows split by binary search
+    monkeypatch.setattr(arrays, "SEARCH_MIN_VALUES", 0)
     for two_sided in (False, True):
         sel = make_selector("mad", two_sided=two_sided)
         want = plain_mad(rows, 3.5, two_sided)
@@ -172,10 +176,13 @@ def test_mad_fallback_in_chunks_equals_the_plain_formula(chunk_rows, monkeypatch
 
 
 @pytest.mark.parametrize("K", [0, 1, 2, 7, 64, 1000])
-def test_count_below_sorted_equals_the_sum(K):
+def test_count_below_sorted_equals_the_sum(K, monkeypatch):
     """MAD's split of a sorted row into its two runs: a binary search per row on numpy, the count elsewhere."""
+    from ssa.core import arrays
     from ssa.core.arrays import count_below_sorted
 
+    monkeypatch.setattr(arrays, "SEARCH_MIN_COLUMNS", 0)  # numpy's binary search whatever the size
+    monkeypatch.setattr(arrays, "SEARCH_MIN_VALUES", 0)
     rng = np.random.default_rng(K)
     rows = np.sort(rng.integers(-3, 4, (40, K)).astype(np.float64), axis=1)
     rows[::3] = -0.0 * rows[::3]  # -0.0 and 0.0 are one value
