@@ -205,7 +205,7 @@ class ZScoreSelector(Selector):
         std = xp.std(safe, axis=1, keepdims=True)
         spread = xp.max(safe, axis=1, keepdims=True) > xp.min(safe, axis=1, keepdims=True)
         ok = spread & (std > 0)
-        pos, neg = beyond(xp, safe, mean, std, ok, self.params["threshold"])  # cuts on numpy
+        pos, neg = beyond(xp, safe, mean, std, ok, self.params["threshold"], self.two_sided)  # cuts on numpy
         return _finish(xp, rows, pos, neg, self.two_sided)
 
 
@@ -261,7 +261,7 @@ class MADSelector(Selector):
         # scale such that z = (omega - median) / scale; 1/0.6745 = 1.4826 (MAD), 1.253314 (MeanAD fallback)
         scale = xp.where(mad > 0, mad / 0.6745, 1.253314 * meanad)
         pos_scale = scale > 0  # (R, 1); a row without spread has no outliers (the threshold is > 0)
-        pos, neg = beyond(xp, safe, med, scale, pos_scale, self.params["threshold"])  # cuts on numpy
+        pos, neg = beyond(xp, safe, med, scale, pos_scale, self.params["threshold"], self.two_sided)  # cuts on numpy
         return _finish(xp, rows, pos, neg, self.two_sided, finite)
 
 
