@@ -102,13 +102,14 @@ def _safe(xp: Any, rows: Any) -> Any:
     return finite_or_zero(rows)
 
 
-def _sorted(xp: Any, rows: Any, sorted_rows: Any) -> Any:
-    """Each row sorted ascending: as given (the relevance source knew the order), or sorted here.
+def _sorted(xp: Any, rows: Any, sorted_rows: Any, safe: bool = False) -> Any:
+    """Each row sorted ascending: as given (the relevance source knew the order), or sorted here (``safe``: the
+    rows are :func:`_safe`'s already, no second pass to check them).
 
     Rows with a non-finite value get no labels whatever their order, so they need no care.
     """
     if sorted_rows is None:  # values only: an unstable sort (numpy's SIMD quicksort; the array API's default,
-        return xp.sort(_safe(xp, rows), axis=1, stable=False)  # stable, is a much slower merge sort)
+        return xp.sort(rows if safe else _safe(xp, rows), axis=1, stable=False)  # stable, is a much slower merge sort)
     sorted_rows = xp.asarray(sorted_rows)
     return sorted_rows if sorted_rows.dtype == xp.float64 else xp.astype(sorted_rows, xp.float64)
 
@@ -248,10 +249,10 @@ class MADSelector(Selector):
             med = median_rows(safe)
             mad = median_rows(xp.abs(safe - med))
         elif _selects(xp):  # the sorted rows give the first median; the second by selection
-            med = median_sorted(_sorted(xp, safe, sorted_rows))
+            med = median_sorted(_sorted(xp, safe, sorted_rows, safe=True))
             mad = median_rows(xp.abs(safe - med))
         else:  # sorted rows (given, or sorted here): the first median read off, the second from the two runs
-            s = _sorted(xp, safe, sorted_rows)
+            s = _sorted(xp, safe, sorted_rows, safe=True)
             med = median_sorted(s)
             # |s - med| over a sorted row falls, then rises: its median from the two runs, read only at the
             # positions the search visits (no full |s - med| array)
