@@ -151,3 +151,46 @@ def test_cuts_on_values_at_the_threshold_and_far_from_the_centre(monkeypatch):
     got = cuts.beyond(xp, rows, center, scale, ok, t)
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
     assert want[0].any() and (~want[0] & ok).any()  # both sides of the edge are there
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 1000])
+def test_mad_fallback_in_chunks_equals_the_plain_formula(chunk_rows, monkeypatch):
+    """The mean absolute deviation (MAD = 0 rows) is computed in chunks of rows that stay in the cache: whatever
+    the chunk, every row's mean is the plain one (rows with and without the fallback interleaved)."""
+    from ssa_selectors import selectors
+
+    K = 257
+    rows = np.concatenate([_rows("sparse", K, seed=5), _rows("random", K, seed=6)])[np.random.default_rng(1).
+                                                                                     permutation(96)]
+    from ssa.core import arrays
+
+    monkeypatch.setattr(selectors, "_CHUNK_BYTES", chunk_rows * K * 8)
+    monkeypatch.setattr(arrays, "SEARCH_MIN_COLUMNS", 0)  # the sorted rows split by binary search
+    monkeypatch.setattr(arrays, "SEARCH_MIN_VALUES", 0)
+    for two_sided in (False, True):
+        sel = make_selector("mad", two_sided=two_sided)
+        want = plain_mad(rows, 3.5, two_sided)
+        for form in ("numpy", "numpy sorted"):
+            assert np.array_equal(_labels(sel, rows, form), want), (form, chunk_rows)
+    assert (want != 0).any()
+
+
+@pytest.mark.parametrize("K", [0, 1, 2, 7, 64, 1000])
+def test_count_below_sorted_equals_the_sum(K, monkeypatch):
+    """MAD's split of a sorted row into its two runs: a binary search per row on numpy, the count elsewhere."""
+    from ssa.core import arrays
+    from ssa.core.arrays import count_below_sorted
+
+    monkeypatch.setattr(arrays, "SEARCH_MIN_COLUMNS", 0)  # numpy's binary search whatever the size
+    monkeypatch.setattr(arrays, "SEARCH_MIN_VALUES", 0)
+    rng = np.random.default_rng(K)
+    rows = np.sort(rng.integers(-3, 4, (40, K)).astype(np.float64), axis=1)
+    rows[::3] = -0.0 * rows[::3]  # -0.0 and 0.0 are one value
+    rows = np.sort(rows, axis=1)
+    values = np.concatenate([rng.integers(-4, 5, (20, 1)).astype(np.float64), np.full((20, 1), -0.0)])
+    if K:
+        values[::4] = rows[::4, K // 2:K // 2 + 1]  # values that are in the row
+    want = np.sum(rows < values, axis=1, keepdims=True)
+    assert np.array_equal(count_below_sorted(rows, values), want)
+    got = count_below_sorted(torch.from_numpy(rows), torch.from_numpy(values)).numpy()
+    assert np.array_equal(got, want)

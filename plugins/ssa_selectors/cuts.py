@@ -30,22 +30,27 @@ _MAGNITUDE = np.int64(0x7FFF_FFFF_FFFF_FFFF)
 _SIGN = np.int64(-0x8000_0000_0000_0000)
 
 
-def plain_beyond(xp: Any, safe: Any, center: Any, scale: Any, ok: Any, t: float) -> tuple[Any, Any]:
+def plain_beyond(xp: Any, safe: Any, center: Any, scale: Any, ok: Any, t: float,
+                 lower: bool = True) -> tuple[Any, Any]:
     """``(z > t, z < -t)`` of every value, ``z = (safe - center) / scale``, in rows where ``ok`` (R, 1) (none
-    elsewhere): the plain form."""
+    elsewhere): the plain form. Without ``lower`` the second is None (a one-sided selector never reads it)."""
     z = (safe - center) / xp.where(ok, scale, xp.ones_like(scale))
-    return (z > t) & ok, (z < -t) & ok
+    return (z > t) & ok, ((z < -t) & ok if lower else None)
 
 
-def beyond(xp: Any, safe: Any, center: Any, scale: Any, ok: Any, t: float) -> tuple[Any, Any]:
+def beyond(xp: Any, safe: Any, center: Any, scale: Any, ok: Any, t: float, lower: bool = True) -> tuple[Any, Any]:
     """:func:`plain_beyond`, by cuts on numpy for large blocks (the same labels)."""
     if not is_numpy(xp) or safe.shape[1] < CUT_FORM_MIN_COLUMNS or safe.size < CUT_FORM_MIN_VALUES:
-        return plain_beyond(xp, safe, center, scale, ok, t)
+        return plain_beyond(xp, safe, center, scale, ok, t, lower)
     one = np.where(ok, scale, 1.0)
+    every = bool(ok.all())  # every row has a spread: no mask to apply (a pass less over each label array)
     with np.errstate(over="ignore", invalid="ignore"):
         above = _first(lambda x: (x - center) / one > t, safe.shape[0])
+        pos = safe >= above if every else (safe >= above) & ok
+        if not lower:
+            return pos, None
         not_below = _first(lambda x: (x - center) / one >= -t, safe.shape[0])
-    return (safe >= above) & ok, (safe < not_below) & ok
+    return pos, (safe < not_below if every else (safe < not_below) & ok)
 
 
 def _key(x: np.ndarray) -> np.ndarray:

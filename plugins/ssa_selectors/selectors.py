@@ -23,6 +23,7 @@ import numpy as np
 from array_api_compat import is_torch_namespace
 
 from ssa.core.arrays import (
+    count_below_sorted,
     device_of,
     finite_or_zero,
     is_numpy,
@@ -67,6 +68,9 @@ def _finish(xp: Any, rows: Any, pos: Any, neg: Any, two_sided: bool, finite: boo
     """int8 labels; rows holding a NaN or an infinity get none (``finite``: the caller knows there are none).
     ``neg`` is only read when ``two_sided`` (it may be None otherwise)."""
     if finite:
+        if is_numpy(xp):  # numpy's booleans are bytes 0 / 1: the same int8 values without a copy
+            out = pos.view(np.int8)
+            return out - neg.view(np.int8) if two_sided else out
         out = xp.astype(pos, xp.int8)
         return out - xp.astype(neg, xp.int8) if two_sided else out
     ok = xp.all(xp.isfinite(rows), axis=1, keepdims=True)
@@ -98,13 +102,14 @@ def _safe(xp: Any, rows: Any) -> Any:
     return finite_or_zero(rows)
 
 
-def _sorted(xp: Any, rows: Any, sorted_rows: Any) -> Any:
-    """Each row sorted ascending: as given (the relevance source knew the order), or sorted here.
+def _sorted(xp: Any, rows: Any, sorted_rows: Any, safe: bool = False) -> Any:
+    """Each row sorted ascending: as given (the relevance source knew the order), or sorted here (``safe``: the
+    rows are :func:`_safe`'s already, no second pass to check them).
 
     Rows with a non-finite value get no labels whatever their order, so they need no care.
     """
     if sorted_rows is None:  # values only: an unstable sort (numpy's SIMD quicksort; the array API's default,
-        return xp.sort(_safe(xp, rows), axis=1, stable=False)  # stable, is a much slower merge sort)
+        return xp.sort(rows if safe else _safe(xp, rows), axis=1, stable=False)  # stable, is a much slower merge sort)
     sorted_rows = xp.asarray(sorted_rows)
     return sorted_rows if sorted_rows.dtype == xp.float64 else xp.astype(sorted_rows, xp.float64)
 
@@ -201,7 +206,7 @@ class ZScoreSelector(Selector):
         std = xp.std(safe, axis=1, keepdims=True)
         spread = xp.max(safe, axis=1, keepdims=True) > xp.min(safe, axis=1, keepdims=True)
         ok = spread & (std > 0)
-        pos, neg = beyond(xp, safe, mean, std, ok, self.params["threshold"])  # cuts on numpy
+        pos, neg = beyond(xp, safe, mean, std, ok, self.params["threshold"], self.two_sided)  # cuts on numpy
         return _finish(xp, rows, pos, neg, self.two_sided)
 
 
@@ -244,20 +249,20 @@ class MADSelector(Selector):
             med = median_rows(safe)
             mad = median_rows(xp.abs(safe - med))
         elif _selects(xp):  # the sorted rows give the first median; the second by selection
-            med = median_sorted(_sorted(xp, safe, sorted_rows))
+            med = median_sorted(_sorted(xp, safe, sorted_rows, safe=True))
             mad = median_rows(xp.abs(safe - med))
         else:  # sorted rows (given, or sorted here): the first median read off, the second from the two runs
-            s = _sorted(xp, safe, sorted_rows)
+            s = _sorted(xp, safe, sorted_rows, safe=True)
             med = median_sorted(s)
             # |s - med| over a sorted row falls, then rises: its median from the two runs, read only at the
             # positions the search visits (no full |s - med| array)
-            below = xp.sum(s < med, axis=1, keepdims=True, dtype=xp.int64)
+            below = count_below_sorted(s, med)
             mad = median_of_v_rows(s, below, center=med)
         meanad = _mean_abs_where(xp, safe, med, mad == 0)  # the fallback scale, needed only where MAD is 0
         # scale such that z = (omega - median) / scale; 1/0.6745 = 1.4826 (MAD), 1.253314 (MeanAD fallback)
         scale = xp.where(mad > 0, mad / 0.6745, 1.253314 * meanad)
         pos_scale = scale > 0  # (R, 1); a row without spread has no outliers (the threshold is > 0)
-        pos, neg = beyond(xp, safe, med, scale, pos_scale, self.params["threshold"])  # cuts on numpy
+        pos, neg = beyond(xp, safe, med, scale, pos_scale, self.params["threshold"], self.two_sided)  # cuts on numpy
         return _finish(xp, rows, pos, neg, self.two_sided, finite)
 
 
@@ -266,16 +271,28 @@ def _selects(xp: Any) -> bool:
     return bool(is_torch_namespace(xp))
 
 
+#: bytes of rows the mean absolute deviation works on at a time (within the core's cache)
+_CHUNK_BYTES = 256 << 10
+
+
 def _mean_abs_where(xp: Any, safe: Any, med: Any, rows: Any) -> Any:
     """``mean(|safe - med|, axis=1)`` (R, 1), computed for the rows where ``rows`` (R, 1) holds (0 elsewhere) on
     numpy, for every row on a device (no synchronisation). A row's mean is the same either way: numpy reduces
     each contiguous row on its own."""
     if is_numpy(xp):
-        out = xp.zeros((safe.shape[0], 1), dtype=safe.dtype)
-        which = xp.nonzero(rows[:, 0])[0]
-        if which.shape[0]:
-            picked = safe[which] - med[which]  # a new array: its absolute values in place
-            out[which] = xp.mean(np.abs(picked, out=picked), axis=1, keepdims=True)
+        out = np.zeros((safe.shape[0], 1), dtype=safe.dtype)
+        which = np.nonzero(rows[:, 0])[0]
+        if not which.shape[0]:
+            return out
+        # in chunks of rows that stay in the cache: gathered into one buffer, |. - med| in place, averaged
+        step = max(1, _CHUNK_BYTES // max(1, safe.shape[1] * safe.itemsize))
+        buf = np.empty((min(step, which.shape[0]), safe.shape[1]), dtype=safe.dtype)
+        for i in range(0, which.shape[0], step):
+            idx = which[i:i + step]
+            part = buf[:idx.shape[0]]
+            np.take(safe, idx, axis=0, out=part)
+            np.subtract(part, med[idx], out=part)
+            out[idx] = np.mean(np.abs(part, out=part), axis=1, keepdims=True)
         return out
     return xp.mean(xp.abs(safe - med), axis=1, keepdims=True)
 

@@ -24,7 +24,7 @@ from array_api_compat import device as _device
 
 __all__ = ["namespace", "host_view", "all_finite", "to_numpy", "device_of", "asarray_like", "is_numpy",
            "quantile_sorted", "median_sorted", "percentile_rows", "take_rows", "device_path",
-           "median_rows", "take_along", "finite_or_zero"]
+           "median_rows", "take_along", "finite_or_zero", "count_below_sorted"]
 
 Array = Any
 
@@ -149,6 +149,19 @@ def quantile_sorted(sorted_rows: Array, q: float) -> Array:
     return quantile_columns(K, lambda p: sorted_rows[:, p:p + 1], q)
 
 
+def _row_reader(rows: Array) -> Callable[[Array], Array]:
+    """``read(idx)``: the (R,) values ``rows[r, idx[r]]`` of (R, K) rows for (R,) integer positions. A C-contiguous
+    numpy array is read by one flat ``take`` (``take_along_axis`` builds index grids per call: most of its time on
+    the small reads of the medians' searches); other arrays by ``take_along_axis``."""
+    xp = array_namespace(rows)
+    R = int(rows.shape[0])
+    if is_numpy_namespace(xp) and rows.flags.c_contiguous:
+        flat = rows.reshape(-1)
+        base = np.arange(R, dtype=np.int64) * int(rows.shape[1])
+        return lambda idx: flat.take(base + idx)
+    return lambda idx: xp.reshape(xp.take_along_axis(rows, xp.reshape(idx, (R, 1)), axis=1), (R,))
+
+
 def median_of_v_rows(d: Array, m: Array, center: Array | None = None) -> Array:
     """``median_sorted(sort(d))`` (R, 1) for rows that fall, then rise: ``d[:, :m]`` non-increasing and
     ``d[:, m:]`` non-decreasing (per-row ``m`` (R, 1) int), e.g. ``|s - median|`` of sorted rows ``s``. With
@@ -166,9 +179,12 @@ def median_of_v_rows(d: Array, m: Array, center: Array | None = None) -> Array:
     n_right = K - m
     inf = xp.full((R,), float("inf"), dtype=d.dtype, device=dev)
 
+    read = _row_reader(d)
+    c = None if center is None else xp.reshape(center, (R,))
+
     def at(idx: Array) -> Array:  # (R,) values of the rows at one position per row
-        v = xp.take_along_axis(d, xp.reshape(idx, (R, 1)), axis=1)
-        return xp.reshape(v if center is None else xp.abs(v - center), (R,))
+        v = read(idx)
+        return v if c is None else xp.abs(v - c)
 
     def left(i: Array) -> Array:  # the i-th smallest of the falling run: d[m - 1 - i]; +inf past its end
         ok = (i >= 0) & (i < m)
@@ -194,6 +210,34 @@ def median_of_v_rows(d: Array, m: Array, center: Array | None = None) -> Array:
         return xp.reshape(xp.maximum(a, b), (R, 1))
 
     return median_columns(K, kth)
+
+
+#: numpy counts by binary search in blocks of rows this long or longer, and this many values or more
+SEARCH_MIN_COLUMNS = 512
+SEARCH_MIN_VALUES = 1 << 18
+
+
+def count_below_sorted(sorted_rows: Array, value: Array) -> Array:
+    """``sum(sorted_rows < value, axis=1, keepdims=True)`` (R, 1) int64 of ascending-sorted rows (R, K) and values
+    (R, 1). numpy, long rows: a binary search per row, vectorised over the rows (about log2 K gathers of R values,
+    no pass over the rows); elsewhere the sum (one kernel on a device, no synchronisation)."""
+    xp = array_namespace(sorted_rows)
+    R, K = int(sorted_rows.shape[0]), int(sorted_rows.shape[1])
+    # the search's fixed cost (about 0.2 ms) pays on long rows in large blocks (2-3x faster at 8,608 x 1,024)
+    if not is_numpy_namespace(xp) or K < SEARCH_MIN_COLUMNS or R * K < SEARCH_MIN_VALUES:
+        return xp.sum(sorted_rows < value, axis=1, keepdims=True, dtype=xp.int64)
+    lo = np.zeros((R, 1), dtype=np.int64)
+    if K == 0:
+        return lo
+    hi = np.full((R, 1), K, dtype=np.int64)
+    read = _row_reader(sorted_rows)
+    for _ in range(K.bit_length() + 1):  # K + 1 possible answers: halved each round
+        mid = (lo + hi) >> 1
+        less = read(np.minimum(mid, K - 1)[:, 0])[:, None] < value
+        active = lo < hi
+        lo = np.where(active & less, mid + 1, lo)
+        hi = np.where(active & ~less, mid, hi)
+    return lo
 
 
 def quantile_columns(n_columns: int, column: Callable[[int], Array], q: float) -> Array:

@@ -86,8 +86,13 @@ def call_selector(selector: Any, rows: Any, sorted_rows: Any = None, *, check_va
                               "--selector")
         # ``check_values=False``: the caller counts labels outside {-1, 0, 1} itself (the traversal does, on
         # the device, without waiting for it) and refuses them then
-        bad = (out != 0) & (out != 1) & (out != -1) if check_values else None
-        if bad is not None and bool(xp.any(bad)):
+        if not check_values:
+            wrong_values = False
+        elif isinstance(out, np.ndarray) and out.dtype.kind in "iu":  # integers: two reductions, no mask
+            wrong_values = out.size > 0 and bool(out.min() < -1 or out.max() > 1)
+        else:
+            wrong_values = bool(xp.any((out != 0) & (out != 1) & (out != -1)))
+        if wrong_values:
             host = to_numpy(out)
             wrong = host[~np.isin(host, (-1, 0, 1))]
             raise _plugin_bug("selector", selector, f"returned {wrong.reshape(-1)[0].item()!r} (expected only -1, 0 or "

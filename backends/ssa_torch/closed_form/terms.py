@@ -268,7 +268,10 @@ class Term:
     def finish(self, om: torch.Tensor, fed: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
         """Scale, and zero the rows of upper neurons this term does not feed (``inplace``: in ``om`` itself,
         for a temporary nothing else holds; the same products either way: rows it feeds are multiplied by 1)."""
-        om = om.mul_(self.scale) if inplace else om * self.scale
+        if not inplace:
+            om = om * self.scale
+        elif self.scale != 1.0:  # in place, a scale of 1 is no pass (x * 1 is x)
+            om = om.mul_(self.scale)
         if not self.feeds_all:
             mask = fed.to(om.dtype).reshape(-1, *([1] * (om.dim() - 1)))
             om = om.mul_(mask) if inplace else om * mask
@@ -299,5 +302,7 @@ def rank1_rows(f: Rank1Factors) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _scale_rows(om: torch.Tensor, scale: float, fed: torch.Tensor) -> torch.Tensor:
     """:meth:`Term.finish` in place: times ``scale``, then every row times its fed flag (1 or 0; a fed row's
-    products are unchanged), without asking the device whether all are fed."""
-    return om.mul_(scale).mul_(fed.to(om.dtype).reshape(-1, *([1] * (om.dim() - 1))))
+    products are unchanged), without asking the device whether all are fed. A scale of 1 is no pass (x * 1 is x)."""
+    if scale != 1.0:
+        om = om.mul_(scale)
+    return om.mul_(fed.to(om.dtype).reshape(-1, *([1] * (om.dim() - 1))))
