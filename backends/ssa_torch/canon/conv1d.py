@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch import fx
 
 from ..kinds import NAME_KEY, display_name
-from .base import CanonPass, PassContext, fresh_module_path
+from .base import CanonPass, PassContext, fresh_module_path, replace_node
 
 __all__ = ["Conv1dAs2d"]
 
@@ -62,8 +62,6 @@ class Conv1dAs2d(CanonPass):
                 op = gm.graph.call_module(path, (up,))
                 down = gm.graph.call_function(torch.squeeze, (op, 2))
             op.meta[NAME_KEY] = display_name(node)
-            down.meta[NAME_KEY] = display_name(node)
-            node.replace_all_uses_with(down)
-            gm.graph.erase_node(node)
+            replace_node(node, down)
             count += 1
         return count

@@ -12,8 +12,7 @@ import torch
 import torch.nn as nn
 from torch import fx
 
-from ..kinds import NAME_KEY, display_name
-from .base import CanonPass, PassContext, fresh_module_path
+from .base import CanonPass, PassContext, fresh_module_path, replace_node
 
 __all__ = ["ConvTransposeAsConv"]
 
@@ -64,8 +63,6 @@ class ConvTransposeAsConv(CanonPass):
             gm.add_submodule(path, new)
             with gm.graph.inserting_before(node):
                 op = gm.graph.call_module(path, (node.args[0],))
-            op.meta[NAME_KEY] = display_name(node)
-            node.replace_all_uses_with(op)
-            gm.graph.erase_node(node)
+            replace_node(node, op)
             count += 1
         return count
