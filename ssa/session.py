@@ -12,10 +12,9 @@ from typing import Any
 import numpy as np
 
 from ssa.core.arrays import namespace, to_numpy
-from ssa.core.checks import check_closed_form, check_device, check_int, check_stop_at
+from ssa.core.checks import check_closed_form, check_int, check_stop_at
 from ssa.core.defaults import resolve_method
 from ssa.core.graph import build_graph
-from ssa.core.identity import builtin_name
 from ssa.core.interfaces import Network, Rule, Selector
 from ssa.core.options import ENGINES, ModelSpec, RunOptions  # noqa: F401 (ENGINES: re-exported)
 from ssa.core.traversal import explain_stop, traverse
@@ -23,48 +22,17 @@ from ssa.engines.autograd import AutogradSource
 from ssa.engines.closed_form import ClosedFormSource
 from ssa.engines.statistics import collect
 from ssa.engines.store import StatsStore, check_store_root, images_hash
-from ssa.errors import InvalidInputError, PluginError
+from ssa.errors import InvalidInputError
 from ssa.io.classmap import check_class_count
 from ssa.io.folders import files_preprocessing, folder_class_map, load_grouped_images
 from ssa.io.images import Preprocess, select_class
+from ssa.io.loading import load_model
 from ssa.io.progress import busy
-from ssa.plugins import make_rule, make_selector, registry
+from ssa.plugins import make_rule, make_selector
 from ssa.results import AnalysisResult
 
 __all__ = ['load_model', 'Session', 'ENGINES', 'prepare_network', 'open_store', 'store_meta', 'n_classes',
            'check_target', 'active_fraction', 'run_traversal']
-
-
-def load_model(model: Any, *, backend: str | None = None, device: str = "cpu", **options: Any) -> Network:
-    """Load ``model`` with the backend that can read it (or the one named).
-
-    ``model`` is an ``nn.Module``, a ``.pt2`` / ``.onnx`` path, ``file.py:attr``,
-    ``package.module:attr``, the built-in name ``"digits"``, or a loaded :class:`Network`.
-    Options (``taps``, ``include_input``, ``channel_axes``, ``tokens``, ``output_index``, ``name``) go to the
-    backend.
-    Without ``name``, a model whose weights are a built-in model's gets the built-in name (``digits``)
-    whatever it was loaded from (see :mod:`ssa.core.identity` for the naming policy).
-    """
-    if isinstance(model, Network):
-        return model
-    device = check_device(device)
-    reg = registry()
-    if backend is not None:
-        cls = reg.get("backend", backend)
-    else:
-        for cls in reg.backends():
-            if cls.can_load(model):
-                break
-        else:
-            raise PluginError(f"no installed backend can load {model!r}; installed backends: "
-                              f"{', '.join(reg.names('backend'))}.")
-    with busy("loading the model"):
-        network = cls().load(model, device=device, **options)
-    if not options.get("name"):
-        known = builtin_name(network.weight_arrays())
-        if known is not None:
-            network.name = known
-    return network
 
 
 class Session:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser import launch, needs_chromium, watched_page
+from tests.browser import needs_chromium, watched_page
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "docs" / "notebook.ipynb"
 
@@ -87,32 +87,27 @@ def test_the_notebook_runs_and_each_result_shows_its_summary_and_explorer(execut
 
 
 @needs_chromium
-def test_the_notebooks_explorer_renders_in_chromium(executed: tuple[Any, Path], tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
+def test_the_notebooks_explorer_renders_in_chromium(executed: tuple[Any, Path], tmp_path: Path, browser: Any) -> None:
     nb, _ = executed
     shots = []
-    with sync_playwright() as p:
-        browser = launch(p)
-        for start, n_classes in (("import ssa", 1), ("from ssa.analysis.compare import compare", 3)):
-            view = _html(nb, start)
-            page_file = tmp_path / f"view-{n_classes}.html"
-            page_file.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>{view}</body></html>")
-            w = watched_page(browser, viewport={"width": 1100, "height": 900})
-            w.page.goto(page_file.as_uri())
-            frame = w.page.frame_locator("iframe.ssa-explorer")
-            frame.locator("body[data-ready='1']").wait_for(timeout=30000)
-            (inner,) = [f for f in w.page.frames if f != w.page.main_frame]
-            index = _embedded(view)[0]["index"]
-            shown = _embedded(view)[0]["files"][index["classes"][index["initial"]]["file"]]  # the class it opens on
-            assert inner.evaluate("window.ssaExplorer.sigma.getGraph().order") == len(shown["nodes"])
-            assert frame.locator("#class-list li").count() == n_classes
-            assert frame.locator("#graph canvas").count() >= 2  # sigma drew its layers
-            box = w.page.locator("iframe.ssa-explorer").bounding_box()
-            assert box is not None and box["height"] >= 500 and box["width"] >= 1000
-            shots.append(tmp_path / f"notebook-view-{n_classes}.png")
-            w.page.screenshot(path=str(shots[-1]), full_page=True)
-            w.assert_clean()
-            w.page.context.close()
-        browser.close()
+    for start, n_classes in (("import ssa", 1), ("from ssa.analysis.compare import compare", 3)):
+        view = _html(nb, start)
+        page_file = tmp_path / f"view-{n_classes}.html"
+        page_file.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>{view}</body></html>")
+        w = watched_page(browser, viewport={"width": 1100, "height": 900})
+        w.page.goto(page_file.as_uri())
+        frame = w.page.frame_locator("iframe.ssa-explorer")
+        frame.locator("body[data-ready='1']").wait_for(timeout=30000)
+        (inner,) = [f for f in w.page.frames if f != w.page.main_frame]
+        index = _embedded(view)[0]["index"]
+        shown = _embedded(view)[0]["files"][index["classes"][index["initial"]]["file"]]  # the class it opens on
+        assert inner.evaluate("window.ssaExplorer.sigma.getGraph().order") == len(shown["nodes"])
+        assert frame.locator("#class-list li").count() == n_classes
+        assert frame.locator("#graph canvas").count() >= 2  # sigma drew its layers
+        box = w.page.locator("iframe.ssa-explorer").bounding_box()
+        assert box is not None and box["height"] >= 500 and box["width"] >= 1000
+        shots.append(tmp_path / f"notebook-view-{n_classes}.png")
+        w.page.screenshot(path=str(shots[-1]), full_page=True)
+        w.assert_clean()
+        w.page.context.close()
     assert all(s.stat().st_size > 10_000 for s in shots)

@@ -24,8 +24,8 @@ from ssa_torch.network import steps_summary
 from ssa.core.interfaces import Network, Tap
 from ssa.errors import InvalidInputError
 from ssa.io.images import load_images
+from ssa.io.loading import load_model
 from ssa.io.preprocess import resolve_preprocess
-from ssa.session import load_model
 
 from .model import OnnxInfo
 from .outputs import LogProbabilities

@@ -14,7 +14,7 @@ import pytest
 import ssa
 from ssa.viz.explorer import page_html, write_explorer
 from ssa.viz.html import json_script, script_json
-from tests.browser import launch, needs_chromium, watched_page
+from tests.browser import needs_chromium, watched_page
 from tests.viz.test_explorer_browser import _click_node
 
 HOSTILE = ["<!--<script>", "</script><script>window.__pwned = 1</script>", '"><img src=x onerror="window.__pwned=2">',
@@ -101,31 +101,25 @@ def test_the_page_holds_no_markup_from_the_names(hostile):
 
 
 @needs_chromium
-def test_hostile_names_draw_in_chromium(hostile):
+def test_hostile_names_draw_in_chromium(hostile, browser):
     """The page draws every node of the class, the console stays clean, no element was injected."""
-    from playwright.sync_api import sync_playwright
-
     out, graphs = hostile
-    with sync_playwright() as p:
-        browser = launch(p)
-        try:
-            w = watched_page(browser)
-            page = w.page
-            page.goto(out.as_uri())
-            page.wait_for_function("document.body.dataset.ready", timeout=30000)
-            assert page.evaluate("document.body.dataset.ready") == "1"
-            shown = set(page.evaluate("window.ssaExplorer.sigma.getGraph().nodes()"))
-            assert any(shown == set(g.nodes) for g in graphs), sorted(shown)[:5]
-            assert any("<!--<script>" in n for n in shown) and any('onerror="window.__pwned=2"' in n for n in shown)
-            assert page.evaluate("window.__pwned") is None
-            assert page.locator("img[src=x], img[onerror]").count() == 0
-            assert page.locator("script").count() == 2
-            assert page.title() == HOSTILE[0] + HOSTILE[2]
-            assert page.locator("#class-list li").count() == 2
-            node = next(n for n in shown if n.startswith(HOSTILE[2]))
-            _click_node(page, node)  # the panel shows the hostile tap name as text
-            assert page.locator('#panel [data-field="tap"]').inner_text() == node.rsplit(":", 1)[0]
-            assert page.evaluate("window.__pwned") is None and page.locator("img[onerror]").count() == 0
-            w.assert_clean()
-        finally:
-            browser.close()
+    w = watched_page(browser)
+    page = w.page
+    page.goto(out.as_uri())
+    page.wait_for_function("document.body.dataset.ready", timeout=30000)
+    assert page.evaluate("document.body.dataset.ready") == "1"
+    shown = set(page.evaluate("window.ssaExplorer.sigma.getGraph().nodes()"))
+    assert any(shown == set(g.nodes) for g in graphs), sorted(shown)[:5]
+    assert any("<!--<script>" in n for n in shown) and any('onerror="window.__pwned=2"' in n for n in shown)
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("img[src=x], img[onerror]").count() == 0
+    assert page.locator("script").count() == 2
+    assert page.title() == HOSTILE[0] + HOSTILE[2]
+    assert page.locator("#class-list li").count() == 2
+    node = next(n for n in shown if n.startswith(HOSTILE[2]))
+    _click_node(page, node)  # the panel shows the hostile tap name as text
+    assert page.locator('#panel [data-field="tap"]').inner_text() == node.rsplit(":", 1)[0]
+    assert page.evaluate("window.__pwned") is None and page.locator("img[onerror]").count() == 0
+    w.assert_clean()
+    w.page.context.close()
