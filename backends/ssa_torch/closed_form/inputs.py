@@ -90,6 +90,16 @@ class InputSide(ChannelCodes):
             return gate
         raise NotClosedForm("a product of computed tensors that is not a per-channel gate")
 
+    def _max_pool_pad(self, node: fx.Node) -> bool:
+        """A constant pad of -inf read by max poolings alone (ONNX's asymmetric pads of a MaxPool): the pooled values
+        are those of the unpadded input, each window's maximum one of its elements (a window of padding alone would
+        give -inf, which the codes refuse)."""
+        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+        value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0.0)
+        return (mode == "constant" and isinstance(value, float) and value == float("-inf") and bool(node.users)
+                and all(self.kind(u) == "maxpool" and len(self.computed_args(u)) == 1 and u.args[0] is node
+                        for u in node.users))
+
     def _path_branch(self, x: fx.Node, op: LinearOp, gate: Gate | None) -> Branch:
         """The parent taps reached from ``x`` through path ops, and the channel of every input element."""
         parents: list[str] = []
@@ -116,7 +126,7 @@ class InputSide(ChannelCodes):
                 if kind == "maxpool" and node.op == "call_module" and getattr(self.modules[node.target],
                                                                               "return_indices", False):
                     raise NotClosedForm("max pooling with indices")
-                if kind == "pad" and self._zero_pad(node) is None:
+                if kind == "pad" and self._zero_pad(node) is None and not self._max_pool_pad(node):
                     raise NotClosedForm("padding that is not zero padding")
             dag.append(node)
             stack.extend(comp)

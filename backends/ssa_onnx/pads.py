@@ -1,0 +1,134 @@
+"""ONNX ``auto_pad=SAME_UPPER | SAME_LOWER`` written out as the explicit ``pads`` it stands for.
+
+Keras models exported by tf2onnx and PaddlePaddle exports pad their convolutions and poolings with
+``auto_pad="SAME_UPPER"`` (or ``SAME_LOWER``): the output has ``ceil(input / stride)`` positions per spatial axis,
+and the padding this needs is split between the two ends of the axis, the odd one at the end (UPPER) or at the
+start (LOWER). onnx2torch refuses both. :func:`explicit_auto_pads` computes the pads from the input's static
+spatial sizes (ONNX shape inference) as the ONNX operator definitions do and writes them into the node
+(``auto_pad`` removed). Symmetric pads become the layer's own padding; asymmetric ones (a stride 2 on an even size)
+an explicit pad before the layer, which the canonical form absorbs into a convolution (zero pad) or keeps before a
+max pooling (a pad of -inf), so such layers still run by the closed form. The parity check against onnxruntime
+(on the file as read) and ``tests/test_onnx_auto_pad.py`` check the result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ssa.errors import UnsupportedModelError
+
+__all__ = ["explicit_auto_pads", "same_pads"]
+
+_OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool")
+_SAME = ("SAME_UPPER", "SAME_LOWER")
+
+
+def same_pads(mode: str, sizes: list[int], kernel: list[int], strides: list[int], dilations: list[int],
+              transposed: bool = False, output_padding: list[int] | None = None) -> list[int] | None:
+    """ONNX's ``pads`` (all starts, then all ends) for ``auto_pad=mode`` on an input of spatial ``sizes``.
+
+    A convolution or pooling keeps ``ceil(size / stride)`` outputs; a transposed convolution makes
+    ``size * stride``. None where the padding would be negative (a transposed convolution whose stride exceeds
+    its kernel's extent), which explicit pads cannot express.
+    """
+    heads: list[int] = []
+    tails: list[int] = []
+    for i, size in enumerate(sizes):
+        extent = (kernel[i] - 1) * dilations[i] + 1
+        if transposed:
+            extra = (output_padding or [0] * len(sizes))[i]
+            total = strides[i] * (size - 1) + extra + extent - size * strides[i]
+            if total < 0:
+                return None
+        else:
+            out = -(-size // strides[i])
+            total = max(0, (out - 1) * strides[i] + extent - size)
+        head = total // 2 if mode == "SAME_UPPER" else total - total // 2
+        heads.append(head)
+        tails.append(total - head)
+    return heads + tails
+
+
+def _attr(node, name: str, default: Any = None) -> Any:
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _shapes(proto) -> dict[str, tuple[int | None, ...]]:
+    """Every value's shape that ONNX shape inference finds (None where a size is not fixed)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    except Exception:  # noqa: BLE001 - no shapes known: every SAME node is refused below, by name
+        inferred = proto
+    out: dict[str, tuple[int | None, ...]] = {}
+    g = inferred.graph
+    for vi in (*g.input, *g.value_info, *g.output):
+        t = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and t.HasField("shape"):
+            out[vi.name] = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
+                                 for d in t.shape.dim)
+    for init in g.initializer:
+        out[init.name] = tuple(int(d) for d in init.dims)
+    return out
+
+
+def explicit_auto_pads(proto, path_name: str) -> int:
+    """Write every Conv / ConvTranspose / MaxPool / AveragePool with ``auto_pad=SAME_*`` with explicit ``pads``.
+
+    Returns how many nodes were rewritten. A node whose input has a spatial size that is not fixed is refused
+    in one line naming the node and its op (the pads depend on the size).
+    """
+    from onnx import helper
+
+    nodes = [n for n in proto.graph.node if n.op_type in _OPS and n.domain in ("", "ai.onnx")
+             and _attr(n, "auto_pad", b"NOTSET") in (b"SAME_UPPER", b"SAME_LOWER")]
+    if not nodes:
+        return 0
+    shapes = _shapes(proto)
+    rewritten = 0
+    for i, node in enumerate(nodes):
+        mode = _attr(node, "auto_pad").decode()
+        shape = shapes.get(node.input[0])
+        name = node.name or f"#{i}"
+        if shape is None or len(shape) < 3 or any(s is None for s in shape[2:]):
+            shown = "unknown" if shape is None else "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+            raise UnsupportedModelError(
+                f"operator {node.op_type} (node {name!r}) of {path_name!r} pads with auto_pad={mode}, but its input's "
+                f"spatial size is not fixed (shape {shown}), and the pads depend on it; re-export with fixed image "
+                "sizes (a static height and width) or with explicit pads.")
+        sizes = [int(s) for s in shape[2:] if s is not None]
+        rank = len(sizes)
+        kernel = _attr(node, "kernel_shape")
+        if kernel is None and len(node.input) > 1:
+            w = shapes.get(node.input[1])
+            kernel = list(w[2:]) if w is not None and None not in w[2:] else None
+        if kernel is None or len(kernel) != rank:
+            raise UnsupportedModelError(
+                f"operator {node.op_type} (node {name!r}) of {path_name!r} pads with auto_pad={mode}, but its "
+                "kernel shape is not known (no kernel_shape attribute, weights computed in the graph); re-export "
+                "with explicit pads.")
+        dilations = list(_attr(node, "dilations", [1] * rank))
+        if any(d != 1 for d in dilations):
+            raise UnsupportedModelError(
+                f"operator {node.op_type} (node {name!r}) of {path_name!r} pads with auto_pad={mode} and dilations "
+                f"{dilations}, whose pads ONNX and onnxruntime define differently (onnxruntime refuses such convs and "
+                "pads such poolings as if undilated); re-export with explicit pads.")
+        transposed = node.op_type == "ConvTranspose"
+        if transposed and _attr(node, "output_shape") is not None:
+            continue  # the output shape decides the pads: left as it is (onnx2torch refuses it, by name)
+        pads = same_pads(mode, sizes, list(kernel), list(_attr(node, "strides", [1] * rank)), dilations, transposed,
+                         list(_attr(node, "output_padding", [0] * rank)))
+        if pads is None:
+            continue  # a negative padding: left as it is (onnx2torch refuses it, by name)
+        keep = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend(keep)
+        node.attribute.append(helper.make_attribute("pads", pads))
+        rewritten += 1
+    return rewritten

@@ -1,0 +1,238 @@
+"""ONNX ``auto_pad=SAME_UPPER | SAME_LOWER`` (Keras through tf2onnx, PaddlePaddle) written out as explicit pads.
+
+A graph built with onnx.helper pads a conv, a strided conv, a max pooling, a grouped conv with a rectangular kernel
+and an average pooling with ``auto_pad`` (both rules, asymmetric pads where the sizes ask for them). It must
+convert, agree with onnxruntime on the file as written, compute what a torch module with the same pads written
+out by hand computes, take every step by the closed form, and give the slow reference's graph (both rules).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+from ssa_onnx.pads import same_pads
+
+import ssa
+from ssa.errors import UnsupportedModelError
+from ssa.testing.models import RefTap
+from ssa.testing.reference import reference_ssa
+
+from . import onnx_models as om
+from .graph_keys import assert_same_edges, edges_by_order, predicted_class
+from .test_fast import _omega_close
+
+SIZE = 10  # 10 x 10 images: the stride-2 conv and pooling pad one side only
+
+
+def _torch_pads(pads: list[int]) -> tuple[int, ...]:
+    """ONNX pads of a 2-D op (top, left, bottom, right) in F.pad's order (left, right, top, bottom)."""
+    return (pads[1], pads[3], pads[0], pads[2])
+
+
+class SamePadTorch(nn.Module):
+    """What the SAME-padded ONNX graph computes, its pads written out (``same_pads``) as F.pad calls."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.conv1 = nn.Conv2d(3, 8, 3)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, stride=2)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv3 = nn.Conv2d(8, 12, (2, 3), groups=2)
+        self.relu3 = nn.ReLU()
+        self.avg = nn.AvgPool2d(3, 1, padding=1, count_include_pad=False)
+        self.fc = nn.Linear(12, 5)
+
+    def _pads(self, size: int, kernel: tuple[int, int], stride: int) -> tuple[int, ...]:
+        return _torch_pads(same_pads(self.mode, [size, size], list(kernel), [stride, stride], [1, 1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu1(self.conv1(F.pad(x, self._pads(SIZE, (3, 3), 1))))
+        x = self.relu2(self.conv2(F.pad(x, self._pads(SIZE, (3, 3), 2))))
+        x = self.pool(F.pad(x, self._pads(5, (2, 2), 2), value=float("-inf")))
+        x = self.relu3(self.conv3(F.pad(x, self._pads(3, (2, 3), 1))))
+        return self.fc(self.avg(x).mean((2, 3)))
+
+
+def same_pad_torch(mode: str) -> SamePadTorch:
+    torch.manual_seed(0)
+    return om.heavy_tail_(SamePadTorch(mode), 9, sigma=1.5)
+
+
+def same_pad_onnx(model: SamePadTorch, path: Path, *, size: int | str = SIZE) -> Path:
+    """``model`` as an ONNX graph whose convs and poolings pad with ``auto_pad=model.mode`` (no ``pads``)."""
+    w = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    inits = [numpy_helper.from_array(np.ascontiguousarray(v), k.replace(".", "/")) for k, v in w.items()]
+    same = {"auto_pad": model.mode}
+    nodes = [
+        helper.make_node("Conv", ["image", "conv1/weight", "conv1/bias"], ["c1"], name="conv1/Conv2D", **same),
+        helper.make_node("Relu", ["c1"], ["r1"], name="conv1/Relu"),
+        helper.make_node("Conv", ["r1", "conv2/weight", "conv2/bias"], ["c2"], strides=[2, 2], name="conv2/Conv2D",
+                         **same),
+        helper.make_node("Relu", ["c2"], ["r2"], name="conv2/Relu"),
+        helper.make_node("MaxPool", ["r2"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool/MaxPool", **same),
+        helper.make_node("Conv", ["p", "conv3/weight", "conv3/bias"], ["c3"], kernel_shape=[2, 3], group=2,
+                         name="conv3/Conv2D", **same),
+        helper.make_node("Relu", ["c3"], ["r3"], name="conv3/Relu"),
+        helper.make_node("AveragePool", ["r3"], ["a"], kernel_shape=[3, 3], name="avg/AvgPool", **same),
+        helper.make_node("GlobalAveragePool", ["a"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc/weight", "fc/bias"], ["logits"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes, "same_pad", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], initializer=inits)
+    proto = helper.make_model(graph, producer_name="tf2onnx-style test", opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return path
+
+
+def _images(n: int, seed: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 1, (n, 3, SIZE, SIZE)).astype(np.float32)
+
+
+MODES = ["SAME_UPPER", "SAME_LOWER"]
+
+
+def test_same_pads_follow_the_onnx_definition():
+    """The pads of the ONNX operator definitions (and onnx's reference evaluator): the odd one at the end for UPPER,
+    at the start for LOWER; a transposed conv makes size * stride outputs."""
+    assert same_pads("SAME_UPPER", [10, 10], [3, 3], [2, 2], [1, 1]) == [0, 0, 1, 1]
+    assert same_pads("SAME_LOWER", [10, 10], [3, 3], [2, 2], [1, 1]) == [1, 1, 0, 0]
+    assert same_pads("SAME_UPPER", [7, 8], [3, 3], [1, 1], [2, 1]) == [2, 1, 2, 1]  # dilation 2: extent 5
+    assert same_pads("SAME_UPPER", [7, 8], [2, 4], [3, 1], [1, 1]) == [0, 1, 1, 2]
+    assert same_pads("SAME_UPPER", [5], [1], [3], [1]) == [0, 0]  # the stride skips past the end: no padding
+    assert same_pads("SAME_UPPER", [4], [3], [2], [1], transposed=True) == [0, 1]  # 2 * 3 + 3 - 8 = 1
+    assert same_pads("SAME_LOWER", [4], [4], [2], [1], transposed=True) == [1, 1]
+    assert same_pads("SAME_UPPER", [4], [1], [3], [1], transposed=True) is None  # would need a negative pad
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_parity_with_onnxruntime_and_the_torch_module(mode, tmp_path):
+    import onnxruntime as ort
+
+    model = same_pad_torch(mode)
+    path = same_pad_onnx(model, tmp_path / "same.onnx")
+    x = _images(8)
+    direct = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(), direct, rtol=1e-4, atol=1e-4 * abs(direct).max())
+    net = ssa.load_model(str(path))
+    net.prepare(x)
+    assert net.parity is not None and net.parity.ok
+    np.testing.assert_allclose(net.logits(x), direct, rtol=1e-4, atol=1e-4 * abs(direct).max())
+    assert [t.op for t in net.taps if t.kind == "activation"] == ["ReLU"] * 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("rule", ["gradient", "gradient_x_activation"])
+def test_every_step_by_the_closed_form_equals_the_reference(mode, rule, tmp_path):
+    model = same_pad_torch(mode)
+    x = _images(12)
+    target = predicted_class(model, x)
+    ref_taps = (RefTap("relu1", "relu1"), RefTap("relu2", "relu2", 0, 1, ("relu1",)),
+                RefTap("relu3", "relu3", 0, 1, ("relu2",)), RefTap("logits", "fc", 0, 1, ("relu3",)))
+    order = {t.name: i for i, t in enumerate(ref_taps)}
+    want = reference_ssa(model, x, ref_taps, target, 3, rule)
+    want_by_order = {(order[u], n, order[v], k): val for (u, n, v, k), val in want.items()}
+    assert len(want) >= 4
+    path = same_pad_onnx(model, tmp_path / "same.onnx")
+    for source in (str(path), model):
+        net = ssa.load_model(source)
+        net.prepare(x)
+        steps = net.describe_steps()
+        assert len(steps) == 3 and all(v.startswith("fast") for v in steps.values()), steps
+        assert _omega_close(net, x, rule) == 3
+        res = ssa.analyse(source, x, target, 3, rule=rule, selector="tukey", engine="auto")
+        assert_same_edges(edges_by_order(res), want_by_order)
+
+
+def test_a_same_pad_on_a_size_that_is_not_fixed_is_named(tmp_path):
+    path = same_pad_onnx(same_pad_torch("SAME_UPPER"), tmp_path / "dynamic.onnx", size="H")
+    with pytest.raises(UnsupportedModelError) as exc:
+        ssa.load_model(str(path))
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert "operator Conv (node 'conv1/Conv2D')" in msg and "auto_pad=SAME_UPPER" in msg and "not fixed" in msg
+
+
+# one op at a time against onnxruntime: dilations, 1-D and 3-D, rectangular strides, transposed convs
+SINGLE = {
+    "conv strided": ("Conv", (3, 9, 8), (4, 3, 3, 3), {"strides": [2, 3]}),
+    "conv 1-D": ("Conv", (3, 11), (4, 3, 4), {"strides": [2]}),
+    "conv 3-D": ("Conv", (3, 5, 6, 7), (4, 3, 2, 3, 2), {"strides": [1, 2, 2]}),
+    "depthwise": ("Conv", (4, 7, 7), (4, 1, 3, 3), {"group": 4, "strides": [2, 2]}),
+    "max pool": ("MaxPool", (3, 9, 8), None, {"kernel_shape": [3, 2], "strides": [2, 3]}),
+    "average pool": ("AveragePool", (3, 9, 9), None, {"kernel_shape": [3, 3], "strides": [1, 1]}),
+    "transposed, even padding": ("ConvTranspose", (3, 5, 5), (3, 4, 4, 4), {"strides": [2, 2]}),
+    "transposed, stride 1": ("ConvTranspose", (3, 6, 6), (3, 4, 3, 3), {}),
+}
+
+
+def _single(op: str, shape, weight, attrs: dict, mode: str, path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    inits, inputs = [], ["image"]
+    if weight is not None:
+        inits.append(numpy_helper.from_array(rng.standard_normal(weight).astype(np.float32), "w"))
+        inputs.append("w")
+    node = helper.make_node(op, inputs, ["y"], name="the_op", auto_pad=mode, **attrs)
+    probe = helper.make_graph([node], "probe", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, *shape])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    inferred = onnx.shape_inference.infer_shapes(helper.make_model(probe, opset_imports=[helper.make_opsetid("", 17)]))
+    dims = [d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim]
+    features = int(np.prod(dims[1:]))
+    inits += [numpy_helper.from_array(rng.standard_normal((3, features)).astype(np.float32), "fc_w"),
+              numpy_helper.from_array(np.zeros(3, np.float32), "fc_b")]
+    nodes = [node, helper.make_node("Flatten", ["y"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], transB=1, name="fc")]
+    graph = helper.make_graph(nodes, "single", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                             ["N", *shape])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], initializer=inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", sorted(SINGLE))
+def test_one_op_agrees_with_onnxruntime(name, mode, tmp_path):
+    import onnxruntime as ort
+
+    op, shape, weight, attrs = SINGLE[name]
+    path = _single(op, shape, weight, attrs, mode, tmp_path / "one.onnx")
+    x = np.random.default_rng(2).standard_normal((4, *shape)).astype(np.float32)
+    direct = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    net = ssa.load_model(str(path), include_input=True)
+    net.prepare(x)
+    np.testing.assert_allclose(net.logits(x), direct, rtol=1e-4, atol=1e-4 * abs(direct).max())
+
+
+def test_a_dilated_same_pad_is_named(tmp_path):
+    """ONNX's definition (ceil(size / stride) outputs) and onnxruntime's (it refuses dilated SAME convs, and pads a
+    dilated SAME max pooling as if undilated, one output fewer) disagree: refused, by name, rather than guessed."""
+    path = _single("Conv", (3, 9, 8), (4, 3, 3, 3), {"dilations": [2, 1]}, "SAME_LOWER", tmp_path / "d.onnx")
+    with pytest.raises(UnsupportedModelError) as exc:
+        ssa.load_model(str(path))
+    msg = str(exc.value)
+    assert "\n" not in msg and "operator Conv (node 'the_op')" in msg and "dilations [2, 1]" in msg
+
+
+def test_an_odd_transposed_padding_is_named(tmp_path):
+    """ConvTranspose with SAME on a stride-2 kernel-3 layer pads one side only, which onnx2torch refuses: by name."""
+    path = _single("ConvTranspose", (3, 5, 5), (3, 4, 3, 3), {"strides": [2, 2]}, "SAME_UPPER", tmp_path / "t.onnx")
+    with pytest.raises(UnsupportedModelError) as exc:
+        ssa.load_model(str(path))
+    assert "\n" not in str(exc.value) and "ConvTranspose (node 'the_op')" in str(exc.value)
