@@ -16,7 +16,8 @@ from .plan import Branch, Gate
 
 __all__ = ["InputSide"]
 
-_PATH = POOLING | RESHAPES | PERMUTATIONS | {"identity", "cast", "pad", "getitem"}
+#: ``zero_insert``: a strided transposed conv's input spread out (``ssa_torch.canon.conv_transpose.ZeroInsert``)
+_PATH = POOLING | RESHAPES | PERMUTATIONS | {"identity", "cast", "pad", "getitem", "zero_insert"}
 _SHAPE_ONLY_GATE = {"reshape", "flatten", "identity", "getitem", "cast"}
 
 
