@@ -62,9 +62,10 @@ class InputSide(ChannelCodes):
             dv, gv = self.value(data), self.value(g)
             if not (isinstance(dv, torch.Tensor) and isinstance(gv, torch.Tensor)) or dv.shape != xv.shape:
                 continue
-            if xv.dim() != 4 or gv.numel() != xv.shape[1] or (gv.dim() == 4 and gv.shape[1] != xv.shape[1]):
+            rank = xv.dim()  # 4: a 2-D map, 5: a 3-D one (video, volume)
+            if rank not in (4, 5) or gv.numel() != xv.shape[1] or (gv.dim() == rank and gv.shape[1] != xv.shape[1]):
                 continue
-            if gv.dim() == 4 and tuple(gv.shape[2:]) != (1, 1):
+            if gv.dim() == rank and any(s != 1 for s in gv.shape[2:]):
                 continue
             act = g
             while self.kind(act) in _SHAPE_ONLY_GATE and not self.is_tap(act) and len(self.computed_args(act)) == 1:
@@ -79,9 +80,9 @@ class InputSide(ChannelCodes):
                 raise NotClosedForm(f"a gate computed by a {self.kind(u)} op (not a layer)")
             inner, inner_x = self.layer_op(u)
             if inner.kind == "conv":
-                if not (inner.pointwise() and uv.dim() == 4 and tuple(uv.shape[2:]) == (1, 1)):
+                if not (inner.pointwise() and uv.dim() in (4, 5) and all(s == 1 for s in uv.shape[2:])):
                     raise NotClosedForm("a gate computed by a spatial convolution")
-                inner = LinearOp("dense", inner.full_weight()[:, :, 0, 0], flat=True)
+                inner = LinearOp("dense", inner.full_weight().flatten(1), flat=True)
             elif uv.dim() != 2:
                 raise NotClosedForm("a gate computed by a dense layer on a spatial map")
             gate = Gate(g.name, act.name, u.name, inner, inner_x.name, data.name)
