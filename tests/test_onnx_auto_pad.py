@@ -51,6 +51,11 @@ class SamePadTorch(nn.Module):
         self.relu3 = nn.ReLU()
         self.avg = nn.AvgPool2d(3, 1, padding=1, count_include_pad=False)
         self.fc = nn.Linear(12, 5)
+        # a 2x2, stride 2 average of a 3 x 3 map over the positions each window reads (a SAME pad of one)
+        self.register_buffer("read", F.avg_pool2d(F.pad(torch.ones(1, 1, 3, 3), self._pads(3, (2, 2), 2)), 2, 2))
+
+    def _avg_of_what_is_read(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.pad(x, self._pads(3, (2, 2), 2)), 2, 2) / self.read
 
     def _pads(self, size: int, kernel: tuple[int, int], stride: int) -> tuple[int, ...]:
         return _torch_pads(same_pads(self.mode, [size, size], list(kernel), [stride, stride], [1, 1]))
@@ -60,7 +65,7 @@ class SamePadTorch(nn.Module):
         x = self.relu2(self.conv2(F.pad(x, self._pads(SIZE, (3, 3), 2))))
         x = self.pool(F.pad(x, self._pads(5, (2, 2), 2), value=float("-inf")))
         x = self.relu3(self.conv3(F.pad(x, self._pads(3, (2, 3), 1))))
-        return self.fc(self.avg(x).mean((2, 3)))
+        return self.fc(self._avg_of_what_is_read(self.avg(x)).mean((2, 3)))
 
 
 def same_pad_torch(mode: str) -> SamePadTorch:
@@ -84,7 +89,9 @@ def same_pad_onnx(model: SamePadTorch, path: Path, *, size: int | str = SIZE) ->
                          name="conv3/Conv2D", **same),
         helper.make_node("Relu", ["c3"], ["r3"], name="conv3/Relu"),
         helper.make_node("AveragePool", ["r3"], ["a"], kernel_shape=[3, 3], name="avg/AvgPool", **same),
-        helper.make_node("GlobalAveragePool", ["a"], ["g"], name="gap"),
+        helper.make_node("AveragePool", ["a"], ["a2"], kernel_shape=[2, 2], strides=[2, 2], name="avg2/AvgPool",
+                         **same),
+        helper.make_node("GlobalAveragePool", ["a2"], ["g"], name="gap"),
         helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "fc/weight", "fc/bias"], ["logits"], transB=1, name="fc"),
     ]
@@ -175,6 +182,10 @@ SINGLE = {
     "depthwise": ("Conv", (4, 7, 7), (4, 1, 3, 3), {"group": 4, "strides": [2, 2]}),
     "max pool": ("MaxPool", (3, 9, 8), None, {"kernel_shape": [3, 2], "strides": [2, 3]}),
     "average pool": ("AveragePool", (3, 9, 9), None, {"kernel_shape": [3, 3], "strides": [1, 1]}),
+    "average pool, one side": ("AveragePool", (3, 9, 8), None, {"kernel_shape": [2, 3], "strides": [2, 2]}),
+    "average pool counting pads": ("AveragePool", (3, 8, 8), None, {"kernel_shape": [3, 3], "strides": [2, 2],
+                                                                     "count_include_pad": 1}),
+    "average pool 1-D": ("AveragePool", (3, 10), None, {"kernel_shape": [3], "strides": [2]}),
     "transposed, even padding": ("ConvTranspose", (3, 5, 5), (3, 4, 4, 4), {"strides": [2, 2]}),
     "transposed, stride 1": ("ConvTranspose", (3, 6, 6), (3, 4, 3, 3), {}),
 }
@@ -236,3 +247,18 @@ def test_an_odd_transposed_padding_is_named(tmp_path):
     with pytest.raises(UnsupportedModelError) as exc:
         ssa.load_model(str(path))
     assert "\n" not in str(exc.value) and "ConvTranspose (node 'the_op')" in str(exc.value)
+
+
+@pytest.mark.parametrize("counted", [0, 1])
+def test_explicit_asymmetric_average_pool_pads_agree_with_onnxruntime(counted, tmp_path):
+    """An AveragePool written with asymmetric ``pads`` (no auto_pad), which onnx2torch refuses, split into Pad,
+    AveragePool and (padding not counted) a Mul by each window's share of positions read."""
+    import onnxruntime as ort
+
+    attrs = {"kernel_shape": [3, 2], "strides": [2, 2], "pads": [0, 1, 2, 0], "count_include_pad": counted}
+    path = _single("AveragePool", (3, 9, 8), None, attrs, "NOTSET", tmp_path / "avg.onnx")
+    x = np.random.default_rng(4).standard_normal((4, 3, 9, 8)).astype(np.float32)
+    direct = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    net = ssa.load_model(str(path), include_input=True)
+    net.prepare(x)
+    np.testing.assert_allclose(net.logits(x), direct, rtol=1e-4, atol=1e-4 * abs(direct).max())

@@ -17,7 +17,7 @@ from typing import Any
 
 from ssa.errors import UnsupportedModelError
 
-__all__ = ["explicit_auto_pads", "same_pads"]
+__all__ = ["explicit_auto_pads", "same_pads", "split_asymmetric_average_pools"]
 
 _OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool")
 _SAME = ("SAME_UPPER", "SAME_LOWER")
@@ -132,3 +132,71 @@ def explicit_auto_pads(proto, path_name: str) -> int:
         node.attribute.append(helper.make_attribute("pads", pads))
         rewritten += 1
     return rewritten
+
+
+def _window_counts(size: int, kernel: int, stride: int, head: int, tail: int) -> list[int]:
+    """Per output position of a pooling along one axis: how many of its window's positions read the input."""
+    out = (size + head + tail - kernel) // stride + 1
+    return [min(o * stride - head + kernel, size) - max(o * stride - head, 0) for o in range(out)]
+
+
+def split_asymmetric_average_pools(proto) -> int:
+    """Write every ``AveragePool`` with asymmetric pads as ``Pad`` (zeros), the pooling without pads counting every
+    position, and, where padding is not counted (``count_include_pad=0``, the default), a ``Mul`` by the constant
+    ``kernel size / positions read`` of each output (what onnx2torch refuses: "AvgPool with non symmetrical
+    padding"). Keras's ``AveragePooling2D(padding="same")`` with a stride 2 on an even size (NASNet) exports so.
+    The pooling keeps the node's name. Left as they are (onnx2torch then refuses them, by name): ``ceil_mode=1``,
+    opsets before 11, inputs that are not float32 or whose spatial size is not fixed. Returns how many were split.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    opset = next((int(i.version) for i in proto.opset_import if i.domain in ("", "ai.onnx")), 0)
+
+    def asymmetric(n) -> bool:
+        pads = list(_attr(n, "pads", []))
+        half = len(pads) // 2
+        return (n.op_type == "AveragePool" and n.domain in ("", "ai.onnx") and pads[:half] != pads[half:]
+                and _attr(n, "auto_pad", b"NOTSET") == b"NOTSET" and not _attr(n, "ceil_mode", 0))
+
+    if opset < 11 or not any(asymmetric(n) for n in proto.graph.node):
+        return 0
+    image = proto.graph.input[0].type.tensor_type.elem_type if proto.graph.input else 0
+    if image != TensorProto.FLOAT:
+        return 0
+    shapes = _shapes(proto)
+    nodes, split = [], 0
+    for i, node in enumerate(proto.graph.node):
+        shape = shapes.get(node.input[0]) if asymmetric(node) else None
+        if shape is None or len(shape) < 3 or any(s is None for s in shape[2:]):
+            nodes.append(node)
+            continue
+        sizes = [int(s) for s in shape[2:] if s is not None]
+        rank = len(sizes)
+        pads = [int(p) for p in _attr(node, "pads")]
+        kernel = [int(k) for k in _attr(node, "kernel_shape")]
+        strides = [int(s) for s in _attr(node, "strides", [1] * rank)]
+        base = node.name or f"AveragePool_{i}"
+        proto.graph.initializer.append(numpy_helper.from_array(
+            np.array([0, 0, *pads[:rank], 0, 0, *pads[rank:]], dtype=np.int64), f"{base}/pads"))
+        nodes.append(helper.make_node("Pad", [node.input[0], f"{base}/pads"], [f"{base}/padded"], mode="constant",
+                                      name=f"{base}/Pad"))
+        counted = bool(_attr(node, "count_include_pad", 0))
+        pooled = node.output[0] if counted else f"{base}/pooled"
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute
+                 if a.name not in ("pads", "count_include_pad", "auto_pad")}
+        nodes.append(helper.make_node("AveragePool", [f"{base}/padded"], [pooled], name=node.name,
+                                      count_include_pad=1, **attrs))
+        if not counted:
+            counts = np.ones([1, 1], dtype=np.float64)
+            for a in range(rank):
+                per = np.array(_window_counts(sizes[a], kernel[a], strides[a], pads[a], pads[rank + a]), np.float64)
+                counts = counts[..., None] * per
+            scale = (float(np.prod(kernel)) / counts).astype(np.float32)
+            proto.graph.initializer.append(numpy_helper.from_array(scale, f"{base}/count"))
+            nodes.append(helper.make_node("Mul", [pooled, f"{base}/count"], [node.output[0]], name=f"{base}/Mul"))
+        split += 1
+    if split:
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+    return split
