@@ -188,6 +188,8 @@ SINGLE = {
     "average pool 1-D": ("AveragePool", (3, 10), None, {"kernel_shape": [3], "strides": [2]}),
     "transposed, even padding": ("ConvTranspose", (3, 5, 5), (3, 4, 4, 4), {"strides": [2, 2]}),
     "transposed, stride 1": ("ConvTranspose", (3, 6, 6), (3, 4, 3, 3), {}),
+    "transposed, one side": ("ConvTranspose", (3, 5, 4), (3, 4, 3, 3), {"strides": [2, 2]}),  # total padding 1
+    "transposed 1-D, groups": ("ConvTranspose", (4, 6), (4, 2, 3), {"strides": [2], "group": 2}),
 }
 
 
@@ -241,14 +243,6 @@ def test_a_dilated_same_pad_is_named(tmp_path):
     assert "\n" not in msg and "operator Conv (node 'the_op')" in msg and "dilations [2, 1]" in msg
 
 
-def test_an_odd_transposed_padding_is_named(tmp_path):
-    """ConvTranspose with SAME on a stride-2 kernel-3 layer pads one side only, which onnx2torch refuses: by name."""
-    path = _single("ConvTranspose", (3, 5, 5), (3, 4, 3, 3), {"strides": [2, 2]}, "SAME_UPPER", tmp_path / "t.onnx")
-    with pytest.raises(UnsupportedModelError) as exc:
-        ssa.load_model(str(path))
-    assert "\n" not in str(exc.value) and "ConvTranspose (node 'the_op')" in str(exc.value)
-
-
 @pytest.mark.parametrize("counted", [0, 1])
 def test_explicit_asymmetric_average_pool_pads_agree_with_onnxruntime(counted, tmp_path):
     """An AveragePool written with asymmetric ``pads`` (no auto_pad), which onnx2torch refuses, split into Pad,
@@ -262,3 +256,90 @@ def test_explicit_asymmetric_average_pool_pads_agree_with_onnxruntime(counted, t
     net = ssa.load_model(str(path), include_input=True)
     net.prepare(x)
     np.testing.assert_allclose(net.logits(x), direct, rtol=1e-4, atol=1e-4 * abs(direct).max())
+
+
+def test_explicit_asymmetric_transposed_pads_agree_with_onnxruntime(tmp_path):
+    """A ConvTranspose written with asymmetric ``pads``, which onnx2torch refuses: the symmetric part in the layer,
+    the rest cropped by a Slice."""
+    import onnxruntime as ort
+
+    attrs = {"strides": [2, 3], "pads": [0, 2, 1, 0], "output_padding": [1, 0]}
+    path = _single("ConvTranspose", (3, 5, 4), (3, 4, 3, 3), attrs, "NOTSET", tmp_path / "t.onnx")
+    x = np.random.default_rng(5).standard_normal((4, 3, 5, 4)).astype(np.float32)
+    direct = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    net = ssa.load_model(str(path), include_input=True)
+    net.prepare(x)
+    np.testing.assert_allclose(net.logits(x), direct, rtol=1e-4, atol=1e-4 * abs(direct).max())
+
+
+class SameTransposedTorch(nn.Module):
+    """A conv, then a SAME-padded stride-2 transposed conv (kernel 3: its one pad crops the output's end for
+    SAME_UPPER, its start for SAME_LOWER), written out by hand."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.up = nn.ConvTranspose2d(8, 12, 3, stride=2)
+        self.relu2 = nn.ReLU()
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.up(self.relu1(self.conv(x)))  # 2 * 6 + 1 = 13 positions per axis, SAME keeps 12
+        y = y[:, :, :-1, :-1] if self.mode == "SAME_UPPER" else y[:, :, 1:, 1:]
+        return self.fc(self.relu2(y).mean((2, 3)))
+
+
+def _same_transposed_onnx(model: SameTransposedTorch, path: Path) -> Path:
+    w = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    inits = [numpy_helper.from_array(np.ascontiguousarray(v), k) for k, v in w.items()]
+    nodes = [helper.make_node("Conv", ["image", "conv.weight", "conv.bias"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c"], ["r1"], name="relu1"),
+             helper.make_node("ConvTranspose", ["r1", "up.weight", "up.bias"], ["u"], strides=[2, 2],
+                              auto_pad=model.mode, name="up"),
+             helper.make_node("Relu", ["u"], ["r2"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["logits"], transB=1, name="fc")]
+    graph = helper.make_graph(nodes, "same_transposed",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 6, 6])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+                              initializer=inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("rule", ["gradient", "gradient_x_activation"])
+def test_a_same_padded_transposed_conv_by_the_closed_form_equals_the_reference(mode, rule, tmp_path):
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = om.heavy_tail_(SameTransposedTorch(mode), 11, sigma=1.5)
+    x = np.random.default_rng(6).uniform(0, 1, (12, 3, 6, 6)).astype(np.float32)
+    path = _same_transposed_onnx(model, tmp_path / "up.onnx")
+    direct = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(), direct, rtol=1e-4,
+                                   atol=1e-4 * abs(direct).max())
+    target = predicted_class(model, x)
+    ref_taps = (RefTap("relu1", "relu1"), RefTap("relu2", "relu2", 0, 1, ("relu1",)),
+                RefTap("logits", "fc", 0, 1, ("relu2",)))
+    order = {t.name: i for i, t in enumerate(ref_taps)}
+    want = reference_ssa(model, x, ref_taps, target, 3, rule)
+    want_by_order = {(order[u], n, order[v], k): val for (u, n, v, k), val in want.items()}
+    # the gradient rule's graph stops below the logits; every step's omega is checked below under both rules
+    assert {(u, v) for (u, _, v, _) in want} == ({("logits", "relu2"), ("relu2", "relu1")}
+                                                 if rule == "gradient_x_activation" else {("logits", "relu2")})
+    for source in (str(path), model):
+        net = ssa.load_model(source)
+        net.prepare(x)
+        steps = net.describe_steps()
+        assert len(steps) == 2 and all(v.startswith("fast") for v in steps.values()), steps
+        assert _omega_close(net, x, rule) == 2
+        res = ssa.analyse(source, x, target, 3, rule=rule, selector="tukey", engine="auto")
+        assert_same_edges(edges_by_order(res), want_by_order)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ssa.errors import InvalidInputError, ModelLoadError, UnsupportedModelError
 
-from .pads import explicit_auto_pads, split_asymmetric_average_pools
+from .pads import explicit_auto_pads, split_asymmetric_average_pools, split_asymmetric_transposed_convs
 
 __all__ = ["OnnxModel", "OnnxInfo", "TensorInfo", "read_onnx", "input_shape_of", "check_converters",
            "fold_constant_identities", "drop_omitted_inputs", "drop_reshape_allowzero"]
@@ -387,7 +387,7 @@ def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> On
 
     changed = fold_constant_identities(proto) + drop_omitted_inputs(proto) + drop_reshape_allowzero(proto) \
         + explicit_auto_pads(proto, p.name)
-    changed += split_asymmetric_average_pools(proto)
+    changed += split_asymmetric_average_pools(proto) + split_asymmetric_transposed_convs(proto)
     check_converters(proto, p.name)
     opset = _opset(proto)
     op_types: dict[str, int] = {}

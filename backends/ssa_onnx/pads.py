@@ -7,8 +7,10 @@ start (LOWER). onnx2torch refuses both. :func:`explicit_auto_pads` computes the 
 spatial sizes (ONNX shape inference) as the ONNX operator definitions do and writes them into the node
 (``auto_pad`` removed). Symmetric pads become the layer's own padding; asymmetric ones (a stride 2 on an even size)
 an explicit pad before the layer, which the canonical form absorbs into a convolution (zero pad) or keeps before a
-max pooling (a pad of -inf), so such layers still run by the closed form. The parity check against onnxruntime
-(on the file as read) and ``tests/test_onnx_auto_pad.py`` check the result.
+max pooling (a pad of -inf), so such layers still run by the closed form. Asymmetric pads that onnx2torch refuses,
+from SAME or written so, are split into ops it converts: an ``AveragePool``'s (:func:`split_asymmetric_average_pools`)
+and a ``ConvTranspose``'s (:func:`split_asymmetric_transposed_convs`). ``tests/test_onnx_auto_pad.py`` checks the
+results against onnxruntime on the file as written.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from ssa.errors import UnsupportedModelError
 
-__all__ = ["explicit_auto_pads", "same_pads", "split_asymmetric_average_pools"]
+__all__ = ["explicit_auto_pads", "same_pads", "split_asymmetric_average_pools", "split_asymmetric_transposed_convs"]
 
 _OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool")
 _SAME = ("SAME_UPPER", "SAME_LOWER")
@@ -195,6 +197,45 @@ def split_asymmetric_average_pools(proto) -> int:
             scale = (float(np.prod(kernel)) / counts).astype(np.float32)
             proto.graph.initializer.append(numpy_helper.from_array(scale, f"{base}/count"))
             nodes.append(helper.make_node("Mul", [pooled, f"{base}/count"], [node.output[0]], name=f"{base}/Mul"))
+        split += 1
+    if split:
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+    return split
+
+
+def split_asymmetric_transposed_convs(proto) -> int:
+    """Write every ``ConvTranspose`` with asymmetric pads (SAME with kernel 3, stride 2: Keras's
+    ``Conv2DTranspose(padding="same")``) as the ``ConvTranspose`` with the smaller pad of each axis on both sides and
+    a ``Slice`` cropping the rest (a transposed conv's pads crop its output), which onnx2torch converts (it refuses
+    asymmetric pads). The transposed conv keeps the node's name. Left as they are: opsets before 10 (a Slice with
+    attributes), and nodes with ``output_shape``. Returns how many were split."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    opset = next((int(i.version) for i in proto.opset_import if i.domain in ("", "ai.onnx")), 0)
+    if opset < 10:
+        return 0
+    nodes, split = [], 0
+    for i, node in enumerate(proto.graph.node):
+        pads = [int(p) for p in _attr(node, "pads", [])]
+        rank = len(pads) // 2
+        if (node.op_type != "ConvTranspose" or node.domain not in ("", "ai.onnx") or pads[:rank] == pads[rank:]
+                or _attr(node, "auto_pad", b"NOTSET") != b"NOTSET" or _attr(node, "output_shape") is not None):
+            nodes.append(node)
+            continue
+        both = [min(pads[a], pads[rank + a]) for a in range(rank)]
+        axes = [a for a in range(rank) if pads[a] != pads[rank + a]]
+        starts = [pads[a] - both[a] for a in axes]
+        ends = [-(pads[rank + a] - both[a]) or np.iinfo(np.int64).max for a in axes]
+        base = node.name or f"ConvTranspose_{i}"
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "pads"}
+        nodes.append(helper.make_node("ConvTranspose", list(node.input), [f"{base}/uncropped"], name=node.name,
+                                      pads=both + both, **attrs))
+        for what, values in (("starts", starts), ("ends", ends), ("axes", [2 + a for a in axes])):
+            proto.graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), f"{base}/{what}"))
+        nodes.append(helper.make_node("Slice", [f"{base}/uncropped", f"{base}/starts", f"{base}/ends", f"{base}/axes"],
+                                      [node.output[0]], name=f"{base}/crop"))
         split += 1
     if split:
         del proto.graph.node[:]
