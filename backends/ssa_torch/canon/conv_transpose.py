@@ -6,7 +6,8 @@ convolution ``Conv{1,2,3}d`` with the kernel flipped, its two channel axes swapp
 it. With a stride ``s`` above 1 (or an output padding) it is that convolution, without padding, of its input
 spread out: ``s - 1`` zeros inserted between neighbouring positions, ``dilation * (k - 1) - p`` zeros before and
 that plus the output padding after (:class:`ZeroInsert`, an op of kind ``zero_insert`` that the closed form's
-input paths pass, its zeros reading no parent). The closed form then does ``s**d`` times the work of the input's
+input paths pass, its zeros reading no parent); a padding beyond ``dilation * (k - 1)`` makes those borders
+negative: a crop. The closed form then does ``s**d`` times the work of the input's
 own size (zeros included), which is what it costs for an upsampling layer.
 """
 
@@ -25,8 +26,8 @@ __all__ = ["ConvTransposeAsConv", "ZeroInsert", "as_conv"]
 
 class ZeroInsert(nn.Module):
     """Spread the spatial positions of ``x`` (N, C, *size) apart: ``stride[i] - 1`` zeros between neighbours along
-    spatial axis ``i``, ``before[i]`` zeros before the first and ``after[i]`` after the last (out of place, so it
-    runs under autograd and vmap)."""
+    spatial axis ``i``, ``before[i]`` zeros before the first and ``after[i]`` after the last (a negative number:
+    that many positions cropped; out of place, so it runs under autograd and vmap)."""
 
     def __init__(self, stride: tuple[int, ...], before: tuple[int, ...], after: tuple[int, ...]) -> None:
         super().__init__()
@@ -69,8 +70,9 @@ def _flipped(mod: nn.modules.conv._ConvTransposeNd, kind: type, pad: tuple[int, 
 
 
 def as_conv(mod: nn.Module) -> nn.Module | None:
-    """The convolution equal to a stride-1 transposed convolution ``mod``; for a stride above 1 or an output
-    padding, ``Sequential(ZeroInsert, conv)``; None where neither is (a padding wider than the kernel's reach)."""
+    """The convolution equal to a stride-1 transposed convolution ``mod``; for a stride above 1, an output
+    padding or a padding beyond the kernel's reach (``p > dilation * (k - 1)``: negative borders, a crop),
+    ``Sequential(ZeroInsert, conv)``; None for other modules."""
     kind = _CONV.get(type(mod))
     if kind is None or not isinstance(mod, nn.modules.conv._ConvTransposeNd) or mod.padding_mode != "zeros":
         return None
@@ -78,9 +80,7 @@ def as_conv(mod: nn.Module) -> nn.Module | None:
     if isinstance(mod.padding, str):
         return None
     pad = tuple(di * (ki - 1) - pi for ki, di, pi in zip(k, d, mod.padding, strict=True))
-    if min(pad) < 0:
-        return None
-    if all(v == 1 for v in s) and not any(op):
+    if all(v == 1 for v in s) and not any(op) and min(pad) >= 0:
         return _flipped(mod, kind, pad)
     spread = ZeroInsert(tuple(s), pad, tuple(p + o for p, o in zip(pad, op, strict=True)))
     return nn.Sequential(spread, _flipped(mod, kind, (0,) * len(k)))
