@@ -172,6 +172,23 @@ def test_a_same_pad_on_a_size_that_is_not_fixed_is_named(tmp_path):
     msg = str(exc.value)
     assert "\n" not in msg
     assert "operator Conv (node 'conv1/Conv2D')" in msg and "auto_pad=SAME_UPPER" in msg and "not fixed" in msg
+    assert "make_dynamic_shape_fixed --input_name image" in msg
+
+
+def test_the_advice_for_a_size_that_is_not_fixed_works(tmp_path):
+    """onnxruntime's make_dynamic_shape_fixed (what the refusal advises) fixes the size; the file then analyses."""
+    from onnxruntime.tools.onnx_model_utils import make_input_shape_fixed
+
+    model = same_pad_torch("SAME_UPPER")
+    proto = onnx.load(str(same_pad_onnx(model, tmp_path / "dynamic.onnx", size="H")))
+    make_input_shape_fixed(proto.graph, "image", [1, 3, SIZE, SIZE])
+    onnx.save(proto, str(tmp_path / "fixed.onnx"))
+    x = _images(4)
+    net = ssa.load_model(str(tmp_path / "fixed.onnx"))
+    net.prepare(x)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(net.logits(x), want, rtol=1e-4, atol=1e-4 * abs(want).max())
 
 
 # one op at a time against onnxruntime: dilations, 1-D and 3-D, rectangular strides, transposed convs

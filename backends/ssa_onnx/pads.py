@@ -80,6 +80,12 @@ def _shapes(proto) -> dict[str, tuple[int | None, ...]]:
     return out
 
 
+def _image_input(proto) -> str:
+    """The name of the graph's first input that is not an initializer."""
+    inits = {t.name for t in proto.graph.initializer}
+    return next((vi.name for vi in proto.graph.input if vi.name not in inits), "INPUT")
+
+
 def explicit_auto_pads(proto, path_name: str) -> int:
     """Write every Conv / ConvTranspose / MaxPool / AveragePool with ``auto_pad=SAME_*`` with explicit ``pads``.
 
@@ -100,10 +106,13 @@ def explicit_auto_pads(proto, path_name: str) -> int:
         name = node.name or f"#{i}"
         if shape is None or len(shape) < 3 or any(s is None for s in shape[2:]):
             shown = "unknown" if shape is None else "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+            image = _image_input(proto)
             raise UnsupportedModelError(
                 f"operator {node.op_type} (node {name!r}) of {path_name!r} pads with auto_pad={mode}, but its input's "
-                f"spatial size is not fixed (shape {shown}), and the pads depend on it; re-export with fixed image "
-                "sizes (a static height and width) or with explicit pads.")
+                f"spatial size is not fixed (shape {shown}), and the pads depend on it; fix the image size in the "
+                f"file (python -m onnxruntime.tools.make_dynamic_shape_fixed --input_name {image} --input_shape "
+                f"1,... IN.onnx OUT.onnx, the batch size is made dynamic again when read) or re-export with a "
+                "static height and width.")
         sizes = [int(s) for s in shape[2:] if s is not None]
         rank = len(sizes)
         kernel = _attr(node, "kernel_shape")
