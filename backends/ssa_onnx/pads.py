@@ -86,11 +86,50 @@ def _image_input(proto) -> str:
     return next((vi.name for vi in proto.graph.input if vi.name not in inits), "INPUT")
 
 
+def _runtime_pads(proto, node, mode: str, kernel: list[int], strides: list[int], fill: float | None,
+                  base: str) -> list[Any]:
+    """Nodes that pad ``node``'s input as ``auto_pad=mode`` asks, the pads computed from its shape at run time
+    (``Shape``, integer arithmetic, ``Pad``); ``node`` then reads the padded tensor. The canonical form folds the
+    pads to constants at the size of the images analysed (``ssa_onnx.canon``: a Pad whose pads are the same at two
+    batch sizes)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    rank = len(kernel)
+    consts = {"starts": [2], "ends": [2 + rank], "s": strides, "s1": [s - 1 for s in strides], "k": kernel,
+              "one": [1] * rank, "zero": [0] * rank, "two": [2] * rank, "batch": [0, 0]}
+    for key, values in consts.items():
+        proto.graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), f"{base}/{key}"))
+    if fill is not None:
+        proto.graph.initializer.append(numpy_helper.from_array(np.array(fill, np.float32), f"{base}/fill"))
+
+    def op(kind: str, inputs: list[str], out: str, **attrs: Any) -> Any:
+        return helper.make_node(kind, [i if i.startswith(base) or i == node.input[0] else f"{base}/{i}"
+                                       for i in inputs], [f"{base}/{out}"], name=f"{base}/{out}", **attrs)
+
+    half_at = ("head", "tail") if mode == "SAME_UPPER" else ("tail", "head")  # the odd pad at the end for UPPER
+    nodes = [op("Shape", [node.input[0]], "shape"), op("Slice", [f"{base}/shape", "starts", "ends"], "size"),
+             op("Add", [f"{base}/size", "s1"], "a"), op("Div", [f"{base}/a", "s"], "out"),  # ceil(size / stride)
+             op("Sub", [f"{base}/out", "one"], "b"), op("Mul", [f"{base}/b", "s"], "c"),
+             op("Add", [f"{base}/c", "k"], "d"), op("Sub", [f"{base}/d", f"{base}/size"], "e"),
+             op("Max", [f"{base}/e", "zero"], "total"), op("Div", [f"{base}/total", "two"], half_at[0]),
+             op("Sub", [f"{base}/total", f"{base}/{half_at[0]}"], half_at[1]),
+             op("Concat", ["batch", f"{base}/head", "batch", f"{base}/tail"], "pads", axis=0),
+             op("Pad", [node.input[0], f"{base}/pads"] + ([f"{base}/fill"] if fill is not None else []), "padded",
+                mode="constant")]
+    node.input[0] = f"{base}/padded"
+    keep = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+    del node.attribute[:]
+    node.attribute.extend(keep)
+    return nodes
+
+
 def explicit_auto_pads(proto, path_name: str) -> int:
     """Write every Conv / ConvTranspose / MaxPool / AveragePool with ``auto_pad=SAME_*`` with explicit ``pads``.
 
-    Returns how many nodes were rewritten. A node whose input has a spatial size that is not fixed is refused
-    in one line naming the node and its op (the pads depend on the size).
+    Returns how many nodes were rewritten. On an input whose spatial size is not fixed (tf2onnx writes SAME for a
+    Keras model with input size ``None``), a Conv or MaxPool gets its pads computed at run time
+    (:func:`_runtime_pads`); any other such node is refused in one line naming the node and its op.
     """
     from onnx import helper
 
@@ -99,12 +138,34 @@ def explicit_auto_pads(proto, path_name: str) -> int:
     if not nodes:
         return 0
     shapes = _shapes(proto)
-    rewritten = 0
+    opset = next((int(i.version) for i in proto.opset_import if i.domain in ("", "ai.onnx")), 0)
+    before: dict[int, list[Any]] = {}
     for i, node in enumerate(nodes):
         mode = _attr(node, "auto_pad").decode()
         shape = shapes.get(node.input[0])
         name = node.name or f"#{i}"
+        kernel = _attr(node, "kernel_shape")
+        if kernel is None and len(node.input) > 1:
+            w = shapes.get(node.input[1])
+            kernel = list(w[2:]) if w is not None and None not in w[2:] else None
+        if kernel is None or (shape is not None and len(kernel) != len(shape) - 2):
+            raise UnsupportedModelError(
+                f"operator {node.op_type} (node {name!r}) of {path_name!r} pads with auto_pad={mode}, but its "
+                "kernel shape is not known (no kernel_shape attribute, weights computed in the graph); re-export "
+                "with explicit pads.")
+        rank = len(kernel)
+        dilations = list(_attr(node, "dilations", [1] * rank))
+        if any(d != 1 for d in dilations):
+            raise UnsupportedModelError(
+                f"operator {node.op_type} (node {name!r}) of {path_name!r} pads with auto_pad={mode} and dilations "
+                f"{dilations}, whose pads ONNX and onnxruntime define differently (onnxruntime refuses such convs and "
+                "pads such poolings as if undilated); re-export with explicit pads.")
+        strides = list(_attr(node, "strides", [1] * rank))
         if shape is None or len(shape) < 3 or any(s is None for s in shape[2:]):
+            if node.op_type in ("Conv", "MaxPool") and opset >= 12:
+                fill = float("-inf") if node.op_type == "MaxPool" else None
+                before[id(node)] = _runtime_pads(proto, node, mode, list(kernel), strides, fill, f"{name}/same")
+                continue
             shown = "unknown" if shape is None else "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
             image = _image_input(proto)
             raise UnsupportedModelError(
@@ -114,26 +175,10 @@ def explicit_auto_pads(proto, path_name: str) -> int:
                 f"1,... IN.onnx OUT.onnx, the batch size is made dynamic again when read) or re-export with a "
                 "static height and width.")
         sizes = [int(s) for s in shape[2:] if s is not None]
-        rank = len(sizes)
-        kernel = _attr(node, "kernel_shape")
-        if kernel is None and len(node.input) > 1:
-            w = shapes.get(node.input[1])
-            kernel = list(w[2:]) if w is not None and None not in w[2:] else None
-        if kernel is None or len(kernel) != rank:
-            raise UnsupportedModelError(
-                f"operator {node.op_type} (node {name!r}) of {path_name!r} pads with auto_pad={mode}, but its "
-                "kernel shape is not known (no kernel_shape attribute, weights computed in the graph); re-export "
-                "with explicit pads.")
-        dilations = list(_attr(node, "dilations", [1] * rank))
-        if any(d != 1 for d in dilations):
-            raise UnsupportedModelError(
-                f"operator {node.op_type} (node {name!r}) of {path_name!r} pads with auto_pad={mode} and dilations "
-                f"{dilations}, whose pads ONNX and onnxruntime define differently (onnxruntime refuses such convs and "
-                "pads such poolings as if undilated); re-export with explicit pads.")
         transposed = node.op_type == "ConvTranspose"
         if transposed and _attr(node, "output_shape") is not None:
             continue  # the output shape decides the pads: left as it is (onnx2torch refuses it, by name)
-        pads = same_pads(mode, sizes, list(kernel), list(_attr(node, "strides", [1] * rank)), dilations, transposed,
+        pads = same_pads(mode, sizes, list(kernel), strides, dilations, transposed,
                          list(_attr(node, "output_padding", [0] * rank)))
         if pads is None:
             continue  # a negative padding: left as it is (onnx2torch refuses it, by name)
@@ -141,8 +186,12 @@ def explicit_auto_pads(proto, path_name: str) -> int:
         del node.attribute[:]
         node.attribute.extend(keep)
         node.attribute.append(helper.make_attribute("pads", pads))
-        rewritten += 1
-    return rewritten
+        before[id(node)] = []
+    if any(before.values()):
+        order = [n for node in proto.graph.node for n in (*before.get(id(node), []), node)]
+        del proto.graph.node[:]
+        proto.graph.node.extend(order)
+    return len(before)
 
 
 def _window_counts(size: int, kernel: int, stride: int, head: int, tail: int) -> list[int]:
