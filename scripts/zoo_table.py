@@ -21,7 +21,8 @@ import torch
 
 import ssa
 from tests import zoo_models as zm
-from tests.test_torchvision_zoo import _export, _target
+from tests.graph_keys import predicted_class
+from tests.test_torchvision_zoo import _export
 
 
 def _steps(net) -> str:
@@ -32,7 +33,7 @@ def _steps(net) -> str:
 def row(family: str, root: Path) -> str:
     model = zm.build(family)
     x = zm.images(family, 4)
-    target = _target(model, x)
+    target = predicted_class(model, x)
     path = _export(family, model, x, root)
     module_net = ssa.load_model(model)
     taps = module_net.prepare(x)

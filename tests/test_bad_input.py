@@ -586,6 +586,8 @@ OTHER_TESTS = {
     "plugin-broken": "tests/test_broken_plugins.py::test_ssa_plugins_names_every_broken_plugin_and_lists_the_rest",
     "plugin-selector-bug": "tests/test_selectors.py::test_a_selector_bug_is_named_not_counted",
     "plugin-rule-bug": "tests/test_selectors.py::test_a_rule_bug_is_named",
+    "onnx-same-pad-size-not-fixed": "tests/test_onnx_auto_pad.py::test_a_same_pad_on_a_size_that_is_not_fixed_is_named",
+    "onnx-same-pad-dilated": "tests/test_onnx_auto_pad.py::test_a_dilated_same_pad_is_named",
     "model-raises-later": "tests/test_messages.py::test_user_model_code_that_raises",
     "model-static-batch-4": "tests/test_cli.py::test_pt2_with_a_static_batch_is_refused_by_check_and_analyse",
     "graph-stops-early": "tests/test_degenerate.py::test_no_outliers_at_the_first_step_is_explained",

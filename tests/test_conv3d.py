@@ -174,12 +174,14 @@ def test_a_stride_1_transposed_conv_is_its_conv(layer):
         torch.testing.assert_close(conv.double()(x), layer.double()(x), rtol=1e-12, atol=1e-12)
 
 
-def test_a_strided_transposed_conv_stays():
-    from ssa_torch.canon.conv_transpose import as_conv
+def test_a_strided_transposed_conv_spreads_its_input():
+    """A stride above 1 or an output padding: the conv of the input spread out (tests/test_conv_transpose.py)."""
+    from ssa_torch.canon.conv_transpose import ZeroInsert, as_conv
 
-    assert as_conv(nn.ConvTranspose2d(4, 4, 3, stride=2)) is None
-    assert as_conv(nn.ConvTranspose2d(4, 4, 3, padding=3)) is None  # would need a negative padding
-    assert as_conv(nn.ConvTranspose2d(4, 4, 3, padding_mode="zeros", output_padding=1, dilation=2)) is None
+    assert isinstance(as_conv(nn.ConvTranspose2d(4, 4, 3, stride=2))[0], ZeroInsert)
+    assert isinstance(as_conv(nn.ConvTranspose2d(4, 4, 3, padding=3))[0], ZeroInsert)  # a crop of the input
+    assert isinstance(as_conv(nn.ConvTranspose2d(4, 4, 3, padding_mode="zeros", output_padding=1, dilation=2))[0],
+                      ZeroInsert)
 
 
 def _transposed_net() -> nn.Module:

@@ -197,13 +197,21 @@ class Onnx2TorchNative(CanonPass):
         return True
 
     def _OnnxPadDynamic(self, gm, ctx, node, mod, values) -> bool:
-        """A Pad (opset >= 11) whose pads are computed from constants alone (``F.pad`` in a TorchScript export)."""
+        """A Pad (opset >= 11) whose pads are computed from constants alone (``F.pad`` in a TorchScript export), or
+        from the input's shape (SAME pads on an input of unfixed size, ``ssa_onnx.pads``): folded where they are
+        the same at two batch sizes (they then depend on the image size only, which the analysis keeps)."""
         computed = ctx.computed()
         args = list(node.args)
         if mod.mode != "constant" or len(args) not in (2, 3) or node.kwargs:
             return False
-        if any(isinstance(a, fx.Node) and a.name in computed for a in args[1:]):
+        if isinstance(args[2] if len(args) == 3 else None, fx.Node) and args[2].name in computed:
             return False
+        if isinstance(args[1], fx.Node) and args[1].name in computed:
+            other = ctx.try_values(2)
+            at_two = other.get(args[1].name) if other is not None else None
+            here = values.get(args[1].name)
+            if not (isinstance(here, torch.Tensor) and isinstance(at_two, torch.Tensor) and torch.equal(here, at_two)):
+                return False
         pads = values.get(args[1].name) if isinstance(args[1], fx.Node) else None
         value = _number(values.get(args[2].name) if isinstance(args[2], fx.Node) else args[2]) if len(args) == 3 \
             else 0.0

@@ -17,6 +17,8 @@ import numpy as np
 
 from ssa.errors import InvalidInputError, ModelLoadError, UnsupportedModelError
 
+from .pads import explicit_auto_pads, split_asymmetric_average_pools, split_asymmetric_transposed_convs
+
 __all__ = ["OnnxModel", "OnnxInfo", "TensorInfo", "read_onnx", "input_shape_of", "check_converters",
            "fold_constant_identities", "drop_omitted_inputs", "drop_reshape_allowzero"]
 
@@ -383,7 +385,9 @@ def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> On
             "(Python: output_index=N)."
         )
 
-    changed = fold_constant_identities(proto) + drop_omitted_inputs(proto) + drop_reshape_allowzero(proto)
+    changed = fold_constant_identities(proto) + drop_omitted_inputs(proto) + drop_reshape_allowzero(proto) \
+        + explicit_auto_pads(proto, p.name)
+    changed += split_asymmetric_average_pools(proto) + split_asymmetric_transposed_convs(proto)
     check_converters(proto, p.name)
     opset = _opset(proto)
     op_types: dict[str, int] = {}

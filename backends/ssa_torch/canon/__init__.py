@@ -12,7 +12,8 @@ touched). The default sequence, :data:`DEFAULT_PASSES`:
 3. :class:`CollapsePermutes` - consecutive Transpose / permute ops composed;
 4. :class:`ResolveShapes` - reshape targets computed from the input's shape to constants;
 5. :class:`LayersAsModules` - ``x @ W``, ``F.linear``, ``F.conv2d`` with constant weights to modules;
-   :class:`ConvTransposeAsConv` - transposed convolutions with stride 1 to the convolutions they equal;
+   :class:`ConvTransposeAsConv` - transposed convolutions to the convolutions they equal (a strided one of
+   its input spread out with zeros);
 6. :class:`FoldAffine` - batch-norm and per-channel Sub/Mul/Add/Div constants folded into the
    neighbouring conv or dense layer;
 7. :class:`Conv1dAs2d` - 1-D convolutions and poolings as 2-D ones on a height-1 image.

@@ -338,8 +338,8 @@ class ConvTerm(Term):
                 out["gate"] = values[self.gate].reshape(B, -1).to(m.dtype)
         if "gradient_x_activation" in forms:
             x = values[self.x]
-            if self.gate is not None:  # a 2-D conv: the planner finds gates on 4-D inputs only
-                x = x * values[self.gate].reshape(B, -1, 1, 1)
+            if self.gate is not None:  # one factor per image and channel (a 2-D or 3-D map)
+                x = x * values[self.gate].reshape(B, -1, *([1] * (x.dim() - 2)))
             a = conv_input_relevance(self.op, m, x)  # (B, N, Cg)
             out["a"] = self._to_parents(a, 1)
         return out

@@ -16,7 +16,8 @@ from .plan import Branch, Gate
 
 __all__ = ["InputSide"]
 
-_PATH = POOLING | RESHAPES | PERMUTATIONS | {"identity", "cast", "pad", "getitem"}
+#: ``zero_insert``: a strided transposed conv's input spread out (``ssa_torch.canon.conv_transpose.ZeroInsert``)
+_PATH = POOLING | RESHAPES | PERMUTATIONS | {"identity", "cast", "pad", "getitem", "zero_insert"}
 _SHAPE_ONLY_GATE = {"reshape", "flatten", "identity", "getitem", "cast"}
 
 
@@ -61,9 +62,10 @@ class InputSide(ChannelCodes):
             dv, gv = self.value(data), self.value(g)
             if not (isinstance(dv, torch.Tensor) and isinstance(gv, torch.Tensor)) or dv.shape != xv.shape:
                 continue
-            if xv.dim() != 4 or gv.numel() != xv.shape[1] or (gv.dim() == 4 and gv.shape[1] != xv.shape[1]):
+            rank = xv.dim()  # 4: a 2-D map, 5: a 3-D one (video, volume)
+            if rank not in (4, 5) or gv.numel() != xv.shape[1] or (gv.dim() == rank and gv.shape[1] != xv.shape[1]):
                 continue
-            if gv.dim() == 4 and tuple(gv.shape[2:]) != (1, 1):
+            if gv.dim() == rank and any(s != 1 for s in gv.shape[2:]):
                 continue
             act = g
             while self.kind(act) in _SHAPE_ONLY_GATE and not self.is_tap(act) and len(self.computed_args(act)) == 1:
@@ -78,9 +80,9 @@ class InputSide(ChannelCodes):
                 raise NotClosedForm(f"a gate computed by a {self.kind(u)} op (not a layer)")
             inner, inner_x = self.layer_op(u)
             if inner.kind == "conv":
-                if not (inner.pointwise() and uv.dim() == 4 and tuple(uv.shape[2:]) == (1, 1)):
+                if not (inner.pointwise() and uv.dim() in (4, 5) and all(s == 1 for s in uv.shape[2:])):
                     raise NotClosedForm("a gate computed by a spatial convolution")
-                inner = LinearOp("dense", inner.full_weight()[:, :, 0, 0], flat=True)
+                inner = LinearOp("dense", inner.full_weight().flatten(1), flat=True)
             elif uv.dim() != 2:
                 raise NotClosedForm("a gate computed by a dense layer on a spatial map")
             gate = Gate(g.name, act.name, u.name, inner, inner_x.name, data.name)
@@ -89,6 +91,16 @@ class InputSide(ChannelCodes):
                 raise NotClosedForm("a gate inside a gate")
             return gate
         raise NotClosedForm("a product of computed tensors that is not a per-channel gate")
+
+    def _max_pool_pad(self, node: fx.Node) -> bool:
+        """A constant pad of -inf read by max poolings alone (ONNX's asymmetric pads of a MaxPool): the pooled values
+        are those of the unpadded input, each window's maximum one of its elements (a window of padding alone would
+        give -inf, which the codes refuse)."""
+        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+        value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0.0)
+        return (mode == "constant" and isinstance(value, float) and value == float("-inf") and bool(node.users)
+                and all(self.kind(u) == "maxpool" and len(self.computed_args(u)) == 1 and u.args[0] is node
+                        for u in node.users))
 
     def _path_branch(self, x: fx.Node, op: LinearOp, gate: Gate | None) -> Branch:
         """The parent taps reached from ``x`` through path ops, and the channel of every input element."""
@@ -116,7 +128,7 @@ class InputSide(ChannelCodes):
                 if kind == "maxpool" and node.op == "call_module" and getattr(self.modules[node.target],
                                                                               "return_indices", False):
                     raise NotClosedForm("max pooling with indices")
-                if kind == "pad" and self._zero_pad(node) is None:
+                if kind == "pad" and self._zero_pad(node) is None and not self._max_pool_pad(node):
                     raise NotClosedForm("padding that is not zero padding")
             dag.append(node)
             stack.extend(comp)

@@ -2,8 +2,8 @@
 
 A chain of linear layers with no tap in between (MobileNetV2/V3: a projection conv, a residual
 add, the next block's expansion conv) has a constant Jacobian: the composition of the layers'
-Jacobians. Composed exactly here when one of two convolutions is 1x1 with stride 1 and no
-padding (the intermediate zero padding of the other reads no layer output), and for dense
+Jacobians. Composed exactly here when one of two convolutions (2-D or 3-D) is 1x1 (1x1x1) with stride 1 and
+no padding (the intermediate zero padding of the other reads no layer output), and for dense
 layers. Biases do not enter a derivative and are dropped.
 """
 
@@ -47,22 +47,23 @@ class LinearOp:
         return int(self.weight.shape[0])
 
     def full_weight(self) -> torch.Tensor:
-        """conv: (N, C, kh, kw) with the groups expanded (zeros across groups); dense: the weight."""
+        """conv: (N, C, kh, kw) (3-D: (N, C, kd, kh, kw)) with the groups expanded (zeros across groups); dense: the
+        weight."""
         if self.kind != "conv" or self.groups == 1:
             return self.weight
-        n, cg, kh, kw = self.weight.shape
+        n, cg, *k = self.weight.shape
         g = self.groups
         ng = n // g
-        full = torch.zeros((n, cg * g, kh, kw), dtype=self.weight.dtype, device=self.weight.device)
+        full = torch.zeros((n, cg * g, *k), dtype=self.weight.dtype, device=self.weight.device)
         rows = torch.arange(n, device=self.weight.device)
         cols = (rows // ng)[:, None] * cg + torch.arange(cg, device=self.weight.device)[None, :]
         full[rows[:, None], cols] = self.weight
         return full
 
     def pointwise(self) -> bool:
-        """A 1x1 conv with stride 1 and no padding (a per-position dense layer)."""
-        return (self.kind == "conv" and tuple(self.weight.shape[2:]) == (1, 1) and self.stride == (1, 1)
-                and self.pad == (0, 0, 0, 0))
+        """A 1x1 (3-D: 1x1x1) conv with stride 1 and no padding (a per-position dense layer)."""
+        return (self.kind == "conv" and all(k == 1 for k in self.weight.shape[2:])
+                and all(s == 1 for s in self.stride) and not any(self.pad))
 
     def negated(self) -> LinearOp:
         return replace(self, weight=-self.weight)
@@ -71,15 +72,15 @@ class LinearOp:
         """``self`` applied after ``inner`` (raises :class:`NotClosedForm` when not a conv / dense)."""
         if self.kind == "dense" and inner.kind == "dense" and not self.flat and not inner.flat:
             return replace(self, weight=self.weight @ inner.weight, layers=self.layers + inner.layers)
-        if self.kind == "conv" and inner.kind == "conv" and 5 in (self.weight.dim(), inner.weight.dim()):
-            raise NotClosedForm("a linear chain of 3-D convolutions")
-        if self.kind == "conv" and inner.kind == "conv":
+        if self.kind == "conv" and inner.kind == "conv" and self.weight.dim() != inner.weight.dim():
+            raise NotClosedForm("a linear chain of convolutions of different ranks")
+        if self.kind == "conv" and inner.kind == "conv":  # 2-D or 3-D alike
             outer_w, inner_w = self.full_weight(), inner.full_weight()
             if inner.pointwise():
-                w = torch.einsum("ncij,cd->ndij", outer_w, inner_w[:, :, 0, 0])
+                w = torch.einsum("nc...,cd->nd...", outer_w, inner_w.flatten(1))
                 return replace(self, weight=w, groups=1, layers=self.layers + inner.layers)
             if self.pointwise():
-                w = torch.einsum("nc,cdij->ndij", outer_w[:, :, 0, 0], inner_w)
+                w = torch.einsum("nc,cd...->nd...", outer_w.flatten(1), inner_w)
                 return replace(inner, weight=w, groups=1, layers=self.layers + inner.layers)
             raise NotClosedForm("a linear chain of two spatial convolutions (neither is 1x1)")
         raise NotClosedForm(f"a linear chain of a {inner.kind} layer into a {self.kind} layer")
