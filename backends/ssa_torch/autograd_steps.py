@@ -33,7 +33,7 @@ from .closed_form.collect import spatial_mean
 from .head import head_cotangents
 from .host import exact_arithmetic
 from .interpreters import ModelCodeInterpreter
-from .segments import Segment, TapValues, batch_key, run_nodes, run_segment, segment_of
+from .segments import Segment, TapValues, run_nodes, run_segment, segment_of
 from .tokens import aggregate
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ class AutogradSteps:
 
     def _tap_values(self, batch: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """Every tap's value and the input on ``batch`` (node name -> tensor): one cut forward pass, remembered."""
-        key = batch_key(batch)
+        key = self._values.key(batch)
         found = self._values.get(key)
         if found is None:
             interp = self.run(batch, grad=False)
