@@ -157,41 +157,44 @@ class AutogradSteps:
         outputs = [env[name] for name in head.stops]
         chunks: dict[str, list[torch.Tensor]] = {p.name: [] for p in parents}
         for j0, j1 in _chunks(leaves, len(neurons), work_bytes(self.device)):
-            m = j1 - j0
-            grads: list[torch.Tensor | None] = [None] * len(leaves)
-            if outputs:
-                gos = [roots[name][j0:j1].expand(m, *env[name].shape) for name in head.stops]
-                grads = self._pull(segment, outputs, gos, leaves)
-            for i, name in enumerate(nodes):
-                term = roots.get(name)
-                if term is not None:  # the head's own term (a residual's skip: the one-hot itself)
-                    t, g = term[j0:j1], grads[i]
-                    grads[i] = t.expand(m, *leaves[i].shape).clone() if g is None else g + t
-            _apply_rule(rule, m, grads, leaves, parents, chunks, self._aggregate)
-        return {k: torch.cat(v, dim=0) for k, v in chunks.items()}, scalars
+            gos = [roots[name][j0:j1].expand(j1 - j0, *env[name].shape) for name in head.stops]
+            for k0, k1, grads in self._pull(segment, outputs, gos, leaves, j1 - j0):
+                m = k1 - k0
+                for i, name in enumerate(nodes):
+                    term = roots.get(name)
+                    if term is not None:  # the head's own term (a residual's skip: the one-hot itself)
+                        t, g = term[j0 + k0:j0 + k1], grads[i]
+                        grads[i] = t.expand(m, *leaves[i].shape).clone() if g is None else g + t
+                _apply_rule(rule, m, grads, leaves, parents, chunks, self._aggregate)
+        return {k: _joined(v) for k, v in chunks.items()}, scalars
 
     def _pull(self, segment: Segment, outputs: list[torch.Tensor], gos: list[torch.Tensor],
-              leaves: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        """The leaves' gradients (m, ...) for the m cotangents ``gos`` (m, ...) at ``outputs``: one batched backward
-        pass, or one pass per neuron in a segment with an op that has no batching rule there (LayerNorm, GELU,
-        convolution, softmax and attention backward: vmap loops over the slices itself, with copies that cost
-        more than our loop, and runs the same kernels slice by slice). A segment's first batched pass says which,
-        and the choice is kept."""
-        m = int(gos[0].shape[0])
+              leaves: list[torch.Tensor], m: int) -> Iterator[tuple[int, int, list[torch.Tensor | None]]]:
+        """The leaves' gradients for the m cotangents ``gos`` (m, ...) at ``outputs``, as ``(k0, k1, grads)`` with
+        grads (k1 - k0, ...) for the cotangents k0..k1: one batched backward pass, or one pass per neuron in a
+        segment with an op that has no batching rule there (attention's CPU kernel, LayerNorm, softmax: vmap loops
+        over the slices itself, with copies that cost more than our loop, and runs the same kernels slice by
+        slice). A segment's first batched pass says which, and the choice is kept. Each neuron's gradients go to
+        the rule as they come, never stacked (a copy of them all). No cotangent at all (a head without stops,
+        such as an MLP stream's): no gradients, the head's terms alone."""
+        if not outputs:
+            yield 0, m, [None] * len(leaves)
+            return
         if segment.batched and m > 1:
             try:
                 with _vmap_fallbacks() as fell_back:
                     out = torch.autograd.grad(outputs, leaves, gos, retain_graph=True, allow_unused=True,
                                               is_grads_batched=True)
                 segment.batched = not fell_back
-                return list(out)
+                yield 0, m, list(out)
+                return
             except torch.OutOfMemoryError:
                 raise
             except RuntimeError:  # an op that cannot be batched at all
                 segment.batched = False
-        per = [torch.autograd.grad(outputs, leaves, [g[j] for g in gos], retain_graph=True, allow_unused=True)
-               for j in range(m)]
-        return _stacked(per, leaves)
+        for j in range(m):
+            one = torch.autograd.grad(outputs, leaves, [g[j] for g in gos], retain_graph=True, allow_unused=True)
+            yield j, j + 1, [None if g is None else g.unsqueeze(0) for g in one]
 
     def _tap_values(self, batch: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """Every tap's value and the input on ``batch`` (node name -> tensor): one cut forward pass, remembered."""
@@ -231,7 +234,7 @@ class AutogradSteps:
         for j0, j1 in _chunks(leaves, n, work_bytes(self.device)):
             grads = self._grads(s, leaves, j0, j1)
             _apply_rule(rule, j1 - j0, grads, leaves, parents, chunks, self._aggregate)
-        return {k: torch.cat(v, dim=0) for k, v in chunks.items()}
+        return {k: _joined(v) for k, v in chunks.items()}
 
     def _grads(self, s: torch.Tensor, leaves: list[torch.Tensor], j0: int, j1: int) -> list[torch.Tensor | None]:
         m = j1 - j0
@@ -265,6 +268,11 @@ def _vmap_fallbacks() -> Iterator[list[str]]:
     finally:
         show(before)
     found.extend(str(w.message) for w in caught if "batching rule" in str(w.message))
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The pieces of a step's omega (neurons, images, parent neurons) along the neurons (no copy of one piece)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
 def _stacked(per_neuron: Sequence[Sequence[torch.Tensor | None]], leaves: list[torch.Tensor]
