@@ -4,10 +4,10 @@ Every tap's output is replaced by a detached leaf that requires grad, so that
 the derivative of a tap with respect to one of its parent taps follows only the
 paths that meet no other tap (method doc, section 4). A step runs through its own
 segment only, from the batch's remembered tap values and scalars (:mod:`ssa_torch.segments`):
-the linear head of the segment (residual additions, linear layers, ...) in closed form
-(:mod:`ssa_torch.head`), the rest forward once and backward for all upper neurons at once
+the linear head of the segment (residual additions, linear layers, ...), or the top of an activation of
+a linear layer, in closed form (:mod:`ssa_torch.head`), the rest forward once and backward for all upper neurons at once
 (``torch.autograd.grad(..., is_grads_batched=True)``), or one backward pass per neuron in a
-segment with an op that has no batching rule there (LayerNorm, GELU, convolution, softmax, attention:
+segment with an op that has no batching rule there (LayerNorm, softmax, the CPU attention kernel:
 vmap's own per-slice loop costs more than ours). ``_step_relevance_full`` keeps the whole-network
 path as the reference.
 
@@ -17,6 +17,7 @@ path as the reference.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ from ssa.core.checks import call_rule
 from ssa.core.interfaces import Rule, Tap
 
 from .closed_form.collect import spatial_mean
-from .head import head_cotangents
+from .head import head_cotangents, top_cotangents
 from .host import exact_arithmetic
 from .interpreters import ModelCodeInterpreter
 from .segments import Segment, TapValues, run_nodes, run_segment, segment_of
@@ -153,11 +154,17 @@ class AutogradSteps:
         with torch.enable_grad():  # the forward pass below the head, once for every neuron
             env = run_nodes(gm, segment, feed, len(batch), head.compute)
         top = values[plan.node_of[upper]]
+        if head.top is not None and tap.channel_axis % top.dim() != top.dim() - 1:  # its channels are not the layer's
+            head = dataclasses.replace(head, stops=(segment.upper,), top=None)
         roots = head_cotangents(gm, head, env, segment.upper, tap.channel_axis, neurons, top.dtype, top.device)
+        dz_rows = top_cotangents(gm, head, env, roots.pop(segment.upper), neurons) if head.top else None
         outputs = [env[name] for name in head.stops]
         chunks: dict[str, list[torch.Tensor]] = {p.name: [] for p in parents}
         for j0, j1 in _chunks(leaves, len(neurons), work_bytes(self.device)):
-            gos = [roots[name][j0:j1].expand(j1 - j0, *env[name].shape) for name in head.stops]
+            if dz_rows is not None:  # an activation of a linear layer: its column times the weight's row
+                gos = [dz_rows[0][j0:j1] * dz_rows[1][j0:j1]]
+            else:
+                gos = [roots[name][j0:j1].expand(j1 - j0, *env[name].shape) for name in head.stops]
             for k0, k1, grads in self._pull(segment, outputs, gos, leaves, j1 - j0):
                 m = k1 - k0
                 for i, name in enumerate(nodes):
