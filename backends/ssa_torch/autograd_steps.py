@@ -7,7 +7,7 @@ segment only, from the batch's remembered tap values and scalars (:mod:`ssa_torc
 the linear head of the segment (residual additions, linear layers, ...), or the top of an activation of
 a linear layer, in closed form (:mod:`ssa_torch.head`), the rest forward once and backward for all upper neurons at once
 (``torch.autograd.grad(..., is_grads_batched=True)``), or one backward pass per neuron in a
-segment with an op that has no batching rule there (LayerNorm, softmax, the CPU attention kernel:
+segment with an op that has no batching rule there (LayerNorm, GELU, SiLU, convolution, softmax, attention:
 vmap's own per-slice loop costs more than ours). ``_step_relevance_full`` keeps the whole-network
 path as the reference.
 
@@ -179,11 +179,11 @@ class AutogradSteps:
               leaves: list[torch.Tensor], m: int) -> Iterator[tuple[int, int, list[torch.Tensor | None]]]:
         """The leaves' gradients for the m cotangents ``gos`` (m, ...) at ``outputs``, as ``(k0, k1, grads)`` with
         grads (k1 - k0, ...) for the cotangents k0..k1: one batched backward pass, or one pass per neuron in a
-        segment with an op that has no batching rule there (attention's CPU kernel, LayerNorm, softmax: vmap loops
-        over the slices itself, with copies that cost more than our loop, and runs the same kernels slice by
-        slice). A segment's first batched pass says which, and the choice is kept. Each neuron's gradients go to
-        the rule as they come, never stacked (a copy of them all). No cotangent at all (a head without stops,
-        such as an MLP stream's): no gradients, the head's terms alone."""
+        segment with an op that has no batching rule there (LayerNorm, GELU, SiLU, convolution, softmax,
+        attention: vmap loops over the slices itself, with copies that cost more than our loop, and runs the same
+        kernels slice by slice). A segment's first batched pass says which, and the choice is kept. Each neuron's
+        gradients go to the rule as they come, never stacked (a copy of them all). No cotangent at all (a head
+        without stops, such as an MLP stream's): no gradients, the head's terms alone."""
         if not outputs:
             yield 0, m, [None] * len(leaves)
             return
