@@ -219,3 +219,39 @@ def test_a_layer_along_another_axis_than_the_channels_keeps_autograd_from_the_ac
     want, _ = net._step_relevance_full(x, "act", [0, 5, 2], GradientRule())
     for p in want:
         torch.testing.assert_close(got[p], want[p], rtol=1e-6, atol=1e-9)
+
+
+def test_activations_called_as_functions_and_methods_take_the_top():
+    """``F.gelu(F.linear(...), approximate="tanh")`` and ``linear(...).relu()``: the activation is called on the
+    columns as the graph calls it (with its arguments), and the steps equal the whole-network steps."""
+
+    class _Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(3 * 8 * 8, 12)
+            self.norm = nn.LayerNorm(12)
+            self.w = nn.Parameter(torch.linspace(-1.0, 1.0, 24 * 12).reshape(24, 12))
+            self.norm2 = nn.LayerNorm(24)
+            self.fc = nn.Linear(24, 16)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = self.embed(x.reshape(x.shape[0], 3, -1).transpose(1, 2).reshape(x.shape[0], -1, 3 * 8 * 8)).relu()
+            g = F.gelu(F.linear(self.norm(t), self.w), approximate="tanh")
+            r = self.fc(self.norm2(g)).relu()
+            return self.head(r.mean(1))
+
+    torch.manual_seed(0)
+    model = _heavy_tail_(_Net(), 1, sigma=2.0).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    net = ssa.load_model(model, taps=["relu", "gelu", "relu_1"])
+    net.prepare(x)
+    for tap in ("gelu", "relu_1"):
+        assert segment_of(net.graph_module, net.plan, tap).head.top is not None, tap
+        for rule in (GradientRule(), GradientXActivationRule()):
+            got, _ = net.step_relevance(x, tap, [3, 0, 11], rule)
+            want, _ = net._step_relevance_full(x, tap, [3, 0, 11], rule)
+            for p in want:
+                torch.testing.assert_close(got[p], want[p], rtol=1e-6, atol=1e-9)
