@@ -181,25 +181,34 @@ class AutogradSteps:
         grads (k1 - k0, ...) for the cotangents k0..k1: one batched backward pass, or one pass per neuron in a
         segment with an op that has no batching rule there (LayerNorm, GELU, SiLU, convolution, softmax,
         attention: vmap loops over the slices itself, with copies that cost more than our loop, and runs the same
-        kernels slice by slice). A segment's first batched pass says which, and the choice is kept. Each neuron's
-        gradients go to the rule as they come, never stacked (a copy of them all). No cotangent at all (a head
+        kernels slice by slice). A segment's first batched pass, on two neurons, says which (vmap's loop over a
+        whole chunk costs about twice ours), and the choice is kept. Each neuron's gradients go to the rule as they
+        come, never stacked (a copy of them all). No cotangent at all (a head
         without stops, such as an MLP stream's): no gradients, the head's terms alone."""
         if not outputs:
             yield 0, m, [None] * len(leaves)
             return
+        start = 0
         if segment.batched and m > 1:
+            size = m if segment.probed else 2
             try:
                 with _vmap_fallbacks() as fell_back:
-                    out = torch.autograd.grad(outputs, leaves, gos, retain_graph=True, allow_unused=True,
-                                              is_grads_batched=True)
-                segment.batched = not fell_back
-                yield 0, m, list(out)
-                return
+                    out = torch.autograd.grad(outputs, leaves, [g[:size] for g in gos], retain_graph=True,
+                                              allow_unused=True, is_grads_batched=True)
             except torch.OutOfMemoryError:
                 raise
             except RuntimeError:  # an op that cannot be batched at all
                 segment.batched = False
-        for j in range(m):
+            else:
+                segment.batched, segment.probed = not fell_back, True
+                yield 0, size, list(out)
+                start = size
+                if segment.batched and size < m:
+                    out = torch.autograd.grad(outputs, leaves, [g[size:] for g in gos], retain_graph=True,
+                                              allow_unused=True, is_grads_batched=True)
+                    yield size, m, list(out)
+                    return
+        for j in range(start, m):
             one = torch.autograd.grad(outputs, leaves, [g[j] for g in gos], retain_graph=True, allow_unused=True)
             yield j, j + 1, [None if g is None else g.unsqueeze(0) for g in one]
 

@@ -37,6 +37,7 @@ class Segment:
     boundary: tuple[str, ...]
     head: Head  # its linear top, in closed form (:mod:`ssa_torch.head`)
     batched: bool = True  # False once a backward pass below the head met an op without a batching rule
+    probed: bool = False  # True once a batched backward pass said whether every op has one
     # the interpreter that runs it and the graph's nodes by name, made once (making one walks all the modules)
     runner: tuple[ModelCodeInterpreter, dict[str, fx.Node]] | None = field(default=None, repr=False, compare=False)
 
