@@ -255,3 +255,30 @@ def test_activations_called_as_functions_and_methods_take_the_top():
             want, _ = net._step_relevance_full(x, tap, [3, 0, 11], rule)
             for p in want:
                 torch.testing.assert_close(got[p], want[p], rtol=1e-6, atol=1e-9)
+
+
+def test_a_segments_first_batched_pass_takes_two_neurons(monkeypatch):
+    """Where vmap falls back to its own per-slice loop (the attention's backward), the first batched pass of the
+    segment holds two neurons, the rest of the chunk goes one by one; the values equal the whole-network step."""
+    net = ssa.load_model(am.build("deit"))
+    x = am.images(3)
+    taps = net.prepare(x)
+    tap = next(t for t in taps  # the attention's stream: its only parent is the stream before
+               if t.kind == "stream" and t.parents and all(net.tap(p).kind == "stream" for p in t.parents))
+    want, _ = net._step_relevance_full(x, tap.name, list(range(9)), GradientRule())
+    calls: list[int | None] = []
+    grad = torch.autograd.grad
+
+    def counted(outputs, inputs, grad_outputs=None, **kw):
+        calls.append(int(grad_outputs[0].shape[0]) if kw.get("is_grads_batched") else None)
+        return grad(outputs, inputs, grad_outputs, **kw)
+
+    monkeypatch.setattr(torch.autograd, "grad", counted)
+    got, _ = net.step_relevance(x, tap.name, list(range(9)), GradientRule())
+    assert calls == [2] + [None] * 7
+    assert net._segments[tap.name].probed and not net._segments[tap.name].batched
+    calls.clear()
+    net.step_relevance(x, tap.name, list(range(9)), GradientRule())  # the choice is kept: no batched pass
+    assert calls == [None] * 9
+    for p in want:
+        torch.testing.assert_close(got[p], want[p], rtol=1e-6, atol=1e-9)
