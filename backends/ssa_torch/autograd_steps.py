@@ -171,7 +171,7 @@ class AutogradSteps:
                     term = roots.get(name)
                     if term is not None:  # the head's own term (a residual's skip: the one-hot itself)
                         t, g = term[j0 + k0:j0 + k1], grads[i]
-                        grads[i] = t.expand(m, *leaves[i].shape).clone() if g is None else g + t
+                        grads[i] = t.expand(m, *leaves[i].shape) if g is None else g + t
                 _apply_rule(rule, m, grads, leaves, parents, chunks, self._aggregate)
         return {k: _joined(v) for k, v in chunks.items()}, scalars
 
