@@ -1,7 +1,8 @@
 """A transformer step by batched autograd against the forward pass of the images through that block (issue 19).
 
-A small ViT (timm's definition, random weights, 64 px, 6 blocks of width 192); the step is the stream after the
-attention of block 3 (LayerNorm, attention, softmax) down to the stream before it. Printed: the step's cost
+A small ViT (timm's definition, random weights, 64 px, 6 blocks of width 192); the steps are the stream after the
+attention of block 3 (LayerNorm, attention, softmax) down to the stream before it, and block 3's MLP activation
+(GELU of its first linear layer, after LayerNorm) down to that stream. Printed: each step's cost
 through its own segment (``ssa_torch.segments``) and through the whole network with every tap cut (the previous
 path), each as a multiple of the block's forward pass on the same images (timed in turn with the step, best of 15),
 for 1, 3 and 9 upper neurons, with the host's load average; and the same ratio in CPU time of the thread (with one
@@ -40,7 +41,8 @@ def _best(*fns, rounds: int = 5, clock=time.perf_counter) -> list[float]:
 
 @pytest.mark.benchmark(group="transformer-step")
 @pytest.mark.parametrize("n_neurons", (1, 3, 9))
-def test_transformer_step_against_the_block_forward(benchmark, n_neurons):
+@pytest.mark.parametrize("step", ("attention", "mlp"))
+def test_transformer_step_against_the_block_forward(benchmark, step, n_neurons):
     from ssa_rules.rules import GradientRule
     from ssa_torch.segments import run_segment, segment_of
     from timm.models.vision_transformer import VisionTransformer
@@ -50,7 +52,10 @@ def test_transformer_step_against_the_block_forward(benchmark, n_neurons):
     x = np.random.default_rng(0).uniform(0.0, 1.0, (16, 3, 64, 64)).astype(np.float32)
     net = ssa.load_model(model)
     taps = net.prepare(x)
-    upper = [t for t in taps if t.kind == "stream"][6]  # after block 3's attention; its parent: the stream before
+    if step == "attention":  # after block 3's attention; its parent: the stream before
+        upper = [t for t in taps if t.kind == "stream"][6]
+    else:  # block 3's MLP activation; its parent: the stream after the attention
+        upper = [t for t in taps if t.kind == "activation"][3]
     segment = segment_of(net.graph_module, net.plan, upper.name)
     values = net._tap_values(x)
     neurons = list(range(n_neurons))

@@ -1,14 +1,16 @@
 """A step by autograd through its own segment (ssa_torch.segments) equals the step through the whole network
 with every tap cut (the previous path, kept as ``_step_relevance_full``), for every step of CNNs and transformers,
-with and without the input as a tap, under both rules; and the tap values kept between steps stay in budget."""
+with and without the input as a tap, under both rules; the tap values kept between steps stay in budget, and their
+keys are the batches' content hashes, found again by comparing bytes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import ssa_torch.segments as segments
 import torch
 from ssa_rules.rules import GradientRule, GradientXActivationRule
-from ssa_torch.segments import TapValues
+from ssa_torch.segments import TapValues, batch_key
 
 import ssa
 from ssa.testing.models import ALL_CASES
@@ -64,3 +66,28 @@ def test_the_cache_is_keyed_by_content():
     for p in rel_x:
         torch.testing.assert_close(rel_y[p], rel_x[p].flip(1))
     assert set(first) == {t.name for t in net.taps}
+
+
+def test_a_kept_batch_is_found_by_its_bytes_without_hashing_it_again(monkeypatch):
+    hashed = []
+    monkeypatch.setattr(segments, "batch_key", lambda b: hashed.append(1) or batch_key(b))
+    monkeypatch.setattr(segments, "_PROBE", 1)  # the probe samples one byte: batches of a shape look alike to it
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((2, 3, 8, 8)).astype(np.float32) for _ in range(3)]
+    cache = TapValues(1 << 20)
+    for b in batches:  # each batch hashed once, then kept with its values and a copy of its bytes
+        key = cache.key(b)
+        assert key == batch_key(b)
+        cache.put(key, {"x": torch.from_numpy(b)})
+    assert len(hashed) == 3
+    for b in batches:  # a new array with the same bytes (as a class's batches are sliced again each step)
+        assert cache.key(np.array(b)) == batch_key(b)
+    assert cache.key(torch.from_numpy(batches[1])) == batch_key(batches[1])
+    assert len(hashed) == 3
+    changed = batches[0].copy()
+    changed.reshape(-1)[1] += 1.0  # the sampled byte unchanged: the comparison, not the sample, decides
+    assert cache.key(changed) == batch_key(changed) != batch_key(batches[0])
+    batches[2][0, 0, 0, 0] = 7.0  # changed in place after it was kept: hashed again, a new key
+    assert cache.key(batches[2]) == batch_key(batches[2])
+    assert cache.key(batches[0].reshape(2, 3, 64)) == batch_key(batches[0].reshape(2, 3, 64))  # the shape counts
+    assert len(hashed) == 6

@@ -6,6 +6,8 @@ The heads are checked too, so that a test cannot pass by running everything thro
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -110,6 +112,8 @@ def test_the_heads_take_the_linear_top_of_each_step(prepared):
     kinds = {_kind(by_name[node], net.graph_module) for nodes, _ in heads.values() for node in nodes}
     if name == "convnext_like":
         assert kinds >= {"add", "sub", "mul", "div", "linear", "permute", "transpose", "reshape", "flatten"}
+        tops = {t: segment_of(net.graph_module, net.plan, t).head.top for t in ("blocks.1.act", "gelu")}
+        assert tops["blocks.1.act"] == ("blocks_1_act", "blocks_1_fc1") and tops["gelu"] is None  # F.gelu(t): no layer
         return
     streams = [t.name for t in taps if t.kind == "stream" and t.parents]
     assert streams, "the model has stream taps"
@@ -117,6 +121,12 @@ def test_the_heads_take_the_linear_top_of_each_step(prepared):
         nodes, stops = heads[tap]
         assert net.plan.node_of[tap] in nodes
         assert any(_kind(by_name[node], net.graph_module) == "linear" for node in nodes), tap
+    acts = [t.name for t in taps if t.kind == "activation" and t.parents]
+    assert acts and all(heads[t][1] == (by_name[net.plan.node_of[t]].args[0].args[0].name,) for t in acts)
+    for t in acts:  # every MLP activation of a linear layer: autograd from the layer's input (the top)
+        head = segment_of(net.graph_module, net.plan, t).head
+        assert head.top == (net.plan.node_of[t], by_name[net.plan.node_of[t]].args[0].name), t
+        assert _kind(by_name[head.top[1]], net.graph_module) == "linear"
     if name == "vit":  # the MLP's stream entirely in closed form; the attention's from the attention's output
         mlp = [t for t in streams if any(net.tap(p).kind != "stream" for p in net.tap(t).parents)]
         attn = [t for t in streams if t not in mlp]
@@ -159,3 +169,116 @@ def test_neurons_in_chunks_within_the_memory_budget(monkeypatch):
             want, _ = net._step_relevance_full(x, tap.name, list(range(9)), GradientXActivationRule())
             for p in want:
                 torch.testing.assert_close(got[p], want[p], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("rule", (GradientRule(), GradientXActivationRule()), ids=lambda r: r.name)
+def test_an_activation_of_a_linear_layer_by_its_top_equals_autograd_through_the_layer_bit_for_bit(prepared, rule):
+    """The top (the activation's derivative on the neurons' columns times the weight's rows) against the same
+    segment with autograd from the activation itself: equal, not close (the layer's backward product sums one
+    product and zeros)."""
+    _, net, taps, x = prepared
+    acts = [t for t in taps if t.parents and segment_of(net.graph_module, net.plan, t.name).head.top]
+    assert acts
+    for tap in acts:
+        neurons = sorted({0, tap.n_neurons - 1, tap.n_neurons // 3, 7 % tap.n_neurons})[::-1]
+        got, _ = net.step_relevance(x, tap.name, neurons, rule)
+        segment = net._segments[tap.name]
+        net._segments[tap.name] = dataclasses.replace(
+            segment, head=dataclasses.replace(segment.head, stops=(segment.upper,), top=None), runner=None)
+        try:
+            want, _ = net.step_relevance(x, tap.name, neurons, rule)
+        finally:
+            net._segments[tap.name] = segment
+        for p in want:
+            torch.testing.assert_close(got[p], want[p], rtol=0, atol=0)
+
+
+def test_a_layer_along_another_axis_than_the_channels_keeps_autograd_from_the_activation():
+    """GELU(Linear(x)) where the tap's channels are not the layer's outputs (the layer mixes the positions of a
+    (N, C, L) signal, and the tap's channel axis is set to C): the top does not apply, and the step still equals
+    the whole-network step."""
+
+    class _Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(3, 6, 3, padding=1)
+            self.mix = nn.Linear(16, 16)
+            self.act = nn.GELU()
+            self.head = nn.Linear(6, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.act(self.mix(torch.relu(self.conv(x)))).mean(-1))
+
+    torch.manual_seed(0)
+    model = _heavy_tail_(_Net(), 1, sigma=2.0).eval()
+    x = np.random.default_rng(0).standard_normal((4, 3, 16)).astype(np.float32)
+    net = ssa.load_model(model, taps=["relu", "act"], channel_axes={"act": 1})
+    net.prepare(x)
+    assert net.tap("act").channel_axis == 1 and segment_of(net.graph_module, net.plan, "act").head.top is not None
+    got, _ = net.step_relevance(x, "act", [0, 5, 2], GradientRule())
+    want, _ = net._step_relevance_full(x, "act", [0, 5, 2], GradientRule())
+    for p in want:
+        torch.testing.assert_close(got[p], want[p], rtol=1e-6, atol=1e-9)
+
+
+def test_activations_called_as_functions_and_methods_take_the_top():
+    """``F.gelu(F.linear(...), approximate="tanh")`` and ``linear(...).relu()``: the activation is called on the
+    columns as the graph calls it (with its arguments), and the steps equal the whole-network steps."""
+
+    class _Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(3 * 8 * 8, 12)
+            self.norm = nn.LayerNorm(12)
+            self.w = nn.Parameter(torch.linspace(-1.0, 1.0, 24 * 12).reshape(24, 12))
+            self.norm2 = nn.LayerNorm(24)
+            self.fc = nn.Linear(24, 16)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = self.embed(x.reshape(x.shape[0], 3, -1).transpose(1, 2).reshape(x.shape[0], -1, 3 * 8 * 8)).relu()
+            g = F.gelu(F.linear(self.norm(t), self.w), approximate="tanh")
+            r = self.fc(self.norm2(g)).relu()
+            return self.head(r.mean(1))
+
+    torch.manual_seed(0)
+    model = _heavy_tail_(_Net(), 1, sigma=2.0).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    net = ssa.load_model(model, taps=["relu", "gelu", "relu_1"])
+    net.prepare(x)
+    for tap in ("gelu", "relu_1"):
+        assert segment_of(net.graph_module, net.plan, tap).head.top is not None, tap
+        for rule in (GradientRule(), GradientXActivationRule()):
+            got, _ = net.step_relevance(x, tap, [3, 0, 11], rule)
+            want, _ = net._step_relevance_full(x, tap, [3, 0, 11], rule)
+            for p in want:
+                torch.testing.assert_close(got[p], want[p], rtol=1e-6, atol=1e-9)
+
+
+def test_a_segments_first_batched_pass_takes_two_neurons(monkeypatch):
+    """Where vmap falls back to its own per-slice loop (the attention's backward), the first batched pass of the
+    segment holds two neurons, the rest of the chunk goes one by one; the values equal the whole-network step."""
+    net = ssa.load_model(am.build("deit"))
+    x = am.images(3)
+    taps = net.prepare(x)
+    tap = next(t for t in taps  # the attention's stream: its only parent is the stream before
+               if t.kind == "stream" and t.parents and all(net.tap(p).kind == "stream" for p in t.parents))
+    want, _ = net._step_relevance_full(x, tap.name, list(range(9)), GradientRule())
+    calls: list[int | None] = []
+    grad = torch.autograd.grad
+
+    def counted(outputs, inputs, grad_outputs=None, **kw):
+        calls.append(int(grad_outputs[0].shape[0]) if kw.get("is_grads_batched") else None)
+        return grad(outputs, inputs, grad_outputs, **kw)
+
+    monkeypatch.setattr(torch.autograd, "grad", counted)
+    got, _ = net.step_relevance(x, tap.name, list(range(9)), GradientRule())
+    assert calls == [2] + [None] * 7
+    assert net._segments[tap.name].probed and not net._segments[tap.name].batched
+    calls.clear()
+    net.step_relevance(x, tap.name, list(range(9)), GradientRule())  # the choice is kept: no batched pass
+    assert calls == [None] * 9
+    for p in want:
+        torch.testing.assert_close(got[p], want[p], rtol=1e-6, atol=1e-9)

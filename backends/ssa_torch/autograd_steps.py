@@ -4,10 +4,10 @@ Every tap's output is replaced by a detached leaf that requires grad, so that
 the derivative of a tap with respect to one of its parent taps follows only the
 paths that meet no other tap (method doc, section 4). A step runs through its own
 segment only, from the batch's remembered tap values and scalars (:mod:`ssa_torch.segments`):
-the linear head of the segment (residual additions, linear layers, ...) in closed form
-(:mod:`ssa_torch.head`), the rest forward once and backward for all upper neurons at once
+the linear head of the segment (residual additions, linear layers, ...), or the top of an activation of
+a linear layer, in closed form (:mod:`ssa_torch.head`), the rest forward once and backward for all upper neurons at once
 (``torch.autograd.grad(..., is_grads_batched=True)``), or one backward pass per neuron in a
-segment with an op that has no batching rule there (LayerNorm, GELU, convolution, softmax, attention:
+segment with an op that has no batching rule there (LayerNorm, GELU, SiLU, convolution, softmax, attention:
 vmap's own per-slice loop costs more than ours). ``_step_relevance_full`` keeps the whole-network
 path as the reference.
 
@@ -17,6 +17,7 @@ path as the reference.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,10 +31,10 @@ from ssa.core.checks import call_rule
 from ssa.core.interfaces import Rule, Tap
 
 from .closed_form.collect import spatial_mean
-from .head import head_cotangents
+from .head import head_cotangents, top_cotangents
 from .host import exact_arithmetic
 from .interpreters import ModelCodeInterpreter
-from .segments import Segment, TapValues, batch_key, run_nodes, run_segment, segment_of
+from .segments import Segment, TapValues, run_nodes, run_segment, segment_of
 from .tokens import aggregate
 
 if TYPE_CHECKING:
@@ -153,49 +154,67 @@ class AutogradSteps:
         with torch.enable_grad():  # the forward pass below the head, once for every neuron
             env = run_nodes(gm, segment, feed, len(batch), head.compute)
         top = values[plan.node_of[upper]]
+        if head.top is not None and tap.channel_axis % top.dim() != top.dim() - 1:  # its channels are not the layer's
+            head = dataclasses.replace(head, stops=(segment.upper,), top=None)
         roots = head_cotangents(gm, head, env, segment.upper, tap.channel_axis, neurons, top.dtype, top.device)
+        dz_rows = top_cotangents(gm, head, env, roots.pop(segment.upper), neurons) if head.top else None
         outputs = [env[name] for name in head.stops]
         chunks: dict[str, list[torch.Tensor]] = {p.name: [] for p in parents}
         for j0, j1 in _chunks(leaves, len(neurons), work_bytes(self.device)):
-            m = j1 - j0
-            grads: list[torch.Tensor | None] = [None] * len(leaves)
-            if outputs:
-                gos = [roots[name][j0:j1].expand(m, *env[name].shape) for name in head.stops]
-                grads = self._pull(segment, outputs, gos, leaves)
-            for i, name in enumerate(nodes):
-                term = roots.get(name)
-                if term is not None:  # the head's own term (a residual's skip: the one-hot itself)
-                    t, g = term[j0:j1], grads[i]
-                    grads[i] = t.expand(m, *leaves[i].shape).clone() if g is None else g + t
-            _apply_rule(rule, m, grads, leaves, parents, chunks, self._aggregate)
-        return {k: torch.cat(v, dim=0) for k, v in chunks.items()}, scalars
+            if dz_rows is not None:  # an activation of a linear layer: its column times the weight's row
+                gos = [dz_rows[0][j0:j1] * dz_rows[1][j0:j1]]
+            else:
+                gos = [roots[name][j0:j1].expand(j1 - j0, *env[name].shape) for name in head.stops]
+            for k0, k1, grads in self._pull(segment, outputs, gos, leaves, j1 - j0):
+                m = k1 - k0
+                for i, name in enumerate(nodes):
+                    term = roots.get(name)
+                    if term is not None:  # the head's own term (a residual's skip: the one-hot itself)
+                        t, g = term[j0 + k0:j0 + k1], grads[i]
+                        grads[i] = t.expand(m, *leaves[i].shape) if g is None else g + t
+                _apply_rule(rule, m, grads, leaves, parents, chunks, self._aggregate)
+        return {k: _joined(v) for k, v in chunks.items()}, scalars
 
     def _pull(self, segment: Segment, outputs: list[torch.Tensor], gos: list[torch.Tensor],
-              leaves: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        """The leaves' gradients (m, ...) for the m cotangents ``gos`` (m, ...) at ``outputs``: one batched backward
-        pass, or one pass per neuron in a segment with an op that has no batching rule there (LayerNorm, GELU,
-        convolution, softmax and attention backward: vmap loops over the slices itself, with copies that cost
-        more than our loop, and runs the same kernels slice by slice). A segment's first batched pass says which,
-        and the choice is kept."""
-        m = int(gos[0].shape[0])
+              leaves: list[torch.Tensor], m: int) -> Iterator[tuple[int, int, list[torch.Tensor | None]]]:
+        """The leaves' gradients for the m cotangents ``gos`` (m, ...) at ``outputs``, as ``(k0, k1, grads)`` with
+        grads (k1 - k0, ...) for the cotangents k0..k1: one batched backward pass, or one pass per neuron in a
+        segment with an op that has no batching rule there (LayerNorm, GELU, SiLU, convolution, softmax,
+        attention: vmap loops over the slices itself, with copies that cost more than our loop, and runs the same
+        kernels slice by slice). A segment's first batched pass, on two neurons, says which (vmap's loop over a
+        whole chunk costs about twice ours), and the choice is kept. Each neuron's gradients go to the rule as they
+        come, never stacked (a copy of them all). No cotangent at all (a head
+        without stops, such as an MLP stream's): no gradients, the head's terms alone."""
+        if not outputs:
+            yield 0, m, [None] * len(leaves)
+            return
+        start = 0
         if segment.batched and m > 1:
+            size = m if segment.probed else 2
             try:
                 with _vmap_fallbacks() as fell_back:
-                    out = torch.autograd.grad(outputs, leaves, gos, retain_graph=True, allow_unused=True,
-                                              is_grads_batched=True)
-                segment.batched = not fell_back
-                return list(out)
+                    out = torch.autograd.grad(outputs, leaves, [g[:size] for g in gos], retain_graph=True,
+                                              allow_unused=True, is_grads_batched=True)
             except torch.OutOfMemoryError:
                 raise
             except RuntimeError:  # an op that cannot be batched at all
                 segment.batched = False
-        per = [torch.autograd.grad(outputs, leaves, [g[j] for g in gos], retain_graph=True, allow_unused=True)
-               for j in range(m)]
-        return _stacked(per, leaves)
+            else:
+                segment.batched, segment.probed = not fell_back, True
+                yield 0, size, list(out)
+                start = size
+                if segment.batched and size < m:
+                    out = torch.autograd.grad(outputs, leaves, [g[size:] for g in gos], retain_graph=True,
+                                              allow_unused=True, is_grads_batched=True)
+                    yield size, m, list(out)
+                    return
+        for j in range(start, m):
+            one = torch.autograd.grad(outputs, leaves, [g[j] for g in gos], retain_graph=True, allow_unused=True)
+            yield j, j + 1, [None if g is None else g.unsqueeze(0) for g in one]
 
     def _tap_values(self, batch: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """Every tap's value and the input on ``batch`` (node name -> tensor): one cut forward pass, remembered."""
-        key = batch_key(batch)
+        key = self._values.key(batch)
         found = self._values.get(key)
         if found is None:
             interp = self.run(batch, grad=False)
@@ -231,7 +250,7 @@ class AutogradSteps:
         for j0, j1 in _chunks(leaves, n, work_bytes(self.device)):
             grads = self._grads(s, leaves, j0, j1)
             _apply_rule(rule, j1 - j0, grads, leaves, parents, chunks, self._aggregate)
-        return {k: torch.cat(v, dim=0) for k, v in chunks.items()}
+        return {k: _joined(v) for k, v in chunks.items()}
 
     def _grads(self, s: torch.Tensor, leaves: list[torch.Tensor], j0: int, j1: int) -> list[torch.Tensor | None]:
         m = j1 - j0
@@ -265,6 +284,11 @@ def _vmap_fallbacks() -> Iterator[list[str]]:
     finally:
         show(before)
     found.extend(str(w.message) for w in caught if "batching rule" in str(w.message))
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The pieces of a step's omega (neurons, images, parent neurons) along the neurons (no copy of one piece)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
 def _stacked(per_neuron: Sequence[Sequence[torch.Tensor | None]], leaves: list[torch.Tensor]

@@ -11,6 +11,13 @@ exact derivative of its op (what autograd would compute, on a tensor without the
 
 A node belongs to the head when its op is one of the linear ops below, it depends on a parent tap, and every
 node of the segment that reads it is in the head too (so its whole cotangent is known in closed form).
+
+An upper tap that is a pointwise activation of a linear layer along the channels (a transformer's MLP
+activation, ``GELU(fc1(LayerNorm(x)))``) has no linear head, but its cotangent is still one channel: the
+activation's derivative on that one column of the layer's output (the activation's own backward kernel, on
+that column only), times that row of the weight, is the cotangent of the layer's input (the **top**,
+:func:`top_cotangents`). It equals what autograd computes through the whole layer bit for bit: the layer's
+backward matrix product then sums one product and exact zeros. Autograd runs from the layer's input down.
 """
 
 from __future__ import annotations
@@ -25,7 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["Head", "split_head", "head_cotangents"]
+from .kinds import ACTIVATIONS, node_kind
+
+__all__ = ["Head", "split_head", "head_cotangents", "top_cotangents"]
+
+#: activations applied to each value alone (a per-channel parameter, as PReLU's, would need its column too)
+_POINTWISE = ACTIVATIONS - {"prelu", "rrelu"}
 
 # out-of-place ops only: a head node is not computed, so an in-place op there would leave its input unchanged
 _ADD = {operator.add, torch.add, "add"}
@@ -74,6 +86,7 @@ class Head:
     stops: tuple[str, ...]  # nodes below the head that get a cotangent from it; autograd starts there
     compute: tuple[str, ...]  # the nodes the forward pass runs: what the stops and the head's arguments need
     operand: Mapping[str, int]  # the parent-dependent operand of each product or quotient by a constant
+    top: tuple[str, str] | None = None  # (activation, linear layer) when the upper tap is act(linear(x)): see above
 
 
 def split_head(gm: fx.GraphModule, nodes: Sequence[str], upper: str, parents: Sequence[str]) -> Head:
@@ -115,10 +128,29 @@ def split_head(gm: fx.GraphModule, nodes: Sequence[str], upper: str, parents: Se
             continue
         need.add(name)
         stack.extend(a.name for a in by_name[name].all_input_nodes if a.name in inside)
-    if upper not in head:  # nothing peeled: autograd from the upper tap itself
+    if upper not in head:  # nothing peeled: autograd from the upper tap itself, or from below its top
+        top = _top(by_name[upper], gm, live, inside)
+        if top is not None:
+            return Head((), (top[1],), tuple(nodes), {}, (upper, top[0]))
         return Head((), (upper,), tuple(nodes), {})
     return Head(tuple(n for n in nodes if n in head), tuple(n for n in nodes if n in stops),
                 tuple(n for n in nodes if n in need), {k: v for k, v in operand.items() if k in head})
+
+
+def _top(node: fx.Node, gm: fx.GraphModule, live: set[str], inside: set[str]) -> tuple[str, str] | None:
+    """(the linear layer, its input) when ``node`` is a pointwise activation of a linear layer of the segment
+    whose input depends on the parents (its weight does not); else None."""
+    args = node.all_input_nodes
+    if len(args) != 1 or node_kind(node, dict(gm.named_modules())) not in _POINTWISE:
+        return None
+    lin = args[0]
+    if tuple(node.args[:1]) != (lin,) or lin.name not in inside or _kind(lin, gm) != "linear":
+        return None
+    if not lin.args or not isinstance(lin.args[0], fx.Node):
+        return None
+    if any(a.name in live for a in _nodes_in((lin.args[1:], lin.kwargs))) or lin.args[0].name not in live:
+        return None  # a weight computed from the parents is not a linear layer
+    return lin.name, lin.args[0].name
 
 
 def _receivers(node: fx.Node, gm: fx.GraphModule, operand: Mapping[str, int]) -> list[fx.Node]:
@@ -297,3 +329,30 @@ def head_cotangents(gm: fx.GraphModule, head: Head, env: Mapping[str, Any], uppe
         else:
             give(x, v)
     return roots
+
+
+def top_cotangents(gm: fx.GraphModule, head: Head, env: Mapping[str, Any], v0: torch.Tensor, neurons: Sequence[int]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top of a step (``head.top``, see the module doc): ``(dz, rows)`` with ``dz`` (n, B, ..., 1) the
+    activation's derivative times the upper neurons' cotangent on their columns of the layer's output, and
+    ``rows`` (n, 1, ..., C_in) their rows of the layer's weight: the cotangent of the layer's input is
+    ``dz[j0:j1] * rows[j0:j1]``. ``v0``: the upper neurons' cotangents (:func:`head_cotangents`), one value each
+    on their channel, the last axis."""
+    by_name = {n.name: n for n in gm.graph.nodes}
+    assert head.top is not None
+    act, lin = by_name[head.top[0]], by_name[head.top[1]]
+    z = env[lin.name].detach()
+    idx = torch.as_tensor(list(neurons), device=z.device)
+    column = z.index_select(-1, idx).requires_grad_(True)  # (B, ..., n): each neuron's column, contiguous
+    value = v0.reshape(len(neurons), -1).sum(1).to(z.dtype)  # the one value of each cotangent (the rest are 0)
+    with torch.enable_grad():
+        if act.op == "call_module":
+            y = gm.get_submodule(str(act.target))(column)
+        else:
+            rest = _resolve((act.args[1:], act.kwargs), env)
+            y = (getattr(column, str(act.target))(*rest[0], **rest[1]) if act.op == "call_method"
+                 else act.target(column, *rest[0], **rest[1]))  # type: ignore[operator]
+        (dz,) = torch.autograd.grad(y, column, value.expand(column.shape))
+    dz = dz.movedim(-1, 0).unsqueeze(-1)  # (n, B, ..., 1)
+    w = _weight(lin, gm, env).detach().to(z.dtype).index_select(0, idx)  # (n, C_in)
+    return dz, w.reshape(len(neurons), *([1] * (z.dim() - 1)), w.shape[-1])

@@ -37,6 +37,7 @@ class Segment:
     boundary: tuple[str, ...]
     head: Head  # its linear top, in closed form (:mod:`ssa_torch.head`)
     batched: bool = True  # False once a backward pass below the head met an op without a batching rule
+    probed: bool = False  # True once a batched backward pass said whether every op has one
     # the interpreter that runs it and the graph's nodes by name, made once (making one walks all the modules)
     runner: tuple[ModelCodeInterpreter, dict[str, fx.Node]] | None = field(default=None, repr=False, compare=False)
 
@@ -91,20 +92,48 @@ def run_segment(gm: fx.GraphModule, segment: Segment, values: Mapping[str, torch
 
 def batch_key(batch: np.ndarray | torch.Tensor) -> bytes:
     """A fingerprint of a batch's content (shape, dtype, bytes)."""
-    arr = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
-    arr = np.ascontiguousarray(arr)
+    arr = _contiguous(batch)
     h = hashlib.blake2b(repr((arr.shape, str(arr.dtype))).encode(), digest_size=16)
     h.update(arr.view(np.uint8).reshape(-1).data)
     return h.digest()
 
 
+def _contiguous(batch: np.ndarray | torch.Tensor) -> np.ndarray:
+    arr = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
+    return np.ascontiguousarray(arr)
+
+
+_PROBE = 4096  # bytes of a batch sampled to find a kept batch that may be the same
+
+
 class TapValues:
-    """Every tap's value (and the input) per batch, most recently used first, within ``budget`` bytes."""
+    """Every tap's value (and the input) per batch, most recently used first, within ``budget`` bytes.
+
+    :meth:`key` is :func:`batch_key`, found without hashing the whole batch again when a kept batch has the same
+    bytes (each kept batch keeps a copy of its bytes, counted in the budget): the steps of a class visit its
+    batches in turn, and a byte comparison costs a tenth of the hash."""
 
     def __init__(self, budget: int) -> None:
         self.budget = int(budget)
-        self._items: OrderedDict[bytes, tuple[dict[str, torch.Tensor], int]] = OrderedDict()
+        # key -> (values, bytes counted, the batch's bytes, its probe)
+        self._items: OrderedDict[bytes, tuple[dict[str, torch.Tensor], int, np.ndarray | None, bytes]] = OrderedDict()
+        self._probes: dict[bytes, bytes] = {}  # probe -> key of a kept batch
+        self._pending: tuple[bytes, bytes, np.ndarray] | None = None  # (key, probe, bytes) of the last unknown batch
         self._bytes = 0
+
+    def key(self, batch: np.ndarray | torch.Tensor) -> bytes:
+        """:func:`batch_key` of ``batch``: a kept batch's key when their bytes are equal, else the hash."""
+        arr = _contiguous(batch)
+        raw = arr.view(np.uint8).reshape(-1)
+        sample = raw[::max(1, raw.size // _PROBE)]
+        probe = hashlib.blake2b(repr((arr.shape, str(arr.dtype))).encode() + sample.tobytes(), digest_size=16).digest()
+        known = self._probes.get(probe, b"")
+        hit = self._items.get(known)
+        if hit is not None and hit[2] is not None and np.array_equal(hit[2], raw):
+            return known
+        key = batch_key(arr)
+        self._pending = (key, probe, raw.copy())
+        return key
 
     def get(self, key: bytes) -> dict[str, torch.Tensor] | None:
         hit = self._items.get(key)
@@ -115,14 +144,24 @@ class TapValues:
 
     def put(self, key: bytes, values: dict[str, torch.Tensor]) -> None:
         size = sum(int(v.numel()) * v.element_size() for v in values.values())
+        raw, probe = None, b""
+        if self._pending is not None and self._pending[0] == key:
+            _, probe, raw = self._pending
+            size += raw.nbytes
+        self._pending = None
         if size > self.budget:
             return
         while self._items and self._bytes + size > self.budget:
-            _, (_, freed) = self._items.popitem(last=False)
+            _, (_, freed, _, gone) = self._items.popitem(last=False)
+            self._probes.pop(gone, None)
             self._bytes -= freed
-        self._items[key] = (values, size)
+        self._items[key] = (values, size, raw, probe)
+        if raw is not None:
+            self._probes[probe] = key
         self._bytes += size
 
     def clear(self) -> None:
         self._items.clear()
+        self._probes.clear()
+        self._pending = None
         self._bytes = 0
