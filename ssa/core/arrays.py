@@ -51,7 +51,7 @@ def to_numpy(x: Array) -> np.ndarray:
         return x
     xp = array_namespace(x)
     if is_torch_namespace(xp):
-        host: np.ndarray = x.detach().cpu().numpy()
+        host: np.ndarray = (x.detach() if x.requires_grad else x).cpu().numpy()  # a detach is a call per copy
         return host
     return np.asarray(x)
 
