@@ -128,16 +128,14 @@ def step_winners(pos: Any, neg: Any, mean: Any, b: int, two_sided: bool, flag: A
         ints += [lower, key]
         floats.append(take_along(mean, lower, 1))
     n = int(mean.shape[0])
-    if is_torch_namespace(xp):  # one int64 array: the means' bits as they are, the flag as a last column
-        cols = ints + [f.view(ints[0].dtype) for f in floats] + ([flag.expand(n, 1)] if flag is not None else [])
-        host = np.asarray(to_numpy(xp.concat(cols, axis=1)))
-        values = host[:, len(ints) * b:(len(ints) + len(floats)) * b].view(np.float64)
-    else:  # float64 holds the indices and keys exactly
-        cols = [xp.astype(c, xp.float64) for c in ints] + floats
-        if flag is not None:
-            cols.append(xp.zeros((n, 1), dtype=xp.float64, device=device_of(mean)) + xp.astype(flag, xp.float64))
-        host = np.asarray(to_numpy(xp.concat(cols, axis=1)))
-        values = host[:, len(ints) * b:(len(ints) + len(floats)) * b]
+    # one float64 array (indices and keys are exact there): torch's concatenation converts them itself
+    cols = ints if is_torch_namespace(xp) else [xp.astype(c, xp.float64) for c in ints]
+    cols = cols + floats
+    if flag is not None:
+        cols.append(flag.expand(n, 1) if is_torch_namespace(xp) else
+                    xp.zeros((n, 1), dtype=xp.float64, device=device_of(mean)) + xp.astype(flag, xp.float64))
+    host = np.asarray(to_numpy(xp.concat(cols, axis=1)), dtype=np.float64)
+    values = host[:, len(ints) * b:(len(ints) + len(floats)) * b]
     bad = int(host[0, -1]) if flag is not None and n else 0
     out = []
     for i in range(len(signs)):
