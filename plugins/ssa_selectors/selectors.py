@@ -259,10 +259,29 @@ class MADSelector(Selector):
         pos, neg = beyond(xp, safe, med, scale, pos_scale, self.params["threshold"], self.two_sided)  # cuts on numpy
         return _finish(xp, rows, pos, neg, self.two_sided, finite)
 
+    def count_labels(self, rows: Any, groups: int, sorted_rows: Any = None) -> tuple[Any, Any | None]:
+        """See :class:`~ssa.core.interfaces.SupportsCounts`: on torch from the outlier masks themselves (no labels);
+        elsewhere the labels summed."""
+        xp, rows = _as_rows(rows)
+        n, K = int(rows.shape[0]) // max(int(groups), 1), int(rows.shape[1])
+        if not _selects(xp) or K == 0:
+            labels = xp.reshape(self.select_sorted(rows, sorted_rows), (n, groups, K))
+            pos = xp.sum(xp.astype(labels > 0, xp.int64), axis=1)
+            return pos, (xp.sum(xp.astype(labels < 0, xp.int64), axis=1) if self.two_sided else None)
+        above, below = self._device_masks(xp, rows, sorted_rows)
+        return above.view(n, groups, K).sum(1), (below.view(n, groups, K).sum(1) if below is not None else None)
+
     def _select_device(self, xp: Any, rows: Any, sorted_rows: Any) -> Any:
-        """:meth:`select_sorted` on torch, in a fixed number of kernels and no synchronisation (issue 20): both medians
-        by one sort (or one selection for odd rows) and the mean of the middle values, as numpy takes them; the
-        deviations computed once, for the MAD and its fallback alike; the same scores and labels as the host form."""
+        """:meth:`select_sorted` on torch: the labels of :meth:`_device_masks`."""
+        above, below = self._device_masks(xp, rows, sorted_rows)
+        out = xp.astype(above, xp.int8)
+        return out - xp.astype(below, xp.int8) if below is not None else out
+
+    def _device_masks(self, xp: Any, rows: Any, sorted_rows: Any) -> tuple[Any, Any | None]:
+        """``(z > t, z < -t)`` (the second None when one-sided) on torch, in a fixed number of kernels and no
+        synchronisation (issue 20): both medians by one sort (or one selection for odd rows) and the mean of the
+        middle values, as numpy takes them; the deviations computed once, for the MAD and its fallback alike; the
+        same scores and labels as the host form."""
         safe = finite_or_zero(rows)
         med = median_sorted(sorted_rows) if sorted_rows is not None else median_rows(safe)
         diff = safe - med
@@ -274,8 +293,7 @@ class MADSelector(Selector):
         ok = (scale > 0) & xp.all(safe == rows, axis=1, keepdims=True)
         z = diff / scale  # rows that are not ok divide by 0 here, and are masked
         t = self.params["threshold"]
-        out = xp.astype((z > t) & ok, xp.int8)
-        return out - xp.astype((z < -t) & ok, xp.int8) if self.two_sided else out
+        return (z > t) & ok, ((z < -t) & ok if self.two_sided else None)
 
 
 def _selects(xp: Any) -> bool:

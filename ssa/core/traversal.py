@@ -33,8 +33,17 @@ from ssa.core.arrays import (
     take_along,
     to_numpy,
 )
-from ssa.core.checks import call_selector
-from ssa.core.interfaces import DenseBlock, Rank1Block, Rank1Factors, Rule, Selector, SupportsSortedCuts, Tap
+from ssa.core.checks import call_counts, call_selector
+from ssa.core.interfaces import (
+    DenseBlock,
+    Rank1Block,
+    Rank1Factors,
+    Rule,
+    Selector,
+    SupportsCounts,
+    SupportsSortedCuts,
+    Tap,
+)
 from ssa.core.ranking import rank_neurons, step_winners, top_b
 
 __all__ = ["RelevanceSource", "DenseBlock", "Rank1Block", "rank1_block_rows", "labels_by_partition",
@@ -86,7 +95,7 @@ class StepRecord:
     parent: str
     neurons: tuple[int, ...]
     counts_array: Any  # (n, K) on the device the step was computed on; ``counts`` is the host copy
-    neg_counts_array: Any
+    neg_counts_array: Any  # None: no negative outliers were counted
     mean_array: Any
     kept_upper: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     kept_lower: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -101,6 +110,9 @@ class StepRecord:
 
     @cached_property
     def neg_counts(self) -> np.ndarray:
+        """(n, K) negative outlier counts, on the host (zeros when none were counted: a one-sided selector)."""
+        if self.neg_counts_array is None:
+            return np.zeros_like(self.counts)
         return np.asarray(to_numpy(self.neg_counts_array))
 
     @cached_property
@@ -250,32 +262,45 @@ def _accumulate(acc: dict[str, _Acc], block: DenseBlock | Rank1Block, n: int, se
         srt = host_view(block.sorted)
         srt = xp.reshape(srt if srt.dtype == xp.float64 else xp.astype(srt, xp.float64), (nb * b, K))
     host = is_numpy(xp)
-    # on a device, the selector's labels are checked without a synchronisation: counted here, refused
-    # at the end of the step (a numpy selector's labels are checked at once, on the host)
     rows = xp.reshape(omega, (nb * b, K))
-    if host and srt is None and isinstance(selector, SupportsSortedCuts):
-        labels = xp.reshape(labels_by_partition(selector, rows), (nb, b, K))  # a few positions, not a sort
-    else:
-        labels = xp.reshape(call_selector(selector, rows, srt, check_values=host), (nb, b, K))
     a = acc.get(block.parent)
     if a is None:
         a = acc[block.parent] = _Acc(xp, n, K, omega)
-    if not host and selector.array_api:
-        bad = xp.sum((labels > 1) | (labels < -1))
-        a.bad = bad if a.bad is None else a.bad + bad
     lo, hi = block.start, block.start + nb
-    # checked labels all in {0, 1} (the one-sided selectors'): their sum is the count, and no negatives to count
-    if host and (labels.size == 0 or int(np.min(labels)) >= 0):
-        a.add("pos", lo, hi, np.sum(labels, axis=1, dtype=np.int64))
+    if not host and selector.array_api and isinstance(selector, SupportsCounts):  # counted by the selector, on
+        pos, neg = call_counts(selector, rows, b, srt)  # the device: no labels to make, check and count here
+        a.add("pos", lo, hi, pos)
+        if neg is not None:
+            a.add("neg", lo, hi, neg)
     else:
-        a.add("pos", lo, hi, xp.sum(labels > 0, axis=1, dtype=xp.int64))
-        a.add("neg", lo, hi, xp.sum(labels < 0, axis=1, dtype=xp.int64))
+        _count_labels(a, lo, hi, selector, rows, srt, (nb, b, K), host)
     if not host:  # no synchronisation on a device: mask unconditionally
         a.add("tot", lo, hi, xp.sum(finite_or_zero(omega), axis=1))
         return
     # a finite sum has only finite terms (NaN and infinities stay non-finite in a sum): no pass to check them
     tot = np.sum(omega, axis=1)
     a.add("tot", lo, hi, tot if bool(np.isfinite(tot).all()) else np.sum(finite_or_zero(omega), axis=1))
+
+
+def _count_labels(a: _Acc, lo: int, hi: int, selector: Selector, rows: Any, srt: Any, shape: tuple[int, int, int],
+                  host: bool) -> None:
+    """Add the outlier counts of the selector's labels of ``rows`` (R, K) to ``a`` (rows ``lo:hi``). On a device the
+    labels are checked without a synchronisation: bad ones counted here, refused at the end of the step (a numpy
+    selector's labels are checked at once, on the host)."""
+    xp = namespace(rows)
+    if host and srt is None and isinstance(selector, SupportsSortedCuts):
+        labels = xp.reshape(labels_by_partition(selector, rows), shape)  # a few positions, not a sort
+    else:
+        labels = xp.reshape(call_selector(selector, rows, srt, check_values=host), shape)
+    if not host and selector.array_api:
+        bad = xp.sum((labels > 1) | (labels < -1))
+        a.bad = bad if a.bad is None else a.bad + bad
+    # checked labels all in {0, 1} (the one-sided selectors'): their sum is the count, and no negatives to count
+    if host and (labels.size == 0 or int(np.min(labels)) >= 0):
+        a.add("pos", lo, hi, np.sum(labels, axis=1, dtype=np.int64))
+    else:
+        a.add("pos", lo, hi, xp.sum(labels > 0, axis=1, dtype=xp.int64))
+        a.add("neg", lo, hi, xp.sum(labels < 0, axis=1, dtype=xp.int64))
 
 
 def cut_positions(selector: SupportsSortedCuts, n: int) -> list[int]:
@@ -413,7 +438,7 @@ def _finish_step(upper: str, parent: str, neurons: Sequence[int], a: _Acc, branc
     s = np.concatenate([np.full(len(w[0]), 1 if i == 0 else -1, np.int64) for i, w in enumerate(winners)])
     order = np.lexsort((r, -s, j))  # per upper neuron: positive by rank, then negative
     nrn = np.asarray(neurons, dtype=np.int64)
-    return StepRecord(upper, parent, tuple(int(v) for v in neurons), a.pos, a.neg, mean,
+    return StepRecord(upper, parent, tuple(int(v) for v in neurons), a.pos, a.neg_, mean,
                       nrn[j[order]], k[order].astype(np.int64), cnt[order].astype(np.int64),
                       rel[order].astype(np.float64), s[order])
 
