@@ -77,13 +77,13 @@ _REVERSED: dict[tuple[int, str], Any] = {}
 
 
 def _reversed_positions(xp: Any, K: int, like: Any) -> Any:
-    """``[[K - 1, ..., 1, 0]]`` (1, K) int64 on ``like``'s device, made once per width and device."""
+    """``[K - 1, ..., 1, 0]`` int64 on ``like``'s device, made once per width and device."""
     key = (K, str(device_of(like)))
     out = _REVERSED.get(key)
     if out is None:
         if len(_REVERSED) > 256:
             _REVERSED.clear()
-        out = _REVERSED[key] = xp.reshape(xp.arange(K - 1, -1, -1, dtype=xp.int64, device=device_of(like)), (1, K))
+        out = _REVERSED[key] = xp.arange(K - 1, -1, -1, dtype=xp.int64, device=device_of(like))
     return out
 
 
