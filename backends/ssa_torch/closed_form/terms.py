@@ -277,9 +277,9 @@ class Term:
         return om
 
 
-def rank1_rows(f: Rank1Factors, sort: bool = True, all_fed: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """omega ``(n, B, K)`` of rank-1 factors, and its rows sorted ascending, without sorting them (``sort`` False: None
-    instead; ``all_fed``: every upper neuron is fed, so the rows' products by their fed flags, all 1, are left out).
+def rank1_rows(f: Rank1Factors, all_fed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """omega ``(n, B, K)`` of rank-1 factors, and its rows sorted ascending, without sorting them (``all_fed``: every
+    upper neuron is fed, so the rows' products by their fed flags, all 1, are left out).
 
     omega[j, i, k] = ((vec[j, k] * coeff[j, i]) * scale) * fed[j], as :meth:`Term.finish` rounds it; for a
     fixed non-negative factor the rounded product is non-decreasing in ``vec`` (and non-increasing for a
@@ -293,8 +293,6 @@ def rank1_rows(f: Rank1Factors, sort: bool = True, all_fed: bool = False) -> tup
     dtype = torch.promote_types(vec.dtype, coeff.dtype)
     om = torch.mul(vec[:, None, :], coeff[:, :, None], out=torch.empty(shape, dtype=dtype, device=vec.device))
     om = _scale_rows(om, f.scale, fed)
-    if not sort:
-        return om, None
     s = torch.sort(vec, dim=1).values  # (n, K), once per upper neuron
     ordered = torch.where((coeff >= 0)[:, :, None], s[:, None, :], s.flip(1)[:, None, :],
                           out=torch.empty(shape, dtype=s.dtype, device=vec.device))
