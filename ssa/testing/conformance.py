@@ -328,7 +328,7 @@ def _check_counts(sel: Selector) -> list[str]:
                       (f"sorted torch rows on {dev}", t, torch.sort(torch.nan_to_num(t, 0.0, 0.0, 0.0), dim=1).values)]
         for what, r, srt in given:
             with np.errstate(all="ignore"), device_path():
-                got = sel.count_labels(r, groups, srt)  # type: ignore[attr-defined]
+                got = sel.count_labels(r, groups, srt)
             for name, g, w in zip(("positive", "negative"), got, want, strict=True):
                 if (g is None) != (w is None):
                     fails.append(f"{what}, groups of {groups}: {name} counts are {'missing' if g is None else 'given'}"
