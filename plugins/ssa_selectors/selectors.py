@@ -269,7 +269,7 @@ class MADSelector(Selector):
             pos = xp.sum(xp.astype(labels > 0, xp.int64), axis=1)
             return pos, (xp.sum(xp.astype(labels < 0, xp.int64), axis=1) if self.two_sided else None)
         above, below = self._device_masks(xp, rows, sorted_rows)
-        return above.view(n, groups, K).sum(1), (below.view(n, groups, K).sum(1) if below is not None else None)
+        return above.reshape(n, groups, K).sum(1), (below.reshape(n, groups, K).sum(1) if below is not None else None)
 
     def _select_device(self, xp: Any, rows: Any, sorted_rows: Any) -> Any:
         """:meth:`select_sorted` on torch: the labels of :meth:`_device_masks`."""
