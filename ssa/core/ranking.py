@@ -95,12 +95,12 @@ def _ranked(xp: Any, counts: Any, mean: Any, b: int, sign: int) -> tuple[Any, An
     K = int(counts.shape[1])
     keyed = (0.0 - mean) if sign > 0 else (mean + 0.0)
     rev = _reversed_positions(xp, K, counts)
-    if is_torch_namespace(xp):  # torch: one sort, one fused multiply-add, one topk (its keys never tie)
+    if is_torch_namespace(xp):  # tensors: one sort, one fused multiply-add, the b largest keys (they never tie)
         by_mean = keyed.sort(dim=1, stable=True).indices
         key = rev.add(counts.gather(1, by_mean), alpha=K)
         top = key.topk(b, dim=1)
         return by_mean.gather(1, top.indices), top.values
-    by_mean = xp.argsort(keyed, axis=1, stable=True)  # other libraries: a second stable sort instead of topk
+    by_mean = xp.argsort(keyed, axis=1, stable=True)  # other libraries: a second stable sort instead
     key = take_along(counts, by_mean, 1) * K + rev
     by_key = xp.argsort(-key, axis=1, stable=True)[:, :b]
     return take_along(by_mean, by_key, 1), take_along(key, by_key, 1)
