@@ -150,7 +150,19 @@ BROKEN["sorted_cuts"] = lambda self, rows: _tukey(rows)
 BROKEN["loosen_hint"] = lambda self, rows: _tukey(rows)
 # a curve sweep of a parameter the selector does not have
 BROKEN["sweep"] = lambda self, rows: _tukey(rows)
+# counts of Tukey's labels, all but the first group's: the traversal's device path would miss outliers
+BROKEN["counts"] = lambda self, rows: _tukey(rows)
+
+
+def _wrong_counts(self, rows, groups, sorted_rows=None):
+    labels = np.asarray(self.select(np.asarray(rows.cpu() if hasattr(rows, "cpu") else rows)), dtype=np.int64)
+    pos = (labels.reshape(-1, groups, labels.shape[1]) > 0).sum(axis=1)
+    pos[0] = 0
+    return pos, None
+
+
 METHODS = {"sorted_cuts": {"sorted_cuts": lambda self, n, column: (column(n // 2), None)},
+           "counts": {"count_labels": _wrong_counts},
            "loosen_hint": {"loosen_hint": lambda self: "--selector-param k=1\nor another selector"},
            "sweep": {"sweep": ("threshold", (1.0, 2.0))}}
 

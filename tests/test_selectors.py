@@ -312,6 +312,45 @@ def test_a_selector_bug_is_named_not_counted(selector, words):
     assert len(msg.splitlines()) == 1
 
 
+class _BadCounts(ssa.Selector):
+    """Labels as MAD does, but counts them wrongly (the device path asks for counts, not labels)."""
+
+    parameters = {"two_sided": ssa.Param(False, "unused", bool)}
+    array_api = True
+
+    def select(self, rows):
+        return ssa.make_selector("mad").select(rows)
+
+
+class CountsOneColumn(_BadCounts):
+    name = "counts_one_column"
+
+    def count_labels(self, rows, groups, sorted_rows=None):
+        return rows[:, :1] > 0, None
+
+
+class CountsRaise(_BadCounts):
+    name = "counts_raise"
+
+    def count_labels(self, rows, groups, sorted_rows=None):
+        raise ValueError("no counts")
+
+
+@pytest.mark.parametrize("selector, words", [
+    (CountsOneColumn(), "selector 'counts_one_column' (from tests) count_labels() returned counts of shapes [("),
+    (CountsRaise(), "selector 'counts_raise' (from tests) raised ValueError: no counts in count_labels() on relevance "
+                    "rows of shape"),
+])
+def test_a_selector_counting_wrongly_on_the_device_path_is_named(selector, words):
+    from ssa.core.arrays import device_path
+
+    with pytest.raises(ssa.PluginError) as info, device_path():  # tensors stay tensors: the counts are asked for
+        ssa.analyse("digits", "digits", 3, 1, rule="gradient", selector=selector)
+    msg = str(info.value)
+    assert words in msg and "bug in the selector plugin" in msg and "--selector" in msg
+    assert len(msg.splitlines()) == 1
+
+
 class ZeroRuleRaisingHint(ssa.Rule):
     """Relevance zero everywhere (so the graph stops at once), and its advice for that raises."""
 

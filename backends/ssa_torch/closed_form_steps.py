@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from ssa.core.arrays import host_view
 from ssa.core.interfaces import DenseBlock, Rank1Block, Rank1Factors
 from ssa.core.stages import StageTimes
 
@@ -85,7 +86,7 @@ class ClosedFormSteps:
 
         A parent reached by exactly one term whose omega is rank-1 per upper neuron (1x1 conv, dense layer, skip
         connection under the gradient rule; skips under both rules) is a :class:`Rank1Block` with ``factors``,
-        else a :class:`DenseBlock` with its rows sorted without a sort
+        else, where the rows are labelled on the host, a :class:`DenseBlock` with its rows sorted without a sort
         (:func:`~ssa_torch.closed_form.terms.rank1_rows`); every other parent is a :class:`DenseBlock` of its
         terms' omega summed (float64 tensors on the statistics' device). Exact arithmetic is entered once per
         analysis (``Network.arithmetic``), not here.
@@ -99,12 +100,19 @@ class ClosedFormSteps:
         # the neurons on the statistics' device once, for every term of the block
         rows: Any = neurons if first is None else torch.as_tensor(list(neurons), dtype=torch.long,
                                                                   device=stat_device(first))
+        # a rank-1 block is handed as factors, or as rows with them sorted without a sort where they are labelled on
+        # the host (numpy sorts slowly); a device labels the terms' own rows (it sorts in one kernel, fewer calls
+        # than making the factors and the sorted rows take)
+        host = first is not None and isinstance(host_view(first), np.ndarray)
         for parent, idx in by_parent.items():
-            r = tf.terms[idx[0]].rank1(_term_stats(stats, upper, idx[0]), rows, form) if len(idx) == 1 else None
+            term = tf.terms[idx[0]]
+            r = term.rank1(_term_stats(stats, upper, idx[0]), rows, form) if len(idx) == 1 and (
+                factors or host) else None
             if r is not None:
-                term = tf.terms[idx[0]]
-                f = Rank1Factors(r[0], r[1], float(term.scale), r[2], term.rank1_order(rows, r[1].device))
-                out.append(Rank1Block(parent, 0, f) if factors else DenseBlock(parent, 0, *rank1_rows(f)))
+                order = term.rank1_order(rows, r[1].device) if factors else None
+                f = Rank1Factors(r[0], r[1], float(term.scale), r[2], order)
+                out.append(Rank1Block(parent, 0, f) if factors else
+                           DenseBlock(parent, 0, *rank1_rows(f, term.feeds_all)))
                 continue
             om = None
             for i in idx:

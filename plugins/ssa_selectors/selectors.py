@@ -241,29 +241,59 @@ class MADSelector(Selector):
         xp, rows = _as_rows(rows)
         if rows.shape[1] == 0:
             return _empty(xp, rows)
+        if _selects(xp):
+            return self._select_device(xp, rows, sorted_rows)
         safe = _safe(xp, rows)
-        finite = safe is rows and is_numpy(xp)  # numpy checked every value (a device never asks)
-        if sorted_rows is None and _selects(xp):
-            # both medians by selecting the middle values (torch: kthvalue, one kernel each), no sort. numpy
-            # sorts once instead (below): its SIMD sort beats two partitions with their copies (about 2x, issue 20)
-            med = median_rows(safe)
-            mad = median_rows(xp.abs(safe - med))
-        elif _selects(xp):  # the sorted rows give the first median; the second by selection
-            med = median_sorted(_sorted(xp, safe, sorted_rows, safe=True))
-            mad = median_rows(xp.abs(safe - med))
-        else:  # sorted rows (given, or sorted here): the first median read off, the second from the two runs
-            s = _sorted(xp, safe, sorted_rows, safe=True)
-            med = median_sorted(s)
-            # |s - med| over a sorted row falls, then rises: its median from the two runs, read only at the
-            # positions the search visits (no full |s - med| array)
-            below = count_below_sorted(s, med)
-            mad = median_of_v_rows(s, below, center=med)
+        finite = safe is rows  # numpy checked every value
+        # sorted rows (given, or sorted here): the first median read off, the second from the two runs
+        s = _sorted(xp, safe, sorted_rows, safe=True)
+        med = median_sorted(s)
+        # |s - med| over a sorted row falls, then rises: its median from the two runs, read only at the
+        # positions the search visits (no full |s - med| array)
+        below = count_below_sorted(s, med)
+        mad = median_of_v_rows(s, below, center=med)
         meanad = _mean_abs_where(xp, safe, med, mad == 0)  # the fallback scale, needed only where MAD is 0
         # scale such that z = (omega - median) / scale; 1/0.6745 = 1.4826 (MAD), 1.253314 (MeanAD fallback)
         scale = xp.where(mad > 0, mad / 0.6745, 1.253314 * meanad)
         pos_scale = scale > 0  # (R, 1); a row without spread has no outliers (the threshold is > 0)
         pos, neg = beyond(xp, safe, med, scale, pos_scale, self.params["threshold"], self.two_sided)  # cuts on numpy
         return _finish(xp, rows, pos, neg, self.two_sided, finite)
+
+    def count_labels(self, rows: Any, groups: int, sorted_rows: Any = None) -> tuple[Any, Any | None]:
+        """See :class:`~ssa.core.interfaces.SupportsCounts`: on torch from the outlier masks themselves (no labels);
+        elsewhere the labels summed."""
+        xp, rows = _as_rows(rows)
+        n, K = int(rows.shape[0]) // max(int(groups), 1), int(rows.shape[1])
+        if not _selects(xp) or K == 0:
+            labels = xp.reshape(self.select_sorted(rows, sorted_rows), (n, groups, K))
+            pos = xp.sum(xp.astype(labels > 0, xp.int64), axis=1)
+            return pos, (xp.sum(xp.astype(labels < 0, xp.int64), axis=1) if self.two_sided else None)
+        above, below = self._device_masks(xp, rows, sorted_rows)
+        return above.reshape(n, groups, K).sum(1), (below.reshape(n, groups, K).sum(1) if below is not None else None)
+
+    def _select_device(self, xp: Any, rows: Any, sorted_rows: Any) -> Any:
+        """:meth:`select_sorted` on torch: the labels of :meth:`_device_masks`."""
+        above, below = self._device_masks(xp, rows, sorted_rows)
+        out = xp.astype(above, xp.int8)
+        return out - xp.astype(below, xp.int8) if below is not None else out
+
+    def _device_masks(self, xp: Any, rows: Any, sorted_rows: Any) -> tuple[Any, Any | None]:
+        """``(z > t, z < -t)`` (the second None when one-sided) on torch, in a fixed number of kernels and no
+        synchronisation (issue 20): both medians by one sort (or one selection for odd rows) and the mean of the
+        middle values, as numpy takes them; the deviations computed once, for the MAD and its fallback alike; the
+        same scores and labels as the host form."""
+        safe = finite_or_zero(rows)
+        med = median_sorted(sorted_rows) if sorted_rows is not None else median_rows(safe)
+        diff = safe - med
+        dev = xp.abs(diff)
+        mad = median_rows(dev)
+        meanad = xp.mean(dev, axis=1, keepdims=True)  # the fallback scale (used where MAD is 0)
+        scale = xp.where(mad > 0, mad / 0.6745, 1.253314 * meanad)
+        # a row without spread, or holding NaN or an infinity (zeroed in safe), has no outliers
+        ok = (scale > 0) & xp.all(safe == rows, axis=1, keepdims=True)
+        z = diff / scale  # rows that are not ok divide by 0 here, and are masked
+        t = self.params["threshold"]
+        return (z > t) & ok, ((z < -t) & ok if self.two_sided else None)
 
 
 def _selects(xp: Any) -> bool:

@@ -51,7 +51,7 @@ def to_numpy(x: Array) -> np.ndarray:
         return x
     xp = array_namespace(x)
     if is_torch_namespace(xp):
-        host: np.ndarray = x.detach().cpu().numpy()
+        host: np.ndarray = (x.detach() if x.requires_grad else x).cpu().numpy()  # a detach is a call per copy
         return host
     return np.asarray(x)
 
@@ -305,23 +305,27 @@ def percentile_rows(rows: Array, qs: tuple[float, ...]) -> list[Array]:
 
 
 def median_sorted(sorted_rows: Array) -> Array:
-    """``numpy.median(rows, axis=1, keepdims=True)`` of ascending-sorted rows, bit for bit."""
-    return median_columns(int(sorted_rows.shape[1]), lambda p: sorted_rows[:, p:p + 1])
+    """``numpy.median(rows, axis=1, keepdims=True)`` of ascending-sorted rows, bit for bit (torch, even rows: the mean
+    of the middle two columns, one kernel: their sum halved, as numpy's)."""
+    K = int(sorted_rows.shape[1])
+    if K % 2 == 0 and K and is_torch_namespace(array_namespace(sorted_rows)):
+        return sorted_rows[:, K // 2 - 1:K // 2 + 1].mean(dim=1, keepdim=True)
+    return median_columns(K, lambda p: sorted_rows[:, p:p + 1])
 
 
 def median_rows(rows: Array) -> Array:
-    """``numpy.median(rows, axis=1, keepdims=True)`` (R, 1) of unsorted rows, bit for bit, without sorting them:
-    numpy partitions at the middle, torch selects the middle values (``kthvalue``: one kernel each, no
-    synchronisation), other libraries sort. Each gives exactly the values a sort puts in the middle."""
+    """``numpy.median(rows, axis=1, keepdims=True)`` (R, 1) of unsorted rows, bit for bit: numpy partitions at the
+    middle; torch selects the middle value of odd rows (``kthvalue``) and sorts even ones, taking the mean of the
+    middle two (on a device a fixed number of kernels, no synchronisation); other libraries sort. Each gives exactly
+    the values a sort puts in the middle."""
     xp = array_namespace(rows)
     K = int(rows.shape[1])
     mid = [K // 2] if K % 2 else [K // 2 - 1, K // 2]
     if is_numpy_namespace(xp):
         part = np.partition(rows, mid, axis=1)
         return median_columns(K, lambda p: part[:, p:p + 1])
-    if is_torch_namespace(xp):
-        picked = {p: rows.kthvalue(p + 1, dim=1, keepdim=True).values for p in mid}
-        return median_columns(K, picked.__getitem__)
+    if is_torch_namespace(xp) and K % 2:
+        return rows.kthvalue(K // 2 + 1, dim=1, keepdim=True).values
     return median_sorted(xp.sort(rows, axis=1, stable=False))
 
 

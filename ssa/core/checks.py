@@ -10,8 +10,8 @@ import numpy as np
 
 from ssa.errors import InvalidInputError, PluginError
 
-__all__ = ['check_closed_form', 'check_int', 'check_stop_at', 'check_device', 'call_selector', 'call_rule', 'call_hint',
-           'check_labels', 'looks_unscaled']
+__all__ = ['check_closed_form', 'check_int', 'check_stop_at', 'check_device', 'call_selector', 'call_counts',
+           'call_rule', 'call_hint', 'check_labels', 'looks_unscaled']
 
 
 def check_int(name: str, value: Any, minimum: int, fix: str = "") -> int:
@@ -109,6 +109,25 @@ def call_selector(selector: Any, rows: Any, sorted_rows: Any = None, *, check_va
                           f"{int(bad.sum())} entries are something else)", "--selector")
     out = out.astype(np.int8, copy=False)
     return out if isinstance(rows, np.ndarray) else asarray_like(out, rows)
+
+
+def call_counts(selector: Any, rows: Any, groups: int, sorted_rows: Any = None) -> tuple[Any, Any]:
+    """``selector.count_labels(rows, groups, sorted_rows)`` (:class:`~ssa.core.interfaces.SupportsCounts`), checked by
+    shape only (on a device its values are not waited for; ``ssa.conformance`` checks them): (n, K) positive counts,
+    and (n, K) negative ones exactly when the selector is two-sided (else a plugin bug)."""
+    want = (int(rows.shape[0]) // max(int(groups), 1), int(rows.shape[1]))
+    try:
+        pos, neg = selector.count_labels(rows, groups, sorted_rows)
+    except Exception as exc:  # noqa: BLE001 - the plugin's code
+        text = str(exc).strip().splitlines()
+        raise _plugin_bug("selector", selector, f"raised {type(exc).__name__}{': ' + text[0][:160] if text else ''} "
+                          f"in count_labels() on relevance rows of shape {tuple(rows.shape)}", "--selector") from exc
+    shapes = [tuple(getattr(c, "shape", ())) for c in (pos, neg) if c is not None]
+    if shapes != [want] * (2 if selector.two_sided else 1):
+        raise _plugin_bug("selector", selector, f"count_labels() returned counts of shapes {shapes} for rows of shape "
+                          f"{tuple(rows.shape)} in groups of {groups} (expected {want}, "
+                          f"{'twice' if selector.two_sided else 'and None for the negative ones'})", "--selector")
+    return pos, neg
 
 
 def call_rule(rule: Any, grad: Any, activation: Any) -> Any:

@@ -19,8 +19,8 @@ import numpy as np
 
 from ssa.core.params import Configurable
 
-__all__ = ["ClosedForm", 'Selector', 'SupportsSortedCuts', 'Rank1Factors', 'DenseBlock', 'Rank1Block', 'Rule', 'Tap',
-           'Network', 'Backend']
+__all__ = ["ClosedForm", 'Selector', 'SupportsSortedCuts', 'SupportsCounts', 'Rank1Factors', 'DenseBlock',
+           'Rank1Block', 'Rule', 'Tap', 'Network', 'Backend']
 
 
 class Selector(Configurable, ABC):
@@ -92,6 +92,21 @@ class SupportsSortedCuts(Protocol):
     """
 
     def sorted_cuts(self, n: int, column: Callable[[int], Any]) -> tuple[Any, Any | None]: ...
+
+
+@runtime_checkable
+class SupportsCounts(Protocol):
+    """A selector that counts its labels over groups of rows itself (an optional capability, for the device path).
+
+    ``count_labels(rows, groups, sorted_rows)`` takes rows (n * groups, K) as :meth:`Selector.select_sorted` does
+    (``sorted_rows`` may be None) and returns ``(pos, neg)``, each (n, K) integer, on the rows' device:
+    ``pos[j, k]`` is how many of rows ``j * groups .. (j + 1) * groups - 1`` :meth:`Selector.select` labels +1 in
+    column k, ``neg`` the same for -1 (None when the selector is one-sided). On a device the traversal then needs
+    no int8 labels and no pass to check them (fewer kernels per step); ``ssa.conformance`` checks the counts
+    against :meth:`Selector.select`'s labels summed.
+    """
+
+    def count_labels(self, rows: Any, groups: int, sorted_rows: Any = None) -> tuple[Any, Any | None]: ...
 
 
 class Rank1Factors(NamedTuple):

@@ -33,8 +33,18 @@ from ssa.core.arrays import (
     take_along,
     to_numpy,
 )
-from ssa.core.checks import call_selector
-from ssa.core.interfaces import DenseBlock, Rank1Block, Rank1Factors, Rule, Selector, SupportsSortedCuts, Tap
+from ssa.core.checks import call_counts, call_selector
+from ssa.core.interfaces import (
+    DenseBlock,
+    Rank1Block,
+    Rank1Factors,
+    Rule,
+    Selector,
+    SupportsCounts,
+    SupportsSortedCuts,
+    Tap,
+)
+from ssa.core.ranking import rank_neurons, step_winners, top_b
 
 __all__ = ["RelevanceSource", "DenseBlock", "Rank1Block", "rank1_block_rows", "labels_by_partition",
            "StepRecord", "Kept", "rank_neurons", "top_b", "traverse",
@@ -85,7 +95,7 @@ class StepRecord:
     parent: str
     neurons: tuple[int, ...]
     counts_array: Any  # (n, K) on the device the step was computed on; ``counts`` is the host copy
-    neg_counts_array: Any
+    neg_counts_array: Any  # None: no negative outliers were counted
     mean_array: Any
     kept_upper: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     kept_lower: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -100,6 +110,9 @@ class StepRecord:
 
     @cached_property
     def neg_counts(self) -> np.ndarray:
+        """(n, K) negative outlier counts, on the host (zeros when none were counted: a one-sided selector)."""
+        if self.neg_counts_array is None:
+            return np.zeros_like(self.counts)
         return np.asarray(to_numpy(self.neg_counts_array))
 
     @cached_property
@@ -111,61 +124,6 @@ class StepRecord:
         return tuple(Kept(int(u), int(v), int(c), float(r), int(s)) for u, v, c, r, s in
                      zip(self.kept_upper, self.kept_lower, self.kept_count, self.kept_relevance, self.kept_sign,
                          strict=True))
-
-
-def rank_neurons(counts: np.ndarray, mean: np.ndarray, b: int, sign: int = 1) -> list[int]:
-    """The first ``b`` neurons by count (desc), then mean relevance (desc; asc for sign -1), then index.
-
-    Only neurons with count > 0 qualify (method doc, section 3, STEPs 3-4). This is the
-    plainly written definition for one row; :func:`top_b` does every row at once.
-    """
-    k = np.arange(counts.shape[0])
-    key_mean = -mean if sign > 0 else mean
-    order = np.lexsort((k, key_mean, -counts))
-    return [int(i) for i in order[:b] if counts[i] > 0]
-
-
-def top_b(counts: Any, mean: Any, b: int, sign: int = 1) -> tuple[Any, Any]:
-    """:func:`rank_neurons` for every row of (n, K) arrays at once, on their device.
-
-    Returns ``(lower, valid)``, both (n, b'): the r-th ranked lower neuron of each row, and
-    whether it qualifies (count > 0). b' = min(b, K).
-    """
-    xp = namespace(counts, mean)
-    n, K = counts.shape
-    b = min(int(b), int(K))
-    key = mean if sign > 0 else -mean
-    if not is_numpy(xp):  # on a device: two stable sorts, a fixed number of kernels whatever b
-        return _top_b_sorted(xp, counts, key, b)
-    cols = xp.reshape(xp.arange(K, device=device_of(counts)), (1, K))
-    cnt = xp.where(counts > 0, counts, xp.full_like(counts, -1))
-    neg_inf = xp.full_like(key, -float("inf"))
-    lows, valids = [], []
-    for _ in range(b):
-        cmax = xp.max(cnt, axis=1, keepdims=True)
-        m1 = (cnt == cmax) & (cnt > 0)
-        kmax = xp.max(xp.where(m1, key, neg_inf), axis=1, keepdims=True)
-        m2 = m1 & (key == kmax)
-        # the smallest index among the remaining ties: the first True
-        first = xp.min(xp.where(m2, cols, xp.full_like(cols, K)), axis=1, keepdims=True)
-        valid = first < K
-        lows.append(xp.where(valid, first, xp.zeros_like(first)))
-        valids.append(valid)
-        cnt = xp.where(cols == first, xp.full_like(cnt, -1), cnt)
-    if not lows:
-        z = xp.zeros((n, 0), dtype=xp.int64, device=device_of(counts))
-        return z, xp.astype(z, xp.bool)
-    return xp.concat(lows, axis=1), xp.concat(valids, axis=1)
-
-
-def _top_b_sorted(xp: Any, counts: Any, key: Any, b: int) -> tuple[Any, Any]:
-    """:func:`top_b` by two stable sorts: by key descending (ties keep the index order), then by count
-    descending (ties keep the key order); neurons with count 0 go last and do not qualify. ``+ 0.0`` makes
-    -0.0 and 0.0 one key, as the comparisons of :func:`rank_neurons` see them (a radix sort would not)."""
-    by_key = xp.argsort((-key) + 0.0, axis=1, stable=True)
-    c = take_along(counts, by_key, 1)
-    by_count = xp.argsort(xp.where(c > 0, -c, xp.zeros_like(c)), axis=1, stable=True)[:, :b]
-    return take_along(by_key, by_count, 1), take_along(c, by_count, 1) > 0
 
 
 def apply_selector(selector: Selector, rows: Any, sorted_rows: Any = None) -> Any:
@@ -304,32 +262,45 @@ def _accumulate(acc: dict[str, _Acc], block: DenseBlock | Rank1Block, n: int, se
         srt = host_view(block.sorted)
         srt = xp.reshape(srt if srt.dtype == xp.float64 else xp.astype(srt, xp.float64), (nb * b, K))
     host = is_numpy(xp)
-    # on a device, the selector's labels are checked without a synchronisation: counted here, refused
-    # at the end of the step (a numpy selector's labels are checked at once, on the host)
     rows = xp.reshape(omega, (nb * b, K))
-    if host and srt is None and isinstance(selector, SupportsSortedCuts):
-        labels = xp.reshape(labels_by_partition(selector, rows), (nb, b, K))  # a few positions, not a sort
-    else:
-        labels = xp.reshape(call_selector(selector, rows, srt, check_values=host), (nb, b, K))
     a = acc.get(block.parent)
     if a is None:
         a = acc[block.parent] = _Acc(xp, n, K, omega)
-    if not host and selector.array_api:
-        bad = xp.sum((labels > 1) | (labels < -1))
-        a.bad = bad if a.bad is None else a.bad + bad
     lo, hi = block.start, block.start + nb
-    # checked labels all in {0, 1} (the one-sided selectors'): their sum is the count, and no negatives to count
-    if host and (labels.size == 0 or int(np.min(labels)) >= 0):
-        a.add("pos", lo, hi, np.sum(labels, axis=1, dtype=np.int64))
+    if not host and selector.array_api and isinstance(selector, SupportsCounts):  # counted by the selector, on
+        pos, neg = call_counts(selector, rows, b, srt)  # the device: no labels to make, check and count here
+        a.add("pos", lo, hi, pos)
+        if neg is not None:
+            a.add("neg", lo, hi, neg)
     else:
-        a.add("pos", lo, hi, xp.sum(labels > 0, axis=1, dtype=xp.int64))
-        a.add("neg", lo, hi, xp.sum(labels < 0, axis=1, dtype=xp.int64))
+        _count_labels(a, lo, hi, selector, rows, srt, (nb, b, K), host)
     if not host:  # no synchronisation on a device: mask unconditionally
         a.add("tot", lo, hi, xp.sum(finite_or_zero(omega), axis=1))
         return
     # a finite sum has only finite terms (NaN and infinities stay non-finite in a sum): no pass to check them
     tot = np.sum(omega, axis=1)
     a.add("tot", lo, hi, tot if bool(np.isfinite(tot).all()) else np.sum(finite_or_zero(omega), axis=1))
+
+
+def _count_labels(a: _Acc, lo: int, hi: int, selector: Selector, rows: Any, srt: Any, shape: tuple[int, int, int],
+                  host: bool) -> None:
+    """Add the outlier counts of the selector's labels of ``rows`` (R, K) to ``a`` (rows ``lo:hi``). On a device the
+    labels are checked without a synchronisation: bad ones counted here, refused at the end of the step (a numpy
+    selector's labels are checked at once, on the host)."""
+    xp = namespace(rows)
+    if host and srt is None and isinstance(selector, SupportsSortedCuts):
+        labels = xp.reshape(labels_by_partition(selector, rows), shape)  # a few positions, not a sort
+    else:
+        labels = xp.reshape(call_selector(selector, rows, srt, check_values=host), shape)
+    if not host and selector.array_api:
+        bad = xp.sum((labels > 1) | (labels < -1))
+        a.bad = bad if a.bad is None else a.bad + bad
+    # checked labels all in {0, 1} (the one-sided selectors'): their sum is the count, and no negatives to count
+    if host and (labels.size == 0 or int(np.min(labels)) >= 0):
+        a.add("pos", lo, hi, np.sum(labels, axis=1, dtype=np.int64))
+    else:
+        a.add("pos", lo, hi, xp.sum(labels > 0, axis=1, dtype=xp.int64))
+        a.add("neg", lo, hi, xp.sum(labels < 0, axis=1, dtype=xp.int64))
 
 
 def cut_positions(selector: SupportsSortedCuts, n: int) -> list[int]:
@@ -459,49 +430,17 @@ def _finish_step(upper: str, parent: str, neurons: Sequence[int], a: _Acc, branc
                  n_images: int, selector: Selector) -> StepRecord:
     """Rank on the device; bring only the kept edges to the host (the counts and means stay there until asked),
     together in one copy: on a device, the step's one synchronisation."""
-    xp = namespace(a.tot)
     mean = a.tot / float(n_images)
-    parts = [(1, a.pos, *top_b(a.pos, mean, branching, 1))]
-    if two_sided:
-        parts.append((-1, a.neg, *top_b(a.neg, mean, branching, -1)))
-    # per sign, the (n, b) winners, whether they qualify, their counts and their means, side by side in
-    # float64 (indices and counts are exact there), and the count of bad labels: one array, one transfer
-    pieces = []
-    for _, counts, low, valid in parts:
-        pieces += [xp.astype(low, xp.float64), xp.astype(valid, xp.float64),
-                   xp.astype(take_along(counts, low, 1), xp.float64),
-                   take_along(mean, low, 1)]
-    width = int(low.shape[1])
-    if a.bad is not None:  # labels outside {-1, 0, 1} from an array-API selector, counted on the device
-        pieces.append(xp.zeros((int(a.tot.shape[0]), 1), dtype=xp.float64, device=device_of(a.tot))
-                      + xp.astype(a.bad, xp.float64))
-    host = np.asarray(to_numpy(xp.concat(pieces, axis=1)))
-    if a.bad is not None and host.shape[0] and host[0, -1] > 0:
+    winners, bad = step_winners(a.pos, a.neg if two_sided else None, mean, branching, two_sided, a.bad)
+    if bad > 0:  # labels outside {-1, 0, 1} from an array-API selector, counted on the device
         raise _bad_labels(selector)
-    rows: list[np.ndarray] = []
-    lows: list[np.ndarray] = []
-    signs: list[np.ndarray] = []
-    ranks: list[np.ndarray] = []
-    cnts: list[np.ndarray] = []
-    rels: list[np.ndarray] = []
-    for i, (sign, *_) in enumerate(parts):
-        low_h, valid_h, c_h, m_h = (host[:, (4 * i + f) * width:(4 * i + f + 1) * width] for f in range(4))
-        j, r = np.nonzero(valid_h > 0)
-        rows.append(j)
-        lows.append(low_h[j, r])
-        ranks.append(r)
-        cnts.append(c_h[j, r])
-        rels.append(m_h[j, r])
-        signs.append(np.full(len(j), sign, np.int64))
-    j = np.concatenate(rows)
-    k = np.concatenate(lows).astype(np.int64)
-    s = np.concatenate(signs)
-    cnt = np.concatenate(cnts).astype(np.int64)
-    rel = np.concatenate(rels).astype(np.float64)
-    order = np.lexsort((np.concatenate(ranks), -s, j))  # per upper neuron: positive by rank, then negative
+    j, r, k, cnt, rel = (np.concatenate([w[f] for w in winners]) for f in range(5))
+    s = np.concatenate([np.full(len(w[0]), 1 if i == 0 else -1, np.int64) for i, w in enumerate(winners)])
+    order = np.lexsort((r, -s, j))  # per upper neuron: positive by rank, then negative
     nrn = np.asarray(neurons, dtype=np.int64)
-    return StepRecord(upper, parent, tuple(int(v) for v in neurons), a.pos, a.neg, mean,
-                      nrn[j[order]], k[order], cnt[order], rel[order], s[order])
+    return StepRecord(upper, parent, tuple(int(v) for v in neurons), a.pos, a.neg_, mean,
+                      nrn[j[order]], k[order].astype(np.int64), cnt[order].astype(np.int64),
+                      rel[order].astype(np.float64), s[order])
 
 
 def _bad_labels(selector: Selector) -> Exception:

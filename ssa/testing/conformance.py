@@ -29,6 +29,8 @@ What is checked (method doc, section 3, STEP 2; ``Selector.select``'s docstring)
   A selector that declares ``array_api = True`` must also return an int8 array of the rows' own
   library on the rows' device; one that does not is given numpy rows by the core.
 * ``sorted_cuts``: a selector with sorted cuts labels every row exactly as its cuts say;
+* ``counts``: a selector that counts its labels itself (``count_labels``) counts exactly ``select()``'s labels, for
+  numpy and torch rows, given sorted or not;
 * ``loosen_hint``: :meth:`~ssa.core.interfaces.Selector.loosen_hint` returns None or one line of text (what a
   stop note suggests when the selector keeps nothing at a step).
 * ``sweep``: :attr:`~ssa.core.interfaces.Selector.sweep` is None, or names one of the selector's parameters
@@ -45,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from ssa.core.interfaces import Selector, SupportsSortedCuts
+from ssa.core.interfaces import Selector, SupportsCounts, SupportsSortedCuts
 
 __all__ = ["check_selector", "assert_selector_conforms", "CHECKS"]
 
@@ -301,6 +303,41 @@ def _compare_libraries(sel: Selector, cases: dict, devices: list[str]) -> list[s
     return fails
 
 
+def _check_counts(sel: Selector) -> list[str]:
+    """A selector that counts its labels itself (:class:`~ssa.core.interfaces.SupportsCounts`) gives, for numpy rows and
+    torch rows (on each device, as the traversal's device path gets them, with and without the rows sorted), exactly
+    :meth:`Selector.select`'s labels summed over each group of rows."""
+    if not isinstance(sel, SupportsCounts):
+        return []
+    from ssa.core.arrays import device_path, to_numpy
+
+    rows = np.concatenate([_rows(seed=15), np.round(_rows(seed=16), 1), _rows(seed=17) * (_rows(seed=18) > 1)])
+    rows[3, 5] = np.nan
+    rows[7, :] = np.inf
+    fails = []
+    for groups in (1, 4, 6):
+        with np.errstate(all="ignore"):
+            labels = _call(sel, rows).astype(np.int64).reshape(-1, groups, rows.shape[1])
+        want = [(labels > 0).sum(axis=1), (labels < 0).sum(axis=1) if sel.two_sided else None]
+        given: list[tuple[str, Any, Any]] = [("numpy rows", rows.copy(), None)]
+        for dev in _torch_devices():
+            import torch
+
+            t = torch.tensor(rows, device=dev)
+            given += [(f"torch rows on {dev}", t, None),
+                      (f"sorted torch rows on {dev}", t, torch.sort(torch.nan_to_num(t, 0.0, 0.0, 0.0), dim=1).values)]
+        for what, r, srt in given:
+            with np.errstate(all="ignore"), device_path():
+                got = sel.count_labels(r, groups, srt)
+            for name, g, w in zip(("positive", "negative"), got, want, strict=True):
+                if (g is None) != (w is None):
+                    fails.append(f"{what}, groups of {groups}: {name} counts are {'missing' if g is None else 'given'}"
+                                 f" for a {'two' if sel.two_sided else 'one'}-sided selector")
+                elif g is not None and not np.array_equal(np.asarray(to_numpy(g)), w):
+                    fails.append(f"{what}, groups of {groups}: {name} counts differ from select()'s labels summed")
+    return fails
+
+
 def _check_sorted_cuts(sel: Selector) -> list[str]:
     """A selector with sorted cuts (:class:`~ssa.core.interfaces.SupportsSortedCuts`) labels every finite row
     exactly as its cuts say: +1 above ``hi``, -1 below ``lo``; the traversal relies on it for rank-1 steps."""
@@ -388,6 +425,7 @@ CHECKS: dict[str, Callable[[Selector], list[str]]] = {
     "nan_rows": _check_nan_rows,
     "array_libraries": _check_array_libraries,
     "sorted_cuts": _check_sorted_cuts,
+    "counts": _check_counts,
     "loosen_hint": _check_loosen_hint,
     "sweep": _check_sweep,
 }

@@ -55,13 +55,12 @@ def channels_of(value: Any, h: torch.Tensor) -> torch.Tensor:
 
 
 def neuron_rows(raw: Any, h: torch.Tensor) -> torch.Tensor:
-    """``raw[:, h]`` (B, n, K) as float64 rows (n, B, K), contiguous: a tensor's channels picked, then converted and
-    transposed in one copy (numpy: :func:`channels_of`). Always a fresh array: the caller may scale it in place."""
+    """``raw[:, h]`` (B, n, K) as float64 rows (n, B, K), contiguous: a tensor's channels picked into (n, B, K) order,
+    then converted (numpy: :func:`channels_of`). Always a fresh array: the caller may scale it in place."""
     if not isinstance(raw, torch.Tensor):
         return channels_of(raw, h).transpose(0, 1).contiguous()
-    picked = raw.index_select(1, h)  # (B, n, K) in the statistics' dtype
-    out = torch.empty((picked.shape[1], picked.shape[0], picked.shape[2]), dtype=torch.float64, device=raw.device)
-    return out.copy_(picked.transpose(0, 1))
+    picked = raw.transpose(0, 1).index_select(0, h)  # (n, B, K), row-major, in the statistics' dtype
+    return picked.to(torch.float64) if picked.dtype != torch.float64 else picked
 
 
 def scatter_channels(values: torch.Tensor, chan: torch.Tensor, k: int) -> torch.Tensor:
@@ -278,15 +277,16 @@ class Term:
         return om
 
 
-def rank1_rows(f: Rank1Factors) -> tuple[torch.Tensor, torch.Tensor]:
-    """omega ``(n, B, K)`` of rank-1 factors, and its rows sorted ascending, without sorting them.
+def rank1_rows(f: Rank1Factors, all_fed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """omega ``(n, B, K)`` of rank-1 factors, and its rows sorted ascending, without sorting them (``all_fed``: every
+    upper neuron is fed, so the rows' products by their fed flags, all 1, are left out).
 
     omega[j, i, k] = ((vec[j, k] * coeff[j, i]) * scale) * fed[j], as :meth:`Term.finish` rounds it; for a
     fixed non-negative factor the rounded product is non-decreasing in ``vec`` (and non-increasing for a
     negative one), so each row sorted is the same products of ``vec`` sorted once per neuron (reversed where
     coeff < 0), bit for bit.
     """
-    coeff, vec, fed = f.coeff, f.vec, f.fed
+    coeff, vec, fed = f.coeff, f.vec, None if all_fed else f.fed
     # written into row-major (n, B, K) buffers: coeff is often a transposed view, and a product laid out after
     # it would make every later (n * B, K) view of the rows a copy; the products are the same either way
     shape = (coeff.shape[0], coeff.shape[1], vec.shape[1])
@@ -300,9 +300,10 @@ def rank1_rows(f: Rank1Factors) -> tuple[torch.Tensor, torch.Tensor]:
     return om, _scale_rows(ordered, f.scale, fed)
 
 
-def _scale_rows(om: torch.Tensor, scale: float, fed: torch.Tensor) -> torch.Tensor:
+def _scale_rows(om: torch.Tensor, scale: float, fed: torch.Tensor | None) -> torch.Tensor:
     """:meth:`Term.finish` in place: times ``scale``, then every row times its fed flag (1 or 0; a fed row's
-    products are unchanged), without asking the device whether all are fed. A scale of 1 is no pass (x * 1 is x)."""
+    products are unchanged; None: every row fed), without asking the device whether all are fed. A scale of 1 is
+    no pass (x * 1 is x)."""
     if scale != 1.0:
         om = om.mul_(scale)
-    return om.mul_(fed.to(om.dtype).reshape(-1, *([1] * (om.dim() - 1))))
+    return om if fed is None else om.mul_(fed.to(om.dtype).reshape(-1, *([1] * (om.dim() - 1))))

@@ -1,0 +1,147 @@
+"""Ranking a step's lower neurons (method doc, section 3, STEPs 3-4) and bringing the winners to the host.
+
+:func:`rank_neurons` is the plainly written definition for one row; :func:`top_b` does every row at once on the
+arrays' device; :func:`step_winners` gives a step's winners per sign on the host in one copy (on a device the
+step's one synchronisation). On a device the ranking is a fixed number of kernels whatever ``b``: one stable sort
+by mean relevance, then the b largest of one integer key per neuron, ``count * K + (K - 1 - position in that
+order)``, which orders by count, then mean, then index, with no ties (so ``topk`` is exact); the count comes back
+inside the key (``key // K``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from array_api_compat import is_torch_namespace
+
+from ssa.core.arrays import device_of, is_numpy, namespace, take_along, to_numpy
+
+__all__ = ["rank_neurons", "top_b", "step_winners", "Winners"]
+
+#: per sign: (row j, rank r, lower neuron, count, mean relevance), each (m,) on the host, ordered by (j, r)
+Winners = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def rank_neurons(counts: np.ndarray, mean: np.ndarray, b: int, sign: int = 1) -> list[int]:
+    """The first ``b`` neurons by count (desc), then mean relevance (desc; asc for sign -1), then index.
+
+    Only neurons with count > 0 qualify (method doc, section 3, STEPs 3-4). This is the
+    plainly written definition for one row; :func:`top_b` does every row at once.
+    """
+    k = np.arange(counts.shape[0])
+    key_mean = -mean if sign > 0 else mean
+    order = np.lexsort((k, key_mean, -counts))
+    return [int(i) for i in order[:b] if counts[i] > 0]
+
+
+def top_b(counts: Any, mean: Any, b: int, sign: int = 1) -> tuple[Any, Any]:
+    """:func:`rank_neurons` for every row of (n, K) arrays at once, on their device.
+
+    Returns ``(lower, valid)``, both (n, b'): the r-th ranked lower neuron of each row, and
+    whether it qualifies (count > 0). b' = min(b, K).
+    """
+    xp = namespace(counts, mean)
+    K = int(counts.shape[1])
+    if not is_numpy(xp):
+        lower, key = _ranked(xp, counts, mean, min(int(b), K), sign)
+        return lower, key >= K
+    return _top_b_host(counts, mean, b, sign)
+
+
+def _top_b_host(counts: np.ndarray, mean: np.ndarray, b: int, sign: int) -> tuple[np.ndarray, np.ndarray]:
+    """numpy: b passes of row maxima (faster than sorting the rows on the host for the small b of a traversal)."""
+    n, K = counts.shape
+    b = min(int(b), int(K))
+    key = mean if sign > 0 else -mean
+    cols = np.arange(K).reshape(1, K)
+    cnt = np.where(counts > 0, counts, -1)
+    lows, valids = [], []
+    for _ in range(b):
+        cmax = np.max(cnt, axis=1, keepdims=True)
+        m1 = (cnt == cmax) & (cnt > 0)
+        kmax = np.max(np.where(m1, key, -np.inf), axis=1, keepdims=True)
+        m2 = m1 & (key == kmax)
+        # the smallest index among the remaining ties: the first True
+        first = np.min(np.where(m2, cols, K), axis=1, keepdims=True)
+        valid = first < K
+        lows.append(np.where(valid, first, 0))
+        valids.append(valid)
+        cnt = np.where(cols == first, -1, cnt)
+    if not lows:
+        return np.zeros((n, 0), np.int64), np.zeros((n, 0), bool)
+    return np.concatenate(lows, axis=1), np.concatenate(valids, axis=1)
+
+
+_REVERSED: dict[tuple[int, str], Any] = {}
+
+
+def _reversed_positions(xp: Any, K: int, like: Any) -> Any:
+    """``[K - 1, ..., 1, 0]`` int64 on ``like``'s device, made once per width and device."""
+    key = (K, str(device_of(like)))
+    out = _REVERSED.get(key)
+    if out is None:
+        if len(_REVERSED) > 256:
+            _REVERSED.clear()
+        out = _REVERSED[key] = xp.arange(K - 1, -1, -1, dtype=xp.int64, device=device_of(like))
+    return out
+
+
+def _ranked(xp: Any, counts: Any, mean: Any, b: int, sign: int) -> tuple[Any, Any]:
+    """``(lower, key)`` (n, b) of device arrays: the ranked lower neurons and their keys ``count * K + (K - 1 - q)``,
+    q the neuron's position in the stable order by mean (descending for sign +1). ``0.0 - mean`` and ``mean + 0.0``
+    make -0.0 and 0.0 one key, as the comparisons of :func:`rank_neurons` see them (a radix sort would not), and
+    leave NaN last, as numpy's sort does."""
+    K = int(counts.shape[1])
+    keyed = (0.0 - mean) if sign > 0 else (mean + 0.0)
+    rev = _reversed_positions(xp, K, counts)
+    if is_torch_namespace(xp):  # tensors: one sort, one fused multiply-add, the b largest keys (they never tie)
+        by_mean = keyed.sort(dim=1, stable=True).indices
+        key = rev.add(counts.gather(1, by_mean), alpha=K)
+        top = key.topk(b, dim=1)
+        return by_mean.gather(1, top.indices), top.values
+    by_mean = xp.argsort(keyed, axis=1, stable=True)  # other libraries: a second stable sort instead
+    key = take_along(counts, by_mean, 1) * K + rev
+    by_key = xp.argsort(-key, axis=1, stable=True)[:, :b]
+    return take_along(by_mean, by_key, 1), take_along(key, by_key, 1)
+
+
+def step_winners(pos: Any, neg: Any, mean: Any, b: int, two_sided: bool, flag: Any = None
+                 ) -> tuple[list[Winners], int]:
+    """The kept edges of a step, per sign (+1, then -1 when ``two_sided``), on the host, and the value of ``flag``
+    (a 0-d integer array on the device: a count of bad labels; 0 when None), brought back together in one copy."""
+    xp = namespace(mean)
+    K = int(mean.shape[1])
+    b = min(int(b), K)
+    signs = [(1, pos)] + ([(-1, neg)] if two_sided else [])
+    if is_numpy(xp):
+        out = []
+        for sign, counts in signs:
+            low, valid = _top_b_host(counts, mean, b, sign)
+            j, r = np.nonzero(valid)
+            lw = low[j, r]
+            out.append((j, r, lw, counts[j, lw].astype(np.int64), mean[j, lw].astype(np.float64)))
+        return out, 0 if flag is None else int(flag)
+    ints, floats = [], []
+    for sign, counts in signs:
+        lower, key = _ranked(xp, counts, mean, b, sign)
+        ints += [lower, key]
+        floats.append(take_along(mean, lower, 1))
+    n = int(mean.shape[0])
+    # one float64 array (indices and keys are exact there): torch's concatenation converts them itself
+    cols = ints if is_torch_namespace(xp) else [xp.astype(c, xp.float64) for c in ints]
+    cols = cols + floats
+    if flag is not None:
+        cols.append(flag.expand(n, 1) if is_torch_namespace(xp) else
+                    xp.zeros((n, 1), dtype=xp.float64, device=device_of(mean)) + xp.astype(flag, xp.float64))
+    host = np.asarray(to_numpy(xp.concat(cols, axis=1)), dtype=np.float64)
+    values = host[:, len(ints) * b:(len(ints) + len(floats)) * b]
+    bad = int(host[0, -1]) if flag is not None and n else 0
+    out = []
+    for i in range(len(signs)):
+        lower_h = host[:, 2 * i * b:(2 * i + 1) * b].astype(np.int64)
+        key_h = host[:, (2 * i + 1) * b:(2 * i + 2) * b].astype(np.int64)
+        cnt = key_h // K if K else key_h
+        j, r = np.nonzero(cnt > 0)
+        out.append((j, r, lower_h[j, r], cnt[j, r], values[:, i * b:(i + 1) * b][j, r]))
+    return out, bad
