@@ -215,6 +215,41 @@ def test_the_planner_reads_the_values_preparation_computed(kind, tmp_path, monke
     assert len(seeded[1]) > 3
 
 
+def test_onnxruntime_runs_beside_the_converted_module_with_the_same_result(vgg, monkeypatch):
+    """A first run builds and runs onnxruntime's session in a thread while torch runs the converted module: the
+    parity numbers are those of the two computed one after the other, and onnxruntime's error comes first."""
+    import threading
+
+    from ssa_onnx.network import OnnxNetwork
+
+    from ssa.errors import InvalidInputError, UnsupportedModelError
+
+    monkeypatch.setenv("SSA_PARITY_CACHE", "0")
+    _, x, path = vgg
+    real = OnnxNetwork.ort_outputs
+    where: list[str] = []
+    monkeypatch.setattr(OnnxNetwork, "ort_outputs",
+                        lambda self, b: where.append(threading.current_thread().name) or real(self, b))
+    net = _prepared(path, x)
+    assert len(where) == 1 and where[0].startswith("ssa-onnxruntime")
+    ref, conv = real(net, x[:net.parity_images]), net._module_outputs(net._converted, x[:net.parity_images])
+    assert net.parity_converted == net._parity(ref, conv) and net.parity_converted.ok
+
+    def ort_fails(self, b):
+        raise InvalidInputError("onnxruntime failed")
+
+    def torch_fails(self, module, b):
+        raise UnsupportedModelError("torch failed")
+
+    monkeypatch.setattr(OnnxNetwork, "ort_outputs", ort_fails)
+    monkeypatch.setattr(OnnxNetwork, "_module_outputs", torch_fails)
+    with pytest.raises(InvalidInputError, match="onnxruntime failed"):
+        _prepared(path, x)
+    monkeypatch.setattr(OnnxNetwork, "ort_outputs", real)
+    with pytest.raises(UnsupportedModelError, match="torch failed"):
+        _prepared(path, x)
+
+
 def test_a_failed_check_is_never_remembered(cache):
     ok = ParityResult(2, "logits", 0.0, 1.0, 0.0, 1e-3, 1.0, "CPUExecutionProvider", True)
     failed = replace(ok, max_abs_diff=0.5, relative=0.5, ok=False)
