@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+from ssa.core import threads as _threads  # noqa: F401  # first: other processes' CPU use is measured from here
+
+# isort: split
 from ssa.api import analyse, analyse_many, load_model
 from ssa.core.interfaces import Backend, ClosedForm, Network, Rule, Selector, Tap
 from ssa.core.options import ModelSpec, RunOptions

@@ -81,6 +81,23 @@ def test_factor_scale_and_scatter():
                                torch.tensor([[5.0, 4.0, 4.0], [17.0, 10.0, 16.0]]))
 
 
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_gate_rows_without_the_scatter_are_the_scatters(groups):
+    """A gate's (B, N, C) input-channel rows with one group are ``a + 0``: bit for bit the scatter-add into zeros
+    (the reference), signed zeros, infinities and NaN included; grouped convs keep the scatter."""
+    from ssa_torch.closed_form.gate import input_channel_rows, scatter_input_channels
+
+    gen = torch.Generator().manual_seed(groups)
+    op = LinearOp("conv", torch.randn(8, 12 // groups, 1, 1, generator=gen), groups=groups)
+    a = torch.randn(3, 8, 12 // groups, generator=gen)
+    a[0, 0, :4] = torch.tensor([-0.0, 0.0, float("inf"), float("nan")])[: a.shape[2]]
+    fast, ref = input_channel_rows(op, a), scatter_input_channels(op, a)
+    assert fast.shape == ref.shape == (3, 8, 12)
+    assert torch.equal(torch.nan_to_num(fast, nan=7.0), torch.nan_to_num(ref, nan=7.0))
+    assert torch.equal(torch.signbit(fast), torch.signbit(ref)) and torch.equal(fast.isnan(), ref.isnan())
+    assert fast.data_ptr() != a.data_ptr()
+
+
 @pytest.mark.parametrize("form", ["gradient", "gradient_x_activation"])
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "mobilenet_v2"])
 def test_gates_and_linear_chains_equal_autograd_per_step(name, form):

@@ -178,6 +178,78 @@ def test_canonical_form_from_the_traced_values_is_the_same(vgg, monkeypatch):
         [(t.name, t.parents, t.channel_axis) for t in seeded.taps]
 
 
+@pytest.mark.parametrize("kind", ["onnx", "module"])
+def test_the_planner_reads_the_values_preparation_computed(kind, tmp_path, monkeypatch):
+    """The closed-form planner reads the canonical graph's batch-1 values that canonicalisation computed last (no
+    forward pass of its own): the same values, bit for bit, as a forward pass of the canonical graph, and the same
+    plan as when the planner runs that pass itself (the reference)."""
+    import torch
+    from ssa_torch import closed_form_steps as cfs
+
+    model = om.heavy_tail_(om.resnet_style(), 0)
+    x = om.images((3, 8, 8), 8, seed=1)
+    source = str(om.export(model, x, tmp_path / "resnet.onnx")) if kind == "onnx" else model
+    real = cfs.graph_values_at_one
+    calls: list[int] = []
+    monkeypatch.setattr(cfs, "graph_values_at_one", lambda gm, ex: calls.append(len(ex)) or real(gm, ex))
+
+    def plan_of(net):
+        cf = net.closed_form
+        return net.describe_steps(), {t: [(term.label, term.parent, term.head) for term in f.terms]
+                                      for t, f in cf.taps.items()}, dict(cf.reasons)
+
+    kept = ssa.load_model(source)
+    kept.prepare(x)
+    values = kept._plan_values
+    assert values is not None
+    fresh = real(kept.graph_module, kept._example)
+    assert values.keys() == fresh.keys()
+    for k, v in fresh.items():
+        assert torch.equal(values[k], v) if isinstance(v, torch.Tensor) else values[k] == v, k
+    seeded = plan_of(kept)
+    assert calls == [] and kept._plan_values is None  # read once, then dropped
+    reference = ssa.load_model(source)
+    reference.prepare(x)
+    reference._plan_values = None  # the planner runs its own forward pass
+    assert plan_of(reference) == seeded and calls == [1]
+    assert len(seeded[1]) > 3
+
+
+def test_onnxruntime_runs_beside_the_converted_module_with_the_same_result(vgg, monkeypatch):
+    """A first run builds and runs onnxruntime's session in a thread while torch runs the converted module: the
+    parity numbers are those of the two computed one after the other, and onnxruntime's error comes first."""
+    import threading
+
+    from ssa_onnx.network import OnnxNetwork
+
+    from ssa.errors import InvalidInputError, UnsupportedModelError
+
+    monkeypatch.setenv("SSA_PARITY_CACHE", "0")
+    _, x, path = vgg
+    real = OnnxNetwork.ort_outputs
+    where: list[str] = []
+    monkeypatch.setattr(OnnxNetwork, "ort_outputs",
+                        lambda self, b: where.append(threading.current_thread().name) or real(self, b))
+    net = _prepared(path, x)
+    assert len(where) == 1 and where[0].startswith("ssa-onnxruntime")
+    ref, conv = real(net, x[:net.parity_images]), net._module_outputs(net._converted, x[:net.parity_images])
+    assert net.parity_converted == net._parity(ref, conv) and net.parity_converted.ok
+
+    def ort_fails(self, b):
+        raise InvalidInputError("onnxruntime failed")
+
+    def torch_fails(self, module, b):
+        raise UnsupportedModelError("torch failed")
+
+    monkeypatch.setattr(OnnxNetwork, "ort_outputs", ort_fails)
+    monkeypatch.setattr(OnnxNetwork, "_module_outputs", torch_fails)
+    with pytest.raises(InvalidInputError, match="onnxruntime failed"):
+        _prepared(path, x)
+    monkeypatch.setattr(OnnxNetwork, "ort_outputs", real)
+    with pytest.raises(UnsupportedModelError, match="torch failed"):
+        _prepared(path, x)
+
+
 def test_a_failed_check_is_never_remembered(cache):
     ok = ParityResult(2, "logits", 0.0, 1.0, 0.0, 1e-3, 1.0, "CPUExecutionProvider", True)
     failed = replace(ok, max_abs_diff=0.5, relative=0.5, ok=False)

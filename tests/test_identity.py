@@ -208,3 +208,35 @@ def test_figures_refuse_other_images_and_mixed_compare_graphs(work, runs, capsys
     assert "different rule" in _error(capsys)
     assert main(argv + ["--images", str(work / "x.npy"), "--labels", str(work / "y.npy"), "--compare",
                         str(runs["base"] / "class-5.json"), "--n-images", "2"]) == 0
+
+
+def test_the_model_hash_reads_the_same_bytes_as_a_copy_would():
+    """The model hash reads each weight's buffer in place: the same digest as hashing a ``.tobytes()`` copy of
+    every state entry (the formula written out), with a 0-d constant and a transposed weight (a bfloat16 buffer is
+    folded into a float32 constant by canonicalisation)."""
+    import hashlib
+
+    class _Mixed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+            self.bn = torch.nn.BatchNorm2d(4)  # num_batches_tracked: a 0-d int64 buffer
+            self.fc = torch.nn.Linear(4, 10)
+            self.register_buffer("bf16", torch.linspace(0, 1, 5, dtype=torch.bfloat16))
+            with torch.no_grad():
+                self.fc.weight.set_(torch.randn(4, 10).t())  # not contiguous
+
+        def forward(self, x):
+            return self.fc(self.bn(self.conv(x)).relu().mean((2, 3))) + self.bf16.float().sum()
+
+    net = ssa.load_model(_Mixed().eval())
+    net.prepare(np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32))
+    h = hashlib.blake2b(digest_size=16)
+    h.update(net.graph_module.code.encode())
+    for key, value in net.graph_module.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes() if value.dtype != torch.bfloat16
+                 else value.float().cpu().numpy().tobytes())
+    assert net.model_hash() == h.hexdigest()
+    state = net.graph_module.state_dict().values()
+    assert any(v.dim() == 0 for v in state) and any(not v.is_contiguous() for v in state)

@@ -51,6 +51,56 @@ def test_default_threads(machine, numbers, expected):
     assert T.default_threads() == expected
 
 
+def test_others_busy_is_the_machines_busy_time_less_this_processs():
+    """2 CPUs at 100 ticks a second for 1 s: 200 ticks; this process used 1 s of CPU (100 ticks)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    start = (10.0, 5.0, (1000 * hz // 100, 4000 * hz // 100))
+
+    def now(busy_ticks, own_s=1.0, wall=1.0):
+        return (10.0 + wall, 5.0 + own_s, (start[2][0] + busy_ticks * hz // 100,
+                                           start[2][1] + int(200 * wall) * hz // 100))
+
+    assert T.others_busy(start, now(100)) == pytest.approx(0.0)  # only this process ran: both CPUs left to it
+    assert T.others_busy(start, now(200)) == pytest.approx(1.0)  # another process kept one CPU busy
+    assert T.others_busy(start, now(150, own_s=0.5)) == pytest.approx(1.0)
+    assert T.others_busy(start, now(90)) == 0.0  # tick rounding never gives less than nothing
+    assert T.others_busy(start, now(40, own_s=0.1, wall=0.1)) is None  # too short to tell: the load average
+    assert T.others_busy((10.0, 5.0, None), now(100)) is None  # no /proc/stat
+
+
+def test_busy_cpus_prefers_the_recent_window_to_the_lagging_load_average(monkeypatch):
+    class _Loadavg:
+        text = "1.00 0.80 0.50 1/100 123"  # the load average of a run that just ended; only this process runs
+
+        def __init__(self, *_):
+            pass
+
+        def read_text(self):
+            return self.text
+
+    monkeypatch.setattr(T, "Path", _Loadavg)
+    monkeypatch.setattr(T, "others_busy", lambda: 0.0)
+    assert T.busy_cpus() == 0.0
+    monkeypatch.setattr(T, "others_busy", lambda: 0.7)
+    assert T.busy_cpus() == 0.7
+    _Loadavg.text = "1.00 0.80 0.50 3/100 123"  # two others running right now
+    assert T.busy_cpus() == 2.0
+    monkeypatch.setattr(T, "others_busy", lambda: None)  # no window: the load average, as before
+    _Loadavg.text = "1.00 0.80 0.50 1/100 123"
+    assert T.busy_cpus() == 1.0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux /proc/stat")
+def test_others_busy_sees_a_busy_process_beside_this_one():
+    start = T._snapshot()
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 0.8: pass"])
+    spin.wait(timeout=60)
+    ticks = T._cpu_ticks()
+    assert ticks is not None and 0 <= ticks[0] <= ticks[1]
+    busy = T.others_busy(start)
+    assert busy is not None and 0.5 <= busy <= (os.cpu_count() or 1)
+
+
 def test_use_threads_keeps_the_users_choice_and_refuses_zero(machine):
     machine(cpus=2, busy=5.0)
     env = {"OMP_NUM_THREADS": "2"}

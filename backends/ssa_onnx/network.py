@@ -153,8 +153,7 @@ class OnnxNetwork(TorchNetwork):
             recalled = parity_cache.recall(key) if key is not None else None
             ref = None
             if recalled is None:
-                ref = self.ort_outputs(x)
-                conv = self._module_outputs(self._converted, x)
+                ref, conv = self._reference_and_converted(x)
                 if self.check_parity:
                     self.parity_converted = self._parity(ref, conv)
                     self._refuse_conversion(self.parity_converted)
@@ -188,6 +187,24 @@ class OnnxNetwork(TorchNetwork):
         elif key is not None and self.parity_converted is not None and self.parity is not None:
             parity_cache.remember(key, self.parity_converted, self.parity, self.output_kind)
         return taps
+
+    def _reference_and_converted(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """onnxruntime's outputs (:meth:`ort_outputs`) and onnx2torch's module's on ``x``, side by side: the session
+        is built and run in a thread (onnxruntime's C++ code runs without the GIL) while torch runs the module, so a
+        second core shortens a first run (on the CPU; on a GPU one after the other). The same two arrays as one
+        after the other; when both fail, onnxruntime's error is the one raised, as when it ran first."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if torch.device(self.device).type != "cpu":  # a GPU: one after the other, as before
+            return self.ort_outputs(x), self._module_outputs(self._converted, x)
+        with ThreadPoolExecutor(1, thread_name_prefix="ssa-onnxruntime") as pool:
+            reference = pool.submit(self.ort_outputs, x)
+            try:
+                converted = self._module_outputs(self._converted, x)
+            except Exception:
+                reference.result()  # onnxruntime's error first
+                raise
+            return reference.result(), converted
 
     def _parity_key(self, x: np.ndarray) -> str | None:
         """The parity cache's key for this file and these settings (None: no check, or the cache is off)."""

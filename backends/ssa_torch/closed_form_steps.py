@@ -29,7 +29,7 @@ from .interpreters import ModelCodeInterpreter
 if TYPE_CHECKING:
     from .taps import TapPlan
 
-__all__ = ["ClosedFormSteps", "steps_summary"]
+__all__ = ["ClosedFormSteps", "graph_values_at_one", "steps_summary"]
 
 
 class ClosedFormSteps:
@@ -41,6 +41,7 @@ class ClosedFormSteps:
         plan: TapPlan
         _example: torch.Tensor
         _fast: ClosedFormPlan | None
+        _plan_values: dict[str, Any] | None
         _stat_bytes: dict[str, int]
         stages: StageTimes
 
@@ -50,23 +51,21 @@ class ClosedFormSteps:
     def closed_form(self) -> ClosedFormPlan:
         """Which steps have the exact closed form, their terms, and why the others do not (on first use)."""
         if self._fast is None:
-            env1: dict[str, Any] = {}
-
-            class _Values(fx.Interpreter):
-                def run_node(self, n):
-                    out = super().run_node(n)
-                    env1[n.name] = out
-                    return out
-
             with self.stages.stage("planning"), torch.no_grad():
-                _Values(self.graph_module).run(self._example)
-                fast = plan_closed_form(self.graph_module, self.plan, env1)
+                fast = plan_closed_form(self.graph_module, self.plan, self._values_at_one())
                 for tf in fast.taps.values():  # constants on the device once (Term.to), never per class
                     for term in tf.terms:
                         term.to(self.device)
                 self._fast = fast
             self._drop_class_token_forms(self._fast)
         return self._fast
+
+    def _values_at_one(self) -> dict[str, Any]:
+        """Every node's value of the canonical graph on the example image (batch 1): the ones canonicalisation
+        computed last, kept by ``prepare`` for this one use, else a forward pass
+        (:func:`graph_values_at_one`, the reference the kept values are tested against)."""
+        env1, self._plan_values = self._plan_values, None
+        return env1 if env1 is not None else graph_values_at_one(self.graph_module, self._example)
 
     def _drop_class_token_forms(self, cf: ClosedFormPlan) -> None:
         """The closed form averages over positions: a step with a tap that takes its class token alone
@@ -168,6 +167,21 @@ class _StatsRun(StatsInterpreter, ModelCodeInterpreter):
 
     See :class:`~ssa_torch.interpreters.ModelCodeInterpreter`.
     """
+
+
+def graph_values_at_one(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, Any]:
+    """Every node's value of ``gm`` on ``example`` (one forward pass, no autograd)."""
+    env: dict[str, Any] = {}
+
+    class _Values(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            env[n.name] = out
+            return out
+
+    with torch.no_grad():
+        _Values(gm).run(example)
+    return env
 
 
 def steps_summary(steps: Mapping[str, str]) -> str:

@@ -36,8 +36,7 @@ class ModelIdentity:
             h.update(self.graph_module.code.encode())
             for key, value in self.graph_module.state_dict().items():
                 h.update(key.encode())
-                h.update(value.detach().cpu().contiguous().numpy().tobytes() if value.dtype != torch.bfloat16
-                         else value.float().cpu().numpy().tobytes())
+                h.update(_flat_bytes(value))
             self._model_hash = h.hexdigest()
         return self._model_hash
 
@@ -57,3 +56,10 @@ class ModelIdentity:
     def weight_arrays(self) -> list[np.ndarray]:
         return [v.detach().float().cpu().numpy() for v in self.module.state_dict().values()
                 if isinstance(v, torch.Tensor) and v.is_floating_point()]
+
+
+def _flat_bytes(value: torch.Tensor) -> np.ndarray:
+    """The bytes the model hash reads of a tensor, as a flat C-contiguous host array (hashlib reads its buffer: the
+    same bytes as ``.tobytes()``, without copying them); bfloat16 as float32."""
+    host = value.detach().cpu().contiguous() if value.dtype != torch.bfloat16 else value.detach().float().cpu()
+    return host.numpy().reshape(-1)

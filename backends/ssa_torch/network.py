@@ -108,6 +108,7 @@ class TorchNetwork(ClosedFormSteps, AutogradSteps, ModelIdentity, InputMaps, Net
         self.stages = StageTimes()  # seconds per preparation stage (``ssa check`` prints them)
         self._batches_checked = False  # True: the traced copy is known to run on a batch of 2 (no need to try)
         self._canon_values: dict[str, Any] | None = None  # see _canonicalize
+        self._plan_values: dict[str, Any] | None = None  # see ClosedFormSteps.closed_form
 
     def canon_passes(self) -> Sequence[CanonPass]:
         """The canonicalisation passes :meth:`prepare` runs on the traced copy (front ends add theirs)."""
@@ -173,6 +174,8 @@ class TorchNetwork(ClosedFormSteps, AutogradSteps, ModelIdentity, InputMaps, Net
         else:
             with torch.no_grad():
                 _Shapes(gm).run(x)
+        # the canonical graph's values at batch 1, for the closed-form planner (which reads them once, then drops them)
+        self._plan_values = self._canon_values
         self._canon_values = None
         self._plan = discover_taps(gm, shapes, tap_names=self.tap_names, include_input=self.include_input,
                                    channel_axes=self.channel_axes, output_index=self.output_index)

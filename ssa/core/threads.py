@@ -12,9 +12,15 @@ machine. The command line therefore uses, unless told otherwise (``--threads N``
 threads, at least one (:func:`default_threads`). "May use" is the CPU affinity
 (``os.sched_getaffinity``) and a container's CPU quota (cgroup ``cpu.max`` / ``cpu.cfs_quota_us``);
 torch's default is the number of physical cores among them; "left idle" is the number of CPUs less the
-busier of the 1-minute load average and the processes running right now, rounded to the nearest
-integer. Work that runs in parallel uses one thread per worker: Ray actors set theirs
-(``ssa.scale.runners``), torch's ``DataLoader`` decoding processes run on one thread each.
+busier of what other processes used since ``ssa`` was imported and the processes running right now,
+rounded to the nearest integer (:func:`busy_cpus`). What others used is the machine's busy CPU time
+(``/proc/stat``) less this process's own, over the time since the import (the import of ``ssa`` and its
+libraries, a few tenths of a second before the count is set); the 1-minute load average stands in where
+that time is shorter than :data:`MIN_WINDOW_S` or ``/proc/stat`` cannot be read. The load average lags: it
+still counts a run that ended seconds ago (after a minute of back-to-back runs on an idle 2-core machine
+it is near 1), and it used to give the next run one thread on an idle machine. Work that runs in parallel
+uses one thread per worker: Ray actors set theirs (``ssa.scale.runners``), torch's ``DataLoader`` decoding
+processes run on one thread each.
 
 Python callers keep control of their own process: :func:`use_threads` only lowers the count of a
 process that has already imported torch, and only when asked by the command line.
@@ -25,12 +31,13 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from collections.abc import MutableMapping
 from pathlib import Path
 
 from ssa.errors import InvalidInputError
 
-__all__ = ["available_cores", "busy_cpus", "default_threads", "use_threads"]
+__all__ = ["available_cores", "busy_cpus", "default_threads", "others_busy", "use_threads"]
 
 _CGROUP = Path("/sys/fs/cgroup")
 
@@ -80,18 +87,73 @@ def available_cores() -> int:
     return max(1, int(n))
 
 
+#: the shortest time over which :func:`others_busy` measures (seconds; 100 ticks a second on Linux)
+MIN_WINDOW_S = 0.2
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all CPUs since boot (``/proc/stat``'s first line: idle and I/O wait are not
+    busy, stolen time is); None where it cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        if fields[0] != "cpu":
+            return None
+        ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal (guest is in user)
+    except (OSError, ValueError, IndexError):
+        return None
+    total = sum(ticks)
+    return total - ticks[3] - ticks[4], total
+
+
+def _own_cpu_s() -> float:
+    """This process's CPU time (user + system), seconds."""
+    t = os.times()
+    return t.user + t.system
+
+
+def _snapshot() -> tuple[float, float, tuple[int, int] | None]:
+    return time.monotonic(), _own_cpu_s(), _cpu_ticks()
+
+
+#: the machine's and this process's CPU time when this module was imported (``ssa``'s first import)
+_START = _snapshot()
+
+
+def others_busy(start: tuple[float, float, tuple[int, int] | None] | None = None,
+                now: tuple[float, float, tuple[int, int] | None] | None = None) -> float | None:
+    """How many CPUs other processes kept busy on average between ``start`` (default: this module's import) and
+    ``now`` (default: now): the busy ticks of all CPUs less this process's CPU time, as a share of all CPUs' ticks,
+    times the CPUs. None where ``/proc/stat`` cannot be read or less than :data:`MIN_WINDOW_S` passed."""
+    start = _START if start is None else start
+    now = _snapshot() if now is None else now
+    if start[2] is None or now[2] is None or now[0] - start[0] < MIN_WINDOW_S:
+        return None
+    busy, total = now[2][0] - start[2][0], now[2][1] - start[2][1]
+    if total <= 0:
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    own = (now[1] - start[1]) * hz
+    cpus = total / (hz * (now[0] - start[0]))  # the CPUs the ticks came from
+    return max(0.0, (busy - own) / total * cpus)
+
+
 def busy_cpus() -> float:
-    """How many CPUs other processes keep busy: the larger of the 1-minute load average and the number of
-    processes running now (``/proc/loadavg``, less this one)."""
+    """How many CPUs other processes keep busy: the larger of what they used since ``ssa`` was imported
+    (:func:`others_busy`; the 1-minute load average where that cannot be measured) and the number of processes
+    running now (``/proc/loadavg``, less this one)."""
+    recent = others_busy()
     try:
         fields = Path("/proc/loadavg").read_text().split()
         load1, running = float(fields[0]), int(fields[3].split("/")[0]) - 1
     except (OSError, ValueError, IndexError):
+        if recent is not None:
+            return recent
         try:
             return os.getloadavg()[0]
         except (AttributeError, OSError):
             return 0.0
-    return max(load1, float(running))
+    return max(load1 if recent is None else recent, float(running))
 
 
 def default_threads() -> int:

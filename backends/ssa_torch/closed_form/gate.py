@@ -22,7 +22,7 @@ from .linear import NotClosedForm
 from .planner import Branch, Gate, Planner
 from .terms import Term, as_tensor, place_channels, scatter_channels
 
-__all__ = ["GateTerm", "gate_terms"]
+__all__ = ["GateTerm", "gate_terms", "input_channel_rows", "scatter_input_channels"]
 
 
 class GateTerm(Term):
@@ -68,10 +68,7 @@ class GateTerm(Term):
     def statistics(self, m: torch.Tensor, values: Mapping[str, torch.Tensor], forms: Sequence[str]):
         B = m.shape[0]
         a = conv_input_relevance(self.op, m, values[self.data])  # (B, N, Cg)
-        cols = global_input_channels(self.op, m.device).expand(B, -1, -1)
-        n_in = self.op.weight.shape[1] * self.op.groups
-        full = torch.zeros((B, a.shape[1], n_in), dtype=a.dtype, device=a.device).scatter_add_(2, cols, a)
-        out = {"ga": full, "gd": values[self.act + ":d"].reshape(B, -1).to(m.dtype)}
+        out = {"ga": input_channel_rows(self.op, a), "gd": values[self.act + ":d"].reshape(B, -1).to(m.dtype)}
         if "gradient_x_activation" in forms:
             out["gx"] = values[self.x2].reshape(B, -1).to(m.dtype)
         return out
@@ -89,6 +86,24 @@ class GateTerm(Term):
             t = scatter_channels(w2[None] * x2[:, None, :], self.chan, self.n_parent)  # (B, C, K)
             om = torch.bmm(mg, t).transpose(0, 1)
         return self.finish(om, fed)
+
+
+def input_channel_rows(op, a: torch.Tensor) -> torch.Tensor:
+    """(B, N, C): the conv's input relevance ``a`` (B, N, C / groups) placed at each row's global input channels
+    (zeros elsewhere). With one group the columns are the input channels in order and each value lands once on a
+    zero: ``a + 0`` (the same values, -0 made +0 as the sum with the zero does), without zero-filling and
+    scattering a (B, N, C) array (MobileNetV3's statistics pass: 0.95 -> 0.87 s of CPU); otherwise
+    :func:`scatter_input_channels`, the reference."""
+    if op.groups == 1:
+        return a + 0.0
+    return scatter_input_channels(op, a)
+
+
+def scatter_input_channels(op, a: torch.Tensor) -> torch.Tensor:
+    """:func:`input_channel_rows` by a scatter-add of ``a`` into zeros at :func:`global_input_channels`."""
+    cols = global_input_channels(op, a.device).expand(a.shape[0], -1, -1)
+    n_in = op.weight.shape[1] * op.groups
+    return torch.zeros((a.shape[0], a.shape[1], n_in), dtype=a.dtype, device=a.device).scatter_add_(2, cols, a)
 
 
 def gate_terms(gate: Gate, ctx: Planner) -> list[Term]:
