@@ -24,7 +24,8 @@ from array_api_compat import device as _device
 
 __all__ = ["namespace", "host_view", "all_finite", "to_numpy", "device_of", "asarray_like", "is_numpy",
            "quantile_sorted", "median_sorted", "percentile_rows", "take_rows", "device_path",
-           "median_rows", "take_along", "finite_or_zero", "count_below_sorted"]
+           "median_rows", "take_along", "finite_or_zero", "count_below_sorted", "count_below_read", "median_of_v_read",
+           "mean_abs_rows"]
 
 Array = Any
 
@@ -172,15 +173,21 @@ def median_of_v_rows(d: Array, m: Array, center: Array | None = None) -> Array:
     binary search per row (the k-th smallest of two sorted lists), without sorting: the same values, bit
     for bit, as sorting then taking the median.
     """
-    xp = array_namespace(d)
-    R, K = int(d.shape[0]), int(d.shape[1])
-    dev = _device(d)
+    return median_of_v_read(_row_reader(d), int(d.shape[1]), m, center, d.dtype)
+
+
+def median_of_v_read(read: Callable[[Array], Array], n_columns: int, m: Array, center: Array | None = None,
+                     dtype: Any = None) -> Array:
+    """:func:`median_of_v_rows` of rows known only through ``read(idx)``: the (R,) values (of ``dtype``; float64 when
+    None) of the rows at (R,) integer positions ``idx`` (one per row), e.g. rows that are never built (a rank-1
+    step's)."""
+    xp = array_namespace(m)
+    R, K = int(m.shape[0]), int(n_columns)
+    dev = _device(m)
     m = xp.reshape(xp.astype(m, xp.int64), (R,))
     n_right = K - m
-    inf = xp.full((R,), float("inf"), dtype=d.dtype, device=dev)
-
-    read = _row_reader(d)
     c = None if center is None else xp.reshape(center, (R,))
+    inf = xp.full((R,), float("inf"), dtype=xp.float64 if dtype is None else dtype, device=dev)
 
     def at(idx: Array) -> Array:  # (R,) values of the rows at one position per row
         v = read(idx)
@@ -226,11 +233,17 @@ def count_below_sorted(sorted_rows: Array, value: Array) -> Array:
     # the search's fixed cost (about 0.2 ms) pays on long rows in large blocks (2-3x faster at 8,608 x 1,024)
     if not is_numpy_namespace(xp) or K < SEARCH_MIN_COLUMNS or R * K < SEARCH_MIN_VALUES:
         return xp.sum(sorted_rows < value, axis=1, keepdims=True, dtype=xp.int64)
-    lo = np.zeros((R, 1), dtype=np.int64)
+    return count_below_read(_row_reader(sorted_rows), K, value)
+
+
+def count_below_read(read: Callable[[np.ndarray], np.ndarray], n_columns: int, value: np.ndarray) -> np.ndarray:
+    """:func:`count_below_sorted` of ascending-sorted numpy rows known only through ``read(idx)`` (the (R,) values at
+    (R,) positions ``idx``): a binary search per row, vectorised over the rows."""
+    K = int(n_columns)
+    lo = np.zeros((int(value.shape[0]), 1), dtype=np.int64)
     if K == 0:
         return lo
-    hi = np.full((R, 1), K, dtype=np.int64)
-    read = _row_reader(sorted_rows)
+    hi = np.full(lo.shape, K, dtype=np.int64)
     for _ in range(K.bit_length() + 1):  # K + 1 possible answers: halved each round
         mid = (lo + hi) >> 1
         less = read(np.minimum(mid, K - 1)[:, 0])[:, None] < value
@@ -332,3 +345,24 @@ def median_columns(n_columns: int, column: Callable[[int], Array]) -> Array:
     if K % 2:
         return column(K // 2)
     return (column(K // 2 - 1) + column(K // 2)) / 2.0
+
+
+def mean_abs_rows(rows: np.ndarray, center: np.ndarray, which: np.ndarray, chunk_bytes: int = 256 << 10
+                  ) -> np.ndarray:
+    """``mean(|rows - center|, axis=1, keepdims=True)`` (R, 1) of numpy rows (R, K) for the rows where ``which``
+    (R, 1) holds, 0 elsewhere, in chunks of about ``chunk_bytes`` that stay in the cache (gathered into one
+    buffer, ``|. - center|`` in place, averaged). A row's mean is numpy's whatever the chunk: numpy reduces each
+    contiguous row on its own."""
+    out = np.zeros((rows.shape[0], 1), dtype=rows.dtype)
+    idx_all = np.nonzero(np.asarray(which)[:, 0])[0]
+    if not idx_all.shape[0]:
+        return out
+    step = max(1, chunk_bytes // max(1, rows.shape[1] * rows.itemsize))
+    buf = np.empty((min(step, idx_all.shape[0]), rows.shape[1]), dtype=rows.dtype)
+    for i in range(0, idx_all.shape[0], step):
+        idx = idx_all[i:i + step]
+        part = buf[:idx.shape[0]]
+        np.take(rows, idx, axis=0, out=part)
+        np.subtract(part, center[idx], out=part)
+        out[idx] = np.mean(np.abs(part, out=part), axis=1, keepdims=True)
+    return out
