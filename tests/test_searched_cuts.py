@@ -129,9 +129,14 @@ def test_dense_counts_from_searched_cuts_equal_the_selectors_labels(params, two_
     assert found > 10
 
 
-def test_score_cuts_label_as_the_scores_do():
-    """MAD's cut values: x > hi iff z > t and x < lo iff z < -t, on the values at and around each cut."""
+@pytest.mark.parametrize("near", [0, 1, 64, 1 << 40])
+def test_score_cuts_label_as_the_scores_do(near, monkeypatch):
+    """MAD's cut values: x > hi iff z > t and x < lo iff z < -t, on the values at and around each cut; the search
+    from the directly computed cut (``near`` doubles either side; 0: never bracketed, the whole range) or not."""
+    from ssa_selectors import cuts
     from ssa_selectors.cuts import plain_beyond, score_cuts
+
+    monkeypatch.setattr(cuts, "_NEAR", near)
 
     rng = np.random.default_rng(4)
     R = 200
