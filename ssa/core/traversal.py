@@ -44,6 +44,7 @@ from ssa.core.interfaces import (
     SupportsSortedCuts,
     Tap,
 )
+from ssa.core.ranking import top_b_qualifying
 from ssa.core.searched import rank1_searched_cuts, searched_only, searched_sums
 
 __all__ = ["RelevanceSource", "DenseBlock", "Rank1Block", "rank1_block_rows", "labels_by_partition",
@@ -147,6 +148,9 @@ def top_b(counts: Any, mean: Any, b: int, sign: int = 1) -> tuple[Any, Any]:
     key = mean if sign > 0 else -mean
     if not is_numpy(xp):  # on a device: two stable sorts, a fixed number of kernels whatever b
         return _top_b_sorted(xp, counts, key, b)
+    few = top_b_qualifying(counts, key, b) if b > 0 else None  # the qualifying entries only, when they are few
+    if few is not None:
+        return few
     cols = xp.reshape(xp.arange(K, device=device_of(counts)), (1, K))
     cnt = xp.where(counts > 0, counts, xp.full_like(counts, -1))
     neg_inf = xp.full_like(key, -float("inf"))
