@@ -201,7 +201,7 @@ def median_of_v_read(read: Callable[[Array], Array], n_columns: int, m: Array, c
         ok = (t >= 0) & (t < n_right)
         return xp.where(ok, at(xp.where(ok, m + t, xp.zeros_like(t))), inf)
 
-    def kth(k: int) -> Array:  # the k-th smallest (0-based) of the union of the two runs
+    def kth(k: int) -> tuple[Array, Array]:  # the k-th and (k+1)-th smallest (0-based) of the union of the runs
         lo = xp.maximum(xp.zeros_like(m), (k + 1) - n_right)
         hi = xp.minimum(xp.full_like(m, k + 1), m)
         for _ in range(K.bit_length() + 1):
@@ -210,13 +210,20 @@ def median_of_v_read(read: Callable[[Array], Array], n_columns: int, m: Array, c
             take_more = left(i) < right(k - i)  # L[i] < R[j - 1] with j = k + 1 - i
             lo = xp.where(active & take_more, i + 1, lo)
             hi = xp.where(active & ~take_more, i, hi)
-        i = lo
+        i = lo  # the k + 1 smallest are L[:i] and R[:k + 1 - i]; the next is the smaller of L[i] and R[k + 1 - i]
         neg = -inf
         a = xp.where(i > 0, left(i - 1), neg)
         b = xp.where(k + 1 - i > 0, right(k - i), neg)
-        return xp.reshape(xp.maximum(a, b), (R, 1))
+        return xp.reshape(xp.maximum(a, b), (R, 1)), xp.reshape(xp.minimum(left(i), right(k + 1 - i)), (R, 1))
 
-    return median_columns(K, kth)
+    found: dict[int, Array] = {}
+
+    def column(p: int) -> Array:  # the middle two of an even row from one search
+        if p not in found:
+            found[p], found[p + 1] = kth(p)
+        return found[p]
+
+    return median_columns(K, column)
 
 
 #: numpy counts by binary search in blocks of rows this long or longer, and this many values or more
