@@ -21,12 +21,15 @@ def top_b_qualifying(counts: np.ndarray, key: np.ndarray, b: int) -> tuple[np.nd
     count > 0 only; None when more than :data:`SPARSE_SHARE` of them qualify. ``key + 0.0`` makes -0.0 and 0.0 one
     key, as the comparisons of :func:`~ssa.core.traversal.rank_neurons` see them."""
     n, K = counts.shape
-    j, k = np.nonzero(counts > 0)  # row-major: by row, then index
-    if j.shape[0] > SPARSE_SHARE * n * K:
+    flat = np.flatnonzero(counts > 0)  # by row, then index
+    if flat.shape[0] > SPARSE_SHARE * n * K:
         return None
-    c = counts[j, k]
-    m = key[j, k] + 0.0
-    order = np.lexsort((k, -m, -c, j))  # the last key sorts first: row, count desc, key desc, index
+    j, k = np.divmod(flat, K)
+    c = counts.reshape(-1).take(flat)
+    m = key.reshape(-1).take(flat) + 0.0
+    # the last key sorts first: row, then count desc (one integer key), then key desc; the sort is stable, so ties
+    # keep the index order
+    order = np.lexsort((-m, j * (int(c.max(initial=0)) + 1) - c))
     per_row = np.bincount(j, minlength=n)
     start = np.cumsum(per_row) - per_row
     js, ks = j[order], k[order]
