@@ -25,7 +25,7 @@ from array_api_compat import device as _device
 __all__ = ["namespace", "host_view", "all_finite", "to_numpy", "device_of", "asarray_like", "is_numpy",
            "quantile_sorted", "median_sorted", "percentile_rows", "take_rows", "device_path",
            "median_rows", "take_along", "finite_or_zero", "count_below_sorted", "count_below_read", "median_of_v_read",
-           "mean_abs_rows"]
+           "mean_abs_rows", "unpermute"]
 
 Array = Any
 
@@ -115,12 +115,32 @@ def take_rows(x: Array, index: Any) -> Array:
 
 
 def take_along(x: Array, index: Array, axis: int) -> Array:
-    """``take_along_axis``: one gather on torch (``array-api-compat``'s version normalises the indices in several
-    kernels), the library's own elsewhere."""
+    """``take_along_axis`` with indices in range (no negative ones): one gather on torch (``array-api-compat``'s
+    version normalises the indices in several kernels); on C-contiguous numpy rows (2-D, axis 1), one flat
+    ``take`` (numpy's ``take_along_axis`` builds index grids first); the library's own elsewhere."""
     xp = array_namespace(x)
     if is_torch_namespace(xp):
         return x.gather(axis, index)
+    if (is_numpy_namespace(xp) and x.ndim == 2 and axis == 1 and x.flags.c_contiguous and index.ndim == 2
+            and index.shape[0] == x.shape[0]):
+        base = np.arange(x.shape[0], dtype=np.int64)[:, None] * x.shape[1]
+        return x.reshape(-1).take(base + index)
     return xp.take_along_axis(x, index, axis=axis)
+
+
+def unpermute(values: Array, order: Array) -> Array:
+    """``out[j, order[j, q]] = values[j, q]`` (n, K): row-wise values in a permuted order put back in place, i.e.
+    ``take_along(values, inverse_permutation(order), 1)`` without the inverse: one scatter on numpy and torch."""
+    xp = array_namespace(values)
+    n, K = int(values.shape[0]), int(values.shape[1])
+    if is_numpy_namespace(xp):
+        out = np.empty((n, K), dtype=values.dtype)
+        base = np.arange(n, dtype=np.int64)[:, None] * K
+        out.reshape(-1)[(base + np.asarray(order)).reshape(-1)] = np.asarray(values).reshape(-1)
+        return out
+    if is_torch_namespace(xp):
+        return xp.empty_like(values).scatter_(1, order, values)
+    return take_along(values, inverse_permutation(order), 1)
 
 
 def finite_or_zero(x: Array) -> Array:

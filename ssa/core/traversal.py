@@ -27,11 +27,11 @@ from ssa.core.arrays import (
     device_of,
     finite_or_zero,
     host_view,
-    inverse_permutation,
     is_numpy,
     namespace,
     take_along,
     to_numpy,
+    unpermute,
 )
 from ssa.core.checks import call_selector
 from ssa.core.interfaces import (
@@ -465,18 +465,17 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
     a = acc.get(parent)
     if a is None:
         a = acc[parent] = _Acc(xp, n, K, vec)
-    inverse = inverse_permutation(order)  # lower neuron k -> its position in vec's sorted order
     up = ~down
     n_down = xp.sum(xp.astype(down, xp.int64), axis=1, keepdims=True)
     # +1: value > hi; a suffix in vec's order where coeff >= 0, a prefix where coeff < 0
     t = first(lambda q: (g(q) > hi) != down)
     pos = count_at_most(t, up, K) + (n_down - count_at_most(t, down, K))
-    a.add("pos", start, start + nb, take_along(pos, inverse, 1))
+    a.add("pos", start, start + nb, unpermute(pos, order))  # back from vec's sorted order to the lower neurons
     if lo is not None:  # -1: value < lo; a prefix where coeff >= 0, a suffix where coeff < 0
         t = first(lambda q: (g(q) < lo) == down)
         n_up = b - n_down
         neg = (n_up - count_at_most(t, up, K)) + count_at_most(t, down, K)
-        a.add("neg", start, start + nb, take_along(neg, inverse, 1))
+        a.add("neg", start, start + nb, unpermute(neg, order))
     total = xp.sum(coeff, axis=1, keepdims=True)
     a.add("tot", start, start + nb, ((vec * total) * f.scale) * mask)
 
