@@ -330,8 +330,7 @@ def count_at_most(positions: Array, include: Array, n_bins: int) -> Array:
         hist.scatter_add_(1, positions.to(torch.int64), include.to(torch.int64))
     elif is_numpy_namespace(xp):
         flat = (np.arange(n, dtype=np.int64)[:, None] * width + np.asarray(positions, dtype=np.int64)).ravel()
-        counts = np.bincount(flat, weights=np.asarray(include).ravel(), minlength=n * width)
-        hist = counts.astype(np.int64).reshape(n, width)
+        hist = np.bincount(flat[np.asarray(include, dtype=bool).ravel()], minlength=n * width).reshape(n, width)
     else:
         raise NotImplementedError(f"count_at_most: no scatter for {xp.__name__}")
     return xp.cumulative_sum(hist, axis=1)[:, :n_bins]
