@@ -297,7 +297,7 @@ def traverse(source: RelevanceSource, target: int, branching: int, rule: Rule, s
                 continue
             step = _finish_step(tap.name, parent, neurons, acc[parent], branching, selector.two_sided,
                                 max(source.n_images, 1), selector)
-            sets.setdefault(parent, set()).update(int(k) for k in step.kept_lower[step.kept_sign > 0])
+            sets.setdefault(parent, set()).update(step.kept_lower[step.kept_sign > 0].tolist())
             steps.append(step)
     return TraversalOutput(tuple(steps), {k: tuple(sorted(v)) for k, v in sets.items()})
 
