@@ -181,3 +181,26 @@ def test_graphs_with_and_without_searched_cuts_are_the_same(rule, params, monkey
             compared += fast.graph.number_of_nodes()
     assert compared > 25
     assert len(rank1_blocks) >= (10 if rule == "gradient" else 2)  # skips, dense layers, 1x1 convs
+
+
+def test_rank1_mean_absolute_deviation_at_the_threshold():
+    """Rows with two values off a zero median (MAD 0): the mean absolute deviation is their scale, and thresholds
+    at each value's score (and a double below it) put the value on either side of its cut: the counts from the
+    factors follow the built rows' labels exactly there."""
+    vec = np.zeros((2, 8))
+    vec[0, 5:7] = [1.0, 3.0]
+    vec[1, 2] = -2.5
+    coeff = np.array([[0.7, -1.3, 2.0], [1.1, 0.3, -0.9]])
+    f = Rank1Factors(coeff, vec, 0.125, np.ones(2, bool))
+    rows = rank1_block_rows(f).reshape(6, 8)
+    scale = 1.253314 * np.mean(np.abs(rows), axis=1, keepdims=True)
+    scores = np.abs(rows / scale)[rows != 0]
+    checked = 0
+    for t in sorted(set(scores.tolist())):
+        for threshold in (t, float(np.nextafter(t, 0.0))):
+            selector = ssa.make_selector("mad", threshold=threshold, two_sided=True)
+            fast = _counts(Rank1Block("p", 0, f), 2, selector)
+            plain = _counts(DenseBlock("p", 0, rank1_block_rows(f)), 2, _NoCuts(selector))
+            assert np.array_equal(fast[0], plain[0]) and np.array_equal(fast[1], plain[1]), threshold
+            checked += int(plain[0].sum() + plain[1].sum())
+    assert checked > 0
