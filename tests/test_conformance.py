@@ -146,6 +146,8 @@ BROKEN["array_libraries"] = _host_only
 ARRAY_API = {"array_libraries"}
 # labels by Tukey's fences, but cuts at the median: the traversal would count other outliers in rank-1 steps
 BROKEN["sorted_cuts"] = lambda self, rows: _tukey(rows)
+# labels by Tukey's fences, but searched cuts at the row's maximum: the traversal would count no outliers
+BROKEN["searched_cuts"] = lambda self, rows: _tukey(rows)
 # a loosening hint of two lines: a stop note is one line
 BROKEN["loosen_hint"] = lambda self, rows: _tukey(rows)
 # a curve sweep of a parameter the selector does not have
@@ -163,6 +165,7 @@ def _wrong_counts(self, rows, groups, sorted_rows=None):
 
 METHODS = {"sorted_cuts": {"sorted_cuts": lambda self, n, column: (column(n // 2), None)},
            "counts": {"count_labels": _wrong_counts},
+           "searched_cuts": {"searched_cuts": lambda self, n, read, mean_abs: (read(n - 1), None)},
            "loosen_hint": {"loosen_hint": lambda self: "--selector-param k=1\nor another selector"},
            "sweep": {"sweep": ("threshold", (1.0, 2.0))}}
 

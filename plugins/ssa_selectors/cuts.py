@@ -19,7 +19,7 @@ import numpy as np
 
 from ssa.core.arrays import is_numpy
 
-__all__ = ["beyond", "plain_beyond", "CUT_FORM_MIN_COLUMNS", "CUT_FORM_MIN_VALUES"]
+__all__ = ["beyond", "plain_beyond", "score_cuts", "CUT_FORM_MIN_COLUMNS", "CUT_FORM_MIN_VALUES"]
 
 #: numpy blocks of rows this long or longer, and this many values or more, use the cuts: the bisection costs about
 #: 2,000 operations on (R, 1) arrays, so it pays where each row is long and the block large (measured on the 2-core
@@ -53,6 +53,21 @@ def beyond(xp: Any, safe: Any, center: Any, scale: Any, ok: Any, t: float, lower
     return pos, (safe < not_below if every else (safe < not_below) & ok)
 
 
+def score_cuts(center: np.ndarray, scale: np.ndarray, ok: np.ndarray, t: float, lower: bool = True
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`plain_beyond`'s labels as two cut values per row, numpy (R, 1) each: ``z > t`` iff ``x > hi`` and
+    ``z < -t`` iff ``x < lo`` (``lo`` None without ``lower``), for every double ``x``, in the rows where ``ok``
+    holds (the caller decides the others: the values there are meaningless). ``hi`` is the double just below
+    the first that passes (:func:`_first`), so ``x > hi`` iff ``x >= first_above``."""
+    one = np.where(ok, scale, 1.0)
+    rows = int(center.shape[0])
+    with np.errstate(over="ignore", invalid="ignore"):
+        above = _first(lambda x: (x - center) / one > t, rows, key=True, guess=center + t * one)
+        hi = _double(above - 1)  # above the key of -inf: -inf at the lowest
+        lo = _first(lambda x: (x - center) / one >= -t, rows, guess=center - t * one) if lower else None
+    return hi, lo
+
+
 def _key(x: np.ndarray) -> np.ndarray:
     """Integers in the order of the doubles ``x`` (-0.0 and 0.0 the same)."""
     bits = x.view(np.int64)
@@ -63,14 +78,31 @@ def _double(key: np.ndarray) -> np.ndarray:
     return np.where(key >= 0, key, (-key) | _SIGN).view(np.float64)
 
 
-def _first(passes: Any, rows: int) -> np.ndarray:
+def _first(passes: Any, rows: int, key: bool = False, guess: np.ndarray | None = None) -> np.ndarray:
     """Per row, the smallest double ``x`` (R, 1) with ``passes(x)`` True, for a ``passes`` that never turns False as
-    ``x`` grows, False at -inf and True at +inf (a score of a finite centre over a positive finite scale)."""
-    lo = np.full((rows, 1), _key(np.array([-np.inf]))[0])  # passes(lo) is False
-    hi = np.full((rows, 1), _key(np.array([np.inf]))[0])  # passes(hi) is True
-    for _ in range(64):  # the keys span less than 2**64: 64 halvings leave hi = lo + 1
+    ``x`` grows, False at -inf and True at +inf (a score of a finite centre over a positive finite scale); with
+    ``key``, its integer key (:func:`_key`) instead. ``guess`` (R, 1): where the answer should be within a few
+    doubles (the cut computed directly: a rounding or two away); when ``passes`` is False :data:`_NEAR` doubles
+    below it and True as many above in every row, the search starts there (7 halvings instead of 64), else from
+    the whole range. Either way the search keeps False below and True above, so the answer is the same."""
+    lo = np.full((rows, 1), _KEY_NEG_INF)  # passes(lo) is False
+    hi = np.full((rows, 1), _KEY_POS_INF)  # passes(hi) is True
+    rounds = 64  # the keys span less than 2**64: 64 halvings leave hi = lo + 1
+    if guess is not None and rows:
+        g = _key(np.where(np.isnan(guess), 0.0, guess))
+        near_lo = np.maximum(g - _NEAR, _KEY_NEG_INF)
+        near_hi = np.minimum(g + _NEAR, _KEY_POS_INF)
+        if not passes(_double(near_lo)).any() and passes(_double(near_hi)).all():
+            lo, hi, rounds = near_lo, near_hi, int(2 * _NEAR).bit_length()
+    for _ in range(rounds):
         mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # the floor of the mean, without overflow
         yes = passes(_double(mid))
         hi = np.where(yes, mid, hi)
         lo = np.where(yes, lo, mid)
-    return _double(hi)
+    return hi if key else _double(hi)
+
+
+_KEY_NEG_INF = _key(np.array([-np.inf]))[0]
+_KEY_POS_INF = _key(np.array([np.inf]))[0]
+#: how many doubles either side of a guess the search first tries
+_NEAR = 64

@@ -23,10 +23,14 @@ import numpy as np
 from array_api_compat import is_torch_namespace
 
 from ssa.core.arrays import (
+    count_below_read,
     count_below_sorted,
     device_of,
     finite_or_zero,
     is_numpy,
+    mean_abs_rows,
+    median_columns,
+    median_of_v_read,
     median_of_v_rows,
     median_rows,
     median_sorted,
@@ -36,7 +40,7 @@ from ssa.core.arrays import (
 from ssa.core.interfaces import Selector
 from ssa.core.params import Param
 
-from .cuts import beyond
+from .cuts import beyond, score_cuts
 
 __all__ = ["TukeySelector", "ZScoreSelector", "MADSelector", "PercentileSelector", "TopKSelector"]
 
@@ -296,6 +300,28 @@ class MADSelector(Selector):
         return (z > t) & ok, ((z < -t) & ok if self.two_sided else None)
 
 
+    def searched_cuts(self, n: int, read: Callable[[Any], Any], mean_abs: Callable[[Any, Any], Any]
+                      ) -> tuple[Any, Any | None]:
+        """The labels of :meth:`select` as cuts (:class:`~ssa.core.interfaces.SupportsSearchedCuts`): the median read
+        at the middle, the MAD from the two runs of ``|s - median|`` (a binary search), the mean absolute deviation
+        asked where the MAD is 0, then the first doubles whose score passes (:func:`~ssa_selectors.cuts.score_cuts`).
+        A row without spread gets its own maximum and minimum as cuts: nothing beyond them."""
+        low = np.asarray(read(0))
+        R = int(low.shape[0])
+
+        def flat(idx: np.ndarray) -> np.ndarray:  # (R,) positions -> (R,) values
+            return np.asarray(read(idx.reshape(R, 1))).reshape(R)
+
+        med = median_columns(n, read)
+        mad = median_of_v_read(flat, n, count_below_read(flat, n, med), center=med)
+        meanad = mean_abs(med, mad == 0)
+        scale = np.where(mad > 0, mad / 0.6745, 1.253314 * meanad)  # as select() scales
+        ok = scale > 0
+        hi, lo = score_cuts(med, scale, ok, self.params["threshold"], self.two_sided)
+        hi = np.where(ok, hi, read(n - 1))
+        return hi, (None if lo is None else np.where(ok, lo, low))
+
+
 def _selects(xp: Any) -> bool:
     """Whether the library selects the k-th value of rows without sorting them (torch: ``kthvalue``)."""
     return bool(is_torch_namespace(xp))
@@ -310,20 +336,7 @@ def _mean_abs_where(xp: Any, safe: Any, med: Any, rows: Any) -> Any:
     numpy, for every row on a device (no synchronisation). A row's mean is the same either way: numpy reduces
     each contiguous row on its own."""
     if is_numpy(xp):
-        out = np.zeros((safe.shape[0], 1), dtype=safe.dtype)
-        which = np.nonzero(rows[:, 0])[0]
-        if not which.shape[0]:
-            return out
-        # in chunks of rows that stay in the cache: gathered into one buffer, |. - med| in place, averaged
-        step = max(1, _CHUNK_BYTES // max(1, safe.shape[1] * safe.itemsize))
-        buf = np.empty((min(step, which.shape[0]), safe.shape[1]), dtype=safe.dtype)
-        for i in range(0, which.shape[0], step):
-            idx = which[i:i + step]
-            part = buf[:idx.shape[0]]
-            np.take(safe, idx, axis=0, out=part)
-            np.subtract(part, med[idx], out=part)
-            out[idx] = np.mean(np.abs(part, out=part), axis=1, keepdims=True)
-        return out
+        return mean_abs_rows(safe, med, rows, _CHUNK_BYTES)
     return xp.mean(xp.abs(safe - med), axis=1, keepdims=True)
 
 

@@ -24,7 +24,8 @@ from array_api_compat import device as _device
 
 __all__ = ["namespace", "host_view", "all_finite", "to_numpy", "device_of", "asarray_like", "is_numpy",
            "quantile_sorted", "median_sorted", "percentile_rows", "take_rows", "device_path",
-           "median_rows", "take_along", "finite_or_zero", "count_below_sorted"]
+           "median_rows", "take_along", "finite_or_zero", "count_below_sorted", "count_below_read", "median_of_v_read",
+           "mean_abs_rows", "unpermute"]
 
 Array = Any
 
@@ -114,12 +115,32 @@ def take_rows(x: Array, index: Any) -> Array:
 
 
 def take_along(x: Array, index: Array, axis: int) -> Array:
-    """``take_along_axis``: one gather on torch (``array-api-compat``'s version normalises the indices in several
-    kernels), the library's own elsewhere."""
+    """``take_along_axis`` with indices in range (no negative ones): one gather on torch (``array-api-compat``'s
+    version normalises the indices in several kernels); on C-contiguous numpy rows (2-D, axis 1), one flat
+    ``take`` (numpy's ``take_along_axis`` builds index grids first); the library's own elsewhere."""
     xp = array_namespace(x)
     if is_torch_namespace(xp):
         return x.gather(axis, index)
+    if (is_numpy_namespace(xp) and x.ndim == 2 and axis == 1 and x.flags.c_contiguous and index.ndim == 2
+            and index.shape[0] == x.shape[0]):
+        base = np.arange(x.shape[0], dtype=np.int64)[:, None] * x.shape[1]
+        return x.reshape(-1).take(base + index)
     return xp.take_along_axis(x, index, axis=axis)
+
+
+def unpermute(values: Array, order: Array) -> Array:
+    """``out[j, order[j, q]] = values[j, q]`` (n, K): row-wise values in a permuted order put back in place, i.e.
+    ``take_along(values, inverse_permutation(order), 1)`` without the inverse: one scatter on numpy and torch."""
+    xp = array_namespace(values)
+    n, K = int(values.shape[0]), int(values.shape[1])
+    if is_numpy_namespace(xp):
+        out = np.empty((n, K), dtype=values.dtype)
+        base = np.arange(n, dtype=np.int64)[:, None] * K
+        out.reshape(-1)[(base + np.asarray(order)).reshape(-1)] = np.asarray(values).reshape(-1)
+        return out
+    if is_torch_namespace(xp):
+        return xp.empty_like(values).scatter_(1, order, values)
+    return take_along(values, inverse_permutation(order), 1)
 
 
 def finite_or_zero(x: Array) -> Array:
@@ -172,15 +193,21 @@ def median_of_v_rows(d: Array, m: Array, center: Array | None = None) -> Array:
     binary search per row (the k-th smallest of two sorted lists), without sorting: the same values, bit
     for bit, as sorting then taking the median.
     """
-    xp = array_namespace(d)
-    R, K = int(d.shape[0]), int(d.shape[1])
-    dev = _device(d)
+    return median_of_v_read(_row_reader(d), int(d.shape[1]), m, center, d.dtype)
+
+
+def median_of_v_read(read: Callable[[Array], Array], n_columns: int, m: Array, center: Array | None = None,
+                     dtype: Any = None) -> Array:
+    """:func:`median_of_v_rows` of rows known only through ``read(idx)``: the (R,) values (of ``dtype``; float64 when
+    None) of the rows at (R,) integer positions ``idx`` (one per row), e.g. rows that are never built (a rank-1
+    step's)."""
+    xp = array_namespace(m)
+    R, K = int(m.shape[0]), int(n_columns)
+    dev = _device(m)
     m = xp.reshape(xp.astype(m, xp.int64), (R,))
     n_right = K - m
-    inf = xp.full((R,), float("inf"), dtype=d.dtype, device=dev)
-
-    read = _row_reader(d)
     c = None if center is None else xp.reshape(center, (R,))
+    inf = xp.full((R,), float("inf"), dtype=xp.float64 if dtype is None else dtype, device=dev)
 
     def at(idx: Array) -> Array:  # (R,) values of the rows at one position per row
         v = read(idx)
@@ -194,7 +221,7 @@ def median_of_v_rows(d: Array, m: Array, center: Array | None = None) -> Array:
         ok = (t >= 0) & (t < n_right)
         return xp.where(ok, at(xp.where(ok, m + t, xp.zeros_like(t))), inf)
 
-    def kth(k: int) -> Array:  # the k-th smallest (0-based) of the union of the two runs
+    def kth(k: int) -> tuple[Array, Array]:  # the k-th and (k+1)-th smallest (0-based) of the union of the runs
         lo = xp.maximum(xp.zeros_like(m), (k + 1) - n_right)
         hi = xp.minimum(xp.full_like(m, k + 1), m)
         for _ in range(K.bit_length() + 1):
@@ -203,13 +230,20 @@ def median_of_v_rows(d: Array, m: Array, center: Array | None = None) -> Array:
             take_more = left(i) < right(k - i)  # L[i] < R[j - 1] with j = k + 1 - i
             lo = xp.where(active & take_more, i + 1, lo)
             hi = xp.where(active & ~take_more, i, hi)
-        i = lo
+        i = lo  # the k + 1 smallest are L[:i] and R[:k + 1 - i]; the next is the smaller of L[i] and R[k + 1 - i]
         neg = -inf
         a = xp.where(i > 0, left(i - 1), neg)
         b = xp.where(k + 1 - i > 0, right(k - i), neg)
-        return xp.reshape(xp.maximum(a, b), (R, 1))
+        return xp.reshape(xp.maximum(a, b), (R, 1)), xp.reshape(xp.minimum(left(i), right(k + 1 - i)), (R, 1))
 
-    return median_columns(K, kth)
+    found: dict[int, Array] = {}
+
+    def column(p: int) -> Array:  # the middle two of an even row from one search
+        if p not in found:
+            found[p], found[p + 1] = kth(p)
+        return found[p]
+
+    return median_columns(K, column)
 
 
 #: numpy counts by binary search in blocks of rows this long or longer, and this many values or more
@@ -226,11 +260,17 @@ def count_below_sorted(sorted_rows: Array, value: Array) -> Array:
     # the search's fixed cost (about 0.2 ms) pays on long rows in large blocks (2-3x faster at 8,608 x 1,024)
     if not is_numpy_namespace(xp) or K < SEARCH_MIN_COLUMNS or R * K < SEARCH_MIN_VALUES:
         return xp.sum(sorted_rows < value, axis=1, keepdims=True, dtype=xp.int64)
-    lo = np.zeros((R, 1), dtype=np.int64)
+    return count_below_read(_row_reader(sorted_rows), K, value)
+
+
+def count_below_read(read: Callable[[np.ndarray], np.ndarray], n_columns: int, value: np.ndarray) -> np.ndarray:
+    """:func:`count_below_sorted` of ascending-sorted numpy rows known only through ``read(idx)`` (the (R,) values at
+    (R,) positions ``idx``): a binary search per row, vectorised over the rows."""
+    K = int(n_columns)
+    lo = np.zeros((int(value.shape[0]), 1), dtype=np.int64)
     if K == 0:
         return lo
-    hi = np.full((R, 1), K, dtype=np.int64)
-    read = _row_reader(sorted_rows)
+    hi = np.full(lo.shape, K, dtype=np.int64)
     for _ in range(K.bit_length() + 1):  # K + 1 possible answers: halved each round
         mid = (lo + hi) >> 1
         less = read(np.minimum(mid, K - 1)[:, 0])[:, None] < value
@@ -290,8 +330,7 @@ def count_at_most(positions: Array, include: Array, n_bins: int) -> Array:
         hist.scatter_add_(1, positions.to(torch.int64), include.to(torch.int64))
     elif is_numpy_namespace(xp):
         flat = (np.arange(n, dtype=np.int64)[:, None] * width + np.asarray(positions, dtype=np.int64)).ravel()
-        counts = np.bincount(flat, weights=np.asarray(include).ravel(), minlength=n * width)
-        hist = counts.astype(np.int64).reshape(n, width)
+        hist = np.bincount(flat[np.asarray(include, dtype=bool).ravel()], minlength=n * width).reshape(n, width)
     else:
         raise NotImplementedError(f"count_at_most: no scatter for {xp.__name__}")
     return xp.cumulative_sum(hist, axis=1)[:, :n_bins]
@@ -336,3 +375,24 @@ def median_columns(n_columns: int, column: Callable[[int], Array]) -> Array:
     if K % 2:
         return column(K // 2)
     return (column(K // 2 - 1) + column(K // 2)) / 2.0
+
+
+def mean_abs_rows(rows: np.ndarray, center: np.ndarray, which: np.ndarray, chunk_bytes: int = 256 << 10
+                  ) -> np.ndarray:
+    """``mean(|rows - center|, axis=1, keepdims=True)`` (R, 1) of numpy rows (R, K) for the rows where ``which``
+    (R, 1) holds, 0 elsewhere, in chunks of about ``chunk_bytes`` that stay in the cache (gathered into one
+    buffer, ``|. - center|`` in place, averaged). A row's mean is numpy's whatever the chunk: numpy reduces each
+    contiguous row on its own."""
+    out = np.zeros((rows.shape[0], 1), dtype=rows.dtype)
+    idx_all = np.nonzero(np.asarray(which)[:, 0])[0]
+    if not idx_all.shape[0]:
+        return out
+    step = max(1, chunk_bytes // max(1, rows.shape[1] * rows.itemsize))
+    buf = np.empty((min(step, idx_all.shape[0]), rows.shape[1]), dtype=rows.dtype)
+    for i in range(0, idx_all.shape[0], step):
+        idx = idx_all[i:i + step]
+        part = buf[:idx.shape[0]]
+        np.take(rows, idx, axis=0, out=part)
+        np.subtract(part, center[idx], out=part)
+        out[idx] = np.mean(np.abs(part, out=part), axis=1, keepdims=True)
+    return out

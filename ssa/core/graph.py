@@ -24,8 +24,10 @@ Similarity of two node sets is :func:`jaccard`, with one convention for empty se
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -325,8 +327,22 @@ def build_graph(*, taps: Sequence[Tap], steps: Sequence[StepRecord], target: int
             d["in_degree"] = indeg_l[i]
             d["sign"] = 1 if pos_l[i] else -1
         node_dicts.append(d)
-    _fill(g, ids, node_dicts, u_node.tolist(), l_node.tolist(), e_freq.tolist(), e_rel.tolist(), e_sign.tolist())
+    with _no_collection():  # tens of thousands of new dicts: the cyclic collector would scan the whole heap
+        _fill(g, ids, node_dicts, u_node.tolist(), l_node.tolist(), e_freq.tolist(), e_rel.tolist(), e_sign.tolist())
     return g
+
+
+@contextlib.contextmanager
+def _no_collection() -> Iterator[None]:
+    """The cyclic garbage collector paused (as it was afterwards): the graph's dicts hold no cycles, and each of the
+    collections their allocation triggers walks every object of the process (a model's too)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _fill(g: nx.DiGraph[str], ids: list[str], nodes: list[dict[str, Any]], us: list[int], vs: list[int],

@@ -19,8 +19,8 @@ import numpy as np
 
 from ssa.core.params import Configurable
 
-__all__ = ["ClosedForm", 'Selector', 'SupportsSortedCuts', 'SupportsCounts', 'Rank1Factors', 'DenseBlock',
-           'Rank1Block', 'Rule', 'Tap', 'Network', 'Backend']
+__all__ = ["ClosedForm", 'Selector', 'SupportsSortedCuts', 'SupportsSearchedCuts', 'SupportsCounts', 'Rank1Factors',
+           'DenseBlock', 'Rank1Block', 'Rule', 'Tap', 'Network', 'Backend']
 
 
 class Selector(Configurable, ABC):
@@ -109,6 +109,27 @@ class SupportsCounts(Protocol):
     def count_labels(self, rows: Any, groups: int, sorted_rows: Any = None) -> tuple[Any, Any | None]: ...
 
 
+@runtime_checkable
+class SupportsSearchedCuts(Protocol):
+    """A selector whose labels cut each row at two values found by searching the row sorted (an optional capability).
+
+    ``searched_cuts(n, read, mean_abs)`` gets finite float64 numpy rows of ``n >= 1`` values only through
+    ``read(p)``, the (R, 1) values at sorted position ``p`` of the rows sorted ascending (``p`` an int, the same
+    for every row, or an (R, 1) int64 array, one position per row: what a search reads), and
+    ``mean_abs(center, where)``, the (R, 1) mean of ``|x - center|`` over each row where ``where`` (R, 1) holds
+    (anything elsewhere), exactly as ``numpy.mean(numpy.abs(row - center))`` gives it. It returns ``(hi, lo)`` as
+    :meth:`SupportsSortedCuts.sorted_cuts` does: a value is labelled +1 iff it is > ``hi`` and -1 iff it is <
+    ``lo`` (``lo`` None: never), exactly as :meth:`Selector.select` labels it. MAD has it (a median, the median of
+    absolute deviations by a search, the mean absolute deviation where that is 0): the traversal labels and
+    counts a rank-1 step on the host from its factors (a few reads per row; a row is built only for a mean of
+    more than two values off the centre), and counts the other rows against the cuts (no label arrays).
+    ``ssa.conformance`` checks the cuts against :meth:`Selector.select`.
+    """
+
+    def searched_cuts(self, n: int, read: Callable[[Any], Any], mean_abs: Callable[[Any, Any], Any]
+                      ) -> tuple[Any, Any | None]: ...
+
+
 class Rank1Factors(NamedTuple):
     """A rank-1 step's relevance without its rows: ``omega[j, i, k] = ((vec[j, k] * coeff[j, i]) * scale) * fed[j]``,
     one rounding per product, in that order (a :class:`Rank1Block` of :meth:`Network.relevance_blocks`)."""
@@ -141,7 +162,8 @@ class DenseBlock(NamedTuple):
 
 class Rank1Block(NamedTuple):
     """A rank-1 step's block given as its factors (rows ``neurons[start:start + n]``, n = ``factors.coeff``'s
-    first axis); a source gives one only when the traversal asks for factors (its selector has sorted cuts)."""
+    first axis); a source gives one only when the traversal asks for factors (its selector has sorted or searched
+    cuts)."""
 
     parent: str
     start: int

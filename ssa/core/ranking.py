@@ -5,7 +5,9 @@ arrays' device; :func:`step_winners` gives a step's winners per sign on the host
 step's one synchronisation). On a device the ranking is a fixed number of kernels whatever ``b``: one stable sort
 by mean relevance, then the b largest of one integer key per neuron, ``count * K + (K - 1 - position in that
 order)``, which orders by count, then mean, then index, with no ties (so ``topk`` is exact); the count comes back
-inside the key (``key // K``).
+inside the key (``key // K``). On the host, where outliers are few per row, :func:`top_b_qualifying` gathers the
+entries with count > 0 (one pass to find them) and sorts them by (row, -count, -key, index): a few thousand values
+instead of passes over every row for each of the b ranks.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from array_api_compat import is_torch_namespace
 
 from ssa.core.arrays import device_of, is_numpy, namespace, take_along, to_numpy
 
-__all__ = ["rank_neurons", "top_b", "step_winners", "Winners"]
+__all__ = ["rank_neurons", "top_b", "top_b_qualifying", "step_winners", "Winners", "SPARSE_SHARE"]
 
 #: per sign: (row j, rank r, lower neuron, count, mean relevance), each (m,) on the host, ordered by (j, r)
 Winners = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -50,10 +52,14 @@ def top_b(counts: Any, mean: Any, b: int, sign: int = 1) -> tuple[Any, Any]:
 
 
 def _top_b_host(counts: np.ndarray, mean: np.ndarray, b: int, sign: int) -> tuple[np.ndarray, np.ndarray]:
-    """numpy: b passes of row maxima (faster than sorting the rows on the host for the small b of a traversal)."""
+    """numpy: the qualifying entries sorted while they are few (:func:`top_b_qualifying`), else b passes of row maxima
+    (faster than sorting the rows on the host for the small b of a traversal)."""
     n, K = counts.shape
     b = min(int(b), int(K))
     key = mean if sign > 0 else -mean
+    few = top_b_qualifying(counts, key, b) if b > 0 else None  # the qualifying entries only, when they are few
+    if few is not None:
+        return few
     cols = np.arange(K).reshape(1, K)
     cnt = np.where(counts > 0, counts, -1)
     lows, valids = [], []
@@ -71,6 +77,36 @@ def _top_b_host(counts: np.ndarray, mean: np.ndarray, b: int, sign: int) -> tupl
     if not lows:
         return np.zeros((n, 0), np.int64), np.zeros((n, 0), bool)
     return np.concatenate(lows, axis=1), np.concatenate(valids, axis=1)
+
+
+#: the gather and sort pay while at most this share of the entries qualify (else the row passes are used)
+SPARSE_SHARE = 0.25
+
+
+def top_b_qualifying(counts: np.ndarray, key: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(lower, valid)`` (n, b) as :func:`top_b` gives them (b <= K), from the entries with
+    count > 0 only; None when more than :data:`SPARSE_SHARE` of them qualify. ``key + 0.0`` makes -0.0 and 0.0 one
+    key, as the comparisons of :func:`rank_neurons` sees them."""
+    n, K = counts.shape
+    flat = np.flatnonzero(counts > 0)  # by row, then index
+    if flat.shape[0] > SPARSE_SHARE * n * K:
+        return None
+    j, k = np.divmod(flat, K)
+    c = counts.reshape(-1).take(flat)
+    m = key.reshape(-1).take(flat) + 0.0
+    # the last key sorts first: row, then count desc (one integer key), then key desc; the sort is stable, so ties
+    # keep the index order
+    order = np.lexsort((-m, j * (int(c.max(initial=0)) + 1) - c))
+    per_row = np.bincount(j, minlength=n)
+    start = np.cumsum(per_row) - per_row
+    js, ks = j[order], k[order]
+    rank = np.arange(js.shape[0]) - start[js]
+    keep = rank < b
+    lower = np.zeros((n, b), dtype=np.int64)
+    valid = np.zeros((n, b), dtype=bool)
+    lower[js[keep], rank[keep]] = ks[keep]
+    valid[js[keep], rank[keep]] = True
+    return lower, valid
 
 
 _REVERSED: dict[tuple[int, str], Any] = {}

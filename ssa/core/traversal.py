@@ -27,11 +27,11 @@ from ssa.core.arrays import (
     device_of,
     finite_or_zero,
     host_view,
-    inverse_permutation,
     is_numpy,
     namespace,
     take_along,
     to_numpy,
+    unpermute,
 )
 from ssa.core.checks import call_counts, call_selector
 from ssa.core.interfaces import (
@@ -41,10 +41,12 @@ from ssa.core.interfaces import (
     Rule,
     Selector,
     SupportsCounts,
+    SupportsSearchedCuts,
     SupportsSortedCuts,
     Tap,
 )
 from ssa.core.ranking import rank_neurons, step_winners, top_b
+from ssa.core.searched import rank1_searched_cuts, searched_only, searched_sums
 
 __all__ = ["RelevanceSource", "DenseBlock", "Rank1Block", "rank1_block_rows", "labels_by_partition",
            "StepRecord", "Kept", "rank_neurons", "top_b", "traverse",
@@ -63,7 +65,7 @@ class RelevanceSource(Protocol):
 
         :class:`~ssa.core.interfaces.DenseBlock`: rows omega (n_block, b, K_parent) of upper neurons
         ``neurons[start:start + n_block]`` on b images; :class:`~ssa.core.interfaces.Rank1Block` (only when
-        ``factors`` is True: the selector has sorted cuts): a rank-1 step's factors instead of its rows.
+        ``factors`` is True: the selector has sorted or searched cuts): a rank-1 step's factors instead of its rows.
         """
 
     def scalars(self, tap: str) -> Any:
@@ -225,7 +227,7 @@ def traverse(source: RelevanceSource, target: int, branching: int, rule: Rule, s
     sets: dict[str, set[int]] = {"logits": {int(target)}}
     steps: list[StepRecord] = []
     # rank-1 steps labelled and counted from their factors: a few sorted positions per row, no rows built
-    compact = isinstance(selector, SupportsSortedCuts)
+    compact = isinstance(selector, (SupportsSortedCuts, SupportsSearchedCuts))
     for tap in reversed(taps):
         if tap.order <= floor or not sets.get(tap.name) or not tap.parents:
             continue
@@ -241,7 +243,7 @@ def traverse(source: RelevanceSource, target: int, branching: int, rule: Rule, s
                 continue
             step = _finish_step(tap.name, parent, neurons, acc[parent], branching, selector.two_sided,
                                 max(source.n_images, 1), selector)
-            sets.setdefault(parent, set()).update(int(k) for k in step.kept_lower[step.kept_sign > 0])
+            sets.setdefault(parent, set()).update(step.kept_lower[step.kept_sign > 0].tolist())
             steps.append(step)
     return TraversalOutput(tuple(steps), {k: tuple(sorted(v)) for k, v in sets.items()})
 
@@ -262,6 +264,12 @@ def _accumulate(acc: dict[str, _Acc], block: DenseBlock | Rank1Block, n: int, se
         srt = host_view(block.sorted)
         srt = xp.reshape(srt if srt.dtype == xp.float64 else xp.astype(srt, xp.float64), (nb * b, K))
     host = is_numpy(xp)
+    if host and searched_only(selector):  # counted against the cuts, no label arrays (ssa.core.searched)
+        sums = acc[block.parent] if block.parent in acc else acc.setdefault(block.parent, _Acc(xp, n, K, omega))
+        for name, value in zip(("pos", "neg", "tot"), searched_sums(selector, omega, srt), strict=True):
+            if value is not None:
+                sums.add(name, block.start, block.start + nb, value)
+        return
     rows = xp.reshape(omega, (nb * b, K))
     a = acc.get(block.parent)
     if a is None:
@@ -351,7 +359,7 @@ def rank1_block_rows(f: Rank1Factors) -> Any:
 
 def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Factors, n: int,
                       selector: Selector) -> None:
-    """:func:`_accumulate` of a rank-1 block without its rows (selectors with sorted cuts).
+    """:func:`_accumulate` of a rank-1 block without its rows (selectors with sorted cuts; searched cuts on the host).
 
     Row (j, i) is ``omega[j, i, k] = g(vec[j, k])`` with g = ((. * coeff[j, i]) * scale) * fed[j], monotone
     (non-decreasing for coeff >= 0, non-increasing below). In the order of ``vec[j]`` sorted, the row's
@@ -371,7 +379,9 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
     K = int(vec.shape[1])
     if nb == 0 or b == 0:
         return
-    assert isinstance(selector, SupportsSortedCuts)  # the traversal asks for factors only with such selectors
+    if searched_only(selector) and not is_numpy(xp) or K == 0:  # a device labels the built rows (a search per
+        _accumulate(acc, DenseBlock(parent, start, rank1_block_rows(f)), n, selector)  # row: many small kernels)
+        return
     mask = xp.reshape(xp.astype(fed, xp.float64), (nb, 1))
     order = xp.argsort(vec, axis=1, stable=True) if f.order is None else host_view(f.order)
     sv = take_along(vec, order, 1)
@@ -386,7 +396,11 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
     q0 = xp.zeros((nb, b), dtype=xp.int64, device=device_of(vec))
     ends = (g(q0), g(xp.full_like(q0, K - 1)))
     with np.errstate(invalid="ignore", over="ignore"):  # non-finite cuts fall back to the rows below
-        hi, lo = selector.sorted_cuts(K, lambda p: xp.reshape(g(position(p)), (nb * b, 1)))
+        if isinstance(selector, SupportsSortedCuts):
+            hi, lo = selector.sorted_cuts(K, lambda p: xp.reshape(g(position(p)), (nb * b, 1)))
+        else:
+            assert isinstance(selector, SupportsSearchedCuts)  # factors are asked for with one or the other
+            hi, lo = rank1_searched_cuts(selector, sv, coeff, f.scale, mask, vec)
     hi = xp.reshape(hi, (nb, b))
     lo = None if lo is None else xp.reshape(lo, (nb, b))
     finite = xp.all(xp.isfinite(ends[0])) & xp.all(xp.isfinite(ends[1])) & xp.all(xp.isfinite(hi))
@@ -410,18 +424,17 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
     a = acc.get(parent)
     if a is None:
         a = acc[parent] = _Acc(xp, n, K, vec)
-    inverse = inverse_permutation(order)  # lower neuron k -> its position in vec's sorted order
     up = ~down
     n_down = xp.sum(xp.astype(down, xp.int64), axis=1, keepdims=True)
     # +1: value > hi; a suffix in vec's order where coeff >= 0, a prefix where coeff < 0
     t = first(lambda q: (g(q) > hi) != down)
     pos = count_at_most(t, up, K) + (n_down - count_at_most(t, down, K))
-    a.add("pos", start, start + nb, take_along(pos, inverse, 1))
+    a.add("pos", start, start + nb, unpermute(pos, order))  # back from vec's sorted order to the lower neurons
     if lo is not None:  # -1: value < lo; a prefix where coeff >= 0, a suffix where coeff < 0
         t = first(lambda q: (g(q) < lo) == down)
         n_up = b - n_down
         neg = (n_up - count_at_most(t, up, K)) + count_at_most(t, down, K)
-        a.add("neg", start, start + nb, take_along(neg, inverse, 1))
+        a.add("neg", start, start + nb, unpermute(neg, order))
     total = xp.sum(coeff, axis=1, keepdims=True)
     a.add("tot", start, start + nb, ((vec * total) * f.scale) * mask)
 

@@ -99,7 +99,8 @@ class ClosedFormSource:
     def iter_blocks(self, upper: str, neurons: Sequence[int], rule: Rule, factors: bool = False
                     ) -> Iterator[DenseBlock | Rank1Block]:
         """The step's relevance in blocks of upper neurons that fit the memory budget; with ``factors`` (the
-        traversal's selector has sorted cuts), rank-1 parents of closed-form steps as :class:`Rank1Block`."""
+        traversal's selector has sorted or searched cuts), rank-1 parents of closed-form steps as
+        :class:`Rank1Block`."""
         tap = next(t for t in self.taps if t.name == upper)
         if upper in self.fast and rule.form == self.form:
             for p in tap.parents:

@@ -31,6 +31,8 @@ What is checked (method doc, section 3, STEP 2; ``Selector.select``'s docstring)
 * ``sorted_cuts``: a selector with sorted cuts labels every row exactly as its cuts say;
 * ``counts``: a selector that counts its labels itself (``count_labels``) counts exactly ``select()``'s labels, for
   numpy and torch rows, given sorted or not;
+* ``searched_cuts``: a selector with searched cuts (:class:`~ssa.core.interfaces.SupportsSearchedCuts`) labels every
+  finite row exactly as its cuts say;
 * ``loosen_hint``: :meth:`~ssa.core.interfaces.Selector.loosen_hint` returns None or one line of text (what a
   stop note suggests when the selector keeps nothing at a step).
 * ``sweep``: :attr:`~ssa.core.interfaces.Selector.sweep` is None, or names one of the selector's parameters
@@ -47,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from ssa.core.interfaces import Selector, SupportsCounts, SupportsSortedCuts
+from ssa.core.interfaces import Selector, SupportsCounts, SupportsSearchedCuts, SupportsSortedCuts
 
 __all__ = ["check_selector", "assert_selector_conforms", "CHECKS"]
 
@@ -378,6 +380,40 @@ def _check_sorted_cuts(sel: Selector) -> list[str]:
     return fails
 
 
+def _check_searched_cuts(sel: Selector) -> list[str]:
+    """A selector with searched cuts labels every finite row exactly as its cuts say (+1 above ``hi``, -1 below
+    ``lo``), given the rows only through sorted reads and means of absolute deviations; the traversal counts rank-1
+    steps and the other rows by them."""
+    if not isinstance(sel, SupportsSearchedCuts):
+        return []
+    from ssa.core.searched import sorted_reader
+
+    fails = []
+    rng = np.random.default_rng(14)
+    tied = np.round(_rows(seed=15), 1)
+    sparse = _rows(seed=16) * (rng.random((24, 40)) < 0.2)  # mostly zeros: a median absolute deviation of 0
+    few = np.zeros((24, 40))
+    few[np.arange(24), rng.integers(0, 40, 24)] = rng.standard_normal(24) * 10.0 ** rng.integers(-3, 4, 24)
+    for label, rows in (("heavy-tailed rows", _rows(seed=17)), ("rows with ties", tied), ("sparse rows", sparse),
+                        ("rows with one value off zero", few), ("constant rows", np.full((6, 9), 2.5)),
+                        ("one column", rng.standard_normal((24, 1))), ("two columns", rng.standard_normal((24, 2)))):
+
+        def mean_abs(center: Any, where: Any, rows: np.ndarray = rows) -> Any:
+            return np.mean(np.abs(rows - center), axis=1, keepdims=True)
+
+        try:
+            hi, lo = sel.searched_cuts(rows.shape[1], sorted_reader(np.sort(rows, axis=1)), mean_abs)
+            want = (rows > np.asarray(hi)).astype(np.int8)
+            if lo is not None:
+                want = want - (rows < np.asarray(lo)).astype(np.int8)
+        except Exception as exc:  # noqa: BLE001 - a failing capability is the failure
+            fails.append(f"on {label}, searched_cuts() raised {type(exc).__name__}: {exc}")
+            continue
+        if not np.array_equal(_call(sel, rows), want):
+            fails.append(f"on {label}, select() labels differ from the labels of searched_cuts()")
+    return fails
+
+
 def _check_loosen_hint(sel: Selector) -> list[str]:
     """``loosen_hint()`` is None or one line of text: a stop note prints it after "try"."""
     from ssa.core.checks import call_hint
@@ -426,6 +462,7 @@ CHECKS: dict[str, Callable[[Selector], list[str]]] = {
     "array_libraries": _check_array_libraries,
     "sorted_cuts": _check_sorted_cuts,
     "counts": _check_counts,
+    "searched_cuts": _check_searched_cuts,
     "loosen_hint": _check_loosen_hint,
     "sweep": _check_sweep,
 }

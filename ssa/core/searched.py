@@ -1,0 +1,142 @@
+"""Counts of a selector with searched cuts (:class:`~ssa.core.interfaces.SupportsSearchedCuts`, MAD) on the host.
+
+Such a selector finds two cut values per row from the row sorted (reading positions a search picks) and, where it
+needs one, a mean absolute deviation; a value is an outlier iff it lies beyond its row's cut. So the traversal
+
+* counts the rows of a dense block against the cuts (:func:`dense_counts`): one sort, then a comparison summed
+  over the images, with no int8 label arrays and no pass to check them;
+* labels a rank-1 step from its factors (:func:`rank1_searched_cuts`): row (j, i) is a monotone function of
+  ``vec[j]`` sorted, so a read at a sorted position is one product, and a row's mean absolute deviation is exact
+  from the one or two values off the centre where there are no more (the skip connections' one-hot rows); only
+  rows with more values off the centre, where the deviation is 0, are built.
+
+Both give the cuts of :meth:`~ssa.core.interfaces.Selector.select` on the same values, so the counts are those of the
+plain path bit for bit (``tests/test_searched_cuts.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ssa.core.arrays import count_below_read, mean_abs_rows
+from ssa.core.interfaces import SupportsSearchedCuts, SupportsSortedCuts
+
+__all__ = ["searched_only", "sorted_reader", "searched_sums", "dense_counts", "rank1_searched_cuts"]
+
+
+def searched_only(selector: Any) -> bool:
+    """Whether a selector is counted by its searched cuts: it has them, and no sorted cuts (those come first)."""
+    return isinstance(selector, SupportsSearchedCuts) and not isinstance(selector, SupportsSortedCuts)
+
+
+def sorted_reader(sorted_rows: np.ndarray) -> Callable[[Any], Any]:
+    """``read(p)`` of :class:`~ssa.core.interfaces.SupportsSearchedCuts` over C-contiguous sorted numpy rows (R, K):
+    a column for an int ``p``, one flat ``take`` for (R, 1) positions."""
+    R, K = int(sorted_rows.shape[0]), int(sorted_rows.shape[1])
+    flat = sorted_rows.reshape(-1)
+    base = np.arange(R, dtype=np.int64)[:, None] * K
+
+    def read(p: Any) -> Any:
+        if isinstance(p, (int, np.integer)):
+            return sorted_rows[:, int(p):int(p) + 1]
+        return flat.take(base + p)
+
+    return read
+
+
+def searched_sums(selector: Any, omega: np.ndarray, sorted_rows: np.ndarray | None
+                  ) -> tuple[Any, Any, Any]:
+    """A dense block's sums for the traversal, (nb, K) each: the positive and (two-sided) negative counts of
+    :func:`dense_counts`, and the relevance summed over the images, non-finite values as 0. The sum comes first:
+    a finite sum has only finite terms (NaN and infinities stay non-finite in a sum), so then no pass checks the
+    rows."""
+    tot = np.sum(omega, axis=1)
+    finite = bool(np.isfinite(tot).all())
+    pos, neg = dense_counts(selector, omega, sorted_rows, bool(getattr(selector, "two_sided", False)), finite)
+    if not finite:
+        tot = np.sum(np.where(np.isfinite(omega), omega, 0.0), axis=1)
+    return pos, neg, tot
+
+
+def dense_counts(selector: SupportsSearchedCuts, omega: np.ndarray, sorted_rows: np.ndarray | None, lower: bool,
+                 finite: bool) -> tuple[Any, Any]:
+    """Per upper neuron and lower neuron, the images where the value is above its row's cut (and, with ``lower``,
+    below the other): (nb, K) int64 each, from float64 numpy ``omega`` (nb, b, K) and, when known, its rows sorted
+    (nb * b, K). ``finite``: the caller knows every value is finite; else rows with a NaN or an infinity count
+    nothing, as :meth:`~ssa.core.interfaces.Selector.select` labels them."""
+    nb, b, K = omega.shape
+    rows = omega.reshape(nb * b, K)
+    ok = None
+    if not finite:
+        ok = np.isfinite(rows).all(axis=1, keepdims=True)
+        rows = np.where(np.isfinite(rows), rows, 0.0)
+    s = np.sort(rows, axis=1) if sorted_rows is None else sorted_rows.reshape(nb * b, K)
+    if ok is not None and sorted_rows is not None:
+        s = np.sort(rows, axis=1)  # the given order holds the non-finite values
+    s = np.ascontiguousarray(s)
+
+    def mean_abs(center: np.ndarray, where: np.ndarray) -> np.ndarray:
+        return mean_abs_rows(rows, center, where)
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        hi, lo = selector.searched_cuts(K, sorted_reader(s), mean_abs)
+    hi = np.asarray(hi, dtype=np.float64)
+    if ok is not None:  # nothing beyond the cuts in a row that holds a non-finite value
+        hi = np.where(ok, hi, np.inf)
+    grid = rows.reshape(nb, b, K)
+    pos = np.sum(grid > hi.reshape(nb, b, 1), axis=1, dtype=np.int64)
+    if not lower or lo is None:
+        return pos, None
+    lo = np.asarray(lo, dtype=np.float64)
+    if ok is not None:
+        lo = np.where(ok, lo, -np.inf)
+    return pos, np.sum(grid < lo.reshape(nb, b, 1), axis=1, dtype=np.int64)
+
+
+def rank1_searched_cuts(selector: SupportsSearchedCuts, sv: np.ndarray, coeff: np.ndarray, scale: float,
+                        mask: np.ndarray, vec: np.ndarray) -> tuple[Any, Any]:
+    """``selector.searched_cuts`` of the rows ``((vec[j] * coeff[j, i]) * scale) * mask[j]`` of a rank-1 block, (nb * b,
+    1) each, from ``sv`` (nb, K), each row of ``vec`` sorted ascending, without building the rows.
+
+    A row's sorted position p is ``sv`` at p (coeff >= 0) or at K - 1 - p (coeff < 0): one read, one product each.
+    The mean absolute deviation from a centre c: the values equal to c are one run of the sorted row (two binary
+    searches); with at most two values off it the sum over the row is those one or two deviations, whatever the
+    order of summation (every other term is an exact 0), then divided by K as ``numpy.mean`` does; other rows are
+    built (their order of summation matters) and averaged by :func:`~ssa.core.arrays.mean_abs_rows`.
+    """
+    nb, b = coeff.shape
+    K = int(sv.shape[1])
+    R = nb * b
+    flat_sv = np.ascontiguousarray(sv).reshape(-1)
+    base = np.repeat(np.arange(nb, dtype=np.int64) * K, b)[:, None]  # row r = j * b + i -> start of sv[j]
+    down = (coeff < 0).reshape(R, 1)
+    c = coeff.reshape(R, 1)
+    m = np.repeat(mask.reshape(nb), b)[:, None]
+
+    def read(p: Any) -> Any:
+        q = np.where(down, (K - 1) - p, p)
+        return ((flat_sv.take(base + q) * c) * scale) * m
+
+    def flat(idx: np.ndarray) -> Any:
+        return read(idx.reshape(R, 1)).reshape(R)
+
+    def mean_abs(center: np.ndarray, where: np.ndarray) -> np.ndarray:
+        below = count_below_read(flat, K, center)
+        upto = count_below_read(flat, K, np.nextafter(center, np.inf))  # <= center: < the next double
+        off = K - (upto - below)  # values not equal to the centre
+        first = read(np.where(below >= 1, 0, np.minimum(K - off, K - 1)))
+        second = read(np.where(below >= 2, 1, K - 1))
+        a = np.where(off >= 1, np.abs(first - center), 0.0)
+        total = np.where(off >= 2, a + np.abs(second - center), a)
+        out = total / K
+        hard = np.nonzero((np.asarray(where) & (off > 2)).reshape(R))[0]
+        if hard.shape[0]:
+            j, i = hard // b, hard % b
+            built = ((vec[j] * coeff[j, i][:, None]) * scale) * mask.reshape(nb)[j][:, None]
+            out[hard] = mean_abs_rows(built, center[hard], np.ones((hard.shape[0], 1), bool))
+        return out
+
+    return selector.searched_cuts(K, read, mean_abs)
