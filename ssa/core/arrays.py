@@ -22,7 +22,7 @@ import numpy as np
 from array_api_compat import array_namespace, is_numpy_namespace, is_torch_namespace
 from array_api_compat import device as _device
 
-__all__ = ["namespace", "host_view", "all_finite", "to_numpy", "device_of", "asarray_like", "is_numpy",
+__all__ = ["namespace", "on_host", "host_view", "all_finite", "to_numpy", "device_of", "asarray_like", "is_numpy",
            "quantile_sorted", "median_sorted", "percentile_rows", "take_rows", "device_path",
            "median_rows", "take_along", "finite_or_zero", "count_below_sorted", "count_below_read", "median_of_v_read",
            "mean_abs_rows", "unpermute"]
@@ -70,6 +70,11 @@ def device_path() -> Iterator[None]:
         yield
     finally:
         _DEVICE_PATH[0] = saved
+
+
+def on_host(device: Any) -> bool:
+    """Whether arrays on ``device`` reach the traversal as numpy views (the CPU, outside :func:`device_path`)."""
+    return not _DEVICE_PATH[0] and str(device).split(":")[0] == "cpu"
 
 
 def host_view(x: Array) -> Array:

@@ -29,6 +29,7 @@ from ssa.core.arrays import (
     host_view,
     is_numpy,
     namespace,
+    on_host,
     take_along,
     to_numpy,
     unpermute,
@@ -218,6 +219,16 @@ def _rows_of(block: DenseBlock | Rank1Block) -> Any:
     return rank1_block_rows(block.factors) if isinstance(block, Rank1Block) else block.omega
 
 
+def _wants_factors(selector: Selector, source: RelevanceSource) -> bool:
+    """Whether rank-1 steps come as factors, labelled and counted from a few sorted positions per row (no rows
+    built): for sorted cuts everywhere; for searched cuts (a search per row: many small kernels on a device) only
+    where the rows are numpy (on a device a rank-1 step's own rows are fewer kernels)."""
+    if isinstance(selector, SupportsSortedCuts):
+        return True
+    device = getattr(getattr(source, "network", None), "device", "cpu")
+    return isinstance(selector, SupportsSearchedCuts) and on_host(device)
+
+
 def traverse(source: RelevanceSource, target: int, branching: int, rule: Rule, selector: Selector,
              *, stop_at: str | None = None, progress: Any = None) -> TraversalOutput:
     """Run the traversal from class ``target`` of the logits down the tap DAG."""
@@ -226,8 +237,7 @@ def traverse(source: RelevanceSource, target: int, branching: int, rule: Rule, s
     floor = by_name[stop_at].order if stop_at else -1
     sets: dict[str, set[int]] = {"logits": {int(target)}}
     steps: list[StepRecord] = []
-    # rank-1 steps labelled and counted from their factors: a few sorted positions per row, no rows built
-    compact = isinstance(selector, (SupportsSortedCuts, SupportsSearchedCuts))
+    compact = _wants_factors(selector, source)
     for tap in reversed(taps):
         if tap.order <= floor or not sets.get(tap.name) or not tap.parents:
             continue
@@ -435,8 +445,11 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
         n_up = b - n_down
         neg = (n_up - count_at_most(t, up, K)) + count_at_most(t, down, K)
         a.add("neg", start, start + nb, unpermute(neg, order))
-    total = xp.sum(coeff, axis=1, keepdims=True)
-    a.add("tot", start, start + nb, ((vec * total) * f.scale) * mask)
+    if isinstance(selector, SupportsSortedCuts):  # summed from the factors, on the host as on a device
+        total = xp.sum(coeff, axis=1, keepdims=True)
+        a.add("tot", start, start + nb, ((vec * total) * f.scale) * mask)
+    else:  # searched cuts: a device labels and sums the built rows; the same sum here, so both agree bit for bit
+        a.add("tot", start, start + nb, xp.sum(xp.astype(rank1_block_rows(f), xp.float64), axis=1))
 
 
 def _finish_step(upper: str, parent: str, neurons: Sequence[int], a: _Acc, branching: int, two_sided: bool,
