@@ -11,8 +11,8 @@ input scale s_y s_x (1 except for average pooling that counts padding),
 where W'[n, k, .] sums the conv inputs that belong to parent channel k. C is computed as two
 small matrix products with 0/1 validity matrices. A squeeze-excitation gate multiplies W' by a
 per-image, per-channel factor. For ``gradient_x_activation`` the per-image relevance is the
-weight-gradient of m against the conv input, summed with W over the kernel offsets (the framework's
-backward-weight convolution with the images folded into its groups, per chunk of images).
+weight-gradient of m against the conv input, summed with W over the kernel offsets (one of the kernels of
+:func:`conv_input_relevance`, chosen from the shapes by :func:`choose_kernel`).
 """
 
 from __future__ import annotations
