@@ -16,6 +16,9 @@ from ssa_torch.closed_form import conv as conv_mod
 from ssa_torch.closed_form.conv import KERNELS, choose_kernel, conv_input_relevance
 from ssa_torch.closed_form.linear import LinearOp
 
+import ssa
+from ssa.testing.models import ALL_CASES
+
 
 def unfold_reference(op: LinearOp, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The unfold form: im2col of the (padded) input, one batched matrix product, times W summed over offsets."""
@@ -60,6 +63,8 @@ CASES = {
     "depthwise stride 2": (5, 5, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 5, (9, 9)),
     "depthwise x2": (4, 8, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 4, (7, 7)),
     "asymmetric pad (absorbed)": (3, 4, (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 1, (8, 9)),
+    "asymmetric pad, stride 1": (3, 4, (3, 3), (1, 1), (0, 1, 1, 0), (1, 1), 1, (8, 9)),
+    "rectangular, dilated, stride 1": (3, 4, (2, 3), (1, 1), (1, 0, 2, 2), (2, 2), 1, (7, 10)),
     "rectangular": (3, 4, (1, 3), (1, 2), (0, 0, 1, 1), (1, 1), 1, (6, 9)),
     "1x1": (8, 6, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, (7, 7)),
     "1x1 stride 2": (8, 6, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, (7, 8)),
@@ -147,7 +152,8 @@ def _kernels_for(op: LinearOp) -> list[str]:
     """Every kernel that takes this geometry: ``matmul_1x1`` only 1x1 convolutions without padding, which never
     take the backward-weight convolution (it rounds them differently in different batches)."""
     one = tuple(op.weight.shape[2:]) == (1, 1) and not any(op.pad)
-    return [k for k in KERNELS if (k == "matmul_1x1") == one or k in ("per_image", "per_offset")]
+    kernels = [k for k in KERNELS if (k == "matmul_1x1") == one or k in ("per_image", "per_offset")]
+    return [k for k in kernels if k != "shifted_rows"] + (["shifted_rows"] if op.stride == (1, 1) else [])
 
 
 ALL = {**CASES, **PER_OFFSET}
@@ -185,7 +191,13 @@ def test_the_kernel_is_chosen_by_shape_alone():
     assert choose_kernel(op_of(512, 512, 3), torch.zeros(32, 512, 7, 7)) == "per_image"
     assert choose_kernel(op_of(2048, 512, 1), torch.zeros(8, 512, 7, 7)) == "per_image"
     assert choose_kernel(op_of(3, 64, 3), torch.zeros(8, 64, 224, 224)) == "grouped_weight_grad"
-    assert choose_kernel(op_of(64, 64, 3), torch.zeros(8, 64, 224, 224)) == "grouped_weight_grad"  # windows: 115 MB
+    assert choose_kernel(op_of(64, 64, 3), torch.zeros(8, 64, 224, 224)) == "shifted_rows"  # stride 1, 50176 px
+    assert choose_kernel(op_of(256, 256, 3), torch.zeros(8, 256, 56, 56)) == "shifted_rows"
+    assert choose_kernel(op_of(256, 256, 3), torch.zeros(8, 256, 28, 28)) == "per_image"  # few positions
+    assert choose_kernel(op_of(64, 64, 1), torch.zeros(8, 64, 56, 56)) == "per_image"  # 1x1: no shifts to save
+    strided = LinearOp("conv", torch.zeros((64, 64, 3, 3)), groups=1, stride=(2, 2), dilation=(1, 1), pad=(1,) * 4)
+    assert choose_kernel(strided, torch.zeros(8, 64, 112, 112)) == "grouped_weight_grad"  # windows: 29 MB
+    assert choose_kernel(op_of(64, 64, 3), torch.zeros(8, 64, 224, 224, device="meta")) == "grouped_weight_grad"
     assert choose_kernel(op_of(64, 64, 3, groups=64), torch.zeros(8, 64, 14, 14)) == "grouped_weight_grad"
     assert choose_kernel(op_of(512, 512, 3, groups=2), torch.zeros(8, 512, 7, 7)) == "per_offset"
     assert choose_kernel(op_of(8, 8, 1, groups=2), torch.zeros(8, 8, 7, 7)) == "matmul_1x1"
@@ -195,3 +207,48 @@ def test_an_unknown_kernel_is_refused():
     op, m, x = _case("3x3", torch.float64)
     with pytest.raises(ValueError, match="unknown kernel"):
         conv_input_relevance(op, m, x, kernel="fft")
+
+
+@pytest.mark.parametrize("name", sorted(k for k, v in CASES.items() if v[3] == (1, 1)))
+def test_the_shifted_rows_form_in_tiles_of_one_row(name, monkeypatch):
+    """Tiles of one padded row (the smallest): the per-offset products accumulated over many tiles still equal
+    the unfold form and the plain loop (float64), and an image's float32 values do not depend on the batch."""
+    monkeypatch.setattr(conv_mod, "SHIFT_TILE_BYTES", 1)
+    op, m, x = _case(name, torch.float64)
+    got = conv_input_relevance(op, m, x, kernel="shifted_rows")
+    ref = unfold_reference(op, m, x)
+    tol = 1e-12 * float(ref.abs().max())
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=tol)
+    torch.testing.assert_close(got, plain_loop(op, m, x), rtol=1e-12, atol=tol)
+    op32, m32, x32 = _case(name, torch.float32, batch=9)
+    whole = conv_input_relevance(op32, m32, x32, kernel="shifted_rows")
+    for lo, hi in [(3, 4), (0, 2), (4, 9)]:
+        torch.testing.assert_close(conv_input_relevance(op32, m32[lo:hi], x32[lo:hi], kernel="shifted_rows"),
+                                   whole[lo:hi], rtol=0, atol=0)
+
+
+def test_the_shifted_rows_form_refuses_strides():
+    op, m, x = _case("3x3 stride 2", torch.float64)
+    with pytest.raises(ValueError, match="stride-1"):
+        conv_input_relevance(op, m, x, kernel="shifted_rows")
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=[c.name for c in ALL_CASES])
+def test_graphs_with_every_stride_1_conv_on_shifted_rows_equal_the_reference(case, monkeypatch):
+    """The choice gives :func:`_shifted_rows` to wide layers of 56 px and more, which the test models lack: forced
+    onto every stride-1 convolution of each test model, the default rule's graph still equals the slow reference
+    (one autograd call per neuron and image)."""
+    from .test_traversal_reference import N_IMAGES, assert_same_edges, cached_reference, graph_edges
+
+    chosen = []
+
+    def forced(op: LinearOp, m: torch.Tensor) -> str:
+        chosen.append("shifted_rows" if op.stride == (1, 1) else choose_kernel(op, m))
+        return chosen[-1]
+
+    monkeypatch.setattr(conv_mod, "choose_kernel", forced)
+    result = ssa.analyse(case.build(), case.images(N_IMAGES), case.target, case.branching,
+                         rule="gradient_x_activation", selector="tukey", batch_size=5)
+    assert_same_edges(graph_edges(result.graph), cached_reference(case.name, "gradient_x_activation"))
+    if any(isinstance(mod, torch.nn.Conv2d) and mod.stride == (1, 1) for mod in case.build().modules()):
+        assert "shifted_rows" in chosen

@@ -229,3 +229,24 @@ def test_gelu_written_out_is_a_tap_and_taps_can_still_be_named(tmp_path):
 def test_public_surface():
     for name in ("check_report", "OnnxBackend", "OnnxNetwork", "input_shape_of", "read_onnx"):
         assert hasattr(ssa_onnx, name)
+
+
+def test_onnxruntime_loads_the_file_itself_when_the_model_is_as_read(vgg, tmp_path):
+    """A model as the file has it: onnxruntime gets the file's path (no serialisation of the proto); a model
+    changed on reading (a fixed batch made dynamic) gets the changed proto's bytes. Both give the outputs of a
+    session on the file, and the parity check passes."""
+    from ssa_onnx.model import read_onnx
+
+    model, x, path = vgg
+    as_read = read_onnx(path)
+    assert as_read.as_file and as_read.session_source() == str(path)
+    fixed = om.export(model, x[:1], tmp_path / "fixed.onnx", dynamic=False)
+    changed = read_onnx(fixed)
+    assert not changed.as_file and isinstance(changed.session_source(), bytes)
+    want = make_session(str(path), "cpu").run(None, {"image": x[:4]})[0]
+    for m in (as_read, changed):
+        got = make_session(m.session_source(), "cpu").run(None, {"image": x[:4]})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    net = ssa.load_model(str(path))
+    net.prepare(x)
+    assert net.parity.ok and net.parity_converted.ok
