@@ -9,7 +9,7 @@ weights, as the benchmarks draw them), 8 noise images at 224 x 224, the default 
 column plans), then a second class is counted.
 
 Budgets (the issue's): at most one synchronisation per step (the step's kept edges, copied to the host together):
-ResNet-50 65 steps, VGG16 15; at most 3,000 (ResNet-50) and 800 (VGG16) aten calls. Measured 2,831 and 678 (from
+ResNet-50 65 steps, VGG16 15; at most 3,000 (ResNet-50) and 800 (VGG16) aten calls. Measured 2,825 and 677 (from
 77,904 and 18,070 at the issue; 5,495 and 1,199 before this pass): per step about 23 calls of MAD (two medians by a
 sort each, its counts straight from the outlier masks: ``SupportsCounts``), 3 of the traversal's sums, 10 of the
 ranking and the step's one host copy, and 6 to 9 of the closed form (docs/device.md, "Counting the device path").

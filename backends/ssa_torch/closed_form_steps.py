@@ -24,7 +24,7 @@ from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
 from .closed_form.terms import rank1_rows, stat_device
 from .families import check_lines
 from .host import exact_arithmetic, statistics_input
-from .interpreters import ModelCodeInterpreter
+from .interpreters import ModelCodeInterpreter, node_values
 
 if TYPE_CHECKING:
     from .taps import TapPlan
@@ -171,17 +171,7 @@ class _StatsRun(StatsInterpreter, ModelCodeInterpreter):
 
 def graph_values_at_one(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, Any]:
     """Every node's value of ``gm`` on ``example`` (one forward pass, no autograd)."""
-    env: dict[str, Any] = {}
-
-    class _Values(fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            env[n.name] = out
-            return out
-
-    with torch.no_grad():
-        _Values(gm).run(example)
-    return env
+    return node_values(gm, example)
 
 
 def steps_summary(steps: Mapping[str, str]) -> str:

@@ -48,3 +48,19 @@ class ModelCodeInterpreter(fx.Interpreter):
             if n.op not in ("call_module", "call_function", "call_method"):
                 raise
             raise model_raised(n, exc, int(self.args_batch)) from exc
+
+
+def node_values(gm: fx.GraphModule, x: Any, names: set[str] | None = None) -> dict[str, Any]:
+    """The value of every node of ``gm`` on ``x`` (or of those in ``names``): one forward pass, no autograd."""
+    env: dict[str, Any] = {}
+
+    class _Values(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            out = super().run_node(n)
+            if names is None or n.name in names:
+                env[n.name] = out
+            return out
+
+    with torch.no_grad():
+        _Values(gm).run(x)
+    return env

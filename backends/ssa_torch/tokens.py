@@ -21,23 +21,9 @@ from ssa.core.options import TOKEN_MODES
 from ssa.errors import InvalidInputError
 
 from .closed_form.collect import spatial_mean
+from .interpreters import node_values
 
 __all__ = ["TOKEN_MODES", "class_token_axes", "aggregate"]
-
-
-def _values(gm: fx.GraphModule, x: torch.Tensor, names: set[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-
-    class _Run(fx.Interpreter):
-        def run_node(self, n):
-            value = super().run_node(n)
-            if n.name in names:
-                out[n.name] = value
-            return value
-
-    with torch.no_grad():
-        _Run(gm).run(x)
-    return out
 
 
 def class_token_axes(gm: fx.GraphModule, plan: Any, x: torch.Tensor) -> dict[str, int]:
@@ -48,8 +34,8 @@ def class_token_axes(gm: fx.GraphModule, plan: Any, x: torch.Tensor) -> dict[str
             and (n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0)) in (1, -2)]
     firsts = {c.args[0][0].name for c in cats if isinstance(c.args[0][0], fx.Node)}
     wanted = firsts | {c.name for c in cats}
-    one = _values(gm, x, wanted)
-    other = _values(gm, torch.rand_like(x) * 2 - 1 + x.mean(), wanted)
+    one = node_values(gm, x, wanted)
+    other = node_values(gm, torch.rand_like(x) * 2 - 1 + x.mean(), wanted)
     tokens: dict[str, int] = {}  # cat node -> its token count
     for c in cats:
         first, out = c.args[0][0], one.get(c.name)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from torch import fx
 
+from ..interpreters import node_values
 from ..kinds import NAME_KEY, display_name, node_kind
 
 __all__ = ["CanonPass", "PassContext", "CanonReport", "canonicalize", "canonicalize_values", "replace_node",
@@ -124,17 +125,7 @@ class PassContext:
             x = self.example[:1]
             if batch > 1:
                 x = x.expand(batch, *x.shape[1:]).contiguous()
-            env: dict[str, Any] = {}
-
-            class _Values(fx.Interpreter):
-                def run_node(self, n):
-                    out = super().run_node(n)
-                    env[n.name] = out
-                    return out
-
-            with torch.no_grad():
-                _Values(self.gm, garbage_collect_values=False).run(x)
-            self._values[batch] = env
+            self._values[batch] = node_values(self.gm, x)
         return self._values[batch]
 
     def try_values(self, batch: int) -> dict[str, Any] | None:
