@@ -14,6 +14,10 @@ fx node and stops there (nothing above the tap is computed). Everything is batch
 * :meth:`InputMaps.pair_maps`: rows that each carry their own neuron: one forward and one backward pass
   per batch of rows (two backward passes for a conv tap: the neuron's scalar and its strongest position).
 
+A neuron's scalar is the mean of its map over positions or, on a tap that takes the class token alone
+(``tokens="cls"``), its value at the class token (position 0 of the token axis): the saliency is the gradient of
+that value, and its "strongest position" is the class token itself.
+
 Rows never interact because the network is in eval mode, so each result equals the one-neuron,
 one-image computation (``tests/backends/ssa_torch/test_maps.py`` checks it against plain torch).
 """
@@ -73,6 +77,7 @@ class InputMaps:
     if TYPE_CHECKING:  # provided by TorchNetwork
         graph_module: fx.GraphModule
         plan: Any
+        _token_axes: dict[str, int]
 
         def tap(self, name: str) -> Tap: ...
 
@@ -97,6 +102,11 @@ class InputMaps:
         if rec.value is None:  # pragma: no cover - every tap's node lies on the graph
             raise RuntimeError(f"fx node {node!r} was not computed")
         return rec.value
+
+    def _scalar(self, tap: Tap, flat: torch.Tensor) -> torch.Tensor:
+        """A neuron's scalar from its map flattened on the last axis: the mean over positions, or, for a tap that
+        takes the class token alone (``tokens="cls"``, :mod:`ssa_torch.tokens`), its value at the class token."""
+        return flat[..., 0] if tap.name in self._token_axes else flat.mean(dim=-1)
 
     @staticmethod
     def _channels(value: torch.Tensor, tap: Tap, idx: torch.Tensor) -> torch.Tensor:
@@ -129,7 +139,7 @@ class InputMaps:
             sel = torch.as_tensor(idx, device=x.device)
             with torch.enable_grad():
                 v = self._channels(self._record(x, node), t, sel)
-                s = v.reshape(v.shape[0], K, -1).mean(dim=2)  # (B, K): each neuron's scalar
+                s = self._scalar(t, v.reshape(v.shape[0], K, -1))  # (B, K): each neuron's scalar
                 per = int(x.numel()) * 4 * 3
                 chunk = max(1, min(K, WORK_BYTES // max(per, 1)))
                 for k0 in range(0, K, chunk):
@@ -171,11 +181,13 @@ class InputMaps:
             with torch.enable_grad():
                 v = self._record(x, node).movedim(t.channel_axis, 1)[rows, sel]  # (P, *spatial) or (P,)
                 flat = v.reshape(v.shape[0], -1)
-                (g,) = torch.autograd.grad(flat.mean(dim=1).sum(), x, retain_graph=spatial, allow_unused=True)
+                (g,) = torch.autograd.grad(self._scalar(t, flat).sum(), x, retain_graph=spatial, allow_unused=True)
                 if g is not None:
                     sal[i:i + len(x)] = g.float().cpu().numpy()
                 if spatial:
                     best = flat.detach().argmax(dim=1)
+                    if t.name in self._token_axes:  # the class token alone: its strongest position is itself
+                        best = torch.zeros_like(best)
                     (g,) = torch.autograd.grad(flat[rows, best].sum(), x, allow_unused=True)
                     if g is not None:
                         peak[i:i + len(x)] = g.float().cpu().numpy()  # type: ignore[index]

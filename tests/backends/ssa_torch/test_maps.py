@@ -8,6 +8,8 @@ equal it, on every small model of ssa.testing and on an ONNX export.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from ssa.core.capabilities import PairMaps, SupportsInputMaps
 from ssa.errors import InvalidInputError
 from ssa.testing.models import ALL_CASES, plain_cnn
 from tests import onnx_models as om
+from tests import zoo_models as zm
 
 RTOL, ATOL = 1e-4, 1e-6
 
@@ -123,3 +126,26 @@ def test_the_onnx_backend_has_input_maps_through_the_torch_network(tmp_path):
     b = torch_net.saliency(x, "logits", ks)
     assert np.abs(b).sum() > 0
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("tokens", ["all", "cls"])
+def test_a_class_token_neuron_has_the_class_tokens_maps(tokens):
+    """With tokens="cls" a token tap's neuron is its channel at the class token: the saliency (pair_maps' and
+    saliency()'s) and the strongest position's gradient are those of that value; with "all", of the mean."""
+    model = zm.build("vit").eval()
+    x = zm.images("vit", 3)
+    net = ssa.load_model(model, tokens=tokens)
+    net.prepare(x)
+    tap = "encoder.layers.encoder_layer_0.mlp.1"  # a GELU, (T, C): channels last
+    ks = np.array([3, 7, 3])
+    got = net.pair_maps(x, tap, ks, batch_size=2)
+    sal = net.saliency(x, tap, [3, 7], batch_size=2)
+    for i, k in enumerate(ks):
+        xi = torch.from_numpy(x[i:i + 1]).requires_grad_(True)
+        v = _tap_value(model, SimpleNamespace(module=tap, call=0, channel_axis=2), xi)[0, k]  # (T,)
+        (want,) = torch.autograd.grad(v[0] if tokens == "cls" else v.mean(), xi, retain_graph=True)
+        (peak,) = torch.autograd.grad(v[0] if tokens == "cls" else v.max(), xi)
+        np.testing.assert_allclose(got.saliency[i], want[0].numpy(), rtol=RTOL, atol=ATOL, err_msg=f"{tokens}:{k}")
+        np.testing.assert_allclose(sal[i, 0 if k == 3 else 1], want[0].numpy(), rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(got.peak_gradient[i], peak[0].numpy(), rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(got.activations[i], v.detach().numpy(), rtol=RTOL, atol=ATOL)
