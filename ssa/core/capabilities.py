@@ -133,10 +133,12 @@ class SupportsDeclaredInputShape(Protocol):
 class PairMaps:
     """Maps of rows that each pair one image with one neuron (:meth:`SupportsInputMaps.pair_maps`).
 
-    saliency : ``(P, *image)``, the gradient of row ``i``'s neuron scalar (its value, or the spatial mean of its
-        map: the quantity SSA works with) with respect to row ``i``'s image, through the whole network (no cuts).
+    saliency : ``(P, *image)``, the gradient of row ``i``'s neuron scalar (its value, the spatial mean of its
+        map, or with ``tokens="cls"`` its value at the class token: the quantity SSA works with) with respect to
+        row ``i``'s image, through the whole network (no cuts).
     peak_gradient : ``(P, *image)``, the gradient of the neuron's strongest position on the row's image (its
-        largest map value); where it is non-zero is that position's receptive field on that image. None for a
+        largest map value; the class token for a class-token neuron); where it is non-zero is that position's
+        receptive field on that image. None for a
         dense tap (one value per neuron: the saliency is already its gradient).
     activations : ``(P, *spatial)``, the row's neuron's activation map; None for a dense tap.
     """
