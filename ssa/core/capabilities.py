@@ -140,7 +140,8 @@ class PairMaps:
         largest map value; the class token for a class-token neuron); where it is non-zero is that position's
         receptive field on that image. None for a
         dense tap (one value per neuron: the saliency is already its gradient).
-    activations : ``(P, *spatial)``, the row's neuron's activation map; None for a dense tap.
+    activations : ``(P, *spatial)``, the row's neuron's activation map (a token tap's ``(T, C)`` map: its patch
+        tokens as the ``(g, g)`` patch grid, the leading class/register tokens dropped); None for a dense tap.
     """
 
     saliency: np.ndarray
@@ -163,7 +164,7 @@ class SupportsInputMaps(Protocol):
     def activation_maps(self, images: np.ndarray, tap: str, neurons: Sequence[int], *,
                         batch_size: int = 64) -> np.ndarray:
         """``(B, K, *spatial)``: the activation map of each of the ``K`` ``neurons`` of the conv tap ``tap`` on
-        every image."""
+        every image (``(B, K, g, g)`` for a token tap: its patch grid, as in :class:`PairMaps`)."""
 
     def saliency(self, images: np.ndarray, tap: str, neurons: Sequence[int], *, batch_size: int = 32) -> np.ndarray:
         """``(B, K, *image)``: the gradient of each neuron's scalar w.r.t. every image (see :class:`PairMaps`)."""
