@@ -11,6 +11,11 @@ is never modified and no hook is
 ever registered on it. Ablations in several taps act at once; an ablation
 propagates to every tap above it.
 
+With ``tokens="cls"`` (:mod:`ssa_torch.tokens`) a neuron of a tap that takes the class token is its channel at
+the class token alone, so only that position (0 of the token axis) is ablated there: set to 0, to the mean
+map's value at the class token, or to the donor's; the channel's other tokens keep their values. Every other
+tap, and ``tokens="all"``, ablate the channel at every position.
+
 Get one with :meth:`TorchNetwork.ablator` (the capability the analysis layer asks for).
 """
 
@@ -111,6 +116,11 @@ class TorchAblator:
         shape = [1] * ndim
         shape[info.channel_axis] = info.n_neurons
         mask = mask.reshape(shape)
+        token_axis = self.network._token_axes.get(tap)
+        if token_axis is not None:  # tokens="cls": the neuron is its channel at the class token alone
+            first = torch.zeros(info.shape[token_axis - 1], dtype=torch.bool, device=device)
+            first[0] = True  # position 0 of the token axis
+            mask = mask & first.reshape([-1 if a == token_axis else 1 for a in range(ndim)])
         if mode == "zero":
             fill = torch.zeros((), device=device)
         elif mode == "mean":

@@ -14,12 +14,22 @@ fx node and stops there (nothing above the tap is computed). Everything is batch
 * :meth:`InputMaps.pair_maps`: rows that each carry their own neuron: one forward and one backward pass
   per batch of rows (two backward passes for a conv tap: the neuron's scalar and its strongest position).
 
+A neuron's scalar is the mean of its map over positions or, on a tap that takes the class token alone
+(``tokens="cls"``), its value at the class token (position 0 of the token axis): the saliency is the gradient of
+that value, and its "strongest position" is the class token itself.
+
+A token tap's map (a ViT's ``(N, T, C)`` tap, channels last, ``T = k + g * g`` with ``k <= 8`` leading
+non-patch tokens: a class token, register or distillation tokens) is drawn where on the image it fires: the
+``k`` leading tokens are dropped and the ``g * g`` patch tokens reshaped row-major to ``(g, g)``, a spatial map
+like a conv tap's (:func:`token_grid`). Any other token count keeps the row of its T token values.
+
 Rows never interact because the network is in eval mode, so each result equals the one-neuron,
 one-image computation (``tests/backends/ssa_torch/test_maps.py`` checks it against plain torch).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,11 +42,38 @@ from ssa.core.capabilities import PairMaps
 from ssa.core.interfaces import Tap
 from ssa.errors import InvalidInputError
 
-__all__ = ["InputMaps"]
+__all__ = ["InputMaps", "token_grid", "MAX_PREFIX_TOKENS"]
+
+MAX_PREFIX_TOKENS = 8  # at most this many leading non-patch tokens (class, distillation, register tokens)
+
+
+def token_grid(tap: Tap) -> tuple[int, int] | None:
+    """``(k, g)`` for a token tap whose T tokens are ``k`` leading non-patch tokens and a ``g`` x ``g`` patch
+    grid (``g = isqrt(T)``, ``k = T - g * g <= MAX_PREFIX_TOKENS``, ``g >= 2``); ``None`` for any other tap
+    (a conv tap, a dense tap, a token count that is not such a grid)."""
+    if len(tap.shape) != 2 or tap.channel_axis != 2:  # (T, C) per image, channels last
+        return None
+    T = int(tap.shape[0])
+    g = math.isqrt(T)
+    k = T - g * g
+    return (k, g) if g >= 2 and k <= MAX_PREFIX_TOKENS else None
+
+
+def _as_map(tap: Tap, v: torch.Tensor) -> torch.Tensor:
+    """A tap's maps ``(..., *spatial)`` as drawn: a token tap's ``(..., T)`` becomes its patch grid
+    ``(..., g, g)`` (:func:`token_grid`); any other map is returned as is."""
+    grid = token_grid(tap)
+    if grid is None:
+        return v
+    k, g = grid
+    return v[..., k:].reshape(*v.shape[:-1], g, g)
 
 
 def _spatial(tap: Tap) -> tuple[int, ...]:
-    """A tap's per-image shape without its channel axis."""
+    """A tap's map shape per image and neuron: its shape without the channel axis, or a token tap's patch grid."""
+    grid = token_grid(tap)
+    if grid is not None:
+        return (grid[1], grid[1])
     return tuple(d for i, d in enumerate(tap.shape) if i != tap.channel_axis - 1)
 
 
@@ -73,6 +110,7 @@ class InputMaps:
     if TYPE_CHECKING:  # provided by TorchNetwork
         graph_module: fx.GraphModule
         plan: Any
+        _token_axes: dict[str, int]
 
         def tap(self, name: str) -> Tap: ...
 
@@ -98,6 +136,11 @@ class InputMaps:
             raise RuntimeError(f"fx node {node!r} was not computed")
         return rec.value
 
+    def _scalar(self, tap: Tap, flat: torch.Tensor) -> torch.Tensor:
+        """A neuron's scalar from its map flattened on the last axis: the mean over positions, or, for a tap that
+        takes the class token alone (``tokens="cls"``, :mod:`ssa_torch.tokens`), its value at the class token."""
+        return flat[..., 0] if tap.name in self._token_axes else flat.mean(dim=-1)
+
     @staticmethod
     def _channels(value: torch.Tensor, tap: Tap, idx: torch.Tensor) -> torch.Tensor:
         """``(B, K, *spatial)``: the channels ``idx`` of a tap value, channel axis moved to 1."""
@@ -114,7 +157,7 @@ class InputMaps:
             for i in range(0, len(images), batch_size):
                 x = self.to_tensor(images[i:i + batch_size])
                 sel = torch.as_tensor(idx, device=x.device)
-                parts.append(self._channels(self._record(x, node), t, sel).float().cpu().numpy())
+                parts.append(_as_map(t, self._channels(self._record(x, node), t, sel)).float().cpu().numpy())
         return np.concatenate(parts, axis=0) if parts else np.zeros((0, len(idx), *_spatial(t)), np.float32)
 
     def saliency(self, images: np.ndarray, tap: str, neurons: Sequence[int], *, batch_size: int = 32) -> np.ndarray:
@@ -129,7 +172,7 @@ class InputMaps:
             sel = torch.as_tensor(idx, device=x.device)
             with torch.enable_grad():
                 v = self._channels(self._record(x, node), t, sel)
-                s = v.reshape(v.shape[0], K, -1).mean(dim=2)  # (B, K): each neuron's scalar
+                s = self._scalar(t, v.reshape(v.shape[0], K, -1))  # (B, K): each neuron's scalar
                 per = int(x.numel()) * 4 * 3
                 chunk = max(1, min(K, WORK_BYTES // max(per, 1)))
                 for k0 in range(0, K, chunk):
@@ -171,15 +214,17 @@ class InputMaps:
             with torch.enable_grad():
                 v = self._record(x, node).movedim(t.channel_axis, 1)[rows, sel]  # (P, *spatial) or (P,)
                 flat = v.reshape(v.shape[0], -1)
-                (g,) = torch.autograd.grad(flat.mean(dim=1).sum(), x, retain_graph=spatial, allow_unused=True)
+                (g,) = torch.autograd.grad(self._scalar(t, flat).sum(), x, retain_graph=spatial, allow_unused=True)
                 if g is not None:
                     sal[i:i + len(x)] = g.float().cpu().numpy()
                 if spatial:
                     best = flat.detach().argmax(dim=1)
+                    if t.name in self._token_axes:  # the class token alone: its strongest position is itself
+                        best = torch.zeros_like(best)
                     (g,) = torch.autograd.grad(flat[rows, best].sum(), x, allow_unused=True)
                     if g is not None:
                         peak[i:i + len(x)] = g.float().cpu().numpy()  # type: ignore[index]
-                    maps.append(v.detach().float().cpu().numpy())
+                    maps.append(_as_map(t, v.detach()).float().cpu().numpy())
         activations = None
         if spatial:
             activations = np.concatenate(maps, axis=0) if maps else np.zeros((0, *_spatial(t)), np.float32)

@@ -133,12 +133,15 @@ class SupportsDeclaredInputShape(Protocol):
 class PairMaps:
     """Maps of rows that each pair one image with one neuron (:meth:`SupportsInputMaps.pair_maps`).
 
-    saliency : ``(P, *image)``, the gradient of row ``i``'s neuron scalar (its value, or the spatial mean of its
-        map: the quantity SSA works with) with respect to row ``i``'s image, through the whole network (no cuts).
+    saliency : ``(P, *image)``, the gradient of row ``i``'s neuron scalar (its value, the spatial mean of its
+        map, or with ``tokens="cls"`` its value at the class token: the quantity SSA works with) with respect to
+        row ``i``'s image, through the whole network (no cuts).
     peak_gradient : ``(P, *image)``, the gradient of the neuron's strongest position on the row's image (its
-        largest map value); where it is non-zero is that position's receptive field on that image. None for a
+        largest map value; the class token for a class-token neuron); where it is non-zero is that position's
+        receptive field on that image. None for a
         dense tap (one value per neuron: the saliency is already its gradient).
-    activations : ``(P, *spatial)``, the row's neuron's activation map; None for a dense tap.
+    activations : ``(P, *spatial)``, the row's neuron's activation map (a token tap's ``(T, C)`` map: its patch
+        tokens as the ``(g, g)`` patch grid, the leading class/register tokens dropped); None for a dense tap.
     """
 
     saliency: np.ndarray
@@ -161,7 +164,7 @@ class SupportsInputMaps(Protocol):
     def activation_maps(self, images: np.ndarray, tap: str, neurons: Sequence[int], *,
                         batch_size: int = 64) -> np.ndarray:
         """``(B, K, *spatial)``: the activation map of each of the ``K`` ``neurons`` of the conv tap ``tap`` on
-        every image."""
+        every image (``(B, K, g, g)`` for a token tap: its patch grid, as in :class:`PairMaps`)."""
 
     def saliency(self, images: np.ndarray, tap: str, neurons: Sequence[int], *, batch_size: int = 32) -> np.ndarray:
         """``(B, K, *image)``: the gradient of each neuron's scalar w.r.t. every image (see :class:`PairMaps`)."""

@@ -19,7 +19,7 @@ __all__ = ["activation_maps", "plot_activation_grid"]
 
 def activation_maps(network: Network, images: np.ndarray, tap: str, neuron: int) -> np.ndarray:
     """The activation map of one channel of a conv tap on each image: shape (n_images, H, W) (a 1-D map is
-    one row, (n_images, 1, L)).
+    one row, (n_images, 1, L); a token tap's map is its (g, g) patch grid, see ``docs/viz.md``).
 
     ``network`` must be prepared and support :class:`~ssa.core.capabilities.SupportsInputMaps`.
     """

@@ -8,6 +8,8 @@ equal it, on every small model of ssa.testing and on an ONNX export.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from ssa.core.capabilities import PairMaps, SupportsInputMaps
 from ssa.errors import InvalidInputError
 from ssa.testing.models import ALL_CASES, plain_cnn
 from tests import onnx_models as om
+from tests import zoo_models as zm
 
 RTOL, ATOL = 1e-4, 1e-6
 
@@ -123,3 +126,79 @@ def test_the_onnx_backend_has_input_maps_through_the_torch_network(tmp_path):
     b = torch_net.saliency(x, "logits", ks)
     assert np.abs(b).sum() > 0
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("tokens", ["all", "cls"])
+def test_a_class_token_neuron_has_the_class_tokens_maps(tokens):
+    """With tokens="cls" a token tap's neuron is its channel at the class token: the saliency (pair_maps' and
+    saliency()'s) and the strongest position's gradient are those of that value; with "all", of the mean."""
+    model = zm.build("vit").eval()
+    x = zm.images("vit", 3)
+    net = ssa.load_model(model, tokens=tokens)
+    net.prepare(x)
+    tap = "encoder.layers.encoder_layer_0.mlp.1"  # a GELU, (T, C): channels last
+    ks = np.array([3, 7, 3])
+    got = net.pair_maps(x, tap, ks, batch_size=2)
+    sal = net.saliency(x, tap, [3, 7], batch_size=2)
+    for i, k in enumerate(ks):
+        xi = torch.from_numpy(x[i:i + 1]).requires_grad_(True)
+        v = _tap_value(model, SimpleNamespace(module=tap, call=0, channel_axis=2), xi)[0, k]  # (T,)
+        (want,) = torch.autograd.grad(v[0] if tokens == "cls" else v.mean(), xi, retain_graph=True)
+        (peak,) = torch.autograd.grad(v[0] if tokens == "cls" else v.max(), xi)
+        np.testing.assert_allclose(got.saliency[i], want[0].numpy(), rtol=RTOL, atol=ATOL, err_msg=f"{tokens}:{k}")
+        np.testing.assert_allclose(sal[i, 0 if k == 3 else 1], want[0].numpy(), rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(got.peak_gradient[i], peak[0].numpy(), rtol=RTOL, atol=ATOL)
+        # the heat: the 4 x 4 patch tokens (the class token, position 0, dropped), row-major
+        np.testing.assert_allclose(got.activations[i], v.detach().numpy()[1:].reshape(4, 4), rtol=RTOL, atol=ATOL)
+
+
+def _timm_vit_with_registers() -> torch.nn.Module:
+    timm_vit = pytest.importorskip("timm.models.vision_transformer")
+    torch.manual_seed(0)  # a class token, then 4 register tokens, then the 4 x 4 patches: T = 21
+    return timm_vit.VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2, mlp_ratio=2,
+                                      num_classes=5, reg_tokens=4).eval()
+
+
+@pytest.mark.parametrize("family", ["torchvision", "timm-registers"])
+def test_a_token_neurons_map_is_its_patch_grid(family):
+    """A token tap's map (activation_maps, pair_maps' activations) is its patch tokens' values reshaped row-major to
+    the g x g patch grid: the class token (and register tokens) dropped; the scalars still see every token."""
+    if family == "torchvision":
+        model, x = zm.build("vit").eval(), zm.images("vit", 3)
+        tap, skip, g = "encoder.layers.encoder_layer_0.mlp.1", 1, 4  # 64 px, 16 px patches: T = 1 + 4 * 4
+    else:
+        model = _timm_vit_with_registers()
+        x = np.random.default_rng(0).uniform(0, 1, (3, 3, 32, 32)).astype(np.float32)
+        tap, skip, g = "blocks.0.mlp.act", 5, 4
+    net = ssa.load_model(model)
+    net.prepare(x)
+    t = next(t for t in net.taps if t.name == tap)
+    assert t.shape[0] == skip + g * g
+    ks = [3, 7]
+    maps = net.activation_maps(x, tap, ks, batch_size=2)
+    pm = net.pair_maps(x, tap, [3, 7, 3], batch_size=2)
+    assert maps.shape == (3, 2, g, g) and pm.activations.shape == (3, g, g)
+    for i in range(len(x)):
+        with torch.no_grad():
+            v = _tap_value(model, SimpleNamespace(module=tap, call=0, channel_axis=2), torch.from_numpy(x[i:i + 1]))
+        for j, k in enumerate(ks):
+            tokens = v[0, k].numpy()  # (T,): the neuron's value at every token
+            want = np.array([[tokens[skip + r * g + c] for c in range(g)] for r in range(g)])  # row r, column c
+            np.testing.assert_allclose(maps[i, j], want, rtol=RTOL, atol=ATOL, err_msg=f"{family} {k} image {i}")
+            if (i, k) in ((0, 3), (1, 7), (2, 3)):
+                np.testing.assert_allclose(pm.activations[i], want, rtol=RTOL, atol=ATOL)
+        assert not np.allclose(maps[i, 0], v[0, 3].numpy()[:g * g].reshape(g, g))  # the leading tokens are dropped
+
+
+def test_token_grid_keeps_other_token_counts_as_a_row():
+    from ssa_torch.maps import token_grid
+
+    def tap(shape, axis):
+        return SimpleNamespace(shape=shape, channel_axis=axis)
+
+    assert token_grid(tap((197, 768), 2)) == (1, 14)  # class token + 14 x 14
+    assert token_grid(tap((198, 768), 2)) == (2, 14)  # class + distillation tokens
+    assert token_grid(tap((201, 768), 2)) == (5, 14)  # class + 4 registers
+    assert token_grid(tap((196 + 9, 768), 2)) is None  # 9 leading tokens: not a patch grid
+    assert token_grid(tap((50, 8), 1)) is None  # a 1-D conv (C, L): channels first
+    assert token_grid(tap((8, 7, 7), 1)) is None and token_grid(tap((10,), 1)) is None
