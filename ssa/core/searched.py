@@ -55,7 +55,7 @@ def searched_sums(selector: Any, omega: np.ndarray, sorted_rows: np.ndarray | No
     rows."""
     tot = np.sum(omega, axis=1)
     finite = bool(np.isfinite(tot).all())
-    pos, neg = dense_counts(selector, omega, sorted_rows, bool(getattr(selector, "two_sided", False)), finite)
+    pos, neg = dense_counts(selector, omega, sorted_rows, bool(selector.two_sided), finite)
     if not finite:
         tot = np.sum(np.where(np.isfinite(omega), omega, 0.0), axis=1)
     return pos, neg, tot

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -49,7 +49,7 @@ from ssa.core.interfaces import (
 from ssa.core.ranking import rank_neurons, step_winners, top_b
 from ssa.core.searched import rank1_searched_cuts, searched_only, searched_sums
 
-__all__ = ["RelevanceSource", "DenseBlock", "Rank1Block", "rank1_block_rows", "labels_by_partition",
+__all__ = ["RelevanceSource", "SupportsDevice", "DenseBlock", "Rank1Block", "rank1_block_rows", "labels_by_partition",
            "StepRecord", "Kept", "rank_neurons", "top_b", "traverse",
            "TraversalOutput", "apply_selector", "explain_stop", "step_omega"]
 
@@ -71,6 +71,14 @@ class RelevanceSource(Protocol):
 
     def scalars(self, tap: str) -> Any:
         """Every image's neuron scalars of ``tap``, shape (n_images, N)."""
+
+
+@runtime_checkable
+class SupportsDevice(Protocol):
+    """A relevance source that says where its arrays live (an optional capability): ``device``, its network's
+    device. Without it the traversal takes the host's choices (they hold on a device too, with more kernels)."""
+
+    device: Any
 
 
 @dataclass(frozen=True)
@@ -225,7 +233,7 @@ def _wants_factors(selector: Selector, source: RelevanceSource) -> bool:
     where the rows are numpy (on a device a rank-1 step's own rows are fewer kernels)."""
     if isinstance(selector, SupportsSortedCuts):
         return True
-    device = getattr(getattr(source, "network", None), "device", "cpu")
+    device = source.device if isinstance(source, SupportsDevice) else "cpu"
     return isinstance(selector, SupportsSearchedCuts) and on_host(device)
 
 

@@ -17,6 +17,7 @@ __all__ = ['AutogradSource']
 class AutogradSource:
     def __init__(self, network: Network, images: np.ndarray, batch_size: int = 32) -> None:
         self.network = network
+        self.device = network.device  # where its arrays live (ssa.core.traversal.SupportsDevice)
         self.images = images
         self.batch_size = int(batch_size)
         self.taps: tuple[Tap, ...] = network.taps

@@ -41,6 +41,7 @@ class ClosedFormSource:
     def __init__(self, network: Network, stats: Any, form: str, images: np.ndarray | None, batch_size: int,
                  indices: np.ndarray | None = None) -> None:
         self.network = network
+        self.device = network.device  # where its arrays live (ssa.core.traversal.SupportsDevice)
         self.stats = stats
         self.form = form
         self.batch_size = int(batch_size)
