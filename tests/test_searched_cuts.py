@@ -12,9 +12,7 @@ import ssa
 from ssa.core.arrays import to_numpy
 from ssa.core.interfaces import DenseBlock, Rank1Block, Rank1Factors, SupportsSearchedCuts, SupportsSortedCuts
 from ssa.core.traversal import _Acc, _accumulate, rank1_block_rows
-from ssa.session import Session
-from tests.test_rank1_counts import _factors, _NoCuts
-from tests.test_sorted_rows import models
+from tests.test_rank1_counts import _factors, _NoCuts, graphs_with_and_without_cuts
 
 MADS = [{}, {"threshold": 0.5}, {"threshold": 8.0}]
 
@@ -155,32 +153,9 @@ def test_score_cuts_label_as_the_scores_do(near, monkeypatch):
 @pytest.mark.parametrize("rule", ["gradient", "gradient_x_activation"])
 @pytest.mark.parametrize("params", [{}, {"two_sided": True, "threshold": 2.5}])
 def test_graphs_with_and_without_searched_cuts_are_the_same(rule, params, monkeypatch):
-    import ssa.core.traversal as traversal
-
-    rank1_blocks: list[Any] = []
-    real = traversal._accumulate_rank1
-
-    def spy(*args: Any, **kwargs: Any) -> None:
-        rank1_blocks.append(args[1])
-        real(*args, **kwargs)
-
-    monkeypatch.setattr(traversal, "_accumulate_rank1", spy)
-    compared = 0
-    for label, model, images in models(12):
-        session = Session(model, images, rule=rule)
-        selector = ssa.make_selector("mad", **params)
-        for target in (0, 1):
-            fast = session.analyse(target, 3, selector=selector)
-            plain = session.analyse(target, 3, selector=_NoCuts(selector))
-            assert set(fast.graph.nodes) == set(plain.graph.nodes), (label, target)
-            assert set(fast.graph.edges) == set(plain.graph.edges), (label, target)
-            for a, b in zip(fast.steps, plain.steps, strict=True):
-                assert (a.upper, a.parent) == (b.upper, b.parent)
-                assert np.array_equal(a.counts, b.counts) and np.array_equal(a.neg_counts, b.neg_counts), label
-                np.testing.assert_allclose(a.mean, b.mean, rtol=1e-9, atol=1e-300)
-            compared += fast.graph.number_of_nodes()
+    compared, blocks = graphs_with_and_without_cuts(rule, ssa.make_selector("mad", **params), monkeypatch)
     assert compared > 25
-    assert len(rank1_blocks) >= (10 if rule == "gradient" else 2)  # skips, dense layers, 1x1 convs
+    assert blocks >= (10 if rule == "gradient" else 2)  # skips, dense layers, 1x1 convs
 
 
 def test_rank1_mean_absolute_deviation_at_the_threshold():
