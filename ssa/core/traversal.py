@@ -282,17 +282,16 @@ def _accumulate(acc: dict[str, _Acc], block: DenseBlock | Rank1Block, n: int, se
         srt = host_view(block.sorted)
         srt = xp.reshape(srt if srt.dtype == xp.float64 else xp.astype(srt, xp.float64), (nb * b, K))
     host = is_numpy(xp)
-    if host and searched_only(selector):  # counted against the cuts, no label arrays (ssa.core.searched)
-        sums = acc[block.parent] if block.parent in acc else acc.setdefault(block.parent, _Acc(xp, n, K, omega))
-        for name, value in zip(("pos", "neg", "tot"), searched_sums(selector, omega, srt), strict=True):
-            if value is not None:
-                sums.add(name, block.start, block.start + nb, value)
-        return
-    rows = xp.reshape(omega, (nb * b, K))
     a = acc.get(block.parent)
     if a is None:
         a = acc[block.parent] = _Acc(xp, n, K, omega)
     lo, hi = block.start, block.start + nb
+    if host and searched_only(selector):  # counted against the cuts, no label arrays (ssa.core.searched)
+        for name, value in zip(("pos", "neg", "tot"), searched_sums(selector, omega, srt), strict=True):
+            if value is not None:
+                a.add(name, lo, hi, value)
+        return
+    rows = xp.reshape(omega, (nb * b, K))
     if not host and selector.array_api and isinstance(selector, SupportsCounts):  # counted by the selector, on
         pos, neg = call_counts(selector, rows, b, srt)  # the device: no labels to make, check and count here
         a.add("pos", lo, hi, pos)
