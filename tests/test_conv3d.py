@@ -25,6 +25,7 @@ from ssa.testing.models import RefTap
 from ssa.testing.reference import reference_ssa
 
 from . import onnx_models as om
+from .closed_form_checks import assert_closed_form_equals_reference
 from .graph_keys import assert_same_edges, edges_by_order, predicted_class
 from .test_fast import _omega_close
 
@@ -197,18 +198,8 @@ def _transposed_net() -> nn.Module:
 def test_transposed_conv_net_by_the_closed_form_equals_the_reference(rule, tmp_path):
     model = _transposed_net()
     x = np.random.default_rng(2).standard_normal((12, 3, 12, 12)).astype(np.float32)
-    target = predicted_class(model, x)
     ref_taps = (RefTap("1", "1"), RefTap("5", "5", 0, 1, ("1",)), RefTap("7", "7", 0, 1, ("5",)),
                 RefTap("11", "11", 0, 1, ("7",)), RefTap("logits", "12", 0, 1, ("11",)))
-    order = {t.name: i for i, t in enumerate(ref_taps)}
-    want = reference_ssa(model, x, ref_taps, target, 3, rule)
-    want_by_order = {(order[u], n, order[v], k): val for (u, n, v, k), val in want.items()}
-    for source in (model, str(om.export(model, x, tmp_path / "transposed.onnx", opset=17))):
-        net = ssa.load_model(source)
-        net.prepare(x)
-        steps = net.describe_steps()
-        assert len(steps) == 4 and all(v.startswith("fast") for v in steps.values()), steps
-        assert _omega_close(net, x, rule) == 4
-        res = ssa.analyse(source, x, target, 3, rule=rule, selector="tukey", engine="auto")
-        assert_same_edges(edges_by_order(res), want_by_order)
+    onnx_path = str(om.export(model, x, tmp_path / "transposed.onnx", opset=17))
+    want = assert_closed_form_equals_reference(model, x, ref_taps, rule, (model, onnx_path), 4)
     assert len(want) >= (1 if rule == "gradient" else 6)  # the per-step omega check above covers every step

@@ -15,13 +15,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ssa_torch.closed_form.linear import LinearOp
 
-import ssa
 from ssa.testing.models import RefTap
-from ssa.testing.reference import reference_ssa
 
 from . import onnx_models as om
-from .graph_keys import assert_same_edges, edges_by_order, predicted_class
-from .test_fast import _omega_close
+from .closed_form_checks import assert_closed_form_equals_reference
 
 
 class _SE3d(nn.Module):
@@ -73,21 +70,11 @@ def test_3d_chains_compose_like_their_layers():
 def test_gated_video_net_by_the_closed_form_equals_the_reference(rule, tmp_path):
     model = _gated_video_net()
     x = np.random.default_rng(3).standard_normal((12, 3, 4, 8, 8)).astype(np.float32)
-    target = predicted_class(model, x)
     ref_taps = (RefTap("1", "1"), RefTap("2.act", "2.act", 0, 1, ("1",)), RefTap("4", "4", 0, 1, ("1", "2.act")),
                 RefTap("8", "8", 0, 1, ("4",)), RefTap("logits", "11", 0, 1, ("8",)))
-    order = {t.name: i for i, t in enumerate(ref_taps)}
-    want = reference_ssa(model, x, ref_taps, target, 3, rule)
-    want_by_order = {(order[u], n, order[v], k): val for (u, n, v, k), val in want.items()}
-    for source in (model, str(om.export(model, x, tmp_path / "gated.onnx", opset=17))):
-        net = ssa.load_model(source)
-        net.prepare(x)
-        steps = net.describe_steps()
-        assert len(steps) == 5 and all(v.startswith("fast") for v in steps.values()), steps
-        assert any("gate" in v for v in steps.values()) and any("chain" in v for v in steps.values()), steps
-        assert _omega_close(net, x, rule) == 5
-        res = ssa.analyse(source, x, target, 3, rule=rule, selector="tukey", engine="auto")
-        assert_same_edges(edges_by_order(res), want_by_order)
+    onnx_path = str(om.export(model, x, tmp_path / "gated.onnx", opset=17))
+    want = assert_closed_form_equals_reference(model, x, ref_taps, rule, (model, onnx_path), 5,
+                                               kinds=("gate", "chain"))
     # the gradient rule's graph stops below the logits (no outliers at the next step); every step's omega is
     # checked above under both rules
     steps = {(u, v) for (u, _, v, _) in want}

@@ -19,13 +19,10 @@ from ssa_torch.canon.conv_transpose import ZeroInsert, as_conv
 from ssa_torch.closed_form.conv import conv_input_relevance
 from ssa_torch.closed_form.linear import LinearOp
 
-import ssa
 from ssa.testing.models import RefTap
-from ssa.testing.reference import reference_ssa
 
 from . import onnx_models as om
-from .graph_keys import assert_same_edges, edges_by_order, predicted_class
-from .test_fast import _omega_close
+from .closed_form_checks import assert_closed_form_equals_reference
 
 LAYERS = {
     "2d stride 2": nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1),
@@ -123,19 +120,9 @@ def _upsampling_net() -> nn.Module:
 def test_upsampling_net_by_the_closed_form_equals_the_reference(rule, tmp_path):
     model = _upsampling_net()
     x = np.random.default_rng(2).standard_normal((12, 3, 8, 8)).astype(np.float32)
-    target = predicted_class(model, x)
     ref_taps = (RefTap("1", "1"), RefTap("5", "5", 0, 1, ("1",)), RefTap("7", "7", 0, 1, ("5",)),
                 RefTap("9", "9", 0, 1, ("7",)), RefTap("13", "13", 0, 1, ("9",)),
                 RefTap("logits", "14", 0, 1, ("13",)))
-    order = {t.name: i for i, t in enumerate(ref_taps)}
-    want = reference_ssa(model, x, ref_taps, target, 3, rule)
-    want_by_order = {(order[u], n, order[v], k): val for (u, n, v, k), val in want.items()}
-    for source in (model, str(om.export(model, x, tmp_path / "up.onnx", opset=17))):
-        net = ssa.load_model(source)
-        net.prepare(x)
-        steps = net.describe_steps()
-        assert len(steps) == 5 and all(v.startswith("fast") for v in steps.values()), steps
-        assert _omega_close(net, x, rule) == 5
-        res = ssa.analyse(source, x, target, 3, rule=rule, selector="tukey", engine="auto")
-        assert_same_edges(edges_by_order(res), want_by_order)
+    onnx_path = str(om.export(model, x, tmp_path / "up.onnx", opset=17))
+    want = assert_closed_form_equals_reference(model, x, ref_taps, rule, (model, onnx_path), 5)
     assert len(want) >= (1 if rule == "gradient" else 6)

@@ -25,6 +25,7 @@ from ssa.testing.models import RefTap
 from ssa.testing.reference import reference_ssa
 
 from . import onnx_models as om
+from .closed_form_checks import assert_closed_form_equals_reference
 from .graph_keys import assert_same_edges, edges_by_order, predicted_class
 from .test_fast import _omega_close
 
@@ -151,22 +152,11 @@ def test_parity_with_onnxruntime_and_the_torch_module(mode, tmp_path):
 def test_every_step_by_the_closed_form_equals_the_reference(mode, rule, tmp_path):
     model = same_pad_torch(mode)
     x = _images(12)
-    target = predicted_class(model, x)
     ref_taps = (RefTap("relu1", "relu1"), RefTap("relu2", "relu2", 0, 1, ("relu1",)),
                 RefTap("relu3", "relu3", 0, 1, ("relu2",)), RefTap("logits", "fc", 0, 1, ("relu3",)))
-    order = {t.name: i for i, t in enumerate(ref_taps)}
-    want = reference_ssa(model, x, ref_taps, target, 3, rule)
-    want_by_order = {(order[u], n, order[v], k): val for (u, n, v, k), val in want.items()}
-    assert len(want) >= 4
     path = same_pad_onnx(model, tmp_path / "same.onnx")
-    for source in (str(path), model):
-        net = ssa.load_model(source)
-        net.prepare(x)
-        steps = net.describe_steps()
-        assert len(steps) == 3 and all(v.startswith("fast") for v in steps.values()), steps
-        assert _omega_close(net, x, rule) == 3
-        res = ssa.analyse(source, x, target, 3, rule=rule, selector="tukey", engine="auto")
-        assert_same_edges(edges_by_order(res), want_by_order)
+    want = assert_closed_form_equals_reference(model, x, ref_taps, rule, (str(path), model), 3)
+    assert len(want) >= 4
 
 
 def test_a_same_pad_on_a_size_that_is_not_fixed_is_named(tmp_path):
@@ -379,20 +369,9 @@ def test_a_same_padded_transposed_conv_by_the_closed_form_equals_the_reference(m
     with torch.no_grad():
         np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(), direct, rtol=1e-4,
                                    atol=1e-4 * abs(direct).max())
-    target = predicted_class(model, x)
     ref_taps = (RefTap("relu1", "relu1"), RefTap("relu2", "relu2", 0, 1, ("relu1",)),
                 RefTap("logits", "fc", 0, 1, ("relu2",)))
-    order = {t.name: i for i, t in enumerate(ref_taps)}
-    want = reference_ssa(model, x, ref_taps, target, 3, rule)
-    want_by_order = {(order[u], n, order[v], k): val for (u, n, v, k), val in want.items()}
+    want = assert_closed_form_equals_reference(model, x, ref_taps, rule, (str(path), model), 2)
     # the gradient rule's graph stops below the logits; every step's omega is checked below under both rules
     assert {(u, v) for (u, _, v, _) in want} == ({("logits", "relu2"), ("relu2", "relu1")}
                                                  if rule == "gradient_x_activation" else {("logits", "relu2")})
-    for source in (str(path), model):
-        net = ssa.load_model(source)
-        net.prepare(x)
-        steps = net.describe_steps()
-        assert len(steps) == 2 and all(v.startswith("fast") for v in steps.values()), steps
-        assert _omega_close(net, x, rule) == 2
-        res = ssa.analyse(source, x, target, 3, rule=rule, selector="tukey", engine="auto")
-        assert_same_edges(edges_by_order(res), want_by_order)
