@@ -19,8 +19,8 @@ from torch import fx
 from ..interpreters import node_values
 from ..kinds import NAME_KEY, display_name, node_kind
 
-__all__ = ["CanonPass", "PassContext", "CanonReport", "canonicalize", "canonicalize_values", "replace_node",
-           "fresh_module_path", "first_tensor_arg"]
+__all__ = ["CanonPass", "ModuleSwapPass", "PassContext", "CanonReport", "canonicalize", "canonicalize_values",
+           "replace_node", "fresh_module_path", "first_tensor_arg"]
 
 
 class CanonPass:
@@ -45,6 +45,39 @@ class CanonPass:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+class ModuleSwapPass(CanonPass):
+    """A pass that replaces each single-input layer it recognises by other layers: :meth:`swap` gives the
+    replacement of a module (or None: left alone), :meth:`wire` calls it on the layer's input. A layer the user
+    named as a tap, or called with more than one argument, is left alone."""
+
+    def swap(self, module: nn.Module) -> nn.Module | None:
+        raise NotImplementedError
+
+    def wire(self, gm: fx.GraphModule, x: fx.Node, new: nn.Module, old: fx.Node) -> fx.Node:
+        """Insert the call of ``new`` on ``x`` (replacing ``old``) and return the node of its output; by default
+        each module of an ``nn.Sequential`` in turn, else ``new`` itself."""
+        for part in (new if isinstance(new, nn.Sequential) else (new,)):
+            path = fresh_module_path(gm, type(part).__name__.lower())
+            gm.add_submodule(path, part)
+            x = gm.graph.call_module(path, (x,))
+        return x
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> int:
+        count = 0
+        for node in list(gm.graph.nodes):
+            if node.op != "call_module" or ctx.protected(node) or len(node.args) != 1 or node.kwargs:
+                continue
+            x = node.args[0]
+            new = self.swap(ctx.modules[str(node.target)])
+            if new is None or not isinstance(x, fx.Node):
+                continue
+            with gm.graph.inserting_before(node):
+                out = self.wire(gm, x, new, node)
+            replace_node(node, out)
+            count += 1
+        return count
 
 
 @dataclass(frozen=True)

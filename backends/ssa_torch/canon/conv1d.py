@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch import fx
 
 from ..kinds import NAME_KEY, display_name
-from .base import CanonPass, PassContext, fresh_module_path, replace_node
+from .base import ModuleSwapPass, fresh_module_path
 
 __all__ = ["Conv1dAs2d"]
 
@@ -39,29 +39,19 @@ def _as_2d(mod: nn.Module) -> nn.Module | None:
     return None
 
 
-class Conv1dAs2d(CanonPass):
+class Conv1dAs2d(ModuleSwapPass):
     """Conv1d / MaxPool1d / AvgPool1d on (N, C, L) -> their 2-D modules on (N, C, 1, L)."""
 
     name = "conv1d-as-2d"
     description = "1-D convolutions and poolings as 2-D ones on a height-1 image (unsqueeze, op, squeeze)"
 
-    def run(self, gm: fx.GraphModule, ctx: PassContext) -> int:
-        modules = ctx.modules
-        count = 0
-        for node in list(gm.graph.nodes):
-            if node.op != "call_module" or ctx.protected(node) or len(node.args) != 1 or node.kwargs:
-                continue
-            new = _as_2d(modules[str(node.target)])
-            x = node.args[0]
-            if new is None or not isinstance(x, fx.Node):
-                continue
-            path = fresh_module_path(gm, type(new).__name__.lower())
-            gm.add_submodule(path, new)
-            with gm.graph.inserting_before(node):
-                up = gm.graph.call_function(torch.unsqueeze, (x, 2))
-                op = gm.graph.call_module(path, (up,))
-                down = gm.graph.call_function(torch.squeeze, (op, 2))
-            op.meta[NAME_KEY] = display_name(node)
-            replace_node(node, down)
-            count += 1
-        return count
+    def swap(self, module: nn.Module) -> nn.Module | None:
+        return _as_2d(module)
+
+    def wire(self, gm: fx.GraphModule, x: fx.Node, new: nn.Module, old: fx.Node) -> fx.Node:
+        path = fresh_module_path(gm, type(new).__name__.lower())
+        gm.add_submodule(path, new)
+        up = gm.graph.call_function(torch.unsqueeze, (x, 2))
+        op = gm.graph.call_module(path, (up,))
+        op.meta[NAME_KEY] = display_name(old)
+        return gm.graph.call_function(torch.squeeze, (op, 2))

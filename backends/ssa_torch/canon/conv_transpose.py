@@ -16,10 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch import fx
 
 from ..kinds import register_kind
-from .base import CanonPass, PassContext, fresh_module_path, replace_node
+from .base import ModuleSwapPass
 
 __all__ = ["ConvTransposeAsConv", "ZeroInsert", "as_conv"]
 
@@ -86,7 +85,7 @@ def as_conv(mod: nn.Module) -> nn.Module | None:
     return nn.Sequential(spread, _flipped(mod, kind, (0,) * len(k)))
 
 
-class ConvTransposeAsConv(CanonPass):
+class ConvTransposeAsConv(ModuleSwapPass):
     """ConvTranspose1d / 2d / 3d -> the Conv1d / 2d / 3d with the flipped, transposed kernel (of the input spread
     out by :class:`ZeroInsert` where the stride is above 1)."""
 
@@ -94,21 +93,5 @@ class ConvTransposeAsConv(CanonPass):
     description = ("transposed convolutions as convolutions (kernel flipped, channel axes swapped; a strided one of "
                    "its input with zeros inserted)")
 
-    def run(self, gm: fx.GraphModule, ctx: PassContext) -> int:
-        modules = ctx.modules
-        count = 0
-        for node in list(gm.graph.nodes):
-            if node.op != "call_module" or ctx.protected(node) or len(node.args) != 1 or node.kwargs:
-                continue
-            new = as_conv(modules[str(node.target)])
-            if new is None or not isinstance(node.args[0], fx.Node):
-                continue
-            x = node.args[0]
-            with gm.graph.inserting_before(node):
-                for part in (new if isinstance(new, nn.Sequential) else (new,)):
-                    path = fresh_module_path(gm, type(part).__name__.lower())
-                    gm.add_submodule(path, part)
-                    x = op = gm.graph.call_module(path, (x,))
-            replace_node(node, op)
-            count += 1
-        return count
+    def swap(self, module: nn.Module) -> nn.Module | None:
+        return as_conv(module)
