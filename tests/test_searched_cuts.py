@@ -161,7 +161,7 @@ def test_dense_counts_from_searched_cuts_equal_the_selectors_labels(params, two_
     selector = ssa.make_selector("mad", two_sided=two_sided, **params)
     rng = np.random.default_rng(11)
     found = 0
-    for nb, b, K in [(4, 6, 50), (3, 2, 1), (2, 5, 2), (3, 4, 1500)]:
+    for nb, b, K in [(4, 6, 50), (3, 2, 1), (2, 5, 2), (3, 4, 1500), (2, 300, 9)]:  # 300 images: counted in int64
         om = _dense_rows(rng, nb, b, K, kind)
         plain = _counts(DenseBlock("p", 0, om), nb, _NoCuts(selector))
         with np.errstate(invalid="ignore"):

@@ -89,13 +89,21 @@ def dense_counts(selector: SupportsSearchedCuts, omega: np.ndarray, sorted_rows:
     if ok is not None:  # nothing beyond the cuts in a row that holds a non-finite value
         hi = np.where(ok, hi, np.inf)
     grid = rows.reshape(nb, b, K)
-    pos = np.sum(grid > hi.reshape(nb, b, 1), axis=1, dtype=np.int64)
+    pos = _count_images(grid > hi.reshape(nb, b, 1))
     if not lower or lo is None:
         return pos, None
     lo = np.asarray(lo, dtype=np.float64)
     if ok is not None:
         lo = np.where(ok, lo, -np.inf)
-    return pos, np.sum(grid < lo.reshape(nb, b, 1), axis=1, dtype=np.int64)
+    return pos, _count_images(grid < lo.reshape(nb, b, 1))
+
+
+def _count_images(beyond: np.ndarray) -> Any:
+    """``beyond`` (nb, b, K) bool summed over the images, (nb, K) int64: counted in bytes where they cannot overflow
+    (b < 256; twice as fast as counting in int64 on the 2-core CPU), the same counts."""
+    if beyond.shape[1] < 256:
+        return np.sum(beyond, axis=1, dtype=np.uint8).astype(np.int64)
+    return np.sum(beyond, axis=1, dtype=np.int64)
 
 
 def rank1_searched_cuts(selector: SupportsSearchedCuts, sv: np.ndarray, coeff: np.ndarray, scale: float,
