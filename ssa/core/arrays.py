@@ -226,8 +226,10 @@ def median_of_v_read(read: Callable[[Array], Array], n_columns: int, m: Array, c
         ok = (t >= 0) & (t < n_right)
         return xp.where(ok, at(xp.where(ok, m + t, xp.zeros_like(t))), inf)
 
+    first_col, last_col = xp.zeros_like(m), xp.full_like(m, K - 1)
+
     def inside(p: Array) -> Array:
-        return xp.minimum(xp.maximum(p, xp.zeros_like(p)), xp.full_like(p, K - 1))
+        return xp.minimum(xp.maximum(p, first_col), last_col)
 
     def kth(k: int) -> tuple[Array, Array]:  # the k-th and (k+1)-th smallest (0-based) of the union of the runs
         lo = xp.maximum(xp.zeros_like(m), (k + 1) - n_right)
