@@ -36,3 +36,25 @@ def test_many_qualifying_entries_take_the_row_passes():
     assert ranking.top_b_qualifying(counts, np.zeros((4, 10)), 3) is None
     low, valid = top_b(counts, np.zeros((4, 10)), 3)
     assert valid.all() and low.tolist() == [[0, 1, 2]] * 4
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+@pytest.mark.parametrize("b", [2, 5, 40])
+def test_top_b_with_non_finite_means_ranks_like_the_plain_definition(sign, b, monkeypatch):
+    """NaN means rank last within their count (the plain definition's sort puts them last), infinities as numbers; by
+    passes of row maxima (b <= FEW_RANKS) and by the sort alike."""
+    monkeypatch.setattr(ranking, "SPARSE_SHARE", 1.0)
+    rng = np.random.default_rng(3 + b)
+    n, K = 40, 12
+    counts = rng.integers(1, 3, (n, K)) * (rng.random((n, K)) < 0.5)
+    mean = np.round(rng.standard_normal((n, K)), 1)
+    mean[rng.random((n, K)) < 0.15] = np.nan
+    mean[rng.random((n, K)) < 0.1] = np.inf
+    mean[rng.random((n, K)) < 0.1] = -np.inf
+    mean[1] = np.nan  # a row of NaN only: by index
+    assert b <= ranking.FEW_RANKS or b > K  # both ways are checked
+    got = ranking.top_b_qualifying(counts, mean if sign > 0 else -mean, min(b, K))
+    assert got is not None
+    for j in range(n):
+        want = rank_neurons(counts[j], mean[j], b, sign)
+        assert [int(k) for k, ok in zip(got[0][j], got[1][j], strict=True) if ok] == want, j

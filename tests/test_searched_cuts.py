@@ -91,6 +91,55 @@ def test_rank1_rows_with_many_values_off_a_zero_mad_are_built_for_their_mean(mon
     assert not built  # a skip's one-hot rows: the mean from the one value off the centre
 
 
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_rank1_image_sums_equal_the_built_rows_sums(layout):
+    """The relevance of a rank-1 block summed over the images without its rows (only where ``vec`` is not 0): the
+    built rows' numpy sum bit for bit (a zero's sign aside), for factors in either memory layout, float64 and
+    float32, tens of images, one-hot and dense ``vec``."""
+    from ssa.core.searched import rank1_image_sums
+
+    rng = np.random.default_rng(12)
+    order = "C" if layout == "C" else "F"
+    checked = 0
+    for n, b, K in [(5, 9, 31), (3, 1, 2), (4, 17, 200), (2, 40, 3), (8, 4, 64), (6, 33, 7)]:
+        for f in (_factors(rng, n, b, K, np), _one_hot(rng, n, b, K), _sparse(rng, n, b, K)):
+            for dtype in (np.float64, np.float32):
+                coeff = np.asarray(f.coeff * 10.0 ** rng.integers(-6, 7, (n, b)), dtype=dtype, order=order)
+                vec = np.asarray(f.vec, dtype=dtype, order=order)
+                g = Rank1Factors(coeff, vec, f.scale, np.asarray(f.fed))
+                want = np.sum(np.asarray(rank1_block_rows(g), dtype=np.float64), axis=1) + 0.0
+                got = rank1_image_sums(coeff, vec, f.scale, np.asarray(f.fed)) + 0.0
+                assert got.tobytes() == want.tobytes(), (n, b, K, dtype)
+                checked += int(np.count_nonzero(want))
+    assert checked > 1000
+
+
+def test_rank1_blocks_of_searched_cuts_are_summed_without_their_rows(monkeypatch):
+    """On the host a finite rank-1 block is counted and summed without building its rows; a non-finite one falls back
+    to the built rows."""
+    import ssa.core.traversal as traversal
+
+    built: list[int] = []
+    real = traversal.rank1_block_rows
+
+    def spy(f: Rank1Factors) -> Any:
+        built.append(1)
+        return real(f)
+
+    monkeypatch.setattr(traversal, "rank1_block_rows", spy)
+    selector = ssa.make_selector("mad", two_sided=True)
+    rng = np.random.default_rng(3)
+    for f in (_factors(rng, 5, 9, 31, np), _one_hot(rng, 8, 6, 40), _sparse(rng, 8, 6, 40)):
+        _counts(Rank1Block("p", 0, f), f.coeff.shape[0], selector)
+    assert not built
+    f = _one_hot(rng, 8, 6, 40)
+    vec = np.array(f.vec)
+    vec[2, 3] = np.inf
+    with np.errstate(invalid="ignore"):  # inf times a zero coefficient
+        _counts(Rank1Block("p", 0, Rank1Factors(f.coeff, vec, f.scale, f.fed)), 8, selector)
+    assert built
+
+
 def _dense_rows(rng: np.random.Generator, nb: int, b: int, K: int, kind: str) -> np.ndarray:
     om = rng.standard_t(2, (nb, b, K))
     if kind == "sparse":
@@ -112,7 +161,7 @@ def test_dense_counts_from_searched_cuts_equal_the_selectors_labels(params, two_
     selector = ssa.make_selector("mad", two_sided=two_sided, **params)
     rng = np.random.default_rng(11)
     found = 0
-    for nb, b, K in [(4, 6, 50), (3, 2, 1), (2, 5, 2), (3, 4, 1500)]:
+    for nb, b, K in [(4, 6, 50), (3, 2, 1), (2, 5, 2), (3, 4, 1500), (2, 300, 9)]:  # 300 images: counted in int64
         om = _dense_rows(rng, nb, b, K, kind)
         plain = _counts(DenseBlock("p", 0, om), nb, _NoCuts(selector))
         with np.errstate(invalid="ignore"):

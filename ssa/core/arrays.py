@@ -226,13 +226,20 @@ def median_of_v_read(read: Callable[[Array], Array], n_columns: int, m: Array, c
         ok = (t >= 0) & (t < n_right)
         return xp.where(ok, at(xp.where(ok, m + t, xp.zeros_like(t))), inf)
 
+    first_col, last_col = xp.zeros_like(m), xp.full_like(m, K - 1)
+
+    def inside(p: Array) -> Array:
+        return xp.minimum(xp.maximum(p, first_col), last_col)
+
     def kth(k: int) -> tuple[Array, Array]:  # the k-th and (k+1)-th smallest (0-based) of the union of the runs
         lo = xp.maximum(xp.zeros_like(m), (k + 1) - n_right)
         hi = xp.minimum(xp.full_like(m, k + 1), m)
         for _ in range(K.bit_length() + 1):
             active = lo < hi
             i = (lo + hi) // 2
-            take_more = left(i) < right(k - i)  # L[i] < R[j - 1] with j = k + 1 - i
+            # an active row reads within both runs (0 <= lo <= i < hi <= min(k + 1, m), so 0 <= k - i < n_right):
+            # no guards; the others read anywhere in the row (clipped), and are not updated
+            take_more = at(inside(m - 1 - i)) < at(inside(m + (k - i)))  # L[i] < R[j - 1] with j = k + 1 - i
             lo = xp.where(active & take_more, i + 1, lo)
             hi = xp.where(active & ~take_more, i, hi)
         i = lo  # the k + 1 smallest are L[:i] and R[:k + 1 - i]; the next is the smaller of L[i] and R[k + 1 - i]

@@ -47,7 +47,7 @@ from ssa.core.interfaces import (
     Tap,
 )
 from ssa.core.ranking import rank_neurons, step_winners, top_b
-from ssa.core.searched import rank1_searched_cuts, searched_only, searched_sums
+from ssa.core.searched import rank1_image_sums, rank1_searched_cuts, searched_only, searched_sums
 
 __all__ = ["RelevanceSource", "SupportsDevice", "DenseBlock", "Rank1Block", "rank1_block_rows", "labels_by_partition",
            "StepRecord", "Kept", "rank_neurons", "top_b", "traverse",
@@ -384,7 +384,8 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
     sorted positions (:class:`~ssa.core.interfaces.SupportsSortedCuts`), the boundary from a binary search
     that evaluates g exactly as the rows would hold it, and the counts per lower neuron from a histogram of
     the boundaries. Labels and counts equal the built rows' bit for bit; the summed relevance is
-    ``((vec * sum_i coeff) * scale) * fed`` (the rows' sum up to rounding).
+    ``((vec * sum_i coeff) * scale) * fed`` (the rows' sum up to rounding) for sorted cuts, and for searched cuts
+    the rows' own sum without the rows (:func:`~ssa.core.searched.rank1_image_sums`: a device sums a step's rows).
     """
     coeff, vec, fed = host_view(f.coeff), host_view(f.vec), host_view(f.fed)
     xp = namespace(coeff, vec)
@@ -455,7 +456,10 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
     if isinstance(selector, SupportsSortedCuts):  # summed from the factors, on the host as on a device
         total = xp.sum(coeff, axis=1, keepdims=True)
         a.add("tot", start, start + nb, ((vec * total) * f.scale) * mask)
-    else:  # searched cuts: a device labels and sums the built rows; the same sum here, so both agree bit for bit
+    elif K > 1:  # searched cuts: a device sums a step's own rows; the same sums here (bit for bit), without the rows
+        a.add("tot", start, start + nb, rank1_image_sums(host_view(f.coeff), host_view(f.vec), f.scale,
+                                                         host_view(f.fed)))
+    else:
         a.add("tot", start, start + nb, xp.sum(xp.astype(rank1_block_rows(f), xp.float64), axis=1))
 
 
