@@ -23,16 +23,15 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ssa.core.arrays import (
-    count_at_most,
     device_of,
     finite_or_zero,
     host_view,
     is_numpy,
     namespace,
     on_host,
+    step_counts,
     take_along,
     to_numpy,
-    unpermute,
 )
 from ssa.core.checks import call_counts, call_selector
 from ssa.core.interfaces import (
@@ -169,7 +168,11 @@ class _Acc:
         cur = getattr(self, name + "_")
         if cur is None:
             if lo == 0 and hi == self.n:  # + 0.0: a sum of -0.0 reads 0.0, as one added to zeros does
-                setattr(self, name + "_", value + 0.0 if name == "tot" else value)
+                if name == "tot" and isinstance(value, np.ndarray):
+                    value += 0.0  # in place (the value is fresh): no copy of the step's sums
+                elif name == "tot":
+                    value = value + 0.0
+                setattr(self, name + "_", value)
                 return
             cur = self.field(name)
             setattr(self, name + "_", cur)
@@ -401,11 +404,14 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
         return
     mask = xp.reshape(xp.astype(fed, xp.float64), (nb, 1))
     order = xp.argsort(vec, axis=1, stable=True) if f.order is None else host_view(f.order)
-    sv = take_along(vec, order, 1)
+    sorted_cuts = isinstance(selector, SupportsSortedCuts)
+    # numpy, sorted cuts: vec's sorted values read at the few positions asked (two small gathers), not all sorted
+    sv: Any = None if sorted_cuts and is_numpy(xp) else take_along(vec, order, 1)
     down = coeff < 0  # rows whose sorted order is vec's reversed
 
     def g(q: Any) -> Any:  # (nb, b) positions in vec's sorted order -> the rows' values there
-        return ((take_along(sv, q, 1) * coeff) * f.scale) * mask
+        at = take_along(vec, take_along(order, q, 1), 1) if sv is None else take_along(sv, q, 1)
+        return ((at * coeff) * f.scale) * mask
 
     def position(p: int) -> Any:  # sorted position p of each row -> position in vec's sorted order
         return xp.where(down, xp.full_like(q0, K - 1 - p), xp.full_like(q0, p))
@@ -443,20 +449,30 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
         a = acc[parent] = _Acc(xp, n, K, vec)
     up = ~down
     n_down = xp.sum(xp.astype(down, xp.int64), axis=1, keepdims=True)
-    # +1: value > hi; a suffix in vec's order where coeff >= 0, a prefix where coeff < 0
+    # +1: value > hi; a suffix in vec's order where coeff >= 0, a prefix where coeff < 0; counted per position of
+    # vec's sorted order and put back in the order of the lower neurons
     t = first(lambda q: (g(q) > hi) != down)
-    pos = count_at_most(t, up, K) + (n_down - count_at_most(t, down, K))
-    a.add("pos", start, start + nb, unpermute(pos, order))  # back from vec's sorted order to the lower neurons
+    a.add("pos", start, start + nb, step_counts(t, up, n_down, order))
     if lo is not None:  # -1: value < lo; a prefix where coeff >= 0, a suffix where coeff < 0
         t = first(lambda q: (g(q) < lo) == down)
-        n_up = b - n_down
-        neg = (n_up - count_at_most(t, up, K)) + count_at_most(t, down, K)
-        a.add("neg", start, start + nb, unpermute(neg, order))
-    if isinstance(selector, SupportsSortedCuts):  # summed from the factors, on the host as on a device
+        a.add("neg", start, start + nb, step_counts(t, down, b - n_down, order))
+    if sorted_cuts:  # summed from the factors, on the host as on a device
         total = xp.sum(coeff, axis=1, keepdims=True)
-        a.add("tot", start, start + nb, ((vec * total) * f.scale) * mask)
+        a.add("tot", start, start + nb, _rank1_sum(vec, total, f.scale, mask, fed))
     else:  # searched cuts: a device labels and sums the built rows; the same sum here, so both agree bit for bit
         a.add("tot", start, start + nb, xp.sum(xp.astype(rank1_block_rows(f), xp.float64), axis=1))
+
+
+def _rank1_sum(vec: Any, total: Any, scale: float, mask: Any, fed: Any) -> Any:
+    """``((vec * total) * scale) * mask``, the summed relevance of a rank-1 block; numpy: in one buffer, and no
+    product by a mask of ones (x * 1.0 is x, bit for bit)."""
+    if not is_numpy(namespace(vec)):
+        return ((vec * total) * scale) * mask
+    out = np.multiply(vec, total)
+    out *= scale
+    if not bool(np.all(fed)):
+        out *= mask
+    return out
 
 
 def _finish_step(upper: str, parent: str, neurons: Sequence[int], a: _Acc, branching: int, two_sided: bool,
