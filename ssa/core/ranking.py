@@ -19,7 +19,7 @@ from array_api_compat import is_torch_namespace
 
 from ssa.core.arrays import device_of, is_numpy, namespace, take_along, to_numpy
 
-__all__ = ["rank_neurons", "top_b", "top_b_qualifying", "step_winners", "Winners", "SPARSE_SHARE"]
+__all__ = ["rank_neurons", "top_b", "top_b_qualifying", "step_winners", "Winners", "SPARSE_SHARE", "ROUNDS_MAX_B"]
 
 #: per sign: (row j, rank r, lower neuron, count, mean relevance), each (m,) on the host, ordered by (j, r)
 Winners = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -94,6 +94,20 @@ def top_b_qualifying(counts: np.ndarray, key: np.ndarray, b: int) -> tuple[np.nd
     j, k = np.divmod(flat, K)
     c = counts.reshape(-1).take(flat)
     m = key.reshape(-1).take(flat) + 0.0
+    if b <= ROUNDS_MAX_B and not np.isnan(m).any():  # NaN keys: the sort's order (last), not a maximum's
+        return _top_b_rounds(j, k, c, m, n, K, b)
+    return _top_b_sorted(j, k, c, m, n, b)
+
+
+#: up to this b, the qualifying entries are ranked by b rounds of per-row maxima (a few passes over them each),
+#: beyond it by one sort
+ROUNDS_MAX_B = 8
+
+
+def _top_b_sorted(j: np.ndarray, k: np.ndarray, c: np.ndarray, m: np.ndarray, n: int, b: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_b_qualifying` of the entries (row j, index k, count c, key m), by row then index, by one sort (the
+    plain form)."""
     # the last key sorts first: row, then count desc (one integer key), then key desc; the sort is stable, so ties
     # keep the index order
     order = np.lexsort((-m, j * (int(c.max(initial=0)) + 1) - c))
@@ -106,6 +120,36 @@ def top_b_qualifying(counts: np.ndarray, key: np.ndarray, b: int) -> tuple[np.nd
     valid = np.zeros((n, b), dtype=bool)
     lower[js[keep], rank[keep]] = ks[keep]
     valid[js[keep], rank[keep]] = True
+    return lower, valid
+
+
+def _top_b_rounds(j: np.ndarray, k: np.ndarray, c: np.ndarray, m: np.ndarray, n: int, K: int, b: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_top_b_sorted`'s result (keys without NaN) in b rounds: per row, the entries of the largest count, of
+    those the largest key, of those the smallest index, which then leaves the race. Entries come by row, so a row's
+    entries are one run and each maximum one ``reduceat``."""
+    lower = np.zeros((n, b), dtype=np.int64)
+    valid = np.zeros((n, b), dtype=bool)
+    if not j.shape[0]:
+        return lower, valid
+    new_row = np.empty(j.shape[0], dtype=bool)
+    new_row[0] = True
+    np.not_equal(j[1:], j[:-1], out=new_row[1:])
+    starts = np.flatnonzero(new_row)
+    run = np.cumsum(new_row) - 1  # each entry's run
+    rows = j[starts]
+    c = c.copy()  # a winner's count becomes 0: out of the later rounds
+    for r in range(b):
+        most = np.maximum.reduceat(c, starts)
+        live = most > 0
+        if not live.any():
+            break
+        best = c == most[run]  # in live rows (most > 0): never a winner of an earlier round
+        best &= m == np.maximum.reduceat(np.where(best, m, -np.inf), starts)[run]
+        first = np.minimum.reduceat(np.where(best, k, K), starts)
+        lower[rows[live], r] = first[live]
+        valid[rows[live], r] = True
+        c[best & (k == first[run])] = 0
     return lower, valid
 
 
