@@ -169,6 +169,7 @@ def test_labels_by_partition_equal_select(name, params, two_sided):
         if R > 5:
             rows[4, 0] = np.nan
             rows[5, -1] = np.inf
+            rows[6, K // 2] = -np.inf
         assert np.array_equal(labels_by_partition(selector, rows), selector.select(rows)), (R, K)
 
 

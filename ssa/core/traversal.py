@@ -352,17 +352,22 @@ def labels_by_partition(selector: SupportsSortedCuts, rows: np.ndarray) -> np.nd
     K = rows.shape[1]
     if K == 0 or rows.shape[0] == 0:
         return np.zeros(rows.shape, np.int8)
-    finite = np.isfinite(rows).all(axis=1)
-    safe = rows if finite.all() else np.where(np.isfinite(rows), rows, 0.0)
     kth = cut_positions(selector, K)
-    # numpy's partition at one position is one selection (2-3x faster than a sort); at two or more (Tukey's four,
-    # a median's two) its SIMD sort was 1.3-6x faster on the 2-core CPU: the same values at those positions
-    part = (np.partition(safe, kth, axis=1) if len(kth) == 1 else np.sort(safe, axis=1)) if kth else safe
+    if len(kth) > 1:  # the rows sorted as they are: NaN last, infinities at the ends, so a row is finite iff its
+        part = np.sort(rows, axis=1)  # ends are (and a row that is not gets no labels, whatever its cuts)
+        finite = np.isfinite(part[:, 0]) & np.isfinite(part[:, -1])
+        safe = rows
+    else:
+        finite = np.isfinite(rows).all(axis=1)
+        safe = rows if finite.all() else np.where(np.isfinite(rows), rows, 0.0)
+        # numpy's partition at one position is one selection (2-3x faster than a sort); at two or more (Tukey's
+        # four, a median's two) its SIMD sort was 1.3-6x faster on the 2-core CPU: the same values at those positions
+        part = np.partition(safe, kth, axis=1) if kth else safe
     with np.errstate(invalid="ignore", over="ignore"):  # e.g. k = inf times a zero spread: NaN cuts, no labels
         hi, lo = selector.sorted_cuts(K, lambda p: part[:, p:p + 1])
-    out = (safe > np.asarray(hi)).astype(np.int8)
-    if lo is not None:
-        out -= (safe < np.asarray(lo)).astype(np.int8)
+        out = (safe > np.asarray(hi)).view(np.int8)  # booleans are the bytes 0 and 1
+        if lo is not None:
+            out = out - (safe < np.asarray(lo)).view(np.int8)
     if not finite.all():
         out[~finite] = 0
     return out
