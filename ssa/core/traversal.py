@@ -410,13 +410,20 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
     mask = xp.reshape(xp.astype(fed, xp.float64), (nb, 1))
     order = xp.argsort(vec, axis=1, stable=True) if f.order is None else host_view(f.order)
     sorted_cuts = isinstance(selector, SupportsSortedCuts)
-    # numpy, sorted cuts: vec's sorted values read at the few positions asked (two small gathers), not all sorted
+    # numpy, sorted cuts: vec's sorted values read at the few positions asked (two flat gathers), not all sorted;
+    # no product by a mask of ones (x * 1.0 is x)
     sv: Any = None if sorted_cuts and is_numpy(xp) else take_along(vec, order, 1)
+    ones = sv is None and bool(np.all(fed))
+    if sv is None:
+        flat_vec, flat_order = np.ascontiguousarray(vec).reshape(-1), np.ascontiguousarray(order).reshape(-1)
+        row_start = np.arange(nb, dtype=np.int64)[:, None] * K
     down = coeff < 0  # rows whose sorted order is vec's reversed
 
     def g(q: Any) -> Any:  # (nb, b) positions in vec's sorted order -> the rows' values there
-        at = take_along(vec, take_along(order, q, 1), 1) if sv is None else take_along(sv, q, 1)
-        return ((at * coeff) * f.scale) * mask
+        if sv is not None:
+            return ((take_along(sv, q, 1) * coeff) * f.scale) * mask
+        at = (flat_vec.take(flat_order.take(row_start + q) + row_start) * coeff) * f.scale
+        return at if ones else at * mask
 
     def position(p: int) -> Any:  # sorted position p of each row -> position in vec's sorted order
         return xp.where(down, xp.full_like(q0, K - 1 - p), xp.full_like(q0, p))
@@ -484,7 +491,11 @@ def _finish_step(upper: str, parent: str, neurons: Sequence[int], a: _Acc, branc
                  n_images: int, selector: Selector) -> StepRecord:
     """Rank on the device; bring only the kept edges to the host (the counts and means stay there until asked),
     together in one copy: on a device, the step's one synchronisation."""
-    mean = a.tot / float(n_images)
+    mean = a.tot
+    if isinstance(mean, np.ndarray):  # the step's own sums, used no more: divided in place (the same quotients)
+        mean /= float(n_images)
+    else:
+        mean = mean / float(n_images)
     winners, bad = step_winners(a.pos, a.neg if two_sided else None, mean, branching, two_sided, a.bad)
     if bad > 0:  # labels outside {-1, 0, 1} from an array-API selector, counted on the device
         raise _bad_labels(selector)
