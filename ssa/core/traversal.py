@@ -390,9 +390,9 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
     (non-decreasing for coeff >= 0, non-increasing below). In the order of ``vec[j]`` sorted, the row's
     outliers (> hi) are therefore a suffix (coeff >= 0) or a prefix (coeff < 0); the cuts come from a few
     sorted positions (:class:`~ssa.core.interfaces.SupportsSortedCuts`), the boundary from a binary search
-    that evaluates g exactly as the rows would hold it, and the counts per lower neuron from a histogram of
-    the boundaries. Labels and counts equal the built rows' bit for bit; the summed relevance is
-    ``((vec * sum_i coeff) * scale) * fed`` (the rows' sum up to rounding).
+    that evaluates g exactly as the rows would hold it, and the counts per lower neuron from the boundaries
+    (:func:`~ssa.core.arrays.step_counts`). Labels and counts equal the built rows' bit for bit; the summed
+    relevance is ``((vec * sum_i coeff) * scale) * fed`` (the rows' sum up to rounding).
     """
     coeff, vec, fed = host_view(f.coeff), host_view(f.vec), host_view(f.fed)
     xp = namespace(coeff, vec)
