@@ -169,4 +169,21 @@ def test_labels_by_partition_equal_select(name, params, two_sided):
         if R > 5:
             rows[4, 0] = np.nan
             rows[5, -1] = np.inf
+            rows[6, K // 2] = -np.inf
         assert np.array_equal(labels_by_partition(selector, rows), selector.select(rows)), (R, K)
+
+
+@pytest.mark.parametrize("all_fed", [True, False])
+def test_summed_relevance_from_factors_is_the_plain_product_bit_for_bit(all_fed):
+    """numpy's sum of a rank-1 block (one buffer, no product by a mask of ones) is ((vec * total) * scale) * mask,
+    -0.0 read as 0.0, bit for bit."""
+    f = _factors(np.random.default_rng(2), 6, 7, 50, np)
+    f.vec[2, :5] = -0.0
+    f.vec[3, :5] = -1e-300  # products that round to -0.0
+    if all_fed:
+        f = f._replace(fed=np.ones_like(f.fed))
+    mask = f.fed.astype(np.float64).reshape(-1, 1)
+    want = ((f.vec * f.coeff.sum(axis=1, keepdims=True)) * f.scale) * mask + 0.0
+    got = _counts(Rank1Block("p", 0, f), 6, 50, ssa.make_selector("tukey"))[2]
+    assert np.array_equal(got.view(np.int64), want.view(np.int64))
+    assert not np.signbit(got[got == 0]).any()

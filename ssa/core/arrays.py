@@ -25,7 +25,7 @@ from array_api_compat import device as _device
 __all__ = ["namespace", "on_host", "host_view", "all_finite", "to_numpy", "device_of", "asarray_like", "is_numpy",
            "quantile_sorted", "median_sorted", "percentile_rows", "take_rows", "device_path",
            "median_rows", "take_along", "finite_or_zero", "count_below_sorted", "count_below_read", "median_of_v_read",
-           "mean_abs_rows", "unpermute"]
+           "mean_abs_rows", "unpermute", "step_counts"]
 
 Array = Any
 
@@ -346,6 +346,41 @@ def count_at_most(positions: Array, include: Array, n_bins: int) -> Array:
     else:
         raise NotImplementedError(f"count_at_most: no scatter for {xp.__name__}")
     return xp.cumulative_sum(hist, axis=1)[:, :n_bins]
+
+
+def step_counts(t: Array, up: Array, base: Array, order: Array) -> Array:
+    """``out[j, order[j, q]] = base[j] + #{i : up[j, i], t[j, i] <= q} - #{i : not up[j, i], t[j, i] <= q}`` (n, K)
+    int64: per row a step function of the sorted position q (K = ``order.shape[1]``; ``t`` (n, m) in [0, K]; ``base``
+    (n, 1)) put back in the order of the lower neurons (a rank-1 step's outlier counts).
+
+    The plain form (devices; the reference): two histograms, their cumulative sums and one scatter
+    (:func:`count_at_most`, :func:`unpermute`). numpy: the step function's m + 1 pieces per row, and only the
+    positions of pieces with a value other than 0 written into zeros (outliers are few: a small share of each row),
+    the same integers at the same places."""
+    xp = array_namespace(t)
+    n, K = int(order.shape[0]), int(order.shape[1])
+    if not is_numpy_namespace(xp):
+        return unpermute(count_at_most(t, up, K) + (base - count_at_most(t, ~up, K)), order)
+    by_t = np.argsort(t, axis=1, kind="stable")
+    edges = np.zeros((n, t.shape[1] + 2), dtype=np.int64)  # 0, the sorted t, K: piece p is [edges[p], edges[p + 1])
+    edges[:, 1:-1] = np.take_along_axis(t, by_t, axis=1)
+    edges[:, -1] = K
+    values = np.empty((n, t.shape[1] + 1), dtype=np.int64)
+    values[:, :1] = base
+    np.cumsum(np.where(np.take_along_axis(up, by_t, axis=1), 1, -1), axis=1, out=values[:, 1:])
+    values[:, 1:] += base
+    lengths = np.diff(edges, axis=1)
+    keep = (values != 0) & (lengths > 0)
+    lengths, values = lengths[keep], values[keep]
+    rows = np.nonzero(keep)[0] * K
+    ends = np.cumsum(lengths)
+    # the positions of the kept pieces, one run per piece: q = start + (index in the run)
+    q = np.arange(int(ends[-1]) if ends.shape[0] else 0, dtype=np.int64)
+    q += np.repeat(edges[:, :-1][keep] - (ends - lengths), lengths)
+    at = np.repeat(rows, lengths)
+    out = np.zeros((n, K), dtype=np.int64)
+    out.reshape(-1)[at + np.asarray(order).reshape(-1).take(at + q)] = np.repeat(values, lengths)
+    return out
 
 
 def percentile_rows(rows: Array, qs: tuple[float, ...]) -> list[Array]:

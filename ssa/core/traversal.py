@@ -23,16 +23,15 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ssa.core.arrays import (
-    count_at_most,
     device_of,
     finite_or_zero,
     host_view,
     is_numpy,
     namespace,
     on_host,
+    step_counts,
     take_along,
     to_numpy,
-    unpermute,
 )
 from ssa.core.checks import call_counts, call_selector
 from ssa.core.interfaces import (
@@ -169,7 +168,11 @@ class _Acc:
         cur = getattr(self, name + "_")
         if cur is None:
             if lo == 0 and hi == self.n:  # + 0.0: a sum of -0.0 reads 0.0, as one added to zeros does
-                setattr(self, name + "_", value + 0.0 if name == "tot" else value)
+                if name == "tot" and isinstance(value, np.ndarray):
+                    value += 0.0  # in place (the value is fresh): no copy of the step's sums
+                elif name == "tot":
+                    value = value + 0.0
+                setattr(self, name + "_", value)
                 return
             cur = self.field(name)
             setattr(self, name + "_", cur)
@@ -349,17 +352,22 @@ def labels_by_partition(selector: SupportsSortedCuts, rows: np.ndarray) -> np.nd
     K = rows.shape[1]
     if K == 0 or rows.shape[0] == 0:
         return np.zeros(rows.shape, np.int8)
-    finite = np.isfinite(rows).all(axis=1)
-    safe = rows if finite.all() else np.where(np.isfinite(rows), rows, 0.0)
     kth = cut_positions(selector, K)
-    # numpy's partition at one position is one selection (2-3x faster than a sort); at two or more (Tukey's four,
-    # a median's two) its SIMD sort was 1.3-6x faster on the 2-core CPU: the same values at those positions
-    part = (np.partition(safe, kth, axis=1) if len(kth) == 1 else np.sort(safe, axis=1)) if kth else safe
+    if len(kth) > 1:  # the rows sorted as they are: NaN last, infinities at the ends, so a row is finite iff its
+        part = np.sort(rows, axis=1)  # ends are (and a row that is not gets no labels, whatever its cuts)
+        finite = np.isfinite(part[:, 0]) & np.isfinite(part[:, -1])
+        safe = rows
+    else:
+        finite = np.isfinite(rows).all(axis=1)
+        safe = rows if finite.all() else np.where(np.isfinite(rows), rows, 0.0)
+        # numpy's partition at one position is one selection (2-3x faster than a sort); at two or more (Tukey's
+        # four, a median's two) its SIMD sort was 1.3-6x faster on the 2-core CPU: the same values at those positions
+        part = np.partition(safe, kth, axis=1) if kth else safe
     with np.errstate(invalid="ignore", over="ignore"):  # e.g. k = inf times a zero spread: NaN cuts, no labels
         hi, lo = selector.sorted_cuts(K, lambda p: part[:, p:p + 1])
-    out = (safe > np.asarray(hi)).astype(np.int8)
-    if lo is not None:
-        out -= (safe < np.asarray(lo)).astype(np.int8)
+        out = (safe > np.asarray(hi)).view(np.int8)  # booleans are the bytes 0 and 1
+        if lo is not None:
+            out = out - (safe < np.asarray(lo)).view(np.int8)
     if not finite.all():
         out[~finite] = 0
     return out
@@ -382,10 +390,11 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
     (non-decreasing for coeff >= 0, non-increasing below). In the order of ``vec[j]`` sorted, the row's
     outliers (> hi) are therefore a suffix (coeff >= 0) or a prefix (coeff < 0); the cuts come from a few
     sorted positions (:class:`~ssa.core.interfaces.SupportsSortedCuts`), the boundary from a binary search
-    that evaluates g exactly as the rows would hold it, and the counts per lower neuron from a histogram of
-    the boundaries. Labels and counts equal the built rows' bit for bit; the summed relevance is
-    ``((vec * sum_i coeff) * scale) * fed`` (the rows' sum up to rounding) for sorted cuts, and for searched cuts
-    the rows' own sum without the rows (:func:`~ssa.core.searched.rank1_image_sums`: a device sums a step's rows).
+    that evaluates g exactly as the rows would hold it, and the counts per lower neuron from the boundaries
+    (:func:`~ssa.core.arrays.step_counts`). Labels and counts equal the built rows' bit for bit; the summed
+    relevance is ``((vec * sum_i coeff) * scale) * fed`` (the rows' sum up to rounding) for sorted cuts, and for
+    searched cuts the rows' own sum without the rows (:func:`~ssa.core.searched.rank1_image_sums`: a device sums a
+    step's rows).
     """
     coeff, vec, fed = host_view(f.coeff), host_view(f.vec), host_view(f.fed)
     xp = namespace(coeff, vec)
@@ -402,11 +411,21 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
         return
     mask = xp.reshape(xp.astype(fed, xp.float64), (nb, 1))
     order = xp.argsort(vec, axis=1, stable=True) if f.order is None else host_view(f.order)
-    sv = take_along(vec, order, 1)
+    sorted_cuts = isinstance(selector, SupportsSortedCuts)
+    # numpy, sorted cuts: vec's sorted values read at the few positions asked (two flat gathers), not all sorted;
+    # no product by a mask of ones (x * 1.0 is x)
+    sv: Any = None if sorted_cuts and is_numpy(xp) else take_along(vec, order, 1)
+    ones = sv is None and bool(np.all(fed))
+    if sv is None:
+        flat_vec, flat_order = np.ascontiguousarray(vec).reshape(-1), np.ascontiguousarray(order).reshape(-1)
+        row_start = np.arange(nb, dtype=np.int64)[:, None] * K
     down = coeff < 0  # rows whose sorted order is vec's reversed
 
     def g(q: Any) -> Any:  # (nb, b) positions in vec's sorted order -> the rows' values there
-        return ((take_along(sv, q, 1) * coeff) * f.scale) * mask
+        if sv is not None:
+            return ((take_along(sv, q, 1) * coeff) * f.scale) * mask
+        at = (flat_vec.take(flat_order.take(row_start + q) + row_start) * coeff) * f.scale
+        return at if ones else at * mask
 
     def position(p: int) -> Any:  # sorted position p of each row -> position in vec's sorted order
         return xp.where(down, xp.full_like(q0, K - 1 - p), xp.full_like(q0, p))
@@ -444,18 +463,16 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
         a = acc[parent] = _Acc(xp, n, K, vec)
     up = ~down
     n_down = xp.sum(xp.astype(down, xp.int64), axis=1, keepdims=True)
-    # +1: value > hi; a suffix in vec's order where coeff >= 0, a prefix where coeff < 0
+    # +1: value > hi; a suffix in vec's order where coeff >= 0, a prefix where coeff < 0; counted per position of
+    # vec's sorted order and put back in the order of the lower neurons
     t = first(lambda q: (g(q) > hi) != down)
-    pos = count_at_most(t, up, K) + (n_down - count_at_most(t, down, K))
-    a.add("pos", start, start + nb, unpermute(pos, order))  # back from vec's sorted order to the lower neurons
+    a.add("pos", start, start + nb, step_counts(t, up, n_down, order))
     if lo is not None:  # -1: value < lo; a prefix where coeff >= 0, a suffix where coeff < 0
         t = first(lambda q: (g(q) < lo) == down)
-        n_up = b - n_down
-        neg = (n_up - count_at_most(t, up, K)) + count_at_most(t, down, K)
-        a.add("neg", start, start + nb, unpermute(neg, order))
-    if isinstance(selector, SupportsSortedCuts):  # summed from the factors, on the host as on a device
+        a.add("neg", start, start + nb, step_counts(t, down, b - n_down, order))
+    if sorted_cuts:  # summed from the factors, on the host as on a device
         total = xp.sum(coeff, axis=1, keepdims=True)
-        a.add("tot", start, start + nb, ((vec * total) * f.scale) * mask)
+        a.add("tot", start, start + nb, _rank1_sum(vec, total, f.scale, mask, fed))
     elif K > 1:  # searched cuts: a device sums a step's own rows; the same sums here (bit for bit), without the rows
         a.add("tot", start, start + nb, rank1_image_sums(host_view(f.coeff), host_view(f.vec), f.scale,
                                                          host_view(f.fed)))
@@ -463,11 +480,27 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
         a.add("tot", start, start + nb, xp.sum(xp.astype(rank1_block_rows(f), xp.float64), axis=1))
 
 
+def _rank1_sum(vec: Any, total: Any, scale: float, mask: Any, fed: Any) -> Any:
+    """``((vec * total) * scale) * mask``, the summed relevance of a rank-1 block; numpy: in one buffer, and no
+    product by a mask of ones (x * 1.0 is x, bit for bit)."""
+    if not is_numpy(namespace(vec)):
+        return ((vec * total) * scale) * mask
+    out = np.multiply(vec, total)
+    out *= scale
+    if not bool(np.all(fed)):
+        out *= mask
+    return out
+
+
 def _finish_step(upper: str, parent: str, neurons: Sequence[int], a: _Acc, branching: int, two_sided: bool,
                  n_images: int, selector: Selector) -> StepRecord:
     """Rank on the device; bring only the kept edges to the host (the counts and means stay there until asked),
     together in one copy: on a device, the step's one synchronisation."""
-    mean = a.tot / float(n_images)
+    mean = a.tot
+    if isinstance(mean, np.ndarray):  # the step's own sums, used no more: divided in place (the same quotients)
+        mean /= float(n_images)
+    else:
+        mean = mean / float(n_images)
     winners, bad = step_winners(a.pos, a.neg if two_sided else None, mean, branching, two_sided, a.bad)
     if bad > 0:  # labels outside {-1, 0, 1} from an array-API selector, counted on the device
         raise _bad_labels(selector)

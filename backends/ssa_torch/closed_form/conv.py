@@ -448,7 +448,7 @@ class ConvTerm(Term):
             raw = stats["a"]  # (B, N, K)
             h, fed = self.head_channels(neurons, stat_device(raw))
             return self.finish(neuron_rows(raw, h), fed, inplace=True)
-        return self.finish(om, fed)
+        return self.finish(om, fed, inplace=True)  # om is the einsum's or the scatter's own: scaled in place
 
 
 def check_conv_geometry(op: LinearOp, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:

@@ -62,9 +62,10 @@ class IdentityTerm(Term):
         """``vec`` is one-hot at the head channel h: ascending, every other channel (zeros, in index order), then h."""
         h, _ = self.head_channels(neurons, device)
         K = self.n_parent
-        base = torch.arange(K - 1, device=h.device)[None, :].expand(len(h), K - 1)
-        rest = base + (base >= h[:, None]).to(base.dtype)
-        return torch.cat([rest, h[:, None]], dim=1)
+        q = torch.arange(K, device=h.device)[None, :].expand(len(h), K)
+        out = q + (q >= h[:, None])  # q + 1 from h on: every channel but h, in order (the last column is K)
+        out[:, K - 1] = h
+        return out
 
     def omega(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str) -> torch.Tensor:
         d = as_tensor(stats["g" if form == "gradient" else "a"])  # (B, N)
