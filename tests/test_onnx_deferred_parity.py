@@ -13,9 +13,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 import ssa_onnx.network as onnx_network
 import ssa_torch.network as torch_network
+import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ssa
