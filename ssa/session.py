@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ssa.core.arrays import namespace, to_numpy
+from ssa.core.capabilities import SupportsDeferredChecks
 from ssa.core.checks import check_closed_form, check_int, check_stop_at
 from ssa.core.defaults import resolve_method
 from ssa.core.graph import build_graph
@@ -329,10 +330,14 @@ def prepare_network(network: Network, images: np.ndarray, *, images_spec: Any = 
                     preprocess: Preprocess | None = None):
     """``network.prepare(images)``; when the model refuses images read from a folder, say how ``--channels`` fits.
 
-    Grayscale files for a 3-channel model (or RGB files for a 1-channel one) are the usual cause.
+    Grayscale files for a 3-channel model (or RGB files for a 1-channel one) are the usual cause. A network that
+    :class:`~ssa.core.capabilities.SupportsDeferredChecks` leaves the checks the analysis's first pass can make on
+    its own outputs to it (``prepare_deferred``; an ONNX model's parity: one forward pass fewer).
     """
     try:
         with busy("preparing the model (tracing, canonical form, parity)"):
+            if isinstance(network, SupportsDeferredChecks):
+                return network.prepare_deferred(images)
             return network.prepare(images)
     except InvalidInputError as exc:
         hint = _channels_hint(images, images_spec, preprocess)

@@ -10,9 +10,16 @@ do the analysis. What it adds happens in :meth:`OnnxNetwork.prepare`, on the fir
 2. **parity**: the original model runs in onnxruntime and onnx2torch's conversion in torch on
    the same images (up to ``parity_images``); when the outputs differ by more than
    ``parity_tolerance`` (max absolute difference divided by the largest absolute output of
-   onnxruntime) the model is refused, and the message says by how much. The check runs
-   **again on the canonical module** the analysis uses (:attr:`parity`; the conversion's is
-   :attr:`parity_converted`);
+   onnxruntime) the model is refused, and the message says by how much. The conversion's check
+   (:attr:`parity_converted`) runs in :meth:`~OnnxNetwork.prepare`, before any long computation.
+   The check runs **again on the canonical module** the analysis uses (:attr:`parity`), without
+   a forward pass of its own where it can: the statistics pass's first batch starts with the
+   parity images, and its forward returns the canonical module's outputs on them, which are
+   compared (a mismatch refuses the model before that batch's statistics are used). Anything
+   else that uses the canonical module first (:attr:`~OnnxNetwork.graph_module`: autograd steps,
+   maps, ablations, ``ssa check``), and reading :attr:`parity`, runs the check first by one
+   forward pass of the parity images, the reference the statistics pass's outputs are tested
+   against;
 3. **logits**: a final Softmax / LogSoftmax is stripped by tap discovery (method doc,
    section 3). When the output is probabilities without such a node (every value in [0, 1],
    every row summing to 1, e.g. a softmax written out as Exp / ReduceSum / Div), the top tap
@@ -23,12 +30,14 @@ do the analysis. What it adds happens in :meth:`OnnxNetwork.prepare`, on the fir
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from ssa_torch.canon import DEFAULT_PASSES, CanonPass
+from ssa_torch.closed_form import ClosedFormPlan
 from ssa_torch.network import TorchNetwork
 from torch import fx
 
@@ -90,8 +99,12 @@ class OnnxNetwork(TorchNetwork):
         self.parity_tolerance = parity_tolerance
         self.parity_images = parity_images
         self.check_parity = check_parity
-        self.parity: ParityResult | None = None  # of the canonical module the analysis runs
+        self._canonical_parity: ParityResult | None = None  # of the canonical module the analysis runs (parity)
         self.parity_converted: ParityResult | None = None  # of onnx2torch's conversion
+        # the canonical module's parity check, while it waits for the statistics pass: images and onnxruntime's outputs
+        self._parity_pending: tuple[np.ndarray, np.ndarray] | None = None
+        self._deferring = 0  # > 0: inside the planner or the statistics pass, which do not settle the check
+        self._cache_key: str | None = None  # the parity cache's key of this preparation (remembered once both pass)
         self.output_kind: str = "unknown"  # "logits", "softmax stripped", "log-softmax stripped", "probabilities"
         self.notes: list[str] = []
         self._session: Any = None
@@ -143,13 +156,26 @@ class OnnxNetwork(TorchNetwork):
         return (*ONNX_PASSES, *DEFAULT_PASSES)
 
     def prepare(self, example: np.ndarray) -> tuple[Tap, ...]:
+        """Check the input and the conversion, trace, canonicalise, check the canonical module's parity and discover
+        the taps (see the module doc); a file whose parity was remembered is not run in onnxruntime."""
+        taps = self.prepare_deferred(example)
+        if self._parity_pending is not None:
+            self._check_canonical(None)
+        return taps
+
+    def prepare_deferred(self, example: np.ndarray) -> tuple[Tap, ...]:
+        """:meth:`prepare`, with the canonical module's parity check left to the statistics pass's first batch
+        (:class:`~ssa.core.capabilities.SupportsDeferredChecks`; the session prepares so): made on the outputs that
+        pass computes anyway, or by a forward pass of the parity images when the module is used otherwise first."""
         example = np.asarray(example)
         self.check_input(example)
+        if self._plan is not None and self.input_shape == tuple(example.shape[1:]):
+            return self._plan.taps  # prepared for images of this shape (and checked): as TorchNetwork.prepare
         x = example[: max(1, int(self.parity_images))]
-        self.parity = self.parity_converted = None
-        self._parity_batch = None
+        self._canonical_parity = self.parity_converted = None
+        self._parity_batch = self._parity_pending = None
         with self.stages.stage("parity"):
-            key = self._parity_key(x)
+            key = self._cache_key = self._parity_key(x)
             recalled = parity_cache.recall(key) if key is not None else None
             ref = None
             if recalled is None:
@@ -182,11 +208,93 @@ class OnnxNetwork(TorchNetwork):
         # copy on a batch of 2: no need to try again
         self._batches_checked = recalled is not None
         taps = super().prepare(example)
+        self._parity_batch = None
         if recalled is not None:
-            self.parity = recalled[1]
-        elif key is not None and self.parity_converted is not None and self.parity is not None:
-            parity_cache.remember(key, self.parity_converted, self.parity, self.output_kind)
+            self._canonical_parity = recalled[1]
+        elif self._parity_pending is None:  # checked during the preparation (or not at all)
+            self._remember()
         return taps
+
+    # -- the canonical module's parity -----------------------------------------------------------
+    @property
+    def parity(self) -> ParityResult | None:
+        """The canonical module's parity check against onnxruntime (None: not checked, ``check_parity=False``).
+        Reading it runs the check now if the statistics pass has not yet (one forward pass of the parity images)."""
+        if self._parity_pending is not None:
+            self._check_canonical(None)
+        return self._canonical_parity
+
+    @property  # the mixins' attribute declarations (for typing) make mypy see a writeable attribute here
+    def graph_module(self) -> fx.GraphModule:  # type: ignore[override]
+        """The canonical module; its parity is checked first where it is still waiting (not inside the planner or
+        the statistics pass, which checks it on its own outputs)."""
+        gm = super().graph_module
+        if self._parity_pending is not None and not self._deferring:
+            self._check_canonical(None)
+        return gm
+
+    @property
+    def closed_form(self) -> ClosedFormPlan:
+        with self._deferred():  # planning reads the graph and its batch-1 values: no result of the analysis
+            return super().closed_form
+
+    def collect(self, batch: np.ndarray | torch.Tensor, forms: Sequence[str]) -> dict[str, Any]:
+        """The statistics pass (:meth:`ssa_torch.TorchNetwork.collect`); while the canonical module's parity
+        waits, a batch that starts with the parity images checks it on the pass's own outputs, any other batch
+        after a forward pass of the parity images."""
+        if self._parity_pending is not None and not self._starts_with_parity_images(batch):
+            self._check_canonical(None)
+        with self._deferred():
+            return super().collect(batch, forms)
+
+    def _statistics_outputs(self, batch: np.ndarray | torch.Tensor, outputs: Any) -> None:
+        if self._parity_pending is not None:  # collect let this batch through: its first images are the parity images
+            self._check_canonical(_first_output(outputs)[: len(self._parity_pending[0])])
+
+    def _starts_with_parity_images(self, batch: np.ndarray | torch.Tensor) -> bool:
+        assert self._parity_pending is not None
+        images = self._parity_pending[0]
+        return isinstance(batch, np.ndarray) and len(batch) >= len(images) and \
+            np.array_equal(batch[: len(images)], images)
+
+    @contextlib.contextmanager
+    def _deferred(self) -> Iterator[None]:
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+
+    def _check_canonical(self, outputs: np.ndarray | None) -> None:
+        """Compare the canonical module's ``outputs`` on the parity images (None: compute them, one forward pass)
+        with onnxruntime's; refuse the model (and undo its preparation) when they disagree."""
+        assert self._parity_pending is not None and self._gm is not None
+        images, ref = self._parity_pending
+        if outputs is None:
+            with self.stages.stage("parity"):
+                outputs = self._module_outputs(self._gm, images)
+        self._parity_pending = None
+        p = self._canonical_parity = self._parity(ref, outputs)
+        if not p.ok:
+            self._plan = self._gm = None  # refused: no analysis of this module (prepare again to retry)
+            self._refuse_canonical(p)
+        self._remember()
+
+    def _refuse_canonical(self, p: ParityResult) -> None:
+        passes = self.canon_report.by_pass() if self.canon_report is not None else "(none)"
+        raise UnsupportedModelError(
+            f"the canonical form of {self.name!r} (after the passes {passes}) disagrees "
+            f"with onnxruntime: max |diff| {p.max_abs_diff:.3g} = {p.relative:.3g} of the output scale "
+            f"(tolerance {p.tolerance:g}) on {p.n_images} image(s), although onnx2torch's conversion agrees; "
+            "this is a bug in ssa: please report it with the model."
+        )
+
+    def _remember(self) -> None:
+        """Remember both checks in the parity cache once both passed, after a whole preparation."""
+        key, converted, canonical = self._cache_key, self.parity_converted, self._canonical_parity
+        if key is not None and converted is not None and canonical is not None and not canonical.remembered:
+            parity_cache.remember(key, converted, canonical, self.output_kind)
+            self._cache_key = None  # once
 
     def _reference_and_converted(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """onnxruntime's outputs (:meth:`ort_outputs`) and onnx2torch's module's on ``x``, side by side: the session
@@ -226,21 +334,18 @@ class OnnxNetwork(TorchNetwork):
 
     def _canonicalize(self, gm: fx.GraphModule, x: torch.Tensor, values: dict[str, Any] | None = None,
                       ) -> fx.GraphModule:
-        """The PyTorch backend's canonical form, checked against onnxruntime again (then the log appended)."""
+        """The PyTorch backend's canonical form, whose parity check then waits for the statistics pass (see the
+        module doc); with probabilities for outputs it runs now, before the log is appended."""
         gm = super()._canonicalize(gm, x, values)
         if self._parity_batch is not None and self.check_parity:
             images, ref = self._parity_batch
-            with self.stages.stage("parity"):
-                self.parity = self._parity(ref, self._module_outputs(gm, images))
-            if not self.parity.ok:
-                p = self.parity
-                passes = self.canon_report.by_pass() if self.canon_report is not None else "(none)"
-                raise UnsupportedModelError(
-                    f"the canonical form of {self.name!r} (after the passes {passes}) disagrees "
-                    f"with onnxruntime: max |diff| {p.max_abs_diff:.3g} = {p.relative:.3g} of the output scale "
-                    f"(tolerance {p.tolerance:g}) on {p.n_images} image(s), although onnx2torch's conversion agrees; "
-                    "this is a bug in ssa: please report it with the model."
-                )
+            if self.output_kind == "probabilities":  # the log appended below changes the outputs: check now
+                with self.stages.stage("parity"):
+                    p = self._canonical_parity = self._parity(ref, self._module_outputs(gm, images))
+                if not p.ok:
+                    self._refuse_canonical(p)
+            else:
+                self._parity_pending = (images, ref)
         if self.output_kind == "probabilities":
             gm = append_log(gm)
             self._canon_values = None  # of the graph before the log
@@ -266,9 +371,7 @@ class OnnxNetwork(TorchNetwork):
                     f"the converted model failed on images shaped {tuple(x.shape)} ({msg}); "
                     f"the model's input is {self.onnx.info.input.shape_text()}: check --preprocess."
                 ) from None
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return out.detach().double().cpu().numpy()
+        return _first_output(out)
 
     def _parity(self, ref: np.ndarray, conv: np.ndarray) -> ParityResult:
         tol = self.parity_tolerance if self.parity_tolerance is not None else default_tolerance(self.device)
@@ -285,6 +388,13 @@ class OnnxNetwork(TorchNetwork):
         out = self.ort_outputs(batch)
         kind = self.output_kind if self.output_kind != "unknown" else None
         return output_to_probabilities(out, kind, final_kind(self._converted))
+
+
+def _first_output(out: Any) -> np.ndarray:
+    """A module's (first) output as a float64 array on the host."""
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out.detach().double().cpu().numpy()
 
 
 def check_input_shape(info: OnnxInfo, batch: np.ndarray) -> None:

@@ -137,8 +137,13 @@ class ClosedFormSteps:
         interp = _StatsRun(self.graph_module, self.plan, self.closed_form, tuple(forms))
         interp.args_batch = len(batch)
         with torch.no_grad(), exact_arithmetic(self.device):
-            interp.run(statistics_input(self.to_tensor(batch), self.device))  # channels-last where chosen
+            outputs = interp.run(statistics_input(self.to_tensor(batch), self.device))  # channels-last where chosen
+        self._statistics_outputs(batch, outputs)
         return {k: v.float() for k, v in interp.stats.items()}
+
+    def _statistics_outputs(self, batch: np.ndarray | torch.Tensor, outputs: Any) -> None:
+        """What the statistics pass's forward returned on ``batch`` (the model's outputs, which it computes anyway):
+        nothing is done with them here; a front end may check them (the ONNX backend's parity check)."""
 
     def describe_steps(self) -> dict[str, str]:
         out = {}

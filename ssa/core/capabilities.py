@@ -128,6 +128,19 @@ class SupportsDeclaredInputShape(Protocol):
         ``--preprocess`` preset takes the layout and the image size from it."""
 
 
+# -- preparation that leaves a check to the analysis's own first pass (the session's preparation) -----------------
+__all__ += ["SupportsDeferredChecks"]
+
+
+@runtime_checkable
+class SupportsDeferredChecks(Protocol):
+    def prepare_deferred(self, example: np.ndarray) -> tuple[Any, ...]:
+        """As :meth:`~ssa.core.interfaces.Network.prepare` (the taps), but a check that the first forward pass of the
+        analysis can make on the outputs it computes anyway (an ONNX model's parity with its runtime) is left to it:
+        made at the latest when the prepared model is first used, so a failure is still refused before any result
+        exists, and without a forward pass of its own where the analysis starts with the statistics pass."""
+
+
 # -- input maps (ssa figures, ssa report, ssa explore: saliency, activation maps, receptive fields) ---------------
 @dataclass(frozen=True)
 class PairMaps:
