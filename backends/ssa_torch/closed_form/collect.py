@@ -6,20 +6,30 @@ autograd leaf; the ops between the heads and a tap's activation run with autogra
 ``torch.autograd.grad`` of the tap's summed activation gives, per image, the derivative ``m`` of
 the tap with respect to every head at once (channels do not mix there). Everything else runs
 without autograd. Statistics stay torch tensors on the model's device.
+
+Where a tap's activation is a ReLU of its one head, or of heads summed by additions (a residual block's output),
+``m`` of every head is ReLU's derivative, the 0/1 mask of the activation's positive values: that mask is read
+from the activation's output (:func:`relu_mask`) instead of a backward pass, bit for bit the same values
+(``tests/test_collect_masks.py`` checks it against the backward pass).
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import fx
 
 from ..taps import TapPlan
 from .planner import ClosedFormPlan, TapForm
 
-__all__ = ["StatsInterpreter"]
+__all__ = ["StatsInterpreter", "relu_mask", "relu_of_sums"]
+
+_RELU_FUNCS = (torch.relu, F.relu)
+_ADDS = (operator.add, torch.add)
 
 
 def spatial_mean(t: torch.Tensor, channel_axis: int, lead: int = 1) -> torch.Tensor:
@@ -29,8 +39,57 @@ def spatial_mean(t: torch.Tensor, channel_axis: int, lead: int = 1) -> torch.Ten
     return t.mean(dim=dims) if dims else t
 
 
+def relu_mask(out: torch.Tensor) -> torch.Tensor:
+    """ReLU's derivative from its output: 1 where ``out > 0``, else 0, in ``out``'s dtype.
+
+    What autograd gives for ``d sum(relu(z)) / dz`` (``threshold_backward`` of ones: 0 where the output is at
+    most 0), one comparison written into a float tensor. A NaN output gives 0 here and 1 from autograd; a NaN
+    activation makes its tap's mean NaN, so such a batch is refused before its statistics are used."""
+    return torch.gt(out, 0, out=torch.empty_like(out, memory_format=torch.preserve_format))
+
+
+def _is_relu(node: fx.Node, gm: fx.GraphModule) -> bool:
+    if len(node.args) != 1 or any(k != "inplace" for k in node.kwargs):
+        return False
+    if node.op == "call_module":
+        return type(gm.get_submodule(str(node.target))) is torch.nn.ReLU
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCS
+    return node.op == "call_method" and node.target == "relu"
+
+
+def relu_of_sums(tf: TapForm, gm: fx.GraphModule) -> bool:
+    """Whether ``tf``'s activation is a ReLU of its heads summed (each head once, by additions of two values,
+    nothing else between), so that every head's ``m`` is :func:`relu_mask` of the activation (where the heads
+    have the activation's shape; :meth:`StatsInterpreter._record` checks that per batch)."""
+    if tf.act_node is None:
+        return False
+    nodes = {n.name: n for n in gm.graph.nodes}
+    act = nodes.get(tf.act_node)
+    if act is None or not _is_relu(act, gm) or not isinstance(act.args[0], fx.Node) \
+            or act.args[0].name != tf.z_node:
+        return False
+    segment, heads = set(tf.segment), list(tf.heads)
+    if not segment:
+        return heads == [tf.z_node]
+    if tf.z_node not in segment:
+        return False
+    seen: list[str] = []
+    for name in segment:
+        n = nodes.get(name)
+        if n is None or n.op != "call_function" or n.target not in _ADDS or n.kwargs or len(n.args) != 2 \
+                or not all(isinstance(a, fx.Node) for a in n.args):
+            return False
+        seen.extend(a.name for a in n.args)  # type: ignore[union-attr]
+    # the sum tree: every head and every segment node but z read exactly once, nothing else read
+    return sorted(seen) == sorted(heads + [s for s in segment if s != tf.z_node])
+
+
 class StatsInterpreter(fx.Interpreter):
     """One forward pass recording ``stats["<tap>/<term>/<key>"]`` and ``stats["scalars/<tap>"]`` (torch tensors)."""
+
+    #: read ReLU masks from the activations where :func:`relu_of_sums` holds (tests turn it off for the reference)
+    relu_masks = True
 
     def __init__(self, gm: fx.GraphModule, plan: TapPlan, cf: ClosedFormPlan, forms: Sequence[str]) -> None:
         super().__init__(gm, garbage_collect_values=True)
@@ -51,6 +110,8 @@ class StatsInterpreter(fx.Interpreter):
                     if need.endswith(":d"):
                         self.derivatives.add(need[:-2])
                     self.keep[need] = self.keep.get(need, 0) + 1
+        #: taps whose heads' m is the ReLU mask of the activation (:func:`relu_of_sums`); False: autograd for every tap
+        self.masked = {tf.tap for tf in cf.taps.values() if self.relu_masks and relu_of_sums(tf, gm)}
         self.leaves: dict[str, torch.Tensor] = {}
         self.values: dict[str, torch.Tensor] = {}
         self.stats: dict[str, torch.Tensor] = {}
@@ -94,7 +155,10 @@ class StatsInterpreter(fx.Interpreter):
         forms = [f for f in self.forms if f in tf.forms]
         heads = list(tf.heads)
         leaves = [self.leaves[h] for h in heads]
-        if out.requires_grad:
+        if tf.tap in self.masked and all(leaf.shape == out.shape and leaf.dtype == out.dtype for leaf in leaves):
+            mask = relu_mask(out.detach())
+            grads: tuple[torch.Tensor | None, ...] = (mask,) * len(leaves)
+        elif out.requires_grad:
             with torch.enable_grad():
                 total = out.sum()
             # retain: ops between heads and z can be shared by several taps (DenseNet concatenations)

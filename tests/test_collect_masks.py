@@ -1,0 +1,97 @@
+"""The statistics pass reads ReLU masks from the activations (``ssa_torch.closed_form.collect.relu_mask``) where a
+tap is a ReLU of its heads summed: every statistic is bit for bit what the backward pass gives (the plain form,
+``StatsInterpreter.relu_masks = False``), and taps of any other form keep the backward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ssa_torch.closed_form.collect import StatsInterpreter, relu_mask, relu_of_sums
+from torch import nn
+
+import ssa
+from ssa.testing.models import ALL_CASES
+
+FORMS = ("gradient", "gradient_x_activation")
+
+
+class _Mixed(nn.Module):
+    """A residual sum (masked), a head summed twice and a leaky ReLU (both by the backward pass), a ReLU of a
+    sum with a constant (backward pass) and a dense ReLU (masked)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(6, 6, 3, padding=1)
+        self.c = nn.Conv2d(6, 6, 1)
+        self.d = nn.Conv2d(6, 6, 3, padding=1)
+        self.e = nn.Conv2d(6, 6, 1)
+        self.shift = nn.Parameter(torch.linspace(-1.0, 1.0, 6).reshape(1, 6, 1, 1))
+        self.fc1 = nn.Linear(6 * 8 * 8, 10)
+        self.fc2 = nn.Linear(10, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.a(x))
+        x = F.relu(self.b(x) + x)  # residual: two heads, one mask
+        y = self.c(x)
+        x = F.relu(y + y)  # the head twice: m = 2 * mask, not a mask
+        x = F.leaky_relu(self.d(x), 0.1)
+        x = F.relu(self.e(x) + self.shift)  # a constant in the sum
+        x = F.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc2(x)
+
+
+def _both(net, images, monkeypatch) -> tuple[dict, dict]:
+    fast = {f: net.collect(images, [f]) for f in FORMS}
+    monkeypatch.setattr(StatsInterpreter, "relu_masks", False)
+    plain = {f: net.collect(images, [f]) for f in FORMS}
+    monkeypatch.undo()
+    return fast, plain
+
+
+def _assert_equal(fast: dict, plain: dict) -> None:
+    for f in FORMS:
+        assert fast[f].keys() == plain[f].keys()
+        for k, v in plain[f].items():
+            assert fast[f][k].dtype == v.dtype and torch.equal(fast[f][k], v), (f, k)
+
+
+def _masked(net) -> set[str]:
+    return {tf.tap for tf in net.closed_form.taps.values() if relu_of_sums(tf, net.graph_module)}
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=lambda c: c.name)
+def test_masked_statistics_equal_the_backward_pass(monkeypatch, case):
+    torch.manual_seed(0)
+    net = ssa.load_model(case.build())
+    images = case.images(5)
+    net.prepare(images)
+    fast, plain = _both(net, images, monkeypatch)
+    _assert_equal(fast, plain)
+    if case.name in ("plain", "residual"):
+        assert _masked(net), "no tap took the masks: the test compared the backward pass with itself"
+    if case.name == "residual":  # a residual block's output: two heads summed
+        assert any(net.closed_form.taps[t].segment for t in _masked(net))
+
+
+def test_only_a_relu_of_heads_summed_once_takes_the_mask(monkeypatch):
+    torch.manual_seed(0)
+    net = ssa.load_model(_Mixed().eval())
+    images = torch.randn(4, 3, 8, 8).numpy()
+    net.prepare(images)
+    cf = net.closed_form
+    masked = _masked(net)
+    segments = {t: cf.taps[t].segment for t in cf.taps}
+    assert any(segments[t] for t in masked)  # the residual sum
+    assert len(masked) == 3  # the first ReLU, the residual sum and the dense ReLU; not y + y, leaky, or + shift
+    fast, plain = _both(net, images, monkeypatch)
+    _assert_equal(fast, plain)
+
+
+def test_relu_mask_is_autograds_derivative():
+    z = torch.tensor([[-2.0, -0.0, 0.0, 1e-30, 3.0, -1e-30]], requires_grad=True)
+    out = torch.relu(z)
+    (d,) = torch.autograd.grad(out.sum(), z)
+    m = relu_mask(out.detach())
+    assert m.dtype == d.dtype and torch.equal(m, d)
