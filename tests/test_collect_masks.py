@@ -7,11 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from ssa_torch.closed_form.collect import StatsInterpreter, relu_mask, relu_of_sums
+from ssa_torch.closed_form.collect import StatsInterpreter, relu_of_sums
+from ssa_torch.closed_form.conv import conv_input_relevance
+from ssa_torch.closed_form.masks import relu_mask
 from torch import nn
 
 import ssa
 from ssa.testing.models import ALL_CASES
+
+from .test_conv_kernels import ALL, CASES, _case, _kernels_for
 
 FORMS = ("gradient", "gradient_x_activation")
 
@@ -43,7 +47,11 @@ class _Mixed(nn.Module):
 
 
 def _both(net, images, monkeypatch) -> tuple[dict, dict]:
+    """The statistics with the masks (each image's mask made in the conv kernels, then every mask made whole), and
+    by the backward pass; both mask forms must equal the backward pass."""
     fast = {f: net.collect(images, [f]) for f in FORMS}
+    monkeypatch.setattr(StatsInterpreter, "lazy_masks", False)
+    _assert_equal({f: net.collect(images, [f]) for f in FORMS}, fast)
     monkeypatch.setattr(StatsInterpreter, "relu_masks", False)
     plain = {f: net.collect(images, [f]) for f in FORMS}
     monkeypatch.undo()
@@ -95,3 +103,18 @@ def test_relu_mask_is_autograds_derivative():
     (d,) = torch.autograd.grad(out.sum(), z)
     m = relu_mask(out.detach())
     assert m.dtype == d.dtype and torch.equal(m, d)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_conv_kernels_make_each_images_mask(name, monkeypatch):
+    """``relu_of=True`` (m given as a ReLU's output) gives the bits of the kernel given the mask itself, for every
+    kernel that takes the geometry (the per-image kernels make each image's mask; the others the whole mask)."""
+    monkeypatch.setitem(CASES, name, ALL[name])
+    op, m, x = _case(name, torch.float32, batch=4)
+    act = torch.relu(m)
+    assert bool((act == 0).any()) and bool((act > 0).any())
+    for kernel in _kernels_for(op):
+        want = conv_input_relevance(op, relu_mask(act), x, kernel)
+        got = conv_input_relevance(op, act, x, kernel, relu_of=True)
+        assert torch.equal(got, want), kernel
+        assert not torch.equal(conv_input_relevance(op, act, x, kernel), want), kernel  # act itself is not the mask

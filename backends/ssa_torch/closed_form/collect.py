@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from ..taps import TapPlan
+from .masks import relu_mask
 from .planner import ClosedFormPlan, TapForm
 
 __all__ = ["StatsInterpreter", "relu_mask", "relu_of_sums"]
@@ -37,15 +38,6 @@ def spatial_mean(t: torch.Tensor, channel_axis: int, lead: int = 1) -> torch.Ten
     t = t.movedim(channel_axis, -1)
     dims = tuple(range(lead, t.dim() - 1))
     return t.mean(dim=dims) if dims else t
-
-
-def relu_mask(out: torch.Tensor) -> torch.Tensor:
-    """ReLU's derivative from its output: 1 where ``out > 0``, else 0, in ``out``'s dtype.
-
-    What autograd gives for ``d sum(relu(z)) / dz`` (``threshold_backward`` of ones: 0 where the output is at
-    most 0), one comparison written into a float tensor. A NaN output gives 0 here and 1 from autograd; a NaN
-    activation makes its tap's mean NaN, so such a batch is refused before its statistics are used."""
-    return torch.gt(out, 0, out=torch.empty_like(out, memory_format=torch.preserve_format))
 
 
 def _is_relu(node: fx.Node, gm: fx.GraphModule) -> bool:
@@ -90,6 +82,8 @@ class StatsInterpreter(fx.Interpreter):
 
     #: read ReLU masks from the activations where :func:`relu_of_sums` holds (tests turn it off for the reference)
     relu_masks = True
+    #: hand a ReLU's output to the terms that make each image's mask themselves (tests turn it off)
+    lazy_masks = True
 
     def __init__(self, gm: fx.GraphModule, plan: TapPlan, cf: ClosedFormPlan, forms: Sequence[str]) -> None:
         super().__init__(gm, garbage_collect_values=True)
@@ -156,9 +150,8 @@ class StatsInterpreter(fx.Interpreter):
         heads = list(tf.heads)
         leaves = [self.leaves[h] for h in heads]
         if tf.tap in self.masked and all(leaf.shape == out.shape and leaf.dtype == out.dtype for leaf in leaves):
-            mask = relu_mask(out.detach())
-            grads: tuple[torch.Tensor | None, ...] = (mask,) * len(leaves)
-        elif out.requires_grad:
+            return self._record_masked(tf, out.detach(), forms)
+        if out.requires_grad:
             with torch.enable_grad():
                 total = out.sum()
             # retain: ops between heads and z can be shared by several taps (DenseNet concatenations)
@@ -168,9 +161,26 @@ class StatsInterpreter(fx.Interpreter):
         masks = {h: (g if g is not None else torch.zeros_like(leaf)).detach()
                  for h, leaf, g in zip(heads, leaves, grads, strict=True)}
         for i, term in enumerate(tf.terms):
-            for key, val in term.statistics(masks[term.head], self.values, forms).items():
-                self.stats[f"{tf.tap}/{i}/{key}"] = val.detach()
-            for need in term.needs:
-                self.keep[need] -= 1
-                if self.keep[need] <= 0:
-                    self.values.pop(need, None)
+            self._term_statistics(tf, i, term.statistics(masks[term.head], self.values, forms))
+
+    def _record_masked(self, tf: TapForm, act: torch.Tensor, forms: list[str]) -> None:
+        """Every head's m is the ReLU mask of ``act``; a term that takes the ReLU's output itself
+        (:attr:`~.terms.Term.takes_relu_output`: a conv's per-image kernels make each image's mask) gets ``act``, the
+        others the mask, made once."""
+        mask = None
+        for i, term in enumerate(tf.terms):
+            if term.takes_relu_output and self.lazy_masks:
+                self._term_statistics(tf, i, term.statistics(act, self.values, forms, relu_of=True))
+                continue
+            if mask is None:
+                mask = relu_mask(act)
+            self._term_statistics(tf, i, term.statistics(mask, self.values, forms))
+
+    def _term_statistics(self, tf: TapForm, i: int, stats: dict[str, torch.Tensor]) -> None:
+        """Keep term ``i``'s statistics; drop the values no term needs any more."""
+        for key, val in stats.items():
+            self.stats[f"{tf.tap}/{i}/{key}"] = val.detach()
+        for need in tf.terms[i].needs:
+            self.keep[need] -= 1
+            if self.keep[need] <= 0:
+                self.values.pop(need, None)
