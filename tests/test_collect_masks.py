@@ -47,10 +47,11 @@ class _Mixed(nn.Module):
 
 
 def _both(net, images, monkeypatch) -> tuple[dict, dict]:
-    """The statistics with the masks (each image's mask made in the conv kernels, then every mask made whole), and
-    by the backward pass; both mask forms must equal the backward pass."""
+    """The statistics with the masks (each image's mask made in the conv kernels, ReLUs in place; then every mask
+    made whole, ReLUs out of place), and by the backward pass; both mask forms must equal the backward pass."""
     fast = {f: net.collect(images, [f]) for f in FORMS}
     monkeypatch.setattr(StatsInterpreter, "lazy_masks", False)
+    monkeypatch.setattr(StatsInterpreter, "relu_in_place", False)
     _assert_equal({f: net.collect(images, [f]) for f in FORMS}, fast)
     monkeypatch.setattr(StatsInterpreter, "relu_masks", False)
     plain = {f: net.collect(images, [f]) for f in FORMS}
@@ -93,6 +94,8 @@ def test_only_a_relu_of_heads_summed_once_takes_the_mask(monkeypatch):
     segments = {t: cf.taps[t].segment for t in cf.taps}
     assert any(segments[t] for t in masked)  # the residual sum
     assert len(masked) == 3  # the first ReLU, the residual sum and the dense ReLU; not y + y, leaky, or + shift
+    in_place = StatsInterpreter(net.graph_module, net.plan, cf, FORMS).in_place
+    assert len(in_place) == 2  # the first ReLU and the dense one: the residual sum's ReLU reads a sum
     fast, plain = _both(net, images, monkeypatch)
     _assert_equal(fast, plain)
 

@@ -84,6 +84,8 @@ class StatsInterpreter(fx.Interpreter):
     relu_masks = True
     #: hand a ReLU's output to the terms that make each image's mask themselves (tests turn it off)
     lazy_masks = True
+    #: run a masked tap's ReLU in place where nothing else reads its input (tests turn it off)
+    relu_in_place = True
 
     def __init__(self, gm: fx.GraphModule, plan: TapPlan, cf: ClosedFormPlan, forms: Sequence[str]) -> None:
         super().__init__(gm, garbage_collect_values=True)
@@ -106,13 +108,22 @@ class StatsInterpreter(fx.Interpreter):
                     self.keep[need] = self.keep.get(need, 0) + 1
         #: taps whose heads' m is the ReLU mask of the activation (:func:`relu_of_sums`); False: autograd for every tap
         self.masked = {tf.tap for tf in cf.taps.values() if self.relu_masks and relu_of_sums(tf, gm)}
+        #: ReLUs run in place on their head (no new tensor: the model's own forward does so too) where that head is a
+        #: masked tap's only one, read by nothing else and kept for nothing (no term's input, no tap, no other head)
+        users = {n.name: len(n.users) for n in gm.graph.nodes}
+        heads_of = [h for tf in cf.taps.values() for h in tf.heads]
+        self.in_place = {str(tf.act_node) for tf in cf.taps.values() if self.relu_in_place and tf.tap in self.masked
+                         and not tf.segment and users.get(tf.z_node) == 1 and heads_of.count(tf.z_node) == 1
+                         and tf.z_node not in self.keep and tf.z_node not in self.tap_of_node}
         self.leaves: dict[str, torch.Tensor] = {}
         self.values: dict[str, torch.Tensor] = {}
         self.stats: dict[str, torch.Tensor] = {}
 
     def run_node(self, n: fx.Node) -> Any:
         with torch.set_grad_enabled(n.name in self.grad_nodes):
-            if n.name in self.derivatives:
+            if n.name in self.in_place:
+                out = self.env[n.args[0]].detach().relu_()  # type: ignore[index]
+            elif n.name in self.derivatives:
                 out = self._with_derivative(n)
             else:
                 out = super().run_node(n)
