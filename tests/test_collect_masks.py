@@ -21,8 +21,9 @@ FORMS = ("gradient", "gradient_x_activation")
 
 
 class _Mixed(nn.Module):
-    """A residual sum (masked), a head summed twice and a leaky ReLU (both by the backward pass), a ReLU of a
-    sum with a constant (backward pass) and a dense ReLU (masked)."""
+    """A residual sum (masked), a head summed twice (no closed form), a leaky ReLU (the backward pass), a ReLU of
+    a sum with a constant (folded into the bias: masked), a sum with a broadcast head (the backward pass: the shapes
+    differ) and a dense ReLU (masked)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -31,6 +32,8 @@ class _Mixed(nn.Module):
         self.c = nn.Conv2d(6, 6, 1)
         self.d = nn.Conv2d(6, 6, 3, padding=1)
         self.e = nn.Conv2d(6, 6, 1)
+        self.f = nn.Conv2d(6, 6, 3, padding=1)
+        self.g = nn.Conv2d(6, 6, 1)
         self.shift = nn.Parameter(torch.linspace(-1.0, 1.0, 6).reshape(1, 6, 1, 1))
         self.fc1 = nn.Linear(6 * 8 * 8, 10)
         self.fc2 = nn.Linear(10, 4)
@@ -42,6 +45,7 @@ class _Mixed(nn.Module):
         x = F.relu(y + y)  # the head twice: m = 2 * mask, not a mask
         x = F.leaky_relu(self.d(x), 0.1)
         x = F.relu(self.e(x) + self.shift)  # a constant in the sum
+        x = F.relu(self.f(x) + self.g(F.adaptive_avg_pool2d(x, 1)))  # a sum that broadcasts a head
         x = F.relu(self.fc1(torch.flatten(x, 1)))
         return self.fc2(x)
 
@@ -93,9 +97,11 @@ def test_only_a_relu_of_heads_summed_once_takes_the_mask(monkeypatch):
     masked = _masked(net)
     segments = {t: cf.taps[t].segment for t in cf.taps}
     assert any(segments[t] for t in masked)  # the residual sum
-    assert len(masked) == 3  # the first ReLU, the residual sum and the dense ReLU; not y + y, leaky, or + shift
+    # the first ReLU is the lowest tap (no step); y + y has no closed form; the leaky ReLU is no ReLU; the shift is
+    # folded into e's bias; the broadcast sum takes the mask by its form, and the backward pass by its shapes (below)
+    assert masked == {"relu_1", "relu_3", "relu_4", "relu_5"} and "leaky_relu" in cf.taps
     in_place = StatsInterpreter(net.graph_module, net.plan, cf, FORMS).in_place
-    assert len(in_place) == 2  # the first ReLU and the dense one: the residual sum's ReLU reads a sum
+    assert set(in_place) == {cf.taps[t].act_node for t in masked}
     fast, plain = _both(net, images, monkeypatch)
     _assert_equal(fast, plain)
 

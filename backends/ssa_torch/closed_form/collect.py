@@ -108,12 +108,14 @@ class StatsInterpreter(fx.Interpreter):
                     self.keep[need] = self.keep.get(need, 0) + 1
         #: taps whose heads' m is the ReLU mask of the activation (:func:`relu_of_sums`); False: autograd for every tap
         self.masked = {tf.tap for tf in cf.taps.values() if self.relu_masks and relu_of_sums(tf, gm)}
-        #: ReLUs run in place on their head (no new tensor: the model's own forward does so too) where that head is a
-        #: masked tap's only one, read by nothing else and kept for nothing (no term's input, no tap, no other head)
+        #: a masked tap's ReLU runs in place on its input (no new tensor: the model's own forward does so too) where
+        #: that input (its one head, or the heads' sum) is read by nothing else and kept for nothing (no term's input,
+        #: no tap, no other tap's head); value: the tap's heads
         users = {n.name: len(n.users) for n in gm.graph.nodes}
         heads_of = [h for tf in cf.taps.values() for h in tf.heads]
-        self.in_place = {str(tf.act_node) for tf in cf.taps.values() if self.relu_in_place and tf.tap in self.masked
-                         and not tf.segment and users.get(tf.z_node) == 1 and heads_of.count(tf.z_node) == 1
+        self.in_place = {str(tf.act_node): tf.heads for tf in cf.taps.values()
+                         if self.relu_in_place and tf.tap in self.masked and users.get(tf.z_node) == 1
+                         and heads_of.count(tf.z_node) == (0 if tf.segment else 1)
                          and tf.z_node not in self.keep and tf.z_node not in self.tap_of_node}
         self.leaves: dict[str, torch.Tensor] = {}
         self.values: dict[str, torch.Tensor] = {}
@@ -121,7 +123,7 @@ class StatsInterpreter(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         with torch.set_grad_enabled(n.name in self.grad_nodes):
-            if n.name in self.in_place:
+            if n.name in self.in_place and self._same_shapes(self.in_place[n.name], self.env[n.args[0]]):  # type: ignore
                 out = self.env[n.args[0]].detach().relu_()  # type: ignore[index]
             elif n.name in self.derivatives:
                 out = self._with_derivative(n)
@@ -160,7 +162,7 @@ class StatsInterpreter(fx.Interpreter):
         forms = [f for f in self.forms if f in tf.forms]
         heads = list(tf.heads)
         leaves = [self.leaves[h] for h in heads]
-        if tf.tap in self.masked and all(leaf.shape == out.shape and leaf.dtype == out.dtype for leaf in leaves):
+        if tf.tap in self.masked and self._same_shapes(heads, out):
             return self._record_masked(tf, out.detach(), forms)
         if out.requires_grad:
             with torch.enable_grad():
@@ -173,6 +175,10 @@ class StatsInterpreter(fx.Interpreter):
                  for h, leaf, g in zip(heads, leaves, grads, strict=True)}
         for i, term in enumerate(tf.terms):
             self._term_statistics(tf, i, term.statistics(masks[term.head], self.values, forms))
+
+    def _same_shapes(self, heads: Sequence[str], out: torch.Tensor) -> bool:
+        """Whether every head has ``out``'s shape and dtype (a masked tap's m is then the mask; else autograd)."""
+        return all(self.leaves[h].shape == out.shape and self.leaves[h].dtype == out.dtype for h in heads)
 
     def _record_masked(self, tf: TapForm, act: torch.Tensor, forms: list[str]) -> None:
         """Every head's m is the ReLU mask of ``act``; a term that takes the ReLU's output itself
