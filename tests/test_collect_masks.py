@@ -127,3 +127,18 @@ def test_conv_kernels_make_each_images_mask(name, monkeypatch):
         got = conv_input_relevance(op, act, x, kernel, relu_of=True)
         assert torch.equal(got, want), kernel
         assert not torch.equal(conv_input_relevance(op, act, x, kernel), want), kernel  # act itself is not the mask
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 3), (4, 16, 9, 9), (2, 3, 1, 1)])
+def test_identity_sums_one_image_at_a_time(shape):
+    """The skip term's per-image masked sums are the bits of the whole batch's mask times x, summed per channel."""
+    from ssa_torch.closed_form.identity import IdentityTerm
+
+    gen = torch.Generator().manual_seed(sum(shape))
+    act = torch.relu(torch.randn(shape, generator=gen))
+    x = torch.randn(shape, generator=gen) * 1e3
+    term = IdentityTerm("p", "h", 1)
+    want = term.statistics(relu_mask(act), {"h": x}, ["gradient_x_activation"])["a"]
+    got = term.statistics(act, {"h": x}, ["gradient_x_activation"], relu_of=True)["a"]
+    assert torch.equal(got, want)
+    assert torch.equal(term.statistics(act, {"h": x}, FORMS, relu_of=True)["a"], want)  # with "gradient": whole
