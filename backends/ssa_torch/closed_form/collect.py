@@ -110,13 +110,14 @@ class StatsInterpreter(fx.Interpreter):
         self.masked = {tf.tap for tf in cf.taps.values() if self.relu_masks and relu_of_sums(tf, gm)}
         #: a masked tap's ReLU runs in place on its input (no new tensor: the model's own forward does so too) where
         #: that input (its one head, or the heads' sum) is read by nothing else and kept for nothing (no term's input,
-        #: no tap, no other tap's head); value: the tap's heads
+        #: no tap, no other tap's head), and the ReLU is no gate's activation; value: the tap's heads
         users = {n.name: len(n.users) for n in gm.graph.nodes}
         heads_of = [h for tf in cf.taps.values() for h in tf.heads]
         self.in_place = {str(tf.act_node): tf.heads for tf in cf.taps.values()
                          if self.relu_in_place and tf.tap in self.masked and users.get(tf.z_node) == 1
                          and heads_of.count(tf.z_node) == (0 if tf.segment else 1)
-                         and tf.z_node not in self.keep and tf.z_node not in self.tap_of_node}
+                         and tf.z_node not in self.keep and tf.z_node not in self.tap_of_node
+                         and str(tf.act_node) not in self.derivatives}
         self.leaves: dict[str, torch.Tensor] = {}
         self.values: dict[str, torch.Tensor] = {}
         self.stats: dict[str, torch.Tensor] = {}
