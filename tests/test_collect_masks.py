@@ -142,3 +142,20 @@ def test_identity_sums_one_image_at_a_time(shape):
     got = term.statistics(act, {"h": x}, ["gradient_x_activation"], relu_of=True)["a"]
     assert torch.equal(got, want)
     assert torch.equal(term.statistics(act, {"h": x}, FORMS, relu_of=True)["a"], want)  # with "gradient": whole
+
+
+def test_an_onnx_models_relus_take_the_mask(monkeypatch, tmp_path):
+    """A ResNet-like model through ONNX (its ReLUs and additions as the conversion writes them) takes the masks for
+    every ReLU step, with the backward pass's statistics."""
+    pytest.importorskip("onnx2torch")
+    case = next(c for c in ALL_CASES if c.name == "residual")
+    path = tmp_path / "residual.onnx"
+    torch.onnx.export(case.build().eval(), torch.from_numpy(case.images(2)), str(path), opset_version=17,
+                      dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    net = ssa.load_model(str(path))
+    images = case.images(5)
+    net.prepare(images)
+    assert _masked(net) == {t for t in net.closed_form.taps if t != "logits"}
+    assert any(net.closed_form.taps[t].segment for t in _masked(net))
+    fast, plain = _both(net, images, monkeypatch)
+    _assert_equal(fast, plain)
