@@ -6,20 +6,31 @@ autograd leaf; the ops between the heads and a tap's activation run with autogra
 ``torch.autograd.grad`` of the tap's summed activation gives, per image, the derivative ``m`` of
 the tap with respect to every head at once (channels do not mix there). Everything else runs
 without autograd. Statistics stay torch tensors on the model's device.
+
+Where a tap's activation is a ReLU of its one head, or of heads summed by additions (a residual block's output),
+``m`` of every head is ReLU's derivative, the 0/1 mask of the activation's positive values: that mask is read
+from the activation's output (:func:`relu_mask`) instead of a backward pass, bit for bit the same values
+(``tests/test_collect_masks.py`` checks it against the backward pass).
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import fx
 
 from ..taps import TapPlan
+from .masks import relu_mask
 from .planner import ClosedFormPlan, TapForm
 
-__all__ = ["StatsInterpreter"]
+__all__ = ["StatsInterpreter", "relu_mask", "relu_of_sums"]
+
+_RELU_FUNCS = (torch.relu, F.relu)
+_ADDS = (operator.add, torch.add)
 
 
 def spatial_mean(t: torch.Tensor, channel_axis: int, lead: int = 1) -> torch.Tensor:
@@ -29,8 +40,52 @@ def spatial_mean(t: torch.Tensor, channel_axis: int, lead: int = 1) -> torch.Ten
     return t.mean(dim=dims) if dims else t
 
 
+def _is_relu(node: fx.Node, gm: fx.GraphModule) -> bool:
+    if len(node.args) != 1 or any(k != "inplace" for k in node.kwargs):
+        return False
+    if node.op == "call_module":
+        return type(gm.get_submodule(str(node.target))) is torch.nn.ReLU
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCS
+    return node.op == "call_method" and node.target == "relu"
+
+
+def relu_of_sums(tf: TapForm, gm: fx.GraphModule) -> bool:
+    """Whether ``tf``'s activation is a ReLU of its heads summed (each head once, by additions of two values,
+    nothing else between), so that every head's ``m`` is :func:`relu_mask` of the activation (where the heads
+    have the activation's shape; :meth:`StatsInterpreter._record` checks that per batch)."""
+    if tf.act_node is None:
+        return False
+    nodes = {n.name: n for n in gm.graph.nodes}
+    act = nodes.get(tf.act_node)
+    if act is None or not _is_relu(act, gm) or not isinstance(act.args[0], fx.Node) \
+            or act.args[0].name != tf.z_node:
+        return False
+    segment, heads = set(tf.segment), list(tf.heads)
+    if not segment:
+        return heads == [tf.z_node]
+    if tf.z_node not in segment:
+        return False
+    seen: list[str] = []
+    for name in segment:
+        n = nodes.get(name)
+        if n is None or n.op != "call_function" or n.target not in _ADDS or n.kwargs or len(n.args) != 2 \
+                or not all(isinstance(a, fx.Node) for a in n.args):
+            return False
+        seen.extend(a.name for a in n.args)  # type: ignore[union-attr]
+    # the sum tree: every head and every segment node but z read exactly once, nothing else read
+    return sorted(seen) == sorted(heads + [s for s in segment if s != tf.z_node])
+
+
 class StatsInterpreter(fx.Interpreter):
     """One forward pass recording ``stats["<tap>/<term>/<key>"]`` and ``stats["scalars/<tap>"]`` (torch tensors)."""
+
+    #: read ReLU masks from the activations where :func:`relu_of_sums` holds (tests turn it off for the reference)
+    relu_masks = True
+    #: hand a ReLU's output to the terms that make each image's mask themselves (tests turn it off)
+    lazy_masks = True
+    #: run a masked tap's ReLU in place where nothing else reads its input (tests turn it off)
+    relu_in_place = True
 
     def __init__(self, gm: fx.GraphModule, plan: TapPlan, cf: ClosedFormPlan, forms: Sequence[str]) -> None:
         super().__init__(gm, garbage_collect_values=True)
@@ -51,13 +106,27 @@ class StatsInterpreter(fx.Interpreter):
                     if need.endswith(":d"):
                         self.derivatives.add(need[:-2])
                     self.keep[need] = self.keep.get(need, 0) + 1
+        #: taps whose heads' m is the ReLU mask of the activation (:func:`relu_of_sums`); False: autograd for every tap
+        self.masked = {tf.tap for tf in cf.taps.values() if self.relu_masks and relu_of_sums(tf, gm)}
+        #: a masked tap's ReLU runs in place on its input (no new tensor: the model's own forward does so too) where
+        #: that input (its one head, or the heads' sum) is read by nothing else and kept for nothing (no term's input,
+        #: no tap, no other tap's head), and the ReLU is no gate's activation; value: the tap's heads
+        users = {n.name: len(n.users) for n in gm.graph.nodes}
+        heads_of = [h for tf in cf.taps.values() for h in tf.heads]
+        self.in_place = {str(tf.act_node): tf.heads for tf in cf.taps.values()
+                         if self.relu_in_place and tf.tap in self.masked and users.get(tf.z_node) == 1
+                         and heads_of.count(tf.z_node) == (0 if tf.segment else 1)
+                         and tf.z_node not in self.keep and tf.z_node not in self.tap_of_node
+                         and str(tf.act_node) not in self.derivatives}
         self.leaves: dict[str, torch.Tensor] = {}
         self.values: dict[str, torch.Tensor] = {}
         self.stats: dict[str, torch.Tensor] = {}
 
     def run_node(self, n: fx.Node) -> Any:
         with torch.set_grad_enabled(n.name in self.grad_nodes):
-            if n.name in self.derivatives:
+            if n.name in self.in_place and self._same_shapes(self.in_place[n.name], self.env[n.args[0]]):  # type: ignore
+                out = self.env[n.args[0]].detach().relu_()  # type: ignore[index]
+            elif n.name in self.derivatives:
                 out = self._with_derivative(n)
             else:
                 out = super().run_node(n)
@@ -94,6 +163,8 @@ class StatsInterpreter(fx.Interpreter):
         forms = [f for f in self.forms if f in tf.forms]
         heads = list(tf.heads)
         leaves = [self.leaves[h] for h in heads]
+        if tf.tap in self.masked and self._same_shapes(heads, out):
+            return self._record_masked(tf, out.detach(), forms)
         if out.requires_grad:
             with torch.enable_grad():
                 total = out.sum()
@@ -104,9 +175,30 @@ class StatsInterpreter(fx.Interpreter):
         masks = {h: (g if g is not None else torch.zeros_like(leaf)).detach()
                  for h, leaf, g in zip(heads, leaves, grads, strict=True)}
         for i, term in enumerate(tf.terms):
-            for key, val in term.statistics(masks[term.head], self.values, forms).items():
-                self.stats[f"{tf.tap}/{i}/{key}"] = val.detach()
-            for need in term.needs:
-                self.keep[need] -= 1
-                if self.keep[need] <= 0:
-                    self.values.pop(need, None)
+            self._term_statistics(tf, i, term.statistics(masks[term.head], self.values, forms))
+
+    def _same_shapes(self, heads: Sequence[str], out: torch.Tensor) -> bool:
+        """Whether every head has ``out``'s shape and dtype (a masked tap's m is then the mask; else autograd)."""
+        return all(self.leaves[h].shape == out.shape and self.leaves[h].dtype == out.dtype for h in heads)
+
+    def _record_masked(self, tf: TapForm, act: torch.Tensor, forms: list[str]) -> None:
+        """Every head's m is the ReLU mask of ``act``; a term that takes the ReLU's output itself
+        (:attr:`~.terms.Term.takes_relu_output`: a conv's per-image kernels make each image's mask) gets ``act``, the
+        others the mask, made once."""
+        mask = None
+        for i, term in enumerate(tf.terms):
+            if term.takes_relu_output and self.lazy_masks:
+                self._term_statistics(tf, i, term.statistics(act, self.values, forms, relu_of=True))
+                continue
+            if mask is None:
+                mask = relu_mask(act)
+            self._term_statistics(tf, i, term.statistics(mask, self.values, forms))
+
+    def _term_statistics(self, tf: TapForm, i: int, stats: dict[str, torch.Tensor]) -> None:
+        """Keep term ``i``'s statistics; drop the values no term needs any more."""
+        for key, val in stats.items():
+            self.stats[f"{tf.tap}/{i}/{key}"] = val.detach()
+        for need in tf.terms[i].needs:
+            self.keep[need] -= 1
+            if self.keep[need] <= 0:
+                self.values.pop(need, None)

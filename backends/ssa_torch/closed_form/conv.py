@@ -26,6 +26,7 @@ from torch import fx
 
 from .conv3d import check_conv3d_geometry, conv3d_input_relevance, factor_scale_3d, offset_sums_3d
 from .linear import LinearOp, NotClosedForm
+from .masks import relu_mask
 from .planner import Branch, Planner
 from .registry import ClosedForm, register_builtin
 from .terms import (
@@ -121,8 +122,15 @@ def choose_kernel(op: LinearOp, m: torch.Tensor) -> str:
     return "grouped_weight_grad"
 
 
-def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor, kernel: str | None = None
-                         ) -> torch.Tensor:
+def kernel_of(op: LinearOp, m: torch.Tensor, kernel: str | None) -> str:
+    """The kernel :func:`conv_input_relevance` takes: ``kernel``, or by :func:`choose_kernel` (a 3-D conv: its own)."""
+    if op.weight.dim() == 5:
+        return "grouped_weight_grad"
+    return kernel or choose_kernel(op, m)
+
+
+def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor, kernel: str | None = None, *,
+                         relu_of: bool = False) -> torch.Tensor:
     """A[b, n, c] = sum_p m[b, n, p] sum_delta W[n, c, delta] x[b, c, p + delta], shape (B, N, C / groups).
 
     The inner sum over positions is the weight gradient of the convolution for one image. ``kernel`` (one of
@@ -134,7 +142,13 @@ def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor, kernel:
     over the kernel offsets. Every kernel computes each image on its own, so an image's values do not depend on
     the batch. Chunks of images keep the per-image weight gradients within :data:`KERNEL_BYTES` on the CPU and
     :data:`~ssa_torch.closed_form.terms.WORK_BYTES` on a GPU.
+
+    ``relu_of``: ``m`` is a ReLU's output and the derivative is its 0/1 mask (``relu_mask(m)``, the same values): the
+    per-image kernels (:func:`_shifted_rows`, :func:`_per_image`) write one image's mask into their own buffer, so
+    that no mask of the whole batch is made; the others make it first.
     """
+    if relu_of and kernel_of(op, m, kernel) not in ("shifted_rows", "per_image"):
+        m, relu_of = relu_mask(m), False
     if op.weight.dim() == 5:  # a 3-D conv: one kernel (see .conv3d)
         if kernel not in (None, "grouped_weight_grad"):
             raise ValueError("3-D convolutions take the grouped_weight_grad kernel")
@@ -152,11 +166,11 @@ def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor, kernel:
     budget = WORK_BYTES if m.device.type != "cpu" else KERNEL_BYTES
     per_image = n * cg * kk * m.element_size()
     if kernel == "per_image":
-        return _per_image(op, m, x, w, out)
+        return _per_image(op, m, x, w, out, relu_of)
     if kernel == "shifted_rows":
         if op.stride != (1, 1):
             raise ValueError("the shifted_rows kernel takes stride-1 convolutions")
-        return _shifted_rows(op, m, x, w, out)
+        return _shifted_rows(op, m, x, w, out, relu_of)
     if kernel == "per_offset":
         return _per_offset(op, m, x, w, out, budget)
     if kernel == "matmul_1x1":  # a batched matrix product with the strided input
@@ -201,8 +215,8 @@ def _windows(x: torch.Tensor, op: LinearOp, out_hw: tuple[int, int]) -> list[tor
             for i in range(kh) for j in range(kw)]
 
 
-def _per_image(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor
-               ) -> torch.Tensor:
+def _per_image(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
+               relu_of: bool = False) -> torch.Tensor:
     """:func:`conv_input_relevance` one image at a time: the image's shifted input windows are copied once into a
     (kk, C, P) buffer; then for each group, tile of output channels (a (rows, C / groups) product within
     :data:`TILE_BYTES`, so it stays in the core's cache) and kernel offset, one matrix product of ``m`` with that
@@ -218,6 +232,10 @@ def _per_image(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, 
     direct = kk == 1 and op.stride == (1, 1) and not any(op.pad) and x.dtype == m.dtype
     wins = _windows(x, op, (ho, wo))
     buf = None if direct else torch.empty((kk, g * cg, ho, wo), dtype=m.dtype, device=m.device)
+    # an image's mask lies as it would in a mask of the whole batch (the same offset from a 64-byte boundary): the
+    # matrix products' rounding may depend on their operands' alignment
+    lanes = 64 // m.element_size()
+    spare = torch.empty(n * p + lanes, dtype=m.dtype, device=m.device) if relu_of else None
     for b in range(B):
         if buf is None:  # 1x1, stride 1: the image itself
             xw = x[b].reshape(1, g * cg, p)
@@ -225,7 +243,11 @@ def _per_image(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, 
             for d in range(kk):
                 buf[d].copy_(wins[d][b])
             xw = buf.view(kk, g * cg, p)
-        mb = m[b].reshape(n, p)
+        if spare is None:
+            mb = m[b].reshape(n, p)
+        else:
+            at = (b * n * p - spare.data_ptr() // m.element_size()) % lanes
+            mb = torch.gt(m[b], 0, out=spare[at:at + n * p].view(n, ho, wo)).reshape(n, p)
         for r0 in range(0, n, ng):  # one group's output channels read its cg input channels
             c0 = (r0 // ng) * cg
             for r in range(r0, r0 + ng, rows):
@@ -239,8 +261,8 @@ def _per_image(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, 
     return out
 
 
-def _shifted_rows(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor
-                  ) -> torch.Tensor:
+def _shifted_rows(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
+                  relu_of: bool = False) -> torch.Tensor:
     """:func:`conv_input_relevance` of a stride-1 convolution one image at a time, without im2col: the image is
     copied once into a zero-padded buffer whose rows are ``Wp`` long, flattened, and ``m`` onto the output rows of
     the same length (zeros in the ``Wp - Wo`` extra columns). Kernel offset (i, j) then reads the flat input
@@ -267,7 +289,10 @@ def _shifted_rows(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tenso
     tile = max(wp, SHIFT_TILE_BYTES // ((ng + cg) * m.element_size()))
     for b in range(B):
         xin.copy_(x[b])
-        mbuf[:, :, :wo].copy_(m[b])
+        if relu_of:  # the image's mask, written where its m goes
+            torch.gt(m[b], 0, out=mbuf[:, :, :wo])
+        else:
+            mbuf[:, :, :wo].copy_(m[b])
         for r0 in range(0, n, ng):  # one group's output channels read its cg input channels
             c0 = (r0 // ng) * cg
             mg, xg = mflat[r0:r0 + ng], xbuf[c0:c0 + cg]
@@ -312,6 +337,7 @@ class ConvTerm(Term):
     """A convolution (possibly a composed linear chain, possibly with a gated input) reaching one parent."""
 
     label = "conv"
+    takes_relu_output = True
 
     def __init__(self, parent: str, branch: Branch, chan: torch.Tensor) -> None:
         self.parent = parent
@@ -376,7 +402,11 @@ class ConvTerm(Term):
         shape[n_axis], shape[-1] = idx.shape
         return scatter_channels(values, idx.reshape(shape), self.n_parent)
 
-    def statistics(self, m: torch.Tensor, values: Mapping[str, torch.Tensor], forms: Sequence[str]):
+    def statistics(self, m: torch.Tensor, values: Mapping[str, torch.Tensor], forms: Sequence[str], *,
+                   relu_of: bool = False):
+        """See :meth:`Term.statistics`; ``relu_of``: ``m`` is a ReLU's output, the derivative its mask."""
+        if relu_of and "gradient" in forms:
+            m, relu_of = relu_mask(m), False
         out: dict[str, torch.Tensor] = {}
         B = m.shape[0]
         n, _, *k = self.op.weight.shape
@@ -400,7 +430,7 @@ class ConvTerm(Term):
             x = values[self.x]
             if self.gate is not None:  # one factor per image and channel (a 2-D or 3-D map)
                 x = x * values[self.gate].reshape(B, -1, *([1] * (x.dim() - 2)))
-            a = conv_input_relevance(self.op, m, x)  # (B, N, Cg)
+            a = conv_input_relevance(self.op, m, x, relu_of=relu_of)  # (B, N, Cg)
             out["a"] = self._to_parents(a, 1)
         return out
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import fx
 
+from .masks import relu_mask
 from .registry import ClosedForm, register_builtin
 from .terms import Term, as_tensor
 
@@ -43,12 +44,36 @@ class IdentityTerm(Term):
         t = t.movedim(self.channel_axis, 1)
         return t.reshape(t.shape[0], t.shape[1], -1).sum(-1)
 
-    def statistics(self, m, values, forms):
+    takes_relu_output = True
+
+    def statistics(self, m, values, forms, *, relu_of: bool = False):
+        """See :meth:`Term.statistics`; ``relu_of``: ``m`` is a ReLU's output, the derivative its mask (for
+        ``gradient_x_activation`` alone, made one image at a time: :meth:`_masked_sums`)."""
+        x = values[self.head].to(m.dtype) if "gradient_x_activation" in forms else None
+        if relu_of and ("gradient" in forms or x is None or self.channel_axis != 1 or m.dim() < 3
+                        or x.shape != m.shape or not (m.is_contiguous() and x.is_contiguous())):
+            m, relu_of = relu_mask(m), False
         out = {}
         if "gradient" in forms:
             out["g"] = self._per_channel(m)
-        if "gradient_x_activation" in forms:
-            out["a"] = self._per_channel(m * values[self.head].to(m.dtype))
+        if x is not None:
+            out["a"] = self._masked_sums(m, x) if relu_of else self._per_channel(m * x)
+        return out
+
+    @staticmethod
+    def _masked_sums(act: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``_per_channel(relu_mask(act) * x)`` one image at a time, in one buffer of an image (no (B, C, H, W)
+        temporaries): each image's products and row sums are the whole batch's, laid out as there (the same offset
+        from a 64-byte boundary)."""
+        B, C = act.shape[:2]
+        size = act[0].numel()
+        lanes = 64 // act.element_size()
+        spare = torch.empty(size + lanes, dtype=act.dtype, device=act.device)
+        out = torch.empty((B, C), dtype=act.dtype, device=act.device)
+        for b in range(B):
+            at = (b * size - spare.data_ptr() // act.element_size()) % lanes
+            buf = torch.gt(act[b], 0, out=spare[at:at + size].view(act[b].shape)).mul_(x[b])
+            torch.sum(buf.view(C, -1), dim=-1, out=out[b])
         return out
 
     def rank1(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str):

@@ -182,6 +182,9 @@ class Term:
     n_parent: int = 0
     #: a constant shift lies between the parents and the op's input: only the gradient rule has a closed form
     shifted: bool = False
+    #: :meth:`statistics` takes ``relu_of=True``: ``m`` given as a ReLU's output, the derivative being its 0/1 mask
+    #: (the statistics pass then makes no mask of the whole batch for this term)
+    takes_relu_output: ClassVar[bool] = False
 
     @property
     def forms(self) -> frozenset[str]:
