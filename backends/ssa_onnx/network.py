@@ -238,14 +238,14 @@ class OnnxNetwork(TorchNetwork):
         with self._deferred():  # planning reads the graph and its batch-1 values: no result of the analysis
             return super().closed_form
 
-    def collect(self, batch: np.ndarray | torch.Tensor, forms: Sequence[str]) -> dict[str, Any]:
+    def collect(self, batch: np.ndarray | torch.Tensor, forms: Sequence[str], slots: Any = None) -> dict[str, Any]:
         """The statistics pass (:meth:`ssa_torch.TorchNetwork.collect`); while the canonical module's parity
         waits, a batch that starts with the parity images checks it on the pass's own outputs, any other batch
         after a forward pass of the parity images."""
         if self._parity_pending is not None and not self._starts_with_parity_images(batch):
             self._check_canonical(None)
         with self._deferred():
-            return super().collect(batch, forms)
+            return super().collect(batch, forms, slots)
 
     def _statistics_outputs(self, batch: np.ndarray | torch.Tensor, outputs: Any) -> None:
         if self._parity_pending is not None:  # collect let this batch through: its first images are the parity images

@@ -128,14 +128,18 @@ class ClosedFormSteps:
             cache[form] = int(sum(v[0].numel() * v.element_size() for v in arrays.values()))
         return cache[form]
 
-    def collect(self, batch: np.ndarray | torch.Tensor, forms: Sequence[str]) -> dict[str, np.ndarray]:
+    def collect(self, batch: np.ndarray | torch.Tensor, forms: Sequence[str], slots: Any = None
+                ) -> dict[str, np.ndarray]:
         """Per-image sufficient statistics of every closed-form step, and every tap's scalars, in one forward pass.
 
         Keys: ``"scalars/<tap>"`` (B, N) and ``"<tap>/<term index>/<field>"`` (see the terms in
-        :mod:`ssa_torch.closed_form`). Computed and kept on the model's device (float32 torch tensors).
+        :mod:`ssa_torch.closed_form`). Computed and kept on the model's device (float32 torch tensors). ``slots``:
+        see :meth:`ssa.core.interfaces.Network.collect` (terms that can write there do, in float32).
         """
         interp = _StatsRun(self.graph_module, self.plan, self.closed_form, tuple(forms))
         interp.args_batch = len(batch)
+        if slots is not None:
+            interp.slots = lambda key, shape, like: slots(key, shape, like) if like.dtype == torch.float32 else None
         with torch.no_grad(), exact_arithmetic(self.device):
             outputs = interp.run(statistics_input(self.to_tensor(batch), self.device))  # channels-last where chosen
         self._statistics_outputs(batch, outputs)

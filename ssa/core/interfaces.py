@@ -326,8 +326,15 @@ class Network(ABC):
         """Upper taps whose steps have the closed form (for ``form``, when given); none by default."""
         return frozenset()
 
-    def collect(self, batch: np.ndarray, forms: Sequence[str]) -> dict[str, np.ndarray]:
-        """Per-image statistics of every fast step and every tap's scalars, in one forward pass."""
+    def collect(self, batch: np.ndarray, forms: Sequence[str], slots: Callable[..., Any] | None = None
+                ) -> dict[str, np.ndarray]:
+        """Per-image statistics of every fast step and every tap's scalars, in one forward pass.
+
+        ``slots`` (optional, a hint): ``slots(key, shape, like)`` returns an array where the batch's ``key`` (of
+        ``shape``, ``like``'s dtype and device) may be written (the rows of the whole image set's array:
+        :meth:`ssa.engines.statistics.DeviceStatistics.slots`), or None; a backend that writes there returns that
+        array as the key's value, and one that ignores ``slots`` is as right.
+        """
         raise NotImplementedError
 
     def relevance_blocks(self, upper: str, stats: Mapping[str, Any], neurons: Sequence[int], form: str,

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from ssa.core.arrays import all_finite, host_view, is_numpy, namespace, take_rows, to_numpy
+from ssa.core.arrays import all_finite, device_of, host_view, is_numpy, namespace, take_rows, to_numpy
 from ssa.core.interfaces import Network
 from ssa.errors import InvalidInputError
 
-__all__ = ["DeviceStatistics", "check_finite_stats", "collect", "verify_store"]
+__all__ = ["DeviceStatistics", "check_finite_stats", "collect", "joined", "verify_store"]
 
 
 def check_finite_stats(arrays: Mapping[str, Any], first: int) -> None:
@@ -66,36 +66,86 @@ def _shapes_of(store, form: str) -> dict[str, tuple[int, ...]]:
 class DeviceStatistics:
     """Per-image statistics kept in memory, where the network computed them (its device).
 
-    Batches are appended as they are collected; a key's batches are joined into one array on its
-    first use, and a class's rows are taken from it on the device (no host round trip).
+    Each key's rows for the whole image set live in one array, made when the key's first batch arrives (the image
+    count is known): a batch is written into its rows as it comes (:meth:`add`), or the network writes it there
+    itself (:meth:`slots`, handed to ``Network.collect``), so a key is never joined from pieces; a class's rows are
+    taken from it on the device (no host round trip). :func:`joined` is the reference: the pieces concatenated.
     """
 
     def __init__(self, n_images: int, forms: Sequence[str]) -> None:
         self.n_images = int(n_images)
         self.forms = tuple(forms)
-        self._parts: dict[str, dict[str, list[Any]]] = {f: {} for f in self.forms}
-        self._joined: dict[str, dict[str, Any]] = {f: {} for f in self.forms}
+        self._whole: dict[str, dict[str, Any]] = {f: {} for f in self.forms}
+        self._filled = dict.fromkeys(self.forms, 0)  # rows added so far, per form
+        self._keys: dict[str, dict[str, None]] = {f: {} for f in self.forms}  # in the order the batches give them
         self.nbytes = 0
 
+    def _array(self, form: str, key: str, shape: Sequence[int], like: Any) -> Any:
+        """The whole image set's array of ``key`` (made on first use: rows of ``shape[1:]``, ``like``'s dtype and
+        device)."""
+        whole = self._whole[form].get(key)
+        if whole is None:
+            xp = namespace(like)
+            whole = xp.empty((self.n_images, *shape[1:]), dtype=like.dtype, device=device_of(like))
+            self._whole[form][key] = whole
+        return whole
+
+    def slots(self, form: str) -> Any:
+        """Where ``Network.collect`` may write the next batch's statistics itself: ``slot(key, shape, like)`` is the
+        rows of the next batch in ``key``'s whole array (a batch of ``shape``, ``like``'s dtype and device), or None
+        where they do not fit (another row shape or dtype, or more rows than are left); :meth:`add` then copies
+        nothing for a key whose batch is that slot."""
+        first = self._filled[form]
+
+        def slot(key: str, shape: Sequence[int], like: Any) -> Any:
+            whole = self._array(form, key, shape, like)
+            if tuple(whole.shape[1:]) != tuple(shape[1:]) or whole.dtype != like.dtype \
+                    or first + shape[0] > self.n_images:
+                return None
+            return whole[first:first + shape[0]]
+        return slot
+
     def add(self, form: str, arrays: Mapping[str, Any]) -> None:
+        """Write one batch (the next rows of every key) into the whole image set's arrays."""
+        first = self._filled[form]
+        rows = 0
         for k, v in arrays.items():
-            self._parts[form].setdefault(k, []).append(v)
+            whole = self._array(form, k, v.shape, v)
+            self._keys[form].setdefault(k)
+            rows = int(v.shape[0])
+            part = whole[first:first + rows]
+            if not _same_memory(part, v):  # not already written there by the network
+                part[...] = v
             self.nbytes += int(getattr(v, "nbytes", 0) or np.asarray(v).nbytes)
+        self._filled[form] = first + rows
 
     def keys(self, form: str) -> list[str]:
-        return [*self._joined[form], *(k for k in self._parts[form] if k not in self._joined[form])]
+        return list(self._keys[form])
 
     def rows(self, form: str, key: str, indices: np.ndarray | None = None) -> Any:
-        """Rows ``indices`` (None: all) of one key, as an array on the statistics' device."""
-        joined = self._joined[form].get(key)
-        if joined is None:
-            parts = self._parts[form].pop(key)
-            xp = namespace(parts[0])
-            joined = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
-            self._joined[form][key] = joined
+        """Rows ``indices`` (None: all rows added) of one key, as an array on the statistics' device."""
+        whole = self._whole[form][key]
+        if self._filled[form] < self.n_images:
+            whole = whole[:self._filled[form]]
         if indices is None:
-            return joined
-        return take_rows(joined, indices)
+            return whole
+        return take_rows(whole, indices)
+
+
+def joined(parts: Sequence[Any]) -> Any:
+    """The reference for :class:`DeviceStatistics`' arrays: a key's per-batch pieces concatenated."""
+    return parts[0] if len(parts) == 1 else namespace(parts[0]).concat(list(parts), axis=0)
+
+
+def _same_memory(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are the same elements in memory (the same start, shape and strides)."""
+    if hasattr(a, "data_ptr") and hasattr(b, "data_ptr"):
+        return bool(a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+                    and a.dtype == b.dtype and a.device == b.device)
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return bool(a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.shape == b.shape
+                    and a.strides == b.strides and a.dtype == b.dtype)
+    return False
 
 
 class _Writer:
@@ -180,7 +230,9 @@ def collect(network: Network, images: np.ndarray, forms: Sequence[str], batch_si
                 break
             batch = images[i * batch_size:(i + 1) * batch_size]
             for form in todo:  # one pass per form keeps memory at one form's statistics
-                arrays = network.collect(batch, [form])
+                # in memory, the network may write the batch straight into the whole image set's arrays
+                arrays = network.collect(batch, [form]) if writer is not None else \
+                    network.collect(batch, [form], slots=stats.slots(form))
                 check_finite_stats(arrays, i * batch_size)
                 shapes.setdefault(form, {k: tuple(v.shape[1:]) for k, v in arrays.items()})
                 if writer is None:

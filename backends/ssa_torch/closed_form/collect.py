@@ -26,6 +26,7 @@ from torch import fx
 from ..taps import TapPlan
 from .masks import relu_mask
 from .planner import ClosedFormPlan, TapForm
+from .terms import statistics_slots
 
 __all__ = ["StatsInterpreter", "relu_mask", "relu_of_sums"]
 
@@ -121,6 +122,8 @@ class StatsInterpreter(fx.Interpreter):
         self.leaves: dict[str, torch.Tensor] = {}
         self.values: dict[str, torch.Tensor] = {}
         self.stats: dict[str, torch.Tensor] = {}
+        #: where the caller takes the statistics: ``slots(key, shape, like)`` (see :func:`~.terms.statistics_slot`)
+        self.slots: Any = None
 
     def run_node(self, n: fx.Node) -> Any:
         with torch.set_grad_enabled(n.name in self.grad_nodes):
@@ -175,7 +178,7 @@ class StatsInterpreter(fx.Interpreter):
         masks = {h: (g if g is not None else torch.zeros_like(leaf)).detach()
                  for h, leaf, g in zip(heads, leaves, grads, strict=True)}
         for i, term in enumerate(tf.terms):
-            self._term_statistics(tf, i, term.statistics(masks[term.head], self.values, forms))
+            self._statistics(tf, i, masks[term.head], forms)
 
     def _same_shapes(self, heads: Sequence[str], out: torch.Tensor) -> bool:
         """Whether every head has ``out``'s shape and dtype (a masked tap's m is then the mask; else autograd)."""
@@ -188,11 +191,19 @@ class StatsInterpreter(fx.Interpreter):
         mask = None
         for i, term in enumerate(tf.terms):
             if term.takes_relu_output and self.lazy_masks:
-                self._term_statistics(tf, i, term.statistics(act, self.values, forms, relu_of=True))
+                self._statistics(tf, i, act, forms, relu_of=True)
                 continue
             if mask is None:
                 mask = relu_mask(act)
-            self._term_statistics(tf, i, term.statistics(mask, self.values, forms))
+            self._statistics(tf, i, mask, forms)
+
+    def _statistics(self, tf: TapForm, i: int, m: torch.Tensor, forms: list[str], **kwargs: Any) -> None:
+        """Term ``i``'s statistics from ``m``, written where :attr:`slots` says (the term's key bound)."""
+        slots, prefix = self.slots, f"{tf.tap}/{i}/"
+        bound = None if slots is None else (lambda field, shape, like: slots(prefix + field, shape, like))
+        with statistics_slots(bound):
+            stats = tf.terms[i].statistics(m, self.values, forms, **kwargs)
+        self._term_statistics(tf, i, stats)
 
     def _term_statistics(self, tf: TapForm, i: int, stats: dict[str, torch.Tensor]) -> None:
         """Keep term ``i``'s statistics; drop the values no term needs any more."""

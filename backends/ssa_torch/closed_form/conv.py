@@ -35,10 +35,12 @@ from .terms import (
     as_tensor,
     channels_of,
     chunks,
+    is_identity_map,
     neuron_rows,
     place_channels,
     scatter_channels,
     stat_device,
+    statistics_slot,
 )
 
 __all__ = ["ConvTerm", "ConvForm", "KERNELS", "choose_kernel", "conv_input_relevance", "factor_scale"]
@@ -130,7 +132,7 @@ def kernel_of(op: LinearOp, m: torch.Tensor, kernel: str | None) -> str:
 
 
 def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor, kernel: str | None = None, *,
-                         relu_of: bool = False) -> torch.Tensor:
+                         relu_of: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
     """A[b, n, c] = sum_p m[b, n, p] sum_delta W[n, c, delta] x[b, c, p + delta], shape (B, N, C / groups).
 
     The inner sum over positions is the weight gradient of the convolution for one image. ``kernel`` (one of
@@ -145,7 +147,8 @@ def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor, kernel:
 
     ``relu_of``: ``m`` is a ReLU's output and the derivative is its 0/1 mask (``relu_mask(m)``, the same values): the
     per-image kernels (:func:`_shifted_rows`, :func:`_per_image`) write one image's mask into their own buffer, so
-    that no mask of the whole batch is made; the others make it first.
+    that no mask of the whole batch is made; the others make it first. ``out``: a (B, N, C / groups) tensor of
+    ``m``'s dtype to write the result into (2-D convolutions; the same values), else a new one.
     """
     if relu_of and kernel_of(op, m, kernel) not in ("shifted_rows", "per_image"):
         m, relu_of = relu_mask(m), False
@@ -162,7 +165,8 @@ def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor, kernel:
         raise ValueError(f"unknown kernel {kernel!r}: expected one of {KERNELS}")
     w = op.weight.to(device=m.device, dtype=m.dtype).reshape(n, cg, kk)
     top, bottom, left, right = op.pad
-    out = torch.empty((B, n, cg), dtype=m.dtype, device=m.device)
+    if out is None:
+        out = torch.empty((B, n, cg), dtype=m.dtype, device=m.device)
     budget = WORK_BYTES if m.device.type != "cpu" else KERNEL_BYTES
     per_image = n * cg * kk * m.element_size()
     if kernel == "per_image":
@@ -430,7 +434,11 @@ class ConvTerm(Term):
             x = values[self.x]
             if self.gate is not None:  # one factor per image and channel (a 2-D or 3-D map)
                 x = x * values[self.gate].reshape(B, -1, *([1] * (x.dim() - 2)))
-            a = conv_input_relevance(self.op, m, x, relu_of=relu_of)  # (B, N, Cg)
+            cg = self.op.weight.shape[1]
+            # written straight into the whole image set's rows where the parents are the columns themselves
+            slot = statistics_slot("a", (B, n, cg), m) if self.op.groups == 1 and len(k) == 2 and is_identity_map(
+                self.chan, self.n_parent) else None
+            a = conv_input_relevance(self.op, m, x, relu_of=relu_of, out=slot)  # (B, N, Cg)
             out["a"] = self._to_parents(a, 1)
         return out
 

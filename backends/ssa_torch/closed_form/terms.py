@@ -17,7 +17,9 @@ torch arrays, computes in float64 on the arrays' device and returns a torch tens
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,7 +29,36 @@ from ssa.core.budget import WORK_BYTES
 from ssa.core.interfaces import Rank1Factors
 
 __all__ = ["Term", "as_tensor", "channels_of", "neuron_rows", "stat_device", "scatter_channels", "place_channels",
-           "chunks", "rank1_rows", "WORK_BYTES"]
+           "chunks", "rank1_rows", "WORK_BYTES", "statistics_slot", "statistics_slots"]
+
+#: where the statistics pass's caller takes a term's statistics (:func:`statistics_slot`); set per term by the pass
+_SLOTS: ContextVar[Callable[[str, tuple[int, ...], torch.Tensor], torch.Tensor | None] | None] = ContextVar(
+    "ssa_statistics_slots", default=None)
+
+
+@contextlib.contextmanager
+def statistics_slots(slots: Callable[[str, tuple[int, ...], torch.Tensor], torch.Tensor | None] | None
+                     ) -> Iterator[None]:
+    """Within: :func:`statistics_slot` asks ``slots(field, shape, like)`` (the statistics pass binds the term's key)."""
+    token = _SLOTS.set(slots)
+    try:
+        yield
+    finally:
+        _SLOTS.reset(token)
+
+
+def statistics_slot(field: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
+    """A tensor of ``shape`` (``like``'s dtype and device) that the current term may write its statistics ``field``
+    into and return as that field: the batch's rows of the whole image set's array, so they are not copied there
+    afterwards (:meth:`ssa.engines.statistics.DeviceStatistics.slots`); None: make your own. The values must be
+    those the term computes without it, bit for bit."""
+    slots = _SLOTS.get()
+    return None if slots is None else slots(field, tuple(shape), like)
+
+
+def is_identity_map(chan: torch.Tensor, k: int) -> bool:
+    """Whether :func:`scatter_channels` with ``chan`` into ``k`` bins returns its values themselves."""
+    return chan.dim() == 1 and _column_plan(chan, k)[0] == "identity"
 
 
 def as_tensor(value: Any, device: torch.device | str | None = None) -> torch.Tensor:
