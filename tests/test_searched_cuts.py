@@ -228,3 +228,46 @@ def test_rank1_mean_absolute_deviation_at_the_threshold():
             assert np.array_equal(fast[0], plain[0]) and np.array_equal(fast[1], plain[1]), threshold
             checked += int(plain[0].sum() + plain[1].sum())
     assert checked > 0
+
+
+@pytest.mark.parametrize("kind", ["random", "sparse", "ties"])
+@pytest.mark.parametrize("K", [1, 2, 3, 8, 61, 512, 1001])
+def test_searches_over_the_sorted_rows_equal_the_searches_by_reads(kind, K, monkeypatch):
+    """``rows=`` of count_below_read and median_of_v_read (the searches read the sorted rows themselves, fewer passes)
+    give the searches by ``read`` bit for bit: medians, tied centres, centres below and above every value."""
+    import ssa.core.arrays as arrays
+    from ssa.core.arrays import count_below_read, median_columns, median_of_v_read
+    from ssa.core.searched import sorted_reader
+
+    calls = {"kth": 0, "count": 0}
+    kth_flat, count_flat = arrays._kth_flat, arrays._count_below_flat
+
+    def spy_kth(*args: Any) -> Any:
+        calls["kth"] += 1
+        return kth_flat(*args)
+
+    def spy_count(*args: Any) -> Any:
+        calls["count"] += 1
+        return count_flat(*args)
+
+    monkeypatch.setattr(arrays, "_kth_flat", spy_kth)
+    monkeypatch.setattr(arrays, "_count_below_flat", spy_count)
+    rng = np.random.default_rng(K)
+    s = np.sort(_dense_rows(rng, 7, 5, K, kind).reshape(-1, K), axis=1)
+    read = sorted_reader(s)
+    R = s.shape[0]
+
+    def by_reads(idx: np.ndarray) -> np.ndarray:  # no rows behind it: the searches by reads
+        return np.asarray(read(idx.reshape(R, 1))).reshape(R)
+
+    centres = [median_columns(K, read), s[:, K // 3:K // 3 + 1], s[:, :1] - 1.0, s[:, -1:] + 1.0,
+               np.round(median_columns(K, read), 0)]
+    for c in centres:
+        below = count_below_read(by_reads, K, c)
+        assert np.array_equal(count_below_read(by_reads, K, c, rows=s), below)
+        assert np.array_equal(below, np.sum(s < c, axis=1, keepdims=True))
+        plain = median_of_v_read(by_reads, K, below, center=c)
+        fast = median_of_v_read(by_reads, K, below, center=c, rows=s)
+        assert fast.tobytes() == plain.tobytes()
+        assert fast.tobytes() == np.median(np.abs(s - c), axis=1, keepdims=True).tobytes()
+    assert calls["kth"] >= len(centres) and calls["count"] == len(centres)

@@ -18,7 +18,6 @@ plain path bit for bit (``tests/test_searched_cuts.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,8 @@ import numpy as np
 from ssa.core.arrays import count_below_read, mean_abs_rows
 from ssa.core.interfaces import SupportsSearchedCuts, SupportsSortedCuts
 
-__all__ = ["searched_only", "sorted_reader", "searched_sums", "dense_counts", "rank1_searched_cuts", "rank1_image_sums"]
+__all__ = ["searched_only", "sorted_reader", "SortedReader", "searched_sums", "dense_counts", "rank1_searched_cuts",
+           "rank1_image_sums"]
 
 
 def searched_only(selector: Any) -> bool:
@@ -34,19 +34,26 @@ def searched_only(selector: Any) -> bool:
     return isinstance(selector, SupportsSearchedCuts) and not isinstance(selector, SupportsSortedCuts)
 
 
-def sorted_reader(sorted_rows: np.ndarray) -> Callable[[Any], Any]:
-    """``read(p)`` of :class:`~ssa.core.interfaces.SupportsSearchedCuts` over C-contiguous sorted numpy rows (R, K):
-    a column for an int ``p``, one flat ``take`` for (R, 1) positions."""
-    R, K = int(sorted_rows.shape[0]), int(sorted_rows.shape[1])
-    flat = sorted_rows.reshape(-1)
-    base = np.arange(R, dtype=np.int64)[:, None] * K
+def sorted_reader(sorted_rows: np.ndarray) -> SortedReader:
+    """``read(p)`` of :class:`~ssa.core.interfaces.SupportsSearchedCuts` over C-contiguous sorted numpy rows (R, K)."""
+    return SortedReader(sorted_rows)
 
-    def read(p: Any) -> Any:
+
+class SortedReader:
+    """``read(p)`` over C-contiguous sorted numpy rows (R, K): a column for an int ``p``, one flat ``take`` for (R, 1)
+    positions. :attr:`rows` holds the rows, so a search may read them itself in fewer passes (``rows=`` of
+    :func:`~ssa.core.arrays.count_below_read` and :func:`~ssa.core.arrays.median_of_v_read`: the same reads)."""
+
+    def __init__(self, sorted_rows: np.ndarray) -> None:
+        self.rows = sorted_rows
+        R, self._K = int(sorted_rows.shape[0]), int(sorted_rows.shape[1])
+        self._flat = sorted_rows.reshape(-1)
+        self._base = np.arange(R, dtype=np.int64)[:, None] * self._K
+
+    def __call__(self, p: Any) -> Any:
         if isinstance(p, (int, np.integer)):
-            return sorted_rows[:, int(p):int(p) + 1]
-        return flat.take(base + p)
-
-    return read
+            return self.rows[:, int(p):int(p) + 1]
+        return self._flat.take(self._base + p)
 
 
 def searched_sums(selector: Any, omega: np.ndarray, sorted_rows: np.ndarray | None
