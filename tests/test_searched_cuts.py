@@ -199,6 +199,44 @@ def test_score_cuts_label_as_the_scores_do(near, monkeypatch):
     assert pos.any() and (~pos).any() and neg.any()
 
 
+@pytest.mark.parametrize("direct", [1, 2, 5])
+def test_score_cuts_read_near_the_guess_equal_the_whole_search(direct, monkeypatch):
+    """The cuts read directly among the doubles near the computed cut (``_DIRECT``) equal the bisection over every
+    double (``_NEAR`` 0, ``_DIRECT`` 0), on both sides, thresholds of several sizes, rows with and without a spread;
+    and some blocks are answered directly, some are not (then searched)."""
+    from ssa_selectors import cuts
+    from ssa_selectors.cuts import score_cuts
+
+    rng = np.random.default_rng(9)
+    R = 300
+    center = rng.standard_normal((R, 1)) * 10.0 ** rng.integers(-300, 300, (R, 1))
+    scale = np.abs(rng.standard_normal((R, 1))) * 10.0 ** rng.integers(-300, 300, (R, 1))
+    center[:5], scale[5:8] = 0.0, 5e-324
+    ok = scale > 1e-320
+    seen = {"direct": 0, "searched": 0}
+    near = cuts._first_near
+
+    def spy(*args: Any) -> Any:
+        out = near(*args)
+        seen["direct" if out is not None else "searched"] += 1
+        return out
+
+    monkeypatch.setattr(cuts, "_first_near", spy)
+    for t in (0.5, 3.5, 1e300):
+        for rows in (slice(None), slice(0, 20), slice(200, 201)):
+            c, sc, k = center[rows], scale[rows], ok[rows]
+            monkeypatch.setattr(cuts, "_DIRECT", direct)
+            with np.errstate(over="ignore", invalid="ignore"):
+                got = score_cuts(c, sc, k, t)
+            monkeypatch.setattr(cuts, "_DIRECT", 0)
+            monkeypatch.setattr(cuts, "_NEAR", 0)
+            with np.errstate(over="ignore", invalid="ignore"):
+                want = score_cuts(c, sc, k, t)
+            monkeypatch.setattr(cuts, "_NEAR", 64)
+            assert got[0].tobytes() == want[0].tobytes() and got[1].tobytes() == want[1].tobytes(), (t, rows)
+    assert seen["direct"] and seen["searched"]
+
+
 @pytest.mark.parametrize("rule", ["gradient", "gradient_x_activation"])
 @pytest.mark.parametrize("params", [{}, {"two_sided": True, "threshold": 2.5}])
 def test_graphs_with_and_without_searched_cuts_are_the_same(rule, params, monkeypatch):
