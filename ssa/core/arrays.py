@@ -274,7 +274,9 @@ def _kth_flat(rows: np.ndarray, m: np.ndarray, c: np.ndarray, k: int, lo: np.nda
     base = np.arange(R, dtype=np.int64) * K
     left_at = base + (m - 1)  # L[i] = |s[m - 1 - i] - c|
     right_at = base + (m + k)  # R[k - i] = |s[m + k - i] - c|
-    for _ in range(K.bit_length() + 1):
+    # a halving leaves at most half of a row's width hi - lo, so w.bit_length() of them settle a width w
+    # (K.bit_length() + 1 in the plain form, whose later rounds change nothing)
+    for _ in range(int(np.max(hi - lo)).bit_length() if R else 0):
         i = (lo + hi) >> 1  # lo, hi >= 0: the floor of the mean, as // 2
         a = flat.take(left_at - i, mode="clip")
         np.subtract(a, c, out=a)
@@ -336,7 +338,7 @@ def _count_below_flat(rows: np.ndarray, value: np.ndarray) -> np.ndarray:
     v = value.reshape(R)
     lo = np.zeros(R, dtype=np.int64)
     hi = np.full(R, K, dtype=np.int64)
-    for _ in range(K.bit_length() + 1):
+    for _ in range(K.bit_length()):  # a halving leaves at most half of the width: K.bit_length() of them settle K
         mid = (lo + hi) >> 1
         less = flat.take(base + mid, mode="clip") < v
         lo = np.where(less, np.minimum(mid + 1, hi), lo)
