@@ -268,13 +268,16 @@ def test_rank1_mean_absolute_deviation_at_the_threshold():
     assert checked > 0
 
 
+@pytest.mark.parametrize("backwards", [False, True])
 @pytest.mark.parametrize("kind", ["random", "sparse", "ties"])
 @pytest.mark.parametrize("K", [1, 2, 3, 8, 61, 512, 1001])
-def test_searches_over_the_sorted_rows_equal_the_searches_by_reads(kind, K, monkeypatch):
-    """``rows=`` of count_below_read and median_of_v_read (the searches read the sorted rows themselves, fewer passes)
-    give the searches by ``read`` bit for bit: medians, tied centres, centres below and above every value."""
+def test_searches_over_the_sorted_rows_equal_the_searches_by_reads(kind, K, backwards, monkeypatch):
+    """``flat=`` of count_below_read and median_of_v_read (the searches read the rows at flat offsets, fewer passes)
+    give the searches by ``read`` bit for bit: medians, tied centres, centres below and above every value; rows read
+    forwards (dense sorted rows) and, ``backwards``, every other row from a reversed copy (a rank-1 step's rows
+    where the coefficient is negative)."""
     import ssa.core.arrays as arrays
-    from ssa.core.arrays import count_below_read, median_columns, median_of_v_read
+    from ssa.core.arrays import FlatReads, count_below_read, flat_rows, median_columns, median_of_v_read
     from ssa.core.searched import sorted_reader
 
     calls = {"kth": 0, "count": 0}
@@ -298,14 +301,21 @@ def test_searches_over_the_sorted_rows_equal_the_searches_by_reads(kind, K, monk
     def by_reads(idx: np.ndarray) -> np.ndarray:  # no rows behind it: the searches by reads
         return np.asarray(read(idx.reshape(R, 1))).reshape(R)
 
+    flat = flat_rows(s)
+    if backwards:  # odd rows from a reversed copy, read from their end
+        mixed = np.where((np.arange(R) % 2 == 1)[:, None], s[:, ::-1], s).reshape(-1)
+        back = np.arange(R) % 2 == 1
+        flat = FlatReads(lambda at: mixed.take(at, mode="clip"), np.arange(R) * K + np.where(back, K - 1, 0),
+                         np.where(back, -1, 1))
+
     centres = [median_columns(K, read), s[:, K // 3:K // 3 + 1], s[:, :1] - 1.0, s[:, -1:] + 1.0,
                np.round(median_columns(K, read), 0)]
     for c in centres:
         below = count_below_read(by_reads, K, c)
-        assert np.array_equal(count_below_read(by_reads, K, c, rows=s), below)
+        assert np.array_equal(count_below_read(by_reads, K, c, flat=flat), below)
         assert np.array_equal(below, np.sum(s < c, axis=1, keepdims=True))
         plain = median_of_v_read(by_reads, K, below, center=c)
-        fast = median_of_v_read(by_reads, K, below, center=c, rows=s)
+        fast = median_of_v_read(by_reads, K, below, center=c, flat=flat)
         assert fast.tobytes() == plain.tobytes()
         assert fast.tobytes() == np.median(np.abs(s - c), axis=1, keepdims=True).tobytes()
     assert calls["kth"] >= len(centres) and calls["count"] == len(centres)
