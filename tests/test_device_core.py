@@ -122,6 +122,7 @@ def test_vectorised_graph_equals_the_plain_construction() -> None:
     want = _plain_graph(taps, steps, 2, 20, active, attrs)
     assert list(got.nodes) == list(want.nodes)
     assert list(got.edges) == list(want.edges)
+    assert [list(got.pred[n]) for n in got] == [list(want.pred[n]) for n in want]  # in-edges in networkx's order too
     assert got.graph == normalise_attrs(want.graph)  # plus the schema version
     for nid in want.nodes:
         w, h = want.nodes[nid], got.nodes[nid]

@@ -199,6 +199,44 @@ def test_score_cuts_label_as_the_scores_do(near, monkeypatch):
     assert pos.any() and (~pos).any() and neg.any()
 
 
+@pytest.mark.parametrize("direct", [1, 2, 5])
+def test_score_cuts_read_near_the_guess_equal_the_whole_search(direct, monkeypatch):
+    """The cuts read directly among the doubles near the computed cut (``_DIRECT``) equal the bisection over every
+    double (``_NEAR`` 0, ``_DIRECT`` 0), on both sides, thresholds of several sizes, rows with and without a spread;
+    and some blocks are answered directly, some are not (then searched)."""
+    from ssa_selectors import cuts
+    from ssa_selectors.cuts import score_cuts
+
+    rng = np.random.default_rng(9)
+    R = 300
+    center = rng.standard_normal((R, 1)) * 10.0 ** rng.integers(-300, 300, (R, 1))
+    scale = np.abs(rng.standard_normal((R, 1))) * 10.0 ** rng.integers(-300, 300, (R, 1))
+    center[:5], scale[5:8] = 0.0, 5e-324
+    ok = scale > 1e-320
+    seen = {"direct": 0, "searched": 0}
+    near = cuts._first_near
+
+    def spy(*args: Any) -> Any:
+        out = near(*args)
+        seen["direct" if out is not None else "searched"] += 1
+        return out
+
+    monkeypatch.setattr(cuts, "_first_near", spy)
+    for t in (0.5, 3.5, 1e300):
+        for rows in (slice(None), slice(0, 20), slice(200, 201)):
+            c, sc, k = center[rows], scale[rows], ok[rows]
+            monkeypatch.setattr(cuts, "_DIRECT", direct)
+            with np.errstate(over="ignore", invalid="ignore"):
+                got = score_cuts(c, sc, k, t)
+            monkeypatch.setattr(cuts, "_DIRECT", 0)
+            monkeypatch.setattr(cuts, "_NEAR", 0)
+            with np.errstate(over="ignore", invalid="ignore"):
+                want = score_cuts(c, sc, k, t)
+            monkeypatch.setattr(cuts, "_NEAR", 64)
+            assert got[0].tobytes() == want[0].tobytes() and got[1].tobytes() == want[1].tobytes(), (t, rows)
+    assert seen["direct"] and seen["searched"]
+
+
 @pytest.mark.parametrize("rule", ["gradient", "gradient_x_activation"])
 @pytest.mark.parametrize("params", [{}, {"two_sided": True, "threshold": 2.5}])
 def test_graphs_with_and_without_searched_cuts_are_the_same(rule, params, monkeypatch):
@@ -228,3 +266,56 @@ def test_rank1_mean_absolute_deviation_at_the_threshold():
             assert np.array_equal(fast[0], plain[0]) and np.array_equal(fast[1], plain[1]), threshold
             checked += int(plain[0].sum() + plain[1].sum())
     assert checked > 0
+
+
+@pytest.mark.parametrize("backwards", [False, True])
+@pytest.mark.parametrize("kind", ["random", "sparse", "ties"])
+@pytest.mark.parametrize("K", [1, 2, 3, 8, 61, 512, 1001])
+def test_searches_over_the_sorted_rows_equal_the_searches_by_reads(kind, K, backwards, monkeypatch):
+    """``flat=`` of count_below_read and median_of_v_read (the searches read the rows at flat offsets, fewer passes)
+    give the searches by ``read`` bit for bit: medians, tied centres, centres below and above every value; rows read
+    forwards (dense sorted rows) and, ``backwards``, every other row from a reversed copy (a rank-1 step's rows
+    where the coefficient is negative)."""
+    import ssa.core.arrays as arrays
+    from ssa.core.arrays import FlatReads, count_below_read, flat_rows, median_columns, median_of_v_read
+    from ssa.core.searched import sorted_reader
+
+    calls = {"kth": 0, "count": 0}
+    kth_flat, count_flat = arrays._kth_flat, arrays._count_below_flat
+
+    def spy_kth(*args: Any) -> Any:
+        calls["kth"] += 1
+        return kth_flat(*args)
+
+    def spy_count(*args: Any) -> Any:
+        calls["count"] += 1
+        return count_flat(*args)
+
+    monkeypatch.setattr(arrays, "_kth_flat", spy_kth)
+    monkeypatch.setattr(arrays, "_count_below_flat", spy_count)
+    rng = np.random.default_rng(K)
+    s = np.sort(_dense_rows(rng, 7, 5, K, kind).reshape(-1, K), axis=1)
+    read = sorted_reader(s)
+    R = s.shape[0]
+
+    def by_reads(idx: np.ndarray) -> np.ndarray:  # no rows behind it: the searches by reads
+        return np.asarray(read(idx.reshape(R, 1))).reshape(R)
+
+    flat = flat_rows(s)
+    if backwards:  # odd rows from a reversed copy, read from their end
+        mixed = np.where((np.arange(R) % 2 == 1)[:, None], s[:, ::-1], s).reshape(-1)
+        back = np.arange(R) % 2 == 1
+        flat = FlatReads(lambda at: mixed.take(at, mode="clip"), np.arange(R) * K + np.where(back, K - 1, 0),
+                         np.where(back, -1, 1))
+
+    centres = [median_columns(K, read), s[:, K // 3:K // 3 + 1], s[:, :1] - 1.0, s[:, -1:] + 1.0,
+               np.round(median_columns(K, read), 0)]
+    for c in centres:
+        below = count_below_read(by_reads, K, c)
+        assert np.array_equal(count_below_read(by_reads, K, c, flat=flat), below)
+        assert np.array_equal(below, np.sum(s < c, axis=1, keepdims=True))
+        plain = median_of_v_read(by_reads, K, below, center=c)
+        fast = median_of_v_read(by_reads, K, below, center=c, flat=flat)
+        assert fast.tobytes() == plain.tobytes()
+        assert fast.tobytes() == np.median(np.abs(s - c), axis=1, keepdims=True).tobytes()
+    assert calls["kth"] >= len(centres) and calls["count"] == len(centres)

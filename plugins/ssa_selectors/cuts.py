@@ -90,6 +90,9 @@ def _first(passes: Any, rows: int, key: bool = False, guess: np.ndarray | None =
     rounds = 64  # the keys span less than 2**64: 64 halvings leave hi = lo + 1
     if guess is not None and rows:
         g = _key(np.where(np.isnan(guess), 0.0, guess))
+        found = _first_near(passes, g, _DIRECT) if _DIRECT else None
+        if found is not None:
+            return found if key else _double(found)
         near_lo = np.maximum(g - _NEAR, _KEY_NEG_INF)
         near_hi = np.minimum(g + _NEAR, _KEY_POS_INF)
         if not passes(_double(near_lo)).any() and passes(_double(near_hi)).all():
@@ -102,7 +105,28 @@ def _first(passes: Any, rows: int, key: bool = False, guess: np.ndarray | None =
     return hi if key else _double(hi)
 
 
+def _first_near(passes: Any, g: np.ndarray, d: int) -> np.ndarray | None:
+    """:func:`_first`'s key where every row's answer lies within ``d`` doubles of its guess key ``g`` (R, 1), else
+    None: ``passes`` read at the 2d + 1 doubles around ``g`` (no search); False at the lowest and True at the highest
+    in every row brackets the answer, the first double that passes, found as the count of those that pass (they are
+    a suffix: ``passes`` never turns False as ``x`` grows). Measured on a ResNet-50 class, MAD's cuts lie -1 to 2
+    doubles from the directly computed cut."""
+    if g.shape[0] and (g.min() - d < _KEY_NEG_INF or g.max() + d > _KEY_POS_INF):
+        return None
+    if passes(_double(g - d)).any():
+        return None
+    top = passes(_double(g + d))
+    if not top.all():
+        return None
+    n_pass = top.astype(np.int64)
+    for off in range(-d + 1, d):
+        n_pass += passes(_double(g + off))
+    return g + (d + 1 - n_pass)
+
+
 _KEY_NEG_INF = _key(np.array([-np.inf]))[0]
 _KEY_POS_INF = _key(np.array([np.inf]))[0]
 #: how many doubles either side of a guess the search first tries
 _NEAR = 64
+#: before any search: the answer read directly among the doubles this close to the guess (0: never)
+_DIRECT = 2

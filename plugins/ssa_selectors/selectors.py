@@ -313,7 +313,8 @@ class MADSelector(Selector):
             return np.asarray(read(idx.reshape(R, 1))).reshape(R)
 
         med = median_columns(n, read)
-        mad = median_of_v_read(flat, n, count_below_read(flat, n, med), center=med)
+        rows = getattr(read, "flat_reads", None)  # the rows at flat offsets, where known: fewer passes, same reads
+        mad = median_of_v_read(flat, n, count_below_read(flat, n, med, flat=rows), center=med, flat=rows)
         meanad = mean_abs(med, mad == 0)
         scale = np.where(mad > 0, mad / 0.6745, 1.253314 * meanad)  # as select() scales
         ok = scale > 0

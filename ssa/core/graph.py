@@ -354,13 +354,12 @@ def _fill(g: nx.DiGraph[str], ids: list[str], nodes: list[dict[str, Any]], us: l
     """
     # networkx's own adjacency dicts (stable across networkx 3.x; untyped in its stubs)
     node_attr, succ, pred = g._node, g._succ, g._pred  # type: ignore[attr-defined]
-    for nid, d in zip(ids, nodes, strict=False):
-        node_attr[nid] = d
-        succ[nid] = {}
-        pred[nid] = {}
+    node_attr.update(zip(ids, nodes, strict=True))
+    succ.update({nid: {} for nid in ids})
+    pred.update({nid: {} for nid in ids})
+    out_of, into = [succ[nid] for nid in ids], [pred[nid] for nid in ids]  # by node number: no lookup by name
     for a, b, f, r, s in zip(us, vs, freq, rel, sign, strict=False):
-        u, v = ids[a], ids[b]
         d = {"frequency": f, "relevance": r, "sign": s}
-        succ[u][v] = d
-        pred[v][u] = d
+        out_of[a][ids[b]] = d
+        into[b][ids[a]] = d
     g.__dict__.get("__networkx_cache__", {}).clear()

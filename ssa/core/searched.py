@@ -18,15 +18,15 @@ plain path bit for bit (``tests/test_searched_cuts.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ssa.core.arrays import count_below_read, mean_abs_rows
+from ssa.core.arrays import FlatReads, count_below_read, flat_rows, mean_abs_rows
 from ssa.core.interfaces import SupportsSearchedCuts, SupportsSortedCuts
 
-__all__ = ["searched_only", "sorted_reader", "searched_sums", "dense_counts", "rank1_searched_cuts", "rank1_image_sums"]
+__all__ = ["searched_only", "sorted_reader", "SortedReader", "searched_sums", "dense_counts", "rank1_searched_cuts",
+           "rank1_image_sums"]
 
 
 def searched_only(selector: Any) -> bool:
@@ -34,19 +34,27 @@ def searched_only(selector: Any) -> bool:
     return isinstance(selector, SupportsSearchedCuts) and not isinstance(selector, SupportsSortedCuts)
 
 
-def sorted_reader(sorted_rows: np.ndarray) -> Callable[[Any], Any]:
-    """``read(p)`` of :class:`~ssa.core.interfaces.SupportsSearchedCuts` over C-contiguous sorted numpy rows (R, K):
-    a column for an int ``p``, one flat ``take`` for (R, 1) positions."""
-    R, K = int(sorted_rows.shape[0]), int(sorted_rows.shape[1])
-    flat = sorted_rows.reshape(-1)
-    base = np.arange(R, dtype=np.int64)[:, None] * K
+def sorted_reader(sorted_rows: np.ndarray) -> SortedReader:
+    """``read(p)`` of :class:`~ssa.core.interfaces.SupportsSearchedCuts` over C-contiguous sorted numpy rows (R, K)."""
+    return SortedReader(sorted_rows)
 
-    def read(p: Any) -> Any:
+
+class SortedReader:
+    """``read(p)`` over C-contiguous sorted numpy rows (R, K): a column for an int ``p``, one flat ``take`` for (R, 1)
+    positions. :attr:`flat_reads` reads the same rows at flat offsets (:class:`~ssa.core.arrays.FlatReads`), so a
+    search may read them in fewer passes (``flat=`` of :func:`~ssa.core.arrays.count_below_read` and
+    :func:`~ssa.core.arrays.median_of_v_read`: the same reads)."""
+
+    def __init__(self, sorted_rows: np.ndarray) -> None:
+        self.rows = sorted_rows
+        self.flat_reads = flat_rows(sorted_rows)
+        self._flat = sorted_rows.reshape(-1)
+        self._base = self.flat_reads.base[:, None]
+
+    def __call__(self, p: Any) -> Any:
         if isinstance(p, (int, np.integer)):
-            return sorted_rows[:, int(p):int(p) + 1]
-        return flat.take(base + p)
-
-    return read
+            return self.rows[:, int(p):int(p) + 1]
+        return self._flat.take(self._base + p)
 
 
 def searched_sums(selector: Any, omega: np.ndarray, sorted_rows: np.ndarray | None
@@ -130,12 +138,18 @@ def rank1_searched_cuts(selector: SupportsSearchedCuts, sv: np.ndarray, coeff: n
         q = np.where(down, (K - 1) - p, p)
         return ((flat_sv.take(base + q) * c) * scale) * m
 
+    # the same values at flat offsets into sv (row r's position p at start[r] + step[r] * p), for the searches
+    c1, m1 = c.reshape(R), m.reshape(R)
+    rows = FlatReads(lambda at: ((flat_sv.take(at, mode="clip") * c1) * scale) * m1,
+                     (base + np.where(down, K - 1, 0)).reshape(R), np.where(down, -1, 1).reshape(R))
+    setattr(read, "flat_reads", rows)  # noqa: B010  (read by the selector's searches, as SortedReader's)
+
     def flat(idx: np.ndarray) -> Any:
         return read(idx.reshape(R, 1)).reshape(R)
 
     def mean_abs(center: np.ndarray, where: np.ndarray) -> np.ndarray:
-        below = count_below_read(flat, K, center)
-        upto = count_below_read(flat, K, np.nextafter(center, np.inf))  # <= center: < the next double
+        below = count_below_read(flat, K, center, flat=rows)
+        upto = count_below_read(flat, K, np.nextafter(center, np.inf), flat=rows)  # <= center: < the next double
         off = K - (upto - below)  # values not equal to the centre
         first = read(np.where(below >= 1, 0, np.minimum(K - off, K - 1)))
         second = read(np.where(below >= 2, 1, K - 1))

@@ -448,14 +448,19 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
         return
 
     def first(flips: Any) -> Any:
-        """Per row, the first position t in [0, K] where ``flips(q)`` holds (it is False before t, True after)."""
+        """Per row, the first position t in [0, K] where ``flips(q)`` holds (it is False before t, True after).
+
+        A bisection of [0, K]: each halving leaves at most half of the width, so K.bit_length() of them settle it. A
+        settled row (``low == high``) needs no mask: ``mid = low``, and ``min(mid + 1, high) = high``, so it keeps its
+        bounds whatever ``flips`` gives there (read at ``min(mid, K - 1)``, within the row); a row still searching
+        has ``mid < high <= K``, read where it is."""
         low, high = q0, xp.full_like(q0, K)
-        for _ in range(K.bit_length() + 1):
-            active = low < high
+        last = xp.full_like(q0, K - 1)
+        for _ in range(K.bit_length()):
             mid = (low + high) // 2
-            c = flips(xp.where(active, mid, q0)) & active
+            c = flips(xp.minimum(mid, last))
+            low = xp.where(c, low, xp.minimum(mid + 1, high))
             high = xp.where(c, mid, high)
-            low = xp.where(active & ~c, mid + 1, low)
         return low
 
     a = acc.get(parent)
