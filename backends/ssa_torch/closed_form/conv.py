@@ -26,7 +26,7 @@ from torch import fx
 
 from .conv3d import check_conv3d_geometry, conv3d_input_relevance, factor_scale_3d, offset_sums_3d
 from .linear import LinearOp, NotClosedForm
-from .masks import relu_mask
+from .masks import ImageMasks, relu_mask
 from .planner import Branch, Planner
 from .registry import ClosedForm, register_builtin
 from .terms import (
@@ -236,10 +236,7 @@ def _per_image(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, 
     direct = kk == 1 and op.stride == (1, 1) and not any(op.pad) and x.dtype == m.dtype
     wins = _windows(x, op, (ho, wo))
     buf = None if direct else torch.empty((kk, g * cg, ho, wo), dtype=m.dtype, device=m.device)
-    # an image's mask lies as it would in a mask of the whole batch (the same offset from a 64-byte boundary): the
-    # matrix products' rounding may depend on their operands' alignment
-    lanes = 64 // m.element_size()
-    spare = torch.empty(n * p + lanes, dtype=m.dtype, device=m.device) if relu_of else None
+    mask = ImageMasks(m) if relu_of else None  # each image's mask, aligned as in a mask of the whole batch
     for b in range(B):
         if buf is None:  # 1x1, stride 1: the image itself
             xw = x[b].reshape(1, g * cg, p)
@@ -247,11 +244,7 @@ def _per_image(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, 
             for d in range(kk):
                 buf[d].copy_(wins[d][b])
             xw = buf.view(kk, g * cg, p)
-        if spare is None:
-            mb = m[b].reshape(n, p)
-        else:
-            at = (b * n * p - spare.data_ptr() // m.element_size()) % lanes
-            mb = torch.gt(m[b], 0, out=spare[at:at + n * p].view(n, ho, wo)).reshape(n, p)
+        mb = (m[b] if mask is None else mask(b)).reshape(n, p)
         for r0 in range(0, n, ng):  # one group's output channels read its cg input channels
             c0 = (r0 // ng) * cg
             for r in range(r0, r0 + ng, rows):

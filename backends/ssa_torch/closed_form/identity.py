@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from .masks import relu_mask
+from .masks import ImageMasks, relu_mask
 from .registry import ClosedForm, register_builtin
 from .terms import Term, as_tensor
 
@@ -66,13 +66,10 @@ class IdentityTerm(Term):
         temporaries): each image's products and row sums are the whole batch's, laid out as there (the same offset
         from a 64-byte boundary)."""
         B, C = act.shape[:2]
-        size = act[0].numel()
-        lanes = 64 // act.element_size()
-        spare = torch.empty(size + lanes, dtype=act.dtype, device=act.device)
+        mask = ImageMasks(act)
         out = torch.empty((B, C), dtype=act.dtype, device=act.device)
         for b in range(B):
-            at = (b * size - spare.data_ptr() // act.element_size()) % lanes
-            buf = torch.gt(act[b], 0, out=spare[at:at + size].view(act[b].shape)).mul_(x[b])
+            buf = mask(b).mul_(x[b])
             torch.sum(buf.view(C, -1), dim=-1, out=out[b])
         return out
 

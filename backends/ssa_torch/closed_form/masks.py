@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["relu_mask"]
+__all__ = ["relu_mask", "ImageMasks"]
 
 
 def relu_mask(out: torch.Tensor) -> torch.Tensor:
@@ -14,3 +14,21 @@ def relu_mask(out: torch.Tensor) -> torch.Tensor:
     most 0), one comparison written into a float tensor. A NaN output gives 0 here and 1 from autograd; a NaN
     activation makes its tap's mean NaN, so such a batch is refused before its statistics are used."""
     return torch.gt(out, 0, out=torch.empty_like(out, memory_format=torch.preserve_format))
+
+
+class ImageMasks:
+    """The masks of a batch's ReLU output ``act`` (B, ...), one image at a time, in one buffer of an image: image
+    ``b``'s mask lies at the offset from a 64-byte boundary it has in ``relu_mask(act)`` (a new tensor starts on one),
+    since the rounding of the matrix products that read it may depend on their operands' alignment; the same values
+    as that mask's rows, without a tensor of the whole batch."""
+
+    def __init__(self, act: torch.Tensor) -> None:
+        self.act = act
+        self.size = act[0].numel()
+        self.lanes = 64 // act.element_size()
+        self.spare = torch.empty(self.size + self.lanes, dtype=act.dtype, device=act.device)
+
+    def __call__(self, b: int) -> torch.Tensor:
+        """Image ``b``'s mask, shaped as ``act[b]`` (valid until the next call)."""
+        at = (b * self.size - self.spare.data_ptr() // self.act.element_size()) % self.lanes
+        return torch.gt(self.act[b], 0, out=self.spare[at:at + self.size].view(self.act[b].shape))
