@@ -23,6 +23,7 @@ import numpy as np
 from array_api_compat import is_torch_namespace
 
 from ssa.core.arrays import (
+    FlatReader,
     count_below_read,
     count_below_sorted,
     device_of,
@@ -313,7 +314,7 @@ class MADSelector(Selector):
             return np.asarray(read(idx.reshape(R, 1))).reshape(R)
 
         med = median_columns(n, read)
-        rows = getattr(read, "flat_reads", None)  # the rows at flat offsets, where known: fewer passes, same reads
+        rows = read.flat_reads if isinstance(read, FlatReader) else None  # fewer passes where known, same reads
         mad = median_of_v_read(flat, n, count_below_read(flat, n, med, flat=rows), center=med, flat=rows)
         meanad = mean_abs(med, mad == 0)
         scale = np.where(mad > 0, mad / 0.6745, 1.253314 * meanad)  # as select() scales

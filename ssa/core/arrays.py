@@ -25,7 +25,7 @@ from array_api_compat import device as _device
 __all__ = ["namespace", "on_host", "host_view", "all_finite", "to_numpy", "device_of", "asarray_like", "is_numpy",
            "quantile_sorted", "median_sorted", "percentile_rows", "take_rows", "device_path",
            "median_rows", "take_along", "finite_or_zero", "count_below_sorted", "count_below_read", "median_of_v_read",
-           "FlatReads", "flat_rows",
+           "FlatReads", "FlatReader", "flat_rows",
            "mean_abs_rows", "unpermute", "step_counts"]
 
 Array = Any
@@ -272,6 +272,19 @@ class FlatReads(NamedTuple):
     fetch: Callable[[np.ndarray], np.ndarray]
     base: np.ndarray
     step: Any
+
+
+class FlatReader:
+    """A ``read(p)`` of :class:`~ssa.core.interfaces.SupportsSearchedCuts` that also has its rows at flat offsets,
+    :attr:`flat_reads` (:class:`FlatReads`): a selector's searches may read them so (``flat=`` of
+    :func:`count_below_read` and :func:`median_of_v_read`: the same reads, fewer passes)."""
+
+    def __init__(self, read: Callable[[Any], Any], flat_reads: FlatReads) -> None:
+        self._read = read
+        self.flat_reads = flat_reads
+
+    def __call__(self, p: Any) -> Any:
+        return self._read(p)
 
 
 def flat_rows(rows: np.ndarray) -> FlatReads:

@@ -123,8 +123,9 @@ class SupportsSearchedCuts(Protocol):
     absolute deviations by a search, the mean absolute deviation where that is 0): the traversal labels and
     counts a rank-1 step on the host from its factors (a few reads per row; a row is built only for a mean of
     more than two values off the centre), and counts the other rows against the cuts (no label arrays).
-    ``ssa.conformance`` checks the cuts against :meth:`Selector.select`. The traversal's ``read`` may also carry
-    ``flat_reads`` (:class:`ssa.core.arrays.FlatReads`), the same rows at flat offsets, for searches in fewer passes.
+    ``ssa.conformance`` checks the cuts against :meth:`Selector.select`. The traversal's ``read`` may be a
+    :class:`ssa.core.arrays.FlatReader`, whose ``flat_reads`` are the same rows at flat offsets, for searches in fewer
+    passes.
     """
 
     def searched_cuts(self, n: int, read: Callable[[Any], Any], mean_abs: Callable[[Any, Any], Any]

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from ssa.core.arrays import FlatReads, count_below_read, flat_rows, mean_abs_rows
+from ssa.core.arrays import FlatReader, FlatReads, count_below_read, flat_rows, mean_abs_rows
 from ssa.core.interfaces import SupportsSearchedCuts, SupportsSortedCuts
 
-__all__ = ["searched_only", "sorted_reader", "SortedReader", "searched_sums", "dense_counts", "rank1_searched_cuts",
+__all__ = ["searched_only", "sorted_reader", "searched_sums", "dense_counts", "rank1_searched_cuts",
            "rank1_image_sums"]
 
 
@@ -34,27 +34,18 @@ def searched_only(selector: Any) -> bool:
     return isinstance(selector, SupportsSearchedCuts) and not isinstance(selector, SupportsSortedCuts)
 
 
-def sorted_reader(sorted_rows: np.ndarray) -> SortedReader:
-    """``read(p)`` of :class:`~ssa.core.interfaces.SupportsSearchedCuts` over C-contiguous sorted numpy rows (R, K)."""
-    return SortedReader(sorted_rows)
+def sorted_reader(sorted_rows: np.ndarray) -> FlatReader:
+    """``read(p)`` of :class:`~ssa.core.interfaces.SupportsSearchedCuts` over C-contiguous sorted numpy rows (R, K): a
+    column for an int ``p``, one flat ``take`` for (R, 1) positions; with the same rows at flat offsets."""
+    flat_reads = flat_rows(sorted_rows)
+    flat, base = sorted_rows.reshape(-1), flat_reads.base[:, None]
 
-
-class SortedReader:
-    """``read(p)`` over C-contiguous sorted numpy rows (R, K): a column for an int ``p``, one flat ``take`` for (R, 1)
-    positions. :attr:`flat_reads` reads the same rows at flat offsets (:class:`~ssa.core.arrays.FlatReads`), so a
-    search may read them in fewer passes (``flat=`` of :func:`~ssa.core.arrays.count_below_read` and
-    :func:`~ssa.core.arrays.median_of_v_read`: the same reads)."""
-
-    def __init__(self, sorted_rows: np.ndarray) -> None:
-        self.rows = sorted_rows
-        self.flat_reads = flat_rows(sorted_rows)
-        self._flat = sorted_rows.reshape(-1)
-        self._base = self.flat_reads.base[:, None]
-
-    def __call__(self, p: Any) -> Any:
+    def read(p: Any) -> Any:
         if isinstance(p, (int, np.integer)):
-            return self.rows[:, int(p):int(p) + 1]
-        return self._flat.take(self._base + p)
+            return sorted_rows[:, int(p):int(p) + 1]
+        return flat.take(base + p)
+
+    return FlatReader(read, flat_reads)
 
 
 def searched_sums(selector: Any, omega: np.ndarray, sorted_rows: np.ndarray | None
@@ -134,7 +125,7 @@ def rank1_searched_cuts(selector: SupportsSearchedCuts, sv: np.ndarray, coeff: n
     c = coeff.reshape(R, 1)
     m = np.repeat(mask.reshape(nb), b)[:, None]
 
-    def read(p: Any) -> Any:
+    def values(p: Any) -> Any:
         q = np.where(down, (K - 1) - p, p)
         return ((flat_sv.take(base + q) * c) * scale) * m
 
@@ -142,7 +133,7 @@ def rank1_searched_cuts(selector: SupportsSearchedCuts, sv: np.ndarray, coeff: n
     c1, m1 = c.reshape(R), m.reshape(R)
     rows = FlatReads(lambda at: ((flat_sv.take(at, mode="clip") * c1) * scale) * m1,
                      (base + np.where(down, K - 1, 0)).reshape(R), np.where(down, -1, 1).reshape(R))
-    setattr(read, "flat_reads", rows)  # noqa: B010  (read by the selector's searches, as SortedReader's)
+    read = FlatReader(values, rows)
 
     def flat(idx: np.ndarray) -> Any:
         return read(idx.reshape(R, 1)).reshape(R)
