@@ -95,10 +95,13 @@ def test_values_without_the_graph_when_both_do_not_fit_the_budget(monkeypatch):
     assert kept is not None and not any(k.startswith(("graph/", "leaf/")) for k in kept)
 
 
-def test_values_replaced_by_values_with_their_graph_free_their_bytes():
+def test_values_replaced_by_values_with_their_graph_free_their_bytes_and_views_count_once():
     cache = TapValues(100)
     cache.put(b"a", {"x": torch.zeros(10)})  # 40 bytes
     cache.put(b"a", {"x": torch.zeros(10), "graph/y": torch.zeros(10), "graph/t": (torch.zeros(1),)})  # 80
     cache.put(b"b", {"x": torch.zeros(5)})  # 20 more: 100 in all, nothing goes
     assert cache.get(b"a") is not None and cache.get(b"b") is not None
     assert cache.fits({"x": torch.zeros(25)}) and not cache.fits({"x": torch.zeros(26)})
+    big = torch.zeros(25)  # views of one another's (a layer's output and its heads) hold its memory once
+    assert cache.fits({"a": big, "b": big[1:], "c": big.view(5, 5), "d": (big[:3],)})
+    assert not cache.fits({"a": big, "b": torch.zeros(1)})

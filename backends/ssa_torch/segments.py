@@ -115,9 +115,16 @@ def _contiguous(batch: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def _size(values: dict[str, torch.Tensor]) -> int:
-    """The bytes of the tensors among ``values`` (a node's value kept with its graph may be a tuple of views of
-    another's or a size: not counted)."""
-    return sum(int(v.numel()) * v.element_size() for v in values.values() if isinstance(v, torch.Tensor))
+    """The bytes of the memory the tensors among ``values`` hold: each storage once, whole (the values kept with
+    an autograd graph are often views of one another's: a layer's output and its heads; a node's value may also
+    be a tuple of such views or a size, not counted)."""
+    storages: dict[tuple[str, int], int] = {}
+    for v in values.values():
+        if isinstance(v, torch.Tensor):
+            st = v.untyped_storage()
+            key = (str(v.device), st.data_ptr())
+            storages[key] = max(int(st.nbytes()), storages.get(key, 0))
+    return sum(storages.values())
 
 
 _PROBE = 4096  # bytes of a batch sampled to find a kept batch that may be the same
