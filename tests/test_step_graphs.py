@@ -21,20 +21,21 @@ from .test_step_head import MODELS, TAPS
 FAMILIES = {**MODELS, "swin": lambda: am.build("swin")}
 
 
-def _pair(name: str):
+def _pair(name: str, include_input: bool):
     """The network with kept graphs and the same network without (the reference), prepared on the same images."""
     x = am.images(5)
     model = FAMILIES[name]()
-    new, old = (ssa.load_model(model, taps=TAPS.get(name)) for _ in range(2))
+    new, old = (ssa.load_model(model, taps=TAPS.get(name), include_input=include_input) for _ in range(2))
     taps = new.prepare(x)
     old.prepare(x)
     old._graphs_fit = False
     return new, old, taps, x
 
 
-@pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_a_step_from_the_kept_graph_equals_the_step_with_its_own_forward_pass_bit_for_bit(name, monkeypatch):
-    new, old, taps, x = _pair(name)
+@pytest.mark.parametrize("name, include_input", [(f, False) for f in sorted(FAMILIES)] + [("vit", True)])
+def test_a_step_from_the_kept_graph_equals_the_step_with_its_own_forward_pass_bit_for_bit(name, include_input,
+                                                                                          monkeypatch):
+    new, old, taps, x = _pair(name, include_input)
     computed: list[tuple[str, ...]] = []
     run_nodes = autograd_steps.run_nodes
 
