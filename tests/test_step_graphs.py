@@ -106,3 +106,28 @@ def test_values_replaced_by_values_with_their_graph_free_their_bytes_and_views_c
     big = torch.zeros(25)  # views of one another's (a layer's output and its heads) hold its memory once
     assert cache.fits({"a": big, "b": big[1:], "c": big.view(5, 5), "d": (big[:3],)})
     assert not cache.fits({"a": big, "b": torch.zeros(1)})
+
+
+def test_values_without_the_graph_when_the_pass_with_gradients_fails(monkeypatch):
+    net = ssa.load_model(am.build("deit"))
+    x = am.images(5)
+    taps = net.prepare(x)
+    run = net.run
+    runs: list[bool] = []
+
+    def no_memory_with_grad(batch, grad, only=None, keep=()):
+        runs.append(grad)
+        if grad:
+            raise torch.OutOfMemoryError("out of memory (a test)")
+        return run(batch, grad, only, keep)
+
+    monkeypatch.setattr(net, "run", no_memory_with_grad)
+    tap = next(t for t in taps if t.parents and t.kind == "stream" and all(net.tap(p).kind == "stream"
+                                                                            for p in t.parents))
+    got, _ = net.step_relevance(x, tap.name, [0, 1, 2], GradientRule())
+    net.step_relevance(x, tap.name, [0, 1, 2], GradientRule())
+    assert runs == [True, False] and not net._graphs_fit  # once with gradients, then the values alone, kept
+    monkeypatch.setattr(net, "run", run)
+    want, _ = net._step_relevance_full(x, tap.name, [0, 1, 2], GradientRule())
+    for p in want:
+        torch.testing.assert_close(got[p], want[p], rtol=1e-6, atol=1e-9)

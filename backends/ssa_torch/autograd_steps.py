@@ -242,13 +242,21 @@ class AutogradSteps:
         below their head, and keeps what those steps' own forward passes would compute (``recorded_nodes``, under
         ``graph/``) with its autograd graph, and the parents' leaves it starts from (under ``leaf/``): the same
         operations on the same values, so each such step runs its backward passes only. When that does not fit
-        the budget, the values alone are kept and the steps run their forward passes (as without ``graph``)."""
+        the budget (or the pass with gradients fails: out of memory), the values alone are kept from then on and the
+        steps run their forward passes (as without ``graph``)."""
         key = self._values.key(batch)
         found = self._values.get(key)
         grad_taps, keep = self._graph_plan() if graph and self._graphs_fit else (frozenset(), frozenset())
         if found is not None and (not grad_taps or _LEAF + self.plan.node_of[next(iter(grad_taps))] in found):
             return found
-        interp = self.run(batch, grad=bool(grad_taps), only=grad_taps, keep=keep)
+        try:
+            interp = self.run(batch, grad=bool(grad_taps), only=grad_taps, keep=keep)
+        except RuntimeError:  # out of memory with the graph, or an op autograd cannot record: the values alone
+            if not grad_taps:
+                raise
+            self._graphs_fit = False
+            grad_taps = frozenset()
+            interp = self.run(batch, grad=False)
         plan = self.plan
         found = {plan.node_of[t]: v.detach() for t, v in interp.raw.items()}
         found[self._input_node] = self.to_tensor(batch)
