@@ -5,7 +5,8 @@ the derivative of a tap with respect to one of its parent taps follows only the
 paths that meet no other tap (method doc, section 4). A step runs through its own
 segment only, from the batch's remembered tap values and scalars (:mod:`ssa_torch.segments`):
 the linear head of the segment (residual additions, linear layers, ...), or the top of an activation of
-a linear layer, in closed form (:mod:`ssa_torch.head`), the rest forward once and backward for all upper neurons at once
+a linear layer, in closed form (:mod:`ssa_torch.head`), the rest forward once (in the batch's cut pass, which keeps it
+with its autograd graph: ``_tap_values(graph=True)``; else in the step) and backward for all upper neurons at once
 (``torch.autograd.grad(..., is_grads_batched=True)``), or one backward pass per neuron in a
 segment with an op that has no batching rule there (LayerNorm, GELU, SiLU, convolution, softmax, attention:
 vmap's own per-slice loop costs more than ours). ``_step_relevance_full`` keeps the whole-network

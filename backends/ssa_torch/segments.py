@@ -6,7 +6,8 @@ the **segment** of ``upper`` is every node reachable backwards from its node wit
 a tap or the input. Its boundary is exactly its parent taps (and the input). The boundary values come
 from one forward pass of the batch with every tap cut, kept (:class:`TapValues`) for the batch's next
 steps within a memory budget, so that a transformer step costs the forward pass of its own block and
-one batched backward pass, not a pass through the whole network.
+one batched backward pass, not a pass through the whole network; with what the steps' forward passes compute
+(:func:`recorded_nodes`) kept by that pass with its autograd graph, their backward passes alone.
 """
 
 from __future__ import annotations
