@@ -5,7 +5,8 @@ the derivative of a tap with respect to one of its parent taps follows only the
 paths that meet no other tap (method doc, section 4). A step runs through its own
 segment only, from the batch's remembered tap values and scalars (:mod:`ssa_torch.segments`):
 the linear head of the segment (residual additions, linear layers, ...), or the top of an activation of
-a linear layer, in closed form (:mod:`ssa_torch.head`), the rest forward once and backward for all upper neurons at once
+a linear layer, in closed form (:mod:`ssa_torch.head`), the rest forward once (in the batch's cut pass, which keeps it
+with its autograd graph: ``_tap_values(graph=True)``; else in the step) and backward for all upper neurons at once
 (``torch.autograd.grad(..., is_grads_batched=True)``), or one backward pass per neuron in a
 segment with an op that has no batching rule there (LayerNorm, GELU, SiLU, convolution, softmax, attention:
 vmap's own per-slice loop costs more than ours). ``_step_relevance_full`` keeps the whole-network
@@ -19,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from .closed_form.collect import spatial_mean
 from .head import head_cotangents, top_cotangents
 from .host import exact_arithmetic
 from .interpreters import ModelCodeInterpreter
-from .segments import Segment, TapValues, run_nodes, run_segment, segment_of
+from .segments import Segment, TapValues, recorded_nodes, run_nodes, run_segment, segment_of
 from .tokens import aggregate
 
 if TYPE_CHECKING:
@@ -43,23 +44,31 @@ if TYPE_CHECKING:
 __all__ = ["AutogradSteps", "spatial_mean"]
 
 _SCALARS = "scalars/"  # the key prefix of the taps' scalars kept with a batch's tap values (never a node name)
+_GRAPH = "graph/"  # the key prefix of a node's value kept with its autograd graph (see ``_tap_values``)
+_LEAF = "leaf/"  # the key prefix of a parent tap's cut value that that graph starts from
 
 class _CutInterpreter(ModelCodeInterpreter):
-    def __init__(self, gm: fx.GraphModule, cut: Mapping[str, str], input_node: str | None, grad: bool):
+    def __init__(self, gm: fx.GraphModule, cut: Mapping[str, str], input_node: str | None, grad: bool,
+                 only: Collection[str] | None = None, keep: Collection[str] = ()):
         super().__init__(gm, garbage_collect_values=True)
         self.cut = cut
         self.input_node = input_node
         self.grad = grad
+        self.only = only  # with grad: the taps whose leaves require it (None: every tap)
+        self.keep = keep  # nodes whose values are kept in ``kept`` (with their autograd graph)
         self.raw: dict[str, torch.Tensor] = {}
         self.leaf: dict[str, torch.Tensor] = {}
+        self.kept: dict[str, Any] = {}  # tensors, and the tuples or sizes some nodes give
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
+        if n.name in self.keep:
+            self.kept[n.name] = out
         tap = self.cut.get(n.name)
         if tap is not None and isinstance(out, torch.Tensor):
             self.raw[tap] = out
             leaf = out.detach()
-            if self.grad:
+            if self.grad and (self.only is None or tap in self.only):
                 leaf.requires_grad_(True)
             self.leaf[tap] = leaf
             return leaf
@@ -76,6 +85,8 @@ class AutogradSteps:
         _batched_ok: bool
         _values: TapValues
         _segments: dict[str, Segment]
+        _graph_taps: tuple[frozenset[str], frozenset[str]] | None
+        _graphs_fit: bool
         _input_node: str
         _token_axes: dict[str, int]
 
@@ -83,15 +94,18 @@ class AutogradSteps:
 
         def to_tensor(self, batch: Any) -> torch.Tensor: ...
 
-    def run(self, batch: np.ndarray | torch.Tensor, grad: bool) -> _CutInterpreter:
-        """Run the model with every tap cut; returns the interpreter holding raw and leaf values."""
+    def run(self, batch: np.ndarray | torch.Tensor, grad: bool, only: Collection[str] | None = None,
+            keep: Collection[str] = ()) -> _CutInterpreter:
+        """Run the model with every tap cut; returns the interpreter holding raw and leaf values. With ``grad``,
+        the leaves of the taps ``only`` (default: all) require it, and the values of the nodes ``keep`` are kept
+        (``interp.kept``) with their autograd graph."""
         plan = self.plan
         cut = {node: tap for tap, node in plan.node_of.items() if tap != plan.input_tap}
         x = self.to_tensor(batch)
-        interp = _CutInterpreter(self.graph_module, cut, None, grad)
+        interp = _CutInterpreter(self.graph_module, cut, None, grad, only, keep)
         interp.args_batch = int(x.shape[0])
         if plan.input_tap is not None:
-            if grad:
+            if grad and (only is None or plan.input_tap in only):
                 x = x.detach().requires_grad_(True)
             interp.raw[plan.input_tap] = x
             interp.leaf[plan.input_tap] = x
@@ -131,7 +145,7 @@ class AutogradSteps:
                         ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The step through its own segment only, from the batch's tap values (see :mod:`ssa_torch.segments`)."""
         tap = self.tap(upper)
-        values = self._tap_values(batch)
+        values = self._tap_values(batch, graph=True)
         plan = self.plan
         scalars = self._scalars_of(values)
         parents = [self.tap(p) for p in tap.parents]
@@ -142,7 +156,13 @@ class AutogradSteps:
         segment = self._segments[upper]
         head = segment.head
         gm, nodes = self.graph_module, [plan.node_of[p.name] for p in parents]
-        leaves = [values[name].detach().requires_grad_(True) for name in nodes]
+        recorded = recorded_nodes(gm, segment)
+        known = upper not in self._token_axes and all(_LEAF + n in values for n in nodes) and all(
+            _GRAPH + n in values for n in recorded) and bool(recorded)
+        if known:  # the batch's cut pass ran this segment's forward with gradients and kept it
+            leaves = [values[_LEAF + name] for name in nodes]
+        else:
+            leaves = [values[name].detach().requires_grad_(True) for name in nodes]
         feed = dict(values)
         if upper in self._token_axes:  # the class token alone: the head's cotangents assume the mean over tokens
             feed.update(zip(nodes, leaves, strict=True))
@@ -151,8 +171,12 @@ class AutogradSteps:
             s = self._aggregate(out, tap)[:, list(neurons)]  # (B, n)
             return self._relevance(s, leaves, parents, rule), scalars
         feed.update(zip(nodes, leaves, strict=True))
-        with torch.enable_grad():  # the forward pass below the head, once for every neuron
-            env = run_nodes(gm, segment, feed, len(batch), head.compute)
+        if known:  # only the parameters and constants the head reads are fetched
+            env = run_nodes(gm, segment, feed, len(batch), tuple(n for n in head.compute if n not in recorded))
+            env.update((n, values[_GRAPH + n]) for n in recorded)
+        else:
+            with torch.enable_grad():  # the forward pass below the head, once for every neuron
+                env = run_nodes(gm, segment, feed, len(batch), head.compute)
         top = values[plan.node_of[upper]]
         if head.top is not None and tap.channel_axis % top.dim() != top.dim() - 1:  # its channels are not the layer's
             head = dataclasses.replace(head, stops=(segment.upper,), top=None)
@@ -212,19 +236,61 @@ class AutogradSteps:
             one = torch.autograd.grad(outputs, leaves, [g[j] for g in gos], retain_graph=True, allow_unused=True)
             yield j, j + 1, [None if g is None else g.unsqueeze(0) for g in one]
 
-    def _tap_values(self, batch: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every tap's value and the input on ``batch`` (node name -> tensor): one cut forward pass, remembered."""
+    def _tap_values(self, batch: np.ndarray | torch.Tensor, graph: bool = False) -> dict[str, torch.Tensor]:
+        """Every tap's value and the input on ``batch`` (node name -> tensor): one cut forward pass, remembered.
+
+        With ``graph``, that pass runs with gradients from the parent taps of the steps that run a backward pass
+        below their head, and keeps what those steps' own forward passes would compute (``recorded_nodes``, under
+        ``graph/``) with its autograd graph, and the parents' leaves it starts from (under ``leaf/``): the same
+        operations on the same values, so each such step runs its backward passes only. When that does not fit
+        the budget (or the pass with gradients fails: out of memory), the values alone are kept from then on and the
+        steps run their forward passes (as without ``graph``)."""
         key = self._values.key(batch)
         found = self._values.get(key)
-        if found is None:
+        grad_taps, keep = self._graph_plan() if graph and self._graphs_fit else (frozenset(), frozenset())
+        if found is not None and (not grad_taps or _LEAF + self.plan.node_of[next(iter(grad_taps))] in found):
+            return found
+        try:
+            interp = self.run(batch, grad=bool(grad_taps), only=grad_taps, keep=keep)
+        except RuntimeError:  # out of memory with the graph, or an op autograd cannot record: the values alone
+            if not grad_taps:
+                raise
+            self._graphs_fit = False
+            grad_taps = frozenset()
             interp = self.run(batch, grad=False)
-            plan = self.plan
-            found = {plan.node_of[t]: v.detach() for t, v in interp.raw.items()}
-            found[self._input_node] = self.to_tensor(batch)
-            for t in plan.taps:  # every tap's scalars, kept with the values (and counted in their budget)
-                found[_SCALARS + t.name] = self._aggregate(found[plan.node_of[t.name]], t).double()
-            self._values.put(key, found)
+        plan = self.plan
+        found = {plan.node_of[t]: v.detach() for t, v in interp.raw.items()}
+        found[self._input_node] = self.to_tensor(batch)
+        for t in plan.taps:  # every tap's scalars, kept with the values (and counted in their budget)
+            found[_SCALARS + t.name] = self._aggregate(found[plan.node_of[t.name]], t).double()
+        if grad_taps:
+            with_graph = dict(found)
+            with_graph.update((_LEAF + plan.node_of[t], leaf) for t, leaf in interp.leaf.items() if t in grad_taps)
+            with_graph.update((_GRAPH + name, v) for name, v in interp.kept.items())
+            if self._values.fits(with_graph):
+                found = with_graph
+            else:  # from now on the values alone: a pass with gradients whose graph is then dropped costs more
+                self._graphs_fit = False
+        self._values.put(key, found)
         return found
+
+    def _graph_plan(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(the parent taps of the steps that run a backward pass below their head, the nodes those steps read:
+        ``recorded_nodes``), from every step's segment (made once)."""
+        if self._graph_taps is None:
+            taps: set[str] = set()
+            keep: set[str] = set()
+            for tap in self.plan.taps:
+                if not tap.parents or tap.name in self._token_axes:
+                    continue
+                if tap.name not in self._segments:
+                    self._segments[tap.name] = segment_of(self.graph_module, self.plan, tap.name)
+                nodes = recorded_nodes(self.graph_module, self._segments[tap.name])
+                if nodes:
+                    taps.update(tap.parents)
+                    keep.update(nodes)
+            self._graph_taps = (frozenset(taps), frozenset(keep))
+        return self._graph_taps
 
     def _scalars_of(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every tap's scalars, kept with a batch's tap values (read-only)."""

@@ -184,6 +184,8 @@ class TorchNetwork(ClosedFormSteps, AutogradSteps, ModelIdentity, InputMaps, Net
         self._example = x
         self._values = TapValues(_VALUES_BYTES)
         self._segments: dict[str, Segment] = {}
+        self._graph_taps: tuple[frozenset[str], frozenset[str]] | None = None  # see AutogradSteps._graph_plan
+        self._graphs_fit = True  # False once a batch's values with their autograd graph did not fit the budget
         self._input_node = next(n.name for n in gm.graph.nodes if n.op == "placeholder")
         self._stat_bytes: dict[str, int] = {}
         self._fast = None

@@ -6,7 +6,8 @@ the **segment** of ``upper`` is every node reachable backwards from its node wit
 a tap or the input. Its boundary is exactly its parent taps (and the input). The boundary values come
 from one forward pass of the batch with every tap cut, kept (:class:`TapValues`) for the batch's next
 steps within a memory budget, so that a transformer step costs the forward pass of its own block and
-one batched backward pass, not a pass through the whole network.
+one batched backward pass, not a pass through the whole network; with what the steps' forward passes compute
+(:func:`recorded_nodes`) kept by that pass with its autograd graph, their backward passes alone.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .head import Head, split_head
 from .interpreters import ModelCodeInterpreter
 from .taps import TapPlan
 
-__all__ = ["Segment", "segment_of", "run_nodes", "run_segment", "TapValues", "batch_key"]
+__all__ = ["Segment", "segment_of", "recorded_nodes", "run_nodes", "run_segment", "TapValues", "batch_key"]
 
 
 @dataclass
@@ -67,6 +68,17 @@ def segment_of(gm: fx.GraphModule, plan: TapPlan, upper: str) -> Segment:
                    split_head(gm, nodes, start.name, parents))
 
 
+def recorded_nodes(gm: fx.GraphModule, segment: Segment) -> tuple[str, ...]:
+    """The nodes whose values (with their autograd graph) a step below the head of ``segment`` reads: what its
+    forward pass computes (``head.compute``) and its stops, less the parameters and constants (``get_attr``).
+    Empty when the step runs no backward pass (a head without stops)."""
+    if not segment.head.stops:
+        return ()
+    attrs = {n.name for n in gm.graph.nodes if n.op == "get_attr"}
+    wanted = set(segment.head.compute) | set(segment.head.stops)
+    return tuple(n for n in segment.nodes if n in wanted and n not in attrs)
+
+
 def run_nodes(gm: fx.GraphModule, segment: Segment, values: Mapping[str, torch.Tensor], batch: int,
               nodes: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Every node of ``nodes`` (default: the whole segment) computed from ``values`` (boundary node name ->
@@ -101,6 +113,19 @@ def batch_key(batch: np.ndarray | torch.Tensor) -> bytes:
 def _contiguous(batch: np.ndarray | torch.Tensor) -> np.ndarray:
     arr = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
     return np.ascontiguousarray(arr)
+
+
+def _size(values: dict[str, torch.Tensor]) -> int:
+    """The bytes of the memory the tensors among ``values`` hold: each storage once, whole (the values kept with
+    an autograd graph are often views of one another's: a layer's output and its heads; a node's value may also
+    be a tuple of such views or a size, not counted)."""
+    storages: dict[tuple[str, int], int] = {}
+    for v in values.values():
+        if isinstance(v, torch.Tensor):
+            st = v.untyped_storage()
+            key = (str(v.device), st.data_ptr())
+            storages[key] = max(int(st.nbytes()), storages.get(key, 0))
+    return sum(storages.values())
 
 
 _PROBE = 4096  # bytes of a batch sampled to find a kept batch that may be the same
@@ -142,13 +167,24 @@ class TapValues:
         self._items.move_to_end(key)
         return hit[0]
 
+    def fits(self, values: dict[str, torch.Tensor]) -> bool:
+        """Whether :meth:`put` would keep ``values`` (with the bytes of the batch last given to :meth:`key`)."""
+        raw = self._pending[2].nbytes if self._pending is not None else 0
+        return _size(values) + raw <= self.budget
+
     def put(self, key: bytes, values: dict[str, torch.Tensor]) -> None:
-        size = sum(int(v.numel()) * v.element_size() for v in values.values())
+        size = _size(values)
         raw, probe = None, b""
         if self._pending is not None and self._pending[0] == key:
             _, probe, raw = self._pending
             size += raw.nbytes
         self._pending = None
+        if key in self._items:  # replaced (the values again, with their autograd graph): its bytes are freed
+            _, freed, old_raw, old_probe = self._items.pop(key)
+            self._bytes -= freed
+            if raw is None and old_raw is not None:
+                raw, probe = old_raw, old_probe
+                size += raw.nbytes
         if size > self.budget:
             return
         while self._items and self._bytes + size > self.budget:
