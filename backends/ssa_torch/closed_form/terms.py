@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ssa.core.arrays import host_view
 from ssa.core.budget import WORK_BYTES
 from ssa.core.interfaces import Rank1Factors
 
@@ -81,7 +82,7 @@ def channels_of(value: Any, h: torch.Tensor) -> torch.Tensor:
     """``as_tensor(value)[:, h]``: the channels ``h`` of the second axis, converted to float64 after they are
     picked (a class's statistics hold every channel; a block of upper neurons needs a few)."""
     if isinstance(value, torch.Tensor):
-        return value.index_select(1, h.to(value.device)).to(torch.float64)
+        return as_float64(value.index_select(1, h.to(value.device)))
     return torch.from_numpy(np.asarray(np.asarray(value)[:, h.cpu().numpy()], dtype=np.float64))
 
 
@@ -95,8 +96,15 @@ def picked_rows(raw: Any, h: torch.Tensor) -> torch.Tensor:
 
 def as_float64(rows: torch.Tensor) -> torch.Tensor:
     """``rows`` in float64: converted (a fresh array), or themselves when they are float64 already (then a fresh
-    :func:`picked_rows` stays fresh: the caller may scale it in place)."""
-    return rows.to(torch.float64) if rows.dtype != torch.float64 else rows
+    :func:`picked_rows` stays fresh: the caller may scale it in place). In host memory (outside
+    :func:`~ssa.core.arrays.device_path`) numpy converts: the same values (the conversion is exact) in a quarter of
+    the time of torch's ``to`` on the 2-core CPU (10 ms against 44-49 ms for 227 x 32 x 1024 values)."""
+    if rows.dtype == torch.float64:
+        return rows
+    host = host_view(rows)
+    if isinstance(host, np.ndarray):
+        return torch.from_numpy(host.astype(np.float64))
+    return rows.to(torch.float64)
 
 
 def scatter_channels(values: torch.Tensor, chan: torch.Tensor, k: int) -> torch.Tensor:
