@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import ssa_torch.closed_form_steps as cfs
 import torch
 from ssa_selectors.selectors import MADSelector, TukeySelector
 
+import ssa
 from ssa.core.interfaces import DenseBlock, SortedKeys
 from ssa.core.searched import dense_counts, keys_reader, keys_rows, sorted_reader
 
-from .test_sorted_rows import _terms_omega, fast_steps
+from .test_sorted_rows import _terms_omega, fast_steps, models
 
 FORM = "gradient_x_activation"
 
@@ -97,3 +99,33 @@ def test_other_selectors_get_the_built_rows():
     _accumulate(want, DenseBlock("p", 0, om), 3, sel)
     assert isinstance(got["p"], _Acc)
     assert np.array_equal(got["p"].pos, want["p"].pos) and np.array_equal(got["p"].tot, want["p"].tot)
+
+
+@pytest.mark.parametrize(("selector", "params"), [("mad", {}), ("mad", {"two_sided": True}), ("tukey", {}),
+                                                  ("percentile", {}), ("topk", {})])
+def test_graphs_with_keyed_blocks_equal_the_plain_rows(monkeypatch, selector, params):
+    """A whole analysis (ResNet-18: 3x3 convs, 1x1 convs, skips, a dense layer) with the keyed blocks and without them
+    (the rows as the terms make them, sorted by the traversal): every step's counts, means and kept edges the same."""
+    name, model, images = next(m for m in models() if m[0] == "resnet18")
+    net = ssa.load_model(model)
+    net.prepare(images)
+    session = ssa.Session(net, images, rule=FORM)
+
+    def steps():
+        out = session.analyse(1, 3, selector=selector, selector_params=params)
+        return [(s.upper, s.parent, s.counts.tobytes(), s.neg_counts.tobytes(), s.mean.tobytes(),
+                 s.kept_lower.tobytes(), s.kept_sign.tobytes()) for s in out.steps]
+
+    keyed = []
+    real = cfs._keyed_block
+
+    def spy(*args, **kwargs):
+        block = real(*args, **kwargs)
+        keyed.append(block is not None)
+        return block
+
+    monkeypatch.setattr(cfs, "_keyed_block", spy)
+    fast = steps()
+    assert any(keyed), name
+    monkeypatch.setattr(cfs, "_keyed_block", lambda *a, **k: None)
+    assert steps() == fast
