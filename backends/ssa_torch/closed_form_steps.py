@@ -17,11 +17,11 @@ import torch
 from torch import fx
 
 from ssa.core.arrays import host_view
-from ssa.core.interfaces import DenseBlock, Rank1Block, Rank1Factors
+from ssa.core.interfaces import DenseBlock, Rank1Block, Rank1Factors, SortedKeys
 from ssa.core.stages import StageTimes
 
 from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
-from .closed_form.terms import rank1_rows, stat_device
+from .closed_form.terms import as_float64, rank1_rows, stat_device
 from .families import check_lines
 from .host import exact_arithmetic, statistics_input
 from .interpreters import ModelCodeInterpreter, node_values
@@ -113,6 +113,11 @@ class ClosedFormSteps:
                 out.append(Rank1Block(parent, 0, f) if factors else
                            DenseBlock(parent, 0, *rank1_rows(f, term.feeds_all)))
                 continue
+            keyed = _keyed_block(term, parent, _term_stats(stats, upper, idx[0]), rows, form) if (
+                len(idx) == 1 and factors and host) else None
+            if keyed is not None:
+                out.append(keyed)
+                continue
             om = None
             for i in idx:
                 part = tf.terms[i].omega(_term_stats(stats, upper, i), rows, form)
@@ -196,6 +201,21 @@ def steps_summary(steps: Mapping[str, str]) -> str:
         parts = [f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))]
         line += "; by autograd: " + "; ".join(parts)
     return line
+
+
+def _keyed_block(term: Any, parent: str, stats: Mapping[str, Any], rows: Any, form: str) -> DenseBlock | None:
+    """A host's block of a term whose omega is its float32 statistics picked, converted and scaled
+    (:meth:`~ssa_torch.closed_form.terms.Term.own_rows`): omega as the term makes it, and those float32 values sorted
+    in place as its :class:`~ssa.core.interfaces.SortedKeys` (numpy sorts them in about half the time of the float64
+    rows; the products by a positive scale keep their order). None where the term has no such form."""
+    own = term.own_rows(stats, rows, form)
+    if own is None or own[0].dtype != torch.float32 or not float(term.scale) > 0:
+        return None
+    picked, fed = own
+    om = term.finish(as_float64(picked), fed, inplace=True)  # as the term's omega makes it
+    keys = host_view(picked)  # the picked values are the block's own, and om a converted copy: sorted in place
+    keys.sort(axis=-1)
+    return DenseBlock(parent, 0, om, SortedKeys(keys, float(term.scale), None if term.feeds_all else host_view(fed)))
 
 
 def _term_stats(stats: Mapping[str, Any], upper: str, i: int) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from array_api_compat import is_torch_namespace
 
 from ssa.core.arrays import (
     FlatReader,
-    count_below_read,
     count_below_sorted,
     device_of,
     finite_or_zero,
@@ -304,9 +303,10 @@ class MADSelector(Selector):
     def searched_cuts(self, n: int, read: Callable[[Any], Any], mean_abs: Callable[[Any, Any], Any]
                       ) -> tuple[Any, Any | None]:
         """The labels of :meth:`select` as cuts (:class:`~ssa.core.interfaces.SupportsSearchedCuts`): the median read
-        at the middle, the MAD from the two runs of ``|s - median|`` (a binary search), the mean absolute deviation
-        asked where the MAD is 0, then the first doubles whose score passes (:func:`~ssa_selectors.cuts.score_cuts`).
-        A row without spread gets its own maximum and minimum as cuts: nothing beyond them."""
+        at the middle, the MAD from the two runs of ``|s - median|`` split at the middle (a binary search), the mean
+        absolute deviation asked where the MAD is 0, then the first doubles whose score passes
+        (:func:`~ssa_selectors.cuts.score_cuts`). A row without spread gets its own maximum and minimum as cuts:
+        nothing beyond them."""
         low = np.asarray(read(0))
         R = int(low.shape[0])
 
@@ -315,7 +315,12 @@ class MADSelector(Selector):
 
         med = median_columns(n, read)
         rows = read.flat_reads if isinstance(read, FlatReader) else None  # fewer passes where known, same reads
-        mad = median_of_v_read(flat, n, count_below_read(flat, n, med, flat=rows), center=med, flat=rows)
+        # |s - median| falls up to the middle and rises after it: s[n // 2 - 1] <= median <= s[n // 2] (the mean of
+        # the middle two lies between them; an odd row's median is s[n // 2]), and a value equal to the median is 0
+        # in either run, so the runs split at n // 2 with no count of the values below the median (the same MAD:
+        # the search's answer is an order statistic of the same values; select() counts, the reference)
+        split = np.full((R, 1), n // 2, dtype=np.int64)
+        mad = median_of_v_read(flat, n, split, center=med, flat=rows)
         meanad = mean_abs(med, mad == 0)
         scale = np.where(mad > 0, mad / 0.6745, 1.253314 * meanad)  # as select() scales
         ok = scale > 0

@@ -20,7 +20,7 @@ import numpy as np
 from ssa.core.params import Configurable
 
 __all__ = ["ClosedForm", 'Selector', 'SupportsSortedCuts', 'SupportsSearchedCuts', 'SupportsCounts', 'Rank1Factors',
-           'DenseBlock', 'Rank1Block', 'Rule', 'Tap', 'Network', 'Backend']
+           'SortedKeys', 'DenseBlock', 'Rank1Block', 'Rule', 'Tap', 'Network', 'Backend']
 
 
 class Selector(Configurable, ABC):
@@ -145,6 +145,19 @@ class Rank1Factors(NamedTuple):
     order: Any = None
 
 
+class SortedKeys(NamedTuple):
+    """A :class:`DenseBlock`'s rows sorted, given by the numbers they are made from: row (j, i) of ``omega`` sorted
+    ascending is ``(float64(keys[j, i]) * scale) * fed[j]``, one rounding per product, in that order (``keys`` (n, b, K)
+    numpy, each row sorted ascending, in a dtype float64 holds exactly, e.g. the float32 statistics; ``scale`` > 0,
+    so the products keep the keys' order; ``fed`` (n,) bool numpy, or None: every row fed). Sorting the keys
+    (float32: half the bytes) replaces sorting the float64 rows; the sorted rows are read where a selector reads
+    them (:func:`~ssa.core.searched.keys_reader`), or built (:func:`~ssa.core.searched.keys_rows`, the reference)."""
+
+    keys: Any
+    scale: float
+    fed: Any = None
+
+
 class DenseBlock(NamedTuple):
     """A block of one step's relevance (docs/architecture.md, "The relevance seam"): ``omega[j, i, k]`` of upper
     neuron ``neurons[start + j]``, an image i of the block and parent neuron k.
@@ -158,7 +171,8 @@ class DenseBlock(NamedTuple):
     start: int
     omega: Any
     #: optional: every row of ``omega`` sorted ascending (same shape), when the source knows the order without a
-    #: sort; order-statistic selectors then skip theirs (``Selector.select_sorted``)
+    #: sort; order-statistic selectors then skip theirs (``Selector.select_sorted``); or :class:`SortedKeys` (numpy,
+    #: given on the host only when the traversal asks for factors): the rows sorted through their keys
     sorted: Any = None
 
 

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from ssa.core.arrays import FlatReader, FlatReads, count_below_read, flat_rows, mean_abs_rows
-from ssa.core.interfaces import SupportsSearchedCuts, SupportsSortedCuts
+from ssa.core.interfaces import SortedKeys, SupportsSearchedCuts, SupportsSortedCuts
 
-__all__ = ["searched_only", "sorted_reader", "searched_sums", "dense_counts", "rank1_searched_cuts",
-           "rank1_image_sums"]
+__all__ = ["searched_only", "sorted_reader", "keys_reader", "keys_rows", "searched_sums", "dense_counts",
+           "rank1_searched_cuts", "rank1_image_sums"]
 
 
 def searched_only(selector: Any) -> bool:
@@ -48,7 +48,46 @@ def sorted_reader(sorted_rows: np.ndarray) -> FlatReader:
     return FlatReader(read, flat_reads)
 
 
-def searched_sums(selector: Any, omega: np.ndarray, sorted_rows: np.ndarray | None
+def _keys_parts(sk: SortedKeys) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """The keys as C-contiguous rows (R, K) and each row's fed flag (R,) in float64 (None: every row fed)."""
+    keys = np.ascontiguousarray(sk.keys)
+    n, b, K = keys.shape
+    m = None if sk.fed is None else np.repeat(np.asarray(sk.fed).reshape(n).astype(np.float64), b)
+    return keys.reshape(n * b, K), float(sk.scale), m
+
+
+def keys_rows(sk: SortedKeys) -> np.ndarray:
+    """The rows :class:`~ssa.core.interfaces.SortedKeys` stands for, sorted, built (R, K) float64: the reference of
+    :func:`keys_reader`, and what a selector other than searched cuts is given."""
+    keys, scale, m = _keys_parts(sk)
+    out = keys.astype(np.float64)
+    out *= scale
+    return out if m is None else out * m[:, None]
+
+
+def keys_reader(sk: SortedKeys) -> FlatReader:
+    """:func:`sorted_reader` of the rows :func:`keys_rows` builds, without building them: a read takes the keys at
+    the positions asked and rounds each value as the rows hold it (float64, times the scale, times the fed flag)."""
+    keys, scale, m = _keys_parts(sk)
+    R, K = keys.shape
+    flat = keys.reshape(-1)
+    base = np.arange(R, dtype=np.int64) * K
+    col = None if m is None else m[:, None]
+
+    def values(v: np.ndarray, fed: np.ndarray | None) -> np.ndarray:
+        out = v.astype(np.float64)
+        out *= scale
+        return out if fed is None else out * fed
+
+    def read(p: Any) -> Any:
+        if isinstance(p, (int, np.integer)):
+            return values(keys[:, int(p):int(p) + 1], col)
+        return values(flat.take(base[:, None] + p), col)
+
+    return FlatReader(read, FlatReads(lambda at: values(flat.take(at, mode="clip"), m), base, 1))
+
+
+def searched_sums(selector: Any, omega: np.ndarray, sorted_rows: np.ndarray | SortedKeys | None
                   ) -> tuple[Any, Any, Any]:
     """A dense block's sums for the traversal, (nb, K) each: the positive and (two-sided) negative counts of
     :func:`dense_counts`, and the relevance summed over the images, non-finite values as 0. The sum comes first:
@@ -62,28 +101,30 @@ def searched_sums(selector: Any, omega: np.ndarray, sorted_rows: np.ndarray | No
     return pos, neg, tot
 
 
-def dense_counts(selector: SupportsSearchedCuts, omega: np.ndarray, sorted_rows: np.ndarray | None, lower: bool,
-                 finite: bool) -> tuple[Any, Any]:
+def dense_counts(selector: SupportsSearchedCuts, omega: np.ndarray, sorted_rows: np.ndarray | SortedKeys | None,
+                 lower: bool, finite: bool) -> tuple[Any, Any]:
     """Per upper neuron and lower neuron, the images where the value is above its row's cut (and, with ``lower``,
     below the other): (nb, K) int64 each, from float64 numpy ``omega`` (nb, b, K) and, when known, its rows sorted
-    (nb * b, K). ``finite``: the caller knows every value is finite; else rows with a NaN or an infinity count
-    nothing, as :meth:`~ssa.core.interfaces.Selector.select` labels them."""
+    (nb * b, K) or as :class:`~ssa.core.interfaces.SortedKeys`. ``finite``: the caller knows every value is finite;
+    else rows with a NaN or an infinity count nothing, as :meth:`~ssa.core.interfaces.Selector.select` labels them."""
     nb, b, K = omega.shape
     rows = omega.reshape(nb * b, K)
     ok = None
     if not finite:
         ok = np.isfinite(rows).all(axis=1, keepdims=True)
         rows = np.where(np.isfinite(rows), rows, 0.0)
-    s = np.sort(rows, axis=1) if sorted_rows is None else sorted_rows.reshape(nb * b, K)
-    if ok is not None and sorted_rows is not None:
-        s = np.sort(rows, axis=1)  # the given order holds the non-finite values
-    s = np.ascontiguousarray(s)
+    if sorted_rows is None or ok is not None:  # the given order holds the non-finite values: sorted here
+        read = sorted_reader(np.sort(rows, axis=1))
+    elif isinstance(sorted_rows, SortedKeys):
+        read = keys_reader(sorted_rows)
+    else:
+        read = sorted_reader(np.ascontiguousarray(sorted_rows.reshape(nb * b, K)))
 
     def mean_abs(center: np.ndarray, where: np.ndarray) -> np.ndarray:
         return mean_abs_rows(rows, center, where)
 
     with np.errstate(invalid="ignore", over="ignore"):
-        hi, lo = selector.searched_cuts(K, sorted_reader(s), mean_abs)
+        hi, lo = selector.searched_cuts(K, read, mean_abs)
     hi = np.asarray(hi, dtype=np.float64)
     if ok is not None:  # nothing beyond the cuts in a row that holds a non-finite value
         hi = np.where(ok, hi, np.inf)

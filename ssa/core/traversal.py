@@ -40,13 +40,14 @@ from ssa.core.interfaces import (
     Rank1Factors,
     Rule,
     Selector,
+    SortedKeys,
     SupportsCounts,
     SupportsSearchedCuts,
     SupportsSortedCuts,
     Tap,
 )
 from ssa.core.ranking import rank_neurons, step_winners, top_b
-from ssa.core.searched import rank1_image_sums, rank1_searched_cuts, searched_only, searched_sums
+from ssa.core.searched import keys_rows, rank1_image_sums, rank1_searched_cuts, searched_only, searched_sums
 
 __all__ = ["RelevanceSource", "SupportsDevice", "DenseBlock", "Rank1Block", "rank1_block_rows", "labels_by_partition",
            "StepRecord", "Kept", "rank_neurons", "top_b", "traverse",
@@ -280,11 +281,14 @@ def _accumulate(acc: dict[str, _Acc], block: DenseBlock | Rank1Block, n: int, se
     nb, b, K = omega.shape
     if nb == 0 or b == 0:
         return
+    host = is_numpy(xp)
     srt = None
-    if block.sorted is not None:
+    if isinstance(block.sorted, SortedKeys):  # searched cuts on the host read the keys; other selectors get the rows
+        srt = block.sorted if host and searched_only(selector) else xp.asarray(keys_rows(block.sorted),
+                                                                               device=device_of(omega))
+    elif block.sorted is not None:
         srt = host_view(block.sorted)
         srt = xp.reshape(srt if srt.dtype == xp.float64 else xp.astype(srt, xp.float64), (nb * b, K))
-    host = is_numpy(xp)
     a = acc.get(block.parent)
     if a is None:
         a = acc[block.parent] = _Acc(xp, n, K, omega)

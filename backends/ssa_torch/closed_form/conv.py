@@ -32,11 +32,12 @@ from .registry import ClosedForm, register_builtin
 from .terms import (
     WORK_BYTES,
     Term,
+    as_float64,
     as_tensor,
     channels_of,
     chunks,
     is_identity_map,
-    neuron_rows,
+    picked_rows,
     place_channels,
     scatter_channels,
     stat_device,
@@ -476,10 +477,18 @@ class ConvTerm(Term):
                 else:  # (n, B, Cg) with the selected output channels first
                     om = scatter_channels(p, self._index(dev)[h][:, None, :], self.n_parent)
         else:
-            raw = stats["a"]  # (B, N, K)
-            h, fed = self.head_channels(neurons, stat_device(raw))
-            return self.finish(neuron_rows(raw, h), fed, inplace=True)
+            rows, fed = self.own_rows(stats, neurons, form)  # type: ignore[misc]  # always, for this form
+            return self.finish(as_float64(rows), fed, inplace=True)
         return self.finish(om, fed, inplace=True)  # om is the einsum's or the scatter's own: scaled in place
+
+    def own_rows(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str
+                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The input relevance ``a`` (B, N, K) picked for the upper neurons (gradient x activation)."""
+        if form == "gradient":
+            return None
+        raw = stats["a"]  # (B, N, K)
+        h, fed = self.head_channels(neurons, stat_device(raw))
+        return picked_rows(raw, h), fed
 
 
 def check_conv_geometry(op: LinearOp, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:

@@ -20,7 +20,7 @@ from torch import fx
 from .linear import NotClosedForm
 from .planner import Branch, Planner
 from .registry import ClosedForm, register_builtin
-from .terms import Term, as_tensor, chunks, neuron_rows, place_channels, scatter_channels, stat_device
+from .terms import Term, as_float64, as_tensor, chunks, picked_rows, place_channels, scatter_channels, stat_device
 
 __all__ = ["DenseTerm", "DenseForm"]
 
@@ -97,6 +97,15 @@ class DenseTerm(Term):
         h, fed = self.head_channels(neurons, g.device)
         return g[:, h].t(), self._wk(g.device)[h], fed
 
+    def own_rows(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str
+                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The input relevance ``a`` (B, N, K) picked for the upper neurons, where it was collected."""
+        if form == "gradient" or "a" not in stats:
+            return None
+        raw = stats["a"]  # (B, N, K)
+        h, fed = self.head_channels(neurons, stat_device(raw))
+        return picked_rows(raw, h), fed
+
     def rank1_order(self, neurons: Sequence[int], device: Any) -> torch.Tensor | None:
         """The weights' rows sorted once per device (stable), picked for ``neurons``."""
         key = f"wk-order{device}"
@@ -111,9 +120,8 @@ class DenseTerm(Term):
             h, fed = self.head_channels(neurons, g.device)
             om = self._wk(g.device)[h][:, None, :] * g[:, h].t()[:, :, None]
         elif "a" in stats:
-            raw = stats["a"]  # (B, N, K)
-            h, fed = self.head_channels(neurons, stat_device(raw))
-            return self.finish(neuron_rows(raw, h), fed, inplace=True)  # (n, B, K), rows contiguous
+            rows, fed = self.own_rows(stats, neurons, form)  # type: ignore[misc]  # always, with "a"
+            return self.finish(as_float64(rows), fed, inplace=True)  # (n, B, K), rows contiguous
         else:
             mm = as_tensor(stats["a_m"])  # (B, N)
             x = as_tensor(stats["a_x"], mm.device)  # (B, D)
