@@ -11,6 +11,7 @@ from ssa.core.interfaces import Backend
 from ssa.errors import InvalidInputError
 
 from .model import input_shape_of, read_onnx  # light: onnx is imported when a file is read
+from .prefetch import Prefetch, wanted  # light: onnxruntime is imported in its thread
 
 __all__ = ["OnnxBackend", "load_onnx"]
 
@@ -27,17 +28,22 @@ def load_onnx(source: str | os.PathLike, *, device: str = "cpu", name: str | Non
     (which output holds the class scores when there are several), ``provider`` ("auto", "cpu",
     "cuda"), ``parity_tolerance``, ``parity_images``, ``check_parity``.
     """
-    from .convert import convert_model  # torch and onnx2torch: imported when a model is loaded
-    from .network import OnnxNetwork
-
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
         raise InvalidInputError(f"unknown ONNX backend option {unknown[0]!r}; known options: {', '.join(_OPTIONS)}.")
+    prefetch = None
+    if Path(os.fspath(source)).is_file() and wanted(device, options.get("provider", "auto"),
+                                                     options.get("check_parity", True)):
+        prefetch = Prefetch(source, provider=options.get("provider", "auto"))  # beside torch's import, just below
+    from .convert import convert_model  # torch and onnx2torch: imported when a model is loaded
+    from .network import OnnxNetwork
+
     start = time.perf_counter()
     model = read_onnx(source, output_index=output_index)
     read = time.perf_counter()
     gm = convert_model(model)
     network = OnnxNetwork(gm, model, name=name or Path(os.fspath(source)).stem, device=device, **options)
+    network.prefetch = prefetch
     network.stages.add("loading", read - start)
     network.stages.add("conversion", time.perf_counter() - read)
     return network
