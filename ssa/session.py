@@ -18,6 +18,7 @@ from ssa.core.defaults import resolve_method
 from ssa.core.graph import build_graph
 from ssa.core.interfaces import Network, Rule, Selector
 from ssa.core.options import ENGINES, ModelSpec, RunOptions  # noqa: F401 (ENGINES: re-exported)
+from ssa.core.threads import torch_threads
 from ssa.core.traversal import explain_stop, traverse
 from ssa.engines.autograd import AutogradSource
 from ssa.engines.closed_form import ClosedFormSource
@@ -426,6 +427,9 @@ def run_traversal(source: AutogradSource | ClosedFormSource, network: Network, t
         "stop_at": stop_at,
         "tap_neurons": json.dumps({t.name: t.n_neurons for t in network.taps}),  # layer sizes, for reports
     }
+    threads = torch_threads()
+    if threads is not None:  # the CPU kernels' rounding depends on it: the count that reproduces this graph
+        attrs["threads"] = threads
     for s in out.steps:  # the upper neurons' active fractions, for saying why a graph stops
         if s.upper not in active:
             active[s.upper] = active_fraction(source.scalars(s.upper))
