@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ssa.core.arrays import namespace, to_numpy
-from ssa.core.capabilities import SupportsDeferredChecks
+from ssa.core.capabilities import SupportsDeferredChecks, SupportsPrefetch
 from ssa.core.checks import check_closed_form, check_int, check_stop_at
 from ssa.core.defaults import resolve_method
 from ssa.core.graph import build_graph
@@ -30,7 +30,7 @@ from ssa.io.folders import files_preprocessing, folder_class_map, load_grouped_i
 from ssa.io.images import Preprocess, select_class
 from ssa.io.loading import load_model
 from ssa.io.progress import busy
-from ssa.plugins import make_rule, make_selector
+from ssa.plugins import make_rule, make_selector, registry
 from ssa.results import AnalysisResult
 
 __all__ = ['load_model', 'Session', 'ENGINES', 'prepare_network', 'open_store', 'store_meta', 'n_classes',
@@ -122,8 +122,13 @@ class Session:
             if self.store is not None:
                 check_store_root(self.store, flag="store")  # a file is refused before any work
             self.class_map = folder_class_map(self.images_spec, self.labels_spec)  # class folders: {folder: class}
+            early = _cheap_images(self.images_spec)  # read first: the backend may start work on them (below)
+            if early:
+                arr, lab = load_grouped_images(self.images_spec, preprocess=self.preprocess, labels=self.labels_spec)
+                prefetch(self.model, arr, backend=self.backend, device=self.device, **self.options)
             network = load_model(self.model, backend=self.backend, device=self.device, **self.options)
-            arr, lab = load_grouped_images(self.images_spec, preprocess=self.preprocess, labels=self.labels_spec)
+            if not early:  # image files: decoded once the model is known to load
+                arr, lab = load_grouped_images(self.images_spec, preprocess=self.preprocess, labels=self.labels_spec)
             self.images_hash = images_hash(arr)  # the whole set, before a class is chosen (recorded in graphs)
             prepare_network(network, arr, images_spec=self.images_spec, preprocess=self.preprocess)
             check_class_count(self.class_map, n_classes(network))
@@ -302,6 +307,30 @@ class Session:
         if decoded is not None:
             result.graph.graph["preprocess"] = decoded
         return result
+
+
+def _cheap_images(spec: Any) -> bool:
+    """Images that cost next to nothing to read (an array, a ``.npy`` file): read before the model is loaded, so that
+    its backend can start work on them (:func:`prefetch`); image files are decoded after it (a model that does not
+    load is reported before that)."""
+    if isinstance(spec, np.ndarray):
+        return True
+    return isinstance(spec, (str, os.PathLike)) and os.fspath(spec).lower().endswith(".npy") and os.path.isfile(spec)
+
+
+def prefetch(model: Any, images: np.ndarray, *, backend: str | None = None, device: str = "cpu",
+             **options: Any) -> None:
+    """Let the backend that will load ``model`` start work its first preparation on ``images`` needs
+    (:class:`~ssa.core.capabilities.SupportsPrefetch`: the ONNX backend's onnxruntime session and parity pass, while
+    torch is imported). Best effort: whatever goes wrong here, loading the model reports."""
+    if isinstance(model, Network):
+        return
+    try:
+        b = registry().backend_for(model, backend)()
+    except Exception:  # noqa: BLE001 - no backend, a bad name: load_model says so
+        return
+    if isinstance(b, SupportsPrefetch):
+        b.prefetch(model, images, device=device, **options)
 
 
 def default_batch_size(device: str) -> int:

@@ -137,3 +137,72 @@ def test_loading_the_plugins_imports_neither_torch_nor_onnxruntime():
     lines = done.stdout.split("\n")
     assert lines[0].startswith("False False") and "'onnx'" in lines[0] and "'torch'" in lines[0]
     assert lines[1] == "torch onnx"
+
+
+@pytest.fixture
+def runs(monkeypatch):
+    """How many times the network ran onnxruntime itself (``run_session``), with how many images each."""
+    calls: list[int] = []
+    real = onnx_network.run_session
+
+    def counted(session, info, batch):
+        calls.append(len(batch))
+        return real(session, info, batch)
+
+    monkeypatch.setattr(onnx_network, "run_session", counted)
+    return calls
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+def test_a_session_runs_onnxruntime_on_the_parity_images_before_loading(vgg, tmp_path, sessions, runs, monkeypatch,
+                                                                        as_file):
+    """Images in memory or in a .npy file are read before the model: onnxruntime's parity pass runs in the thread,
+    and the parity numbers and the graph are those of a run without it."""
+    monkeypatch.setenv("SSA_PARITY_CACHE", "0")
+    _, x, path = vgg
+    images = x
+    if as_file:
+        np.save(tmp_path / "x.npy", x)
+        images = str(tmp_path / "x.npy")
+    session = ssa.Session(str(path), images)
+    result = session.analyse(0, 2)
+    net = session.network
+    assert sessions == [("prefetch", str(path))] and runs == []  # onnxruntime ran in the thread only
+    assert net.parity.ok and net.parity_converted.ok
+    monkeypatch.setattr(onnx_backend, "wanted", lambda *a: False)  # no prefetch at all
+    own = ssa.Session(str(path), images)
+    mine = own.analyse(0, 2)
+    assert runs == [8]  # the network ran the parity images itself
+    assert own.network.parity == net.parity and own.network.parity_converted == net.parity_converted
+    assert list(result.graph.nodes(data=True)) == list(mine.graph.nodes(data=True))
+    assert list(result.graph.edges(data=True)) == list(mine.graph.edges(data=True))
+
+
+def test_the_thread_s_outputs_are_those_of_the_session_on_the_same_images(vgg, monkeypatch):
+    monkeypatch.setenv("SSA_PARITY_CACHE", "0")
+    _, x, path = vgg
+    from ssa_onnx.model import read_onnx
+    from ssa_onnx.network import run_session
+
+    p = prefetch.Prefetch(path, provider="cpu", images=x, parity_images=5)
+    session = p.session(str(path))
+    info = read_onnx(path).info
+    assert p.reference(session, x[:4], info.output.name) is None  # other images: not answered
+    assert p.reference(object(), x[:5], info.output.name) is None  # another session: not answered
+    got = p.reference(session, x[:5], info.output.name)
+    assert got is not None and got.dtype == np.float64
+    np.testing.assert_array_equal(got, run_session(session, info, x[:5]))
+    assert p.reference(session, x[:5], info.output.name) is None  # once
+
+
+def test_only_images_that_cost_nothing_to_read_are_read_before_the_model(tmp_path):
+    """An array or a .npy file is read before the model (its backend may start work on it); a folder of image files
+    is decoded after the model loads, so a model that does not load is reported first."""
+    import ssa.session as session_module
+
+    assert session_module._cheap_images(np.zeros((1, 3, 8, 8), np.float32))
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 8, 8), np.float32))
+    assert session_module._cheap_images(str(tmp_path / "x.npy"))
+    assert not session_module._cheap_images(str(tmp_path))
+    assert not session_module._cheap_images(str(tmp_path / "missing.npy"))
+    assert not session_module._cheap_images("digits")

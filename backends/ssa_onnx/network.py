@@ -59,7 +59,7 @@ from .outputs import (
     softmax,
 )
 from .parity import ParityResult, compare, default_tolerance
-from .prefetch import Prefetch, wanted
+from .prefetch import PARITY_IMAGES, Prefetch, wanted
 from .runtime import make_session
 
 __all__ = ["OnnxNetwork", "ParityResult", "LogProbabilities", "looks_like_probabilities", "softmax", "run_session",
@@ -85,7 +85,8 @@ class OnnxNetwork(TorchNetwork):
     def __init__(self, module: fx.GraphModule, model: OnnxModel, *, name: str = "model", device: str = "cpu",
                  taps: Sequence[str] | None = None, include_input: bool = False,
                  channel_axes: Mapping[str, int] | None = None, tokens: str = "all", provider: str = "auto",
-                 parity_tolerance: float | None = None, parity_images: int = 8, check_parity: bool = True) -> None:
+                 parity_tolerance: float | None = None, parity_images: int = PARITY_IMAGES, check_parity: bool = True,
+                 ) -> None:
         super().__init__(module, name=name, device=device, taps=taps, include_input=include_input,
                          channel_axes=channel_axes, output_index=None, tokens=tokens)
         if parity_tolerance is not None and (isinstance(parity_tolerance, bool) or
@@ -121,9 +122,8 @@ class OnnxNetwork(TorchNetwork):
         """The onnxruntime session of the original model (created on first use)."""
         if self._session is None:
             source = self.onnx.session_source()
-            prefetch, self.prefetch = self.prefetch, None
-            if prefetch is not None and wanted(self.device, self.provider, True):
-                self._session = prefetch.session(source)  # built while torch was imported (None: not this one)
+            if self.prefetch is not None and wanted(self.device, self.provider, True):
+                self._session = self.prefetch.session(source)  # built while torch was imported (None: not this one)
             if self._session is None:
                 self._session = make_session(source, self.provider, self.device)
         return self._session
@@ -139,7 +139,12 @@ class OnnxNetwork(TorchNetwork):
     def ort_outputs(self, batch: np.ndarray) -> np.ndarray:
         """The chosen output of the original model, by onnxruntime."""
         self.check_input(batch)
-        return run_session(self.session, self.onnx.info, batch)
+        session = self.session
+        if self.prefetch is not None:  # run on these images before the model was loaded (the parity images)?
+            done = self.prefetch.reference(session, np.asarray(batch), self.onnx.info.output.name)
+            if done is not None:
+                return done
+        return run_session(session, self.onnx.info, batch)
 
     @property
     def default_input_shape(self) -> tuple[int, ...] | None:

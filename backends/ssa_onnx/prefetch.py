@@ -7,14 +7,20 @@ needs torch, and both run mostly without the GIL (hashlib and onnxruntime's C++ 
 :class:`Prefetch` computes them in a thread while the main thread imports torch: the second core, idle during the
 import, does them.
 
+Where the images are known before the model is loaded (``Session.prepare`` reads an array or a ``.npy`` file first
+and hands them to :meth:`ssa_onnx.backend.OnnxBackend.prefetch`), the thread also runs the session on the parity
+images, so that onnxruntime's side of the parity check is done by the time the converted module runs (on both
+cores alone).
+
 What it computes is exactly what the main thread would: the file's hash by
-:func:`~ssa_onnx.parity_cache.file_sha256`, and the session by :func:`~ssa_onnx.runtime.make_session` with the CPU
-provider from the file's path. The network takes the session only where it would have built that one
-(:meth:`session`: the file itself is what onnxruntime loads, on the CPU); otherwise, or when anything failed in the
-thread, it builds its own as before, which reports any error as before. No session is built where it would not be
-used: for a device other than the CPU, where onnxruntime could run on CUDA (the "cuda" provider, or "auto" on a
-machine with a GPU device file), without the parity check, or when the parity cache remembers a check of this file
-(a recalled run does not run onnxruntime).
+:func:`~ssa_onnx.parity_cache.file_sha256`, the session by :func:`~ssa_onnx.runtime.make_session` with the CPU
+provider from the file's path, and its outputs on the same float32 images. The network takes the session only where
+it would have built that one (:meth:`session`: the file itself is what onnxruntime loads, on the CPU), and the
+outputs only of that session on exactly the images it asks for (:meth:`reference`); otherwise, or when anything
+failed in the thread, it builds and runs its own as before, which reports any error as before. No session is built
+where it would not be used: for a device other than the CPU, where onnxruntime could run on CUDA (the "cuda"
+provider, or "auto" on a machine with a GPU device file), without the parity check, or when the parity cache
+remembers a check of this file (a recalled run does not run onnxruntime).
 """
 
 from __future__ import annotations
@@ -24,9 +30,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import parity_cache
 
-__all__ = ["Prefetch", "wanted"]
+__all__ = ["Prefetch", "wanted", "PARITY_IMAGES"]
+
+#: how many of the first images the parity check compares by default (``OnnxNetwork``'s ``parity_images``)
+PARITY_IMAGES = 8
 
 
 def wanted(device: str, provider: str, check_parity: bool) -> bool:
@@ -44,16 +55,32 @@ def _gpu_possible() -> bool:
     return any(os.path.exists(path) for path in _GPU_DEVICES)
 
 
+def _run(session: Any, images: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Every output of ``session`` on ``images`` by name, where the model takes float32 images as they are (then
+    :func:`~ssa_onnx.network.run_session` casts nothing either); else None (the network runs it itself)."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or images.dtype != np.float32:
+        return None
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {inputs[0].name: np.ascontiguousarray(images)}), strict=True))
+
+
 class Prefetch:
     """The file's hash and, where a parity check will need it, onnxruntime's CPU session of ``path``, computed in a
     thread started at construction (see the module doc). The thread is not a daemon: a process that fails before
     using them exits once the thread is done (at most the session's creation), never while onnxruntime runs."""
 
-    def __init__(self, path: str | os.PathLike, *, provider: str = "auto") -> None:
+    def __init__(self, path: str | os.PathLike, *, provider: str = "auto", images: Any = None,
+                 parity_images: int = PARITY_IMAGES) -> None:
         self.path = str(Path(os.fspath(path)))  # as read_onnx records it (OnnxInfo.path)
         self.provider = provider
+        self.parity_images = parity_images
+        # the parity images, when known before loading (OnnxBackend.prefetch): the session is also run on them
+        self._images = None if images is None else np.asarray(images)[:max(1, parity_images)]
+        self._outputs: dict[str, np.ndarray] | None = None
         self._hash: str | None = None
         self._session: Any = None
+        self._given: Any = None  # the session handed out (reference() answers for it only)
         self._hashed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ssa-onnx-prefetch")
         self._thread.start()
@@ -75,6 +102,11 @@ class Prefetch:
             self._session = make_session(self.path, "cpu", "cpu")
         except Exception:  # noqa: BLE001 - the network builds its own session, which reports the error
             self._session = None
+            return
+        try:
+            self._outputs = _run(self._session, self._images) if self._images is not None else None
+        except Exception:  # noqa: BLE001 - the network runs the session itself, which reports the error
+            self._outputs = None
 
     def file_hash(self, path: str) -> str | None:
         """The SHA-256 of ``path`` (waits for it: the thread's first task), None if it is another file or failed."""
@@ -83,10 +115,25 @@ class Prefetch:
         self._hashed.wait()
         return self._hash
 
+    def reference(self, session: Any, images: np.ndarray, output: str) -> np.ndarray | None:
+        """``session``'s ``output`` on ``images`` as :func:`~ssa_onnx.network.run_session` gives it (float64), where
+        the thread ran this session (handed out by :meth:`session`) on exactly these images; else None. Once."""
+        self._thread.join()
+        done, ran = self._outputs, self._images
+        if done is None or ran is None or session is not self._given or output not in done or not (
+                images.dtype == ran.dtype and images.shape == ran.shape and np.array_equal(images, ran)):
+            return None
+        self._outputs = self._images = None
+        return np.asarray(done[output], dtype=np.float64)
+
     def session(self, source: bytes | str) -> Any:
         """The session built from ``source`` (waits for the thread), None where the thread built none or
         ``source`` is not the file it built it from (a proto changed by :func:`~ssa_onnx.model.read_onnx`). The
         session is handed out once."""
         self._thread.join()
         session, self._session = self._session, None
-        return session if isinstance(source, str) and source == self.path else None
+        if not (isinstance(source, str) and source == self.path):
+            self._outputs = self._images = None
+            return None
+        self._given = session
+        return session

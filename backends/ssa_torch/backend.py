@@ -1,8 +1,8 @@
 """The PyTorch backend class.
 
 Light to import: every ``ssa`` command registers it (``ssa_torch.plugin``), and torch is imported when a model is
-loaded, so that a command which loads no torch model (or loads an ONNX file) can start other work while torch is
-imported (see :meth:`ssa_onnx.backend.OnnxBackend.prefetch`).
+loaded, so that a backend that imports torch to load its own models can start other work first (the ONNX backend
+builds onnxruntime's session in a thread while torch is imported).
 """
 
 from __future__ import annotations
