@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 
 from ssa.core.arrays import namespace, to_numpy
-from ssa.core.capabilities import SupportsDeferredChecks
+from ssa.core.capabilities import SupportsDeferredChecks, SupportsPrefetch
 from ssa.core.checks import check_closed_form, check_int, check_stop_at
 from ssa.core.defaults import resolve_method
 from ssa.core.graph import build_graph
 from ssa.core.interfaces import Network, Rule, Selector
 from ssa.core.options import ENGINES, ModelSpec, RunOptions  # noqa: F401 (ENGINES: re-exported)
+from ssa.core.threads import torch_threads
 from ssa.core.traversal import explain_stop, traverse
 from ssa.engines.autograd import AutogradSource
 from ssa.engines.closed_form import ClosedFormSource
@@ -29,7 +30,7 @@ from ssa.io.folders import files_preprocessing, folder_class_map, load_grouped_i
 from ssa.io.images import Preprocess, select_class
 from ssa.io.loading import load_model
 from ssa.io.progress import busy
-from ssa.plugins import make_rule, make_selector
+from ssa.plugins import make_rule, make_selector, registry
 from ssa.results import AnalysisResult
 
 __all__ = ['load_model', 'Session', 'ENGINES', 'prepare_network', 'open_store', 'store_meta', 'n_classes',
@@ -121,8 +122,13 @@ class Session:
             if self.store is not None:
                 check_store_root(self.store, flag="store")  # a file is refused before any work
             self.class_map = folder_class_map(self.images_spec, self.labels_spec)  # class folders: {folder: class}
+            early = _cheap_images(self.images_spec)  # read first: the backend may start work on them (below)
+            if early:
+                arr, lab = load_grouped_images(self.images_spec, preprocess=self.preprocess, labels=self.labels_spec)
+                prefetch(self.model, arr, backend=self.backend, device=self.device, **self.options)
             network = load_model(self.model, backend=self.backend, device=self.device, **self.options)
-            arr, lab = load_grouped_images(self.images_spec, preprocess=self.preprocess, labels=self.labels_spec)
+            if not early:  # image files: decoded once the model is known to load
+                arr, lab = load_grouped_images(self.images_spec, preprocess=self.preprocess, labels=self.labels_spec)
             self.images_hash = images_hash(arr)  # the whole set, before a class is chosen (recorded in graphs)
             prepare_network(network, arr, images_spec=self.images_spec, preprocess=self.preprocess)
             check_class_count(self.class_map, n_classes(network))
@@ -303,6 +309,30 @@ class Session:
         return result
 
 
+def _cheap_images(spec: Any) -> bool:
+    """Images that cost next to nothing to read (an array, a ``.npy`` file): read before the model is loaded, so that
+    its backend can start work on them (:func:`prefetch`); image files are decoded after it (a model that does not
+    load is reported before that)."""
+    if isinstance(spec, np.ndarray):
+        return True
+    return isinstance(spec, (str, os.PathLike)) and os.fspath(spec).lower().endswith(".npy") and os.path.isfile(spec)
+
+
+def prefetch(model: Any, images: np.ndarray, *, backend: str | None = None, device: str = "cpu",
+             **options: Any) -> None:
+    """Let the backend that will load ``model`` start work its first preparation on ``images`` needs
+    (:class:`~ssa.core.capabilities.SupportsPrefetch`: the ONNX backend's onnxruntime session and parity pass, while
+    torch is imported). Best effort: whatever goes wrong here, loading the model reports."""
+    if isinstance(model, Network):
+        return
+    try:
+        b = registry().backend_for(model, backend)()
+    except Exception:  # noqa: BLE001 - no backend, a bad name: load_model says so
+        return
+    if isinstance(b, SupportsPrefetch):
+        b.prefetch(model, images, device=device, **options)
+
+
 def default_batch_size(device: str) -> int:
     """Images per forward pass when none is given: 32 on the CPU, 128 on a GPU (fewer, larger launches)."""
     return 128 if str(device).startswith("cuda") else 32
@@ -426,6 +456,9 @@ def run_traversal(source: AutogradSource | ClosedFormSource, network: Network, t
         "stop_at": stop_at,
         "tap_neurons": json.dumps({t.name: t.n_neurons for t in network.taps}),  # layer sizes, for reports
     }
+    threads = torch_threads()
+    if threads is not None:  # the CPU kernels' rounding depends on it: the count that reproduces this graph
+        attrs["threads"] = threads
     for s in out.steps:  # the upper neurons' active fractions, for saying why a graph stops
         if s.upper not in active:
             active[s.upper] = active_fraction(source.scalars(s.upper))

@@ -174,3 +174,27 @@ def test_decoding_workers_run_one_thread_each():
         torch.set_num_threads(before)
     assert set(rows[:, 1].astype(int)) - {os.getpid()}  # decoded in other processes
     assert set(rows[:, 0]) == {1.0}
+
+
+def test_a_graph_records_the_threads_torch_computed_with(tmp_path):
+    """The graph's ``threads`` is the count torch ran with (its CPU kernels round differently with one thread and
+    with several): in memory, written and read back, and from a whole ``ssa analyse`` process given the count."""
+    import ssa
+
+    x = ssa.load_images("digits")[0][:20]
+    before = torch.get_num_threads()
+    try:
+        for n in (2, 1):
+            torch.set_num_threads(n)
+            result = ssa.analyse("digits", x, 3, 2)
+            assert result.graph.graph["threads"] == n == result.graph.run.threads
+            assert ssa.read_graph(result.write(tmp_path / f"g{n}.json")).run.threads == n
+    finally:
+        torch.set_num_threads(before)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "cli.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "SSA_PARITY_CACHE": "0"}
+    env.pop("MKL_NUM_THREADS", None)  # MKL_NUM_THREADS=1 caps torch at one thread, whatever OMP_NUM_THREADS says
+    subprocess.run([sys.executable, "-m", "ssa", "analyse", "digits", "--images", str(tmp_path / "x.npy"), "--target",
+                    "3", "--branching", "2", "--out", str(out), "-q"], env=env, check=True, timeout=300)
+    assert ssa.read_graph(out).run.threads == 2

@@ -59,6 +59,7 @@ from .outputs import (
     softmax,
 )
 from .parity import ParityResult, compare, default_tolerance
+from .prefetch import PARITY_IMAGES, Prefetch, wanted
 from .runtime import make_session
 
 __all__ = ["OnnxNetwork", "ParityResult", "LogProbabilities", "looks_like_probabilities", "softmax", "run_session",
@@ -84,7 +85,8 @@ class OnnxNetwork(TorchNetwork):
     def __init__(self, module: fx.GraphModule, model: OnnxModel, *, name: str = "model", device: str = "cpu",
                  taps: Sequence[str] | None = None, include_input: bool = False,
                  channel_axes: Mapping[str, int] | None = None, tokens: str = "all", provider: str = "auto",
-                 parity_tolerance: float | None = None, parity_images: int = 8, check_parity: bool = True) -> None:
+                 parity_tolerance: float | None = None, parity_images: int = PARITY_IMAGES, check_parity: bool = True,
+                 ) -> None:
         super().__init__(module, name=name, device=device, taps=taps, include_input=include_input,
                          channel_axes=channel_axes, output_index=None, tokens=tokens)
         if parity_tolerance is not None and (isinstance(parity_tolerance, bool) or
@@ -108,6 +110,9 @@ class OnnxNetwork(TorchNetwork):
         self.output_kind: str = "unknown"  # "logits", "softmax stripped", "log-softmax stripped", "probabilities"
         self.notes: list[str] = []
         self._session: Any = None
+        #: onnxruntime's session and the file's hash, computed while torch was imported (:mod:`ssa_onnx.prefetch`)
+        self.prefetch: Prefetch | None = None
+        self._file_hash: str | None = None
         self._converted = module  # the module as onnx2torch built it
         self._parity_batch: tuple[np.ndarray, np.ndarray] | None = None  # images and onnxruntime's outputs
 
@@ -116,7 +121,11 @@ class OnnxNetwork(TorchNetwork):
     def session(self) -> Any:
         """The onnxruntime session of the original model (created on first use)."""
         if self._session is None:
-            self._session = make_session(self.onnx.session_source(), self.provider, self.device)
+            source = self.onnx.session_source()
+            if self.prefetch is not None and wanted(self.device, self.provider, True):
+                self._session = self.prefetch.session(source)  # built while torch was imported (None: not this one)
+            if self._session is None:
+                self._session = make_session(source, self.provider, self.device)
         return self._session
 
     @property
@@ -130,7 +139,12 @@ class OnnxNetwork(TorchNetwork):
     def ort_outputs(self, batch: np.ndarray) -> np.ndarray:
         """The chosen output of the original model, by onnxruntime."""
         self.check_input(batch)
-        return run_session(self.session, self.onnx.info, batch)
+        session = self.session
+        if self.prefetch is not None:  # run on these images before the model was loaded (the parity images)?
+            done = self.prefetch.reference(session, np.asarray(batch), self.onnx.info.output.name)
+            if done is not None:
+                return done
+        return run_session(session, self.onnx.info, batch)
 
     @property
     def default_input_shape(self) -> tuple[int, ...] | None:
@@ -293,7 +307,7 @@ class OnnxNetwork(TorchNetwork):
         """Remember both checks in the parity cache once both passed, after a whole preparation."""
         key, converted, canonical = self._cache_key, self.parity_converted, self._canonical_parity
         if key is not None and converted is not None and canonical is not None and not canonical.remembered:
-            parity_cache.remember(key, converted, canonical, self.output_kind)
+            parity_cache.remember(key, converted, canonical, self.output_kind, self._file_hash)
             self._cache_key = None  # once
 
     def _reference_and_converted(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -319,7 +333,10 @@ class OnnxNetwork(TorchNetwork):
         if not (self.check_parity and parity_cache.enabled()):
             return None
         tol = self.parity_tolerance if self.parity_tolerance is not None else default_tolerance(self.device)
-        return parity_cache.parity_key(parity_cache.file_sha256(self.onnx.info.path), tolerance=tol,
+        path = self.onnx.info.path
+        known = self.prefetch.file_hash(path) if self.prefetch is not None else None
+        self._file_hash = known if known is not None else parity_cache.file_sha256(path)
+        return parity_cache.parity_key(self._file_hash, tolerance=tol,
                                        device=self.device, provider=self.provider,
                                        input_shape=tuple(x.shape[1:]), n_images=len(x))
 

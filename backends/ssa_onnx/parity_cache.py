@@ -28,7 +28,7 @@ from ssa.io.paths import user_cache_dir
 
 from .parity import ParityResult
 
-__all__ = ["enabled", "cache_path", "file_sha256", "parity_key", "recall", "remember", "MAX_ENTRIES"]
+__all__ = ["enabled", "cache_path", "file_sha256", "parity_key", "recall", "remember", "knows_file", "MAX_ENTRIES"]
 
 #: entries kept in the cache file (the most recently written)
 MAX_ENTRIES = 256
@@ -111,15 +111,25 @@ def recall(key: str) -> tuple[ParityResult, ParityResult, str] | None:
     return converted, canonical, kind
 
 
-def remember(key: str, converted: ParityResult, canonical: ParityResult, output_kind: str) -> bool:
-    """Store two passed checks under ``key``; False (nothing written) when a check failed or the cache folder
-    cannot be written (the cache is an optimisation: the run goes on)."""
+def knows_file(file_hash: str) -> bool:
+    """Whether an entry was remembered for the file of this SHA-256 (under any settings): its next run most likely
+    recalls its check (:class:`ssa_onnx.prefetch.Prefetch` then builds no onnxruntime session)."""
+    return any(isinstance(entry, dict) and entry.get("file") == file_hash for entry in _read().values())
+
+
+def remember(key: str, converted: ParityResult, canonical: ParityResult, output_kind: str,
+             file_hash: str | None = None) -> bool:
+    """Store two passed checks under ``key`` (``file_hash``: the file's SHA-256, for :func:`knows_file`); False
+    (nothing written) when a check failed or the cache folder cannot be written (the cache is an optimisation: the
+    run goes on)."""
     if not (converted.ok and canonical.ok):
         return False
     data = _read()
     data.pop(key, None)
     data[key] = {"converted": {**asdict(converted), "remembered": False},
                  "canonical": {**asdict(canonical), "remembered": False}, "output_kind": output_kind}
+    if file_hash is not None:
+        data[key]["file"] = file_hash
     keep = dict(list(data.items())[-MAX_ENTRIES:])
     return _write(cache_path(), json.dumps(keep, indent=1).encode())
 

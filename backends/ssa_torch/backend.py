@@ -1,18 +1,21 @@
-"""The PyTorch backend class."""
+"""The PyTorch backend class.
+
+Light to import: every ``ssa`` command registers it (``ssa_torch.plugin``), and torch is imported when a model is
+loaded, so that a backend that imports torch to load its own models can start other work first (the ONNX backend
+builds onnxruntime's session in a thread while torch is imported).
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any
-
-import torch.nn as nn
+import sys
+from typing import TYPE_CHECKING, Any
 
 from ssa.core.interfaces import Backend
 from ssa.errors import InvalidInputError
 
-from .loading import load_module
-from .loading_zoo import is_zoo_source, load_zoo
-from .network import TorchNetwork
+if TYPE_CHECKING:
+    from .network import TorchNetwork
 
 __all__ = ["TorchBackend"]
 
@@ -27,7 +30,8 @@ class TorchBackend(Backend):
 
     @classmethod
     def can_load(cls, source: Any) -> bool:
-        if isinstance(source, nn.Module):
+        torch = sys.modules.get("torch")  # an nn.Module exists only once torch is imported
+        if torch is not None and isinstance(source, torch.nn.Module):
             return True
         if isinstance(source, (str, os.PathLike)):
             s = os.fspath(source)
@@ -36,6 +40,10 @@ class TorchBackend(Backend):
 
     def load(self, source: Any, *, device: str = "cpu", name: str | None = None, weights: str | None = None,
              **options: Any) -> TorchNetwork:
+        from .loading import load_module  # torch: imported when a model is loaded (see the module doc)
+        from .loading_zoo import is_zoo_source, load_zoo
+        from .network import TorchNetwork
+
         if is_zoo_source(source):
             module, default_name = load_zoo(source, weights)
         elif weights is not None:

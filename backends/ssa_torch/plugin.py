@@ -1,6 +1,6 @@
 """The PyTorch backend's plugin module, named in ssa's ``ssa`` entry-point group like any plugin's.
 
-Every ``ssa`` command imports it: torch is imported inside the hook that needs the backend class.
+Every ``ssa`` command imports it and registers the backend class, which imports torch only when it loads a model.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def ssa_add_hookspecs(pluginmanager: pluggy.PluginManager) -> None:
 
 @hookimpl
 def ssa_register_backends(register: Callable[[type], None]) -> None:
-    from .backend import TorchBackend  # imports torch: not at the top (see the module docstring)
+    from .backend import TorchBackend  # light: torch is imported when a model is loaded
 
     register(TorchBackend)
 

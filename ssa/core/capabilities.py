@@ -128,6 +128,21 @@ class SupportsDeclaredInputShape(Protocol):
         ``--preprocess`` preset takes the layout and the image size from it."""
 
 
+# -- work started before a model is loaded (the session's preparation) ---------------------------------------------
+__all__ += ["SupportsPrefetch"]
+
+
+@runtime_checkable
+class SupportsPrefetch(Protocol):
+    """A :class:`~ssa.core.interfaces.Backend` capability: start, before ``source`` is loaded, work its first
+    preparation on ``images`` will need (the ONNX backend: onnxruntime's session and its parity pass on the first
+    images, in a thread while torch is imported). Best effort: it raises nothing, and what it computes is used only
+    where it equals what loading and preparing would compute."""
+
+    def prefetch(self, source: Any, images: np.ndarray, *, device: str = "cpu", **options: Any) -> None:
+        """Start the work for ``source`` loaded with ``device`` and ``options`` and prepared on ``images``."""
+
+
 # -- preparation that leaves a check to the analysis's own first pass (the session's preparation) -----------------
 __all__ += ["SupportsDeferredChecks"]
 

@@ -16,7 +16,9 @@ Graph attributes (:class:`RunInfo`): ``schema``, ``target``, ``n_images``, ``bra
 ``images_hash``, ``stop_at``, ``tap_neurons`` (neurons per tap), ``notes`` (why a graph stops early),
 ``grouping``, ``min_confidence``, ``max_per_class`` (how the class's images were chosen), ``class_map``
 (for class folders: ``{folder: class index}``, the labels the run used; see :mod:`ssa.io.classmap`),
-``preprocess`` (for image files: how they were decoded, :func:`ssa.io.preprocess.describe_preprocess`). In memory
+``preprocess`` (for image files: how they were decoded, :func:`ssa.io.preprocess.describe_preprocess`),
+``threads`` (the CPU threads torch computed with: its CPU kernels round differently with one thread and with
+several, so this count reproduces the graph bit for bit; :func:`ssa.core.threads.torch_threads`). In memory
 they are plain Python values (dicts, lists); :mod:`ssa.io.graphs` writes and reads them exactly.
 
 Similarity of two node sets is :func:`jaccard`, with one convention for empty sets everywhere.
@@ -101,6 +103,7 @@ class RunInfo:
     max_per_class: int | None = None
     class_map: Mapping[str, int] = field(default_factory=dict)
     preprocess: str | None = None
+    threads: int | None = None
     schema: int = SCHEMA_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
 

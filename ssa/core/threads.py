@@ -37,7 +37,7 @@ from pathlib import Path
 
 from ssa.errors import InvalidInputError
 
-__all__ = ["available_cores", "busy_cpus", "default_threads", "others_busy", "use_threads"]
+__all__ = ["available_cores", "busy_cpus", "default_threads", "others_busy", "torch_threads", "use_threads"]
 
 _CGROUP = Path("/sys/fs/cgroup")
 
@@ -182,3 +182,11 @@ def use_threads(threads: int | None = None, environ: MutableMapping[str, str] | 
     elif threads is not None or torch.get_num_threads() > n:
         torch.set_num_threads(n)
     return n
+
+
+def torch_threads() -> int | None:
+    """The CPU threads torch computes with in this process (``torch.get_num_threads()``), None where torch is not
+    imported. torch's CPU kernels round differently with one thread and with several, so a graph records this count
+    (its ``threads`` attribute): ``OMP_NUM_THREADS`` (or ``--threads``) at that count reproduces the run bit for bit."""
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else None
