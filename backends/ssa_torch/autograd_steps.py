@@ -32,7 +32,7 @@ from ssa.core.interfaces import Rule, Tap
 
 from .closed_form.collect import spatial_mean
 from .head import head_cotangents, top_cotangents
-from .host import exact_arithmetic
+from .host import exact_arithmetic, statistics_input
 from .interpreters import ModelCodeInterpreter
 from .segments import Segment, TapValues, run_nodes, run_segment, segment_of
 from .tokens import aggregate
@@ -87,7 +87,7 @@ class AutogradSteps:
         """Run the model with every tap cut; returns the interpreter holding raw and leaf values."""
         plan = self.plan
         cut = {node: tap for tap, node in plan.node_of.items() if tap != plan.input_tap}
-        x = self.to_tensor(batch)
+        x = statistics_input(self.to_tensor(batch), self.device)  # the statistics pass's layout: the same sums
         interp = _CutInterpreter(self.graph_module, cut, None, grad)
         interp.args_batch = int(x.shape[0])
         if plan.input_tap is not None:

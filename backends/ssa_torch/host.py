@@ -136,12 +136,18 @@ def exact_arithmetic(device: str, *, fast_math: bool = False):
 
 
 def channels_last(device: str) -> bool:
-    """Whether the statistics forward runs channels-last (NHWC) on ``device``: on CUDA with ``SSA_CHANNELS_LAST=1``.
+    """Whether the statistics forward runs channels-last (NHWC) on ``device``.
 
-    Off by default until a GPU run shows it helps (``bash benchmarks/gpu_run.sh bench`` times both layouts); the
-    CPU layout is never changed. Only the input is converted: cuDNN then runs every convolution channels-last.
+    On the CPU by default (``SSA_CHANNELS_LAST=0`` turns it off): oneDNN's convolutions and max-pooling run faster on
+    NHWC activations there, and the per-image correlation kernels read them as they lie
+    (:mod:`ssa_torch.closed_form.conv_nhwc`; docs/device.md has the numbers). On CUDA only with
+    ``SSA_CHANNELS_LAST=1``, until a GPU run shows it helps (``bash benchmarks/gpu_run.sh bench`` times both layouts).
+    Only the input is converted: the convolutions then run channels-last, and so do the operations after them.
     """
-    return _on_cuda(device) and os.environ.get("SSA_CHANNELS_LAST", "0") == "1"
+    flag = os.environ.get("SSA_CHANNELS_LAST", "")
+    if _on_cuda(device):
+        return flag == "1"
+    return flag != "0" and torch.device(device).type == "cpu"
 
 
 def statistics_input(x: torch.Tensor, device: str) -> torch.Tensor:
