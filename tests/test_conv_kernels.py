@@ -309,3 +309,23 @@ def test_channels_last_kernels_are_taken_on_wide_layers(monkeypatch):
             conv_input_relevance(op, m, x, relu_of=True)
             assert calls == ["_" + kernel]  # the contiguous pass takes the NCHW form (the spy sees it)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("shape,k", [((3, 5, 7, 9), (3, 2)), ((4, 6, 6, 6), (1, 1)), ((9, 8, 5, 4), (3, 3))])
+def test_channels_last_offset_sums_equal_the_contiguous_form(shape, k):
+    """The ``gradient`` form's per-offset sums of a channels-last m (``conv_nhwc.offset_sums_nhwc``) against the
+    contiguous form ``vy^T @ (m @ vx)`` (its reference): float64 to rounding, float32 to float32 rounding, and an
+    image's float32 values the same bits in any batch."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    vy, vx = torch.randn((shape[2], k[0]), generator=gen), torch.randn((shape[3], k[1]), generator=gen)
+    m = torch.randn(shape, generator=gen)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        a, y, x = (t.to(dtype) for t in (m, vy, vx))
+        want = torch.matmul(y.t(), torch.matmul(a, x)).reshape(shape[0], shape[1], k[0] * k[1])
+        (mc,) = _channels_last(a)
+        got = conv_mod.offset_sums_nhwc(mc, y, x)
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max()))
+    (mc,) = _channels_last(m)
+    whole = conv_mod.offset_sums_nhwc(mc, vy, vx)
+    for lo, hi in [(1, 2), (0, 2), (1, 3)]:
+        torch.testing.assert_close(conv_mod.offset_sums_nhwc(mc[lo:hi], vy, vx), whole[lo:hi], rtol=0, atol=0)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from .conv3d import check_conv3d_geometry, conv3d_input_relevance, factor_scale_3d, offset_sums_3d
-from .conv_nhwc import is_nhwc, per_image_nhwc, shifted_rows_nhwc
+from .conv_nhwc import is_nhwc, offset_sums_nhwc, per_image_nhwc, shifted_rows_nhwc
 from .linear import LinearOp, NotClosedForm
 from .masks import ImageMasks, relu_mask
 from .planner import Branch, Planner
@@ -425,6 +425,8 @@ class ConvTerm(Term):
             valid = self._static[key]
             if len(k) == 3:
                 out["g"] = offset_sums_3d(m, valid)  # type: ignore[arg-type]
+            elif is_nhwc(m):  # a channels-last pass: the same two products over m's rows of channels as they lie
+                out["g"] = offset_sums_nhwc(m, *valid)  # type: ignore[misc]
             else:
                 vy, vx = valid  # type: ignore[misc]
                 # C[b, n, i, j] = sum_{y, x} m[b, n, y, x] vy[y, i] vx[x, j], as two small matmuls

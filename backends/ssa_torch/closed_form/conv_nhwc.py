@@ -14,7 +14,7 @@ import torch
 from .linear import LinearOp
 from .masks import ImageMasks
 
-__all__ = ["is_nhwc", "per_image_nhwc", "shifted_rows_nhwc"]
+__all__ = ["is_nhwc", "offset_sums_nhwc", "per_image_nhwc", "shifted_rows_nhwc"]
 
 
 def is_nhwc(t: torch.Tensor) -> bool:
@@ -25,6 +25,17 @@ def is_nhwc(t: torch.Tensor) -> bool:
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """One image (C, H, W) as its (H, W, C) view: contiguous where the image lies channels-last."""
     return t.permute(1, 2, 0)
+
+
+def offset_sums_nhwc(m: torch.Tensor, vy: torch.Tensor, vx: torch.Tensor) -> torch.Tensor:
+    """The ``gradient`` form's C[b, n, i, j] = sum_{y, x} m[b, n, y, x] vy[y, i] vx[x, j] (B, N, kh * kw) of a
+    channels-last ``m``: the two small products over (W, N) and (H, kw * N) rows as they lie (the contiguous form,
+    ``vy^T @ (m @ vx)``, would first copy ``m`` back to NCHW)."""
+    B, n, h, _ = m.shape
+    kh, kw = vy.shape[1], vx.shape[1]
+    t = torch.matmul(vx.t(), m.permute(0, 2, 3, 1))  # (B, H, kw, N)
+    c = torch.matmul(vy.t(), t.reshape(B, h, kw * n))  # (B, kh, kw * N)
+    return c.view(B, kh * kw, n).transpose(1, 2).contiguous()
 
 
 def shifted_rows_nhwc(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
