@@ -175,3 +175,19 @@ def test_channels_last_by_default_on_the_cpu_only(monkeypatch):
     assert not host.channels_last("cuda")
     monkeypatch.setenv("SSA_CHANNELS_LAST", "1")
     assert host.channels_last("cuda")
+
+
+def test_channels_last_only_for_models_with_wide_convolutions(monkeypatch):
+    """On the CPU the layout is chosen per model: channels-last where a one-group 2-D convolution reads at least 32
+    channels (VGG16, ResNet-50: where it pays), else contiguous (a transformer's patch embedding, small
+    convolutions)."""
+    monkeypatch.delenv("SSA_CHANNELS_LAST", raising=False)
+    x = torch.zeros(2, 3, 8, 8)
+    wide = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 3))
+    narrow = [torch.nn.Sequential(torch.nn.Conv2d(3, 96, 4, stride=4)), torch.nn.Conv2d(3, 16, 3),
+              torch.nn.Conv2d(64, 64, 3, groups=64), torch.nn.Linear(8, 8)]
+    assert host.wide_convolutions(wide) and not any(host.wide_convolutions(m) for m in narrow)
+    assert not host.statistics_input(x, "cpu", wide).is_contiguous()
+    assert all(host.statistics_input(x, "cpu", m).is_contiguous() for m in narrow)
+    monkeypatch.setenv("SSA_CHANNELS_LAST", "0")
+    assert host.statistics_input(x, "cpu", wide).is_contiguous()

@@ -357,7 +357,7 @@ class OnnxNetwork(TorchNetwork):
         module = module.eval().to(device)
         with torch.no_grad():
             try:  # in the statistics pass's layout (channels-last on the CPU): it checks what the analysis runs
-                out = module(statistics_input(self.to_tensor(x), self.device))
+                out = module(statistics_input(self.to_tensor(x), self.device, module))
             except Exception as exc:  # noqa: BLE001
                 msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
                 failing = failing_node(module, self.to_tensor(x)) if isinstance(module, fx.GraphModule) else None

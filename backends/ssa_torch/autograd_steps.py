@@ -87,7 +87,8 @@ class AutogradSteps:
         """Run the model with every tap cut; returns the interpreter holding raw and leaf values."""
         plan = self.plan
         cut = {node: tap for tap, node in plan.node_of.items() if tap != plan.input_tap}
-        x = statistics_input(self.to_tensor(batch), self.device)  # the statistics pass's layout: the same sums
+        # the statistics pass's layout (channels-last where it runs so), so that both sum in the same order
+        x = statistics_input(self.to_tensor(batch), self.device, self.graph_module)
         interp = _CutInterpreter(self.graph_module, cut, None, grad)
         interp.args_batch = int(x.shape[0])
         if plan.input_tap is not None:
