@@ -178,14 +178,16 @@ def test_channels_last_by_default_on_the_cpu_only(monkeypatch):
 
 
 def test_channels_last_only_for_models_with_wide_convolutions(monkeypatch):
-    """On the CPU the layout is chosen per model: channels-last where a one-group 2-D convolution reads at least 32
-    channels (VGG16, ResNet-50: where it pays), else contiguous (a transformer's patch embedding, small
-    convolutions)."""
+    """On the CPU the layout is chosen per model: channels-last where most one-group 2-D convolutions reading at least
+    32 channels have kernels larger than 1x1 (VGG16: where it measured faster), else contiguous (ResNet-50's 1x1
+    bottlenecks, a transformer's patch embedding, small convolutions)."""
     monkeypatch.delenv("SSA_CHANNELS_LAST", raising=False)
     x = torch.zeros(2, 3, 8, 8)
     wide = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 3))
+    conv = torch.nn.Conv2d
+    bottlenecks = torch.nn.Sequential(conv(64, 64, 1), conv(64, 64, 3), conv(64, 256, 1))
     narrow = [torch.nn.Sequential(torch.nn.Conv2d(3, 96, 4, stride=4)), torch.nn.Conv2d(3, 16, 3),
-              torch.nn.Conv2d(64, 64, 3, groups=64), torch.nn.Linear(8, 8)]
+              torch.nn.Conv2d(64, 64, 3, groups=64), torch.nn.Linear(8, 8), bottlenecks]
     assert host.wide_convolutions(wide) and not any(host.wide_convolutions(m) for m in narrow)
     assert not host.statistics_input(x, "cpu", wide).is_contiguous()
     assert all(host.statistics_input(x, "cpu", m).is_contiguous() for m in narrow)

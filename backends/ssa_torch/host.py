@@ -139,7 +139,7 @@ def exact_arithmetic(device: str, *, fast_math: bool = False):
 def channels_last(device: str) -> bool:
     """Whether the statistics forward may run channels-last (NHWC) on ``device`` (:func:`statistics_input` decides).
 
-    On the CPU by default (``SSA_CHANNELS_LAST=0`` turns it off), for models with wide convolutions
+    On the CPU by default (``SSA_CHANNELS_LAST=0`` turns it off), for models of mostly wide spatial convolutions
     (:func:`wide_convolutions`): oneDNN's convolutions and max-pooling run faster on NHWC activations there, and the
     per-image correlation kernels read them as they lie (:mod:`ssa_torch.closed_form.conv_nhwc`; docs/device.md has
     the numbers). On CUDA only with ``SSA_CHANNELS_LAST=1``, until a GPU run shows it helps (``bash
@@ -152,16 +152,20 @@ def channels_last(device: str) -> bool:
     return flag != "0" and torch.device(device).type == "cpu"
 
 
-#: on the CPU, a model runs channels-last when it has a 2-D convolution with one group and this many input channels:
-#: where the NHWC kernels and oneDNN's NHWC forward carry the cost (VGG16, ResNet-50); elsewhere (a transformer's one
+#: on the CPU, a model runs channels-last when most of its one-group 2-D convolutions with this many input channels
+#: have kernels larger than 1x1: there oneDNN's NHWC forward is faster and the NHWC kernels cost what the NCHW ones do
+#: (VGG16: the statistics pass about 10 % faster); where 1x1 convolutions dominate (ResNet-50's bottlenecks) the NHWC
+#: per-image products are slower and the defaults' statistics measured 5-7 % slower; elsewhere (a transformer's one
 #: patch embedding, small convolutions) the layout saves nothing and would only sum in another order than before
 WIDE_CONV_CHANNELS = 32
 
 
 def wide_convolutions(module: torch.nn.Module) -> bool:
-    """Whether ``module`` has a 2-D convolution (``nn.Conv2d``) with one group and :data:`WIDE_CONV_CHANNELS` inputs."""
-    return any(isinstance(m, torch.nn.Conv2d) and m.groups == 1 and m.in_channels >= WIDE_CONV_CHANNELS
-               for m in module.modules())
+    """Whether most of ``module``'s ``nn.Conv2d`` with one group and :data:`WIDE_CONV_CHANNELS` inputs or more have a
+    kernel larger than 1x1 (and there is one): where the channels-last statistics pass measured faster."""
+    wide = [m for m in module.modules()
+            if isinstance(m, torch.nn.Conv2d) and m.groups == 1 and m.in_channels >= WIDE_CONV_CHANNELS]
+    return 2 * sum(m.kernel_size != (1, 1) for m in wide) > len(wide)
 
 
 def statistics_input(x: torch.Tensor, device: str, module: torch.nn.Module | None = None) -> torch.Tensor:
