@@ -114,12 +114,18 @@ def test_relu_mask_is_autograds_derivative():
     assert m.dtype == d.dtype and torch.equal(m, d)
 
 
+LAYOUTS = {"contiguous": torch.contiguous_format, "channels-last": torch.channels_last}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("name", sorted(ALL))
-def test_conv_kernels_make_each_images_mask(name, monkeypatch):
+def test_conv_kernels_make_each_images_mask(name, layout, monkeypatch):
     """``relu_of=True`` (m given as a ReLU's output) gives the bits of the kernel given the mask itself, for every
-    kernel that takes the geometry (the per-image kernels make each image's mask; the others the whole mask)."""
+    kernel that takes the geometry (the per-image kernels make each image's mask; the others the whole mask), in
+    both layouts of the statistics pass (channels-last: the kernels of ``closed_form/conv_nhwc.py``)."""
     monkeypatch.setitem(CASES, name, ALL[name])
     op, m, x = _case(name, torch.float32, batch=4)
+    m, x = (t.contiguous(memory_format=LAYOUTS[layout]) for t in (m, x))
     act = torch.relu(m)
     assert bool((act == 0).any()) and bool((act > 0).any())
     for kernel in _kernels_for(op):
@@ -129,14 +135,16 @@ def test_conv_kernels_make_each_images_mask(name, monkeypatch):
         assert not torch.equal(conv_input_relevance(op, act, x, kernel), want), kernel  # act itself is not the mask
 
 
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("shape", [(3, 5, 7, 3), (4, 16, 9, 9), (2, 3, 1, 1)])
-def test_identity_sums_one_image_at_a_time(shape):
-    """The skip term's per-image masked sums are the bits of the whole batch's mask times x, summed per channel."""
+def test_identity_sums_one_image_at_a_time(shape, layout):
+    """The skip term's per-image masked sums are the bits of the whole batch's mask times x, summed per channel (in
+    both layouts of the statistics pass)."""
     from ssa_torch.closed_form.identity import IdentityTerm
 
     gen = torch.Generator().manual_seed(sum(shape))
-    act = torch.relu(torch.randn(shape, generator=gen))
-    x = torch.randn(shape, generator=gen) * 1e3
+    act = torch.relu(torch.randn(shape, generator=gen)).contiguous(memory_format=LAYOUTS[layout])
+    x = torch.randn(shape, generator=gen).contiguous(memory_format=LAYOUTS[layout]) * 1e3
     term = IdentityTerm("p", "h", 1)
     want = term.statistics(relu_mask(act), {"h": x}, ["gradient_x_activation"])["a"]
     got = term.statistics(act, {"h": x}, ["gradient_x_activation"], relu_of=True)["a"]

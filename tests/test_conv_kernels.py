@@ -252,3 +252,80 @@ def test_graphs_with_every_stride_1_conv_on_shifted_rows_equal_the_reference(cas
     assert_same_edges(graph_edges(result.graph), cached_reference(case.name, "gradient_x_activation"))
     if any(isinstance(mod, torch.nn.Conv2d) and mod.stride == (1, 1) for mod in case.build().modules()):
         assert "shifted_rows" in chosen
+
+
+def _channels_last(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(t.contiguous(memory_format=torch.channels_last) for t in ts)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_channels_last_kernels_equal_their_contiguous_form(name, monkeypatch):
+    """A channels-last statistics pass (``ssa_torch.host.channels_last``): ``per_image`` and ``shifted_rows`` read
+    NHWC activations with positions as rows (``closed_form/conv_nhwc.py``). Their reference is the same kernel's
+    contiguous form on the same values: float64 to rounding (and the unfold form and the plain loop), float32 to
+    float32 rounding; an image's float32 values the same bits in any batch, and the layout really is NHWC."""
+    monkeypatch.setitem(CASES, name, ALL[name])
+    op, m, x = _case(name, torch.float64)
+    mc, xc = _channels_last(m, x)
+    assert conv_mod.is_nhwc(xc) and conv_mod.is_nhwc(mc)
+    ref, loop = unfold_reference(op, m, x), plain_loop(op, m, x)
+    tol = 1e-12 * float(ref.abs().max())
+    op32, m32, x32 = _case(name, torch.float32, batch=9)
+    mc32, xc32 = _channels_last(m32, x32)
+    for kernel in [k for k in _kernels_for(op) if k in ("per_image", "shifted_rows")]:
+        got = conv_input_relevance(op, mc, xc, kernel=kernel)
+        contiguous = conv_input_relevance(op, m, x, kernel=kernel)
+        for want in (contiguous, ref, loop):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=tol, msg=lambda s, k=kernel: f"{k}: {s}")
+        whole = conv_input_relevance(op32, mc32, xc32, kernel=kernel)
+        torch.testing.assert_close(whole, conv_input_relevance(op32, m32, x32, kernel=kernel), rtol=1e-5,
+                                   atol=1e-5 * float(whole.abs().max()), msg=lambda s, k=kernel: f"{k}: {s}")
+        for lo, hi in [(3, 4), (0, 2), (4, 9)]:
+            torch.testing.assert_close(conv_input_relevance(op32, mc32[lo:hi], xc32[lo:hi], kernel=kernel),
+                                       whole[lo:hi], rtol=0, atol=0, msg=lambda s, k=kernel: f"{k}: {s}")
+
+
+def test_channels_last_kernels_are_taken_on_wide_layers(monkeypatch):
+    """VGG16's and ResNet-50's shapes in a channels-last pass take the NHWC kernels (not a copy back to NCHW): the
+    NCHW forms are never called, and the values are theirs to float32 rounding."""
+    gen = torch.Generator().manual_seed(0)
+    for (c, n, k, stride, size), kernel in [((32, 40, 3, 1, 56), "shifted_rows"), ((48, 32, 3, 2, 15), "per_image"),
+                                            ((64, 32, 1, 1, 7), "per_image")]:
+        op = LinearOp("conv", torch.randn((n, c, k, k), generator=gen), groups=1, stride=(stride, stride),
+                      dilation=(1, 1), pad=(k // 2,) * 4)
+        x = torch.relu(torch.randn((2, c, size, size), generator=gen))
+        m = F.conv2d(x, op.weight, stride=stride, padding=k // 2)
+        assert choose_kernel(op, m) == kernel
+        want = conv_input_relevance(op, m, x, relu_of=True)
+        mc, xc = _channels_last(m, x)
+        calls: list[str] = []
+        with monkeypatch.context() as mp:
+            for name in ("_per_image", "_shifted_rows"):
+                real = getattr(conv_mod, name)
+                mp.setattr(conv_mod, name,
+                           lambda *a, real=real, name=name, calls=calls, **kw: calls.append(name) or real(*a, **kw))
+            got = conv_input_relevance(op, mc, xc, relu_of=True)
+            assert not calls
+            conv_input_relevance(op, m, x, relu_of=True)
+            assert calls == ["_" + kernel]  # the contiguous pass takes the NCHW form (the spy sees it)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("shape,k", [((3, 5, 7, 9), (3, 2)), ((4, 6, 6, 6), (1, 1)), ((9, 8, 5, 4), (3, 3))])
+def test_channels_last_offset_sums_equal_the_contiguous_form(shape, k):
+    """The ``gradient`` form's per-offset sums of a channels-last m (``conv_nhwc.offset_sums_nhwc``) against the
+    contiguous form ``vy^T @ (m @ vx)`` (its reference): float64 to rounding, float32 to float32 rounding, and an
+    image's float32 values the same bits in any batch."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    vy, vx = torch.randn((shape[2], k[0]), generator=gen), torch.randn((shape[3], k[1]), generator=gen)
+    m = torch.randn(shape, generator=gen)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        a, y, x = (t.to(dtype) for t in (m, vy, vx))
+        want = torch.matmul(y.t(), torch.matmul(a, x)).reshape(shape[0], shape[1], k[0] * k[1])
+        (mc,) = _channels_last(a)
+        got = conv_mod.offset_sums_nhwc(mc, y, x)
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max()))
+    (mc,) = _channels_last(m)
+    whole = conv_mod.offset_sums_nhwc(mc, vy, vx)
+    for lo, hi in [(1, 2), (0, 2), (1, 3)]:
+        torch.testing.assert_close(conv_mod.offset_sums_nhwc(mc[lo:hi], vy, vx), whole[lo:hi], rtol=0, atol=0)

@@ -137,12 +137,15 @@ def test_fast_math_does_nothing_on_the_cpu():
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=lambda c: c.name)
 def test_channels_last_statistics_equal_the_contiguous_ones(monkeypatch, case):
-    """The channels-last statistics forward (CUDA with SSA_CHANNELS_LAST=1) runs on the CPU here: same keys, shapes
-    and values (float32 sums in another order: close, not bit-equal), and the layout is really channels-last."""
+    """The channels-last statistics forward (CUDA with SSA_CHANNELS_LAST=1, the CPU's default) against the contiguous
+    one (the CPU with SSA_CHANNELS_LAST=0): same keys, shapes and values (float32 sums in another order: close, not
+    bit-equal), and the layout is really channels-last."""
     net = ssa.load_model(case.build())
     images = case.images(6)
     net.prepare(images)
     forms = ("gradient", "gradient_x_activation")
+    monkeypatch.setenv("SSA_CHANNELS_LAST", "0")
+    assert not host.channels_last("cpu")
     plain = {f: net.collect(images, [f]) for f in forms}
     monkeypatch.setattr(host, "_on_cuda", lambda device: True)
     monkeypatch.setenv("SSA_CHANNELS_LAST", "1")
@@ -155,3 +158,38 @@ def test_channels_last_statistics_equal_the_contiguous_ones(monkeypatch, case):
         for k, v in plain[f].items():
             assert nhwc[k].shape == v.shape, k
             torch.testing.assert_close(nhwc[k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_channels_last_by_default_on_the_cpu_only(monkeypatch):
+    """The CPU's statistics pass (and its autograd steps) run channels-last unless SSA_CHANNELS_LAST=0; CUDA only with
+    SSA_CHANNELS_LAST=1; a 4-D input is converted, other inputs are left as they are."""
+    monkeypatch.delenv("SSA_CHANNELS_LAST", raising=False)
+    assert host.channels_last("cpu") and not host.channels_last("meta")
+    x = host.statistics_input(torch.zeros(2, 3, 8, 8), "cpu")
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    assert host.statistics_input(torch.zeros(2, 3, 8), "cpu").is_contiguous()
+    monkeypatch.setenv("SSA_CHANNELS_LAST", "0")
+    assert not host.channels_last("cpu") and host.statistics_input(torch.zeros(2, 3, 8, 8), "cpu").is_contiguous()
+    monkeypatch.setattr(host, "_on_cuda", lambda device: True)
+    monkeypatch.delenv("SSA_CHANNELS_LAST")
+    assert not host.channels_last("cuda")
+    monkeypatch.setenv("SSA_CHANNELS_LAST", "1")
+    assert host.channels_last("cuda")
+
+
+def test_channels_last_only_for_models_with_wide_convolutions(monkeypatch):
+    """On the CPU the layout is chosen per model: channels-last where most one-group 2-D convolutions reading at least
+    32 channels have kernels larger than 1x1 (VGG16: where it measured faster), else contiguous (ResNet-50's 1x1
+    bottlenecks, a transformer's patch embedding, small convolutions)."""
+    monkeypatch.delenv("SSA_CHANNELS_LAST", raising=False)
+    x = torch.zeros(2, 3, 8, 8)
+    wide = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 3))
+    conv = torch.nn.Conv2d
+    bottlenecks = torch.nn.Sequential(conv(64, 64, 1), conv(64, 64, 3), conv(64, 256, 1))
+    narrow = [torch.nn.Sequential(torch.nn.Conv2d(3, 96, 4, stride=4)), torch.nn.Conv2d(3, 16, 3),
+              torch.nn.Conv2d(64, 64, 3, groups=64), torch.nn.Linear(8, 8), bottlenecks]
+    assert host.wide_convolutions(wide) and not any(host.wide_convolutions(m) for m in narrow)
+    assert not host.statistics_input(x, "cpu", wide).is_contiguous()
+    assert all(host.statistics_input(x, "cpu", m).is_contiguous() for m in narrow)
+    monkeypatch.setenv("SSA_CHANNELS_LAST", "0")
+    assert host.statistics_input(x, "cpu", wide).is_contiguous()

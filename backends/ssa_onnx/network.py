@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from ssa_torch.canon import DEFAULT_PASSES, CanonPass
 from ssa_torch.closed_form import ClosedFormPlan
+from ssa_torch.host import statistics_input
 from ssa_torch.network import TorchNetwork
 from torch import fx
 
@@ -372,8 +373,8 @@ class OnnxNetwork(TorchNetwork):
         device = torch.device(self.device)
         module = module.eval().to(device)
         with torch.no_grad():
-            try:
-                out = module(self.to_tensor(x))
+            try:  # in the statistics pass's layout (channels-last on the CPU): it checks what the analysis runs
+                out = module(statistics_input(self.to_tensor(x), self.device, module))
             except Exception as exc:  # noqa: BLE001
                 msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
                 failing = failing_node(module, self.to_tensor(x)) if isinstance(module, fx.GraphModule) else None

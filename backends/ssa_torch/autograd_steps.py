@@ -33,7 +33,7 @@ from ssa.core.interfaces import Rule, Tap
 
 from .closed_form.collect import spatial_mean
 from .head import head_cotangents, top_cotangents
-from .host import exact_arithmetic
+from .host import exact_arithmetic, statistics_input
 from .interpreters import ModelCodeInterpreter
 from .segments import Segment, TapValues, recorded_nodes, run_nodes, run_segment, segment_of
 from .tokens import aggregate
@@ -101,7 +101,8 @@ class AutogradSteps:
         (``interp.kept``) with their autograd graph."""
         plan = self.plan
         cut = {node: tap for tap, node in plan.node_of.items() if tap != plan.input_tap}
-        x = self.to_tensor(batch)
+        # the statistics pass's layout (channels-last where it runs so), so that both sum in the same order
+        x = statistics_input(self.to_tensor(batch), self.device, self.graph_module)
         interp = _CutInterpreter(self.graph_module, cut, None, grad, only, keep)
         interp.args_batch = int(x.shape[0])
         if plan.input_tap is not None:

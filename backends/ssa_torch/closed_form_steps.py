@@ -146,7 +146,7 @@ class ClosedFormSteps:
         if slots is not None:
             interp.slots = lambda key, shape, like: slots(key, shape, like) if like.dtype == torch.float32 else None
         with torch.no_grad(), exact_arithmetic(self.device):
-            outputs = interp.run(statistics_input(self.to_tensor(batch), self.device))  # channels-last where chosen
+            outputs = interp.run(statistics_input(self.to_tensor(batch), self.device, self.graph_module))
         self._statistics_outputs(batch, outputs)
         return {k: v.float() for k, v in interp.stats.items()}
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.utils.deterministic as _deterministic
 
-__all__ = ["HostCopy", "channels_last", "exact_arithmetic", "exact_entries", "statistics_input", "tf32_allowed"]
+__all__ = ["HostCopy", "channels_last", "exact_arithmetic", "exact_entries", "statistics_input", "tf32_allowed",
+           "wide_convolutions"]
 
 
 class HostCopy:
@@ -136,16 +137,41 @@ def exact_arithmetic(device: str, *, fast_math: bool = False):
 
 
 def channels_last(device: str) -> bool:
-    """Whether the statistics forward runs channels-last (NHWC) on ``device``: on CUDA with ``SSA_CHANNELS_LAST=1``.
+    """Whether the statistics forward may run channels-last (NHWC) on ``device`` (:func:`statistics_input` decides).
 
-    Off by default until a GPU run shows it helps (``bash benchmarks/gpu_run.sh bench`` times both layouts); the
-    CPU layout is never changed. Only the input is converted: cuDNN then runs every convolution channels-last.
+    On the CPU by default (``SSA_CHANNELS_LAST=0`` turns it off), for models of mostly wide spatial convolutions
+    (:func:`wide_convolutions`): oneDNN's convolutions and max-pooling run faster on NHWC activations there, and the
+    per-image correlation kernels read them as they lie (:mod:`ssa_torch.closed_form.conv_nhwc`; docs/device.md has
+    the numbers). On CUDA only with ``SSA_CHANNELS_LAST=1``, until a GPU run shows it helps (``bash
+    benchmarks/gpu_run.sh bench`` times both layouts). Only the input is converted: the convolutions then run
+    channels-last, and so do the operations after them.
     """
-    return _on_cuda(device) and os.environ.get("SSA_CHANNELS_LAST", "0") == "1"
+    flag = os.environ.get("SSA_CHANNELS_LAST", "")
+    if _on_cuda(device):
+        return flag == "1"
+    return flag != "0" and torch.device(device).type == "cpu"
 
 
-def statistics_input(x: torch.Tensor, device: str) -> torch.Tensor:
-    """The statistics forward's input in the layout :func:`channels_last` chooses (values unchanged)."""
-    if x.dim() == 4 and channels_last(device):
+#: on the CPU, a model runs channels-last when most of its one-group 2-D convolutions with this many input channels
+#: have kernels larger than 1x1: there oneDNN's NHWC forward is faster and the NHWC kernels cost what the NCHW ones do
+#: (VGG16: the statistics pass about 10 % faster); where 1x1 convolutions dominate (ResNet-50's bottlenecks) the NHWC
+#: per-image products are slower and the defaults' statistics measured 5-7 % slower; elsewhere (a transformer's one
+#: patch embedding, small convolutions) the layout saves nothing and would only sum in another order than before
+WIDE_CONV_CHANNELS = 32
+
+
+def wide_convolutions(module: torch.nn.Module) -> bool:
+    """Whether most of ``module``'s ``nn.Conv2d`` with one group and :data:`WIDE_CONV_CHANNELS` inputs or more have a
+    kernel larger than 1x1 (and there is one): where the channels-last statistics pass measured faster."""
+    wide = [m for m in module.modules()
+            if isinstance(m, torch.nn.Conv2d) and m.groups == 1 and m.in_channels >= WIDE_CONV_CHANNELS]
+    return 2 * sum(m.kernel_size != (1, 1) for m in wide) > len(wide)
+
+
+def statistics_input(x: torch.Tensor, device: str, module: torch.nn.Module | None = None) -> torch.Tensor:
+    """The analysis forward's input (the statistics pass, the autograd steps, the ONNX parity forward) in the layout
+    :func:`channels_last` chooses for ``device`` and, on the CPU, for ``module`` (:func:`wide_convolutions`; ``None``:
+    by the device alone). Values unchanged."""
+    if x.dim() == 4 and channels_last(device) and (module is None or _on_cuda(device) or wide_convolutions(module)):
         return x.contiguous(memory_format=torch.channels_last)
     return x

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from .conv3d import check_conv3d_geometry, conv3d_input_relevance, factor_scale_3d, offset_sums_3d
+from .conv_nhwc import is_nhwc, offset_sums_nhwc, per_image_nhwc, shifted_rows_nhwc
 from .linear import LinearOp, NotClosedForm
 from .masks import ImageMasks, relu_mask
 from .planner import Branch, Planner
@@ -149,7 +150,9 @@ def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor, kernel:
     ``relu_of``: ``m`` is a ReLU's output and the derivative is its 0/1 mask (``relu_mask(m)``, the same values): the
     per-image kernels (:func:`_shifted_rows`, :func:`_per_image`) write one image's mask into their own buffer, so
     that no mask of the whole batch is made; the others make it first. ``out``: a (B, N, C / groups) tensor of
-    ``m``'s dtype to write the result into (2-D convolutions; the same values), else a new one.
+    ``m``'s dtype to write the result into (2-D convolutions; the same values), else a new one. Where ``x`` lies
+    channels-last (the CPU's statistics pass: :func:`ssa_torch.host.channels_last`), the per-image kernels read it as
+    it lies, positions as rows (:mod:`.conv_nhwc`); the others take any layout.
     """
     if relu_of and kernel_of(op, m, kernel) not in ("shifted_rows", "per_image"):
         m, relu_of = relu_mask(m), False
@@ -170,11 +173,16 @@ def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor, kernel:
         out = torch.empty((B, n, cg), dtype=m.dtype, device=m.device)
     budget = WORK_BYTES if m.device.type != "cpu" else KERNEL_BYTES
     per_image = n * cg * kk * m.element_size()
+    nhwc = is_nhwc(x)  # a channels-last pass: the per-image kernels read positions as rows (.conv_nhwc)
     if kernel == "per_image":
+        if nhwc:
+            return per_image_nhwc(op, m, x, w, out, relu_of, TILE_BYTES)
         return _per_image(op, m, x, w, out, relu_of)
     if kernel == "shifted_rows":
         if op.stride != (1, 1):
             raise ValueError("the shifted_rows kernel takes stride-1 convolutions")
+        if nhwc:
+            return shifted_rows_nhwc(op, m, x, w, out, relu_of, SHIFT_TILE_BYTES)
         return _shifted_rows(op, m, x, w, out, relu_of)
     if kernel == "per_offset":
         return _per_offset(op, m, x, w, out, budget)
@@ -418,6 +426,8 @@ class ConvTerm(Term):
             valid = self._static[key]
             if len(k) == 3:
                 out["g"] = offset_sums_3d(m, valid)  # type: ignore[arg-type]
+            elif is_nhwc(m):  # a channels-last pass: the same two products over m's rows of channels as they lie
+                out["g"] = offset_sums_nhwc(m, *valid)  # type: ignore[misc]
             else:
                 vy, vx = valid  # type: ignore[misc]
                 # C[b, n, i, j] = sum_{y, x} m[b, n, y, x] vy[y, i] vx[x, j], as two small matmuls

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import fx
 
+from .conv_nhwc import is_nhwc
 from .masks import ImageMasks, relu_mask
 from .registry import ClosedForm, register_builtin
 from .terms import Term, as_tensor
@@ -41,6 +42,8 @@ class IdentityTerm(Term):
         return (self.head,)
 
     def _per_channel(self, t: torch.Tensor) -> torch.Tensor:
+        if self.channel_axis == 1 and is_nhwc(t):  # a channels-last pass: the positions summed as they lie
+            return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1, t.shape[1]).sum(1)
         t = t.movedim(self.channel_axis, 1)
         return t.reshape(t.shape[0], t.shape[1], -1).sum(-1)
 
@@ -51,7 +54,7 @@ class IdentityTerm(Term):
         ``gradient_x_activation`` alone, made one image at a time: :meth:`_masked_sums`)."""
         x = values[self.head].to(m.dtype) if "gradient_x_activation" in forms else None
         if relu_of and ("gradient" in forms or x is None or self.channel_axis != 1 or m.dim() < 3
-                        or x.shape != m.shape or not (m.is_contiguous() and x.is_contiguous())):
+                        or x.shape != m.shape or not (_dense(m) and _dense(x) and is_nhwc(m) == is_nhwc(x))):
             m, relu_of = relu_mask(m), False
         out = {}
         if "gradient" in forms:
@@ -68,9 +71,13 @@ class IdentityTerm(Term):
         B, C = act.shape[:2]
         mask = ImageMasks(act)
         out = torch.empty((B, C), dtype=act.dtype, device=act.device)
+        nhwc = is_nhwc(act)
         for b in range(B):
-            buf = mask(b).mul_(x[b])
-            torch.sum(buf.view(C, -1), dim=-1, out=out[b])
+            buf = mask(b).mul_(x[b])  # laid out as act[b]
+            if nhwc:
+                torch.sum(buf.permute(1, 2, 0).reshape(-1, C), dim=0, out=out[b])
+            else:
+                torch.sum(buf.view(C, -1), dim=-1, out=out[b])
         return out
 
     def rank1(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str):
@@ -96,6 +103,11 @@ class IdentityTerm(Term):
         j = torch.arange(len(h), device=d.device)
         om[j, :, h] = d[:, h].t()
         return self.finish(om, fed)
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Contiguous, or channels-last (the statistics pass's two layouts)."""
+    return t.is_contiguous() or is_nhwc(t)
 
 
 @register_builtin

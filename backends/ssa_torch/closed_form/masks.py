@@ -29,6 +29,11 @@ class ImageMasks:
         self.spare = torch.empty(self.size + self.lanes, dtype=act.dtype, device=act.device)
 
     def __call__(self, b: int) -> torch.Tensor:
-        """Image ``b``'s mask, shaped as ``act[b]`` (valid until the next call)."""
+        """Image ``b``'s mask, shaped as ``act[b]`` and laid out as it (channels-last where ``act`` is; valid until
+        the next call)."""
         at = (b * self.size - self.spare.data_ptr() // self.act.element_size()) % self.lanes
-        return torch.gt(self.act[b], 0, out=self.spare[at:at + self.size].view(self.act[b].shape))
+        img = self.act[b]
+        dense = img.dim() == 3 and not img.is_contiguous() and img.permute(1, 2, 0).is_contiguous()
+        view = self.spare.as_strided(img.shape, img.stride(), at) if dense else self.spare[at:at + self.size].view(
+            img.shape)
+        return torch.gt(img, 0, out=view)
