@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from .conv3d import check_conv3d_geometry, conv3d_input_relevance, factor_scale_3d, offset_sums_3d
-from .conv_nhwc import is_nhwc, offset_sums_nhwc, per_image_nhwc, shifted_rows_nhwc
+from .conv_nhwc import is_nhwc, offset_sums_nhwc, per_image_nhwc, shifted_rows, shifted_rows_nhwc
 from .linear import LinearOp, NotClosedForm
 from .masks import ImageMasks, relu_mask
 from .planner import Branch, Planner
@@ -277,40 +277,7 @@ def _shifted_rows(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tenso
     (:data:`SHIFT_TILE_BYTES`) so that a tile of ``m`` and of the input rows is read from cache by every offset;
     the per-offset products of a group are accumulated in a (kk, N / groups, C / groups) buffer, multiplied by W
     and summed over the offsets once per image."""
-    n, cg, kh, kw = op.weight.shape
-    g, ng, kk = op.groups, n // op.groups, kh * kw
-    B, (ho, wo) = m.shape[0], m.shape[2:]
-    top, bottom, left, right = op.pad
-    dy, dx = op.dilation
-    h, wd = x.shape[2:]
-    hp, wp = h + top + bottom, wd + left + right
-    span = ho * wp  # the flat output positions, extra columns included
-    wk = w.permute(2, 0, 1).contiguous()  # (kk, N, Cg)
-    xbuf = torch.zeros((g * cg, hp * wp + dx * (kw - 1)), dtype=m.dtype, device=m.device)
-    xin = xbuf[:, :hp * wp].view(g * cg, hp, wp)[:, top:top + h, left:left + wd]
-    mbuf = torch.zeros((n, ho, wp), dtype=m.dtype, device=m.device)
-    mflat = mbuf.view(n, span)
-    acc = torch.empty((kk, ng, cg), dtype=m.dtype, device=m.device)
-    offsets = [i * dy * wp + j * dx for i in range(kh) for j in range(kw)]
-    tile = max(wp, SHIFT_TILE_BYTES // ((ng + cg) * m.element_size()))
-    for b in range(B):
-        xin.copy_(x[b])
-        if relu_of:  # the image's mask, written where its m goes
-            torch.gt(m[b], 0, out=mbuf[:, :, :wo])
-        else:
-            mbuf[:, :, :wo].copy_(m[b])
-        for r0 in range(0, n, ng):  # one group's output channels read its cg input channels
-            c0 = (r0 // ng) * cg
-            mg, xg = mflat[r0:r0 + ng], xbuf[c0:c0 + cg]
-            for s in range(0, span, tile):
-                e = min(span, s + tile)
-                for d, o in enumerate(offsets):
-                    if s == 0:
-                        torch.mm(mg[:, s:e], xg[:, o + s:o + e].t(), out=acc[d])
-                    else:
-                        acc[d].addmm_(mg[:, s:e], xg[:, o + s:o + e].t())
-            torch.sum(acc.mul_(wk[:, r0:r0 + ng]), dim=0, out=out[b, r0:r0 + ng])
-    return out
+    return shifted_rows(op, m, x, w, out, relu_of, SHIFT_TILE_BYTES, nhwc=False)
 
 
 def _per_offset(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, budget: int

@@ -14,7 +14,7 @@ import torch
 from .linear import LinearOp
 from .masks import ImageMasks
 
-__all__ = ["is_nhwc", "offset_sums_nhwc", "per_image_nhwc", "shifted_rows_nhwc"]
+__all__ = ["is_nhwc", "offset_sums_nhwc", "per_image_nhwc", "shifted_rows", "shifted_rows_nhwc"]
 
 
 def is_nhwc(t: torch.Tensor) -> bool:
@@ -43,7 +43,15 @@ def shifted_rows_nhwc(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.T
     """:func:`.conv._shifted_rows` with positions as rows: the image copied once into a zero-padded (Hp * Wp, C)
     buffer, ``m`` onto (Ho * Wp, N) rows (zero rows at the ``Wp - Wo`` extra columns); kernel offset (i, j) reads the
     input rows shifted by ``i * dy * Wp + j * dx``, a contiguous block, so each offset is one product
-    ``m^T @ x`` over tiles of positions within ``tile_bytes``."""
+    ``m^T @ x`` over tiles of positions within ``tile_bytes`` (:func:`shifted_rows`)."""
+    return shifted_rows(op, m, x, w, out, relu_of, tile_bytes, nhwc=True)
+
+
+def shifted_rows(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
+                 relu_of: bool, tile_bytes: int, nhwc: bool) -> torch.Tensor:
+    """The shifted-rows form in either layout: :func:`.conv._shifted_rows` (``nhwc`` False: channels as rows of the
+    buffers) and :func:`shifted_rows_nhwc` (positions as rows). Both products are written over (positions, channels)
+    views of the buffers (for NCHW buffers, their transposes), so each layout multiplies its operands as they lie."""
     n, cg, kh, kw = op.weight.shape
     g, ng, kk = op.groups, n // op.groups, kh * kw
     B, (ho, wo) = m.shape[0], m.shape[2:]
@@ -53,22 +61,29 @@ def shifted_rows_nhwc(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.T
     hp, wp = h + top + bottom, wd + left + right
     span = ho * wp  # the flat output positions, extra columns included
     wk = w.permute(2, 0, 1).contiguous()  # (kk, N, Cg)
-    xbuf = torch.zeros((hp * wp + dx * (kw - 1), g * cg), dtype=m.dtype, device=m.device)
-    xin = xbuf[:hp * wp].view(hp, wp, g * cg)[top:top + h, left:left + wd]
-    mbuf = torch.zeros((ho, wp, n), dtype=m.dtype, device=m.device)
-    mflat = mbuf.view(span, n)
+    length = hp * wp + dx * (kw - 1)
+    if nhwc:
+        xbuf = torch.zeros((length, g * cg), dtype=m.dtype, device=m.device)  # (positions, channels)
+        xin = xbuf[:hp * wp].view(hp, wp, g * cg)[top:top + h, left:left + wd]
+        mbuf = torch.zeros((ho, wp, n), dtype=m.dtype, device=m.device)
+        mrows, mwin, image = mbuf.view(span, n), mbuf[:, :wo], _rows
+    else:
+        xbuf = torch.zeros((g * cg, length), dtype=m.dtype, device=m.device).t()  # (positions, channels) view
+        xin = xbuf.t()[:, :hp * wp].view(g * cg, hp, wp)[:, top:top + h, left:left + wd]
+        mbuf = torch.zeros((n, ho, wp), dtype=m.dtype, device=m.device)
+        mrows, mwin, image = mbuf.view(n, span).t(), mbuf[:, :, :wo], _same
     acc = torch.empty((kk, ng, cg), dtype=m.dtype, device=m.device)
     offsets = [i * dy * wp + j * dx for i in range(kh) for j in range(kw)]
     tile = max(wp, tile_bytes // ((ng + cg) * m.element_size()))
     for b in range(B):
-        xin.copy_(_rows(x[b]))
+        xin.copy_(image(x[b]))
         if relu_of:  # the image's mask, written where its m goes
-            torch.gt(_rows(m[b]), 0, out=mbuf[:, :wo])
+            torch.gt(image(m[b]), 0, out=mwin)
         else:
-            mbuf[:, :wo].copy_(_rows(m[b]))
+            mwin.copy_(image(m[b]))
         for r0 in range(0, n, ng):  # one group's output channels read its cg input channels
             c0 = (r0 // ng) * cg
-            mg, xg = mflat[:, r0:r0 + ng], xbuf[:, c0:c0 + cg]
+            mg, xg = mrows[:, r0:r0 + ng], xbuf[:, c0:c0 + cg]
             for s in range(0, span, tile):
                 e = min(span, s + tile)
                 for d, o in enumerate(offsets):
@@ -78,6 +93,10 @@ def shifted_rows_nhwc(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.T
                         acc[d].addmm_(mg[s:e].t(), xg[o + s:o + e])
             torch.sum(acc.mul_(wk[:, r0:r0 + ng]), dim=0, out=out[b, r0:r0 + ng])
     return out
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def per_image_nhwc(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
