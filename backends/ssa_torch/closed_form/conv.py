@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from .conv3d import check_conv3d_geometry, conv3d_input_relevance, factor_scale_3d, offset_sums_3d
-from .conv_nhwc import is_nhwc, offset_sums_nhwc, per_image_nhwc, shifted_rows, shifted_rows_nhwc
+from .conv_nhwc import is_nhwc, offset_sums_nhwc, per_image_nhwc, shifted_rows, shifted_rows_nhwc, window_products
 from .linear import LinearOp, NotClosedForm
 from .masks import ImageMasks, relu_mask
 from .planner import Branch, Planner
@@ -254,16 +254,8 @@ def _per_image(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, 
                 buf[d].copy_(wins[d][b])
             xw = buf.view(kk, g * cg, p)
         mb = (m[b] if mask is None else mask(b)).reshape(n, p)
-        for r0 in range(0, n, ng):  # one group's output channels read its cg input channels
-            c0 = (r0 // ng) * cg
-            for r in range(r0, r0 + ng, rows):
-                t = min(rows, r0 + ng - r)
-                acc = out[b, r:r + t]
-                torch.mm(mb[r:r + t], xw[0, c0:c0 + cg].t(), out=acc)
-                acc.mul_(wk[0, r:r + t])
-                for d in range(1, kk):
-                    torch.mm(mb[r:r + t], xw[d, c0:c0 + cg].t(), out=prod[:t])
-                    acc.addcmul_(prod[:t], wk[d, r:r + t])
+        # transposed views: the same products as channels-last windows
+        window_products(out[b], mb.t(), xw.transpose(1, 2), wk, ng, cg, rows, prod)
     return out
 
 

@@ -14,7 +14,7 @@ import torch
 from .linear import LinearOp
 from .masks import ImageMasks
 
-__all__ = ["is_nhwc", "offset_sums_nhwc", "per_image_nhwc", "shifted_rows", "shifted_rows_nhwc"]
+__all__ = ["is_nhwc", "offset_sums_nhwc", "per_image_nhwc", "shifted_rows", "shifted_rows_nhwc", "window_products"]
 
 
 def is_nhwc(t: torch.Tensor) -> bool:
@@ -131,16 +131,27 @@ def per_image_nhwc(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tens
                 i, j = divmod(d, kw)
                 buf[d].copy_(xpad[i * dy:i * dy + sy * (ho - 1) + 1:sy, j * dx:j * dx + sx * (wo - 1) + 1:sx])
             xw = buf.view(kk, p, g * cg)
-        mb = _rows(m[b] if mask is None else mask(b)).reshape(p, n)
-        for r0 in range(0, n, ng):  # one group's output channels read its cg input channels
-            c0 = (r0 // ng) * cg
-            for r in range(r0, r0 + ng, rows):
-                t = min(rows, r0 + ng - r)
-                acc = out[b, r:r + t]
-                mt = mb[:, r:r + t].t()
-                torch.mm(mt, xw[0, :, c0:c0 + cg], out=acc)
-                acc.mul_(wk[0, r:r + t])
-                for d in range(1, kk):
-                    torch.mm(mt, xw[d, :, c0:c0 + cg], out=prod[:t])
-                    acc.addcmul_(prod[:t], wk[d, r:r + t])
+        window_products(out[b], _rows(m[b] if mask is None else mask(b)).reshape(p, n), xw, wk, ng, cg, rows, prod)
+    return out
+
+
+def window_products(out: torch.Tensor, mrows: torch.Tensor, windows: torch.Tensor, wk: torch.Tensor, ng: int,
+                    cg: int, rows: int, prod: torch.Tensor) -> torch.Tensor:
+    """One image's per-image form from its (P, N) ``m`` rows and (kk, P, C) shifted input windows (views as they
+    lie in either layout): per group (``ng`` output, ``cg`` input channels), tile of ``rows`` output channels and
+    kernel offset, one product ``m^T @ window`` multiplied by W (``wk``: (kk, N, Cg)) and accumulated into ``out``
+    (N, Cg); ``prod`` is a (rows, Cg) buffer. The per-image kernels of both layouts (:func:`.conv._per_image`,
+    :func:`per_image_nhwc`) call it."""
+    n, kk = mrows.shape[1], windows.shape[0]
+    for r0 in range(0, n, ng):  # one group's output channels read its cg input channels
+        c0 = (r0 // ng) * cg
+        for r in range(r0, r0 + ng, rows):
+            t = min(rows, r0 + ng - r)
+            acc = out[r:r + t]
+            mt = mrows[:, r:r + t].t()
+            torch.mm(mt, windows[0, :, c0:c0 + cg], out=acc)
+            acc.mul_(wk[0, r:r + t])
+            for d in range(1, kk):
+                torch.mm(mt, windows[d, :, c0:c0 + cg], out=prod[:t])
+                acc.addcmul_(prod[:t], wk[d, r:r + t])
     return out
