@@ -47,6 +47,13 @@ def export(model: nn.Module, example: np.ndarray, path: Path, *, opset: int = 17
 # --- VGG-style: conv-conv-pool blocks, dense head with dropout, final Softmax --------------------
 
 
+def parity_cache_on(tmp_path: Path, monkeypatch) -> Path:
+    """The ONNX parity cache on, in ``tmp_path``'s own folder (``SSA_PARITY_CACHE``, ``SSA_CACHE``); its file's path."""
+    monkeypatch.setenv("SSA_PARITY_CACHE", "1")
+    monkeypatch.setenv("SSA_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "parity.json"
+
+
 def vgg_style() -> nn.Module:
     torch.manual_seed(0)
     m = nn.Sequential(

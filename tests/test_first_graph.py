@@ -32,9 +32,7 @@ def vgg(tmp_path_factory):
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     """The parity cache on, in a folder of this test's own."""
-    monkeypatch.setenv("SSA_PARITY_CACHE", "1")
-    monkeypatch.setenv("SSA_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "parity.json"
+    return om.parity_cache_on(tmp_path, monkeypatch)
 
 
 def _prepared(path, x, **options):
