@@ -38,7 +38,6 @@ from .terms import (
     channels_of,
     chunks,
     is_identity_map,
-    picked_rows,
     place_channels,
     scatter_channels,
     stat_device,
@@ -455,9 +454,7 @@ class ConvTerm(Term):
         """The input relevance ``a`` (B, N, K) picked for the upper neurons (gradient x activation)."""
         if form == "gradient":
             return None
-        raw = stats["a"]  # (B, N, K)
-        h, fed = self.head_channels(neurons, stat_device(raw))
-        return picked_rows(raw, h), fed
+        return self.picked_relevance(stats, neurons)
 
 
 def check_conv_geometry(op: LinearOp, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:

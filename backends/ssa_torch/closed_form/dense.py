@@ -20,7 +20,7 @@ from torch import fx
 from .linear import NotClosedForm
 from .planner import Branch, Planner
 from .registry import ClosedForm, register_builtin
-from .terms import Term, as_float64, as_tensor, chunks, picked_rows, place_channels, scatter_channels, stat_device
+from .terms import Term, as_float64, as_tensor, chunks, place_channels, scatter_channels
 
 __all__ = ["DenseTerm", "DenseForm"]
 
@@ -102,9 +102,7 @@ class DenseTerm(Term):
         """The input relevance ``a`` (B, N, K) picked for the upper neurons, where it was collected."""
         if form == "gradient" or "a" not in stats:
             return None
-        raw = stats["a"]  # (B, N, K)
-        h, fed = self.head_channels(neurons, stat_device(raw))
-        return picked_rows(raw, h), fed
+        return self.picked_relevance(stats, neurons)
 
     def rank1_order(self, neurons: Sequence[int], device: Any) -> torch.Tensor | None:
         """The weights' rows sorted once per device (stable), picked for ``neurons``."""

@@ -266,6 +266,14 @@ class Term:
         None (the default): no such form."""
         return None
 
+    def picked_relevance(self, stats: Mapping[str, Any], neurons: Sequence[int]
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The collected input relevance ``stats["a"]`` (B, N, K) picked for the upper ``neurons``: (rows (n, B, K)
+        in its dtype, fed (n,)), the :meth:`own_rows` of the terms that collect it."""
+        raw = stats["a"]  # (B, N, K)
+        h, fed = self.head_channels(neurons, stat_device(raw))
+        return picked_rows(raw, h), fed
+
     def rank1_order(self, neurons: Sequence[int], device: torch.device | str) -> torch.Tensor | None:
         """Optional: (n, K), a permutation sorting each row of :meth:`rank1`'s ``vec`` ascending, when the term
         can give it without sorting (its ``vec`` rows are constant, e.g. weights sorted once and kept). None:
