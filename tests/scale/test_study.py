@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from ssa.cli import main
 from ssa.scale.jobs import read_write_log
@@ -73,8 +74,11 @@ def test_a_killed_study_resumes_to_the_outputs_of_an_uninterrupted_one(synthetic
     assert len(graphs) == 48 and any(k.startswith("d24/gradient_x_activation-mad-b3/compare/") for k in reference)
 
     log = tmp_path / "writes.log"
+    # the killed process computes with this process's thread count (graphs record it; the CPU kernels' rounding
+    # depends on it): left to itself it would take the idle cores, and its graphs would differ from the reference
+    env = {**os.environ, "SSA_WRITE_LOG": str(log), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-m", "ssa", "study", str(study), "--out-dir", str(resumed), "-q"],
-                            env={**os.environ, "SSA_WRITE_LOG": str(log)}, stdout=subprocess.PIPE,
+                            env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while len(read_write_log(log)) < 6 and proc.poll() is None and time.time() < deadline:
