@@ -68,6 +68,16 @@ def test_others_busy_is_the_machines_busy_time_less_this_processs():
     assert T.others_busy((10.0, 5.0, None), now(100)) is None  # no /proc/stat
 
 
+def test_others_busy_never_exceeds_the_machines_cpus(monkeypatch):
+    """A 2-CPU machine kept fully busy by others, its ticks a little ahead of the wall clock (201 ticks a second
+    per 100 Hz): 2 CPUs busy, not 2.01 (seen on a loaded host)."""
+    monkeypatch.setattr(T.os, "cpu_count", lambda: 2)
+    hz = os.sysconf("SC_CLK_TCK")
+    start = (10.0, 5.0, (1000 * hz // 100, 4000 * hz // 100))
+    full = (11.0, 5.0, (start[2][0] + 201 * hz // 100, start[2][1] + 201 * hz // 100))
+    assert T.others_busy(start, full) == 2.0
+
+
 def test_busy_cpus_prefers_the_recent_window_to_the_lagging_load_average(monkeypatch):
     class _Loadavg:
         text = "1.00 0.80 0.50 1/100 123"  # the load average of a run that just ended; only this process runs

@@ -134,8 +134,9 @@ def others_busy(start: tuple[float, float, tuple[int, int] | None] | None = None
         return None
     hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     own = (now[1] - start[1]) * hz
-    cpus = total / (hz * (now[0] - start[0]))  # the CPUs the ticks came from
-    return max(0.0, (busy - own) / total * cpus)
+    cpus = total / (hz * (now[0] - start[0]))  # the CPUs the ticks came from (a little over them by tick rounding)
+    cpus = min(cpus, float(os.cpu_count() or cpus))
+    return max(0.0, min(1.0, (busy - own) / total)) * cpus
 
 
 def busy_cpus() -> float:
