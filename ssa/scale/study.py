@@ -365,7 +365,7 @@ def run_study(study: Study, runner: LocalRunner | RayRunner | None = None, *, pr
                                    batch_size=study.batch_size, engine=study.engine,
                                    decode_workers=study.decode_workers)
             try:
-                report = execute(jobs, runner, folders, progress=progress, desc="study")
+                report = execute(jobs, runner, folders, progress=progress, desc="study", say=say)
             finally:
                 runner.close()
             keys_of: dict[Path, dict[str, str]] = {}
