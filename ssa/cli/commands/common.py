@@ -266,10 +266,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 def add_threads_arg(p: Any) -> None:
     """``--threads N``: the CPU threads torch computes with (``ssa.cli`` applies it before torch loads, through
     :func:`ssa.core.threads.command_threads`); a command of the command line only, not an option of a run."""
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for torch (default: OMP_NUM_THREADS if set, else min(cores this process may "
-                        "use, torch's default, cores other processes leave idle); graphs record it, and a resumed "
-                        "--out-dir run takes the count of the graphs it keeps (docs/scale.md)")
+                        "use, torch's default, cores other processes leave idle; a resumed `ssa analyse --out-dir` or "
+                        "`ssa study`: the count of the graphs it keeps); graphs record it (docs/scale.md)")
 
 
 def _store(args: argparse.Namespace) -> tuple[str | None, str]:
