@@ -38,7 +38,8 @@ A study file (TOML; relative paths are relative to the file) says::
 
 It writes ``OUT/<model>/<rule>-<selector>-b<B>[-<hash of non-default parameters>]/class-<c>.json`` (each such
 folder is an ``ssa analyse --out-dir`` folder, with its manifest), ``.../compare/`` and ``.../report.html``, and
-``OUT/study.json`` (the resolved study, the models' and image set's content hashes, every output and the rates).
+``OUT/study.json`` (the resolved study, the models' and image set's content hashes, every output, the rates and the
+thread counts of the kept and computed graphs).
 A re-run skips the graphs already written with the same key, and the comparisons and reports whose graphs did
 not change; a run killed half-way (crash, SIGKILL, Ctrl-C) goes on where it stopped.
 """

@@ -203,3 +203,21 @@ def test_resume_threads_rules(monkeypatch, one_thread):
     with pytest.warns(ssa.errors.SSAWarning, match=r"computed with 1 thread, the other 4 are computed with 2 "
                                                    r"threads \(--threads 2\)"):
         assert T.resume_threads([1], computing=4).mixed
+
+
+def test_a_graph_that_landed_but_was_not_recorded_counts_as_kept(synthetic, tmp_path, one_thread, capsys):
+    """A run killed between writing a graph and recording it in the manifest: the job keeps the graph (its file
+    holds the key), so its count is the kept one."""
+    from ssa.io.outdir import MANIFEST
+
+    spec, images = synthetic
+    out = tmp_path / "g"
+    assert main(_argv(spec, images, out, "1", "--threads", "2", "-q")) == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    del manifest["keys"]["analyse"]["class-1.json"], manifest["hashes"]["analyse"]["class-1.json"]
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    torch.set_num_threads(1)
+    capsys.readouterr()
+    assert main(_argv(spec, images, out, "1,2")) == 0
+    assert "computing the other 1 graph(s) with 2 threads, as the kept graphs were" in capsys.readouterr().out
+    assert _threads(out) == {"class-1.json": 2, "class-2.json": 2}
