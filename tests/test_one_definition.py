@@ -27,11 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 #: keywords that are not options of a run: the data, the choice of classes and images, where outputs go
 NOT_OPTIONS = {"self", "model", "images", "target", "targets", "labels", "preprocess", "by_prediction",
                "min_confidence", "max_per_class", "only_target", "out_dir", "runner", "decode_workers"}
-#: ``ssa analyse`` flags that are not options of a run (images, classes, outputs, scale-out)
+#: ``ssa analyse`` flags that are not options of a run (images, classes, outputs, scale-out, the process's torch
+#: threads: the command line's alone, ssa.core.threads)
 CLI_NOT_OPTIONS = {"--help", "--images", "--labels", "--class-map", "--preprocess", "--resize", "--scale", "--mean",
                    "--std", "--layout", "--channels", "--bgr", "--target", "--targets", "--by-prediction",
                    "--min-confidence", "--max-per-class", "--max-images", "--out-dir", "--ray", "--ray-address",
-                   "--workers", "--decode-workers", "--out", "--quiet"}
+                   "--workers", "--decode-workers", "--out", "--quiet", "--threads"}
 #: fields the keywords do not spell out: the model (``model``) and a backend's own options (loaded first)
 NOT_KEYWORDS = {"source", "options"}
 
@@ -143,6 +144,7 @@ def _source() -> dict[str, str]:
     ("work_bytes", r"^\s*def work_bytes\b", "ssa/core/budget.py"),
     ("ModelSpec", r"^class ModelSpec\b", "ssa/core/options.py"),
     ("RunOptions", r"^class RunOptions\b", "ssa/core/options.py"),
+    ("the --threads option", r"add_argument\(\s*[\"']--threads\b", "ssa/cli/commands/common.py"),
 ])
 def test_defined_once(what, pattern, home):
     rx = re.compile(pattern, re.M)

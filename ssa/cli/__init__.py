@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import NoReturn, TextIO
 
 import ssa
-from ssa.core.threads import use_threads
+from ssa.core.threads import command_threads
 from ssa.errors import SSAError, SSAWarning
 from ssa.io.paths import ENVIRONMENT_ERRNOS, describe_os_error
 from ssa.plugins import CommandRegistry, add_plugin_commands
@@ -116,13 +116,14 @@ def _main(argv: Sequence[str] | None) -> int:
         if not getattr(args, "command", None):
             parser.print_help()
             return 2
-        use_threads(getattr(args, "threads", None))  # before torch loads: --threads, OMP_NUM_THREADS or the default
-        if getattr(args, "batch_size", 0) is None:  # --batch-size not given: by the device (32 CPU, 128 GPU)
-            from ssa.cli.commands.common import batch_size
+        # before torch loads: --threads, OMP_NUM_THREADS or the default, and who chose it (for resumed runs)
+        with command_threads(getattr(args, "threads", None)):
+            if getattr(args, "batch_size", 0) is None:  # --batch-size not given: by the device (32 CPU, 128 GPU)
+                from ssa.cli.commands.common import batch_size
 
-            args.batch_size = batch_size(args)
-        code = int(args.run(args) or 0)
-        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+                args.batch_size = batch_size(args)
+            code = int(args.run(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
         return code
     except SSAError as exc:
         if _debug():

@@ -24,6 +24,16 @@ processes run on one thread each.
 
 Python callers keep control of their own process: :func:`use_threads` only lowers the count of a
 process that has already imported torch, and only when asked by the command line.
+
+A resumed run keeps the thread count of the outputs it keeps. Graphs record the count torch computed with
+(``threads``), and torch's CPU kernels round differently with one thread and with several, so a killed
+``ssa study`` (or an ``ssa analyse --out-dir`` re-run) resumed under another load would otherwise finish with
+another count than it started with. While a command runs, :func:`command_threads` records its count and who
+chose it (``--threads``, the user's ``OMP_NUM_THREADS``, or the default above; :func:`use_threads` itself
+writes ``OMP_NUM_THREADS`` before torch loads, so the variable alone does not say); :func:`resume_threads`,
+called by :func:`ssa.scale.manifest.execute` with the counts of the graphs it keeps, computes the rest with
+the kept graphs' count when the count was the default and they agree (one line says so), and otherwise warns
+that the outputs mix thread counts. In a caller's process (no command running) it changes nothing.
 """
 
 from __future__ import annotations
@@ -32,12 +42,17 @@ import math
 import os
 import sys
 import time
-from collections.abc import MutableMapping
+import warnings
+from collections.abc import Iterable, Iterator, MutableMapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ssa.errors import InvalidInputError
+from ssa.errors import InvalidInputError, SSAWarning
 
-__all__ = ["available_cores", "busy_cpus", "default_threads", "others_busy", "torch_threads", "use_threads"]
+__all__ = ["available_cores", "busy_cpus", "default_threads", "others_busy", "torch_threads", "use_threads",
+           "ThreadChoice", "RunThreads", "command_threads", "command_choice", "resume_threads"]
 
 _CGROUP = Path("/sys/fs/cgroup")
 
@@ -191,3 +206,111 @@ def torch_threads() -> int | None:
     (its ``threads`` attribute): ``OMP_NUM_THREADS`` (or ``--threads``) at that count reproduces the run bit for bit."""
     torch = sys.modules.get("torch")
     return int(torch.get_num_threads()) if torch is not None else None
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The thread count of the command that runs, and who chose it: ``"--threads"``, ``"OMP_NUM_THREADS"`` (the
+    user's environment) or ``"default"`` (:func:`default_threads`)."""
+
+    by: str
+
+    @property
+    def users(self) -> bool:
+        """Whether the user chose the count (``--threads`` or ``OMP_NUM_THREADS``)."""
+        return self.by != "default"
+
+
+#: the command line's choice while one of its commands runs (:func:`command_threads`); None otherwise
+_CHOICE: ThreadChoice | None = None
+
+
+@contextmanager
+def command_threads(threads: int | None = None, environ: MutableMapping[str, str] | None = None
+                    ) -> Iterator[ThreadChoice]:
+    """Around a command of the command line: :func:`use_threads`, and who chose the count (for
+    :func:`resume_threads`) until the command ends."""
+    global _CHOICE
+    env = os.environ if environ is None else environ
+    by = "--threads" if threads is not None else "OMP_NUM_THREADS" if env.get("OMP_NUM_THREADS", "").strip() \
+        else "default"
+    use_threads(threads, env)  # refuses --threads 0 before anything is recorded
+    _CHOICE = ThreadChoice(by)
+    try:
+        yield _CHOICE
+    finally:
+        _CHOICE = None
+
+
+def command_choice() -> ThreadChoice | None:
+    """The running command's :class:`ThreadChoice`; None in a caller's process (no command running)."""
+    return _CHOICE
+
+
+@dataclass(frozen=True)
+class RunThreads:
+    """The thread counts of a resumable run's outputs: those of the graphs it kept (distinct counts, ascending;
+    graphs of older versions record none), the one it computed the rest with (None: it computed nothing, or
+    torch is not loaded) and how that count was chosen: ``"kept graphs"`` (the resume took theirs), or the
+    :class:`ThreadChoice` (``"--threads"``, ``"OMP_NUM_THREADS"``, ``"default"``), ``"ray workers"``, or
+    ``"caller"`` (a caller's process: its own count)."""
+
+    kept: tuple[int, ...] = ()
+    computed: int | None = None
+    by: str = "caller"
+
+    @property
+    def mixed(self) -> bool:
+        """Whether the run's outputs hold graphs computed with different thread counts."""
+        counts = set(self.kept) | ({self.computed} if self.computed is not None else set())
+        return len(counts) > 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kept": list(self.kept), "computed": self.computed, "by": self.by, "mixed": self.mixed}
+
+
+def _count(n: int) -> str:
+    return f"{n} thread{'s' if n != 1 else ''}"
+
+
+def _counts(counts: Iterable[int]) -> str:
+    c = sorted(counts)
+    return _count(c[0]) if len(c) == 1 else ", ".join(map(str, c[:-1])) + f" and {c[-1]} threads"
+
+
+def resume_threads(kept: Iterable[int | None], *, computing: int, workers: int | None = None,
+                   say: Any = None) -> RunThreads:
+    """Choose the thread count of a resumed run that keeps graphs computed with ``kept`` counts (their
+    ``threads`` attributes; None for a graph that records none) and computes ``computing`` more.
+
+    Only while a command of the command line runs (:func:`command_choice`): when its count is the default and
+    the kept graphs agree on another, torch computes the rest with theirs (``torch.set_num_threads``, raising
+    too: the command line asks) and ``say`` gets one line saying so; when they disagree among themselves, or the
+    user chose another count, the count stays and one :class:`~ssa.errors.SSAWarning` names the counts. ``workers``:
+    the threads of each Ray worker (they compute there, with that count), None for this process.
+    """
+    counts = tuple(sorted({int(k) for k in kept if k is not None}))
+    choice = _CHOICE
+    now = workers if workers is not None else torch_threads()
+    by = "caller" if choice is None else "ray workers" if workers is not None else choice.by
+    if computing == 0 or now is None:
+        return RunThreads(counts, None, by)
+    if choice is None or not counts or counts == (now,):
+        return RunThreads(counts, now, by)
+    if len(counts) == 1 and not choice.users and workers is None:
+        torch = sys.modules["torch"]  # loaded: torch_threads() gave a count
+        torch.set_num_threads(counts[0])
+        if say is not None:
+            say(f"computing the other {computing} graph(s) with {_count(counts[0])}, as the kept graphs were "
+                f"(the default here is {now}; --threads N overrides)")
+        return RunThreads(counts, counts[0], "kept graphs")
+    why = {"--threads": f" (--threads {now})", "OMP_NUM_THREADS": " (OMP_NUM_THREADS)",
+           "ray workers": " (each Ray worker's)"}.get(by, "")
+    fix = ("remove the folder to compute them all again" if len(counts) > 1
+           else f"finish without Ray, with --threads {counts[0]}," if workers is not None
+           else f"run with --threads {counts[0]}")
+    warnings.warn(f"the outputs mix thread counts: the kept graphs were computed with {_counts(counts)}, the other "
+                  f"{computing} are computed with {_count(now)}{why}; torch's CPU kernels round differently with "
+                  f"another count, so they may differ in the last bits from an uninterrupted run's ({fix} for one "
+                  "count).", SSAWarning, stacklevel=2)
+    return RunThreads(counts, now, by)

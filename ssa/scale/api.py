@@ -78,6 +78,6 @@ def analyse_to_folder(model: Any, images: Any, targets: str | Sequence[int], out
             del network  # workers load their own
             release_device_memory(device)
         try:
-            return execute(jobs, runner, folders, progress=progress)
+            return execute(jobs, runner, folders, progress=progress, say=print if progress else None)
         finally:
             runner.close()

@@ -12,6 +12,10 @@ Every graphs folder is an ``--out-dir`` folder of ``ssa analyse`` (:class:`ssa.i
 4. at the end, removes the folder's graphs of earlier runs that this run did not produce (as ``--out-dir``
    always did), and says how many images per second each phase handled.
 
+Before it sends the jobs, the kept graphs' thread counts (their ``threads`` attribute) go to
+:func:`ssa.core.threads.resume_threads`: a command-line run whose count is the default computes the rest with the
+kept graphs' count, so the outputs are those of an uninterrupted run; the counts are in :attr:`RunReport.threads`.
+
 A re-run therefore skips finished classes, and a run stopped by a crash, SIGKILL or Ctrl-C goes on where it
 stopped, with the same files as an uninterrupted run.
 """
@@ -19,17 +23,19 @@ stopped, with the same files as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ssa.core.threads import RunThreads, resume_threads
 from ssa.errors import InvalidInputError
 from ssa.io.outdir import ANALYSE_OUTPUTS, OutputDir
 from ssa.io.progress import progress as stage
-from ssa.scale.jobs import ClassJob, JobResult
+from ssa.scale.jobs import KEY_ATTR, ClassJob, JobResult
 
-__all__ = ["GraphFolders", "RunReport", "execute"]
+__all__ = ["GraphFolders", "RunReport", "execute", "graph_attrs"]
 
 
 class GraphFolders(contextlib.ExitStack):
@@ -61,6 +67,7 @@ class RunReport:
     seconds: float = 0.0
     runner: str = "local"
     workers: int = 1
+    threads: RunThreads = field(default_factory=RunThreads)  # the thread counts of the kept and computed graphs
 
     @property
     def written(self) -> list[str]:
@@ -106,14 +113,32 @@ class RunReport:
     def as_dict(self) -> dict:
         return {"jobs": self.jobs, "computed": sum(1 for r in self.results if r.written), "kept_outputs": self.kept,
                 "seconds": round(self.seconds, 3), "runner": self.runner, "workers": self.workers,
-                **{k: (None if v is None else round(v, 3)) for k, v in self.rates().items()}, **self.totals()}
+                **{k: (None if v is None else round(v, 3)) for k, v in self.rates().items()}, **self.totals(),
+                "threads": self.threads.as_dict()}
+
+
+def graph_attrs(path: Path) -> dict:
+    """The graph attributes of a graph file (``{}`` when it cannot be read)."""
+    try:
+        attrs = json.loads(path.read_bytes()).get("graph", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def _threads(attrs: dict) -> int | None:
+    """The thread count a graph records (its ``threads`` attribute), None when it records none."""
+    value = attrs.get("threads")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def execute(jobs: Sequence[ClassJob], runner, folders: GraphFolders, *, progress: bool = True,
-            desc: str = "classes") -> RunReport:
-    """Run the jobs that are not done yet (see the module docstring); raise one line if some failed."""
+            desc: str = "classes", say: Callable[[str], None] | None = None) -> RunReport:
+    """Run the jobs that are not done yet (see the module docstring); raise one line if some failed. ``say``: where
+    an information line goes (the thread count a resumed command-line run takes over), None: nowhere."""
     report = RunReport(jobs=len(jobs), runner=getattr(runner, "name", "local"))
     todo: list[ClassJob] = []
+    kept: list[Path] = []
     for job in jobs:
         done = True
         for o in job.outputs:
@@ -121,11 +146,25 @@ def execute(jobs: Sequence[ClassJob], runner, folders: GraphFolders, *, progress
             if od.recorded(o.path.name) == o.key:
                 od.keep(o.path.name)
                 report.kept += 1
+                kept.append(o.path)
             else:
                 od.drop_damaged(o.path.name)
                 done = False
         if not done:
             todo.append(job)
+    threads = [_threads(graph_attrs(p)) for p in kept]
+    computing = 0
+    kept_paths = set(kept)
+    for job in todo:
+        for o in job.outputs:
+            if o.path in kept_paths:
+                continue
+            attrs = graph_attrs(o.path) if o.path.is_file() else {}
+            if attrs.get(KEY_ATTR) == o.key:  # landed but not recorded (a run killed in between): the job keeps it
+                threads.append(_threads(attrs))
+            else:
+                computing += 1
+    report.threads = resume_threads(threads, computing=computing, workers=getattr(runner, "threads", None), say=say)
     planned: dict[Path, list[str]] = {}
     for job in todo:
         for o in job.outputs:

@@ -31,6 +31,7 @@ class LocalRunner:
     """Jobs one after the other in this process, with one :class:`Worker` (the model loaded once)."""
 
     name = "local"
+    threads = None  # the jobs compute with this process's torch threads
 
     def __init__(self) -> None:
         self.worker = Worker()
@@ -114,6 +115,11 @@ class RayRunner:
         self.actors: list[Any] = []
         self.pids: list[int] = []
 
+    @property
+    def threads(self) -> int:
+        """The torch threads of each actor (one per CPU it declares): the count its graphs record."""
+        return max(1, int(self.cpus_per_worker))
+
     def start(self) -> RayRunner:
         ray = self._ray = _import_ray()
         if not ray.is_initialized():
@@ -143,7 +149,7 @@ class RayRunner:
                                     "start Ray on GPU machines, or use --device cpu.")
         actor = ray.remote(max_restarts=-1, max_task_retries=-1)(_ActorBody)
         self.actors = [actor.options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker)
-                       .remote(max(1, int(self.cpus_per_worker))) for _ in range(self.workers)]
+                       .remote(self.threads) for _ in range(self.workers)]
         self.pids = ray.get([a.pid.remote() for a in self.actors])
         return self
 

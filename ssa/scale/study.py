@@ -38,7 +38,8 @@ A study file (TOML; relative paths are relative to the file) says::
 
 It writes ``OUT/<model>/<rule>-<selector>-b<B>[-<hash of non-default parameters>]/class-<c>.json`` (each such
 folder is an ``ssa analyse --out-dir`` folder, with its manifest), ``.../compare/`` and ``.../report.html``, and
-``OUT/study.json`` (the resolved study, the models' and image set's content hashes, every output and the rates).
+``OUT/study.json`` (the resolved study, the models' and image set's content hashes, every output, the rates and the
+thread counts of the kept and computed graphs).
 A re-run skips the graphs already written with the same key, and the comparisons and reports whose graphs did
 not change; a run killed half-way (crash, SIGKILL, Ctrl-C) goes on where it stopped.
 """
@@ -365,7 +366,7 @@ def run_study(study: Study, runner: LocalRunner | RayRunner | None = None, *, pr
                                    batch_size=study.batch_size, engine=study.engine,
                                    decode_workers=study.decode_workers)
             try:
-                report = execute(jobs, runner, folders, progress=progress, desc="study")
+                report = execute(jobs, runner, folders, progress=progress, desc="study", say=say)
             finally:
                 runner.close()
             keys_of: dict[Path, dict[str, str]] = {}

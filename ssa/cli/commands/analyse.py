@@ -11,6 +11,7 @@ from ssa.cli.commands.common import (
     add_image_args,
     add_method_args,
     add_model_args,
+    add_threads_arg,
     api_options,
     labels_from,
     model_argument,
@@ -30,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_many_args(p)  # --targets, --by-prediction, --min-confidence, --max-per-class, --out-dir
     add_method_args(p)
     add_engine_args(p)
+    add_threads_arg(p)
     p.add_argument("--out", "-o", default=None, help="write the graph here (.json node-link or .graphml)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
     p.set_defaults(run=run)

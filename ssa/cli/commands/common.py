@@ -27,9 +27,10 @@ from ssa.plugins import model_options as registered_model_options
 from ssa.plugins import registry
 from ssa.session import load_model
 
-__all__ = ["check_folder_options", "FOLDER_OPTIONS", "add_option_args", "add_engine_args", "add_model_args",
-           "add_image_args", "add_method_args", "parse_kv", "parse_ints", "model_spec", "run_options", "load_network",
-           "model_options", "api_options", "model_argument", "preprocess_from", "labels_from"]
+__all__ = ["check_folder_options", "FOLDER_OPTIONS", "add_option_args", "add_engine_args", "add_threads_arg",
+           "add_model_args", "add_image_args", "add_method_args", "parse_kv", "parse_ints", "model_spec",
+           "run_options", "load_network", "model_options", "api_options", "model_argument", "preprocess_from",
+           "labels_from"]
 
 
 def parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
@@ -260,6 +261,15 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
     add_option_args(g, RunOptions, ["engine", "store", "fast_math"])
+
+
+def add_threads_arg(p: Any) -> None:
+    """``--threads N``: the CPU threads torch computes with (``ssa.cli`` applies it before torch loads, through
+    :func:`ssa.core.threads.command_threads`); a command of the command line only, not an option of a run."""
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch (default: OMP_NUM_THREADS if set, else min(cores this process may "
+                        "use, torch's default, cores other processes leave idle; a resumed `ssa analyse --out-dir` or "
+                        "`ssa study`: the count of the graphs it keeps); graphs record it (docs/scale.md)")
 
 
 def _store(args: argparse.Namespace) -> tuple[str | None, str]:

@@ -28,6 +28,7 @@ from ssa.cli.commands.common import (
     add_image_args,
     add_model_args,
     add_option_args,
+    add_threads_arg,
     labels_from,
     model_options,
     parse_kv,
@@ -81,9 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "curve beside random sets, and its CPR-like and CMD-like areas")
     p.add_argument("--curves-out", default=None, help="write the curves' points here (.csv; implies --curves)")
     p.add_argument("--figure", default=None, help="draw the curves here (.png or .svg; implies --curves)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: OMP_NUM_THREADS if set, else min(cores this process may "
-                        "use, torch's default, cores other processes leave idle); see ssa.core.threads)")
+    add_threads_arg(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     p.set_defaults(run=run)
 

@@ -7,6 +7,7 @@ import sys
 import warnings
 
 from ssa.cli.commands.analyse_many import add_scale_args
+from ssa.cli.commands.common import add_threads_arg
 from ssa.errors import InvalidInputError, SSAWarning
 
 
@@ -20,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", default=None, help="the output folder (default: the file's out = \"...\")")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, only the final line")
     add_scale_args(p)
+    add_threads_arg(p)
     p.set_defaults(run=run)
 
 
