@@ -78,3 +78,22 @@ def test_first_searches_only_the_images_whose_row_guess_fails(monkeypatch):
     got = host.first(cut, True, host.down, (built[:, :, 0], built[:, :, -1]))
     assert np.array_equal(got, _scan(built, cut, True, host.down))
     assert searched[0] <= 8 and sum(searched[1:]) < 8 * 32 // 4, searched
+
+
+@pytest.mark.parametrize("images", [3, 255, 256, 300])
+def test_dense_counts_of_one_sided_labels_equal_the_plain_count(images):
+    """A dense block's outlier counts on the host (one-sided labels summed in bytes below 256 images) against the
+    labels counted one by one."""
+    import ssa
+    from ssa.core.interfaces import DenseBlock
+    from ssa.core.traversal import _accumulate, labels_by_partition
+
+    selector = ssa.make_selector("tukey", k=0.0)
+    omega = np.random.default_rng(images).standard_t(2, (4, images, 50))
+    omega[:, :, 7] = 1e6  # an outlier on every image: counts up to the number of images (above 255 too)
+    acc: dict = {}
+    _accumulate(acc, DenseBlock("p", 0, omega), 4, selector)
+    labels = labels_by_partition(selector, omega.reshape(-1, 50)).reshape(omega.shape)
+    want = np.array([[sum(int(labels[j, i, k]) for i in range(images)) for k in range(50)] for j in range(4)])
+    got = acc["p"].pos
+    assert got.dtype == np.int64 and np.array_equal(got, want) and want.max() == images

@@ -329,8 +329,9 @@ def _count_labels(a: _Acc, lo: int, hi: int, selector: Selector, rows: Any, srt:
         bad = xp.sum((labels > 1) | (labels < -1))
         a.bad = bad if a.bad is None else a.bad + bad
     # checked labels all in {0, 1} (the one-sided selectors'): their sum is the count, and no negatives to count
-    if host and (labels.size == 0 or int(np.min(labels)) >= 0):
-        a.add("pos", lo, hi, np.sum(labels, axis=1, dtype=np.int64))
+    if host and (labels.size == 0 or int(np.min(labels)) >= 0):  # counts of at most 255 summed in bytes (3x faster)
+        count = np.sum(labels, axis=1, dtype=np.uint8 if shape[1] < 256 else np.int64)
+        a.add("pos", lo, hi, count.astype(np.int64, copy=False))
     else:
         a.add("pos", lo, hi, xp.sum(labels > 0, axis=1, dtype=xp.int64))
         a.add("neg", lo, hi, xp.sum(labels < 0, axis=1, dtype=xp.int64))
