@@ -80,13 +80,15 @@ class HostRank1:
         active = fk & ~f0  # the rest: t = 0 (flips everywhere) or K (nowhere)
         if K < 2 or not active.any():
             return t
-        guess = np.ones((self.n, self.b), dtype=np.int64)  # in [1, K - 1]: read below at guess - 1 and guess
-        for sign in (False, True):  # one image per row and sign of its coefficient searched
-            pick = active & (self.down == sign)
-            rows = np.flatnonzero(pick.any(axis=1))
-            if rows.shape[0]:
-                found = self._search(rows * self.b + pick[rows].argmax(axis=1), cut, above, invert)
-                guess[rows] = np.where(self.down[rows] == sign, found[:, None], guess[rows])
+        # one image per row and sign of its coefficient searched (the first active one), in one search
+        picks = [active & ~self.down, active & self.down]
+        rows = [np.flatnonzero(p.any(axis=1)) for p in picks]
+        reps = np.concatenate([r * self.b + p[r].argmax(axis=1) for r, p in zip(rows, picks, strict=True)])
+        found = self._search(reps, cut, above, invert)
+        per_row = np.ones((2, self.n), dtype=np.int64)  # in [1, K - 1]: read below at guess - 1 and guess
+        per_row[0, rows[0]] = found[:rows[0].shape[0]]
+        per_row[1, rows[1]] = found[rows[0].shape[0]:]
+        guess = np.where(self.down, per_row[1][:, None], per_row[0][:, None])
         ok = _flips(self.at(guess), cut, above, invert)
         ok &= ~_flips(self.at(guess - 1), cut, above, invert)
         t = np.where(active, guess, t)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -413,7 +413,7 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
     K = int(vec.shape[1])
     if nb == 0 or b == 0:
         return
-    if searched_only(selector) and not is_numpy(xp) or K == 0:  # a device labels the built rows (a search per
+    if K == 0 or not is_numpy(xp) and searched_only(selector):  # a device labels the built rows (a search per
         _accumulate(acc, DenseBlock(parent, start, rank1_block_rows(f)), n, selector)  # row: many small kernels)
         return
     mask = xp.reshape(xp.astype(fed, xp.float64), (nb, 1))
@@ -437,8 +437,8 @@ def _accumulate_rank1(acc: dict[str, _Acc], parent: str, start: int, f: Rank1Fac
     q0 = xp.zeros((nb, b), dtype=xp.int64, device=device_of(vec))
     ends = (host.at_position(0), host.at_position(K - 1)) if host is not None else (g(q0), g(xp.full_like(q0, K - 1)))
     with np.errstate(invalid="ignore", over="ignore"):  # non-finite cuts fall back to the rows below
-        if isinstance(selector, SupportsSortedCuts):
-            hi, lo = selector.sorted_cuts(K, column)
+        if sorted_cuts:  # (checked once above: a runtime protocol's isinstance costs about 12 us)
+            hi, lo = cast(SupportsSortedCuts, selector).sorted_cuts(K, column)
         else:
             assert isinstance(selector, SupportsSearchedCuts)  # factors are asked for with one or the other
             hi, lo = rank1_searched_cuts(selector, sv, coeff, f.scale, mask, vec)
