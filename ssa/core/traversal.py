@@ -517,7 +517,7 @@ def _finish_step(upper: str, parent: str, neurons: Sequence[int], a: _Acc, branc
     s = np.concatenate([np.full(len(w[0]), 1 if i == 0 else -1, np.int64) for i, w in enumerate(winners)])
     order = np.lexsort((r, -s, j))  # per upper neuron: positive by rank, then negative
     nrn = np.asarray(neurons, dtype=np.int64)
-    return StepRecord(upper, parent, tuple(int(v) for v in neurons), a.pos, a.neg_, mean,
+    return StepRecord(upper, parent, tuple(map(int, neurons)), a.pos, a.neg_, mean,
                       nrn[j[order]], k[order].astype(np.int64), cnt[order].astype(np.int64),
                       rel[order].astype(np.float64), s[order])
 
