@@ -444,13 +444,18 @@ def step_counts(t: Array, up: Array, base: Array, order: Array) -> Array:
     n, K = int(order.shape[0]), int(order.shape[1])
     if not is_numpy_namespace(xp):
         return unpermute(count_at_most(t, up, K) + (base - count_at_most(t, ~up, K)), order)
-    by_t = np.argsort(t, axis=1, kind="stable")
+    # t and up sorted together as one key 2 t + up: among equal t the order is free, since the pieces between them
+    # are empty (dropped below) and the value after the last of them counts them all
+    key = np.sort(np.asarray(t, dtype=np.int64) * 2 + np.asarray(up, dtype=np.int64), axis=1)
     edges = np.zeros((n, t.shape[1] + 2), dtype=np.int64)  # 0, the sorted t, K: piece p is [edges[p], edges[p + 1])
-    edges[:, 1:-1] = np.take_along_axis(t, by_t, axis=1)
+    np.right_shift(key, 1, out=edges[:, 1:-1])
     edges[:, -1] = K
     values = np.empty((n, t.shape[1] + 1), dtype=np.int64)
     values[:, :1] = base
-    np.cumsum(np.where(np.take_along_axis(up, by_t, axis=1), 1, -1), axis=1, out=values[:, 1:])
+    key &= 1
+    key *= 2
+    key -= 1  # +1 up, -1 not
+    np.cumsum(key, axis=1, out=values[:, 1:])
     values[:, 1:] += base
     lengths = np.diff(edges, axis=1)
     keep = (values != 0) & (lengths > 0)
