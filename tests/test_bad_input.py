@@ -97,6 +97,12 @@ CASES: list[tuple[str, list[str], str]] = [
                                 "3"], "they look one-hot"),
     ("analyse-labels-count", ["analyse", "digits", "--images", "{d}/x.npy", "--labels", "{d}/short_labels.npy", "-t",
                               "3"], "labels has 10 entries for 60 images"),
+    ("analyse-labels-out-of-range", ["analyse", "digits", "--images", "{d}/x.npy", "--labels",
+                                     "{d}/one_based_labels.npy", "-t", "3"],
+     "labels must be classes in [0, 9] (the model has 10 logits), got 10"),
+    ("analyse-labels-out-of-range-all", ["analyse", "digits", "--images", "{d}/x.npy", "--labels",
+                                         "{d}/one_based_labels.npy", "--targets", "all", "--out-dir", "{d}/lr"],
+     "of 60 images are outside); pass this model's class indices (0-based)"),
     ("analyse-max-per-class-0", ["analyse", "digits", "--images", "{d}/x.npy", "--labels", "{d}/y.npy", "--targets",
                                  "3", "--max-per-class", "0"], "max_per_class must be >= 1"),
     ("analyse-batch-size-0", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--batch-size", "0"],
@@ -423,6 +429,7 @@ def work(tmp_path_factory) -> Path:
     np.save(d / "float_labels.npy", np.linspace(0.1, 0.9, 60))
     np.save(d / "onehot.npy", np.eye(10)[y[:60]])
     np.save(d / "short_labels.npy", y[:10])
+    np.save(d / "one_based_labels.npy", y[:60] + 1)  # 1-based: class 9 is 10, not a logit of the digits model
     (d / "f.txt").write_text("text")
     (d / "broken.pt2").write_bytes(b"PK\x03\x04 truncated")
     torch.export.save(torch.export.export(digits_cnn(), (torch.from_numpy(x[:1]),)), str(d / "static1.pt2"))
