@@ -53,6 +53,9 @@ CASES: list[tuple[str, list[str], str]] = [
                                         "-o", "{d}/prev/g.json"], "raised SystemExit(0), which ends the run"),
     ("analyse-model-generator-exit", ["analyse", "{d}/models.py:GeneratorExitInForward", "--images", "{d}/x.npy",
                                       "-t", "3"], "raised GeneratorExit, which ends the run"),
+    ("analyse-model-random-in-forward", ["analyse", "{d}/models.py:DropoutInForward", "--images", "{d}/x.npy", "-t",
+                                         "3", "-o", "{d}/prev/g.json"],
+     "the model gives two copies of one image different outputs in one batch"),
     ("analyse-model-static-batch", ["analyse", "{d}/static1.pt2", "--images", "{d}/x.npy", "-t", "3"],
      "exported with a static batch size"),
     ("analyse-model-nan-logits", ["analyse", "{d}/models.py:nan_logits", "--images", "{d}/x.npy", "-t", "3", "-o",
@@ -378,6 +381,11 @@ class ExitsInForward(DigitsCNN):
 class GeneratorExitInForward(DigitsCNN):
     def forward(self, x):
         raise GeneratorExit
+
+
+class DropoutInForward(DigitsCNN):  # F.dropout without training=self.training: active in eval mode too
+    def forward(self, x):
+        return self.classifier(torch.nn.functional.dropout(self.features(x), 0.5))
 """
 
 
