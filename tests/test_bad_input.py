@@ -251,6 +251,10 @@ CASES: list[tuple[str, list[str], str]] = [
      "holds a JSON list, not a node-link graph"),
     ("compare-graph-broken-graphml", ["compare", "{d}/broken.graphml", "{d}/graphs/class-1.json"],
      "is not a graph written by ssa (ParseError"),
+    ("compare-graph-not-a-number", ["compare", "{d}/badnumber.json", "{d}/graphs/class-2.json"],
+     "is not a graph written by ssa (an attribute does not hold a number: ValueError: invalid literal for int()"),
+    ("compare-graph-newer-schema", ["compare", "{d}/graphs/class-1.json", "{d}/newer.json"],
+     "was written by a newer ssa (graph schema 99; this ssa reads up to 1); upgrade ssa to read it."),
     ("compare-graph-not-ssa", ["compare", "{d}/nonssa.json", "{d}/graphs/class-1.json"],
      "has no 'tap' and 'neuron' attributes"),
     ("compare-mixed-rules", ["compare", "{d}/graphs/class-1.json", "{d}/paper/class-2.json"],
@@ -489,6 +493,11 @@ def work(tmp_path_factory) -> Path:
     other = ssa.analyse_many(DigitsCNN(), "digits", [2], selector="topk")
     (d / "other").mkdir()
     other[2].write(d / "other" / "class-2.json")
+    for name, edit in (("badnumber.json", lambda g: g["nodes"][1].update(frequency="many")),  # edited by hand
+                       ("newer.json", lambda g: g["graph"].update(schema=99))):
+        data = json.loads((d / "graphs" / "class-1.json").read_text())
+        edit(data)
+        (d / name).write_text(json.dumps(data))
     empty = ssa.read_graph(d / "graphs" / "class-1.json")
     empty.remove_nodes_from([n for n, t in empty.nodes(data="tap") if t != "logits"])
     ssa.write_graph(empty, d / "empty.json")
