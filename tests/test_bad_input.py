@@ -56,6 +56,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("analyse-model-random-in-forward", ["analyse", "{d}/models.py:DropoutInForward", "--images", "{d}/x.npy", "-t",
                                          "3", "-o", "{d}/prev/g.json"],
      "the model gives two copies of one image different outputs in one batch"),
+    ("analyse-model-integer-logits", ["analyse", "{d}/models.py:IntegerLogits", "--images", "{d}/x.npy", "-t", "3"],
+     "the model returns int64 values, not floating-point class scores"),
     ("analyse-model-static-batch", ["analyse", "{d}/static1.pt2", "--images", "{d}/x.npy", "-t", "3"],
      "exported with a static batch size"),
     ("analyse-model-nan-logits", ["analyse", "{d}/models.py:nan_logits", "--images", "{d}/x.npy", "-t", "3", "-o",
@@ -395,6 +397,11 @@ class ExitsInForward(DigitsCNN):
 class GeneratorExitInForward(DigitsCNN):
     def forward(self, x):
         raise GeneratorExit
+
+
+class IntegerLogits(DigitsCNN):
+    def forward(self, x):
+        return (super().forward(x) * 100).long()
 
 
 class DropoutInForward(DigitsCNN):  # F.dropout without training=self.training: active in eval mode too

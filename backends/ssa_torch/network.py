@@ -63,6 +63,10 @@ def _check_batches(gm: fx.GraphModule, x: torch.Tensor) -> None:
                 "ssa runs the images in batches: make the model accept any batch size"
             raise UnsupportedModelError(f"the model runs on 1 image but fails on a batch of 2 ({text}); {why}.") \
                 from None
+    if isinstance(out, torch.Tensor) and not out.is_floating_point():
+        raise UnsupportedModelError(
+            f"the model returns {str(out.dtype).replace('torch.', '')} values, not floating-point class scores, so "
+            "nothing can be differentiated; return the logits (before argmax, rounding or .long()).")
     _check_deterministic(out)
 
 
