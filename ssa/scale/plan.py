@@ -99,8 +99,11 @@ def resolve_classes(network: Network, targets: str | Sequence[int], stop_at: str
 def check_selection(selection: Selection) -> Selection:
     if selection.grouping not in ("labels", "prediction"):
         raise InvalidInputError(f"grouping must be 'labels' or 'prediction', got {selection.grouping!r}.")
-    if selection.min_confidence is not None and not 0.0 <= float(selection.min_confidence) <= 1.0:
-        raise InvalidInputError(f"min_confidence must be in [0, 1], got {selection.min_confidence}.")
+    conf = selection.min_confidence
+    if conf is not None and (isinstance(conf, (bool, str)) or not isinstance(conf, (int, float, np.number))):
+        raise InvalidInputError(f"min_confidence must be a number in [0, 1], got {conf!r}.")
+    if conf is not None and not 0.0 <= float(conf) <= 1.0:
+        raise InvalidInputError(f"min_confidence must be in [0, 1], got {conf}.")
     if selection.max_images is not None:
         check_int("max_per_class", selection.max_images, 1, "Pass --max-per-class 1 or more.")
     return selection
