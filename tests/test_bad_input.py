@@ -637,6 +637,7 @@ OTHER_TESTS = {
     "outdir-damaged": "tests/test_outdir.py::test_a_class_graph_cut_short_is_computed_again_with_a_notice",
     "outdir-second-writer": "tests/test_outdir.py::test_two_processes_on_one_out_dir_both_succeed",
     "identity-mixed-runs": "tests/test_identity.py::test_mixed_runs_are_refused_unless_allow_mixed",
+    "env-closed-stdout": "tests/test_environment_errors.py::test_closed_stdout_and_stderr_at_start",
     "study-file-bad": "tests/scale/test_study.py::test_study_file_errors_are_one_line",
     "evaluate-resample-one-class": "tests/analysis/test_strategies.py::test_cli_resample_needs_another_class",
 }
