@@ -134,6 +134,9 @@ CASES: list[tuple[str, list[str], str]] = [
                                        "--targets", "all"], "pass --class-map imagenet (the standard ILSVRC-2012"),
     ("analyse-class-folders-mixed", ["analyse", "digits", "--images", "{d}/mixedclasses", "--channels", "1",
                                      "--targets", "all"], "mix numbers (3) and names (cat)"),
+    ("analyse-images-beside-class-folders", ["analyse", "digits", "--images", "{d}/strayimage", "--channels", "1",
+                                            "-t", "3"],
+     "holds image files (stray.png) and sub-folders of images ('3', ...); ssa reads either a flat folder"),
     ("analyse-class-map-missing", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1", "--class-map",
                                    "{d}/nothere.json", "--targets", "all"],
      "class map '{d}/nothere.json' does not exist"),
@@ -486,6 +489,9 @@ def work(tmp_path_factory) -> Path:
         (d / folder).mkdir(parents=True)
         for i in range(2):
             Image.fromarray((x[i, 0] * 255).astype(np.uint8)).save(d / folder / f"{i}.png")
+    for folder, name in (("strayimage/3", "0.png"), ("strayimage/5", "0.png"), ("strayimage", "stray.png")):
+        (d / folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((x[0, 0] * 255).astype(np.uint8)).save(d / folder / name)
     (d / "badmap.json").write_text('{"n01440764": "x", "n15075141": 1}')
     (d / "shortmap.csv").write_text("folder,index\nn01440764,0\n")
     (d / "afile").write_text("a file, not a folder")
