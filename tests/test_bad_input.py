@@ -651,6 +651,8 @@ OTHER_TESTS = {
     "outdir-second-writer": "tests/test_outdir.py::test_two_processes_on_one_out_dir_both_succeed",
     "identity-mixed-runs": "tests/test_identity.py::test_mixed_runs_are_refused_unless_allow_mixed",
     "env-closed-stdout": "tests/test_environment_errors.py::test_closed_stdout_and_stderr_at_start",
+    "explorer-cache-unwritable":
+        "tests/viz/test_explorer.py::test_a_cache_that_cannot_be_written_is_a_warning_not_a_failure",
     "study-file-bad": "tests/scale/test_study.py::test_study_file_errors_are_one_line",
     "evaluate-resample-one-class": "tests/analysis/test_strategies.py::test_cli_resample_needs_another_class",
 }
