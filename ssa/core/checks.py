@@ -201,11 +201,12 @@ def check_label_range(labels: np.ndarray | None, n_classes: int, source: str = "
 
 
 def looks_unscaled(images: np.ndarray) -> str | None:
-    """Why ``images`` look like raw 0-255 pixels (every value a whole number in [0, 255], some > 1), or None."""
+    """Why ``images`` look like raw pixels (every value a whole number in [0, 255], some > 1; or in [0, 65535], some
+    > 255: 16-bit pixels), or None."""
     if images.size == 0:
         return None
     lo, hi = float(images.min()), float(images.max())
-    if lo < 0 or hi <= 1.0 or hi > 255:
+    if lo < 0 or hi <= 1.0 or hi > 65535:
         return None
     sample = images.reshape(-1)[: 1 << 20]
     if not np.array_equal(sample, np.round(sample)):

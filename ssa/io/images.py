@@ -291,10 +291,10 @@ def load_images(spec: object, *, target: int | None = None, preprocess: Preproce
     arr = validate_images(arr)
     why = looks_unscaled(arr) if raw else None
     if why is not None:
-        warnings.warn(f"the images look like raw 0-255 pixels ({why}); most models expect them scaled (e.g. to 0-1, or "
-                      "normalised): divide them by 255 first, or pass a folder of image files with --preprocess; "
-                      "ignore "
-                      "this if the model takes 0-255 input.", SSAWarning, stacklevel=2)
+        top = 255 if float(arr.max()) <= 255 else 65535  # 16-bit pixels (a uint16 array) as well
+        warnings.warn(f"the images look like raw 0-{top} pixels ({why}); most models expect them scaled (e.g. to 0-1, "
+                      f"or normalised): divide them by {top} first, or pass a folder of image files with --preprocess; "
+                      f"ignore this if the model takes 0-{top} input.", SSAWarning, stacklevel=2)
     if lab is not None:
         lab = check_labels(lab, arr.shape[0])
     if target is not None:
