@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ssa.core.checks import check_int, check_stop_at
+from ssa.core.checks import check_int, check_label_range, check_stop_at
 from ssa.core.interfaces import Rule, Selector
 from ssa.core.options import ModelSpec, RunOptions, option_fields
 from ssa.io.classmap import check_class_count
@@ -162,6 +162,8 @@ def analyse_many(
     network = session.network  # loads and prepares the model once
     n = n_classes(network)
     check_class_count(folders, n)
+    if not by_prediction:  # grouped by prediction, the labels are not used
+        check_label_range(lab, n)
     classes = all_classes(n, lab, by_prediction) if isinstance(wanted, str) else parse_targets(wanted, n)  # "all"
     check_stop_at(stop_at, (t.name for t in network.taps))
     all_images = session.images

@@ -13,7 +13,7 @@ import numpy as np
 
 from ssa.core.arrays import namespace, to_numpy
 from ssa.core.capabilities import SupportsDeferredChecks, SupportsPrefetch
-from ssa.core.checks import check_closed_form, check_int, check_stop_at
+from ssa.core.checks import check_closed_form, check_int, check_label_range, check_stop_at
 from ssa.core.defaults import resolve_method
 from ssa.core.graph import build_graph
 from ssa.core.interfaces import Network, Rule, Selector
@@ -132,6 +132,7 @@ class Session:
             self.images_hash = images_hash(arr)  # the whole set, before a class is chosen (recorded in graphs)
             prepare_network(network, arr, images_spec=self.images_spec, preprocess=self.preprocess)
             check_class_count(self.class_map, n_classes(network))
+            check_label_range(lab, n_classes(network))
             form = self.rule.form
             if self.store is not None and self.store_mode == "read":
                 if not (form and open_store(network, arr, self.store).is_complete(form)):

@@ -137,3 +137,22 @@ def test_errors_are_value_errors_and_leave_the_model_untouched(model, images) ->
         assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
     finally:
         model.eval()
+
+
+@pytest.mark.parametrize("shift", [6, -1])
+def test_labels_outside_the_logits_are_refused_not_dropped(model, images, shift) -> None:
+    """Labels that are no class of the model (1-based, another model's, -1 for unlabelled) are refused: before,
+    ``targets="all"`` analysed only the classes inside the range and left those images out without a word."""
+    labels = np.arange(len(images)) % 6
+    labels[1] = shift
+    for call in (lambda: ssa.analyse_many(model, images, "all", labels=labels, rule="gradient", selector="tukey"),
+                 lambda: ssa.Session(model, images, labels=labels).analyse(0),
+                 lambda: run(model, images, target=0, labels=labels)):
+        with pytest.raises(ssa.InvalidInputError, match=re.escape(
+                f"labels must be classes in [0, 5] (the model has 6 logits), got {shift} (image 1; 1 of 4 images")):
+            call()
+    with torch.no_grad():
+        predicted = int(model(torch.from_numpy(images)).argmax(1)[0])
+    grouped = ssa.analyse_many(model, images, [predicted], labels=labels, by_prediction=True, rule="gradient",
+                               selector="tukey")  # grouped by prediction the labels are not used: accepted
+    assert list(grouped) == [predicted]

@@ -53,6 +53,11 @@ CASES: list[tuple[str, list[str], str]] = [
                                         "-o", "{d}/prev/g.json"], "raised SystemExit(0), which ends the run"),
     ("analyse-model-generator-exit", ["analyse", "{d}/models.py:GeneratorExitInForward", "--images", "{d}/x.npy",
                                       "-t", "3"], "raised GeneratorExit, which ends the run"),
+    ("analyse-model-random-in-forward", ["analyse", "{d}/models.py:DropoutInForward", "--images", "{d}/x.npy", "-t",
+                                         "3", "-o", "{d}/prev/g.json"],
+     "the model gives two copies of one image different outputs in one batch"),
+    ("analyse-model-integer-logits", ["analyse", "{d}/models.py:IntegerLogits", "--images", "{d}/x.npy", "-t", "3"],
+     "the model returns int64 values, not floating-point class scores"),
     ("analyse-model-static-batch", ["analyse", "{d}/static1.pt2", "--images", "{d}/x.npy", "-t", "3"],
      "exported with a static batch size"),
     ("analyse-model-nan-logits", ["analyse", "{d}/models.py:nan_logits", "--images", "{d}/x.npy", "-t", "3", "-o",
@@ -85,6 +90,10 @@ CASES: list[tuple[str, list[str], str]] = [
      "if the model expects grayscale input, pass --channels 1"),
     ("analyse-mean-count", ["analyse", "digits", "--images", "{d}/gray", "-t", "3", "--channels", "1", "--mean",
                             "0.5,0.5"], "mean has 2 values but the images are read with 1 channel"),
+    ("analyse-std-infinite", ["analyse", "digits", "--images", "{d}/gray", "-t", "3", "--channels", "1", "--std",
+                              "inf"], "std values must be finite numbers > 0, got inf"),
+    ("analyse-scale-0", ["analyse", "digits", "--images", "{d}/gray", "-t", "3", "--channels", "1", "--scale", "0"],
+     "scale must be a finite number > 0 (it multiplies the 0-255 pixel values), got 0.0"),
     ("analyse-resize-for-npy", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--resize", "8,8"],
      "--resize applies to folders of image files"),
     ("analyse-mean-for-digits", ["analyse", "digits", "--images", "digits", "-t", "3", "--mean", "0.5"],
@@ -97,6 +106,12 @@ CASES: list[tuple[str, list[str], str]] = [
                                 "3"], "they look one-hot"),
     ("analyse-labels-count", ["analyse", "digits", "--images", "{d}/x.npy", "--labels", "{d}/short_labels.npy", "-t",
                               "3"], "labels has 10 entries for 60 images"),
+    ("analyse-labels-out-of-range", ["analyse", "digits", "--images", "{d}/x.npy", "--labels",
+                                     "{d}/one_based_labels.npy", "-t", "3"],
+     "labels must be classes in [0, 9] (the model has 10 logits), got 10"),
+    ("analyse-labels-out-of-range-all", ["analyse", "digits", "--images", "{d}/x.npy", "--labels",
+                                         "{d}/one_based_labels.npy", "--targets", "all", "--out-dir", "{d}/lr"],
+     "of 60 images are outside); pass this model's class indices (0-based)"),
     ("analyse-max-per-class-0", ["analyse", "digits", "--images", "{d}/x.npy", "--labels", "{d}/y.npy", "--targets",
                                  "3", "--max-per-class", "0"], "max_per_class must be >= 1"),
     ("analyse-batch-size-0", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--batch-size", "0"],
@@ -119,6 +134,9 @@ CASES: list[tuple[str, list[str], str]] = [
                                        "--targets", "all"], "pass --class-map imagenet (the standard ILSVRC-2012"),
     ("analyse-class-folders-mixed", ["analyse", "digits", "--images", "{d}/mixedclasses", "--channels", "1",
                                      "--targets", "all"], "mix numbers (3) and names (cat)"),
+    ("analyse-images-beside-class-folders", ["analyse", "digits", "--images", "{d}/strayimage", "--channels", "1",
+                                            "-t", "3"],
+     "holds image files (stray.png) and sub-folders of images ('3', ...); ssa reads either a flat folder"),
     ("analyse-class-map-missing", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1", "--class-map",
                                    "{d}/nothere.json", "--targets", "all"],
      "class map '{d}/nothere.json' does not exist"),
@@ -170,6 +188,9 @@ CASES: list[tuple[str, list[str], str]] = [
                                      "threshold=abc"], "parameter 'threshold' must be float, got 'abc'"),
     ("analyse-selector-param-syntax", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--selector-param",
                                        "threshold"], "--selector-param must look like name=value"),
+    ("analyse-selector-param-twice", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--selector-param",
+                                      "threshold=2", "--selector-param", "threshold=5"],
+     "--selector-param gives 'threshold' twice, 2 and 5; give each name once."),
     ("analyse-rule-param-unknown", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--rule-param", "a=1"],
      "rule 'gradient_x_activation' has no parameter 'a'"),
     ("analyse-preset-and-rule", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--preset", "paper",
@@ -242,12 +263,21 @@ CASES: list[tuple[str, list[str], str]] = [
      "holds a JSON list, not a node-link graph"),
     ("compare-graph-broken-graphml", ["compare", "{d}/broken.graphml", "{d}/graphs/class-1.json"],
      "is not a graph written by ssa (ParseError"),
+    ("compare-graph-not-a-number", ["compare", "{d}/badnumber.json", "{d}/graphs/class-2.json"],
+     "is not a graph written by ssa (an attribute does not hold a number: ValueError: invalid literal for int()"),
+    ("compare-graph-newer-schema", ["compare", "{d}/graphs/class-1.json", "{d}/newer.json"],
+     "was written by a newer ssa (graph schema 99; this ssa reads up to 1); upgrade ssa to read it."),
     ("compare-graph-not-ssa", ["compare", "{d}/nonssa.json", "{d}/graphs/class-1.json"],
      "has no 'tap' and 'neuron' attributes"),
     ("compare-mixed-rules", ["compare", "{d}/graphs/class-1.json", "{d}/paper/class-2.json"],
      "the graphs were made with different rule"),
     ("compare-other-model", ["compare", "{d}/graphs/class-1.json", "{d}/other/class-2.json"],
      "the graphs come from different models"),
+    ("compare-same-graph-twice", ["compare", "{d}/graphs/class-1.json", "{d}/graphs/class-2.json",
+                                  "{d}/graphs/class-1.json", "--out-dir", "{d}/prev/cmp"],
+     "class-1.json and class-1.json are the same class 1 from one run (same model, parameters and image set)"),
+    ("explore-same-graph-twice", ["explore", "{d}/graphs/class-2.json", "{d}/prev/g.json", "{d}/graphs/class-2.json",
+                                  "--out", "{d}/prev/ex.html"], "are the same class 2 from one run"),
     ("compare-empty-graph", ["compare", "{d}/graphs/class-1.json", "{d}/empty.json"], "is an empty graph"),
     ("compare-out-dir-is-file", ["compare", "{d}/graphs/class-1.json", "{d}/graphs/class-2.json", "--out-dir",
                                  "{d}/afile"], "--out-dir '{d}/afile' is a file"),
@@ -308,6 +338,11 @@ CASES: list[tuple[str, list[str], str]] = [
                              "{d}/prev/eval.txt"], "--out must end in .csv"),
     ("evaluate-draws-0", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--draws", "0"],
      "draws must be >= 1, got 0."),
+    ("evaluate-selectors-twice", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--selectors",
+                                  "mad,tukey,mad", "--out", "{d}/prev/eval.csv"],
+     "--selectors lists 'mad' twice, got 'mad,tukey,mad'; list each once."),
+    ("evaluate-rules-twice", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--rules",
+                              "gradient, gradient"], "--rules lists 'gradient' twice"),
     ("evaluate-selector-unknown", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--selectors",
                                    "nope"], "unknown selector 'nope'"),
     ("evaluate-threads-0", ["evaluate", "digits", "--images", "digits", "--targets", "3", "--threads", "0"],
@@ -372,6 +407,16 @@ class ExitsInForward(DigitsCNN):
 class GeneratorExitInForward(DigitsCNN):
     def forward(self, x):
         raise GeneratorExit
+
+
+class IntegerLogits(DigitsCNN):
+    def forward(self, x):
+        return (super().forward(x) * 100).long()
+
+
+class DropoutInForward(DigitsCNN):  # F.dropout without training=self.training: active in eval mode too
+    def forward(self, x):
+        return self.classifier(torch.nn.functional.dropout(self.features(x), 0.5))
 """
 
 
@@ -423,6 +468,7 @@ def work(tmp_path_factory) -> Path:
     np.save(d / "float_labels.npy", np.linspace(0.1, 0.9, 60))
     np.save(d / "onehot.npy", np.eye(10)[y[:60]])
     np.save(d / "short_labels.npy", y[:10])
+    np.save(d / "one_based_labels.npy", y[:60] + 1)  # 1-based: class 9 is 10, not a logit of the digits model
     (d / "f.txt").write_text("text")
     (d / "broken.pt2").write_bytes(b"PK\x03\x04 truncated")
     torch.export.save(torch.export.export(digits_cnn(), (torch.from_numpy(x[:1]),)), str(d / "static1.pt2"))
@@ -443,6 +489,9 @@ def work(tmp_path_factory) -> Path:
         (d / folder).mkdir(parents=True)
         for i in range(2):
             Image.fromarray((x[i, 0] * 255).astype(np.uint8)).save(d / folder / f"{i}.png")
+    for folder, name in (("strayimage/3", "0.png"), ("strayimage/5", "0.png"), ("strayimage", "stray.png")):
+        (d / folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((x[0, 0] * 255).astype(np.uint8)).save(d / folder / name)
     (d / "badmap.json").write_text('{"n01440764": "x", "n15075141": 1}')
     (d / "shortmap.csv").write_text("folder,index\nn01440764,0\n")
     (d / "afile").write_text("a file, not a folder")
@@ -464,6 +513,11 @@ def work(tmp_path_factory) -> Path:
     other = ssa.analyse_many(DigitsCNN(), "digits", [2], selector="topk")
     (d / "other").mkdir()
     other[2].write(d / "other" / "class-2.json")
+    for name, edit in (("badnumber.json", lambda g: g["nodes"][1].update(frequency="many")),  # edited by hand
+                       ("newer.json", lambda g: g["graph"].update(schema=99))):
+        data = json.loads((d / "graphs" / "class-1.json").read_text())
+        edit(data)
+        (d / name).write_text(json.dumps(data))
     empty = ssa.read_graph(d / "graphs" / "class-1.json")
     empty.remove_nodes_from([n for n, t in empty.nodes(data="tap") if t != "logits"])
     ssa.write_graph(empty, d / "empty.json")
@@ -597,6 +651,10 @@ OTHER_TESTS = {
     "outdir-damaged": "tests/test_outdir.py::test_a_class_graph_cut_short_is_computed_again_with_a_notice",
     "outdir-second-writer": "tests/test_outdir.py::test_two_processes_on_one_out_dir_both_succeed",
     "identity-mixed-runs": "tests/test_identity.py::test_mixed_runs_are_refused_unless_allow_mixed",
+    "env-closed-stdout": "tests/test_environment_errors.py::test_closed_stdout_and_stderr_at_start",
+    "explorer-cache-unwritable":
+        "tests/viz/test_explorer.py::test_a_cache_that_cannot_be_written_is_a_warning_not_a_failure",
+    "study-file-bad": "tests/scale/test_study.py::test_study_file_errors_are_one_line",
     "evaluate-resample-one-class": "tests/analysis/test_strategies.py::test_cli_resample_needs_another_class",
 }
 

@@ -140,6 +140,20 @@ def test_closed_pipe_is_quiet(tmp_path):
     assert proc.stdout.strip() == "status 141" and proc.stderr == ""
 
 
+def test_closed_stdout_and_stderr_at_start(tmp_path):
+    """`ssa ... >&-` (Python then sets sys.stdout to None): the command runs and writes its files, exit 0; before,
+    an internal error at the end (exit 1). With stderr closed too, and a refusal still exits 2."""
+    cmd = " ".join(SSA)
+    out = tmp_path / "g.json"
+    proc = subprocess.run(["bash", "-c", f"{cmd} analyse digits --images digits -t 3 -q -o {out} >&-"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "" and out.is_file(), proc.stderr
+    proc = subprocess.run(["bash", "-c", f"{cmd} plugins >&- 2>&-; echo \"status $?\"; "
+                                         f"{cmd} analyse digits --images digits -t 30 >&- 2>&-; echo \"status $?\""],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.stdout.split() == ["status", "0", "status", "2"], proc
+
+
 def test_bugs_stay_internal_errors_and_debug_shows_the_traceback(capsys, monkeypatch):
     import ssa.cli.commands.plugins as cmd
 

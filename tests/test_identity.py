@@ -240,3 +240,21 @@ def test_the_model_hash_reads_the_same_bytes_as_a_copy_would():
     assert net.model_hash() == h.hexdigest()
     state = net.graph_module.state_dict().values()
     assert any(v.dim() == 0 for v in state) and any(not v.is_contiguous() for v in state)
+
+
+def test_one_class_of_one_run_twice_is_refused(runs, capsys, tmp_path):
+    """A class given twice from one run (the same file, or a copy) would be clustered and counted as two classes:
+    refused by compare, report and explore, with --allow-mixed too; one class from two runs still compares."""
+    import shutil
+
+    graph = runs["base"] / "class-3.json"
+    shutil.copy(graph, tmp_path / "copy.json")
+    for other in (graph, tmp_path / "copy.json"):
+        for argv in (["compare", str(graph), str(runs["base"] / "class-5.json"), str(other), "--allow-mixed"],
+                     ["report", str(graph), str(other), "--out", str(tmp_path / "r.html"), "--allow-mixed"],
+                     ["explore", str(graph), str(other), "--out", str(tmp_path / "e.html")]):
+            assert main(argv) == 2
+            line = _error(capsys)
+            assert re.search(rf"and {other.stem}(\.json)? are the same class 3 from one run", line), line
+    assert not (tmp_path / "r.html").exists() and not (tmp_path / "e.html").exists()
+    assert main(["compare", str(graph), str(runs["rule"] / "class-3.json"), "--allow-mixed"]) == 0

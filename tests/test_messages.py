@@ -120,13 +120,34 @@ def test_channel_mismatch_of_image_files_hints_at_channels(files, capsys, folder
     assert hint in line and "the image files were read as RGB (3 channels" in line
 
 
+TWIN_LOGITS_PY = """
+import torch
+from ssa.models import digits_cnn
+
+
+def model():
+    m = digits_cnn()
+    with torch.no_grad():  # class 2's logit is class 1's: on the same images their graphs are identical
+        m.classifier[3].weight[2] = m.classifier[3].weight[1]
+        m.classifier[3].bias[2] = m.classifier[3].bias[1]
+    return m
+"""
+
+
 def test_comparing_identical_graphs_prints_no_warnings(tmp_path, capsys):
-    assert main(["analyse", "digits", "--images", "digits", "--targets", "1", "-q", "--out-dir", str(tmp_path)]) == 0
-    (tmp_path / "copy.json").write_bytes((tmp_path / "class-1.json").read_bytes())
+    """Two classes with identical graphs (every merge of the dendrogram at distance 0). A graph and its own copy
+    were used here before; one class of one run twice is refused now (compare-same-graph-twice)."""
+    (tmp_path / "twin.py").write_text(TWIN_LOGITS_PY)
+    np.save(tmp_path / "x.npy", digits_data()[0][:40])
+    for c in (1, 2):
+        assert main(["analyse", f"{tmp_path / 'twin.py'}:model", "--images", str(tmp_path / "x.npy"), "-t", str(c),
+                     "-q", "-o", str(tmp_path / f"class-{c}.json")]) == 0
+    a, b = (json.loads((tmp_path / f"class-{c}.json").read_text()) for c in (1, 2))
+    assert [n for n in a["nodes"] if n["tap"] != "logits"] == [n for n in b["nodes"] if n["tap"] != "logits"]
     capsys.readouterr()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning fails the test
-        assert main(["compare", str(tmp_path / "class-1.json"), str(tmp_path / "copy.json"), "--out-dir",
+        assert main(["compare", str(tmp_path / "class-1.json"), str(tmp_path / "class-2.json"), "--out-dir",
                      str(tmp_path / "cmp")]) == 0
     assert capsys.readouterr().err == ""
 

@@ -177,3 +177,9 @@ def test_raw_0_255_arrays_get_a_one_line_warning(tmp_path, capsys):
     assert capsys.readouterr().err == ""
     with pytest.warns(ssa.SSAWarning, match="raw 0-255 pixels"):
         ssa.load_images(np.round(x * 255))
+    # 16-bit pixels (before: no warning, the run went on with values up to 65535)
+    np.save(tmp_path / "u16.npy", (x * 65535).astype(np.uint16))
+    assert main(["analyse", "digits", "--images", str(tmp_path / "u16.npy"), "-t", "3", "-q"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ssa: warning: the images look like raw 0-65535 pixels (values are "
+                                               "whole numbers from 0 to 65535)") and "divide them by 65535" in err[0]

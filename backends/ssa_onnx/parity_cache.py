@@ -14,16 +14,15 @@ cache off. An unreadable cache file is ignored (and rewritten), never an error.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ssa.io.atomic import write_cache_file
 from ssa.io.paths import user_cache_dir
 
 from .parity import ParityResult
@@ -135,20 +134,6 @@ def remember(key: str, converted: ParityResult, canonical: ParityResult, output_
 
 
 def _write(path: Path, data: bytes) -> bool:
-    """Best effort, never half-written: a temporary file in the same folder, then a rename; False on any OS error.
-    (Not :func:`ssa.io.atomic.atomic_write_bytes`: a cache is no output of a run, so its write listeners, which
-    record a run's files, must not see it, and a failure is no error.)"""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                         delete=False) as f:
-            tmp = f.name
-            f.write(data)
-        os.replace(tmp, path)
-        return True
-    except OSError:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        return False
+    """Best effort, never half-written (:func:`ssa.io.atomic.write_cache_file`: a temporary file in the same folder,
+    then a rename; not recorded as an output of the run); False on any OS error."""
+    return write_cache_file(path, data) is None

@@ -49,10 +49,11 @@ _VALUES_BYTES = 512 * 2**20  # budget for the tap values kept per batch between 
 
 
 def _check_batches(gm: fx.GraphModule, x: torch.Tensor) -> None:
-    """Refuse a module that runs on 1 image but not on a batch of 2 (a program exported with a static batch)."""
+    """Refuse a module that runs on 1 image but not on a batch of 2 (a program exported with a static batch), or
+    that gives the two copies of one image different outputs (:func:`_check_deterministic`)."""
     with torch.no_grad():
         try:
-            gm(torch.cat([x, x]))
+            out = gm(torch.cat([x, x]))
         except (MemoryError, torch.OutOfMemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - the model's own code or an exported program's guard
@@ -62,6 +63,32 @@ def _check_batches(gm: fx.GraphModule, x: torch.Tensor) -> None:
                 "ssa runs the images in batches: make the model accept any batch size"
             raise UnsupportedModelError(f"the model runs on 1 image but fails on a batch of 2 ({text}); {why}.") \
                 from None
+    if isinstance(out, torch.Tensor) and not out.is_floating_point():
+        raise UnsupportedModelError(
+            f"the model returns {str(out.dtype).replace('torch.', '')} values, not floating-point class scores, so "
+            "nothing can be differentiated; return the logits (before argmax, rounding or .long()).")
+    _check_deterministic(out)
+
+
+def _check_deterministic(out: Any, rtol: float = 1e-3) -> None:
+    """Refuse a model whose outputs for a batch of two copies of one image differ by more than ``rtol`` of their
+    scale: it draws random numbers in ``forward`` (``F.dropout(x, p)`` without ``training=self.training`` stays
+    active in eval mode, added noise), so every run would give another graph. Rounding differences between the rows
+    of a batch are far smaller; non-finite outputs are left to the logits check."""
+    tensors = [out] if isinstance(out, torch.Tensor) else [t for t in (out if isinstance(out, (tuple, list)) else ())
+                                                           if isinstance(t, torch.Tensor)]
+    for t in tensors:
+        if not t.is_floating_point() or t.ndim == 0 or t.shape[0] != 2 or not bool(torch.isfinite(t).all()):
+            continue
+        a, b = t[0].double(), t[1].double()
+        diff = float((a - b).abs().max()) if a.numel() else 0.0
+        scale = float(torch.maximum(a.abs().max(), b.abs().max())) if a.numel() else 0.0
+        if diff > rtol * scale:
+            raise UnsupportedModelError(
+                f"the model gives two copies of one image different outputs in one batch (they differ by up to "
+                f"{diff:.3g}, {diff / scale:.2g} of the output scale {scale:.3g}), so it is random in forward() and "
+                "every run would give another graph; turn off what draws random numbers there (F.dropout(x, p) "
+                "needs training=self.training; nn.Dropout is turned off by eval mode, which ssa sets).")
 
 
 class TorchNetwork(ClosedFormSteps, AutogradSteps, ModelIdentity, InputMaps, Network):

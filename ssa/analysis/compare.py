@@ -42,9 +42,9 @@ from ssa.errors import InvalidInputError
 from ssa.io.atomic import atomic_write_bytes
 from ssa.io.graphs import read_graph
 
-__all__ = ["Comparison", "compare", "check_graphs", "same_model", "same_run", "check_graph_network",
-           "check_graph_images", "load_graphs", "graph_labels", "bag_of_nodes", "normalise_rows", "ward_linkage",
-           "cosine_similarity", "jaccard", "jaccard_by_layer", "shared_subgraph", "interconnectedness",
+__all__ = ["Comparison", "compare", "check_graphs", "same_model", "same_run", "distinct_graphs",
+           "check_graph_network", "check_graph_images", "load_graphs", "graph_labels", "bag_of_nodes", "normalise_rows",
+           "ward_linkage", "cosine_similarity", "jaccard", "jaccard_by_layer", "shared_subgraph", "interconnectedness",
            "frequency_ranks", "write_csv", "identical_graphs_quietly"]
 
 WEIGHTS = ("frequency", "binary")
@@ -149,11 +149,31 @@ def same_run(graphs: Sequence[nx.DiGraph], names: Sequence[str], flag: str = "--
                     "compare them anyway.")
 
 
+def distinct_graphs(graphs: Sequence[nx.DiGraph], names: Sequence[str]) -> None:
+    """Refuse one class given twice from one run: the same graph file twice, or copies of it (the same class, run
+    parameters, taps and image set of one model), which the comparison would count as two classes (the
+    clustering, the similarities and the shared sub-graph would all be skewed towards it). Graphs of one class
+    from different runs (``--allow-mixed``) or without a recorded image set are compared as before."""
+    seen: dict[str, int] = {}
+    for i, g in enumerate(_graphs(graphs)):
+        run = g.run
+        if run.target < 0 or not run.images_hash:
+            continue
+        key = json.dumps([run.model_hash, run.target, [getattr(run, k) for k in (*RUN_PARAMETERS, "tap_neurons")]],
+                         sort_keys=True, default=str)
+        if key in seen:
+            j = seen[key]
+            raise InvalidInputError(
+                f"{names[j]} and {names[i]} are the same class {run.target} from one run (same model, parameters "
+                "and image set), so it would be compared with itself and counted twice; pass each class once.")
+        seen[key] = i
+
+
 def check_graphs(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = None, *,
                  allow_mixed: bool = False) -> None:
     """Refuse fewer than two graphs, graphs of different models (by content hash), graphs of different runs
-    (rule, selector, their parameters, branching factor, image set, ...; unless ``allow_mixed``) and empty
-    graphs (one line each)."""
+    (rule, selector, their parameters, branching factor, image set, ...; unless ``allow_mixed``), one class of one
+    run twice (:func:`distinct_graphs`) and empty graphs (one line each)."""
     names = list(names) if names is not None else [f"graph {i}" for i in range(len(graphs))]
     if len(graphs) < 2:
         raise InvalidInputError(f"comparing needs at least 2 graphs, got {len(graphs)}; pass two or more graph files.")
@@ -167,6 +187,7 @@ def check_graphs(graphs: Sequence[nx.DiGraph], names: Sequence[str] | None = Non
             raise InvalidInputError(
                 f"{name} is an empty graph (only the class node: {who}); nothing to compare. Re-run `ssa analyse` "
                 f"with more images, {other_rule_advice(g.run.rule)}a lower selector threshold, or leave it out.")
+    distinct_graphs(graphs, names)
 
 
 def check_graph_network(graph: nx.DiGraph, network: Network, name: str) -> None:

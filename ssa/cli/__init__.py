@@ -86,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     returns; then :func:`_before_exit` makes that exit cheaper. A caller that passes the arguments (tests, scripts,
     notebooks) keeps its process as it was.
     """
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:  # started with the stream closed (`ssa ... >&-`): Python sets it to None
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - the process's stream, open until it exits
     with warnings.catch_warnings():
         warnings.simplefilter("always", SSAWarning)
         warnings.showwarning = _warning_line

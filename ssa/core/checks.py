@@ -11,7 +11,7 @@ import numpy as np
 from ssa.errors import InvalidInputError, PluginError
 
 __all__ = ['check_closed_form', 'check_int', 'check_stop_at', 'check_device', 'call_selector', 'call_counts',
-           'call_rule', 'call_hint', 'check_labels', 'looks_unscaled']
+           'call_rule', 'call_hint', 'check_labels', 'check_label_range', 'looks_unscaled']
 
 
 def check_int(name: str, value: Any, minimum: int, fix: str = "") -> int:
@@ -185,12 +185,28 @@ def check_labels(labels: Any, n_images: int, source: str = "labels") -> np.ndarr
                             "save them as integers with numpy.save.")
 
 
+def check_label_range(labels: np.ndarray | None, n_classes: int, source: str = "labels") -> None:
+    """Refuse labels that are not classes of a model with ``n_classes`` logits (negative, or ``n_classes`` and
+    above: 1-based labels, another model's classes, -1 for "unlabelled"); such images would be left out of every
+    class without a word."""
+    if labels is None or labels.size == 0:
+        return
+    bad = (labels < 0) | (labels >= n_classes)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise InvalidInputError(
+            f"{source} must be classes in [0, {n_classes - 1}] (the model has {n_classes} logits), got "
+            f"{int(labels[first])} (image {first}; {int(bad.sum())} of {labels.size} images are outside); pass this "
+            "model's class indices (0-based), or drop the images of other classes.")
+
+
 def looks_unscaled(images: np.ndarray) -> str | None:
-    """Why ``images`` look like raw 0-255 pixels (every value a whole number in [0, 255], some > 1), or None."""
+    """Why ``images`` look like raw pixels (every value a whole number in [0, 255], some > 1; or in [0, 65535], some
+    > 255: 16-bit pixels), or None."""
     if images.size == 0:
         return None
     lo, hi = float(images.min()), float(images.max())
-    if lo < 0 or hi <= 1.0 or hi > 255:
+    if lo < 0 or hi <= 1.0 or hi > 65535:
         return None
     sample = images.reshape(-1)[: 1 << 20]
     if not np.array_equal(sample, np.round(sample)):

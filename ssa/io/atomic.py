@@ -11,7 +11,7 @@ from pathlib import Path
 from ssa.errors import OutputError
 from ssa.io.paths import describe_os_error
 
-__all__ = ['write_listeners', 'atomic_write_bytes']
+__all__ = ['write_listeners', 'atomic_write_bytes', 'write_cache_file']
 
 
 #: callables told the path of every file :func:`atomic_write_bytes` writes (``ssa.io.outdir`` records a run's files)
@@ -29,6 +29,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise OutputError(describe_os_error(exc, f"cannot write {str(path)!r}", show_file=False)) from exc
     for listener in list(write_listeners):
         listener(path)
+
+
+def write_cache_file(path: str | os.PathLike, data: bytes) -> OSError | None:
+    """Write a cache file as :func:`atomic_write_bytes` does, best effort: the OS error (a read-only or full disk, a
+    file where a folder must go) is returned, not raised, and the write listeners are not told (a cache is no output
+    of a run)."""
+    try:
+        _atomic_write(Path(path), data)
+    except OSError as exc:
+        return exc
+    return None
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -128,6 +128,21 @@ def class_map(spec: Any) -> ClassMap:
     return _checked(data, source)
 
 
+def _refuse_images_beside_class_folders(root: Path, loose: list[str], entries: list[Path]) -> None:
+    """A flat folder of images may not also hold sub-folders of images: read as a flat folder, the sub-folders'
+    images (the classes) would be left out without a word, and read as class folders, the loose ones."""
+    for d in sorted((e for e in entries if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name):
+        try:
+            holds_images = any(f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() for f in d.iterdir())
+        except OSError:  # a sub-folder that cannot be listed is not read either
+            continue
+        if holds_images:
+            raise InvalidInputError(
+                f"{str(root)!r} holds image files ({', '.join(loose[:2])}{', ...' if len(loose) > 2 else ''}) and "
+                f"sub-folders of images ({d.name!r}, ...); ssa reads either a flat folder of images or one sub-folder "
+                "per class: move the loose images into their class folder (or out), or pass one folder.")
+
+
 def class_folder_labels(path: str | os.PathLike, labels: Any = None) -> dict[str, int] | None:
     """``{sub-folder: class index}`` of a folder with one sub-folder per class (``root/<class>/*.png``), in class
     order; None when ``path`` is not one (a file, a flat folder of images, a folder without sub-folders).
@@ -139,7 +154,9 @@ def class_folder_labels(path: str | os.PathLike, labels: Any = None) -> dict[str
     if not root.is_dir():
         return None
     entries = list(root.iterdir())
-    if any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in entries):
+    loose = sorted(f.name for f in entries if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if loose:
+        _refuse_images_beside_class_folders(root, loose, entries)
         return None
     subs = sorted(d.name for d in entries if d.is_dir() and not d.name.startswith("."))
     if not subs:

@@ -12,7 +12,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from ssa.core.graph import DependencyGraph, normalise_attrs
+from ssa.core.graph import SCHEMA_VERSION, DependencyGraph, normalise_attrs
 from ssa.errors import InvalidInputError
 from ssa.io.atomic import atomic_write_bytes
 
@@ -166,9 +166,12 @@ def read_graph(path: str | os.PathLike) -> DependencyGraph:
             if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
                 kind = type(data).__name__ if not isinstance(data, dict) else "object without a 'nodes' list"
                 raise InvalidInputError(f"{str(path)!r} holds a JSON {kind}, not a node-link graph; {fix}.")
+            schema = data["graph"].get("schema") if isinstance(data.get("graph"), dict) else None
             g = graph_from_dict(data)
         else:
-            g = _from_graphml(nx.read_graphml(path))
+            raw = nx.read_graphml(path)
+            schema = raw.graph.get("schema")
+            g = _from_graphml(raw)
     except InvalidInputError:
         raise
     except OSError as exc:
@@ -177,15 +180,29 @@ def read_graph(path: str | os.PathLike) -> DependencyGraph:
         raise InvalidInputError(
             f"{str(path)!r} is not a graph written by ssa ({type(exc).__name__}: "
             f"{(str(exc).splitlines() or [''])[0][:100]}); {fix}.") from None
-    _check_graph(g, path, fix)
+    _check_graph(g, path, fix, schema)
     return g
 
 
-def _check_graph(g: nx.DiGraph, path: Path, fix: str) -> None:
-    """The attributes every reader relies on: a directed graph, and per node ``tap`` and ``neuron``."""
+def _check_graph(g: DependencyGraph, path: Path, fix: str, schema: Any = None) -> None:
+    """The attributes every reader relies on: a directed graph, per node ``tap`` and ``neuron``, numbers where the
+    readers convert them, and a schema (the file's ``schema``) this ssa knows."""
     if not g.is_directed():
         raise InvalidInputError(f"{str(path)!r} holds an undirected graph, not a dependency graph; {fix}.")
     for n, d in g.nodes(data=True):
         if not isinstance(d.get("tap"), str) or not isinstance(d.get("neuron"), (int, np.integer)):
             raise InvalidInputError(f"node {n!r} of {str(path)!r} has no 'tap' and 'neuron' attributes, so the file "
                                     f"was not written by ssa; {fix}.")
+    if isinstance(schema, (int, np.integer)) and not isinstance(schema, bool) and schema > SCHEMA_VERSION:
+        raise InvalidInputError(f"{str(path)!r} was written by a newer ssa (graph schema {schema}; this ssa reads up "
+                                f"to {SCHEMA_VERSION}); upgrade ssa to read it.")
+    try:  # every reader converts these (RunInfo, NodeInfo, EdgeInfo): a value that does not convert is refused here
+        _ = g.run
+        for n in g.nodes:
+            g.info(n)
+        for u, v in g.edges:
+            g.edge_info(u, v)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidInputError(
+            f"{str(path)!r} is not a graph written by ssa (an attribute does not hold a number: {type(exc).__name__}: "
+            f"{(str(exc).splitlines() or [''])[0][:100]}); {fix}.") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -76,8 +77,19 @@ class Preprocess:
                         f"{label} has {len(vals)} values but the images are read with 1 channel (grayscale, "
                         f"channels=1); pass 1 value, or read them as RGB with channels=3 (--channels 3).")
                 raise InvalidInputError(f"{label} must have 1 value or 3 (one per RGB channel), got {len(vals)}.")
-        if self.std and any(v == 0 for v in self.std):
-            raise InvalidInputError("std values must be non-zero.")
+        # a zero, negative or infinite scale or std, or a NaN anywhere, would turn every image into zeros, its
+        # negative or NaN: refused (the NaN case was caught only later, as NaN images)
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise InvalidInputError(f"scale must be a finite number > 0 (it multiplies the 0-255 pixel values), got "
+                                    f"{self.scale!r}; 1/255 gives values in 0-1.")
+        if any(not (math.isfinite(v) and v > 0) for v in self.std):
+            raise InvalidInputError(f"std values must be finite numbers > 0, got "
+                                    f"{', '.join(f'{v:g}' for v in self.std)}; pass the per-channel standard "
+                                    "deviations (e.g. 0.229,0.224,0.225).")
+        if any(not math.isfinite(v) for v in self.mean):
+            raise InvalidInputError(f"mean values must be finite numbers, got "
+                                    f"{', '.join(f'{v:g}' for v in self.mean)}; pass the per-channel means (e.g. "
+                                    "0.485,0.456,0.406).")
 
 
 def validate_images(images: object, *, source: str = "images") -> np.ndarray:
@@ -279,10 +291,10 @@ def load_images(spec: object, *, target: int | None = None, preprocess: Preproce
     arr = validate_images(arr)
     why = looks_unscaled(arr) if raw else None
     if why is not None:
-        warnings.warn(f"the images look like raw 0-255 pixels ({why}); most models expect them scaled (e.g. to 0-1, or "
-                      "normalised): divide them by 255 first, or pass a folder of image files with --preprocess; "
-                      "ignore "
-                      "this if the model takes 0-255 input.", SSAWarning, stacklevel=2)
+        top = 255 if float(arr.max()) <= 255 else 65535  # 16-bit pixels (a uint16 array) as well
+        warnings.warn(f"the images look like raw 0-{top} pixels ({why}); most models expect them scaled (e.g. to 0-1, "
+                      f"or normalised): divide them by {top} first, or pass a folder of image files with --preprocess; "
+                      f"ignore this if the model takes 0-{top} input.", SSAWarning, stacklevel=2)
     if lab is not None:
         lab = check_labels(lab, arr.shape[0])
     if target is not None:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ssa.analysis.grouping import all_classes, class_probabilities, parse_targets
-from ssa.core.checks import check_int, check_stop_at
+from ssa.core.checks import check_int, check_label_range, check_stop_at
 from ssa.core.interfaces import Network
 from ssa.core.options import ModelSpec
 from ssa.errors import InvalidInputError
@@ -85,6 +85,8 @@ def resolve_classes(network: Network, targets: str | Sequence[int], stop_at: str
     wanted = parse_targets(targets) if isinstance(targets, str) else parse_targets(list(targets))
     by_prediction = selection is not None and selection.grouping == "prediction"
     labels = None if source is None else source.labels
+    if not by_prediction:  # grouped by prediction, the labels are not used
+        check_label_range(labels, n)
     chosen = all_classes(n, labels, by_prediction) if isinstance(wanted, str) else parse_targets(wanted, n)
     assert not isinstance(chosen, str)  # only the text "all" stays a string
     classes = list(chosen)
@@ -97,8 +99,11 @@ def resolve_classes(network: Network, targets: str | Sequence[int], stop_at: str
 def check_selection(selection: Selection) -> Selection:
     if selection.grouping not in ("labels", "prediction"):
         raise InvalidInputError(f"grouping must be 'labels' or 'prediction', got {selection.grouping!r}.")
-    if selection.min_confidence is not None and not 0.0 <= float(selection.min_confidence) <= 1.0:
-        raise InvalidInputError(f"min_confidence must be in [0, 1], got {selection.min_confidence}.")
+    conf = selection.min_confidence
+    if conf is not None and (isinstance(conf, (bool, str)) or not isinstance(conf, (int, float, np.number))):
+        raise InvalidInputError(f"min_confidence must be a number in [0, 1], got {conf!r}.")
+    if conf is not None and not 0.0 <= float(conf) <= 1.0:
+        raise InvalidInputError(f"min_confidence must be in [0, 1], got {conf}.")
     if selection.max_images is not None:
         check_int("max_per_class", selection.max_images, 1, "Pass --max-per-class 1 or more.")
     return selection

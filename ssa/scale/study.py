@@ -190,6 +190,8 @@ def read_study(path: str | os.PathLike, *, out_dir: str | os.PathLike | None = N
     out = Path(out_dir) if out_dir is not None else data.get("out")
     if out is None:
         raise _err(p, "no output folder; set out = \"DIR\" in the file or pass --out-dir DIR.")
+    if out_dir is None and not (isinstance(out, str) and out.strip()):
+        raise _err(p, f"out must be a folder name in quotes (out = \"DIR\"), got {out!r}.")
     out = Path(out) if out_dir is not None else base / Path(out)
 
     models_raw = data.get("model")
@@ -229,12 +231,12 @@ def read_study(path: str | os.PathLike, *, out_dir: str | os.PathLike | None = N
         labels = class_map(cm if not isinstance(cm, str) or cm == "imagenet" else _relative(base, cm))
     pre_spec = im.get("preprocess")
     pre = resolve_preprocess(_relative(base, pre_spec) if isinstance(pre_spec, str) else pre_spec)
-    decode_workers = int(im.get("decode_workers", 0))
+    decode_workers = im.get("decode_workers", 0)
     decoder = str(im.get("decoder", "pil"))
     if decoder not in DECODERS:
         raise _err(p, f"[images] decoder must be one of {', '.join(DECODERS)}, got {decoder!r}.")
-    if decode_workers < 0:
-        raise _err(p, f"[images] decode_workers must be 0 or more, got {decode_workers}.")
+    if isinstance(decode_workers, bool) or not isinstance(decode_workers, int) or decode_workers < 0:
+        raise _err(p, f"[images] decode_workers must be an integer >= 0, got {decode_workers!r}.")
 
     sel = _table(data, "selection", p, ("grouping", "min_confidence", "max_images"))
     selection = check_selection(Selection(str(sel.get("grouping", "labels")), sel.get("min_confidence"),
@@ -260,6 +262,9 @@ def read_study(path: str | os.PathLike, *, out_dir: str | os.PathLike | None = N
         raise _err(p, "[method] lists the same configuration twice; list each rule, selector and branching once.")
 
     outputs = _table(data, "outputs", p, ("compare", "report"))
+    for key, value in outputs.items():
+        if not isinstance(value, bool):  # compare = "no" would be true
+            raise _err(p, f"[outputs] {key} must be true or false, got {value!r}.")
     targets = data.get("targets", "all")
     if not (targets == "all" or (isinstance(targets, list) and all(isinstance(t, int) for t in targets))):
         raise _err(p, f"targets must be \"all\" or a list of class indices, got {targets!r}.")

@@ -155,6 +155,15 @@ def test_peak_memory_of_50_classes_is_that_of_5(tmp_path):
     ("out = 'x'\n[[model]]\nspec = 'digits'\n[images]\npath = 'digits'\n[selection]\nmin_confidence = 2\n",
      "min_confidence must be in [0, 1]"),
     ("out = [\n", "cannot parse it"),
+    # values of the wrong type (before: internal errors)
+    ("out = 5\n[[model]]\nspec = 'digits'\n[images]\npath = 'digits'\n",
+     "out must be a folder name in quotes (out = \"DIR\"), got 5."),
+    ("out = 'x'\n[[model]]\nspec = 'digits'\n[images]\npath = 'digits'\ndecode_workers = 'abc'\n",
+     "[images] decode_workers must be an integer >= 0, got 'abc'."),
+    ("out = 'x'\n[[model]]\nspec = 'digits'\n[images]\npath = 'digits'\n[selection]\nmin_confidence = 'high'\n",
+     "min_confidence must be a number in [0, 1], got 'high'."),
+    ("out = 'x'\n[[model]]\nspec = 'digits'\n[images]\npath = 'digits'\n[outputs]\ncompare = 'no'\n",
+     "[outputs] compare must be true or false, got 'no'."),  # before, 'no' was true
 ])
 def test_study_file_errors_are_one_line(tmp_path, capsys, text, needle):
     f = tmp_path / "s.toml"

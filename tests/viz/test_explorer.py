@@ -191,6 +191,41 @@ def test_reference_images_are_the_top_images_and_cached(small, tmp_path):
             assert n["ref"] == node_file(n["id"]) and files[n["ref"]]["node"] == n["id"]
 
 
+def test_a_cache_that_cannot_be_written_is_a_warning_not_a_failure(small, tmp_path, monkeypatch, capsys):
+    """The reference-image cache is no output: a cache folder below a file, or a full disk (ENOSPC, as the rename
+    fails), leaves the references computed and used, one warning, no temporary file; before, `ssa explore --model`
+    failed after computing everything."""
+    import errno
+
+    import ssa.io.atomic as atomic
+
+    graphs, net, x, y = small
+    groups = [class_indices(net, g, x, y) for g in graphs]
+    want = reference_images(net, x, groups, graphs, top_k=2, use_cache=False)
+    (tmp_path / "afile").write_text("a file where the cache folder would go")
+    with pytest.warns(ssa.SSAWarning, match=r"cannot cache the reference images in .*afile.* \(Not a directory\); "
+                                            r"they were computed and are used, not cached"):
+        refs = reference_images(net, x, groups, graphs, top_k=2, cache_dir=tmp_path / "afile")
+    assert refs.path is None and not refs.cached and refs.data == want.data
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "replace", full)
+    with pytest.warns(ssa.SSAWarning, match=r"\(No space left on device\)"):
+        refs = reference_images(net, x, groups, graphs, top_k=2, cache_dir=tmp_path / "cache")
+    monkeypatch.undo()
+    assert refs.data == want.data
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []  # no temporary file left
+    out = tmp_path / "e.html"
+    files = _graph_files(small, tmp_path)
+    capsys.readouterr()
+    assert main(["explore", *files, "--model", "digits", "--images", "digits", "--out", str(out), "--cache",
+                 str(tmp_path / "afile")]) == 0 and out.is_file()
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("ssa: warning: cannot cache the reference images"), err
+
+
 def test_saliency_on_any_image_of_the_class_equals_one_neuron_and_image_at_a_time(small):
     graphs, net, x, y = small
     groups = [class_indices(net, g, x, y) for g in graphs]

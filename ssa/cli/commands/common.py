@@ -43,7 +43,10 @@ def parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
             if "=" not in part:
                 raise InvalidInputError(f"{what} must look like name=value, got {part!r}.")
             k, v = part.split("=", 1)
-            out[k.strip()] = v.strip()
+            k, v = k.strip(), v.strip()
+            if k in out and out[k] != v:  # the last would win without a word
+                raise InvalidInputError(f"{what} gives {k!r} twice, {out[k]} and {v}; give each name once.")
+            out[k] = v
     return out
 
 

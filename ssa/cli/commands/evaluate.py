@@ -128,10 +128,15 @@ def parse_ablations(text: str) -> list[str]:
     return names
 
 
-def _names(text: str | None) -> list[str] | None:
+def _names(text: str | None, flag: str) -> list[str] | None:
+    """``"a,b"`` -> ``["a", "b"]`` (None for nothing); a name listed twice is refused (its rows would be computed
+    and written twice)."""
     if text is None:
         return None
     names = [t.strip() for t in text.split(",") if t.strip()]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InvalidInputError(f"{flag} lists {twice[0]!r} twice, got {text!r}; list each once.")
     return names or None
 
 
@@ -150,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
     split = check_split(args.split)
     check_int("bootstrap", args.bootstrap, 0)
     reg = registry()
-    rules = _names(args.rules) or reg.names("rule")
-    selectors = _names(args.selectors) or reg.names("selector")
+    rules = _names(args.rules, "--rules") or reg.names("rule")
+    selectors = _names(args.selectors, "--selectors") or reg.names("selector")
     for r in rules:
         reg.get("rule", r)
     for s in selectors:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ssa.analysis.compare import load_graphs
+from ssa.analysis.compare import check_graphs, load_graphs
 from ssa.cli.commands.common import (
     add_image_args,
     add_model_args,
@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--saliency-budget must be >= 0 (MiB), got {args.saliency_budget:g}.")
     graphs, _ = load_graphs(args.graphs)
     names = [Path(p).name for p in args.graphs]
+    if len(graphs) >= 2:
+        check_graphs(graphs, names)  # before the reference images are computed
     refs = None
     if args.model is not None:
         network = load_network(model_spec(args))

@@ -34,6 +34,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +53,8 @@ from ssa.core.graph import DependencyGraph
 from ssa.core.interfaces import Network
 from ssa.core.traversal import step_omega
 from ssa.engines.store import images_hash
-from ssa.errors import InvalidInputError
-from ssa.io.atomic import atomic_write_bytes
+from ssa.errors import InvalidInputError, SSAWarning
+from ssa.io.atomic import write_cache_file
 from ssa.io.paths import user_cache_dir
 from ssa.session import Session
 from ssa.viz.figures.common import dependency_graph, display_image, rgb, saliency_map
@@ -480,5 +481,10 @@ def reference_images(network: Network, images: np.ndarray, groups: Sequence[np.n
         }
     if cache_file is not None:
         record = {"version": CACHE_VERSION, "neurons": data, "images": pixels, "note": note}
-        atomic_write_bytes(cache_file, json.dumps(record, separators=(",", ":"), allow_nan=False).encode("utf-8"))
+        failed = write_cache_file(cache_file, json.dumps(record, separators=(",", ":"), allow_nan=False).encode())
+        if failed is not None:  # a cache is no output: the references are computed, the explorer is written
+            warnings.warn(f"cannot cache the reference images in {str(cache_file)!r} ({failed.strerror or failed}); "
+                          "they were computed and are used, not cached (--cache DIR names another cache folder, "
+                          "--no-cache turns it off).", SSAWarning, stacklevel=2)
+            cache_file = None
     return References(data, False, cache_file, pixels, note)
