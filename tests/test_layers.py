@@ -58,7 +58,7 @@ def test_the_tree_keeps_the_layer_contracts():
     # an upward import in the core
     ("ssa/core/graph.py", "import ssa.cli", "ssa.core.graph -> ssa.cli"),
     # one hidden in a function still counts (import-linter reads every import statement)
-    ("ssa/io/atomic.py", "def _later():\n    from ssa.viz import report  # noqa", "ssa.io.atomic -> ssa.viz.report"),
+    ("ssa/io/locks.py", "def _later():\n    from ssa.viz import report  # noqa", "ssa.io.locks -> ssa.viz.report"),
     # the session must not reach up to the public API (the cycle the contracts removed)
     ("ssa/session.py", "from ssa.api import analyse", "ssa.session -> ssa.api"),
     # a plugin that reaches above the core interfaces
