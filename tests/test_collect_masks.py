@@ -167,3 +167,24 @@ def test_an_onnx_models_relus_take_the_mask(monkeypatch, tmp_path):
     assert any(net.closed_form.taps[t].segment for t in _masked(net))
     fast, plain = _both(net, images, monkeypatch)
     _assert_equal(fast, plain)
+
+
+@pytest.mark.parametrize("case", [c for c in ALL_CASES if c.name == "plain"], ids=lambda c: c.name)
+def test_max_pooling_channels_last_gives_the_same_statistics(monkeypatch, case):
+    """The statistics pass runs a contiguous CPU max-pooling channels-last (``StatsInterpreter.nhwc_max_pool``): every
+    statistic equal, bit for bit, to those of the pooling as the model runs it."""
+    net = ssa.load_model(case.build())
+    images = case.images(5)
+    net.prepare(images)
+    taken: list[str] = []
+    original = StatsInterpreter._nchw_max_pool
+
+    def recording(self, n):
+        taken.append(n.name) if original(self, n) else None
+        return original(self, n)
+
+    monkeypatch.setattr(StatsInterpreter, "_nchw_max_pool", recording)
+    fast = {f: net.collect(images, [f]) for f in FORMS}
+    assert taken, "no max-pooling ran channels-last: nothing was tested"
+    monkeypatch.setattr(StatsInterpreter, "nhwc_max_pool", False)
+    _assert_equal(fast, {f: net.collect(images, [f]) for f in FORMS})

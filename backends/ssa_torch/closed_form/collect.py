@@ -85,6 +85,8 @@ class StatsInterpreter(fx.Interpreter):
     relu_masks = True
     #: hand a ReLU's output to the terms that make each image's mask themselves (tests turn it off)
     lazy_masks = True
+    #: run a contiguous (NCHW) 2-D max-pooling on the CPU channels-last (tests turn it off)
+    nhwc_max_pool = True
     #: run a masked tap's ReLU in place where nothing else reads its input (tests turn it off)
     relu_in_place = True
 
@@ -131,6 +133,10 @@ class StatsInterpreter(fx.Interpreter):
                 out = self.env[n.args[0]].detach().relu_()  # type: ignore[index]
             elif n.name in self.derivatives:
                 out = self._with_derivative(n)
+            elif self.nhwc_max_pool and n.name not in self.grad_nodes and self._nchw_max_pool(n):
+                x = self.env[n.args[0]]  # type: ignore[index]
+                mod = self.module.get_submodule(str(n.target))
+                out = mod(x.contiguous(memory_format=torch.channels_last)).contiguous()
             else:
                 out = super().run_node(n)
         if not isinstance(out, torch.Tensor):
@@ -151,6 +157,17 @@ class StatsInterpreter(fx.Interpreter):
         if n.name in self.keep:
             self.values[n.name] = out.detach()
         return out
+
+    def _nchw_max_pool(self, n: fx.Node) -> bool:
+        """Whether ``n`` is an ``nn.MaxPool2d`` (no indices) of a contiguous 4-D CPU tensor: PyTorch's NCHW max-pooling
+        is a scalar loop on the CPU, its channels-last one vectorised (ResNet-50's stem, 8 images: 61 ms against 16 ms
+        with both conversions); a maximum is exact, so the values are the same bit for bit."""
+        if n.op != "call_module" or len(n.args) != 1 or n.kwargs or not isinstance(n.args[0], fx.Node):
+            return False
+        mod = self.module.get_submodule(str(n.target))
+        x = self.env.get(n.args[0])
+        return type(mod) is torch.nn.MaxPool2d and not mod.return_indices and isinstance(x, torch.Tensor) \
+            and x.dim() == 4 and x.device.type == "cpu" and x.shape[1] > 1 and x.is_contiguous()
 
     def _with_derivative(self, n: fx.Node) -> torch.Tensor:
         """Run a gate activation and keep its elementwise derivative (``<node>:d``)."""
