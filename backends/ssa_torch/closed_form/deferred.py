@@ -81,9 +81,11 @@ def rows(w: torch.Tensor, m: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> 
     n, (b, c, p) = int(h.shape[0]), x.shape
     fill = max(MIN_ROWS, -(-MIN_TERMS // max(1, p * c)))
     hh = torch.cat([h, h[:1].expand(fill - n)]) if 0 < n < fill else h
-    prod = torch.bmm(m.index_select(1, hh), x.transpose(1, 2))[:, :n]  # (B, n, C)
-    out = torch.empty((n, b, c), dtype=prod.dtype, device=prod.device)
-    return torch.mul(prod.transpose(0, 1), w.index_select(0, h)[:, None, :], out=out)
+    # the product written straight into its rows' places (n, B, C): its (B, n, C) view is what bmm fills, image by
+    # image (no temporary product, no transposing copy); then times W in place
+    out = torch.empty((int(hh.shape[0]), b, c), dtype=m.dtype, device=m.device)
+    torch.bmm(m.index_select(1, hh), x.transpose(1, 2), out=out.transpose(0, 1))
+    return out[:n].mul_(w.index_select(0, h)[:, None, :])
 
 
 def as_tensor(value: Any) -> torch.Tensor:
