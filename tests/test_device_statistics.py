@@ -5,15 +5,12 @@ statistics collected on its own, without slots) joined, bit for bit."""
 
 from __future__ import annotations
 
-import mmap
-import resource
-
 import numpy as np
 import pytest
 import torch
 
 import ssa
-from ssa.engines.statistics import POPULATE_BYTES, DeviceStatistics, collect, joined, populated_empty
+from ssa.engines.statistics import DeviceStatistics, collect, joined
 from ssa.testing.models import ALL_CASES
 
 FORMS = ("gradient", "gradient_x_activation")
@@ -99,32 +96,3 @@ def _collect_into(net, images, form, batch_size, stats):
     for lo in range(0, len(images), batch_size):
         stats.add(form, net.collect(images[lo:lo + batch_size], [form], slots=stats.slots(form)))
     return stats
-
-
-@pytest.mark.skipif(not hasattr(mmap, "MAP_POPULATE"), reason="MAP_POPULATE is Linux's")
-@pytest.mark.parametrize("xp", [np.asarray, torch.from_numpy], ids=["numpy", "torch"])
-def test_large_host_arrays_are_mapped_in_before_the_pass_writes_them(xp):
-    """A key's whole array in host memory (numpy, or a CPU tensor) of at least ``POPULATE_BYTES`` has its pages
-    mapped in when it is made: writing its rows then takes (almost) no page faults, where fresh memory would take
-    one per 4 KiB page; its batches still land in their rows, in the batch's type and dtype."""
-    rows, width = 4, (8 << 20) // 4 // 4  # 8 MiB in all: the slot (2 rows) 1,024 pages
-    pieces = [xp(np.full((2, width), float(i + 1), dtype=np.float32)) for i in range(2)]
-    stats = DeviceStatistics(rows, ["f"])
-    slot = stats.slots("f")("k", (2, width), pieces[0])
-    assert type(slot) is type(pieces[0]) and slot.dtype == pieces[0].dtype
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    slot[...] = pieces[0]
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    assert faults < 1024 // 8, faults
-    stats.add("f", {"k": slot})
-    stats.add("f", {"k": pieces[1]})
-    want = joined(pieces)
-    assert np.array_equal(np.asarray(stats.rows("f", "k")), np.asarray(want))
-
-
-def test_small_arrays_and_hosts_without_map_populate_take_plain_empty(monkeypatch):
-    small = populated_empty((3, 4), np.float32)
-    assert small.shape == (3, 4) and small.dtype == np.float32 and small.base is None
-    monkeypatch.delattr(mmap, "MAP_POPULATE", raising=False)
-    large = populated_empty((2, POPULATE_BYTES), np.float32)
-    assert large.shape == (2, POPULATE_BYTES) and large.base is None and large.flags.writeable

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import mmap
 import queue
 import threading
 from collections.abc import Mapping, Sequence
@@ -15,8 +14,7 @@ from ssa.core.arrays import all_finite, device_of, host_view, is_numpy, namespac
 from ssa.core.interfaces import Network
 from ssa.errors import InvalidInputError
 
-__all__ = ["POPULATE_BYTES", "DeviceStatistics", "check_finite_stats", "collect", "joined", "populated_empty",
-           "verify_store"]
+__all__ = ["DeviceStatistics", "check_finite_stats", "collect", "joined", "verify_store"]
 
 
 def check_finite_stats(arrays: Mapping[str, Any], first: int) -> None:
@@ -88,12 +86,7 @@ class DeviceStatistics:
         whole = self._whole[form].get(key)
         if whole is None:
             xp = namespace(like)
-            shape = (self.n_images, *shape[1:])
-            host = host_view(like)
-            if isinstance(host, np.ndarray):  # numpy, or a tensor in host memory: its pages mapped in at once
-                whole = xp.asarray(populated_empty(shape, host.dtype))
-            else:
-                whole = xp.empty(shape, dtype=like.dtype, device=device_of(like))
+            whole = xp.empty((self.n_images, *shape[1:]), dtype=like.dtype, device=device_of(like))
             self._whole[form][key] = whole
         return whole
 
@@ -137,29 +130,6 @@ class DeviceStatistics:
         if indices is None:
             return whole
         return take_rows(whole, indices)
-
-
-#: arrays of at least this size are mapped in at once (:func:`populated_empty`)
-POPULATE_BYTES = 1 << 20
-
-
-def populated_empty(shape: Sequence[int], dtype: Any) -> np.ndarray:
-    """An uninitialised host array whose pages the kernel maps in by one call (an anonymous ``mmap`` with
-    ``MAP_POPULATE``) rather than one page fault per 4 KiB page as the statistics pass first writes it.
-
-    The whole image set's statistics are fresh memory (ResNet-50's are 1.7 GB for 32 images: 440,000 pages), and
-    on the development host each fault cost about 2.5 us of system time; mapped in at once, about 1.9 us per page
-    (docs/device.md). Transparent huge pages (``madvise(MADV_HUGEPAGE)``, numpy's default for large arrays) were
-    measured there too and cost 4x more than 4 KiB faults, so the mapping asks for none. Where ``MAP_POPULATE`` is
-    not offered (not Linux), or for small arrays, ``numpy.empty``. The memory is released with the array.
-    """
-    dtype = np.dtype(dtype)
-    count = int(np.prod(shape, dtype=np.int64))
-    flag = getattr(mmap, "MAP_POPULATE", None)
-    if flag is None or count * dtype.itemsize < POPULATE_BYTES:
-        return np.empty(tuple(shape), dtype=dtype)
-    buffer = mmap.mmap(-1, count * dtype.itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | flag)
-    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(tuple(shape))
 
 
 def joined(parts: Sequence[Any]) -> Any:
