@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from . import deferred
 from .conv3d import check_conv3d_geometry, conv3d_input_relevance, factor_scale_3d, offset_sums_3d
 from .conv_nhwc import is_nhwc, offset_sums_nhwc, per_image_nhwc, shifted_rows, shifted_rows_nhwc, window_products
 from .linear import LinearOp, NotClosedForm
@@ -396,6 +397,9 @@ class ConvTerm(Term):
             x = values[self.x]
             if self.gate is not None:  # one factor per image and channel (a 2-D or 3-D map)
                 x = x * values[self.gate].reshape(B, -1, *([1] * (x.dim() - 2)))
+            if self.defers(m):  # m and the input, not their correlation: a class computes its rows (.deferred)
+                out.update(deferred.collect(self.op, m, x, relu_of))
+                return out
             cg = self.op.weight.shape[1]
             # written straight into the whole image set's rows where the parents are the columns themselves
             slot = statistics_slot("a", (B, n, cg), m) if self.op.groups == 1 and len(k) == 2 and is_identity_map(
@@ -403,6 +407,13 @@ class ConvTerm(Term):
             a = conv_input_relevance(self.op, m, x, relu_of=relu_of, out=slot)  # (B, N, Cg)
             out["a"] = self._to_parents(a, 1)
         return out
+
+    def defers(self, m: torch.Tensor) -> bool:
+        """Whether the default rule's statistics are ``m`` and the input, the rows made per class
+        (:func:`.deferred.defers`: a wide 1x1 convolution with few output positions, its values unscattered, no
+        gate)."""
+        return self.gate is None and deferred.defers(self.op, tuple(m.shape[2:])) and is_identity_map(
+            self.chan, self.n_parent)
 
     def rank1(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str):
         """A 1x1 convolution without a gate under the gradient rule: omega = W'[n, k] * C[i, n]."""
@@ -451,10 +462,18 @@ class ConvTerm(Term):
 
     def own_rows(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str
                  ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The input relevance ``a`` (B, N, K) picked for the upper neurons (gradient x activation)."""
+        """The input relevance ``a`` (B, N, K) picked for the upper neurons (gradient x activation): from the
+        statistics, or made from ``m`` and the input where the term deferred it (:mod:`.deferred`)."""
         if form == "gradient":
             return None
-        return self.picked_relevance(stats, neurons)
+        if "a" in stats:
+            return self.picked_relevance(stats, neurons)
+        m, x = deferred.as_tensor(stats["m"]), deferred.as_tensor(stats["x"])
+        h, fed = self.head_channels(neurons, m.device)
+        key = f"w32{m.device}"
+        if key not in self._static:
+            self._static[key] = self.op.weight.to(device=m.device, dtype=m.dtype).reshape(m.shape[1], -1)
+        return deferred.rows(self._static[key], m, x, h), fed
 
 
 def check_conv_geometry(op: LinearOp, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
