@@ -88,6 +88,7 @@ class OutputDir:
         self._memo: dict[str, object] = {}
         self._lock = ExitStack()
         self._damaged: set[str] = set()
+        self._attrs: dict[str, dict] = {}
 
     # -- manifest ------------------------------------------------------------------------------------
     def _read_manifest(self) -> dict:
@@ -153,10 +154,17 @@ class OutputDir:
             return f"its content is not what was written: {len(data)} bytes, another hash"
         if name.endswith(".json"):
             try:
-                json.loads(data)
+                doc = json.loads(data)
             except ValueError:
                 return "not valid JSON"
+            attrs = doc.get("graph") if isinstance(doc, dict) else None
+            self._attrs[name] = attrs if isinstance(attrs, dict) else {}
         return None
+
+    def graph_attrs(self, name: str) -> dict:
+        """The ``graph`` object (a node-link graph's attributes) of the recorded JSON output ``name``, as read when
+        :meth:`recorded` checked it (``{}`` when it has none or was not checked): no second read of the file."""
+        return self._attrs.get(name, {})
 
     def memo(self, key: str) -> object:
         """A value an earlier run of the command remembered here (:meth:`remember`), or None."""
