@@ -630,6 +630,8 @@ OTHER_TESTS = {
     "env-read-only-output": "tests/test_environment_errors.py::test_read_only_output_folder",
     "env-disk-full": "tests/test_environment_errors.py::test_disk_full_while_writing",
     "env-file-size-limit": "tests/test_environment_errors.py::test_file_size_limit_in_a_real_process",
+    "env-explorer-folder-write":
+        "tests/test_environment_errors.py::test_a_write_error_in_an_explorer_folder_names_the_folder",
     "env-closed-pipe": "tests/test_environment_errors.py::test_closed_pipe_is_quiet",
     "env-output-checked-first": "tests/test_environment_errors.py::test_output_checks_come_before_the_computation",
     "serve-not-explorer": "tests/viz/test_explorer.py::test_cli_serve_bad_input",

@@ -14,8 +14,9 @@ from ssa.cli.commands.common import (
     model_spec,
     preprocess_from,
 )
-from ssa.errors import InvalidInputError
+from ssa.errors import InvalidInputError, OutputError
 from ssa.io.folders import load_grouped_images
+from ssa.io.paths import ENVIRONMENT_ERRNOS, describe_os_error
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -90,10 +91,15 @@ def run(args: argparse.Namespace) -> int:
             f"computed, cached in {refs.path}" if refs.path else "computed")
         print(f"reference images for {len(refs.data)} neurons: {how}")
         print(refs.note)
-    page = write_explorer(args.out, graphs, names, folder=folder, title=args.title, weight=args.weight,
-                          references=refs.data if refs is not None else None,
-                          saliency_images=refs.images if refs is not None else None,
-                          saliency_note=refs.note if refs is not None else None)
+    try:
+        page = write_explorer(args.out, graphs, names, folder=folder, title=args.title, weight=args.weight,
+                              references=refs.data if refs is not None else None,
+                              saliency_images=refs.images if refs is not None else None,
+                              saliency_note=refs.note if refs is not None else None)
+    except OSError as exc:  # a write inside the folder (disk full, ulimit -f) names no file: name the --out
+        if exc.filename is not None or exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        raise OutputError(describe_os_error(exc, f"cannot write the explorer --out {str(args.out)!r}")) from exc
     print(f"wrote explorer {page.resolve()} ({len(graphs)} class{'es' if len(graphs) != 1 else ''})")
     if folder:
         print(f"open it with: ssa serve {page.parent}")
