@@ -148,6 +148,16 @@ CASES: list[tuple[str, list[str], str]] = [
     ("analyse-class-map-unnamed-folder", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
                                           "--class-map", "{d}/shortmap.csv", "--targets", "all"],
      "n15075141' is not in the class map"),
+    ("analyse-class-map-folder-twice", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
+                                        "--class-map", "{d}/twicemap.csv", "--targets", "all", "--out-dir",
+                                        "{d}/prev/graphs"],
+     "class map '{d}/twicemap.csv' gives folder 'n01440764' two classes, 3 and 0; give each folder one class."),
+    ("analyse-class-map-json-key-twice", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
+                                          "--class-map", "{d}/twicemap.json", "--targets", "all"],
+     "class map '{d}/twicemap.json' gives folder 'n15075141' two classes, 1 and 2; give each folder one class."),
+    ("analyse-class-map-list-twice", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
+                                      "--class-map", "{d}/twicelist.json", "--targets", "all"],
+     "class map '{d}/twicelist.json' lists folder 'n01440764' twice, as classes 0 and 2; list each folder once."),
     ("analyse-class-map-too-many-classes", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
                                             "--class-map", "imagenet", "--targets", "all", "--out-dir", "{d}/cm"],
      "class folder 'n15075141' is class 999, but the model has 10 logits"),
@@ -500,6 +510,9 @@ def work(tmp_path_factory) -> Path:
         Image.fromarray((x[0, 0] * 255).astype(np.uint8)).save(d / folder / name)
     (d / "badmap.json").write_text('{"n01440764": "x", "n15075141": 1}')
     (d / "shortmap.csv").write_text("folder,index\nn01440764,0\n")
+    (d / "twicemap.csv").write_text("folder,index\nn01440764,3\nn15075141,1\nn01440764,0\n")  # the last won
+    (d / "twicemap.json").write_text('{"n01440764": 0, "n15075141": 1, "n15075141": 2}')
+    (d / "twicelist.json").write_text('["n01440764", "n15075141", "n01440764"]')
     (d / "afile").write_text("a file, not a folder")
     (d / "adir.json").mkdir()
     (d / "adir.html").mkdir()
