@@ -98,6 +98,9 @@ CASES: list[tuple[str, list[str], str]] = [
      "--resize applies to folders of image files"),
     ("analyse-mean-for-digits", ["analyse", "digits", "--images", "digits", "-t", "3", "--mean", "0.5"],
      "--mean applies to folders of image files"),
+    ("analyse-preprocess-key-twice", ["analyse", "digits", "--images", "{d}/gray", "-t", "3", "--preprocess",
+                                      "{d}/twicepre.json", "-o", "{d}/prev/g.json"],
+     "preprocess config 'twicepre.json' gives 'mean' twice, [0.5] and [0.1]; give each setting once."),
     ("analyse-preprocess-and-resize", ["analyse", "digits", "--images", "{d}/gray", "-t", "3", "--preprocess", "0-1",
                                        "--resize", "8,8"], "--resize cannot be combined with --preprocess"),
     ("analyse-labels-float", ["analyse", "digits", "--images", "{d}/x.npy", "--labels", "{d}/float_labels.npy",
@@ -509,6 +512,7 @@ def work(tmp_path_factory) -> Path:
         (d / folder).mkdir(parents=True, exist_ok=True)
         Image.fromarray((x[0, 0] * 255).astype(np.uint8)).save(d / folder / name)
     (d / "badmap.json").write_text('{"n01440764": "x", "n15075141": 1}')
+    (d / "twicepre.json").write_text('{"preset": "0-1", "channels": 1, "mean": [0.5], "mean": [0.1]}')  # last won
     (d / "shortmap.csv").write_text("folder,index\nn01440764,0\n")
     (d / "twicemap.csv").write_text("folder,index\nn01440764,3\nn15075141,1\nn01440764,0\n")  # the last won
     (d / "twicemap.json").write_text('{"n01440764": 0, "n15075141": 1, "n15075141": 2}')
