@@ -673,6 +673,7 @@ OTHER_TESTS = {
     "graph-stops-early": "tests/test_degenerate.py::test_no_outliers_at_the_first_step_is_explained",
     "images-unscaled": "tests/test_preprocess.py::test_raw_0_255_arrays_get_a_one_line_warning",
     "outdir-stale": "tests/test_outdir.py::test_rerun_with_fewer_targets_leaves_no_stale_graph",
+    "outdir-all-or-nothing": "tests/test_outdir.py::test_a_failed_or_interrupted_compare_leaves_the_earlier_outputs",
     "outdir-damaged": "tests/test_outdir.py::test_a_class_graph_cut_short_is_computed_again_with_a_notice",
     "outdir-second-writer": "tests/test_outdir.py::test_two_processes_on_one_out_dir_both_succeed",
     "identity-mixed-runs": "tests/test_identity.py::test_mixed_runs_are_refused_unless_allow_mixed",

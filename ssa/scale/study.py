@@ -301,7 +301,7 @@ def _comparison(graph_files: list[Path], out: Path, title: str) -> list[Path]:
     graphs, names = load_graphs(graph_files)
     cmp = compare(graphs, names=[f.name for f in graph_files])
     shared = cmp.shared(None)
-    with OutputDir(out, "compare", COMPARE_OUTPUTS):
+    with OutputDir(out, "compare", COMPARE_OUTPUTS, all_or_nothing=True):
         with identical_graphs_quietly():
             written = [save_figure(plot_clustermap(cmp), out / "clustermap.png"),
                        save_figure(plot_clustermap(cmp, kind="nodes"), out / "clustermap-nodes.png"),
