@@ -253,6 +253,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("check-input-shape-text", ["check", "digits", "--input-shape", "abc"],
      "--input-shape must be comma-separated integers, got 'abc'."),
     ("check-nothing-to-run", ["check", "digits"], "pass --images or --input-shape C,H,W"),
+    ("check-input-shape-and-images", ["check", "digits", "--images", "{d}/x.npy", "--input-shape", "1,16,16"],
+     "--input-shape 1,16,16 applies without --images (the images give the shape); drop one of them."),
     ("check-static-batch", ["check", "{d}/static1.pt2", "--input-shape", "1,8,8"],
      "runs on 1 image but fails on a batch of 2"),
     ("check-folder-option-without-images", ["check", "digits", "--input-shape", "1,8,8", "--bgr"],
