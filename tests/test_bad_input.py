@@ -318,6 +318,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("report-model-without-images", ["report", "{d}/graphs/class-1.json", "{d}/graphs/class-2.json", "--model",
                                      "digits", "--out", "{d}/prev/report.html"],
      "pass both --model and --images"),
+    ("report-model-option-without-model", ["report", "{d}/graphs/class-1.json", "{d}/graphs/class-2.json", "--taps",
+                                           "features.5", "--out", "{d}/prev/report.html"],
+     "--taps applies with --model (the figures that need the network), and no --model was given; drop --taps, or "
+     "pass --model and --images."),
     ("report-n-images-0", ["report", "{d}/graphs/class-1.json", "--n-images", "0", "--out", "{d}/prev/report.html"],
      "--n-images must be >= 1, got 0."),
     ("report-mixed-rules", ["report", "{d}/graphs/class-1.json", "{d}/paper/class-2.json", "--out",
@@ -344,6 +348,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("figures-graph-missing", ["figures", "digits", "--images", "digits", "--out-dir", "{d}/prev/fig"],
      "the following arguments are required: --graph"),
     # --- explore
+    ("explore-reference-option-without-model", ["explore", "{d}/graphs/class-1.json", "--top-k", "8", "--out",
+                                                "{d}/prev/ex.html"],
+     "--top-k applies with --model (the reference images), and no --model was given; drop --top-k, or pass --model "
+     "and --images."),
     ("explore-out-foreign", ["explore", "{d}/graphs/class-1.json", "--out", "{d}/notexplorer/"],
      "holds something else than an explorer (notes.txt, which no earlier `ssa explore` wrote there)"),
     # --- evaluate

@@ -9,6 +9,7 @@ from ssa.analysis.compare import check_graphs, load_graphs
 from ssa.cli.commands.common import (
     add_image_args,
     add_model_args,
+    check_model_options,
     labels_from,
     load_network,
     model_spec,
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         check_explorer_folder(args.out)  # before any computation: nothing in a refused folder is touched
     if (args.model is None) != (args.images is None):
         raise InvalidInputError("pass both --model and --images (for reference images) or neither.")
+    check_model_options(args, "the reference images", **{"--top-k": ("top_k", 4), "--saliency-budget":
+                        ("saliency_budget", None), "--cache": ("cache", None), "--no-cache": ("no_cache", False)})
     if args.top_k < 1:
         raise InvalidInputError(f"--top-k must be >= 1, got {args.top_k}.")
     if args.saliency_budget is not None and not args.saliency_budget >= 0:
