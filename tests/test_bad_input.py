@@ -657,6 +657,7 @@ OTHER_TESTS = {
     "env-read-only-output": "tests/test_environment_errors.py::test_read_only_output_folder",
     "env-disk-full": "tests/test_environment_errors.py::test_disk_full_while_writing",
     "env-file-size-limit": "tests/test_environment_errors.py::test_file_size_limit_in_a_real_process",
+    "env-study-output-write": "tests/scale/test_study.py::test_a_report_that_cannot_be_written_ends_the_study",
     "env-explorer-folder-write":
         "tests/test_environment_errors.py::test_a_write_error_in_an_explorer_folder_names_the_folder",
     "env-closed-pipe": "tests/test_environment_errors.py::test_closed_pipe_is_quiet",

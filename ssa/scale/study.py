@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from ssa.core.options import ModelSpec, RunOptions
-from ssa.errors import InvalidInputError, SSAError, SSAWarning
+from ssa.errors import InvalidInputError, OutputError, SSAError, SSAWarning
 from ssa.io.atomic import atomic_write_bytes
 from ssa.io.classmap import ClassMap, class_map
 from ssa.io.datasets import DECODERS, FolderSource, open_source
@@ -401,6 +401,8 @@ def run_study(study: Study, runner: LocalRunner | RayRunner | None = None, *, pr
                         _comparison(files, target, title)
                     else:
                         _report(files, target, f"SSA study: {title}")
+                except OutputError:  # a full disk, a read-only folder: the environment, not these graphs
+                    raise
                 except SSAError as exc:
                     warnings.warn(f"{title}: no {what} ({str(exc).rstrip('.')})", SSAWarning, stacklevel=2)
                     entry[what] = f"skipped: {exc}"
