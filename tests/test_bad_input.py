@@ -683,6 +683,7 @@ OTHER_TESTS = {
     "model-static-batch-4": "tests/test_cli.py::test_pt2_with_a_static_batch_is_refused_by_check_and_analyse",
     "graph-stops-early": "tests/test_degenerate.py::test_no_outliers_at_the_first_step_is_explained",
     "images-unscaled": "tests/test_preprocess.py::test_raw_0_255_arrays_get_a_one_line_warning",
+    "study-output-skipped": "tests/scale/test_study.py::test_a_report_refused_for_its_graphs_is_one_warning",
     "evaluate-one-image": "tests/analysis/test_strategies.py::test_cli_warns_about_a_class_of_one_image",
     "outdir-stale": "tests/test_outdir.py::test_rerun_with_fewer_targets_leaves_no_stale_graph",
     "outdir-all-or-nothing": "tests/test_outdir.py::test_a_failed_or_interrupted_compare_leaves_the_earlier_outputs",

@@ -215,3 +215,21 @@ def test_a_report_that_cannot_be_written_ends_the_study(tmp_path, capsys, monkey
     assert main(["study", str(f), "-q"]) == 0  # space freed: the re-run keeps the graphs and writes the report
     assert (folder / "report.html").is_file()
     assert "2 graph(s) kept" in capsys.readouterr().out
+
+
+def test_a_report_refused_for_its_graphs_is_one_warning(tmp_path, capsys, monkeypatch):
+    """A report (or comparison) refused for its graphs is skipped with one warning line; before, the command line
+    said it a second time."""
+    import ssa.scale.study as S
+    from ssa.errors import InvalidInputError
+
+    def refused(*a, **k):
+        raise InvalidInputError("these graphs cannot be reported.")
+
+    monkeypatch.setattr(S, "_report", refused)
+    f = tmp_path / "s.toml"
+    f.write_text("out = 'out'\ntargets = [1, 2]\n[[model]]\nspec = 'digits'\n[images]\npath = 'digits'\n"
+                 "[selection]\nmax_images = 10\n[outputs]\ncompare = false\n")
+    assert main(["study", str(f), "-q"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ssa: warning: digits, gradient_x_activation-mad-b3: no report (these graphs cannot be reported)"]
