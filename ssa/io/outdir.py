@@ -329,6 +329,7 @@ class OutputDir:
             if self.all_or_nothing:
                 self._keep_previous()
         except BaseException:
+            self._drop_previous()
             self._release(created)
             raise
         write_listeners.append(self._saw)
