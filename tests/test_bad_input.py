@@ -668,6 +668,7 @@ OTHER_TESTS = {
     "serve-folder-listing": "tests/viz/test_serve.py::test_folders_are_not_listed",
     "serve-link-out": "tests/viz/test_serve.py::test_no_link_leads_out_of_the_folder",
     "serve-off-loopback": "tests/viz/test_serve.py::test_a_host_off_the_loopback_is_warned_about",
+    "threads-above-cores": "tests/scale/test_resume_threads.py::test_threads_above_what_torch_takes_are_warned_about",
     "outdir-mixed-threads": "tests/scale/test_resume_threads.py::test_kept_graphs_that_disagree_are_named_in_a_warning",
     "store-second-writer": "tests/test_store.py::test_a_second_writer_is_refused",
     "store-damaged": "tests/test_store.py::test_a_damaged_store_is_refused_at_use_and_repaired_by_verify",

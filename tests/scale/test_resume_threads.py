@@ -257,3 +257,23 @@ def test_landed_attrs_reads_a_whole_graph_of_either_format(tmp_path, suffix):
     path.write_bytes(path.read_bytes()[:-20])  # cut short
     assert landed_attrs(path) == {}
     assert landed_attrs(tmp_path / "missing.json") == {}
+
+
+@pytest.mark.slow
+def test_threads_above_what_torch_takes_are_warned_about(tmp_path):
+    """torch caps OMP_NUM_THREADS at the cores it finds: `--threads` above that is said in one warning before the
+    work, with the count the graphs record; before, only the graph's `threads` attribute said so."""
+    asked = 4 * (os.cpu_count() or 1)
+    res = subprocess.run([sys.executable, "-m", "ssa", "analyse", "digits", "--images", "digits", "-t", "3",
+                          "--max-per-class", "5", "--threads", str(asked), "-o", str(tmp_path / "g.json"), "-q"],
+                         env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    used = ssa.read_graph(tmp_path / "g.json").graph["threads"]
+    assert used < asked
+    said = [ln for ln in res.stderr.splitlines() if "--threads" in ln]
+    assert said == [f"ssa: warning: --threads {asked}: torch computes with {used} thread(s) (no more than the cores it "
+                    f"finds); the outputs record {used}."], res.stderr
+    res = subprocess.run([sys.executable, "-m", "ssa", "analyse", "digits", "--images", "digits", "-t", "3",
+                          "--max-per-class", "5", "--threads", "1", "-o", str(tmp_path / "g.json"), "-q"],
+                         env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "--threads" not in res.stderr, res.stderr
