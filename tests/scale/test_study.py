@@ -186,6 +186,14 @@ def test_a_small_study_on_digits(tmp_path, capsys):
     assert (tmp_path / "out" / "digits" / "gradient_x_activation-mad-b3" / "compare" / "jaccard.csv").is_file()
 
 
+def _report_only_study(tmp_path):
+    """A study file of two digits classes, 10 images each, with a report and no comparison."""
+    f = tmp_path / "s.toml"
+    f.write_text("out = 'out'\ntargets = [1, 2]\n[[model]]\nspec = 'digits'\n[images]\npath = 'digits'\n"
+                 "[selection]\nmax_images = 10\n[outputs]\ncompare = false\n")
+    return f
+
+
 def test_a_report_that_cannot_be_written_ends_the_study(tmp_path, capsys, monkeypatch):
     """A full disk while a study writes a report (or a comparison) is the environment, not these graphs: the study
     ends with the one error line and exit 2, its graphs kept for the re-run; before, it said two warnings and
@@ -202,9 +210,7 @@ def test_a_report_that_cannot_be_written_ends_the_study(tmp_path, capsys, monkey
         return write(path, data)
 
     monkeypatch.setattr(atomic, "_atomic_write", full)
-    f = tmp_path / "s.toml"
-    f.write_text("out = 'out'\ntargets = [1, 2]\n[[model]]\nspec = 'digits'\n[images]\npath = 'digits'\n"
-                 "[selection]\nmax_images = 10\n[outputs]\ncompare = false\n")
+    f = _report_only_study(tmp_path)
     assert main(["study", str(f), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ssa: error: cannot write ") and "report.html" in err[0], err
@@ -227,9 +233,7 @@ def test_a_report_refused_for_its_graphs_is_one_warning(tmp_path, capsys, monkey
         raise InvalidInputError("these graphs cannot be reported.")
 
     monkeypatch.setattr(S, "_report", refused)
-    f = tmp_path / "s.toml"
-    f.write_text("out = 'out'\ntargets = [1, 2]\n[[model]]\nspec = 'digits'\n[images]\npath = 'digits'\n"
-                 "[selection]\nmax_images = 10\n[outputs]\ncompare = false\n")
+    f = _report_only_study(tmp_path)
     assert main(["study", str(f), "-q"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["ssa: warning: digits, gradient_x_activation-mad-b3: no report (these graphs cannot be reported)"]
