@@ -98,6 +98,9 @@ CASES: list[tuple[str, list[str], str]] = [
      "--resize applies to folders of image files"),
     ("analyse-mean-for-digits", ["analyse", "digits", "--images", "digits", "-t", "3", "--mean", "0.5"],
      "--mean applies to folders of image files"),
+    ("analyse-preprocess-key-twice", ["analyse", "digits", "--images", "{d}/gray", "-t", "3", "--preprocess",
+                                      "{d}/twicepre.json", "-o", "{d}/prev/g.json"],
+     "preprocess config 'twicepre.json' gives 'mean' twice, [0.5] and [0.1]; give each setting once."),
     ("analyse-preprocess-and-resize", ["analyse", "digits", "--images", "{d}/gray", "-t", "3", "--preprocess", "0-1",
                                        "--resize", "8,8"], "--resize cannot be combined with --preprocess"),
     ("analyse-labels-float", ["analyse", "digits", "--images", "{d}/x.npy", "--labels", "{d}/float_labels.npy",
@@ -148,6 +151,16 @@ CASES: list[tuple[str, list[str], str]] = [
     ("analyse-class-map-unnamed-folder", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
                                           "--class-map", "{d}/shortmap.csv", "--targets", "all"],
      "n15075141' is not in the class map"),
+    ("analyse-class-map-folder-twice", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
+                                        "--class-map", "{d}/twicemap.csv", "--targets", "all", "--out-dir",
+                                        "{d}/prev/graphs"],
+     "class map '{d}/twicemap.csv' gives folder 'n01440764' two classes, 3 and 0; give each folder one class."),
+    ("analyse-class-map-json-key-twice", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
+                                          "--class-map", "{d}/twicemap.json", "--targets", "all"],
+     "class map '{d}/twicemap.json' gives folder 'n15075141' two classes, 1 and 2; give each folder one class."),
+    ("analyse-class-map-list-twice", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
+                                      "--class-map", "{d}/twicelist.json", "--targets", "all"],
+     "class map '{d}/twicelist.json' lists folder 'n01440764' twice, as classes 0 and 2; list each folder once."),
     ("analyse-class-map-too-many-classes", ["analyse", "digits", "--images", "{d}/synsets", "--channels", "1",
                                             "--class-map", "imagenet", "--targets", "all", "--out-dir", "{d}/cm"],
      "class folder 'n15075141' is class 999, but the model has 10 logits"),
@@ -191,6 +204,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("analyse-selector-param-twice", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--selector-param",
                                       "threshold=2", "--selector-param", "threshold=5"],
      "--selector-param gives 'threshold' twice, 2 and 5; give each name once."),
+    ("analyse-selector-param-infinite", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3",
+                                         "--selector-param", "threshold=inf", "-o", "{d}/prev/g.json"],
+     "selector 'mad' parameter 'threshold' must be a finite number, got inf."),
     ("analyse-rule-param-unknown", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--rule-param", "a=1"],
      "rule 'gradient_x_activation' has no parameter 'a'"),
     ("analyse-preset-and-rule", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--preset", "paper",
@@ -201,6 +217,9 @@ CASES: list[tuple[str, list[str], str]] = [
      "stop_at 'nosuch' is not a tap"),
     ("analyse-taps-unknown", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--taps", "nosuch"],
      "tap 'nosuch' is not a node of the model"),
+    ("analyse-taps-twice", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--taps",
+                            "features.5,features.2,features.5"],
+     "taps lists 'features.5' twice, got 'features.5,features.2,features.5'; list each tap once."),
     ("analyse-channel-axis-text", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--channel-axis",
                                    "T=abc"], "--channel-axis must look like TAP=AXIS with an integer axis"),
     ("analyse-channel-axis-tap", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "--channel-axis",
@@ -234,6 +253,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("check-input-shape-text", ["check", "digits", "--input-shape", "abc"],
      "--input-shape must be comma-separated integers, got 'abc'."),
     ("check-nothing-to-run", ["check", "digits"], "pass --images or --input-shape C,H,W"),
+    ("check-input-shape-and-images", ["check", "digits", "--images", "{d}/x.npy", "--input-shape", "1,16,16"],
+     "--input-shape 1,16,16 applies without --images (the images give the shape); drop one of them."),
     ("check-static-batch", ["check", "{d}/static1.pt2", "--input-shape", "1,8,8"],
      "runs on 1 image but fails on a batch of 2"),
     ("check-folder-option-without-images", ["check", "digits", "--input-shape", "1,8,8", "--bgr"],
@@ -297,6 +318,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("report-model-without-images", ["report", "{d}/graphs/class-1.json", "{d}/graphs/class-2.json", "--model",
                                      "digits", "--out", "{d}/prev/report.html"],
      "pass both --model and --images"),
+    ("report-model-option-without-model", ["report", "{d}/graphs/class-1.json", "{d}/graphs/class-2.json", "--taps",
+                                           "features.5", "--out", "{d}/prev/report.html"],
+     "--taps applies with --model (the figures that need the network), and no --model was given; drop --taps, or "
+     "pass --model and --images."),
     ("report-n-images-0", ["report", "{d}/graphs/class-1.json", "--n-images", "0", "--out", "{d}/prev/report.html"],
      "--n-images must be >= 1, got 0."),
     ("report-mixed-rules", ["report", "{d}/graphs/class-1.json", "{d}/paper/class-2.json", "--out",
@@ -323,6 +348,10 @@ CASES: list[tuple[str, list[str], str]] = [
     ("figures-graph-missing", ["figures", "digits", "--images", "digits", "--out-dir", "{d}/prev/fig"],
      "the following arguments are required: --graph"),
     # --- explore
+    ("explore-reference-option-without-model", ["explore", "{d}/graphs/class-1.json", "--top-k", "8", "--out",
+                                                "{d}/prev/ex.html"],
+     "--top-k applies with --model (the reference images), and no --model was given; drop --top-k, or pass --model "
+     "and --images."),
     ("explore-out-foreign", ["explore", "{d}/graphs/class-1.json", "--out", "{d}/notexplorer/"],
      "holds something else than an explorer (notes.txt, which no earlier `ssa explore` wrote there)"),
     # --- evaluate
@@ -493,7 +522,11 @@ def work(tmp_path_factory) -> Path:
         (d / folder).mkdir(parents=True, exist_ok=True)
         Image.fromarray((x[0, 0] * 255).astype(np.uint8)).save(d / folder / name)
     (d / "badmap.json").write_text('{"n01440764": "x", "n15075141": 1}')
+    (d / "twicepre.json").write_text('{"preset": "0-1", "channels": 1, "mean": [0.5], "mean": [0.1]}')  # last won
     (d / "shortmap.csv").write_text("folder,index\nn01440764,0\n")
+    (d / "twicemap.csv").write_text("folder,index\nn01440764,3\nn15075141,1\nn01440764,0\n")  # the last won
+    (d / "twicemap.json").write_text('{"n01440764": 0, "n15075141": 1, "n15075141": 2}')
+    (d / "twicelist.json").write_text('["n01440764", "n15075141", "n01440764"]')
     (d / "afile").write_text("a file, not a folder")
     (d / "adir.json").mkdir()
     (d / "adir.html").mkdir()
@@ -624,6 +657,9 @@ OTHER_TESTS = {
     "env-read-only-output": "tests/test_environment_errors.py::test_read_only_output_folder",
     "env-disk-full": "tests/test_environment_errors.py::test_disk_full_while_writing",
     "env-file-size-limit": "tests/test_environment_errors.py::test_file_size_limit_in_a_real_process",
+    "env-study-output-write": "tests/scale/test_study.py::test_a_report_that_cannot_be_written_ends_the_study",
+    "env-explorer-folder-write":
+        "tests/test_environment_errors.py::test_a_write_error_in_an_explorer_folder_names_the_folder",
     "env-closed-pipe": "tests/test_environment_errors.py::test_closed_pipe_is_quiet",
     "env-output-checked-first": "tests/test_environment_errors.py::test_output_checks_come_before_the_computation",
     "serve-not-explorer": "tests/viz/test_explorer.py::test_cli_serve_bad_input",
@@ -632,6 +668,7 @@ OTHER_TESTS = {
     "serve-folder-listing": "tests/viz/test_serve.py::test_folders_are_not_listed",
     "serve-link-out": "tests/viz/test_serve.py::test_no_link_leads_out_of_the_folder",
     "serve-off-loopback": "tests/viz/test_serve.py::test_a_host_off_the_loopback_is_warned_about",
+    "threads-above-cores": "tests/scale/test_resume_threads.py::test_threads_above_what_torch_takes_are_warned_about",
     "outdir-mixed-threads": "tests/scale/test_resume_threads.py::test_kept_graphs_that_disagree_are_named_in_a_warning",
     "store-second-writer": "tests/test_store.py::test_a_second_writer_is_refused",
     "store-damaged": "tests/test_store.py::test_a_damaged_store_is_refused_at_use_and_repaired_by_verify",
@@ -647,7 +684,10 @@ OTHER_TESTS = {
     "model-static-batch-4": "tests/test_cli.py::test_pt2_with_a_static_batch_is_refused_by_check_and_analyse",
     "graph-stops-early": "tests/test_degenerate.py::test_no_outliers_at_the_first_step_is_explained",
     "images-unscaled": "tests/test_preprocess.py::test_raw_0_255_arrays_get_a_one_line_warning",
+    "study-output-skipped": "tests/scale/test_study.py::test_a_report_refused_for_its_graphs_is_one_warning",
+    "evaluate-one-image": "tests/analysis/test_strategies.py::test_cli_warns_about_a_class_of_one_image",
     "outdir-stale": "tests/test_outdir.py::test_rerun_with_fewer_targets_leaves_no_stale_graph",
+    "outdir-all-or-nothing": "tests/test_outdir.py::test_a_failed_or_interrupted_compare_leaves_the_earlier_outputs",
     "outdir-damaged": "tests/test_outdir.py::test_a_class_graph_cut_short_is_computed_again_with_a_notice",
     "outdir-second-writer": "tests/test_outdir.py::test_two_processes_on_one_out_dir_both_succeed",
     "identity-mixed-runs": "tests/test_identity.py::test_mixed_runs_are_refused_unless_allow_mixed",

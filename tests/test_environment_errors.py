@@ -168,3 +168,27 @@ def test_bugs_stay_internal_errors_and_debug_shows_the_traceback(capsys, monkeyp
     monkeypatch.setenv("SSA_DEBUG", "1")
     with pytest.raises(KeyError):
         main(["plugins"])
+
+
+@pytest.mark.slow
+def test_a_write_error_in_an_explorer_folder_names_the_folder(tmp_path):
+    """A folder explorer's files are written into a temporary folder; a write error there (EFBIG: ``ulimit -f``)
+    names the --out folder (before: "ssa: error: File too large", which file not said) and leaves nothing."""
+    import resource
+
+    import ssa
+
+    graphs = ssa.analyse_many("digits", "digits", [1, 2], max_per_class=20)
+    files = [str(graphs[c].write(tmp_path / f"class-{c}.json")) for c in graphs]
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
+
+    out = tmp_path / "ex"
+    proc = subprocess.run(SSA + ["explore", *files, "--out", f"{out}/"], capture_output=True, text=True,
+                          preexec_fn=limit, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"ssa: error: cannot write the explorer --out '{out}/': File too large (EFBIG)"), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["class-1.json", "class-2.json"]  # no folder, no leftover

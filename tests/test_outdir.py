@@ -3,11 +3,13 @@ did not record writing are refused before any computation and never deleted."""
 
 from __future__ import annotations
 
+import errno
 import json
 
 import ssa
 from ssa.cli import main
-from ssa.io.outdir import MANIFEST
+from ssa.io.atomic import atomic_write_bytes
+from ssa.io.outdir import ANALYSE_OUTPUTS, COMPARE_OUTPUTS, MANIFEST, OutputDir
 
 
 def _names(d):
@@ -65,24 +67,69 @@ def test_compare_svg_after_png_leaves_no_png(tmp_path, capsys):
     assert (out / "my-plot.png").read_bytes() == b"user's"
 
 
-def test_a_failed_run_records_what_it_wrote(tmp_path, capsys, monkeypatch):
+def test_a_failed_run_records_what_it_wrote(tmp_path):
+    """A run whose outputs do not belong together (``analyse``'s graphs): what a failed run wrote is recorded, so
+    the next run does not refuse it as foreign and removes it if it does not write it again."""
+    out = tmp_path / "graphs"
+    try:
+        with OutputDir(out, "analyse", ANALYSE_OUTPUTS):
+            atomic_write_bytes(out / "class-1.json", b"{}")
+            raise ssa.InvalidInputError("failed after one graph")
+    except ssa.InvalidInputError:
+        pass
+    assert _names(out) == [MANIFEST, "class-1.json"]  # written before the failure, and recorded
+    assert json.loads((out / MANIFEST).read_text())["commands"]["analyse"] == ["class-1.json"]
+    with OutputDir(out, "analyse", ANALYSE_OUTPUTS):  # not refused: it is ours; not written again: removed
+        pass
+    assert _names(out) == [MANIFEST]
+
+
+def _tree(d):
+    return {p.name: p.read_bytes() for p in d.iterdir()}
+
+
+def test_a_failed_or_interrupted_compare_leaves_the_earlier_outputs(tmp_path, capsys, monkeypatch):
+    """compare's figures and tables belong together: a run that fails or is interrupted half-way (Ctrl-C, a full
+    disk) puts the earlier run's files back and removes its own; before, the folder mixed new figures with the
+    earlier run's tables."""
     graphs = tmp_path / "graphs"
-    assert _analyse(graphs, "1,2") == 0
+    assert _analyse(graphs, "1,2,3") == 0
     files = sorted(str(p) for p in graphs.glob("class-*.json"))
     out = tmp_path / "cmp"
     import ssa.viz.figures
 
     def broken(*a, **k):
-        raise ssa.InvalidInputError("drawing failed")
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(ssa.viz.figures, "plot_dendrogram", broken)
-    assert main(["compare", *files, "--out-dir", str(out)]) == 2
-    written = _names(out)
-    assert "clustermap.png" in written  # written before the failure
-    assert "clustermap.png" in json.loads((out / MANIFEST).read_text())["commands"]["compare"]
+    monkeypatch.setattr(ssa.viz.figures, "plot_dendrogram", broken)  # after both clustermaps are written
+    assert main(["compare", *files, "--out-dir", str(out)]) == 130
+    assert not out.exists()  # a failed first run: nothing
     monkeypatch.undo()
-    assert main(["compare", *files, "--out-dir", str(out), "--format", "svg"]) == 0  # not refused: it is ours
-    assert not any(n.endswith(".png") for n in _names(out))
+    assert main(["compare", *files[:2], "--out-dir", str(out)]) == 0
+    before = _tree(out)
+    monkeypatch.setattr(ssa.viz.figures, "plot_dendrogram", broken)
+    assert main(["compare", *files, "--out-dir", str(out), "--format", "svg"]) == 130
+    assert _tree(out) == before  # the two-class run's files, none of the three-class run's, nothing left over
+    monkeypatch.undo()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("ssa.analysis.compare.Comparison.write_tables", full)
+    assert main(["compare", *files, "--out-dir", str(out)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert _tree(out) == before
+
+
+def test_an_earlier_run_killed_with_its_kept_files_is_cleaned_up(tmp_path):
+    out = tmp_path / "cmp"
+    with OutputDir(out, "compare", COMPARE_OUTPUTS, all_or_nothing=True):
+        atomic_write_bytes(out / "jaccard.csv", b"1")
+    (out / ".ssa-previous.abc123").mkdir()  # a run killed with SIGKILL while it replaced the files
+    (out / ".ssa-previous.abc123" / "jaccard.csv").write_bytes(b"0")
+    with OutputDir(out, "compare", COMPARE_OUTPUTS, all_or_nothing=True):
+        atomic_write_bytes(out / "jaccard.csv", b"2")
+    assert _names(out) == [MANIFEST, "jaccard.csv"] and (out / "jaccard.csv").read_bytes() == b"2"
 
 
 def test_figures_rerun_replaces_its_figures(tmp_path, capsys):

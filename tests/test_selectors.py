@@ -222,6 +222,10 @@ def test_topk_zero_nan_and_two_sided() -> None:
         ("percentile", {"q": 100}, "'q' must be in (0, 100)"),
         ("topk", {"k": 0}, "'k' must be >= 1"),
         ("topk", {"k": 1.5}, "'k' must be int"),
+        ("topk", {"k": float("inf")}, "'k' must be int"),
+        ("mad", {"threshold": float("inf")}, "'threshold' must be a finite number, got inf"),
+        ("zscore", {"threshold": "nan"}, "'threshold' must be a finite number, got nan"),
+        ("tukey", {"k": "inf"}, "'k' must be a finite number, got inf"),
     ],
 )
 def test_invalid_parameters_raise_invalid_input_error(name: str, params: dict, words: str) -> None:

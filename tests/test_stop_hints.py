@@ -120,7 +120,7 @@ def advice(rule, selector):
 
 
 # -- the built-in selectors' advice loosens them -------------------------------------------------------------------
-_BUILTIN_SELECTORS = {"tukey": [{}, {"k": float("inf")}, {"k": 1.0}, {"k": 0.0}], "mad": [{}, {"threshold": 1.0}],
+_BUILTIN_SELECTORS = {"tukey": [{}, {"k": 1000.0}, {"k": 1.0}, {"k": 0.0}], "mad": [{}, {"threshold": 1.0}],
                       "zscore": [{}, {"threshold": 0.5}], "percentile": [{}, {"q": 90.0}, {"q": 60.0}, {"q": 20.0}],
                       "topk": [{}, {"k": 1}]}
 

@@ -121,6 +121,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return 2
         # before torch loads: --threads, OMP_NUM_THREADS or the default, and who chose it (for resumed runs)
         with command_threads(getattr(args, "threads", None)):
+            _say_capped_threads(getattr(args, "threads", None))
             if getattr(args, "batch_size", 0) is None:  # --batch-size not given: by the device (32 CPU, 128 GPU)
                 from ssa.cli.commands.common import batch_size
 
@@ -163,6 +164,22 @@ def _main(argv: Sequence[str] | None) -> int:
         return _stopped(exc)
     except BaseException as exc:  # noqa: BLE001 - GeneratorExit & co. from the model's or a plugin's code
         return _stopped(exc)
+
+
+def _say_capped_threads(asked: int | None) -> None:
+    """``--threads N`` above what torch takes (it caps ``OMP_NUM_THREADS`` at the cores it finds): one warning
+    before any work, naming the count the run computes with and its outputs record; before, only the graphs' ``threads``
+    attribute said so."""
+    if asked is None:
+        return
+    import torch  # every command with --threads computes with torch
+
+    used = torch.get_num_threads()
+    if used != asked:
+        mkl = os.environ.get("MKL_NUM_THREADS", "").strip()
+        warnings.warn(f"--threads {asked}: torch computes with {used} thread(s) (no more than the cores it finds"
+                      f"{f', and MKL_NUM_THREADS={mkl}' if mkl else ''}); the outputs record {used}.", SSAWarning,
+                      stacklevel=2)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -158,6 +158,9 @@ class ModelSpec:
             taps = tuple(self.taps)
             if not taps or not all(isinstance(t, str) and t for t in taps):
                 raise InvalidInputError(f"taps must name at least one tap, each a non-empty string, got {self.taps!r}.")
+            twice = next((t for i, t in enumerate(taps) if t in taps[:i]), None)
+            if twice is not None:  # a typo, most likely; before, the second was dropped without a word
+                raise InvalidInputError(f"taps lists {twice!r} twice, got {','.join(taps)!r}; list each tap once.")
             object.__setattr__(self, "taps", taps)
         _bool("include_input", self.include_input)
         if self.channel_axes is not None:

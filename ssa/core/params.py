@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -34,7 +35,7 @@ class Param:
 
 def _convert(kind: type, name: str, owner: str, value: Any) -> Any:
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
+        return _finite(value, name, owner)
     try:
         if kind is bool:
             if isinstance(value, str):
@@ -47,12 +48,21 @@ def _convert(kind: type, name: str, owner: str, value: Any) -> Any:
             return bool(value)
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
-        return kind(value)
-    except (TypeError, ValueError):
+        converted = kind(value)
+    except (TypeError, ValueError, OverflowError):
         raise InvalidInputError(
             f"{owner} parameter {name!r} must be {kind.__name__}, got {value!r}; "
             f"pass e.g. {name}=<{kind.__name__}>."
         ) from None
+    return _finite(converted, name, owner)
+
+
+def _finite(value: Any, name: str, owner: str) -> Any:
+    """``value``, refused when it is a float that is not finite (``threshold=inf`` cut nothing: an empty graph after
+    the whole computation; ``nan`` compares false with everything)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInputError(f"{owner} parameter {name!r} must be a finite number, got {value!r}.")
+    return value
 
 
 class Configurable:

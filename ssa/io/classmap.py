@@ -9,6 +9,8 @@ A folder with one sub-folder per class is labelled by a :class:`ClassMap` (``--c
   order (``["cat", "dog"]``: cat is 0);
 * a ``.csv`` file: ``folder,index`` lines (a header line is skipped).
 
+A folder that a file gives two classes (two lines, one JSON key twice, one name twice in a list) is refused.
+
 Without a map (:func:`class_folder_labels`): folders named by numbers are those classes (``3/`` is class 3);
 folders named otherwise are numbered in sorted name order (torchvision's ``ImageFolder``); folders named by
 ImageNet synset ids are refused, with the fix (``--class-map imagenet``): numbered in sorted order, a subset of
@@ -85,12 +87,23 @@ def _read_csv(path: Path) -> dict[str, str]:
     rows = [r for r in csv.reader(path.read_text(encoding="utf-8").splitlines()) if r and any(c.strip() for c in r)]
     if rows and len(rows[0]) == 2 and not rows[0][1].strip().isdigit():
         rows = rows[1:]  # a header line
-    out: dict[str, str] = {}
+    pairs = []
     for r in rows:
         if len(r) != 2:
             raise InvalidInputError(f"class map {str(path)!r}: cannot read the line {','.join(r)!r}; write one "
                                     "'folder,index' line per class.")
-        out[r[0].strip()] = r[1].strip()
+        pairs.append((r[0].strip(), r[1].strip()))
+    return _once(pairs, repr(str(path)))
+
+
+def _once(pairs: list[tuple[Any, Any]], source: str) -> dict[Any, Any]:
+    """``dict(pairs)``, refusing a folder given two different classes (before, the last line won without a word)."""
+    out: dict[Any, Any] = {}
+    for name, idx in pairs:
+        if name in out and str(out[name]).strip() != str(idx).strip():
+            raise InvalidInputError(f"class map {source} gives folder {name!r} two classes, {out[name]} and {idx}; "
+                                    "give each folder one class.")
+        out[name] = idx
     return out
 
 
@@ -117,10 +130,16 @@ def class_map(spec: Any) -> ClassMap:
     if path.suffix.lower() == ".csv":
         return _checked(_read_csv(path), source)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=lambda kv: _once(kv, source))
     except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, InvalidInputError):
+            raise
         raise InvalidInputError(f"class map {source} is not valid JSON ({exc}); {fix}.") from None
     if isinstance(data, list) and all(isinstance(x, str) for x in data):
+        twice = next((x for i, x in enumerate(data) if x in data[:i]), None)
+        if twice is not None:
+            raise InvalidInputError(f"class map {source} lists folder {twice!r} twice, as classes {data.index(twice)} "
+                                    f"and {data.index(twice, data.index(twice) + 1)}; list each folder once.")
         data = {name: i for i, name in enumerate(data)}
     if not isinstance(data, dict):
         raise InvalidInputError(f"class map {source} must hold an object of folder -> class index (or a list of "

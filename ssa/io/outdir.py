@@ -27,6 +27,11 @@ Each recorded output also has its content hash, taken when it is recorded (``has
 output whose file no longer parses or no longer has that hash (cut short, changed by hand, a disk error) is
 not kept but computed again, with a one-line notice.
 
+Commands whose outputs belong together (``compare``, ``figures``; ``all_or_nothing=True``) replace them all or
+none: entering keeps the earlier run's files as hard links (copies where the file system has none) in a hidden
+folder ``DIR/.ssa-previous.*``, and a run that fails or is interrupted (Ctrl-C, a full disk) puts them back and removes
+what it wrote, so the folder never mixes two runs' figures and tables; a run that succeeds drops them.
+
 One process at a time writes a folder: entering takes the folder's lock (``DIR/.ssa-outputs.lock``, removed
 when released), and a second process on the same folder waits for the first to finish (one line says so),
 then runs as a re-run of that folder would. The manifest therefore always describes the folder.
@@ -38,7 +43,9 @@ import fnmatch
 import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
@@ -53,6 +60,7 @@ __all__ = ["OutputDir", "MANIFEST", "ANALYSE_OUTPUTS", "COMPARE_OUTPUTS", "FIGUR
 
 MANIFEST = ".ssa-outputs.json"
 LOCK = ".ssa-outputs.lock"
+PREVIOUS = ".ssa-previous."  # prefix of the folder that keeps an all-or-nothing run's earlier files
 _FORMATS = ("png", "svg")
 
 #: the names each command writes into its --out-dir (fnmatch patterns)
@@ -74,8 +82,11 @@ class OutputDir:
     records what it wrote.
     """
 
-    def __init__(self, path: str | os.PathLike, command: str, patterns: Sequence[str], flag: str = "--out-dir"):
+    def __init__(self, path: str | os.PathLike, command: str, patterns: Sequence[str], flag: str = "--out-dir",
+                 all_or_nothing: bool = False):
         self.path = Path(path)
+        self.all_or_nothing = all_or_nothing
+        self._kept: Path | None = None  # the earlier files of an all-or-nothing run (hard links)
         self.command = command
         self.patterns = tuple(patterns)
         self.flag = flag
@@ -88,6 +99,7 @@ class OutputDir:
         self._memo: dict[str, object] = {}
         self._lock = ExitStack()
         self._damaged: set[str] = set()
+        self._attrs: dict[str, dict] = {}
 
     # -- manifest ------------------------------------------------------------------------------------
     def _read_manifest(self) -> dict:
@@ -153,10 +165,17 @@ class OutputDir:
             return f"its content is not what was written: {len(data)} bytes, another hash"
         if name.endswith(".json"):
             try:
-                json.loads(data)
+                doc = json.loads(data)
             except ValueError:
                 return "not valid JSON"
+            attrs = doc.get("graph") if isinstance(doc, dict) else None
+            self._attrs[name] = attrs if isinstance(attrs, dict) else {}
         return None
+
+    def graph_attrs(self, name: str) -> dict:
+        """The ``graph`` object (a node-link graph's attributes) of the recorded JSON output ``name``, as read when
+        :meth:`recorded` checked it (``{}`` when it has none or was not checked): no second read of the file."""
+        return self._attrs.get(name, {})
 
     def memo(self, key: str) -> object:
         """A value an earlier run of the command remembered here (:meth:`remember`), or None."""
@@ -230,6 +249,8 @@ class OutputDir:
             return
         for p in self.path.iterdir():
             name = p.name
+            if name.startswith(PREVIOUS) and p.is_dir() and not p.is_symlink():  # of a run killed with SIGKILL
+                shutil.rmtree(p, ignore_errors=True)
             if name.startswith(".") and name.endswith(".tmp") and p.is_file():
                 target = name[1:-4].rsplit(".", 1)[0]
                 if self._ours(target) or target == MANIFEST:
@@ -266,13 +287,49 @@ class OutputDir:
             except OSError:
                 pass
 
+    def _keep_previous(self) -> None:
+        """Keep the earlier run's files (hard links, else copies) for :meth:`_roll_back`."""
+        names = sorted(n for n in self._previous if (self.path / n).is_file() and not (self.path / n).is_symlink())
+        if not names:
+            return
+        try:
+            self._kept = Path(tempfile.mkdtemp(prefix=PREVIOUS, dir=self.path))
+            for n in names:
+                try:
+                    os.link(self.path / n, self._kept / n)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(self.path / n, self._kept / n)
+        except OSError as err:
+            self._drop_previous()
+            raise OutputError(describe_os_error(err, f"cannot keep the earlier outputs of {self.flag} "
+                                                     f"{str(self.path)!r} while this run replaces them",
+                                                show_file=False)) from err
+
+    def _roll_back(self) -> None:
+        """A failed all-or-nothing run: the files it wrote are removed and the earlier run's are put back."""
+        for name in sorted(self.written):
+            kept = self._kept / name if self._kept is not None else None
+            if kept is not None and kept.is_file():
+                os.replace(kept, self.path / name)
+            else:
+                (self.path / name).unlink(missing_ok=True)
+        self.written.clear()
+
+    def _drop_previous(self) -> None:
+        if self._kept is not None:
+            shutil.rmtree(self._kept, ignore_errors=True)
+            self._kept = None
+
     def __enter__(self) -> OutputDir:
         created = self._take_lock()
         try:
             self.check()
             self._created = created
             self._remove_leftovers()
+            if self.all_or_nothing:
+                self._keep_previous()
         except BaseException:
+            self._drop_previous()
             self._release(created)
             raise
         write_listeners.append(self._saw)
@@ -281,8 +338,11 @@ class OutputDir:
     def __exit__(self, exc_type, exc, tb) -> None:
         write_listeners.remove(self._saw)
         try:
+            if exc_type is not None and self.all_or_nothing:
+                self._roll_back()
             self._finish(exc_type is not None)
         finally:
+            self._drop_previous()
             self._release(exc_type is not None and not self.written and self._created)
 
     def _finish(self, failed: bool) -> None:

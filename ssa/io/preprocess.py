@@ -120,7 +120,7 @@ def read_preprocess_config(path: str | os.PathLike) -> dict[str, Any]:
                                 f"({', '.join(PRESETS)}) or a .json/.toml file.")
     try:
         if p.suffix.lower() == ".json":
-            data = json.loads(p.read_text())
+            data = json.loads(p.read_text(encoding="utf-8"), object_pairs_hook=lambda kv: _unique(kv, p.name))
         elif p.suffix.lower() == ".toml":
             if sys.version_info >= (3, 11):
                 import tomllib
@@ -133,6 +133,8 @@ def read_preprocess_config(path: str | os.PathLike) -> dict[str, Any]:
             data = tomllib.loads(p.read_text())
         else:
             raise InvalidInputError(f"preprocess config must be a .json or .toml file, got {p.name!r}.")
+    except InvalidInputError:
+        raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"cannot parse preprocess config {p.name!r} ({str(exc).splitlines()[0]}); "
                                 "fix its syntax.") from None
@@ -141,6 +143,18 @@ def read_preprocess_config(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInputError(f"preprocess config {p.name!r} must hold an object / table of settings.")
     return data
+
+
+def _unique(pairs: list[tuple[str, Any]], name: str) -> dict[str, Any]:
+    """A JSON object's pairs as a dict, refusing a key given twice (before, the last won without a word; TOML files
+    refuse it themselves)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise InvalidInputError(f"preprocess config {name!r} gives {key!r} twice, {json.dumps(out[key])} and "
+                                    f"{json.dumps(value)}; give each setting once.")
+        out[key] = value
+    return out
 
 
 def _merge(spec: Mapping[str, Any]) -> dict[str, Any]:

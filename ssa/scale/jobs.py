@@ -37,7 +37,7 @@ from ssa.plugins import make_rule, make_selector
 from ssa.session import Session, load_model, prepare_network
 
 __all__ = ["Method", "Selection", "JobModel", "Output", "ClassJob", "JobResult", "Worker", "run_class_job",
-           "select_images", "job_key", "WRITE_LOG_ENV", "read_write_log", "KEY_ATTR"]
+           "select_images", "job_key", "WRITE_LOG_ENV", "read_write_log", "KEY_ATTR", "landed_attrs"]
 
 #: environment variable naming the write log (read by the driver when it plans the jobs)
 WRITE_LOG_ENV = "SSA_WRITE_LOG"
@@ -226,13 +226,20 @@ class Worker:
         return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _existing_key(path: Path) -> str | None:
+def landed_attrs(path: Path) -> dict:
+    """The graph attributes of the graph file at ``path`` (``.json`` or ``.graphml``), ``{}`` when there is none or
+    it is not a whole graph that :func:`~ssa.io.graphs.read_graph` accepts.
+
+    How a graph that landed is recognised, by the worker (its :data:`KEY_ATTR` is the output's key: not computed
+    again) and by the driver (:func:`ssa.scale.manifest.execute`: a graph that landed but was not recorded, by a run
+    killed in between, counts as kept).
+    """
     if not path.is_file():
-        return None
+        return {}
     try:
-        return read_graph(path).graph.get(KEY_ATTR)
+        return dict(read_graph(path).graph)
     except (SSAError, OSError, ValueError):
-        return None
+        return {}
 
 
 def select_images(job: ClassJob, worker: Worker, decode: DecodeStats) -> tuple[np.ndarray, Network, float, int]:
@@ -300,7 +307,7 @@ def run_class_job(job: ClassJob, worker: Worker) -> JobResult:
     Bad input (a class without a confident image, an unreadable file, ...) comes back as ``error`` (one line);
     other exceptions propagate.
     """
-    skipped = tuple(str(o.path) for o in job.outputs if _existing_key(o.path) == o.key)
+    skipped = tuple(str(o.path) for o in job.outputs if landed_attrs(o.path).get(KEY_ATTR) == o.key)
     todo = [o for o in job.outputs if str(o.path) not in skipped]
     keys = {str(o.path): o.key for o in job.outputs}
     if not todo:

@@ -23,7 +23,6 @@ stopped, with the same files as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,9 +32,9 @@ from ssa.core.threads import RunThreads, resume_threads
 from ssa.errors import InvalidInputError
 from ssa.io.outdir import ANALYSE_OUTPUTS, OutputDir
 from ssa.io.progress import progress as stage
-from ssa.scale.jobs import KEY_ATTR, ClassJob, JobResult
+from ssa.scale.jobs import KEY_ATTR, ClassJob, JobResult, landed_attrs
 
-__all__ = ["GraphFolders", "RunReport", "execute", "graph_attrs"]
+__all__ = ["GraphFolders", "RunReport", "execute"]
 
 
 class GraphFolders(contextlib.ExitStack):
@@ -117,15 +116,6 @@ class RunReport:
                 "threads": self.threads.as_dict()}
 
 
-def graph_attrs(path: Path) -> dict:
-    """The graph attributes of a graph file (``{}`` when it cannot be read)."""
-    try:
-        attrs = json.loads(path.read_bytes()).get("graph", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return attrs if isinstance(attrs, dict) else {}
-
-
 def _threads(attrs: dict) -> int | None:
     """The thread count a graph records (its ``threads`` attribute), None when it records none."""
     value = attrs.get("threads")
@@ -138,7 +128,8 @@ def execute(jobs: Sequence[ClassJob], runner, folders: GraphFolders, *, progress
     an information line goes (the thread count a resumed command-line run takes over), None: nowhere."""
     report = RunReport(jobs=len(jobs), runner=getattr(runner, "name", "local"))
     todo: list[ClassJob] = []
-    kept: list[Path] = []
+    kept: set[Path] = set()
+    threads: list[int | None] = []  # of the kept graphs, read when their integrity was checked
     for job in jobs:
         done = True
         for o in job.outputs:
@@ -146,20 +137,19 @@ def execute(jobs: Sequence[ClassJob], runner, folders: GraphFolders, *, progress
             if od.recorded(o.path.name) == o.key:
                 od.keep(o.path.name)
                 report.kept += 1
-                kept.append(o.path)
+                kept.add(o.path)
+                threads.append(_threads(od.graph_attrs(o.path.name)))
             else:
                 od.drop_damaged(o.path.name)
                 done = False
         if not done:
             todo.append(job)
-    threads = [_threads(graph_attrs(p)) for p in kept]
     computing = 0
-    kept_paths = set(kept)
     for job in todo:
         for o in job.outputs:
-            if o.path in kept_paths:
+            if o.path in kept:
                 continue
-            attrs = graph_attrs(o.path) if o.path.is_file() else {}
+            attrs = landed_attrs(o.path)
             if attrs.get(KEY_ATTR) == o.key:  # landed but not recorded (a run killed in between): the job keeps it
                 threads.append(_threads(attrs))
             else:

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from ssa.core.options import ModelSpec, RunOptions
-from ssa.errors import InvalidInputError, SSAError, SSAWarning
+from ssa.errors import InvalidInputError, OutputError, SSAError, SSAWarning
 from ssa.io.atomic import atomic_write_bytes
 from ssa.io.classmap import ClassMap, class_map
 from ssa.io.datasets import DECODERS, FolderSource, open_source
@@ -301,7 +301,7 @@ def _comparison(graph_files: list[Path], out: Path, title: str) -> list[Path]:
     graphs, names = load_graphs(graph_files)
     cmp = compare(graphs, names=[f.name for f in graph_files])
     shared = cmp.shared(None)
-    with OutputDir(out, "compare", COMPARE_OUTPUTS):
+    with OutputDir(out, "compare", COMPARE_OUTPUTS, all_or_nothing=True):
         with identical_graphs_quietly():
             written = [save_figure(plot_clustermap(cmp), out / "clustermap.png"),
                        save_figure(plot_clustermap(cmp, kind="nodes"), out / "clustermap-nodes.png"),
@@ -401,6 +401,8 @@ def run_study(study: Study, runner: LocalRunner | RayRunner | None = None, *, pr
                         _comparison(files, target, title)
                     else:
                         _report(files, target, f"SSA study: {title}")
+                except OutputError:  # a full disk, a read-only folder: the environment, not these graphs
+                    raise
                 except SSAError as exc:
                     warnings.warn(f"{title}: no {what} ({str(exc).rstrip('.')})", SSAWarning, stacklevel=2)
                     entry[what] = f"skipped: {exc}"

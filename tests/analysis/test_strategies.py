@@ -335,3 +335,22 @@ def test_cli_curves_write_the_csv_and_the_figure(tmp_path, capsys) -> None:
     assert len(table) == 2 * (len(BRANCHINGS) + len(TopKSelector.sweep[1]))
     assert {r["ablation"] for r in table} == {"zero", "resample"}
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_warns_about_a_class_of_one_image(tmp_path, capsys, digits) -> None:
+    """One image of a class: every bootstrap resample is that image (intervals of no width, stability 1 whatever
+    the method). The table is written, and one warning line per class says why its numbers mean nothing; before,
+    jaccard 1.00 [1.00, 1.00] looked like a perfectly stable graph."""
+    images, labels = digits
+    keep = np.concatenate([np.flatnonzero(labels == 3)[:1], np.flatnonzero(labels == 5)[:20]])
+    np.save(tmp_path / "x.npy", images[keep])
+    np.save(tmp_path / "y.npy", labels[keep])
+    code = main(["evaluate", "digits", "--images", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+                 "--targets", "3,5", "--selectors", "mad,topk", "--rules", "gradient", "--draws", "1",
+                 "--resamples", "2", "--bootstrap", "10", "-q"])
+    captured = capsys.readouterr()
+    assert code == 0 and "jaccard" in captured.out
+    warned = [ln for ln in captured.err.splitlines() if ln.startswith("ssa: warning:")]
+    assert warned == ["ssa: warning: class 3: its graph is built from 1 image(s) and scored on 1; with one image the "
+                      "95% intervals have no width and the stability (jaccard) is 1 whatever the rule and selector: "
+                      "give the class more images (or a lower --split)."], captured.err

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import networkx as nx
 import pytest
 import torch
 
@@ -221,3 +222,58 @@ def test_a_graph_that_landed_but_was_not_recorded_counts_as_kept(synthetic, tmp_
     assert main(_argv(spec, images, out, "1,2")) == 0
     assert "computing the other 1 graph(s) with 2 threads, as the kept graphs were" in capsys.readouterr().out
     assert _threads(out) == {"class-1.json": 2, "class-2.json": 2}
+
+
+def test_a_kept_graph_is_read_once(synthetic, tmp_path, one_thread, monkeypatch):
+    """A re-run keeps every graph: each kept file is read once (its integrity check, which also gives its thread
+    count), not once more for its attributes."""
+    spec, images = synthetic
+    out = tmp_path / "g"
+    assert main(_argv(spec, images, out, "1,2", "-q")) == 0
+    reads: list[str] = []
+    read_bytes = Path.read_bytes
+
+    def counting(self):
+        if self.name.startswith("class-"):
+            reads.append(self.name)
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", counting)
+    assert main(_argv(spec, images, out, "1,2", "-q")) == 0
+    assert sorted(reads) == ["class-1.json", "class-2.json"], reads
+
+
+@pytest.mark.parametrize("suffix", [".json", ".graphml"])
+def test_landed_attrs_reads_a_whole_graph_of_either_format(tmp_path, suffix):
+    """The one check of a landed graph (worker and driver): both formats, and nothing from a file that is not a
+    whole graph."""
+    from ssa.scale.jobs import KEY_ATTR, landed_attrs
+
+    g = nx.DiGraph()
+    g.add_node("fc:1", tap="fc", neuron=1)
+    g.graph.update({KEY_ATTR: "k", "threads": 2})
+    path = ssa.write_graph(g, tmp_path / f"class-1{suffix}")
+    assert landed_attrs(path)[KEY_ATTR] == "k" and landed_attrs(path)["threads"] == 2
+    path.write_bytes(path.read_bytes()[:-20])  # cut short
+    assert landed_attrs(path) == {}
+    assert landed_attrs(tmp_path / "missing.json") == {}
+
+
+@pytest.mark.slow
+def test_threads_above_what_torch_takes_are_warned_about(tmp_path):
+    """torch caps OMP_NUM_THREADS at the cores it finds: `--threads` above that is said in one warning before the
+    work, with the count the graphs record; before, only the graph's `threads` attribute said so."""
+    asked = 4 * (os.cpu_count() or 1)
+    res = subprocess.run([sys.executable, "-m", "ssa", "analyse", "digits", "--images", "digits", "-t", "3",
+                          "--max-per-class", "5", "--threads", str(asked), "-o", str(tmp_path / "g.json"), "-q"],
+                         env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    used = ssa.read_graph(tmp_path / "g.json").graph["threads"]
+    assert used < asked
+    said = [ln for ln in res.stderr.splitlines() if "--threads" in ln]
+    assert said == [f"ssa: warning: --threads {asked}: torch computes with {used} thread(s) (no more than the cores it "
+                    f"finds); the outputs record {used}."], res.stderr
+    res = subprocess.run([sys.executable, "-m", "ssa", "analyse", "digits", "--images", "digits", "-t", "3",
+                          "--max-per-class", "5", "--threads", "1", "-o", str(tmp_path / "g.json"), "-q"],
+                         env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "--threads" not in res.stderr, res.stderr

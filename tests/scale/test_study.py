@@ -184,3 +184,56 @@ def test_a_small_study_on_digits(tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "study.json").read_text())
     assert summary["outputs"][0]["classes"] == 3 and summary["run"]["analysed"] == 60
     assert (tmp_path / "out" / "digits" / "gradient_x_activation-mad-b3" / "compare" / "jaccard.csv").is_file()
+
+
+def _report_only_study(tmp_path):
+    """A study file of two digits classes, 10 images each, with a report and no comparison."""
+    f = tmp_path / "s.toml"
+    f.write_text("out = 'out'\ntargets = [1, 2]\n[[model]]\nspec = 'digits'\n[images]\npath = 'digits'\n"
+                 "[selection]\nmax_images = 10\n[outputs]\ncompare = false\n")
+    return f
+
+
+def test_a_report_that_cannot_be_written_ends_the_study(tmp_path, capsys, monkeypatch):
+    """A full disk while a study writes a report (or a comparison) is the environment, not these graphs: the study
+    ends with the one error line and exit 2, its graphs kept for the re-run; before, it said two warnings and
+    exited 0 with the report missing."""
+    import errno
+
+    import ssa.io.atomic as atomic
+
+    write = atomic._atomic_write
+
+    def full(path, data):
+        if path.name == "report.html":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(path, data)
+
+    monkeypatch.setattr(atomic, "_atomic_write", full)
+    f = _report_only_study(tmp_path)
+    assert main(["study", str(f), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ssa: error: cannot write ") and "report.html" in err[0], err
+    assert "No space left on device (ENOSPC)" in err[0]
+    folder = tmp_path / "out" / "digits" / "gradient_x_activation-mad-b3"
+    assert sorted(p.name for p in folder.glob("class-*.json")) == ["class-1.json", "class-2.json"]
+    monkeypatch.undo()
+    assert main(["study", str(f), "-q"]) == 0  # space freed: the re-run keeps the graphs and writes the report
+    assert (folder / "report.html").is_file()
+    assert "2 graph(s) kept" in capsys.readouterr().out
+
+
+def test_a_report_refused_for_its_graphs_is_one_warning(tmp_path, capsys, monkeypatch):
+    """A report (or comparison) refused for its graphs is skipped with one warning line; before, the command line
+    said it a second time."""
+    import ssa.scale.study as S
+    from ssa.errors import InvalidInputError
+
+    def refused(*a, **k):
+        raise InvalidInputError("these graphs cannot be reported.")
+
+    monkeypatch.setattr(S, "_report", refused)
+    f = _report_only_study(tmp_path)
+    assert main(["study", str(f), "-q"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ssa: warning: digits, gradient_x_activation-mad-b3: no report (these graphs cannot be reported)"]

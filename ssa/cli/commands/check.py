@@ -45,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_folder_options(args)
+    if args.images and args.input_shape is not None:  # before, --input-shape was ignored without a word
+        raise InvalidInputError(f"--input-shape {args.input_shape} applies without --images (the images give the "
+                                "shape); drop one of them.")
     start = time.perf_counter()
     network = load_network(model_spec(args))
     if isinstance(network, SupportsCheckDetails) and not network.stages.seconds:  # the backend did not time it

@@ -118,6 +118,26 @@ def add_model_args(parser: argparse.ArgumentParser, optional: str | None = None)
                            help=f"{opt.models}: {opt.help}")
 
 
+#: the options of :func:`add_model_args` besides the model itself (field names of :class:`ModelSpec`)
+_MODEL_OPTIONS = ("device", "backend", "name", "taps", "include_input", "channel_axes", "tokens", "output_index")
+
+
+def check_model_options(args: argparse.Namespace, what: str, **extra: Any) -> None:
+    """Refuse model options (and ``extra``: ``{flag: (dest, default)}``, the command's own options that need the
+    model) given without ``--model``, where they would be ignored without a word. ``what``: what the model adds."""
+    if getattr(args, "model", None) is not None:
+        return
+    every = option_fields(ModelSpec)
+    given = [(option_flag(every[n]), n if n != "channel_axes" else "channel_axis", every[n].default)
+             for n in _MODEL_OPTIONS]
+    given += [(opt.flag, opt.dest, None) for opt in registered_model_options()]
+    given += [(flag, dest, default) for flag, (dest, default) in extra.items()]
+    for flag, dest, default in given:
+        if getattr(args, dest, default) != default:
+            raise InvalidInputError(f"{flag} applies with --model ({what}), and no --model was given; drop {flag}, "
+                                    "or pass --model and --images.")
+
+
 def _channel_axes(items: list[str] | None) -> dict[str, int] | None:
     if not items:
         return None

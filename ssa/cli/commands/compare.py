@@ -51,7 +51,8 @@ def _shared_indices(text: str | None, cmp) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     if not args.out_dir:
         return _run(args)
-    with OutputDir(args.out_dir, "compare", COMPARE_OUTPUTS):  # checked first; a run's old files are replaced
+    # checked first; a run's old files are replaced, all or (when it fails or is interrupted) none
+    with OutputDir(args.out_dir, "compare", COMPARE_OUTPUTS, all_or_nothing=True):
         return _run(args)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from ssa.cli.commands.common import (
 )
 from ssa.core.checks import check_int
 from ssa.core.options import RunOptions
-from ssa.errors import InvalidInputError
+from ssa.errors import InvalidInputError, SSAWarning
 from ssa.io.paths import check_distinct_outputs, check_output_file
 from ssa.plugins import registry
 from ssa.session import Session, load_model
@@ -185,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
                               mean_images=loaded, pool_images=loaded, pool_classes=loaded_labels,
                               n_boot=args.bootstrap, per_tap=args.layers_out is not None, curves=curves,
                               progress=progress)
+    _warn_single_image(rows)
     print(f"b={args.branching}, {args.draws} random draws, {args.resamples} bootstrap resamples of the graph, "
           f"{args.bootstrap} bootstrap replicates of the 95% intervals [low, high], seed {args.seed}; split "
           f"build/scored images. necessity: class-logit drop with the graph's neurons ablated; sufficiency: share "
@@ -210,3 +212,16 @@ def run(args: argparse.Namespace) -> int:
         fig = plot_curves(points, title="sufficiency over circuit size, mean over classes")
         print(f"wrote {save_figure(fig, args.figure)}")
     return 0
+
+
+def _warn_single_image(rows: list) -> None:
+    """One warning per class whose graph is built from, or scored on, one image: every bootstrap resample is that
+    image, so the intervals have no width and the stability (Jaccard) is 1 whatever the rule and selector."""
+    said: set[int] = set()
+    for r in rows:
+        if r.target in said or min(r.n_build, r.n_scored) >= 2:
+            continue
+        said.add(r.target)
+        warnings.warn(f"class {r.target}: its graph is built from {r.n_build} image(s) and scored on {r.n_scored}; "
+                      "with one image the 95% intervals have no width and the stability (jaccard) is 1 whatever the "
+                      "rule and selector: give the class more images (or a lower --split).", SSAWarning, stacklevel=2)

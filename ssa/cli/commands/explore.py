@@ -9,13 +9,15 @@ from ssa.analysis.compare import check_graphs, load_graphs
 from ssa.cli.commands.common import (
     add_image_args,
     add_model_args,
+    check_model_options,
     labels_from,
     load_network,
     model_spec,
     preprocess_from,
 )
-from ssa.errors import InvalidInputError
+from ssa.errors import InvalidInputError, OutputError
 from ssa.io.folders import load_grouped_images
+from ssa.io.paths import ENVIRONMENT_ERRNOS, describe_os_error
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -65,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         check_explorer_folder(args.out)  # before any computation: nothing in a refused folder is touched
     if (args.model is None) != (args.images is None):
         raise InvalidInputError("pass both --model and --images (for reference images) or neither.")
+    check_model_options(args, "the reference images", **{"--top-k": ("top_k", 4), "--saliency-budget":
+                        ("saliency_budget", None), "--cache": ("cache", None), "--no-cache": ("no_cache", False)})
     if args.top_k < 1:
         raise InvalidInputError(f"--top-k must be >= 1, got {args.top_k}.")
     if args.saliency_budget is not None and not args.saliency_budget >= 0:
@@ -90,10 +94,15 @@ def run(args: argparse.Namespace) -> int:
             f"computed, cached in {refs.path}" if refs.path else "computed")
         print(f"reference images for {len(refs.data)} neurons: {how}")
         print(refs.note)
-    page = write_explorer(args.out, graphs, names, folder=folder, title=args.title, weight=args.weight,
-                          references=refs.data if refs is not None else None,
-                          saliency_images=refs.images if refs is not None else None,
-                          saliency_note=refs.note if refs is not None else None)
+    try:
+        page = write_explorer(args.out, graphs, names, folder=folder, title=args.title, weight=args.weight,
+                              references=refs.data if refs is not None else None,
+                              saliency_images=refs.images if refs is not None else None,
+                              saliency_note=refs.note if refs is not None else None)
+    except OSError as exc:  # a write inside the folder (disk full, ulimit -f) names no file: name the --out
+        if exc.filename is not None or exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        raise OutputError(describe_os_error(exc, f"cannot write the explorer --out {str(args.out)!r}")) from exc
     print(f"wrote explorer {page.resolve()} ({len(graphs)} class{'es' if len(graphs) != 1 else ''})")
     if folder:
         print(f"open it with: ssa serve {page.parent}")

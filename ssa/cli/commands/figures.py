@@ -53,7 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.n_images < 1:
         raise InvalidInputError(f"--n-images must be >= 1, got {args.n_images}.")
-    with OutputDir(args.out_dir, "figures", FIGURES_OUTPUTS):  # checked first; a run's old figures are replaced
+    # checked first; a run's old figures are replaced, all or (when it fails or is interrupted) none
+    with OutputDir(args.out_dir, "figures", FIGURES_OUTPUTS, all_or_nothing=True):
         return _run(args)
 
 

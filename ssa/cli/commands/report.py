@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ssa.analysis.compare import load_graphs
-from ssa.cli.commands.common import add_image_args, add_model_args, labels_from, model_options, preprocess_from
+from ssa.cli.commands.common import (
+    add_image_args,
+    add_model_args,
+    check_model_options,
+    labels_from,
+    model_options,
+    preprocess_from,
+)
 from ssa.errors import InvalidInputError
 from ssa.io.paths import check_output_file
 
@@ -46,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n_images < 1:
         raise InvalidInputError(f"--n-images must be >= 1, got {args.n_images}.")
+    check_model_options(args, "the figures that need the network", **{"--n-images": ("n_images", 8)})
     check_output_file(args.out, flag="--out", suffixes=(".html", ".htm"))
     graphs, names = load_graphs(args.graphs)
     path = write_report(args.out, graphs, names, model=args.model, images=args.images, labels=labels_from(args),

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 
 from ssa.cli.commands.analyse_many import add_scale_args
 from ssa.cli.commands.common import add_threads_arg
-from ssa.errors import InvalidInputError, SSAWarning
+from ssa.errors import InvalidInputError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,11 +37,7 @@ def run(args: argparse.Namespace) -> int:
         study = replace(study, decode_workers=args.decode_workers)
     runner = make_runner(args.ray, args.ray_address, workers=args.workers, device=study.device)
     result = run_study(study, runner, progress=not args.quiet, out=None if args.quiet else sys.stdout)
-    run_ = result.run
-    for entry in result.folders:
-        for what in ("compare", "report"):
-            if str(entry.get(what, "")).startswith("skipped:") and entry[what] != "skipped: one class":
-                warnings.warn(f"{entry['model']}/{entry['method']}: {entry[what]}", SSAWarning, stacklevel=2)
+    run_ = result.run  # a comparison or report skipped for its graphs: run_study said so, once
     kept = run_.kept + sum(len(r.skipped) for r in run_.results)
     print(f"study {study.path.name}: {len(study.models)} model(s) x {len(result.folders) // len(study.models)} "
           f"configuration(s), {run_.jobs} class job(s): {sum(1 for r in run_.results if r.written)} computed, "
