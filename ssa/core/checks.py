@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,7 +11,18 @@ import numpy as np
 from ssa.errors import InvalidInputError, PluginError
 
 __all__ = ['check_closed_form', 'check_int', 'check_stop_at', 'check_device', 'call_selector', 'call_counts',
-           'call_rule', 'call_hint', 'check_labels', 'check_label_range', 'looks_unscaled']
+           'call_rule', 'call_hint', 'check_labels', 'check_label_range', 'first_repeated', 'looks_unscaled']
+
+
+def first_repeated(items: Sequence[Any]) -> Any:
+    """The first item of ``items`` that an earlier one equals (hashable items), None when each is there once: what a
+    refusal of a name listed twice names."""
+    seen: set[Any] = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None
 
 
 def check_int(name: str, value: Any, minimum: int, fix: str = "") -> int:

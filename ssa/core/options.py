@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
-from ssa.core.checks import check_int
+from ssa.core.checks import check_int, first_repeated
 from ssa.core.defaults import DEFAULT_RULE, DEFAULT_SELECTOR, PRESETS, resolve_method
 from ssa.core.interfaces import Rule, Selector
 from ssa.errors import InvalidInputError
@@ -158,7 +158,7 @@ class ModelSpec:
             taps = tuple(self.taps)
             if not taps or not all(isinstance(t, str) and t for t in taps):
                 raise InvalidInputError(f"taps must name at least one tap, each a non-empty string, got {self.taps!r}.")
-            twice = next((t for i, t in enumerate(taps) if t in taps[:i]), None)
+            twice = first_repeated(taps)
             if twice is not None:  # a typo, most likely; before, the second was dropped without a word
                 raise InvalidInputError(f"taps lists {twice!r} twice, got {','.join(taps)!r}; list each tap once.")
             object.__setattr__(self, "taps", taps)

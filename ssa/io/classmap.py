@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ssa.core.checks import first_repeated
 from ssa.errors import InvalidInputError
 from ssa.io.images import IMAGE_SUFFIXES
 
@@ -136,7 +137,7 @@ def class_map(spec: Any) -> ClassMap:
             raise
         raise InvalidInputError(f"class map {source} is not valid JSON ({exc}); {fix}.") from None
     if isinstance(data, list) and all(isinstance(x, str) for x in data):
-        twice = next((x for i, x in enumerate(data) if x in data[:i]), None)
+        twice = first_repeated(data)
         if twice is not None:
             raise InvalidInputError(f"class map {source} lists folder {twice!r} twice, as classes {data.index(twice)} "
                                     f"and {data.index(twice, data.index(twice) + 1)}; list each folder once.")
