@@ -470,10 +470,15 @@ class ConvTerm(Term):
             return self.picked_relevance(stats, neurons)
         m, x = deferred.as_tensor(stats["m"]), deferred.as_tensor(stats["x"])
         h, fed = self.head_channels(neurons, m.device)
-        key = f"w32{m.device}"
+        return deferred.rows(self._weight_as(m), m, x, h), fed
+
+    def _weight_as(self, m: torch.Tensor) -> torch.Tensor:
+        """W (N, C) of a 1x1 convolution in ``m``'s dtype and on its device (the deferred rows' factor, unscaled);
+        made once per dtype and device."""
+        key = f"w{m.dtype}{m.device}"
         if key not in self._static:
             self._static[key] = self.op.weight.to(device=m.device, dtype=m.dtype).reshape(m.shape[1], -1)
-        return deferred.rows(self._static[key], m, x, h), fed
+        return self._static[key]
 
 
 def check_conv_geometry(op: LinearOp, x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> None:
