@@ -283,3 +283,24 @@ def test_ssa_check_after_an_analysis_checks_the_conversion(vgg, cache, forwards)
     again = ssa.load_model(str(path))
     again.prepare(x)
     assert again.parity_converted.remembered and again.parity.remembered and forwards == ["converted", "canonical"]
+
+
+def test_a_canonical_forward_pass_that_fails_refuses_a_conversion_that_disagrees_first(vgg, monkeypatch):
+    """The canonical module's check by its own forward pass (a statistics batch without the parity images first)
+    fails while the conversion's check waits: the conversion is checked first, and refused where it disagrees."""
+    x, path, _ = vgg
+    monkeypatch.setenv("SSA_PARITY_CACHE", "0")
+    _break_the_conversion(monkeypatch)
+    real = onnx_network.OnnxNetwork._module_outputs
+
+    def canonical_fails(self, module, images):
+        if module is not self._converted:
+            raise UnsupportedModelError("the canonical module failed")
+        return real(self, module, images)
+
+    monkeypatch.setattr(onnx_network.OnnxNetwork, "_module_outputs", canonical_fails)
+    net = ssa.load_model(str(path))
+    net.prepare_deferred(x)
+    with pytest.raises(UnsupportedModelError, match="the onnx2torch conversion of .* disagrees with onnxruntime"):
+        net.collect(x[1:], ["gradient_x_activation"])
+    assert not net.parity_converted.ok

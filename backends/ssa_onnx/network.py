@@ -337,14 +337,14 @@ class OnnxNetwork(TorchNetwork):
         with onnxruntime's; refuse the model (and undo its preparation) when they disagree."""
         assert self._parity_pending is not None and self._gm is not None
         images, ref = self._parity_pending
-        if outputs is None:
-            with self.stages.stage("parity"):
-                outputs = self._module_outputs(self._gm, images)
-        self._parity_pending = None
         try:
+            if outputs is None:
+                with self.stages.stage("parity"):
+                    outputs = self._module_outputs(self._gm, images)
+            self._parity_pending = None
             p = self._canonical_parity = self._parity(ref, outputs)
-        except UnsupportedModelError:  # another shape than onnxruntime's: the conversion's, too?
-            if self._conversion_pending is not None:
+        except Exception as exc:  # the module fails, or gives another shape: a conversion that disagrees first
+            if self._conversion_pending is not None and not isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
                 self._settle_conversion()
             raise
         if not p.ok:
