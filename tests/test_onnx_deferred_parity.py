@@ -1,9 +1,12 @@
 """The canonical module's parity check made on the statistics pass's own outputs (issue 19, item 6).
 
-A first run of an ONNX file checks onnx2torch's conversion against onnxruntime in preparation, and the canonical
-module on the outputs the statistics pass computes anyway: no forward pass of its own. These tests count the
-forward passes, compare the statistics pass's outputs with the reference (a forward pass of the parity images),
-and check that a canonical module that disagrees is still refused in one line (exit 2) before any result exists.
+A first analysis of an ONNX file checks the canonical module against onnxruntime on the outputs the statistics pass
+computes anyway: no forward pass of its own; onnx2torch's conversion is checked (a forward pass of the parity
+images) only where the canonical module disagrees, the preparation or the pass fails, or ``parity_converted`` is
+read (issue 20). These tests count the forward passes, compare the statistics pass's outputs with the reference (a
+forward pass of the parity images), check that a canonical module or a conversion that disagrees is still refused in
+one line (exit 2) with the message of a check made up front, before any result exists, and that the parity cache
+never records the conversion's check as passed where it did not run.
 """
 
 from __future__ import annotations
@@ -75,28 +78,34 @@ def _analysed(path, x):
 
 
 def test_a_first_run_checks_the_canonical_module_on_the_statistics_pass(vgg, cache, forwards, monkeypatch):
-    """A first analysis runs the torch modules for parity once (the conversion), not twice: the canonical module's
-    parity comes from the statistics pass. Counted through the first convolution, a first run costs exactly the
-    conversion's parity images and the batch-of-2 trial more than a run that recalls the parity; both checks are
-    made, remembered, and recalled by the next run, with the same graph."""
+    """A first analysis runs no torch module for parity: the canonical module's parity comes from the statistics
+    pass, and the conversion, whose module the canonical one is made from, is not checked on its own when the
+    canonical module agrees. Counted through the first convolution, a first run costs exactly the batch-of-2 trial
+    more than a run that recalls the parity; the canonical check is made, remembered (the conversion's as not
+    checked, never as passed), and recalled by the next run, with the same graph. Reading ``parity_converted`` runs
+    the conversion's check then (one forward pass) and adds it to the cache."""
     x, path, _ = vgg
     trials: list[int] = []
     real = torch_network._check_batches
     monkeypatch.setattr(torch_network, "_check_batches", lambda gm, t: trials.append(len(t)) or real(gm, t))
     first, graph1, images1 = _analysed(path, x)
     net = first.network
-    assert forwards == ["converted"] and trials == [1]
-    assert net.parity_converted.ok and not net.parity_converted.remembered
+    assert forwards == [] and trials == [1]
     assert net.parity.ok and not net.parity.remembered and net.parity.n_images == 8
-    assert net.parity.relative < 1e-5 and forwards == ["converted"]  # reading it ran nothing more
-    assert len(json.loads(cache.read_text())) == 1  # both checks passed: remembered
+    assert net.parity.relative < 1e-5 and forwards == []  # reading it ran nothing more
+    (entry,) = json.loads(cache.read_text()).values()  # the canonical check passed: remembered
+    assert entry["converted"] is None and entry["canonical"]["ok"]
     second, graph2, images2 = _analysed(path, x)
-    assert second.network.parity.remembered and forwards == ["converted"] and trials == [1]
+    assert second.network.parity.remembered and forwards == [] and trials == [1]
+    assert second.network.parity_converted is None and forwards == []  # recalled: not checked, and said so
     assert replace(second.network.parity, remembered=False) == net.parity
-    # first run: the conversion's check (8 images) and the trial (2 images, of the traced copy) on top of a
-    # recalled run's passes; the canonical module's check adds no image
-    assert images1 - images2 == net.parity.n_images + 2
+    # first run: the trial (2 images, of the traced copy) on top of a recalled run's passes; neither check adds one
+    assert images1 - images2 == 2
     assert list(graph1.graph.edges(data=True)) == list(graph2.graph.edges(data=True))
+    assert net.parity_converted.ok and not net.parity_converted.remembered and forwards == ["converted"]
+    (entry,) = json.loads(cache.read_text()).values()  # now both
+    assert entry["converted"]["relative"] == net.parity_converted.relative and entry["canonical"]["ok"]
+    assert net.parity_converted.ok and forwards == ["converted"]  # once
 
 
 def test_the_statistics_pass_outputs_equal_the_forward_pass_of_the_check(vgg, monkeypatch):
@@ -131,7 +140,7 @@ def test_any_other_first_use_checks_the_canonical_module_first(vgg, monkeypatch,
     monkeypatch.setenv("SSA_PARITY_CACHE", "0")
     net = ssa.load_model(str(path))
     net.prepare_deferred(x)
-    assert forwards == ["converted"] and net._parity_pending is not None
+    assert forwards == [] and net._parity_pending is not None
     if use == "other images":
         net.collect(x[1:], ["gradient_x_activation"])
     elif use == "autograd":
@@ -140,7 +149,7 @@ def test_any_other_first_use_checks_the_canonical_module_first(vgg, monkeypatch,
         assert net.parity is not None and net.parity.ok
     else:
         net.saliency(x[:2], net.taps[-2].name, [0])
-    assert forwards == ["converted", "canonical"] and net._parity_pending is None and net.parity.ok
+    assert forwards == ["canonical"] and net._parity_pending is None and net.parity.ok
 
 
 def _break_the_canonical_form(monkeypatch):
@@ -168,7 +177,8 @@ def test_a_canonical_module_that_disagrees_is_refused_by_the_statistics_pass(vgg
     assert code == 2 and err.startswith("ssa: error:") and err.count("\n") == 1, err
     assert "the canonical form of" in err and "disagrees with onnxruntime" in err and "bug in ssa" in err
     assert "although onnx2torch's conversion agrees" in err and "on 8 image(s)" in err
-    assert forwards == ["converted"]  # refused on the statistics pass's outputs
+    # refused on the statistics pass's outputs; the conversion then checked, to name the culprit
+    assert forwards == ["converted"]
     assert not out.exists() and not cache.exists()
 
 
@@ -197,3 +207,100 @@ def test_a_canonical_module_that_disagrees_is_refused_everywhere(vgg, cache, for
     assert main(["check", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ssa: error:") and err.count("\n") == 1 and "the canonical form of" in err
+
+
+def _break_the_conversion(monkeypatch):
+    """onnx2torch's conversion changes what the module computes (its first weight); so does the canonical module,
+    which is made from it."""
+    import ssa_onnx.convert as onnx_convert
+
+    real = onnx_convert.convert_model
+
+    def broken(model):
+        gm = real(model)
+        with torch.no_grad():
+            next(gm.parameters()).add_(0.5)
+        return gm
+
+    monkeypatch.setattr(onnx_convert, "convert_model", broken)
+
+
+def test_a_conversion_that_disagrees_is_refused_as_the_conversion(vgg, cache, forwards, monkeypatch, tmp_path, capsys):
+    """``ssa analyse``: the statistics pass finds the canonical module off; the conversion is then checked (one
+    forward pass) and named as the culprit, with the message of the check made up front: one line, exit 2, no graph
+    file, nothing remembered."""
+    x, path, images = vgg
+    _break_the_conversion(monkeypatch)
+    out = tmp_path / "graph.json"
+    code = main(["analyse", str(path), "--images", str(images), "-t", "0", "--out", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("ssa: error:") and err.count("\n") == 1, err
+    assert "the onnx2torch conversion of" in err and "disagrees with onnxruntime" in err and "on 8 image(s)" in err
+    assert "parity_tolerance=" in err and "canonical form" not in err
+    assert forwards == ["converted"]
+    assert not out.exists() and not cache.exists()
+    with pytest.raises(UnsupportedModelError) as up_front:  # the same line as prepare's check up front
+        ssa.load_model(str(path)).prepare(x)
+    assert str(up_front.value) in err
+
+
+@pytest.mark.parametrize("conversion", ["agrees", "disagrees"])
+def test_a_preparation_that_fails_refuses_a_conversion_that_disagrees_first(vgg, forwards, monkeypatch, conversion):
+    """Where the preparation fails (here the batch-of-2 trial) while the conversion's check waits, the conversion is
+    checked first: its refusal where it disagrees (as when it was checked before the preparation), else the
+    preparation's own error."""
+    x, path, _ = vgg
+    monkeypatch.setenv("SSA_PARITY_CACHE", "0")
+    if conversion == "disagrees":
+        _break_the_conversion(monkeypatch)
+
+    def trial_fails(gm, t):
+        raise UnsupportedModelError("the trial failed")
+
+    monkeypatch.setattr(torch_network, "_check_batches", trial_fails)
+    net = ssa.load_model(str(path))
+    with pytest.raises(UnsupportedModelError) as exc:
+        net.prepare_deferred(x)
+    assert forwards == ["converted"]
+    if conversion == "agrees":
+        assert str(exc.value) == "the trial failed" and net.parity_converted.ok
+    else:
+        assert "the onnx2torch conversion of" in str(exc.value) and not net.parity_converted.ok
+
+
+def test_ssa_check_after_an_analysis_checks_the_conversion(vgg, cache, forwards):
+    """An analysis remembered the canonical check without the conversion's: ``prepare`` (what ``ssa check`` runs,
+    which checks both) does not recall that entry but checks both again, and remembers both."""
+    x, path, _ = vgg
+    _analysed(path, x)
+    assert forwards == [] and json.loads(cache.read_text()).popitem()[1]["converted"] is None
+    net = ssa.load_model(str(path))
+    net.prepare(x)
+    assert forwards == ["converted", "canonical"] and net.parity_converted.ok and not net.parity_converted.remembered
+    assert not net.parity.remembered
+    (entry,) = json.loads(cache.read_text()).values()
+    assert entry["converted"]["ok"] and entry["canonical"]["ok"]
+    again = ssa.load_model(str(path))
+    again.prepare(x)
+    assert again.parity_converted.remembered and again.parity.remembered and forwards == ["converted", "canonical"]
+
+
+def test_a_canonical_forward_pass_that_fails_refuses_a_conversion_that_disagrees_first(vgg, monkeypatch):
+    """The canonical module's check by its own forward pass (a statistics batch without the parity images first)
+    fails while the conversion's check waits: the conversion is checked first, and refused where it disagrees."""
+    x, path, _ = vgg
+    monkeypatch.setenv("SSA_PARITY_CACHE", "0")
+    _break_the_conversion(monkeypatch)
+    real = onnx_network.OnnxNetwork._module_outputs
+
+    def canonical_fails(self, module, images):
+        if module is not self._converted:
+            raise UnsupportedModelError("the canonical module failed")
+        return real(self, module, images)
+
+    monkeypatch.setattr(onnx_network.OnnxNetwork, "_module_outputs", canonical_fails)
+    net = ssa.load_model(str(path))
+    net.prepare_deferred(x)
+    with pytest.raises(UnsupportedModelError, match="the onnx2torch conversion of .* disagrees with onnxruntime"):
+        net.collect(x[1:], ["gradient_x_activation"])
+    assert not net.parity_converted.ok

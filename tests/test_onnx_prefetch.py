@@ -94,6 +94,26 @@ def test_a_proto_changed_on_reading_gets_a_session_of_its_own(vgg, tmp_path, ses
     assert sessions == [("prefetch", str(fixed)), ("network", "bytes")]
 
 
+def test_weights_read_through_identity_nodes_keep_the_session_built_from_the_file(tmp_path, sessions, monkeypatch):
+    """Identity nodes of weights (torch's exporter writes identical tensors once) are folded for onnx2torch, which
+    changes nothing onnxruntime computes: the thread's session of the file is used, no second session of the
+    serialized proto is built, and its outputs equal that session's bit for bit."""
+    import onnx
+    from ssa_onnx.model import read_onnx
+
+    monkeypatch.setenv("SSA_PARITY_CACHE", "0")
+    x = om.images((3, 8, 8), 12, seed=6)
+    path = om.export(om.shared_bias(), x, tmp_path / "shared.onnx")
+    assert "Identity" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    model = read_onnx(path)
+    assert "Identity" not in {n.op_type for n in model.proto.graph.node}  # folded for onnx2torch
+    assert model.as_file and model.session_source() == str(path)
+    net = _prepared(path, x)
+    assert sessions == [("prefetch", str(path))] and net.parity.ok and net.parity_converted.ok
+    from_proto = runtime.make_session(model.proto.SerializeToString(), "cpu")
+    np.testing.assert_array_equal(net.ort_outputs(x), onnx_network.run_session(from_proto, model.info, x))
+
+
 def test_no_session_in_the_background_where_auto_may_choose_cuda(vgg, sessions, monkeypatch):
     monkeypatch.setenv("SSA_PARITY_CACHE", "0")
     monkeypatch.setattr(prefetch, "_gpu_possible", lambda: True)

@@ -74,11 +74,15 @@ class OnnxModel:
     info: OnnxInfo
     big: bool = False  # 2 GB or more (protobuf's limit): onnxruntime and shape inference go through the file
     shapes_inferred: bool = False  # ``proto`` has been through strict shape inference (onnx2torch need not redo it)
-    as_file: bool = False  # ``proto`` is the file's model as read (inferred shapes added at most)
+    #: onnxruntime may load the file itself: ``proto`` is the file's model as read (inferred shapes added at most),
+    #: or differs from it only by :func:`fold_constant_identities` (an Identity of a weight is that weight, in
+    #: onnxruntime as in the file)
+    as_file: bool = False
 
     def session_source(self) -> bytes | str:
-        """What onnxruntime loads: the file itself for models over 2 GB and for models as the file has them (no
-        serialisation: 1.5 s for VGG16's 553 MB), else the serialized proto."""
+        """What onnxruntime loads: the file itself for models over 2 GB and for models that compute in onnxruntime
+        what the file does (:attr:`as_file`; no serialisation: 1.5 s for VGG16's 553 MB, and the session built
+        from the file while torch is imported is used, :mod:`ssa_onnx.prefetch`), else the serialized proto."""
         if self.big or self.as_file:
             return self.info.path
         return self.proto.SerializeToString()
@@ -443,8 +447,10 @@ def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> On
             "(Python: output_index=N)."
         )
 
-    changed = fold_constant_identities(proto) + drop_omitted_inputs(proto) + drop_reshape_allowzero(proto) \
-        + explicit_auto_pads(proto, p.name)
+    # Identity nodes of weights folded: onnx2torch needs the weights as initializers; onnxruntime may still run the
+    # file itself, where such a node passes its weight on unchanged (the other rewrites change what it would run)
+    renamed = fold_constant_identities(proto)
+    changed = drop_omitted_inputs(proto) + drop_reshape_allowzero(proto) + explicit_auto_pads(proto, p.name)
     changed += split_asymmetric_average_pools(proto) + split_asymmetric_transposed_convs(proto)
     check_converters(proto, p.name)
     opset = _opset(proto)
@@ -472,7 +478,7 @@ def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> On
             out_dims[0].dim_param = "batch"
         del proto.graph.value_info[:]
         changed += 1
-    proto = _infer_shapes(proto, p, big, data if not changed else None)  # the file's bytes if the proto is as read
+    proto = _infer_shapes(proto, p, big, data if not (changed or renamed) else None)  # the file's bytes if as read
 
     # report the input and the chosen output as the analysis sees them (batch axis dynamic)
     outputs = tuple(_tensor_info(proto.graph.output[0]) if i == index else o for i, o in enumerate(outputs))
@@ -484,7 +490,7 @@ def read_onnx(path: str | os.PathLike, *, output_index: int | None = None) -> On
         outputs=outputs, output_index=index, layout=_layout(image_info.shape), fixed_batch=fixed_batch,
         op_types=op_types,
     )
-    return OnnxModel(proto, info, big=big, shapes_inferred=not big, as_file=not changed)
+    return OnnxModel(proto, info, big=big, shapes_inferred=not big, as_file=not changed)  # renames: as the file
 
 
 def input_shape_of(path: str | os.PathLike) -> tuple[int | None, ...]:

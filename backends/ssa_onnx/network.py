@@ -11,7 +11,10 @@ do the analysis. What it adds happens in :meth:`OnnxNetwork.prepare`, on the fir
    the same images (up to ``parity_images``); when the outputs differ by more than
    ``parity_tolerance`` (max absolute difference divided by the largest absolute output of
    onnxruntime) the model is refused, and the message says by how much. The conversion's check
-   (:attr:`parity_converted`) runs in :meth:`~OnnxNetwork.prepare`, before any long computation.
+   (:attr:`parity_converted`) runs in :meth:`~OnnxNetwork.prepare`, before any long computation; an
+   analysis (:meth:`~OnnxNetwork.prepare_deferred`) makes it only where the canonical module disagrees
+   (to say which of the two changed the function), where its preparation or statistics pass fails first,
+   or when :attr:`parity_converted` is read, so it spends no forward pass on it when all agree.
    The check runs **again on the canonical module** the analysis uses (:attr:`parity`), without
    a forward pass of its own where it can: the statistics pass's first batch starts with the
    parity images, and its forward returns the canonical module's outputs on them, which are
@@ -103,7 +106,9 @@ class OnnxNetwork(TorchNetwork):
         self.parity_images = parity_images
         self.check_parity = check_parity
         self._canonical_parity: ParityResult | None = None  # of the canonical module the analysis runs (parity)
-        self.parity_converted: ParityResult | None = None  # of onnx2torch's conversion
+        self._parity_converted: ParityResult | None = None  # of onnx2torch's conversion (parity_converted)
+        # the conversion's check, where an analysis left it out (see prepare_deferred): images, onnxruntime's outputs
+        self._conversion_pending: tuple[np.ndarray, np.ndarray] | None = None
         # the canonical module's parity check, while it waits for the statistics pass: images and onnxruntime's outputs
         self._parity_pending: tuple[np.ndarray, np.ndarray] | None = None
         self._deferring = 0  # > 0: inside the planner or the statistics pass, which do not settle the check
@@ -173,7 +178,7 @@ class OnnxNetwork(TorchNetwork):
     def prepare(self, example: np.ndarray) -> tuple[Tap, ...]:
         """Check the input and the conversion, trace, canonicalise, check the canonical module's parity and discover
         the taps (see the module doc); a file whose parity was remembered is not run in onnxruntime."""
-        taps = self.prepare_deferred(example)
+        taps = self._prepare_onnx(example, defer=False)
         if self._parity_pending is not None:
             self._check_canonical(None)
         return taps
@@ -181,25 +186,38 @@ class OnnxNetwork(TorchNetwork):
     def prepare_deferred(self, example: np.ndarray) -> tuple[Tap, ...]:
         """:meth:`prepare`, with the canonical module's parity check left to the statistics pass's first batch
         (:class:`~ssa.core.capabilities.SupportsDeferredChecks`; the session prepares so): made on the outputs that
-        pass computes anyway, or by a forward pass of the parity images when the module is used otherwise first."""
+        pass computes anyway, or by a forward pass of the parity images when the module is used otherwise first.
+        onnx2torch's conversion is then checked only where it can tell something: when the canonical module
+        disagrees (the refusal says whether the conversion or ssa's passes changed the function), when the
+        preparation or the statistics pass fails (its refusal first, as when it was checked before them), or when
+        :attr:`parity_converted` is read; an analysis whose canonical module agrees spends no forward pass on it."""
+        return self._prepare_onnx(example, defer=True)
+
+    def _prepare_onnx(self, example: np.ndarray, *, defer: bool) -> tuple[Tap, ...]:
         example = np.asarray(example)
         self.check_input(example)
         if self._plan is not None and self.input_shape == tuple(example.shape[1:]):
             return self._plan.taps  # prepared for images of this shape (and checked): as TorchNetwork.prepare
         x = example[: max(1, int(self.parity_images))]
-        self._canonical_parity = self.parity_converted = None
-        self._parity_batch = self._parity_pending = None
+        self._canonical_parity = self._parity_converted = None
+        self._parity_batch = self._parity_pending = self._conversion_pending = None
         with self.stages.stage("parity"):
             key = self._cache_key = self._parity_key(x)
             recalled = parity_cache.recall(key) if key is not None else None
+            if recalled is not None and recalled[0] is None and not defer:
+                recalled = None  # remembered by an analysis, without the conversion's check: prepare shows both
             ref = None
             if recalled is None:
-                ref, conv = self._reference_and_converted(x)
-                if self.check_parity:
-                    self.parity_converted = self._parity(ref, conv)
-                    self._refuse_conversion(self.parity_converted)
+                if defer and self.check_parity:  # the conversion's check waits (see above)
+                    ref = self.ort_outputs(x)
+                    self._conversion_pending = (x, ref)
+                else:
+                    ref, conv = self._reference_and_converted(x)
+                    if self.check_parity:
+                        self._parity_converted = self._parity(ref, conv)
+                        self._refuse_conversion(self._parity_converted)
             else:
-                self.parity_converted = recalled[0]
+                self._parity_converted = recalled[0]
         self.notes = []
         if self.onnx.info.fixed_batch is not None:
             self.notes.append(f"the file fixes the batch size to {self.onnx.info.fixed_batch}; it was made dynamic "
@@ -222,7 +240,12 @@ class OnnxNetwork(TorchNetwork):
         # a recalled parity was remembered after a whole preparation of this file by this code, which ran the traced
         # copy on a batch of 2: no need to try again
         self._batches_checked = recalled is not None
-        taps = super().prepare(example)
+        try:
+            taps = super().prepare(example)
+        except Exception as exc:
+            if self._conversion_pending is not None and not isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+                self._settle_conversion()  # a conversion that disagrees is refused first, as when checked before
+            raise
         self._parity_batch = None
         if recalled is not None:
             self._canonical_parity = recalled[1]
@@ -230,7 +253,29 @@ class OnnxNetwork(TorchNetwork):
             self._remember()
         return taps
 
-    # -- the canonical module's parity -----------------------------------------------------------
+    # -- the conversion's and the canonical module's parity ------------------------------------------
+    @property
+    def parity_converted(self) -> ParityResult | None:
+        """onnx2torch's conversion's parity check against onnxruntime (None: not checked: ``check_parity=False``,
+        or recalled from an analysis's check that left it out). Where an analysis left it out
+        (:meth:`prepare_deferred`), reading it runs it now (one forward pass of the parity images; no refusal)."""
+        if self._conversion_pending is not None:
+            self._settle_conversion(refuse=False)
+            if self._parity_pending is None:
+                self._remember()  # both checks are in now
+        return self._parity_converted
+
+    def _settle_conversion(self, *, refuse: bool = True) -> None:
+        """Check onnx2torch's conversion where :meth:`prepare_deferred` left it out: its module's outputs on the
+        parity images against onnxruntime's; ``refuse``: refuse the model when they disagree (as :meth:`prepare`)."""
+        assert self._conversion_pending is not None
+        images, ref = self._conversion_pending
+        self._conversion_pending = None
+        with self.stages.stage("parity"):
+            p = self._parity_converted = self._parity(ref, self._module_outputs(self._converted, images))
+        if refuse:
+            self._refuse_conversion(p)
+
     @property
     def parity(self) -> ParityResult | None:
         """The canonical module's parity check against onnxruntime (None: not checked, ``check_parity=False``).
@@ -256,11 +301,18 @@ class OnnxNetwork(TorchNetwork):
     def collect(self, batch: np.ndarray | torch.Tensor, forms: Sequence[str], slots: Any = None) -> dict[str, Any]:
         """The statistics pass (:meth:`ssa_torch.TorchNetwork.collect`); while the canonical module's parity
         waits, a batch that starts with the parity images checks it on the pass's own outputs, any other batch
-        after a forward pass of the parity images."""
+        after a forward pass of the parity images. Where it fails before that check, the conversion's (where it
+        waits) refuses a conversion that disagrees first."""
         if self._parity_pending is not None and not self._starts_with_parity_images(batch):
             self._check_canonical(None)
         with self._deferred():
-            return super().collect(batch, forms, slots)
+            try:
+                return super().collect(batch, forms, slots)
+            except Exception as exc:
+                if self._conversion_pending is not None and self._parity_pending is not None and \
+                        not isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+                    self._settle_conversion()
+                raise
 
     def _statistics_outputs(self, batch: np.ndarray | torch.Tensor, outputs: Any) -> None:
         if self._parity_pending is not None:  # collect let this batch through: its first images are the parity images
@@ -285,17 +337,24 @@ class OnnxNetwork(TorchNetwork):
         with onnxruntime's; refuse the model (and undo its preparation) when they disagree."""
         assert self._parity_pending is not None and self._gm is not None
         images, ref = self._parity_pending
-        if outputs is None:
-            with self.stages.stage("parity"):
-                outputs = self._module_outputs(self._gm, images)
-        self._parity_pending = None
-        p = self._canonical_parity = self._parity(ref, outputs)
+        try:
+            if outputs is None:
+                with self.stages.stage("parity"):
+                    outputs = self._module_outputs(self._gm, images)
+            self._parity_pending = None
+            p = self._canonical_parity = self._parity(ref, outputs)
+        except Exception as exc:  # the module fails, or gives another shape: a conversion that disagrees first
+            if self._conversion_pending is not None and not isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+                self._settle_conversion()
+            raise
         if not p.ok:
             self._plan = self._gm = None  # refused: no analysis of this module (prepare again to retry)
             self._refuse_canonical(p)
         self._remember()
 
     def _refuse_canonical(self, p: ParityResult) -> None:
+        if self._conversion_pending is not None:  # did the conversion change the function, or ssa's passes?
+            self._settle_conversion()
         passes = self.canon_report.by_pass() if self.canon_report is not None else "(none)"
         raise UnsupportedModelError(
             f"the canonical form of {self.name!r} (after the passes {passes}) disagrees "
@@ -305,11 +364,15 @@ class OnnxNetwork(TorchNetwork):
         )
 
     def _remember(self) -> None:
-        """Remember both checks in the parity cache once both passed, after a whole preparation."""
-        key, converted, canonical = self._cache_key, self.parity_converted, self._canonical_parity
-        if key is not None and converted is not None and canonical is not None and not canonical.remembered:
+        """Remember the checks in the parity cache once they passed, after a whole preparation: the canonical
+        module's, and the conversion's where it ran (an analysis whose canonical module agreed leaves it out; it is
+        remembered as not checked, and added where it runs later, :attr:`parity_converted`)."""
+        key, converted, canonical = self._cache_key, self._parity_converted, self._canonical_parity
+        if key is not None and canonical is not None and not canonical.remembered and \
+                (converted is not None or self._conversion_pending is not None):
             parity_cache.remember(key, converted, canonical, self.output_kind, self._file_hash)
-            self._cache_key = None  # once
+            if converted is not None:
+                self._cache_key = None  # once both are in
 
     def _reference_and_converted(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """onnxruntime's outputs (:meth:`ort_outputs`) and onnx2torch's module's on ``x``, side by side: the session

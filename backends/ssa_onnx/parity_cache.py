@@ -1,14 +1,16 @@
 """Parity results remembered by the model file's content hash: the check runs once per model file.
 
 The parity check (:mod:`ssa_onnx.parity`) runs onnxruntime, onnx2torch's conversion and the
-canonical module on the first images: seconds for a large model, at every run. Once both
+canonical module on the first images: seconds for a large model, at every run. Once the
 comparisons passed, :func:`remember` stores them in ``parity.json`` in ssa's cache folder
 (:func:`ssa.io.paths.user_cache_dir`: ``$SSA_CACHE``, ``$XDG_CACHE_HOME/ssa`` or ``~/.cache/ssa``)
 under a key made of the file's SHA-256 and everything else the result depends on: the tolerance,
 the device and provider, the per-image input shape, the number of images compared, the
 versions of ssa, onnx2torch, torch and onnxruntime, and the sizes and times of the backends' source
 files (a changed checkout re-checks). A changed file, tolerance or version is a new
-key, so the check runs again; a failed check is never remembered. ``SSA_PARITY_CACHE=0`` turns the
+key, so the check runs again; a failed check is never remembered. An analysis whose canonical module agrees
+does not check the conversion on its own (``OnnxNetwork.prepare_deferred``): its entry says so (``converted`` is
+null), and ``ssa check``, which shows both, checks such a file again. ``SSA_PARITY_CACHE=0`` turns the
 cache off. An unreadable cache file is ignored (and rewritten), never an error.
 """
 
@@ -98,14 +100,17 @@ def _result(fields: Any) -> ParityResult | None:
         return None
 
 
-def recall(key: str) -> tuple[ParityResult, ParityResult, str] | None:
-    """(the conversion's parity, the canonical module's parity, output kind) remembered under ``key``, or None."""
+def recall(key: str) -> tuple[ParityResult | None, ParityResult, str] | None:
+    """(the conversion's parity, the canonical module's parity, output kind) remembered under ``key``, or None; the
+    conversion's is None where the run that remembered them did not check it (an analysis: see :func:`remember`)."""
     entry = _read().get(key)
     if not isinstance(entry, dict):
         return None
+    unchecked = "converted" in entry and entry["converted"] is None
     converted, canonical = _result(entry.get("converted")), _result(entry.get("canonical"))
     kind = entry.get("output_kind")
-    if converted is None or canonical is None or not isinstance(kind, str) or not (converted.ok and canonical.ok):
+    if (converted is None and not unchecked) or canonical is None or not isinstance(kind, str) or \
+            not canonical.ok or (converted is not None and not converted.ok):
         return None
     return converted, canonical, kind
 
@@ -116,16 +121,16 @@ def knows_file(file_hash: str) -> bool:
     return any(isinstance(entry, dict) and entry.get("file") == file_hash for entry in _read().values())
 
 
-def remember(key: str, converted: ParityResult, canonical: ParityResult, output_kind: str,
+def remember(key: str, converted: ParityResult | None, canonical: ParityResult, output_kind: str,
              file_hash: str | None = None) -> bool:
-    """Store two passed checks under ``key`` (``file_hash``: the file's SHA-256, for :func:`knows_file`); False
-    (nothing written) when a check failed or the cache folder cannot be written (the cache is an optimisation: the
-    run goes on)."""
-    if not (converted.ok and canonical.ok):
+    """Store passed checks under ``key`` (``file_hash``: the file's SHA-256, for :func:`knows_file`); ``converted``
+    None: the conversion was not checked on its own (stored as null, never as passed). False (nothing written) when
+    a check failed or the cache folder cannot be written (the cache is an optimisation: the run goes on)."""
+    if not (canonical.ok and (converted is None or converted.ok)):
         return False
     data = _read()
     data.pop(key, None)
-    data[key] = {"converted": {**asdict(converted), "remembered": False},
+    data[key] = {"converted": None if converted is None else {**asdict(converted), "remembered": False},
                  "canonical": {**asdict(canonical), "remembered": False}, "output_kind": output_kind}
     if file_hash is not None:
         data[key]["file"] = file_hash
