@@ -10,7 +10,9 @@ import ctypes
 
 import numpy as np
 import pytest
+import torch
 
+import ssa
 from ssa.core import heap
 from ssa.engines.statistics import collect
 
@@ -79,10 +81,14 @@ def test_a_no_op_without_glibc(monkeypatch):
 
 
 class _Network:
-    """The least a statistics pass needs; records what the heap's setting was during each batch."""
+    """The least a statistics pass needs, its pass kept as the torch backend keeps it; records what the heap's
+    setting was during each batch."""
 
-    def __init__(self, device: str, lib: _Libc, fail_at: int | None = None) -> None:
-        self.device, self.lib, self.fail_at, self.seen = device, lib, fail_at, []
+    def __init__(self, lib: _Libc, fail_at: int | None = None) -> None:
+        self.lib, self.fail_at, self.seen = lib, fail_at, []
+
+    def statistics_pass(self):
+        return heap.kept_memory()  # as the torch backend's for VGG16's kind of model
 
     def collect(self, batch, forms, slots=None):
         self.seen.append(list(self.lib.calls))
@@ -91,26 +97,47 @@ class _Network:
         return {"scalars/t": np.ones((len(batch), 2), np.float32)}
 
 
-def test_the_cpu_pass_runs_inside_it(fake):
-    net = _Network("cpu", fake)
+def test_the_pass_runs_inside_the_networks_context_once(fake):
+    net = _Network(fake)
     stats = collect(net, np.zeros((5, 3), np.float32), ["f"], batch_size=2)
-    assert net.seen == [KEPT] * 3  # every batch with memory kept
+    assert net.seen == [KEPT] * 3  # every batch with memory kept, set once
     assert fake.calls == KEPT + RESTORED  # and glibc's values back after the pass
     assert stats.rows("f", "scalars/t").shape == (5, 2)
 
 
 def test_restored_when_the_pass_raises(fake):
-    net = _Network("cpu", fake, fail_at=1)
+    net = _Network(fake, fail_at=1)
     with pytest.raises(RuntimeError, match="the model failed"):
         collect(net, np.zeros((5, 3), np.float32), ["f"], batch_size=2)
     assert net.seen == [KEPT, KEPT]
     assert fake.calls == KEPT + RESTORED
 
 
-def test_not_for_a_pass_on_another_device(fake):
-    net = _Network("cuda:0", fake)
-    collect(net, np.zeros((3, 3), np.float32), ["f"], batch_size=2)
-    assert fake.calls == []
+def _convs(kernel: int) -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(32, 32, kernel, padding=kernel // 2), torch.nn.ReLU(),
+                               torch.nn.Conv2d(32, 32, kernel, padding=kernel // 2), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(32 * 6 * 6, 4)).eval()
+
+
+@pytest.mark.parametrize("kernel,kept", [(3, True), (1, False)], ids=["wide-3x3", "1x1"])
+def test_the_torch_backend_keeps_memory_for_wide_spatial_convolutions_only(fake, kernel, kept):
+    """VGG16's kind of model (3x3 convolutions of 32 channels or more) keeps the memory in its CPU pass; ResNet-50's
+    (1x1 convolutions dominate) does not, and its graphs' values are the same either way."""
+    torch.manual_seed(0)
+    images = np.random.default_rng(0).standard_normal((3, 3, 6, 6)).astype(np.float32)
+    net = ssa.load_model(_convs(kernel))
+    net.prepare(images)
+    fake.calls.clear()
+    stats = collect(net, images, ["gradient_x_activation"], batch_size=2)
+    assert fake.calls == (KEPT + RESTORED if kept else [])
+    heap.libc, real = (lambda: None), heap.libc  # the same pass with nothing kept
+    try:
+        plain = collect(net, images, ["gradient_x_activation"], batch_size=2)
+    finally:
+        heap.libc = real
+    for key in plain.keys("gradient_x_activation"):
+        assert torch.equal(stats.rows("gradient_x_activation", key), plain.rows("gradient_x_activation", key)), key
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -141,3 +168,11 @@ def test_glibc_itself_serves_large_blocks_from_the_heap_inside_and_by_mmap_after
         assert mapped_while_held(64) == 0
     # after it, a block larger than any the heap kept is mmapped again (one the kept memory holds may be reused)
     assert mapped_while_held(256) == 1
+
+
+def test_a_network_keeps_nothing_by_default(fake):
+    from ssa.core.interfaces import Network
+
+    with Network.statistics_pass(None):  # type: ignore[arg-type]  # the default ignores the network
+        pass
+    assert fake.calls == []

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 from collections.abc import Mapping, Sequence
@@ -12,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from ssa.core.arrays import all_finite, device_of, host_view, is_numpy, namespace, take_rows, to_numpy
-from ssa.core.heap import kept_memory
 from ssa.core.interfaces import Network
 from ssa.errors import InvalidInputError
 
@@ -203,12 +201,11 @@ def collect(network: Network, images: np.ndarray, forms: Sequence[str], batch_si
     thread from pinned host buffers. ``stop_after`` stops after that many new batches (used by
     tests to simulate an interruption). Returns the statistics provider.
 
-    On the CPU the pass runs in :func:`ssa.core.heap.kept_memory` (entered here and nowhere else): it frees and
-    allocates the same large activations batch after batch, and glibc keeps them in its heap meanwhile instead of
-    unmapping them and faulting fresh pages in for the next batch; glibc's own values are back after the pass.
+    The pass runs in the network's :meth:`~ssa.core.interfaces.Network.statistics_pass` context (entered here and
+    nowhere else: on the CPU the torch backend keeps freed memory in glibc's heap there for models of large
+    activations, :func:`ssa.core.heap.kept_memory`).
     """
-    on_cpu = str(getattr(network, "device", "cpu")).split(":")[0] == "cpu"
-    with kept_memory() if on_cpu else contextlib.nullcontext():
+    with network.statistics_pass():
         return _collect(network, images, forms, batch_size, store, progress, stop_after)
 
 
