@@ -3,16 +3,19 @@
 A forward pass allocates and frees activations of tens to hundreds of MB per layer and batch. glibc serves
 blocks above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and returns them to the kernel on ``free``,
 so every batch faults the same activations in again, page by page (system time the CPU clock counts: VGG16's
-pass of 64 images, 1.4 million page faults). :func:`kept_memory` makes glibc serve such blocks from its heap
-(``mallopt(M_MMAP_MAX, 0)``) and keep what is freed there (a high ``M_TRIM_THRESHOLD``), so the next batch
-reuses pages already mapped in. On exit it sets glibc's values back. It does not return the heap's free pages to
-the kernel (``malloc_trim(0)``): the class that follows the pass reuses them, and measured with the trim, ResNet-50's
-first class took 0.4-0.5 s more of CPU (32 images, 35,000-52,000 page faults against 2,000-4,500; about 0.13x its
-forward pass). glibc trims the heap's top itself above the restored trim threshold, as after any other free.
+pass of 64 images took 1.4 million page faults, measured on branch ``vggort``). :func:`kept_memory` makes glibc
+serve such blocks from its heap (``mallopt(M_MMAP_MAX, 0)``) and keep what is freed there (a high
+``M_TRIM_THRESHOLD``), so the next batch reuses pages already mapped in. On exit it sets glibc's values back.
+It does not return the heap's free pages to the kernel (``malloc_trim(0)``): the class that follows the pass reuses
+them, and measured with the trim, ResNet-50's first class took 0.2-0.5 s more of CPU (32 images, 34,000-52,000 page
+faults against 2,000-4,500; up to 0.15x its forward pass). glibc trims the heap's top itself above the restored
+trim threshold, as after any other free.
 
-It is scoped to the statistics pass (:func:`ssa.engines.statistics.collect` enters it once) and not to the whole
-analysis: kept for the per-class path too, ResNet-50's next class measured 0.25x -> 0.38x the forward pass (large
-zeroed arrays served from reused heap memory must be cleared, where a fresh mapping comes zeroed).
+It is scoped to the statistics pass (:func:`ssa.engines.statistics.collect` enters the network's
+``statistics_pass()`` once; the torch backend's is this on the CPU for models of mostly wide spatial convolutions)
+and not to the whole analysis: kept for the per-class path too (branch ``vggort``), ResNet-50's next class measured
+0.25x -> 0.38x the forward pass (likely, not measured: large zeroed arrays served from reused heap memory must be
+cleared, where a fresh mapping comes zeroed).
 
 Values and graphs are unchanged: only where the memory comes from. ``SSA_KEEP_MEMORY=0`` turns it off; it also
 does nothing where the user configured glibc's allocator (``GLIBC_TUNABLES`` naming ``glibc.malloc``, or a
