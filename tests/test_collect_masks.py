@@ -4,6 +4,7 @@ tap is a ReLU of its heads summed: every statistic is bit for bit what the backw
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -187,4 +188,42 @@ def test_max_pooling_channels_last_gives_the_same_statistics(monkeypatch, case):
     fast = {f: net.collect(images, [f]) for f in FORMS}
     assert taken, "no max-pooling ran channels-last: nothing was tested"
     monkeypatch.setattr(StatsInterpreter, "nhwc_max_pool", False)
+    _assert_equal(fast, {f: net.collect(images, [f]) for f in FORMS})
+
+
+class _Lowest(nn.Module):
+    """ReLUs outside the masked taps: the lowest tap's, of the input itself (the caller's array: never in place); one
+    of a convolution's output read twice (not in place); a tap without a closed-form step (its parents' sum has an
+    unmasked head) of a convolution's new output (in place). ``F.relu(self.a(x))`` is a masked tap (in place as
+    before)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(3, 6, 3, padding=1)
+        self.c = nn.Conv2d(12, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 8 * 8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(x)
+        y = self.b(x)
+        x = torch.cat([F.relu(self.a(x)), F.relu(y) + y], 1)
+        return self.fc(torch.flatten(F.relu(self.c(x)), 1))
+
+
+def test_other_relus_of_a_layers_own_output_run_in_place(monkeypatch):
+    torch.manual_seed(0)
+    net = ssa.load_model(_Lowest().eval())
+    images = torch.randn(4, 3, 8, 8).numpy()
+    before = images.copy()
+    net.prepare(images)
+    gm = net.graph_module
+    relus = {n.name: n.args[0].name for n in gm.graph.nodes if n.target in (F.relu, torch.relu)}
+    free = StatsInterpreter(gm, net.plan, net.closed_form, FORMS).free_in_place
+    assert relus == {"relu": "x", "relu_1": "a", "relu_2": "b", "relu_3": "c"}
+    assert "relu_1" in StatsInterpreter(gm, net.plan, net.closed_form, FORMS).in_place
+    assert free == {"relu_3"}
+    fast = {f: net.collect(images, [f]) for f in FORMS}
+    assert np.array_equal(images, before)  # the input's ReLU made a new tensor
+    monkeypatch.setattr(StatsInterpreter, "relu_in_place", False)
     _assert_equal(fast, {f: net.collect(images, [f]) for f in FORMS})

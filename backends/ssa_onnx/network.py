@@ -314,6 +314,12 @@ class OnnxNetwork(TorchNetwork):
                     self._settle_conversion()
                 raise
 
+    def statistics_pass(self) -> contextlib.AbstractContextManager[Any]:
+        """:meth:`ssa_torch.TorchNetwork.statistics_pass`, decided from the canonical module without checking its
+        parity first (the pass checks it on its own outputs)."""
+        with self._deferred():
+            return super().statistics_pass()
+
     def _statistics_outputs(self, batch: np.ndarray | torch.Tensor, outputs: Any) -> None:
         if self._parity_pending is not None:  # collect let this batch through: its first images are the parity images
             self._check_canonical(_first_output(outputs)[: len(self._parity_pending[0])])

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 from torch import fx
 
+from ssa.core.heap import kept_memory
 from ssa.core.interfaces import Network, Tap
 from ssa.core.stages import StageTimes
 from ssa.errors import InvalidInputError, UnsupportedModelError
@@ -36,7 +37,7 @@ from .autograd_steps import AutogradSteps, spatial_mean
 from .canon import DEFAULT_PASSES, CanonPass, CanonReport, canonicalize_values
 from .closed_form_steps import ClosedFormSteps, steps_summary
 from .hashing import ModelIdentity
-from .host import HostCopy, exact_arithmetic
+from .host import HostCopy, exact_arithmetic, wide_convolutions
 from .maps import InputMaps
 from .segments import Segment, TapValues
 from .taps import TapPlan, discover_taps
@@ -268,6 +269,16 @@ class TorchNetwork(ClosedFormSteps, AutogradSteps, ModelIdentity, InputMaps, Net
     def arithmetic(self, fast_math: bool = False) -> contextlib.AbstractContextManager[Any]:
         """:func:`exact_arithmetic` on this network's device (TF32 too with ``fast_math``); nothing on the CPU."""
         return exact_arithmetic(self.device, fast_math=fast_math)
+
+    def statistics_pass(self) -> contextlib.AbstractContextManager[Any]:
+        """On the CPU, for models of mostly wide spatial convolutions (:func:`~ssa_torch.host.wide_convolutions`:
+        VGG16, whose pass frees and allocates activations of hundreds of MB per batch), the pass keeps freed memory
+        in glibc's heap (:func:`ssa.core.heap.kept_memory`); elsewhere nothing (ResNet-50's pass gained nothing
+        from it, and its defaults' first class measured slower: docs/device.md, "Freed memory kept during the
+        statistics pass")."""
+        if torch.device(self.device).type == "cpu" and wide_convolutions(self.graph_module):
+            return kept_memory()
+        return contextlib.nullcontext()
 
     def to_host_async(self, arrays: Mapping[str, Any]) -> HostCopy:
         """Start copying ``arrays`` (device tensors) to pinned host memory without stalling the GPU.

@@ -326,6 +326,12 @@ class Network(ABC):
         """
         return contextlib.nullcontext()
 
+    def statistics_pass(self) -> contextlib.AbstractContextManager[Any]:
+        """The context the statistics pass runs in, entered once around it by
+        :func:`ssa.engines.statistics.collect` (all its batches). The default does nothing; the torch backend keeps
+        freed memory in glibc's heap there for models of large activations (:func:`ssa.core.heap.kept_memory`)."""
+        return contextlib.nullcontext()
+
     def to_host_async(self, arrays: Mapping[str, Any]) -> Any:
         """Start copying device ``arrays`` to the host; ``.result()`` returns ``{key: numpy array}``.
 

@@ -200,7 +200,18 @@ def collect(network: Network, images: np.ndarray, forms: Sequence[str], batch_si
     store, batches already in it are skipped (resume) and new ones are written by a background
     thread from pinned host buffers. ``stop_after`` stops after that many new batches (used by
     tests to simulate an interruption). Returns the statistics provider.
+
+    The pass runs in the network's :meth:`~ssa.core.interfaces.Network.statistics_pass` context (entered here and
+    nowhere else: on the CPU the torch backend keeps freed memory in glibc's heap there for models of large
+    activations, :func:`ssa.core.heap.kept_memory`).
     """
+    with network.statistics_pass():
+        return _collect(network, images, forms, batch_size, store, progress, stop_after)
+
+
+def _collect(network: Network, images: np.ndarray, forms: Sequence[str], batch_size: int, store: Any,
+             progress: bool, stop_after: int | None) -> Any:
+    """:func:`collect`'s pass."""
     n = int(images.shape[0])
     n_batches = -(-n // batch_size)
     if store is None:

@@ -51,6 +51,15 @@ def _is_relu(node: fx.Node, gm: fx.GraphModule) -> bool:
     return node.op == "call_method" and node.target == "relu"
 
 
+#: layers whose output is a new tensor (never a view of their input or of a weight)
+_NEW_OUTPUT = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
+
+
+def _new_output(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """Whether ``node`` calls a layer whose output is a new tensor (:data:`_NEW_OUTPUT`)."""
+    return node.op == "call_module" and type(gm.get_submodule(str(node.target))) in _NEW_OUTPUT
+
+
 def relu_of_sums(tf: TapForm, gm: fx.GraphModule) -> bool:
     """Whether ``tf``'s activation is a ReLU of its heads summed (each head once, by additions of two values,
     nothing else between), so that every head's ``m`` is :func:`relu_mask` of the activation (where the heads
@@ -121,16 +130,32 @@ class StatsInterpreter(fx.Interpreter):
                          and heads_of.count(tf.z_node) == (0 if tf.segment else 1)
                          and tf.z_node not in self.keep and tf.z_node not in self.tap_of_node
                          and str(tf.act_node) not in self.derivatives}
+        #: every other ReLU (the lowest tap's, which has no step; a tap's by autograd) runs in place where its input is
+        #: a layer's new output (a convolution's or a dense layer's) that nothing else reads, keeps, taps or
+        #: differentiates (VGG16's first ReLU: a 100 MB tensor per 8 images not made)
+        self.free_in_place = {n.name for n in gm.graph.nodes
+                              if self.relu_in_place and n.name not in self.in_place and _is_relu(n, gm)
+                              and isinstance(n.args[0], fx.Node) and _new_output(n.args[0], gm)
+                              and users.get(n.args[0].name) == 1 and n.name not in self.grad_nodes
+                              and n.name not in self.derivatives and not self._read(n.args[0].name)}
         self.leaves: dict[str, torch.Tensor] = {}
         self.values: dict[str, torch.Tensor] = {}
         self.stats: dict[str, torch.Tensor] = {}
         #: where the caller takes the statistics: ``slots(key, shape, like)`` (see :func:`~.terms.statistics_slot`)
         self.slots: Any = None
 
+    def _read(self, name: str) -> bool:
+        """Whether the pass reads node ``name``'s value beyond its users (kept for a term, a tap, a head,
+        differentiated)."""
+        return name in self.keep or name in self.tap_of_node or name in self.heads or name in self.grad_nodes \
+            or name in self.derivatives
+
     def run_node(self, n: fx.Node) -> Any:
         with torch.set_grad_enabled(n.name in self.grad_nodes):
             if n.name in self.in_place and self._same_shapes(self.in_place[n.name], self.env[n.args[0]]):  # type: ignore
                 out = self.env[n.args[0]].detach().relu_()  # type: ignore[index]
+            elif n.name in self.free_in_place:
+                out = self.env[n.args[0]].relu_()  # type: ignore[index]
             elif n.name in self.derivatives:
                 out = self._with_derivative(n)
             elif self.nhwc_max_pool and n.name not in self.grad_nodes and self._nchw_max_pool(n):
