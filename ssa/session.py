@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ssa.core.arrays import namespace, to_numpy
-from ssa.core.capabilities import SupportsDeferredChecks, SupportsPrefetch
+from ssa.core.capabilities import SupportsDeferredChecks, SupportsPrefetch, SupportsRowsPerClass
 from ssa.core.checks import check_closed_form, check_int, check_label_range, check_stop_at
 from ssa.core.defaults import resolve_method
 from ssa.core.graph import build_graph
@@ -224,6 +224,11 @@ class Session:
             # the statistics of the whole image set would not fit: this class's only, not kept
             stats = collect(network, images[indices], [form], self.batch_size, progress=self.progress)
             return ClosedFormSource(network, stats, form, images[indices], self.batch_size, None)
+        if self._stats is None and self._rows_per_class(form):
+            assert isinstance(network, SupportsRowsPerClass)  # _rows_per_class checked it
+            with network.rows_per_class():  # one class: it makes the rows it reads (SupportsRowsPerClass)
+                stats = collect(network, images, [form], self.batch_size, progress=self.progress)
+            self._stats = (stats, self.batch_size)
         if self._stats is None:
             stats = collect(network, images, [form], self.batch_size, progress=self.progress)
             self._stats = (stats, self.batch_size)
@@ -266,6 +271,19 @@ class Session:
             return True
         per_image = self.network.statistics_bytes(form)
         return per_image * n <= statistics_budget(self.network.device)
+
+    def _rows_per_class(self, form: str) -> bool:
+        """Whether this session's statistics pass keeps what one class needs to make its own rows
+        (:class:`~ssa.core.capabilities.SupportsRowsPerClass`): a one-class run (``only_target``, in memory), the
+        network able to, not switched off (``SSA_ROWS_PER_CLASS=0``), and the kept arrays of every image within the
+        statistics budget (:func:`statistics_budget`); else every row is computed, as for several classes."""
+        network, images = self.network, self.images
+        if self.only_target is None or not self._subset or images is None \
+                or not isinstance(network, SupportsRowsPerClass) or not rows_per_class_enabled():
+            return False
+        with network.rows_per_class():
+            per_image = network.statistics_bytes(form)
+        return per_image * int(images.shape[0]) <= statistics_budget(network.device)
 
     def analyse(self, target: int, branching: int | None = None, *, selector: str | Selector | None = None,
                 selector_params: Mapping[str, Any] | None = None, stop_at: str | None = None,
@@ -337,6 +355,15 @@ def prefetch(model: Any, images: np.ndarray, *, backend: str | None = None, devi
 def default_batch_size(device: str) -> int:
     """Images per forward pass when none is given: 32 on the CPU, 128 on a GPU (fewer, larger launches)."""
     return 128 if str(device).startswith("cuda") else 32
+
+
+def rows_per_class_enabled() -> bool:
+    """Whether a one-class run may keep what its class needs to make its own rows (``SSA_ROWS_PER_CLASS``: ``0``
+    switches it off, for A/B runs; default on)."""
+    env = os.environ.get("SSA_ROWS_PER_CLASS", "").strip()
+    if env not in ("", "0", "1"):
+        raise InvalidInputError(f"SSA_ROWS_PER_CLASS must be 0 or 1, got {env!r}.")
+    return env != "0"
 
 
 def statistics_budget(device: str) -> int:

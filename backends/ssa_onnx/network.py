@@ -112,6 +112,7 @@ class OnnxNetwork(TorchNetwork):
         # the canonical module's parity check, while it waits for the statistics pass: images and onnxruntime's outputs
         self._parity_pending: tuple[np.ndarray, np.ndarray] | None = None
         self._deferring = 0  # > 0: inside the planner or the statistics pass, which do not settle the check
+        self._measuring = False  # inside statistics_bytes' pass on the example image: it neither checks nor settles
         self._cache_key: str | None = None  # the parity cache's key of this preparation (remembered once both pass)
         self.output_kind: str = "unknown"  # "logits", "softmax stripped", "log-softmax stripped", "probabilities"
         self.notes: list[str] = []
@@ -298,12 +299,22 @@ class OnnxNetwork(TorchNetwork):
         with self._deferred():  # planning reads the graph and its batch-1 values: no result of the analysis
             return super().closed_form
 
+    def statistics_bytes(self, form: str) -> int:
+        """:meth:`ssa_torch.TorchNetwork.statistics_bytes`: its pass on the example image measures array sizes and
+        gives no result of the analysis, so, as planning, it leaves a waiting parity check to the statistics pass
+        (a one-class session measures before its pass: ``SupportsRowsPerClass``)."""
+        measuring, self._measuring = self._measuring, True
+        try:
+            return super().statistics_bytes(form)
+        finally:
+            self._measuring = measuring
+
     def collect(self, batch: np.ndarray | torch.Tensor, forms: Sequence[str], slots: Any = None) -> dict[str, Any]:
         """The statistics pass (:meth:`ssa_torch.TorchNetwork.collect`); while the canonical module's parity
         waits, a batch that starts with the parity images checks it on the pass's own outputs, any other batch
-        after a forward pass of the parity images. Where it fails before that check, the conversion's (where it
-        waits) refuses a conversion that disagrees first."""
-        if self._parity_pending is not None and not self._starts_with_parity_images(batch):
+        after a forward pass of the parity images (not the measuring pass of :meth:`statistics_bytes`). Where it
+        fails before that check, the conversion's (where it waits) refuses a conversion that disagrees first."""
+        if self._parity_pending is not None and not self._measuring and not self._starts_with_parity_images(batch):
             self._check_canonical(None)
         with self._deferred():
             try:
@@ -321,7 +332,8 @@ class OnnxNetwork(TorchNetwork):
             return super().statistics_pass()
 
     def _statistics_outputs(self, batch: np.ndarray | torch.Tensor, outputs: Any) -> None:
-        if self._parity_pending is not None:  # collect let this batch through: its first images are the parity images
+        # collect let this batch through: its first images are the parity images (or it is only measuring)
+        if self._parity_pending is not None and not self._measuring:
             self._check_canonical(_first_output(outputs)[: len(self._parity_pending[0])])
 
     def _starts_with_parity_images(self, batch: np.ndarray | torch.Tensor) -> bool:

@@ -9,6 +9,7 @@ is the line ``ssa check`` prints.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from ssa.core.arrays import host_view
 from ssa.core.interfaces import DenseBlock, Rank1Block, Rank1Factors, SortedKeys
 from ssa.core.stages import StageTimes
 
-from .closed_form import ClosedFormPlan, StatsInterpreter, plan_closed_form
+from .closed_form import ClosedFormPlan, StatsInterpreter, deferred, plan_closed_form
 from .closed_form.terms import as_float64, rank1_rows, stat_device
 from .families import check_lines
 from .host import exact_arithmetic, statistics_input
@@ -127,11 +128,17 @@ class ClosedFormSteps:
 
     def statistics_bytes(self, form: str) -> int:
         """Bytes per image of :meth:`collect`'s arrays for ``form`` (measured once on one image, cached)."""
-        cache = self._stat_bytes
-        if form not in cache:
+        cache, key = self._stat_bytes, form + ("/rows-per-class" if deferred.per_class() else "")
+        if key not in cache:
             arrays = self.collect(self._example, [form])
-            cache[form] = int(sum(v[0].numel() * v.element_size() for v in arrays.values()))
-        return cache[form]
+            cache[key] = int(sum(v[0].numel() * v.element_size() for v in arrays.values()))
+        return cache[key]
+
+    def rows_per_class(self) -> contextlib.AbstractContextManager[None]:
+        """Within: the statistics pass (and :meth:`statistics_bytes`) keeps what one class needs to make its own rows
+        of the default rule where that is cheaper for a single class (:mod:`.closed_form.deferred`, "Rows per class"),
+        the same values (:class:`~ssa.core.capabilities.SupportsRowsPerClass`)."""
+        return deferred.rows_per_class()
 
     def collect(self, batch: np.ndarray | torch.Tensor, forms: Sequence[str], slots: Any = None
                 ) -> dict[str, np.ndarray]:
@@ -148,7 +155,8 @@ class ClosedFormSteps:
         with torch.no_grad(), exact_arithmetic(self.device):
             outputs = interp.run(statistics_input(self.to_tensor(batch), self.device, self.graph_module))
         self._statistics_outputs(batch, outputs)
-        return {k: v.float() for k, v in interp.stats.items()}
+        # float32 statistics (a class's kept 0/1 masks stay uint8: .closed_form.deferred)
+        return {k: v if v.dtype == torch.uint8 else v.float() for k, v in interp.stats.items()}
 
     def _statistics_outputs(self, batch: np.ndarray | torch.Tensor, outputs: Any) -> None:
         """What the statistics pass's forward returned on ``batch`` (the model's outputs, which it computes anyway):

@@ -12,6 +12,7 @@ Each protocol has its own section below; keep them small and documented.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -154,6 +155,20 @@ class SupportsDeferredChecks(Protocol):
         analysis can make on the outputs it computes anyway (an ONNX model's parity with its runtime) is left to it:
         made at the latest when the prepared model is first used, so a failure is still refused before any result
         exists, and without a forward pass of its own where the analysis starts with the statistics pass."""
+
+
+# -- a one-class run's statistics (the session's statistics pass) -----------------------------------------------
+__all__ += ["SupportsRowsPerClass"]
+
+
+@runtime_checkable
+class SupportsRowsPerClass(Protocol):
+    def rows_per_class(self) -> AbstractContextManager[None]:
+        """Within: the statistics pass (and ``statistics_bytes``) keeps what one class needs to make its own rows
+        where that is cheaper for a single class than computing every row (the torch backend: the inputs and masks
+        of convolutions instead of their per-image correlations), the same values. A session enters it for a
+        one-class run (``only_target``) when the kept arrays fit its statistics budget; several classes from one
+        pass would each pay for their rows again, so it is not entered for them."""
 
 
 # -- input maps (ssa figures, ssa report, ssa explore: saliency, activation maps, receptive fields) ---------------

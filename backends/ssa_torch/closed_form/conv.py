@@ -18,6 +18,7 @@ weight-gradient of m against the conv input, summed with W over the kernel offse
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -45,7 +46,8 @@ from .terms import (
     statistics_slot,
 )
 
-__all__ = ["ConvTerm", "ConvForm", "KERNELS", "choose_kernel", "conv_input_relevance", "factor_scale"]
+__all__ = ["ConvTerm", "ConvForm", "KERNELS", "choose_kernel", "class_kernel", "class_rows", "conv_input_relevance",
+           "factor_scale"]
 
 
 def factor_scale(scale: torch.Tensor | None, shape: tuple[int, ...]
@@ -216,6 +218,69 @@ def conv_input_relevance(op: LinearOp, m: torch.Tensor, x: torch.Tensor, kernel:
     return out
 
 
+def class_kernel(op: LinearOp, m: torch.Tensor) -> str | None:
+    """The per-image kernel (``shifted_rows`` or ``per_image``) the statistics pass runs on this convolution where a
+    class can make its rows with it, restricted to its output channels, bit for bit (:func:`class_rows`); else None.
+
+    One group, 2-D, a multiple of :data:`.deferred.ROW_BLOCK` output channels, and for ``per_image`` tiles of output
+    channels that are too (or one tile of all): each product the pass makes then has whole blocks of 16 rows, as the
+    class's padded ones do. ``m``: a tensor of the pass's ``m`` shape and dtype (only its shape, dtype and device are
+    read)."""
+    w = op.weight
+    if w.dim() != 4 or op.groups != 1 or int(w.shape[0]) % deferred.ROW_BLOCK:
+        return None
+    kernel = choose_kernel(op, m)
+    if kernel == "per_image":
+        n, cg = int(w.shape[0]), int(w.shape[1])
+        rows = max(1, min(n, TILE_BYTES // (cg * m.element_size())))
+        return kernel if rows == n or rows % deferred.ROW_BLOCK == 0 else None
+    return kernel if kernel == "shifted_rows" else None
+
+
+#: images per call of the pass's kernel when a class makes its rows (:func:`class_rows`): bounds its temporaries
+CLASS_ROWS_IMAGES = 4
+
+
+def class_rows(op: LinearOp, m: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """A[b, h[j], c] as rows (n, B, C) from a convolution's kept ``m`` (B, N, Ho, Wo; ``uint8``: the 0/1 mask of a
+    ReLU's output) and input ``x`` (B, C, H, W), each in the statistics pass's layout
+    (:func:`.deferred.kept_for_class`): the pass's own kernel (:func:`class_kernel`) on the output channels ``h``
+    alone, padded to a multiple of :data:`.deferred.ROW_BLOCK` with copies of the first and with the pass's tiles
+    (sized for all N channels), so every product has the pass's shape of blocks and every row the pass's values bit
+    for bit, whatever is asked with it (``tests/test_rows_per_class.py``)."""
+    n, cg, kh, kw = op.weight.shape
+    dtype = x.dtype if m.dtype == torch.uint8 else m.dtype
+    kernel = class_kernel(op, m.new_empty((0, *m.shape[1:]), dtype=dtype))
+    if kernel is None:
+        raise ValueError("class_rows: this convolution's statistics are not made by a per-image kernel")
+    k = int(h.shape[0])
+    fill = -k % deferred.ROW_BLOCK
+    hh = torch.cat([h, h[:1].expand(fill)]) if fill else h
+    kp = k + fill
+    sub = replace(op, weight=op.weight.index_select(0, hh.to(op.weight.device)))
+    w = sub.weight.to(device=m.device, dtype=dtype).reshape(kp, cg, kh * kw)
+    nhwc_m, nhwc_x = is_nhwc(m), is_nhwc(x)
+    hm = hh.to(m.device)
+    B = int(m.shape[0])
+    res = torch.empty((k, B, cg), dtype=dtype, device=m.device)
+    out = torch.empty((min(B, CLASS_ROWS_IMAGES), kp, cg), dtype=dtype, device=m.device)
+    for b0 in range(0, B, CLASS_ROWS_IMAGES):
+        b1 = min(B, b0 + CLASS_ROWS_IMAGES)
+        if nhwc_m:  # the picked channels as channels-last rows, as the pass's m lies
+            mp = m[b0:b1].permute(0, 2, 3, 1).index_select(3, hm).to(dtype).permute(0, 3, 1, 2)
+        else:
+            mp = m[b0:b1].index_select(1, hm).to(dtype)
+        xb, ob = x[b0:b1], out[:b1 - b0]
+        if kernel == "shifted_rows":
+            shifted_rows(sub, mp, xb, w, ob, False, SHIFT_TILE_BYTES, nhwc=nhwc_x, tile_n=int(n))
+        elif nhwc_x:
+            per_image_nhwc(sub, mp, xb, w, ob, False, TILE_BYTES, tile_n=int(n))
+        else:
+            _per_image(sub, mp, xb, w, ob, False, tile_n=int(n))
+        res[:, b0:b1].copy_(ob[:, :k].transpose(0, 1))
+    return res
+
+
 def _windows(x: torch.Tensor, op: LinearOp, out_hw: tuple[int, int]) -> list[torch.Tensor]:
     """Per kernel offset (row-major), the view of the zero-padded input ``x`` (B, C, H, W) that it reads at
     every output position (B, C, Ho, Wo)."""
@@ -229,18 +294,19 @@ def _windows(x: torch.Tensor, op: LinearOp, out_hw: tuple[int, int]) -> list[tor
 
 
 def _per_image(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
-               relu_of: bool = False) -> torch.Tensor:
+               relu_of: bool = False, tile_n: int | None = None) -> torch.Tensor:
     """:func:`conv_input_relevance` one image at a time: the image's shifted input windows are copied once into a
     (kk, C, P) buffer; then for each group, tile of output channels (a (rows, C / groups) product within
     :data:`TILE_BYTES`, so it stays in the core's cache) and kernel offset, one matrix product of ``m`` with that
     window, multiplied by W and accumulated into the output rows. No (B, N, C / groups, kk) temporary and no pass
-    over memory per offset: what goes to memory is the output, once."""
+    over memory per offset: what goes to memory is the output, once. ``tile_n``: the output channels (per group) the
+    tile of rows is sized for (default ``op``'s; see :func:`class_rows`)."""
     n, cg, kh, kw = op.weight.shape
     g, ng, kk = op.groups, n // op.groups, kh * kw
     B, (ho, wo) = m.shape[0], m.shape[2:]
     p = ho * wo
     wk = w.permute(2, 0, 1).contiguous()  # (kk, N, Cg): each offset's weights contiguous
-    rows = max(1, min(ng, TILE_BYTES // (cg * m.element_size())))
+    rows = max(1, min(tile_n or ng, TILE_BYTES // (cg * m.element_size())))
     prod = torch.empty((rows, cg), dtype=m.dtype, device=m.device)
     direct = kk == 1 and op.stride == (1, 1) and not any(op.pad) and x.dtype == m.dtype
     wins = _windows(x, op, (ho, wo))
@@ -260,7 +326,7 @@ def _per_image(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, 
 
 
 def _shifted_rows(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
-                  relu_of: bool = False) -> torch.Tensor:
+                  relu_of: bool = False, tile_n: int | None = None) -> torch.Tensor:
     """:func:`conv_input_relevance` of a stride-1 convolution one image at a time, without im2col: the image is
     copied once into a zero-padded buffer whose rows are ``Wp`` long, flattened, and ``m`` onto the output rows of
     the same length (zeros in the ``Wp - Wo`` extra columns). Kernel offset (i, j) then reads the flat input
@@ -269,7 +335,7 @@ def _shifted_rows(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tenso
     (:data:`SHIFT_TILE_BYTES`) so that a tile of ``m`` and of the input rows is read from cache by every offset;
     the per-offset products of a group are accumulated in a (kk, N / groups, C / groups) buffer, multiplied by W
     and summed over the offsets once per image."""
-    return shifted_rows(op, m, x, w, out, relu_of, SHIFT_TILE_BYTES, nhwc=False)
+    return shifted_rows(op, m, x, w, out, relu_of, SHIFT_TILE_BYTES, nhwc=False, tile_n=tile_n)
 
 
 def _per_offset(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, budget: int
@@ -400,6 +466,9 @@ class ConvTerm(Term):
             if self.defers(m):  # m and the input, not their correlation: a class computes its rows (.deferred)
                 out.update(deferred.collect(self.op, m, x, relu_of))
                 return out
+            if self.defers_per_class(m):  # a one-class run: the class makes its rows with the pass's kernel
+                out.update(deferred.keep_for_class(m, x, relu_of, is_nhwc(m), is_nhwc(x)))
+                return out
             cg = self.op.weight.shape[1]
             # written straight into the whole image set's rows where the parents are the columns themselves
             slot = statistics_slot("a", (B, n, cg), m) if self.op.groups == 1 and len(k) == 2 and is_identity_map(
@@ -414,6 +483,13 @@ class ConvTerm(Term):
         gate)."""
         return self.gate is None and deferred.defers(self.op, tuple(m.shape[2:])) and is_identity_map(
             self.chan, self.n_parent)
+
+    def defers_per_class(self, m: torch.Tensor) -> bool:
+        """Whether, in a one-class run's statistics pass (:func:`.deferred.per_class`), the default rule's statistics
+        are ``m`` and the input, a class's rows made with the pass's own kernel (:func:`class_kernel`; no gate, its
+        values unscattered)."""
+        return deferred.per_class() and self.gate is None and class_kernel(self.op, m) is not None \
+            and is_identity_map(self.chan, self.n_parent)
 
     def rank1(self, stats: Mapping[str, Any], neurons: Sequence[int], form: str):
         """A 1x1 convolution without a gate under the gradient rule: omega = W'[n, k] * C[i, n]."""
@@ -468,6 +544,10 @@ class ConvTerm(Term):
             return None
         if "a" in stats:
             return self.picked_relevance(stats, neurons)
+        kept = deferred.kept_for_class(stats)
+        if kept is not None:  # a one-class run: the pass's kernel on the class's output channels
+            h, fed = self.head_channels(neurons, kept[0].device)
+            return class_rows(self.op, kept[0], kept[1], h), fed
         m, x = deferred.as_tensor(stats["m"]), deferred.as_tensor(stats["x"])
         h, fed = self.head_channels(neurons, m.device)
         return deferred.rows(self._weight_as(m), m, x, h), fed

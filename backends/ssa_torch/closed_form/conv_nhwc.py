@@ -39,19 +39,21 @@ def offset_sums_nhwc(m: torch.Tensor, vy: torch.Tensor, vx: torch.Tensor) -> tor
 
 
 def shifted_rows_nhwc(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
-                      relu_of: bool, tile_bytes: int) -> torch.Tensor:
+                      relu_of: bool, tile_bytes: int, tile_n: int | None = None) -> torch.Tensor:
     """:func:`.conv._shifted_rows` with positions as rows: the image copied once into a zero-padded (Hp * Wp, C)
     buffer, ``m`` onto (Ho * Wp, N) rows (zero rows at the ``Wp - Wo`` extra columns); kernel offset (i, j) reads the
     input rows shifted by ``i * dy * Wp + j * dx``, a contiguous block, so each offset is one product
     ``m^T @ x`` over tiles of positions within ``tile_bytes`` (:func:`shifted_rows`)."""
-    return shifted_rows(op, m, x, w, out, relu_of, tile_bytes, nhwc=True)
+    return shifted_rows(op, m, x, w, out, relu_of, tile_bytes, nhwc=True, tile_n=tile_n)
 
 
 def shifted_rows(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
-                 relu_of: bool, tile_bytes: int, nhwc: bool) -> torch.Tensor:
+                 relu_of: bool, tile_bytes: int, nhwc: bool, tile_n: int | None = None) -> torch.Tensor:
     """The shifted-rows form in either layout: :func:`.conv._shifted_rows` (``nhwc`` False: channels as rows of the
     buffers) and :func:`shifted_rows_nhwc` (positions as rows). Both products are written over (positions, channels)
-    views of the buffers (for NCHW buffers, their transposes), so each layout multiplies its operands as they lie."""
+    views of the buffers (for NCHW buffers, their transposes), so each layout multiplies its operands as they lie.
+    ``tile_n``: the output channels (per group) the tile of positions is sized for (default ``op``'s): a class's
+    rows of a subset of the channels (:func:`.conv.class_rows`) keep the statistics pass's tiles, so its sums."""
     n, cg, kh, kw = op.weight.shape
     g, ng, kk = op.groups, n // op.groups, kh * kw
     B, (ho, wo) = m.shape[0], m.shape[2:]
@@ -74,7 +76,7 @@ def shifted_rows(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor
         mrows, mwin, image = mbuf.view(n, span).t(), mbuf[:, :, :wo], _same
     acc = torch.empty((kk, ng, cg), dtype=m.dtype, device=m.device)
     offsets = [i * dy * wp + j * dx for i in range(kh) for j in range(kw)]
-    tile = max(wp, tile_bytes // ((ng + cg) * m.element_size()))
+    tile = max(wp, tile_bytes // (((tile_n or ng) + cg) * m.element_size()))
     for b in range(B):
         xin.copy_(image(x[b]))
         if relu_of:  # the image's mask, written where its m goes
@@ -100,11 +102,12 @@ def _same(t: torch.Tensor) -> torch.Tensor:
 
 
 def per_image_nhwc(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
-                   relu_of: bool, tile_bytes: int) -> torch.Tensor:
+                   relu_of: bool, tile_bytes: int, tile_n: int | None = None) -> torch.Tensor:
     """:func:`.conv._per_image` with positions as rows: the image's shifted input windows copied once into a
     (kk, P, C) buffer (from one zero-padded copy of the image); then per group, tile of output channels (a
     (rows, C / groups) product within ``tile_bytes``) and kernel offset, one product ``m^T @ window`` multiplied by
-    W and accumulated into the output rows."""
+    W and accumulated into the output rows. ``tile_n``: the output channels (per group) the tile of rows is sized
+    for (default ``op``'s; see :func:`shifted_rows`)."""
     n, cg, kh, kw = op.weight.shape
     g, ng, kk = op.groups, n // op.groups, kh * kw
     B, (ho, wo) = m.shape[0], m.shape[2:]
@@ -113,7 +116,7 @@ def per_image_nhwc(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tens
     (sy, sx), (dy, dx) = op.stride, op.dilation
     h, wd = x.shape[2:]
     wk = w.permute(2, 0, 1).contiguous()  # (kk, N, Cg)
-    rows = max(1, min(ng, tile_bytes // (cg * m.element_size())))
+    rows = max(1, min(tile_n or ng, tile_bytes // (cg * m.element_size())))
     prod = torch.empty((rows, cg), dtype=m.dtype, device=m.device)
     direct = kk == 1 and op.stride == (1, 1) and not any(op.pad) and x.dtype == m.dtype and is_nhwc(x)
     if direct:

@@ -14,10 +14,22 @@ image's ``m`` rows with its input, then times W), bit for bit (``tests/test_defe
 and whole analyses with and without deferring); a row's values do not depend on the rows or images asked with it.
 The choice is made from shapes alone (:func:`defers`), so every path (a session's statistics, a store, a device)
 takes it alike.
+
+**Rows per class (a one-class run).** Within :func:`rows_per_class` (the network's
+:meth:`~ssa_torch.closed_form_steps.ClosedFormSteps.rows_per_class`, which a one-class session enters around its
+statistics pass) every convolution whose correlation the CPU pass computes with its per-image kernels
+(``shifted_rows``, ``per_image``: one group, 2-D) and whose output channels are a multiple of :data:`ROW_BLOCK`
+keeps ``m`` (as a 0/1 ``uint8`` mask where it is a ReLU's output) and its input instead, each in the layout the pass
+has (:func:`keep_for_class`), and a class makes its rows with the pass's own kernel restricted to its output
+channels (:func:`.conv.class_rows`), bit for bit the pass's values. A run of several classes precomputes (each
+further class would pay for its rows again).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -26,7 +38,8 @@ import torch
 from .linear import LinearOp
 from .terms import statistics_slot
 
-__all__ = ["DEFER_RATIO", "as_tensor", "collect", "defers", "rows"]
+__all__ = ["DEFER_RATIO", "ROW_BLOCK", "as_tensor", "collect", "defers", "keep_for_class", "kept_for_class",
+           "per_class", "rows", "rows_per_class"]
 
 #: a term defers where its per-image statistics (N x C values) are at least this many times what they are
 #: computed from ((N + C) x P values): ResNet-50's 1x1 convolutions at 7x7 (ratios 7-8), not those at 14x14 (about 1)
@@ -91,3 +104,62 @@ def rows(w: torch.Tensor, m: torch.Tensor, x: torch.Tensor, h: torch.Tensor) -> 
 def as_tensor(value: Any) -> torch.Tensor:
     """Kept statistics as a tensor (a store's numpy rows: a view of them), their dtype unchanged."""
     return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
+
+
+#: whether the statistics pass keeps what a class needs to make its own rows (:func:`rows_per_class`)
+_PER_CLASS: ContextVar[bool] = ContextVar("ssa_rows_per_class", default=False)
+#: rows a class's product is padded to (repeating its first): this CPU's MKL rounds an incomplete block of 16 rows
+#: of a product otherwise, so only convolutions with a multiple of it output channels defer per class
+ROW_BLOCK = 16
+#: the fields of :func:`keep_for_class`, by the layout the statistics pass had: channels-last rows (B, H, W, C), or
+#: the contiguous (B, C, H, W)
+FIELDS = {True: ("km_nhwc", "kx_nhwc"), False: ("km_nchw", "kx_nchw")}
+
+
+@contextlib.contextmanager
+def rows_per_class(on: bool = True) -> Iterator[None]:
+    """Within: :func:`per_class` is ``on`` (the statistics pass of a one-class run)."""
+    token = _PER_CLASS.set(bool(on))
+    try:
+        yield
+    finally:
+        _PER_CLASS.reset(token)
+
+
+def per_class() -> bool:
+    """Whether the current statistics pass keeps ``m`` and the input of the convolutions that can make a class's
+    rows themselves (:func:`rows_per_class`)."""
+    return _PER_CLASS.get()
+
+
+def keep_for_class(m: torch.Tensor, x: torch.Tensor, relu_of: bool, nhwc_m: bool, nhwc_x: bool
+                   ) -> dict[str, torch.Tensor]:
+    """What a convolution keeps to make a class's rows (:func:`.conv.class_rows`): its ``m`` (B, N, Ho, Wo), as the
+    0/1 ``uint8`` mask where it is a ReLU's output (``relu_of``), and its input ``x`` (B, C, H, W), each as rows of
+    the layout the statistics pass has (``nhwc_*``: channels-last, kept as (B, H, W, C); else (B, C, H, W)), the
+    float32 input written into the whole image set's rows where the pass offers them."""
+    fm, fx = FIELDS[nhwc_m][0], FIELDS[nhwc_x][1]
+    mr = m.permute(0, 2, 3, 1) if nhwc_m else m
+    xr = x.permute(0, 2, 3, 1) if nhwc_x else x
+    if relu_of:
+        mk = torch.gt(mr, 0).view(torch.uint8)  # laid out as ``mr``: its (B, H, W, C) rows where m is channels-last
+    else:
+        mk = _slot(fm, tuple(mr.shape), m)
+        mk.copy_(mr)
+    xk = _slot(fx, tuple(xr.shape), x)
+    xk.copy_(xr)
+    return {fm: mk, fx: xk}
+
+
+def kept_for_class(stats: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``m`` (B, N, Ho, Wo) (``uint8``: a mask) and ``x`` (B, C, H, W) as :func:`keep_for_class` kept them, views in
+    the statistics pass's layouts; None where the term kept its rows."""
+    m = next((as_tensor(stats[f]) for f in ("km_nhwc", "km_nchw") if f in stats), None)
+    x = next((as_tensor(stats[f]) for f in ("kx_nhwc", "kx_nchw") if f in stats), None)
+    if m is None or x is None:
+        return None
+    if "km_nhwc" in stats:
+        m = m.permute(0, 3, 1, 2)
+    if "kx_nhwc" in stats:
+        x = x.permute(0, 3, 1, 2)
+    return m, x
