@@ -13,7 +13,14 @@ import numpy as np
 
 from ssa.core.arrays import namespace, to_numpy
 from ssa.core.capabilities import SupportsDeferredChecks, SupportsPrefetch, SupportsRowsPerClass
-from ssa.core.checks import check_closed_form, check_int, check_label_range, check_stop_at
+from ssa.core.checks import (
+    check_closed_form,
+    check_env_switches,
+    check_int,
+    check_label_range,
+    check_stop_at,
+    env_switch,
+)
 from ssa.core.defaults import resolve_method
 from ssa.core.graph import build_graph
 from ssa.core.interfaces import Network, Rule, Selector
@@ -86,6 +93,7 @@ class Session:
                preprocess: Preprocess | None, only_target: int | None) -> None:
         """The session of ``spec`` and ``options`` (both checked already); nothing is loaded yet, except a model
         with a backend's own load options, which :attr:`options` does not carry."""
+        check_env_switches()  # before anything is loaded (each is read only where its code runs)
         self.model = spec.source
         if spec.options:
             self.model = load_model(spec.source, backend=spec.backend, device=spec.device, **spec.load_options())
@@ -360,10 +368,7 @@ def default_batch_size(device: str) -> int:
 def rows_per_class_enabled() -> bool:
     """Whether a one-class run may keep what its class needs to make its own rows (``SSA_ROWS_PER_CLASS``: ``0``
     switches it off, for A/B runs; default on)."""
-    env = os.environ.get("SSA_ROWS_PER_CLASS", "").strip()
-    if env not in ("", "0", "1"):
-        raise InvalidInputError(f"SSA_ROWS_PER_CLASS must be 0 or 1, got {env!r}.")
-    return env != "0"
+    return env_switch("SSA_ROWS_PER_CLASS") is not False
 
 
 def statistics_budget(device: str) -> int:

@@ -247,6 +247,9 @@ CASES: list[tuple[str, list[str], str]] = [
      "--store '{d}/afile' is a file; a statistics store is a folder"),
     ("analyse-ssa-store-is-file", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "ENV:SSA_STORE={d}/afile"],
      "SSA_STORE '{d}/afile' is a file"),
+    ("analyse-env-switch-typo", ["analyse", "digits", "--images", "{d}/x.npy", "-t", "3", "-o", "{d}/prev/g.json",
+                                 "ENV:SSA_KEEP_MEMORY=of"],
+     "the environment variable SSA_KEEP_MEMORY='of' is not a switch: set it to 0 (off) or 1 (on)"),
     # --- check
     ("check-input-shape-negative", ["check", "digits", "--input-shape=-1,8,8"],
      "--input-shape must hold integers >= 1, got -1 in '-1,8,8'."),

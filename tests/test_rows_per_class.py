@@ -232,6 +232,9 @@ def test_the_switch_is_checked(monkeypatch):
     assert rows_per_class_enabled()
     monkeypatch.setenv("SSA_ROWS_PER_CLASS", "0")
     assert not rows_per_class_enabled()
-    monkeypatch.setenv("SSA_ROWS_PER_CLASS", "off")
-    with pytest.raises(ssa.errors.InvalidInputError, match="SSA_ROWS_PER_CLASS"):
-        rows_per_class_enabled()
+    monkeypatch.setenv("SSA_ROWS_PER_CLASS", "off")  # the words every switch takes (ssa.core.checks.env_switch)
+    assert not rows_per_class_enabled()
+    for typo in ("of", "2"):
+        monkeypatch.setenv("SSA_ROWS_PER_CLASS", typo)
+        with pytest.raises(ssa.errors.InvalidInputError, match="SSA_ROWS_PER_CLASS"):
+            rows_per_class_enabled()

@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ssa.core.checks import env_switch
 from ssa.io.atomic import write_cache_file
 from ssa.io.paths import user_cache_dir
 
@@ -37,8 +38,9 @@ _VERSION = 1  # of the entries' layout
 
 
 def enabled() -> bool:
-    """False when ``SSA_PARITY_CACHE`` is 0, off, no or false."""
-    return os.environ.get("SSA_PARITY_CACHE", "1").strip().lower() not in ("0", "off", "no", "false")
+    """False when ``SSA_PARITY_CACHE`` is 0, off, no or false (:func:`ssa.core.checks.env_switch`; another value
+    is refused)."""
+    return env_switch("SSA_PARITY_CACHE") is not False
 
 
 def cache_path() -> Path:

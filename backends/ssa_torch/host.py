@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.utils.deterministic as _deterministic
 
+from ssa.core.checks import env_switch
+
 __all__ = ["HostCopy", "channels_last", "exact_arithmetic", "exact_entries", "statistics_input", "tf32_allowed",
            "wide_convolutions"]
 
@@ -146,10 +148,10 @@ def channels_last(device: str) -> bool:
     benchmarks/gpu_run.sh bench`` times both layouts). Only the input is converted: the convolutions then run
     channels-last, and so do the operations after them.
     """
-    flag = os.environ.get("SSA_CHANNELS_LAST", "")
+    flag = env_switch("SSA_CHANNELS_LAST")
     if _on_cuda(device):
-        return flag == "1"
-    return flag != "0" and torch.device(device).type == "cpu"
+        return flag is True
+    return flag is not False and torch.device(device).type == "cpu"
 
 
 #: on the CPU, a model runs channels-last when most of its one-group 2-D convolutions with this many input channels

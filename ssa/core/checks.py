@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -11,7 +12,37 @@ import numpy as np
 from ssa.errors import InvalidInputError, PluginError
 
 __all__ = ['check_closed_form', 'check_int', 'check_stop_at', 'check_device', 'call_selector', 'call_counts',
-           'call_rule', 'call_hint', 'check_labels', 'check_label_range', 'first_repeated', 'looks_unscaled']
+           'call_rule', 'call_hint', 'check_labels', 'check_label_range', 'first_repeated', 'looks_unscaled',
+           'env_switch', 'check_env_switches', 'ENV_SWITCHES']
+
+#: the values an on/off environment switch (``SSA_KEEP_MEMORY``, ``SSA_ROWS_PER_CLASS``, ...) takes, by meaning
+SWITCH_OFF, SWITCH_ON = ("0", "off", "no", "false"), ("1", "on", "yes", "true")
+
+
+def env_switch(name: str) -> bool | None:
+    """An on/off environment switch: True (``1``, ``on``, ``yes``, ``true``), False (``0``, ``off``, ``no``,
+    ``false``; any case, spaces around ignored), None where it is unset or empty (the caller's default). Any other
+    value is refused with one line (a typo such as ``SSA_KEEP_MEMORY=of`` must not silently mean on)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    if value.lower() in SWITCH_ON:
+        return True
+    if value.lower() in SWITCH_OFF:
+        return False
+    raise InvalidInputError(f"the environment variable {name}={value!r} is not a switch: set it to 0 (off) or 1 "
+                            f"(on), or unset it for the default.")
+
+
+#: the on/off environment switches of ssa and its backends (docs/device.md, "Memory knobs"; docs/onnx.md)
+ENV_SWITCHES = ("SSA_CHANNELS_LAST", "SSA_KEEP_MEMORY", "SSA_PARITY_CACHE", "SSA_ROWS_PER_CLASS")
+
+
+def check_env_switches() -> None:
+    """Refuse a set switch of :data:`ENV_SWITCHES` that is neither on nor off (:func:`env_switch`), before anything
+    is loaded: a switch is read where its code runs, which may be late in a run or never for some models."""
+    for name in ENV_SWITCHES:
+        env_switch(name)
 
 
 def first_repeated(items: Sequence[Any]) -> Any:

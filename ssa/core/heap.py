@@ -31,6 +31,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from ssa.core.checks import env_switch
+
 __all__ = ["RESTORED", "KEPT", "kept_memory", "libc"]
 
 # glibc's mallopt parameters (malloc.h)
@@ -81,7 +83,7 @@ def libc() -> Any:
 def wanted() -> bool:
     """Whether :func:`kept_memory` changes anything: not turned off (``SSA_KEEP_MEMORY=0``) and glibc's allocator
     not configured by the user."""
-    if os.environ.get("SSA_KEEP_MEMORY", "") == "0":
+    if env_switch("SSA_KEEP_MEMORY") is False:
         return False
     if any(name in os.environ for name in _USER_MALLOC) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
