@@ -14,7 +14,8 @@ import torch
 from .linear import LinearOp
 from .masks import ImageMasks
 
-__all__ = ["is_nhwc", "offset_sums_nhwc", "per_image_nhwc", "shifted_rows", "shifted_rows_nhwc", "window_products"]
+__all__ = ["is_nhwc", "offset_sums_nhwc", "per_image_nhwc", "shifted_rows", "shifted_rows_nhwc", "tile_rows",
+           "window_products"]
 
 
 def is_nhwc(t: torch.Tensor) -> bool:
@@ -101,6 +102,13 @@ def _same(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def tile_rows(ng: int, cg: int, element_size: int, tile_bytes: int) -> int:
+    """Output channels per product of the per-image kernels (:func:`.conv._per_image`, :func:`per_image_nhwc`): a
+    (rows, ``cg``) tile within ``tile_bytes``, at most ``ng`` (a group's output channels), at least 1. One formula
+    for the kernels and for :func:`.conv.class_kernel`, whose exactness depends on the tiles it predicts."""
+    return max(1, min(ng, tile_bytes // (cg * element_size)))
+
+
 def per_image_nhwc(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
                    relu_of: bool, tile_bytes: int, tile_n: int | None = None) -> torch.Tensor:
     """:func:`.conv._per_image` with positions as rows: the image's shifted input windows copied once into a
@@ -116,7 +124,7 @@ def per_image_nhwc(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tens
     (sy, sx), (dy, dx) = op.stride, op.dilation
     h, wd = x.shape[2:]
     wk = w.permute(2, 0, 1).contiguous()  # (kk, N, Cg)
-    rows = max(1, min(tile_n or ng, tile_bytes // (cg * m.element_size())))
+    rows = tile_rows(tile_n or ng, cg, m.element_size(), tile_bytes)
     prod = torch.empty((rows, cg), dtype=m.dtype, device=m.device)
     direct = kk == 1 and op.stride == (1, 1) and not any(op.pad) and x.dtype == m.dtype and is_nhwc(x)
     if direct:
