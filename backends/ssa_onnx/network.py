@@ -244,8 +244,7 @@ class OnnxNetwork(TorchNetwork):
         try:
             taps = super().prepare(example)
         except Exception as exc:
-            if self._conversion_pending is not None and not isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-                self._settle_conversion()  # a conversion that disagrees is refused first, as when checked before
+            self._conversion_first(exc)
             raise
         self._parity_batch = None
         if recalled is not None:
@@ -276,6 +275,13 @@ class OnnxNetwork(TorchNetwork):
             p = self._parity_converted = self._parity(ref, self._module_outputs(self._converted, images))
         if refuse:
             self._refuse_conversion(p)
+
+    def _conversion_first(self, exc: Exception) -> None:
+        """Before ``exc`` (a failure of the preparation or of the canonical module, before its check) is raised:
+        where the conversion's check waits, make it, so that a conversion that disagrees is refused first, as when
+        it was checked before everything. Not for running out of memory, which says nothing of the conversion."""
+        if self._conversion_pending is not None and not isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+            self._settle_conversion()
 
     @property
     def parity(self) -> ParityResult | None:
@@ -320,9 +326,8 @@ class OnnxNetwork(TorchNetwork):
             try:
                 return super().collect(batch, forms, slots)
             except Exception as exc:
-                if self._conversion_pending is not None and self._parity_pending is not None and \
-                        not isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-                    self._settle_conversion()
+                if self._parity_pending is not None:  # before the canonical module's check
+                    self._conversion_first(exc)
                 raise
 
     def statistics_pass(self) -> contextlib.AbstractContextManager[Any]:
@@ -361,9 +366,8 @@ class OnnxNetwork(TorchNetwork):
                     outputs = self._module_outputs(self._gm, images)
             self._parity_pending = None
             p = self._canonical_parity = self._parity(ref, outputs)
-        except Exception as exc:  # the module fails, or gives another shape: a conversion that disagrees first
-            if self._conversion_pending is not None and not isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-                self._settle_conversion()
+        except Exception as exc:  # the module fails, or gives another shape
+            self._conversion_first(exc)
             raise
         if not p.ok:
             self._plan = self._gm = None  # refused: no analysis of this module (prepare again to retry)
