@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -232,13 +233,9 @@ class Session:
             # the statistics of the whole image set would not fit: this class's only, not kept
             stats = collect(network, images[indices], [form], self.batch_size, progress=self.progress)
             return ClosedFormSource(network, stats, form, images[indices], self.batch_size, None)
-        if self._stats is None and self._rows_per_class(form):
-            assert isinstance(network, SupportsRowsPerClass)  # _rows_per_class checked it
-            with network.rows_per_class():  # one class: it makes the rows it reads (SupportsRowsPerClass)
-                stats = collect(network, images, [form], self.batch_size, progress=self.progress)
-            self._stats = (stats, self.batch_size)
         if self._stats is None:
-            stats = collect(network, images, [form], self.batch_size, progress=self.progress)
+            with self._rows_per_class(form):  # a one-class run: its class makes the rows it reads
+                stats = collect(network, images, [form], self.batch_size, progress=self.progress)
             self._stats = (stats, self.batch_size)
         stats, bs = self._stats
         return ClosedFormSource(network, stats, form, images, bs, indices)
@@ -280,18 +277,21 @@ class Session:
         per_image = self.network.statistics_bytes(form)
         return per_image * n <= statistics_budget(self.network.device)
 
-    def _rows_per_class(self, form: str) -> bool:
-        """Whether this session's statistics pass keeps what one class needs to make its own rows
-        (:class:`~ssa.core.capabilities.SupportsRowsPerClass`): a one-class run (``only_target``, in memory), the
-        network able to, not switched off (``SSA_ROWS_PER_CLASS=0``), and the kept arrays of every image within the
-        statistics budget (:func:`statistics_budget`); else every row is computed, as for several classes."""
+    def _rows_per_class(self, form: str) -> contextlib.AbstractContextManager[Any]:
+        """The context of this session's statistics pass: the network's ``rows_per_class()``, where the pass keeps
+        what one class needs to make its own rows (:class:`~ssa.core.capabilities.SupportsRowsPerClass`): a one-class
+        run (``only_target``, in memory), the network able to, not switched off (``SSA_ROWS_PER_CLASS=0``), and the
+        kept arrays of every image within the statistics budget (:func:`statistics_budget`); else nothing, and every
+        row is computed, as for several classes."""
         network, images = self.network, self.images
         if self.only_target is None or not self._subset or images is None \
                 or not isinstance(network, SupportsRowsPerClass) or not rows_per_class_enabled():
-            return False
+            return contextlib.nullcontext()
         with network.rows_per_class():
             per_image = network.statistics_bytes(form)
-        return per_image * int(images.shape[0]) <= statistics_budget(network.device)
+        if per_image * int(images.shape[0]) > statistics_budget(network.device):
+            return contextlib.nullcontext()
+        return network.rows_per_class()
 
     def analyse(self, target: int, branching: int | None = None, *, selector: str | Selector | None = None,
                 selector_params: Mapping[str, Any] | None = None, stop_at: str | None = None,
