@@ -25,17 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from . import deferred
+from . import conv_nhwc, deferred
 from .conv3d import check_conv3d_geometry, conv3d_input_relevance, factor_scale_3d, offset_sums_3d
-from .conv_nhwc import (
-    is_nhwc,
-    offset_sums_nhwc,
-    per_image_nhwc,
-    shifted_rows,
-    shifted_rows_nhwc,
-    tile_rows,
-    window_products,
-)
+from .conv_nhwc import is_nhwc, offset_sums_nhwc, per_image_nhwc, shifted_rows, shifted_rows_nhwc, window_products
 from .linear import LinearOp, NotClosedForm
 from .masks import ImageMasks, relu_mask
 from .planner import Branch, Planner
@@ -240,7 +232,7 @@ def class_kernel(op: LinearOp, m: torch.Tensor) -> str | None:
     kernel = choose_kernel(op, m)
     if kernel == "per_image":
         n, cg = int(w.shape[0]), int(w.shape[1])
-        rows = tile_rows(n, cg, m.element_size(), TILE_BYTES)
+        rows = conv_nhwc.tile_rows(n, cg, m.element_size(), TILE_BYTES)
         return kernel if rows == n or rows % deferred.ROW_BLOCK == 0 else None
     return kernel if kernel == "shifted_rows" else None
 
@@ -314,7 +306,7 @@ def _per_image(op: LinearOp, m: torch.Tensor, x: torch.Tensor, w: torch.Tensor, 
     B, (ho, wo) = m.shape[0], m.shape[2:]
     p = ho * wo
     wk = w.permute(2, 0, 1).contiguous()  # (kk, N, Cg): each offset's weights contiguous
-    rows = tile_rows(tile_n or ng, cg, m.element_size(), TILE_BYTES)
+    rows = conv_nhwc.tile_rows(tile_n or ng, cg, m.element_size(), TILE_BYTES)
     prod = torch.empty((rows, cg), dtype=m.dtype, device=m.device)
     direct = kk == 1 and op.stride == (1, 1) and not any(op.pad) and x.dtype == m.dtype
     wins = _windows(x, op, (ho, wo))
